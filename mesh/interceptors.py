@@ -1,0 +1,264 @@
+"""Server interceptors every service runs, outermost first:
+
+1. `CallContextInterceptor`: request id, deadline, start time for the call (`mesh.context.current_call`).
+2. `AccessLogInterceptor`: one JSON log line per RPC (method, status, duration, request id, user).
+3. `MetricsInterceptor`: Prometheus counts and latency histograms per method and status.
+4. `ErrorInterceptor`: the exception tree of `mesh.errors` to statuses; anything unexpected to INTERNAL.
+5. `AuthInterceptor`: verifies the bearer token and records the principal (except on public methods).
+
+OpenTelemetry's own gRPC interceptor runs outside all of them (see `mesh.telemetry`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from typing import Any
+
+import grpc
+from prometheus_client import Counter, Histogram
+
+from mesh.context import CallInfo, current_call
+from mesh.errors import AthenaError, Unauthenticated
+from mesh.tokens import TokenVerifier
+
+log = logging.getLogger("athena.access")
+errors_log = logging.getLogger("athena.errors")
+
+Behaviour = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Any]
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
+
+
+class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Base for interceptors that act before and after every call, whatever its streaming kind."""
+
+    async def enter(self, call: CallInfo, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        """Runs before the handler; raising here skips the handler (and `exit` of this interceptor)."""
+
+    async def exit(
+        self, call: CallInfo, context: grpc.aio.ServicerContext[Any, Any], error: BaseException | None
+    ) -> None:
+        """Runs after the handler, with what it raised; may raise a different exception instead."""
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        for kind in ("unary_unary", "unary_stream", "stream_unary", "stream_stream"):
+            behaviour = getattr(handler, kind)
+            if behaviour is not None:
+                return handler._replace(**{kind: self._wrap(behaviour)})
+        return handler
+
+    def _wrap(self, behaviour: Behaviour) -> Behaviour:
+        if inspect.isasyncgenfunction(behaviour):
+
+            async def streaming(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+                call = _call(context)
+                await self.enter(call, context)
+                try:
+                    async for response in behaviour(request, context):
+                        yield response
+                except BaseException as error:
+                    await self.exit(call, context, error)
+                    raise
+                await self.exit(call, context, None)
+
+            return streaming
+
+        async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            call = _call(context)
+            await self.enter(call, context)
+            try:
+                response = await behaviour(request, context)
+            except BaseException as error:
+                await self.exit(call, context, error)
+                raise
+            await self.exit(call, context, None)
+            return response
+
+        return unary
+
+
+def _call(context: grpc.aio.ServicerContext[Any, Any]) -> CallInfo:
+    call = current_call.get()
+    if call is None:  # only when CallContextInterceptor is not installed (unit tests of one interceptor)
+        call = CallInfo(method="", request_id=uuid.uuid4().hex)
+        current_call.set(call)
+    return call
+
+
+def metadata_value(context: grpc.aio.ServicerContext[Any, Any], key: str) -> str | None:
+    for item in context.invocation_metadata() or ():
+        if item.key == key:
+            value = item.value
+            return value.decode() if isinstance(value, bytes) else value
+    return None
+
+
+class CallContextInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Creates the `CallInfo` of each RPC before any other interceptor of ours runs."""
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        request_id = None
+        for key, value in handler_call_details.invocation_metadata or ():
+            if key == "x-request-id":
+                request_id = value if isinstance(value, str) else value.decode()
+                break
+        # The CallInfo is bound when the behaviour starts, inside the RPC's own task.
+        for kind in ("unary_unary", "unary_stream", "stream_unary", "stream_stream"):
+            behaviour = getattr(handler, kind)
+            if behaviour is not None:
+                return handler._replace(**{kind: _bind_call(behaviour, method, request_id)})
+        return handler
+
+
+def _bind_call(behaviour: Behaviour, method: str, request_id: str | None) -> Behaviour:
+    def start(context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        remaining = context.time_remaining()
+        deadline = time.monotonic() + remaining if remaining is not None else None
+        current_call.set(CallInfo(method=method, request_id=(request_id or uuid.uuid4().hex)[:128], deadline=deadline))
+
+    if inspect.isasyncgenfunction(behaviour):
+
+        async def streaming(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+            start(context)
+            async for response in behaviour(request, context):
+                yield response
+
+        return streaming
+
+    async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        start(context)
+        return await behaviour(request, context)
+
+    return unary
+
+
+def _status_of(context: grpc.aio.ServicerContext[Any, Any], error: BaseException | None) -> str:
+    if error is None:
+        return "OK"
+    if isinstance(error, asyncio.CancelledError):
+        return "CANCELLED"
+    code = context.code()
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    return "UNKNOWN"
+
+
+class AccessLogInterceptor(CallInterceptor):
+    """One structured line per RPC, at the end of it."""
+
+    async def exit(
+        self, call: CallInfo, context: grpc.aio.ServicerContext[Any, Any], error: BaseException | None
+    ) -> None:
+        call.status = _status_of(context, error)
+        log.info(
+            "rpc",
+            extra={
+                "method": call.method,
+                "status": call.status,
+                "duration_ms": round((time.perf_counter() - call.started) * 1000, 3),
+                "request_id": call.request_id,
+                "user_id": call.principal.user_id if call.principal else None,
+                "peer": context.peer(),
+            },
+        )
+
+
+class MetricsInterceptor(CallInterceptor):
+    """`grpc_server_handled_total` and `grpc_server_handling_seconds`, named like go-grpc-prometheus."""
+
+    started = Counter(
+        "grpc_server_started_total", "RPCs started on the server.", ["grpc_service", "grpc_method"]
+    )
+    handled = Counter(
+        "grpc_server_handled_total",
+        "RPCs completed on the server, by status.",
+        ["grpc_service", "grpc_method", "grpc_code"],
+    )
+    latency = Histogram(
+        "grpc_server_handling_seconds",
+        "Time from the start of an RPC to its end (whole stream for streaming RPCs).",
+        ["grpc_service", "grpc_method"],
+        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+    )
+
+    async def enter(self, call: CallInfo, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        self.started.labels(call.service, call.method_name).inc()
+
+    async def exit(
+        self, call: CallInfo, context: grpc.aio.ServicerContext[Any, Any], error: BaseException | None
+    ) -> None:
+        self.handled.labels(call.service, call.method_name, _status_of(context, error)).inc()
+        self.latency.labels(call.service, call.method_name).observe(time.perf_counter() - call.started)
+
+
+class ErrorInterceptor(CallInterceptor):
+    """Maps what handlers raise to a status; never lets a traceback or internal detail reach the caller."""
+
+    async def exit(
+        self, call: CallInfo, context: grpc.aio.ServicerContext[Any, Any], error: BaseException | None
+    ) -> None:
+        if error is None or isinstance(error, asyncio.CancelledError | grpc.aio.AbortError):
+            return
+        if isinstance(error, AthenaError) and error.status != "INTERNAL":
+            retry_after = getattr(error, "retry_after", None)
+            if retry_after is not None:
+                context.set_trailing_metadata((("retry-after", str(max(1, round(retry_after)))),))
+            await context.abort(grpc.StatusCode[error.status], error.message)
+        if isinstance(error, grpc.aio.AioRpcError) and error.code() in _PASSED_THROUGH:
+            # A peer's deliberate answer (our own services only answer sanitised messages).
+            await context.abort(error.code(), error.details() or error.code().name)
+        errors_log.error(
+            "unhandled error in %s", call.method, exc_info=error, extra={"request_id": call.request_id}
+        )
+        await context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {call.request_id})")
+
+
+_PASSED_THROUGH = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.CANCELLED,
+    }
+)
+
+
+class AuthInterceptor(CallInterceptor):
+    """Requires a valid access token on every method except the `public` ones (login RPCs, health,
+    reflection) and records the principal for the handler."""
+
+    def __init__(self, verifier: TokenVerifier, public: Collection[str]) -> None:
+        self._verifier = verifier
+        self._public = frozenset(public)
+
+    async def enter(self, call: CallInfo, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        if call.method in self._public or call.service in self._public:
+            return
+        header = metadata_value(context, "authorization")
+        if header is None:
+            raise Unauthenticated("missing authorization metadata (expected 'Bearer <access token>')")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthenticated("authorization metadata must be 'Bearer <access token>'")
+        call.principal = await self._verifier.verify(token.strip())

@@ -1,0 +1,215 @@
+"""The one way every AthenaOS service starts and stops.
+
+`MeshServer` builds a `grpc.aio` server with the interceptors of `mesh.interceptors` (plus OpenTelemetry's),
+`grpc.health.v1` with a status per service name, server reflection, keepalive and `max_connection_age`
+options, and the HTTP side port (`/metrics`). `run` starts it and, on SIGTERM or SIGINT, drains it:
+health flips to NOT_SERVING first, in-flight calls get `drain_seconds` to finish, then the service's own
+resources close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from aiohttp import web
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+from mesh.http import HttpSidePort
+from mesh.interceptors import (
+    AccessLogInterceptor,
+    AuthInterceptor,
+    CallContextInterceptor,
+    ErrorInterceptor,
+    MetricsInterceptor,
+)
+from mesh.settings import ServiceSettings
+from mesh.tokens import TokenVerifier
+
+log = logging.getLogger(__name__)
+
+HEALTH_SERVICE = health.SERVICE_NAME
+REFLECTION_SERVICE = reflection.SERVICE_NAME
+EDGE_REFLECTION_HEADER = "x-athena-edge-reflection"
+"""Envoy sets this on reflection calls it forwards, so the router can present the whole public API."""
+ALWAYS_PUBLIC = (HEALTH_SERVICE, REFLECTION_SERVICE)
+
+
+@dataclass(frozen=True)
+class Service:
+    """A servicer with the generated function that registers it and its full proto service name."""
+
+    name: str
+    servicer: Any
+    register: Callable[[Any, grpc.aio.Server], None]
+
+
+ReadinessCheck = Callable[[], Awaitable[bool]]
+
+
+class MeshServer:
+    """One service process's gRPC server and HTTP side port."""
+
+    def __init__(
+        self,
+        name: str,
+        settings: ServiceSettings,
+        services: Sequence[Service],
+        *,
+        verifier: TokenVerifier,
+        public_methods: Iterable[str] = (),
+        http_routes: Iterable[web.RouteDef] = (),
+        edge_reflection_services: Sequence[str] = (),
+        readiness: ReadinessCheck | None = None,
+        readiness_interval: float = 2.0,
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self.services = list(services)
+        self._verifier = verifier
+        self._public = (*ALWAYS_PUBLIC, *public_methods)
+        self._edge_reflection = list(edge_reflection_services)
+        self._readiness = readiness
+        self._readiness_interval = readiness_interval
+        self._readiness_task: asyncio.Task[None] | None = None
+        self._draining = False
+        self.health = health.aio.HealthServicer()
+        self.http = HttpSidePort(settings.host, settings.http_port, http_routes)
+        self._server: grpc.aio.Server | None = None
+        self.port = 0
+
+    @property
+    def service_names(self) -> list[str]:
+        return [service.name for service in self.services]
+
+    def _options(self) -> list[tuple[str, int]]:
+        s = self.settings
+        return [
+            ("grpc.so_reuseport", 0),  # two servers on one port is a misconfiguration, not load balancing
+            ("grpc.keepalive_time_ms", int(s.keepalive_time_seconds * 1000)),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
+            ("grpc.http2.max_ping_strikes", 0),
+            ("grpc.max_connection_age_ms", int(s.max_connection_age_seconds * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(s.max_connection_age_grace_seconds * 1000)),
+            ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+        ]
+
+    async def start(self) -> None:
+        interceptors = [
+            aio_server_interceptor(),
+            CallContextInterceptor(),
+            AccessLogInterceptor(),
+            MetricsInterceptor(),
+            ErrorInterceptor(),
+            AuthInterceptor(self._verifier, self._public),
+        ]
+        server = grpc.aio.server(interceptors=interceptors, options=self._options())
+        for service in self.services:
+            service.register(service.servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        names = [*self.service_names, HEALTH_SERVICE, REFLECTION_SERVICE]
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            _Reflection(names, [*self._edge_reflection, HEALTH_SERVICE, REFLECTION_SERVICE]), server
+        )
+        self.port = server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
+        await server.start()
+        self._server = server
+        await self.http.start()
+        await self._set_health(serving=True)
+        if self._readiness is not None:
+            self._readiness_task = asyncio.create_task(self._watch_readiness(), name=f"{self.name}-readiness")
+        log.info(
+            "serving",
+            extra={"grpc_port": self.port, "http_port": self.http.port, "services": self.service_names},
+        )
+
+    async def _set_health(self, *, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", *self.service_names):
+            await self.health.set(name, status)
+
+    async def _watch_readiness(self) -> None:
+        assert self._readiness is not None
+        serving = True
+        while not self._draining:
+            try:
+                ready = await self._readiness()
+            except Exception:  # a failing check means not ready, never a dead watcher
+                log.exception("readiness check failed")
+                ready = False
+            if ready != serving and not self._draining:
+                serving = ready
+                await self._set_health(serving=ready)
+                log.warning("health changed", extra={"serving": ready})
+            await asyncio.sleep(self._readiness_interval)
+
+    async def drain(self) -> None:
+        """NOT_SERVING first, so health-checking balancers stop sending; then let calls finish."""
+        if self._server is None or self._draining:
+            return
+        self._draining = True
+        log.info("draining", extra={"grace_seconds": self.settings.drain_seconds})
+        if self._readiness_task is not None:
+            self._readiness_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._readiness_task
+        await self.health.enter_graceful_shutdown()
+        await self._server.stop(self.settings.drain_seconds)
+        await self.http.stop()
+
+    async def wait(self) -> None:
+        assert self._server is not None
+        await self._server.wait_for_termination()
+
+
+class _Reflection(reflection.aio.ReflectionServicer):  # type: ignore[misc]
+    """Lists this server's services; through the edge (marked by Envoy's header), the public API instead."""
+
+    def __init__(self, own: Sequence[str], through_edge: Sequence[str]) -> None:
+        super().__init__(own)
+        self._edge = reflection.aio.ReflectionServicer(through_edge) if len(through_edge) > 2 else None
+
+    async def ServerReflectionInfo(  # noqa: N802 (generated name)
+        self,
+        request_iterator: AsyncIterable[reflection_pb2.ServerReflectionRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterable[reflection_pb2.ServerReflectionResponse]:
+        via_edge = any(item.key == EDGE_REFLECTION_HEADER for item in context.invocation_metadata() or ())
+        target = self._edge if via_edge and self._edge is not None else super()
+        async for response in target.ServerReflectionInfo(request_iterator, context):
+            yield response
+
+
+async def run(
+    server: MeshServer,
+    *,
+    on_start: Callable[[], Awaitable[None]] | None = None,
+    on_stop: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Run until SIGTERM/SIGINT, then drain: health NOT_SERVING, calls finish, server stops, `on_stop`."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        if on_start is not None:
+            await on_start()
+        await server.start()
+        await stop.wait()
+        await server.drain()
+    finally:
+        if on_stop is not None:
+            await on_stop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    log.info("stopped")

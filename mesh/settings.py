@@ -1,0 +1,56 @@
+"""Typed settings shared by every service; each service subclasses `ServiceSettings` with its env prefix.
+
+Settings are read once, in `__main__`, and passed down; nothing else reads the environment. Fields shared
+by the whole deployment (ATHENA_ENV, ATHENA_DATA_DIR, token issuer/audience, JWKS URL) use fixed
+variable names; service fields use the service's prefix (ROUTER_PORT, MEMORY_DATABASE_URL, ...).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def shared(name: str) -> AliasChoices:
+    """Read a deployment-wide setting from `name` whatever the service's prefix."""
+    return AliasChoices(name)
+
+
+class ServiceSettings(BaseSettings):
+    """What every gRPC service of the mesh needs to start."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore")
+
+    env: Literal["dev", "prod"] = Field("prod", validation_alias=shared("ATHENA_ENV"))
+    """"dev" enables DevLogin and other local conveniences; anything facing people runs "prod"."""
+    data_dir: Path = Field(Path("var"), validation_alias=shared("ATHENA_DATA_DIR"))
+    """Where local state lives (keys, embedded database files)."""
+    host: str = "127.0.0.1"
+    """Address the gRPC and HTTP ports bind to ("0.0.0.0" in a container)."""
+    port: int = Field(0, ge=0, le=65535)
+    """gRPC port; 0 picks a free one (tests)."""
+    http_port: int = Field(0, ge=0, le=65535)
+    """HTTP port for /metrics (and, on auth, /.well-known/jwks.json); 0 picks a free one."""
+    drain_seconds: float = Field(10.0, gt=0)
+    """After SIGTERM, how long in-flight calls may finish before they are cancelled."""
+    max_connection_age_seconds: float = Field(300.0, gt=0)
+    """Clients reconnect after this long, so new replicas behind a headless Service receive traffic."""
+    max_connection_age_grace_seconds: float = Field(60.0, ge=0)
+    """How long calls on an aged connection may still run (streams included)."""
+    keepalive_time_seconds: float = Field(30.0, gt=0)
+    """Interval of HTTP/2 keepalive pings on idle connections."""
+    log_level: str = "INFO"
+    """Level of the JSON logs on stderr."""
+    otlp_endpoint: str | None = Field(None, validation_alias=shared("OTEL_EXPORTER_OTLP_ENDPOINT"))
+    """OpenTelemetry collector (OTLP/gRPC); traces are not exported when unset."""
+    jwt_issuer: str = Field("athenaos", validation_alias=shared("ATHENA_JWT_ISSUER"))
+    """`iss` of access tokens."""
+    jwt_audience: str = Field("athenaos-api", validation_alias=shared("ATHENA_JWT_AUDIENCE"))
+    """`aud` of access tokens."""
+    jwks_url: str = Field(
+        "http://127.0.0.1:9104/.well-known/jwks.json", validation_alias=shared("ATHENA_JWKS_URL")
+    )
+    """Where services fetch the keys that verify access tokens (the auth service's HTTP port)."""

@@ -1,0 +1,55 @@
+"""JSON logs and OpenTelemetry tracing, configured once per process."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from pythonjsonlogger.json import JsonFormatter
+
+from mesh.context import current_call
+
+
+class _RequestIdFilter(logging.Filter):
+    """Stamps every record with the current call's request id, so logs of one turn can be joined."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "request_id"):
+            call = current_call.get()
+            record.request_id = call.request_id if call else None
+        return True
+
+
+def configure_logging(service: str, level: str) -> None:
+    """JSON lines on stderr: timestamp, level, logger, message, service and the record's extras."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        JsonFormatter(
+            "{asctime}{levelname}{name}{message}",
+            style="{",
+            rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+            static_fields={"service": service},
+        )
+    )
+    handler.addFilter(_RequestIdFilter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for noisy in ("httpx", "httpcore", "aiohttp.access", "openai"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def configure_tracing(service: str, otlp_endpoint: str | None) -> None:
+    """A tracer provider exporting to `otlp_endpoint`; without one, spans are created but not exported
+    (the gRPC instrumentation still propagates trace context between services)."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+
+    provider = TracerProvider(resource=Resource.create({"service.name": f"athena-{service}"}))
+    if otlp_endpoint:
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint, insecure=True)))
+    trace.set_tracer_provider(provider)

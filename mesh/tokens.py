@@ -1,0 +1,153 @@
+"""Verifying AthenaOS access tokens (RS256 JWTs issued by the auth service).
+
+Every service verifies every token itself, even behind Envoy's `jwt_authn`: signature with a key of the
+auth service's JWKS (never a key or URL named by the token: `jku`, `x5u` and `jwk` headers are refused),
+RS256 only, `typ` "at+jwt", `iss`, `aud`, `exp`/`nbf` with at most 60 s leeway, and `sub`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Protocol
+
+import httpx
+from joserfc import jwt
+from joserfc.errors import ExpiredTokenError, JoseError
+from joserfc.jwk import KeySet
+from joserfc.util import json_b64decode
+
+from mesh.context import Principal
+from mesh.errors import Unauthenticated, Unavailable
+
+ACCESS_TOKEN_TYPE = "at+jwt"
+ALGORITHMS = ["RS256"]
+LEEWAY_SECONDS = 60
+_FORBIDDEN_HEADERS = ("jku", "x5u", "jwk", "x5c", "crit")
+
+log = logging.getLogger(__name__)
+
+
+class KeySource(Protocol):
+    """Where verification keys come from."""
+
+    async def key_set(self, kid: str) -> KeySet:
+        """A key set that should hold `kid` (refreshed if it did not and refreshing is allowed)."""
+        ...
+
+
+class StaticKeySource:
+    """Keys known in-process (the auth service verifying its own tokens; tests)."""
+
+    def __init__(self, key_set: KeySet) -> None:
+        self._key_set = key_set
+
+    def replace(self, key_set: KeySet) -> None:
+        self._key_set = key_set
+
+    async def key_set(self, kid: str) -> KeySet:
+        return self._key_set
+
+
+class RemoteJwks:
+    """The auth service's JWKS over HTTP, cached; refetched when a token names an unknown `kid`, at most
+    once per `min_refresh_seconds` so garbage `kid`s cannot make us hammer the auth service."""
+
+    def __init__(self, url: str, *, min_refresh_seconds: float = 30.0, timeout: float = 5.0) -> None:
+        self._url = url
+        self._min_refresh = min_refresh_seconds
+        self._timeout = timeout
+        self._keys: KeySet | None = None
+        self._fetched_at = float("-inf")
+        self._lock = asyncio.Lock()
+
+    async def key_set(self, kid: str) -> KeySet:
+        keys = self._keys
+        if keys is not None and (_has_kid(keys, kid) or time.monotonic() - self._fetched_at < self._min_refresh):
+            return keys
+        async with self._lock:
+            if self._keys is not None and _has_kid(self._keys, kid):
+                return self._keys
+            if self._keys is None or time.monotonic() - self._fetched_at >= self._min_refresh:
+                await self._fetch()
+            assert self._keys is not None
+            return self._keys
+
+    async def _fetch(self) -> None:
+        try:
+            async with httpx.AsyncClient(timeout=self._timeout) as client:
+                response = await client.get(self._url)
+                response.raise_for_status()
+                document = response.json()
+            self._keys = KeySet.import_key_set(document)
+            self._fetched_at = time.monotonic()
+        except (httpx.HTTPError, ValueError, JoseError) as exc:
+            log.warning("fetching JWKS from %s failed: %s", self._url, exc)
+            if self._keys is None:
+                raise Unavailable("token keys are not available yet") from exc
+            self._fetched_at = time.monotonic()
+
+
+def _has_kid(keys: KeySet, kid: str) -> bool:
+    return any(key.kid == kid for key in keys.keys)
+
+
+class TokenVerifier:
+    """Turns a bearer token into a `Principal` or raises `Unauthenticated`."""
+
+    def __init__(self, keys: KeySource, *, issuer: str, audience: str) -> None:
+        self._keys = keys
+        self._claims = jwt.JWTClaimsRegistry(
+            leeway=LEEWAY_SECONDS,
+            iss={"essential": True, "value": issuer},
+            aud={"essential": True, "value": audience},
+            sub={"essential": True},
+            exp={"essential": True},
+            iat={"essential": True},
+        )
+
+    async def verify(self, token: str) -> Principal:
+        header = _unverified_header(token)
+        if header.get("alg") not in ALGORITHMS:
+            raise Unauthenticated("invalid access token")
+        if header.get("typ") != ACCESS_TOKEN_TYPE:
+            raise Unauthenticated("invalid access token")
+        if any(name in header for name in _FORBIDDEN_HEADERS):
+            raise Unauthenticated("invalid access token")
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not kid or len(kid) > 128:
+            raise Unauthenticated("invalid access token")
+        keys = await self._keys.key_set(kid)
+        try:
+            decoded = jwt.decode(token, keys, algorithms=ALGORITHMS)
+            self._claims.validate(decoded.claims)
+        except JoseError as exc:
+            raise Unauthenticated(_reason(exc)) from exc
+        except (ValueError, TypeError) as exc:
+            raise Unauthenticated("invalid access token") from exc
+        claims = decoded.claims
+        subject = claims.get("sub")
+        if not isinstance(subject, str) or not subject:
+            raise Unauthenticated("invalid access token")
+        email = claims.get("email")
+        return Principal(user_id=subject, token=token, email=email if isinstance(email, str) else "")
+
+
+def _unverified_header(token: str) -> dict[str, Any]:
+    """The JOSE header, only to pick the key and refuse dangerous forms before any cryptography."""
+    if token.count(".") != 2 or len(token) > 8192:
+        raise Unauthenticated("invalid access token")
+    try:
+        header = json_b64decode(token.split(".", 1)[0])
+    except (ValueError, TypeError) as exc:
+        raise Unauthenticated("invalid access token") from exc
+    if not isinstance(header, dict):
+        raise Unauthenticated("invalid access token")
+    return header
+
+
+def _reason(exc: JoseError) -> str:
+    if isinstance(exc, ExpiredTokenError):
+        return "access token expired"
+    return "invalid access token"
