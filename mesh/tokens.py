@@ -21,7 +21,7 @@ from joserfc.util import json_b64decode
 from mesh.context import Principal
 from mesh.errors import Unauthenticated, Unavailable
 
-ACCESS_TOKEN_TYPE = "at+jwt"
+ACCESS_TOKEN_TYPE = "at+jwt"  # noqa: S105 (a media type, not a secret)
 ALGORITHMS = ["RS256"]
 LEEWAY_SECONDS = 60
 _FORBIDDEN_HEADERS = ("jku", "x5u", "jwk", "x5c", "crit")
@@ -64,7 +64,9 @@ class RemoteJwks:
 
     async def key_set(self, kid: str) -> KeySet:
         keys = self._keys
-        if keys is not None and (_has_kid(keys, kid) or time.monotonic() - self._fetched_at < self._min_refresh):
+        if keys is not None and (
+            _has_kid(keys, kid) or time.monotonic() - self._fetched_at < self._min_refresh
+        ):
             return keys
         async with self._lock:
             if self._keys is not None and _has_kid(self._keys, kid):
@@ -139,8 +141,8 @@ def _unverified_header(token: str) -> dict[str, Any]:
     if token.count(".") != 2 or len(token) > 8192:
         raise Unauthenticated("invalid access token")
     try:
-        header = json_b64decode(token.split(".", 1)[0])
-    except (ValueError, TypeError) as exc:
+        header = json_b64decode(token.split(".", 1)[0].encode("ascii"))
+    except (ValueError, TypeError, UnicodeError) as exc:
         raise Unauthenticated("invalid access token") from exc
     if not isinstance(header, dict):
         raise Unauthenticated("invalid access token")

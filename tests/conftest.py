@@ -26,7 +26,7 @@ AUDIENCE = "athenaos-api"
 
 @pytest.fixture(scope="session")
 def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
-    """One real PostgreSQL (with pgvector) for the session; tests use their own users, so they don't collide."""
+    """One real PostgreSQL (with pgvector) for the session; tests use their own users and never collide."""
     base = tmp_path_factory.mktemp("postgres")
     server = EmbeddedPostgres(base / "data", free_port(), base / "postgres.log")
     server.start()
@@ -45,7 +45,9 @@ def valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedValkey]
 
 @pytest.fixture(scope="session")
 def signing_key() -> RSAKey:
-    return RSAKey.generate_key(2048, parameters={"kid": "test-key", "use": "sig", "alg": "RS256"}, private=True)
+    return RSAKey.generate_key(
+        2048, parameters={"kid": "test-key", "use": "sig", "alg": "RS256"}, private=True
+    )
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,43 @@
+"""The router's peers: the orchestrator pool, the memory service and the auth service."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+from athena.auth.v1 import auth_pb2_grpc
+from athena.memory.v1 import memory_pb2_grpc
+from athena.orchestrator.v1 import orchestrator_pb2_grpc
+
+from mesh.clients import channel
+from router.settings import RouterSettings
+
+
+@dataclass(frozen=True)
+class Peers:
+    orchestrator: orchestrator_pb2_grpc.OrchestratorServiceAsyncStub
+    memories: memory_pb2_grpc.MemoryServiceAsyncStub
+    conversations: memory_pb2_grpc.ConversationServiceAsyncStub
+    agents: memory_pb2_grpc.AgentServiceAsyncStub
+    user_data: memory_pb2_grpc.UserDataServiceAsyncStub
+    auth: auth_pb2_grpc.AuthServiceAsyncStub
+    channels: tuple[grpc.aio.Channel, ...]
+
+    @classmethod
+    def connect(cls, settings: RouterSettings) -> Peers:
+        orchestrator = channel(settings.orchestrator_target)
+        memory = channel(settings.memory_target)
+        auth = channel(settings.auth_target)
+        return cls(
+            orchestrator=orchestrator_pb2_grpc.OrchestratorServiceStub(orchestrator),
+            memories=memory_pb2_grpc.MemoryServiceStub(memory),
+            conversations=memory_pb2_grpc.ConversationServiceStub(memory),
+            agents=memory_pb2_grpc.AgentServiceStub(memory),
+            user_data=memory_pb2_grpc.UserDataServiceStub(memory),
+            auth=auth_pb2_grpc.AuthServiceStub(auth),
+            channels=(orchestrator, memory, auth),
+        )
+
+    async def close(self) -> None:
+        for peer in self.channels:
+            await peer.close(grace=None)
