@@ -1,0 +1,62 @@
+# AthenaOS — the front door. `make run` and `make test` set everything up on a fresh clone.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+WEB := edge/web
+PYTEST_ARGS ?=
+
+.PHONY: help install run test test-fast lint format proto proto-check bench bench-memory bench-chat check clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[local,dev]'
+	@touch $@
+
+$(WEB)/node_modules/.installed: $(WEB)/package.json $(WEB)/package-lock.json
+	cd $(WEB) && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+install: $(VENV)/.installed $(WEB)/node_modules/.installed ## Create the virtualenv and install everything
+
+run: install ## Start the whole mesh on loopback (Ctrl-C stops it)
+	$(BIN)/python -m devstack
+
+test: install ## Run every test (unit, service, end-to-end)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-fast: install ## Unit and service tests only
+	$(BIN)/pytest -m "not e2e" $(PYTEST_ARGS)
+
+lint: install ## ruff, mypy, buf lint, buf breaking (against main)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy .
+	PATH=$(CURDIR)/$(BIN):$$PATH buf lint
+	PATH=$(CURDIR)/$(BIN):$$PATH buf breaking --against '.git#branch=main'
+
+format: install ## Apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+proto: install ## Regenerate gen/ (Python and TypeScript) from proto/
+	PATH=$(CURDIR)/$(BIN):$$PATH buf generate
+
+bench: bench-memory bench-chat ## All benchmarks (results in bench/results/)
+
+bench-memory: install ## Memory recall latency and recall@10 at 100k and 1M memories
+	$(BIN)/python -m bench.memory
+
+bench-chat: install ## Time to first token through the edge, 1 and 200 streams
+	$(BIN)/python -m bench.chat
+
+check: lint test ## Everything CI checks
+
+clean: ## Remove the virtualenv, node modules and local data
+	rm -rf $(VENV) $(WEB)/node_modules var

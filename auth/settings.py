@@ -1,0 +1,112 @@
+"""Settings of the auth service, read once by `python -m auth` (env prefix `AUTH_`).
+
+Identity providers are nested settings: `AUTH_GOOGLE__CLIENT_ID`, `AUTH_GOOGLE__CLIENT_SECRET`,
+`AUTH_GOOGLE__REDIRECT_URIS='["https://app.example/auth/callback"]'` (same for `AUTH_MICROSOFT__*`). A
+provider is offered only when its client id is set.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr
+from pydantic_settings import SettingsConfigDict
+
+from mesh.settings import ServiceSettings
+
+GOOGLE_DISCOVERY_URL = "https://accounts.google.com/.well-known/openid-configuration"
+MICROSOFT_DISCOVERY_URL = "https://login.microsoftonline.com/common/v2.0/.well-known/openid-configuration"
+
+
+class OidcProviderSettings(BaseModel):
+    """One OpenID Connect identity provider (authorization-code flow, confidential client, PKCE S256)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    display_name: str
+    """Name on the sign-in button."""
+    discovery_url: str
+    """The provider's `/.well-known/openid-configuration`."""
+    client_id: str = ""
+    """OAuth client id registered with the provider; the provider is disabled while it is empty."""
+    client_secret: SecretStr = SecretStr("")
+    """OAuth client secret (sent to the token endpoint with `client_secret_post`)."""
+    redirect_uris: tuple[str, ...] = ()
+    """The only redirect URIs BeginLogin accepts (exact string match, as registered with the provider)."""
+    scopes: tuple[str, ...] = ("openid", "email", "profile")
+    """Scopes requested at the authorization endpoint."""
+    trust_email: bool = False
+    """Whether this provider's `email` claim may link to an existing account with the same address when
+    the ID token does not say `email_verified: true`. Off: Microsoft's `email` claim is not verified in
+    multi-tenant apps (the "nOAuth" account-takeover)."""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.client_id)
+
+
+class GoogleSettings(OidcProviderSettings):
+    display_name: str = "Google"
+    discovery_url: str = GOOGLE_DISCOVERY_URL
+
+
+class MicrosoftSettings(OidcProviderSettings):
+    display_name: str = "Microsoft"
+    discovery_url: str = MICROSOFT_DISCOVERY_URL
+    """The `common` endpoint accepts work, school and personal accounts; its discovery document names the
+    issuer as `https://login.microsoftonline.com/{tenantid}/v2.0`, resolved per token from `tid`."""
+
+
+class AuthSettings(ServiceSettings):
+    """What `python -m auth` needs; tests construct it directly."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="AUTH_", env_nested_delimiter="__", validate_by_name=True, validate_by_alias=True
+    )
+
+    port: int = Field(50054, ge=0, le=65535)
+    """gRPC port."""
+    http_port: int = Field(9104, ge=0, le=65535)
+    """HTTP port: `/.well-known/jwks.json` (for Envoy and the services) and `/metrics`."""
+    database_url: str = Field(
+        "postgresql://athena:athena@127.0.0.1:5432/athena",
+        validation_alias=AliasChoices("AUTH_DATABASE_URL", "DATABASE_URL"),
+    )
+    """PostgreSQL of the `auth` schema, as a non-superuser role."""
+    database_pool_size: int = Field(10, ge=1)
+    """Maximum connections of the asyncpg pool."""
+    keys_dir: Path | None = None
+    """Directory of the signing keys (`<kid>.pem`); `data_dir/auth-keys` when unset. In Kubernetes a
+    mounted Secret (read-only): keys are generated only in dev, or by `python -m auth rotate-keys`."""
+    key_reload_seconds: float = Field(60.0, gt=0)
+    """How often the running service rereads `keys_dir` (a rotated Secret reaches pods without restart)."""
+    key_activation_delay: timedelta = timedelta(minutes=5)
+    """A rotated key is published in the JWKS at once but signs only after this delay, so every cache of
+    the JWKS (Envoy's `jwt_authn`, `mesh.tokens.RemoteJwks`) knows it before a token needs it. Keep it
+    above the longest JWKS cache duration."""
+    access_token_ttl: timedelta = timedelta(minutes=15)
+    """Lifetime of access tokens."""
+    refresh_token_ttl: timedelta = timedelta(days=30)
+    """A refresh token expires if unused this long (each rotation starts a new period)."""
+    refresh_reuse_grace: timedelta = timedelta(seconds=10)
+    """A spent refresh token presented again within this window of its first use (two tabs refreshing
+    at once, a retried call whose answer was lost) gets another token of the same family instead of
+    revoking it. After the window, reuse revokes the family."""
+    login_state_ttl: timedelta = timedelta(minutes=10)
+    """How long a BeginLogin state (with its nonce and PKCE verifier) may wait for CompleteLogin."""
+    http_timeout_seconds: float = Field(10.0, gt=0)
+    """Timeout of calls to identity providers (discovery, token endpoint, JWKS)."""
+    google: GoogleSettings = GoogleSettings()
+    """Sign in with Google."""
+    microsoft: MicrosoftSettings = MicrosoftSettings()
+    """Sign in with Microsoft (work, school and personal accounts)."""
+
+    @property
+    def signing_keys_dir(self) -> Path:
+        return self.keys_dir if self.keys_dir is not None else self.data_dir / "auth-keys"
+
+    def providers(self) -> dict[str, OidcProviderSettings]:
+        """Enabled OIDC providers by id, in display order."""
+        configured: dict[str, OidcProviderSettings] = {"google": self.google, "microsoft": self.microsoft}
+        return {name: provider for name, provider in configured.items() if provider.enabled}

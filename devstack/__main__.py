@@ -1,0 +1,65 @@
+"""`python -m devstack` (what `make run` calls): the whole mesh on loopback until Ctrl-C or SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+
+from devstack.process import StartupError
+from devstack.stack import Stack, StackConfig
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m devstack",
+        description=__doc__,
+        epilog="Ports: ATHENA_<PART>_PORT (EDGE, ROUTER, ...); DATABASE_URL / REDIS_URL: external servers; "
+        "OPENAI_API_KEY (and OPENAI_BASE_URL) use a real model instead of the offline one.",
+    )
+    parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("ATHENA_DATA_DIR", "var")))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+
+    stopping = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        stopping.set()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, request_stop)
+    stack = Stack(StackConfig.from_environment(args.data_dir))
+    started = time.monotonic()
+    try:
+        stack.start()
+        model = "offline model" if stack.offline else "OpenAI-compatible model"
+        print(
+            f"\nAthenaOS is ready in {time.monotonic() - started:.1f} s ({model}): {stack.edge_url}\n"
+            f"  grpcurl -plaintext 127.0.0.1:{stack.config.ports.edge} list\n"
+            f"  logs: {stack.logs}\n  Ctrl-C stops everything.\n",
+            flush=True,
+        )
+        while not stopping.is_set():
+            time.sleep(0.5)
+    except StartupError as error:
+        print(stack.describe_failure(error), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        print("stopping…", flush=True)
+        stack.stop()
+        print("stopped.", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

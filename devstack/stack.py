@@ -1,0 +1,270 @@
+"""The whole mesh on loopback, in dependency order, and stopped in reverse order.
+
+    PostgreSQL+pgvector ─┐
+    Valkey ──────────────┼─> auth ─> memory ─> orchestrator ─> router ─> Envoy (edge)
+    offline model ───────┘
+
+Used by `make run` (`python -m devstack`) and by the end-to-end tests, so both start the same thing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import sys
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from devstack.postgres import EmbeddedPostgres
+from devstack.process import ManagedProcess, StartupError
+from devstack.valkey import EmbeddedValkey
+
+log = logging.getLogger(__name__)
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Ports:
+    """Loopback ports of every part (SPEC §9 defaults)."""
+
+    edge: int = 8080
+    envoy_admin: int = 9901
+    router: int = 50051
+    orchestrator: int = 50052
+    memory: int = 50053
+    auth: int = 50054
+    offline_model: int = 8090
+    postgres: int = 5433
+    valkey: int = 6380
+    router_http: int = 9101
+    orchestrator_http: int = 9102
+    memory_http: int = 9103
+    auth_http: int = 9104
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    data_dir: Path
+    """Everything that persists between runs: database files, signing keys, logs."""
+    ports: Ports = field(default_factory=Ports)
+    database_url: str | None = None
+    """An external PostgreSQL (with pgvector) instead of the embedded one."""
+    redis_url: str | None = None
+    """An external Redis-compatible server instead of the embedded Valkey."""
+    openai_api_key: str | None = None
+    """A real model provider's key; without one the offline model answers."""
+    openai_base_url: str | None = None
+    offline_delay_ms: int = 20
+    extra_env: dict[str, str] = field(default_factory=dict)
+    """Additional variables for every service (tests shorten token lifetimes this way)."""
+
+    @classmethod
+    def from_environment(cls, data_dir: Path) -> StackConfig:
+        defaults = Ports()
+        ports = Ports(
+            **{
+                name: int(os.environ.get(f"ATHENA_{name.upper()}_PORT", getattr(defaults, name)))
+                for name in defaults.__dataclass_fields__
+            }
+        )
+        return cls(
+            data_dir=data_dir,
+            ports=ports,
+            database_url=os.environ.get("DATABASE_URL") or None,
+            redis_url=os.environ.get("REDIS_URL") or None,
+            openai_api_key=os.environ.get("OPENAI_API_KEY") or None,
+            openai_base_url=os.environ.get("OPENAI_BASE_URL") or None,
+            offline_delay_ms=int(os.environ.get("ATHENA_OFFLINE_DELAY_MS", "20")),
+        )
+
+
+def grpc_serving(port: int, service: str) -> Callable[[], bool]:
+    def check() -> bool:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            try:
+                response = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(service=service), timeout=0.5
+                )
+            except grpc.RpcError:
+                return False
+            return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
+
+    return check
+
+
+def http_ok(url: str) -> Callable[[], bool]:
+    def check() -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=0.5) as response:  # noqa: S310 (loopback URL we built)
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    return check
+
+
+class Stack:
+    """Starts every part, waits until each is healthy, and stops them all (also after a failed start)."""
+
+    def __init__(self, config: StackConfig) -> None:
+        self.config = config
+        self.data_dir = config.data_dir.resolve()
+        self.logs = self.data_dir / "logs"
+        self._postgres: EmbeddedPostgres | None = None
+        self._valkey: EmbeddedValkey | None = None
+        self._processes: list[ManagedProcess] = []
+        self.database_url = config.database_url or ""
+        self.redis_url = config.redis_url or ""
+
+    @property
+    def edge_url(self) -> str:
+        return f"http://127.0.0.1:{self.config.ports.edge}"
+
+    @property
+    def offline(self) -> bool:
+        return self.config.openai_api_key is None
+
+    def _service_key(self) -> str:
+        """Credential of service-to-service calls that act for no user (the orchestrator's catalog sync)."""
+        path = self.data_dir / "service.key"
+        if not path.exists():
+            path.write_text(secrets.token_urlsafe(32))
+            path.chmod(0o600)
+        return path.read_text().strip()
+
+    def _environment(self) -> dict[str, str]:
+        p = self.config.ports
+        env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "ATHENA_ENV": "dev",
+            "ATHENA_DATA_DIR": str(self.data_dir),
+            "ATHENA_SERVICE_KEY": self._service_key(),
+            "ATHENA_JWKS_URL": f"http://127.0.0.1:{p.auth_http}/.well-known/jwks.json",
+            "DATABASE_URL": self.database_url,
+            "REDIS_URL": self.redis_url,
+            "ROUTER_PORT": str(p.router),
+            "ROUTER_HTTP_PORT": str(p.router_http),
+            "ROUTER_ORCHESTRATOR_TARGET": f"127.0.0.1:{p.orchestrator}",
+            "ROUTER_MEMORY_TARGET": f"127.0.0.1:{p.memory}",
+            "ROUTER_AUTH_TARGET": f"127.0.0.1:{p.auth}",
+            "ORCHESTRATOR_PORT": str(p.orchestrator),
+            "ORCHESTRATOR_HTTP_PORT": str(p.orchestrator_http),
+            "ORCHESTRATOR_MEMORY_TARGET": f"127.0.0.1:{p.memory}",
+            "MEMORY_PORT": str(p.memory),
+            "MEMORY_HTTP_PORT": str(p.memory_http),
+            "AUTH_PORT": str(p.auth),
+            "AUTH_HTTP_PORT": str(p.auth_http),
+            **self.config.extra_env,
+        }
+        if self.offline:
+            env["OPENAI_BASE_URL"] = f"http://127.0.0.1:{p.offline_model}/v1"
+            env.pop("OPENAI_API_KEY", None)
+        else:
+            env["OPENAI_API_KEY"] = self.config.openai_api_key or ""
+            if self.config.openai_base_url:
+                env["OPENAI_BASE_URL"] = self.config.openai_base_url
+        return env
+
+    def _spawn(self, name: str, argv: list[str], ready: Callable[[], bool], env: dict[str, str]) -> None:
+        process = ManagedProcess(name=name, argv=argv, log_path=self.logs / f"{name}.log", env=env, cwd=ROOT)
+        self._processes.append(process)
+        process.start()
+        process.wait_ready(ready, timeout=90)
+        log.info("%s ready", name)
+
+    def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.logs.mkdir(exist_ok=True)
+        p = self.config.ports
+        try:
+            if not self.database_url:
+                self._postgres = EmbeddedPostgres(
+                    self.data_dir / "postgres", p.postgres, self.logs / "postgres.log"
+                )
+                self._postgres.start()
+                self.database_url = self._postgres.url
+            if not self.redis_url:
+                self._valkey = EmbeddedValkey(p.valkey, self.logs / "valkey.log")
+                self._valkey.start()
+                self.redis_url = self._valkey.url
+            env = self._environment()
+            python = sys.executable
+            if self.offline:
+                model_env = {
+                    **env,
+                    "OFFLINE_MODEL_PORT": str(p.offline_model),
+                    "ATHENA_OFFLINE_DELAY_MS": str(self.config.offline_delay_ms),
+                }
+                self._spawn(
+                    "offline-model",
+                    [python, "-m", "orchestrator.offline_model"],
+                    http_ok(f"http://127.0.0.1:{p.offline_model}/healthz"),
+                    model_env,
+                )
+            self._spawn(
+                "auth", [python, "-m", "auth"], grpc_serving(p.auth, "athena.auth.v1.AuthService"), env
+            )
+            self._spawn(
+                "memory",
+                [python, "-m", "memory"],
+                grpc_serving(p.memory, "athena.memory.v1.MemoryService"),
+                env,
+            )
+            self._spawn(
+                "orchestrator",
+                [python, "-m", "orchestrator"],
+                grpc_serving(p.orchestrator, "athena.orchestrator.v1.OrchestratorService"),
+                env,
+            )
+            self._spawn(
+                "router", [python, "-m", "router"], grpc_serving(p.router, "athena.chat.v1.ChatService"), env
+            )
+            self._start_envoy()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start_envoy(self) -> None:
+        from edge.envoy_config import EdgeConfig, render
+
+        p = self.config.ports
+        config = EdgeConfig(
+            listen_port=p.edge,
+            admin_port=p.envoy_admin,
+            router_port=p.router,
+            auth_port=p.auth,
+            auth_http_port=p.auth_http,
+            web_root=ROOT / "edge" / "web" / "dist",
+        )
+        path = self.data_dir / "envoy.json"
+        path.write_text(json.dumps(render(config), indent=2))
+        envoy = str(Path(sys.executable).parent / "envoy")
+        self._spawn(
+            "envoy",
+            [envoy, "-c", str(path), "--use-dynamic-base-id", "--log-level", "warn", "--drain-time-s", "5"],
+            http_ok(f"http://127.0.0.1:{p.envoy_admin}/ready"),
+            dict(os.environ),
+        )
+
+    def stop(self) -> None:
+        """Reverse order: the edge first, so no new calls arrive while services drain."""
+        for process in reversed(self._processes):
+            process.stop()
+        self._processes.clear()
+        if self._valkey is not None:
+            self._valkey.stop()
+            self._valkey = None
+        if self._postgres is not None:
+            self._postgres.stop()
+            self._postgres = None
+
+    def describe_failure(self, error: StartupError) -> str:
+        return f"{error}\n(logs in {self.logs})"

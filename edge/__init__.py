@@ -1,0 +1,1 @@
+"""The Envoy edge: one source that renders its configuration for local runs and for Kubernetes."""

@@ -1,0 +1,695 @@
+"""Render the Envoy bootstrap of the AthenaOS edge, for local runs and for Kubernetes, from one source.
+
+The edge is the only way into the mesh. One listener serves the web app, gRPC-web (HTTP/1.1 and HTTP/2)
+and native gRPC over h2c, so browsers and grpcurl use the same port. Its HTTP filters run in this order:
+
+    grpc_web  →  cors  →  jwt_authn  →  router
+
+grpc_web comes first so that the other filters see plain gRPC; cors comes before jwt_authn so that the
+replies jwt_authn sends itself (401, which gRPC clients see as UNAUTHENTICATED) still carry CORS headers
+and reach the browser's code. Only the public services are routed (`PUBLIC_SERVICES`); every other path,
+internal services included, gets a 404, which gRPC clients see as UNIMPLEMENTED.
+
+`render(EdgeConfig(...))` returns the bootstrap as a dict; the command line writes it as JSON, which is
+also YAML, so the file may be named `.json` or `.yaml`:
+
+    python -m edge.envoy_config --out var/envoy.json
+    python -m edge.envoy_config --out envoy.yaml --target kubernetes --namespace athena
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import ipaddress
+import json
+import os
+import sys
+import urllib.parse
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+Target = Literal["local", "kubernetes"]
+"""Where the rendered Envoy runs: on loopback beside the services, or in a cluster beside their Services."""
+
+CHAT_SERVICE = "athena.chat.v1.ChatService"
+ACCOUNT_SERVICE = "athena.account.v1.AccountService"
+AUTH_SERVICE = "athena.auth.v1.AuthService"
+HEALTH_SERVICE = "grpc.health.v1.Health"
+REFLECTION_SERVICES = ("grpc.reflection.v1alpha.ServerReflection", "grpc.reflection.v1.ServerReflection")
+
+ROUTER_CLUSTER = "router"
+AUTH_CLUSTER = "auth"
+JWKS_CLUSTER = "auth_jwks"
+ADMIN_CLUSTER = "envoy_admin"
+
+PUBLIC_SERVICES: Mapping[str, str] = {
+    CHAT_SERVICE: ROUTER_CLUSTER,
+    ACCOUNT_SERVICE: ROUTER_CLUSTER,
+    AUTH_SERVICE: AUTH_CLUSTER,
+}
+"""The only application services the edge routes, each to its cluster. Internal services are never here."""
+
+TOKEN_REQUIRED = (CHAT_SERVICE, ACCOUNT_SERVICE)
+"""Services whose calls need a valid access token at the edge; login RPCs, health and reflection do not."""
+
+EDGE_REFLECTION_HEADER = "x-athena-edge-reflection"
+"""Added to reflection calls, so the router lists the public API instead of its own services."""
+
+JWKS_PATH = "/.well-known/jwks.json"
+JWT_PROVIDER = "athena"
+DEFAULT_WEB_ROOT = Path(__file__).resolve().parent / "web" / "dist"
+MAX_WEB_FILE_BYTES = 4 * 1024 * 1024
+
+CORS_ALLOW_HEADERS = (
+    "content-type",
+    "authorization",
+    "x-grpc-web",
+    "x-user-agent",
+    "grpc-timeout",
+    "connect-protocol-version",
+    "x-request-id",
+)
+CORS_EXPOSE_HEADERS = ("grpc-status", "grpc-message", "grpc-status-details-bin", "x-request-id")
+
+CONTENT_TYPES: Mapping[str, str] = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".mjs": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".json": "application/json",
+    ".map": "application/json",
+    ".webmanifest": "application/manifest+json",
+    ".txt": "text/plain; charset=utf-8",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".gif": "image/gif",
+    ".webp": "image/webp",
+    ".ico": "image/x-icon",
+    ".woff": "font/woff",
+    ".woff2": "font/woff2",
+    ".ttf": "font/ttf",
+    ".wasm": "application/wasm",
+}
+
+PLACEHOLDER_PAGE = (
+    "<!doctype html><html><head><meta charset=\"utf-8\"><title>AthenaOS</title></head><body>"
+    "<h1>AthenaOS</h1><p>The web app is not built. Build it in <code>edge/web</code>, then render the "
+    "Envoy configuration again.</p></body></html>\n"
+)
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """A host and port Envoy connects to."""
+
+    host: str
+    """An IP address (a STATIC cluster) or a DNS name (STRICT_DNS: every address it resolves to is a host)."""
+    port: int
+    """TCP port."""
+
+    @classmethod
+    def parse(cls, text: str) -> Upstream:
+        """Read `host:port`."""
+        host, sep, port = text.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"expected host:port, got {text!r}")
+        return cls(host.strip("[]"), int(port))
+
+
+@dataclass(frozen=True)
+class EdgeConfig:
+    """Everything that differs between edges; the defaults are a local run on the standard ports."""
+
+    target: Target = "local"
+    """Where Envoy runs; Kubernetes adds the ops listener's meaning and DNS-based upstreams."""
+    listen_host: str = "127.0.0.1"
+    """Address of the listener for browsers and gRPC clients ("0.0.0.0" in a container)."""
+    listen_port: int = 8080
+    """Port of that listener."""
+    admin_port: int = 9901
+    """Envoy's admin interface; it is always bound to 127.0.0.1, never reachable from outside."""
+    router: Upstream = Upstream("127.0.0.1", 50051)
+    """The router's gRPC port (ChatService, AccountService)."""
+    auth: Upstream = Upstream("127.0.0.1", 50054)
+    """The auth service's gRPC port (AuthService)."""
+    jwks: Upstream = Upstream("127.0.0.1", 9104)
+    """The auth service's HTTP port, which serves the JWKS at /.well-known/jwks.json."""
+    allowed_origins: tuple[str, ...] = ("http://127.0.0.1:8080", "http://localhost:8080")
+    """Browser origins allowed to call through CORS, compared exactly (scheme, host and port)."""
+    jwt_issuer: str = "athenaos"
+    """`iss` that access tokens must carry."""
+    jwt_audiences: tuple[str, ...] = ("athenaos-api",)
+    """`aud` values of which access tokens must carry one."""
+    jwks_cache_seconds: int = 300
+    """How long Envoy keeps the JWKS before fetching it again: a new signing key must be published in the
+    JWKS at least this long before tokens are signed with it."""
+    web_root: Path = DEFAULT_WEB_ROOT
+    """Built web app, read when rendering: one route per file. Missing → `/` answers a placeholder page."""
+    web_root_in_envoy: Path | None = None
+    """Where Envoy finds the same files when it runs elsewhere (a container); None → `web_root`."""
+    ops_port: int | None = None
+    """A listener on all interfaces exposing only Envoy's /ready and /stats/prometheus, for Kubernetes
+    probes and scrapers (the admin interface stays on loopback); None → no such listener."""
+    stream_idle_timeout_seconds: int = 300
+    """A stream (a chat answer included) with no bytes in either direction for this long is reset."""
+    cors_max_age_seconds: int = 86400
+    """How long browsers may cache a preflight answer."""
+
+    @classmethod
+    def for_target(cls, target: Target, *, namespace: str | None = None) -> EdgeConfig:
+        """Defaults for `target`. In Kubernetes upstreams are the headless Services `router` and `auth`,
+        qualified with `namespace` when given."""
+        if target == "local":
+            return cls()
+        suffix = f".{namespace}.svc.cluster.local" if namespace else ""
+        return cls(
+            target="kubernetes",
+            listen_host="0.0.0.0",
+            router=Upstream(f"router{suffix}", 50051),
+            auth=Upstream(f"auth{suffix}", 50054),
+            jwks=Upstream(f"auth{suffix}", 9104),
+            ops_port=9902,
+        )
+
+
+def render(config: EdgeConfig) -> dict[str, Any]:
+    """The complete Envoy v3 bootstrap for `config`."""
+    listeners = [_edge_listener(config)]
+    clusters = [
+        _grpc_cluster(ROUTER_CLUSTER, config.router, health_service=CHAT_SERVICE),
+        _grpc_cluster(AUTH_CLUSTER, config.auth, health_service=AUTH_SERVICE),
+        _cluster(JWKS_CLUSTER, config.jwks),
+    ]
+    if config.ops_port is not None:
+        listeners.append(_ops_listener(config.ops_port))
+        clusters.append(_cluster(ADMIN_CLUSTER, Upstream("127.0.0.1", config.admin_port)))
+    return {
+        "node": {"id": "athena-edge", "cluster": "athena-edge"},
+        "admin": {"address": _socket_address("127.0.0.1", config.admin_port)},
+        "static_resources": {"listeners": listeners, "clusters": clusters},
+        "overload_manager": {
+            "resource_monitors": [
+                {
+                    "name": "envoy.resource_monitors.global_downstream_max_connections",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.resource_monitors."
+                        "downstream_connections.v3.DownstreamConnectionsConfig",
+                        "max_active_downstream_connections": 50_000,
+                    },
+                }
+            ]
+        },
+    }
+
+
+def _edge_listener(config: EdgeConfig) -> dict[str, Any]:
+    idle = f"{config.stream_idle_timeout_seconds}s"
+    manager = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+        "HttpConnectionManager",
+        "stat_prefix": "edge",
+        # AUTO: HTTP/1.1 for gRPC-web, HTTP/2 (h2c prior knowledge) for gRPC-web and native gRPC.
+        "codec_type": "AUTO",
+        "use_remote_address": True,
+        "generate_request_id": True,
+        "preserve_external_request_id": True,
+        "always_set_request_id_in_response": True,
+        # Routing and the JWT rules see the same normalised path: no `..` or `%2E` tricks past either.
+        "normalize_path": True,
+        "merge_slashes": True,
+        "path_with_escaped_slashes_action": "REJECT_REQUEST",
+        "stream_idle_timeout": idle,
+        "request_headers_timeout": "10s",
+        "max_request_headers_kb": 96,
+        "common_http_protocol_options": {
+            "idle_timeout": "3600s",
+            "headers_with_underscores_action": "REJECT_REQUEST",
+        },
+        "http2_protocol_options": {
+            "max_concurrent_streams": 2048,
+            "initial_stream_window_size": 65536,
+            "initial_connection_window_size": 1048576,
+        },
+        "access_log": [_stdout_access_log()],
+        # jwt_authn answers 403 for a token of another audience (PERMISSION_DENIED to gRPC clients) and 401
+        # for every other bad token; nothing else here replies 403, so all bad tokens are UNAUTHENTICATED.
+        "local_reply_config": {
+            "mappers": [
+                {
+                    "filter": {
+                        "status_code_filter": {
+                            "comparison": {
+                                "op": "EQ",
+                                "value": {"default_value": 403, "runtime_key": "athena_edge.jwt_forbidden"},
+                            }
+                        }
+                    },
+                    "status_code": 401,
+                }
+            ]
+        },
+        "route_config": _route_config(config),
+        "http_filters": _http_filters(config),
+    }
+    return {
+        "name": "edge",
+        "address": _socket_address(config.listen_host, config.listen_port),
+        "per_connection_buffer_limit_bytes": 256 * 1024,
+        "filter_chains": [
+            {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}]}
+        ],
+    }
+
+
+def _stdout_access_log() -> dict[str, Any]:
+    fields = {
+        "time": "%START_TIME%",
+        "method": "%REQ(:METHOD)%",
+        "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+        "protocol": "%PROTOCOL%",
+        "status": "%RESPONSE_CODE%",
+        # From trailers, else headers (trailers-only replies, Envoy's own replies).
+        "grpc_status": "%GRPC_STATUS_NUMBER%",
+        "duration_ms": "%DURATION%",
+        "request_id": "%REQ(X-REQUEST-ID)%",
+        "upstream_cluster": "%UPSTREAM_CLUSTER%",
+        "upstream_host": "%UPSTREAM_HOST%",
+        "flags": "%RESPONSE_FLAGS%",
+        "details": "%RESPONSE_CODE_DETAILS%",
+        "bytes_received": "%BYTES_RECEIVED%",
+        "bytes_sent": "%BYTES_SENT%",
+        "client": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
+        "user_agent": "%REQ(USER-AGENT)%",
+    }
+    return {
+        "name": "envoy.access_loggers.stdout",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+            "log_format": {"json_format": fields},
+        },
+    }
+
+
+def _http_filters(config: EdgeConfig) -> list[dict[str, Any]]:
+    return [
+        _filter("envoy.filters.http.grpc_web", "envoy.extensions.filters.http.grpc_web.v3.GrpcWeb", {}),
+        _filter("envoy.filters.http.cors", "envoy.extensions.filters.http.cors.v3.Cors", {}),
+        _filter(
+            "envoy.filters.http.jwt_authn",
+            "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+            _jwt_authn(config),
+        ),
+        _filter(
+            "envoy.filters.http.router",
+            "envoy.extensions.filters.http.router.v3.Router",
+            {"suppress_envoy_headers": True},
+        ),
+    ]
+
+
+def _filter(name: str, type_name: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    return {"name": name, "typed_config": {"@type": f"type.googleapis.com/{type_name}", **body}}
+
+
+def _jwt_authn(config: EdgeConfig) -> dict[str, Any]:
+    jwks_host = _url_host(config.jwks.host)
+    provider = {
+        "issuer": config.jwt_issuer,
+        "audiences": list(config.jwt_audiences),
+        "remote_jwks": {
+            "http_uri": {
+                "uri": f"http://{jwks_host}:{config.jwks.port}{JWKS_PATH}",
+                "cluster": JWKS_CLUSTER,
+                "timeout": "2s",
+            },
+            "cache_duration": f"{config.jwks_cache_seconds}s",
+            # Envoy listens at once and fetches in the background, so it may start before auth.
+            "async_fetch": {"fast_listener": True, "failed_refetch_duration": "2s"},
+            "retry_policy": {
+                "num_retries": 3,
+                "retry_back_off": {"base_interval": "0.2s", "max_interval": "2s"},
+            },
+        },
+        # The services verify the token again and scope data to its subject: keep the header.
+        "forward": True,
+        "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}],
+        "require_expiration": True,
+        "clock_skew_seconds": 30,
+    }
+    rules: list[dict[str, Any]] = [
+        # First match wins: CORS preflights never need a token (the cors filter answers those it allows).
+        {"match": {"prefix": "/", "headers": [{"name": ":method", "string_match": {"exact": "OPTIONS"}}]}},
+        *(
+            {"match": {"prefix": f"/{service}/"}, "requires": {"provider_name": JWT_PROVIDER}}
+            for service in TOKEN_REQUIRED
+        ),
+    ]
+    return {"providers": {JWT_PROVIDER: provider}, "rules": rules}
+
+
+def _route_config(config: EdgeConfig) -> dict[str, Any]:
+    routes = [
+        *(_grpc_route(service, cluster, config) for service, cluster in PUBLIC_SERVICES.items()),
+        _grpc_route(HEALTH_SERVICE, ROUTER_CLUSTER, config),
+        *(
+            _grpc_route(service, ROUTER_CLUSTER, config, add_headers={EDGE_REFLECTION_HEADER: "1"})
+            for service in REFLECTION_SERVICES
+        ),
+        *_web_routes(config),
+        {
+            "name": "not_found",
+            "match": {"prefix": "/"},
+            "direct_response": {"status": 404, "body": {"inline_string": "not found\n"}},
+        },
+    ]
+    cors_policy = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy",
+        "allow_origin_string_match": [{"exact": origin} for origin in config.allowed_origins],
+        "allow_methods": "GET, POST, OPTIONS",
+        "allow_headers": ", ".join(CORS_ALLOW_HEADERS),
+        "expose_headers": ", ".join(CORS_EXPOSE_HEADERS),
+        "max_age": str(config.cors_max_age_seconds),
+        "allow_credentials": False,
+        # Envoy answers every preflight itself; one from a foreign origin gets no CORS headers.
+        "forward_not_matching_preflights": False,
+    }
+    return {
+        "name": "athena",
+        "max_direct_response_body_size_bytes": MAX_WEB_FILE_BYTES,
+        "virtual_hosts": [
+            {
+                "name": "athena",
+                "domains": ["*"],
+                "typed_per_filter_config": {"envoy.filters.http.cors": cors_policy},
+                "routes": routes,
+            }
+        ],
+    }
+
+
+def _grpc_route(
+    service: str, cluster: str, config: EdgeConfig, *, add_headers: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    route: dict[str, Any] = {
+        "name": service,
+        "match": {"prefix": f"/{service}/"},
+        "route": {
+            "cluster": cluster,
+            # Streams (chat answers, exports) have no overall limit, only an idle one; the caller's
+            # grpc-timeout still applies.
+            "timeout": "0s",
+            "idle_timeout": f"{config.stream_idle_timeout_seconds}s",
+            "max_stream_duration": {"grpc_timeout_header_max": "0s"},
+            # Only what the upstream never started to process: Envoy retries solely before it has sent
+            # any response downstream, so a stream is never replayed half-way.
+            "retry_policy": {
+                "retry_on": "unavailable,connect-failure,refused-stream",
+                "num_retries": 1,
+                "retry_host_predicate": [
+                    {
+                        "name": "envoy.retry_host_predicates.previous_hosts",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3."
+                            "PreviousHostsPredicate"
+                        },
+                    }
+                ],
+                "host_selection_retry_max_attempts": 3,
+            },
+        },
+    }
+    if add_headers:
+        route["request_headers_to_add"] = [
+            {"header": {"key": key, "value": value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+            for key, value in add_headers.items()
+        ]
+    return route
+
+
+def _web_routes(config: EdgeConfig) -> list[dict[str, Any]]:
+    root = config.web_root
+    index = root / "index.html"
+    if not index.is_file():
+        page = {"inline_string": PLACEHOLDER_PAGE}
+        return [_file_route(path, page, CONTENT_TYPES[".html"], "no-cache") for path in ("/", "/index.html")]
+    served_from = config.web_root_in_envoy or root.resolve()
+    routes = []
+    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+        relative = file.relative_to(root)
+        if any(part.startswith(".") for part in relative.parts):
+            continue
+        size = file.stat().st_size
+        if size > MAX_WEB_FILE_BYTES:
+            raise ValueError(f"{file} is {size} bytes; the edge serves files up to {MAX_WEB_FILE_BYTES}")
+        body = {"filename": str(served_from / relative)}
+        content_type = CONTENT_TYPES.get(file.suffix.lower(), "application/octet-stream")
+        # Bundles under assets/ carry a content hash in their names; everything else may change.
+        immutable = relative.parts[0] == "assets" and len(relative.parts) > 1
+        cache = "public, max-age=31536000, immutable" if immutable else "no-cache"
+        url = "/" + urllib.parse.quote(relative.as_posix())
+        paths = ("/", url) if relative == Path("index.html") else (url,)
+        routes.extend(_file_route(path, body, content_type, cache) for path in paths)
+    return routes
+
+
+def _file_route(path: str, body: Mapping[str, str], content_type: str, cache: str) -> dict[str, Any]:
+    headers = {"content-type": content_type, "cache-control": cache, "x-content-type-options": "nosniff"}
+    return {
+        "name": f"web:{path}",
+        "match": {"path": path},
+        "direct_response": {"status": 200, "body": dict(body)},
+        "response_headers_to_add": [
+            {"header": {"key": key, "value": value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+            for key, value in headers.items()
+        ],
+    }
+
+
+def _ops_listener(port: int) -> dict[str, Any]:
+    routes = [
+        {"match": {"path": path}, "route": {"cluster": ADMIN_CLUSTER, "timeout": "5s"}}
+        for path in ("/ready", "/stats/prometheus")
+    ]
+    routes.append({"match": {"prefix": "/"}, "direct_response": {"status": 404}})
+    manager = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+        "HttpConnectionManager",
+        "stat_prefix": "ops",
+        "codec_type": "AUTO",
+        "route_config": {
+            "name": "ops",
+            "virtual_hosts": [{"name": "ops", "domains": ["*"], "routes": routes}],
+        },
+        "http_filters": [
+            _filter("envoy.filters.http.router", "envoy.extensions.filters.http.router.v3.Router", {})
+        ],
+    }
+    return {
+        "name": "ops",
+        "address": _socket_address("0.0.0.0", port),
+        "filter_chains": [
+            {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}]}
+        ],
+    }
+
+
+def _grpc_cluster(name: str, upstream: Upstream, *, health_service: str) -> dict[str, Any]:
+    cluster = _cluster(name, upstream)
+    cluster["typed_extension_protocol_options"] = {
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {
+                "http2_protocol_options": {
+                    "connection_keepalive": {"interval": "30s", "timeout": "5s"},
+                }
+            },
+        }
+    }
+    cluster["health_checks"] = [
+        {
+            "timeout": "1s",
+            "interval": "2s",
+            "no_traffic_interval": "5s",
+            "unhealthy_threshold": 2,
+            "healthy_threshold": 1,
+            "grpc_health_check": {"service_name": health_service},
+        }
+    ]
+    cluster["circuit_breakers"] = {
+        "thresholds": [
+            {
+                "priority": "DEFAULT",
+                "max_connections": 10_000,
+                "max_pending_requests": 10_000,
+                "max_requests": 10_000,
+                "retry_budget": {"budget_percent": {"value": 20.0}, "min_retry_concurrency": 10},
+            }
+        ]
+    }
+    return cluster
+
+
+def _cluster(name: str, upstream: Upstream) -> dict[str, Any]:
+    """A cluster of one address: STATIC for an IP, else STRICT_DNS with one host per resolved address
+    (a headless Service's pods), balanced round robin."""
+    cluster: dict[str, Any] = {
+        "name": name,
+        "connect_timeout": "1s",
+        "lb_policy": "ROUND_ROBIN",
+        "per_connection_buffer_limit_bytes": 256 * 1024,
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _socket_address(upstream.host, upstream.port)}}]}],
+        },
+    }
+    if _is_ip(upstream.host):
+        cluster["type"] = "STATIC"
+    else:
+        # STRICT_DNS: every address the name resolves to is a host of its own.
+        cluster["cluster_type"] = {
+            "name": "envoy.clusters.dns",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.clusters.dns.v3.DnsCluster",
+                "dns_refresh_rate": "5s",
+                "dns_lookup_family": "V4_PREFERRED",
+                "all_addresses_in_single_endpoint": False,
+            },
+        }
+    return cluster
+
+
+def _socket_address(host: str, port: int) -> dict[str, Any]:
+    return {"socket_address": {"address": host, "port_value": port}}
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _env_list(name: str) -> list[str] | None:
+    value = os.environ.get(name)
+    return [item.strip() for item in value.split(",") if item.strip()] if value else None
+
+
+def _parser() -> argparse.ArgumentParser:
+    env = os.environ.get
+    parser = argparse.ArgumentParser(
+        prog="python -m edge.envoy_config",
+        description="Write the Envoy bootstrap of the AthenaOS edge (JSON, which is also valid YAML).",
+    )
+    parser.add_argument("--out", required=True, type=Path, help="file to write; '-' writes to stdout")
+    parser.add_argument(
+        "--target", choices=get_args(Target), default=env("ATHENA_EDGE_TARGET", "local"), help="[ATHENA_EDGE_TARGET]"
+    )
+    parser.add_argument(
+        "--namespace",
+        default=env("ATHENA_EDGE_NAMESPACE"),
+        help="Kubernetes namespace of the router and auth Services [ATHENA_EDGE_NAMESPACE]",
+    )
+    parser.add_argument("--listen-host", default=env("ATHENA_EDGE_HOST"), help="[ATHENA_EDGE_HOST]")
+    parser.add_argument("--port", type=int, default=env("ATHENA_EDGE_PORT"), help="[ATHENA_EDGE_PORT] 8080")
+    parser.add_argument(
+        "--admin-port", type=int, default=env("ATHENA_EDGE_ADMIN_PORT"), help="[ATHENA_EDGE_ADMIN_PORT] 9901"
+    )
+    parser.add_argument(
+        "--ops-port",
+        type=int,
+        default=env("ATHENA_EDGE_OPS_PORT"),
+        help="listener for /ready and /stats/prometheus; 0 disables [ATHENA_EDGE_OPS_PORT] (9902 in Kubernetes)",
+    )
+    for name, help_text in (
+        ("router", "router gRPC"),
+        ("auth", "auth gRPC"),
+        ("jwks", "auth HTTP (JWKS)"),
+    ):
+        variable = f"ATHENA_EDGE_{name.upper()}"
+        parser.add_argument(
+            f"--{name}", type=Upstream.parse, default=env(variable), metavar="HOST:PORT", help=f"{help_text} [{variable}]"
+        )
+    parser.add_argument(
+        "--allowed-origin",
+        action="append",
+        dest="allowed_origins",
+        help="repeatable [ATHENA_EDGE_ALLOWED_ORIGINS, comma-separated] (default: the edge's own loopback origins)",
+    )
+    parser.add_argument("--jwt-issuer", default=env("ATHENA_JWT_ISSUER"), help="[ATHENA_JWT_ISSUER] athenaos")
+    parser.add_argument(
+        "--jwt-audience",
+        action="append",
+        dest="jwt_audiences",
+        help="repeatable [ATHENA_JWT_AUDIENCE, comma-separated] athenaos-api",
+    )
+    parser.add_argument(
+        "--web-root", type=Path, default=env("ATHENA_EDGE_WEB_ROOT"), help="built web app [ATHENA_EDGE_WEB_ROOT]"
+    )
+    parser.add_argument(
+        "--web-root-in-envoy",
+        type=Path,
+        default=env("ATHENA_EDGE_WEB_ROOT_IN_ENVOY"),
+        help="where Envoy finds the web app if not at --web-root (a container) [ATHENA_EDGE_WEB_ROOT_IN_ENVOY]",
+    )
+    return parser
+
+
+def config_from_args(argv: Sequence[str] | None = None) -> tuple[EdgeConfig, Path]:
+    """The configuration and output path named by command-line flags, then ATHENA_* variables."""
+    args = _parser().parse_args(argv)
+    config = EdgeConfig.for_target(args.target, namespace=args.namespace)
+    changes: dict[str, Any] = {}
+    if args.listen_host:
+        changes["listen_host"] = args.listen_host
+    if args.port is not None:
+        changes["listen_port"] = int(args.port)
+    if args.admin_port is not None:
+        changes["admin_port"] = int(args.admin_port)
+    if args.ops_port is not None:
+        changes["ops_port"] = int(args.ops_port) or None
+    for name in ("router", "auth", "jwks"):
+        value = getattr(args, name)
+        if value is not None:
+            changes[name] = value if isinstance(value, Upstream) else Upstream.parse(value)
+    port = changes.get("listen_port", config.listen_port)
+    origins = (
+        args.allowed_origins
+        or _env_list("ATHENA_EDGE_ALLOWED_ORIGINS")
+        or [f"http://127.0.0.1:{port}", f"http://localhost:{port}"]
+    )
+    changes["allowed_origins"] = tuple(origins)
+    if args.jwt_issuer:
+        changes["jwt_issuer"] = args.jwt_issuer
+    audiences = args.jwt_audiences or _env_list("ATHENA_JWT_AUDIENCE")
+    if audiences:
+        changes["jwt_audiences"] = tuple(audiences)
+    if args.web_root is not None:
+        changes["web_root"] = Path(args.web_root).resolve()
+    if args.web_root_in_envoy is not None:
+        changes["web_root_in_envoy"] = Path(args.web_root_in_envoy)
+    return dataclasses.replace(config, **changes), args.out
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Render and write the bootstrap named by the command line."""
+    config, out = config_from_args(argv)
+    text = json.dumps(render(config), indent=2) + "\n"
+    if str(out) == "-":
+        sys.stdout.write(text)
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()

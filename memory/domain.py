@@ -1,0 +1,323 @@
+"""The memory service's records and the validation of what callers send. No I/O, no gRPC.
+
+Validation runs before anything is written, and every failure names the request field
+(`mesh.errors.InvalidArgument(field, problem)`), so a bad request never leaves a partial write behind.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+import re
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from mesh.errors import InvalidArgument
+
+MAX_MEMORY_TEXT = 4000
+"""Characters of a memory or a recall query."""
+MAX_MESSAGE_TEXT = 32000
+"""Characters of a chat message."""
+MAX_CLIENT_REQUEST_ID = 64
+MAX_EPHEMERAL_VALUE = 256 * 1024
+"""Bytes of an ephemeral value (UTF-8)."""
+MAX_EPHEMERAL_TTL_SECONDS = 24 * 3600
+MAX_K = 50
+MAX_FORGET_LIMIT = 50
+TITLE_LENGTH = 60
+"""A new conversation's title is the start of its first message, at most this many characters."""
+
+_KEY = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+_AGENT_ID = re.compile(r"[a-z0-9][a-z0-9_\-]{0,63}")
+_NAMESPACE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+
+
+class Scope(enum.Enum):
+    """Who can see a memory."""
+
+    USER = "user"
+    """Every agent of the user."""
+    AGENT = "agent"
+    """Only the agent that stored it."""
+
+
+class Stage(enum.Enum):
+    """Which retrieval stage found a memory."""
+
+    VECTOR = "vector"
+    KEYWORD = "keyword"
+
+
+class Role(enum.Enum):
+    USER = "user"
+    ASSISTANT = "assistant"
+
+
+class MessageStatus(enum.Enum):
+    COMPLETE = "complete"
+    FAILED = "failed"
+
+
+USER_SCOPE = "user"
+"""`vector_memory.agent_scope` of user-global memories; agent-scoped ones hold the agent id."""
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryRecord:
+    """One long-term memory."""
+
+    id: str
+    text: str
+    scope: Scope
+    agent_id: str
+    """The agent that stored it (for agent scope, also the only one that sees it)."""
+    key: str
+    """Empty when the memory has no key."""
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class RecallHit:
+    """A memory found by recall, with how well it fits."""
+
+    memory: MemoryRecord
+    similarity: float
+    """Cosine similarity (vector stage) or normalised text rank in 0..1 (keyword stage)."""
+    score: float
+    """`similarity` blended with recency."""
+    stage: Stage
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A tool call made while writing an assistant message, with its result."""
+
+    call_id: str
+    name: str
+    arguments_json: str
+    result_json: str
+    is_error: bool
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRecord:
+    id: str
+    role: Role
+    agent_id: str
+    content: str
+    tool_calls: tuple[ToolCall, ...]
+    status: MessageStatus
+    error: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationRecord:
+    id: str
+    agent_id: str
+    title: str
+    created_at: datetime
+    updated_at: datetime
+    messages: tuple[MessageRecord, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AgentDefinition:
+    """An agent of the catalog (global, not per user)."""
+
+    id: str
+    name: str
+    description: str = ""
+    system_prompt: str = ""
+    user_prompt: str = ""
+    model: str = ""
+    accent_token: str = ""
+    enabled: bool = True
+    """Whether the catalog offers the agent at all."""
+
+
+@dataclass(frozen=True, slots=True)
+class UserAgent:
+    """A catalog agent as one user sees it."""
+
+    definition: AgentDefinition
+    enabled: bool
+    """False when the user disabled it or the catalog did."""
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeCounts:
+    deleted_rows: int = 0
+    deleted_keys: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class NewMemory:
+    """A validated Remember request."""
+
+    text: str
+    scope: Scope
+    agent_id: str
+    key: str
+    embedding: tuple[float, ...] | None = None
+
+    @property
+    def agent_scope(self) -> str:
+        return USER_SCOPE if self.scope is Scope.USER else self.agent_id
+
+
+@dataclass(frozen=True, slots=True)
+class NewAssistantMessage:
+    """A validated AppendAssistantMessage request."""
+
+    conversation_id: str
+    message_id: str
+    agent_id: str
+    content: str
+    tool_calls: tuple[ToolCall, ...] = field(default_factory=tuple)
+    status: MessageStatus = MessageStatus.COMPLETE
+    error: str = ""
+
+
+# Validators: each returns the normalised value or raises InvalidArgument naming `field_name`.
+
+
+def require_text(value: str, field_name: str, limit: int) -> str:
+    if not value.strip():
+        raise InvalidArgument(field_name, "must not be empty")
+    if len(value) > limit:
+        raise InvalidArgument(field_name, f"must be at most {limit} characters (got {len(value)})")
+    return value
+
+
+def require_uuid(value: str, field_name: str) -> str:
+    if not value:
+        raise InvalidArgument(field_name, "is required")
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise InvalidArgument(field_name, "must be a UUID") from None
+
+
+def optional_uuid(value: str, field_name: str) -> str | None:
+    return require_uuid(value, field_name) if value else None
+
+
+def require_agent_id(value: str, field_name: str = "agent_id") -> str:
+    if not value:
+        raise InvalidArgument(field_name, "is required")
+    if not _AGENT_ID.fullmatch(value):
+        raise InvalidArgument(field_name, "must be lowercase letters, digits, '_' or '-' (at most 64)")
+    return value
+
+
+def optional_key(value: str, field_name: str = "key") -> str:
+    if value and not _KEY.fullmatch(value):
+        raise InvalidArgument(field_name, "must be letters, digits, '_', '-' or '.' (at most 64)")
+    return value
+
+
+def require_scope(scope: Scope | None, field_name: str = "scope") -> Scope:
+    if scope is None:
+        raise InvalidArgument(field_name, "must be MEMORY_SCOPE_USER or MEMORY_SCOPE_AGENT")
+    return scope
+
+
+def bounded_count(value: int, field_name: str, *, default: int, maximum: int) -> int:
+    """A count where 0 means `default`; anything outside 1..`maximum` is refused."""
+    if value == 0:
+        return default
+    if not 1 <= value <= maximum:
+        raise InvalidArgument(field_name, f"must be between 1 and {maximum} (or 0 for {default})")
+    return value
+
+
+def optional_embedding(values: Sequence[float], dimension: int, field_name: str = "embedding") -> tuple[float, ...] | None:
+    """A caller's precomputed embedding: absent, or exactly `dimension` finite numbers, not all zero."""
+    if not values:
+        return None
+    if len(values) != dimension:
+        raise InvalidArgument(field_name, f"must have {dimension} dimensions (got {len(values)})")
+    if not all(math.isfinite(v) for v in values):
+        raise InvalidArgument(field_name, "must hold finite numbers")
+    if not any(values):
+        raise InvalidArgument(field_name, "must not be all zeros (cosine is undefined)")
+    return tuple(values)
+
+
+def require_namespace(value: str, field_name: str = "namespace") -> str:
+    if not _NAMESPACE.fullmatch(value):
+        raise InvalidArgument(field_name, "must be 1 to 64 letters, digits, '_', '-' or '.'")
+    return value
+
+
+def require_ephemeral_key(value: str, field_name: str = "key") -> str:
+    return require_text(value, field_name, 256)
+
+
+def require_json(value: str, field_name: str, limit: int) -> str:
+    if len(value.encode()) > limit:
+        raise InvalidArgument(field_name, f"must be at most {limit} bytes")
+    try:
+        json.loads(value)
+    except ValueError:
+        raise InvalidArgument(field_name, "must be JSON") from None
+    return value
+
+
+def ttl_seconds(seconds: float, default: float, field_name: str = "ttl") -> float:
+    if seconds == 0:
+        return default
+    if seconds < 0:
+        raise InvalidArgument(field_name, "must not be negative")
+    if seconds > MAX_EPHEMERAL_TTL_SECONDS:
+        raise InvalidArgument(field_name, f"must be at most {MAX_EPHEMERAL_TTL_SECONDS} seconds")
+    return seconds
+
+
+def optional_client_request_id(value: str, field_name: str = "client_request_id") -> str | None:
+    if not value:
+        return None
+    if len(value) > MAX_CLIENT_REQUEST_ID:
+        raise InvalidArgument(field_name, f"must be at most {MAX_CLIENT_REQUEST_ID} characters")
+    return value
+
+
+def conversation_title(text: str) -> str:
+    """The first line-folded `TITLE_LENGTH` characters of the first message, cut at a word if possible."""
+    folded = " ".join(text.split())
+    if len(folded) <= TITLE_LENGTH:
+        return folded
+    cut = folded[:TITLE_LENGTH]
+    space = cut.rfind(" ")
+    return (cut[:space] if space > TITLE_LENGTH // 2 else cut).rstrip() + "…"
+
+
+def validate_tool_calls(calls: Sequence[ToolCall], field_name: str = "message.tool_calls") -> tuple[ToolCall, ...]:
+    seen: set[str] = set()
+    for index, call in enumerate(calls):
+        where = f"{field_name}[{index}]"
+        if not call.name:
+            raise InvalidArgument(f"{where}.name", "is required")
+        if call.call_id in seen:
+            raise InvalidArgument(f"{where}.call_id", "must be unique within the message")
+        seen.add(call.call_id)
+        for name, value in (("arguments_json", call.arguments_json), ("result_json", call.result_json)):
+            if value:
+                require_json(value, f"{where}.{name}", MAX_EPHEMERAL_VALUE)
+    return tuple(calls)
+
+
+def validate_catalog(agents: Sequence[AgentDefinition]) -> tuple[AgentDefinition, ...]:
+    seen: set[str] = set()
+    for index, agent in enumerate(agents):
+        require_agent_id(agent.id, f"agents[{index}].id")
+        if agent.id in seen:
+            raise InvalidArgument(f"agents[{index}].id", f"{agent.id!r} appears twice")
+        seen.add(agent.id)
+        require_text(agent.name, f"agents[{index}].name", 200)
+    return tuple(agents)

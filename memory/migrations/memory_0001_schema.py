@@ -1,0 +1,32 @@
+"""Agents, users, conversations, messages and vector memories, with row-level security.
+
+The SQL lives in memory/schema.sql; the embedding column is created with the dimension configured when
+the migration runs (memory.migrate.rendering_dimension).
+"""
+
+from yoyo import step
+
+from memory.migrate import render_schema
+
+__depends__: set[str] = set()
+
+
+def apply(connection: object) -> None:
+    cursor = connection.cursor()  # type: ignore[attr-defined]
+    try:
+        cursor.execute(render_schema())
+    finally:
+        cursor.close()
+
+
+def rollback(connection: object) -> None:
+    cursor = connection.cursor()  # type: ignore[attr-defined]
+    try:
+        cursor.execute(
+            "DROP TABLE IF EXISTS vector_memory, messages, conversations, user_agents, users, agents CASCADE"
+        )
+    finally:
+        cursor.close()
+
+
+steps = [step(apply, rollback)]

@@ -1,0 +1,52 @@
+"""How recall ranks memories (SPEC §3): similarity blended with recency, and the keyword-stage query.
+
+    score = (1 − w)·similarity + w·2^(−age_days / half_life_days)
+
+`similarity` is the cosine similarity in the vector stage and the full-text rank normalised to 0..1 in
+the keyword stage, so both stages rank the same way.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+
+SECONDS_PER_DAY = 86400.0
+_WORD = re.compile(r"\w+")
+
+
+@dataclass(frozen=True, slots=True)
+class RankingPolicy:
+    """The retrieval knobs of one deployment."""
+
+    threshold: float
+    """Cosine similarity a memory needs to pass the vector stage."""
+    recency_weight: float = 0.15
+    """w: how much recency counts against similarity."""
+    half_life_days: float = 30.0
+    """Age at which the recency term halves."""
+
+    def recency(self, updated_at: datetime, now: datetime) -> float:
+        """2^(−age_days / half_life_days): 1 for a memory written now, ½ after one half-life."""
+        age_days = max(0.0, (now - updated_at).total_seconds() / SECONDS_PER_DAY)
+        return float(2.0 ** (-age_days / self.half_life_days))
+
+    def score(self, similarity: float, updated_at: datetime, now: datetime) -> float:
+        w = self.recency_weight
+        return (1.0 - w) * similarity + w * self.recency(updated_at, now)
+
+    def passes(self, similarity: float) -> bool:
+        return similarity >= self.threshold
+
+
+def candidate_count(k: int) -> int:
+    """Neighbours fetched for a top-k recall: more than k, since recency may reorder them."""
+    return max(4 * k, 40)
+
+
+def keyword_query(text: str) -> str | None:
+    """A `websearch_to_tsquery` input matching any word of `text` (one shared word is enough); None when
+    `text` has no words. The word "or" itself is dropped: websearch syntax reads it as the operator."""
+    words = [word for word in _WORD.findall(text) if word.lower() != "or"]
+    return " or ".join(words) if words else None

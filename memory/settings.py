@@ -1,0 +1,91 @@
+"""Settings of the memory service (env prefix `MEMORY_`), read once in `__main__`."""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import SettingsConfigDict
+
+from mesh.settings import ServiceSettings
+
+OFFLINE_EMBEDDING_MODEL = "athena-offline-embed"
+"""Name under which the offline model server (and the in-package hashing embedder) embeds."""
+
+DEFAULT_SIMILARITY_THRESHOLDS: dict[str, float] = {
+    # Signed feature hashing of words and character trigrams (the offline model). Measured at 384
+    # dimensions: a question and the fact it asks about ("what is my caloric goal?" / "my caloric goal is
+    # 2000 kcal") ≈ 0.66-0.79; unrelated memories ≈ 0.06 median, 0.27 p95, 0.53 worst (two sentences
+    # sharing only "what is my ... name"). 0.55 keeps the first and drops the rest; weaker matches
+    # ("what did I eat for breakfast?" ≈ 0.42) are left to the keyword stage.
+    OFFLINE_EMBEDDING_MODEL: 0.55,
+    # The seed's figure, tuned for ada-002, whose similarities crowd between 0.7 and 1.
+    "text-embedding-ada-002": 0.82,
+    # The v3 models spread similarities lower: related text scores ≈ 0.4-0.7.
+    "text-embedding-3-small": 0.45,
+    "text-embedding-3-large": 0.45,
+}
+"""Cosine similarity a memory needs to pass the vector stage, per embedding model."""
+
+
+class MemorySettings(ServiceSettings):
+    """How the memory service runs: its ports, PostgreSQL, Redis, the embedding model and retrieval."""
+
+    model_config = SettingsConfigDict(env_prefix="MEMORY_", frozen=True, extra="ignore")
+
+    port: int = Field(50053, ge=0, le=65535)
+    """gRPC port."""
+    http_port: int = Field(9103, ge=0, le=65535)
+    """HTTP side port (/metrics)."""
+    database_url: str = Field(
+        "postgresql://athena:athena@127.0.0.1:5432/athena",
+        validation_alias=AliasChoices("MEMORY_DATABASE_URL", "DATABASE_URL"),
+    )
+    """PostgreSQL as a role that is neither superuser nor BYPASSRLS (row-level security must apply)."""
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0", validation_alias=AliasChoices("MEMORY_REDIS_URL", "REDIS_URL")
+    )
+    """The Redis-compatible server holding ephemeral values."""
+    openai_base_url: str = Field(
+        "http://127.0.0.1:8090/v1", validation_alias=AliasChoices("MEMORY_OPENAI_BASE_URL", "OPENAI_BASE_URL")
+    )
+    """OpenAI-compatible API serving /embeddings (the offline model server by default)."""
+    openai_api_key: SecretStr = Field(
+        SecretStr("offline"), validation_alias=AliasChoices("MEMORY_OPENAI_API_KEY", "OPENAI_API_KEY")
+    )
+    """API key of `openai_base_url`."""
+    embedding_model: str = OFFLINE_EMBEDDING_MODEL
+    """Embedding model name."""
+    embedding_dimension: int = Field(384, ge=1, le=16000)
+    """Length of embeddings; the `vector_memory.embedding` column is created with it (see memory.migrate)."""
+    embedding_timeout_seconds: float = Field(10.0, gt=0)
+    """Longest wait for one embeddings call (the caller's deadline may cut it shorter)."""
+    similarity_thresholds: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_SIMILARITY_THRESHOLDS))
+    """Vector-stage threshold per embedding model (JSON in MEMORY_SIMILARITY_THRESHOLDS)."""
+    default_similarity_threshold: float = Field(0.82, ge=-1.0, le=1.0)
+    """Threshold of models missing from `similarity_thresholds`."""
+    recency_weight: float = Field(0.15, ge=0.0, le=1.0)
+    """w in score = (1 − w)·similarity + w·2^(−age_days / half_life_days)."""
+    recency_half_life_days: float = Field(30.0, gt=0)
+    """Age at which the recency term halves."""
+    recall_default_k: int = Field(8, ge=1, le=50)
+    """Results of Recall when the request says 0."""
+    hnsw_ef_search: int = Field(100, ge=1, le=1000)
+    """HNSW search breadth (raised to the candidate count when smaller)."""
+    ephemeral_ttl_seconds: float = Field(300.0, gt=0)
+    """Time to live of ephemeral values when the request gives none."""
+    pool_min_size: int = Field(1, ge=0)
+    """Connections the pool keeps open."""
+    pool_max_size: int = Field(20, ge=1)
+    """Most connections the pool opens."""
+    db_acquire_timeout_seconds: float = Field(2.0, gt=0)
+    """Longest wait for a pooled connection (or a new one) before answering UNAVAILABLE."""
+    db_command_timeout_seconds: float = Field(5.0, gt=0)
+    """Longest a single statement may run."""
+    redis_timeout_seconds: float = Field(1.0, gt=0)
+    """Connect and command timeout of Redis calls."""
+    startup_timeout_seconds: float = Field(60.0, gt=0)
+    """How long start-up keeps retrying migrations while PostgreSQL is not reachable yet."""
+
+    @property
+    def similarity_threshold(self) -> float:
+        """The vector-stage threshold of the configured embedding model."""
+        return self.similarity_thresholds.get(self.embedding_model, self.default_similarity_threshold)

@@ -1,0 +1,357 @@
+"""What the offline model answers: a pure function of the conversation and the offered tools.
+
+The rules look at the last message (SPEC §4):
+
+- the last message is a tool result → one sentence confirming it (after a handoff, the receiving agent
+  answers the user's question instead);
+- otherwise the last user message: `remember <fact>` → `remember_memory{text, scope: "user"}`,
+  `note <fact>` → the same with scope "agent", `forget <fact>` → `forget_memory{query}`,
+  `ask <agent_id> <question>` → `handoff_to_<agent_id>{reason}`, words about the calendar →
+  `calendar_freebusy{start, end}` over the next 7 days;
+- a tool is only called when the request offers it; anything else gets the memory answer: "Here is what
+  I know: " + the memories of the `Memories:` system message joined by "; ", or "I don't know that yet."
+
+Test directives may prefix the last user message: `!fail <status> <count>` (the first `count` requests
+carrying that exact message are answered with HTTP `status`, see `FailureInjector`) and `!slow <ms>`
+(wait before the first chunk). They are stripped before the rules run.
+
+Messages are the OpenAI Chat Completions wire format, already decoded from JSON. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+REMEMBER_TOOL = "remember_memory"
+FORGET_TOOL = "forget_memory"
+CALENDAR_TOOL = "calendar_freebusy"
+HANDOFF_PREFIX = "handoff_to_"
+"""The orchestrator offers one tool per reachable agent, named `handoff_to_<agent_id>`."""
+
+UNKNOWN_ANSWER = "I don't know that yet."
+MEMORIES_HEADER = "Memories:"
+CALENDAR_WINDOW = timedelta(days=7)
+
+Message = Mapping[str, Any]
+"""One Chat Completions message as decoded from JSON (`role`, `content`, `tool_calls`, ...)."""
+
+
+@dataclass(frozen=True)
+class TextReply:
+    """The model answers with text."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class ToolCallReply:
+    """The model calls one tool."""
+
+    name: str
+    arguments: dict[str, Any]
+    """Decoded arguments; the wire carries them as a JSON string."""
+
+    @property
+    def arguments_json(self) -> str:
+        return json.dumps(self.arguments, ensure_ascii=False)
+
+
+Reply = TextReply | ToolCallReply
+
+
+@dataclass(frozen=True)
+class Directives:
+    """Test directives found at the start of the last user message."""
+
+    fail_status: int | None = None
+    """HTTP status to answer with while the failure budget lasts."""
+    fail_count: int = 0
+    """How many requests carrying this exact message fail before it is answered normally."""
+    slow_ms: float = 0.0
+    """Extra wait before the first chunk (or the whole answer when not streaming)."""
+    text: str = ""
+    """The message without its directives, which the rules answer."""
+
+
+_DIRECTIVE = re.compile(r"^\s*!(?:(?P<fail>fail)\s+(?P<status>\d{3})\s+(?P<count>\d+)|slow\s+(?P<ms>\d+))\b")
+
+
+def parse_directives(text: str) -> Directives:
+    """Strip leading `!fail <status> <count>` / `!slow <ms>` directives (any order) from `text`."""
+    fail_status: int | None = None
+    fail_count = 0
+    slow_ms = 0.0
+    while match := _DIRECTIVE.match(text):
+        if match["fail"]:
+            status = int(match["status"])
+            if 400 <= status <= 599:
+                fail_status, fail_count = status, int(match["count"])
+        else:
+            slow_ms = float(match["ms"])
+        text = text[match.end() :]
+    return Directives(fail_status, fail_count, slow_ms, text.strip())
+
+
+@dataclass
+class FailureInjector:
+    """Remembers, per exact message text, how many injected failures were already answered."""
+
+    _answered: dict[str, int] = field(default_factory=dict)
+
+    def status_for(self, message: str) -> int | None:
+        """The HTTP status this request must fail with, or None to answer it normally."""
+        directives = parse_directives(message)
+        if directives.fail_status is None:
+            return None
+        answered = self._answered.get(message, 0)
+        if answered >= directives.fail_count:
+            return None
+        self._answered[message] = answered + 1
+        return directives.fail_status
+
+
+def content_text(content: Any) -> str:
+    """The text of a message's `content`: a string, a list of parts (text parts joined), or null."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            str(part.get("text", ""))
+            for part in content
+            if isinstance(part, Mapping) and part.get("type") == "text"
+        )
+    return ""
+
+
+def count_tokens(text: str) -> int:
+    """The offline model's token count: whitespace-separated words."""
+    return len(text.split())
+
+
+def last_user_text(messages: Sequence[Message]) -> str:
+    """The text of the last user message ("" when there is none)."""
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            return content_text(message.get("content"))
+    return ""
+
+
+def plan_reply(
+    messages: Sequence[Message], offered_tools: Iterable[str], now: datetime | None = None
+) -> Reply:
+    """The offline model's reply to `messages` when the request offers the tools named `offered_tools`.
+
+    `now` (timezone-aware, defaults to the current UTC time) anchors the calendar window.
+    """
+    tools = frozenset(offered_tools)
+    if messages and messages[-1].get("role") == "tool":
+        return _after_tool_result(messages)
+    text = parse_directives(last_user_text(messages)).text
+    call = _tool_call_for(text, now or datetime.now(UTC))
+    if call is not None and call.name in tools:
+        return call
+    return memory_answer(messages)
+
+
+def memory_answer(messages: Sequence[Message]) -> TextReply:
+    """ "Here is what I know: a; b" from the `Memories:` system messages, or "I don't know that yet"."""
+    memories = recalled_memories(messages)
+    if not memories:
+        return TextReply(UNKNOWN_ANSWER)
+    return TextReply("Here is what I know: " + "; ".join(memories))
+
+
+def recalled_memories(messages: Sequence[Message]) -> list[str]:
+    """The `- <text>` lines of every system message whose content starts with `Memories:`."""
+    memories: list[str] = []
+    for message in messages:
+        if message.get("role") not in ("system", "developer"):
+            continue
+        content = content_text(message.get("content")).strip()
+        if not content.startswith(MEMORIES_HEADER):
+            continue
+        for line in content.splitlines()[1:]:
+            line = line.strip()
+            if line.startswith("-") and (memory := line[1:].strip()):
+                memories.append(memory)
+    return memories
+
+
+_REMEMBER = re.compile(r"^(remember|note)\b[\s:,]*(?P<fact>.+)$", re.IGNORECASE | re.DOTALL)
+_FORGET = re.compile(r"^forget\b[\s:,]*(?P<fact>.+)$", re.IGNORECASE | re.DOTALL)
+_ASK = re.compile(r"^ask\s+@?(?P<agent>[a-z0-9_-]+)[\s:,]+(?P<question>.+)$", re.IGNORECASE | re.DOTALL)
+_CALENDAR = re.compile(
+    r"\b(calendar|free|busy|schedule[sd]?|available|availability|meetings?)\b", re.IGNORECASE
+)
+_LEADING_THAT = re.compile(r"^that\s+", re.IGNORECASE)
+_TRAILING = " .!?;,:"
+_OPENING_QUOTES = "\"'“‘"
+_CLOSING_QUOTES = "\"'”’"
+
+
+def _tool_call_for(text: str, now: datetime) -> ToolCallReply | None:
+    """The tool call the rules ask for on `text`, whether or not the request offers it."""
+    text = text.strip()
+    if match := _REMEMBER.match(text):
+        fact = clean_fact(match["fact"])
+        if fact:
+            scope = "user" if match[1].lower() == "remember" else "agent"
+            return ToolCallReply(REMEMBER_TOOL, {"text": fact, "scope": scope})
+    if match := _FORGET.match(text):
+        fact = clean_fact(match["fact"])
+        if fact:
+            return ToolCallReply(FORGET_TOOL, {"query": fact})
+    if match := _ASK.match(text):
+        question = match["question"].strip()
+        if question:
+            return ToolCallReply(HANDOFF_PREFIX + match["agent"].lower(), {"reason": question})
+    if _CALENDAR.search(text):
+        start = now.astimezone(UTC).replace(microsecond=0)
+        return ToolCallReply(
+            CALENDAR_TOOL, {"start": iso_utc(start), "end": iso_utc(start + CALENDAR_WINDOW)}
+        )
+    return None
+
+
+def clean_fact(fact: str) -> str:
+    """`that my goal is 2000 kcal.` → `my goal is 2000 kcal`: no leading "that", quotes or trailing
+    sentence punctuation, whitespace collapsed."""
+    fact = _LEADING_THAT.sub("", " ".join(fact.split())).rstrip(_TRAILING)
+    if len(fact) >= 2 and fact[0] in _OPENING_QUOTES and fact[-1] in _CLOSING_QUOTES:
+        fact = fact[1:-1].strip().rstrip(_TRAILING)
+    return fact
+
+
+def iso_utc(moment: datetime) -> str:
+    """ISO 8601 in UTC with a `Z` suffix, e.g. `2025-03-01T09:30:00Z`."""
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _after_tool_result(messages: Sequence[Message]) -> TextReply:
+    result = messages[-1]
+    name, arguments = _originating_call(messages, result.get("tool_call_id"))
+    content = content_text(result.get("content"))
+    if name is not None and name.startswith(HANDOFF_PREFIX):
+        # The receiving agent answers the question the user asked with `ask <agent> <question>`.
+        return memory_answer(messages)
+    failure = _tool_error(content)
+    if failure is not None:
+        return TextReply(f"Sorry — that didn't work: {failure}")
+    if name == REMEMBER_TOOL:
+        fact = str(arguments.get("text", "")).strip()
+        return TextReply(f"Got it — I'll remember that {fact}." if fact else "Got it — I'll remember that.")
+    if name == FORGET_TOOL:
+        return TextReply("Done — I've forgotten that.")
+    if name == CALENDAR_TOOL:
+        return TextReply(_calendar_summary(content, arguments))
+    return TextReply("Done.")
+
+
+def _originating_call(messages: Sequence[Message], tool_call_id: Any) -> tuple[str | None, dict[str, Any]]:
+    """Name and decoded arguments of the assistant tool call a tool result answers (the latest
+    call when the id matches none)."""
+    fallback: tuple[str | None, dict[str, Any]] | None = None
+    for message in reversed(messages[:-1]):
+        if message.get("role") != "assistant":
+            continue
+        calls = message.get("tool_calls")
+        if not isinstance(calls, list):
+            continue
+        for call in calls:
+            if not isinstance(call, Mapping):
+                continue
+            function = call.get("function")
+            if not isinstance(function, Mapping):
+                continue
+            found = (_str_or_none(function.get("name")), _decode_arguments(function.get("arguments")))
+            if call.get("id") == tool_call_id:
+                return found
+            if fallback is None:
+                fallback = found
+    return fallback if fallback is not None else (None, {})
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _decode_arguments(raw: Any) -> dict[str, Any]:
+    if isinstance(raw, Mapping):
+        return dict(raw)
+    if isinstance(raw, str):
+        try:
+            decoded = json.loads(raw)
+        except ValueError:
+            return {}
+        if isinstance(decoded, dict):
+            return decoded
+    return {}
+
+
+def _tool_error(content: str) -> str | None:
+    """The message of a tool result shaped `{"error": ...}`, if it is one."""
+    try:
+        decoded = json.loads(content)
+    except ValueError:
+        return None
+    if not isinstance(decoded, dict) or not decoded.get("error"):
+        return None
+    error = decoded["error"]
+    if isinstance(error, Mapping):
+        error = error.get("message") or "the tool failed"
+    return str(error).rstrip(".") + "."
+
+
+def _calendar_summary(content: str, arguments: Mapping[str, Any]) -> str:
+    try:
+        decoded: Any = json.loads(content)
+    except ValueError:
+        decoded = None
+    start = _readable_time(arguments.get("start"))
+    end = _readable_time(arguments.get("end"))
+    if isinstance(decoded, Mapping):
+        start = _readable_time(decoded.get("start")) or start
+        end = _readable_time(decoded.get("end")) or end
+    window = f" between {start} and {end}" if start and end else ""
+    blocks = _busy_blocks(decoded)
+    if blocks is None:
+        return f"I checked your calendar{window}."
+    if blocks == 0:
+        return f"You have no busy blocks{window}."
+    noun = "block" if blocks == 1 else "blocks"
+    return f"You have {blocks} busy {noun}{window}."
+
+
+_BUSY_KEYS = ("busy", "busy_blocks", "blocks", "intervals", "events", "items")
+
+
+def _busy_blocks(decoded: Any) -> int | None:
+    """How many busy intervals a free/busy result lists, wherever they sit; None if it lists none."""
+    if isinstance(decoded, list):
+        return len(decoded)
+    if not isinstance(decoded, Mapping):
+        return None
+    for key in _BUSY_KEYS:
+        value = decoded.get(key)
+        if isinstance(value, list):
+            return len(value)
+    counts = [count for value in decoded.values() if (count := _busy_blocks(value)) is not None]
+    return sum(counts) if counts else None
+
+
+def _readable_time(value: Any) -> str:
+    """`2025-03-01T09:30:00Z` → `2025-03-01 09:30 UTC`; anything unparseable as given (or "")."""
+    if not isinstance(value, str) or not value:
+        return ""
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return value
+    if moment.tzinfo is None:
+        return moment.strftime("%Y-%m-%d %H:%M")
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")

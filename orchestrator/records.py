@@ -1,0 +1,118 @@
+"""The orchestrator's domain records: what the memory service stores and returns, in plain Python.
+
+Adapters translate these to and from Protobuf (`memory_client`, `service`); domain modules (`turn`,
+`prompt`, `tools`) only ever see these.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime
+
+
+class Scope(enum.StrEnum):
+    """Who can see a memory."""
+
+    USER = "user"
+    """Every agent of the user."""
+    AGENT = "agent"
+    """Only the agent that stored it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Memory:
+    """A memory as Recall found it."""
+
+    id: str
+    text: str
+    scope: Scope
+    agent_id: str = ""
+    """For agent-scoped memories, the agent; for user-wide ones, the agent that stored it."""
+    similarity: float = 0.0
+    """Cosine similarity to the query (0 for keyword matches)."""
+    score: float = 0.0
+    """Ranking score: similarity blended with recency."""
+    stage: str = ""
+    """"vector" or "keyword"."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMemory:
+    """A memory as Remember stored it."""
+
+    id: str
+    text: str
+    scope: Scope
+    key: str = ""
+    created: bool = True
+    """False when an existing memory with the same key was replaced."""
+
+
+class Role(enum.StrEnum):
+    USER = "user"
+    ASSISTANT = "assistant"
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallRecord:
+    """A tool call made while writing an assistant message, with its result (`messages.tool_call`)."""
+
+    call_id: str
+    name: str
+    arguments_json: str
+    result_json: str
+    is_error: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryMessage:
+    """An earlier message of the conversation."""
+
+    id: str
+    role: Role
+    agent_id: str
+    content: str
+    failed: bool = False
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UserMessage:
+    """The stored user message of a turn."""
+
+    conversation_id: str
+    message_id: str
+    replayed: bool = False
+    """True when an earlier request with the same client request id stored it already."""
+
+
+@dataclass(frozen=True, slots=True)
+class AssistantMessage:
+    """The assistant message of a turn, as it is stored (complete or failed)."""
+
+    id: str
+    agent_id: str
+    content: str
+    tool_calls: tuple[ToolCallRecord, ...] = ()
+    error: str = ""
+    """Why the turn stopped; empty for a complete message."""
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.error)
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts, summed over the model calls of a turn."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(self.prompt_tokens + other.prompt_tokens, self.completion_tokens + other.completion_tokens)

@@ -1,0 +1,79 @@
+"""Settings of the orchestrator (env prefix `ORCHESTRATOR_`), read once in `__main__`; tests construct them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import SettingsConfigDict
+
+from mesh.settings import ServiceSettings
+
+OFFLINE_MODEL_NAME = "athena-offline"
+"""What the offline model server calls its chat model; used when no real API key is configured."""
+
+
+class OrchestratorSettings(ServiceSettings):
+    """How the orchestrator runs: its ports, the memory service, the model endpoint, tools and limits."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ORCHESTRATOR_", frozen=True, extra="ignore", use_attribute_docstrings=True
+    )
+
+    port: int = Field(50052, ge=0, le=65535)
+    """gRPC port."""
+    http_port: int = Field(9102, ge=0, le=65535)
+    """HTTP side port (/metrics)."""
+    memory_target: str = "127.0.0.1:50053"
+    """The memory service ("host:port" or "dns:///name:port" for every replica behind a headless Service)."""
+    memory_timeout_seconds: float = Field(5.0, gt=0)
+    """Longest wait for one memory call (the caller's deadline may cut it shorter)."""
+    openai_base_url: str = Field(
+        "http://127.0.0.1:8090/v1",
+        validation_alias=AliasChoices("ORCHESTRATOR_OPENAI_BASE_URL", "OPENAI_BASE_URL"),
+    )
+    """OpenAI-compatible Chat Completions endpoint: OpenAI, vLLM, Ollama, llama.cpp or the offline model."""
+    openai_api_key: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("ORCHESTRATOR_OPENAI_API_KEY", "OPENAI_API_KEY")
+    )
+    """API key of `openai_base_url`. Unset means the built-in offline model answers (see `offline_model`)."""
+    offline_model: bool | None = None
+    """Whether answers come from the built-in offline model, as clients are told. Unset: true exactly when
+    no API key is configured (set it to false for a keyless local server such as Ollama)."""
+    model: str | None = None
+    """Model used by every agent instead of the catalog's. Unset: the catalog's model, or
+    "athena-offline" for the offline model."""
+    max_steps: int = Field(8, ge=1, le=64)
+    """Model calls per turn at most (each tool round is one); a turn needing more fails clearly."""
+    history_messages: int = Field(20, ge=0, le=200)
+    """How many earlier messages of the conversation are packed into the prompt."""
+    recall_k: int = Field(8, ge=1, le=50)
+    """How many memories are recalled for the prompt."""
+    model_attempts: int = Field(3, ge=1, le=10)
+    """Attempts of one model call on 429, 5xx and timeouts (only before anything was streamed)."""
+    model_timeout_seconds: float = Field(60.0, gt=0)
+    """Longest wait for one model call without a caller deadline."""
+    catalog_path: Path | None = None
+    """Agent catalog file; unset uses the catalog shipped in the package (`orchestrator/agents.json`)."""
+    catalog_sync_token: SecretStr | None = None
+    """Bearer token for the start-up AgentService.SyncAgents call (there is no user at start-up).
+    Unset: the catalog is not synced, and memory keeps the last synced catalog."""
+    calendar_dir: Path | None = None
+    """Folder of `.ics` files read by `calendar_freebusy`; unset leaves the tool out."""
+    wearables_dir: Path | None = None
+    """Folder of imported wearable samples (`*.csv`: metric,timestamp,value) read by `wearable_stats`;
+    unset leaves the tool out."""
+    files_dir: Path | None = None
+    """Folder searched by `file_scan`; unset leaves the tool out."""
+
+    @property
+    def uses_offline_model(self) -> bool:
+        if self.offline_model is not None:
+            return self.offline_model
+        return self.openai_api_key is None
+
+    def model_for(self, catalog_model: str) -> str:
+        """The model name sent for an agent whose catalog entry names `catalog_model`."""
+        if self.model:
+            return self.model
+        return OFFLINE_MODEL_NAME if self.uses_offline_model else catalog_model

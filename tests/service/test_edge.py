@@ -1,0 +1,280 @@
+"""A real Envoy, rendered by `edge.envoy_config`, in front of stand-in upstreams.
+
+The stand-in gRPC server plays the router and auth (health and reflection only); an aiohttp app serves the
+JWKS. What is checked is what a client of the edge notices: which calls get through, which are refused
+and with which gRPC status, and that browsers can read the errors (CORS headers on every reply).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+import pytest_asyncio
+from aiohttp import web
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from joserfc.jwk import RSAKey
+
+from devstack.process import ManagedProcess, free_port, port_open
+from edge.envoy_config import AUTH_SERVICE, CHAT_SERVICE, EDGE_REFLECTION_HEADER, EdgeConfig, Upstream, render
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+ENVOY = shutil.which("envoy", path=str(BIN)) or shutil.which("envoy")
+GRPCURL = shutil.which("grpcurl", path=str(BIN)) or shutil.which("grpcurl")
+ORIGIN = "http://app.example.test"
+
+pytestmark = pytest.mark.skipif(ENVOY is None or GRPCURL is None, reason="envoy or grpcurl is not installed")
+
+
+class _RecordCalls(grpc.aio.ServerInterceptor):
+    """Keeps the method and metadata of every call the stand-in receives."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, str]]] = []
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        metadata = {item.key: str(item.value) for item in handler_call_details.invocation_metadata or ()}
+        self.calls.append((handler_call_details.method, metadata))
+        return await continuation(handler_call_details)
+
+
+@dataclass
+class Edge:
+    """The running edge and what its stand-ins saw."""
+
+    address: str
+    url: str
+    admin_url: str
+    calls: list[tuple[str, dict[str, str]]]
+
+
+@pytest_asyncio.fixture(scope="module")
+async def edge(signing_key: RSAKey, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Edge]:
+    base = tmp_path_factory.mktemp("edge")
+    recorder = _RecordCalls()
+    server = grpc.aio.server(interceptors=[recorder])
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ("", CHAT_SERVICE, AUTH_SERVICE):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection((health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    grpc_port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+
+    jwks = {"keys": [signing_key.as_dict(private=False)]}
+
+    async def serve_jwks(_: web.Request) -> web.Response:
+        return web.json_response(jwks)
+
+    app = web.Application()
+    app.router.add_get("/.well-known/jwks.json", serve_jwks)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    jwks_port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", jwks_port).start()
+
+    web_root = base / "dist"
+    (web_root / "assets").mkdir(parents=True)
+    (web_root / "index.html").write_text("<!doctype html><title>AthenaOS</title>")
+    (web_root / "assets" / "app-1234.js").write_text("console.log('athena');")
+
+    port, admin_port = free_port(), free_port()
+    config = EdgeConfig(
+        listen_port=port,
+        admin_port=admin_port,
+        router=Upstream("127.0.0.1", grpc_port),
+        auth=Upstream("127.0.0.1", grpc_port),
+        jwks=Upstream("127.0.0.1", jwks_port),
+        allowed_origins=(ORIGIN,),
+        web_root=web_root,
+    )
+    config_path = base / "envoy.json"
+    config_path.write_text(json.dumps(render(config)))
+    assert ENVOY is not None
+    envoy = ManagedProcess(
+        "envoy",
+        [ENVOY, "-c", str(config_path), "--use-dynamic-base-id", "--log-level", "warn"],
+        base / "envoy.log",
+        stop_timeout=5.0,
+    )
+    envoy.start()
+    try:
+        await asyncio.to_thread(envoy.wait_ready, lambda: port_open(port), 30.0)
+        await _wait_for_jwks(f"http://127.0.0.1:{admin_port}")
+        yield Edge(f"127.0.0.1:{port}", f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}", recorder.calls)
+    finally:
+        await asyncio.to_thread(envoy.stop)
+        await runner.cleanup()
+        await server.stop(None)
+
+
+async def _wait_for_jwks(admin_url: str) -> None:
+    """jwt_authn fetches the JWKS in the background after the listener is up; wait for its first success."""
+    async with httpx.AsyncClient() as client:
+        for _ in range(100):
+            stats = (await client.get(f"{admin_url}/stats", params={"filter": "jwks_fetch_success"})).text
+            if any(line.strip().endswith(": 1") or line.rsplit(":", 1)[-1].strip() not in ("", "0")
+                   for line in stats.splitlines()):
+                return
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"Envoy never fetched the JWKS:\n{stats}")
+
+
+async def grpcurl(edge: Edge, *args: str, data: str | None = None, proto: str | None = None) -> tuple[int, str]:
+    """Run grpcurl against the edge; returns its exit code and its stdout and stderr together."""
+    assert GRPCURL is not None
+    argv = [GRPCURL, "-plaintext", "-max-time", "10"]
+    if proto is not None:
+        argv += ["-import-path", str(REPO / "proto"), "-proto", proto]
+    if data is not None:
+        argv += ["-format", "json", "-d", data]
+    process = await asyncio.create_subprocess_exec(
+        *argv, *args[:-1], edge.address, args[-1],
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, output.decode()
+
+
+def grpc_web_frame(message: bytes = b"") -> bytes:
+    return b"\x00" + len(message).to_bytes(4, "big") + message
+
+
+async def test_health_is_served_through_the_edge(edge: Edge) -> None:
+    code, output = await grpcurl(edge, "-d", json.dumps({"service": CHAT_SERVICE}), "grpc.health.v1.Health/Check")
+    assert code == 0, output
+    assert json.loads(output)["status"] == "SERVING"
+
+
+async def test_reflection_reaches_the_router_marked_as_coming_through_the_edge(edge: Edge) -> None:
+    code, output = await grpcurl(edge, "list")
+    assert code == 0, output
+    assert "grpc.health.v1.Health" in output.split()
+    reflection_calls = [meta for method, meta in edge.calls if "ServerReflection" in method]
+    assert reflection_calls
+    assert all(meta.get(EDGE_REFLECTION_HEADER) == "1" for meta in reflection_calls)
+
+
+@pytest.mark.parametrize(
+    ("proto", "method"),
+    [
+        ("athena/memory/v1/memory.proto", "athena.memory.v1.MemoryService/Recall"),
+        ("athena/orchestrator/v1/orchestrator.proto", "athena.orchestrator.v1.OrchestratorService/Run"),
+    ],
+)
+async def test_internal_services_are_not_routed(edge: Edge, proto: str, method: str) -> None:
+    before = len(edge.calls)
+    code, output = await grpcurl(edge, method, data="{}", proto=proto)
+    assert code != 0
+    assert "Unimplemented" in output, output
+    assert len(edge.calls) == before
+
+
+async def test_chat_without_a_token_is_unauthenticated_at_the_edge(edge: Edge) -> None:
+    before = len(edge.calls)
+    code, output = await grpcurl(edge, f"{CHAT_SERVICE}/ListAgents", data="{}", proto="athena/chat/v1/chat.proto")
+    assert code != 0
+    assert "Unauthenticated" in output, output
+    assert len(edge.calls) == before
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [{"aud": "someone-else"}, {"iss": "https://evil.example"}, {"exp": 1_000_000_000}],
+    ids=["audience", "issuer", "expired"],
+)
+async def test_chat_with_a_bad_token_is_unauthenticated_at_the_edge(
+    edge: Edge, make_token: Callable[..., str], claims: dict[str, Any]
+) -> None:
+    token = make_token(**claims)
+    code, output = await grpcurl(
+        edge,
+        "-H",
+        f"authorization: Bearer {token}",
+        f"{CHAT_SERVICE}/ListAgents",
+        data="{}",
+        proto="athena/chat/v1/chat.proto",
+    )
+    assert code != 0
+    assert "Unauthenticated" in output, output
+
+
+async def test_chat_with_a_valid_token_reaches_the_router_with_the_token(
+    edge: Edge, make_token: Callable[..., str]
+) -> None:
+    token = make_token()
+    code, output = await grpcurl(
+        edge,
+        "-H",
+        f"authorization: Bearer {token}",
+        f"{CHAT_SERVICE}/ListAgents",
+        data="{}",
+        proto="athena/chat/v1/chat.proto",
+    )
+    # The stand-in does not implement ChatService: its own UNIMPLEMENTED proves the call got through.
+    assert "Unimplemented" in output, output
+    method, metadata = edge.calls[-1]
+    assert method == f"/{CHAT_SERVICE}/ListAgents"
+    assert metadata["authorization"] == f"Bearer {token}"
+
+
+async def test_cors_preflight_is_answered_for_allowed_origins_only(edge: Edge) -> None:
+    headers = {
+        "access-control-request-method": "POST",
+        "access-control-request-headers": "content-type,x-grpc-web,authorization",
+    }
+    path = f"{edge.url}/{CHAT_SERVICE}/Chat"
+    async with httpx.AsyncClient() as client:
+        allowed = await client.options(path, headers={"origin": ORIGIN, **headers})
+        foreign = await client.options(path, headers={"origin": "http://evil.example", **headers})
+    assert allowed.headers.get("access-control-allow-origin") == ORIGIN
+    assert "POST" in allowed.headers["access-control-allow-methods"]
+    assert "authorization" in allowed.headers["access-control-allow-headers"]
+    assert "access-control-allow-origin" not in foreign.headers
+
+
+async def test_grpc_web_error_replies_carry_cors_headers_and_grpc_status(edge: Edge) -> None:
+    headers = {"origin": ORIGIN, "content-type": "application/grpc-web+proto", "x-grpc-web": "1"}
+    async with httpx.AsyncClient() as client:
+        unauthenticated = await client.post(
+            f"{edge.url}/{CHAT_SERVICE}/ListAgents", content=grpc_web_frame(), headers=headers
+        )
+        internal = await client.post(
+            f"{edge.url}/athena.memory.v1.MemoryService/Recall", content=grpc_web_frame(), headers=headers
+        )
+    for reply, status in ((unauthenticated, "16"), (internal, "12")):
+        assert reply.headers.get("access-control-allow-origin") == ORIGIN
+        assert reply.headers.get("grpc-status") == status, reply.headers
+        assert "grpc-status" in reply.headers["access-control-expose-headers"]
+
+
+async def test_web_app_files_are_served_and_other_paths_are_not_found(edge: Edge) -> None:
+    async with httpx.AsyncClient() as client:
+        index = await client.get(f"{edge.url}/")
+        script = await client.get(f"{edge.url}/assets/app-1234.js")
+        missing = await client.get(f"{edge.url}/secret.txt")
+    assert index.status_code == 200
+    assert "AthenaOS" in index.text
+    assert index.headers["content-type"].startswith("text/html")
+    assert script.status_code == 200
+    assert script.text == "console.log('athena');"
+    assert script.headers["content-type"].startswith("text/javascript")
+    assert "immutable" in script.headers["cache-control"]
+    assert missing.status_code == 404

@@ -1,0 +1,232 @@
+"""The offline model's answers and embeddings, without a server."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pytest
+
+from orchestrator.offline_model import embeddings, rules
+
+ALL_TOOLS = ("remember_memory", "forget_memory", "calendar_freebusy", "handoff_to_nutrition")
+NOW = datetime(2025, 3, 1, 9, 30, 15, 123456, tzinfo=UTC)
+
+
+def user(text: str) -> dict[str, Any]:
+    return {"role": "user", "content": text}
+
+
+def memories(*lines: str) -> dict[str, Any]:
+    return {"role": "system", "content": "Memories:\n" + "\n".join(f"- {line}" for line in lines)}
+
+
+def tool_turn(
+    name: str, arguments: dict[str, Any], result: Any, call_id: str = "call_1"
+) -> list[dict[str, Any]]:
+    call = {"id": call_id, "type": "function", "function": {"name": name, "arguments": json.dumps(arguments)}}
+    content = result if isinstance(result, str) else json.dumps(result)
+    return [
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": call_id, "content": content},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("remember I like green tea", {"text": "I like green tea", "scope": "user"}),
+        ("Remember that my goal is 2000 kcal.", {"text": "my goal is 2000 kcal", "scope": "user"}),
+        ("REMEMBER:   I run   on Sundays!!", {"text": "I run on Sundays", "scope": "user"}),
+        ('remember "the door code is 1234."', {"text": "the door code is 1234", "scope": "user"}),
+        (
+            "note the client prefers invoices in EUR",
+            {"text": "the client prefers invoices in EUR", "scope": "agent"},
+        ),
+    ],
+)
+def test_remember_and_note_call_remember_memory(text: str, expected: dict[str, str]) -> None:
+    reply = rules.plan_reply([user(text)], ALL_TOOLS, NOW)
+    assert reply == rules.ToolCallReply("remember_memory", expected)
+    assert json.loads(reply.arguments_json) == expected
+
+
+def test_forget_calls_forget_memory_with_the_fact_as_query() -> None:
+    reply = rules.plan_reply([user("Forget that I like green tea.")], ALL_TOOLS, NOW)
+    assert reply == rules.ToolCallReply("forget_memory", {"query": "I like green tea"})
+
+
+@pytest.mark.parametrize(
+    "text", ["Am I free on Tuesday?", "what does my calendar look like", "Book a MEETING"]
+)
+def test_calendar_questions_ask_for_the_next_seven_days(text: str) -> None:
+    reply = rules.plan_reply([user(text)], ALL_TOOLS, NOW)
+    assert reply == rules.ToolCallReply(
+        "calendar_freebusy", {"start": "2025-03-01T09:30:15Z", "end": "2025-03-08T09:30:15Z"}
+    )
+
+
+def test_calendar_window_starts_now_by_default() -> None:
+    reply = rules.plan_reply([user("am I busy")], ALL_TOOLS)
+    assert isinstance(reply, rules.ToolCallReply)
+    start = datetime.fromisoformat(reply.arguments["start"])
+    assert abs(datetime.now(UTC) - start) < timedelta(minutes=1)
+    assert datetime.fromisoformat(reply.arguments["end"]) - start == timedelta(days=7)
+
+
+def test_ask_hands_off_to_the_named_agent() -> None:
+    reply = rules.plan_reply([user("ask Nutrition: how much protein do I need?")], ALL_TOOLS, NOW)
+    assert reply == rules.ToolCallReply("handoff_to_nutrition", {"reason": "how much protein do I need?"})
+
+
+@pytest.mark.parametrize("text", ["remember I like tea", "ask focus how do I focus", "am I free today"])
+def test_a_tool_the_request_does_not_offer_is_never_called(text: str) -> None:
+    reply = rules.plan_reply([memories("I like tea"), user(text)], ["handoff_to_nutrition"], NOW)
+    assert reply == rules.TextReply("Here is what I know: I like tea")
+
+
+def test_only_the_last_user_message_counts() -> None:
+    messages = [user("remember I like tea"), {"role": "assistant", "content": "ok"}, user("hello")]
+    assert rules.plan_reply(messages, ALL_TOOLS, NOW) == rules.TextReply("I don't know that yet.")
+
+
+def test_content_parts_are_read_as_text() -> None:
+    message = {
+        "role": "user",
+        "content": [{"type": "text", "text": "remember "}, {"type": "text", "text": "x"}],
+    }
+    assert rules.plan_reply([message], ALL_TOOLS, NOW) == rules.ToolCallReply(
+        "remember_memory", {"text": "x", "scope": "user"}
+    )
+
+
+def test_memories_are_joined_in_order() -> None:
+    messages = [
+        {"role": "system", "content": "You are a nutrition coach."},
+        memories("Caloric goal is 2000 kcal", "Allergic to peanuts"),
+        user("What do you know about me?"),
+    ]
+    assert rules.plan_reply(messages, ALL_TOOLS, NOW) == rules.TextReply(
+        "Here is what I know: Caloric goal is 2000 kcal; Allergic to peanuts"
+    )
+
+
+def test_without_memories_it_does_not_know() -> None:
+    messages = [{"role": "system", "content": "Memories: none"}, user("What is my goal?")]
+    assert rules.plan_reply(messages, ALL_TOOLS, NOW) == rules.TextReply("I don't know that yet.")
+
+
+def test_remember_result_is_confirmed_with_the_fact() -> None:
+    messages = [user("remember I like green tea")]
+    messages += tool_turn("remember_memory", {"text": "I like green tea", "scope": "user"}, {"id": "m1"})
+    assert rules.plan_reply(messages, ALL_TOOLS, NOW) == rules.TextReply(
+        "Got it — I'll remember that I like green tea."
+    )
+
+
+def test_forget_result_is_confirmed() -> None:
+    messages = [user("forget my tea"), *tool_turn("forget_memory", {"query": "my tea"}, {"deleted": 1})]
+    assert rules.plan_reply(messages, ALL_TOOLS, NOW) == rules.TextReply("Done — I've forgotten that.")
+
+
+def test_the_result_matching_the_tool_call_id_is_confirmed() -> None:
+    messages = [user("remember a"), *tool_turn("remember_memory", {"text": "a", "scope": "user"}, "ok", "c1")]
+    messages += tool_turn("forget_memory", {"query": "b"}, "ok", "c2")
+    messages[-1]["tool_call_id"] = "c1"
+    assert rules.plan_reply(messages, ALL_TOOLS, NOW) == rules.TextReply("Got it — I'll remember that a.")
+
+
+@pytest.mark.parametrize(
+    ("result", "expected"),
+    [
+        (
+            {"busy": [{"start": "a", "end": "b"}, {"start": "c", "end": "d"}]},
+            "You have 2 busy blocks between 2025-03-01 09:30 UTC and 2025-03-08 09:30 UTC.",
+        ),
+        (
+            {"calendars": {"primary": {"busy": [{"start": "a", "end": "b"}]}}},
+            "You have 1 busy block between 2025-03-01 09:30 UTC and 2025-03-08 09:30 UTC.",
+        ),
+        ([], "You have no busy blocks between 2025-03-01 09:30 UTC and 2025-03-08 09:30 UTC."),
+        ("not json", "I checked your calendar between 2025-03-01 09:30 UTC and 2025-03-08 09:30 UTC."),
+    ],
+)
+def test_calendar_result_is_summarised_in_one_sentence(result: Any, expected: str) -> None:
+    arguments = {"start": "2025-03-01T09:30:00Z", "end": "2025-03-08T09:30:00Z"}
+    messages = [user("am I free?"), *tool_turn("calendar_freebusy", arguments, result)]
+    assert rules.plan_reply(messages, ALL_TOOLS, NOW) == rules.TextReply(expected)
+
+
+def test_a_failed_tool_is_reported() -> None:
+    messages = [
+        user("remember x"),
+        *tool_turn("remember_memory", {"text": "x"}, {"error": "memory unavailable"}),
+    ]
+    assert rules.plan_reply(messages, ALL_TOOLS, NOW) == rules.TextReply(
+        "Sorry — that didn't work: memory unavailable."
+    )
+
+
+def test_after_a_handoff_the_receiving_agent_answers_the_question() -> None:
+    messages = [memories("Protein target is 120 g"), user("ask nutrition how much protein do I need?")]
+    messages += tool_turn("handoff_to_nutrition", {"reason": "how much protein do I need?"}, {"ok": True})
+    assert rules.plan_reply(messages, ALL_TOOLS, NOW) == rules.TextReply(
+        "Here is what I know: Protein target is 120 g"
+    )
+
+
+def test_directives_are_stripped_before_the_rules_run() -> None:
+    directives = rules.parse_directives("!slow 250 !fail 503 2 remember I like tea")
+    assert directives == rules.Directives(
+        fail_status=503, fail_count=2, slow_ms=250.0, text="remember I like tea"
+    )
+    reply = rules.plan_reply([user("!fail 503 2 remember I like tea")], ALL_TOOLS, NOW)
+    assert reply == rules.ToolCallReply("remember_memory", {"text": "I like tea", "scope": "user"})
+
+
+def test_failures_are_injected_per_message_until_the_budget_is_spent() -> None:
+    injector = rules.FailureInjector()
+    assert [injector.status_for("!fail 503 2 hi") for _ in range(3)] == [503, 503, None]
+    assert injector.status_for("!fail 429 1 other") == 429
+    assert injector.status_for("!fail 429 1 other") is None
+    assert injector.status_for("!fail 200 5 not an error status") is None
+    assert injector.status_for("hello") is None
+
+
+def cosine(a: str, b: str, dimensions: int = 384) -> float:
+    return float(embeddings.embed(a, dimensions) @ embeddings.embed(b, dimensions))
+
+
+def test_embeddings_are_unit_vectors_of_the_requested_dimension() -> None:
+    for dimensions in (8, 384, 1536):
+        vector = embeddings.embed("My daily calorie goal is 2000 kcal", dimensions)
+        assert vector.shape == (dimensions,)
+        assert vector.dtype == np.float32
+        assert float(np.linalg.norm(vector)) == pytest.approx(1.0, abs=1e-6)
+    assert float(np.linalg.norm(embeddings.embed("!!!", 384))) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_identical_texts_have_identical_embeddings() -> None:
+    first = embeddings.embed("I like green tea", 384)
+    assert np.array_equal(first, embeddings.embed("I like green tea", 384))
+    assert cosine("I like green tea", "I like green tea") == pytest.approx(1.0, abs=1e-6)
+
+
+def test_related_texts_are_closer_than_unrelated_ones() -> None:
+    statement = "My daily calorie goal is 2000 kcal"
+    related = cosine(statement, "What is my daily calorie goal?")
+    unrelated = cosine(statement, "The invoice for ACME is due on Friday")
+    assert related > 0.6
+    assert unrelated < 0.3
+    assert cosine("I'm allergic to peanuts", "peanut allergy") > cosine(
+        "I'm allergic to peanuts", "buy a new bike"
+    )
+
+
+def test_embed_many_stacks_rows_in_order() -> None:
+    rows = embeddings.embed_many(["a b", "c d"], 16)
+    assert rows.shape == (2, 16)
+    assert np.array_equal(rows[1], embeddings.embed("c d", 16))
+    assert embeddings.embed_many([], 16).shape == (0, 16)
