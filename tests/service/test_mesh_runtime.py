@@ -1,0 +1,201 @@
+"""The shared runtime on a real server: error mapping, auth, health, drain order, reflection, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+from athena.chat.v1 import chat_pb2, chat_pb2_grpc
+from conftest import TokenFactory, auth_metadata, service_settings
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from mesh import errors
+from mesh.clients import outgoing
+from mesh.context import principal
+from mesh.server import EDGE_REFLECTION_HEADER, MeshServer, Service
+from mesh.settings import ServiceSettings
+from mesh.tokens import TokenVerifier
+
+CHAT = "athena.chat.v1.ChatService"
+RAISED: dict[str, Exception] = {
+    "not-found": errors.NotFound("conversation not found"),
+    "invalid": errors.InvalidArgument("conversation_id", "must be a UUID"),
+    "exhausted": errors.ResourceExhausted("too many turns", retry_after=7),
+    "unavailable": errors.Unavailable("memory is unreachable"),
+    "bug": RuntimeError("secret internal detail"),
+}
+
+
+class ProbeServicer(chat_pb2_grpc.ChatServiceServicer):
+    """Raises what the request names; reports the principal and the deadline it would pass on."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+
+    async def GetConversation(
+        self, request: chat_pb2.GetConversationRequest, context: Any
+    ) -> chat_pb2.GetConversationResponse:
+        if request.conversation_id in RAISED:
+            raise RAISED[request.conversation_id]
+        if request.conversation_id == "slow":
+            await self.release.wait()
+        options = outgoing(timeout=100)
+        title = json.dumps({"user": principal().user_id, "timeout": options["timeout"]})
+        return chat_pb2.GetConversationResponse(conversation=chat_pb2.Conversation(title=title))
+
+    async def Chat(self, request: chat_pb2.ChatRequest, context: Any) -> AsyncIterator[chat_pb2.ChatResponse]:
+        yield chat_pb2.ChatResponse(text_delta=chat_pb2.TextDelta(text="partial "))
+        raise errors.Unavailable("the model went away")
+
+
+@pytest.fixture
+async def probe(
+    tmp_path: Path, start_server: Any, verifier: TokenVerifier
+) -> AsyncIterator[tuple[MeshServer, ProbeServicer, grpc.aio.Channel]]:
+    servicer = ProbeServicer()  # type: ignore[abstract]  # only the methods under test
+    settings = ServiceSettings(**service_settings(tmp_path, drain_seconds=5.0))
+    server = await start_server(
+        "probe",
+        settings,
+        [Service(CHAT, servicer, chat_pb2_grpc.add_ChatServiceServicer_to_server)],
+        verifier,
+        edge_reflection_services=[CHAT, "athena.auth.v1.AuthService"],
+    )
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        yield server, servicer, channel
+
+
+async def test_domain_errors_become_statuses_and_bugs_stay_private(
+    probe: Any, make_token: TokenFactory
+) -> None:
+    _, _, channel = probe
+    stub = chat_pb2_grpc.ChatServiceStub(channel)
+    metadata = auth_metadata(make_token())
+    expected = {
+        "not-found": (grpc.StatusCode.NOT_FOUND, "conversation not found"),
+        "invalid": (grpc.StatusCode.INVALID_ARGUMENT, "conversation_id: must be a UUID"),
+        "exhausted": (grpc.StatusCode.RESOURCE_EXHAUSTED, "too many turns"),
+        "unavailable": (grpc.StatusCode.UNAVAILABLE, "memory is unreachable"),
+    }
+    for name, (code, details) in expected.items():
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.GetConversation(
+                chat_pb2.GetConversationRequest(conversation_id=name), metadata=metadata
+            )
+        assert caught.value.code() == code, name
+        assert caught.value.details() == details
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.GetConversation(
+            chat_pb2.GetConversationRequest(conversation_id="exhausted"), metadata=metadata
+        )
+    trailers: Any = caught.value.trailing_metadata()
+    assert ("retry-after", "7") in [tuple(item) for item in trailers]
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.GetConversation(chat_pb2.GetConversationRequest(conversation_id="bug"), metadata=metadata)
+    assert caught.value.code() == grpc.StatusCode.INTERNAL
+    assert "secret" not in (caught.value.details() or "")
+    assert "Traceback" not in (caught.value.details() or "")
+
+
+async def test_stream_error_after_first_event_keeps_what_was_sent(
+    probe: Any, make_token: TokenFactory
+) -> None:
+    _, _, channel = probe
+    call = chat_pb2_grpc.ChatServiceStub(channel).Chat(
+        chat_pb2.ChatRequest(), metadata=auth_metadata(make_token())
+    )
+    received = []
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for event in call:
+            received.append(event.text_delta.text)
+    assert received == ["partial "]
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_calls_need_a_valid_token_and_handlers_see_its_subject(
+    probe: Any, make_token: TokenFactory
+) -> None:
+    _, _, channel = probe
+    stub = chat_pb2_grpc.ChatServiceStub(channel)
+    request = chat_pb2.GetConversationRequest(conversation_id="ok")
+    for metadata in [
+        (),
+        (("authorization", "Basic abc"),),
+        auth_metadata("not.a.jwt"),
+        auth_metadata("x" * 10),
+    ]:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.GetConversation(request, metadata=metadata)
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    expired = make_token(exp=1_000_000_000, iat=999_999_000)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.GetConversation(request, metadata=auth_metadata(expired))
+    assert caught.value.details() == "access token expired"
+
+    response = await stub.GetConversation(request, metadata=auth_metadata(make_token("user-1")), timeout=30)
+    seen = json.loads(response.conversation.title)
+    assert seen["user"] == "user-1"
+    assert 25 < seen["timeout"] < 31, "the remaining deadline, not the 100 s asked for, goes downstream"
+
+
+async def test_health_per_service_name_flips_before_the_drain(probe: Any, make_token: TokenFactory) -> None:
+    server, servicer, channel = probe
+    health = health_pb2_grpc.HealthStub(channel)
+    for name in ("", CHAT):
+        response = await health.Check(health_pb2.HealthCheckRequest(service=name))
+        assert response.status == health_pb2.HealthCheckResponse.SERVING
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await health.Check(health_pb2.HealthCheckRequest(service="athena.unknown.v1.Nothing"))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+    stub = chat_pb2_grpc.ChatServiceStub(channel)
+    in_flight = asyncio.ensure_future(
+        stub.GetConversation(
+            chat_pb2.GetConversationRequest(conversation_id="slow"), metadata=auth_metadata(make_token())
+        )
+    )
+    await asyncio.sleep(0.1)
+    drain = asyncio.ensure_future(server.drain())
+    await asyncio.sleep(0.2)
+    # Draining: health already says NOT_SERVING while the in-flight call still runs.
+    assert not in_flight.done()
+    assert server.health._server_status[CHAT] == health_pb2.HealthCheckResponse.NOT_SERVING
+    servicer.release.set()
+    response = await in_flight
+    assert response.conversation.title
+    await drain
+
+
+async def test_reflection_lists_own_services_and_the_public_api_through_the_edge(probe: Any) -> None:
+    _, _, channel = probe
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+
+    async def list_services(metadata: tuple[tuple[str, str], ...]) -> set[str]:
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        async for response in stub.ServerReflectionInfo(iter([request]), metadata=metadata):
+            return {service.name for service in response.list_services_response.service}
+        return set()
+
+    own = await list_services(())
+    assert own == {CHAT, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}
+    through_edge = await list_services(((EDGE_REFLECTION_HEADER, "1"),))
+    assert "athena.auth.v1.AuthService" in through_edge
+
+
+async def test_metrics_count_calls_by_method_and_status(probe: Any, make_token: TokenFactory) -> None:
+    server, _, channel = probe
+    stub = chat_pb2_grpc.ChatServiceStub(channel)
+    with pytest.raises(grpc.aio.AioRpcError):
+        await stub.GetConversation(chat_pb2.GetConversationRequest(conversation_id="not-found"))
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(f"http://127.0.0.1:{server.http.port}/metrics")).text
+    assert 'grpc_server_handled_total{grpc_code="UNAUTHENTICATED",grpc_method="GetConversation"' in text
+    assert "grpc_server_handling_seconds_bucket" in text
