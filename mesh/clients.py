@@ -15,6 +15,7 @@ from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
 from mesh.context import current_call, principal, time_remaining
 from mesh.errors import STATUS_TYPES, AthenaError, InvalidArgument, ResourceExhausted
+from mesh.interceptors import SERVICE_KEY_HEADER
 
 
 def channel(target: str, *, keepalive_seconds: float = 30.0) -> grpc.aio.Channel:
@@ -45,6 +46,11 @@ def outgoing(*, timeout: float | None = None, authenticated: bool = True) -> dic
     if remaining is not None:
         timeout = remaining if timeout is None else min(timeout, remaining)
     return {"metadata": tuple(metadata), "timeout": timeout}
+
+
+def service_call(service_key: str, *, timeout: float | None = None) -> dict[str, Any]:
+    """`metadata` and `timeout` for an internal call made for no user (see `ServiceSettings.service_key`)."""
+    return {"metadata": ((SERVICE_KEY_HEADER, service_key),), "timeout": timeout}
 
 
 def from_rpc_error(exc: grpc.aio.AioRpcError) -> AthenaError:

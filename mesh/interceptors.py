@@ -12,6 +12,7 @@ OpenTelemetry's own gRPC interceptor runs outside all of them (see `mesh.telemet
 from __future__ import annotations
 
 import asyncio
+import hmac
 import inspect
 import logging
 import time
@@ -263,16 +264,33 @@ _PASSED_THROUGH = frozenset(
 )
 
 
+SERVICE_KEY_HEADER = "x-athena-service-key"
+
+
 class AuthInterceptor(CallInterceptor):
     """Requires a valid access token on every method except the `public` ones (login RPCs, health,
-    reflection) and records the principal for the handler."""
+    reflection) and records the principal for the handler. `service_methods` act for no user and
+    require the deployment's service key instead."""
 
-    def __init__(self, verifier: TokenVerifier, public: Collection[str]) -> None:
+    def __init__(
+        self,
+        verifier: TokenVerifier,
+        public: Collection[str],
+        service_methods: Collection[str] = (),
+        service_key: str | None = None,
+    ) -> None:
         self._verifier = verifier
         self._public = frozenset(public)
+        self._service_methods = frozenset(service_methods)
+        self._service_key = service_key.encode() if service_key else None
 
     async def enter(self, call: CallInfo, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         if call.method in self._public or call.service in self._public:
+            return
+        if call.method in self._service_methods:
+            presented = (metadata_value(context, SERVICE_KEY_HEADER) or "").encode()
+            if self._service_key is None or not hmac.compare_digest(presented, self._service_key):
+                raise Unauthenticated("this internal method needs the service key")
             return
         header = metadata_value(context, "authorization")
         if header is None:

@@ -68,6 +68,7 @@ class MeshServer:
         *,
         verifier: TokenVerifier,
         public_methods: Iterable[str] = (),
+        service_methods: Iterable[str] = (),
         http_routes: Iterable[web.RouteDef] = (),
         edge_reflection_services: Sequence[str] = (),
         readiness: ReadinessCheck | None = None,
@@ -78,6 +79,7 @@ class MeshServer:
         self.services = list(services)
         self._verifier = verifier
         self._public = (*ALWAYS_PUBLIC, *public_methods)
+        self._service_methods = tuple(service_methods)
         self._edge_reflection = list(edge_reflection_services)
         self._readiness = readiness
         self._readiness_interval = readiness_interval
@@ -113,7 +115,12 @@ class MeshServer:
             AccessLogInterceptor(),
             MetricsInterceptor(),
             ErrorInterceptor(),
-            AuthInterceptor(self._verifier, self._public),
+            AuthInterceptor(
+                self._verifier,
+                self._public,
+                self._service_methods,
+                self.settings.service_key.get_secret_value() if self.settings.service_key else None,
+            ),
         ]
         server = grpc.aio.server(interceptors=interceptors, options=self._options())
         for service in self.services:

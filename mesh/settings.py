@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -54,3 +54,6 @@ class ServiceSettings(BaseSettings):
         "http://127.0.0.1:9104/.well-known/jwks.json", validation_alias=shared("ATHENA_JWKS_URL")
     )
     """Where services fetch the keys that verify access tokens (the auth service's HTTP port)."""
+    service_key: SecretStr | None = Field(None, validation_alias=shared("ATHENA_SERVICE_KEY"))
+    """Shared secret of the few internal calls made for no user (the orchestrator syncing the agent
+    catalog); such methods are refused when it is unset."""

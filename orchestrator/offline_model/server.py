@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import re
@@ -63,6 +64,12 @@ class OfflineModelState:
     settings: OfflineModelSettings
     stats: StreamStats = field(default_factory=StreamStats)
     failures: rules.FailureInjector = field(default_factory=rules.FailureInjector)
+    open_streams: set[asyncio.Task[Any]] = field(default_factory=set)
+    """Tasks serving a stream right now; `OfflineModelServer.stop` cancels those that overstay."""
+    no_open_streams: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set whenever the last open stream ends."""
+    stopping: bool = False
+    """The server is shutting down (streams cut now are not the client's doing)."""
 
 
 STATE = web.AppKey("offline_model_state", OfflineModelState)
@@ -113,7 +120,8 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
     return body
 
 
-def _optional(body: Mapping[str, Any], key: str, kind: type | tuple[type, ...], default: Any) -> Any:
+def _optional(body: Mapping[str, Any], key: str, kind: type, default: Any) -> Any:
+    """`body[key]` if present and of type `kind` (a bool is no int here), `default` if absent or null."""
     value = body.get(key)
     if value is None:
         return default
@@ -127,6 +135,8 @@ def _optional(body: Mapping[str, Any], key: str, kind: type | tuple[type, ...], 
 
 @dataclass(frozen=True)
 class ChatRequest:
+    """A validated Chat Completions request: what the rules and the wire shapes need."""
+
     messages: list[dict[str, Any]]
     model: str
     stream: bool
@@ -322,6 +332,10 @@ async def _stream(
     )
     delay = state.settings.delay_ms / 1000
     state.stats.streams_started += 1
+    task = asyncio.current_task()
+    assert task is not None  # handlers run in a task
+    state.open_streams.add(task)
+    state.no_open_streams.clear()
     sent = 0
     try:
         await response.prepare(request)
@@ -336,12 +350,17 @@ async def _stream(
         await response.write_eof()
     except (asyncio.CancelledError, ConnectionResetError) as exc:
         state.stats.streams_disconnected += 1
+        reason = "server stopping" if state.stopping else "client disconnected"
         log.info(
-            "stream stopped: client disconnected", extra={"completion": completion.id, "chunks_sent": sent}
+            "stream stopped early", extra={"reason": reason, "completion": completion.id, "chunks_sent": sent}
         )
         if isinstance(exc, asyncio.CancelledError):
             raise
         return response
+    finally:
+        state.open_streams.discard(task)
+        if not state.open_streams:
+            state.no_open_streams.set()
     state.stats.streams_completed += 1
     return response
 
@@ -351,6 +370,8 @@ async def _stream(
 
 @dataclass(frozen=True)
 class EmbeddingRequest:
+    """A validated embeddings request."""
+
     texts: list[str]
     model: str
     dimensions: int
@@ -477,6 +498,18 @@ class OfflineModelServer:
         self.port = self._runner.addresses[0][1]
 
     async def stop(self) -> None:
+        """Stop listening, give open streams `shutdown_seconds` to finish, cut the rest, then close."""
+        for site in list(self._runner.sites):
+            await site.stop()
+        state = self.app[STATE]
+        state.stopping = True
+        if state.open_streams:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._settings.shutdown_seconds):
+                    await state.no_open_streams.wait()
+        for task in list(state.open_streams):
+            # The task serves the whole connection, as with `handler_cancellation` on a disconnect.
+            task.cancel()
         await self._runner.cleanup()
 
 

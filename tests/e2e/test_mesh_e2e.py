@@ -1,0 +1,257 @@
+"""The whole mesh started like `make run` does (`python -m devstack`), used like its users use it:
+grpcurl through the edge, the browser's gRPC-web, native gRPC, and a restart that keeps the data."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import grpc
+import httpx
+import psutil
+import pytest
+from athena.auth.v1 import auth_pb2, auth_pb2_grpc
+from athena.chat.v1 import chat_pb2, chat_pb2_grpc
+from grpcweb import call as grpc_web_call
+
+from devstack.process import free_port, port_open
+from devstack.stack import Ports
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+PUBLIC = {"athena.auth.v1.AuthService", "athena.chat.v1.ChatService", "athena.account.v1.AccountService"}
+SERVICE_NAMES = {
+    "router": ["athena.chat.v1.ChatService", "athena.account.v1.AccountService"],
+    "orchestrator": ["athena.orchestrator.v1.OrchestratorService"],
+    "memory": [
+        "athena.memory.v1.MemoryService",
+        "athena.memory.v1.ConversationService",
+        "athena.memory.v1.AgentService",
+        "athena.memory.v1.UserDataService",
+    ],
+    "auth": ["athena.auth.v1.AuthService"],
+}
+
+
+@dataclass
+class RunningMesh:
+    process: subprocess.Popen[str]
+    ports: Ports
+    data_dir: Path
+    output: list[str]
+
+    @property
+    def edge(self) -> str:
+        return f"127.0.0.1:{self.ports.edge}"
+
+
+def start_mesh(data_dir: Path, ports: Ports) -> RunningMesh:
+    env = {
+        **os.environ,
+        **{f"ATHENA_{field.name.upper()}_PORT": str(getattr(ports, field.name)) for field in fields(Ports)},
+        "ATHENA_OFFLINE_DELAY_MS": "5",
+    }
+    env.pop("OPENAI_API_KEY", None)
+    env.pop("DATABASE_URL", None)
+    env.pop("REDIS_URL", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "devstack", "--data-dir", str(data_dir)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output: list[str] = []
+    deadline = time.monotonic() + 180
+    assert process.stdout is not None
+    for line in process.stdout:
+        output.append(line)
+        if "AthenaOS is ready" in line:
+            return RunningMesh(process, ports, data_dir, output)
+        if time.monotonic() > deadline:
+            break
+    process.kill()
+    raise AssertionError("the mesh did not become ready:\n" + "".join(output[-60:]))
+
+
+def stop_mesh(mesh: RunningMesh) -> None:
+    """SIGTERM, as an operator or Ctrl-C would; everything must be gone afterwards."""
+    children = psutil.Process(mesh.process.pid).children(recursive=True)
+    mesh.process.send_signal(signal.SIGTERM)
+    mesh.process.wait(60)
+    _, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive, f"processes left behind: {[p.info for p in alive]}"
+    listening = [port for port in (getattr(mesh.ports, f.name) for f in fields(Ports)) if port_open(port)]
+    assert not listening, f"ports still listening after SIGTERM: {listening}"
+
+
+@pytest.fixture(scope="module")
+def ports() -> Ports:
+    return Ports(**{field.name: free_port() for field in fields(Ports)})
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("mesh-data")
+
+
+@pytest.fixture(scope="module")
+def mesh(data_dir: Path, ports: Ports) -> Iterator[RunningMesh]:
+    running = start_mesh(data_dir, ports)
+    try:
+        yield running
+    finally:
+        if running.process.poll() is None:
+            stop_mesh(running)
+
+
+def grpcurl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "grpcurl"), "-plaintext", *args], capture_output=True, text=True, timeout=30
+    )
+
+
+def dev_login(mesh: RunningMesh, email: str) -> auth_pb2.Session:
+    with grpc.insecure_channel(mesh.edge) as channel:
+        response = auth_pb2_grpc.AuthServiceStub(channel).DevLogin(
+            auth_pb2.DevLoginRequest(email=email), timeout=10
+        )
+    return response.session
+
+
+def test_edge_lists_exactly_the_public_api(mesh: RunningMesh) -> None:
+    listed = set(grpcurl(mesh.edge, "list").stdout.split())
+    assert listed - {"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} == PUBLIC
+    for service in PUBLIC:
+        described = grpcurl(mesh.edge, "describe", service)
+        assert described.returncode == 0, described.stderr
+        assert "rpc " in described.stdout
+
+
+def test_every_service_reports_health_by_name_and_lists_itself(mesh: RunningMesh) -> None:
+    for part, names in SERVICE_NAMES.items():
+        address = f"127.0.0.1:{getattr(mesh.ports, part)}"
+        for name in ["", *names]:
+            result = grpcurl("-d", json.dumps({"service": name}), address, "grpc.health.v1.Health/Check")
+            assert result.returncode == 0, (part, name, result.stderr)
+            assert json.loads(result.stdout)["status"] == "SERVING"
+        listed = set(grpcurl(address, "list").stdout.split())
+        assert set(names) <= listed, (part, listed)
+
+
+def test_internal_services_are_not_routable_through_the_edge(mesh: RunningMesh) -> None:
+    token = dev_login(mesh, "edge-probe@example.com").access_token
+    for method in (
+        "athena.orchestrator.v1.OrchestratorService/Run",
+        "athena.memory.v1.MemoryService/ListMemories",
+        "athena.memory.v1.UserDataService/PurgeUser",
+    ):
+        result = grpcurl(
+            "-import-path",
+            str(ROOT / "proto"),
+            "-proto",
+            "athena/memory/v1/memory.proto",
+            "-proto",
+            "athena/orchestrator/v1/orchestrator.proto",
+            "-H",
+            f"authorization: Bearer {token}",
+            "-d",
+            "{}",
+            mesh.edge,
+            method,
+        )
+        assert result.returncode != 0
+        assert "Unimplemented" in result.stderr, result.stderr
+
+
+async def test_chat_streams_over_grpc_web_and_native_grpc(mesh: RunningMesh) -> None:
+    session = dev_login(mesh, "ada@example.com")
+    async with httpx.AsyncClient() as client:
+        result = await grpc_web_call(
+            client,
+            f"http://{mesh.edge}",
+            "/athena.chat.v1.ChatService/Chat",
+            chat_pb2.ChatRequest(agent_id="athena", text="What do you know about me?"),
+            token=session.access_token,
+        )
+    assert result.http_status == 200
+    assert result.grpc_status == 0, result.grpc_message
+    events = result.decode(chat_pb2.ChatResponse)
+    kinds = [event.WhichOneof("event") for event in events]
+    assert kinds[0] == "conversation_started"
+    assert kinds.count("text_delta") >= 3
+    assert kinds[-1] == "message_completed"
+    answer = "".join(event.text_delta.text for event in events if event.HasField("text_delta"))
+    assert answer == events[-1].message_completed.content
+
+    with grpc.insecure_channel(mesh.edge) as channel:
+        stub = chat_pb2_grpc.ChatServiceStub(channel)
+        metadata = (("authorization", f"Bearer {session.access_token}"),)
+        conversation_id = events[0].conversation_started.conversation_id
+        native = list(
+            stub.Chat(
+                chat_pb2.ChatRequest(agent_id="athena", conversation_id=conversation_id, text="Hello again"),
+                metadata=metadata,
+                timeout=30,
+            )
+        )
+        assert native[0].conversation_started.conversation_id == conversation_id
+        assert sum(event.HasField("text_delta") for event in native) >= 2
+        assert native[-1].HasField("message_completed")
+        stored = stub.GetConversation(
+            chat_pb2.GetConversationRequest(conversation_id=conversation_id), metadata=metadata, timeout=10
+        ).conversation
+        assert [message.content for message in stored.messages if message.role == chat_pb2.ROLE_USER] == [
+            "What do you know about me?",
+            "Hello again",
+        ]
+
+
+def test_calls_without_a_token_are_refused_at_the_edge(mesh: RunningMesh) -> None:
+    result = grpcurl("-d", "{}", mesh.edge, "athena.chat.v1.ChatService/ListAgents")
+    assert result.returncode != 0
+    assert "Unauthenticated" in result.stderr
+
+
+def test_sigterm_leaves_nothing_behind_and_data_survives_a_restart(
+    mesh: RunningMesh, data_dir: Path, ports: Ports
+) -> None:
+    session = dev_login(mesh, "persist@example.com")
+    metadata = (("authorization", f"Bearer {session.access_token}"),)
+    with grpc.insecure_channel(mesh.edge) as channel:
+        events = list(
+            chat_pb2_grpc.ChatServiceStub(channel).Chat(
+                chat_pb2.ChatRequest(agent_id="athena", text="Please keep this conversation"),
+                metadata=metadata,
+                timeout=30,
+            )
+        )
+    conversation_id = events[0].conversation_started.conversation_id
+    stop_mesh(mesh)
+
+    restarted = start_mesh(data_dir, ports)
+    try:
+        again = dev_login(restarted, "persist@example.com")
+        assert again.user.id == session.user.id
+        with grpc.insecure_channel(restarted.edge) as channel:
+            conversation = (
+                chat_pb2_grpc.ChatServiceStub(channel)
+                .GetConversation(
+                    chat_pb2.GetConversationRequest(conversation_id=conversation_id),
+                    metadata=(("authorization", f"Bearer {again.access_token}"),),
+                    timeout=10,
+                )
+                .conversation
+            )
+        assert conversation.messages[0].content == "Please keep this conversation"
+    finally:
+        stop_mesh(restarted)
