@@ -77,7 +77,9 @@ async def model_first_chunk(base_url: str, samples: int) -> list[float]:
     return timings
 
 
-async def one_turn(stub: chat_pb2_grpc.ChatServiceStub, token: str, text: str) -> tuple[float, int, float]:
+async def one_turn(
+    stub: chat_pb2_grpc.ChatServiceAsyncStub, token: str, text: str
+) -> tuple[float, int, float]:
     """(time to first delta, events received, whole turn duration) of one Chat through the edge."""
     started = time.perf_counter()
     first: float | None = None
