@@ -97,47 +97,32 @@ CONTENT_TYPES: Mapping[str, str] = {
 }
 
 PLACEHOLDER_PAGE = (
-    "<!doctype html><html><head><meta charset=\"utf-8\"><title>AthenaOS</title></head><body>"
+    '<!doctype html><html><head><meta charset="utf-8"><title>AthenaOS</title></head><body>'
     "<h1>AthenaOS</h1><p>The web app is not built. Build it in <code>edge/web</code>, then render the "
     "Envoy configuration again.</p></body></html>\n"
 )
 
 
 @dataclass(frozen=True)
-class Upstream:
-    """A host and port Envoy connects to."""
-
-    host: str
-    """An IP address (a STATIC cluster) or a DNS name (STRICT_DNS: every address it resolves to is a host)."""
-    port: int
-    """TCP port."""
-
-    @classmethod
-    def parse(cls, text: str) -> Upstream:
-        """Read `host:port`."""
-        host, sep, port = text.rpartition(":")
-        if not sep or not host or not port.isdigit():
-            raise ValueError(f"expected host:port, got {text!r}")
-        return cls(host.strip("[]"), int(port))
-
-
-@dataclass(frozen=True)
 class EdgeConfig:
     """Everything that differs between edges; the defaults are a local run on the standard ports."""
 
-    target: Target = "local"
-    """Where Envoy runs; Kubernetes adds the ops listener's meaning and DNS-based upstreams."""
     listen_host: str = "127.0.0.1"
     """Address of the listener for browsers and gRPC clients ("0.0.0.0" in a container)."""
     listen_port: int = 8080
     """Port of that listener."""
     admin_port: int = 9901
     """Envoy's admin interface; it is always bound to 127.0.0.1, never reachable from outside."""
-    router: Upstream = Upstream("127.0.0.1", 50051)
+    router_host: str = "127.0.0.1"
+    """The router: an IP address (a STATIC cluster) or a DNS name (STRICT_DNS: each address it resolves
+    to, such as each pod behind a headless Service, is a host of its own, balanced round robin)."""
+    router_port: int = 50051
     """The router's gRPC port (ChatService, AccountService)."""
-    auth: Upstream = Upstream("127.0.0.1", 50054)
+    auth_host: str = "127.0.0.1"
+    """The auth service, like `router_host`."""
+    auth_port: int = 50054
     """The auth service's gRPC port (AuthService)."""
-    jwks: Upstream = Upstream("127.0.0.1", 9104)
+    auth_http_port: int = 9104
     """The auth service's HTTP port, which serves the JWKS at /.well-known/jwks.json."""
     allowed_origins: tuple[str, ...] = ("http://127.0.0.1:8080", "http://localhost:8080")
     """Browser origins allowed to call through CORS, compared exactly (scheme, host and port)."""
@@ -168,11 +153,9 @@ class EdgeConfig:
             return cls()
         suffix = f".{namespace}.svc.cluster.local" if namespace else ""
         return cls(
-            target="kubernetes",
             listen_host="0.0.0.0",
-            router=Upstream(f"router{suffix}", 50051),
-            auth=Upstream(f"auth{suffix}", 50054),
-            jwks=Upstream(f"auth{suffix}", 9104),
+            router_host=f"router{suffix}",
+            auth_host=f"auth{suffix}",
             ops_port=9902,
         )
 
@@ -181,13 +164,13 @@ def render(config: EdgeConfig) -> dict[str, Any]:
     """The complete Envoy v3 bootstrap for `config`."""
     listeners = [_edge_listener(config)]
     clusters = [
-        _grpc_cluster(ROUTER_CLUSTER, config.router, health_service=CHAT_SERVICE),
-        _grpc_cluster(AUTH_CLUSTER, config.auth, health_service=AUTH_SERVICE),
-        _cluster(JWKS_CLUSTER, config.jwks),
+        _grpc_cluster(ROUTER_CLUSTER, config.router_host, config.router_port, health_service=CHAT_SERVICE),
+        _grpc_cluster(AUTH_CLUSTER, config.auth_host, config.auth_port, health_service=AUTH_SERVICE),
+        _cluster(JWKS_CLUSTER, config.auth_host, config.auth_http_port),
     ]
     if config.ops_port is not None:
         listeners.append(_ops_listener(config.ops_port))
-        clusters.append(_cluster(ADMIN_CLUSTER, Upstream("127.0.0.1", config.admin_port)))
+        clusters.append(_cluster(ADMIN_CLUSTER, "127.0.0.1", config.admin_port))
     return {
         "node": {"id": "athena-edge", "cluster": "athena-edge"},
         "admin": {"address": _socket_address("127.0.0.1", config.admin_port)},
@@ -317,13 +300,13 @@ def _filter(name: str, type_name: str, body: Mapping[str, Any]) -> dict[str, Any
 
 
 def _jwt_authn(config: EdgeConfig) -> dict[str, Any]:
-    jwks_host = _url_host(config.jwks.host)
+    jwks_host = _url_host(config.auth_host)
     provider = {
         "issuer": config.jwt_issuer,
         "audiences": list(config.jwt_audiences),
         "remote_jwks": {
             "http_uri": {
-                "uri": f"http://{jwks_host}:{config.jwks.port}{JWKS_PATH}",
+                "uri": f"http://{jwks_host}:{config.auth_http_port}{JWKS_PATH}",
                 "cluster": JWKS_CLUSTER,
                 "timeout": "2s",
             },
@@ -341,19 +324,17 @@ def _jwt_authn(config: EdgeConfig) -> dict[str, Any]:
         "require_expiration": True,
         "clock_skew_seconds": 30,
     }
-    rules: list[dict[str, Any]] = [
-        # First match wins: CORS preflights never need a token (the cors filter answers those it allows).
-        {"match": {"prefix": "/", "headers": [{"name": ":method", "string_match": {"exact": "OPTIONS"}}]}},
-        *(
-            {"match": {"prefix": f"/{service}/"}, "requires": {"provider_name": JWT_PROVIDER}}
-            for service in TOKEN_REQUIRED
-        ),
+    # Paths no rule matches need no token. CORS preflights never get here: the cors filter answers them.
+    rules = [
+        {"match": {"prefix": f"/{service}/"}, "requires": {"provider_name": JWT_PROVIDER}}
+        for service in TOKEN_REQUIRED
     ]
     return {"providers": {JWT_PROVIDER: provider}, "rules": rules}
 
 
 def _route_config(config: EdgeConfig) -> dict[str, Any]:
     routes = [
+        _preflight_route(),
         *(_grpc_route(service, cluster, config) for service, cluster in PUBLIC_SERVICES.items()),
         _grpc_route(HEALTH_SERVICE, ROUTER_CLUSTER, config),
         *(
@@ -361,11 +342,7 @@ def _route_config(config: EdgeConfig) -> dict[str, Any]:
             for service in REFLECTION_SERVICES
         ),
         *_web_routes(config),
-        {
-            "name": "not_found",
-            "match": {"prefix": "/"},
-            "direct_response": {"status": 404, "body": {"inline_string": "not found\n"}},
-        },
+        *_not_found_routes(config),
     ]
     cors_policy = {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy",
@@ -390,6 +367,57 @@ def _route_config(config: EdgeConfig) -> dict[str, Any]:
             }
         ],
     }
+
+
+def _preflight_route() -> dict[str, Any]:
+    """Every CORS preflight, whatever its path. The cors filter skips direct-response routes, so preflights
+    need a route of their own; it answers all of them itself (`forward_not_matching_preflights` is off),
+    so the cluster named here is never called."""
+    present = {"present_match": True}
+    return {
+        "name": "cors_preflight",
+        "match": {
+            "prefix": "/",
+            "headers": [
+                {"name": ":method", "string_match": {"exact": "OPTIONS"}},
+                {"name": "origin", **present},
+                {"name": "access-control-request-method", **present},
+            ],
+        },
+        "route": {"cluster": ROUTER_CLUSTER, "timeout": "5s"},
+    }
+
+
+def _not_found_routes(config: EdgeConfig) -> list[dict[str, Any]]:
+    """404 for every other path: gRPC clients see UNIMPLEMENTED. The cors filter skips direct responses,
+    so each allowed origin gets its CORS headers from a route of its own, and browsers can read the error."""
+    body = {"inline_string": "not found\n"}
+    routes = [
+        {
+            "name": f"not_found:{origin}",
+            "match": {"prefix": "/", "headers": [{"name": "origin", "string_match": {"exact": origin}}]},
+            "direct_response": {"status": 404, "body": body},
+            "response_headers_to_add": _headers(
+                {
+                    "access-control-allow-origin": origin,
+                    "access-control-expose-headers": ", ".join(CORS_EXPOSE_HEADERS),
+                    "vary": "origin",
+                }
+            ),
+        }
+        for origin in config.allowed_origins
+    ]
+    routes.append(
+        {"name": "not_found", "match": {"prefix": "/"}, "direct_response": {"status": 404, "body": body}}
+    )
+    return routes
+
+
+def _headers(headers: Mapping[str, str]) -> list[dict[str, Any]]:
+    return [
+        {"header": {"key": key, "value": value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+        for key, value in headers.items()
+    ]
 
 
 def _grpc_route(
@@ -424,10 +452,7 @@ def _grpc_route(
         },
     }
     if add_headers:
-        route["request_headers_to_add"] = [
-            {"header": {"key": key, "value": value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
-            for key, value in add_headers.items()
-        ]
+        route["request_headers_to_add"] = _headers(add_headers)
     return route
 
 
@@ -438,7 +463,7 @@ def _web_routes(config: EdgeConfig) -> list[dict[str, Any]]:
         page = {"inline_string": PLACEHOLDER_PAGE}
         return [_file_route(path, page, CONTENT_TYPES[".html"], "no-cache") for path in ("/", "/index.html")]
     served_from = config.web_root_in_envoy or root.resolve()
-    routes = []
+    routes: list[dict[str, Any]] = []
     for file in sorted(p for p in root.rglob("*") if p.is_file()):
         relative = file.relative_to(root)
         if any(part.startswith(".") for part in relative.parts):
@@ -463,15 +488,12 @@ def _file_route(path: str, body: Mapping[str, str], content_type: str, cache: st
         "name": f"web:{path}",
         "match": {"path": path},
         "direct_response": {"status": 200, "body": dict(body)},
-        "response_headers_to_add": [
-            {"header": {"key": key, "value": value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
-            for key, value in headers.items()
-        ],
+        "response_headers_to_add": _headers(headers),
     }
 
 
 def _ops_listener(port: int) -> dict[str, Any]:
-    routes = [
+    routes: list[dict[str, Any]] = [
         {"match": {"path": path}, "route": {"cluster": ADMIN_CLUSTER, "timeout": "5s"}}
         for path in ("/ready", "/stats/prometheus")
     ]
@@ -498,8 +520,8 @@ def _ops_listener(port: int) -> dict[str, Any]:
     }
 
 
-def _grpc_cluster(name: str, upstream: Upstream, *, health_service: str) -> dict[str, Any]:
-    cluster = _cluster(name, upstream)
+def _grpc_cluster(name: str, host: str, port: int, *, health_service: str) -> dict[str, Any]:
+    cluster = _cluster(name, host, port)
     cluster["typed_extension_protocol_options"] = {
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
             "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
@@ -534,7 +556,7 @@ def _grpc_cluster(name: str, upstream: Upstream, *, health_service: str) -> dict
     return cluster
 
 
-def _cluster(name: str, upstream: Upstream) -> dict[str, Any]:
+def _cluster(name: str, host: str, port: int) -> dict[str, Any]:
     """A cluster of one address: STATIC for an IP, else STRICT_DNS with one host per resolved address
     (a headless Service's pods), balanced round robin."""
     cluster: dict[str, Any] = {
@@ -544,10 +566,10 @@ def _cluster(name: str, upstream: Upstream) -> dict[str, Any]:
         "per_connection_buffer_limit_bytes": 256 * 1024,
         "load_assignment": {
             "cluster_name": name,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _socket_address(upstream.host, upstream.port)}}]}],
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _socket_address(host, port)}}]}],
         },
     }
-    if _is_ip(upstream.host):
+    if _is_ip(host):
         cluster["type"] = "STATIC"
     else:
         # STRICT_DNS: every address the name resolves to is a host of its own.
@@ -579,104 +601,87 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def _env_list(name: str) -> list[str] | None:
-    value = os.environ.get(name)
-    return [item.strip() for item in value.split(",") if item.strip()] if value else None
+UPSTREAM_FIELDS = ("router_host", "router_port", "auth_host", "auth_port", "auth_http_port")
 
 
 def _parser() -> argparse.ArgumentParser:
     env = os.environ.get
     parser = argparse.ArgumentParser(
         prog="python -m edge.envoy_config",
-        description="Write the Envoy bootstrap of the AthenaOS edge (JSON, which is also valid YAML).",
+        description="Write the Envoy bootstrap of the AthenaOS edge as JSON (also valid YAML). "
+        "Each flag falls back to the variable in brackets, then to the target's default.",
     )
-    parser.add_argument("--out", required=True, type=Path, help="file to write; '-' writes to stdout")
-    parser.add_argument(
-        "--target", choices=get_args(Target), default=env("ATHENA_EDGE_TARGET", "local"), help="[ATHENA_EDGE_TARGET]"
+    add = parser.add_argument
+    add("--out", required=True, type=Path, help="file to write; '-' for stdout")
+    add(
+        "--target",
+        choices=get_args(Target),
+        default=env("ATHENA_EDGE_TARGET", "local"),
+        help="[ATHENA_EDGE_TARGET]",
     )
-    parser.add_argument(
-        "--namespace",
-        default=env("ATHENA_EDGE_NAMESPACE"),
-        help="Kubernetes namespace of the router and auth Services [ATHENA_EDGE_NAMESPACE]",
-    )
-    parser.add_argument("--listen-host", default=env("ATHENA_EDGE_HOST"), help="[ATHENA_EDGE_HOST]")
-    parser.add_argument("--port", type=int, default=env("ATHENA_EDGE_PORT"), help="[ATHENA_EDGE_PORT] 8080")
-    parser.add_argument(
-        "--admin-port", type=int, default=env("ATHENA_EDGE_ADMIN_PORT"), help="[ATHENA_EDGE_ADMIN_PORT] 9901"
-    )
-    parser.add_argument(
+    add("--namespace", default=env("ATHENA_EDGE_NAMESPACE"), help="of the Services [ATHENA_EDGE_NAMESPACE]")
+    add("--listen-host", default=env("ATHENA_EDGE_HOST"), help="[ATHENA_EDGE_HOST]")
+    add("--port", type=int, default=env("ATHENA_EDGE_PORT"), help="[ATHENA_EDGE_PORT] 8080")
+    add("--admin-port", type=int, default=env("ATHENA_EDGE_ADMIN_PORT"), help="[ATHENA_EDGE_ADMIN_PORT] 9901")
+    add(
         "--ops-port",
         type=int,
         default=env("ATHENA_EDGE_OPS_PORT"),
-        help="listener for /ready and /stats/prometheus; 0 disables [ATHENA_EDGE_OPS_PORT] (9902 in Kubernetes)",
+        help="/ready and /stats/prometheus; 0: none [ATHENA_EDGE_OPS_PORT] 9902 in Kubernetes",
     )
-    for name, help_text in (
-        ("router", "router gRPC"),
-        ("auth", "auth gRPC"),
-        ("jwks", "auth HTTP (JWKS)"),
-    ):
-        variable = f"ATHENA_EDGE_{name.upper()}"
-        parser.add_argument(
-            f"--{name}", type=Upstream.parse, default=env(variable), metavar="HOST:PORT", help=f"{help_text} [{variable}]"
-        )
-    parser.add_argument(
+    for field in UPSTREAM_FIELDS:
+        variable = f"ATHENA_EDGE_{field.upper()}"
+        kind = int if field.endswith("_port") else str
+        add(f"--{field.replace('_', '-')}", type=kind, default=env(variable), help=f"[{variable}]")
+    add(
         "--allowed-origin",
         action="append",
         dest="allowed_origins",
-        help="repeatable [ATHENA_EDGE_ALLOWED_ORIGINS, comma-separated] (default: the edge's own loopback origins)",
+        help="repeatable [ATHENA_EDGE_ALLOWED_ORIGINS, comma-separated] the edge's loopback origins",
     )
-    parser.add_argument("--jwt-issuer", default=env("ATHENA_JWT_ISSUER"), help="[ATHENA_JWT_ISSUER] athenaos")
-    parser.add_argument(
-        "--jwt-audience",
-        action="append",
-        dest="jwt_audiences",
-        help="repeatable [ATHENA_JWT_AUDIENCE, comma-separated] athenaos-api",
+    add("--jwt-issuer", default=env("ATHENA_JWT_ISSUER"), help="[ATHENA_JWT_ISSUER] athenaos")
+    add("--jwt-audience", action="append", dest="jwt_audiences", help="repeatable [ATHENA_JWT_AUDIENCE]")
+    add(
+        "--web-root",
+        type=Path,
+        default=env("ATHENA_EDGE_WEB_ROOT"),
+        help="built web app [ATHENA_EDGE_WEB_ROOT]",
     )
-    parser.add_argument(
-        "--web-root", type=Path, default=env("ATHENA_EDGE_WEB_ROOT"), help="built web app [ATHENA_EDGE_WEB_ROOT]"
-    )
-    parser.add_argument(
+    add(
         "--web-root-in-envoy",
         type=Path,
         default=env("ATHENA_EDGE_WEB_ROOT_IN_ENVOY"),
-        help="where Envoy finds the web app if not at --web-root (a container) [ATHENA_EDGE_WEB_ROOT_IN_ENVOY]",
+        help="where Envoy finds the web app, if elsewhere [ATHENA_EDGE_WEB_ROOT_IN_ENVOY]",
     )
     return parser
 
 
+def _env_list(name: str) -> list[str]:
+    return [item.strip() for item in os.environ.get(name, "").split(",") if item.strip()]
+
+
 def config_from_args(argv: Sequence[str] | None = None) -> tuple[EdgeConfig, Path]:
-    """The configuration and output path named by command-line flags, then ATHENA_* variables."""
+    """The configuration and output path named by the command line and the ATHENA_* variables."""
     args = _parser().parse_args(argv)
     config = EdgeConfig.for_target(args.target, namespace=args.namespace)
-    changes: dict[str, Any] = {}
-    if args.listen_host:
-        changes["listen_host"] = args.listen_host
-    if args.port is not None:
-        changes["listen_port"] = int(args.port)
-    if args.admin_port is not None:
-        changes["admin_port"] = int(args.admin_port)
+    given = {
+        "listen_host": args.listen_host,
+        "listen_port": args.port,
+        "admin_port": args.admin_port,
+        **{field: getattr(args, field) for field in UPSTREAM_FIELDS},
+        "jwt_issuer": args.jwt_issuer,
+        "web_root": args.web_root.resolve() if args.web_root else None,
+        "web_root_in_envoy": args.web_root_in_envoy,
+    }
+    changes: dict[str, Any] = {key: value for key, value in given.items() if value is not None}
     if args.ops_port is not None:
-        changes["ops_port"] = int(args.ops_port) or None
-    for name in ("router", "auth", "jwks"):
-        value = getattr(args, name)
-        if value is not None:
-            changes[name] = value if isinstance(value, Upstream) else Upstream.parse(value)
+        changes["ops_port"] = args.ops_port or None
     port = changes.get("listen_port", config.listen_port)
-    origins = (
-        args.allowed_origins
-        or _env_list("ATHENA_EDGE_ALLOWED_ORIGINS")
-        or [f"http://127.0.0.1:{port}", f"http://localhost:{port}"]
-    )
-    changes["allowed_origins"] = tuple(origins)
-    if args.jwt_issuer:
-        changes["jwt_issuer"] = args.jwt_issuer
+    origins = args.allowed_origins or _env_list("ATHENA_EDGE_ALLOWED_ORIGINS")
+    changes["allowed_origins"] = tuple(origins or (f"http://127.0.0.1:{port}", f"http://localhost:{port}"))
     audiences = args.jwt_audiences or _env_list("ATHENA_JWT_AUDIENCE")
     if audiences:
         changes["jwt_audiences"] = tuple(audiences)
-    if args.web_root is not None:
-        changes["web_root"] = Path(args.web_root).resolve()
-    if args.web_root_in_envoy is not None:
-        changes["web_root_in_envoy"] = Path(args.web_root_in_envoy)
     return dataclasses.replace(config, **changes), args.out
 
 

@@ -11,10 +11,10 @@ import asyncio
 import json
 import shutil
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import httpx
@@ -22,11 +22,16 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from joserfc.jwk import RSAKey
 
 from devstack.process import ManagedProcess, free_port, port_open
-from edge.envoy_config import AUTH_SERVICE, CHAT_SERVICE, EDGE_REFLECTION_HEADER, EdgeConfig, Upstream, render
+from edge.envoy_config import AUTH_SERVICE, CHAT_SERVICE, EDGE_REFLECTION_HEADER, EdgeConfig, render
+from mesh.interceptors import ServerInterceptor
+
+if TYPE_CHECKING:
+    from mesh.interceptors import Continuation, Handler
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -37,7 +42,7 @@ ORIGIN = "http://app.example.test"
 pytestmark = pytest.mark.skipif(ENVOY is None or GRPCURL is None, reason="envoy or grpcurl is not installed")
 
 
-class _RecordCalls(grpc.aio.ServerInterceptor):
+class _RecordCalls(ServerInterceptor):
     """Keeps the method and metadata of every call the stand-in receives."""
 
     def __init__(self) -> None:
@@ -45,10 +50,10 @@ class _RecordCalls(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Continuation,
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        metadata = {item.key: str(item.value) for item in handler_call_details.invocation_metadata or ()}
+    ) -> Handler:
+        metadata = {key: str(value) for key, value in handler_call_details.invocation_metadata or ()}
         self.calls.append((handler_call_details.method, metadata))
         return await continuation(handler_call_details)
 
@@ -59,8 +64,8 @@ class Edge:
 
     address: str
     url: str
-    admin_url: str
     calls: list[tuple[str, dict[str, str]]]
+    health: HealthServicer
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -68,7 +73,7 @@ async def edge(signing_key: RSAKey, tmp_path_factory: pytest.TempPathFactory) ->
     base = tmp_path_factory.mktemp("edge")
     recorder = _RecordCalls()
     server = grpc.aio.server(interceptors=[recorder])
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", CHAT_SERVICE, AUTH_SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -97,9 +102,9 @@ async def edge(signing_key: RSAKey, tmp_path_factory: pytest.TempPathFactory) ->
     config = EdgeConfig(
         listen_port=port,
         admin_port=admin_port,
-        router=Upstream("127.0.0.1", grpc_port),
-        auth=Upstream("127.0.0.1", grpc_port),
-        jwks=Upstream("127.0.0.1", jwks_port),
+        router_port=grpc_port,
+        auth_port=grpc_port,
+        auth_http_port=jwks_port,
         allowed_origins=(ORIGIN,),
         web_root=web_root,
     )
@@ -116,7 +121,12 @@ async def edge(signing_key: RSAKey, tmp_path_factory: pytest.TempPathFactory) ->
     try:
         await asyncio.to_thread(envoy.wait_ready, lambda: port_open(port), 30.0)
         await _wait_for_jwks(f"http://127.0.0.1:{admin_port}")
-        yield Edge(f"127.0.0.1:{port}", f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}", recorder.calls)
+        yield Edge(
+            address=f"127.0.0.1:{port}",
+            url=f"http://127.0.0.1:{port}",
+            calls=recorder.calls,
+            health=health_servicer,
+        )
     finally:
         await asyncio.to_thread(envoy.stop)
         await runner.cleanup()
@@ -124,18 +134,20 @@ async def edge(signing_key: RSAKey, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 async def _wait_for_jwks(admin_url: str) -> None:
-    """jwt_authn fetches the JWKS in the background after the listener is up; wait for its first success."""
+    """jwt_authn fetches the JWKS in the background once the listener is up; wait for the first success."""
+    stat = "http.edge.jwt_authn.jwks_fetch_success"
     async with httpx.AsyncClient() as client:
         for _ in range(100):
-            stats = (await client.get(f"{admin_url}/stats", params={"filter": "jwks_fetch_success"})).text
-            if any(line.strip().endswith(": 1") or line.rsplit(":", 1)[-1].strip() not in ("", "0")
-                   for line in stats.splitlines()):
+            stats = (await client.get(f"{admin_url}/stats", params={"filter": f"^{stat}$"})).text
+            if stats.strip() and stats.strip() != f"{stat}: 0":
                 return
             await asyncio.sleep(0.1)
-    raise AssertionError(f"Envoy never fetched the JWKS:\n{stats}")
+    raise AssertionError(f"Envoy never fetched the JWKS: {stats}")
 
 
-async def grpcurl(edge: Edge, *args: str, data: str | None = None, proto: str | None = None) -> tuple[int, str]:
+async def grpcurl(
+    edge: Edge, *args: str, data: str | None = None, proto: str | None = None
+) -> tuple[int, str]:
     """Run grpcurl against the edge; returns its exit code and its stdout and stderr together."""
     assert GRPCURL is not None
     argv = [GRPCURL, "-plaintext", "-max-time", "10"]
@@ -144,7 +156,10 @@ async def grpcurl(edge: Edge, *args: str, data: str | None = None, proto: str | 
     if data is not None:
         argv += ["-format", "json", "-d", data]
     process = await asyncio.create_subprocess_exec(
-        *argv, *args[:-1], edge.address, args[-1],
+        *argv,
+        *args[:-1],
+        edge.address,
+        args[-1],
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
@@ -158,9 +173,28 @@ def grpc_web_frame(message: bytes = b"") -> bytes:
 
 
 async def test_health_is_served_through_the_edge(edge: Edge) -> None:
-    code, output = await grpcurl(edge, "-d", json.dumps({"service": CHAT_SERVICE}), "grpc.health.v1.Health/Check")
+    code, output = await grpcurl(
+        edge, "-d", json.dumps({"service": CHAT_SERVICE}), "grpc.health.v1.Health/Check"
+    )
     assert code == 0, output
     assert json.loads(output)["status"] == "SERVING"
+
+
+async def test_server_streams_pass_through_unbuffered(edge: Edge) -> None:
+    watched = "athena.test.Streamed"
+    await edge.health.set(watched, health_pb2.HealthCheckResponse.SERVING)
+    async with grpc.aio.insecure_channel(edge.address) as channel:
+        stream = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=watched))
+        first = await asyncio.wait_for(stream.read(), 5)
+        await edge.health.set(watched, health_pb2.HealthCheckResponse.NOT_SERVING)
+        second = await asyncio.wait_for(stream.read(), 5)
+        stream.cancel()
+    assert isinstance(first, health_pb2.HealthCheckResponse)
+    assert isinstance(second, health_pb2.HealthCheckResponse)
+    assert (first.status, second.status) == (
+        health_pb2.HealthCheckResponse.SERVING,
+        health_pb2.HealthCheckResponse.NOT_SERVING,
+    )
 
 
 async def test_reflection_reaches_the_router_marked_as_coming_through_the_edge(edge: Edge) -> None:
@@ -189,7 +223,9 @@ async def test_internal_services_are_not_routed(edge: Edge, proto: str, method: 
 
 async def test_chat_without_a_token_is_unauthenticated_at_the_edge(edge: Edge) -> None:
     before = len(edge.calls)
-    code, output = await grpcurl(edge, f"{CHAT_SERVICE}/ListAgents", data="{}", proto="athena/chat/v1/chat.proto")
+    code, output = await grpcurl(
+        edge, f"{CHAT_SERVICE}/ListAgents", data="{}", proto="athena/chat/v1/chat.proto"
+    )
     assert code != 0
     assert "Unauthenticated" in output, output
     assert len(edge.calls) == before
@@ -220,7 +256,7 @@ async def test_chat_with_a_valid_token_reaches_the_router_with_the_token(
     edge: Edge, make_token: Callable[..., str]
 ) -> None:
     token = make_token()
-    code, output = await grpcurl(
+    _, output = await grpcurl(
         edge,
         "-H",
         f"authorization: Bearer {token}",
@@ -235,19 +271,22 @@ async def test_chat_with_a_valid_token_reaches_the_router_with_the_token(
     assert metadata["authorization"] == f"Bearer {token}"
 
 
-async def test_cors_preflight_is_answered_for_allowed_origins_only(edge: Edge) -> None:
+@pytest.mark.parametrize("path", [f"/{CHAT_SERVICE}/Chat", "/athena.memory.v1.MemoryService/Recall"])
+async def test_cors_preflight_is_answered_by_the_edge_for_allowed_origins_only(edge: Edge, path: str) -> None:
     headers = {
         "access-control-request-method": "POST",
         "access-control-request-headers": "content-type,x-grpc-web,authorization",
     }
-    path = f"{edge.url}/{CHAT_SERVICE}/Chat"
+    before = len(edge.calls)
     async with httpx.AsyncClient() as client:
-        allowed = await client.options(path, headers={"origin": ORIGIN, **headers})
-        foreign = await client.options(path, headers={"origin": "http://evil.example", **headers})
+        allowed = await client.options(edge.url + path, headers={"origin": ORIGIN, **headers})
+        foreign = await client.options(edge.url + path, headers={"origin": "http://evil.example", **headers})
+    assert allowed.status_code == 200
     assert allowed.headers.get("access-control-allow-origin") == ORIGIN
     assert "POST" in allowed.headers["access-control-allow-methods"]
     assert "authorization" in allowed.headers["access-control-allow-headers"]
     assert "access-control-allow-origin" not in foreign.headers
+    assert len(edge.calls) == before
 
 
 async def test_grpc_web_error_replies_carry_cors_headers_and_grpc_status(edge: Edge) -> None:
@@ -259,6 +298,13 @@ async def test_grpc_web_error_replies_carry_cors_headers_and_grpc_status(edge: E
         internal = await client.post(
             f"{edge.url}/athena.memory.v1.MemoryService/Recall", content=grpc_web_frame(), headers=headers
         )
+        foreign = await client.post(
+            f"{edge.url}/{CHAT_SERVICE}/ListAgents",
+            content=grpc_web_frame(),
+            headers={**headers, "origin": "http://evil.example"},
+        )
+    assert "access-control-allow-origin" not in foreign.headers
+    # Trailers-only replies: grpc-status is in the headers, which is all a browser needs to read.
     for reply, status in ((unauthenticated, "16"), (internal, "12")):
         assert reply.headers.get("access-control-allow-origin") == ORIGIN
         assert reply.headers.get("grpc-status") == status, reply.headers

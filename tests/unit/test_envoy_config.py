@@ -1,0 +1,291 @@
+"""The rendered Envoy configuration: what it routes, how it treats streams, and that Envoy accepts it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge.envoy_config import (
+    ACCOUNT_SERVICE,
+    AUTH_SERVICE,
+    CHAT_SERVICE,
+    EDGE_REFLECTION_HEADER,
+    EdgeConfig,
+    main,
+    render,
+)
+
+ENVOY = shutil.which("envoy", path=str(Path(sys.executable).parent)) or shutil.which("envoy")
+INTERNAL_PORTS = {50052, 50053}
+GRPC_PREFIXES = {
+    f"/{CHAT_SERVICE}/": "router",
+    f"/{ACCOUNT_SERVICE}/": "router",
+    f"/{AUTH_SERVICE}/": "auth",
+    "/grpc.health.v1.Health/": "router",
+    "/grpc.reflection.v1alpha.ServerReflection/": "router",
+    "/grpc.reflection.v1.ServerReflection/": "router",
+}
+
+
+@pytest.fixture
+def web_root(tmp_path: Path) -> Path:
+    root = tmp_path / "dist"
+    (root / "assets").mkdir(parents=True)
+    (root / "index.html").write_text("<!doctype html><title>AthenaOS</title>")
+    (root / "assets" / "app-1a2b.js").write_text("export {};")
+    (root / "assets" / "app-1a2b.css").write_text("body {}")
+    (root / "favicon.svg").write_text("<svg/>")
+    (root / ".DS_Store").write_text("junk")
+    return root
+
+
+@pytest.fixture(params=["local", "kubernetes"])
+def bootstrap(request: pytest.FixtureRequest, web_root: Path) -> dict[str, Any]:
+    config = EdgeConfig.for_target(request.param, namespace="athena")
+    return render(dataclasses.replace(config, web_root=web_root))
+
+
+def walk(node: Any) -> Iterator[dict[str, Any]]:
+    """Every mapping in the rendered document, depth first."""
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from walk(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from walk(value)
+
+
+def edge_manager(bootstrap: dict[str, Any]) -> dict[str, Any]:
+    (listener,) = [item for item in bootstrap["static_resources"]["listeners"] if item["name"] == "edge"]
+    manager: dict[str, Any] = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    return manager
+
+
+def edge_routes(bootstrap: dict[str, Any]) -> list[dict[str, Any]]:
+    routes: list[dict[str, Any]] = edge_manager(bootstrap)["route_config"]["virtual_hosts"][0]["routes"]
+    return routes
+
+
+def test_filters_run_grpc_web_then_cors_then_jwt_then_router(bootstrap: dict[str, Any]) -> None:
+    names = [item["name"] for item in edge_manager(bootstrap)["http_filters"]]
+    assert names == [
+        "envoy.filters.http.grpc_web",
+        "envoy.filters.http.cors",
+        "envoy.filters.http.jwt_authn",
+        "envoy.filters.http.router",
+    ]
+
+
+def test_nothing_reaches_the_orchestrator_or_memory(bootstrap: dict[str, Any]) -> None:
+    text = json.dumps(bootstrap).lower()
+    assert "orchestrator" not in text
+    assert "memory" not in text
+    ports = {node["port_value"] for node in walk(bootstrap) if "port_value" in node}
+    assert not ports & INTERNAL_PORTS
+    clusters = {cluster["name"] for cluster in bootstrap["static_resources"]["clusters"]}
+    routed = {node["cluster"] for node in walk(edge_routes(bootstrap)) if "cluster" in node}
+    assert routed <= {"router", "auth"} <= clusters
+
+
+def test_only_the_public_services_health_and_reflection_are_routed(bootstrap: dict[str, Any]) -> None:
+    routed = {
+        route["match"]["prefix"]: route["route"]["cluster"]
+        for route in edge_routes(bootstrap)
+        if "route" in route and route["name"] != "cors_preflight"
+    }
+    assert routed == GRPC_PREFIXES
+    assert edge_routes(bootstrap)[-1] == {
+        "name": "not_found",
+        "match": {"prefix": "/"},
+        "direct_response": {"status": 404, "body": {"inline_string": "not found\n"}},
+    }
+
+
+def test_reflection_calls_are_marked_for_the_router(bootstrap: dict[str, Any]) -> None:
+    reflection = [route for route in edge_routes(bootstrap) if "Reflection" in route["name"]]
+    assert len(reflection) == 2
+    for route in reflection:
+        (header,) = route["request_headers_to_add"]
+        assert header["header"] == {"key": EDGE_REFLECTION_HEADER, "value": "1"}
+        assert header["append_action"] == "OVERWRITE_IF_EXISTS_OR_ADD"
+
+
+def test_tokens_are_required_for_chat_and_account_only(bootstrap: dict[str, Any]) -> None:
+    (jwt,) = [
+        f for f in edge_manager(bootstrap)["http_filters"] if f["name"] == "envoy.filters.http.jwt_authn"
+    ]
+    config = jwt["typed_config"]
+    rules = {rule["match"]["prefix"]: rule.get("requires") for rule in config["rules"]}
+    assert rules == {
+        f"/{CHAT_SERVICE}/": {"provider_name": "athena"},
+        f"/{ACCOUNT_SERVICE}/": {"provider_name": "athena"},
+    }
+    provider = config["providers"]["athena"]
+    assert provider["issuer"] == "athenaos"
+    assert provider["audiences"] == ["athenaos-api"]
+    assert provider["forward"] is True
+    assert provider["from_headers"] == [{"name": "authorization", "value_prefix": "Bearer "}]
+    assert provider["remote_jwks"]["http_uri"]["uri"].endswith(":9104/.well-known/jwks.json")
+    assert provider["remote_jwks"]["async_fetch"]["fast_listener"] is True
+
+
+def test_cors_lets_browsers_read_grpc_errors(bootstrap: dict[str, Any]) -> None:
+    vhost = edge_manager(bootstrap)["route_config"]["virtual_hosts"][0]
+    policy = vhost["typed_per_filter_config"]["envoy.filters.http.cors"]
+    exposed = {item.strip() for item in policy["expose_headers"].split(",")}
+    assert {"grpc-status", "grpc-message", "grpc-status-details-bin"} <= exposed
+    allowed = {item.strip() for item in policy["allow_headers"].split(",")}
+    assert {"content-type", "authorization", "x-grpc-web", "grpc-timeout"} <= allowed
+    assert [m["exact"] for m in policy["allow_origin_string_match"]] == [
+        "http://127.0.0.1:8080",
+        "http://localhost:8080",
+    ]
+
+
+def test_grpc_routes_let_streams_run_and_retry_only_unprocessed_calls(bootstrap: dict[str, Any]) -> None:
+    grpc_routes = [route for route in edge_routes(bootstrap) if route["match"].get("prefix") in GRPC_PREFIXES]
+    assert len(grpc_routes) == len(GRPC_PREFIXES)
+    for route in grpc_routes:
+        action = route["route"]
+        assert action["timeout"] == "0s"
+        assert action["idle_timeout"] == "300s"
+        assert action["retry_policy"]["num_retries"] == 1
+        assert set(action["retry_policy"]["retry_on"].split(",")) == {
+            "unavailable",
+            "connect-failure",
+            "refused-stream",
+        }
+    assert edge_manager(bootstrap)["stream_idle_timeout"] == "300s"
+
+
+def test_grpc_upstreams_speak_http2_and_are_health_checked(bootstrap: dict[str, Any]) -> None:
+    clusters = {cluster["name"]: cluster for cluster in bootstrap["static_resources"]["clusters"]}
+    for name, service in (("router", CHAT_SERVICE), ("auth", AUTH_SERVICE)):
+        cluster = clusters[name]
+        options = cluster["typed_extension_protocol_options"][
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+        ]
+        assert "http2_protocol_options" in options["explicit_http_config"]
+        (check,) = cluster["health_checks"]
+        assert check["grpc_health_check"] == {"service_name": service}
+        (thresholds,) = cluster["circuit_breakers"]["thresholds"]
+        assert thresholds["max_requests"] >= 10_000
+    assert "typed_extension_protocol_options" not in clusters["auth_jwks"]
+
+
+def test_admin_is_bound_to_loopback(bootstrap: dict[str, Any]) -> None:
+    assert bootstrap["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
+
+
+def test_kubernetes_resolves_every_pod_of_the_headless_services() -> None:
+    bootstrap = render(EdgeConfig.for_target("kubernetes", namespace="athena"))
+    clusters = {cluster["name"]: cluster for cluster in bootstrap["static_resources"]["clusters"]}
+    router = clusters["router"]
+    assert router["cluster_type"]["name"] == "envoy.clusters.dns"
+    assert router["cluster_type"]["typed_config"]["all_addresses_in_single_endpoint"] is False
+    assert router["lb_policy"] == "ROUND_ROBIN"
+    address = router["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+    assert address["socket_address"] == {"address": "router.athena.svc.cluster.local", "port_value": 50051}
+    listeners = {item["name"]: item for item in bootstrap["static_resources"]["listeners"]}
+    assert listeners["edge"]["address"]["socket_address"]["address"] == "0.0.0.0"
+    assert clusters["envoy_admin"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"][
+        "address"
+    ]["socket_address"] == {"address": "127.0.0.1", "port_value": 9901}
+
+
+def test_local_upstreams_are_static_loopback_addresses() -> None:
+    bootstrap = render(EdgeConfig())
+    for cluster in bootstrap["static_resources"]["clusters"]:
+        assert cluster["type"] == "STATIC"
+    assert [item["name"] for item in bootstrap["static_resources"]["listeners"]] == ["edge"]
+
+
+def test_every_web_app_file_is_served_with_its_content_type(web_root: Path) -> None:
+    routes = {
+        route["match"]["path"]: route
+        for route in edge_routes(render(EdgeConfig(web_root=web_root)))
+        if "path" in route["match"]
+    }
+    assert set(routes) == {"/", "/index.html", "/assets/app-1a2b.js", "/assets/app-1a2b.css", "/favicon.svg"}
+
+    def header(path: str, name: str) -> str:
+        (value,) = [
+            h["header"]["value"]
+            for h in routes[path]["response_headers_to_add"]
+            if h["header"]["key"] == name
+        ]
+        return str(value)
+
+    assert routes["/"]["direct_response"]["body"] == {"filename": str(web_root.resolve() / "index.html")}
+    assert header("/", "content-type") == "text/html; charset=utf-8"
+    assert header("/", "cache-control") == "no-cache"
+    assert header("/assets/app-1a2b.js", "content-type") == "text/javascript; charset=utf-8"
+    assert "immutable" in header("/assets/app-1a2b.js", "cache-control")
+    assert header("/assets/app-1a2b.css", "content-type") == "text/css; charset=utf-8"
+    assert header("/favicon.svg", "content-type") == "image/svg+xml"
+
+
+def test_web_files_can_be_served_from_where_envoy_finds_them(web_root: Path) -> None:
+    config = EdgeConfig(web_root=web_root, web_root_in_envoy=Path("/srv/web"))
+    bodies = [r["direct_response"]["body"] for r in edge_routes(render(config)) if r["name"] == "web:/"]
+    assert bodies == [{"filename": "/srv/web/index.html"}]
+
+
+def test_without_a_built_web_app_the_root_says_so(tmp_path: Path) -> None:
+    routes = edge_routes(render(EdgeConfig(web_root=tmp_path / "missing")))
+    (root,) = [route for route in routes if route["match"].get("path") == "/"]
+    assert "not built" in root["direct_response"]["body"]["inline_string"]
+
+
+def test_a_web_file_too_large_to_serve_is_refused(web_root: Path) -> None:
+    (web_root / "assets" / "huge.js").write_bytes(b"x" * (4 * 1024 * 1024 + 1))
+    with pytest.raises(ValueError, match=r"huge\.js"):
+        render(EdgeConfig(web_root=web_root))
+
+
+def test_the_command_line_reads_flags_and_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ATHENA_EDGE_PORT", "8181")
+    monkeypatch.setenv("ATHENA_EDGE_ROUTER_HOST", "10.0.0.5")
+    out = tmp_path / "envoy.json"
+    main(["--out", str(out), "--admin-port", "9911", "--router-port", "6000", "--web-root", str(tmp_path)])
+    bootstrap = json.loads(out.read_text())
+    manager = edge_manager(bootstrap)
+    listener = bootstrap["static_resources"]["listeners"][0]
+    assert listener["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 8181}
+    assert bootstrap["admin"]["address"]["socket_address"]["port_value"] == 9911
+    policy = manager["route_config"]["virtual_hosts"][0]["typed_per_filter_config"]["envoy.filters.http.cors"]
+    assert [m["exact"] for m in policy["allow_origin_string_match"]] == [
+        "http://127.0.0.1:8181",
+        "http://localhost:8181",
+    ]
+    clusters = {cluster["name"]: cluster for cluster in bootstrap["static_resources"]["clusters"]}
+    endpoint = clusters["router"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+    assert endpoint["address"]["socket_address"] == {"address": "10.0.0.5", "port_value": 6000}
+
+
+@pytest.mark.skipif(ENVOY is None, reason="envoy is not installed")
+@pytest.mark.parametrize("target", ["local", "kubernetes"])
+def test_envoy_accepts_the_rendered_configuration(target: str, tmp_path: Path, web_root: Path) -> None:
+    out = tmp_path / f"{target}.yaml"
+    main(["--out", str(out), "--target", target, "--namespace", "athena", "--web-root", str(web_root)])
+    assert ENVOY is not None
+    result = subprocess.run(
+        [ENVOY, "--mode", "validate", "-c", str(out), "--log-level", "critical"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "OK" in result.stdout
