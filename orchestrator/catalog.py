@@ -52,7 +52,7 @@ class AgentSpec:
     """Whether the agent is available at all."""
 
     def render_user_prompt(self, message: str) -> str:
-        """The user's message through the template (plain replacement: braces in the message stay as typed)."""
+        """The user's message through the template (plain replacement: braces in it stay as typed)."""
         return self.user_prompt.replace(MESSAGE_PLACEHOLDER, message)
 
 

@@ -16,6 +16,18 @@ from dataclasses import dataclass
 
 from orchestrator.records import Memory, Usage
 
+__all__ = [
+    "ConversationStarted",
+    "Handoff",
+    "MemoriesRecalled",
+    "MessageCompleted",
+    "TextDelta",
+    "ToolCallFinished",
+    "ToolCallStarted",
+    "TurnEvent",
+    "Usage",
+]
+
 
 @dataclass(frozen=True, slots=True)
 class ConversationStarted:

@@ -1,4 +1,4 @@
-"""Settings of the orchestrator (env prefix `ORCHESTRATOR_`), read once in `__main__`; tests construct them."""
+"""Settings of the orchestrator (env prefix `ORCHESTRATOR_`), read once in `__main__`; tests build them."""
 
 from __future__ import annotations
 
@@ -55,9 +55,6 @@ class OrchestratorSettings(ServiceSettings):
     """Longest wait for one model call without a caller deadline."""
     catalog_path: Path | None = None
     """Agent catalog file; unset uses the catalog shipped in the package (`orchestrator/agents.json`)."""
-    catalog_sync_token: SecretStr | None = None
-    """Bearer token for the start-up AgentService.SyncAgents call (there is no user at start-up).
-    Unset: the catalog is not synced, and memory keeps the last synced catalog."""
     calendar_dir: Path | None = None
     """Folder of `.ics` files read by `calendar_freebusy`; unset leaves the tool out."""
     wearables_dir: Path | None = None

@@ -1,0 +1,168 @@
+"""An in-process `MemoryGateway` for tests of the turn and the tools: one user's data in dictionaries.
+
+It keeps memory's contract where a turn can observe it (scopes, idempotent user messages by client request
+id, keyed upserts, ephemeral values with a time to live) and recalls by shared words instead of vectors.
+`fail_with` makes the next calls of a method raise, to test degraded paths.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from mesh.errors import AthenaError, NotFound
+from orchestrator.catalog import AgentSpec
+from orchestrator.records import (
+    AssistantMessage,
+    HistoryMessage,
+    Memory,
+    Role,
+    Scope,
+    StoredMemory,
+    UserMessage,
+)
+
+_WORD = re.compile(r"[a-z0-9]+")
+_STOP_WORDS = frozenset(
+    {"a", "an", "the", "is", "my", "i", "me", "what", "do", "you", "to", "of", "and", "it"}
+)
+
+
+def _words(text: str) -> set[str]:
+    return {word for word in _WORD.findall(text.lower()) if word not in _STOP_WORDS}
+
+
+@dataclass
+class _Memory:
+    id: str
+    text: str
+    scope: Scope
+    agent_id: str
+    key: str
+
+
+@dataclass
+class InMemoryGateway:
+    """Everything memory would hold for one user."""
+
+    agents: list[AgentSpec] = field(default_factory=list)
+    """The catalog as last synced."""
+    disabled: set[str] = field(default_factory=set)
+    """Agents this user disabled."""
+    memories: list[_Memory] = field(default_factory=list)
+    conversations: dict[str, list[HistoryMessage | AssistantMessage]] = field(default_factory=dict)
+    ephemeral: dict[tuple[str, str], tuple[float, str]] = field(default_factory=dict)
+    failures: dict[str, AthenaError] = field(default_factory=dict)
+    """Method name → error it raises (every call, until removed)."""
+    calls: list[str] = field(default_factory=list)
+    """Names of the methods called, in order."""
+    _requests: dict[str, UserMessage] = field(default_factory=dict)
+
+    def fail_with(self, method: str, error: AthenaError) -> None:
+        self.failures[method] = error
+
+    def _enter(self, method: str) -> None:
+        self.calls.append(method)
+        if method in self.failures:
+            raise self.failures[method]
+
+    async def sync_agents(self, agents: Sequence[AgentSpec], metadata: Sequence[tuple[str, str]]) -> None:
+        self._enter("sync_agents")
+        self.agents = list(agents)
+
+    async def agent_states(self) -> dict[str, bool]:
+        self._enter("agent_states")
+        return {agent.id: agent.enabled and agent.id not in self.disabled for agent in self.agents}
+
+    async def append_user_message(
+        self, *, conversation_id: str, agent_id: str, text: str, client_request_id: str
+    ) -> UserMessage:
+        self._enter("append_user_message")
+        if client_request_id and client_request_id in self._requests:
+            first = self._requests[client_request_id]
+            return UserMessage(first.conversation_id, first.message_id, replayed=True)
+        if conversation_id and conversation_id not in self.conversations:
+            raise NotFound("conversation not found")
+        conversation_id = conversation_id or str(uuid.uuid4())
+        message = HistoryMessage(id=str(uuid.uuid4()), role=Role.USER, agent_id=agent_id, content=text)
+        self.conversations.setdefault(conversation_id, []).append(message)
+        stored = UserMessage(conversation_id, message.id)
+        if client_request_id:
+            self._requests[client_request_id] = stored
+        return stored
+
+    async def append_assistant_message(
+        self, conversation_id: str, message: AssistantMessage, *, detached: bool = False
+    ) -> None:
+        self._enter("append_assistant_message")
+        if conversation_id not in self.conversations:
+            raise NotFound("conversation not found")
+        self.conversations[conversation_id].append(message)
+
+    async def history(self, conversation_id: str, last: int) -> list[HistoryMessage]:
+        self._enter("history")
+        if conversation_id not in self.conversations:
+            raise NotFound("conversation not found")
+        messages = [
+            item
+            if isinstance(item, HistoryMessage)
+            else HistoryMessage(item.id, Role.ASSISTANT, item.agent_id, item.content, failed=item.failed)
+            for item in self.conversations[conversation_id]
+        ]
+        return messages[-last:] if last else messages
+
+    def assistant_messages(self, conversation_id: str) -> list[AssistantMessage]:
+        return [item for item in self.conversations[conversation_id] if isinstance(item, AssistantMessage)]
+
+    def _visible(self, agent_id: str) -> list[_Memory]:
+        return [m for m in self.memories if m.scope is Scope.USER or m.agent_id == agent_id]
+
+    async def recall(self, query: str, agent_id: str, k: int) -> list[Memory]:
+        self._enter("recall")
+        wanted = _words(query)
+        scored = []
+        for memory in self._visible(agent_id):
+            shared = len(wanted & _words(memory.text))
+            if shared:
+                scored.append((shared / max(1, len(wanted)), memory))
+        scored.sort(key=lambda pair: pair[0], reverse=True)
+        return [
+            Memory(m.id, m.text, m.scope, m.agent_id, similarity=0.0, score=score, stage="keyword")
+            for score, m in scored[:k]
+        ]
+
+    async def remember(self, text: str, scope: Scope, agent_id: str, key: str = "") -> StoredMemory:
+        self._enter("remember")
+        if key:
+            for memory in self.memories:
+                if (
+                    memory.key == key
+                    and memory.scope is scope
+                    and (scope is Scope.USER or memory.agent_id == agent_id)
+                ):
+                    memory.text = text
+                    return StoredMemory(memory.id, text, scope, key, created=False)
+        memory = _Memory(str(uuid.uuid4()), text, scope, agent_id, key)
+        self.memories.append(memory)
+        return StoredMemory(memory.id, text, scope, key)
+
+    async def forget(self, query: str, agent_id: str) -> list[str]:
+        self._enter("forget")
+        found = await self.recall(query, agent_id, 1)
+        ids = {memory.id for memory in found}
+        self.memories = [memory for memory in self.memories if memory.id not in ids]
+        return sorted(ids)
+
+    async def put_ephemeral(self, namespace: str, key: str, value_json: str, ttl_seconds: float) -> None:
+        self._enter("put_ephemeral")
+        self.ephemeral[(namespace, key)] = (time.monotonic() + ttl_seconds, value_json)
+
+    async def get_ephemeral(self, namespace: str, key: str) -> str | None:
+        self._enter("get_ephemeral")
+        entry = self.ephemeral.get((namespace, key))
+        if entry is None or entry[0] < time.monotonic():
+            return None
+        return entry[1]

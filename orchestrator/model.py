@@ -1,0 +1,310 @@
+"""The LLM boundary: `ChatModel`, its OpenAI implementation, a retrying wrapper, and a scripted fake.
+
+A model call takes a `ModelRequest` (Chat Completions messages, the tools offered) and streams
+`TextChunk`s as they arrive, then one `StepFinished` with the tool calls the model made and its usage.
+
+Errors, translated once here from the openai SDK (most specific first):
+
+    ModelUnavailable (mesh Unavailable)      429, 5xx, connection failures: retryable
+    ModelTimeout (mesh DeadlineExceeded)     no answer within the attempt's timeout: retryable
+    ModelRejected (mesh FailedPrecondition)  400/401/403/404/422: the request or the configuration is wrong
+
+`RetryingModel` retries the retryable ones with backoff while the caller's deadline allows, and only
+while the failed attempt streamed nothing (a client never sees text twice).
+
+`ScriptedModel` ships with the package: tests script replies (text, tool calls, errors) instead of
+reaching a real model.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import logging
+import random
+import uuid
+from collections.abc import AsyncGenerator, Callable, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass, field, replace
+from typing import Any, cast
+
+import openai
+
+from mesh.errors import DeadlineExceeded, FailedPrecondition, Unavailable
+from orchestrator.records import Usage
+
+log = logging.getLogger(__name__)
+
+ChatMessage = dict[str, Any]
+"""One Chat Completions message (`role`, `content`, `tool_calls`, `tool_call_id`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    """A tool as the model sees it."""
+
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    """JSON Schema of the arguments object."""
+
+    def as_openai(self) -> dict[str, Any]:
+        return {
+            "type": "function",
+            "function": {"name": self.name, "description": self.description, "parameters": self.parameters},
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRequest:
+    model: str
+    messages: tuple[ChatMessage, ...]
+    tools: tuple[ToolSpec, ...] = ()
+    timeout: float | None = None
+    """Longest wait for the answer to start and between chunks; None for the implementation's default."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelToolCall:
+    """A tool call the model made: `arguments_json` is exactly what it produced (maybe not valid JSON)."""
+
+    id: str
+    name: str
+    arguments_json: str
+
+
+@dataclass(frozen=True, slots=True)
+class TextChunk:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class StepFinished:
+    tool_calls: tuple[ModelToolCall, ...] = ()
+    usage: Usage = field(default_factory=Usage)
+    finish_reason: str = "stop"
+
+
+ModelEvent = TextChunk | StepFinished
+
+
+class ModelUnavailable(Unavailable):
+    """The model could not answer now (rate limit, server error, unreachable); retrying may work."""
+
+
+class ModelTimeout(DeadlineExceeded):
+    """The model did not answer within the attempt's timeout."""
+
+
+class ModelRejected(FailedPrecondition):
+    """The model endpoint refused the request (bad request, credentials, unknown model)."""
+
+
+class ChatModel(abc.ABC):
+    """A chat model reached through whatever transport; `stream` is one model call."""
+
+    @abc.abstractmethod
+    def stream(self, request: ModelRequest) -> AsyncGenerator[ModelEvent, None]:
+        """Text chunks as they arrive, then exactly one `StepFinished`. Cancelling the iteration (or closing
+        it) must stop the model call promptly."""
+
+
+class OpenAIChatModel(ChatModel):
+    """Chat Completions with streaming and tools through the official SDK (OpenAI, vLLM, Ollama, offline)."""
+
+    def __init__(self, client: openai.AsyncOpenAI) -> None:
+        self._client = client
+
+    async def stream(self, request: ModelRequest) -> AsyncGenerator[ModelEvent, None]:
+        tools = [tool.as_openai() for tool in request.tools]
+        try:
+            stream = await self._client.chat.completions.create(
+                model=request.model,
+                messages=cast(Any, request.messages),  # Chat Completions wire-format dicts
+                tools=cast(Any, tools) if tools else openai.omit,
+                stream=True,
+                stream_options={"include_usage": True},
+                timeout=request.timeout if request.timeout is not None else openai.NOT_GIVEN,
+            )
+        except openai.OpenAIError as exc:
+            raise _translate(exc) from exc
+        calls: dict[int, dict[str, str]] = {}
+        usage = Usage()
+        finish_reason = "stop"
+        # `async with` closes the HTTP response on every exit, cancellation included: the server sees the
+        # disconnect at once and stops generating.
+        async with stream:
+            try:
+                async for chunk in stream:
+                    if chunk.usage is not None:
+                        usage = Usage(chunk.usage.prompt_tokens or 0, chunk.usage.completion_tokens or 0)
+                    for choice in chunk.choices:
+                        delta = choice.delta
+                        if delta.content:
+                            yield TextChunk(delta.content)
+                        for piece in delta.tool_calls or ():
+                            call = calls.setdefault(piece.index, {"id": "", "name": "", "arguments": ""})
+                            if piece.id:
+                                call["id"] = piece.id
+                            if piece.function is not None:
+                                call["name"] += piece.function.name or ""
+                                call["arguments"] += piece.function.arguments or ""
+                        if choice.finish_reason:
+                            finish_reason = choice.finish_reason
+            except openai.OpenAIError as exc:
+                raise _translate(exc) from exc
+        yield StepFinished(
+            tool_calls=tuple(
+                ModelToolCall(call["id"] or f"call_{uuid.uuid4().hex[:24]}", call["name"], call["arguments"])
+                for _, call in sorted(calls.items())
+            ),
+            usage=usage,
+            finish_reason=finish_reason,
+        )
+
+
+def _translate(exc: openai.OpenAIError) -> ModelUnavailable | ModelTimeout | ModelRejected:
+    """The SDK's errors in the tree above; messages name the HTTP status but never echo response bodies."""
+    if isinstance(exc, openai.APITimeoutError):
+        return ModelTimeout("the model did not answer in time")
+    if isinstance(exc, openai.APIConnectionError):
+        return ModelUnavailable("the model endpoint is unreachable")
+    if isinstance(exc, openai.RateLimitError):
+        return ModelUnavailable("the model is rate limited (HTTP 429)")
+    if isinstance(exc, openai.APIStatusError):
+        if exc.status_code >= 500:
+            return ModelUnavailable(f"the model failed (HTTP {exc.status_code})")
+        if exc.status_code in (408, 409):
+            return ModelUnavailable(f"the model could not answer now (HTTP {exc.status_code})")
+        return ModelRejected(f"the model endpoint refused the request (HTTP {exc.status_code})")
+    # A stream that ended with an error event, or a malformed response.
+    return ModelUnavailable("the model answered with an error")
+
+
+TimeRemaining = Callable[[], float | None]
+
+
+class RetryingModel(ChatModel):
+    """Retries retryable failures of `inner` with exponential backoff and jitter, bounded by `attempts` and
+    by the caller's deadline (`time_remaining`), and only while the failed attempt streamed nothing."""
+
+    def __init__(
+        self,
+        inner: ChatModel,
+        *,
+        attempts: int = 3,
+        timeout: float = 60.0,
+        time_remaining: TimeRemaining = lambda: None,
+        first_delay: float = 0.2,
+        max_delay: float = 2.0,
+        margin: float = 0.1,
+    ) -> None:
+        self._inner = inner
+        self._attempts = attempts
+        self._timeout = timeout
+        self._time_remaining = time_remaining
+        self._first_delay = first_delay
+        self._max_delay = max_delay
+        self._margin = margin
+
+    def _attempt_timeout(self) -> float:
+        remaining = self._time_remaining()
+        if remaining is None:
+            return self._timeout
+        # Leave a little of the deadline to record the failure and answer with a clear status.
+        return max(0.01, min(self._timeout, remaining - self._margin))
+
+    async def stream(self, request: ModelRequest) -> AsyncGenerator[ModelEvent, None]:
+        attempt = 0
+        while True:
+            attempt += 1
+            streamed = False
+            try:
+                attempt_request = replace(request, timeout=self._attempt_timeout())
+                async with aclosing(self._inner.stream(attempt_request)) as events:
+                    async for event in events:
+                        streamed = True
+                        yield event
+                return
+            except (ModelUnavailable, ModelTimeout) as exc:
+                delay = min(self._max_delay, self._first_delay * 2 ** (attempt - 1)) * (0.5 + random.random())  # noqa: S311
+                remaining = self._time_remaining()
+                out_of_time = remaining is not None and remaining <= delay + 2 * self._margin
+                if streamed or attempt >= self._attempts or out_of_time:
+                    raise _final(exc, attempt, out_of_time=out_of_time) from exc
+                log.warning(
+                    "model call failed, retrying",
+                    extra={"attempt": attempt, "error": exc.message, "delay_seconds": round(delay, 3)},
+                )
+                await asyncio.sleep(delay)
+
+
+def _final(
+    exc: ModelUnavailable | ModelTimeout, attempts: int, *, out_of_time: bool
+) -> DeadlineExceeded | Unavailable:
+    tries = f"after {attempts} attempt{'s' if attempts > 1 else ''}"
+    if isinstance(exc, ModelTimeout) or out_of_time:
+        return DeadlineExceeded(f"{exc.message} {tries}, and the deadline leaves no time to retry")
+    return Unavailable(f"{exc.message} {tries}; try again shortly")
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptedReply:
+    """One scripted model answer: text (streamed one word per chunk) and/or tool calls, or an error."""
+
+    text: str = ""
+    tool_calls: tuple[ModelToolCall, ...] = ()
+    error: Exception | None = None
+    """Raised instead of answering, before any chunk."""
+    usage: Usage | None = None
+    """Defaults to word counts of the prompt and the text."""
+
+    @classmethod
+    def call(cls, name: str, arguments_json: str = "{}", call_id: str | None = None) -> ScriptedReply:
+        return cls(
+            tool_calls=(ModelToolCall(call_id or f"call_{uuid.uuid4().hex[:12]}", name, arguments_json),)
+        )
+
+
+Script = Sequence[ScriptedReply] | Callable[[ModelRequest], ScriptedReply]
+
+
+class ScriptedModel(ChatModel):
+    """A fake model for tests: answers from a list of replies (in order) or a function of the request, and
+    records every request it received in `requests`."""
+
+    def __init__(self, script: Script, *, chunk_delay: float = 0.0) -> None:
+        self._script = script
+        self._chunk_delay = chunk_delay
+        self._next = 0
+        self.requests: list[ModelRequest] = []
+
+    def _reply(self, request: ModelRequest) -> ScriptedReply:
+        if callable(self._script):
+            return self._script(request)
+        if self._next >= len(self._script):
+            raise AssertionError(
+                f"the scripted model was called {self._next + 1} times, scripted {len(self._script)}"
+            )
+        reply = self._script[self._next]
+        self._next += 1
+        return reply
+
+    async def stream(self, request: ModelRequest) -> AsyncGenerator[ModelEvent, None]:
+        self.requests.append(request)
+        reply = self._reply(request)
+        if reply.error is not None:
+            raise reply.error
+        for word in _word_chunks(reply.text):
+            if self._chunk_delay:
+                await asyncio.sleep(self._chunk_delay)
+            yield TextChunk(word)
+        prompt_words = sum(len(str(message.get("content") or "").split()) for message in request.messages)
+        usage = reply.usage or Usage(prompt_words, len(reply.text.split()))
+        yield StepFinished(reply.tool_calls, usage, "tool_calls" if reply.tool_calls else "stop")
+
+
+def _word_chunks(text: str) -> list[str]:
+    """ "a b c" → ["a", " b", " c"]: concatenating the chunks gives the text back."""
+    words = text.split(" ")
+    return [word if index == 0 else f" {word}" for index, word in enumerate(words)] if text else []

@@ -1,0 +1,44 @@
+"""The tools agents call: memory, calendar free/busy, wearable stats, file scan, and handoffs.
+
+`build_registry` assembles the tools a deployment offers from its configured providers.
+"""
+
+from __future__ import annotations
+
+from orchestrator.tools.calendar import CalendarProvider, IcsFolderCalendar, calendar_tool
+from orchestrator.tools.files import FileProvider, LocalFolderFiles, files_tool
+from orchestrator.tools.memory import memory_tools
+from orchestrator.tools.registry import Tool, ToolContext, ToolOutcome, ToolRegistry
+from orchestrator.tools.wearables import CsvSampleFolder, WearableProvider, wearables_tool
+
+__all__ = [
+    "CalendarProvider",
+    "CsvSampleFolder",
+    "FileProvider",
+    "IcsFolderCalendar",
+    "LocalFolderFiles",
+    "Tool",
+    "ToolContext",
+    "ToolOutcome",
+    "ToolRegistry",
+    "WearableProvider",
+    "build_registry",
+]
+
+
+def build_registry(
+    *,
+    calendar: CalendarProvider | None = None,
+    wearables: WearableProvider | None = None,
+    files: FileProvider | None = None,
+    timeout: float = 15.0,
+) -> ToolRegistry:
+    """Memory tools always; each provider's tool when the provider is configured."""
+    tools: list[Tool] = memory_tools()
+    if calendar is not None:
+        tools.append(calendar_tool(calendar))
+    if wearables is not None:
+        tools.append(wearables_tool(wearables))
+    if files is not None:
+        tools.append(files_tool(files))
+    return ToolRegistry(tools, timeout=timeout)

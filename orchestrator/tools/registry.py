@@ -1,0 +1,125 @@
+"""Tools the model may call: their JSON Schemas, and running a call safely.
+
+A call never crashes a turn: unknown tools, arguments that are not JSON or break the schema, errors of
+the tool itself and timeouts all become a result with `is_error` set, which the model sees and can
+react to. Only cancellation passes through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from jsonschema import Draft202012Validator
+
+from mesh.errors import AthenaError
+from orchestrator.memory_client import MemoryGateway
+from orchestrator.model import ToolSpec
+
+log = logging.getLogger(__name__)
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class ToolContext:
+    """What a tool call runs with."""
+
+    user_id: str
+    """The caller (from the verified token): providers with per-user accounts pick the account by it."""
+    agent_id: str
+    """The agent calling the tool (agent-scoped memories belong to it)."""
+    memory: MemoryGateway
+    now: Callable[[], datetime] = field(default=_utc_now)
+
+
+Handler = Callable[[dict[str, Any], ToolContext], Awaitable[Any]]
+"""Runs a call with validated arguments; returns anything JSON-serialisable, raises `AthenaError` to
+report a failure in words the model may see."""
+
+
+@dataclass(frozen=True)
+class Tool:
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    """JSON Schema of the arguments object (draft 2020-12)."""
+    handler: Handler
+
+    @property
+    def spec(self) -> ToolSpec:
+        return ToolSpec(self.name, self.description, self.parameters)
+
+
+@dataclass(frozen=True, slots=True)
+class ToolOutcome:
+    result_json: str
+    """What the model sees, as JSON; failures are `{"error": "<message>"}`."""
+    is_error: bool = False
+
+
+def error_outcome(message: str) -> ToolOutcome:
+    return ToolOutcome(json.dumps({"error": message}, ensure_ascii=False), is_error=True)
+
+
+class ToolRegistry:
+    """The tools offered to every agent, validated and run by name."""
+
+    def __init__(self, tools: Iterable[Tool], *, timeout: float = 15.0) -> None:
+        self._tools = {tool.name: tool for tool in tools}
+        self._validators: dict[str, Draft202012Validator] = {}
+        for tool in self._tools.values():
+            Draft202012Validator.check_schema(tool.parameters)
+            self._validators[tool.name] = Draft202012Validator(tool.parameters)
+        self._timeout = timeout
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._tools)
+
+    def specs(self) -> tuple[ToolSpec, ...]:
+        return tuple(tool.spec for tool in self._tools.values())
+
+    async def run(self, name: str, arguments_json: str, context: ToolContext) -> ToolOutcome:
+        tool = self._tools.get(name)
+        if tool is None:
+            return error_outcome(f"unknown tool {name!r}")
+        try:
+            arguments = json.loads(arguments_json or "{}")
+        except ValueError:
+            return error_outcome("the arguments are not valid JSON")
+        if not isinstance(arguments, dict):
+            return error_outcome("the arguments must be a JSON object")
+        problems = sorted(self._validators[name].iter_errors(arguments), key=lambda error: list(error.path))
+        if problems:
+            return error_outcome(
+                "invalid arguments: " + "; ".join(_describe(problem) for problem in problems[:3])
+            )
+        try:
+            async with asyncio.timeout(self._timeout):
+                result = await tool.handler(arguments, context)
+        except TimeoutError:
+            return error_outcome(f"{name} took too long and was stopped")
+        except AthenaError as exc:
+            return error_outcome(exc.message)
+        except Exception:  # a broken tool must not end the turn: the model is told, the log keeps the trace
+            log.exception("tool failed", extra={"tool": name})
+            return error_outcome(f"{name} failed unexpectedly")
+        return ToolOutcome(json.dumps(result, ensure_ascii=False, default=str))
+
+
+def _describe(error: Any) -> str:
+    where = ".".join(str(part) for part in error.path)
+    return f"{where}: {error.message}" if where else str(error.message)
+
+
+def string_argument(arguments: Mapping[str, Any], name: str) -> str:
+    """A string argument the schema guarantees, stripped."""
+    return str(arguments[name]).strip()

@@ -1,0 +1,324 @@
+"""One chat turn: a user message in, a stream of `orchestrator.events` out (SPEC §4).
+
+    validate → store the user message → ConversationStarted
+    → recall memories (+ history) → MemoriesRecalled
+    → up to `max_steps` model steps: TextDelta*, then for each tool call ToolCallStarted/ToolCallFinished
+      (a handoff also emits Handoff and MemoriesRecalled for the agent taking over)
+    → store the assistant message → MessageCompleted
+
+If the turn fails or is cancelled after its user message was stored, the assistant message is stored
+anyway with the error and what was produced so far (the conversation shows the failed turn), in a task
+the cancellation cannot interrupt; then the error goes on to the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncGenerator, Callable
+from contextlib import aclosing, suppress
+from dataclasses import dataclass, field
+
+from mesh.errors import AthenaError, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from orchestrator import prompt
+from orchestrator.catalog import AgentSpec, Catalog
+from orchestrator.events import (
+    ConversationStarted,
+    Handoff,
+    MemoriesRecalled,
+    MessageCompleted,
+    TextDelta,
+    ToolCallFinished,
+    ToolCallStarted,
+    TurnEvent,
+)
+from orchestrator.memory_client import MemoryGateway
+from orchestrator.model import (
+    ChatMessage,
+    ChatModel,
+    ModelRequest,
+    ModelToolCall,
+    StepFinished,
+    TextChunk,
+    ToolSpec,
+)
+from orchestrator.records import AssistantMessage, HistoryMessage, Memory, ToolCallRecord, Usage
+from orchestrator.tools.handoff import handoff_target, handoff_tool
+from orchestrator.tools.registry import ToolContext, ToolOutcome, ToolRegistry, error_outcome
+
+log = logging.getLogger(__name__)
+
+MAX_TEXT_CHARS = 32_000
+MAX_CLIENT_REQUEST_ID_CHARS = 64
+CANCELLED_REASON = "the turn was cancelled before it finished"
+INTERNAL_REASON = "the turn failed because of an internal error"
+
+
+@dataclass(frozen=True, slots=True)
+class TurnRequest:
+    user_id: str
+    """The caller, from the verified token."""
+    agent_id: str
+    text: str
+    conversation_id: str = ""
+    client_request_id: str = ""
+
+
+@dataclass
+class _Progress:
+    """What a turn has produced so far (stored as the failed message if it stops)."""
+
+    conversation_id: str
+    message_id: str
+    agent: AgentSpec
+    text: list[str] = field(default_factory=list)
+    tool_calls: list[ToolCallRecord] = field(default_factory=list)
+    usage: Usage = field(default_factory=Usage)
+    time_to_first_token: float | None = None
+
+    def message(self, error: str = "") -> AssistantMessage:
+        return AssistantMessage(
+            self.message_id, self.agent.id, "".join(self.text), tuple(self.tool_calls), error=error
+        )
+
+
+class TurnRunner:
+    """Runs turns; one instance serves every call (it keeps no per-turn state)."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        memory: MemoryGateway,
+        model: ChatModel,
+        tools: ToolRegistry,
+        *,
+        model_name: Callable[[str], str] = lambda catalog_model: catalog_model,
+        offline_model: bool = False,
+        max_steps: int = 8,
+        history_messages: int = 20,
+        recall_k: int = 8,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self._catalog = catalog
+        self._memory = memory
+        self._model = model
+        self._tools = tools
+        self._model_name = model_name
+        self._offline_model = offline_model
+        self._max_steps = max_steps
+        self._history_messages = history_messages
+        self._recall_k = recall_k
+        self._clock = clock
+        self._background: set[asyncio.Task[None]] = set()
+
+    async def run(self, request: TurnRequest) -> AsyncGenerator[TurnEvent, None]:
+        started = self._clock()
+        agent, text = self._validate(request)
+        states = await self._memory.agent_states()
+        if agent.id not in states:
+            raise FailedPrecondition(
+                f"agent {agent.id!r} is not in memory's catalog yet (the catalog sync failed?)"
+            )
+        if not states[agent.id]:
+            raise FailedPrecondition(f"agent {agent.id!r} is disabled; enable it to chat with it")
+        enabled = frozenset(agent_id for agent_id, on in states.items() if on)
+        stored = await self._memory.append_user_message(
+            conversation_id=request.conversation_id,
+            agent_id=agent.id,
+            text=text,
+            client_request_id=request.client_request_id,
+        )
+        progress = _Progress(stored.conversation_id, str(uuid.uuid4()), agent)
+        try:
+            yield ConversationStarted(
+                conversation_id=stored.conversation_id,
+                user_message_id=stored.message_id,
+                assistant_message_id=progress.message_id,
+                agent_id=agent.id,
+                model=self._model_name(agent.model),
+                offline_model=self._offline_model,
+            )
+            history = (
+                self._history(stored.conversation_id, stored.message_id)
+                if request.conversation_id or stored.replayed
+                else _nothing()
+            )
+            memories, earlier = await asyncio.gather(self._recall(agent, text), history)
+            yield MemoriesRecalled(tuple(memories))
+            async with aclosing(
+                self._answer(request, text, progress, enabled, memories, earlier, started)
+            ) as events:
+                async for event in events:
+                    yield event
+        except (asyncio.CancelledError, GeneratorExit):
+            await self._store_failed(progress, CANCELLED_REASON)
+            raise
+        except AthenaError as exc:
+            await self._store_failed(progress, exc.message)
+            raise
+        except Exception:
+            await self._store_failed(progress, INTERNAL_REASON)
+            raise
+
+    def _validate(self, request: TurnRequest) -> tuple[AgentSpec, str]:
+        if not request.agent_id:
+            raise InvalidArgument("agent_id", "is required")
+        agent = self._catalog.get(request.agent_id)
+        if agent is None:
+            raise NotFound(f"agent {request.agent_id!r} does not exist")
+        if not agent.enabled:
+            raise FailedPrecondition(f"agent {agent.id!r} is not available")
+        text = request.text.strip()
+        if not text:
+            raise InvalidArgument("text", "must not be empty")
+        if len(request.text) > MAX_TEXT_CHARS:
+            raise InvalidArgument("text", f"must be at most {MAX_TEXT_CHARS} characters")
+        if len(request.client_request_id) > MAX_CLIENT_REQUEST_ID_CHARS:
+            raise InvalidArgument(
+                "client_request_id", f"must be at most {MAX_CLIENT_REQUEST_ID_CHARS} characters"
+            )
+        return agent, text
+
+    async def _recall(self, agent: AgentSpec, text: str) -> list[Memory]:
+        """Memories for the prompt; a failing recall degrades the answer rather than failing the turn."""
+        try:
+            return await self._memory.recall(text, agent.id, self._recall_k)
+        except AthenaError as exc:
+            log.warning("recall failed; answering without memories", extra={"error": exc.message})
+            return []
+
+    async def _history(self, conversation_id: str, user_message_id: str) -> list[HistoryMessage]:
+        try:
+            messages = await self._memory.history(conversation_id, self._history_messages + 1)
+        except AthenaError as exc:
+            log.warning("history unavailable; answering without it", extra={"error": exc.message})
+            return []
+        earlier = [message for message in messages if message.id != user_message_id]
+        return earlier[-self._history_messages :] if self._history_messages else []
+
+    async def _answer(
+        self,
+        request: TurnRequest,
+        text: str,
+        progress: _Progress,
+        enabled: frozenset[str],
+        memories: list[Memory],
+        history: list[HistoryMessage],
+        started: float,
+    ) -> AsyncGenerator[TurnEvent, None]:
+        transcript: list[ChatMessage] = []
+        for _ in range(self._max_steps):
+            agent = progress.agent
+            model = self._model_name(agent.model)
+            model_request = ModelRequest(
+                model=model,
+                messages=prompt.build_prompt(agent, memories, history, text, transcript),
+                tools=(*self._tools.specs(), *self._handoff_tools(agent, enabled)),
+            )
+            step_text: list[str] = []
+            finished: StepFinished | None = None
+            async with aclosing(self._model.stream(model_request)) as model_events:
+                async for event in model_events:
+                    if isinstance(event, TextChunk):
+                        if not event.text:
+                            continue
+                        if progress.time_to_first_token is None:
+                            progress.time_to_first_token = self._clock() - started
+                        step_text.append(event.text)
+                        progress.text.append(event.text)
+                        yield TextDelta(event.text, agent.id)
+                    else:
+                        finished = event
+            if finished is None:
+                raise AthenaError("the model stream ended without finishing")
+            progress.usage += finished.usage
+            if not finished.tool_calls:
+                await self._memory.append_assistant_message(progress.conversation_id, progress.message())
+                yield MessageCompleted(
+                    message_id=progress.message_id,
+                    agent_id=agent.id,
+                    model=model,
+                    usage=progress.usage,
+                    time_to_first_token=progress.time_to_first_token,
+                    content="".join(progress.text),
+                )
+                return
+            transcript.append(prompt.tool_calls_message("".join(step_text), finished.tool_calls))
+            for call in finished.tool_calls:
+                yield ToolCallStarted(call.id, call.name, call.arguments_json, progress.agent.id)
+                target, outcome = await self._run_tool(request, call, progress.agent, enabled)
+                progress.tool_calls.append(
+                    ToolCallRecord(
+                        call.id, call.name, call.arguments_json, outcome.result_json, outcome.is_error
+                    )
+                )
+                transcript.append(prompt.tool_result_message(call.id, outcome.result_json))
+                yield ToolCallFinished(call.id, call.name, outcome.result_json, outcome.is_error)
+                if target is not None:
+                    yield Handoff(progress.agent.id, target.id, _reason(call.arguments_json))
+                    progress.agent = target
+                    memories = await self._recall(target, text)
+                    yield MemoriesRecalled(tuple(memories))
+        raise ResourceExhausted(
+            f"the turn needed over {self._max_steps} model steps (tool calls kept coming); it was stopped"
+        )
+
+    def _handoff_tools(self, agent: AgentSpec, enabled: frozenset[str]) -> list[ToolSpec]:
+        return [
+            handoff_tool(other)
+            for other in self._catalog
+            if other.id != agent.id and other.enabled and other.id in enabled
+        ]
+
+    async def _run_tool(
+        self, request: TurnRequest, call: ModelToolCall, agent: AgentSpec, enabled: frozenset[str]
+    ) -> tuple[AgentSpec | None, ToolOutcome]:
+        """Runs one call; for a valid handoff, also returns the agent taking over."""
+        target_id = handoff_target(call.name)
+        if target_id is None:
+            context = ToolContext(user_id=request.user_id, agent_id=agent.id, memory=self._memory)
+            return None, await self._tools.run(call.name, call.arguments_json, context)
+        target = self._catalog.get(target_id)
+        if target is None or target.id == agent.id or not target.enabled or target.id not in enabled:
+            return None, error_outcome(f"agent {target_id!r} is not available for a handoff")
+        return target, ToolOutcome(prompt.handoff_result(target))
+
+    async def _store_failed(self, progress: _Progress, reason: str) -> None:
+        """Stores the failed turn in a task of its own: a second cancellation may stop us waiting, never
+        the write."""
+        task = asyncio.create_task(
+            self._memory.append_assistant_message(
+                progress.conversation_id, progress.message(reason), detached=True
+            ),
+            name=f"store-failed-turn-{progress.message_id}",
+        )
+        self._background.add(task)
+        task.add_done_callback(self._background_done)
+        with suppress(Exception):
+            await asyncio.shield(task)
+
+    def _background_done(self, task: asyncio.Task[None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.error("storing a failed turn failed", exc_info=error)
+
+    async def wait_background(self) -> None:
+        """Waits for pending writes of failed turns (shutdown, tests)."""
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+
+async def _nothing() -> list[HistoryMessage]:
+    return []
+
+
+def _reason(arguments_json: str) -> str:
+    try:
+        arguments = json.loads(arguments_json or "{}")
+    except ValueError:
+        return ""
+    reason = arguments.get("reason", "") if isinstance(arguments, dict) else ""
+    return str(reason)[:1000]

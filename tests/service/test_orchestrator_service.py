@@ -1,0 +1,388 @@
+"""OrchestratorService.Run over real gRPC, against the real memory service (PostgreSQL + Valkey) and the
+offline model server, all in-process; the model is only reached through the official `openai` SDK."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+import pytest_asyncio
+from athena.chat.v1 import chat_pb2
+from athena.memory.v1 import memory_pb2, memory_pb2_grpc
+from athena.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
+from conftest import auth_metadata, service_settings
+from memory_fixtures import MemoryHarness, start_memory, stop_memory  # type: ignore[import-not-found]
+
+from devstack.postgres import EmbeddedPostgres
+from devstack.valkey import EmbeddedValkey
+from mesh.clients import channel
+from mesh.interceptors import SERVICE_KEY_HEADER
+from mesh.server import MeshServer
+from mesh.tokens import TokenVerifier
+from orchestrator.app import build_runner
+from orchestrator.catalog import Catalog, CatalogSync
+from orchestrator.memory_client import GrpcMemoryGateway
+from orchestrator.model import ChatModel, ScriptedModel, ScriptedReply
+from orchestrator.offline_model.server import OfflineModelServer
+from orchestrator.offline_model.settings import OfflineModelSettings
+from orchestrator.service import service
+from orchestrator.settings import OrchestratorSettings
+from orchestrator.turn import TurnRunner
+
+CALENDAR = Path(__file__).resolve().parents[1] / "fixtures" / "calendar"
+SERVICE_KEY = "orchestrator-tests-service-key"
+
+
+@dataclass
+class Mesh:
+    memory: MemoryHarness
+    model: OfflineModelServer
+    make_token: Callable[..., str]
+    verifier: TokenVerifier
+    memory_target: str
+    base: Path
+    servers: list[MeshServer]
+    channels: list[grpc.aio.Channel]
+    runners: list[TurnRunner]
+
+    async def orchestrator(
+        self, model: ChatModel | None = None, **overrides: Any
+    ) -> orchestrator_pb2_grpc.OrchestratorServiceAsyncStub:
+        """A started orchestrator (offline model, fixture calendar) and a stub calling it."""
+        settings = OrchestratorSettings(
+            **service_settings(
+                self.base,
+                memory_target=self.memory_target,
+                OPENAI_BASE_URL=self.model.base_url,
+                OPENAI_API_KEY=None,
+                calendar_dir=CALENDAR,
+                **overrides,
+            )
+        )
+        gateway_channel = channel(settings.memory_target)
+        runner = build_runner(settings, GrpcMemoryGateway(gateway_channel), model=model)
+        server = MeshServer("orchestrator", settings, [service(runner)], verifier=self.verifier)
+        await server.start()
+        client = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+        self.servers.append(server)
+        self.channels += [gateway_channel, client]
+        self.runners.append(runner)
+        return orchestrator_pb2_grpc.OrchestratorServiceStub(client)
+
+    def user(self) -> tuple[str, tuple[tuple[str, str], ...]]:
+        user_id = str(uuid.uuid4())
+        return user_id, auth_metadata(self.make_token(user_id))
+
+    async def conversation(self, conversation_id: str, metadata: Any) -> chat_pb2.Conversation:
+        stub = memory_pb2_grpc.ConversationServiceStub(self.memory.channel)
+        response = await stub.GetConversation(
+            memory_pb2.GetConversationRequest(conversation_id=conversation_id), metadata=metadata
+        )
+        conversation: chat_pb2.Conversation = response.conversation
+        return conversation
+
+    async def stats(self) -> dict[str, int]:
+        async with httpx.AsyncClient() as client:
+            response = await client.get(f"{self.model.base_url}/_stats")
+        return {str(key): int(value) for key, value in response.json().items()}
+
+
+@pytest_asyncio.fixture(scope="module")
+async def mesh(
+    postgres: EmbeddedPostgres,
+    valkey: EmbeddedValkey,
+    verifier: TokenVerifier,
+    make_token: Callable[..., str],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[Mesh]:
+    base = tmp_path_factory.mktemp("orchestrator")
+    started: list[MeshServer] = []
+
+    async def start_server(
+        name: str, settings: Any, services: Any, verifier: Any, **kwargs: Any
+    ) -> MeshServer:
+        server = MeshServer(name, settings, services, verifier=verifier, **kwargs)
+        await server.start()
+        started.append(server)
+        return server
+
+    memory = await start_memory(
+        start_server, verifier, make_token, base, postgres.url, valkey.url, ATHENA_SERVICE_KEY=SERVICE_KEY
+    )
+    model = OfflineModelServer(OfflineModelSettings(port=0, delay_ms=0, embedding_dimensions=384))
+    await model.start()
+    target = f"127.0.0.1:{memory.server.port}"
+    # Seed the catalog as start-up does (memory takes the service key, or, before it does, any valid token).
+    sync_channel = channel(target)
+    credentials = (*auth_metadata(make_token()), (SERVICE_KEY_HEADER, SERVICE_KEY))
+    await CatalogSync(GrpcMemoryGateway(sync_channel), Catalog.load(), metadata=credentials, attempts=3).run()
+    await sync_channel.close(grace=None)
+    harness = Mesh(memory, model, make_token, verifier, target, base, [], [], [])
+    yield harness
+    for server in harness.servers:
+        await server.drain()
+    for runner in harness.runners:
+        await runner.wait_background()
+    for open_channel in harness.channels:
+        await open_channel.close(grace=None)
+    await model.stop()
+    await stop_memory(memory)
+
+
+@pytest_asyncio.fixture(scope="module")
+async def orchestrator(mesh: Mesh) -> orchestrator_pb2_grpc.OrchestratorServiceAsyncStub:
+    return await mesh.orchestrator()
+
+
+async def run(
+    stub: orchestrator_pb2_grpc.OrchestratorServiceAsyncStub,
+    metadata: Any,
+    text: str,
+    agent_id: str = "athena",
+    conversation_id: str = "",
+    deadline: float = 20.0,
+) -> list[chat_pb2.ChatResponse]:
+    request = orchestrator_pb2.RunRequest(agent_id=agent_id, text=text, conversation_id=conversation_id)
+    return [response.event async for response in stub.Run(request, metadata=metadata, timeout=deadline)]
+
+
+def kinds(events: list[chat_pb2.ChatResponse]) -> list[str]:
+    return [str(event.WhichOneof("event")) for event in events]
+
+
+def answer(events: list[chat_pb2.ChatResponse]) -> str:
+    return "".join(event.text_delta.text for event in events if event.HasField("text_delta"))
+
+
+async def test_a_turn_streams_the_answer_and_both_messages_are_stored(
+    mesh: Mesh, orchestrator: orchestrator_pb2_grpc.OrchestratorServiceAsyncStub
+) -> None:
+    _, metadata = mesh.user()
+    events = await run(orchestrator, metadata, "hello there")
+
+    assert kinds(events) == ["conversation_started", "memories_recalled"] + ["text_delta"] * 5 + [
+        "message_completed"
+    ]
+    started = events[0].conversation_started
+    assert (started.agent_id, started.model, started.offline_model) == ("athena", "athena-offline", True)
+    assert answer(events) == "I don't know that yet."
+    completed = events[-1].message_completed
+    assert completed.message_id == started.assistant_message_id
+    assert completed.content == "I don't know that yet."
+    assert completed.usage.completion_tokens > 0
+    assert completed.HasField("time_to_first_token")
+
+    conversation = await mesh.conversation(started.conversation_id, metadata)
+    assert [(m.role, m.agent_id, m.content) for m in conversation.messages] == [
+        (chat_pb2.ROLE_USER, "athena", "hello there"),
+        (chat_pb2.ROLE_ASSISTANT, "athena", "I don't know that yet."),
+    ]
+    assert conversation.messages[0].id == started.user_message_id
+    assert conversation.messages[1].id == started.assistant_message_id
+    assert conversation.messages[1].status == chat_pb2.MESSAGE_STATUS_COMPLETE
+
+
+async def test_what_one_agent_remembers_for_the_user_another_agent_knows(
+    mesh: Mesh, orchestrator: orchestrator_pb2_grpc.OrchestratorServiceAsyncStub
+) -> None:
+    _, metadata = mesh.user()
+    told = await run(orchestrator, metadata, "remember my caloric goal is 2000 kcal", agent_id="nutrition")
+    assert kinds(told)[:4] == ["conversation_started", "memories_recalled", "tool_call", "tool_result"]
+    call, result = told[2].tool_call, told[3].tool_result
+    assert (call.name, call.agent_id) == ("remember_memory", "nutrition")
+    assert json.loads(call.arguments_json) == {"text": "my caloric goal is 2000 kcal", "scope": "user"}
+    assert (result.call_id, result.is_error) == (call.call_id, False)
+    assert answer(told) == "Got it — I'll remember that my caloric goal is 2000 kcal."
+    stored = (await mesh.conversation(told[0].conversation_started.conversation_id, metadata)).messages[1]
+    assert [(record.name, record.is_error) for record in stored.tool_calls] == [("remember_memory", False)]
+
+    asked = await run(orchestrator, metadata, "what is my caloric goal?", agent_id="focus")
+    recalled = asked[1].memories_recalled.memories
+    assert [(memory.text, memory.scope) for memory in recalled] == [("my caloric goal is 2000 kcal", "user")]
+    assert answer(asked) == "Here is what I know: my caloric goal is 2000 kcal"
+
+    _, stranger = mesh.user()
+    assert answer(await run(orchestrator, stranger, "what is my caloric goal?")) == "I don't know that yet."
+
+
+async def test_agent_scoped_memories_stay_with_their_agent(
+    mesh: Mesh, orchestrator: orchestrator_pb2_grpc.OrchestratorServiceAsyncStub
+) -> None:
+    _, metadata = mesh.user()
+    noted = await run(orchestrator, metadata, "note my breakfast was oatmeal", agent_id="nutrition")
+    assert json.loads(noted[2].tool_call.arguments_json)["scope"] == "agent"
+
+    other = await run(orchestrator, metadata, "what was my breakfast?", agent_id="focus")
+    assert list(other[1].memories_recalled.memories) == []
+    assert answer(other) == "I don't know that yet."
+    same = await run(orchestrator, metadata, "what was my breakfast?", agent_id="nutrition")
+    assert [(m.text, m.scope) for m in same[1].memories_recalled.memories] == [
+        ("my breakfast was oatmeal", "agent")
+    ]
+
+
+async def test_a_handoff_is_streamed_and_the_answer_is_stored_under_the_agent_that_gave_it(
+    mesh: Mesh, orchestrator: orchestrator_pb2_grpc.OrchestratorServiceAsyncStub
+) -> None:
+    _, metadata = mesh.user()
+    events = await run(orchestrator, metadata, "ask focus when should I do deep work?")
+
+    assert kinds(events)[:6] == [
+        "conversation_started",
+        "memories_recalled",
+        "tool_call",
+        "tool_result",
+        "handoff",
+        "memories_recalled",
+    ]
+    assert events[2].tool_call.name == "handoff_to_focus"
+    handoff = events[4].handoff
+    assert (handoff.from_agent_id, handoff.to_agent_id) == ("athena", "focus")
+    assert handoff.reason == "when should I do deep work?"
+    deltas = [event.text_delta for event in events if event.HasField("text_delta")]
+    assert {delta.agent_id for delta in deltas} == {"focus"}
+    assert events[-1].message_completed.agent_id == "focus"
+
+    conversation = await mesh.conversation(events[0].conversation_started.conversation_id, metadata)
+    assistant = conversation.messages[1]
+    assert assistant.agent_id == "focus"
+    assert [record.name for record in assistant.tool_calls] == ["handoff_to_focus"]
+
+
+async def test_a_calendar_question_is_answered_from_the_ics_files(
+    mesh: Mesh, orchestrator: orchestrator_pb2_grpc.OrchestratorServiceAsyncStub
+) -> None:
+    _, metadata = mesh.user()
+    events = await run(orchestrator, metadata, "am I free this week?", agent_id="focus")
+
+    [call] = [event.tool_call for event in events if event.HasField("tool_call")]
+    [result] = [event.tool_result for event in events if event.HasField("tool_result")]
+    assert call.name == "calendar_freebusy"
+    assert not result.is_error
+    busy = json.loads(result.result_json)["busy"]
+    # The daily standup of the fixture falls on every day of the week asked about.
+    assert len(busy) >= 6
+    assert all(block["end"] > block["start"] for block in busy)
+    assert answer(events).startswith(f"You have {len(busy)} busy blocks between ")
+
+
+async def test_cancelling_the_call_cancels_the_model_request_and_records_the_turn(
+    mesh: Mesh, orchestrator: orchestrator_pb2_grpc.OrchestratorServiceAsyncStub
+) -> None:
+    _, metadata = mesh.user()
+    before = await mesh.stats()
+    call = orchestrator.Run(
+        orchestrator_pb2.RunRequest(agent_id="athena", text="!slow 20000 hello"), metadata=metadata
+    )
+    first = await call.read()
+    assert isinstance(first, orchestrator_pb2.RunResponse)
+    conversation_id = first.event.conversation_started.conversation_id
+    second = await call.read()
+    assert isinstance(second, orchestrator_pb2.RunResponse)
+    assert second.event.HasField("memories_recalled")
+    # The model is now holding its stream open for 20 s.
+    for _ in range(200):
+        if (await mesh.stats())["streams_started"] > before["streams_started"]:
+            break
+        await asyncio.sleep(0.01)
+    call.cancel()
+
+    for _ in range(200):
+        stats = await mesh.stats()
+        if stats["streams_disconnected"] > before["streams_disconnected"]:
+            break
+        await asyncio.sleep(0.02)
+    assert stats["streams_disconnected"] == before["streams_disconnected"] + 1
+    assert stats["streams_completed"] == before["streams_completed"]
+
+    for _ in range(200):
+        messages = (await mesh.conversation(conversation_id, metadata)).messages
+        if len(messages) == 2:
+            break
+        await asyncio.sleep(0.02)
+    assert [m.content for m in messages] == ["!slow 20000 hello", ""]
+    assert messages[1].status == chat_pb2.MESSAGE_STATUS_FAILED
+    assert "cancelled" in messages[1].error
+
+
+async def test_model_errors_are_retried_then_reported_as_unavailable(
+    mesh: Mesh, orchestrator: orchestrator_pb2_grpc.OrchestratorServiceAsyncStub
+) -> None:
+    _, metadata = mesh.user()
+    # Two 429s, then an answer: retried before anything was streamed, so the client never notices.
+    recovered = await run(orchestrator, metadata, f"!fail 429 2 hi {uuid.uuid4().hex}")
+    assert kinds(recovered)[-1] == "message_completed"
+
+    started: list[chat_pb2.ChatResponse] = []
+    request = orchestrator_pb2.RunRequest(agent_id="athena", text=f"!fail 503 10 hi {uuid.uuid4().hex}")
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        async for response in orchestrator.Run(request, metadata=metadata, timeout=20):
+            started.append(response.event)
+    assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "HTTP 503" in (raised.value.details() or "")
+    assert "after 3 attempts" in (raised.value.details() or "")
+    assert kinds(started) == ["conversation_started", "memories_recalled"]
+
+    conversation = await mesh.conversation(started[0].conversation_started.conversation_id, metadata)
+    assert [m.role for m in conversation.messages] == [chat_pb2.ROLE_USER, chat_pb2.ROLE_ASSISTANT]
+    assert conversation.messages[1].status == chat_pb2.MESSAGE_STATUS_FAILED
+    assert "HTTP 503" in conversation.messages[1].error
+
+
+async def test_a_model_slower_than_the_deadline_ends_in_deadline_exceeded(
+    mesh: Mesh, orchestrator: orchestrator_pb2_grpc.OrchestratorServiceAsyncStub
+) -> None:
+    _, metadata = mesh.user()
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await run(orchestrator, metadata, "!slow 5000 hi", deadline=1.5)
+    assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, raised.value.details()
+
+
+async def test_a_model_that_keeps_calling_tools_is_stopped_with_resource_exhausted(mesh: Mesh) -> None:
+    always = ScriptedModel(
+        lambda request: ScriptedReply.call("recall_memory", json.dumps({"query": "again"}))
+    )
+    stub = await mesh.orchestrator(model=always, max_steps=3)
+    _, metadata = mesh.user()
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await run(stub, metadata, "loop")
+    assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "3 model steps" in (raised.value.details() or "")
+    assert len(always.requests) == 3
+
+
+@pytest.mark.parametrize(
+    ("agent_id", "text", "code"),
+    [
+        ("nobody", "hi", grpc.StatusCode.NOT_FOUND),
+        ("athena", "", grpc.StatusCode.INVALID_ARGUMENT),
+        ("", "hi", grpc.StatusCode.INVALID_ARGUMENT),
+    ],
+)
+async def test_bad_requests_are_refused_before_anything_is_stored(
+    mesh: Mesh,
+    orchestrator: orchestrator_pb2_grpc.OrchestratorServiceAsyncStub,
+    agent_id: str,
+    text: str,
+    code: grpc.StatusCode,
+) -> None:
+    _, metadata = mesh.user()
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await run(orchestrator, metadata, text, agent_id=agent_id)
+    assert raised.value.code() == code
+
+
+async def test_a_call_without_a_token_is_unauthenticated(
+    orchestrator: orchestrator_pb2_grpc.OrchestratorServiceAsyncStub,
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await run(orchestrator, (), "hi")
+    assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED

@@ -1,0 +1,174 @@
+"""Tools and their local providers: calendar (.ics), wearables (CSV samples), files (a folder)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mesh.errors import Unavailable
+from orchestrator.fake_memory import InMemoryGateway
+from orchestrator.tools import (
+    CsvSampleFolder,
+    IcsFolderCalendar,
+    LocalFolderFiles,
+    ToolContext,
+    ToolRegistry,
+    build_registry,
+)
+from orchestrator.tools.registry import Tool
+
+CALENDAR = Path(__file__).resolve().parents[1] / "fixtures" / "calendar"
+NOW = datetime(2030, 1, 7, 18, 0, tzinfo=UTC)
+
+
+def context(memory: InMemoryGateway, agent_id: str = "focus") -> ToolContext:
+    return ToolContext(user_id="u1", agent_id=agent_id, memory=memory, now=lambda: NOW)
+
+
+async def call(
+    registry: ToolRegistry, memory: InMemoryGateway, name: str, **arguments: Any
+) -> tuple[Any, bool]:
+    outcome = await registry.run(name, json.dumps(arguments), context(memory))
+    return json.loads(outcome.result_json), outcome.is_error
+
+
+async def test_freebusy_merges_overlaps_skips_free_events_and_expands_recurrences() -> None:
+    memory = InMemoryGateway()
+    registry = build_registry(calendar=IcsFolderCalendar(CALENDAR))
+    result, failed = await call(
+        registry, memory, "calendar_freebusy", start="2030-01-07T00:00:00Z", end="2030-01-08T00:00:00Z"
+    )
+    assert not failed
+    assert result["busy"] == [
+        {"start": "2030-01-07T09:00:00Z", "end": "2030-01-07T09:15:00Z"},  # daily standup
+        {"start": "2030-01-07T10:00:00Z", "end": "2030-01-07T11:30:00Z"},  # planning + review, merged
+        {"start": "2030-01-07T15:00:00Z", "end": "2030-01-07T15:30:00Z"},  # weekly 1:1 at 16:00 Berlin
+    ]
+    excluded, _ = await call(
+        registry, memory, "calendar_freebusy", start="2030-01-14T00:00:00+00:00", end="2030-01-15T00:00:00Z"
+    )
+    assert [block["start"] for block in excluded["busy"]] == ["2030-01-14T09:00:00Z"]  # EXDATE drops the 1:1
+
+
+async def test_freebusy_is_cached_for_five_minutes_in_ephemeral_memory() -> None:
+    memory = InMemoryGateway()
+    registry = build_registry(calendar=IcsFolderCalendar(CALENDAR))
+    window = {"start": "2030-01-07T00:00:00Z", "end": "2030-01-08T00:00:00Z"}
+    first, _ = await call(registry, memory, "calendar_freebusy", **window)
+    [(key, (expires, value))] = memory.ephemeral.items()
+    assert key == ("calendar_freebusy", "2030-01-07T00:00:00Z/2030-01-08T00:00:00Z")
+    assert json.loads(value) == first
+    memory.ephemeral[key] = (expires, json.dumps({"busy": [], "cached": True}))
+    second, _ = await call(registry, memory, "calendar_freebusy", **window)
+    assert second == {"busy": [], "cached": True}
+
+
+async def test_freebusy_still_answers_when_the_cache_is_down() -> None:
+    memory = InMemoryGateway()
+    memory.fail_with("get_ephemeral", Unavailable("redis down"))
+    memory.fail_with("put_ephemeral", Unavailable("redis down"))
+    registry = build_registry(calendar=IcsFolderCalendar(CALENDAR))
+    result, failed = await call(
+        registry, memory, "calendar_freebusy", start="2030-01-07T00:00:00Z", end="2030-01-08T00:00:00Z"
+    )
+    assert not failed
+    assert len(result["busy"]) == 3
+
+
+@pytest.mark.parametrize(
+    ("window", "problem"),
+    [
+        ({"start": "tomorrow morning", "end": "2030-01-08T00:00:00Z"}, "start: must be an ISO 8601"),
+        ({"start": "2030-01-08T00:00:00Z", "end": "2030-01-07T00:00:00Z"}, "end: must be after start"),
+        ({"start": "2030-01-01T00:00:00Z", "end": "2030-12-31T00:00:00Z"}, "at most 93 days"),
+        ({"start": "2030-01-01T00:00:00Z"}, "'end' is a required property"),
+    ],
+)
+async def test_freebusy_explains_bad_ranges_to_the_model(window: dict[str, str], problem: str) -> None:
+    registry = build_registry(calendar=IcsFolderCalendar(CALENDAR))
+    result, failed = await call(registry, InMemoryGateway(), "calendar_freebusy", **window)
+    assert failed
+    assert problem in result["error"]
+
+
+async def test_wearable_stats_summarise_imported_samples(tmp_path: Path) -> None:
+    (tmp_path / "health.csv").write_text(
+        "metric,timestamp,value\n"
+        "steps,2030-01-07T08:00:00Z,4000\n"
+        "steps,2030-01-07T12:00:00Z,6000\n"
+        "steps,2030-01-05T12:00:00Z,1000\n"
+        "heart_rate,2030-01-07T12:00:00Z,70\n"
+        "steps,not a time,5\n"
+    )
+    registry = build_registry(wearables=CsvSampleFolder(tmp_path))
+    memory = InMemoryGateway()
+    today, _ = await call(registry, memory, "wearable_stats", metric="steps", range="today")
+    assert today == {
+        "metric": "steps",
+        "range": "today",
+        "samples": 2,
+        "total": 10000.0,
+        "average": 5000.0,
+        "min": 4000.0,
+        "max": 6000.0,
+    }
+    week, _ = await call(registry, memory, "wearable_stats", metric="steps", range="7d")
+    assert week["samples"] == 3
+    empty, failed = await call(registry, memory, "wearable_stats", metric="sleep_minutes", range="30d")
+    assert (empty, failed) == ({"metric": "sleep_minutes", "range": "30d", "samples": 0}, False)
+
+
+async def test_file_scan_finds_names_and_contents_but_not_hidden_files(tmp_path: Path) -> None:
+    (tmp_path / "invoices").mkdir()
+    (tmp_path / "invoices" / "acme-2030.txt").write_text("Invoice for ACME Corp: 1,200 EUR due in March.")
+    (tmp_path / "notes.md").write_text("Call the acme contact about the invoice.")
+    (tmp_path / ".secret").write_text("acme password")
+    (tmp_path / "photo.bin").write_bytes(b"\x00acme")
+    registry = build_registry(files=LocalFolderFiles(tmp_path))
+
+    result, failed = await call(registry, InMemoryGateway(), "file_scan", query="ACME")
+    assert not failed
+    paths = [match["path"] for match in result["matches"]]
+    assert paths == ["notes.md", "invoices/acme-2030.txt"]
+    assert "ACME Corp" in result["matches"][1]["snippet"]
+
+
+async def test_a_crashing_tool_is_an_error_result_not_a_crash() -> None:
+    async def broken(arguments: dict[str, Any], context: ToolContext) -> Any:
+        raise RuntimeError("secret internal detail")
+
+    registry = ToolRegistry([Tool("broken", "Breaks.", {"type": "object"}, broken)])
+    result, failed = await call(registry, InMemoryGateway(), "broken")
+    assert failed
+    assert result == {"error": "broken failed unexpectedly"}
+
+
+async def test_memory_tools_use_the_calling_agents_scope() -> None:
+    memory = InMemoryGateway()
+    registry = build_registry()
+    stored, _ = await call(
+        registry, memory, "remember_memory", text="ate oatmeal", scope="agent", key="breakfast"
+    )
+    assert stored["scope"] == "agent"
+    assert [(m.agent_id, m.scope.value, m.key) for m in memory.memories] == [("focus", "agent", "breakfast")]
+    outcome = await registry.run(
+        "recall_memory", json.dumps({"query": "oatmeal"}), context(memory, "nutrition")
+    )
+    assert json.loads(outcome.result_json) == {"memories": []}
+    forgotten, _ = await call(registry, memory, "forget_memory", query="oatmeal")
+    assert forgotten["forgotten"] == 1
+    assert memory.memories == []
+
+
+def test_providers_only_add_their_tool_when_configured(tmp_path: Path) -> None:
+    assert build_registry().names == ("remember_memory", "recall_memory", "forget_memory")
+    full = build_registry(
+        calendar=IcsFolderCalendar(tmp_path),
+        wearables=CsvSampleFolder(tmp_path),
+        files=LocalFolderFiles(tmp_path),
+    )
+    assert full.names[3:] == ("calendar_freebusy", "wearable_stats", "file_scan")

@@ -1,0 +1,373 @@
+"""The turn loop with the in-package fakes: scripted model, in-memory gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from mesh.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
+from orchestrator import events
+from orchestrator.catalog import Catalog
+from orchestrator.fake_memory import InMemoryGateway
+from orchestrator.model import ModelRequest, ScriptedModel, ScriptedReply
+from orchestrator.records import Role, Scope
+from orchestrator.tools import build_registry
+from orchestrator.turn import CANCELLED_REASON, TurnRequest, TurnRunner
+
+USER = "user-1"
+
+
+@pytest.fixture
+def catalog() -> Catalog:
+    return Catalog.load()
+
+
+@pytest.fixture
+def memory(catalog: Catalog) -> InMemoryGateway:
+    return InMemoryGateway(agents=list(catalog))
+
+
+def runner(catalog: Catalog, memory: InMemoryGateway, model: ScriptedModel, **kwargs: Any) -> TurnRunner:
+    return TurnRunner(catalog, memory, model, build_registry(), **kwargs)
+
+
+async def collect(turns: TurnRunner, text: str, agent_id: str = "athena", **kwargs: Any) -> list[Any]:
+    return [event async for event in turns.run(TurnRequest(USER, agent_id, text, **kwargs))]
+
+
+def of_type(items: Sequence[Any], kind: type) -> list[Any]:
+    return [item for item in items if isinstance(item, kind)]
+
+
+async def test_a_turn_stores_the_message_first_streams_and_stores_the_answer(
+    catalog: Catalog, memory: InMemoryGateway
+) -> None:
+    model = ScriptedModel([ScriptedReply("Hello there friend")])
+    turns = runner(catalog, memory, model, offline_model=True, model_name=lambda _: "athena-offline")
+
+    stream = turns.run(TurnRequest(USER, "athena", "hi"))
+    started = await anext(stream)
+    assert isinstance(started, events.ConversationStarted)
+    # The user message is stored before the first event, and nothing else happened yet.
+    assert memory.calls == ["agent_states", "append_user_message"]
+    assert (started.agent_id, started.model, started.offline_model) == ("athena", "athena-offline", True)
+    rest = [event async for event in stream]
+
+    assert isinstance(rest[0], events.MemoriesRecalled)
+    assert [delta.text for delta in of_type(rest, events.TextDelta)] == ["Hello", " there", " friend"]
+    completed = rest[-1]
+    assert isinstance(completed, events.MessageCompleted)
+    assert completed.content == "Hello there friend"
+    assert completed.message_id == started.assistant_message_id
+    assert completed.time_to_first_token is not None
+    assert completed.time_to_first_token >= 0
+    assert completed.usage.completion_tokens == 3
+    [stored] = memory.assistant_messages(started.conversation_id)
+    assert (stored.id, stored.agent_id, stored.content, stored.failed) == (
+        started.assistant_message_id,
+        "athena",
+        "Hello there friend",
+        False,
+    )
+
+
+async def test_the_prompt_holds_system_prompt_memories_history_and_templated_message(
+    catalog: Catalog, memory: InMemoryGateway
+) -> None:
+    await memory.remember("my caloric goal is 2000 kcal", Scope.USER, "nutrition")
+    model = ScriptedModel([ScriptedReply("first answer"), ScriptedReply("second answer")])
+    turns = runner(catalog, memory, model)
+    first = await collect(turns, "hello", agent_id="nutrition")
+    conversation_id = first[0].conversation_id
+
+    second = await collect(
+        turns, "what is my caloric goal?", agent_id="nutrition", conversation_id=conversation_id
+    )
+
+    recalled = of_type(second, events.MemoriesRecalled)[0]
+    assert [memory.text for memory in recalled.memories] == ["my caloric goal is 2000 kcal"]
+    messages = model.requests[-1].messages
+    nutrition = catalog.get("nutrition")
+    assert nutrition is not None
+    assert [message["role"] for message in messages] == ["system", "system", "user", "assistant", "user"]
+    assert messages[0]["content"] == nutrition.system_prompt
+    assert messages[1]["content"] == "Memories:\n- my caloric goal is 2000 kcal"
+    assert [messages[2]["content"], messages[3]["content"]] == ["hello", "first answer"]
+    assert messages[4]["content"] == nutrition.render_user_prompt("what is my caloric goal?")
+
+
+async def test_memories_recalled_comes_before_the_first_delta_even_when_empty(
+    catalog: Catalog, memory: InMemoryGateway
+) -> None:
+    model = ScriptedModel([ScriptedReply("x")])
+    turn = await collect(runner(catalog, memory, model), "anything")
+    kinds = [type(event) for event in turn]
+    assert kinds == [
+        events.ConversationStarted,
+        events.MemoriesRecalled,
+        events.TextDelta,
+        events.MessageCompleted,
+    ]
+    assert turn[1].memories == ()
+    # Without memories there is no `Memories:` message at all.
+    assert [message["role"] for message in model.requests[0].messages] == ["system", "user"]
+
+
+async def test_a_multi_step_tool_loop_runs_tools_and_stores_their_records(
+    catalog: Catalog, memory: InMemoryGateway
+) -> None:
+    model = ScriptedModel(
+        [
+            ScriptedReply.call("remember_memory", json.dumps({"text": "I like tea", "scope": "user"}), "c1"),
+            ScriptedReply.call("recall_memory", json.dumps({"query": "tea"}), "c2"),
+            ScriptedReply("You like tea."),
+        ]
+    )
+    turn = await collect(runner(catalog, memory, model), "remember I like tea")
+
+    calls = of_type(turn, events.ToolCallStarted)
+    results = of_type(turn, events.ToolCallFinished)
+    assert [call.name for call in calls] == ["remember_memory", "recall_memory"]
+    assert [result.is_error for result in results] == [False, False]
+    assert json.loads(results[1].result_json)["memories"][0]["text"] == "I like tea"
+    assert [m.text for m in memory.memories] == ["I like tea"]
+    # The model saw each call and its result before the next step.
+    last = model.requests[-1].messages
+    assert [m["role"] for m in last[-4:]] == ["assistant", "tool", "assistant", "tool"]
+    assert last[-1]["tool_call_id"] == "c2"
+    [stored] = memory.assistant_messages(turn[0].conversation_id)
+    assert [record.name for record in stored.tool_calls] == ["remember_memory", "recall_memory"]
+    assert stored.content == "You like tea."
+
+
+async def test_invalid_arguments_and_failing_tools_become_error_results_the_model_sees(
+    catalog: Catalog, memory: InMemoryGateway
+) -> None:
+    memory.fail_with("forget", Unavailable("memory is restarting"))
+    model = ScriptedModel(
+        [
+            ScriptedReply.call("remember_memory", json.dumps({"text": "x", "scope": "everyone"})),
+            ScriptedReply.call("remember_memory", "{not json"),
+            ScriptedReply.call("forget_memory", json.dumps({"query": "x"})),
+            ScriptedReply.call("no_such_tool", "{}"),
+            ScriptedReply("Sorry."),
+        ]
+    )
+    turn = await collect(runner(catalog, memory, model), "do things")
+
+    results = of_type(turn, events.ToolCallFinished)
+    assert [result.is_error for result in results] == [True, True, True, True]
+    errors = [json.loads(result.result_json)["error"] for result in results]
+    assert "scope" in errors[0]
+    assert "everyone" in errors[0]
+    assert "not valid JSON" in errors[1]
+    assert errors[2] == "memory is restarting"
+    assert "unknown tool" in errors[3]
+    assert isinstance(turn[-1], events.MessageCompleted)
+    assert memory.memories == []
+    tool_messages = [m for m in model.requests[1].messages if m["role"] == "tool"]
+    assert json.loads(tool_messages[0]["content"]) == {"error": errors[0]}
+
+
+async def test_a_handoff_switches_the_answering_agent_and_its_memories(
+    catalog: Catalog, memory: InMemoryGateway
+) -> None:
+    await memory.remember("focus blocks work best at 9am", Scope.AGENT, "focus")
+    await memory.remember("athena-only focus note", Scope.AGENT, "athena")
+    model = ScriptedModel(
+        [
+            ScriptedReply.call("handoff_to_focus", json.dumps({"reason": "plan my focus blocks"})),
+            ScriptedReply("9am."),
+        ]
+    )
+    turn = await collect(runner(catalog, memory, model), "when should I plan focus blocks?")
+
+    [handoff] = of_type(turn, events.Handoff)
+    assert (handoff.from_agent_id, handoff.to_agent_id, handoff.reason) == (
+        "athena",
+        "focus",
+        "plan my focus blocks",
+    )
+    recalled = of_type(turn, events.MemoriesRecalled)
+    assert [m.text for m in recalled[0].memories] == ["athena-only focus note"]
+    assert [m.text for m in recalled[1].memories] == ["focus blocks work best at 9am"]
+    assert of_type(turn, events.TextDelta)[0].agent_id == "focus"
+    completed = turn[-1]
+    assert completed.agent_id == "focus"
+    [stored] = memory.assistant_messages(turn[0].conversation_id)
+    assert stored.agent_id == "focus"
+    assert [record.name for record in stored.tool_calls] == ["handoff_to_focus"]
+    # The agent taking over answers with its own prompt and cannot hand off to itself.
+    focus = catalog.get("focus")
+    assert focus is not None
+    second = model.requests[1]
+    assert second.messages[0]["content"] == focus.system_prompt
+    tools = {tool.name for tool in second.tools}
+    assert "handoff_to_focus" not in tools
+    assert "handoff_to_athena" in tools
+
+
+async def test_handoff_to_a_disabled_agent_is_refused_to_the_model(
+    catalog: Catalog, memory: InMemoryGateway
+) -> None:
+    memory.disabled.add("sme")
+    model = ScriptedModel(
+        [ScriptedReply.call("handoff_to_sme", json.dumps({"reason": "invoices"})), ScriptedReply("ok")]
+    )
+    turn = await collect(runner(catalog, memory, model), "ask sme about invoices")
+
+    assert "handoff_to_sme" not in {tool.name for tool in model.requests[0].tools}
+    [result] = of_type(turn, events.ToolCallFinished)
+    assert result.is_error
+    assert of_type(turn, events.Handoff) == []
+    assert turn[-1].agent_id == "athena"
+
+
+async def test_a_disabled_agent_refuses_the_turn_before_anything_is_stored(
+    catalog: Catalog, memory: InMemoryGateway
+) -> None:
+    memory.disabled.add("nutrition")
+    with pytest.raises(FailedPrecondition, match="nutrition"):
+        await collect(runner(catalog, memory, ScriptedModel([])), "hi", agent_id="nutrition")
+    assert memory.conversations == {}
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "field"),
+    [
+        ({"agent_id": "", "text": "hi"}, "agent_id"),
+        ({"agent_id": "athena", "text": "   "}, "text"),
+        ({"agent_id": "athena", "text": "x" * 32_001}, "text"),
+        ({"agent_id": "athena", "text": "hi", "client_request_id": "r" * 65}, "client_request_id"),
+    ],
+)
+async def test_bad_requests_name_the_field(
+    catalog: Catalog, memory: InMemoryGateway, request_fields: dict[str, Any], field: str
+) -> None:
+    turns = runner(catalog, memory, ScriptedModel([]))
+    with pytest.raises(InvalidArgument) as raised:
+        [event async for event in turns.run(TurnRequest(user_id=USER, **request_fields))]
+    assert raised.value.field == field
+    assert memory.conversations == {}
+
+
+async def test_the_step_limit_stops_a_model_that_always_calls_tools(
+    catalog: Catalog, memory: InMemoryGateway
+) -> None:
+    model = ScriptedModel(lambda request: ScriptedReply.call("recall_memory", json.dumps({"query": "loop"})))
+    turns = runner(catalog, memory, model, max_steps=3)
+    seen: list[Any] = []
+    with pytest.raises(ResourceExhausted, match="3 model steps"):
+        async for event in turns.run(TurnRequest(USER, "athena", "loop forever")):
+            seen.append(event)
+
+    assert len(model.requests) == 3
+    assert len(of_type(seen, events.ToolCallFinished)) == 3
+    [stored] = memory.assistant_messages(seen[0].conversation_id)
+    assert stored.failed
+    assert "3 model steps" in stored.error
+    assert len(stored.tool_calls) == 3
+
+
+async def test_a_model_failure_keeps_the_user_message_and_records_the_failed_turn(
+    catalog: Catalog, memory: InMemoryGateway
+) -> None:
+    model = ScriptedModel([ScriptedReply(error=Unavailable("the model failed (HTTP 503) after 3 attempts"))])
+    seen: list[Any] = []
+    with pytest.raises(Unavailable, match="HTTP 503"):
+        async for event in runner(catalog, memory, model).run(TurnRequest(USER, "athena", "hi")):
+            seen.append(event)
+
+    history = await memory.history(seen[0].conversation_id, 0)
+    assert [(m.role, m.content) for m in history] == [(Role.USER, "hi"), (Role.ASSISTANT, "")]
+    assert history[1].failed
+    [stored] = memory.assistant_messages(seen[0].conversation_id)
+    assert "HTTP 503" in stored.error
+
+
+async def test_cancelling_a_turn_mid_stream_records_what_was_said(
+    catalog: Catalog, memory: InMemoryGateway
+) -> None:
+    model = ScriptedModel([ScriptedReply("one two three four five six seven eight")], chunk_delay=0.05)
+    turns = runner(catalog, memory, model)
+    seen: list[Any] = []
+    deltas = asyncio.Event()
+
+    async def consume() -> None:
+        async for event in turns.run(TurnRequest(USER, "athena", "count")):
+            seen.append(event)
+            if len(of_type(seen, events.TextDelta)) == 2:
+                deltas.set()
+
+    task = asyncio.create_task(consume())
+    await asyncio.wait_for(deltas.wait(), 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await turns.wait_background()
+
+    [stored] = memory.assistant_messages(seen[0].conversation_id)
+    assert stored.error == CANCELLED_REASON
+    assert stored.content.startswith("one two")
+    assert of_type(seen, events.MessageCompleted) == []
+
+
+async def test_retrying_user_message_ids_are_idempotent(catalog: Catalog, memory: InMemoryGateway) -> None:
+    turns = runner(catalog, memory, ScriptedModel([ScriptedReply("a"), ScriptedReply("b")]))
+    first = await collect(turns, "hi", client_request_id="req-1")
+    again = await collect(turns, "hi", client_request_id="req-1")
+    assert first[0].user_message_id == again[0].user_message_id
+    history = await memory.history(first[0].conversation_id, 0)
+    assert [m.content for m in history if m.role is Role.USER] == ["hi"]
+
+
+async def test_a_failing_recall_degrades_to_an_answer_without_memories(
+    catalog: Catalog, memory: InMemoryGateway
+) -> None:
+    memory.fail_with("recall", Unavailable("database restarting"))
+    turn = await collect(runner(catalog, memory, ScriptedModel([ScriptedReply("ok")])), "hi")
+    assert turn[1].memories == ()
+    assert isinstance(turn[-1], events.MessageCompleted)
+
+
+async def test_deadline_from_the_model_is_reported_and_recorded(
+    catalog: Catalog, memory: InMemoryGateway
+) -> None:
+    def script(request: ModelRequest) -> ScriptedReply:
+        return ScriptedReply(error=DeadlineExceeded("the model did not answer in time"))
+
+    seen: list[Any] = []
+    with pytest.raises(DeadlineExceeded):
+        async for event in runner(catalog, memory, ScriptedModel(script)).run(
+            TurnRequest(USER, "athena", "hi")
+        ):
+            seen.append(event)
+    [stored] = memory.assistant_messages(seen[0].conversation_id)
+    assert stored.error == "the model did not answer in time"
+
+
+async def test_closing_the_stream_early_records_the_turn_as_cancelled(
+    catalog: Catalog, memory: InMemoryGateway
+) -> None:
+    turns = runner(catalog, memory, ScriptedModel([ScriptedReply("one two three")]))
+    stream = turns.run(TurnRequest(USER, "athena", "hi"))
+    started = await anext(stream)
+    assert isinstance(await anext(stream), events.MemoriesRecalled)
+    assert isinstance(await anext(stream), events.TextDelta)
+    await stream.aclose()
+
+    [stored] = memory.assistant_messages(started.conversation_id)
+    assert (stored.content, stored.error) == ("one", CANCELLED_REASON)
+
+
+async def test_an_agent_missing_from_memorys_catalog_is_reported_as_such(
+    catalog: Catalog, memory: InMemoryGateway
+) -> None:
+    memory.agents = []
+    with pytest.raises(FailedPrecondition, match="not in memory's catalog"):
+        await collect(runner(catalog, memory, ScriptedModel([])), "hi")
+    assert memory.conversations == {}
