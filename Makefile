@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 WEB := edge/web
 PYTEST_ARGS ?=
 
-.PHONY: help install run test test-fast lint format proto proto-check bench bench-memory bench-chat check clean
+.PHONY: help install web run test test-fast lint format proto proto-check bench bench-memory bench-chat check clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -25,10 +25,16 @@ $(WEB)/node_modules/.installed: $(WEB)/package.json $(WEB)/package-lock.json
 
 install: $(VENV)/.installed $(WEB)/node_modules/.installed ## Create the virtualenv and install everything
 
-run: install ## Start the whole mesh on loopback (Ctrl-C stops it)
+WEB_SOURCES := $(shell find $(WEB)/src -type f) $(WEB)/build.mjs $(WEB)/tsconfig.json $(wildcard gen/ts/athena/*/v1/*.ts)
+$(WEB)/dist/index.html: $(WEB)/node_modules/.installed $(WEB_SOURCES)
+	cd $(WEB) && npm run --silent typecheck && node build.mjs
+
+web: $(WEB)/dist/index.html ## Type-check and build the browser client (edge/web/dist)
+
+run: install web ## Start the whole mesh on loopback (Ctrl-C stops it)
 	$(BIN)/python -m devstack
 
-test: install ## Run every test (unit, service, end-to-end)
+test: install web ## Run every test (unit, service, end-to-end)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-fast: install ## Unit and service tests only
@@ -37,7 +43,8 @@ test-fast: install ## Unit and service tests only
 lint: install ## ruff, mypy, buf lint, buf breaking (against main)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy .
+	$(BIN)/mypy
+	cd $(WEB) && npm run --silent typecheck
 	PATH=$(CURDIR)/$(BIN):$$PATH buf lint
 	PATH=$(CURDIR)/$(BIN):$$PATH buf breaking --against '.git#branch=main'
 

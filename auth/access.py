@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -19,16 +20,16 @@ class AccessToken:
 
 
 class AccessTokenIssuer:
-    """Signs access tokens with the key ring's current key."""
+    """Signs access tokens with the current key of the key ring `keys()` returns (it may be reloaded)."""
 
-    def __init__(self, keys: KeyRing, *, issuer: str, audience: str, ttl: timedelta) -> None:
+    def __init__(self, keys: Callable[[], KeyRing], *, issuer: str, audience: str, ttl: timedelta) -> None:
         self.keys = keys
         self._issuer = issuer
         self._audience = audience
         self._ttl = ttl
 
     def issue(self, *, user_id: str, email: str, now: datetime) -> AccessToken:
-        key = self.keys.signing_key(now)
+        key = self.keys().signing_key(now)
         issued_at = int(now.timestamp())
         expires_at = issued_at + int(self._ttl.total_seconds())
         claims = {

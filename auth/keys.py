@@ -65,19 +65,26 @@ def kid_created_at(kid: str) -> datetime:
     match = _KID.match(kid)
     if match is None:
         raise KeyRingError(f"key id {kid!r} is not of the form 20250101T120000Z-1a2b3c4d")
-    return datetime.strptime(match["created"], _KID_TIME).replace(tzinfo=UTC)
+    try:
+        return datetime.strptime(match["created"], _KID_TIME).replace(tzinfo=UTC)
+    except ValueError as exc:
+        raise KeyRingError(f"key id {kid!r} does not start with a valid UTC time") from exc
 
 
 def generate_key(now: datetime) -> SigningKey:
     kid = new_kid(now)
-    private = RSAKey.generate_key(KEY_SIZE, parameters={"kid": kid, "use": "sig", "alg": ALGORITHM}, private=True)
+    private = RSAKey.generate_key(
+        KEY_SIZE, parameters={"kid": kid, "use": "sig", "alg": ALGORITHM}, private=True
+    )
     return SigningKey(kid=kid, created_at=kid_created_at(kid), private=private)
 
 
 class KeyRing:
     """The signing keys known now, and the rules that say which one signs and which are published."""
 
-    def __init__(self, keys: Iterable[SigningKey], *, activation_delay: timedelta, retention: timedelta) -> None:
+    def __init__(
+        self, keys: Iterable[SigningKey], *, activation_delay: timedelta, retention: timedelta
+    ) -> None:
         self.keys: tuple[SigningKey, ...] = tuple(sorted(keys, key=lambda key: (key.created_at, key.kid)))
         if not self.keys:
             raise KeyRingError("the key ring is empty")

@@ -7,16 +7,29 @@ provider is offered only when its client id is set.
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr
+from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from mesh.settings import ServiceSettings
 
 GOOGLE_DISCOVERY_URL = "https://accounts.google.com/.well-known/openid-configuration"
 MICROSOFT_DISCOVERY_URL = "https://login.microsoftonline.com/common/v2.0/.well-known/openid-configuration"
+
+
+def _seconds(value: Any) -> Any:
+    """Durations from the environment may be plain seconds ("900") as well as ISO 8601 ("PT15M")."""
+    if isinstance(value, str) and re.fullmatch(r"\s*\d+(\.\d+)?\s*", value):
+        return timedelta(seconds=float(value))
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(_seconds)]
+"""A duration: seconds ("900") or ISO 8601 ("PT15M")."""
 
 
 class OidcProviderSettings(BaseModel):
@@ -81,19 +94,19 @@ class AuthSettings(ServiceSettings):
     mounted Secret (read-only): keys are generated only in dev, or by `python -m auth rotate-keys`."""
     key_reload_seconds: float = Field(60.0, gt=0)
     """How often the running service rereads `keys_dir` (a rotated Secret reaches pods without restart)."""
-    key_activation_delay: timedelta = timedelta(minutes=5)
+    key_activation_delay: Duration = timedelta(minutes=5)
     """A rotated key is published in the JWKS at once but signs only after this delay, so every cache of
     the JWKS (Envoy's `jwt_authn`, `mesh.tokens.RemoteJwks`) knows it before a token needs it. Keep it
     above the longest JWKS cache duration."""
-    access_token_ttl: timedelta = timedelta(minutes=15)
+    access_token_ttl: Duration = timedelta(minutes=15)
     """Lifetime of access tokens."""
-    refresh_token_ttl: timedelta = timedelta(days=30)
+    refresh_token_ttl: Duration = timedelta(days=30)
     """A refresh token expires if unused this long (each rotation starts a new period)."""
-    refresh_reuse_grace: timedelta = timedelta(seconds=10)
+    refresh_reuse_grace: Duration = timedelta(seconds=10)
     """A spent refresh token presented again within this window of its first use (two tabs refreshing
     at once, a retried call whose answer was lost) gets another token of the same family instead of
     revoking it. After the window, reuse revokes the family."""
-    login_state_ttl: timedelta = timedelta(minutes=10)
+    login_state_ttl: Duration = timedelta(minutes=10)
     """How long a BeginLogin state (with its nonce and PKCE verifier) may wait for CompleteLogin."""
     http_timeout_seconds: float = Field(10.0, gt=0)
     """Timeout of calls to identity providers (discovery, token endpoint, JWKS)."""

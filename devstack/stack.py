@@ -169,6 +169,7 @@ class Stack:
             env.pop("OPENAI_API_KEY", None)
         else:
             env["OPENAI_API_KEY"] = self.config.openai_api_key or ""
+            env.setdefault("MEMORY_EMBEDDING_MODEL", "text-embedding-3-small")
             if self.config.openai_base_url:
                 env["OPENAI_BASE_URL"] = self.config.openai_base_url
         return env
@@ -243,7 +244,10 @@ class Stack:
             auth_port=p.auth,
             auth_http_port=p.auth_http,
             web_root=ROOT / "edge" / "web" / "dist",
+            allowed_origins=(f"http://127.0.0.1:{p.edge}", f"http://localhost:{p.edge}"),
         )
+        if not (ROOT / "edge" / "web" / "dist" / "index.html").exists():
+            log.warning("the web app is not built (make web): the edge serves a placeholder page")
         path = self.data_dir / "envoy.json"
         path.write_text(json.dumps(render(config), indent=2))
         envoy = str(Path(sys.executable).parent / "envoy")

@@ -212,6 +212,8 @@ def require_agent_id(value: str, field_name: str = "agent_id") -> str:
         raise InvalidArgument(field_name, "is required")
     if not _AGENT_ID.fullmatch(value):
         raise InvalidArgument(field_name, "must be lowercase letters, digits, '_' or '-' (at most 64)")
+    if value == USER_SCOPE:
+        raise InvalidArgument(field_name, f"{USER_SCOPE!r} is reserved")
     return value
 
 
@@ -236,7 +238,9 @@ def bounded_count(value: int, field_name: str, *, default: int, maximum: int) ->
     return value
 
 
-def optional_embedding(values: Sequence[float], dimension: int, field_name: str = "embedding") -> tuple[float, ...] | None:
+def optional_embedding(
+    values: Sequence[float], dimension: int, field_name: str = "embedding"
+) -> tuple[float, ...] | None:
     """A caller's precomputed embedding: absent, or exactly `dimension` finite numbers, not all zero."""
     if not values:
         return None
@@ -297,7 +301,9 @@ def conversation_title(text: str) -> str:
     return (cut[:space] if space > TITLE_LENGTH // 2 else cut).rstrip() + "…"
 
 
-def validate_tool_calls(calls: Sequence[ToolCall], field_name: str = "message.tool_calls") -> tuple[ToolCall, ...]:
+def validate_tool_calls(
+    calls: Sequence[ToolCall], field_name: str = "message.tool_calls"
+) -> tuple[ToolCall, ...]:
     seen: set[str] = set()
     for index, call in enumerate(calls):
         where = f"{field_name}[{index}]"

@@ -38,7 +38,12 @@ class OpenAIEmbedder:
     """The OpenAI embeddings API through the official SDK."""
 
     def __init__(
-        self, client: openai.AsyncOpenAI, model: str, dimension: int, *, send_dimensions: bool = True,
+        self,
+        client: openai.AsyncOpenAI,
+        model: str,
+        dimension: int,
+        *,
+        send_dimensions: bool = True,
         timeout: float = 10.0,
     ) -> None:
         self._client = client

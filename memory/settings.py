@@ -25,6 +25,9 @@ DEFAULT_SIMILARITY_THRESHOLDS: dict[str, float] = {
 }
 """Cosine similarity a memory needs to pass the vector stage, per embedding model."""
 
+MODELS_WITHOUT_DIMENSIONS = frozenset({"text-embedding-ada-002"})
+"""Embedding models with a fixed size that refuse the `dimensions` request parameter."""
+
 
 class MemorySettings(ServiceSettings):
     """How the memory service runs: its ports, PostgreSQL, Redis, the embedding model and retrieval."""
@@ -56,9 +59,13 @@ class MemorySettings(ServiceSettings):
     """Embedding model name."""
     embedding_dimension: int = Field(384, ge=1, le=16000)
     """Length of embeddings; the `vector_memory.embedding` column is created with it (see memory.migrate)."""
+    embedding_send_dimensions: bool | None = None
+    """Whether requests carry `dimensions`; None: yes, except for models that refuse it (ada-002)."""
     embedding_timeout_seconds: float = Field(10.0, gt=0)
     """Longest wait for one embeddings call (the caller's deadline may cut it shorter)."""
-    similarity_thresholds: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_SIMILARITY_THRESHOLDS))
+    similarity_thresholds: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_SIMILARITY_THRESHOLDS)
+    )
     """Vector-stage threshold per embedding model (JSON in MEMORY_SIMILARITY_THRESHOLDS)."""
     default_similarity_threshold: float = Field(0.82, ge=-1.0, le=1.0)
     """Threshold of models missing from `similarity_thresholds`."""
@@ -84,6 +91,13 @@ class MemorySettings(ServiceSettings):
     """Connect and command timeout of Redis calls."""
     startup_timeout_seconds: float = Field(60.0, gt=0)
     """How long start-up keeps retrying migrations while PostgreSQL is not reachable yet."""
+
+    @property
+    def sends_dimensions(self) -> bool:
+        """Whether embedding requests carry the `dimensions` parameter."""
+        if self.embedding_send_dimensions is not None:
+            return self.embedding_send_dimensions
+        return self.embedding_model not in MODELS_WITHOUT_DIMENSIONS
 
     @property
     def similarity_threshold(self) -> float:

@@ -22,7 +22,9 @@ def shared(name: str) -> AliasChoices:
 class ServiceSettings(BaseSettings):
     """What every gRPC service of the mesh needs to start."""
 
-    model_config = SettingsConfigDict(frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(
+        frozen=True, extra="ignore", validate_by_name=True, validate_by_alias=True
+    )
 
     env: Literal["dev", "prod"] = Field("prod", validation_alias=shared("ATHENA_ENV"))
     """"dev" enables DevLogin and other local conveniences; anything facing people runs "prod"."""

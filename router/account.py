@@ -8,7 +8,7 @@ from typing import Any
 
 import grpc
 from athena.account.v1 import account_pb2, account_pb2_grpc
-from athena.auth.v1 import auth_pb2
+from athena.identity.v1 import identity_pb2
 from athena.memory.v1 import memory_pb2
 from google.protobuf.json_format import MessageToDict
 
@@ -20,6 +20,7 @@ from router.settings import RouterSettings
 
 log = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[Any, Any]
+_SECTIONS = {"agent": "agents", "conversation": "conversations", "memory": "memories"}
 
 
 class AccountServicer(account_pb2_grpc.AccountServiceServicer):
@@ -64,7 +65,7 @@ class AccountServicer(account_pb2_grpc.AccountServiceServicer):
             kind = record.WhichOneof("record")
             if kind is None:
                 continue
-            sections[f"{kind}s"].append(
+            sections[_SECTIONS[kind]].append(
                 MessageToDict(getattr(record, kind), preserving_proto_field_name=True)
             )
         profile = {"user_id": caller.user_id, "email": caller.email}
@@ -80,16 +81,15 @@ class AccountServicer(account_pb2_grpc.AccountServiceServicer):
     ) -> account_pb2.DeleteAccountResponse:
         caller = principal()
         purged = await self._peers.user_data.PurgeUser(memory_pb2.PurgeUserRequest(), **self._unary())
-        revoked = await self._peers.auth.RevokeAllSessions(
-            auth_pb2.RevokeAllSessionsRequest(), **self._unary()
-        )
+        # Then the sign-in itself: the account, its identities and every session (refresh tokens die here).
+        erased = await self._peers.identity.EraseUser(identity_pb2.EraseUserRequest(), **self._unary())
         log.info(
             "account deleted",
             extra={
                 "user_id": caller.user_id,
                 "deleted_rows": purged.deleted_rows,
                 "deleted_keys": purged.deleted_keys,
-                "revoked_sessions": revoked.revoked_sessions,
+                "identity_erased": erased.erased,
             },
         )
         return account_pb2.DeleteAccountResponse()

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import grpc
 from athena.auth.v1 import auth_pb2_grpc
+from athena.identity.v1 import identity_pb2_grpc
 from athena.memory.v1 import memory_pb2_grpc
 from athena.orchestrator.v1 import orchestrator_pb2_grpc
 
@@ -21,6 +22,7 @@ class Peers:
     agents: memory_pb2_grpc.AgentServiceAsyncStub
     user_data: memory_pb2_grpc.UserDataServiceAsyncStub
     auth: auth_pb2_grpc.AuthServiceAsyncStub
+    identity: identity_pb2_grpc.IdentityServiceAsyncStub
     channels: tuple[grpc.aio.Channel, ...]
 
     @classmethod
@@ -35,6 +37,7 @@ class Peers:
             agents=memory_pb2_grpc.AgentServiceStub(memory),
             user_data=memory_pb2_grpc.UserDataServiceStub(memory),
             auth=auth_pb2_grpc.AuthServiceStub(auth),
+            identity=identity_pb2_grpc.IdentityServiceStub(auth),
             channels=(orchestrator, memory, auth),
         )
 

@@ -29,6 +29,8 @@ def test_gen_is_what_buf_generates_from_proto(tmp_path: Path) -> None:
     subprocess.run([str(bin_dir / "buf"), "generate"], cwd=tmp_path, env=env, check=True, timeout=120)
 
     fresh, committed = _tree(tmp_path / "gen"), _tree(ROOT / "gen")
-    assert sorted(fresh) == sorted(committed), "gen/ lists other files than proto/ generates: run `make proto`"
+    assert sorted(fresh) == sorted(committed), (
+        "gen/ lists other files than proto/ generates: run `make proto`"
+    )
     stale = [name for name in fresh if not filecmp.cmp(fresh[name], committed[name], shallow=False)]
     assert not stale, f"gen/ is stale for {stale}: run `make proto`"

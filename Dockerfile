@@ -1,0 +1,45 @@
+# syntax=docker/dockerfile:1
+# One image for every Python service of AthenaOS; the service is the argument:
+#   docker build -t REGISTRY/athenaos:TAG .
+#   docker run --rm REGISTRY/athenaos:TAG router --help      # also orchestrator, memory, auth,
+#                                                             # `memory migrate`, `auth migrate`, `auth rotate-keys`
+# The Kubernetes manifests (k8s/) run it as user 10001 on a read-only root filesystem with /tmp writable.
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+# --- builder: the package and its dependencies in a virtualenv (all of them ship wheels) ---------------
+FROM ${PYTHON_IMAGE} AS builder
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1
+RUN python -m venv /opt/athena
+WORKDIR /src
+# Only what the package is made of (setuptools finds packages in "." and "gen/python"); the build context
+# is trimmed further by .dockerignore.
+COPY pyproject.toml ./
+COPY gen/python gen/python
+COPY mesh mesh
+COPY router router
+COPY orchestrator orchestrator
+COPY memory memory
+COPY auth auth
+# Not editable: the code is copied into the virtualenv, and /src is left behind with this stage.
+RUN /opt/athena/bin/pip install . \
+ && /opt/athena/bin/python -c "import router, orchestrator, memory, auth, athena.chat.v1.chat_pb2"
+
+# --- runtime: Python, the virtualenv, an unprivileged user; no compilers, no pip cache, no sources -------
+FROM ${PYTHON_IMAGE}
+LABEL org.opencontainers.image.title="athenaos" \
+      org.opencontainers.image.description="AthenaOS gRPC services: router, orchestrator, memory, auth"
+RUN groupadd --system --gid 10001 athena \
+ && useradd --system --uid 10001 --gid 10001 --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin athena
+COPY --from=builder /opt/athena /opt/athena
+ENV PATH=/opt/athena/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    ATHENA_DATA_DIR=/tmp/athena
+WORKDIR /tmp
+USER 10001:10001
+# gRPC ports, then HTTP side ports (/metrics; auth's also serves /.well-known/jwks.json).
+EXPOSE 50051 50052 50053 50054 9101 9102 9103 9104
+ENTRYPOINT ["python", "-m"]
+CMD ["router"]

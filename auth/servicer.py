@@ -1,0 +1,142 @@
+"""`athena.auth.v1.AuthService` over gRPC: proto in, domain call, proto out. Nothing else lives here."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import grpc
+from athena.auth.v1 import auth_pb2, auth_pb2_grpc
+from athena.identity.v1 import identity_pb2, identity_pb2_grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from auth.keys import KeyRing
+from auth.oidc import OidcLogin
+from auth.sessions import Session, SessionManager
+from auth.store import UserRecord
+from mesh.context import principal
+
+SERVICE_NAME = auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name
+PUBLIC_METHODS = tuple(
+    f"/{SERVICE_NAME}/{name}"
+    for name in (
+        "ListProviders",
+        "BeginLogin",
+        "CompleteLogin",
+        "DevLogin",
+        "RefreshSession",
+        "Logout",
+        "GetJwks",
+    )
+)
+"""Methods callable without an access token (everything but RevokeAllSessions)."""
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def _timestamp(value: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def _user(user: UserRecord) -> auth_pb2.User:
+    return auth_pb2.User(
+        id=user.id, email=user.email, display_name=user.display_name, created_at=_timestamp(user.created_at)
+    )
+
+
+def _session(session: Session) -> auth_pb2.Session:
+    return auth_pb2.Session(
+        access_token=session.access_token,
+        access_token_expires_at=_timestamp(session.access_token_expires_at),
+        refresh_token=session.refresh_token,
+        refresh_token_expires_at=_timestamp(session.refresh_token_expires_at),
+        user=_user(session.user),
+    )
+
+
+class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
+    def __init__(
+        self,
+        sessions: SessionManager,
+        login: OidcLogin,
+        keys: Callable[[], KeyRing],
+        clock: Callable[[], datetime],
+    ) -> None:
+        self._sessions = sessions
+        self._login = login
+        self._keys = keys
+        self._clock = clock
+
+    async def ListProviders(
+        self, request: auth_pb2.ListProvidersRequest, context: Context
+    ) -> auth_pb2.ListProvidersResponse:
+        providers = [
+            auth_pb2.Provider(id=provider.id, display_name=provider.settings.display_name)
+            for provider in self._login.providers.values()
+        ]
+        if self._sessions.dev_login_enabled:
+            providers.append(auth_pb2.Provider(id="dev", display_name="Developer sign-in"))
+        return auth_pb2.ListProvidersResponse(providers=providers)
+
+    async def BeginLogin(
+        self, request: auth_pb2.BeginLoginRequest, context: Context
+    ) -> auth_pb2.BeginLoginResponse:
+        start = await self._login.begin(request.provider, request.redirect_uri)
+        return auth_pb2.BeginLoginResponse(authorization_url=start.authorization_url, state=start.state)
+
+    async def CompleteLogin(
+        self, request: auth_pb2.CompleteLoginRequest, context: Context
+    ) -> auth_pb2.CompleteLoginResponse:
+        session = await self._login.complete(request.state, request.code)
+        return auth_pb2.CompleteLoginResponse(session=_session(session))
+
+    async def DevLogin(
+        self, request: auth_pb2.DevLoginRequest, context: Context
+    ) -> auth_pb2.DevLoginResponse:
+        session = await self._sessions.dev_login(request.email, request.display_name)
+        return auth_pb2.DevLoginResponse(session=_session(session))
+
+    async def RefreshSession(
+        self, request: auth_pb2.RefreshSessionRequest, context: Context
+    ) -> auth_pb2.RefreshSessionResponse:
+        session = await self._sessions.refresh(request.refresh_token)
+        return auth_pb2.RefreshSessionResponse(session=_session(session))
+
+    async def Logout(self, request: auth_pb2.LogoutRequest, context: Context) -> auth_pb2.LogoutResponse:
+        await self._sessions.logout(request.refresh_token)
+        return auth_pb2.LogoutResponse()
+
+    async def RevokeAllSessions(
+        self, request: auth_pb2.RevokeAllSessionsRequest, context: Context
+    ) -> auth_pb2.RevokeAllSessionsResponse:
+        revoked = await self._sessions.revoke_all(principal().user_id)
+        return auth_pb2.RevokeAllSessionsResponse(revoked_sessions=revoked)
+
+    async def GetJwks(self, request: auth_pb2.GetJwksRequest, context: Context) -> auth_pb2.GetJwksResponse:
+        jwks = self._keys().jwks(self._clock())
+        return auth_pb2.GetJwksResponse(
+            keys=[
+                auth_pb2.Jwk(
+                    kty=key["kty"], kid=key["kid"], use=key["use"], alg=key["alg"], n=key["n"], e=key["e"]
+                )
+                for key in jwks["keys"]
+            ]
+        )
+
+
+IDENTITY_SERVICE_NAME = identity_pb2.DESCRIPTOR.services_by_name["IdentityService"].full_name
+
+
+class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
+    """Internal: the router's half of account erasure."""
+
+    def __init__(self, sessions: SessionManager) -> None:
+        self._sessions = sessions
+
+    async def EraseUser(
+        self, request: identity_pb2.EraseUserRequest, context: Context
+    ) -> identity_pb2.EraseUserResponse:
+        return identity_pb2.EraseUserResponse(erased=await self._sessions.erase_user(principal().user_id))

@@ -1,0 +1,313 @@
+// The conversation: messages as articles in an aria-live log, the answer growing as each text delta
+// arrives, tool calls and handoffs as indicators inside the answer, and the composer (Enter sends,
+// Shift+Enter adds a line).
+import { timestampDate } from "@bufbuild/protobuf/wkt";
+import {
+  MessageStatus,
+  Role,
+  type ChatResponse,
+  type Conversation,
+  type Message,
+  type ToolCallRecord,
+} from "../../../gen/ts/athena/chat/v1/chat_pb";
+import type { AgentPicker } from "./agents";
+import type { Api } from "./api";
+import { describeError, SignedOutError } from "./errors";
+import { el } from "./dom";
+
+const HANDOFF_PREFIX = "handoff_to_";
+const EMPTY_HINT = "Pick an agent and say hello. Try “remember my goal is 2000 kcal a day”.";
+
+export interface ChatEvents {
+  /** The turn was stored in this conversation (new or continued). */
+  conversationStarted(conversationId: string, offlineModel: boolean): void;
+  /** The turn ended, successfully or not: the conversation list may have changed. */
+  turnFinished(): void;
+  error(error: unknown): void;
+}
+
+/** One assistant message being rendered: its parts are appended in the order they happen. */
+class AnswerView {
+  readonly element: HTMLElement;
+  private readonly author: HTMLElement;
+  private readonly parts: HTMLElement;
+  private text: HTMLElement | null = null;
+  private readonly tools = new Map<string, HTMLElement>();
+
+  constructor(
+    private readonly picker: AgentPicker,
+    agentId: string,
+  ) {
+    this.author = el("h3", { class: "author" });
+    this.parts = el("div", { class: "answer" });
+    this.element = el("article", { class: "message assistant" }, this.author, this.parts);
+    this.setAgent(agentId);
+  }
+
+  setAgent(agentId: string): void {
+    this.author.textContent = this.picker.name(agentId);
+    this.element.dataset.agent = agentId;
+    this.element.style.setProperty("--message-accent", this.picker.accent(agentId));
+  }
+
+  appendText(text: string): void {
+    if (this.text === null) {
+      this.text = el("p", { class: "content" });
+      this.parts.append(this.text);
+    }
+    this.text.append(text);
+  }
+
+  toolCall(callId: string, name: string): void {
+    const indicator = el(
+      "p",
+      { class: "tool-call running", "data-tool": name },
+      el("span", { class: "tool-icon", "aria-hidden": "true" }, "⚙"),
+      ` Using ${name}…`,
+    );
+    this.tools.set(callId, indicator);
+    this.parts.append(indicator);
+    this.text = null;
+  }
+
+  toolResult(callId: string, name: string, isError: boolean): void {
+    const indicator = this.tools.get(callId);
+    if (indicator) {
+      indicator.classList.remove("running");
+      indicator.classList.toggle("failed", isError);
+      indicator.lastChild?.replaceWith(isError ? ` ${name} failed` : ` Used ${name}`);
+    }
+  }
+
+  handoff(fromAgentId: string, toAgentId: string, reason: string): void {
+    const text = `${this.picker.name(fromAgentId)} handed off to ${this.picker.name(toAgentId)}`;
+    this.parts.append(
+      el(
+        "p",
+        { class: "handoff", "data-to": toAgentId },
+        el("span", { "aria-hidden": "true" }, "→ "),
+        reason ? `${text}: ${reason}` : text,
+      ),
+    );
+    this.setAgent(toAgentId);
+    this.text = null;
+  }
+
+  recalled(count: number): void {
+    if (count > 0) {
+      const noun = count === 1 ? "memory" : "memories";
+      this.parts.append(el("p", { class: "recalled" }, `Recalled ${count} ${noun}`));
+    }
+  }
+
+  complete(content: string, model: string): void {
+    if (this.parts.querySelector(".content") === null && content) {
+      this.appendText(content);
+    }
+    this.element.classList.add("complete");
+    this.element.setAttribute("aria-busy", "false");
+    if (model) {
+      this.element.append(el("p", { class: "meta" }, model));
+    }
+  }
+
+  fail(message: string): void {
+    this.element.classList.add("failed");
+    this.element.setAttribute("aria-busy", "false");
+    this.element.append(el("p", { class: "message-error" }, `The answer stopped: ${message}`));
+  }
+
+  /** Renders a stored message's tool calls (their interleaving with text is not stored). */
+  storedToolCalls(records: readonly ToolCallRecord[]): void {
+    for (const record of records) {
+      const target = record.name.startsWith(HANDOFF_PREFIX) ? record.name.slice(HANDOFF_PREFIX.length) : null;
+      if (target !== null) {
+        const text = `→ Handed off to ${this.picker.name(target)}`;
+        this.parts.append(el("p", { class: "handoff", "data-to": target }, text));
+      } else {
+        this.toolCall(record.callId, record.name);
+        this.toolResult(record.callId, record.name, record.isError);
+      }
+    }
+  }
+}
+
+export class ChatView {
+  private conversationId = "";
+  private busy = false;
+
+  constructor(
+    private readonly api: Api,
+    private readonly picker: AgentPicker,
+    private readonly log: HTMLElement,
+    private readonly title: HTMLElement,
+    private readonly form: HTMLFormElement,
+    private readonly input: HTMLTextAreaElement,
+    private readonly events: ChatEvents,
+  ) {
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      void this.send();
+    });
+    input.addEventListener("keydown", (event) => {
+      if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+        event.preventDefault();
+        form.requestSubmit();
+      }
+    });
+  }
+
+  get currentConversation(): string {
+    return this.conversationId;
+  }
+
+  /** An empty chat: the next message starts a new conversation. */
+  startNew(): void {
+    this.conversationId = "";
+    this.title.textContent = "New conversation";
+    this.log.replaceChildren(
+      el("p", { class: "empty muted" }, EMPTY_HINT),
+    );
+  }
+
+  show(conversation: Conversation): void {
+    this.conversationId = conversation.id;
+    this.title.textContent = conversation.title || "Conversation";
+    this.log.replaceChildren(...conversation.messages.map((message) => this.renderStored(message)));
+    const lastAgent = [...conversation.messages].reverse().find((m) => m.role === Role.ASSISTANT)?.agentId;
+    this.picker.select(lastAgent || conversation.agentId);
+    this.log.scrollTop = this.log.scrollHeight;
+  }
+
+  private renderStored(message: Message): HTMLElement {
+    const time = message.createdAt ? timestampDate(message.createdAt) : null;
+    if (message.role === Role.USER) {
+      return userArticle(message.content, time);
+    }
+    const answer = new AnswerView(this.picker, message.agentId);
+    answer.storedToolCalls(message.toolCalls);
+    if (message.content) {
+      answer.appendText(message.content);
+    }
+    if (message.status === MessageStatus.FAILED) {
+      answer.fail(message.error || "the turn failed");
+    } else {
+      answer.complete(message.content, "");
+    }
+    return answer.element;
+  }
+
+  async send(): Promise<void> {
+    const text = this.input.value.trim();
+    const agent = this.picker.selected;
+    if (!text || this.busy || agent === undefined) {
+      return;
+    }
+    this.setBusy(true);
+    this.log.querySelector(".empty")?.remove();
+    this.log.append(userArticle(text, new Date()));
+    this.input.value = "";
+    const answer = new AnswerView(this.picker, agent.id);
+    answer.element.setAttribute("aria-busy", "true");
+    this.log.append(answer.element);
+    this.scroll();
+    let completed = false;
+    try {
+      const stream = this.api.chat.chat({
+        agentId: agent.id,
+        conversationId: this.conversationId,
+        text,
+        clientRequestId: crypto.randomUUID(),
+      });
+      for await (const response of stream) {
+        completed ||= this.apply(answer, response);
+        this.scroll();
+      }
+      if (!completed) {
+        answer.fail("the connection closed early");
+      }
+    } catch (error) {
+      if (!(error instanceof SignedOutError)) {
+        answer.fail(describeError(error));
+        if (!this.conversationId) {
+          // Nothing was stored: give the text back so it can be sent again.
+          this.input.value = text;
+        }
+      }
+      this.events.error(error);
+    } finally {
+      this.setBusy(false);
+      this.events.turnFinished();
+    }
+  }
+
+  /** Applies one event to the answer; true for the completion. */
+  private apply(answer: AnswerView, response: ChatResponse): boolean {
+    const event = response.event;
+    switch (event.case) {
+      case "conversationStarted":
+        if (!this.conversationId) {
+          this.title.textContent = titleOf(this.log);
+        }
+        this.conversationId = event.value.conversationId;
+        answer.setAgent(event.value.agentId || answer.element.dataset.agent || "");
+        this.events.conversationStarted(event.value.conversationId, event.value.offlineModel);
+        return false;
+      case "memoriesRecalled":
+        answer.recalled(event.value.memories.length);
+        return false;
+      case "textDelta":
+        answer.appendText(event.value.text);
+        return false;
+      case "toolCall":
+        if (!event.value.name.startsWith(HANDOFF_PREFIX)) {
+          answer.toolCall(event.value.callId, event.value.name);
+        }
+        return false;
+      case "toolResult":
+        answer.toolResult(event.value.callId, event.value.name, event.value.isError);
+        return false;
+      case "handoff":
+        answer.handoff(event.value.fromAgentId, event.value.toAgentId, event.value.reason);
+        this.picker.select(event.value.toAgentId);
+        return false;
+      case "messageCompleted":
+        answer.setAgent(event.value.agentId || answer.element.dataset.agent || "");
+        answer.complete(event.value.content, event.value.model);
+        return true;
+      default:
+        return false;
+    }
+  }
+
+  private setBusy(busy: boolean): void {
+    this.busy = busy;
+    this.form.setAttribute("aria-busy", String(busy));
+    const button = this.form.querySelector<HTMLButtonElement>("button[type=submit]");
+    if (button) {
+      button.disabled = busy;
+    }
+  }
+
+  private scroll(): void {
+    this.log.scrollTop = this.log.scrollHeight;
+  }
+}
+
+const clock = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit" });
+
+function userArticle(text: string, time: Date | null): HTMLElement {
+  return el(
+    "article",
+    { class: "message user" },
+    el("h3", { class: "author" }, "You"),
+    el("p", { class: "content" }, text),
+    time ? el("time", { datetime: time.toISOString(), class: "meta" }, clock.format(time)) : null,
+  );
+}
+
+/** A provisional title for a new conversation: its first message, shortened. */
+function titleOf(log: HTMLElement): string {
+  const first = log.querySelector(".message.user .content")?.textContent ?? "Conversation";
+  return first.length > 60 ? `${first.slice(0, 57)}…` : first;
+}

@@ -1,0 +1,228 @@
+// AthenaOS in the browser: wires the session, the gRPC-web clients and the views, and switches between
+// sign-in and the app.
+import { Code, ConnectError } from "@connectrpc/connect";
+import type { Session } from "../../../gen/ts/athena/auth/v1/auth_pb";
+import { AccountPanel } from "./account";
+import { AgentPicker } from "./agents";
+import { createApi } from "./api";
+import { ChatView } from "./chat";
+import { byId, show } from "./dom";
+import { describeError, SignedOutError } from "./errors";
+import { conversationInAddress, HistoryView, setConversationInAddress } from "./history";
+import { SessionStore } from "./session";
+import { SignInView } from "./signin";
+
+const OFFLINE_KEY = "athena.offline-model";
+
+class App {
+  private readonly sessions = new SessionStore(localStorage);
+  private readonly api = createApi(location.origin, this.sessions);
+  private readonly appView = byId("app-view", HTMLDivElement);
+  private readonly nav = byId("account-nav", HTMLElement);
+  private readonly userName = byId("user-name", HTMLSpanElement);
+  private readonly badge = byId("offline-badge", HTMLSpanElement);
+  private readonly errorBanner = byId("error", HTMLDivElement);
+  private readonly errorText = byId("error-text", HTMLSpanElement);
+  private readonly historyPanel = byId("history", HTMLElement);
+  private readonly historyToggle = byId("toggle-history", HTMLButtonElement);
+  private readonly menuToggle = byId("toggle-menu", HTMLButtonElement);
+  private readonly signIn = new SignInView(this.api);
+  private readonly picker = new AgentPicker(byId("agent-options", HTMLDivElement), this.appView);
+  private readonly history = new HistoryView(
+    this.api,
+    byId("conversation-list", HTMLUListElement),
+    byId("no-conversations", HTMLParagraphElement),
+  );
+  private readonly account = new AccountPanel(this.api, this.picker);
+  private readonly chat = new ChatView(
+    this.api,
+    this.picker,
+    byId("messages", HTMLElement),
+    byId("conversation-title", HTMLHeadingElement),
+    byId("composer", HTMLFormElement),
+    byId("message", HTMLTextAreaElement),
+    {
+      conversationStarted: (conversationId, offlineModel) => {
+        setConversationInAddress(conversationId);
+        this.history.markCurrent(conversationId);
+        this.setOffline(offlineModel);
+        this.clearError();
+      },
+      turnFinished: () => void this.refreshHistory(),
+      error: (error) => this.showError(error),
+    },
+  );
+
+  constructor() {
+    this.sessions.start(async (refreshToken) => {
+      const response = await this.api.auth.refreshSession({ refreshToken });
+      if (!response.session) {
+        throw new ConnectError("no session in the answer", Code.Unauthenticated);
+      }
+      return response.session;
+    });
+    this.sessions.onSignedOut = (notice) => this.leave(notice);
+    this.signIn.onSignedIn = (session) => void this.enter(session);
+    this.history.onSelect = (conversationId) => {
+      this.toggleHistory(false);
+      void this.open(conversationId);
+    };
+    this.account.onError = (error) => this.showError(error);
+    this.account.onDeleted = () => {
+      this.sessions.clear();
+      this.leave("Your account was deleted.");
+    };
+    byId("new-conversation", HTMLButtonElement).addEventListener("click", () => {
+      this.toggleHistory(false);
+      this.startNew();
+    });
+    byId("sign-out", HTMLButtonElement).addEventListener("click", () => void this.signOut());
+    byId("dismiss-error", HTMLButtonElement).addEventListener("click", () => this.clearError());
+    this.historyToggle.addEventListener("click", () =>
+      this.toggleHistory(this.historyToggle.getAttribute("aria-expanded") !== "true"),
+    );
+    this.menuToggle.addEventListener("click", () =>
+      this.toggleMenu(this.menuToggle.getAttribute("aria-expanded") !== "true"),
+    );
+    this.nav.addEventListener("click", (event) => {
+      if (event.target instanceof HTMLButtonElement) {
+        this.toggleMenu(false);
+      }
+    });
+    window.addEventListener("hashchange", () => {
+      const wanted = conversationInAddress();
+      if (this.sessions.session && wanted !== this.chat.currentConversation) {
+        if (wanted) {
+          void this.open(wanted);
+        } else {
+          this.startNew();
+        }
+      }
+    });
+    this.badge.hidden = localStorage.getItem(OFFLINE_KEY) !== "true";
+  }
+
+  async boot(): Promise<void> {
+    if (await this.signIn.completeRedirect()) {
+      return;
+    }
+    if (this.sessions.session) {
+      await this.enter();
+    } else {
+      await this.signIn.show();
+    }
+  }
+
+  private async enter(session?: Session): Promise<void> {
+    const stored = session ? this.sessions.save(session) : this.sessions.session;
+    this.signIn.hide();
+    this.clearError();
+    this.userName.textContent = stored?.displayName ?? "";
+    show(this.nav, true);
+    show(this.menuToggle, true);
+    show(this.appView, true);
+    this.chat.startNew();
+    try {
+      const agents = await this.api.chat.listAgents({});
+      this.picker.render(agents.agents);
+      const wanted = conversationInAddress();
+      await Promise.all([this.refreshHistory(), wanted ? this.open(wanted) : Promise.resolve()]);
+      byId("message", HTMLTextAreaElement).focus();
+    } catch (error) {
+      this.showError(error);
+    }
+  }
+
+  private leave(notice: string): void {
+    show(this.appView, false);
+    show(this.nav, false);
+    show(this.menuToggle, false);
+    this.toggleMenu(false);
+    this.history.clear();
+    this.chat.startNew();
+    setConversationInAddress("");
+    for (const dialog of document.querySelectorAll("dialog")) {
+      dialog.close();
+    }
+    this.clearError();
+    void this.signIn.show(notice);
+  }
+
+  private async signOut(): Promise<void> {
+    const session = this.sessions.session;
+    this.sessions.clear();
+    if (session) {
+      // Best effort: the session ends here whether or not the server hears about it.
+      await this.api.auth.logout({ refreshToken: session.refreshToken }).catch(() => undefined);
+    }
+    this.leave("You signed out.");
+  }
+
+  private startNew(): void {
+    this.chat.startNew();
+    setConversationInAddress("");
+    this.history.markCurrent("");
+  }
+
+  private async open(conversationId: string): Promise<void> {
+    try {
+      const response = await this.api.chat.getConversation({ conversationId });
+      if (response.conversation) {
+        this.chat.show(response.conversation);
+        setConversationInAddress(conversationId);
+        this.history.markCurrent(conversationId);
+      }
+    } catch (error) {
+      const gone =
+        error instanceof ConnectError && [Code.NotFound, Code.InvalidArgument].includes(error.code);
+      if (gone) {
+        this.startNew();
+        this.showMessage("That conversation no longer exists.");
+      } else {
+        this.showError(error);
+      }
+    }
+  }
+
+  private async refreshHistory(): Promise<void> {
+    try {
+      await this.history.refresh();
+    } catch (error) {
+      this.showError(error);
+    }
+  }
+
+  private setOffline(offline: boolean): void {
+    this.badge.hidden = !offline;
+    localStorage.setItem(OFFLINE_KEY, String(offline));
+  }
+
+  private toggleHistory(open: boolean): void {
+    this.historyToggle.setAttribute("aria-expanded", String(open));
+    this.historyPanel.classList.toggle("open", open);
+  }
+
+  private toggleMenu(open: boolean): void {
+    this.menuToggle.setAttribute("aria-expanded", String(open));
+    this.nav.classList.toggle("open", open);
+  }
+
+  private showError(error: unknown): void {
+    if (error instanceof SignedOutError) {
+      return; // leave() already shows sign-in with the notice.
+    }
+    this.showMessage(describeError(error));
+  }
+
+  private showMessage(message: string): void {
+    this.errorText.textContent = message;
+    show(this.errorBanner, true);
+  }
+
+  private clearError(): void {
+    show(this.errorBanner, false);
+    this.errorText.textContent = "";
+  }
+}
+
+void new App().boot();

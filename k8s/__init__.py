@@ -1,0 +1,1 @@
+"""Kubernetes deployment of AthenaOS: kustomize base and overlays, and the Envoy ConfigMap renderer."""

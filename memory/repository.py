@@ -1,0 +1,545 @@
+"""The SQL behind the stores of memory.stores, on asyncpg.
+
+Queries still say `WHERE user_id = $1` (clear intent, better plans); row-level security, set up by
+`Database.transaction`, is the second wall behind them. Each public method is one transaction.
+"""
+
+# ruff: noqa: S608 (queries interpolate only the column-list constants of this module; values are bound)
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Sequence
+
+import asyncpg
+import numpy as np
+import numpy.typing as npt
+
+from memory.database import Connection, Database
+from memory.domain import (
+    USER_SCOPE,
+    AgentDefinition,
+    ConversationRecord,
+    MemoryRecord,
+    MessageRecord,
+    MessageStatus,
+    NewAssistantMessage,
+    NewMemory,
+    Role,
+    Scope,
+    ToolCall,
+    UserAgent,
+    conversation_title,
+)
+from memory.pagination import Cursor
+from memory.stores import ExportRecord, Vector
+from mesh.errors import InvalidArgument, NotFound
+
+_MEMORY_COLUMNS = "id, agent_scope, agent_id, key, text, created_at, updated_at"
+_MESSAGE_COLUMNS = "id, role, agent_id, content, tool_call, status, error, created_at"
+_CONVERSATION_COLUMNS = "id, agent_id, title, created_at, updated_at"
+_AGENT_COLUMNS = (
+    "a.id, a.name, a.description, a.system_prompt, a.user_prompt, a.model, a.accent_token, a.enabled"
+)
+
+
+async def _ensure_user(connection: Connection, user_id: str) -> None:
+    """Users exist from their first write on."""
+    await connection.execute(
+        "INSERT INTO users (id) VALUES ($1) ON CONFLICT (id) DO NOTHING", uuid.UUID(user_id)
+    )
+
+
+def _memory(row: asyncpg.Record) -> MemoryRecord:
+    scope = Scope.USER if row["agent_scope"] == USER_SCOPE else Scope.AGENT
+    return MemoryRecord(
+        id=str(row["id"]),
+        text=row["text"],
+        scope=scope,
+        agent_id=row["agent_id"],
+        key=row["key"] or "",
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+def _message(row: asyncpg.Record) -> MessageRecord:
+    return MessageRecord(
+        id=str(row["id"]),
+        role=Role(row["role"]),
+        agent_id=row["agent_id"],
+        content=row["content"],
+        tool_calls=tuple(ToolCall(**call) for call in row["tool_call"]),
+        status=MessageStatus(row["status"]),
+        error=row["error"],
+        created_at=row["created_at"],
+    )
+
+
+def _conversation(row: asyncpg.Record, messages: Sequence[MessageRecord] = ()) -> ConversationRecord:
+    return ConversationRecord(
+        id=str(row["id"]),
+        agent_id=row["agent_id"],
+        title=row["title"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        messages=tuple(messages),
+    )
+
+
+def _user_agent(row: asyncpg.Record) -> UserAgent:
+    definition = AgentDefinition(
+        id=row["id"],
+        name=row["name"],
+        description=row["description"],
+        system_prompt=row["system_prompt"],
+        user_prompt=row["user_prompt"],
+        model=row["model"],
+        accent_token=row["accent_token"],
+        enabled=row["enabled"],
+    )
+    return UserAgent(definition=definition, enabled=row["enabled"] and row["user_enabled"])
+
+
+def _tool_calls_json(calls: Sequence[ToolCall]) -> list[dict[str, object]]:
+    return [
+        {
+            "call_id": c.call_id,
+            "name": c.name,
+            "arguments_json": c.arguments_json,
+            "result_json": c.result_json,
+            "is_error": c.is_error,
+        }
+        for c in calls
+    ]
+
+
+def _vector(values: Vector) -> npt.NDArray[np.float32]:
+    return np.asarray(values, dtype=np.float32)
+
+
+class PostgresMemoryStore:
+    """Long-term memories in `vector_memory` (HNSW cosine index on `embedding`, GIN on `tsv`)."""
+
+    def __init__(self, database: Database, *, ef_search: int = 100) -> None:
+        self._db = database
+        self._ef_search = ef_search
+
+    async def upsert(self, user_id: str, memory: NewMemory, embedding: Vector) -> tuple[MemoryRecord, bool]:
+        uid = uuid.UUID(user_id)
+        async with self._db.transaction(user_id) as connection:
+            await _ensure_user(connection, user_id)
+            if memory.key:
+                row = await connection.fetchrow(
+                    f"""INSERT INTO vector_memory (user_id, agent_scope, agent_id, key, text, embedding)
+                        VALUES ($1, $2, $3, $4, $5, $6)
+                        ON CONFLICT (user_id, agent_scope, key) DO UPDATE
+                        SET agent_id = EXCLUDED.agent_id, text = EXCLUDED.text,
+                            embedding = EXCLUDED.embedding,
+                            updated_at = clock_timestamp()
+                        RETURNING {_MEMORY_COLUMNS}, (xmax = 0) AS created""",
+                    uid,
+                    memory.agent_scope,
+                    memory.agent_id,
+                    memory.key,
+                    memory.text,
+                    _vector(embedding),
+                )
+            else:
+                # A keyless memory with exactly the same text in the same scope is the same memory (a
+                # retried tool call must not store it twice): refresh it instead.
+                row = await connection.fetchrow(
+                    f"""UPDATE vector_memory SET agent_id = $3, embedding = $5, updated_at = clock_timestamp()
+                        WHERE id = (SELECT id FROM vector_memory
+                                    WHERE user_id = $1 AND agent_scope = $2 AND key IS NULL AND text = $4
+                                    ORDER BY created_at LIMIT 1)
+                        RETURNING {_MEMORY_COLUMNS}, false AS created""",
+                    uid,
+                    memory.agent_scope,
+                    memory.agent_id,
+                    memory.text,
+                    _vector(embedding),
+                )
+                if row is None:
+                    row = await connection.fetchrow(
+                        f"""INSERT INTO vector_memory (user_id, agent_scope, agent_id, text, embedding)
+                            VALUES ($1, $2, $3, $4, $5) RETURNING {_MEMORY_COLUMNS}, true AS created""",
+                        uid,
+                        memory.agent_scope,
+                        memory.agent_id,
+                        memory.text,
+                        _vector(embedding),
+                    )
+        assert row is not None
+        return _memory(row), bool(row["created"])
+
+    async def nearest(
+        self, user_id: str, agent_id: str, embedding: Vector, limit: int
+    ) -> list[tuple[MemoryRecord, float]]:
+        # Iterative index scans (pgvector ≥ 0.8) keep walking the HNSW graph until `limit` rows survive
+        # the per-user filter, instead of filtering a fixed ef_search-sized candidate list down to few.
+        settings = {
+            "hnsw.ef_search": str(max(self._ef_search, limit)),
+            "hnsw.iterative_scan": "relaxed_order",
+        }
+        async with self._db.transaction(user_id, settings=settings) as connection:
+            rows = await connection.fetch(
+                f"""SELECT {_MEMORY_COLUMNS}, embedding <=> $3 AS distance FROM vector_memory
+                    WHERE user_id = $1 AND agent_scope = ANY($2::text[])
+                    ORDER BY embedding <=> $3 LIMIT $4""",
+                uuid.UUID(user_id),
+                [USER_SCOPE, agent_id],
+                _vector(embedding),
+                limit,
+            )
+        return [(_memory(row), 1.0 - float(row["distance"])) for row in rows]
+
+    async def keyword(
+        self, user_id: str, agent_id: str, query: str, limit: int
+    ) -> list[tuple[MemoryRecord, float]]:
+        async with self._db.transaction(user_id) as connection:
+            # Normalisation 32 maps the rank to rank/(rank + 1), i.e. into 0..1.
+            rows = await connection.fetch(
+                f"""SELECT {_MEMORY_COLUMNS}, ts_rank(tsv, q, 32) AS rank
+                    FROM vector_memory, websearch_to_tsquery('english', $3) AS q
+                    WHERE user_id = $1 AND agent_scope = ANY($2::text[]) AND tsv @@ q
+                    ORDER BY rank DESC, updated_at DESC LIMIT $4""",
+                uuid.UUID(user_id),
+                [USER_SCOPE, agent_id],
+                query,
+                limit,
+            )
+        return [(_memory(row), float(row["rank"])) for row in rows]
+
+    async def delete(self, user_id: str, memory_ids: Sequence[str]) -> list[str]:
+        if not memory_ids:
+            return []
+        async with self._db.transaction(user_id) as connection:
+            rows = await connection.fetch(
+                "DELETE FROM vector_memory WHERE user_id = $1 AND id = ANY($2::uuid[]) RETURNING id",
+                uuid.UUID(user_id),
+                [uuid.UUID(i) for i in memory_ids],
+            )
+        deleted = {str(row["id"]) for row in rows}
+        return [i for i in memory_ids if i in deleted]
+
+    async def list(self, user_id: str, limit: int, after: Cursor | None) -> list[MemoryRecord]:
+        async with self._db.transaction(user_id, readonly=True) as connection:
+            if after is None:
+                rows = await connection.fetch(
+                    f"""SELECT {_MEMORY_COLUMNS} FROM vector_memory WHERE user_id = $1
+                        ORDER BY created_at DESC, id DESC LIMIT $2""",
+                    uuid.UUID(user_id),
+                    limit,
+                )
+            else:
+                rows = await connection.fetch(
+                    f"""SELECT {_MEMORY_COLUMNS} FROM vector_memory
+                        WHERE user_id = $1 AND (created_at, id) < ($3, $4)
+                        ORDER BY created_at DESC, id DESC LIMIT $2""",
+                    uuid.UUID(user_id),
+                    limit,
+                    after.at,
+                    uuid.UUID(after.id),
+                )
+        return [_memory(row) for row in rows]
+
+
+class PostgresConversationStore:
+    """Conversations and their messages."""
+
+    def __init__(self, database: Database) -> None:
+        self._db = database
+
+    async def append_user_message(
+        self,
+        user_id: str,
+        conversation_id: str | None,
+        agent_id: str,
+        text: str,
+        client_request_id: str | None,
+    ) -> tuple[ConversationRecord, MessageRecord, bool]:
+        try:
+            return await self._append_user_message(
+                user_id, conversation_id, agent_id, text, client_request_id
+            )
+        except asyncpg.UniqueViolationError:
+            # A concurrent request with the same client_request_id won the race: answer its message.
+            return await self._append_user_message(
+                user_id, conversation_id, agent_id, text, client_request_id
+            )
+
+    async def _append_user_message(
+        self,
+        user_id: str,
+        conversation_id: str | None,
+        agent_id: str,
+        text: str,
+        client_request_id: str | None,
+    ) -> tuple[ConversationRecord, MessageRecord, bool]:
+        uid = uuid.UUID(user_id)
+        async with self._db.transaction(user_id) as connection:
+            if client_request_id is not None:
+                existing = await connection.fetchrow(
+                    f"SELECT {_MESSAGE_COLUMNS}, conv_id FROM messages"
+                    " WHERE user_id = $1 AND client_request_id = $2",
+                    uid,
+                    client_request_id,
+                )
+                if existing is not None:
+                    conversation = await connection.fetchrow(
+                        f"SELECT {_CONVERSATION_COLUMNS} FROM conversations WHERE id = $1",
+                        existing["conv_id"],
+                    )
+                    assert conversation is not None
+                    return _conversation(conversation), _message(existing), True
+            await _ensure_user(connection, user_id)
+            if conversation_id is None:
+                conv_uuid = uuid.uuid4()
+                await connection.execute(
+                    "INSERT INTO conversations (id, user_id, agent_id, title) VALUES ($1, $2, $3, $4)",
+                    conv_uuid,
+                    uid,
+                    agent_id,
+                    conversation_title(text),
+                )
+            else:
+                conv_uuid = uuid.UUID(conversation_id)
+                found = await connection.fetchval(
+                    "SELECT 1 FROM conversations WHERE user_id = $1 AND id = $2 FOR UPDATE", uid, conv_uuid
+                )
+                if found is None:
+                    raise NotFound("conversation not found")
+            message = await connection.fetchrow(
+                f"""INSERT INTO messages (id, conv_id, user_id, role, agent_id, content, client_request_id)
+                    VALUES ($1, $2, $3, 'user', $4, $5, $6) RETURNING {_MESSAGE_COLUMNS}""",
+                uuid.uuid4(),
+                conv_uuid,
+                uid,
+                agent_id,
+                text,
+                client_request_id,
+            )
+            conversation = await connection.fetchrow(
+                f"""UPDATE conversations SET updated_at = clock_timestamp() WHERE id = $1
+                    RETURNING {_CONVERSATION_COLUMNS}""",
+                conv_uuid,
+            )
+        assert message is not None
+        assert conversation is not None
+        return _conversation(conversation), _message(message), False
+
+    async def append_assistant_message(self, user_id: str, message: NewAssistantMessage) -> MessageRecord:
+        uid = uuid.UUID(user_id)
+        conv_uuid = uuid.UUID(message.conversation_id)
+        async with self._db.transaction(user_id) as connection:
+            found = await connection.fetchval(
+                "SELECT 1 FROM conversations WHERE user_id = $1 AND id = $2 FOR UPDATE", uid, conv_uuid
+            )
+            if found is None:
+                raise NotFound("conversation not found")
+            # The same message id again (a retried or completed turn) replaces the earlier version.
+            row = await connection.fetchrow(
+                f"""INSERT INTO messages
+                        (id, conv_id, user_id, role, agent_id, content, tool_call, status, error)
+                    VALUES ($1, $2, $3, 'assistant', $4, $5, $6, $7, $8)
+                    ON CONFLICT (id) DO UPDATE
+                    SET agent_id = EXCLUDED.agent_id, content = EXCLUDED.content,
+                        tool_call = EXCLUDED.tool_call,
+                        status = EXCLUDED.status, error = EXCLUDED.error
+                    WHERE messages.conv_id = EXCLUDED.conv_id AND messages.role = 'assistant'
+                    RETURNING {_MESSAGE_COLUMNS}""",
+                uuid.UUID(message.message_id),
+                conv_uuid,
+                uid,
+                message.agent_id,
+                message.content,
+                _tool_calls_json(message.tool_calls),
+                message.status.value,
+                message.error,
+            )
+            if row is None:
+                raise InvalidArgument("message.id", "is the id of another message")
+            await connection.execute(
+                "UPDATE conversations SET updated_at = clock_timestamp() WHERE id = $1", conv_uuid
+            )
+        return _message(row)
+
+    async def list(self, user_id: str, limit: int, after: Cursor | None) -> list[ConversationRecord]:
+        async with self._db.transaction(user_id, readonly=True) as connection:
+            if after is None:
+                rows = await connection.fetch(
+                    f"""SELECT {_CONVERSATION_COLUMNS} FROM conversations WHERE user_id = $1
+                        ORDER BY updated_at DESC, id DESC LIMIT $2""",
+                    uuid.UUID(user_id),
+                    limit,
+                )
+            else:
+                rows = await connection.fetch(
+                    f"""SELECT {_CONVERSATION_COLUMNS} FROM conversations
+                        WHERE user_id = $1 AND (updated_at, id) < ($3, $4)
+                        ORDER BY updated_at DESC, id DESC LIMIT $2""",
+                    uuid.UUID(user_id),
+                    limit,
+                    after.at,
+                    uuid.UUID(after.id),
+                )
+        return [_conversation(row) for row in rows]
+
+    async def get(self, user_id: str, conversation_id: str, last_messages: int) -> ConversationRecord:
+        uid = uuid.UUID(user_id)
+        conv_uuid = uuid.UUID(conversation_id)
+        async with self._db.transaction(user_id, readonly=True) as connection:
+            conversation = await connection.fetchrow(
+                f"SELECT {_CONVERSATION_COLUMNS} FROM conversations WHERE user_id = $1 AND id = $2",
+                uid,
+                conv_uuid,
+            )
+            if conversation is None:
+                raise NotFound("conversation not found")
+            messages = await _messages(connection, uid, conv_uuid, last_messages)
+        return _conversation(conversation, messages)
+
+    async def delete(self, user_id: str, conversation_id: str) -> None:
+        async with self._db.transaction(user_id) as connection:
+            deleted = await connection.fetchval(
+                "DELETE FROM conversations WHERE user_id = $1 AND id = $2 RETURNING id",
+                uuid.UUID(user_id),
+                uuid.UUID(conversation_id),
+            )
+        if deleted is None:
+            raise NotFound("conversation not found")
+
+
+async def _messages(
+    connection: Connection, user_id: uuid.UUID, conv_id: uuid.UUID, last: int = 0
+) -> list[MessageRecord]:
+    if last > 0:
+        rows = await connection.fetch(
+            f"""SELECT * FROM (SELECT {_MESSAGE_COLUMNS}, seq FROM messages
+                               WHERE user_id = $1 AND conv_id = $2 ORDER BY seq DESC LIMIT $3) AS recent
+                ORDER BY seq""",
+            user_id,
+            conv_id,
+            last,
+        )
+    else:
+        rows = await connection.fetch(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE user_id = $1 AND conv_id = $2 ORDER BY seq",
+            user_id,
+            conv_id,
+        )
+    return [_message(row) for row in rows]
+
+
+_LIST_AGENTS = f"""SELECT {_AGENT_COLUMNS}, COALESCE(ua.enabled, true) AS user_enabled
+    FROM agents AS a LEFT JOIN user_agents AS ua ON ua.agent_id = a.id AND ua.user_id = $1"""
+
+
+class PostgresAgentStore:
+    """The global agent catalog and each user's enabled state (default: enabled)."""
+
+    def __init__(self, database: Database) -> None:
+        self._db = database
+
+    async def sync(self, agents: Sequence[AgentDefinition]) -> None:
+        async with self._db.transaction(None) as connection:
+            await connection.executemany(
+                """INSERT INTO agents (id, name, description, system_prompt, user_prompt, model, accent_token,
+                                       enabled, position, updated_at)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now())
+                   ON CONFLICT (id) DO UPDATE
+                   SET name = EXCLUDED.name, description = EXCLUDED.description,
+                       system_prompt = EXCLUDED.system_prompt, user_prompt = EXCLUDED.user_prompt,
+                       model = EXCLUDED.model, accent_token = EXCLUDED.accent_token,
+                       enabled = EXCLUDED.enabled,
+                       position = EXCLUDED.position, updated_at = now()""",
+                [
+                    (
+                        a.id,
+                        a.name,
+                        a.description,
+                        a.system_prompt,
+                        a.user_prompt,
+                        a.model,
+                        a.accent_token,
+                        a.enabled,
+                        position,
+                    )
+                    for position, a in enumerate(agents)
+                ],
+            )
+            await connection.execute(
+                "UPDATE agents SET enabled = false, updated_at = now()"
+                " WHERE NOT (id = ANY($1::text[])) AND enabled",
+                [a.id for a in agents],
+            )
+
+    async def list(self, user_id: str) -> list[UserAgent]:
+        async with self._db.transaction(user_id, readonly=True) as connection:
+            rows = await connection.fetch(f"{_LIST_AGENTS} ORDER BY a.position, a.id", uuid.UUID(user_id))
+        return [_user_agent(row) for row in rows]
+
+    async def set_enabled(self, user_id: str, agent_id: str, enabled: bool) -> UserAgent:
+        uid = uuid.UUID(user_id)
+        async with self._db.transaction(user_id) as connection:
+            if await connection.fetchval("SELECT 1 FROM agents WHERE id = $1", agent_id) is None:
+                raise NotFound(f"agent {agent_id!r} not found")
+            await _ensure_user(connection, user_id)
+            await connection.execute(
+                """INSERT INTO user_agents (user_id, agent_id, enabled, enabled_at, updated_at)
+                   VALUES ($1, $2, $3, CASE WHEN $3 THEN now() END, now())
+                   ON CONFLICT (user_id, agent_id) DO UPDATE
+                   SET enabled = EXCLUDED.enabled,
+                       enabled_at = CASE WHEN EXCLUDED.enabled AND NOT user_agents.enabled THEN now()
+                                         ELSE user_agents.enabled_at END,
+                       updated_at = now()""",
+                uid,
+                agent_id,
+                enabled,
+            )
+            row = await connection.fetchrow(f"{_LIST_AGENTS} WHERE a.id = $2", uid, agent_id)
+        assert row is not None
+        return _user_agent(row)
+
+
+class PostgresUserDataStore:
+    """Export and erasure of everything a user has in PostgreSQL."""
+
+    _TABLES = ("messages", "conversations", "vector_memory", "user_agents")
+
+    def __init__(self, database: Database) -> None:
+        self._db = database
+
+    async def export(self, user_id: str) -> AsyncIterator[ExportRecord]:
+        uid = uuid.UUID(user_id)
+        # One repeatable-read snapshot for the whole stream, so the export is consistent.
+        async with self._db.transaction(user_id, readonly=True) as connection:
+            for row in await connection.fetch(f"{_LIST_AGENTS} ORDER BY a.position, a.id", uid):
+                yield _user_agent(row)
+            conversations = await connection.fetch(
+                f"SELECT {_CONVERSATION_COLUMNS} FROM conversations"
+                " WHERE user_id = $1 ORDER BY created_at, id",
+                uid,
+            )
+            for conversation in conversations:
+                yield _conversation(conversation, await _messages(connection, uid, conversation["id"]))
+            async for row in connection.cursor(
+                f"SELECT {_MEMORY_COLUMNS} FROM vector_memory WHERE user_id = $1 ORDER BY created_at, id", uid
+            ):
+                yield _memory(row)
+
+    async def purge(self, user_id: str) -> int:
+        uid = uuid.UUID(user_id)
+        async with self._db.transaction(user_id) as connection:
+            counts = await connection.fetchrow(
+                "SELECT "
+                + ", ".join(f"(SELECT count(*) FROM {t} WHERE user_id = $1) AS {t}" for t in self._TABLES),
+                uid,
+            )
+            # One delete: every user-data table cascades from users.
+            users = await connection.fetchval(
+                "WITH gone AS (DELETE FROM users WHERE id = $1 RETURNING 1) SELECT count(*) FROM gone", uid
+            )
+        assert counts is not None
+        return int(users) + sum(int(counts[t]) for t in self._TABLES)

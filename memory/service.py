@@ -1,0 +1,321 @@
+"""The servicers of memory.proto: proto in → validation and domain → proto out.
+
+The user is always the verified caller (`mesh.context.principal()`), never a field of the request.
+Everything is validated before anything is written; errors are `mesh.errors` exceptions, turned into
+statuses by the shared ErrorInterceptor.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from athena.memory.v1 import memory_pb2, memory_pb2_grpc
+
+from memory import convert
+from memory.domain import (
+    MAX_EPHEMERAL_VALUE,
+    MAX_FORGET_LIMIT,
+    MAX_K,
+    MAX_MEMORY_TEXT,
+    MAX_MESSAGE_TEXT,
+    ConversationRecord,
+    MemoryRecord,
+    NewAssistantMessage,
+    NewMemory,
+    UserAgent,
+    bounded_count,
+    optional_client_request_id,
+    optional_embedding,
+    optional_key,
+    optional_uuid,
+    require_agent_id,
+    require_ephemeral_key,
+    require_json,
+    require_namespace,
+    require_scope,
+    require_text,
+    require_uuid,
+    ttl_seconds,
+    validate_catalog,
+    validate_tool_calls,
+)
+from memory.embeddings import Embedder
+from memory.pagination import Cursor, decode_page_token, encode_page_token
+from memory.recall import Recaller, RecallQuery
+from memory.stores import AgentStore, ConversationStore, EphemeralStore, MemoryStore, UserDataStore
+from mesh.context import principal
+from mesh.errors import InvalidArgument, NotFound, Unauthenticated
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+_MEMORY_PAGE = "memories"
+_CONVERSATION_PAGE = "conversations"
+_MAX_ERROR_TEXT = 4000
+
+
+def caller_id() -> str:
+    """The verified caller's user id (the token's subject, a UUID)."""
+    subject = principal().user_id
+    try:
+        return str(uuid.UUID(subject))
+    except ValueError:
+        raise Unauthenticated("the token's subject is not a user id") from None
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryDefaults:
+    """Configured values the memory servicer fills in for zeros."""
+
+    dimension: int
+    recall_k: int = 8
+    ephemeral_ttl_seconds: float = 300.0
+
+
+class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
+    def __init__(
+        self,
+        store: MemoryStore,
+        recaller: Recaller,
+        embedder: Embedder,
+        ephemeral: EphemeralStore,
+        defaults: MemoryDefaults,
+    ) -> None:
+        self._store = store
+        self._recaller = recaller
+        self._embedder = embedder
+        self._ephemeral = ephemeral
+        self._defaults = defaults
+
+    async def Remember(
+        self, request: memory_pb2.RememberRequest, context: Context
+    ) -> memory_pb2.RememberResponse:
+        user_id = caller_id()
+        memory = NewMemory(
+            text=require_text(request.text, "text", MAX_MEMORY_TEXT),
+            scope=require_scope(convert.scope_from_proto(request.scope)),
+            agent_id=require_agent_id(request.agent_id),
+            key=optional_key(request.key),
+            embedding=optional_embedding(request.embedding, self._defaults.dimension),
+        )
+        embedding = memory.embedding
+        if embedding is None:
+            (embedding,) = await self._embedder.embed([memory.text])
+        record, created = await self._store.upsert(user_id, memory, embedding)
+        return memory_pb2.RememberResponse(memory=convert.memory_to_proto(record), created=created)
+
+    def _recall_query(self, text: str, field: str, agent_id: str, k: int, embedding: Any = ()) -> RecallQuery:
+        return RecallQuery(
+            text=require_text(text, field, MAX_MEMORY_TEXT),
+            agent_id=require_agent_id(agent_id),
+            k=k,
+            embedding=optional_embedding(embedding, self._defaults.dimension),
+        )
+
+    async def Recall(self, request: memory_pb2.RecallRequest, context: Context) -> memory_pb2.RecallResponse:
+        user_id = caller_id()
+        k = bounded_count(request.k, "k", default=self._defaults.recall_k, maximum=MAX_K)
+        query = self._recall_query(request.query, "query", request.agent_id, k, request.embedding)
+        hits = await self._recaller.recall(user_id, query)
+        return memory_pb2.RecallResponse(results=[convert.hit_to_proto(hit) for hit in hits])
+
+    async def Forget(self, request: memory_pb2.ForgetRequest, context: Context) -> memory_pb2.ForgetResponse:
+        user_id = caller_id()
+        target = request.WhichOneof("target")
+        if target == "memory_id":
+            memory_id = require_uuid(request.memory_id, "memory_id")
+            forgotten = await self._store.delete(user_id, [memory_id])
+            if not forgotten:
+                raise NotFound("memory not found")
+        elif target == "query":
+            limit = bounded_count(request.limit, "limit", default=1, maximum=MAX_FORGET_LIMIT)
+            query = self._recall_query(request.query, "query", request.agent_id, limit)
+            hits = await self._recaller.recall(user_id, query)
+            forgotten = await self._store.delete(user_id, [hit.memory.id for hit in hits])
+        else:
+            raise InvalidArgument("target", "set memory_id or query")
+        return memory_pb2.ForgetResponse(forgotten_ids=forgotten)
+
+    async def ListMemories(
+        self, request: memory_pb2.ListMemoriesRequest, context: Context
+    ) -> memory_pb2.ListMemoriesResponse:
+        user_id = caller_id()
+        size = bounded_count(request.page_size, "page_size", default=50, maximum=100)
+        after = decode_page_token(request.page_token, _MEMORY_PAGE)
+        memories = await self._store.list(user_id, size + 1, after)
+        next_token = _next_token(_MEMORY_PAGE, memories, size, lambda m: Cursor(m.created_at, m.id))
+        return memory_pb2.ListMemoriesResponse(
+            memories=[convert.memory_to_proto(m) for m in memories[:size]], next_page_token=next_token
+        )
+
+    async def PutEphemeral(
+        self, request: memory_pb2.PutEphemeralRequest, context: Context
+    ) -> memory_pb2.PutEphemeralResponse:
+        user_id = caller_id()
+        namespace = require_namespace(request.namespace)
+        key = require_ephemeral_key(request.key)
+        value = require_json(request.value_json, "value_json", MAX_EPHEMERAL_VALUE)
+        ttl = ttl_seconds(request.ttl.seconds + request.ttl.nanos / 1e9, self._defaults.ephemeral_ttl_seconds)
+        await self._ephemeral.put(user_id, namespace, key, value, ttl)
+        return memory_pb2.PutEphemeralResponse()
+
+    async def GetEphemeral(
+        self, request: memory_pb2.GetEphemeralRequest, context: Context
+    ) -> memory_pb2.GetEphemeralResponse:
+        user_id = caller_id()
+        value = await self._ephemeral.get(
+            user_id, require_namespace(request.namespace), require_ephemeral_key(request.key)
+        )
+        if value is None:
+            return memory_pb2.GetEphemeralResponse(found=False)
+        return memory_pb2.GetEphemeralResponse(found=True, value_json=value)
+
+
+def _next_token(kind: str, items: list[Any], size: int, cursor: Any) -> str:
+    """A token after the last item of the page, or "" when `items` (fetched size + 1) shows no more."""
+    if len(items) <= size:
+        return ""
+    return encode_page_token(kind, cursor(items[size - 1]))
+
+
+class ConversationServicer(memory_pb2_grpc.ConversationServiceServicer):
+    def __init__(self, store: ConversationStore) -> None:
+        self._store = store
+
+    async def AppendUserMessage(
+        self, request: memory_pb2.AppendUserMessageRequest, context: Context
+    ) -> memory_pb2.AppendUserMessageResponse:
+        user_id = caller_id()
+        conversation_id = optional_uuid(request.conversation_id, "conversation_id")
+        agent_id = require_agent_id(request.agent_id)
+        text = require_text(request.text, "text", MAX_MESSAGE_TEXT)
+        client_request_id = optional_client_request_id(request.client_request_id)
+        conversation, message, replayed = await self._store.append_user_message(
+            user_id, conversation_id, agent_id, text, client_request_id
+        )
+        return memory_pb2.AppendUserMessageResponse(
+            conversation=convert.conversation_to_proto(conversation),
+            message=convert.message_to_proto(message),
+            replayed=replayed,
+        )
+
+    async def AppendAssistantMessage(
+        self, request: memory_pb2.AppendAssistantMessageRequest, context: Context
+    ) -> memory_pb2.AppendAssistantMessageResponse:
+        user_id = caller_id()
+        conversation_id = require_uuid(request.conversation_id, "conversation_id")
+        if not request.HasField("message"):
+            raise InvalidArgument("message", "is required")
+        message = request.message
+        if message.role not in (0, 2):  # ROLE_UNSPECIFIED or ROLE_ASSISTANT
+            raise InvalidArgument("message.role", "must be ROLE_ASSISTANT")
+        status = convert.status_from_proto(message.status)
+        if status is None:
+            raise InvalidArgument("message.status", "is not a known status")
+        if len(message.content) > MAX_MESSAGE_TEXT:
+            raise InvalidArgument("message.content", f"must be at most {MAX_MESSAGE_TEXT} characters")
+        if len(message.error) > _MAX_ERROR_TEXT:
+            raise InvalidArgument("message.error", f"must be at most {_MAX_ERROR_TEXT} characters")
+        new = NewAssistantMessage(
+            conversation_id=conversation_id,
+            message_id=optional_uuid(message.id, "message.id") or str(uuid.uuid4()),
+            agent_id=require_agent_id(message.agent_id, "message.agent_id"),
+            content=message.content,
+            tool_calls=validate_tool_calls([convert.tool_call_from_proto(c) for c in message.tool_calls]),
+            status=status,
+            error=message.error,
+        )
+        stored = await self._store.append_assistant_message(user_id, new)
+        return memory_pb2.AppendAssistantMessageResponse(message=convert.message_to_proto(stored))
+
+    async def ListConversations(
+        self, request: memory_pb2.ListConversationsRequest, context: Context
+    ) -> memory_pb2.ListConversationsResponse:
+        user_id = caller_id()
+        size = bounded_count(request.page_size, "page_size", default=20, maximum=100)
+        after = decode_page_token(request.page_token, _CONVERSATION_PAGE)
+        conversations = await self._store.list(user_id, size + 1, after)
+        next_token = _next_token(
+            _CONVERSATION_PAGE, conversations, size, lambda c: Cursor(c.updated_at, c.id)
+        )
+        return memory_pb2.ListConversationsResponse(
+            conversations=[convert.conversation_to_proto(c) for c in conversations[:size]],
+            next_page_token=next_token,
+        )
+
+    async def GetConversation(
+        self, request: memory_pb2.GetConversationRequest, context: Context
+    ) -> memory_pb2.GetConversationResponse:
+        user_id = caller_id()
+        conversation_id = require_uuid(request.conversation_id, "conversation_id")
+        if request.last_messages < 0:
+            raise InvalidArgument("last_messages", "must not be negative")
+        conversation = await self._store.get(user_id, conversation_id, request.last_messages)
+        return memory_pb2.GetConversationResponse(conversation=convert.conversation_to_proto(conversation))
+
+    async def DeleteConversation(
+        self, request: memory_pb2.DeleteConversationRequest, context: Context
+    ) -> memory_pb2.DeleteConversationResponse:
+        user_id = caller_id()
+        await self._store.delete(user_id, require_uuid(request.conversation_id, "conversation_id"))
+        return memory_pb2.DeleteConversationResponse()
+
+
+class AgentServicer(memory_pb2_grpc.AgentServiceServicer):
+    def __init__(self, store: AgentStore) -> None:
+        self._store = store
+
+    async def SyncAgents(
+        self, request: memory_pb2.SyncAgentsRequest, context: Context
+    ) -> memory_pb2.SyncAgentsResponse:
+        # Acts for no user: the interceptor admitted the caller by the deployment's service key.
+        agents = validate_catalog([convert.agent_from_proto(a) for a in request.agents])
+        await self._store.sync(agents)
+        return memory_pb2.SyncAgentsResponse()
+
+    async def ListAgents(
+        self, request: memory_pb2.ListAgentsRequest, context: Context
+    ) -> memory_pb2.ListAgentsResponse:
+        agents = await self._store.list(caller_id())
+        return memory_pb2.ListAgentsResponse(
+            agents=[convert.user_agent_to_proto(a) for a in agents],
+            definitions=[convert.definition_to_proto(a.definition) for a in agents],
+        )
+
+    async def SetAgentEnabled(
+        self, request: memory_pb2.SetAgentEnabledRequest, context: Context
+    ) -> memory_pb2.SetAgentEnabledResponse:
+        user_id = caller_id()
+        agent = await self._store.set_enabled(user_id, require_agent_id(request.agent_id), request.enabled)
+        return memory_pb2.SetAgentEnabledResponse(agent=convert.user_agent_to_proto(agent))
+
+
+class UserDataServicer(memory_pb2_grpc.UserDataServiceServicer):
+    def __init__(self, store: UserDataStore, ephemeral: EphemeralStore) -> None:
+        self._store = store
+        self._ephemeral = ephemeral
+
+    async def ExportUserData(
+        self, request: memory_pb2.ExportUserDataRequest, context: Context
+    ) -> AsyncIterator[memory_pb2.ExportUserDataResponse]:
+        user_id = caller_id()
+        async for record in self._store.export(user_id):
+            if isinstance(record, UserAgent):
+                yield memory_pb2.ExportUserDataResponse(agent=convert.user_agent_to_proto(record))
+            elif isinstance(record, ConversationRecord):
+                yield memory_pb2.ExportUserDataResponse(conversation=convert.conversation_to_proto(record))
+            elif isinstance(record, MemoryRecord):
+                yield memory_pb2.ExportUserDataResponse(memory=convert.memory_to_proto(record))
+
+    async def PurgeUser(
+        self, request: memory_pb2.PurgeUserRequest, context: Context
+    ) -> memory_pb2.PurgeUserResponse:
+        user_id = caller_id()
+        # PostgreSQL first (what matters most); if Redis is down the call fails UNAVAILABLE and a retry
+        # finishes the job (both halves are idempotent).
+        rows = await self._store.purge(user_id)
+        keys = await self._ephemeral.purge(user_id)
+        return memory_pb2.PurgeUserResponse(deleted_rows=rows, deleted_keys=keys)

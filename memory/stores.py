@@ -1,0 +1,105 @@
+"""The storage the servicers and recall depend on, as small protocols (implemented in memory.repository
+and memory.ephemeral; tests may substitute fakes). Every method takes the verified caller's user id."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Protocol
+
+from memory.domain import (
+    AgentDefinition,
+    ConversationRecord,
+    MemoryRecord,
+    MessageRecord,
+    NewAssistantMessage,
+    NewMemory,
+    UserAgent,
+)
+from memory.pagination import Cursor
+
+Vector = Sequence[float]
+ExportRecord = UserAgent | ConversationRecord | MemoryRecord
+
+
+class MemoryStore(Protocol):
+    async def upsert(self, user_id: str, memory: NewMemory, embedding: Vector) -> tuple[MemoryRecord, bool]:
+        """Stores `memory`, replacing the one with the same key (or, keyless, the same text) in the same
+        scope; returns it and whether it was created."""
+        ...
+
+    async def nearest(
+        self, user_id: str, agent_id: str, embedding: Vector, limit: int
+    ) -> list[tuple[MemoryRecord, float]]:
+        """Up to `limit` memories visible to `agent_id`, nearest first, with their cosine similarity."""
+        ...
+
+    async def keyword(
+        self, user_id: str, agent_id: str, query: str, limit: int
+    ) -> list[tuple[MemoryRecord, float]]:
+        """Up to `limit` memories visible to `agent_id` matching the websearch `query`, with their
+        full-text rank normalised to 0..1, best first."""
+        ...
+
+    async def delete(self, user_id: str, memory_ids: Sequence[str]) -> list[str]:
+        """Deletes those of `memory_ids` that exist; returns the ids deleted."""
+        ...
+
+    async def list(self, user_id: str, limit: int, after: Cursor | None) -> list[MemoryRecord]:
+        """Memories newest first (by creation), after `after`."""
+        ...
+
+
+class ConversationStore(Protocol):
+    async def append_user_message(
+        self,
+        user_id: str,
+        conversation_id: str | None,
+        agent_id: str,
+        text: str,
+        client_request_id: str | None,
+    ) -> tuple[ConversationRecord, MessageRecord, bool]:
+        """Stores a user message (starting a conversation when `conversation_id` is None); returns the
+        conversation, the message and whether it was a replay of an earlier `client_request_id`."""
+        ...
+
+    async def append_assistant_message(self, user_id: str, message: NewAssistantMessage) -> MessageRecord: ...
+
+    async def list(self, user_id: str, limit: int, after: Cursor | None) -> list[ConversationRecord]:
+        """Conversations by last activity, newest first, without messages."""
+        ...
+
+    async def get(self, user_id: str, conversation_id: str, last_messages: int) -> ConversationRecord:
+        """The conversation with its messages (the last `last_messages`, or all for 0), oldest first."""
+        ...
+
+    async def delete(self, user_id: str, conversation_id: str) -> None: ...
+
+
+class AgentStore(Protocol):
+    async def sync(self, agents: Sequence[AgentDefinition]) -> None:
+        """Makes `agents` the catalog, in this order; agents missing from it are disabled."""
+        ...
+
+    async def list(self, user_id: str) -> list[UserAgent]: ...
+
+    async def set_enabled(self, user_id: str, agent_id: str, enabled: bool) -> UserAgent: ...
+
+
+class UserDataStore(Protocol):
+    def export(self, user_id: str) -> AsyncIterator[ExportRecord]:
+        """Every record of the user: agents with the user's state, conversations with messages, memories."""
+        ...
+
+    async def purge(self, user_id: str) -> int:
+        """Deletes everything of the user; returns the rows deleted."""
+        ...
+
+
+class EphemeralStore(Protocol):
+    async def put(self, user_id: str, namespace: str, key: str, value: str, ttl_seconds: float) -> None: ...
+
+    async def get(self, user_id: str, namespace: str, key: str) -> str | None: ...
+
+    async def purge(self, user_id: str) -> int:
+        """Deletes every ephemeral value of the user; returns how many."""
+        ...

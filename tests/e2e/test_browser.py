@@ -1,0 +1,407 @@
+"""The web app in a real headless Chromium, through the real Envoy edge, against the whole mesh.
+
+One mesh per module (`devstack.stack.Stack` on free ports, offline model streaming a word every 20 ms,
+access tokens living 15 s so that silent refresh happens during the run); a fresh browser context and a
+new dev user per test. Every page must log no console error. The last test stops the mesh.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+if not CHROMIUM.exists():
+    pytest.skip(
+        f"browser tests need Debian's chromium at {CHROMIUM} (apt-get install chromium)",
+        allow_module_level=True,
+    )
+
+from playwright.sync_api import (  # noqa: E402 (only once Chromium is known to exist)
+    Browser,
+    ConsoleMessage,
+    Page,
+    Playwright,
+    Request,
+    expect,
+    sync_playwright,
+)
+
+from devstack.process import free_port  # noqa: E402
+from devstack.stack import Ports, Stack, StackConfig  # noqa: E402
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
+
+ROOT = Path(__file__).resolve().parents[2]
+WEB = ROOT / "edge" / "web"
+DIST = WEB / "dist"
+SCREENSHOT = ROOT / "docs" / "screenshot-chat.png"
+ACCESS_TOKEN_TTL_SECONDS = 15
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+REFRESH_PATH = "/athena.auth.v1.AuthService/RefreshSession"
+CHAT_PATH = "/athena.chat.v1.ChatService/Chat"
+UNREACHABLE = "Can't reach AthenaOS — check your connection"
+# app.css: --accent-green and --accent-violet (light scheme, Chromium's default).
+NUTRITION_GREEN = "rgb(21, 128, 61)"
+ATHENA_VIOLET = "rgb(124, 58, 237)"
+
+# Records each length the last answer's text takes, with the time: proof that deltas reach the DOM as
+# they arrive rather than all at once.
+RECORD_ANSWER_STEPS = """() => {
+  window.answerSteps = [];
+  const record = () => {
+    const answer = [...document.querySelectorAll('.message.assistant')].pop();
+    const parts = answer ? [...answer.querySelectorAll('.content')] : [];
+    const length = parts.map((part) => part.textContent).join('').length;
+    const last = window.answerSteps.at(-1);
+    if (length && (!last || last.length !== length)) {
+      window.answerSteps.push({length, at: performance.now()});
+    }
+  };
+  const options = {subtree: true, childList: true, characterData: true};
+  new MutationObserver(record).observe(document.getElementById('messages'), options);
+}"""
+
+expect.set_options(timeout=10_000)
+
+
+def _web_sources() -> list[Path]:
+    return [WEB / "build.mjs", *(path for path in (WEB / "src").rglob("*") if path.is_file())]
+
+
+@pytest.fixture(scope="module")
+def web_dist() -> Path:
+    """The built app, built here when missing or older than its sources (Envoy serves what exists when
+    its configuration is rendered, so this runs before the mesh starts)."""
+    bundle = DIST / "app.js"
+    stale = not bundle.exists() or max(p.stat().st_mtime for p in _web_sources()) > bundle.stat().st_mtime
+    if stale:
+        node = shutil.which("node")
+        assert node is not None, "building edge/web needs Node.js (or run `node edge/web/build.mjs` first)"
+        subprocess.run([node, "build.mjs"], cwd=WEB, check=True, timeout=120)
+    assert (DIST / "index.html").is_file()
+    return DIST
+
+
+@pytest.fixture(scope="module")
+def stack(web_dist: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    ports = Ports(**{f.name: free_port() for f in fields(Ports)})
+    config = StackConfig(
+        data_dir=tmp_path_factory.mktemp("browser-mesh"),
+        ports=ports,
+        offline_delay_ms=20,
+        extra_env={"AUTH_ACCESS_TOKEN_TTL": str(ACCESS_TOKEN_TTL_SECONDS)},
+    )
+    running = Stack(config)
+    running.start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture(scope="module")
+def playwright() -> Iterator[Playwright]:
+    with sync_playwright() as instance:
+        yield instance
+
+
+@pytest.fixture(scope="module")
+def browser(playwright: Playwright) -> Iterator[Browser]:
+    launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+    yield launched
+    launched.close()
+
+
+@dataclass
+class Tab:
+    """A page of a fresh browser context, with everything it logged and requested."""
+
+    page: Page
+    base_url: str
+    errors: list[str] = field(default_factory=list)
+    requests: list[Request] = field(default_factory=list)
+
+    def grpc_calls(self, path: str) -> list[Request]:
+        return [request for request in self.requests if request.url.endswith(path)]
+
+    def sign_in(self, email: str | None = None) -> str:
+        email = email or f"user-{uuid.uuid4().hex[:10]}@example.com"
+        self.page.goto(self.base_url + "/")
+        self.page.get_by_label("Email").fill(email)
+        self.page.get_by_role("button", name="Sign in (dev)").click()
+        expect(self.page.get_by_role("radio", name="Athena", exact=True)).to_be_checked()
+        return email
+
+    def send(self, text: str) -> None:
+        box = self.page.get_by_label("Message", exact=True)
+        box.fill(text)
+        box.press("Enter")
+
+    def last_answer(self) -> str:
+        answer = self.page.locator(".message.assistant").last
+        expect(answer).to_have_class(re.compile(r"\bcomplete\b"))
+        return answer.locator(".content").all_inner_texts()[-1]
+
+
+@pytest.fixture
+def tab(stack: Stack, browser: Browser) -> Iterator[Tab]:
+    context = browser.new_context(accept_downloads=True, viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    opened = Tab(page, stack.edge_url)
+    page.on("console", lambda message: _record_console_error(opened, message))
+    page.on("pageerror", lambda error: opened.errors.append(f"uncaught: {error}"))
+    page.on("request", lambda request: opened.requests.append(request))
+    yield opened
+    context.close()
+
+
+def _record_console_error(tab: Tab, message: ConsoleMessage) -> None:
+    if message.type == "error":
+        tab.errors.append(message.text)
+
+
+def test_sign_in_pick_agent_and_watch_the_answer_stream(tab: Tab) -> None:
+    page = tab.page
+    tab.sign_in()
+    accent = page.locator("#agent-accent")
+    expect(accent).to_have_css("background-color", ATHENA_VIOLET)
+
+    page.get_by_role("radio", name="Nutrition coach").check()
+    expect(accent).to_have_css("background-color", NUTRITION_GREEN)
+    page.evaluate(RECORD_ANSWER_STEPS)
+    tab.send("What do you know about me?")
+
+    assert tab.last_answer() == "I don't know that yet."
+    expect(page.locator(".message.assistant").last.locator(".author")).to_have_text("Nutrition coach")
+    expect(page.get_by_text("offline model", exact=True)).to_be_visible()
+    steps: list[dict[str, float]] = page.evaluate("window.answerSteps")
+    lengths = [step["length"] for step in steps]
+    assert len(lengths) >= 4, f"the answer appeared in {len(lengths)} steps: {lengths}"
+    assert lengths == sorted(lengths), lengths
+    assert steps[-1]["at"] - steps[0]["at"] >= 40, f"the answer arrived all at once: {steps}"
+    assert tab.errors == []
+
+
+def test_remembering_shows_the_tool_call_and_reload_restores_the_conversation(tab: Tab) -> None:
+    page = tab.page
+    tab.sign_in("ada@example.com")  # the name the README's screenshot shows
+    page.get_by_role("radio", name="Nutrition coach").check()
+    tab.send("remember my caloric goal is 2000 kcal")
+    tool = page.locator(".tool-call[data-tool=remember_memory]")
+    expect(tool).to_have_text(re.compile("remember_memory"))
+    assert tab.last_answer() == "Got it — I'll remember that my caloric goal is 2000 kcal."
+    expect(tool).to_contain_text("Used remember_memory")
+
+    tab.send("What is my caloric goal?")
+    assert tab.last_answer() == "Here is what I know: my caloric goal is 2000 kcal"
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    page.screenshot(path=SCREENSHOT)
+
+    conversation = re.search(r"#c=([\w-]+)$", page.url)
+    assert conversation, page.url
+    page.reload()
+    messages = page.locator("#messages .message")
+    expect(messages).to_have_count(4)
+    expect(messages.nth(0)).to_contain_text("remember my caloric goal is 2000 kcal")
+    expect(messages.nth(3)).to_contain_text("Here is what I know: my caloric goal is 2000 kcal")
+    expect(page.locator(".tool-call[data-tool=remember_memory]")).to_contain_text("Used remember_memory")
+    current = page.locator(f'#conversation-list button[data-id="{conversation[1]}"]')
+    expect(current).to_have_attribute("aria-current", "page")
+    expect(page.get_by_role("radio", name="Nutrition coach")).to_be_checked()
+
+    page.get_by_role("button", name="New conversation").click()
+    expect(messages).to_have_count(0)
+    current.click()
+    expect(messages).to_have_count(4)
+    assert tab.errors == []
+
+
+def test_phone_layout_and_keyboard(tab: Tab) -> None:
+    page = tab.page
+    page.set_viewport_size({"width": 390, "height": 844})
+    tab.sign_in()
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), "scrolls sideways"
+    box = page.get_by_label("Message", exact=True)
+    expect(box).to_be_in_viewport()
+    expect(page.get_by_role("button", name="Send")).to_be_in_viewport()
+
+    box.press_sequentially("first line")
+    box.press("Shift+Enter")
+    box.press_sequentially("second line")
+    expect(box).to_have_value("first line\nsecond line")
+    box.press("Enter")
+    expect(page.locator(".message.user .content").last).to_have_text("first line\nsecond line")
+    tab.last_answer()
+
+    history = page.get_by_role("button", name="Conversations")
+    expect(page.locator("#conversation-list")).to_be_hidden()
+    history.click()
+    expect(history).to_have_attribute("aria-expanded", "true")
+    expect(page.locator("#conversation-list button").first).to_be_visible()
+    menu = page.get_by_role("button", name="Menu")
+    expect(page.get_by_role("button", name="Sign out")).to_be_hidden()
+    menu.click()
+    expect(page.get_by_role("button", name="Sign out")).to_be_visible()
+    assert tab.errors == []
+
+
+def test_handoff_then_memory_panel_lists_and_forgets_what_agents_remember(tab: Tab) -> None:
+    page = tab.page
+    tab.sign_in()
+    tab.send("remember I prefer 90 minute focus blocks")
+    tab.last_answer()
+    tab.send("ask focus how long are my focus blocks?")
+    assert tab.last_answer() == "Here is what I know: I prefer 90 minute focus blocks"
+    answer = page.locator(".message.assistant").last
+    expect(answer.locator(".handoff")).to_have_text(
+        "→ Athena handed off to Focus coach: how long are my focus blocks?"
+    )
+    expect(answer.locator(".author")).to_have_text("Focus coach")
+    expect(page.get_by_role("radio", name="Focus coach")).to_be_checked()
+
+    page.get_by_role("button", name="What my agents remember").click()
+    dialog = page.get_by_role("dialog", name="What my agents remember")
+    memory = dialog.locator(".memory", has_text="I prefer 90 minute focus blocks")
+    expect(memory).to_have_count(1)
+    dialog.get_by_role("button", name="Forget “I prefer 90 minute focus blocks”").click()
+    expect(memory).to_have_count(0)
+    expect(dialog.get_by_role("status")).to_have_text("Forgotten: “I prefer 90 minute focus blocks”")
+    dialog.get_by_role("button", name="Close").click()
+
+    page.get_by_role("button", name="What my agents remember").click()
+    expect(dialog.get_by_role("status")).to_have_text("Your agents don't remember anything about you yet.")
+    expect(dialog.locator(".memory")).to_have_count(0)
+    assert tab.errors == []
+
+
+def test_export_downloads_everything_as_json(tab: Tab, tmp_path: Path) -> None:
+    page = tab.page
+    email = tab.sign_in()
+    tab.send("remember my cat is called Ada")
+    tab.last_answer()
+
+    with page.expect_download(timeout=10_000) as download_info:
+        page.get_by_role("button", name="Export my data").click()
+    download = download_info.value
+    assert download.suggested_filename == "athena-export.json"
+    path = tmp_path / download.suggested_filename
+    download.save_as(path)
+    exported = json.loads(path.read_text(encoding="utf-8"))
+    text = json.dumps(exported, ensure_ascii=False)
+    assert email in text
+    assert "remember my cat is called Ada" in text
+    assert "Got it — I'll remember that my cat is called Ada." in text
+    assert tab.errors == []
+
+
+def test_account_deletion_asks_for_confirmation_then_returns_to_sign_in(tab: Tab) -> None:
+    page = tab.page
+    email = tab.sign_in()
+    tab.send("remember my dentist is on Friday")
+    tab.last_answer()
+
+    page.get_by_role("button", name="Delete account").click()
+    dialog = page.get_by_role("dialog", name="Delete your account?")
+    confirm = dialog.get_by_role("button", name="Delete my account")
+    expect(confirm).to_be_disabled()
+    dialog.get_by_label("Type “delete” to confirm").fill("delete")
+    confirm.click()
+
+    expect(page.get_by_role("heading", name="Sign in to AthenaOS")).to_be_visible()
+    expect(page.get_by_role("status").filter(has_text="Your account was deleted.")).to_be_visible()
+    assert page.evaluate("localStorage.getItem('athena.session')") is None
+
+    tab.sign_in(email)  # the same address makes a new, empty account
+    expect(page.locator("#no-conversations")).to_be_visible()
+    assert tab.errors == []
+
+
+def test_silent_refresh_keeps_the_chat_working_past_token_expiry(tab: Tab) -> None:
+    page = tab.page
+    tab.sign_in()
+    first = page.evaluate("JSON.parse(localStorage.getItem('athena.session'))")
+    expires_in = first["expiresAt"] / 1000 - time.time()
+    assert 0 < expires_in <= ACCESS_TOKEN_TTL_SECONDS
+
+    page.wait_for_timeout((expires_in + 1) * 1000)  # not time.sleep: Playwright's events keep flowing
+    refreshes = tab.grpc_calls(REFRESH_PATH)
+    assert refreshes, "no RefreshSession before the access token expired"
+    refresh_answer = refreshes[0].response()
+    assert refresh_answer is not None
+    assert refresh_answer.header_value("grpc-status") in (None, "0")
+
+    tab.send("What do you know about me?")
+    assert tab.last_answer() == "I don't know that yet."
+    chat = tab.grpc_calls(CHAT_PATH)[-1]
+    token = chat.header_value("authorization")
+    assert token is not None
+    assert token != f"Bearer {first['accessToken']}", "the chat went out with the expired token"
+    expect(page.get_by_role("heading", name="Sign in to AthenaOS")).to_be_hidden()
+    assert tab.errors == []
+
+
+def test_a_refused_token_is_refreshed_once_and_a_dead_session_signs_out(tab: Tab) -> None:
+    page = tab.page
+    tab.sign_in()
+    # The edge refuses this token (UNAUTHENTICATED): the app refreshes and retries the call once.
+    page.evaluate(
+        """() => {
+          const session = JSON.parse(localStorage.getItem('athena.session'));
+          localStorage.setItem('athena.session', JSON.stringify({...session, accessToken: 'not-a-token'}));
+        }"""
+    )
+    page.reload()
+    expect(page.get_by_role("radio", name="Athena", exact=True)).to_be_checked()
+    assert len(tab.grpc_calls(REFRESH_PATH)) == 1
+    expect(page.get_by_role("alert")).to_be_hidden()
+
+    # A refresh token the server does not know: the session is over.
+    page.evaluate(
+        """() => {
+          const session = JSON.parse(localStorage.getItem('athena.session'));
+          localStorage.setItem('athena.session',
+            JSON.stringify({...session, accessToken: 'not-a-token', refreshToken: 'not-a-refresh-token'}));
+        }"""
+    )
+    page.reload()
+    expect(page.get_by_role("heading", name="Sign in to AthenaOS")).to_be_visible()
+    expect(page.get_by_role("status").filter(has_text="You were signed out")).to_be_visible()
+    # Envoy's jwt_authn answers a refused token with HTTP 401 (grpc-status 16 in the headers), which
+    # Chromium logs by itself; the app logs nothing.
+    refused = "Failed to load resource: the server responded with a status of 401 (Unauthorized)"
+    assert [error for error in tab.errors if error != refused] == []
+
+
+def test_a_stopped_mesh_shows_a_clear_error(tab: Tab, stack: Stack) -> None:
+    """Last: it stops the module's mesh."""
+    page = tab.page
+    tab.sign_in()
+    stack.stop()
+
+    tab.send("Are you there?")
+    expect(page.get_by_role("alert")).to_have_text(re.compile(re.escape(UNREACHABLE)))
+    expect(page.locator(".message.assistant").last).to_contain_text(f"The answer stopped: {UNREACHABLE}")
+    # The message was not stored, so it is given back for sending again.
+    expect(page.get_by_label("Message", exact=True)).to_have_value("Are you there?")
+    # The browser itself logs each failed connection (refused, or reset as Envoy exits); nothing else may.
+    unexpected = [error for error in tab.errors if not error.startswith("Failed to load resource: net::ERR_")]
+    assert unexpected == []

@@ -1,0 +1,141 @@
+"""Helpers for the memory service tests: a migrated database and a running memory server with stubs.
+
+Imported explicitly by tests/service/test_memory_*.py (not a conftest, so other suites are unaffected).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import pytest_asyncio
+from athena.memory.v1 import memory_pb2_grpc
+from conftest import auth_metadata, service_settings
+
+from devstack.postgres import EmbeddedPostgres
+from devstack.valkey import EmbeddedValkey
+from memory.app import SERVICE_METHODS, Resources, build_services, open_resources
+from memory.embeddings import HashingEmbedder
+from memory.migrate import apply_migrations
+from memory.settings import MemorySettings
+from mesh.clients import service_call
+from mesh.server import MeshServer
+from mesh.tokens import TokenVerifier
+
+DIMENSION = 384
+SERVICE_KEY = "memory-tests-service-key"
+"""The deployment's service key in these tests (SyncAgents needs it); callers may pass their own."""
+
+
+@dataclass
+class MemoryHarness:
+    """A running memory server, its resources and one stub per service."""
+
+    server: MeshServer
+    resources: Resources
+    settings: MemorySettings
+    channel: grpc.aio.Channel
+    embedder: HashingEmbedder
+    make_token: Callable[..., str]
+
+    @property
+    def memory(self) -> memory_pb2_grpc.MemoryServiceStub:
+        return memory_pb2_grpc.MemoryServiceStub(self.channel)
+
+    @property
+    def conversations(self) -> memory_pb2_grpc.ConversationServiceStub:
+        return memory_pb2_grpc.ConversationServiceStub(self.channel)
+
+    @property
+    def agents(self) -> memory_pb2_grpc.AgentServiceStub:
+        return memory_pb2_grpc.AgentServiceStub(self.channel)
+
+    @property
+    def user_data(self) -> memory_pb2_grpc.UserDataServiceStub:
+        return memory_pb2_grpc.UserDataServiceStub(self.channel)
+
+    @property
+    def service_metadata(self) -> tuple[tuple[str, str], ...]:
+        """Metadata of a call made for no user (SyncAgents)."""
+        return tuple(service_call(SERVICE_KEY)["metadata"])
+
+    def user(self) -> tuple[str, tuple[tuple[str, str], ...]]:
+        """A fresh user id and the call metadata carrying its token."""
+        user_id = str(uuid.uuid4())
+        return user_id, auth_metadata(self.make_token(user_id))
+
+
+async def migrate(database_url: str) -> None:
+    await asyncio.to_thread(apply_migrations, database_url, DIMENSION)
+
+
+async def start_memory(
+    start_server: Callable[..., Any],
+    verifier: TokenVerifier,
+    make_token: Callable[..., str],
+    tmp_path: Path,
+    database_url: str,
+    redis_url: str,
+    *,
+    readiness_interval: float = 2.0,
+    **overrides: Any,
+) -> MemoryHarness:
+    await migrate(database_url)
+    overrides.setdefault("ATHENA_SERVICE_KEY", SERVICE_KEY)
+    settings = MemorySettings(
+        **service_settings(
+            tmp_path,
+            database_url=database_url,
+            redis_url=redis_url,
+            embedding_dimension=DIMENSION,
+            **overrides,
+        )
+    )
+    resources = await open_resources(settings)
+    embedder = HashingEmbedder(DIMENSION)
+    server = await start_server(
+        "memory",
+        settings,
+        build_services(settings, resources, embedder),
+        verifier,
+        service_methods=SERVICE_METHODS,
+        readiness=resources.ready,
+        readiness_interval=readiness_interval,
+    )
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+    return MemoryHarness(server, resources, settings, channel, embedder, make_token)
+
+
+async def stop_memory(harness: MemoryHarness) -> None:
+    await harness.channel.close(None)
+    await harness.server.drain()
+    await harness.resources.close()
+
+
+@pytest_asyncio.fixture
+async def memory_service(
+    postgres: EmbeddedPostgres,
+    valkey: EmbeddedValkey,
+    verifier: TokenVerifier,
+    make_token: Callable[..., str],
+    start_server: Callable[..., Any],
+    tmp_path: Path,
+) -> AsyncIterator[MemoryHarness]:
+    """The memory service on the session's PostgreSQL and Valkey, with the hashing embedder."""
+    harness = await start_memory(start_server, verifier, make_token, tmp_path, postgres.url, valkey.url)
+    yield harness
+    await stop_memory(harness)
+
+
+async def expect_status(call: Any, code: grpc.StatusCode) -> grpc.aio.AioRpcError:
+    """Awaits `call` and returns its error, failing the test unless it ended with `code`."""
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await call
+    assert raised.value.code() == code, raised.value.details()
+    return raised.value

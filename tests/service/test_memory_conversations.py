@@ -1,0 +1,292 @@
+"""ConversationService and AgentService against a real server, PostgreSQL and row-level security."""
+
+from __future__ import annotations
+
+import uuid
+
+import asyncpg
+import grpc
+from athena.account.v1 import account_pb2
+from athena.chat.v1 import chat_pb2
+from athena.memory.v1 import memory_pb2, memory_pb2_grpc
+from memory_fixtures import MemoryHarness, expect_status, memory_service
+
+from devstack.postgres import EmbeddedPostgres
+
+__all__ = ["memory_service"]
+
+CATALOG = [
+    memory_pb2.AgentDefinition(
+        id="athena",
+        name="Athena",
+        description="Generalist",
+        system_prompt="You are Athena.",
+        user_prompt="{message}",
+        model="offline",
+        accent_token="accent-blue",
+        enabled=True,
+    ),
+    memory_pb2.AgentDefinition(
+        id="nutrition", name="Nutrition coach", accent_token="accent-green", enabled=True
+    ),
+    memory_pb2.AgentDefinition(id="focus", name="Focus coach", accent_token="accent-purple", enabled=True),
+]
+
+
+async def test_first_user_message_starts_a_conversation_titled_after_it(
+    memory_service: MemoryHarness,
+) -> None:
+    _, md = memory_service.user()
+    text = "Plan my meals for the week, I want more protein and fewer snacks in the afternoon please"
+    first = await memory_service.conversations.AppendUserMessage(
+        memory_pb2.AppendUserMessageRequest(agent_id="nutrition", text=text), metadata=md
+    )
+    assert first.conversation.id
+    assert first.conversation.agent_id == "nutrition"
+    assert text.startswith(first.conversation.title.rstrip("…"))
+    assert len(first.conversation.title) <= 61
+    assert first.message.role == chat_pb2.ROLE_USER
+    assert not first.replayed
+
+    reply = chat_pb2.Message(
+        id=str(uuid.uuid4()),
+        agent_id="nutrition",
+        content="Noted.",
+        tool_calls=[
+            chat_pb2.ToolCallRecord(
+                call_id="c1",
+                name="remember_memory",
+                arguments_json='{"text": "x"}',
+                result_json='{"ok": true}',
+            )
+        ],
+    )
+    stored = await memory_service.conversations.AppendAssistantMessage(
+        memory_pb2.AppendAssistantMessageRequest(conversation_id=first.conversation.id, message=reply),
+        metadata=md,
+    )
+    assert stored.message.id == reply.id
+    assert stored.message.status == chat_pb2.MESSAGE_STATUS_COMPLETE
+
+    got = await memory_service.conversations.GetConversation(
+        memory_pb2.GetConversationRequest(conversation_id=first.conversation.id), metadata=md
+    )
+    assert [m.role for m in got.conversation.messages] == [chat_pb2.ROLE_USER, chat_pb2.ROLE_ASSISTANT]
+    assert got.conversation.messages[1].tool_calls[0].name == "remember_memory"
+    assert got.conversation.messages[1].tool_calls[0].result_json == '{"ok": true}'
+    last = await memory_service.conversations.GetConversation(
+        memory_pb2.GetConversationRequest(conversation_id=first.conversation.id, last_messages=1), metadata=md
+    )
+    assert [m.content for m in last.conversation.messages] == ["Noted."]
+
+
+async def test_retried_client_request_id_replays_the_original_message(memory_service: MemoryHarness) -> None:
+    _, md = memory_service.user()
+    request = memory_pb2.AppendUserMessageRequest(agent_id="athena", text="hello", client_request_id="req-1")
+    first = await memory_service.conversations.AppendUserMessage(request, metadata=md)
+    again = await memory_service.conversations.AppendUserMessage(request, metadata=md)
+    assert again.replayed
+    assert again.message.id == first.message.id
+    assert again.conversation.id == first.conversation.id
+    got = await memory_service.conversations.GetConversation(
+        memory_pb2.GetConversationRequest(conversation_id=first.conversation.id), metadata=md
+    )
+    assert len(got.conversation.messages) == 1
+    # The same client request id of another user is another request.
+    _, other = memory_service.user()
+    theirs = await memory_service.conversations.AppendUserMessage(request, metadata=other)
+    assert not theirs.replayed
+
+
+async def test_conversations_list_newest_first_across_pages(memory_service: MemoryHarness) -> None:
+    _, md = memory_service.user()
+    ids = []
+    for i in range(5):
+        response = await memory_service.conversations.AppendUserMessage(
+            memory_pb2.AppendUserMessageRequest(agent_id="athena", text=f"conversation {i}"), metadata=md
+        )
+        ids.append(response.conversation.id)
+    # Activity moves a conversation to the top.
+    await memory_service.conversations.AppendUserMessage(
+        memory_pb2.AppendUserMessageRequest(conversation_id=ids[1], agent_id="athena", text="again"),
+        metadata=md,
+    )
+    seen: list[str] = []
+    token = ""
+    while True:
+        page = await memory_service.conversations.ListConversations(
+            memory_pb2.ListConversationsRequest(page_size=2, page_token=token), metadata=md
+        )
+        assert len(page.conversations) <= 2
+        assert all(not c.messages for c in page.conversations)
+        seen += [c.id for c in page.conversations]
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == [ids[1], ids[4], ids[3], ids[2], ids[0]]
+
+
+async def test_another_users_conversation_is_not_found(memory_service: MemoryHarness) -> None:
+    _, alice = memory_service.user()
+    _, bob = memory_service.user()
+    started = await memory_service.conversations.AppendUserMessage(
+        memory_pb2.AppendUserMessageRequest(agent_id="athena", text="private"), metadata=alice
+    )
+    conv_id = started.conversation.id
+    conversations = memory_service.conversations
+    await expect_status(
+        conversations.GetConversation(
+            memory_pb2.GetConversationRequest(conversation_id=conv_id), metadata=bob
+        ),
+        grpc.StatusCode.NOT_FOUND,
+    )
+    await expect_status(
+        conversations.AppendUserMessage(
+            memory_pb2.AppendUserMessageRequest(conversation_id=conv_id, agent_id="athena", text="hi"),
+            metadata=bob,
+        ),
+        grpc.StatusCode.NOT_FOUND,
+    )
+    await expect_status(
+        conversations.DeleteConversation(
+            memory_pb2.DeleteConversationRequest(conversation_id=conv_id), metadata=bob
+        ),
+        grpc.StatusCode.NOT_FOUND,
+    )
+    listed = await conversations.ListConversations(memory_pb2.ListConversationsRequest(), metadata=bob)
+    assert conv_id not in [c.id for c in listed.conversations]
+    # Alice can delete it; then it is gone for her too.
+    await conversations.DeleteConversation(
+        memory_pb2.DeleteConversationRequest(conversation_id=conv_id), metadata=alice
+    )
+    await expect_status(
+        conversations.GetConversation(
+            memory_pb2.GetConversationRequest(conversation_id=conv_id), metadata=alice
+        ),
+        grpc.StatusCode.NOT_FOUND,
+    )
+
+
+async def test_calls_without_a_token_are_unauthenticated(memory_service: MemoryHarness) -> None:
+    await expect_status(
+        memory_service.conversations.ListConversations(memory_pb2.ListConversationsRequest()),
+        grpc.StatusCode.UNAUTHENTICATED,
+    )
+
+
+async def test_agent_catalog_with_per_user_enabled_state(memory_service: MemoryHarness) -> None:
+    _, alice = memory_service.user()
+    _, bob = memory_service.user()
+    agents = memory_service.agents
+    service = memory_service.service_metadata
+    # The catalog is global: put back what other suites sharing this database synced.
+    previous = (await agents.ListAgents(memory_pb2.ListAgentsRequest(), metadata=alice)).definitions
+    try:
+        await check_catalog(memory_service, agents, service, alice, bob)
+    finally:
+        await agents.SyncAgents(memory_pb2.SyncAgentsRequest(agents=previous), metadata=service)
+
+
+async def test_sync_agents_needs_the_service_key(memory_service: MemoryHarness) -> None:
+    _, alice = memory_service.user()
+    await expect_status(
+        memory_service.agents.SyncAgents(memory_pb2.SyncAgentsRequest(agents=CATALOG), metadata=alice),
+        grpc.StatusCode.UNAUTHENTICATED,
+    )
+
+
+async def check_catalog(
+    memory_service: MemoryHarness,
+    agents: memory_pb2_grpc.AgentServiceStub,
+    service: tuple[tuple[str, str], ...],
+    alice: tuple[tuple[str, str], ...],
+    bob: tuple[tuple[str, str], ...],
+) -> None:
+    await agents.SyncAgents(
+        memory_pb2.SyncAgentsRequest(
+            agents=[*CATALOG, memory_pb2.AgentDefinition(id="retired", name="Retired", enabled=True)]
+        ),
+        metadata=service,
+    )
+    await agents.SyncAgents(memory_pb2.SyncAgentsRequest(agents=CATALOG), metadata=service)
+
+    listed = await agents.ListAgents(memory_pb2.ListAgentsRequest(), metadata=alice)
+    ids = [a.id for a in listed.agents]
+    assert ids[:3] == ["athena", "nutrition", "focus"]
+    state = {a.id: a.enabled for a in listed.agents}
+    assert [state["athena"], state["nutrition"], state["focus"]] == [True, True, True]
+    assert state["retired"] is False  # missing from the catalog: disabled
+    assert listed.definitions[0].system_prompt == "You are Athena."
+    assert [d.id for d in listed.definitions] == ids
+
+    changed = await agents.SetAgentEnabled(
+        memory_pb2.SetAgentEnabledRequest(agent_id="focus", enabled=False), metadata=alice
+    )
+    assert changed.agent.id == "focus"
+    assert not changed.agent.enabled
+    mine = {
+        a.id: a.enabled
+        for a in (await agents.ListAgents(memory_pb2.ListAgentsRequest(), metadata=alice)).agents
+    }
+    theirs = {
+        a.id: a.enabled
+        for a in (await agents.ListAgents(memory_pb2.ListAgentsRequest(), metadata=bob)).agents
+    }
+    assert mine["focus"] is False
+    assert theirs["focus"] is True
+
+    await expect_status(
+        agents.SetAgentEnabled(
+            memory_pb2.SetAgentEnabledRequest(agent_id="nobody", enabled=True), metadata=alice
+        ),
+        grpc.StatusCode.NOT_FOUND,
+    )
+
+
+async def test_row_level_security_hides_other_users_rows_without_any_where_clause(
+    memory_service: MemoryHarness, postgres: EmbeddedPostgres
+) -> None:
+    """The application's own `WHERE user_id = ...` is not what keeps users apart."""
+    alice_id, alice = memory_service.user()
+    bob_id, bob = memory_service.user()
+    for md, who in ((alice, "alice"), (bob, "bob")):
+        await memory_service.conversations.AppendUserMessage(
+            memory_pb2.AppendUserMessageRequest(agent_id="athena", text=f"hello from {who}"), metadata=md
+        )
+        await memory_service.memory.Remember(
+            memory_pb2.RememberRequest(
+                text=f"{who} likes tea", scope=account_pb2.MEMORY_SCOPE_USER, agent_id="athena"
+            ),
+            metadata=md,
+        )
+    connection = await asyncpg.connect(postgres.url)
+    try:
+        role = await connection.fetchrow(
+            "SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user"
+        )
+        assert role is not None
+        assert (role["rolsuper"], role["rolbypassrls"]) == (False, False)
+        for table in ("vector_memory", "messages", "conversations", "users"):
+            async with connection.transaction():
+                await connection.execute("SELECT set_config('athena.user_id', $1, true)", alice_id)
+                rows = await connection.fetch(f"SELECT * FROM {table}")  # noqa: S608 (fixed table names)
+            owners = {str(r["id"] if table == "users" else r["user_id"]) for r in rows}
+            assert owners == {alice_id}, table
+            assert bob_id not in owners
+            async with connection.transaction():
+                assert await connection.fetch(f"SELECT * FROM {table}") == []  # noqa: S608 (no user: no rows)
+        # Writing a row for someone else is refused too.
+        async with connection.transaction():
+            await connection.execute("SELECT set_config('athena.user_id', $1, true)", alice_id)
+            try:
+                await connection.execute(
+                    "INSERT INTO conversations (id, user_id, agent_id, title) VALUES ($1, $2, 'athena', 'x')",
+                    uuid.uuid4(),
+                    uuid.UUID(bob_id),
+                )
+            except asyncpg.InsufficientPrivilegeError:
+                pass
+            else:
+                raise AssertionError("row-level security let a row of another user be written")
+    finally:
+        await connection.close()

@@ -1,0 +1,258 @@
+"""MemoryService: remember, recall (vector stage, keyword fallback), forget, list, ephemeral values."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import grpc
+import pytest
+from athena.account.v1 import account_pb2
+from athena.memory.v1 import memory_pb2
+from google.protobuf.duration_pb2 import Duration
+from memory_fixtures import MemoryHarness, expect_status, memory_service, start_memory, stop_memory
+
+from devstack.postgres import EmbeddedPostgres
+from devstack.valkey import EmbeddedValkey
+from mesh.tokens import TokenVerifier
+
+__all__ = ["memory_service"]
+
+USER = account_pb2.MEMORY_SCOPE_USER
+AGENT = account_pb2.MEMORY_SCOPE_AGENT
+VECTOR = memory_pb2.RECALL_STAGE_VECTOR
+KEYWORD = memory_pb2.RECALL_STAGE_KEYWORD
+Metadata = Sequence[tuple[str, str]]
+
+
+async def remember(
+    harness: MemoryHarness,
+    md: Metadata,
+    text: str,
+    *,
+    scope: int = USER,
+    agent_id: str = "athena",
+    key: str = "",
+) -> memory_pb2.RememberResponse:
+    return await harness.memory.Remember(
+        memory_pb2.RememberRequest(text=text, scope=scope, agent_id=agent_id, key=key), metadata=md
+    )
+
+
+async def recall(
+    harness: MemoryHarness, md: Metadata, query: str, agent_id: str = "athena", k: int = 0
+) -> list[memory_pb2.RecallResult]:
+    response = await harness.memory.Recall(
+        memory_pb2.RecallRequest(query=query, agent_id=agent_id, k=k), metadata=md
+    )
+    return list(response.results)
+
+
+async def test_question_recalls_the_fact_and_nothing_unrelated(memory_service: MemoryHarness) -> None:
+    _, md = memory_service.user()
+    await remember(memory_service, md, "my caloric goal is 2000 kcal")
+    for unrelated in (
+        "my dog is called Rex",
+        "I live in Berlin",
+        "the quarterly invoice for Acme is due on Friday",
+    ):
+        await remember(memory_service, md, unrelated)
+    results = await recall(memory_service, md, "what is my caloric goal?")
+    assert [r.memory.text for r in results] == ["my caloric goal is 2000 kcal"]
+    assert results[0].stage == VECTOR
+    assert results[0].similarity >= memory_service.settings.similarity_threshold
+    assert results[0].score == pytest.approx(
+        0.85 * results[0].similarity + 0.15, abs=1e-3
+    )  # written just now
+
+
+async def test_user_global_memories_reach_every_agent_and_agent_memories_only_theirs(
+    memory_service: MemoryHarness,
+) -> None:
+    _, md = memory_service.user()
+    await remember(memory_service, md, "my caloric goal is 2000 kcal", scope=USER, agent_id="nutrition")
+    await remember(memory_service, md, "meal log: oatmeal at breakfast", scope=AGENT, agent_id="nutrition")
+    for agent in ("nutrition", "focus", "athena"):
+        assert [r.memory.text for r in await recall(memory_service, md, "my caloric goal", agent)] == [
+            "my caloric goal is 2000 kcal"
+        ]
+    assert [
+        r.memory.text for r in await recall(memory_service, md, "meal log oatmeal breakfast", "nutrition")
+    ] == ["meal log: oatmeal at breakfast"]
+    assert await recall(memory_service, md, "meal log oatmeal breakfast", "focus") == []
+    # Another user sees none of it.
+    _, other = memory_service.user()
+    assert await recall(memory_service, other, "my caloric goal", "nutrition") == []
+
+
+async def test_same_key_and_scope_replaces_instead_of_duplicating(memory_service: MemoryHarness) -> None:
+    _, md = memory_service.user()
+    first = await remember(memory_service, md, "my caloric goal is 2000 kcal", key="caloric_goal")
+    second = await remember(memory_service, md, "my caloric goal is 1800 kcal", key="caloric_goal")
+    assert first.created
+    assert not second.created
+    assert second.memory.id == first.memory.id
+    # The same key in another scope is another memory.
+    third = await remember(
+        memory_service, md, "caloric goal for coaching", key="caloric_goal", scope=AGENT, agent_id="nutrition"
+    )
+    assert third.created
+    # A keyless retry of the same text does not duplicate either.
+    await remember(memory_service, md, "I run 5 km every Tuesday")
+    retried = await remember(memory_service, md, "I run 5 km every Tuesday")
+    assert not retried.created
+    listed = await memory_service.memory.ListMemories(memory_pb2.ListMemoriesRequest(), metadata=md)
+    texts = sorted(m.text for m in listed.memories)
+    assert texts == ["I run 5 km every Tuesday", "caloric goal for coaching", "my caloric goal is 1800 kcal"]
+
+
+async def test_threshold_is_respected_and_keyword_search_takes_over(memory_service: MemoryHarness) -> None:
+    _, md = memory_service.user()
+    await remember(memory_service, md, "I ate oatmeal with berries for breakfast")
+    await remember(memory_service, md, "my favourite colour is green")
+    # The hashing embedder scores this question ≈ 0.42 against the fact: below the threshold.
+    results = await recall(memory_service, md, "what did I eat for breakfast?")
+    assert [r.memory.text for r in results] == ["I ate oatmeal with berries for breakfast"]
+    assert results[0].stage == KEYWORD
+    assert 0 < results[0].similarity <= 1
+    # Nothing shares a word with this one.
+    assert await recall(memory_service, md, "quantum chromodynamics lecture") == []
+
+
+async def test_strict_threshold_sends_everything_to_keyword_stage(
+    start_server: Callable[..., Any],
+    verifier: TokenVerifier,
+    make_token: Callable[..., str],
+    tmp_path: Path,
+    postgres: EmbeddedPostgres,
+    valkey: EmbeddedValkey,
+) -> None:
+    strict = await start_memory(
+        start_server,
+        verifier,
+        make_token,
+        tmp_path,
+        postgres.url,
+        valkey.url,
+        similarity_thresholds={"athena-offline-embed": 0.99},
+    )
+    try:
+        _, md = strict.user()
+        await remember(strict, md, "my caloric goal is 2000 kcal")
+        results = await recall(strict, md, "what is my caloric goal?")
+        assert [r.stage for r in results] == [KEYWORD]
+    finally:
+        await stop_memory(strict)
+
+
+async def test_recency_decides_between_equally_similar_memories(
+    memory_service: MemoryHarness, postgres: EmbeddedPostgres
+) -> None:
+    user_id, md = memory_service.user()
+    old = await remember(memory_service, md, "my caloric goal is 2000 kcal", key="goal_a")
+    new = await remember(memory_service, md, "my caloric goal is 2000 kcal", key="goal_b")
+    connection = await asyncpg.connect(postgres.url)
+    try:
+        async with connection.transaction():
+            await connection.execute("SELECT set_config('athena.user_id', $1, true)", user_id)
+            await connection.execute(
+                "UPDATE vector_memory SET updated_at = updated_at - interval '30 days' WHERE id = $1",
+                uuid.UUID(old.memory.id),
+            )
+    finally:
+        await connection.close()
+    results = await recall(memory_service, md, "what is my caloric goal?")
+    assert [r.memory.id for r in results] == [new.memory.id, old.memory.id]
+    assert results[0].similarity == pytest.approx(results[1].similarity, abs=1e-6)
+    # One half-life: the recency term halves, so the gap is w·(1 − ½) = 0.075.
+    assert results[0].score - results[1].score == pytest.approx(0.15 * 0.5, abs=1e-3)
+
+
+async def test_forget_by_query_removes_from_both_stages(memory_service: MemoryHarness) -> None:
+    _, md = memory_service.user()
+    kept = await remember(memory_service, md, "my dog is called Rex")
+    gone = await remember(memory_service, md, "my caloric goal is 2000 kcal")
+    forgotten = await memory_service.memory.Forget(
+        memory_pb2.ForgetRequest(query="my caloric goal", agent_id="athena"), metadata=md
+    )
+    assert list(forgotten.forgotten_ids) == [gone.memory.id]
+    assert await recall(memory_service, md, "what is my caloric goal?") == []
+    assert await recall(memory_service, md, "caloric kcal") == []  # keyword stage too
+    listed = await memory_service.memory.ListMemories(memory_pb2.ListMemoriesRequest(), metadata=md)
+    assert [m.id for m in listed.memories] == [kept.memory.id]
+
+
+async def test_forget_by_id_only_the_callers_memories(memory_service: MemoryHarness) -> None:
+    _, alice = memory_service.user()
+    _, bob = memory_service.user()
+    memory = await remember(memory_service, alice, "my caloric goal is 2000 kcal")
+    await expect_status(
+        memory_service.memory.Forget(memory_pb2.ForgetRequest(memory_id=memory.memory.id), metadata=bob),
+        grpc.StatusCode.NOT_FOUND,
+    )
+    done = await memory_service.memory.Forget(
+        memory_pb2.ForgetRequest(memory_id=memory.memory.id), metadata=alice
+    )
+    assert list(done.forgotten_ids) == [memory.memory.id]
+    await expect_status(
+        memory_service.memory.Forget(memory_pb2.ForgetRequest(memory_id=memory.memory.id), metadata=alice),
+        grpc.StatusCode.NOT_FOUND,
+    )
+    assert await recall(memory_service, alice, "caloric goal") == []
+
+
+async def test_list_memories_pages_newest_first(memory_service: MemoryHarness) -> None:
+    _, md = memory_service.user()
+    ids = [(await remember(memory_service, md, f"fact number {i}")).memory.id for i in range(5)]
+    seen: list[str] = []
+    token = ""
+    while True:
+        page = await memory_service.memory.ListMemories(
+            memory_pb2.ListMemoriesRequest(page_size=2, page_token=token), metadata=md
+        )
+        seen += [m.id for m in page.memories]
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == list(reversed(ids))
+
+
+async def test_ephemeral_values_expire(memory_service: MemoryHarness) -> None:
+    _, md = memory_service.user()
+    _, other = memory_service.user()
+    await memory_service.memory.PutEphemeral(
+        memory_pb2.PutEphemeralRequest(
+            namespace="calendar_freebusy",
+            key="2025-01-01/7d",
+            value_json='{"busy": []}',
+            ttl=Duration(seconds=1),
+        ),
+        metadata=md,
+    )
+    request = memory_pb2.GetEphemeralRequest(namespace="calendar_freebusy", key="2025-01-01/7d")
+    found = await memory_service.memory.GetEphemeral(request, metadata=md)
+    assert found.found
+    assert found.value_json == '{"busy": []}'
+    assert not (await memory_service.memory.GetEphemeral(request, metadata=other)).found
+    await asyncio.sleep(1.2)
+    assert not (await memory_service.memory.GetEphemeral(request, metadata=md)).found
+
+
+async def test_precomputed_embedding_is_used(memory_service: MemoryHarness) -> None:
+    _, md = memory_service.user()
+    vector = [0.0] * 384
+    vector[7] = 1.0
+    await memory_service.memory.Remember(
+        memory_pb2.RememberRequest(text="zzz", scope=USER, agent_id="athena", embedding=vector), metadata=md
+    )
+    results = (
+        await memory_service.memory.Recall(
+            memory_pb2.RecallRequest(query="anything", agent_id="athena", embedding=vector), metadata=md
+        )
+    ).results
+    assert [r.memory.text for r in results] == ["zzz"]
+    assert results[0].similarity == pytest.approx(1.0, abs=1e-5)
