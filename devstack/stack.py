@@ -139,6 +139,15 @@ class Stack:
             path.chmod(0o600)
         return path.read_text().strip()
 
+    def _integration_dirs(self) -> dict[str, str]:
+        """Local stand-ins of the integrations (SPEC §8): drop `.ics` files, wearable CSVs or documents here."""
+        dirs = {}
+        for name in ("calendar", "wearables", "files"):
+            path = self.data_dir / "integrations" / name
+            path.mkdir(parents=True, exist_ok=True)
+            dirs[f"ORCHESTRATOR_{name.upper()}_DIR"] = str(path)
+        return dirs
+
     def _environment(self) -> dict[str, str]:
         p = self.config.ports
         env = {
@@ -158,6 +167,7 @@ class Stack:
             "ORCHESTRATOR_PORT": str(p.orchestrator),
             "ORCHESTRATOR_HTTP_PORT": str(p.orchestrator_http),
             "ORCHESTRATOR_MEMORY_TARGET": f"127.0.0.1:{p.memory}",
+            **self._integration_dirs(),
             "MEMORY_PORT": str(p.memory),
             "MEMORY_HTTP_PORT": str(p.memory_http),
             "AUTH_PORT": str(p.auth),

@@ -255,3 +255,71 @@ def test_sigterm_leaves_nothing_behind_and_data_survives_a_restart(
         assert conversation.messages[0].content == "Please keep this conversation"
     finally:
         stop_mesh(restarted)
+
+
+def chat(
+    mesh: RunningMesh, token: str, agent_id: str, text: str, conversation_id: str = ""
+) -> list[chat_pb2.ChatResponse]:
+    with grpc.insecure_channel(mesh.edge) as channel:
+        return list(
+            chat_pb2_grpc.ChatServiceStub(channel).Chat(
+                chat_pb2.ChatRequest(agent_id=agent_id, text=text, conversation_id=conversation_id),
+                metadata=(("authorization", f"Bearer {token}"),),
+                timeout=60,
+            )
+        )
+
+
+def answer(events: list[chat_pb2.ChatResponse]) -> str:
+    assert events[-1].HasField("message_completed"), events[-1]
+    return events[-1].message_completed.content
+
+
+def test_memory_is_shared_across_agents_scoped_per_agent_and_private_per_user(mesh: RunningMesh) -> None:
+    ada = dev_login(mesh, "memory-ada@example.com").access_token
+    bob = dev_login(mesh, "memory-bob@example.com").access_token
+
+    told = chat(mesh, ada, "nutrition", "remember my caloric goal is 2000 kcal")
+    calls = [event.tool_call for event in told if event.HasField("tool_call")]
+    assert [call.name for call in calls] == ["remember_memory"]
+    assert json.loads(calls[0].arguments_json)["scope"] == "user"
+    assert any(event.HasField("tool_result") and not event.tool_result.is_error for event in told)
+
+    assert "2000 kcal" in answer(chat(mesh, ada, "focus", "what is my caloric goal?"))
+
+    chat(mesh, ada, "nutrition", "note I ate oatmeal with berries for breakfast")
+    assert "oatmeal" in answer(chat(mesh, ada, "nutrition", "what did I eat for breakfast?"))
+    assert "oatmeal" not in answer(chat(mesh, ada, "focus", "what did I eat for breakfast?"))
+
+    for agent in ("athena", "nutrition"):
+        assert answer(chat(mesh, bob, agent, "what is my caloric goal?")) == "I don't know that yet."
+
+
+def test_handoff_calendar_and_the_stored_conversation(mesh: RunningMesh) -> None:
+    token = dev_login(mesh, "handoff@example.com").access_token
+    chat(mesh, token, "nutrition", "remember my caloric goal is 1800 kcal")
+
+    events = chat(mesh, token, "athena", "ask nutrition what is my caloric goal?")
+    handoffs = [event.handoff for event in events if event.HasField("handoff")]
+    assert [(h.from_agent_id, h.to_agent_id) for h in handoffs] == [("athena", "nutrition")]
+    assert events[-1].message_completed.agent_id == "nutrition"
+    assert "1800 kcal" in answer(events)
+    conversation_id = events[0].conversation_started.conversation_id
+
+    calendar = chat(mesh, token, "focus", "am I free tomorrow afternoon?")
+    assert [e.tool_call.name for e in calendar if e.HasField("tool_call")] == ["calendar_freebusy"]
+
+    with grpc.insecure_channel(mesh.edge) as channel:
+        stored = (
+            chat_pb2_grpc.ChatServiceStub(channel)
+            .GetConversation(
+                chat_pb2.GetConversationRequest(conversation_id=conversation_id),
+                metadata=(("authorization", f"Bearer {token}"),),
+                timeout=10,
+            )
+            .conversation
+        )
+    user, assistant = stored.messages[0], stored.messages[-1]
+    assert (user.role, user.agent_id) == (chat_pb2.ROLE_USER, "athena")
+    assert (assistant.role, assistant.agent_id) == (chat_pb2.ROLE_ASSISTANT, "nutrition")
+    assert any(call.name == "handoff_to_nutrition" for call in assistant.tool_calls)
