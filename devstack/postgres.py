@@ -40,6 +40,8 @@ def _system_user() -> str | None:
     except KeyError:
         subprocess.run(["useradd", "--system", "--no-create-home", _SYSTEM_USER], check=True)
     install = _bin("postgres").parent.parent
+    for parent in install.parents:  # e.g. a virtualenv inside a private (0700) temporary directory
+        parent.chmod(parent.stat().st_mode | 0o011)
     for path in (install, *install.rglob("*")):
         path.chmod(path.stat().st_mode | 0o055 if path.is_dir() else path.stat().st_mode | 0o044)
     return _SYSTEM_USER
