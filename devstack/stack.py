@@ -140,7 +140,7 @@ class Stack:
         return path.read_text().strip()
 
     def _integration_dirs(self) -> dict[str, str]:
-        """Local stand-ins of the integrations (SPEC §8): drop `.ics` files, wearable CSVs or documents here."""
+        """Local stand-ins of the integrations (SPEC §8): `.ics` files, wearable CSVs, documents."""
         dirs = {}
         for name in ("calendar", "wearables", "files"):
             path = self.data_dir / "integrations" / name

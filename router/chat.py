@@ -12,8 +12,11 @@ from athena.chat.v1 import chat_pb2, chat_pb2_grpc
 from athena.memory.v1 import memory_pb2
 from athena.orchestrator.v1 import orchestrator_pb2
 
-from mesh.clients import outgoing
+from mesh.clients import from_rpc_error, outgoing
+from mesh.context import principal
+from mesh.errors import AthenaError, Unavailable
 from router import validation
+from router.limits import Limiter
 from router.peers import Peers
 from router.settings import RouterSettings
 
@@ -25,6 +28,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
     def __init__(self, peers: Peers, settings: RouterSettings) -> None:
         self._peers = peers
         self._settings = settings
+        self._limiter = Limiter(settings.limits(), peers.limit_store)
 
     def _unary(self) -> dict[str, Any]:
         return outgoing(timeout=self._settings.peer_timeout_seconds)
@@ -56,22 +60,33 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             # Retrying a turn is only safe when storing its message is idempotent: give every turn an id.
             client_request_id=validation.client_request_id(request.client_request_id) or uuid.uuid4().hex,
         )
-        attempts = self._settings.chat_attempts
-        for attempt in range(1, attempts + 1):
-            started = False
-            try:
-                async for response in self._peers.orchestrator.Run(run, **outgoing()):
-                    started = True
-                    yield response.event
-                return
-            except grpc.aio.AioRpcError as exc:
-                # Before the first event nothing reached the client, so another replica may take the turn;
-                # after it, the client has seen part of an answer and must decide itself.
-                if started or exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == attempts:
-                    raise
-                log.warning(
-                    "orchestrator unavailable before the first event; retrying", extra={"attempt": attempt}
-                )
+        async with self._limiter.stream(principal().user_id):
+            attempts = self._settings.chat_attempts
+            for attempt in range(1, attempts + 1):
+                started = False
+                # Carries the caller's remaining deadline; no deadline of its own (a turn lasts as long as
+                # the model takes, bounded by the orchestrator's model timeouts).
+                call = self._peers.orchestrator.Run(run, **outgoing())
+                try:
+                    async for response in call:
+                        started = True
+                        yield response.event
+                    return
+                except grpc.aio.AioRpcError as exc:
+                    # Before the first event nothing reached the client and the message is stored under
+                    # its client_request_id, so another replica may take the turn; after it, the client
+                    # has seen part of an answer and must decide itself.
+                    if exc.code() == grpc.StatusCode.UNAVAILABLE and not started and attempt < attempts:
+                        log.warning(
+                            "orchestrator unavailable before the first event; retrying",
+                            extra={"attempt": attempt, "error": exc.details()},
+                        )
+                        continue
+                    raise _turn_error(exc) from exc
+                finally:
+                    # Ends the downstream turn (and its model call) when the client went away, even if
+                    # it left while this generator waited to send rather than to receive.
+                    call.cancel()
 
     async def ListConversations(
         self, request: chat_pb2.ListConversationsRequest, context: Context
@@ -108,3 +123,11 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             **self._unary(),
         )
         return chat_pb2.DeleteConversationResponse()
+
+
+def _turn_error(exc: grpc.aio.AioRpcError) -> AthenaError:
+    """The orchestrator's status as the client should see it. CANCELLED here never comes from our own
+    caller (that cancels this handler instead): the orchestrator replica went away mid-turn."""
+    if exc.code() == grpc.StatusCode.CANCELLED:
+        return Unavailable("the orchestrator stopped during the turn; your message is stored, try again")
+    return from_rpc_error(exc)

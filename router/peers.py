@@ -1,4 +1,5 @@
-"""The router's peers: the orchestrator pool, the memory service and the auth service."""
+"""The router's peers: the orchestrator pool, the memory and auth services, and the Redis-compatible server
+holding the rate-limit counters."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from athena.memory.v1 import memory_pb2_grpc
 from athena.orchestrator.v1 import orchestrator_pb2_grpc
 
 from mesh.clients import channel
+from router.redis_limits import RedisLimitStore, connect
 from router.settings import RouterSettings
 
 
@@ -23,6 +25,7 @@ class Peers:
     user_data: memory_pb2_grpc.UserDataServiceAsyncStub
     auth: auth_pb2_grpc.AuthServiceAsyncStub
     identity: identity_pb2_grpc.IdentityServiceAsyncStub
+    limit_store: RedisLimitStore
     channels: tuple[grpc.aio.Channel, ...]
 
     @classmethod
@@ -38,9 +41,11 @@ class Peers:
             user_data=memory_pb2_grpc.UserDataServiceStub(memory),
             auth=auth_pb2_grpc.AuthServiceStub(auth),
             identity=identity_pb2_grpc.IdentityServiceStub(auth),
+            limit_store=RedisLimitStore(connect(settings.redis_url, settings.redis_timeout_seconds)),
             channels=(orchestrator, memory, auth),
         )
 
     async def close(self) -> None:
         for peer in self.channels:
             await peer.close(grace=None)
+        await self.limit_store.close()
