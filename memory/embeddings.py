@@ -1,24 +1,21 @@
 """Turning text into vectors: the `Embedder` protocol, the OpenAI implementation and a hashing fake.
 
 `OpenAIEmbedder` calls `/embeddings` of any OpenAI-compatible API with the official SDK (OpenAI itself,
-vLLM, Ollama, the offline model server). `HashingEmbedder` computes in-process the same signed feature
-hashing as the offline model server (words and character trigrams, BLAKE2b buckets and signs,
-L2-normalised), so tests are deterministic, need no server, and exercise the thresholds calibrated for it.
+vLLM, Ollama, the offline model server). `HashingEmbedder` runs the offline model
+server's own embedder (`orchestrator.offline_model.embeddings`) in-process, so tests are deterministic,
+need no server, and exercise the thresholds calibrated for it.
 """
 
 from __future__ import annotations
 
-import hashlib
-import re
 from collections.abc import Sequence
-from functools import lru_cache
 from typing import Protocol
 
-import numpy as np
 import openai
 
 from mesh.context import time_remaining
 from mesh.errors import FailedPrecondition, Unavailable
+from orchestrator.offline_model.embeddings import embed as offline_embedding
 
 Vector = tuple[float, ...]
 
@@ -79,38 +76,9 @@ class OpenAIEmbedder:
         return vectors
 
 
-_WORD = re.compile(r"\w+")
-_SIGN_BIT = 1 << 63
-_WORD_WEIGHT = 1.0
-_TRIGRAM_WEIGHT = 0.5
-
-
-@lru_cache(maxsize=1 << 16)
-def _feature_hash(feature: str) -> int:
-    return int.from_bytes(hashlib.blake2b(feature.encode(), digest_size=8).digest(), "little")
-
-
-def _features(text: str) -> list[tuple[str, float]]:
-    words = _WORD.findall(text.lower())
-    if not words:
-        return [("raw:" + text, _WORD_WEIGHT)]
-    padded = " " + " ".join(words) + " "
-    found = [("w:" + word, _WORD_WEIGHT) for word in words]
-    found.extend(("c:" + padded[i : i + 3], _TRIGRAM_WEIGHT) for i in range(len(padded) - 2))
-    return found
-
-
 def hashing_embedding(text: str, dimension: int) -> Vector:
-    """The offline model's embedding of `text` (unit length)."""
-    vector = np.zeros(dimension, dtype=np.float64)
-    for feature, weight in _features(text):
-        hashed = _feature_hash(feature)
-        vector[hashed % dimension] += -weight if hashed & _SIGN_BIT else weight
-    norm = float(np.linalg.norm(vector))
-    if norm == 0.0:
-        vector[_feature_hash("raw:" + text) % dimension] = 1.0
-        norm = 1.0
-    return tuple(float(x) for x in (vector / norm).astype(np.float32))
+    """The offline model's embedding of `text` (unit length), computed in-process."""
+    return tuple(float(x) for x in offline_embedding(text, dimension))
 
 
 class HashingEmbedder:
