@@ -65,8 +65,13 @@ class AccountServicer(account_pb2_grpc.AccountServiceServicer):
             kind = record.WhichOneof("record")
             if kind is None:
                 continue
+            # Every field, defaults included: a disabled agent says `"enabled": false` rather than nothing.
             sections[_SECTIONS[kind]].append(
-                MessageToDict(getattr(record, kind), preserving_proto_field_name=True)
+                MessageToDict(
+                    getattr(record, kind),
+                    preserving_proto_field_name=True,
+                    always_print_fields_with_no_presence=True,
+                )
             )
         profile = {"user_id": caller.user_id, "email": caller.email}
         first = True

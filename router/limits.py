@@ -1,0 +1,184 @@
+"""Per-user rate limits of chat turns, shared by every router replica through a `LimitStore` (Redis).
+
+Two limits (SPEC §11), both answered RESOURCE_EXHAUSTED with a retry time:
+
+- **concurrent streams**: at most `Limits.max_streams` Chat streams of one user open at once. Each open
+  stream holds a lease in the store until it ends (released in `finally`); a lease also expires on its
+  own after `stream_lease_seconds`, so a replica that dies mid-stream cannot hold a slot forever.
+- **turns per window**: at most `Limits.turns_per_window` turns started per fixed window of
+  `window_seconds` (a minute). Windows are numbered from the epoch, so every replica counts into the
+  same window as long as their clocks roughly agree.
+
+Availability over limits: when the store cannot answer, the turn is admitted and a WARNING logged; for
+`outage_backoff_seconds` after a failure the store is not asked at all, so an outage costs no latency.
+
+No gRPC and no Redis here: `router.redis_limits` is the store, `router.chat` the caller.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Protocol
+
+from mesh.errors import ResourceExhausted
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How much one user may use the chat."""
+
+    max_streams: int = 4
+    """Chat streams one user may have open at once."""
+    turns_per_window: int = 30
+    """Turns one user may start per window."""
+    window_seconds: float = 60.0
+    """Length of a turn-counting window."""
+    stream_lease_seconds: float = 600.0
+    """A stream's slot is freed after this long even if its end was never recorded (replica crash)."""
+    stream_retry_after_seconds: float = 1.0
+    """What a refused stream is told to wait: streams end at unknown times, so a short, honest guess."""
+    outage_backoff_seconds: float = 5.0
+    """After the store failed, how long turns are admitted without asking it."""
+
+
+@dataclass(frozen=True)
+class Window:
+    """One fixed turn-counting window."""
+
+    index: int
+    """Number of the window since the epoch; every replica computes the same one."""
+    ends_at: float
+    """Epoch seconds at which the next window starts."""
+
+    def retry_after(self, now: float) -> float:
+        """Seconds until the next window (at least a little, never negative)."""
+        return max(self.ends_at - now, 0.001)
+
+
+def window_at(now: float, length: float) -> Window:
+    """The window holding the instant `now` (epoch seconds)."""
+    index = math.floor(now / length)
+    return Window(index=index, ends_at=(index + 1) * length)
+
+
+class LimitStoreError(Exception):
+    """The store could not answer (down, timed out); limits are then not enforced."""
+
+
+class LimitStore(Protocol):
+    """Where the counters of every router replica meet."""
+
+    async def count_turn(self, user_id: str, window: int, ttl_seconds: float) -> int:
+        """Counts one more turn of `user_id` in `window`; returns the count including it. The counter
+        may be forgotten `ttl_seconds` after its first turn."""
+        ...
+
+    async def acquire_stream(self, user_id: str, stream_id: str, now: float, lease_until: float) -> int:
+        """Records the open stream `stream_id` until `lease_until`, drops leases expired at `now`, and
+        returns how many streams of the user are open including this one (one atomic step)."""
+        ...
+
+    async def release_stream(self, user_id: str, stream_id: str) -> None:
+        """Forgets the stream `stream_id` (idempotent)."""
+        ...
+
+
+class Limiter:
+    """Admits chat streams under `Limits`."""
+
+    def __init__(self, limits: Limits, store: LimitStore, *, clock: Callable[[], float] = time.time) -> None:
+        self.limits = limits
+        self._store = store
+        self._clock = clock
+        self._store_down_until = float("-inf")
+
+    @asynccontextmanager
+    async def stream(self, user_id: str) -> AsyncIterator[None]:
+        """Holds one of the user's stream slots and counts one turn, for the duration of the block.
+        Raises `ResourceExhausted` (with `retry_after`) when either limit is reached."""
+        stream_id = uuid.uuid4().hex
+        held = await self._admit(user_id, stream_id)
+        try:
+            yield
+        finally:
+            if held:
+                await self._release(user_id, stream_id)
+
+    async def _admit(self, user_id: str, stream_id: str) -> bool:
+        """Whether a lease is held (and must be released); raises when a limit is reached."""
+        now = self._clock()
+        if now < self._store_down_until:
+            return False
+        limits = self.limits
+        try:
+            open_streams = await self._store.acquire_stream(
+                user_id, stream_id, now, now + limits.stream_lease_seconds
+            )
+        except LimitStoreError as exc:
+            self._store_down(exc)
+            return False
+        if open_streams > limits.max_streams:
+            await self._release(user_id, stream_id)
+            raise ResourceExhausted(
+                f"too many chat streams open at once (at most {limits.max_streams}); wait for one to finish",
+                retry_after=limits.stream_retry_after_seconds,
+            )
+        window = window_at(now, limits.window_seconds)
+        try:
+            turns = await self._store.count_turn(user_id, window.index, limits.window_seconds + 1)
+        except LimitStoreError as exc:
+            self._store_down(exc)
+            return True
+        if turns > limits.turns_per_window:
+            await self._release(user_id, stream_id)
+            raise ResourceExhausted(
+                f"too many chat turns (at most {limits.turns_per_window} "
+                f"per {limits.window_seconds:g} seconds)",
+                retry_after=window.retry_after(now),
+            )
+        return True
+
+    async def _release(self, user_id: str, stream_id: str) -> None:
+        try:
+            await self._store.release_stream(user_id, stream_id)
+        except LimitStoreError as exc:
+            # The lease expires on its own; until then the user has one slot less.
+            log.warning("releasing a chat stream slot failed", extra={"error": str(exc)})
+
+    def _store_down(self, exc: LimitStoreError) -> None:
+        self._store_down_until = self._clock() + self.limits.outage_backoff_seconds
+        log.warning(
+            "rate-limit store unavailable; admitting chat turns without limits",
+            extra={"error": str(exc), "retry_in_seconds": self.limits.outage_backoff_seconds},
+        )
+
+
+class InMemoryLimitStore:
+    """A `LimitStore` inside one process: for tests, and the reference behaviour of the Redis store."""
+
+    def __init__(self) -> None:
+        self.turns: dict[tuple[str, int], int] = {}
+        self.streams: dict[str, dict[str, float]] = {}
+
+    async def count_turn(self, user_id: str, window: int, ttl_seconds: float) -> int:
+        key = (user_id, window)
+        self.turns[key] = self.turns.get(key, 0) + 1
+        return self.turns[key]
+
+    async def acquire_stream(self, user_id: str, stream_id: str, now: float, lease_until: float) -> int:
+        leases = self.streams.setdefault(user_id, {})
+        for expired in [stream for stream, until in leases.items() if until <= now]:
+            del leases[expired]
+        leases[stream_id] = lease_until
+        return len(leases)
+
+    async def release_stream(self, user_id: str, stream_id: str) -> None:
+        self.streams.get(user_id, {}).pop(stream_id, None)

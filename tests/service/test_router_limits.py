@@ -1,0 +1,190 @@
+"""Rate limits of the router against a real Valkey: the Redis store itself, limits shared by two router
+replicas, the retry-after trailer, and failing open when Redis is down."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+import pytest
+import pytest_asyncio
+import redis.asyncio as redis
+from athena.chat.v1 import chat_pb2
+from joserfc.jwk import RSAKey
+from router_fixtures import (  # type: ignore[import-not-found]
+    Metadata,
+    Orchestrator,
+    Plan,
+    Router,
+    RouterMesh,
+    StubOrchestrator,
+    chat,
+    expect_stream_status,
+    router_mesh,
+)
+
+from devstack.postgres import EmbeddedPostgres
+from devstack.process import free_port
+from devstack.valkey import EmbeddedValkey
+from router.limits import LimitStoreError
+from router.redis_limits import RedisLimitStore, connect
+
+
+@pytest_asyncio.fixture(scope="module")
+async def mesh(
+    postgres: EmbeddedPostgres,
+    valkey: EmbeddedValkey,
+    make_token: Callable[..., str],
+    signing_key: RSAKey,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[RouterMesh]:
+    async with router_mesh(postgres, valkey, make_token, signing_key, tmp_path_factory) as harness:
+        yield harness
+
+
+@pytest_asyncio.fixture
+async def store(valkey: EmbeddedValkey) -> AsyncIterator[tuple[RedisLimitStore, redis.Redis]]:
+    client = connect(valkey.url, 1.0)
+    yield RedisLimitStore(client), client
+    await client.aclose()
+
+
+@pytest_asyncio.fixture(scope="module")
+async def pool(mesh: RouterMesh) -> tuple[Plan, list[Orchestrator]]:
+    plan = Plan()
+    return plan, [await mesh.serve_orchestrator(StubOrchestrator(plan)) for _ in range(2)]
+
+
+async def test_turn_counters_count_and_expire_with_their_window(
+    store: tuple[RedisLimitStore, redis.Redis],
+) -> None:
+    limits, client = store
+    user = str(uuid.uuid4())
+    assert [await limits.count_turn(user, 42, 61) for _ in range(3)] == [1, 2, 3]
+    assert await limits.count_turn(user, 43, 61) == 1
+    assert 0 < await client.ttl(limits.turns_key(user, 42)) <= 61
+
+
+async def test_stream_leases_are_counted_expired_and_released(
+    store: tuple[RedisLimitStore, redis.Redis],
+) -> None:
+    limits, client = store
+    user = str(uuid.uuid4())
+    now = time.time()
+    assert await limits.acquire_stream(user, "a", now, now + 10) == 1
+    assert await limits.acquire_stream(user, "b", now, now + 600) == 2
+    assert await limits.acquire_stream(user, "c", now + 11, now + 611) == 2  # "a" expired
+    await limits.release_stream(user, "b")
+    await limits.release_stream(user, "b")  # idempotent
+    assert await client.zrange(limits.streams_key(user), 0, -1) == ["c"]
+    assert 590 < await client.ttl(limits.streams_key(user)) <= 600
+
+
+async def test_a_store_that_cannot_reach_redis_fails_fast() -> None:
+    client = connect(f"redis://127.0.0.1:{free_port()}/0", 0.5)
+    started = time.monotonic()
+    with pytest.raises(LimitStoreError):
+        await RedisLimitStore(client).count_turn("someone", 1, 61)
+    assert time.monotonic() - started < 2
+    await client.aclose()
+
+
+def retry_after(error: grpc.aio.AioRpcError) -> float:
+    trailers: Any = error.trailing_metadata() or ()
+    return float(dict(trailers)["retry-after"])
+
+
+async def open_stream(router: Router, metadata: Metadata) -> Any:
+    """A Chat whose first event arrived: it holds a stream slot until it ends."""
+    call = router.chat.Chat(chat_pb2.ChatRequest(agent_id="athena", text="hi"), metadata=metadata, timeout=20)
+    first = await call.read()
+    assert isinstance(first, chat_pb2.ChatResponse), first
+    return call
+
+
+async def test_concurrent_streams_are_limited_across_router_replicas(
+    mesh: RouterMesh, pool: tuple[Plan, list[Orchestrator]]
+) -> None:
+    plan, orchestrators = pool
+    one = await mesh.start_router(orchestrators, max_streams_per_user=2)
+    two = await mesh.start_router(orchestrators, max_streams_per_user=2)
+    _, metadata = mesh.user()
+    _, someone_else = mesh.user()
+    plan.hold = True
+    try:
+        first = await open_stream(one, metadata)
+        second = await open_stream(two, metadata)
+        for router in (one, two):
+            refused = await expect_stream_status(
+                router.chat.Chat(
+                    chat_pb2.ChatRequest(agent_id="athena", text="hi"), metadata=metadata, timeout=10
+                ),
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+            )
+            assert "at most 2" in (refused.details() or "")
+            assert retry_after(refused) == 1
+        other = await open_stream(one, someone_else)  # limits are per user
+
+        first.cancel()  # a stream ending (even cancelled) frees its slot on every replica
+        third = None
+        for _ in range(100):
+            try:
+                third = await open_stream(two, metadata)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    raise
+                await asyncio.sleep(0.05)
+            else:
+                break
+        assert third is not None, "the cancelled stream never gave its slot back"
+        for call in (second, third, other):
+            call.cancel()
+    finally:
+        plan.hold = False
+
+
+async def test_turns_per_minute_are_counted_across_router_replicas(
+    mesh: RouterMesh, pool: tuple[Plan, list[Orchestrator]]
+) -> None:
+    _, orchestrators = pool
+    one = await mesh.start_router(orchestrators, turns_per_minute=3)
+    two = await mesh.start_router(orchestrators, turns_per_minute=3)
+    _, metadata = mesh.user()
+    _, someone_else = mesh.user()
+    seconds_left = 60 - time.time() % 60
+    if seconds_left < 5:  # the turns below must fall into one window
+        await asyncio.sleep(seconds_left + 0.1)
+
+    await chat(one.chat, metadata, "one")
+    await chat(two.chat, metadata, "two")
+    await chat(one.chat, metadata, "three")
+    refused = await expect_stream_status(
+        two.chat.Chat(chat_pb2.ChatRequest(agent_id="athena", text="four"), metadata=metadata, timeout=10),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    )
+    assert "at most 3 per 60 seconds" in (refused.details() or "")
+    assert 1 <= retry_after(refused) <= 60
+    await chat(two.chat, someone_else, "my own budget")
+
+
+async def test_with_redis_down_turns_are_admitted_and_a_warning_logged(
+    mesh: RouterMesh, pool: tuple[Plan, list[Orchestrator]], caplog: pytest.LogCaptureFixture
+) -> None:
+    _, orchestrators = pool
+    router = await mesh.start_router(
+        orchestrators,
+        redis_url=f"redis://127.0.0.1:{free_port()}/0",
+        turns_per_minute=1,
+        max_streams_per_user=1,
+    )
+    _, metadata = mesh.user()
+    with caplog.at_level(logging.WARNING, logger="router.limits"):
+        for n in range(3):
+            events = await chat(router.chat, metadata, f"turn {n}")
+            assert events[-1].text_delta.text == "fine"
+    assert any("admitting chat turns without limits" in record.message for record in caplog.records)

@@ -1,0 +1,152 @@
+"""Rate-limit domain of the router: window math, stream slots, turn counting and failing open."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from mesh.errors import ResourceExhausted
+from router.limits import InMemoryLimitStore, Limiter, Limits, LimitStoreError, window_at
+
+
+class Clock:
+    def __init__(self, now: float = 1_200_020.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class BrokenStore(InMemoryLimitStore):
+    """A store that fails while `down`, counting how often it was asked."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = True
+        self.calls = 0
+
+    def _check(self) -> None:
+        self.calls += 1
+        if self.down:
+            raise LimitStoreError("ConnectionError: connection refused")
+
+    async def count_turn(self, user_id: str, window: int, ttl_seconds: float) -> int:
+        self._check()
+        return await super().count_turn(user_id, window, ttl_seconds)
+
+    async def acquire_stream(self, user_id: str, stream_id: str, now: float, lease_until: float) -> int:
+        self._check()
+        return await super().acquire_stream(user_id, stream_id, now, lease_until)
+
+    async def release_stream(self, user_id: str, stream_id: str) -> None:
+        self._check()
+        await super().release_stream(user_id, stream_id)
+
+
+@pytest.mark.parametrize(
+    ("now", "index", "retry_after"),
+    [(0.0, 0, 60.0), (59.5, 0, 0.5), (60.0, 1, 60.0), (119.25, 1, 0.75), (1_700_000_000.0, 28_333_333, 40.0)],
+)
+def test_windows_are_numbered_from_the_epoch(now: float, index: int, retry_after: float) -> None:
+    window = window_at(now, 60.0)
+    assert window.index == index
+    assert window.retry_after(now) == pytest.approx(retry_after)
+    assert window.retry_after(window.ends_at) > 0  # never "retry now" while still refused
+
+
+async def test_open_streams_are_limited_and_freed_when_they_end() -> None:
+    limiter = Limiter(Limits(max_streams=2), InMemoryLimitStore(), clock=Clock())
+    async with limiter.stream("ada"), limiter.stream("ada"):
+        with pytest.raises(ResourceExhausted) as refused:
+            async with limiter.stream("ada"):
+                pass
+        assert refused.value.retry_after == 1.0
+        assert "at most 2" in refused.value.message
+        async with limiter.stream("grace"):  # other users have their own slots
+            pass
+    async with limiter.stream("ada"), limiter.stream("ada"):
+        pass
+
+
+async def test_a_stream_slot_is_freed_when_the_block_raises() -> None:
+    limiter = Limiter(Limits(max_streams=1), InMemoryLimitStore(), clock=Clock())
+    with pytest.raises(RuntimeError):
+        async with limiter.stream("ada"):
+            raise RuntimeError("the turn failed")
+    async with limiter.stream("ada"):
+        pass
+
+
+async def test_a_lease_never_released_expires() -> None:
+    clock = Clock()
+    store = InMemoryLimitStore()
+    limiter = Limiter(Limits(max_streams=1, stream_lease_seconds=600), store, clock=clock)
+    await store.acquire_stream("ada", "lost-on-a-dead-replica", clock.now, clock.now + 600)
+    with pytest.raises(ResourceExhausted):
+        async with limiter.stream("ada"):
+            pass
+    clock.now += 601
+    async with limiter.stream("ada"):
+        pass
+
+
+async def test_turns_per_window_are_limited_with_the_time_to_the_next_window() -> None:
+    clock = Clock(now=1_200_020.0)  # 20 s into a window
+    limiter = Limiter(Limits(turns_per_window=3, max_streams=10), InMemoryLimitStore(), clock=clock)
+    for _ in range(3):
+        async with limiter.stream("ada"):
+            pass
+    clock.now += 10
+    with pytest.raises(ResourceExhausted) as refused:
+        async with limiter.stream("ada"):
+            pass
+    assert refused.value.retry_after == pytest.approx(30.0)
+    assert "at most 3 per 60 seconds" in refused.value.message
+
+    clock.now += 30  # the next window
+    async with limiter.stream("ada"):
+        pass
+
+
+async def test_a_turn_refused_for_its_rate_does_not_keep_a_stream_slot() -> None:
+    store = InMemoryLimitStore()
+    limiter = Limiter(Limits(turns_per_window=1, max_streams=1), store, clock=Clock())
+    async with limiter.stream("ada"):
+        pass
+    with pytest.raises(ResourceExhausted):
+        async with limiter.stream("ada"):
+            pass
+    assert store.streams["ada"] == {}
+
+
+async def test_an_unavailable_store_admits_turns_logs_a_warning_and_is_left_alone_for_a_while(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = Clock()
+    store = BrokenStore()
+    limiter = Limiter(Limits(max_streams=1, outage_backoff_seconds=5), store, clock=clock)
+    with caplog.at_level(logging.WARNING, logger="router.limits"):
+        async with limiter.stream("ada"), limiter.stream("ada"):  # over the limit, but admitted
+            pass
+    assert store.calls == 1  # the second turn did not wait on the broken store
+    assert any("admitting chat turns without limits" in record.message for record in caplog.records)
+
+    store.down = False
+    clock.now += 6
+    async with limiter.stream("ada"):
+        with pytest.raises(ResourceExhausted):
+            async with limiter.stream("ada"):
+                pass
+
+
+async def test_a_failing_release_is_logged_and_the_lease_left_to_expire(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = BrokenStore()
+    store.down = False
+    limiter = Limiter(Limits(), store, clock=Clock())
+    with caplog.at_level(logging.WARNING, logger="router.limits"):
+        async with limiter.stream("ada"):
+            store.down = True
+    assert any("releasing a chat stream slot failed" in record.message for record in caplog.records)
