@@ -100,7 +100,15 @@ async def one_turn(
 async def run(samples: int, concurrency: int) -> dict[str, object]:
     ports = Ports(**{f.name: free_port() for f in fields(Ports)})
     with tempfile.TemporaryDirectory(prefix="athena-bench-") as data:
-        stack = Stack(StackConfig(data_dir=Path(data), ports=ports, offline_delay_ms=0))
+        stack = Stack(
+            StackConfig(
+                data_dir=Path(data),
+                ports=ports,
+                offline_delay_ms=0,
+                # One benchmark user sends hundreds of turns a minute; per-user limits are not measured.
+                extra_env={"ROUTER_TURNS_PER_MINUTE": "1000000", "ROUTER_MAX_STREAMS_PER_USER": "1000"},
+            )
+        )
         await asyncio.to_thread(stack.start)
         try:
             model = await model_first_chunk(f"http://127.0.0.1:{ports.offline_model}/v1", samples)

@@ -222,41 +222,6 @@ def test_calls_without_a_token_are_refused_at_the_edge(mesh: RunningMesh) -> Non
     assert "Unauthenticated" in result.stderr
 
 
-def test_sigterm_leaves_nothing_behind_and_data_survives_a_restart(
-    mesh: RunningMesh, data_dir: Path, ports: Ports
-) -> None:
-    session = dev_login(mesh, "persist@example.com")
-    metadata = (("authorization", f"Bearer {session.access_token}"),)
-    with grpc.insecure_channel(mesh.edge) as channel:
-        events = list(
-            chat_pb2_grpc.ChatServiceStub(channel).Chat(
-                chat_pb2.ChatRequest(agent_id="athena", text="Please keep this conversation"),
-                metadata=metadata,
-                timeout=30,
-            )
-        )
-    conversation_id = events[0].conversation_started.conversation_id
-    stop_mesh(mesh)
-
-    restarted = start_mesh(data_dir, ports)
-    try:
-        again = dev_login(restarted, "persist@example.com")
-        assert again.user.id == session.user.id
-        with grpc.insecure_channel(restarted.edge) as channel:
-            conversation = (
-                chat_pb2_grpc.ChatServiceStub(channel)
-                .GetConversation(
-                    chat_pb2.GetConversationRequest(conversation_id=conversation_id),
-                    metadata=(("authorization", f"Bearer {again.access_token}"),),
-                    timeout=10,
-                )
-                .conversation
-            )
-        assert conversation.messages[0].content == "Please keep this conversation"
-    finally:
-        stop_mesh(restarted)
-
-
 def chat(
     mesh: RunningMesh, token: str, agent_id: str, text: str, conversation_id: str = ""
 ) -> list[chat_pb2.ChatResponse]:
@@ -323,3 +288,39 @@ def test_handoff_calendar_and_the_stored_conversation(mesh: RunningMesh) -> None
     assert (user.role, user.agent_id) == (chat_pb2.ROLE_USER, "athena")
     assert (assistant.role, assistant.agent_id) == (chat_pb2.ROLE_ASSISTANT, "nutrition")
     assert any(call.name == "handoff_to_nutrition" for call in assistant.tool_calls)
+
+
+# Last: it stops the module's mesh.
+def test_sigterm_leaves_nothing_behind_and_data_survives_a_restart(
+    mesh: RunningMesh, data_dir: Path, ports: Ports
+) -> None:
+    session = dev_login(mesh, "persist@example.com")
+    metadata = (("authorization", f"Bearer {session.access_token}"),)
+    with grpc.insecure_channel(mesh.edge) as channel:
+        events = list(
+            chat_pb2_grpc.ChatServiceStub(channel).Chat(
+                chat_pb2.ChatRequest(agent_id="athena", text="Please keep this conversation"),
+                metadata=metadata,
+                timeout=30,
+            )
+        )
+    conversation_id = events[0].conversation_started.conversation_id
+    stop_mesh(mesh)
+
+    restarted = start_mesh(data_dir, ports)
+    try:
+        again = dev_login(restarted, "persist@example.com")
+        assert again.user.id == session.user.id
+        with grpc.insecure_channel(restarted.edge) as channel:
+            conversation = (
+                chat_pb2_grpc.ChatServiceStub(channel)
+                .GetConversation(
+                    chat_pb2.GetConversationRequest(conversation_id=conversation_id),
+                    metadata=(("authorization", f"Bearer {again.access_token}"),),
+                    timeout=10,
+                )
+                .conversation
+            )
+        assert conversation.messages[0].content == "Please keep this conversation"
+    finally:
+        stop_mesh(restarted)

@@ -622,12 +622,14 @@ OVERLAY_GRAPH = {
         ("memory", "postgres", 5432),
         ("auth", "postgres", 5432),
         ("memory", "valkey", 6379),
+        ("router", "valkey", 6379),
         ("orchestrator", "offline-model", 8090),
         ("memory", "offline-model", 8090),
     },
     "prod": {
         ("memory", "managed-datastore", 5432),
         ("memory", "managed-datastore", 6379),
+        ("router", "managed-datastore", 6379),
         ("auth", "managed-datastore", 5432),
     },
 }
