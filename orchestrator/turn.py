@@ -117,20 +117,34 @@ class TurnRunner:
     async def run(self, request: TurnRequest) -> AsyncGenerator[TurnEvent, None]:
         started = self._clock()
         agent, text = self._validate(request)
-        states = await self._memory.agent_states()
-        if agent.id not in states:
-            raise FailedPrecondition(
-                f"agent {agent.id!r} is not in memory's catalog yet (the catalog sync failed?)"
-            )
-        if not states[agent.id]:
-            raise FailedPrecondition(f"agent {agent.id!r} is disabled; enable it to chat with it")
-        enabled = frozenset(agent_id for agent_id, on in states.items() if on)
-        stored = await self._memory.append_user_message(
-            conversation_id=request.conversation_id,
-            agent_id=agent.id,
-            text=text,
-            client_request_id=request.client_request_id,
+        # Reads the prompt needs run while the message is being stored: they change nothing, and nothing
+        # reaches the model before the message is stored. Off the path to the first token otherwise.
+        recall = asyncio.ensure_future(self._recall(agent, text))
+        history = asyncio.ensure_future(
+            self._history(request.conversation_id) if request.conversation_id else _nothing()
         )
+        try:
+            states = await self._memory.agent_states()
+            if agent.id not in states:
+                raise FailedPrecondition(
+                    f"agent {agent.id!r} is not in memory's catalog yet (the catalog sync failed?)"
+                )
+            if not states[agent.id]:
+                raise FailedPrecondition(f"agent {agent.id!r} is disabled; enable it to chat with it")
+            enabled = frozenset(agent_id for agent_id, on in states.items() if on)
+            stored = await self._memory.append_user_message(
+                conversation_id=request.conversation_id,
+                agent_id=agent.id,
+                text=text,
+                client_request_id=request.client_request_id,
+            )
+        except BaseException:
+            recall.cancel()
+            history.cancel()
+            raise
+        if stored.replayed and not request.conversation_id:
+            history.cancel()
+            history = asyncio.ensure_future(self._history(stored.conversation_id))
         progress = _Progress(stored.conversation_id, str(uuid.uuid4()), agent)
         try:
             yield ConversationStarted(
@@ -141,12 +155,10 @@ class TurnRunner:
                 model=self._model_name(agent.model),
                 offline_model=self._offline_model,
             )
-            history = (
-                self._history(stored.conversation_id, stored.message_id)
-                if request.conversation_id or stored.replayed
-                else _nothing()
-            )
-            memories, earlier = await asyncio.gather(self._recall(agent, text), history)
+            memories, messages = await asyncio.gather(recall, history)
+            # Fetched while the message was stored, the history may or may not hold it: never twice.
+            earlier = [message for message in messages if message.id != stored.message_id]
+            earlier = earlier[-self._history_messages :] if self._history_messages else []
             yield MemoriesRecalled(tuple(memories))
             async with aclosing(
                 self._answer(request, text, progress, enabled, memories, earlier, started)
@@ -162,6 +174,9 @@ class TurnRunner:
         except Exception:
             await self._store_failed(progress, INTERNAL_REASON)
             raise
+        finally:
+            recall.cancel()  # no-ops once awaited; stops them when the turn ends before that
+            history.cancel()
 
     def _validate(self, request: TurnRequest) -> tuple[AgentSpec, str]:
         if not request.agent_id:
@@ -190,14 +205,12 @@ class TurnRunner:
             log.warning("recall failed; answering without memories", extra={"error": exc.message})
             return []
 
-    async def _history(self, conversation_id: str, user_message_id: str) -> list[HistoryMessage]:
+    async def _history(self, conversation_id: str) -> list[HistoryMessage]:
         try:
-            messages = await self._memory.history(conversation_id, self._history_messages + 1)
+            return await self._memory.history(conversation_id, self._history_messages + 1)
         except AthenaError as exc:
             log.warning("history unavailable; answering without it", extra={"error": exc.message})
             return []
-        earlier = [message for message in messages if message.id != user_message_id]
-        return earlier[-self._history_messages :] if self._history_messages else []
 
     async def _answer(
         self,
