@@ -104,6 +104,12 @@ async def test_dev_login_refresh_and_logout(
     assert stored[0]["used_at"] is not None
     assert stored[1]["used_at"] is None
     assert all(login.refresh_token.encode() not in bytes(row["token_hash"]) for row in stored)
+    # No column of any auth table holds either refresh token in plain text (or hex of its bytes).
+    for table in ("refresh_tokens", "sessions", "users", "identities"):
+        for row in await pool.fetch(f"SELECT row_to_json(t)::text AS r FROM auth.{table} t"):  # noqa: S608
+            for token in (login.refresh_token, refreshed.refresh_token):
+                assert token not in row["r"]
+                assert token.encode().hex() not in row["r"]
 
     await stub.Logout(auth_pb2.LogoutRequest(refresh_token=refreshed.refresh_token))
     await stub.Logout(auth_pb2.LogoutRequest(refresh_token=refreshed.refresh_token))  # idempotent
