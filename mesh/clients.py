@@ -33,16 +33,19 @@ def channel(target: str, *, keepalive_seconds: float = 30.0) -> grpc.aio.Channel
     return grpc.aio.insecure_channel(target, options=options, interceptors=aio_client_interceptors())  # type: ignore[no-untyped-call]
 
 
-def outgoing(*, timeout: float | None = None, authenticated: bool = True) -> dict[str, Any]:
+def outgoing(
+    *, timeout: float | None = None, authenticated: bool = True, detached: bool = False
+) -> dict[str, Any]:
     """`metadata` and `timeout` for a call made while serving the current RPC: the caller's token, the
-    request id, and the smaller of `timeout` and what is left of the caller's deadline."""
+    request id, and the smaller of `timeout` and what is left of the caller's deadline. A `detached` call
+    ignores the caller's deadline (the write recording a turn that the deadline itself ended)."""
     metadata: list[tuple[str, str]] = []
     if authenticated:
         metadata.append(("authorization", f"Bearer {principal().token}"))
     call = current_call.get()
     if call is not None:
         metadata.append(("x-request-id", call.request_id))
-    remaining = time_remaining()
+    remaining = None if detached else time_remaining()
     if remaining is not None:
         timeout = remaining if timeout is None else min(timeout, remaining)
     return {"metadata": tuple(metadata), "timeout": timeout}

@@ -18,7 +18,6 @@ from athena.memory.v1 import memory_pb2, memory_pb2_grpc
 from google.protobuf.duration_pb2 import Duration
 
 from mesh.clients import from_rpc_error, outgoing
-from mesh.context import current_call, principal
 from orchestrator.catalog import AgentSpec
 from orchestrator.records import (
     AssistantMessage,
@@ -85,9 +84,10 @@ class GrpcMemoryGateway:
         self._detached_timeout = detached_timeout
 
     async def _call(self, method: Any, request: Any, *, detached: bool = False, **kwargs: Any) -> Any:
-        call_kwargs = _detached() if detached else outgoing(timeout=self._timeout)
         if detached:
-            call_kwargs["timeout"] = self._detached_timeout
+            call_kwargs = outgoing(timeout=self._detached_timeout, detached=True)
+        else:
+            call_kwargs = outgoing(timeout=self._timeout)
         try:
             return await method(request, **call_kwargs, **kwargs)
         except grpc.aio.AioRpcError as exc:
@@ -232,13 +232,3 @@ class GrpcMemoryGateway:
             await self._agents.SyncAgents(request, metadata=tuple(metadata), timeout=self._timeout)
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc) from exc
-
-
-def _detached() -> dict[str, Any]:
-    """Like `mesh.clients.outgoing`, without the caller's deadline: for the write that records a failed or
-    cancelled turn, which must land even though the caller's deadline is what ended the turn."""
-    metadata = [("authorization", f"Bearer {principal().token}")]
-    call = current_call.get()
-    if call is not None:
-        metadata.append(("x-request-id", call.request_id))
-    return {"metadata": tuple(metadata)}
