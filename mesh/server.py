@@ -43,6 +43,9 @@ REFLECTION_SERVICE = reflection.SERVICE_NAME
 EDGE_REFLECTION_HEADER = "x-athena-edge-reflection"
 """Envoy sets this on reflection calls it forwards, so the router can present the whole public API."""
 ALWAYS_PUBLIC = (HEALTH_SERVICE, REFLECTION_SERVICE)
+LIVENESS = "liveness"
+"""Health name that says only "the process works": SERVING from start to drain, whatever the readiness
+check says, so a liveness probe does not restart a pod whose database is down (readiness handles that)."""
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,7 @@ class MeshServer:
         self._server = server
         await self.http.start()
         await self._set_health(serving=True)
+        await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         if self._readiness is not None:
             self._readiness_task = asyncio.create_task(self._watch_readiness(), name=f"{self.name}-readiness")
         log.info(

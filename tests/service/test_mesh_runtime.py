@@ -19,7 +19,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from mesh import errors
 from mesh.clients import outgoing
 from mesh.context import principal
-from mesh.server import EDGE_REFLECTION_HEADER, MeshServer, Service
+from mesh.server import EDGE_REFLECTION_HEADER, LIVENESS, MeshServer, Service
 from mesh.settings import ServiceSettings
 from mesh.tokens import TokenVerifier
 
@@ -199,3 +199,41 @@ async def test_metrics_count_calls_by_method_and_status(probe: Any, make_token: 
         text = (await client.get(f"http://127.0.0.1:{server.http.port}/metrics")).text
     assert 'grpc_server_handled_total{grpc_code="UNAUTHENTICATED",grpc_method="GetConversation"' in text
     assert "grpc_server_handling_seconds_bucket" in text
+
+
+async def test_liveness_stays_serving_while_readiness_fails(
+    tmp_path: Path, start_server: Any, verifier: TokenVerifier
+) -> None:
+    ready = False
+
+    async def readiness() -> bool:
+        return ready
+
+    settings = ServiceSettings(**service_settings(tmp_path))
+    server = await start_server(
+        "probe",
+        settings,
+        [Service(CHAT, ProbeServicer(), chat_pb2_grpc.add_ChatServiceServicer_to_server)],  # type: ignore[abstract]
+        verifier,
+        readiness=readiness,
+        readiness_interval=0.05,
+    )
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+
+        async def status(name: str) -> int:
+            return (await health.Check(health_pb2.HealthCheckRequest(service=name))).status
+
+        for _ in range(100):
+            if await status(CHAT) == health_pb2.HealthCheckResponse.NOT_SERVING:
+                break
+            await asyncio.sleep(0.02)
+        assert await status(CHAT) == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert await status("") == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert await status(LIVENESS) == health_pb2.HealthCheckResponse.SERVING
+        ready = True
+        for _ in range(100):
+            if await status(CHAT) == health_pb2.HealthCheckResponse.SERVING:
+                break
+            await asyncio.sleep(0.02)
+        assert await status(CHAT) == health_pb2.HealthCheckResponse.SERVING

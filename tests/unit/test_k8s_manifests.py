@@ -168,7 +168,8 @@ def test_services_have_native_grpc_probes_on_their_port_and_health_name(
             "initialDelaySeconds",
         }
         assert probe["grpc"]["port"] == service.grpc_port, kind
-        assert probe["grpc"]["service"] in service.health_names, kind
+        expected = {"liveness"} if kind == "livenessProbe" else service.health_names
+        assert probe["grpc"]["service"] in expected, kind
     env = environment(container, rendered)
     assert env[f"{service.prefix}HOST"] == "0.0.0.0"
     assert int(env[f"{service.prefix}PORT"]) == service.grpc_port
