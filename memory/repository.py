@@ -225,23 +225,9 @@ class PostgresMemoryStore:
 
     async def list(self, user_id: str, limit: int, after: Cursor | None) -> list[MemoryRecord]:
         async with self._db.transaction(user_id, readonly=True) as connection:
-            if after is None:
-                rows = await connection.fetch(
-                    f"""SELECT {_MEMORY_COLUMNS} FROM vector_memory WHERE user_id = $1
-                        ORDER BY created_at DESC, id DESC LIMIT $2""",
-                    uuid.UUID(user_id),
-                    limit,
-                )
-            else:
-                rows = await connection.fetch(
-                    f"""SELECT {_MEMORY_COLUMNS} FROM vector_memory
-                        WHERE user_id = $1 AND (created_at, id) < ($3, $4)
-                        ORDER BY created_at DESC, id DESC LIMIT $2""",
-                    uuid.UUID(user_id),
-                    limit,
-                    after.at,
-                    uuid.UUID(after.id),
-                )
+            rows = await _newest_first(
+                connection, _MEMORY_COLUMNS, "vector_memory", "created_at", user_id, limit, after
+            )
         return [_memory(row) for row in rows]
 
 
@@ -367,23 +353,9 @@ class PostgresConversationStore:
 
     async def list(self, user_id: str, limit: int, after: Cursor | None) -> list[ConversationRecord]:
         async with self._db.transaction(user_id, readonly=True) as connection:
-            if after is None:
-                rows = await connection.fetch(
-                    f"""SELECT {_CONVERSATION_COLUMNS} FROM conversations WHERE user_id = $1
-                        ORDER BY updated_at DESC, id DESC LIMIT $2""",
-                    uuid.UUID(user_id),
-                    limit,
-                )
-            else:
-                rows = await connection.fetch(
-                    f"""SELECT {_CONVERSATION_COLUMNS} FROM conversations
-                        WHERE user_id = $1 AND (updated_at, id) < ($3, $4)
-                        ORDER BY updated_at DESC, id DESC LIMIT $2""",
-                    uuid.UUID(user_id),
-                    limit,
-                    after.at,
-                    uuid.UUID(after.id),
-                )
+            rows = await _newest_first(
+                connection, _CONVERSATION_COLUMNS, "conversations", "updated_at", user_id, limit, after
+            )
         return [_conversation(row) for row in rows]
 
     async def get(self, user_id: str, conversation_id: str, last_messages: int) -> ConversationRecord:
@@ -543,3 +515,25 @@ class PostgresUserDataStore:
             )
         assert counts is not None
         return int(users) + sum(int(counts[t]) for t in self._TABLES)
+
+
+async def _newest_first(
+    connection: Connection,
+    columns: str,
+    table: str,
+    order_column: str,
+    user_id: str,
+    limit: int,
+    after: Cursor | None,
+) -> list[asyncpg.Record]:
+    """One page of the user's rows, newest first by (`order_column`, id), after the previous page's cursor.
+    `columns`, `table` and `order_column` are this module's constants, never request data."""
+    keyset = f"AND ({order_column}, id) < ($3, $4)" if after is not None else ""
+    cursor = (after.at, uuid.UUID(after.id)) if after is not None else ()
+    return await connection.fetch(
+        f"""SELECT {columns} FROM {table} WHERE user_id = $1 {keyset}
+            ORDER BY {order_column} DESC, id DESC LIMIT $2""",
+        uuid.UUID(user_id),
+        limit,
+        *cursor,
+    )
