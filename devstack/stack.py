@@ -216,7 +216,7 @@ class Stack:
                 }
                 self._spawn(
                     "offline-model",
-                    [python, "-m", "orchestrator.offline_model"],
+                    [python, "-m", "offline_model"],
                     http_ok(f"http://127.0.0.1:{p.offline_model}/healthz"),
                     model_env,
                 )

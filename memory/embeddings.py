@@ -2,7 +2,7 @@
 
 `OpenAIEmbedder` calls `/embeddings` of any OpenAI-compatible API with the official SDK (OpenAI itself,
 vLLM, Ollama, the offline model server). `HashingEmbedder` runs the offline model
-server's own embedder (`orchestrator.offline_model.embeddings`) in-process, so tests are deterministic,
+server's own embedder (`offline_model.embeddings`) in-process, so tests are deterministic,
 need no server, and exercise the thresholds calibrated for it.
 """
 
@@ -15,7 +15,7 @@ import openai
 
 from mesh.context import time_remaining
 from mesh.errors import FailedPrecondition, Unavailable
-from orchestrator.offline_model.embeddings import embed as offline_embedding
+from offline_model.embeddings import embed as offline_embedding
 
 Vector = tuple[float, ...]
 

@@ -44,8 +44,8 @@ from mesh.tokens import KeySource, StaticKeySource, TokenVerifier
 from orchestrator.app import build_runner
 from orchestrator.catalog import Catalog, CatalogSync
 from orchestrator.memory_client import GrpcMemoryGateway
-from orchestrator.offline_model.server import OfflineModelServer
-from orchestrator.offline_model.settings import OfflineModelSettings
+from offline_model.server import OfflineModelServer
+from offline_model.settings import OfflineModelSettings
 from orchestrator.service import SERVICE_NAME as ORCHESTRATOR_SERVICE
 from orchestrator.service import OrchestratorServicer
 from orchestrator.settings import OrchestratorSettings

@@ -14,8 +14,8 @@ import pytest
 import pytest_asyncio
 from openai import AsyncOpenAI
 
-from orchestrator.offline_model.server import OfflineModelServer
-from orchestrator.offline_model.settings import OfflineModelSettings
+from offline_model.server import OfflineModelServer
+from offline_model.settings import OfflineModelSettings
 
 TOOLS: list[Any] = [
     {

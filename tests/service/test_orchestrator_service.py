@@ -31,8 +31,8 @@ from orchestrator.app import build_runner
 from orchestrator.catalog import Catalog, CatalogSync
 from orchestrator.memory_client import GrpcMemoryGateway
 from orchestrator.model import ChatModel, ScriptedModel, ScriptedReply
-from orchestrator.offline_model.server import OfflineModelServer
-from orchestrator.offline_model.settings import OfflineModelSettings
+from offline_model.server import OfflineModelServer
+from offline_model.settings import OfflineModelSettings
 from orchestrator.service import service
 from orchestrator.settings import OrchestratorSettings
 from orchestrator.turn import TurnRunner

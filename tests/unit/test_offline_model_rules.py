@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from orchestrator.offline_model import embeddings, rules
+from offline_model import embeddings, rules
 
 ALL_TOOLS = ("remember_memory", "forget_memory", "calendar_freebusy", "handoff_to_nutrition")
 NOW = datetime(2025, 3, 1, 9, 30, 15, 123456, tzinfo=UTC)

@@ -26,8 +26,8 @@ from typing import Any
 
 from aiohttp import web
 
-from orchestrator.offline_model import embeddings, rules
-from orchestrator.offline_model.settings import CHAT_MODEL, EMBEDDING_MODEL, OfflineModelSettings
+from offline_model import embeddings, rules
+from offline_model.settings import CHAT_MODEL, EMBEDDING_MODEL, OfflineModelSettings
 
 log = logging.getLogger(__name__)
 
