@@ -1,7 +1,7 @@
 """`AuthStore` over asyncpg: the `auth` schema of the shared PostgreSQL database.
 
 Driver errors are translated here, once: unique violations become `StoreConflict` (the domain retries),
-lost connections and an unreachable server become `mesh.errors.Unavailable`.
+lost connections and an unreachable server become `mesh.errors.Unavailable` (`mesh.postgres`).
 """
 
 from __future__ import annotations
@@ -16,48 +16,31 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from auth.store import AuthTransaction, LoginState, RefreshTokenRecord, StoreConflict, UserRecord
-from mesh.errors import Unavailable
-
-_UNAVAILABLE = (
-    OSError,
-    asyncpg.exceptions.ConnectionDoesNotExistError,
-    asyncpg.exceptions.CannotConnectNowError,
-    asyncpg.exceptions.InterfaceError,
-    asyncpg.exceptions.PostgresConnectionError,
-    asyncpg.exceptions.TooManyConnectionsError,
-)
-
-
-async def create_pool(database_url: str, max_size: int) -> asyncpg.Pool:
-    try:
-        return await asyncpg.create_pool(database_url, min_size=1, max_size=max_size, command_timeout=30)
-    except _UNAVAILABLE as exc:
-        raise Unavailable("the auth database is not reachable") from exc
+from mesh import postgres
 
 
 class PostgresAuthStore:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: postgres.Pool) -> None:
         self._pool = pool
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[AuthTransaction]:
         try:
-            async with self._pool.acquire() as connection, connection.transaction():
+            async with (
+                postgres.translated("the auth database"),
+                self._pool.acquire() as connection,
+                connection.transaction(),
+            ):
                 yield _PostgresTransaction(connection)
         except asyncpg.UniqueViolationError as exc:
             raise StoreConflict(str(exc.constraint_name)) from exc
-        except _UNAVAILABLE as exc:
-            raise Unavailable("the auth database is not reachable") from exc
 
     def transaction(self) -> AbstractAsyncContextManager[AuthTransaction]:
         return self._transaction()
 
     async def ping(self) -> bool:
-        try:
-            async with self._pool.acquire(timeout=2) as connection:
-                return bool(await connection.fetchval("SELECT true"))
-        except (*_UNAVAILABLE, TimeoutError):
-            return False
+        """Whether the database answers within a second (the readiness check)."""
+        return await postgres.ping(self._pool, within=1.0)
 
 
 def _user(row: Any) -> UserRecord:

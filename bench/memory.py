@@ -54,7 +54,7 @@ from pgvector.asyncpg import register_vector
 
 from devstack.postgres import EmbeddedPostgres
 from devstack.process import free_port
-from memory.database import Connection, Database, Pool, open_pool
+from memory.database import Connection, Database, init_connection
 from memory.domain import USER_SCOPE, Stage
 from memory.embeddings import Vector
 from memory.migrate import migrate
@@ -62,6 +62,7 @@ from memory.ranking import RankingPolicy, candidate_count
 from memory.recall import Recaller, RecallQuery
 from memory.repository import PostgresMemoryStore
 from memory.settings import MemorySettings
+from mesh.postgres import Pool, open_pool
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -554,6 +555,13 @@ async def ef_search_sweep(
     return sweep
 
 
+async def _pool(app_url: str, size: int) -> Pool:
+    """`size` connections as the memory service opens them (vector and jsonb codecs)."""
+    return await open_pool(
+        app_url, min_size=size, max_size=size, connect_timeout=10, command_timeout=600, init=init_connection
+    )
+
+
 async def explain(pool: Pool, ef_search: int, query: tuple[str, str, Vector]) -> str:
     """EXPLAIN ANALYZE of the store's own query, in its own transaction."""
     plans: list[str] = []
@@ -648,9 +656,7 @@ async def run_scenario(
     throughput_queries = dataset.queries(scenario.throughput_queries, 2)
     recall_queries = dataset.queries(scenario.recall_queries, 3)
 
-    pool = await open_pool(
-        app_url, min_size=CLIENTS, max_size=CLIENTS, connect_timeout=10, command_timeout=600
-    )
+    pool = await _pool(app_url, CLIENTS)
     try:
         recaller = _recaller(Database(pool), ef_search)
         scans_before = await index_scans(admin_url)
@@ -667,7 +673,7 @@ async def run_scenario(
         await pool.close()
     await asyncio.sleep(1.0)  # closed backends have flushed their statistics
     scans_after = await index_scans(admin_url)
-    pool = await open_pool(app_url, min_size=1, max_size=1, connect_timeout=10, command_timeout=600)
+    pool = await _pool(app_url, 1)
     try:
         quality, truths = await recall_quality(pool, ef_search, recall_queries)
         print(f"[{scenario.name}] {json.dumps(quality)}", flush=True)
@@ -680,7 +686,7 @@ async def run_scenario(
         await pool.close()
     forced = None
     if HNSW_INDEX not in _used_index(plan):
-        pool = await open_pool(app_url, min_size=1, max_size=1, connect_timeout=10, command_timeout=600)
+        pool = await _pool(app_url, 1)
         try:
             forced = await forced_hnsw(pool, app_url, admin_url, ef_search, recall_queries[:FORCED_QUERIES])
         finally:

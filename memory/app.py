@@ -1,16 +1,15 @@
-"""Wiring: settings → stores → servicers → `mesh.server.Service`s. Used by `python -m memory` and tests."""
+"""The memory service, assembled: migrations, the pool, Redis, the embedder, and the four servicers."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import openai
 from athena.memory.v1 import memory_pb2, memory_pb2_grpc
 
-from memory import ephemeral
-from memory.database import Database, open_pool
+from memory.database import Database, init_connection
 from memory.embeddings import Embedder, OpenAIEmbedder
 from memory.ephemeral import RedisEphemeralStore
+from memory.migrate import apply_migrations, migrate
 from memory.ranking import RankingPolicy
 from memory.recall import Recaller
 from memory.repository import (
@@ -27,6 +26,7 @@ from memory.service import (
     UserDataServicer,
 )
 from memory.settings import MemorySettings
+from mesh.app import Assembly, Command, Deps, ServiceApp
 from mesh.server import Service
 
 SERVICE_NAMES = tuple(
@@ -39,52 +39,34 @@ SERVICE_METHODS = (f"/{SERVICE_NAMES[2]}/SyncAgents",)
 key (`ATHENA_SERVICE_KEY`, checked by mesh.interceptors.AuthInterceptor) instead of an access token."""
 
 
-@dataclass
-class Resources:
-    """What the service holds open while it runs."""
-
-    database: Database
-    ephemeral: RedisEphemeralStore
-
-    async def ready(self) -> bool:
-        """Readiness: PostgreSQL answers `SELECT 1` within a second (Redis is optional: ephemeral only)."""
-        return await self.database.ping(within=1.0)
-
-    async def close(self) -> None:
-        await self.ephemeral.close()
-        await self.database.close()
+@dataclass(kw_only=True)
+class MemoryDeps(Deps):
+    embedder: Embedder | None = None
+    """Turns text into vectors; None: the `/embeddings` API at `settings.openai_base_url`."""
 
 
-async def open_resources(settings: MemorySettings) -> Resources:
-    pool = await open_pool(
+async def build(settings: MemorySettings, deps: MemoryDeps) -> Assembly:
+    await migrate(
+        settings.database_url, settings.embedding_dimension, wait_seconds=settings.startup_timeout_seconds
+    )
+    pool = await deps.postgres(
         settings.database_url,
         min_size=settings.pool_min_size,
         max_size=settings.pool_max_size,
         connect_timeout=settings.db_acquire_timeout_seconds,
         command_timeout=settings.db_command_timeout_seconds,
+        init=init_connection,
     )
     database = Database(pool, acquire_timeout=settings.db_acquire_timeout_seconds)
-    store = RedisEphemeralStore(ephemeral.connect(settings.redis_url, settings.redis_timeout_seconds))
-    return Resources(database=database, ephemeral=store)
-
-
-def openai_embedder(settings: MemorySettings) -> OpenAIEmbedder:
-    client = openai.AsyncOpenAI(
-        base_url=settings.openai_base_url,
-        api_key=settings.openai_api_key.get_secret_value(),
-        max_retries=2,
-    )
-    return OpenAIEmbedder(
-        client,
+    ephemeral = RedisEphemeralStore(deps.redis(settings.redis_url, settings.redis_timeout_seconds))
+    embedder = deps.embedder or OpenAIEmbedder(
+        deps.openai(settings.openai_base_url, settings.openai_api_key.get_secret_value()),
         settings.embedding_model,
         settings.embedding_dimension,
         send_dimensions=settings.sends_dimensions,
         timeout=settings.embedding_timeout_seconds,
     )
-
-
-def build_services(settings: MemorySettings, resources: Resources, embedder: Embedder) -> list[Service]:
-    memory_store = PostgresMemoryStore(resources.database, ef_search=settings.hnsw_ef_search)
+    memory_store = PostgresMemoryStore(database, ef_search=settings.hnsw_ef_search)
     policy = RankingPolicy(
         threshold=settings.similarity_threshold,
         recency_weight=settings.recency_weight,
@@ -95,16 +77,46 @@ def build_services(settings: MemorySettings, resources: Resources, embedder: Emb
         recall_k=settings.recall_default_k,
         ephemeral_ttl_seconds=settings.ephemeral_ttl_seconds,
     )
-    memory = MemoryServicer(
-        memory_store, Recaller(memory_store, embedder, policy), embedder, resources.ephemeral, defaults
-    )
-    conversations = ConversationServicer(PostgresConversationStore(resources.database))
-    agents = AgentServicer(PostgresAgentStore(resources.database))
-    user_data = UserDataServicer(PostgresUserDataStore(resources.database), resources.ephemeral)
+    recaller = Recaller(memory_store, embedder, policy)
+    memory = MemoryServicer(memory_store, recaller, embedder, ephemeral, defaults)
     memory_name, conversation_name, agent_name, user_data_name = SERVICE_NAMES
-    return [
-        Service(memory_name, memory, memory_pb2_grpc.add_MemoryServiceServicer_to_server),
-        Service(conversation_name, conversations, memory_pb2_grpc.add_ConversationServiceServicer_to_server),
-        Service(agent_name, agents, memory_pb2_grpc.add_AgentServiceServicer_to_server),
-        Service(user_data_name, user_data, memory_pb2_grpc.add_UserDataServiceServicer_to_server),
-    ]
+    return Assembly(
+        services=[
+            Service(memory_name, memory, memory_pb2_grpc.add_MemoryServiceServicer_to_server),
+            Service(
+                conversation_name,
+                ConversationServicer(PostgresConversationStore(database)),
+                memory_pb2_grpc.add_ConversationServiceServicer_to_server,
+            ),
+            Service(
+                agent_name,
+                AgentServicer(PostgresAgentStore(database)),
+                memory_pb2_grpc.add_AgentServiceServicer_to_server,
+            ),
+            Service(
+                user_data_name,
+                UserDataServicer(PostgresUserDataStore(database), ephemeral),
+                memory_pb2_grpc.add_UserDataServiceServicer_to_server,
+            ),
+        ],
+        # PostgreSQL answers within a second; Redis is optional (ephemeral values only).
+        readiness=database.ping,
+        service_methods=SERVICE_METHODS,
+    )
+
+
+def _migrate(settings: MemorySettings) -> int:
+    applied = apply_migrations(settings.database_url, settings.embedding_dimension)
+    print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none pending'}")
+    return 0
+
+
+MEMORY = ServiceApp(
+    name="memory",
+    description="AthenaOS memory service: memories (pgvector), conversations, agents, user data. "
+    "Applies its migrations on start-up.",
+    settings=MemorySettings,
+    deps=MemoryDeps,
+    build=build,
+    commands={"migrate": Command("apply the memory schema's migrations, then exit", _migrate)},
+)

@@ -12,6 +12,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from memory.domain import (
     AgentDefinition,
     ConversationRecord,
+    Handoff,
     MemoryRecord,
     MessageRecord,
     MessageStatus,
@@ -20,6 +21,7 @@ from memory.domain import (
     Scope,
     Stage,
     ToolCall,
+    TurnStart,
     UserAgent,
 )
 
@@ -80,6 +82,17 @@ def tool_call_from_proto(record: chat_pb2.ToolCallRecord) -> ToolCall:
         arguments_json=record.arguments_json,
         result_json=record.result_json,
         is_error=record.is_error,
+        handoff=handoff_from_proto(record.handoff) if record.HasField("handoff") else None,
+    )
+
+
+def handoff_from_proto(handoff: chat_pb2.Handoff) -> Handoff:
+    return Handoff(handoff.from_agent_id, handoff.to_agent_id, handoff.reason)
+
+
+def handoff_to_proto(handoff: Handoff) -> chat_pb2.Handoff:
+    return chat_pb2.Handoff(
+        from_agent_id=handoff.from_agent_id, to_agent_id=handoff.to_agent_id, reason=handoff.reason
     )
 
 
@@ -96,6 +109,7 @@ def message_to_proto(message: MessageRecord) -> chat_pb2.Message:
                 arguments_json=c.arguments_json,
                 result_json=c.result_json,
                 is_error=c.is_error,
+                handoff=handoff_to_proto(c.handoff) if c.handoff is not None else None,
             )
             for c in message.tool_calls
         ],
@@ -136,14 +150,11 @@ def user_agent_to_proto(agent: UserAgent) -> chat_pb2.Agent:
     )
 
 
-def definition_to_proto(agent: AgentDefinition) -> memory_pb2.AgentDefinition:
-    return memory_pb2.AgentDefinition(
-        id=agent.id,
-        name=agent.name,
-        description=agent.description,
-        system_prompt=agent.system_prompt,
-        user_prompt=agent.user_prompt,
-        model=agent.model,
-        accent_token=agent.accent_token,
-        enabled=agent.enabled,
+def turn_start_to_proto(start: TurnStart) -> memory_pb2.StartTurnResponse:
+    return memory_pb2.StartTurnResponse(
+        conversation=conversation_to_proto(start.conversation),
+        message=message_to_proto(start.message),
+        replayed=start.replayed,
+        enabled_agent_ids=start.enabled_agent_ids,
+        history=[message_to_proto(m) for m in start.history],
     )

@@ -93,6 +93,15 @@ class RecallHit:
 
 
 @dataclass(frozen=True, slots=True)
+class Handoff:
+    """The conversation moved from one agent to another."""
+
+    from_agent_id: str
+    to_agent_id: str
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class ToolCall:
     """A tool call made while writing an assistant message, with its result."""
 
@@ -101,6 +110,8 @@ class ToolCall:
     arguments_json: str
     result_json: str
     is_error: bool
+    handoff: Handoff | None = None
+    """Set when the call handed the conversation to another agent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +179,33 @@ class NewMemory:
     @property
     def agent_scope(self) -> str:
         return USER_SCOPE if self.scope is Scope.USER else self.agent_id
+
+
+@dataclass(frozen=True, slots=True)
+class NewTurn:
+    """A validated StartTurn request."""
+
+    conversation_id: str | None
+    """None starts a new conversation."""
+    agent_id: str
+    text: str
+    client_request_id: str | None
+    history_messages: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TurnStart:
+    """What a turn needs from memory before it calls the model."""
+
+    conversation: ConversationRecord
+    message: MessageRecord
+    """The stored user message."""
+    replayed: bool
+    """True when an earlier request with the same client request id stored `message`."""
+    enabled_agent_ids: tuple[str, ...]
+    """Agents the caller may talk to now, in catalog order."""
+    history: tuple[MessageRecord, ...] = ()
+    """Messages of the conversation before `message`, oldest first."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,9 +1,7 @@
-"""Turning text into vectors: the `Embedder` protocol, the OpenAI implementation and a hashing fake.
+"""Turning text into vectors: the `Embedder` port and its OpenAI-compatible adapter.
 
 `OpenAIEmbedder` calls `/embeddings` of any OpenAI-compatible API with the official SDK (OpenAI itself,
-vLLM, Ollama, the offline model server). `HashingEmbedder` runs the offline model
-server's own embedder (`offline_model.embeddings`) in-process, so tests are deterministic,
-need no server, and exercise the thresholds calibrated for it.
+vLLM, Ollama, the offline model server).
 """
 
 from __future__ import annotations
@@ -15,7 +13,6 @@ import openai
 
 from mesh.context import time_remaining
 from mesh.errors import FailedPrecondition, Unavailable
-from offline_model.embeddings import embed as offline_embedding
 
 Vector = tuple[float, ...]
 
@@ -74,24 +71,3 @@ class OpenAIEmbedder:
                 f"{self._dimension} dimensions (check MEMORY_EMBEDDING_DIMENSION)"
             )
         return vectors
-
-
-def hashing_embedding(text: str, dimension: int) -> Vector:
-    """The offline model's embedding of `text` (unit length), computed in-process."""
-    return tuple(float(x) for x in offline_embedding(text, dimension))
-
-
-class HashingEmbedder:
-    """Deterministic in-process embedder (the offline model's algorithm); counts its calls for tests."""
-
-    def __init__(self, dimension: int = 384) -> None:
-        self._dimension = dimension
-        self.calls = 0
-
-    @property
-    def dimension(self) -> int:
-        return self._dimension
-
-    async def embed(self, texts: Sequence[str]) -> list[Vector]:
-        self.calls += 1
-        return [hashing_embedding(text, self._dimension) for text in texts]

@@ -8,8 +8,10 @@ Queries still say `WHERE user_id = $1` (clear intent, better plans); row-level s
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import asyncpg
 import numpy as np
@@ -20,20 +22,23 @@ from memory.domain import (
     USER_SCOPE,
     AgentDefinition,
     ConversationRecord,
+    Handoff,
     MemoryRecord,
     MessageRecord,
     MessageStatus,
     NewAssistantMessage,
     NewMemory,
+    NewTurn,
     Role,
     Scope,
     ToolCall,
+    TurnStart,
     UserAgent,
     conversation_title,
 )
 from memory.pagination import Cursor
 from memory.stores import ExportRecord, Vector
-from mesh.errors import InvalidArgument, NotFound
+from mesh.errors import FailedPrecondition, InvalidArgument, NotFound
 
 _MEMORY_COLUMNS = "id, agent_scope, agent_id, key, text, created_at, updated_at"
 _MESSAGE_COLUMNS = "id, role, agent_id, content, tool_call, status, error, created_at"
@@ -69,7 +74,7 @@ def _message(row: asyncpg.Record) -> MessageRecord:
         role=Role(row["role"]),
         agent_id=row["agent_id"],
         content=row["content"],
-        tool_calls=tuple(ToolCall(**call) for call in row["tool_call"]),
+        tool_calls=tuple(_tool_call(call) for call in row["tool_call"]),
         status=MessageStatus(row["status"]),
         error=row["error"],
         created_at=row["created_at"],
@@ -109,9 +114,22 @@ def _tool_calls_json(calls: Sequence[ToolCall]) -> list[dict[str, object]]:
             "arguments_json": c.arguments_json,
             "result_json": c.result_json,
             "is_error": c.is_error,
+            **({"handoff": dataclasses.asdict(c.handoff)} if c.handoff is not None else {}),
         }
         for c in calls
     ]
+
+
+def _tool_call(stored: dict[str, Any]) -> ToolCall:
+    handoff = stored.get("handoff")
+    return ToolCall(
+        call_id=stored["call_id"],
+        name=stored["name"],
+        arguments_json=stored["arguments_json"],
+        result_json=stored["result_json"],
+        is_error=stored["is_error"],
+        handoff=Handoff(**handoff) if handoff else None,
+    )
 
 
 def _vector(values: Vector) -> npt.NDArray[np.float32]:
@@ -237,83 +255,79 @@ class PostgresConversationStore:
     def __init__(self, database: Database) -> None:
         self._db = database
 
-    async def append_user_message(
-        self,
-        user_id: str,
-        conversation_id: str | None,
-        agent_id: str,
-        text: str,
-        client_request_id: str | None,
-    ) -> tuple[ConversationRecord, MessageRecord, bool]:
+    async def start_turn(self, user_id: str, turn: NewTurn) -> TurnStart:
         try:
-            return await self._append_user_message(
-                user_id, conversation_id, agent_id, text, client_request_id
-            )
+            return await self._start_turn(user_id, turn)
         except asyncpg.UniqueViolationError:
             # A concurrent request with the same client_request_id won the race: answer its message.
-            return await self._append_user_message(
-                user_id, conversation_id, agent_id, text, client_request_id
-            )
+            return await self._start_turn(user_id, turn)
 
-    async def _append_user_message(
-        self,
-        user_id: str,
-        conversation_id: str | None,
-        agent_id: str,
-        text: str,
-        client_request_id: str | None,
-    ) -> tuple[ConversationRecord, MessageRecord, bool]:
+    async def _start_turn(self, user_id: str, turn: NewTurn) -> TurnStart:
         uid = uuid.UUID(user_id)
         async with self._db.transaction(user_id) as connection:
-            if client_request_id is not None:
-                existing = await connection.fetchrow(
-                    f"SELECT {_MESSAGE_COLUMNS}, conv_id FROM messages"
+            agents = await connection.fetch(_AGENT_STATES, uid)
+            enabled = tuple(row["id"] for row in agents if row["available"])
+            message = None
+            if turn.client_request_id is not None:
+                message = await connection.fetchrow(
+                    f"SELECT {_MESSAGE_COLUMNS}, seq, conv_id FROM messages"
                     " WHERE user_id = $1 AND client_request_id = $2",
                     uid,
-                    client_request_id,
+                    turn.client_request_id,
                 )
-                if existing is not None:
-                    conversation = await connection.fetchrow(
-                        f"SELECT {_CONVERSATION_COLUMNS} FROM conversations WHERE id = $1",
-                        existing["conv_id"],
-                    )
-                    assert conversation is not None
-                    return _conversation(conversation), _message(existing), True
-            await _ensure_user(connection, user_id)
-            if conversation_id is None:
-                conv_uuid = uuid.uuid4()
-                await connection.execute(
-                    "INSERT INTO conversations (id, user_id, agent_id, title) VALUES ($1, $2, $3, $4)",
-                    conv_uuid,
-                    uid,
-                    agent_id,
-                    conversation_title(text),
-                )
-            else:
-                conv_uuid = uuid.UUID(conversation_id)
-                found = await connection.fetchval(
-                    "SELECT 1 FROM conversations WHERE user_id = $1 AND id = $2 FOR UPDATE", uid, conv_uuid
-                )
-                if found is None:
-                    raise NotFound("conversation not found")
-            message = await connection.fetchrow(
-                f"""INSERT INTO messages (id, conv_id, user_id, role, agent_id, content, client_request_id)
-                    VALUES ($1, $2, $3, 'user', $4, $5, $6) RETURNING {_MESSAGE_COLUMNS}""",
-                uuid.uuid4(),
+            replayed = message is not None
+            if message is None:
+                _check_agent(turn.agent_id, agents)
+                message = await self._insert_user_message(connection, uid, turn)
+            conversation = await connection.fetchrow(
+                f"SELECT {_CONVERSATION_COLUMNS} FROM conversations WHERE id = $1", message["conv_id"]
+            )
+            history = await _messages(
+                connection, uid, message["conv_id"], turn.history_messages, before=message["seq"]
+            )
+        assert conversation is not None
+        return TurnStart(
+            conversation=_conversation(conversation),
+            message=_message(message),
+            replayed=replayed,
+            enabled_agent_ids=enabled,
+            history=tuple(history) if turn.history_messages else (),
+        )
+
+    @staticmethod
+    async def _insert_user_message(connection: Connection, uid: uuid.UUID, turn: NewTurn) -> asyncpg.Record:
+        await _ensure_user(connection, str(uid))
+        if turn.conversation_id is None:
+            conv_uuid = uuid.uuid4()
+            await connection.execute(
+                "INSERT INTO conversations (id, user_id, agent_id, title) VALUES ($1, $2, $3, $4)",
                 conv_uuid,
                 uid,
-                agent_id,
-                text,
-                client_request_id,
+                turn.agent_id,
+                conversation_title(turn.text),
             )
-            conversation = await connection.fetchrow(
-                f"""UPDATE conversations SET updated_at = clock_timestamp() WHERE id = $1
-                    RETURNING {_CONVERSATION_COLUMNS}""",
+        else:
+            conv_uuid = uuid.UUID(turn.conversation_id)
+            found = await connection.fetchval(
+                "UPDATE conversations SET updated_at = clock_timestamp() WHERE user_id = $1 AND id = $2"
+                " RETURNING 1",
+                uid,
                 conv_uuid,
             )
+            if found is None:
+                raise NotFound("conversation not found")
+        message = await connection.fetchrow(
+            f"""INSERT INTO messages (id, conv_id, user_id, role, agent_id, content, client_request_id)
+                VALUES ($1, $2, $3, 'user', $4, $5, $6) RETURNING {_MESSAGE_COLUMNS}, seq, conv_id""",
+            uuid.uuid4(),
+            conv_uuid,
+            uid,
+            turn.agent_id,
+            turn.text,
+            turn.client_request_id,
+        )
         assert message is not None
-        assert conversation is not None
-        return _conversation(conversation), _message(message), False
+        return message
 
     async def append_assistant_message(self, user_id: str, message: NewAssistantMessage) -> MessageRecord:
         uid = uuid.UUID(user_id)
@@ -384,16 +398,20 @@ class PostgresConversationStore:
 
 
 async def _messages(
-    connection: Connection, user_id: uuid.UUID, conv_id: uuid.UUID, last: int = 0
+    connection: Connection, user_id: uuid.UUID, conv_id: uuid.UUID, last: int = 0, before: int | None = None
 ) -> list[MessageRecord]:
+    """The conversation's messages oldest first: all, or the `last` ones (before the message with
+    sequence number `before`, if given)."""
     if last > 0:
         rows = await connection.fetch(
             f"""SELECT * FROM (SELECT {_MESSAGE_COLUMNS}, seq FROM messages
-                               WHERE user_id = $1 AND conv_id = $2 ORDER BY seq DESC LIMIT $3) AS recent
+                               WHERE user_id = $1 AND conv_id = $2 AND seq < $4
+                               ORDER BY seq DESC LIMIT $3) AS recent
                 ORDER BY seq""",
             user_id,
             conv_id,
             last,
+            before if before is not None else 2**63 - 1,
         )
     else:
         rows = await connection.fetch(
@@ -406,6 +424,18 @@ async def _messages(
 
 _LIST_AGENTS = f"""SELECT {_AGENT_COLUMNS}, COALESCE(ua.enabled, true) AS user_enabled
     FROM agents AS a LEFT JOIN user_agents AS ua ON ua.agent_id = a.id AND ua.user_id = $1"""
+_AGENT_STATES = """SELECT a.id, a.enabled, a.enabled AND COALESCE(ua.enabled, true) AS available
+    FROM agents AS a LEFT JOIN user_agents AS ua ON ua.agent_id = a.id AND ua.user_id = $1
+    ORDER BY a.position, a.id"""
+
+
+def _check_agent(agent_id: str, agents: Sequence[asyncpg.Record]) -> None:
+    """Refuses a turn with an agent the caller may not talk to now."""
+    state = next((row for row in agents if row["id"] == agent_id), None)
+    if state is None or not state["enabled"]:
+        raise FailedPrecondition(f"agent {agent_id!r} is not available")
+    if not state["available"]:
+        raise FailedPrecondition(f"agent {agent_id!r} is disabled; enable it to chat with it")
 
 
 class PostgresAgentStore:

@@ -26,9 +26,9 @@ from memory.domain import (
     MemoryRecord,
     NewAssistantMessage,
     NewMemory,
+    NewTurn,
     UserAgent,
     bounded_count,
-    optional_client_request_id,
     optional_embedding,
     optional_key,
     optional_uuid,
@@ -185,22 +185,19 @@ class ConversationServicer(memory_pb2_grpc.ConversationServiceServicer):
     def __init__(self, store: ConversationStore) -> None:
         self._store = store
 
-    async def AppendUserMessage(
-        self, request: memory_pb2.AppendUserMessageRequest, context: Context
-    ) -> memory_pb2.AppendUserMessageResponse:
+    async def StartTurn(
+        self, request: memory_pb2.StartTurnRequest, context: Context
+    ) -> memory_pb2.StartTurnResponse:
         user_id = caller_id()
-        conversation_id = optional_uuid(request.conversation_id, "conversation_id")
-        agent_id = require_agent_id(request.agent_id)
-        text = require_text(request.text, "text", MAX_MESSAGE_TEXT)
-        client_request_id = optional_client_request_id(request.client_request_id)
-        conversation, message, replayed = await self._store.append_user_message(
-            user_id, conversation_id, agent_id, text, client_request_id
+        chat = request.chat
+        turn = NewTurn(
+            conversation_id=chat.conversation_id or None,
+            agent_id=chat.agent_id,
+            text=chat.text,
+            client_request_id=chat.client_request_id or None,
+            history_messages=request.history_messages,
         )
-        return memory_pb2.AppendUserMessageResponse(
-            conversation=convert.conversation_to_proto(conversation),
-            message=convert.message_to_proto(message),
-            replayed=replayed,
-        )
+        return convert.turn_start_to_proto(await self._store.start_turn(user_id, turn))
 
     async def AppendAssistantMessage(
         self, request: memory_pb2.AppendAssistantMessageRequest, context: Context
@@ -280,10 +277,7 @@ class AgentServicer(memory_pb2_grpc.AgentServiceServicer):
         self, request: memory_pb2.ListAgentsRequest, context: Context
     ) -> memory_pb2.ListAgentsResponse:
         agents = await self._store.list(caller_id())
-        return memory_pb2.ListAgentsResponse(
-            agents=[convert.user_agent_to_proto(a) for a in agents],
-            definitions=[convert.definition_to_proto(a.definition) for a in agents],
-        )
+        return memory_pb2.ListAgentsResponse(agents=[convert.user_agent_to_proto(a) for a in agents])
 
     async def SetAgentEnabled(
         self, request: memory_pb2.SetAgentEnabledRequest, context: Context

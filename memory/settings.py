@@ -91,8 +91,6 @@ class MemorySettings(ServiceSettings):
     """Longest a single statement may run."""
     redis_timeout_seconds: float = Field(1.0, gt=0)
     """Connect and command timeout of Redis calls."""
-    startup_timeout_seconds: float = Field(60.0, gt=0)
-    """How long start-up keeps retrying migrations while PostgreSQL is not reachable yet."""
 
     @property
     def sends_dimensions(self) -> bool:

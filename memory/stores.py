@@ -13,6 +13,8 @@ from memory.domain import (
     MessageRecord,
     NewAssistantMessage,
     NewMemory,
+    NewTurn,
+    TurnStart,
     UserAgent,
 )
 from memory.pagination import Cursor
@@ -50,16 +52,10 @@ class MemoryStore(Protocol):
 
 
 class ConversationStore(Protocol):
-    async def append_user_message(
-        self,
-        user_id: str,
-        conversation_id: str | None,
-        agent_id: str,
-        text: str,
-        client_request_id: str | None,
-    ) -> tuple[ConversationRecord, MessageRecord, bool]:
-        """Stores a user message (starting a conversation when `conversation_id` is None); returns the
-        conversation, the message and whether it was a replay of an earlier `client_request_id`."""
+    async def start_turn(self, user_id: str, turn: NewTurn) -> TurnStart:
+        """Checks the caller may talk to `turn.agent_id` and stores the user message (starting a
+        conversation when `turn.conversation_id` is None), unless an earlier request with the same client
+        request id stored it already; answers what the turn needs (see `TurnStart`)."""
         ...
 
     async def append_assistant_message(self, user_id: str, message: NewAssistantMessage) -> MessageRecord: ...

@@ -1,14 +1,17 @@
-"""Calling a peer service: one channel factory, and the metadata every internal call carries.
+"""Calling a peer service: one channel factory, the metadata every internal call carries, and one
+translation of the peer's status back into the `mesh.errors` tree.
 
 Internal calls carry the caller's access token (each service scopes data to the token's subject itself),
 the request id (logs join across services) and the remaining deadline (no downstream call outlives the
-caller's patience). Peer statuses come back into the `mesh.errors` tree through `from_rpc_error`.
+caller's patience). Every peer call goes through `call` (unary) or `stream` (server streaming), which
+raise `mesh.errors` exceptions (`from_rpc_error`) instead of grpc's: callers handle one error tree, and
+the server's ErrorInterceptor answers them like any other.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any, cast
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
+from typing import Any, TypeVar, cast
 
 import grpc
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
@@ -16,6 +19,8 @@ from opentelemetry.instrumentation.grpc import aio_client_interceptors
 from mesh.context import current_call, principal, time_remaining
 from mesh.errors import STATUS_TYPES, AthenaError, InvalidArgument, ResourceExhausted
 from mesh.interceptors import SERVICE_KEY_HEADER
+
+Response = TypeVar("Response")
 
 
 def channel(target: str, *, keepalive_seconds: float = 30.0) -> grpc.aio.Channel:
@@ -71,3 +76,40 @@ def from_rpc_error(exc: grpc.aio.AioRpcError) -> AthenaError:
     if error_type is None or error_type is InvalidArgument:
         return AthenaError(details)
     return error_type(details)
+
+
+async def call(
+    method: Callable[..., Awaitable[Response]],
+    request: Any,
+    *,
+    timeout_seconds: float | None = None,
+    detached: bool = False,
+    metadata: Iterable[tuple[str, str]] | None = None,
+) -> Response:
+    """`method(request)` for the current caller (`outgoing`), within `timeout_seconds` and the caller's
+    deadline; with `metadata`, exactly that metadata instead (calls made for no user). A peer's status is
+    raised as its `mesh.errors` exception."""
+    if metadata is None:
+        options = outgoing(timeout=timeout_seconds, detached=detached)
+    else:
+        options = {"metadata": tuple(metadata), "timeout": timeout_seconds}
+    try:
+        return await method(request, **options)
+    except grpc.aio.AioRpcError as exc:
+        raise from_rpc_error(exc) from exc
+
+
+async def stream(
+    method: Callable[..., Any], request: Any
+) -> AsyncGenerator[Any, None]:
+    """The responses of the server-streaming `method(request)` for the current caller, as they arrive,
+    within the caller's deadline. A peer's status is raised as its `mesh.errors` exception; closing the
+    generator cancels the call."""
+    responses = method(request, **outgoing())
+    try:
+        async for response in responses:
+            yield response
+    except grpc.aio.AioRpcError as exc:
+        raise from_rpc_error(exc) from exc
+    finally:
+        responses.cancel()

@@ -239,29 +239,10 @@ class ErrorInterceptor(CallInterceptor):
             if retry_after is not None:
                 context.set_trailing_metadata((("retry-after", str(max(1, round(retry_after)))),))
             await context.abort(grpc.StatusCode[error.status], error.message)
-        if isinstance(error, grpc.aio.AioRpcError) and error.code() in _PASSED_THROUGH:
-            # A peer's deliberate answer (our own services only answer sanitised messages).
-            await context.abort(error.code(), error.details() or error.code().name)
         errors_log.error(
             "unhandled error in %s", call.method, exc_info=error, extra={"request_id": call.request_id}
         )
         await context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {call.request_id})")
-
-
-_PASSED_THROUGH = frozenset(
-    {
-        grpc.StatusCode.INVALID_ARGUMENT,
-        grpc.StatusCode.NOT_FOUND,
-        grpc.StatusCode.ALREADY_EXISTS,
-        grpc.StatusCode.FAILED_PRECONDITION,
-        grpc.StatusCode.UNAUTHENTICATED,
-        grpc.StatusCode.PERMISSION_DENIED,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.CANCELLED,
-    }
-)
 
 
 SERVICE_KEY_HEADER = "x-athena-service-key"

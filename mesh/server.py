@@ -2,9 +2,9 @@
 
 `MeshServer` builds a `grpc.aio` server with the interceptors of `mesh.interceptors` (plus OpenTelemetry's),
 `grpc.health.v1` with a status per service name, server reflection, keepalive and `max_connection_age`
-options, and the HTTP side port (`/metrics`). `run` starts it and, on SIGTERM or SIGINT, drains it:
-health flips to NOT_SERVING first, in-flight calls get `drain_seconds` to finish, then the service's own
-resources close.
+options, and the HTTP side port (`/metrics`). `drain` stops it: health flips to NOT_SERVING first, then
+in-flight calls get `drain_seconds` to finish. Services do not build it themselves: `mesh.app` does, from
+what a service's `build` returns.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -75,17 +74,15 @@ class MeshServer:
         http_routes: Iterable[web.RouteDef] = (),
         edge_reflection_services: Sequence[str] = (),
         readiness: ReadinessCheck | None = None,
-        readiness_interval: float = 2.0,
     ) -> None:
         self.name = name
         self.settings = settings
         self.services = list(services)
-        self._verifier = verifier
+        self.verifier = verifier
         self._public = (*ALWAYS_PUBLIC, *public_methods)
         self._service_methods = tuple(service_methods)
         self._edge_reflection = list(edge_reflection_services)
         self._readiness = readiness
-        self._readiness_interval = readiness_interval
         self._readiness_task: asyncio.Task[None] | None = None
         self._draining = False
         self.health = HealthServicer()
@@ -119,7 +116,7 @@ class MeshServer:
             MetricsInterceptor(),
             ErrorInterceptor(),
             AuthInterceptor(
-                self._verifier,
+                self.verifier,
                 self._public,
                 self._service_methods,
                 self.settings.service_key.get_secret_value() if self.settings.service_key else None,
@@ -166,7 +163,7 @@ class MeshServer:
                 serving = ready
                 await self._set_health(serving=ready)
                 log.warning("health changed", extra={"serving": ready})
-            await asyncio.sleep(self._readiness_interval)
+            await asyncio.sleep(self.settings.readiness_interval_seconds)
 
     async def drain(self) -> None:
         """NOT_SERVING first, so health-checking balancers stop sending; then let calls finish."""
@@ -206,28 +203,3 @@ class _Reflection(ReflectionServicer):  # type: ignore[misc]
             responses = super().ServerReflectionInfo(request_iterator, context)
         async for response in responses:
             yield response
-
-
-async def run(
-    server: MeshServer,
-    *,
-    on_start: Callable[[], Awaitable[None]] | None = None,
-    on_stop: Callable[[], Awaitable[None]] | None = None,
-) -> None:
-    """Run until SIGTERM/SIGINT, then drain: health NOT_SERVING, calls finish, server stops, `on_stop`."""
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        if on_start is not None:
-            await on_start()
-        await server.start()
-        await stop.wait()
-        await server.drain()
-    finally:
-        if on_stop is not None:
-            await on_stop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
-    log.info("stopped")

@@ -23,7 +23,11 @@ class ServiceSettings(BaseSettings):
     """What every gRPC service of the mesh needs to start."""
 
     model_config = SettingsConfigDict(
-        frozen=True, extra="ignore", validate_by_name=True, validate_by_alias=True
+        frozen=True,
+        extra="ignore",
+        validate_by_name=True,
+        validate_by_alias=True,
+        use_attribute_docstrings=True,
     )
 
     env: Literal["dev", "prod"] = Field("prod", validation_alias=shared("ATHENA_ENV"))
@@ -36,6 +40,10 @@ class ServiceSettings(BaseSettings):
     """gRPC port; 0 picks a free one (tests)."""
     http_port: int = Field(0, ge=0, le=65535)
     """HTTP port for /metrics (and, on auth, /.well-known/jwks.json); 0 picks a free one."""
+    startup_timeout_seconds: float = Field(60.0, gt=0)
+    """How long start-up keeps retrying while a dependency (PostgreSQL, a peer) is not reachable yet."""
+    readiness_interval_seconds: float = Field(2.0, gt=0)
+    """How often the readiness check runs while serving."""
     drain_seconds: float = Field(10.0, gt=0)
     """After SIGTERM, how long in-flight calls may finish before they are cancelled."""
     max_connection_age_seconds: float = Field(300.0, gt=0)

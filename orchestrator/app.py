@@ -1,16 +1,27 @@
-"""Wiring: settings → catalog, model, tools, memory gateway → `TurnRunner` → `mesh.server.Service`.
+"""The orchestrator, assembled: catalog, model, tools and the memory gateway around one `TurnRunner`.
 
-Used by `python -m orchestrator` and by tests (which pass their own model or memory gateway).
+At start-up the catalog is seeded into memory (`sync_catalog`), retried while memory is still starting.
 """
 
 from __future__ import annotations
 
-import openai
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
 
+from athena.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
+
+from mesh.app import Assembly, Deps, ServiceApp
+from mesh.clients import service_call
 from mesh.context import time_remaining
+from mesh.errors import AthenaError, DeadlineExceeded, Unavailable
+from mesh.retry import until_reachable
+from mesh.server import Service
 from orchestrator.catalog import Catalog
-from orchestrator.memory_client import MemoryGateway
+from orchestrator.memory_client import GrpcMemoryGateway
 from orchestrator.model import ChatModel, OpenAIChatModel, RetryingModel
+from orchestrator.ports import AgentStore, MemoryGateway
+from orchestrator.service import OrchestratorServicer
 from orchestrator.settings import OrchestratorSettings
 from orchestrator.tools import (
     CsvSampleFolder,
@@ -21,14 +32,31 @@ from orchestrator.tools import (
 )
 from orchestrator.turn import TurnRunner
 
+log = logging.getLogger(__name__)
 
-def openai_model(settings: OrchestratorSettings) -> ChatModel:
-    """Chat Completions against `openai_base_url`, retried by us (the SDK's own retries are off: they
-    would not respect the caller's deadline, nor know whether text already reached the client)."""
+SERVICE_NAME = orchestrator_pb2.DESCRIPTOR.services_by_name["OrchestratorService"].full_name
+
+
+@dataclass(kw_only=True)
+class OrchestratorDeps(Deps):
+    catalog: Catalog | None = None
+    """The agents; None: the file at `settings.catalog_path` (or the one shipped with the package)."""
+    memory: MemoryGateway | None = None
+    """Memory for the turns; None: the memory service at `settings.memory_target`."""
+    agent_store: AgentStore | None = None
+    """Where the catalog is seeded at start-up; None: the memory service at `settings.memory_target`."""
+    model: ChatModel | None = None
+    """The model; None: Chat Completions at `settings.openai_base_url`, retried within the deadline."""
+    tools: ToolRegistry | None = None
+    """The tools; None: memory tools plus those whose provider is configured in `settings`."""
+
+
+def openai_model(settings: OrchestratorSettings, deps: Deps) -> ChatModel:
+    """Chat Completions against `openai_base_url`, retried by us (the SDK's own retries would not respect
+    the caller's deadline, nor know whether text already reached the client)."""
     key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else "offline"
-    client = openai.AsyncOpenAI(base_url=settings.openai_base_url, api_key=key, max_retries=0)
     return RetryingModel(
-        OpenAIChatModel(client),
+        OpenAIChatModel(deps.openai(settings.openai_base_url, key)),
         attempts=settings.model_attempts,
         timeout=settings.model_timeout_seconds,
         time_remaining=time_remaining,
@@ -43,22 +71,66 @@ def tool_registry(settings: OrchestratorSettings) -> ToolRegistry:
     )
 
 
-def build_runner(
-    settings: OrchestratorSettings,
-    memory: MemoryGateway,
-    *,
-    catalog: Catalog | None = None,
-    model: ChatModel | None = None,
-    tools: ToolRegistry | None = None,
-) -> TurnRunner:
-    return TurnRunner(
-        catalog or Catalog.load(settings.catalog_path),
+async def sync_catalog(
+    store: AgentStore, catalog: Catalog, credentials: Sequence[tuple[str, str]], *, within: float | None
+) -> None:
+    """Seeds `catalog` into memory, retrying while memory is unreachable (it may still be starting).
+    Anything else (a refused key, a rejected catalog) is logged: memory keeps the catalog of the last
+    successful sync, and serving with it beats not serving."""
+    try:
+        async for attempt in until_reachable(
+            "syncing the agent catalog to memory", (Unavailable, DeadlineExceeded), within=within
+        ):
+            with attempt:
+                await store.sync_agents(list(catalog), credentials)
+    except AthenaError as exc:
+        log.error(
+            "memory refused the agent catalog; serving with the catalog it has", extra={"error": exc.message}
+        )
+        return
+    log.info("agent catalog synced", extra={"agents": [agent.id for agent in catalog]})
+
+
+async def build(settings: OrchestratorSettings, deps: OrchestratorDeps) -> Assembly:
+    catalog = deps.catalog or Catalog.load(settings.catalog_path)
+    # Channels connect lazily: one a test replaced both uses of costs nothing.
+    gateway = GrpcMemoryGateway(deps.channel(settings.memory_target), timeout=settings.memory_timeout_seconds)
+    memory = deps.memory or gateway
+    agent_store = deps.agent_store or gateway
+    if settings.service_key is None:
+        log.warning("ATHENA_SERVICE_KEY is unset: the agent catalog is not synced to memory")
+    else:
+        credentials = service_call(settings.service_key.get_secret_value())["metadata"]
+        await sync_catalog(agent_store, catalog, credentials, within=settings.startup_timeout_seconds)
+    runner = TurnRunner(
+        catalog,
         memory,
-        model or openai_model(settings),
-        tools or tool_registry(settings),
+        deps.model or openai_model(settings, deps),
+        deps.tools or tool_registry(settings),
         model_name=settings.model_for,
         offline_model=settings.uses_offline_model,
         max_steps=settings.max_steps,
         history_messages=settings.history_messages,
         recall_k=settings.recall_k,
     )
+    # Registered after the channel, so it runs first on stop: pending failed-turn writes still reach memory.
+    deps.on_close(runner.wait_background)
+    return Assembly(
+        services=[
+            Service(
+                SERVICE_NAME,
+                OrchestratorServicer(runner),
+                orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server,
+            )
+        ]
+    )
+
+
+ORCHESTRATOR = ServiceApp(
+    name="orchestrator",
+    description="AthenaOS orchestrator: runs agent turns (prompt, memory recall, streaming model calls, "
+    "tools, handoffs) for the router.",
+    settings=OrchestratorSettings,
+    deps=OrchestratorDeps,
+    build=build,
+)

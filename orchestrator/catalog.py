@@ -1,29 +1,22 @@
 """The agent catalog: a file in the repo (`agents.json`), loaded at start-up and seeded into memory.
 
 The file is the source of truth for prompts and models; memory's `agents` table mirrors it (SyncAgents at
-start-up, so edits apply on restart) and adds each user's enabled state.
+start-up, so edits apply on restart) and adds each user's enabled state. Field rules (the agent id's form
+among them) are the contract's: `memory.v1.AgentDefinition`'s annotations, checked when the catalog is
+loaded by the service (`orchestrator.app`) and again by memory.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Protocol
-
-from mesh.errors import DeadlineExceeded, Unavailable
-
-log = logging.getLogger(__name__)
+from typing import Any
 
 MESSAGE_PLACEHOLDER = "{message}"
 """Where a user-prompt template puts the user's message."""
-_AGENT_ID = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
-"""Agent ids also name handoff tools (`handoff_to_<id>`), so they stay within tool-name characters."""
 
 
 class CatalogError(ValueError):
@@ -108,59 +101,9 @@ def _agent(entry: Any, index: int) -> AgentSpec:
         if not isinstance(value, str) or not value.strip():
             raise CatalogError(f"agents[{index}].{name} must be a non-empty string")
         values[name] = value
-    if not _AGENT_ID.match(values["id"]):
-        raise CatalogError(f"agents[{index}].id must match {_AGENT_ID.pattern}")
     if MESSAGE_PLACEHOLDER not in values["user_prompt"]:
         raise CatalogError(f"agents[{index}].user_prompt must contain {MESSAGE_PLACEHOLDER}")
     enabled = entry.get("enabled", True)
     if not isinstance(enabled, bool):
         raise CatalogError(f"agents[{index}].enabled must be a boolean")
     return AgentSpec(enabled=enabled, **values)
-
-
-class AgentStore(Protocol):
-    """Where the catalog is seeded (memory's AgentService)."""
-
-    async def sync_agents(self, agents: Sequence[AgentSpec], metadata: Sequence[tuple[str, str]]) -> None: ...
-
-
-class CatalogSync:
-    """Seeds the catalog into memory at start-up, retrying while memory is unreachable.
-
-    Only UNAVAILABLE (and deadline) errors are retried: memory may still be starting. Anything else
-    (a refused token, a rejected catalog) is a configuration error and raised at once.
-    """
-
-    def __init__(
-        self,
-        store: AgentStore,
-        catalog: Catalog,
-        *,
-        metadata: Sequence[tuple[str, str]] = (),
-        first_delay: float = 0.2,
-        max_delay: float = 5.0,
-        attempts: int | None = None,
-    ) -> None:
-        self._store = store
-        self._catalog = catalog
-        self._metadata = tuple(metadata)
-        self._first_delay = first_delay
-        self._max_delay = max_delay
-        self._attempts = attempts
-
-    async def run(self) -> None:
-        delay = self._first_delay
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                await self._store.sync_agents(list(self._catalog), self._metadata)
-            except (Unavailable, DeadlineExceeded) as exc:
-                if self._attempts is not None and attempt >= self._attempts:
-                    raise
-                log.warning("memory not reachable for the catalog sync, retrying", extra={"error": str(exc)})
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self._max_delay)
-            else:
-                log.info("agent catalog synced", extra={"agents": [agent.id for agent in self._catalog]})
-                return

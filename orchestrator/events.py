@@ -4,7 +4,7 @@
     MemoriesRecalled         before the first text of each answering agent
     TextDelta*               pieces of the answer
     ToolCallStarted / ToolCallFinished   around each tool run (a handoff is a tool call too)
-    Handoff                  after the handoff's ToolCallFinished
+    Handoff                  after the handoff's ToolCallFinished (the record `records.Handoff`)
     MessageCompleted         last, after the assistant message is stored
 
 `service` maps them to `athena.chat.v1.ChatResponse`; nothing here knows about Protobuf.
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from orchestrator.records import Memory, Usage
+from orchestrator.records import Handoff, Memory, Usage
 
 __all__ = [
     "ConversationStarted",
@@ -37,6 +37,7 @@ class ConversationStarted:
     agent_id: str
     model: str
     offline_model: bool
+    title: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +57,8 @@ class ToolCallStarted:
     name: str
     arguments_json: str
     agent_id: str
+    handoff: bool = False
+    """True for a handoff call: its result is followed by a `Handoff`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,13 +67,6 @@ class ToolCallFinished:
     name: str
     result_json: str
     is_error: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Handoff:
-    from_agent_id: str
-    to_agent_id: str
-    reason: str
 
 
 @dataclass(frozen=True, slots=True)

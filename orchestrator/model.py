@@ -1,4 +1,4 @@
-"""The LLM boundary: `ChatModel`, its OpenAI implementation, a retrying wrapper, and a scripted fake.
+"""The LLM boundary: `ChatModel`, its OpenAI implementation and a retrying wrapper.
 
 A model call takes a `ModelRequest` (Chat Completions messages, the tools offered) and streams
 `TextChunk`s as they arrive, then one `StepFinished` with the tool calls the model made and its usage.
@@ -12,25 +12,24 @@ Errors, translated once here from the openai SDK (most specific first):
 `RetryingModel` retries the retryable ones with backoff while the caller's deadline allows, and only
 while the failed attempt streamed nothing (a client never sees text twice).
 
-`ScriptedModel` ships with the package: tests script replies (text, tool calls, errors) instead of
-reaching a real model.
+Tests script replies with `tests/doubles/model.py` (`ScriptedModel`) instead of reaching a real model.
 """
 
 from __future__ import annotations
 
 import abc
-import asyncio
 import logging
-import random
 import uuid
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 import openai
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
 from mesh.errors import DeadlineExceeded, FailedPrecondition, Unavailable
+from mesh.retry import first_item_retrying, log_retry
 from orchestrator.records import Usage
 
 log = logging.getLogger(__name__)
@@ -186,7 +185,8 @@ TimeRemaining = Callable[[], float | None]
 
 class RetryingModel(ChatModel):
     """Retries retryable failures of `inner` with exponential backoff and jitter, bounded by `attempts` and
-    by the caller's deadline (`time_remaining`), and only while the failed attempt streamed nothing."""
+    by the caller's deadline (`time_remaining`), and only while the failed attempt streamed nothing
+    (`mesh.retry.first_item_retrying`)."""
 
     def __init__(
         self,
@@ -215,28 +215,33 @@ class RetryingModel(ChatModel):
         return max(0.01, min(self._timeout, remaining - self._margin))
 
     async def stream(self, request: ModelRequest) -> AsyncGenerator[ModelEvent, None]:
-        attempt = 0
-        while True:
-            attempt += 1
-            streamed = False
-            try:
-                attempt_request = replace(request, timeout=self._attempt_timeout())
-                async with aclosing(self._inner.stream(attempt_request)) as events:
-                    async for event in events:
-                        streamed = True
-                        yield event
-                return
-            except (ModelUnavailable, ModelTimeout) as exc:
-                delay = min(self._max_delay, self._first_delay * 2 ** (attempt - 1)) * (0.5 + random.random())  # noqa: S311
-                remaining = self._time_remaining()
-                out_of_time = remaining is not None and remaining <= delay + 2 * self._margin
-                if streamed or attempt >= self._attempts or out_of_time:
-                    raise _final(exc, attempt, out_of_time=out_of_time) from exc
-                log.warning(
-                    "model call failed, retrying",
-                    extra={"attempt": attempt, "error": exc.message, "delay_seconds": round(delay, 3)},
-                )
-                await asyncio.sleep(delay)
+        out_of_time = False
+
+        def give_up(state: RetryCallState) -> bool:
+            nonlocal out_of_time
+            remaining = self._time_remaining()
+            out_of_time = remaining is not None and remaining <= state.upcoming_sleep + 2 * self._margin
+            return out_of_time or state.attempt_number >= self._attempts
+
+        policy = AsyncRetrying(
+            retry=retry_if_exception_type((ModelUnavailable, ModelTimeout)),
+            stop=give_up,
+            wait=wait_exponential_jitter(
+                initial=self._first_delay, max=self._max_delay, jitter=self._first_delay
+            ),
+            before_sleep=log_retry("a model call"),
+            reraise=True,
+        )
+        events = first_item_retrying(
+            lambda: self._inner.stream(replace(request, timeout=self._attempt_timeout())), policy
+        )
+        try:
+            async with aclosing(events):
+                async for event in events:
+                    yield event
+        except (ModelUnavailable, ModelTimeout) as exc:
+            attempts = int(policy.statistics.get("attempt_number", 1))
+            raise _final(exc, attempts, out_of_time=out_of_time) from exc
 
 
 def _final(
@@ -246,65 +251,3 @@ def _final(
     if isinstance(exc, ModelTimeout) or out_of_time:
         return DeadlineExceeded(f"{exc.message} {tries}, and the deadline leaves no time to retry")
     return Unavailable(f"{exc.message} {tries}; try again shortly")
-
-
-@dataclass(frozen=True, slots=True)
-class ScriptedReply:
-    """One scripted model answer: text (streamed one word per chunk) and/or tool calls, or an error."""
-
-    text: str = ""
-    tool_calls: tuple[ModelToolCall, ...] = ()
-    error: Exception | None = None
-    """Raised instead of answering, before any chunk."""
-    usage: Usage | None = None
-    """Defaults to word counts of the prompt and the text."""
-
-    @classmethod
-    def call(cls, name: str, arguments_json: str = "{}", call_id: str | None = None) -> ScriptedReply:
-        return cls(
-            tool_calls=(ModelToolCall(call_id or f"call_{uuid.uuid4().hex[:12]}", name, arguments_json),)
-        )
-
-
-Script = Sequence[ScriptedReply] | Callable[[ModelRequest], ScriptedReply]
-
-
-class ScriptedModel(ChatModel):
-    """A fake model for tests: answers from a list of replies (in order) or a function of the request, and
-    records every request it received in `requests`."""
-
-    def __init__(self, script: Script, *, chunk_delay: float = 0.0) -> None:
-        self._script = script
-        self._chunk_delay = chunk_delay
-        self._next = 0
-        self.requests: list[ModelRequest] = []
-
-    def _reply(self, request: ModelRequest) -> ScriptedReply:
-        if callable(self._script):
-            return self._script(request)
-        if self._next >= len(self._script):
-            raise AssertionError(
-                f"the scripted model was called {self._next + 1} times, scripted {len(self._script)}"
-            )
-        reply = self._script[self._next]
-        self._next += 1
-        return reply
-
-    async def stream(self, request: ModelRequest) -> AsyncGenerator[ModelEvent, None]:
-        self.requests.append(request)
-        reply = self._reply(request)
-        if reply.error is not None:
-            raise reply.error
-        for word in _word_chunks(reply.text):
-            if self._chunk_delay:
-                await asyncio.sleep(self._chunk_delay)
-            yield TextChunk(word)
-        prompt_words = sum(len(str(message.get("content") or "").split()) for message in request.messages)
-        usage = reply.usage or Usage(prompt_words, len(reply.text.split()))
-        yield StepFinished(reply.tool_calls, usage, "tool_calls" if reply.tool_calls else "stop")
-
-
-def _word_chunks(text: str) -> list[str]:
-    """ "a b c" → ["a", " b", " c"]: concatenating the chunks gives the text back."""
-    words = text.split(" ")
-    return [word if index == 0 else f" {word}" for index, word in enumerate(words)] if text else []

@@ -55,6 +55,15 @@ class Role(enum.StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class Handoff:
+    """The conversation moved to another agent, which answers from there on."""
+
+    from_agent_id: str
+    to_agent_id: str
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class ToolCallRecord:
     """A tool call made while writing an assistant message, with its result (`messages.tool_call`)."""
 
@@ -63,6 +72,8 @@ class ToolCallRecord:
     arguments_json: str
     result_json: str
     is_error: bool = False
+    handoff: Handoff | None = None
+    """Set when the call handed the conversation to another agent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,13 +89,30 @@ class HistoryMessage:
 
 
 @dataclass(frozen=True, slots=True)
-class UserMessage:
-    """The stored user message of a turn."""
+class NewTurn:
+    """A person's message to an agent, as the router received it."""
+
+    agent_id: str
+    text: str
+    conversation_id: str = ""
+    """Empty starts a new conversation."""
+    client_request_id: str = ""
+    """Makes the turn idempotent: a second turn with the same id finds the first message stored."""
+
+
+@dataclass(frozen=True, slots=True)
+class TurnStart:
+    """The stored user message of a turn, and what memory knows that the turn needs."""
 
     conversation_id: str
+    title: str
     message_id: str
+    enabled_agent_ids: frozenset[str]
+    """Agents the caller may talk to now (the addressed one included): the handoff candidates."""
+    history: tuple[HistoryMessage, ...] = ()
+    """Earlier messages of the conversation, oldest first."""
     replayed: bool = False
-    """True when an earlier request with the same client request id stored it already."""
+    """True when an earlier request with the same client request id stored the message already."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,11 +12,9 @@ from athena.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from google.protobuf.duration_pb2 import Duration
 
 from mesh.context import principal
-from mesh.server import Service
 from orchestrator import events
-from orchestrator.turn import TurnRequest, TurnRunner
-
-SERVICE_NAME = orchestrator_pb2.DESCRIPTOR.services_by_name["OrchestratorService"].full_name
+from orchestrator.records import NewTurn
+from orchestrator.turn import TurnRunner
 
 
 class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
@@ -26,26 +24,18 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     async def Run(
         self, request: orchestrator_pb2.RunRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[orchestrator_pb2.RunResponse]:
-        turn = TurnRequest(
-            user_id=principal().user_id,
-            agent_id=request.agent_id,
-            text=request.text,
-            conversation_id=request.conversation_id,
-            client_request_id=request.client_request_id,
+        chat = request.chat
+        turn = NewTurn(
+            agent_id=chat.agent_id,
+            text=chat.text,
+            conversation_id=chat.conversation_id,
+            client_request_id=chat.client_request_id,
         )
         # `aclosing`: if the client goes away while we wait on it, the turn is closed (and its model call
         # with it) now, not whenever the generator happens to be collected.
-        async with aclosing(self._runner.run(turn)) as turn_events:
+        async with aclosing(self._runner.run(principal().user_id, turn)) as turn_events:
             async for event in turn_events:
                 yield orchestrator_pb2.RunResponse(event=chat_event(event))
-
-
-def service(runner: TurnRunner) -> Service:
-    return Service(
-        SERVICE_NAME,
-        OrchestratorServicer(runner),
-        orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server,
-    )
 
 
 def _usage(usage: events.Usage) -> chat_pb2.Usage:
@@ -68,6 +58,7 @@ def chat_event(event: events.TurnEvent) -> chat_pb2.ChatResponse:
                     agent_id=event.agent_id,
                     model=event.model,
                     offline_model=event.offline_model,
+                    title=event.title,
                 )
             )
         case events.MemoriesRecalled():
@@ -97,6 +88,7 @@ def chat_event(event: events.TurnEvent) -> chat_pb2.ChatResponse:
                     name=event.name,
                     arguments_json=event.arguments_json,
                     agent_id=event.agent_id,
+                    handoff=event.handoff,
                 )
             )
         case events.ToolCallFinished():

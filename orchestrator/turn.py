@@ -1,7 +1,7 @@
 """One chat turn: a user message in, a stream of `orchestrator.events` out (SPEC §4).
 
-    validate → store the user message → ConversationStarted
-    → recall memories (+ history) → MemoriesRecalled
+    start the turn in memory (agent check, user message stored, history) while memories are recalled
+    → ConversationStarted → MemoriesRecalled
     → up to `max_steps` model steps: TextDelta*, then for each tool call ToolCallStarted/ToolCallFinished
       (a handoff also emits Handoff and MemoriesRecalled for the agent taking over)
     → store the assistant message → MessageCompleted
@@ -18,16 +18,15 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import aclosing, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from mesh.errors import AthenaError, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from orchestrator import prompt
 from orchestrator.catalog import AgentSpec, Catalog
 from orchestrator.events import (
     ConversationStarted,
-    Handoff,
     MemoriesRecalled,
     MessageCompleted,
     TextDelta,
@@ -35,7 +34,6 @@ from orchestrator.events import (
     ToolCallStarted,
     TurnEvent,
 )
-from orchestrator.memory_client import MemoryGateway
 from orchestrator.model import (
     ChatMessage,
     ChatModel,
@@ -45,26 +43,23 @@ from orchestrator.model import (
     TextChunk,
     ToolSpec,
 )
-from orchestrator.records import AssistantMessage, HistoryMessage, Memory, ToolCallRecord, Usage
+from orchestrator.ports import MemoryGateway
+from orchestrator.records import (
+    AssistantMessage,
+    Handoff,
+    HistoryMessage,
+    Memory,
+    NewTurn,
+    ToolCallRecord,
+    Usage,
+)
 from orchestrator.tools.handoff import handoff_target, handoff_tool
 from orchestrator.tools.registry import ToolContext, ToolOutcome, ToolRegistry, error_outcome
 
 log = logging.getLogger(__name__)
 
-MAX_TEXT_CHARS = 32_000
-MAX_CLIENT_REQUEST_ID_CHARS = 64
 CANCELLED_REASON = "the turn was cancelled before it finished"
 INTERNAL_REASON = "the turn failed because of an internal error"
-
-
-@dataclass(frozen=True, slots=True)
-class TurnRequest:
-    user_id: str
-    """The caller, from the verified token."""
-    agent_id: str
-    text: str
-    conversation_id: str = ""
-    client_request_id: str = ""
 
 
 @dataclass
@@ -114,54 +109,38 @@ class TurnRunner:
         self._clock = clock
         self._background: set[asyncio.Task[None]] = set()
 
-    async def run(self, request: TurnRequest) -> AsyncGenerator[TurnEvent, None]:
+    async def run(self, user_id: str, turn: NewTurn) -> AsyncGenerator[TurnEvent, None]:
+        """The events of `user_id`'s turn. Field rules (lengths, ids) are the contract's, checked before a
+        request reaches here; the agent must be in this service's catalog (NotFound otherwise)."""
         started = self._clock()
-        agent, text = self._validate(request)
-        # Reads the prompt needs run while the message is being stored: they change nothing, and nothing
-        # reaches the model before the message is stored. Off the path to the first token otherwise.
+        agent = self._agent(turn.agent_id)
+        text = turn.text.strip()
+        # The recall reads and changes nothing, so it runs while memory stores the message; nothing
+        # reaches the model before the message is stored.
         recall = asyncio.ensure_future(self._recall(agent, text))
-        history = asyncio.ensure_future(
-            self._history(request.conversation_id) if request.conversation_id else _nothing()
-        )
         try:
-            states = await self._memory.agent_states()
-            if agent.id not in states:
-                raise FailedPrecondition(
-                    f"agent {agent.id!r} is not in memory's catalog yet (the catalog sync failed?)"
-                )
-            if not states[agent.id]:
-                raise FailedPrecondition(f"agent {agent.id!r} is disabled; enable it to chat with it")
-            enabled = frozenset(agent_id for agent_id, on in states.items() if on)
-            stored = await self._memory.append_user_message(
-                conversation_id=request.conversation_id,
-                agent_id=agent.id,
-                text=text,
-                client_request_id=request.client_request_id,
-            )
+            start = await self._memory.start_turn(turn, self._history_messages)
         except BaseException:
             recall.cancel()
-            history.cancel()
             raise
-        if stored.replayed and not request.conversation_id:
-            history.cancel()
-            history = asyncio.ensure_future(self._history(stored.conversation_id))
-        progress = _Progress(stored.conversation_id, str(uuid.uuid4()), agent)
+        progress = _Progress(start.conversation_id, str(uuid.uuid4()), agent)
         try:
             yield ConversationStarted(
-                conversation_id=stored.conversation_id,
-                user_message_id=stored.message_id,
+                conversation_id=start.conversation_id,
+                user_message_id=start.message_id,
                 assistant_message_id=progress.message_id,
                 agent_id=agent.id,
                 model=self._model_name(agent.model),
                 offline_model=self._offline_model,
+                title=start.title,
             )
-            memories, messages = await asyncio.gather(recall, history)
-            # Fetched while the message was stored, the history may or may not hold it: never twice.
-            earlier = [message for message in messages if message.id != stored.message_id]
-            earlier = earlier[-self._history_messages :] if self._history_messages else []
+            memories = await recall
             yield MemoriesRecalled(tuple(memories))
+            context = ToolContext(user_id=user_id, agent_id=agent.id, memory=self._memory)
             async with aclosing(
-                self._answer(request, text, progress, enabled, memories, earlier, started)
+                self._answer(
+                    context, text, progress, start.enabled_agent_ids, memories, start.history, started
+                )
             ) as events:
                 async for event in events:
                     yield event
@@ -175,27 +154,17 @@ class TurnRunner:
             await self._store_failed(progress, INTERNAL_REASON)
             raise
         finally:
-            recall.cancel()  # no-ops once awaited; stops them when the turn ends before that
-            history.cancel()
+            recall.cancel()  # a no-op once awaited; stops it when the turn ends before that
 
-    def _validate(self, request: TurnRequest) -> tuple[AgentSpec, str]:
-        if not request.agent_id:
+    def _agent(self, agent_id: str) -> AgentSpec:
+        if not agent_id:
             raise InvalidArgument("agent_id", "is required")
-        agent = self._catalog.get(request.agent_id)
+        agent = self._catalog.get(agent_id)
         if agent is None:
-            raise NotFound(f"agent {request.agent_id!r} does not exist")
+            raise NotFound(f"agent {agent_id!r} does not exist")
         if not agent.enabled:
             raise FailedPrecondition(f"agent {agent.id!r} is not available")
-        text = request.text.strip()
-        if not text:
-            raise InvalidArgument("text", "must not be empty")
-        if len(request.text) > MAX_TEXT_CHARS:
-            raise InvalidArgument("text", f"must be at most {MAX_TEXT_CHARS} characters")
-        if len(request.client_request_id) > MAX_CLIENT_REQUEST_ID_CHARS:
-            raise InvalidArgument(
-                "client_request_id", f"must be at most {MAX_CLIENT_REQUEST_ID_CHARS} characters"
-            )
-        return agent, text
+        return agent
 
     async def _recall(self, agent: AgentSpec, text: str) -> list[Memory]:
         """Memories for the prompt; a failing recall degrades the answer rather than failing the turn."""
@@ -205,21 +174,14 @@ class TurnRunner:
             log.warning("recall failed; answering without memories", extra={"error": exc.message})
             return []
 
-    async def _history(self, conversation_id: str) -> list[HistoryMessage]:
-        try:
-            return await self._memory.history(conversation_id, self._history_messages + 1)
-        except AthenaError as exc:
-            log.warning("history unavailable; answering without it", extra={"error": exc.message})
-            return []
-
     async def _answer(
         self,
-        request: TurnRequest,
+        context: ToolContext,
         text: str,
         progress: _Progress,
         enabled: frozenset[str],
         memories: list[Memory],
-        history: list[HistoryMessage],
+        history: Sequence[HistoryMessage],
         started: float,
     ) -> AsyncGenerator[TurnEvent, None]:
         transcript: list[ChatMessage] = []
@@ -261,17 +223,31 @@ class TurnRunner:
                 return
             transcript.append(prompt.tool_calls_message("".join(step_text), finished.tool_calls))
             for call in finished.tool_calls:
-                yield ToolCallStarted(call.id, call.name, call.arguments_json, progress.agent.id)
-                target, outcome = await self._run_tool(request, call, progress.agent, enabled)
+                is_handoff = handoff_target(call.name) is not None
+                yield ToolCallStarted(
+                    call.id, call.name, call.arguments_json, progress.agent.id, handoff=is_handoff
+                )
+                context = replace(context, agent_id=progress.agent.id)
+                target, outcome = await self._run_tool(context, call, progress.agent, enabled)
+                handoff = (
+                    Handoff(progress.agent.id, target.id, _reason(call.arguments_json))
+                    if target is not None
+                    else None
+                )
                 progress.tool_calls.append(
                     ToolCallRecord(
-                        call.id, call.name, call.arguments_json, outcome.result_json, outcome.is_error
+                        call.id,
+                        call.name,
+                        call.arguments_json,
+                        outcome.result_json,
+                        outcome.is_error,
+                        handoff=handoff,
                     )
                 )
                 transcript.append(prompt.tool_result_message(call.id, outcome.result_json))
                 yield ToolCallFinished(call.id, call.name, outcome.result_json, outcome.is_error)
-                if target is not None:
-                    yield Handoff(progress.agent.id, target.id, _reason(call.arguments_json))
+                if target is not None and handoff is not None:
+                    yield handoff
                     progress.agent = target
                     memories = await self._recall(target, text)
                     yield MemoriesRecalled(tuple(memories))
@@ -287,12 +263,11 @@ class TurnRunner:
         ]
 
     async def _run_tool(
-        self, request: TurnRequest, call: ModelToolCall, agent: AgentSpec, enabled: frozenset[str]
+        self, context: ToolContext, call: ModelToolCall, agent: AgentSpec, enabled: frozenset[str]
     ) -> tuple[AgentSpec | None, ToolOutcome]:
         """Runs one call; for a valid handoff, also returns the agent taking over."""
         target_id = handoff_target(call.name)
         if target_id is None:
-            context = ToolContext(user_id=request.user_id, agent_id=agent.id, memory=self._memory)
             return None, await self._tools.run(call.name, call.arguments_json, context)
         target = self._catalog.get(target_id)
         if target is None or target.id == agent.id or not target.enabled or target.id not in enabled:
@@ -322,10 +297,6 @@ class TurnRunner:
         """Waits for pending writes of failed turns (shutdown, tests)."""
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
-
-
-async def _nothing() -> list[HistoryMessage]:
-    return []
 
 
 def _reason(arguments_json: str) -> str:

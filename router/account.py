@@ -12,9 +12,10 @@ from athena.identity.v1 import identity_pb2
 from athena.memory.v1 import memory_pb2
 from google.protobuf.json_format import MessageToDict
 
-from mesh.clients import outgoing
+from mesh import clients
+from mesh.clock import Clock
 from mesh.context import principal
-from router import export, validation
+from router import export
 from router.peers import Peers
 from router.settings import RouterSettings
 
@@ -24,22 +25,21 @@ _SECTIONS = {"agent": "agents", "conversation": "conversations", "memory": "memo
 
 
 class AccountServicer(account_pb2_grpc.AccountServiceServicer):
-    def __init__(self, peers: Peers, settings: RouterSettings) -> None:
+    def __init__(self, peers: Peers, settings: RouterSettings, clock: Clock) -> None:
         self._peers = peers
         self._settings = settings
+        self._clock = clock
 
-    def _unary(self) -> dict[str, Any]:
-        return outgoing(timeout=self._settings.peer_timeout_seconds)
+    def _timeout(self) -> float:
+        return self._settings.peer_timeout_seconds
 
     async def ListMemories(
         self, request: account_pb2.ListMemoriesRequest, context: Context
     ) -> account_pb2.ListMemoriesResponse:
-        response = await self._peers.memories.ListMemories(
-            memory_pb2.ListMemoriesRequest(
-                page_size=validation.page_size(request.page_size),
-                page_token=validation.page_token(request.page_token),
-            ),
-            **self._unary(),
+        response = await clients.call(
+            self._peers.memories.ListMemories,
+            memory_pb2.ListMemoriesRequest(page_size=request.page_size, page_token=request.page_token),
+            timeout_seconds=self._timeout(),
         )
         return account_pb2.ListMemoriesResponse(
             memories=response.memories, next_page_token=response.next_page_token
@@ -48,9 +48,10 @@ class AccountServicer(account_pb2_grpc.AccountServiceServicer):
     async def ForgetMemory(
         self, request: account_pb2.ForgetMemoryRequest, context: Context
     ) -> account_pb2.ForgetMemoryResponse:
-        await self._peers.memories.Forget(
-            memory_pb2.ForgetRequest(memory_id=validation.object_id(request.memory_id, "memory_id")),
-            **self._unary(),
+        await clients.call(
+            self._peers.memories.Forget,
+            memory_pb2.ForgetRequest(memory_id=request.memory_id),
+            timeout_seconds=self._timeout(),
         )
         return account_pb2.ForgetMemoryResponse()
 
@@ -59,8 +60,8 @@ class AccountServicer(account_pb2_grpc.AccountServiceServicer):
     ) -> AsyncIterator[account_pb2.ExportDataResponse]:
         caller = principal()
         sections: dict[str, list[Any]] = {"agents": [], "conversations": [], "memories": []}
-        async for record in self._peers.user_data.ExportUserData(
-            memory_pb2.ExportUserDataRequest(), **outgoing()
+        async for record in clients.stream(
+            self._peers.user_data.ExportUserData, memory_pb2.ExportUserDataRequest()
         ):
             kind = record.WhichOneof("record")
             if kind is None:
@@ -75,7 +76,7 @@ class AccountServicer(account_pb2_grpc.AccountServiceServicer):
             )
         profile = {"user_id": caller.user_id, "email": caller.email}
         first = True
-        async for chunk in export.chunked(export.document_parts(profile, sections)):
+        async for chunk in export.chunked(export.document_parts(profile, sections, self._clock.now())):
             yield account_pb2.ExportDataResponse(
                 chunk=chunk, content_type="application/json" if first else ""
             )
@@ -85,9 +86,13 @@ class AccountServicer(account_pb2_grpc.AccountServiceServicer):
         self, request: account_pb2.DeleteAccountRequest, context: Context
     ) -> account_pb2.DeleteAccountResponse:
         caller = principal()
-        purged = await self._peers.user_data.PurgeUser(memory_pb2.PurgeUserRequest(), **self._unary())
+        purged = await clients.call(
+            self._peers.user_data.PurgeUser, memory_pb2.PurgeUserRequest(), timeout_seconds=self._timeout()
+        )
         # Then the sign-in itself: the account, its identities and every session (refresh tokens die here).
-        erased = await self._peers.identity.EraseUser(identity_pb2.EraseUserRequest(), **self._unary())
+        erased = await clients.call(
+            self._peers.identity.EraseUser, identity_pb2.EraseUserRequest(), timeout_seconds=self._timeout()
+        )
         log.info(
             "account deleted",
             extra={

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 CHUNK_BYTES = 64 * 1024
@@ -32,11 +32,13 @@ PROCESSING = {
 }
 
 
-def document_parts(profile: dict[str, Any], sections: dict[str, list[Any]]) -> Iterator[bytes]:
+def document_parts(
+    profile: dict[str, Any], sections: dict[str, list[Any]], exported_at: datetime
+) -> Iterator[bytes]:
     """The export as a sequence of byte pieces that concatenate to one JSON object."""
     header = {
         "format": "athenaos-export/v1",
-        "exported_at": datetime.now(UTC).isoformat(),
+        "exported_at": exported_at.isoformat(),
         "profile": profile,
         "processing": PROCESSING,
     }

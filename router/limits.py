@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
-from mesh.errors import ResourceExhausted
+from mesh.clock import Clock
+from mesh.errors import ResourceExhausted, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +69,9 @@ def window_at(now: float, length: float) -> Window:
     return Window(index=index, ends_at=(index + 1) * length)
 
 
-class LimitStoreError(Exception):
-    """The store could not answer (down, timed out); limits are then not enforced."""
-
-
 class LimitStore(Protocol):
-    """Where the counters of every router replica meet."""
+    """Where the counters of every router replica meet. Raises `Unavailable` when it cannot answer (the
+    limiter then admits the turn)."""
 
     async def count_turn(self, user_id: str, window: int, ttl_seconds: float) -> int:
         """Counts one more turn of `user_id` in `window`; returns the count including it. The counter
@@ -94,7 +91,7 @@ class LimitStore(Protocol):
 class Limiter:
     """Admits chat streams under `Limits`."""
 
-    def __init__(self, limits: Limits, store: LimitStore, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, limits: Limits, store: LimitStore, clock: Clock) -> None:
         self.limits = limits
         self._store = store
         self._clock = clock
@@ -114,7 +111,7 @@ class Limiter:
 
     async def _admit(self, user_id: str, stream_id: str) -> bool:
         """Whether a lease is held (and must be released); raises when a limit is reached."""
-        now = self._clock()
+        now = self._clock.time()
         if now < self._store_down_until:
             return False
         limits = self.limits
@@ -122,7 +119,7 @@ class Limiter:
             open_streams = await self._store.acquire_stream(
                 user_id, stream_id, now, now + limits.stream_lease_seconds
             )
-        except LimitStoreError as exc:
+        except Unavailable as exc:
             self._store_down(exc)
             return False
         if open_streams > limits.max_streams:
@@ -134,7 +131,7 @@ class Limiter:
         window = window_at(now, limits.window_seconds)
         try:
             turns = await self._store.count_turn(user_id, window.index, limits.window_seconds + 1)
-        except LimitStoreError as exc:
+        except Unavailable as exc:
             self._store_down(exc)
             return True
         if turns > limits.turns_per_window:
@@ -149,36 +146,13 @@ class Limiter:
     async def _release(self, user_id: str, stream_id: str) -> None:
         try:
             await self._store.release_stream(user_id, stream_id)
-        except LimitStoreError as exc:
+        except Unavailable as exc:
             # The lease expires on its own; until then the user has one slot less.
             log.warning("releasing a chat stream slot failed", extra={"error": str(exc)})
 
-    def _store_down(self, exc: LimitStoreError) -> None:
-        self._store_down_until = self._clock() + self.limits.outage_backoff_seconds
+    def _store_down(self, exc: Unavailable) -> None:
+        self._store_down_until = self._clock.time() + self.limits.outage_backoff_seconds
         log.warning(
             "rate-limit store unavailable; admitting chat turns without limits",
             extra={"error": str(exc), "retry_in_seconds": self.limits.outage_backoff_seconds},
         )
-
-
-class InMemoryLimitStore:
-    """A `LimitStore` inside one process: for tests, and the reference behaviour of the Redis store."""
-
-    def __init__(self) -> None:
-        self.turns: dict[tuple[str, int], int] = {}
-        self.streams: dict[str, dict[str, float]] = {}
-
-    async def count_turn(self, user_id: str, window: int, ttl_seconds: float) -> int:
-        key = (user_id, window)
-        self.turns[key] = self.turns.get(key, 0) + 1
-        return self.turns[key]
-
-    async def acquire_stream(self, user_id: str, stream_id: str, now: float, lease_until: float) -> int:
-        leases = self.streams.setdefault(user_id, {})
-        for expired in [stream for stream, until in leases.items() if until <= now]:
-            del leases[expired]
-        leases[stream_id] = lease_until
-        return len(leases)
-
-    async def release_stream(self, user_id: str, stream_id: str) -> None:
-        self.streams.get(user_id, {}).pop(stream_id, None)

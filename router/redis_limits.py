@@ -7,47 +7,20 @@ Keys (the user id in braces keeps a user's keys in one Redis Cluster slot):
 - `athena:limits:{user_id}:streams`: a sorted set of open stream ids scored by when their lease ends;
   expired leases are dropped, the new one added and the set counted in one MULTI/EXEC.
 
-Every Redis failure becomes `router.limits.LimitStoreError` (the limiter then fails open).
+Every Redis failure becomes `mesh.errors.Unavailable` (the limiter then fails open).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import AsyncIterator
 
-import redis.asyncio as redis
-from redis import exceptions as redis_errors
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-
-from router.limits import LimitStoreError
+from mesh.redis import Redis, translated
 
 KEY_PREFIX = "athena:limits"
-
-
-def connect(url: str, timeout: float) -> redis.Redis:
-    """A client that fails fast when the server is down: a short timeout and no retries."""
-    return redis.Redis.from_url(
-        url,
-        socket_connect_timeout=timeout,
-        socket_timeout=timeout,
-        retry_on_timeout=False,
-        retry=Retry(NoBackoff(), 0),
-        decode_responses=True,
-    )
-
-
-@contextlib.asynccontextmanager
-async def _translated() -> AsyncIterator[None]:
-    try:
-        yield
-    except (redis_errors.RedisError, OSError) as exc:
-        raise LimitStoreError(f"{type(exc).__name__}: {exc}") from exc
-
+WHAT = "the rate-limit store"
 
 class RedisLimitStore:
-    def __init__(self, client: redis.Redis, prefix: str = KEY_PREFIX) -> None:
+    def __init__(self, client: Redis, prefix: str = KEY_PREFIX) -> None:
         self._redis = client
         self._prefix = prefix
 
@@ -59,7 +32,7 @@ class RedisLimitStore:
 
     async def count_turn(self, user_id: str, window: int, ttl_seconds: float) -> int:
         key = self.turns_key(user_id, window)
-        async with _translated(), self._redis.pipeline(transaction=True) as pipe:
+        async with translated(WHAT), self._redis.pipeline(transaction=True) as pipe:
             pipe.incr(key)
             pipe.expire(key, math.ceil(ttl_seconds))
             count, _ = await pipe.execute()
@@ -67,7 +40,7 @@ class RedisLimitStore:
 
     async def acquire_stream(self, user_id: str, stream_id: str, now: float, lease_until: float) -> int:
         key = self.streams_key(user_id)
-        async with _translated(), self._redis.pipeline(transaction=True) as pipe:
+        async with translated(WHAT), self._redis.pipeline(transaction=True) as pipe:
             pipe.zremrangebyscore(key, "-inf", now)
             pipe.zadd(key, {stream_id: lease_until})
             pipe.zcard(key)
@@ -77,8 +50,5 @@ class RedisLimitStore:
         return int(open_streams)
 
     async def release_stream(self, user_id: str, stream_id: str) -> None:
-        async with _translated():
+        async with translated(WHAT):
             await self._redis.zrem(self.streams_key(user_id), stream_id)
-
-    async def close(self) -> None:
-        await self._redis.aclose()

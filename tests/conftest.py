@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from joserfc.jwk import KeySet, RSAKey
 from devstack.postgres import EmbeddedPostgres
 from devstack.process import free_port
 from devstack.valkey import EmbeddedValkey
+from mesh.app import Deps, RunningService, ServiceApp, start
 from mesh.server import MeshServer, Service
 from mesh.settings import ServiceSettings
 from mesh.tokens import StaticKeySource, TokenVerifier
@@ -88,9 +89,28 @@ def service_settings(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
     return {"port": 0, "http_port": 0, "drain_seconds": 1.0, "data_dir": tmp_path, **overrides}
 
 
+StartService = Callable[[ServiceApp[Any, Any], ServiceSettings, Deps], Awaitable[RunningService]]
+
+
+@pytest_asyncio.fixture
+async def start_service() -> AsyncIterator[StartService]:
+    """Starts services in-process through `mesh.app.start`, exactly as `python -m <service>` builds them,
+    and stops them (drain, background tasks, resources) after the test."""
+    started: list[RunningService] = []
+
+    async def start_one(app: ServiceApp[Any, Any], settings: ServiceSettings, deps: Deps) -> RunningService:
+        running = await start(app, settings, deps)
+        started.append(running)
+        return running
+
+    yield start_one
+    for running in reversed(started):
+        await running.stop()
+
+
 @pytest_asyncio.fixture
 async def start_server() -> AsyncIterator[Callable[..., Any]]:
-    """Starts MeshServers in-process on free ports and drains them after the test."""
+    """Starts bare MeshServers (tests of the runtime itself) and drains them after the test."""
     started: list[MeshServer] = []
 
     async def start(

@@ -1,7 +1,7 @@
 """Agents, users, conversations, messages and vector memories, with row-level security.
 
 The SQL lives in memory/schema.sql; the embedding column is created with the dimension configured when
-the migration runs (memory.migrate.rendering_dimension).
+the migration runs (the migration variable read by memory.migrate.render_schema).
 """
 
 from yoyo import step

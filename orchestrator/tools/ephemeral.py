@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from mesh.errors import AthenaError
-from orchestrator.memory_client import MemoryGateway
+from orchestrator.ports import MemoryGateway
 
 log = logging.getLogger(__name__)
 

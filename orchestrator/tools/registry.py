@@ -18,8 +18,8 @@ from typing import Any
 from jsonschema import Draft202012Validator
 
 from mesh.errors import AthenaError
-from orchestrator.memory_client import MemoryGateway
 from orchestrator.model import ToolSpec
+from orchestrator.ports import MemoryGateway
 
 log = logging.getLogger(__name__)
 

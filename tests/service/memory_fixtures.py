@@ -1,4 +1,4 @@
-"""Helpers for the memory service tests: a migrated database and a running memory server with stubs.
+"""Helpers for the memory service tests: the memory service on a real database, and stubs to call it.
 
 Imported explicitly by tests/service/test_memory_*.py (not a conftest, so other suites are unaffected).
 """
@@ -16,16 +16,16 @@ import grpc
 import pytest
 import pytest_asyncio
 from athena.memory.v1 import memory_pb2_grpc
-from conftest import auth_metadata, service_settings
+from conftest import StartService, auth_metadata, service_settings
+from doubles.embedder import HashingEmbedder
 
 from devstack.postgres import EmbeddedPostgres
 from devstack.valkey import EmbeddedValkey
-from memory.app import SERVICE_METHODS, Resources, build_services, open_resources
-from memory.embeddings import HashingEmbedder
+from memory.app import MEMORY, MemoryDeps
 from memory.migrate import apply_migrations
 from memory.settings import MemorySettings
+from mesh.app import RunningService
 from mesh.clients import service_call
-from mesh.server import MeshServer
 from mesh.tokens import TokenVerifier
 
 DIMENSION = 384
@@ -35,14 +35,17 @@ SERVICE_KEY = "memory-tests-service-key"
 
 @dataclass
 class MemoryHarness:
-    """A running memory server, its resources and one stub per service."""
+    """A running memory service and one stub per service."""
 
-    server: MeshServer
-    resources: Resources
+    service: RunningService
     settings: MemorySettings
     channel: grpc.aio.Channel
     embedder: HashingEmbedder
     make_token: Callable[..., str]
+
+    @property
+    def port(self) -> int:
+        return self.service.port
 
     @property
     def memory(self) -> memory_pb2_grpc.MemoryServiceStub:
@@ -76,17 +79,15 @@ async def migrate(database_url: str) -> None:
 
 
 async def start_memory(
-    start_server: Callable[..., Any],
+    start_service: StartService,
     verifier: TokenVerifier,
     make_token: Callable[..., str],
     tmp_path: Path,
     database_url: str,
     redis_url: str,
-    *,
-    readiness_interval: float = 2.0,
     **overrides: Any,
 ) -> MemoryHarness:
-    await migrate(database_url)
+    """The memory service built like `python -m memory` (migrations included), with the hashing embedder."""
     overrides.setdefault("ATHENA_SERVICE_KEY", SERVICE_KEY)
     settings = MemorySettings(
         **service_settings(
@@ -97,25 +98,11 @@ async def start_memory(
             **overrides,
         )
     )
-    resources = await open_resources(settings)
     embedder = HashingEmbedder(DIMENSION)
-    server = await start_server(
-        "memory",
-        settings,
-        build_services(settings, resources, embedder),
-        verifier,
-        service_methods=SERVICE_METHODS,
-        readiness=resources.ready,
-        readiness_interval=readiness_interval,
-    )
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
-    return MemoryHarness(server, resources, settings, channel, embedder, make_token)
-
-
-async def stop_memory(harness: MemoryHarness) -> None:
-    await harness.channel.close(None)
-    await harness.server.drain()
-    await harness.resources.close()
+    service = await start_service(MEMORY, settings, MemoryDeps(verifier=verifier, embedder=embedder))
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{service.port}")
+    service.deps.on_close(lambda: channel.close(None))
+    return MemoryHarness(service, settings, channel, embedder, make_token)
 
 
 @pytest_asyncio.fixture
@@ -124,13 +111,11 @@ async def memory_service(
     valkey: EmbeddedValkey,
     verifier: TokenVerifier,
     make_token: Callable[..., str],
-    start_server: Callable[..., Any],
+    start_service: StartService,
     tmp_path: Path,
 ) -> AsyncIterator[MemoryHarness]:
     """The memory service on the session's PostgreSQL and Valkey, with the hashing embedder."""
-    harness = await start_memory(start_server, verifier, make_token, tmp_path, postgres.url, valkey.url)
-    yield harness
-    await stop_memory(harness)
+    yield await start_memory(start_service, verifier, make_token, tmp_path, postgres.url, valkey.url)
 
 
 async def expect_status(call: Any, code: grpc.StatusCode) -> grpc.aio.AioRpcError:

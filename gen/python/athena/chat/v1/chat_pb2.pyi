@@ -118,6 +118,7 @@ class ToolCallRecord(_message.Message):
     ARGUMENTS_JSON_FIELD_NUMBER: _builtins.int
     RESULT_JSON_FIELD_NUMBER: _builtins.int
     IS_ERROR_FIELD_NUMBER: _builtins.int
+    HANDOFF_FIELD_NUMBER: _builtins.int
     call_id: _builtins.str
     """Id of the call, unique within its message."""
     name: _builtins.str
@@ -128,6 +129,10 @@ class ToolCallRecord(_message.Message):
     """The result the model saw, as JSON."""
     is_error: _builtins.bool
     """Whether the tool failed (the result then describes the error)."""
+    @_builtins.property
+    def handoff(self) -> Global___Handoff:
+        """Set when the call handed the conversation to another agent (who answered from there on)."""
+
     def __init__(
         self,
         *,
@@ -136,10 +141,11 @@ class ToolCallRecord(_message.Message):
         arguments_json: _builtins.str = ...,
         result_json: _builtins.str = ...,
         is_error: _builtins.bool = ...,
+        handoff: Global___Handoff | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["handoff", b"handoff"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments_json", b"arguments_json", "call_id", b"call_id", "is_error", b"is_error", "name", b"name", "result_json", b"result_json"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments_json", b"arguments_json", "call_id", b"call_id", "handoff", b"handoff", "is_error", b"is_error", "name", b"name", "result_json", b"result_json"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -386,6 +392,7 @@ class ConversationStarted(_message.Message):
     AGENT_ID_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     OFFLINE_MODEL_FIELD_NUMBER: _builtins.int
+    TITLE_FIELD_NUMBER: _builtins.int
     conversation_id: _builtins.str
     """The conversation the turn belongs to (new or continued)."""
     user_message_id: _builtins.str
@@ -398,6 +405,8 @@ class ConversationStarted(_message.Message):
     """Name of the model answering, for example "gpt-4o-mini" or "athena-offline"."""
     offline_model: _builtins.bool
     """True when the answers come from the built-in offline model rather than a real language model."""
+    title: _builtins.str
+    """The conversation's title (for a new conversation, taken from this message)."""
     def __init__(
         self,
         *,
@@ -407,10 +416,11 @@ class ConversationStarted(_message.Message):
         agent_id: _builtins.str = ...,
         model: _builtins.str = ...,
         offline_model: _builtins.bool = ...,
+        title: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "assistant_message_id", b"assistant_message_id", "conversation_id", b"conversation_id", "model", b"model", "offline_model", b"offline_model", "user_message_id", b"user_message_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "assistant_message_id", b"assistant_message_id", "conversation_id", b"conversation_id", "model", b"model", "offline_model", b"offline_model", "title", b"title", "user_message_id", b"user_message_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -518,6 +528,7 @@ class ToolCall(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     ARGUMENTS_JSON_FIELD_NUMBER: _builtins.int
     AGENT_ID_FIELD_NUMBER: _builtins.int
+    HANDOFF_FIELD_NUMBER: _builtins.int
     call_id: _builtins.str
     """Id matching the ToolResult that follows."""
     name: _builtins.str
@@ -526,6 +537,8 @@ class ToolCall(_message.Message):
     """Arguments as a JSON object."""
     agent_id: _builtins.str
     """The agent calling it."""
+    handoff: _builtins.bool
+    """True when the call hands the conversation to another agent: a Handoff event follows its result."""
     def __init__(
         self,
         *,
@@ -533,10 +546,11 @@ class ToolCall(_message.Message):
         name: _builtins.str = ...,
         arguments_json: _builtins.str = ...,
         agent_id: _builtins.str = ...,
+        handoff: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "arguments_json", b"arguments_json", "call_id", b"call_id", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "arguments_json", b"arguments_json", "call_id", b"call_id", "handoff", b"handoff", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -482,57 +482,65 @@ class GetEphemeralResponse(_message.Message):
 Global___GetEphemeralResponse: _TypeAlias = GetEphemeralResponse  # noqa: Y015
 
 @_typing.final
-class AppendUserMessageRequest(_message.Message):
-    """Request of AppendUserMessage."""
+class StartTurnRequest(_message.Message):
+    """Request of StartTurn."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
-    AGENT_ID_FIELD_NUMBER: _builtins.int
-    TEXT_FIELD_NUMBER: _builtins.int
-    CLIENT_REQUEST_ID_FIELD_NUMBER: _builtins.int
-    conversation_id: _builtins.str
-    """Conversation to append to; empty starts a new one."""
-    agent_id: _builtins.str
-    """The agent addressed."""
-    text: _builtins.str
-    """The message text."""
-    client_request_id: _builtins.str
-    """Optional client-chosen id; a second request with the same id returns the first message."""
+    CHAT_FIELD_NUMBER: _builtins.int
+    HISTORY_MESSAGES_FIELD_NUMBER: _builtins.int
+    history_messages: _builtins.int
+    """How many messages before this one to return as history, oldest first (0: none)."""
+    @_builtins.property
+    def chat(self) -> _chat_pb2.ChatRequest:
+        """The person's request (agent, conversation to continue or none, text, client request id). A second
+        request with the same client_request_id returns the first message instead of storing another.
+        """
+
     def __init__(
         self,
         *,
-        conversation_id: _builtins.str = ...,
-        agent_id: _builtins.str = ...,
-        text: _builtins.str = ...,
-        client_request_id: _builtins.str = ...,
+        chat: _chat_pb2.ChatRequest | None = ...,
+        history_messages: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chat", b"chat"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "client_request_id", b"client_request_id", "conversation_id", b"conversation_id", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chat", b"chat", "history_messages", b"history_messages"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___AppendUserMessageRequest: _TypeAlias = AppendUserMessageRequest  # noqa: Y015
+Global___StartTurnRequest: _TypeAlias = StartTurnRequest  # noqa: Y015
 
 @_typing.final
-class AppendUserMessageResponse(_message.Message):
-    """Response of AppendUserMessage."""
+class StartTurnResponse(_message.Message):
+    """Response of StartTurn."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     CONVERSATION_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     REPLAYED_FIELD_NUMBER: _builtins.int
+    ENABLED_AGENT_IDS_FIELD_NUMBER: _builtins.int
+    HISTORY_FIELD_NUMBER: _builtins.int
     replayed: _builtins.bool
     """True when the message was already stored by an earlier request with the same client_request_id."""
     @_builtins.property
     def conversation(self) -> _chat_pb2.Conversation:
-        """The conversation (without messages)."""
+        """The conversation (without messages): new, or the one continued."""
 
     @_builtins.property
     def message(self) -> _chat_pb2.Message:
-        """The stored message."""
+        """The stored user message."""
+
+    @_builtins.property
+    def enabled_agent_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Every agent the caller may talk to now (enabled in the catalog and for the caller), the addressed
+        one included: the candidates of a handoff.
+        """
+
+    @_builtins.property
+    def history(self) -> _containers.RepeatedCompositeFieldContainer[_chat_pb2.Message]:
+        """Up to `history_messages` messages of the conversation before this one, oldest first."""
 
     def __init__(
         self,
@@ -540,14 +548,16 @@ class AppendUserMessageResponse(_message.Message):
         conversation: _chat_pb2.Conversation | None = ...,
         message: _chat_pb2.Message | None = ...,
         replayed: _builtins.bool = ...,
+        enabled_agent_ids: _abc.Iterable[_builtins.str] | None = ...,
+        history: _abc.Iterable[_chat_pb2.Message] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["conversation", b"conversation", "message", b"message"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation", b"conversation", "message", b"message", "replayed", b"replayed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation", b"conversation", "enabled_agent_ids", b"enabled_agent_ids", "history", b"history", "message", b"message", "replayed", b"replayed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___AppendUserMessageResponse: _TypeAlias = AppendUserMessageResponse  # noqa: Y015
+Global___StartTurnResponse: _TypeAlias = StartTurnResponse  # noqa: Y015
 
 @_typing.final
 class AppendAssistantMessageRequest(_message.Message):
@@ -809,24 +819,18 @@ class ListAgentsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     AGENTS_FIELD_NUMBER: _builtins.int
-    DEFINITIONS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def agents(self) -> _containers.RepeatedCompositeFieldContainer[_chat_pb2.Agent]:
         """Catalog order; `enabled` is the user's state and false for agents disabled in the catalog."""
-
-    @_builtins.property
-    def definitions(self) -> _containers.RepeatedCompositeFieldContainer[Global___AgentDefinition]:
-        """Full definitions in the same order (prompts and model), for the orchestrator."""
 
     def __init__(
         self,
         *,
         agents: _abc.Iterable[_chat_pb2.Agent] | None = ...,
-        definitions: _abc.Iterable[Global___AgentDefinition] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "definitions", b"definitions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -350,10 +350,10 @@ class ConversationServiceStub:
         Args:
             channel: A grpc.Channel.
         """
-        self.AppendUserMessage = channel.unary_unary(
-                '/athena.memory.v1.ConversationService/AppendUserMessage',
-                request_serializer=athena_dot_memory_dot_v1_dot_memory__pb2.AppendUserMessageRequest.SerializeToString,
-                response_deserializer=athena_dot_memory_dot_v1_dot_memory__pb2.AppendUserMessageResponse.FromString,
+        self.StartTurn = channel.unary_unary(
+                '/athena.memory.v1.ConversationService/StartTurn',
+                request_serializer=athena_dot_memory_dot_v1_dot_memory__pb2.StartTurnRequest.SerializeToString,
+                response_deserializer=athena_dot_memory_dot_v1_dot_memory__pb2.StartTurnResponse.FromString,
                 _registered_method=True)
         self.AppendAssistantMessage = channel.unary_unary(
                 '/athena.memory.v1.ConversationService/AppendAssistantMessage',
@@ -381,8 +381,10 @@ class ConversationServiceServicer:
     """ConversationService stores conversations and their messages.
     """
 
-    def AppendUserMessage(self, request, context):
-        """Stores a user message, starting a conversation when none is given. Idempotent by client_request_id.
+    def StartTurn(self, request, context):
+        """Starts a chat turn in one round trip: checks that the caller may talk to the agent, stores the user's
+        message (starting a conversation when none is given; idempotent by client_request_id) and answers
+        what the turn needs from memory: the agents the caller may hand off to and the recent history.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -419,10 +421,10 @@ class ConversationServiceServicer:
 
 def add_ConversationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
-            'AppendUserMessage': grpc.unary_unary_rpc_method_handler(
-                    servicer.AppendUserMessage,
-                    request_deserializer=athena_dot_memory_dot_v1_dot_memory__pb2.AppendUserMessageRequest.FromString,
-                    response_serializer=athena_dot_memory_dot_v1_dot_memory__pb2.AppendUserMessageResponse.SerializeToString,
+            'StartTurn': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartTurn,
+                    request_deserializer=athena_dot_memory_dot_v1_dot_memory__pb2.StartTurnRequest.FromString,
+                    response_serializer=athena_dot_memory_dot_v1_dot_memory__pb2.StartTurnResponse.SerializeToString,
             ),
             'AppendAssistantMessage': grpc.unary_unary_rpc_method_handler(
                     servicer.AppendAssistantMessage,
@@ -457,7 +459,7 @@ class ConversationService:
     """
 
     @staticmethod
-    def AppendUserMessage(request,
+    def StartTurn(request,
             target,
             options=(),
             channel_credentials=None,
@@ -470,9 +472,9 @@ class ConversationService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/athena.memory.v1.ConversationService/AppendUserMessage',
-            athena_dot_memory_dot_v1_dot_memory__pb2.AppendUserMessageRequest.SerializeToString,
-            athena_dot_memory_dot_v1_dot_memory__pb2.AppendUserMessageResponse.FromString,
+            '/athena.memory.v1.ConversationService/StartTurn',
+            athena_dot_memory_dot_v1_dot_memory__pb2.StartTurnRequest.SerializeToString,
+            athena_dot_memory_dot_v1_dot_memory__pb2.StartTurnResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -151,8 +151,11 @@ class ConversationServiceStub:
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ConversationServiceAsyncStub: ...
-    AppendUserMessage: _grpc.UnaryUnaryMultiCallable[_memory_pb2.AppendUserMessageRequest, _memory_pb2.AppendUserMessageResponse]
-    """Stores a user message, starting a conversation when none is given. Idempotent by client_request_id."""
+    StartTurn: _grpc.UnaryUnaryMultiCallable[_memory_pb2.StartTurnRequest, _memory_pb2.StartTurnResponse]
+    """Starts a chat turn in one round trip: checks that the caller may talk to the agent, stores the user's
+    message (starting a conversation when none is given; idempotent by client_request_id) and answers
+    what the turn needs from memory: the agents the caller may hand off to and the recent history.
+    """
     AppendAssistantMessage: _grpc.UnaryUnaryMultiCallable[_memory_pb2.AppendAssistantMessageRequest, _memory_pb2.AppendAssistantMessageResponse]
     """Stores an assistant message (complete or failed) with its tool calls."""
     ListConversations: _grpc.UnaryUnaryMultiCallable[_memory_pb2.ListConversationsRequest, _memory_pb2.ListConversationsResponse]
@@ -167,8 +170,11 @@ class ConversationServiceAsyncStub(ConversationServiceStub):
     """ConversationService stores conversations and their messages."""
 
     def __init__(self, channel: _aio.Channel) -> None: ...
-    AppendUserMessage: _aio.UnaryUnaryMultiCallable[_memory_pb2.AppendUserMessageRequest, _memory_pb2.AppendUserMessageResponse]  # type: ignore[assignment]
-    """Stores a user message, starting a conversation when none is given. Idempotent by client_request_id."""
+    StartTurn: _aio.UnaryUnaryMultiCallable[_memory_pb2.StartTurnRequest, _memory_pb2.StartTurnResponse]  # type: ignore[assignment]
+    """Starts a chat turn in one round trip: checks that the caller may talk to the agent, stores the user's
+    message (starting a conversation when none is given; idempotent by client_request_id) and answers
+    what the turn needs from memory: the agents the caller may hand off to and the recent history.
+    """
     AppendAssistantMessage: _aio.UnaryUnaryMultiCallable[_memory_pb2.AppendAssistantMessageRequest, _memory_pb2.AppendAssistantMessageResponse]  # type: ignore[assignment]
     """Stores an assistant message (complete or failed) with its tool calls."""
     ListConversations: _aio.UnaryUnaryMultiCallable[_memory_pb2.ListConversationsRequest, _memory_pb2.ListConversationsResponse]  # type: ignore[assignment]
@@ -182,12 +188,15 @@ class ConversationServiceServicer(metaclass=_abc_1.ABCMeta):
     """ConversationService stores conversations and their messages."""
 
     @_abc_1.abstractmethod
-    def AppendUserMessage(
+    def StartTurn(
         self,
-        request: _memory_pb2.AppendUserMessageRequest,
+        request: _memory_pb2.StartTurnRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_memory_pb2.AppendUserMessageResponse, _abc.Awaitable[_memory_pb2.AppendUserMessageResponse]]:
-        """Stores a user message, starting a conversation when none is given. Idempotent by client_request_id."""
+    ) -> _typing.Union[_memory_pb2.StartTurnResponse, _abc.Awaitable[_memory_pb2.StartTurnResponse]]:
+        """Starts a chat turn in one round trip: checks that the caller may talk to the agent, stores the user's
+        message (starting a conversation when none is given; idempotent by client_request_id) and answers
+        what the turn needs from memory: the agents the caller may hand off to and the recent history.
+        """
 
     @_abc_1.abstractmethod
     def AppendAssistantMessage(

@@ -23,29 +23,21 @@ class RunRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    AGENT_ID_FIELD_NUMBER: _builtins.int
-    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
-    TEXT_FIELD_NUMBER: _builtins.int
-    CLIENT_REQUEST_ID_FIELD_NUMBER: _builtins.int
-    agent_id: _builtins.str
-    """The agent addressed."""
-    conversation_id: _builtins.str
-    """Conversation to continue; empty starts a new one."""
-    text: _builtins.str
-    """The user's message."""
-    client_request_id: _builtins.str
-    """Optional client-chosen idempotency id of the message."""
+    CHAT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def chat(self) -> _chat_pb2.ChatRequest:
+        """The person's request as the router received it (its field rules apply here too). The router always
+        sets `client_request_id`, so a retried Run stores the message once.
+        """
+
     def __init__(
         self,
         *,
-        agent_id: _builtins.str = ...,
-        conversation_id: _builtins.str = ...,
-        text: _builtins.str = ...,
-        client_request_id: _builtins.str = ...,
+        chat: _chat_pb2.ChatRequest | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chat", b"chat"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "client_request_id", b"client_request_id", "conversation_id", b"conversation_id", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chat", b"chat"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

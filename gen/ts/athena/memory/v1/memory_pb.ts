@@ -6,7 +6,7 @@ import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobu
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Memory, MemoryScope } from "../../account/v1/account_pb";
 import { file_athena_account_v1_account } from "../../account/v1/account_pb";
-import type { Agent, Conversation, Message as Message$1 } from "../../chat/v1/chat_pb";
+import type { Agent, ChatRequest, Conversation, Message as Message$1 } from "../../chat/v1/chat_pb";
 import { file_athena_chat_v1_chat } from "../../chat/v1/chat_pb";
 import type { Duration } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_duration } from "@bufbuild/protobuf/wkt";
@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file athena/memory/v1/memory.proto.
  */
 export const file_athena_memory_v1_memory: GenFile = /*@__PURE__*/
-  fileDesc("Ch1hdGhlbmEvbWVtb3J5L3YxL21lbW9yeS5wcm90bxIQYXRoZW5hLm1lbW9yeS52MSKiAQoPQWdlbnREZWZpbml0aW9uEgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSEwoLZGVzY3JpcHRpb24YAyABKAkSFQoNc3lzdGVtX3Byb21wdBgEIAEoCRITCgt1c2VyX3Byb21wdBgFIAEoCRINCgVtb2RlbBgGIAEoCRIUCgxhY2NlbnRfdG9rZW4YByABKAkSDwoHZW5hYmxlZBgIIAEoCCKKAQoMUmVjYWxsUmVzdWx0EikKBm1lbW9yeRgBIAEoCzIZLmF0aGVuYS5hY2NvdW50LnYxLk1lbW9yeRISCgpzaW1pbGFyaXR5GAIgASgBEg0KBXNjb3JlGAMgASgBEiwKBXN0YWdlGAQgASgOMh0uYXRoZW5hLm1lbW9yeS52MS5SZWNhbGxTdGFnZSKAAQoPUmVtZW1iZXJSZXF1ZXN0EgwKBHRleHQYASABKAkSLQoFc2NvcGUYAiABKA4yHi5hdGhlbmEuYWNjb3VudC52MS5NZW1vcnlTY29wZRIQCghhZ2VudF9pZBgDIAEoCRILCgNrZXkYBCABKAkSEQoJZW1iZWRkaW5nGAUgAygCIk4KEFJlbWVtYmVyUmVzcG9uc2USKQoGbWVtb3J5GAEgASgLMhkuYXRoZW5hLmFjY291bnQudjEuTWVtb3J5Eg8KB2NyZWF0ZWQYAiABKAgiTgoNUmVjYWxsUmVxdWVzdBINCgVxdWVyeRgBIAEoCRIQCghhZ2VudF9pZBgCIAEoCRIJCgFrGAMgASgFEhEKCWVtYmVkZGluZxgEIAMoAiJBCg5SZWNhbGxSZXNwb25zZRIvCgdyZXN1bHRzGAEgAygLMh4uYXRoZW5hLm1lbW9yeS52MS5SZWNhbGxSZXN1bHQiYAoNRm9yZ2V0UmVxdWVzdBITCgltZW1vcnlfaWQYASABKAlIABIPCgVxdWVyeRgCIAEoCUgAEhAKCGFnZW50X2lkGAMgASgJEg0KBWxpbWl0GAQgASgFQggKBnRhcmdldCInCg5Gb3JnZXRSZXNwb25zZRIVCg1mb3Jnb3R0ZW5faWRzGAEgAygJIjwKE0xpc3RNZW1vcmllc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkiXAoUTGlzdE1lbW9yaWVzUmVzcG9uc2USKwoIbWVtb3JpZXMYASADKAsyGS5hdGhlbmEuYWNjb3VudC52MS5NZW1vcnkSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJInEKE1B1dEVwaGVtZXJhbFJlcXVlc3QSEQoJbmFtZXNwYWNlGAEgASgJEgsKA2tleRgCIAEoCRISCgp2YWx1ZV9qc29uGAMgASgJEiYKA3R0bBgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiIWChRQdXRFcGhlbWVyYWxSZXNwb25zZSI1ChNHZXRFcGhlbWVyYWxSZXF1ZXN0EhEKCW5hbWVzcGFjZRgBIAEoCRILCgNrZXkYAiABKAkiOQoUR2V0RXBoZW1lcmFsUmVzcG9uc2USDQoFZm91bmQYASABKAgSEgoKdmFsdWVfanNvbhgCIAEoCSJuChhBcHBlbmRVc2VyTWVzc2FnZVJlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhAKCGFnZW50X2lkGAIgASgJEgwKBHRleHQYAyABKAkSGQoRY2xpZW50X3JlcXVlc3RfaWQYBCABKAkiiwEKGUFwcGVuZFVzZXJNZXNzYWdlUmVzcG9uc2USMgoMY29udmVyc2F0aW9uGAEgASgLMhwuYXRoZW5hLmNoYXQudjEuQ29udmVyc2F0aW9uEigKB21lc3NhZ2UYAiABKAsyFy5hdGhlbmEuY2hhdC52MS5NZXNzYWdlEhAKCHJlcGxheWVkGAMgASgIImIKHUFwcGVuZEFzc2lzdGFudE1lc3NhZ2VSZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIoCgdtZXNzYWdlGAIgASgLMhcuYXRoZW5hLmNoYXQudjEuTWVzc2FnZSJKCh5BcHBlbmRBc3Npc3RhbnRNZXNzYWdlUmVzcG9uc2USKAoHbWVzc2FnZRgBIAEoCzIXLmF0aGVuYS5jaGF0LnYxLk1lc3NhZ2UiQQoYTGlzdENvbnZlcnNhdGlvbnNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJImkKGUxpc3RDb252ZXJzYXRpb25zUmVzcG9uc2USMwoNY29udmVyc2F0aW9ucxgBIAMoCzIcLmF0aGVuYS5jaGF0LnYxLkNvbnZlcnNhdGlvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiSAoWR2V0Q29udmVyc2F0aW9uUmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSFQoNbGFzdF9tZXNzYWdlcxgCIAEoBSJNChdHZXRDb252ZXJzYXRpb25SZXNwb25zZRIyCgxjb252ZXJzYXRpb24YASABKAsyHC5hdGhlbmEuY2hhdC52MS5Db252ZXJzYXRpb24iNAoZRGVsZXRlQ29udmVyc2F0aW9uUmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkiHAoaRGVsZXRlQ29udmVyc2F0aW9uUmVzcG9uc2UiRgoRU3luY0FnZW50c1JlcXVlc3QSMQoGYWdlbnRzGAEgAygLMiEuYXRoZW5hLm1lbW9yeS52MS5BZ2VudERlZmluaXRpb24iFAoSU3luY0FnZW50c1Jlc3BvbnNlIhMKEUxpc3RBZ2VudHNSZXF1ZXN0InMKEkxpc3RBZ2VudHNSZXNwb25zZRIlCgZhZ2VudHMYASADKAsyFS5hdGhlbmEuY2hhdC52MS5BZ2VudBI2CgtkZWZpbml0aW9ucxgCIAMoCzIhLmF0aGVuYS5tZW1vcnkudjEuQWdlbnREZWZpbml0aW9uIjsKFlNldEFnZW50RW5hYmxlZFJlcXVlc3QSEAoIYWdlbnRfaWQYASABKAkSDwoHZW5hYmxlZBgCIAEoCCI/ChdTZXRBZ2VudEVuYWJsZWRSZXNwb25zZRIkCgVhZ2VudBgBIAEoCzIVLmF0aGVuYS5jaGF0LnYxLkFnZW50IhcKFUV4cG9ydFVzZXJEYXRhUmVxdWVzdCKtAQoWRXhwb3J0VXNlckRhdGFSZXNwb25zZRImCgVhZ2VudBgBIAEoCzIVLmF0aGVuYS5jaGF0LnYxLkFnZW50SAASNAoMY29udmVyc2F0aW9uGAIgASgLMhwuYXRoZW5hLmNoYXQudjEuQ29udmVyc2F0aW9uSAASKwoGbWVtb3J5GAMgASgLMhkuYXRoZW5hLmFjY291bnQudjEuTWVtb3J5SABCCAoGcmVjb3JkIhIKEFB1cmdlVXNlclJlcXVlc3QiPwoRUHVyZ2VVc2VyUmVzcG9uc2USFAoMZGVsZXRlZF9yb3dzGAEgASgDEhQKDGRlbGV0ZWRfa2V5cxgCIAEoAypeCgtSZWNhbGxTdGFnZRIcChhSRUNBTExfU1RBR0VfVU5TUEVDSUZJRUQQABIXChNSRUNBTExfU1RBR0VfVkVDVE9SEAESGAoUUkVDQUxMX1NUQUdFX0tFWVdPUkQQAjKZBAoNTWVtb3J5U2VydmljZRJRCghSZW1lbWJlchIhLmF0aGVuYS5tZW1vcnkudjEuUmVtZW1iZXJSZXF1ZXN0GiIuYXRoZW5hLm1lbW9yeS52MS5SZW1lbWJlclJlc3BvbnNlEksKBlJlY2FsbBIfLmF0aGVuYS5tZW1vcnkudjEuUmVjYWxsUmVxdWVzdBogLmF0aGVuYS5tZW1vcnkudjEuUmVjYWxsUmVzcG9uc2USSwoGRm9yZ2V0Eh8uYXRoZW5hLm1lbW9yeS52MS5Gb3JnZXRSZXF1ZXN0GiAuYXRoZW5hLm1lbW9yeS52MS5Gb3JnZXRSZXNwb25zZRJdCgxMaXN0TWVtb3JpZXMSJS5hdGhlbmEubWVtb3J5LnYxLkxpc3RNZW1vcmllc1JlcXVlc3QaJi5hdGhlbmEubWVtb3J5LnYxLkxpc3RNZW1vcmllc1Jlc3BvbnNlEl0KDFB1dEVwaGVtZXJhbBIlLmF0aGVuYS5tZW1vcnkudjEuUHV0RXBoZW1lcmFsUmVxdWVzdBomLmF0aGVuYS5tZW1vcnkudjEuUHV0RXBoZW1lcmFsUmVzcG9uc2USXQoMR2V0RXBoZW1lcmFsEiUuYXRoZW5hLm1lbW9yeS52MS5HZXRFcGhlbWVyYWxSZXF1ZXN0GiYuYXRoZW5hLm1lbW9yeS52MS5HZXRFcGhlbWVyYWxSZXNwb25zZTLHBAoTQ29udmVyc2F0aW9uU2VydmljZRJsChFBcHBlbmRVc2VyTWVzc2FnZRIqLmF0aGVuYS5tZW1vcnkudjEuQXBwZW5kVXNlck1lc3NhZ2VSZXF1ZXN0GisuYXRoZW5hLm1lbW9yeS52MS5BcHBlbmRVc2VyTWVzc2FnZVJlc3BvbnNlEnsKFkFwcGVuZEFzc2lzdGFudE1lc3NhZ2USLy5hdGhlbmEubWVtb3J5LnYxLkFwcGVuZEFzc2lzdGFudE1lc3NhZ2VSZXF1ZXN0GjAuYXRoZW5hLm1lbW9yeS52MS5BcHBlbmRBc3Npc3RhbnRNZXNzYWdlUmVzcG9uc2USbAoRTGlzdENvbnZlcnNhdGlvbnMSKi5hdGhlbmEubWVtb3J5LnYxLkxpc3RDb252ZXJzYXRpb25zUmVxdWVzdBorLmF0aGVuYS5tZW1vcnkudjEuTGlzdENvbnZlcnNhdGlvbnNSZXNwb25zZRJmCg9HZXRDb252ZXJzYXRpb24SKC5hdGhlbmEubWVtb3J5LnYxLkdldENvbnZlcnNhdGlvblJlcXVlc3QaKS5hdGhlbmEubWVtb3J5LnYxLkdldENvbnZlcnNhdGlvblJlc3BvbnNlEm8KEkRlbGV0ZUNvbnZlcnNhdGlvbhIrLmF0aGVuYS5tZW1vcnkudjEuRGVsZXRlQ29udmVyc2F0aW9uUmVxdWVzdBosLmF0aGVuYS5tZW1vcnkudjEuRGVsZXRlQ29udmVyc2F0aW9uUmVzcG9uc2UyqAIKDEFnZW50U2VydmljZRJXCgpTeW5jQWdlbnRzEiMuYXRoZW5hLm1lbW9yeS52MS5TeW5jQWdlbnRzUmVxdWVzdBokLmF0aGVuYS5tZW1vcnkudjEuU3luY0FnZW50c1Jlc3BvbnNlElcKCkxpc3RBZ2VudHMSIy5hdGhlbmEubWVtb3J5LnYxLkxpc3RBZ2VudHNSZXF1ZXN0GiQuYXRoZW5hLm1lbW9yeS52MS5MaXN0QWdlbnRzUmVzcG9uc2USZgoPU2V0QWdlbnRFbmFibGVkEiguYXRoZW5hLm1lbW9yeS52MS5TZXRBZ2VudEVuYWJsZWRSZXF1ZXN0GikuYXRoZW5hLm1lbW9yeS52MS5TZXRBZ2VudEVuYWJsZWRSZXNwb25zZTLOAQoPVXNlckRhdGFTZXJ2aWNlEmUKDkV4cG9ydFVzZXJEYXRhEicuYXRoZW5hLm1lbW9yeS52MS5FeHBvcnRVc2VyRGF0YVJlcXVlc3QaKC5hdGhlbmEubWVtb3J5LnYxLkV4cG9ydFVzZXJEYXRhUmVzcG9uc2UwARJUCglQdXJnZVVzZXISIi5hdGhlbmEubWVtb3J5LnYxLlB1cmdlVXNlclJlcXVlc3QaIy5hdGhlbmEubWVtb3J5LnYxLlB1cmdlVXNlclJlc3BvbnNlYgZwcm90bzM", [file_athena_account_v1_account, file_athena_chat_v1_chat, file_google_protobuf_duration]);
+  fileDesc("Ch1hdGhlbmEvbWVtb3J5L3YxL21lbW9yeS5wcm90bxIQYXRoZW5hLm1lbW9yeS52MSKiAQoPQWdlbnREZWZpbml0aW9uEgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSEwoLZGVzY3JpcHRpb24YAyABKAkSFQoNc3lzdGVtX3Byb21wdBgEIAEoCRITCgt1c2VyX3Byb21wdBgFIAEoCRINCgVtb2RlbBgGIAEoCRIUCgxhY2NlbnRfdG9rZW4YByABKAkSDwoHZW5hYmxlZBgIIAEoCCKKAQoMUmVjYWxsUmVzdWx0EikKBm1lbW9yeRgBIAEoCzIZLmF0aGVuYS5hY2NvdW50LnYxLk1lbW9yeRISCgpzaW1pbGFyaXR5GAIgASgBEg0KBXNjb3JlGAMgASgBEiwKBXN0YWdlGAQgASgOMh0uYXRoZW5hLm1lbW9yeS52MS5SZWNhbGxTdGFnZSKAAQoPUmVtZW1iZXJSZXF1ZXN0EgwKBHRleHQYASABKAkSLQoFc2NvcGUYAiABKA4yHi5hdGhlbmEuYWNjb3VudC52MS5NZW1vcnlTY29wZRIQCghhZ2VudF9pZBgDIAEoCRILCgNrZXkYBCABKAkSEQoJZW1iZWRkaW5nGAUgAygCIk4KEFJlbWVtYmVyUmVzcG9uc2USKQoGbWVtb3J5GAEgASgLMhkuYXRoZW5hLmFjY291bnQudjEuTWVtb3J5Eg8KB2NyZWF0ZWQYAiABKAgiTgoNUmVjYWxsUmVxdWVzdBINCgVxdWVyeRgBIAEoCRIQCghhZ2VudF9pZBgCIAEoCRIJCgFrGAMgASgFEhEKCWVtYmVkZGluZxgEIAMoAiJBCg5SZWNhbGxSZXNwb25zZRIvCgdyZXN1bHRzGAEgAygLMh4uYXRoZW5hLm1lbW9yeS52MS5SZWNhbGxSZXN1bHQiYAoNRm9yZ2V0UmVxdWVzdBITCgltZW1vcnlfaWQYASABKAlIABIPCgVxdWVyeRgCIAEoCUgAEhAKCGFnZW50X2lkGAMgASgJEg0KBWxpbWl0GAQgASgFQggKBnRhcmdldCInCg5Gb3JnZXRSZXNwb25zZRIVCg1mb3Jnb3R0ZW5faWRzGAEgAygJIjwKE0xpc3RNZW1vcmllc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkiXAoUTGlzdE1lbW9yaWVzUmVzcG9uc2USKwoIbWVtb3JpZXMYASADKAsyGS5hdGhlbmEuYWNjb3VudC52MS5NZW1vcnkSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJInEKE1B1dEVwaGVtZXJhbFJlcXVlc3QSEQoJbmFtZXNwYWNlGAEgASgJEgsKA2tleRgCIAEoCRISCgp2YWx1ZV9qc29uGAMgASgJEiYKA3R0bBgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiIWChRQdXRFcGhlbWVyYWxSZXNwb25zZSI1ChNHZXRFcGhlbWVyYWxSZXF1ZXN0EhEKCW5hbWVzcGFjZRgBIAEoCRILCgNrZXkYAiABKAkiOQoUR2V0RXBoZW1lcmFsUmVzcG9uc2USDQoFZm91bmQYASABKAgSEgoKdmFsdWVfanNvbhgCIAEoCSJXChBTdGFydFR1cm5SZXF1ZXN0EikKBGNoYXQYASABKAsyGy5hdGhlbmEuY2hhdC52MS5DaGF0UmVxdWVzdBIYChBoaXN0b3J5X21lc3NhZ2VzGAIgASgFIsgBChFTdGFydFR1cm5SZXNwb25zZRIyCgxjb252ZXJzYXRpb24YASABKAsyHC5hdGhlbmEuY2hhdC52MS5Db252ZXJzYXRpb24SKAoHbWVzc2FnZRgCIAEoCzIXLmF0aGVuYS5jaGF0LnYxLk1lc3NhZ2USEAoIcmVwbGF5ZWQYAyABKAgSGQoRZW5hYmxlZF9hZ2VudF9pZHMYBCADKAkSKAoHaGlzdG9yeRgFIAMoCzIXLmF0aGVuYS5jaGF0LnYxLk1lc3NhZ2UiYgodQXBwZW5kQXNzaXN0YW50TWVzc2FnZVJlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEigKB21lc3NhZ2UYAiABKAsyFy5hdGhlbmEuY2hhdC52MS5NZXNzYWdlIkoKHkFwcGVuZEFzc2lzdGFudE1lc3NhZ2VSZXNwb25zZRIoCgdtZXNzYWdlGAEgASgLMhcuYXRoZW5hLmNoYXQudjEuTWVzc2FnZSJBChhMaXN0Q29udmVyc2F0aW9uc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkiaQoZTGlzdENvbnZlcnNhdGlvbnNSZXNwb25zZRIzCg1jb252ZXJzYXRpb25zGAEgAygLMhwuYXRoZW5hLmNoYXQudjEuQ29udmVyc2F0aW9uEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJIChZHZXRDb252ZXJzYXRpb25SZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIVCg1sYXN0X21lc3NhZ2VzGAIgASgFIk0KF0dldENvbnZlcnNhdGlvblJlc3BvbnNlEjIKDGNvbnZlcnNhdGlvbhgBIAEoCzIcLmF0aGVuYS5jaGF0LnYxLkNvbnZlcnNhdGlvbiI0ChlEZWxldGVDb252ZXJzYXRpb25SZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCSIcChpEZWxldGVDb252ZXJzYXRpb25SZXNwb25zZSJGChFTeW5jQWdlbnRzUmVxdWVzdBIxCgZhZ2VudHMYASADKAsyIS5hdGhlbmEubWVtb3J5LnYxLkFnZW50RGVmaW5pdGlvbiIUChJTeW5jQWdlbnRzUmVzcG9uc2UiEwoRTGlzdEFnZW50c1JlcXVlc3QiTgoSTGlzdEFnZW50c1Jlc3BvbnNlEiUKBmFnZW50cxgBIAMoCzIVLmF0aGVuYS5jaGF0LnYxLkFnZW50SgQIAhADUgtkZWZpbml0aW9ucyI7ChZTZXRBZ2VudEVuYWJsZWRSZXF1ZXN0EhAKCGFnZW50X2lkGAEgASgJEg8KB2VuYWJsZWQYAiABKAgiPwoXU2V0QWdlbnRFbmFibGVkUmVzcG9uc2USJAoFYWdlbnQYASABKAsyFS5hdGhlbmEuY2hhdC52MS5BZ2VudCIXChVFeHBvcnRVc2VyRGF0YVJlcXVlc3QirQEKFkV4cG9ydFVzZXJEYXRhUmVzcG9uc2USJgoFYWdlbnQYASABKAsyFS5hdGhlbmEuY2hhdC52MS5BZ2VudEgAEjQKDGNvbnZlcnNhdGlvbhgCIAEoCzIcLmF0aGVuYS5jaGF0LnYxLkNvbnZlcnNhdGlvbkgAEisKBm1lbW9yeRgDIAEoCzIZLmF0aGVuYS5hY2NvdW50LnYxLk1lbW9yeUgAQggKBnJlY29yZCISChBQdXJnZVVzZXJSZXF1ZXN0Ij8KEVB1cmdlVXNlclJlc3BvbnNlEhQKDGRlbGV0ZWRfcm93cxgBIAEoAxIUCgxkZWxldGVkX2tleXMYAiABKAMqXgoLUmVjYWxsU3RhZ2USHAoYUkVDQUxMX1NUQUdFX1VOU1BFQ0lGSUVEEAASFwoTUkVDQUxMX1NUQUdFX1ZFQ1RPUhABEhgKFFJFQ0FMTF9TVEFHRV9LRVlXT1JEEAIymQQKDU1lbW9yeVNlcnZpY2USUQoIUmVtZW1iZXISIS5hdGhlbmEubWVtb3J5LnYxLlJlbWVtYmVyUmVxdWVzdBoiLmF0aGVuYS5tZW1vcnkudjEuUmVtZW1iZXJSZXNwb25zZRJLCgZSZWNhbGwSHy5hdGhlbmEubWVtb3J5LnYxLlJlY2FsbFJlcXVlc3QaIC5hdGhlbmEubWVtb3J5LnYxLlJlY2FsbFJlc3BvbnNlEksKBkZvcmdldBIfLmF0aGVuYS5tZW1vcnkudjEuRm9yZ2V0UmVxdWVzdBogLmF0aGVuYS5tZW1vcnkudjEuRm9yZ2V0UmVzcG9uc2USXQoMTGlzdE1lbW9yaWVzEiUuYXRoZW5hLm1lbW9yeS52MS5MaXN0TWVtb3JpZXNSZXF1ZXN0GiYuYXRoZW5hLm1lbW9yeS52MS5MaXN0TWVtb3JpZXNSZXNwb25zZRJdCgxQdXRFcGhlbWVyYWwSJS5hdGhlbmEubWVtb3J5LnYxLlB1dEVwaGVtZXJhbFJlcXVlc3QaJi5hdGhlbmEubWVtb3J5LnYxLlB1dEVwaGVtZXJhbFJlc3BvbnNlEl0KDEdldEVwaGVtZXJhbBIlLmF0aGVuYS5tZW1vcnkudjEuR2V0RXBoZW1lcmFsUmVxdWVzdBomLmF0aGVuYS5tZW1vcnkudjEuR2V0RXBoZW1lcmFsUmVzcG9uc2UyrwQKE0NvbnZlcnNhdGlvblNlcnZpY2USVAoJU3RhcnRUdXJuEiIuYXRoZW5hLm1lbW9yeS52MS5TdGFydFR1cm5SZXF1ZXN0GiMuYXRoZW5hLm1lbW9yeS52MS5TdGFydFR1cm5SZXNwb25zZRJ7ChZBcHBlbmRBc3Npc3RhbnRNZXNzYWdlEi8uYXRoZW5hLm1lbW9yeS52MS5BcHBlbmRBc3Npc3RhbnRNZXNzYWdlUmVxdWVzdBowLmF0aGVuYS5tZW1vcnkudjEuQXBwZW5kQXNzaXN0YW50TWVzc2FnZVJlc3BvbnNlEmwKEUxpc3RDb252ZXJzYXRpb25zEiouYXRoZW5hLm1lbW9yeS52MS5MaXN0Q29udmVyc2F0aW9uc1JlcXVlc3QaKy5hdGhlbmEubWVtb3J5LnYxLkxpc3RDb252ZXJzYXRpb25zUmVzcG9uc2USZgoPR2V0Q29udmVyc2F0aW9uEiguYXRoZW5hLm1lbW9yeS52MS5HZXRDb252ZXJzYXRpb25SZXF1ZXN0GikuYXRoZW5hLm1lbW9yeS52MS5HZXRDb252ZXJzYXRpb25SZXNwb25zZRJvChJEZWxldGVDb252ZXJzYXRpb24SKy5hdGhlbmEubWVtb3J5LnYxLkRlbGV0ZUNvbnZlcnNhdGlvblJlcXVlc3QaLC5hdGhlbmEubWVtb3J5LnYxLkRlbGV0ZUNvbnZlcnNhdGlvblJlc3BvbnNlMqgCCgxBZ2VudFNlcnZpY2USVwoKU3luY0FnZW50cxIjLmF0aGVuYS5tZW1vcnkudjEuU3luY0FnZW50c1JlcXVlc3QaJC5hdGhlbmEubWVtb3J5LnYxLlN5bmNBZ2VudHNSZXNwb25zZRJXCgpMaXN0QWdlbnRzEiMuYXRoZW5hLm1lbW9yeS52MS5MaXN0QWdlbnRzUmVxdWVzdBokLmF0aGVuYS5tZW1vcnkudjEuTGlzdEFnZW50c1Jlc3BvbnNlEmYKD1NldEFnZW50RW5hYmxlZBIoLmF0aGVuYS5tZW1vcnkudjEuU2V0QWdlbnRFbmFibGVkUmVxdWVzdBopLmF0aGVuYS5tZW1vcnkudjEuU2V0QWdlbnRFbmFibGVkUmVzcG9uc2UyzgEKD1VzZXJEYXRhU2VydmljZRJlCg5FeHBvcnRVc2VyRGF0YRInLmF0aGVuYS5tZW1vcnkudjEuRXhwb3J0VXNlckRhdGFSZXF1ZXN0GiguYXRoZW5hLm1lbW9yeS52MS5FeHBvcnRVc2VyRGF0YVJlc3BvbnNlMAESVAoJUHVyZ2VVc2VyEiIuYXRoZW5hLm1lbW9yeS52MS5QdXJnZVVzZXJSZXF1ZXN0GiMuYXRoZW5hLm1lbW9yeS52MS5QdXJnZVVzZXJSZXNwb25zZWIGcHJvdG8z", [file_athena_account_v1_account, file_athena_chat_v1_chat, file_google_protobuf_duration]);
 
 /**
  * An agent definition of the catalog.
@@ -513,62 +513,49 @@ export const GetEphemeralResponseSchema: GenMessage<GetEphemeralResponse> = /*@_
   messageDesc(file_athena_memory_v1_memory, 13);
 
 /**
- * Request of AppendUserMessage.
+ * Request of StartTurn.
  *
- * @generated from message athena.memory.v1.AppendUserMessageRequest
+ * @generated from message athena.memory.v1.StartTurnRequest
  */
-export type AppendUserMessageRequest = Message<"athena.memory.v1.AppendUserMessageRequest"> & {
+export type StartTurnRequest = Message<"athena.memory.v1.StartTurnRequest"> & {
   /**
-   * Conversation to append to; empty starts a new one.
+   * The person's request (agent, conversation to continue or none, text, client request id). A second
+   * request with the same client_request_id returns the first message instead of storing another.
    *
-   * @generated from field: string conversation_id = 1;
+   * @generated from field: athena.chat.v1.ChatRequest chat = 1;
    */
-  conversationId: string;
+  chat?: ChatRequest | undefined;
 
   /**
-   * The agent addressed.
+   * How many messages before this one to return as history, oldest first (0: none).
    *
-   * @generated from field: string agent_id = 2;
+   * @generated from field: int32 history_messages = 2;
    */
-  agentId: string;
-
-  /**
-   * The message text.
-   *
-   * @generated from field: string text = 3;
-   */
-  text: string;
-
-  /**
-   * Optional client-chosen id; a second request with the same id returns the first message.
-   *
-   * @generated from field: string client_request_id = 4;
-   */
-  clientRequestId: string;
+  historyMessages: number;
 };
 
 /**
- * Describes the message athena.memory.v1.AppendUserMessageRequest.
- * Use `create(AppendUserMessageRequestSchema)` to create a new message.
+ * Describes the message athena.memory.v1.StartTurnRequest.
+ * Use `create(StartTurnRequestSchema)` to create a new message.
  */
-export const AppendUserMessageRequestSchema: GenMessage<AppendUserMessageRequest> = /*@__PURE__*/
+export const StartTurnRequestSchema: GenMessage<StartTurnRequest> = /*@__PURE__*/
   messageDesc(file_athena_memory_v1_memory, 14);
 
 /**
- * Response of AppendUserMessage.
+ * Response of StartTurn.
  *
- * @generated from message athena.memory.v1.AppendUserMessageResponse
+ * @generated from message athena.memory.v1.StartTurnResponse
  */
-export type AppendUserMessageResponse = Message<"athena.memory.v1.AppendUserMessageResponse"> & {
+export type StartTurnResponse = Message<"athena.memory.v1.StartTurnResponse"> & {
   /**
-   * The conversation (without messages).
+   * The conversation (without messages): new, or the one continued.
    *
    * @generated from field: athena.chat.v1.Conversation conversation = 1;
    */
   conversation?: Conversation | undefined;
 
   /**
-   * The stored message.
+   * The stored user message.
    *
    * @generated from field: athena.chat.v1.Message message = 2;
    */
@@ -580,13 +567,28 @@ export type AppendUserMessageResponse = Message<"athena.memory.v1.AppendUserMess
    * @generated from field: bool replayed = 3;
    */
   replayed: boolean;
+
+  /**
+   * Every agent the caller may talk to now (enabled in the catalog and for the caller), the addressed
+   * one included: the candidates of a handoff.
+   *
+   * @generated from field: repeated string enabled_agent_ids = 4;
+   */
+  enabledAgentIds: string[];
+
+  /**
+   * Up to `history_messages` messages of the conversation before this one, oldest first.
+   *
+   * @generated from field: repeated athena.chat.v1.Message history = 5;
+   */
+  history: Message$1[];
 };
 
 /**
- * Describes the message athena.memory.v1.AppendUserMessageResponse.
- * Use `create(AppendUserMessageResponseSchema)` to create a new message.
+ * Describes the message athena.memory.v1.StartTurnResponse.
+ * Use `create(StartTurnResponseSchema)` to create a new message.
  */
-export const AppendUserMessageResponseSchema: GenMessage<AppendUserMessageResponse> = /*@__PURE__*/
+export const StartTurnResponseSchema: GenMessage<StartTurnResponse> = /*@__PURE__*/
   messageDesc(file_athena_memory_v1_memory, 15);
 
 /**
@@ -842,13 +844,6 @@ export type ListAgentsResponse = Message<"athena.memory.v1.ListAgentsResponse"> 
    * @generated from field: repeated athena.chat.v1.Agent agents = 1;
    */
   agents: Agent[];
-
-  /**
-   * Full definitions in the same order (prompts and model), for the orchestrator.
-   *
-   * @generated from field: repeated athena.memory.v1.AgentDefinition definitions = 2;
-   */
-  definitions: AgentDefinition[];
 };
 
 /**
@@ -1121,14 +1116,16 @@ export const MemoryService: GenService<{
  */
 export const ConversationService: GenService<{
   /**
-   * Stores a user message, starting a conversation when none is given. Idempotent by client_request_id.
+   * Starts a chat turn in one round trip: checks that the caller may talk to the agent, stores the user's
+   * message (starting a conversation when none is given; idempotent by client_request_id) and answers
+   * what the turn needs from memory: the agents the caller may hand off to and the recent history.
    *
-   * @generated from rpc athena.memory.v1.ConversationService.AppendUserMessage
+   * @generated from rpc athena.memory.v1.ConversationService.StartTurn
    */
-  appendUserMessage: {
+  startTurn: {
     methodKind: "unary";
-    input: typeof AppendUserMessageRequestSchema;
-    output: typeof AppendUserMessageResponseSchema;
+    input: typeof StartTurnRequestSchema;
+    output: typeof StartTurnResponseSchema;
   },
   /**
    * Stores an assistant message (complete or failed) with its tool calls.

@@ -4,7 +4,7 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { ChatResponse } from "../../chat/v1/chat_pb";
+import type { ChatRequest, ChatResponse } from "../../chat/v1/chat_pb";
 import { file_athena_chat_v1_chat } from "../../chat/v1/chat_pb";
 import type { Message } from "@bufbuild/protobuf";
 
@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file athena/orchestrator/v1/orchestrator.proto.
  */
 export const file_athena_orchestrator_v1_orchestrator: GenFile = /*@__PURE__*/
-  fileDesc("CilhdGhlbmEvb3JjaGVzdHJhdG9yL3YxL29yY2hlc3RyYXRvci5wcm90bxIWYXRoZW5hLm9yY2hlc3RyYXRvci52MSJgCgpSdW5SZXF1ZXN0EhAKCGFnZW50X2lkGAEgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgCIAEoCRIMCgR0ZXh0GAMgASgJEhkKEWNsaWVudF9yZXF1ZXN0X2lkGAQgASgJIjoKC1J1blJlc3BvbnNlEisKBWV2ZW50GAEgASgLMhwuYXRoZW5hLmNoYXQudjEuQ2hhdFJlc3BvbnNlMmcKE09yY2hlc3RyYXRvclNlcnZpY2USUAoDUnVuEiIuYXRoZW5hLm9yY2hlc3RyYXRvci52MS5SdW5SZXF1ZXN0GiMuYXRoZW5hLm9yY2hlc3RyYXRvci52MS5SdW5SZXNwb25zZTABYgZwcm90bzM", [file_athena_chat_v1_chat]);
+  fileDesc("CilhdGhlbmEvb3JjaGVzdHJhdG9yL3YxL29yY2hlc3RyYXRvci5wcm90bxIWYXRoZW5hLm9yY2hlc3RyYXRvci52MSKDAQoKUnVuUmVxdWVzdBIpCgRjaGF0GAUgASgLMhsuYXRoZW5hLmNoYXQudjEuQ2hhdFJlcXVlc3RKBAgBEAJKBAgCEANKBAgDEARKBAgEEAVSCGFnZW50X2lkUg9jb252ZXJzYXRpb25faWRSBHRleHRSEWNsaWVudF9yZXF1ZXN0X2lkIjoKC1J1blJlc3BvbnNlEisKBWV2ZW50GAEgASgLMhwuYXRoZW5hLmNoYXQudjEuQ2hhdFJlc3BvbnNlMmcKE09yY2hlc3RyYXRvclNlcnZpY2USUAoDUnVuEiIuYXRoZW5hLm9yY2hlc3RyYXRvci52MS5SdW5SZXF1ZXN0GiMuYXRoZW5hLm9yY2hlc3RyYXRvci52MS5SdW5SZXNwb25zZTABYgZwcm90bzM", [file_athena_chat_v1_chat]);
 
 /**
  * Request of Run.
@@ -21,32 +21,12 @@ export const file_athena_orchestrator_v1_orchestrator: GenFile = /*@__PURE__*/
  */
 export type RunRequest = Message<"athena.orchestrator.v1.RunRequest"> & {
   /**
-   * The agent addressed.
+   * The person's request as the router received it (its field rules apply here too). The router always
+   * sets `client_request_id`, so a retried Run stores the message once.
    *
-   * @generated from field: string agent_id = 1;
+   * @generated from field: athena.chat.v1.ChatRequest chat = 5;
    */
-  agentId: string;
-
-  /**
-   * Conversation to continue; empty starts a new one.
-   *
-   * @generated from field: string conversation_id = 2;
-   */
-  conversationId: string;
-
-  /**
-   * The user's message.
-   *
-   * @generated from field: string text = 3;
-   */
-  text: string;
-
-  /**
-   * Optional client-chosen idempotency id of the message.
-   *
-   * @generated from field: string client_request_id = 4;
-   */
-  clientRequestId: string;
+  chat?: ChatRequest | undefined;
 };
 
 /**

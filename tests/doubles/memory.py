@@ -1,8 +1,9 @@
-"""An in-process `MemoryGateway` for tests of the turn and the tools: one user's data in dictionaries.
+"""`InMemoryGateway`: the orchestrator's `MemoryGateway` for one user, in dictionaries.
 
-It keeps memory's contract where a turn can observe it (scopes, idempotent user messages by client request
-id, keyed upserts, ephemeral values with a time to live) and recalls by shared words instead of vectors.
-`fail_with` makes the next calls of a method raise, to test degraded paths.
+It keeps memory's contract where a turn can observe it (agent availability, idempotent user messages by
+client request id, history, scopes, keyed upserts, ephemeral values with a time to live) and recalls by
+shared words instead of vectors; tests/service/test_memory_gateway_contract.py holds it and the gRPC
+adapter to the same behaviour. `fail_with` makes every call of a method raise, to test degraded paths.
 """
 
 from __future__ import annotations
@@ -13,16 +14,17 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from mesh.errors import AthenaError, NotFound
+from mesh.errors import AthenaError, FailedPrecondition, NotFound
 from orchestrator.catalog import AgentSpec
 from orchestrator.records import (
     AssistantMessage,
     HistoryMessage,
     Memory,
+    NewTurn,
     Role,
     Scope,
     StoredMemory,
-    UserMessage,
+    TurnStart,
 )
 
 _WORD = re.compile(r"[a-z0-9]+")
@@ -45,6 +47,12 @@ class _Memory:
 
 
 @dataclass
+class _Conversation:
+    title: str
+    messages: list[HistoryMessage | AssistantMessage] = field(default_factory=list)
+
+
+@dataclass
 class InMemoryGateway:
     """Everything memory would hold for one user."""
 
@@ -53,13 +61,13 @@ class InMemoryGateway:
     disabled: set[str] = field(default_factory=set)
     """Agents this user disabled."""
     memories: list[_Memory] = field(default_factory=list)
-    conversations: dict[str, list[HistoryMessage | AssistantMessage]] = field(default_factory=dict)
+    conversations: dict[str, _Conversation] = field(default_factory=dict)
     ephemeral: dict[tuple[str, str], tuple[float, str]] = field(default_factory=dict)
     failures: dict[str, AthenaError] = field(default_factory=dict)
     """Method name → error it raises (every call, until removed)."""
     calls: list[str] = field(default_factory=list)
     """Names of the methods called, in order."""
-    _requests: dict[str, UserMessage] = field(default_factory=dict)
+    _requests: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     def fail_with(self, method: str, error: AthenaError) -> None:
         self.failures[method] = error
@@ -69,30 +77,41 @@ class InMemoryGateway:
         if method in self.failures:
             raise self.failures[method]
 
-    async def sync_agents(self, agents: Sequence[AgentSpec], metadata: Sequence[tuple[str, str]]) -> None:
+    async def sync_agents(self, agents: Sequence[AgentSpec], credentials: Sequence[tuple[str, str]]) -> None:
         self._enter("sync_agents")
         self.agents = list(agents)
 
-    async def agent_states(self) -> dict[str, bool]:
-        self._enter("agent_states")
-        return {agent.id: agent.enabled and agent.id not in self.disabled for agent in self.agents}
+    def _enabled(self) -> frozenset[str]:
+        return frozenset(a.id for a in self.agents if a.enabled and a.id not in self.disabled)
 
-    async def append_user_message(
-        self, *, conversation_id: str, agent_id: str, text: str, client_request_id: str
-    ) -> UserMessage:
-        self._enter("append_user_message")
-        if client_request_id and client_request_id in self._requests:
-            first = self._requests[client_request_id]
-            return UserMessage(first.conversation_id, first.message_id, replayed=True)
-        if conversation_id and conversation_id not in self.conversations:
-            raise NotFound("conversation not found")
-        conversation_id = conversation_id or str(uuid.uuid4())
-        message = HistoryMessage(id=str(uuid.uuid4()), role=Role.USER, agent_id=agent_id, content=text)
-        self.conversations.setdefault(conversation_id, []).append(message)
-        stored = UserMessage(conversation_id, message.id)
-        if client_request_id:
-            self._requests[client_request_id] = stored
-        return stored
+    async def start_turn(self, turn: NewTurn, history_messages: int) -> TurnStart:
+        self._enter("start_turn")
+        enabled = self._enabled()
+        replayed = turn.client_request_id in self._requests if turn.client_request_id else False
+        if replayed:
+            conversation_id, message_id = self._requests[turn.client_request_id]
+        else:
+            agent = next((a for a in self.agents if a.id == turn.agent_id), None)
+            if agent is None or not agent.enabled:
+                raise FailedPrecondition(f"agent {turn.agent_id!r} is not available")
+            if turn.agent_id not in enabled:
+                raise FailedPrecondition(f"agent {turn.agent_id!r} is disabled; enable it to chat with it")
+            if turn.conversation_id and turn.conversation_id not in self.conversations:
+                raise NotFound("conversation not found")
+            conversation_id = turn.conversation_id or str(uuid.uuid4())
+            conversation = self.conversations.setdefault(conversation_id, _Conversation(turn.text[:60]))
+            message = HistoryMessage(str(uuid.uuid4()), Role.USER, turn.agent_id, turn.text)
+            conversation.messages.append(message)
+            message_id = message.id
+            if turn.client_request_id:
+                self._requests[turn.client_request_id] = (conversation_id, message_id)
+        conversation = self.conversations[conversation_id]
+        earlier = self._history(conversation_id)
+        before = next(i for i, m in enumerate(earlier) if m.id == message_id)
+        history = earlier[:before][-history_messages:] if history_messages else []
+        return TurnStart(
+            conversation_id, conversation.title, message_id, enabled, tuple(history), replayed=replayed
+        )
 
     async def append_assistant_message(
         self, conversation_id: str, message: AssistantMessage, *, detached: bool = False
@@ -100,22 +119,20 @@ class InMemoryGateway:
         self._enter("append_assistant_message")
         if conversation_id not in self.conversations:
             raise NotFound("conversation not found")
-        self.conversations[conversation_id].append(message)
+        self.conversations[conversation_id].messages.append(message)
 
-    async def history(self, conversation_id: str, last: int) -> list[HistoryMessage]:
-        self._enter("history")
-        if conversation_id not in self.conversations:
-            raise NotFound("conversation not found")
-        messages = [
+    def _history(self, conversation_id: str) -> list[HistoryMessage]:
+        return [
             item
             if isinstance(item, HistoryMessage)
             else HistoryMessage(item.id, Role.ASSISTANT, item.agent_id, item.content, failed=item.failed)
-            for item in self.conversations[conversation_id]
+            for item in self.conversations[conversation_id].messages
         ]
-        return messages[-last:] if last else messages
 
     def assistant_messages(self, conversation_id: str) -> list[AssistantMessage]:
-        return [item for item in self.conversations[conversation_id] if isinstance(item, AssistantMessage)]
+        return [
+            item for item in self.conversations[conversation_id].messages if isinstance(item, AssistantMessage)
+        ]
 
     def _visible(self, agent_id: str) -> list[_Memory]:
         return [m for m in self.memories if m.scope is Scope.USER or m.agent_id == agent_id]

@@ -1,13 +1,18 @@
-"""Wiring of the auth service: settings and adapters in, a `MeshServer` out. `serve` is `python -m auth`."""
+"""The auth service, assembled: signing keys, sessions, OIDC sign-in, the JWKS route and maintenance.
+
+`build_app` wires the domain from a store and an HTTP client; `build` (what `python -m auth`, `make run`
+and the tests start through `mesh.app`) adds migrations and the PostgreSQL store, unless a store is given.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx
 from aiohttp import web
@@ -15,16 +20,16 @@ from athena.auth.v1 import auth_pb2_grpc
 from athena.identity.v1 import identity_pb2_grpc
 
 from auth.access import AccessTokenIssuer
-from auth.keys import KeyRing, KeyRingError, load_key_ring
-from auth.migrate import apply_migrations
+from auth.keys import KeyRing, KeyRingError, load_key_ring, rotate_keys
 from auth.oidc import OidcLogin, OidcProvider
-from auth.postgres import PostgresAuthStore, create_pool
+from auth.postgres import PostgresAuthStore
 from auth.servicer import IDENTITY_SERVICE_NAME, PUBLIC_METHODS, SERVICE_NAME, AuthServicer, IdentityServicer
 from auth.sessions import Clock, SessionManager, utc_now
 from auth.settings import AuthSettings
 from auth.store import AuthStore
-from mesh.server import MeshServer, ReadinessCheck, Service, run
-from mesh.telemetry import configure_logging, configure_tracing
+from mesh import migrations
+from mesh.app import Assembly, Command, Deps, ServiceApp
+from mesh.server import Service
 from mesh.tokens import LEEWAY_SECONDS, StaticKeySource, TokenVerifier
 
 log = logging.getLogger(__name__)
@@ -103,17 +108,6 @@ class AuthApp:
     def http_routes(self) -> list[web.RouteDef]:
         return [web.get(JWKS_PATH, self._jwks)]
 
-    def mesh_server(self, readiness: ReadinessCheck | None = None) -> MeshServer:
-        return MeshServer(
-            "auth",
-            self.settings,
-            self.services(),
-            verifier=self.verifier,
-            public_methods=PUBLIC_METHODS,
-            http_routes=self.http_routes(),
-            readiness=readiness,
-        )
-
     async def maintain(self) -> None:
         """Forever: reread the keys, forget expired states and tokens."""
         while True:
@@ -149,30 +143,74 @@ def build_app(
     return AuthApp(settings, keys, sessions, login, servicer, verifier, clock)
 
 
-def provider_http_client(settings: AuthSettings) -> httpx.AsyncClient:
-    return httpx.AsyncClient(timeout=settings.http_timeout_seconds, follow_redirects=False)
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+"""The `auth` schema's migrations (ids prefixed `auth_`)."""
 
 
-async def serve(settings: AuthSettings) -> None:
-    configure_logging("auth", settings.log_level)
-    configure_tracing("auth", settings.otlp_endpoint)
-    await asyncio.to_thread(apply_migrations, settings.database_url)
-    pool = await create_pool(settings.database_url, settings.database_pool_size)
-    http = provider_http_client(settings)
-    store = PostgresAuthStore(pool)
-    app = build_app(settings, store, http)
-    maintenance: asyncio.Task[None] | None = None
+@dataclass(kw_only=True)
+class AuthDeps(Deps):
+    store: AuthStore | None = None
+    """Users, sessions and login states; None: PostgreSQL at `settings.database_url`, migrated first."""
 
-    async def on_start() -> None:
-        nonlocal maintenance
-        maintenance = asyncio.create_task(app.maintain(), name="auth-maintenance")
 
-    async def on_stop() -> None:
-        if maintenance is not None:
-            maintenance.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await maintenance
-        await http.aclose()
-        await pool.close()
+async def build(settings: AuthSettings, deps: AuthDeps) -> Assembly:
+    store = deps.store
+    readiness = None
+    if store is None:
+        await migrations.migrate(
+            settings.database_url, MIGRATIONS_DIR, wait_seconds=settings.startup_timeout_seconds
+        )
+        postgres_store = PostgresAuthStore(
+            await deps.postgres(settings.database_url, max_size=settings.database_pool_size)
+        )
+        store, readiness = postgres_store, postgres_store.ping
+    app = build_app(settings, store, deps.http_client(settings.http_timeout_seconds), clock=deps.clock.now)
+    return Assembly(
+        services=app.services(),
+        readiness=readiness,
+        background=[app.maintain],
+        http_routes=app.http_routes(),
+        public_methods=PUBLIC_METHODS,
+        verifier=app.verifier,
+    )
 
-    await run(app.mesh_server(readiness=store.ping), on_start=on_start, on_stop=on_stop)
+
+def _migrate(settings: AuthSettings) -> int:
+    applied = migrations.apply_migrations(settings.database_url, MIGRATIONS_DIR)
+    print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none pending'}")
+    return 0
+
+
+def _rotate_keys(settings: AuthSettings) -> int:
+    directory = settings.signing_keys_dir
+    try:
+        new, deleted = rotate_keys(
+            directory,
+            now=datetime.now(UTC),
+            activation_delay=settings.key_activation_delay,
+            retention=key_retention(settings),
+        )
+    except (KeyRingError, OSError) as exc:
+        print(f"rotating keys failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"added key {new.kid} in {directory}; deleted {len(deleted)} retired key(s)")
+    return 0
+
+
+AUTH = ServiceApp(
+    name="auth",
+    description="AthenaOS auth service: sign-in, sessions, access tokens and their keys. Applies its "
+    "migrations on start-up.",
+    settings=AuthSettings,
+    deps=AuthDeps,
+    build=build,
+    commands={
+        "migrate": Command("apply the auth schema's migrations, then exit", _migrate),
+        "rotate-keys": Command(
+            "add a signing key (published at once, signing after AUTH_KEY_ACTIVATION_DELAY) and delete "
+            "keys no unexpired token can name; running services reread AUTH_KEYS_DIR every "
+            "AUTH_KEY_RELOAD_SECONDS",
+            _rotate_keys,
+        ),
+    },
+)

@@ -1,0 +1,89 @@
+"""PostgreSQL through asyncpg: one way to open a pool, to tell "the database cannot serve now" from a bug,
+and to check readiness.
+
+Connection-level failures (server down or restarting, pool exhausted, timeouts) become
+`mesh.errors.Unavailable` here, at the boundary; the pool replaces broken connections, so calls succeed
+again as soon as PostgreSQL is back. Anything else (a constraint violation, a syntax error) is the
+caller's to handle or a bug.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeAlias, cast
+
+import asyncpg
+
+from mesh.errors import Unavailable
+
+log = logging.getLogger(__name__)
+
+Pool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"
+Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record]"
+
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    # Most specific first; all of them mean "the database cannot serve right now", never a bug of ours.
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.OperatorInterventionError,  # admin/crash shutdown, query cancelled by the server
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+    TimeoutError,
+    ConnectionError,
+    OSError,
+)
+_NOT_READY: tuple[type[BaseException], ...] = (*UNAVAILABLE, asyncpg.exceptions.InterfaceError)
+
+
+@contextlib.asynccontextmanager
+async def translated(what: str = "the database") -> AsyncIterator[None]:
+    """Raises `Unavailable("<what> is unavailable")` for connection-level failures inside the block."""
+    try:
+        yield
+    except UNAVAILABLE as exc:
+        raise Unavailable(f"{what} is unavailable") from exc
+
+
+async def open_pool(
+    database_url: str,
+    *,
+    min_size: int = 1,
+    max_size: int = 10,
+    connect_timeout: float = 5.0,
+    command_timeout: float = 30.0,
+    init: Callable[[Connection], Awaitable[None]] | None = None,
+) -> Pool:
+    """A pool of `max_size` connections; `init` prepares each new connection (type codecs)."""
+    async with translated():
+        return await asyncpg.create_pool(
+            database_url,
+            min_size=min_size,
+            max_size=max_size,
+            init=cast("Any", init),  # asyncpg's stub wants its own callback protocol
+            timeout=connect_timeout,
+            command_timeout=command_timeout,
+            max_inactive_connection_lifetime=60.0,
+        )
+
+
+async def close_pool(pool: Pool, *, within: float = 5.0) -> None:
+    """Closes `pool`, waiting up to `within` seconds for connections in use, then terminating them."""
+    try:
+        await asyncio.wait_for(pool.close(), timeout=within)
+    except TimeoutError:
+        pool.terminate()
+
+
+async def ping(pool: Pool, *, within: float = 1.0) -> bool:
+    """Whether a `SELECT 1` answers within `within` seconds (readiness checks)."""
+    try:
+        async with asyncio.timeout(within), pool.acquire(timeout=within) as connection:
+            await connection.fetchval("SELECT 1", timeout=within)
+    except _NOT_READY as exc:
+        log.warning("database not ready: %s", type(exc).__name__)
+        return False
+    return True

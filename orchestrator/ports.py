@@ -1,0 +1,51 @@
+"""What the orchestrator needs from the rest of the mesh, as protocols of plain Python records.
+
+Domain modules (`turn`, `prompt`, `tools`, `catalog`) depend on these and on `orchestrator.records` only;
+the gRPC adapter is `orchestrator.memory_client.GrpcMemoryGateway`, and tests use the in-process double
+in `tests/doubles/memory.py`, both held to one contract suite (tests/service/test_memory_gateway_contract.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from orchestrator.catalog import AgentSpec
+from orchestrator.records import AssistantMessage, Memory, NewTurn, Scope, StoredMemory, TurnStart
+
+
+class MemoryGateway(Protocol):
+    """What a turn and its tools ask of memory, always on behalf of the current caller."""
+
+    async def start_turn(self, turn: NewTurn, history_messages: int) -> TurnStart:
+        """Checks the caller may talk to `turn.agent_id` (FailedPrecondition otherwise), stores the user
+        message (NotFound for a conversation that is not the caller's) unless an earlier request with the
+        same client request id did, and answers up to `history_messages` earlier messages."""
+        ...
+
+    async def append_assistant_message(
+        self, conversation_id: str, message: AssistantMessage, *, detached: bool = False
+    ) -> None:
+        """Stores the answer. `detached` writes outlive the caller's deadline (storing a failed turn)."""
+        ...
+
+    async def recall(self, query: str, agent_id: str, k: int) -> list[Memory]: ...
+
+    async def remember(self, text: str, scope: Scope, agent_id: str, key: str = "") -> StoredMemory: ...
+
+    async def forget(self, query: str, agent_id: str) -> list[str]:
+        """Deletes the memory that best fits `query`; returns the ids deleted."""
+        ...
+
+    async def put_ephemeral(self, namespace: str, key: str, value_json: str, ttl_seconds: float) -> None: ...
+
+    async def get_ephemeral(self, namespace: str, key: str) -> str | None: ...
+
+
+class AgentStore(Protocol):
+    """Where the catalog is seeded (memory's AgentService), for no user: `credentials` is the metadata
+    carrying the deployment's service key."""
+
+    async def sync_agents(
+        self, agents: Sequence[AgentSpec], credentials: Sequence[tuple[str, str]]
+    ) -> None: ...

@@ -1,0 +1,33 @@
+"""`HashingEmbedder`: memory's `Embedder` in-process, with the offline model's own algorithm.
+
+Tests are deterministic, need no model server, and exercise the similarity threshold calibrated for the
+offline model (`memory.settings.DEFAULT_SIMILARITY_THRESHOLDS`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from memory.embeddings import Vector
+from offline_model.embeddings import embed
+
+
+def hashing_embedding(text: str, dimension: int) -> Vector:
+    """The offline model's embedding of `text` (unit length)."""
+    return tuple(float(x) for x in embed(text, dimension))
+
+
+class HashingEmbedder:
+    """Counts its calls, so tests can tell whether an embedding was computed."""
+
+    def __init__(self, dimension: int = 384) -> None:
+        self._dimension = dimension
+        self.calls = 0
+
+    @property
+    def dimension(self) -> int:
+        return self._dimension
+
+    async def embed(self, texts: Sequence[str]) -> list[Vector]:
+        self.calls += 1
+        return [hashing_embedding(text, self._dimension) for text in texts]

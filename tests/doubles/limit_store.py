@@ -1,0 +1,27 @@
+"""`InMemoryLimitStore`: the router's `LimitStore` inside one process (the reference behaviour the Redis
+store is held to by tests/service/test_limit_store_contract.py)."""
+
+from __future__ import annotations
+
+
+class InMemoryLimitStore:
+    """A `LimitStore` inside one process: for tests, and the reference behaviour of the Redis store."""
+
+    def __init__(self) -> None:
+        self.turns: dict[tuple[str, int], int] = {}
+        self.streams: dict[str, dict[str, float]] = {}
+
+    async def count_turn(self, user_id: str, window: int, ttl_seconds: float) -> int:
+        key = (user_id, window)
+        self.turns[key] = self.turns.get(key, 0) + 1
+        return self.turns[key]
+
+    async def acquire_stream(self, user_id: str, stream_id: str, now: float, lease_until: float) -> int:
+        leases = self.streams.setdefault(user_id, {})
+        for expired in [stream for stream, until in leases.items() if until <= now]:
+            del leases[expired]
+        leases[stream_id] = lease_until
+        return len(leases)
+
+    async def release_stream(self, user_id: str, stream_id: str) -> None:
+        self.streams.get(user_id, {}).pop(stream_id, None)
