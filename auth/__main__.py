@@ -3,4 +3,5 @@
 from auth.app import AUTH
 from mesh.app import main
 
-main(AUTH)
+if __name__ == "__main__":
+    main(AUTH)

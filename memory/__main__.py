@@ -3,4 +3,5 @@
 from memory.app import MEMORY
 from mesh.app import main
 
-main(MEMORY)
+if __name__ == "__main__":
+    main(MEMORY)

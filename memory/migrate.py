@@ -25,11 +25,15 @@ class SchemaMismatch(RuntimeError):
     """The database was migrated for another embedding dimension than the one configured."""
 
 
-def render_schema() -> str:
-    """memory/schema.sql with the dimension of the migration run in progress."""
-    dimension = int(migrations.migration_variable(DIMENSION_VARIABLE))
+def render_schema(dimension: int) -> str:
+    """memory/schema.sql with embeddings of `dimension` components."""
     sql = resources.files("memory").joinpath("schema.sql").read_text(encoding="utf-8")
     return sql.replace("{dimension}", str(dimension))
+
+
+def migration_dimension() -> int:
+    """The embedding dimension of the migration run in progress."""
+    return int(migrations.migration_variable(DIMENSION_VARIABLE))
 
 
 def apply_migrations(database_url: str, dimension: int) -> list[str]:

@@ -17,7 +17,7 @@ import grpc
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
 from mesh.context import current_call, principal, time_remaining
-from mesh.errors import STATUS_TYPES, AthenaError, InvalidArgument, ResourceExhausted
+from mesh.errors import STATUS_TYPES, AthenaError, InvalidArgument, ResourceExhausted, Unavailable
 from mesh.interceptors import SERVICE_KEY_HEADER
 
 Response = TypeVar("Response")
@@ -72,6 +72,10 @@ def from_rpc_error(exc: grpc.aio.AioRpcError) -> AthenaError:
         trailers = cast(Iterable[tuple[str, str]], exc.trailing_metadata() or ())
         retry_after = next((float(value) for key, value in trailers if key == "retry-after"), None)
         return ResourceExhausted(details, retry_after=retry_after)
+    if code == grpc.StatusCode.CANCELLED:
+        # Our own caller's cancellation cancels our handler instead: this one is the peer's doing (it
+        # stopped, or dropped the call).
+        return Unavailable(f"a service stopped while answering: {details}")
     error_type = STATUS_TYPES.get(code.name)
     if error_type is None or error_type is InvalidArgument:
         return AthenaError(details)

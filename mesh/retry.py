@@ -59,7 +59,7 @@ def until_reachable(
     return AsyncRetrying(
         retry=retry_if_exception_type(retry_on),
         stop=stop_after_delay(within) if within is not None else stop_never,
-        wait=wait_exponential_jitter(initial=first_delay, max=max_delay, jitter=first_delay),
+        wait=wait_exponential_jitter(multiplier=first_delay, max=max_delay, jitter=first_delay),
         before_sleep=log_retry(what),
         reraise=True,
     )

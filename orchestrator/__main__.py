@@ -3,4 +3,5 @@
 from mesh.app import main
 from orchestrator.app import ORCHESTRATOR
 
-main(ORCHESTRATOR)
+if __name__ == "__main__":
+    main(ORCHESTRATOR)

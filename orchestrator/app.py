@@ -72,14 +72,22 @@ def tool_registry(settings: OrchestratorSettings) -> ToolRegistry:
 
 
 async def sync_catalog(
-    store: AgentStore, catalog: Catalog, credentials: Sequence[tuple[str, str]], *, within: float | None
-) -> None:
+    store: AgentStore,
+    catalog: Catalog,
+    credentials: Sequence[tuple[str, str]],
+    *,
+    within: float | None,
+    first_delay: float = 0.2,
+) -> bool:
     """Seeds `catalog` into memory, retrying while memory is unreachable (it may still be starting).
     Anything else (a refused key, a rejected catalog) is logged: memory keeps the catalog of the last
-    successful sync, and serving with it beats not serving."""
+    successful sync, and serving with it beats not serving. Returns whether the catalog was synced."""
     try:
         async for attempt in until_reachable(
-            "syncing the agent catalog to memory", (Unavailable, DeadlineExceeded), within=within
+            "syncing the agent catalog to memory",
+            (Unavailable, DeadlineExceeded),
+            within=within,
+            first_delay=first_delay,
         ):
             with attempt:
                 await store.sync_agents(list(catalog), credentials)
@@ -87,8 +95,9 @@ async def sync_catalog(
         log.error(
             "memory refused the agent catalog; serving with the catalog it has", extra={"error": exc.message}
         )
-        return
+        return False
     log.info("agent catalog synced", extra={"agents": [agent.id for agent in catalog]})
+    return True
 
 
 async def build(settings: OrchestratorSettings, deps: OrchestratorDeps) -> Assembly:

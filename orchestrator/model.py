@@ -227,7 +227,7 @@ class RetryingModel(ChatModel):
             retry=retry_if_exception_type((ModelUnavailable, ModelTimeout)),
             stop=give_up,
             wait=wait_exponential_jitter(
-                initial=self._first_delay, max=self._max_delay, jitter=self._first_delay
+                multiplier=self._first_delay, max=self._max_delay, jitter=self._first_delay
             ),
             before_sleep=log_retry("a model call"),
             reraise=True,

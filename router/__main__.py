@@ -3,4 +3,5 @@
 from mesh.app import main
 from router.app import ROUTER
 
-main(ROUTER)
+if __name__ == "__main__":
+    main(ROUTER)

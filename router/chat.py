@@ -69,9 +69,19 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             events = first_item_retrying(
                 lambda: clients.stream(self._peers.orchestrator.Run, run), self._retry_policy()
             )
-            async with aclosing(events):
-                async for response in events:
-                    yield response.event
+            started = False
+            try:
+                async with aclosing(events):
+                    async for response in events:
+                        started = True
+                        yield response.event
+            except Unavailable as exc:
+                if not started:
+                    raise
+                # The first event said the message is stored; the answer stopped on the way.
+                raise Unavailable(
+                    f"the answer was interrupted ({exc.message}); your message is stored, try again"
+                ) from exc
 
     def _retry_policy(self) -> AsyncRetrying:
         """Before the first event nothing reached the client and the message is stored under its client

@@ -92,20 +92,30 @@ def service_settings(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
 StartService = Callable[[ServiceApp[Any, Any], ServiceSettings, Deps], Awaitable[RunningService]]
 
 
-@pytest_asyncio.fixture
-async def start_service() -> AsyncIterator[StartService]:
-    """Starts services in-process through `mesh.app.start`, exactly as `python -m <service>` builds them,
-    and stops them (drain, background tasks, resources) after the test."""
-    started: list[RunningService] = []
+class ServiceGroup:
+    """Services started in-process through `mesh.app.start`, exactly as `python -m <service>` builds them,
+    and stopped together (drain, background tasks, resources), last started first."""
 
-    async def start_one(app: ServiceApp[Any, Any], settings: ServiceSettings, deps: Deps) -> RunningService:
+    def __init__(self) -> None:
+        self.running: list[RunningService] = []
+
+    async def start(self, app: ServiceApp[Any, Any], settings: ServiceSettings, deps: Deps) -> RunningService:
         running = await start(app, settings, deps)
-        started.append(running)
+        self.running.append(running)
         return running
 
-    yield start_one
-    for running in reversed(started):
-        await running.stop()
+    async def stop(self) -> None:
+        for running in reversed(self.running):
+            await running.stop()
+        self.running.clear()
+
+
+@pytest_asyncio.fixture
+async def start_service() -> AsyncIterator[StartService]:
+    """Starts services for one test (see `ServiceGroup`)."""
+    group = ServiceGroup()
+    yield group.start
+    await group.stop()
 
 
 @pytest_asyncio.fixture

@@ -26,10 +26,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from doubles.oidc_provider import generate_signing_key
 from joserfc import jws, jwt
 from joserfc.jwk import RSAKey
-
-from auth.fake_provider import generate_signing_key
 
 ACCESS_TOKEN_HEADER = {"typ": "at+jwt"}
 ATTACKER = generate_signing_key("attacker-key")

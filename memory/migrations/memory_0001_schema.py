@@ -6,7 +6,7 @@ the migration runs (the migration variable read by memory.migrate.render_schema)
 
 from yoyo import step
 
-from memory.migrate import render_schema
+from memory.migrate import migration_dimension, render_schema
 
 __depends__: set[str] = set()
 
@@ -14,7 +14,7 @@ __depends__: set[str] = set()
 def apply(connection: object) -> None:
     cursor = connection.cursor()  # type: ignore[attr-defined]
     try:
-        cursor.execute(render_schema())
+        cursor.execute(render_schema(migration_dimension()))
     finally:
         cursor.close()
 

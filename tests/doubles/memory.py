@@ -106,7 +106,7 @@ class InMemoryGateway:
             if turn.client_request_id:
                 self._requests[turn.client_request_id] = (conversation_id, message_id)
         conversation = self.conversations[conversation_id]
-        earlier = self._history(conversation_id)
+        earlier = self.messages(conversation_id)
         before = next(i for i, m in enumerate(earlier) if m.id == message_id)
         history = earlier[:before][-history_messages:] if history_messages else []
         return TurnStart(
@@ -121,7 +121,8 @@ class InMemoryGateway:
             raise NotFound("conversation not found")
         self.conversations[conversation_id].messages.append(message)
 
-    def _history(self, conversation_id: str) -> list[HistoryMessage]:
+    def messages(self, conversation_id: str) -> list[HistoryMessage]:
+        """Every message of the conversation as history, oldest first."""
         return [
             item
             if isinstance(item, HistoryMessage)
@@ -130,9 +131,8 @@ class InMemoryGateway:
         ]
 
     def assistant_messages(self, conversation_id: str) -> list[AssistantMessage]:
-        return [
-            item for item in self.conversations[conversation_id].messages if isinstance(item, AssistantMessage)
-        ]
+        messages = self.conversations[conversation_id].messages
+        return [item for item in messages if isinstance(item, AssistantMessage)]
 
     def _visible(self, agent_id: str) -> list[_Memory]:
         return [m for m in self.memories if m.scope is Scope.USER or m.agent_id == agent_id]

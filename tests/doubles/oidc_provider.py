@@ -45,7 +45,7 @@ class FakeOidcProvider:
     """Serve with `await start()`; `issuer` is its base URL once started."""
 
     client_id: str = "athena-test-client"
-    client_secret: str = "athena-test-secret"  # noqa: S105 (a test credential)
+    client_secret: str = "athena-test-secret"
     tenant: str | None = None
     """Microsoft-style multi-tenant: the discovery issuer holds `{tenantid}`; tokens carry `tid`."""
     key: RSAKey = field(default_factory=lambda: generate_signing_key("idp-key-1"))

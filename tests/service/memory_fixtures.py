@@ -15,7 +15,8 @@ from typing import Any
 import grpc
 import pytest
 import pytest_asyncio
-from athena.memory.v1 import memory_pb2_grpc
+from athena.chat.v1 import chat_pb2
+from athena.memory.v1 import memory_pb2, memory_pb2_grpc
 from conftest import StartService, auth_metadata, service_settings
 from doubles.embedder import HashingEmbedder
 
@@ -27,6 +28,7 @@ from memory.settings import MemorySettings
 from mesh.app import RunningService
 from mesh.clients import service_call
 from mesh.tokens import TokenVerifier
+from orchestrator.catalog import Catalog
 
 DIMENSION = 384
 SERVICE_KEY = "memory-tests-service-key"
@@ -102,7 +104,47 @@ async def start_memory(
     service = await start_service(MEMORY, settings, MemoryDeps(verifier=verifier, embedder=embedder))
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{service.port}")
     service.deps.on_close(lambda: channel.close(None))
-    return MemoryHarness(service, settings, channel, embedder, make_token)
+    harness = MemoryHarness(service, settings, channel, embedder, make_token)
+    if settings.service_key is not None:
+        # The shipped catalog, as the orchestrator seeds it: turns need their agent to exist.
+        await harness.agents.SyncAgents(
+            memory_pb2.SyncAgentsRequest(agents=shipped_agents()),
+            metadata=tuple(service_call(settings.service_key.get_secret_value())["metadata"]),
+        )
+    return harness
+
+
+def shipped_agents() -> list[memory_pb2.AgentDefinition]:
+    return [
+        memory_pb2.AgentDefinition(
+            id=agent.id,
+            name=agent.name,
+            description=agent.description,
+            system_prompt=agent.system_prompt,
+            user_prompt=agent.user_prompt,
+            model=agent.model,
+            accent_token=agent.accent_token,
+            enabled=agent.enabled,
+        )
+        for agent in Catalog.load()
+    ]
+
+
+def start_turn_request(
+    *,
+    agent_id: str = "",
+    text: str = "",
+    conversation_id: str = "",
+    client_request_id: str = "",
+    history_messages: int = 0,
+) -> memory_pb2.StartTurnRequest:
+    """A StartTurn as the orchestrator sends it for a person's Chat."""
+    return memory_pb2.StartTurnRequest(
+        chat=chat_pb2.ChatRequest(
+            agent_id=agent_id, text=text, conversation_id=conversation_id, client_request_id=client_request_id
+        ),
+        history_messages=history_messages,
+    )
 
 
 @pytest_asyncio.fixture

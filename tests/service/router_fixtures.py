@@ -1,8 +1,10 @@
 """Helpers for the router tests: the real mesh behind the router, all in-process on free ports.
 
 `RouterMesh` holds the memory service (PostgreSQL + Valkey), the offline model, the auth service, any
-number of orchestrators and routers. Every server verifies both the suite's test tokens (`make_token`) and
-tokens the auth service issues (DevLogin), so a test can use cheap users or real sign-ins.
+number of orchestrators and routers, every one built by its `ServiceApp` as `python -m` builds it. Every
+service verifies both the suite's test tokens (`make_token`) and tokens the auth service issues
+(DevLogin), so a test can use cheap users or real sign-ins. Stub orchestrators (router peers that fail on
+purpose) run on a bare `MeshServer`.
 
 Imported explicitly by tests/service/test_router_*.py (not a conftest, so other suites are unaffected).
 """
@@ -12,46 +14,38 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import grpc
 import pytest
 from athena.account.v1 import account_pb2_grpc
 from athena.auth.v1 import auth_pb2, auth_pb2_grpc
 from athena.chat.v1 import chat_pb2, chat_pb2_grpc
 from athena.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
-from conftest import auth_metadata, service_settings
+from conftest import ServiceGroup, auth_metadata, service_settings
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from joserfc.jwk import KeySet, RSAKey
-from memory_fixtures import MemoryHarness, start_memory, stop_memory  # type: ignore[import-not-found]
+from memory_fixtures import MemoryHarness, start_memory  # type: ignore[import-not-found]
 
-from auth.migrate import apply_migrations as apply_auth_migrations
-from auth.postgres import PostgresAuthStore
-from auth.server import AuthApp, build_app, provider_http_client
-from auth.servicer import PUBLIC_METHODS
+from auth.app import AUTH, JWKS_PATH, AuthDeps
 from auth.settings import AuthSettings
 from devstack.postgres import EmbeddedPostgres
 from devstack.valkey import EmbeddedValkey
-from mesh.clients import channel
+from mesh.app import RunningService
+from mesh.context import time_remaining
 from mesh.errors import Unavailable
-from mesh.interceptors import SERVICE_KEY_HEADER
 from mesh.server import MeshServer, Service
-from mesh.tokens import KeySource, StaticKeySource, TokenVerifier
-from orchestrator.app import build_runner
-from orchestrator.catalog import Catalog, CatalogSync
-from orchestrator.memory_client import GrpcMemoryGateway
+from mesh.tokens import KeySource, RemoteJwks, StaticKeySource, TokenVerifier
 from offline_model.server import OfflineModelServer
 from offline_model.settings import OfflineModelSettings
-from orchestrator.service import SERVICE_NAME as ORCHESTRATOR_SERVICE
-from orchestrator.service import OrchestratorServicer
+from orchestrator.app import ORCHESTRATOR, OrchestratorDeps, openai_model
+from orchestrator.app import SERVICE_NAME as ORCHESTRATOR_SERVICE
+from orchestrator.model import ChatModel, ModelEvent, ModelRequest
 from orchestrator.settings import OrchestratorSettings
-from orchestrator.turn import TurnRunner
-from router.__main__ import build_server
-from router.peers import Peers
+from router.app import ROUTER, RouterDeps
 from router.settings import RouterSettings
 
 SERVICE_KEY = "router-tests-service-key"
@@ -70,28 +64,27 @@ class MergedKeys:
     async def key_set(self, kid: str) -> KeySet:
         keys = []
         for source in self._sources:
-            keys.extend((await source.key_set(kid)).keys)
+            with contextlib.suppress(Unavailable):
+                keys.extend((await source.key_set(kid)).keys)
         return KeySet(keys)
 
 
-class CountingOrchestrator(OrchestratorServicer):
-    """The real servicer, counting its Run calls and recording the deadline each one arrived with."""
+class CountingModel(ChatModel):
+    """The orchestrator's real model, counting its calls and recording the deadline each one ran under."""
 
-    def __init__(self, runner: TurnRunner) -> None:
-        super().__init__(runner)
+    def __init__(self, inner: ChatModel) -> None:
+        self._inner = inner
         self.runs = 0
         self.active = 0
         self.time_remaining: list[float | None] = []
 
-    async def Run(
-        self, request: orchestrator_pb2.RunRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[orchestrator_pb2.RunResponse]:
+    async def stream(self, request: ModelRequest) -> AsyncGenerator[ModelEvent, None]:
         self.runs += 1
         self.active += 1
-        self.time_remaining.append(context.time_remaining())
+        self.time_remaining.append(time_remaining())
         try:
-            async for response in super().Run(request, context):
-                yield response
+            async for event in self._inner.stream(request):
+                yield event
         finally:
             self.active -= 1
 
@@ -100,7 +93,7 @@ class CountingOrchestrator(OrchestratorServicer):
 class Orchestrator:
     server: MeshServer
     servicer: Any
-    """A `CountingOrchestrator` for real orchestrators, the stub itself otherwise."""
+    """A `CountingModel` for real orchestrators, the stub servicer otherwise."""
 
     @property
     def address(self) -> str:
@@ -110,7 +103,6 @@ class Orchestrator:
 @dataclass
 class Router:
     server: MeshServer
-    peers: Peers
     client: grpc.aio.Channel
 
     @property
@@ -198,17 +190,15 @@ def pool_target(orchestrators: Sequence[Orchestrator]) -> str:
 class RouterMesh:
     memory: MemoryHarness
     model: OfflineModelServer
-    auth_app: AuthApp
-    auth_server: MeshServer
+    auth_service: RunningService
     auth_channel: grpc.aio.Channel
     verifier: TokenVerifier
     make_token: Callable[..., str]
     redis_url: str
     base: Path
-    servers: list[MeshServer] = field(default_factory=list)
+    services: ServiceGroup
+    stubs: list[MeshServer] = field(default_factory=list)
     channels: list[grpc.aio.Channel] = field(default_factory=list)
-    runners: list[TurnRunner] = field(default_factory=list)
-    peers: list[Peers] = field(default_factory=list)
 
     @property
     def auth(self) -> auth_pb2_grpc.AuthServiceAsyncStub:
@@ -226,133 +216,86 @@ class RouterMesh:
         session: auth_pb2.Session = response.session
         return session
 
-    async def start_server(
-        self, name: str, settings: Any, services: list[Service], **kwargs: Any
-    ) -> MeshServer:
-        server = MeshServer(name, settings, services, verifier=self.verifier, **kwargs)
-        await server.start()
-        self.servers.append(server)
-        return server
-
     async def start_orchestrator(self, **overrides: Any) -> Orchestrator:
-        """A real orchestrator on the offline model, counting its runs."""
+        """A real orchestrator on the offline model, counting its model calls."""
         settings = OrchestratorSettings(
             **service_settings(
                 self.base,
-                memory_target=f"127.0.0.1:{self.memory.server.port}",
+                memory_target=f"127.0.0.1:{self.memory.port}",
                 OPENAI_BASE_URL=self.model.base_url,
                 OPENAI_API_KEY=None,
+                ATHENA_SERVICE_KEY=SERVICE_KEY,
                 **overrides,
             )
         )
-        gateway_channel = channel(settings.memory_target)
-        self.channels.append(gateway_channel)
-        runner = build_runner(settings, GrpcMemoryGateway(gateway_channel))
-        self.runners.append(runner)
-        servicer = CountingOrchestrator(runner)
-        return await self.serve_orchestrator(servicer, settings)
+        deps = OrchestratorDeps(verifier=self.verifier)
+        counting = CountingModel(openai_model(settings, deps))
+        deps.model = counting
+        running = await self.services.start(ORCHESTRATOR, settings, deps)
+        return Orchestrator(running.server, counting)
 
     async def serve_orchestrator(
-        self, servicer: orchestrator_pb2_grpc.OrchestratorServiceServicer, settings: Any = None
+        self, servicer: orchestrator_pb2_grpc.OrchestratorServiceServicer
     ) -> Orchestrator:
-        """An orchestrator server around any servicer (stubs included)."""
-        settings = settings or OrchestratorSettings(**service_settings(self.base))
+        """A stub orchestrator: a bare server around `servicer`."""
+        settings = OrchestratorSettings(**service_settings(self.base))
         service = Service(
             ORCHESTRATOR_SERVICE, servicer, orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server
         )
-        server = await self.start_server("orchestrator", settings, [service])
+        server = MeshServer("orchestrator", settings, [service], verifier=self.verifier)
+        await server.start()
+        self.stubs.append(server)
         return Orchestrator(server, servicer)
 
-    async def start_router(self, orchestrators: Sequence[Orchestrator] | str, **overrides: Any) -> Router:
+    async def start_router(
+        self, orchestrators: Sequence[Orchestrator] | str, deps: RouterDeps | None = None, **overrides: Any
+    ) -> Router:
         target = orchestrators if isinstance(orchestrators, str) else pool_target(orchestrators)
         overrides.setdefault("redis_url", self.redis_url)
         settings = RouterSettings(
             **service_settings(
                 self.base,
                 orchestrator_target=target,
-                memory_target=f"127.0.0.1:{self.memory.server.port}",
-                auth_target=f"127.0.0.1:{self.auth_server.port}",
+                memory_target=f"127.0.0.1:{self.memory.port}",
+                auth_target=f"127.0.0.1:{self.auth_service.port}",
                 **overrides,
             )
         )
-        peers = Peers.connect(settings)
-        self.peers.append(peers)
-        server = build_server(settings, peers, self.verifier)
-        await server.start()
-        self.servers.append(server)
-        client = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+        deps = deps or RouterDeps()
+        deps.verifier = self.verifier
+        running = await self.services.start(ROUTER, settings, deps)
+        client = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
         self.channels.append(client)
-        return Router(server, peers, client)
+        return Router(running.server, client)
 
     async def close(self) -> None:
-        for server in reversed(self.servers):
-            await server.drain()
-        for runner in self.runners:
-            await runner.wait_background()
-        for peers in self.peers:
-            await peers.close()
         for open_channel in self.channels:
             await open_channel.close(grace=None)
+        await self.services.stop()
+        for stub in self.stubs:
+            await stub.drain()
 
 
 async def open_router_mesh(
     postgres_url: str, redis_url: str, make_token: Callable[..., str], signing_keys: KeySet, base: Path
-) -> tuple[RouterMesh, Callable[[], Any]]:
-    """Starts memory, the offline model and auth; returns the mesh and what closes them."""
-    await asyncio.to_thread(apply_auth_migrations, postgres_url)
-    pool = await asyncpg.create_pool(postgres_url, min_size=1, max_size=5)
-    auth_settings = AuthSettings(**service_settings(base / "auth", env="dev", database_url="unused"))
-    http = provider_http_client(auth_settings)
-    auth_app = build_app(auth_settings, PostgresAuthStore(pool), http)
+) -> RouterMesh:
+    """Starts auth, memory and the offline model; the caller closes the mesh."""
+    services = ServiceGroup()
+    auth_settings = AuthSettings(**service_settings(base / "auth", env="dev", database_url=postgres_url))
+    auth_service = await services.start(AUTH, auth_settings, AuthDeps())
+    auth_jwks = RemoteJwks(f"http://127.0.0.1:{auth_service.http_port}{JWKS_PATH}")
     verifier = TokenVerifier(
-        MergedKeys(StaticKeySource(signing_keys), auth_app.keys.verifier_keys),
-        issuer=ISSUER,
-        audience=AUDIENCE,
+        MergedKeys(StaticKeySource(signing_keys), auth_jwks), issuer=ISSUER, audience=AUDIENCE
     )
-    auth_server = MeshServer(
-        "auth",
-        auth_settings,
-        auth_app.services(),
-        verifier=verifier,
-        public_methods=PUBLIC_METHODS,
-        http_routes=auth_app.http_routes(),
-    )
-    await auth_server.start()
-    auth_channel = grpc.aio.insecure_channel(f"127.0.0.1:{auth_server.port}")
-
-    started: list[MeshServer] = []
-
-    async def start_server(
-        name: str, settings: Any, services: Any, verifier: Any, **kwargs: Any
-    ) -> MeshServer:
-        server = MeshServer(name, settings, services, verifier=verifier, **kwargs)
-        await server.start()
-        started.append(server)
-        return server
-
+    auth_channel = grpc.aio.insecure_channel(f"127.0.0.1:{auth_service.port}")
     memory = await start_memory(
-        start_server, verifier, make_token, base, postgres_url, redis_url, ATHENA_SERVICE_KEY=SERVICE_KEY
+        services.start, verifier, make_token, base, postgres_url, redis_url, ATHENA_SERVICE_KEY=SERVICE_KEY
     )
     model = OfflineModelServer(OfflineModelSettings(port=0, delay_ms=0, embedding_dimensions=384))
     await model.start()
-    sync_channel = channel(f"127.0.0.1:{memory.server.port}")
-    credentials = (*auth_metadata(make_token()), (SERVICE_KEY_HEADER, SERVICE_KEY))
-    await CatalogSync(GrpcMemoryGateway(sync_channel), Catalog.load(), metadata=credentials, attempts=3).run()
-    await sync_channel.close(grace=None)
-    mesh = RouterMesh(
-        memory, model, auth_app, auth_server, auth_channel, verifier, make_token, redis_url, base
+    return RouterMesh(
+        memory, model, auth_service, auth_channel, verifier, make_token, redis_url, base, services
     )
-
-    async def close() -> None:
-        await mesh.close()
-        await model.stop()
-        await stop_memory(memory)
-        await auth_channel.close(grace=None)
-        await auth_server.drain()
-        await http.aclose()
-        await pool.close()
-
-    return mesh, close
 
 
 @contextlib.asynccontextmanager
@@ -365,12 +308,13 @@ async def router_mesh(
 ) -> AsyncIterator[RouterMesh]:
     """Memory, offline model and auth (for one test module); orchestrators and routers start on demand."""
     base = tmp_path_factory.mktemp("router")
-    keys = public_keys(signing_key)
-    harness, close = await open_router_mesh(postgres.url, valkey.url, make_token, keys, base)
+    harness = await open_router_mesh(postgres.url, valkey.url, make_token, public_keys(signing_key), base)
     try:
         yield harness
     finally:
-        await close()
+        await harness.close()
+        await harness.auth_channel.close(grace=None)
+        await harness.model.stop()
 
 
 def public_keys(signing_key: RSAKey) -> KeySet:

@@ -8,10 +8,9 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import asyncpg
 import grpc
 import pytest
 import pytest_asyncio
@@ -26,11 +25,11 @@ from jwt_attacks import (
     genuine_token,
 )
 
-from auth.migrate import apply_migrations
-from auth.postgres import PostgresAuthStore
-from auth.server import AuthApp, build_app, provider_http_client
+from auth.app import AUTH, AuthDeps
+from auth.keys import load_key_ring
 from auth.settings import AuthSettings
 from devstack.postgres import EmbeddedPostgres
+from mesh.app import RunningService, start
 from mesh.errors import Unauthenticated
 
 
@@ -42,7 +41,7 @@ def canary() -> Iterator[Canary]:
 
 @dataclass
 class Target:
-    app: AuthApp
+    app: RunningService
     stub: auth_pb2_grpc.AuthServiceStub
     victim_id: str
     victim_token: str
@@ -55,26 +54,28 @@ class Target:
 async def target(
     postgres: EmbeddedPostgres, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Target]:
-    apply_migrations(postgres.url)
     tmp_path: Path = tmp_path_factory.mktemp("auth-attacks")
     settings = AuthSettings(**service_settings(tmp_path, env="dev", database_url=postgres.url))
-    pool = await asyncpg.create_pool(postgres.url, min_size=1, max_size=4)
-    http = provider_http_client(settings)
-    app = build_app(settings, PostgresAuthStore(pool), http)
-    server = app.mesh_server()
-    await server.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+    app = await start(AUTH, settings, AuthDeps())
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
     stub = auth_pb2_grpc.AuthServiceStub(channel)
     victim = (
         await stub.DevLogin(auth_pb2.DevLoginRequest(email=f"victim-{uuid.uuid4().hex[:8]}@example.com"))
     ).session
-    key = app.keys().signing_key(datetime.now(UTC))
+    # The key the service signs with, read where it keeps it (what a thief of the key directory has).
+    now = datetime.now(UTC)
+    ring = load_key_ring(
+        settings.signing_keys_dir,
+        now=now,
+        activation_delay=settings.key_activation_delay,
+        retention=timedelta(hours=1),
+        create_if_empty=False,
+    )
+    key = ring.signing_key(now)
     public = RSAKey.import_key(key.public_jwk())  # as the JWKS publishes it: what an attacker knows
     yield Target(app, stub, victim.user.id, victim.access_token, key.private, public, key.kid)
     await channel.close()
-    await server.drain()
-    await http.aclose()
-    await pool.close()
+    await app.stop()
 
 
 def attacks(target: Target, canary: Canary) -> list[tuple[str, str]]:

@@ -5,27 +5,24 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import asyncpg
 import grpc
 import httpx
 import pytest
 import pytest_asyncio
 from athena.auth.v1 import auth_pb2, auth_pb2_grpc
-from conftest import service_settings
+from conftest import StartService, service_settings
+from doubles.oidc_provider import DELETE, FakeOidcProvider, generate_signing_key
 
-from auth.fake_provider import DELETE, FakeOidcProvider, generate_signing_key
-from auth.migrate import apply_migrations
+from auth.app import AUTH, AuthDeps
 from auth.oidc import pkce_challenge
-from auth.postgres import PostgresAuthStore
-from auth.server import AuthApp, build_app, provider_http_client
-from auth.servicer import PUBLIC_METHODS
 from auth.settings import AuthSettings, GoogleSettings, MicrosoftSettings
 from devstack.postgres import EmbeddedPostgres
+from mesh.app import RunningService
 
 REDIRECT = "http://127.0.0.1:8080/auth/callback"
 TENANT = "9188040d-6c67-4c5b-b112-36a304b66dad"
@@ -51,12 +48,11 @@ async def microsoft_idp() -> AsyncIterator[FakeOidcProvider]:
 @pytest_asyncio.fixture
 async def app_and_stub(
     postgres: EmbeddedPostgres,
-    start_server: Callable[..., Any],
+    start_service: StartService,
     tmp_path: Path,
     google_idp: FakeOidcProvider,
     microsoft_idp: FakeOidcProvider,
-) -> AsyncIterator[tuple[AuthApp, Stub]]:
-    apply_migrations(postgres.url)
+) -> AsyncIterator[tuple[RunningService, Stub]]:
     settings = AuthSettings(
         **service_settings(tmp_path, env="dev", database_url=postgres.url),
         google=GoogleSettings(
@@ -72,26 +68,14 @@ async def app_and_stub(
             redirect_uris=(REDIRECT,),
         ),
     )
-    pool = await asyncpg.create_pool(postgres.url, min_size=1, max_size=4)
-    http = provider_http_client(settings)
-    app = build_app(settings, PostgresAuthStore(pool), http)
-    server = await start_server(
-        "auth",
-        settings,
-        app.services(),
-        app.verifier,
-        public_methods=PUBLIC_METHODS,
-        http_routes=app.http_routes(),
-    )
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+    app = await start_service(AUTH, settings, AuthDeps())
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
     yield app, Stub(channel)
     await channel.close()
-    await http.aclose()
-    await pool.close()
 
 
 @pytest.fixture
-def stub(app_and_stub: tuple[AuthApp, Stub]) -> Stub:
+def stub(app_and_stub: tuple[RunningService, Stub]) -> Stub:
     return app_and_stub[1]
 
 
@@ -152,7 +136,7 @@ async def test_authorization_url_carries_pkce_state_and_nonce(
 
 
 async def test_google_login_creates_then_updates_the_account(
-    app_and_stub: tuple[AuthApp, Stub], google_idp: FakeOidcProvider
+    app_and_stub: tuple[RunningService, Stub], google_idp: FakeOidcProvider
 ) -> None:
     app, stub = app_and_stub
     subject, email = unique_subject()

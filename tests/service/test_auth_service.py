@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,25 +16,27 @@ import httpx
 import pytest
 import pytest_asyncio
 from athena.auth.v1 import auth_pb2, auth_pb2_grpc
-from conftest import auth_metadata, service_settings
+from athena.identity.v1 import identity_pb2, identity_pb2_grpc
+from conftest import StartService, auth_metadata, service_settings
 from joserfc.jwk import KeySet
 
-from auth.migrate import apply_migrations
-from auth.postgres import PostgresAuthStore
-from auth.server import AuthApp, build_app, provider_http_client
-from auth.servicer import PUBLIC_METHODS
+from auth.app import AUTH, MIGRATIONS_DIR, AuthDeps
+from auth.keys import rotate_keys
 from auth.settings import AuthSettings
 from devstack.postgres import EmbeddedPostgres
+from mesh.app import RunningService
+from mesh.migrations import apply_migrations
 from mesh.server import MeshServer
 from mesh.tokens import StaticKeySource, TokenVerifier
 
 Stub = auth_pb2_grpc.AuthServiceStub
+Auth = tuple[RunningService, MeshServer, Stub]
 
 
 @pytest.fixture(scope="session")
 def auth_database(postgres: EmbeddedPostgres) -> str:
-    apply_migrations(postgres.url)
-    assert apply_migrations(postgres.url) == []  # idempotent
+    apply_migrations(postgres.url, MIGRATIONS_DIR)
+    assert apply_migrations(postgres.url, MIGRATIONS_DIR) == []  # idempotent
     return postgres.url
 
 
@@ -49,37 +52,22 @@ def unique_email() -> str:
 
 
 async def start_auth(
-    start_server: Callable[..., Any], pool: asyncpg.Pool, tmp_path: Path, **overrides: Any
-) -> tuple[AuthApp, MeshServer, grpc.aio.Channel]:
-    settings = AuthSettings(
-        **service_settings(tmp_path, env="dev", database_url="unused", **overrides)  # the pool is given
-    )
-    http = provider_http_client(settings)
-    app = build_app(settings, PostgresAuthStore(pool), http)
-    server = await start_server(
-        "auth",
-        settings,
-        app.services(),
-        app.verifier,
-        public_methods=PUBLIC_METHODS,
-        http_routes=app.http_routes(),
-    )
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
-    return app, server, channel
+    start_service: StartService, database_url: str, tmp_path: Path, **overrides: Any
+) -> tuple[RunningService, MeshServer, grpc.aio.Channel]:
+    settings = AuthSettings(**service_settings(tmp_path, env="dev", database_url=database_url, **overrides))
+    running = await start_service(AUTH, settings, AuthDeps())
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
+    return running, running.server, channel
 
 
 @pytest_asyncio.fixture
-async def auth(
-    start_server: Callable[..., Any], pool: asyncpg.Pool, tmp_path: Path
-) -> AsyncIterator[tuple[AuthApp, MeshServer, Stub]]:
-    app, server, channel = await start_auth(start_server, pool, tmp_path)
+async def auth(start_service: StartService, auth_database: str, tmp_path: Path) -> AsyncIterator[Auth]:
+    app, server, channel = await start_auth(start_service, auth_database, tmp_path)
     yield app, server, Stub(channel)
     await channel.close()
 
 
-async def test_dev_login_refresh_and_logout(
-    auth: tuple[AuthApp, MeshServer, Stub], pool: asyncpg.Pool
-) -> None:
+async def test_dev_login_refresh_and_logout(auth: Auth, pool: asyncpg.Pool) -> None:
     app, _, stub = auth
     email = unique_email()
     login = (await stub.DevLogin(auth_pb2.DevLoginRequest(email=email.upper(), display_name="Ada"))).session
@@ -119,11 +107,9 @@ async def test_dev_login_refresh_and_logout(
 
 
 async def test_reuse_of_a_spent_refresh_token_revokes_the_family(
-    start_server: Callable[..., Any], pool: asyncpg.Pool, tmp_path: Path
+    start_service: StartService, auth_database: str, pool: asyncpg.Pool, tmp_path: Path
 ) -> None:
-    from datetime import timedelta
-
-    _, _, channel = await start_auth(start_server, pool, tmp_path, refresh_reuse_grace=timedelta(0))
+    _, _, channel = await start_auth(start_service, auth_database, tmp_path, refresh_reuse_grace=timedelta(0))
     stub = Stub(channel)
     login = (await stub.DevLogin(auth_pb2.DevLoginRequest(email=unique_email()))).session
     rotated = (
@@ -138,7 +124,7 @@ async def test_reuse_of_a_spent_refresh_token_revokes_the_family(
 
 
 async def test_concurrent_refreshes_of_one_token_all_succeed_within_the_grace_window(
-    auth: tuple[AuthApp, MeshServer, Stub],
+    auth: Auth,
 ) -> None:
     _, _, stub = auth
     login = (await stub.DevLogin(auth_pb2.DevLoginRequest(email=unique_email()))).session
@@ -148,7 +134,7 @@ async def test_concurrent_refreshes_of_one_token_all_succeed_within_the_grace_wi
 
 
 async def test_revoke_all_sessions_needs_an_access_token_and_counts(
-    auth: tuple[AuthApp, MeshServer, Stub],
+    auth: Auth,
 ) -> None:
     _, _, stub = auth
     email = unique_email()
@@ -168,19 +154,23 @@ async def test_revoke_all_sessions_needs_an_access_token_and_counts(
         assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
-async def test_erasure_deletes_every_auth_row_of_the_user(
-    auth: tuple[AuthApp, MeshServer, Stub], pool: asyncpg.Pool
-) -> None:
-    app, _, stub = auth
+async def test_erasure_deletes_every_auth_row_of_the_user(auth: Auth, pool: asyncpg.Pool) -> None:
+    _, server, stub = auth
     login = (await stub.DevLogin(auth_pb2.DevLoginRequest(email=unique_email()))).session
-    assert await app.sessions.erase_user(login.user.id)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        erased = await identity_pb2_grpc.IdentityServiceStub(channel).EraseUser(
+            identity_pb2.EraseUserRequest(), metadata=auth_metadata(login.access_token)
+        )
+    assert erased.erased
     user_id = uuid.UUID(login.user.id)
     for table in ("users", "identities", "sessions", "refresh_tokens"):
         column = "id" if table == "users" else "user_id"
         assert await pool.fetchval(f"SELECT count(*) FROM auth.{table} WHERE {column} = $1", user_id) == 0  # noqa: S608
 
 
-async def test_jwks_over_grpc_and_http_verifies_issued_tokens(auth: tuple[AuthApp, MeshServer, Stub]) -> None:
+async def test_jwks_over_grpc_and_http_verifies_issued_tokens(
+    auth: Auth,
+) -> None:
     _, server, stub = auth
     jwks = await stub.GetJwks(auth_pb2.GetJwksRequest())
     assert len(jwks.keys) == 1
@@ -200,7 +190,7 @@ async def test_jwks_over_grpc_and_http_verifies_issued_tokens(auth: tuple[AuthAp
     assert (await verifier.verify(login.access_token)).user_id == login.user.id
 
 
-async def test_list_providers_in_dev(auth: tuple[AuthApp, MeshServer, Stub]) -> None:
+async def test_list_providers_in_dev(auth: Auth) -> None:
     _, _, stub = auth
     providers = (await stub.ListProviders(auth_pb2.ListProvidersRequest())).providers
     assert [provider.id for provider in providers] == ["dev"]
@@ -215,7 +205,7 @@ async def test_list_providers_in_dev(auth: tuple[AuthApp, MeshServer, Stub]) -> 
     ],
 )
 async def test_dev_login_validates_its_input(
-    auth: tuple[AuthApp, MeshServer, Stub], request_: auth_pb2.DevLoginRequest, field: str
+    auth: Auth, request_: auth_pb2.DevLoginRequest, field: str
 ) -> None:
     _, _, stub = auth
     with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -224,7 +214,9 @@ async def test_dev_login_validates_its_input(
     assert (caught.value.details() or "").startswith(f"{field}:")
 
 
-async def test_refresh_and_logout_require_the_token_field(auth: tuple[AuthApp, MeshServer, Stub]) -> None:
+async def test_refresh_and_logout_require_the_token_field(
+    auth: Auth,
+) -> None:
     _, _, stub = auth
     for call in (
         stub.RefreshSession(auth_pb2.RefreshSessionRequest()),
@@ -237,17 +229,14 @@ async def test_refresh_and_logout_require_the_token_field(auth: tuple[AuthApp, M
 
 
 async def test_dev_login_outside_dev_is_refused(
-    start_server: Callable[..., Any], pool: asyncpg.Pool, tmp_path: Path
+    start_service: StartService, auth_database: str, tmp_path: Path
 ) -> None:
     keys_dir = tmp_path / "keys"
-    from auth.__main__ import main
-
-    assert main(["rotate-keys", "--keys-dir", str(keys_dir)]) == 0
+    rotate_keys(keys_dir, now=datetime.now(UTC), activation_delay=timedelta(0), retention=timedelta(hours=1))
     settings = AuthSettings(
-        **service_settings(tmp_path, env="prod", database_url="unused", keys_dir=keys_dir)
+        **service_settings(tmp_path, env="prod", database_url=auth_database, keys_dir=keys_dir)
     )
-    app = build_app(settings, PostgresAuthStore(pool), provider_http_client(settings))
-    server = await start_server("auth", settings, app.services(), app.verifier, public_methods=PUBLIC_METHODS)
+    server = await start_service(AUTH, settings, AuthDeps())
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         stub = Stub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as caught:

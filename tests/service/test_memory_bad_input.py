@@ -10,7 +10,7 @@ from athena.account.v1 import account_pb2
 from athena.chat.v1 import chat_pb2
 from athena.memory.v1 import memory_pb2
 from google.protobuf.duration_pb2 import Duration
-from memory_fixtures import MemoryHarness, expect_status, memory_service
+from memory_fixtures import MemoryHarness, expect_status, memory_service, start_turn_request
 
 __all__ = ["memory_service"]
 
@@ -94,21 +94,21 @@ CASES: list[tuple[str, str, Any, str]] = [
     ("memory", "GetEphemeral", memory_pb2.GetEphemeralRequest(namespace="n", key=""), "key"),
     (
         "conversations",
-        "AppendUserMessage",
-        memory_pb2.AppendUserMessageRequest(agent_id="athena", text=""),
+        "StartTurn",
+        start_turn_request(agent_id="athena", text=""),
         "text",
     ),
     (
         "conversations",
-        "AppendUserMessage",
-        memory_pb2.AppendUserMessageRequest(conversation_id="123", agent_id="athena", text="hi"),
+        "StartTurn",
+        start_turn_request(conversation_id="123", agent_id="athena", text="hi"),
         "conversation_id",
     ),
-    ("conversations", "AppendUserMessage", memory_pb2.AppendUserMessageRequest(text="hi"), "agent_id"),
+    ("conversations", "StartTurn", start_turn_request(text="hi"), "agent_id"),
     (
         "conversations",
-        "AppendUserMessage",
-        memory_pb2.AppendUserMessageRequest(agent_id="athena", text="hi", client_request_id="r" * 65),
+        "StartTurn",
+        start_turn_request(agent_id="athena", text="hi", client_request_id="r" * 65),
         "client_request_id",
     ),
     (
@@ -220,8 +220,8 @@ async def test_refused_requests_write_nothing(memory_service: MemoryHarness) -> 
             memory_service.memory.Remember(request, metadata=md), grpc.StatusCode.INVALID_ARGUMENT
         )
     await expect_status(
-        memory_service.conversations.AppendUserMessage(
-            memory_pb2.AppendUserMessageRequest(agent_id="athena", text="hi", client_request_id="r" * 65),
+        memory_service.conversations.StartTurn(
+            start_turn_request(agent_id="athena", text="hi", client_request_id="r" * 65),
             metadata=md,
         ),
         grpc.StatusCode.INVALID_ARGUMENT,

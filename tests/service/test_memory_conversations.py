@@ -9,7 +9,7 @@ import grpc
 from athena.account.v1 import account_pb2
 from athena.chat.v1 import chat_pb2
 from athena.memory.v1 import memory_pb2, memory_pb2_grpc
-from memory_fixtures import MemoryHarness, expect_status, memory_service
+from memory_fixtures import MemoryHarness, expect_status, memory_service, shipped_agents, start_turn_request
 
 from devstack.postgres import EmbeddedPostgres
 
@@ -38,8 +38,8 @@ async def test_first_user_message_starts_a_conversation_titled_after_it(
 ) -> None:
     _, md = memory_service.user()
     text = "Plan my meals for the week, I want more protein and fewer snacks in the afternoon please"
-    first = await memory_service.conversations.AppendUserMessage(
-        memory_pb2.AppendUserMessageRequest(agent_id="nutrition", text=text), metadata=md
+    first = await memory_service.conversations.StartTurn(
+        start_turn_request(agent_id="nutrition", text=text), metadata=md
     )
     assert first.conversation.id
     assert first.conversation.agent_id == "nutrition"
@@ -58,7 +58,14 @@ async def test_first_user_message_starts_a_conversation_titled_after_it(
                 name="remember_memory",
                 arguments_json='{"text": "x"}',
                 result_json='{"ok": true}',
-            )
+            ),
+            chat_pb2.ToolCallRecord(
+                call_id="c2",
+                name="handoff_to_focus",
+                arguments_json='{"reason": "planning"}',
+                result_json='{"handoff": "focus"}',
+                handoff=chat_pb2.Handoff(from_agent_id="nutrition", to_agent_id="focus", reason="planning"),
+            ),
         ],
     )
     stored = await memory_service.conversations.AppendAssistantMessage(
@@ -74,17 +81,39 @@ async def test_first_user_message_starts_a_conversation_titled_after_it(
     assert [m.role for m in got.conversation.messages] == [chat_pb2.ROLE_USER, chat_pb2.ROLE_ASSISTANT]
     assert got.conversation.messages[1].tool_calls[0].name == "remember_memory"
     assert got.conversation.messages[1].tool_calls[0].result_json == '{"ok": true}'
+    assert not got.conversation.messages[1].tool_calls[0].HasField("handoff")
+    assert got.conversation.messages[1].tool_calls[1].handoff.to_agent_id == "focus"
     last = await memory_service.conversations.GetConversation(
         memory_pb2.GetConversationRequest(conversation_id=first.conversation.id, last_messages=1), metadata=md
     )
     assert [m.content for m in last.conversation.messages] == ["Noted."]
 
+    # The next turn gets the history before its own message, and only the last messages asked for.
+    second = await memory_service.conversations.StartTurn(
+        start_turn_request(
+            agent_id="nutrition",
+            text="and on Sunday?",
+            conversation_id=first.conversation.id,
+            history_messages=1,
+        ),
+        metadata=md,
+    )
+    assert second.conversation.title == first.conversation.title
+    assert [m.content for m in second.history] == ["Noted."]
+    everything = await memory_service.conversations.StartTurn(
+        start_turn_request(
+            agent_id="nutrition", text="thanks", conversation_id=first.conversation.id, history_messages=50
+        ),
+        metadata=md,
+    )
+    assert [m.content for m in everything.history] == [text, "Noted.", "and on Sunday?"]
+
 
 async def test_retried_client_request_id_replays_the_original_message(memory_service: MemoryHarness) -> None:
     _, md = memory_service.user()
-    request = memory_pb2.AppendUserMessageRequest(agent_id="athena", text="hello", client_request_id="req-1")
-    first = await memory_service.conversations.AppendUserMessage(request, metadata=md)
-    again = await memory_service.conversations.AppendUserMessage(request, metadata=md)
+    request = start_turn_request(agent_id="athena", text="hello", client_request_id="req-1")
+    first = await memory_service.conversations.StartTurn(request, metadata=md)
+    again = await memory_service.conversations.StartTurn(request, metadata=md)
     assert again.replayed
     assert again.message.id == first.message.id
     assert again.conversation.id == first.conversation.id
@@ -94,7 +123,7 @@ async def test_retried_client_request_id_replays_the_original_message(memory_ser
     assert len(got.conversation.messages) == 1
     # The same client request id of another user is another request.
     _, other = memory_service.user()
-    theirs = await memory_service.conversations.AppendUserMessage(request, metadata=other)
+    theirs = await memory_service.conversations.StartTurn(request, metadata=other)
     assert not theirs.replayed
 
 
@@ -102,13 +131,13 @@ async def test_conversations_list_newest_first_across_pages(memory_service: Memo
     _, md = memory_service.user()
     ids = []
     for i in range(5):
-        response = await memory_service.conversations.AppendUserMessage(
-            memory_pb2.AppendUserMessageRequest(agent_id="athena", text=f"conversation {i}"), metadata=md
+        response = await memory_service.conversations.StartTurn(
+            start_turn_request(agent_id="athena", text=f"conversation {i}"), metadata=md
         )
         ids.append(response.conversation.id)
     # Activity moves a conversation to the top.
-    await memory_service.conversations.AppendUserMessage(
-        memory_pb2.AppendUserMessageRequest(conversation_id=ids[1], agent_id="athena", text="again"),
+    await memory_service.conversations.StartTurn(
+        start_turn_request(conversation_id=ids[1], agent_id="athena", text="again"),
         metadata=md,
     )
     seen: list[str] = []
@@ -129,8 +158,8 @@ async def test_conversations_list_newest_first_across_pages(memory_service: Memo
 async def test_another_users_conversation_is_not_found(memory_service: MemoryHarness) -> None:
     _, alice = memory_service.user()
     _, bob = memory_service.user()
-    started = await memory_service.conversations.AppendUserMessage(
-        memory_pb2.AppendUserMessageRequest(agent_id="athena", text="private"), metadata=alice
+    started = await memory_service.conversations.StartTurn(
+        start_turn_request(agent_id="athena", text="private"), metadata=alice
     )
     conv_id = started.conversation.id
     conversations = memory_service.conversations
@@ -141,8 +170,8 @@ async def test_another_users_conversation_is_not_found(memory_service: MemoryHar
         grpc.StatusCode.NOT_FOUND,
     )
     await expect_status(
-        conversations.AppendUserMessage(
-            memory_pb2.AppendUserMessageRequest(conversation_id=conv_id, agent_id="athena", text="hi"),
+        conversations.StartTurn(
+            start_turn_request(conversation_id=conv_id, agent_id="athena", text="hi"),
             metadata=bob,
         ),
         grpc.StatusCode.NOT_FOUND,
@@ -179,12 +208,11 @@ async def test_agent_catalog_with_per_user_enabled_state(memory_service: MemoryH
     _, bob = memory_service.user()
     agents = memory_service.agents
     service = memory_service.service_metadata
-    # The catalog is global: put back what other suites sharing this database synced.
-    previous = (await agents.ListAgents(memory_pb2.ListAgentsRequest(), metadata=alice)).definitions
+    # The catalog is global: put back the one every memory test starts with.
     try:
         await check_catalog(memory_service, agents, service, alice, bob)
     finally:
-        await agents.SyncAgents(memory_pb2.SyncAgentsRequest(agents=previous), metadata=service)
+        await agents.SyncAgents(memory_pb2.SyncAgentsRequest(agents=shipped_agents()), metadata=service)
 
 
 async def test_sync_agents_needs_the_service_key(memory_service: MemoryHarness) -> None:
@@ -216,8 +244,6 @@ async def check_catalog(
     state = {a.id: a.enabled for a in listed.agents}
     assert [state["athena"], state["nutrition"], state["focus"]] == [True, True, True]
     assert state["retired"] is False  # missing from the catalog: disabled
-    assert listed.definitions[0].system_prompt == "You are Athena."
-    assert [d.id for d in listed.definitions] == ids
 
     changed = await agents.SetAgentEnabled(
         memory_pb2.SetAgentEnabledRequest(agent_id="focus", enabled=False), metadata=alice
@@ -235,6 +261,28 @@ async def check_catalog(
     assert mine["focus"] is False
     assert theirs["focus"] is True
 
+    # A turn starts only with an agent its user may talk to; the others are the handoff candidates.
+    await expect_status(
+        memory_service.conversations.StartTurn(
+            start_turn_request(agent_id="focus", text="hi"), metadata=alice
+        ),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    )
+    await expect_status(
+        memory_service.conversations.StartTurn(
+            start_turn_request(agent_id="retired", text="hi"), metadata=alice
+        ),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    )
+    started = await memory_service.conversations.StartTurn(
+        start_turn_request(agent_id="athena", text="hi"), metadata=alice
+    )
+    assert list(started.enabled_agent_ids) == ["athena", "nutrition"]
+    started = await memory_service.conversations.StartTurn(
+        start_turn_request(agent_id="focus", text="hi"), metadata=bob
+    )
+    assert list(started.enabled_agent_ids) == ["athena", "nutrition", "focus"]
+
     await expect_status(
         agents.SetAgentEnabled(
             memory_pb2.SetAgentEnabledRequest(agent_id="nobody", enabled=True), metadata=alice
@@ -250,8 +298,8 @@ async def test_row_level_security_hides_other_users_rows_without_any_where_claus
     alice_id, alice = memory_service.user()
     bob_id, bob = memory_service.user()
     for md, who in ((alice, "alice"), (bob, "bob")):
-        await memory_service.conversations.AppendUserMessage(
-            memory_pb2.AppendUserMessageRequest(agent_id="athena", text=f"hello from {who}"), metadata=md
+        await memory_service.conversations.StartTurn(
+            start_turn_request(agent_id="athena", text=f"hello from {who}"), metadata=md
         )
         await memory_service.memory.Remember(
             memory_pb2.RememberRequest(

@@ -14,7 +14,7 @@ import pytest
 from athena.account.v1 import account_pb2
 from athena.memory.v1 import memory_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from memory_fixtures import MemoryHarness, expect_status, start_memory, stop_memory
+from memory_fixtures import MemoryHarness, expect_status, start_memory, start_turn_request
 
 from devstack.postgres import EmbeddedPostgres
 from devstack.process import free_port
@@ -69,19 +69,19 @@ async def eventually(check: Callable[[], Any], within: float = 20.0) -> Any:
 async def test_postgres_restart_answers_unavailable_then_recovers_without_a_restart(
     own_postgres: EmbeddedPostgres,
     own_valkey: EmbeddedValkey,
-    start_server: Callable[..., Any],
+    start_service: Callable[..., Any],
     verifier: TokenVerifier,
     make_token: Callable[..., str],
     tmp_path: Path,
 ) -> None:
     harness = await start_memory(
-        start_server,
+        start_service,
         verifier,
         make_token,
         tmp_path,
         own_postgres.url,
         own_valkey.url,
-        readiness_interval=0.2,
+        readiness_interval_seconds=0.2,
         **FAST_FAILING,
     )
     try:
@@ -128,25 +128,25 @@ async def test_postgres_restart_answers_unavailable_then_recovers_without_a_rest
 
         await eventually(serving, within=10)
     finally:
-        await stop_memory(harness)
+        await harness.service.stop()
 
 
 async def test_redis_down_fails_only_ephemeral_calls(
     own_postgres: EmbeddedPostgres,
     own_valkey: EmbeddedValkey,
-    start_server: Callable[..., Any],
+    start_service: Callable[..., Any],
     verifier: TokenVerifier,
     make_token: Callable[..., str],
     tmp_path: Path,
 ) -> None:
     harness = await start_memory(
-        start_server,
+        start_service,
         verifier,
         make_token,
         tmp_path,
         own_postgres.url,
         own_valkey.url,
-        readiness_interval=0.2,
+        readiness_interval_seconds=0.2,
         **FAST_FAILING,
     )
     try:
@@ -179,8 +179,8 @@ async def test_redis_down_fails_only_ephemeral_calls(
             memory_pb2.RecallRequest(query="I walk daily", agent_id="athena"), metadata=md, timeout=5
         )
         assert [r.memory.text for r in recalled.results] == ["I walk daily"]
-        await harness.conversations.AppendUserMessage(
-            memory_pb2.AppendUserMessageRequest(agent_id="athena", text="hi"), metadata=md, timeout=5
+        await harness.conversations.StartTurn(
+            start_turn_request(agent_id="athena", text="hi"), metadata=md, timeout=5
         )
         await asyncio.sleep(0.5)
         assert await health(harness) == health_pb2.HealthCheckResponse.SERVING
@@ -192,4 +192,4 @@ async def test_redis_down_fails_only_ephemeral_calls(
 
         await eventually(puts, within=10)
     finally:
-        await stop_memory(harness)
+        await harness.service.stop()

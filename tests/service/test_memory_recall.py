@@ -14,7 +14,7 @@ import pytest
 from athena.account.v1 import account_pb2
 from athena.memory.v1 import memory_pb2
 from google.protobuf.duration_pb2 import Duration
-from memory_fixtures import MemoryHarness, expect_status, memory_service, start_memory, stop_memory
+from memory_fixtures import MemoryHarness, expect_status, memory_service, start_memory
 
 from devstack.postgres import EmbeddedPostgres
 from devstack.valkey import EmbeddedValkey
@@ -124,7 +124,7 @@ async def test_threshold_is_respected_and_keyword_search_takes_over(memory_servi
 
 
 async def test_strict_threshold_sends_everything_to_keyword_stage(
-    start_server: Callable[..., Any],
+    start_service: Callable[..., Any],
     verifier: TokenVerifier,
     make_token: Callable[..., str],
     tmp_path: Path,
@@ -132,7 +132,7 @@ async def test_strict_threshold_sends_everything_to_keyword_stage(
     valkey: EmbeddedValkey,
 ) -> None:
     strict = await start_memory(
-        start_server,
+        start_service,
         verifier,
         make_token,
         tmp_path,
@@ -146,7 +146,7 @@ async def test_strict_threshold_sends_everything_to_keyword_stage(
         results = await recall(strict, md, "what is my caloric goal?")
         assert [r.stage for r in results] == [KEYWORD]
     finally:
-        await stop_memory(strict)
+        await strict.service.stop()
 
 
 async def test_recency_decides_between_equally_similar_memories(

@@ -10,7 +10,7 @@ from athena.account.v1 import account_pb2
 from athena.chat.v1 import chat_pb2
 from athena.memory.v1 import memory_pb2
 from google.protobuf.duration_pb2 import Duration
-from memory_fixtures import MemoryHarness, memory_service
+from memory_fixtures import MemoryHarness, memory_service, start_turn_request
 
 from devstack.postgres import EmbeddedPostgres
 from devstack.valkey import EmbeddedValkey
@@ -27,16 +27,9 @@ USER_TABLES = {
 
 
 async def populate(harness: MemoryHarness, md: tuple[tuple[str, str], ...], who: str) -> None:
-    # Make sure both agents exist without disabling what others sharing this database synced.
-    catalog = list((await harness.agents.ListAgents(memory_pb2.ListAgentsRequest(), metadata=md)).definitions)
-    needed = {"athena": "Athena", "nutrition": "Nutrition coach"}
-    catalog = [d for d in catalog if d.id not in needed]
-    catalog += [memory_pb2.AgentDefinition(id=i, name=name, enabled=True) for i, name in needed.items()]
-    await harness.agents.SyncAgents(
-        memory_pb2.SyncAgentsRequest(agents=catalog), metadata=harness.service_metadata
-    )
-    started = await harness.conversations.AppendUserMessage(
-        memory_pb2.AppendUserMessageRequest(agent_id="athena", text=f"hi, I am {who}"), metadata=md
+    # The harness synced the shipped catalog: athena and nutrition exist.
+    started = await harness.conversations.StartTurn(
+        start_turn_request(agent_id="athena", text=f"hi, I am {who}"), metadata=md
     )
     await harness.conversations.AppendAssistantMessage(
         memory_pb2.AppendAssistantMessageRequest(

@@ -18,24 +18,18 @@ import pytest_asyncio
 from athena.chat.v1 import chat_pb2
 from athena.memory.v1 import memory_pb2, memory_pb2_grpc
 from athena.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
-from conftest import auth_metadata, service_settings
-from memory_fixtures import MemoryHarness, start_memory, stop_memory  # type: ignore[import-not-found]
+from conftest import ServiceGroup, auth_metadata, service_settings
+from doubles.model import ScriptedModel, ScriptedReply
+from memory_fixtures import MemoryHarness, start_memory  # type: ignore[import-not-found]
 
 from devstack.postgres import EmbeddedPostgres
 from devstack.valkey import EmbeddedValkey
-from mesh.clients import channel
-from mesh.interceptors import SERVICE_KEY_HEADER
-from mesh.server import MeshServer
 from mesh.tokens import TokenVerifier
-from orchestrator.app import build_runner
-from orchestrator.catalog import Catalog, CatalogSync
-from orchestrator.memory_client import GrpcMemoryGateway
-from orchestrator.model import ChatModel, ScriptedModel, ScriptedReply
 from offline_model.server import OfflineModelServer
 from offline_model.settings import OfflineModelSettings
-from orchestrator.service import service
+from orchestrator.app import ORCHESTRATOR, OrchestratorDeps
+from orchestrator.model import ChatModel
 from orchestrator.settings import OrchestratorSettings
-from orchestrator.turn import TurnRunner
 
 CALENDAR = Path(__file__).resolve().parents[1] / "fixtures" / "calendar"
 SERVICE_KEY = "orchestrator-tests-service-key"
@@ -49,9 +43,8 @@ class Mesh:
     verifier: TokenVerifier
     memory_target: str
     base: Path
-    servers: list[MeshServer]
+    services: ServiceGroup
     channels: list[grpc.aio.Channel]
-    runners: list[TurnRunner]
 
     async def orchestrator(
         self, model: ChatModel | None = None, **overrides: Any
@@ -64,17 +57,15 @@ class Mesh:
                 OPENAI_BASE_URL=self.model.base_url,
                 OPENAI_API_KEY=None,
                 calendar_dir=CALENDAR,
+                ATHENA_SERVICE_KEY=SERVICE_KEY,
                 **overrides,
             )
         )
-        gateway_channel = channel(settings.memory_target)
-        runner = build_runner(settings, GrpcMemoryGateway(gateway_channel), model=model)
-        server = MeshServer("orchestrator", settings, [service(runner)], verifier=self.verifier)
-        await server.start()
-        client = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
-        self.servers.append(server)
-        self.channels += [gateway_channel, client]
-        self.runners.append(runner)
+        running = await self.services.start(
+            ORCHESTRATOR, settings, OrchestratorDeps(verifier=self.verifier, model=model)
+        )
+        client = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
+        self.channels.append(client)
         return orchestrator_pb2_grpc.OrchestratorServiceStub(client)
 
     def user(self) -> tuple[str, tuple[tuple[str, str], ...]]:
@@ -104,37 +95,19 @@ async def mesh(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[Mesh]:
     base = tmp_path_factory.mktemp("orchestrator")
-    started: list[MeshServer] = []
-
-    async def start_server(
-        name: str, settings: Any, services: Any, verifier: Any, **kwargs: Any
-    ) -> MeshServer:
-        server = MeshServer(name, settings, services, verifier=verifier, **kwargs)
-        await server.start()
-        started.append(server)
-        return server
-
+    services = ServiceGroup()
     memory = await start_memory(
-        start_server, verifier, make_token, base, postgres.url, valkey.url, ATHENA_SERVICE_KEY=SERVICE_KEY
+        services.start, verifier, make_token, base, postgres.url, valkey.url, ATHENA_SERVICE_KEY=SERVICE_KEY
     )
     model = OfflineModelServer(OfflineModelSettings(port=0, delay_ms=0, embedding_dimensions=384))
     await model.start()
-    target = f"127.0.0.1:{memory.server.port}"
-    # Seed the catalog as start-up does (memory takes the service key, or, before it does, any valid token).
-    sync_channel = channel(target)
-    credentials = (*auth_metadata(make_token()), (SERVICE_KEY_HEADER, SERVICE_KEY))
-    await CatalogSync(GrpcMemoryGateway(sync_channel), Catalog.load(), metadata=credentials, attempts=3).run()
-    await sync_channel.close(grace=None)
-    harness = Mesh(memory, model, make_token, verifier, target, base, [], [], [])
+    target = f"127.0.0.1:{memory.port}"
+    harness = Mesh(memory, model, make_token, verifier, target, base, services, [])
     yield harness
-    for server in harness.servers:
-        await server.drain()
-    for runner in harness.runners:
-        await runner.wait_background()
     for open_channel in harness.channels:
         await open_channel.close(grace=None)
+    await services.stop()
     await model.stop()
-    await stop_memory(memory)
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -150,8 +123,20 @@ async def run(
     conversation_id: str = "",
     deadline: float = 20.0,
 ) -> list[chat_pb2.ChatResponse]:
-    request = orchestrator_pb2.RunRequest(agent_id=agent_id, text=text, conversation_id=conversation_id)
-    return [response.event async for response in stub.Run(request, metadata=metadata, timeout=deadline)]
+    return [
+        response.event
+        async for response in stub.Run(
+            run_request(text, agent_id, conversation_id), metadata=metadata, timeout=deadline
+        )
+    ]
+
+
+def run_request(
+    text: str, agent_id: str = "athena", conversation_id: str = ""
+) -> orchestrator_pb2.RunRequest:
+    return orchestrator_pb2.RunRequest(
+        chat=chat_pb2.ChatRequest(agent_id=agent_id, text=text, conversation_id=conversation_id)
+    )
 
 
 def kinds(events: list[chat_pb2.ChatResponse]) -> list[str]:
@@ -279,9 +264,7 @@ async def test_cancelling_the_call_cancels_the_model_request_and_records_the_tur
 ) -> None:
     _, metadata = mesh.user()
     before = await mesh.stats()
-    call = orchestrator.Run(
-        orchestrator_pb2.RunRequest(agent_id="athena", text="!slow 20000 hello"), metadata=metadata
-    )
+    call = orchestrator.Run(run_request("!slow 20000 hello"), metadata=metadata)
     first = await call.read()
     assert isinstance(first, orchestrator_pb2.RunResponse)
     conversation_id = first.event.conversation_started.conversation_id
@@ -322,7 +305,7 @@ async def test_model_errors_are_retried_then_reported_as_unavailable(
     assert kinds(recovered)[-1] == "message_completed"
 
     started: list[chat_pb2.ChatResponse] = []
-    request = orchestrator_pb2.RunRequest(agent_id="athena", text=f"!fail 503 10 hi {uuid.uuid4().hex}")
+    request = run_request(f"!fail 503 10 hi {uuid.uuid4().hex}")
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         async for response in orchestrator.Run(request, metadata=metadata, timeout=20):
             started.append(response.event)

@@ -2,7 +2,7 @@
 public Chat and Account API, behind the edge in production): each is UNAUTHENTICATED, refused by the auth
 interceptor before any peer is called, and no URL a token names is ever contacted.
 
-The router runs in-process (`router.__main__.build_server`) with a real `TokenVerifier` over the test key.
+The router runs in-process (built by `router.app.ROUTER`) with a real `TokenVerifier` over the test key.
 Its peers (orchestrator, memory, auth) all point at a listener that only counts connections: a refused call
 never reaches it, and the control (a genuine token) does, then fails UNAVAILABLE because no peer answers,
 which proves the token itself was accepted.
@@ -21,12 +21,13 @@ import pytest_asyncio
 from athena.account.v1 import account_pb2, account_pb2_grpc
 from athena.chat.v1 import chat_pb2, chat_pb2_grpc
 from conftest import AUDIENCE, ISSUER, auth_metadata, service_settings
+from doubles.limit_store import InMemoryLimitStore
 from joserfc.jwk import RSAKey
 from jwt_attacks import Canary, attack_cases, attack_names, canary_listener, genuine_token
 
+from mesh.app import start
 from mesh.tokens import TokenVerifier
-from router.__main__ import build_server
-from router.peers import Peers
+from router.app import ROUTER, RouterDeps
 from router.settings import RouterSettings
 
 METHODS = ["ChatService/ListAgents", "AccountService/ListMemories"]
@@ -64,10 +65,10 @@ async def router(verifier: TokenVerifier, tmp_path_factory: pytest.TempPathFacto
             auth_target=target,
             peer_timeout_seconds=5.0,
         )
-        peers = Peers.connect(settings)
-        server = build_server(settings, peers, verifier)
-        await server.start()
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+        router = await start(
+            ROUTER, settings, RouterDeps(verifier=verifier, limit_store=InMemoryLimitStore())
+        )
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{router.port}")
         try:
             yield Router(
                 chat_pb2_grpc.ChatServiceStub(channel),
@@ -76,8 +77,7 @@ async def router(verifier: TokenVerifier, tmp_path_factory: pytest.TempPathFacto
             )
         finally:
             await channel.close(grace=None)
-            await server.drain()
-            await peers.close()
+            await router.stop()
 
 
 @pytest.fixture(scope="module")

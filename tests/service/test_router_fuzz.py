@@ -171,8 +171,8 @@ async def test_every_service_is_still_serving(mesh: RouterMesh, backend: tuple[R
     for port in (
         router.server.port,
         orchestrator.server.port,
-        mesh.memory.server.port,
-        mesh.auth_server.port,
+        mesh.memory.port,
+        mesh.auth_service.port,
     ):
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             answer = await health_pb2_grpc.HealthStub(channel).Check(

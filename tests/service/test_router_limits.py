@@ -8,6 +8,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -15,6 +16,7 @@ import pytest
 import pytest_asyncio
 import redis.asyncio as redis
 from athena.chat.v1 import chat_pb2
+from doubles.clock import FakeClock
 from joserfc.jwk import RSAKey
 from router_fixtures import (  # type: ignore[import-not-found]
     Metadata,
@@ -31,8 +33,10 @@ from router_fixtures import (  # type: ignore[import-not-found]
 from devstack.postgres import EmbeddedPostgres
 from devstack.process import free_port
 from devstack.valkey import EmbeddedValkey
-from router.limits import LimitStoreError
-from router.redis_limits import RedisLimitStore, connect
+from mesh.errors import Unavailable
+from mesh.redis import connect
+from router.app import RouterDeps
+from router.redis_limits import RedisLimitStore
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -88,7 +92,7 @@ async def test_stream_leases_are_counted_expired_and_released(
 async def test_a_store_that_cannot_reach_redis_fails_fast() -> None:
     client = connect(f"redis://127.0.0.1:{free_port()}/0", 0.5)
     started = time.monotonic()
-    with pytest.raises(LimitStoreError):
+    with pytest.raises(Unavailable):
         await RedisLimitStore(client).count_turn("someone", 1, 61)
     assert time.monotonic() - started < 2
     await client.aclose()
@@ -152,13 +156,12 @@ async def test_turns_per_minute_are_counted_across_router_replicas(
     mesh: RouterMesh, pool: tuple[Plan, list[Orchestrator]]
 ) -> None:
     _, orchestrators = pool
-    one = await mesh.start_router(orchestrators, turns_per_minute=3)
-    two = await mesh.start_router(orchestrators, turns_per_minute=3)
+    # Both replicas read one clock, 20 s into a window: the turns below fall into it, whatever the time.
+    clock = FakeClock(datetime.fromtimestamp(60 * 28_333_333 + 20, UTC))
+    one = await mesh.start_router(orchestrators, RouterDeps(clock=clock), turns_per_minute=3)
+    two = await mesh.start_router(orchestrators, RouterDeps(clock=clock), turns_per_minute=3)
     _, metadata = mesh.user()
     _, someone_else = mesh.user()
-    seconds_left = 60 - time.time() % 60
-    if seconds_left < 5:  # the turns below must fall into one window
-        await asyncio.sleep(seconds_left + 0.1)
 
     await chat(one.chat, metadata, "one")
     await chat(two.chat, metadata, "two")
@@ -168,8 +171,10 @@ async def test_turns_per_minute_are_counted_across_router_replicas(
         grpc.StatusCode.RESOURCE_EXHAUSTED,
     )
     assert "at most 3 per 60 seconds" in (refused.details() or "")
-    assert 1 <= retry_after(refused) <= 60
+    assert retry_after(refused) == 40
     await chat(two.chat, someone_else, "my own budget")
+    clock.advance(40)  # the next window
+    await chat(two.chat, metadata, "five")
 
 
 async def test_with_redis_down_turns_are_admitted_and_a_warning_logged(

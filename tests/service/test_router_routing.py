@@ -16,7 +16,7 @@ from athena.chat.v1 import chat_pb2
 from grpc_health.v1 import health_pb2
 from joserfc.jwk import RSAKey
 from router_fixtures import (  # type: ignore[import-not-found]
-    CountingOrchestrator,
+    CountingModel,
     Orchestrator,
     Plan,
     RouterMesh,
@@ -83,7 +83,7 @@ async def test_turns_are_spread_over_every_orchestrator_behind_the_target(mesh: 
 async def test_the_callers_remaining_deadline_reaches_the_orchestrator(mesh: RouterMesh) -> None:
     orchestrator = await mesh.start_orchestrator()
     router = await mesh.start_router([orchestrator])
-    counting: CountingOrchestrator = orchestrator.servicer
+    counting: CountingModel = orchestrator.servicer
     _, metadata = mesh.user()
 
     await chat(router.chat, metadata, "hello", deadline=2.0)

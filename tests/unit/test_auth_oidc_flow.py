@@ -7,13 +7,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from doubles.auth_store import MemoryAuthStore
 
 from auth.access import AccessTokenIssuer
 from auth.keys import KeyRing, generate_key
 from auth.oidc import OidcLogin, OidcProvider, _check_endpoint, pkce_challenge
 from auth.sessions import SessionManager
 from auth.settings import AuthSettings, GoogleSettings
-from auth.store import MemoryAuthStore
 from mesh.errors import Unauthenticated, Unavailable
 
 REDIRECT = "https://app.example/auth/callback"

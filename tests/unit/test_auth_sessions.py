@@ -6,6 +6,7 @@ import logging
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from doubles.auth_store import MemoryAuthStore
 
 from auth.access import AccessTokenIssuer
 from auth.keys import KeyRing, SigningKey, generate_key
@@ -17,7 +18,7 @@ from auth.sessions import (
     judge_refresh,
     normalise_email,
 )
-from auth.store import MemoryAuthStore, RefreshTokenRecord
+from auth.store import RefreshTokenRecord
 from mesh.errors import AlreadyExists, FailedPrecondition, InvalidArgument, Unauthenticated
 from mesh.tokens import StaticKeySource, TokenVerifier
 

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
+from doubles.embedder import HashingEmbedder, hashing_embedding
 
 from memory.domain import (
     MemoryRecord,
@@ -24,8 +25,7 @@ from memory.domain import (
     require_uuid,
     ttl_seconds,
 )
-from memory.embeddings import HashingEmbedder, hashing_embedding
-from memory.migrate import _rendering, render_schema
+from memory.migrate import migration_dimension, render_schema
 from memory.pagination import Cursor, decode_page_token, encode_page_token
 from memory.ranking import RankingPolicy, keyword_query
 from memory.recall import Recaller, RecallQuery
@@ -246,10 +246,9 @@ def test_settings_read_the_shared_variables(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_schema_is_rendered_with_the_configured_dimension() -> None:
-    with _rendering(1536):
-        sql = render_schema()
+    sql = render_schema(1536)
     assert "vector(1536)" in sql
     assert "{dimension}" not in sql
     assert sql.count("FORCE ROW LEVEL SECURITY") == 5
-    with pytest.raises(RuntimeError):
-        render_schema()
+    with pytest.raises(RuntimeError, match="embedding_dimension"):
+        migration_dimension()  # only inside a migration run, which sets it

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from mesh.errors import Unauthenticated, Unavailable
-from orchestrator.catalog import AgentSpec, Catalog, CatalogError, CatalogSync
+from orchestrator.app import sync_catalog
+from orchestrator.catalog import AgentSpec, Catalog, CatalogError
 from orchestrator.prompt import build_prompt, memories_message
 from orchestrator.records import HistoryMessage, Memory, Role, Scope
 
@@ -80,16 +81,18 @@ class _FlakyStore:
 async def test_the_sync_retries_until_memory_answers_and_sends_the_credentials() -> None:
     store = _FlakyStore(failures=2)
     metadata = [("x-athena-service-key", "k")]
-    await CatalogSync(store, Catalog.load(), metadata=metadata, first_delay=0.001).run()
+    assert await sync_catalog(store, Catalog.load(), metadata, within=5, first_delay=0.001)
     assert len(store.calls) == 3
     assert store.calls[-1] == (["athena", "nutrition", "focus", "sme"], (("x-athena-service-key", "k"),))
 
 
-async def test_the_sync_does_not_retry_a_refused_credential() -> None:
+async def test_the_sync_does_not_retry_a_refused_credential_and_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     store = _FlakyStore(failures=5, error=Unauthenticated("this internal method needs the service key"))
-    with pytest.raises(Unauthenticated):
-        await CatalogSync(store, Catalog.load(), first_delay=0.001).run()
+    assert not await sync_catalog(store, Catalog.load(), [], within=5, first_delay=0.001)
     assert len(store.calls) == 1
+    assert "memory refused the agent catalog" in caplog.text
 
 
 def test_memories_are_one_line_each_under_the_header() -> None:

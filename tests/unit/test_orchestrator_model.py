@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 
 import pytest
+from doubles.model import ScriptedModel, ScriptedReply
 
 from mesh.errors import DeadlineExceeded, FailedPrecondition, Unavailable
 from orchestrator.model import (
@@ -15,8 +16,6 @@ from orchestrator.model import (
     ModelTimeout,
     ModelUnavailable,
     RetryingModel,
-    ScriptedModel,
-    ScriptedReply,
     StepFinished,
     TextChunk,
 )

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from doubles.memory import InMemoryGateway
 
 from mesh.errors import Unavailable
-from orchestrator.fake_memory import InMemoryGateway
 from orchestrator.tools import (
     CsvSampleFolder,
     IcsFolderCalendar,

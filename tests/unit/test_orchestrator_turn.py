@@ -1,4 +1,4 @@
-"""The turn loop with the in-package fakes: scripted model, in-memory gateway."""
+"""The turn loop with test doubles: the scripted model and the in-memory gateway."""
 
 from __future__ import annotations
 
@@ -8,15 +8,16 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+from doubles.memory import InMemoryGateway
+from doubles.model import ScriptedModel, ScriptedReply
 
-from mesh.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
+from mesh.errors import DeadlineExceeded, FailedPrecondition, NotFound, ResourceExhausted, Unavailable
 from orchestrator import events
 from orchestrator.catalog import Catalog
-from orchestrator.fake_memory import InMemoryGateway
-from orchestrator.model import ModelRequest, ScriptedModel, ScriptedReply
-from orchestrator.records import Role, Scope
+from orchestrator.model import ModelRequest
+from orchestrator.records import NewTurn, Role, Scope
 from orchestrator.tools import build_registry
-from orchestrator.turn import CANCELLED_REASON, TurnRequest, TurnRunner
+from orchestrator.turn import CANCELLED_REASON, TurnRunner
 
 USER = "user-1"
 
@@ -36,7 +37,7 @@ def runner(catalog: Catalog, memory: InMemoryGateway, model: ScriptedModel, **kw
 
 
 async def collect(turns: TurnRunner, text: str, agent_id: str = "athena", **kwargs: Any) -> list[Any]:
-    return [event async for event in turns.run(TurnRequest(USER, agent_id, text, **kwargs))]
+    return [event async for event in turns.run(USER, NewTurn(agent_id, text, **kwargs))]
 
 
 def of_type(items: Sequence[Any], kind: type) -> list[Any]:
@@ -49,11 +50,12 @@ async def test_a_turn_stores_the_message_first_streams_and_stores_the_answer(
     model = ScriptedModel([ScriptedReply("Hello there friend")])
     turns = runner(catalog, memory, model, offline_model=True, model_name=lambda _: "athena-offline")
 
-    stream = turns.run(TurnRequest(USER, "athena", "hi"))
+    stream = turns.run(USER, NewTurn("athena", "hi"))
     started = await anext(stream)
     assert isinstance(started, events.ConversationStarted)
-    # The user message is stored before the first event, and nothing else happened yet.
-    assert memory.calls == ["agent_states", "append_user_message"]
+    # The user message is stored before the first event, in one call to memory.
+    assert memory.calls == ["start_turn"]
+    assert [m.content for m in memory.messages(started.conversation_id)] == ["hi"]
     assert (started.agent_id, started.model, started.offline_model) == ("athena", "athena-offline", True)
     rest = [event async for event in stream]
 
@@ -200,7 +202,11 @@ async def test_a_handoff_switches_the_answering_agent_and_its_memories(
     assert completed.agent_id == "focus"
     [stored] = memory.assistant_messages(turn[0].conversation_id)
     assert stored.agent_id == "focus"
-    assert [record.name for record in stored.tool_calls] == ["handoff_to_focus"]
+    [record] = stored.tool_calls
+    assert record.name == "handoff_to_focus"
+    assert record.handoff == handoff  # stored typed: clients never parse tool names
+    [call] = of_type(turn, events.ToolCallStarted)
+    assert call.handoff
     # The agent taking over answers with its own prompt and cannot hand off to itself.
     focus = catalog.get("focus")
     assert focus is not None
@@ -236,23 +242,10 @@ async def test_a_disabled_agent_refuses_the_turn_before_anything_is_stored(
     assert memory.conversations == {}
 
 
-@pytest.mark.parametrize(
-    ("request_fields", "field"),
-    [
-        ({"agent_id": "", "text": "hi"}, "agent_id"),
-        ({"agent_id": "athena", "text": "   "}, "text"),
-        ({"agent_id": "athena", "text": "x" * 32_001}, "text"),
-        ({"agent_id": "athena", "text": "hi", "client_request_id": "r" * 65}, "client_request_id"),
-    ],
-)
-async def test_bad_requests_name_the_field(
-    catalog: Catalog, memory: InMemoryGateway, request_fields: dict[str, Any], field: str
-) -> None:
-    turns = runner(catalog, memory, ScriptedModel([]))
-    with pytest.raises(InvalidArgument) as raised:
-        [event async for event in turns.run(TurnRequest(user_id=USER, **request_fields))]
-    assert raised.value.field == field
-    assert memory.conversations == {}
+async def test_an_agent_not_in_the_catalog_is_not_found(catalog: Catalog, memory: InMemoryGateway) -> None:
+    with pytest.raises(NotFound, match="ghost"):
+        await collect(runner(catalog, memory, ScriptedModel([])), "hi", agent_id="ghost")
+    assert memory.calls == []
 
 
 async def test_the_step_limit_stops_a_model_that_always_calls_tools(
@@ -262,7 +255,7 @@ async def test_the_step_limit_stops_a_model_that_always_calls_tools(
     turns = runner(catalog, memory, model, max_steps=3)
     seen: list[Any] = []
     with pytest.raises(ResourceExhausted, match="3 model steps"):
-        async for event in turns.run(TurnRequest(USER, "athena", "loop forever")):
+        async for event in turns.run(USER, NewTurn("athena", "loop forever")):
             seen.append(event)
 
     assert len(model.requests) == 3
@@ -279,10 +272,10 @@ async def test_a_model_failure_keeps_the_user_message_and_records_the_failed_tur
     model = ScriptedModel([ScriptedReply(error=Unavailable("the model failed (HTTP 503) after 3 attempts"))])
     seen: list[Any] = []
     with pytest.raises(Unavailable, match="HTTP 503"):
-        async for event in runner(catalog, memory, model).run(TurnRequest(USER, "athena", "hi")):
+        async for event in runner(catalog, memory, model).run(USER, NewTurn("athena", "hi")):
             seen.append(event)
 
-    history = await memory.history(seen[0].conversation_id, 0)
+    history = memory.messages(seen[0].conversation_id)
     assert [(m.role, m.content) for m in history] == [(Role.USER, "hi"), (Role.ASSISTANT, "")]
     assert history[1].failed
     [stored] = memory.assistant_messages(seen[0].conversation_id)
@@ -298,7 +291,7 @@ async def test_cancelling_a_turn_mid_stream_records_what_was_said(
     deltas = asyncio.Event()
 
     async def consume() -> None:
-        async for event in turns.run(TurnRequest(USER, "athena", "count")):
+        async for event in turns.run(USER, NewTurn("athena", "count")):
             seen.append(event)
             if len(of_type(seen, events.TextDelta)) == 2:
                 deltas.set()
@@ -321,7 +314,7 @@ async def test_retrying_user_message_ids_are_idempotent(catalog: Catalog, memory
     first = await collect(turns, "hi", client_request_id="req-1")
     again = await collect(turns, "hi", client_request_id="req-1")
     assert first[0].user_message_id == again[0].user_message_id
-    history = await memory.history(first[0].conversation_id, 0)
+    history = memory.messages(first[0].conversation_id)
     assert [m.content for m in history if m.role is Role.USER] == ["hi"]
 
 
@@ -342,9 +335,7 @@ async def test_deadline_from_the_model_is_reported_and_recorded(
 
     seen: list[Any] = []
     with pytest.raises(DeadlineExceeded):
-        async for event in runner(catalog, memory, ScriptedModel(script)).run(
-            TurnRequest(USER, "athena", "hi")
-        ):
+        async for event in runner(catalog, memory, ScriptedModel(script)).run(USER, NewTurn("athena", "hi")):
             seen.append(event)
     [stored] = memory.assistant_messages(seen[0].conversation_id)
     assert stored.error == "the model did not answer in time"
@@ -354,7 +345,7 @@ async def test_closing_the_stream_early_records_the_turn_as_cancelled(
     catalog: Catalog, memory: InMemoryGateway
 ) -> None:
     turns = runner(catalog, memory, ScriptedModel([ScriptedReply("one two three")]))
-    stream = turns.run(TurnRequest(USER, "athena", "hi"))
+    stream = turns.run(USER, NewTurn("athena", "hi"))
     started = await anext(stream)
     assert isinstance(await anext(stream), events.MemoriesRecalled)
     assert isinstance(await anext(stream), events.TextDelta)
@@ -364,10 +355,10 @@ async def test_closing_the_stream_early_records_the_turn_as_cancelled(
     assert (stored.content, stored.error) == ("one", CANCELLED_REASON)
 
 
-async def test_an_agent_missing_from_memorys_catalog_is_reported_as_such(
+async def test_an_agent_missing_from_memorys_catalog_is_refused(
     catalog: Catalog, memory: InMemoryGateway
 ) -> None:
     memory.agents = []
-    with pytest.raises(FailedPrecondition, match="not in memory's catalog"):
+    with pytest.raises(FailedPrecondition, match="not available"):
         await collect(runner(catalog, memory, ScriptedModel([])), "hi")
     assert memory.conversations == {}

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 
 import pytest
+from doubles.clock import FakeClock
+from doubles.limit_store import InMemoryLimitStore
 
-from mesh.errors import ResourceExhausted
-from router.limits import InMemoryLimitStore, Limiter, Limits, LimitStoreError, window_at
+from mesh.errors import ResourceExhausted, Unavailable
+from router.limits import Limiter, Limits, window_at
 
 
-class Clock:
-    def __init__(self, now: float = 1_200_020.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+def Clock(now: float = 1_200_020.0) -> FakeClock:
+    return FakeClock(datetime.fromtimestamp(now, UTC))
 
 
 class BrokenStore(InMemoryLimitStore):
@@ -29,7 +28,7 @@ class BrokenStore(InMemoryLimitStore):
     def _check(self) -> None:
         self.calls += 1
         if self.down:
-            raise LimitStoreError("ConnectionError: connection refused")
+            raise Unavailable("the rate-limit store is unavailable")
 
     async def count_turn(self, user_id: str, window: int, ttl_seconds: float) -> int:
         self._check()
@@ -56,7 +55,7 @@ def test_windows_are_numbered_from_the_epoch(now: float, index: int, retry_after
 
 
 async def test_open_streams_are_limited_and_freed_when_they_end() -> None:
-    limiter = Limiter(Limits(max_streams=2), InMemoryLimitStore(), clock=Clock())
+    limiter = Limiter(Limits(max_streams=2), InMemoryLimitStore(), Clock())
     async with limiter.stream("ada"), limiter.stream("ada"):
         with pytest.raises(ResourceExhausted) as refused:
             async with limiter.stream("ada"):
@@ -70,7 +69,7 @@ async def test_open_streams_are_limited_and_freed_when_they_end() -> None:
 
 
 async def test_a_stream_slot_is_freed_when_the_block_raises() -> None:
-    limiter = Limiter(Limits(max_streams=1), InMemoryLimitStore(), clock=Clock())
+    limiter = Limiter(Limits(max_streams=1), InMemoryLimitStore(), Clock())
     with pytest.raises(RuntimeError):
         async with limiter.stream("ada"):
             raise RuntimeError("the turn failed")
@@ -81,37 +80,37 @@ async def test_a_stream_slot_is_freed_when_the_block_raises() -> None:
 async def test_a_lease_never_released_expires() -> None:
     clock = Clock()
     store = InMemoryLimitStore()
-    limiter = Limiter(Limits(max_streams=1, stream_lease_seconds=600), store, clock=clock)
-    await store.acquire_stream("ada", "lost-on-a-dead-replica", clock.now, clock.now + 600)
+    limiter = Limiter(Limits(max_streams=1, stream_lease_seconds=600), store, clock)
+    await store.acquire_stream("ada", "lost-on-a-dead-replica", clock.time(), clock.time() + 600)
     with pytest.raises(ResourceExhausted):
         async with limiter.stream("ada"):
             pass
-    clock.now += 601
+    clock.advance(601)
     async with limiter.stream("ada"):
         pass
 
 
 async def test_turns_per_window_are_limited_with_the_time_to_the_next_window() -> None:
     clock = Clock(now=1_200_020.0)  # 20 s into a window
-    limiter = Limiter(Limits(turns_per_window=3, max_streams=10), InMemoryLimitStore(), clock=clock)
+    limiter = Limiter(Limits(turns_per_window=3, max_streams=10), InMemoryLimitStore(), clock)
     for _ in range(3):
         async with limiter.stream("ada"):
             pass
-    clock.now += 10
+    clock.advance(10)
     with pytest.raises(ResourceExhausted) as refused:
         async with limiter.stream("ada"):
             pass
     assert refused.value.retry_after == pytest.approx(30.0)
     assert "at most 3 per 60 seconds" in refused.value.message
 
-    clock.now += 30  # the next window
+    clock.advance(30)  # the next window
     async with limiter.stream("ada"):
         pass
 
 
 async def test_a_turn_refused_for_its_rate_does_not_keep_a_stream_slot() -> None:
     store = InMemoryLimitStore()
-    limiter = Limiter(Limits(turns_per_window=1, max_streams=1), store, clock=Clock())
+    limiter = Limiter(Limits(turns_per_window=1, max_streams=1), store, Clock())
     async with limiter.stream("ada"):
         pass
     with pytest.raises(ResourceExhausted):
@@ -125,7 +124,7 @@ async def test_an_unavailable_store_admits_turns_logs_a_warning_and_is_left_alon
 ) -> None:
     clock = Clock()
     store = BrokenStore()
-    limiter = Limiter(Limits(max_streams=1, outage_backoff_seconds=5), store, clock=clock)
+    limiter = Limiter(Limits(max_streams=1, outage_backoff_seconds=5), store, clock)
     with caplog.at_level(logging.WARNING, logger="router.limits"):
         async with limiter.stream("ada"), limiter.stream("ada"):  # over the limit, but admitted
             pass
@@ -133,7 +132,7 @@ async def test_an_unavailable_store_admits_turns_logs_a_warning_and_is_left_alon
     assert any("admitting chat turns without limits" in record.message for record in caplog.records)
 
     store.down = False
-    clock.now += 6
+    clock.advance(6)
     async with limiter.stream("ada"):
         with pytest.raises(ResourceExhausted):
             async with limiter.stream("ada"):
@@ -145,7 +144,7 @@ async def test_a_failing_release_is_logged_and_the_lease_left_to_expire(
 ) -> None:
     store = BrokenStore()
     store.down = False
-    limiter = Limiter(Limits(), store, clock=Clock())
+    limiter = Limiter(Limits(), store, Clock())
     with caplog.at_level(logging.WARNING, logger="router.limits"):
         async with limiter.stream("ada"):
             store.down = True
