@@ -25,7 +25,7 @@ COPY auth auth
 COPY offline_model offline_model
 # Not editable: the code is copied into the virtualenv, and /src is left behind with this stage.
 RUN /opt/athena/bin/pip install . \
- && /opt/athena/bin/python -c "import router, orchestrator, memory, auth, offline_model, athena.chat.v1.chat_pb2"
+ && /opt/athena/bin/python -c "import router, orchestrator, memory, auth, offline_model, athena.chat.v1.chat_pb2, buf.validate.validate_pb2"
 
 # --- runtime: Python, the virtualenv, an unprivileged user; no compilers, no pip cache, no sources -------
 FROM ${PYTHON_IMAGE}

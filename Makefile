@@ -25,7 +25,7 @@ $(WEB)/node_modules/.installed: $(WEB)/package.json $(WEB)/package-lock.json
 
 install: $(VENV)/.installed $(WEB)/node_modules/.installed ## Create the virtualenv and install everything
 
-WEB_SOURCES := $(shell find $(WEB)/src -type f) $(WEB)/build.mjs $(WEB)/tsconfig.json $(wildcard gen/ts/athena/*/v1/*.ts)
+WEB_SOURCES := $(shell find $(WEB)/src -type f) $(WEB)/build.mjs $(WEB)/tsconfig.json $(wildcard gen/ts/athena/*/v1/*.ts gen/ts/buf/validate/*.ts)
 $(WEB)/dist/index.html: $(WEB)/node_modules/.installed $(WEB_SOURCES)
 	cd $(WEB) && npm run --silent typecheck && node build.mjs
 
@@ -40,19 +40,19 @@ test: install web ## Run every test (unit, service, end-to-end)
 test-fast: install ## Unit and service tests only
 	$(BIN)/pytest -m "not e2e" $(PYTEST_ARGS)
 
-lint: install ## ruff, mypy, buf lint, buf breaking (against main)
+lint: install ## ruff, mypy, buf lint, buf breaking of proto/ (against main)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	cd $(WEB) && npm run --silent typecheck
 	PATH=$(CURDIR)/$(BIN):$$PATH buf lint
-	PATH=$(CURDIR)/$(BIN):$$PATH buf breaking --against '.git#branch=main'
+	PATH=$(CURDIR)/$(BIN):$$PATH buf breaking proto --against '.git#branch=main,subdir=proto'
 
 format: install ## Apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-proto: install ## Regenerate gen/ (Python and TypeScript) from proto/
+proto: install ## Regenerate gen/ (Python and TypeScript) from proto/ and third_party/
 	PATH=$(CURDIR)/$(BIN):$$PATH buf generate
 
 bench: bench-memory bench-chat ## All benchmarks (results in bench/results/)

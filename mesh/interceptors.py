@@ -5,6 +5,7 @@
 3. `MetricsInterceptor`: Prometheus counts and latency histograms per method and status.
 4. `ErrorInterceptor`: the exception tree of `mesh.errors` to statuses; anything unexpected to INTERNAL.
 5. `AuthInterceptor`: verifies the bearer token and records the principal (except on public methods).
+6. `mesh.validation.ValidationInterceptor`: checks the request against the contract's field rules.
 
 OpenTelemetry's own gRPC interceptor runs outside all of them (see `mesh.telemetry`).
 """

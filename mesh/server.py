@@ -1,6 +1,7 @@
 """The one way every AthenaOS service starts and stops.
 
-`MeshServer` builds a `grpc.aio` server with the interceptors of `mesh.interceptors` (plus OpenTelemetry's),
+`MeshServer` builds a `grpc.aio` server with the interceptors of `mesh.interceptors` (plus OpenTelemetry's
+outside them and `mesh.validation`'s inside them),
 `grpc.health.v1` with a status per service name, server reflection, keepalive and `max_connection_age`
 options, and the HTTP side port (`/metrics`). `drain` stops it: health flips to NOT_SERVING first, then
 in-flight calls get `drain_seconds` to finish. Services do not build it themselves: `mesh.app` does, from
@@ -34,6 +35,7 @@ from mesh.interceptors import (
 )
 from mesh.settings import ServiceSettings
 from mesh.tokens import TokenVerifier
+from mesh.validation import ValidationInterceptor, shared_validator
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +123,7 @@ class MeshServer:
                 self._service_methods,
                 self.settings.service_key.get_secret_value() if self.settings.service_key else None,
             ),
+            ValidationInterceptor(shared_validator()),
         ]
         server = grpc.aio.server(interceptors=interceptors, options=self._options())
         for service in self.services:

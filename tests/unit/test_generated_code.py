@@ -1,4 +1,5 @@
-"""gen/ is generated from proto/ and committed; this fails when someone changed one without the other."""
+"""gen/ is generated from proto/ (and the vendored third_party/) and committed; this fails when someone
+changed one without the other."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ def _tree(base: Path) -> dict[str, Path]:
 
 
 def test_gen_is_what_buf_generates_from_proto(tmp_path: Path) -> None:
-    for name in ("proto", "scripts"):
+    for name in ("proto", "third_party", "scripts"):
         shutil.copytree(ROOT / name, tmp_path / name)
     for name in ("buf.yaml", "buf.gen.yaml"):
         shutil.copy(ROOT / name, tmp_path / name)
