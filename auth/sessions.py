@@ -266,8 +266,7 @@ class SessionManager:
 
 
 def _check_refresh_token(refresh_token: str) -> str:
-    if not refresh_token:
-        raise InvalidArgument("refresh_token", "required")
+    """Presence is the contract's rule; a token longer than any we issue is simply not valid."""
     if len(refresh_token) > MAX_REFRESH_TOKEN_LENGTH:
         raise Unauthenticated("refresh token is not valid")
     return refresh_token

@@ -1,7 +1,9 @@
-"""The memory service's records and the validation of what callers send. No I/O, no gRPC.
+"""The memory service's records, and the checks of what callers send that the contract cannot state (the
+embedding dimension is a deployment setting; JSON must parse). No I/O, no gRPC.
 
-Validation runs before anything is written, and every failure names the request field
-(`mesh.errors.InvalidArgument(field, problem)`), so a bad request never leaves a partial write behind.
+Field rules (lengths, ids, ranges) are declared once in memory.proto and enforced before a handler runs.
+Every failure here names the request field (`mesh.errors.InvalidArgument(field, problem)`), and all of it
+runs before anything is written, so a bad request never leaves a partial write behind.
 """
 
 from __future__ import annotations
@@ -9,30 +11,15 @@ from __future__ import annotations
 import enum
 import json
 import math
-import re
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from mesh.errors import InvalidArgument
 
-MAX_MEMORY_TEXT = 4000
-"""Characters of a memory or a recall query."""
-MAX_MESSAGE_TEXT = 32000
-"""Characters of a chat message."""
-MAX_CLIENT_REQUEST_ID = 64
-MAX_EPHEMERAL_VALUE = 256 * 1024
-"""Bytes of an ephemeral value (UTF-8)."""
-MAX_EPHEMERAL_TTL_SECONDS = 24 * 3600
-MAX_K = 50
-MAX_FORGET_LIMIT = 50
 TITLE_LENGTH = 60
 """A new conversation's title is the start of its first message, at most this many characters."""
 
-_KEY = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
-_AGENT_ID = re.compile(r"[a-z0-9][a-z0-9_\-]{0,63}")
-_NAMESPACE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
 
 class Scope(enum.Enum):
@@ -224,56 +211,18 @@ class NewAssistantMessage:
 # Validators: each returns the normalised value or raises InvalidArgument naming `field_name`.
 
 
-def require_text(value: str, field_name: str, limit: int) -> str:
-    if not value.strip():
-        raise InvalidArgument(field_name, "must not be empty")
-    if len(value) > limit:
-        raise InvalidArgument(field_name, f"must be at most {limit} characters (got {len(value)})")
-    return value
 
 
-def require_uuid(value: str, field_name: str) -> str:
-    if not value:
-        raise InvalidArgument(field_name, "is required")
-    try:
-        return str(uuid.UUID(value))
-    except ValueError:
-        raise InvalidArgument(field_name, "must be a UUID") from None
 
 
-def optional_uuid(value: str, field_name: str) -> str | None:
-    return require_uuid(value, field_name) if value else None
 
 
-def require_agent_id(value: str, field_name: str = "agent_id") -> str:
-    if not value:
-        raise InvalidArgument(field_name, "is required")
-    if not _AGENT_ID.fullmatch(value):
-        raise InvalidArgument(field_name, "must be lowercase letters, digits, '_' or '-' (at most 64)")
-    if value == USER_SCOPE:
-        raise InvalidArgument(field_name, f"{USER_SCOPE!r} is reserved")
-    return value
 
 
-def optional_key(value: str, field_name: str = "key") -> str:
-    if value and not _KEY.fullmatch(value):
-        raise InvalidArgument(field_name, "must be letters, digits, '_', '-' or '.' (at most 64)")
-    return value
 
 
-def require_scope(scope: Scope | None, field_name: str = "scope") -> Scope:
-    if scope is None:
-        raise InvalidArgument(field_name, "must be MEMORY_SCOPE_USER or MEMORY_SCOPE_AGENT")
-    return scope
 
 
-def bounded_count(value: int, field_name: str, *, default: int, maximum: int) -> int:
-    """A count where 0 means `default`; anything outside 1..`maximum` is refused."""
-    if value == 0:
-        return default
-    if not 1 <= value <= maximum:
-        raise InvalidArgument(field_name, f"must be between 1 and {maximum} (or 0 for {default})")
-    return value
 
 
 def optional_embedding(
@@ -291,19 +240,12 @@ def optional_embedding(
     return tuple(values)
 
 
-def require_namespace(value: str, field_name: str = "namespace") -> str:
-    if not _NAMESPACE.fullmatch(value):
-        raise InvalidArgument(field_name, "must be 1 to 64 letters, digits, '_', '-' or '.'")
-    return value
 
 
-def require_ephemeral_key(value: str, field_name: str = "key") -> str:
-    return require_text(value, field_name, 256)
 
 
-def require_json(value: str, field_name: str, limit: int) -> str:
-    if len(value.encode()) > limit:
-        raise InvalidArgument(field_name, f"must be at most {limit} bytes")
+def require_json(value: str, field_name: str) -> str:
+    """`value` when it is JSON (its size is the contract's rule)."""
     try:
         json.loads(value)
     except ValueError:
@@ -311,22 +253,8 @@ def require_json(value: str, field_name: str, limit: int) -> str:
     return value
 
 
-def ttl_seconds(seconds: float, default: float, field_name: str = "ttl") -> float:
-    if seconds == 0:
-        return default
-    if seconds < 0:
-        raise InvalidArgument(field_name, "must not be negative")
-    if seconds > MAX_EPHEMERAL_TTL_SECONDS:
-        raise InvalidArgument(field_name, f"must be at most {MAX_EPHEMERAL_TTL_SECONDS} seconds")
-    return seconds
 
 
-def optional_client_request_id(value: str, field_name: str = "client_request_id") -> str | None:
-    if not value:
-        return None
-    if len(value) > MAX_CLIENT_REQUEST_ID:
-        raise InvalidArgument(field_name, f"must be at most {MAX_CLIENT_REQUEST_ID} characters")
-    return value
 
 
 def conversation_title(text: str) -> str:
@@ -342,26 +270,11 @@ def conversation_title(text: str) -> str:
 def validate_tool_calls(
     calls: Sequence[ToolCall], field_name: str = "message.tool_calls"
 ) -> tuple[ToolCall, ...]:
-    seen: set[str] = set()
+    """The calls, when their arguments and results are JSON (names, sizes and unique ids are the
+    contract's rules)."""
     for index, call in enumerate(calls):
-        where = f"{field_name}[{index}]"
-        if not call.name:
-            raise InvalidArgument(f"{where}.name", "is required")
-        if call.call_id in seen:
-            raise InvalidArgument(f"{where}.call_id", "must be unique within the message")
-        seen.add(call.call_id)
         for name, value in (("arguments_json", call.arguments_json), ("result_json", call.result_json)):
             if value:
-                require_json(value, f"{where}.{name}", MAX_EPHEMERAL_VALUE)
+                require_json(value, f"{field_name}[{index}].{name}")
     return tuple(calls)
 
-
-def validate_catalog(agents: Sequence[AgentDefinition]) -> tuple[AgentDefinition, ...]:
-    seen: set[str] = set()
-    for index, agent in enumerate(agents):
-        require_agent_id(agent.id, f"agents[{index}].id")
-        if agent.id in seen:
-            raise InvalidArgument(f"agents[{index}].id", f"{agent.id!r} appears twice")
-        seen.add(agent.id)
-        require_text(agent.name, f"agents[{index}].name", 200)
-    return tuple(agents)

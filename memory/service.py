@@ -1,8 +1,10 @@
-"""The servicers of memory.proto: proto in → validation and domain → proto out.
+"""The servicers of memory.proto: proto in → domain → proto out.
 
 The user is always the verified caller (`mesh.context.principal()`), never a field of the request.
-Everything is validated before anything is written; errors are `mesh.errors` exceptions, turned into
-statuses by the shared ErrorInterceptor.
+Field rules (lengths, ids, ranges) are the contract's and were checked before a handler runs
+(`mesh.validation`); what remains here are rules that depend on this deployment or on meaning (the
+embedding dimension, JSON values, the role of a stored answer). Everything is checked before anything is
+written; errors are `mesh.errors` exceptions, turned into statuses by the shared ErrorInterceptor.
 """
 
 from __future__ import annotations
@@ -13,34 +15,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from athena.chat.v1 import chat_pb2
 from athena.memory.v1 import memory_pb2, memory_pb2_grpc
 
 from memory import convert
 from memory.domain import (
-    MAX_EPHEMERAL_VALUE,
-    MAX_FORGET_LIMIT,
-    MAX_K,
-    MAX_MEMORY_TEXT,
-    MAX_MESSAGE_TEXT,
     ConversationRecord,
     MemoryRecord,
     NewAssistantMessage,
     NewMemory,
     NewTurn,
     UserAgent,
-    bounded_count,
     optional_embedding,
-    optional_key,
-    optional_uuid,
-    require_agent_id,
-    require_ephemeral_key,
     require_json,
-    require_namespace,
-    require_scope,
-    require_text,
-    require_uuid,
-    ttl_seconds,
-    validate_catalog,
     validate_tool_calls,
 )
 from memory.embeddings import Embedder
@@ -54,7 +41,6 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 _MEMORY_PAGE = "memories"
 _CONVERSATION_PAGE = "conversations"
-_MAX_ERROR_TEXT = 4000
 
 
 def caller_id() -> str:
@@ -94,11 +80,14 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         self, request: memory_pb2.RememberRequest, context: Context
     ) -> memory_pb2.RememberResponse:
         user_id = caller_id()
+        scope = convert.scope_from_proto(request.scope)
+        if scope is None:  # the contract allows only defined scopes; this build may not know a new one
+            raise InvalidArgument("scope", "is not a scope this service knows")
         memory = NewMemory(
-            text=require_text(request.text, "text", MAX_MEMORY_TEXT),
-            scope=require_scope(convert.scope_from_proto(request.scope)),
-            agent_id=require_agent_id(request.agent_id),
-            key=optional_key(request.key),
+            text=request.text,
+            scope=scope,
+            agent_id=request.agent_id,
+            key=request.key,
             embedding=optional_embedding(request.embedding, self._defaults.dimension),
         )
         embedding = memory.embedding
@@ -107,43 +96,38 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         record, created = await self._store.upsert(user_id, memory, embedding)
         return memory_pb2.RememberResponse(memory=convert.memory_to_proto(record), created=created)
 
-    def _recall_query(self, text: str, field: str, agent_id: str, k: int, embedding: Any = ()) -> RecallQuery:
+    def _recall_query(self, text: str, agent_id: str, k: int, embedding: Any = ()) -> RecallQuery:
         return RecallQuery(
-            text=require_text(text, field, MAX_MEMORY_TEXT),
-            agent_id=require_agent_id(agent_id),
+            text=text,
+            agent_id=agent_id,
             k=k,
             embedding=optional_embedding(embedding, self._defaults.dimension),
         )
 
     async def Recall(self, request: memory_pb2.RecallRequest, context: Context) -> memory_pb2.RecallResponse:
         user_id = caller_id()
-        k = bounded_count(request.k, "k", default=self._defaults.recall_k, maximum=MAX_K)
-        query = self._recall_query(request.query, "query", request.agent_id, k, request.embedding)
+        k = request.k or self._defaults.recall_k
+        query = self._recall_query(request.query, request.agent_id, k, request.embedding)
         hits = await self._recaller.recall(user_id, query)
         return memory_pb2.RecallResponse(results=[convert.hit_to_proto(hit) for hit in hits])
 
     async def Forget(self, request: memory_pb2.ForgetRequest, context: Context) -> memory_pb2.ForgetResponse:
         user_id = caller_id()
-        target = request.WhichOneof("target")
-        if target == "memory_id":
-            memory_id = require_uuid(request.memory_id, "memory_id")
-            forgotten = await self._store.delete(user_id, [memory_id])
+        if request.WhichOneof("target") == "memory_id":
+            forgotten = await self._store.delete(user_id, [request.memory_id])
             if not forgotten:
                 raise NotFound("memory not found")
-        elif target == "query":
-            limit = bounded_count(request.limit, "limit", default=1, maximum=MAX_FORGET_LIMIT)
-            query = self._recall_query(request.query, "query", request.agent_id, limit)
+        else:  # the contract requires one of the two
+            query = self._recall_query(request.query, request.agent_id, request.limit or 1)
             hits = await self._recaller.recall(user_id, query)
             forgotten = await self._store.delete(user_id, [hit.memory.id for hit in hits])
-        else:
-            raise InvalidArgument("target", "set memory_id or query")
         return memory_pb2.ForgetResponse(forgotten_ids=forgotten)
 
     async def ListMemories(
         self, request: memory_pb2.ListMemoriesRequest, context: Context
     ) -> memory_pb2.ListMemoriesResponse:
         user_id = caller_id()
-        size = bounded_count(request.page_size, "page_size", default=50, maximum=100)
+        size = request.page_size or 50
         after = decode_page_token(request.page_token, _MEMORY_PAGE)
         memories = await self._store.list(user_id, size + 1, after)
         next_token = _next_token(_MEMORY_PAGE, memories, size, lambda m: Cursor(m.created_at, m.id))
@@ -155,20 +139,16 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         self, request: memory_pb2.PutEphemeralRequest, context: Context
     ) -> memory_pb2.PutEphemeralResponse:
         user_id = caller_id()
-        namespace = require_namespace(request.namespace)
-        key = require_ephemeral_key(request.key)
-        value = require_json(request.value_json, "value_json", MAX_EPHEMERAL_VALUE)
-        ttl = ttl_seconds(request.ttl.seconds + request.ttl.nanos / 1e9, self._defaults.ephemeral_ttl_seconds)
-        await self._ephemeral.put(user_id, namespace, key, value, ttl)
+        value = require_json(request.value_json, "value_json")
+        ttl = request.ttl.ToTimedelta().total_seconds() or self._defaults.ephemeral_ttl_seconds
+        await self._ephemeral.put(user_id, request.namespace, request.key, value, ttl)
         return memory_pb2.PutEphemeralResponse()
 
     async def GetEphemeral(
         self, request: memory_pb2.GetEphemeralRequest, context: Context
     ) -> memory_pb2.GetEphemeralResponse:
         user_id = caller_id()
-        value = await self._ephemeral.get(
-            user_id, require_namespace(request.namespace), require_ephemeral_key(request.key)
-        )
+        value = await self._ephemeral.get(user_id, request.namespace, request.key)
         if value is None:
             return memory_pb2.GetEphemeralResponse(found=False)
         return memory_pb2.GetEphemeralResponse(found=True, value_json=value)
@@ -203,23 +183,16 @@ class ConversationServicer(memory_pb2_grpc.ConversationServiceServicer):
         self, request: memory_pb2.AppendAssistantMessageRequest, context: Context
     ) -> memory_pb2.AppendAssistantMessageResponse:
         user_id = caller_id()
-        conversation_id = require_uuid(request.conversation_id, "conversation_id")
-        if not request.HasField("message"):
-            raise InvalidArgument("message", "is required")
         message = request.message
-        if message.role not in (0, 2):  # ROLE_UNSPECIFIED or ROLE_ASSISTANT
-            raise InvalidArgument("message.role", "must be ROLE_ASSISTANT")
+        if message.role == chat_pb2.ROLE_USER:
+            raise InvalidArgument("message.role", "must be ROLE_ASSISTANT (user messages start a turn)")
         status = convert.status_from_proto(message.status)
         if status is None:
-            raise InvalidArgument("message.status", "is not a known status")
-        if len(message.content) > MAX_MESSAGE_TEXT:
-            raise InvalidArgument("message.content", f"must be at most {MAX_MESSAGE_TEXT} characters")
-        if len(message.error) > _MAX_ERROR_TEXT:
-            raise InvalidArgument("message.error", f"must be at most {_MAX_ERROR_TEXT} characters")
+            raise InvalidArgument("message.status", "is not a status this service knows")
         new = NewAssistantMessage(
-            conversation_id=conversation_id,
-            message_id=optional_uuid(message.id, "message.id") or str(uuid.uuid4()),
-            agent_id=require_agent_id(message.agent_id, "message.agent_id"),
+            conversation_id=request.conversation_id,
+            message_id=message.id or str(uuid.uuid4()),
+            agent_id=message.agent_id,
             content=message.content,
             tool_calls=validate_tool_calls([convert.tool_call_from_proto(c) for c in message.tool_calls]),
             status=status,
@@ -232,7 +205,7 @@ class ConversationServicer(memory_pb2_grpc.ConversationServiceServicer):
         self, request: memory_pb2.ListConversationsRequest, context: Context
     ) -> memory_pb2.ListConversationsResponse:
         user_id = caller_id()
-        size = bounded_count(request.page_size, "page_size", default=20, maximum=100)
+        size = request.page_size or 20
         after = decode_page_token(request.page_token, _CONVERSATION_PAGE)
         conversations = await self._store.list(user_id, size + 1, after)
         next_token = _next_token(
@@ -247,17 +220,14 @@ class ConversationServicer(memory_pb2_grpc.ConversationServiceServicer):
         self, request: memory_pb2.GetConversationRequest, context: Context
     ) -> memory_pb2.GetConversationResponse:
         user_id = caller_id()
-        conversation_id = require_uuid(request.conversation_id, "conversation_id")
-        if request.last_messages < 0:
-            raise InvalidArgument("last_messages", "must not be negative")
-        conversation = await self._store.get(user_id, conversation_id, request.last_messages)
+        conversation = await self._store.get(user_id, request.conversation_id, request.last_messages)
         return memory_pb2.GetConversationResponse(conversation=convert.conversation_to_proto(conversation))
 
     async def DeleteConversation(
         self, request: memory_pb2.DeleteConversationRequest, context: Context
     ) -> memory_pb2.DeleteConversationResponse:
         user_id = caller_id()
-        await self._store.delete(user_id, require_uuid(request.conversation_id, "conversation_id"))
+        await self._store.delete(user_id, request.conversation_id)
         return memory_pb2.DeleteConversationResponse()
 
 
@@ -269,8 +239,7 @@ class AgentServicer(memory_pb2_grpc.AgentServiceServicer):
         self, request: memory_pb2.SyncAgentsRequest, context: Context
     ) -> memory_pb2.SyncAgentsResponse:
         # Acts for no user: the interceptor admitted the caller by the deployment's service key.
-        agents = validate_catalog([convert.agent_from_proto(a) for a in request.agents])
-        await self._store.sync(agents)
+        await self._store.sync([convert.agent_from_proto(a) for a in request.agents])
         return memory_pb2.SyncAgentsResponse()
 
     async def ListAgents(
@@ -283,7 +252,7 @@ class AgentServicer(memory_pb2_grpc.AgentServiceServicer):
         self, request: memory_pb2.SetAgentEnabledRequest, context: Context
     ) -> memory_pb2.SetAgentEnabledResponse:
         user_id = caller_id()
-        agent = await self._store.set_enabled(user_id, require_agent_id(request.agent_id), request.enabled)
+        agent = await self._store.set_enabled(user_id, request.agent_id, request.enabled)
         return memory_pb2.SetAgentEnabledResponse(agent=convert.user_agent_to_proto(agent))
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -45,8 +46,10 @@ def check(validator: protovalidate.Validator, message: Message) -> None:
     type has no rules passes at once (under a microsecond).
 
     The field is named by its dotted path from `message`: `text`, `chat.text`, `tags[2]`,
-    `message.tool_calls[0].name`, `labels["colour"]`. A rule on `message` as a whole (a message-level
-    `cel` or `oneof` rule) names the message type instead, for example `ChatRequest`.
+    `message.tool_calls[0].name`, `labels["colour"]`. A rule on a message as a whole (a message-level
+    `cel` rule) names the field it is about by starting its message with it (`"agent_id: is required to
+    forget by query"` on ForgetRequest reads `agent_id: ...`, on a nested message `chat.agent_id: ...`);
+    one that names no field is reported under the message type, for example `ChatRequest`.
 
     Raises:
         InvalidArgument: the message breaks a rule.
@@ -57,8 +60,17 @@ def check(validator: protovalidate.Validator, message: Message) -> None:
     if not violations:
         return
     violation = violations[0].proto
+    path = field_path(violation.field)
     problem = violation.message or f"breaks rule {violation.rule_id}"
-    raise InvalidArgument(field_path(violation.field) or message.DESCRIPTOR.name, problem)
+    named = _NAMED_FIELD.match(problem)
+    if (violation.rule is None or not violation.rule.elements) and named:  # a message-level rule naming the field it is about
+        field, problem = named.group(1), named.group(2)
+        path = f"{path}.{field}" if path else field
+    raise InvalidArgument(path or message.DESCRIPTOR.name, problem)
+
+
+_NAMED_FIELD = re.compile(r"^([A-Za-z_][\w.\[\]\"]*): (.+)$", re.DOTALL)
+"""A message-level rule's message that starts with the field it is about: `agent_id: is required ...`."""
 
 
 def field_path(path: FieldPathPb | None) -> str:

@@ -14,11 +14,12 @@ from athena.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from mesh.app import Assembly, Deps, ServiceApp
 from mesh.clients import service_call
 from mesh.context import time_remaining
-from mesh.errors import AthenaError, DeadlineExceeded, Unavailable
+from mesh.errors import AthenaError, DeadlineExceeded, InvalidArgument, Unavailable
 from mesh.retry import until_reachable
 from mesh.server import Service
-from orchestrator.catalog import Catalog
-from orchestrator.memory_client import GrpcMemoryGateway
+from mesh.validation import check, shared_validator
+from orchestrator.catalog import Catalog, CatalogError
+from orchestrator.memory_client import GrpcMemoryGateway, sync_request
 from orchestrator.model import ChatModel, OpenAIChatModel, RetryingModel
 from orchestrator.ports import AgentStore, MemoryGateway
 from orchestrator.service import OrchestratorServicer
@@ -71,6 +72,16 @@ def tool_registry(settings: OrchestratorSettings) -> ToolRegistry:
     )
 
 
+def checked(catalog: Catalog) -> Catalog:
+    """`catalog` when every agent keeps the contract's rules for agent definitions (an agent id's form,
+    a name's length), else `CatalogError` naming the entry, for example "agents[2].id: ..."."""
+    try:
+        check(shared_validator(), sync_request(list(catalog)))
+    except InvalidArgument as exc:
+        raise CatalogError(f"the agent catalog breaks a rule: {exc.message}") from exc
+    return catalog
+
+
 async def sync_catalog(
     store: AgentStore,
     catalog: Catalog,
@@ -101,7 +112,7 @@ async def sync_catalog(
 
 
 async def build(settings: OrchestratorSettings, deps: OrchestratorDeps) -> Assembly:
-    catalog = deps.catalog or Catalog.load(settings.catalog_path)
+    catalog = checked(deps.catalog or Catalog.load(settings.catalog_path))
     # Channels connect lazily: one a test replaced both uses of costs nothing.
     gateway = GrpcMemoryGateway(deps.channel(settings.memory_target), timeout=settings.memory_timeout_seconds)
     memory = deps.memory or gateway

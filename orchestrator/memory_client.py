@@ -157,22 +157,31 @@ class GrpcMemoryGateway:
 
     async def sync_agents(self, agents: Sequence[AgentSpec], credentials: Sequence[tuple[str, str]]) -> None:
         """Replaces memory's catalog. Runs at start-up, outside any call: `credentials` is the metadata."""
-        request = memory_pb2.SyncAgentsRequest(
-            agents=[
-                memory_pb2.AgentDefinition(
-                    id=agent.id,
-                    name=agent.name,
-                    description=agent.description,
-                    system_prompt=agent.system_prompt,
-                    user_prompt=agent.user_prompt,
-                    model=agent.model,
-                    accent_token=agent.accent_token,
-                    enabled=agent.enabled,
-                )
-                for agent in agents
-            ]
+        await call(
+            self._agents.SyncAgents,
+            sync_request(agents),
+            timeout_seconds=self._timeout,
+            metadata=credentials,
         )
-        await call(self._agents.SyncAgents, request, timeout_seconds=self._timeout, metadata=credentials)
+
+
+def sync_request(agents: Sequence[AgentSpec]) -> memory_pb2.SyncAgentsRequest:
+    """The catalog as memory's SyncAgents takes it (and as its field rules judge it)."""
+    return memory_pb2.SyncAgentsRequest(
+        agents=[
+            memory_pb2.AgentDefinition(
+                id=agent.id,
+                name=agent.name,
+                description=agent.description,
+                system_prompt=agent.system_prompt,
+                user_prompt=agent.user_prompt,
+                model=agent.model,
+                accent_token=agent.accent_token,
+                enabled=agent.enabled,
+            )
+            for agent in agents
+        ]
+    )
 
 
 def _history(message: chat_pb2.Message) -> HistoryMessage:

@@ -22,7 +22,7 @@ from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import aclosing, suppress
 from dataclasses import dataclass, field, replace
 
-from mesh.errors import AthenaError, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from mesh.errors import AthenaError, FailedPrecondition, NotFound, ResourceExhausted
 from orchestrator import prompt
 from orchestrator.catalog import AgentSpec, Catalog
 from orchestrator.events import (
@@ -157,8 +157,6 @@ class TurnRunner:
             recall.cancel()  # a no-op once awaited; stops it when the turn ends before that
 
     def _agent(self, agent_id: str) -> AgentSpec:
-        if not agent_id:
-            raise InvalidArgument("agent_id", "is required")
         agent = self._catalog.get(agent_id)
         if agent is None:
             raise NotFound(f"agent {agent_id!r} does not exist")

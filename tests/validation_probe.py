@@ -29,16 +29,17 @@ package athena.probe.v1;
 import "buf/validate/validate.proto";
 
 // Predefined rules extend buf.validate's rule messages, which only a proto2 (or editions) file may do.
-// In the expressions, `this` is the field's value and `rule` the value the field sets the rule to.
+// In the expressions, `this` is the field's value and `rule` the value the field sets the rule to. The
+// extension numbers differ from athena.rules.v1's: one validator serves every message of a process.
 extend buf.validate.StringRules {
   // An agent id: a lowercase letter, then at most 31 lowercase letters, digits, '-' or '_'.
-  optional bool agent_id = 80048952 [(buf.validate.predefined).cel = {
+  optional bool agent_id = 80049952 [(buf.validate.predefined).cel = {
     id: "string.agent_id"
     message: "must be an agent id: a lowercase letter, then at most 31 lowercase letters, digits, - or _"
     expression: "!rule || this.matches('^[a-z][a-z0-9_-]{0,31}$')"
   }];
   // Text a person wrote: not blank, and no NUL character (PostgreSQL cannot store one).
-  optional bool plain_text = 80048953 [
+  optional bool plain_text = 80049953 [
     (buf.validate.predefined).cel = {
       id: "string.plain_text.blank"
       message: "must not be blank"

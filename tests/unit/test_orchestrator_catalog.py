@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from mesh.errors import Unauthenticated, Unavailable
-from orchestrator.app import sync_catalog
+from orchestrator.app import checked, sync_catalog
 from orchestrator.catalog import AgentSpec, Catalog, CatalogError
 from orchestrator.prompt import build_prompt, memories_message
 from orchestrator.records import HistoryMessage, Memory, Role, Scope
@@ -55,7 +55,7 @@ def test_malformed_catalogs_are_refused_with_the_field(document: Any, problem: s
     with pytest.raises(
         CatalogError, match=problem.replace("[", r"\[").replace("]", r"\]").replace("{", r"\{")
     ):
-        Catalog.parse(document)
+        checked(Catalog.parse(document))  # the form of each entry, then the contract's field rules
 
 
 def test_a_catalog_file_can_replace_the_shipped_one(tmp_path: Path) -> None:

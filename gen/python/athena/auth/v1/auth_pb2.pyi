@@ -321,7 +321,7 @@ class DevLoginRequest(_message.Message):
     email: _builtins.str
     """Email address of the account to sign in as; created on first use."""
     display_name: _builtins.str
-    """Optional display name; defaults to the part of the email before "@"."""
+    """Optional display name (at most 200 characters); defaults to the part of the email before "@"."""
     def __init__(
         self,
         *,

@@ -124,9 +124,9 @@ class ToolCallRecord(_message.Message):
     name: _builtins.str
     """Tool name, for example "remember_memory"."""
     arguments_json: _builtins.str
-    """The arguments as a JSON object."""
+    """The arguments as a JSON object, at most 256 KiB."""
     result_json: _builtins.str
-    """The result the model saw, as JSON."""
+    """The result the model saw, as JSON, at most 256 KiB."""
     is_error: _builtins.bool
     """Whether the tool failed (the result then describes the error)."""
     @_builtins.property
@@ -172,14 +172,14 @@ class Message(_message.Message):
     agent_id: _builtins.str
     """The agent that answered (assistant messages) or was addressed (user messages)."""
     content: _builtins.str
-    """The text."""
+    """The text, at most 200,000 characters."""
     status: Global___MessageStatus.ValueType
     """Whether it finished."""
     error: _builtins.str
-    """For failed messages, why the turn stopped."""
+    """For failed messages, why the turn stopped (at most 4,000 characters)."""
     @_builtins.property
     def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToolCallRecord]:
-        """Tool calls made while writing this message, in order."""
+        """Tool calls made while writing this message, in order (at most 64, ids unique)."""
 
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
@@ -357,12 +357,12 @@ class ChatRequest(_message.Message):
     agent_id: _builtins.str
     """The agent to talk to."""
     conversation_id: _builtins.str
-    """Continue this conversation; empty starts a new one."""
+    """Continue this conversation (a UUID); empty starts a new one."""
     text: _builtins.str
-    """The message, 1 to 32,000 characters."""
+    """The message, 1 to 32,000 characters, not blank."""
     client_request_id: _builtins.str
-    """Optional client-chosen id (at most 64 characters) making the call safe to retry: a retried request with
-    the same id does not store the message twice.
+    """Optional client-chosen id (at most 64 letters, digits and . _ : -) making the call safe to retry: a
+    retried request with the same id does not store the message twice.
     """
     def __init__(
         self,

@@ -63,7 +63,7 @@ class AgentDefinition(_message.Message):
     id: _builtins.str
     """Stable id, for example "nutrition"."""
     name: _builtins.str
-    """Display name."""
+    """Display name (1 to 200 characters)."""
     description: _builtins.str
     """One sentence on what the agent helps with."""
     system_prompt: _builtins.str
@@ -277,7 +277,7 @@ class ForgetRequest(_message.Message):
     query: _builtins.str
     """The memories Recall would return first for this text (at most `limit`)."""
     agent_id: _builtins.str
-    """The agent asking; limits query forgetting to what it can see."""
+    """The agent asking; limits query forgetting to what it can see (required with `query`)."""
     limit: _builtins.int
     """For query forgetting, how many memories at most (1 to 50; 0 means 1)."""
     def __init__(
@@ -387,14 +387,14 @@ class PutEphemeralRequest(_message.Message):
     VALUE_JSON_FIELD_NUMBER: _builtins.int
     TTL_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
-    """Kind of value, for example "calendar_freebusy" or "wearable_stats"."""
+    """Kind of value (1 to 64 letters, digits, "_", "-", "."), for example "calendar_freebusy"."""
     key: _builtins.str
-    """Key within the namespace, for example the requested time range."""
+    """Key within the namespace (1 to 256 characters), for example the requested time range."""
     value_json: _builtins.str
     """The value (JSON), at most 256 KiB."""
     @_builtins.property
     def ttl(self) -> _duration_pb2.Duration:
-        """Time to live; zero means the default of 5 minutes."""
+        """Time to live, at most a day; zero means the default of 5 minutes."""
 
     def __init__(
         self,
@@ -490,7 +490,7 @@ class StartTurnRequest(_message.Message):
     CHAT_FIELD_NUMBER: _builtins.int
     HISTORY_MESSAGES_FIELD_NUMBER: _builtins.int
     history_messages: _builtins.int
-    """How many messages before this one to return as history, oldest first (0: none)."""
+    """How many messages before this one to return as history, oldest first (0 to 200; 0: none)."""
     @_builtins.property
     def chat(self) -> _chat_pb2.ChatRequest:
         """The person's request (agent, conversation to continue or none, text, client request id). A second
@@ -763,7 +763,7 @@ class SyncAgentsRequest(_message.Message):
     AGENTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def agents(self) -> _containers.RepeatedCompositeFieldContainer[Global___AgentDefinition]:
-        """The whole catalog; agents missing from it are marked disabled."""
+        """The whole catalog; agents missing from it are marked disabled. Ids are unique."""
 
     def __init__(
         self,

@@ -23,19 +23,22 @@ _sym_db = _symbol_database.Default()
 
 
 from athena.chat.v1 import chat_pb2 as athena_dot_chat_dot_v1_dot_chat__pb2
+from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)athena/orchestrator/v1/orchestrator.proto\x12\x16\x61thena.orchestrator.v1\x1a\x19\x61thena/chat/v1/chat.proto\"\x89\x01\n\nRunRequest\x12/\n\x04\x63hat\x18\x05 \x01(\x0b\x32\x1b.athena.chat.v1.ChatRequestR\x04\x63hatJ\x04\x08\x01\x10\x02J\x04\x08\x02\x10\x03J\x04\x08\x03\x10\x04J\x04\x08\x04\x10\x05R\x08\x61gent_idR\x0f\x63onversation_idR\x04textR\x11\x63lient_request_id\"A\n\x0bRunResponse\x12\x32\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1c.athena.chat.v1.ChatResponseR\x05\x65vent2g\n\x13OrchestratorService\x12P\n\x03Run\x12\".athena.orchestrator.v1.RunRequest\x1a#.athena.orchestrator.v1.RunResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)athena/orchestrator/v1/orchestrator.proto\x12\x16\x61thena.orchestrator.v1\x1a\x19\x61thena/chat/v1/chat.proto\x1a\x1b\x62uf/validate/validate.proto\"\x91\x01\n\nRunRequest\x12\x37\n\x04\x63hat\x18\x05 \x01(\x0b\x32\x1b.athena.chat.v1.ChatRequestB\x06\xbaH\x03\xc8\x01\x01R\x04\x63hatJ\x04\x08\x01\x10\x02J\x04\x08\x02\x10\x03J\x04\x08\x03\x10\x04J\x04\x08\x04\x10\x05R\x08\x61gent_idR\x0f\x63onversation_idR\x04textR\x11\x63lient_request_id\"A\n\x0bRunResponse\x12\x32\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1c.athena.chat.v1.ChatResponseR\x05\x65vent2g\n\x13OrchestratorService\x12P\n\x03Run\x12\".athena.orchestrator.v1.RunRequest\x1a#.athena.orchestrator.v1.RunResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'athena.orchestrator.v1.orchestrator_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RUNREQUEST']._serialized_start=97
-  _globals['_RUNREQUEST']._serialized_end=234
-  _globals['_RUNRESPONSE']._serialized_start=236
-  _globals['_RUNRESPONSE']._serialized_end=301
-  _globals['_ORCHESTRATORSERVICE']._serialized_start=303
-  _globals['_ORCHESTRATORSERVICE']._serialized_end=406
+  _globals['_RUNREQUEST'].fields_by_name['chat']._loaded_options = None
+  _globals['_RUNREQUEST'].fields_by_name['chat']._serialized_options = b'\272H\003\310\001\001'
+  _globals['_RUNREQUEST']._serialized_start=126
+  _globals['_RUNREQUEST']._serialized_end=271
+  _globals['_RUNRESPONSE']._serialized_start=273
+  _globals['_RUNRESPONSE']._serialized_end=338
+  _globals['_ORCHESTRATORSERVICE']._serialized_start=340
+  _globals['_ORCHESTRATORSERVICE']._serialized_end=443
 # @@protoc_insertion_point(module_scope)

@@ -6,13 +6,14 @@ import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegen
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { ChatRequest, ChatResponse } from "../../chat/v1/chat_pb";
 import { file_athena_chat_v1_chat } from "../../chat/v1/chat_pb";
+import { file_buf_validate_validate } from "../../../buf/validate/validate_pb";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file athena/orchestrator/v1/orchestrator.proto.
  */
 export const file_athena_orchestrator_v1_orchestrator: GenFile = /*@__PURE__*/
-  fileDesc("CilhdGhlbmEvb3JjaGVzdHJhdG9yL3YxL29yY2hlc3RyYXRvci5wcm90bxIWYXRoZW5hLm9yY2hlc3RyYXRvci52MSKDAQoKUnVuUmVxdWVzdBIpCgRjaGF0GAUgASgLMhsuYXRoZW5hLmNoYXQudjEuQ2hhdFJlcXVlc3RKBAgBEAJKBAgCEANKBAgDEARKBAgEEAVSCGFnZW50X2lkUg9jb252ZXJzYXRpb25faWRSBHRleHRSEWNsaWVudF9yZXF1ZXN0X2lkIjoKC1J1blJlc3BvbnNlEisKBWV2ZW50GAEgASgLMhwuYXRoZW5hLmNoYXQudjEuQ2hhdFJlc3BvbnNlMmcKE09yY2hlc3RyYXRvclNlcnZpY2USUAoDUnVuEiIuYXRoZW5hLm9yY2hlc3RyYXRvci52MS5SdW5SZXF1ZXN0GiMuYXRoZW5hLm9yY2hlc3RyYXRvci52MS5SdW5SZXNwb25zZTABYgZwcm90bzM", [file_athena_chat_v1_chat]);
+  fileDesc("CilhdGhlbmEvb3JjaGVzdHJhdG9yL3YxL29yY2hlc3RyYXRvci5wcm90bxIWYXRoZW5hLm9yY2hlc3RyYXRvci52MSKLAQoKUnVuUmVxdWVzdBIxCgRjaGF0GAUgASgLMhsuYXRoZW5hLmNoYXQudjEuQ2hhdFJlcXVlc3RCBrpIA8gBAUoECAEQAkoECAIQA0oECAMQBEoECAQQBVIIYWdlbnRfaWRSD2NvbnZlcnNhdGlvbl9pZFIEdGV4dFIRY2xpZW50X3JlcXVlc3RfaWQiOgoLUnVuUmVzcG9uc2USKwoFZXZlbnQYASABKAsyHC5hdGhlbmEuY2hhdC52MS5DaGF0UmVzcG9uc2UyZwoTT3JjaGVzdHJhdG9yU2VydmljZRJQCgNSdW4SIi5hdGhlbmEub3JjaGVzdHJhdG9yLnYxLlJ1blJlcXVlc3QaIy5hdGhlbmEub3JjaGVzdHJhdG9yLnYxLlJ1blJlc3BvbnNlMAFiBnByb3RvMw", [file_athena_chat_v1_chat, file_buf_validate_validate]);
 
 /**
  * Request of Run.
