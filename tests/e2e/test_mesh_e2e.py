@@ -158,6 +158,8 @@ def test_internal_services_are_not_routable_through_the_edge(mesh: RunningMesh) 
         result = grpcurl(
             "-import-path",
             str(ROOT / "proto"),
+            "-import-path",
+            str(ROOT / "third_party" / "protovalidate"),
             "-proto",
             "athena/memory/v1/memory.proto",
             "-proto",

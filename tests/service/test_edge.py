@@ -152,7 +152,13 @@ async def grpcurl(
     assert GRPCURL is not None
     argv = [GRPCURL, "-plaintext", "-max-time", "10"]
     if proto is not None:
-        argv += ["-import-path", str(REPO / "proto"), "-proto", proto]
+        argv += [
+            "-import-path",
+            str(REPO / "proto"),
+            "-import-path",
+            str(REPO / "third_party" / "protovalidate"),
+        ]
+        argv += ["-proto", proto]
     if data is not None:
         argv += ["-format", "json", "-d", data]
     process = await asyncio.create_subprocess_exec(

@@ -96,20 +96,20 @@ CASES: list[tuple[str, str, Any, str]] = [
         "conversations",
         "StartTurn",
         start_turn_request(agent_id="athena", text=""),
-        "text",
+        "chat.text",
     ),
     (
         "conversations",
         "StartTurn",
         start_turn_request(conversation_id="123", agent_id="athena", text="hi"),
-        "conversation_id",
+        "chat.conversation_id",
     ),
-    ("conversations", "StartTurn", start_turn_request(text="hi"), "agent_id"),
+    ("conversations", "StartTurn", start_turn_request(text="hi"), "chat.agent_id"),
     (
         "conversations",
         "StartTurn",
         start_turn_request(agent_id="athena", text="hi", client_request_id="r" * 65),
-        "client_request_id",
+        "chat.client_request_id",
     ),
     (
         "conversations",
@@ -183,7 +183,7 @@ CASES: list[tuple[str, str, Any, str]] = [
                 memory_pb2.AgentDefinition(id="a", name="A again"),
             ]
         ),
-        "agents[1].id",
+        "agents",
     ),
     (
         "agents",

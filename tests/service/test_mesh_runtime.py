@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -24,12 +25,19 @@ from mesh.settings import ServiceSettings
 from mesh.tokens import TokenVerifier
 
 CHAT = "athena.chat.v1.ChatService"
+
+
+def cid(name: str) -> str:
+    """A conversation id (a UUID, as the contract wants) standing for what the probe should do."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"probe:{name}"))
+
+
 RAISED: dict[str, Exception] = {
-    "not-found": errors.NotFound("conversation not found"),
-    "invalid": errors.InvalidArgument("conversation_id", "must be a UUID"),
-    "exhausted": errors.ResourceExhausted("too many turns", retry_after=7),
-    "unavailable": errors.Unavailable("memory is unreachable"),
-    "bug": RuntimeError("secret internal detail"),
+    cid("not-found"): errors.NotFound("conversation not found"),
+    cid("invalid"): errors.InvalidArgument("conversation_id", "must be a UUID"),
+    cid("exhausted"): errors.ResourceExhausted("too many turns", retry_after=7),
+    cid("unavailable"): errors.Unavailable("memory is unreachable"),
+    cid("bug"): RuntimeError("secret internal detail"),
 }
 
 
@@ -44,7 +52,7 @@ class ProbeServicer(chat_pb2_grpc.ChatServiceServicer):
     ) -> chat_pb2.GetConversationResponse:
         if request.conversation_id in RAISED:
             raise RAISED[request.conversation_id]
-        if request.conversation_id == "slow":
+        if request.conversation_id == cid("slow"):
             await self.release.wait()
         options = outgoing(timeout=100)
         title = json.dumps({"user": principal().user_id, "timeout": options["timeout"]})
@@ -87,19 +95,21 @@ async def test_domain_errors_become_statuses_and_bugs_stay_private(
     for name, (code, details) in expected.items():
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stub.GetConversation(
-                chat_pb2.GetConversationRequest(conversation_id=name), metadata=metadata
+                chat_pb2.GetConversationRequest(conversation_id=cid(name)), metadata=metadata
             )
         assert caught.value.code() == code, name
         assert caught.value.details() == details
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.GetConversation(
-            chat_pb2.GetConversationRequest(conversation_id="exhausted"), metadata=metadata
+            chat_pb2.GetConversationRequest(conversation_id=cid("exhausted")), metadata=metadata
         )
     trailers: Any = caught.value.trailing_metadata()
     assert ("retry-after", "7") in [tuple(item) for item in trailers]
 
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await stub.GetConversation(chat_pb2.GetConversationRequest(conversation_id="bug"), metadata=metadata)
+        await stub.GetConversation(
+            chat_pb2.GetConversationRequest(conversation_id=cid("bug")), metadata=metadata
+        )
     assert caught.value.code() == grpc.StatusCode.INTERNAL
     assert "secret" not in (caught.value.details() or "")
     assert "Traceback" not in (caught.value.details() or "")
@@ -110,7 +120,7 @@ async def test_stream_error_after_first_event_keeps_what_was_sent(
 ) -> None:
     _, _, channel = probe
     call = chat_pb2_grpc.ChatServiceStub(channel).Chat(
-        chat_pb2.ChatRequest(), metadata=auth_metadata(make_token())
+        chat_pb2.ChatRequest(agent_id="athena", text="hi"), metadata=auth_metadata(make_token())
     )
     received = []
     with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -125,7 +135,7 @@ async def test_calls_need_a_valid_token_and_handlers_see_its_subject(
 ) -> None:
     _, _, channel = probe
     stub = chat_pb2_grpc.ChatServiceStub(channel)
-    request = chat_pb2.GetConversationRequest(conversation_id="ok")
+    request = chat_pb2.GetConversationRequest(conversation_id=cid("ok"))
     for metadata in [
         (),
         (("authorization", "Basic abc"),),
@@ -159,7 +169,7 @@ async def test_health_per_service_name_flips_before_the_drain(probe: Any, make_t
     stub = chat_pb2_grpc.ChatServiceStub(channel)
     in_flight = asyncio.ensure_future(
         stub.GetConversation(
-            chat_pb2.GetConversationRequest(conversation_id="slow"), metadata=auth_metadata(make_token())
+            chat_pb2.GetConversationRequest(conversation_id=cid("slow")), metadata=auth_metadata(make_token())
         )
     )
     await asyncio.sleep(0.1)
@@ -194,7 +204,7 @@ async def test_metrics_count_calls_by_method_and_status(probe: Any, make_token: 
     server, _, channel = probe
     stub = chat_pb2_grpc.ChatServiceStub(channel)
     with pytest.raises(grpc.aio.AioRpcError):
-        await stub.GetConversation(chat_pb2.GetConversationRequest(conversation_id="not-found"))
+        await stub.GetConversation(chat_pb2.GetConversationRequest(conversation_id=cid("not-found")))
     async with httpx.AsyncClient() as client:
         text = (await client.get(f"http://127.0.0.1:{server.http.port}/metrics")).text
     assert 'grpc_server_handled_total{grpc_code="UNAUTHENTICATED",grpc_method="GetConversation"' in text
@@ -209,14 +219,13 @@ async def test_liveness_stays_serving_while_readiness_fails(
     async def readiness() -> bool:
         return ready
 
-    settings = ServiceSettings(**service_settings(tmp_path))
+    settings = ServiceSettings(**service_settings(tmp_path, readiness_interval_seconds=0.05))
     server = await start_server(
         "probe",
         settings,
         [Service(CHAT, ProbeServicer(), chat_pb2_grpc.add_ChatServiceServicer_to_server)],  # type: ignore[abstract]
         verifier,
         readiness=readiness,
-        readiness_interval=0.05,
     )
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         health = health_pb2_grpc.HealthStub(channel)
