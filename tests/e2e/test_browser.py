@@ -33,6 +33,7 @@ from playwright.sync_api import (  # noqa: E402 (only once Chromium is known to 
     Page,
     Playwright,
     Request,
+    Route,
     expect,
     sync_playwright,
 )
@@ -60,6 +61,7 @@ CHROMIUM_ARGS = [
 ]
 REFRESH_PATH = "/athena.auth.v1.AuthService/RefreshSession"
 CHAT_PATH = "/athena.chat.v1.ChatService/Chat"
+LIST_AGENTS_PATH = "/athena.chat.v1.ChatService/ListAgents"
 UNREACHABLE = "Can't reach AthenaOS — check your connection"
 # app.css: --accent-green and --accent-violet (light scheme, Chromium's default).
 NUTRITION_GREEN = "rgb(21, 128, 61)"
@@ -200,6 +202,46 @@ def test_sign_in_pick_agent_and_watch_the_answer_stream(tab: Tab) -> None:
     assert len(lengths) >= 4, f"the answer appeared in {len(lengths)} steps: {lengths}"
     assert lengths == sorted(lengths), lengths
     assert steps[-1]["at"] - steps[0]["at"] >= 40, f"the answer arrived all at once: {steps}"
+    assert tab.errors == []
+
+
+def test_a_message_sent_while_the_agents_load_is_answered(tab: Tab) -> None:
+    """Someone types and presses Enter the moment the message box appears after sign-in, before the app
+    knows the agents: the message must still go out and be answered, not vanish."""
+    page = tab.page
+    held: list[Route] = []
+
+    def hold(route: Route) -> None:
+        held.append(route)
+
+    # ListAgents is held until the message has been sent, so the race is the same on every run.
+    page.route(f"**{LIST_AGENTS_PATH}", hold)
+    page.goto(tab.base_url + "/")
+    page.get_by_label("Email").fill(f"user-{uuid.uuid4().hex[:10]}@example.com")
+    page.get_by_role("button", name="Sign in (dev)").click()
+    box = page.get_by_label("Message", exact=True)
+    expect(box).to_be_visible()
+    box.fill("What do you know about me?")
+    box.press("Enter")
+    for _ in range(500):
+        if held:
+            break
+        page.wait_for_timeout(10)  # lets Playwright deliver the intercepted request
+    assert held, "the app never asked for the agents"
+    loading_shown = page.get_by_role("status").filter(has_text="Loading agents…").is_visible()
+    busy = page.locator("#agent-options").get_attribute("aria-busy")
+    for route in held:
+        route.continue_()
+    page.unroute(f"**{LIST_AGENTS_PATH}")
+
+    expect(page.locator(".message.user .content")).to_have_text(["What do you know about me?"])
+    assert tab.last_answer() == "I don't know that yet."
+    expect(page.locator(".message.assistant").last.locator(".author")).to_have_text("Athena")
+    expect(box).to_have_value("")
+    assert loading_shown, "nothing said that the agents were loading"
+    assert busy == "true"
+    expect(page.get_by_role("status").filter(has_text="Loading agents…")).to_have_count(0)
+    expect(page.locator("#agent-options")).to_have_attribute("aria-busy", "false")
     assert tab.errors == []
 
 
