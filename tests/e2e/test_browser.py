@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -44,8 +42,6 @@ from devstack.stack import Ports, Stack, StackConfig  # noqa: E402
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
 ROOT = Path(__file__).resolve().parents[2]
-WEB = ROOT / "edge" / "web"
-DIST = WEB / "dist"
 SCREENSHOT = ROOT / "docs" / "screenshot-chat.png"
 """Refreshed by `ATHENA_UPDATE_SCREENSHOT=1 make test`; other runs leave the working tree untouched."""
 ACCESS_TOKEN_TTL_SECONDS = 15
@@ -87,26 +83,10 @@ RECORD_ANSWER_STEPS = """() => {
 expect.set_options(timeout=10_000)
 
 
-def _web_sources() -> list[Path]:
-    return [WEB / "build.mjs", *(path for path in (WEB / "src").rglob("*") if path.is_file())]
-
-
-@pytest.fixture(scope="module")
-def web_dist() -> Path:
-    """The built app, built here when missing or older than its sources (Envoy serves what exists when
-    its configuration is rendered, so this runs before the mesh starts)."""
-    bundle = DIST / "app.js"
-    stale = not bundle.exists() or max(p.stat().st_mtime for p in _web_sources()) > bundle.stat().st_mtime
-    if stale:
-        node = shutil.which("node")
-        assert node is not None, "building edge/web needs Node.js (or run `node edge/web/build.mjs` first)"
-        subprocess.run([node, "build.mjs"], cwd=WEB, check=True, timeout=120)
-    assert (DIST / "index.html").is_file()
-    return DIST
-
-
 @pytest.fixture(scope="module")
 def stack(web_dist: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The mesh; after the web app is built (`web_dist`), since Envoy serves the files that exist when its
+    configuration is rendered."""
     ports = Ports(**{f.name: free_port() for f in fields(Ports)})
     config = StackConfig(
         data_dir=tmp_path_factory.mktemp("browser-mesh"),
