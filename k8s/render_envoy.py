@@ -10,10 +10,10 @@ reads ATHENA_EDGE_*), so the committed file is the same on every machine.
     python -m k8s.render_envoy            # write k8s/base/envoy/envoy.yaml
     python -m k8s.render_envoy --check    # exit 1 when the committed file is stale
 
-The web app: Envoy serves each file of the built app from a route the renderer makes by listing the build,
-so the configuration depends on the build. The committed configuration is rendered without one (Envoy
-answers `/` with a placeholder page). To ship the app, render with `--web-root edge/web/dist --out FILE`
-and deploy FILE together with the files, mounted at `/srv/web` (see k8s/README.md, "The web app").
+The web app: Envoy serves each file of the built app from a route of its own, reading it from `/srv/web`,
+where the edge image (the Dockerfile's `edge` target) holds the build. The routes are rendered from the
+list of the build's files, `edge/web/build-files.json` (the build fails when it writes other files), not
+from a build, so rendering needs no build and gives the same file everywhere.
 """
 
 from __future__ import annotations
@@ -22,16 +22,15 @@ import argparse
 import dataclasses
 import json
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from edge.envoy_config import EdgeConfig, render
+from edge.envoy_config import EdgeConfig, built_web_files, render
 
 NAMESPACE = "athena"
 """Namespace of the Services Envoy calls (k8s/base/kustomization.yaml deploys everything there)."""
 WEB_ROOT_IN_ENVOY = Path("/srv/web")
-"""Where the edge Deployment mounts the built web app."""
+"""Where the edge image holds the built web app (the Dockerfile's `edge` stage copies it there)."""
 OUTPUT = Path(__file__).resolve().parent / "base" / "envoy" / "envoy.yaml"
 """The committed rendering, read by kustomize's configMapGenerator."""
 HEADER = (
@@ -40,33 +39,23 @@ HEADER = (
 )
 
 
-def kubernetes_config(web_root: Path) -> EdgeConfig:
-    """The edge of the Kubernetes deployment, serving the web app built in `web_root` (if any)."""
+def kubernetes_config() -> EdgeConfig:
+    """The edge of the Kubernetes deployment, serving the web app the edge image holds."""
     config = EdgeConfig.for_target("kubernetes", namespace=NAMESPACE)
-    return dataclasses.replace(config, web_root=web_root, web_root_in_envoy=WEB_ROOT_IN_ENVOY)
+    return dataclasses.replace(config, web_root_in_envoy=WEB_ROOT_IN_ENVOY, web_files=built_web_files())
 
 
-def rendered_text(web_root: Path | None = None) -> str:
-    """The text of envoy.yaml; without `web_root`, for no web app (Envoy serves a placeholder page)."""
-    if web_root is not None:
-        return _text(kubernetes_config(web_root.resolve()))
-    with tempfile.TemporaryDirectory() as empty:
-        return _text(kubernetes_config(Path(empty)))
-
-
-def _text(config: EdgeConfig) -> str:
-    return HEADER + json.dumps(render(config), indent=2) + "\n"
+def rendered_text() -> str:
+    """The text of envoy.yaml."""
+    return HEADER + json.dumps(render(kubernetes_config()), indent=2) + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m k8s.render_envoy", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=OUTPUT, help=f"file to write (default: {OUTPUT})")
-    parser.add_argument(
-        "--web-root", type=Path, help="built web app to serve (default: none, a placeholder page)"
-    )
     parser.add_argument("--check", action="store_true", help="only compare; exit 1 when --out is stale")
     args = parser.parse_args(argv)
-    text = rendered_text(args.web_root)
+    text = rendered_text()
     if args.check:
         current = args.out.read_text(encoding="utf-8") if args.out.is_file() else None
         if current != text:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -23,6 +25,27 @@ from mesh.tokens import StaticKeySource, TokenVerifier
 
 ISSUER = "athenaos"
 AUDIENCE = "athenaos-api"
+WEB = Path(__file__).resolve().parents[1] / "edge" / "web"
+
+
+@pytest.fixture(scope="session")
+def web_dist() -> Path:
+    """The built web app (edge/web/dist, what `make web` builds), built here when missing or older than its
+    sources."""
+    dist = WEB / "dist"
+    sources = [
+        WEB / "build.mjs",
+        WEB / "build-files.json",
+        *(p for p in (WEB / "src").rglob("*") if p.is_file()),
+    ]
+    bundle = dist / "app.js"
+    stale = not bundle.exists() or max(p.stat().st_mtime for p in sources) > bundle.stat().st_mtime
+    if stale:
+        node = shutil.which("node")
+        assert node is not None, "building edge/web needs Node.js (or run `make web` first)"
+        subprocess.run([node, "build.mjs"], cwd=WEB, check=True, timeout=120)
+    assert (dist / "index.html").is_file()
+    return dist
 
 
 @pytest.fixture(scope="session")

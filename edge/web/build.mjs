@@ -1,7 +1,8 @@
 // Builds the browser client into dist/: app.js (bundled, minified) with its source map, index.html and
 // app.css. Envoy serves every file of dist/ when its configuration is rendered, so build before starting
-// the mesh (`make run` does).
-import { copyFile, mkdir, rm } from "node:fs/promises";
+// the mesh (`make run` does). The Kubernetes configuration is rendered without a build, from the list of
+// files in build-files.json (the edge image holds the build), so the build fails when it writes others.
+import { copyFile, mkdir, readdir, readFile, rm, stat } from "node:fs/promises";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import * as esbuild from "esbuild";
@@ -40,3 +41,18 @@ const options = {
 await rm(dist, { recursive: true, force: true });
 await mkdir(dist, { recursive: true });
 await esbuild.build(options);
+
+const declared = JSON.parse(await readFile(path.join(here, "build-files.json"), "utf8")).sort();
+const built = [];
+for (const entry of await readdir(dist, { recursive: true })) {
+  if ((await stat(path.join(dist, entry))).isFile()) {
+    built.push(entry.split(path.sep).join("/"));
+  }
+}
+built.sort();
+if (JSON.stringify(built) !== JSON.stringify(declared)) {
+  throw new Error(
+    `the build wrote ${JSON.stringify(built)}, build-files.json lists ${JSON.stringify(declared)}: ` +
+      "update build-files.json, then `python -m k8s.render_envoy` (the edge's routes in Kubernetes)",
+  );
+}

@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -33,6 +31,7 @@ from playwright.sync_api import (  # noqa: E402 (only once Chromium is known to 
     Page,
     Playwright,
     Request,
+    Route,
     expect,
     sync_playwright,
 )
@@ -43,8 +42,6 @@ from devstack.stack import Ports, Stack, StackConfig  # noqa: E402
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
 ROOT = Path(__file__).resolve().parents[2]
-WEB = ROOT / "edge" / "web"
-DIST = WEB / "dist"
 SCREENSHOT = ROOT / "docs" / "screenshot-chat.png"
 """Refreshed by `ATHENA_UPDATE_SCREENSHOT=1 make test`; other runs leave the working tree untouched."""
 ACCESS_TOKEN_TTL_SECONDS = 15
@@ -60,6 +57,7 @@ CHROMIUM_ARGS = [
 ]
 REFRESH_PATH = "/athena.auth.v1.AuthService/RefreshSession"
 CHAT_PATH = "/athena.chat.v1.ChatService/Chat"
+LIST_AGENTS_PATH = "/athena.chat.v1.ChatService/ListAgents"
 UNREACHABLE = "Can't reach AthenaOS — check your connection"
 # app.css: --accent-green and --accent-violet (light scheme, Chromium's default).
 NUTRITION_GREEN = "rgb(21, 128, 61)"
@@ -85,26 +83,10 @@ RECORD_ANSWER_STEPS = """() => {
 expect.set_options(timeout=10_000)
 
 
-def _web_sources() -> list[Path]:
-    return [WEB / "build.mjs", *(path for path in (WEB / "src").rglob("*") if path.is_file())]
-
-
-@pytest.fixture(scope="module")
-def web_dist() -> Path:
-    """The built app, built here when missing or older than its sources (Envoy serves what exists when
-    its configuration is rendered, so this runs before the mesh starts)."""
-    bundle = DIST / "app.js"
-    stale = not bundle.exists() or max(p.stat().st_mtime for p in _web_sources()) > bundle.stat().st_mtime
-    if stale:
-        node = shutil.which("node")
-        assert node is not None, "building edge/web needs Node.js (or run `node edge/web/build.mjs` first)"
-        subprocess.run([node, "build.mjs"], cwd=WEB, check=True, timeout=120)
-    assert (DIST / "index.html").is_file()
-    return DIST
-
-
 @pytest.fixture(scope="module")
 def stack(web_dist: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The mesh; after the web app is built (`web_dist`), since Envoy serves the files that exist when its
+    configuration is rendered."""
     ports = Ports(**{f.name: free_port() for f in fields(Ports)})
     config = StackConfig(
         data_dir=tmp_path_factory.mktemp("browser-mesh"),
@@ -200,6 +182,46 @@ def test_sign_in_pick_agent_and_watch_the_answer_stream(tab: Tab) -> None:
     assert len(lengths) >= 4, f"the answer appeared in {len(lengths)} steps: {lengths}"
     assert lengths == sorted(lengths), lengths
     assert steps[-1]["at"] - steps[0]["at"] >= 40, f"the answer arrived all at once: {steps}"
+    assert tab.errors == []
+
+
+def test_a_message_sent_while_the_agents_load_is_answered(tab: Tab) -> None:
+    """Someone types and presses Enter the moment the message box appears after sign-in, before the app
+    knows the agents: the message must still go out and be answered, not vanish."""
+    page = tab.page
+    held: list[Route] = []
+
+    def hold(route: Route) -> None:
+        held.append(route)
+
+    # ListAgents is held until the message has been sent, so the race is the same on every run.
+    page.route(f"**{LIST_AGENTS_PATH}", hold)
+    page.goto(tab.base_url + "/")
+    page.get_by_label("Email").fill(f"user-{uuid.uuid4().hex[:10]}@example.com")
+    page.get_by_role("button", name="Sign in (dev)").click()
+    box = page.get_by_label("Message", exact=True)
+    expect(box).to_be_visible()
+    box.fill("What do you know about me?")
+    box.press("Enter")
+    for _ in range(500):
+        if held:
+            break
+        page.wait_for_timeout(10)  # lets Playwright deliver the intercepted request
+    assert held, "the app never asked for the agents"
+    loading_shown = page.get_by_role("status").filter(has_text="Loading agents…").is_visible()
+    busy = page.locator("#agent-options").get_attribute("aria-busy")
+    for route in held:
+        route.continue_()
+    page.unroute(f"**{LIST_AGENTS_PATH}")
+
+    expect(page.locator(".message.user .content")).to_have_text(["What do you know about me?"])
+    assert tab.last_answer() == "I don't know that yet."
+    expect(page.locator(".message.assistant").last.locator(".author")).to_have_text("Athena")
+    expect(box).to_have_value("")
+    assert loading_shown, "nothing said that the agents were loading"
+    assert busy == "true"
+    expect(page.get_by_role("status").filter(has_text="Loading agents…")).to_have_count(0)
+    expect(page.locator("#agent-options")).to_have_attribute("aria-busy", "false")
     assert tab.errors == []
 
 

@@ -13,7 +13,7 @@ from auth.access import AccessTokenIssuer
 from auth.keys import KeyRing, generate_key
 from auth.oidc import OidcLogin, OidcProvider, _check_endpoint, pkce_challenge
 from auth.sessions import SessionManager
-from auth.settings import AuthSettings, GoogleSettings
+from auth.settings import AuthSettings, GoogleSettings, MicrosoftSettings
 from mesh.errors import Unauthenticated, Unavailable
 
 REDIRECT = "https://app.example/auth/callback"
@@ -122,3 +122,34 @@ def test_settings_by_field_name() -> None:
         Path("/tmp/x"),
         "postgresql://x/y",
     )
+
+
+def test_the_public_origin_is_the_redirect_uri_of_providers_without_their_own() -> None:
+    settings = AuthSettings(
+        public_origin="https://athena.example.com",
+        google=GoogleSettings(client_id="google-client"),
+        microsoft=MicrosoftSettings(client_id="microsoft-client", redirect_uris=(REDIRECT,)),
+    )
+    providers = settings.providers()
+    assert providers["google"].redirect_uris == ("https://athena.example.com/",)  # the web app's root
+    assert providers["microsoft"].redirect_uris == (REDIRECT,)
+    assert AuthSettings(google=GoogleSettings(client_id="c")).providers()["google"].redirect_uris == ()
+
+
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "https://athena.example.com/",
+        "https://athena.example.com/app",
+        "https://Athena.example.com",
+        "https://athena.example.com:443",
+        "http://localhost:80",
+        "athena.example.com",
+        "ftp://athena.example.com",
+    ],
+)
+def test_the_public_origin_is_written_as_browsers_write_it(origin: str) -> None:
+    """The web app's redirect URI is `location.origin` + "/": any other spelling would never match."""
+    with pytest.raises(ValueError, match="origin"):
+        AuthSettings(public_origin=origin)
+    assert AuthSettings(public_origin="http://localhost:8080").public_origin == "http://localhost:8080"

@@ -240,6 +240,23 @@ def test_web_files_can_be_served_from_where_envoy_finds_them(web_root: Path) -> 
     assert bodies == [{"filename": "/srv/web/index.html"}]
 
 
+def test_named_web_files_are_routed_without_a_build(web_root: Path, tmp_path: Path) -> None:
+    """For a deployment whose image holds the build: the same routes as a listing of the build would give,
+    made from the file names alone."""
+    names = ("index.html", "assets/app-1a2b.js", "assets/app-1a2b.css", "favicon.svg")
+    named = EdgeConfig(web_root=tmp_path / "missing", web_root_in_envoy=Path("/srv/web"), web_files=names)
+    listed = EdgeConfig(web_root=web_root, web_root_in_envoy=Path("/srv/web"))
+    assert edge_routes(render(named)) == edge_routes(render(listed))
+
+
+@pytest.mark.parametrize(
+    "names", [("app.js",), ("index.html", "../secret"), ("index.html", "/etc/passwd"), ("index.html", ".env")]
+)
+def test_named_web_files_are_plain_files_of_the_web_root_with_an_index(names: tuple[str, ...]) -> None:
+    with pytest.raises(ValueError, match=r"index\.html|web root"):
+        render(EdgeConfig(web_root_in_envoy=Path("/srv/web"), web_files=names))
+
+
 def test_without_a_built_web_app_the_root_says_so(tmp_path: Path) -> None:
     routes = edge_routes(render(EdgeConfig(web_root=tmp_path / "missing")))
     (root,) = [route for route in routes if route["match"].get("path") == "/"]

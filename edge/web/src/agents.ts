@@ -1,6 +1,7 @@
 // The agent picker: one radio per agent of the catalog, each in the agent's accent colour. The accent
 // token from the catalog ("accent-green") names a CSS custom property of app.css (`--accent-green`); the
 // chosen agent's colour is published as `--agent-accent` on the chat, which everything accented uses.
+// Until the catalog arrives the picker says so (visible text in a live region, `aria-busy` on the list).
 import type { Agent } from "../../../gen/ts/athena/chat/v1/chat_pb";
 import { el } from "./dom";
 
@@ -33,8 +34,20 @@ export class AgentPicker {
     return accentColor(this.agents.get(agentId)?.accentToken ?? "");
   }
 
+  /** Forgets the agents and says they are loading, until `render` or `showUnavailable`. */
+  showLoading(): void {
+    this.agents = new Map();
+    this.showStatus("Loading agents…", true);
+  }
+
+  /** The agents could not be listed (the app shows why). */
+  showUnavailable(): void {
+    this.showStatus("The agents could not be loaded. Reload the page to try again.", false);
+  }
+
   render(agents: readonly Agent[]): void {
     this.agents = new Map(agents.map((agent) => [agent.id, agent]));
+    this.container.setAttribute("aria-busy", "false");
     this.container.replaceChildren(
       ...agents.map((agent) => {
         const id = `agent-${agent.id}`;
@@ -70,6 +83,11 @@ export class AgentPicker {
     } else {
       this.select(this.selectedId);
     }
+  }
+
+  private showStatus(text: string, busy: boolean): void {
+    this.container.setAttribute("aria-busy", String(busy));
+    this.container.replaceChildren(el("p", { class: "agents-status muted", role: "status" }, text));
   }
 
   /** Selects `agentId` (if known and enabled) without telling `onChange`. */

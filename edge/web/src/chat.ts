@@ -1,6 +1,7 @@
 // The conversation: messages as articles in an aria-live log, the answer growing as each text delta
 // arrives, tool calls and handoffs as indicators inside the answer, and the composer (Enter sends,
-// Shift+Enter adds a line).
+// Shift+Enter adds a line). The composer takes text from the moment it shows: a message sent before the
+// agents are known is shown at once and goes out as soon as they are (`waitFor`), so nothing typed is lost.
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import {
   MessageStatus,
@@ -135,6 +136,8 @@ class AnswerView {
 export class ChatView {
   private conversationId = "";
   private busy = false;
+  /** Settles when messages can go out: null, or why they cannot (see `waitFor`). */
+  private ready: Promise<unknown> = Promise.resolve(null);
 
   constructor(
     private readonly api: Api,
@@ -159,6 +162,15 @@ export class ChatView {
 
   get currentConversation(): string {
     return this.conversationId;
+  }
+
+  /** Messages sent before `loading` settles (the agents are listed, the conversation in the address is
+   * open) wait for it; if it fails, their text goes back to the message box. */
+  waitFor(loading: Promise<unknown>): void {
+    this.ready = loading.then(
+      () => null,
+      (error: unknown) => error ?? new Error("loading failed"),
+    );
   }
 
   /** An empty chat: the next message starts a new conversation. */
@@ -199,14 +211,29 @@ export class ChatView {
 
   async send(): Promise<void> {
     const text = this.input.value.trim();
-    const agent = this.picker.selected;
-    if (!text || this.busy || agent === undefined) {
+    if (!text || this.busy) {
       return;
     }
     this.setBusy(true);
-    this.log.querySelector(".empty")?.remove();
-    this.log.append(userArticle(text, new Date()));
+    const message = userArticle(text, new Date());
     this.input.value = "";
+    this.showSent(message);
+    message.classList.add("pending");
+    const failure = await this.ready;
+    message.classList.remove("pending");
+    const agent = this.picker.selected;
+    if (failure !== null || agent === undefined) {
+      // Never sent (the agents could not be loaded): the text goes back to the box.
+      message.remove();
+      if (!(failure instanceof SignedOutError)) {
+        this.giveBack(text);
+      }
+      this.setBusy(false);
+      return;
+    }
+    if (!message.isConnected) {
+      this.showSent(message); // the conversation opened meanwhile replaced the log
+    }
     const answer = new AnswerView(this.picker, agent.id);
     answer.element.setAttribute("aria-busy", "true");
     this.log.append(answer.element);
@@ -231,7 +258,7 @@ export class ChatView {
         answer.fail(describeError(error));
         if (!this.conversationId) {
           // Nothing was stored: give the text back so it can be sent again.
-          this.input.value = text;
+          this.giveBack(text);
         }
       }
       this.events.error(error);
@@ -278,6 +305,17 @@ export class ChatView {
       default:
         return false;
     }
+  }
+
+  private showSent(message: HTMLElement): void {
+    this.log.querySelector(".empty")?.remove();
+    this.log.append(message);
+    this.scroll();
+  }
+
+  /** Puts `text` back in the message box, before anything typed since. */
+  private giveBack(text: string): void {
+    this.input.value = this.input.value ? `${text}\n${this.input.value}` : text;
   }
 
   private setBusy(busy: boolean): void {

@@ -122,13 +122,21 @@ class App {
     show(this.menuToggle, true);
     show(this.appView, true);
     this.chat.startNew();
-    try {
-      const agents = await this.api.chat.listAgents({});
-      this.picker.render(agents.agents);
+    this.picker.showLoading();
+    // The box takes text at once; what is sent before the agents (and the conversation in the address)
+    // are loaded goes out when they are.
+    byId("message", HTMLTextAreaElement).focus();
+    const agents = this.api.chat.listAgents({}).then((answer) => this.picker.render(answer.agents));
+    const opened = agents.then(() => {
       const wanted = conversationInAddress();
-      await Promise.all([this.refreshHistory(), wanted ? this.open(wanted) : Promise.resolve()]);
-      byId("message", HTMLTextAreaElement).focus();
+      return wanted ? this.open(wanted) : undefined;
+    });
+    this.chat.waitFor(opened);
+    try {
+      await agents;
+      await Promise.all([this.refreshHistory(), opened]);
     } catch (error) {
+      this.picker.showUnavailable();
       this.showError(error);
     }
   }

@@ -8,8 +8,9 @@ import { describeError } from "./errors";
 
 const DEV_PROVIDER = "dev";
 
-/** Where providers send the browser back: this app's root (Envoy serves the app at `/` only), which
- * must be registered exactly, e.g. `AUTH_GOOGLE__REDIRECT_URIS='["http://127.0.0.1:8080/"]'`. */
+/** Where providers send the browser back: this app's root (Envoy serves the app at `/` only). The auth
+ * service accepts it when its `AUTH_PUBLIC_ORIGIN` is this origin (auth/settings.py), and it must be
+ * registered exactly with each provider, e.g. `http://127.0.0.1:8080/`. */
 export function redirectUri(): string {
   return `${location.origin}/`;
 }
