@@ -5,13 +5,16 @@ Redis-compatible server holds ephemeral values with a time to live. Every call a
 the verified access token, and row-level security scopes each transaction to that user as well.
 
     settings      MemorySettings (env prefix MEMORY_)
-    domain        records, validation, ranking, page tokens: no I/O, no gRPC
+    domain        records and the checks the contract cannot state: no I/O, no gRPC
+    ranking       the recall score; pagination: page tokens
     recall        the two-stage retrieval (vector, then keyword) over a `MemoryStore`
-    embeddings    `Embedder` protocol, the OpenAI implementation and a deterministic hashing fake
-    migrate       yoyo migrations (memory/migrations) and the embedding-dimension check
-    database      asyncpg pool, per-user transactions, driver errors → mesh.errors
+    stores        the storage ports the servicers and recall depend on
+    embeddings    the `Embedder` port and its OpenAI-compatible adapter
+    migrate       the schema's migrations (memory/migrations) and the embedding-dimension check
+    database      per-user transactions on the pool (row-level security)
     repository    the SQL behind the stores
     ephemeral     Redis values with a TTL, namespaced per user
+    convert       domain records <-> protobuf
     service       thin servicers: proto in → domain → proto out
-    app           wiring, used by `python -m memory` and by the tests
+    app           the assembly (`MEMORY`), used by `python -m memory`, `make run` and the tests
 """

@@ -1,5 +1,5 @@
 """The storage the servicers and recall depend on, as small protocols (implemented in memory.repository
-and memory.ephemeral; tests may substitute fakes). Every method takes the verified caller's user id."""
+and memory.ephemeral; tests may substitute doubles). Every method takes the verified caller's user id."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ Errors, translated once here from the openai SDK (most specific first):
 `RetryingModel` retries the retryable ones with backoff while the caller's deadline allows, and only
 while the failed attempt streamed nothing (a client never sees text twice).
 
-Tests script replies with `tests/doubles/model.py` (`ScriptedModel`) instead of reaching a real model.
+Tests script the replies (tests/doubles/model.py) instead of reaching a real model.
 """
 
 from __future__ import annotations

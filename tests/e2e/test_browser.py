@@ -231,7 +231,11 @@ def test_remembering_shows_the_tool_call_and_reload_restores_the_conversation(
     page = tab.page
     tab.sign_in("ada@example.com")  # the name the README's screenshot shows
     page.get_by_role("radio", name="Nutrition coach").check()
+    # The box takes what the contract allows (ChatRequest.text), read from the generated descriptors.
+    expect(page.get_by_label("Message", exact=True)).to_have_attribute("maxlength", "32000")
     tab.send("remember my caloric goal is 2000 kcal")
+    # The title is the one memory gave the conversation.
+    expect(page.locator("#conversation-title")).to_have_text("remember my caloric goal is 2000 kcal")
     tool = page.locator(".tool-call[data-tool=remember_memory]")
     expect(tool).to_have_text(re.compile("remember_memory"))
     assert tab.last_answer() == "Got it — I'll remember that my caloric goal is 2000 kcal."
@@ -304,6 +308,12 @@ def test_handoff_then_memory_panel_lists_and_forgets_what_agents_remember(tab: T
     )
     expect(answer.locator(".author")).to_have_text("Focus coach")
     expect(page.get_by_role("radio", name="Focus coach")).to_be_checked()
+    # Stored typed (ToolCallRecord.handoff): after a reload the handoff still shows, not a tool named
+    # handoff_to_focus.
+    page.reload()
+    stored = page.locator(".message.assistant").last
+    expect(stored.locator(".handoff")).to_have_text("→ Handed off to Focus coach")
+    expect(stored.locator(".tool-call")).to_have_count(0)
 
     page.get_by_role("button", name="What my agents remember").click()
     dialog = page.get_by_role("dialog", name="What my agents remember")

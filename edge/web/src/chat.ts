@@ -4,6 +4,7 @@
 // agents are known is shown at once and goes out as soon as they are (`waitFor`), so nothing typed is lost.
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import {
+  ChatRequestSchema,
   MessageStatus,
   Role,
   type ChatResponse,
@@ -15,8 +16,8 @@ import type { AgentPicker } from "./agents";
 import type { Api } from "./api";
 import { describeError, SignedOutError } from "./errors";
 import { el } from "./dom";
+import { maxLength } from "./rules";
 
-const HANDOFF_PREFIX = "handoff_to_";
 const EMPTY_HINT = "Pick an agent and say hello. Try “remember my goal is 2000 kcal a day”.";
 
 export interface ChatEvents {
@@ -121,8 +122,8 @@ class AnswerView {
   /** Renders a stored message's tool calls (their interleaving with text is not stored). */
   storedToolCalls(records: readonly ToolCallRecord[]): void {
     for (const record of records) {
-      const target = record.name.startsWith(HANDOFF_PREFIX) ? record.name.slice(HANDOFF_PREFIX.length) : null;
-      if (target !== null) {
+      if (record.handoff) {
+        const target = record.handoff.toAgentId;
         const text = `→ Handed off to ${this.picker.name(target)}`;
         this.parts.append(el("p", { class: "handoff", "data-to": target }, text));
       } else {
@@ -148,6 +149,11 @@ export class ChatView {
     private readonly input: HTMLTextAreaElement,
     private readonly events: ChatEvents,
   ) {
+    // The contract's limit (ChatRequest.text's max_len), not a copy of it.
+    const limit = maxLength(ChatRequestSchema.field.text);
+    if (limit !== undefined) {
+      input.maxLength = limit;
+    }
     form.addEventListener("submit", (event) => {
       event.preventDefault();
       void this.send();
@@ -273,9 +279,7 @@ export class ChatView {
     const event = response.event;
     switch (event.case) {
       case "conversationStarted":
-        if (!this.conversationId) {
-          this.title.textContent = titleOf(this.log);
-        }
+        this.title.textContent = event.value.title || this.title.textContent;
         this.conversationId = event.value.conversationId;
         answer.setAgent(event.value.agentId || answer.element.dataset.agent || "");
         this.events.conversationStarted(event.value.conversationId, event.value.offlineModel);
@@ -287,7 +291,7 @@ export class ChatView {
         answer.appendText(event.value.text);
         return false;
       case "toolCall":
-        if (!event.value.name.startsWith(HANDOFF_PREFIX)) {
+        if (!event.value.handoff) {
           answer.toolCall(event.value.callId, event.value.name);
         }
         return false;
@@ -342,10 +346,4 @@ function userArticle(text: string, time: Date | null): HTMLElement {
     el("p", { class: "content" }, text),
     time ? el("time", { datetime: time.toISOString(), class: "meta" }, clock.format(time)) : null,
   );
-}
-
-/** A provisional title for a new conversation: its first message, shortened. */
-function titleOf(log: HTMLElement): string {
-  const first = log.querySelector(".message.user .content")?.textContent ?? "Conversation";
-  return first.length > 60 ? `${first.slice(0, 57)}…` : first;
 }
