@@ -21,7 +21,6 @@ TITLE_LENGTH = 60
 """A new conversation's title is the start of its first message, at most this many characters."""
 
 
-
 class Scope(enum.Enum):
     """Who can see a memory."""
 
@@ -211,20 +210,6 @@ class NewAssistantMessage:
 # Validators: each returns the normalised value or raises InvalidArgument naming `field_name`.
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 def optional_embedding(
     values: Sequence[float], dimension: int, field_name: str = "embedding"
 ) -> tuple[float, ...] | None:
@@ -240,10 +225,6 @@ def optional_embedding(
     return tuple(values)
 
 
-
-
-
-
 def require_json(value: str, field_name: str) -> str:
     """`value` when it is JSON (its size is the contract's rule)."""
     try:
@@ -251,10 +232,6 @@ def require_json(value: str, field_name: str) -> str:
     except ValueError:
         raise InvalidArgument(field_name, "must be JSON") from None
     return value
-
-
-
-
 
 
 def conversation_title(text: str) -> str:
@@ -277,4 +254,3 @@ def validate_tool_calls(
             if value:
                 require_json(value, f"{field_name}[{index}].{name}")
     return tuple(calls)
-

@@ -103,9 +103,7 @@ async def call(
         raise from_rpc_error(exc) from exc
 
 
-async def stream(
-    method: Callable[..., Any], request: Any
-) -> AsyncGenerator[Any, None]:
+async def stream(method: Callable[..., Any], request: Any) -> AsyncGenerator[Any, None]:
     """The responses of the server-streaming `method(request)` for the current caller, as they arrive,
     within the caller's deadline. A peer's status is raised as its `mesh.errors` exception; closing the
     generator cancels the call."""

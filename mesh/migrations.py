@@ -87,7 +87,5 @@ async def migrate(
         "migrating the database", (psycopg.OperationalError,), within=wait_seconds
     ):
         with attempt:
-            return await asyncio.to_thread(
-                apply_migrations, database_url, directory, variables=variables
-            )
+            return await asyncio.to_thread(apply_migrations, database_url, directory, variables=variables)
     raise AssertionError("unreachable: the retry policy re-raises its last error")

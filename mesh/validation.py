@@ -63,7 +63,8 @@ def check(validator: protovalidate.Validator, message: Message) -> None:
     path = field_path(violation.field)
     problem = violation.message or f"breaks rule {violation.rule_id}"
     named = _NAMED_FIELD.match(problem)
-    if (violation.rule is None or not violation.rule.elements) and named:  # a message-level rule naming the field it is about
+    message_level = violation.rule is None or not violation.rule.elements
+    if message_level and named:  # a rule on the whole message that names the field it is about
         field, problem = named.group(1), named.group(2)
         path = f"{path}.{field}" if path else field
     raise InvalidArgument(path or message.DESCRIPTOR.name, problem)

@@ -10,9 +10,7 @@ from offline_model.settings import OfflineModelSettings
 
 
 def main() -> None:
-    settings = OfflineModelSettings(
-        _cli_parse_args=True, _cli_prog_name="python -m offline_model"
-    )
+    settings = OfflineModelSettings(_cli_parse_args=True, _cli_prog_name="python -m offline_model")
     configure_logging("offline-model", settings.log_level)
     asyncio.run(serve(settings))
 

@@ -19,6 +19,7 @@ from mesh.redis import Redis, translated
 KEY_PREFIX = "athena:limits"
 WHAT = "the rate-limit store"
 
+
 class RedisLimitStore:
     def __init__(self, client: Redis, prefix: str = KEY_PREFIX) -> None:
         self._redis = client
