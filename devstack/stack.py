@@ -184,12 +184,15 @@ class Stack:
                 env["OPENAI_BASE_URL"] = self.config.openai_base_url
         return env
 
-    def _spawn(self, name: str, argv: list[str], ready: Callable[[], bool], env: dict[str, str]) -> None:
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> ManagedProcess:
         process = ManagedProcess(name=name, argv=argv, log_path=self.logs / f"{name}.log", env=env, cwd=ROOT)
         self._processes.append(process)
         process.start()
+        return process
+
+    def _wait(self, process: ManagedProcess, ready: Callable[[], bool]) -> None:
         process.wait_ready(ready, timeout=90)
-        log.info("%s ready", name)
+        log.info("%s ready", process.name)
 
     def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -208,36 +211,27 @@ class Stack:
                 self.redis_url = self._valkey.url
             env = self._environment()
             python = sys.executable
+            # Every service starts at once and waits for what it needs by itself (the orchestrator retries
+            # its catalog sync until memory answers; tokens are checked against auth's JWKS only when a
+            # call comes), so the mesh is ready as soon as its slowest part is.
+            waiting: list[tuple[ManagedProcess, Callable[[], bool]]] = []
             if self.offline:
                 model_env = {
                     **env,
                     "OFFLINE_MODEL_PORT": str(p.offline_model),
                     "ATHENA_OFFLINE_DELAY_MS": str(self.config.offline_delay_ms),
                 }
-                self._spawn(
-                    "offline-model",
-                    [python, "-m", "offline_model"],
-                    http_ok(f"http://127.0.0.1:{p.offline_model}/healthz"),
-                    model_env,
-                )
-            self._spawn(
-                "auth", [python, "-m", "auth"], grpc_serving(p.auth, "athena.auth.v1.AuthService"), env
-            )
-            self._spawn(
-                "memory",
-                [python, "-m", "memory"],
-                grpc_serving(p.memory, "athena.memory.v1.MemoryService"),
-                env,
-            )
-            self._spawn(
-                "orchestrator",
-                [python, "-m", "orchestrator"],
-                grpc_serving(p.orchestrator, "athena.orchestrator.v1.OrchestratorService"),
-                env,
-            )
-            self._spawn(
-                "router", [python, "-m", "router"], grpc_serving(p.router, "athena.chat.v1.ChatService"), env
-            )
+                model = self._spawn("offline-model", [python, "-m", "offline_model"], model_env)
+                waiting.append((model, http_ok(f"http://127.0.0.1:{p.offline_model}/healthz")))
+            for name, port, service in (
+                ("auth", p.auth, "athena.auth.v1.AuthService"),
+                ("memory", p.memory, "athena.memory.v1.MemoryService"),
+                ("orchestrator", p.orchestrator, "athena.orchestrator.v1.OrchestratorService"),
+                ("router", p.router, "athena.chat.v1.ChatService"),
+            ):
+                waiting.append((self._spawn(name, [python, "-m", name], env), grpc_serving(port, service)))
+            for process, ready in waiting:
+                self._wait(process, ready)
             self._start_envoy()
         except BaseException:
             self.stop()
@@ -261,12 +255,12 @@ class Stack:
         path = self.data_dir / "envoy.json"
         path.write_text(json.dumps(render(config), indent=2))
         envoy = str(Path(sys.executable).parent / "envoy")
-        self._spawn(
+        process = self._spawn(
             "envoy",
             [envoy, "-c", str(path), "--use-dynamic-base-id", "--log-level", "warn", "--drain-time-s", "5"],
-            http_ok(f"http://127.0.0.1:{p.envoy_admin}/ready"),
             dict(os.environ),
         )
+        self._wait(process, http_ok(f"http://127.0.0.1:{p.envoy_admin}/ready"))
 
     def stop(self) -> None:
         """Reverse order: the edge first, so no new calls arrive while services drain."""

@@ -26,11 +26,10 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import grpc
 import httpx
-import openai
 from aiohttp import web
 
 from mesh import postgres, redis
@@ -40,6 +39,9 @@ from mesh.server import MeshServer, ReadinessCheck, Service
 from mesh.settings import ServiceSettings
 from mesh.telemetry import configure_logging, configure_tracing
 from mesh.tokens import RemoteJwks, TokenVerifier
+
+if TYPE_CHECKING:
+    import openai
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +106,8 @@ class Deps:
     def openai(self, base_url: str, api_key: str) -> openai.AsyncOpenAI:
         """An OpenAI-compatible API client without the SDK's own retries (callers retry where it is safe,
         within their deadline), closed on stop."""
+        import openai  # a third of a second to import: services without a model skip it
+
         client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0)
         self.on_close(client.close)
         return client

@@ -99,6 +99,7 @@ async def sync_catalog(
             (Unavailable, DeadlineExceeded),
             within=within,
             first_delay=first_delay,
+            max_delay=0.5,  # memory is usually starting next to us: notice it soon
         ):
             with attempt:
                 await store.sync_agents(list(catalog), credentials)

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import stat
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,6 +11,7 @@ from joserfc import jwt
 from joserfc.jwk import KeySet
 
 from auth.access import AccessTokenIssuer
+from auth.app import AUTH
 from auth.keys import (
     KeyDirectory,
     KeyRing,
@@ -24,6 +22,7 @@ from auth.keys import (
     load_key_ring,
     rotate_keys,
 )
+from mesh.app import main
 from mesh.tokens import StaticKeySource, TokenVerifier
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
@@ -156,17 +155,16 @@ def test_rotation_adds_a_key_and_deletes_retired_ones(tmp_path: Path, three_keys
     assert stat.S_IMODE((tmp_path / f"{new.kid}.pem").stat().st_mode) == 0o600
 
 
-def test_rotate_keys_command(tmp_path: Path) -> None:
+def test_rotate_keys_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("AUTH_KEYS_DIR", str(tmp_path))
+
     def rotate() -> str:
-        result = subprocess.run(
-            [sys.executable, "-m", "auth", "rotate-keys"],
-            env={**os.environ, "AUTH_KEYS_DIR": str(tmp_path)},
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        )
-        return result.stdout
+        with pytest.raises(SystemExit) as exited:  # `python -m auth rotate-keys`, in this process
+            main(AUTH, ["rotate-keys"])
+        assert exited.value.code == 0
+        return capsys.readouterr().out
 
     assert "added key" in rotate()
     assert "added key" in rotate()
