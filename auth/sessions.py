@@ -26,9 +26,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from tenacity import AsyncRetrying, RetryError, retry_if_exception_type, stop_after_attempt
+
 from auth.access import AccessTokenIssuer
 from auth.store import AuthStore, AuthTransaction, RefreshTokenRecord, StoreConflict, UserRecord
 from mesh.errors import AlreadyExists, FailedPrecondition, InvalidArgument, Unauthenticated, Unavailable
+from mesh.retry import log_retry
 
 log = logging.getLogger(__name__)
 security_log = logging.getLogger("athena.security")
@@ -150,15 +153,23 @@ class SessionManager:
 
     async def sign_in(self, identity: Identity) -> Session:
         """Finds or creates the account of `identity`, updates its profile, and opens a session."""
-        for attempt in range(3):
-            try:
-                async with self._store.transaction() as tx:
-                    now = self._clock()
-                    user = await self._upsert_user(tx, identity, now)
-                    return await self._open_session(tx, user, now)
-            except StoreConflict:  # a concurrent first login of the same person; the retry sees it
-                log.info("sign-in raced a concurrent one; retrying", extra={"attempt": attempt})
-        raise Unavailable("sign-in conflicted with a concurrent one; try again")
+        # A concurrent first sign-in of the same person conflicts on the unique email or identity; the next
+        # attempt sees the winner's rows.
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(StoreConflict),
+            stop=stop_after_attempt(3),
+            before_sleep=log_retry("a sign-in racing a concurrent one"),
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    async with self._store.transaction() as tx:
+                        now = self._clock()
+                        user = await self._upsert_user(tx, identity, now)
+                        return await self._open_session(tx, user, now)
+        except RetryError as exc:
+            raise Unavailable("sign-in conflicted with a concurrent one; try again") from exc
+        raise AssertionError("unreachable: the retry policy returns or raises")
 
     async def _upsert_user(self, tx: AuthTransaction, identity: Identity, now: datetime) -> UserRecord:
         user = await tx.user_by_identity(identity.provider, identity.subject)

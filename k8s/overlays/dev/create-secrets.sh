@@ -59,7 +59,7 @@ create athena-service-key --from-literal=service-key="$(random)"
 if ! exists auth-signing-keys; then
   keys=$(mktemp -d)
   trap 'rm -rf "$keys"' EXIT
-  "$python" -m auth rotate-keys --keys-dir "$keys/keys"
+  AUTH_KEYS_DIR="$keys/keys" "$python" -m auth rotate-keys
   create auth-signing-keys --from-file="$keys/keys"
 fi
 
