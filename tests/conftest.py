@@ -157,3 +157,14 @@ async def start_server() -> AsyncIterator[Callable[..., Any]]:
     yield start
     for server in reversed(started):
         await server.drain()
+
+
+def walk(node: Any) -> Iterator[dict[str, Any]]:
+    """Every mapping in a rendered document, depth first."""
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from walk(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from walk(value)

@@ -29,6 +29,7 @@ from mesh.app import RunningService
 from mesh.clients import service_call
 from mesh.tokens import TokenVerifier
 from orchestrator.catalog import Catalog
+from orchestrator.memory_client import sync_request
 
 DIMENSION = 384
 SERVICE_KEY = "memory-tests-service-key"
@@ -115,19 +116,8 @@ async def start_memory(
 
 
 def shipped_agents() -> list[memory_pb2.AgentDefinition]:
-    return [
-        memory_pb2.AgentDefinition(
-            id=agent.id,
-            name=agent.name,
-            description=agent.description,
-            system_prompt=agent.system_prompt,
-            user_prompt=agent.user_prompt,
-            model=agent.model,
-            accent_token=agent.accent_token,
-            enabled=agent.enabled,
-        )
-        for agent in Catalog.load()
-    ]
+    """The catalog shipped with the orchestrator, as it seeds memory."""
+    return list(sync_request(list(Catalog.load())).agents)
 
 
 def start_turn_request(

@@ -7,11 +7,11 @@ import json
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import walk
 
 from edge.envoy_config import (
     ACCOUNT_SERVICE,
@@ -51,17 +51,6 @@ def web_root(tmp_path: Path) -> Path:
 def bootstrap(request: pytest.FixtureRequest, web_root: Path) -> dict[str, Any]:
     config = EdgeConfig.for_target(request.param, namespace="athena")
     return render(dataclasses.replace(config, web_root=web_root))
-
-
-def walk(node: Any) -> Iterator[dict[str, Any]]:
-    """Every mapping in the rendered document, depth first."""
-    if isinstance(node, dict):
-        yield node
-        for value in node.values():
-            yield from walk(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from walk(value)
 
 
 def edge_manager(bootstrap: dict[str, Any]) -> dict[str, Any]:

@@ -9,13 +9,13 @@ import json
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import httpx
 import pytest
 import yaml
+from conftest import walk
 from dockerfile import stage
 
 from devstack.process import ManagedProcess, free_port, port_open
@@ -53,17 +53,6 @@ def config_map_of_edge(manifests: list[Manifest]) -> tuple[str, str]:
 def bootstrap(manifests: list[Manifest]) -> dict[str, Any]:
     loaded: dict[str, Any] = yaml.safe_load(config_map_of_edge(manifests)[1])
     return loaded
-
-
-def walk(node: Any) -> Iterator[dict[str, Any]]:
-    """Every mapping in a rendered document, depth first."""
-    if isinstance(node, dict):
-        yield node
-        for value in node.values():
-            yield from walk(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from walk(value)
 
 
 def web_routes(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
