@@ -1,9 +1,11 @@
 """`InMemoryGateway`: the orchestrator's `MemoryGateway` for one user, in dictionaries.
 
 It keeps memory's contract where a turn can observe it (agent availability, idempotent user messages by
-client request id, history, scopes, keyed upserts, ephemeral values with a time to live) and recalls by
-shared words instead of vectors; tests/service/test_memory_gateway_contract.py holds it and the gRPC
-adapter to the same behaviour. `fail_with` makes every call of a method raise, to test degraded paths.
+client request id, titles, history, answers replaced by id, scopes, keyed and same-text upserts, ephemeral
+JSON values with a time to live) and recalls by shared words instead of vectors;
+tests/service/test_memory_gateway_contract.py holds it and the gRPC adapter to the same behaviour. Rules
+memory declares once (the title, JSON values) are memory's own functions. `fail_with` makes every call of
+a method raise, to test degraded paths.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from memory.domain import conversation_title, require_json
 from mesh.errors import AthenaError, FailedPrecondition, NotFound
 from orchestrator.catalog import AgentSpec
 from orchestrator.records import (
@@ -31,6 +34,8 @@ _WORD = re.compile(r"[a-z0-9]+")
 _STOP_WORDS = frozenset(
     {"a", "an", "the", "is", "my", "i", "me", "what", "do", "you", "to", "of", "and", "it"}
 )
+DEFAULT_EPHEMERAL_TTL_SECONDS = 300.0
+"""What a time to live of zero means (memory.v1.PutEphemeralRequest.ttl)."""
 
 
 def _words(text: str) -> set[str]:
@@ -99,7 +104,9 @@ class InMemoryGateway:
             if turn.conversation_id and turn.conversation_id not in self.conversations:
                 raise NotFound("conversation not found")
             conversation_id = turn.conversation_id or str(uuid.uuid4())
-            conversation = self.conversations.setdefault(conversation_id, _Conversation(turn.text[:60]))
+            conversation = self.conversations.setdefault(
+                conversation_id, _Conversation(conversation_title(turn.text))
+            )
             message = HistoryMessage(str(uuid.uuid4()), Role.USER, turn.agent_id, turn.text)
             conversation.messages.append(message)
             message_id = message.id
@@ -119,7 +126,12 @@ class InMemoryGateway:
         self._enter("append_assistant_message")
         if conversation_id not in self.conversations:
             raise NotFound("conversation not found")
-        self.conversations[conversation_id].messages.append(message)
+        messages = self.conversations[conversation_id].messages
+        for index, stored in enumerate(messages):
+            if isinstance(stored, AssistantMessage) and stored.id == message.id:
+                messages[index] = message  # the same id again (failed, then completed) replaces it
+                return
+        messages.append(message)
 
     def messages(self, conversation_id: str) -> list[HistoryMessage]:
         """Every message of the conversation as history, oldest first."""
@@ -152,16 +164,14 @@ class InMemoryGateway:
         ]
 
     async def remember(self, text: str, scope: Scope, agent_id: str, key: str = "") -> StoredMemory:
+        """Replaces the memory with the same key in the same scope, or (without a key) refreshes one with
+        exactly the same text, so a retried call stores nothing twice; the latest agent is its author."""
         self._enter("remember")
-        if key:
-            for memory in self.memories:
-                if (
-                    memory.key == key
-                    and memory.scope is scope
-                    and (scope is Scope.USER or memory.agent_id == agent_id)
-                ):
-                    memory.text = text
-                    return StoredMemory(memory.id, text, scope, key, created=False)
+        for memory in self.memories:
+            same_scope = memory.scope is scope and (scope is Scope.USER or memory.agent_id == agent_id)
+            if same_scope and (memory.key == key if key else (not memory.key and memory.text == text)):
+                memory.text, memory.agent_id = text, agent_id
+                return StoredMemory(memory.id, text, scope, key, created=False)
         memory = _Memory(str(uuid.uuid4()), text, scope, agent_id, key)
         self.memories.append(memory)
         return StoredMemory(memory.id, text, scope, key)
@@ -175,6 +185,8 @@ class InMemoryGateway:
 
     async def put_ephemeral(self, namespace: str, key: str, value_json: str, ttl_seconds: float) -> None:
         self._enter("put_ephemeral")
+        require_json(value_json, "value_json")
+        ttl_seconds = ttl_seconds or DEFAULT_EPHEMERAL_TTL_SECONDS
         self.ephemeral[(namespace, key)] = (time.monotonic() + ttl_seconds, value_json)
 
     async def get_ephemeral(self, namespace: str, key: str) -> str | None:

@@ -2,9 +2,15 @@
 
 It behaves like Google (or, with `tenant`, like Microsoft's multi-tenant endpoint, whose discovery issuer
 is `.../{tenantid}/v2.0`) as far as the code flow goes: authorization codes are one-time and bound to the
-client, the redirect URI, the PKCE challenge and the nonce; the token endpoint checks the client secret
-and the PKCE verifier and answers an RS256 ID token. Tests mint codes directly with `mint_code` (no
-browser needed) and can bend the ID token (`claims`, `header`, `signing_key`) to play an attacker.
+client, the redirect URI, the PKCE challenge, the scope and the nonce; the token endpoint authenticates
+the client (`client_secret_post`), then checks the code and the PKCE verifier, and answers an RS256 ID
+token when `openid` was asked for. Its discovery document, ID tokens and token-endpoint errors (RFC 6749
+§5.2) have the fields and forms of the real providers' (tests/fixtures/oidc), held there by
+tests/service/test_oidc_provider_contract.py: a Microsoft-like ID token carries `tid`, `ver` and
+`preferred_username` but no `email_verified`, and its JWKS keys name no `alg`, as Microsoft's don't.
+
+Tests mint codes directly with `mint_code` (no browser needed) and can bend the ID token (`claims`,
+`header`, `signing_key`) to play an attacker.
 """
 
 from __future__ import annotations
@@ -25,6 +31,10 @@ DELETE = object()
 """As a value in `claims`: leave that claim out of the ID token."""
 
 
+_NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+"""Headers of every token-endpoint answer (RFC 6749 §5.1, §5.2)."""
+
+
 def generate_signing_key(kid: str) -> RSAKey:
     return RSAKey.generate_key(2048, parameters={"kid": kid, "use": "sig", "alg": "RS256"}, private=True)
 
@@ -35,6 +45,7 @@ class _Grant:
     redirect_uri: str
     code_challenge: str
     nonce: str
+    scope: str
     claims: dict[str, Any]
     header: dict[str, Any]
     signing_key: RSAKey | None
@@ -94,45 +105,80 @@ class FakeOidcProvider:
         subject: str = "subject-1",
         email: str = "person@example.com",
         client_id: str | None = None,
+        scope: str = "openid email profile",
         claims: dict[str, Any] | None = None,
         header: dict[str, Any] | None = None,
         signing_key: RSAKey | None = None,
     ) -> str:
         """A code as if the person had signed in and consented; `claims` override the ID token's."""
         code = secrets.token_urlsafe(24)
+        person: dict[str, Any] = {"sub": subject, "email": email, "name": "Test Person"}
+        if self.tenant is None:
+            person["email_verified"] = True  # Google vouches for the address
+        else:
+            # Microsoft names the sign-in name and never says whether the address is verified.
+            person.update(preferred_username=email, ver="2.0")
         self.grants[code] = _Grant(
             client_id=client_id or self.client_id,
             redirect_uri=redirect_uri,
             code_challenge=code_challenge,
             nonce=nonce,
-            claims={
-                "sub": subject,
-                "email": email,
-                "email_verified": True,
-                "name": "Test Person",
-                **(claims or {}),
-            },
+            scope=scope,
+            claims={**person, **(claims or {})},
             header=header or {},
             signing_key=signing_key,
         )
         return code
 
-    async def _discovery(self, _: web.Request) -> web.Response:
-        return web.json_response(
-            {
-                "issuer": self.discovery_issuer,
-                "authorization_endpoint": f"{self.base_url}/authorize",
-                "token_endpoint": f"{self.base_url}/token",
-                "jwks_uri": f"{self.base_url}/jwks",
-                "response_types_supported": ["code"],
+    def discovery_document(self) -> dict[str, Any]:
+        """What the provider publishes: the fields of Google's (or Microsoft's) document that the code flow
+        uses, with the same names and forms, offering only what this provider does."""
+        document: dict[str, Any] = {
+            "issuer": self.discovery_issuer,
+            "authorization_endpoint": f"{self.base_url}/authorize",
+            "token_endpoint": f"{self.base_url}/token",
+            "jwks_uri": f"{self.base_url}/jwks",
+            "response_types_supported": ["code"],
+            "response_modes_supported": ["query"],
+            "id_token_signing_alg_values_supported": ["RS256"],
+            "token_endpoint_auth_methods_supported": ["client_secret_post"],
+        }
+        if self.tenant is None:
+            return document | {
                 "subject_types_supported": ["public"],
-                "id_token_signing_alg_values_supported": ["RS256"],
+                "scopes_supported": ["openid", "email", "profile"],
+                "claims_supported": ["aud", "email", "email_verified", "exp", "iat", "iss", "name", "sub"],
                 "code_challenge_methods_supported": ["S256"],
+                "grant_types_supported": ["authorization_code"],
             }
-        )
+        # Microsoft supports PKCE S256 but does not say so in its document.
+        return document | {
+            "subject_types_supported": ["pairwise"],
+            "scopes_supported": ["openid", "profile", "email"],
+            "claims_supported": [
+                "sub",
+                "iss",
+                "aud",
+                "exp",
+                "iat",
+                "nonce",
+                "preferred_username",
+                "name",
+                "tid",
+                "ver",
+                "email",
+            ],
+        }
+
+    async def _discovery(self, _: web.Request) -> web.Response:
+        return web.json_response(self.discovery_document())
 
     async def _jwks(self, _: web.Request) -> web.Response:
-        public = {**self.key.as_dict(private=False), "alg": "RS256", "use": "sig"}
+        public = {**self.key.as_dict(private=False), "use": "sig"}
+        if self.tenant is None:
+            public["alg"] = "RS256"  # Google names the algorithm of each key; Microsoft does not
+        else:
+            public.pop("alg", None)
         return web.json_response({"keys": [public]})
 
     async def _authorize(self, request: web.Request) -> web.Response:
@@ -148,32 +194,38 @@ class FakeOidcProvider:
             subject=hashlib.sha256(email.encode()).hexdigest()[:24],
             email=email,
             client_id=query.get("client_id", ""),
+            scope=query.get("scope", ""),
         )
         back = urlencode({"code": code, "state": query.get("state", "")})
         raise web.HTTPFound(f"{query.get('redirect_uri', '')}?{back}")
 
     async def _token(self, request: web.Request) -> web.Response:
+        """RFC 6749 §4.1.3 in its order: authenticate the client, then check the grant; errors as §5.2."""
         self.token_requests += 1
         form = await request.post()
+        client_id, secret = str(form.get("client_id", "")), str(form.get("client_secret", ""))
+        if client_id != self.client_id or not secrets.compare_digest(secret, self.client_secret):
+            return _token_error(401, "invalid_client", "client authentication failed")
+        if form.get("grant_type") != "authorization_code":
+            return _token_error(400, "unsupported_grant_type", "only authorization_code is supported")
         grant = self.grants.pop(str(form.get("code", "")), None)  # one-time: a replayed code is unknown
-        if form.get("grant_type") != "authorization_code" or grant is None:
-            return web.json_response({"error": "invalid_grant"}, status=400)
-        if form.get("client_id") != grant.client_id or form.get("client_secret") != self.client_secret:
-            return web.json_response({"error": "invalid_client"}, status=401)
-        if form.get("redirect_uri") != grant.redirect_uri:
-            return web.json_response({"error": "invalid_grant"}, status=400)
+        if grant is None:
+            return _token_error(400, "invalid_grant", "the code is invalid, expired or already used")
+        if grant.client_id != client_id or form.get("redirect_uri") != grant.redirect_uri:
+            return _token_error(400, "invalid_grant", "the code was issued to another client or redirect")
         verifier = str(form.get("code_verifier", ""))
         challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
         if not secrets.compare_digest(challenge, grant.code_challenge):
-            return web.json_response({"error": "invalid_grant", "error_description": "PKCE"}, status=400)
-        return web.json_response(
-            {
-                "access_token": secrets.token_urlsafe(16),
-                "token_type": "Bearer",
-                "expires_in": 3600,
-                "id_token": self.id_token(grant),
-            }
-        )
+            return _token_error(400, "invalid_grant", "the code_verifier does not match the code_challenge")
+        answer: dict[str, Any] = {
+            "access_token": secrets.token_urlsafe(16),
+            "token_type": "Bearer",
+            "expires_in": 3599,
+            "scope": grant.scope,
+        }
+        if "openid" in grant.scope.split():  # without it this is plain OAuth: no ID token
+            answer["id_token"] = self.id_token(grant)
+        return web.json_response(answer, headers=_NO_STORE)
 
     def id_token(self, grant: _Grant) -> str:
         now = int(time.time())
@@ -191,3 +243,9 @@ class FakeOidcProvider:
         key = grant.signing_key or self.key
         header = {"alg": "RS256", "kid": key.kid, "typ": "JWT", **grant.header}
         return jwt.encode(header, claims, key, algorithms=["RS256"])
+
+
+def _token_error(status: int, error: str, description: str) -> web.Response:
+    return web.json_response(
+        {"error": error, "error_description": description}, status=status, headers=_NO_STORE
+    )

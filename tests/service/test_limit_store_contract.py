@@ -1,0 +1,92 @@
+"""The router's `LimitStore` contract, held by the in-memory double and by the Redis store on a real Valkey.
+
+The limiter (router.limits.Limiter) relies on exactly this: a turn counter per user and window, the number
+of a user's open streams including the new one, leases dropped once they expired, and idempotent release.
+Every test runs against both stores; a double that counted differently from Redis would fail here.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+from doubles.limit_store import InMemoryLimitStore
+
+from devstack.valkey import EmbeddedValkey
+from mesh.redis import connect
+from router.limits import LimitStore
+from router.redis_limits import RedisLimitStore
+
+NOW = 1_800_000_000.0
+"""Epoch seconds the tests pretend it is: stores take the time from the caller, never from a clock."""
+LEASE = 600.0
+TTL = 61.0
+
+
+@pytest_asyncio.fixture(params=["in-memory", "redis"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[LimitStore]:
+    if request.param == "in-memory":
+        yield InMemoryLimitStore()
+        return
+    valkey: EmbeddedValkey = request.getfixturevalue("valkey")
+    client = connect(valkey.url, 1.0)
+    try:
+        yield RedisLimitStore(client)
+    finally:
+        await client.aclose()
+
+
+def new_user() -> str:
+    """A user no other test (or earlier run on the same Valkey) has counted for."""
+    return str(uuid.uuid4())
+
+
+async def test_turns_are_counted_per_user_and_window(store: LimitStore) -> None:
+    ada, bob = new_user(), new_user()
+    assert [await store.count_turn(ada, 42, TTL) for _ in range(3)] == [1, 2, 3]
+    assert await store.count_turn(ada, 43, TTL) == 1  # a new window starts from one
+    assert await store.count_turn(bob, 42, TTL) == 1  # another user has a budget of their own
+    assert await store.count_turn(ada, 42, TTL) == 4  # the earlier window's count was kept
+
+
+async def test_acquiring_answers_the_open_streams_including_the_new_one(store: LimitStore) -> None:
+    ada, bob = new_user(), new_user()
+    assert await store.acquire_stream(ada, "a1", NOW, NOW + LEASE) == 1
+    assert await store.acquire_stream(ada, "a2", NOW, NOW + LEASE) == 2
+    assert await store.acquire_stream(bob, "b1", NOW, NOW + LEASE) == 1  # per user
+    assert await store.acquire_stream(ada, "a3", NOW + 1, NOW + 1 + LEASE) == 3
+
+
+async def test_leases_expired_at_now_are_dropped_by_the_next_acquire(store: LimitStore) -> None:
+    ada = new_user()
+    assert await store.acquire_stream(ada, "short", NOW, NOW + 10) == 1
+    assert await store.acquire_stream(ada, "long", NOW, NOW + LEASE) == 2
+    # Still open a moment before its lease ends...
+    assert await store.acquire_stream(ada, "third", NOW + 9.5, NOW + 9.5 + LEASE) == 3
+    # ...and gone at the instant it ends: a crashed replica's stream frees its slot on its own.
+    assert await store.acquire_stream(ada, "fourth", NOW + 10, NOW + 10 + LEASE) == 3
+
+
+async def test_release_frees_a_slot_and_is_idempotent(store: LimitStore) -> None:
+    ada, bob = new_user(), new_user()
+    await store.acquire_stream(ada, "a1", NOW, NOW + LEASE)
+    await store.acquire_stream(ada, "a2", NOW, NOW + LEASE)
+    await store.acquire_stream(bob, "b1", NOW, NOW + LEASE)
+
+    await store.release_stream(ada, "a1")
+    await store.release_stream(ada, "a1")  # released twice (a refused stream, then its `finally`)
+    await store.release_stream(ada, "never-acquired")
+    await store.release_stream(new_user(), "of-someone-with-no-streams")
+
+    assert await store.acquire_stream(ada, "a3", NOW, NOW + LEASE) == 2  # a2 and a3
+    assert await store.acquire_stream(bob, "b2", NOW, NOW + LEASE) == 2  # bob's slot was not touched
+
+
+async def test_acquiring_the_same_stream_again_renews_its_lease(store: LimitStore) -> None:
+    ada = new_user()
+    assert await store.acquire_stream(ada, "s", NOW, NOW + 10) == 1
+    assert await store.acquire_stream(ada, "s", NOW, NOW + LEASE) == 1  # one stream, not two
+    # The renewed lease outlives the first one.
+    assert await store.acquire_stream(ada, "t", NOW + 10, NOW + 10 + LEASE) == 2
