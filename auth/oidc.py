@@ -118,9 +118,7 @@ class OidcProvider:
                 raise Unavailable(f"the {self.id} discovery document lacks {exc}") from exc
             self._metadata = metadata
             self._jwks = RemoteJwks(
-                metadata.jwks_uri,
-                min_refresh_seconds=self._jwks_min_refresh,
-                timeout=self._http.timeout.read or 10.0,
+                metadata.jwks_uri, min_refresh_seconds=self._jwks_min_refresh, client=self._http
             )
         return self._metadata
 
@@ -209,7 +207,7 @@ class OidcProvider:
         registry = jwt.JWTClaimsRegistry(
             now=int(now.timestamp()),
             leeway=LEEWAY_SECONDS,
-            iss={"essential": True, "value": expected_issuer},
+            iss={"essential": True, "values": [expected_issuer, *self.settings.issuer_aliases]},
             aud={"essential": True, "value": self.settings.client_id},
             sub={"essential": True},
             exp={"essential": True},

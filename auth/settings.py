@@ -78,6 +78,8 @@ class OidcProviderSettings(BaseModel):
     """The only redirect URIs BeginLogin accepts (exact string match, as registered with the provider)."""
     scopes: tuple[str, ...] = ("openid", "email", "profile")
     """Scopes requested at the authorization endpoint."""
+    issuer_aliases: tuple[str, ...] = ()
+    """Other `iss` values the provider documents for its ID tokens besides its discovery issuer."""
     trust_email: bool = False
     """Whether this provider's `email` claim may link to an existing account with the same address when
     the ID token does not say `email_verified: true`. Off: Microsoft's `email` claim is not verified in
@@ -91,6 +93,8 @@ class OidcProviderSettings(BaseModel):
 class GoogleSettings(OidcProviderSettings):
     display_name: str = "Google"
     discovery_url: str = GOOGLE_DISCOVERY_URL
+    issuer_aliases: tuple[str, ...] = ("accounts.google.com",)
+    """Google documents `iss` as "https://accounts.google.com" or "accounts.google.com"."""
 
 
 class MicrosoftSettings(OidcProviderSettings):

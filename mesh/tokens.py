@@ -54,10 +54,19 @@ class RemoteJwks:
     """The auth service's JWKS over HTTP, cached; refetched when a token names an unknown `kid`, at most
     once per `min_refresh_seconds` so garbage `kid`s cannot make us hammer the auth service."""
 
-    def __init__(self, url: str, *, min_refresh_seconds: float = 30.0, timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        min_refresh_seconds: float = 30.0,
+        timeout: float = 5.0,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
         self._url = url
         self._min_refresh = min_refresh_seconds
         self._timeout = timeout
+        self._client = client
+        """The caller's HTTP client (its timeouts and transport); None: one per fetch."""
         self._keys: KeySet | None = None
         self._fetched_at = float("-inf")
         self._lock = asyncio.Lock()
@@ -78,10 +87,13 @@ class RemoteJwks:
 
     async def _fetch(self) -> None:
         try:
-            async with httpx.AsyncClient(timeout=self._timeout) as client:
-                response = await client.get(self._url)
-                response.raise_for_status()
-                document = response.json()
+            if self._client is not None:
+                response = await self._client.get(self._url)
+            else:
+                async with httpx.AsyncClient(timeout=self._timeout) as client:
+                    response = await client.get(self._url)
+            response.raise_for_status()
+            document = response.json()
             self._keys = KeySet.import_key_set(document)
             self._fetched_at = time.monotonic()
         except (httpx.HTTPError, ValueError, JoseError) as exc:

@@ -140,7 +140,7 @@ class GrpcMemoryGateway:
 
     async def put_ephemeral(self, namespace: str, key: str, value_json: str, ttl_seconds: float) -> None:
         ttl = Duration()
-        ttl.FromMilliseconds(int(ttl_seconds * 1000))
+        ttl.FromNanoseconds(round(ttl_seconds * 1e9))
         await call(
             self._memories.PutEphemeral,
             memory_pb2.PutEphemeralRequest(namespace=namespace, key=key, value_json=value_json, ttl=ttl),

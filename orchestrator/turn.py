@@ -73,6 +73,8 @@ class _Progress:
     tool_calls: list[ToolCallRecord] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
     time_to_first_token: float | None = None
+    stored: bool = False
+    """Whether the complete answer is stored (nothing may overwrite it as failed afterwards)."""
 
     def message(self, error: str = "") -> AssistantMessage:
         return AssistantMessage(
@@ -145,7 +147,8 @@ class TurnRunner:
                 async for event in events:
                     yield event
         except (asyncio.CancelledError, GeneratorExit):
-            await self._store_failed(progress, CANCELLED_REASON)
+            if not progress.stored:  # closed after MessageCompleted: the answer is whole, and stored
+                await self._store_failed(progress, CANCELLED_REASON)
             raise
         except AthenaError as exc:
             await self._store_failed(progress, exc.message)
@@ -210,6 +213,7 @@ class TurnRunner:
             progress.usage += finished.usage
             if not finished.tool_calls:
                 await self._memory.append_assistant_message(progress.conversation_id, progress.message())
+                progress.stored = True
                 yield MessageCompleted(
                     message_id=progress.message_id,
                     agent_id=agent.id,

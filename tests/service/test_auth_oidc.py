@@ -155,6 +155,17 @@ async def test_google_login_creates_then_updates_the_account(
     assert again.user.display_name == "Rear Admiral Hopper"
 
 
+async def test_google_id_tokens_may_name_the_issuer_without_its_scheme(
+    stub: Stub, google_idp: FakeOidcProvider
+) -> None:
+    """Google documents `iss` as "https://accounts.google.com" or "accounts.google.com": both sign in."""
+    subject, email = unique_subject()
+    state, query = await begin(stub)
+    code = code_for(google_idp, query, subject=subject, email=email, claims={"iss": "accounts.google.com"})
+    session = (await stub.CompleteLogin(auth_pb2.CompleteLoginRequest(state=state, code=code))).session
+    assert session.user.email == email
+
+
 async def test_login_through_the_authorize_redirect(stub: Stub) -> None:
     answer = await stub.BeginLogin(auth_pb2.BeginLoginRequest(provider="google", redirect_uri=REDIRECT))
     _, email = unique_subject()

@@ -362,3 +362,17 @@ async def test_an_agent_missing_from_memorys_catalog_is_refused(
     with pytest.raises(FailedPrecondition, match="not available"):
         await collect(runner(catalog, memory, ScriptedModel([])), "hi")
     assert memory.conversations == {}
+
+
+async def test_closing_the_stream_after_the_completion_keeps_the_answer_complete(
+    catalog: Catalog, memory: InMemoryGateway
+) -> None:
+    turns = runner(catalog, memory, ScriptedModel([ScriptedReply("all of it")]))
+    stream = turns.run(USER, NewTurn("athena", "hi"))
+    events_seen = [await anext(stream) for _ in range(6)]  # started, recalled, 3 words, completed
+    assert isinstance(events_seen[-1], events.MessageCompleted)
+    await stream.aclose()  # the client went away right after the last event
+    await turns.wait_background()
+
+    [stored] = memory.assistant_messages(events_seen[0].conversation_id)
+    assert (stored.content, stored.failed) == ("all of it", False)
