@@ -1,8 +1,9 @@
 """The Redis-compatible server (Valkey, Redis): one way to connect and to translate its failures.
 
-Clients fail fast: a short timeout and no retries, so a request never waits long on a server that is
-down; callers decide what a failure means (memory's ephemeral values answer UNAVAILABLE, the router's
-rate limits fail open).
+Clients fail fast: a short timeout and one immediate retry (a pooled connection to a server that
+restarted is dead; the retry dials a new one), so a request never waits long on a server that is down
+and works again as soon as it is back; callers decide what a failure means (memory's ephemeral values
+answer UNAVAILABLE, the router's rate limits fail open).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def connect(url: str, timeout: float) -> Redis:
         socket_connect_timeout=timeout,
         socket_timeout=timeout,
         retry_on_timeout=False,
-        retry=Retry(NoBackoff(), 0),
+        retry=Retry(NoBackoff(), 1),
         decode_responses=True,
     )
 

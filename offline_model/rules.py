@@ -11,9 +11,10 @@ The rules look at the last message (SPEC §4):
 - a tool is only called when the request offers it; anything else gets the memory answer: "Here is what
   I know: " + the memories of the `Memories:` system message joined by "; ", or "I don't know that yet."
 
-Test directives may prefix the last user message: `!fail <status> <count>` (the first `count` requests
-carrying that exact message are answered with HTTP `status`, see `FailureInjector`) and `!slow <ms>`
-(wait before the first chunk). They are stripped before the rules run.
+Test directives may prefix the last user message when the server enables them (the setting
+`test_directives`, off by default): `!fail <status> <count>` (the first `count` requests carrying that
+exact message are answered with HTTP `status`, see `FailureInjector`) and `!slow <ms>` (wait before the
+first chunk). They are stripped before the rules run.
 
 Messages are the OpenAI Chat Completions wire format, already decoded from JSON. Nothing here does I/O.
 """
@@ -142,16 +143,23 @@ def last_user_text(messages: Sequence[Message]) -> str:
 
 
 def plan_reply(
-    messages: Sequence[Message], offered_tools: Iterable[str], now: datetime | None = None
+    messages: Sequence[Message],
+    offered_tools: Iterable[str],
+    now: datetime | None = None,
+    *,
+    directives: bool = False,
 ) -> Reply:
     """The offline model's reply to `messages` when the request offers the tools named `offered_tools`.
 
-    `now` (timezone-aware, defaults to the current UTC time) anchors the calendar window.
+    `now` (timezone-aware, defaults to the current UTC time) anchors the calendar window; with
+    `directives`, test directives are stripped from the last user message first.
     """
     tools = frozenset(offered_tools)
     if messages and messages[-1].get("role") == "tool":
         return _after_tool_result(messages)
-    text = parse_directives(last_user_text(messages)).text
+    text = last_user_text(messages)
+    if directives:
+        text = parse_directives(text).text
     call = _tool_call_for(text, now or datetime.now(UTC))
     if call is not None and call.name in tools:
         return call
@@ -246,7 +254,10 @@ def _after_tool_result(messages: Sequence[Message]) -> TextReply:
         fact = str(arguments.get("text", "")).strip()
         return TextReply(f"Got it — I'll remember that {fact}." if fact else "Got it — I'll remember that.")
     if name == FORGET_TOOL:
-        return TextReply("Done — I've forgotten that.")
+        # Say what happened: a forget that matched nothing must not read as done.
+        if _decode_arguments(content).get("forgotten", 0):
+            return TextReply("Done — I've forgotten that.")
+        return TextReply("I couldn't find anything like that to forget.")
     if name == CALENDAR_TOOL:
         return TextReply(_calendar_summary(content, arguments))
     return TextReply("Done.")

@@ -311,12 +311,14 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     chat = parse_chat_request(await _json_body(request))
     user_text = rules.last_user_text(chat.messages)
-    failure = state.failures.status_for(user_text)
+    directives = state.settings.test_directives
+    failure = state.failures.status_for(user_text) if directives else None
     if failure is not None:
         log.info("injected failure", extra={"status": failure})
         return error_response(failure, f"Injected failure (HTTP {failure}) requested by the message.")
-    completion = _Completion(chat, rules.plan_reply(chat.messages, chat.offered_tools))
-    slow = rules.parse_directives(user_text).slow_ms / 1000
+    reply = rules.plan_reply(chat.messages, chat.offered_tools, directives=directives)
+    completion = _Completion(chat, reply)
+    slow = rules.parse_directives(user_text).slow_ms / 1000 if directives else 0.0
     if not chat.stream:
         if slow:
             await asyncio.sleep(slow)

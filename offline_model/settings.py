@@ -15,7 +15,7 @@ class OfflineModelSettings(BaseSettings):
     """AthenaOS offline model: an OpenAI-compatible chat and embeddings server with deterministic answers.
 
     Environment: OFFLINE_MODEL_HOST, OFFLINE_MODEL_PORT, OFFLINE_MODEL_EMBEDDING_DIMENSIONS,
-    OFFLINE_MODEL_LOG_LEVEL, ATHENA_OFFLINE_DELAY_MS.
+    OFFLINE_MODEL_LOG_LEVEL, OFFLINE_MODEL_TEST_DIRECTIVES, ATHENA_OFFLINE_DELAY_MS.
     """
 
     model_config = SettingsConfigDict(
@@ -37,5 +37,8 @@ class OfflineModelSettings(BaseSettings):
     """Length of embeddings when a request does not ask for `dimensions`."""
     log_level: str = "INFO"
     """Level of the JSON logs on stderr."""
+    test_directives: bool = False
+    """Whether messages may steer the model with `!fail <status> <count>` and `!slow <ms>` (fault and
+    latency tests). Off, such a message is an ordinary message: nobody can make the model fail or stall."""
     shutdown_seconds: float = Field(2.0, ge=0)
     """After SIGTERM/SIGINT, how long open streams may run before their connections are closed."""

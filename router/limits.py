@@ -45,8 +45,9 @@ class Limits:
     """A stream's slot is freed after this long even if its end was never recorded (replica crash)."""
     stream_retry_after_seconds: float = 1.0
     """What a refused stream is told to wait: streams end at unknown times, so a short, honest guess."""
-    outage_backoff_seconds: float = 5.0
-    """After the store failed, how long turns are admitted without asking it."""
+    outage_backoff_seconds: float = 2.0
+    """After the store failed, how long turns are admitted without asking it: limits apply again at most
+    this long after the store is back."""
 
 
 @dataclass(frozen=True)

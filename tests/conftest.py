@@ -22,6 +22,7 @@ from mesh.app import Deps, RunningService, ServiceApp, start
 from mesh.server import MeshServer, Service
 from mesh.settings import ServiceSettings
 from mesh.tokens import StaticKeySource, TokenVerifier
+from offline_model.settings import OfflineModelSettings
 
 ISSUER = "athenaos"
 AUDIENCE = "athenaos-api"
@@ -168,3 +169,10 @@ def walk(node: Any) -> Iterator[dict[str, Any]]:
     elif isinstance(node, list):
         for value in node:
             yield from walk(value)
+
+
+def offline_model_settings(**overrides: Any) -> OfflineModelSettings:
+    """The offline model as tests run it: a free port, no pause between words, test directives on."""
+    return OfflineModelSettings(
+        **{"port": 0, "delay_ms": 0, "embedding_dimensions": 384, "test_directives": True, **overrides}
+    )

@@ -25,7 +25,7 @@ from athena.account.v1 import account_pb2_grpc
 from athena.auth.v1 import auth_pb2, auth_pb2_grpc
 from athena.chat.v1 import chat_pb2, chat_pb2_grpc
 from athena.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
-from conftest import ServiceGroup, auth_metadata, service_settings
+from conftest import ServiceGroup, auth_metadata, offline_model_settings, service_settings
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from joserfc.jwk import KeySet, RSAKey
 from memory_fixtures import MemoryHarness, start_memory  # type: ignore[import-not-found]
@@ -40,7 +40,6 @@ from mesh.errors import Unavailable
 from mesh.server import MeshServer, Service
 from mesh.tokens import KeySource, RemoteJwks, StaticKeySource, TokenVerifier
 from offline_model.server import OfflineModelServer
-from offline_model.settings import OfflineModelSettings
 from orchestrator.app import ORCHESTRATOR, OrchestratorDeps, openai_model
 from orchestrator.app import SERVICE_NAME as ORCHESTRATOR_SERVICE
 from orchestrator.model import ChatModel, ModelEvent, ModelRequest
@@ -291,7 +290,7 @@ async def open_router_mesh(
     memory = await start_memory(
         services.start, verifier, make_token, base, postgres_url, redis_url, ATHENA_SERVICE_KEY=SERVICE_KEY
     )
-    model = OfflineModelServer(OfflineModelSettings(port=0, delay_ms=0, embedding_dimensions=384))
+    model = OfflineModelServer(offline_model_settings())
     await model.start()
     return RouterMesh(
         memory, model, auth_service, auth_channel, verifier, make_token, redis_url, base, services

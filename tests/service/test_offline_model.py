@@ -12,6 +12,7 @@ import numpy as np
 import openai
 import pytest
 import pytest_asyncio
+from conftest import offline_model_settings
 from openai import AsyncOpenAI
 
 from offline_model.server import OfflineModelServer
@@ -39,7 +40,7 @@ TOOLS: list[Any] = [
 @pytest_asyncio.fixture(scope="module")
 async def server() -> AsyncIterator[OfflineModelServer]:
     # A few milliseconds between chunks: fast, yet slow enough that a client can leave mid-stream.
-    model = OfflineModelServer(OfflineModelSettings(port=0, delay_ms=2, embedding_dimensions=384))
+    model = OfflineModelServer(offline_model_settings(delay_ms=2))
     await model.start()
     yield model
     await model.stop()
@@ -232,6 +233,21 @@ async def test_injected_failure_is_answered_then_the_message_succeeds(client: As
         model="athena-offline", messages=[{"role": "user", "content": message}]
     )
     assert completion.choices[0].message.content == "I don't know that yet."
+
+
+async def test_directives_are_only_obeyed_when_a_test_setting_enables_them() -> None:
+    """Anyone can type "!fail 503 9 …" or "!slow 60000 …": a deployed model must answer it as words."""
+    server = OfflineModelServer(OfflineModelSettings(port=0, delay_ms=0, embedding_dimensions=384))
+    await server.start()
+    try:
+        async with AsyncOpenAI(base_url=server.base_url, api_key="offline", max_retries=0) as plain:
+            for message in (unique("!fail 503 9 hello"), unique("!slow 60000 hello")):
+                completion = await plain.chat.completions.create(
+                    model="athena-offline", messages=[{"role": "user", "content": message}], timeout=5
+                )
+                assert completion.choices[0].message.content == "I don't know that yet."
+    finally:
+        await server.stop()
 
 
 async def test_bad_requests_get_openai_errors(client: AsyncOpenAI) -> None:

@@ -18,7 +18,7 @@ import pytest_asyncio
 from athena.chat.v1 import chat_pb2
 from athena.memory.v1 import memory_pb2, memory_pb2_grpc
 from athena.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
-from conftest import ServiceGroup, auth_metadata, service_settings
+from conftest import ServiceGroup, auth_metadata, offline_model_settings, service_settings
 from doubles.model import ScriptedModel, ScriptedReply
 from memory_fixtures import MemoryHarness, start_memory  # type: ignore[import-not-found]
 
@@ -26,7 +26,6 @@ from devstack.postgres import EmbeddedPostgres
 from devstack.valkey import EmbeddedValkey
 from mesh.tokens import TokenVerifier
 from offline_model.server import OfflineModelServer
-from offline_model.settings import OfflineModelSettings
 from orchestrator.app import ORCHESTRATOR, OrchestratorDeps
 from orchestrator.model import ChatModel
 from orchestrator.settings import OrchestratorSettings
@@ -99,7 +98,7 @@ async def mesh(
     memory = await start_memory(
         services.start, verifier, make_token, base, postgres.url, valkey.url, ATHENA_SERVICE_KEY=SERVICE_KEY
     )
-    model = OfflineModelServer(OfflineModelSettings(port=0, delay_ms=0, embedding_dimensions=384))
+    model = OfflineModelServer(offline_model_settings())
     await model.start()
     target = f"127.0.0.1:{memory.port}"
     harness = Mesh(memory, model, make_token, verifier, target, base, services, [])

@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -33,9 +34,10 @@ from router_fixtures import (  # type: ignore[import-not-found]
 from devstack.postgres import EmbeddedPostgres
 from devstack.process import free_port
 from devstack.valkey import EmbeddedValkey
-from mesh.errors import Unavailable
+from mesh.errors import ResourceExhausted, Unavailable
 from mesh.redis import connect
 from router.app import RouterDeps
+from router.limits import Limiter, Limits
 from router.redis_limits import RedisLimitStore
 
 
@@ -196,3 +198,28 @@ async def test_with_redis_down_turns_are_admitted_and_a_warning_logged(
             events = await chat(router.chat, metadata, f"turn {n}")
             assert events[-1].text_delta.text == "fine"
     assert any("admitting chat turns without limits" in record.message for record in caplog.records)
+
+
+async def test_limits_apply_again_as_soon_as_redis_is_back(tmp_path: Path) -> None:
+    """While Redis is down turns are admitted; once it is back, the next turn after the short outage
+    backoff is limited again (its pooled connections died with it: the client must dial again)."""
+    server = EmbeddedValkey(free_port(), tmp_path / "valkey.log")
+    server.start()
+    client = connect(server.url, 0.5)
+    clock = FakeClock()
+    limiter = Limiter(Limits(max_streams=1), RedisLimitStore(client), clock)
+    try:
+        async with limiter.stream("ada"):
+            pass
+        server.stop()
+        async with limiter.stream("ada"), limiter.stream("ada"):  # over the limit, admitted: Redis is down
+            pass
+        server.start()
+        clock.advance(Limits().outage_backoff_seconds)
+        async with limiter.stream("ada"):
+            with pytest.raises(ResourceExhausted):
+                async with limiter.stream("ada"):
+                    pass
+    finally:
+        await client.aclose()
+        server.stop()

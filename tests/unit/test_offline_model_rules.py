@@ -126,9 +126,15 @@ def test_remember_result_is_confirmed_with_the_fact() -> None:
     )
 
 
-def test_forget_result_is_confirmed() -> None:
-    messages = [user("forget my tea"), *tool_turn("forget_memory", {"query": "my tea"}, {"deleted": 1})]
+def test_forget_result_is_confirmed_only_when_something_was_forgotten() -> None:
+    forgot = {"forgotten": 1, "ids": ["m1"]}
+    messages = [user("forget my tea"), *tool_turn("forget_memory", {"query": "my tea"}, forgot)]
     assert rules.plan_reply(messages, ALL_TOOLS, NOW) == rules.TextReply("Done — I've forgotten that.")
+    nothing = {"forgotten": 0, "ids": []}
+    messages = [user("forget my tea"), *tool_turn("forget_memory", {"query": "my tea"}, nothing)]
+    assert rules.plan_reply(messages, ALL_TOOLS, NOW) == rules.TextReply(
+        "I couldn't find anything like that to forget."
+    )
 
 
 def test_the_result_matching_the_tool_call_id_is_confirmed() -> None:
@@ -182,8 +188,11 @@ def test_directives_are_stripped_before_the_rules_run() -> None:
     assert directives == rules.Directives(
         fail_status=503, fail_count=2, slow_ms=250.0, text="remember I like tea"
     )
-    reply = rules.plan_reply([user("!fail 503 2 remember I like tea")], ALL_TOOLS, NOW)
+    reply = rules.plan_reply([user("!fail 503 2 remember I like tea")], ALL_TOOLS, NOW, directives=True)
     assert reply == rules.ToolCallReply("remember_memory", {"text": "I like tea", "scope": "user"})
+    # Without them enabled, a directive is just words of the message.
+    plain = rules.plan_reply([user("!fail 503 2 remember I like tea")], ALL_TOOLS, NOW)
+    assert plain == rules.TextReply("I don't know that yet.")
 
 
 def test_failures_are_injected_per_message_until_the_budget_is_spent() -> None:
