@@ -10,6 +10,7 @@ the server's ErrorInterceptor answers them like any other.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from typing import Any, TypeVar, cast
 
@@ -17,10 +18,20 @@ import grpc
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
 from mesh.context import current_call, principal, time_remaining
-from mesh.errors import STATUS_TYPES, AthenaError, InvalidArgument, ResourceExhausted, Unavailable
-from mesh.interceptors import SERVICE_KEY_HEADER
+from mesh.errors import (
+    STATUS_TYPES,
+    AthenaError,
+    DeadlineExceeded,
+    InvalidArgument,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+)
+from mesh.interceptors import DELIBERATE, SERVICE_KEY_HEADER
 
 Response = TypeVar("Response")
+
+log = logging.getLogger(__name__)
 
 
 def channel(target: str, *, keepalive_seconds: float = 30.0) -> grpc.aio.Channel:
@@ -62,24 +73,45 @@ def service_call(service_key: str, *, timeout: float | None = None) -> dict[str,
 
 
 def from_rpc_error(exc: grpc.aio.AioRpcError) -> AthenaError:
-    """A peer's status as an exception of the tree: `raise from_rpc_error(exc) from exc`."""
+    """A peer's status as an exception of the tree: `raise from_rpc_error(exc) from exc`.
+
+    A status our services answered on purpose (the `DELIBERATE` trailer) keeps its message. Any other
+    one was made on the way (a peer down, the transport, a proxy): its message may name addresses or
+    internals, so the caller is told in our words instead (`PUBLIC_SENTENCES`)."""
     code = exc.code()
+    trailers = cast(Iterable[tuple[str, str]], exc.trailing_metadata() or ())
+    pairs = [(key, value) for key, value in trailers]
+    if DELIBERATE not in pairs:
+        log.warning(
+            "peer call failed", extra={"status": code.name, "details": exc.details(), "deliberate": False}
+        )
+        return _in_our_words(code)
     details = exc.details() or code.name.lower().replace("_", " ")
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         field, _, problem = details.partition(": ")
         return InvalidArgument(field, problem) if problem else InvalidArgument("request", details)
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        trailers = cast(Iterable[tuple[str, str]], exc.trailing_metadata() or ())
-        retry_after = next((float(value) for key, value in trailers if key == "retry-after"), None)
+        retry_after = next((float(value) for key, value in pairs if key == "retry-after"), None)
         return ResourceExhausted(details, retry_after=retry_after)
-    if code == grpc.StatusCode.CANCELLED:
-        # Our own caller's cancellation cancels our handler instead: this one is the peer's doing (it
-        # stopped, or dropped the call).
-        return Unavailable(f"a service stopped while answering: {details}")
     error_type = STATUS_TYPES.get(code.name)
     if error_type is None or error_type is InvalidArgument:
         return AthenaError(details)
     return error_type(details)
+
+
+PUBLIC_SENTENCES: dict[grpc.StatusCode, tuple[type[AthenaError], str]] = {
+    grpc.StatusCode.UNAVAILABLE: (Unavailable, "a service needed to answer is unavailable; try again"),
+    grpc.StatusCode.CANCELLED: (Unavailable, "a service stopped while answering; try again"),
+    grpc.StatusCode.DEADLINE_EXCEEDED: (DeadlineExceeded, "no answer came before the deadline"),
+    grpc.StatusCode.RESOURCE_EXHAUSTED: (ResourceExhausted, "the request or its answer is too large"),
+    grpc.StatusCode.UNAUTHENTICATED: (Unauthenticated, "the access token was not accepted"),
+}
+"""What a caller is told for a status made on the way, by code; any other code is an internal error."""
+
+
+def _in_our_words(code: grpc.StatusCode) -> AthenaError:
+    error_type, sentence = PUBLIC_SENTENCES.get(code, (AthenaError, "a service failed while answering"))
+    return error_type(sentence)
 
 
 async def call(

@@ -236,10 +236,11 @@ class ErrorInterceptor(CallInterceptor):
         if error is None or isinstance(error, asyncio.CancelledError | grpc.aio.AbortError):
             return
         if isinstance(error, AthenaError) and error.status != "INTERNAL":
+            trailers = [DELIBERATE]
             retry_after = getattr(error, "retry_after", None)
             if retry_after is not None:
-                context.set_trailing_metadata((("retry-after", str(max(1, round(retry_after)))),))
-            await context.abort(grpc.StatusCode[error.status], error.message)
+                trailers.append(("retry-after", str(max(1, round(retry_after)))))
+            await context.abort(grpc.StatusCode[error.status], error.message, tuple(trailers))
         errors_log.error(
             "unhandled error in %s", call.method, exc_info=error, extra={"request_id": call.request_id}
         )
@@ -247,6 +248,11 @@ class ErrorInterceptor(CallInterceptor):
 
 
 SERVICE_KEY_HEADER = "x-athena-service-key"
+
+DELIBERATE = ("athena-answer", "deliberate")
+"""Trailer of every status our services answer on purpose: its message is a sentence meant for the
+caller. A status without it was made on the way (grpc's transport, a proxy) and its message may name
+addresses or internals; `mesh.clients.from_rpc_error` replaces such messages with our own words."""
 
 
 class AuthInterceptor(CallInterceptor):

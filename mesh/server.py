@@ -33,6 +33,7 @@ from mesh.interceptors import (
     ErrorInterceptor,
     MetricsInterceptor,
 )
+from mesh.requests import RequestReader
 from mesh.settings import ServiceSettings
 from mesh.tokens import TokenVerifier
 from mesh.validation import ValidationInterceptor, shared_validator
@@ -108,10 +109,14 @@ class MeshServer:
             ("grpc.max_connection_age_ms", int(s.max_connection_age_seconds * 1000)),
             ("grpc.max_connection_age_grace_ms", int(s.max_connection_age_grace_seconds * 1000)),
             ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+            # A client may hold this many calls open on one connection; Envoy opens another connection
+            # when it needs more, and a misbehaving client cannot pile up calls without bound.
+            ("grpc.max_concurrent_streams", s.max_concurrent_streams),
         ]
 
     async def start(self) -> None:
         interceptors = [
+            RequestReader(self.settings.request_read_timeout_seconds),
             aio_server_interceptor(),  # type: ignore[no-untyped-call]
             CallContextInterceptor(),
             AccessLogInterceptor(),

@@ -44,6 +44,10 @@ class ServiceSettings(BaseSettings):
     """How long start-up keeps retrying while a dependency (PostgreSQL, a peer) is not reachable yet."""
     readiness_interval_seconds: float = Field(2.0, gt=0)
     """How often the readiness check runs while serving."""
+    request_read_timeout_seconds: float = Field(10.0, gt=0)
+    """How long a call's request message may take to arrive whole before it is refused."""
+    max_concurrent_streams: int = Field(512, ge=1)
+    """Calls one client connection may hold open at once."""
     drain_seconds: float = Field(10.0, gt=0)
     """After SIGTERM, how long in-flight calls may finish before they are cancelled."""
     max_connection_age_seconds: float = Field(300.0, gt=0)

@@ -16,6 +16,7 @@ from athena.chat.v1 import chat_pb2, chat_pb2_grpc
 from conftest import TokenFactory, auth_metadata, service_settings
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from rawgrpc import frame, raw_call
 
 from mesh import errors
 from mesh.clients import outgoing
@@ -68,7 +69,9 @@ async def probe(
     tmp_path: Path, start_server: Any, verifier: TokenVerifier
 ) -> AsyncIterator[tuple[MeshServer, ProbeServicer, grpc.aio.Channel]]:
     servicer = ProbeServicer()  # type: ignore[abstract]  # only the methods under test
-    settings = ServiceSettings(**service_settings(tmp_path, drain_seconds=5.0))
+    settings = ServiceSettings(
+        **service_settings(tmp_path, drain_seconds=5.0, request_read_timeout_seconds=0.5)
+    )
     server = await start_server(
         "probe",
         settings,
@@ -246,3 +249,39 @@ async def test_liveness_stays_serving_while_readiness_fails(
                 break
             await asyncio.sleep(0.02)
         assert await status(CHAT) == health_pb2.HealthCheckResponse.SERVING
+
+
+@pytest.mark.parametrize("method", ["GetConversation", "Chat"])
+@pytest.mark.parametrize(
+    ("body", "end_stream", "problem"),
+    [
+        pytest.param(b"", True, "request: the call carried no request message", id="empty-body"),
+        pytest.param(b"\x00\x00\x00", True, "request: the call carried no request message", id="cut-prefix"),
+        pytest.param(
+            b"\x00\x00\x00\x00\x10ab", True, "request: the call carried no request message", id="short-body"
+        ),
+        pytest.param(
+            b"\x00\x00\x00\x00\x10ab",
+            False,
+            "request: the request message did not arrive whole within 0.5 seconds",
+            id="body-never-ends",
+        ),
+        pytest.param(
+            frame(b"\xff\xff\xff"),
+            True,
+            "request: is not a valid athena.chat.v1.{type} message",
+            id="not-the-message",
+        ),
+    ],
+)
+async def test_a_request_that_cannot_be_read_still_gets_a_status(
+    probe: Any, method: str, body: bytes, end_stream: bool, problem: str
+) -> None:
+    """grpc's own server drops such calls without a status (the client waits until its connection dies)
+    and answers undecodable ones UNKNOWN with the parser's exception: here each one is INVALID_ARGUMENT
+    with a sentence, at once or after the read timeout."""
+    server, _, _ = probe
+    answer = await raw_call(server.port, f"/{CHAT}/{method}", body, end_stream=end_stream, within=5)
+    assert answer.grpc_status == str(grpc.StatusCode.INVALID_ARGUMENT.value[0]), answer
+    request_type = "GetConversationRequest" if method == "GetConversation" else "ChatRequest"
+    assert answer.grpc_message == problem.format(type=request_type), answer

@@ -12,7 +12,9 @@ from typing import Any
 import grpc
 import pytest
 import pytest_asyncio
-from athena.chat.v1 import chat_pb2
+from athena.account.v1 import account_pb2, account_pb2_grpc
+from athena.chat.v1 import chat_pb2, chat_pb2_grpc
+from conftest import service_settings
 from grpc_health.v1 import health_pb2
 from joserfc.jwk import RSAKey
 from router_fixtures import (  # type: ignore[import-not-found]
@@ -25,11 +27,15 @@ from router_fixtures import (  # type: ignore[import-not-found]
     chat,
     expect_status,
     expect_stream_status,
+    pool_target,
     router_mesh,
 )
 
 from devstack.postgres import EmbeddedPostgres
+from devstack.process import free_port
 from devstack.valkey import EmbeddedValkey
+from router.app import ROUTER, RouterDeps
+from router.settings import RouterSettings
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -227,3 +233,30 @@ async def test_a_replica_dying_mid_stream_fails_that_turn_only_and_the_survivor_
     assert events[-1].HasField("message_completed")
     assert survivor.servicer.runs == before + 1
     assert await router.health() == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_a_peer_that_is_down_is_told_in_our_words(mesh: RouterMesh, stubs: StubPool) -> None:
+    """grpc's own message for an unreachable peer names addresses and ports ("failed to connect to all
+    addresses; last error: ... ipv4:127.0.0.1:<port>"): the client reads a sentence instead."""
+    settings = RouterSettings(
+        **service_settings(
+            mesh.base,
+            orchestrator_target=pool_target(stubs.orchestrators),
+            memory_target=f"127.0.0.1:{free_port()}",
+            auth_target=f"127.0.0.1:{free_port()}",
+            redis_url=mesh.redis_url,
+        )
+    )
+    router = await mesh.services.start(ROUTER, settings, RouterDeps(verifier=mesh.verifier))
+    _, metadata = mesh.user()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{router.port}") as channel:
+        for call in (
+            chat_pb2_grpc.ChatServiceStub(channel).ListConversations(
+                chat_pb2.ListConversationsRequest(), metadata=metadata, timeout=10
+            ),
+            account_pb2_grpc.AccountServiceStub(channel).DeleteAccount(
+                account_pb2.DeleteAccountRequest(), metadata=metadata, timeout=10
+            ),
+        ):
+            error = await expect_status(call, grpc.StatusCode.UNAVAILABLE)
+            assert error.details() == "a service needed to answer is unavailable; try again"
