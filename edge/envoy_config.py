@@ -214,7 +214,10 @@ def _edge_listener(config: EdgeConfig) -> dict[str, Any]:
         "merge_slashes": True,
         "path_with_escaped_slashes_action": "REJECT_REQUEST",
         "stream_idle_timeout": idle,
+        # A request must arrive whole in time (a body that never ends gets 408, not a held stream); the
+        # services refuse it sooner themselves (mesh.requests). Answers, streams included, are not bound.
         "request_headers_timeout": "10s",
+        "request_timeout": "30s",
         "max_request_headers_kb": 96,
         "common_http_protocol_options": {
             "idle_timeout": "3600s",

@@ -54,13 +54,14 @@ async def call(
     client: httpx.AsyncClient,
     base_url: str,
     method: str,
-    request: Message,
+    request: Message | bytes,
     *,
     token: str | None = None,
     origin: str | None = None,
     http_timeout: float = 30.0,
 ) -> GrpcWebResult:
-    """Calls `method` ("/pkg.Service/Method") and collects every message; frames arrive as they stream."""
+    """Calls `method` ("/pkg.Service/Method") and collects every message; frames arrive as they stream.
+    `request` as bytes is sent as the body exactly (malformed requests)."""
     headers = {
         "content-type": "application/grpc-web+proto",
         "x-grpc-web": "1",
@@ -71,7 +72,11 @@ async def call(
     if origin:
         headers["origin"] = origin
     async with client.stream(
-        "POST", base_url + method, content=frame(request), headers=headers, timeout=http_timeout
+        "POST",
+        base_url + method,
+        content=request if isinstance(request, bytes) else frame(request),
+        headers=headers,
+        timeout=http_timeout,
     ) as response:
         result = GrpcWebResult(response.status_code, response.headers)
         async for flag, payload in _frames(response.aiter_bytes()):

@@ -41,6 +41,8 @@ from athena.chat.v1 import chat_pb2, chat_pb2_grpc
 from grpcweb import call as grpc_web_call
 from joserfc.jwk import RSAKey
 from jwt_attacks import Canary, attack_cases, attack_names, canary_listener
+from rawgrpc import frame as raw_frame
+from rawgrpc import raw_call
 
 from auth.keys import KeyDirectory
 from devstack.process import free_port
@@ -96,7 +98,13 @@ def _header(token: str) -> dict[str, str]:
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     ports = Ports(**{f.name: free_port() for f in fields(Ports)})
     stack = Stack(
-        StackConfig(data_dir=tmp_path_factory.mktemp("edge-attacks"), ports=ports, offline_delay_ms=5)
+        StackConfig(
+            data_dir=tmp_path_factory.mktemp("edge-attacks"),
+            ports=ports,
+            offline_delay_ms=5,
+            # A request whose body never ends is refused after this long (10 s by default).
+            extra_env={"AUTH_REQUEST_READ_TIMEOUT_SECONDS": "1", "ROUTER_REQUEST_READ_TIMEOUT_SECONDS": "1"},
+        )
     )
     stack.start()
     try:
@@ -225,3 +233,46 @@ def test_no_attack_reached_the_canary_and_the_victim_still_gets_in(mesh: Mesh, c
     """Runs last: after every forged token above, at the edge and at the router."""
     assert canary.settle() == []
     assert list_agents(mesh.edge, mesh.victim_token) == (grpc.StatusCode.OK, "")
+
+
+MALFORMED = [
+    pytest.param(b"", True, "request: the call carried no request message", id="empty-body"),
+    pytest.param(b"\x00\x00\x00", True, "request: the call carried no request message", id="cut-prefix"),
+    pytest.param(b"\x00\x00\x00\x00\x10ab", True, "request: the call carried no request message", id="short"),
+    pytest.param(
+        raw_frame(b"\xff\xff\xff"),
+        True,
+        "request: is not a valid athena.auth.v1.ListProvidersRequest message",
+        id="not-the-message",
+    ),
+]
+LIST_PROVIDERS = "/athena.auth.v1.AuthService/ListProviders"
+
+
+@pytest.mark.parametrize(("body", "end_stream", "message"), MALFORMED)
+async def test_malformed_grpc_web_requests_get_a_status_through_the_edge(
+    mesh: Mesh, body: bytes, end_stream: bool, message: str
+) -> None:
+    async with httpx.AsyncClient() as client:
+        result = await grpc_web_call(client, f"http://{mesh.edge}", LIST_PROVIDERS, body, http_timeout=15)
+    assert (result.grpc_status, result.grpc_message) == (3, message)
+
+
+@pytest.mark.parametrize(
+    ("body", "end_stream", "message"),
+    [
+        *MALFORMED,
+        pytest.param(
+            b"\x00\x00\x00\x00\x10ab",
+            False,
+            "request: the request message did not arrive whole within 1 seconds",
+            id="body-never-ends",
+        ),
+    ],
+)
+async def test_malformed_grpc_requests_get_a_status_through_the_edge(
+    mesh: Mesh, body: bytes, end_stream: bool, message: str
+) -> None:
+    port = int(mesh.edge.rsplit(":", 1)[1])
+    answer = await raw_call(port, LIST_PROVIDERS, body, end_stream=end_stream, within=15)
+    assert (answer.grpc_status, answer.grpc_message) == ("3", message)
