@@ -98,6 +98,11 @@ class EmbeddedPostgres:
     def admin_url(self) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
+    @property
+    def superuser_url(self) -> str:
+        """The superuser on the application database: sees past row-level security (tests, tools)."""
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{APP_DATABASE}"
+
     def _initdb(self) -> None:
         if (self.data_dir / "PG_VERSION").exists():
             return

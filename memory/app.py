@@ -34,9 +34,10 @@ SERVICE_NAMES = tuple(
     for name in ("MemoryService", "ConversationService", "AgentService", "UserDataService")
 )
 
-SERVICE_METHODS = (f"/{SERVICE_NAMES[2]}/SyncAgents",)
-"""Methods called for no user (the orchestrator seeding the catalog): they need the deployment's service
-key (`ATHENA_SERVICE_KEY`, checked by mesh.interceptors.AuthInterceptor) instead of an access token."""
+SERVICE_METHODS = (f"/{SERVICE_NAMES[2]}/SyncAgents", f"/{SERVICE_NAMES[1]}/DeliverAnswer")
+"""Methods called for no user (the orchestrator seeding the catalog, its outbox delivering answers): they
+need the deployment's service key (`ATHENA_SERVICE_KEY`, checked by mesh.interceptors.AuthInterceptor)
+instead of an access token."""
 
 
 @dataclass(kw_only=True)
@@ -85,7 +86,9 @@ async def build(settings: MemorySettings, deps: MemoryDeps) -> Assembly:
             Service(memory_name, memory, memory_pb2_grpc.add_MemoryServiceServicer_to_server),
             Service(
                 conversation_name,
-                ConversationServicer(PostgresConversationStore(database)),
+                ConversationServicer(
+                    PostgresConversationStore(database), turn_lease_seconds=settings.turn_lease_seconds
+                ),
                 memory_pb2_grpc.add_ConversationServiceServicer_to_server,
             ),
             Service(

@@ -22,6 +22,7 @@ from memory.domain import (
     Stage,
     ToolCall,
     TurnStart,
+    TurnState,
     UserAgent,
 )
 
@@ -150,6 +151,13 @@ def user_agent_to_proto(agent: UserAgent) -> chat_pb2.Agent:
     )
 
 
+_TURN_STATES = {
+    TurnState.ANSWER: memory_pb2.TURN_STATE_ANSWER,
+    TurnState.RUNNING: memory_pb2.TURN_STATE_RUNNING,
+    TurnState.DONE: memory_pb2.TURN_STATE_DONE,
+}
+
+
 def turn_start_to_proto(start: TurnStart) -> memory_pb2.StartTurnResponse:
     return memory_pb2.StartTurnResponse(
         conversation=conversation_to_proto(start.conversation),
@@ -157,4 +165,7 @@ def turn_start_to_proto(start: TurnStart) -> memory_pb2.StartTurnResponse:
         replayed=start.replayed,
         enabled_agent_ids=start.enabled_agent_ids,
         history=[message_to_proto(m) for m in start.history],
+        state=_TURN_STATES[start.state],
+        answer_id=start.answer_id,
+        answer=message_to_proto(start.answer) if start.answer is not None else None,
     )

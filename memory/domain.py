@@ -177,6 +177,19 @@ class NewTurn:
     text: str
     client_request_id: str | None
     history_messages: int = 0
+    lease_seconds: float = 30.0
+    """How long the caller holds the turn while it answers (renewed with RenewTurn)."""
+
+
+class TurnState(enum.Enum):
+    """Where a turn stands (memory.proto's TurnState)."""
+
+    ANSWER = "answer"
+    """The caller answers it now (a new turn, or one whose holder stopped renewing its lease)."""
+    RUNNING = "running"
+    """Another caller holds it: wait and ask again."""
+    DONE = "done"
+    """It was answered: replay the stored answer."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +203,11 @@ class TurnStart:
     """True when an earlier request with the same client request id stored `message`."""
     enabled_agent_ids: tuple[str, ...]
     """Agents the caller may talk to now, in catalog order."""
+    state: TurnState
+    answer_id: str
+    """The id the answer is (to be) stored under."""
+    answer: MessageRecord | None = None
+    """With `TurnState.DONE`, the stored answer."""
     history: tuple[MessageRecord, ...] = ()
     """Messages of the conversation before `message`, oldest first."""
 

@@ -33,6 +33,7 @@ from memory.domain import (
     Scope,
     ToolCall,
     TurnStart,
+    TurnState,
     UserAgent,
     conversation_title,
 )
@@ -43,6 +44,8 @@ from mesh.errors import FailedPrecondition, InvalidArgument, NotFound
 _MEMORY_COLUMNS = "id, agent_scope, agent_id, key, text, created_at, updated_at"
 _MESSAGE_COLUMNS = "id, role, agent_id, content, tool_call, status, error, created_at"
 _CONVERSATION_COLUMNS = "id, agent_id, title, created_at, updated_at"
+_TURN_COLUMNS = f"{_MESSAGE_COLUMNS}, seq, conv_id, answer_id"
+"""A user message as a turn."""
 _AGENT_COLUMNS = (
     "a.id, a.name, a.description, a.system_prompt, a.user_prompt, a.model, a.accent_token, a.enabled"
 )
@@ -269,30 +272,79 @@ class PostgresConversationStore:
             enabled = tuple(row["id"] for row in agents if row["available"])
             message = None
             if turn.client_request_id is not None:
+                # Locked: of two repeats finding an abandoned turn at once, one takes it over.
                 message = await connection.fetchrow(
-                    f"SELECT {_MESSAGE_COLUMNS}, seq, conv_id FROM messages"
-                    " WHERE user_id = $1 AND client_request_id = $2",
+                    f"SELECT {_TURN_COLUMNS} FROM messages"
+                    " WHERE user_id = $1 AND client_request_id = $2 FOR UPDATE",
                     uid,
                     turn.client_request_id,
                 )
             replayed = message is not None
+            answer = None
             if message is None:
                 _check_agent(turn.agent_id, agents)
                 message = await self._insert_user_message(connection, uid, turn)
+                state = TurnState.ANSWER
+            else:
+                _check_same_request(message, turn)
+                state, message, answer = await self._resume(connection, uid, message, turn)
             conversation = await connection.fetchrow(
                 f"SELECT {_CONVERSATION_COLUMNS} FROM conversations WHERE id = $1", message["conv_id"]
             )
-            history = await _messages(
-                connection, uid, message["conv_id"], turn.history_messages, before=message["seq"]
-            )
+            history: list[MessageRecord] = []
+            if state is TurnState.ANSWER and turn.history_messages:
+                history = await _messages(
+                    connection, uid, message["conv_id"], turn.history_messages, before=message["seq"]
+                )
         assert conversation is not None
         return TurnStart(
             conversation=_conversation(conversation),
             message=_message(message),
             replayed=replayed,
             enabled_agent_ids=enabled,
-            history=tuple(history) if turn.history_messages else (),
+            state=state,
+            answer_id=str(message["answer_id"]),
+            answer=_message(answer) if answer is not None else None,
+            history=tuple(history),
         )
+
+    @staticmethod
+    async def _resume(
+        connection: Connection, uid: uuid.UUID, message: asyncpg.Record, turn: NewTurn
+    ) -> tuple[TurnState, asyncpg.Record, asyncpg.Record | None]:
+        """An earlier turn met again: done (with its answer), running under a live lease, or taken over."""
+        if message["answer_id"] is not None:
+            answer = await connection.fetchrow(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE user_id = $1 AND id = $2 AND conv_id = $3",
+                uid,
+                message["answer_id"],
+                message["conv_id"],
+            )
+            if answer is not None:
+                return TurnState.DONE, message, answer
+        taken = await connection.fetchrow(
+            f"""UPDATE messages SET lease_until = clock_timestamp() + make_interval(secs => $2),
+                    answer_id = COALESCE(answer_id, gen_random_uuid())
+                WHERE id = $1 AND (lease_until IS NULL OR lease_until <= clock_timestamp())
+                RETURNING {_TURN_COLUMNS}""",
+            message["id"],
+            turn.lease_seconds,
+        )
+        if taken is None:
+            return TurnState.RUNNING, message, None
+        return TurnState.ANSWER, taken, None
+
+    async def renew_turn(self, user_id: str, message_id: str, lease_seconds: float) -> None:
+        async with self._db.transaction(user_id) as connection:
+            renewed = await connection.fetchval(
+                """UPDATE messages SET lease_until = clock_timestamp() + make_interval(secs => $3)
+                   WHERE user_id = $1 AND id = $2 AND role = 'user' RETURNING 1""",
+                uuid.UUID(user_id),
+                uuid.UUID(message_id),
+                lease_seconds,
+            )
+        if renewed is None:
+            raise NotFound("turn not found")
 
     @staticmethod
     async def _insert_user_message(connection: Connection, uid: uuid.UUID, turn: NewTurn) -> asyncpg.Record:
@@ -317,14 +369,18 @@ class PostgresConversationStore:
             if found is None:
                 raise NotFound("conversation not found")
         message = await connection.fetchrow(
-            f"""INSERT INTO messages (id, conv_id, user_id, role, agent_id, content, client_request_id)
-                VALUES ($1, $2, $3, 'user', $4, $5, $6) RETURNING {_MESSAGE_COLUMNS}, seq, conv_id""",
+            f"""INSERT INTO messages
+                    (id, conv_id, user_id, role, agent_id, content, client_request_id, answer_id, lease_until)
+                VALUES ($1, $2, $3, 'user', $4, $5, $6, $7, clock_timestamp() + make_interval(secs => $8))
+                RETURNING {_TURN_COLUMNS}""",
             uuid.uuid4(),
             conv_uuid,
             uid,
             turn.agent_id,
             turn.text,
             turn.client_request_id,
+            uuid.uuid4(),
+            turn.lease_seconds,
         )
         assert message is not None
         return message
@@ -427,6 +483,15 @@ _LIST_AGENTS = f"""SELECT {_AGENT_COLUMNS}, COALESCE(ua.enabled, true) AS user_e
 _AGENT_STATES = """SELECT a.id, a.enabled, a.enabled AND COALESCE(ua.enabled, true) AS available
     FROM agents AS a LEFT JOIN user_agents AS ua ON ua.agent_id = a.id AND ua.user_id = $1
     ORDER BY a.position, a.id"""
+
+
+def _check_same_request(message: asyncpg.Record, turn: NewTurn) -> None:
+    """A repeated client request id must repeat the request: the same text, agent and conversation."""
+    same_conversation = turn.conversation_id is None or uuid.UUID(turn.conversation_id) == message["conv_id"]
+    if message["content"] != turn.text or message["agent_id"] != turn.agent_id or not same_conversation:
+        raise InvalidArgument(
+            "client_request_id", "was used for another message; send a new message with a new id"
+        )
 
 
 def _check_agent(agent_id: str, agents: Sequence[asyncpg.Record]) -> None:

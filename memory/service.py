@@ -17,11 +17,13 @@ from typing import Any
 import grpc
 from athena.chat.v1 import chat_pb2
 from athena.memory.v1 import memory_pb2, memory_pb2_grpc
+from google.protobuf.duration_pb2 import Duration
 
 from memory import convert
 from memory.domain import (
     ConversationRecord,
     MemoryRecord,
+    MessageRecord,
     NewAssistantMessage,
     NewMemory,
     NewTurn,
@@ -154,6 +156,10 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         return memory_pb2.GetEphemeralResponse(found=True, value_json=value)
 
 
+def _seconds(duration: Duration) -> float:
+    return duration.ToTimedelta().total_seconds()
+
+
 def _next_token(kind: str, items: list[Any], size: int, cursor: Any) -> str:
     """A token after the last item of the page, or "" when `items` (fetched size + 1) shows no more."""
     if len(items) <= size:
@@ -162,8 +168,9 @@ def _next_token(kind: str, items: list[Any], size: int, cursor: Any) -> str:
 
 
 class ConversationServicer(memory_pb2_grpc.ConversationServiceServicer):
-    def __init__(self, store: ConversationStore) -> None:
+    def __init__(self, store: ConversationStore, *, turn_lease_seconds: float = 30.0) -> None:
         self._store = store
+        self._turn_lease_seconds = turn_lease_seconds
 
     async def StartTurn(
         self, request: memory_pb2.StartTurnRequest, context: Context
@@ -176,13 +183,30 @@ class ConversationServicer(memory_pb2_grpc.ConversationServiceServicer):
             text=chat.text,
             client_request_id=chat.client_request_id or None,
             history_messages=request.history_messages,
+            lease_seconds=_seconds(request.lease) or self._turn_lease_seconds,
         )
         return convert.turn_start_to_proto(await self._store.start_turn(user_id, turn))
+
+    async def RenewTurn(
+        self, request: memory_pb2.RenewTurnRequest, context: Context
+    ) -> memory_pb2.RenewTurnResponse:
+        await self._store.renew_turn(caller_id(), request.message_id, _seconds(request.lease))
+        return memory_pb2.RenewTurnResponse()
 
     async def AppendAssistantMessage(
         self, request: memory_pb2.AppendAssistantMessageRequest, context: Context
     ) -> memory_pb2.AppendAssistantMessageResponse:
-        user_id = caller_id()
+        stored = await self._append(caller_id(), request)
+        return memory_pb2.AppendAssistantMessageResponse(message=convert.message_to_proto(stored))
+
+    async def DeliverAnswer(
+        self, request: memory_pb2.DeliverAnswerRequest, context: Context
+    ) -> memory_pb2.DeliverAnswerResponse:
+        # For no caller: admitted by the deployment's service key; the user is the request's.
+        await self._append(request.user_id, request.append)
+        return memory_pb2.DeliverAnswerResponse()
+
+    async def _append(self, user_id: str, request: memory_pb2.AppendAssistantMessageRequest) -> MessageRecord:
         message = request.message
         if message.role == chat_pb2.ROLE_USER:
             raise InvalidArgument("message.role", "must be ROLE_ASSISTANT (user messages start a turn)")
@@ -198,8 +222,7 @@ class ConversationServicer(memory_pb2_grpc.ConversationServiceServicer):
             status=status,
             error=message.error,
         )
-        stored = await self._store.append_assistant_message(user_id, new)
-        return memory_pb2.AppendAssistantMessageResponse(message=convert.message_to_proto(stored))
+        return await self._store.append_assistant_message(user_id, new)
 
     async def ListConversations(
         self, request: memory_pb2.ListConversationsRequest, context: Context

@@ -79,6 +79,9 @@ class MemorySettings(ServiceSettings):
     """HNSW search breadth (raised to the candidate count when smaller). 400: at 100k memories of one user
     no query loses its neighbours (100 left 4 of 400 near zero recall) for +1.4 ms p95; see
     bench/results/memory.md."""
+    turn_lease_seconds: float = Field(30.0, ge=1, le=600)
+    """How long a turn's answerer holds it when StartTurn names no lease (a repeated request may take
+    the turn over after it lapses)."""
     ephemeral_ttl_seconds: float = Field(300.0, gt=0)
     """Time to live of ephemeral values when the request gives none."""
     pool_min_size: int = Field(1, ge=0)

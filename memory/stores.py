@@ -58,6 +58,10 @@ class ConversationStore(Protocol):
         request id stored it already; answers what the turn needs (see `TurnStart`)."""
         ...
 
+    async def renew_turn(self, user_id: str, message_id: str, lease_seconds: float) -> None:
+        """Holds the turn of user message `message_id` for `lease_seconds` from now (NotFound if none)."""
+        ...
+
     async def append_assistant_message(self, user_id: str, message: NewAssistantMessage) -> MessageRecord: ...
 
     async def list(self, user_id: str, limit: int, after: Cursor | None) -> list[ConversationRecord]:

@@ -6,6 +6,8 @@ At start-up the catalog is seeded into memory (`sync_catalog`), retried while me
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -21,7 +23,8 @@ from mesh.validation import check, shared_validator
 from orchestrator.catalog import Catalog, CatalogError
 from orchestrator.memory_client import GrpcMemoryGateway, sync_request
 from orchestrator.model import ChatModel, OpenAIChatModel, RetryingModel
-from orchestrator.ports import AgentStore, MemoryGateway
+from orchestrator.outbox import RedisAnswerOutbox
+from orchestrator.ports import AgentStore, AnswerOutbox, MemoryGateway
 from orchestrator.service import OrchestratorServicer
 from orchestrator.settings import OrchestratorSettings
 from orchestrator.tools import (
@@ -50,6 +53,9 @@ class OrchestratorDeps(Deps):
     """The model; None: Chat Completions at `settings.openai_base_url`, retried within the deadline."""
     tools: ToolRegistry | None = None
     """The tools; None: memory tools plus those whose provider is configured in `settings`."""
+    outbox: AnswerOutbox | None = None
+    """Keeps answers memory could not store; None: a Redis stream at `settings.redis_url`, delivered by
+    this replica too (it needs the service key; without one answers are not kept)."""
 
 
 def openai_model(settings: OrchestratorSettings, deps: Deps) -> ChatModel:
@@ -118,11 +124,25 @@ async def build(settings: OrchestratorSettings, deps: OrchestratorDeps) -> Assem
     gateway = GrpcMemoryGateway(deps.channel(settings.memory_target), timeout=settings.memory_timeout_seconds)
     memory = deps.memory or gateway
     agent_store = deps.agent_store or gateway
+    outbox = deps.outbox
+    background = []
     if settings.service_key is None:
-        log.warning("ATHENA_SERVICE_KEY is unset: the agent catalog is not synced to memory")
+        log.warning(
+            "ATHENA_SERVICE_KEY is unset: the agent catalog is not synced to memory, and answers memory "
+            "cannot store are not kept for later"
+        )
     else:
         credentials = service_call(settings.service_key.get_secret_value())["metadata"]
         await sync_catalog(agent_store, catalog, credentials, within=settings.startup_timeout_seconds)
+        if outbox is None:
+            redis_outbox = RedisAnswerOutbox(
+                deps.redis(settings.redis_url, settings.redis_timeout_seconds),
+                lambda user_id, conversation_id, message: gateway.deliver_answer(
+                    user_id, conversation_id, message, credentials
+                ),
+                consumer=f"{socket.gethostname()}-{os.getpid()}",
+            )
+            outbox, background = redis_outbox, [redis_outbox.deliver_forever]
     runner = TurnRunner(
         catalog,
         memory,
@@ -133,6 +153,8 @@ async def build(settings: OrchestratorSettings, deps: OrchestratorDeps) -> Assem
         max_steps=settings.max_steps,
         history_messages=settings.history_messages,
         recall_k=settings.recall_k,
+        lease_seconds=settings.turn_lease_seconds,
+        outbox=outbox,
     )
     # Registered after the channel, so it runs first on stop: pending failed-turn writes still reach memory.
     deps.on_close(runner.wait_background)
@@ -143,7 +165,8 @@ async def build(settings: OrchestratorSettings, deps: OrchestratorDeps) -> Assem
                 OrchestratorServicer(runner),
                 orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server,
             )
-        ]
+        ],
+        background=background,
     )
 
 

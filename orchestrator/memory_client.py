@@ -26,7 +26,9 @@ from orchestrator.records import (
     Role,
     Scope,
     StoredMemory,
+    ToolCallRecord,
     TurnStart,
+    TurnState,
 )
 
 _SCOPES = {Scope.USER: account_pb2.MEMORY_SCOPE_USER, Scope.AGENT: account_pb2.MEMORY_SCOPE_AGENT}
@@ -47,7 +49,9 @@ class GrpcMemoryGateway:
         self._timeout = timeout
         self._detached_timeout = detached_timeout
 
-    async def start_turn(self, turn: NewTurn, history_messages: int) -> TurnStart:
+    async def start_turn(
+        self, turn: NewTurn, history_messages: int, lease_seconds: float = 15.0
+    ) -> TurnStart:
         request = memory_pb2.StartTurnRequest(
             chat=chat_pb2.ChatRequest(
                 agent_id=turn.agent_id,
@@ -56,6 +60,7 @@ class GrpcMemoryGateway:
                 client_request_id=turn.client_request_id,
             ),
             history_messages=history_messages,
+            lease=_duration(lease_seconds),
         )
         response = await call(self._conversations.StartTurn, request, timeout_seconds=self._timeout)
         return TurnStart(
@@ -63,37 +68,43 @@ class GrpcMemoryGateway:
             title=response.conversation.title,
             message_id=response.message.id,
             enabled_agent_ids=frozenset(response.enabled_agent_ids),
+            answer_id=response.answer_id,
+            state=_TURN_STATES.get(response.state, TurnState.RUNNING),
+            answer=_answer(response.answer) if response.HasField("answer") else None,
             history=tuple(_history(message) for message in response.history if message.role in _ROLES),
             replayed=response.replayed,
+        )
+
+    async def renew_turn(self, message_id: str, lease_seconds: float) -> None:
+        await call(
+            self._conversations.RenewTurn,
+            memory_pb2.RenewTurnRequest(message_id=message_id, lease=_duration(lease_seconds)),
+            timeout_seconds=self._timeout,
         )
 
     async def append_assistant_message(
         self, conversation_id: str, message: AssistantMessage, *, detached: bool = False
     ) -> None:
-        record = chat_pb2.Message(
-            id=message.id,
-            role=chat_pb2.ROLE_ASSISTANT,
-            agent_id=message.agent_id,
-            content=message.content,
-            tool_calls=[
-                chat_pb2.ToolCallRecord(
-                    call_id=tool_call.call_id,
-                    name=tool_call.name,
-                    arguments_json=tool_call.arguments_json,
-                    result_json=tool_call.result_json,
-                    is_error=tool_call.is_error,
-                    handoff=_handoff(tool_call.handoff) if tool_call.handoff is not None else None,
-                )
-                for tool_call in message.tool_calls
-            ],
-            status=chat_pb2.MESSAGE_STATUS_FAILED if message.failed else chat_pb2.MESSAGE_STATUS_COMPLETE,
-            error=message.error,
-        )
         await call(
             self._conversations.AppendAssistantMessage,
-            memory_pb2.AppendAssistantMessageRequest(conversation_id=conversation_id, message=record),
+            append_request(conversation_id, message),
             timeout_seconds=self._detached_timeout if detached else self._timeout,
             detached=detached,
+        )
+
+    async def deliver_answer(
+        self,
+        user_id: str,
+        conversation_id: str,
+        message: AssistantMessage,
+        credentials: Sequence[tuple[str, str]],
+    ) -> None:
+        """Stores `user_id`'s answer for no caller (the outbox, with the service key's `credentials`)."""
+        await call(
+            self._conversations.DeliverAnswer,
+            memory_pb2.DeliverAnswerRequest(user_id=user_id, append=append_request(conversation_id, message)),
+            timeout_seconds=self._timeout,
+            metadata=credentials,
         )
 
     async def recall(self, query: str, agent_id: str, k: int) -> list[Memory]:
@@ -139,11 +150,11 @@ class GrpcMemoryGateway:
         return list(response.forgotten_ids)
 
     async def put_ephemeral(self, namespace: str, key: str, value_json: str, ttl_seconds: float) -> None:
-        ttl = Duration()
-        ttl.FromNanoseconds(round(ttl_seconds * 1e9))
         await call(
             self._memories.PutEphemeral,
-            memory_pb2.PutEphemeralRequest(namespace=namespace, key=key, value_json=value_json, ttl=ttl),
+            memory_pb2.PutEphemeralRequest(
+                namespace=namespace, key=key, value_json=value_json, ttl=_duration(ttl_seconds)
+            ),
             timeout_seconds=self._timeout,
         )
 
@@ -182,6 +193,68 @@ def sync_request(agents: Sequence[AgentSpec]) -> memory_pb2.SyncAgentsRequest:
             for agent in agents
         ]
     )
+
+
+_TURN_STATES = {
+    memory_pb2.TURN_STATE_ANSWER: TurnState.ANSWER,
+    memory_pb2.TURN_STATE_RUNNING: TurnState.RUNNING,
+    memory_pb2.TURN_STATE_DONE: TurnState.DONE,
+}
+
+
+def append_request(
+    conversation_id: str, message: AssistantMessage
+) -> memory_pb2.AppendAssistantMessageRequest:
+    record = chat_pb2.Message(
+        id=message.id,
+        role=chat_pb2.ROLE_ASSISTANT,
+        agent_id=message.agent_id,
+        content=message.content,
+        tool_calls=[
+            chat_pb2.ToolCallRecord(
+                call_id=tool_call.call_id,
+                name=tool_call.name,
+                arguments_json=tool_call.arguments_json,
+                result_json=tool_call.result_json,
+                is_error=tool_call.is_error,
+                handoff=_handoff(tool_call.handoff) if tool_call.handoff is not None else None,
+            )
+            for tool_call in message.tool_calls
+        ],
+        status=chat_pb2.MESSAGE_STATUS_FAILED if message.failed else chat_pb2.MESSAGE_STATUS_COMPLETE,
+        error=message.error,
+    )
+    return memory_pb2.AppendAssistantMessageRequest(conversation_id=conversation_id, message=record)
+
+
+def _answer(message: chat_pb2.Message) -> AssistantMessage:
+    return AssistantMessage(
+        id=message.id,
+        agent_id=message.agent_id,
+        content=message.content,
+        tool_calls=tuple(
+            ToolCallRecord(
+                call_id=record.call_id,
+                name=record.name,
+                arguments_json=record.arguments_json,
+                result_json=record.result_json,
+                is_error=record.is_error,
+                handoff=Handoff(
+                    record.handoff.from_agent_id, record.handoff.to_agent_id, record.handoff.reason
+                )
+                if record.HasField("handoff")
+                else None,
+            )
+            for record in message.tool_calls
+        ),
+        error=message.error if message.status == chat_pb2.MESSAGE_STATUS_FAILED else "",
+    )
+
+
+def _duration(seconds: float) -> Duration:
+    duration = Duration()
+    duration.FromNanoseconds(round(seconds * 1e9))
+    return duration
 
 
 def _history(message: chat_pb2.Message) -> HistoryMessage:

@@ -17,10 +17,18 @@ from orchestrator.records import AssistantMessage, Memory, NewTurn, Scope, Store
 class MemoryGateway(Protocol):
     """What a turn and its tools ask of memory, always on behalf of the current caller."""
 
-    async def start_turn(self, turn: NewTurn, history_messages: int) -> TurnStart:
-        """Checks the caller may talk to `turn.agent_id` (FailedPrecondition otherwise), stores the user
-        message (NotFound for a conversation that is not the caller's) unless an earlier request with the
-        same client request id did, and answers up to `history_messages` earlier messages."""
+    async def start_turn(
+        self, turn: NewTurn, history_messages: int, lease_seconds: float = 15.0
+    ) -> TurnStart:
+        """Checks the caller may talk to `turn.agent_id` (FailedPrecondition otherwise) and stores the user
+        message (NotFound for a conversation that is not the caller's), answering up to `history_messages`
+        earlier messages; the caller then holds the turn for `lease_seconds`. A turn repeating an earlier
+        one (its client request id) is found instead: done, running, or taken over (`TurnState`); the
+        same id with another text, agent or conversation is InvalidArgument."""
+        ...
+
+    async def renew_turn(self, message_id: str, lease_seconds: float) -> None:
+        """Holds the turn of user message `message_id` for `lease_seconds` more."""
         ...
 
     async def append_assistant_message(
@@ -40,6 +48,14 @@ class MemoryGateway(Protocol):
     async def put_ephemeral(self, namespace: str, key: str, value_json: str, ttl_seconds: float) -> None: ...
 
     async def get_ephemeral(self, namespace: str, key: str) -> str | None: ...
+
+
+class AnswerOutbox(Protocol):
+    """Keeps answers memory could not store, durably, until they are delivered to it."""
+
+    async def put(self, user_id: str, conversation_id: str, message: AssistantMessage) -> None:
+        """Keeps `message` of `user_id`'s conversation; raises Unavailable when it cannot either."""
+        ...
 
 
 class AgentStore(Protocol):

@@ -101,21 +101,6 @@ class NewTurn:
 
 
 @dataclass(frozen=True, slots=True)
-class TurnStart:
-    """The stored user message of a turn, and what memory knows that the turn needs."""
-
-    conversation_id: str
-    title: str
-    message_id: str
-    enabled_agent_ids: frozenset[str]
-    """Agents the caller may talk to now (the addressed one included): the handoff candidates."""
-    history: tuple[HistoryMessage, ...] = ()
-    """Earlier messages of the conversation, oldest first."""
-    replayed: bool = False
-    """True when an earlier request with the same client request id stored the message already."""
-
-
-@dataclass(frozen=True, slots=True)
 class AssistantMessage:
     """The assistant message of a turn, as it is stored (complete or failed)."""
 
@@ -129,6 +114,37 @@ class AssistantMessage:
     @property
     def failed(self) -> bool:
         return bool(self.error)
+
+
+class TurnState(enum.Enum):
+    """Where a turn stands when it starts (see memory's StartTurn)."""
+
+    ANSWER = "answer"
+    """Answer it now: a new turn, or one whose earlier holder stopped renewing its lease."""
+    RUNNING = "running"
+    """Another caller holds it and answers: wait and ask again."""
+    DONE = "done"
+    """It was answered: `TurnStart.answer` is the stored answer, to replay."""
+
+
+@dataclass(frozen=True, slots=True)
+class TurnStart:
+    """The stored user message of a turn, and what memory knows that the turn needs."""
+
+    conversation_id: str
+    title: str
+    message_id: str
+    enabled_agent_ids: frozenset[str]
+    """Agents the caller may talk to now (the addressed one included): the handoff candidates."""
+    answer_id: str
+    """The id the answer is (to be) stored under."""
+    state: TurnState = TurnState.ANSWER
+    answer: AssistantMessage | None = None
+    """With `TurnState.DONE`, the stored answer."""
+    history: tuple[HistoryMessage, ...] = ()
+    """Earlier messages of the conversation, oldest first."""
+    replayed: bool = False
+    """True when an earlier request with the same client request id stored the message already."""
 
 
 @dataclass(frozen=True, slots=True)

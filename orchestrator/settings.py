@@ -28,6 +28,15 @@ class OrchestratorSettings(ServiceSettings):
     """The memory service ("host:port" or "dns:///name:port" for every replica behind a headless Service)."""
     memory_timeout_seconds: float = Field(5.0, gt=0)
     """Longest wait for one memory call (the caller's deadline may cut it shorter)."""
+    turn_lease_seconds: float = Field(15.0, ge=1, le=600)
+    """A turn being answered is held this long at a time (renewed every third of it): if this replica dies
+    mid-turn, a repeated request takes the turn over after at most this long."""
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0", validation_alias=AliasChoices("ORCHESTRATOR_REDIS_URL", "REDIS_URL")
+    )
+    """Redis-compatible server holding the answer outbox (answers kept until memory stores them)."""
+    redis_timeout_seconds: float = Field(1.0, gt=0)
+    """Connect and command timeout of the outbox's Redis calls."""
     openai_base_url: str = Field(
         "http://127.0.0.1:8090/v1",
         validation_alias=AliasChoices("ORCHESTRATOR_OPENAI_BASE_URL", "OPENAI_BASE_URL"),

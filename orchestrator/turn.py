@@ -17,12 +17,20 @@ import asyncio
 import json
 import logging
 import time
-import uuid
 from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import aclosing, suppress
 from dataclasses import dataclass, field, replace
 
-from mesh.errors import AthenaError, FailedPrecondition, NotFound, ResourceExhausted
+from tenacity import AsyncRetrying, retry_if_result, wait_exponential
+
+from mesh.errors import (
+    AthenaError,
+    DeadlineExceeded,
+    FailedPrecondition,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
 from orchestrator import prompt
 from orchestrator.catalog import AgentSpec, Catalog
 from orchestrator.events import (
@@ -43,7 +51,7 @@ from orchestrator.model import (
     TextChunk,
     ToolSpec,
 )
-from orchestrator.ports import MemoryGateway
+from orchestrator.ports import AnswerOutbox, MemoryGateway
 from orchestrator.records import (
     AssistantMessage,
     Handoff,
@@ -51,6 +59,8 @@ from orchestrator.records import (
     Memory,
     NewTurn,
     ToolCallRecord,
+    TurnStart,
+    TurnState,
     Usage,
 )
 from orchestrator.tools.handoff import handoff_target, handoff_tool
@@ -69,6 +79,7 @@ class _Progress:
     conversation_id: str
     message_id: str
     agent: AgentSpec
+    user_id: str
     text: list[str] = field(default_factory=list)
     tool_calls: list[ToolCallRecord] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
@@ -97,6 +108,8 @@ class TurnRunner:
         max_steps: int = 8,
         history_messages: int = 20,
         recall_k: int = 8,
+        lease_seconds: float = 15.0,
+        outbox: AnswerOutbox | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self._catalog = catalog
@@ -108,6 +121,8 @@ class TurnRunner:
         self._max_steps = max_steps
         self._history_messages = history_messages
         self._recall_k = recall_k
+        self._lease_seconds = lease_seconds
+        self._outbox = outbox
         self._clock = clock
         self._background: set[asyncio.Task[None]] = set()
 
@@ -121,11 +136,18 @@ class TurnRunner:
         # reaches the model before the message is stored.
         recall = asyncio.ensure_future(self._recall(agent, text))
         try:
-            start = await self._memory.start_turn(turn, self._history_messages)
+            start = await self._start(turn)
         except BaseException:
             recall.cancel()
             raise
-        progress = _Progress(start.conversation_id, str(uuid.uuid4()), agent)
+        if start.state is TurnState.DONE:
+            recall.cancel()
+            async with aclosing(self._replay(start, agent)) as replayed:
+                async for event in replayed:
+                    yield event
+            return
+        progress = _Progress(start.conversation_id, start.answer_id, agent, user_id)
+        lease = asyncio.create_task(self._hold(start.message_id), name=f"hold-turn-{start.message_id}")
         try:
             yield ConversationStarted(
                 conversation_id=start.conversation_id,
@@ -158,6 +180,78 @@ class TurnRunner:
             raise
         finally:
             recall.cancel()  # a no-op once awaited; stops it when the turn ends before that
+            lease.cancel()
+
+    async def _start(self, turn: NewTurn) -> TurnStart:
+        """The turn as memory has it; a repeat of a turn another caller is answering waits until it is
+        done (then replays it) or abandoned (then answers it), within the caller's deadline."""
+        waiting = AsyncRetrying(
+            retry=retry_if_result(lambda start: start.state is TurnState.RUNNING),
+            wait=wait_exponential(multiplier=0.1, max=1.0),
+            before_sleep=lambda _: log.info("the turn is being answered elsewhere; waiting for it"),
+        )
+        start: TurnStart = await waiting(
+            self._memory.start_turn, turn, self._history_messages, self._lease_seconds
+        )
+        return start
+
+    async def _hold(self, message_id: str) -> None:
+        """Renews the turn's lease while it runs, so nobody takes it over."""
+        while True:
+            await asyncio.sleep(self._lease_seconds / 3)
+            try:
+                await self._memory.renew_turn(message_id, self._lease_seconds)
+            except AthenaError as exc:  # the lease lapses at worst: a repeat would answer again
+                log.warning("renewing a turn's lease failed", extra={"error": exc.message})
+
+    async def _replay(self, start: TurnStart, agent: AgentSpec) -> AsyncGenerator[TurnEvent, None]:
+        """The events of a turn answered before, from its stored answer: nothing runs again."""
+        answer = start.answer
+        assert answer is not None
+        yield ConversationStarted(
+            conversation_id=start.conversation_id,
+            user_message_id=start.message_id,
+            assistant_message_id=answer.id,
+            agent_id=agent.id,
+            model=self._model_name(agent.model),
+            offline_model=self._offline_model,
+            title=start.title,
+        )
+        yield MemoriesRecalled(())
+        speaking = agent.id
+        for call in answer.tool_calls:
+            yield ToolCallStarted(
+                call.call_id, call.name, call.arguments_json, speaking, handoff=call.handoff is not None
+            )
+            yield ToolCallFinished(call.call_id, call.name, call.result_json, call.is_error)
+            if call.handoff is not None:
+                yield call.handoff
+                speaking = call.handoff.to_agent_id
+        if answer.content:
+            yield TextDelta(answer.content, answer.agent_id)
+        if answer.failed:
+            raise FailedPrecondition(
+                f"this message was answered before and that answer stopped ({answer.error}); "
+                "send it again as a new message"
+            )
+        answered_by = self._catalog.get(answer.agent_id) or agent
+        yield MessageCompleted(
+            message_id=answer.id,
+            agent_id=answer.agent_id,
+            model=self._model_name(answered_by.model),
+            usage=Usage(),
+            time_to_first_token=None,
+            content=answer.content,
+        )
+
+    async def _store(self, progress: _Progress, message: AssistantMessage, *, detached: bool = False) -> None:
+        """Stores the answer; when memory cannot take it now, the outbox keeps it until it can."""
+        try:
+            await self._memory.append_assistant_message(progress.conversation_id, message, detached=detached)
+        except (Unavailable, DeadlineExceeded):
+            if self._outbox is None:
+                raise
+            await self._outbox.put(progress.user_id, progress.conversation_id, message)
 
     def _agent(self, agent_id: str) -> AgentSpec:
         agent = self._catalog.get(agent_id)
@@ -212,7 +306,7 @@ class TurnRunner:
                 raise AthenaError("the model stream ended without finishing")
             progress.usage += finished.usage
             if not finished.tool_calls:
-                await self._memory.append_assistant_message(progress.conversation_id, progress.message())
+                await self._store(progress, progress.message())
                 progress.stored = True
                 yield MessageCompleted(
                     message_id=progress.message_id,
@@ -280,9 +374,7 @@ class TurnRunner:
         """Stores the failed turn in a task of its own: a second cancellation may stop us waiting, never
         the write."""
         task = asyncio.create_task(
-            self._memory.append_assistant_message(
-                progress.conversation_id, progress.message(reason), detached=True
-            ),
+            self._store(progress, progress.message(reason), detached=True),
             name=f"store-failed-turn-{progress.message_id}",
         )
         self._background.add(task)

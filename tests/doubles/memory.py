@@ -13,11 +13,11 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from memory.domain import conversation_title, require_json
-from mesh.errors import AthenaError, FailedPrecondition, NotFound
+from mesh.errors import AthenaError, FailedPrecondition, InvalidArgument, NotFound
 from orchestrator.catalog import AgentSpec
 from orchestrator.records import (
     AssistantMessage,
@@ -28,6 +28,7 @@ from orchestrator.records import (
     Scope,
     StoredMemory,
     TurnStart,
+    TurnState,
 )
 
 _WORD = re.compile(r"[a-z0-9]+")
@@ -52,6 +53,14 @@ class _Memory:
 
 
 @dataclass
+class _Turn:
+    conversation_id: str
+    turn: NewTurn
+    answer_id: str
+    lease_until: float
+
+
+@dataclass
 class _Conversation:
     title: str
     messages: list[HistoryMessage | AssistantMessage] = field(default_factory=list)
@@ -72,7 +81,12 @@ class InMemoryGateway:
     """Method name → error it raises (every call, until removed)."""
     calls: list[str] = field(default_factory=list)
     """Names of the methods called, in order."""
-    _requests: dict[str, tuple[str, str]] = field(default_factory=dict)
+    clock: Callable[[], float] = time.monotonic
+    """Decides when a turn's lease has lapsed."""
+    _requests: dict[str, str] = field(default_factory=dict)
+    """Client request id → user message id."""
+    _turns: dict[str, _Turn] = field(default_factory=dict)
+    """User message id → the turn."""
 
     def fail_with(self, method: str, error: AthenaError) -> None:
         self.failures[method] = error
@@ -89,36 +103,83 @@ class InMemoryGateway:
     def _enabled(self) -> frozenset[str]:
         return frozenset(a.id for a in self.agents if a.enabled and a.id not in self.disabled)
 
-    async def start_turn(self, turn: NewTurn, history_messages: int) -> TurnStart:
+    async def start_turn(
+        self, turn: NewTurn, history_messages: int, lease_seconds: float = 15.0
+    ) -> TurnStart:
         self._enter("start_turn")
         enabled = self._enabled()
-        replayed = turn.client_request_id in self._requests if turn.client_request_id else False
-        if replayed:
-            conversation_id, message_id = self._requests[turn.client_request_id]
+        message_id = self._requests.get(turn.client_request_id) if turn.client_request_id else None
+        replayed = message_id is not None
+        if message_id is None:
+            state, answer = TurnState.ANSWER, None
+            message_id = self._store_user_message(turn, enabled, lease_seconds)
         else:
-            agent = next((a for a in self.agents if a.id == turn.agent_id), None)
-            if agent is None or not agent.enabled:
-                raise FailedPrecondition(f"agent {turn.agent_id!r} is not available")
-            if turn.agent_id not in enabled:
-                raise FailedPrecondition(f"agent {turn.agent_id!r} is disabled; enable it to chat with it")
-            if turn.conversation_id and turn.conversation_id not in self.conversations:
-                raise NotFound("conversation not found")
-            conversation_id = turn.conversation_id or str(uuid.uuid4())
-            conversation = self.conversations.setdefault(
-                conversation_id, _Conversation(conversation_title(turn.text))
-            )
-            message = HistoryMessage(str(uuid.uuid4()), Role.USER, turn.agent_id, turn.text)
-            conversation.messages.append(message)
-            message_id = message.id
-            if turn.client_request_id:
-                self._requests[turn.client_request_id] = (conversation_id, message_id)
-        conversation = self.conversations[conversation_id]
-        earlier = self.messages(conversation_id)
+            state, answer = self._resume(message_id, turn, lease_seconds)
+        held = self._turns[message_id]
+        conversation = self.conversations[held.conversation_id]
+        earlier = self.messages(held.conversation_id)
         before = next(i for i, m in enumerate(earlier) if m.id == message_id)
-        history = earlier[:before][-history_messages:] if history_messages else []
+        wanted = state is TurnState.ANSWER and history_messages
+        history = earlier[:before][-history_messages:] if wanted else []
         return TurnStart(
-            conversation_id, conversation.title, message_id, enabled, tuple(history), replayed=replayed
+            held.conversation_id,
+            conversation.title,
+            message_id,
+            enabled,
+            held.answer_id,
+            state,
+            answer,
+            tuple(history),
+            replayed=replayed,
         )
+
+    def _store_user_message(self, turn: NewTurn, enabled: frozenset[str], lease_seconds: float) -> str:
+        agent = next((a for a in self.agents if a.id == turn.agent_id), None)
+        if agent is None or not agent.enabled:
+            raise FailedPrecondition(f"agent {turn.agent_id!r} is not available")
+        if turn.agent_id not in enabled:
+            raise FailedPrecondition(f"agent {turn.agent_id!r} is disabled; enable it to chat with it")
+        if turn.conversation_id and turn.conversation_id not in self.conversations:
+            raise NotFound("conversation not found")
+        conversation_id = turn.conversation_id or str(uuid.uuid4())
+        conversation = self.conversations.setdefault(
+            conversation_id, _Conversation(conversation_title(turn.text))
+        )
+        message = HistoryMessage(str(uuid.uuid4()), Role.USER, turn.agent_id, turn.text)
+        conversation.messages.append(message)
+        self._turns[message.id] = _Turn(
+            conversation_id, turn, str(uuid.uuid4()), self.clock() + lease_seconds
+        )
+        if turn.client_request_id:
+            self._requests[turn.client_request_id] = message.id
+        return message.id
+
+    def _resume(
+        self, message_id: str, turn: NewTurn, lease_seconds: float
+    ) -> tuple[TurnState, AssistantMessage | None]:
+        held = self._turns[message_id]
+        first = held.turn
+        same_conversation = not turn.conversation_id or turn.conversation_id == held.conversation_id
+        if (first.text, first.agent_id) != (turn.text, turn.agent_id) or not same_conversation:
+            raise InvalidArgument(
+                "client_request_id", "was used for another message; send a new message with a new id"
+            )
+        answer = next(
+            (m for m in self.assistant_messages(held.conversation_id) if m.id == held.answer_id), None
+        )
+        if answer is not None:
+            return TurnState.DONE, answer
+        if held.lease_until > self.clock():
+            return TurnState.RUNNING, None
+        held.lease_until = self.clock() + lease_seconds
+        return TurnState.ANSWER, None
+
+    async def renew_turn(self, message_id: str, lease_seconds: float) -> None:
+        self._enter("renew_turn")
+        held = self._turns.get(message_id)
+        if held is None:
+            raise NotFound("turn not found")
+        held.lease_until = self.clock() + lease_seconds
 
     async def append_assistant_message(
         self, conversation_id: str, message: AssistantMessage, *, detached: bool = False

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 
+import asyncpg
 import pytest
 import pytest_asyncio
 from athena.memory.v1 import memory_pb2
@@ -29,7 +30,7 @@ from mesh.tokens import TokenVerifier
 from orchestrator.catalog import Catalog
 from orchestrator.memory_client import GrpcMemoryGateway
 from orchestrator.ports import MemoryGateway
-from orchestrator.records import AssistantMessage, HistoryMessage, NewTurn, Role, Scope
+from orchestrator.records import AssistantMessage, HistoryMessage, NewTurn, Role, Scope, TurnState
 
 SHIPPED_AGENTS = frozenset(agent.id for agent in Catalog.load() if agent.enabled)
 
@@ -43,6 +44,8 @@ class Memory:
     """Turns an agent off for this user, as the person does in the account settings."""
     someone_else: Callable[[], AbstractAsyncContextManager[MemoryGateway]]
     """The port acting for another user, for as long as the block lasts."""
+    lapse_lease: Callable[[str], Awaitable[None]]
+    """Lets the lease of the turn of that user message run out, as time passing would."""
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -95,7 +98,8 @@ async def caller(make_token: TokenFactory) -> AsyncIterator[Principal]:
 
 
 def in_memory() -> Memory:
-    gateway = InMemoryGateway(agents=list(Catalog.load()))
+    now = [1000.0]
+    gateway = InMemoryGateway(agents=list(Catalog.load()), clock=lambda: now[0])
 
     async def disable_agent(agent_id: str) -> None:
         gateway.disabled.add(agent_id)
@@ -104,10 +108,15 @@ def in_memory() -> Memory:
     async def someone_else() -> AsyncIterator[MemoryGateway]:
         yield InMemoryGateway(agents=list(Catalog.load()))  # the double holds one user's data
 
-    return Memory(gateway, disable_agent, someone_else)
+    async def lapse_lease(message_id: str) -> None:
+        now[0] += 3600
+
+    return Memory(gateway, disable_agent, someone_else, lapse_lease)
 
 
-def over_grpc(harness: MemoryHarness, caller: Principal, make_token: TokenFactory) -> Memory:
+def over_grpc(
+    harness: MemoryHarness, caller: Principal, make_token: TokenFactory, superuser_url: str
+) -> Memory:
     gateway = GrpcMemoryGateway(harness.channel)
 
     async def disable_agent(agent_id: str) -> None:
@@ -121,14 +130,26 @@ def over_grpc(harness: MemoryHarness, caller: Principal, make_token: TokenFactor
         async with calling_as(principal(make_token)):
             yield gateway
 
-    return Memory(gateway, disable_agent, someone_else)
+    async def lapse_lease(message_id: str) -> None:
+        # PostgreSQL's clock decides leases: move the lease back instead of waiting for it.
+        connection = await asyncpg.connect(superuser_url)
+        try:
+            await connection.execute(
+                "UPDATE messages SET lease_until = now() - interval '1 second' WHERE id = $1",
+                uuid.UUID(message_id),
+            )
+        finally:
+            await connection.close()
+
+    return Memory(gateway, disable_agent, someone_else, lapse_lease)
 
 
 @pytest.fixture(params=["in-memory", "grpc"])
 def memory(request: pytest.FixtureRequest, caller: Principal, make_token: TokenFactory) -> Memory:
     if request.param == "in-memory":
         return in_memory()
-    return over_grpc(request.getfixturevalue("memory_service"), caller, make_token)
+    postgres: EmbeddedPostgres = request.getfixturevalue("postgres")
+    return over_grpc(request.getfixturevalue("memory_service"), caller, make_token, postgres.superuser_url)
 
 
 def answer(content: str, agent_id: str = "athena", error: str = "") -> AssistantMessage:
@@ -400,3 +421,59 @@ async def test_an_ephemeral_value_must_be_json(memory: Memory) -> None:
     with pytest.raises(InvalidArgument):
         await memory.gateway.put_ephemeral("calendar_freebusy", "today", "busy all day", 300)
     assert await memory.gateway.get_ephemeral("calendar_freebusy", "today") is None
+
+
+async def test_a_repeated_turn_is_found_running_then_done_with_its_answer(memory: Memory) -> None:
+    turn = NewTurn("athena", "hello there", client_request_id=f"req-{uuid.uuid4().hex}")
+    first = await memory.gateway.start_turn(turn, 20, lease_seconds=60)
+    assert (first.state, first.replayed) == (TurnState.ANSWER, False)
+    running = await memory.gateway.start_turn(turn, 20, lease_seconds=60)
+    assert (running.state, running.replayed, running.answer) == (TurnState.RUNNING, True, None)
+    assert (running.message_id, running.answer_id) == (first.message_id, first.answer_id)
+
+    stored = AssistantMessage(first.answer_id, "athena", "General Kenobi.")
+    await memory.gateway.append_assistant_message(first.conversation_id, stored)
+    done = await memory.gateway.start_turn(turn, 20, lease_seconds=60)
+    assert done.state is TurnState.DONE
+    assert done.answer is not None
+    assert (done.answer.id, done.answer.content, done.answer.failed) == (
+        first.answer_id,
+        "General Kenobi.",
+        False,
+    )
+    assert done.history == ()
+
+
+async def test_a_turn_whose_lease_lapsed_is_taken_over(memory: Memory) -> None:
+    turn = NewTurn("athena", "anyone?", client_request_id=f"req-{uuid.uuid4().hex}")
+    first = await memory.gateway.start_turn(turn, 20, lease_seconds=60)
+    await memory.gateway.renew_turn(first.message_id, 60)
+    assert (await memory.gateway.start_turn(turn, 20, lease_seconds=60)).state is TurnState.RUNNING
+    await memory.lapse_lease(first.message_id)
+    taken = await memory.gateway.start_turn(turn, 20, lease_seconds=60)
+    assert (taken.state, taken.answer_id, taken.message_id) == (
+        TurnState.ANSWER,
+        first.answer_id,
+        first.message_id,
+    )
+    assert (await memory.gateway.start_turn(turn, 20, lease_seconds=60)).state is TurnState.RUNNING
+
+
+async def test_a_request_id_cannot_be_reused_for_another_message(memory: Memory) -> None:
+    request_id = f"req-{uuid.uuid4().hex}"
+    first = await memory.gateway.start_turn(NewTurn("athena", "one", client_request_id=request_id), 0)
+    for other in (
+        NewTurn("athena", "two", client_request_id=request_id),
+        NewTurn("nutrition", "one", client_request_id=request_id),
+        NewTurn("athena", "one", conversation_id=str(uuid.uuid4()), client_request_id=request_id),
+    ):
+        with pytest.raises(InvalidArgument) as refused:
+            await memory.gateway.start_turn(other, 0)
+        assert refused.value.field == "client_request_id"
+    same = NewTurn("athena", "one", conversation_id=first.conversation_id, client_request_id=request_id)
+    assert (await memory.gateway.start_turn(same, 0)).message_id == first.message_id
+
+
+async def test_renewing_an_unknown_turn_is_not_found(memory: Memory) -> None:
+    with pytest.raises(NotFound):
+        await memory.gateway.renew_turn(str(uuid.uuid4()), 30)

@@ -64,7 +64,7 @@ async def populate(harness: MemoryHarness, md: tuple[tuple[str, str], ...], who:
 
 async def rows_of(postgres: EmbeddedPostgres, user_id: str) -> dict[str, int]:
     """Row counts per table as the superuser (who bypasses row-level security)."""
-    connection = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{postgres.port}/athena")
+    connection = await asyncpg.connect(postgres.superuser_url)
     try:
         return {
             table: await connection.fetchval(

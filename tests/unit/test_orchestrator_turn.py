@@ -10,8 +10,16 @@ from typing import Any
 import pytest
 from doubles.memory import InMemoryGateway
 from doubles.model import ScriptedModel, ScriptedReply
+from doubles.outbox import InMemoryOutbox
 
-from mesh.errors import DeadlineExceeded, FailedPrecondition, NotFound, ResourceExhausted, Unavailable
+from mesh.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
 from orchestrator import events
 from orchestrator.catalog import Catalog
 from orchestrator.model import ModelRequest
@@ -376,3 +384,97 @@ async def test_closing_the_stream_after_the_completion_keeps_the_answer_complete
 
     [stored] = memory.assistant_messages(events_seen[0].conversation_id)
     assert (stored.content, stored.failed) == ("all of it", False)
+
+
+async def test_a_repeated_turn_replays_its_answer_and_runs_nothing_again(
+    catalog: Catalog, memory: InMemoryGateway
+) -> None:
+    model = ScriptedModel(
+        [
+            ScriptedReply.call("remember_memory", json.dumps({"text": "I like tea", "scope": "user"}), "c1"),
+            ScriptedReply("Noted."),
+        ]
+    )
+    turns = runner(catalog, memory, model)
+    first = await collect(turns, "remember I like tea", client_request_id="req-1")
+    again = await collect(turns, "remember I like tea", client_request_id="req-1")
+
+    assert len(model.requests) == 2  # the first turn's two steps; the repeat called no model
+    assert [m.text for m in memory.memories] == ["I like tea"]  # and ran no tool
+    assert again[0] == first[0]  # the same conversation, message and answer ids
+    assert [type(e) for e in again] == [
+        events.ConversationStarted,
+        events.MemoriesRecalled,
+        events.ToolCallStarted,
+        events.ToolCallFinished,
+        events.TextDelta,
+        events.MessageCompleted,
+    ]
+    assert of_type(again, events.ToolCallFinished) == of_type(first, events.ToolCallFinished)
+    assert again[-1].content == first[-1].content == "Noted."
+    assert len(memory.assistant_messages(first[0].conversation_id)) == 1
+
+
+async def test_a_used_request_id_with_another_text_is_refused(
+    catalog: Catalog, memory: InMemoryGateway
+) -> None:
+    model = ScriptedModel([ScriptedReply("ok")])
+    first = await collect(runner(catalog, memory, model), "hi", client_request_id="req-2")
+    with pytest.raises(InvalidArgument) as refused:
+        await collect(runner(catalog, memory, model), "something else", client_request_id="req-2")
+    assert refused.value.field == "client_request_id"
+    assert len(memory.messages(first[0].conversation_id)) == 2  # nothing more stored
+
+
+async def test_concurrent_repeats_of_a_turn_answer_it_once(catalog: Catalog, memory: InMemoryGateway) -> None:
+    model = ScriptedModel([ScriptedReply("one two three four")], chunk_delay=0.02)
+    turns = runner(catalog, memory, model)
+    both = await asyncio.gather(
+        collect(turns, "count", client_request_id="req-3"), collect(turns, "count", client_request_id="req-3")
+    )
+    assert len(model.requests) == 1
+    assert [turn[-1].content for turn in both] == ["one two three four"] * 2
+    assert both[0][0].assistant_message_id == both[1][0].assistant_message_id
+
+
+async def test_a_turn_abandoned_by_its_answerer_is_taken_over_by_a_repeat(catalog: Catalog) -> None:
+    now = [1000.0]
+    memory = InMemoryGateway(agents=list(catalog), clock=lambda: now[0])
+    # A replica stored the message, then died without answering (its lease is never renewed).
+    abandoned = await memory.start_turn(
+        NewTurn("athena", "hi", client_request_id="req-4"), 0, lease_seconds=15
+    )
+    model = ScriptedModel([ScriptedReply("here I am")])
+    turns = runner(catalog, memory, model, lease_seconds=15)
+    with pytest.raises(TimeoutError):  # still held: a repeat waits for it (here, until we stop waiting)
+        async with asyncio.timeout(0.3):
+            await collect(turns, "hi", client_request_id="req-4")
+    now[0] += 16
+    taken = await collect(turns, "hi", client_request_id="req-4")
+    assert taken[0].assistant_message_id == abandoned.answer_id
+    assert taken[-1].content == "here I am"
+
+
+async def test_an_answer_memory_cannot_store_is_kept_in_the_outbox_and_the_turn_completes(
+    catalog: Catalog, memory: InMemoryGateway
+) -> None:
+    outbox = InMemoryOutbox()
+    memory.fail_with("append_assistant_message", Unavailable("the database is unavailable"))
+    turn = await collect(runner(catalog, memory, ScriptedModel([ScriptedReply("kept")]), outbox=outbox), "hi")
+    assert isinstance(turn[-1], events.MessageCompleted)
+    [(user_id, conversation_id, kept)] = outbox.kept
+    assert (user_id, conversation_id, kept.id, kept.content) == (
+        USER,
+        turn[0].conversation_id,
+        turn[0].assistant_message_id,
+        "kept",
+    )
+    outbox.down = True  # and when the outbox cannot keep it either, the turn fails as before
+    with pytest.raises(Unavailable):
+        await collect(runner(catalog, memory, ScriptedModel([ScriptedReply("lost")]), outbox=outbox), "hi")
+
+
+async def test_a_long_turn_renews_its_lease(catalog: Catalog, memory: InMemoryGateway) -> None:
+    model = ScriptedModel([ScriptedReply("slowly but surely")], chunk_delay=0.1)
+    await collect(runner(catalog, memory, model, lease_seconds=0.12), "hi")
+    assert "renew_turn" in memory.calls

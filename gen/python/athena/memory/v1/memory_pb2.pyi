@@ -46,6 +46,34 @@ RECALL_STAGE_KEYWORD: RecallStage.ValueType  # 2
 """Full-text search, used when no vector passed the threshold."""
 Global___RecallStage: _TypeAlias = RecallStage  # noqa: Y015
 
+class _TurnState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TurnStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TurnState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TURN_STATE_UNSPECIFIED: _TurnState.ValueType  # 0
+    """Not set."""
+    TURN_STATE_ANSWER: _TurnState.ValueType  # 1
+    """The caller answers it now: a new turn, or one whose earlier holder stopped renewing its lease."""
+    TURN_STATE_RUNNING: _TurnState.ValueType  # 2
+    """Another caller holds it and is answering: wait and ask again."""
+    TURN_STATE_DONE: _TurnState.ValueType  # 3
+    """It was answered (completely or not): `answer` is the stored answer, to replay."""
+
+class TurnState(_TurnState, metaclass=_TurnStateEnumTypeWrapper):
+    """Where a turn stands when StartTurn answers."""
+
+TURN_STATE_UNSPECIFIED: TurnState.ValueType  # 0
+"""Not set."""
+TURN_STATE_ANSWER: TurnState.ValueType  # 1
+"""The caller answers it now: a new turn, or one whose earlier holder stopped renewing its lease."""
+TURN_STATE_RUNNING: TurnState.ValueType  # 2
+"""Another caller holds it and is answering: wait and ask again."""
+TURN_STATE_DONE: TurnState.ValueType  # 3
+"""It was answered (completely or not): `answer` is the stored answer, to replay."""
+Global___TurnState: _TypeAlias = TurnState  # noqa: Y015
+
 @_typing.final
 class AgentDefinition(_message.Message):
     """An agent definition of the catalog."""
@@ -489,6 +517,7 @@ class StartTurnRequest(_message.Message):
 
     CHAT_FIELD_NUMBER: _builtins.int
     HISTORY_MESSAGES_FIELD_NUMBER: _builtins.int
+    LEASE_FIELD_NUMBER: _builtins.int
     history_messages: _builtins.int
     """How many messages before this one to return as history, oldest first (0 to 200; 0: none)."""
     @_builtins.property
@@ -497,15 +526,22 @@ class StartTurnRequest(_message.Message):
         request with the same client_request_id returns the first message instead of storing another.
         """
 
+    @_builtins.property
+    def lease(self) -> _duration_pb2.Duration:
+        """How long the caller holds the turn while it answers (renewed with RenewTurn): if it stops renewing,
+        a repeated request may take the turn over after this long. 1 second to 10 minutes.
+        """
+
     def __init__(
         self,
         *,
         chat: _chat_pb2.ChatRequest | None = ...,
         history_messages: _builtins.int = ...,
+        lease: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["chat", b"chat"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chat", b"chat", "lease", b"lease"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chat", b"chat", "history_messages", b"history_messages"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chat", b"chat", "history_messages", b"history_messages", "lease", b"lease"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -522,8 +558,15 @@ class StartTurnResponse(_message.Message):
     REPLAYED_FIELD_NUMBER: _builtins.int
     ENABLED_AGENT_IDS_FIELD_NUMBER: _builtins.int
     HISTORY_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    ANSWER_ID_FIELD_NUMBER: _builtins.int
+    ANSWER_FIELD_NUMBER: _builtins.int
     replayed: _builtins.bool
     """True when the message was already stored by an earlier request with the same client_request_id."""
+    state: Global___TurnState.ValueType
+    """Where the turn stands."""
+    answer_id: _builtins.str
+    """Id of the turn's answer: the one to store it under, or the one it was stored under."""
     @_builtins.property
     def conversation(self) -> _chat_pb2.Conversation:
         """The conversation (without messages): new, or the one continued."""
@@ -542,6 +585,10 @@ class StartTurnResponse(_message.Message):
     def history(self) -> _containers.RepeatedCompositeFieldContainer[_chat_pb2.Message]:
         """Up to `history_messages` messages of the conversation before this one, oldest first."""
 
+    @_builtins.property
+    def answer(self) -> _chat_pb2.Message:
+        """With TURN_STATE_DONE, the stored answer."""
+
     def __init__(
         self,
         *,
@@ -550,14 +597,107 @@ class StartTurnResponse(_message.Message):
         replayed: _builtins.bool = ...,
         enabled_agent_ids: _abc.Iterable[_builtins.str] | None = ...,
         history: _abc.Iterable[_chat_pb2.Message] | None = ...,
+        state: Global___TurnState.ValueType = ...,
+        answer_id: _builtins.str = ...,
+        answer: _chat_pb2.Message | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["conversation", b"conversation", "message", b"message"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "conversation", b"conversation", "message", b"message"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation", b"conversation", "enabled_agent_ids", b"enabled_agent_ids", "history", b"history", "message", b"message", "replayed", b"replayed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "answer_id", b"answer_id", "conversation", b"conversation", "enabled_agent_ids", b"enabled_agent_ids", "history", b"history", "message", b"message", "replayed", b"replayed", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StartTurnResponse: _TypeAlias = StartTurnResponse  # noqa: Y015
+
+@_typing.final
+class RenewTurnRequest(_message.Message):
+    """Request of RenewTurn."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    LEASE_FIELD_NUMBER: _builtins.int
+    message_id: _builtins.str
+    """The turn, by its user message."""
+    @_builtins.property
+    def lease(self) -> _duration_pb2.Duration:
+        """The new lease, from now (1 second to 10 minutes)."""
+
+    def __init__(
+        self,
+        *,
+        message_id: _builtins.str = ...,
+        lease: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease", "message_id", b"message_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RenewTurnRequest: _TypeAlias = RenewTurnRequest  # noqa: Y015
+
+@_typing.final
+class RenewTurnResponse(_message.Message):
+    """Response of RenewTurn."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RenewTurnResponse: _TypeAlias = RenewTurnResponse  # noqa: Y015
+
+@_typing.final
+class DeliverAnswerRequest(_message.Message):
+    """Request of DeliverAnswer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    APPEND_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    """The user the answer belongs to."""
+    @_builtins.property
+    def append(self) -> Global___AppendAssistantMessageRequest:
+        """What AppendAssistantMessage would have been sent."""
+
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        append: Global___AppendAssistantMessageRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["append", b"append"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["append", b"append", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeliverAnswerRequest: _TypeAlias = DeliverAnswerRequest  # noqa: Y015
+
+@_typing.final
+class DeliverAnswerResponse(_message.Message):
+    """Response of DeliverAnswer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeliverAnswerResponse: _TypeAlias = DeliverAnswerResponse  # noqa: Y015
 
 @_typing.final
 class AppendAssistantMessageRequest(_message.Message):

@@ -355,10 +355,20 @@ class ConversationServiceStub:
                 request_serializer=athena_dot_memory_dot_v1_dot_memory__pb2.StartTurnRequest.SerializeToString,
                 response_deserializer=athena_dot_memory_dot_v1_dot_memory__pb2.StartTurnResponse.FromString,
                 _registered_method=True)
+        self.RenewTurn = channel.unary_unary(
+                '/athena.memory.v1.ConversationService/RenewTurn',
+                request_serializer=athena_dot_memory_dot_v1_dot_memory__pb2.RenewTurnRequest.SerializeToString,
+                response_deserializer=athena_dot_memory_dot_v1_dot_memory__pb2.RenewTurnResponse.FromString,
+                _registered_method=True)
         self.AppendAssistantMessage = channel.unary_unary(
                 '/athena.memory.v1.ConversationService/AppendAssistantMessage',
                 request_serializer=athena_dot_memory_dot_v1_dot_memory__pb2.AppendAssistantMessageRequest.SerializeToString,
                 response_deserializer=athena_dot_memory_dot_v1_dot_memory__pb2.AppendAssistantMessageResponse.FromString,
+                _registered_method=True)
+        self.DeliverAnswer = channel.unary_unary(
+                '/athena.memory.v1.ConversationService/DeliverAnswer',
+                request_serializer=athena_dot_memory_dot_v1_dot_memory__pb2.DeliverAnswerRequest.SerializeToString,
+                response_deserializer=athena_dot_memory_dot_v1_dot_memory__pb2.DeliverAnswerResponse.FromString,
                 _registered_method=True)
         self.ListConversations = channel.unary_unary(
                 '/athena.memory.v1.ConversationService/ListConversations',
@@ -383,8 +393,20 @@ class ConversationServiceServicer:
 
     def StartTurn(self, request, context):
         """Starts a chat turn in one round trip: checks that the caller may talk to the agent, stores the user's
-        message (starting a conversation when none is given; idempotent by client_request_id) and answers
-        what the turn needs from memory: the agents the caller may hand off to and the recent history.
+        message (starting a conversation when none is given) and answers what the turn needs from memory:
+        the agents the caller may hand off to and the recent history.
+
+        Turns are idempotent by client_request_id. A request repeating an earlier one finds that turn: done
+        (its stored answer comes back, to replay), running under another caller's lease (wait and ask
+        again), or abandoned (its lease ran out: this caller takes it over). The same id with another text,
+        agent or conversation is refused (INVALID_ARGUMENT on client_request_id).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RenewTurn(self, request, context):
+        """Extends the lease of a turn being answered, so that nobody takes it over while it runs.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -392,6 +414,15 @@ class ConversationServiceServicer:
 
     def AppendAssistantMessage(self, request, context):
         """Stores an assistant message (complete or failed) with its tool calls.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeliverAnswer(self, request, context):
+        """Stores an assistant message for the user it names: the orchestrator's outbox delivering an answer
+        whose first store failed, possibly long after the user's token expired. Called for no user, with
+        the deployment's service key. Idempotent by message id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -426,10 +457,20 @@ def add_ConversationServiceServicer_to_server(servicer, server):
                     request_deserializer=athena_dot_memory_dot_v1_dot_memory__pb2.StartTurnRequest.FromString,
                     response_serializer=athena_dot_memory_dot_v1_dot_memory__pb2.StartTurnResponse.SerializeToString,
             ),
+            'RenewTurn': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenewTurn,
+                    request_deserializer=athena_dot_memory_dot_v1_dot_memory__pb2.RenewTurnRequest.FromString,
+                    response_serializer=athena_dot_memory_dot_v1_dot_memory__pb2.RenewTurnResponse.SerializeToString,
+            ),
             'AppendAssistantMessage': grpc.unary_unary_rpc_method_handler(
                     servicer.AppendAssistantMessage,
                     request_deserializer=athena_dot_memory_dot_v1_dot_memory__pb2.AppendAssistantMessageRequest.FromString,
                     response_serializer=athena_dot_memory_dot_v1_dot_memory__pb2.AppendAssistantMessageResponse.SerializeToString,
+            ),
+            'DeliverAnswer': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeliverAnswer,
+                    request_deserializer=athena_dot_memory_dot_v1_dot_memory__pb2.DeliverAnswerRequest.FromString,
+                    response_serializer=athena_dot_memory_dot_v1_dot_memory__pb2.DeliverAnswerResponse.SerializeToString,
             ),
             'ListConversations': grpc.unary_unary_rpc_method_handler(
                     servicer.ListConversations,
@@ -486,6 +527,33 @@ class ConversationService:
             _registered_method=True)
 
     @staticmethod
+    def RenewTurn(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/athena.memory.v1.ConversationService/RenewTurn',
+            athena_dot_memory_dot_v1_dot_memory__pb2.RenewTurnRequest.SerializeToString,
+            athena_dot_memory_dot_v1_dot_memory__pb2.RenewTurnResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def AppendAssistantMessage(request,
             target,
             options=(),
@@ -502,6 +570,33 @@ class ConversationService:
             '/athena.memory.v1.ConversationService/AppendAssistantMessage',
             athena_dot_memory_dot_v1_dot_memory__pb2.AppendAssistantMessageRequest.SerializeToString,
             athena_dot_memory_dot_v1_dot_memory__pb2.AppendAssistantMessageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeliverAnswer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/athena.memory.v1.ConversationService/DeliverAnswer',
+            athena_dot_memory_dot_v1_dot_memory__pb2.DeliverAnswerRequest.SerializeToString,
+            athena_dot_memory_dot_v1_dot_memory__pb2.DeliverAnswerResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -153,11 +153,23 @@ class ConversationServiceStub:
     def __new__(cls, channel: _aio.Channel) -> ConversationServiceAsyncStub: ...
     StartTurn: _grpc.UnaryUnaryMultiCallable[_memory_pb2.StartTurnRequest, _memory_pb2.StartTurnResponse]
     """Starts a chat turn in one round trip: checks that the caller may talk to the agent, stores the user's
-    message (starting a conversation when none is given; idempotent by client_request_id) and answers
-    what the turn needs from memory: the agents the caller may hand off to and the recent history.
+    message (starting a conversation when none is given) and answers what the turn needs from memory:
+    the agents the caller may hand off to and the recent history.
+
+    Turns are idempotent by client_request_id. A request repeating an earlier one finds that turn: done
+    (its stored answer comes back, to replay), running under another caller's lease (wait and ask
+    again), or abandoned (its lease ran out: this caller takes it over). The same id with another text,
+    agent or conversation is refused (INVALID_ARGUMENT on client_request_id).
     """
+    RenewTurn: _grpc.UnaryUnaryMultiCallable[_memory_pb2.RenewTurnRequest, _memory_pb2.RenewTurnResponse]
+    """Extends the lease of a turn being answered, so that nobody takes it over while it runs."""
     AppendAssistantMessage: _grpc.UnaryUnaryMultiCallable[_memory_pb2.AppendAssistantMessageRequest, _memory_pb2.AppendAssistantMessageResponse]
     """Stores an assistant message (complete or failed) with its tool calls."""
+    DeliverAnswer: _grpc.UnaryUnaryMultiCallable[_memory_pb2.DeliverAnswerRequest, _memory_pb2.DeliverAnswerResponse]
+    """Stores an assistant message for the user it names: the orchestrator's outbox delivering an answer
+    whose first store failed, possibly long after the user's token expired. Called for no user, with
+    the deployment's service key. Idempotent by message id.
+    """
     ListConversations: _grpc.UnaryUnaryMultiCallable[_memory_pb2.ListConversationsRequest, _memory_pb2.ListConversationsResponse]
     """Lists the user's conversations, newest first, without messages."""
     GetConversation: _grpc.UnaryUnaryMultiCallable[_memory_pb2.GetConversationRequest, _memory_pb2.GetConversationResponse]
@@ -172,11 +184,23 @@ class ConversationServiceAsyncStub(ConversationServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     StartTurn: _aio.UnaryUnaryMultiCallable[_memory_pb2.StartTurnRequest, _memory_pb2.StartTurnResponse]  # type: ignore[assignment]
     """Starts a chat turn in one round trip: checks that the caller may talk to the agent, stores the user's
-    message (starting a conversation when none is given; idempotent by client_request_id) and answers
-    what the turn needs from memory: the agents the caller may hand off to and the recent history.
+    message (starting a conversation when none is given) and answers what the turn needs from memory:
+    the agents the caller may hand off to and the recent history.
+
+    Turns are idempotent by client_request_id. A request repeating an earlier one finds that turn: done
+    (its stored answer comes back, to replay), running under another caller's lease (wait and ask
+    again), or abandoned (its lease ran out: this caller takes it over). The same id with another text,
+    agent or conversation is refused (INVALID_ARGUMENT on client_request_id).
     """
+    RenewTurn: _aio.UnaryUnaryMultiCallable[_memory_pb2.RenewTurnRequest, _memory_pb2.RenewTurnResponse]  # type: ignore[assignment]
+    """Extends the lease of a turn being answered, so that nobody takes it over while it runs."""
     AppendAssistantMessage: _aio.UnaryUnaryMultiCallable[_memory_pb2.AppendAssistantMessageRequest, _memory_pb2.AppendAssistantMessageResponse]  # type: ignore[assignment]
     """Stores an assistant message (complete or failed) with its tool calls."""
+    DeliverAnswer: _aio.UnaryUnaryMultiCallable[_memory_pb2.DeliverAnswerRequest, _memory_pb2.DeliverAnswerResponse]  # type: ignore[assignment]
+    """Stores an assistant message for the user it names: the orchestrator's outbox delivering an answer
+    whose first store failed, possibly long after the user's token expired. Called for no user, with
+    the deployment's service key. Idempotent by message id.
+    """
     ListConversations: _aio.UnaryUnaryMultiCallable[_memory_pb2.ListConversationsRequest, _memory_pb2.ListConversationsResponse]  # type: ignore[assignment]
     """Lists the user's conversations, newest first, without messages."""
     GetConversation: _aio.UnaryUnaryMultiCallable[_memory_pb2.GetConversationRequest, _memory_pb2.GetConversationResponse]  # type: ignore[assignment]
@@ -194,9 +218,22 @@ class ConversationServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_memory_pb2.StartTurnResponse, _abc.Awaitable[_memory_pb2.StartTurnResponse]]:
         """Starts a chat turn in one round trip: checks that the caller may talk to the agent, stores the user's
-        message (starting a conversation when none is given; idempotent by client_request_id) and answers
-        what the turn needs from memory: the agents the caller may hand off to and the recent history.
+        message (starting a conversation when none is given) and answers what the turn needs from memory:
+        the agents the caller may hand off to and the recent history.
+
+        Turns are idempotent by client_request_id. A request repeating an earlier one finds that turn: done
+        (its stored answer comes back, to replay), running under another caller's lease (wait and ask
+        again), or abandoned (its lease ran out: this caller takes it over). The same id with another text,
+        agent or conversation is refused (INVALID_ARGUMENT on client_request_id).
         """
+
+    @_abc_1.abstractmethod
+    def RenewTurn(
+        self,
+        request: _memory_pb2.RenewTurnRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_memory_pb2.RenewTurnResponse, _abc.Awaitable[_memory_pb2.RenewTurnResponse]]:
+        """Extends the lease of a turn being answered, so that nobody takes it over while it runs."""
 
     @_abc_1.abstractmethod
     def AppendAssistantMessage(
@@ -205,6 +242,17 @@ class ConversationServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_memory_pb2.AppendAssistantMessageResponse, _abc.Awaitable[_memory_pb2.AppendAssistantMessageResponse]]:
         """Stores an assistant message (complete or failed) with its tool calls."""
+
+    @_abc_1.abstractmethod
+    def DeliverAnswer(
+        self,
+        request: _memory_pb2.DeliverAnswerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_memory_pb2.DeliverAnswerResponse, _abc.Awaitable[_memory_pb2.DeliverAnswerResponse]]:
+        """Stores an assistant message for the user it names: the orchestrator's outbox delivering an answer
+        whose first store failed, possibly long after the user's token expired. Called for no user, with
+        the deployment's service key. Idempotent by message id.
+        """
 
     @_abc_1.abstractmethod
     def ListConversations(

@@ -17,7 +17,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file athena/memory/v1/memory.proto.
  */
 export const file_athena_memory_v1_memory: GenFile = /*@__PURE__*/
-  fileDesc("Ch1hdGhlbmEvbWVtb3J5L3YxL21lbW9yeS5wcm90bxIQYXRoZW5hLm1lbW9yeS52MSK+AQoPQWdlbnREZWZpbml0aW9uEhoKAmlkGAEgASgJQg66SAvIAQFyBsCzrrECARIYCgRuYW1lGAIgASgJQgq6SAdyBRABGMgBEhMKC2Rlc2NyaXB0aW9uGAMgASgJEhUKDXN5c3RlbV9wcm9tcHQYBCABKAkSEwoLdXNlcl9wcm9tcHQYBSABKAkSDQoFbW9kZWwYBiABKAkSFAoMYWNjZW50X3Rva2VuGAcgASgJEg8KB2VuYWJsZWQYCCABKAgiigEKDFJlY2FsbFJlc3VsdBIpCgZtZW1vcnkYASABKAsyGS5hdGhlbmEuYWNjb3VudC52MS5NZW1vcnkSEgoKc2ltaWxhcml0eRgCIAEoARINCgVzY29yZRgDIAEoARIsCgVzdGFnZRgEIAEoDjIdLmF0aGVuYS5tZW1vcnkudjEuUmVjYWxsU3RhZ2Ui0QEKD1JlbWVtYmVyUmVxdWVzdBIeCgR0ZXh0GAEgASgJQhC6SA1yC8izrrECARABGKAfEjoKBXNjb3BlGAIgASgOMh4uYXRoZW5hLmFjY291bnQudjEuTWVtb3J5U2NvcGVCC7pICMgBAYIBAhABEiAKCGFnZW50X2lkGAMgASgJQg66SAvIAQFyBsCzrrECARItCgNrZXkYBCABKAlCILpIHdgBAXIYMhZeW0EtWmEtejAtOV8uLV17MSw2NH0kEhEKCWVtYmVkZGluZxgFIAMoAiJOChBSZW1lbWJlclJlc3BvbnNlEikKBm1lbW9yeRgBIAEoCzIZLmF0aGVuYS5hY2NvdW50LnYxLk1lbW9yeRIPCgdjcmVhdGVkGAIgASgIInsKDVJlY2FsbFJlcXVlc3QSHwoFcXVlcnkYASABKAlCELpIDXILyLOusQIBEAEYoB8SIAoIYWdlbnRfaWQYAiABKAlCDrpIC8gBAXIGwLOusQIBEhQKAWsYAyABKAVCCbpIBhoEGDIoABIRCgllbWJlZGRpbmcYBCADKAIiQQoOUmVjYWxsUmVzcG9uc2USLwoHcmVzdWx0cxgBIAMoCzIeLmF0aGVuYS5tZW1vcnkudjEuUmVjYWxsUmVzdWx0IpICCg1Gb3JnZXRSZXF1ZXN0Eh0KCW1lbW9yeV9pZBgBIAEoCUIIukgFcgOwAQFIABIhCgVxdWVyeRgCIAEoCUIQukgNcgvIs66xAgEQARigH0gAEiAKCGFnZW50X2lkGAMgASgJQg66SAvYAQFyBsCzrrECARIYCgVsaW1pdBgEIAEoBUIJukgGGgQYMigAOnK6SG8abQoYZm9yZ2V0LnF1ZXJ5X25lZWRzX2FnZW50EihhZ2VudF9pZDogaXMgcmVxdWlyZWQgdG8gZm9yZ2V0IGJ5IHF1ZXJ5GichaGFzKHRoaXMucXVlcnkpIHx8IHRoaXMuYWdlbnRfaWQgIT0gJydCDwoGdGFyZ2V0EgW6SAIIASInCg5Gb3JnZXRSZXNwb25zZRIVCg1mb3Jnb3R0ZW5faWRzGAEgAygJIlEKE0xpc3RNZW1vcmllc1JlcXVlc3QSHAoJcGFnZV9zaXplGAEgASgFQgm6SAYaBBhkKAASHAoKcGFnZV90b2tlbhgCIAEoCUIIukgFcgMYgAQiXAoUTGlzdE1lbW9yaWVzUmVzcG9uc2USKwoIbWVtb3JpZXMYASADKAsyGS5hdGhlbmEuYWNjb3VudC52MS5NZW1vcnkSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIr0BChNQdXRFcGhlbWVyYWxSZXF1ZXN0EjAKCW5hbWVzcGFjZRgBIAEoCUIdukgachgyFl5bQS1aYS16MC05Xy4tXXsxLDY0fSQSHQoDa2V5GAIgASgJQhC6SA1yC8izrrECARABGIACEh0KCnZhbHVlX2pzb24YAyABKAlCCbpIBnIEKICAEBI2CgN0dGwYBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb25CDrpIC6oBCCIECICjBTIAIhYKFFB1dEVwaGVtZXJhbFJlc3BvbnNlImYKE0dldEVwaGVtZXJhbFJlcXVlc3QSMAoJbmFtZXNwYWNlGAEgASgJQh26SBpyGDIWXltBLVphLXowLTlfLi1dezEsNjR9JBIdCgNrZXkYAiABKAlCELpIDXILyLOusQIBEAEYgAIiOQoUR2V0RXBoZW1lcmFsUmVzcG9uc2USDQoFZm91bmQYASABKAgSEgoKdmFsdWVfanNvbhgCIAEoCSJrChBTdGFydFR1cm5SZXF1ZXN0EjEKBGNoYXQYASABKAsyGy5hdGhlbmEuY2hhdC52MS5DaGF0UmVxdWVzdEIGukgDyAEBEiQKEGhpc3RvcnlfbWVzc2FnZXMYAiABKAVCCrpIBxoFGMgBKAAiyAEKEVN0YXJ0VHVyblJlc3BvbnNlEjIKDGNvbnZlcnNhdGlvbhgBIAEoCzIcLmF0aGVuYS5jaGF0LnYxLkNvbnZlcnNhdGlvbhIoCgdtZXNzYWdlGAIgASgLMhcuYXRoZW5hLmNoYXQudjEuTWVzc2FnZRIQCghyZXBsYXllZBgDIAEoCBIZChFlbmFibGVkX2FnZW50X2lkcxgEIAMoCRIoCgdoaXN0b3J5GAUgAygLMhcuYXRoZW5hLmNoYXQudjEuTWVzc2FnZSJ3Ch1BcHBlbmRBc3Npc3RhbnRNZXNzYWdlUmVxdWVzdBIkCg9jb252ZXJzYXRpb25faWQYASABKAlCC7pICMgBAXIDsAEBEjAKB21lc3NhZ2UYAiABKAsyFy5hdGhlbmEuY2hhdC52MS5NZXNzYWdlQga6SAPIAQEiSgoeQXBwZW5kQXNzaXN0YW50TWVzc2FnZVJlc3BvbnNlEigKB21lc3NhZ2UYASABKAsyFy5hdGhlbmEuY2hhdC52MS5NZXNzYWdlIlYKGExpc3RDb252ZXJzYXRpb25zUmVxdWVzdBIcCglwYWdlX3NpemUYASABKAVCCbpIBhoEGGQoABIcCgpwYWdlX3Rva2VuGAIgASgJQgi6SAVyAxiABCJpChlMaXN0Q29udmVyc2F0aW9uc1Jlc3BvbnNlEjMKDWNvbnZlcnNhdGlvbnMYASADKAsyHC5hdGhlbmEuY2hhdC52MS5Db252ZXJzYXRpb24SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIl4KFkdldENvbnZlcnNhdGlvblJlcXVlc3QSJAoPY29udmVyc2F0aW9uX2lkGAEgASgJQgu6SAjIAQFyA7ABARIeCg1sYXN0X21lc3NhZ2VzGAIgASgFQge6SAQaAigAIk0KF0dldENvbnZlcnNhdGlvblJlc3BvbnNlEjIKDGNvbnZlcnNhdGlvbhgBIAEoCzIcLmF0aGVuYS5jaGF0LnYxLkNvbnZlcnNhdGlvbiJBChlEZWxldGVDb252ZXJzYXRpb25SZXF1ZXN0EiQKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCUILukgIyAEBcgOwAQEiHAoaRGVsZXRlQ29udmVyc2F0aW9uUmVzcG9uc2UitgEKEVN5bmNBZ2VudHNSZXF1ZXN0EjsKBmFnZW50cxgBIAMoCzIhLmF0aGVuYS5tZW1vcnkudjEuQWdlbnREZWZpbml0aW9uQgi6SAWSAQIIATpkukhhGl8KFnN5bmNfYWdlbnRzLmlkc191bmlxdWUSGmFnZW50czogaWRzIG11c3QgYmUgdW5pcXVlGil0aGlzLmFnZW50cy5tYXAoYWdlbnQsIGFnZW50LmlkKS51bmlxdWUoKSIUChJTeW5jQWdlbnRzUmVzcG9uc2UiEwoRTGlzdEFnZW50c1JlcXVlc3QiTgoSTGlzdEFnZW50c1Jlc3BvbnNlEiUKBmFnZW50cxgBIAMoCzIVLmF0aGVuYS5jaGF0LnYxLkFnZW50SgQIAhADUgtkZWZpbml0aW9ucyJLChZTZXRBZ2VudEVuYWJsZWRSZXF1ZXN0EiAKCGFnZW50X2lkGAEgASgJQg66SAvIAQFyBsCzrrECARIPCgdlbmFibGVkGAIgASgIIj8KF1NldEFnZW50RW5hYmxlZFJlc3BvbnNlEiQKBWFnZW50GAEgASgLMhUuYXRoZW5hLmNoYXQudjEuQWdlbnQiFwoVRXhwb3J0VXNlckRhdGFSZXF1ZXN0Iq0BChZFeHBvcnRVc2VyRGF0YVJlc3BvbnNlEiYKBWFnZW50GAEgASgLMhUuYXRoZW5hLmNoYXQudjEuQWdlbnRIABI0Cgxjb252ZXJzYXRpb24YAiABKAsyHC5hdGhlbmEuY2hhdC52MS5Db252ZXJzYXRpb25IABIrCgZtZW1vcnkYAyABKAsyGS5hdGhlbmEuYWNjb3VudC52MS5NZW1vcnlIAEIICgZyZWNvcmQiEgoQUHVyZ2VVc2VyUmVxdWVzdCI/ChFQdXJnZVVzZXJSZXNwb25zZRIUCgxkZWxldGVkX3Jvd3MYASABKAMSFAoMZGVsZXRlZF9rZXlzGAIgASgDKl4KC1JlY2FsbFN0YWdlEhwKGFJFQ0FMTF9TVEFHRV9VTlNQRUNJRklFRBAAEhcKE1JFQ0FMTF9TVEFHRV9WRUNUT1IQARIYChRSRUNBTExfU1RBR0VfS0VZV09SRBACMpkECg1NZW1vcnlTZXJ2aWNlElEKCFJlbWVtYmVyEiEuYXRoZW5hLm1lbW9yeS52MS5SZW1lbWJlclJlcXVlc3QaIi5hdGhlbmEubWVtb3J5LnYxLlJlbWVtYmVyUmVzcG9uc2USSwoGUmVjYWxsEh8uYXRoZW5hLm1lbW9yeS52MS5SZWNhbGxSZXF1ZXN0GiAuYXRoZW5hLm1lbW9yeS52MS5SZWNhbGxSZXNwb25zZRJLCgZGb3JnZXQSHy5hdGhlbmEubWVtb3J5LnYxLkZvcmdldFJlcXVlc3QaIC5hdGhlbmEubWVtb3J5LnYxLkZvcmdldFJlc3BvbnNlEl0KDExpc3RNZW1vcmllcxIlLmF0aGVuYS5tZW1vcnkudjEuTGlzdE1lbW9yaWVzUmVxdWVzdBomLmF0aGVuYS5tZW1vcnkudjEuTGlzdE1lbW9yaWVzUmVzcG9uc2USXQoMUHV0RXBoZW1lcmFsEiUuYXRoZW5hLm1lbW9yeS52MS5QdXRFcGhlbWVyYWxSZXF1ZXN0GiYuYXRoZW5hLm1lbW9yeS52MS5QdXRFcGhlbWVyYWxSZXNwb25zZRJdCgxHZXRFcGhlbWVyYWwSJS5hdGhlbmEubWVtb3J5LnYxLkdldEVwaGVtZXJhbFJlcXVlc3QaJi5hdGhlbmEubWVtb3J5LnYxLkdldEVwaGVtZXJhbFJlc3BvbnNlMq8EChNDb252ZXJzYXRpb25TZXJ2aWNlElQKCVN0YXJ0VHVybhIiLmF0aGVuYS5tZW1vcnkudjEuU3RhcnRUdXJuUmVxdWVzdBojLmF0aGVuYS5tZW1vcnkudjEuU3RhcnRUdXJuUmVzcG9uc2USewoWQXBwZW5kQXNzaXN0YW50TWVzc2FnZRIvLmF0aGVuYS5tZW1vcnkudjEuQXBwZW5kQXNzaXN0YW50TWVzc2FnZVJlcXVlc3QaMC5hdGhlbmEubWVtb3J5LnYxLkFwcGVuZEFzc2lzdGFudE1lc3NhZ2VSZXNwb25zZRJsChFMaXN0Q29udmVyc2F0aW9ucxIqLmF0aGVuYS5tZW1vcnkudjEuTGlzdENvbnZlcnNhdGlvbnNSZXF1ZXN0GisuYXRoZW5hLm1lbW9yeS52MS5MaXN0Q29udmVyc2F0aW9uc1Jlc3BvbnNlEmYKD0dldENvbnZlcnNhdGlvbhIoLmF0aGVuYS5tZW1vcnkudjEuR2V0Q29udmVyc2F0aW9uUmVxdWVzdBopLmF0aGVuYS5tZW1vcnkudjEuR2V0Q29udmVyc2F0aW9uUmVzcG9uc2USbwoSRGVsZXRlQ29udmVyc2F0aW9uEisuYXRoZW5hLm1lbW9yeS52MS5EZWxldGVDb252ZXJzYXRpb25SZXF1ZXN0GiwuYXRoZW5hLm1lbW9yeS52MS5EZWxldGVDb252ZXJzYXRpb25SZXNwb25zZTKoAgoMQWdlbnRTZXJ2aWNlElcKClN5bmNBZ2VudHMSIy5hdGhlbmEubWVtb3J5LnYxLlN5bmNBZ2VudHNSZXF1ZXN0GiQuYXRoZW5hLm1lbW9yeS52MS5TeW5jQWdlbnRzUmVzcG9uc2USVwoKTGlzdEFnZW50cxIjLmF0aGVuYS5tZW1vcnkudjEuTGlzdEFnZW50c1JlcXVlc3QaJC5hdGhlbmEubWVtb3J5LnYxLkxpc3RBZ2VudHNSZXNwb25zZRJmCg9TZXRBZ2VudEVuYWJsZWQSKC5hdGhlbmEubWVtb3J5LnYxLlNldEFnZW50RW5hYmxlZFJlcXVlc3QaKS5hdGhlbmEubWVtb3J5LnYxLlNldEFnZW50RW5hYmxlZFJlc3BvbnNlMs4BCg9Vc2VyRGF0YVNlcnZpY2USZQoORXhwb3J0VXNlckRhdGESJy5hdGhlbmEubWVtb3J5LnYxLkV4cG9ydFVzZXJEYXRhUmVxdWVzdBooLmF0aGVuYS5tZW1vcnkudjEuRXhwb3J0VXNlckRhdGFSZXNwb25zZTABElQKCVB1cmdlVXNlchIiLmF0aGVuYS5tZW1vcnkudjEuUHVyZ2VVc2VyUmVxdWVzdBojLmF0aGVuYS5tZW1vcnkudjEuUHVyZ2VVc2VyUmVzcG9uc2ViBnByb3RvMw", [file_athena_account_v1_account, file_athena_chat_v1_chat, file_buf_validate_validate, file_google_protobuf_duration]);
+  fileDesc("Ch1hdGhlbmEvbWVtb3J5L3YxL21lbW9yeS5wcm90bxIQYXRoZW5hLm1lbW9yeS52MSK+AQoPQWdlbnREZWZpbml0aW9uEhoKAmlkGAEgASgJQg66SAvIAQFyBsCzrrECARIYCgRuYW1lGAIgASgJQgq6SAdyBRABGMgBEhMKC2Rlc2NyaXB0aW9uGAMgASgJEhUKDXN5c3RlbV9wcm9tcHQYBCABKAkSEwoLdXNlcl9wcm9tcHQYBSABKAkSDQoFbW9kZWwYBiABKAkSFAoMYWNjZW50X3Rva2VuGAcgASgJEg8KB2VuYWJsZWQYCCABKAgiigEKDFJlY2FsbFJlc3VsdBIpCgZtZW1vcnkYASABKAsyGS5hdGhlbmEuYWNjb3VudC52MS5NZW1vcnkSEgoKc2ltaWxhcml0eRgCIAEoARINCgVzY29yZRgDIAEoARIsCgVzdGFnZRgEIAEoDjIdLmF0aGVuYS5tZW1vcnkudjEuUmVjYWxsU3RhZ2Ui0QEKD1JlbWVtYmVyUmVxdWVzdBIeCgR0ZXh0GAEgASgJQhC6SA1yC8izrrECARABGKAfEjoKBXNjb3BlGAIgASgOMh4uYXRoZW5hLmFjY291bnQudjEuTWVtb3J5U2NvcGVCC7pICMgBAYIBAhABEiAKCGFnZW50X2lkGAMgASgJQg66SAvIAQFyBsCzrrECARItCgNrZXkYBCABKAlCILpIHdgBAXIYMhZeW0EtWmEtejAtOV8uLV17MSw2NH0kEhEKCWVtYmVkZGluZxgFIAMoAiJOChBSZW1lbWJlclJlc3BvbnNlEikKBm1lbW9yeRgBIAEoCzIZLmF0aGVuYS5hY2NvdW50LnYxLk1lbW9yeRIPCgdjcmVhdGVkGAIgASgIInsKDVJlY2FsbFJlcXVlc3QSHwoFcXVlcnkYASABKAlCELpIDXILyLOusQIBEAEYoB8SIAoIYWdlbnRfaWQYAiABKAlCDrpIC8gBAXIGwLOusQIBEhQKAWsYAyABKAVCCbpIBhoEGDIoABIRCgllbWJlZGRpbmcYBCADKAIiQQoOUmVjYWxsUmVzcG9uc2USLwoHcmVzdWx0cxgBIAMoCzIeLmF0aGVuYS5tZW1vcnkudjEuUmVjYWxsUmVzdWx0IpICCg1Gb3JnZXRSZXF1ZXN0Eh0KCW1lbW9yeV9pZBgBIAEoCUIIukgFcgOwAQFIABIhCgVxdWVyeRgCIAEoCUIQukgNcgvIs66xAgEQARigH0gAEiAKCGFnZW50X2lkGAMgASgJQg66SAvYAQFyBsCzrrECARIYCgVsaW1pdBgEIAEoBUIJukgGGgQYMigAOnK6SG8abQoYZm9yZ2V0LnF1ZXJ5X25lZWRzX2FnZW50EihhZ2VudF9pZDogaXMgcmVxdWlyZWQgdG8gZm9yZ2V0IGJ5IHF1ZXJ5GichaGFzKHRoaXMucXVlcnkpIHx8IHRoaXMuYWdlbnRfaWQgIT0gJydCDwoGdGFyZ2V0EgW6SAIIASInCg5Gb3JnZXRSZXNwb25zZRIVCg1mb3Jnb3R0ZW5faWRzGAEgAygJIlEKE0xpc3RNZW1vcmllc1JlcXVlc3QSHAoJcGFnZV9zaXplGAEgASgFQgm6SAYaBBhkKAASHAoKcGFnZV90b2tlbhgCIAEoCUIIukgFcgMYgAQiXAoUTGlzdE1lbW9yaWVzUmVzcG9uc2USKwoIbWVtb3JpZXMYASADKAsyGS5hdGhlbmEuYWNjb3VudC52MS5NZW1vcnkSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIr0BChNQdXRFcGhlbWVyYWxSZXF1ZXN0EjAKCW5hbWVzcGFjZRgBIAEoCUIdukgachgyFl5bQS1aYS16MC05Xy4tXXsxLDY0fSQSHQoDa2V5GAIgASgJQhC6SA1yC8izrrECARABGIACEh0KCnZhbHVlX2pzb24YAyABKAlCCbpIBnIEKICAEBI2CgN0dGwYBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb25CDrpIC6oBCCIECICjBTIAIhYKFFB1dEVwaGVtZXJhbFJlc3BvbnNlImYKE0dldEVwaGVtZXJhbFJlcXVlc3QSMAoJbmFtZXNwYWNlGAEgASgJQh26SBpyGDIWXltBLVphLXowLTlfLi1dezEsNjR9JBIdCgNrZXkYAiABKAlCELpIDXILyLOusQIBEAEYgAIiOQoUR2V0RXBoZW1lcmFsUmVzcG9uc2USDQoFZm91bmQYASABKAgSEgoKdmFsdWVfanNvbhgCIAEoCSKmAQoQU3RhcnRUdXJuUmVxdWVzdBIxCgRjaGF0GAEgASgLMhsuYXRoZW5hLmNoYXQudjEuQ2hhdFJlcXVlc3RCBrpIA8gBARIkChBoaXN0b3J5X21lc3NhZ2VzGAIgASgFQgq6SAcaBRjIASgAEjkKBWxlYXNlGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uQg+6SAyqAQkiAwjYBDICCAEisAIKEVN0YXJ0VHVyblJlc3BvbnNlEjIKDGNvbnZlcnNhdGlvbhgBIAEoCzIcLmF0aGVuYS5jaGF0LnYxLkNvbnZlcnNhdGlvbhIoCgdtZXNzYWdlGAIgASgLMhcuYXRoZW5hLmNoYXQudjEuTWVzc2FnZRIQCghyZXBsYXllZBgDIAEoCBIZChFlbmFibGVkX2FnZW50X2lkcxgEIAMoCRIoCgdoaXN0b3J5GAUgAygLMhcuYXRoZW5hLmNoYXQudjEuTWVzc2FnZRIqCgVzdGF0ZRgGIAEoDjIbLmF0aGVuYS5tZW1vcnkudjEuVHVyblN0YXRlEhEKCWFuc3dlcl9pZBgHIAEoCRInCgZhbnN3ZXIYCCABKAsyFy5hdGhlbmEuY2hhdC52MS5NZXNzYWdlInEKEFJlbmV3VHVyblJlcXVlc3QSHwoKbWVzc2FnZV9pZBgBIAEoCUILukgIyAEBcgOwAQESPAoFbGVhc2UYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb25CErpID8gBAaoBCSIDCNgEMgIIASITChFSZW5ld1R1cm5SZXNwb25zZSJ9ChREZWxpdmVyQW5zd2VyUmVxdWVzdBIcCgd1c2VyX2lkGAEgASgJQgu6SAjIAQFyA7ABARJHCgZhcHBlbmQYAiABKAsyLy5hdGhlbmEubWVtb3J5LnYxLkFwcGVuZEFzc2lzdGFudE1lc3NhZ2VSZXF1ZXN0Qga6SAPIAQEiFwoVRGVsaXZlckFuc3dlclJlc3BvbnNlIncKHUFwcGVuZEFzc2lzdGFudE1lc3NhZ2VSZXF1ZXN0EiQKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCUILukgIyAEBcgOwAQESMAoHbWVzc2FnZRgCIAEoCzIXLmF0aGVuYS5jaGF0LnYxLk1lc3NhZ2VCBrpIA8gBASJKCh5BcHBlbmRBc3Npc3RhbnRNZXNzYWdlUmVzcG9uc2USKAoHbWVzc2FnZRgBIAEoCzIXLmF0aGVuYS5jaGF0LnYxLk1lc3NhZ2UiVgoYTGlzdENvbnZlcnNhdGlvbnNSZXF1ZXN0EhwKCXBhZ2Vfc2l6ZRgBIAEoBUIJukgGGgQYZCgAEhwKCnBhZ2VfdG9rZW4YAiABKAlCCLpIBXIDGIAEImkKGUxpc3RDb252ZXJzYXRpb25zUmVzcG9uc2USMwoNY29udmVyc2F0aW9ucxgBIAMoCzIcLmF0aGVuYS5jaGF0LnYxLkNvbnZlcnNhdGlvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiXgoWR2V0Q29udmVyc2F0aW9uUmVxdWVzdBIkCg9jb252ZXJzYXRpb25faWQYASABKAlCC7pICMgBAXIDsAEBEh4KDWxhc3RfbWVzc2FnZXMYAiABKAVCB7pIBBoCKAAiTQoXR2V0Q29udmVyc2F0aW9uUmVzcG9uc2USMgoMY29udmVyc2F0aW9uGAEgASgLMhwuYXRoZW5hLmNoYXQudjEuQ29udmVyc2F0aW9uIkEKGURlbGV0ZUNvbnZlcnNhdGlvblJlcXVlc3QSJAoPY29udmVyc2F0aW9uX2lkGAEgASgJQgu6SAjIAQFyA7ABASIcChpEZWxldGVDb252ZXJzYXRpb25SZXNwb25zZSK2AQoRU3luY0FnZW50c1JlcXVlc3QSOwoGYWdlbnRzGAEgAygLMiEuYXRoZW5hLm1lbW9yeS52MS5BZ2VudERlZmluaXRpb25CCLpIBZIBAggBOmS6SGEaXwoWc3luY19hZ2VudHMuaWRzX3VuaXF1ZRIaYWdlbnRzOiBpZHMgbXVzdCBiZSB1bmlxdWUaKXRoaXMuYWdlbnRzLm1hcChhZ2VudCwgYWdlbnQuaWQpLnVuaXF1ZSgpIhQKElN5bmNBZ2VudHNSZXNwb25zZSITChFMaXN0QWdlbnRzUmVxdWVzdCJOChJMaXN0QWdlbnRzUmVzcG9uc2USJQoGYWdlbnRzGAEgAygLMhUuYXRoZW5hLmNoYXQudjEuQWdlbnRKBAgCEANSC2RlZmluaXRpb25zIksKFlNldEFnZW50RW5hYmxlZFJlcXVlc3QSIAoIYWdlbnRfaWQYASABKAlCDrpIC8gBAXIGwLOusQIBEg8KB2VuYWJsZWQYAiABKAgiPwoXU2V0QWdlbnRFbmFibGVkUmVzcG9uc2USJAoFYWdlbnQYASABKAsyFS5hdGhlbmEuY2hhdC52MS5BZ2VudCIXChVFeHBvcnRVc2VyRGF0YVJlcXVlc3QirQEKFkV4cG9ydFVzZXJEYXRhUmVzcG9uc2USJgoFYWdlbnQYASABKAsyFS5hdGhlbmEuY2hhdC52MS5BZ2VudEgAEjQKDGNvbnZlcnNhdGlvbhgCIAEoCzIcLmF0aGVuYS5jaGF0LnYxLkNvbnZlcnNhdGlvbkgAEisKBm1lbW9yeRgDIAEoCzIZLmF0aGVuYS5hY2NvdW50LnYxLk1lbW9yeUgAQggKBnJlY29yZCISChBQdXJnZVVzZXJSZXF1ZXN0Ij8KEVB1cmdlVXNlclJlc3BvbnNlEhQKDGRlbGV0ZWRfcm93cxgBIAEoAxIUCgxkZWxldGVkX2tleXMYAiABKAMqXgoLUmVjYWxsU3RhZ2USHAoYUkVDQUxMX1NUQUdFX1VOU1BFQ0lGSUVEEAASFwoTUkVDQUxMX1NUQUdFX1ZFQ1RPUhABEhgKFFJFQ0FMTF9TVEFHRV9LRVlXT1JEEAIqawoJVHVyblN0YXRlEhoKFlRVUk5fU1RBVEVfVU5TUEVDSUZJRUQQABIVChFUVVJOX1NUQVRFX0FOU1dFUhABEhYKElRVUk5fU1RBVEVfUlVOTklORxACEhMKD1RVUk5fU1RBVEVfRE9ORRADMpkECg1NZW1vcnlTZXJ2aWNlElEKCFJlbWVtYmVyEiEuYXRoZW5hLm1lbW9yeS52MS5SZW1lbWJlclJlcXVlc3QaIi5hdGhlbmEubWVtb3J5LnYxLlJlbWVtYmVyUmVzcG9uc2USSwoGUmVjYWxsEh8uYXRoZW5hLm1lbW9yeS52MS5SZWNhbGxSZXF1ZXN0GiAuYXRoZW5hLm1lbW9yeS52MS5SZWNhbGxSZXNwb25zZRJLCgZGb3JnZXQSHy5hdGhlbmEubWVtb3J5LnYxLkZvcmdldFJlcXVlc3QaIC5hdGhlbmEubWVtb3J5LnYxLkZvcmdldFJlc3BvbnNlEl0KDExpc3RNZW1vcmllcxIlLmF0aGVuYS5tZW1vcnkudjEuTGlzdE1lbW9yaWVzUmVxdWVzdBomLmF0aGVuYS5tZW1vcnkudjEuTGlzdE1lbW9yaWVzUmVzcG9uc2USXQoMUHV0RXBoZW1lcmFsEiUuYXRoZW5hLm1lbW9yeS52MS5QdXRFcGhlbWVyYWxSZXF1ZXN0GiYuYXRoZW5hLm1lbW9yeS52MS5QdXRFcGhlbWVyYWxSZXNwb25zZRJdCgxHZXRFcGhlbWVyYWwSJS5hdGhlbmEubWVtb3J5LnYxLkdldEVwaGVtZXJhbFJlcXVlc3QaJi5hdGhlbmEubWVtb3J5LnYxLkdldEVwaGVtZXJhbFJlc3BvbnNlMucFChNDb252ZXJzYXRpb25TZXJ2aWNlElQKCVN0YXJ0VHVybhIiLmF0aGVuYS5tZW1vcnkudjEuU3RhcnRUdXJuUmVxdWVzdBojLmF0aGVuYS5tZW1vcnkudjEuU3RhcnRUdXJuUmVzcG9uc2USVAoJUmVuZXdUdXJuEiIuYXRoZW5hLm1lbW9yeS52MS5SZW5ld1R1cm5SZXF1ZXN0GiMuYXRoZW5hLm1lbW9yeS52MS5SZW5ld1R1cm5SZXNwb25zZRJ7ChZBcHBlbmRBc3Npc3RhbnRNZXNzYWdlEi8uYXRoZW5hLm1lbW9yeS52MS5BcHBlbmRBc3Npc3RhbnRNZXNzYWdlUmVxdWVzdBowLmF0aGVuYS5tZW1vcnkudjEuQXBwZW5kQXNzaXN0YW50TWVzc2FnZVJlc3BvbnNlEmAKDURlbGl2ZXJBbnN3ZXISJi5hdGhlbmEubWVtb3J5LnYxLkRlbGl2ZXJBbnN3ZXJSZXF1ZXN0GicuYXRoZW5hLm1lbW9yeS52MS5EZWxpdmVyQW5zd2VyUmVzcG9uc2USbAoRTGlzdENvbnZlcnNhdGlvbnMSKi5hdGhlbmEubWVtb3J5LnYxLkxpc3RDb252ZXJzYXRpb25zUmVxdWVzdBorLmF0aGVuYS5tZW1vcnkudjEuTGlzdENvbnZlcnNhdGlvbnNSZXNwb25zZRJmCg9HZXRDb252ZXJzYXRpb24SKC5hdGhlbmEubWVtb3J5LnYxLkdldENvbnZlcnNhdGlvblJlcXVlc3QaKS5hdGhlbmEubWVtb3J5LnYxLkdldENvbnZlcnNhdGlvblJlc3BvbnNlEm8KEkRlbGV0ZUNvbnZlcnNhdGlvbhIrLmF0aGVuYS5tZW1vcnkudjEuRGVsZXRlQ29udmVyc2F0aW9uUmVxdWVzdBosLmF0aGVuYS5tZW1vcnkudjEuRGVsZXRlQ29udmVyc2F0aW9uUmVzcG9uc2UyqAIKDEFnZW50U2VydmljZRJXCgpTeW5jQWdlbnRzEiMuYXRoZW5hLm1lbW9yeS52MS5TeW5jQWdlbnRzUmVxdWVzdBokLmF0aGVuYS5tZW1vcnkudjEuU3luY0FnZW50c1Jlc3BvbnNlElcKCkxpc3RBZ2VudHMSIy5hdGhlbmEubWVtb3J5LnYxLkxpc3RBZ2VudHNSZXF1ZXN0GiQuYXRoZW5hLm1lbW9yeS52MS5MaXN0QWdlbnRzUmVzcG9uc2USZgoPU2V0QWdlbnRFbmFibGVkEiguYXRoZW5hLm1lbW9yeS52MS5TZXRBZ2VudEVuYWJsZWRSZXF1ZXN0GikuYXRoZW5hLm1lbW9yeS52MS5TZXRBZ2VudEVuYWJsZWRSZXNwb25zZTLOAQoPVXNlckRhdGFTZXJ2aWNlEmUKDkV4cG9ydFVzZXJEYXRhEicuYXRoZW5hLm1lbW9yeS52MS5FeHBvcnRVc2VyRGF0YVJlcXVlc3QaKC5hdGhlbmEubWVtb3J5LnYxLkV4cG9ydFVzZXJEYXRhUmVzcG9uc2UwARJUCglQdXJnZVVzZXISIi5hdGhlbmEubWVtb3J5LnYxLlB1cmdlVXNlclJlcXVlc3QaIy5hdGhlbmEubWVtb3J5LnYxLlB1cmdlVXNlclJlc3BvbnNlYgZwcm90bzM", [file_athena_account_v1_account, file_athena_chat_v1_chat, file_buf_validate_validate, file_google_protobuf_duration]);
 
 /**
  * An agent definition of the catalog.
@@ -533,6 +533,14 @@ export type StartTurnRequest = Message<"athena.memory.v1.StartTurnRequest"> & {
    * @generated from field: int32 history_messages = 2;
    */
   historyMessages: number;
+
+  /**
+   * How long the caller holds the turn while it answers (renewed with RenewTurn): if it stops renewing,
+   * a repeated request may take the turn over after this long. 1 second to 10 minutes.
+   *
+   * @generated from field: google.protobuf.Duration lease = 3;
+   */
+  lease?: Duration | undefined;
 };
 
 /**
@@ -583,6 +591,27 @@ export type StartTurnResponse = Message<"athena.memory.v1.StartTurnResponse"> & 
    * @generated from field: repeated athena.chat.v1.Message history = 5;
    */
   history: Message$1[];
+
+  /**
+   * Where the turn stands.
+   *
+   * @generated from field: athena.memory.v1.TurnState state = 6;
+   */
+  state: TurnState;
+
+  /**
+   * Id of the turn's answer: the one to store it under, or the one it was stored under.
+   *
+   * @generated from field: string answer_id = 7;
+   */
+  answerId: string;
+
+  /**
+   * With TURN_STATE_DONE, the stored answer.
+   *
+   * @generated from field: athena.chat.v1.Message answer = 8;
+   */
+  answer?: Message$1 | undefined;
 };
 
 /**
@@ -591,6 +620,92 @@ export type StartTurnResponse = Message<"athena.memory.v1.StartTurnResponse"> & 
  */
 export const StartTurnResponseSchema: GenMessage<StartTurnResponse> = /*@__PURE__*/
   messageDesc(file_athena_memory_v1_memory, 15);
+
+/**
+ * Request of RenewTurn.
+ *
+ * @generated from message athena.memory.v1.RenewTurnRequest
+ */
+export type RenewTurnRequest = Message<"athena.memory.v1.RenewTurnRequest"> & {
+  /**
+   * The turn, by its user message.
+   *
+   * @generated from field: string message_id = 1;
+   */
+  messageId: string;
+
+  /**
+   * The new lease, from now (1 second to 10 minutes).
+   *
+   * @generated from field: google.protobuf.Duration lease = 2;
+   */
+  lease?: Duration | undefined;
+};
+
+/**
+ * Describes the message athena.memory.v1.RenewTurnRequest.
+ * Use `create(RenewTurnRequestSchema)` to create a new message.
+ */
+export const RenewTurnRequestSchema: GenMessage<RenewTurnRequest> = /*@__PURE__*/
+  messageDesc(file_athena_memory_v1_memory, 16);
+
+/**
+ * Response of RenewTurn.
+ *
+ * @generated from message athena.memory.v1.RenewTurnResponse
+ */
+export type RenewTurnResponse = Message<"athena.memory.v1.RenewTurnResponse"> & {
+};
+
+/**
+ * Describes the message athena.memory.v1.RenewTurnResponse.
+ * Use `create(RenewTurnResponseSchema)` to create a new message.
+ */
+export const RenewTurnResponseSchema: GenMessage<RenewTurnResponse> = /*@__PURE__*/
+  messageDesc(file_athena_memory_v1_memory, 17);
+
+/**
+ * Request of DeliverAnswer.
+ *
+ * @generated from message athena.memory.v1.DeliverAnswerRequest
+ */
+export type DeliverAnswerRequest = Message<"athena.memory.v1.DeliverAnswerRequest"> & {
+  /**
+   * The user the answer belongs to.
+   *
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+
+  /**
+   * What AppendAssistantMessage would have been sent.
+   *
+   * @generated from field: athena.memory.v1.AppendAssistantMessageRequest append = 2;
+   */
+  append?: AppendAssistantMessageRequest | undefined;
+};
+
+/**
+ * Describes the message athena.memory.v1.DeliverAnswerRequest.
+ * Use `create(DeliverAnswerRequestSchema)` to create a new message.
+ */
+export const DeliverAnswerRequestSchema: GenMessage<DeliverAnswerRequest> = /*@__PURE__*/
+  messageDesc(file_athena_memory_v1_memory, 18);
+
+/**
+ * Response of DeliverAnswer.
+ *
+ * @generated from message athena.memory.v1.DeliverAnswerResponse
+ */
+export type DeliverAnswerResponse = Message<"athena.memory.v1.DeliverAnswerResponse"> & {
+};
+
+/**
+ * Describes the message athena.memory.v1.DeliverAnswerResponse.
+ * Use `create(DeliverAnswerResponseSchema)` to create a new message.
+ */
+export const DeliverAnswerResponseSchema: GenMessage<DeliverAnswerResponse> = /*@__PURE__*/
+  messageDesc(file_athena_memory_v1_memory, 19);
 
 /**
  * Request of AppendAssistantMessage.
@@ -618,7 +733,7 @@ export type AppendAssistantMessageRequest = Message<"athena.memory.v1.AppendAssi
  * Use `create(AppendAssistantMessageRequestSchema)` to create a new message.
  */
 export const AppendAssistantMessageRequestSchema: GenMessage<AppendAssistantMessageRequest> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 16);
+  messageDesc(file_athena_memory_v1_memory, 20);
 
 /**
  * Response of AppendAssistantMessage.
@@ -639,7 +754,7 @@ export type AppendAssistantMessageResponse = Message<"athena.memory.v1.AppendAss
  * Use `create(AppendAssistantMessageResponseSchema)` to create a new message.
  */
 export const AppendAssistantMessageResponseSchema: GenMessage<AppendAssistantMessageResponse> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 17);
+  messageDesc(file_athena_memory_v1_memory, 21);
 
 /**
  * Request of ListConversations.
@@ -667,7 +782,7 @@ export type ListConversationsRequest = Message<"athena.memory.v1.ListConversatio
  * Use `create(ListConversationsRequestSchema)` to create a new message.
  */
 export const ListConversationsRequestSchema: GenMessage<ListConversationsRequest> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 18);
+  messageDesc(file_athena_memory_v1_memory, 22);
 
 /**
  * Response of ListConversations.
@@ -695,7 +810,7 @@ export type ListConversationsResponse = Message<"athena.memory.v1.ListConversati
  * Use `create(ListConversationsResponseSchema)` to create a new message.
  */
 export const ListConversationsResponseSchema: GenMessage<ListConversationsResponse> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 19);
+  messageDesc(file_athena_memory_v1_memory, 23);
 
 /**
  * Request of GetConversation.
@@ -723,7 +838,7 @@ export type GetConversationRequest = Message<"athena.memory.v1.GetConversationRe
  * Use `create(GetConversationRequestSchema)` to create a new message.
  */
 export const GetConversationRequestSchema: GenMessage<GetConversationRequest> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 20);
+  messageDesc(file_athena_memory_v1_memory, 24);
 
 /**
  * Response of GetConversation.
@@ -744,7 +859,7 @@ export type GetConversationResponse = Message<"athena.memory.v1.GetConversationR
  * Use `create(GetConversationResponseSchema)` to create a new message.
  */
 export const GetConversationResponseSchema: GenMessage<GetConversationResponse> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 21);
+  messageDesc(file_athena_memory_v1_memory, 25);
 
 /**
  * Request of DeleteConversation.
@@ -765,7 +880,7 @@ export type DeleteConversationRequest = Message<"athena.memory.v1.DeleteConversa
  * Use `create(DeleteConversationRequestSchema)` to create a new message.
  */
 export const DeleteConversationRequestSchema: GenMessage<DeleteConversationRequest> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 22);
+  messageDesc(file_athena_memory_v1_memory, 26);
 
 /**
  * Response of DeleteConversation.
@@ -780,7 +895,7 @@ export type DeleteConversationResponse = Message<"athena.memory.v1.DeleteConvers
  * Use `create(DeleteConversationResponseSchema)` to create a new message.
  */
 export const DeleteConversationResponseSchema: GenMessage<DeleteConversationResponse> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 23);
+  messageDesc(file_athena_memory_v1_memory, 27);
 
 /**
  * Request of SyncAgents.
@@ -801,7 +916,7 @@ export type SyncAgentsRequest = Message<"athena.memory.v1.SyncAgentsRequest"> & 
  * Use `create(SyncAgentsRequestSchema)` to create a new message.
  */
 export const SyncAgentsRequestSchema: GenMessage<SyncAgentsRequest> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 24);
+  messageDesc(file_athena_memory_v1_memory, 28);
 
 /**
  * Response of SyncAgents.
@@ -816,7 +931,7 @@ export type SyncAgentsResponse = Message<"athena.memory.v1.SyncAgentsResponse"> 
  * Use `create(SyncAgentsResponseSchema)` to create a new message.
  */
 export const SyncAgentsResponseSchema: GenMessage<SyncAgentsResponse> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 25);
+  messageDesc(file_athena_memory_v1_memory, 29);
 
 /**
  * Request of ListAgents.
@@ -831,7 +946,7 @@ export type ListAgentsRequest = Message<"athena.memory.v1.ListAgentsRequest"> & 
  * Use `create(ListAgentsRequestSchema)` to create a new message.
  */
 export const ListAgentsRequestSchema: GenMessage<ListAgentsRequest> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 26);
+  messageDesc(file_athena_memory_v1_memory, 30);
 
 /**
  * Response of ListAgents.
@@ -852,7 +967,7 @@ export type ListAgentsResponse = Message<"athena.memory.v1.ListAgentsResponse"> 
  * Use `create(ListAgentsResponseSchema)` to create a new message.
  */
 export const ListAgentsResponseSchema: GenMessage<ListAgentsResponse> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 27);
+  messageDesc(file_athena_memory_v1_memory, 31);
 
 /**
  * Request of SetAgentEnabled.
@@ -880,7 +995,7 @@ export type SetAgentEnabledRequest = Message<"athena.memory.v1.SetAgentEnabledRe
  * Use `create(SetAgentEnabledRequestSchema)` to create a new message.
  */
 export const SetAgentEnabledRequestSchema: GenMessage<SetAgentEnabledRequest> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 28);
+  messageDesc(file_athena_memory_v1_memory, 32);
 
 /**
  * Response of SetAgentEnabled.
@@ -901,7 +1016,7 @@ export type SetAgentEnabledResponse = Message<"athena.memory.v1.SetAgentEnabledR
  * Use `create(SetAgentEnabledResponseSchema)` to create a new message.
  */
 export const SetAgentEnabledResponseSchema: GenMessage<SetAgentEnabledResponse> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 29);
+  messageDesc(file_athena_memory_v1_memory, 33);
 
 /**
  * Request of ExportUserData.
@@ -916,7 +1031,7 @@ export type ExportUserDataRequest = Message<"athena.memory.v1.ExportUserDataRequ
  * Use `create(ExportUserDataRequestSchema)` to create a new message.
  */
 export const ExportUserDataRequestSchema: GenMessage<ExportUserDataRequest> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 30);
+  messageDesc(file_athena_memory_v1_memory, 34);
 
 /**
  * One record of the export.
@@ -961,7 +1076,7 @@ export type ExportUserDataResponse = Message<"athena.memory.v1.ExportUserDataRes
  * Use `create(ExportUserDataResponseSchema)` to create a new message.
  */
 export const ExportUserDataResponseSchema: GenMessage<ExportUserDataResponse> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 31);
+  messageDesc(file_athena_memory_v1_memory, 35);
 
 /**
  * Request of PurgeUser.
@@ -976,7 +1091,7 @@ export type PurgeUserRequest = Message<"athena.memory.v1.PurgeUserRequest"> & {
  * Use `create(PurgeUserRequestSchema)` to create a new message.
  */
 export const PurgeUserRequestSchema: GenMessage<PurgeUserRequest> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 32);
+  messageDesc(file_athena_memory_v1_memory, 36);
 
 /**
  * Response of PurgeUser.
@@ -1004,7 +1119,7 @@ export type PurgeUserResponse = Message<"athena.memory.v1.PurgeUserResponse"> & 
  * Use `create(PurgeUserResponseSchema)` to create a new message.
  */
 export const PurgeUserResponseSchema: GenMessage<PurgeUserResponse> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 33);
+  messageDesc(file_athena_memory_v1_memory, 37);
 
 /**
  * Which retrieval stage found a memory.
@@ -1039,6 +1154,47 @@ export enum RecallStage {
  */
 export const RecallStageSchema: GenEnum<RecallStage> = /*@__PURE__*/
   enumDesc(file_athena_memory_v1_memory, 0);
+
+/**
+ * Where a turn stands when StartTurn answers.
+ *
+ * @generated from enum athena.memory.v1.TurnState
+ */
+export enum TurnState {
+  /**
+   * Not set.
+   *
+   * @generated from enum value: TURN_STATE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The caller answers it now: a new turn, or one whose earlier holder stopped renewing its lease.
+   *
+   * @generated from enum value: TURN_STATE_ANSWER = 1;
+   */
+  ANSWER = 1,
+
+  /**
+   * Another caller holds it and is answering: wait and ask again.
+   *
+   * @generated from enum value: TURN_STATE_RUNNING = 2;
+   */
+  RUNNING = 2,
+
+  /**
+   * It was answered (completely or not): `answer` is the stored answer, to replay.
+   *
+   * @generated from enum value: TURN_STATE_DONE = 3;
+   */
+  DONE = 3,
+}
+
+/**
+ * Describes the enum athena.memory.v1.TurnState.
+ */
+export const TurnStateSchema: GenEnum<TurnState> = /*@__PURE__*/
+  enumDesc(file_athena_memory_v1_memory, 1);
 
 /**
  * MemoryService stores what agents remember and recalls it by meaning (pgvector) or by words (full-text).
@@ -1118,8 +1274,13 @@ export const MemoryService: GenService<{
 export const ConversationService: GenService<{
   /**
    * Starts a chat turn in one round trip: checks that the caller may talk to the agent, stores the user's
-   * message (starting a conversation when none is given; idempotent by client_request_id) and answers
-   * what the turn needs from memory: the agents the caller may hand off to and the recent history.
+   * message (starting a conversation when none is given) and answers what the turn needs from memory:
+   * the agents the caller may hand off to and the recent history.
+   *
+   * Turns are idempotent by client_request_id. A request repeating an earlier one finds that turn: done
+   * (its stored answer comes back, to replay), running under another caller's lease (wait and ask
+   * again), or abandoned (its lease ran out: this caller takes it over). The same id with another text,
+   * agent or conversation is refused (INVALID_ARGUMENT on client_request_id).
    *
    * @generated from rpc athena.memory.v1.ConversationService.StartTurn
    */
@@ -1127,6 +1288,16 @@ export const ConversationService: GenService<{
     methodKind: "unary";
     input: typeof StartTurnRequestSchema;
     output: typeof StartTurnResponseSchema;
+  },
+  /**
+   * Extends the lease of a turn being answered, so that nobody takes it over while it runs.
+   *
+   * @generated from rpc athena.memory.v1.ConversationService.RenewTurn
+   */
+  renewTurn: {
+    methodKind: "unary";
+    input: typeof RenewTurnRequestSchema;
+    output: typeof RenewTurnResponseSchema;
   },
   /**
    * Stores an assistant message (complete or failed) with its tool calls.
@@ -1137,6 +1308,18 @@ export const ConversationService: GenService<{
     methodKind: "unary";
     input: typeof AppendAssistantMessageRequestSchema;
     output: typeof AppendAssistantMessageResponseSchema;
+  },
+  /**
+   * Stores an assistant message for the user it names: the orchestrator's outbox delivering an answer
+   * whose first store failed, possibly long after the user's token expired. Called for no user, with
+   * the deployment's service key. Idempotent by message id.
+   *
+   * @generated from rpc athena.memory.v1.ConversationService.DeliverAnswer
+   */
+  deliverAnswer: {
+    methodKind: "unary";
+    input: typeof DeliverAnswerRequestSchema;
+    output: typeof DeliverAnswerResponseSchema;
   },
   /**
    * Lists the user's conversations, newest first, without messages.
