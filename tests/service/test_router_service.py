@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -181,6 +182,33 @@ async def test_a_retried_chat_with_the_same_client_request_id_stores_the_message
     found = await conversation(router, metadata, started.conversation_id)
     assert [m.content for m in found.messages if m.role == chat_pb2.ROLE_USER] == ["hello once"]
     assert len(await conversations(router, metadata)) == 1
+
+
+async def test_a_repeated_chat_replays_its_answer_and_runs_no_tool_again(
+    mesh: RouterMesh, router: Router
+) -> None:
+    """Finding 1: a repeated client_request_id ran the turn again (two answers, the tool twice)."""
+    _, metadata = mesh.user()
+    request_id = f"req-{uuid.uuid4().hex}"
+    text = "remember I water the plants on Sunday"
+    # Two at once (one answers, the other waits for it), then a retry once it is done.
+    first, concurrent = await asyncio.gather(
+        *(chat(router.chat, metadata, text, client_request_id=request_id) for _ in range(2))
+    )
+    again = await chat(router.chat, metadata, text, client_request_id=request_id)
+    for replay in (concurrent, again):
+        assert replay[0].conversation_started == first[0].conversation_started
+        assert answer(replay) == answer(first)
+        assert replay[-1].message_completed.message_id == first[-1].message_completed.message_id
+    found = await conversation(router, metadata, first[0].conversation_started.conversation_id)
+    assert [m.role for m in found.messages] == [chat_pb2.ROLE_USER, chat_pb2.ROLE_ASSISTANT]
+    assert [m.text for m in await memories(router, metadata)] == ["I water the plants on Sunday"]
+
+    with pytest.raises(grpc.aio.AioRpcError) as refused:  # another text under the used id
+        await chat(router.chat, metadata, "remember I hate plants", client_request_id=request_id)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (refused.value.details() or "").startswith("client_request_id: ")
+    assert [m.text for m in await memories(router, metadata)] == ["I water the plants on Sunday"]
 
 
 async def test_memories_are_listed_and_forgotten(mesh: RouterMesh, router: Router) -> None:
