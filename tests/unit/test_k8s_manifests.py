@@ -624,6 +624,7 @@ OVERLAY_GRAPH = {
         ("auth", "postgres", 5432),
         ("memory", "valkey", 6379),
         ("router", "valkey", 6379),
+        ("orchestrator", "valkey", 6379),
         ("orchestrator", "offline-model", 8090),
         ("memory", "offline-model", 8090),
     },
@@ -631,6 +632,7 @@ OVERLAY_GRAPH = {
         ("memory", "managed-datastore", 5432),
         ("memory", "managed-datastore", 6379),
         ("router", "managed-datastore", 6379),
+        ("orchestrator", "managed-datastore", 6379),
         ("auth", "managed-datastore", 5432),
     },
 }
