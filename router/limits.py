@@ -3,8 +3,9 @@
 Two limits (SPEC §11), both answered RESOURCE_EXHAUSTED with a retry time:
 
 - **concurrent streams**: at most `Limits.max_streams` Chat streams of one user open at once. Each open
-  stream holds a lease in the store until it ends (released in `finally`); a lease also expires on its
-  own after `stream_lease_seconds`, so a replica that dies mid-stream cannot hold a slot forever.
+  stream holds a short lease in the store (`stream_lease_seconds`), renewed by a heartbeat every third of
+  it while the stream lives and released in `finally`. A replica killed mid-stream stops renewing, so its
+  slots free themselves within one lease (seconds), while the count stays exact as long as all is well.
 - **turns per window**: at most `Limits.turns_per_window` turns started per fixed window of
   `window_seconds` (a minute). Windows are numbered from the epoch, so every replica counts into the
   same window as long as their clocks roughly agree.
@@ -17,6 +18,8 @@ No gRPC and no Redis here: `router.redis_limits` is the store, `router.chat` the
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import math
 import uuid
@@ -41,8 +44,9 @@ class Limits:
     """Turns one user may start per window."""
     window_seconds: float = 60.0
     """Length of a turn-counting window."""
-    stream_lease_seconds: float = 600.0
-    """A stream's slot is freed after this long even if its end was never recorded (replica crash)."""
+    stream_lease_seconds: float = 10.0
+    """How long a stream's slot outlives its last heartbeat: a replica killed mid-stream frees its slots
+    this long after it died. The holder renews the lease every third of it."""
     stream_retry_after_seconds: float = 1.0
     """What a refused stream is told to wait: streams end at unknown times, so a short, honest guess."""
     outage_backoff_seconds: float = 2.0
@@ -84,6 +88,11 @@ class LimitStore(Protocol):
         returns how many streams of the user are open including this one (one atomic step)."""
         ...
 
+    async def renew_stream(self, user_id: str, stream_id: str, now: float, lease_until: float) -> None:
+        """Extends the lease of the open stream `stream_id` to `lease_until` (recording it again if the
+        store lost it, e.g. a restarted Redis)."""
+        ...
+
     async def release_stream(self, user_id: str, stream_id: str) -> None:
         """Forgets the stream `stream_id` (idempotent)."""
         ...
@@ -103,12 +112,28 @@ class Limiter:
         """Holds one of the user's stream slots and counts one turn, for the duration of the block.
         Raises `ResourceExhausted` (with `retry_after`) when either limit is reached."""
         stream_id = uuid.uuid4().hex
-        held = await self._admit(user_id, stream_id)
+        if not await self._admit(user_id, stream_id):
+            yield
+            return
+        heartbeat = asyncio.create_task(self._renew(user_id, stream_id), name=f"stream-lease {stream_id}")
         try:
             yield
         finally:
-            if held:
-                await self._release(user_id, stream_id)
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+            await self._release(user_id, stream_id)
+
+    async def _renew(self, user_id: str, stream_id: str) -> None:
+        """Renews the stream's lease every third of it until cancelled (when the stream ends)."""
+        lease = self.limits.stream_lease_seconds
+        while True:
+            await asyncio.sleep(lease / 3)
+            try:
+                now = self._clock.time()
+                await self._store.renew_stream(user_id, stream_id, now, now + lease)
+            except Unavailable as exc:
+                log.warning("renewing a chat stream slot failed", extra={"error": str(exc)})
 
     async def _admit(self, user_id: str, stream_id: str) -> bool:
         """Whether a lease is held (and must be released); raises when a limit is reached."""

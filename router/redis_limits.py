@@ -5,7 +5,9 @@ Keys (the user id in braces keeps a user's keys in one Redis Cluster slot):
 - `athena:limits:{user_id}:turns:<window>`: a counter, INCR and EXPIRE in one MULTI/EXEC, so a counter
   never outlives its window (plus a second) even if a replica dies between the two commands;
 - `athena:limits:{user_id}:streams`: a sorted set of open stream ids scored by when their lease ends;
-  expired leases are dropped, the new one added and the set counted in one MULTI/EXEC.
+  expired leases are dropped, the new one added and the set counted in one MULTI/EXEC; a heartbeat moves
+  a lease's score forward. Every write also moves the set's expiry to its newest lease (all leases have
+  the same length), so the set goes when its last lease would have expired.
 
 Every Redis failure becomes `mesh.errors.Unavailable` (the limiter then fails open).
 """
@@ -49,6 +51,13 @@ class RedisLimitStore:
             pipe.expire(key, max(1, math.ceil(lease_until - now)))
             _, _, open_streams, _ = await pipe.execute()
         return int(open_streams)
+
+    async def renew_stream(self, user_id: str, stream_id: str, now: float, lease_until: float) -> None:
+        key = self.streams_key(user_id)
+        async with translated(WHAT), self._redis.pipeline(transaction=True) as pipe:
+            pipe.zadd(key, {stream_id: lease_until})
+            pipe.expire(key, max(1, math.ceil(lease_until - now)))
+            await pipe.execute()
 
     async def release_stream(self, user_id: str, stream_id: str) -> None:
         async with translated(WHAT):

@@ -41,8 +41,9 @@ class RouterSettings(ServiceSettings):
     """Chat streams one user may have open at once (RESOURCE_EXHAUSTED beyond)."""
     turns_per_minute: int = Field(30, ge=1)
     """Chat turns one user may start per minute (RESOURCE_EXHAUSTED with retry-after beyond)."""
-    stream_lease_seconds: float = Field(600.0, gt=0)
-    """A stream slot is freed after this long even if the replica holding it died."""
+    stream_lease_seconds: float = Field(10.0, gt=0)
+    """How long a chat stream's slot outlives the last heartbeat of the replica holding it (renewed every
+    third of it): a replica killed mid-stream frees its users' slots within this long."""
 
     def limits(self) -> Limits:
         return Limits(

@@ -23,5 +23,8 @@ class InMemoryLimitStore:
         leases[stream_id] = lease_until
         return len(leases)
 
+    async def renew_stream(self, user_id: str, stream_id: str, now: float, lease_until: float) -> None:
+        self.streams.setdefault(user_id, {})[stream_id] = lease_until
+
     async def release_stream(self, user_id: str, stream_id: str) -> None:
         self.streams.get(user_id, {}).pop(stream_id, None)

@@ -90,3 +90,20 @@ async def test_acquiring_the_same_stream_again_renews_its_lease(store: LimitStor
     assert await store.acquire_stream(ada, "s", NOW, NOW + LEASE) == 1  # one stream, not two
     # The renewed lease outlives the first one.
     assert await store.acquire_stream(ada, "t", NOW + 10, NOW + 10 + LEASE) == 2
+
+
+async def test_a_renewed_lease_outlives_its_first_term(store: LimitStore) -> None:
+    ada = new_user()
+    assert await store.acquire_stream(ada, "beating", NOW, NOW + 10) == 1
+    assert await store.acquire_stream(ada, "silent", NOW, NOW + 10) == 2
+    await store.renew_stream(ada, "beating", NOW + 5, NOW + 15)
+    # At NOW + 10 the silent stream's lease ended, the renewed one holds until NOW + 15...
+    assert await store.acquire_stream(ada, "third", NOW + 10, NOW + 20) == 2
+    # ...and ends then unless renewed again.
+    assert await store.acquire_stream(ada, "fourth", NOW + 15, NOW + 25) == 2
+
+
+async def test_renewing_a_lease_the_store_lost_records_it_again(store: LimitStore) -> None:
+    ada = new_user()
+    await store.renew_stream(ada, "survivor-of-a-redis-restart", NOW, NOW + 10)
+    assert await store.acquire_stream(ada, "next", NOW + 1, NOW + 11) == 2

@@ -4,7 +4,11 @@ replicas, the retry-after trailer, and failing open when Redis is down."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -17,7 +21,9 @@ import pytest
 import pytest_asyncio
 import redis.asyncio as redis
 from athena.chat.v1 import chat_pb2
+from conftest import auth_metadata
 from doubles.clock import FakeClock
+from grpc_health.v1 import health_pb2
 from joserfc.jwk import RSAKey
 from router_fixtures import (  # type: ignore[import-not-found]
     Metadata,
@@ -28,9 +34,11 @@ from router_fixtures import (  # type: ignore[import-not-found]
     StubOrchestrator,
     chat,
     expect_stream_status,
+    pool_target,
     router_mesh,
 )
 
+from auth.app import JWKS_PATH
 from devstack.postgres import EmbeddedPostgres
 from devstack.process import free_port
 from devstack.valkey import EmbeddedValkey
@@ -39,6 +47,8 @@ from mesh.redis import connect
 from router.app import RouterDeps
 from router.limits import Limiter, Limits
 from router.redis_limits import RedisLimitStore
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -87,11 +97,26 @@ async def test_stream_leases_leave_only_open_streams_in_an_expiring_set(
     user = str(uuid.uuid4())
     now = time.time()
     await limits.acquire_stream(user, "a", now, now + 10)
-    await limits.acquire_stream(user, "b", now, now + 600)
-    await limits.acquire_stream(user, "c", now + 11, now + 611)  # drops "a", expired
-    await limits.release_stream(user, "b")
+    await limits.acquire_stream(user, "b", now, now + 10)
+    await limits.acquire_stream(user, "c", now + 11, now + 21)  # drops "a" and "b", expired
+    await limits.acquire_stream(user, "d", now + 11, now + 21)
+    await limits.release_stream(user, "d")
     assert await client.zrange(limits.streams_key(user), 0, -1) == ["c"]
-    assert 590 < await client.ttl(limits.streams_key(user)) <= 600
+    assert 8 < await client.ttl(limits.streams_key(user)) <= 10
+
+
+async def test_a_renewed_lease_keeps_the_set_alive_and_a_lost_one_leaves_no_key_forever(
+    store: tuple[RedisLimitStore, redis.Redis],
+) -> None:
+    limits, client = store
+    user = str(uuid.uuid4())
+    now = time.time()
+    await limits.acquire_stream(user, "a", now, now + 2)
+    await limits.renew_stream(user, "a", now, now + 30)
+    assert 28 < await client.ttl(limits.streams_key(user)) <= 30
+    await client.delete(limits.streams_key(user))  # Redis restarted without the set
+    await limits.renew_stream(user, "a", now, now + 30)
+    assert 28 < await client.ttl(limits.streams_key(user)) <= 30
 
 
 async def test_a_store_that_cannot_reach_redis_fails_fast() -> None:
@@ -155,6 +180,87 @@ async def test_concurrent_streams_are_limited_across_router_replicas(
             call.cancel()
     finally:
         plan.hold = False
+
+
+async def router_process(
+    mesh: RouterMesh, orchestrators: list[Orchestrator], tmp_path: Path, **settings: str
+) -> tuple[asyncio.subprocess.Process, Router]:
+    """`python -m router` as operators run it, behind the test's auth service and orchestrators."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "ATHENA_ENV": "dev",
+        "ATHENA_DATA_DIR": str(tmp_path),
+        "ATHENA_JWKS_URL": f"http://127.0.0.1:{mesh.auth_service.http_port}{JWKS_PATH}",
+        "ROUTER_PORT": str(port),
+        "ROUTER_HTTP_PORT": str(free_port()),
+        "ROUTER_ORCHESTRATOR_TARGET": pool_target(orchestrators),
+        "ROUTER_MEMORY_TARGET": f"127.0.0.1:{mesh.memory.port}",
+        "ROUTER_AUTH_TARGET": f"127.0.0.1:{mesh.auth_service.port}",
+        "ROUTER_REDIS_URL": mesh.redis_url,
+        **{f"ROUTER_{name.upper()}": value for name, value in settings.items()},
+    }
+    with (tmp_path / "router.log").open("wb") as log:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "router", cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+    client = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    mesh.channels.append(client)
+    router = Router(None, client)  # no in-process server: it runs in `process`
+    for _ in range(300):
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            if await router.health() == health_pb2.HealthCheckResponse.SERVING:
+                return process, router
+        await asyncio.sleep(0.05)
+    process.kill()
+    raise AssertionError((tmp_path / "router.log").read_text())
+
+
+async def test_a_router_killed_mid_stream_frees_its_slots_within_one_lease(
+    mesh: RouterMesh, pool: tuple[Plan, list[Orchestrator]], tmp_path: Path
+) -> None:
+    """Finding 2 of issue 12: `kill -9` of a router holding all of a user's slots locked that user out
+    for ten minutes. Slots are now short leases renewed by a heartbeat: exact while the router lives
+    (however long the streams), free within one lease once it is gone."""
+    plan, orchestrators = pool
+    lease = 1.5
+    process, doomed = await router_process(
+        mesh, orchestrators, tmp_path, stream_lease_seconds=str(lease), max_streams_per_user="2"
+    )
+    survivor = await mesh.start_router(orchestrators, stream_lease_seconds=lease, max_streams_per_user=2)
+    metadata = auth_metadata((await mesh.sign_in()).access_token)  # a token the process can verify
+    plan.hold = True
+    try:
+        held = [await open_stream(doomed, metadata) for _ in range(2)]
+        await asyncio.sleep(2 * lease)  # past the first lease: the heartbeat keeps both slots
+        await expect_stream_status(
+            survivor.chat.Chat(
+                chat_pb2.ChatRequest(agent_id="athena", text="hi"), metadata=metadata, timeout=10
+            ),
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+        )
+
+        process.kill()
+        await process.wait()
+        killed_at = time.monotonic()
+        admitted = None
+        while admitted is None and time.monotonic() - killed_at < 3 * lease:
+            try:
+                admitted = await open_stream(survivor, metadata)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    raise
+                await asyncio.sleep(0.1)
+        assert admitted is not None, "the dead router's slots were still held after three leases"
+        assert time.monotonic() - killed_at <= lease + 1.0
+        admitted.cancel()
+        for call in held:
+            call.cancel()
+    finally:
+        plan.hold = False
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
 
 
 async def test_turns_per_minute_are_counted_across_router_replicas(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import UTC, datetime
 
@@ -37,6 +38,10 @@ class BrokenStore(InMemoryLimitStore):
     async def acquire_stream(self, user_id: str, stream_id: str, now: float, lease_until: float) -> int:
         self._check()
         return await super().acquire_stream(user_id, stream_id, now, lease_until)
+
+    async def renew_stream(self, user_id: str, stream_id: str, now: float, lease_until: float) -> None:
+        self._check()
+        await super().renew_stream(user_id, stream_id, now, lease_until)
 
     async def release_stream(self, user_id: str, stream_id: str) -> None:
         self._check()
@@ -88,6 +93,36 @@ async def test_a_lease_never_released_expires() -> None:
     clock.advance(601)
     async with limiter.stream("ada"):
         pass
+
+
+async def test_an_open_stream_keeps_its_slot_past_its_first_lease_by_heartbeat() -> None:
+    clock = Clock()
+    store = InMemoryLimitStore()
+    limiter = Limiter(Limits(max_streams=1, stream_lease_seconds=0.6), store, clock)
+    async with limiter.stream("ada"):
+        for _ in range(4):  # 1 s of clock time; the heartbeat renews every 0.2 s of real time
+            await asyncio.sleep(0.25)
+            clock.advance(0.25)
+        with pytest.raises(ResourceExhausted):
+            async with limiter.stream("ada"):
+                pass
+    assert store.streams["ada"] == {}  # released at the end, no heartbeat after it
+    await asyncio.sleep(0.3)
+    assert store.streams["ada"] == {}
+
+
+async def test_a_stream_whose_heartbeat_cannot_reach_the_store_goes_on() -> None:
+    clock = Clock()
+    store = BrokenStore()
+    store.down = False
+    limiter = Limiter(Limits(max_streams=1, stream_lease_seconds=0.15), store, clock)
+    async with limiter.stream("ada"):
+        store.down = True
+        await asyncio.sleep(0.2)  # a renewal failed
+        calls = store.calls
+        store.down = False
+    assert calls >= 3  # acquire, count, renew
+    assert store.streams["ada"] == {}
 
 
 async def test_turns_per_window_are_limited_with_the_time_to_the_next_window() -> None:
