@@ -34,11 +34,24 @@ Response = TypeVar("Response")
 log = logging.getLogger(__name__)
 
 
+RECONNECT_BACKOFF_MS = (250, 1000)
+"""First and longest wait between attempts to reach a peer that went away: it is called again within
+about a second of its return (gRPC's default backoff grows to two minutes)."""
+
+
 def channel(target: str, *, keepalive_seconds: float = 30.0) -> grpc.aio.Channel:
     """A channel to `target` ("host:port" or "dns:///name:port") balancing round-robin over every address
-    the name resolves to: with a headless Kubernetes Service, every replica gets a share of the calls."""
+    the name resolves to: with a headless Kubernetes Service, every replica gets a share of the calls.
+
+    A peer that went away is dialled again with a capped backoff, its name resolved again at most once a
+    second (a replaced pod has a new address), and a silent connection found by keepalive pings."""
+    first_backoff, longest_backoff = RECONNECT_BACKOFF_MS
     options: list[tuple[str, Any]] = [
         ("grpc.lb_policy_name", "round_robin"),
+        ("grpc.initial_reconnect_backoff_ms", first_backoff),
+        ("grpc.min_reconnect_backoff_ms", first_backoff),
+        ("grpc.max_reconnect_backoff_ms", longest_backoff),
+        ("grpc.dns_min_time_between_resolutions_ms", 1000),
         ("grpc.keepalive_time_ms", int(keepalive_seconds * 1000)),
         ("grpc.keepalive_timeout_ms", 10_000),
         ("grpc.keepalive_permit_without_calls", 1),

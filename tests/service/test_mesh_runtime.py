@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,8 +19,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from rawgrpc import frame, raw_call
 
+from devstack.process import free_port
 from mesh import errors
-from mesh.clients import outgoing
+from mesh.clients import channel, outgoing
 from mesh.context import principal
 from mesh.server import EDGE_REFLECTION_HEADER, LIVENESS, MeshServer, Service
 from mesh.settings import ServiceSettings
@@ -285,3 +287,40 @@ async def test_a_request_that_cannot_be_read_still_gets_a_status(
     assert answer.grpc_status == str(grpc.StatusCode.INVALID_ARGUMENT.value[0]), answer
     request_type = "GetConversationRequest" if method == "GetConversation" else "ChatRequest"
     assert answer.grpc_message == problem.format(type=request_type), answer
+
+
+async def test_a_channel_calls_a_returning_peer_within_two_seconds(
+    tmp_path: Path, verifier: TokenVerifier
+) -> None:
+    """Finding 6 of issue 12: a restarted memory served for 13.5 s before any peer called it (gRPC's
+    default reconnect backoff grows without a useful cap). After several seconds down, the peer is
+    called again within two seconds of its return."""
+    settings = ServiceSettings(**service_settings(tmp_path, port=free_port(), drain_seconds=0.1))
+    peer = channel(f"127.0.0.1:{settings.port}")
+    health = health_pb2_grpc.HealthStub(peer)
+
+    async def answered() -> bool:
+        try:
+            await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=0.5)
+        except grpc.aio.AioRpcError:
+            return False
+        return True
+
+    server = MeshServer("peer", settings, [], verifier=verifier)
+    await server.start()
+    try:
+        assert await answered()
+        await server.drain()
+        down_until = time.monotonic() + 6  # long enough for gRPC's default backoff to reach 4-6 s
+        while time.monotonic() < down_until:
+            assert not await answered()
+            await asyncio.sleep(0.2)
+        server = MeshServer("peer", settings, [], verifier=verifier)
+        await server.start()
+        back = time.monotonic()
+        while not await answered():
+            assert time.monotonic() - back < 2, "the returning peer was not called within 2 s"
+            await asyncio.sleep(0.05)
+    finally:
+        await server.drain()
+        await peer.close()
