@@ -236,7 +236,7 @@ async def test_liveness_stays_serving_while_readiness_fails(
         health = health_pb2_grpc.HealthStub(channel)
 
         async def status(name: str) -> int:
-            return (await health.Check(health_pb2.HealthCheckRequest(service=name))).status
+            return int((await health.Check(health_pb2.HealthCheckRequest(service=name))).status)
 
         for _ in range(100):
             if await status(CHAT) == health_pb2.HealthCheckResponse.NOT_SERVING:
@@ -323,4 +323,4 @@ async def test_a_channel_calls_a_returning_peer_within_two_seconds(
             await asyncio.sleep(0.05)
     finally:
         await server.drain()
-        await peer.close()
+        await peer.close(grace=None)
