@@ -1,4 +1,6 @@
-"""`athena.auth.v1.AuthService` over gRPC: proto in, domain call, proto out. Nothing else lives here."""
+"""`athena.auth.v1.AuthService` over gRPC: proto in, domain call, proto out. Nothing else lives here, but
+where a browser's refresh token travels: in the messages, or (`refresh_token_in_cookie`) in the cookie
+`auth.cookies` describes, set through the response's initial metadata and read from the request's."""
 
 from __future__ import annotations
 
@@ -11,11 +13,13 @@ from athena.auth.v1 import auth_pb2, auth_pb2_grpc
 from athena.identity.v1 import identity_pb2, identity_pb2_grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from auth.cookies import clear_refresh_cookie, presented_refresh_token, set_refresh_cookie
 from auth.keys import KeyRing
 from auth.oidc import OidcLogin
 from auth.sessions import Session, SessionManager
 from auth.store import UserRecord
 from mesh.context import principal
+from mesh.errors import Unauthenticated
 
 SERVICE_NAME = auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name
 PUBLIC_METHODS = tuple(
@@ -31,6 +35,8 @@ PUBLIC_METHODS = tuple(
     )
 )
 """Methods callable without an access token (everything but RevokeAllSessions)."""
+COOKIE_PATH = f"/{SERVICE_NAME}/"
+"""Where browsers send the refresh cookie: this service's calls (the edge routes them here by this prefix)."""
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -47,14 +53,22 @@ def _user(user: UserRecord) -> auth_pb2.User:
     )
 
 
-def _session(session: Session) -> auth_pb2.Session:
+def _session(session: Session, *, with_refresh_token: bool = True) -> auth_pb2.Session:
     return auth_pb2.Session(
         access_token=session.access_token,
         access_token_expires_at=_timestamp(session.access_token_expires_at),
-        refresh_token=session.refresh_token,
+        refresh_token=session.refresh_token if with_refresh_token else "",
         refresh_token_expires_at=_timestamp(session.refresh_token_expires_at),
         user=_user(session.user),
     )
+
+
+def _cookie_headers(context: Context) -> list[str]:
+    return [
+        value.decode() if isinstance(value, bytes) else value
+        for key, value in context.invocation_metadata() or ()
+        if key == "cookie"
+    ]
 
 
 class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
@@ -91,23 +105,51 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         self, request: auth_pb2.CompleteLoginRequest, context: Context
     ) -> auth_pb2.CompleteLoginResponse:
         session = await self._login.complete(request.state, request.code)
-        return auth_pb2.CompleteLoginResponse(session=_session(session))
+        return auth_pb2.CompleteLoginResponse(
+            session=await self._deliver(session, request.refresh_token_in_cookie, context)
+        )
 
     async def DevLogin(
         self, request: auth_pb2.DevLoginRequest, context: Context
     ) -> auth_pb2.DevLoginResponse:
         session = await self._sessions.dev_login(request.email, request.display_name)
-        return auth_pb2.DevLoginResponse(session=_session(session))
+        return auth_pb2.DevLoginResponse(
+            session=await self._deliver(session, request.refresh_token_in_cookie, context)
+        )
 
     async def RefreshSession(
         self, request: auth_pb2.RefreshSessionRequest, context: Context
     ) -> auth_pb2.RefreshSessionResponse:
-        session = await self._sessions.refresh(request.refresh_token)
-        return auth_pb2.RefreshSessionResponse(session=_session(session))
+        if request.refresh_token_in_cookie:
+            refresh_token = presented_refresh_token(_cookie_headers(context))
+            if refresh_token is None:
+                raise Unauthenticated("no refresh token cookie: sign in")
+        else:
+            refresh_token = request.refresh_token
+        session = await self._sessions.refresh(refresh_token)
+        return auth_pb2.RefreshSessionResponse(
+            session=await self._deliver(session, request.refresh_token_in_cookie, context)
+        )
 
     async def Logout(self, request: auth_pb2.LogoutRequest, context: Context) -> auth_pb2.LogoutResponse:
-        await self._sessions.logout(request.refresh_token)
+        if not request.refresh_token_in_cookie:
+            await self._sessions.logout(request.refresh_token)
+            return auth_pb2.LogoutResponse()
+        refresh_token = presented_refresh_token(_cookie_headers(context))
+        if refresh_token is not None:
+            await self._sessions.logout(refresh_token)
+        await context.send_initial_metadata((("set-cookie", clear_refresh_cookie(path=COOKIE_PATH)),))
         return auth_pb2.LogoutResponse()
+
+    async def _deliver(self, session: Session, in_cookie: bool, context: Context) -> auth_pb2.Session:
+        """The session for the answer; with `in_cookie`, its refresh token goes in a cookie instead."""
+        if not in_cookie:
+            return _session(session)
+        cookie = set_refresh_cookie(
+            session.refresh_token, path=COOKIE_PATH, max_age=session.refresh_token_expires_at - self._clock()
+        )
+        await context.send_initial_metadata((("set-cookie", cookie),))
+        return _session(session, with_refresh_token=False)
 
     async def RevokeAllSessions(
         self, request: auth_pb2.RevokeAllSessionsRequest, context: Context

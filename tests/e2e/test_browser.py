@@ -2,20 +2,30 @@
 
 One mesh per module (`devstack.stack.Stack` on free ports, offline model streaming a word every 20 ms,
 access tokens living 15 s so that silent refresh happens during the run); a fresh browser context and a
-new dev user per test. Every page must log no console error. The last test stops the mesh.
+new dev user per test. Every page must log no console error (a Content-Security-Policy violation is
+one). The last test stops the mesh.
 """
 
 from __future__ import annotations
 
+import base64
+import http.server
 import json
 import os
 import re
+import struct
+import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
+from athena.auth.v1 import auth_pb2
+from grpcweb import frame
 
 CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists():
@@ -55,6 +65,10 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 REFRESH_PATH = "/athena.auth.v1.AuthService/RefreshSession"
+LOGOUT_PATH = "/athena.auth.v1.AuthService/Logout"
+DEV_LOGIN_PATH = "/athena.auth.v1.AuthService/DevLogin"
+REFRESH_COOKIE = "__Secure-athena-refresh"
+REFRESH_COOKIE_PATH = "/athena.auth.v1.AuthService/"
 CHAT_PATH = "/athena.chat.v1.ChatService/Chat"
 LIST_AGENTS_PATH = "/athena.chat.v1.ChatService/ListAgents"
 UNREACHABLE = "Can't reach AthenaOS — check your connection"
@@ -78,6 +92,29 @@ RECORD_ANSWER_STEPS = """() => {
   const options = {subtree: true, childList: true, characterData: true};
   new MutationObserver(record).observe(document.getElementById('messages'), options);
 }"""
+
+# Everything a script in the page can read without asking a server.
+READ_PAGE_STORAGE = """() => JSON.stringify({
+  local: Object.fromEntries(Object.entries(localStorage)),
+  session: Object.fromEntries(Object.entries(sessionStorage)),
+  cookie: document.cookie,
+})"""
+
+# Installed before any script of the page: keeps each Content-Security-Policy violation.
+RECORD_CSP_VIOLATIONS = """
+window.cspViolations = [];
+document.addEventListener('securitypolicyviolation', (event) => {
+  window.cspViolations.push({directive: event.effectiveDirective, blocked: event.blockedURI});
+});
+"""
+
+# Markup an attacker got into the page (a stored or reflected injection): an inline script, an inline
+# event handler and an inline style. The page's policy must stop all three.
+INJECTED_MARKUP = """
+<script>window.injectedScriptRan = true;</script>
+<img id="injected-image" src="data:," onerror="window.injectedHandlerRan = true">
+<style>#signin-view { outline: 7px solid red; }</style>
+"""
 
 expect.set_options(timeout=10_000)
 
@@ -160,6 +197,90 @@ def tab(stack: Stack, browser: Browser) -> Iterator[Tab]:
 def _record_console_error(tab: Tab, message: ConsoleMessage) -> None:
     if message.type == "error":
         tab.errors.append(message.text)
+
+
+def open_tab(tab: Tab) -> Tab:
+    """Another page of the same browser context (the same cookies, another tab's memory)."""
+    page = tab.page.context.new_page()
+    opened = Tab(page, tab.base_url)
+    page.on("console", lambda message: _record_console_error(opened, message))
+    page.on("pageerror", lambda error: opened.errors.append(f"uncaught: {error}"))
+    page.on("request", lambda request: opened.requests.append(request))
+    return opened
+
+
+def refresh_cookie(page: Page) -> dict[str, Any] | None:
+    """The browser's refresh-token cookie, as the browser holds it (page scripts cannot see it)."""
+    found = [dict(cookie) for cookie in page.context.cookies() if cookie["name"] == REFRESH_COOKIE]
+    assert len(found) <= 1, found
+    return found[0] if found else None
+
+
+def bearer_token(request: Request) -> str:
+    header = request.header_value("authorization")
+    assert header is not None
+    assert header.startswith("Bearer "), header
+    return header.removeprefix("Bearer ")
+
+
+def token_claims(token: str) -> dict[str, Any]:
+    payload = token.split(".")[1]
+    claims: dict[str, Any] = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    return claims
+
+
+def grpc_web_message(body: bytes) -> bytes:
+    """The first message of a gRPC-web response body."""
+    assert body[:1] == b"\x00", body[:16]
+    (length,) = struct.unpack(">I", body[1:5])
+    return body[5 : 5 + length]
+
+
+def refuse_next_call(page: Page, path: str) -> None:
+    """The next call to `path` reaches the edge with an access token it refuses (UNAUTHENTICATED), as
+    when a token is revoked or signed with a retired key."""
+
+    def swap(route: Route) -> None:
+        route.continue_(headers={**route.request.headers, "authorization": "Bearer not-a-token"})
+
+    page.route(f"**{path}", swap, times=1)
+
+
+@contextmanager
+def serve_page(html: str) -> Iterator[str]:
+    """Serves `html` at `/` of a server of its own on loopback; yields its URL, on `localhost`."""
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = html.encode()
+            self.send_response(200)
+            self.send_header("content-type", "text/html; charset=utf-8")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://localhost:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def end_session_elsewhere(base_url: str, refresh_token: str) -> None:
+    """Logout with the refresh token in the message, as a service client would: the session the browser's
+    cookie belongs to ends while the browser still holds the cookie."""
+    request = auth_pb2.LogoutRequest(refresh_token=refresh_token)
+    headers = {"content-type": "application/grpc-web+proto", "x-grpc-web": "1"}
+    answer = httpx.post(base_url + LOGOUT_PATH, content=frame(request), headers=headers, timeout=10)
+    assert answer.status_code == 200
+    assert b"grpc-status:0" in answer.content.replace(b" ", b""), answer.content
 
 
 def test_sign_in_pick_agent_and_watch_the_answer_stream(tab: Tab) -> None:
@@ -360,11 +481,13 @@ def test_account_deletion_asks_for_confirmation_then_returns_to_sign_in(tab: Tab
     confirm = dialog.get_by_role("button", name="Delete my account")
     expect(confirm).to_be_disabled()
     dialog.get_by_label("Type “delete” to confirm").fill("delete")
-    confirm.click()
+    # The browser keeps nothing of the deleted account: Logout clears the refresh-token cookie.
+    with page.expect_response(lambda response: response.url.endswith(LOGOUT_PATH), timeout=10_000):
+        confirm.click()
 
     expect(page.get_by_role("heading", name="Sign in to AthenaOS")).to_be_visible()
     expect(page.get_by_role("status").filter(has_text="Your account was deleted.")).to_be_visible()
-    assert page.evaluate("localStorage.getItem('athena.session')") is None
+    assert refresh_cookie(page) is None
 
     tab.sign_in(email)  # the same address makes a new, empty account
     expect(page.locator("#no-conversations")).to_be_visible()
@@ -375,16 +498,24 @@ def test_silent_refresh_keeps_the_chat_working_past_token_expiry(tab: Tab) -> No
     page = tab.page
     page.clock.install()  # the page's clock, moved by the test instead of waited for
     tab.sign_in()
-    first = page.evaluate("JSON.parse(localStorage.getItem('athena.session'))")
-    expires_in = first["expiresAt"] - page.evaluate("Date.now()")
-    assert 0 < expires_in <= ACCESS_TOKEN_TTL_SECONDS * 1000
+    first = bearer_token(tab.grpc_calls(LIST_AGENTS_PATH)[0])
+    claims = token_claims(first)
+    assert claims["exp"] - claims["iat"] == ACCESS_TOKEN_TTL_SECONDS
+    cookie = refresh_cookie(page)
+    assert cookie is not None
+    # Before sign-in, the app asked whether the browser was signed in (it was not).
+    before = len(tab.grpc_calls(REFRESH_PATH))
+    assert before == 1
 
-    page.clock.run_for(int(expires_in) + 1000)  # the page lives past the token's expiry
+    page.clock.run_for(ACCESS_TOKEN_TTL_SECONDS * 1000 + 1000)  # the page lives past the token's expiry
     for _ in range(200):
-        if tab.grpc_calls(REFRESH_PATH) and tab.grpc_calls(REFRESH_PATH)[0].response() is not None:
+        if (
+            tab.grpc_calls(REFRESH_PATH)[before:]
+            and tab.grpc_calls(REFRESH_PATH)[before].response() is not None
+        ):
             break
         page.wait_for_timeout(20)
-    refreshes = tab.grpc_calls(REFRESH_PATH)
+    refreshes = tab.grpc_calls(REFRESH_PATH)[before:]
     assert refreshes, "no RefreshSession before the access token expired"
     refresh_answer = refreshes[0].response()
     assert refresh_answer is not None
@@ -392,10 +523,10 @@ def test_silent_refresh_keeps_the_chat_working_past_token_expiry(tab: Tab) -> No
 
     tab.send("What do you know about me?")
     assert tab.last_answer() == "I don't know that yet."
-    chat = tab.grpc_calls(CHAT_PATH)[-1]
-    token = chat.header_value("authorization")
-    assert token is not None
-    assert token != f"Bearer {first['accessToken']}", "the chat went out with the expired token"
+    assert bearer_token(tab.grpc_calls(CHAT_PATH)[-1]) != first, "the chat went out with the expired token"
+    rotated = refresh_cookie(page)
+    assert rotated is not None
+    assert rotated["value"] != cookie["value"], "the refresh did not rotate the refresh token"
     expect(page.get_by_role("heading", name="Sign in to AthenaOS")).to_be_hidden()
     assert tab.errors == []
 
@@ -403,33 +534,184 @@ def test_silent_refresh_keeps_the_chat_working_past_token_expiry(tab: Tab) -> No
 def test_a_refused_token_is_refreshed_once_and_a_dead_session_signs_out(tab: Tab) -> None:
     page = tab.page
     tab.sign_in()
-    # The edge refuses this token (UNAUTHENTICATED): the app refreshes and retries the call once.
-    page.evaluate(
-        """() => {
-          const session = JSON.parse(localStorage.getItem('athena.session'));
-          localStorage.setItem('athena.session', JSON.stringify({...session, accessToken: 'not-a-token'}));
-        }"""
-    )
-    page.reload()
-    expect(page.get_by_role("radio", name="Athena", exact=True)).to_be_checked()
-    assert len(tab.grpc_calls(REFRESH_PATH)) == 1
+    # The edge refuses the token the chat goes out with (UNAUTHENTICATED): the app refreshes and retries
+    # the call once.
+    refuse_next_call(page, CHAT_PATH)
+    tab.send("What do you know about me?")
+    assert tab.last_answer() == "I don't know that yet."
+    assert len(tab.grpc_calls(REFRESH_PATH)) == 2  # whether signed in (on load), then the recovery
+    assert len(tab.grpc_calls(CHAT_PATH)) == 2
     expect(page.get_by_role("alert")).to_be_hidden()
 
-    # A refresh token the server does not know: the session is over.
-    page.evaluate(
-        """() => {
-          const session = JSON.parse(localStorage.getItem('athena.session'));
-          localStorage.setItem('athena.session',
-            JSON.stringify({...session, accessToken: 'not-a-token', refreshToken: 'not-a-refresh-token'}));
-        }"""
-    )
-    page.reload()
+    # The session ends elsewhere (the browser's cookie names a revoked session): the next refusal's
+    # refresh is refused too, and the session is over.
+    cookie = refresh_cookie(page)
+    assert cookie is not None
+    end_session_elsewhere(tab.base_url, cookie["value"])
+    refuse_next_call(page, CHAT_PATH)
+    tab.send("Are you still there?")
     expect(page.get_by_role("heading", name="Sign in to AthenaOS")).to_be_visible()
     expect(page.get_by_role("status").filter(has_text="You were signed out")).to_be_visible()
+    assert len(tab.grpc_calls(REFRESH_PATH)) == 3
     # Envoy's jwt_authn answers a refused token with HTTP 401 (grpc-status 16 in the headers), which
     # Chromium logs by itself; the app logs nothing.
     refused = "Failed to load resource: the server responded with a status of 401 (Unauthorized)"
     assert [error for error in tab.errors if error != refused] == []
+
+
+def test_the_page_is_served_with_a_strict_content_security_policy(tab: Tab) -> None:
+    page = tab.page
+    page.add_init_script(RECORD_CSP_VIOLATIONS)
+    answer = page.goto(tab.base_url + "/")
+    assert answer is not None
+    headers = answer.all_headers()
+    policy = {
+        name: sources
+        for name, *sources in (
+            part.split() for part in headers.get("content-security-policy", "").split(";") if part.strip()
+        )
+    }
+    assert policy.get("default-src") == ["'none'"], policy
+    assert policy.get("script-src") == ["'self'"], policy  # no 'unsafe-inline', no 'unsafe-eval'
+    assert policy.get("style-src") == ["'self'"], policy
+    assert policy.get("connect-src") == ["'self'"], policy  # gRPC-web goes to the page's own origin
+    assert policy.get("frame-ancestors") == ["'none'"], policy
+    for directive in ("base-uri", "form-action", "object-src"):
+        assert policy.get(directive) == ["'none'"], (directive, policy)
+    assert headers.get("referrer-policy") == "no-referrer"
+    assert headers.get("x-frame-options") == "DENY"
+    assert headers.get("cross-origin-opener-policy") == "same-origin"
+    denied = {
+        name.strip(): allowed.strip()
+        for name, allowed in (item.split("=", 1) for item in headers.get("permissions-policy", "").split(","))
+    }
+    for feature in ("camera", "microphone", "geolocation", "payment", "usb"):
+        assert denied.get(feature) == "()", (feature, denied)
+        assert page.evaluate(f"document.featurePolicy.allowsFeature('{feature}')") is False
+
+    # The app itself runs under the policy (it breaks none of it: no violation, no console error)...
+    tab.sign_in()
+    tab.send("What do you know about me?")
+    assert tab.last_answer() == "I don't know that yet."
+    assert page.evaluate("window.cspViolations") == []
+    assert tab.errors == []
+
+    # ...and markup injected into the page runs nothing.
+    def inject(route: Route) -> None:
+        served = route.fetch()
+        route.fulfill(response=served, body=served.text().replace("</head>", INJECTED_MARKUP + "</head>"))
+
+    page.route(tab.base_url + "/", inject)
+    page.reload()
+    expect(page.get_by_role("radio", name="Athena", exact=True)).to_be_checked()  # still signed in, working
+    assert page.locator("#injected-image").count() == 1, "the injection did not reach the page"
+    assert page.evaluate("window.injectedScriptRan") is None
+    assert page.evaluate("window.injectedHandlerRan") is None
+    assert page.locator("#signin-view").evaluate("view => getComputedStyle(view).outlineWidth") != "7px"
+    blocked = {violation["directive"] for violation in page.evaluate("window.cspViolations")}
+    assert blocked == {"script-src-elem", "script-src-attr", "style-src-elem"}, blocked
+    refusals = [error for error in tab.errors if "Content Security Policy" in error]
+    assert refusals, "the browser reported no refusal"
+    assert refusals == tab.errors
+
+
+def test_no_other_site_can_frame_the_app(tab: Tab) -> None:
+    """Clickjacking: another site that puts the app in a frame gets an empty frame. The framing page is a
+    real server on loopback (`localhost`, another site than the app's `127.0.0.1`), so that Chromium's
+    Local Network Access, which keeps pages of other address spaces from loopback, is not what stops it."""
+    page = tab.page
+    framing = f'<!doctype html><iframe src="{tab.base_url}/" width="800" height="600"></iframe>'
+    with serve_page(framing) as framing_url:
+        page.goto(framing_url)  # its load waits for the frame's
+        (framed,) = page.main_frame.child_frames
+        # Chromium shows its own error page in a frame the app refused to be in.
+        assert framed.url.startswith("chrome-error://"), framed.url
+        expect(page.frame_locator("iframe").locator("#signin-view")).to_have_count(0)
+    assert tab.errors, "the browser reported no refusal"
+    assert all("frame-ancestors 'none'" in error for error in tab.errors), tab.errors
+
+
+def test_tokens_stay_out_of_page_storage_and_tabs_share_sign_in_and_sign_out(tab: Tab) -> None:
+    page = tab.page
+    email = tab.sign_in()
+    (login,) = tab.grpc_calls(DEV_LOGIN_PATH)
+    login_answer = login.response()
+    assert login_answer is not None
+    session = auth_pb2.DevLoginResponse.FromString(grpc_web_message(login_answer.body())).session
+    tab.send("What do you know about me?")
+    tab.last_answer()
+    access_token = bearer_token(tab.grpc_calls(CHAT_PATH)[-1])
+
+    # Nothing a script in the page can read holds a token: not the storage, not document.cookie, not the
+    # sign-in answer (its session carries no refresh token).
+    storage = page.evaluate(READ_PAGE_STORAGE)
+    for token in (session.access_token, access_token):
+        assert token not in storage, storage
+    assert not re.search(r"eyJ[\w-]+\.[\w-]+\.", storage), f"a JWT in page storage: {storage}"
+    assert session.refresh_token == ""
+    cookie = refresh_cookie(page)
+    assert cookie is not None, "no refresh-token cookie"
+    assert cookie["value"] not in storage
+    assert cookie["value"].encode() not in login_answer.body()
+    assert cookie["httpOnly"] is True
+    assert cookie["secure"] is True
+    assert cookie["sameSite"] == "Strict"
+    assert cookie["path"] == REFRESH_COOKIE_PATH
+    assert page.evaluate("document.cookie") == ""
+
+    # A second tab is signed in (a reload is the same), with an access token of its own.
+    second = open_tab(tab)
+    second.page.goto(tab.base_url + "/")
+    expect(second.page.get_by_role("radio", name="Athena", exact=True)).to_be_checked()
+    expect(second.page.locator("#user-name")).to_have_text(email.split("@")[0])
+    assert bearer_token(second.grpc_calls(LIST_AGENTS_PATH)[0]) != access_token
+    assert len(second.grpc_calls(REFRESH_PATH)) == 1
+    assert access_token not in second.page.evaluate(READ_PAGE_STORAGE)
+
+    # Signing out in one tab signs every tab out and ends the session (the cookie is cleared).
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.get_by_role("heading", name="Sign in to AthenaOS")).to_be_visible()
+    expect(second.page.get_by_role("heading", name="Sign in to AthenaOS")).to_be_visible()
+    expect(
+        second.page.get_by_role("status").filter(has_text="You signed out in another tab.")
+    ).to_be_visible()
+    expect(second.page.locator("#app-view")).to_be_hidden()
+    assert refresh_cookie(page) is None
+    assert len(tab.grpc_calls(LOGOUT_PATH)) == 1
+    page.reload()
+    expect(page.get_by_role("heading", name="Sign in to AthenaOS")).to_be_visible()
+
+    # Signing in in one tab signs the others in.
+    other = f"other-{uuid.uuid4().hex[:10]}@example.com"
+    second.page.get_by_label("Email").fill(other)
+    second.page.get_by_role("button", name="Sign in (dev)").click()
+    expect(second.page.locator("#user-name")).to_have_text(other.split("@")[0])
+    expect(page.locator("#user-name")).to_have_text(other.split("@")[0])
+    expect(page.get_by_role("radio", name="Athena", exact=True)).to_be_checked()
+    storage = page.evaluate(READ_PAGE_STORAGE) + second.page.evaluate(READ_PAGE_STORAGE)
+    assert not re.search(r"eyJ[\w-]+\.[\w-]+\.", storage), storage
+    assert tab.errors == []
+    assert second.errors == []
+
+
+def test_a_sign_out_the_server_did_not_hear_is_finished_on_the_next_visit(tab: Tab) -> None:
+    """Page scripts cannot delete the HttpOnly cookie: only Logout can. When it cannot get through, the
+    browser stays signed out and ends the session at the next opportunity."""
+    page = tab.page
+    tab.sign_in()
+    page.route(f"**{LOGOUT_PATH}", lambda route: route.abort(), times=1)
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.get_by_role("heading", name="Sign in to AthenaOS")).to_be_visible()
+    assert refresh_cookie(page) is not None  # the server never heard of the sign-out
+
+    page.reload()
+    expect(page.get_by_role("heading", name="Sign in to AthenaOS")).to_be_visible()
+    expect(page.locator("#app-view")).to_be_hidden()
+    assert len(tab.grpc_calls(LOGOUT_PATH)) == 2
+    assert refresh_cookie(page) is None
+    page.reload()
+    expect(page.get_by_role("heading", name="Sign in to AthenaOS")).to_be_visible()
+    assert [error for error in tab.errors if "net::ERR_FAILED" not in error] == []
 
 
 def test_a_stopped_mesh_shows_a_clear_error(tab: Tab, stack: Stack) -> None:

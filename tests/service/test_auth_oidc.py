@@ -3,6 +3,7 @@ multi-tenant), over real gRPC and a real PostgreSQL: the happy path and every wa
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -153,6 +154,27 @@ async def test_google_login_creates_then_updates_the_account(
     again = (await stub.CompleteLogin(auth_pb2.CompleteLoginRequest(state=state, code=code))).session
     assert again.user.id == session.user.id
     assert again.user.display_name == "Rear Admiral Hopper"
+
+
+async def test_a_browser_completing_a_login_gets_the_refresh_token_as_a_cookie(
+    stub: Stub, google_idp: FakeOidcProvider
+) -> None:
+    subject, email = unique_subject()
+    state, query = await begin(stub)
+    code = code_for(google_idp, query, subject=subject, email=email)
+    call = stub.CompleteLogin(
+        auth_pb2.CompleteLoginRequest(state=state, code=code, refresh_token_in_cookie=True)
+    )
+    session = (await call).session
+    assert session.user.email == email
+    assert session.access_token
+    assert session.refresh_token == ""
+    (cookie,) = [value for key, value in await call.initial_metadata() or () if key == "set-cookie"]
+    assert re.fullmatch(
+        r"__Secure-athena-refresh=[\w-]{43}; Path=/athena\.auth\.v1\.AuthService/; Max-Age=\d+; HttpOnly; "
+        r"Secure; SameSite=Strict",
+        str(cookie),
+    ), cookie
 
 
 async def test_google_id_tokens_may_name_the_issuer_without_its_scheme(

@@ -1,5 +1,5 @@
 """The auth service over real gRPC and a real PostgreSQL: DevLogin, refresh rotation, logout, revocation,
-JWKS (RPC and HTTP), and input validation."""
+JWKS (RPC and HTTP), the browsers' refresh-token cookie, and input validation."""
 
 from __future__ import annotations
 
@@ -31,6 +31,9 @@ from mesh.tokens import StaticKeySource, TokenVerifier
 
 Stub = auth_pb2_grpc.AuthServiceStub
 Auth = tuple[RunningService, MeshServer, Stub]
+REFRESH_COOKIE = "__Secure-athena-refresh"
+COOKIE_PATH = "/athena.auth.v1.AuthService/"
+REFRESH_TTL_SECONDS = 30 * 24 * 3600
 
 
 @pytest.fixture(scope="session")
@@ -244,3 +247,169 @@ async def test_dev_login_outside_dev_is_refused(
         assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         providers = (await stub.ListProviders(auth_pb2.ListProvidersRequest())).providers
         assert list(providers) == []
+
+
+def set_cookies(metadata: Any) -> list[dict[str, str]]:
+    """Every `set-cookie` of a response's headers: `name`, `value` and the attributes, lower-case."""
+    cookies = []
+    for key, header in metadata or ():
+        if key != "set-cookie":
+            continue
+        first, *attributes = (part.strip() for part in str(header).split(";"))
+        name, _, value = first.partition("=")
+        cookie = {"name": name, "value": value}
+        for attribute in attributes:
+            attribute_name, _, attribute_value = attribute.partition("=")
+            cookie[attribute_name.lower()] = attribute_value
+        cookies.append(cookie)
+    return cookies
+
+
+def refresh_cookie(metadata: Any) -> dict[str, str]:
+    (cookie,) = set_cookies(metadata)
+    assert cookie["name"] == REFRESH_COOKIE, cookie
+    return cookie
+
+
+def browser_cookies(refresh_token: str) -> tuple[tuple[str, str], ...]:
+    """The `cookie` header a browser sends with an AuthService call, among cookies of other paths."""
+    return (("cookie", f"theme=dark; {REFRESH_COOKIE}={refresh_token}; lang=en"),)
+
+
+async def test_a_browser_gets_its_refresh_token_only_as_an_http_only_cookie_scoped_to_auth_calls(
+    auth: Auth,
+) -> None:
+    _, _, stub = auth
+    call = stub.DevLogin(auth_pb2.DevLoginRequest(email=unique_email(), refresh_token_in_cookie=True))
+    login = (await call).session
+    assert login.access_token
+    assert login.refresh_token == ""  # nothing a page script could read
+    cookie = refresh_cookie(await call.initial_metadata())
+    assert len(cookie["value"]) == 43  # the refresh token itself: 256 bits, base64url
+    assert cookie["path"] == COOKIE_PATH
+    assert {"httponly", "secure"} <= cookie.keys()
+    assert cookie["samesite"] == "Strict"
+    assert "domain" not in cookie  # this host only
+    assert REFRESH_TTL_SECONDS - 60 <= int(cookie["max-age"]) <= REFRESH_TTL_SECONDS
+
+    # RefreshSession presents the cookie and answers with the next one; the presented token is spent.
+    call = stub.RefreshSession(
+        auth_pb2.RefreshSessionRequest(refresh_token_in_cookie=True),
+        metadata=browser_cookies(cookie["value"]),
+    )
+    refreshed = (await call).session
+    assert refreshed.user.id == login.user.id
+    assert refreshed.access_token
+    assert refreshed.refresh_token == ""
+    rotated = refresh_cookie(await call.initial_metadata())
+    assert rotated["value"] != cookie["value"]
+    assert (rotated["path"], rotated["samesite"]) == (COOKIE_PATH, "Strict")
+    assert {"httponly", "secure"} <= rotated.keys()
+
+    # Logout ends the session the cookie names and clears the cookie.
+    call = stub.Logout(
+        auth_pb2.LogoutRequest(refresh_token_in_cookie=True), metadata=browser_cookies(rotated["value"])
+    )
+    await call
+    cleared = refresh_cookie(await call.initial_metadata())
+    assert (cleared["value"], cleared["max-age"], cleared["path"]) == ("", "0", COOKIE_PATH)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.RefreshSession(
+            auth_pb2.RefreshSessionRequest(refresh_token_in_cookie=True),
+            metadata=browser_cookies(rotated["value"]),
+        )
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_two_tabs_refreshing_with_one_cookie_both_get_a_session(auth: Auth) -> None:
+    """The tabs of a browser share its cookie: two refreshing at once present the same token, which the
+    reuse grace forgives, each getting a cookie of the same session."""
+    _, _, stub = auth
+    call = stub.DevLogin(auth_pb2.DevLoginRequest(email=unique_email(), refresh_token_in_cookie=True))
+    await call
+    token = refresh_cookie(await call.initial_metadata())["value"]
+    request = auth_pb2.RefreshSessionRequest(refresh_token_in_cookie=True)
+    calls = [stub.RefreshSession(request, metadata=browser_cookies(token)) for _ in range(2)]
+    await asyncio.gather(*calls)
+    cookies = [refresh_cookie(await call.initial_metadata())["value"] for call in calls]
+    assert len({token, *cookies}) == 3
+    for cookie in cookies:
+        await stub.RefreshSession(request, metadata=browser_cookies(cookie))
+
+
+async def test_a_spent_refresh_cookie_presented_again_revokes_the_session(
+    start_service: StartService, auth_database: str, tmp_path: Path
+) -> None:
+    _, _, channel = await start_auth(start_service, auth_database, tmp_path, refresh_reuse_grace=timedelta(0))
+    stub = Stub(channel)
+    call = stub.DevLogin(auth_pb2.DevLoginRequest(email=unique_email(), refresh_token_in_cookie=True))
+    await call
+    spent = refresh_cookie(await call.initial_metadata())["value"]
+    request = auth_pb2.RefreshSessionRequest(refresh_token_in_cookie=True)
+    call = stub.RefreshSession(request, metadata=browser_cookies(spent))
+    await call
+    rotated = refresh_cookie(await call.initial_metadata())["value"]
+    await asyncio.sleep(0.01)
+    for token in (spent, rotated):  # the thief's replay, then the owner's next refresh
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.RefreshSession(request, metadata=browser_cookies(token))
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    await channel.close()
+
+
+async def test_service_clients_keep_the_refresh_token_in_the_messages(auth: Auth) -> None:
+    _, _, stub = auth
+    call = stub.DevLogin(auth_pb2.DevLoginRequest(email=unique_email()))
+    login = (await call).session
+    assert login.refresh_token
+    assert set_cookies(await call.initial_metadata()) == []
+    call = stub.RefreshSession(auth_pb2.RefreshSessionRequest(refresh_token=login.refresh_token))
+    assert (await call).session.refresh_token
+    assert set_cookies(await call.initial_metadata()) == []
+
+
+async def test_a_cookie_is_read_only_when_the_request_asks_for_it(auth: Auth) -> None:
+    """A refresh token in a cookie is never spent or revoked by a call that did not ask for the cookie,
+    and a call that asks for it may not name another token in its message."""
+    _, _, stub = auth
+    call = stub.DevLogin(auth_pb2.DevLoginRequest(email=unique_email(), refresh_token_in_cookie=True))
+    await call
+    token = refresh_cookie(await call.initial_metadata())["value"]
+    body_client = (await stub.DevLogin(auth_pb2.DevLoginRequest(email=unique_email()))).session
+    for request in (
+        auth_pb2.RefreshSessionRequest(),
+        auth_pb2.LogoutRequest(),
+        auth_pb2.RefreshSessionRequest(refresh_token=body_client.refresh_token, refresh_token_in_cookie=True),
+        auth_pb2.LogoutRequest(refresh_token=body_client.refresh_token, refresh_token_in_cookie=True),
+    ):
+        method = stub.RefreshSession if isinstance(request, auth_pb2.RefreshSessionRequest) else stub.Logout
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await method(request, metadata=browser_cookies(token))  # type: ignore[operator]
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert (caught.value.details() or "").startswith("refresh_token:"), caught.value.details()
+    # Neither token was touched.
+    await stub.RefreshSession(
+        auth_pb2.RefreshSessionRequest(refresh_token_in_cookie=True), metadata=browser_cookies(token)
+    )
+    await stub.RefreshSession(auth_pb2.RefreshSessionRequest(refresh_token=body_client.refresh_token))
+
+
+async def test_without_its_cookie_a_browser_is_signed_out(auth: Auth) -> None:
+    _, _, stub = auth
+    request = auth_pb2.RefreshSessionRequest(refresh_token_in_cookie=True)
+    for metadata in ((), (("cookie", "theme=dark"),), browser_cookies("")):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.RefreshSession(request, metadata=metadata)
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    # Two refresh cookies (one planted by a sibling site, say): neither is trusted.
+    call = stub.DevLogin(auth_pb2.DevLoginRequest(email=unique_email(), refresh_token_in_cookie=True))
+    await call
+    token = refresh_cookie(await call.initial_metadata())["value"]
+    planted = (("cookie", f"{REFRESH_COOKIE}={'x' * 43}; {REFRESH_COOKIE}={token}"),)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.RefreshSession(request, metadata=planted)
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    # Logout without a cookie is no error (idempotent) and still clears it.
+    call = stub.Logout(auth_pb2.LogoutRequest(refresh_token_in_cookie=True))
+    await call
+    assert refresh_cookie(await call.initial_metadata())["max-age"] == "0"

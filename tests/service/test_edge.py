@@ -330,3 +330,37 @@ async def test_web_app_files_are_served_and_other_paths_are_not_found(edge: Edge
     assert script.headers["content-type"].startswith("text/javascript")
     assert "immutable" in script.headers["cache-control"]
     assert missing.status_code == 404
+
+
+@pytest.mark.parametrize("path", ["/", "/index.html", "/assets/app-1234.js"])
+async def test_web_app_files_carry_the_browser_security_headers(edge: Edge, path: str) -> None:
+    async with httpx.AsyncClient() as client:
+        answer = await client.get(edge.url + path)
+    assert answer.status_code == 200
+    policy = {
+        name: sources
+        for name, *sources in (part.split() for part in answer.headers["content-security-policy"].split(";"))
+    }
+    assert policy["script-src"] == ["'self'"]
+    assert policy["frame-ancestors"] == ["'none'"]
+    assert policy["connect-src"] == ["'self'"]
+    assert answer.headers["referrer-policy"] == "no-referrer"
+    assert "camera=()" in answer.headers["permissions-policy"]
+    assert answer.headers["x-frame-options"] == "DENY"
+    assert answer.headers["cross-origin-opener-policy"] == "same-origin"
+    assert answer.headers["x-content-type-options"] == "nosniff"
+    # Each header once: a browser combines repeated policies, and a duplicate would hide a stale one.
+    for name in ("content-security-policy", "referrer-policy", "permissions-policy", "x-frame-options"):
+        assert len(answer.headers.get_list(name)) == 1, name
+
+
+async def test_grpc_web_replies_keep_cors_and_carry_no_page_policy(edge: Edge) -> None:
+    """The page's policy is for documents; API replies stay as browsers' gRPC-web clients need them."""
+    headers = {"origin": ORIGIN, "content-type": "application/grpc-web+proto", "x-grpc-web": "1"}
+    async with httpx.AsyncClient() as client:
+        reply = await client.post(
+            f"{edge.url}/{AUTH_SERVICE}/ListProviders", content=grpc_web_frame(), headers=headers
+        )
+    assert reply.status_code == 200
+    assert reply.headers.get("access-control-allow-origin") == ORIGIN
+    assert "content-security-policy" not in reply.headers

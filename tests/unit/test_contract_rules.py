@@ -88,6 +88,9 @@ def test_good_chat_requests_pass() -> None:
         (auth_pb2.DevLoginRequest(email=""), "email"),
         (auth_pb2.DevLoginRequest(email="a@b.co", display_name="n" * 201), "display_name"),
         (auth_pb2.RefreshSessionRequest(), "refresh_token"),
+        (auth_pb2.RefreshSessionRequest(refresh_token="t", refresh_token_in_cookie=True), "refresh_token"),
+        (auth_pb2.LogoutRequest(), "refresh_token"),
+        (auth_pb2.LogoutRequest(refresh_token="t", refresh_token_in_cookie=True), "refresh_token"),
         (memory_pb2.RememberRequest(text="x", agent_id="athena"), "scope"),
         (
             memory_pb2.RememberRequest(

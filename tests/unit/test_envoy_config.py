@@ -223,6 +223,53 @@ def test_every_web_app_file_is_served_with_its_content_type(web_root: Path) -> N
     assert header("/favicon.svg", "content-type") == "image/svg+xml"
 
 
+def csp_directives(policy: str) -> dict[str, list[str]]:
+    return {name: sources for name, *sources in (part.split() for part in policy.split(";") if part.strip())}
+
+
+def route_headers(route: dict[str, Any]) -> dict[str, str]:
+    return {h["header"]["key"]: h["header"]["value"] for h in route.get("response_headers_to_add", ())}
+
+
+def test_every_web_app_file_carries_the_browser_security_headers(bootstrap: dict[str, Any]) -> None:
+    web = [route for route in edge_routes(bootstrap) if route["name"].startswith("web:")]
+    assert {route["match"]["path"] for route in web} >= {"/", "/index.html", "/assets/app-1a2b.js"}
+    for route in web:
+        headers = route_headers(route)
+        policy = csp_directives(headers["content-security-policy"])
+        assert policy["default-src"] == ["'none'"]
+        assert policy["script-src"] == ["'self'"]
+        assert policy["style-src"] == ["'self'"]
+        assert policy["connect-src"] == ["'self'"]
+        assert policy["frame-ancestors"] == ["'none'"]
+        assert policy["base-uri"] == policy["form-action"] == policy["object-src"] == ["'none'"]
+        sources = {source for values in policy.values() for source in values}
+        assert not sources & {"'unsafe-inline'", "'unsafe-eval'", "*", "http:", "https:", "blob:"}, sources
+        assert headers["referrer-policy"] == "no-referrer"
+        assert headers["x-frame-options"] == "DENY"
+        assert headers["cross-origin-opener-policy"] == "same-origin"
+        assert headers["x-content-type-options"] == "nosniff"
+        features = dict(item.split("=", 1) for item in headers["permissions-policy"].split(", "))
+        assert {"camera", "microphone", "geolocation", "payment"} <= features.keys()
+        assert set(features.values()) == {"()"}
+
+
+def test_the_placeholder_page_carries_the_same_headers(tmp_path: Path, web_root: Path) -> None:
+    built = {r["match"].get("path"): r for r in edge_routes(render(EdgeConfig(web_root=web_root)))}
+    placeholder = {
+        r["match"].get("path"): r for r in edge_routes(render(EdgeConfig(web_root=tmp_path / "no")))
+    }
+    assert "frame-ancestors 'none'" in route_headers(placeholder["/"]).get("content-security-policy", "")
+    assert route_headers(placeholder["/"]) == route_headers(built["/"])
+
+
+def test_api_replies_get_no_page_headers(bootstrap: dict[str, Any]) -> None:
+    """gRPC, gRPC-web and the 404s answer programs, not pages: their headers stay what CORS needs."""
+    for route in edge_routes(bootstrap):
+        if not route["name"].startswith("web:"):
+            assert "content-security-policy" not in route_headers(route), route["name"]
+
+
 def test_web_files_can_be_served_from_where_envoy_finds_them(web_root: Path) -> None:
     config = EdgeConfig(web_root=web_root, web_root_in_envoy=Path("/srv/web"))
     bodies = [r["direct_response"]["body"] for r in edge_routes(render(config)) if r["name"] == "web:/"]

@@ -1,7 +1,6 @@
 // AthenaOS in the browser: wires the session, the gRPC-web clients and the views, and switches between
 // sign-in and the app.
 import { Code, ConnectError } from "@connectrpc/connect";
-import type { Session } from "../../../gen/ts/athena/auth/v1/auth_pb";
 import { AccountPanel } from "./account";
 import { AgentPicker } from "./agents";
 import { createApi } from "./api";
@@ -9,10 +8,12 @@ import { ChatView } from "./chat";
 import { byId, show } from "./dom";
 import { describeError, SignedOutError } from "./errors";
 import { conversationInAddress, HistoryView, setConversationInAddress } from "./history";
-import { SessionStore } from "./session";
+import { SessionStore, type TabSession } from "./session";
 import { SignInView } from "./signin";
 
 const OFFLINE_KEY = "athena.offline-model";
+/** How long a sign-out waits for Logout before leaving it to the next start of the app. */
+const LOGOUT_TIMEOUT_MS = 5_000;
 
 class App {
   private readonly sessions = new SessionStore(localStorage);
@@ -54,29 +55,42 @@ class App {
   );
 
   constructor() {
-    this.sessions.start(async (refreshToken) => {
-      const response = await this.api.auth.refreshSession({ refreshToken });
-      if (!response.session) {
-        throw new ConnectError("no session in the answer", Code.Unauthenticated);
-      }
-      return response.session;
+    // The refresh token never reaches this code: it is the HttpOnly cookie these calls carry.
+    this.sessions.start({
+      refresh: async () => {
+        const response = await this.api.auth.refreshSession({ refreshTokenInCookie: true });
+        if (!response.session) {
+          throw new ConnectError("no session in the answer", Code.Unauthenticated);
+        }
+        return response.session;
+      },
+      logout: async () => {
+        await this.api.auth.logout({ refreshTokenInCookie: true }, { timeoutMs: LOGOUT_TIMEOUT_MS });
+      },
     });
     this.sessions.onSignedOut = (notice) => this.leave(notice);
-    this.signIn.onSignedIn = (session) => void this.enter(session);
+    this.sessions.onSignedIn = (session) => {
+      this.resetView();
+      void this.enter(session);
+    };
+    this.signIn.onSignedIn = (session) => void this.enter(this.sessions.save(session));
     this.history.onSelect = (conversationId) => {
       this.toggleHistory(false);
       void this.open(conversationId);
     };
     this.account.onError = (error) => this.showError(error);
     this.account.onDeleted = () => {
-      this.sessions.clear();
-      this.leave("Your account was deleted.");
+      const notice = "Your account was deleted.";
+      void this.signOut(notice, notice);
     };
     byId("new-conversation", HTMLButtonElement).addEventListener("click", () => {
       this.toggleHistory(false);
       this.startNew();
     });
-    byId("sign-out", HTMLButtonElement).addEventListener("click", () => void this.signOut());
+    byId("sign-out", HTMLButtonElement).addEventListener(
+      "click",
+      () => void this.signOut("You signed out.", "You signed out in another tab."),
+    );
     byId("dismiss-error", HTMLButtonElement).addEventListener("click", () => this.clearError());
     this.historyToggle.addEventListener("click", () =>
       this.toggleHistory(this.historyToggle.getAttribute("aria-expanded") !== "true"),
@@ -106,18 +120,24 @@ class App {
     if (await this.signIn.completeRedirect()) {
       return;
     }
-    if (this.sessions.session) {
-      await this.enter();
+    let session: TabSession | null;
+    try {
+      session = await this.sessions.resume();
+    } catch (error) {
+      await this.signIn.show(describeError(error));
+      return;
+    }
+    if (session) {
+      await this.enter(session);
     } else {
       await this.signIn.show();
     }
   }
 
-  private async enter(session?: Session): Promise<void> {
-    const stored = session ? this.sessions.save(session) : this.sessions.session;
+  private async enter(session: TabSession): Promise<void> {
     this.signIn.hide();
     this.clearError();
-    this.userName.textContent = stored?.displayName ?? "";
+    this.userName.textContent = session.displayName;
     show(this.nav, true);
     show(this.menuToggle, true);
     show(this.appView, true);
@@ -142,6 +162,12 @@ class App {
   }
 
   private leave(notice: string): void {
+    this.resetView();
+    void this.signIn.show(notice);
+  }
+
+  /** Back to an empty, hidden app: nothing of the person who was signed in stays on the page. */
+  private resetView(): void {
     show(this.appView, false);
     show(this.nav, false);
     show(this.menuToggle, false);
@@ -153,17 +179,15 @@ class App {
       dialog.close();
     }
     this.clearError();
-    void this.signIn.show(notice);
   }
 
-  private async signOut(): Promise<void> {
-    const session = this.sessions.session;
-    this.sessions.clear();
-    if (session) {
-      // Best effort: the session ends here whether or not the server hears about it.
-      await this.api.auth.logout({ refreshToken: session.refreshToken }).catch(() => undefined);
-    }
-    this.leave("You signed out.");
+  /** Signs every tab out, showing `notice` here and `noticeElsewhere` in the others (after the account's
+   * deletion too: its sessions are gone, and Logout clears the cookie). */
+  private async signOut(notice: string, noticeElsewhere: string): Promise<void> {
+    // Waits for Logout (or its timeout), so that a sign-in right after cannot have its new cookie
+    // cleared by the old session's Logout answer.
+    await this.sessions.signOut(noticeElsewhere);
+    this.leave(notice);
   }
 
   private startNew(): void {

@@ -49,7 +49,7 @@ export class SignInView {
       return true;
     }
     try {
-      const response = await this.api.auth.completeLogin({ state, code });
+      const response = await this.api.auth.completeLogin({ state, code, refreshTokenInCookie: true });
       if (response.session) {
         this.onSignedIn(response.session);
         return true;
@@ -119,7 +119,7 @@ export class SignInView {
       button.disabled = true;
     }
     try {
-      const response = await this.api.auth.devLogin({ email });
+      const response = await this.api.auth.devLogin({ email, refreshTokenInCookie: true });
       if (response.session) {
         this.devEmail.value = "";
         this.onSignedIn(response.session);

@@ -26,7 +26,7 @@ from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x61thena/auth/v1/auth.proto\x12\x0e\x61thena.auth.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"=\n\x08Provider\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12!\n\x0c\x64isplay_name\x18\x02 \x01(\tR\x0b\x64isplayName\"\x8a\x01\n\x04User\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n\x05\x65mail\x18\x02 \x01(\tR\x05\x65mail\x12!\n\x0c\x64isplay_name\x18\x03 \x01(\tR\x0b\x64isplayName\x12\x39\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\"\xa3\x02\n\x07Session\x12!\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\tR\x0b\x61\x63\x63\x65ssToken\x12Q\n\x17\x61\x63\x63\x65ss_token_expires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x14\x61\x63\x63\x65ssTokenExpiresAt\x12#\n\rrefresh_token\x18\x03 \x01(\tR\x0crefreshToken\x12S\n\x18refresh_token_expires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x15refreshTokenExpiresAt\x12(\n\x04user\x18\x05 \x01(\x0b\x32\x14.athena.auth.v1.UserR\x04user\"i\n\x03Jwk\x12\x10\n\x03kty\x18\x01 \x01(\tR\x03kty\x12\x10\n\x03kid\x18\x02 \x01(\tR\x03kid\x12\x10\n\x03use\x18\x03 \x01(\tR\x03use\x12\x10\n\x03\x61lg\x18\x04 \x01(\tR\x03\x61lg\x12\x0c\n\x01n\x18\x05 \x01(\tR\x01n\x12\x0c\n\x01\x65\x18\x06 \x01(\tR\x01\x65\"\x16\n\x14ListProvidersRequest\"O\n\x15ListProvidersResponse\x12\x36\n\tproviders\x18\x01 \x03(\x0b\x32\x18.athena.auth.v1.ProviderR\tproviders\"i\n\x11\x42\x65ginLoginRequest\x12%\n\x08provider\x18\x01 \x01(\tB\t\xbaH\x06r\x04\x10\x01\x18@R\x08provider\x12-\n\x0credirect_uri\x18\x02 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\x80\x10R\x0bredirectUri\"W\n\x12\x42\x65ginLoginResponse\x12+\n\x11\x61uthorization_url\x18\x01 \x01(\tR\x10\x61uthorizationUrl\x12\x14\n\x05state\x18\x02 \x01(\tR\x05state\"T\n\x14\x43ompleteLoginRequest\x12\x1c\n\x05state\x18\x01 \x01(\tB\x06\xbaH\x03\xc8\x01\x01R\x05state\x12\x1e\n\x04\x63ode\x18\x02 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\x80 R\x04\x63ode\"J\n\x15\x43ompleteLoginResponse\x12\x31\n\x07session\x18\x01 \x01(\x0b\x32\x17.athena.auth.v1.SessionR\x07session\"`\n\x0f\x44\x65vLoginRequest\x12 \n\x05\x65mail\x18\x01 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\xfe\x01R\x05\x65mail\x12+\n\x0c\x64isplay_name\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\xc8\x01R\x0b\x64isplayName\"E\n\x10\x44\x65vLoginResponse\x12\x31\n\x07session\x18\x01 \x01(\x0b\x32\x17.athena.auth.v1.SessionR\x07session\"D\n\x15RefreshSessionRequest\x12+\n\rrefresh_token\x18\x01 \x01(\tB\x06\xbaH\x03\xc8\x01\x01R\x0crefreshToken\"K\n\x16RefreshSessionResponse\x12\x31\n\x07session\x18\x01 \x01(\x0b\x32\x17.athena.auth.v1.SessionR\x07session\"<\n\rLogoutRequest\x12+\n\rrefresh_token\x18\x01 \x01(\tB\x06\xbaH\x03\xc8\x01\x01R\x0crefreshToken\"\x10\n\x0eLogoutResponse\"\x1a\n\x18RevokeAllSessionsRequest\"F\n\x19RevokeAllSessionsResponse\x12)\n\x10revoked_sessions\x18\x01 \x01(\x05R\x0frevokedSessions\"\x10\n\x0eGetJwksRequest\":\n\x0fGetJwksResponse\x12\'\n\x04keys\x18\x01 \x03(\x0b\x32\x13.athena.auth.v1.JwkR\x04keys2\xcd\x05\n\x0b\x41uthService\x12\\\n\rListProviders\x12$.athena.auth.v1.ListProvidersRequest\x1a%.athena.auth.v1.ListProvidersResponse\x12S\n\nBeginLogin\x12!.athena.auth.v1.BeginLoginRequest\x1a\".athena.auth.v1.BeginLoginResponse\x12\\\n\rCompleteLogin\x12$.athena.auth.v1.CompleteLoginRequest\x1a%.athena.auth.v1.CompleteLoginResponse\x12M\n\x08\x44\x65vLogin\x12\x1f.athena.auth.v1.DevLoginRequest\x1a .athena.auth.v1.DevLoginResponse\x12_\n\x0eRefreshSession\x12%.athena.auth.v1.RefreshSessionRequest\x1a&.athena.auth.v1.RefreshSessionResponse\x12G\n\x06Logout\x12\x1d.athena.auth.v1.LogoutRequest\x1a\x1e.athena.auth.v1.LogoutResponse\x12h\n\x11RevokeAllSessions\x12(.athena.auth.v1.RevokeAllSessionsRequest\x1a).athena.auth.v1.RevokeAllSessionsResponse\x12J\n\x07GetJwks\x12\x1e.athena.auth.v1.GetJwksRequest\x1a\x1f.athena.auth.v1.GetJwksResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x61thena/auth/v1/auth.proto\x12\x0e\x61thena.auth.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"=\n\x08Provider\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12!\n\x0c\x64isplay_name\x18\x02 \x01(\tR\x0b\x64isplayName\"\x8a\x01\n\x04User\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n\x05\x65mail\x18\x02 \x01(\tR\x05\x65mail\x12!\n\x0c\x64isplay_name\x18\x03 \x01(\tR\x0b\x64isplayName\x12\x39\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\"\xa3\x02\n\x07Session\x12!\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\tR\x0b\x61\x63\x63\x65ssToken\x12Q\n\x17\x61\x63\x63\x65ss_token_expires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x14\x61\x63\x63\x65ssTokenExpiresAt\x12#\n\rrefresh_token\x18\x03 \x01(\tR\x0crefreshToken\x12S\n\x18refresh_token_expires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x15refreshTokenExpiresAt\x12(\n\x04user\x18\x05 \x01(\x0b\x32\x14.athena.auth.v1.UserR\x04user\"i\n\x03Jwk\x12\x10\n\x03kty\x18\x01 \x01(\tR\x03kty\x12\x10\n\x03kid\x18\x02 \x01(\tR\x03kid\x12\x10\n\x03use\x18\x03 \x01(\tR\x03use\x12\x10\n\x03\x61lg\x18\x04 \x01(\tR\x03\x61lg\x12\x0c\n\x01n\x18\x05 \x01(\tR\x01n\x12\x0c\n\x01\x65\x18\x06 \x01(\tR\x01\x65\"\x16\n\x14ListProvidersRequest\"O\n\x15ListProvidersResponse\x12\x36\n\tproviders\x18\x01 \x03(\x0b\x32\x18.athena.auth.v1.ProviderR\tproviders\"i\n\x11\x42\x65ginLoginRequest\x12%\n\x08provider\x18\x01 \x01(\tB\t\xbaH\x06r\x04\x10\x01\x18@R\x08provider\x12-\n\x0credirect_uri\x18\x02 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\x80\x10R\x0bredirectUri\"W\n\x12\x42\x65ginLoginResponse\x12+\n\x11\x61uthorization_url\x18\x01 \x01(\tR\x10\x61uthorizationUrl\x12\x14\n\x05state\x18\x02 \x01(\tR\x05state\"\x8b\x01\n\x14\x43ompleteLoginRequest\x12\x1c\n\x05state\x18\x01 \x01(\tB\x06\xbaH\x03\xc8\x01\x01R\x05state\x12\x1e\n\x04\x63ode\x18\x02 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\x80 R\x04\x63ode\x12\x35\n\x17refresh_token_in_cookie\x18\x03 \x01(\x08R\x14refreshTokenInCookie\"J\n\x15\x43ompleteLoginResponse\x12\x31\n\x07session\x18\x01 \x01(\x0b\x32\x17.athena.auth.v1.SessionR\x07session\"\x97\x01\n\x0f\x44\x65vLoginRequest\x12 \n\x05\x65mail\x18\x01 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\xfe\x01R\x05\x65mail\x12+\n\x0c\x64isplay_name\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\xc8\x01R\x0b\x64isplayName\x12\x35\n\x17refresh_token_in_cookie\x18\x03 \x01(\x08R\x14refreshTokenInCookie\"E\n\x10\x44\x65vLoginResponse\x12\x31\n\x07session\x18\x01 \x01(\x0b\x32\x17.athena.auth.v1.SessionR\x07session\"\x9a\x03\n\x15RefreshSessionRequest\x12#\n\rrefresh_token\x18\x01 \x01(\tR\x0crefreshToken\x12\x35\n\x17refresh_token_in_cookie\x18\x02 \x01(\x08R\x14refreshTokenInCookie:\xa4\x02\xbaH\xa0\x02\x1at\n\x16refresh_token.required\x12 refresh_token: value is required\x1a\x38this.refresh_token_in_cookie || this.refresh_token != \'\'\x1a\xa7\x01\n\x17refresh_token.in_cookie\x12Qrefresh_token: must be empty with refresh_token_in_cookie (the cookie carries it)\x1a\x39!this.refresh_token_in_cookie || this.refresh_token == \'\'\"K\n\x16RefreshSessionResponse\x12\x31\n\x07session\x18\x01 \x01(\x0b\x32\x17.athena.auth.v1.SessionR\x07session\"\x92\x03\n\rLogoutRequest\x12#\n\rrefresh_token\x18\x01 \x01(\tR\x0crefreshToken\x12\x35\n\x17refresh_token_in_cookie\x18\x02 \x01(\x08R\x14refreshTokenInCookie:\xa4\x02\xbaH\xa0\x02\x1at\n\x16refresh_token.required\x12 refresh_token: value is required\x1a\x38this.refresh_token_in_cookie || this.refresh_token != \'\'\x1a\xa7\x01\n\x17refresh_token.in_cookie\x12Qrefresh_token: must be empty with refresh_token_in_cookie (the cookie carries it)\x1a\x39!this.refresh_token_in_cookie || this.refresh_token == \'\'\"\x10\n\x0eLogoutResponse\"\x1a\n\x18RevokeAllSessionsRequest\"F\n\x19RevokeAllSessionsResponse\x12)\n\x10revoked_sessions\x18\x01 \x01(\x05R\x0frevokedSessions\"\x10\n\x0eGetJwksRequest\":\n\x0fGetJwksResponse\x12\'\n\x04keys\x18\x01 \x03(\x0b\x32\x13.athena.auth.v1.JwkR\x04keys2\xcd\x05\n\x0b\x41uthService\x12\\\n\rListProviders\x12$.athena.auth.v1.ListProvidersRequest\x1a%.athena.auth.v1.ListProvidersResponse\x12S\n\nBeginLogin\x12!.athena.auth.v1.BeginLoginRequest\x1a\".athena.auth.v1.BeginLoginResponse\x12\\\n\rCompleteLogin\x12$.athena.auth.v1.CompleteLoginRequest\x1a%.athena.auth.v1.CompleteLoginResponse\x12M\n\x08\x44\x65vLogin\x12\x1f.athena.auth.v1.DevLoginRequest\x1a .athena.auth.v1.DevLoginResponse\x12_\n\x0eRefreshSession\x12%.athena.auth.v1.RefreshSessionRequest\x1a&.athena.auth.v1.RefreshSessionResponse\x12G\n\x06Logout\x12\x1d.athena.auth.v1.LogoutRequest\x1a\x1e.athena.auth.v1.LogoutResponse\x12h\n\x11RevokeAllSessions\x12(.athena.auth.v1.RevokeAllSessionsRequest\x1a).athena.auth.v1.RevokeAllSessionsResponse\x12J\n\x07GetJwks\x12\x1e.athena.auth.v1.GetJwksRequest\x1a\x1f.athena.auth.v1.GetJwksResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,10 +45,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DEVLOGINREQUEST'].fields_by_name['email']._serialized_options = b'\272H\007r\005\020\001\030\376\001'
   _globals['_DEVLOGINREQUEST'].fields_by_name['display_name']._loaded_options = None
   _globals['_DEVLOGINREQUEST'].fields_by_name['display_name']._serialized_options = b'\272H\005r\003\030\310\001'
-  _globals['_REFRESHSESSIONREQUEST'].fields_by_name['refresh_token']._loaded_options = None
-  _globals['_REFRESHSESSIONREQUEST'].fields_by_name['refresh_token']._serialized_options = b'\272H\003\310\001\001'
-  _globals['_LOGOUTREQUEST'].fields_by_name['refresh_token']._loaded_options = None
-  _globals['_LOGOUTREQUEST'].fields_by_name['refresh_token']._serialized_options = b'\272H\003\310\001\001'
+  _globals['_REFRESHSESSIONREQUEST']._loaded_options = None
+  _globals['_REFRESHSESSIONREQUEST']._serialized_options = b'\272H\240\002\032t\n\026refresh_token.required\022 refresh_token: value is required\0328this.refresh_token_in_cookie || this.refresh_token != \'\'\032\247\001\n\027refresh_token.in_cookie\022Qrefresh_token: must be empty with refresh_token_in_cookie (the cookie carries it)\0329!this.refresh_token_in_cookie || this.refresh_token == \'\''
+  _globals['_LOGOUTREQUEST']._loaded_options = None
+  _globals['_LOGOUTREQUEST']._serialized_options = b'\272H\240\002\032t\n\026refresh_token.required\022 refresh_token: value is required\0328this.refresh_token_in_cookie || this.refresh_token != \'\'\032\247\001\n\027refresh_token.in_cookie\022Qrefresh_token: must be empty with refresh_token_in_cookie (the cookie carries it)\0329!this.refresh_token_in_cookie || this.refresh_token == \'\''
   _globals['_PROVIDER']._serialized_start=107
   _globals['_PROVIDER']._serialized_end=168
   _globals['_USER']._serialized_start=171
@@ -65,30 +65,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BEGINLOGINREQUEST']._serialized_end=922
   _globals['_BEGINLOGINRESPONSE']._serialized_start=924
   _globals['_BEGINLOGINRESPONSE']._serialized_end=1011
-  _globals['_COMPLETELOGINREQUEST']._serialized_start=1013
-  _globals['_COMPLETELOGINREQUEST']._serialized_end=1097
-  _globals['_COMPLETELOGINRESPONSE']._serialized_start=1099
-  _globals['_COMPLETELOGINRESPONSE']._serialized_end=1173
-  _globals['_DEVLOGINREQUEST']._serialized_start=1175
-  _globals['_DEVLOGINREQUEST']._serialized_end=1271
-  _globals['_DEVLOGINRESPONSE']._serialized_start=1273
-  _globals['_DEVLOGINRESPONSE']._serialized_end=1342
-  _globals['_REFRESHSESSIONREQUEST']._serialized_start=1344
-  _globals['_REFRESHSESSIONREQUEST']._serialized_end=1412
-  _globals['_REFRESHSESSIONRESPONSE']._serialized_start=1414
-  _globals['_REFRESHSESSIONRESPONSE']._serialized_end=1489
-  _globals['_LOGOUTREQUEST']._serialized_start=1491
-  _globals['_LOGOUTREQUEST']._serialized_end=1551
-  _globals['_LOGOUTRESPONSE']._serialized_start=1553
-  _globals['_LOGOUTRESPONSE']._serialized_end=1569
-  _globals['_REVOKEALLSESSIONSREQUEST']._serialized_start=1571
-  _globals['_REVOKEALLSESSIONSREQUEST']._serialized_end=1597
-  _globals['_REVOKEALLSESSIONSRESPONSE']._serialized_start=1599
-  _globals['_REVOKEALLSESSIONSRESPONSE']._serialized_end=1669
-  _globals['_GETJWKSREQUEST']._serialized_start=1671
-  _globals['_GETJWKSREQUEST']._serialized_end=1687
-  _globals['_GETJWKSRESPONSE']._serialized_start=1689
-  _globals['_GETJWKSRESPONSE']._serialized_end=1747
-  _globals['_AUTHSERVICE']._serialized_start=1750
-  _globals['_AUTHSERVICE']._serialized_end=2467
+  _globals['_COMPLETELOGINREQUEST']._serialized_start=1014
+  _globals['_COMPLETELOGINREQUEST']._serialized_end=1153
+  _globals['_COMPLETELOGINRESPONSE']._serialized_start=1155
+  _globals['_COMPLETELOGINRESPONSE']._serialized_end=1229
+  _globals['_DEVLOGINREQUEST']._serialized_start=1232
+  _globals['_DEVLOGINREQUEST']._serialized_end=1383
+  _globals['_DEVLOGINRESPONSE']._serialized_start=1385
+  _globals['_DEVLOGINRESPONSE']._serialized_end=1454
+  _globals['_REFRESHSESSIONREQUEST']._serialized_start=1457
+  _globals['_REFRESHSESSIONREQUEST']._serialized_end=1867
+  _globals['_REFRESHSESSIONRESPONSE']._serialized_start=1869
+  _globals['_REFRESHSESSIONRESPONSE']._serialized_end=1944
+  _globals['_LOGOUTREQUEST']._serialized_start=1947
+  _globals['_LOGOUTREQUEST']._serialized_end=2349
+  _globals['_LOGOUTRESPONSE']._serialized_start=2351
+  _globals['_LOGOUTRESPONSE']._serialized_end=2367
+  _globals['_REVOKEALLSESSIONSREQUEST']._serialized_start=2369
+  _globals['_REVOKEALLSESSIONSREQUEST']._serialized_end=2395
+  _globals['_REVOKEALLSESSIONSRESPONSE']._serialized_start=2397
+  _globals['_REVOKEALLSESSIONSRESPONSE']._serialized_end=2467
+  _globals['_GETJWKSREQUEST']._serialized_start=2469
+  _globals['_GETJWKSREQUEST']._serialized_end=2485
+  _globals['_GETJWKSRESPONSE']._serialized_start=2487
+  _globals['_GETJWKSRESPONSE']._serialized_end=2545
+  _globals['_AUTHSERVICE']._serialized_start=2548
+  _globals['_AUTHSERVICE']._serialized_end=3265
 # @@protoc_insertion_point(module_scope)

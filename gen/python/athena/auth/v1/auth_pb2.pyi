@@ -95,7 +95,9 @@ class Session(_message.Message):
     access_token: _builtins.str
     """RS256 JWT to send as `authorization: Bearer <access_token>`."""
     refresh_token: _builtins.str
-    """Opaque single-use token for RefreshSession. Store it like a password."""
+    """Opaque single-use token for RefreshSession. Store it like a password. Empty when the request asked
+    for it as a cookie (`refresh_token_in_cookie`).
+    """
     @_builtins.property
     def access_token_expires_at(self) -> _timestamp_pb2.Timestamp:
         """When `access_token` expires; clients refresh shortly before."""
@@ -268,19 +270,23 @@ class CompleteLoginRequest(_message.Message):
 
     STATE_FIELD_NUMBER: _builtins.int
     CODE_FIELD_NUMBER: _builtins.int
+    REFRESH_TOKEN_IN_COOKIE_FIELD_NUMBER: _builtins.int
     state: _builtins.str
     """The `state` query parameter the provider sent back."""
     code: _builtins.str
     """The `code` query parameter the provider sent back."""
+    refresh_token_in_cookie: _builtins.bool
+    """Deliver the new session's refresh token as the HttpOnly cookie (see AuthService), not in the answer."""
     def __init__(
         self,
         *,
         state: _builtins.str = ...,
         code: _builtins.str = ...,
+        refresh_token_in_cookie: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "refresh_token_in_cookie", b"refresh_token_in_cookie", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -318,19 +324,23 @@ class DevLoginRequest(_message.Message):
 
     EMAIL_FIELD_NUMBER: _builtins.int
     DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    REFRESH_TOKEN_IN_COOKIE_FIELD_NUMBER: _builtins.int
     email: _builtins.str
     """Email address of the account to sign in as; created on first use."""
     display_name: _builtins.str
     """Optional display name (at most 200 characters); defaults to the part of the email before "@"."""
+    refresh_token_in_cookie: _builtins.bool
+    """Deliver the new session's refresh token as the HttpOnly cookie (see AuthService), not in the answer."""
     def __init__(
         self,
         *,
         email: _builtins.str = ...,
         display_name: _builtins.str = ...,
+        refresh_token_in_cookie: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["display_name", b"display_name", "email", b"email"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["display_name", b"display_name", "email", b"email", "refresh_token_in_cookie", b"refresh_token_in_cookie"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -367,16 +377,24 @@ class RefreshSessionRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     REFRESH_TOKEN_FIELD_NUMBER: _builtins.int
+    REFRESH_TOKEN_IN_COOKIE_FIELD_NUMBER: _builtins.int
     refresh_token: _builtins.str
-    """The refresh token of the current session; spent by this call."""
+    """The refresh token of the current session; spent by this call. Required unless
+    `refresh_token_in_cookie` is set, and then empty.
+    """
+    refresh_token_in_cookie: _builtins.bool
+    """The refresh token is the cookie this request carries (see AuthService), and the new one is delivered
+    the same way.
+    """
     def __init__(
         self,
         *,
         refresh_token: _builtins.str = ...,
+        refresh_token_in_cookie: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["refresh_token", b"refresh_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["refresh_token", b"refresh_token", "refresh_token_in_cookie", b"refresh_token_in_cookie"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -413,16 +431,24 @@ class LogoutRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     REFRESH_TOKEN_FIELD_NUMBER: _builtins.int
+    REFRESH_TOKEN_IN_COOKIE_FIELD_NUMBER: _builtins.int
     refresh_token: _builtins.str
-    """The refresh token of the session to end."""
+    """The refresh token of the session to end. Required unless `refresh_token_in_cookie` is set, and then
+    empty.
+    """
+    refresh_token_in_cookie: _builtins.bool
+    """The refresh token is the cookie this request carries (see AuthService); the answer clears it, whether
+    or not the request carried one.
+    """
     def __init__(
         self,
         *,
         refresh_token: _builtins.str = ...,
+        refresh_token_in_cookie: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["refresh_token", b"refresh_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["refresh_token", b"refresh_token", "refresh_token_in_cookie", b"refresh_token_in_cookie"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

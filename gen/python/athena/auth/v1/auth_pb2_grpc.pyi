@@ -32,6 +32,19 @@ class AuthServiceStub:
     Access tokens are RS256 JWTs (15 minutes) sent as `authorization: Bearer <token>` metadata; refresh
     tokens are opaque, single-use and rotated on every RefreshSession. The login RPCs (ListProviders,
     BeginLogin, CompleteLogin, DevLogin, RefreshSession, Logout, GetJwks) need no access token.
+
+    Browsers keep the refresh token where no script in the page can read it. A sign-in, RefreshSession or
+    Logout request that sets `refresh_token_in_cookie` gets the refresh token as a cookie instead of in
+    `Session.refresh_token` (left empty), and RefreshSession and Logout then read it from that cookie, not
+    from their `refresh_token` (which must be empty). The cookie is set by a `set-cookie` header of the
+    response (initial metadata, which the edge's gRPC-web filter passes to the browser as an HTTP header):
+
+      __Secure-athena-refresh=<refresh token>; Path=/athena.auth.v1.AuthService/;
+        Max-Age=<seconds until refresh_token_expires_at>; HttpOnly; Secure; SameSite=Strict
+
+    so the browser sends it back only with this service's calls, only from the app's own site, only over
+    https or to localhost; Logout clears it (`Max-Age=0`). Clients that do not set the flag (services,
+    grpcurl) send and receive the refresh token in the messages, and no cookie is read for them.
     """
 
     @_typing.overload
@@ -70,6 +83,19 @@ class AuthServiceAsyncStub(AuthServiceStub):
     Access tokens are RS256 JWTs (15 minutes) sent as `authorization: Bearer <token>` metadata; refresh
     tokens are opaque, single-use and rotated on every RefreshSession. The login RPCs (ListProviders,
     BeginLogin, CompleteLogin, DevLogin, RefreshSession, Logout, GetJwks) need no access token.
+
+    Browsers keep the refresh token where no script in the page can read it. A sign-in, RefreshSession or
+    Logout request that sets `refresh_token_in_cookie` gets the refresh token as a cookie instead of in
+    `Session.refresh_token` (left empty), and RefreshSession and Logout then read it from that cookie, not
+    from their `refresh_token` (which must be empty). The cookie is set by a `set-cookie` header of the
+    response (initial metadata, which the edge's gRPC-web filter passes to the browser as an HTTP header):
+
+      __Secure-athena-refresh=<refresh token>; Path=/athena.auth.v1.AuthService/;
+        Max-Age=<seconds until refresh_token_expires_at>; HttpOnly; Secure; SameSite=Strict
+
+    so the browser sends it back only with this service's calls, only from the app's own site, only over
+    https or to localhost; Logout clears it (`Max-Age=0`). Clients that do not set the flag (services,
+    grpcurl) send and receive the refresh token in the messages, and no cookie is read for them.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -104,6 +130,19 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
     Access tokens are RS256 JWTs (15 minutes) sent as `authorization: Bearer <token>` metadata; refresh
     tokens are opaque, single-use and rotated on every RefreshSession. The login RPCs (ListProviders,
     BeginLogin, CompleteLogin, DevLogin, RefreshSession, Logout, GetJwks) need no access token.
+
+    Browsers keep the refresh token where no script in the page can read it. A sign-in, RefreshSession or
+    Logout request that sets `refresh_token_in_cookie` gets the refresh token as a cookie instead of in
+    `Session.refresh_token` (left empty), and RefreshSession and Logout then read it from that cookie, not
+    from their `refresh_token` (which must be empty). The cookie is set by a `set-cookie` header of the
+    response (initial metadata, which the edge's gRPC-web filter passes to the browser as an HTTP header):
+
+      __Secure-athena-refresh=<refresh token>; Path=/athena.auth.v1.AuthService/;
+        Max-Age=<seconds until refresh_token_expires_at>; HttpOnly; Secure; SameSite=Strict
+
+    so the browser sends it back only with this service's calls, only from the app's own site, only over
+    https or to localhost; Logout clears it (`Max-Age=0`). Clients that do not set the flag (services,
+    grpcurl) send and receive the refresh token in the messages, and no cookie is read for them.
     """
 
     @_abc_1.abstractmethod

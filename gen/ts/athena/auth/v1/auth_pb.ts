@@ -13,7 +13,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file athena/auth/v1/auth.proto.
  */
 export const file_athena_auth_v1_auth: GenFile = /*@__PURE__*/
-  fileDesc("ChlhdGhlbmEvYXV0aC92MS9hdXRoLnByb3RvEg5hdGhlbmEuYXV0aC52MSIsCghQcm92aWRlchIKCgJpZBgBIAEoCRIUCgxkaXNwbGF5X25hbWUYAiABKAkiZwoEVXNlchIKCgJpZBgBIAEoCRINCgVlbWFpbBgCIAEoCRIUCgxkaXNwbGF5X25hbWUYAyABKAkSLgoKY3JlYXRlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAi1QEKB1Nlc3Npb24SFAoMYWNjZXNzX3Rva2VuGAEgASgJEjsKF2FjY2Vzc190b2tlbl9leHBpcmVzX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIVCg1yZWZyZXNoX3Rva2VuGAMgASgJEjwKGHJlZnJlc2hfdG9rZW5fZXhwaXJlc19hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASIgoEdXNlchgFIAEoCzIULmF0aGVuYS5hdXRoLnYxLlVzZXIiTwoDSndrEgsKA2t0eRgBIAEoCRILCgNraWQYAiABKAkSCwoDdXNlGAMgASgJEgsKA2FsZxgEIAEoCRIJCgFuGAUgASgJEgkKAWUYBiABKAkiFgoUTGlzdFByb3ZpZGVyc1JlcXVlc3QiRAoVTGlzdFByb3ZpZGVyc1Jlc3BvbnNlEisKCXByb3ZpZGVycxgBIAMoCzIYLmF0aGVuYS5hdXRoLnYxLlByb3ZpZGVyIlIKEUJlZ2luTG9naW5SZXF1ZXN0EhsKCHByb3ZpZGVyGAEgASgJQgm6SAZyBBABGEASIAoMcmVkaXJlY3RfdXJpGAIgASgJQgq6SAdyBRABGIAQIj4KEkJlZ2luTG9naW5SZXNwb25zZRIZChFhdXRob3JpemF0aW9uX3VybBgBIAEoCRINCgVzdGF0ZRgCIAEoCSJHChRDb21wbGV0ZUxvZ2luUmVxdWVzdBIVCgVzdGF0ZRgBIAEoCUIGukgDyAEBEhgKBGNvZGUYAiABKAlCCrpIB3IFEAEYgCAiQQoVQ29tcGxldGVMb2dpblJlc3BvbnNlEigKB3Nlc3Npb24YASABKAsyFy5hdGhlbmEuYXV0aC52MS5TZXNzaW9uIkwKD0RldkxvZ2luUmVxdWVzdBIZCgVlbWFpbBgBIAEoCUIKukgHcgUQARj+ARIeCgxkaXNwbGF5X25hbWUYAiABKAlCCLpIBXIDGMgBIjwKEERldkxvZ2luUmVzcG9uc2USKAoHc2Vzc2lvbhgBIAEoCzIXLmF0aGVuYS5hdXRoLnYxLlNlc3Npb24iNgoVUmVmcmVzaFNlc3Npb25SZXF1ZXN0Eh0KDXJlZnJlc2hfdG9rZW4YASABKAlCBrpIA8gBASJCChZSZWZyZXNoU2Vzc2lvblJlc3BvbnNlEigKB3Nlc3Npb24YASABKAsyFy5hdGhlbmEuYXV0aC52MS5TZXNzaW9uIi4KDUxvZ291dFJlcXVlc3QSHQoNcmVmcmVzaF90b2tlbhgBIAEoCUIGukgDyAEBIhAKDkxvZ291dFJlc3BvbnNlIhoKGFJldm9rZUFsbFNlc3Npb25zUmVxdWVzdCI1ChlSZXZva2VBbGxTZXNzaW9uc1Jlc3BvbnNlEhgKEHJldm9rZWRfc2Vzc2lvbnMYASABKAUiEAoOR2V0Sndrc1JlcXVlc3QiNAoPR2V0Sndrc1Jlc3BvbnNlEiEKBGtleXMYASADKAsyEy5hdGhlbmEuYXV0aC52MS5Kd2syzQUKC0F1dGhTZXJ2aWNlElwKDUxpc3RQcm92aWRlcnMSJC5hdGhlbmEuYXV0aC52MS5MaXN0UHJvdmlkZXJzUmVxdWVzdBolLmF0aGVuYS5hdXRoLnYxLkxpc3RQcm92aWRlcnNSZXNwb25zZRJTCgpCZWdpbkxvZ2luEiEuYXRoZW5hLmF1dGgudjEuQmVnaW5Mb2dpblJlcXVlc3QaIi5hdGhlbmEuYXV0aC52MS5CZWdpbkxvZ2luUmVzcG9uc2USXAoNQ29tcGxldGVMb2dpbhIkLmF0aGVuYS5hdXRoLnYxLkNvbXBsZXRlTG9naW5SZXF1ZXN0GiUuYXRoZW5hLmF1dGgudjEuQ29tcGxldGVMb2dpblJlc3BvbnNlEk0KCERldkxvZ2luEh8uYXRoZW5hLmF1dGgudjEuRGV2TG9naW5SZXF1ZXN0GiAuYXRoZW5hLmF1dGgudjEuRGV2TG9naW5SZXNwb25zZRJfCg5SZWZyZXNoU2Vzc2lvbhIlLmF0aGVuYS5hdXRoLnYxLlJlZnJlc2hTZXNzaW9uUmVxdWVzdBomLmF0aGVuYS5hdXRoLnYxLlJlZnJlc2hTZXNzaW9uUmVzcG9uc2USRwoGTG9nb3V0Eh0uYXRoZW5hLmF1dGgudjEuTG9nb3V0UmVxdWVzdBoeLmF0aGVuYS5hdXRoLnYxLkxvZ291dFJlc3BvbnNlEmgKEVJldm9rZUFsbFNlc3Npb25zEiguYXRoZW5hLmF1dGgudjEuUmV2b2tlQWxsU2Vzc2lvbnNSZXF1ZXN0GikuYXRoZW5hLmF1dGgudjEuUmV2b2tlQWxsU2Vzc2lvbnNSZXNwb25zZRJKCgdHZXRKd2tzEh4uYXRoZW5hLmF1dGgudjEuR2V0Sndrc1JlcXVlc3QaHy5hdGhlbmEuYXV0aC52MS5HZXRKd2tzUmVzcG9uc2ViBnByb3RvMw", [file_buf_validate_validate, file_google_protobuf_timestamp]);
+  fileDesc("ChlhdGhlbmEvYXV0aC92MS9hdXRoLnByb3RvEg5hdGhlbmEuYXV0aC52MSIsCghQcm92aWRlchIKCgJpZBgBIAEoCRIUCgxkaXNwbGF5X25hbWUYAiABKAkiZwoEVXNlchIKCgJpZBgBIAEoCRINCgVlbWFpbBgCIAEoCRIUCgxkaXNwbGF5X25hbWUYAyABKAkSLgoKY3JlYXRlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAi1QEKB1Nlc3Npb24SFAoMYWNjZXNzX3Rva2VuGAEgASgJEjsKF2FjY2Vzc190b2tlbl9leHBpcmVzX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIVCg1yZWZyZXNoX3Rva2VuGAMgASgJEjwKGHJlZnJlc2hfdG9rZW5fZXhwaXJlc19hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASIgoEdXNlchgFIAEoCzIULmF0aGVuYS5hdXRoLnYxLlVzZXIiTwoDSndrEgsKA2t0eRgBIAEoCRILCgNraWQYAiABKAkSCwoDdXNlGAMgASgJEgsKA2FsZxgEIAEoCRIJCgFuGAUgASgJEgkKAWUYBiABKAkiFgoUTGlzdFByb3ZpZGVyc1JlcXVlc3QiRAoVTGlzdFByb3ZpZGVyc1Jlc3BvbnNlEisKCXByb3ZpZGVycxgBIAMoCzIYLmF0aGVuYS5hdXRoLnYxLlByb3ZpZGVyIlIKEUJlZ2luTG9naW5SZXF1ZXN0EhsKCHByb3ZpZGVyGAEgASgJQgm6SAZyBBABGEASIAoMcmVkaXJlY3RfdXJpGAIgASgJQgq6SAdyBRABGIAQIj4KEkJlZ2luTG9naW5SZXNwb25zZRIZChFhdXRob3JpemF0aW9uX3VybBgBIAEoCRINCgVzdGF0ZRgCIAEoCSJoChRDb21wbGV0ZUxvZ2luUmVxdWVzdBIVCgVzdGF0ZRgBIAEoCUIGukgDyAEBEhgKBGNvZGUYAiABKAlCCrpIB3IFEAEYgCASHwoXcmVmcmVzaF90b2tlbl9pbl9jb29raWUYAyABKAgiQQoVQ29tcGxldGVMb2dpblJlc3BvbnNlEigKB3Nlc3Npb24YASABKAsyFy5hdGhlbmEuYXV0aC52MS5TZXNzaW9uIm0KD0RldkxvZ2luUmVxdWVzdBIZCgVlbWFpbBgBIAEoCUIKukgHcgUQARj+ARIeCgxkaXNwbGF5X25hbWUYAiABKAlCCLpIBXIDGMgBEh8KF3JlZnJlc2hfdG9rZW5faW5fY29va2llGAMgASgIIjwKEERldkxvZ2luUmVzcG9uc2USKAoHc2Vzc2lvbhgBIAEoCzIXLmF0aGVuYS5hdXRoLnYxLlNlc3Npb24i9gIKFVJlZnJlc2hTZXNzaW9uUmVxdWVzdBIVCg1yZWZyZXNoX3Rva2VuGAEgASgJEh8KF3JlZnJlc2hfdG9rZW5faW5fY29va2llGAIgASgIOqQCukigAhp0ChZyZWZyZXNoX3Rva2VuLnJlcXVpcmVkEiByZWZyZXNoX3Rva2VuOiB2YWx1ZSBpcyByZXF1aXJlZBo4dGhpcy5yZWZyZXNoX3Rva2VuX2luX2Nvb2tpZSB8fCB0aGlzLnJlZnJlc2hfdG9rZW4gIT0gJycapwEKF3JlZnJlc2hfdG9rZW4uaW5fY29va2llElFyZWZyZXNoX3Rva2VuOiBtdXN0IGJlIGVtcHR5IHdpdGggcmVmcmVzaF90b2tlbl9pbl9jb29raWUgKHRoZSBjb29raWUgY2FycmllcyBpdCkaOSF0aGlzLnJlZnJlc2hfdG9rZW5faW5fY29va2llIHx8IHRoaXMucmVmcmVzaF90b2tlbiA9PSAnJyJCChZSZWZyZXNoU2Vzc2lvblJlc3BvbnNlEigKB3Nlc3Npb24YASABKAsyFy5hdGhlbmEuYXV0aC52MS5TZXNzaW9uIu4CCg1Mb2dvdXRSZXF1ZXN0EhUKDXJlZnJlc2hfdG9rZW4YASABKAkSHwoXcmVmcmVzaF90b2tlbl9pbl9jb29raWUYAiABKAg6pAK6SKACGnQKFnJlZnJlc2hfdG9rZW4ucmVxdWlyZWQSIHJlZnJlc2hfdG9rZW46IHZhbHVlIGlzIHJlcXVpcmVkGjh0aGlzLnJlZnJlc2hfdG9rZW5faW5fY29va2llIHx8IHRoaXMucmVmcmVzaF90b2tlbiAhPSAnJxqnAQoXcmVmcmVzaF90b2tlbi5pbl9jb29raWUSUXJlZnJlc2hfdG9rZW46IG11c3QgYmUgZW1wdHkgd2l0aCByZWZyZXNoX3Rva2VuX2luX2Nvb2tpZSAodGhlIGNvb2tpZSBjYXJyaWVzIGl0KRo5IXRoaXMucmVmcmVzaF90b2tlbl9pbl9jb29raWUgfHwgdGhpcy5yZWZyZXNoX3Rva2VuID09ICcnIhAKDkxvZ291dFJlc3BvbnNlIhoKGFJldm9rZUFsbFNlc3Npb25zUmVxdWVzdCI1ChlSZXZva2VBbGxTZXNzaW9uc1Jlc3BvbnNlEhgKEHJldm9rZWRfc2Vzc2lvbnMYASABKAUiEAoOR2V0Sndrc1JlcXVlc3QiNAoPR2V0Sndrc1Jlc3BvbnNlEiEKBGtleXMYASADKAsyEy5hdGhlbmEuYXV0aC52MS5Kd2syzQUKC0F1dGhTZXJ2aWNlElwKDUxpc3RQcm92aWRlcnMSJC5hdGhlbmEuYXV0aC52MS5MaXN0UHJvdmlkZXJzUmVxdWVzdBolLmF0aGVuYS5hdXRoLnYxLkxpc3RQcm92aWRlcnNSZXNwb25zZRJTCgpCZWdpbkxvZ2luEiEuYXRoZW5hLmF1dGgudjEuQmVnaW5Mb2dpblJlcXVlc3QaIi5hdGhlbmEuYXV0aC52MS5CZWdpbkxvZ2luUmVzcG9uc2USXAoNQ29tcGxldGVMb2dpbhIkLmF0aGVuYS5hdXRoLnYxLkNvbXBsZXRlTG9naW5SZXF1ZXN0GiUuYXRoZW5hLmF1dGgudjEuQ29tcGxldGVMb2dpblJlc3BvbnNlEk0KCERldkxvZ2luEh8uYXRoZW5hLmF1dGgudjEuRGV2TG9naW5SZXF1ZXN0GiAuYXRoZW5hLmF1dGgudjEuRGV2TG9naW5SZXNwb25zZRJfCg5SZWZyZXNoU2Vzc2lvbhIlLmF0aGVuYS5hdXRoLnYxLlJlZnJlc2hTZXNzaW9uUmVxdWVzdBomLmF0aGVuYS5hdXRoLnYxLlJlZnJlc2hTZXNzaW9uUmVzcG9uc2USRwoGTG9nb3V0Eh0uYXRoZW5hLmF1dGgudjEuTG9nb3V0UmVxdWVzdBoeLmF0aGVuYS5hdXRoLnYxLkxvZ291dFJlc3BvbnNlEmgKEVJldm9rZUFsbFNlc3Npb25zEiguYXRoZW5hLmF1dGgudjEuUmV2b2tlQWxsU2Vzc2lvbnNSZXF1ZXN0GikuYXRoZW5hLmF1dGgudjEuUmV2b2tlQWxsU2Vzc2lvbnNSZXNwb25zZRJKCgdHZXRKd2tzEh4uYXRoZW5hLmF1dGgudjEuR2V0Sndrc1JlcXVlc3QaHy5hdGhlbmEuYXV0aC52MS5HZXRKd2tzUmVzcG9uc2ViBnByb3RvMw", [file_buf_validate_validate, file_google_protobuf_timestamp]);
 
 /**
  * An identity provider a person can sign in with.
@@ -106,7 +106,8 @@ export type Session = Message<"athena.auth.v1.Session"> & {
   accessTokenExpiresAt?: Timestamp | undefined;
 
   /**
-   * Opaque single-use token for RefreshSession. Store it like a password.
+   * Opaque single-use token for RefreshSession. Store it like a password. Empty when the request asked
+   * for it as a cookie (`refresh_token_in_cookie`).
    *
    * @generated from field: string refresh_token = 3;
    */
@@ -301,6 +302,13 @@ export type CompleteLoginRequest = Message<"athena.auth.v1.CompleteLoginRequest"
    * @generated from field: string code = 2;
    */
   code: string;
+
+  /**
+   * Deliver the new session's refresh token as the HttpOnly cookie (see AuthService), not in the answer.
+   *
+   * @generated from field: bool refresh_token_in_cookie = 3;
+   */
+  refreshTokenInCookie: boolean;
 };
 
 /**
@@ -350,6 +358,13 @@ export type DevLoginRequest = Message<"athena.auth.v1.DevLoginRequest"> & {
    * @generated from field: string display_name = 2;
    */
   displayName: string;
+
+  /**
+   * Deliver the new session's refresh token as the HttpOnly cookie (see AuthService), not in the answer.
+   *
+   * @generated from field: bool refresh_token_in_cookie = 3;
+   */
+  refreshTokenInCookie: boolean;
 };
 
 /**
@@ -387,11 +402,20 @@ export const DevLoginResponseSchema: GenMessage<DevLoginResponse> = /*@__PURE__*
  */
 export type RefreshSessionRequest = Message<"athena.auth.v1.RefreshSessionRequest"> & {
   /**
-   * The refresh token of the current session; spent by this call.
+   * The refresh token of the current session; spent by this call. Required unless
+   * `refresh_token_in_cookie` is set, and then empty.
    *
    * @generated from field: string refresh_token = 1;
    */
   refreshToken: string;
+
+  /**
+   * The refresh token is the cookie this request carries (see AuthService), and the new one is delivered
+   * the same way.
+   *
+   * @generated from field: bool refresh_token_in_cookie = 2;
+   */
+  refreshTokenInCookie: boolean;
 };
 
 /**
@@ -429,11 +453,20 @@ export const RefreshSessionResponseSchema: GenMessage<RefreshSessionResponse> = 
  */
 export type LogoutRequest = Message<"athena.auth.v1.LogoutRequest"> & {
   /**
-   * The refresh token of the session to end.
+   * The refresh token of the session to end. Required unless `refresh_token_in_cookie` is set, and then
+   * empty.
    *
    * @generated from field: string refresh_token = 1;
    */
   refreshToken: string;
+
+  /**
+   * The refresh token is the cookie this request carries (see AuthService); the answer clears it, whether
+   * or not the request carried one.
+   *
+   * @generated from field: bool refresh_token_in_cookie = 2;
+   */
+  refreshTokenInCookie: boolean;
 };
 
 /**
@@ -536,6 +569,19 @@ export const GetJwksResponseSchema: GenMessage<GetJwksResponse> = /*@__PURE__*/
  * Access tokens are RS256 JWTs (15 minutes) sent as `authorization: Bearer <token>` metadata; refresh
  * tokens are opaque, single-use and rotated on every RefreshSession. The login RPCs (ListProviders,
  * BeginLogin, CompleteLogin, DevLogin, RefreshSession, Logout, GetJwks) need no access token.
+ *
+ * Browsers keep the refresh token where no script in the page can read it. A sign-in, RefreshSession or
+ * Logout request that sets `refresh_token_in_cookie` gets the refresh token as a cookie instead of in
+ * `Session.refresh_token` (left empty), and RefreshSession and Logout then read it from that cookie, not
+ * from their `refresh_token` (which must be empty). The cookie is set by a `set-cookie` header of the
+ * response (initial metadata, which the edge's gRPC-web filter passes to the browser as an HTTP header):
+ *
+ *   __Secure-athena-refresh=<refresh token>; Path=/athena.auth.v1.AuthService/;
+ *     Max-Age=<seconds until refresh_token_expires_at>; HttpOnly; Secure; SameSite=Strict
+ *
+ * so the browser sends it back only with this service's calls, only from the app's own site, only over
+ * https or to localhost; Logout clears it (`Max-Age=0`). Clients that do not set the flag (services,
+ * grpcurl) send and receive the refresh token in the messages, and no cookie is read for them.
  *
  * @generated from service athena.auth.v1.AuthService
  */
