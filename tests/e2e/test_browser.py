@@ -714,6 +714,32 @@ def test_a_sign_out_the_server_did_not_hear_is_finished_on_the_next_visit(tab: T
     assert [error for error in tab.errors if "net::ERR_FAILED" not in error] == []
 
 
+def test_an_answer_cut_off_mid_stream_says_the_message_is_kept(tab: Tab) -> None:
+    """Issue 12: when the router dies mid-answer, Envoy can only cut the stream (no status follows what
+    was sent). The page says what happened in words: the message is kept, and its text is back in the
+    box for sending again."""
+    page = tab.page
+    tab.sign_in()
+
+    def cut_after_the_first_event(route: Route) -> None:
+        response = route.fetch()
+        body = response.body()
+        length = struct.unpack(">I", body[1:5])[0]
+        headers = {k: v for k, v in response.headers.items() if k.lower() != "content-length"}
+        route.fulfill(status=200, headers=headers, body=body[: 5 + length])  # no trailer frame follows
+
+    page.route(f"**{CHAT_PATH}", cut_after_the_first_event, times=1)
+    tab.send("What do you know about me?")
+    answer = page.locator(".message.assistant").last
+    expect(answer).to_have_class(re.compile(r"\bfailed\b"))
+    expect(answer.locator(".message-error")).to_have_text(
+        "The answer stopped: the connection was lost. Your message is kept — send it again for an answer."
+    )
+    expect(page.get_by_label("Message", exact=True)).to_have_value("What do you know about me?")
+    expect(page.get_by_role("alert")).to_be_hidden()
+    assert tab.errors == []
+
+
 def test_a_stopped_mesh_shows_a_clear_error(tab: Tab, stack: Stack) -> None:
     """Last: it stops the module's mesh."""
     page = tab.page

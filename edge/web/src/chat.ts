@@ -14,7 +14,7 @@ import {
 } from "../../../gen/ts/athena/chat/v1/chat_pb";
 import type { AgentPicker } from "./agents";
 import type { Api } from "./api";
-import { describeError, SignedOutError } from "./errors";
+import { CUT_OFF, describeError, isCutOff, SignedOutError } from "./errors";
 import { el } from "./dom";
 import { maxLength } from "./rules";
 
@@ -244,6 +244,7 @@ export class ChatView {
     answer.element.setAttribute("aria-busy", "true");
     this.log.append(answer.element);
     this.scroll();
+    let started = false;
     let completed = false;
     try {
       const stream = this.api.chat.chat({
@@ -253,13 +254,21 @@ export class ChatView {
         clientRequestId: crypto.randomUUID(),
       });
       for await (const response of stream) {
+        started = true;
         completed ||= this.apply(answer, response);
         this.scroll();
       }
       if (!completed) {
-        answer.fail("the connection closed early");
+        answer.fail(CUT_OFF);
+        this.giveBack(text);
       }
     } catch (error) {
+      if (started && isCutOff(error)) {
+        // The message was stored before the first event; the answer may not have been.
+        answer.fail(CUT_OFF);
+        this.giveBack(text);
+        return;
+      }
       if (!(error instanceof SignedOutError)) {
         answer.fail(describeError(error));
         if (!this.conversationId) {

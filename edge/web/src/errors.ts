@@ -21,6 +21,18 @@ export function isUnreachable(error: unknown): boolean {
   return error.code === Code.Unavailable || (error.code === Code.Unknown && error.cause instanceof TypeError);
 }
 
+/** Why an answer that had begun stopped when its stream was cut (the edge or a service went away). */
+export const CUT_OFF = "the connection was lost. Your message is kept — send it again for an answer.";
+
+/** Whether a stream that had begun was cut rather than ended by a status of ours: the network or a
+ * service went away (an HTTP/2 reset reaches the page as a failed read, or as Internal or Unknown). */
+export function isCutOff(error: unknown): boolean {
+  if (isUnreachable(error)) {
+    return true;
+  }
+  return error instanceof ConnectError && (error.code === Code.Internal || error.code === Code.Unknown);
+}
+
 /** Seconds until a rate-limited call may succeed: the `retry-after` trailer, else a number in the text. */
 export function retryAfterSeconds(error: ConnectError): number | undefined {
   const header = Number.parseFloat(error.metadata.get("retry-after") ?? "");
