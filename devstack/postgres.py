@@ -121,16 +121,21 @@ class EmbeddedPostgres:
 
     def start(self, timeout: float = 60.0) -> None:
         self._initdb()
+        self.spawn()
+        self.process.wait_ready(self.accepting, timeout)
+        self._bootstrap()
+
+    def spawn(self) -> None:
+        """Start the server process on an initialised cluster (also a restart after it was killed: the lock
+        file it left is removed, and the server recovers from its write-ahead log)."""
         self._socket_dir.mkdir(parents=True, exist_ok=True)
         _own(self._socket_dir, self._user)
         stale = self.data_dir / "postmaster.pid"
         if stale.exists() and not _pid_alive(stale):
             stale.unlink()
         self.process.start()
-        self.process.wait_ready(self._accepting, timeout)
-        self._bootstrap()
 
-    def _accepting(self) -> bool:
+    def accepting(self) -> bool:
         result = subprocess.run(
             [str(_bin("pg_isready")), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-q"],
             check=False,
