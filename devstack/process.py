@@ -42,7 +42,6 @@ class ManagedProcess:
     log_path: Path
     env: Mapping[str, str] | None = None
     cwd: Path | None = None
-    user: str | None = None
     stop_signal: int = signal.SIGTERM
     stop_timeout: float = 15.0
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
@@ -60,7 +59,6 @@ class ManagedProcess:
             stderr=subprocess.STDOUT,
             env=dict(self.env) if self.env is not None else None,
             cwd=self.cwd,
-            user=self.user,
             start_new_session=True,  # Ctrl-C in the terminal reaches the launcher only; it stops us in order
         )
 
