@@ -250,8 +250,12 @@ class FaultResult:
     """Answers whose MessageCompleted a client saw in this phase (each checked)."""
     duplicate_user_messages: int
     """Extra copies of a user message stored for one client_request_id (idempotency broken)."""
+    duplicate_answers: int
+    """Extra complete answers stored for one turn (a retry answered again what was already answered)."""
     failed_answers_stored: int
     """Interrupted attempts whose partial answer was stored, marked failed (the mesh's contract)."""
+    interrupted_answers_stored_complete: int
+    """Interrupted attempts whose answer was stored complete although the client was never told."""
     interrupted_answers_unrecorded: int
     """Interrupted attempts of which no answer record exists at all (not a loss: never acknowledged)."""
     supervisor: list[str]
@@ -290,8 +294,13 @@ def analyse(
         turns.setdefault(attempt.turn, []).append(attempt)
     phase_turns = {turn: tries for turn, tries in turns.items() if during(tries[0].ended)}
     interrupted = [a for a in failed if a.call == "Chat" and a.seen_started is not None]
-    stored_failed = [
-        a for a in interrupted if (m := stored.get(a.assistant_message_id)) and m.status == "failed"
+
+    def status(answer_id: str) -> str | None:
+        message = stored.get(answer_id)
+        return None if message is None else message.status
+
+    answers_of_turns = [
+        {a.assistant_message_id for a in tries if a.assistant_message_id} for tries in phase_turns.values()
     ]
     return FaultResult(
         fault=phase.fault.name if phase.fault else "none (baseline)",
@@ -322,8 +331,15 @@ def analyse(
         user_messages_acknowledged=len({a.user_message_id for a in attempts if during(a.seen_started)}),
         answers_acknowledged=len({a.answer_id for a in attempts if during(a.seen_completed)}),
         duplicate_user_messages=sum(max(0, user_copies[turn] - 1) for turn in phase_turns),
-        failed_answers_stored=len(stored_failed),
-        interrupted_answers_unrecorded=sum(1 for a in interrupted if a.assistant_message_id not in stored),
+        duplicate_answers=sum(
+            max(0, sum(1 for answer in answers if status(answer) == "complete") - 1)
+            for answers in answers_of_turns
+        ),
+        failed_answers_stored=sum(1 for a in interrupted if status(a.assistant_message_id) == "failed"),
+        interrupted_answers_stored_complete=sum(
+            1 for a in interrupted if status(a.assistant_message_id) == "complete"
+        ),
+        interrupted_answers_unrecorded=sum(1 for a in interrupted if status(a.assistant_message_id) is None),
         supervisor=[f"+{moment - origin:.1f} s {what}" for moment, what in supervisor if during(moment)],
         reproduce=reproduce,
     )
@@ -812,8 +828,10 @@ def markdown(report: dict[str, object]) -> str:
             f"{r.answers_stored_different}) |",
             f"| acknowledged to clients, all checked: user messages / answers | "
             f"{r.user_messages_acknowledged} / {r.answers_acknowledged} |",
-            f"| duplicate user messages stored | {r.duplicate_user_messages} |",
-            f"| interrupted answers stored as failed / not recorded at all | {r.failed_answers_stored} / "
+            f"| duplicates stored: user messages / answers to one turn | {r.duplicate_user_messages} / "
+            f"{r.duplicate_answers} |",
+            f"| interrupted answers stored as failed / stored complete, client not told / not recorded | "
+            f"{r.failed_answers_stored} / {r.interrupted_answers_stored_complete} / "
             f"{r.interrupted_answers_unrecorded} |",
         ]
         if r.client_saw:

@@ -133,7 +133,8 @@ def test_a_phase_reports_what_clients_saw_recovery_loss_and_idempotency() -> Non
     assert (result.first_failure_s, result.last_failure_s, result.part_back_s) == (0.0, 0.6, 2.0)
     assert result.streams_interrupted == 1
     assert result.failed_answers_stored == 1
-    assert result.interrupted_answers_unrecorded == 0
+    assert (result.interrupted_answers_stored_complete, result.interrupted_answers_unrecorded) == (0, 0)
+    assert result.duplicate_answers == 0
     assert (result.turns_retried, result.turns_given_up, result.turns_completed) == (1, 0, 3)
     # u3 was acknowledged but is not stored; its answer was never acknowledged.
     assert (result.user_messages_lost, result.answers_lost, result.persisted_messages_lost) == (1, 0, 1)
@@ -162,6 +163,23 @@ def test_a_turn_that_never_completed_is_given_up_and_not_recovered() -> None:
     assert "not recovered" in markdown(
         {"command": "", "commit": "", "date": "", "machine": {}, "load": "", "faults": [asdict(result)]}
     )
+
+
+def test_an_answer_stored_but_never_acknowledged_and_answered_again_is_a_duplicate() -> None:
+    phase = Phase(ORCHESTRATOR, began=0.0, ended=100.0, injected=1.0)
+    seen = {"seen_started": 0.5, "user_message_id": "u1"}
+    attempts = [
+        failed(0.0, 1.0, assistant_message_id="m1", deltas=60, **seen),  # stored, then the stream broke
+        ok(1.5, 3.0, assistant_message_id="m2", answer_id="m2", answer="x", seen_completed=3.0, **seen),
+    ]
+    stored = {
+        "u1": StoredMessage("u1", "user", "q (a-1)", "complete"),
+        "m1": StoredMessage("m1", "assistant", "x", "complete"),
+        "m2": StoredMessage("m2", "assistant", "x", "complete"),
+    }
+    result = analyse(phase, attempts, stored, Counter({"a-1": 1}), [], "", 5.0)
+    assert result.persisted_messages_lost == 0
+    assert (result.interrupted_answers_stored_complete, result.duplicate_answers) == (1, 1)
 
 
 def test_turn_ids_round_trip_through_the_message_text() -> None:
