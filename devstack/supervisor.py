@@ -226,19 +226,31 @@ class Supervisor:
                 f"restarting in {delay:g} s",
                 logging.WARNING,
             )
-            if self._pause(supervised, delay):
+            if self._restart(supervised, delay):
+                self._await_ready(supervised, self._clock())
+            else:
                 return
+
+    def _restart(self, supervised: _Supervised, delay: float) -> bool:
+        """Restart the part after `delay` (again, backing off, while it cannot even be started); False
+        when it was stopped on purpose meanwhile."""
+        while not self._pause(supervised, delay):
             with self._changed:
                 if self._interrupted(supervised):
-                    return
-                supervised.part.spawn()
+                    return False
                 supervised.backoff.started()
                 supervised.restarts += 1
-                restarted_at = self._clock()
-                self._record(
-                    supervised, "restarted", f"restarted (pid {process.pid}, restart {supervised.restarts})"
-                )
-            self._await_ready(supervised, restarted_at)
+                try:
+                    supervised.part.spawn()
+                except OSError as error:
+                    delay = supervised.backoff.next_delay()
+                    message = f"could not be restarted ({error}); trying again in {delay:g} s"
+                    self._record(supervised, "exited", message, logging.ERROR)
+                    continue
+                pid = supervised.part.process.pid
+                self._record(supervised, "restarted", f"restarted (pid {pid}, restart {supervised.restarts})")
+                return True
+        return False
 
     def _await_ready(self, supervised: _Supervised, since: float) -> None:
         """Readiness after a restart is checked the way it is at start; an exit is left to `_watch`."""

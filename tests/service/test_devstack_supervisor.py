@@ -10,6 +10,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -87,6 +88,29 @@ def test_a_crash_looping_process_backs_off_and_keeps_being_restarted(
     assert all("with exit code 3" in message for message in exits)
     delays = [message.rsplit("restarting in ", 1)[1] for message in exits[:5]]
     assert delays == ["0.01 s", "0.02 s", "0.04 s", "0.04 s", "0.04 s"]
+
+
+def test_a_process_that_cannot_even_be_started_again_is_retried_with_backoff(
+    supervisor: Supervisor, tmp_path: Path
+) -> None:
+    sleeper = part(tmp_path, "sleeper", ["sleep", "60"])
+    attempts = []
+
+    def spawn() -> None:
+        attempts.append(time.monotonic())
+        if len(attempts) == 1:
+            raise FileNotFoundError("no such file: sleep")
+        sleeper.process.start()
+
+    supervisor.watch(replace(sleeper, spawn=spawn))
+    os.kill(sleeper.process.pid, signal.SIGKILL)
+    until(lambda: "ready" in kinds(supervisor, "sleeper"))
+    supervisor.stop()
+    sleeper.process.stop()
+    assert kinds(supervisor, "sleeper") == ["exited", "exited", "restarted", "ready"]
+    assert (
+        "could not be restarted (no such file: sleep); trying again in 0.02 s" in supervisor.events[1].message
+    )
 
 
 def test_a_process_stopped_on_purpose_stays_down_until_started_again(
