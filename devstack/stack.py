@@ -4,7 +4,11 @@
     Valkey ──────────────┼─> auth ─> memory ─> orchestrator ─> router ─> Envoy (edge)
     offline model ───────┘
 
-Used by `make run` (`python -m devstack`) and by the end-to-end tests, so both start the same thing.
+Once every part is ready, a `Supervisor` restarts any that exits unexpectedly, with kubelet-like backoff
+(`devstack/supervisor.py`); `stop` tells it first, so a deliberate stop is never undone.
+
+Used by `make run` (`python -m devstack`), the end-to-end tests and the benchmarks (`bench.chaos` kills
+parts of it), so all start the same thing.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from devstack.postgres import EmbeddedPostgres
 from devstack.process import ManagedProcess, StartupError
+from devstack.supervisor import Part, RestartPolicy, Supervisor
 from devstack.valkey import EmbeddedValkey
 
 log = logging.getLogger(__name__)
@@ -64,6 +69,8 @@ class StackConfig:
     offline_delay_ms: int = 20
     extra_env: dict[str, str] = field(default_factory=dict)
     """Additional variables for every service (tests shorten token lifetimes this way)."""
+    restart_policy: RestartPolicy = field(default_factory=RestartPolicy)
+    """How soon a part that exits unexpectedly is restarted."""
 
     @classmethod
     def from_environment(cls, data_dir: Path) -> StackConfig:
@@ -120,6 +127,9 @@ class Stack:
         self._postgres: EmbeddedPostgres | None = None
         self._valkey: EmbeddedValkey | None = None
         self._processes: list[ManagedProcess] = []
+        self._parts: list[Part] = []
+        """Every part with its readiness check, in start order (what the supervisor watches)."""
+        self.supervisor = Supervisor(config.restart_policy)
         self.database_url = config.database_url or ""
         self.redis_url = config.redis_url or ""
 
@@ -184,9 +194,12 @@ class Stack:
                 env["OPENAI_BASE_URL"] = self.config.openai_base_url
         return env
 
-    def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> ManagedProcess:
+    def _spawn(
+        self, name: str, argv: list[str], env: dict[str, str], ready: Callable[[], bool]
+    ) -> ManagedProcess:
         process = ManagedProcess(name=name, argv=argv, log_path=self.logs / f"{name}.log", env=env, cwd=ROOT)
         self._processes.append(process)
+        self._parts.append(Part(name, process, ready, process.start))
         process.start()
         return process
 
@@ -194,7 +207,27 @@ class Stack:
         process.wait_ready(ready, timeout=90)
         log.info("%s ready", process.name)
 
+    @property
+    def part_names(self) -> list[str]:
+        """The parts this stack runs, in start order: `postgres`, `valkey` (unless external), `offline-model`
+        (without an API key), `auth`, `memory`, `orchestrator`, `router`, `envoy`."""
+        return [part.name for part in self._parts]
+
+    def process(self, name: str) -> ManagedProcess:
+        """The running process of a part (its pid changes when the supervisor restarts it)."""
+        return next(part.process for part in self._parts if part.name == name)
+
+    def stop_part(self, name: str) -> None:
+        """Stop one part on purpose, as an operator would: the supervisor leaves it down."""
+        self.supervisor.stop_part(name)
+
+    def start_part(self, name: str) -> None:
+        """Start a part stopped with `stop_part` again; returns once it is ready (or could not be)."""
+        self.supervisor.start_part(name)
+
     def start(self) -> None:
+        self._parts = []
+        self.supervisor = Supervisor(self.config.restart_policy)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(exist_ok=True)
         p = self.config.ports
@@ -204,10 +237,16 @@ class Stack:
                     self.data_dir / "postgres", p.postgres, self.logs / "postgres.log"
                 )
                 self._postgres.start()
+                self._parts.append(
+                    Part("postgres", self._postgres.process, self._postgres.accepting, self._postgres.spawn)
+                )
                 self.database_url = self._postgres.url
             if not self.redis_url:
                 self._valkey = EmbeddedValkey(p.valkey, self.logs / "valkey.log")
                 self._valkey.start()
+                self._parts.append(
+                    Part("valkey", self._valkey.process, self._valkey.accepting, self._valkey.process.start)
+                )
                 self.redis_url = self._valkey.url
             env = self._environment()
             python = sys.executable
@@ -221,21 +260,26 @@ class Stack:
                     "OFFLINE_MODEL_PORT": str(p.offline_model),
                     "ATHENA_OFFLINE_DELAY_MS": str(self.config.offline_delay_ms),
                 }
-                model = self._spawn("offline-model", [python, "-m", "offline_model"], model_env)
-                waiting.append((model, http_ok(f"http://127.0.0.1:{p.offline_model}/healthz")))
+                healthy = http_ok(f"http://127.0.0.1:{p.offline_model}/healthz")
+                model = self._spawn("offline-model", [python, "-m", "offline_model"], model_env, healthy)
+                waiting.append((model, healthy))
             for name, port, service in (
                 ("auth", p.auth, "athena.auth.v1.AuthService"),
                 ("memory", p.memory, "athena.memory.v1.MemoryService"),
                 ("orchestrator", p.orchestrator, "athena.orchestrator.v1.OrchestratorService"),
                 ("router", p.router, "athena.chat.v1.ChatService"),
             ):
-                waiting.append((self._spawn(name, [python, "-m", name], env), grpc_serving(port, service)))
+                serving = grpc_serving(port, service)
+                waiting.append((self._spawn(name, [python, "-m", name], env, serving), serving))
             for process, ready in waiting:
                 self._wait(process, ready)
             self._start_envoy()
         except BaseException:
             self.stop()
             raise
+        # Supervised once all are up: a part that dies while the stack starts fails the start, with its log.
+        for part in self._parts:
+            self.supervisor.watch(part)
 
     def _start_envoy(self) -> None:
         from edge.envoy_config import EdgeConfig, render
@@ -255,15 +299,19 @@ class Stack:
         path = self.data_dir / "envoy.json"
         path.write_text(json.dumps(render(config), indent=2))
         envoy = str(Path(sys.executable).parent / "envoy")
+        ready = http_ok(f"http://127.0.0.1:{p.envoy_admin}/ready")
         process = self._spawn(
             "envoy",
             [envoy, "-c", str(path), "--use-dynamic-base-id", "--log-level", "warn", "--drain-time-s", "5"],
             dict(os.environ),
+            ready,
         )
-        self._wait(process, http_ok(f"http://127.0.0.1:{p.envoy_admin}/ready"))
+        self._wait(process, ready)
 
     def stop(self) -> None:
-        """Reverse order: the edge first, so no new calls arrive while services drain."""
+        """Reverse order: the edge first, so no new calls arrive while services drain. The supervisor is
+        told first, so nothing stopped here is restarted."""
+        self.supervisor.stop()
         for process in reversed(self._processes):
             process.stop()
         self._processes.clear()

@@ -37,7 +37,10 @@ class EmbeddedValkey:
 
     def start(self, timeout: float = 30.0) -> None:
         self.process.start()
-        self.process.wait_ready(lambda: port_open(self.port), timeout)
+        self.process.wait_ready(self.accepting, timeout)
+
+    def accepting(self) -> bool:
+        return port_open(self.port)
 
     def stop(self) -> None:
         self.process.stop()

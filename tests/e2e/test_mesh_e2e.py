@@ -1,13 +1,16 @@
 """The whole mesh started like `make run` does (`python -m devstack`), used like its users use it:
-grpcurl through the edge, the browser's gRPC-web, native gRPC, and a restart that keeps the data."""
+grpcurl through the edge, the browser's gRPC-web, native gRPC, a service killed and restarted by the
+launcher, and a restart that keeps the data."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
@@ -47,10 +50,19 @@ class RunningMesh:
     ports: Ports
     data_dir: Path
     output: list[str]
+    """The launcher's output so far (read on as it comes)."""
 
     @property
     def edge(self) -> str:
         return f"127.0.0.1:{self.ports.edge}"
+
+    def child(self, module: str) -> psutil.Process:
+        """The running process of `python -m <module>` started by the launcher."""
+        for child in psutil.Process(self.process.pid).children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                if child.cmdline()[1:3] == ["-m", module]:
+                    return child
+        raise LookupError(module)
 
 
 def start_mesh(data_dir: Path, ports: Ports) -> RunningMesh:
@@ -76,6 +88,8 @@ def start_mesh(data_dir: Path, ports: Ports) -> RunningMesh:
     for line in process.stdout:
         output.append(line)
         if "AthenaOS is ready" in line:
+            # Read on, so the launcher never blocks on a full pipe and tests see what it says later.
+            threading.Thread(target=output.extend, args=(process.stdout,), daemon=True).start()
             return RunningMesh(process, ports, data_dir, output)
         if time.monotonic() > deadline:
             break
@@ -292,7 +306,41 @@ def test_handoff_calendar_and_the_stored_conversation(mesh: RunningMesh) -> None
     assert any(call.name == "handoff_to_nutrition" for call in assistant.tool_calls)
 
 
-# Last: it stops the module's mesh.
+def test_a_killed_service_is_restarted_by_the_launcher_and_serves_again(mesh: RunningMesh) -> None:
+    token = dev_login(mesh, "restart@example.com").access_token
+    memory = mesh.child("memory")
+    memory.send_signal(signal.SIGKILL)
+    killed = time.monotonic()
+
+    # Nothing is done by hand: within seconds a chat through the edge works again.
+    events: list[chat_pb2.ChatResponse] = []
+    refused: grpc.RpcError | None = None
+    while not events and time.monotonic() - killed < 20:
+        try:
+            events = chat(mesh, token, "athena", "are you back?")
+        except grpc.RpcError as error:
+            refused = error
+            time.sleep(0.2)
+    assert events, f"memory was not back within 20 s: {refused}"
+    assert answer(events)
+    assert mesh.child("memory").pid != memory.pid
+
+    def said(text: str) -> bool:
+        return any(text in line for line in mesh.output)
+
+    deadline = time.monotonic() + 10
+    while not said("memory ready again") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert said("memory exited unexpectedly with signal 9 (SIGKILL)"), "".join(mesh.output[-20:])
+    assert said("memory restarted (pid ")
+    assert said("memory ready again")
+    log = (mesh.data_dir / "logs" / "memory.log").read_text().splitlines()
+    logged = [json.loads(line)["message"] for line in log if line.startswith("{")]
+    assert any(m.startswith("devstack: memory exited unexpectedly with signal 9 (SIGKILL)") for m in logged)
+    assert any(m.startswith("devstack: memory restarted") for m in logged)
+
+
+# Last: it stops the module's mesh (a restarted service included: nothing may be left behind).
 def test_sigterm_leaves_nothing_behind_and_data_survives_a_restart(
     mesh: RunningMesh, data_dir: Path, ports: Ports
 ) -> None:
