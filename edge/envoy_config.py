@@ -193,6 +193,13 @@ PLACEHOLDER_PAGE = (
 )
 
 
+UPSTREAM_FAILURE_FLAGS = ("UF", "UH", "URX", "UO", "UC", "UR", "LR")
+"""Response flags of a reply Envoy made because the upstream was unreachable, full, or reset the call
+before answering (connection failure, no healthy host, retries exhausted, overflow, terminated, reset)."""
+UPSTREAM_UNAVAILABLE = "AthenaOS is unavailable for a moment; try again"
+UPSTREAM_TIMEOUT = "AthenaOS took too long to answer; try again"
+
+
 @dataclass(frozen=True)
 class EdgeConfig:
     """Everything that differs between edges; the defaults are a local run on the standard ports."""
@@ -330,7 +337,18 @@ def _edge_listener(config: EdgeConfig) -> dict[str, Any]:
                         }
                     },
                     "status_code": 401,
-                }
+                },
+                # Envoy's own words for an upstream it could not reach name its internals ("upstream
+                # connect error or disconnect/reset before headers. reset reason: ..."): clients read
+                # ours instead, with the status unchanged (UNAVAILABLE).
+                {
+                    "filter": {"response_flag_filter": {"flags": list(UPSTREAM_FAILURE_FLAGS)}},
+                    "body": {"inline_string": UPSTREAM_UNAVAILABLE},
+                },
+                {
+                    "filter": {"response_flag_filter": {"flags": ["UT"]}},
+                    "body": {"inline_string": UPSTREAM_TIMEOUT},
+                },
             ]
         },
         "route_config": _route_config(config),

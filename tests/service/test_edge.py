@@ -8,9 +8,11 @@ and with which gRPC status, and that browsers can read the errors (CORS headers 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import sys
+import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +29,14 @@ from grpc_reflection.v1alpha import reflection
 from joserfc.jwk import RSAKey
 
 from devstack.process import ManagedProcess, free_port, port_open
-from edge.envoy_config import AUTH_SERVICE, CHAT_SERVICE, EDGE_REFLECTION_HEADER, EdgeConfig, render
+from edge.envoy_config import (
+    AUTH_SERVICE,
+    CHAT_SERVICE,
+    EDGE_REFLECTION_HEADER,
+    UPSTREAM_UNAVAILABLE,
+    EdgeConfig,
+    render,
+)
 from mesh.interceptors import ServerInterceptor
 
 if TYPE_CHECKING:
@@ -108,6 +117,23 @@ async def edge(signing_key: RSAKey, tmp_path_factory: pytest.TempPathFactory) ->
         allowed_origins=(ORIGIN,),
         web_root=web_root,
     )
+    try:
+        async with running_envoy(config, base):
+            await _wait_for_jwks(f"http://127.0.0.1:{admin_port}")
+            yield Edge(
+                address=f"127.0.0.1:{port}",
+                url=f"http://127.0.0.1:{port}",
+                calls=recorder.calls,
+                health=health_servicer,
+            )
+    finally:
+        await runner.cleanup()
+        await server.stop(None)
+
+
+@contextlib.asynccontextmanager
+async def running_envoy(config: EdgeConfig, base: Path) -> AsyncIterator[None]:
+    """Envoy running `config` until the block ends."""
     config_path = base / "envoy.json"
     config_path.write_text(json.dumps(render(config)))
     assert ENVOY is not None
@@ -119,18 +145,10 @@ async def edge(signing_key: RSAKey, tmp_path_factory: pytest.TempPathFactory) ->
     )
     envoy.start()
     try:
-        await asyncio.to_thread(envoy.wait_ready, lambda: port_open(port), 30.0)
-        await _wait_for_jwks(f"http://127.0.0.1:{admin_port}")
-        yield Edge(
-            address=f"127.0.0.1:{port}",
-            url=f"http://127.0.0.1:{port}",
-            calls=recorder.calls,
-            health=health_servicer,
-        )
+        await asyncio.to_thread(envoy.wait_ready, lambda: port_open(config.listen_port), 30.0)
+        yield
     finally:
         await asyncio.to_thread(envoy.stop)
-        await runner.cleanup()
-        await server.stop(None)
 
 
 async def _wait_for_jwks(admin_url: str) -> None:
@@ -364,3 +382,38 @@ async def test_grpc_web_replies_keep_cors_and_carry_no_page_policy(edge: Edge) -
     assert reply.status_code == 200
     assert reply.headers.get("access-control-allow-origin") == ORIGIN
     assert "content-security-policy" not in reply.headers
+
+
+async def test_an_upstream_that_is_down_is_told_in_our_words(tmp_path: Path) -> None:
+    """Issue 12, finding 4: with the router down, clients read Envoy's internals ("upstream connect error
+    or disconnect/reset before headers. reset reason: connection failure, ..."). Native gRPC and gRPC-web
+    clients now read a sentence of ours, status UNAVAILABLE unchanged."""
+    port = free_port()
+    config = EdgeConfig(
+        listen_port=port,
+        admin_port=free_port(),
+        router_port=free_port(),  # nothing listens there
+        auth_port=free_port(),
+        auth_http_port=free_port(),
+        allowed_origins=(ORIGIN,),
+        web_root=tmp_path / "no-build",
+    )
+    async with running_envoy(config, tmp_path):
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(service=CHAT_SERVICE), timeout=10
+                )
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert refused.value.details() == UPSTREAM_UNAVAILABLE
+
+        headers = {"origin": ORIGIN, "content-type": "application/grpc-web+proto", "x-grpc-web": "1"}
+        async with httpx.AsyncClient() as client:
+            reply = await client.post(
+                f"http://127.0.0.1:{port}/{AUTH_SERVICE}/ListProviders",
+                content=grpc_web_frame(),
+                headers=headers,
+            )
+        assert reply.headers.get("grpc-status") == "14", reply.headers
+        assert urllib.parse.unquote(reply.headers["grpc-message"]) == UPSTREAM_UNAVAILABLE
+        assert reply.headers.get("access-control-allow-origin") == ORIGIN
