@@ -79,8 +79,9 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                 if not started:
                     raise
                 # The first event said the message is stored; the answer stopped on the way.
+                cause = exc.message.split("; try again")[0]
                 raise Unavailable(
-                    f"the answer was interrupted ({exc.message}); your message is stored, try again"
+                    f"the answer was interrupted ({cause}); your message is stored, try again"
                 ) from exc
 
     def _retry_policy(self) -> AsyncRetrying:
