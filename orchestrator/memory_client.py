@@ -50,7 +50,7 @@ class GrpcMemoryGateway:
         self._detached_timeout = detached_timeout
 
     async def start_turn(
-        self, turn: NewTurn, history_messages: int, lease_seconds: float = 15.0
+        self, turn: NewTurn, history_messages: int, lease_seconds: float = 6.0
     ) -> TurnStart:
         request = memory_pb2.StartTurnRequest(
             chat=chat_pb2.ChatRequest(

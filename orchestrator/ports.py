@@ -18,7 +18,7 @@ class MemoryGateway(Protocol):
     """What a turn and its tools ask of memory, always on behalf of the current caller."""
 
     async def start_turn(
-        self, turn: NewTurn, history_messages: int, lease_seconds: float = 15.0
+        self, turn: NewTurn, history_messages: int, lease_seconds: float = 6.0
     ) -> TurnStart:
         """Checks the caller may talk to `turn.agent_id` (FailedPrecondition otherwise) and stores the user
         message (NotFound for a conversation that is not the caller's), answering up to `history_messages`

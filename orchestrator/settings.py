@@ -28,7 +28,7 @@ class OrchestratorSettings(ServiceSettings):
     """The memory service ("host:port" or "dns:///name:port" for every replica behind a headless Service)."""
     memory_timeout_seconds: float = Field(5.0, gt=0)
     """Longest wait for one memory call (the caller's deadline may cut it shorter)."""
-    turn_lease_seconds: float = Field(15.0, ge=1, le=600)
+    turn_lease_seconds: float = Field(6.0, ge=1, le=600)
     """A turn being answered is held this long at a time (renewed every third of it): if this replica dies
     mid-turn, a repeated request takes the turn over after at most this long."""
     redis_url: str = Field(

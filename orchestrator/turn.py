@@ -108,7 +108,7 @@ class TurnRunner:
         max_steps: int = 8,
         history_messages: int = 20,
         recall_k: int = 8,
-        lease_seconds: float = 15.0,
+        lease_seconds: float = 6.0,
         outbox: AnswerOutbox | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:

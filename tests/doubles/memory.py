@@ -104,7 +104,7 @@ class InMemoryGateway:
         return frozenset(a.id for a in self.agents if a.enabled and a.id not in self.disabled)
 
     async def start_turn(
-        self, turn: NewTurn, history_messages: int, lease_seconds: float = 15.0
+        self, turn: NewTurn, history_messages: int, lease_seconds: float = 6.0
     ) -> TurnStart:
         self._enter("start_turn")
         enabled = self._enabled()
