@@ -49,9 +49,7 @@ class GrpcMemoryGateway:
         self._timeout = timeout
         self._detached_timeout = detached_timeout
 
-    async def start_turn(
-        self, turn: NewTurn, history_messages: int, lease_seconds: float = 6.0
-    ) -> TurnStart:
+    async def start_turn(self, turn: NewTurn, history_messages: int, lease_seconds: float = 6.0) -> TurnStart:
         request = memory_pb2.StartTurnRequest(
             chat=chat_pb2.ChatRequest(
                 agent_id=turn.agent_id,

@@ -17,9 +17,7 @@ from orchestrator.records import AssistantMessage, Memory, NewTurn, Scope, Store
 class MemoryGateway(Protocol):
     """What a turn and its tools ask of memory, always on behalf of the current caller."""
 
-    async def start_turn(
-        self, turn: NewTurn, history_messages: int, lease_seconds: float = 6.0
-    ) -> TurnStart:
+    async def start_turn(self, turn: NewTurn, history_messages: int, lease_seconds: float = 6.0) -> TurnStart:
         """Checks the caller may talk to `turn.agent_id` (FailedPrecondition otherwise) and stores the user
         message (NotFound for a conversation that is not the caller's), answering up to `history_messages`
         earlier messages; the caller then holds the turn for `lease_seconds`. A turn repeating an earlier

@@ -103,9 +103,7 @@ class InMemoryGateway:
     def _enabled(self) -> frozenset[str]:
         return frozenset(a.id for a in self.agents if a.enabled and a.id not in self.disabled)
 
-    async def start_turn(
-        self, turn: NewTurn, history_messages: int, lease_seconds: float = 6.0
-    ) -> TurnStart:
+    async def start_turn(self, turn: NewTurn, history_messages: int, lease_seconds: float = 6.0) -> TurnStart:
         self._enter("start_turn")
         enabled = self._enabled()
         message_id = self._requests.get(turn.client_request_id) if turn.client_request_id else None
