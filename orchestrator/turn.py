@@ -149,15 +149,7 @@ class TurnRunner:
         progress = _Progress(start.conversation_id, start.answer_id, agent, user_id)
         lease = asyncio.create_task(self._hold(start.message_id), name=f"hold-turn-{start.message_id}")
         try:
-            yield ConversationStarted(
-                conversation_id=start.conversation_id,
-                user_message_id=start.message_id,
-                assistant_message_id=progress.message_id,
-                agent_id=agent.id,
-                model=self._model_name(agent.model),
-                offline_model=self._offline_model,
-                title=start.title,
-            )
+            yield self._started(start, agent, progress.message_id)
             memories = await recall
             yield MemoriesRecalled(tuple(memories))
             context = ToolContext(user_id=user_id, agent_id=agent.id, memory=self._memory)
@@ -204,19 +196,22 @@ class TurnRunner:
             except AthenaError as exc:  # the lease lapses at worst: a repeat would answer again
                 log.warning("renewing a turn's lease failed", extra={"error": exc.message})
 
-    async def _replay(self, start: TurnStart, agent: AgentSpec) -> AsyncGenerator[TurnEvent, None]:
-        """The events of a turn answered before, from its stored answer: nothing runs again."""
-        answer = start.answer
-        assert answer is not None
-        yield ConversationStarted(
+    def _started(self, start: TurnStart, agent: AgentSpec, answer_id: str) -> ConversationStarted:
+        return ConversationStarted(
             conversation_id=start.conversation_id,
             user_message_id=start.message_id,
-            assistant_message_id=answer.id,
+            assistant_message_id=answer_id,
             agent_id=agent.id,
             model=self._model_name(agent.model),
             offline_model=self._offline_model,
             title=start.title,
         )
+
+    async def _replay(self, start: TurnStart, agent: AgentSpec) -> AsyncGenerator[TurnEvent, None]:
+        """The events of a turn answered before, from its stored answer: nothing runs again."""
+        answer = start.answer
+        assert answer is not None
+        yield self._started(start, agent, answer.id)
         yield MemoriesRecalled(())
         speaking = agent.id
         for call in answer.tool_calls:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import time
@@ -49,23 +50,40 @@ def web_dist() -> Path:
     return dist
 
 
-@pytest.fixture(scope="session")
-def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
-    """One real PostgreSQL (with pgvector) for the session; tests use their own users and never collide."""
-    base = tmp_path_factory.mktemp("postgres")
+@contextlib.contextmanager
+def running_postgres(base: Path) -> Iterator[EmbeddedPostgres]:
+    """A real PostgreSQL (with pgvector) with its files under `base`, on a free port, stopped at the end."""
     server = EmbeddedPostgres(base / "data", free_port(), base / "postgres.log")
     server.start()
-    yield server
-    server.stop()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def running_valkey(base: Path) -> Iterator[EmbeddedValkey]:
+    """A real Valkey logging under `base`, on a free port, stopped at the end."""
+    server = EmbeddedValkey(free_port(), base / "valkey.log")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
+    """One real PostgreSQL (with pgvector) for the session; tests use their own users and never collide.
+    Tests that stop their database use one of their own (`running_postgres`)."""
+    with running_postgres(tmp_path_factory.mktemp("postgres")) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
 def valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedValkey]:
-    base = tmp_path_factory.mktemp("valkey")
-    server = EmbeddedValkey(free_port(), base / "valkey.log")
-    server.start()
-    yield server
-    server.stop()
+    with running_valkey(tmp_path_factory.mktemp("valkey")) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -15,11 +15,18 @@ import pytest_asyncio
 from athena.chat.v1 import chat_pb2
 from athena.memory.v1 import memory_pb2, memory_pb2_grpc
 from athena.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
-from conftest import ServiceGroup, TokenFactory, auth_metadata, offline_model_settings, service_settings
+from conftest import (
+    ServiceGroup,
+    TokenFactory,
+    auth_metadata,
+    offline_model_settings,
+    running_postgres,
+    running_valkey,
+    service_settings,
+)
 from memory_fixtures import SERVICE_KEY, start_memory  # type: ignore[import-not-found]
 
 from devstack.postgres import EmbeddedPostgres
-from devstack.process import free_port
 from devstack.valkey import EmbeddedValkey
 from mesh.errors import Unavailable
 from mesh.redis import connect
@@ -33,20 +40,14 @@ from orchestrator.settings import OrchestratorSettings
 
 @pytest.fixture(scope="module")
 def own_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
-    base = tmp_path_factory.mktemp("outbox-postgres")
-    server = EmbeddedPostgres(base / "data", free_port(), base / "postgres.log")
-    server.start()
-    yield server
-    server.stop()
+    with running_postgres(tmp_path_factory.mktemp("outbox-postgres")) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
 def own_valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedValkey]:
-    base = tmp_path_factory.mktemp("outbox-valkey")
-    server = EmbeddedValkey(free_port(), base / "valkey.log")
-    server.start()
-    yield server
-    server.stop()
+    with running_valkey(tmp_path_factory.mktemp("outbox-valkey")) as server:
+        yield server
 
 
 async def test_an_answer_stored_while_postgres_is_down_is_delivered_when_it_is_back(

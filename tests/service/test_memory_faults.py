@@ -13,11 +13,11 @@ import grpc
 import pytest
 from athena.account.v1 import account_pb2
 from athena.memory.v1 import memory_pb2
+from conftest import running_postgres, running_valkey
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from memory_fixtures import MemoryHarness, expect_status, start_memory, start_turn_request
 
 from devstack.postgres import EmbeddedPostgres
-from devstack.process import free_port
 from devstack.valkey import EmbeddedValkey
 from mesh.tokens import TokenVerifier
 
@@ -32,20 +32,14 @@ FAST_FAILING = {
 
 @pytest.fixture(scope="module")
 def own_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
-    base = tmp_path_factory.mktemp("memory-fault-postgres")
-    server = EmbeddedPostgres(base / "data", free_port(), base / "postgres.log")
-    server.start()
-    yield server
-    server.stop()
+    with running_postgres(tmp_path_factory.mktemp("memory-fault-postgres")) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
 def own_valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedValkey]:
-    base = tmp_path_factory.mktemp("memory-fault-valkey")
-    server = EmbeddedValkey(free_port(), base / "valkey.log")
-    server.start()
-    yield server
-    server.stop()
+    with running_valkey(tmp_path_factory.mktemp("memory-fault-valkey")) as server:
+        yield server
 
 
 async def health(harness: MemoryHarness) -> int:
