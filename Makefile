@@ -60,7 +60,7 @@ bench: bench-memory bench-chat ## All benchmarks (results in bench/results/)
 bench-memory: install ## Memory recall latency and recall@10 at 100k and 1M memories
 	$(BIN)/python -m bench.memory
 
-bench-chat: install ## Time to first token through the edge, 1 and 200 streams
+bench-chat: install ## Streaming cost: overhead to first delta, 1/50/200 paced streams against the model direct, 1,000 held
 	$(BIN)/python -m bench.chat
 
 chaos: install ## Kill each service, stop PostgreSQL and Valkey under chat load: recovery and messages lost

@@ -1,24 +1,39 @@
-"""`make bench-chat`: time to first delta through edge → router → orchestrator (memory recall included)
-versus the model server's own first chunk, for 1 and 200 concurrent streams, and streamed events/s.
+"""`make bench-chat`: what the mesh costs a streamed answer, measured against the model itself.
 
-Starts the whole mesh like `make run` (offline model answering instantly: ATHENA_OFFLINE_DELAY_MS=0) on
-free loopback ports in a temporary data directory, and writes bench/results/chat.json and chat.md.
+Three meshes are started one after another like `make run` (every part on free loopback ports, one
+temporary data directory), each with the offline model pacing its words differently:
+
+1. **instant** (0 ms a word): time to the first delta of one stream through edge → router →
+   orchestrator (memory recall included) against the model server's own first chunk, measured directly
+   with the openai SDK; the mesh's fixed overhead per turn.
+2. **paced** (20 ms a word, a real model's pace): 1, 50 and 200 streams started at once, each answer
+   30–60 words (every user has one memory that long, which the offline model reads back). The same number
+   of streams is then sent straight to the model server with the prompt the orchestrator sends it. Reported:
+   answer duration mesh/direct (median, p95), first delta p50/p95 of both and their difference, delivered
+   words/s, CPU-seconds per turn of each process, and each process's peak RSS during the series.
+3. **held** (200 ms a word): 1,000 streams at once must all complete; errors, duration and peak RSS.
+
+Results go to bench/results/chat.json and chat.md with a verdict per target of issue 13.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
-import statistics
+import subprocess
 import tempfile
 import time
-from dataclasses import asdict, dataclass, fields
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import grpc
+from athena.account.v1 import account_pb2, account_pb2_grpc
 from athena.auth.v1 import auth_pb2, auth_pb2_grpc
 from athena.chat.v1 import chat_pb2, chat_pb2_grpc
 from openai import AsyncOpenAI
@@ -27,175 +42,522 @@ from devstack.process import free_port
 from devstack.stack import Ports, Stack, StackConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
+QUESTION = "what do you know about my training plan?"
+AGENT = "athena"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+# Every user's one memory: 30 to 60 words, so that answers ("Here is what I know: " + the memory) are as
+# long as the issue asks. Varied per user so that no two prompts are byte-identical.
+FACT = (
+    "my training plan this season has long slow runs on Sunday mornings, intervals on Tuesday evenings, "
+    "strength work on Thursday, a rest day on Friday, and I want to run the autumn half marathon under "
+    "one hour fifty while keeping my weekly distance below forty kilometres"
+)
 
 
-def percentile(values: list[float], q: float) -> float:
+def fact(index: int) -> str:
+    """A memory of 30 to 60 words for user `index`."""
+    words = FACT.split(" ") * 2
+    return " ".join(words[: 30 + index % 31])
+
+
+# -- statistics ------------------------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
     return ordered[index]
 
 
+@dataclass(frozen=True)
+class Stream:
+    """One answer as its client saw it."""
+
+    first_delta: float | None
+    """Seconds from the call to the first text."""
+    duration: float
+    """Seconds from the call to the end of the stream."""
+    words: int
+    error: str | None = None
+
+
+def streams_summary(streams: Sequence[Stream]) -> dict[str, Any]:
+    ok = [s for s in streams if s.error is None and s.first_delta is not None]
+    errors: dict[str, int] = {}
+    for s in streams:
+        if s.error is not None:
+            errors[s.error] = errors.get(s.error, 0) + 1
+    if not ok:
+        return {"streams": len(streams), "completed": 0, "errors": errors}
+    firsts = [s.first_delta * 1000 for s in ok if s.first_delta is not None]
+    durations = [s.duration * 1000 for s in ok]
+    return {
+        "streams": len(streams),
+        "completed": len(ok),
+        "errors": errors,
+        "first_delta_ms": {"p50": percentile(firsts, 50), "p95": percentile(firsts, 95)},
+        "duration_ms": {"p50": percentile(durations, 50), "p95": percentile(durations, 95)},
+        "words": sum(s.words for s in ok),
+    }
+
+
+# -- processes -------------------------------------------------------------------------------------------
+
+
+def _children() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            stat = (entry / "stat").read_text()
+            ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+            children.setdefault(ppid, []).append(int(entry.name))
+    return children
+
+
+def _tree(pid: int, children: dict[int, list[int]]) -> list[int]:
+    """`pid` and every process below it (PostgreSQL's backends belong to its postmaster)."""
+    found, stack = [], [pid]
+    while stack:
+        current = stack.pop()
+        found.append(current)
+        stack.extend(children.get(current, ()))
+    return found
+
+
+def _cpu_seconds(pid: int) -> float:
+    with contextlib.suppress(OSError, IndexError, ValueError):
+        stat = (Path("/proc") / str(pid) / "stat").read_text()
+        fields_ = stat[stat.rindex(")") + 2 :].split()
+        # utime and stime (children are counted as processes of their own while they live).
+        return sum(int(v) for v in fields_[11:13]) / CLOCK_TICKS
+    return 0.0
+
+
+def _rss_bytes(pid: int) -> int:
+    with contextlib.suppress(OSError, IndexError, ValueError):
+        return int((Path("/proc") / str(pid) / "statm").read_text().split()[1]) * PAGE_SIZE
+    return 0
+
+
+LOAD_GENERATOR = "load generator"
+
+
+class Processes:
+    """CPU time and resident memory of each part of the mesh (and of this load generator)."""
+
+    def __init__(self, stack: Stack) -> None:
+        self._roots = {name: stack.process(name).pid for name in stack.part_names}
+        self._roots[LOAD_GENERATOR] = os.getpid()
+
+    def _pids(self) -> dict[str, list[int]]:
+        """Each part's processes; the load generator is this process alone (the parts are its children)."""
+        children = _children()
+        return {
+            name: [root] if name == LOAD_GENERATOR else _tree(root, children)
+            for name, root in self._roots.items()
+        }
+
+    def cpu(self) -> dict[str, float]:
+        return {name: sum(map(_cpu_seconds, pids)) for name, pids in self._pids().items()}
+
+    def rss(self) -> dict[str, int]:
+        return {name: sum(map(_rss_bytes, pids)) for name, pids in self._pids().items()}
+
+    @contextlib.asynccontextmanager
+    async def watch(self, report: dict[str, Any], turns: int) -> AsyncIterator[None]:
+        """Fills `report` with CPU-seconds per turn and peak RSS (MiB) per process for the block."""
+        before = self.cpu()
+        peaks: dict[str, int] = dict.fromkeys(self._roots, 0)
+
+        async def sample() -> None:
+            while True:
+                for name, rss in (await asyncio.to_thread(self.rss)).items():
+                    peaks[name] = max(peaks[name], rss)
+                await asyncio.sleep(0.25)
+
+        sampler = asyncio.create_task(sample())
+        try:
+            yield
+        finally:
+            sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sampler
+            after = self.cpu()
+            report["cpu_ms_per_turn"] = {
+                name: round((after[name] - before[name]) * 1000 / max(turns, 1), 2) for name in after
+            }
+            report["peak_rss_mib"] = {name: round(peak / 2**20, 1) for name, peak in peaks.items()}
+
+
+# -- clients ---------------------------------------------------------------------------------------------
+
+
+CONNECTIONS = 8
+"""HTTP/2 connections the load generator spreads its users over, as many browsers would: one connection's
+flow control (and one Envoy worker) is not what is measured."""
+
+
 @dataclass
-class Series:
-    name: str
-    concurrency: int
-    samples: int
-    p50_ms: float
-    p95_ms: float
-    p99_ms: float
-    mean_ms: float
+class Mesh:
+    stack: Stack
+    channels: list[grpc.aio.Channel]
+    model_url: str
+    tokens: list[str] = field(default_factory=list)
+
+    def chat(self, user: int) -> chat_pb2_grpc.ChatServiceAsyncStub:
+        return chat_pb2_grpc.ChatServiceStub(self.channels[user % len(self.channels)])
+
+    def metadata(self, user: int) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.tokens[user]}"),)
 
 
-def summarize(name: str, concurrency: int, seconds: list[float]) -> Series:
-    ms = [s * 1000 for s in seconds]
-    return Series(
-        name,
-        concurrency,
-        len(ms),
-        percentile(ms, 50),
-        percentile(ms, 95),
-        percentile(ms, 99),
-        statistics.mean(ms),
-    )
-
-
-async def model_first_chunk(base_url: str, samples: int) -> list[float]:
-    """The model server's own time to first content chunk, measured directly with the SDK."""
-    client = AsyncOpenAI(base_url=base_url, api_key="offline", max_retries=0)
-    timings = []
-    for _ in range(samples):
-        started = time.perf_counter()
-        stream = await client.chat.completions.create(
-            model="athena-offline", messages=[{"role": "user", "content": "hello there"}], stream=True
-        )
-        async for chunk in stream:
-            if chunk.choices and chunk.choices[0].delta.content:
-                timings.append(time.perf_counter() - started)
-                break
-        await stream.close()
-    await client.close()
-    return timings
-
-
-async def one_turn(
-    stub: chat_pb2_grpc.ChatServiceAsyncStub, token: str, text: str
-) -> tuple[float, int, float]:
-    """(time to first delta, events received, whole turn duration) of one Chat through the edge."""
+async def mesh_stream(mesh: Mesh, user: int) -> Stream:
     started = time.perf_counter()
     first: float | None = None
-    events = 0
-    call = stub.Chat(
-        chat_pb2.ChatRequest(agent_id="athena", text=text),
-        metadata=(("authorization", f"Bearer {token}"),),
-        timeout=120,
+    words = 0
+    call = mesh.chat(user).Chat(
+        chat_pb2.ChatRequest(agent_id=AGENT, text=QUESTION), metadata=mesh.metadata(user), timeout=600
     )
-    async for event in call:
-        events += 1
-        if first is None and event.HasField("text_delta"):
-            first = time.perf_counter() - started
-    assert first is not None, "no text delta"
-    return first, events, time.perf_counter() - started
+    try:
+        async for event in call:
+            if event.HasField("text_delta"):
+                if first is None:
+                    first = time.perf_counter() - started
+                words += len(event.text_delta.text.split())
+    except grpc.aio.AioRpcError as exc:
+        return Stream(first, time.perf_counter() - started, words, f"{exc.code().name}: {exc.details()}")
+    return Stream(first, time.perf_counter() - started, words)
 
 
-async def run(samples: int, concurrency: int) -> dict[str, object]:
-    ports = Ports(**{f.name: free_port() for f in fields(Ports)})
-    with tempfile.TemporaryDirectory(prefix="athena-bench-") as data:
-        stack = Stack(
-            StackConfig(
-                data_dir=Path(data),
-                ports=ports,
-                offline_delay_ms=0,
-                # One benchmark user sends hundreds of turns a minute; per-user limits are not measured.
-                extra_env={"ROUTER_TURNS_PER_MINUTE": "1000000", "ROUTER_MAX_STREAMS_PER_USER": "1000"},
-            )
+def prompt(memory: str) -> list[dict[str, str]]:
+    """What the orchestrator sends the model for QUESTION with one memory recalled (orchestrator.prompt)."""
+    return [
+        {"role": "system", "content": "You are Athena, a personal assistant."},
+        {"role": "system", "content": f"Memories:\n- {memory}"},
+        {"role": "user", "content": QUESTION},
+    ]
+
+
+async def direct_stream(client: AsyncOpenAI, memory: str) -> Stream:
+    started = time.perf_counter()
+    first: float | None = None
+    words = 0
+    try:
+        stream = await client.chat.completions.create(
+            model="athena-offline",
+            messages=prompt(memory),  # type: ignore[arg-type]
+            stream=True,
         )
-        await asyncio.to_thread(stack.start)
-        try:
-            model = await model_first_chunk(f"http://127.0.0.1:{ports.offline_model}/v1", samples)
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{ports.edge}") as channel:
-                session = (
-                    await auth_pb2_grpc.AuthServiceStub(channel).DevLogin(
-                        auth_pb2.DevLoginRequest(email="bench@example.com")
-                    )
-                ).session
-                stub = chat_pb2_grpc.ChatServiceStub(channel)
-                token = session.access_token
-                await one_turn(stub, token, "remember I benchmark the mesh")  # a memory to recall
-                for _ in range(5):
-                    await one_turn(stub, token, "warm up")
-                single = [(await one_turn(stub, token, "what do you know?"))[0] for _ in range(samples)]
+        async for chunk in stream:  # type: ignore[union-attr]
+            if chunk.choices and (text := chunk.choices[0].delta.content):
+                if first is None:
+                    first = time.perf_counter() - started
+                words += len(text.split())
+    except Exception as exc:  # noqa: BLE001 (a failed stream is a result here)
+        return Stream(first, time.perf_counter() - started, words, type(exc).__name__)
+    return Stream(first, time.perf_counter() - started, words)
 
-                # Many users at once: one token each, as in production (per-user limits stay out of the way).
-                tokens = []
-                for index in range(concurrency):
-                    login = await auth_pb2_grpc.AuthServiceStub(channel).DevLogin(
-                        auth_pb2.DevLoginRequest(email=f"bench-{index}@example.com")
-                    )
-                    tokens.append(login.session.access_token)
-                started = time.perf_counter()
-                results = await asyncio.gather(
-                    *(one_turn(stub, user_token, "what do you know?") for user_token in tokens)
-                )
-                wall = time.perf_counter() - started
+
+async def at_once(count: int, start: Callable[[int], Awaitable[Stream]]) -> list[Stream]:
+    return list(await asyncio.gather(*(start(index) for index in range(count))))
+
+
+# -- meshes ----------------------------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def running_mesh(data: Path, delay_ms: int, users: int) -> AsyncIterator[Mesh]:
+    """A mesh whose offline model paces `delay_ms` a word, with `users` signed-in users holding one memory
+    each (30-60 words)."""
+    ports = Ports(**{f.name: free_port() for f in fields(Ports)})
+    stack = Stack(
+        StackConfig(
+            data_dir=data,
+            ports=ports,
+            offline_delay_ms=delay_ms,
+            # Benchmark users start many turns a minute; per-user limits are not what is measured.
+            extra_env={"ROUTER_TURNS_PER_MINUTE": "1000000", "ROUTER_MAX_STREAMS_PER_USER": "1000"},
+        )
+    )
+    await asyncio.to_thread(stack.start)
+    try:
+        channels = [
+            grpc.aio.insecure_channel(
+                f"127.0.0.1:{ports.edge}", options=[("grpc.use_local_subchannel_pool", 1)]
+            )
+            for _ in range(CONNECTIONS)
+        ]
+        mesh = Mesh(stack, channels, f"http://127.0.0.1:{ports.offline_model}/v1")
+        auth = auth_pb2_grpc.AuthServiceStub(channels[0])
+        for index in range(users):
+            login = await auth.DevLogin(auth_pb2.DevLoginRequest(email=f"bench-{index}@example.com"))
+            mesh.tokens.append(login.session.access_token)
+        await seed_memories(mesh)
+        try:
+            yield mesh
         finally:
-            await asyncio.to_thread(stack.stop)
-    concurrent = [first for first, _, _ in results]
-    events = sum(count for _, count, _ in results)
-    model_series = summarize("model server first chunk (direct)", 1, model)
-    single_series = summarize("first delta through the edge", 1, single)
-    concurrent_series = summarize("first delta through the edge", concurrency, concurrent)
+            for channel in channels:
+                await channel.close(grace=None)
+    finally:
+        await asyncio.to_thread(stack.stop)
+
+
+async def seed_memories(mesh: Mesh) -> None:
+    """One memory per user, once (the data directory is shared by the meshes of one run)."""
+    account = account_pb2_grpc.AccountServiceStub(mesh.channels[0])
+    semaphore = asyncio.Semaphore(20)
+
+    async def seed(user: int) -> None:
+        async with semaphore:
+            listed = await account.ListMemories(
+                account_pb2.ListMemoriesRequest(), metadata=mesh.metadata(user)
+            )
+            if listed.memories:
+                return
+            request = chat_pb2.ChatRequest(agent_id=AGENT, text=f"remember {fact(user)}")
+            async for _ in mesh.chat(user).Chat(request, metadata=mesh.metadata(user), timeout=120):
+                pass
+
+    await asyncio.gather(*(seed(user) for user in range(len(mesh.tokens))))
+
+
+# -- series ----------------------------------------------------------------------------------------------
+
+
+async def instant_series(data: Path, samples: int) -> dict[str, Any]:
+    async with running_mesh(data, 0, 1) as mesh:
+        client = AsyncOpenAI(base_url=mesh.model_url, api_key="offline", max_retries=0)
+        for _ in range(5):  # warm-up: connections, caches, code paths
+            await mesh_stream(mesh, 0)
+            await direct_stream(client, fact(0))
+        direct = [await direct_stream(client, fact(0)) for _ in range(samples)]
+        through = [await mesh_stream(mesh, 0) for _ in range(samples)]
+        await client.close()
+    model, edge = streams_summary(direct), streams_summary(through)
     return {
+        "samples": samples,
+        "direct": model,
+        "mesh": edge,
+        "overhead_ms": {q: edge["first_delta_ms"][q] - model["first_delta_ms"][q] for q in ("p50", "p95")},
+    }
+
+
+async def paced_series(data: Path, counts: Sequence[int]) -> list[dict[str, Any]]:
+    results = []
+    async with running_mesh(data, 20, max(counts)) as mesh:
+        processes = Processes(mesh.stack)
+        client = AsyncOpenAI(base_url=mesh.model_url, api_key="offline", max_retries=0)
+        await at_once(min(10, max(counts)), lambda i: mesh_stream(mesh, i))  # warm-up
+        for count in counts:
+            report: dict[str, Any] = {"streams": count}
+            started = time.perf_counter()
+            async with processes.watch(report, count):
+                through = await at_once(count, lambda i: mesh_stream(mesh, i))
+            wall = time.perf_counter() - started
+            direct_report: dict[str, Any] = {}
+            async with processes.watch(direct_report, count):
+                direct = await at_once(count, lambda i: direct_stream(client, fact(i)))
+            edge, model = streams_summary(through), streams_summary(direct)
+            report.update(
+                mesh=edge,
+                direct=model,
+                direct_cpu_ms_per_turn=direct_report["cpu_ms_per_turn"],
+                words_per_second=edge.get("words", 0) / wall,
+            )
+            if edge["completed"] and model["completed"]:
+                report["duration_ratio"] = {
+                    q: edge["duration_ms"][q] / model["duration_ms"][q] for q in ("p50", "p95")
+                }
+                report["first_delta_overhead_ms"] = {
+                    q: edge["first_delta_ms"][q] - model["first_delta_ms"][q] for q in ("p50", "p95")
+                }
+            results.append(report)
+            print(f"paced, {count} streams: {json.dumps(report)}", flush=True)
+        await client.close()
+    return results
+
+
+async def held_series(data: Path, count: int) -> dict[str, Any]:
+    async with running_mesh(data, 200, count) as mesh:
+        processes = Processes(mesh.stack)
+        report: dict[str, Any] = {"streams": count}
+        started = time.perf_counter()
+        async with processes.watch(report, count):
+            through = await at_once(count, lambda i: mesh_stream(mesh, i))
+        report["wall_seconds"] = time.perf_counter() - started
+        report["mesh"] = streams_summary(through)
+    return report
+
+
+# -- report ----------------------------------------------------------------------------------------------
+
+
+def verdicts(result: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """(target, measured, met) for each acceptance target of issue 13."""
+    rows: list[tuple[str, str, bool]] = []
+    instant = result["instant"]["overhead_ms"]
+    rows.append(
+        ("one stream, instant model: overhead p50 ≤ 5 ms", f"{instant['p50']:.1f} ms", instant["p50"] <= 5)
+    )
+    rows.append(
+        ("one stream, instant model: overhead p95 ≤ 10 ms", f"{instant['p95']:.1f} ms", instant["p95"] <= 10)
+    )
+    for series in result["paced"]:
+        count = series["streams"]
+        if "duration_ratio" not in series:
+            rows.append((f"{count} streams complete", f"{series['mesh'].get('errors')}", False))
+            continue
+        overhead = series["first_delta_overhead_ms"]["p95"]
+        if count == 200:
+            ratio = series["duration_ratio"]["p50"]
+            rows.append(("200 streams: duration mesh/direct ≤ 1.25 (median)", f"{ratio:.2f}", ratio <= 1.25))
+            rows.append(
+                ("200 streams: first delta p95 overhead ≤ 500 ms", f"{overhead:.0f} ms", overhead <= 500)
+            )
+        if count == 50:
+            rows.append(
+                ("50 streams: first delta p95 overhead ≤ 100 ms", f"{overhead:.0f} ms", overhead <= 100)
+            )
+    held = result.get("held")
+    if held:
+        errors = held["streams"] - held["mesh"]["completed"]
+        rows.append((f"{held['streams']} streams complete with zero errors", f"{errors} errors", errors == 0))
+    return rows
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [
+        "# bench-chat",
+        "",
+        f"Command: `{result['command']}` (`make bench-chat`). Commit {result['commit']}, {result['date']}.",
+        f"Machine: {result['machine']}",
+        "",
+        "## Verdicts (issue 13)",
+        "",
+        "| target | measured | met |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {target} | {measured} | {'yes' if met else '**no**'} |"
+        for target, measured, met in verdicts(result)
+    ]
+    instant = result["instant"]
+    lines += [
+        "",
+        f"## One stream, instant model ({instant['samples']} turns each)",
+        "",
+        "| series | first delta p50 ms | p95 ms |",
+        "|---|---|---|",
+        f"| model server, direct | {instant['direct']['first_delta_ms']['p50']:.2f} | "
+        f"{instant['direct']['first_delta_ms']['p95']:.2f} |",
+        f"| through the edge | {instant['mesh']['first_delta_ms']['p50']:.2f} | "
+        f"{instant['mesh']['first_delta_ms']['p95']:.2f} |",
+        f"| **overhead** | **{instant['overhead_ms']['p50']:.2f}** | "
+        f"**{instant['overhead_ms']['p95']:.2f}** |",
+        "",
+        "## Streams at once, model pacing 20 ms a word, answers of 30–60 words",
+        "",
+        "| streams | duration mesh/direct p50 | p95 | first delta mesh p50 / p95 ms | direct p50 / p95 ms "
+        "| overhead p50 / p95 ms | words/s | errors |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for s in result["paced"]:
+        if "duration_ratio" not in s:
+            lines.append(f"| {s['streams']} | - | - | - | - | - | - | {s['mesh'].get('errors')} |")
+            continue
+        m, d, o = s["mesh"]["first_delta_ms"], s["direct"]["first_delta_ms"], s["first_delta_overhead_ms"]
+        lines.append(
+            f"| {s['streams']} | {s['duration_ratio']['p50']:.2f} | {s['duration_ratio']['p95']:.2f} | "
+            f"{m['p50']:.0f} / {m['p95']:.0f} | {d['p50']:.0f} / {d['p95']:.0f} | "
+            f"{o['p50']:.0f} / {o['p95']:.0f} | "
+            f"{s['words_per_second']:.0f} | {s['mesh']['errors'] or 0} |"
+        )
+    lines += ["", "CPU milliseconds per turn, by process (mesh series; the direct series in brackets):", ""]
+    names = list(result["paced"][0]["cpu_ms_per_turn"])
+    lines += ["| streams | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for s in result["paced"]:
+        cells = [f"{s['cpu_ms_per_turn'][n]:.1f} ({s['direct_cpu_ms_per_turn'][n]:.1f})" for n in names]
+        lines.append(f"| {s['streams']} | " + " | ".join(cells) + " |")
+    lines += ["", "Peak RSS (MiB) by process during each series:", ""]
+    lines += ["| streams | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    series_rss = [*result["paced"], *([result["held"]] if result.get("held") else [])]
+    for s in series_rss:
+        lines.append(f"| {s['streams']} | " + " | ".join(f"{s['peak_rss_mib'][n]:.0f}" for n in names) + " |")
+    held = result.get("held")
+    if held:
+        summary = held["mesh"]
+        lines += [
+            "",
+            f"## {held['streams']} streams at once, model pacing 200 ms a word",
+            "",
+            f"Completed {summary['completed']} of {summary['streams']} "
+            f"(errors: {summary['errors'] or 'none'}) in {held['wall_seconds']:.1f} s; "
+            f"first delta p50 {summary['first_delta_ms']['p50']:.0f} ms, "
+            f"p95 {summary['first_delta_ms']['p95']:.0f} ms; "
+            f"duration p50 {summary['duration_ms']['p50']:.0f} ms, "
+            f"p95 {summary['duration_ms']['p95']:.0f} ms.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _commit() -> str:
+    with contextlib.suppress(OSError, subprocess.CalledProcessError):
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    return "unknown"
+
+
+async def run(samples: int, counts: Sequence[int], held: int) -> dict[str, Any]:
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix="athena-bench-") as tmp:
+        data = Path(tmp)
+        instant = await instant_series(data, samples)
+        print(f"instant: {json.dumps(instant['overhead_ms'])}", flush=True)
+        paced = await paced_series(data, counts)
+        held_result = await held_series(data, held) if held else None
+    return {
+        "command": (
+            f"python -m bench.chat --samples {samples} --streams {','.join(map(str, counts))} --held {held}"
+        ),
+        "commit": _commit(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
         "machine": {
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "platform": platform.platform(),
         },
-        "series": [asdict(model_series), asdict(single_series), asdict(concurrent_series)],
-        "mesh_overhead_ms": {
-            "p50": single_series.p50_ms - model_series.p50_ms,
-            "p95": single_series.p95_ms - model_series.p95_ms,
-            "p95_at_concurrency_above_single": concurrent_series.p95_ms - single_series.p95_ms,
-        },
-        "events_per_second": events / wall,
-        "concurrent_wall_seconds": wall,
-        "concurrency": concurrency,
-        "targets": "overhead p50 ≤ 5 ms, p95 ≤ 15 ms; 200 streams: p95 +50 ms at most; ≥ 5,000 events/s",
+        "instant": instant,
+        "paced": paced,
+        "held": held_result,
     }
 
 
-def write(result: dict[str, object]) -> None:
+def write(result: dict[str, Any]) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "chat.json").write_text(json.dumps(result, indent=2) + "\n")
-    lines = [
-        "# bench-chat",
-        "",
-        f"Machine: {result['machine']}",
-        "",
-        "| series | streams | samples | p50 ms | p95 ms | p99 ms |",
-        "|---|---|---|---|---|---|",
-    ]
-    for series in result["series"]:  # type: ignore[attr-defined]
-        lines.append(
-            f"| {series['name']} | {series['concurrency']} | {series['samples']} | {series['p50_ms']:.2f} | "
-            f"{series['p95_ms']:.2f} | {series['p99_ms']:.2f} |"
-        )
-    overhead = result["mesh_overhead_ms"]
-    lines += [
-        "",
-        f"Mesh overhead to first token: {json.dumps(overhead)}",
-        f"Streamed events/s ({result['concurrency']} streams): {result['events_per_second']:.0f}",
-        f"Targets: {result['targets']}",
-    ]
-    (RESULTS / "chat.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    text = markdown(result)
+    (RESULTS / "chat.md").write_text(text)
+    print(text)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.chat", description=__doc__)
-    parser.add_argument("--samples", type=int, default=200)
-    parser.add_argument("--concurrency", type=int, default=200)
-    args = parser.parse_args()
-    write(asyncio.run(run(args.samples, args.concurrency)))
+def _counts(value: str) -> list[int]:
+    return [int(part) for part in value.split(",") if part]
+
+
+def main(argv: Iterable[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.chat", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--samples", type=int, default=200, help="turns of the one-stream instant series")
+    parser.add_argument("--streams", type=_counts, default=[1, 50, 200], help="paced series, e.g. 1,50,200")
+    parser.add_argument("--held", type=int, default=1000, help="streams of the held series (0: skip it)")
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    write(asyncio.run(run(args.samples, args.streams, args.held)))
 
 
 if __name__ == "__main__":
