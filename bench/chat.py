@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import psutil
 from athena.account.v1 import account_pb2, account_pb2_grpc
 from athena.auth.v1 import auth_pb2, auth_pb2_grpc
 from athena.chat.v1 import chat_pb2, chat_pb2_grpc
@@ -44,8 +45,6 @@ from devstack.stack import Ports, Stack, StackConfig
 RESULTS = Path(__file__).resolve().parent / "results"
 QUESTION = "what do you know about my training plan?"
 AGENT = "athena"
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 # Every user's one memory: 30 to 60 words, so that answers ("Here is what I know: " + the memory) are as
 # long as the issue asks. Varied per user so that no two prompts are byte-identical.
@@ -106,66 +105,42 @@ def streams_summary(streams: Sequence[Stream]) -> dict[str, Any]:
 # -- processes -------------------------------------------------------------------------------------------
 
 
-def _children() -> dict[int, list[int]]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            stat = (entry / "stat").read_text()
-            ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
-            children.setdefault(ppid, []).append(int(entry.name))
-    return children
-
-
-def _tree(pid: int, children: dict[int, list[int]]) -> list[int]:
-    """`pid` and every process below it (PostgreSQL's backends belong to its postmaster)."""
-    found, stack = [], [pid]
-    while stack:
-        current = stack.pop()
-        found.append(current)
-        stack.extend(children.get(current, ()))
-    return found
-
-
-def _cpu_seconds(pid: int) -> float:
-    with contextlib.suppress(OSError, IndexError, ValueError):
-        stat = (Path("/proc") / str(pid) / "stat").read_text()
-        fields_ = stat[stat.rindex(")") + 2 :].split()
-        # utime and stime (children are counted as processes of their own while they live).
-        return sum(int(v) for v in fields_[11:13]) / CLOCK_TICKS
-    return 0.0
-
-
-def _rss_bytes(pid: int) -> int:
-    with contextlib.suppress(OSError, IndexError, ValueError):
-        return int((Path("/proc") / str(pid) / "statm").read_text().split()[1]) * PAGE_SIZE
-    return 0
-
-
 LOAD_GENERATOR = "load generator"
+
+
+def _cpu_seconds(process: psutil.Process) -> float:
+    with contextlib.suppress(psutil.Error):
+        times = process.cpu_times()
+        return float(times.user + times.system)
+    return 0.0  # ended meanwhile (a PostgreSQL backend)
+
+
+def _rss_bytes(process: psutil.Process) -> int:
+    with contextlib.suppress(psutil.Error):
+        return int(process.memory_info().rss)
+    return 0
 
 
 class Processes:
     """CPU time and resident memory of each part of the mesh (and of this load generator)."""
 
     def __init__(self, stack: Stack) -> None:
-        self._roots = {name: stack.process(name).pid for name in stack.part_names}
-        self._roots[LOAD_GENERATOR] = os.getpid()
+        self._roots = {name: psutil.Process(stack.process(name).pid) for name in stack.part_names}
+        self._roots[LOAD_GENERATOR] = psutil.Process()
 
-    def _pids(self) -> dict[str, list[int]]:
-        """Each part's processes; the load generator is this process alone (the parts are its children)."""
-        children = _children()
+    def _processes(self) -> dict[str, list[psutil.Process]]:
+        """Each part with its children (PostgreSQL's backends); the load generator is this process alone
+        (the parts are its children)."""
         return {
-            name: [root] if name == LOAD_GENERATOR else _tree(root, children)
+            name: [root] if name == LOAD_GENERATOR else [root, *root.children(recursive=True)]
             for name, root in self._roots.items()
         }
 
     def cpu(self) -> dict[str, float]:
-        return {name: sum(map(_cpu_seconds, pids)) for name, pids in self._pids().items()}
+        return {name: sum(map(_cpu_seconds, found)) for name, found in self._processes().items()}
 
     def rss(self) -> dict[str, int]:
-        return {name: sum(map(_rss_bytes, pids)) for name, pids in self._pids().items()}
+        return {name: sum(map(_rss_bytes, found)) for name, found in self._processes().items()}
 
     @contextlib.asynccontextmanager
     async def watch(self, report: dict[str, Any], turns: int) -> AsyncIterator[None]:
