@@ -16,7 +16,7 @@ import re
 import struct
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -236,6 +236,27 @@ def grpc_web_message(body: bytes) -> bytes:
     return body[5 : 5 + length]
 
 
+def route_next_call(page: Page, path: str, handler: Callable[[Route], None]) -> None:
+    """Hands the next call to `path` to `handler`; later calls go on as they are.
+
+    Not `page.route(..., times=1)`: once such a route is spent, Playwright switches Chromium's request
+    interception off (`Fetch.disable`), and a request the app starts in that instant (the refresh right
+    after a refused call) is paused by the interception but never let go: Chromium's net log shows it stop
+    after its CORS check, unsent, and the app waits on it for good. This route stays for the page's life,
+    so interception is never switched off under the app."""
+    handled = False
+
+    def once(route: Route) -> None:
+        nonlocal handled
+        if handled:
+            route.fallback()
+            return
+        handled = True
+        handler(route)
+
+    page.route(f"**{path}", once)
+
+
 def refuse_next_call(page: Page, path: str) -> None:
     """The next call to `path` reaches the edge with an access token it refuses (UNAUTHENTICATED), as
     when a token is revoked or signed with a retired key."""
@@ -243,7 +264,7 @@ def refuse_next_call(page: Page, path: str) -> None:
     def swap(route: Route) -> None:
         route.continue_(headers={**route.request.headers, "authorization": "Bearer not-a-token"})
 
-    page.route(f"**{path}", swap, times=1)
+    route_next_call(page, path, swap)
 
 
 @contextmanager
@@ -310,9 +331,13 @@ def test_a_message_sent_while_the_agents_load_is_answered(tab: Tab) -> None:
     knows the agents: the message must still go out and be answered, not vanish."""
     page = tab.page
     held: list[Route] = []
+    holding = True
 
     def hold(route: Route) -> None:
-        held.append(route)
+        if holding:
+            held.append(route)
+        else:
+            route.fallback()
 
     # ListAgents is held until the message has been sent, so the race is the same on every run.
     page.route(f"**{LIST_AGENTS_PATH}", hold)
@@ -330,9 +355,11 @@ def test_a_message_sent_while_the_agents_load_is_answered(tab: Tab) -> None:
     assert held, "the app never asked for the agents"
     loading_shown = page.get_by_role("status").filter(has_text="Loading agents…").is_visible()
     busy = page.locator("#agent-options").get_attribute("aria-busy")
+    # Released, not unrouted: turning interception off could strand the chat the app sends right after
+    # (see route_next_call).
+    holding = False
     for route in held:
         route.continue_()
-    page.unroute(f"**{LIST_AGENTS_PATH}")
 
     expect(page.locator(".message.user .content")).to_have_text(["What do you know about me?"])
     assert tab.last_answer() == "I don't know that yet."
@@ -704,7 +731,7 @@ def test_a_sign_out_the_server_did_not_hear_is_finished_on_the_next_visit(tab: T
     browser stays signed out and ends the session at the next opportunity."""
     page = tab.page
     tab.sign_in()
-    page.route(f"**{LOGOUT_PATH}", lambda route: route.abort(), times=1)
+    route_next_call(page, LOGOUT_PATH, lambda route: route.abort())
     page.get_by_role("button", name="Sign out").click()
     expect(page.get_by_role("heading", name="Sign in to AthenaOS")).to_be_visible()
     assert refresh_cookie(page) is not None  # the server never heard of the sign-out
@@ -733,7 +760,7 @@ def test_an_answer_cut_off_mid_stream_says_the_message_is_kept(tab: Tab) -> None
         headers = {k: v for k, v in response.headers.items() if k.lower() != "content-length"}
         route.fulfill(status=200, headers=headers, body=body[: 5 + length])  # no trailer frame follows
 
-    page.route(f"**{CHAT_PATH}", cut_after_the_first_event, times=1)
+    route_next_call(page, CHAT_PATH, cut_after_the_first_event)
     tab.send("What do you know about me?")
     answer = page.locator(".message.assistant").last
     expect(answer).to_have_class(re.compile(r"\bfailed\b"))
