@@ -14,6 +14,8 @@ import { SignInView } from "./signin";
 const OFFLINE_KEY = "athena.offline-model";
 /** How long a sign-out waits for Logout before leaving it to the next start of the app. */
 const LOGOUT_TIMEOUT_MS = 5_000;
+/** Refreshes are single-flight: one that hangs (a stalled connection) must not hold every call forever. */
+const REFRESH_TIMEOUT_MS = 10_000;
 
 class App {
   private readonly sessions = new SessionStore(localStorage);
@@ -58,7 +60,10 @@ class App {
     // The refresh token never reaches this code: it is the HttpOnly cookie these calls carry.
     this.sessions.start({
       refresh: async () => {
-        const response = await this.api.auth.refreshSession({ refreshTokenInCookie: true });
+        const response = await this.api.auth.refreshSession(
+          { refreshTokenInCookie: true },
+          { timeoutMs: REFRESH_TIMEOUT_MS },
+        );
         if (!response.session) {
           throw new ConnectError("no session in the answer", Code.Unauthenticated);
         }
