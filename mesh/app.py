@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import grpc
 import httpx
+import uvloop
 from aiohttp import web
 
 from mesh import postgres, redis
@@ -256,7 +257,7 @@ def main(app: ServiceApp[S, D], argv: Sequence[str] | None = None) -> None:
     command = arguments.command or "serve"
     if command == "serve":
         configure_tracing(app.name, settings.otlp_endpoint)
-        asyncio.run(serve(app, settings))
+        uvloop.run(serve(app, settings))
         sys.exit(0)
     sys.exit(app.commands[command].run(settings))
 

@@ -28,6 +28,7 @@ from mesh.errors import (
     Unavailable,
 )
 from mesh.interceptors import DELIBERATE, SERVICE_KEY_HEADER
+from mesh.telemetry import tracing_on
 
 Response = TypeVar("Response")
 
@@ -59,7 +60,8 @@ def channel(target: str, *, keepalive_seconds: float = 30.0) -> grpc.aio.Channel
         ("grpc.enable_retries", 0),  # retries are decided per call, where it is safe to retry
         ("grpc.max_receive_message_length", 16 * 1024 * 1024),
     ]
-    return grpc.aio.insecure_channel(target, options=options, interceptors=aio_client_interceptors())  # type: ignore[no-untyped-call]
+    interceptors = aio_client_interceptors() if tracing_on() else None  # type: ignore[no-untyped-call]
+    return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
 
 
 def outgoing(

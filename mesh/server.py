@@ -35,6 +35,7 @@ from mesh.interceptors import (
 )
 from mesh.requests import RequestReader
 from mesh.settings import ServiceSettings
+from mesh.telemetry import tracing_on
 from mesh.tokens import TokenVerifier
 from mesh.validation import ValidationInterceptor, shared_validator
 
@@ -117,7 +118,7 @@ class MeshServer:
     async def start(self) -> None:
         interceptors = [
             RequestReader(self.settings.request_read_timeout_seconds),
-            aio_server_interceptor(),  # type: ignore[no-untyped-call]
+            *([aio_server_interceptor()] if tracing_on() else []),  # type: ignore[no-untyped-call]
             CallContextInterceptor(),
             AccessLogInterceptor(),
             MetricsInterceptor(),

@@ -40,18 +40,25 @@ def configure_logging(service: str, level: str) -> None:
 
 
 def configure_tracing(service: str, otlp_endpoint: str | None) -> None:
-    """A tracer provider exporting to `otlp_endpoint`; without one, spans are created but not exported
-    (the gRPC instrumentation still propagates trace context between services)."""
+    """A tracer provider exporting to `otlp_endpoint`. Without one tracing is off: no provider is set,
+    `tracing_on()` is false, and servers and channels install no tracing interceptor, so a call pays
+    nothing for spans nobody would see."""
+    if not otlp_endpoint:
+        return
     from opentelemetry import trace
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     provider = TracerProvider(resource=Resource.create({"service.name": f"athena-{service}"}))
-    if otlp_endpoint:
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor
-
-        provider.add_span_processor(
-            BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint, insecure=True))
-        )
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint, insecure=True)))
     trace.set_tracer_provider(provider)
+
+
+def tracing_on() -> bool:
+    """Whether `configure_tracing` set up an exporting provider in this process."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+
+    return isinstance(trace.get_tracer_provider(), TracerProvider)

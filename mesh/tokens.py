@@ -3,6 +3,10 @@
 Every service verifies every token itself, even behind Envoy's `jwt_authn`: signature with a key of the
 auth service's JWKS (never a key or URL named by the token: `jku`, `x5u` and `jwk` headers are refused),
 RS256 only, `typ` "at+jwt", `iss`, `aud`, `exp`/`nbf` with at most 60 s leeway, and `sub`.
+
+A token seen again (each turn presents one to the router, the orchestrator and memory, and a person's
+next turn the same one) is answered from a small cache of verified tokens for at most `CACHE_SECONDS`,
+never past its own expiry: the signature check is the most expensive step of a call.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from typing import Any, Protocol
 
 import httpx
@@ -25,6 +30,10 @@ ACCESS_TOKEN_TYPE = "at+jwt"  # noqa: S105 (a media type, not a secret)
 ALGORITHMS = ["RS256"]
 LEEWAY_SECONDS = 60
 _FORBIDDEN_HEADERS = ("jku", "x5u", "jwk", "x5c", "crit")
+CACHE_SECONDS = 60.0
+"""How long a verified token is taken on trust: a signing key withdrawn from the JWKS stops being
+accepted this long after at the latest."""
+CACHE_SIZE = 10_000
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +121,8 @@ class TokenVerifier:
 
     def __init__(self, keys: KeySource, *, issuer: str, audience: str) -> None:
         self._keys = keys
+        self._verified: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
+        """Verified tokens, least recently used first, with the epoch second they may be trusted until."""
         self._claims = jwt.JWTClaimsRegistry(
             leeway=LEEWAY_SECONDS,
             iss={"essential": True, "value": issuer},
@@ -122,6 +133,21 @@ class TokenVerifier:
         )
 
     async def verify(self, token: str) -> Principal:
+        cached = self._verified.get(token)
+        if cached is not None:
+            principal, until = cached
+            if time.time() < until:
+                self._verified.move_to_end(token)
+                return principal
+            del self._verified[token]
+        principal, expires_at = await self._verify(token)
+        self._verified[token] = (principal, min(expires_at, time.time() + CACHE_SECONDS))
+        if len(self._verified) > CACHE_SIZE:
+            self._verified.popitem(last=False)
+        return principal
+
+    async def _verify(self, token: str) -> tuple[Principal, float]:
+        """The principal and the token's expiry (epoch seconds), or Unauthenticated."""
         header = _unverified_header(token)
         if header.get("alg") not in ALGORITHMS:
             raise Unauthenticated("invalid access token")
@@ -145,7 +171,8 @@ class TokenVerifier:
         if not isinstance(subject, str) or not subject:
             raise Unauthenticated("invalid access token")
         email = claims.get("email")
-        return Principal(user_id=subject, token=token, email=email if isinstance(email, str) else "")
+        principal = Principal(user_id=subject, token=token, email=email if isinstance(email, str) else "")
+        return principal, float(claims["exp"])
 
 
 def _unverified_header(token: str) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+import uvloop
 
 from mesh.telemetry import configure_logging
 from offline_model.server import serve
@@ -12,7 +12,7 @@ from offline_model.settings import OfflineModelSettings
 def main() -> None:
     settings = OfflineModelSettings(_cli_parse_args=True, _cli_prog_name="python -m offline_model")
     configure_logging("offline-model", settings.log_level)
-    asyncio.run(serve(settings))
+    uvloop.run(serve(settings))
 
 
 if __name__ == "__main__":
