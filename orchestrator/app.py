@@ -162,7 +162,7 @@ async def build(settings: OrchestratorSettings, deps: OrchestratorDeps) -> Assem
         services=[
             Service(
                 SERVICE_NAME,
-                OrchestratorServicer(runner),
+                OrchestratorServicer(runner, coalesce_seconds=settings.coalesce_ms / 1000),
                 orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server,
             )
         ],

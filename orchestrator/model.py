@@ -165,8 +165,6 @@ class OpenAIChatModel(ChatModel):
                                 finish_reason = choice["finish_reason"]
                     if text:
                         yield TextChunk("".join(text))
-                    if events.done:
-                        break
         except openai.OpenAIError as exc:
             raise _translate(exc) from exc
         except httpx2.TimeoutException as exc:  # the answer stalled while it streamed
@@ -192,7 +190,8 @@ class ServerSentEvents:
     def __init__(self) -> None:
         self._pending = b""
         self.done = False
-        """Whether `[DONE]` arrived."""
+        """Whether `[DONE]` arrived (the body is still read to its end, so that the connection can serve
+        the next call)."""
 
     def feed(self, received: bytes) -> list[dict[str, Any]]:
         self._pending += received
@@ -206,8 +205,8 @@ class ServerSentEvents:
                 continue  # a comment or a keep-alive
             if data == b"[DONE]":
                 self.done = True
-                break
-            found.append(json.loads(data))
+            elif not self.done:
+                found.append(json.loads(data))
         return found
 
 

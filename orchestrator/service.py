@@ -13,13 +13,15 @@ from google.protobuf.duration_pb2 import Duration
 
 from mesh.context import principal
 from orchestrator import events
+from orchestrator.coalesce import coalesced
 from orchestrator.records import NewTurn
 from orchestrator.turn import TurnRunner
 
 
 class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
-    def __init__(self, runner: TurnRunner) -> None:
+    def __init__(self, runner: TurnRunner, *, coalesce_seconds: float = 0.0) -> None:
         self._runner = runner
+        self._coalesce_seconds = coalesce_seconds
 
     async def Run(
         self, request: orchestrator_pb2.RunRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -33,7 +35,8 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         )
         # `aclosing`: if the client goes away while we wait on it, the turn is closed (and its model call
         # with it) now, not whenever the generator happens to be collected.
-        async with aclosing(self._runner.run(principal().user_id, turn)) as turn_events:
+        turn_events = coalesced(self._runner.run(principal().user_id, turn), self._coalesce_seconds)
+        async with aclosing(turn_events):
             async for event in turn_events:
                 yield orchestrator_pb2.RunResponse(event=chat_event(event))
 

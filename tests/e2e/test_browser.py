@@ -320,7 +320,8 @@ def test_sign_in_pick_agent_and_watch_the_answer_stream(tab: Tab) -> None:
     expect(page.get_by_text("offline model", exact=True)).to_be_visible()
     steps: list[dict[str, float]] = page.evaluate("window.answerSteps")
     lengths = [step["length"] for step in steps]
-    assert len(lengths) >= 4, f"the answer appeared in {len(lengths)} steps: {lengths}"
+    # The first word comes alone, the rest as the model writes it (merged a few words at a time).
+    assert len(lengths) >= 2, f"the answer appeared in {len(lengths)} steps: {lengths}"
     assert lengths == sorted(lengths), lengths
     assert steps[-1]["at"] - steps[0]["at"] >= 40, f"the answer arrived all at once: {steps}"
     assert tab.errors == []

@@ -204,7 +204,7 @@ async def test_chat_streams_over_grpc_web_and_native_grpc(mesh: RunningMesh) -> 
     events = result.decode(chat_pb2.ChatResponse)
     kinds = [event.WhichOneof("event") for event in events]
     assert kinds[0] == "conversation_started"
-    assert kinds.count("text_delta") >= 3
+    assert kinds.count("text_delta") >= 2  # the first word alone, then a few words at a time
     assert kinds[-1] == "message_completed"
     answer = "".join(event.text_delta.text for event in events if event.HasField("text_delta"))
     assert answer == events[-1].message_completed.content
