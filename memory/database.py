@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Literal, TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
 
 import asyncpg
 from pgvector.asyncpg import register_vector
@@ -22,13 +22,22 @@ if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
 
 Connection: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"
-_Isolation = Literal["read_committed", "repeatable_read"]
 
 
 async def init_connection(connection: postgres.Connection) -> None:
-    """Every pooled connection knows the `vector` and `jsonb` types."""
+    """Every pooled connection knows the `vector` and `jsonb` types, and quotes literals as `_literal`
+    does (backslashes are plain characters)."""
+    if connection.get_settings().standard_conforming_strings != "on":
+        raise RuntimeError("PostgreSQL must run with standard_conforming_strings = on")
     await register_vector(connection)
     await connection.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+def _literal(value: str) -> str:
+    """`value` as an SQL string literal (with standard_conforming_strings, as `init_connection` checks)."""
+    if "\x00" in value:
+        raise ValueError("a PostgreSQL string cannot hold NUL")
+    return "'" + value.replace("'", "''") + "'"
 
 
 class Database:
@@ -44,17 +53,22 @@ class Database:
     ) -> AsyncIterator[Connection]:
         """A connection inside a transaction whose row-level-security user is `user_id` (None: no user,
         so user-data tables show no rows). `settings` are further `set_config(..., true)` pairs."""
+        pairs: dict[str, str] = {"athena.user_id": user_id or "", **(settings or {})}
+        configs = ", ".join(
+            f"set_config({_literal(name)}, {_literal(value)}, true)" for name, value in pairs.items()
+        )
+        mode = "ISOLATION LEVEL REPEATABLE READ READ ONLY" if readonly else "ISOLATION LEVEL READ COMMITTED"
         async with postgres.translated(), self.pool.acquire(timeout=self._acquire_timeout) as connection:
-            isolation: _Isolation = "repeatable_read" if readonly else "read_committed"
-            async with connection.transaction(isolation=isolation, readonly=readonly):
-                pairs: dict[str, str] = {"athena.user_id": user_id or "", **(settings or {})}
-                await connection.execute(
-                    "SELECT set_config(name, value, true)"
-                    " FROM unnest($1::text[], $2::text[]) AS s(name, value)",
-                    list(pairs),
-                    list(pairs.values()),
-                )
+            # One round trip opens the transaction and scopes it: the simple query protocol takes both
+            # statements (hence the values as quoted literals, not parameters).
+            await connection.execute(f"BEGIN {mode}; SELECT {configs}")
+            try:
                 yield connection
+            except BaseException:
+                with contextlib.suppress(Exception):  # a broken connection is discarded by the pool
+                    await connection.execute("ROLLBACK")
+                raise
+            await connection.execute("COMMIT")
 
     async def ping(self, within: float = 1.0) -> bool:
         """Whether a `SELECT 1` answers within `within` seconds (the readiness check)."""

@@ -259,11 +259,68 @@ class PostgresConversationStore:
         self._db = database
 
     async def start_turn(self, user_id: str, turn: NewTurn) -> TurnStart:
+        """A new turn is stored in one statement; a client request id met before (found when that
+        statement stores nothing) is looked up and resumed in a transaction of its own."""
+        try:
+            return await self._start_new_turn(user_id, turn)
+        except _Repeated:
+            pass
         try:
             return await self._start_turn(user_id, turn)
         except asyncpg.UniqueViolationError:
             # A concurrent request with the same client_request_id won the race: answer its message.
             return await self._start_turn(user_id, turn)
+
+    async def _start_new_turn(self, user_id: str, turn: NewTurn) -> TurnStart:
+        """The common case in four round trips: agents, the user message (its conversation created or
+        touched in the same statement), the history of an existing conversation, commit."""
+        uid = uuid.UUID(user_id)
+        async with self._db.transaction(user_id) as connection:
+            agents = await connection.fetch(_AGENT_STATES, uid)
+            try:
+                _check_agent(turn.agent_id, agents)
+            except FailedPrecondition:
+                if turn.client_request_id is None:
+                    raise
+                raise _Repeated from None  # maybe a repeat of a turn whose agent was disabled since
+            new_conversation = turn.conversation_id is None
+            row = await connection.fetchrow(
+                _NEW_CONVERSATION_TURN if new_conversation else _CONTINUED_TURN,
+                uid,
+                uuid.uuid4() if new_conversation else uuid.UUID(str(turn.conversation_id)),
+                turn.agent_id,
+                conversation_title(turn.text) if new_conversation else None,
+                uuid.uuid4(),
+                turn.text,
+                turn.client_request_id,
+                uuid.uuid4(),
+                turn.lease_seconds,
+            )
+            if row is None and turn.client_request_id is None:
+                raise NotFound("conversation not found")
+            if row is None or row["id"] is None:  # maybe a repeat: the full path decides (and refuses)
+                raise _Repeated
+            history: list[MessageRecord] = []
+            if not new_conversation and turn.history_messages:
+                history = await _messages(
+                    connection, uid, row["conv_id"], turn.history_messages, before=row["seq"]
+                )
+        return TurnStart(
+            conversation=ConversationRecord(
+                id=str(row["conv_id"]),
+                agent_id=row["conv_agent_id"],
+                title=row["conv_title"],
+                created_at=row["conv_created_at"],
+                updated_at=row["conv_updated_at"],
+            ),
+            message=_message(row),
+            replayed=False,
+            enabled_agent_ids=tuple(state["id"] for state in agents if state["available"]),
+            state=TurnState.ANSWER,
+            answer_id=str(row["answer_id"]),
+            answer=None,
+            history=tuple(history),
+        )
 
     async def _start_turn(self, user_id: str, turn: NewTurn) -> TurnStart:
         uid = uuid.UUID(user_id)
@@ -480,6 +537,43 @@ async def _messages(
 
 _LIST_AGENTS = f"""SELECT {_AGENT_COLUMNS}, COALESCE(ua.enabled, true) AS user_enabled
     FROM agents AS a LEFT JOIN user_agents AS ua ON ua.agent_id = a.id AND ua.user_id = $1"""
+
+
+class _Repeated(Exception):
+    """A turn with a client request id found something the full path must judge (the id used before, an
+    agent or a conversation gone): it is looked up there instead, in a transaction of its own."""
+
+
+_NEW_TURN_MESSAGE = f"""message AS (
+        INSERT INTO messages
+            (id, conv_id, user_id, role, agent_id, content, client_request_id, answer_id, lease_until)
+        SELECT $5, conversation.id, $1, 'user', $3, $6, $7, $8, clock_timestamp() + make_interval(secs => $9)
+        FROM conversation
+        ON CONFLICT (user_id, client_request_id) DO NOTHING
+        RETURNING {_TURN_COLUMNS}
+    )
+    SELECT message.*, conversation.agent_id AS conv_agent_id, conversation.title AS conv_title,
+           conversation.created_at AS conv_created_at, conversation.updated_at AS conv_updated_at
+    FROM conversation LEFT JOIN message ON true"""
+"""The user message of a turn, in the conversation of the CTE `conversation`, with that conversation; the
+message's columns are NULL when its client request id was used before."""
+
+_NEW_CONVERSATION_TURN = f"""WITH person AS (
+        INSERT INTO users (id) VALUES ($1) ON CONFLICT (id) DO NOTHING
+    ), conversation AS (
+        INSERT INTO conversations (id, user_id, agent_id, title) VALUES ($2, $1, $3, $4)
+        RETURNING {_CONVERSATION_COLUMNS}
+    ), {_NEW_TURN_MESSAGE}"""
+"""A turn starting a conversation (and the user's first row, on their first turn): one statement."""
+
+_CONTINUED_TURN = f"""WITH conversation AS (
+        UPDATE conversations SET updated_at = clock_timestamp()
+        WHERE user_id = $1 AND id = $2 AND $4::text IS NULL
+        RETURNING {_CONVERSATION_COLUMNS}
+    ), {_NEW_TURN_MESSAGE}"""
+"""A turn in an existing conversation of the user: no row when there is none. (The title, $4, is NULL
+here: named only so that both statements take the same parameters.)"""
+
 _AGENT_STATES = """SELECT a.id, a.enabled, a.enabled AND COALESCE(ua.enabled, true) AS available
     FROM agents AS a LEFT JOIN user_agents AS ua ON ua.agent_id = a.id AND ua.user_id = $1
     ORDER BY a.position, a.id"""

@@ -6,12 +6,15 @@ import uuid
 
 import asyncpg
 import grpc
+import pytest
 from athena.account.v1 import account_pb2
 from athena.chat.v1 import chat_pb2
 from athena.memory.v1 import memory_pb2, memory_pb2_grpc
 from memory_fixtures import MemoryHarness, expect_status, memory_service, shipped_agents, start_turn_request
 
 from devstack.postgres import EmbeddedPostgres
+from memory.database import Database, init_connection
+from mesh.postgres import close_pool, open_pool
 
 __all__ = ["memory_service"]
 
@@ -338,3 +341,27 @@ async def test_row_level_security_hides_other_users_rows_without_any_where_claus
                 raise AssertionError("row-level security let a row of another user be written")
     finally:
         await connection.close()
+
+
+async def test_a_transaction_is_scoped_with_its_settings_quoted_exactly(postgres: EmbeddedPostgres) -> None:
+    """`Database.transaction` opens and scopes a transaction in one round trip, its settings written into
+    the statement as literals: a value with quotes and backslashes arrives as it was, a NUL never goes."""
+    pool = await open_pool(postgres.url, init=init_connection, max_size=1)
+    database = Database(pool)
+    awkward = "it's a \\'test\\' ''; SELECT 1; --"
+    try:
+        async with database.transaction(
+            None, readonly=True, settings={"athena.probe": awkward}
+        ) as connection:
+            assert await connection.fetchval("SELECT current_setting('athena.probe')") == awkward
+            assert await connection.fetchval("SELECT current_setting('athena.user_id')") == ""
+            assert await connection.fetchval("SHOW transaction_read_only") == "on"
+        async with database.transaction(
+            None
+        ) as connection:  # the settings lived as long as their transaction
+            assert await connection.fetchval("SELECT current_setting('athena.probe', true)") in ("", None)
+        with pytest.raises(ValueError, match="NUL"):
+            async with database.transaction(None, settings={"athena.probe": "a\x00b"}):
+                pass
+    finally:
+        await close_pool(pool)
