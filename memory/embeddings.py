@@ -6,9 +6,12 @@ vLLM, Ollama, the offline model server).
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
+import httpx2
+import numpy as np
 import openai
 
 from mesh.context import time_remaining
@@ -53,21 +56,32 @@ class OpenAIEmbedder:
     async def embed(self, texts: Sequence[str]) -> list[Vector]:
         remaining = time_remaining()
         timeout = self._timeout if remaining is None else min(self._timeout, remaining)
+        body: dict[str, Any] = {"model": self._model, "input": list(texts), "encoding_format": "base64"}
+        if self._send_dimensions:
+            body["dimensions"] = self._dimension
         try:
-            if self._send_dimensions:
-                response = await self._client.embeddings.create(
-                    model=self._model, input=list(texts), dimensions=self._dimension, timeout=timeout
-                )
-            else:
-                response = await self._client.embeddings.create(
-                    model=self._model, input=list(texts), timeout=timeout
-                )
+            # The SDK's `post` (base URL, credentials, error statuses) without its typed objects: vectors
+            # arrive as base64 float32 (as the SDK itself asks for them) and are decoded here.
+            response = await self._client.post(
+                "/embeddings", body=body, cast_to=httpx2.Response, options={"timeout": timeout}
+            )
+            items = sorted(response.json()["data"], key=lambda item: item["index"])
+            vectors = [_vector(item["embedding"]) for item in items]
         except openai.APIError as exc:
             raise Unavailable("the embedding model is unavailable") from exc
-        vectors = [tuple(item.embedding) for item in sorted(response.data, key=lambda item: item.index)]
+        except (httpx2.HTTPError, ValueError, KeyError, TypeError) as exc:
+            raise Unavailable("the embedding model answered with an error") from exc
         if len(vectors) != len(texts) or any(len(v) != self._dimension for v in vectors):
             raise FailedPrecondition(
                 f"the embedding model {self._model!r} did not answer {len(texts)} vectors of "
                 f"{self._dimension} dimensions (check MEMORY_EMBEDDING_DIMENSION)"
             )
         return vectors
+
+
+def _vector(embedding: str | list[float]) -> Vector:
+    """A vector as the API answers it: base64 little-endian float32, or (some servers ignore the encoding
+    asked for) a list of numbers."""
+    if isinstance(embedding, str):
+        return tuple(np.frombuffer(base64.b64decode(embedding), dtype="<f4").tolist())
+    return tuple(float(value) for value in embedding)
