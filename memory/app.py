@@ -87,7 +87,10 @@ async def build(settings: MemorySettings, deps: MemoryDeps) -> Assembly:
             Service(
                 conversation_name,
                 ConversationServicer(
-                    PostgresConversationStore(database), turn_lease_seconds=settings.turn_lease_seconds
+                    PostgresConversationStore(database),
+                    recaller,
+                    recall_k=defaults.recall_k,
+                    turn_lease_seconds=settings.turn_lease_seconds,
                 ),
                 memory_pb2_grpc.add_ConversationServiceServicer_to_server,
             ),

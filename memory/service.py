@@ -9,6 +9,8 @@ written; errors are `mesh.errors` exceptions, turned into statuses by the shared
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -27,6 +29,7 @@ from memory.domain import (
     NewAssistantMessage,
     NewMemory,
     NewTurn,
+    RecallHit,
     UserAgent,
     optional_embedding,
     require_json,
@@ -37,7 +40,7 @@ from memory.pagination import Cursor, decode_page_token, encode_page_token
 from memory.recall import Recaller, RecallQuery
 from memory.stores import AgentStore, ConversationStore, EphemeralStore, MemoryStore, UserDataStore
 from mesh.context import principal
-from mesh.errors import InvalidArgument, NotFound, Unauthenticated
+from mesh.errors import AthenaError, InvalidArgument, NotFound, Unauthenticated
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -52,6 +55,9 @@ def caller_id() -> str:
         return str(uuid.UUID(subject))
     except ValueError:
         raise Unauthenticated("the token's subject is not a user id") from None
+
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,9 +173,22 @@ def _next_token(kind: str, items: list[Any], size: int, cursor: Any) -> str:
     return encode_page_token(kind, cursor(items[size - 1]))
 
 
+RECALL_QUERY_LENGTH = 4000
+"""Characters of a message a turn's recall embeds (Recall's own limit on a query)."""
+
+
 class ConversationServicer(memory_pb2_grpc.ConversationServiceServicer):
-    def __init__(self, store: ConversationStore, *, turn_lease_seconds: float = 30.0) -> None:
+    def __init__(
+        self,
+        store: ConversationStore,
+        recaller: Recaller,
+        *,
+        recall_k: int = 8,
+        turn_lease_seconds: float = 30.0,
+    ) -> None:
         self._store = store
+        self._recaller = recaller
+        self._recall_k = recall_k
         self._turn_lease_seconds = turn_lease_seconds
 
     async def StartTurn(
@@ -185,7 +204,35 @@ class ConversationServicer(memory_pb2_grpc.ConversationServiceServicer):
             history_messages=request.history_messages,
             lease_seconds=_seconds(request.lease) or self._turn_lease_seconds,
         )
-        return convert.turn_start_to_proto(await self._store.start_turn(user_id, turn))
+        if not request.HasField("recall"):
+            return convert.turn_start_to_proto(await self._store.start_turn(user_id, turn))
+        query = RecallQuery(
+            text=chat.text.strip()[:RECALL_QUERY_LENGTH], agent_id=chat.agent_id, k=request.recall.k or self._recall_k
+        )
+        # The recall reads and changes nothing: it runs while the message is stored.
+        recall = asyncio.create_task(self._recall(user_id, query))
+        try:
+            start = await self._store.start_turn(user_id, turn)
+        except BaseException:
+            recall.cancel()
+            raise
+        hits = await recall
+        response = convert.turn_start_to_proto(start)
+        if hits is None:
+            response.recall_failed = True
+        else:
+            response.memories.extend(convert.hit_to_proto(hit) for hit in hits)
+        return response
+
+    async def _recall(self, user_id: str, query: RecallQuery) -> list[RecallHit] | None:
+        """The hits, or None when recall failed: a turn goes on without memories rather than not at all."""
+        try:
+            return await self._recaller.recall(user_id, query)
+        except AthenaError as exc:
+            log.warning(
+                "recall for a turn failed; it is answered without memories", extra={"error": exc.message}
+            )
+            return None
 
     async def RenewTurn(
         self, request: memory_pb2.RenewTurnRequest, context: Context

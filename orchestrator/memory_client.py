@@ -49,7 +49,9 @@ class GrpcMemoryGateway:
         self._timeout = timeout
         self._detached_timeout = detached_timeout
 
-    async def start_turn(self, turn: NewTurn, history_messages: int, lease_seconds: float = 6.0) -> TurnStart:
+    async def start_turn(
+        self, turn: NewTurn, history_messages: int, lease_seconds: float = 6.0, recall_k: int | None = None
+    ) -> TurnStart:
         request = memory_pb2.StartTurnRequest(
             chat=chat_pb2.ChatRequest(
                 agent_id=turn.agent_id,
@@ -59,6 +61,7 @@ class GrpcMemoryGateway:
             ),
             history_messages=history_messages,
             lease=_duration(lease_seconds),
+            recall=memory_pb2.TurnRecall(k=recall_k) if recall_k is not None else None,
         )
         response = await call(self._conversations.StartTurn, request, timeout_seconds=self._timeout)
         return TurnStart(
@@ -71,6 +74,8 @@ class GrpcMemoryGateway:
             answer=_answer(response.answer) if response.HasField("answer") else None,
             history=tuple(_history(message) for message in response.history if message.role in _ROLES),
             replayed=response.replayed,
+            memories=tuple(_memory(result) for result in response.memories),
+            recall_failed=response.recall_failed,
         )
 
     async def renew_turn(self, message_id: str, lease_seconds: float) -> None:
@@ -111,18 +116,7 @@ class GrpcMemoryGateway:
             memory_pb2.RecallRequest(query=query, agent_id=agent_id, k=k),
             timeout_seconds=self._timeout,
         )
-        return [
-            Memory(
-                id=result.memory.id,
-                text=result.memory.text,
-                scope=_SCOPE_NAMES.get(result.memory.scope, Scope.USER),
-                agent_id=result.memory.agent_id,
-                similarity=result.similarity,
-                score=result.score,
-                stage=_STAGES.get(result.stage, ""),
-            )
-            for result in response.results
-        ]
+        return [_memory(result) for result in response.results]
 
     async def remember(self, text: str, scope: Scope, agent_id: str, key: str = "") -> StoredMemory:
         response = await call(
@@ -269,4 +263,16 @@ def _history(message: chat_pb2.Message) -> HistoryMessage:
 def _handoff(handoff: Handoff) -> chat_pb2.Handoff:
     return chat_pb2.Handoff(
         from_agent_id=handoff.from_agent_id, to_agent_id=handoff.to_agent_id, reason=handoff.reason
+    )
+
+
+def _memory(result: memory_pb2.RecallResult) -> Memory:
+    return Memory(
+        id=result.memory.id,
+        text=result.memory.text,
+        scope=_SCOPE_NAMES.get(result.memory.scope, Scope.USER),
+        agent_id=result.memory.agent_id,
+        similarity=result.similarity,
+        score=result.score,
+        stage=_STAGES.get(result.stage, ""),
     )

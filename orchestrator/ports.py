@@ -17,12 +17,16 @@ from orchestrator.records import AssistantMessage, Memory, NewTurn, Scope, Store
 class MemoryGateway(Protocol):
     """What a turn and its tools ask of memory, always on behalf of the current caller."""
 
-    async def start_turn(self, turn: NewTurn, history_messages: int, lease_seconds: float = 6.0) -> TurnStart:
+    async def start_turn(
+        self, turn: NewTurn, history_messages: int, lease_seconds: float = 6.0, recall_k: int | None = None
+    ) -> TurnStart:
         """Checks the caller may talk to `turn.agent_id` (FailedPrecondition otherwise) and stores the user
         message (NotFound for a conversation that is not the caller's), answering up to `history_messages`
         earlier messages; the caller then holds the turn for `lease_seconds`. A turn repeating an earlier
         one (its client request id) is found instead: done, running, or taken over (`TurnState`); the
-        same id with another text, agent or conversation is InvalidArgument."""
+        same id with another text, agent or conversation is InvalidArgument. With `recall_k`, up to that
+        many memories are recalled for the message at the same time (`TurnStart.memories`); a failing
+        recall sets `recall_failed` instead of failing the turn."""
         ...
 
     async def renew_turn(self, message_id: str, lease_seconds: float) -> None:

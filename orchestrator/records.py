@@ -145,6 +145,10 @@ class TurnStart:
     """Earlier messages of the conversation, oldest first."""
     replayed: bool = False
     """True when an earlier request with the same client request id stored the message already."""
+    memories: tuple[Memory, ...] = ()
+    """With a recall asked for: what the addressed agent remembers about the message, best first."""
+    recall_failed: bool = False
+    """With a recall asked for: it failed, and the turn goes on without memories."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,6 @@
 """One chat turn: a user message in, a stream of `orchestrator.events` out (SPEC §4).
 
-    start the turn in memory (agent check, user message stored, history) while memories are recalled
+    start the turn in memory (agent check, user message stored, history, memories recalled meanwhile)
     → ConversationStarted → MemoriesRecalled
     → up to `max_steps` model steps: TextDelta*, then for each tool call ToolCallStarted/ToolCallFinished
       (a handoff also emits Handoff and MemoriesRecalled for the agent taking over)
@@ -132,16 +132,10 @@ class TurnRunner:
         started = self._clock()
         agent = self._agent(turn.agent_id)
         text = turn.text.strip()
-        # The recall reads and changes nothing, so it runs while memory stores the message; nothing
-        # reaches the model before the message is stored.
-        recall = asyncio.ensure_future(self._recall(agent, text))
-        try:
-            start = await self._start(turn)
-        except BaseException:
-            recall.cancel()
-            raise
+        # One memory round trip stores the message and recalls for it (the recall runs meanwhile, and
+        # nothing reaches the model before the message is stored).
+        start = await self._start(turn)
         if start.state is TurnState.DONE:
-            recall.cancel()
             async with aclosing(self._replay(start, agent)) as replayed:
                 async for event in replayed:
                     yield event
@@ -150,8 +144,10 @@ class TurnRunner:
         lease = asyncio.create_task(self._hold(start.message_id), name=f"hold-turn-{start.message_id}")
         try:
             yield self._started(start, agent, progress.message_id)
-            memories = await recall
-            yield MemoriesRecalled(tuple(memories))
+            if start.recall_failed:
+                log.warning("recall failed; answering without memories")
+            memories = list(start.memories)
+            yield MemoriesRecalled(start.memories)
             context = ToolContext(user_id=user_id, agent_id=agent.id, memory=self._memory)
             async with aclosing(
                 self._answer(
@@ -171,7 +167,6 @@ class TurnRunner:
             await self._store_failed(progress, INTERNAL_REASON)
             raise
         finally:
-            recall.cancel()  # a no-op once awaited; stops it when the turn ends before that
             lease.cancel()
 
     async def _start(self, turn: NewTurn) -> TurnStart:
@@ -183,7 +178,7 @@ class TurnRunner:
             before_sleep=lambda _: log.info("the turn is being answered elsewhere; waiting for it"),
         )
         start: TurnStart = await waiting(
-            self._memory.start_turn, turn, self._history_messages, self._lease_seconds
+            self._memory.start_turn, turn, self._history_messages, self._lease_seconds, self._recall_k
         )
         return start
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from memory.embeddings import Vector
+from mesh.errors import Unavailable
 from offline_model.embeddings import embed
 
 
@@ -18,11 +19,13 @@ def hashing_embedding(text: str, dimension: int) -> Vector:
 
 
 class HashingEmbedder:
-    """Counts its calls, so tests can tell whether an embedding was computed."""
+    """Counts its calls, so tests can tell whether an embedding was computed; `down` makes it fail as an
+    unreachable embedding model does."""
 
     def __init__(self, dimension: int = 384) -> None:
         self._dimension = dimension
         self.calls = 0
+        self.down = False
 
     @property
     def dimension(self) -> int:
@@ -30,4 +33,6 @@ class HashingEmbedder:
 
     async def embed(self, texts: Sequence[str]) -> list[Vector]:
         self.calls += 1
+        if self.down:
+            raise Unavailable("the embedding model is unavailable")
         return [hashing_embedding(text, self._dimension) for text in texts]

@@ -103,7 +103,9 @@ class InMemoryGateway:
     def _enabled(self) -> frozenset[str]:
         return frozenset(a.id for a in self.agents if a.enabled and a.id not in self.disabled)
 
-    async def start_turn(self, turn: NewTurn, history_messages: int, lease_seconds: float = 6.0) -> TurnStart:
+    async def start_turn(
+        self, turn: NewTurn, history_messages: int, lease_seconds: float = 6.0, recall_k: int | None = None
+    ) -> TurnStart:
         self._enter("start_turn")
         enabled = self._enabled()
         message_id = self._requests.get(turn.client_request_id) if turn.client_request_id else None
@@ -119,6 +121,12 @@ class InMemoryGateway:
         before = next(i for i, m in enumerate(earlier) if m.id == message_id)
         wanted = state is TurnState.ANSWER and history_messages
         history = earlier[:before][-history_messages:] if wanted else []
+        memories: list[Memory] = []
+        recall_failed = False
+        if recall_k is not None:  # in the same call (a failure set for "recall" fails this recall too)
+            recall_failed = "recall" in self.failures
+            if not recall_failed:
+                memories = self._recalled(turn.text.strip()[:4000], turn.agent_id, recall_k)
         return TurnStart(
             held.conversation_id,
             conversation.title,
@@ -129,6 +137,8 @@ class InMemoryGateway:
             answer,
             tuple(history),
             replayed=replayed,
+            memories=tuple(memories),
+            recall_failed=recall_failed,
         )
 
     def _store_user_message(self, turn: NewTurn, enabled: frozenset[str], lease_seconds: float) -> str:
@@ -210,6 +220,9 @@ class InMemoryGateway:
 
     async def recall(self, query: str, agent_id: str, k: int) -> list[Memory]:
         self._enter("recall")
+        return self._recalled(query, agent_id, k)
+
+    def _recalled(self, query: str, agent_id: str, k: int) -> list[Memory]:
         wanted = _words(query)
         scored = []
         for memory in self._visible(agent_id):

@@ -333,6 +333,22 @@ async def test_an_agent_memory_is_recalled_only_by_its_agent(memory: Memory) -> 
     assert await gateway.recall("oatmeal breakfast", "focus", 5) == []
 
 
+async def test_a_turn_brings_what_its_agent_remembers_in_the_same_call(memory: Memory) -> None:
+    gateway = memory.gateway
+    shared = await gateway.remember("my caloric goal is 2000 kcal", Scope.USER, "nutrition")
+    own = await gateway.remember("my caloric goal feels hard on Fridays", Scope.AGENT, "focus")
+    start = await gateway.start_turn(NewTurn("nutrition", "what is my caloric goal?"), 0, recall_k=5)
+    assert [found.id for found in start.memories] == [shared.id]  # not focus's own memory
+    assert not start.recall_failed
+    assert [
+        m.id for m in (await gateway.start_turn(NewTurn("focus", "my caloric goal?"), 0, recall_k=5)).memories
+    ] in (
+        [shared.id, own.id],
+        [own.id, shared.id],
+    )
+    assert (await gateway.start_turn(NewTurn("athena", "what is my caloric goal?"), 0)).memories == ()
+
+
 async def test_nothing_is_recalled_for_an_unrelated_question(memory: Memory) -> None:
     await memory.gateway.remember("my caloric goal is 2000 kcal", Scope.USER, "nutrition")
     assert await memory.gateway.recall("favourite jazz record", "athena", 5) == []

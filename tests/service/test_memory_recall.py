@@ -14,7 +14,7 @@ import pytest
 from athena.account.v1 import account_pb2
 from athena.memory.v1 import memory_pb2
 from google.protobuf.duration_pb2 import Duration
-from memory_fixtures import MemoryHarness, expect_status, memory_service, start_memory
+from memory_fixtures import MemoryHarness, expect_status, memory_service, start_memory, start_turn_request
 
 from devstack.postgres import EmbeddedPostgres
 from devstack.valkey import EmbeddedValkey
@@ -256,3 +256,29 @@ async def test_precomputed_embedding_is_used(memory_service: MemoryHarness) -> N
     ).results
     assert [r.memory.text for r in results] == ["zzz"]
     assert results[0].similarity == pytest.approx(1.0, abs=1e-5)
+
+
+async def test_a_turn_is_stored_and_recalled_for_in_one_call_and_stored_even_when_recall_fails(
+    memory_service: MemoryHarness,
+) -> None:
+    _, md = memory_service.user()
+    await memory_service.memory.Remember(
+        memory_pb2.RememberRequest(text="my caloric goal is 2000 kcal", scope=USER, agent_id="athena"),
+        metadata=md,
+    )
+    request = start_turn_request(agent_id="athena", text="what is my caloric goal?")
+    request.recall.k = 3
+    started = await memory_service.conversations.StartTurn(request, metadata=md)
+    assert [result.memory.text for result in started.memories] == ["my caloric goal is 2000 kcal"]
+    assert not started.recall_failed
+
+    memory_service.embedder.down = True
+    try:
+        request = start_turn_request(agent_id="athena", text="and my goal for protein?")
+        request.recall.k = 3
+        degraded = await memory_service.conversations.StartTurn(request, metadata=md)
+    finally:
+        memory_service.embedder.down = False
+    assert degraded.recall_failed
+    assert list(degraded.memories) == []
+    assert degraded.message.content == "and my goal for protein?"  # the message is stored all the same

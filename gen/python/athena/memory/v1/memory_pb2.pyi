@@ -518,6 +518,7 @@ class StartTurnRequest(_message.Message):
     CHAT_FIELD_NUMBER: _builtins.int
     HISTORY_MESSAGES_FIELD_NUMBER: _builtins.int
     LEASE_FIELD_NUMBER: _builtins.int
+    RECALL_FIELD_NUMBER: _builtins.int
     history_messages: _builtins.int
     """How many messages before this one to return as history, oldest first (0 to 200; 0: none)."""
     @_builtins.property
@@ -532,20 +533,49 @@ class StartTurnRequest(_message.Message):
         a repeated request may take the turn over after this long. 1 second to 10 minutes.
         """
 
+    @_builtins.property
+    def recall(self) -> Global___TurnRecall:
+        """Also recall memories for the message, as Recall would for its text and agent: the turn and what
+        its agent remembers in one round trip (the recall runs while the message is stored).
+        """
+
     def __init__(
         self,
         *,
         chat: _chat_pb2.ChatRequest | None = ...,
         history_messages: _builtins.int = ...,
         lease: _duration_pb2.Duration | None = ...,
+        recall: Global___TurnRecall | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["chat", b"chat", "lease", b"lease"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chat", b"chat", "lease", b"lease", "recall", b"recall"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chat", b"chat", "history_messages", b"history_messages", "lease", b"lease"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chat", b"chat", "history_messages", b"history_messages", "lease", b"lease", "recall", b"recall"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StartTurnRequest: _TypeAlias = StartTurnRequest  # noqa: Y015
+
+@_typing.final
+class TurnRecall(_message.Message):
+    """The recall StartTurn makes for a turn."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    K_FIELD_NUMBER: _builtins.int
+    k: _builtins.int
+    """How many results at most (1 to 50; 0 means the configured default, 8)."""
+    def __init__(
+        self,
+        *,
+        k: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["k", b"k"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TurnRecall: _TypeAlias = TurnRecall  # noqa: Y015
 
 @_typing.final
 class StartTurnResponse(_message.Message):
@@ -561,12 +591,18 @@ class StartTurnResponse(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     ANSWER_ID_FIELD_NUMBER: _builtins.int
     ANSWER_FIELD_NUMBER: _builtins.int
+    MEMORIES_FIELD_NUMBER: _builtins.int
+    RECALL_FAILED_FIELD_NUMBER: _builtins.int
     replayed: _builtins.bool
     """True when the message was already stored by an earlier request with the same client_request_id."""
     state: Global___TurnState.ValueType
     """Where the turn stands."""
     answer_id: _builtins.str
     """Id of the turn's answer: the one to store it under, or the one it was stored under."""
+    recall_failed: _builtins.bool
+    """With `recall` asked: true when the recall failed (the embedding model or the index was unavailable):
+    the turn is stored all the same and is answered without memories.
+    """
     @_builtins.property
     def conversation(self) -> _chat_pb2.Conversation:
         """The conversation (without messages): new, or the one continued."""
@@ -589,6 +625,10 @@ class StartTurnResponse(_message.Message):
     def answer(self) -> _chat_pb2.Message:
         """With TURN_STATE_DONE, the stored answer."""
 
+    @_builtins.property
+    def memories(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecallResult]:
+        """With `recall` asked: what Recall answers for the message (its first 4,000 characters), best first."""
+
     def __init__(
         self,
         *,
@@ -600,10 +640,12 @@ class StartTurnResponse(_message.Message):
         state: Global___TurnState.ValueType = ...,
         answer_id: _builtins.str = ...,
         answer: _chat_pb2.Message | None = ...,
+        memories: _abc.Iterable[Global___RecallResult] | None = ...,
+        recall_failed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "conversation", b"conversation", "message", b"message"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "answer_id", b"answer_id", "conversation", b"conversation", "enabled_agent_ids", b"enabled_agent_ids", "history", b"history", "message", b"message", "replayed", b"replayed", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "answer_id", b"answer_id", "conversation", b"conversation", "enabled_agent_ids", b"enabled_agent_ids", "history", b"history", "memories", b"memories", "message", b"message", "recall_failed", b"recall_failed", "replayed", b"replayed", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
