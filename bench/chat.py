@@ -487,10 +487,10 @@ def _commit() -> str:
     return "unknown"
 
 
-async def run(samples: int, counts: Sequence[int], held: int) -> dict[str, Any]:
+async def run(samples: int, counts: Sequence[int], held: int, data_dir: Path | None = None) -> dict[str, Any]:
     started = time.time()
-    with tempfile.TemporaryDirectory(prefix="athena-bench-") as tmp:
-        data = Path(tmp)
+    with contextlib.ExitStack() as cleanup:
+        data = data_dir or Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="athena-bench-")))
         instant = await instant_series(data, samples)
         print(f"instant: {json.dumps(instant['overhead_ms'])}", flush=True)
         paced = await paced_series(data, counts)
@@ -531,8 +531,9 @@ def main(argv: Iterable[str] | None = None) -> None:
     parser.add_argument("--samples", type=int, default=200, help="turns of the one-stream instant series")
     parser.add_argument("--streams", type=_counts, default=[1, 50, 200], help="paced series, e.g. 1,50,200")
     parser.add_argument("--held", type=int, default=1000, help="streams of the held series (0: skip it)")
+    parser.add_argument("--data-dir", type=Path, help="keep the meshes' data and logs here")
     args = parser.parse_args(list(argv) if argv is not None else None)
-    write(asyncio.run(run(args.samples, args.streams, args.held)))
+    write(asyncio.run(run(args.samples, args.streams, args.held, args.data_dir)))
 
 
 if __name__ == "__main__":

@@ -207,7 +207,9 @@ class ConversationServicer(memory_pb2_grpc.ConversationServiceServicer):
         if not request.HasField("recall"):
             return convert.turn_start_to_proto(await self._store.start_turn(user_id, turn))
         query = RecallQuery(
-            text=chat.text.strip()[:RECALL_QUERY_LENGTH], agent_id=chat.agent_id, k=request.recall.k or self._recall_k
+            text=chat.text.strip()[:RECALL_QUERY_LENGTH],
+            agent_id=chat.agent_id,
+            k=request.recall.k or self._recall_k,
         )
         # The recall reads and changes nothing: it runs while the message is stored.
         recall = asyncio.create_task(self._recall(user_id, query))
