@@ -881,7 +881,7 @@ async def run(
                 offline_delay_ms=delay_ms,
                 # The probe starts several turns a second; per-user turn counting is not what is measured.
                 # Stream slots keep their default (4 per user): a slot a killed router never freed counts.
-                extra_env={"ROUTER_TURNS_PER_MINUTE": "1000000"},
+                extra_env={"ORCHESTRATOR_TURNS_PER_MINUTE": "1000000"},
             )
         )
         await asyncio.to_thread(stack.start)

@@ -255,7 +255,10 @@ async def running_mesh(data: Path, delay_ms: int, users: int) -> AsyncIterator[M
             ports=ports,
             offline_delay_ms=delay_ms,
             # Benchmark users start many turns a minute; per-user limits are not what is measured.
-            extra_env={"ROUTER_TURNS_PER_MINUTE": "1000000", "ROUTER_MAX_STREAMS_PER_USER": "1000"},
+            extra_env={
+                "ORCHESTRATOR_TURNS_PER_MINUTE": "1000000",
+                "ORCHESTRATOR_MAX_STREAMS_PER_USER": "1000",
+            },
         )
     )
     await asyncio.to_thread(stack.start)

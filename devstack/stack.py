@@ -1,8 +1,8 @@
 """The whole mesh on loopback, in dependency order, and stopped in reverse order.
 
     PostgreSQL+pgvector ─┐
-    Valkey ──────────────┼─> auth ─> memory ─> orchestrator ─> router ─> Envoy (edge)
-    offline model ───────┘
+    Valkey ──────────────┼─> auth ─> memory ─> orchestrator ─> router ─> Envoy (the edge: Chat goes
+    offline model ───────┘                          to the orchestrator, every other call to the router)
 
 Once every part is ready, a `Supervisor` restarts any that exits unexpectedly, with kubelet-like backoff
 (`devstack/supervisor.py`); `stop` tells it first, so a deliberate stop is never undone.
@@ -171,7 +171,6 @@ class Stack:
             "REDIS_URL": self.redis_url,
             "ROUTER_PORT": str(p.router),
             "ROUTER_HTTP_PORT": str(p.router_http),
-            "ROUTER_ORCHESTRATOR_TARGET": f"127.0.0.1:{p.orchestrator}",
             "ROUTER_MEMORY_TARGET": f"127.0.0.1:{p.memory}",
             "ROUTER_AUTH_TARGET": f"127.0.0.1:{p.auth}",
             "ORCHESTRATOR_PORT": str(p.orchestrator),
@@ -289,6 +288,7 @@ class Stack:
             listen_port=p.edge,
             admin_port=p.envoy_admin,
             router_port=p.router,
+            orchestrator_port=p.orchestrator,
             auth_port=p.auth,
             auth_http_port=p.auth_http,
             web_root=ROOT / "edge" / "web" / "dist",

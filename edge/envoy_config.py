@@ -43,6 +43,7 @@ HEALTH_SERVICE = "grpc.health.v1.Health"
 REFLECTION_SERVICES = ("grpc.reflection.v1alpha.ServerReflection", "grpc.reflection.v1.ServerReflection")
 
 ROUTER_CLUSTER = "router"
+ORCHESTRATOR_CLUSTER = "orchestrator"
 AUTH_CLUSTER = "auth"
 JWKS_CLUSTER = "auth_jwks"
 ADMIN_CLUSTER = "envoy_admin"
@@ -53,6 +54,10 @@ PUBLIC_SERVICES: Mapping[str, str] = {
     AUTH_SERVICE: AUTH_CLUSTER,
 }
 """The only application services the edge routes, each to its cluster. Internal services are never here."""
+
+STREAMED_METHODS: Mapping[str, str] = {f"/{CHAT_SERVICE}/Chat": ORCHESTRATOR_CLUSTER}
+"""Methods routed apart from the rest of their service: the chat stream goes straight to the orchestrator,
+which serves it, so an answer's text crosses one Python process between the model and the client."""
 
 TOKEN_REQUIRED = (CHAT_SERVICE, ACCOUNT_SERVICE)
 """Services whose calls need a valid access token at the edge; login RPCs, health and reflection do not."""
@@ -214,7 +219,11 @@ class EdgeConfig:
     """The router: an IP address (a STATIC cluster) or a DNS name (STRICT_DNS: each address it resolves
     to, such as each pod behind a headless Service, is a host of its own, balanced round robin)."""
     router_port: int = 50051
-    """The router's gRPC port (ChatService, AccountService)."""
+    """The router's gRPC port (ChatService but Chat, AccountService)."""
+    orchestrator_host: str = "127.0.0.1"
+    """The orchestrator pool, like `router_host`: the chat stream (`ChatService/Chat`) goes straight to it."""
+    orchestrator_port: int = 50052
+    """The orchestrator's gRPC port."""
     auth_host: str = "127.0.0.1"
     """The auth service, like `router_host`."""
     auth_port: int = 50054
@@ -256,6 +265,7 @@ class EdgeConfig:
         return cls(
             listen_host="0.0.0.0",
             router_host=f"router{suffix}",
+            orchestrator_host=f"orchestrator{suffix}",
             auth_host=f"auth{suffix}",
             ops_port=9902,
         )
@@ -266,6 +276,12 @@ def render(config: EdgeConfig) -> dict[str, Any]:
     listeners = [_edge_listener(config)]
     clusters = [
         _grpc_cluster(ROUTER_CLUSTER, config.router_host, config.router_port, health_service=CHAT_SERVICE),
+        _grpc_cluster(
+            ORCHESTRATOR_CLUSTER,
+            config.orchestrator_host,
+            config.orchestrator_port,
+            health_service=CHAT_SERVICE,
+        ),
         _grpc_cluster(AUTH_CLUSTER, config.auth_host, config.auth_port, health_service=AUTH_SERVICE),
         _cluster(JWKS_CLUSTER, config.auth_host, config.auth_http_port),
     ]
@@ -450,6 +466,7 @@ def _jwt_authn(config: EdgeConfig) -> dict[str, Any]:
 def _route_config(config: EdgeConfig) -> dict[str, Any]:
     routes = [
         _preflight_route(),
+        *(_grpc_route(path, cluster, config, exact=True) for path, cluster in STREAMED_METHODS.items()),
         *(_grpc_route(service, cluster, config) for service, cluster in PUBLIC_SERVICES.items()),
         _grpc_route(HEALTH_SERVICE, ROUTER_CLUSTER, config),
         *(
@@ -536,11 +553,17 @@ def _headers(headers: Mapping[str, str]) -> list[dict[str, Any]]:
 
 
 def _grpc_route(
-    service: str, cluster: str, config: EdgeConfig, *, add_headers: Mapping[str, str] | None = None
+    target: str,
+    cluster: str,
+    config: EdgeConfig,
+    *,
+    exact: bool = False,
+    add_headers: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
+    """The route of a service (`target` its full name) or, `exact`, of one method (`target` its path)."""
     route: dict[str, Any] = {
-        "name": service,
-        "match": {"prefix": f"/{service}/"},
+        "name": target,
+        "match": {"path": target} if exact else {"prefix": f"/{target}/"},
         "route": {
             "cluster": cluster,
             # Streams (chat answers, exports) have no overall limit, only an idle one; the caller's
@@ -742,7 +765,15 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-UPSTREAM_FIELDS = ("router_host", "router_port", "auth_host", "auth_port", "auth_http_port")
+UPSTREAM_FIELDS = (
+    "router_host",
+    "router_port",
+    "orchestrator_host",
+    "orchestrator_port",
+    "auth_host",
+    "auth_port",
+    "auth_http_port",
+)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -1,11 +1,11 @@
 """Render the edge's Envoy configuration for Kubernetes from the source of the local one.
 
-`edge/envoy_config.py` renders both: `EdgeConfig.for_target("kubernetes")` points the router, auth and JWKS
-clusters at the headless Services of the `athena` namespace and adds the ops listener (9902) the probes
-use. This module writes that rendering to `k8s/base/envoy/envoy.yaml`, which kustomize turns into the
-ConfigMap `envoy-config`; the file is committed, and a test fails when it differs from what the renderer
-produces now. Environment variables do not change the result (unlike the renderer's command line, which
-reads ATHENA_EDGE_*), so the committed file is the same on every machine.
+`edge/envoy_config.py` renders both: `EdgeConfig.for_target("kubernetes")` points the router, orchestrator,
+auth and JWKS clusters at the headless Services of the `athena` namespace and adds the ops listener (9902)
+the probes use. This module writes that rendering to `k8s/base/envoy/envoy.yaml`, which kustomize turns
+into the ConfigMap `envoy-config`; the file is committed, and a test fails when it differs from what the
+renderer produces now. Environment variables do not change the result (unlike the renderer's command
+line, which reads ATHENA_EDGE_*), so the committed file is the same on every machine.
 
     python -m k8s.render_envoy            # write k8s/base/envoy/envoy.yaml
     python -m k8s.render_envoy --check    # exit 1 when the committed file is stale

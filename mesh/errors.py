@@ -100,6 +100,12 @@ class Cancelled(AthenaError):
     status = "CANCELLED"
 
 
+class Unimplemented(AthenaError):
+    """This process does not serve the method (another one behind the edge does)."""
+
+    status = "UNIMPLEMENTED"
+
+
 STATUS_TYPES: dict[str, type[AthenaError]] = {
     error_type.status: error_type for error_type in AthenaError.__subclasses__()
 }

@@ -11,6 +11,7 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from athena.chat.v1 import chat_pb2
 from athena.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 
 from mesh.app import Assembly, Deps, ServiceApp
@@ -21,11 +22,13 @@ from mesh.retry import until_reachable
 from mesh.server import Service
 from mesh.validation import check, shared_validator
 from orchestrator.catalog import Catalog, CatalogError
+from orchestrator.limits import Limiter, LimitStore
 from orchestrator.memory_client import GrpcMemoryGateway, sync_request
 from orchestrator.model import ChatModel, OpenAIChatModel, RetryingModel
 from orchestrator.outbox import RedisAnswerOutbox
 from orchestrator.ports import AgentStore, AnswerOutbox, MemoryGateway
-from orchestrator.service import OrchestratorServicer
+from orchestrator.redis_limits import RedisLimitStore
+from orchestrator.service import ChatServicer, OrchestratorServicer, Turns
 from orchestrator.settings import OrchestratorSettings
 from orchestrator.tools import (
     CsvSampleFolder,
@@ -39,6 +42,8 @@ from orchestrator.turn import TurnRunner
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = orchestrator_pb2.DESCRIPTOR.services_by_name["OrchestratorService"].full_name
+CHAT_SERVICE = chat_pb2.DESCRIPTOR.services_by_name["ChatService"].full_name
+"""Served here for its Chat method only, which the edge routes to the orchestrator."""
 
 
 @dataclass(kw_only=True)
@@ -53,6 +58,8 @@ class OrchestratorDeps(Deps):
     """The model; None: Chat Completions at `settings.openai_base_url`, retried within the deadline."""
     tools: ToolRegistry | None = None
     """The tools; None: memory tools plus those whose provider is configured in `settings`."""
+    limit_store: LimitStore | None = None
+    """Where the per-user chat limits of every replica meet; None: Redis at `settings.redis_url`."""
     outbox: AnswerOutbox | None = None
     """Keeps answers memory could not store; None: a Redis stream at `settings.redis_url`, delivered by
     this replica too (it needs the service key; without one answers are not kept)."""
@@ -158,13 +165,20 @@ async def build(settings: OrchestratorSettings, deps: OrchestratorDeps) -> Assem
     )
     # Registered after the channel, so it runs first on stop: pending failed-turn writes still reach memory.
     deps.on_close(runner.wait_background)
+    limits = deps.limit_store or RedisLimitStore(
+        deps.redis(settings.redis_url, settings.limits_timeout_seconds)
+    )
+    turns = Turns(
+        runner, Limiter(settings.limits(), limits, deps.clock), coalesce_seconds=settings.coalesce_ms / 1000
+    )
     return Assembly(
         services=[
+            Service(CHAT_SERVICE, ChatServicer(turns), ChatServicer.add_to_server),
             Service(
                 SERVICE_NAME,
-                OrchestratorServicer(runner, coalesce_seconds=settings.coalesce_ms / 1000),
+                OrchestratorServicer(turns),
                 orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server,
-            )
+            ),
         ],
         background=background,
     )
@@ -172,8 +186,8 @@ async def build(settings: OrchestratorSettings, deps: OrchestratorDeps) -> Assem
 
 ORCHESTRATOR = ServiceApp(
     name="orchestrator",
-    description="AthenaOS orchestrator: runs agent turns (prompt, memory recall, streaming model calls, "
-    "tools, handoffs) for the router.",
+    description="AthenaOS orchestrator: serves the public chat stream, running agent turns (prompt, memory "
+    "recall, streaming model calls, tools, handoffs) under per-user limits.",
     settings=OrchestratorSettings,
     deps=OrchestratorDeps,
     build=build,

@@ -1,8 +1,19 @@
-"""OrchestratorService: RunRequest in → `TurnRunner` → one RunResponse per domain event out."""
+"""The orchestrator's two doors to a turn, both `TurnRunner` → one event per domain event:
+
+- `athena.chat.v1.ChatService/Chat`, the public chat stream: the edge routes it here directly, so an
+  answer's text crosses one Python process between the model and the client. A turn is admitted under the
+  user's limits (`orchestrator.limits`) before anything else happens.
+- `athena.orchestrator.v1.OrchestratorService/Run`, the same turn for services inside the mesh, under the
+  same limits.
+
+The rest of ChatService (agents, conversations) is the router's; the edge routes each method where it is
+served.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import hashlib
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
@@ -11,34 +22,87 @@ from athena.chat.v1 import chat_pb2
 from athena.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from google.protobuf.duration_pb2 import Duration
 
-from mesh.context import principal
+from mesh.context import current_call, principal
 from orchestrator import events
 from orchestrator.coalesce import coalesced
+from orchestrator.limits import Limiter
 from orchestrator.records import NewTurn
 from orchestrator.turn import TurnRunner
 
+Context = grpc.aio.ServicerContext[Any, Any]
 
-class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
-    def __init__(self, runner: TurnRunner, *, coalesce_seconds: float = 0.0) -> None:
+
+class Turns:
+    """Runs admitted turns as public chat events."""
+
+    def __init__(self, runner: TurnRunner, limiter: Limiter, *, coalesce_seconds: float = 0.0) -> None:
         self._runner = runner
+        self._limiter = limiter
         self._coalesce_seconds = coalesce_seconds
 
-    async def Run(
-        self, request: orchestrator_pb2.RunRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[orchestrator_pb2.RunResponse]:
-        chat = request.chat
+    async def run(self, chat: chat_pb2.ChatRequest) -> AsyncGenerator[chat_pb2.ChatResponse, None]:
+        user_id = principal().user_id
         turn = NewTurn(
             agent_id=chat.agent_id,
             text=chat.text,
             conversation_id=chat.conversation_id,
-            client_request_id=chat.client_request_id,
+            client_request_id=chat.client_request_id or _request_id(),
         )
-        # `aclosing`: if the client goes away while we wait on it, the turn is closed (and its model call
-        # with it) now, not whenever the generator happens to be collected.
-        turn_events = coalesced(self._runner.run(principal().user_id, turn), self._coalesce_seconds)
-        async with aclosing(turn_events):
-            async for event in turn_events:
-                yield orchestrator_pb2.RunResponse(event=chat_event(event))
+        async with self._limiter.stream(user_id):
+            # `aclosing`: if the client goes away while we wait on it, the turn is closed (and its model
+            # call with it) now, not whenever the generator happens to be collected.
+            turn_events = coalesced(self._runner.run(user_id, turn), self._coalesce_seconds)
+            async with aclosing(turn_events):
+                async for event in turn_events:
+                    yield chat_event(event)
+
+
+def _request_id() -> str:
+    """The id a Chat without a client request id is stored under: the call's request id, which the edge
+    sets once and keeps when it retries the call on another replica, so a retried turn is stored once."""
+    call = current_call.get()
+    assert call is not None, "a turn runs inside an RPC"
+    # Hashed: a request id is any header value, a client request id keeps the contract's form.
+    return hashlib.sha256(call.request_id.encode()).hexdigest()[:32]
+
+
+class ChatServicer:
+    """The public `ChatService.Chat`; the router serves the service's other methods (`add_to_server`)."""
+
+    def __init__(self, turns: Turns) -> None:
+        self._turns = turns
+
+    async def Chat(
+        self, request: chat_pb2.ChatRequest, context: Context
+    ) -> AsyncIterator[chat_pb2.ChatResponse]:
+        async with aclosing(self._turns.run(request)) as answer:
+            async for event in answer:
+                yield event
+
+    @staticmethod
+    def add_to_server(servicer: ChatServicer, server: grpc.aio.Server) -> None:
+        """Registers Chat alone: the service's other methods answer UNIMPLEMENTED here."""
+        chat = grpc.unary_stream_rpc_method_handler(
+            servicer.Chat,
+            request_deserializer=chat_pb2.ChatRequest.FromString,
+            response_serializer=chat_pb2.ChatResponse.SerializeToString,
+        )
+        service = chat_pb2.DESCRIPTOR.services_by_name["ChatService"].full_name
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, {"Chat": chat}),))
+
+
+class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
+    """`Run`: the same turn for callers inside the mesh."""
+
+    def __init__(self, turns: Turns) -> None:
+        self._turns = turns
+
+    async def Run(
+        self, request: orchestrator_pb2.RunRequest, context: Context
+    ) -> AsyncIterator[orchestrator_pb2.RunResponse]:
+        async with aclosing(self._turns.run(request.chat)) as answer:
+            async for event in answer:
+                yield orchestrator_pb2.RunResponse(event=event)
 
 
 def _usage(usage: events.Usage) -> chat_pb2.Usage:
@@ -50,7 +114,7 @@ def _usage(usage: events.Usage) -> chat_pb2.Usage:
 
 
 def chat_event(event: events.TurnEvent) -> chat_pb2.ChatResponse:
-    """A domain event as the public `ChatResponse` the router passes on."""
+    """A domain event as the public `ChatResponse`."""
     match event:
         case events.ConversationStarted():
             return chat_pb2.ChatResponse(

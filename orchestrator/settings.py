@@ -8,6 +8,7 @@ from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from mesh.settings import ServiceSettings
+from orchestrator.limits import Limits
 
 OFFLINE_MODEL_NAME = "athena-offline"
 """What the offline model server calls its chat model; used when no real API key is configured."""
@@ -34,9 +35,21 @@ class OrchestratorSettings(ServiceSettings):
     redis_url: str = Field(
         "redis://127.0.0.1:6379/0", validation_alias=AliasChoices("ORCHESTRATOR_REDIS_URL", "REDIS_URL")
     )
-    """Redis-compatible server holding the answer outbox (answers kept until memory stores them)."""
+    """Redis-compatible server holding the answer outbox (answers kept until memory stores them) and the
+    per-user chat limits every replica shares."""
     redis_timeout_seconds: float = Field(1.0, gt=0)
     """Connect and command timeout of the outbox's Redis calls."""
+    limits_timeout_seconds: float = Field(0.5, gt=0)
+    """Longest wait for Redis on a chat turn's admission before the limits are skipped (availability over
+    limits: while Redis is down turns are admitted and a WARNING is logged)."""
+    max_streams_per_user: int = Field(4, ge=1)
+    """Chat streams one user may have open at once, across every replica (RESOURCE_EXHAUSTED beyond)."""
+    turns_per_minute: int = Field(30, ge=1)
+    """Chat turns one user may start per minute, across every replica (RESOURCE_EXHAUSTED with
+    retry-after beyond)."""
+    stream_lease_seconds: float = Field(10.0, gt=0)
+    """How long a chat stream's slot outlives the last heartbeat of the replica holding it (renewed every
+    third of it): a replica killed mid-stream frees its users' slots within this long."""
     openai_base_url: str = Field(
         "http://127.0.0.1:8090/v1",
         validation_alias=AliasChoices("ORCHESTRATOR_OPENAI_BASE_URL", "OPENAI_BASE_URL"),
@@ -74,6 +87,13 @@ class OrchestratorSettings(ServiceSettings):
     unset leaves the tool out."""
     files_dir: Path | None = None
     """Folder searched by `file_scan`; unset leaves the tool out."""
+
+    def limits(self) -> Limits:
+        return Limits(
+            max_streams=self.max_streams_per_user,
+            turns_per_window=self.turns_per_minute,
+            stream_lease_seconds=self.stream_lease_seconds,
+        )
 
     @property
     def uses_offline_model(self) -> bool:

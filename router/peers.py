@@ -1,4 +1,4 @@
-"""The router's peers: the orchestrator pool and the memory and auth services, as gRPC stubs."""
+"""The router's peers: the memory and auth services, as gRPC stubs."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 from athena.identity.v1 import identity_pb2_grpc
 from athena.memory.v1 import memory_pb2_grpc
-from athena.orchestrator.v1 import orchestrator_pb2_grpc
 
 from mesh.app import Deps
 from router.settings import RouterSettings
@@ -14,7 +13,6 @@ from router.settings import RouterSettings
 
 @dataclass(frozen=True)
 class Peers:
-    orchestrator: orchestrator_pb2_grpc.OrchestratorServiceAsyncStub
     memories: memory_pb2_grpc.MemoryServiceAsyncStub
     conversations: memory_pb2_grpc.ConversationServiceAsyncStub
     agents: memory_pb2_grpc.AgentServiceAsyncStub
@@ -24,11 +22,9 @@ class Peers:
     @classmethod
     def connect(cls, settings: RouterSettings, deps: Deps) -> Peers:
         """Stubs on channels opened through `deps` (closed when the router stops)."""
-        orchestrator = deps.channel(settings.orchestrator_target)
         memory = deps.channel(settings.memory_target)
         auth = deps.channel(settings.auth_target)
         return cls(
-            orchestrator=orchestrator_pb2_grpc.OrchestratorServiceStub(orchestrator),
             memories=memory_pb2_grpc.MemoryServiceStub(memory),
             conversations=memory_pb2_grpc.ConversationServiceStub(memory),
             agents=memory_pb2_grpc.AgentServiceStub(memory),

@@ -1,4 +1,4 @@
-"""`InMemoryLimitStore`: the router's `LimitStore` inside one process (the reference behaviour the Redis
+"""`InMemoryLimitStore`: the chat `LimitStore` inside one process (the reference behaviour the Redis
 store is held to by tests/service/test_limit_store_contract.py)."""
 
 from __future__ import annotations

@@ -32,7 +32,14 @@ async def test_orchestrator_killed_mid_stream_is_back_within_seconds_and_nothing
     # The fault hit answers while they streamed, and the clients saw it.
     assert killed["streams_in_flight"] >= 1
     assert killed["streams_interrupted"] >= 1, killed["client_saw"]
-    assert {row["code"] for row in killed["client_saw"]} == {"UNAVAILABLE"}, killed["client_saw"]
+    # Before an answer started: our sentence. Mid-answer the edge can only reset the stream (HTTP/2 has
+    # no trailers after a lost upstream; docs/architecture.md), which gRPC clients report as INTERNAL.
+    for row in killed["client_saw"]:
+        if row["code"] == "INTERNAL":
+            assert row["stage"] == "mid-stream", row
+            assert "RST_STREAM" in row["message"], row
+        else:
+            assert row["code"] == "UNAVAILABLE", row
     # The supervisor brought it back, and turns work again, with no manual action.
     assert any(
         "orchestrator exited unexpectedly with signal 9 (SIGKILL)" in line for line in killed["supervisor"]

@@ -1,9 +1,11 @@
 """Helpers for the router tests: the real mesh behind the router, all in-process on free ports.
 
 `RouterMesh` holds the memory service (PostgreSQL + Valkey), the offline model, the auth service, any
-number of orchestrators and routers, every one built by its `ServiceApp` as `python -m` builds it. Every
+number of orchestrators and routers, every one built by its `ServiceApp` as `python -m` builds it. A
+`Router`'s `chat` stub calls ChatService as the edge routes it: Chat to the orchestrators (which serve it),
+every other method to the router. Every
 service verifies both the suite's test tokens (`make_token`) and tokens the auth service issues
-(DevLogin), so a test can use cheap users or real sign-ins. Stub orchestrators (router peers that fail on
+(DevLogin), so a test can use cheap users or real sign-ins. Stub orchestrators (replicas that fail on
 purpose) run on a bare `MeshServer`.
 
 Imported explicitly by tests/service/test_router_*.py (not a conftest, so other suites are unaffected).
@@ -24,7 +26,6 @@ import pytest
 from athena.account.v1 import account_pb2_grpc
 from athena.auth.v1 import auth_pb2, auth_pb2_grpc
 from athena.chat.v1 import chat_pb2, chat_pb2_grpc
-from athena.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from conftest import ServiceGroup, auth_metadata, offline_model_settings, service_settings
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from joserfc.jwk import KeySet, RSAKey
@@ -34,17 +35,17 @@ from auth.app import AUTH, JWKS_PATH, AuthDeps
 from auth.settings import AuthSettings
 from devstack.postgres import EmbeddedPostgres
 from devstack.valkey import EmbeddedValkey
-from mesh.app import RunningService
+from mesh.app import Deps, RunningService
 from mesh.context import time_remaining
 from mesh.errors import Unavailable
 from mesh.server import MeshServer, Service
 from mesh.tokens import KeySource, RemoteJwks, StaticKeySource, TokenVerifier
 from offline_model.server import OfflineModelServer
-from orchestrator.app import ORCHESTRATOR, OrchestratorDeps, openai_model
-from orchestrator.app import SERVICE_NAME as ORCHESTRATOR_SERVICE
+from orchestrator.app import CHAT_SERVICE, ORCHESTRATOR, OrchestratorDeps, openai_model
 from orchestrator.model import ChatModel, ModelEvent, ModelRequest
+from orchestrator.service import ChatServicer
 from orchestrator.settings import OrchestratorSettings
-from router.app import ROUTER, RouterDeps
+from router.app import ROUTER
 from router.settings import RouterSettings
 
 SERVICE_KEY = "router-tests-service-key"
@@ -99,14 +100,24 @@ class Orchestrator:
         return f"127.0.0.1:{self.server.port}"
 
 
+class EdgeChat(chat_pb2_grpc.ChatServiceStub):
+    """ChatService as the edge routes it: Chat to the orchestrator pool, every other method to the router."""
+
+    def __init__(self, router: grpc.aio.Channel, orchestrators: grpc.aio.Channel) -> None:
+        super().__init__(router)
+        self.Chat = chat_pb2_grpc.ChatServiceStub(orchestrators).Chat
+
+
 @dataclass
 class Router:
     server: MeshServer
     client: grpc.aio.Channel
+    orchestrators: grpc.aio.Channel
+    """The orchestrator pool, round robin: where the edge sends Chat."""
 
     @property
     def chat(self) -> chat_pb2_grpc.ChatServiceAsyncStub:
-        return chat_pb2_grpc.ChatServiceStub(self.client)
+        return EdgeChat(self.client, self.orchestrators)  # type: ignore[return-value]
 
     @property
     def account(self) -> account_pb2_grpc.AccountServiceAsyncStub:
@@ -118,13 +129,9 @@ class Router:
         return int(response.status)
 
 
-def started_event(conversation_id: str = "c1") -> orchestrator_pb2.RunResponse:
-    return orchestrator_pb2.RunResponse(
-        event=chat_pb2.ChatResponse(
-            conversation_started=chat_pb2.ConversationStarted(
-                conversation_id=conversation_id, agent_id="athena"
-            )
-        )
+def started_event(conversation_id: str = "c1") -> chat_pb2.ChatResponse:
+    return chat_pb2.ChatResponse(
+        conversation_started=chat_pb2.ConversationStarted(conversation_id=conversation_id, agent_id="athena")
     )
 
 
@@ -143,16 +150,19 @@ class Plan:
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-class StubOrchestrator(orchestrator_pb2_grpc.OrchestratorServiceServicer):
-    """A replica answering from a shared `Plan`, recording what happened to each run."""
+class StubOrchestrator:
+    """A replica serving Chat from a shared `Plan`, recording what happened to each turn."""
 
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
         self.outcomes: list[str] = []
+        self.deadlines: list[float | None] = []
+        """Seconds left of each call's deadline when it arrived."""
 
-    async def Run(
-        self, request: orchestrator_pb2.RunRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[orchestrator_pb2.RunResponse]:
+    async def Chat(
+        self, request: chat_pb2.ChatRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[chat_pb2.ChatResponse]:
+        self.deadlines.append(time_remaining())
         plan = self.plan
         if plan.fail_before_first:
             plan.fail_before_first -= 1
@@ -175,9 +185,7 @@ class StubOrchestrator(orchestrator_pb2_grpc.OrchestratorServiceServicer):
                 plan.cancelled.set()
                 raise
         self.outcomes.append("completed")
-        yield orchestrator_pb2.RunResponse(
-            event=chat_pb2.ChatResponse(text_delta=chat_pb2.TextDelta(text="fine", agent_id="athena"))
-        )
+        yield chat_pb2.ChatResponse(text_delta=chat_pb2.TextDelta(text="fine", agent_id="athena"))
 
 
 def pool_target(orchestrators: Sequence[Orchestrator]) -> str:
@@ -215,7 +223,9 @@ class RouterMesh:
         session: auth_pb2.Session = response.session
         return session
 
-    async def start_orchestrator(self, **overrides: Any) -> Orchestrator:
+    async def start_orchestrator(
+        self, deps: OrchestratorDeps | None = None, **overrides: Any
+    ) -> Orchestrator:
         """A real orchestrator on the offline model, counting its model calls."""
         settings = OrchestratorSettings(
             **service_settings(
@@ -224,48 +234,45 @@ class RouterMesh:
                 OPENAI_BASE_URL=self.model.base_url,
                 OPENAI_API_KEY=None,
                 ATHENA_SERVICE_KEY=SERVICE_KEY,
-                **overrides,
+                **{"redis_url": self.redis_url, **overrides},
             )
         )
-        deps = OrchestratorDeps(verifier=self.verifier)
+        deps = deps or OrchestratorDeps()
+        deps.verifier = self.verifier
         counting = CountingModel(openai_model(settings, deps))
         deps.model = counting
         running = await self.services.start(ORCHESTRATOR, settings, deps)
         return Orchestrator(running.server, counting)
 
-    async def serve_orchestrator(
-        self, servicer: orchestrator_pb2_grpc.OrchestratorServiceServicer
-    ) -> Orchestrator:
+    async def serve_orchestrator(self, servicer: StubOrchestrator) -> Orchestrator:
         """A stub orchestrator: a bare server around `servicer`."""
         settings = OrchestratorSettings(**service_settings(self.base))
-        service = Service(
-            ORCHESTRATOR_SERVICE, servicer, orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server
-        )
+        service = Service(CHAT_SERVICE, servicer, ChatServicer.add_to_server)
         server = MeshServer("orchestrator", settings, [service], verifier=self.verifier)
         await server.start()
         self.stubs.append(server)
         return Orchestrator(server, servicer)
 
     async def start_router(
-        self, orchestrators: Sequence[Orchestrator] | str, deps: RouterDeps | None = None, **overrides: Any
+        self, orchestrators: Sequence[Orchestrator] | str, deps: Deps | None = None, **overrides: Any
     ) -> Router:
+        """A router, with the orchestrators where its `chat` stub sends Chat (as the edge would)."""
         target = orchestrators if isinstance(orchestrators, str) else pool_target(orchestrators)
-        overrides.setdefault("redis_url", self.redis_url)
         settings = RouterSettings(
             **service_settings(
                 self.base,
-                orchestrator_target=target,
                 memory_target=f"127.0.0.1:{self.memory.port}",
                 auth_target=f"127.0.0.1:{self.auth_service.port}",
                 **overrides,
             )
         )
-        deps = deps or RouterDeps()
+        deps = deps or Deps()
         deps.verifier = self.verifier
         running = await self.services.start(ROUTER, settings, deps)
         client = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
-        self.channels.append(client)
-        return Router(running.server, client)
+        pool = grpc.aio.insecure_channel(target, options=[("grpc.lb_policy_name", "round_robin")])
+        self.channels.extend((client, pool))
+        return Router(running.server, client, pool)
 
     async def close(self) -> None:
         for open_channel in self.channels:

@@ -1,14 +1,14 @@
 """A real Envoy, rendered by `edge.envoy_config`, in front of stand-in upstreams.
 
-The stand-in gRPC server plays the router and auth (health and reflection only); an aiohttp app serves the
-JWKS. What is checked is what a client of the edge notices: which calls get through, which are refused
-and with which gRPC status, and that browsers can read the errors (CORS headers on every reply).
+The stand-in gRPC server plays the router, the orchestrator and auth (health and reflection only); an
+aiohttp app serves the JWKS. What is checked is what a client of the edge notices: which calls get through,
+which are refused and with which gRPC status, and that browsers can read the errors (CORS headers on every
+reply).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import shutil
 import sys
@@ -23,19 +23,19 @@ import httpx
 import pytest
 import pytest_asyncio
 from aiohttp import web
+from edge_fixtures import ENVOY, running_envoy, wait_for_jwks  # type: ignore[import-not-found]
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from joserfc.jwk import RSAKey
 
-from devstack.process import ManagedProcess, free_port, port_open
+from devstack.process import free_port
 from edge.envoy_config import (
     AUTH_SERVICE,
     CHAT_SERVICE,
     EDGE_REFLECTION_HEADER,
     UPSTREAM_UNAVAILABLE,
     EdgeConfig,
-    render,
 )
 from mesh.interceptors import ServerInterceptor
 
@@ -44,7 +44,6 @@ if TYPE_CHECKING:
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-ENVOY = shutil.which("envoy", path=str(BIN)) or shutil.which("envoy")
 GRPCURL = shutil.which("grpcurl", path=str(BIN)) or shutil.which("grpcurl")
 ORIGIN = "http://app.example.test"
 
@@ -112,6 +111,7 @@ async def edge(signing_key: RSAKey, tmp_path_factory: pytest.TempPathFactory) ->
         listen_port=port,
         admin_port=admin_port,
         router_port=grpc_port,
+        orchestrator_port=grpc_port,
         auth_port=grpc_port,
         auth_http_port=jwks_port,
         allowed_origins=(ORIGIN,),
@@ -119,7 +119,7 @@ async def edge(signing_key: RSAKey, tmp_path_factory: pytest.TempPathFactory) ->
     )
     try:
         async with running_envoy(config, base):
-            await _wait_for_jwks(f"http://127.0.0.1:{admin_port}")
+            await wait_for_jwks(f"http://127.0.0.1:{admin_port}")
             yield Edge(
                 address=f"127.0.0.1:{port}",
                 url=f"http://127.0.0.1:{port}",
@@ -129,38 +129,6 @@ async def edge(signing_key: RSAKey, tmp_path_factory: pytest.TempPathFactory) ->
     finally:
         await runner.cleanup()
         await server.stop(None)
-
-
-@contextlib.asynccontextmanager
-async def running_envoy(config: EdgeConfig, base: Path) -> AsyncIterator[None]:
-    """Envoy running `config` until the block ends."""
-    config_path = base / "envoy.json"
-    config_path.write_text(json.dumps(render(config)))
-    assert ENVOY is not None
-    envoy = ManagedProcess(
-        "envoy",
-        [ENVOY, "-c", str(config_path), "--use-dynamic-base-id", "--log-level", "warn"],
-        base / "envoy.log",
-        stop_timeout=5.0,
-    )
-    envoy.start()
-    try:
-        await asyncio.to_thread(envoy.wait_ready, lambda: port_open(config.listen_port), 30.0)
-        yield
-    finally:
-        await asyncio.to_thread(envoy.stop)
-
-
-async def _wait_for_jwks(admin_url: str) -> None:
-    """jwt_authn fetches the JWKS in the background once the listener is up; wait for the first success."""
-    stat = "http.edge.jwt_authn.jwks_fetch_success"
-    async with httpx.AsyncClient() as client:
-        for _ in range(100):
-            stats = (await client.get(f"{admin_url}/stats", params={"filter": f"^{stat}$"})).text
-            if stats.strip() and stats.strip() != f"{stat}: 0":
-                return
-            await asyncio.sleep(0.1)
-    raise AssertionError(f"Envoy never fetched the JWKS: {stats}")
 
 
 async def grpcurl(
@@ -393,6 +361,7 @@ async def test_an_upstream_that_is_down_is_told_in_our_words(tmp_path: Path) -> 
         listen_port=port,
         admin_port=free_port(),
         router_port=free_port(),  # nothing listens there
+        orchestrator_port=free_port(),
         auth_port=free_port(),
         auth_http_port=free_port(),
         allowed_origins=(ORIGIN,),

@@ -1,7 +1,8 @@
-"""The router's `LimitStore` contract, held by the in-memory double and by the Redis store on a real Valkey.
+"""The chat `LimitStore` contract, held by the in-memory double and by the Redis store on a real Valkey.
 
-The limiter (router.limits.Limiter) relies on exactly this: a turn counter per user and window, the number
-of a user's open streams including the new one, leases dropped once they expired, and idempotent release.
+The limiter (orchestrator.limits.Limiter) relies on exactly this: a turn counter per user and window, the
+number of a user's open streams including the new one, leases dropped once they expired, and idempotent
+release.
 Every test runs against both stores; a double that counted differently from Redis would fail here.
 """
 
@@ -16,8 +17,8 @@ from doubles.limit_store import InMemoryLimitStore
 
 from devstack.valkey import EmbeddedValkey
 from mesh.redis import connect
-from router.limits import LimitStore
-from router.redis_limits import RedisLimitStore
+from orchestrator.limits import LimitStore
+from orchestrator.redis_limits import RedisLimitStore
 
 NOW = 1_800_000_000.0
 """Epoch seconds the tests pretend it is: stores take the time from the caller, never from a clock."""

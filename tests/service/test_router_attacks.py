@@ -3,7 +3,7 @@ public Chat and Account API, behind the edge in production): each is UNAUTHENTIC
 interceptor before any peer is called, and no URL a token names is ever contacted.
 
 The router runs in-process (built by `router.app.ROUTER`) with a real `TokenVerifier` over the test key.
-Its peers (orchestrator, memory, auth) all point at a listener that only counts connections: a refused call
+Its peers (memory, auth) all point at a listener that only counts connections: a refused call
 never reaches it, and the control (a genuine token) does, then fails UNAVAILABLE because no peer answers,
 which proves the token itself was accepted.
 """
@@ -21,13 +21,12 @@ import pytest_asyncio
 from athena.account.v1 import account_pb2, account_pb2_grpc
 from athena.chat.v1 import chat_pb2, chat_pb2_grpc
 from conftest import AUDIENCE, ISSUER, auth_metadata, service_settings
-from doubles.limit_store import InMemoryLimitStore
 from joserfc.jwk import RSAKey
 from jwt_attacks import Canary, attack_cases, attack_names, canary_listener, genuine_token
 
-from mesh.app import start
+from mesh.app import Deps, start
 from mesh.tokens import TokenVerifier
-from router.app import ROUTER, RouterDeps
+from router.app import ROUTER
 from router.settings import RouterSettings
 
 METHODS = ["ChatService/ListAgents", "AccountService/ListMemories"]
@@ -60,14 +59,11 @@ async def router(verifier: TokenVerifier, tmp_path_factory: pytest.TempPathFacto
         target = peer_listener.url.removeprefix("http://").split("/")[0]
         settings = RouterSettings(
             **service_settings(tmp_path),
-            orchestrator_target=target,
             memory_target=target,
             auth_target=target,
             peer_timeout_seconds=5.0,
         )
-        router = await start(
-            ROUTER, settings, RouterDeps(verifier=verifier, limit_store=InMemoryLimitStore())
-        )
+        router = await start(ROUTER, settings, Deps(verifier=verifier))
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{router.port}")
         try:
             yield Router(

@@ -12,10 +12,10 @@ from typing import Any
 import grpc
 import pytest
 import pytest_asyncio
-from athena.account.v1 import account_pb2
+from athena.account.v1 import account_pb2, account_pb2_grpc
 from athena.auth.v1 import auth_pb2
-from athena.chat.v1 import chat_pb2
-from conftest import auth_metadata
+from athena.chat.v1 import chat_pb2, chat_pb2_grpc
+from conftest import auth_metadata, service_settings
 from grpc_health.v1 import health_pb2
 from joserfc.jwk import RSAKey
 from router_fixtures import (  # type: ignore[import-not-found]
@@ -30,7 +30,11 @@ from router_fixtures import (  # type: ignore[import-not-found]
 )
 
 from devstack.postgres import EmbeddedPostgres
+from devstack.process import free_port
 from devstack.valkey import EmbeddedValkey
+from mesh.app import Deps
+from router.app import ROUTER
+from router.settings import RouterSettings
 
 OK = grpc.StatusCode.OK
 
@@ -490,3 +494,37 @@ async def test_calls_without_a_valid_token_are_unauthenticated(mesh: RouterMesh,
 
 async def test_the_router_reports_serving(router: Router) -> None:
     assert await router.health() == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_a_peer_that_is_down_is_told_in_our_words(mesh: RouterMesh) -> None:
+    """grpc's own message for an unreachable peer names addresses and ports ("failed to connect to all
+    addresses; last error: ... ipv4:127.0.0.1:<port>"): the client reads a sentence instead."""
+    settings = RouterSettings(
+        **service_settings(
+            mesh.base, memory_target=f"127.0.0.1:{free_port()}", auth_target=f"127.0.0.1:{free_port()}"
+        )
+    )
+    router = await mesh.services.start(ROUTER, settings, Deps(verifier=mesh.verifier))
+    _, metadata = mesh.user()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{router.port}") as channel:
+        for call in (
+            chat_pb2_grpc.ChatServiceStub(channel).ListConversations(
+                chat_pb2.ListConversationsRequest(), metadata=metadata, timeout=10
+            ),
+            account_pb2_grpc.AccountServiceStub(channel).DeleteAccount(
+                account_pb2.DeleteAccountRequest(), metadata=metadata, timeout=10
+            ),
+        ):
+            error = await expect_status(call, grpc.StatusCode.UNAVAILABLE)
+            assert error.details() == "a service needed to answer is unavailable; try again"
+
+
+async def test_the_router_sends_a_chat_to_the_edge_in_words(mesh: RouterMesh, router: Router) -> None:
+    """Chat is the orchestrator's: called on the router itself, it says where to go."""
+    _, metadata = mesh.user()
+    stub = chat_pb2_grpc.ChatServiceStub(router.client)
+    error = await expect_stream_status(
+        stub.Chat(chat_pb2.ChatRequest(agent_id="athena", text="hi"), metadata=metadata, timeout=10),
+        grpc.StatusCode.UNIMPLEMENTED,
+    )
+    assert "through the edge" in (error.details() or "")

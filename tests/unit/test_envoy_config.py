@@ -24,7 +24,7 @@ from edge.envoy_config import (
 )
 
 ENVOY = shutil.which("envoy", path=str(Path(sys.executable).parent)) or shutil.which("envoy")
-INTERNAL_PORTS = {50052, 50053}
+GRPC_PATHS = {f"/{CHAT_SERVICE}/Chat": "orchestrator"}
 GRPC_PREFIXES = {
     f"/{CHAT_SERVICE}/": "router",
     f"/{ACCOUNT_SERVICE}/": "router",
@@ -74,24 +74,34 @@ def test_filters_run_grpc_web_then_cors_then_jwt_then_router(bootstrap: dict[str
     ]
 
 
-def test_nothing_reaches_the_orchestrator_or_memory(bootstrap: dict[str, Any]) -> None:
-    text = json.dumps(bootstrap).lower()
-    assert "orchestrator" not in text
-    assert "memory" not in text
+def test_no_internal_service_is_reached_but_the_orchestrator_for_the_chat_stream(
+    bootstrap: dict[str, Any],
+) -> None:
+    assert "memory" not in json.dumps(bootstrap).lower()
     ports = {node["port_value"] for node in walk(bootstrap) if "port_value" in node}
-    assert not ports & INTERNAL_PORTS
+    assert 50053 not in ports
     clusters = {cluster["name"] for cluster in bootstrap["static_resources"]["clusters"]}
     routed = {node["cluster"] for node in walk(edge_routes(bootstrap)) if "cluster" in node}
-    assert routed <= {"router", "auth"} <= clusters
+    assert routed <= {"router", "orchestrator", "auth"} <= clusters
+    to_orchestrator = [
+        route["match"]
+        for route in edge_routes(bootstrap)
+        if route.get("route", {}).get("cluster") == "orchestrator"
+    ]
+    assert to_orchestrator == [{"path": f"/{CHAT_SERVICE}/Chat"}]
 
 
 def test_only_the_public_services_health_and_reflection_are_routed(bootstrap: dict[str, Any]) -> None:
-    routed = {
-        route["match"]["prefix"]: route["route"]["cluster"]
-        for route in edge_routes(bootstrap)
-        if "route" in route and route["name"] != "cors_preflight"
-    }
-    assert routed == GRPC_PREFIXES
+    grpc_routes = [
+        route for route in edge_routes(bootstrap) if "route" in route and route["name"] != "cors_preflight"
+    ]
+    prefixes = {r["match"]["prefix"]: r["route"]["cluster"] for r in grpc_routes if "prefix" in r["match"]}
+    paths = {r["match"]["path"]: r["route"]["cluster"] for r in grpc_routes if "path" in r["match"]}
+    assert prefixes == GRPC_PREFIXES
+    assert paths == GRPC_PATHS
+    # The method's own route comes before its service's, which would take it otherwise.
+    names = [route["name"] for route in grpc_routes]
+    assert names.index(f"/{CHAT_SERVICE}/Chat") < names.index(CHAT_SERVICE)
     assert edge_routes(bootstrap)[-1] == {
         "name": "not_found",
         "match": {"prefix": "/"},
@@ -202,7 +212,7 @@ def test_every_web_app_file_is_served_with_its_content_type(web_root: Path) -> N
     routes = {
         route["match"]["path"]: route
         for route in edge_routes(render(EdgeConfig(web_root=web_root)))
-        if "path" in route["match"]
+        if "direct_response" in route and "path" in route["match"]
     }
     assert set(routes) == {"/", "/index.html", "/assets/app-1a2b.js", "/assets/app-1a2b.css", "/favicon.svg"}
 

@@ -60,7 +60,11 @@ def web_routes(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     (listener,) = [item for item in config["static_resources"]["listeners"] if item["name"] == "edge"]
     manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
     routes = manager["route_config"]["virtual_hosts"][0]["routes"]
-    return {route["match"]["path"]: route for route in routes if "path" in route["match"]}
+    return {
+        route["match"]["path"]: route
+        for route in routes
+        if "direct_response" in route and "path" in route["match"]
+    }
 
 
 def web_root_in_edge_image(manifests: list[Manifest]) -> PurePosixPath:

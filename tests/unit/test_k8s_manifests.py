@@ -408,7 +408,6 @@ def test_peers_are_headless_services_resolved_by_full_name(rendered: list[Manife
     router = environment(main_container(deployments["router"]), rendered)
     orchestrator = environment(main_container(deployments["orchestrator"]), rendered)
     suffix = f"{NAMESPACE}.svc.cluster.local"
-    assert router["ROUTER_ORCHESTRATOR_TARGET"] == f"dns:///orchestrator.{suffix}:50052"
     assert router["ROUTER_MEMORY_TARGET"] == f"dns:///memory.{suffix}:50053"
     assert router["ROUTER_AUTH_TARGET"] == f"dns:///auth.{suffix}:50054"
     assert orchestrator["ORCHESTRATOR_MEMORY_TARGET"] == f"dns:///memory.{suffix}:50053"
@@ -595,9 +594,9 @@ def allowed_flows(manifests: list[Manifest]) -> set[tuple[str, str, int, str]]:
 
 CALL_GRAPH = {
     ("edge", "router", 50051),
+    ("edge", "orchestrator", 50052),
     ("edge", "auth", 50054),
     ("edge", "auth", 9104),
-    ("router", "orchestrator", 50052),
     ("router", "memory", 50053),
     ("router", "auth", 50054),
     ("router", "auth", 9104),
@@ -623,7 +622,6 @@ OVERLAY_GRAPH = {
         ("memory", "postgres", 5432),
         ("auth", "postgres", 5432),
         ("memory", "valkey", 6379),
-        ("router", "valkey", 6379),
         ("orchestrator", "valkey", 6379),
         ("orchestrator", "offline-model", 8090),
         ("memory", "offline-model", 8090),
@@ -631,7 +629,6 @@ OVERLAY_GRAPH = {
     "prod": {
         ("memory", "managed-datastore", 5432),
         ("memory", "managed-datastore", 6379),
-        ("router", "managed-datastore", 6379),
         ("orchestrator", "managed-datastore", 6379),
         ("auth", "managed-datastore", 5432),
     },
@@ -661,13 +658,13 @@ def test_the_namespace_denies_everything_by_default(rendered: list[Manifest]) ->
         assert policy["policyTypes"] == ["Ingress", "Egress"]
 
 
-def test_only_the_router_reaches_the_orchestrator_and_only_callers_reach_memory(
+def test_only_the_edge_reaches_the_orchestrator_and_only_callers_reach_memory(
     rendered: list[Manifest],
 ) -> None:
     flows = allowed_flows(rendered)
     assert {
         source for source, destination, port, _ in flows if destination == "orchestrator" and port != 9102
-    } == {"router"}
+    } == {"edge"}
     assert {
         source for source, destination, port, _ in flows if destination == "memory" and port == 50053
     } == {

@@ -26,8 +26,8 @@ class RunRequest(_message.Message):
     CHAT_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def chat(self) -> _chat_pb2.ChatRequest:
-        """The person's request as the router received it (its field rules apply here too). The router always
-        sets `client_request_id`, so a retried Run stores the message once.
+        """The person's request (its field rules apply here too). Without a `client_request_id` the turn is
+        stored under the call's request id (`x-request-id`); a caller that retries sets its own.
         """
 
     def __init__(
@@ -45,7 +45,7 @@ Global___RunRequest: _TypeAlias = RunRequest  # noqa: Y015
 
 @_typing.final
 class RunResponse(_message.Message):
-    """One event of the turn, as the router passes it on to the client."""
+    """One event of the turn, as ChatService.Chat streams it."""
 
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -29,8 +29,9 @@ class OrchestratorServiceStub:
     """Internal. Never routed by the edge.
 
     OrchestratorService runs agent turns: it stores the user's message, recalls memories, calls the model
-    with tools, runs the tools and handoffs, and stores the answer. The router calls it for every Chat; the
-    user is named by the forwarded access token.
+    with tools, runs the tools and handoffs, and stores the answer. The orchestrator also serves the public
+    athena.chat.v1.ChatService.Chat, which the edge routes to it directly; Run is the same turn, under the
+    same per-user limits, for services inside the mesh. The user is named by the forwarded access token.
     """
 
     def __init__(self, channel):
@@ -50,8 +51,9 @@ class OrchestratorServiceServicer:
     """Internal. Never routed by the edge.
 
     OrchestratorService runs agent turns: it stores the user's message, recalls memories, calls the model
-    with tools, runs the tools and handoffs, and stores the answer. The router calls it for every Chat; the
-    user is named by the forwarded access token.
+    with tools, runs the tools and handoffs, and stores the answer. The orchestrator also serves the public
+    athena.chat.v1.ChatService.Chat, which the edge routes to it directly; Run is the same turn, under the
+    same per-user limits, for services inside the mesh. The user is named by the forwarded access token.
     """
 
     def Run(self, request, context):
@@ -82,8 +84,9 @@ class OrchestratorService:
     """Internal. Never routed by the edge.
 
     OrchestratorService runs agent turns: it stores the user's message, recalls memories, calls the model
-    with tools, runs the tools and handoffs, and stores the answer. The router calls it for every Chat; the
-    user is named by the forwarded access token.
+    with tools, runs the tools and handoffs, and stores the answer. The orchestrator also serves the public
+    athena.chat.v1.ChatService.Chat, which the edge routes to it directly; Run is the same turn, under the
+    same per-user limits, for services inside the mesh. The user is named by the forwarded access token.
     """
 
     @staticmethod

@@ -30,8 +30,9 @@ class OrchestratorServiceStub:
     """Internal. Never routed by the edge.
 
     OrchestratorService runs agent turns: it stores the user's message, recalls memories, calls the model
-    with tools, runs the tools and handoffs, and stores the answer. The router calls it for every Chat; the
-    user is named by the forwarded access token.
+    with tools, runs the tools and handoffs, and stores the answer. The orchestrator also serves the public
+    athena.chat.v1.ChatService.Chat, which the edge routes to it directly; Run is the same turn, under the
+    same per-user limits, for services inside the mesh. The user is named by the forwarded access token.
     """
 
     @_typing.overload
@@ -48,8 +49,9 @@ class OrchestratorServiceAsyncStub(OrchestratorServiceStub):
     """Internal. Never routed by the edge.
 
     OrchestratorService runs agent turns: it stores the user's message, recalls memories, calls the model
-    with tools, runs the tools and handoffs, and stores the answer. The router calls it for every Chat; the
-    user is named by the forwarded access token.
+    with tools, runs the tools and handoffs, and stores the answer. The orchestrator also serves the public
+    athena.chat.v1.ChatService.Chat, which the edge routes to it directly; Run is the same turn, under the
+    same per-user limits, for services inside the mesh. The user is named by the forwarded access token.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -62,8 +64,9 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
     """Internal. Never routed by the edge.
 
     OrchestratorService runs agent turns: it stores the user's message, recalls memories, calls the model
-    with tools, runs the tools and handoffs, and stores the answer. The router calls it for every Chat; the
-    user is named by the forwarded access token.
+    with tools, runs the tools and handoffs, and stores the answer. The orchestrator also serves the public
+    athena.chat.v1.ChatService.Chat, which the edge routes to it directly; Run is the same turn, under the
+    same per-user limits, for services inside the mesh. The user is named by the forwarded access token.
     """
 
     @_abc_1.abstractmethod

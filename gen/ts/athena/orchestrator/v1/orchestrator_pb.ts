@@ -22,8 +22,8 @@ export const file_athena_orchestrator_v1_orchestrator: GenFile = /*@__PURE__*/
  */
 export type RunRequest = Message<"athena.orchestrator.v1.RunRequest"> & {
   /**
-   * The person's request as the router received it (its field rules apply here too). The router always
-   * sets `client_request_id`, so a retried Run stores the message once.
+   * The person's request (its field rules apply here too). Without a `client_request_id` the turn is
+   * stored under the call's request id (`x-request-id`); a caller that retries sets its own.
    *
    * @generated from field: athena.chat.v1.ChatRequest chat = 5;
    */
@@ -38,7 +38,7 @@ export const RunRequestSchema: GenMessage<RunRequest> = /*@__PURE__*/
   messageDesc(file_athena_orchestrator_v1_orchestrator, 0);
 
 /**
- * One event of the turn, as the router passes it on to the client.
+ * One event of the turn, as ChatService.Chat streams it.
  *
  * @generated from message athena.orchestrator.v1.RunResponse
  */
@@ -62,8 +62,9 @@ export const RunResponseSchema: GenMessage<RunResponse> = /*@__PURE__*/
  * Internal. Never routed by the edge.
  *
  * OrchestratorService runs agent turns: it stores the user's message, recalls memories, calls the model
- * with tools, runs the tools and handoffs, and stores the answer. The router calls it for every Chat; the
- * user is named by the forwarded access token.
+ * with tools, runs the tools and handoffs, and stores the answer. The orchestrator also serves the public
+ * athena.chat.v1.ChatService.Chat, which the edge routes to it directly; Run is the same turn, under the
+ * same per-user limits, for services inside the mesh. The user is named by the forwarded access token.
  *
  * @generated from service athena.orchestrator.v1.OrchestratorService
  */

@@ -1,4 +1,4 @@
-"""Rate-limit domain of the router: window math, stream slots, turn counting and failing open."""
+"""Chat limits (orchestrator.limits): window math, stream slots, turn counting and failing open."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from doubles.clock import FakeClock
 from doubles.limit_store import InMemoryLimitStore
 
 from mesh.errors import ResourceExhausted, Unavailable
-from router.limits import Limiter, Limits, window_at
+from orchestrator.limits import Limiter, Limits, window_at
 
 
 def Clock(now: float = 1_200_020.0) -> FakeClock:
@@ -160,7 +160,7 @@ async def test_an_unavailable_store_admits_turns_logs_a_warning_and_is_left_alon
     clock = Clock()
     store = BrokenStore()
     limiter = Limiter(Limits(max_streams=1, outage_backoff_seconds=5), store, clock)
-    with caplog.at_level(logging.WARNING, logger="router.limits"):
+    with caplog.at_level(logging.WARNING, logger="orchestrator.limits"):
         async with limiter.stream("ada"), limiter.stream("ada"):  # over the limit, but admitted
             pass
     assert store.calls == 1  # the second turn did not wait on the broken store
@@ -180,7 +180,7 @@ async def test_a_failing_release_is_logged_and_the_lease_left_to_expire(
     store = BrokenStore()
     store.down = False
     limiter = Limiter(Limits(), store, Clock())
-    with caplog.at_level(logging.WARNING, logger="router.limits"):
+    with caplog.at_level(logging.WARNING, logger="orchestrator.limits"):
         async with limiter.stream("ada"):
             store.down = True
     assert any("releasing a chat stream slot failed" in record.message for record in caplog.records)

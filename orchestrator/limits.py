@@ -1,4 +1,4 @@
-"""Per-user rate limits of chat turns, shared by every router replica through a `LimitStore` (Redis).
+"""Per-user rate limits of chat turns, shared by every orchestrator replica through a `LimitStore` (Redis).
 
 Two limits (SPEC §11), both answered RESOURCE_EXHAUSTED with a retry time:
 
@@ -13,7 +13,7 @@ Two limits (SPEC §11), both answered RESOURCE_EXHAUSTED with a retry time:
 Availability over limits: when the store cannot answer, the turn is admitted and a WARNING logged; for
 `outage_backoff_seconds` after a failure the store is not asked at all, so an outage costs no latency.
 
-No gRPC and no Redis here: `router.redis_limits` is the store, `router.chat` the caller.
+No gRPC and no Redis here: `orchestrator.redis_limits` is the store, `orchestrator.service` the caller.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def window_at(now: float, length: float) -> Window:
 
 
 class LimitStore(Protocol):
-    """Where the counters of every router replica meet. Raises `Unavailable` when it cannot answer (the
+    """Where the counters of every orchestrator replica meet. Raises `Unavailable` when it cannot answer (the
     limiter then admits the turn)."""
 
     async def count_turn(self, user_id: str, window: int, ttl_seconds: float) -> int:

@@ -1,4 +1,4 @@
-"""`LimitStore` on a Redis-compatible server, shared by every router replica.
+"""`LimitStore` on a Redis-compatible server, shared by every orchestrator replica.
 
 Keys (the user id in braces keeps a user's keys in one Redis Cluster slot):
 
