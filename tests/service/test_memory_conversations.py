@@ -365,3 +365,24 @@ async def test_a_transaction_is_scoped_with_its_settings_quoted_exactly(postgres
                 pass
     finally:
         await close_pool(pool)
+
+
+async def test_a_connection_comes_back_from_a_failed_transaction_clean_and_cheaply(
+    postgres: EmbeddedPostgres,
+) -> None:
+    """The pool's release sends nothing when all went well (our sessions keep no state to reset) and rolls
+    back what a failed transaction left open, so the next user of the connection starts clean."""
+    pool = await open_pool(postgres.url, init=init_connection, max_size=1)
+    database = Database(pool)
+    try:
+        with pytest.raises(asyncpg.DivisionByZeroError):
+            async with database.transaction(None, settings={"athena.probe": "left over"}) as connection:
+                await connection.execute("SELECT 1 / 0")
+        async with pool.acquire() as connection:
+            assert not connection.is_in_transaction()
+            assert await connection.fetchval("SELECT current_setting('athena.probe', true)") in ("", None)
+            queries = connection._protocol.queries_count  # type: ignore[attr-defined]
+        async with pool.acquire() as connection:
+            assert connection._protocol.queries_count == queries  # type: ignore[attr-defined]
+    finally:
+        await close_pool(pool)
