@@ -272,17 +272,11 @@ class PostgresConversationStore:
             return await self._start_turn(user_id, turn)
 
     async def _start_new_turn(self, user_id: str, turn: NewTurn) -> TurnStart:
-        """The common case in four round trips: agents, the user message (its conversation created or
-        touched in the same statement), the history of an existing conversation, commit."""
+        """The common case in three round trips: the user message with the agents' states (its
+        conversation created or touched, if the agent is available, in the same statement), the history
+        of an existing conversation, commit."""
         uid = uuid.UUID(user_id)
         async with self._db.transaction(user_id) as connection:
-            agents = await connection.fetch(_AGENT_STATES, uid)
-            try:
-                _check_agent(turn.agent_id, agents)
-            except FailedPrecondition:
-                if turn.client_request_id is None:
-                    raise
-                raise _Repeated from None  # maybe a repeat of a turn whose agent was disabled since
             new_conversation = turn.conversation_id is None
             row = await connection.fetchrow(
                 _NEW_CONVERSATION_TURN if new_conversation else _CONTINUED_TURN,
@@ -296,9 +290,16 @@ class PostgresConversationStore:
                 uuid.uuid4(),
                 turn.lease_seconds,
             )
-            if row is None and turn.client_request_id is None:
+            assert row is not None, "the statement answers one row, the agents' states"
+            try:
+                _check_agent_state(turn.agent_id, row)
+            except FailedPrecondition:
+                if turn.client_request_id is None:
+                    raise
+                raise _Repeated from None  # maybe a repeat of a turn whose agent was disabled since
+            if row["conv_agent_id"] is None and turn.client_request_id is None:
                 raise NotFound("conversation not found")
-            if row is None or row["id"] is None:  # maybe a repeat: the full path decides (and refuses)
+            if row["id"] is None:  # maybe a repeat: the full path decides (and refuses)
                 raise _Repeated
             history: list[MessageRecord] = []
             if not new_conversation and turn.history_messages:
@@ -315,7 +316,7 @@ class PostgresConversationStore:
             ),
             message=_message(row),
             replayed=False,
-            enabled_agent_ids=tuple(state["id"] for state in agents if state["available"]),
+            enabled_agent_ids=tuple(row["enabled_agent_ids"] or ()),
             state=TurnState.ANSWER,
             answer_id=str(row["answer_id"]),
             answer=None,
@@ -544,6 +545,18 @@ class _Repeated(Exception):
     agent or a conversation gone): it is looked up there instead, in a transaction of its own."""
 
 
+_AGENT_CHOSEN = """agent_states AS (
+        SELECT a.id, a.position, a.enabled, a.enabled AND COALESCE(ua.enabled, true) AS available
+        FROM agents AS a LEFT JOIN user_agents AS ua ON ua.agent_id = a.id AND ua.user_id = $1
+    ), chosen AS (
+        SELECT COALESCE(bool_or(id = $3), false) AS agent_known,
+               COALESCE(bool_or(enabled) FILTER (WHERE id = $3), false) AS agent_enabled,
+               COALESCE(bool_or(available) FILTER (WHERE id = $3), false) AS agent_available,
+               array_agg(id ORDER BY position, id) FILTER (WHERE available) AS enabled_agent_ids
+        FROM agent_states
+    )"""
+"""The CTE `chosen`: one row saying whether the user may talk to agent $3 now, and the agents they may."""
+
 _NEW_TURN_MESSAGE = f"""message AS (
         INSERT INTO messages
             (id, conv_id, user_id, role, agent_id, content, client_request_id, answer_id, lease_until)
@@ -552,23 +565,25 @@ _NEW_TURN_MESSAGE = f"""message AS (
         ON CONFLICT (user_id, client_request_id) DO NOTHING
         RETURNING {_TURN_COLUMNS}
     )
-    SELECT message.*, conversation.agent_id AS conv_agent_id, conversation.title AS conv_title,
+    SELECT chosen.*, message.*, conversation.agent_id AS conv_agent_id, conversation.title AS conv_title,
            conversation.created_at AS conv_created_at, conversation.updated_at AS conv_updated_at
-    FROM conversation LEFT JOIN message ON true"""
-"""The user message of a turn, in the conversation of the CTE `conversation`, with that conversation; the
-message's columns are NULL when its client request id was used before."""
+    FROM chosen LEFT JOIN conversation ON true LEFT JOIN message ON true"""
+"""The user message of a turn, in the conversation of the CTE `conversation`, with that conversation and
+the agents' states (`chosen`): always one row. The conversation's columns are NULL when there is none (or
+the agent is not available), the message's when its client request id was used before."""
 
-_NEW_CONVERSATION_TURN = f"""WITH person AS (
+_NEW_CONVERSATION_TURN = f"""WITH {_AGENT_CHOSEN}, person AS (
         INSERT INTO users (id) VALUES ($1) ON CONFLICT (id) DO NOTHING
     ), conversation AS (
-        INSERT INTO conversations (id, user_id, agent_id, title) VALUES ($2, $1, $3, $4)
+        INSERT INTO conversations (id, user_id, agent_id, title)
+        SELECT $2, $1, $3, $4 FROM chosen WHERE agent_available
         RETURNING {_CONVERSATION_COLUMNS}
     ), {_NEW_TURN_MESSAGE}"""
 """A turn starting a conversation (and the user's first row, on their first turn): one statement."""
 
-_CONTINUED_TURN = f"""WITH conversation AS (
+_CONTINUED_TURN = f"""WITH {_AGENT_CHOSEN}, conversation AS (
         UPDATE conversations SET updated_at = clock_timestamp()
-        WHERE user_id = $1 AND id = $2 AND $4::text IS NULL
+        WHERE user_id = $1 AND id = $2 AND $4::text IS NULL AND (SELECT agent_available FROM chosen)
         RETURNING {_CONVERSATION_COLUMNS}
     ), {_NEW_TURN_MESSAGE}"""
 """A turn in an existing conversation of the user: no row when there is none. (The title, $4, is NULL
@@ -591,9 +606,22 @@ def _check_same_request(message: asyncpg.Record, turn: NewTurn) -> None:
 def _check_agent(agent_id: str, agents: Sequence[asyncpg.Record]) -> None:
     """Refuses a turn with an agent the caller may not talk to now."""
     state = next((row for row in agents if row["id"] == agent_id), None)
-    if state is None or not state["enabled"]:
+    _refuse_unavailable(
+        agent_id, state is not None and state["enabled"], state is not None and state["available"]
+    )
+
+
+def _check_agent_state(agent_id: str, chosen: asyncpg.Record) -> None:
+    """`_check_agent` on the columns of the CTE `chosen`."""
+    _refuse_unavailable(
+        agent_id, chosen["agent_known"] and chosen["agent_enabled"], chosen["agent_available"]
+    )
+
+
+def _refuse_unavailable(agent_id: str, enabled: bool, available: bool) -> None:
+    if not enabled:
         raise FailedPrecondition(f"agent {agent_id!r} is not available")
-    if not state["available"]:
+    if not available:
         raise FailedPrecondition(f"agent {agent_id!r} is disabled; enable it to chat with it")
 
 
