@@ -61,7 +61,7 @@ async def build(settings: MemorySettings, deps: MemoryDeps) -> Assembly:
     database = Database(pool, acquire_timeout=settings.db_acquire_timeout_seconds)
     ephemeral = RedisEphemeralStore(deps.redis(settings.redis_url, settings.redis_timeout_seconds))
     embedder = deps.embedder or OpenAIEmbedder(
-        deps.openai(settings.openai_base_url, settings.openai_api_key.get_secret_value()),
+        deps.model_api(settings.openai_base_url, settings.openai_api_key.get_secret_value()),
         settings.embedding_model,
         settings.embedding_dimension,
         send_dimensions=settings.sends_dimensions,

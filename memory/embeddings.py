@@ -1,21 +1,21 @@
 """Turning text into vectors: the `Embedder` port and its OpenAI-compatible adapter.
 
-`OpenAIEmbedder` calls `/embeddings` of any OpenAI-compatible API with the official SDK (OpenAI itself,
+`OpenAIEmbedder` calls `/embeddings` of any OpenAI-compatible API through `mesh.model_api` (OpenAI itself,
 vLLM, Ollama, the offline model server).
 """
 
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-import httpx2
 import numpy as np
-import openai
 
 from mesh.context import time_remaining
 from mesh.errors import FailedPrecondition, Unavailable
+from mesh.model_api import ModelApi, ModelApiError
 
 Vector = tuple[float, ...]
 
@@ -32,18 +32,18 @@ class Embedder(Protocol):
 
 
 class OpenAIEmbedder:
-    """The OpenAI embeddings API through the official SDK."""
+    """The OpenAI embeddings API."""
 
     def __init__(
         self,
-        client: openai.AsyncOpenAI,
+        api: ModelApi,
         model: str,
         dimension: int,
         *,
         send_dimensions: bool = True,
         timeout: float = 10.0,
     ) -> None:
-        self._client = client
+        self._api = api
         self._model = model
         self._dimension = dimension
         self._send_dimensions = send_dimensions
@@ -60,16 +60,14 @@ class OpenAIEmbedder:
         if self._send_dimensions:
             body["dimensions"] = self._dimension
         try:
-            # The SDK's `post` (base URL, credentials, error statuses) without its typed objects: vectors
-            # arrive as base64 float32 (as the SDK itself asks for them) and are decoded here.
-            response = await self._client.post(
-                "/embeddings", body=body, cast_to=httpx2.Response, options={"timeout": timeout}
-            )
-            items = sorted(response.json()["data"], key=lambda item: item["index"])
+            # Vectors arrive as base64 float32 (as the official SDK asks for them too), decoded here.
+            async with self._api.post("/embeddings", body, read_timeout=timeout) as response:
+                answer = await response.read()
+            items = sorted(json.loads(answer)["data"], key=lambda item: item["index"])
             vectors = [_vector(item["embedding"]) for item in items]
-        except openai.APIError as exc:
+        except ModelApiError as exc:
             raise Unavailable("the embedding model is unavailable") from exc
-        except (httpx2.HTTPError, ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError) as exc:
             raise Unavailable("the embedding model answered with an error") from exc
         if len(vectors) != len(texts) or any(len(v) != self._dimension for v in vectors):
             raise FailedPrecondition(

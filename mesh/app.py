@@ -11,7 +11,7 @@ methods need no token). The runtime does the rest, the same way everywhere:
     RunningService.stop()  health NOT_SERVING, calls drain, background tasks end, resources close
 
 `Deps` carries what a service is built from besides its settings: the token verifier, the clock, and the
-resources it opens (`channel`, `postgres`, `redis`, `openai`, `http_client`), each closed when the service
+resources it opens (`channel`, `postgres`, `redis`, `model_api`, `http_client`), each closed when the service
 stops, in reverse order of opening. A service subclasses it to let tests replace an adapter (a limit
 store, a model, a memory gateway); a field left unset means "the production one, built from settings".
 """
@@ -26,7 +26,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import grpc
 import httpx
@@ -36,13 +36,11 @@ from aiohttp import web
 from mesh import postgres, redis
 from mesh.clients import channel as open_channel
 from mesh.clock import SYSTEM_CLOCK, Clock
+from mesh.model_api import ModelApi, client_session, wait_closed
 from mesh.server import MeshServer, ReadinessCheck, Service
 from mesh.settings import ServiceSettings
 from mesh.telemetry import configure_logging, configure_tracing
 from mesh.tokens import RemoteJwks, TokenVerifier
-
-if TYPE_CHECKING:
-    import openai
 
 log = logging.getLogger(__name__)
 
@@ -104,24 +102,12 @@ class Deps:
         self.on_close(client.aclose)
         return client
 
-    def openai(self, base_url: str, api_key: str) -> openai.AsyncOpenAI:
-        """An OpenAI-compatible API client without the SDK's own retries (callers retry where it is safe,
-        within their deadline), closed on stop. Its transport is aiohttp (the SDK's `DefaultAioHttpClient`),
-        whose pool finds a free connection in constant time where httpx scans every connection on every
-        request (a cost that grows with the answers streaming at once), and it keeps a connection per
-        concurrent answer open between calls."""
-        import httpx2
-        import openai  # a third of a second to import: services without a model skip it
-
-        connections = httpx2.Limits(max_connections=4096, max_keepalive_connections=4096, keepalive_expiry=60)
-        client = openai.AsyncOpenAI(
-            base_url=base_url,
-            api_key=api_key,
-            max_retries=0,
-            http_client=openai.DefaultAioHttpClient(limits=connections),
-        )
-        self.on_close(client.close)
-        return client
+    def model_api(self, base_url: str, api_key: str) -> ModelApi:
+        """An OpenAI-compatible API (`mesh.model_api`) whose connections close when the service stops.
+        No retries of its own: callers retry where it is safe, within their deadline."""
+        session = client_session()
+        self.on_close(lambda: wait_closed(session))
+        return ModelApi(base_url, api_key, session)
 
     def http_client(self, timeout: float) -> httpx.AsyncClient:
         """An HTTP client for third-party APIs (no redirects followed), closed on stop."""

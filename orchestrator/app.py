@@ -70,7 +70,7 @@ def openai_model(settings: OrchestratorSettings, deps: Deps) -> ChatModel:
     the caller's deadline, nor know whether text already reached the client)."""
     key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else "offline"
     return RetryingModel(
-        OpenAIChatModel(deps.openai(settings.openai_base_url, key)),
+        OpenAIChatModel(deps.model_api(settings.openai_base_url, key)),
         attempts=settings.model_attempts,
         timeout=settings.model_timeout_seconds,
         time_remaining=time_remaining,

@@ -3,7 +3,7 @@
 A model call takes a `ModelRequest` (Chat Completions messages, the tools offered) and streams
 `TextChunk`s as they arrive, then one `StepFinished` with the tool calls the model made and its usage.
 
-Errors, translated once here from the openai SDK (most specific first):
+Errors, translated once here from `mesh.model_api`'s (most specific first):
 
     ModelUnavailable (mesh Unavailable)      429, 5xx, connection failures: retryable
     ModelTimeout (mesh DeadlineExceeded)     no answer within the attempt's timeout: retryable
@@ -21,16 +21,15 @@ import abc
 import json
 import logging
 import uuid
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field, replace
-from typing import Any, cast
+from typing import Any
 
-import httpx2
-import openai
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
 from mesh.errors import DeadlineExceeded, FailedPrecondition, Unavailable
+from mesh.model_api import ModelApi, ModelApiError, ModelApiStatus, ModelApiTimeout, ModelApiUnreachable
 from mesh.retry import first_item_retrying, log_retry
 from orchestrator.records import Usage
 
@@ -111,88 +110,80 @@ class ChatModel(abc.ABC):
 
 
 class OpenAIChatModel(ChatModel):
-    """Chat Completions with streaming and tools through the official SDK (OpenAI, vLLM, Ollama, offline).
+    """Chat Completions with streaming and tools (OpenAI, vLLM, Ollama, the offline model).
 
-    The SDK's client sends the request (`post`: its base URL, credentials, headers and timeouts) and turns
-    error statuses into its exceptions; the body is the wire-format JSON as is, without the SDK's typed
-    parameter walk, and the event stream is read here (`ServerSentEvents`) without building its typed chunk
-    objects: together most of what a model call cost this process. Reading the stream here also lets the
-    text of every event already received pass on as one `TextChunk`: when the reader falls behind (a slow
-    client holds the turn back), the answer arrives in fewer, larger pieces instead of word by word."""
+    The body is the wire-format JSON, sent by `mesh.model_api`, and the event stream is read here
+    (`ServerSentEvents`) without building typed chunk objects: what the official SDK's typed parameters and
+    chunks used to cost was most of a model call's CPU in this process. Reading the stream here also lets
+    the text of every event already received pass on as one `TextChunk`: when the reader falls behind (a
+    slow client holds the turn back), the answer arrives in fewer, larger pieces instead of word by word."""
 
-    def __init__(self, client: openai.AsyncOpenAI) -> None:
-        self._client = client
+    def __init__(self, api: ModelApi) -> None:
+        self._api = api
 
     async def stream(self, request: ModelRequest) -> AsyncGenerator[ModelEvent, None]:
-        tools = [tool.as_openai() for tool in request.tools]
-        calls: dict[int, dict[str, str]] = {}
-        usage = Usage()
-        finish_reason = "stop"
         body: dict[str, Any] = {
             "model": request.model,
             "messages": list(request.messages),
             "stream": True,
             "stream_options": {"include_usage": True},
         }
-        if tools:
-            body["tools"] = tools
-        options: dict[str, Any] = {"headers": {RAW_STREAM_HEADER: "stream"}}
-        if request.timeout is not None:
-            options["timeout"] = request.timeout
+        if request.tools:
+            body["tools"] = [tool.as_openai() for tool in request.tools]
         try:
-            response = await self._client.post(
-                "/chat/completions", body=body, cast_to=httpx2.Response, options=cast(Any, options)
-            )
-            # Closing the response on every exit, cancellation included, lets the server see the
-            # disconnect at once and stop generating.
-            async with aclosing(response):
-                events = ServerSentEvents()
-                async for received in response.aiter_bytes():
-                    text: list[str] = []
-                    for chunk in events.feed(received):
-                        if "error" in chunk:
-                            raise ModelUnavailable("the model answered with an error")
-                        if chunk.get("usage"):
-                            counted = chunk["usage"]
-                            usage = Usage(
-                                counted.get("prompt_tokens") or 0, counted.get("completion_tokens") or 0
-                            )
-                        for choice in chunk.get("choices") or ():
-                            delta = choice.get("delta") or {}
-                            if content := delta.get("content"):
-                                text.append(content)
-                            for piece in delta.get("tool_calls") or ():
-                                call = calls.setdefault(
-                                    piece["index"], {"id": "", "name": "", "arguments": ""}
-                                )
-                                call["id"] = piece.get("id") or call["id"]
-                                function = piece.get("function") or {}
-                                call["name"] += function.get("name") or ""
-                                call["arguments"] += function.get("arguments") or ""
-                            if choice.get("finish_reason"):
-                                finish_reason = choice["finish_reason"]
-                    if text:
-                        yield TextChunk("".join(text))
-        except openai.OpenAIError as exc:
+            # Leaving the block on every exit, cancellation included, closes the response, so the server
+            # sees the disconnect at once and stops generating.
+            async with (
+                self._api.post("/chat/completions", body, read_timeout=request.timeout) as response,
+                aclosing(model_events(response.content.iter_any())) as events,
+            ):
+                async for event in events:
+                    yield event
+        except ModelApiError as exc:
             raise _translate(exc) from exc
-        except httpx2.TimeoutException as exc:  # the answer stalled while it streamed
-            raise ModelTimeout("the model did not answer in time") from exc
-        except httpx2.HTTPError as exc:  # the connection broke while the answer streamed
-            raise ModelUnavailable("the model endpoint is unreachable") from exc
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise ModelUnavailable("the model answered with an error") from exc
-        yield StepFinished(
-            tool_calls=tuple(
-                ModelToolCall(call["id"] or f"call_{uuid.uuid4().hex[:24]}", call["name"], call["arguments"])
-                for _, call in sorted(calls.items())
-            ),
-            usage=usage,
-            finish_reason=finish_reason,
-        )
 
 
-RAW_STREAM_HEADER = "X-Stainless-Raw-Response"
-"""Asks the SDK's `post` for the HTTP response unread (the mechanism of its `with_streaming_response`)."""
+async def model_events(reads: AsyncIterator[bytes]) -> AsyncGenerator[ModelEvent, None]:
+    """The events of a Chat Completions event stream arriving in `reads`: the text of every read as one
+    `TextChunk`, then one `StepFinished`. A malformed stream, or one ending in an error event, is
+    `ModelUnavailable`."""
+    calls: dict[int, dict[str, str]] = {}
+    usage = Usage()
+    finish_reason = "stop"
+    events = ServerSentEvents()
+    try:
+        async for received in reads:
+            text: list[str] = []
+            for chunk in events.feed(received):
+                if "error" in chunk:
+                    raise ModelUnavailable("the model answered with an error")
+                if chunk.get("usage"):
+                    counted = chunk["usage"]
+                    usage = Usage(counted.get("prompt_tokens") or 0, counted.get("completion_tokens") or 0)
+                for choice in chunk.get("choices") or ():
+                    delta = choice.get("delta") or {}
+                    if content := delta.get("content"):
+                        text.append(content)
+                    for piece in delta.get("tool_calls") or ():
+                        call = calls.setdefault(piece["index"], {"id": "", "name": "", "arguments": ""})
+                        call["id"] = piece.get("id") or call["id"]
+                        function = piece.get("function") or {}
+                        call["name"] += function.get("name") or ""
+                        call["arguments"] += function.get("arguments") or ""
+                    if choice.get("finish_reason"):
+                        finish_reason = choice["finish_reason"]
+            if text:
+                yield TextChunk("".join(text))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ModelUnavailable("the model answered with an error") from exc
+    yield StepFinished(
+        tool_calls=tuple(
+            ModelToolCall(call["id"] or f"call_{uuid.uuid4().hex[:24]}", call["name"], call["arguments"])
+            for _, call in sorted(calls.items())
+        ),
+        usage=usage,
+        finish_reason=finish_reason,
+    )
 
 
 class ServerSentEvents:
@@ -222,21 +213,21 @@ class ServerSentEvents:
         return found
 
 
-def _translate(exc: openai.OpenAIError) -> ModelUnavailable | ModelTimeout | ModelRejected:
-    """The SDK's errors in the tree above; messages name the HTTP status but never echo response bodies."""
-    if isinstance(exc, openai.APITimeoutError):
-        return ModelTimeout("the model did not answer in time")
-    if isinstance(exc, openai.APIConnectionError):
-        return ModelUnavailable("the model endpoint is unreachable")
-    if isinstance(exc, openai.RateLimitError):
-        return ModelUnavailable("the model is rate limited (HTTP 429)")
-    if isinstance(exc, openai.APIStatusError):
-        if exc.status_code >= 500:
-            return ModelUnavailable(f"the model failed (HTTP {exc.status_code})")
-        if exc.status_code in (408, 409):
-            return ModelUnavailable(f"the model could not answer now (HTTP {exc.status_code})")
-        return ModelRejected(f"the model endpoint refused the request (HTTP {exc.status_code})")
-    # A stream that ended with an error event, or a malformed response.
+def _translate(exc: ModelApiError) -> ModelUnavailable | ModelTimeout | ModelRejected:
+    """The model API's failures in the tree above; messages name the HTTP status, never a response body."""
+    match exc:
+        case ModelApiTimeout():
+            return ModelTimeout("the model did not answer in time")
+        case ModelApiUnreachable():
+            return ModelUnavailable("the model endpoint is unreachable")
+        case ModelApiStatus(status=429):
+            return ModelUnavailable("the model is rate limited (HTTP 429)")
+        case ModelApiStatus(status=status) if status >= 500:
+            return ModelUnavailable(f"the model failed (HTTP {status})")
+        case ModelApiStatus(status=408 | 409 as status):
+            return ModelUnavailable(f"the model could not answer now (HTTP {status})")
+        case ModelApiStatus(status=status):
+            return ModelRejected(f"the model endpoint refused the request (HTTP {status})")
     return ModelUnavailable("the model answered with an error")
 
 

@@ -1,56 +1,64 @@
-"""OpenAIEmbedder against a scripted OpenAI-compatible transport (no network, no real model)."""
+"""OpenAIEmbedder against a scripted OpenAI-compatible endpoint on loopback (no real model)."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
-import httpx2 as httpx
-import openai
 import pytest
 import pytest_asyncio
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from memory.embeddings import OpenAIEmbedder
 from mesh.errors import FailedPrecondition, Unavailable
+from mesh.model_api import ModelApi, client_session
 
-Handler = Callable[[httpx.Request], httpx.Response]
+Handler = Callable[[dict[str, Any]], tuple[int, dict[str, Any]]]
+"""The request's JSON body → the status and JSON body answered."""
 
 
-def embeddings_answer(vectors: list[list[float]]) -> httpx.Response:
+def embeddings_answer(vectors: list[list[float]]) -> tuple[int, dict[str, Any]]:
     data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]
-    return httpx.Response(
-        200,
-        json={"object": "list", "data": data, "model": "m", "usage": {"prompt_tokens": 1, "total_tokens": 1}},
-    )
+    usage = {"prompt_tokens": 1, "total_tokens": 1}
+    return 200, {"object": "list", "data": data, "model": "m", "usage": usage}
 
 
 @pytest_asyncio.fixture
-async def client_for() -> AsyncIterator[Callable[[Handler], openai.AsyncOpenAI]]:
-    clients: list[httpx.AsyncClient] = []
+async def api_for() -> AsyncIterator[Callable[[Handler], Awaitable[ModelApi]]]:
+    """Starts an /v1/embeddings endpoint answering with a handler; the API client calling it."""
+    servers: list[TestServer] = []
+    session = client_session()
 
-    def make(handler: Handler) -> openai.AsyncOpenAI:
-        http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
-        clients.append(http)
-        return openai.AsyncOpenAI(
-            base_url="http://model.test/v1", api_key="k", http_client=http, max_retries=0
-        )
+    async def make(handler: Handler) -> ModelApi:
+        async def embeddings(request: web.Request) -> web.Response:
+            assert request.headers["authorization"] == "Bearer k"
+            status, body = handler(await request.json())
+            return web.json_response(body, status=status)
+
+        app = web.Application()
+        app.router.add_post("/v1/embeddings", embeddings)
+        server = TestServer(app, host="127.0.0.1")
+        await server.start_server()
+        servers.append(server)
+        return ModelApi(str(server.make_url("/v1")), "k", session)
 
     yield make
-    for http in clients:
-        await http.aclose()
+    await session.close()
+    for server in servers:
+        await server.close()
 
 
 async def test_sends_model_and_dimensions_and_returns_vectors_in_order(
-    client_for: Callable[[Handler], openai.AsyncOpenAI],
+    api_for: Callable[[Handler], Awaitable[ModelApi]],
 ) -> None:
     seen: list[dict[str, object]] = []
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        assert request.url.path == "/v1/embeddings"
-        seen.append(json.loads(request.content))
+    def handler(body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        seen.append(body)
         return embeddings_answer([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
 
-    embedder = OpenAIEmbedder(client_for(handler), "athena-offline-embed", 3)
+    embedder = OpenAIEmbedder(await api_for(handler), "athena-offline-embed", 3)
     vectors = await embedder.embed(["a", "b"])
     assert vectors == [(1.0, 0.0, 0.0), (0.0, 1.0, 0.0)]
     assert seen[0]["model"] == "athena-offline-embed"
@@ -59,31 +67,32 @@ async def test_sends_model_and_dimensions_and_returns_vectors_in_order(
 
 
 async def test_dimensions_are_not_sent_to_models_without_the_parameter(
-    client_for: Callable[[Handler], openai.AsyncOpenAI],
+    api_for: Callable[[Handler], Awaitable[ModelApi]],
 ) -> None:
     seen: list[dict[str, object]] = []
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(json.loads(request.content))
+    def handler(body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        seen.append(body)
         return embeddings_answer([[0.5, 0.5]])
 
-    await OpenAIEmbedder(client_for(handler), "text-embedding-ada-002", 2, send_dimensions=False).embed(["a"])
+    api = await api_for(handler)
+    await OpenAIEmbedder(api, "text-embedding-ada-002", 2, send_dimensions=False).embed(["a"])
     assert "dimensions" not in seen[0]
 
 
-async def test_model_errors_are_unavailable(client_for: Callable[[Handler], openai.AsyncOpenAI]) -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(503, json={"error": {"message": "overloaded"}})
+async def test_model_errors_are_unavailable(api_for: Callable[[Handler], Awaitable[ModelApi]]) -> None:
+    def handler(body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        return 503, {"error": {"message": "overloaded"}}
 
     with pytest.raises(Unavailable):
-        await OpenAIEmbedder(client_for(handler), "m", 3).embed(["a"])
+        await OpenAIEmbedder(await api_for(handler), "m", 3).embed(["a"])
 
 
 async def test_a_model_answering_another_dimension_is_a_configuration_error(
-    client_for: Callable[[Handler], openai.AsyncOpenAI],
+    api_for: Callable[[Handler], Awaitable[ModelApi]],
 ) -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
+    def handler(body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         return embeddings_answer([[1.0, 0.0]])
 
     with pytest.raises(FailedPrecondition, match="MEMORY_EMBEDDING_DIMENSION"):
-        await OpenAIEmbedder(client_for(handler), "m", 3).embed(["a"])
+        await OpenAIEmbedder(await api_for(handler), "m", 3).embed(["a"])

@@ -3,16 +3,22 @@ told."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
-import httpx2
-import openai
 import pytest
+import pytest_asyncio
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from doubles.model import ScriptedModel, ScriptedReply
 
+from devstack.process import free_port
 from mesh.errors import DeadlineExceeded, FailedPrecondition, Unavailable
+from mesh.model_api import ModelApi, client_session
 from orchestrator.model import (
     ChatModel,
     ModelEvent,
@@ -26,6 +32,7 @@ from orchestrator.model import (
     ServerSentEvents,
     StepFinished,
     TextChunk,
+    model_events,
 )
 from orchestrator.records import Usage
 
@@ -137,41 +144,20 @@ def test_events_split_anywhere_across_reads_are_decoded_once_whole() -> None:
         assert events.done
 
 
-class StreamedBody(httpx2.AsyncByteStream):
-    """A response body arriving in the given reads."""
-
-    def __init__(self, reads: list[bytes]) -> None:
-        self._reads = reads
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        for read in self._reads:
-            yield read
+async def arriving(reads: list[bytes]) -> AsyncIterator[bytes]:
+    for read in reads:
+        yield read
 
 
-def model_answering(reads: list[bytes], status: int = 200) -> OpenAIChatModel:
-    def answer(request: httpx2.Request) -> httpx2.Response:
-        return httpx2.Response(
-            status, headers={"content-type": "text/event-stream"}, stream=StreamedBody(reads)
-        )
-
-    client = openai.AsyncOpenAI(
-        base_url="http://model.test/v1",
-        api_key="test",
-        max_retries=0,
-        http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(answer)),
-    )
-    return OpenAIChatModel(client)
-
-
-async def events_of(model: ChatModel) -> list[Any]:
-    return [event async for event in model.stream(ModelRequest("m", ({"role": "user", "content": "hi"},)))]
+async def events_of(reads: list[bytes]) -> list[Any]:
+    """What the model's events are when its answer arrives in exactly these reads."""
+    return [event async for event in model_events(arriving(reads))]
 
 
 async def test_text_received_together_is_passed_on_as_one_chunk() -> None:
     """When the reader falls behind, what piled up arrives in one read: one TextChunk, not one per word."""
     words = [delta(word) for word in ("one ", "two ", "three ", "four")]
-    model = model_answering([sse(*words[:1], done=False), sse(*words[1:], done=False), sse(done=True)])
-    events = await events_of(model)
+    events = await events_of([sse(*words[:1], done=False), sse(*words[1:], done=False), sse(done=True)])
     assert [event.text for event in events if isinstance(event, TextChunk)] == ["one ", "two three four"]
     assert isinstance(events[-1], StepFinished)
 
@@ -181,8 +167,7 @@ async def test_tool_calls_are_assembled_from_their_pieces() -> None:
     rest = {"index": 0, "function": {"name": "memory", "arguments": 'xt": "tea"}'}}
     finish = {"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}
     usage = {"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 2}}
-    model = model_answering([sse(delta(tool_calls=[first]), delta(tool_calls=[rest]), finish, usage)])
-    [finished] = await events_of(model)
+    [finished] = await events_of([sse(delta(tool_calls=[first]), delta(tool_calls=[rest]), finish, usage)])
     assert finished == StepFinished(
         tool_calls=(ModelToolCall("call_1", "remember_memory", '{"text": "tea"}'),),
         usage=Usage(7, 2),
@@ -201,9 +186,93 @@ async def test_a_stream_that_breaks_its_format_is_unavailable(
     reads: list[bytes], error: type[Exception]
 ) -> None:
     with pytest.raises(error, match="answered with an error"):
-        await events_of(model_answering(reads))
+        await events_of(reads)
 
 
-async def test_an_error_status_is_translated_before_any_text() -> None:
-    with pytest.raises(ModelUnavailable, match="HTTP 503"):
-        await events_of(model_answering([b"{}"], status=503))
+@dataclass
+class ModelServer:
+    url: str
+    answers: list[tuple[int, bytes]]
+    """What the next requests are answered (status, body); status 0 never answers."""
+    seen: list[web.Request]
+
+
+@pytest_asyncio.fixture
+async def model_server() -> AsyncIterator[ModelServer]:
+    """A Chat Completions endpoint on loopback answering what the test puts in `answers`."""
+    answers: list[tuple[int, bytes]] = []
+    seen: list[web.Request] = []
+
+    async def complete(request: web.Request) -> web.StreamResponse:
+        seen.append(request)
+        status, body = answers.pop(0)
+        if status == 0:
+            await asyncio.sleep(30)
+        response = web.StreamResponse(status=status, headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(body)
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", complete)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        yield ModelServer(str(server.make_url("/v1")), answers, seen)
+    finally:
+        await server.close()
+
+
+@contextlib.asynccontextmanager
+async def model_at(url: str) -> AsyncIterator[OpenAIChatModel]:
+    session = client_session()
+    try:
+        yield OpenAIChatModel(ModelApi(url, "test-key", session))
+    finally:
+        await session.close()
+
+
+async def test_an_answer_streams_from_the_endpoint_with_the_key(model_server: ModelServer) -> None:
+    model_server.answers.append((200, sse(delta("Hello"), delta(" there"))))
+    async with model_at(model_server.url) as model:
+        events = [event async for event in model.stream(REQUEST)]
+    assert "".join(event.text for event in events if isinstance(event, TextChunk)) == "Hello there"
+    assert isinstance(events[-1], StepFinished)
+    [request] = model_server.seen
+    assert request.headers["authorization"] == "Bearer test-key"
+
+
+@pytest.mark.parametrize(
+    ("status", "error", "message"),
+    [
+        (503, ModelUnavailable, "HTTP 503"),
+        (429, ModelUnavailable, "rate limited"),
+        (409, ModelUnavailable, "HTTP 409"),
+        (400, ModelRejected, "HTTP 400"),
+        (401, ModelRejected, "HTTP 401"),
+    ],
+)
+async def test_an_error_status_is_translated_before_any_text(
+    model_server: ModelServer, status: int, error: type[Exception], message: str
+) -> None:
+    model_server.answers.append((status, b'{"error": {"message": "secret detail"}}'))
+    async with model_at(model_server.url) as model:
+        with pytest.raises(error, match=message) as raised:
+            await drain(model)
+    assert "secret detail" not in str(raised.value)
+
+
+async def test_a_silent_endpoint_times_out_and_an_absent_one_is_unreachable(
+    model_server: ModelServer,
+) -> None:
+    model_server.answers.append((0, b""))
+    async with model_at(model_server.url) as model:
+        with pytest.raises(ModelTimeout):
+            await drain_with(model, ModelRequest("m", REQUEST.messages, timeout=0.2))
+    async with model_at(f"http://127.0.0.1:{free_port()}/v1") as model:
+        with pytest.raises(ModelUnavailable, match="unreachable"):
+            await drain(model)
+
+
+async def drain_with(model: ChatModel, request: ModelRequest) -> list[ModelEvent]:
+    return [event async for event in model.stream(request)]
