@@ -74,18 +74,30 @@ def window_at(now: float, length: float) -> Window:
     return Window(index=index, ends_at=(index + 1) * length)
 
 
+@dataclass(frozen=True)
+class Admission:
+    """What the store counted for a turn asking to start."""
+
+    open_streams: int
+    """The user's open streams, the new one included."""
+    turns: int
+    """The user's turns in the window, the new one included."""
+
+
 class LimitStore(Protocol):
     """Where the counters of every orchestrator replica meet. Raises `Unavailable` when it cannot answer (the
     limiter then admits the turn)."""
 
-    async def count_turn(self, user_id: str, window: int, ttl_seconds: float) -> int:
-        """Counts one more turn of `user_id` in `window`; returns the count including it. The counter
-        may be forgotten `ttl_seconds` after its first turn."""
+    async def admit(
+        self, user_id: str, stream_id: str, now: float, lease_until: float, window: int, window_ttl: float
+    ) -> Admission:
+        """In one atomic step (one round trip): records the open stream `stream_id` until `lease_until`,
+        drops leases expired at `now`, and counts one more turn in `window`. The turn counter may be
+        forgotten `window_ttl` seconds after its first turn."""
         ...
 
-    async def acquire_stream(self, user_id: str, stream_id: str, now: float, lease_until: float) -> int:
-        """Records the open stream `stream_id` until `lease_until`, drops leases expired at `now`, and
-        returns how many streams of the user are open including this one (one atomic step)."""
+    async def refuse(self, user_id: str, stream_id: str, window: int) -> None:
+        """Undoes an `admit` the limits refused: forgets the stream and the turn it counted."""
         ...
 
     async def renew_stream(self, user_id: str, stream_id: str, now: float, lease_until: float) -> None:
@@ -141,33 +153,41 @@ class Limiter:
         if now < self._store_down_until:
             return False
         limits = self.limits
+        window = window_at(now, limits.window_seconds)
         try:
-            open_streams = await self._store.acquire_stream(
-                user_id, stream_id, now, now + limits.stream_lease_seconds
+            admission = await self._store.admit(
+                user_id,
+                stream_id,
+                now,
+                now + limits.stream_lease_seconds,
+                window.index,
+                limits.window_seconds + 1,
             )
         except Unavailable as exc:
             self._store_down(exc)
             return False
-        if open_streams > limits.max_streams:
-            await self._release(user_id, stream_id)
+        if admission.open_streams > limits.max_streams:
+            await self._refuse(user_id, stream_id, window)
             raise ResourceExhausted(
                 f"too many chat streams open at once (at most {limits.max_streams}); wait for one to finish",
                 retry_after=limits.stream_retry_after_seconds,
             )
-        window = window_at(now, limits.window_seconds)
-        try:
-            turns = await self._store.count_turn(user_id, window.index, limits.window_seconds + 1)
-        except Unavailable as exc:
-            self._store_down(exc)
-            return True
-        if turns > limits.turns_per_window:
-            await self._release(user_id, stream_id)
+        if admission.turns > limits.turns_per_window:
+            await self._refuse(user_id, stream_id, window)
             raise ResourceExhausted(
                 f"too many chat turns (at most {limits.turns_per_window} "
                 f"per {limits.window_seconds:g} seconds)",
                 retry_after=window.retry_after(now),
             )
         return True
+
+    async def _refuse(self, user_id: str, stream_id: str, window: Window) -> None:
+        """A refused turn neither holds a slot nor counts against the window."""
+        try:
+            await self._store.refuse(user_id, stream_id, window.index)
+        except Unavailable as exc:
+            # The lease expires on its own; until then the user has one slot (and turn) less.
+            log.warning("undoing a refused chat turn's count failed", extra={"error": str(exc)})
 
     async def _release(self, user_id: str, stream_id: str) -> None:
         try:

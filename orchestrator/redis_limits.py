@@ -2,12 +2,14 @@
 
 Keys (the user id in braces keeps a user's keys in one Redis Cluster slot):
 
-- `athena:limits:{user_id}:turns:<window>`: a counter, INCR and EXPIRE in one MULTI/EXEC, so a counter
+- `athena:limits:{user_id}:turns:<window>`: a counter with an EXPIRE set with each INCR, so a counter
   never outlives its window (plus a second) even if a replica dies between the two commands;
 - `athena:limits:{user_id}:streams`: a sorted set of open stream ids scored by when their lease ends;
-  expired leases are dropped, the new one added and the set counted in one MULTI/EXEC; a heartbeat moves
-  a lease's score forward. Every write also moves the set's expiry to its newest lease (all leases have
-  the same length), so the set goes when its last lease would have expired.
+  a heartbeat moves a lease's score forward. Every write also moves the set's expiry to its newest lease
+  (all leases have the same length), so the set goes when its last lease would have expired.
+
+A turn asking to start costs one MULTI/EXEC: expired leases dropped, the new one added, the set counted,
+the turn counted. A refused one is undone in another (its lease removed, its turn uncounted).
 
 Every Redis failure becomes `mesh.errors.Unavailable` (the limiter then fails open).
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 import math
 
 from mesh.redis import Redis, translated
+from orchestrator.limits import Admission
 
 KEY_PREFIX = "athena:limits"
 WHAT = "the rate-limit store"
@@ -33,24 +36,26 @@ class RedisLimitStore:
     def streams_key(self, user_id: str) -> str:
         return f"{self._prefix}:{{{user_id}}}:streams"
 
-    async def count_turn(self, user_id: str, window: int, ttl_seconds: float) -> int:
-        key = self.turns_key(user_id, window)
+    async def admit(
+        self, user_id: str, stream_id: str, now: float, lease_until: float, window: int, window_ttl: float
+    ) -> Admission:
+        streams, turns = self.streams_key(user_id), self.turns_key(user_id, window)
         async with translated(WHAT), self._redis.pipeline(transaction=True) as pipe:
-            pipe.incr(key)
-            pipe.expire(key, math.ceil(ttl_seconds))
-            count, _ = await pipe.execute()
-        return int(count)
-
-    async def acquire_stream(self, user_id: str, stream_id: str, now: float, lease_until: float) -> int:
-        key = self.streams_key(user_id)
-        async with translated(WHAT), self._redis.pipeline(transaction=True) as pipe:
-            pipe.zremrangebyscore(key, "-inf", now)
-            pipe.zadd(key, {stream_id: lease_until})
-            pipe.zcard(key)
+            pipe.zremrangebyscore(streams, "-inf", now)
+            pipe.zadd(streams, {stream_id: lease_until})
+            pipe.zcard(streams)
             # The whole set goes when its last lease would have expired.
-            pipe.expire(key, max(1, math.ceil(lease_until - now)))
-            _, _, open_streams, _ = await pipe.execute()
-        return int(open_streams)
+            pipe.expire(streams, max(1, math.ceil(lease_until - now)))
+            pipe.incr(turns)
+            pipe.expire(turns, math.ceil(window_ttl))
+            _, _, open_streams, _, counted, _ = await pipe.execute()
+        return Admission(open_streams=int(open_streams), turns=int(counted))
+
+    async def refuse(self, user_id: str, stream_id: str, window: int) -> None:
+        async with translated(WHAT), self._redis.pipeline(transaction=True) as pipe:
+            pipe.zrem(self.streams_key(user_id), stream_id)
+            pipe.decr(self.turns_key(user_id, window))
+            await pipe.execute()
 
     async def renew_stream(self, user_id: str, stream_id: str, now: float, lease_until: float) -> None:
         key = self.streams_key(user_id)

@@ -76,8 +76,9 @@ async def test_turn_counters_expire_with_their_window(
 ) -> None:
     limits, client = store
     user = str(uuid.uuid4())
-    await limits.count_turn(user, 42, 61)
-    await limits.count_turn(user, 42, 61)
+    now = time.time()
+    await limits.admit(user, "a", now, now + 10, 42, 61)
+    await limits.admit(user, "b", now, now + 10, 42, 61)
     assert 0 < await client.ttl(limits.turns_key(user, 42)) <= 61
 
 
@@ -87,10 +88,10 @@ async def test_stream_leases_leave_only_open_streams_in_an_expiring_set(
     limits, client = store
     user = str(uuid.uuid4())
     now = time.time()
-    await limits.acquire_stream(user, "a", now, now + 10)
-    await limits.acquire_stream(user, "b", now, now + 10)
-    await limits.acquire_stream(user, "c", now + 11, now + 21)  # drops "a" and "b", expired
-    await limits.acquire_stream(user, "d", now + 11, now + 21)
+    await limits.admit(user, "a", now, now + 10, 1, 61)
+    await limits.admit(user, "b", now, now + 10, 1, 61)
+    await limits.admit(user, "c", now + 11, now + 21, 1, 61)  # drops "a" and "b", expired
+    await limits.admit(user, "d", now + 11, now + 21, 1, 61)
     await limits.release_stream(user, "d")
     assert await client.zrange(limits.streams_key(user), 0, -1) == ["c"]
     assert 8 < await client.ttl(limits.streams_key(user)) <= 10
@@ -102,7 +103,7 @@ async def test_a_renewed_lease_keeps_the_set_alive_and_a_lost_one_leaves_no_key_
     limits, client = store
     user = str(uuid.uuid4())
     now = time.time()
-    await limits.acquire_stream(user, "a", now, now + 2)
+    await limits.admit(user, "a", now, now + 2, 1, 61)
     await limits.renew_stream(user, "a", now, now + 30)
     assert 28 < await client.ttl(limits.streams_key(user)) <= 30
     await client.delete(limits.streams_key(user))  # Redis restarted without the set
@@ -114,7 +115,7 @@ async def test_a_store_that_cannot_reach_redis_fails_fast() -> None:
     client = connect(f"redis://127.0.0.1:{free_port()}/0", 0.5)
     started = time.monotonic()
     with pytest.raises(Unavailable):
-        await RedisLimitStore(client).count_turn("someone", 1, 61)
+        await RedisLimitStore(client).admit("someone", "s", 0.0, 10.0, 1, 61)
     assert time.monotonic() - started < 2
     await client.aclose()
 

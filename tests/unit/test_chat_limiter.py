@@ -11,7 +11,7 @@ from doubles.clock import FakeClock
 from doubles.limit_store import InMemoryLimitStore
 
 from mesh.errors import ResourceExhausted, Unavailable
-from orchestrator.limits import Limiter, Limits, window_at
+from orchestrator.limits import Admission, Limiter, Limits, window_at
 
 
 def Clock(now: float = 1_200_020.0) -> FakeClock:
@@ -31,13 +31,15 @@ class BrokenStore(InMemoryLimitStore):
         if self.down:
             raise Unavailable("the rate-limit store is unavailable")
 
-    async def count_turn(self, user_id: str, window: int, ttl_seconds: float) -> int:
+    async def admit(
+        self, user_id: str, stream_id: str, now: float, lease_until: float, window: int, window_ttl: float
+    ) -> Admission:
         self._check()
-        return await super().count_turn(user_id, window, ttl_seconds)
+        return await super().admit(user_id, stream_id, now, lease_until, window, window_ttl)
 
-    async def acquire_stream(self, user_id: str, stream_id: str, now: float, lease_until: float) -> int:
+    async def refuse(self, user_id: str, stream_id: str, window: int) -> None:
         self._check()
-        return await super().acquire_stream(user_id, stream_id, now, lease_until)
+        await super().refuse(user_id, stream_id, window)
 
     async def renew_stream(self, user_id: str, stream_id: str, now: float, lease_until: float) -> None:
         self._check()
@@ -86,7 +88,7 @@ async def test_a_lease_never_released_expires() -> None:
     clock = Clock()
     store = InMemoryLimitStore()
     limiter = Limiter(Limits(max_streams=1, stream_lease_seconds=600), store, clock)
-    await store.acquire_stream("ada", "lost-on-a-dead-replica", clock.time(), clock.time() + 600)
+    await store.admit("ada", "lost-on-a-dead-replica", clock.time(), clock.time() + 600, 0, 61)
     with pytest.raises(ResourceExhausted):
         async with limiter.stream("ada"):
             pass
@@ -121,7 +123,7 @@ async def test_a_stream_whose_heartbeat_cannot_reach_the_store_goes_on() -> None
         await asyncio.sleep(0.2)  # a renewal failed
         calls = store.calls
         store.down = False
-    assert calls >= 3  # acquire, count, renew
+    assert calls >= 2  # admit, renew
     assert store.streams["ada"] == {}
 
 
@@ -152,6 +154,19 @@ async def test_a_turn_refused_for_its_rate_does_not_keep_a_stream_slot() -> None
         async with limiter.stream("ada"):
             pass
     assert store.streams["ada"] == {}
+
+
+async def test_a_refused_turn_does_not_count_against_the_window() -> None:
+    """Refused for too many streams, a turn is not one of the window's: the user's budget is intact."""
+    store = InMemoryLimitStore()
+    limiter = Limiter(Limits(turns_per_window=2, max_streams=1), store, Clock())
+    async with limiter.stream("ada"):
+        for _ in range(3):
+            with pytest.raises(ResourceExhausted, match="streams"):
+                async with limiter.stream("ada"):
+                    pass
+    async with limiter.stream("ada"):  # the second turn of the window
+        pass
 
 
 async def test_an_unavailable_store_admits_turns_logs_a_warning_and_is_left_alone_for_a_while(
