@@ -19,7 +19,6 @@ No gRPC and no Redis here: `orchestrator.redis_limits` is the store, `orchestrat
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import uuid
@@ -47,6 +46,8 @@ class Limits:
     stream_lease_seconds: float = 10.0
     """How long a stream's slot outlives its last heartbeat: a replica killed mid-stream frees its slots
     this long after it died. The holder renews the lease every third of it."""
+    heartbeat_stop_seconds: float = 1.0
+    """Longest the end of a stream waits for a renewal of its lease in flight before releasing it."""
     stream_retry_after_seconds: float = 1.0
     """What a refused stream is told to wait: streams end at unknown times, so a short, honest guess."""
     outage_backoff_seconds: float = 2.0
@@ -127,19 +128,25 @@ class Limiter:
         if not await self._admit(user_id, stream_id):
             yield
             return
-        heartbeat = asyncio.create_task(self._renew(user_id, stream_id), name=f"stream-lease {stream_id}")
+        ended = asyncio.Event()
+        heartbeat = asyncio.create_task(
+            self._renew(user_id, stream_id, ended), name=f"stream-lease {stream_id}"
+        )
         try:
             yield
         finally:
+            ended.set()
             heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
+            # Never wait on it for long: a store client that turns the cancellation into an error of its
+            # own (its timeout firing as the cancellation arrives) would otherwise keep the heartbeat, and
+            # the finished stream, alive. A renewal landing after the release holds the slot one lease.
+            await asyncio.wait({heartbeat}, timeout=self.limits.heartbeat_stop_seconds)
             await self._release(user_id, stream_id)
 
-    async def _renew(self, user_id: str, stream_id: str) -> None:
-        """Renews the stream's lease every third of it until cancelled (when the stream ends)."""
+    async def _renew(self, user_id: str, stream_id: str, ended: asyncio.Event) -> None:
+        """Renews the stream's lease every third of it until the stream has `ended`."""
         lease = self.limits.stream_lease_seconds
-        while True:
+        while not ended.is_set():
             await asyncio.sleep(lease / 3)
             try:
                 now = self._clock.time()

@@ -199,3 +199,33 @@ async def test_a_failing_release_is_logged_and_the_lease_left_to_expire(
         async with limiter.stream("ada"):
             store.down = True
     assert any("releasing a chat stream slot failed" in record.message for record in caplog.records)
+
+
+class SwallowingStore(InMemoryLimitStore):
+    """Renewals that take a while and, cancelled, raise Unavailable instead: the way a client library's
+    own timeout can turn a cancellation into an error of its own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.renewing = asyncio.Event()
+
+    async def renew_stream(self, user_id: str, stream_id: str, now: float, lease_until: float) -> None:
+        self.renewing.set()
+        try:
+            await asyncio.sleep(5)
+        except asyncio.CancelledError:
+            raise Unavailable("the rate-limit store is unavailable") from None
+
+
+async def test_a_stream_ends_even_when_its_heartbeat_swallows_the_cancellation() -> None:
+    """Seen with 1,000 streams on one replica: a renewal timing out as its stream ended kept the heartbeat
+    alive, and the finished answer's stream open until its connection was closed minutes later."""
+    store = SwallowingStore()
+    limiter = Limiter(Limits(max_streams=1, stream_lease_seconds=0.15), store, Clock())
+
+    async def one_stream() -> None:
+        async with limiter.stream("ada"):
+            await store.renewing.wait()  # ends while a renewal is in flight
+
+    await asyncio.wait_for(one_stream(), timeout=3)
+    assert store.streams["ada"] == {}  # released all the same
