@@ -59,13 +59,13 @@ class Recaller:
         embedding = query.embedding
         if embedding is None:
             (embedding,) = await self._embedder.embed([query.text])
-        found = await self._store.nearest(user_id, query.agent_id, embedding, candidate_count(query.k))
+        # Both stages' candidates in one round trip: the keyword stage is needed exactly when no vector
+        # candidate passes, which only ranking them tells.
+        found = await self._store.candidates(
+            user_id, query.agent_id, embedding, keyword_query(query.text), candidate_count(query.k)
+        )
         now = now or datetime.now(UTC)
-        hits = rank(found, self._policy, Stage.VECTOR, query.k, now)
+        hits = rank(found.nearest, self._policy, Stage.VECTOR, query.k, now)
         if hits:
             return hits
-        words = keyword_query(query.text)
-        if words is None:
-            return []
-        found = await self._store.keyword(user_id, query.agent_id, words, candidate_count(query.k))
-        return rank(found, self._policy, Stage.KEYWORD, query.k, now)
+        return rank(found.keyword, self._policy, Stage.KEYWORD, query.k, now)

@@ -38,7 +38,7 @@ from memory.domain import (
     conversation_title,
 )
 from memory.pagination import Cursor
-from memory.stores import ExportRecord, Vector
+from memory.stores import Candidates, ExportRecord, Vector
 from mesh.errors import FailedPrecondition, InvalidArgument, NotFound
 
 _MEMORY_COLUMNS = "id, agent_scope, agent_id, key, text, created_at, updated_at"
@@ -194,16 +194,15 @@ class PostgresMemoryStore:
         assert row is not None
         return _memory(row), bool(row["created"])
 
+    def _scan_settings(self, limit: int) -> dict[str, str]:
+        # Iterative index scans (pgvector ≥ 0.8) keep walking the HNSW graph until `limit` rows survive
+        # the per-user filter, instead of filtering a fixed ef_search-sized candidate list down to few.
+        return {"hnsw.ef_search": str(max(self._ef_search, limit)), "hnsw.iterative_scan": "relaxed_order"}
+
     async def nearest(
         self, user_id: str, agent_id: str, embedding: Vector, limit: int
     ) -> list[tuple[MemoryRecord, float]]:
-        # Iterative index scans (pgvector ≥ 0.8) keep walking the HNSW graph until `limit` rows survive
-        # the per-user filter, instead of filtering a fixed ef_search-sized candidate list down to few.
-        settings = {
-            "hnsw.ef_search": str(max(self._ef_search, limit)),
-            "hnsw.iterative_scan": "relaxed_order",
-        }
-        async with self._db.transaction(user_id, settings=settings) as connection:
+        async with self._db.transaction(user_id, settings=self._scan_settings(limit)) as connection:
             rows = await connection.fetch(
                 f"""SELECT {_MEMORY_COLUMNS}, embedding <=> $3 AS distance FROM vector_memory
                     WHERE user_id = $1 AND agent_scope = ANY($2::text[])
@@ -214,6 +213,30 @@ class PostgresMemoryStore:
                 limit,
             )
         return [(_memory(row), 1.0 - float(row["distance"])) for row in rows]
+
+    async def candidates(
+        self, user_id: str, agent_id: str, embedding: Vector, words: str | None, limit: int
+    ) -> Candidates:
+        async with self._db.transaction(user_id, settings=self._scan_settings(limit)) as connection:
+            rows = await connection.fetch(
+                f"""(SELECT {_MEMORY_COLUMNS}, true AS vector, 1.0 - (embedding <=> $3) AS similarity
+                     FROM vector_memory WHERE user_id = $1 AND agent_scope = ANY($2::text[])
+                     ORDER BY embedding <=> $3 LIMIT $4)
+                    UNION ALL
+                    (SELECT {_MEMORY_COLUMNS}, false AS vector, ts_rank(tsv, q, 32) AS similarity
+                     FROM vector_memory, websearch_to_tsquery('english', $5) AS q
+                     WHERE $5::text IS NOT NULL AND user_id = $1 AND agent_scope = ANY($2::text[])
+                           AND tsv @@ q
+                     ORDER BY similarity DESC, updated_at DESC LIMIT $4)""",
+                uuid.UUID(user_id),
+                [USER_SCOPE, agent_id],
+                _vector(embedding),
+                limit,
+                words,
+            )
+        nearest = [(_memory(row), float(row["similarity"])) for row in rows if row["vector"]]
+        keyword = [(_memory(row), float(row["similarity"])) for row in rows if not row["vector"]]
+        return Candidates(nearest=nearest, keyword=keyword)
 
     async def keyword(
         self, user_id: str, agent_id: str, query: str, limit: int

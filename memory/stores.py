@@ -4,6 +4,7 @@ and memory.ephemeral; tests may substitute doubles). Every method takes the veri
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from memory.domain import (
@@ -23,6 +24,15 @@ Vector = Sequence[float]
 ExportRecord = UserAgent | ConversationRecord | MemoryRecord
 
 
+@dataclass(frozen=True, slots=True)
+class Candidates:
+    """A recall's candidates: the nearest memories with their cosine similarity, nearest first, and the
+    keyword matches with their normalised text rank, best first."""
+
+    nearest: list[tuple[MemoryRecord, float]]
+    keyword: list[tuple[MemoryRecord, float]]
+
+
 class MemoryStore(Protocol):
     async def upsert(self, user_id: str, memory: NewMemory, embedding: Vector) -> tuple[MemoryRecord, bool]:
         """Stores `memory`, replacing the one with the same key (or, keyless, the same text) in the same
@@ -40,6 +50,12 @@ class MemoryStore(Protocol):
     ) -> list[tuple[MemoryRecord, float]]:
         """Up to `limit` memories visible to `agent_id` matching the websearch `query`, with their
         full-text rank normalised to 0..1, best first."""
+        ...
+
+    async def candidates(
+        self, user_id: str, agent_id: str, embedding: Vector, words: str | None, limit: int
+    ) -> Candidates:
+        """What both stages of a recall rank, in one round trip: `nearest` and, given `words`, `keyword`."""
         ...
 
     async def delete(self, user_id: str, memory_ids: Sequence[str]) -> list[str]:

@@ -23,6 +23,7 @@ from memory.pagination import Cursor, decode_page_token, encode_page_token
 from memory.ranking import RankingPolicy, keyword_query
 from memory.recall import Recaller, RecallQuery
 from memory.settings import DEFAULT_SIMILARITY_THRESHOLDS, OFFLINE_EMBEDDING_MODEL, MemorySettings
+from memory.stores import Candidates
 from mesh.errors import InvalidArgument
 
 NOW = datetime(2025, 6, 1, tzinfo=UTC)
@@ -120,6 +121,13 @@ class FakeStore:
         self.keyword_queries.append(query)
         return self._keyword[:limit]
 
+    async def candidates(
+        self, user_id: str, agent_id: str, embedding: Sequence[float], words: str | None, limit: int
+    ) -> Candidates:
+        nearest = await self.nearest(user_id, agent_id, embedding, limit)
+        keyword = await self.keyword(user_id, agent_id, words, limit) if words is not None else []
+        return Candidates(nearest, keyword)
+
 
 def recaller(store: FakeStore, threshold: float = 0.55) -> Recaller:
     return Recaller(store, HashingEmbedder(16), RankingPolicy(threshold=threshold))  # type: ignore[arg-type]
@@ -131,17 +139,17 @@ async def test_vector_stage_keeps_what_passes_and_ranks_by_blended_score() -> No
             (memory("old but close", days_old=90), 0.90),
             (memory("fresh", days_old=0), 0.86),
             (memory("below threshold"), 0.54),
-        ]
+        ],
+        keyword=[(memory("a keyword match", days_old=0), 0.99)],  # counts only when no vector passes
     )
     hits = await recaller(store).recall("u", RecallQuery(text="q", agent_id="athena", k=8), now=NOW)
     # 0.85·0.90 + 0.15·⅛ = 0.784 < 0.85·0.86 + 0.15 = 0.881: recency wins the close call.
     assert [h.memory.text for h in hits] == ["fresh", "old but close"]
     assert all(h.stage is Stage.VECTOR for h in hits)
-    assert store.keyword_queries == []
     assert store.limits == [40]  # more candidates than k, since recency may reorder them
 
 
-async def test_keyword_stage_runs_only_when_no_vector_passes() -> None:
+async def test_keyword_stage_ranks_only_when_no_vector_passes() -> None:
     store = FakeStore(
         nearest=[(memory("weak"), 0.3)],
         keyword=[(memory("a", days_old=300), 0.5), (memory("b"), 0.4)],
