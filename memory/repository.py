@@ -470,22 +470,10 @@ class PostgresConversationStore:
         uid = uuid.UUID(user_id)
         conv_uuid = uuid.UUID(message.conversation_id)
         async with self._db.transaction(user_id) as connection:
-            found = await connection.fetchval(
-                "SELECT 1 FROM conversations WHERE user_id = $1 AND id = $2 FOR UPDATE", uid, conv_uuid
-            )
-            if found is None:
-                raise NotFound("conversation not found")
-            # The same message id again (a retried or completed turn) replaces the earlier version.
+            # One statement: the conversation is touched (and locked) and the message stored in it; the
+            # same message id again (a retried or completed turn) replaces the earlier version.
             row = await connection.fetchrow(
-                f"""INSERT INTO messages
-                        (id, conv_id, user_id, role, agent_id, content, tool_call, status, error)
-                    VALUES ($1, $2, $3, 'assistant', $4, $5, $6, $7, $8)
-                    ON CONFLICT (id) DO UPDATE
-                    SET agent_id = EXCLUDED.agent_id, content = EXCLUDED.content,
-                        tool_call = EXCLUDED.tool_call,
-                        status = EXCLUDED.status, error = EXCLUDED.error
-                    WHERE messages.conv_id = EXCLUDED.conv_id AND messages.role = 'assistant'
-                    RETURNING {_MESSAGE_COLUMNS}""",
+                _APPEND_ASSISTANT_MESSAGE,
                 uuid.UUID(message.message_id),
                 conv_uuid,
                 uid,
@@ -495,11 +483,11 @@ class PostgresConversationStore:
                 message.status.value,
                 message.error,
             )
-            if row is None:
+            assert row is not None, "the statement answers one row"
+            if not row["conversation_found"]:
+                raise NotFound("conversation not found")
+            if row["id"] is None:  # rolled back with the transaction, the conversation's touch included
                 raise InvalidArgument("message.id", "is the id of another message")
-            await connection.execute(
-                "UPDATE conversations SET updated_at = clock_timestamp() WHERE id = $1", conv_uuid
-            )
         return _message(row)
 
     async def list(self, user_id: str, limit: int, after: Cursor | None) -> list[ConversationRecord]:
@@ -567,6 +555,23 @@ class _Repeated(Exception):
     """A turn with a client request id found something the full path must judge (the id used before, an
     agent or a conversation gone): it is looked up there instead, in a transaction of its own."""
 
+
+_APPEND_ASSISTANT_MESSAGE = f"""WITH conversation AS (
+        UPDATE conversations SET updated_at = clock_timestamp() WHERE user_id = $3 AND id = $2 RETURNING id
+    ), message AS (
+        INSERT INTO messages (id, conv_id, user_id, role, agent_id, content, tool_call, status, error)
+        SELECT $1, conversation.id, $3, 'assistant', $4, $5, $6, $7, $8 FROM conversation
+        ON CONFLICT (id) DO UPDATE
+        SET agent_id = EXCLUDED.agent_id, content = EXCLUDED.content, tool_call = EXCLUDED.tool_call,
+            status = EXCLUDED.status, error = EXCLUDED.error
+        WHERE messages.conv_id = EXCLUDED.conv_id AND messages.role = 'assistant'
+        RETURNING {_MESSAGE_COLUMNS}
+    )
+    SELECT EXISTS (SELECT FROM conversation) AS conversation_found, message.*
+    FROM (VALUES (1)) AS one LEFT JOIN message ON true"""
+"""An assistant message stored in (or replaced within) the user's conversation $2, touching it: always one
+row, whose message columns are NULL when the id belongs to another message (or there is no such
+conversation: `conversation_found`)."""
 
 _AGENT_CHOSEN = """agent_states AS (
         SELECT a.id, a.position, a.enabled, a.enabled AND COALESCE(ua.enabled, true) AS available

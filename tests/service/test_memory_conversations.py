@@ -386,3 +386,27 @@ async def test_a_connection_comes_back_from_a_failed_transaction_clean_and_cheap
             assert connection._protocol.queries_count == queries  # type: ignore[attr-defined]
     finally:
         await close_pool(pool)
+
+
+async def test_an_answer_under_the_id_of_another_message_is_refused_and_changes_nothing(
+    memory_service: MemoryHarness,
+) -> None:
+    _, md = memory_service.user()
+    first = await memory_service.conversations.StartTurn(
+        start_turn_request(agent_id="athena", text="hello"), metadata=md
+    )
+    before = await memory_service.conversations.GetConversation(
+        memory_pb2.GetConversationRequest(conversation_id=first.conversation.id), metadata=md
+    )
+    taken = chat_pb2.Message(id=first.message.id, agent_id="athena", content="an answer")  # the question's id
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await memory_service.conversations.AppendAssistantMessage(
+            memory_pb2.AppendAssistantMessageRequest(conversation_id=first.conversation.id, message=taken),
+            metadata=md,
+        )
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "message.id" in (refused.value.details() or "")
+    after = await memory_service.conversations.GetConversation(
+        memory_pb2.GetConversationRequest(conversation_id=first.conversation.id), metadata=md
+    )
+    assert after.conversation == before.conversation  # not even touched
