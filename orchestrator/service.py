@@ -46,7 +46,7 @@ class Turns:
             agent_id=chat.agent_id,
             text=chat.text,
             conversation_id=chat.conversation_id,
-            client_request_id=chat.client_request_id or _request_id(),
+            client_request_id=chat.client_request_id or _request_id(chat),
         )
         async with self._limiter.stream(user_id):
             # `aclosing`: if the client goes away while we wait on it, the turn is closed (and its model
@@ -57,13 +57,15 @@ class Turns:
                     yield chat_event(event)
 
 
-def _request_id() -> str:
-    """The id a Chat without a client request id is stored under: the call's request id, which the edge
-    sets once and keeps when it retries the call on another replica, so a retried turn is stored once."""
+def _request_id(chat: chat_pb2.ChatRequest) -> str:
+    """The id a Chat without a client request id is stored under: made from the call's request id, which
+    the edge sets once and keeps when it retries the call on another replica (so a retried turn is stored
+    once), and from the request itself (so a client reusing an `x-request-id` for another message is not
+    taken for a retry). Hashed: a client request id keeps the contract's form."""
     call = current_call.get()
     assert call is not None, "a turn runs inside an RPC"
-    # Hashed: a request id is any header value, a client request id keeps the contract's form.
-    return hashlib.sha256(call.request_id.encode()).hexdigest()[:32]
+    identity = "\0".join((call.request_id, chat.agent_id, chat.conversation_id, chat.text))
+    return hashlib.sha256(identity.encode()).hexdigest()[:32]
 
 
 class ChatServicer:

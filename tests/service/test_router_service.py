@@ -528,3 +528,20 @@ async def test_the_router_sends_a_chat_to_the_edge_in_words(mesh: RouterMesh, ro
         grpc.StatusCode.UNIMPLEMENTED,
     )
     assert "through the edge" in (error.details() or "")
+
+
+async def test_a_chat_without_a_client_request_id_is_stored_once_when_the_edge_retries_it(
+    mesh: RouterMesh, router: Router
+) -> None:
+    """Envoy keeps a call's x-request-id when it retries it on another replica: the turn is the same one.
+    Another message under a reused x-request-id is a message of its own."""
+    _, metadata = mesh.user()
+    retried = (*metadata, ("x-request-id", f"edge-{uuid.uuid4()}"))
+    first = await chat(router.chat, retried, "hello there")
+    again = await chat(router.chat, retried, "hello there")
+    started = first[0].conversation_started
+    assert again[0].conversation_started.user_message_id == started.user_message_id
+    assert answer(again) == answer(first)
+    other = await chat(router.chat, retried, "something else")
+    assert other[0].conversation_started.user_message_id != started.user_message_id
+    assert answer(other)
