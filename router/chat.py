@@ -54,7 +54,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         raise Unimplemented(
             "Chat is served by the orchestrator: call it through the edge, which routes it there"
         )
-        yield  # a server stream, as the contract says  # pragma: no cover
+        yield  # pragma: no cover (never reached: it makes this a server-streaming handler)
 
     async def ListConversations(
         self, request: chat_pb2.ListConversationsRequest, context: Context
