@@ -62,6 +62,10 @@ which serves it, so an answer's text crosses one Python process between the mode
 TOKEN_REQUIRED = (CHAT_SERVICE, ACCOUNT_SERVICE)
 """Services whose calls need a valid access token at the edge; login RPCs, health and reflection do not."""
 
+UPSTREAM_STREAMS_PER_CONNECTION = 500
+"""Calls Envoy multiplexes on one connection to a service before it opens another; below the services'
+own limit per connection (`ServiceSettings.max_concurrent_streams`)."""
+
 EDGE_REFLECTION_HEADER = "x-athena-edge-reflection"
 """Added to reflection calls, so the router lists the public API instead of its own services."""
 
@@ -692,6 +696,10 @@ def _grpc_cluster(name: str, host: str, port: int, *, health_service: str) -> di
             "explicit_http_config": {
                 "http2_protocol_options": {
                     "connection_keepalive": {"interval": "30s", "timeout": "5s"},
+                    # Below what each service accepts on one connection (`<SERVICE>_MAX_CONCURRENT_STREAMS`,
+                    # 512), so Envoy opens another connection first: with 1,000 answers streaming, a
+                    # connection filled past the server's limit had its newest streams refused.
+                    "max_concurrent_streams": UPSTREAM_STREAMS_PER_CONNECTION,
                 }
             },
         }

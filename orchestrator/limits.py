@@ -46,8 +46,6 @@ class Limits:
     stream_lease_seconds: float = 10.0
     """How long a stream's slot outlives its last heartbeat: a replica killed mid-stream frees its slots
     this long after it died. The holder renews the lease every third of it."""
-    heartbeat_stop_seconds: float = 1.0
-    """Longest the end of a stream waits for a renewal of its lease in flight before releasing it."""
     stream_retry_after_seconds: float = 1.0
     """What a refused stream is told to wait: streams end at unknown times, so a short, honest guess."""
     outage_backoff_seconds: float = 2.0
@@ -135,12 +133,13 @@ class Limiter:
         try:
             yield
         finally:
+            # Stopped by the event as well as by the cancellation: a store client may turn a cancellation
+            # into an error of its own (its timeout firing as the cancellation arrives), and the heartbeat
+            # must end all the same, within one renewal (bounded by the store's timeout). Waited for, so
+            # no renewal lands after the release, and no task outlives the stream.
             ended.set()
             heartbeat.cancel()
-            # Never wait on it for long: a store client that turns the cancellation into an error of its
-            # own (its timeout firing as the cancellation arrives) would otherwise keep the heartbeat, and
-            # the finished stream, alive. A renewal landing after the release holds the slot one lease.
-            await asyncio.wait({heartbeat}, timeout=self.limits.heartbeat_stop_seconds)
+            await asyncio.wait({heartbeat})
             await self._release(user_id, stream_id)
 
     async def _renew(self, user_id: str, stream_id: str, ended: asyncio.Event) -> None:

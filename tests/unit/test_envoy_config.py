@@ -22,6 +22,7 @@ from edge.envoy_config import (
     main,
     render,
 )
+from mesh.settings import ServiceSettings
 
 ENVOY = shutil.which("envoy", path=str(Path(sys.executable).parent)) or shutil.which("envoy")
 GRPC_PATHS = {f"/{CHAT_SERVICE}/Chat": "orchestrator"}
@@ -352,3 +353,17 @@ def test_envoy_accepts_the_rendered_configuration(target: str, tmp_path: Path, w
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "OK" in result.stdout
+
+
+def test_envoy_opens_another_connection_before_a_service_would_refuse_streams(
+    bootstrap: dict[str, Any],
+) -> None:
+    """1,000 streaming answers once filled one connection to the orchestrator past the 512 calls a
+    service accepts per connection: the newest were refused (REFUSED_STREAM), twice with the retry."""
+    limit = ServiceSettings.model_fields["max_concurrent_streams"].default
+    for cluster in bootstrap["static_resources"]["clusters"]:
+        options = cluster.get("typed_extension_protocol_options")
+        if options is None:
+            continue
+        http2 = options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["explicit_http_config"]
+        assert http2["http2_protocol_options"]["max_concurrent_streams"] < limit, cluster["name"]
