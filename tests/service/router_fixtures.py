@@ -23,6 +23,7 @@ from typing import Any
 
 import grpc
 import pytest
+import pytest_asyncio
 from athena.account.v1 import account_pb2_grpc
 from athena.auth.v1 import auth_pb2, auth_pb2_grpc
 from athena.chat.v1 import chat_pb2, chat_pb2_grpc
@@ -304,15 +305,16 @@ async def open_router_mesh(
     )
 
 
-@contextlib.asynccontextmanager
-async def router_mesh(
+@pytest_asyncio.fixture(scope="module")
+async def mesh(
     postgres: EmbeddedPostgres,
     valkey: EmbeddedValkey,
     make_token: Callable[..., str],
     signing_key: RSAKey,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[RouterMesh]:
-    """Memory, offline model and auth (for one test module); orchestrators and routers start on demand."""
+    """Memory, offline model and auth for one test module (a module imports this fixture to use it);
+    orchestrators and routers start on demand."""
     base = tmp_path_factory.mktemp("router")
     harness = await open_router_mesh(postgres.url, valkey.url, make_token, public_keys(signing_key), base)
     try:

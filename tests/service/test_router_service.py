@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -17,7 +16,6 @@ from athena.auth.v1 import auth_pb2
 from athena.chat.v1 import chat_pb2, chat_pb2_grpc
 from conftest import auth_metadata, service_settings
 from grpc_health.v1 import health_pb2
-from joserfc.jwk import RSAKey
 from router_fixtures import (  # type: ignore[import-not-found]
     Metadata,
     Router,
@@ -26,29 +24,17 @@ from router_fixtures import (  # type: ignore[import-not-found]
     chat,
     expect_status,
     expect_stream_status,
-    router_mesh,
+    mesh,
 )
 
-from devstack.postgres import EmbeddedPostgres
 from devstack.process import free_port
-from devstack.valkey import EmbeddedValkey
 from mesh.app import Deps
 from router.app import ROUTER
 from router.settings import RouterSettings
 
+__all__ = ["mesh"]
+
 OK = grpc.StatusCode.OK
-
-
-@pytest_asyncio.fixture(scope="module")
-async def mesh(
-    postgres: EmbeddedPostgres,
-    valkey: EmbeddedValkey,
-    make_token: Callable[..., str],
-    signing_key: RSAKey,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> AsyncIterator[RouterMesh]:
-    async with router_mesh(postgres, valkey, make_token, signing_key, tmp_path_factory) as harness:
-        yield harness
 
 
 @pytest_asyncio.fixture(scope="module")
