@@ -38,9 +38,7 @@ import contextlib
 import json
 import logging
 import os
-import platform
 import signal
-import subprocess
 import tempfile
 import time
 from collections import Counter
@@ -53,6 +51,7 @@ import grpc
 from athena.auth.v1 import auth_pb2, auth_pb2_grpc
 from athena.chat.v1 import chat_pb2, chat_pb2_grpc
 
+from bench.provenance import commit, machine
 from devstack.process import free_port
 from devstack.stack import Ports, Stack, StackConfig
 
@@ -854,15 +853,6 @@ def write(report: dict[str, object], results_dir: Path) -> None:
     print(text)
 
 
-def _commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 async def run(
     faults: Sequence[Fault],
     settings: LoadSettings,
@@ -897,13 +887,9 @@ async def run(
             await asyncio.to_thread(stack.stop)
     return {
         "command": "python -m bench.chaos --faults " + ",".join(f.name for f in faults),
-        "commit": _commit(),
+        "commit": commit(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
+        "machine": machine(),
         "load": (
             f"{settings.clients} users sending turns back to back (answers of ~60 words, "
             f"{delay_ms} ms a word), failed turns retried with the same client_request_id after "

@@ -22,9 +22,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
-import platform
-import subprocess
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
@@ -39,6 +36,7 @@ from athena.auth.v1 import auth_pb2, auth_pb2_grpc
 from athena.chat.v1 import chat_pb2, chat_pb2_grpc
 from openai import AsyncOpenAI
 
+from bench.provenance import commit, machine
 from devstack.process import free_port
 from devstack.stack import Ports, Stack, StackConfig
 
@@ -482,14 +480,6 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _commit() -> str:
-    with contextlib.suppress(OSError, subprocess.CalledProcessError):
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    return "unknown"
-
-
 async def run(samples: int, counts: Sequence[int], held: int, data_dir: Path | None = None) -> dict[str, Any]:
     started = time.time()
     with contextlib.ExitStack() as cleanup:
@@ -502,13 +492,9 @@ async def run(samples: int, counts: Sequence[int], held: int, data_dir: Path | N
         "command": (
             f"python -m bench.chat --samples {samples} --streams {','.join(map(str, counts))} --held {held}"
         ),
-        "commit": _commit(),
+        "commit": commit(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
+        "machine": machine(),
         "instant": instant,
         "paced": paced,
         "held": held_result,

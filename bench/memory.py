@@ -32,8 +32,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
-import platform
 import re
 import statistics
 import struct
@@ -52,6 +50,7 @@ import numpy as np
 import numpy.typing as npt
 from pgvector.asyncpg import register_vector
 
+from bench.provenance import machine
 from devstack.postgres import EmbeddedPostgres
 from devstack.process import free_port
 from memory.database import Connection, Database, init_connection
@@ -714,27 +713,6 @@ async def run_scenario(
         "targets": {"p95_ms": target_p95, "recall_at_10": TARGET_RECALL},
         "p95_target_met": single.p95_ms <= target_p95,
         "recall_target_met": quality["recall_at_10"] >= TARGET_RECALL,
-    }
-
-
-def machine() -> dict[str, object]:
-    cpu = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    memory_gb = 0.0
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                memory_gb = int(line.split()[1]) / 1024 / 1024
-    return {
-        "cpus": os.cpu_count(),
-        "cpu": cpu,
-        "memory_gb": round(memory_gb, 1),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
     }
 
 
