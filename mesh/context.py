@@ -38,6 +38,9 @@ class CallInfo:
     """`time.monotonic()` value by which the caller wants an answer, if it set a deadline."""
     principal: Principal | None = None
     status: str = "OK"
+    peer: str = ""
+    """The caller's address as gRPC names it ("ipv4:127.0.0.1:52514"), read when the call starts: once a
+    call is cancelled, grpc may already have freed what `context.peer()` reads (it crashed the process)."""
 
     @property
     def service(self) -> str:

@@ -149,7 +149,12 @@ def _bind_call(behaviour: Behaviour, method: str, request_id: str | None) -> Beh
         remaining = context.time_remaining()
         deadline = time.monotonic() + remaining if remaining is not None else None
         current_call.set(
-            CallInfo(method=method, request_id=(request_id or uuid.uuid4().hex)[:128], deadline=deadline)
+            CallInfo(
+                method=method,
+                request_id=(request_id or uuid.uuid4().hex)[:128],
+                deadline=deadline,
+                peer=context.peer(),
+            )
         )
 
     if inspect.isasyncgenfunction(behaviour):
@@ -194,7 +199,7 @@ class AccessLogInterceptor(CallInterceptor):
                 "duration_ms": round((time.perf_counter() - call.started) * 1000, 3),
                 "request_id": call.request_id,
                 "user_id": call.principal.user_id if call.principal else None,
-                "peer": context.peer(),
+                "peer": call.peer,
             },
         )
 
