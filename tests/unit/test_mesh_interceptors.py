@@ -47,7 +47,7 @@ async def test_the_access_log_names_the_peer_read_when_the_call_started(
         raise asyncio.CancelledError
 
     details: Any = type("Details", (), {"method": "/athena.test.v1.T/M", "invocation_metadata": ()})()
-    handler = await CallContextInterceptor().intercept_service(
+    handler: Any = await CallContextInterceptor().intercept_service(
         lambda d: AccessLogInterceptor().intercept_service(
             lambda _: asyncio.sleep(0, grpc.unary_stream_rpc_method_handler(answer)), d
         ),
