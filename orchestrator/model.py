@@ -47,12 +47,12 @@ class ToolSpec:
     description: str
     parameters: dict[str, Any]
     """JSON Schema of the arguments object."""
+    openai: dict[str, Any] = field(init=False, repr=False, compare=False)
+    """The tool in a Chat Completions request, built once (every model call offers it)."""
 
-    def as_openai(self) -> dict[str, Any]:
-        return {
-            "type": "function",
-            "function": {"name": self.name, "description": self.description, "parameters": self.parameters},
-        }
+    def __post_init__(self) -> None:
+        function = {"name": self.name, "description": self.description, "parameters": self.parameters}
+        object.__setattr__(self, "openai", {"type": "function", "function": function})
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +129,7 @@ class OpenAIChatModel(ChatModel):
             "stream_options": {"include_usage": True},
         }
         if request.tools:
-            body["tools"] = [tool.as_openai() for tool in request.tools]
+            body["tools"] = [tool.openai for tool in request.tools]
         try:
             # Leaving the block on every exit, cancellation included, closes the response, so the server
             # sees the disconnect at once and stops generating.

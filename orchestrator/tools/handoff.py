@@ -5,12 +5,15 @@ The turn runs handoffs itself (they change who answers); this module only names 
 
 from __future__ import annotations
 
+from functools import cache
+
 from orchestrator.catalog import AgentSpec
 from orchestrator.model import ToolSpec
 
 PREFIX = "handoff_to_"
 
 
+@cache  # one per agent of the catalog, offered on every model call
 def handoff_tool(agent: AgentSpec) -> ToolSpec:
     return ToolSpec(
         PREFIX + agent.id,
