@@ -10,6 +10,7 @@ the server's ErrorInterceptor answers them like any other.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from typing import Any, TypeVar, cast
@@ -40,7 +41,30 @@ RECONNECT_BACKOFF_MS = (250, 1000)
 about a second of its return (gRPC's default backoff grows to two minutes)."""
 
 
-def channel(target: str, *, keepalive_seconds: float = 30.0) -> grpc.aio.Channel:
+MAX_CALLS_IN_FLIGHT = 448
+"""Unary calls one channel has open at once; more wait their turn. A mesh server accepts 512 streams on a
+connection (`ServiceSettings.max_concurrent_streams`) and refuses the rest with RST_STREAM REFUSED_STREAM,
+which grpc's client does not hold back nor retry: the caller sees UNAVAILABLE. At 1,000 chat turns
+started at once, the orchestrator's StartTurn calls to memory were refused by the hundred (23 turns
+failed). Below 512 by a margin: a server lets go of a stream a moment after its answer reached us."""
+
+
+class _CallsInFlight(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
+    """Holds each unary call of a channel to one of `limit` slots until its answer or status arrived."""
+
+    def __init__(self, limit: int) -> None:
+        self._slots = asyncio.Semaphore(limit)
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        async with self._slots:
+            call = await continuation(details, request)
+            await call  # an error status is raised to the caller as it would be without us
+            return call
+
+
+def channel(
+    target: str, *, keepalive_seconds: float = 30.0, max_calls_in_flight: int = MAX_CALLS_IN_FLIGHT
+) -> grpc.aio.Channel:
     """A channel to `target` ("host:port" or "dns:///name:port") balancing round-robin over every address
     the name resolves to: with a headless Kubernetes Service, every replica gets a share of the calls.
 
@@ -60,7 +84,9 @@ def channel(target: str, *, keepalive_seconds: float = 30.0) -> grpc.aio.Channel
         ("grpc.enable_retries", 0),  # retries are decided per call, where it is safe to retry
         ("grpc.max_receive_message_length", 16 * 1024 * 1024),
     ]
-    interceptors = aio_client_interceptors() if tracing_on() else None  # type: ignore[no-untyped-call]
+    interceptors: list[Any] = [_CallsInFlight(max_calls_in_flight)]
+    if tracing_on():
+        interceptors += aio_client_interceptors()  # type: ignore[no-untyped-call]
     return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
 
 

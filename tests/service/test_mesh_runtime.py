@@ -289,6 +289,31 @@ async def test_a_request_that_cannot_be_read_still_gets_a_status(
     assert answer.grpc_message == problem.format(type=request_type), answer
 
 
+async def test_a_burst_of_calls_waits_for_the_streams_a_server_accepts(
+    tmp_path: Path, start_server: Any, verifier: TokenVerifier, make_token: TokenFactory
+) -> None:
+    """A server refuses streams beyond its MAX_CONCURRENT_STREAMS and grpc's client sends them anyway: 23 of
+    1,000 chat turns started at once failed UNAVAILABLE when memory refused the orchestrator's StartTurn
+    calls. A mesh channel holds calls beyond its limit back until a slot frees, so a burst only waits."""
+    servicer = ProbeServicer()  # type: ignore[abstract]  # only the methods under test
+    settings = ServiceSettings(**service_settings(tmp_path, max_concurrent_streams=4))
+    services = [Service(CHAT, servicer, chat_pb2_grpc.add_ChatServiceServicer_to_server)]
+    server = await start_server("probe", settings, services, verifier)
+    peer = channel(f"127.0.0.1:{server.port}", max_calls_in_flight=4)
+    stub = chat_pb2_grpc.ChatServiceStub(peer)
+    metadata = auth_metadata(make_token())
+    request = chat_pb2.GetConversationRequest(conversation_id=cid("ok"))
+    try:
+        answers = await asyncio.gather(
+            *(stub.GetConversation(request, metadata=metadata, timeout=30) for _ in range(300)),
+            return_exceptions=True,
+        )
+    finally:
+        await peer.close(grace=None)
+    refused = [answer for answer in answers if isinstance(answer, Exception)]
+    assert not refused, f"{len(refused)} of 300 calls failed, for example {refused[0]!r}"
+
+
 async def test_a_channel_calls_a_returning_peer_within_two_seconds(
     tmp_path: Path, verifier: TokenVerifier
 ) -> None:
