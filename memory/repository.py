@@ -202,22 +202,14 @@ class PostgresMemoryStore:
     async def nearest(
         self, user_id: str, agent_id: str, embedding: Vector, limit: int
     ) -> list[tuple[MemoryRecord, float]]:
-        async with self._db.transaction(user_id, settings=self._scan_settings(limit)) as connection:
-            rows = await connection.fetch(
-                f"""SELECT {_MEMORY_COLUMNS}, embedding <=> $3 AS distance FROM vector_memory
-                    WHERE user_id = $1 AND agent_scope = ANY($2::text[])
-                    ORDER BY embedding <=> $3 LIMIT $4""",
-                uuid.UUID(user_id),
-                [USER_SCOPE, agent_id],
-                _vector(embedding),
-                limit,
-            )
-        return [(_memory(row), 1.0 - float(row["distance"])) for row in rows]
+        """The vector stage's candidates alone (the recall benchmark measures them)."""
+        return (await self.candidates(user_id, agent_id, embedding, None, limit)).nearest
 
     async def candidates(
         self, user_id: str, agent_id: str, embedding: Vector, words: str | None, limit: int
     ) -> Candidates:
         async with self._db.transaction(user_id, settings=self._scan_settings(limit)) as connection:
+            # Normalisation 32 maps the text rank to rank/(rank + 1), i.e. into 0..1.
             rows = await connection.fetch(
                 f"""(SELECT {_MEMORY_COLUMNS}, true AS vector, 1.0 - (embedding <=> $3) AS similarity
                      FROM vector_memory WHERE user_id = $1 AND agent_scope = ANY($2::text[])
@@ -237,23 +229,6 @@ class PostgresMemoryStore:
         nearest = [(_memory(row), float(row["similarity"])) for row in rows if row["vector"]]
         keyword = [(_memory(row), float(row["similarity"])) for row in rows if not row["vector"]]
         return Candidates(nearest=nearest, keyword=keyword)
-
-    async def keyword(
-        self, user_id: str, agent_id: str, query: str, limit: int
-    ) -> list[tuple[MemoryRecord, float]]:
-        async with self._db.transaction(user_id) as connection:
-            # Normalisation 32 maps the rank to rank/(rank + 1), i.e. into 0..1.
-            rows = await connection.fetch(
-                f"""SELECT {_MEMORY_COLUMNS}, ts_rank(tsv, q, 32) AS rank
-                    FROM vector_memory, websearch_to_tsquery('english', $3) AS q
-                    WHERE user_id = $1 AND agent_scope = ANY($2::text[]) AND tsv @@ q
-                    ORDER BY rank DESC, updated_at DESC LIMIT $4""",
-                uuid.UUID(user_id),
-                [USER_SCOPE, agent_id],
-                query,
-                limit,
-            )
-        return [(_memory(row), float(row["rank"])) for row in rows]
 
     async def delete(self, user_id: str, memory_ids: Sequence[str]) -> list[str]:
         if not memory_ids:

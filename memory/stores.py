@@ -39,23 +39,12 @@ class MemoryStore(Protocol):
         scope; returns it and whether it was created."""
         ...
 
-    async def nearest(
-        self, user_id: str, agent_id: str, embedding: Vector, limit: int
-    ) -> list[tuple[MemoryRecord, float]]:
-        """Up to `limit` memories visible to `agent_id`, nearest first, with their cosine similarity."""
-        ...
-
-    async def keyword(
-        self, user_id: str, agent_id: str, query: str, limit: int
-    ) -> list[tuple[MemoryRecord, float]]:
-        """Up to `limit` memories visible to `agent_id` matching the websearch `query`, with their
-        full-text rank normalised to 0..1, best first."""
-        ...
-
     async def candidates(
         self, user_id: str, agent_id: str, embedding: Vector, words: str | None, limit: int
     ) -> Candidates:
-        """What both stages of a recall rank, in one round trip: `nearest` and, given `words`, `keyword`."""
+        """What both stages of a recall rank, in one round trip: up to `limit` memories visible to
+        `agent_id`, nearest first with their cosine similarity, and (given the websearch `words`) up to
+        `limit` matching them, best first with their full-text rank normalised to 0..1."""
         ...
 
     async def delete(self, user_id: str, memory_ids: Sequence[str]) -> list[str]:
