@@ -26,7 +26,7 @@ from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x61thena/account/v1/account.proto\x12\x11\x61thena.account.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x85\x02\n\x06Memory\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n\x04text\x18\x02 \x01(\tR\x04text\x12\x34\n\x05scope\x18\x03 \x01(\x0e\x32\x1e.athena.account.v1.MemoryScopeR\x05scope\x12\x19\n\x08\x61gent_id\x18\x04 \x01(\tR\x07\x61gentId\x12\x10\n\x03key\x18\x05 \x01(\tR\x03key\x12\x39\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x39\n\nupdated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tupdatedAt\"f\n\x13ListMemoriesRequest\x12&\n\tpage_size\x18\x01 \x01(\x05\x42\t\xbaH\x06\x1a\x04\x18\x64(\x00R\x08pageSize\x12\'\n\npage_token\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04R\tpageToken\"u\n\x14ListMemoriesResponse\x12\x35\n\x08memories\x18\x01 \x03(\x0b\x32\x19.athena.account.v1.MemoryR\x08memories\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"?\n\x13\x46orgetMemoryRequest\x12(\n\tmemory_id\x18\x01 \x01(\tB\x0b\xbaH\x08r\x03\xb0\x01\x01\xc8\x01\x01R\x08memoryId\"\x16\n\x14\x46orgetMemoryResponse\"\x13\n\x11\x45xportDataRequest\"M\n\x12\x45xportDataResponse\x12\x14\n\x05\x63hunk\x18\x01 \x01(\x0cR\x05\x63hunk\x12!\n\x0c\x63ontent_type\x18\x02 \x01(\tR\x0b\x63ontentType\"\x16\n\x14\x44\x65leteAccountRequest\"\x17\n\x15\x44\x65leteAccountResponse*Z\n\x0bMemoryScope\x12\x1c\n\x18MEMORY_SCOPE_UNSPECIFIED\x10\x00\x12\x15\n\x11MEMORY_SCOPE_USER\x10\x01\x12\x16\n\x12MEMORY_SCOPE_AGENT\x10\x02\x32\x93\x03\n\x0e\x41\x63\x63ountService\x12_\n\x0cListMemories\x12&.athena.account.v1.ListMemoriesRequest\x1a\'.athena.account.v1.ListMemoriesResponse\x12_\n\x0c\x46orgetMemory\x12&.athena.account.v1.ForgetMemoryRequest\x1a\'.athena.account.v1.ForgetMemoryResponse\x12[\n\nExportData\x12$.athena.account.v1.ExportDataRequest\x1a%.athena.account.v1.ExportDataResponse0\x01\x12\x62\n\rDeleteAccount\x12\'.athena.account.v1.DeleteAccountRequest\x1a(.athena.account.v1.DeleteAccountResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x61thena/account/v1/account.proto\x12\x11\x61thena.account.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x85\x02\n\x06Memory\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n\x04text\x18\x02 \x01(\tR\x04text\x12\x34\n\x05scope\x18\x03 \x01(\x0e\x32\x1e.athena.account.v1.MemoryScopeR\x05scope\x12\x19\n\x08\x61gent_id\x18\x04 \x01(\tR\x07\x61gentId\x12\x10\n\x03key\x18\x05 \x01(\tR\x03key\x12\x39\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x39\n\nupdated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tupdatedAt\"f\n\x13ListMemoriesRequest\x12&\n\tpage_size\x18\x01 \x01(\x05\x42\t\xbaH\x06\x1a\x04\x18\x64(\x00R\x08pageSize\x12\'\n\npage_token\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04R\tpageToken\"u\n\x14ListMemoriesResponse\x12\x35\n\x08memories\x18\x01 \x03(\x0b\x32\x19.athena.account.v1.MemoryR\x08memories\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"?\n\x13\x46orgetMemoryRequest\x12(\n\tmemory_id\x18\x01 \x01(\tB\x0b\xbaH\x08r\x03\xb0\x01\x01\xc8\x01\x01R\x08memoryId\"\x16\n\x14\x46orgetMemoryResponse\"\x13\n\x11\x45xportDataRequest\"M\n\x12\x45xportDataResponse\x12\x14\n\x05\x63hunk\x18\x01 \x01(\x0cR\x05\x63hunk\x12!\n\x0c\x63ontent_type\x18\x02 \x01(\tR\x0b\x63ontentType\"\x16\n\x14\x44\x65leteAccountRequest\"\xf3\x01\n\x15\x44\x65leteAccountResponse\x12\x18\n\x07receipt\x18\x01 \x01(\tR\x07receipt\x12L\n\x06\x65rased\x18\x02 \x03(\x0b\x32\x34.athena.account.v1.DeleteAccountResponse.ErasedEntryR\x06\x65rased\x12\x37\n\terased_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x08\x65rasedAt\x1a\x39\n\x0b\x45rasedEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\x03R\x05value:\x02\x38\x01*Z\n\x0bMemoryScope\x12\x1c\n\x18MEMORY_SCOPE_UNSPECIFIED\x10\x00\x12\x15\n\x11MEMORY_SCOPE_USER\x10\x01\x12\x16\n\x12MEMORY_SCOPE_AGENT\x10\x02\x32\x93\x03\n\x0e\x41\x63\x63ountService\x12_\n\x0cListMemories\x12&.athena.account.v1.ListMemoriesRequest\x1a\'.athena.account.v1.ListMemoriesResponse\x12_\n\x0c\x46orgetMemory\x12&.athena.account.v1.ForgetMemoryRequest\x1a\'.athena.account.v1.ForgetMemoryResponse\x12[\n\nExportData\x12$.athena.account.v1.ExportDataRequest\x1a%.athena.account.v1.ExportDataResponse0\x01\x12\x62\n\rDeleteAccount\x12\'.athena.account.v1.DeleteAccountRequest\x1a(.athena.account.v1.DeleteAccountResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,8 +39,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTMEMORIESREQUEST'].fields_by_name['page_token']._serialized_options = b'\272H\005r\003\030\200\004'
   _globals['_FORGETMEMORYREQUEST'].fields_by_name['memory_id']._loaded_options = None
   _globals['_FORGETMEMORYREQUEST'].fields_by_name['memory_id']._serialized_options = b'\272H\010r\003\260\001\001\310\001\001'
-  _globals['_MEMORYSCOPE']._serialized_start=841
-  _globals['_MEMORYSCOPE']._serialized_end=931
+  _globals['_DELETEACCOUNTRESPONSE_ERASEDENTRY']._loaded_options = None
+  _globals['_DELETEACCOUNTRESPONSE_ERASEDENTRY']._serialized_options = b'8\001'
+  _globals['_MEMORYSCOPE']._serialized_start=1062
+  _globals['_MEMORYSCOPE']._serialized_end=1152
   _globals['_MEMORY']._serialized_start=117
   _globals['_MEMORY']._serialized_end=378
   _globals['_LISTMEMORIESREQUEST']._serialized_start=380
@@ -57,8 +59,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EXPORTDATARESPONSE']._serialized_end=790
   _globals['_DELETEACCOUNTREQUEST']._serialized_start=792
   _globals['_DELETEACCOUNTREQUEST']._serialized_end=814
-  _globals['_DELETEACCOUNTRESPONSE']._serialized_start=816
-  _globals['_DELETEACCOUNTRESPONSE']._serialized_end=839
-  _globals['_ACCOUNTSERVICE']._serialized_start=934
-  _globals['_ACCOUNTSERVICE']._serialized_end=1337
+  _globals['_DELETEACCOUNTRESPONSE']._serialized_start=817
+  _globals['_DELETEACCOUNTRESPONSE']._serialized_end=1060
+  _globals['_DELETEACCOUNTRESPONSE_ERASEDENTRY']._serialized_start=1003
+  _globals['_DELETEACCOUNTRESPONSE_ERASEDENTRY']._serialized_end=1060
+  _globals['_ACCOUNTSERVICE']._serialized_start=1155
+  _globals['_ACCOUNTSERVICE']._serialized_end=1558
 # @@protoc_insertion_point(module_scope)

@@ -253,12 +253,59 @@ class DeleteAccountResponse(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class ErasedEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    RECEIPT_FIELD_NUMBER: _builtins.int
+    ERASED_FIELD_NUMBER: _builtins.int
+    ERASED_AT_FIELD_NUMBER: _builtins.int
+    receipt: _builtins.str
+    """The erasure receipt, for the person to keep: a compact JWS (RFC 7515) signed RS256 by a key the auth
+    service publishes (`athena.auth.v1.AuthService/GetJwks`, `/.well-known/jwks.json`). Its header's `typ`
+    is "erasure-receipt+jwt", so it is never taken for an access token ("at+jwt"). Claims: `iss` (the
+    access tokens' issuer), `sub` (the erased user id), `iat` (when the erasure completed, seconds since
+    the epoch), `jti` (the receipt's id) and `erased` (an object: category -> count, the same as
+    `erased` below). Anyone holding the JWKS can check it; it has no expiry.
+    """
+    @_builtins.property
+    def erased(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """What was erased, by category, as the receipt states it: "memory_rows" (rows of the memory
+        database: conversations, messages, memories, agent settings, the user), "memory_cache_keys" (ephemeral
+        data in Redis), "account", "identities" (sign-ins
+        with providers), "sessions" and "refresh_tokens".
+        """
+
+    @_builtins.property
+    def erased_at(self) -> _timestamp_pb2.Timestamp:
+        """When the erasure completed: the receipt's `iat`."""
+
     def __init__(
         self,
+        *,
+        receipt: _builtins.str = ...,
+        erased: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        erased_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["erased_at", b"erased_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["erased", b"erased", "erased_at", b"erased_at", "receipt", b"receipt"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -87,7 +87,11 @@ class AccountServiceServicer:
 
     def DeleteAccount(self, request, context):
         """Erases the caller everywhere (GDPR Art. 17): conversations, messages, memories, cached data and
-        sessions. The token names the account; clients ask the person to confirm before calling.
+        sessions. The token names the account; clients ask the person to confirm before calling. Every access
+        token issued to the caller until then is refused (UNAUTHENTICATED) by every service within a second of
+        the answer, the one that made this call included. The answer carries a signed erasure receipt.
+        UNAVAILABLE when a part of the erasure could not be done now: calling again (with the same token)
+        finishes it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

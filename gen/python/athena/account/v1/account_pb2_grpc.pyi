@@ -45,7 +45,11 @@ class AccountServiceStub:
     """
     DeleteAccount: _grpc.UnaryUnaryMultiCallable[_account_pb2.DeleteAccountRequest, _account_pb2.DeleteAccountResponse]
     """Erases the caller everywhere (GDPR Art. 17): conversations, messages, memories, cached data and
-    sessions. The token names the account; clients ask the person to confirm before calling.
+    sessions. The token names the account; clients ask the person to confirm before calling. Every access
+    token issued to the caller until then is refused (UNAUTHENTICATED) by every service within a second of
+    the answer, the one that made this call included. The answer carries a signed erasure receipt.
+    UNAVAILABLE when a part of the erasure could not be done now: calling again (with the same token)
+    finishes it.
     """
 
 @_typing.type_check_only
@@ -65,7 +69,11 @@ class AccountServiceAsyncStub(AccountServiceStub):
     """
     DeleteAccount: _aio.UnaryUnaryMultiCallable[_account_pb2.DeleteAccountRequest, _account_pb2.DeleteAccountResponse]  # type: ignore[assignment]
     """Erases the caller everywhere (GDPR Art. 17): conversations, messages, memories, cached data and
-    sessions. The token names the account; clients ask the person to confirm before calling.
+    sessions. The token names the account; clients ask the person to confirm before calling. Every access
+    token issued to the caller until then is refused (UNAUTHENTICATED) by every service within a second of
+    the answer, the one that made this call included. The answer carries a signed erasure receipt.
+    UNAVAILABLE when a part of the erasure could not be done now: calling again (with the same token)
+    finishes it.
     """
 
 class AccountServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -106,7 +114,11 @@ class AccountServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_account_pb2.DeleteAccountResponse, _abc.Awaitable[_account_pb2.DeleteAccountResponse]]:
         """Erases the caller everywhere (GDPR Art. 17): conversations, messages, memories, cached data and
-        sessions. The token names the account; clients ask the person to confirm before calling.
+        sessions. The token names the account; clients ask the person to confirm before calling. Every access
+        token issued to the caller until then is refused (UNAUTHENTICATED) by every service within a second of
+        the answer, the one that made this call included. The answer carries a signed erasure receipt.
+        UNAVAILABLE when a part of the erasure could not be done now: calling again (with the same token)
+        finishes it.
         """
 
 def add_AccountServiceServicer_to_server(servicer: AccountServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -22,19 +22,31 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!athena/identity/v1/identity.proto\x12\x12\x61thena.identity.v1\"\x12\n\x10\x45raseUserRequest\"+\n\x11\x45raseUserResponse\x12\x16\n\x06\x65rased\x18\x01 \x01(\x08R\x06\x65rased2k\n\x0fIdentityService\x12X\n\tEraseUser\x12$.athena.identity.v1.EraseUserRequest\x1a%.athena.identity.v1.EraseUserResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!athena/identity/v1/identity.proto\x12\x12\x61thena.identity.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc3\x01\n\x10\x45raseUserRequest\x12t\n\x06purged\x18\x01 \x03(\x0b\x32\x30.athena.identity.v1.EraseUserRequest.PurgedEntryB*\xbaH\'\x9a\x01$\x10 \"\x1ar\x18\x32\x16^[a-z][a-z0-9_]{0,62}$*\x04\"\x02(\x00R\x06purged\x1a\x39\n\x0bPurgedEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\x03R\x05value:\x02\x38\x01\"\x9d\x02\n\x11\x45raseUserResponse\x12\x16\n\x06\x65rased\x18\x01 \x01(\x08R\x06\x65rased\x12\x18\n\x07receipt\x18\x02 \x01(\tR\x07receipt\x12\\\n\rerased_counts\x18\x03 \x03(\x0b\x32\x37.athena.identity.v1.EraseUserResponse.ErasedCountsEntryR\x0c\x65rasedCounts\x12\x37\n\terased_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x08\x65rasedAt\x1a?\n\x11\x45rasedCountsEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\x03R\x05value:\x02\x38\x01\x32k\n\x0fIdentityService\x12X\n\tEraseUser\x12$.athena.identity.v1.EraseUserRequest\x1a%.athena.identity.v1.EraseUserResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'athena.identity.v1.identity_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ERASEUSERREQUEST']._serialized_start=57
-  _globals['_ERASEUSERREQUEST']._serialized_end=75
-  _globals['_ERASEUSERRESPONSE']._serialized_start=77
-  _globals['_ERASEUSERRESPONSE']._serialized_end=120
-  _globals['_IDENTITYSERVICE']._serialized_start=122
-  _globals['_IDENTITYSERVICE']._serialized_end=229
+  _globals['_ERASEUSERREQUEST_PURGEDENTRY']._loaded_options = None
+  _globals['_ERASEUSERREQUEST_PURGEDENTRY']._serialized_options = b'8\001'
+  _globals['_ERASEUSERREQUEST'].fields_by_name['purged']._loaded_options = None
+  _globals['_ERASEUSERREQUEST'].fields_by_name['purged']._serialized_options = b'\272H\'\232\001$\020 \"\032r\0302\026^[a-z][a-z0-9_]{0,62}$*\004\"\002(\000'
+  _globals['_ERASEUSERRESPONSE_ERASEDCOUNTSENTRY']._loaded_options = None
+  _globals['_ERASEUSERRESPONSE_ERASEDCOUNTSENTRY']._serialized_options = b'8\001'
+  _globals['_ERASEUSERREQUEST']._serialized_start=120
+  _globals['_ERASEUSERREQUEST']._serialized_end=315
+  _globals['_ERASEUSERREQUEST_PURGEDENTRY']._serialized_start=258
+  _globals['_ERASEUSERREQUEST_PURGEDENTRY']._serialized_end=315
+  _globals['_ERASEUSERRESPONSE']._serialized_start=318
+  _globals['_ERASEUSERRESPONSE']._serialized_end=603
+  _globals['_ERASEUSERRESPONSE_ERASEDCOUNTSENTRY']._serialized_start=540
+  _globals['_ERASEUSERRESPONSE_ERASEDCOUNTSENTRY']._serialized_end=603
+  _globals['_IDENTITYSERVICE']._serialized_start=605
+  _globals['_IDENTITYSERVICE']._serialized_end=712
 # @@protoc_insertion_point(module_scope)

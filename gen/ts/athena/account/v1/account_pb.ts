@@ -13,7 +13,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file athena/account/v1/account.proto.
  */
 export const file_athena_account_v1_account: GenFile = /*@__PURE__*/
-  fileDesc("Ch9hdGhlbmEvYWNjb3VudC92MS9hY2NvdW50LnByb3RvEhFhdGhlbmEuYWNjb3VudC52MSLQAQoGTWVtb3J5EgoKAmlkGAEgASgJEgwKBHRleHQYAiABKAkSLQoFc2NvcGUYAyABKA4yHi5hdGhlbmEuYWNjb3VudC52MS5NZW1vcnlTY29wZRIQCghhZ2VudF9pZBgEIAEoCRILCgNrZXkYBSABKAkSLgoKY3JlYXRlZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKdXBkYXRlZF9hdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiUQoTTGlzdE1lbW9yaWVzUmVxdWVzdBIcCglwYWdlX3NpemUYASABKAVCCbpIBhoEGGQoABIcCgpwYWdlX3Rva2VuGAIgASgJQgi6SAVyAxiABCJcChRMaXN0TWVtb3JpZXNSZXNwb25zZRIrCghtZW1vcmllcxgBIAMoCzIZLmF0aGVuYS5hY2NvdW50LnYxLk1lbW9yeRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiNQoTRm9yZ2V0TWVtb3J5UmVxdWVzdBIeCgltZW1vcnlfaWQYASABKAlCC7pICMgBAXIDsAEBIhYKFEZvcmdldE1lbW9yeVJlc3BvbnNlIhMKEUV4cG9ydERhdGFSZXF1ZXN0IjkKEkV4cG9ydERhdGFSZXNwb25zZRINCgVjaHVuaxgBIAEoDBIUCgxjb250ZW50X3R5cGUYAiABKAkiFgoURGVsZXRlQWNjb3VudFJlcXVlc3QiFwoVRGVsZXRlQWNjb3VudFJlc3BvbnNlKloKC01lbW9yeVNjb3BlEhwKGE1FTU9SWV9TQ09QRV9VTlNQRUNJRklFRBAAEhUKEU1FTU9SWV9TQ09QRV9VU0VSEAESFgoSTUVNT1JZX1NDT1BFX0FHRU5UEAIykwMKDkFjY291bnRTZXJ2aWNlEl8KDExpc3RNZW1vcmllcxImLmF0aGVuYS5hY2NvdW50LnYxLkxpc3RNZW1vcmllc1JlcXVlc3QaJy5hdGhlbmEuYWNjb3VudC52MS5MaXN0TWVtb3JpZXNSZXNwb25zZRJfCgxGb3JnZXRNZW1vcnkSJi5hdGhlbmEuYWNjb3VudC52MS5Gb3JnZXRNZW1vcnlSZXF1ZXN0GicuYXRoZW5hLmFjY291bnQudjEuRm9yZ2V0TWVtb3J5UmVzcG9uc2USWwoKRXhwb3J0RGF0YRIkLmF0aGVuYS5hY2NvdW50LnYxLkV4cG9ydERhdGFSZXF1ZXN0GiUuYXRoZW5hLmFjY291bnQudjEuRXhwb3J0RGF0YVJlc3BvbnNlMAESYgoNRGVsZXRlQWNjb3VudBInLmF0aGVuYS5hY2NvdW50LnYxLkRlbGV0ZUFjY291bnRSZXF1ZXN0GiguYXRoZW5hLmFjY291bnQudjEuRGVsZXRlQWNjb3VudFJlc3BvbnNlYgZwcm90bzM", [file_buf_validate_validate, file_google_protobuf_timestamp]);
+  fileDesc("Ch9hdGhlbmEvYWNjb3VudC92MS9hY2NvdW50LnByb3RvEhFhdGhlbmEuYWNjb3VudC52MSLQAQoGTWVtb3J5EgoKAmlkGAEgASgJEgwKBHRleHQYAiABKAkSLQoFc2NvcGUYAyABKA4yHi5hdGhlbmEuYWNjb3VudC52MS5NZW1vcnlTY29wZRIQCghhZ2VudF9pZBgEIAEoCRILCgNrZXkYBSABKAkSLgoKY3JlYXRlZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKdXBkYXRlZF9hdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiUQoTTGlzdE1lbW9yaWVzUmVxdWVzdBIcCglwYWdlX3NpemUYASABKAVCCbpIBhoEGGQoABIcCgpwYWdlX3Rva2VuGAIgASgJQgi6SAVyAxiABCJcChRMaXN0TWVtb3JpZXNSZXNwb25zZRIrCghtZW1vcmllcxgBIAMoCzIZLmF0aGVuYS5hY2NvdW50LnYxLk1lbW9yeRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiNQoTRm9yZ2V0TWVtb3J5UmVxdWVzdBIeCgltZW1vcnlfaWQYASABKAlCC7pICMgBAXIDsAEBIhYKFEZvcmdldE1lbW9yeVJlc3BvbnNlIhMKEUV4cG9ydERhdGFSZXF1ZXN0IjkKEkV4cG9ydERhdGFSZXNwb25zZRINCgVjaHVuaxgBIAEoDBIUCgxjb250ZW50X3R5cGUYAiABKAkiFgoURGVsZXRlQWNjb3VudFJlcXVlc3QizAEKFURlbGV0ZUFjY291bnRSZXNwb25zZRIPCgdyZWNlaXB0GAEgASgJEkQKBmVyYXNlZBgCIAMoCzI0LmF0aGVuYS5hY2NvdW50LnYxLkRlbGV0ZUFjY291bnRSZXNwb25zZS5FcmFzZWRFbnRyeRItCgllcmFzZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wGi0KC0VyYXNlZEVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoAzoCOAEqWgoLTWVtb3J5U2NvcGUSHAoYTUVNT1JZX1NDT1BFX1VOU1BFQ0lGSUVEEAASFQoRTUVNT1JZX1NDT1BFX1VTRVIQARIWChJNRU1PUllfU0NPUEVfQUdFTlQQAjKTAwoOQWNjb3VudFNlcnZpY2USXwoMTGlzdE1lbW9yaWVzEiYuYXRoZW5hLmFjY291bnQudjEuTGlzdE1lbW9yaWVzUmVxdWVzdBonLmF0aGVuYS5hY2NvdW50LnYxLkxpc3RNZW1vcmllc1Jlc3BvbnNlEl8KDEZvcmdldE1lbW9yeRImLmF0aGVuYS5hY2NvdW50LnYxLkZvcmdldE1lbW9yeVJlcXVlc3QaJy5hdGhlbmEuYWNjb3VudC52MS5Gb3JnZXRNZW1vcnlSZXNwb25zZRJbCgpFeHBvcnREYXRhEiQuYXRoZW5hLmFjY291bnQudjEuRXhwb3J0RGF0YVJlcXVlc3QaJS5hdGhlbmEuYWNjb3VudC52MS5FeHBvcnREYXRhUmVzcG9uc2UwARJiCg1EZWxldGVBY2NvdW50EicuYXRoZW5hLmFjY291bnQudjEuRGVsZXRlQWNjb3VudFJlcXVlc3QaKC5hdGhlbmEuYWNjb3VudC52MS5EZWxldGVBY2NvdW50UmVzcG9uc2ViBnByb3RvMw", [file_buf_validate_validate, file_google_protobuf_timestamp]);
 
 /**
  * Something an agent remembers about the caller.
@@ -234,6 +234,34 @@ export const DeleteAccountRequestSchema: GenMessage<DeleteAccountRequest> = /*@_
  * @generated from message athena.account.v1.DeleteAccountResponse
  */
 export type DeleteAccountResponse = Message<"athena.account.v1.DeleteAccountResponse"> & {
+  /**
+   * The erasure receipt, for the person to keep: a compact JWS (RFC 7515) signed RS256 by a key the auth
+   * service publishes (`athena.auth.v1.AuthService/GetJwks`, `/.well-known/jwks.json`). Its header's `typ`
+   * is "erasure-receipt+jwt", so it is never taken for an access token ("at+jwt"). Claims: `iss` (the
+   * access tokens' issuer), `sub` (the erased user id), `iat` (when the erasure completed, seconds since
+   * the epoch), `jti` (the receipt's id) and `erased` (an object: category -> count, the same as
+   * `erased` below). Anyone holding the JWKS can check it; it has no expiry.
+   *
+   * @generated from field: string receipt = 1;
+   */
+  receipt: string;
+
+  /**
+   * What was erased, by category, as the receipt states it: "memory_rows" (rows of the memory
+   * database: conversations, messages, memories, agent settings, the user), "memory_cache_keys" (ephemeral
+   * data in Redis), "account", "identities" (sign-ins
+   * with providers), "sessions" and "refresh_tokens".
+   *
+   * @generated from field: map<string, int64> erased = 2;
+   */
+  erased: { [key: string]: bigint };
+
+  /**
+   * When the erasure completed: the receipt's `iat`.
+   *
+   * @generated from field: google.protobuf.Timestamp erased_at = 3;
+   */
+  erasedAt?: Timestamp | undefined;
 };
 
 /**
@@ -317,7 +345,11 @@ export const AccountService: GenService<{
   },
   /**
    * Erases the caller everywhere (GDPR Art. 17): conversations, messages, memories, cached data and
-   * sessions. The token names the account; clients ask the person to confirm before calling.
+   * sessions. The token names the account; clients ask the person to confirm before calling. Every access
+   * token issued to the caller until then is refused (UNAUTHENTICATED) by every service within a second of
+   * the answer, the one that made this call included. The answer carries a signed erasure receipt.
+   * UNAVAILABLE when a part of the erasure could not be done now: calling again (with the same token)
+   * finishes it.
    *
    * @generated from rpc athena.account.v1.AccountService.DeleteAccount
    */

@@ -4,13 +4,16 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import { file_buf_validate_validate } from "../../../buf/validate/validate_pb";
+import type { Timestamp } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file athena/identity/v1/identity.proto.
  */
 export const file_athena_identity_v1_identity: GenFile = /*@__PURE__*/
-  fileDesc("CiFhdGhlbmEvaWRlbnRpdHkvdjEvaWRlbnRpdHkucHJvdG8SEmF0aGVuYS5pZGVudGl0eS52MSISChBFcmFzZVVzZXJSZXF1ZXN0IiMKEUVyYXNlVXNlclJlc3BvbnNlEg4KBmVyYXNlZBgBIAEoCDJrCg9JZGVudGl0eVNlcnZpY2USWAoJRXJhc2VVc2VyEiQuYXRoZW5hLmlkZW50aXR5LnYxLkVyYXNlVXNlclJlcXVlc3QaJS5hdGhlbmEuaWRlbnRpdHkudjEuRXJhc2VVc2VyUmVzcG9uc2ViBnByb3RvMw");
+  fileDesc("CiFhdGhlbmEvaWRlbnRpdHkvdjEvaWRlbnRpdHkucHJvdG8SEmF0aGVuYS5pZGVudGl0eS52MSKvAQoQRXJhc2VVc2VyUmVxdWVzdBJsCgZwdXJnZWQYASADKAsyMC5hdGhlbmEuaWRlbnRpdHkudjEuRXJhc2VVc2VyUmVxdWVzdC5QdXJnZWRFbnRyeUIqukgnmgEkECAiGnIYMhZeW2Etel1bYS16MC05X117MCw2Mn0kKgQiAigAGi0KC1B1cmdlZEVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoAzoCOAEi6AEKEUVyYXNlVXNlclJlc3BvbnNlEg4KBmVyYXNlZBgBIAEoCBIPCgdyZWNlaXB0GAIgASgJEk4KDWVyYXNlZF9jb3VudHMYAyADKAsyNy5hdGhlbmEuaWRlbnRpdHkudjEuRXJhc2VVc2VyUmVzcG9uc2UuRXJhc2VkQ291bnRzRW50cnkSLQoJZXJhc2VkX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBozChFFcmFzZWRDb3VudHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAM6AjgBMmsKD0lkZW50aXR5U2VydmljZRJYCglFcmFzZVVzZXISJC5hdGhlbmEuaWRlbnRpdHkudjEuRXJhc2VVc2VyUmVxdWVzdBolLmF0aGVuYS5pZGVudGl0eS52MS5FcmFzZVVzZXJSZXNwb25zZWIGcHJvdG8z", [file_buf_validate_validate, file_google_protobuf_timestamp]);
 
 /**
  * Request of EraseUser. The user is named by the access token.
@@ -18,6 +21,15 @@ export const file_athena_identity_v1_identity: GenFile = /*@__PURE__*/
  * @generated from message athena.identity.v1.EraseUserRequest
  */
 export type EraseUserRequest = Message<"athena.identity.v1.EraseUserRequest"> & {
+  /**
+   * What the caller erased of this user in other services before this call, by category, listed in the
+   * receipt as stated here (the router passes memory's PurgeUser counts as "memory_rows" and
+   * "memory_cache_keys"). A category auth counts itself ("account", "identities", "sessions",
+   * "refresh_tokens") is INVALID_ARGUMENT.
+   *
+   * @generated from field: map<string, int64> purged = 1;
+   */
+  purged: { [key: string]: bigint };
 };
 
 /**
@@ -39,6 +51,28 @@ export type EraseUserResponse = Message<"athena.identity.v1.EraseUserResponse"> 
    * @generated from field: bool erased = 1;
    */
   erased: boolean;
+
+  /**
+   * The erasure receipt (the format is `athena.account.v1.DeleteAccountResponse.receipt`'s).
+   *
+   * @generated from field: string receipt = 2;
+   */
+  receipt: string;
+
+  /**
+   * Every category the receipt lists, with its count: the request's `purged` and auth's own ("account",
+   * "identities", "sessions", "refresh_tokens").
+   *
+   * @generated from field: map<string, int64> erased_counts = 3;
+   */
+  erasedCounts: { [key: string]: bigint };
+
+  /**
+   * When the erasure completed: the receipt's `iat`.
+   *
+   * @generated from field: google.protobuf.Timestamp erased_at = 4;
+   */
+  erasedAt?: Timestamp | undefined;
 };
 
 /**
@@ -59,7 +93,10 @@ export const EraseUserResponseSchema: GenMessage<EraseUserResponse> = /*@__PURE_
 export const IdentityService: GenService<{
   /**
    * Deletes the caller (named by the forwarded access token): the account, its identities, every session
-   * and refresh-token hash. Idempotent. Access tokens already issued expire on their own (15 minutes).
+   * and refresh-token hash; revokes every access token issued to the caller until then (every service
+   * refuses them within a second); and signs an erasure receipt of what was erased, here and as the
+   * request reports for other services. Idempotent: erasing again erases nothing more, and its receipt says
+   * so. UNAVAILABLE, with nothing erased in auth, while the revocation list (Redis) cannot be written.
    *
    * @generated from rpc athena.identity.v1.IdentityService.EraseUser
    */
