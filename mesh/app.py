@@ -11,9 +11,15 @@ methods need no token). The runtime does the rest, the same way everywhere:
     RunningService.stop()  health NOT_SERVING, calls drain, background tasks end, resources close
 
 `Deps` carries what a service is built from besides its settings: the token verifier, the clock, and the
-resources it opens (`channel`, `postgres`, `redis`, `model_api`, `http_client`), each closed when the service
-stops, in reverse order of opening. A service subclasses it to let tests replace an adapter (a limit
-store, a model, a memory gateway); a field left unset means "the production one, built from settings".
+resources it opens (`channel`, `postgres`, `redis`, `model_api`, `http_client`, `revocation_feed`), each
+closed when the service stops, in reverse order of opening. A service subclasses it to let tests replace an
+adapter (a limit store, a model, a memory gateway); a field left unset means "the production one, built
+from settings".
+
+Every service follows the access-token revocation list (`mesh.revocation_feed`, at the deployment's
+`REDIS_URL`): `start` loads it before the server takes its first call (unless Redis cannot be reached) and
+a background task keeps the verifier's copy current, so a revoked token is refused everywhere within a
+second while no call waits on Redis.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from mesh import postgres, redis
 from mesh.clients import channel as open_channel
 from mesh.clock import SYSTEM_CLOCK, Clock
 from mesh.model_api import ModelApi, client_session, wait_closed
+from mesh.revocation_feed import RedisRevocationFeed
 from mesh.server import MeshServer, ReadinessCheck, Service
 from mesh.settings import ServiceSettings
 from mesh.telemetry import configure_logging, configure_tracing
@@ -50,6 +57,10 @@ D = TypeVar("D", bound="Deps")
 
 BackgroundTask = Callable[[], Coroutine[Any, Any, None]]
 """Work that runs for as long as the service serves (maintenance loops); cancelled when it stops."""
+
+REVOCATION_REDIS_TIMEOUT_SECONDS = 2.0
+"""Connects and commands of the revocation feed's client give up after this long: longer than one
+blocking read of the stream (`RedisRevocationFeed`, half a second), short enough to notice a lost server."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +95,7 @@ class Deps:
     """Wall-clock time for everything that decides by it (rate-limit windows, token expiry)."""
     resources: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
     """Closes what was opened through these helpers when the service stops, last opened first."""
+    _revocation_feed: RedisRevocationFeed | None = field(default=None, init=False, repr=False)
 
     def channel(self, target: str) -> grpc.aio.Channel:
         """A channel to a peer service (`mesh.clients.channel`), closed on stop."""
@@ -102,6 +114,14 @@ class Deps:
         client = redis.connect(url, timeout)
         self.on_close(client.aclose)
         return client
+
+    def revocation_feed(self, settings: ServiceSettings) -> RedisRevocationFeed:
+        """The revocation list at `settings.revocation_redis_url`: the runtime follows it, auth writes to it.
+        One per service, opened on first use, closed on stop."""
+        if self._revocation_feed is None:
+            client = self.redis(settings.revocation_redis_url, REVOCATION_REDIS_TIMEOUT_SECONDS)
+            self._revocation_feed = RedisRevocationFeed(client)
+        return self._revocation_feed
 
     def model_api(self, base_url: str, api_key: str) -> ModelApi:
         """An OpenAI-compatible API (`mesh.model_api`) whose connections close when the service stops.
@@ -195,11 +215,14 @@ async def start(app: ServiceApp[S, D], settings: S, deps: D | None = None) -> Ru
     deps = deps if deps is not None else app.deps()
     try:
         assembly = await app.build(settings, deps)
+        verifier = assembly.verifier or deps.verifier or default_verifier(settings)
+        revocations = deps.revocation_feed(settings)
+        await revocations.load_once(verifier.revocations)
         server = MeshServer(
             app.name,
             settings,
             assembly.services,
-            verifier=assembly.verifier or deps.verifier or default_verifier(settings),
+            verifier=verifier,
             public_methods=assembly.public_methods,
             service_methods=assembly.service_methods,
             http_routes=assembly.http_routes,
@@ -210,9 +233,13 @@ async def start(app: ServiceApp[S, D], settings: S, deps: D | None = None) -> Ru
     except BaseException:
         await deps.resources.aclose()
         raise
+
+    async def follow_revocations() -> None:
+        await revocations.follow(verifier.revocations)
+
     tasks = [
         asyncio.create_task(_supervised(work), name=f"{app.name}-{getattr(work, '__name__', 'task')}")
-        for work in assembly.background
+        for work in (*assembly.background, follow_revocations)
     ]
     log.info("serving", extra={"port": server.port, "http_port": server.http.port})
     return RunningService(server, deps, tasks)

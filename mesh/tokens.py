@@ -2,11 +2,14 @@
 
 Every service verifies every token itself, even behind Envoy's `jwt_authn`: signature with a key of the
 auth service's JWKS (never a key or URL named by the token: `jku`, `x5u` and `jwk` headers are refused),
-RS256 only, `typ` "at+jwt", `iss`, `aud`, `exp`/`nbf` with at most 60 s leeway, and `sub`.
+RS256 only, `typ` "at+jwt", `iss`, `aud`, `exp`/`nbf` with at most 60 s leeway, and `sub`; `sid`, the
+session the token was issued in, when present. Then the revocation list (`mesh.revocation`): a token of a
+revoked user or session is refused although it verifies.
 
 A token seen again (each turn presents one to the router, the orchestrator and memory, and a person's
 next turn the same one) is answered from a small cache of verified tokens for at most `CACHE_SECONDS`,
-never past its own expiry: the signature check is the most expensive step of a call.
+never past its own expiry: the signature check is the most expensive step of a call. The revocation list
+is consulted on every call, cached tokens included.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import httpx
@@ -25,6 +29,7 @@ from joserfc.util import json_b64decode
 
 from mesh.context import Principal
 from mesh.errors import Unauthenticated, Unavailable
+from mesh.revocation import RevocationList
 
 ACCESS_TOKEN_TYPE = "at+jwt"  # noqa: S105 (a media type, not a secret)
 ALGORITHMS = ["RS256"]
@@ -34,6 +39,7 @@ CACHE_SECONDS = 60.0
 """How long a verified token is taken on trust: a signing key withdrawn from the JWKS stops being
 accepted this long after at the latest."""
 CACHE_SIZE = 10_000
+MAX_SESSION_ID_LENGTH = 128
 
 log = logging.getLogger(__name__)
 
@@ -116,13 +122,35 @@ def _has_kid(keys: KeySet, kid: str) -> bool:
     return any(key.kid == kid for key in keys.keys)
 
 
+@dataclass(frozen=True, slots=True)
+class _Verified:
+    """A token whose signature and claims were checked, and what the revocation list needs of it."""
+
+    principal: Principal
+    trusted_until: float
+    """Epoch second until which it is taken on trust (`CACHE_SECONDS`, never past its expiry)."""
+    session_id: str
+    """Its `sid`; empty when it has none."""
+    issued_at: float
+    """Its `iat`."""
+
+
 class TokenVerifier:
     """Turns a bearer token into a `Principal` or raises `Unauthenticated`."""
 
-    def __init__(self, keys: KeySource, *, issuer: str, audience: str) -> None:
+    def __init__(
+        self,
+        keys: KeySource,
+        *,
+        issuer: str,
+        audience: str,
+        revocations: RevocationList | None = None,
+    ) -> None:
         self._keys = keys
-        self._verified: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
-        """Verified tokens, least recently used first, with the epoch second they may be trusted until."""
+        self.revocations = revocations if revocations is not None else RevocationList()
+        """Tokens refused although they verify; kept current by the service's runtime (`mesh.app`)."""
+        self._verified: OrderedDict[str, _Verified] = OrderedDict()
+        """Verified tokens, least recently used first."""
         self._claims = jwt.JWTClaimsRegistry(
             leeway=LEEWAY_SECONDS,
             iss={"essential": True, "value": issuer},
@@ -133,21 +161,29 @@ class TokenVerifier:
         )
 
     async def verify(self, token: str) -> Principal:
-        cached = self._verified.get(token)
-        if cached is not None:
-            principal, until = cached
-            if time.time() < until:
-                self._verified.move_to_end(token)
-                return principal
-            del self._verified[token]
-        principal, expires_at = await self._verify(token)
-        self._verified[token] = (principal, min(expires_at, time.time() + CACHE_SECONDS))
-        if len(self._verified) > CACHE_SIZE:
-            self._verified.popitem(last=False)
-        return principal
+        now = time.time()
+        verified = self._verified.get(token)
+        if verified is not None and now < verified.trusted_until:
+            self._verified.move_to_end(token)
+        else:
+            if verified is not None:
+                del self._verified[token]
+            verified = await self._verify(token)
+            self._verified[token] = verified
+            if len(self._verified) > CACHE_SIZE:
+                self._verified.popitem(last=False)
+        refusal = self.revocations.refusal(
+            user_id=verified.principal.user_id,
+            session_id=verified.session_id,
+            issued_at=verified.issued_at,
+            now=now,
+        )
+        if refusal is not None:
+            raise Unauthenticated(refusal)
+        return verified.principal
 
-    async def _verify(self, token: str) -> tuple[Principal, float]:
-        """The principal and the token's expiry (epoch seconds), or Unauthenticated."""
+    async def _verify(self, token: str) -> _Verified:
+        """The token checked (signature and claims), or Unauthenticated."""
         header = _unverified_header(token)
         if header.get("alg") not in ALGORITHMS:
             raise Unauthenticated("invalid access token")
@@ -170,9 +206,13 @@ class TokenVerifier:
         subject = claims.get("sub")
         if not isinstance(subject, str) or not subject:
             raise Unauthenticated("invalid access token")
+        session_id = claims.get("sid", "")
+        if not isinstance(session_id, str) or len(session_id) > MAX_SESSION_ID_LENGTH:
+            raise Unauthenticated("invalid access token")
         email = claims.get("email")
         principal = Principal(user_id=subject, token=token, email=email if isinstance(email, str) else "")
-        return principal, float(claims["exp"])
+        trusted_until = min(float(claims["exp"]), time.time() + CACHE_SECONDS)
+        return _Verified(principal, trusted_until, session_id, float(claims["iat"]))
 
 
 def _unverified_header(token: str) -> dict[str, Any]:
