@@ -1,7 +1,8 @@
-"""The auth service, assembled: signing keys, sessions, OIDC sign-in, the JWKS route and maintenance.
+"""The auth service, assembled: signing keys, sessions, erasure, OIDC sign-in, the JWKS route and maintenance.
 
-`build_app` wires the domain from a store and an HTTP client; `build` (what `python -m auth`, `make run`
-and the tests start through `mesh.app`) adds migrations and the PostgreSQL store, unless a store is given.
+`build_app` wires the domain from a store, an HTTP client and the revocation list it writes to; `build`
+(what `python -m auth`, `make run` and the tests start through `mesh.app`) adds migrations and the
+PostgreSQL store, unless a store is given.
 """
 
 from __future__ import annotations
@@ -20,15 +21,18 @@ from athena.auth.v1 import auth_pb2_grpc
 from athena.identity.v1 import identity_pb2_grpc
 
 from auth.access import AccessTokenIssuer
+from auth.erasure import AccountEraser
 from auth.keys import KeyRing, KeyRingError, load_key_ring, rotate_keys
 from auth.oidc import OidcLogin, OidcProvider
 from auth.postgres import PostgresAuthStore
+from auth.receipts import ReceiptSigner
 from auth.servicer import IDENTITY_SERVICE_NAME, PUBLIC_METHODS, SERVICE_NAME, AuthServicer, IdentityServicer
 from auth.sessions import Clock, SessionManager, utc_now
 from auth.settings import AuthSettings
 from auth.store import AuthStore
 from mesh import migrations
 from mesh.app import Assembly, Command, Deps, ServiceApp
+from mesh.revocation import RevocationWriter
 from mesh.server import Service
 from mesh.tokens import LEEWAY_SECONDS, StaticKeySource, TokenVerifier
 
@@ -84,6 +88,7 @@ class AuthApp:
     settings: AuthSettings
     keys: LiveKeyRing
     sessions: SessionManager
+    eraser: AccountEraser
     login: OidcLogin
     servicer: AuthServicer
     verifier: TokenVerifier
@@ -94,7 +99,7 @@ class AuthApp:
             Service(SERVICE_NAME, self.servicer, auth_pb2_grpc.add_AuthServiceServicer_to_server),
             Service(
                 IDENTITY_SERVICE_NAME,
-                IdentityServicer(self.sessions),
+                IdentityServicer(self.eraser),
                 identity_pb2_grpc.add_IdentityServiceServicer_to_server,
             ),
         ]
@@ -120,7 +125,12 @@ class AuthApp:
 
 
 def build_app(
-    settings: AuthSettings, store: AuthStore, http: httpx.AsyncClient, *, clock: Clock = utc_now
+    settings: AuthSettings,
+    store: AuthStore,
+    http: httpx.AsyncClient,
+    revocations: RevocationWriter,
+    *,
+    clock: Clock = utc_now,
 ) -> AuthApp:
     keys = LiveKeyRing(settings, clock)
     issuer = AccessTokenIssuer(
@@ -129,6 +139,7 @@ def build_app(
     sessions = SessionManager(
         store,
         issuer,
+        revocations,
         refresh_ttl=settings.refresh_token_ttl,
         reuse_grace=settings.refresh_reuse_grace,
         dev_login_enabled=settings.env == "dev",
@@ -140,7 +151,8 @@ def build_app(
     login = OidcLogin(providers, store, sessions, state_ttl=settings.login_state_ttl, clock=clock)
     verifier = TokenVerifier(keys.verifier_keys, issuer=settings.jwt_issuer, audience=settings.jwt_audience)
     servicer = AuthServicer(sessions, login, keys, clock)
-    return AuthApp(settings, keys, sessions, login, servicer, verifier, clock)
+    eraser = AccountEraser(store, issuer, revocations, ReceiptSigner(keys, issuer=settings.jwt_issuer), clock)
+    return AuthApp(settings, keys, sessions, eraser, login, servicer, verifier, clock)
 
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -164,7 +176,13 @@ async def build(settings: AuthSettings, deps: AuthDeps) -> Assembly:
             await deps.postgres(settings.database_url, max_size=settings.database_pool_size)
         )
         store, readiness = postgres_store, postgres_store.ping
-    app = build_app(settings, store, deps.http_client(settings.http_timeout_seconds), clock=deps.clock.now)
+    app = build_app(
+        settings,
+        store,
+        deps.http_client(settings.http_timeout_seconds),
+        deps.revocation_feed(settings),
+        clock=deps.clock.now,
+    )
     return Assembly(
         services=app.services(),
         readiness=readiness,

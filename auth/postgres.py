@@ -15,7 +15,14 @@ from typing import Any
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from auth.store import AuthTransaction, LoginState, RefreshTokenRecord, StoreConflict, UserRecord
+from auth.store import (
+    AuthTransaction,
+    ErasedAccount,
+    LoginState,
+    RefreshTokenRecord,
+    StoreConflict,
+    UserRecord,
+)
 from mesh import postgres
 
 
@@ -61,6 +68,11 @@ def _token(row: Any) -> RefreshTokenRecord:
         used_at=row["used_at"],
         family_revoked_at=row["family_revoked_at"],
     )
+
+
+def _deleted(status: str) -> int:
+    """The row count of a DELETE's command status ("DELETE 3")."""
+    return int(status.rsplit(" ", 1)[-1])
 
 
 def _user_id(value: str) -> uuid.UUID | None:
@@ -135,12 +147,22 @@ class _PostgresTransaction:
             now,
         )
 
-    async def delete_user(self, user_id: str) -> bool:
+    async def delete_user(self, user_id: str) -> ErasedAccount:
         key = _user_id(user_id)
         if key is None:
-            return False
-        result = await self._db.execute("DELETE FROM auth.users WHERE id = $1", key)
-        return bool(result != "DELETE 0")
+            return ErasedAccount()
+        # What hangs off the user first, each counted (deleting the user alone would cascade to it all).
+        db = self._db
+        refresh_tokens = await db.execute("DELETE FROM auth.refresh_tokens WHERE user_id = $1", key)
+        sessions = await db.execute("DELETE FROM auth.sessions WHERE user_id = $1", key)
+        identities = await db.execute("DELETE FROM auth.identities WHERE user_id = $1", key)
+        accounts = await db.execute("DELETE FROM auth.users WHERE id = $1", key)
+        return ErasedAccount(
+            accounts=_deleted(accounts),
+            identities=_deleted(identities),
+            sessions=_deleted(sessions),
+            refresh_tokens=_deleted(refresh_tokens),
+        )
 
     async def create_family(self, family_id: str, user_id: str, now: datetime) -> None:
         await self._db.execute(

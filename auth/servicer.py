@@ -14,6 +14,7 @@ from athena.identity.v1 import identity_pb2, identity_pb2_grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from auth.cookies import clear_refresh_cookie, presented_refresh_token, set_refresh_cookie
+from auth.erasure import AccountEraser
 from auth.keys import KeyRing
 from auth.oidc import OidcLogin
 from auth.sessions import Session, SessionManager
@@ -175,10 +176,17 @@ IDENTITY_SERVICE_NAME = identity_pb2.DESCRIPTOR.services_by_name["IdentityServic
 class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
     """Internal: the router's half of account erasure."""
 
-    def __init__(self, sessions: SessionManager) -> None:
-        self._sessions = sessions
+    def __init__(self, eraser: AccountEraser) -> None:
+        self._eraser = eraser
 
     async def EraseUser(
         self, request: identity_pb2.EraseUserRequest, context: Context
     ) -> identity_pb2.EraseUserResponse:
-        return identity_pb2.EraseUserResponse(erased=await self._sessions.erase_user(principal().user_id))
+        erasure = await self._eraser.erase(principal().user_id, dict(request.purged))
+        receipt = erasure.receipt
+        return identity_pb2.EraseUserResponse(
+            erased=erasure.existed,
+            receipt=receipt.token,
+            erased_counts=receipt.erased,
+            erased_at=_timestamp(receipt.erased_at),
+        )

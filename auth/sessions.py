@@ -1,15 +1,19 @@
-"""Accounts and sessions: signing a person in, refresh-token rotation with reuse detection, logout,
-revocation and erasure.
+"""Accounts and sessions: signing a person in, refresh-token rotation with reuse detection, logout and
+revocation (erasure is `auth.erasure`'s).
 
-A *session* is a family of refresh tokens descended from one login. Every RefreshSession spends the
-presented token and issues its child. Presenting a spent token again is reuse:
+A *session* is a family of refresh tokens descended from one login; every access token issued from it
+names it (`sid`). Every RefreshSession spends the presented token and issues its child. Presenting a spent
+token again is reuse:
 
 - within `reuse_grace` of its first use it is taken for a benign race (two tabs refreshing at once, a
   retried call whose answer was lost): the caller gets a new token of the same family (a sibling of the
   one the first call received); nothing is revoked. The stored hash cannot give back the first answer,
   and a sibling is as good as it;
 - after the window it is treated as theft: the whole family is revoked (the thief's and the owner's
-  tokens alike), a security event is logged (`event="refresh_token_reuse"`) and the call fails.
+  tokens alike), a security event is logged (`event="refresh_token_reuse"`) and the call fails. The
+  family's access tokens are revoked too (`mesh.revocation`): every service refuses them within a second.
+  When that cannot be recorded (Redis down), the refresh tokens stay revoked, the failure is logged
+  (`event="session_revocation_failed"`) and the access tokens live out their lifetime (15 minutes).
 
 Expired or revoked tokens, and tokens we never issued, answer UNAUTHENTICATED; Logout is idempotent.
 """
@@ -32,6 +36,7 @@ from auth.access import AccessTokenIssuer
 from auth.store import AuthStore, AuthTransaction, RefreshTokenRecord, StoreConflict, UserRecord
 from mesh.errors import AlreadyExists, FailedPrecondition, InvalidArgument, Unauthenticated, Unavailable
 from mesh.retry import log_retry
+from mesh.revocation import RevocationKind, RevocationWriter
 
 log = logging.getLogger(__name__)
 security_log = logging.getLogger("athena.security")
@@ -125,6 +130,7 @@ class SessionManager:
         self,
         store: AuthStore,
         issuer: AccessTokenIssuer,
+        revocations: RevocationWriter,
         *,
         refresh_ttl: timedelta,
         reuse_grace: timedelta,
@@ -133,6 +139,7 @@ class SessionManager:
     ) -> None:
         self._store = store
         self._issuer = issuer
+        self._revocations = revocations
         self._refresh_ttl = refresh_ttl
         self._grace = reuse_grace
         self._dev_login_enabled = dev_login_enabled
@@ -210,7 +217,7 @@ class SessionManager:
             expires_at=now + self._refresh_ttl,
         )
         await tx.insert_refresh_token(record)
-        access = self._issuer.issue(user_id=user.id, email=user.email, now=now)
+        access = self._issuer.issue(user_id=user.id, email=user.email, session_id=family_id, now=now)
         return Session(
             access_token=access.token,
             access_token_expires_at=access.expires_at,
@@ -244,10 +251,24 @@ class SessionManager:
                 "spent refresh token presented again; session revoked",
                 extra={"event": "refresh_token_reuse", "used_at": record.used_at, **_ids(record)},
             )
+            await self._revoke_access_tokens(record, now)
             raise Unauthenticated("refresh token was already used; the session is revoked")
         if verdict is RefreshVerdict.EXPIRED:
             raise Unauthenticated("refresh token expired")
         raise Unauthenticated("session revoked")
+
+    async def _revoke_access_tokens(self, record: RefreshTokenRecord, now: datetime) -> None:
+        """Revokes the access tokens of `record`'s family; the refresh tokens are revoked already, so a
+        failure here is logged, not raised."""
+        try:
+            await self._revocations.revoke(
+                self._issuer.revocation(RevocationKind.SESSION, record.family_id, now)
+            )
+        except Unavailable:
+            security_log.error(
+                "the revoked session's access tokens could not be revoked; they stay valid until they expire",
+                extra={"event": "session_revocation_failed", **_ids(record)},
+            )
 
     async def logout(self, refresh_token: str) -> None:
         """Revokes the family of `refresh_token`; unknown, expired or revoked tokens are no error."""
@@ -261,15 +282,6 @@ class SessionManager:
         """Revokes every session of the user; returns how many were still usable."""
         async with self._store.transaction() as tx:
             return await tx.revoke_user_families(user_id, self._clock(), "revoke_all")
-
-    async def erase_user(self, user_id: str) -> bool:
-        """GDPR Art. 17 in auth: the account, its identities, sessions and token hashes are deleted.
-        Access tokens already issued stay valid until they expire (at most the access-token lifetime)."""
-        async with self._store.transaction() as tx:
-            erased = await tx.delete_user(user_id)
-        if erased:
-            log.info("user erased", extra={"user_id": user_id})
-        return erased
 
     async def purge_expired(self) -> None:
         async with self._store.transaction() as tx:

@@ -44,6 +44,28 @@ class RefreshTokenRecord:
 
 
 @dataclass(frozen=True)
+class ErasedAccount:
+    """What deleting a user removed from the auth schema: rows, by kind."""
+
+    accounts: int = 0
+    """1 when the user existed, 0 when there was none (already erased)."""
+    identities: int = 0
+    sessions: int = 0
+    """Session families, revoked ones included."""
+    refresh_tokens: int = 0
+    """Refresh-token hashes, spent ones included."""
+
+    def counts(self) -> dict[str, int]:
+        """By the categories of an erasure receipt."""
+        return {
+            "account": self.accounts,
+            "identities": self.identities,
+            "sessions": self.sessions,
+            "refresh_tokens": self.refresh_tokens,
+        }
+
+
+@dataclass(frozen=True)
 class LoginState:
     """A login between BeginLogin and CompleteLogin, keyed by the SHA-256 of its `state`."""
 
@@ -75,8 +97,9 @@ class AuthTransaction(Protocol):
         """Raises `StoreConflict` when (provider, subject) is linked already."""
         ...
 
-    async def delete_user(self, user_id: str) -> bool:
-        """Deletes the user with its identities, families and tokens; False if there was none."""
+    async def delete_user(self, user_id: str) -> ErasedAccount:
+        """Deletes the user with its identities, families and tokens; counts what went (all zero when
+        there was no such user)."""
         ...
 
     async def create_family(self, family_id: str, user_id: str, now: datetime) -> None: ...

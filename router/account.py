@@ -89,17 +89,19 @@ class AccountServicer(account_pb2_grpc.AccountServiceServicer):
         purged = await clients.call(
             self._peers.user_data.PurgeUser, memory_pb2.PurgeUserRequest(), timeout_seconds=self._timeout()
         )
-        # Then the sign-in itself: the account, its identities and every session (refresh tokens die here).
+        # Then the sign-in itself: the account, its identities and every session (refresh tokens die here,
+        # access tokens are revoked), and the receipt of it all, signed by auth.
         erased = await clients.call(
-            self._peers.identity.EraseUser, identity_pb2.EraseUserRequest(), timeout_seconds=self._timeout()
+            self._peers.identity.EraseUser,
+            identity_pb2.EraseUserRequest(
+                purged={"memory_rows": purged.deleted_rows, "memory_cache_keys": purged.deleted_keys}
+            ),
+            timeout_seconds=self._timeout(),
         )
         log.info(
             "account deleted",
-            extra={
-                "user_id": caller.user_id,
-                "deleted_rows": purged.deleted_rows,
-                "deleted_keys": purged.deleted_keys,
-                "identity_erased": erased.erased,
-            },
+            extra={"user_id": caller.user_id, "erased": dict(erased.erased_counts)},
         )
-        return account_pb2.DeleteAccountResponse()
+        return account_pb2.DeleteAccountResponse(
+            receipt=erased.receipt, erased=erased.erased_counts, erased_at=erased.erased_at
+        )

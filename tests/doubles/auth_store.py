@@ -10,7 +10,14 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
-from auth.store import AuthTransaction, LoginState, RefreshTokenRecord, StoreConflict, UserRecord
+from auth.store import (
+    AuthTransaction,
+    ErasedAccount,
+    LoginState,
+    RefreshTokenRecord,
+    StoreConflict,
+    UserRecord,
+)
 
 
 @dataclass
@@ -83,14 +90,18 @@ class _MemoryTransaction:
             raise StoreConflict("identity linked already")
         self._data.identities[(provider, subject)] = user_id
 
-    async def delete_user(self, user_id: str) -> bool:
+    async def delete_user(self, user_id: str) -> ErasedAccount:
         data = self._data
-        if data.users.pop(user_id, None) is None:
-            return False
+        before = (len(data.identities), len(data.families), len(data.tokens))
+        accounts = 0 if data.users.pop(user_id, None) is None else 1
         data.identities = {key: value for key, value in data.identities.items() if value != user_id}
         data.families = {key: value for key, value in data.families.items() if value.user_id != user_id}
         data.tokens = {key: value for key, value in data.tokens.items() if value.user_id != user_id}
-        return True
+        after = (len(data.identities), len(data.families), len(data.tokens))
+        identities, sessions, refresh_tokens = (was - now for was, now in zip(before, after, strict=True))
+        return ErasedAccount(
+            accounts=accounts, identities=identities, sessions=sessions, refresh_tokens=refresh_tokens
+        )
 
     async def create_family(self, family_id: str, user_id: str, now: datetime) -> None:
         self._data.families[family_id] = _Family(user_id=user_id, created_at=now)

@@ -33,6 +33,7 @@ import pytest
 import pytest_asyncio
 from doubles.auth_store import MemoryAuthStore
 from doubles.oidc_provider import FakeOidcProvider
+from doubles.revocations import RecordingRevocations
 
 from auth.access import AccessTokenIssuer
 from auth.keys import KeyRing, generate_key
@@ -164,7 +165,12 @@ def sign_in_flow(provider: OidcProvider, store: MemoryAuthStore) -> OidcLogin:
         lambda: ring, issuer="athenaos", audience="athenaos-api", ttl=timedelta(minutes=15)
     )
     sessions = SessionManager(
-        store, issuer, refresh_ttl=timedelta(days=1), reuse_grace=timedelta(0), dev_login_enabled=False
+        store,
+        issuer,
+        RecordingRevocations(),
+        refresh_ttl=timedelta(days=1),
+        reuse_grace=timedelta(0),
+        dev_login_enabled=False,
     )
     return OidcLogin({provider.id: provider}, store, sessions, state_ttl=timedelta(minutes=10))
 

@@ -101,7 +101,7 @@ async def test_issued_access_tokens_pass_the_mesh_verifier(three_keys: list[Sign
     issuer = AccessTokenIssuer(
         lambda: keys, issuer="athenaos", audience="athenaos-api", ttl=timedelta(minutes=15)
     )
-    access = issuer.issue(user_id="user-1", email="a@example.com", now=now)
+    access = issuer.issue(user_id="user-1", email="a@example.com", session_id="session-1", now=now)
     verifier = TokenVerifier(
         StaticKeySource(keys.public_key_set(now)), issuer="athenaos", audience="athenaos-api"
     )
@@ -111,7 +111,8 @@ async def test_issued_access_tokens_pass_the_mesh_verifier(three_keys: list[Sign
     token = jwt.decode(access.token, KeySet.import_key_set(keys.jwks(now)))
     assert token.header == {"alg": "RS256", "kid": three_keys[0].kid, "typ": "at+jwt"}
     assert token.claims["exp"] - token.claims["iat"] == 900
-    assert set(token.claims) == {"iss", "aud", "sub", "iat", "exp", "jti", "email"}
+    assert set(token.claims) == {"iss", "aud", "sub", "sid", "iat", "exp", "jti", "email"}
+    assert token.claims["sid"] == "session-1"
     assert access.expires_at == datetime.fromtimestamp(token.claims["exp"], UTC)
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 from doubles.auth_store import MemoryAuthStore
+from doubles.revocations import RecordingRevocations
 
 from auth.access import AccessTokenIssuer
 from auth.keys import KeyRing, generate_key
@@ -66,7 +67,12 @@ async def test_a_login_state_expires_and_is_spent_by_the_late_attempt() -> None:
         lambda: ring, issuer="athenaos", audience="athenaos-api", ttl=timedelta(minutes=15)
     )
     sessions = SessionManager(
-        store, issuer, refresh_ttl=timedelta(days=1), reuse_grace=timedelta(0), dev_login_enabled=False
+        store,
+        issuer,
+        RecordingRevocations(),
+        refresh_ttl=timedelta(days=1),
+        reuse_grace=timedelta(0),
+        dev_login_enabled=False,
     )
     settings = GoogleSettings(
         discovery_url="https://idp.example/.well-known/openid-configuration",

@@ -1,15 +1,21 @@
-"""Sessions in the domain: sign-in, refresh rotation and reuse detection, logout, revocation, erasure."""
+"""Sessions in the domain: sign-in, refresh rotation and reuse detection (revoking the family's access
+tokens), logout, revocation, and erasure with its receipt."""
 
 from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from doubles.auth_store import MemoryAuthStore
+from doubles.revocations import RecordingRevocations
+from joserfc.util import json_b64decode
 
 from auth.access import AccessTokenIssuer
+from auth.erasure import AccountEraser
 from auth.keys import KeyRing, SigningKey, generate_key
+from auth.receipts import ReceiptSigner, verify_receipt
 from auth.sessions import (
     Identity,
     RefreshVerdict,
@@ -19,7 +25,8 @@ from auth.sessions import (
     normalise_email,
 )
 from auth.store import RefreshTokenRecord
-from mesh.errors import AlreadyExists, FailedPrecondition, InvalidArgument, Unauthenticated
+from mesh.errors import AlreadyExists, FailedPrecondition, InvalidArgument, Unauthenticated, Unavailable
+from mesh.revocation import RevocationKind
 from mesh.tokens import StaticKeySource, TokenVerifier
 
 GRACE = timedelta(seconds=10)
@@ -52,19 +59,67 @@ def store() -> MemoryAuthStore:
     return MemoryAuthStore()
 
 
-def manager(store: MemoryAuthStore, clock: Clock, key: SigningKey, *, dev: bool = True) -> SessionManager:
-    ring = KeyRing([key], activation_delay=timedelta(0), retention=timedelta(minutes=16))
-    issuer = AccessTokenIssuer(
+@pytest.fixture
+def revocations() -> RecordingRevocations:
+    return RecordingRevocations()
+
+
+def key_ring(key: SigningKey) -> KeyRing:
+    return KeyRing([key], activation_delay=timedelta(0), retention=timedelta(minutes=16))
+
+
+def token_issuer(key: SigningKey) -> AccessTokenIssuer:
+    ring = key_ring(key)
+    return AccessTokenIssuer(
         lambda: ring, issuer="athenaos", audience="athenaos-api", ttl=timedelta(minutes=15)
     )
+
+
+def manager(
+    store: MemoryAuthStore,
+    clock: Clock,
+    key: SigningKey,
+    revocations: RecordingRevocations | None = None,
+    *,
+    dev: bool = True,
+) -> SessionManager:
     return SessionManager(
-        store, issuer, refresh_ttl=REFRESH_TTL, reuse_grace=GRACE, dev_login_enabled=dev, clock=clock
+        store,
+        token_issuer(key),
+        revocations or RecordingRevocations(),
+        refresh_ttl=REFRESH_TTL,
+        reuse_grace=GRACE,
+        dev_login_enabled=dev,
+        clock=clock,
     )
 
 
 @pytest.fixture
-def sessions(store: MemoryAuthStore, clock: Clock, key: SigningKey) -> SessionManager:
-    return manager(store, clock, key)
+def sessions(
+    store: MemoryAuthStore, clock: Clock, key: SigningKey, revocations: RecordingRevocations
+) -> SessionManager:
+    return manager(store, clock, key, revocations)
+
+
+@pytest.fixture
+def eraser(
+    store: MemoryAuthStore, clock: Clock, key: SigningKey, revocations: RecordingRevocations
+) -> AccountEraser:
+    ring = key_ring(key)
+    receipts = ReceiptSigner(lambda: ring, issuer="athenaos")
+    return AccountEraser(store, token_issuer(key), revocations, receipts, clock)
+
+
+def verifier_of(key: SigningKey, revocations: RecordingRevocations) -> TokenVerifier:
+    """The mesh's verifier, trusting `key` and refusing what `revocations` holds."""
+    keys = StaticKeySource(key_ring(key).public_key_set(datetime.now(UTC)))
+    return TokenVerifier(keys, issuer="athenaos", audience="athenaos-api", revocations=revocations.list)
+
+
+def claims(token: str) -> dict[str, Any]:
+    """A token's claims, read without checking it (the test made it)."""
+    payload: dict[str, Any] = json_b64decode(token.split(".")[1].encode())
+    return payload
 
 
 def record(**overrides: object) -> RefreshTokenRecord:
@@ -162,6 +217,60 @@ async def test_reuse_after_the_grace_window_revokes_the_whole_family(
         await sessions.refresh(rotated.refresh_token)  # the legitimate descendant is dead too
 
 
+async def test_access_tokens_name_their_session_and_keep_it_across_refreshes(
+    sessions: SessionManager,
+) -> None:
+    login = await sessions.dev_login("cleo@example.com", "")
+    refreshed = await sessions.refresh(login.refresh_token)
+    elsewhere = await sessions.dev_login("cleo@example.com", "")
+    sid = claims(login.access_token)["sid"]
+    assert isinstance(sid, str)
+    assert sid
+    assert claims(refreshed.access_token)["sid"] == sid
+    assert claims(elsewhere.access_token)["sid"] != sid
+
+
+async def test_reuse_revokes_the_familys_access_tokens_and_no_other_session(
+    sessions: SessionManager, clock: Clock, key: SigningKey, revocations: RecordingRevocations
+) -> None:
+    login = await sessions.dev_login("carla@example.com", "")
+    rotated = await sessions.refresh(login.refresh_token)
+    other_device = await sessions.dev_login("carla@example.com", "")
+    clock.advance(seconds=11)
+    with pytest.raises(Unauthenticated):
+        await sessions.refresh(login.refresh_token)
+    [revocation] = revocations.written
+    assert revocation.kind is RevocationKind.SESSION
+    assert revocation.subject == claims(login.access_token)["sid"]
+    assert revocation.expires_at - revocation.revoked_at == 15 * 60 + 120  # the lifetime, and leeway twice
+    verifier = verifier_of(key, revocations)
+    for token in (login.access_token, rotated.access_token):
+        with pytest.raises(Unauthenticated, match="access token revoked"):
+            await verifier.verify(token)
+    assert (await verifier.verify(other_device.access_token)).user_id == login.user.id
+
+
+async def test_reuse_while_the_revocation_list_is_down_still_revokes_the_refresh_tokens(
+    sessions: SessionManager,
+    clock: Clock,
+    revocations: RecordingRevocations,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    login = await sessions.dev_login("cyril@example.com", "")
+    rotated = await sessions.refresh(login.refresh_token)
+    clock.advance(seconds=11)
+    revocations.down = True
+    with caplog.at_level(logging.ERROR), pytest.raises(Unauthenticated, match="already used"):
+        await sessions.refresh(login.refresh_token)
+    failed = [r for r in caplog.records if getattr(r, "event", None) == "session_revocation_failed"]
+    assert len(failed) == 1
+    assert failed[0].levelno == logging.ERROR
+    revocations.down = False
+    with pytest.raises(Unauthenticated, match="revoked"):
+        await sessions.refresh(rotated.refresh_token)
+    assert revocations.written == []
+
+
 async def test_reuse_within_the_grace_window_gets_a_sibling_and_revokes_nothing(
     sessions: SessionManager, clock: Clock
 ) -> None:
@@ -212,19 +321,71 @@ async def test_revoke_all_counts_live_sessions(sessions: SessionManager) -> None
     await sessions.refresh(bystander.refresh_token)
 
 
-async def test_erasure_removes_the_account_and_its_sessions(
-    sessions: SessionManager, store: MemoryAuthStore
+async def test_erasure_removes_the_account_revokes_its_tokens_and_signs_a_receipt(
+    sessions: SessionManager,
+    eraser: AccountEraser,
+    store: MemoryAuthStore,
+    key: SigningKey,
+    revocations: RecordingRevocations,
 ) -> None:
     login = await sessions.dev_login("ivan@example.com", "")
-    assert await sessions.erase_user(login.user.id)
-    assert not await sessions.erase_user(login.user.id)
-    assert not store.data.users
-    assert not store.data.tokens
-    assert not store.data.identities
+    await sessions.refresh(login.refresh_token)
+    laptop = await sessions.dev_login("ivan@example.com", "")
+    bystander = await sessions.dev_login("olga@example.com", "")
+
+    erasure = await eraser.erase(login.user.id, {"memory_rows": 12, "memory_cache_keys": 3})
+
+    assert erasure.existed
+    expected = {
+        "memory_rows": 12,
+        "memory_cache_keys": 3,
+        "account": 1,
+        "identities": 1,
+        "sessions": 2,
+        "refresh_tokens": 3,
+    }
+    assert erasure.receipt.erased == expected
+    assert list(store.data.users) == [bystander.user.id]
+    assert {token.user_id for token in store.data.tokens.values()} == {bystander.user.id}
     with pytest.raises(Unauthenticated):
-        await sessions.refresh(login.refresh_token)
-    again = await sessions.dev_login("ivan@example.com", "")
-    assert again.user.id != login.user.id
+        await sessions.refresh(laptop.refresh_token)
+    # Every access token issued until now is refused; another person's is not.
+    verifier = verifier_of(key, revocations)
+    for token in (login.access_token, laptop.access_token):
+        with pytest.raises(Unauthenticated, match="access token revoked"):
+            await verifier.verify(token)
+    await verifier.verify(bystander.access_token)
+    receipt = verify_receipt(erasure.receipt.token, key_ring(key).jwks(datetime.now(UTC)), issuer="athenaos")
+    assert (receipt.user_id, receipt.erased) == (login.user.id, expected)
+    assert receipt.erased_at == erasure.receipt.erased_at
+
+    again = await eraser.erase(login.user.id, {})
+    assert not again.existed
+    assert again.receipt.erased == {"account": 0, "identities": 0, "sessions": 0, "refresh_tokens": 0}
+    renewed = await sessions.dev_login("ivan@example.com", "")
+    assert renewed.user.id != login.user.id
+
+
+async def test_erasure_needs_the_revocation_list_and_erases_nothing_without_it(
+    sessions: SessionManager, eraser: AccountEraser, store: MemoryAuthStore, revocations: RecordingRevocations
+) -> None:
+    login = await sessions.dev_login("ines@example.com", "")
+    revocations.down = True
+    with pytest.raises(Unavailable):
+        await eraser.erase(login.user.id, {"memory_rows": 4})
+    assert login.user.id in store.data.users
+    revocations.down = False
+    assert (await eraser.erase(login.user.id, {})).existed
+
+
+async def test_erasure_refuses_another_service_reporting_auths_own_categories(
+    sessions: SessionManager, eraser: AccountEraser, store: MemoryAuthStore
+) -> None:
+    login = await sessions.dev_login("ilse@example.com", "")
+    with pytest.raises(InvalidArgument) as caught:
+        await eraser.erase(login.user.id, {"memory_rows": 1, "sessions": 0})
+    assert caught.value.field == "purged"
+    assert login.user.id in store.data.users
 
 
 async def test_identities_join_an_account_by_email_only_when_the_provider_verified_it(
