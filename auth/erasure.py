@@ -22,13 +22,15 @@ from datetime import datetime
 from auth.access import AccessTokenIssuer
 from auth.receipts import ErasureReceipt, ReceiptSigner
 from auth.store import AuthStore, ErasedAccount
-from mesh.errors import InvalidArgument
+from mesh.errors import InvalidArgument, Unavailable
 from mesh.revocation import RevocationKind, RevocationWriter
 
 log = logging.getLogger(__name__)
 
 AUTH_CATEGORIES = frozenset(ErasedAccount().counts())
 """The categories auth counts itself; another service cannot report them."""
+UNREVOKABLE = "the account cannot be deleted right now; try again in a moment"
+"""What the caller hears when the sign-ins cannot be revoked now (UNAVAILABLE)."""
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,11 @@ class AccountEraser:
         async with self._store.transaction() as tx:
             now = self._clock()
             deleted = await tx.delete_user(user_id)
-            await self._revocations.revoke(self._tokens.revocation(RevocationKind.USER, user_id, now))
+            revocation = self._tokens.revocation(RevocationKind.USER, user_id, now)
+            try:
+                await self._revocations.revoke(revocation)
+            except Unavailable as exc:  # the transaction rolls back: nothing is erased here
+                raise Unavailable(UNREVOKABLE) from exc
         receipt = self._receipts.sign(user_id=user_id, erased={**purged, **deleted.counts()}, now=now)
         log.info(
             "user erased",

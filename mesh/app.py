@@ -116,10 +116,10 @@ class Deps:
         return client
 
     def revocation_feed(self, settings: ServiceSettings) -> RedisRevocationFeed:
-        """The revocation list at `settings.revocation_redis_url`: the runtime follows it, auth writes to it.
-        One per service, opened on first use, closed on stop."""
+        """The revocation list at `settings.redis_url`: the runtime follows it, auth writes to it. One per
+        service, opened on first use, closed on stop."""
         if self._revocation_feed is None:
-            client = self.redis(settings.revocation_redis_url, REVOCATION_REDIS_TIMEOUT_SECONDS)
+            client = self.redis(settings.redis_url, REVOCATION_REDIS_TIMEOUT_SECONDS)
             self._revocation_feed = RedisRevocationFeed(client)
         return self._revocation_feed
 

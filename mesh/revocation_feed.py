@@ -128,6 +128,8 @@ class RedisRevocationFeed:
                     reachable = True
                 await self._read_on(revocations, last)
             except FAILURES as exc:
+                if _cancelling():  # see `_cancelling`
+                    raise asyncio.CancelledError from exc
                 if reachable:
                     log.warning(
                         "the revocation list cannot be read; the %d entries known keep applying",
@@ -142,6 +144,8 @@ class RedisRevocationFeed:
         reload_at = time.monotonic() + self._reload_seconds
         while time.monotonic() < reload_at:
             reply = await self._client.xread({STREAM: last}, count=PAGE, block=self._block_ms)
+            if _cancelling():  # see `_cancelling`
+                raise asyncio.CancelledError
             for _, entries in cast(StreamReply, reply or []):
                 for entry_id, fields in entries:
                     self._apply(revocations, fields)
@@ -153,3 +157,11 @@ class RedisRevocationFeed:
             log.error("skipped a malformed entry of the revocation list", extra={"fields": sorted(fields)})
             return
         revocations.add(revocation)
+
+
+def _cancelling() -> bool:
+    """Whether this task was asked to stop. redis-py (8.1, hiredis) sometimes swallows the CancelledError
+    thrown into a blocked read, and reads on: the follower then checks after each command, so a service's
+    stop waits at most one blocking read for it."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

@@ -1,9 +1,8 @@
 """Typed settings shared by every service; each service subclasses `ServiceSettings` with its env prefix.
 
 Settings are read once, in `__main__`, and passed down; nothing else reads the environment. Fields shared
-by the whole deployment (ATHENA_ENV, ATHENA_DATA_DIR, token issuer/audience, JWKS URL, the revocation
-list's REDIS_URL) use fixed variable names; service fields use the service's prefix (ROUTER_PORT,
-MEMORY_DATABASE_URL, ...).
+by the whole deployment (ATHENA_ENV, ATHENA_DATA_DIR, token issuer/audience, JWKS URL, REDIS_URL) use fixed
+variable names; service fields use the service's prefix (ROUTER_PORT, MEMORY_DATABASE_URL, ...).
 """
 
 from __future__ import annotations
@@ -69,9 +68,10 @@ class ServiceSettings(BaseSettings):
         "http://127.0.0.1:9104/.well-known/jwks.json", validation_alias=shared("ATHENA_JWKS_URL")
     )
     """Where services fetch the keys that verify access tokens (the auth service's HTTP port)."""
-    revocation_redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias=shared("REDIS_URL"))
-    """The Redis-compatible server holding the access-token revocation list, one for the whole deployment:
-    auth writes it, every service follows it (`mesh.revocation_feed`)."""
+    redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias=shared("REDIS_URL"))
+    """The deployment's Redis-compatible server. Every service follows the access-token revocation list
+    there (`mesh.revocation_feed`; auth writes it), so every service must name the same server (memory and
+    the orchestrator, which keep more there, may name it under their own prefix instead)."""
     service_key: SecretStr | None = Field(None, validation_alias=shared("ATHENA_SERVICE_KEY"))
     """Shared secret of the few internal calls made for no user (the orchestrator syncing the agent
     catalog); such methods are refused when it is unset."""

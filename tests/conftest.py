@@ -126,9 +126,23 @@ def auth_metadata(token: str) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),)
 
 
+NO_REDIS = "redis://127.0.0.1:1/0"
+"""A Redis nobody serves (connections are refused at once): a test server's, unless the test names a real
+Valkey as `redis_url`. Its revocation list then stays empty, and it never reaches a server it was not
+given."""
+
+
 def service_settings(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
-    """Keyword arguments every test server's settings need: free ports, quick drain, a private data dir."""
-    return {"port": 0, "http_port": 0, "drain_seconds": 1.0, "data_dir": tmp_path, **overrides}
+    """Keyword arguments every test server's settings need: free ports, quick drain, a private data dir,
+    no Redis unless the test names one."""
+    return {
+        "port": 0,
+        "http_port": 0,
+        "drain_seconds": 1.0,
+        "data_dir": tmp_path,
+        "redis_url": NO_REDIS,
+        **overrides,
+    }
 
 
 StartService = Callable[[ServiceApp[Any, Any], ServiceSettings, Deps], Awaitable[RunningService]]

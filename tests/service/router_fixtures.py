@@ -1,9 +1,9 @@
 """Helpers for the router tests: the real mesh behind the router, all in-process on free ports.
 
 `RouterMesh` holds the memory service (PostgreSQL + Valkey), the offline model, the auth service, any
-number of orchestrators and routers, every one built by its `ServiceApp` as `python -m` builds it. A
-`Router`'s `chat` stub calls ChatService as the edge routes it: Chat to the orchestrators (which serve it),
-every other method to the router. Every
+number of orchestrators and routers, every one built by its `ServiceApp` as `python -m` builds it, all
+on one Valkey (so all follow one revocation list). A `Router`'s `chat` stub calls ChatService as the
+edge routes it: Chat to the orchestrators (which serve it), every other method to the router. Every
 service verifies both the suite's test tokens (`make_token`) and tokens the auth service issues
 (DevLogin), so a test can use cheap users or real sign-ins. Stub orchestrators (replicas that fail on
 purpose) run on a bare `MeshServer`.
@@ -264,7 +264,7 @@ class RouterMesh:
                 self.base,
                 memory_target=f"127.0.0.1:{self.memory.port}",
                 auth_target=f"127.0.0.1:{self.auth_service.port}",
-                **overrides,
+                **{"redis_url": self.redis_url, **overrides},
             )
         )
         deps = deps or Deps()
@@ -288,7 +288,9 @@ async def open_router_mesh(
 ) -> RouterMesh:
     """Starts auth, memory and the offline model; the caller closes the mesh."""
     services = ServiceGroup()
-    auth_settings = AuthSettings(**service_settings(base / "auth", env="dev", database_url=postgres_url))
+    auth_settings = AuthSettings(
+        **service_settings(base / "auth", env="dev", database_url=postgres_url, redis_url=redis_url)
+    )
     auth_service = await services.start(AUTH, auth_settings, AuthDeps())
     auth_jwks = RemoteJwks(f"http://127.0.0.1:{auth_service.http_port}{JWKS_PATH}")
     verifier = TokenVerifier(

@@ -1,5 +1,6 @@
-"""The auth service over real gRPC and a real PostgreSQL: DevLogin, refresh rotation, logout, revocation,
-JWKS (RPC and HTTP), the browsers' refresh-token cookie, and input validation."""
+"""The auth service over real gRPC, a real PostgreSQL and Valkey: DevLogin, refresh rotation, logout,
+revocation, erasure with its receipt, JWKS (RPC and HTTP), the browsers' refresh-token cookie, and input
+validation."""
 
 from __future__ import annotations
 
@@ -18,12 +19,15 @@ import pytest_asyncio
 from athena.auth.v1 import auth_pb2, auth_pb2_grpc
 from athena.identity.v1 import identity_pb2, identity_pb2_grpc
 from conftest import StartService, auth_metadata, service_settings
+from google.protobuf.json_format import MessageToDict
 from joserfc.jwk import KeySet
 
 from auth.app import AUTH, MIGRATIONS_DIR, AuthDeps
 from auth.keys import rotate_keys
+from auth.receipts import verify_receipt
 from auth.settings import AuthSettings
 from devstack.postgres import EmbeddedPostgres
+from devstack.valkey import EmbeddedValkey
 from mesh.app import RunningService
 from mesh.migrations import apply_migrations
 from mesh.server import MeshServer
@@ -64,8 +68,10 @@ async def start_auth(
 
 
 @pytest_asyncio.fixture
-async def auth(start_service: StartService, auth_database: str, tmp_path: Path) -> AsyncIterator[Auth]:
-    app, server, channel = await start_auth(start_service, auth_database, tmp_path)
+async def auth(
+    start_service: StartService, auth_database: str, valkey: EmbeddedValkey, tmp_path: Path
+) -> AsyncIterator[Auth]:
+    app, server, channel = await start_auth(start_service, auth_database, tmp_path, redis_url=valkey.url)
     yield app, server, Stub(channel)
     await channel.close()
 
@@ -160,15 +166,61 @@ async def test_revoke_all_sessions_needs_an_access_token_and_counts(
 async def test_erasure_deletes_every_auth_row_of_the_user(auth: Auth, pool: asyncpg.Pool) -> None:
     _, server, stub = auth
     login = (await stub.DevLogin(auth_pb2.DevLoginRequest(email=unique_email()))).session
+    metadata = auth_metadata(login.access_token)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-        erased = await identity_pb2_grpc.IdentityServiceStub(channel).EraseUser(
-            identity_pb2.EraseUserRequest(), metadata=auth_metadata(login.access_token)
+        identity = identity_pb2_grpc.IdentityServiceStub(channel)
+        erased = await identity.EraseUser(
+            identity_pb2.EraseUserRequest(purged={"memory_rows": 7, "memory_cache_keys": 2}),
+            metadata=metadata,
         )
-    assert erased.erased
+        assert erased.erased
+        assert dict(erased.erased_counts) == {
+            "memory_rows": 7,
+            "memory_cache_keys": 2,
+            "account": 1,
+            "identities": 1,
+            "sessions": 1,
+            "refresh_tokens": 1,
+        }
+        published = await stub.GetJwks(auth_pb2.GetJwksRequest())
+        jwks = {"keys": [MessageToDict(key, preserving_proto_field_name=True) for key in published.keys]}
+        receipt = verify_receipt(erased.receipt, jwks, issuer="athenaos")
+        assert receipt.user_id == login.user.id
+        assert receipt.erased == dict(erased.erased_counts)
+        assert int(receipt.erased_at.timestamp()) == erased.erased_at.seconds
+        # The token that asked is revoked: auth refuses it too, at once (its own list) or within a second.
+        for _ in range(100):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await identity.EraseUser(identity_pb2.EraseUserRequest(), metadata=metadata)
+            if refused.value.code() == grpc.StatusCode.UNAUTHENTICATED:
+                break
+            await asyncio.sleep(0.05)
+        assert refused.value.details() == "access token revoked"
     user_id = uuid.UUID(login.user.id)
     for table in ("users", "identities", "sessions", "refresh_tokens"):
         column = "id" if table == "users" else "user_id"
         assert await pool.fetchval(f"SELECT count(*) FROM auth.{table} WHERE {column} = $1", user_id) == 0  # noqa: S608
+
+
+@pytest.mark.parametrize(
+    ("purged", "field"),
+    [
+        ({"sessions": 1}, "purged"),
+        ({"Memory Rows": 1}, "purged"),
+        ({"memory_rows": -1}, "purged"),
+    ],
+)
+async def test_erasure_refuses_counts_it_cannot_sign(auth: Auth, purged: dict[str, int], field: str) -> None:
+    _, server, stub = auth
+    login = (await stub.DevLogin(auth_pb2.DevLoginRequest(email=unique_email()))).session
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await identity_pb2_grpc.IdentityServiceStub(channel).EraseUser(
+                identity_pb2.EraseUserRequest(purged=purged), metadata=auth_metadata(login.access_token)
+            )
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in (refused.value.details() or "")
+    await stub.RefreshSession(auth_pb2.RefreshSessionRequest(refresh_token=login.refresh_token))
 
 
 async def test_jwks_over_grpc_and_http_verifies_issued_tokens(

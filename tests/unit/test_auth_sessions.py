@@ -371,7 +371,7 @@ async def test_erasure_needs_the_revocation_list_and_erases_nothing_without_it(
 ) -> None:
     login = await sessions.dev_login("ines@example.com", "")
     revocations.down = True
-    with pytest.raises(Unavailable):
+    with pytest.raises(Unavailable, match="cannot be deleted right now"):
         await eraser.erase(login.user.id, {"memory_rows": 4})
     assert login.user.id in store.data.users
     revocations.down = False
