@@ -623,6 +623,8 @@ OVERLAY_GRAPH = {
         ("auth", "postgres", 5432),
         ("memory", "valkey", 6379),
         ("orchestrator", "valkey", 6379),
+        ("router", "valkey", 6379),
+        ("auth", "valkey", 6379),
         ("orchestrator", "offline-model", 8090),
         ("memory", "offline-model", 8090),
     },
@@ -630,7 +632,9 @@ OVERLAY_GRAPH = {
         ("memory", "managed-datastore", 5432),
         ("memory", "managed-datastore", 6379),
         ("orchestrator", "managed-datastore", 6379),
+        ("router", "managed-datastore", 6379),
         ("auth", "managed-datastore", 5432),
+        ("auth", "managed-datastore", 6379),
     },
 }
 
