@@ -45,6 +45,7 @@ from playwright.sync_api import (  # noqa: E402 (only once Chromium is known to 
     sync_playwright,
 )
 
+from auth.receipts import verify_receipt  # noqa: E402
 from devstack.process import free_port  # noqa: E402
 from devstack.stack import Ports, Stack, StackConfig  # noqa: E402
 
@@ -498,9 +499,12 @@ def test_export_downloads_everything_as_json(tab: Tab, tmp_path: Path) -> None:
     assert tab.errors == []
 
 
-def test_account_deletion_asks_for_confirmation_then_returns_to_sign_in(tab: Tab) -> None:
+def test_account_deletion_asks_for_confirmation_shows_the_receipt_then_returns_to_sign_in(
+    tab: Tab, stack: Stack, tmp_path: Path
+) -> None:
     page = tab.page
     email = tab.sign_in()
+    user_id = token_claims(bearer_token(tab.grpc_calls(LIST_AGENTS_PATH)[0]))["sub"]
     tab.send("remember my dentist is on Friday")
     tab.last_answer()
 
@@ -512,6 +516,25 @@ def test_account_deletion_asks_for_confirmation_then_returns_to_sign_in(tab: Tab
     # The browser keeps nothing of the deleted account: Logout clears the refresh-token cookie.
     with page.expect_response(lambda response: response.url.endswith(LOGOUT_PATH), timeout=10_000):
         confirm.click()
+
+    # What was erased, and the signed receipt of it to keep.
+    receipt = page.get_by_role("dialog", name="Your account was deleted")
+    expect(receipt).to_be_visible()
+    expect(receipt.locator('dd[data-category="account"]')).to_have_text("1")
+    expect(receipt.locator('dd[data-category="sessions"]')).to_have_text("1")
+    expect(receipt.locator('dd[data-category="memory_rows"]')).not_to_have_text("0")
+    expect(receipt.get_by_text("Conversations, messages and memories (database rows)")).to_be_visible()
+    with page.expect_download(timeout=10_000) as download_info:
+        receipt.get_by_role("link", name="Download the receipt").click()
+    download = download_info.value
+    assert download.suggested_filename == "athena-erasure-receipt.jwt"
+    path = tmp_path / download.suggested_filename
+    download.save_as(path)
+    jwks = httpx.get(f"http://127.0.0.1:{stack.config.ports.auth_http}/.well-known/jwks.json", timeout=10)
+    verified = verify_receipt(path.read_text(encoding="ascii"), jwks.json(), issuer="athenaos")
+    assert verified.user_id == user_id
+    assert verified.erased["account"] == 1
+    receipt.get_by_role("button", name="Close").click()
 
     expect(page.get_by_role("heading", name="Sign in to AthenaOS")).to_be_visible()
     expect(page.get_by_role("status").filter(has_text="Your account was deleted.")).to_be_visible()

@@ -1,7 +1,11 @@
 // What a person controls about their data: the memories their agents keep (with delete), a download of
 // everything (GDPR Art. 15/20) and the deletion of the account (Art. 17), after typed confirmation.
 import { timestampDate } from "@bufbuild/protobuf/wkt";
-import { MemoryScope, type Memory } from "../../../gen/ts/athena/account/v1/account_pb";
+import {
+  MemoryScope,
+  type DeleteAccountResponse,
+  type Memory,
+} from "../../../gen/ts/athena/account/v1/account_pb";
 import type { AgentPicker } from "./agents";
 import type { Api } from "./api";
 import { byId, el } from "./dom";
@@ -19,8 +23,8 @@ export class AccountPanel {
   private readonly confirmButton = byId("confirm-delete", HTMLButtonElement);
   private readonly exportButton = byId("export-data", HTMLButtonElement);
 
-  /** The account is gone: the app signs out. */
-  onDeleted: () => void = () => {};
+  /** The account is gone: the app signs out and shows the erasure receipt `deleted` carries. */
+  onDeleted: (deleted: DeleteAccountResponse) => void = () => {};
   onError: (error: unknown) => void = () => {};
 
   constructor(
@@ -128,9 +132,9 @@ export class AccountPanel {
     }
     this.confirmButton.disabled = true;
     try {
-      await this.api.account.deleteAccount({});
+      const deleted = await this.api.account.deleteAccount({});
       this.deleteDialog.close();
-      this.onDeleted();
+      this.onDeleted(deleted);
     } catch (error) {
       this.confirmButton.disabled = false;
       this.deleteDialog.close();

@@ -8,6 +8,7 @@ import { ChatView } from "./chat";
 import { byId, show } from "./dom";
 import { describeError, SignedOutError } from "./errors";
 import { conversationInAddress, HistoryView, setConversationInAddress } from "./history";
+import { ReceiptDialog } from "./receipt";
 import { SessionStore, type TabSession } from "./session";
 import { SignInView } from "./signin";
 
@@ -37,6 +38,7 @@ class App {
     byId("no-conversations", HTMLParagraphElement),
   );
   private readonly account = new AccountPanel(this.api, this.picker);
+  private readonly receipt = new ReceiptDialog();
   private readonly chat = new ChatView(
     this.api,
     this.picker,
@@ -84,9 +86,10 @@ class App {
       void this.open(conversationId);
     };
     this.account.onError = (error) => this.showError(error);
-    this.account.onDeleted = () => {
+    this.account.onDeleted = (deleted) => {
       const notice = "Your account was deleted.";
-      void this.signOut(notice, notice);
+      // Over the sign-in page (signing out closes every dialog): what was erased, and its receipt.
+      void this.signOut(notice, notice).then(() => this.receipt.show(deleted));
     };
     byId("new-conversation", HTMLButtonElement).addEventListener("click", () => {
       this.toggleHistory(false);

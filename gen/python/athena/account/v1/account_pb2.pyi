@@ -287,9 +287,9 @@ class DeleteAccountResponse(_message.Message):
     @_builtins.property
     def erased(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """What was erased, by category, as the receipt states it: "memory_rows" (rows of the memory
-        database: conversations, messages, memories, agent settings, the user), "memory_cache_keys" (ephemeral
-        data in Redis), "account", "identities" (sign-ins
-        with providers), "sessions" and "refresh_tokens".
+        database: conversations, messages, memories, agent settings, the user), "memory_cache_keys"
+        (ephemeral data in Redis), "account", "identities" (sign-ins with providers), "sessions" and
+        "refresh_tokens".
         """
 
     @_builtins.property

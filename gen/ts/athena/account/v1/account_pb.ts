@@ -248,9 +248,9 @@ export type DeleteAccountResponse = Message<"athena.account.v1.DeleteAccountResp
 
   /**
    * What was erased, by category, as the receipt states it: "memory_rows" (rows of the memory
-   * database: conversations, messages, memories, agent settings, the user), "memory_cache_keys" (ephemeral
-   * data in Redis), "account", "identities" (sign-ins
-   * with providers), "sessions" and "refresh_tokens".
+   * database: conversations, messages, memories, agent settings, the user), "memory_cache_keys"
+   * (ephemeral data in Redis), "account", "identities" (sign-ins with providers), "sessions" and
+   * "refresh_tokens".
    *
    * @generated from field: map<string, int64> erased = 2;
    */
