@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -20,16 +20,21 @@ import grpc
 import httpx
 import psutil
 import pytest
+from athena.account.v1 import account_pb2, account_pb2_grpc
 from athena.auth.v1 import auth_pb2, auth_pb2_grpc
 from athena.chat.v1 import chat_pb2, chat_pb2_grpc
+from athena.memory.v1 import memory_pb2, memory_pb2_grpc
+from google.protobuf.json_format import MessageToDict
 from grpcweb import call as grpc_web_call
 
+from auth.receipts import verify_receipt
 from devstack.process import free_port, port_open
 from devstack.stack import Ports
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
+Metadata = tuple[tuple[str, str], ...]
 PUBLIC = {"athena.auth.v1.AuthService", "athena.chat.v1.ChatService", "athena.account.v1.AccountService"}
 SERVICE_NAMES = {
     "router": ["athena.chat.v1.ChatService", "athena.account.v1.AccountService"],
@@ -236,6 +241,81 @@ def test_calls_without_a_token_are_refused_at_the_edge(mesh: RunningMesh) -> Non
     result = grpcurl("-d", "{}", mesh.edge, "athena.chat.v1.ChatService/ListAgents")
     assert result.returncode != 0
     assert "Unauthenticated" in result.stderr
+
+
+def refused_within_bound(probe: Callable[[Metadata], object], metadata: Metadata) -> str:
+    """Calls `probe` until it is refused UNAUTHENTICATED (its message is returned); fails after 5 s."""
+    started = time.monotonic()
+    while True:
+        refusal: grpc.RpcError | None = None
+        try:
+            probe(metadata)
+        except grpc.RpcError as error:
+            refusal = error
+        if refusal is not None:
+            assert refusal.code() == grpc.StatusCode.UNAUTHENTICATED, refusal.details()
+            return str(refusal.details())
+        assert time.monotonic() - started < 5.0, "the revoked token is still accepted"
+        time.sleep(0.02)
+
+
+def test_delete_account_revokes_its_tokens_through_the_edge_and_at_each_service_and_signs_a_receipt(
+    mesh: RunningMesh,
+) -> None:
+    """Separate processes, as `make run` starts them: each service's own copy of the revocation list refuses
+    the erased account's token within a second (polled; asserted within a generous bound)."""
+    session = dev_login(mesh, "erase-e2e@example.com")
+    bystander = dev_login(mesh, "stays-e2e@example.com")
+    revoked = (("authorization", f"Bearer {session.access_token}"),)
+    kept = (("authorization", f"Bearer {bystander.access_token}"),)
+    with contextlib.ExitStack() as channels:
+        edge, router, orchestrator, memory, auth = (
+            channels.enter_context(grpc.insecure_channel(address))
+            for address in (
+                mesh.edge,
+                *(
+                    f"127.0.0.1:{getattr(mesh.ports, part)}"
+                    for part in ("router", "orchestrator", "memory", "auth")
+                ),
+            )
+        )
+        probes = {
+            "edge": lambda metadata: chat_pb2_grpc.ChatServiceStub(edge).ListAgents(
+                chat_pb2.ListAgentsRequest(), metadata=metadata, timeout=10
+            ),
+            "router": lambda metadata: chat_pb2_grpc.ChatServiceStub(router).ListAgents(
+                chat_pb2.ListAgentsRequest(), metadata=metadata, timeout=10
+            ),
+            "orchestrator": lambda metadata: list(
+                chat_pb2_grpc.ChatServiceStub(orchestrator).Chat(
+                    chat_pb2.ChatRequest(agent_id="athena", text="hello"), metadata=metadata, timeout=30
+                )
+            ),
+            "memory": lambda metadata: memory_pb2_grpc.MemoryServiceStub(memory).ListMemories(
+                memory_pb2.ListMemoriesRequest(), metadata=metadata, timeout=10
+            ),
+            "auth": lambda metadata: auth_pb2_grpc.AuthServiceStub(auth).RevokeAllSessions(
+                auth_pb2.RevokeAllSessionsRequest(), metadata=metadata, timeout=10
+            ),
+        }
+        for name, probe in probes.items():
+            if name != "auth":  # RevokeAllSessions would end the session before its deletion
+                probe(revoked)
+
+        deleted = account_pb2_grpc.AccountServiceStub(edge).DeleteAccount(
+            account_pb2.DeleteAccountRequest(), metadata=revoked, timeout=30
+        )
+
+        for name, probe in probes.items():
+            assert refused_within_bound(probe, revoked) == "access token revoked", name
+            probe(kept)
+
+        published = auth_pb2_grpc.AuthServiceStub(edge).GetJwks(auth_pb2.GetJwksRequest(), timeout=10)
+    jwks = {"keys": [MessageToDict(key, preserving_proto_field_name=True) for key in published.keys]}
+    receipt = verify_receipt(deleted.receipt, jwks, issuer="athenaos")
+    assert receipt.user_id == session.user.id
+    assert receipt.erased == dict(deleted.erased)
+    assert receipt.erased["account"] == 1
 
 
 def chat(
