@@ -1,0 +1,96 @@
+"""`mesh.envelope.DataKeyStore` in a PostgreSQL table of the service's own schema.
+
+    CREATE TABLE <schema>.data_keys (
+        owner      text PRIMARY KEY,       -- a user id, or a service-wide purpose ("service:email-index")
+        kek_id     text NOT NULL,          -- the key-encryption key that wrapped it
+        wrapped    bytea NOT NULL,
+        created_at timestamptz NOT NULL DEFAULT now(),
+        rotated_at timestamptz
+    );
+
+The table holds no readable key: each row opens only through the KMS, with the service and owner as the
+wrap's context. Deleting a row is crypto-shredding: the owner's data in every copy of the database is lost.
+"""
+
+# ruff: noqa: S608 (queries interpolate only the table name the service gives; values are bound)
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from asyncpg import Pool
+
+from mesh import postgres
+from mesh.kms import WrappedKey
+
+DATA_KEYS_DDL = """CREATE TABLE {table} (
+    owner      text PRIMARY KEY,
+    kek_id     text NOT NULL,
+    wrapped    bytea NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    rotated_at timestamptz
+)"""
+"""The table, for a service's migration (`{table}`: schema-qualified name)."""
+
+
+class PostgresDataKeys:
+    def __init__(self, pool: Pool, table: str = "data_keys") -> None:
+        self._pool = pool
+        self._table = table
+
+    async def get(self, owner: str) -> WrappedKey | None:
+        async with postgres.translated():
+            row = await self._pool.fetchrow(
+                f"SELECT kek_id, wrapped FROM {self._table} WHERE owner = $1", owner
+            )
+        return None if row is None else WrappedKey(row["kek_id"], bytes(row["wrapped"]))
+
+    async def add(self, owner: str, wrapped: WrappedKey) -> WrappedKey:
+        async with postgres.translated():
+            row = await self._pool.fetchrow(
+                f"""WITH added AS (
+                        INSERT INTO {self._table} (owner, kek_id, wrapped) VALUES ($1, $2, $3)
+                        ON CONFLICT (owner) DO NOTHING RETURNING kek_id, wrapped
+                    )
+                    SELECT kek_id, wrapped FROM added
+                    UNION ALL SELECT kek_id, wrapped FROM {self._table} WHERE owner = $1
+                    LIMIT 1""",
+                owner,
+                wrapped.kek_id,
+                wrapped.blob,
+            )
+        assert row is not None, "the key was added or was there"
+        return WrappedKey(row["kek_id"], bytes(row["wrapped"]))
+
+    async def delete(self, owner: str) -> bool:
+        async with postgres.translated():
+            deleted = await self._pool.fetchval(
+                f"DELETE FROM {self._table} WHERE owner = $1 RETURNING true", owner
+            )
+        return bool(deleted)
+
+    async def owners(self) -> AsyncIterator[tuple[str, WrappedKey]]:
+        after = ""
+        while True:
+            async with postgres.translated():
+                rows = await self._pool.fetch(
+                    f"""SELECT owner, kek_id, wrapped FROM {self._table}
+                        WHERE owner > $1 ORDER BY owner LIMIT 500""",
+                    after,
+                )
+            for row in rows:
+                yield row["owner"], WrappedKey(row["kek_id"], bytes(row["wrapped"]))
+            if len(rows) < 500:
+                return
+            after = rows[-1]["owner"]
+
+    async def replace(self, owner: str, old: WrappedKey, new: WrappedKey) -> bool:
+        async with postgres.translated():
+            replaced = await self._pool.fetchval(
+                f"""UPDATE {self._table} SET kek_id = $3, wrapped = $4, rotated_at = now()
+                    WHERE owner = $1 AND wrapped = $2 RETURNING true""",
+                owner,
+                old.blob,
+                new.kek_id,
+                new.blob,
+            )
+        return bool(replaced)
