@@ -111,6 +111,14 @@ class Cipher:
         """The distinct blind tokens of `text`'s words, in order of first appearance."""
         return [self.token(word) for word in index_words(text)]
 
+    def text_token(self, text: str) -> bytes:
+        """The blind token of a whole text, exactly (finds the same text again)."""
+        return self.token(f"text:{text}")  # a colon: never one of `words`' tokens
+
+    def key_token(self, key: str) -> bytes:
+        """The blind token of a caller-chosen key."""
+        return self.token(f"key:{key}")
+
 
 _WORD = re.compile(r"\w+")
 _STOPWORDS = """a an and are as at be but by for from has have i in is it its me my of on or so that the their
