@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 from asyncpg import Pool
 
 from mesh import postgres
+from mesh.errors import Unavailable
 from mesh.kms import WrappedKey
 
 DATA_KEYS_DDL = """CREATE TABLE {table} (
@@ -47,18 +48,18 @@ class PostgresDataKeys:
     async def add(self, owner: str, wrapped: WrappedKey) -> WrappedKey:
         async with postgres.translated():
             row = await self._pool.fetchrow(
-                f"""WITH added AS (
-                        INSERT INTO {self._table} (owner, kek_id, wrapped) VALUES ($1, $2, $3)
-                        ON CONFLICT (owner) DO NOTHING RETURNING kek_id, wrapped
-                    )
-                    SELECT kek_id, wrapped FROM added
-                    UNION ALL SELECT kek_id, wrapped FROM {self._table} WHERE owner = $1
-                    LIMIT 1""",
+                f"""INSERT INTO {self._table} (owner, kek_id, wrapped) VALUES ($1, $2, $3)
+                    ON CONFLICT (owner) DO NOTHING RETURNING kek_id, wrapped""",
                 owner,
                 wrapped.kek_id,
                 wrapped.blob,
             )
-        assert row is not None, "the key was added or was there"
+            if row is None:  # added by a concurrent first write: read it in a snapshot that sees it
+                row = await self._pool.fetchrow(
+                    f"SELECT kek_id, wrapped FROM {self._table} WHERE owner = $1", owner
+                )
+        if row is None:
+            raise Unavailable("a data key was added and deleted at once; try again")
         return WrappedKey(row["kek_id"], bytes(row["wrapped"]))
 
     async def delete(self, owner: str) -> bool:

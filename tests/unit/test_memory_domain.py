@@ -152,7 +152,7 @@ async def test_keyword_stage_ranks_only_when_no_vector_passes() -> None:
         "u", RecallQuery(text="breakfast oats", agent_id="athena", k=1), now=NOW
     )
     assert [(h.memory.text, h.stage) for h in hits] == [("b", Stage.KEYWORD)]
-    assert store.keyword_queries == ["breakfast or oats"]
+    assert store.keyword_queries == ["breakfast oats"]  # the store blinds its words
 
 
 async def test_precomputed_embedding_skips_the_model() -> None:
