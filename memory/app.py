@@ -29,7 +29,7 @@ from memory.service import (
 from memory.settings import MemorySettings
 from mesh.app import Assembly, Command, Deps, ServiceApp
 from mesh.envelope import DataKeys
-from mesh.keystore import PostgresDataKeys
+from mesh.keystore import PostgresDataKeys, rewrap_keys
 from mesh.kms import KeyEncryptionKeys
 from mesh.kms import from_settings as kms_from_settings
 from mesh.server import Service
@@ -134,6 +134,10 @@ def _migrate(settings: MemorySettings) -> int:
     return 0
 
 
+def _rewrap_keys(settings: MemorySettings) -> int:
+    return rewrap_keys(settings.database_url, kms_from_settings(settings), SERVICE)
+
+
 MEMORY = ServiceApp(
     name="memory",
     description="AthenaOS memory service: memories (pgvector), conversations, agents, user data. "
@@ -141,5 +145,11 @@ MEMORY = ServiceApp(
     settings=MemorySettings,
     deps=MemoryDeps,
     build=build,
-    commands={"migrate": Command("apply the memory schema's migrations, then exit", _migrate)},
+    commands={
+        "migrate": Command("apply the memory schema's migrations, then exit", _migrate),
+        "rewrap-keys": Command(
+            "rewrap every user's data key under the KMS's current key-encryption key (after a rotation)",
+            _rewrap_keys,
+        ),
+    },
 )

@@ -15,13 +15,15 @@ wrap's context. Deleting a row is crypto-shredding: the owner's data in every co
 # ruff: noqa: S608 (queries interpolate only the table name the service gives; values are bound)
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 from asyncpg import Pool
 
 from mesh import postgres
+from mesh.envelope import DataKeys
 from mesh.errors import Unavailable
-from mesh.kms import WrappedKey
+from mesh.kms import KeyEncryptionKeys, WrappedKey
 
 DATA_KEYS_DDL = """CREATE TABLE {table} (
     owner      text PRIMARY KEY,
@@ -95,3 +97,19 @@ class PostgresDataKeys:
                 new.blob,
             )
         return bool(replaced)
+
+
+def rewrap_keys(database_url: str, kms: KeyEncryptionKeys, service: str, table: str = "data_keys") -> int:
+    """The `rewrap-keys` command of a service storing data keys: every key not wrapped by the KMS's current
+    key-encryption key is rewrapped under it, online (the data those keys encrypt is not touched)."""
+
+    async def run() -> tuple[int, int]:
+        pool = await postgres.open_pool(database_url, min_size=1, max_size=2)
+        try:
+            return await DataKeys(PostgresDataKeys(pool, table), kms, service).rewrap_all()
+        finally:
+            await postgres.close_pool(pool)
+
+    rewrapped, current = asyncio.run(run())
+    print(f"rewrapped {rewrapped} data key(s) under {kms.current_kek_id}; {current} already were")
+    return 0

@@ -60,7 +60,8 @@ ALTER TABLE conversations DROP COLUMN title_plain, ALTER COLUMN title SET NOT NU
 ALTER TABLE messages DROP COLUMN content_plain, DROP COLUMN tool_call_plain,
     ALTER COLUMN content SET NOT NULL, ALTER COLUMN tool_call SET NOT NULL;
 ALTER TABLE vector_memory DROP COLUMN tsv;
-ALTER TABLE vector_memory DROP COLUMN text_plain, DROP COLUMN key_plain, DROP COLUMN payload, ALTER COLUMN text SET NOT NULL, ALTER COLUMN text_token SET NOT NULL;
+ALTER TABLE vector_memory DROP COLUMN text_plain, DROP COLUMN key_plain, DROP COLUMN payload,
+    ALTER COLUMN text SET NOT NULL, ALTER COLUMN text_token SET NOT NULL;
 ALTER TABLE vector_memory ADD CONSTRAINT vector_memory_key_token UNIQUE (user_id, agent_scope, key_token);
 CREATE INDEX vector_memory_text_token ON vector_memory (user_id, agent_scope, text_token);
 CREATE INDEX vector_memory_words ON vector_memory USING gin (words);

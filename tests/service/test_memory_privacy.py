@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,8 @@ from devstack.postgres import EmbeddedPostgres, _bin
 from devstack.valkey import EmbeddedValkey
 from memory.migrate import MIGRATIONS_DIR, apply_migrations
 from mesh import migrations
+from mesh.keystore import rewrap_keys
+from mesh.kms import LocalKeyFile, add_key
 from mesh.tokens import TokenVerifier
 
 __all__ = ["memory_service"]
@@ -101,6 +104,23 @@ def _files_holding(directory: Path, words: tuple[str, ...]) -> list[str]:
         for path in directory.rglob("*")
         if path.is_file() and any(word in path.read_bytes() for word in encoded)
     ]
+
+
+async def _fresh_database(postgres: EmbeddedPostgres) -> tuple[str, str]:
+    """A new empty database with pgvector: (application URL, superuser URL)."""
+    database = f"privacy_{secrets.token_hex(4)}"
+    admin = await asyncpg.connect(postgres.admin_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{database}" OWNER athena')
+    finally:
+        await admin.close()
+    superuser_url = postgres.superuser_url.rsplit("/", 1)[0] + f"/{database}"
+    superuser = await asyncpg.connect(superuser_url)
+    try:
+        await superuser.execute("CREATE EXTENSION IF NOT EXISTS vector")
+    finally:
+        await superuser.close()
+    return postgres.url.rsplit("/", 1)[0] + f"/{database}", superuser_url
 
 
 async def _superuser(postgres: EmbeddedPostgres) -> asyncpg.Connection:
@@ -268,19 +288,7 @@ async def test_existing_rows_are_encrypted_in_place(
 ) -> None:
     """A database of the release before encryption (memory_0001, memory_0002) with plain rows upgrades
     when the service starts, and keeps every conversation and memory."""
-    database = f"upgrade_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(postgres.admin_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{database}" OWNER athena')
-    finally:
-        await admin.close()
-    url = postgres.url.rsplit("/", 1)[0] + f"/{database}"
-    superuser_url = postgres.superuser_url.rsplit("/", 1)[0] + f"/{database}"
-    superuser = await asyncpg.connect(superuser_url)
-    try:
-        await superuser.execute("CREATE EXTENSION IF NOT EXISTS vector")
-    finally:
-        await superuser.close()
+    url, superuser_url = await _fresh_database(postgres)
     old = tmp_path / "old-migrations"
     old.mkdir()
     for name in (
@@ -339,3 +347,33 @@ async def test_existing_rows_are_encrypted_in_place(
     dump = await _dump(superuser_url)
     assert secret not in dump
     assert apply_migrations(url, DIMENSION, local_kms(tmp_path)) == []
+
+
+async def test_rewrap_keys_moves_every_data_key_under_a_new_kek_online(
+    postgres: EmbeddedPostgres,
+    valkey: EmbeddedValkey,
+    verifier: TokenVerifier,
+    make_token: Callable[..., str],
+    start_service: Callable[..., Any],
+    tmp_path: Path,
+) -> None:
+    """One deployment (its own database, its KMS keys): a KEK added, every data key moved under it while
+    the service runs, which goes on reading and writing."""
+    url, superuser_url = await _fresh_database(postgres)
+    harness = await start_memory(start_service, verifier, make_token, tmp_path, url, valkey.url)
+    user_id, md = harness.user()
+    secret = _secret_word()
+    conversation_id = await _turn(harness, md, f"rotate {secret}", "ok")
+    directory = tmp_path / "kms-keys"  # the service's own local KMS (memory_fixtures.local_kms)
+    new_kek = add_key(directory, datetime(2100, 1, 1, tzinfo=UTC))
+    assert await asyncio.to_thread(rewrap_keys, url, LocalKeyFile.load(directory), "memory") == 0
+    superuser = await asyncpg.connect(superuser_url)
+    try:
+        assert await superuser.fetchval("SELECT kek_id FROM data_keys WHERE owner = $1", user_id) == new_kek
+    finally:
+        await superuser.close()
+    got = await harness.conversations.GetConversation(
+        memory_pb2.GetConversationRequest(conversation_id=conversation_id), metadata=md
+    )
+    assert secret in got.conversation.title
+    await _turn(harness, harness.user()[1], "a new user after the rotation", "welcome")
