@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from mesh.errors import AthenaError, FailedPrecondition, Unavailable
+from mesh.errors import DataLoss, FailedPrecondition, Unavailable
 from mesh.kms import DATA_KEY_BYTES, KeyEncryptionKeys, KeyMismatch, KmsError, WrappedKey
 
 log = logging.getLogger(__name__)
@@ -49,12 +49,6 @@ VERSION = 1
 _NONCE_BYTES = 12
 TOKEN_BYTES = 16
 _INDEX_INFO = b"athena blind index v1"
-
-
-class DataLoss(AthenaError):
-    """Stored data that does not open: tampered, or moved from another row or user."""
-
-    status = "DATA_LOSS"
 
 
 class NoDataKey(FailedPrecondition):
