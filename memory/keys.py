@@ -45,8 +45,8 @@ class UserKeys:
         return await self._keys.create(user_id)
 
     async def erase(self, user_id: str) -> bool:
-        """Marks the account erased (no write sets it up again), then destroys its data key: every copy of
-        its rows, backups included, is unreadable from here on. Whether there was a key."""
+        """Marks the account erased (no write sets it up again), then destroys its data key: a copy of its
+        rows made before (a replica, a restored dump) is unreadable from here on. Whether there was a key."""
         async with self._db.transaction(None) as connection:
             await connection.execute(
                 "INSERT INTO erased_users (id) VALUES ($1) ON CONFLICT (id) DO NOTHING", uuid.UUID(user_id)

@@ -196,12 +196,13 @@ class PostgresMemoryStore:
             text = cipher.seal("vector_memory", "text", memory_id, memory.text)
             if found is not None:
                 row = await connection.fetchrow(
-                    f"""UPDATE vector_memory SET agent_id = $2, text = $3, words = $4, embedding = $5,
-                            updated_at = clock_timestamp()
+                    f"""UPDATE vector_memory SET agent_id = $2, text = $3, text_token = $4, words = $5,
+                            embedding = $6, updated_at = clock_timestamp()
                         WHERE id = $1 RETURNING {_MEMORY_COLUMNS}, false AS created""",
                     memory_id,
                     memory.agent_id,
                     text,
+                    text_token,
                     cipher.words(memory.text),
                     _vector(embedding),
                 )
