@@ -1,7 +1,7 @@
 """`mesh.envelope.DataKeyStore` in a PostgreSQL table of the service's own schema.
 
     CREATE TABLE <schema>.data_keys (
-        owner      text PRIMARY KEY,       -- a user id, or a service-wide purpose ("service:email-index")
+        owner      text PRIMARY KEY,       -- a user id, or a service-wide purpose ("service:lookup-index")
         kek_id     text NOT NULL,          -- the key-encryption key that wrapped it
         wrapped    bytea NOT NULL,
         created_at timestamptz NOT NULL DEFAULT now(),

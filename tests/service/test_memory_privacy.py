@@ -8,7 +8,6 @@ import asyncio
 import logging
 import secrets
 import shutil
-import subprocess
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -30,8 +29,9 @@ from memory_fixtures import (
     start_memory,
     start_turn_request,
 )
+from privacy_fixtures import dump_database, files_holding, fresh_database
 
-from devstack.postgres import EmbeddedPostgres, _bin
+from devstack.postgres import EmbeddedPostgres
 from devstack.valkey import EmbeddedValkey
 from memory.migrate import MIGRATIONS_DIR, apply_migrations
 from mesh import migrations
@@ -83,46 +83,6 @@ async def _remember(harness: MemoryHarness, md: Metadata, text: str, key: str = 
     return response.memory.id
 
 
-async def _dump(superuser_url: str) -> str:
-    """A superuser's `pg_dump` of the whole database."""
-    done = await asyncio.to_thread(
-        subprocess.run,
-        [str(_bin("pg_dump")), "--dbname", superuser_url, "--no-owner"],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    return str(done.stdout)
-
-
-def _files_holding(directory: Path, words: tuple[str, ...]) -> list[str]:
-    """Files under `directory` holding any of `words` (bytes as stored)."""
-    encoded = [word.encode() for word in words]
-    return [
-        str(path)
-        for path in directory.rglob("*")
-        if path.is_file() and any(word in path.read_bytes() for word in encoded)
-    ]
-
-
-async def _fresh_database(postgres: EmbeddedPostgres) -> tuple[str, str]:
-    """A new empty database with pgvector: (application URL, superuser URL)."""
-    database = f"privacy_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(postgres.admin_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{database}" OWNER athena')
-    finally:
-        await admin.close()
-    superuser_url = postgres.superuser_url.rsplit("/", 1)[0] + f"/{database}"
-    superuser = await asyncpg.connect(superuser_url)
-    try:
-        await superuser.execute("CREATE EXTENSION IF NOT EXISTS vector")
-    finally:
-        await superuser.close()
-    return postgres.url.rsplit("/", 1)[0] + f"/{database}", superuser_url
-
-
 async def _superuser(postgres: EmbeddedPostgres) -> asyncpg.Connection:
     return await asyncpg.connect(postgres.superuser_url)
 
@@ -146,11 +106,11 @@ async def test_what_a_user_said_appears_nowhere_in_the_database(
         await superuser.execute("CHECKPOINT")
     finally:
         await superuser.close()
-    dump = (await _dump(postgres.superuser_url)).lower()
+    dump = (await dump_database(postgres.superuser_url)).lower()
     words = (said, answered, remembered, key)
     for word in words:
         assert word not in dump
-    assert await asyncio.to_thread(_files_holding, Path(postgres.data_dir), words) == []
+    assert await asyncio.to_thread(files_holding, Path(postgres.data_dir), words) == []
 
 
 async def test_a_ciphertext_moved_to_another_users_row_does_not_open(
@@ -288,7 +248,7 @@ async def test_existing_rows_are_encrypted_in_place(
 ) -> None:
     """A database of the release before encryption (memory_0001, memory_0002) with plain rows upgrades
     when the service starts, and keeps every conversation and memory."""
-    url, superuser_url = await _fresh_database(postgres)
+    url, superuser_url = await fresh_database(postgres)
     old = tmp_path / "old-migrations"
     old.mkdir()
     for name in (
@@ -344,7 +304,7 @@ async def test_existing_rows_are_encrypted_in_place(
         memory_pb2.RecallRequest(query=f"{secret}?", agent_id="athena"), metadata=md
     )
     assert [h.memory.text for h in hits.results] == [f"I love {secret} and breakfast"]
-    dump = await _dump(superuser_url)
+    dump = await dump_database(superuser_url)
     assert secret not in dump
     assert apply_migrations(url, DIMENSION, local_kms(tmp_path)) == []
 
@@ -359,7 +319,7 @@ async def test_rewrap_keys_moves_every_data_key_under_a_new_kek_online(
 ) -> None:
     """One deployment (its own database, its KMS keys): a KEK added, every data key moved under it while
     the service runs, which goes on reading and writing."""
-    url, superuser_url = await _fresh_database(postgres)
+    url, superuser_url = await fresh_database(postgres)
     harness = await start_memory(start_service, verifier, make_token, tmp_path, url, valkey.url)
     user_id, md = harness.user()
     secret = _secret_word()

@@ -450,10 +450,13 @@ def test_auth_reads_its_signing_keys_from_a_read_only_secret(rendered: list[Mani
     assert volumes[mount["name"]]["secret"]["defaultMode"] == 0o440
 
 
-def test_memory_and_its_migrations_read_the_kms_keys_from_a_read_only_secret(rendered: list[Manifest]) -> None:
-    """Memory wraps data keys (and its migration encrypts existing rows) with the local KMS's keys, the
-    same in every replica: the Secret athena-kms-keys, never a key made in a pod."""
-    deployment = of_kind(rendered, "Deployment")["memory"]
+@pytest.mark.parametrize("name", ["memory", "auth"])
+def test_memory_auth_and_their_migrations_read_the_kms_keys_from_a_read_only_secret(
+    rendered: list[Manifest], name: str
+) -> None:
+    """Memory and auth wrap data keys (and their migrations encrypt existing rows) with the local KMS's
+    keys, the same in every replica: the Secret athena-kms-keys, never a key made in a pod."""
+    deployment = of_kind(rendered, "Deployment")[name]
     volumes = {volume["name"]: volume for volume in pod_spec(deployment)["volumes"]}
     containers = [*pod_spec(deployment)["initContainers"], main_container(deployment)]
     for container in containers:
