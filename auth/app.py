@@ -2,7 +2,8 @@
 
 `build_app` wires the domain from a store, an HTTP client and the revocation list it writes to; `build`
 (what `python -m auth`, `make run` and the tests start through `mesh.app`) adds migrations and the
-PostgreSQL store, unless a store is given.
+PostgreSQL store, unless a store is given: the store seals what it keeps about a person with their data
+key, wrapped by the KMS (`auth.privacy`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import httpx
 from aiohttp import web
@@ -23,15 +23,20 @@ from athena.identity.v1 import identity_pb2_grpc
 from auth.access import AccessTokenIssuer
 from auth.erasure import AccountEraser
 from auth.keys import KeyRing, KeyRingError, load_key_ring, rotate_keys
+from auth.migrate import SERVICE, apply_migrations, migrate
 from auth.oidc import OidcLogin, OidcProvider
 from auth.postgres import PostgresAuthStore
+from auth.privacy import DATA_KEYS_TABLE
 from auth.receipts import ReceiptSigner
 from auth.servicer import IDENTITY_SERVICE_NAME, PUBLIC_METHODS, SERVICE_NAME, AuthServicer, IdentityServicer
 from auth.sessions import Clock, SessionManager, utc_now
 from auth.settings import AuthSettings
 from auth.store import AuthStore
-from mesh import migrations
 from mesh.app import Assembly, Command, Deps, ServiceApp
+from mesh.envelope import DataKeys
+from mesh.keystore import PostgresDataKeys, rewrap_keys
+from mesh.kms import KeyEncryptionKeys
+from mesh.kms import from_settings as kms_from_settings
 from mesh.revocation import RevocationWriter
 from mesh.server import Service
 from mesh.tokens import LEEWAY_SECONDS, StaticKeySource, TokenVerifier
@@ -155,25 +160,35 @@ def build_app(
     return AuthApp(settings, keys, sessions, eraser, login, servicer, verifier, clock)
 
 
-MIGRATIONS_DIR = Path(__file__).parent / "migrations"
-"""The `auth` schema's migrations (ids prefixed `auth_`)."""
+DATA_KEY_POOL_SIZE = 2
+"""Connections reading and writing data keys, apart from the store's (`PostgresAuthStore`)."""
 
 
 @dataclass(kw_only=True)
 class AuthDeps(Deps):
     store: AuthStore | None = None
     """Users, sessions and login states; None: PostgreSQL at `settings.database_url`, migrated first."""
+    kms: KeyEncryptionKeys | None = None
+    """Wraps the users' data keys and the index key (PostgreSQL store only); None: the KMS the settings
+    name (`mesh.kms.from_settings`)."""
 
 
 async def build(settings: AuthSettings, deps: AuthDeps) -> Assembly:
     store = deps.store
     readiness = None
     if store is None:
-        await migrations.migrate(
-            settings.database_url, MIGRATIONS_DIR, wait_seconds=settings.startup_timeout_seconds
+        kms = deps.kms or kms_from_settings(settings)
+        await migrate(settings.database_url, kms, wait_seconds=settings.startup_timeout_seconds)
+        keys = DataKeys(
+            PostgresDataKeys(
+                await deps.postgres(settings.database_url, max_size=DATA_KEY_POOL_SIZE), DATA_KEYS_TABLE
+            ),
+            kms,
+            SERVICE,
+            cache_seconds=settings.data_key_cache_seconds,
         )
         postgres_store = PostgresAuthStore(
-            await deps.postgres(settings.database_url, max_size=settings.database_pool_size)
+            await deps.postgres(settings.database_url, max_size=settings.database_pool_size), keys
         )
         store, readiness = postgres_store, postgres_store.ping
     app = build_app(
@@ -194,9 +209,13 @@ async def build(settings: AuthSettings, deps: AuthDeps) -> Assembly:
 
 
 def _migrate(settings: AuthSettings) -> int:
-    applied = migrations.apply_migrations(settings.database_url, MIGRATIONS_DIR)
+    applied = apply_migrations(settings.database_url, kms_from_settings(settings))
     print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none pending'}")
     return 0
+
+
+def _rewrap_keys(settings: AuthSettings) -> int:
+    return rewrap_keys(settings.database_url, kms_from_settings(settings), SERVICE, DATA_KEYS_TABLE)
 
 
 def _rotate_keys(settings: AuthSettings) -> int:
@@ -229,6 +248,11 @@ AUTH = ServiceApp(
             "keys no unexpired token can name; running services reread AUTH_KEYS_DIR every "
             "AUTH_KEY_RELOAD_SECONDS",
             _rotate_keys,
+        ),
+        "rewrap-keys": Command(
+            "rewrap every data key (the users' and the index key) under the KMS's current "
+            "key-encryption key (after a rotation)",
+            _rewrap_keys,
         ),
     },
 )

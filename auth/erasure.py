@@ -2,12 +2,15 @@
 
 The order keeps every promise the answer makes:
 
-1. in one transaction, the account, its identities, sessions and refresh-token hashes are deleted and
-   counted;
-2. before that transaction commits, every access token issued to the user so far is revoked
-   (`mesh.revocation`). When the revocation cannot be recorded (Redis down), the transaction rolls back and
-   the call fails UNAVAILABLE with nothing erased here: the caller's token still works, so calling again
-   finishes the erasure. An erasure that answered is one whose tokens every service refuses;
+1. every access token issued to the user so far is revoked (`mesh.revocation`). When the revocation
+   cannot be recorded (Redis down), the call fails UNAVAILABLE with nothing erased here: the caller's token
+   still works, so calling again finishes the erasure. An erasure that answered is one whose tokens every
+   service refuses;
+2. in one transaction, the user's data key is destroyed (crypto-shredding, committed at once), then the
+   account, its identities, sessions and refresh-token hashes are deleted, each counted. Should this
+   fail (the database, after the revocation), the person's refresh token still gets them a token issued
+   after the revocation to delete again with; once the data key is gone, what is left of the account is
+   deleted when next touched (`auth.postgres`);
 3. the receipt states what the caller reported other services erased (memory's counts, through the router)
    and auth's own counts, and is signed with the access tokens' key.
 """
@@ -67,12 +70,12 @@ class AccountEraser:
             raise InvalidArgument("purged", f"{clash[0]!r} is counted by auth itself")
         async with self._store.transaction() as tx:
             now = self._clock()
-            deleted = await tx.delete_user(user_id)
             revocation = self._tokens.revocation(RevocationKind.USER, user_id, now)
             try:
                 await self._revocations.revoke(revocation)
-            except Unavailable as exc:  # the transaction rolls back: nothing is erased here
+            except Unavailable as exc:  # before anything is erased, the data key included
                 raise Unavailable(UNREVOKABLE) from exc
+            deleted = await tx.delete_user(user_id)
         receipt = self._receipts.sign(user_id=user_id, erased={**purged, **deleted.counts()}, now=now)
         log.info(
             "user erased",

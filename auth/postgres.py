@@ -2,10 +2,16 @@
 
 Driver errors are translated here, once: unique violations become `StoreConflict` (the domain retries),
 lost connections and an unreachable server become `mesh.errors.Unavailable` (`mesh.postgres`).
+
+E-mail addresses, display names and provider subjects are stored sealed with the user's data key and
+looked up by blind index (`auth.privacy`); the domain sees them in clear. A user's data key is made with
+the user and destroyed first when the user is deleted (crypto-shredding). A stored value that does not
+open is `mesh.errors.DataLoss`, logged as an integrity error.
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -15,6 +21,7 @@ from typing import Any
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from auth.privacy import IDENTITIES, INDEX_OWNER, USERS, email_token, identity_row, identity_token
 from auth.store import (
     AuthTransaction,
     ErasedAccount,
@@ -24,11 +31,17 @@ from auth.store import (
     UserRecord,
 )
 from mesh import postgres
+from mesh.envelope import Cipher, DataKeys, NoDataKey
+
+log = logging.getLogger(__name__)
 
 
 class PostgresAuthStore:
-    def __init__(self, pool: postgres.Pool) -> None:
+    def __init__(self, pool: postgres.Pool, keys: DataKeys) -> None:
+        """`keys` must read `auth.data_keys` through a pool of its own: a transaction of `pool` may need a
+        key it has not cached yet, and must not wait for a connection that only its peers can release."""
         self._pool = pool
+        self._keys = keys
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[AuthTransaction]:
@@ -38,7 +51,7 @@ class PostgresAuthStore:
                 self._pool.acquire() as connection,
                 connection.transaction(),
             ):
-                yield _PostgresTransaction(connection)
+                yield _PostgresTransaction(connection, self._keys)
         except asyncpg.UniqueViolationError as exc:
             raise StoreConflict(str(exc.constraint_name)) from exc
 
@@ -50,9 +63,13 @@ class PostgresAuthStore:
         return await postgres.ping(self._pool, within=1.0)
 
 
-def _user(row: Any) -> UserRecord:
+def _user(cipher: Cipher, row: Any) -> UserRecord:
+    user_id = str(row["id"])
     return UserRecord(
-        id=str(row["id"]), email=row["email"], display_name=row["display_name"], created_at=row["created_at"]
+        id=user_id,
+        email=cipher.open_text(USERS, "email", user_id, row["email"]),
+        display_name=cipher.open_text(USERS, "display_name", user_id, row["display_name"]),
+        created_at=row["created_at"],
     )
 
 
@@ -84,8 +101,27 @@ def _user_id(value: str) -> uuid.UUID | None:
 
 
 class _PostgresTransaction:
-    def __init__(self, connection: PoolConnectionProxy[Any]) -> None:
+    def __init__(self, connection: PoolConnectionProxy[Any], keys: DataKeys) -> None:
         self._db = connection
+        self._keys = keys
+
+    async def _index(self) -> Cipher:
+        """The service-wide key of the blind indexes, made on first use."""
+        return await self._keys.create(INDEX_OWNER)
+
+    async def _opened(self, row: Any) -> UserRecord | None:
+        """The user of `row` in clear; None when their data key is gone: an erasure that stopped after
+        shredding the key, whose rows this deletes when the transaction commits (nothing of the account
+        can be read any more, and its address would otherwise stay taken)."""
+        try:
+            cipher = await self._keys.cipher(str(row["id"]))
+        except NoDataKey:
+            log.warning(
+                "finishing the erasure of a user whose data key is gone", extra={"user_id": str(row["id"])}
+            )
+            await self._db.execute("DELETE FROM auth.users WHERE id = $1", row["id"])
+            return None
+        return _user(cipher, row)
 
     async def user(self, user_id: str) -> UserRecord | None:
         key = _user_id(user_id)
@@ -94,55 +130,68 @@ class _PostgresTransaction:
         row = await self._db.fetchrow(
             "SELECT u.id, u.email, u.display_name, u.created_at FROM auth.users u WHERE u.id = $1", key
         )
-        return _user(row) if row else None
+        return await self._opened(row) if row else None
 
     async def user_by_identity(self, provider: str, subject: str) -> UserRecord | None:
         row = await self._db.fetchrow(
             "SELECT u.id, u.email, u.display_name, u.created_at "
             "FROM auth.identities i JOIN auth.users u ON u.id = i.user_id "
-            "WHERE i.provider = $1 AND i.subject = $2 FOR UPDATE OF u",
+            "WHERE i.provider = $1 AND i.subject_index = $2 FOR UPDATE OF u",
             provider,
-            subject,
+            identity_token(await self._index(), provider, subject),
         )
-        return _user(row) if row else None
+        return await self._opened(row) if row else None
 
     async def user_by_email(self, email: str) -> UserRecord | None:
         row = await self._db.fetchrow(
             "SELECT u.id, u.email, u.display_name, u.created_at FROM auth.users u "
-            "WHERE u.email = $1 FOR UPDATE",
-            email,
+            "WHERE u.email_index = $1 FOR UPDATE",
+            email_token(await self._index(), email),
         )
-        return _user(row) if row else None
+        return await self._opened(row) if row else None
 
     async def create_user(self, email: str, display_name: str, now: datetime) -> UserRecord:
+        user_id = uuid.uuid4()
+        # The key is made (and committed) first; if this transaction fails, `purge_expired` deletes it.
+        cipher = await self._keys.create(str(user_id))
         row = await self._db.fetchrow(
-            "INSERT INTO auth.users AS u (id, email, display_name, created_at, updated_at) "
-            "VALUES ($1, $2, $3, $4, $4) RETURNING u.id, u.email, u.display_name, u.created_at",
-            uuid.uuid4(),
-            email,
-            display_name,
+            "INSERT INTO auth.users AS u (id, email, email_index, display_name, created_at, updated_at) "
+            "VALUES ($1, $2, $3, $4, $5, $5) RETURNING u.id, u.email, u.display_name, u.created_at",
+            user_id,
+            cipher.seal(USERS, "email", user_id, email),
+            email_token(await self._index(), email),
+            cipher.seal(USERS, "display_name", user_id, display_name),
             now,
         )
-        return _user(row)
+        return _user(cipher, row)
 
     async def update_profile(self, user_id: str, email: str, display_name: str, now: datetime) -> UserRecord:
+        key = uuid.UUID(user_id)
+        cipher = await self._keys.cipher(user_id)
         row = await self._db.fetchrow(
             "UPDATE auth.users AS u SET display_name = $3, updated_at = $4, "
-            "email = CASE WHEN EXISTS (SELECT 1 FROM auth.users o WHERE o.email = $2 AND o.id <> $1) "
-            "THEN u.email ELSE $2 END "
+            "email = CASE WHEN other.taken THEN u.email ELSE $2 END, "
+            "email_index = CASE WHEN other.taken THEN u.email_index ELSE $5 END "
+            "FROM (SELECT EXISTS (SELECT 1 FROM auth.users o WHERE o.email_index = $5 AND o.id <> $1)"
+            " AS taken) other "
             "WHERE u.id = $1 RETURNING u.id, u.email, u.display_name, u.created_at",
-            uuid.UUID(user_id),
-            email,
-            display_name,
+            key,
+            cipher.seal(USERS, "email", key, email),
+            cipher.seal(USERS, "display_name", key, display_name),
             now,
+            email_token(await self._index(), email),
         )
-        return _user(row)
+        return _user(cipher, row)
 
     async def link_identity(self, user_id: str, provider: str, subject: str, now: datetime) -> None:
+        cipher = await self._keys.cipher(user_id)
+        subject_index = identity_token(await self._index(), provider, subject)
         await self._db.execute(
-            "INSERT INTO auth.identities (provider, subject, user_id, created_at) VALUES ($1, $2, $3, $4)",
+            "INSERT INTO auth.identities (provider, subject_index, subject, user_id, created_at) "
+            "VALUES ($1, $2, $3, $4, $5)",
             provider,
-            subject,
+            subject_index,
+            cipher.seal(IDENTITIES, "subject", identity_row(provider, subject_index), subject),
             uuid.UUID(user_id),
             now,
         )
@@ -151,7 +200,10 @@ class _PostgresTransaction:
         key = _user_id(user_id)
         if key is None:
             return ErasedAccount()
-        # What hangs off the user first, each counted (deleting the user alone would cascade to it all).
+        # Crypto-shredding first, committed on its own: from here a copy of the user's rows (a replica, a
+        # dump of the tables) does not open, even should deleting them below fail (`_opened` finishes it).
+        data_keys = await self._keys.destroy(user_id)
+        # Then what hangs off the user, each counted (deleting the user alone would cascade to it all).
         db = self._db
         refresh_tokens = await db.execute("DELETE FROM auth.refresh_tokens WHERE user_id = $1", key)
         sessions = await db.execute("DELETE FROM auth.sessions WHERE user_id = $1", key)
@@ -162,6 +214,7 @@ class _PostgresTransaction:
             identities=_deleted(identities),
             sessions=_deleted(sessions),
             refresh_tokens=_deleted(refresh_tokens),
+            data_keys=int(data_keys),
         )
 
     async def create_family(self, family_id: str, user_id: str, now: datetime) -> None:
@@ -271,5 +324,12 @@ class _PostgresTransaction:
         await self._db.execute(
             "DELETE FROM auth.sessions s WHERE s.created_at <= $1::timestamptz - interval '1 day' "
             "AND NOT EXISTS (SELECT 1 FROM auth.refresh_tokens t WHERE t.family_id = s.id)",
+            now,
+        )
+        # Data keys made for a user whose creation then failed (a sign-in racing another): nobody's.
+        await self._db.execute(
+            "DELETE FROM auth.data_keys k WHERE k.created_at <= $1::timestamptz - interval '1 day' "
+            "AND k.owner NOT LIKE 'service:%' "
+            "AND NOT EXISTS (SELECT 1 FROM auth.users u WHERE u.id::text = k.owner)",
             now,
         )

@@ -54,6 +54,8 @@ class ErasedAccount:
     """Session families, revoked ones included."""
     refresh_tokens: int = 0
     """Refresh-token hashes, spent ones included."""
+    data_keys: int = 0
+    """1 when the user's data key (sealing their address, name and provider subjects) was destroyed."""
 
     def counts(self) -> dict[str, int]:
         """By the categories of an erasure receipt."""
@@ -62,6 +64,7 @@ class ErasedAccount:
             "identities": self.identities,
             "sessions": self.sessions,
             "refresh_tokens": self.refresh_tokens,
+            "data_keys": self.data_keys,
         }
 
 
@@ -98,8 +101,8 @@ class AuthTransaction(Protocol):
         ...
 
     async def delete_user(self, user_id: str) -> ErasedAccount:
-        """Deletes the user with its identities, families and tokens; counts what went (all zero when
-        there was no such user)."""
+        """Destroys the user's data key, then deletes the user with its identities, families and tokens;
+        counts what went (all zero when there was no such user)."""
         ...
 
     async def create_family(self, family_id: str, user_id: str, now: datetime) -> None: ...

@@ -56,11 +56,15 @@ from devstack.process import free_port
 from memory.database import Connection, Database, init_connection
 from memory.domain import USER_SCOPE, Stage
 from memory.embeddings import Vector
-from memory.migrate import migrate
+from memory.keys import UserKeys
+from memory.migrate import SERVICE, migrate
 from memory.ranking import RankingPolicy, candidate_count
 from memory.recall import Recaller, RecallQuery
 from memory.repository import PostgresMemoryStore
 from memory.settings import MemorySettings
+from mesh.envelope import Cipher, DataKeys
+from mesh.keystore import PostgresDataKeys
+from mesh.kms import DATA_KEY_BYTES, LocalKeyFile
 from mesh.postgres import Pool, open_pool
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -84,7 +88,10 @@ SWEEP_LATENCY_QUERIES = 1000
 TARGETS_P95_MS = {"100k": 10.0, "1m": 30.0}
 TARGET_RECALL = 0.95
 HNSW_INDEX = "vector_memory_embedding"
-REBUILT_INDEXES = ("vector_memory_user_recent", "vector_memory_tsv", HNSW_INDEX)
+REBUILT_INDEXES = ("vector_memory_user_recent", "vector_memory_words", "vector_memory_text_token", HNSW_INDEX)
+KMS = LocalKeyFile({"20260101T000000Z-00000000": bytes(range(32))})
+"""The benchmark's key-encryption key: memories are sealed as the service seals them (the unwrap is cached
+before anything is timed)."""
 """Indexes dropped before loading and rebuilt after (the HNSW one last, timed)."""
 SERVER_SETTINGS = {
     "shared_buffers": "4GB",
@@ -200,6 +207,8 @@ class Dataset:
         rng = np.random.default_rng(self.seed)
         s = self.scenario
         self.user_ids = [uuid.UUID(bytes=rng.bytes(16), version=4) for _ in range(s.users)]
+        self.data_keys = [rng.bytes(DATA_KEY_BYTES) for _ in range(s.users)]
+        self._ciphers: dict[int, Cipher] = {}
         global_topics = normalized(rng.standard_normal((GLOBAL_TOPICS, DIMENSION), dtype=np.float32))
         chosen = rng.integers(0, GLOBAL_TOPICS, size=(s.users, s.topics_per_user))
         offsets = rng.standard_normal((s.users, s.topics_per_user, DIMENSION), dtype=np.float32)
@@ -212,8 +221,14 @@ class Dataset:
         noise = rng.standard_normal((len(users), DIMENSION), dtype=np.float32) * self._scales
         return normalized(self.centroids[users, topics] + noise)
 
+    def cipher(self, user: int) -> Cipher:
+        cipher = self._ciphers.get(user)
+        if cipher is None:
+            cipher = self._ciphers[user] = Cipher(str(self.user_ids[user]), self.data_keys[user])
+        return cipher
+
     def memory_chunks(self, chunk: int = 25_000) -> Iterator[list[tuple[object, ...]]]:
-        """COPY records (user_id, agent_scope, agent_id, text, embedding, created_at, updated_at)."""
+        """COPY records (`MEMORY_COLUMNS`), sealed with each user's data key as the service seals them."""
         rng = np.random.default_rng(self.seed + 1)
         now = datetime.now(UTC)
         scopes = (USER_SCOPE, *AGENTS)
@@ -228,12 +243,18 @@ class Dataset:
             for i, user in enumerate(users.tolist()):
                 scope = scopes[scope_of[i]]
                 created = now - timedelta(seconds=float(ages[i]))
+                memory_id = uuid.UUID(bytes=rng.bytes(16), version=4)
+                text = f"synthetic memory {start + i} of topic cluster {user}"
+                cipher = self.cipher(user)
                 records.append(
                     (
+                        memory_id,
                         self.user_ids[user],
                         scope,
                         scope if scope != USER_SCOPE else AGENTS[writer[i]],
-                        f"synthetic memory {start + i} of topic cluster {user}",
+                        cipher.seal("vector_memory", "text", memory_id, text),
+                        cipher.text_token(text),
+                        cipher.words(text),
                         vectors[i],
                         created,
                         created,
@@ -318,19 +339,19 @@ async def load(admin_url: str, dataset: Dataset) -> dict[str, float]:
         await connection.copy_records_to_table(
             "users", records=[(u,) for u in dataset.user_ids], columns=["id"]
         )
+        await connection.execute("TRUNCATE data_keys")
+        wrapped = [
+            await KMS.wrap(key, {"service": SERVICE, "owner": str(user)})
+            for user, key in zip(dataset.user_ids, dataset.data_keys, strict=True)
+        ]
+        await connection.copy_records_to_table(
+            "data_keys",
+            records=[(str(u), w.kek_id, w.blob) for u, w in zip(dataset.user_ids, wrapped, strict=True)],
+            columns=["owner", "kek_id", "wrapped"],
+        )
         for records in dataset.memory_chunks():
             await connection.copy_records_to_table(
-                "vector_memory",
-                records=records,
-                columns=[
-                    "user_id",
-                    "agent_scope",
-                    "agent_id",
-                    "text",
-                    "embedding",
-                    "created_at",
-                    "updated_at",
-                ],
+                "vector_memory", records=records, columns=list(MEMORY_COLUMNS)
             )
         timings["load_seconds"] = time.perf_counter() - started
         started = time.perf_counter()
@@ -454,8 +475,28 @@ class _NoEmbedder:
 # ---- measurements -----------------------------------------------------------------------------------------
 
 
+MEMORY_COLUMNS = (
+    "id",
+    "user_id",
+    "agent_scope",
+    "agent_id",
+    "text",
+    "text_token",
+    "words",
+    "embedding",
+    "created_at",
+    "updated_at",
+)
+
+
+def _store(database: Database, ef_search: int) -> PostgresMemoryStore:
+    """The service's store, with its data keys (each user's unwrapped once, then cached as in the service)."""
+    keys = UserKeys(DataKeys(PostgresDataKeys(database.pool), KMS, SERVICE, cache_seconds=3600), database)
+    return PostgresMemoryStore(database, keys, ef_search=ef_search)
+
+
 def _recaller(database: Database, ef_search: int) -> Recaller:
-    store = PostgresMemoryStore(database, ef_search=ef_search)
+    store = _store(database, ef_search)
     # Threshold 0: every recall ends in the vector stage (synthetic vectors are not calibrated text).
     return Recaller(store, _NoEmbedder(), RankingPolicy(threshold=0.0))
 
@@ -495,8 +536,8 @@ async def recall_quality(
     pool: Pool, ef_search: int, queries: Sequence[tuple[str, str, Vector]]
 ) -> tuple[dict[str, float], list[list[str]]]:
     """recall@10 (and over all candidates fetched) of the store's nearest neighbours; also the exact ids."""
-    approximate = PostgresMemoryStore(Database(pool), ef_search=ef_search)
-    exact = PostgresMemoryStore(_ExactDatabase(pool), ef_search=ef_search)
+    approximate = _store(Database(pool), ef_search)
+    exact = _store(_ExactDatabase(pool), ef_search)
     limit = candidate_count(RECALL_K)
     at_k: list[float] = []
     at_limit: list[float] = []
@@ -533,7 +574,7 @@ async def ef_search_sweep(
     queries), to show what a different service setting would buy."""
     sweep = []
     for ef_search in values:
-        store = PostgresMemoryStore(Database(pool), ef_search=ef_search)
+        store = _store(Database(pool), ef_search)
         at_k = [
             recall_at_k(nearest_ids(await store.nearest(u, a, v, candidate_count(RECALL_K))), truth, EVAL_K)
             for (u, a, v), truth in zip(recall_queries, truths, strict=True)
@@ -569,7 +610,7 @@ async def explain(pool: Pool, ef_search: int, query: tuple[str, str, Vector]) ->
         rows = await connection.fetch(f"EXPLAIN (ANALYZE, BUFFERS) {sql}", *args)
         plans.append("\n".join(row[0] for row in rows))
 
-    store = PostgresMemoryStore(_InterceptingDatabase(pool, handle), ef_search=ef_search)
+    store = _store(_InterceptingDatabase(pool, handle), ef_search)
     user_id, agent_id, vector = query
     await store.nearest(user_id, agent_id, vector, candidate_count(RECALL_K))
     return _VECTOR_LITERAL.sub("'[…]'::vector", plans[0])
@@ -589,8 +630,8 @@ async def forced_hnsw(
     async def capture(connection: Connection, sql: str, args: tuple[object, ...]) -> None:
         captured.append((sql, args))
 
-    store = PostgresMemoryStore(_InterceptingDatabase(pool, capture), ef_search=ef_search)
-    exact = PostgresMemoryStore(_ExactDatabase(pool), ef_search=ef_search)
+    store = _store(_InterceptingDatabase(pool, capture), ef_search)
+    exact = _store(_ExactDatabase(pool), ef_search)
     truths = []
     for user_id, agent_id, vector in queries:
         await store.nearest(user_id, agent_id, vector, limit)
@@ -603,9 +644,7 @@ async def forced_hnsw(
     await transaction.start()
     try:
         await connection.execute("DROP INDEX vector_memory_user_recent")
-        await connection.execute(
-            "ALTER TABLE vector_memory DROP CONSTRAINT vector_memory_user_id_agent_scope_key_key"
-        )
+        await connection.execute("ALTER TABLE vector_memory DROP CONSTRAINT vector_memory_key_token")
         await connection.execute(f'SET LOCAL ROLE "{urlsplit(app_url).username}"')
         plan = ""
         for (sql, args), truth, (user_id, _, _) in zip(captured, truths, queries, strict=True):
@@ -621,7 +660,8 @@ async def forced_hnsw(
             started = time.perf_counter()
             rows = await connection.fetch(sql, *args)
             latencies.append(time.perf_counter() - started)
-            found = [str(row["id"]) for row in sorted(rows, key=lambda row: row["distance"])]
+            nearest = [row for row in rows if row["vector"]]
+            found = [str(row["id"]) for row in sorted(nearest, key=lambda row: -row["similarity"])]
             recalls.append(recall_at_k(found, truth, EVAL_K))
     finally:
         await transaction.rollback()
@@ -725,7 +765,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             app_url, admin_url = args.database_url, args.admin_url
         else:
             app_url, admin_url = stack.enter_context(embedded_postgres())
-        await migrate(app_url, DIMENSION, wait_seconds=30)
+        await migrate(app_url, DIMENSION, KMS, wait_seconds=30)
         info = await server_info(admin_url)
         results = [
             await run_scenario(chosen[name], app_url, admin_url, args.seed, args.ef_search) for name in names

@@ -9,7 +9,8 @@ from athena.memory.v1 import memory_pb2, memory_pb2_grpc
 from memory.database import Database, init_connection
 from memory.embeddings import Embedder, OpenAIEmbedder
 from memory.ephemeral import RedisEphemeralStore
-from memory.migrate import apply_migrations, migrate
+from memory.keys import UserKeys
+from memory.migrate import SERVICE, apply_migrations, migrate
 from memory.ranking import RankingPolicy
 from memory.recall import Recaller
 from memory.repository import (
@@ -27,6 +28,10 @@ from memory.service import (
 )
 from memory.settings import MemorySettings
 from mesh.app import Assembly, Command, Deps, ServiceApp
+from mesh.envelope import DataKeys
+from mesh.keystore import PostgresDataKeys, rewrap_keys
+from mesh.kms import KeyEncryptionKeys
+from mesh.kms import from_settings as kms_from_settings
 from mesh.server import Service
 
 SERVICE_NAMES = tuple(
@@ -44,11 +49,17 @@ instead of an access token."""
 class MemoryDeps(Deps):
     embedder: Embedder | None = None
     """Turns text into vectors; None: the `/embeddings` API at `settings.openai_base_url`."""
+    kms: KeyEncryptionKeys | None = None
+    """Wraps the users' data keys; None: the KMS the settings name (`mesh.kms.from_settings`)."""
 
 
 async def build(settings: MemorySettings, deps: MemoryDeps) -> Assembly:
+    kms = deps.kms or kms_from_settings(settings)
     await migrate(
-        settings.database_url, settings.embedding_dimension, wait_seconds=settings.startup_timeout_seconds
+        settings.database_url,
+        settings.embedding_dimension,
+        kms,
+        wait_seconds=settings.startup_timeout_seconds,
     )
     pool = await deps.postgres(
         settings.database_url,
@@ -59,6 +70,10 @@ async def build(settings: MemorySettings, deps: MemoryDeps) -> Assembly:
         init=init_connection,
     )
     database = Database(pool, acquire_timeout=settings.db_acquire_timeout_seconds)
+    keys = UserKeys(
+        DataKeys(PostgresDataKeys(pool), kms, SERVICE, cache_seconds=settings.data_key_cache_seconds),
+        database,
+    )
     ephemeral = RedisEphemeralStore(deps.redis(settings.redis_url, settings.redis_timeout_seconds))
     embedder = deps.embedder or OpenAIEmbedder(
         deps.model_api(settings.openai_base_url, settings.openai_api_key.get_secret_value()),
@@ -67,7 +82,7 @@ async def build(settings: MemorySettings, deps: MemoryDeps) -> Assembly:
         send_dimensions=settings.sends_dimensions,
         timeout=settings.embedding_timeout_seconds,
     )
-    memory_store = PostgresMemoryStore(database, ef_search=settings.hnsw_ef_search)
+    memory_store = PostgresMemoryStore(database, keys, ef_search=settings.hnsw_ef_search)
     policy = RankingPolicy(
         threshold=settings.similarity_threshold,
         recency_weight=settings.recency_weight,
@@ -87,7 +102,7 @@ async def build(settings: MemorySettings, deps: MemoryDeps) -> Assembly:
             Service(
                 conversation_name,
                 ConversationServicer(
-                    PostgresConversationStore(database),
+                    PostgresConversationStore(database, keys),
                     recaller,
                     recall_k=defaults.recall_k,
                     turn_lease_seconds=settings.turn_lease_seconds,
@@ -96,12 +111,12 @@ async def build(settings: MemorySettings, deps: MemoryDeps) -> Assembly:
             ),
             Service(
                 agent_name,
-                AgentServicer(PostgresAgentStore(database)),
+                AgentServicer(PostgresAgentStore(database, keys)),
                 memory_pb2_grpc.add_AgentServiceServicer_to_server,
             ),
             Service(
                 user_data_name,
-                UserDataServicer(PostgresUserDataStore(database), ephemeral),
+                UserDataServicer(PostgresUserDataStore(database, keys), ephemeral),
                 memory_pb2_grpc.add_UserDataServiceServicer_to_server,
             ),
         ],
@@ -112,9 +127,15 @@ async def build(settings: MemorySettings, deps: MemoryDeps) -> Assembly:
 
 
 def _migrate(settings: MemorySettings) -> int:
-    applied = apply_migrations(settings.database_url, settings.embedding_dimension)
+    applied = apply_migrations(
+        settings.database_url, settings.embedding_dimension, kms_from_settings(settings)
+    )
     print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none pending'}")
     return 0
+
+
+def _rewrap_keys(settings: MemorySettings) -> int:
+    return rewrap_keys(settings.database_url, kms_from_settings(settings), SERVICE)
 
 
 MEMORY = ServiceApp(
@@ -124,5 +145,11 @@ MEMORY = ServiceApp(
     settings=MemorySettings,
     deps=MemoryDeps,
     build=build,
-    commands={"migrate": Command("apply the memory schema's migrations, then exit", _migrate)},
+    commands={
+        "migrate": Command("apply the memory schema's migrations, then exit", _migrate),
+        "rewrap-keys": Command(
+            "rewrap every user's data key under the KMS's current key-encryption key (after a rotation)",
+            _rewrap_keys,
+        ),
+    },
 )

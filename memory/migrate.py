@@ -16,9 +16,13 @@ from pathlib import Path
 import psycopg
 
 from mesh import migrations
+from mesh.kms import KeyEncryptionKeys
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 DIMENSION_VARIABLE = "embedding_dimension"
+KMS_OBJECT = "kms"
+SERVICE = "memory"
+"""The service named in the context of memory's wrapped data keys."""
 
 
 class SchemaMismatch(RuntimeError):
@@ -36,21 +40,32 @@ def migration_dimension() -> int:
     return int(migrations.migration_variable(DIMENSION_VARIABLE))
 
 
-def apply_migrations(database_url: str, dimension: int) -> list[str]:
+def migration_kms() -> KeyEncryptionKeys:
+    """The KMS of the migration run in progress (a migration encrypting rows makes data keys)."""
+    return migrations.migration_object(KMS_OBJECT)  # type: ignore[return-value]
+
+
+def apply_migrations(database_url: str, dimension: int, kms: KeyEncryptionKeys) -> list[str]:
     """Applies the pending migrations and checks the embedding dimension; returns the ids applied."""
     applied = migrations.apply_migrations(
-        database_url, MIGRATIONS_DIR, variables={DIMENSION_VARIABLE: str(dimension)}
+        database_url,
+        MIGRATIONS_DIR,
+        variables={DIMENSION_VARIABLE: str(dimension)},
+        objects={KMS_OBJECT: kms},
     )
     check_embedding_dimension(database_url, dimension)
     return applied
 
 
-async def migrate(database_url: str, dimension: int, *, wait_seconds: float = 0.0) -> list[str]:
+async def migrate(
+    database_url: str, dimension: int, kms: KeyEncryptionKeys, *, wait_seconds: float = 0.0
+) -> list[str]:
     """`apply_migrations` off the event loop, waiting up to `wait_seconds` for PostgreSQL to come up."""
     applied = await migrations.migrate(
         database_url,
         MIGRATIONS_DIR,
         variables={DIMENSION_VARIABLE: str(dimension)},
+        objects={KMS_OBJECT: kms},
         wait_seconds=wait_seconds,
     )
     await asyncio.to_thread(check_embedding_dimension, database_url, dimension)

@@ -1,19 +1,17 @@
-"""How recall ranks memories (SPEC §3): similarity blended with recency, and the keyword-stage query.
+"""How recall ranks memories (SPEC §3): similarity blended with recency.
 
     score = (1 − w)·similarity + w·2^(−age_days / half_life_days)
 
-`similarity` is the cosine similarity in the vector stage and the full-text rank normalised to 0..1 in
-the keyword stage, so both stages rank the same way.
+`similarity` is the cosine similarity in the vector stage and the share of the query's words a memory holds
+(blind tokens, `mesh.envelope`) in the keyword stage, so both stages rank the same way.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import datetime
 
 SECONDS_PER_DAY = 86400.0
-_WORD = re.compile(r"\w+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,10 +41,3 @@ class RankingPolicy:
 def candidate_count(k: int) -> int:
     """Neighbours fetched for a top-k recall: more than k, since recency may reorder them."""
     return max(4 * k, 40)
-
-
-def keyword_query(text: str) -> str | None:
-    """A `websearch_to_tsquery` input matching any word of `text` (one shared word is enough); None when
-    `text` has no words. The word "or" itself is dropped: websearch syntax reads it as the operator."""
-    words = [word for word in _WORD.findall(text) if word.lower() != "or"]
-    return " or ".join(words) if words else None

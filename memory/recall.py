@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 from memory.domain import MemoryRecord, RecallHit, Stage
 from memory.embeddings import Embedder
-from memory.ranking import RankingPolicy, candidate_count, keyword_query
+from memory.ranking import RankingPolicy, candidate_count
 from memory.stores import MemoryStore
 
 
@@ -62,7 +62,7 @@ class Recaller:
         # Both stages' candidates in one round trip: the keyword stage is needed exactly when no vector
         # candidate passes, which only ranking them tells.
         found = await self._store.candidates(
-            user_id, query.agent_id, embedding, keyword_query(query.text), candidate_count(query.k)
+            user_id, query.agent_id, embedding, query.text, candidate_count(query.k)
         )
         now = now or datetime.now(UTC)
         hits = rank(found.nearest, self._policy, Stage.VECTOR, query.k, now)

@@ -2,6 +2,10 @@
 
 Queries still say `WHERE user_id = $1` (clear intent, better plans); row-level security, set up by
 `Database.transaction`, is the second wall behind them. Each public method is one transaction.
+
+What people said and what is remembered is stored sealed with the user's data key (`memory.keys`,
+`mesh.envelope`), bound to its table, column and row: conversation titles, message contents and tool calls,
+memory texts and keys. The keyword stage searches blind tokens of the memories' words (`words`).
 """
 
 # ruff: noqa: S608 (queries interpolate only the column-list constants of this module; values are bound)
@@ -9,6 +13,7 @@ Queries still say `WHERE user_id = $1` (clear intent, better plans); row-level s
 from __future__ import annotations
 
 import dataclasses
+import json
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -37,8 +42,10 @@ from memory.domain import (
     UserAgent,
     conversation_title,
 )
+from memory.keys import UserKeys
 from memory.pagination import Cursor
-from memory.stores import Candidates, ExportRecord, Vector
+from memory.stores import Candidates, ExportRecord, Purged, Vector
+from mesh.envelope import Cipher
 from mesh.errors import FailedPrecondition, InvalidArgument, NotFound
 
 _MEMORY_COLUMNS = "id, agent_scope, agent_id, key, text, created_at, updated_at"
@@ -51,48 +58,53 @@ _AGENT_COLUMNS = (
 )
 
 
-async def _ensure_user(connection: Connection, user_id: str) -> None:
-    """Users exist from their first write on."""
-    await connection.execute(
-        "INSERT INTO users (id) VALUES ($1) ON CONFLICT (id) DO NOTHING", uuid.UUID(user_id)
-    )
-
-
-def _memory(row: asyncpg.Record) -> MemoryRecord:
+def _memory(cipher: Cipher, row: asyncpg.Record) -> MemoryRecord:
     scope = Scope.USER if row["agent_scope"] == USER_SCOPE else Scope.AGENT
+    key = row["key"]
     return MemoryRecord(
         id=str(row["id"]),
-        text=row["text"],
+        text=cipher.open_text("vector_memory", "text", row["id"], row["text"]),
         scope=scope,
         agent_id=row["agent_id"],
-        key=row["key"] or "",
+        key=cipher.open_text("vector_memory", "key", row["id"], key) if key is not None else "",
         created_at=row["created_at"],
         updated_at=row["updated_at"],
     )
 
 
-def _message(row: asyncpg.Record) -> MessageRecord:
+def _message(cipher: Cipher, row: asyncpg.Record) -> MessageRecord:
+    calls = json.loads(cipher.open("messages", "tool_call", row["id"], row["tool_call"]))
     return MessageRecord(
         id=str(row["id"]),
         role=Role(row["role"]),
         agent_id=row["agent_id"],
-        content=row["content"],
-        tool_calls=tuple(_tool_call(call) for call in row["tool_call"]),
+        content=cipher.open_text("messages", "content", row["id"], row["content"]),
+        tool_calls=tuple(_tool_call(call) for call in calls),
         status=MessageStatus(row["status"]),
         error=row["error"],
         created_at=row["created_at"],
     )
 
 
-def _conversation(row: asyncpg.Record, messages: Sequence[MessageRecord] = ()) -> ConversationRecord:
+def _conversation(
+    cipher: Cipher, row: asyncpg.Record, messages: Sequence[MessageRecord] = ()
+) -> ConversationRecord:
     return ConversationRecord(
         id=str(row["id"]),
         agent_id=row["agent_id"],
-        title=row["title"],
+        title=cipher.open_text("conversations", "title", row["id"], row["title"]),
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         messages=tuple(messages),
     )
+
+
+def _sealed_title(cipher: Cipher, conversation_id: uuid.UUID, text: str) -> bytes:
+    return cipher.seal("conversations", "title", conversation_id, conversation_title(text))
+
+
+def _sealed_tool_calls(cipher: Cipher, message_id: uuid.UUID, calls: Sequence[ToolCall]) -> bytes:
+    return cipher.seal("messages", "tool_call", message_id, json.dumps(_tool_calls_json(calls)))
 
 
 def _user_agent(row: asyncpg.Record) -> UserAgent:
@@ -140,59 +152,79 @@ def _vector(values: Vector) -> npt.NDArray[np.float32]:
 
 
 class PostgresMemoryStore:
-    """Long-term memories in `vector_memory` (HNSW cosine index on `embedding`, GIN on `tsv`)."""
+    """Long-term memories in `vector_memory` (HNSW cosine index on `embedding`, GIN on the blind `words`)."""
 
-    def __init__(self, database: Database, *, ef_search: int = 100) -> None:
+    def __init__(self, database: Database, keys: UserKeys, *, ef_search: int = 100) -> None:
         self._db = database
+        self._keys = keys
         self._ef_search = ef_search
 
     async def upsert(self, user_id: str, memory: NewMemory, embedding: Vector) -> tuple[MemoryRecord, bool]:
+        cipher = await self._keys.writing(user_id)
+        try:
+            return await self._upsert(cipher, user_id, memory, embedding)
+        except asyncpg.UniqueViolationError:  # the same key stored at the same moment: it is there now
+            return await self._upsert(cipher, user_id, memory, embedding)
+
+    async def _upsert(
+        self, cipher: Cipher, user_id: str, memory: NewMemory, embedding: Vector
+    ) -> tuple[MemoryRecord, bool]:
         uid = uuid.UUID(user_id)
+        text_token = cipher.text_token(memory.text)
         async with self._db.transaction(user_id) as connection:
-            await _ensure_user(connection, user_id)
+            # The same key (or, keyless, exactly the same text) in the same scope is the same memory (a
+            # retried tool call must not store it twice): it is refreshed, its text sealed again under its
+            # own id.
             if memory.key:
-                row = await connection.fetchrow(
-                    f"""INSERT INTO vector_memory (user_id, agent_scope, agent_id, key, text, embedding)
-                        VALUES ($1, $2, $3, $4, $5, $6)
-                        ON CONFLICT (user_id, agent_scope, key) DO UPDATE
-                        SET agent_id = EXCLUDED.agent_id, text = EXCLUDED.text,
-                            embedding = EXCLUDED.embedding,
-                            updated_at = clock_timestamp()
-                        RETURNING {_MEMORY_COLUMNS}, (xmax = 0) AS created""",
+                found = await connection.fetchval(
+                    """SELECT id FROM vector_memory WHERE user_id = $1 AND agent_scope = $2 AND key_token = $3
+                       FOR UPDATE""",
                     uid,
                     memory.agent_scope,
+                    cipher.key_token(memory.key),
+                )
+            else:
+                found = await connection.fetchval(
+                    """SELECT id FROM vector_memory
+                       WHERE user_id = $1 AND agent_scope = $2 AND key_token IS NULL AND text_token = $3
+                       ORDER BY created_at LIMIT 1 FOR UPDATE""",
+                    uid,
+                    memory.agent_scope,
+                    text_token,
+                )
+            memory_id = found or uuid.uuid4()
+            text = cipher.seal("vector_memory", "text", memory_id, memory.text)
+            if found is not None:
+                row = await connection.fetchrow(
+                    f"""UPDATE vector_memory SET agent_id = $2, text = $3, text_token = $4, words = $5,
+                            embedding = $6, updated_at = clock_timestamp()
+                        WHERE id = $1 RETURNING {_MEMORY_COLUMNS}, false AS created""",
+                    memory_id,
                     memory.agent_id,
-                    memory.key,
-                    memory.text,
+                    text,
+                    text_token,
+                    cipher.words(memory.text),
                     _vector(embedding),
                 )
             else:
-                # A keyless memory with exactly the same text in the same scope is the same memory (a
-                # retried tool call must not store it twice): refresh it instead.
                 row = await connection.fetchrow(
-                    f"""UPDATE vector_memory SET agent_id = $3, embedding = $5, updated_at = clock_timestamp()
-                        WHERE id = (SELECT id FROM vector_memory
-                                    WHERE user_id = $1 AND agent_scope = $2 AND key IS NULL AND text = $4
-                                    ORDER BY created_at LIMIT 1)
-                        RETURNING {_MEMORY_COLUMNS}, false AS created""",
+                    f"""INSERT INTO vector_memory (id, user_id, agent_scope, agent_id, key, key_token, text,
+                                                   text_token, words, embedding)
+                        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                        RETURNING {_MEMORY_COLUMNS}, true AS created""",
+                    memory_id,
                     uid,
                     memory.agent_scope,
                     memory.agent_id,
-                    memory.text,
+                    cipher.seal("vector_memory", "key", memory_id, memory.key) if memory.key else None,
+                    cipher.key_token(memory.key) if memory.key else None,
+                    text,
+                    text_token,
+                    cipher.words(memory.text),
                     _vector(embedding),
                 )
-                if row is None:
-                    row = await connection.fetchrow(
-                        f"""INSERT INTO vector_memory (user_id, agent_scope, agent_id, text, embedding)
-                            VALUES ($1, $2, $3, $4, $5) RETURNING {_MEMORY_COLUMNS}, true AS created""",
-                        uid,
-                        memory.agent_scope,
-                        memory.agent_id,
-                        memory.text,
-                        _vector(embedding),
-                    )
         assert row is not None
-        return _memory(row), bool(row["created"])
+        return _memory(cipher, row), bool(row["created"])
 
     def _scan_settings(self, limit: int) -> dict[str, str]:
         # Iterative index scans (pgvector ≥ 0.8) keep walking the HNSW graph until `limit` rows survive
@@ -206,28 +238,35 @@ class PostgresMemoryStore:
         return (await self.candidates(user_id, agent_id, embedding, None, limit)).nearest
 
     async def candidates(
-        self, user_id: str, agent_id: str, embedding: Vector, words: str | None, limit: int
+        self, user_id: str, agent_id: str, embedding: Vector, text: str | None, limit: int
     ) -> Candidates:
+        cipher = await self._keys.reading(user_id)
+        if cipher is None:  # nothing stored yet
+            return Candidates(nearest=[], keyword=[])
+        tokens = cipher.words(text) if text else []
         async with self._db.transaction(user_id, settings=self._scan_settings(limit)) as connection:
-            # Normalisation 32 maps the text rank to rank/(rank + 1), i.e. into 0..1.
+            # The keyword rank: the share of the query's words the memory holds, in 0..1.
             rows = await connection.fetch(
                 f"""(SELECT {_MEMORY_COLUMNS}, true AS vector, 1.0 - (embedding <=> $3) AS similarity
                      FROM vector_memory WHERE user_id = $1 AND agent_scope = ANY($2::text[])
                      ORDER BY embedding <=> $3 LIMIT $4)
                     UNION ALL
-                    (SELECT {_MEMORY_COLUMNS}, false AS vector, ts_rank(tsv, q, 32) AS similarity
-                     FROM vector_memory, websearch_to_tsquery('english', $5) AS q
-                     WHERE $5::text IS NOT NULL AND user_id = $1 AND agent_scope = ANY($2::text[])
-                           AND tsv @@ q
+                    (SELECT {_MEMORY_COLUMNS}, false AS vector,
+                            cardinality(ARRAY(
+                                SELECT unnest(words) INTERSECT SELECT unnest($5::bytea[])
+                            ))::float8 / greatest(cardinality($5::bytea[]), 1) AS similarity
+                     FROM vector_memory
+                     WHERE cardinality($5::bytea[]) > 0 AND user_id = $1 AND agent_scope = ANY($2::text[])
+                           AND words && $5::bytea[]
                      ORDER BY similarity DESC, updated_at DESC LIMIT $4)""",
                 uuid.UUID(user_id),
                 [USER_SCOPE, agent_id],
                 _vector(embedding),
                 limit,
-                words,
+                tokens,
             )
-        nearest = [(_memory(row), float(row["similarity"])) for row in rows if row["vector"]]
-        keyword = [(_memory(row), float(row["similarity"])) for row in rows if not row["vector"]]
+        nearest = [(_memory(cipher, row), float(row["similarity"])) for row in rows if row["vector"]]
+        keyword = [(_memory(cipher, row), float(row["similarity"])) for row in rows if not row["vector"]]
         return Candidates(nearest=nearest, keyword=keyword)
 
     async def delete(self, user_id: str, memory_ids: Sequence[str]) -> list[str]:
@@ -243,50 +282,58 @@ class PostgresMemoryStore:
         return [i for i in memory_ids if i in deleted]
 
     async def list(self, user_id: str, limit: int, after: Cursor | None) -> list[MemoryRecord]:
+        cipher = await self._keys.reading(user_id)
+        if cipher is None:
+            return []
         async with self._db.transaction(user_id, readonly=True) as connection:
             rows = await _newest_first(
                 connection, _MEMORY_COLUMNS, "vector_memory", "created_at", user_id, limit, after
             )
-        return [_memory(row) for row in rows]
+        return [_memory(cipher, row) for row in rows]
 
 
 class PostgresConversationStore:
     """Conversations and their messages."""
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, keys: UserKeys) -> None:
         self._db = database
+        self._keys = keys
 
     async def start_turn(self, user_id: str, turn: NewTurn) -> TurnStart:
         """A new turn is stored in one statement; a client request id met before (found when that
         statement stores nothing) is looked up and resumed in a transaction of its own."""
+        cipher = await self._keys.writing(user_id)
         try:
-            return await self._start_new_turn(user_id, turn)
+            return await self._start_new_turn(cipher, user_id, turn)
         except _Repeated:
             pass
         try:
-            return await self._start_turn(user_id, turn)
+            return await self._start_turn(cipher, user_id, turn)
         except asyncpg.UniqueViolationError:
             # A concurrent request with the same client_request_id won the race: answer its message.
-            return await self._start_turn(user_id, turn)
+            return await self._start_turn(cipher, user_id, turn)
 
-    async def _start_new_turn(self, user_id: str, turn: NewTurn) -> TurnStart:
+    async def _start_new_turn(self, cipher: Cipher, user_id: str, turn: NewTurn) -> TurnStart:
         """The common case in three round trips: the user message with the agents' states (its
         conversation created or touched, if the agent is available, in the same statement), the history
         of an existing conversation, commit."""
         uid = uuid.UUID(user_id)
+        new_conversation = turn.conversation_id is None
+        conv_uuid = uuid.uuid4() if new_conversation else uuid.UUID(str(turn.conversation_id))
+        message_id = uuid.uuid4()
         async with self._db.transaction(user_id) as connection:
-            new_conversation = turn.conversation_id is None
             row = await connection.fetchrow(
                 _NEW_CONVERSATION_TURN if new_conversation else _CONTINUED_TURN,
                 uid,
-                uuid.uuid4() if new_conversation else uuid.UUID(str(turn.conversation_id)),
+                conv_uuid,
                 turn.agent_id,
-                conversation_title(turn.text) if new_conversation else None,
-                uuid.uuid4(),
-                turn.text,
+                _sealed_title(cipher, conv_uuid, turn.text) if new_conversation else None,
+                message_id,
+                cipher.seal("messages", "content", message_id, turn.text),
                 turn.client_request_id,
                 uuid.uuid4(),
                 turn.lease_seconds,
+                _sealed_tool_calls(cipher, message_id, ()),
             )
             assert row is not None, "the statement answers one row, the agents' states"
             try:
@@ -302,17 +349,17 @@ class PostgresConversationStore:
             history: list[MessageRecord] = []
             if not new_conversation and turn.history_messages:
                 history = await _messages(
-                    connection, uid, row["conv_id"], turn.history_messages, before=row["seq"]
+                    connection, cipher, uid, row["conv_id"], turn.history_messages, before=row["seq"]
                 )
         return TurnStart(
             conversation=ConversationRecord(
                 id=str(row["conv_id"]),
                 agent_id=row["conv_agent_id"],
-                title=row["conv_title"],
+                title=cipher.open_text("conversations", "title", row["conv_id"], row["conv_title"]),
                 created_at=row["conv_created_at"],
                 updated_at=row["conv_updated_at"],
             ),
-            message=_message(row),
+            message=_message(cipher, row),
             replayed=False,
             enabled_agent_ids=tuple(row["enabled_agent_ids"] or ()),
             state=TurnState.ANSWER,
@@ -321,7 +368,7 @@ class PostgresConversationStore:
             history=tuple(history),
         )
 
-    async def _start_turn(self, user_id: str, turn: NewTurn) -> TurnStart:
+    async def _start_turn(self, cipher: Cipher, user_id: str, turn: NewTurn) -> TurnStart:
         uid = uuid.UUID(user_id)
         async with self._db.transaction(user_id) as connection:
             agents = await connection.fetch(_AGENT_STATES, uid)
@@ -339,10 +386,10 @@ class PostgresConversationStore:
             answer = None
             if message is None:
                 _check_agent(turn.agent_id, agents)
-                message = await self._insert_user_message(connection, uid, turn)
+                message = await self._insert_user_message(connection, cipher, uid, turn)
                 state = TurnState.ANSWER
             else:
-                _check_same_request(message, turn)
+                _check_same_request(cipher, message, turn)
                 state, message, answer = await self._resume(connection, uid, message, turn)
             conversation = await connection.fetchrow(
                 f"SELECT {_CONVERSATION_COLUMNS} FROM conversations WHERE id = $1", message["conv_id"]
@@ -350,17 +397,17 @@ class PostgresConversationStore:
             history: list[MessageRecord] = []
             if state is TurnState.ANSWER and turn.history_messages:
                 history = await _messages(
-                    connection, uid, message["conv_id"], turn.history_messages, before=message["seq"]
+                    connection, cipher, uid, message["conv_id"], turn.history_messages, before=message["seq"]
                 )
         assert conversation is not None
         return TurnStart(
-            conversation=_conversation(conversation),
-            message=_message(message),
+            conversation=_conversation(cipher, conversation),
+            message=_message(cipher, message),
             replayed=replayed,
             enabled_agent_ids=enabled,
             state=state,
             answer_id=str(message["answer_id"]),
-            answer=_message(answer) if answer is not None else None,
+            answer=_message(cipher, answer) if answer is not None else None,
             history=tuple(history),
         )
 
@@ -403,8 +450,9 @@ class PostgresConversationStore:
             raise NotFound("turn not found")
 
     @staticmethod
-    async def _insert_user_message(connection: Connection, uid: uuid.UUID, turn: NewTurn) -> asyncpg.Record:
-        await _ensure_user(connection, str(uid))
+    async def _insert_user_message(
+        connection: Connection, cipher: Cipher, uid: uuid.UUID, turn: NewTurn
+    ) -> asyncpg.Record:
         if turn.conversation_id is None:
             conv_uuid = uuid.uuid4()
             await connection.execute(
@@ -412,7 +460,7 @@ class PostgresConversationStore:
                 conv_uuid,
                 uid,
                 turn.agent_id,
-                conversation_title(turn.text),
+                _sealed_title(cipher, conv_uuid, turn.text),
             )
         else:
             conv_uuid = uuid.UUID(turn.conversation_id)
@@ -424,16 +472,18 @@ class PostgresConversationStore:
             )
             if found is None:
                 raise NotFound("conversation not found")
+        message_id = uuid.uuid4()
         message = await connection.fetchrow(
-            f"""INSERT INTO messages
-                    (id, conv_id, user_id, role, agent_id, content, client_request_id, answer_id, lease_until)
-                VALUES ($1, $2, $3, 'user', $4, $5, $6, $7, clock_timestamp() + make_interval(secs => $8))
+            f"""INSERT INTO messages (id, conv_id, user_id, role, agent_id, content, tool_call,
+                                      client_request_id, answer_id, lease_until)
+                VALUES ($1, $2, $3, 'user', $4, $5, $6, $7, $8, clock_timestamp() + make_interval(secs => $9))
                 RETURNING {_TURN_COLUMNS}""",
-            uuid.uuid4(),
+            message_id,
             conv_uuid,
             uid,
             turn.agent_id,
-            turn.text,
+            cipher.seal("messages", "content", message_id, turn.text),
+            _sealed_tool_calls(cipher, message_id, ()),
             turn.client_request_id,
             uuid.uuid4(),
             turn.lease_seconds,
@@ -442,19 +492,21 @@ class PostgresConversationStore:
         return message
 
     async def append_assistant_message(self, user_id: str, message: NewAssistantMessage) -> MessageRecord:
+        cipher = await self._keys.writing(user_id)
         uid = uuid.UUID(user_id)
         conv_uuid = uuid.UUID(message.conversation_id)
+        message_id = uuid.UUID(message.message_id)
         async with self._db.transaction(user_id) as connection:
             # One statement: the conversation is touched (and locked) and the message stored in it; the
             # same message id again (a retried or completed turn) replaces the earlier version.
             row = await connection.fetchrow(
                 _APPEND_ASSISTANT_MESSAGE,
-                uuid.UUID(message.message_id),
+                message_id,
                 conv_uuid,
                 uid,
                 message.agent_id,
-                message.content,
-                _tool_calls_json(message.tool_calls),
+                cipher.seal("messages", "content", message_id, message.content),
+                _sealed_tool_calls(cipher, message_id, message.tool_calls),
                 message.status.value,
                 message.error,
             )
@@ -463,16 +515,22 @@ class PostgresConversationStore:
                 raise NotFound("conversation not found")
             if row["id"] is None:  # rolled back with the transaction, the conversation's touch included
                 raise InvalidArgument("message.id", "is the id of another message")
-        return _message(row)
+        return _message(cipher, row)
 
     async def list(self, user_id: str, limit: int, after: Cursor | None) -> list[ConversationRecord]:
+        cipher = await self._keys.reading(user_id)
+        if cipher is None:
+            return []
         async with self._db.transaction(user_id, readonly=True) as connection:
             rows = await _newest_first(
                 connection, _CONVERSATION_COLUMNS, "conversations", "updated_at", user_id, limit, after
             )
-        return [_conversation(row) for row in rows]
+        return [_conversation(cipher, row) for row in rows]
 
     async def get(self, user_id: str, conversation_id: str, last_messages: int) -> ConversationRecord:
+        cipher = await self._keys.reading(user_id)
+        if cipher is None:
+            raise NotFound("conversation not found")
         uid = uuid.UUID(user_id)
         conv_uuid = uuid.UUID(conversation_id)
         async with self._db.transaction(user_id, readonly=True) as connection:
@@ -483,8 +541,8 @@ class PostgresConversationStore:
             )
             if conversation is None:
                 raise NotFound("conversation not found")
-            messages = await _messages(connection, uid, conv_uuid, last_messages)
-        return _conversation(conversation, messages)
+            messages = await _messages(connection, cipher, uid, conv_uuid, last_messages)
+        return _conversation(cipher, conversation, messages)
 
     async def delete(self, user_id: str, conversation_id: str) -> None:
         async with self._db.transaction(user_id) as connection:
@@ -498,7 +556,12 @@ class PostgresConversationStore:
 
 
 async def _messages(
-    connection: Connection, user_id: uuid.UUID, conv_id: uuid.UUID, last: int = 0, before: int | None = None
+    connection: Connection,
+    cipher: Cipher,
+    user_id: uuid.UUID,
+    conv_id: uuid.UUID,
+    last: int = 0,
+    before: int | None = None,
 ) -> list[MessageRecord]:
     """The conversation's messages oldest first: all, or the `last` ones (before the message with
     sequence number `before`, if given)."""
@@ -519,7 +582,7 @@ async def _messages(
             user_id,
             conv_id,
         )
-    return [_message(row) for row in rows]
+    return [_message(cipher, row) for row in rows]
 
 
 _LIST_AGENTS = f"""SELECT {_AGENT_COLUMNS}, COALESCE(ua.enabled, true) AS user_enabled
@@ -561,9 +624,10 @@ _AGENT_CHOSEN = """agent_states AS (
 """The CTE `chosen`: one row saying whether the user may talk to agent $3 now, and the agents they may."""
 
 _NEW_TURN_MESSAGE = f"""message AS (
-        INSERT INTO messages
-            (id, conv_id, user_id, role, agent_id, content, client_request_id, answer_id, lease_until)
-        SELECT $5, conversation.id, $1, 'user', $3, $6, $7, $8, clock_timestamp() + make_interval(secs => $9)
+        INSERT INTO messages (id, conv_id, user_id, role, agent_id, content, tool_call, client_request_id,
+                              answer_id, lease_until)
+        SELECT $5, conversation.id, $1, 'user', $3, $6, $10, $7, $8,
+               clock_timestamp() + make_interval(secs => $9)
         FROM conversation
         ON CONFLICT (user_id, client_request_id) DO NOTHING
         RETURNING {_TURN_COLUMNS}
@@ -575,14 +639,12 @@ _NEW_TURN_MESSAGE = f"""message AS (
 the agents' states (`chosen`): always one row. The conversation's columns are NULL when there is none (or
 the agent is not available), the message's when its client request id was used before."""
 
-_NEW_CONVERSATION_TURN = f"""WITH {_AGENT_CHOSEN}, person AS (
-        INSERT INTO users (id) VALUES ($1) ON CONFLICT (id) DO NOTHING
-    ), conversation AS (
+_NEW_CONVERSATION_TURN = f"""WITH {_AGENT_CHOSEN}, conversation AS (
         INSERT INTO conversations (id, user_id, agent_id, title)
         SELECT $2, $1, $3, $4 FROM chosen WHERE agent_available
         RETURNING {_CONVERSATION_COLUMNS}
     ), {_NEW_TURN_MESSAGE}"""
-"""A turn starting a conversation (and the user's first row, on their first turn): one statement."""
+"""A turn starting a conversation: one statement."""
 
 _CONTINUED_TURN = f"""WITH {_AGENT_CHOSEN}, conversation AS (
         UPDATE conversations SET updated_at = clock_timestamp()
@@ -597,10 +659,11 @@ _AGENT_STATES = """SELECT a.id, a.enabled, a.enabled AND COALESCE(ua.enabled, tr
     ORDER BY a.position, a.id"""
 
 
-def _check_same_request(message: asyncpg.Record, turn: NewTurn) -> None:
+def _check_same_request(cipher: Cipher, message: asyncpg.Record, turn: NewTurn) -> None:
     """A repeated client request id must repeat the request: the same text, agent and conversation."""
     same_conversation = turn.conversation_id is None or uuid.UUID(turn.conversation_id) == message["conv_id"]
-    if message["content"] != turn.text or message["agent_id"] != turn.agent_id or not same_conversation:
+    content = cipher.open_text("messages", "content", message["id"], message["content"])
+    if content != turn.text or message["agent_id"] != turn.agent_id or not same_conversation:
         raise InvalidArgument(
             "client_request_id", "was used for another message; send a new message with a new id"
         )
@@ -631,8 +694,9 @@ def _refuse_unavailable(agent_id: str, enabled: bool, available: bool) -> None:
 class PostgresAgentStore:
     """The global agent catalog and each user's enabled state (default: enabled)."""
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, keys: UserKeys) -> None:
         self._db = database
+        self._keys = keys
 
     async def sync(self, agents: Sequence[AgentDefinition]) -> None:
         async with self._db.transaction(None) as connection:
@@ -674,10 +738,10 @@ class PostgresAgentStore:
 
     async def set_enabled(self, user_id: str, agent_id: str, enabled: bool) -> UserAgent:
         uid = uuid.UUID(user_id)
+        await self._keys.writing(user_id)  # the first write sets the user up
         async with self._db.transaction(user_id) as connection:
             if await connection.fetchval("SELECT 1 FROM agents WHERE id = $1", agent_id) is None:
                 raise NotFound(f"agent {agent_id!r} not found")
-            await _ensure_user(connection, user_id)
             await connection.execute(
                 """INSERT INTO user_agents (user_id, agent_id, enabled, enabled_at, updated_at)
                    VALUES ($1, $2, $3, CASE WHEN $3 THEN now() END, now())
@@ -700,28 +764,36 @@ class PostgresUserDataStore:
 
     _TABLES = ("messages", "conversations", "vector_memory", "user_agents")
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, keys: UserKeys) -> None:
         self._db = database
+        self._keys = keys
 
     async def export(self, user_id: str) -> AsyncIterator[ExportRecord]:
         uid = uuid.UUID(user_id)
+        cipher = await self._keys.reading(user_id)
         # One repeatable-read snapshot for the whole stream, so the export is consistent.
         async with self._db.transaction(user_id, readonly=True) as connection:
             for row in await connection.fetch(f"{_LIST_AGENTS} ORDER BY a.position, a.id", uid):
                 yield _user_agent(row)
+            if cipher is None:  # nothing else stored
+                return
             conversations = await connection.fetch(
                 f"SELECT {_CONVERSATION_COLUMNS} FROM conversations"
                 " WHERE user_id = $1 ORDER BY created_at, id",
                 uid,
             )
             for conversation in conversations:
-                yield _conversation(conversation, await _messages(connection, uid, conversation["id"]))
+                messages = await _messages(connection, cipher, uid, conversation["id"])
+                yield _conversation(cipher, conversation, messages)
             async for row in connection.cursor(
                 f"SELECT {_MEMORY_COLUMNS} FROM vector_memory WHERE user_id = $1 ORDER BY created_at, id", uid
             ):
-                yield _memory(row)
+                yield _memory(cipher, row)
 
-    async def purge(self, user_id: str) -> int:
+    async def purge(self, user_id: str) -> Purged:
+        """Destroys the user's data key first (every copy of their rows is unreadable from then on, and no
+        write sets the account up again), then deletes their rows."""
+        data_key = await self._keys.erase(user_id)
         uid = uuid.UUID(user_id)
         async with self._db.transaction(user_id) as connection:
             counts = await connection.fetchrow(
@@ -734,7 +806,7 @@ class PostgresUserDataStore:
                 "WITH gone AS (DELETE FROM users WHERE id = $1 RETURNING 1) SELECT count(*) FROM gone", uid
             )
         assert counts is not None
-        return int(users) + sum(int(counts[t]) for t in self._TABLES)
+        return Purged(rows=int(users) + sum(int(counts[t]) for t in self._TABLES), data_key=data_key)
 
 
 async def _newest_first(

@@ -351,6 +351,8 @@ class UserDataServicer(memory_pb2_grpc.UserDataServiceServicer):
         user_id = caller_id()
         # PostgreSQL first (what matters most); if Redis is down the call fails UNAVAILABLE and a retry
         # finishes the job (both halves are idempotent).
-        rows = await self._store.purge(user_id)
+        purged = await self._store.purge(user_id)
         keys = await self._ephemeral.purge(user_id)
-        return memory_pb2.PurgeUserResponse(deleted_rows=rows, deleted_keys=keys)
+        return memory_pb2.PurgeUserResponse(
+            deleted_rows=purged.rows, deleted_keys=keys, data_key_destroyed=purged.data_key
+        )

@@ -33,6 +33,16 @@ class Candidates:
     keyword: list[tuple[MemoryRecord, float]]
 
 
+@dataclass(frozen=True, slots=True)
+class Purged:
+    """What erasing a user's stored data did."""
+
+    rows: int
+    """Rows deleted, all tables together."""
+    data_key: bool
+    """Whether their data key was destroyed (false: they had none)."""
+
+
 class MemoryStore(Protocol):
     async def upsert(self, user_id: str, memory: NewMemory, embedding: Vector) -> tuple[MemoryRecord, bool]:
         """Stores `memory`, replacing the one with the same key (or, keyless, the same text) in the same
@@ -40,11 +50,11 @@ class MemoryStore(Protocol):
         ...
 
     async def candidates(
-        self, user_id: str, agent_id: str, embedding: Vector, words: str | None, limit: int
+        self, user_id: str, agent_id: str, embedding: Vector, text: str | None, limit: int
     ) -> Candidates:
         """What both stages of a recall rank, in one round trip: up to `limit` memories visible to
-        `agent_id`, nearest first with their cosine similarity, and (given the websearch `words`) up to
-        `limit` matching them, best first with their full-text rank normalised to 0..1."""
+        `agent_id`, nearest first with their cosine similarity, and (given the query `text`) up to `limit`
+        holding any of its words, best first with the share of its words they hold (0..1)."""
         ...
 
     async def delete(self, user_id: str, memory_ids: Sequence[str]) -> list[str]:
@@ -95,8 +105,8 @@ class UserDataStore(Protocol):
         """Every record of the user: agents with the user's state, conversations with messages, memories."""
         ...
 
-    async def purge(self, user_id: str) -> int:
-        """Deletes everything of the user; returns the rows deleted."""
+    async def purge(self, user_id: str) -> Purged:
+        """Destroys the user's data key, then deletes everything of theirs."""
         ...
 
 

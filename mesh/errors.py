@@ -106,6 +106,12 @@ class Unimplemented(AthenaError):
     status = "UNIMPLEMENTED"
 
 
+class DataLoss(AthenaError):
+    """Stored data that does not open: tampered, or moved from another row or user (`mesh.envelope`)."""
+
+    status = "DATA_LOSS"
+
+
 STATUS_TYPES: dict[str, type[AthenaError]] = {
     error_type.status: error_type for error_type in AthenaError.__subclasses__()
 }

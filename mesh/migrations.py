@@ -28,6 +28,7 @@ from mesh.retry import until_reachable
 log = logging.getLogger(__name__)
 
 _variables: ContextVar[Mapping[str, str] | None] = ContextVar("migration_variables", default=None)
+_objects: ContextVar[Mapping[str, object] | None] = ContextVar("migration_objects", default=None)
 
 
 def migration_variable(name: str) -> str:
@@ -36,6 +37,14 @@ def migration_variable(name: str) -> str:
     if variables is None or name not in variables:
         raise RuntimeError(f"migration variable {name!r} is not set: run migrations through mesh.migrations")
     return variables[name]
+
+
+def migration_object(name: str) -> object:
+    """An object (a KMS, say) passed to the `apply_migrations` call running the current migration."""
+    objects = _objects.get()
+    if objects is None or name not in objects:
+        raise RuntimeError(f"migration object {name!r} is not set: run migrations through mesh.migrations")
+    return objects[name]
 
 
 def yoyo_url(database_url: str) -> str:
@@ -47,23 +56,29 @@ def yoyo_url(database_url: str) -> str:
 
 
 @contextlib.contextmanager
-def _setting(variables: Mapping[str, str]) -> Iterator[None]:
+def _setting(variables: Mapping[str, str], objects: Mapping[str, object]) -> Iterator[None]:
     token = _variables.set(MappingProxyType(dict(variables)))
+    objects_token = _objects.set(MappingProxyType(dict(objects)))
     try:
         yield
     finally:
+        _objects.reset(objects_token)
         _variables.reset(token)
 
 
 def apply_migrations(
-    database_url: str, directory: Path, *, variables: Mapping[str, str] | None = None
+    database_url: str,
+    directory: Path,
+    *,
+    variables: Mapping[str, str] | None = None,
+    objects: Mapping[str, object] | None = None,
 ) -> list[str]:
     """Applies the pending migrations of `directory` under yoyo's lock; returns the ids applied.
     Blocking: async code calls `migrate`."""
     backend = get_backend(yoyo_url(database_url))
     try:
         migrations = read_migrations(str(directory))
-        with _setting(variables or {}), backend.lock():
+        with _setting(variables or {}, objects or {}), backend.lock():
             pending = backend.to_apply(migrations)
             backend.apply_migrations(pending)
         applied = [migration.id for migration in pending]
@@ -79,6 +94,7 @@ async def migrate(
     directory: Path,
     *,
     variables: Mapping[str, str] | None = None,
+    objects: Mapping[str, object] | None = None,
     wait_seconds: float = 0.0,
 ) -> list[str]:
     """`apply_migrations` off the event loop, retrying for up to `wait_seconds` while PostgreSQL is not
@@ -87,5 +103,7 @@ async def migrate(
         "migrating the database", (psycopg.OperationalError,), within=wait_seconds
     ):
         with attempt:
-            return await asyncio.to_thread(apply_migrations, database_url, directory, variables=variables)
+            return await asyncio.to_thread(
+                apply_migrations, database_url, directory, variables=variables, objects=objects
+            )
     raise AssertionError("unreachable: the retry policy re-raises its last error")

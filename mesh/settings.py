@@ -75,3 +75,22 @@ class ServiceSettings(BaseSettings):
     service_key: SecretStr | None = Field(None, validation_alias=shared("ATHENA_SERVICE_KEY"))
     """Shared secret of the few internal calls made for no user (the orchestrator syncing the agent
     catalog); such methods are refused when it is unset."""
+    kms: Literal["local", "aws-kms"] = Field("local", validation_alias=shared("ATHENA_KMS"))
+    """Which KMS wraps the data keys of envelope encryption (`mesh.kms`): "local", key files in
+    `kms_keys_dir`; "aws-kms", the AWS KMS key `kms_aws_key_id`."""
+    kms_keys_dir: Path | None = Field(None, validation_alias=shared("ATHENA_KMS_KEYS_DIR"))
+    """The local KMS's key-encryption keys; default `<data_dir>/kms-keys` (made on a dev first start)."""
+    kms_aws_key_id: str | None = Field(None, validation_alias=shared("ATHENA_KMS_AWS_KEY_ID"))
+    """The AWS KMS key (id, ARN or alias) that wraps new data keys."""
+    kms_aws_region: str | None = Field(None, validation_alias=shared("AWS_REGION"))
+    """The AWS region of the KMS key (credentials come from boto3's usual chain)."""
+    kms_aws_endpoint_url: str | None = Field(None, validation_alias=shared("ATHENA_KMS_AWS_ENDPOINT_URL"))
+    """Another endpoint for AWS KMS (a VPC endpoint; a local emulator in tests)."""
+    data_key_cache_seconds: float = Field(
+        300.0, ge=0, validation_alias=shared("ATHENA_DATA_KEY_CACHE_SECONDS")
+    )
+    """How long an unwrapped data key stays in a service's memory after its last unwrap."""
+
+    @property
+    def kms_directory(self) -> Path:
+        return self.kms_keys_dir if self.kms_keys_dir is not None else self.data_dir / "kms-keys"

@@ -94,7 +94,11 @@ class AccountServicer(account_pb2_grpc.AccountServiceServicer):
         erased = await clients.call(
             self._peers.identity.EraseUser,
             identity_pb2.EraseUserRequest(
-                purged={"memory_rows": purged.deleted_rows, "memory_cache_keys": purged.deleted_keys}
+                purged={
+                    "memory_data_keys": int(purged.data_key_destroyed),
+                    "memory_rows": purged.deleted_rows,
+                    "memory_cache_keys": purged.deleted_keys,
+                }
             ),
             timeout_seconds=self._timeout(),
         )

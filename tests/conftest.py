@@ -81,6 +81,13 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostg
 
 
 @pytest.fixture(scope="session")
+def kms_keys_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The local KMS's key directory of the deployment `postgres` serves (empty until a dev start makes a
+    key): services sharing a database share its KMS, as auth's replicas share the index key it wraps."""
+    return tmp_path_factory.mktemp("kms-keys")
+
+
+@pytest.fixture(scope="session")
 def valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedValkey]:
     with running_valkey(tmp_path_factory.mktemp("valkey")) as server:
         yield server

@@ -100,7 +100,11 @@ class _MemoryTransaction:
         after = (len(data.identities), len(data.families), len(data.tokens))
         identities, sessions, refresh_tokens = (was - now for was, now in zip(before, after, strict=True))
         return ErasedAccount(
-            accounts=accounts, identities=identities, sessions=sessions, refresh_tokens=refresh_tokens
+            accounts=accounts,
+            identities=identities,
+            sessions=sessions,
+            refresh_tokens=refresh_tokens,
+            data_keys=accounts,  # the double keeps nothing sealed; a user stands for their key
         )
 
     async def create_family(self, family_id: str, user_id: str, now: datetime) -> None:

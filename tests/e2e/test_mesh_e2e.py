@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from google.protobuf.json_format import MessageToDict
 from grpcweb import call as grpc_web_call
 
 from auth.receipts import verify_receipt
+from devstack.postgres import _bin as _pg_bin
 from devstack.process import free_port, port_open
 from devstack.stack import Ports
 
@@ -354,6 +356,36 @@ def test_memory_is_shared_across_agents_scoped_per_agent_and_private_per_user(me
 
     for agent in ("athena", "nutrition"):
         assert answer(chat(mesh, bob, agent, "what is my caloric goal?")) == "I don't know that yet."
+
+
+def test_a_superuser_reads_nothing_a_person_said_or_who_they_are(mesh: RunningMesh) -> None:
+    """Issue 14: after a session through the public API (sign-in e-mail and name, a chat that titles its
+    conversation, remember, note), neither a superuser's dump of the database nor its files (tables,
+    indexes, write-ahead log) hold any of those strings."""
+    words = {name: f"zq{secrets.token_hex(5)}" for name in ("email", "name", "said", "remembered", "noted")}
+    email = f"{words['email']}@example.com"
+    with grpc.insecure_channel(mesh.edge) as channel:
+        session = (
+            auth_pb2_grpc.AuthServiceStub(channel)
+            .DevLogin(auth_pb2.DevLoginRequest(email=email, display_name=f"Ada {words['name']}"), timeout=10)
+            .session
+        )
+    token = session.access_token
+    chat(mesh, token, "athena", f"I keep a secret garden of {words['said']} roses")
+    chat(mesh, token, "nutrition", f"remember my favourite fruit is the {words['remembered']}")
+    chat(mesh, token, "focus", f"note I study {words['noted']} on Mondays")
+    assert words["remembered"] in answer(chat(mesh, token, "focus", f"what about {words['remembered']}?"))
+
+    superuser = f"postgresql://postgres@127.0.0.1:{mesh.ports.postgres}/athena"
+    subprocess.run([str(_pg_bin("psql")), superuser, "-c", "CHECKPOINT"], check=True, capture_output=True)
+    dump = subprocess.run(
+        [str(_pg_bin("pg_dump")), "--dbname", superuser], check=True, capture_output=True, text=True
+    ).stdout.lower()
+    encoded = [word.encode() for word in words.values()]
+    files = [path for path in (mesh.data_dir / "postgres").rglob("*") if path.is_file()]
+    for word in words.values():
+        assert word not in dump, word
+    assert not [str(path) for path in files if any(word in path.read_bytes() for word in encoded)]
 
 
 def test_handoff_calendar_and_the_stored_conversation(mesh: RunningMesh) -> None:

@@ -27,6 +27,7 @@ from memory.migrate import apply_migrations
 from memory.settings import MemorySettings
 from mesh.app import RunningService
 from mesh.clients import service_call
+from mesh.kms import KeyEncryptionKeys, LocalKeyFile
 from mesh.tokens import TokenVerifier
 from orchestrator.catalog import Catalog
 from orchestrator.memory_client import sync_request
@@ -77,8 +78,13 @@ class MemoryHarness:
         return user_id, auth_metadata(self.make_token(user_id))
 
 
-async def migrate(database_url: str) -> None:
-    await asyncio.to_thread(apply_migrations, database_url, DIMENSION)
+def local_kms(tmp_path: Path) -> LocalKeyFile:
+    """A key-encryption key of the test's own (a first dev start makes one the same way)."""
+    return LocalKeyFile.load(tmp_path / "kms-keys", create_if_empty=True)
+
+
+async def migrate(database_url: str, kms: KeyEncryptionKeys) -> None:
+    await asyncio.to_thread(apply_migrations, database_url, DIMENSION, kms)
 
 
 async def start_memory(
@@ -102,7 +108,8 @@ async def start_memory(
         )
     )
     embedder = HashingEmbedder(DIMENSION)
-    service = await start_service(MEMORY, settings, MemoryDeps(verifier=verifier, embedder=embedder))
+    deps = MemoryDeps(verifier=verifier, embedder=embedder, kms=local_kms(tmp_path))
+    service = await start_service(MEMORY, settings, deps)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{service.port}")
     service.deps.on_close(lambda: channel.close(None))
     harness = MemoryHarness(service, settings, channel, embedder, make_token)

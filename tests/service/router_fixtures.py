@@ -284,12 +284,23 @@ class RouterMesh:
 
 
 async def open_router_mesh(
-    postgres_url: str, redis_url: str, make_token: Callable[..., str], signing_keys: KeySet, base: Path
+    postgres_url: str,
+    redis_url: str,
+    make_token: Callable[..., str],
+    signing_keys: KeySet,
+    base: Path,
+    kms_keys_dir: Path,
 ) -> RouterMesh:
     """Starts auth, memory and the offline model; the caller closes the mesh."""
     services = ServiceGroup()
     auth_settings = AuthSettings(
-        **service_settings(base / "auth", env="dev", database_url=postgres_url, redis_url=redis_url)
+        **service_settings(
+            base / "auth",
+            env="dev",
+            database_url=postgres_url,
+            kms_keys_dir=kms_keys_dir,
+            redis_url=redis_url,
+        )
     )
     auth_service = await services.start(AUTH, auth_settings, AuthDeps())
     auth_jwks = RemoteJwks(f"http://127.0.0.1:{auth_service.http_port}{JWKS_PATH}")
@@ -313,12 +324,15 @@ async def mesh(
     valkey: EmbeddedValkey,
     make_token: Callable[..., str],
     signing_key: RSAKey,
+    kms_keys_dir: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[RouterMesh]:
     """Memory, offline model and auth for one test module (a module imports this fixture to use it);
     orchestrators and routers start on demand."""
     base = tmp_path_factory.mktemp("router")
-    harness = await open_router_mesh(postgres.url, valkey.url, make_token, public_keys(signing_key), base)
+    harness = await open_router_mesh(
+        postgres.url, valkey.url, make_token, public_keys(signing_key), base, kms_keys_dir
+    )
     try:
         yield harness
     finally:

@@ -52,10 +52,12 @@ class Target:
 
 @pytest_asyncio.fixture(scope="module")
 async def target(
-    postgres: EmbeddedPostgres, tmp_path_factory: pytest.TempPathFactory
+    postgres: EmbeddedPostgres, kms_keys_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Target]:
     tmp_path: Path = tmp_path_factory.mktemp("auth-attacks")
-    settings = AuthSettings(**service_settings(tmp_path, env="dev", database_url=postgres.url))
+    settings = AuthSettings(
+        **service_settings(tmp_path, env="dev", database_url=postgres.url, kms_keys_dir=kms_keys_dir)
+    )
     app = await start(AUTH, settings, AuthDeps())
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
     stub = auth_pb2_grpc.AuthServiceStub(channel)

@@ -49,13 +49,14 @@ async def microsoft_idp() -> AsyncIterator[FakeOidcProvider]:
 @pytest_asyncio.fixture
 async def app_and_stub(
     postgres: EmbeddedPostgres,
+    kms_keys_dir: Path,
     start_service: StartService,
     tmp_path: Path,
     google_idp: FakeOidcProvider,
     microsoft_idp: FakeOidcProvider,
 ) -> AsyncIterator[tuple[RunningService, Stub]]:
     settings = AuthSettings(
-        **service_settings(tmp_path, env="dev", database_url=postgres.url),
+        **service_settings(tmp_path, env="dev", database_url=postgres.url, kms_keys_dir=kms_keys_dir),
         google=GoogleSettings(
             discovery_url=google_idp.discovery_url,
             client_id=google_idp.client_id,
@@ -154,6 +155,29 @@ async def test_google_login_creates_then_updates_the_account(
     again = (await stub.CompleteLogin(auth_pb2.CompleteLoginRequest(state=state, code=code))).session
     assert again.user.id == session.user.id
     assert again.user.display_name == "Rear Admiral Hopper"
+
+
+async def test_an_address_changed_at_the_provider_follows_unless_another_account_holds_it(
+    stub: Stub, google_idp: FakeOidcProvider
+) -> None:
+    """Accounts are found by their identity's subject, addresses by their blind index (both keyed
+    HMACs, auth.privacy): a new address at Google moves to the account, one another account holds
+    stays with that account."""
+    subject, email = unique_subject()
+    _, changed = unique_subject()
+    _, taken = unique_subject()
+    other = (await stub.DevLogin(auth_pb2.DevLoginRequest(email=taken))).session
+    sessions = []
+    for address in (email, changed, taken):
+        state, query = await begin(stub)
+        code = code_for(google_idp, query, subject=subject, email=address)
+        sessions.append(
+            (await stub.CompleteLogin(auth_pb2.CompleteLoginRequest(state=state, code=code))).session
+        )
+    assert {session.user.id for session in sessions} == {sessions[0].user.id} != {other.user.id}
+    assert [session.user.email for session in sessions] == [email, changed, changed]
+    again = (await stub.DevLogin(auth_pb2.DevLoginRequest(email=taken))).session
+    assert again.user.id == other.user.id
 
 
 async def test_a_browser_completing_a_login_gets_the_refresh_token_as_a_cookie(

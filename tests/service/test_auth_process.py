@@ -1,4 +1,5 @@
-"""`python -m auth` as operators run it: migrate, serve (healthy, JWKS over HTTP, DevLogin), SIGTERM drain."""
+"""`python -m auth` as operators run it: migrate, serve (healthy, JWKS over HTTP, DevLogin), SIGTERM drain;
+in prod it refuses to start without its signing keys or the KMS's keys."""
 
 from __future__ import annotations
 
@@ -7,35 +8,40 @@ import os
 import signal
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
 import httpx
+import pytest
 from athena.auth.v1 import auth_pb2, auth_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from auth.keys import rotate_keys
 from devstack.postgres import EmbeddedPostgres
 from devstack.process import free_port
+from mesh.kms import LocalKeyFile
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _env(postgres: EmbeddedPostgres, tmp_path: Path, **extra: str) -> dict[str, str]:
+def _env(postgres: EmbeddedPostgres, kms_keys_dir: Path, tmp_path: Path, **extra: str) -> dict[str, str]:
     return {
         **os.environ,
         "ATHENA_ENV": "dev",
         "ATHENA_DATA_DIR": str(tmp_path),
+        "ATHENA_KMS_KEYS_DIR": str(kms_keys_dir),
         "DATABASE_URL": postgres.url,
         "AUTH_DRAIN_SECONDS": "1",
         **extra,
     }
 
 
-def test_migrate_command(postgres: EmbeddedPostgres, tmp_path: Path) -> None:
+def test_migrate_command(postgres: EmbeddedPostgres, kms_keys_dir: Path, tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "auth", "migrate"],
         cwd=ROOT,
-        env=_env(postgres, tmp_path),
+        env=_env(postgres, kms_keys_dir, tmp_path),
         capture_output=True,
         text=True,
         timeout=60,
@@ -45,27 +51,42 @@ def test_migrate_command(postgres: EmbeddedPostgres, tmp_path: Path) -> None:
     assert "migration" in result.stdout
 
 
-def test_serve_refuses_to_start_in_prod_without_keys(postgres: EmbeddedPostgres, tmp_path: Path) -> None:
-    env = _env(
-        postgres, tmp_path, ATHENA_ENV="prod", AUTH_PORT=str(free_port()), AUTH_HTTP_PORT=str(free_port())
-    )
+@pytest.mark.parametrize(
+    ("missing", "message", "remedy"),
+    [
+        ("signing keys", "no signing keys", "rotate-keys"),
+        ("kms keys", "no key-encryption keys", "python -m mesh.kms rotate"),
+    ],
+)
+def test_serve_refuses_to_start_in_prod_without_keys(
+    postgres: EmbeddedPostgres, kms_keys_dir: Path, tmp_path: Path, missing: str, message: str, remedy: str
+) -> None:
+    extra = {"ATHENA_ENV": "prod", "AUTH_PORT": str(free_port()), "AUTH_HTTP_PORT": str(free_port())}
+    if missing == "kms keys":
+        signing_keys = tmp_path / "auth-keys"
+        rotate_keys(
+            signing_keys, now=datetime.now(UTC), activation_delay=timedelta(0), retention=timedelta(hours=1)
+        )
+        extra |= {"AUTH_KEYS_DIR": str(signing_keys), "ATHENA_KMS_KEYS_DIR": str(tmp_path / "kms-keys")}
+    else:
+        LocalKeyFile.load(kms_keys_dir, create_if_empty=True)  # the deployment's, as a dev start made it
     result = subprocess.run(
         [sys.executable, "-m", "auth"],
         cwd=ROOT,
-        env=env,
+        env=_env(postgres, kms_keys_dir, tmp_path, **extra),
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
     assert result.returncode == 1
-    assert "no signing keys" in result.stderr
-    assert "rotate-keys" in result.stderr
+    assert message in result.stderr
+    assert remedy in result.stderr
 
 
-async def test_serve_until_sigterm(postgres: EmbeddedPostgres, tmp_path: Path) -> None:
+async def test_serve_until_sigterm(postgres: EmbeddedPostgres, kms_keys_dir: Path, tmp_path: Path) -> None:
     port, http_port = free_port(), free_port()
-    env = _env(postgres, tmp_path, AUTH_PORT=str(port), AUTH_HTTP_PORT=str(http_port))
+    env = _env(postgres, kms_keys_dir, tmp_path, AUTH_PORT=str(port), AUTH_HTTP_PORT=str(http_port))
     log_path = tmp_path / "auth.log"
     with log_path.open("wb") as log:
         process = await asyncio.create_subprocess_exec(

@@ -22,14 +22,15 @@ from conftest import StartService, auth_metadata, service_settings
 from google.protobuf.json_format import MessageToDict
 from joserfc.jwk import KeySet
 
-from auth.app import AUTH, MIGRATIONS_DIR, AuthDeps
+from auth.app import AUTH, AuthDeps
 from auth.keys import rotate_keys
+from auth.migrate import apply_migrations
 from auth.receipts import verify_receipt
 from auth.settings import AuthSettings
 from devstack.postgres import EmbeddedPostgres
 from devstack.valkey import EmbeddedValkey
 from mesh.app import RunningService
-from mesh.migrations import apply_migrations
+from mesh.kms import LocalKeyFile
 from mesh.server import MeshServer
 from mesh.tokens import StaticKeySource, TokenVerifier
 
@@ -41,9 +42,10 @@ REFRESH_TTL_SECONDS = 30 * 24 * 3600
 
 
 @pytest.fixture(scope="session")
-def auth_database(postgres: EmbeddedPostgres) -> str:
-    apply_migrations(postgres.url, MIGRATIONS_DIR)
-    assert apply_migrations(postgres.url, MIGRATIONS_DIR) == []  # idempotent
+def auth_database(postgres: EmbeddedPostgres, kms_keys_dir: Path) -> str:
+    kms = LocalKeyFile.load(kms_keys_dir, create_if_empty=True)
+    apply_migrations(postgres.url, kms)
+    assert apply_migrations(postgres.url, kms) == []  # idempotent
     return postgres.url
 
 
@@ -59,9 +61,13 @@ def unique_email() -> str:
 
 
 async def start_auth(
-    start_service: StartService, database_url: str, tmp_path: Path, **overrides: Any
+    start_service: StartService, database_url: str, tmp_path: Path, kms_keys_dir: Path, **overrides: Any
 ) -> tuple[RunningService, MeshServer, grpc.aio.Channel]:
-    settings = AuthSettings(**service_settings(tmp_path, env="dev", database_url=database_url, **overrides))
+    settings = AuthSettings(
+        **service_settings(
+            tmp_path, env="dev", database_url=database_url, kms_keys_dir=kms_keys_dir, **overrides
+        )
+    )
     running = await start_service(AUTH, settings, AuthDeps())
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
     return running, running.server, channel
@@ -69,9 +75,15 @@ async def start_auth(
 
 @pytest_asyncio.fixture
 async def auth(
-    start_service: StartService, auth_database: str, valkey: EmbeddedValkey, tmp_path: Path
+    start_service: StartService,
+    auth_database: str,
+    kms_keys_dir: Path,
+    valkey: EmbeddedValkey,
+    tmp_path: Path,
 ) -> AsyncIterator[Auth]:
-    app, server, channel = await start_auth(start_service, auth_database, tmp_path, redis_url=valkey.url)
+    app, server, channel = await start_auth(
+        start_service, auth_database, tmp_path, kms_keys_dir, redis_url=valkey.url
+    )
     yield app, server, Stub(channel)
     await channel.close()
 
@@ -116,9 +128,11 @@ async def test_dev_login_refresh_and_logout(auth: Auth, pool: asyncpg.Pool) -> N
 
 
 async def test_reuse_of_a_spent_refresh_token_revokes_the_family(
-    start_service: StartService, auth_database: str, pool: asyncpg.Pool, tmp_path: Path
+    start_service: StartService, auth_database: str, pool: asyncpg.Pool, kms_keys_dir: Path, tmp_path: Path
 ) -> None:
-    _, _, channel = await start_auth(start_service, auth_database, tmp_path, refresh_reuse_grace=timedelta(0))
+    _, _, channel = await start_auth(
+        start_service, auth_database, tmp_path, kms_keys_dir, refresh_reuse_grace=timedelta(0)
+    )
     stub = Stub(channel)
     login = (await stub.DevLogin(auth_pb2.DevLoginRequest(email=unique_email()))).session
     rotated = (
@@ -181,6 +195,7 @@ async def test_erasure_deletes_every_auth_row_of_the_user(auth: Auth, pool: asyn
             "identities": 1,
             "sessions": 1,
             "refresh_tokens": 1,
+            "data_keys": 1,
         }
         published = await stub.GetJwks(auth_pb2.GetJwksRequest())
         jwks = {"keys": [MessageToDict(key, preserving_proto_field_name=True) for key in published.keys]}
@@ -284,12 +299,14 @@ async def test_refresh_and_logout_require_the_token_field(
 
 
 async def test_dev_login_outside_dev_is_refused(
-    start_service: StartService, auth_database: str, tmp_path: Path
+    start_service: StartService, auth_database: str, kms_keys_dir: Path, tmp_path: Path
 ) -> None:
     keys_dir = tmp_path / "keys"
     rotate_keys(keys_dir, now=datetime.now(UTC), activation_delay=timedelta(0), retention=timedelta(hours=1))
     settings = AuthSettings(
-        **service_settings(tmp_path, env="prod", database_url=auth_database, keys_dir=keys_dir)
+        **service_settings(
+            tmp_path, env="prod", database_url=auth_database, keys_dir=keys_dir, kms_keys_dir=kms_keys_dir
+        )
     )
     server = await start_service(AUTH, settings, AuthDeps())
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
@@ -390,9 +407,11 @@ async def test_two_tabs_refreshing_with_one_cookie_both_get_a_session(auth: Auth
 
 
 async def test_a_spent_refresh_cookie_presented_again_revokes_the_session(
-    start_service: StartService, auth_database: str, tmp_path: Path
+    start_service: StartService, auth_database: str, kms_keys_dir: Path, tmp_path: Path
 ) -> None:
-    _, _, channel = await start_auth(start_service, auth_database, tmp_path, refresh_reuse_grace=timedelta(0))
+    _, _, channel = await start_auth(
+        start_service, auth_database, tmp_path, kms_keys_dir, refresh_reuse_grace=timedelta(0)
+    )
     stub = Stub(channel)
     call = stub.DevLogin(auth_pb2.DevLoginRequest(email=unique_email(), refresh_token_in_cookie=True))
     await call

@@ -159,7 +159,7 @@ async def test_delete_account_revokes_every_token_of_the_caller_in_every_service
 
 
 async def test_a_reused_refresh_token_revokes_its_sessions_access_tokens_and_nothing_else(
-    mesh: RouterMesh, router: Router, postgres: EmbeddedPostgres, tmp_path: Path
+    mesh: RouterMesh, router: Router, postgres: EmbeddedPostgres, kms_keys_dir: Path, tmp_path: Path
 ) -> None:
     """Reuse after the grace window (none here) is theft: the session's access tokens die with it."""
     settings = AuthSettings(
@@ -168,6 +168,7 @@ async def test_a_reused_refresh_token_revokes_its_sessions_access_tokens_and_not
             env="dev",
             database_url=postgres.url,
             keys_dir=mesh.base / "auth" / "auth-keys",  # the mesh's auth keys: every service trusts them
+            kms_keys_dir=kms_keys_dir,  # and its KMS: the same database's data keys
             refresh_reuse_grace=0,
             redis_url=mesh.redis_url,
         )
@@ -263,13 +264,17 @@ async def test_while_redis_is_down_the_last_known_list_keeps_applying(
 
 
 async def test_delete_account_is_unavailable_while_its_tokens_cannot_be_revoked(
-    mesh: RouterMesh, postgres: EmbeddedPostgres, tmp_path: Path
+    mesh: RouterMesh, postgres: EmbeddedPostgres, kms_keys_dir: Path, tmp_path: Path
 ) -> None:
     """An auth service whose Redis is down erases nothing (the caller's token keeps working, so trying
     again later finishes the erasure) and says so: UNAVAILABLE."""
     settings = AuthSettings(
         **service_settings(
-            tmp_path, env="dev", database_url=postgres.url, keys_dir=mesh.base / "auth" / "auth-keys"
+            tmp_path,
+            env="dev",
+            database_url=postgres.url,
+            keys_dir=mesh.base / "auth" / "auth-keys",
+            kms_keys_dir=kms_keys_dir,
         )
     )  # and no Redis
     cut_off = await mesh.services.start(AUTH, settings, AuthDeps())

@@ -343,6 +343,7 @@ async def test_erasure_removes_the_account_revokes_its_tokens_and_signs_a_receip
         "identities": 1,
         "sessions": 2,
         "refresh_tokens": 3,
+        "data_keys": 1,
     }
     assert erasure.receipt.erased == expected
     assert list(store.data.users) == [bystander.user.id]
@@ -361,7 +362,13 @@ async def test_erasure_removes_the_account_revokes_its_tokens_and_signs_a_receip
 
     again = await eraser.erase(login.user.id, {})
     assert not again.existed
-    assert again.receipt.erased == {"account": 0, "identities": 0, "sessions": 0, "refresh_tokens": 0}
+    assert again.receipt.erased == {
+        "account": 0,
+        "identities": 0,
+        "sessions": 0,
+        "refresh_tokens": 0,
+        "data_keys": 0,
+    }
     renewed = await sessions.dev_login("ivan@example.com", "")
     assert renewed.user.id != login.user.id
 

@@ -11,6 +11,7 @@ import pytest
 
 from bench.memory import (
     DIMENSION,
+    MEMORY_COLUMNS,
     Dataset,
     Scenario,
     nearest_ids,
@@ -72,8 +73,19 @@ def test_synthetic_memories_are_unit_vectors_clustered_by_topic() -> None:
     )
     (records,) = list(dataset.memory_chunks())
     assert len(records) == 150
-    assert {r[0] for r in records} == set(dataset.user_ids)
-    assert all(isinstance(r[5], datetime) and r[5] <= datetime.now(UTC) for r in records)
+    rows = [dict(zip(MEMORY_COLUMNS, record, strict=True)) for record in records]
+    assert {row["user_id"] for row in rows} == set(dataset.user_ids)
+    assert all(
+        isinstance(row["created_at"], datetime) and row["created_at"] <= datetime.now(UTC) for row in rows
+    )
+    # Sealed as the service seals them: each opens with its user's key in its own row, and only there.
+    user = {u: i for i, u in enumerate(dataset.user_ids)}
+    for row in rows[:5]:
+        cipher = dataset.cipher(user[row["user_id"]])
+        assert cipher.open_text("vector_memory", "text", row["id"], row["text"]).startswith(
+            "synthetic memory"
+        )
+        assert row["words"] == cipher.words(cipher.open_text("vector_memory", "text", row["id"], row["text"]))
     queries = dataset.queries(20, 0)
     assert queries == dataset.queries(20, 0)  # deterministic
     for user_id, agent_id, vector in queries:

@@ -139,7 +139,7 @@ def started(
     """`python -m <args> --help` for every command the pods run, all at once, outside the checkout (the
     image imports the installed package, not sources in its working directory)."""
     workdir = tmp_path_factory.mktemp("image-workdir")
-    commands = sorted(commands_run_by_pods() | {("auth", "rotate-keys")})
+    commands = sorted(commands_run_by_pods() | {("auth", "rotate-keys"), ("auth", "rewrap-keys")})
     processes = {
         command: subprocess.Popen(
             [sys.executable, "-m", *command, "--help"],

@@ -450,6 +450,24 @@ def test_auth_reads_its_signing_keys_from_a_read_only_secret(rendered: list[Mani
     assert volumes[mount["name"]]["secret"]["defaultMode"] == 0o440
 
 
+@pytest.mark.parametrize("name", ["memory", "auth"])
+def test_memory_auth_and_their_migrations_read_the_kms_keys_from_a_read_only_secret(
+    rendered: list[Manifest], name: str
+) -> None:
+    """Memory and auth wrap data keys (and their migrations encrypt existing rows) with the local KMS's
+    keys, the same in every replica: the Secret athena-kms-keys, never a key made in a pod."""
+    deployment = of_kind(rendered, "Deployment")[name]
+    volumes = {volume["name"]: volume for volume in pod_spec(deployment)["volumes"]}
+    containers = [*pod_spec(deployment)["initContainers"], main_container(deployment)]
+    for container in containers:
+        env = environment(container, rendered)
+        assert env["ATHENA_KMS"] == "local"
+        (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == env["ATHENA_KMS_KEYS_DIR"]]
+        assert mount["readOnly"] is True
+        assert volumes[mount["name"]]["secret"]["secretName"] == "athena-kms-keys"
+        assert volumes[mount["name"]]["secret"]["defaultMode"] == 0o440
+
+
 def referenced_secrets(manifests: list[Manifest]) -> dict[str, bool]:
     """Every Secret the pods use → whether it is required (not `optional`)."""
     found: dict[str, bool] = {}

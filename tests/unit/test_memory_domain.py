@@ -20,7 +20,7 @@ from memory.domain import (
 )
 from memory.migrate import migration_dimension, render_schema
 from memory.pagination import Cursor, decode_page_token, encode_page_token
-from memory.ranking import RankingPolicy, keyword_query
+from memory.ranking import RankingPolicy
 from memory.recall import Recaller, RecallQuery
 from memory.settings import DEFAULT_SIMILARITY_THRESHOLDS, OFFLINE_EMBEDDING_MODEL, MemorySettings
 from memory.stores import Candidates
@@ -75,12 +75,6 @@ def test_score_blends_similarity_with_halving_recency() -> None:
     assert policy.recency(NOW + timedelta(days=1), NOW) == 1.0  # clock skew never boosts past "now"
     assert policy.passes(0.5)
     assert not policy.passes(0.4999)
-
-
-def test_keyword_query_ors_the_words() -> None:
-    assert keyword_query("what is my caloric goal?") == "what or is or my or caloric or goal"
-    assert keyword_query("tea OR coffee") == "tea or coffee"
-    assert keyword_query("?!") is None
 
 
 def memory(text: str, *, days_old: float = 0, memory_id: str = "") -> MemoryRecord:
@@ -158,7 +152,7 @@ async def test_keyword_stage_ranks_only_when_no_vector_passes() -> None:
         "u", RecallQuery(text="breakfast oats", agent_id="athena", k=1), now=NOW
     )
     assert [(h.memory.text, h.stage) for h in hits] == [("b", Stage.KEYWORD)]
-    assert store.keyword_queries == ["breakfast or oats"]
+    assert store.keyword_queries == ["breakfast oats"]  # the store blinds its words
 
 
 async def test_precomputed_embedding_skips_the_model() -> None:

@@ -12,6 +12,8 @@ const CATEGORIES: Readonly<Record<string, string>> = {
   identities: "Sign-in identities",
   sessions: "Sessions",
   refresh_tokens: "Session tokens",
+  data_keys: "Encryption key of your account details (destroyed)",
+  memory_data_keys: "Encryption key of your conversations and memories (destroyed)",
   memory_rows: "Conversations, messages and memories (database rows)",
   memory_cache_keys: "Cached data (calendar, wearables)",
 };

@@ -63,6 +63,14 @@ if ! exists auth-signing-keys; then
   create auth-signing-keys --from-file="$keys/keys"
 fi
 
+# A first key-encryption key for the users' data keys (ATHENA_KMS=local); rotate as k8s/README.md shows.
+if ! exists athena-kms-keys; then
+  kms=$(mktemp -d)
+  "$python" -m mesh.kms rotate --keys-dir "$kms/keys"
+  create athena-kms-keys --from-file="$kms/keys"
+  rm -rf "$kms"
+fi
+
 # Optional, not created here: model-api (api-key) to use a real model instead of the offline one — then
 # also set OPENAI_BASE_URL — and auth-oidc (AUTH_GOOGLE__CLIENT_ID, ...) for Google/Microsoft sign-in.
 echo "dev secrets ready in namespace $namespace"

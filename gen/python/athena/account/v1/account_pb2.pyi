@@ -286,10 +286,12 @@ class DeleteAccountResponse(_message.Message):
     """
     @_builtins.property
     def erased(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
-        """What was erased, by category, as the receipt states it: "memory_rows" (rows of the memory
-        database: conversations, messages, memories, agent settings, the user), "memory_cache_keys"
-        (ephemeral data in Redis), "account", "identities" (sign-ins with providers), "sessions" and
-        "refresh_tokens".
+        """What was erased, by category, as the receipt states it: "memory_data_keys" (1 when memory's data key
+        of the person was destroyed: every copy of their conversations and memories, backups included, is
+        unreadable), "memory_rows" (rows of the memory database: conversations, messages, memories, agent
+        settings, the user), "memory_cache_keys" (ephemeral data in Redis), "data_keys" (the same for auth's
+        key of the person's address, name and provider subjects), "account", "identities" (sign-ins with
+        providers), "sessions" and "refresh_tokens".
         """
 
     @_builtins.property

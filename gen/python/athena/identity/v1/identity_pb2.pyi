@@ -49,9 +49,9 @@ class EraseUserRequest(_message.Message):
     @_builtins.property
     def purged(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """What the caller erased of this user in other services before this call, by category, listed in the
-        receipt as stated here (the router passes memory's PurgeUser counts as "memory_rows" and
-        "memory_cache_keys"). A category auth counts itself ("account", "identities", "sessions",
-        "refresh_tokens") is INVALID_ARGUMENT.
+        receipt as stated here (the router passes memory's PurgeUser answer as "memory_data_keys",
+        "memory_rows" and "memory_cache_keys"). A category auth counts itself ("account", "identities",
+        "sessions", "refresh_tokens", "data_keys") is INVALID_ARGUMENT.
         """
 
     def __init__(
@@ -104,7 +104,7 @@ class EraseUserResponse(_message.Message):
     @_builtins.property
     def erased_counts(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """Every category the receipt lists, with its count: the request's `purged` and auth's own ("account",
-        "identities", "sessions", "refresh_tokens").
+        "identities", "sessions", "refresh_tokens", "data_keys").
         """
 
     @_builtins.property

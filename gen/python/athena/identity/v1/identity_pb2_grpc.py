@@ -53,11 +53,12 @@ class IdentityServiceServicer:
     """
 
     def EraseUser(self, request, context):
-        """Deletes the caller (named by the forwarded access token): the account, its identities, every session
-        and refresh-token hash; revokes every access token issued to the caller until then (every service
-        refuses them within a second); and signs an erasure receipt of what was erased, here and as the
-        request reports for other services. Idempotent: erasing again erases nothing more, and its receipt says
-        so. UNAVAILABLE, with nothing erased in auth, while the revocation list (Redis) cannot be written.
+        """Revokes every access token issued to the caller (named by the forwarded access token) until now: every
+        service refuses them within a second. Then destroys the caller's data key and deletes the account, its
+        identities, every session and refresh-token hash; and signs an erasure receipt of what was erased,
+        here and as the request reports for other services. Idempotent: erasing again erases nothing more, and
+        its receipt says so. UNAVAILABLE, with nothing erased in auth, while the revocation list (Redis)
+        cannot be written.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -38,11 +38,12 @@ class IdentityServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> IdentityServiceAsyncStub: ...
     EraseUser: _grpc.UnaryUnaryMultiCallable[_identity_pb2.EraseUserRequest, _identity_pb2.EraseUserResponse]
-    """Deletes the caller (named by the forwarded access token): the account, its identities, every session
-    and refresh-token hash; revokes every access token issued to the caller until then (every service
-    refuses them within a second); and signs an erasure receipt of what was erased, here and as the
-    request reports for other services. Idempotent: erasing again erases nothing more, and its receipt says
-    so. UNAVAILABLE, with nothing erased in auth, while the revocation list (Redis) cannot be written.
+    """Revokes every access token issued to the caller (named by the forwarded access token) until now: every
+    service refuses them within a second. Then destroys the caller's data key and deletes the account, its
+    identities, every session and refresh-token hash; and signs an erasure receipt of what was erased,
+    here and as the request reports for other services. Idempotent: erasing again erases nothing more, and
+    its receipt says so. UNAVAILABLE, with nothing erased in auth, while the revocation list (Redis)
+    cannot be written.
     """
 
 @_typing.type_check_only
@@ -55,11 +56,12 @@ class IdentityServiceAsyncStub(IdentityServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     EraseUser: _aio.UnaryUnaryMultiCallable[_identity_pb2.EraseUserRequest, _identity_pb2.EraseUserResponse]  # type: ignore[assignment]
-    """Deletes the caller (named by the forwarded access token): the account, its identities, every session
-    and refresh-token hash; revokes every access token issued to the caller until then (every service
-    refuses them within a second); and signs an erasure receipt of what was erased, here and as the
-    request reports for other services. Idempotent: erasing again erases nothing more, and its receipt says
-    so. UNAVAILABLE, with nothing erased in auth, while the revocation list (Redis) cannot be written.
+    """Revokes every access token issued to the caller (named by the forwarded access token) until now: every
+    service refuses them within a second. Then destroys the caller's data key and deletes the account, its
+    identities, every session and refresh-token hash; and signs an erasure receipt of what was erased,
+    here and as the request reports for other services. Idempotent: erasing again erases nothing more, and
+    its receipt says so. UNAVAILABLE, with nothing erased in auth, while the revocation list (Redis)
+    cannot be written.
     """
 
 class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -75,11 +77,12 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _identity_pb2.EraseUserRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_identity_pb2.EraseUserResponse, _abc.Awaitable[_identity_pb2.EraseUserResponse]]:
-        """Deletes the caller (named by the forwarded access token): the account, its identities, every session
-        and refresh-token hash; revokes every access token issued to the caller until then (every service
-        refuses them within a second); and signs an erasure receipt of what was erased, here and as the
-        request reports for other services. Idempotent: erasing again erases nothing more, and its receipt says
-        so. UNAVAILABLE, with nothing erased in auth, while the revocation list (Redis) cannot be written.
+        """Revokes every access token issued to the caller (named by the forwarded access token) until now: every
+        service refuses them within a second. Then destroys the caller's data key and deletes the account, its
+        identities, every session and refresh-token hash; and signs an erasure receipt of what was erased,
+        here and as the request reports for other services. Idempotent: erasing again erases nothing more, and
+        its receipt says so. UNAVAILABLE, with nothing erased in auth, while the revocation list (Redis)
+        cannot be written.
         """
 
 def add_IdentityServiceServicer_to_server(servicer: IdentityServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1148,19 +1148,25 @@ class PurgeUserResponse(_message.Message):
 
     DELETED_ROWS_FIELD_NUMBER: _builtins.int
     DELETED_KEYS_FIELD_NUMBER: _builtins.int
+    DATA_KEY_DESTROYED_FIELD_NUMBER: _builtins.int
     deleted_rows: _builtins.int
     """Rows deleted from PostgreSQL, all tables together."""
     deleted_keys: _builtins.int
     """Keys deleted from Redis."""
+    data_key_destroyed: _builtins.bool
+    """Whether the user's data key was destroyed (first, before any row): every copy of their rows,
+    backups included, is unreadable from then on. False when they had none (nothing was ever stored).
+    """
     def __init__(
         self,
         *,
         deleted_rows: _builtins.int = ...,
         deleted_keys: _builtins.int = ...,
+        data_key_destroyed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted_keys", b"deleted_keys", "deleted_rows", b"deleted_rows"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_key_destroyed", b"data_key_destroyed", "deleted_keys", b"deleted_keys", "deleted_rows", b"deleted_rows"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -247,10 +247,12 @@ export type DeleteAccountResponse = Message<"athena.account.v1.DeleteAccountResp
   receipt: string;
 
   /**
-   * What was erased, by category, as the receipt states it: "memory_rows" (rows of the memory
-   * database: conversations, messages, memories, agent settings, the user), "memory_cache_keys"
-   * (ephemeral data in Redis), "account", "identities" (sign-ins with providers), "sessions" and
-   * "refresh_tokens".
+   * What was erased, by category, as the receipt states it: "memory_data_keys" (1 when memory's data key
+   * of the person was destroyed: every copy of their conversations and memories, backups included, is
+   * unreadable), "memory_rows" (rows of the memory database: conversations, messages, memories, agent
+   * settings, the user), "memory_cache_keys" (ephemeral data in Redis), "data_keys" (the same for auth's
+   * key of the person's address, name and provider subjects), "account", "identities" (sign-ins with
+   * providers), "sessions" and "refresh_tokens".
    *
    * @generated from field: map<string, int64> erased = 2;
    */

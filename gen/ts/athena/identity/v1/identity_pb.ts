@@ -23,9 +23,9 @@ export const file_athena_identity_v1_identity: GenFile = /*@__PURE__*/
 export type EraseUserRequest = Message<"athena.identity.v1.EraseUserRequest"> & {
   /**
    * What the caller erased of this user in other services before this call, by category, listed in the
-   * receipt as stated here (the router passes memory's PurgeUser counts as "memory_rows" and
-   * "memory_cache_keys"). A category auth counts itself ("account", "identities", "sessions",
-   * "refresh_tokens") is INVALID_ARGUMENT.
+   * receipt as stated here (the router passes memory's PurgeUser answer as "memory_data_keys",
+   * "memory_rows" and "memory_cache_keys"). A category auth counts itself ("account", "identities",
+   * "sessions", "refresh_tokens", "data_keys") is INVALID_ARGUMENT.
    *
    * @generated from field: map<string, int64> purged = 1;
    */
@@ -61,7 +61,7 @@ export type EraseUserResponse = Message<"athena.identity.v1.EraseUserResponse"> 
 
   /**
    * Every category the receipt lists, with its count: the request's `purged` and auth's own ("account",
-   * "identities", "sessions", "refresh_tokens").
+   * "identities", "sessions", "refresh_tokens", "data_keys").
    *
    * @generated from field: map<string, int64> erased_counts = 3;
    */
@@ -92,11 +92,12 @@ export const EraseUserResponseSchema: GenMessage<EraseUserResponse> = /*@__PURE_
  */
 export const IdentityService: GenService<{
   /**
-   * Deletes the caller (named by the forwarded access token): the account, its identities, every session
-   * and refresh-token hash; revokes every access token issued to the caller until then (every service
-   * refuses them within a second); and signs an erasure receipt of what was erased, here and as the
-   * request reports for other services. Idempotent: erasing again erases nothing more, and its receipt says
-   * so. UNAVAILABLE, with nothing erased in auth, while the revocation list (Redis) cannot be written.
+   * Revokes every access token issued to the caller (named by the forwarded access token) until now: every
+   * service refuses them within a second. Then destroys the caller's data key and deletes the account, its
+   * identities, every session and refresh-token hash; and signs an erasure receipt of what was erased,
+   * here and as the request reports for other services. Idempotent: erasing again erases nothing more, and
+   * its receipt says so. UNAVAILABLE, with nothing erased in auth, while the revocation list (Redis)
+   * cannot be written.
    *
    * @generated from rpc athena.identity.v1.IdentityService.EraseUser
    */
