@@ -6,7 +6,7 @@ The order keeps every promise the answer makes:
    cannot be recorded (Redis down), the call fails UNAVAILABLE with nothing erased here: the caller's token
    still works, so calling again finishes the erasure. An erasure that answered is one whose tokens every
    service refuses;
-2. in one transaction, the user's data key is destroyed (crypto-shredding, committed at once), then the
+2. then, in one transaction, the user's data key is destroyed (crypto-shredding, committed at once), then the
    account, its identities, sessions and refresh-token hashes are deleted, each counted. Should this
    fail (the database, after the revocation), the person's refresh token still gets them a token issued
    after the revocation to delete again with; once the data key is gone, what is left of the account is
@@ -68,13 +68,12 @@ class AccountEraser:
         clash = sorted(AUTH_CATEGORIES.intersection(purged))
         if clash:
             raise InvalidArgument("purged", f"{clash[0]!r} is counted by auth itself")
+        now = self._clock()
+        try:
+            await self._revocations.revoke(self._tokens.revocation(RevocationKind.USER, user_id, now))
+        except Unavailable as exc:  # before anything is erased, the data key included
+            raise Unavailable(UNREVOKABLE) from exc
         async with self._store.transaction() as tx:
-            now = self._clock()
-            revocation = self._tokens.revocation(RevocationKind.USER, user_id, now)
-            try:
-                await self._revocations.revoke(revocation)
-            except Unavailable as exc:  # before anything is erased, the data key included
-                raise Unavailable(UNREVOKABLE) from exc
             deleted = await tx.delete_user(user_id)
         receipt = self._receipts.sign(user_id=user_id, erased={**purged, **deleted.counts()}, now=now)
         log.info(

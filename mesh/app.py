@@ -217,7 +217,7 @@ async def start(app: ServiceApp[S, D], settings: S, deps: D | None = None) -> Ru
         assembly = await app.build(settings, deps)
         verifier = assembly.verifier or deps.verifier or default_verifier(settings)
         revocations = deps.revocation_feed(settings)
-        await revocations.load_once(verifier.revocations)
+        loaded = await revocations.load_once(verifier.revocations)
         server = MeshServer(
             app.name,
             settings,
@@ -235,7 +235,7 @@ async def start(app: ServiceApp[S, D], settings: S, deps: D | None = None) -> Ru
         raise
 
     async def follow_revocations() -> None:
-        await revocations.follow(verifier.revocations)
+        await revocations.follow(verifier.revocations, reachable=loaded)
 
     tasks = [
         asyncio.create_task(_supervised(work), name=f"{app.name}-{getattr(work, '__name__', 'task')}")

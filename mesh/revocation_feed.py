@@ -116,10 +116,10 @@ class RedisRevocationFeed:
             return False
         return True
 
-    async def follow(self, revocations: RevocationList) -> None:
+    async def follow(self, revocations: RevocationList, *, reachable: bool = True) -> None:
         """Forever: keep `revocations` current (see the module's docstring). Never raises but for
-        cancellation; a malformed entry is skipped and logged."""
-        reachable = True
+        cancellation; a malformed entry is skipped and logged. `reachable`: whether Redis answered last
+        (an outage is logged once, when it starts, and its end)."""
         while True:
             try:
                 last = await self.load(revocations)
