@@ -104,7 +104,7 @@ class AuthApp:
             Service(SERVICE_NAME, self.servicer, auth_pb2_grpc.add_AuthServiceServicer_to_server),
             Service(
                 IDENTITY_SERVICE_NAME,
-                IdentityServicer(self.eraser),
+                IdentityServicer(self.eraser, self.sessions),
                 identity_pb2_grpc.add_IdentityServiceServicer_to_server,
             ),
         ]

@@ -23,10 +23,13 @@ from asyncpg.pool import PoolConnectionProxy
 
 from auth.privacy import IDENTITIES, INDEX_OWNER, USERS, email_token, identity_row, identity_token
 from auth.store import (
+    AccountExport,
     AuthTransaction,
     ErasedAccount,
+    IdentityRecord,
     LoginState,
     RefreshTokenRecord,
+    SessionRecord,
     StoreConflict,
     UserRecord,
 )
@@ -194,6 +197,56 @@ class _PostgresTransaction:
             cipher.seal(IDENTITIES, "subject", identity_row(provider, subject_index), subject),
             uuid.UUID(user_id),
             now,
+        )
+
+    async def export(self, user_id: str) -> AccountExport | None:
+        key = _user_id(user_id)
+        if key is None:
+            return None
+        row = await self._db.fetchrow(
+            "SELECT id, email, display_name, created_at, updated_at FROM auth.users WHERE id = $1", key
+        )
+        user = await self._opened(row) if row else None
+        if row is None or user is None:
+            return None
+        cipher = await self._keys.cipher(user_id)
+        identities = await self._db.fetch(
+            "SELECT provider, subject_index, subject, created_at FROM auth.identities WHERE user_id = $1 "
+            "ORDER BY created_at, provider",
+            key,
+        )
+        sessions = await self._db.fetch(
+            "SELECT s.id, s.created_at, s.revoked_at, s.revoked_reason, "
+            "(SELECT count(*) FROM auth.refresh_tokens t WHERE t.family_id = s.id) AS refresh_tokens "
+            "FROM auth.sessions s WHERE s.user_id = $1 ORDER BY s.created_at DESC, s.id",
+            key,
+        )
+        return AccountExport(
+            user=user,
+            updated_at=row["updated_at"],
+            identities=tuple(
+                IdentityRecord(
+                    provider=identity["provider"],
+                    subject=cipher.open_text(
+                        IDENTITIES,
+                        "subject",
+                        identity_row(identity["provider"], bytes(identity["subject_index"])),
+                        identity["subject"],
+                    ),
+                    created_at=identity["created_at"],
+                )
+                for identity in identities
+            ),
+            sessions=tuple(
+                SessionRecord(
+                    id=str(session["id"]),
+                    created_at=session["created_at"],
+                    revoked_at=session["revoked_at"],
+                    revoked_reason=session["revoked_reason"],
+                    refresh_tokens=int(session["refresh_tokens"]),
+                )
+                for session in sessions
+            ),
         )
 
     async def delete_user(self, user_id: str) -> ErasedAccount:

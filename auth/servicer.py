@@ -174,10 +174,44 @@ IDENTITY_SERVICE_NAME = identity_pb2.DESCRIPTOR.services_by_name["IdentityServic
 
 
 class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
-    """Internal: the router's half of account erasure."""
+    """Internal: the router's half of account export and erasure."""
 
-    def __init__(self, eraser: AccountEraser) -> None:
+    def __init__(self, eraser: AccountEraser, sessions: SessionManager) -> None:
         self._eraser = eraser
+        self._sessions = sessions
+
+    async def ExportIdentity(
+        self, request: identity_pb2.ExportIdentityRequest, context: Context
+    ) -> identity_pb2.ExportIdentityResponse:
+        exported = await self._sessions.export(principal().user_id)
+        user = exported.user
+        return identity_pb2.ExportIdentityResponse(
+            account=identity_pb2.ExportedAccount(
+                user_id=user.id,
+                email=user.email,
+                display_name=user.display_name,
+                created_at=_timestamp(user.created_at),
+                updated_at=_timestamp(exported.updated_at),
+            ),
+            identities=[
+                identity_pb2.ExportedIdentity(
+                    provider=identity.provider,
+                    subject=identity.subject,
+                    created_at=_timestamp(identity.created_at),
+                )
+                for identity in exported.identities
+            ],
+            sessions=[
+                identity_pb2.ExportedSession(
+                    id=session.id,
+                    created_at=_timestamp(session.created_at),
+                    revoked_at=_timestamp(session.revoked_at) if session.revoked_at else None,
+                    revoked_reason=session.revoked_reason or "",
+                    refresh_tokens=session.refresh_tokens,
+                )
+                for session in exported.sessions
+            ],
+        )
 
     async def EraseUser(
         self, request: identity_pb2.EraseUserRequest, context: Context

@@ -33,8 +33,22 @@ from datetime import UTC, datetime, timedelta
 from tenacity import AsyncRetrying, RetryError, retry_if_exception_type, stop_after_attempt
 
 from auth.access import AccessTokenIssuer
-from auth.store import AuthStore, AuthTransaction, RefreshTokenRecord, StoreConflict, UserRecord
-from mesh.errors import AlreadyExists, FailedPrecondition, InvalidArgument, Unauthenticated, Unavailable
+from auth.store import (
+    AccountExport,
+    AuthStore,
+    AuthTransaction,
+    RefreshTokenRecord,
+    StoreConflict,
+    UserRecord,
+)
+from mesh.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unauthenticated,
+    Unavailable,
+)
 from mesh.retry import log_retry
 from mesh.revocation import RevocationKind, RevocationWriter
 
@@ -277,6 +291,14 @@ class SessionManager:
             record = await tx.lock_refresh_token(token_hash)
             if record is not None:
                 await tx.revoke_family(record.family_id, self._clock(), "logout")
+
+    async def export(self, user_id: str) -> AccountExport:
+        """What auth holds about the user, opened for them: account, identities, sessions (no tokens)."""
+        async with self._store.transaction() as tx:
+            exported = await tx.export(user_id)
+        if exported is None:
+            raise NotFound("this account does not exist")
+        return exported
 
     async def revoke_all(self, user_id: str) -> int:
         """Revokes every session of the user; returns how many were still usable."""

@@ -28,6 +28,36 @@ class UserRecord:
 
 
 @dataclass(frozen=True)
+class IdentityRecord:
+    """A sign-in identity at a provider, opened for its owner."""
+
+    provider: str
+    subject: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    """A session family as its owner may see it: no token, no hash."""
+
+    id: str
+    created_at: datetime
+    revoked_at: datetime | None
+    revoked_reason: str | None
+    refresh_tokens: int
+
+
+@dataclass(frozen=True)
+class AccountExport:
+    """Everything auth holds about a user, opened for them (`ExportIdentity`)."""
+
+    user: UserRecord
+    updated_at: datetime
+    identities: tuple[IdentityRecord, ...]
+    sessions: tuple[SessionRecord, ...]
+
+
+@dataclass(frozen=True)
 class RefreshTokenRecord:
     """One refresh token of a session family. The token itself is never stored, only its SHA-256."""
 
@@ -98,6 +128,10 @@ class AuthTransaction(Protocol):
 
     async def link_identity(self, user_id: str, provider: str, subject: str, now: datetime) -> None:
         """Raises `StoreConflict` when (provider, subject) is linked already."""
+        ...
+
+    async def export(self, user_id: str) -> AccountExport | None:
+        """The user's account, identities and sessions; None when there is no such user."""
         ...
 
     async def delete_user(self, user_id: str) -> ErasedAccount:

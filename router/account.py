@@ -11,6 +11,7 @@ from athena.account.v1 import account_pb2, account_pb2_grpc
 from athena.identity.v1 import identity_pb2
 from athena.memory.v1 import memory_pb2
 from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
 
 from mesh import clients
 from mesh.clock import Clock
@@ -22,6 +23,11 @@ from router.settings import RouterSettings
 log = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[Any, Any]
 _SECTIONS = {"agent": "agents", "conversation": "conversations", "memory": "memories"}
+
+
+def _as_dict(message: Message) -> dict[str, Any]:
+    """Every field, defaults included: a disabled agent says `"enabled": false` rather than nothing."""
+    return MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
 
 
 class AccountServicer(account_pb2_grpc.AccountServiceServicer):
@@ -58,23 +64,28 @@ class AccountServicer(account_pb2_grpc.AccountServiceServicer):
     async def ExportData(
         self, request: account_pb2.ExportDataRequest, context: Context
     ) -> AsyncIterator[account_pb2.ExportDataResponse]:
-        caller = principal()
-        sections: dict[str, list[Any]] = {"agents": [], "conversations": [], "memories": []}
+        identity = await clients.call(
+            self._peers.identity.ExportIdentity,
+            identity_pb2.ExportIdentityRequest(),
+            timeout_seconds=self._timeout(),
+        )
+        sections: dict[str, list[Any]] = {
+            "agents": [],
+            "conversations": [],
+            "memories": [],
+            "identities": [_as_dict(item) for item in identity.identities],
+            "sessions": [_as_dict(item) for item in identity.sessions],
+            # Calendar, files and health connections join here as they are added (none are held yet).
+            "connections": [],
+        }
         async for record in clients.stream(
             self._peers.user_data.ExportUserData, memory_pb2.ExportUserDataRequest()
         ):
             kind = record.WhichOneof("record")
             if kind is None:
                 continue
-            # Every field, defaults included: a disabled agent says `"enabled": false` rather than nothing.
-            sections[_SECTIONS[kind]].append(
-                MessageToDict(
-                    getattr(record, kind),
-                    preserving_proto_field_name=True,
-                    always_print_fields_with_no_presence=True,
-                )
-            )
-        profile = {"user_id": caller.user_id, "email": caller.email}
+            sections[_SECTIONS[kind]].append(_as_dict(getattr(record, kind)))
+        profile = _as_dict(identity.account)
         first = True
         async for chunk in export.chunked(export.document_parts(profile, sections, self._clock.now())):
             yield account_pb2.ExportDataResponse(

@@ -16,7 +16,15 @@ PROCESSING = {
         "remembering facts you asked agents to remember, across agents when you asked for that",
         "keeping you signed in and protecting your account (legitimate interest, Art. 6(1)(f))",
     ],
-    "categories": ["profile", "conversations and messages", "memories", "agent preferences", "sessions"],
+    "categories": [
+        "profile",
+        "sign-in identities",
+        "sessions",
+        "conversations and messages",
+        "memories",
+        "agent preferences",
+        "connections",
+    ],
     "retention": {
         "conversations": "until you delete them or your account",
         "memories": "until you or an agent forgets them, or you delete your account",

@@ -5,16 +5,20 @@ from __future__ import annotations
 import asyncio
 import copy
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from auth.store import (
+    AccountExport,
     AuthTransaction,
     ErasedAccount,
+    IdentityRecord,
     LoginState,
     RefreshTokenRecord,
+    SessionRecord,
     StoreConflict,
     UserRecord,
 )
@@ -89,6 +93,30 @@ class _MemoryTransaction:
         if (provider, subject) in self._data.identities:
             raise StoreConflict("identity linked already")
         self._data.identities[(provider, subject)] = user_id
+
+    async def export(self, user_id: str) -> AccountExport | None:
+        user = self._data.users.get(user_id)
+        if user is None:
+            return None
+        tokens = Counter(record.family_id for record in self._data.tokens.values())
+        return AccountExport(
+            user=user,
+            updated_at=user.created_at,
+            identities=tuple(
+                IdentityRecord(provider, subject, user.created_at)  # the double keeps no link time
+                for (provider, subject), owner in self._data.identities.items()
+                if owner == user_id
+            ),
+            sessions=tuple(
+                SessionRecord(
+                    family_id, family.created_at, family.revoked_at, family.revoked_reason, tokens[family_id]
+                )
+                for family_id, family in sorted(
+                    self._data.families.items(), key=lambda item: item[1].created_at, reverse=True
+                )
+                if family.user_id == user_id
+            ),
+        )
 
     async def delete_user(self, user_id: str) -> ErasedAccount:
         data = self._data

@@ -177,6 +177,35 @@ async def test_revoke_all_sessions_needs_an_access_token_and_counts(
         assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
+async def test_export_identity_opens_the_account_identities_and_sessions_for_their_owner(auth: Auth) -> None:
+    _, server, stub = auth
+    email = unique_email()
+    first = (await stub.DevLogin(auth_pb2.DevLoginRequest(email=email, display_name="Ada L."))).session
+    second = (await stub.DevLogin(auth_pb2.DevLoginRequest(email=email))).session
+    await stub.RefreshSession(auth_pb2.RefreshSessionRequest(refresh_token=second.refresh_token))
+    await stub.Logout(auth_pb2.LogoutRequest(refresh_token=first.refresh_token))
+    stranger_email = unique_email()
+    await stub.DevLogin(auth_pb2.DevLoginRequest(email=stranger_email))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        identity = identity_pb2_grpc.IdentityServiceStub(channel)
+        exported = await identity.ExportIdentity(
+            identity_pb2.ExportIdentityRequest(), metadata=auth_metadata(second.access_token)
+        )
+        assert (exported.account.user_id, exported.account.email) == (first.user.id, email)
+        assert exported.account.display_name
+        assert [(i.provider, i.subject) for i in exported.identities] == [("dev", email)]
+        # Newest first: the second sign-in (renewed once), then the first (signed out).
+        assert [(s.refresh_tokens, s.revoked_reason) for s in exported.sessions] == [(2, ""), (1, "logout")]
+        assert exported.sessions[1].HasField("revoked_at")
+        assert not exported.sessions[0].HasField("revoked_at")
+        serialized = exported.SerializeToString()
+        for secret in (first.refresh_token, second.refresh_token, second.access_token, stranger_email):
+            assert secret.encode() not in serialized
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await identity.ExportIdentity(identity_pb2.ExportIdentityRequest())
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
 async def test_erasure_deletes_every_auth_row_of_the_user(auth: Auth, pool: asyncpg.Pool) -> None:
     _, server, stub = auth
     login = (await stub.DevLogin(auth_pb2.DevLoginRequest(email=unique_email()))).session

@@ -224,7 +224,7 @@ async def test_memories_are_listed_and_forgotten(mesh: RouterMesh, router: Route
 
 
 async def test_another_users_objects_are_not_found_and_stay_intact(mesh: RouterMesh, router: Router) -> None:
-    _, alice = mesh.user()
+    alice = auth_metadata((await mesh.sign_in()).access_token)  # a real account: its export asks auth
     _, bob = mesh.user()
     bobs_turn = await chat(router.chat, bob, "remember my locker code is 4711", agent_id="focus")
     bobs_conversation = bobs_turn[0].conversation_started.conversation_id
@@ -264,7 +264,10 @@ async def test_another_users_objects_are_not_found_and_stay_intact(mesh: RouterM
 async def test_export_holds_the_callers_profile_conversations_memories_and_processing(
     mesh: RouterMesh, router: Router
 ) -> None:
-    user_id, metadata = mesh.user()
+    email = f"export-{uuid.uuid4().hex[:10]}@example.com"
+    session = await mesh.sign_in(email)
+    metadata = auth_metadata(session.access_token)
+    user_id = session.user.id
     _, stranger = mesh.user()
     await chat(router.chat, stranger, "remember the stranger likes jazz")
     turn = await chat(router.chat, metadata, "remember my caloric goal is 1800 kcal", agent_id="nutrition")
@@ -275,7 +278,19 @@ async def test_export_holds_the_callers_profile_conversations_memories_and_proce
     document = await export(router, metadata)
 
     assert document["format"] == "athenaos-export/v1"
-    assert document["profile"]["user_id"] == user_id
+    profile = document["profile"]
+    assert (profile["user_id"], profile["email"], profile["display_name"]) == (user_id, email, "Test")
+    assert profile["created_at"]
+    # Auth's half, opened for the owner: the identity they sign in with, and their session without its
+    # tokens (auth keeps only their hashes, and exports neither).
+    assert [(i["provider"], i["subject"]) for i in document["identities"]] == [("dev", email)]
+    [signed_in] = document["sessions"]
+    assert signed_in["created_at"]
+    assert signed_in["refresh_tokens"] == "1"  # int64, a string in proto3 JSON
+    assert signed_in["revoked_reason"] == ""
+    assert session.refresh_token not in json.dumps(document)
+    assert session.access_token not in json.dumps(document)
+    assert document["connections"] == []
     assert document["processing"]["purposes"]
     assert {agent["id"]: agent["enabled"] for agent in document["agents"]}["sme"] is False
     [exported] = document["conversations"]
@@ -315,8 +330,7 @@ async def test_delete_account_erases_everything_and_revokes_sessions(
     await expect_status(conversation(router, later, conversation_id), grpc.StatusCode.NOT_FOUND)
     assert await conversations(router, later) == []
     assert await memories(router, later) == []
-    leftover = await export(router, later)
-    assert (leftover["conversations"], leftover["memories"]) == ([], [])
+    # (An export needs the account itself: auth answers it, and it is gone.)
 
     again = await mesh.sign_in(email)
     fresh = auth_metadata(again.access_token)

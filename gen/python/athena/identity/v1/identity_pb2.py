@@ -26,7 +26,7 @@ from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!athena/identity/v1/identity.proto\x12\x12\x61thena.identity.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc3\x01\n\x10\x45raseUserRequest\x12t\n\x06purged\x18\x01 \x03(\x0b\x32\x30.athena.identity.v1.EraseUserRequest.PurgedEntryB*\xbaH\'\x9a\x01$\x10 \"\x1ar\x18\x32\x16^[a-z][a-z0-9_]{0,62}$*\x04\"\x02(\x00R\x06purged\x1a\x39\n\x0bPurgedEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\x03R\x05value:\x02\x38\x01\"\x9d\x02\n\x11\x45raseUserResponse\x12\x16\n\x06\x65rased\x18\x01 \x01(\x08R\x06\x65rased\x12\x18\n\x07receipt\x18\x02 \x01(\tR\x07receipt\x12\\\n\rerased_counts\x18\x03 \x03(\x0b\x32\x37.athena.identity.v1.EraseUserResponse.ErasedCountsEntryR\x0c\x65rasedCounts\x12\x37\n\terased_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x08\x65rasedAt\x1a?\n\x11\x45rasedCountsEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\x03R\x05value:\x02\x38\x01\x32k\n\x0fIdentityService\x12X\n\tEraseUser\x12$.athena.identity.v1.EraseUserRequest\x1a%.athena.identity.v1.EraseUserResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!athena/identity/v1/identity.proto\x12\x12\x61thena.identity.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x17\n\x15\x45xportIdentityRequest\"\xde\x01\n\x16\x45xportIdentityResponse\x12=\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32#.athena.identity.v1.ExportedAccountR\x07\x61\x63\x63ount\x12\x44\n\nidentities\x18\x02 \x03(\x0b\x32$.athena.identity.v1.ExportedIdentityR\nidentities\x12?\n\x08sessions\x18\x03 \x03(\x0b\x32#.athena.identity.v1.ExportedSessionR\x08sessions\"\xd9\x01\n\x0f\x45xportedAccount\x12\x17\n\x07user_id\x18\x01 \x01(\tR\x06userId\x12\x14\n\x05\x65mail\x18\x02 \x01(\tR\x05\x65mail\x12!\n\x0c\x64isplay_name\x18\x03 \x01(\tR\x0b\x64isplayName\x12\x39\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x39\n\nupdated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tupdatedAt\"\x83\x01\n\x10\x45xportedIdentity\x12\x1a\n\x08provider\x18\x01 \x01(\tR\x08provider\x12\x18\n\x07subject\x18\x02 \x01(\tR\x07subject\x12\x39\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\"\xe5\x01\n\x0f\x45xportedSession\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x39\n\ncreated_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x39\n\nrevoked_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\trevokedAt\x12%\n\x0erevoked_reason\x18\x04 \x01(\tR\rrevokedReason\x12%\n\x0erefresh_tokens\x18\x05 \x01(\x03R\rrefreshTokens\"\xc3\x01\n\x10\x45raseUserRequest\x12t\n\x06purged\x18\x01 \x03(\x0b\x32\x30.athena.identity.v1.EraseUserRequest.PurgedEntryB*\xbaH\'\x9a\x01$\x10 \"\x1ar\x18\x32\x16^[a-z][a-z0-9_]{0,62}$*\x04\"\x02(\x00R\x06purged\x1a\x39\n\x0bPurgedEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\x03R\x05value:\x02\x38\x01\"\x9d\x02\n\x11\x45raseUserResponse\x12\x16\n\x06\x65rased\x18\x01 \x01(\x08R\x06\x65rased\x12\x18\n\x07receipt\x18\x02 \x01(\tR\x07receipt\x12\\\n\rerased_counts\x18\x03 \x03(\x0b\x32\x37.athena.identity.v1.EraseUserResponse.ErasedCountsEntryR\x0c\x65rasedCounts\x12\x37\n\terased_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x08\x65rasedAt\x1a?\n\x11\x45rasedCountsEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\x03R\x05value:\x02\x38\x01\x32\xd4\x01\n\x0fIdentityService\x12X\n\tEraseUser\x12$.athena.identity.v1.EraseUserRequest\x1a%.athena.identity.v1.EraseUserResponse\x12g\n\x0e\x45xportIdentity\x12).athena.identity.v1.ExportIdentityRequest\x1a*.athena.identity.v1.ExportIdentityResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,14 +39,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ERASEUSERREQUEST'].fields_by_name['purged']._serialized_options = b'\272H\'\232\001$\020 \"\032r\0302\026^[a-z][a-z0-9_]{0,62}$*\004\"\002(\000'
   _globals['_ERASEUSERRESPONSE_ERASEDCOUNTSENTRY']._loaded_options = None
   _globals['_ERASEUSERRESPONSE_ERASEDCOUNTSENTRY']._serialized_options = b'8\001'
-  _globals['_ERASEUSERREQUEST']._serialized_start=120
-  _globals['_ERASEUSERREQUEST']._serialized_end=315
-  _globals['_ERASEUSERREQUEST_PURGEDENTRY']._serialized_start=258
-  _globals['_ERASEUSERREQUEST_PURGEDENTRY']._serialized_end=315
-  _globals['_ERASEUSERRESPONSE']._serialized_start=318
-  _globals['_ERASEUSERRESPONSE']._serialized_end=603
-  _globals['_ERASEUSERRESPONSE_ERASEDCOUNTSENTRY']._serialized_start=540
-  _globals['_ERASEUSERRESPONSE_ERASEDCOUNTSENTRY']._serialized_end=603
-  _globals['_IDENTITYSERVICE']._serialized_start=605
-  _globals['_IDENTITYSERVICE']._serialized_end=712
+  _globals['_EXPORTIDENTITYREQUEST']._serialized_start=119
+  _globals['_EXPORTIDENTITYREQUEST']._serialized_end=142
+  _globals['_EXPORTIDENTITYRESPONSE']._serialized_start=145
+  _globals['_EXPORTIDENTITYRESPONSE']._serialized_end=367
+  _globals['_EXPORTEDACCOUNT']._serialized_start=370
+  _globals['_EXPORTEDACCOUNT']._serialized_end=587
+  _globals['_EXPORTEDIDENTITY']._serialized_start=590
+  _globals['_EXPORTEDIDENTITY']._serialized_end=721
+  _globals['_EXPORTEDSESSION']._serialized_start=724
+  _globals['_EXPORTEDSESSION']._serialized_end=953
+  _globals['_ERASEUSERREQUEST']._serialized_start=956
+  _globals['_ERASEUSERREQUEST']._serialized_end=1151
+  _globals['_ERASEUSERREQUEST_PURGEDENTRY']._serialized_start=1094
+  _globals['_ERASEUSERREQUEST_PURGEDENTRY']._serialized_end=1151
+  _globals['_ERASEUSERRESPONSE']._serialized_start=1154
+  _globals['_ERASEUSERRESPONSE']._serialized_end=1439
+  _globals['_ERASEUSERRESPONSE_ERASEDCOUNTSENTRY']._serialized_start=1376
+  _globals['_ERASEUSERRESPONSE_ERASEDCOUNTSENTRY']._serialized_end=1439
+  _globals['_IDENTITYSERVICE']._serialized_start=1442
+  _globals['_IDENTITYSERVICE']._serialized_end=1654
 # @@protoc_insertion_point(module_scope)

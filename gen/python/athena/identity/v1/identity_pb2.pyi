@@ -20,6 +20,175 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class ExportIdentityRequest(_message.Message):
+    """Request of ExportIdentity. The user is named by the access token."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportIdentityRequest: _TypeAlias = ExportIdentityRequest  # noqa: Y015
+
+@_typing.final
+class ExportIdentityResponse(_message.Message):
+    """Response of ExportIdentity. NOT_FOUND when the account does not exist (erased)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    IDENTITIES_FIELD_NUMBER: _builtins.int
+    SESSIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def account(self) -> Global___ExportedAccount:
+        """The account."""
+
+    @_builtins.property
+    def identities(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExportedIdentity]:
+        """Every identity signing in to the account, oldest first."""
+
+    @_builtins.property
+    def sessions(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExportedSession]:
+        """Every session (a sign-in and the refresh tokens descending from it), newest first."""
+
+    def __init__(
+        self,
+        *,
+        account: Global___ExportedAccount | None = ...,
+        identities: _abc.Iterable[Global___ExportedIdentity] | None = ...,
+        sessions: _abc.Iterable[Global___ExportedSession] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "identities", b"identities", "sessions", b"sessions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportIdentityResponse: _TypeAlias = ExportIdentityResponse  # noqa: Y015
+
+@_typing.final
+class ExportedAccount(_message.Message):
+    """The account as auth holds it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    EMAIL_FIELD_NUMBER: _builtins.int
+    DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    """The account's id (the access token's `sub`)."""
+    email: _builtins.str
+    """The e-mail address."""
+    display_name: _builtins.str
+    """The display name."""
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """When the account was created."""
+
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp:
+        """When its address or name last changed."""
+
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        email: _builtins.str = ...,
+        display_name: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "updated_at", b"updated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "display_name", b"display_name", "email", b"email", "updated_at", b"updated_at", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportedAccount: _TypeAlias = ExportedAccount  # noqa: Y015
+
+@_typing.final
+class ExportedIdentity(_message.Message):
+    """An identity at a sign-in provider."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    provider: _builtins.str
+    """"google", "microsoft" or "dev"."""
+    subject: _builtins.str
+    """The provider's id of the person (for "dev", the address)."""
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was linked to the account."""
+
+    def __init__(
+        self,
+        *,
+        provider: _builtins.str = ...,
+        subject: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "provider", b"provider", "subject", b"subject"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportedIdentity: _TypeAlias = ExportedIdentity  # noqa: Y015
+
+@_typing.final
+class ExportedSession(_message.Message):
+    """A session: one sign-in and the refresh tokens it was renewed with (their values are never kept)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    REVOKED_AT_FIELD_NUMBER: _builtins.int
+    REVOKED_REASON_FIELD_NUMBER: _builtins.int
+    REFRESH_TOKENS_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The session's id (the access tokens' `sid`)."""
+    revoked_reason: _builtins.str
+    """Why it ended ("logout", "reuse", ...); empty while live."""
+    refresh_tokens: _builtins.int
+    """How many refresh tokens it was renewed with."""
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was signed in."""
+
+    @_builtins.property
+    def revoked_at(self) -> _timestamp_pb2.Timestamp:
+        """When it ended (sign-out, reuse of a spent refresh token, account deletion); unset while live."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        revoked_at: _timestamp_pb2.Timestamp | None = ...,
+        revoked_reason: _builtins.str = ...,
+        refresh_tokens: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "revoked_at", b"revoked_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "id", b"id", "refresh_tokens", b"refresh_tokens", "revoked_at", b"revoked_at", "revoked_reason", b"revoked_reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportedSession: _TypeAlias = ExportedSession  # noqa: Y015
+
+@_typing.final
 class EraseUserRequest(_message.Message):
     """Request of EraseUser. The user is named by the access token."""
 

@@ -43,6 +43,11 @@ class IdentityServiceStub:
                 request_serializer=athena_dot_identity_dot_v1_dot_identity__pb2.EraseUserRequest.SerializeToString,
                 response_deserializer=athena_dot_identity_dot_v1_dot_identity__pb2.EraseUserResponse.FromString,
                 _registered_method=True)
+        self.ExportIdentity = channel.unary_unary(
+                '/athena.identity.v1.IdentityService/ExportIdentity',
+                request_serializer=athena_dot_identity_dot_v1_dot_identity__pb2.ExportIdentityRequest.SerializeToString,
+                response_deserializer=athena_dot_identity_dot_v1_dot_identity__pb2.ExportIdentityResponse.FromString,
+                _registered_method=True)
 
 
 class IdentityServiceServicer:
@@ -64,6 +69,14 @@ class IdentityServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportIdentity(self, request, context):
+        """What auth holds about the caller, opened for them (GDPR Art. 15 and 20; the router's ExportData):
+        the account, the sign-in identities at providers, and the sessions — never a token or its hash.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IdentityServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -71,6 +84,11 @@ def add_IdentityServiceServicer_to_server(servicer, server):
                     servicer.EraseUser,
                     request_deserializer=athena_dot_identity_dot_v1_dot_identity__pb2.EraseUserRequest.FromString,
                     response_serializer=athena_dot_identity_dot_v1_dot_identity__pb2.EraseUserResponse.SerializeToString,
+            ),
+            'ExportIdentity': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportIdentity,
+                    request_deserializer=athena_dot_identity_dot_v1_dot_identity__pb2.ExportIdentityRequest.FromString,
+                    response_serializer=athena_dot_identity_dot_v1_dot_identity__pb2.ExportIdentityResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -104,6 +122,33 @@ class IdentityService:
             '/athena.identity.v1.IdentityService/EraseUser',
             athena_dot_identity_dot_v1_dot_identity__pb2.EraseUserRequest.SerializeToString,
             athena_dot_identity_dot_v1_dot_identity__pb2.EraseUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportIdentity(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/athena.identity.v1.IdentityService/ExportIdentity',
+            athena_dot_identity_dot_v1_dot_identity__pb2.ExportIdentityRequest.SerializeToString,
+            athena_dot_identity_dot_v1_dot_identity__pb2.ExportIdentityResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -45,6 +45,10 @@ class IdentityServiceStub:
     its receipt says so. UNAVAILABLE, with nothing erased in auth, while the revocation list (Redis)
     cannot be written.
     """
+    ExportIdentity: _grpc.UnaryUnaryMultiCallable[_identity_pb2.ExportIdentityRequest, _identity_pb2.ExportIdentityResponse]
+    """What auth holds about the caller, opened for them (GDPR Art. 15 and 20; the router's ExportData):
+    the account, the sign-in identities at providers, and the sessions — never a token or its hash.
+    """
 
 @_typing.type_check_only
 class IdentityServiceAsyncStub(IdentityServiceStub):
@@ -62,6 +66,10 @@ class IdentityServiceAsyncStub(IdentityServiceStub):
     here and as the request reports for other services. Idempotent: erasing again erases nothing more, and
     its receipt says so. UNAVAILABLE, with nothing erased in auth, while the revocation list (Redis)
     cannot be written.
+    """
+    ExportIdentity: _aio.UnaryUnaryMultiCallable[_identity_pb2.ExportIdentityRequest, _identity_pb2.ExportIdentityResponse]  # type: ignore[assignment]
+    """What auth holds about the caller, opened for them (GDPR Art. 15 and 20; the router's ExportData):
+    the account, the sign-in identities at providers, and the sessions — never a token or its hash.
     """
 
 class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -83,6 +91,16 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         here and as the request reports for other services. Idempotent: erasing again erases nothing more, and
         its receipt says so. UNAVAILABLE, with nothing erased in auth, while the revocation list (Redis)
         cannot be written.
+        """
+
+    @_abc_1.abstractmethod
+    def ExportIdentity(
+        self,
+        request: _identity_pb2.ExportIdentityRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_pb2.ExportIdentityResponse, _abc.Awaitable[_identity_pb2.ExportIdentityResponse]]:
+        """What auth holds about the caller, opened for them (GDPR Art. 15 and 20; the router's ExportData):
+        the account, the sign-in identities at providers, and the sessions — never a token or its hash.
         """
 
 def add_IdentityServiceServicer_to_server(servicer: IdentityServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

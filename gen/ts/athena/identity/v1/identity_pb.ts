@@ -13,7 +13,190 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file athena/identity/v1/identity.proto.
  */
 export const file_athena_identity_v1_identity: GenFile = /*@__PURE__*/
-  fileDesc("CiFhdGhlbmEvaWRlbnRpdHkvdjEvaWRlbnRpdHkucHJvdG8SEmF0aGVuYS5pZGVudGl0eS52MSKvAQoQRXJhc2VVc2VyUmVxdWVzdBJsCgZwdXJnZWQYASADKAsyMC5hdGhlbmEuaWRlbnRpdHkudjEuRXJhc2VVc2VyUmVxdWVzdC5QdXJnZWRFbnRyeUIqukgnmgEkECAiGnIYMhZeW2Etel1bYS16MC05X117MCw2Mn0kKgQiAigAGi0KC1B1cmdlZEVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoAzoCOAEi6AEKEUVyYXNlVXNlclJlc3BvbnNlEg4KBmVyYXNlZBgBIAEoCBIPCgdyZWNlaXB0GAIgASgJEk4KDWVyYXNlZF9jb3VudHMYAyADKAsyNy5hdGhlbmEuaWRlbnRpdHkudjEuRXJhc2VVc2VyUmVzcG9uc2UuRXJhc2VkQ291bnRzRW50cnkSLQoJZXJhc2VkX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBozChFFcmFzZWRDb3VudHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAM6AjgBMmsKD0lkZW50aXR5U2VydmljZRJYCglFcmFzZVVzZXISJC5hdGhlbmEuaWRlbnRpdHkudjEuRXJhc2VVc2VyUmVxdWVzdBolLmF0aGVuYS5pZGVudGl0eS52MS5FcmFzZVVzZXJSZXNwb25zZWIGcHJvdG8z", [file_buf_validate_validate, file_google_protobuf_timestamp]);
+  fileDesc("CiFhdGhlbmEvaWRlbnRpdHkvdjEvaWRlbnRpdHkucHJvdG8SEmF0aGVuYS5pZGVudGl0eS52MSIXChVFeHBvcnRJZGVudGl0eVJlcXVlc3QivwEKFkV4cG9ydElkZW50aXR5UmVzcG9uc2USNAoHYWNjb3VudBgBIAEoCzIjLmF0aGVuYS5pZGVudGl0eS52MS5FeHBvcnRlZEFjY291bnQSOAoKaWRlbnRpdGllcxgCIAMoCzIkLmF0aGVuYS5pZGVudGl0eS52MS5FeHBvcnRlZElkZW50aXR5EjUKCHNlc3Npb25zGAMgAygLMiMuYXRoZW5hLmlkZW50aXR5LnYxLkV4cG9ydGVkU2Vzc2lvbiKnAQoPRXhwb3J0ZWRBY2NvdW50Eg8KB3VzZXJfaWQYASABKAkSDQoFZW1haWwYAiABKAkSFAoMZGlzcGxheV9uYW1lGAMgASgJEi4KCmNyZWF0ZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wImUKEEV4cG9ydGVkSWRlbnRpdHkSEAoIcHJvdmlkZXIYASABKAkSDwoHc3ViamVjdBgCIAEoCRIuCgpjcmVhdGVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKtAQoPRXhwb3J0ZWRTZXNzaW9uEgoKAmlkGAEgASgJEi4KCmNyZWF0ZWRfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnJldm9rZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhYKDnJldm9rZWRfcmVhc29uGAQgASgJEhYKDnJlZnJlc2hfdG9rZW5zGAUgASgDIq8BChBFcmFzZVVzZXJSZXF1ZXN0EmwKBnB1cmdlZBgBIAMoCzIwLmF0aGVuYS5pZGVudGl0eS52MS5FcmFzZVVzZXJSZXF1ZXN0LlB1cmdlZEVudHJ5Qiq6SCeaASQQICIachgyFl5bYS16XVthLXowLTlfXXswLDYyfSQqBCICKAAaLQoLUHVyZ2VkRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgDOgI4ASLoAQoRRXJhc2VVc2VyUmVzcG9uc2USDgoGZXJhc2VkGAEgASgIEg8KB3JlY2VpcHQYAiABKAkSTgoNZXJhc2VkX2NvdW50cxgDIAMoCzI3LmF0aGVuYS5pZGVudGl0eS52MS5FcmFzZVVzZXJSZXNwb25zZS5FcmFzZWRDb3VudHNFbnRyeRItCgllcmFzZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wGjMKEUVyYXNlZENvdW50c0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoAzoCOAEy1AEKD0lkZW50aXR5U2VydmljZRJYCglFcmFzZVVzZXISJC5hdGhlbmEuaWRlbnRpdHkudjEuRXJhc2VVc2VyUmVxdWVzdBolLmF0aGVuYS5pZGVudGl0eS52MS5FcmFzZVVzZXJSZXNwb25zZRJnCg5FeHBvcnRJZGVudGl0eRIpLmF0aGVuYS5pZGVudGl0eS52MS5FeHBvcnRJZGVudGl0eVJlcXVlc3QaKi5hdGhlbmEuaWRlbnRpdHkudjEuRXhwb3J0SWRlbnRpdHlSZXNwb25zZWIGcHJvdG8z", [file_buf_validate_validate, file_google_protobuf_timestamp]);
+
+/**
+ * Request of ExportIdentity. The user is named by the access token.
+ *
+ * @generated from message athena.identity.v1.ExportIdentityRequest
+ */
+export type ExportIdentityRequest = Message<"athena.identity.v1.ExportIdentityRequest"> & {
+};
+
+/**
+ * Describes the message athena.identity.v1.ExportIdentityRequest.
+ * Use `create(ExportIdentityRequestSchema)` to create a new message.
+ */
+export const ExportIdentityRequestSchema: GenMessage<ExportIdentityRequest> = /*@__PURE__*/
+  messageDesc(file_athena_identity_v1_identity, 0);
+
+/**
+ * Response of ExportIdentity. NOT_FOUND when the account does not exist (erased).
+ *
+ * @generated from message athena.identity.v1.ExportIdentityResponse
+ */
+export type ExportIdentityResponse = Message<"athena.identity.v1.ExportIdentityResponse"> & {
+  /**
+   * The account.
+   *
+   * @generated from field: athena.identity.v1.ExportedAccount account = 1;
+   */
+  account?: ExportedAccount | undefined;
+
+  /**
+   * Every identity signing in to the account, oldest first.
+   *
+   * @generated from field: repeated athena.identity.v1.ExportedIdentity identities = 2;
+   */
+  identities: ExportedIdentity[];
+
+  /**
+   * Every session (a sign-in and the refresh tokens descending from it), newest first.
+   *
+   * @generated from field: repeated athena.identity.v1.ExportedSession sessions = 3;
+   */
+  sessions: ExportedSession[];
+};
+
+/**
+ * Describes the message athena.identity.v1.ExportIdentityResponse.
+ * Use `create(ExportIdentityResponseSchema)` to create a new message.
+ */
+export const ExportIdentityResponseSchema: GenMessage<ExportIdentityResponse> = /*@__PURE__*/
+  messageDesc(file_athena_identity_v1_identity, 1);
+
+/**
+ * The account as auth holds it.
+ *
+ * @generated from message athena.identity.v1.ExportedAccount
+ */
+export type ExportedAccount = Message<"athena.identity.v1.ExportedAccount"> & {
+  /**
+   * The account's id (the access token's `sub`).
+   *
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+
+  /**
+   * The e-mail address.
+   *
+   * @generated from field: string email = 2;
+   */
+  email: string;
+
+  /**
+   * The display name.
+   *
+   * @generated from field: string display_name = 3;
+   */
+  displayName: string;
+
+  /**
+   * When the account was created.
+   *
+   * @generated from field: google.protobuf.Timestamp created_at = 4;
+   */
+  createdAt?: Timestamp | undefined;
+
+  /**
+   * When its address or name last changed.
+   *
+   * @generated from field: google.protobuf.Timestamp updated_at = 5;
+   */
+  updatedAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message athena.identity.v1.ExportedAccount.
+ * Use `create(ExportedAccountSchema)` to create a new message.
+ */
+export const ExportedAccountSchema: GenMessage<ExportedAccount> = /*@__PURE__*/
+  messageDesc(file_athena_identity_v1_identity, 2);
+
+/**
+ * An identity at a sign-in provider.
+ *
+ * @generated from message athena.identity.v1.ExportedIdentity
+ */
+export type ExportedIdentity = Message<"athena.identity.v1.ExportedIdentity"> & {
+  /**
+   * "google", "microsoft" or "dev".
+   *
+   * @generated from field: string provider = 1;
+   */
+  provider: string;
+
+  /**
+   * The provider's id of the person (for "dev", the address).
+   *
+   * @generated from field: string subject = 2;
+   */
+  subject: string;
+
+  /**
+   * When it was linked to the account.
+   *
+   * @generated from field: google.protobuf.Timestamp created_at = 3;
+   */
+  createdAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message athena.identity.v1.ExportedIdentity.
+ * Use `create(ExportedIdentitySchema)` to create a new message.
+ */
+export const ExportedIdentitySchema: GenMessage<ExportedIdentity> = /*@__PURE__*/
+  messageDesc(file_athena_identity_v1_identity, 3);
+
+/**
+ * A session: one sign-in and the refresh tokens it was renewed with (their values are never kept).
+ *
+ * @generated from message athena.identity.v1.ExportedSession
+ */
+export type ExportedSession = Message<"athena.identity.v1.ExportedSession"> & {
+  /**
+   * The session's id (the access tokens' `sid`).
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * When it was signed in.
+   *
+   * @generated from field: google.protobuf.Timestamp created_at = 2;
+   */
+  createdAt?: Timestamp | undefined;
+
+  /**
+   * When it ended (sign-out, reuse of a spent refresh token, account deletion); unset while live.
+   *
+   * @generated from field: google.protobuf.Timestamp revoked_at = 3;
+   */
+  revokedAt?: Timestamp | undefined;
+
+  /**
+   * Why it ended ("logout", "reuse", ...); empty while live.
+   *
+   * @generated from field: string revoked_reason = 4;
+   */
+  revokedReason: string;
+
+  /**
+   * How many refresh tokens it was renewed with.
+   *
+   * @generated from field: int64 refresh_tokens = 5;
+   */
+  refreshTokens: bigint;
+};
+
+/**
+ * Describes the message athena.identity.v1.ExportedSession.
+ * Use `create(ExportedSessionSchema)` to create a new message.
+ */
+export const ExportedSessionSchema: GenMessage<ExportedSession> = /*@__PURE__*/
+  messageDesc(file_athena_identity_v1_identity, 4);
 
 /**
  * Request of EraseUser. The user is named by the access token.
@@ -37,7 +220,7 @@ export type EraseUserRequest = Message<"athena.identity.v1.EraseUserRequest"> & 
  * Use `create(EraseUserRequestSchema)` to create a new message.
  */
 export const EraseUserRequestSchema: GenMessage<EraseUserRequest> = /*@__PURE__*/
-  messageDesc(file_athena_identity_v1_identity, 0);
+  messageDesc(file_athena_identity_v1_identity, 5);
 
 /**
  * Response of EraseUser.
@@ -80,7 +263,7 @@ export type EraseUserResponse = Message<"athena.identity.v1.EraseUserResponse"> 
  * Use `create(EraseUserResponseSchema)` to create a new message.
  */
 export const EraseUserResponseSchema: GenMessage<EraseUserResponse> = /*@__PURE__*/
-  messageDesc(file_athena_identity_v1_identity, 1);
+  messageDesc(file_athena_identity_v1_identity, 6);
 
 /**
  * Internal. Never routed by the edge; served by the auth process beside the public AuthService.
@@ -105,6 +288,17 @@ export const IdentityService: GenService<{
     methodKind: "unary";
     input: typeof EraseUserRequestSchema;
     output: typeof EraseUserResponseSchema;
+  },
+  /**
+   * What auth holds about the caller, opened for them (GDPR Art. 15 and 20; the router's ExportData):
+   * the account, the sign-in identities at providers, and the sessions — never a token or its hash.
+   *
+   * @generated from rpc athena.identity.v1.IdentityService.ExportIdentity
+   */
+  exportIdentity: {
+    methodKind: "unary";
+    input: typeof ExportIdentityRequestSchema;
+    output: typeof ExportIdentityResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_athena_identity_v1_identity, 0);
