@@ -28,7 +28,7 @@ import re
 import time
 import unicodedata
 from collections import OrderedDict
-from collections.abc import AsyncIterable, Callable
+from collections.abc import AsyncIterable, Callable, Sequence
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from typing import NoReturn, Protocol
@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from mesh.errors import DataLoss, FailedPrecondition, Unavailable
+from mesh.errors import AthenaError, DataLoss, FailedPrecondition, Unavailable
 from mesh.kms import DATA_KEY_BYTES, KeyEncryptionKeys, KeyMismatch, KmsError, WrappedKey
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,9 @@ VERSION = 1
 _NONCE_BYTES = 12
 TOKEN_BYTES = 16
 _INDEX_INFO = b"athena blind index v1"
+
+
+_NO_KEY = "this account does not exist (it was never set up, or it was erased)"
 
 
 class NoDataKey(FailedPrecondition):
@@ -144,6 +147,10 @@ class DataKeyStore(Protocol):
 
     async def get(self, owner: str) -> WrappedKey | None: ...
 
+    async def get_many(self, owners: Sequence[str]) -> dict[str, WrappedKey]:
+        """The keys of those of `owners` who have one."""
+        ...
+
     async def add(self, owner: str, wrapped: WrappedKey) -> WrappedKey:
         """Stores `wrapped` unless the owner has a key already; returns the owner's key either way."""
         ...
@@ -186,6 +193,8 @@ class DataKeys:
         self._clock = clock
         self._cache: OrderedDict[str, _Cached] = OrderedDict()
         self._loading: dict[str, asyncio.Future[Cipher]] = {}
+        self._waiting: list[str] = []
+        self._reader: asyncio.Task[None] | None = None
 
     def _context(self, owner: str) -> dict[str, str]:
         return {"service": self._service, "owner": owner}
@@ -205,28 +214,54 @@ class DataKeys:
         return self._remember(owner, await self._unwrap(existing, owner))
 
     async def cipher(self, owner: str) -> Cipher:
-        """The owner's cipher; `NoDataKey` when they have no key (never provisioned, or erased)."""
+        """The owner's cipher; `NoDataKey` when they have no key (never provisioned, or erased).
+
+        Keys not cached are read in batches: the owners asked for while one read is under way are read
+        together by the next (a burst of people starting a turn costs a few queries, not one each), and
+        concurrent calls for one owner share its read and unwrap."""
         cached = self._cached(owner)
         if cached is not None:
             return cached
         loading = self._loading.get(owner)
-        if loading is not None:  # one unwrap for many concurrent first calls
-            return await asyncio.shield(loading)
-        future: asyncio.Future[Cipher] = asyncio.get_running_loop().create_future()
-        self._loading[owner] = future
-        try:
-            wrapped = await self._store.get(owner)
-            if wrapped is None:
-                raise NoDataKey("this account does not exist (it was never set up, or it was erased)")
-            cipher = self._remember(owner, await self._unwrap(wrapped, owner))
-            future.set_result(cipher)
-            return cipher
-        except BaseException as exc:
-            future.set_exception(exc)
+        if loading is None:
+            loading = self._loading[owner] = asyncio.get_running_loop().create_future()
+            self._waiting.append(owner)
+            if self._reader is None or self._reader.done():
+                self._reader = asyncio.create_task(self._read_waiting(), name="data-key-reads")
+        return await asyncio.shield(loading)
+
+    async def _read_waiting(self) -> None:
+        """Reads the keys asked for, a batch at a time, until nobody waits."""
+        await asyncio.sleep(0)  # the owners asked for in this turn of the loop join the first batch
+        while self._waiting:
+            owners, self._waiting = self._waiting, []
+            try:
+                found = await self._store.get_many(owners)
+            except BaseException as exc:
+                for owner in owners:
+                    self._settle(owner, exc)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                continue
+            for owner in owners:
+                wrapped = found.get(owner)
+                if wrapped is None:
+                    self._settle(owner, NoDataKey(_NO_KEY))
+                    continue
+                try:
+                    self._settle(owner, self._remember(owner, await self._unwrap(wrapped, owner)))
+                except AthenaError as exc:
+                    self._settle(owner, exc)
+
+    def _settle(self, owner: str, outcome: Cipher | BaseException) -> None:
+        future = self._loading.pop(owner, None)
+        if future is None or future.done():
+            return
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
             future.exception()  # retrieved: waiters re-raise it, nobody else must
-            raise
-        finally:
-            del self._loading[owner]
+        else:
+            future.set_result(outcome)
 
     async def destroy(self, owner: str) -> bool:
         """Deletes the owner's data key (crypto-shredding); whether there was one."""

@@ -16,7 +16,7 @@ wrap's context. Deleting a row is crypto-shredding: the owner's data in every co
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 from asyncpg import Pool
 
@@ -46,6 +46,14 @@ class PostgresDataKeys:
                 f"SELECT kek_id, wrapped FROM {self._table} WHERE owner = $1", owner
             )
         return None if row is None else WrappedKey(row["kek_id"], bytes(row["wrapped"]))
+
+    async def get_many(self, owners: Sequence[str]) -> dict[str, WrappedKey]:
+        async with postgres.translated():
+            rows = await self._pool.fetch(
+                f"SELECT owner, kek_id, wrapped FROM {self._table} WHERE owner = ANY($1::text[])",
+                list(owners),
+            )
+        return {row["owner"]: WrappedKey(row["kek_id"], bytes(row["wrapped"])) for row in rows}
 
     async def add(self, owner: str, wrapped: WrappedKey) -> WrappedKey:
         async with postgres.translated():

@@ -27,7 +27,8 @@ from botocore.config import Config
 
 from devstack.postgres import EmbeddedPostgres
 from devstack.process import ManagedProcess, free_port, port_open
-from mesh.envelope import DataKeys, DataLoss, NoDataKey
+from mesh.envelope import DataKeys, NoDataKey
+from mesh.errors import DataLoss
 from mesh.keystore import DATA_KEYS_DDL, PostgresDataKeys
 from mesh.kms import KeyMismatch, KmsError, WrappedKey, from_settings
 from mesh.kms_aws import AwsKms

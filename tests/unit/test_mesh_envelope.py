@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import stat
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from mesh.envelope import Cipher, DataKeys, DataLoss, NoDataKey, index_words
+from mesh.envelope import Cipher, DataKeys, NoDataKey, index_words
+from mesh.errors import DataLoss
 from mesh.kms import KeyMismatch, KmsError, LocalKeyFile, WrappedKey, add_key, read_keys
 
 USER = "7c9e6679-7425-40de-944b-e07fc1f90ae7"
@@ -22,9 +25,15 @@ class MemoryKeyStore:
 
     def __init__(self) -> None:
         self.rows: dict[str, WrappedKey] = {}
+        self.reads: list[list[str]] = []
 
     async def get(self, owner: str) -> WrappedKey | None:
         return self.rows.get(owner)
+
+    async def get_many(self, owners: Sequence[str]) -> dict[str, WrappedKey]:
+        self.reads.append(list(owners))
+        await asyncio.sleep(0.01)  # a query takes a while: owners asked for meanwhile wait for the next
+        return {owner: self.rows[owner] for owner in owners if owner in self.rows}
 
     async def add(self, owner: str, wrapped: WrappedKey) -> WrappedKey:
         return self.rows.setdefault(owner, wrapped)
@@ -108,6 +117,26 @@ async def test_data_keys_are_created_once_cached_and_destroyed(kms: LocalKeyFile
     assert await keys.destroy(USER)
     with pytest.raises(NoDataKey):
         await keys.cipher(USER)
+
+
+async def test_a_burst_of_first_calls_reads_the_keys_in_a_few_batches(kms: LocalKeyFile) -> None:
+    store = MemoryKeyStore()
+    writer = DataKeys(store, kms, "memory")
+    owners = [str(uuid.uuid4()) for _ in range(50)]
+    sealed = {owner: (await writer.create(owner)).seal("t", "c", "r", owner) for owner in owners}
+    keys = DataKeys(store, kms, "memory")  # a replica that just started: nothing cached
+    first = asyncio.gather(*(keys.cipher(owner) for owner in owners[:30]))
+    await asyncio.sleep(0.001)  # the first read is under way when the others ask
+    ciphers = [
+        *await first,
+        *await asyncio.gather(*(keys.cipher(owner) for owner in [*owners[30:], *owners])),
+    ]
+    assert [c.open_text("t", "c", "r", sealed[c.owner]) for c in ciphers] == [*owners, *owners]
+    assert store.reads == [owners[:30], owners[30:]]
+    unknown = str(uuid.uuid4())
+    results = await asyncio.gather(keys.cipher(unknown), keys.cipher(owners[0]), return_exceptions=True)
+    assert isinstance(results[0], NoDataKey)
+    assert isinstance(results[1], Cipher)
 
 
 async def test_cached_keys_expire(kms: LocalKeyFile) -> None:
