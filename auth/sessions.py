@@ -15,7 +15,9 @@ token again is reuse:
   When that cannot be recorded (Redis down), the refresh tokens stay revoked, the failure is logged
   (`event="session_revocation_failed"`) and the access tokens live out their lifetime (15 minutes).
 
-Expired or revoked tokens, and tokens we never issued, answer UNAUTHENTICATED; Logout is idempotent.
+Logout and RevokeAllSessions revoke the access tokens of the sessions they end as well, logged as above
+when that cannot be recorded. Expired or revoked tokens,
+and tokens we never issued, answer UNAUTHENTICATED; Logout is idempotent.
 """
 
 from __future__ import annotations
@@ -285,12 +287,16 @@ class SessionManager:
             )
 
     async def logout(self, refresh_token: str) -> None:
-        """Revokes the family of `refresh_token`; unknown, expired or revoked tokens are no error."""
+        """Revokes the family of `refresh_token`, and its access tokens with it (signing out ends the
+        session everywhere within a second, not in 15 minutes); unknown, expired or revoked tokens are no
+        error."""
         token_hash = hash_token(_check_refresh_token(refresh_token))
+        now = self._clock()
         async with self._store.transaction() as tx:
             record = await tx.lock_refresh_token(token_hash)
-            if record is not None:
-                await tx.revoke_family(record.family_id, self._clock(), "logout")
+            if record is None or not await tx.revoke_family(record.family_id, now, "logout"):
+                return
+        await self._revoke_access_tokens(record, now)
 
     async def export(self, user_id: str) -> AccountExport:
         """What auth holds about the user, opened for them: account, identities, sessions (no tokens)."""
@@ -301,9 +307,27 @@ class SessionManager:
         return exported
 
     async def revoke_all(self, user_id: str) -> int:
-        """Revokes every session of the user; returns how many were still usable."""
+        """Revokes every session of the user, and the access tokens of each (a sign-in right after is not
+        affected); returns how many sessions were still usable. The access tokens' revocation failing
+        (Redis down) is logged: the refresh tokens are revoked already, and the access tokens live out
+        their lifetime."""
+        now = self._clock()
         async with self._store.transaction() as tx:
-            return await tx.revoke_user_families(user_id, self._clock(), "revoke_all")
+            exported = await tx.export(user_id)
+            live = [s.id for s in exported.sessions if s.revoked_at is None] if exported else []
+            revoked = await tx.revoke_user_families(user_id, now, "revoke_all")
+        for family_id in live:
+            try:
+                await self._revocations.revoke(
+                    self._issuer.revocation(RevocationKind.SESSION, family_id, now)
+                )
+            except Unavailable:
+                security_log.error(
+                    "the revoked session's access tokens could not be revoked; they stay valid until they "
+                    "expire",
+                    extra={"event": "session_revocation_failed", "user_id": user_id, "family_id": family_id},
+                )
+        return revoked
 
     async def purge_expired(self) -> None:
         async with self._store.transaction() as tx:

@@ -21,6 +21,7 @@ import pytest_asyncio
 from athena.account.v1 import account_pb2, account_pb2_grpc
 from athena.auth.v1 import auth_pb2, auth_pb2_grpc
 from athena.chat.v1 import chat_pb2
+from athena.identity.v1 import identity_pb2, identity_pb2_grpc
 from athena.memory.v1 import memory_pb2
 from conftest import auth_metadata, running_valkey, service_settings
 from google.protobuf.json_format import MessageToDict
@@ -102,10 +103,9 @@ async def router(mesh: RouterMesh) -> Router:
     return await mesh.start_router([await mesh.start_orchestrator()])
 
 
-def every_service(mesh: RouterMesh, routers: list[Router], auth: auth_pb2_grpc.AuthServiceStub) -> list[Call]:
+def every_service(mesh: RouterMesh, routers: list[Router], auth_channel: grpc.aio.Channel) -> list[Call]:
     """One call per service that checks the caller's token: each router, the orchestrator (Chat), memory,
-    and auth, last (RevokeAllSessions, the one call of auth that needs an access token, ends the caller's
-    sessions as well)."""
+    and auth (ExportIdentity, which changes nothing)."""
 
     async def orchestrator_chat(metadata: Metadata) -> Any:
         return await chat(routers[0].chat, metadata, "hello")
@@ -113,10 +113,11 @@ def every_service(mesh: RouterMesh, routers: list[Router], auth: auth_pb2_grpc.A
     async def memory_list(metadata: Metadata) -> Any:
         return await mesh.memory.memory.ListMemories(memory_pb2.ListMemoriesRequest(), metadata=metadata)
 
-    async def auth_revoke_all(metadata: Metadata) -> Any:
-        return await auth.RevokeAllSessions(auth_pb2.RevokeAllSessionsRequest(), metadata=metadata)
+    async def auth_export(metadata: Metadata) -> Any:
+        identity = identity_pb2_grpc.IdentityServiceStub(auth_channel)
+        return await identity.ExportIdentity(identity_pb2.ExportIdentityRequest(), metadata=metadata)
 
-    return [*(list_agents(router) for router in routers), orchestrator_chat, memory_list, auth_revoke_all]
+    return [*(list_agents(router) for router in routers), orchestrator_chat, memory_list, auth_export]
 
 
 async def test_delete_account_revokes_every_token_of_the_caller_in_every_service(
@@ -130,7 +131,7 @@ async def test_delete_account_revokes_every_token_of_the_caller_in_every_service
     laptop = await mesh.sign_in(email)  # another session of the same person
     bystander = await mesh.sign_in()
     own = await start_router_of_its_own(mesh, mesh.auth_service)
-    calls = every_service(mesh, [router, own], mesh.auth)
+    calls = every_service(mesh, [router, own], mesh.auth_channel)
     tokens = [auth_metadata(s.access_token) for s in (session, refreshed, laptop)]
     for metadata in tokens:  # each token is now in each verifier's cache of verified tokens
         for call in calls:
@@ -183,9 +184,9 @@ async def test_a_reused_refresh_token_revokes_its_sessions_access_tokens_and_not
         ).session
         other_session = (await auth.DevLogin(auth_pb2.DevLoginRequest(email=email))).session
         other_person = (await auth.DevLogin(auth_pb2.DevLoginRequest(email=f"x{email}"))).session
-        calls = every_service(mesh, [router], auth)
+        calls = every_service(mesh, [router], channel)
         for session in (stolen, rotated, other_session, other_person):
-            for call in calls[:-1]:  # RevokeAllSessions would end the session before it can be reused
+            for call in calls:
                 await call(auth_metadata(session.access_token))
         await asyncio.sleep(0.01)  # past the (zero) grace window
 
@@ -199,6 +200,36 @@ async def test_a_reused_refresh_token_revokes_its_sessions_access_tokens_and_not
         for session in (other_session, other_person):
             for call in calls:
                 await call(auth_metadata(session.access_token))
+
+
+async def test_signing_out_ends_the_sessions_access_tokens_everywhere(
+    mesh: RouterMesh, router: Router
+) -> None:
+    """Logout ends its session's access tokens, RevokeAllSessions every session's; a sign-in right after
+    is not affected, nor another person."""
+    email = f"logout-{uuid.uuid4().hex[:10]}@example.com"
+    phone, laptop, tablet = [await mesh.sign_in(email) for _ in range(3)]
+    bystander = await mesh.sign_in()
+    calls = every_service(mesh, [router], mesh.auth_channel)
+    for session in (phone, laptop, tablet, bystander):
+        for call in calls:
+            await call(auth_metadata(session.access_token))
+
+    await mesh.auth.Logout(auth_pb2.LogoutRequest(refresh_token=phone.refresh_token))
+    for call in calls:
+        await refused_within_bound(call, auth_metadata(phone.access_token))
+        await call(auth_metadata(laptop.access_token))
+
+    revoked = await mesh.auth.RevokeAllSessions(
+        auth_pb2.RevokeAllSessionsRequest(), metadata=auth_metadata(laptop.access_token)
+    )
+    assert revoked.revoked_sessions == 2
+    again = await mesh.sign_in(email)
+    for call in calls:
+        for session in (laptop, tablet):
+            await refused_within_bound(call, auth_metadata(session.access_token))
+        await call(auth_metadata(again.access_token))
+        await call(auth_metadata(bystander.access_token))
 
 
 @pytest_asyncio.fixture
