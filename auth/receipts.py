@@ -25,14 +25,12 @@ from typing import Any
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
-from joserfc.util import json_b64decode
 
 from auth.keys import ALGORITHM, KeyRing
+from mesh.tokens import FORBIDDEN_HEADERS, jose_header
 
 RECEIPT_TYPE = "erasure-receipt+jwt"
 """The JOSE `typ` of receipts: never "at+jwt", so a receipt is never taken for an access token."""
-_FORBIDDEN_HEADERS = ("jku", "x5u", "jwk", "x5c", "crit")
-"""Headers that would let a receipt name its own key or rules: a receipt carrying one is refused."""
 MAX_RECEIPT_LENGTH = 16_384
 
 
@@ -86,12 +84,14 @@ def verify_receipt(token: str, jwks: Mapping[str, Any] | KeySet, *, issuer: str)
     """What `token` states, if it is a receipt signed by a key of `jwks` (a JWKS document or a key set)
     for `issuer`; `InvalidReceipt` otherwise: another algorithm (`none`, HS256), another `typ` (an access
     token), an unknown key, a signature that does not match, or claims missing or malformed."""
-    header = _header(token)
+    header = jose_header(token, MAX_RECEIPT_LENGTH)
+    if header is None:
+        raise InvalidReceipt("not a compact JWS")
     if header.get("alg") != ALGORITHM:
         raise InvalidReceipt(f"not signed with {ALGORITHM}")
     if header.get("typ") != RECEIPT_TYPE:
         raise InvalidReceipt(f"not an erasure receipt (typ is not {RECEIPT_TYPE!r})")
-    if any(name in header for name in _FORBIDDEN_HEADERS):
+    if any(name in header for name in FORBIDDEN_HEADERS):
         raise InvalidReceipt("names its own key or rules")
     keys = jwks if isinstance(jwks, KeySet) else KeySet.import_key_set(dict(jwks))  # type: ignore[arg-type]
     kid = header.get("kid")
@@ -125,16 +125,3 @@ def verify_receipt(token: str, jwks: Mapping[str, Any] | KeySet, *, issuer: str)
         receipt_id=str(claims["jti"]),
         erased=erased,
     )
-
-
-def _header(token: str) -> dict[str, Any]:
-    """The JOSE header, read before any cryptography to refuse dangerous forms."""
-    if not isinstance(token, str) or token.count(".") != 2 or len(token) > MAX_RECEIPT_LENGTH:
-        raise InvalidReceipt("not a compact JWS")
-    try:
-        header = json_b64decode(token.split(".", 1)[0].encode("ascii"))
-    except (ValueError, TypeError, UnicodeError) as exc:
-        raise InvalidReceipt("not a compact JWS") from exc
-    if not isinstance(header, dict):
-        raise InvalidReceipt("not a compact JWS")
-    return header

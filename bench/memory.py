@@ -62,7 +62,7 @@ from memory.ranking import RankingPolicy, candidate_count
 from memory.recall import Recaller, RecallQuery
 from memory.repository import PostgresMemoryStore
 from memory.settings import MemorySettings
-from mesh.envelope import Cipher, DataKeys
+from mesh.envelope import Cipher, DataKeys, wrap_context
 from mesh.keystore import PostgresDataKeys
 from mesh.kms import DATA_KEY_BYTES, LocalKeyFile
 from mesh.postgres import Pool, open_pool
@@ -341,7 +341,7 @@ async def load(admin_url: str, dataset: Dataset) -> dict[str, float]:
         )
         await connection.execute("TRUNCATE data_keys")
         wrapped = [
-            await KMS.wrap(key, {"service": SERVICE, "owner": str(user)})
+            await KMS.wrap(key, wrap_context(SERVICE, str(user)))
             for user, key in zip(dataset.user_ids, dataset.data_keys, strict=True)
         ]
         await connection.copy_records_to_table(

@@ -57,6 +57,11 @@ class NoDataKey(FailedPrecondition):
     """The owner has no data key: never provisioned, or erased."""
 
 
+def wrap_context(service: str, owner: str) -> dict[str, str]:
+    """What a data key is wrapped for: the KMS opens it only for the same service and owner."""
+    return {"service": service, "owner": owner}
+
+
 def associated_data(owner: str, table: str, column: str, row_id: str) -> bytes:
     return "\x00".join(("athena", str(VERSION), owner, table, column, row_id)).encode()
 
@@ -197,7 +202,7 @@ class DataKeys:
         self._reader: asyncio.Task[None] | None = None
 
     def _context(self, owner: str) -> dict[str, str]:
-        return {"service": self._service, "owner": owner}
+        return wrap_context(self._service, owner)
 
     async def create(self, owner: str) -> Cipher:
         """The owner's cipher, creating their data key if they have none."""

@@ -16,14 +16,16 @@ wrap's context. Deleting a row is crypto-shredding: the owner's data in every co
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 from asyncpg import Pool
 
 from mesh import postgres
-from mesh.envelope import DataKeys
+from mesh.envelope import Cipher, DataKeys, wrap_context
 from mesh.errors import Unavailable
-from mesh.kms import KeyEncryptionKeys, WrappedKey
+from mesh.kms import DATA_KEY_BYTES, KeyEncryptionKeys, WrappedKey
 
 DATA_KEYS_DDL = """CREATE TABLE {table} (
     owner      text PRIMARY KEY,
@@ -121,3 +123,15 @@ def rewrap_keys(database_url: str, kms: KeyEncryptionKeys, service: str, table: 
     rewrapped, current = asyncio.run(run())
     print(f"rewrapped {rewrapped} data key(s) under {kms.current_kek_id}; {current} already were")
     return 0
+
+
+def add_key_in_migration(cursor: Any, table: str, kms: KeyEncryptionKeys, service: str, owner: str) -> Cipher:
+    """A new data key for `owner`, stored wrapped as `DataKeys` stores it, from a migration encrypting rows
+    in place (synchronous: yoyo runs migrations on a DB-API cursor, in a thread of their own)."""
+    data_key = os.urandom(DATA_KEY_BYTES)
+    wrapped = asyncio.run(kms.wrap(data_key, wrap_context(service, owner)))
+    cursor.execute(
+        f"INSERT INTO {table} (owner, kek_id, wrapped) VALUES (%s, %s, %s)",
+        (owner, wrapped.kek_id, wrapped.blob),
+    )
+    return Cipher(owner, data_key)

@@ -34,7 +34,8 @@ from mesh.revocation import RevocationList
 ACCESS_TOKEN_TYPE = "at+jwt"  # noqa: S105 (a media type, not a secret)
 ALGORITHMS = ["RS256"]
 LEEWAY_SECONDS = 60
-_FORBIDDEN_HEADERS = ("jku", "x5u", "jwk", "x5c", "crit")
+FORBIDDEN_HEADERS = ("jku", "x5u", "jwk", "x5c", "crit")
+"""Headers that would let a token name its own key or rules: a JWS carrying one is refused."""
 CACHE_SECONDS = 60.0
 """How long a verified token is taken on trust: a signing key withdrawn from the JWKS stops being
 accepted this long after at the latest."""
@@ -184,12 +185,12 @@ class TokenVerifier:
 
     async def _verify(self, token: str) -> _Verified:
         """The token checked (signature and claims), or Unauthenticated."""
-        header = _unverified_header(token)
-        if header.get("alg") not in ALGORITHMS:
+        header = jose_header(token)
+        if header is None or header.get("alg") not in ALGORITHMS:
             raise Unauthenticated("invalid access token")
         if header.get("typ") != ACCESS_TOKEN_TYPE:
             raise Unauthenticated("invalid access token")
-        if any(name in header for name in _FORBIDDEN_HEADERS):
+        if any(name in header for name in FORBIDDEN_HEADERS):
             raise Unauthenticated("invalid access token")
         kid = header.get("kid")
         if not isinstance(kid, str) or not kid or len(kid) > 128:
@@ -215,17 +216,16 @@ class TokenVerifier:
         return _Verified(principal, trusted_until, session_id, float(claims["iat"]))
 
 
-def _unverified_header(token: str) -> dict[str, Any]:
-    """The JOSE header, only to pick the key and refuse dangerous forms before any cryptography."""
-    if token.count(".") != 2 or len(token) > 8192:
-        raise Unauthenticated("invalid access token")
+def jose_header(token: object, max_length: int = 8192) -> dict[str, Any] | None:
+    """The JOSE header of a compact JWS, read before any cryptography (to pick the key and refuse dangerous
+    forms); None when `token` is not one, or longer than `max_length`."""
+    if not isinstance(token, str) or token.count(".") != 2 or len(token) > max_length:
+        return None
     try:
         header = json_b64decode(token.split(".", 1)[0].encode("ascii"))
-    except (ValueError, TypeError, UnicodeError) as exc:
-        raise Unauthenticated("invalid access token") from exc
-    if not isinstance(header, dict):
-        raise Unauthenticated("invalid access token")
-    return header
+    except (ValueError, TypeError, UnicodeError):
+        return None
+    return header if isinstance(header, dict) else None
 
 
 def _reason(exc: JoseError) -> str:

@@ -15,8 +15,6 @@ auth.users, auth.identities` rewrites them at once).
 
 from __future__ import annotations
 
-import asyncio
-import os
 from typing import Any
 
 from yoyo import step
@@ -32,8 +30,7 @@ from auth.privacy import (
     identity_token,
 )
 from mesh.envelope import Cipher
-from mesh.keystore import DATA_KEYS_DDL
-from mesh.kms import DATA_KEY_BYTES
+from mesh.keystore import DATA_KEYS_DDL, add_key_in_migration
 
 __depends__ = {"auth_0001_schema"}
 
@@ -60,14 +57,7 @@ ALTER TABLE auth.identities DROP CONSTRAINT identities_pkey, DROP COLUMN subject
 
 
 def _new_key(cursor: Any, owner: str) -> Cipher:
-    """A data key for `owner`, stored wrapped as `mesh.envelope.DataKeys` would (same wrap context)."""
-    data_key = os.urandom(DATA_KEY_BYTES)
-    wrapped = asyncio.run(migration_kms().wrap(data_key, {"service": SERVICE, "owner": owner}))
-    cursor.execute(
-        "INSERT INTO auth.data_keys (owner, kek_id, wrapped) VALUES (%s, %s, %s)",
-        (owner, wrapped.kek_id, wrapped.blob),
-    )
-    return Cipher(owner, data_key)
+    return add_key_in_migration(cursor, DATA_KEYS_TABLE, migration_kms(), SERVICE, owner)
 
 
 def _encrypt_user(cursor: Any, index: Cipher, user_id: str, email: str, display_name: str) -> None:

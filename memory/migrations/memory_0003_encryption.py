@@ -16,16 +16,13 @@ owner) and forced again before it commits.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 from typing import Any
 
 from yoyo import step
 
 from memory.migrate import SERVICE, migration_kms
-from mesh.envelope import Cipher
-from mesh.kms import DATA_KEY_BYTES
+from mesh.keystore import add_key_in_migration
 
 __depends__ = {"memory_0002_turn_leases"}
 
@@ -69,13 +66,7 @@ CREATE INDEX vector_memory_words ON vector_memory USING gin (words);
 
 
 def _encrypt_user(cursor: Any, user_id: str) -> None:
-    data_key = os.urandom(DATA_KEY_BYTES)
-    wrapped = asyncio.run(migration_kms().wrap(data_key, {"service": SERVICE, "owner": user_id}))
-    cursor.execute(
-        "INSERT INTO data_keys (owner, kek_id, wrapped) VALUES (%s, %s, %s)",
-        (user_id, wrapped.kek_id, wrapped.blob),
-    )
-    cipher = Cipher(user_id, data_key)
+    cipher = add_key_in_migration(cursor, "data_keys", migration_kms(), SERVICE, user_id)
     cursor.execute("SELECT id, title_plain FROM conversations WHERE user_id = %s", (user_id,))
     for row_id, title in cursor.fetchall():
         cursor.execute(
