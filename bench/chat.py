@@ -3,12 +3,15 @@
 Three meshes are started one after another like `make run` (every part on free loopback ports, one
 temporary data directory), each with the offline model pacing its words differently:
 
-1. **instant** (0 ms a word): time to the first delta of one stream through edge → router →
+1. **instant** (0 ms a word): time to the first delta of one stream through the edge to the
    orchestrator (memory recall included) against the model server's own first chunk, measured directly
    with the openai SDK; the mesh's fixed overhead per turn.
 2. **paced** (20 ms a word, a real model's pace): 1, 50 and 200 streams started at once, each answer
    30–60 words (every user has one memory that long, which the offline model reads back). The same number
-   of streams is then sent straight to the model server with the prompt the orchestrator sends it. Reported:
+   of streams is then sent straight to the model server with the prompt the orchestrator sends it. Every
+   user has chatted once before (their data key and token known to the mesh, as for anyone who chatted in
+   the last few minutes); each series runs `--rounds` rounds (3), mesh and model alternating, and pools
+   their streams. Reported:
    answer duration mesh/direct (median, p95), first delta p50/p95 of both and their difference, delivered
    words/s, CPU-seconds per turn of each process, and each process's peak RSS during the series.
 3. **held** (200 ms a word): 1,000 streams at once must all complete; errors, duration and peak RSS.
@@ -140,16 +143,28 @@ class Processes:
     def rss(self) -> dict[str, int]:
         return {name: sum(map(_rss_bytes, found)) for name, found in self._processes().items()}
 
+    def usage(self) -> Usage:
+        return Usage(self)
+
+
+class Usage:
+    """CPU-seconds and peak RSS of each process over one or more watched blocks."""
+
+    def __init__(self, processes: Processes) -> None:
+        self._processes = processes
+        self._cpu: dict[str, float] = {}
+        self._peaks: dict[str, int] = {}
+        self._turns = 0
+
     @contextlib.asynccontextmanager
-    async def watch(self, report: dict[str, Any], turns: int) -> AsyncIterator[None]:
-        """Fills `report` with CPU-seconds per turn and peak RSS (MiB) per process for the block."""
-        before = self.cpu()
-        peaks: dict[str, int] = dict.fromkeys(self._roots, 0)
+    async def watch(self, turns: int) -> AsyncIterator[None]:
+        """Counts the block's CPU time and peak RSS, for `turns` turns."""
+        before = self._processes.cpu()
 
         async def sample() -> None:
             while True:
-                for name, rss in (await asyncio.to_thread(self.rss)).items():
-                    peaks[name] = max(peaks[name], rss)
+                for name, rss in (await asyncio.to_thread(self._processes.rss)).items():
+                    self._peaks[name] = max(self._peaks.get(name, 0), rss)
                 await asyncio.sleep(0.25)
 
         sampler = asyncio.create_task(sample())
@@ -159,11 +174,15 @@ class Processes:
             sampler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sampler
-            after = self.cpu()
-            report["cpu_ms_per_turn"] = {
-                name: round((after[name] - before[name]) * 1000 / max(turns, 1), 2) for name in after
-            }
-            report["peak_rss_mib"] = {name: round(peak / 2**20, 1) for name, peak in peaks.items()}
+            for name, seconds in self._processes.cpu().items():
+                self._cpu[name] = self._cpu.get(name, 0.0) + seconds - before[name]
+            self._turns += turns
+
+    def cpu_ms_per_turn(self) -> dict[str, float]:
+        return {name: round(seconds * 1000 / max(self._turns, 1), 2) for name, seconds in self._cpu.items()}
+
+    def peak_rss_mib(self) -> dict[str, float]:
+        return {name: round(peak / 2**20, 1) for name, peak in self._peaks.items()}
 
 
 # -- clients ---------------------------------------------------------------------------------------------
@@ -322,28 +341,41 @@ async def instant_series(data: Path, samples: int) -> dict[str, Any]:
     }
 
 
-async def paced_series(data: Path, counts: Sequence[int]) -> list[dict[str, Any]]:
+async def paced_series(data: Path, counts: Sequence[int], rounds: int) -> list[dict[str, Any]]:
     results = []
     async with running_mesh(data, 20, max(counts)) as mesh:
         processes = Processes(mesh.stack)
         client = AsyncOpenAI(base_url=mesh.model_url, api_key="offline", max_retries=0)
-        await at_once(min(10, max(counts)), lambda i: mesh_stream(mesh, i))  # warm-up
+        # Warm-up: every user chats once (their data key and token are then known to the mesh, as for
+        # anyone who has chatted in the last few minutes), 20 at a time.
+        users = list(range(max(counts)))
+        for first in range(0, len(users), 20):
+            await asyncio.gather(*(mesh_stream(mesh, user) for user in users[first : first + 20]))
         for count in counts:
-            report: dict[str, Any] = {"streams": count}
-            started = time.perf_counter()
-            async with processes.watch(report, count):
-                through = await at_once(count, lambda i: mesh_stream(mesh, i))
-            wall = time.perf_counter() - started
-            direct_report: dict[str, Any] = {}
-            async with processes.watch(direct_report, count):
-                direct = await at_once(count, lambda i: direct_stream(client, fact(i)))
+            mesh_usage, direct_usage = processes.usage(), processes.usage()
+            through: list[Stream] = []
+            direct: list[Stream] = []
+            wall = 0.0
+            # Rounds alternate between the mesh and the model alone, so that both meet the machine in the
+            # same state; the streams of all rounds are pooled.
+            for _ in range(rounds):
+                started = time.perf_counter()
+                async with mesh_usage.watch(count):
+                    through += await at_once(count, lambda i: mesh_stream(mesh, i))
+                wall += time.perf_counter() - started
+                async with direct_usage.watch(count):
+                    direct += await at_once(count, lambda i: direct_stream(client, fact(i)))
             edge, model = streams_summary(through), streams_summary(direct)
-            report.update(
-                mesh=edge,
-                direct=model,
-                direct_cpu_ms_per_turn=direct_report["cpu_ms_per_turn"],
-                words_per_second=edge.get("words", 0) / wall,
-            )
+            report: dict[str, Any] = {
+                "streams": count,
+                "rounds": rounds,
+                "mesh": edge,
+                "direct": model,
+                "cpu_ms_per_turn": mesh_usage.cpu_ms_per_turn(),
+                "peak_rss_mib": mesh_usage.peak_rss_mib(),
+                "direct_cpu_ms_per_turn": direct_usage.cpu_ms_per_turn(),
+                "words_per_second": edge.get("words", 0) / wall,
+            }
             if edge["completed"] and model["completed"]:
                 report["duration_ratio"] = {
                     q: edge["duration_ms"][q] / model["duration_ms"][q] for q in ("p50", "p95")
@@ -359,14 +391,17 @@ async def paced_series(data: Path, counts: Sequence[int]) -> list[dict[str, Any]
 
 async def held_series(data: Path, count: int) -> dict[str, Any]:
     async with running_mesh(data, 200, count) as mesh:
-        processes = Processes(mesh.stack)
-        report: dict[str, Any] = {"streams": count}
+        usage = Processes(mesh.stack).usage()
         started = time.perf_counter()
-        async with processes.watch(report, count):
+        async with usage.watch(count):
             through = await at_once(count, lambda i: mesh_stream(mesh, i))
-        report["wall_seconds"] = time.perf_counter() - started
-        report["mesh"] = streams_summary(through)
-    return report
+        return {
+            "streams": count,
+            "wall_seconds": time.perf_counter() - started,
+            "mesh": streams_summary(through),
+            "cpu_ms_per_turn": usage.cpu_ms_per_turn(),
+            "peak_rss_mib": usage.peak_rss_mib(),
+        }
 
 
 # -- report ----------------------------------------------------------------------------------------------
@@ -437,6 +472,9 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         "## Streams at once, model pacing 20 ms a word, answers of 30–60 words",
         "",
+        f"Each series: {result['paced'][0].get('rounds', 1)} rounds of that many streams started at once, "
+        "mesh and model alone alternating, streams pooled; every user has chatted once before.",
+        "",
         "| streams | duration mesh/direct p50 | p95 | first delta mesh p50 / p95 ms | direct p50 / p95 ms "
         "| overhead p50 / p95 ms | words/s | errors |",
         "|---|---|---|---|---|---|---|---|",
@@ -480,17 +518,20 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-async def run(samples: int, counts: Sequence[int], held: int, data_dir: Path | None = None) -> dict[str, Any]:
+async def run(
+    samples: int, counts: Sequence[int], rounds: int, held: int, data_dir: Path | None = None
+) -> dict[str, Any]:
     started = time.time()
     with contextlib.ExitStack() as cleanup:
         data = data_dir or Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="athena-bench-")))
         instant = await instant_series(data, samples)
         print(f"instant: {json.dumps(instant['overhead_ms'])}", flush=True)
-        paced = await paced_series(data, counts)
+        paced = await paced_series(data, counts, rounds)
         held_result = await held_series(data, held) if held else None
     return {
         "command": (
-            f"python -m bench.chat --samples {samples} --streams {','.join(map(str, counts))} --held {held}"
+            f"python -m bench.chat --samples {samples} --streams {','.join(map(str, counts))} "
+            f"--rounds {rounds} --held {held}"
         ),
         "commit": commit(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
@@ -519,10 +560,11 @@ def main(argv: Iterable[str] | None = None) -> None:
     )
     parser.add_argument("--samples", type=int, default=200, help="turns of the one-stream instant series")
     parser.add_argument("--streams", type=_counts, default=[1, 50, 200], help="paced series, e.g. 1,50,200")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of each paced series, pooled")
     parser.add_argument("--held", type=int, default=1000, help="streams of the held series (0: skip it)")
     parser.add_argument("--data-dir", type=Path, help="keep the meshes' data and logs here")
     args = parser.parse_args(list(argv) if argv is not None else None)
-    write(asyncio.run(run(args.samples, args.streams, args.held, args.data_dir)))
+    write(asyncio.run(run(args.samples, args.streams, args.rounds, args.held, args.data_dir)))
 
 
 if __name__ == "__main__":

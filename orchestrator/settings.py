@@ -75,7 +75,7 @@ class OrchestratorSettings(ServiceSettings):
     """Attempts of one model call on 429, 5xx and timeouts (only before anything was streamed)."""
     model_timeout_seconds: float = Field(60.0, gt=0)
     """Longest wait for one model call without a caller deadline."""
-    coalesce_ms: float = Field(40.0, ge=0, le=500)
+    coalesce_ms: float = Field(50.0, ge=0, le=500)
     """Longest a piece of an answer's text waits for more text to go out with it (the first text of an
     answer never waits); 0 sends every piece the model writes as an event of its own."""
     catalog_path: Path | None = None
