@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from athena.memory.v1 import memory_pb2, memory_pb2_grpc
 
 from memory.database import Database, init_connection
-from memory.embeddings import Embedder, OpenAIEmbedder
+from memory.embeddings import BatchingEmbedder, Embedder, OpenAIEmbedder
 from memory.ephemeral import RedisEphemeralStore
 from memory.keys import UserKeys
 from memory.migrate import SERVICE, apply_migrations, migrate
@@ -75,12 +75,16 @@ async def build(settings: MemorySettings, deps: MemoryDeps) -> Assembly:
         database,
     )
     ephemeral = RedisEphemeralStore(deps.redis(settings.redis_url, settings.redis_timeout_seconds))
-    embedder = deps.embedder or OpenAIEmbedder(
-        deps.model_api(settings.openai_base_url, settings.openai_api_key.get_secret_value()),
-        settings.embedding_model,
-        settings.embedding_dimension,
-        send_dimensions=settings.sends_dimensions,
-        timeout=settings.embedding_timeout_seconds,
+    embedder = deps.embedder or BatchingEmbedder(
+        OpenAIEmbedder(
+            deps.model_api(settings.openai_base_url, settings.openai_api_key.get_secret_value()),
+            settings.embedding_model,
+            settings.embedding_dimension,
+            send_dimensions=settings.sends_dimensions,
+            timeout=settings.embedding_timeout_seconds,
+        ),
+        concurrency=settings.embedding_concurrency,
+        max_batch=settings.embedding_batch_size,
     )
     memory_store = PostgresMemoryStore(database, keys, ef_search=settings.hnsw_ef_search)
     policy = RankingPolicy(

@@ -63,6 +63,10 @@ class MemorySettings(ServiceSettings):
     """Whether requests carry `dimensions`; None: yes, except for models that refuse it (ada-002)."""
     embedding_timeout_seconds: float = Field(10.0, gt=0)
     """Longest wait for one embeddings call (the caller's deadline may cut it shorter)."""
+    embedding_concurrency: int = Field(4, ge=1, le=256)
+    """Embeddings requests out at once; calls arriving meanwhile wait and go out as one request."""
+    embedding_batch_size: int = Field(64, ge=1, le=2048)
+    """Most texts in one embeddings request (OpenAI accepts up to 2,048 inputs)."""
     similarity_thresholds: dict[str, float] = Field(
         default_factory=lambda: dict(DEFAULT_SIMILARITY_THRESHOLDS)
     )
