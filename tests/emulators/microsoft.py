@@ -775,9 +775,7 @@ class MicrosoftEmulator:
                 k: v for k, v in query.items() if k in ("startDateTime", "endDateTime", "$top", "$select")
             }
             kept["$skiptoken"] = _skiptoken(offset + top)
-            answer["@odata.nextLink"] = (
-                f"{request.url.origin()}{request.path}?{urlencode(kept, quote_via=quote)}"
-            )
+            answer["@odata.nextLink"] = f"{request.url.origin()}{request.path}?{_query_string(kept)}"
         return web.json_response(answer, headers=_applied(request, zone_name))
 
     # --- OneDrive ---------------------------------------------------------------------------------------
@@ -813,7 +811,7 @@ class MicrosoftEmulator:
             kept = {k: v for k, v in request.query.items() if k in ("$top", "$select")}
             kept["$skiptoken"] = _skiptoken(offset + top)
             answer["@odata.nextLink"] = (
-                f"{request.url.origin()}{quote(request.path, safe='/()=')}?{urlencode(kept, quote_via=quote)}"
+                f"{request.url.origin()}{quote(request.path, safe='/()=')}?{_query_string(kept)}"
             )
         return web.json_response(answer)
 
@@ -1002,14 +1000,21 @@ def _top(request: web.Request, *, default: int) -> int:
     return min(int(text), 1000)
 
 
+def _query_string(params: Mapping[str, str]) -> str:
+    """A nextLink's query as Graph writes it: `$top`, `$skiptoken` with their dollar signs."""
+    return "&".join(f"{quote(k, safe='$')}={quote(v, safe=':')}" for k, v in params.items())
+
+
 def _skiptoken(offset: int) -> str:
-    return base64.urlsafe_b64encode(json.dumps({"o": offset, "n": secrets.token_hex(4)}).encode()).decode()
+    raw = json.dumps({"o": offset, "n": secrets.token_hex(4)}).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
 def _skip(query: Mapping[str, str]) -> int:
     if "$skiptoken" in query:
         try:
-            return int(json.loads(base64.urlsafe_b64decode(query["$skiptoken"]))["o"])
+            token = query["$skiptoken"]
+            return int(json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))["o"])
         except (ValueError, KeyError, TypeError):
             raise _GraphError(400, "BadRequest", "Invalid $skiptoken.") from None
     if "$skip" in query:
