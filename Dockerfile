@@ -2,8 +2,9 @@
 # The two images of AthenaOS. The default target is the one image of every Python service; the service is
 # the argument:
 #   docker build -t REGISTRY/athenaos:TAG .
-#   docker run --rm REGISTRY/athenaos:TAG router --help      # also orchestrator, memory, auth,
-#                                                             # `memory migrate`, `auth migrate`, `auth rotate-keys`
+#   docker run --rm REGISTRY/athenaos:TAG router --help      # also orchestrator, memory, auth, integrations,
+#                                                             # `memory migrate`, `auth migrate`, `auth rotate-keys`,
+#                                                             # `integrations migrate`
 # The target `edge` is Envoy's official image with the built web app in /srv/web, where the edge's
 # configuration (k8s/base/envoy/envoy.yaml, a ConfigMap) reads it:
 #   docker build --target edge -t REGISTRY/athenaos-edge:TAG .
@@ -45,16 +46,17 @@ COPY router router
 COPY orchestrator orchestrator
 COPY memory memory
 COPY auth auth
+COPY integrations integrations
 COPY offline_model offline_model
 # Not editable: the code is copied into the virtualenv, and /src is left behind with this stage.
 RUN /opt/athena/bin/pip install . \
- && /opt/athena/bin/python -c "import router, orchestrator, memory, auth, offline_model, athena.chat.v1.chat_pb2, buf.validate.validate_pb2"
+ && /opt/athena/bin/python -c "import router, orchestrator, memory, auth, integrations, offline_model, athena.chat.v1.chat_pb2, buf.validate.validate_pb2"
 
 # --- runtime: Python, the virtualenv, an unprivileged user; no compilers, no pip cache, no sources -------
 # Last, so that it is what `docker build .` builds.
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="athenaos" \
-      org.opencontainers.image.description="AthenaOS gRPC services: router, orchestrator, memory, auth"
+      org.opencontainers.image.description="AthenaOS gRPC services: router, orchestrator, memory, auth, integrations"
 RUN groupadd --system --gid 10001 athena \
  && useradd --system --uid 10001 --gid 10001 --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin athena
 COPY --from=builder /opt/athena /opt/athena
@@ -65,6 +67,6 @@ ENV PATH=/opt/athena/bin:$PATH \
 WORKDIR /tmp
 USER 10001:10001
 # gRPC ports, then HTTP side ports (/metrics; auth's also serves /.well-known/jwks.json).
-EXPOSE 50051 50052 50053 50054 9101 9102 9103 9104
+EXPOSE 50051 50052 50053 50054 50055 9101 9102 9103 9104 9105
 ENTRYPOINT ["python", "-m"]
 CMD ["router"]

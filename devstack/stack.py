@@ -2,7 +2,8 @@
 
     PostgreSQL+pgvector ─┐
     Valkey ──────────────┼─> auth ─> memory ─> orchestrator ─> router ─> Envoy (the edge: Chat goes
-    offline model ───────┘                          to the orchestrator, every other call to the router)
+    offline model ───────┘   └─> integrations           to the orchestrator, ConnectionsService to
+                                                         integrations, every other call to the router)
 
 Once every part is ready, a `Supervisor` restarts any that exits unexpectedly, with kubelet-like backoff
 (`devstack/supervisor.py`); `stop` tells it first, so a deliberate stop is never undone.
@@ -45,6 +46,7 @@ class Ports:
     orchestrator: int = 50052
     memory: int = 50053
     auth: int = 50054
+    integrations: int = 50055
     offline_model: int = 8090
     postgres: int = 5433
     valkey: int = 6380
@@ -52,6 +54,7 @@ class Ports:
     orchestrator_http: int = 9102
     memory_http: int = 9103
     auth_http: int = 9104
+    integrations_http: int = 9105
 
 
 @dataclass(frozen=True)
@@ -173,6 +176,7 @@ class Stack:
             "ROUTER_HTTP_PORT": str(p.router_http),
             "ROUTER_MEMORY_TARGET": f"127.0.0.1:{p.memory}",
             "ROUTER_AUTH_TARGET": f"127.0.0.1:{p.auth}",
+            "ROUTER_INTEGRATIONS_TARGET": f"127.0.0.1:{p.integrations}",
             "ORCHESTRATOR_PORT": str(p.orchestrator),
             "ORCHESTRATOR_HTTP_PORT": str(p.orchestrator_http),
             "ORCHESTRATOR_MEMORY_TARGET": f"127.0.0.1:{p.memory}",
@@ -181,6 +185,8 @@ class Stack:
             "MEMORY_HTTP_PORT": str(p.memory_http),
             "AUTH_PORT": str(p.auth),
             "AUTH_HTTP_PORT": str(p.auth_http),
+            "INTEGRATIONS_PORT": str(p.integrations),
+            "INTEGRATIONS_HTTP_PORT": str(p.integrations_http),
             **self.config.extra_env,
         }
         if self.offline:
@@ -209,7 +215,7 @@ class Stack:
     @property
     def part_names(self) -> list[str]:
         """The parts this stack runs, in start order: `postgres`, `valkey` (unless external), `offline-model`
-        (without an API key), `auth`, `memory`, `orchestrator`, `router`, `envoy`."""
+        (without an API key), `auth`, `memory`, `orchestrator`, `router`, `integrations`, `envoy`."""
         return [part.name for part in self._parts]
 
     def process(self, name: str) -> ManagedProcess:
@@ -267,6 +273,7 @@ class Stack:
                 ("memory", p.memory, "athena.memory.v1.MemoryService"),
                 ("orchestrator", p.orchestrator, "athena.orchestrator.v1.OrchestratorService"),
                 ("router", p.router, "athena.chat.v1.ChatService"),
+                ("integrations", p.integrations, "athena.connections.v1.ConnectionsService"),
             ):
                 serving = grpc_serving(port, service)
                 waiting.append((self._spawn(name, [python, "-m", name], env, serving), serving))
@@ -291,6 +298,7 @@ class Stack:
             orchestrator_port=p.orchestrator,
             auth_port=p.auth,
             auth_http_port=p.auth_http,
+            integrations_port=p.integrations,
             web_root=ROOT / "edge" / "web" / "dist",
             allowed_origins=(f"http://127.0.0.1:{p.edge}", f"http://localhost:{p.edge}"),
         )

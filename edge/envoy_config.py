@@ -39,12 +39,14 @@ Target = Literal["local", "kubernetes"]
 CHAT_SERVICE = "athena.chat.v1.ChatService"
 ACCOUNT_SERVICE = "athena.account.v1.AccountService"
 AUTH_SERVICE = "athena.auth.v1.AuthService"
+CONNECTIONS_SERVICE = "athena.connections.v1.ConnectionsService"
 HEALTH_SERVICE = "grpc.health.v1.Health"
 REFLECTION_SERVICES = ("grpc.reflection.v1alpha.ServerReflection", "grpc.reflection.v1.ServerReflection")
 
 ROUTER_CLUSTER = "router"
 ORCHESTRATOR_CLUSTER = "orchestrator"
 AUTH_CLUSTER = "auth"
+INTEGRATIONS_CLUSTER = "integrations"
 JWKS_CLUSTER = "auth_jwks"
 ADMIN_CLUSTER = "envoy_admin"
 
@@ -52,6 +54,7 @@ PUBLIC_SERVICES: Mapping[str, str] = {
     CHAT_SERVICE: ROUTER_CLUSTER,
     ACCOUNT_SERVICE: ROUTER_CLUSTER,
     AUTH_SERVICE: AUTH_CLUSTER,
+    CONNECTIONS_SERVICE: INTEGRATIONS_CLUSTER,
 }
 """The only application services the edge routes, each to its cluster. Internal services are never here."""
 
@@ -59,7 +62,7 @@ STREAMED_METHODS: Mapping[str, str] = {f"/{CHAT_SERVICE}/Chat": ORCHESTRATOR_CLU
 """Methods routed apart from the rest of their service: the chat stream goes straight to the orchestrator,
 which serves it, so an answer's text crosses one Python process between the model and the client."""
 
-TOKEN_REQUIRED = (CHAT_SERVICE, ACCOUNT_SERVICE)
+TOKEN_REQUIRED = (CHAT_SERVICE, ACCOUNT_SERVICE, CONNECTIONS_SERVICE)
 """Services whose calls need a valid access token at the edge; login RPCs, health and reflection do not."""
 
 UPSTREAM_STREAMS_PER_CONNECTION = 500
@@ -234,6 +237,10 @@ class EdgeConfig:
     """The auth service's gRPC port (AuthService)."""
     auth_http_port: int = 9104
     """The auth service's HTTP port, which serves the JWKS at /.well-known/jwks.json."""
+    integrations_host: str = "127.0.0.1"
+    """The integrations service (ConnectionsService), like `router_host`."""
+    integrations_port: int = 50055
+    """The integrations service's gRPC port."""
     allowed_origins: tuple[str, ...] = ("http://127.0.0.1:8080", "http://localhost:8080")
     """Browser origins allowed to call through CORS, compared exactly (scheme, host and port)."""
     jwt_issuer: str = "athenaos"
@@ -271,6 +278,7 @@ class EdgeConfig:
             router_host=f"router{suffix}",
             orchestrator_host=f"orchestrator{suffix}",
             auth_host=f"auth{suffix}",
+            integrations_host=f"integrations{suffix}",
             ops_port=9902,
         )
 
@@ -288,6 +296,12 @@ def render(config: EdgeConfig) -> dict[str, Any]:
         ),
         _grpc_cluster(AUTH_CLUSTER, config.auth_host, config.auth_port, health_service=AUTH_SERVICE),
         _cluster(JWKS_CLUSTER, config.auth_host, config.auth_http_port),
+        _grpc_cluster(
+            INTEGRATIONS_CLUSTER,
+            config.integrations_host,
+            config.integrations_port,
+            health_service=CONNECTIONS_SERVICE,
+        ),
     ]
     if config.ops_port is not None:
         listeners.append(_ops_listener(config.ops_port))
@@ -781,6 +795,8 @@ UPSTREAM_FIELDS = (
     "auth_host",
     "auth_port",
     "auth_http_port",
+    "integrations_host",
+    "integrations_port",
 )
 
 

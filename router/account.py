@@ -8,7 +8,9 @@ from typing import Any
 
 import grpc
 from athena.account.v1 import account_pb2, account_pb2_grpc
+from athena.connections.v1 import connections_pb2
 from athena.identity.v1 import identity_pb2
+from athena.integrations.v1 import integrations_pb2
 from athena.memory.v1 import memory_pb2
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
@@ -69,14 +71,19 @@ class AccountServicer(account_pb2_grpc.AccountServiceServicer):
             identity_pb2.ExportIdentityRequest(),
             timeout_seconds=self._timeout(),
         )
+        connected = await clients.call(
+            self._peers.connections.ListConnections,
+            connections_pb2.ListConnectionsRequest(),
+            timeout_seconds=self._timeout(),
+        )
         sections: dict[str, list[Any]] = {
             "agents": [],
             "conversations": [],
             "memories": [],
             "identities": [_as_dict(item) for item in identity.identities],
             "sessions": [_as_dict(item) for item in identity.sessions],
-            # Calendar, files and health connections join here as they are added (none are held yet).
-            "connections": [],
+            # What each connection is (provider, capabilities, status, account, dates); never a token.
+            "connections": [_as_dict(item) for item in connected.connections],
         }
         async for record in clients.stream(
             self._peers.user_data.ExportUserData, memory_pb2.ExportUserDataRequest()
@@ -100,6 +107,11 @@ class AccountServicer(account_pb2_grpc.AccountServiceServicer):
         purged = await clients.call(
             self._peers.user_data.PurgeUser, memory_pb2.PurgeUserRequest(), timeout_seconds=self._timeout()
         )
+        disconnected = await clients.call(
+            self._peers.integrations.PurgeUser,
+            integrations_pb2.PurgeUserRequest(),
+            timeout_seconds=self._timeout(),
+        )
         # Then the sign-in itself: the account, its identities and every session (refresh tokens die here,
         # access tokens are revoked), and the receipt of it all, signed by auth.
         erased = await clients.call(
@@ -109,6 +121,9 @@ class AccountServicer(account_pb2_grpc.AccountServiceServicer):
                     "memory_data_keys": int(purged.data_key_destroyed),
                     "memory_rows": purged.deleted_rows,
                     "memory_cache_keys": purged.deleted_keys,
+                    "integrations_data_keys": int(disconnected.data_key_destroyed),
+                    "integrations_rows": disconnected.deleted_rows,
+                    "integrations_revoked_grants": disconnected.revoked_grants,
                 }
             ),
             timeout_seconds=self._timeout(),

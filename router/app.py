@@ -6,6 +6,7 @@ from __future__ import annotations
 from athena.account.v1 import account_pb2, account_pb2_grpc
 from athena.auth.v1 import auth_pb2
 from athena.chat.v1 import chat_pb2, chat_pb2_grpc
+from athena.connections.v1 import connections_pb2
 
 from mesh.app import Assembly, Deps, ServiceApp
 from mesh.server import Service
@@ -17,8 +18,9 @@ from router.settings import RouterSettings
 CHAT = chat_pb2.DESCRIPTOR.services_by_name["ChatService"].full_name
 ACCOUNT = account_pb2.DESCRIPTOR.services_by_name["AccountService"].full_name
 AUTH = auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name
-PUBLIC_API = (CHAT, ACCOUNT, AUTH)
-"""What reflection shows through the edge: the three public services, whichever process serves them."""
+CONNECTIONS = connections_pb2.DESCRIPTOR.services_by_name["ConnectionsService"].full_name
+PUBLIC_API = (CHAT, ACCOUNT, AUTH, CONNECTIONS)
+"""What reflection shows through the edge: the public services, whichever process serves them."""
 
 
 async def build(settings: RouterSettings, deps: Deps) -> Assembly:

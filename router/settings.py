@@ -21,5 +21,8 @@ class RouterSettings(ServiceSettings):
     """The memory service."""
     auth_target: str = "127.0.0.1:50054"
     """The auth service (its internal IdentityService erases accounts)."""
+    integrations_target: str = "127.0.0.1:50055"
+    """The integrations service: a person's connections (exported, and erased by its internal
+    IntegrationsService)."""
     peer_timeout_seconds: float = Field(10.0, gt=0)
     """Upper bound of a unary call to a peer when the client set no deadline."""

@@ -37,7 +37,12 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 Metadata = tuple[tuple[str, str], ...]
-PUBLIC = {"athena.auth.v1.AuthService", "athena.chat.v1.ChatService", "athena.account.v1.AccountService"}
+PUBLIC = {
+    "athena.auth.v1.AuthService",
+    "athena.chat.v1.ChatService",
+    "athena.account.v1.AccountService",
+    "athena.connections.v1.ConnectionsService",
+}
 SERVICE_NAMES = {
     "router": ["athena.chat.v1.ChatService", "athena.account.v1.AccountService"],
     "orchestrator": ["athena.orchestrator.v1.OrchestratorService"],
@@ -48,6 +53,10 @@ SERVICE_NAMES = {
         "athena.memory.v1.UserDataService",
     ],
     "auth": ["athena.auth.v1.AuthService"],
+    "integrations": [
+        "athena.connections.v1.ConnectionsService",
+        "athena.integrations.v1.IntegrationsService",
+    ],
 }
 
 
@@ -175,6 +184,7 @@ def test_internal_services_are_not_routable_through_the_edge(mesh: RunningMesh) 
         "athena.orchestrator.v1.OrchestratorService/Run",
         "athena.memory.v1.MemoryService/ListMemories",
         "athena.memory.v1.UserDataService/PurgeUser",
+        "athena.integrations.v1.IntegrationsService/PurgeUser",
     ):
         result = grpcurl(
             "-import-path",
@@ -185,6 +195,8 @@ def test_internal_services_are_not_routable_through_the_edge(mesh: RunningMesh) 
             "athena/memory/v1/memory.proto",
             "-proto",
             "athena/orchestrator/v1/orchestrator.proto",
+            "-proto",
+            "athena/integrations/v1/integrations.proto",
             "-H",
             f"authorization: Bearer {token}",
             "-d",

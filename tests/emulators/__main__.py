@@ -2,7 +2,7 @@
 
     python -m tests.emulators [--host 127.0.0.1] [--port 8601] [--microsoft-port 8602]
                               [--client-id athena-dev] [--client-secret athena-dev-secret]
-                              [--redirect-uri http://127.0.0.1:8080/oauth/callback ...]
+                              [--redirect-uri http://127.0.0.1:8080/connections ...]
 
 (`tests` has no __init__.py: it is a namespace package, so run it from the repository root.) Both emulators
 register the one OAuth client given and sign in a demo account (person@example.com at Google,
@@ -154,7 +154,7 @@ def main() -> None:
     arguments = parser.parse_args()
     if arguments.microsoft_port is None:
         arguments.microsoft_port = arguments.port + 1 if arguments.port else 0
-    arguments.redirect_uri = arguments.redirect_uri or ["http://127.0.0.1:8080/oauth/callback"]
+    arguments.redirect_uri = arguments.redirect_uri or ["http://127.0.0.1:8080/connections"]
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(arguments))
 

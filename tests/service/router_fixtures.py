@@ -36,6 +36,8 @@ from auth.app import AUTH, JWKS_PATH, AuthDeps
 from auth.settings import AuthSettings
 from devstack.postgres import EmbeddedPostgres
 from devstack.valkey import EmbeddedValkey
+from integrations.app import INTEGRATIONS, IntegrationsDeps
+from integrations.settings import IntegrationsSettings
 from mesh.app import Deps, RunningService
 from mesh.context import time_remaining
 from mesh.errors import Unavailable
@@ -199,6 +201,7 @@ class RouterMesh:
     memory: MemoryHarness
     model: OfflineModelServer
     auth_service: RunningService
+    integrations: RunningService
     auth_channel: grpc.aio.Channel
     verifier: TokenVerifier
     make_token: Callable[..., str]
@@ -264,6 +267,7 @@ class RouterMesh:
                 self.base,
                 memory_target=f"127.0.0.1:{self.memory.port}",
                 auth_target=f"127.0.0.1:{self.auth_service.port}",
+                integrations_target=f"127.0.0.1:{self.integrations.port}",
                 **{"redis_url": self.redis_url, **overrides},
             )
         )
@@ -291,7 +295,7 @@ async def open_router_mesh(
     base: Path,
     kms_keys_dir: Path,
 ) -> RouterMesh:
-    """Starts auth, memory and the offline model; the caller closes the mesh."""
+    """Starts auth, memory, integrations and the offline model; the caller closes the mesh."""
     services = ServiceGroup()
     auth_settings = AuthSettings(
         **service_settings(
@@ -311,10 +315,27 @@ async def open_router_mesh(
     memory = await start_memory(
         services.start, verifier, make_token, base, postgres_url, redis_url, ATHENA_SERVICE_KEY=SERVICE_KEY
     )
+    integrations_settings = IntegrationsSettings(
+        **service_settings(
+            base / "integrations", database_url=postgres_url, kms_keys_dir=kms_keys_dir, redis_url=redis_url
+        )
+    )
+    integrations = await services.start(
+        INTEGRATIONS, integrations_settings, IntegrationsDeps(verifier=verifier)
+    )
     model = OfflineModelServer(offline_model_settings())
     await model.start()
     return RouterMesh(
-        memory, model, auth_service, auth_channel, verifier, make_token, redis_url, base, services
+        memory,
+        model,
+        auth_service,
+        integrations,
+        auth_channel,
+        verifier,
+        make_token,
+        redis_url,
+        base,
+        services,
     )
 
 

@@ -88,6 +88,7 @@ async def start_router_of_its_own(mesh: RouterMesh, auth: RunningService) -> Rou
             mesh.base,
             memory_target=f"127.0.0.1:{mesh.memory.port}",
             auth_target=f"127.0.0.1:{auth.port}",
+            integrations_target=f"127.0.0.1:{mesh.integrations.port}",
             jwks_url=f"http://127.0.0.1:{auth.http_port}{JWKS_PATH}",
             redis_url=mesh.redis_url,
         )
@@ -252,6 +253,7 @@ async def test_while_redis_is_down_the_last_known_list_keeps_applying(
                 mesh.base,
                 memory_target=f"127.0.0.1:{mesh.memory.port}",
                 auth_target=f"127.0.0.1:{mesh.auth_service.port}",
+                integrations_target=f"127.0.0.1:{mesh.integrations.port}",
                 redis_url=own_valkey.url,
             )
         )

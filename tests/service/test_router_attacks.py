@@ -61,6 +61,7 @@ async def router(verifier: TokenVerifier, tmp_path_factory: pytest.TempPathFacto
             **service_settings(tmp_path),
             memory_target=target,
             auth_target=target,
+            integrations_target=target,
             peer_timeout_seconds=5.0,
         )
         router = await start(ROUTER, settings, Deps(verifier=verifier))

@@ -17,6 +17,7 @@ from edge.envoy_config import (
     ACCOUNT_SERVICE,
     AUTH_SERVICE,
     CHAT_SERVICE,
+    CONNECTIONS_SERVICE,
     EDGE_REFLECTION_HEADER,
     EdgeConfig,
     main,
@@ -30,6 +31,7 @@ GRPC_PREFIXES = {
     f"/{CHAT_SERVICE}/": "router",
     f"/{ACCOUNT_SERVICE}/": "router",
     f"/{AUTH_SERVICE}/": "auth",
+    f"/{CONNECTIONS_SERVICE}/": "integrations",
     "/grpc.health.v1.Health/": "router",
     "/grpc.reflection.v1alpha.ServerReflection/": "router",
     "/grpc.reflection.v1.ServerReflection/": "router",
@@ -83,7 +85,7 @@ def test_no_internal_service_is_reached_but_the_orchestrator_for_the_chat_stream
     assert 50053 not in ports
     clusters = {cluster["name"] for cluster in bootstrap["static_resources"]["clusters"]}
     routed = {node["cluster"] for node in walk(edge_routes(bootstrap)) if "cluster" in node}
-    assert routed <= {"router", "orchestrator", "auth"} <= clusters
+    assert routed <= {"router", "orchestrator", "auth", "integrations"} <= clusters
     to_orchestrator = [
         route["match"]
         for route in edge_routes(bootstrap)
@@ -119,7 +121,7 @@ def test_reflection_calls_are_marked_for_the_router(bootstrap: dict[str, Any]) -
         assert header["append_action"] == "OVERWRITE_IF_EXISTS_OR_ADD"
 
 
-def test_tokens_are_required_for_chat_and_account_only(bootstrap: dict[str, Any]) -> None:
+def test_tokens_are_required_for_chat_account_and_connections_only(bootstrap: dict[str, Any]) -> None:
     (jwt,) = [
         f for f in edge_manager(bootstrap)["http_filters"] if f["name"] == "envoy.filters.http.jwt_authn"
     ]
@@ -128,6 +130,7 @@ def test_tokens_are_required_for_chat_and_account_only(bootstrap: dict[str, Any]
     assert rules == {
         f"/{CHAT_SERVICE}/": {"provider_name": "athena"},
         f"/{ACCOUNT_SERVICE}/": {"provider_name": "athena"},
+        f"/{CONNECTIONS_SERVICE}/": {"provider_name": "athena"},
     }
     provider = config["providers"]["athena"]
     assert provider["issuer"] == "athenaos"

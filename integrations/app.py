@@ -1,0 +1,105 @@
+"""The integrations service, assembled (what `python -m integrations`, `make run` and the tests start
+through `mesh.app`): migrations, the PostgreSQL store sealing with each person's data key, OAuth with the
+providers the settings name, and the purge of expired pending connections."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from athena.connections.v1 import connections_pb2_grpc
+from athena.integrations.v1 import integrations_pb2_grpc
+
+from integrations.connections import Connections, ConnectionStore
+from integrations.migrate import DATA_KEYS_TABLE, SERVICE, apply_migrations, migrate
+from integrations.oauth import OAuth
+from integrations.postgres import PostgresConnectionStore
+from integrations.servicer import (
+    INTERNAL_SERVICE_NAME,
+    SERVICE_NAME,
+    ConnectionsServicer,
+    IntegrationsServicer,
+)
+from integrations.settings import IntegrationsSettings
+from mesh.app import Assembly, Command, Deps, ServiceApp
+from mesh.envelope import DataKeys
+from mesh.keystore import PostgresDataKeys, rewrap_keys
+from mesh.kms import KeyEncryptionKeys
+from mesh.kms import from_settings as kms_from_settings
+from mesh.server import Service
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(kw_only=True)
+class IntegrationsDeps(Deps):
+    kms: KeyEncryptionKeys | None = None
+    """Wraps the people's data keys; None: the KMS the settings name (`mesh.kms.from_settings`)."""
+
+
+async def _purge_pending(store: ConnectionStore, every: float) -> None:
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await store.purge_pending(datetime.now(UTC))
+        except Exception:  # maintenance must outlive a database hiccup
+            log.exception("purging expired pending connections failed")
+
+
+async def build(settings: IntegrationsSettings, deps: IntegrationsDeps) -> Assembly:
+    await migrate(settings.database_url, wait_seconds=settings.startup_timeout_seconds)
+    pool = await deps.postgres(settings.database_url, max_size=settings.database_pool_size)
+    keys = DataKeys(
+        PostgresDataKeys(pool, DATA_KEYS_TABLE),
+        deps.kms or kms_from_settings(settings),
+        SERVICE,
+        cache_seconds=settings.data_key_cache_seconds,
+    )
+    store = PostgresConnectionStore(pool, keys)
+    oauth = OAuth(timeout=settings.http_timeout_seconds, clock=lambda: deps.clock.now().timestamp())
+    connections = Connections(store, oauth, settings.providers(), clock=deps.clock.now)
+    return Assembly(
+        services=[
+            Service(
+                SERVICE_NAME,
+                ConnectionsServicer(connections),
+                connections_pb2_grpc.add_ConnectionsServiceServicer_to_server,
+            ),
+            Service(
+                INTERNAL_SERVICE_NAME,
+                IntegrationsServicer(connections),
+                integrations_pb2_grpc.add_IntegrationsServiceServicer_to_server,
+            ),
+        ],
+        readiness=store.ping,
+        background=[lambda: _purge_pending(store, settings.maintenance_seconds)],
+    )
+
+
+def _migrate(settings: IntegrationsSettings) -> int:
+    applied = apply_migrations(settings.database_url)
+    print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none pending'}")
+    return 0
+
+
+def _rewrap_keys(settings: IntegrationsSettings) -> int:
+    return rewrap_keys(settings.database_url, kms_from_settings(settings), SERVICE, DATA_KEYS_TABLE)
+
+
+INTEGRATIONS = ServiceApp(
+    name="integrations",
+    description="AthenaOS integrations service: a person's connected accounts (Google, Microsoft) and "
+    "their tokens. Applies its migrations on start-up.",
+    settings=IntegrationsSettings,
+    deps=IntegrationsDeps,
+    build=build,
+    commands={
+        "migrate": Command("apply the integrations schema's migrations, then exit", _migrate),
+        "rewrap-keys": Command(
+            "rewrap every data key under the KMS's current key-encryption key (after a rotation)",
+            _rewrap_keys,
+        ),
+    },
+)

@@ -1,0 +1,119 @@
+"""`athena.connections.v1.ConnectionsService` over `integrations.connections` (the caller is always the
+token's subject)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import grpc
+from athena.connections.v1 import connections_pb2, connections_pb2_grpc
+from athena.integrations.v1 import integrations_pb2, integrations_pb2_grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from integrations.connections import Connection, Connections, Status
+from integrations.providers import Capability, Provider
+from mesh.context import principal
+from mesh.errors import InvalidArgument
+
+Context = grpc.aio.ServicerContext[Any, Any]
+SERVICE_NAME = connections_pb2.DESCRIPTOR.services_by_name["ConnectionsService"].full_name
+INTERNAL_SERVICE_NAME = integrations_pb2.DESCRIPTOR.services_by_name["IntegrationsService"].full_name
+
+_PROVIDERS: dict[int, Provider] = {
+    connections_pb2.PROVIDER_GOOGLE: Provider.GOOGLE,
+    connections_pb2.PROVIDER_MICROSOFT: Provider.MICROSOFT,
+}
+_PROVIDER_PROTOS: dict[Provider, Any] = {provider: proto for proto, provider in _PROVIDERS.items()}
+_CAPABILITIES: dict[int, Capability] = {
+    connections_pb2.CAPABILITY_CALENDAR: Capability.CALENDAR,
+    connections_pb2.CAPABILITY_FILES: Capability.FILES,
+    connections_pb2.CAPABILITY_HEALTH: Capability.HEALTH,
+}
+_CAPABILITY_PROTOS: dict[Capability, Any] = {capability: proto for proto, capability in _CAPABILITIES.items()}
+_STATUSES = {
+    Status.CONNECTED: connections_pb2.CONNECTION_STATUS_CONNECTED,
+    Status.NEEDS_RECONNECT: connections_pb2.CONNECTION_STATUS_NEEDS_RECONNECT,
+    Status.ERROR: connections_pb2.CONNECTION_STATUS_ERROR,
+}
+
+
+def _timestamp(moment: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
+def _provider(value: int) -> Provider:
+    provider = _PROVIDERS.get(value)
+    if provider is None:
+        raise InvalidArgument("provider", "is not a provider this service knows")
+    return provider
+
+
+def connection_to_proto(connection: Connection) -> connections_pb2.Connection:
+    proto = connections_pb2.Connection(
+        id=connection.id,
+        provider=_PROVIDER_PROTOS[connection.provider],
+        capabilities=[_CAPABILITY_PROTOS[c] for c in Capability if c in connection.capabilities],
+        status=_STATUSES[connection.status],
+        status_message=connection.status_message,
+        account=connection.account,
+        connected_at=_timestamp(connection.connected_at),
+    )
+    if connection.last_used_at is not None:
+        proto.last_used_at.CopyFrom(_timestamp(connection.last_used_at))
+    return proto
+
+
+class ConnectionsServicer(connections_pb2_grpc.ConnectionsServiceServicer):
+    def __init__(self, connections: Connections) -> None:
+        self._connections = connections
+
+    async def ListConnections(
+        self, request: connections_pb2.ListConnectionsRequest, context: Context
+    ) -> connections_pb2.ListConnectionsResponse:
+        found = await self._connections.list(principal().user_id)
+        return connections_pb2.ListConnectionsResponse(connections=[connection_to_proto(c) for c in found])
+
+    async def BeginConnection(
+        self, request: connections_pb2.BeginConnectionRequest, context: Context
+    ) -> connections_pb2.BeginConnectionResponse:
+        capabilities = [_CAPABILITIES[c] for c in request.capabilities if c in _CAPABILITIES]
+        begun = await self._connections.begin(
+            principal().user_id, _provider(request.provider), capabilities, request.redirect_uri
+        )
+        return connections_pb2.BeginConnectionResponse(
+            authorization_url=begun.authorization_url,
+            state=begun.state,
+            expires_at=_timestamp(begun.expires_at),
+        )
+
+    async def CompleteConnection(
+        self, request: connections_pb2.CompleteConnectionRequest, context: Context
+    ) -> connections_pb2.CompleteConnectionResponse:
+        connection = await self._connections.complete(
+            principal().user_id, request.state, request.code, request.error, request.redirect_uri
+        )
+        return connections_pb2.CompleteConnectionResponse(connection=connection_to_proto(connection))
+
+    async def Disconnect(
+        self, request: connections_pb2.DisconnectRequest, context: Context
+    ) -> connections_pb2.DisconnectResponse:
+        revoked = await self._connections.disconnect(principal().user_id, _provider(request.provider))
+        return connections_pb2.DisconnectResponse(revoked_at_provider=revoked)
+
+
+class IntegrationsServicer(integrations_pb2_grpc.IntegrationsServiceServicer):
+    """What the rest of the mesh asks: the erasure of a person's connections."""
+
+    def __init__(self, connections: Connections) -> None:
+        self._connections = connections
+
+    async def PurgeUser(
+        self, request: integrations_pb2.PurgeUserRequest, context: Context
+    ) -> integrations_pb2.PurgeUserResponse:
+        purged = await self._connections.purge(principal().user_id)
+        return integrations_pb2.PurgeUserResponse(
+            deleted_rows=purged.rows, data_key_destroyed=purged.data_key, revoked_grants=purged.revoked
+        )

@@ -1,0 +1,105 @@
+"""Settings of the integrations service, read once by `python -m integrations` (env prefix `INTEGRATIONS_`).
+
+Providers are nested settings: `INTEGRATIONS_GOOGLE__CLIENT_ID`, `INTEGRATIONS_GOOGLE__CLIENT_SECRET`,
+`INTEGRATIONS_GOOGLE__REDIRECT_URIS='["https://app.example/connections"]'` (same for
+`INTEGRATIONS_MICROSOFT__*`). A provider is offered only when its client id is set. Base URLs default to
+the real hosts; tests and `make run` point them at the provider emulators (tests/emulators).
+"""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic_settings import SettingsConfigDict
+
+from integrations import providers
+from integrations.connections import redirect_allowed
+from integrations.providers import Provider, ProviderClient
+from mesh.settings import ServiceSettings
+
+
+class ProviderSettings(BaseModel):
+    """This deployment's OAuth client at one provider (a confidential web client)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    client_id: str = ""
+    """OAuth client id registered with the provider; the provider is not offered while it is empty."""
+    client_secret: SecretStr = SecretStr("")
+    """OAuth client secret (sent to the token endpoint with `client_secret_post`)."""
+    redirect_uris: tuple[str, ...] = ()
+    """The only redirect URIs BeginConnection accepts (exact match, as registered with the provider):
+    https, or http on loopback for development."""
+
+    @field_validator("redirect_uris")
+    @classmethod
+    def _redirects(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for uri in value:
+            if not redirect_allowed(uri):
+                raise ValueError(f"{uri!r}: a redirect URI must be https (http only on loopback)")
+        return value
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.client_id)
+
+
+class GoogleSettings(ProviderSettings):
+    accounts_url: str = "https://accounts.google.com"
+    """Where the consent page is (`/o/oauth2/v2/auth`)."""
+    oauth2_url: str = "https://oauth2.googleapis.com"
+    """Token (`/token`) and revocation (`/revoke`) endpoints."""
+
+
+class MicrosoftSettings(ProviderSettings):
+    login_url: str = "https://login.microsoftonline.com"
+    """The identity platform (`/{tenant}/oauth2/v2.0/authorize` and `/token`)."""
+    tenant: str = "common"
+    """`common` (work, school and personal accounts), `organizations`, `consumers`, or a tenant id."""
+
+
+class IntegrationsSettings(ServiceSettings):
+    """What `python -m integrations` needs; tests construct it directly."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="INTEGRATIONS_", env_nested_delimiter="__", validate_by_name=True, validate_by_alias=True
+    )
+
+    port: int = Field(50055, ge=0, le=65535)
+    """gRPC port."""
+    http_port: int = Field(9105, ge=0, le=65535)
+    """HTTP port: `/metrics`."""
+    database_url: str = Field(
+        "postgresql://athena:athena@127.0.0.1:5432/athena",
+        validation_alias=AliasChoices("INTEGRATIONS_DATABASE_URL", "DATABASE_URL"),
+    )
+    """PostgreSQL of the `integrations` schema, as a non-superuser role."""
+    database_pool_size: int = Field(5, ge=1)
+    """Maximum connections of the asyncpg pool."""
+    http_timeout_seconds: float = Field(10.0, gt=0)
+    """Timeout of each call to a provider."""
+    maintenance_seconds: float = Field(60.0, gt=0)
+    """How often expired pending connections are purged."""
+    google: GoogleSettings = GoogleSettings()
+    microsoft: MicrosoftSettings = MicrosoftSettings()
+
+    def providers(self) -> dict[Provider, ProviderClient]:
+        """The providers this deployment is registered with."""
+        offered: dict[Provider, ProviderClient] = {}
+        google, microsoft = self.google, self.microsoft
+        if google.enabled:
+            offered[Provider.GOOGLE] = providers.google(
+                google.client_id,
+                google.client_secret.get_secret_value(),
+                frozenset(google.redirect_uris),
+                accounts_url=google.accounts_url,
+                oauth2_url=google.oauth2_url,
+            )
+        if microsoft.enabled:
+            offered[Provider.MICROSOFT] = providers.microsoft(
+                microsoft.client_id,
+                microsoft.client_secret.get_secret_value(),
+                frozenset(microsoft.redirect_uris),
+                login_url=microsoft.login_url,
+                tenant=microsoft.tenant,
+            )
+        return offered

@@ -1,0 +1,420 @@
+"""ConnectionsService end to end: the integrations service on a real PostgreSQL, connecting accounts at the
+Google and Microsoft emulators (tests/emulators) through their real consent, token and revocation
+endpoints: the happy paths (incremental consent included), every way a connection must fail, tokens
+refreshed once however many need them, a revoked grant becoming "needs reconnect", other people seeing
+nothing, and no token readable in the database."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import asyncpg
+import grpc
+import httpx
+import pytest
+import pytest_asyncio
+from athena.connections.v1 import connections_pb2 as pb
+from athena.connections.v1 import connections_pb2_grpc
+from athena.integrations.v1 import integrations_pb2, integrations_pb2_grpc
+from conftest import StartService, auth_metadata, service_settings
+from emulators import GoogleEmulator, MicrosoftEmulator
+
+from devstack.postgres import EmbeddedPostgres
+from integrations.app import INTEGRATIONS, IntegrationsDeps
+from integrations.connections import Connections, Status
+from integrations.migrate import DATA_KEYS_TABLE, SERVICE
+from integrations.oauth import OAuth
+from integrations.postgres import PostgresConnectionStore
+from integrations.providers import Provider
+from integrations.settings import GoogleSettings, IntegrationsSettings, MicrosoftSettings
+from mesh.app import RunningService
+from mesh.envelope import DataKeys
+from mesh.errors import FailedPrecondition
+from mesh.keystore import PostgresDataKeys
+from mesh.kms import KeyEncryptionKeys, from_settings
+from mesh.tokens import TokenVerifier
+
+REDIRECT = "http://127.0.0.1:8080/connections"
+Stub = connections_pb2_grpc.ConnectionsServiceStub
+Metadata = tuple[tuple[str, str], ...]
+CALENDAR = "https://www.googleapis.com/auth/calendar.readonly"
+DRIVE = "https://www.googleapis.com/auth/drive.readonly"
+
+
+@pytest_asyncio.fixture(scope="module")
+async def google() -> AsyncIterator[GoogleEmulator]:
+    emulator = GoogleEmulator()
+    emulator.register_client("google-client", "google-secret", [REDIRECT])
+    await emulator.start()
+    yield emulator
+    await emulator.stop()
+
+
+@pytest_asyncio.fixture(scope="module")
+async def microsoft() -> AsyncIterator[MicrosoftEmulator]:
+    emulator = MicrosoftEmulator()
+    emulator.register_client("microsoft-client", "microsoft-secret", [REDIRECT])
+    await emulator.start()
+    yield emulator
+    await emulator.stop()
+
+
+def settings_for(
+    tmp_path: Path,
+    postgres: EmbeddedPostgres,
+    kms_keys_dir: Path,
+    google: GoogleEmulator,
+    microsoft: MicrosoftEmulator,
+) -> IntegrationsSettings:
+    return IntegrationsSettings(
+        **service_settings(tmp_path, env="dev", database_url=postgres.url, kms_keys_dir=kms_keys_dir),
+        google=GoogleSettings(
+            client_id="google-client",
+            client_secret="google-secret",
+            redirect_uris=(REDIRECT,),
+            accounts_url=google.base_url,
+            oauth2_url=google.base_url,
+        ),
+        microsoft=MicrosoftSettings(
+            client_id="microsoft-client",
+            client_secret="microsoft-secret",
+            redirect_uris=(REDIRECT,),
+            login_url=microsoft.base_url,
+            tenant="common",
+        ),
+    )
+
+
+@pytest_asyncio.fixture
+async def service(
+    postgres: EmbeddedPostgres,
+    kms_keys_dir: Path,
+    start_service: StartService,
+    tmp_path: Path,
+    verifier: TokenVerifier,
+    google: GoogleEmulator,
+    microsoft: MicrosoftEmulator,
+) -> AsyncIterator[tuple[RunningService, Stub]]:
+    settings = settings_for(tmp_path, postgres, kms_keys_dir, google, microsoft)
+    running = await start_service(INTEGRATIONS, settings, IntegrationsDeps(verifier=verifier))
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
+    yield running, connections_pb2_grpc.ConnectionsServiceStub(channel)
+    await channel.close()
+
+
+@pytest.fixture
+def stub(service: tuple[RunningService, Stub]) -> Stub:
+    return service[1]
+
+
+@pytest.fixture
+def user(make_token: Callable[..., str]) -> Callable[[], tuple[str, Metadata]]:
+    def make() -> tuple[str, Metadata]:
+        user_id = str(uuid.uuid4())
+        return user_id, auth_metadata(make_token(user_id))
+
+    return make
+
+
+def query_of(url: str) -> dict[str, str]:
+    return {name: values[0] for name, values in parse_qs(urlsplit(url).query).items()}
+
+
+async def consent(authorization_url: str) -> dict[str, str]:
+    """What a browser sent to the consent page comes back with: the redirect's query."""
+    async with httpx.AsyncClient(follow_redirects=False) as browser:
+        answer = await browser.get(authorization_url)
+    assert answer.status_code == 302, answer.text
+    location = answer.headers["location"]
+    assert location.startswith(REDIRECT + "?")
+    return query_of(location)
+
+
+async def connect(stub: Stub, metadata: Metadata, provider: int, *capabilities: int) -> pb.Connection:
+    begun = await stub.BeginConnection(
+        pb.BeginConnectionRequest(provider=provider, capabilities=capabilities, redirect_uri=REDIRECT),
+        metadata=metadata,
+    )
+    back = await consent(begun.authorization_url)
+    assert back["state"] == begun.state
+    completed = await stub.CompleteConnection(
+        pb.CompleteConnectionRequest(state=back["state"], code=back["code"], redirect_uri=REDIRECT),
+        metadata=metadata,
+    )
+    return completed.connection
+
+
+async def fails(call: Any, request: Any, metadata: Metadata, status: grpc.StatusCode) -> str:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call(request, metadata=metadata)
+    assert caught.value.code() == status, caught.value.details()
+    return caught.value.details() or ""
+
+
+async def test_the_consent_page_asks_for_the_capabilitys_scopes_with_pkce_and_offline_access(
+    stub: Stub, user: Callable[[], tuple[str, Metadata]]
+) -> None:
+    _, metadata = user()
+    begun = await stub.BeginConnection(
+        pb.BeginConnectionRequest(
+            provider=pb.PROVIDER_GOOGLE, capabilities=[pb.CAPABILITY_CALENDAR], redirect_uri=REDIRECT
+        ),
+        metadata=metadata,
+    )
+    query = query_of(begun.authorization_url)
+    assert query["client_id"] == "google-client"
+    assert query["redirect_uri"] == REDIRECT
+    assert query["response_type"] == "code"
+    assert query["state"] == begun.state
+    assert len(begun.state) >= 32
+    assert query["code_challenge_method"] == "S256"
+    assert len(query["code_challenge"]) == 43
+    assert query["scope"].split() == ["openid", "email", CALENDAR]
+    assert (query["access_type"], query["include_granted_scopes"]) == ("offline", "true")
+    assert begun.expires_at.ToSeconds() > 0
+
+
+async def test_google_connects_and_a_second_capability_adds_its_scopes_alone(
+    stub: Stub, user: Callable[[], tuple[str, Metadata]], google: GoogleEmulator
+) -> None:
+    _, metadata = user()
+    calendar = await connect(stub, metadata, pb.PROVIDER_GOOGLE, pb.CAPABILITY_CALENDAR)
+    assert calendar.status == pb.CONNECTION_STATUS_CONNECTED
+    assert list(calendar.capabilities) == [pb.CAPABILITY_CALENDAR]
+
+    begun = await stub.BeginConnection(
+        pb.BeginConnectionRequest(
+            provider=pb.PROVIDER_GOOGLE, capabilities=[pb.CAPABILITY_FILES], redirect_uri=REDIRECT
+        ),
+        metadata=metadata,
+    )
+    assert query_of(begun.authorization_url)["scope"].split() == ["openid", "email", DRIVE]
+    both = await connect(stub, metadata, pb.PROVIDER_GOOGLE, pb.CAPABILITY_FILES)
+    assert both.id == calendar.id
+    assert list(both.capabilities) == [pb.CAPABILITY_CALENDAR, pb.CAPABILITY_FILES]
+    listed = (await stub.ListConnections(pb.ListConnectionsRequest(), metadata=metadata)).connections
+    assert [(c.provider, list(c.capabilities)) for c in listed] == [
+        (pb.PROVIDER_GOOGLE, [pb.CAPABILITY_CALENDAR, pb.CAPABILITY_FILES])
+    ]
+
+
+async def test_microsoft_connects_its_calendar_and_offers_no_health(
+    stub: Stub, user: Callable[[], tuple[str, Metadata]]
+) -> None:
+    _, metadata = user()
+    connection = await connect(stub, metadata, pb.PROVIDER_MICROSOFT, pb.CAPABILITY_CALENDAR)
+    assert (connection.provider, list(connection.capabilities)) == (
+        pb.PROVIDER_MICROSOFT,
+        [pb.CAPABILITY_CALENDAR],
+    )
+    message = await fails(
+        stub.BeginConnection,
+        pb.BeginConnectionRequest(
+            provider=pb.PROVIDER_MICROSOFT, capabilities=[pb.CAPABILITY_HEALTH], redirect_uri=REDIRECT
+        ),
+        metadata,
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert message == "capabilities: Microsoft offers no access to your health data"
+
+
+async def test_a_state_is_good_once_for_the_person_who_began_it(
+    stub: Stub, user: Callable[[], tuple[str, Metadata]]
+) -> None:
+    _, owner = user()
+    _, stranger = user()
+    begun = await stub.BeginConnection(
+        pb.BeginConnectionRequest(
+            provider=pb.PROVIDER_GOOGLE, capabilities=[pb.CAPABILITY_CALENDAR], redirect_uri=REDIRECT
+        ),
+        metadata=owner,
+    )
+    back = await consent(begun.authorization_url)
+    request = pb.CompleteConnectionRequest(state=back["state"], code=back["code"], redirect_uri=REDIRECT)
+    message = await fails(stub.CompleteConnection, request, stranger, grpc.StatusCode.INVALID_ARGUMENT)
+    assert message == "state: is unknown, used or expired; connect again"
+    await stub.CompleteConnection(request, metadata=owner)  # the stranger's try did not use it up
+    await fails(stub.CompleteConnection, request, owner, grpc.StatusCode.INVALID_ARGUMENT)
+    forged = pb.CompleteConnectionRequest(state="forged-" + back["state"], code="x", redirect_uri=REDIRECT)
+    await fails(stub.CompleteConnection, forged, owner, grpc.StatusCode.INVALID_ARGUMENT)
+
+
+async def test_a_refusal_a_wrong_code_and_a_foreign_redirect_are_told_apart(
+    stub: Stub, user: Callable[[], tuple[str, Metadata]], google: GoogleEmulator
+) -> None:
+    _, metadata = user()
+    begin = pb.BeginConnectionRequest(
+        provider=pb.PROVIDER_GOOGLE, capabilities=[pb.CAPABILITY_CALENDAR], redirect_uri=REDIRECT
+    )
+    google.refuse_next_consent()
+    refused = await consent((await stub.BeginConnection(begin, metadata=metadata)).authorization_url)
+    assert refused["error"] == "access_denied"
+    message = await fails(
+        stub.CompleteConnection,
+        pb.CompleteConnectionRequest(state=refused["state"], error=refused["error"], redirect_uri=REDIRECT),
+        metadata,
+        grpc.StatusCode.FAILED_PRECONDITION,
+    )
+    assert message == "Google did not connect: you declined"
+
+    begun = await stub.BeginConnection(begin, metadata=metadata)
+    message = await fails(
+        stub.CompleteConnection,
+        pb.CompleteConnectionRequest(state=begun.state, code="not-a-code", redirect_uri=REDIRECT),
+        metadata,
+        grpc.StatusCode.FAILED_PRECONDITION,
+    )
+    assert message == "Google did not accept the sign-in; connect again"
+
+    foreign = pb.BeginConnectionRequest(
+        provider=pb.PROVIDER_GOOGLE,
+        capabilities=[pb.CAPABILITY_CALENDAR],
+        redirect_uri="https://evil.example/",
+    )
+    message = await fails(stub.BeginConnection, foreign, metadata, grpc.StatusCode.INVALID_ARGUMENT)
+    assert message == "redirect_uri: is not registered with Google"
+    bad = pb.BeginConnectionRequest(provider=pb.PROVIDER_GOOGLE, redirect_uri=REDIRECT)
+    message = await fails(stub.BeginConnection, bad, metadata, grpc.StatusCode.INVALID_ARGUMENT)
+    assert message.startswith("capabilities:")
+    unknown = pb.BeginConnectionRequest(
+        provider=7, capabilities=[pb.CAPABILITY_CALENDAR], redirect_uri=REDIRECT
+    )  # type: ignore[arg-type]
+    message = await fails(stub.BeginConnection, unknown, metadata, grpc.StatusCode.INVALID_ARGUMENT)
+    assert message.startswith("provider:")
+
+
+async def test_disconnecting_revokes_the_grant_at_google_then_deletes_it(
+    stub: Stub, user: Callable[[], tuple[str, Metadata]], google: GoogleEmulator
+) -> None:
+    _, metadata = user()
+    await connect(stub, metadata, pb.PROVIDER_GOOGLE, pb.CAPABILITY_CALENDAR)
+    revocations = len([r for r in google.requests if r.path == "/revoke"])
+    answer = await stub.Disconnect(pb.DisconnectRequest(provider=pb.PROVIDER_GOOGLE), metadata=metadata)
+    assert answer.revoked_at_provider
+    assert len([r for r in google.requests if r.path == "/revoke"]) == revocations + 1
+    assert not (await stub.ListConnections(pb.ListConnectionsRequest(), metadata=metadata)).connections
+    again = await stub.Disconnect(pb.DisconnectRequest(provider=pb.PROVIDER_GOOGLE), metadata=metadata)
+    assert not again.revoked_at_provider
+
+
+async def test_another_person_sees_none_of_it_and_the_database_holds_no_token(
+    stub: Stub, user: Callable[[], tuple[str, Metadata]], postgres: EmbeddedPostgres
+) -> None:
+    owner_id, owner = user()
+    _, stranger = user()
+    await connect(stub, owner, pb.PROVIDER_GOOGLE, pb.CAPABILITY_CALENDAR)
+    assert not (await stub.ListConnections(pb.ListConnectionsRequest(), metadata=stranger)).connections
+    await stub.Disconnect(pb.DisconnectRequest(provider=pb.PROVIDER_GOOGLE), metadata=stranger)
+    assert (await stub.ListConnections(pb.ListConnectionsRequest(), metadata=owner)).connections
+
+    database = await asyncpg.connect(postgres.url)
+    try:
+        row = await database.fetchrow(
+            "SELECT grant_sealed FROM integrations.connections WHERE user_id = $1", uuid.UUID(owner_id)
+        )
+        dump = await database.fetch("SELECT * FROM integrations.connections")
+    finally:
+        await database.close()
+    assert row is not None
+    sealed = bytes(row["grant_sealed"])
+    for secret in (b"ya29.", b"1//0", b"access_token", b"refresh_token"):
+        assert secret not in sealed
+    assert all(b"ya29." not in repr(tuple(record)).encode() for record in dump)
+
+
+@pytest_asyncio.fixture
+async def domain(
+    postgres: EmbeddedPostgres,
+    kms_keys_dir: Path,
+    tmp_path: Path,
+    google: GoogleEmulator,
+    microsoft: MicrosoftEmulator,
+    service: tuple[RunningService, Stub],  # migrated the schema
+) -> AsyncIterator[Connections]:
+    settings = settings_for(tmp_path, postgres, kms_keys_dir, google, microsoft)
+    kms: KeyEncryptionKeys = from_settings(settings)
+    pool = await asyncpg.create_pool(postgres.url, min_size=1, max_size=4)
+    assert pool is not None
+    try:
+        keys = DataKeys(PostgresDataKeys(pool, DATA_KEYS_TABLE), kms, SERVICE)
+        yield Connections(PostgresConnectionStore(pool, keys), OAuth(), settings.providers())
+    finally:
+        await pool.close()
+
+
+async def test_an_expiring_token_is_refreshed_once_however_many_need_it(
+    stub: Stub, user: Callable[[], tuple[str, Metadata]], google: GoogleEmulator, domain: Connections
+) -> None:
+    user_id, metadata = user()
+    google.expires_in = 60  # within the refresh margin: the first use refreshes it
+    try:
+        await connect(stub, metadata, pb.PROVIDER_GOOGLE, pb.CAPABILITY_CALENDAR)
+    finally:
+        google.expires_in = 3599
+    refreshes = len([r for r in google.requests if r.path == "/token"])
+    got = await asyncio.gather(*(domain.access_token(user_id, Provider.GOOGLE) for _ in range(5)))
+    assert len([r for r in google.requests if r.path == "/token"]) == refreshes + 1
+    assert len({token for _, token in got}) == 1
+
+
+async def test_a_revoked_grant_marks_the_connection_needs_reconnect(
+    stub: Stub, user: Callable[[], tuple[str, Metadata]], google: GoogleEmulator, domain: Connections
+) -> None:
+    user_id, metadata = user()
+    google.expires_in = 60
+    try:
+        await connect(stub, metadata, pb.PROVIDER_GOOGLE, pb.CAPABILITY_CALENDAR)
+    finally:
+        google.expires_in = 3599
+    google.revoke_grant(google.account or "")
+    with pytest.raises(FailedPrecondition, match="connect it again"):
+        await domain.access_token(user_id, Provider.GOOGLE)
+    (listed,) = (await stub.ListConnections(pb.ListConnectionsRequest(), metadata=metadata)).connections
+    assert listed.status == pb.CONNECTION_STATUS_NEEDS_RECONNECT
+    assert listed.status_message == (
+        "Google no longer accepts AthenaOS's access to your account; connect it again."
+    )
+    stored = await domain.list(user_id)
+    assert stored[0].status is Status.NEEDS_RECONNECT
+
+
+async def test_purging_a_person_revokes_their_grants_and_leaves_nothing(
+    service: tuple[RunningService, Stub],
+    user: Callable[[], tuple[str, Metadata]],
+    google: GoogleEmulator,
+    postgres: EmbeddedPostgres,
+) -> None:
+    running, stub = service
+    user_id, metadata = user()
+    await connect(stub, metadata, pb.PROVIDER_GOOGLE, pb.CAPABILITY_CALENDAR)
+    await connect(stub, metadata, pb.PROVIDER_MICROSOFT, pb.CAPABILITY_FILES)
+    await stub.BeginConnection(  # pending, never completed
+        pb.BeginConnectionRequest(
+            provider=pb.PROVIDER_GOOGLE, capabilities=[pb.CAPABILITY_FILES], redirect_uri=REDIRECT
+        ),
+        metadata=metadata,
+    )
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        internal = integrations_pb2_grpc.IntegrationsServiceStub(channel)
+        purged = await internal.PurgeUser(integrations_pb2.PurgeUserRequest(), metadata=metadata)
+        again = await internal.PurgeUser(integrations_pb2.PurgeUserRequest(), metadata=metadata)
+    assert (purged.deleted_rows, purged.data_key_destroyed, purged.revoked_grants) == (3, True, 1)
+    assert (again.deleted_rows, again.data_key_destroyed, again.revoked_grants) == (0, False, 0)
+    assert not (await stub.ListConnections(pb.ListConnectionsRequest(), metadata=metadata)).connections
+    database = await asyncpg.connect(postgres.url)
+    try:
+        left = await database.fetchval(
+            """SELECT (SELECT count(*) FROM integrations.connections WHERE user_id = $1)
+                    + (SELECT count(*) FROM integrations.pending_connections WHERE user_id = $1)
+                    + (SELECT count(*) FROM integrations.data_keys WHERE owner = $2)""",
+            uuid.UUID(user_id),
+            user_id,
+        )
+    finally:
+        await database.close()
+    assert left == 0
