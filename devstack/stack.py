@@ -153,9 +153,10 @@ class Stack:
         return path.read_text().strip()
 
     def _integration_dirs(self) -> dict[str, str]:
-        """Local stand-ins of the integrations (SPEC §8): `.ics` files, wearable CSVs, documents."""
+        """Local stand-ins of the integrations not yet read through connected accounts (issue 15): wearable
+        CSVs and documents. Calendars are each person's connected ones (the integrations service)."""
         dirs = {}
-        for name in ("calendar", "wearables", "files"):
+        for name in ("wearables", "files"):
             path = self.data_dir / "integrations" / name
             path.mkdir(parents=True, exist_ok=True)
             dirs[f"ORCHESTRATOR_{name.upper()}_DIR"] = str(path)
@@ -180,6 +181,7 @@ class Stack:
             "ORCHESTRATOR_PORT": str(p.orchestrator),
             "ORCHESTRATOR_HTTP_PORT": str(p.orchestrator_http),
             "ORCHESTRATOR_MEMORY_TARGET": f"127.0.0.1:{p.memory}",
+            "ORCHESTRATOR_INTEGRATIONS_TARGET": f"127.0.0.1:{p.integrations}",
             **self._integration_dirs(),
             "MEMORY_PORT": str(p.memory),
             "MEMORY_HTTP_PORT": str(p.memory_http),

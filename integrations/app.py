@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from athena.connections.v1 import connections_pb2_grpc
 from athena.integrations.v1 import integrations_pb2_grpc
 
+from integrations.calendars import Calendars
 from integrations.connections import Connections, ConnectionStore
 from integrations.migrate import DATA_KEYS_TABLE, SERVICE, apply_migrations, migrate
 from integrations.oauth import OAuth
@@ -60,6 +61,12 @@ async def build(settings: IntegrationsSettings, deps: IntegrationsDeps) -> Assem
     store = PostgresConnectionStore(pool, keys)
     oauth = OAuth(timeout=settings.http_timeout_seconds, clock=lambda: deps.clock.now().timestamp())
     connections = Connections(store, oauth, settings.providers(), clock=deps.clock.now)
+    calendars = Calendars(
+        connections,
+        deps.http_client(settings.http_timeout_seconds),
+        google_calendar_url=settings.google.calendar_url,
+        graph_url=settings.microsoft.graph_url,
+    )
     return Assembly(
         services=[
             Service(
@@ -69,7 +76,7 @@ async def build(settings: IntegrationsSettings, deps: IntegrationsDeps) -> Assem
             ),
             Service(
                 INTERNAL_SERVICE_NAME,
-                IntegrationsServicer(connections),
+                IntegrationsServicer(connections, calendars),
                 integrations_pb2_grpc.add_IntegrationsServiceServicer_to_server,
             ),
         ],

@@ -279,6 +279,10 @@ class Connections:
         fresh = await self._refresh(connection)
         return fresh, fresh.grant.access_token
 
+    async def used(self, connection: Connection) -> None:
+        """Records that data was read through the connection just now."""
+        await self._store.save(replace(connection, last_used_at=self._clock()))
+
     async def grant_lost(self, connection: Connection) -> Connection:
         """Records that the provider refused the connection's grant (an API answered 401 after a refresh)."""
         lost = replace(
@@ -289,7 +293,17 @@ class Connections:
     def _expiring(self, connection: Connection) -> bool:
         return connection.grant.expires_at - REFRESH_MARGIN_SECONDS <= self._clock().timestamp()
 
-    async def _refresh(self, connection: Connection) -> Connection:
+    async def refreshed(self, user_id: str, provider: Provider, refused_token: str) -> Connection:
+        """The connection with an access token other than `refused_token`, which the provider refused
+        before its time: refreshed, unless that happened meanwhile (one refresh for everyone refused)."""
+        connection = await self._store.get(user_id, provider)
+        if connection is None:
+            raise NotFound(f"{provider.display_name} is not connected")
+        return await self._refresh(connection, unless=lambda c: c.grant.access_token != refused_token)
+
+    async def _refresh(
+        self, connection: Connection, *, unless: Callable[[Connection], bool] | None = None
+    ) -> Connection:
         """One refresh at a time per connection; whoever waited for it reads its outcome from the store
         (a refresh finished meanwhile, by this process or another replica, is not done again)."""
         key = (connection.user_id, connection.provider)
@@ -302,7 +316,8 @@ class Connections:
                 raise NotFound(f"{connection.provider.display_name} is not connected")
             if current.status is Status.NEEDS_RECONNECT:
                 raise FailedPrecondition(current.status_message or _needs_reconnect(current.provider))
-            if not self._expiring(current):
+            done = unless(current) if unless is not None else not self._expiring(current)
+            if done:
                 return current
             return await self._refresh_now(current)
 

@@ -3,7 +3,7 @@ token's subject)."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -11,6 +11,7 @@ from athena.connections.v1 import connections_pb2, connections_pb2_grpc
 from athena.integrations.v1 import integrations_pb2, integrations_pb2_grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from integrations.calendars import Calendars
 from integrations.connections import Connection, Connections, Status
 from integrations.providers import Capability, Provider
 from mesh.context import principal
@@ -105,10 +106,33 @@ class ConnectionsServicer(connections_pb2_grpc.ConnectionsServiceServicer):
 
 
 class IntegrationsServicer(integrations_pb2_grpc.IntegrationsServiceServicer):
-    """What the rest of the mesh asks: the erasure of a person's connections."""
+    """What the rest of the mesh asks: the agents' tools' data, and the erasure of a person's connections."""
 
-    def __init__(self, connections: Connections) -> None:
+    def __init__(self, connections: Connections, calendars: Calendars) -> None:
         self._connections = connections
+        self._calendars = calendars
+
+    async def FreeBusy(
+        self, request: integrations_pb2.FreeBusyRequest, context: Context
+    ) -> integrations_pb2.FreeBusyResponse:
+        found = await self._calendars.free_busy(
+            principal().user_id, request.start.ToDatetime(UTC), request.end.ToDatetime(UTC)
+        )
+        return integrations_pb2.FreeBusyResponse(
+            busy=[
+                integrations_pb2.BusyBlock(start=_timestamp(block.start), end=_timestamp(block.end))
+                for block in found.busy
+            ],
+            sources=[provider.value for provider in found.sources],
+            problems=[
+                integrations_pb2.SourceProblem(
+                    provider=problem.provider.value,
+                    needs_reconnect=problem.needs_reconnect,
+                    message=problem.message,
+                )
+                for problem in found.problems
+            ],
+        )
 
     async def PurgeUser(
         self, request: integrations_pb2.PurgeUserRequest, context: Context

@@ -48,6 +48,8 @@ class GoogleSettings(ProviderSettings):
     """Where the consent page is (`/o/oauth2/v2/auth`)."""
     oauth2_url: str = "https://oauth2.googleapis.com"
     """Token (`/token`) and revocation (`/revoke`) endpoints."""
+    calendar_url: str = "https://www.googleapis.com/calendar/v3"
+    """Google Calendar API v3."""
 
 
 class MicrosoftSettings(ProviderSettings):
@@ -55,6 +57,8 @@ class MicrosoftSettings(ProviderSettings):
     """The identity platform (`/{tenant}/oauth2/v2.0/authorize` and `/token`)."""
     tenant: str = "common"
     """`common` (work, school and personal accounts), `organizations`, `consumers`, or a tenant id."""
+    graph_url: str = "https://graph.microsoft.com/v1.0"
+    """Microsoft Graph v1.0."""
 
 
 class IntegrationsSettings(ServiceSettings):

@@ -329,13 +329,32 @@ def _calendar_summary(content: str, arguments: Mapping[str, Any]) -> str:
         start = _readable_time(decoded.get("start")) or start
         end = _readable_time(decoded.get("end")) or end
     window = f" between {start} and {end}" if start and end else ""
-    blocks = _busy_blocks(decoded)
+    blocks = _busy_blocks(
+        decoded.get("busy") if isinstance(decoded, Mapping) and "busy" in decoded else decoded
+    )
     if blocks is None:
-        return f"I checked your calendar{window}."
-    if blocks == 0:
-        return f"You have no busy blocks{window}."
-    noun = "block" if blocks == 1 else "blocks"
-    return f"You have {blocks} busy {noun}{window}."
+        summary = f"I checked your calendar{window}."
+    elif blocks == 0:
+        summary = f"You have no busy blocks{window}."
+    else:
+        noun = "block" if blocks == 1 else "blocks"
+        summary = f"You have {blocks} busy {noun}{window}."
+    return summary + _calendar_caveats(decoded)
+
+
+def _calendar_caveats(decoded: Any) -> str:
+    """What the result says the person should know: calendars that did not answer (reconnect one, try again
+    later), or that none is connected."""
+    if not isinstance(decoded, Mapping):
+        return ""
+    said = [
+        str(item["message"])
+        for item in decoded.get("unavailable") or ()
+        if isinstance(item, Mapping) and item.get("message")
+    ]
+    if isinstance(decoded.get("note"), str):
+        said.append(decoded["note"])
+    return "".join(f" {sentence}" for sentence in said)
 
 
 _BUSY_KEYS = ("busy", "busy_blocks", "blocks", "intervals", "events", "items")

@@ -22,6 +22,7 @@ from mesh.retry import until_reachable
 from mesh.server import Service
 from mesh.validation import check, shared_validator
 from orchestrator.catalog import Catalog, CatalogError
+from orchestrator.integrations_client import ConnectedCalendars
 from orchestrator.limits import Limiter, LimitStore
 from orchestrator.memory_client import GrpcMemoryGateway, sync_request
 from orchestrator.model import ChatModel, OpenAIChatModel, RetryingModel
@@ -31,6 +32,7 @@ from orchestrator.redis_limits import RedisLimitStore
 from orchestrator.service import ChatServicer, OrchestratorServicer, Turns
 from orchestrator.settings import OrchestratorSettings
 from orchestrator.tools import (
+    CalendarProvider,
     CsvSampleFolder,
     IcsFolderCalendar,
     LocalFolderFiles,
@@ -77,9 +79,14 @@ def openai_model(settings: OrchestratorSettings, deps: Deps) -> ChatModel:
     )
 
 
-def tool_registry(settings: OrchestratorSettings) -> ToolRegistry:
+def tool_registry(settings: OrchestratorSettings, deps: Deps) -> ToolRegistry:
+    calendar: CalendarProvider | None = None
+    if settings.integrations_target:
+        calendar = ConnectedCalendars(deps.channel(settings.integrations_target))
+    elif settings.calendar_dir:
+        calendar = IcsFolderCalendar(settings.calendar_dir)
     return build_registry(
-        calendar=IcsFolderCalendar(settings.calendar_dir) if settings.calendar_dir else None,
+        calendar=calendar,
         wearables=CsvSampleFolder(settings.wearables_dir) if settings.wearables_dir else None,
         files=LocalFolderFiles(settings.files_dir) if settings.files_dir else None,
     )
@@ -154,7 +161,7 @@ async def build(settings: OrchestratorSettings, deps: OrchestratorDeps) -> Assem
         catalog,
         memory,
         deps.model or openai_model(settings, deps),
-        deps.tools or tool_registry(settings),
+        deps.tools or tool_registry(settings, deps),
         model_name=settings.model_for,
         offline_model=settings.uses_offline_model,
         max_steps=settings.max_steps,

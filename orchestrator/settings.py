@@ -80,8 +80,12 @@ class OrchestratorSettings(ServiceSettings):
     answer never waits); 0 sends every piece the model writes as an event of its own."""
     catalog_path: Path | None = None
     """Agent catalog file; unset uses the catalog shipped in the package (`orchestrator/agents.json`)."""
+    integrations_target: str | None = None
+    """The integrations service: `calendar_freebusy` reads the person's connected calendars there (and
+    `calendar_dir` is not read). Unset: `calendar_dir`, if any."""
     calendar_dir: Path | None = None
-    """Folder of `.ics` files read by `calendar_freebusy`; unset leaves the tool out."""
+    """Folder of `.ics` files read by `calendar_freebusy` when no `integrations_target` is set; unset
+    (with neither) leaves the tool out."""
     wearables_dir: Path | None = None
     """Folder of imported wearable samples (`*.csv`: metric,timestamp,value) read by `wearable_stats`;
     unset leaves the tool out."""

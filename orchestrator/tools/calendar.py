@@ -1,15 +1,18 @@
-"""`calendar_freebusy`: busy blocks of the user's calendar in a time range.
+"""`calendar_freebusy`: busy blocks of the user's calendars in a time range.
 
-Providers sit behind `CalendarProvider`; `IcsFolderCalendar` reads iCalendar files from a folder (an
-export, or a synced folder). Google Calendar and Microsoft Graph providers (per-user OAuth) plug in
-behind the same protocol. Results are cached in memory's ephemeral store for five minutes.
+Providers sit behind `CalendarProvider`: `ConnectedCalendars` (orchestrator/integrations_client.py) asks
+the integrations service for every calendar the person connected (Google, Microsoft), and
+`IcsFolderCalendar` reads iCalendar files from a folder (a local, single-person deployment). A calendar
+that cannot answer is reported to the model with a sentence for the person (say, "connect Google again")
+while the others still answer; when none can, the tool call is an error the model explains. Complete
+answers are cached in memory's ephemeral store for five minutes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any, Protocol
@@ -17,7 +20,7 @@ from typing import Any, Protocol
 from dateutil.rrule import rrulestr  # type: ignore[import-untyped]
 from icalendar import Calendar
 
-from mesh.errors import InvalidArgument
+from mesh.errors import FailedPrecondition, InvalidArgument
 from orchestrator.tools.ephemeral import cached
 from orchestrator.tools.registry import Tool, ToolContext
 
@@ -26,6 +29,7 @@ log = logging.getLogger(__name__)
 NAME = "calendar_freebusy"
 CACHE_NAMESPACE = "calendar_freebusy"
 MAX_RANGE = timedelta(days=93)
+NO_CALENDAR = "No calendar is connected: the person can connect Google or Microsoft under Connections."
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -34,9 +38,28 @@ class BusyBlock:
     end: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class CalendarProblem:
+    """A calendar that could not answer."""
+
+    source: str
+    needs_reconnect: bool
+    message: str
+    """A sentence for the person."""
+
+
+@dataclass(frozen=True, slots=True)
+class CalendarAnswer:
+    busy: list[BusyBlock]
+    """Busy blocks of the calendars that answered, merged and sorted; times are timezone-aware."""
+    sources: list[str]
+    """The calendars that answered ("google", "microsoft", "calendar files")."""
+    problems: list[CalendarProblem] = field(default_factory=list)
+
+
 class CalendarProvider(Protocol):
-    async def busy(self, user_id: str, start: datetime, end: datetime) -> list[BusyBlock]:
-        """Busy blocks overlapping [start, end), merged and sorted; times are timezone-aware."""
+    async def free_busy(self, user_id: str, start: datetime, end: datetime) -> CalendarAnswer:
+        """The user's busy time overlapping [start, end)."""
         ...
 
 
@@ -61,8 +84,8 @@ class IcsFolderCalendar:
         self._max_file_bytes = max_file_bytes
         self._max_blocks = max_blocks
 
-    async def busy(self, user_id: str, start: datetime, end: datetime) -> list[BusyBlock]:
-        return await asyncio.to_thread(self._busy, start, end)
+    async def free_busy(self, user_id: str, start: datetime, end: datetime) -> CalendarAnswer:
+        return CalendarAnswer(await asyncio.to_thread(self._busy, start, end), ["calendar files"])
 
     def _busy(self, start: datetime, end: datetime) -> list[BusyBlock]:
         blocks: list[BusyBlock] = []
@@ -171,14 +194,31 @@ def calendar_tool(provider: CalendarProvider) -> Tool:
             raise InvalidArgument("end", f"the range may span at most {MAX_RANGE.days} days")
 
         async def compute() -> dict[str, Any]:
-            blocks = await provider.busy(context.user_id, start, end)
-            return {
+            answer = await provider.free_busy(context.user_id, start, end)
+            if answer.problems and not answer.sources:
+                raise FailedPrecondition(" ".join(problem.message for problem in answer.problems))
+            result: dict[str, Any] = {
                 "start": iso(start),
                 "end": iso(end),
-                "busy": [{"start": iso(block.start), "end": iso(block.end)} for block in blocks],
+                "busy": [{"start": iso(block.start), "end": iso(block.end)} for block in answer.busy],
+                "calendars": answer.sources,
             }
+            if answer.problems:
+                result["unavailable"] = [
+                    {"calendar": p.source, "needs_reconnect": p.needs_reconnect, "message": p.message}
+                    for p in answer.problems
+                ]
+            if not answer.sources and not answer.problems:
+                result["note"] = NO_CALENDAR
+            return result
 
-        return await cached(context.memory, CACHE_NAMESPACE, f"{iso(start)}/{iso(end)}", compute)
+        return await cached(
+            context.memory,
+            CACHE_NAMESPACE,
+            f"{iso(start)}/{iso(end)}",
+            compute,
+            keep=lambda result: "unavailable" not in result and "note" not in result,
+        )
 
     return Tool(
         NAME,

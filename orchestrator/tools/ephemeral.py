@@ -26,8 +26,10 @@ async def cached(
     compute: Callable[[], Awaitable[Any]],
     *,
     ttl_seconds: float = DEFAULT_TTL_SECONDS,
+    keep: Callable[[Any], bool] = lambda _: True,
 ) -> Any:
-    """The cached value of `namespace`/`key`, or `compute()`'s, stored for `ttl_seconds`."""
+    """The cached value of `namespace`/`key`, or `compute()`'s, stored for `ttl_seconds` when `keep` says
+    so (an answer missing a source that failed is not worth keeping)."""
     try:
         hit = await memory.get_ephemeral(namespace, key)
     except AthenaError as exc:
@@ -39,6 +41,8 @@ async def cached(
         except ValueError:
             log.warning("ephemeral cache value is not JSON; recomputing", extra={"namespace": namespace})
     value = await compute()
+    if not keep(value):
+        return value
     try:
         await memory.put_ephemeral(namespace, key, json.dumps(value, ensure_ascii=False), ttl_seconds)
     except AthenaError as exc:

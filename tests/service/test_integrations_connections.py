@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -79,6 +80,7 @@ def settings_for(
             redirect_uris=(REDIRECT,),
             accounts_url=google.base_url,
             oauth2_url=google.base_url,
+            calendar_url=google.calendar_base_url,
         ),
         microsoft=MicrosoftSettings(
             client_id="microsoft-client",
@@ -86,6 +88,7 @@ def settings_for(
             redirect_uris=(REDIRECT,),
             login_url=microsoft.base_url,
             tenant="common",
+            graph_url=microsoft.graph_base_url,
         ),
     )
 
@@ -418,3 +421,201 @@ async def test_purging_a_person_revokes_their_grants_and_leaves_nothing(
     finally:
         await database.close()
     assert left == 0
+
+
+@pytest_asyncio.fixture
+async def internal(
+    service: tuple[RunningService, Stub],
+) -> AsyncIterator[integrations_pb2_grpc.IntegrationsServiceStub]:
+    running, _ = service
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        yield integrations_pb2_grpc.IntegrationsServiceStub(channel)
+
+
+def free_busy_request(start: datetime, end: datetime) -> integrations_pb2.FreeBusyRequest:
+    request = integrations_pb2.FreeBusyRequest()
+    request.start.FromDatetime(start)
+    request.end.FromDatetime(end)
+    return request
+
+
+def blocks(answer: integrations_pb2.FreeBusyResponse) -> list[tuple[str, str]]:
+    return [(b.start.ToJsonString(), b.end.ToJsonString()) for b in answer.busy]
+
+
+async def connect_as(
+    stub: Stub, metadata: Metadata, emulator: GoogleEmulator | MicrosoftEmulator, provider: int, account: str
+) -> None:
+    signed_in = emulator.account
+    emulator.sign_in(account)
+    try:
+        await connect(stub, metadata, provider, pb.CAPABILITY_CALENDAR)
+    finally:
+        emulator.sign_in(signed_in)
+
+
+TOMORROW = datetime(2026, 12, 3, tzinfo=UTC)
+
+
+async def test_free_busy_is_the_union_of_every_connected_calendar(
+    stub: Stub,
+    internal: integrations_pb2_grpc.IntegrationsServiceStub,
+    user: Callable[[], tuple[str, Metadata]],
+    google: GoogleEmulator,
+    microsoft: MicrosoftEmulator,
+) -> None:
+    _, metadata = user()
+    tag = uuid.uuid4().hex[:8]
+    at_google, at_microsoft = f"g-{tag}@example.com", f"m-{tag}@contoso.com"
+    google.add_calendar(at_google, at_google, "Me", "Europe/Berlin", primary=True)
+    google.add_calendar(at_google, f"family-{tag}@group.calendar.google.com", "Family", "Europe/Berlin")
+    google.add_event(  # 09:00-10:00 in Berlin: 08:00-09:00 UTC
+        at_google,
+        at_google,
+        {
+            "summary": "standup",
+            "start": {"dateTime": "2026-12-03T09:00:00+01:00"},
+            "end": {"dateTime": "2026-12-03T10:00:00+01:00"},
+        },
+    )
+    google.add_event(
+        at_google,
+        f"family-{tag}@group.calendar.google.com",
+        {
+            "summary": "school run",
+            "start": {"dateTime": "2026-12-03T15:00:00Z"},
+            "end": {"dateTime": "2026-12-03T15:30:00Z"},
+        },
+    )
+    google.add_event(  # free time: not busy
+        at_google,
+        at_google,
+        {
+            "summary": "maybe",
+            "transparency": "transparent",
+            "start": {"dateTime": "2026-12-03T18:00:00Z"},
+            "end": {"dateTime": "2026-12-03T19:00:00Z"},
+        },
+    )
+    microsoft.add_event(  # overlaps the standup: merged
+        at_microsoft,
+        {
+            "subject": "review",
+            "start": {"dateTime": "2026-12-03T08:30:00", "timeZone": "UTC"},
+            "end": {"dateTime": "2026-12-03T09:30:00", "timeZone": "UTC"},
+        },
+    )
+    microsoft.add_event(
+        at_microsoft,
+        {
+            "subject": "lunch, shown free",
+            "showAs": "free",
+            "start": {"dateTime": "2026-12-03T12:00:00", "timeZone": "UTC"},
+            "end": {"dateTime": "2026-12-03T13:00:00", "timeZone": "UTC"},
+        },
+    )
+    await connect_as(stub, metadata, google, pb.PROVIDER_GOOGLE, at_google)
+    await connect_as(stub, metadata, microsoft, pb.PROVIDER_MICROSOFT, at_microsoft)
+
+    answer = await internal.FreeBusy(
+        free_busy_request(TOMORROW, TOMORROW + timedelta(days=1)), metadata=metadata
+    )
+    assert blocks(answer) == [
+        ("2026-12-03T08:00:00Z", "2026-12-03T09:30:00Z"),
+        ("2026-12-03T15:00:00Z", "2026-12-03T15:30:00Z"),
+    ]
+    assert sorted(answer.sources) == ["google", "microsoft"]
+    assert not answer.problems
+    (google_connection,) = [
+        c
+        for c in (await stub.ListConnections(pb.ListConnectionsRequest(), metadata=metadata)).connections
+        if c.provider == pb.PROVIDER_GOOGLE
+    ]
+    assert google_connection.HasField("last_used_at")
+
+
+async def test_a_calendar_that_cannot_answer_is_a_problem_and_the_others_still_answer(
+    stub: Stub,
+    internal: integrations_pb2_grpc.IntegrationsServiceStub,
+    user: Callable[[], tuple[str, Metadata]],
+    google: GoogleEmulator,
+    microsoft: MicrosoftEmulator,
+) -> None:
+    _, metadata = user()
+    tag = uuid.uuid4().hex[:8]
+    at_google, at_microsoft = f"g-{tag}@example.com", f"m-{tag}@contoso.com"
+    microsoft.add_event(
+        at_microsoft,
+        {
+            "subject": "1:1",
+            "start": {"dateTime": "2026-12-03T10:00:00", "timeZone": "UTC"},
+            "end": {"dateTime": "2026-12-03T11:00:00", "timeZone": "UTC"},
+        },
+    )
+    await connect_as(stub, metadata, google, pb.PROVIDER_GOOGLE, at_google)
+    await connect_as(stub, metadata, microsoft, pb.PROVIDER_MICROSOFT, at_microsoft)
+    request = free_busy_request(TOMORROW, TOMORROW + timedelta(days=1))
+
+    google.rate_limit_next(1, retry_after_seconds=7)
+    limited = await internal.FreeBusy(request, metadata=metadata)
+    assert blocks(limited) == [("2026-12-03T10:00:00Z", "2026-12-03T11:00:00Z")]
+    assert [(p.provider, p.needs_reconnect, p.message) for p in limited.problems] == [
+        ("google", False, "Google is limiting requests; try again in 7 s")
+    ]
+
+    google.revoke_grant(at_google)
+    revoked = await internal.FreeBusy(request, metadata=metadata)
+    assert list(revoked.sources) == ["microsoft"]
+    assert [(p.provider, p.needs_reconnect) for p in revoked.problems] == [("google", True)]
+    assert "connect it again" in revoked.problems[0].message
+    statuses = {
+        c.provider: c.status
+        for c in (await stub.ListConnections(pb.ListConnectionsRequest(), metadata=metadata)).connections
+    }
+    assert statuses == {
+        pb.PROVIDER_GOOGLE: pb.CONNECTION_STATUS_NEEDS_RECONNECT,
+        pb.PROVIDER_MICROSOFT: pb.CONNECTION_STATUS_CONNECTED,
+    }
+
+
+async def test_an_access_token_expired_early_is_refreshed_without_the_person_noticing(
+    stub: Stub,
+    internal: integrations_pb2_grpc.IntegrationsServiceStub,
+    user: Callable[[], tuple[str, Metadata]],
+    google: GoogleEmulator,
+) -> None:
+    _, metadata = user()
+    at_google = f"g-{uuid.uuid4().hex[:8]}@example.com"
+    google.add_event(
+        at_google,
+        "primary",
+        {
+            "summary": "x",
+            "start": {"dateTime": "2026-12-03T07:00:00Z"},
+            "end": {"dateTime": "2026-12-03T07:45:00Z"},
+        },
+    )
+    await connect_as(stub, metadata, google, pb.PROVIDER_GOOGLE, at_google)
+    google.expire_access_tokens()  # the stored token's expiry is an hour away, but Google refuses it now
+    answer = await internal.FreeBusy(
+        free_busy_request(TOMORROW, TOMORROW + timedelta(days=1)), metadata=metadata
+    )
+    assert blocks(answer) == [("2026-12-03T07:00:00Z", "2026-12-03T07:45:00Z")]
+    assert not answer.problems
+
+
+async def test_free_busy_refuses_a_backwards_or_too_long_range(
+    internal: integrations_pb2_grpc.IntegrationsServiceStub, user: Callable[[], tuple[str, Metadata]]
+) -> None:
+    _, metadata = user()
+    message = await fails(
+        internal.FreeBusy, free_busy_request(TOMORROW, TOMORROW), metadata, grpc.StatusCode.INVALID_ARGUMENT
+    )
+    assert message == "end: must be after start"
+    too_long = free_busy_request(TOMORROW, TOMORROW + timedelta(days=94))
+    message = await fails(internal.FreeBusy, too_long, metadata, grpc.StatusCode.INVALID_ARGUMENT)
+    assert message == "end: the range may span at most 93 days"
+    empty = await internal.FreeBusy(
+        free_busy_request(TOMORROW, TOMORROW + timedelta(days=1)), metadata=metadata
+    )
+    assert (list(empty.busy), list(empty.sources), list(empty.problems)) == ([], [], [])

@@ -156,6 +156,22 @@ def test_the_result_matching_the_tool_call_id_is_confirmed() -> None:
             "You have 1 busy block between 2025-03-01 09:30 UTC and 2025-03-08 09:30 UTC.",
         ),
         ([], "You have no busy blocks between 2025-03-01 09:30 UTC and 2025-03-08 09:30 UTC."),
+        (
+            {
+                "busy": [{"start": "a", "end": "b"}],
+                "calendars": ["microsoft"],
+                "unavailable": [
+                    {"calendar": "google", "needs_reconnect": True, "message": "Connect Google again."}
+                ],
+            },
+            "You have 1 busy block between 2025-03-01 09:30 UTC and 2025-03-08 09:30 UTC. "
+            "Connect Google again.",
+        ),
+        (
+            {"busy": [], "calendars": [], "note": "No calendar is connected."},
+            "You have no busy blocks between 2025-03-01 09:30 UTC and 2025-03-08 09:30 UTC. "
+            "No calendar is connected.",
+        ),
         ("not json", "I checked your calendar between 2025-03-01 09:30 UTC and 2025-03-08 09:30 UTC."),
     ],
 )

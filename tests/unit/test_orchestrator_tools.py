@@ -19,6 +19,7 @@ from orchestrator.tools import (
     ToolRegistry,
     build_registry,
 )
+from orchestrator.tools.calendar import BusyBlock, CalendarAnswer, CalendarProblem
 from orchestrator.tools.registry import Tool
 
 CALENDAR = Path(__file__).resolve().parents[1] / "fixtures" / "calendar"
@@ -77,6 +78,58 @@ async def test_freebusy_still_answers_when_the_cache_is_down() -> None:
     )
     assert not failed
     assert len(result["busy"]) == 3
+
+
+class Answering:
+    """A calendar provider answering what it is given (as the integrations service would)."""
+
+    def __init__(self, answer: CalendarAnswer) -> None:
+        self.answer = answer
+
+    async def free_busy(self, user_id: str, start: datetime, end: datetime) -> CalendarAnswer:
+        return self.answer
+
+
+WINDOW = {"start": "2030-01-07T00:00:00Z", "end": "2030-01-08T00:00:00Z"}
+NINE = datetime(2030, 1, 7, 9, tzinfo=UTC)
+
+
+async def test_a_calendar_that_cannot_answer_is_told_to_the_model_and_not_cached() -> None:
+    memory = InMemoryGateway()
+    reconnect = CalendarProblem(
+        "google", True, "Google no longer accepts AthenaOS's access; connect it again."
+    )
+    answer = CalendarAnswer([BusyBlock(NINE, NINE.replace(hour=10))], ["microsoft"], [reconnect])
+    registry = build_registry(calendar=Answering(answer))
+    result, failed = await call(registry, memory, "calendar_freebusy", **WINDOW)
+    assert not failed
+    assert result["busy"] == [{"start": "2030-01-07T09:00:00Z", "end": "2030-01-07T10:00:00Z"}]
+    assert result["calendars"] == ["microsoft"]
+    assert result["unavailable"] == [
+        {"calendar": "google", "needs_reconnect": True, "message": reconnect.message}
+    ]
+    assert not memory.ephemeral  # the next call asks again
+
+
+async def test_when_no_calendar_can_answer_the_call_is_an_error_the_model_explains() -> None:
+    problems = [
+        CalendarProblem("google", True, "Connect Google again."),
+        CalendarProblem("microsoft", False, "Microsoft is limiting requests; try again in 5 s"),
+    ]
+    registry = build_registry(calendar=Answering(CalendarAnswer([], [], problems)))
+    result, failed = await call(registry, InMemoryGateway(), "calendar_freebusy", **WINDOW)
+    assert failed
+    assert result["error"] == "Connect Google again. Microsoft is limiting requests; try again in 5 s"
+
+
+async def test_without_a_connected_calendar_the_model_is_told_how_to_connect_one() -> None:
+    memory = InMemoryGateway()
+    registry = build_registry(calendar=Answering(CalendarAnswer([], [])))
+    result, failed = await call(registry, memory, "calendar_freebusy", **WINDOW)
+    assert not failed
+    assert result["busy"] == []
+    assert "connect Google or Microsoft" in result["note"]
+    assert not memory.ephemeral
 
 
 @pytest.mark.parametrize(

@@ -22,19 +22,33 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)athena/integrations/v1/integrations.proto\x12\x16\x61thena.integrations.v1\"\x12\n\x10PurgeUserRequest\"\x8b\x01\n\x11PurgeUserResponse\x12!\n\x0c\x64\x65leted_rows\x18\x01 \x01(\x05R\x0b\x64\x65letedRows\x12,\n\x12\x64\x61ta_key_destroyed\x18\x02 \x01(\x08R\x10\x64\x61taKeyDestroyed\x12%\n\x0erevoked_grants\x18\x03 \x01(\x05R\rrevokedGrants2w\n\x13IntegrationsService\x12`\n\tPurgeUser\x12(.athena.integrations.v1.PurgeUserRequest\x1a).athena.integrations.v1.PurgeUserResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)athena/integrations/v1/integrations.proto\x12\x16\x61thena.integrations.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x81\x01\n\x0f\x46reeBusyRequest\x12\x38\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x06\xbaH\x03\xc8\x01\x01R\x05start\x12\x34\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x06\xbaH\x03\xc8\x01\x01R\x03\x65nd\"k\n\tBusyBlock\x12\x30\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x05start\x12,\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x03\x65nd\"n\n\rSourceProblem\x12\x1a\n\x08provider\x18\x01 \x01(\tR\x08provider\x12\'\n\x0fneeds_reconnect\x18\x02 \x01(\x08R\x0eneedsReconnect\x12\x18\n\x07message\x18\x03 \x01(\tR\x07message\"\xa6\x01\n\x10\x46reeBusyResponse\x12\x35\n\x04\x62usy\x18\x01 \x03(\x0b\x32!.athena.integrations.v1.BusyBlockR\x04\x62usy\x12\x18\n\x07sources\x18\x02 \x03(\tR\x07sources\x12\x41\n\x08problems\x18\x03 \x03(\x0b\x32%.athena.integrations.v1.SourceProblemR\x08problems\"\x12\n\x10PurgeUserRequest\"\x8b\x01\n\x11PurgeUserResponse\x12!\n\x0c\x64\x65leted_rows\x18\x01 \x01(\x05R\x0b\x64\x65letedRows\x12,\n\x12\x64\x61ta_key_destroyed\x18\x02 \x01(\x08R\x10\x64\x61taKeyDestroyed\x12%\n\x0erevoked_grants\x18\x03 \x01(\x05R\rrevokedGrants2\xd6\x01\n\x13IntegrationsService\x12`\n\tPurgeUser\x12(.athena.integrations.v1.PurgeUserRequest\x1a).athena.integrations.v1.PurgeUserResponse\x12]\n\x08\x46reeBusy\x12\'.athena.integrations.v1.FreeBusyRequest\x1a(.athena.integrations.v1.FreeBusyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'athena.integrations.v1.integrations_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PURGEUSERREQUEST']._serialized_start=69
-  _globals['_PURGEUSERREQUEST']._serialized_end=87
-  _globals['_PURGEUSERRESPONSE']._serialized_start=90
-  _globals['_PURGEUSERRESPONSE']._serialized_end=229
-  _globals['_INTEGRATIONSSERVICE']._serialized_start=231
-  _globals['_INTEGRATIONSSERVICE']._serialized_end=350
+  _globals['_FREEBUSYREQUEST'].fields_by_name['start']._loaded_options = None
+  _globals['_FREEBUSYREQUEST'].fields_by_name['start']._serialized_options = b'\272H\003\310\001\001'
+  _globals['_FREEBUSYREQUEST'].fields_by_name['end']._loaded_options = None
+  _globals['_FREEBUSYREQUEST'].fields_by_name['end']._serialized_options = b'\272H\003\310\001\001'
+  _globals['_FREEBUSYREQUEST']._serialized_start=132
+  _globals['_FREEBUSYREQUEST']._serialized_end=261
+  _globals['_BUSYBLOCK']._serialized_start=263
+  _globals['_BUSYBLOCK']._serialized_end=370
+  _globals['_SOURCEPROBLEM']._serialized_start=372
+  _globals['_SOURCEPROBLEM']._serialized_end=482
+  _globals['_FREEBUSYRESPONSE']._serialized_start=485
+  _globals['_FREEBUSYRESPONSE']._serialized_end=651
+  _globals['_PURGEUSERREQUEST']._serialized_start=653
+  _globals['_PURGEUSERREQUEST']._serialized_end=671
+  _globals['_PURGEUSERRESPONSE']._serialized_start=674
+  _globals['_PURGEUSERRESPONSE']._serialized_end=813
+  _globals['_INTEGRATIONSSERVICE']._serialized_start=816
+  _globals['_INTEGRATIONSSERVICE']._serialized_end=1030
 # @@protoc_insertion_point(module_scope)

@@ -41,6 +41,11 @@ class IntegrationsServiceStub:
                 request_serializer=athena_dot_integrations_dot_v1_dot_integrations__pb2.PurgeUserRequest.SerializeToString,
                 response_deserializer=athena_dot_integrations_dot_v1_dot_integrations__pb2.PurgeUserResponse.FromString,
                 _registered_method=True)
+        self.FreeBusy = channel.unary_unary(
+                '/athena.integrations.v1.IntegrationsService/FreeBusy',
+                request_serializer=athena_dot_integrations_dot_v1_dot_integrations__pb2.FreeBusyRequest.SerializeToString,
+                response_deserializer=athena_dot_integrations_dot_v1_dot_integrations__pb2.FreeBusyResponse.FromString,
+                _registered_method=True)
 
 
 class IntegrationsServiceServicer:
@@ -58,6 +63,16 @@ class IntegrationsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FreeBusy(self, request, context):
+        """The caller's busy time between `start` and `end` in every connected calendar, merged: what the
+        `calendar_freebusy` tool answers. A provider that cannot answer now (its grant refused, rate limited,
+        unreachable) is reported in `problems` and the others still answer; no connected calendar is an empty
+        answer with no problem.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IntegrationsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -65,6 +80,11 @@ def add_IntegrationsServiceServicer_to_server(servicer, server):
                     servicer.PurgeUser,
                     request_deserializer=athena_dot_integrations_dot_v1_dot_integrations__pb2.PurgeUserRequest.FromString,
                     response_serializer=athena_dot_integrations_dot_v1_dot_integrations__pb2.PurgeUserResponse.SerializeToString,
+            ),
+            'FreeBusy': grpc.unary_unary_rpc_method_handler(
+                    servicer.FreeBusy,
+                    request_deserializer=athena_dot_integrations_dot_v1_dot_integrations__pb2.FreeBusyRequest.FromString,
+                    response_serializer=athena_dot_integrations_dot_v1_dot_integrations__pb2.FreeBusyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -96,6 +116,33 @@ class IntegrationsService:
             '/athena.integrations.v1.IntegrationsService/PurgeUser',
             athena_dot_integrations_dot_v1_dot_integrations__pb2.PurgeUserRequest.SerializeToString,
             athena_dot_integrations_dot_v1_dot_integrations__pb2.PurgeUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FreeBusy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/athena.integrations.v1.IntegrationsService/FreeBusy',
+            athena_dot_integrations_dot_v1_dot_integrations__pb2.FreeBusyRequest.SerializeToString,
+            athena_dot_integrations_dot_v1_dot_integrations__pb2.FreeBusyResponse.FromString,
             options,
             channel_credentials,
             insecure,

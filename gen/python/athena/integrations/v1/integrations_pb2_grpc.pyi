@@ -41,6 +41,12 @@ class IntegrationsServiceStub:
     erasure), then every connection and pending connection is deleted and the caller's data key destroyed.
     Calling it again is harmless.
     """
+    FreeBusy: _grpc.UnaryUnaryMultiCallable[_integrations_pb2.FreeBusyRequest, _integrations_pb2.FreeBusyResponse]
+    """The caller's busy time between `start` and `end` in every connected calendar, merged: what the
+    `calendar_freebusy` tool answers. A provider that cannot answer now (its grant refused, rate limited,
+    unreachable) is reported in `problems` and the others still answer; no connected calendar is an empty
+    answer with no problem.
+    """
 
 @_typing.type_check_only
 class IntegrationsServiceAsyncStub(IntegrationsServiceStub):
@@ -54,6 +60,12 @@ class IntegrationsServiceAsyncStub(IntegrationsServiceStub):
     revoked at its provider where it offers revocation (at best: an unreachable provider does not stop the
     erasure), then every connection and pending connection is deleted and the caller's data key destroyed.
     Calling it again is harmless.
+    """
+    FreeBusy: _aio.UnaryUnaryMultiCallable[_integrations_pb2.FreeBusyRequest, _integrations_pb2.FreeBusyResponse]  # type: ignore[assignment]
+    """The caller's busy time between `start` and `end` in every connected calendar, merged: what the
+    `calendar_freebusy` tool answers. A provider that cannot answer now (its grant refused, rate limited,
+    unreachable) is reported in `problems` and the others still answer; no connected calendar is an empty
+    answer with no problem.
     """
 
 class IntegrationsServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -71,6 +83,18 @@ class IntegrationsServiceServicer(metaclass=_abc_1.ABCMeta):
         revoked at its provider where it offers revocation (at best: an unreachable provider does not stop the
         erasure), then every connection and pending connection is deleted and the caller's data key destroyed.
         Calling it again is harmless.
+        """
+
+    @_abc_1.abstractmethod
+    def FreeBusy(
+        self,
+        request: _integrations_pb2.FreeBusyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_integrations_pb2.FreeBusyResponse, _abc.Awaitable[_integrations_pb2.FreeBusyResponse]]:
+        """The caller's busy time between `start` and `end` in every connected calendar, merged: what the
+        `calendar_freebusy` tool answers. A provider that cannot answer now (its grant refused, rate limited,
+        unreachable) is reported in `problems` and the others still answer; no connected calendar is an empty
+        answer with no problem.
         """
 
 def add_IntegrationsServiceServicer_to_server(servicer: IntegrationsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -4,13 +4,143 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import { file_buf_validate_validate } from "../../../buf/validate/validate_pb";
+import type { Timestamp } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file athena/integrations/v1/integrations.proto.
  */
 export const file_athena_integrations_v1_integrations: GenFile = /*@__PURE__*/
-  fileDesc("CilhdGhlbmEvaW50ZWdyYXRpb25zL3YxL2ludGVncmF0aW9ucy5wcm90bxIWYXRoZW5hLmludGVncmF0aW9ucy52MSISChBQdXJnZVVzZXJSZXF1ZXN0Il0KEVB1cmdlVXNlclJlc3BvbnNlEhQKDGRlbGV0ZWRfcm93cxgBIAEoBRIaChJkYXRhX2tleV9kZXN0cm95ZWQYAiABKAgSFgoOcmV2b2tlZF9ncmFudHMYAyABKAUydwoTSW50ZWdyYXRpb25zU2VydmljZRJgCglQdXJnZVVzZXISKC5hdGhlbmEuaW50ZWdyYXRpb25zLnYxLlB1cmdlVXNlclJlcXVlc3QaKS5hdGhlbmEuaW50ZWdyYXRpb25zLnYxLlB1cmdlVXNlclJlc3BvbnNlYgZwcm90bzM");
+  fileDesc("CilhdGhlbmEvaW50ZWdyYXRpb25zL3YxL2ludGVncmF0aW9ucy5wcm90bxIWYXRoZW5hLmludGVncmF0aW9ucy52MSJ1Cg9GcmVlQnVzeVJlcXVlc3QSMQoFc3RhcnQYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQga6SAPIAQESLwoDZW5kGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIGukgDyAEBIl8KCUJ1c3lCbG9jaxIpCgVzdGFydBgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJwoDZW5kGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJLCg1Tb3VyY2VQcm9ibGVtEhAKCHByb3ZpZGVyGAEgASgJEhcKD25lZWRzX3JlY29ubmVjdBgCIAEoCBIPCgdtZXNzYWdlGAMgASgJIo0BChBGcmVlQnVzeVJlc3BvbnNlEi8KBGJ1c3kYASADKAsyIS5hdGhlbmEuaW50ZWdyYXRpb25zLnYxLkJ1c3lCbG9jaxIPCgdzb3VyY2VzGAIgAygJEjcKCHByb2JsZW1zGAMgAygLMiUuYXRoZW5hLmludGVncmF0aW9ucy52MS5Tb3VyY2VQcm9ibGVtIhIKEFB1cmdlVXNlclJlcXVlc3QiXQoRUHVyZ2VVc2VyUmVzcG9uc2USFAoMZGVsZXRlZF9yb3dzGAEgASgFEhoKEmRhdGFfa2V5X2Rlc3Ryb3llZBgCIAEoCBIWCg5yZXZva2VkX2dyYW50cxgDIAEoBTLWAQoTSW50ZWdyYXRpb25zU2VydmljZRJgCglQdXJnZVVzZXISKC5hdGhlbmEuaW50ZWdyYXRpb25zLnYxLlB1cmdlVXNlclJlcXVlc3QaKS5hdGhlbmEuaW50ZWdyYXRpb25zLnYxLlB1cmdlVXNlclJlc3BvbnNlEl0KCEZyZWVCdXN5EicuYXRoZW5hLmludGVncmF0aW9ucy52MS5GcmVlQnVzeVJlcXVlc3QaKC5hdGhlbmEuaW50ZWdyYXRpb25zLnYxLkZyZWVCdXN5UmVzcG9uc2ViBnByb3RvMw", [file_buf_validate_validate, file_google_protobuf_timestamp]);
+
+/**
+ * Request of FreeBusy.
+ *
+ * @generated from message athena.integrations.v1.FreeBusyRequest
+ */
+export type FreeBusyRequest = Message<"athena.integrations.v1.FreeBusyRequest"> & {
+  /**
+   * Start of the range (inclusive).
+   *
+   * @generated from field: google.protobuf.Timestamp start = 1;
+   */
+  start?: Timestamp | undefined;
+
+  /**
+   * End of the range (exclusive), after `start` and at most 93 days after it.
+   *
+   * @generated from field: google.protobuf.Timestamp end = 2;
+   */
+  end?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message athena.integrations.v1.FreeBusyRequest.
+ * Use `create(FreeBusyRequestSchema)` to create a new message.
+ */
+export const FreeBusyRequestSchema: GenMessage<FreeBusyRequest> = /*@__PURE__*/
+  messageDesc(file_athena_integrations_v1_integrations, 0);
+
+/**
+ * A span of busy time.
+ *
+ * @generated from message athena.integrations.v1.BusyBlock
+ */
+export type BusyBlock = Message<"athena.integrations.v1.BusyBlock"> & {
+  /**
+   * Its start.
+   *
+   * @generated from field: google.protobuf.Timestamp start = 1;
+   */
+  start?: Timestamp | undefined;
+
+  /**
+   * Its end (exclusive).
+   *
+   * @generated from field: google.protobuf.Timestamp end = 2;
+   */
+  end?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message athena.integrations.v1.BusyBlock.
+ * Use `create(BusyBlockSchema)` to create a new message.
+ */
+export const BusyBlockSchema: GenMessage<BusyBlock> = /*@__PURE__*/
+  messageDesc(file_athena_integrations_v1_integrations, 1);
+
+/**
+ * A connected calendar that could not answer.
+ *
+ * @generated from message athena.integrations.v1.SourceProblem
+ */
+export type SourceProblem = Message<"athena.integrations.v1.SourceProblem"> & {
+  /**
+   * The provider: "google" or "microsoft".
+   *
+   * @generated from field: string provider = 1;
+   */
+  provider: string;
+
+  /**
+   * Whether the person must connect it again (the provider no longer accepts the grant).
+   *
+   * @generated from field: bool needs_reconnect = 2;
+   */
+  needsReconnect: boolean;
+
+  /**
+   * A sentence for the person, for example "Google no longer accepts AthenaOS's access to your account;
+   * connect it again."
+   *
+   * @generated from field: string message = 3;
+   */
+  message: string;
+};
+
+/**
+ * Describes the message athena.integrations.v1.SourceProblem.
+ * Use `create(SourceProblemSchema)` to create a new message.
+ */
+export const SourceProblemSchema: GenMessage<SourceProblem> = /*@__PURE__*/
+  messageDesc(file_athena_integrations_v1_integrations, 2);
+
+/**
+ * Response of FreeBusy.
+ *
+ * @generated from message athena.integrations.v1.FreeBusyResponse
+ */
+export type FreeBusyResponse = Message<"athena.integrations.v1.FreeBusyResponse"> & {
+  /**
+   * Busy blocks of every calendar that answered, overlapping or touching ones merged, by start.
+   *
+   * @generated from field: repeated athena.integrations.v1.BusyBlock busy = 1;
+   */
+  busy: BusyBlock[];
+
+  /**
+   * The providers whose calendars answered.
+   *
+   * @generated from field: repeated string sources = 2;
+   */
+  sources: string[];
+
+  /**
+   * The connected calendars that did not.
+   *
+   * @generated from field: repeated athena.integrations.v1.SourceProblem problems = 3;
+   */
+  problems: SourceProblem[];
+};
+
+/**
+ * Describes the message athena.integrations.v1.FreeBusyResponse.
+ * Use `create(FreeBusyResponseSchema)` to create a new message.
+ */
+export const FreeBusyResponseSchema: GenMessage<FreeBusyResponse> = /*@__PURE__*/
+  messageDesc(file_athena_integrations_v1_integrations, 3);
 
 /**
  * Request of PurgeUser.
@@ -25,7 +155,7 @@ export type PurgeUserRequest = Message<"athena.integrations.v1.PurgeUserRequest"
  * Use `create(PurgeUserRequestSchema)` to create a new message.
  */
 export const PurgeUserRequestSchema: GenMessage<PurgeUserRequest> = /*@__PURE__*/
-  messageDesc(file_athena_integrations_v1_integrations, 0);
+  messageDesc(file_athena_integrations_v1_integrations, 4);
 
 /**
  * Response of PurgeUser.
@@ -60,7 +190,7 @@ export type PurgeUserResponse = Message<"athena.integrations.v1.PurgeUserRespons
  * Use `create(PurgeUserResponseSchema)` to create a new message.
  */
 export const PurgeUserResponseSchema: GenMessage<PurgeUserResponse> = /*@__PURE__*/
-  messageDesc(file_athena_integrations_v1_integrations, 1);
+  messageDesc(file_athena_integrations_v1_integrations, 5);
 
 /**
  * IntegrationsService is what the rest of the mesh asks the integrations service; the edge never routes
@@ -81,6 +211,19 @@ export const IntegrationsService: GenService<{
     methodKind: "unary";
     input: typeof PurgeUserRequestSchema;
     output: typeof PurgeUserResponseSchema;
+  },
+  /**
+   * The caller's busy time between `start` and `end` in every connected calendar, merged: what the
+   * `calendar_freebusy` tool answers. A provider that cannot answer now (its grant refused, rate limited,
+   * unreachable) is reported in `problems` and the others still answer; no connected calendar is an empty
+   * answer with no problem.
+   *
+   * @generated from rpc athena.integrations.v1.IntegrationsService.FreeBusy
+   */
+  freeBusy: {
+    methodKind: "unary";
+    input: typeof FreeBusyRequestSchema;
+    output: typeof FreeBusyResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_athena_integrations_v1_integrations, 0);

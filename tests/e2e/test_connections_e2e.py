@@ -1,0 +1,210 @@
+"""Connected calendars through the edge, the whole mesh as `make run` starts it, with the Google and
+Microsoft emulators standing in for the providers (issue 15's first acceptance item): one person connects
+both; "when am I free tomorrow?" to the focus agent answers from the union of both calendars; an access
+token Google stops accepting mid-session is refreshed without the person noticing; a grant revoked at
+Google turns the connection to "needs reconnect" and the answer says so; another person sees none of it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import grpc
+import httpx
+import pytest
+import pytest_asyncio
+from athena.auth.v1 import auth_pb2, auth_pb2_grpc
+from athena.chat.v1 import chat_pb2, chat_pb2_grpc
+from athena.connections.v1 import connections_pb2 as pb
+from athena.connections.v1 import connections_pb2_grpc
+from emulators import GoogleEmulator, MicrosoftEmulator
+
+from devstack.process import free_port
+from devstack.stack import Ports, Stack, StackConfig
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
+
+CLIENT_ID, CLIENT_SECRET = "athena-e2e", "athena-e2e-secret"
+AT_GOOGLE, AT_MICROSOFT = "ada@example.com", "ada@contoso.com"
+
+
+@dataclass
+class Mesh:
+    stack: Stack
+    channel: grpc.aio.Channel
+    redirect: str
+    google: GoogleEmulator
+    microsoft: MicrosoftEmulator
+
+    async def sign_in(self, email: str) -> tuple[tuple[str, str], ...]:
+        auth = auth_pb2_grpc.AuthServiceStub(self.channel)
+        session = (await auth.DevLogin(auth_pb2.DevLoginRequest(email=email))).session
+        return (("authorization", f"Bearer {session.access_token}"),)
+
+    @property
+    def connections(self) -> connections_pb2_grpc.ConnectionsServiceStub:
+        return connections_pb2_grpc.ConnectionsServiceStub(self.channel)
+
+    async def chat(self, metadata: tuple[tuple[str, str], ...], text: str) -> list[chat_pb2.ChatResponse]:
+        chat = chat_pb2_grpc.ChatServiceStub(self.channel)
+        call = chat.Chat(chat_pb2.ChatRequest(agent_id="focus", text=text), metadata=metadata, timeout=60)
+        return [event async for event in call]
+
+
+@pytest_asyncio.fixture(scope="module")
+async def mesh() -> AsyncIterator[Mesh]:
+    google, microsoft = GoogleEmulator(account=AT_GOOGLE), MicrosoftEmulator(account=AT_MICROSOFT)
+    await google.start()
+    await microsoft.start()
+    ports = Ports(**{f.name: free_port() for f in fields(Ports)})
+    redirect = f"http://127.0.0.1:{ports.edge}/connections"
+    for emulator in (google, microsoft):
+        emulator.register_client(CLIENT_ID, CLIENT_SECRET, [redirect])
+    provider = {
+        "CLIENT_ID": CLIENT_ID,
+        "CLIENT_SECRET": CLIENT_SECRET,
+        "REDIRECT_URIS": json.dumps([redirect]),
+    }
+    extra_env = {
+        **{f"INTEGRATIONS_GOOGLE__{name}": value for name, value in provider.items()},
+        **{f"INTEGRATIONS_MICROSOFT__{name}": value for name, value in provider.items()},
+        "INTEGRATIONS_GOOGLE__ACCOUNTS_URL": google.base_url,
+        "INTEGRATIONS_GOOGLE__OAUTH2_URL": google.base_url,
+        "INTEGRATIONS_GOOGLE__CALENDAR_URL": google.calendar_base_url,
+        "INTEGRATIONS_MICROSOFT__LOGIN_URL": microsoft.base_url,
+        "INTEGRATIONS_MICROSOFT__GRAPH_URL": microsoft.graph_base_url,
+    }
+    with tempfile.TemporaryDirectory(prefix="athena-connections-") as data:
+        stack = Stack(StackConfig(data_dir=Path(data), ports=ports, offline_delay_ms=0, extra_env=extra_env))
+        await asyncio.to_thread(stack.start)
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{ports.edge}")
+        try:
+            yield Mesh(stack, channel, redirect, google, microsoft)
+        finally:
+            await channel.close(grace=None)
+            await asyncio.to_thread(stack.stop)
+            await google.stop()
+            await microsoft.stop()
+
+
+async def connect(mesh: Mesh, metadata: tuple[tuple[str, str], ...], provider: int) -> pb.Connection:
+    begun = await mesh.connections.BeginConnection(
+        pb.BeginConnectionRequest(
+            provider=provider, capabilities=[pb.CAPABILITY_CALENDAR], redirect_uri=mesh.redirect
+        ),
+        metadata=metadata,
+    )
+    async with httpx.AsyncClient(follow_redirects=False) as browser:
+        consent = await browser.get(begun.authorization_url)
+    assert consent.status_code == 302, consent.text
+    back = {k: v[0] for k, v in parse_qs(urlsplit(consent.headers["location"]).query).items()}
+    completed = await mesh.connections.CompleteConnection(
+        pb.CompleteConnectionRequest(state=back["state"], code=back["code"], redirect_uri=mesh.redirect),
+        metadata=metadata,
+    )
+    return completed.connection
+
+
+def calendar_result(events: list[chat_pb2.ChatResponse]) -> tuple[dict[str, object], bool]:
+    (result,) = [
+        e.tool_result
+        for e in events
+        if e.HasField("tool_result") and e.tool_result.name == "calendar_freebusy"
+    ]
+    return json.loads(result.result_json), result.is_error
+
+
+def answer(events: list[chat_pb2.ChatResponse]) -> str:
+    return "".join(e.text_delta.text for e in events if e.HasField("text_delta"))
+
+
+def z(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+async def test_free_time_tomorrow_comes_from_both_calendars_refreshed_and_then_reconnect(mesh: Mesh) -> None:
+    metadata = await mesh.sign_in("ada@example.com")
+    tomorrow = (datetime.now(UTC) + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    nine, ten, eleven = (tomorrow.replace(hour=h) for h in (9, 10, 11))
+    mesh.google.add_event(
+        AT_GOOGLE,
+        "primary",
+        {"summary": "standup", "start": {"dateTime": z(nine)}, "end": {"dateTime": z(ten)}},
+    )
+    mesh.microsoft.add_event(
+        AT_MICROSOFT,
+        {
+            "subject": "review",
+            "start": {"dateTime": eleven.strftime("%Y-%m-%dT%H:%M:%S"), "timeZone": "UTC"},
+            "end": {
+                "dateTime": (eleven + timedelta(minutes=30)).strftime("%Y-%m-%dT%H:%M:%S"),
+                "timeZone": "UTC",
+            },
+        },
+    )
+    await connect(mesh, metadata, pb.PROVIDER_GOOGLE)
+    await connect(mesh, metadata, pb.PROVIDER_MICROSOFT)
+
+    events = await mesh.chat(metadata, "when am I free tomorrow?")
+    result, failed = calendar_result(events)
+    assert not failed
+    assert result["busy"] == [
+        {"start": z(nine), "end": z(ten)},
+        {"start": z(eleven), "end": z(eleven + timedelta(minutes=30))},
+    ]
+    assert sorted(result["calendars"]) == ["google", "microsoft"]  # type: ignore[arg-type]
+    assert "You have 2 busy blocks" in answer(events)
+
+    # Google stops accepting the access token before its time: one refresh, and nobody notices. (The tool
+    # keeps a complete answer five minutes for its window, which the offline model sets to the second:
+    # a second later is a new window, asked of the calendars again.)
+    mesh.google.expire_access_tokens()
+    refreshes = len([r for r in mesh.google.requests if r.path == "/token"])
+    await asyncio.sleep(1.1)
+    events = await mesh.chat(metadata, "am I busy tomorrow?")
+    result, failed = calendar_result(events)
+    assert not failed
+    assert "unavailable" not in result
+    assert len(result["busy"]) == 2  # type: ignore[arg-type]
+    assert len([r for r in mesh.google.requests if r.path == "/token"]) == refreshes + 1
+
+    # The person removes AthenaOS at Google: the connection needs reconnecting, and the answer says so.
+    mesh.google.revoke_grant(AT_GOOGLE)
+    await asyncio.sleep(1.1)
+    events = await mesh.chat(metadata, "what does my calendar look like this week?")
+    result, failed = calendar_result(events)
+    assert not failed
+    assert result["calendars"] == ["microsoft"]
+    assert "connect it again" in answer(events)
+    statuses = {
+        c.provider: c.status
+        for c in (
+            await mesh.connections.ListConnections(pb.ListConnectionsRequest(), metadata=metadata)
+        ).connections
+    }
+    assert statuses == {
+        pb.PROVIDER_GOOGLE: pb.CONNECTION_STATUS_NEEDS_RECONNECT,
+        pb.PROVIDER_MICROSOFT: pb.CONNECTION_STATUS_CONNECTED,
+    }
+
+    # Someone else sees no connection, and no calendar of Ada's.
+    stranger = await mesh.sign_in("grace@example.com")
+    assert not (
+        await mesh.connections.ListConnections(pb.ListConnectionsRequest(), metadata=stranger)
+    ).connections
+    events = await mesh.chat(stranger, "when am I free tomorrow?")
+    result, _ = calendar_result(events)
+    assert result["busy"] == []
+    assert "No calendar is connected" in answer(events)
+
+
+async def test_connections_need_a_token_at_the_edge(mesh: Mesh) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await mesh.connections.ListConnections(pb.ListConnectionsRequest())
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
