@@ -4,6 +4,7 @@ that exits meanwhile is restarted with backoff (1 s, doubling to 30 s), and says
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import signal
@@ -25,6 +26,12 @@ def main() -> int:
         "OPENAI_API_KEY (and OPENAI_BASE_URL) use a real model instead of the offline one.",
     )
     parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("ATHENA_DATA_DIR", "var")))
+    parser.add_argument(
+        "--provider-emulators",
+        action="store_true",
+        help="also start the Google and Microsoft emulators of the tests and connect accounts there "
+        "[ATHENA_PROVIDER_EMULATORS=1]",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
 
@@ -35,15 +42,26 @@ def main() -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, request_stop)
-    stack = Stack(StackConfig.from_environment(args.data_dir))
+    config = StackConfig.from_environment(args.data_dir)
+    if args.provider_emulators:
+        config = dataclasses.replace(config, provider_emulators=True)
+    stack = Stack(config)
     started = time.monotonic()
     try:
         stack.start()
         model = "offline model" if stack.offline else "OpenAI-compatible model"
+        ports = stack.config.ports
         print(
             f"\nAthenaOS is ready in {time.monotonic() - started:.1f} s ({model}): {stack.edge_url}\n"
             f"  grpcurl -plaintext 127.0.0.1:{stack.config.ports.edge} list\n"
-            f"  logs: {stack.logs}\n  Ctrl-C stops everything.\n",
+            f"  logs: {stack.logs}\n"
+            + (
+                f"  connections: Google and Microsoft are the emulators on :{ports.google_emulator} "
+                f"and :{ports.microsoft_emulator} (a demo account that always consents)\n"
+                if stack.config.provider_emulators
+                else ""
+            )
+            + "  Ctrl-C stops everything.\n",
             flush=True,
         )
         while not stopping.is_set():

@@ -28,12 +28,16 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from devstack.postgres import EmbeddedPostgres
-from devstack.process import ManagedProcess, StartupError
+from devstack.process import ManagedProcess, StartupError, port_open
 from devstack.supervisor import Part, RestartPolicy, Supervisor
 from devstack.valkey import EmbeddedValkey
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
+
+
+EMULATOR_CLIENT_ID = "athena-dev"
+EMULATOR_CLIENT_SECRET = "athena-dev-secret"  # noqa: S105 (the emulators' own, not a secret)
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,8 @@ class Ports:
     memory_http: int = 9103
     auth_http: int = 9104
     integrations_http: int = 9105
+    google_emulator: int = 8601
+    microsoft_emulator: int = 8602
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,9 @@ class StackConfig:
     openai_base_url: str | None = None
     offline_delay_ms: int = 20
     extra_env: dict[str, str] = field(default_factory=dict)
+    provider_emulators: bool = False
+    """Start the Google and Microsoft emulators of the tests (tests/emulators) and connect accounts there:
+    connections can be tried without real provider credentials."""
     """Additional variables for every service (tests shorten token lifetimes this way)."""
     restart_policy: RestartPolicy = field(default_factory=RestartPolicy)
     """How soon a part that exits unexpectedly is restarted."""
@@ -92,6 +101,8 @@ class StackConfig:
             openai_api_key=os.environ.get("OPENAI_API_KEY") or None,
             openai_base_url=os.environ.get("OPENAI_BASE_URL") or None,
             offline_delay_ms=int(os.environ.get("ATHENA_OFFLINE_DELAY_MS", "20")),
+            provider_emulators=os.environ.get("ATHENA_PROVIDER_EMULATORS", "").lower()
+            in {"1", "true", "yes"},
         )
 
 
@@ -191,6 +202,8 @@ class Stack:
             "INTEGRATIONS_HTTP_PORT": str(p.integrations_http),
             **self.config.extra_env,
         }
+        if self.config.provider_emulators:
+            env.update(self._emulated_providers())
         if self.offline:
             env["OPENAI_BASE_URL"] = f"http://127.0.0.1:{p.offline_model}/v1"
             env.pop("OPENAI_API_KEY", None)
@@ -200,6 +213,32 @@ class Stack:
             if self.config.openai_base_url:
                 env["OPENAI_BASE_URL"] = self.config.openai_base_url
         return env
+
+    def _emulated_providers(self) -> dict[str, str]:
+        """The integrations service's settings for the provider emulators (`provider_emulators`)."""
+        p = self.config.ports
+        google, microsoft = (
+            f"http://127.0.0.1:{p.google_emulator}",
+            f"http://127.0.0.1:{p.microsoft_emulator}",
+        )
+        client = {
+            "CLIENT_ID": EMULATOR_CLIENT_ID,
+            "CLIENT_SECRET": EMULATOR_CLIENT_SECRET,
+            "REDIRECT_URIS": json.dumps(self._connection_redirects()),
+        }
+        return {
+            **{f"INTEGRATIONS_GOOGLE__{name}": value for name, value in client.items()},
+            **{f"INTEGRATIONS_MICROSOFT__{name}": value for name, value in client.items()},
+            "INTEGRATIONS_GOOGLE__ACCOUNTS_URL": google,
+            "INTEGRATIONS_GOOGLE__OAUTH2_URL": google,
+            "INTEGRATIONS_GOOGLE__CALENDAR_URL": f"{google}/calendar/v3",
+            "INTEGRATIONS_MICROSOFT__LOGIN_URL": microsoft,
+            "INTEGRATIONS_MICROSOFT__GRAPH_URL": f"{microsoft}/v1.0",
+        }
+
+    def _connection_redirects(self) -> list[str]:
+        edge = self.config.ports.edge
+        return [f"http://127.0.0.1:{edge}/connections", f"http://localhost:{edge}/connections"]
 
     def _spawn(
         self, name: str, argv: list[str], env: dict[str, str], ready: Callable[[], bool]
@@ -217,7 +256,8 @@ class Stack:
     @property
     def part_names(self) -> list[str]:
         """The parts this stack runs, in start order: `postgres`, `valkey` (unless external), `offline-model`
-        (without an API key), `auth`, `memory`, `orchestrator`, `router`, `integrations`, `envoy`."""
+        (without an API key), `provider-emulators` (when asked for), `auth`, `memory`, `orchestrator`,
+        `router`, `integrations`, `envoy`."""
         return [part.name for part in self._parts]
 
     def process(self, name: str) -> ManagedProcess:
@@ -270,6 +310,28 @@ class Stack:
                 healthy = http_ok(f"http://127.0.0.1:{p.offline_model}/healthz")
                 model = self._spawn("offline-model", [python, "-m", "offline_model"], model_env, healthy)
                 waiting.append((model, healthy))
+            if self.config.provider_emulators:
+                emulators = [
+                    python,
+                    "-m",
+                    "tests.emulators",
+                    "--port",
+                    str(p.google_emulator),
+                    "--microsoft-port",
+                    str(p.microsoft_emulator),
+                    "--client-id",
+                    EMULATOR_CLIENT_ID,
+                    "--client-secret",
+                    EMULATOR_CLIENT_SECRET,
+                    *(arg for uri in self._connection_redirects() for arg in ("--redirect-uri", uri)),
+                ]
+
+                def both_listening() -> bool:
+                    return port_open(p.google_emulator) and port_open(p.microsoft_emulator)
+
+                waiting.append(
+                    (self._spawn("provider-emulators", emulators, env, both_listening), both_listening)
+                )
             for name, port, service in (
                 ("auth", p.auth, "athena.auth.v1.AuthService"),
                 ("memory", p.memory, "athena.memory.v1.MemoryService"),

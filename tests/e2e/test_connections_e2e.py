@@ -208,3 +208,54 @@ async def test_connections_need_a_token_at_the_edge(mesh: Mesh) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await mesh.connections.ListConnections(pb.ListConnectionsRequest())
     assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_make_run_can_start_the_provider_emulators_to_connect_accounts_without_credentials() -> None:
+    ports = Ports(**{f.name: free_port() for f in fields(Ports)})
+    with tempfile.TemporaryDirectory(prefix="athena-emulated-") as data:
+        stack = Stack(
+            StackConfig(data_dir=Path(data), ports=ports, offline_delay_ms=0, provider_emulators=True)
+        )
+        await asyncio.to_thread(stack.start)
+        try:
+            assert "provider-emulators" in stack.part_names
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{ports.edge}") as channel:
+                session = (
+                    await auth_pb2_grpc.AuthServiceStub(channel).DevLogin(
+                        auth_pb2.DevLoginRequest(email="try@example.com")
+                    )
+                ).session
+                metadata = (("authorization", f"Bearer {session.access_token}"),)
+                connections = connections_pb2_grpc.ConnectionsServiceStub(channel)
+                redirect = f"http://localhost:{ports.edge}/connections"
+                for provider in (pb.PROVIDER_GOOGLE, pb.PROVIDER_MICROSOFT):
+                    begun = await connections.BeginConnection(
+                        pb.BeginConnectionRequest(
+                            provider=provider, capabilities=[pb.CAPABILITY_CALENDAR], redirect_uri=redirect
+                        ),
+                        metadata=metadata,
+                    )
+                    assert begun.authorization_url.startswith("http://127.0.0.1:")
+                    async with httpx.AsyncClient(follow_redirects=False) as browser:
+                        consent = await browser.get(begun.authorization_url)
+                    back = {k: v[0] for k, v in parse_qs(urlsplit(consent.headers["location"]).query).items()}
+                    connected = await connections.CompleteConnection(
+                        pb.CompleteConnectionRequest(
+                            state=back["state"], code=back["code"], redirect_uri=redirect
+                        ),
+                        metadata=metadata,
+                    )
+                    assert connected.connection.status == pb.CONNECTION_STATUS_CONNECTED
+                chat = chat_pb2_grpc.ChatServiceStub(channel)
+                call = chat.Chat(
+                    chat_pb2.ChatRequest(agent_id="focus", text="when am I free tomorrow?"),
+                    metadata=metadata,
+                    timeout=60,
+                )
+                events = [event async for event in call]
+        finally:
+            await asyncio.to_thread(stack.stop)
+    result, failed = calendar_result(events)
+    assert not failed
+    assert sorted(result["calendars"]) == ["google", "microsoft"]  # type: ignore[arg-type]
+    assert result["busy"]  # the emulators' demo events
