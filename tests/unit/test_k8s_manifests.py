@@ -59,6 +59,15 @@ SERVICES = {
             ),
         ),
         MeshService("auth", "AUTH_", 50054, 9104, frozenset({"athena.auth.v1.AuthService"})),
+        MeshService(
+            "integrations",
+            "INTEGRATIONS_",
+            50055,
+            9105,
+            frozenset(
+                {"athena.connections.v1.ConnectionsService", "athena.integrations.v1.IntegrationsService"}
+            ),
+        ),
     )
 }
 SCALED = (*SERVICES, "edge")
@@ -284,6 +293,7 @@ def test_config_comes_from_config_maps_and_secrets_from_secrets(rendered: list[M
 def test_config_maps_name_only_settings_the_services_know(rendered: list[Manifest]) -> None:
     """A misspelt variable (ROUTER_DRAIN_SECOND) would be ignored silently by the settings classes."""
     from auth.settings import AuthSettings
+    from integrations.settings import IntegrationsSettings
     from memory.settings import MemorySettings
     from orchestrator.settings import OrchestratorSettings
     from router.settings import RouterSettings
@@ -294,6 +304,7 @@ def test_config_maps_name_only_settings_the_services_know(rendered: list[Manifes
         ("orchestrator", OrchestratorSettings),
         ("memory", MemorySettings),
         ("auth", AuthSettings),
+        ("integrations", IntegrationsSettings),
     ):
         names = known.setdefault(service, set())
         for field_name, info in settings.model_fields.items():
@@ -330,7 +341,9 @@ def test_each_service_accepts_its_rendered_environment(
     settings_class = getattr(module, f"{name.capitalize()}Settings")
     container = main_container(of_kind(rendered, "Deployment")[name])
     for key in list(os.environ):
-        if key.startswith(("ATHENA_", "ROUTER_", "ORCHESTRATOR_", "MEMORY_", "AUTH_", "OPENAI_", "OTEL_")):
+        if key.startswith(
+            ("ATHENA_", "ROUTER_", "ORCHESTRATOR_", "MEMORY_", "AUTH_", "INTEGRATIONS_", "OPENAI_", "OTEL_")
+        ) or key in ("REDIS_URL", "DATABASE_URL"):
             monkeypatch.delenv(key)
     for key, value in environment(container, rendered).items():
         monkeypatch.setenv(key, value)
@@ -410,6 +423,7 @@ def test_peers_are_headless_services_resolved_by_full_name(rendered: list[Manife
     suffix = f"{NAMESPACE}.svc.cluster.local"
     assert router["ROUTER_MEMORY_TARGET"] == f"dns:///memory.{suffix}:50053"
     assert router["ROUTER_AUTH_TARGET"] == f"dns:///auth.{suffix}:50054"
+    assert router["ROUTER_INTEGRATIONS_TARGET"] == f"dns:///integrations.{suffix}:50055"
     assert orchestrator["ORCHESTRATOR_MEMORY_TARGET"] == f"dns:///memory.{suffix}:50053"
 
 
@@ -424,7 +438,12 @@ def test_the_edge_is_exposed_by_a_load_balancer_in_prod_only(
 
 
 @pytest.mark.parametrize(
-    ("name", "database_variable"), [("memory", "MEMORY_DATABASE_URL"), ("auth", "AUTH_DATABASE_URL")]
+    ("name", "database_variable"),
+    [
+        ("memory", "MEMORY_DATABASE_URL"),
+        ("auth", "AUTH_DATABASE_URL"),
+        ("integrations", "INTEGRATIONS_DATABASE_URL"),
+    ],
 )
 def test_migrations_run_before_the_server_starts(
     rendered: list[Manifest], name: str, database_variable: str
@@ -586,8 +605,8 @@ def admits(
 
 
 PROBED_PORTS = [
-    *((port, "TCP") for port in (443, 5432, 6379, 8080, 8090, 9902, 50051, 50052, 50053, 50054)),
-    *((port, "TCP") for port in (9101, 9102, 9103, 9104)),
+    *((port, "TCP") for port in (443, 5432, 6379, 8080, 8090, 9902, 50051, 50052, 50053, 50054, 50055)),
+    *((port, "TCP") for port in (9101, 9102, 9103, 9104, 9105)),
     (53, "UDP"),
     (53, "TCP"),
 ]
@@ -615,16 +634,21 @@ CALL_GRAPH = {
     ("edge", "orchestrator", 50052),
     ("edge", "auth", 50054),
     ("edge", "auth", 9104),
+    ("edge", "integrations", 50055),
     ("router", "memory", 50053),
     ("router", "auth", 50054),
     ("router", "auth", 9104),
+    ("router", "integrations", 50055),
     ("orchestrator", "memory", 50053),
     ("orchestrator", "auth", 9104),
     ("memory", "auth", 9104),
-    # the model API (chat, embeddings) and the identity providers: public addresses on 443
+    ("integrations", "auth", 9104),
+    # the model API (chat, embeddings), the identity providers and the connected accounts' providers:
+    # public addresses on 443
     ("orchestrator", "internet", 443),
     ("memory", "internet", 443),
     ("auth", "internet", 443),
+    ("integrations", "internet", 443),
     # the public listener, from anywhere
     *((outsider.name, "edge", 8080) for outsider in OUTSIDERS),
     # Prometheus scrapes the metrics ports
@@ -633,6 +657,7 @@ CALL_GRAPH = {
         for name, port in (("router", 9101), ("orchestrator", 9102), ("memory", 9103))
     ),
     ("prometheus", "auth", 9104),
+    ("prometheus", "integrations", 9105),
     ("prometheus", "edge", 9902),
 }
 OVERLAY_GRAPH = {
@@ -643,6 +668,8 @@ OVERLAY_GRAPH = {
         ("orchestrator", "valkey", 6379),
         ("router", "valkey", 6379),
         ("auth", "valkey", 6379),
+        ("integrations", "postgres", 5432),
+        ("integrations", "valkey", 6379),
         ("orchestrator", "offline-model", 8090),
         ("memory", "offline-model", 8090),
     },
@@ -653,6 +680,8 @@ OVERLAY_GRAPH = {
         ("router", "managed-datastore", 6379),
         ("auth", "managed-datastore", 5432),
         ("auth", "managed-datastore", 6379),
+        ("integrations", "managed-datastore", 5432),
+        ("integrations", "managed-datastore", 6379),
     },
 }
 
