@@ -137,7 +137,12 @@ def test_envoy_accepts_the_config_map(rendered: list[Manifest], web_dist: Path, 
 
 def test_upstreams_are_the_services_of_the_namespace(rendered: list[Manifest]) -> None:
     clusters = {cluster["name"]: cluster for cluster in bootstrap(rendered)["static_resources"]["clusters"]}
-    expected = {"router": ("router", "grpc"), "auth": ("auth", "grpc"), "auth_jwks": ("auth", "http")}
+    expected = {
+        "router": ("router", "grpc"),
+        "auth": ("auth", "grpc"),
+        "auth_jwks": ("auth", "http"),
+        "integrations": ("integrations", "grpc"),
+    }
     for cluster_name, (service_name, port_name) in expected.items():
         endpoint = clusters[cluster_name]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
         address = endpoint["address"]["socket_address"]

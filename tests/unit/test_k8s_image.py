@@ -90,6 +90,8 @@ def test_the_build_context_holds_the_sources_of_the_images_and_leaves_out_local_
         "gen/python/athena/chat/v1/chat_pb2.py",
         "router/chat.py",
         "auth/app.py",
+        "integrations/app.py",
+        "integrations/migrations/integrations_0001_connections.sql",
         "offline_model/server.py",
         "edge/web/package-lock.json",
         "edge/web/build.mjs",
@@ -126,10 +128,10 @@ def commands_run_by_pods() -> set[tuple[str, ...]]:
     return found
 
 
-def test_the_pods_run_the_four_services_and_their_migrations() -> None:
+def test_the_pods_run_the_five_services_and_their_migrations() -> None:
     commands = commands_run_by_pods()
-    assert {("router",), ("orchestrator",), ("memory",), ("auth",)} <= commands
-    assert {("memory", "migrate"), ("auth", "migrate")} <= commands
+    assert {("router",), ("orchestrator",), ("memory",), ("auth",), ("integrations",)} <= commands
+    assert {("memory", "migrate"), ("auth", "migrate"), ("integrations", "migrate")} <= commands
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +141,16 @@ def started(
     """`python -m <args> --help` for every command the pods run, all at once, outside the checkout (the
     image imports the installed package, not sources in its working directory)."""
     workdir = tmp_path_factory.mktemp("image-workdir")
-    commands = sorted(commands_run_by_pods() | {("auth", "rotate-keys"), ("auth", "rewrap-keys")})
+    commands = sorted(
+        commands_run_by_pods()
+        | {
+            ("auth", "rotate-keys"),
+            # the operator commands k8s/README.md runs with `kubectl exec` after a KMS key rotation
+            ("memory", "rewrap-keys"),
+            ("auth", "rewrap-keys"),
+            ("integrations", "rewrap-keys"),
+        }
+    )
     processes = {
         command: subprocess.Popen(
             [sys.executable, "-m", *command, "--help"],

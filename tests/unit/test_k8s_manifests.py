@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
 # k8s/ is deployment tooling, not an installed package: import it from the checkout.
 from k8s.manifests import ROOT, Manifest, all_schema_errors, overlay, schema_errors
@@ -59,6 +60,15 @@ SERVICES = {
             ),
         ),
         MeshService("auth", "AUTH_", 50054, 9104, frozenset({"athena.auth.v1.AuthService"})),
+        MeshService(
+            "integrations",
+            "INTEGRATIONS_",
+            50055,
+            9105,
+            frozenset(
+                {"athena.connections.v1.ConnectionsService", "athena.integrations.v1.IntegrationsService"}
+            ),
+        ),
     )
 }
 SCALED = (*SERVICES, "edge")
@@ -281,27 +291,45 @@ def test_config_comes_from_config_maps_and_secrets_from_secrets(rendered: list[M
                 ]
 
 
+def known_variables(settings: type[BaseModel], prefix: str) -> set[str]:
+    """The environment variables `settings` reads: its fields' names (or aliases), and for a nested model
+    (`INTEGRATIONS_GOOGLE__CLIENT_ID`) its own fields after the `__`, whose misspellings pydantic ignores
+    too."""
+    names: set[str] = set()
+    for field_name, info in settings.model_fields.items():
+        choices = getattr(info.validation_alias, "choices", None)
+        if choices:
+            names.update(str(choice) for choice in choices)
+            continue
+        name = f"{prefix}{field_name.upper()}"
+        names.add(name)
+        if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
+            names.update(known_variables(info.annotation, f"{name}__"))
+    return names
+
+
 def test_config_maps_name_only_settings_the_services_know(rendered: list[Manifest]) -> None:
-    """A misspelt variable (ROUTER_DRAIN_SECOND) would be ignored silently by the settings classes."""
+    """A misspelt variable (ROUTER_DRAIN_SECOND, INTEGRATIONS_GOOGLE__REDIRECT_URI) would be ignored silently
+    by the settings classes."""
     from auth.settings import AuthSettings
+    from integrations.settings import IntegrationsSettings
     from memory.settings import MemorySettings
     from orchestrator.settings import OrchestratorSettings
     from router.settings import RouterSettings
 
-    known: dict[str, set[str]] = {}
-    for service, settings in (
-        ("router", RouterSettings),
-        ("orchestrator", OrchestratorSettings),
-        ("memory", MemorySettings),
-        ("auth", AuthSettings),
-    ):
-        names = known.setdefault(service, set())
-        for field_name, info in settings.model_fields.items():
-            choices = getattr(info.validation_alias, "choices", None)
-            if choices:
-                names.update(str(choice) for choice in choices)
-            else:
-                names.add(f"{SERVICES[service].prefix}{field_name.upper()}")
+    classes: dict[str, type[BaseModel]] = {
+        "router": RouterSettings,
+        "orchestrator": OrchestratorSettings,
+        "memory": MemorySettings,
+        "auth": AuthSettings,
+        "integrations": IntegrationsSettings,
+    }
+    assert set(classes) == set(SERVICES)
+    known = {
+        service: known_variables(settings, SERVICES[service].prefix) for service, settings in classes.items()
+    }
+    assert "INTEGRATIONS_MICROSOFT__REDIRECT_URIS" in known["integrations"]
+    assert "INTEGRATIONS_MICROSOFT__REDIRECT_URI" not in known["integrations"]
     everyone = set().union(*known.values()) | {"PYTHONUNBUFFERED"}
     deployments = of_kind(rendered, "Deployment")
     for service in SERVICES:
@@ -312,11 +340,7 @@ def test_config_maps_name_only_settings_the_services_know(rendered: list[Manifes
             data = of_kind(rendered, "ConfigMap")[source["configMapRef"]["name"]]["data"]
             shared = source["configMapRef"]["name"].startswith("athena-shared")
             for key in data:
-                nested = key.split("__")[0]
-                assert key in everyone if shared else (key in known[service] or nested in known[service]), (
-                    service,
-                    key,
-                )
+                assert key in (everyone if shared else known[service]), (service, key)
 
 
 @pytest.mark.parametrize("name", sorted(SERVICES))
@@ -330,7 +354,9 @@ def test_each_service_accepts_its_rendered_environment(
     settings_class = getattr(module, f"{name.capitalize()}Settings")
     container = main_container(of_kind(rendered, "Deployment")[name])
     for key in list(os.environ):
-        if key.startswith(("ATHENA_", "ROUTER_", "ORCHESTRATOR_", "MEMORY_", "AUTH_", "OPENAI_", "OTEL_")):
+        if key.startswith(
+            ("ATHENA_", "ROUTER_", "ORCHESTRATOR_", "MEMORY_", "AUTH_", "INTEGRATIONS_", "OPENAI_", "OTEL_")
+        ) or key in ("REDIS_URL", "DATABASE_URL"):
             monkeypatch.delenv(key)
     for key, value in environment(container, rendered).items():
         monkeypatch.setenv(key, value)
@@ -348,6 +374,54 @@ def test_each_service_accepts_its_rendered_environment(
         <= pod_spec(of_kind(rendered, "Deployment")[name])["terminationGracePeriodSeconds"]
     )
     assert settings.jwks_url == f"http://auth.{NAMESPACE}.svc.cluster.local:9104/.well-known/jwks.json"
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_every_service_follows_the_one_revocation_list(rendered: list[Manifest], name: str) -> None:
+    """Auth writes revoked access tokens to Redis and every service follows that list (`REDIS_URL`, or the
+    service's own Redis variable where it has one): all read it from the same Secret key."""
+    import importlib
+
+    settings_class = getattr(importlib.import_module(f"{name}.settings"), f"{name.capitalize()}Settings")
+    choices = {str(choice) for choice in settings_class.model_fields["redis_url"].validation_alias.choices}
+    variables = secret_variables(main_container(of_kind(rendered, "Deployment")[name]))
+    read = {variable: variables[variable] for variable in choices & set(variables)}
+    assert read, f"{name} reads none of {sorted(choices)}"
+    assert set(read.values()) == {("memory-datastores", "redis-url")}, name
+
+
+def test_connected_accounts_come_back_to_the_public_origin(
+    rendered: list[Manifest], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each overlay's integrations accept exactly `<public origin>/connections` from both providers, the
+    origin being the one auth's sign-in uses (AUTH_PUBLIC_ORIGIN), once their clients (the optional Secret
+    integrations-oauth) are set."""
+    import json
+    import os
+
+    from integrations.providers import Provider
+    from integrations.settings import IntegrationsSettings
+
+    deployments = of_kind(rendered, "Deployment")
+    origin = environment(main_container(deployments["auth"]), rendered)["AUTH_PUBLIC_ORIGIN"]
+    container = main_container(deployments["integrations"])
+    assert {"secretRef": {"name": "integrations-oauth", "optional": True}} in container["envFrom"]
+    env = environment(container, rendered)
+    expected = f"{origin}/connections"
+    for provider in ("GOOGLE", "MICROSOFT"):
+        assert json.loads(env[f"INTEGRATIONS_{provider}__REDIRECT_URIS"]) == [expected], provider
+    for key in list(os.environ):
+        if key.startswith(("ATHENA_", "INTEGRATIONS_")):
+            monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    for provider in ("GOOGLE", "MICROSOFT"):
+        monkeypatch.setenv(f"INTEGRATIONS_{provider}__CLIENT_ID", f"{provider.lower()}-client")
+        monkeypatch.setenv(f"INTEGRATIONS_{provider}__CLIENT_SECRET", "secret")
+    offered = IntegrationsSettings().providers()
+    assert set(offered) == {Provider.GOOGLE, Provider.MICROSOFT}
+    for client in offered.values():
+        assert client.redirect_uris == frozenset({expected})
 
 
 # --- scaling and disruption
@@ -410,6 +484,7 @@ def test_peers_are_headless_services_resolved_by_full_name(rendered: list[Manife
     suffix = f"{NAMESPACE}.svc.cluster.local"
     assert router["ROUTER_MEMORY_TARGET"] == f"dns:///memory.{suffix}:50053"
     assert router["ROUTER_AUTH_TARGET"] == f"dns:///auth.{suffix}:50054"
+    assert router["ROUTER_INTEGRATIONS_TARGET"] == f"dns:///integrations.{suffix}:50055"
     assert orchestrator["ORCHESTRATOR_MEMORY_TARGET"] == f"dns:///memory.{suffix}:50053"
 
 
@@ -424,7 +499,12 @@ def test_the_edge_is_exposed_by_a_load_balancer_in_prod_only(
 
 
 @pytest.mark.parametrize(
-    ("name", "database_variable"), [("memory", "MEMORY_DATABASE_URL"), ("auth", "AUTH_DATABASE_URL")]
+    ("name", "database_variable"),
+    [
+        ("memory", "MEMORY_DATABASE_URL"),
+        ("auth", "AUTH_DATABASE_URL"),
+        ("integrations", "INTEGRATIONS_DATABASE_URL"),
+    ],
 )
 def test_migrations_run_before_the_server_starts(
     rendered: list[Manifest], name: str, database_variable: str
@@ -450,19 +530,32 @@ def test_auth_reads_its_signing_keys_from_a_read_only_secret(rendered: list[Mani
     assert volumes[mount["name"]]["secret"]["defaultMode"] == 0o440
 
 
-@pytest.mark.parametrize("name", ["memory", "auth"])
-def test_memory_auth_and_their_migrations_read_the_kms_keys_from_a_read_only_secret(
+@pytest.mark.parametrize("name", ["memory", "auth", "integrations"])
+def test_sealing_services_read_the_kms_keys_from_a_read_only_secret(
     rendered: list[Manifest], name: str
 ) -> None:
-    """Memory and auth wrap data keys (and their migrations encrypt existing rows) with the local KMS's
-    keys, the same in every replica: the Secret athena-kms-keys, never a key made in a pod."""
+    """Memory, auth and integrations wrap data keys with the local KMS's keys, the same in every replica:
+    the Secret athena-kms-keys, never a key made in a pod. Their migrations get the keys exactly when they
+    use them (memory's and auth's encrypt existing rows: `apply_migrations` takes the KMS; integrations'
+    only shape the schema)."""
+    import importlib
+    import inspect
+
     deployment = of_kind(rendered, "Deployment")[name]
     volumes = {volume["name"]: volume for volume in pod_spec(deployment)["volumes"]}
-    containers = [*pod_spec(deployment)["initContainers"], main_container(deployment)]
-    for container in containers:
+    (migrate,) = pod_spec(deployment)["initContainers"]
+    migrations_seal = (
+        "kms" in inspect.signature(importlib.import_module(f"{name}.migrate").apply_migrations).parameters
+    )
+    assert migrations_seal == (name != "integrations")
+    for container in (migrate, main_container(deployment)):
         env = environment(container, rendered)
         assert env["ATHENA_KMS"] == "local"
-        (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == env["ATHENA_KMS_KEYS_DIR"]]
+        mounts = [m for m in container["volumeMounts"] if m["mountPath"] == env["ATHENA_KMS_KEYS_DIR"]]
+        if container is migrate and not migrations_seal:
+            assert mounts == [], f"{name}: its migrations need no keys"
+            continue
+        (mount,) = mounts
         assert mount["readOnly"] is True
         assert volumes[mount["name"]]["secret"]["secretName"] == "athena-kms-keys"
         assert volumes[mount["name"]]["secret"]["defaultMode"] == 0o440
@@ -496,6 +589,23 @@ def test_dev_secrets_are_all_created_by_the_script(dev: list[Manifest]) -> None:
     required = {name for name, needed in referenced_secrets(dev).items() if needed}
     assert required <= created
     assert set(referenced_secrets(dev)) >= created
+
+
+def test_dev_databases_are_the_in_cluster_postgres(dev: list[Manifest]) -> None:
+    """Every `database-url` the dev pods read is created from the in-cluster PostgreSQL's URL."""
+    script = (ROOT / "overlays" / "dev" / "create-secrets.sh").read_text().replace("\\\n", " ")
+    database_secrets = {
+        secret
+        for workload in workloads(dev).values()
+        for container in containers(workload)
+        for secret, key in secret_variables(container).values()
+        if key == "database-url"
+    }
+    assert database_secrets == {"memory-datastores", "auth-database", "integrations-database"}
+    for secret in database_secrets:
+        (command,) = re.findall(rf"^\s*create {secret} .*$", script, flags=re.MULTILINE)
+        assert '--from-literal=database-url="$database_url"' in command, secret
+    assert re.search(r'^database_url="postgresql://athena:[^"]*@postgres\.', script, flags=re.MULTILINE)
 
 
 def test_every_secret_is_documented(rendered: list[Manifest]) -> None:
@@ -586,8 +696,8 @@ def admits(
 
 
 PROBED_PORTS = [
-    *((port, "TCP") for port in (443, 5432, 6379, 8080, 8090, 9902, 50051, 50052, 50053, 50054)),
-    *((port, "TCP") for port in (9101, 9102, 9103, 9104)),
+    *((port, "TCP") for port in (443, 5432, 6379, 8080, 8090, 9902, 50051, 50052, 50053, 50054, 50055)),
+    *((port, "TCP") for port in (9101, 9102, 9103, 9104, 9105)),
     (53, "UDP"),
     (53, "TCP"),
 ]
@@ -615,16 +725,21 @@ CALL_GRAPH = {
     ("edge", "orchestrator", 50052),
     ("edge", "auth", 50054),
     ("edge", "auth", 9104),
+    ("edge", "integrations", 50055),
     ("router", "memory", 50053),
     ("router", "auth", 50054),
     ("router", "auth", 9104),
+    ("router", "integrations", 50055),
     ("orchestrator", "memory", 50053),
     ("orchestrator", "auth", 9104),
     ("memory", "auth", 9104),
-    # the model API (chat, embeddings) and the identity providers: public addresses on 443
+    ("integrations", "auth", 9104),
+    # the model API (chat, embeddings), the identity providers and the connected accounts' providers:
+    # public addresses on 443
     ("orchestrator", "internet", 443),
     ("memory", "internet", 443),
     ("auth", "internet", 443),
+    ("integrations", "internet", 443),
     # the public listener, from anywhere
     *((outsider.name, "edge", 8080) for outsider in OUTSIDERS),
     # Prometheus scrapes the metrics ports
@@ -633,6 +748,7 @@ CALL_GRAPH = {
         for name, port in (("router", 9101), ("orchestrator", 9102), ("memory", 9103))
     ),
     ("prometheus", "auth", 9104),
+    ("prometheus", "integrations", 9105),
     ("prometheus", "edge", 9902),
 }
 OVERLAY_GRAPH = {
@@ -643,6 +759,8 @@ OVERLAY_GRAPH = {
         ("orchestrator", "valkey", 6379),
         ("router", "valkey", 6379),
         ("auth", "valkey", 6379),
+        ("integrations", "postgres", 5432),
+        ("integrations", "valkey", 6379),
         ("orchestrator", "offline-model", 8090),
         ("memory", "offline-model", 8090),
     },
@@ -653,6 +771,8 @@ OVERLAY_GRAPH = {
         ("router", "managed-datastore", 6379),
         ("auth", "managed-datastore", 5432),
         ("auth", "managed-datastore", 6379),
+        ("integrations", "managed-datastore", 5432),
+        ("integrations", "managed-datastore", 6379),
     },
 }
 
@@ -680,10 +800,13 @@ def test_the_namespace_denies_everything_by_default(rendered: list[Manifest]) ->
         assert policy["policyTypes"] == ["Ingress", "Egress"]
 
 
-def test_only_the_edge_reaches_the_orchestrator_and_only_callers_reach_memory(
+def test_only_the_edge_reaches_the_orchestrator_and_only_callers_reach_memory_and_integrations(
     rendered: list[Manifest],
 ) -> None:
     flows = allowed_flows(rendered)
+    assert {
+        source for source, destination, port, _ in flows if destination == "integrations" and port != 9105
+    } == {"edge", "router"}
     assert {
         source for source, destination, port, _ in flows if destination == "orchestrator" and port != 9102
     } == {"edge"}

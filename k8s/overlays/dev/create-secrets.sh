@@ -39,7 +39,8 @@ else
 fi
 database_url="postgresql://athena:${athena_password}@postgres.${namespace}.svc.cluster.local:5432/athena"
 
-# Valkey, and the URLs memory and auth connect with.
+# Valkey, and the URLs memory, auth and integrations connect with (every service follows the revocation
+# list at memory-datastores' redis-url).
 if exists valkey; then
   valkey_password=$("$kubectl" --namespace "$namespace" get secret valkey \
     --output 'go-template={{.data.password | base64decode}}')
@@ -51,6 +52,8 @@ create memory-datastores \
   --from-literal=database-url="$database_url" \
   --from-literal=redis-url="redis://:${valkey_password}@valkey.${namespace}.svc.cluster.local:6379/0"
 create auth-database --from-literal=database-url="$database_url"
+# The same database for integrations (its tables are in its own schema, `integrations`).
+create integrations-database --from-literal=database-url="$database_url"
 
 # The key of internal calls made for no user (the orchestrator's catalog sync to memory).
 create athena-service-key --from-literal=service-key="$(random)"
@@ -72,5 +75,10 @@ if ! exists athena-kms-keys; then
 fi
 
 # Optional, not created here: model-api (api-key) to use a real model instead of the offline one — then
-# also set OPENAI_BASE_URL — and auth-oidc (AUTH_GOOGLE__CLIENT_ID, ...) for Google/Microsoft sign-in.
+# also set OPENAI_BASE_URL —, auth-oidc (AUTH_GOOGLE__CLIENT_ID, ...) for Google/Microsoft sign-in, and
+# integrations-oauth (INTEGRATIONS_GOOGLE__CLIENT_ID, INTEGRATIONS_GOOGLE__CLIENT_SECRET,
+# INTEGRATIONS_MICROSOFT__CLIENT_ID, INTEGRATIONS_MICROSOFT__CLIENT_SECRET) to connect Google/Microsoft
+# accounts; a provider is offered only when its client id is set. For example:
+#   kubectl -n athena create secret generic integrations-oauth \
+#     --from-literal=INTEGRATIONS_GOOGLE__CLIENT_ID=... --from-literal=INTEGRATIONS_GOOGLE__CLIENT_SECRET=...
 echo "dev secrets ready in namespace $namespace"
