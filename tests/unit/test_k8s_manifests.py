@@ -486,6 +486,7 @@ def test_peers_are_headless_services_resolved_by_full_name(rendered: list[Manife
     assert router["ROUTER_AUTH_TARGET"] == f"dns:///auth.{suffix}:50054"
     assert router["ROUTER_INTEGRATIONS_TARGET"] == f"dns:///integrations.{suffix}:50055"
     assert orchestrator["ORCHESTRATOR_MEMORY_TARGET"] == f"dns:///memory.{suffix}:50053"
+    assert orchestrator["ORCHESTRATOR_INTEGRATIONS_TARGET"] == f"dns:///integrations.{suffix}:50055"
 
 
 def test_the_edge_is_exposed_by_a_load_balancer_in_prod_only(
@@ -730,6 +731,7 @@ CALL_GRAPH = {
     ("router", "auth", 50054),
     ("router", "auth", 9104),
     ("router", "integrations", 50055),
+    ("orchestrator", "integrations", 50055),
     ("orchestrator", "memory", 50053),
     ("orchestrator", "auth", 9104),
     ("memory", "auth", 9104),
@@ -806,7 +808,7 @@ def test_only_the_edge_reaches_the_orchestrator_and_only_callers_reach_memory_an
     flows = allowed_flows(rendered)
     assert {
         source for source, destination, port, _ in flows if destination == "integrations" and port != 9105
-    } == {"edge", "router"}
+    } == {"edge", "router", "orchestrator"}
     assert {
         source for source, destination, port, _ in flows if destination == "orchestrator" and port != 9102
     } == {"edge"}
