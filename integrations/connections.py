@@ -102,6 +102,10 @@ class ConnectionStore(Protocol):
 
     async def delete(self, user_id: str, provider: Provider) -> bool: ...
 
+    async def touch(self, user_id: str, provider: Provider, when: datetime) -> None:
+        """Sets the connection's `last_used_at` alone (a concurrent refresh's grant stays as stored)."""
+        ...
+
     async def purge_pending(self, now: datetime) -> int:
         """Deletes expired pending connections; answers how many."""
         ...
@@ -281,7 +285,7 @@ class Connections:
 
     async def used(self, connection: Connection) -> None:
         """Records that data was read through the connection just now."""
-        await self._store.save(replace(connection, last_used_at=self._clock()))
+        await self._store.touch(connection.user_id, connection.provider, self._clock())
 
     async def grant_lost(self, connection: Connection) -> Connection:
         """Records that the provider refused the connection's grant (an API answered 401 after a refresh)."""

@@ -167,6 +167,16 @@ class PostgresConnectionStore:
             )
         return bool(deleted)
 
+    async def touch(self, user_id: str, provider: Provider, when: datetime) -> None:
+        async with postgres.translated():
+            await self._pool.execute(
+                """UPDATE integrations.connections SET last_used_at = $3
+                   WHERE user_id = $1 AND provider = $2""",
+                uuid.UUID(user_id),
+                provider.value,
+                when,
+            )
+
     async def purge_pending(self, now: datetime) -> int:
         async with postgres.translated():
             status = await self._pool.execute(
