@@ -3,8 +3,9 @@ their calendar list) and Microsoft Graph (`calendarView`, events not shown as fr
 
 Each provider is asked with a current access token (`Connections.access_token`). An API that answers 401
 gets one refreshed token and one more try; a second 401, or 403 for a missing scope, means the grant no
-longer serves: the connection is marked NEEDS_RECONNECT. Whatever a provider cannot answer (that, 429,
-a failure, an unreachable host) becomes a `Problem` for that provider while the others still answer.
+longer serves: the connection is marked NEEDS_RECONNECT. A 429 asking to wait up to two seconds is waited
+out once. Whatever a provider cannot answer (that, a longer 429, a failure, an unreachable host) becomes a
+`Problem` for that provider while the others still answer.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import httpx
 
 from integrations.connections import Connection, Connections
 from integrations.providers import Capability, Provider
+from mesh.context import time_remaining
 from mesh.errors import AthenaError, FailedPrecondition, InvalidArgument
 
 log = logging.getLogger(__name__)
@@ -29,6 +31,8 @@ MAX_RANGE = timedelta(days=93)
 MAX_CALENDARS = 50
 """Google's freeBusy takes at most 50 calendars (`calendarExpansionMax`)."""
 MAX_PAGES = 20
+MAX_THROTTLE_WAIT_SECONDS = 2.0
+"""A 429 asking to wait at most this long is waited out (once) within the caller's deadline."""
 GRAPH_BUSY = frozenset({"busy", "tentative", "oof", "workingElsewhere"})
 """Graph's `showAs` values that are not free time."""
 
@@ -63,6 +67,20 @@ class _Failed(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """Seconds a 429 asks to wait (`Retry-After` in seconds); None for another status or no such header."""
+    if response.status_code != 429:
+        return None
+    value = response.headers.get("Retry-After", "").strip()
+    return float(value) if value.isdigit() else None
+
+
+def _time_left(wait: float) -> bool:
+    """Whether the caller's deadline leaves time to wait `wait` seconds and ask again."""
+    remaining = time_remaining()
+    return remaining is None or remaining > wait + 1.0
 
 
 def merge(blocks: list[Busy]) -> list[Busy]:
@@ -172,14 +190,18 @@ class Calendars:
             return Problem(provider, False, exc.message)
 
     async def _get_json(self, method: str, url: str, token: str, name: str, **options: Any) -> Any:
-        response = await self._http.request(
-            method, url, headers={"Authorization": f"Bearer {token}", **options.pop("headers", {})}, **options
-        )
+        headers = {"Authorization": f"Bearer {token}", **options.pop("headers", {})}
+        response = await self._http.request(method, url, headers=headers, **options)
+        wait = _retry_after(response)
+        if wait is not None and wait <= MAX_THROTTLE_WAIT_SECONDS and _time_left(wait):
+            # Throttled for a moment: wait it out once rather than answer without this calendar.
+            await asyncio.sleep(wait)
+            response = await self._http.request(method, url, headers=headers, **options)
         if response.status_code in (401, 403):
             raise _Refused
         if response.status_code == 429:
-            wait = response.headers.get("Retry-After", "")
-            later = f" in {wait} s" if wait.isdigit() else " in a moment"
+            wait = _retry_after(response)
+            later = f" in {wait:.0f} s" if wait is not None else " in a moment"
             raise _Failed(f"{name} is limiting requests; try again{later}")
         if response.status_code >= 400:
             raise _Failed(f"{name} failed to answer (HTTP {response.status_code})")

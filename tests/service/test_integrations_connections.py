@@ -563,6 +563,12 @@ async def test_a_calendar_that_cannot_answer_is_a_problem_and_the_others_still_a
         ("google", False, "Google is limiting requests; try again in 7 s")
     ]
 
+    google.rate_limit_next(1, retry_after_seconds=1)  # a moment: waited out, the answer is whole
+    asked = len(google.requests)
+    waited = await internal.FreeBusy(request, metadata=metadata)
+    assert (sorted(waited.sources), list(waited.problems)) == (["google", "microsoft"], [])
+    assert len(google.requests) == asked + 3  # the throttled call, again, then freeBusy
+
     google.revoke_grant(at_google)
     revoked = await internal.FreeBusy(request, metadata=metadata)
     assert list(revoked.sources) == ["microsoft"]
