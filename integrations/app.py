@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from athena.connections.v1 import connections_pb2_grpc
 from athena.integrations.v1 import integrations_pb2_grpc
@@ -40,11 +41,11 @@ class IntegrationsDeps(Deps):
     """Wraps the people's data keys; None: the KMS the settings name (`mesh.kms.from_settings`)."""
 
 
-async def _purge_pending(store: ConnectionStore, every: float) -> None:
+async def _purge_pending(store: ConnectionStore, every: float, now: Callable[[], datetime]) -> None:
     while True:
         await asyncio.sleep(every)
         try:
-            await store.purge_pending(datetime.now(UTC))
+            await store.purge_pending(now())
         except Exception:  # maintenance must outlive a database hiccup
             log.exception("purging expired pending connections failed")
 
@@ -81,7 +82,7 @@ async def build(settings: IntegrationsSettings, deps: IntegrationsDeps) -> Assem
             ),
         ],
         readiness=store.ping,
-        background=[lambda: _purge_pending(store, settings.maintenance_seconds)],
+        background=[lambda: _purge_pending(store, settings.maintenance_seconds, deps.clock.now)],
     )
 
 

@@ -27,7 +27,7 @@ from emulators import GoogleEmulator, MicrosoftEmulator
 
 from devstack.postgres import EmbeddedPostgres
 from integrations.app import INTEGRATIONS, IntegrationsDeps
-from integrations.connections import Connections, Status
+from integrations.connections import Connections, Status, hash_state
 from integrations.migrate import DATA_KEYS_TABLE, SERVICE
 from integrations.oauth import OAuth
 from integrations.postgres import PostgresConnectionStore
@@ -625,3 +625,45 @@ async def test_free_busy_refuses_a_backwards_or_too_long_range(
         free_busy_request(TOMORROW, TOMORROW + timedelta(days=1)), metadata=metadata
     )
     assert (list(empty.busy), list(empty.sources), list(empty.problems)) == ([], [], [])
+
+
+async def test_expired_pending_connections_are_purged_and_no_longer_complete(
+    stub: Stub,
+    user: Callable[[], tuple[str, Metadata]],
+    postgres: EmbeddedPostgres,
+    kms_keys_dir: Path,
+    tmp_path: Path,
+    google: GoogleEmulator,
+    microsoft: MicrosoftEmulator,
+) -> None:
+    _, metadata = user()
+    begun = await stub.BeginConnection(
+        pb.BeginConnectionRequest(
+            provider=pb.PROVIDER_GOOGLE, capabilities=[pb.CAPABILITY_CALENDAR], redirect_uri=REDIRECT
+        ),
+        metadata=metadata,
+    )
+    back = await consent(begun.authorization_url)
+    settings = settings_for(tmp_path, postgres, kms_keys_dir, google, microsoft)
+    pool = await asyncpg.create_pool(postgres.url, min_size=1, max_size=2)
+    assert pool is not None
+    try:
+        store = PostgresConnectionStore(
+            pool, DataKeys(PostgresDataKeys(pool, DATA_KEYS_TABLE), from_settings(settings), SERVICE)
+        )
+        ours = hash_state(begun.state)
+
+        async def pending() -> bool:
+            found = await pool.fetchval(  # type: ignore[union-attr]
+                "SELECT true FROM integrations.pending_connections WHERE state_hash = $1", ours
+            )
+            return bool(found)
+
+        await store.purge_pending(begun.expires_at.ToDatetime(UTC) - timedelta(seconds=1))
+        assert await pending()  # not expired yet: kept
+        assert await store.purge_pending(begun.expires_at.ToDatetime(UTC)) >= 1
+        assert not await pending()
+    finally:
+        await pool.close()
+    request = pb.CompleteConnectionRequest(state=back["state"], code=back["code"], redirect_uri=REDIRECT)
+    await fails(stub.CompleteConnection, request, metadata, grpc.StatusCode.INVALID_ARGUMENT)
