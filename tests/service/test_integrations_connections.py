@@ -654,7 +654,7 @@ async def test_expired_pending_connections_are_purged_and_no_longer_complete(
         ours = hash_state(begun.state)
 
         async def pending() -> bool:
-            found = await pool.fetchval(  # type: ignore[union-attr]
+            found = await pool.fetchval(
                 "SELECT true FROM integrations.pending_connections WHERE state_hash = $1", ours
             )
             return bool(found)
