@@ -165,9 +165,9 @@ class Stack:
 
     def _integration_dirs(self) -> dict[str, str]:
         """Local stand-ins of the integrations not yet read through connected accounts (issue 15): wearable
-        CSVs and documents. Calendars are each person's connected ones (the integrations service)."""
+        CSVs. Calendars and documents are each person's connected ones (the integrations service)."""
         dirs = {}
-        for name in ("wearables", "files"):
+        for name in ("wearables",):
             path = self.data_dir / "integrations" / name
             path.mkdir(parents=True, exist_ok=True)
             dirs[f"ORCHESTRATOR_{name.upper()}_DIR"] = str(path)
@@ -232,6 +232,7 @@ class Stack:
             "INTEGRATIONS_GOOGLE__ACCOUNTS_URL": google,
             "INTEGRATIONS_GOOGLE__OAUTH2_URL": google,
             "INTEGRATIONS_GOOGLE__CALENDAR_URL": f"{google}/calendar/v3",
+            "INTEGRATIONS_GOOGLE__DRIVE_URL": f"{google}/drive/v3",
             "INTEGRATIONS_MICROSOFT__LOGIN_URL": microsoft,
             "INTEGRATIONS_MICROSOFT__GRAPH_URL": f"{microsoft}/v1.0",
         }

@@ -15,6 +15,7 @@ from athena.integrations.v1 import integrations_pb2_grpc
 
 from integrations.calendars import Calendars
 from integrations.connections import Connections, ConnectionStore
+from integrations.files import Files
 from integrations.migrate import DATA_KEYS_TABLE, SERVICE, apply_migrations, migrate
 from integrations.oauth import OAuth
 from integrations.postgres import PostgresConnectionStore
@@ -62,11 +63,15 @@ async def build(settings: IntegrationsSettings, deps: IntegrationsDeps) -> Assem
     store = PostgresConnectionStore(pool, keys)
     oauth = OAuth(timeout=settings.http_timeout_seconds, clock=lambda: deps.clock.now().timestamp())
     connections = Connections(store, oauth, settings.providers(), clock=deps.clock.now)
+    http = deps.http_client(settings.http_timeout_seconds)
     calendars = Calendars(
         connections,
-        deps.http_client(settings.http_timeout_seconds),
+        http,
         google_calendar_url=settings.google.calendar_url,
         graph_url=settings.microsoft.graph_url,
+    )
+    files = Files(
+        connections, http, drive_url=settings.google.drive_url, graph_url=settings.microsoft.graph_url
     )
     return Assembly(
         services=[
@@ -77,7 +82,7 @@ async def build(settings: IntegrationsSettings, deps: IntegrationsDeps) -> Assem
             ),
             Service(
                 INTERNAL_SERVICE_NAME,
-                IntegrationsServicer(connections, calendars),
+                IntegrationsServicer(connections, calendars, files),
                 integrations_pb2_grpc.add_IntegrationsServiceServicer_to_server,
             ),
         ],

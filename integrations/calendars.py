@@ -1,11 +1,9 @@
 """Busy time from every calendar a person connected: Google Calendar (`freeBusy` over the calendars of
 their calendar list) and Microsoft Graph (`calendarView`, events not shown as free), merged.
 
-Each provider is asked with a current access token (`Connections.access_token`). An API that answers 401
-gets one refreshed token and one more try; a second 401, or 403 for a missing scope, means the grant no
-longer serves: the connection is marked NEEDS_RECONNECT. A 429 asking to wait up to two seconds is waited
-out once. Whatever a provider cannot answer (that, a longer 429, a failure, an unreachable host) becomes a
-`Problem` for that provider while the others still answer.
+Each provider is asked through `integrations.provider_api` (a current token, one refresh on refusal, a
+short throttle waited out); whatever a provider cannot answer becomes a `Problem` for that provider while
+the others still answer.
 """
 
 from __future__ import annotations
@@ -21,9 +19,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import httpx
 
 from integrations.connections import Connection, Connections
+from integrations.provider_api import Problem, ProviderApi
 from integrations.providers import Capability, Provider
-from mesh.context import time_remaining
-from mesh.errors import AthenaError, FailedPrecondition, InvalidArgument
+from mesh.errors import InvalidArgument
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +29,6 @@ MAX_RANGE = timedelta(days=93)
 MAX_CALENDARS = 50
 """Google's freeBusy takes at most 50 calendars (`calendarExpansionMax`)."""
 MAX_PAGES = 20
-MAX_THROTTLE_WAIT_SECONDS = 2.0
-"""A 429 asking to wait at most this long is waited out (once) within the caller's deadline."""
 GRAPH_BUSY = frozenset({"busy", "tentative", "oof", "workingElsewhere"})
 """Graph's `showAs` values that are not free time."""
 
@@ -44,43 +40,10 @@ class Busy:
 
 
 @dataclass(frozen=True, slots=True)
-class Problem:
-    provider: Provider
-    needs_reconnect: bool
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
 class FreeBusy:
     busy: list[Busy]
     sources: list[Provider]
     problems: list[Problem]
-
-
-class _Refused(Exception):
-    """The provider refused the token (401) or the scope (403)."""
-
-
-class _Failed(Exception):
-    """The provider could not answer now; `message` says why, for the person."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    """Seconds a 429 asks to wait (`Retry-After` in seconds); None for another status or no such header."""
-    if response.status_code != 429:
-        return None
-    value = response.headers.get("Retry-After", "").strip()
-    return float(value) if value.isdigit() else None
-
-
-def _time_left(wait: float) -> bool:
-    """Whether the caller's deadline leaves time to wait `wait` seconds and ask again."""
-    remaining = time_remaining()
-    return remaining is None or remaining > wait + 1.0
 
 
 def merge(blocks: list[Busy]) -> list[Busy]:
@@ -132,7 +95,7 @@ class Calendars:
         graph_url: str = "https://graph.microsoft.com/v1.0",
     ) -> None:
         self._connections = connections
-        self._http = http
+        self._api = ProviderApi(connections, http)
         self._google = google_calendar_url.rstrip("/")
         self._graph = graph_url.rstrip("/")
         self._readers: dict[Provider, Callable[[str, datetime, datetime], Awaitable[list[Busy]]]] = {
@@ -165,50 +128,8 @@ class Calendars:
         return FreeBusy(merge(busy), sources, problems)
 
     async def _read(self, connection: Connection, start: datetime, end: datetime) -> list[Busy] | Problem:
-        provider = connection.provider
-        name = provider.display_name
-        reader = self._readers[provider]
-        try:
-            connection, token = await self._connections.access_token(connection.user_id, provider)
-            try:
-                blocks = await reader(token, start, end)
-            except _Refused:
-                connection = await self._connections.refreshed(connection.user_id, provider, token)
-                blocks = await reader(connection.grant.access_token, start, end)
-            await self._connections.used(connection)
-            return blocks
-        except _Refused:
-            lost = await self._connections.grant_lost(connection)
-            return Problem(provider, True, lost.status_message)
-        except FailedPrecondition as exc:  # the connection already needs reconnecting
-            return Problem(provider, True, exc.message)
-        except _Failed as exc:
-            return Problem(provider, False, exc.message)
-        except httpx.HTTPError:
-            return Problem(provider, False, f"{name} could not be reached; try again in a moment")
-        except AthenaError as exc:
-            return Problem(provider, False, exc.message)
-
-    async def _get_json(self, method: str, url: str, token: str, name: str, **options: Any) -> Any:
-        headers = {"Authorization": f"Bearer {token}", **options.pop("headers", {})}
-        response = await self._http.request(method, url, headers=headers, **options)
-        wait = _retry_after(response)
-        if wait is not None and wait <= MAX_THROTTLE_WAIT_SECONDS and _time_left(wait):
-            # Throttled for a moment: wait it out once rather than answer without this calendar.
-            await asyncio.sleep(wait)
-            response = await self._http.request(method, url, headers=headers, **options)
-        if response.status_code in (401, 403):
-            raise _Refused
-        if response.status_code == 429:
-            wait = _retry_after(response)
-            later = f" in {wait:.0f} s" if wait is not None else " in a moment"
-            raise _Failed(f"{name} is limiting requests; try again{later}")
-        if response.status_code >= 400:
-            raise _Failed(f"{name} failed to answer (HTTP {response.status_code})")
-        try:
-            return response.json()
-        except ValueError as exc:
-            raise _Failed(f"{name} answered something unreadable") from exc
+        reader = self._readers[connection.provider]
+        return await self._api.read(connection, lambda token: reader(token, start, end))
 
     async def _google_busy(self, token: str, start: datetime, end: datetime) -> list[Busy]:
         ids: list[str] = []
@@ -219,8 +140,8 @@ class Calendars:
                 "maxResults": "250",
                 **({"pageToken": page} if page else {}),
             }
-            listed = await self._get_json(
-                "GET", f"{self._google}/users/me/calendarList", token, "Google", params=params
+            listed = await self._api.get_json(
+                "GET", f"{self._google}/users/me/calendarList", token, Provider.GOOGLE, params=params
             )
             ids += [
                 str(item["id"]) for item in listed.get("items", []) if item.get("selected", True) is not False
@@ -229,11 +150,11 @@ class Calendars:
             if not page:
                 break
         ids = ids[:MAX_CALENDARS] or ["primary"]
-        answer = await self._get_json(
+        answer = await self._api.get_json(
             "POST",
             f"{self._google}/freeBusy",
             token,
-            "Google",
+            Provider.GOOGLE,
             json={
                 "timeMin": _rfc3339(start),
                 "timeMax": _rfc3339(end),
@@ -262,8 +183,13 @@ class Calendars:
         for _ in range(MAX_PAGES):
             if url is None:
                 break
-            page = await self._get_json(
-                "GET", url, token, "Microsoft", params=params, headers={"Prefer": 'outlook.timezone="UTC"'}
+            page = await self._api.get_json(
+                "GET",
+                url,
+                token,
+                Provider.MICROSOFT,
+                params=params,
+                headers={"Prefer": 'outlook.timezone="UTC"'},
             )
             for event in page.get("value", []):
                 if event.get("isCancelled") or event.get("showAs", "busy") not in GRAPH_BUSY:

@@ -13,6 +13,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from integrations.calendars import Calendars
 from integrations.connections import Connection, Connections, Status
+from integrations.files import FileHit, Files
+from integrations.provider_api import Problem
 from integrations.providers import Capability, Provider
 from mesh.context import principal
 from mesh.errors import InvalidArgument
@@ -67,6 +69,21 @@ def connection_to_proto(connection: Connection) -> connections_pb2.Connection:
     return proto
 
 
+def _problem(problem: Problem) -> integrations_pb2.SourceProblem:
+    return integrations_pb2.SourceProblem(
+        provider=problem.provider.value, needs_reconnect=problem.needs_reconnect, message=problem.message
+    )
+
+
+def _file_hit(hit: FileHit) -> integrations_pb2.FileHit:
+    proto = integrations_pb2.FileHit(
+        provider=hit.provider.value, id=hit.id, name=hit.name, mime_type=hit.mime_type, link=hit.link
+    )
+    if hit.modified_at is not None:
+        proto.modified_at.CopyFrom(_timestamp(hit.modified_at))
+    return proto
+
+
 class ConnectionsServicer(connections_pb2_grpc.ConnectionsServiceServicer):
     def __init__(self, connections: Connections) -> None:
         self._connections = connections
@@ -108,9 +125,31 @@ class ConnectionsServicer(connections_pb2_grpc.ConnectionsServiceServicer):
 class IntegrationsServicer(integrations_pb2_grpc.IntegrationsServiceServicer):
     """What the rest of the mesh asks: the agents' tools' data, and the erasure of a person's connections."""
 
-    def __init__(self, connections: Connections, calendars: Calendars) -> None:
+    def __init__(self, connections: Connections, calendars: Calendars, files: Files) -> None:
         self._connections = connections
         self._calendars = calendars
+        self._files = files
+
+    async def SearchFiles(
+        self, request: integrations_pb2.SearchFilesRequest, context: Context
+    ) -> integrations_pb2.SearchFilesResponse:
+        found = await self._files.search(principal().user_id, request.query, request.limit)
+        return integrations_pb2.SearchFilesResponse(
+            files=[_file_hit(hit) for hit in found.files],
+            sources=[provider.value for provider in found.sources],
+            problems=[_problem(problem) for problem in found.problems],
+        )
+
+    async def ReadFile(
+        self, request: integrations_pb2.ReadFileRequest, context: Context
+    ) -> integrations_pb2.ReadFileResponse:
+        read = await self._files.read(
+            principal().user_id, Provider(request.provider), request.file_id, request.max_chars or 20_000
+        )
+        hit = integrations_pb2.FileHit(
+            provider=read.provider.value, id=read.id, name=read.name, mime_type=read.mime_type
+        )
+        return integrations_pb2.ReadFileResponse(file=hit, text=read.text, truncated=read.truncated)
 
     async def FreeBusy(
         self, request: integrations_pb2.FreeBusyRequest, context: Context
@@ -124,14 +163,7 @@ class IntegrationsServicer(integrations_pb2_grpc.IntegrationsServiceServicer):
                 for block in found.busy
             ],
             sources=[provider.value for provider in found.sources],
-            problems=[
-                integrations_pb2.SourceProblem(
-                    provider=problem.provider.value,
-                    needs_reconnect=problem.needs_reconnect,
-                    message=problem.message,
-                )
-                for problem in found.problems
-            ],
+            problems=[_problem(problem) for problem in found.problems],
         )
 
     async def PurgeUser(

@@ -50,6 +50,8 @@ class GoogleSettings(ProviderSettings):
     """Token (`/token`) and revocation (`/revoke`) endpoints."""
     calendar_url: str = "https://www.googleapis.com/calendar/v3"
     """Google Calendar API v3."""
+    drive_url: str = "https://www.googleapis.com/drive/v3"
+    """Google Drive API v3."""
 
 
 class MicrosoftSettings(ProviderSettings):

@@ -2,11 +2,13 @@
 
 The rules look at the last message (SPEC §4):
 
-- the last message is a tool result → one sentence confirming it (after a handoff, the receiving agent
+- the last message is a tool result → one sentence confirming it (busy blocks counted, files named, and
+  what could not answer — a calendar or drive to reconnect — said; after a handoff, the receiving agent
   answers the user's question instead);
 - otherwise the last user message: `remember <fact>` → `remember_memory{text, scope: "user"}`,
   `note <fact>` → the same with scope "agent", `forget <fact>` → `forget_memory{query}`,
-  `ask <agent_id> <question>` → `handoff_to_<agent_id>{reason}`, words about the calendar →
+  `ask <agent_id> <question>` → `handoff_to_<agent_id>{reason}`, a request to find files or documents
+  "about|for|named ... <topic>" → `file_search{query: topic}`, words about the calendar →
   `calendar_freebusy{start, end}` over the next 7 days;
 - a tool is only called when the request offers it; anything else gets the memory answer: "Here is what
   I know: " + the memories of the `Memories:` system message joined by "; ", or "I don't know that yet."
@@ -31,6 +33,7 @@ from typing import Any
 REMEMBER_TOOL = "remember_memory"
 FORGET_TOOL = "forget_memory"
 CALENDAR_TOOL = "calendar_freebusy"
+FILES_TOOL = "file_search"
 HANDOFF_PREFIX = "handoff_to_"
 """The orchestrator offers one tool per reachable agent, named `handoff_to_<agent_id>`."""
 
@@ -196,6 +199,13 @@ _ASK = re.compile(r"^ask\s+@?(?P<agent>[a-z0-9_-]+)[\s:,]+(?P<question>.+)$", re
 _CALENDAR = re.compile(
     r"\b(calendar|free|busy|schedule[sd]?|available|availability|meetings?)\b", re.IGNORECASE
 )
+_FILES = re.compile(
+    r"\b(find|search|look\s+(?:for|up)|show)\b.*\b(files?|documents?|docs?|spreadsheets?)\b",
+    re.IGNORECASE | re.DOTALL,
+)
+_FILES_TOPIC = re.compile(  # the words after the last "about", "for", "named"...
+    r".*\b(?:for|about|on|mentioning|named|called|containing)\s+(?P<topic>[^?!.]+)", re.IGNORECASE | re.DOTALL
+)
 _LEADING_THAT = re.compile(r"^that\s+", re.IGNORECASE)
 _TRAILING = " .!?;,:"
 _OPENING_QUOTES = "\"'“‘"
@@ -218,6 +228,11 @@ def _tool_call_for(text: str, now: datetime) -> ToolCallReply | None:
         question = match["question"].strip()
         if question:
             return ToolCallReply(HANDOFF_PREFIX + match["agent"].lower(), {"reason": question})
+    if _FILES.search(text):
+        topic = _FILES_TOPIC.match(text)
+        query = clean_fact(topic["topic"]) if topic else ""
+        if len(query) >= 2:
+            return ToolCallReply(FILES_TOOL, {"query": query[:200]})
     if _CALENDAR.search(text):
         start = now.astimezone(UTC).replace(microsecond=0)
         return ToolCallReply(
@@ -260,6 +275,8 @@ def _after_tool_result(messages: Sequence[Message]) -> TextReply:
         return TextReply("I couldn't find anything like that to forget.")
     if name == CALENDAR_TOOL:
         return TextReply(_calendar_summary(content, arguments))
+    if name == FILES_TOOL:
+        return TextReply(_files_summary(content))
     return TextReply("Done.")
 
 
@@ -339,6 +356,23 @@ def _calendar_summary(content: str, arguments: Mapping[str, Any]) -> str:
     else:
         noun = "block" if blocks == 1 else "blocks"
         summary = f"You have {blocks} busy {noun}{window}."
+    return summary + _calendar_caveats(decoded)
+
+
+def _files_summary(content: str) -> str:
+    try:
+        decoded: Any = json.loads(content)
+    except ValueError:
+        decoded = None
+    files = decoded.get("files") if isinstance(decoded, Mapping) else None
+    if not isinstance(files, list):
+        return "I looked through your files."
+    names = [str(f.get("name")) for f in files if isinstance(f, Mapping) and f.get("name")]
+    if not names:
+        summary = "I found no matching files."
+    else:
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        summary = f"I found {len(names)} file{'s' if len(names) != 1 else ''}: {shown}."
     return summary + _calendar_caveats(decoded)
 
 

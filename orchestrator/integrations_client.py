@@ -1,6 +1,7 @@
 """The integrations service as the agents' tools need it: `ConnectedCalendars`, the `calendar_freebusy`
-provider over every calendar the person connected. Calls go through `mesh.clients.call`, which forwards
-the person's token, request id and remaining deadline (so the service reads their connections only)."""
+provider over every calendar the person connected, and `ConnectedDrives` for `file_search` and
+`file_read`. Calls go through `mesh.clients.call`, which forwards the person's token, request id and
+remaining deadline (so the service reads their connections only)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from athena.integrations.v1 import integrations_pb2, integrations_pb2_grpc
 
 from mesh.clients import call
 from orchestrator.tools.calendar import BusyBlock, CalendarAnswer, CalendarProblem
+from orchestrator.tools.drives import DriveFile, DriveProblem, DriveSearch, DriveText
 
 
 class ConnectedCalendars:
@@ -28,3 +30,36 @@ class ConnectedCalendars:
             sources=list(answer.sources),
             problems=[CalendarProblem(p.provider, p.needs_reconnect, p.message) for p in answer.problems],
         )
+
+
+def _drive_file(hit: integrations_pb2.FileHit) -> DriveFile:
+    modified = hit.modified_at.ToDatetime(UTC) if hit.HasField("modified_at") else None
+    return DriveFile(hit.provider, hit.id, hit.name, hit.mime_type, modified, hit.link)
+
+
+class ConnectedDrives:
+    """`file_search` and `file_read` over every drive the person connected."""
+
+    def __init__(self, channel: grpc.aio.Channel, *, timeout: float = 15.0) -> None:
+        self._integrations = integrations_pb2_grpc.IntegrationsServiceStub(channel)
+        self._timeout = timeout
+
+    async def search(self, query: str, limit: int) -> DriveSearch:
+        answer = await call(
+            self._integrations.SearchFiles,
+            integrations_pb2.SearchFilesRequest(query=query, limit=limit),
+            timeout_seconds=self._timeout,
+        )
+        return DriveSearch(
+            files=[_drive_file(hit) for hit in answer.files],
+            sources=list(answer.sources),
+            problems=[DriveProblem(p.provider, p.needs_reconnect, p.message) for p in answer.problems],
+        )
+
+    async def read(self, source: str, file_id: str, max_chars: int) -> DriveText:
+        answer = await call(
+            self._integrations.ReadFile,
+            integrations_pb2.ReadFileRequest(provider=source, file_id=file_id, max_chars=max_chars),
+            timeout_seconds=self._timeout,
+        )
+        return DriveText(_drive_file(answer.file), answer.text, answer.truncated)

@@ -1,4 +1,5 @@
-"""The tools agents call: memory, calendar free/busy, wearable stats, file scan, and handoffs.
+"""The tools agents call: memory, calendar free/busy, wearable stats, files (connected drives, or a folder's
+file scan), and handoffs.
 
 `build_registry` assembles the tools a deployment offers from its configured providers.
 """
@@ -6,6 +7,7 @@
 from __future__ import annotations
 
 from orchestrator.tools.calendar import CalendarProvider, IcsFolderCalendar, calendar_tool
+from orchestrator.tools.drives import Drives, drive_tools
 from orchestrator.tools.files import FileProvider, LocalFolderFiles, files_tool
 from orchestrator.tools.memory import memory_tools
 from orchestrator.tools.registry import Tool, ToolContext, ToolOutcome, ToolRegistry
@@ -31,14 +33,18 @@ def build_registry(
     calendar: CalendarProvider | None = None,
     wearables: WearableProvider | None = None,
     files: FileProvider | None = None,
+    drives: Drives | None = None,
     timeout: float = 15.0,
 ) -> ToolRegistry:
-    """Memory tools always; each provider's tool when the provider is configured."""
+    """Memory tools always; each provider's tool when the provider is configured (connected drives'
+    `file_search` and `file_read` in place of a folder's `file_scan`)."""
     tools: list[Tool] = memory_tools()
     if calendar is not None:
         tools.append(calendar_tool(calendar))
     if wearables is not None:
         tools.append(wearables_tool(wearables))
-    if files is not None:
+    if drives is not None:
+        tools += drive_tools(drives)
+    elif files is not None:
         tools.append(files_tool(files))
     return ToolRegistry(tools, timeout=timeout)

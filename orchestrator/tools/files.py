@@ -1,8 +1,8 @@
-"""`file_scan`: find the user's documents by name or content.
+"""`file_scan`: find documents in a folder on disk by name or content (a local, single-person deployment).
 
-Providers sit behind `FileProvider`; `LocalFolderFiles` searches a folder on disk. Google Drive and
-OneDrive providers (per-user OAuth) plug in behind the same protocol. Every scan is bounded: files
-visited, bytes read per file, and results.
+People's own documents are read through their connected drives instead (`orchestrator/tools/drives.py`:
+`file_search` and `file_read`), which replace this tool wherever the integrations service is configured.
+Every scan is bounded: files visited, bytes read per file, and results.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import grpc
@@ -23,6 +24,7 @@ from athena.auth.v1 import auth_pb2, auth_pb2_grpc
 from athena.chat.v1 import chat_pb2, chat_pb2_grpc
 from athena.connections.v1 import connections_pb2 as pb
 from athena.connections.v1 import connections_pb2_grpc
+from athena.integrations.v1 import integrations_pb2, integrations_pb2_grpc
 from emulators import GoogleEmulator, MicrosoftEmulator
 
 from devstack.process import free_port
@@ -51,9 +53,11 @@ class Mesh:
     def connections(self) -> connections_pb2_grpc.ConnectionsServiceStub:
         return connections_pb2_grpc.ConnectionsServiceStub(self.channel)
 
-    async def chat(self, metadata: tuple[tuple[str, str], ...], text: str) -> list[chat_pb2.ChatResponse]:
+    async def chat(
+        self, metadata: tuple[tuple[str, str], ...], text: str, agent: str = "focus"
+    ) -> list[chat_pb2.ChatResponse]:
         chat = chat_pb2_grpc.ChatServiceStub(self.channel)
-        call = chat.Chat(chat_pb2.ChatRequest(agent_id="focus", text=text), metadata=metadata, timeout=60)
+        call = chat.Chat(chat_pb2.ChatRequest(agent_id=agent, text=text), metadata=metadata, timeout=60)
         return [event async for event in call]
 
 
@@ -77,6 +81,7 @@ async def mesh() -> AsyncIterator[Mesh]:
         "INTEGRATIONS_GOOGLE__ACCOUNTS_URL": google.base_url,
         "INTEGRATIONS_GOOGLE__OAUTH2_URL": google.base_url,
         "INTEGRATIONS_GOOGLE__CALENDAR_URL": google.calendar_base_url,
+        "INTEGRATIONS_GOOGLE__DRIVE_URL": google.drive_base_url,
         "INTEGRATIONS_MICROSOFT__LOGIN_URL": microsoft.base_url,
         "INTEGRATIONS_MICROSOFT__GRAPH_URL": microsoft.graph_base_url,
     }
@@ -93,11 +98,11 @@ async def mesh() -> AsyncIterator[Mesh]:
             await microsoft.stop()
 
 
-async def connect(mesh: Mesh, metadata: tuple[tuple[str, str], ...], provider: int) -> pb.Connection:
+async def connect(
+    mesh: Mesh, metadata: tuple[tuple[str, str], ...], provider: int, capability: int = pb.CAPABILITY_CALENDAR
+) -> pb.Connection:
     begun = await mesh.connections.BeginConnection(
-        pb.BeginConnectionRequest(
-            provider=provider, capabilities=[pb.CAPABILITY_CALENDAR], redirect_uri=mesh.redirect
-        ),
+        pb.BeginConnectionRequest(provider=provider, capabilities=[capability], redirect_uri=mesh.redirect),
         metadata=metadata,
     )
     async with httpx.AsyncClient(follow_redirects=False) as browser:
@@ -109,6 +114,11 @@ async def connect(mesh: Mesh, metadata: tuple[tuple[str, str], ...], provider: i
         metadata=metadata,
     )
     return completed.connection
+
+
+def tool_result(events: list[chat_pb2.ChatResponse], name: str) -> tuple[dict[str, Any], bool]:
+    (result,) = [e.tool_result for e in events if e.HasField("tool_result") and e.tool_result.name == name]
+    return json.loads(result.result_json), result.is_error
 
 
 def calendar_result(events: list[chat_pb2.ChatResponse]) -> tuple[dict[str, object], bool]:
@@ -202,6 +212,30 @@ async def test_free_time_tomorrow_comes_from_both_calendars_refreshed_and_then_r
     result, _ = calendar_result(events)
     assert result["busy"] == []
     assert "No calendar is connected" in answer(events)
+
+
+async def test_the_business_assistant_finds_and_reads_documents_in_a_connected_drive(mesh: Mesh) -> None:
+    metadata = await mesh.sign_in("sme@example.com")
+    mesh.google.add_file(
+        AT_GOOGLE, "Q3 plan", "application/vnd.google-apps.document", b"The Q3 budget grows by ten percent."
+    )
+    await connect(mesh, metadata, pb.PROVIDER_GOOGLE, pb.CAPABILITY_FILES)
+    events = await mesh.chat(metadata, "find my documents about the Q3 budget", agent="sme")
+    found, failed = tool_result(events, "file_search")
+    assert not failed
+    assert [f["name"] for f in found["files"]] == ["Q3 plan"]
+    assert "I found 1 file: Q3 plan." in answer(events)
+    text = await _read_through_integrations(mesh, metadata, found["files"][0]["id"])
+    assert text.strip() == "The Q3 budget grows by ten percent."
+
+
+async def _read_through_integrations(mesh: Mesh, metadata: tuple[tuple[str, str], ...], file_id: str) -> str:
+    """file_read as the orchestrator calls it (the offline model never asks for it by itself)."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{mesh.stack.config.ports.integrations}") as channel:
+        read = await integrations_pb2_grpc.IntegrationsServiceStub(channel).ReadFile(
+            integrations_pb2.ReadFileRequest(provider="google", file_id=file_id), metadata=metadata
+        )
+    return read.text
 
 
 async def test_connections_need_a_token_at_the_edge(mesh: Mesh) -> None:

@@ -81,6 +81,7 @@ def settings_for(
             accounts_url=google.base_url,
             oauth2_url=google.base_url,
             calendar_url=google.calendar_base_url,
+            drive_url=google.drive_base_url,
         ),
         microsoft=MicrosoftSettings(
             client_id="microsoft-client",
@@ -667,3 +668,86 @@ async def test_expired_pending_connections_are_purged_and_no_longer_complete(
         await pool.close()
     request = pb.CompleteConnectionRequest(state=back["state"], code=back["code"], redirect_uri=REDIRECT)
     await fails(stub.CompleteConnection, request, metadata, grpc.StatusCode.INVALID_ARGUMENT)
+
+
+async def connect_files_as(
+    stub: Stub, metadata: Metadata, emulator: GoogleEmulator | MicrosoftEmulator, provider: int, account: str
+) -> None:
+    signed_in = emulator.account
+    emulator.sign_in(account)
+    try:
+        await connect(stub, metadata, provider, pb.CAPABILITY_FILES)
+    finally:
+        emulator.sign_in(signed_in)
+
+
+async def test_files_are_found_in_both_drives_and_read_as_text(
+    stub: Stub,
+    internal: integrations_pb2_grpc.IntegrationsServiceStub,
+    user: Callable[[], tuple[str, Metadata]],
+    google: GoogleEmulator,
+    microsoft: MicrosoftEmulator,
+) -> None:
+    _, metadata = user()
+    tag = uuid.uuid4().hex[:8]
+    at_google, at_microsoft = f"g-{tag}@example.com", f"m-{tag}@contoso.com"
+    older, newer = datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 11, 20, tzinfo=UTC)
+    google.add_file(
+        at_google,
+        "Q3 plan",
+        "application/vnd.google-apps.document",
+        b"The budget forecast for Q3 grows by ten percent.",
+        older,
+    )
+    microsoft.add_file(at_microsoft, "budget.csv", "text/csv", b"line,budget\nrent,1200\n", newer)
+    microsoft.add_file(at_microsoft, "budget scan.pdf", "application/pdf", b"%PDF-1.7 budget", older)
+    google.add_file(at_google, "holiday.txt", "text/plain", b"nothing to see", newer)
+    await connect_files_as(stub, metadata, google, pb.PROVIDER_GOOGLE, at_google)
+    await connect_files_as(stub, metadata, microsoft, pb.PROVIDER_MICROSOFT, at_microsoft)
+
+    found = await internal.SearchFiles(integrations_pb2.SearchFilesRequest(query="budget"), metadata=metadata)
+    assert sorted(found.sources) == ["google", "microsoft"]
+    assert not found.problems
+    names = [(f.provider, f.name) for f in found.files]
+    assert ("microsoft", "budget.csv") in names
+    assert ("google", "Q3 plan") in names
+    assert ("google", "holiday.txt") not in names
+    assert names.index(("microsoft", "budget.csv")) < names.index(("google", "Q3 plan"))  # newest first
+    by_name = {f.name: f for f in found.files}
+
+    doc = await internal.ReadFile(
+        integrations_pb2.ReadFileRequest(provider="google", file_id=by_name["Q3 plan"].id), metadata=metadata
+    )
+    assert doc.text.strip() == "The budget forecast for Q3 grows by ten percent."
+    assert not doc.truncated
+    csv = await internal.ReadFile(
+        integrations_pb2.ReadFileRequest(
+            provider="microsoft", file_id=by_name["budget.csv"].id, max_chars=11
+        ),
+        metadata=metadata,
+    )
+    assert (csv.text, csv.truncated, csv.file.name) == ("line,budget", True, "budget.csv")
+    message = await fails(
+        internal.ReadFile,
+        integrations_pb2.ReadFileRequest(provider="microsoft", file_id=by_name["budget scan.pdf"].id),
+        metadata,
+        grpc.StatusCode.FAILED_PRECONDITION,
+    )
+    assert message == "budget scan.pdf is of type application/pdf, which cannot be read as text yet"
+
+
+async def test_reading_files_of_a_drive_nobody_connected_is_not_found(
+    internal: integrations_pb2_grpc.IntegrationsServiceStub, user: Callable[[], tuple[str, Metadata]]
+) -> None:
+    _, metadata = user()
+    message = await fails(
+        internal.ReadFile,
+        integrations_pb2.ReadFileRequest(provider="google", file_id="abc"),
+        metadata,
+        grpc.StatusCode.NOT_FOUND,
+    )
+    assert message == "no Google drive is connected"
+    found = await internal.SearchFiles(integrations_pb2.SearchFilesRequest(query="x"), metadata=metadata)
+    assert (list(found.files), list(found.sources), list(found.problems)) == ([], [], [])
+    bad = integrations_pb2.ReadFileRequest(provider="dropbox", file_id="abc")
+    await fails(internal.ReadFile, bad, metadata, grpc.StatusCode.INVALID_ARGUMENT)

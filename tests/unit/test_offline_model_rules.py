@@ -255,3 +255,51 @@ def test_embed_many_stacks_rows_in_order() -> None:
     assert rows.shape == (2, 16)
     assert np.array_equal(rows[1], embeddings.embed("c d", 16))
     assert embeddings.embed_many([], 16).shape == (0, 16)
+
+
+@pytest.mark.parametrize(
+    ("text", "query"),
+    [
+        ("find my documents about the Q3 budget", "the Q3 budget"),
+        ("search my files for invoice 2026?", "invoice 2026"),
+        ("Look for the spreadsheet named rent", "rent"),
+    ],
+)
+def test_a_request_to_find_files_searches_the_drives(text: str, query: str) -> None:
+    reply = rules.plan_reply([user(text)], (*ALL_TOOLS, "file_search"), NOW)
+    assert reply == rules.ToolCallReply("file_search", {"query": query})
+
+
+def test_without_a_topic_or_the_tool_there_is_no_file_search() -> None:
+    assert not isinstance(
+        rules.plan_reply([user("find my files")], (*ALL_TOOLS, "file_search"), NOW), rules.ToolCallReply
+    )
+    assert rules.plan_reply([user("find my documents about rent")], ALL_TOOLS, NOW) == rules.TextReply(
+        "I don't know that yet."
+    )
+
+
+@pytest.mark.parametrize(
+    ("result", "expected"),
+    [
+        (
+            {"files": [{"name": "Q3 plan"}, {"name": "budget.csv"}], "drives": ["google"]},
+            "I found 2 files: Q3 plan, budget.csv.",
+        ),
+        ({"files": [], "drives": ["google"]}, "I found no matching files."),
+        (
+            {
+                "files": [],
+                "drives": [],
+                "unavailable": [{"drive": "microsoft", "message": "Connect Microsoft again."}],
+            },
+            "I found no matching files. Connect Microsoft again.",
+        ),
+    ],
+)
+def test_a_file_search_is_summarised_with_the_names(result: Any, expected: str) -> None:
+    messages = [
+        user("find my documents about budget"),
+        *tool_turn("file_search", {"query": "budget"}, result),
+    ]
+    assert rules.plan_reply(messages, (*ALL_TOOLS, "file_search"), NOW) == rules.TextReply(expected)

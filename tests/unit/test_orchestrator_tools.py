@@ -20,6 +20,7 @@ from orchestrator.tools import (
     build_registry,
 )
 from orchestrator.tools.calendar import BusyBlock, CalendarAnswer, CalendarProblem
+from orchestrator.tools.drives import DriveFile, DriveProblem, DriveSearch, DriveText
 from orchestrator.tools.registry import Tool
 
 CALENDAR = Path(__file__).resolve().parents[1] / "fixtures" / "calendar"
@@ -130,6 +131,69 @@ async def test_without_a_connected_calendar_the_model_is_told_how_to_connect_one
     assert result["busy"] == []
     assert "connect Google or Microsoft" in result["note"]
     assert not memory.ephemeral
+
+
+class Drive:
+    """Connected drives answering what they are given."""
+
+    def __init__(self, search: DriveSearch) -> None:
+        self.answer = search
+        self.asked: list[tuple[str, str, int]] = []
+
+    async def search(self, query: str, limit: int) -> DriveSearch:
+        return self.answer
+
+    async def read(self, source: str, file_id: str, max_chars: int) -> DriveText:
+        self.asked.append((source, file_id, max_chars))
+        return DriveText(self.answer.files[0], "The budget grows.", False)
+
+
+PLAN = DriveFile("google", "f1", "Q3 plan", "application/vnd.google-apps.document", NINE, "https://docs/f1")
+
+
+async def test_connected_drives_replace_the_folder_scan_and_find_and_read_documents(tmp_path: Path) -> None:
+    drive = Drive(DriveSearch([PLAN], ["google"]))
+    registry = build_registry(drives=drive, files=LocalFolderFiles(tmp_path))
+    assert "file_scan" not in registry.names
+    found, failed = await call(registry, InMemoryGateway(), "file_search", query="budget")
+    assert not failed
+    assert found == {
+        "files": [
+            {
+                "source": "google",
+                "id": "f1",
+                "name": "Q3 plan",
+                "type": "application/vnd.google-apps.document",
+                "link": "https://docs/f1",
+                "modified": "2030-01-07T09:00:00Z",
+            }
+        ],
+        "drives": ["google"],
+    }
+    read, failed = await call(registry, InMemoryGateway(), "file_read", source="google", file_id="f1")
+    assert not failed
+    assert (read["name"], read["text"], read["truncated"]) == ("Q3 plan", "The budget grows.", False)
+    assert drive.asked == [("google", "f1", 20_000)]
+    refused, failed = await call(registry, InMemoryGateway(), "file_read", source="dropbox", file_id="f1")
+    assert failed
+    assert "'dropbox' is not one of" in refused["error"]
+
+
+async def test_a_drive_that_cannot_answer_is_told_and_none_answering_is_an_error() -> None:
+    problem = DriveProblem("microsoft", True, "Microsoft no longer accepts AthenaOS; connect it again.")
+    partly = build_registry(drives=Drive(DriveSearch([PLAN], ["google"], [problem])))
+    found, failed = await call(partly, InMemoryGateway(), "file_search", query="budget")
+    assert not failed
+    assert found["unavailable"] == [
+        {"drive": "microsoft", "needs_reconnect": True, "message": problem.message}
+    ]
+    none = build_registry(drives=Drive(DriveSearch([], [], [problem])))
+    found, failed = await call(none, InMemoryGateway(), "file_search", query="budget")
+    assert failed
+    assert found["error"] == problem.message
+    nothing = build_registry(drives=Drive(DriveSearch([], [])))
+    found, failed = await call(nothing, InMemoryGateway(), "file_search", query="budget")
+    assert "connect Google Drive or OneDrive" in found["note"]
 
 
 @pytest.mark.parametrize(

@@ -26,29 +26,49 @@ from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)athena/integrations/v1/integrations.proto\x12\x16\x61thena.integrations.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x81\x01\n\x0f\x46reeBusyRequest\x12\x38\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x06\xbaH\x03\xc8\x01\x01R\x05start\x12\x34\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x06\xbaH\x03\xc8\x01\x01R\x03\x65nd\"k\n\tBusyBlock\x12\x30\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x05start\x12,\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x03\x65nd\"n\n\rSourceProblem\x12\x1a\n\x08provider\x18\x01 \x01(\tR\x08provider\x12\'\n\x0fneeds_reconnect\x18\x02 \x01(\x08R\x0eneedsReconnect\x12\x18\n\x07message\x18\x03 \x01(\tR\x07message\"\xa6\x01\n\x10\x46reeBusyResponse\x12\x35\n\x04\x62usy\x18\x01 \x03(\x0b\x32!.athena.integrations.v1.BusyBlockR\x04\x62usy\x12\x18\n\x07sources\x18\x02 \x03(\tR\x07sources\x12\x41\n\x08problems\x18\x03 \x03(\x0b\x32%.athena.integrations.v1.SourceProblemR\x08problems\"\x12\n\x10PurgeUserRequest\"\x8b\x01\n\x11PurgeUserResponse\x12!\n\x0c\x64\x65leted_rows\x18\x01 \x01(\x05R\x0b\x64\x65letedRows\x12,\n\x12\x64\x61ta_key_destroyed\x18\x02 \x01(\x08R\x10\x64\x61taKeyDestroyed\x12%\n\x0erevoked_grants\x18\x03 \x01(\x05R\rrevokedGrants2\xd6\x01\n\x13IntegrationsService\x12`\n\tPurgeUser\x12(.athena.integrations.v1.PurgeUserRequest\x1a).athena.integrations.v1.PurgeUserResponse\x12]\n\x08\x46reeBusy\x12\'.athena.integrations.v1.FreeBusyRequest\x1a(.athena.integrations.v1.FreeBusyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)athena/integrations/v1/integrations.proto\x12\x16\x61thena.integrations.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"W\n\x12SearchFilesRequest\x12 \n\x05query\x18\x01 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\xc8\x01R\x05query\x12\x1f\n\x05limit\x18\x02 \x01(\x05\x42\t\xbaH\x06\x1a\x04\x18\x19(\x00R\x05limit\"\xb7\x01\n\x07\x46ileHit\x12\x1a\n\x08provider\x18\x01 \x01(\tR\x08provider\x12\x0e\n\x02id\x18\x02 \x01(\tR\x02id\x12\x12\n\x04name\x18\x03 \x01(\tR\x04name\x12\x1b\n\tmime_type\x18\x04 \x01(\tR\x08mimeType\x12;\n\x0bmodified_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nmodifiedAt\x12\x12\n\x04link\x18\x06 \x01(\tR\x04link\"\xa9\x01\n\x13SearchFilesResponse\x12\x35\n\x05\x66iles\x18\x01 \x03(\x0b\x32\x1f.athena.integrations.v1.FileHitR\x05\x66iles\x12\x18\n\x07sources\x18\x02 \x03(\tR\x07sources\x12\x41\n\x08problems\x18\x03 \x03(\x0b\x32%.athena.integrations.v1.SourceProblemR\x08problems\"\x96\x01\n\x0fReadFileRequest\x12\x34\n\x08provider\x18\x01 \x01(\tB\x18\xbaH\x15r\x13R\x06googleR\tmicrosoftR\x08provider\x12#\n\x07\x66ile_id\x18\x02 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\x80\x04R\x06\x66ileId\x12(\n\tmax_chars\x18\x03 \x01(\x05\x42\x0b\xbaH\x08\x1a\x06\x18\xa0\x8d\x06(\x00R\x08maxChars\"y\n\x10ReadFileResponse\x12\x33\n\x04\x66ile\x18\x01 \x01(\x0b\x32\x1f.athena.integrations.v1.FileHitR\x04\x66ile\x12\x12\n\x04text\x18\x02 \x01(\tR\x04text\x12\x1c\n\ttruncated\x18\x03 \x01(\x08R\ttruncated\"\x81\x01\n\x0f\x46reeBusyRequest\x12\x38\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x06\xbaH\x03\xc8\x01\x01R\x05start\x12\x34\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x06\xbaH\x03\xc8\x01\x01R\x03\x65nd\"k\n\tBusyBlock\x12\x30\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x05start\x12,\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x03\x65nd\"n\n\rSourceProblem\x12\x1a\n\x08provider\x18\x01 \x01(\tR\x08provider\x12\'\n\x0fneeds_reconnect\x18\x02 \x01(\x08R\x0eneedsReconnect\x12\x18\n\x07message\x18\x03 \x01(\tR\x07message\"\xa6\x01\n\x10\x46reeBusyResponse\x12\x35\n\x04\x62usy\x18\x01 \x03(\x0b\x32!.athena.integrations.v1.BusyBlockR\x04\x62usy\x12\x18\n\x07sources\x18\x02 \x03(\tR\x07sources\x12\x41\n\x08problems\x18\x03 \x03(\x0b\x32%.athena.integrations.v1.SourceProblemR\x08problems\"\x12\n\x10PurgeUserRequest\"\x8b\x01\n\x11PurgeUserResponse\x12!\n\x0c\x64\x65leted_rows\x18\x01 \x01(\x05R\x0b\x64\x65letedRows\x12,\n\x12\x64\x61ta_key_destroyed\x18\x02 \x01(\x08R\x10\x64\x61taKeyDestroyed\x12%\n\x0erevoked_grants\x18\x03 \x01(\x05R\rrevokedGrants2\x9d\x03\n\x13IntegrationsService\x12`\n\tPurgeUser\x12(.athena.integrations.v1.PurgeUserRequest\x1a).athena.integrations.v1.PurgeUserResponse\x12]\n\x08\x46reeBusy\x12\'.athena.integrations.v1.FreeBusyRequest\x1a(.athena.integrations.v1.FreeBusyResponse\x12\x66\n\x0bSearchFiles\x12*.athena.integrations.v1.SearchFilesRequest\x1a+.athena.integrations.v1.SearchFilesResponse\x12]\n\x08ReadFile\x12\'.athena.integrations.v1.ReadFileRequest\x1a(.athena.integrations.v1.ReadFileResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'athena.integrations.v1.integrations_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_SEARCHFILESREQUEST'].fields_by_name['query']._loaded_options = None
+  _globals['_SEARCHFILESREQUEST'].fields_by_name['query']._serialized_options = b'\272H\007r\005\020\001\030\310\001'
+  _globals['_SEARCHFILESREQUEST'].fields_by_name['limit']._loaded_options = None
+  _globals['_SEARCHFILESREQUEST'].fields_by_name['limit']._serialized_options = b'\272H\006\032\004\030\031(\000'
+  _globals['_READFILEREQUEST'].fields_by_name['provider']._loaded_options = None
+  _globals['_READFILEREQUEST'].fields_by_name['provider']._serialized_options = b'\272H\025r\023R\006googleR\tmicrosoft'
+  _globals['_READFILEREQUEST'].fields_by_name['file_id']._loaded_options = None
+  _globals['_READFILEREQUEST'].fields_by_name['file_id']._serialized_options = b'\272H\007r\005\020\001\030\200\004'
+  _globals['_READFILEREQUEST'].fields_by_name['max_chars']._loaded_options = None
+  _globals['_READFILEREQUEST'].fields_by_name['max_chars']._serialized_options = b'\272H\010\032\006\030\240\215\006(\000'
   _globals['_FREEBUSYREQUEST'].fields_by_name['start']._loaded_options = None
   _globals['_FREEBUSYREQUEST'].fields_by_name['start']._serialized_options = b'\272H\003\310\001\001'
   _globals['_FREEBUSYREQUEST'].fields_by_name['end']._loaded_options = None
   _globals['_FREEBUSYREQUEST'].fields_by_name['end']._serialized_options = b'\272H\003\310\001\001'
-  _globals['_FREEBUSYREQUEST']._serialized_start=132
-  _globals['_FREEBUSYREQUEST']._serialized_end=261
-  _globals['_BUSYBLOCK']._serialized_start=263
-  _globals['_BUSYBLOCK']._serialized_end=370
-  _globals['_SOURCEPROBLEM']._serialized_start=372
-  _globals['_SOURCEPROBLEM']._serialized_end=482
-  _globals['_FREEBUSYRESPONSE']._serialized_start=485
-  _globals['_FREEBUSYRESPONSE']._serialized_end=651
-  _globals['_PURGEUSERREQUEST']._serialized_start=653
-  _globals['_PURGEUSERREQUEST']._serialized_end=671
-  _globals['_PURGEUSERRESPONSE']._serialized_start=674
-  _globals['_PURGEUSERRESPONSE']._serialized_end=813
-  _globals['_INTEGRATIONSSERVICE']._serialized_start=816
-  _globals['_INTEGRATIONSSERVICE']._serialized_end=1030
+  _globals['_SEARCHFILESREQUEST']._serialized_start=131
+  _globals['_SEARCHFILESREQUEST']._serialized_end=218
+  _globals['_FILEHIT']._serialized_start=221
+  _globals['_FILEHIT']._serialized_end=404
+  _globals['_SEARCHFILESRESPONSE']._serialized_start=407
+  _globals['_SEARCHFILESRESPONSE']._serialized_end=576
+  _globals['_READFILEREQUEST']._serialized_start=579
+  _globals['_READFILEREQUEST']._serialized_end=729
+  _globals['_READFILERESPONSE']._serialized_start=731
+  _globals['_READFILERESPONSE']._serialized_end=852
+  _globals['_FREEBUSYREQUEST']._serialized_start=855
+  _globals['_FREEBUSYREQUEST']._serialized_end=984
+  _globals['_BUSYBLOCK']._serialized_start=986
+  _globals['_BUSYBLOCK']._serialized_end=1093
+  _globals['_SOURCEPROBLEM']._serialized_start=1095
+  _globals['_SOURCEPROBLEM']._serialized_end=1205
+  _globals['_FREEBUSYRESPONSE']._serialized_start=1208
+  _globals['_FREEBUSYRESPONSE']._serialized_end=1374
+  _globals['_PURGEUSERREQUEST']._serialized_start=1376
+  _globals['_PURGEUSERREQUEST']._serialized_end=1394
+  _globals['_PURGEUSERRESPONSE']._serialized_start=1397
+  _globals['_PURGEUSERRESPONSE']._serialized_end=1536
+  _globals['_INTEGRATIONSSERVICE']._serialized_start=1539
+  _globals['_INTEGRATIONSSERVICE']._serialized_end=1952
 # @@protoc_insertion_point(module_scope)

@@ -20,6 +20,174 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class SearchFilesRequest(_message.Message):
+    """Request of SearchFiles."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUERY_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    query: _builtins.str
+    """Words to find."""
+    limit: _builtins.int
+    """At most this many files (1 to 25; 0 means 10)."""
+    def __init__(
+        self,
+        *,
+        query: _builtins.str = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "query", b"query"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SearchFilesRequest: _TypeAlias = SearchFilesRequest  # noqa: Y015
+
+@_typing.final
+class FileHit(_message.Message):
+    """A document found."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    MIME_TYPE_FIELD_NUMBER: _builtins.int
+    MODIFIED_AT_FIELD_NUMBER: _builtins.int
+    LINK_FIELD_NUMBER: _builtins.int
+    provider: _builtins.str
+    """"google" or "microsoft"."""
+    id: _builtins.str
+    """The provider's id of the file (what ReadFile takes)."""
+    name: _builtins.str
+    """Its name."""
+    mime_type: _builtins.str
+    """Its MIME type."""
+    link: _builtins.str
+    """Where the person opens it."""
+    @_builtins.property
+    def modified_at(self) -> _timestamp_pb2.Timestamp:
+        """When it last changed, if the provider said."""
+
+    def __init__(
+        self,
+        *,
+        provider: _builtins.str = ...,
+        id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        mime_type: _builtins.str = ...,
+        modified_at: _timestamp_pb2.Timestamp | None = ...,
+        link: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["modified_at", b"modified_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "link", b"link", "mime_type", b"mime_type", "modified_at", b"modified_at", "name", b"name", "provider", b"provider"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FileHit: _TypeAlias = FileHit  # noqa: Y015
+
+@_typing.final
+class SearchFilesResponse(_message.Message):
+    """Response of SearchFiles."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILES_FIELD_NUMBER: _builtins.int
+    SOURCES_FIELD_NUMBER: _builtins.int
+    PROBLEMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def files(self) -> _containers.RepeatedCompositeFieldContainer[Global___FileHit]:
+        """The documents found, newest first."""
+
+    @_builtins.property
+    def sources(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The providers whose drives answered."""
+
+    @_builtins.property
+    def problems(self) -> _containers.RepeatedCompositeFieldContainer[Global___SourceProblem]:
+        """The connected drives that did not."""
+
+    def __init__(
+        self,
+        *,
+        files: _abc.Iterable[Global___FileHit] | None = ...,
+        sources: _abc.Iterable[_builtins.str] | None = ...,
+        problems: _abc.Iterable[Global___SourceProblem] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["files", b"files", "problems", b"problems", "sources", b"sources"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SearchFilesResponse: _TypeAlias = SearchFilesResponse  # noqa: Y015
+
+@_typing.final
+class ReadFileRequest(_message.Message):
+    """Request of ReadFile."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    FILE_ID_FIELD_NUMBER: _builtins.int
+    MAX_CHARS_FIELD_NUMBER: _builtins.int
+    provider: _builtins.str
+    """"google" or "microsoft"."""
+    file_id: _builtins.str
+    """The file's id, as SearchFiles answered it."""
+    max_chars: _builtins.int
+    """At most this many characters (1 to 100,000; 0 means 20,000)."""
+    def __init__(
+        self,
+        *,
+        provider: _builtins.str = ...,
+        file_id: _builtins.str = ...,
+        max_chars: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["file_id", b"file_id", "max_chars", b"max_chars", "provider", b"provider"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadFileRequest: _TypeAlias = ReadFileRequest  # noqa: Y015
+
+@_typing.final
+class ReadFileResponse(_message.Message):
+    """Response of ReadFile."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILE_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
+    text: _builtins.str
+    """Its text, at most `max_chars` characters."""
+    truncated: _builtins.bool
+    """Whether the text was cut at `max_chars`."""
+    @_builtins.property
+    def file(self) -> Global___FileHit:
+        """The file found."""
+
+    def __init__(
+        self,
+        *,
+        file: Global___FileHit | None = ...,
+        text: _builtins.str = ...,
+        truncated: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["file", b"file"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["file", b"file", "text", b"text", "truncated", b"truncated"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadFileResponse: _TypeAlias = ReadFileResponse  # noqa: Y015
+
+@_typing.final
 class FreeBusyRequest(_message.Message):
     """Request of FreeBusy."""
 

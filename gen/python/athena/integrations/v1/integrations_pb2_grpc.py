@@ -46,6 +46,16 @@ class IntegrationsServiceStub:
                 request_serializer=athena_dot_integrations_dot_v1_dot_integrations__pb2.FreeBusyRequest.SerializeToString,
                 response_deserializer=athena_dot_integrations_dot_v1_dot_integrations__pb2.FreeBusyResponse.FromString,
                 _registered_method=True)
+        self.SearchFiles = channel.unary_unary(
+                '/athena.integrations.v1.IntegrationsService/SearchFiles',
+                request_serializer=athena_dot_integrations_dot_v1_dot_integrations__pb2.SearchFilesRequest.SerializeToString,
+                response_deserializer=athena_dot_integrations_dot_v1_dot_integrations__pb2.SearchFilesResponse.FromString,
+                _registered_method=True)
+        self.ReadFile = channel.unary_unary(
+                '/athena.integrations.v1.IntegrationsService/ReadFile',
+                request_serializer=athena_dot_integrations_dot_v1_dot_integrations__pb2.ReadFileRequest.SerializeToString,
+                response_deserializer=athena_dot_integrations_dot_v1_dot_integrations__pb2.ReadFileResponse.FromString,
+                _registered_method=True)
 
 
 class IntegrationsServiceServicer:
@@ -73,6 +83,23 @@ class IntegrationsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SearchFiles(self, request, context):
+        """The caller's documents matching `query` (in name or content) in every connected drive, newest first:
+        what the `file_search` tool answers. Drives that cannot answer are reported in `problems`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReadFile(self, request, context):
+        """One document's text (Google Docs as plain text, text files as they are), at most `max_chars`
+        characters: what the `file_read` tool answers. FAILED_PRECONDITION (saying why) for a file that does
+        not read as text or a drive that cannot answer; NOT_FOUND without a connected drive of that provider.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IntegrationsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -85,6 +112,16 @@ def add_IntegrationsServiceServicer_to_server(servicer, server):
                     servicer.FreeBusy,
                     request_deserializer=athena_dot_integrations_dot_v1_dot_integrations__pb2.FreeBusyRequest.FromString,
                     response_serializer=athena_dot_integrations_dot_v1_dot_integrations__pb2.FreeBusyResponse.SerializeToString,
+            ),
+            'SearchFiles': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchFiles,
+                    request_deserializer=athena_dot_integrations_dot_v1_dot_integrations__pb2.SearchFilesRequest.FromString,
+                    response_serializer=athena_dot_integrations_dot_v1_dot_integrations__pb2.SearchFilesResponse.SerializeToString,
+            ),
+            'ReadFile': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReadFile,
+                    request_deserializer=athena_dot_integrations_dot_v1_dot_integrations__pb2.ReadFileRequest.FromString,
+                    response_serializer=athena_dot_integrations_dot_v1_dot_integrations__pb2.ReadFileResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -143,6 +180,60 @@ class IntegrationsService:
             '/athena.integrations.v1.IntegrationsService/FreeBusy',
             athena_dot_integrations_dot_v1_dot_integrations__pb2.FreeBusyRequest.SerializeToString,
             athena_dot_integrations_dot_v1_dot_integrations__pb2.FreeBusyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchFiles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/athena.integrations.v1.IntegrationsService/SearchFiles',
+            athena_dot_integrations_dot_v1_dot_integrations__pb2.SearchFilesRequest.SerializeToString,
+            athena_dot_integrations_dot_v1_dot_integrations__pb2.SearchFilesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadFile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/athena.integrations.v1.IntegrationsService/ReadFile',
+            athena_dot_integrations_dot_v1_dot_integrations__pb2.ReadFileRequest.SerializeToString,
+            athena_dot_integrations_dot_v1_dot_integrations__pb2.ReadFileResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -47,6 +47,15 @@ class IntegrationsServiceStub:
     unreachable) is reported in `problems` and the others still answer; no connected calendar is an empty
     answer with no problem.
     """
+    SearchFiles: _grpc.UnaryUnaryMultiCallable[_integrations_pb2.SearchFilesRequest, _integrations_pb2.SearchFilesResponse]
+    """The caller's documents matching `query` (in name or content) in every connected drive, newest first:
+    what the `file_search` tool answers. Drives that cannot answer are reported in `problems`.
+    """
+    ReadFile: _grpc.UnaryUnaryMultiCallable[_integrations_pb2.ReadFileRequest, _integrations_pb2.ReadFileResponse]
+    """One document's text (Google Docs as plain text, text files as they are), at most `max_chars`
+    characters: what the `file_read` tool answers. FAILED_PRECONDITION (saying why) for a file that does
+    not read as text or a drive that cannot answer; NOT_FOUND without a connected drive of that provider.
+    """
 
 @_typing.type_check_only
 class IntegrationsServiceAsyncStub(IntegrationsServiceStub):
@@ -66,6 +75,15 @@ class IntegrationsServiceAsyncStub(IntegrationsServiceStub):
     `calendar_freebusy` tool answers. A provider that cannot answer now (its grant refused, rate limited,
     unreachable) is reported in `problems` and the others still answer; no connected calendar is an empty
     answer with no problem.
+    """
+    SearchFiles: _aio.UnaryUnaryMultiCallable[_integrations_pb2.SearchFilesRequest, _integrations_pb2.SearchFilesResponse]  # type: ignore[assignment]
+    """The caller's documents matching `query` (in name or content) in every connected drive, newest first:
+    what the `file_search` tool answers. Drives that cannot answer are reported in `problems`.
+    """
+    ReadFile: _aio.UnaryUnaryMultiCallable[_integrations_pb2.ReadFileRequest, _integrations_pb2.ReadFileResponse]  # type: ignore[assignment]
+    """One document's text (Google Docs as plain text, text files as they are), at most `max_chars`
+    characters: what the `file_read` tool answers. FAILED_PRECONDITION (saying why) for a file that does
+    not read as text or a drive that cannot answer; NOT_FOUND without a connected drive of that provider.
     """
 
 class IntegrationsServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -95,6 +113,27 @@ class IntegrationsServiceServicer(metaclass=_abc_1.ABCMeta):
         `calendar_freebusy` tool answers. A provider that cannot answer now (its grant refused, rate limited,
         unreachable) is reported in `problems` and the others still answer; no connected calendar is an empty
         answer with no problem.
+        """
+
+    @_abc_1.abstractmethod
+    def SearchFiles(
+        self,
+        request: _integrations_pb2.SearchFilesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_integrations_pb2.SearchFilesResponse, _abc.Awaitable[_integrations_pb2.SearchFilesResponse]]:
+        """The caller's documents matching `query` (in name or content) in every connected drive, newest first:
+        what the `file_search` tool answers. Drives that cannot answer are reported in `problems`.
+        """
+
+    @_abc_1.abstractmethod
+    def ReadFile(
+        self,
+        request: _integrations_pb2.ReadFileRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_integrations_pb2.ReadFileResponse, _abc.Awaitable[_integrations_pb2.ReadFileResponse]]:
+        """One document's text (Google Docs as plain text, text files as they are), at most `max_chars`
+        characters: what the `file_read` tool answers. FAILED_PRECONDITION (saying why) for a file that does
+        not read as text or a drive that cannot answer; NOT_FOUND without a connected drive of that provider.
         """
 
 def add_IntegrationsServiceServicer_to_server(servicer: IntegrationsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

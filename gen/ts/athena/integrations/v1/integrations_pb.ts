@@ -13,7 +13,196 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file athena/integrations/v1/integrations.proto.
  */
 export const file_athena_integrations_v1_integrations: GenFile = /*@__PURE__*/
-  fileDesc("CilhdGhlbmEvaW50ZWdyYXRpb25zL3YxL2ludGVncmF0aW9ucy5wcm90bxIWYXRoZW5hLmludGVncmF0aW9ucy52MSJ1Cg9GcmVlQnVzeVJlcXVlc3QSMQoFc3RhcnQYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQga6SAPIAQESLwoDZW5kGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIGukgDyAEBIl8KCUJ1c3lCbG9jaxIpCgVzdGFydBgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJwoDZW5kGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJLCg1Tb3VyY2VQcm9ibGVtEhAKCHByb3ZpZGVyGAEgASgJEhcKD25lZWRzX3JlY29ubmVjdBgCIAEoCBIPCgdtZXNzYWdlGAMgASgJIo0BChBGcmVlQnVzeVJlc3BvbnNlEi8KBGJ1c3kYASADKAsyIS5hdGhlbmEuaW50ZWdyYXRpb25zLnYxLkJ1c3lCbG9jaxIPCgdzb3VyY2VzGAIgAygJEjcKCHByb2JsZW1zGAMgAygLMiUuYXRoZW5hLmludGVncmF0aW9ucy52MS5Tb3VyY2VQcm9ibGVtIhIKEFB1cmdlVXNlclJlcXVlc3QiXQoRUHVyZ2VVc2VyUmVzcG9uc2USFAoMZGVsZXRlZF9yb3dzGAEgASgFEhoKEmRhdGFfa2V5X2Rlc3Ryb3llZBgCIAEoCBIWCg5yZXZva2VkX2dyYW50cxgDIAEoBTLWAQoTSW50ZWdyYXRpb25zU2VydmljZRJgCglQdXJnZVVzZXISKC5hdGhlbmEuaW50ZWdyYXRpb25zLnYxLlB1cmdlVXNlclJlcXVlc3QaKS5hdGhlbmEuaW50ZWdyYXRpb25zLnYxLlB1cmdlVXNlclJlc3BvbnNlEl0KCEZyZWVCdXN5EicuYXRoZW5hLmludGVncmF0aW9ucy52MS5GcmVlQnVzeVJlcXVlc3QaKC5hdGhlbmEuaW50ZWdyYXRpb25zLnYxLkZyZWVCdXN5UmVzcG9uc2ViBnByb3RvMw", [file_buf_validate_validate, file_google_protobuf_timestamp]);
+  fileDesc("CilhdGhlbmEvaW50ZWdyYXRpb25zL3YxL2ludGVncmF0aW9ucy5wcm90bxIWYXRoZW5hLmludGVncmF0aW9ucy52MSJJChJTZWFyY2hGaWxlc1JlcXVlc3QSGQoFcXVlcnkYASABKAlCCrpIB3IFEAEYyAESGAoFbGltaXQYAiABKAVCCbpIBhoEGBkoACKHAQoHRmlsZUhpdBIQCghwcm92aWRlchgBIAEoCRIKCgJpZBgCIAEoCRIMCgRuYW1lGAMgASgJEhEKCW1pbWVfdHlwZRgEIAEoCRIvCgttb2RpZmllZF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDAoEbGluaxgGIAEoCSKPAQoTU2VhcmNoRmlsZXNSZXNwb25zZRIuCgVmaWxlcxgBIAMoCzIfLmF0aGVuYS5pbnRlZ3JhdGlvbnMudjEuRmlsZUhpdBIPCgdzb3VyY2VzGAIgAygJEjcKCHByb2JsZW1zGAMgAygLMiUuYXRoZW5hLmludGVncmF0aW9ucy52MS5Tb3VyY2VQcm9ibGVtInoKD1JlYWRGaWxlUmVxdWVzdBIqCghwcm92aWRlchgBIAEoCUIYukgVchNSBmdvb2dsZVIJbWljcm9zb2Z0EhsKB2ZpbGVfaWQYAiABKAlCCrpIB3IFEAEYgAQSHgoJbWF4X2NoYXJzGAMgASgFQgu6SAgaBhigjQYoACJiChBSZWFkRmlsZVJlc3BvbnNlEi0KBGZpbGUYASABKAsyHy5hdGhlbmEuaW50ZWdyYXRpb25zLnYxLkZpbGVIaXQSDAoEdGV4dBgCIAEoCRIRCgl0cnVuY2F0ZWQYAyABKAgidQoPRnJlZUJ1c3lSZXF1ZXN0EjEKBXN0YXJ0GAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIGukgDyAEBEi8KA2VuZBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBrpIA8gBASJfCglCdXN5QmxvY2sSKQoFc3RhcnQYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEicKA2VuZBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiSwoNU291cmNlUHJvYmxlbRIQCghwcm92aWRlchgBIAEoCRIXCg9uZWVkc19yZWNvbm5lY3QYAiABKAgSDwoHbWVzc2FnZRgDIAEoCSKNAQoQRnJlZUJ1c3lSZXNwb25zZRIvCgRidXN5GAEgAygLMiEuYXRoZW5hLmludGVncmF0aW9ucy52MS5CdXN5QmxvY2sSDwoHc291cmNlcxgCIAMoCRI3Cghwcm9ibGVtcxgDIAMoCzIlLmF0aGVuYS5pbnRlZ3JhdGlvbnMudjEuU291cmNlUHJvYmxlbSISChBQdXJnZVVzZXJSZXF1ZXN0Il0KEVB1cmdlVXNlclJlc3BvbnNlEhQKDGRlbGV0ZWRfcm93cxgBIAEoBRIaChJkYXRhX2tleV9kZXN0cm95ZWQYAiABKAgSFgoOcmV2b2tlZF9ncmFudHMYAyABKAUynQMKE0ludGVncmF0aW9uc1NlcnZpY2USYAoJUHVyZ2VVc2VyEiguYXRoZW5hLmludGVncmF0aW9ucy52MS5QdXJnZVVzZXJSZXF1ZXN0GikuYXRoZW5hLmludGVncmF0aW9ucy52MS5QdXJnZVVzZXJSZXNwb25zZRJdCghGcmVlQnVzeRInLmF0aGVuYS5pbnRlZ3JhdGlvbnMudjEuRnJlZUJ1c3lSZXF1ZXN0GiguYXRoZW5hLmludGVncmF0aW9ucy52MS5GcmVlQnVzeVJlc3BvbnNlEmYKC1NlYXJjaEZpbGVzEiouYXRoZW5hLmludGVncmF0aW9ucy52MS5TZWFyY2hGaWxlc1JlcXVlc3QaKy5hdGhlbmEuaW50ZWdyYXRpb25zLnYxLlNlYXJjaEZpbGVzUmVzcG9uc2USXQoIUmVhZEZpbGUSJy5hdGhlbmEuaW50ZWdyYXRpb25zLnYxLlJlYWRGaWxlUmVxdWVzdBooLmF0aGVuYS5pbnRlZ3JhdGlvbnMudjEuUmVhZEZpbGVSZXNwb25zZWIGcHJvdG8z", [file_buf_validate_validate, file_google_protobuf_timestamp]);
+
+/**
+ * Request of SearchFiles.
+ *
+ * @generated from message athena.integrations.v1.SearchFilesRequest
+ */
+export type SearchFilesRequest = Message<"athena.integrations.v1.SearchFilesRequest"> & {
+  /**
+   * Words to find.
+   *
+   * @generated from field: string query = 1;
+   */
+  query: string;
+
+  /**
+   * At most this many files (1 to 25; 0 means 10).
+   *
+   * @generated from field: int32 limit = 2;
+   */
+  limit: number;
+};
+
+/**
+ * Describes the message athena.integrations.v1.SearchFilesRequest.
+ * Use `create(SearchFilesRequestSchema)` to create a new message.
+ */
+export const SearchFilesRequestSchema: GenMessage<SearchFilesRequest> = /*@__PURE__*/
+  messageDesc(file_athena_integrations_v1_integrations, 0);
+
+/**
+ * A document found.
+ *
+ * @generated from message athena.integrations.v1.FileHit
+ */
+export type FileHit = Message<"athena.integrations.v1.FileHit"> & {
+  /**
+   * "google" or "microsoft".
+   *
+   * @generated from field: string provider = 1;
+   */
+  provider: string;
+
+  /**
+   * The provider's id of the file (what ReadFile takes).
+   *
+   * @generated from field: string id = 2;
+   */
+  id: string;
+
+  /**
+   * Its name.
+   *
+   * @generated from field: string name = 3;
+   */
+  name: string;
+
+  /**
+   * Its MIME type.
+   *
+   * @generated from field: string mime_type = 4;
+   */
+  mimeType: string;
+
+  /**
+   * When it last changed, if the provider said.
+   *
+   * @generated from field: google.protobuf.Timestamp modified_at = 5;
+   */
+  modifiedAt?: Timestamp | undefined;
+
+  /**
+   * Where the person opens it.
+   *
+   * @generated from field: string link = 6;
+   */
+  link: string;
+};
+
+/**
+ * Describes the message athena.integrations.v1.FileHit.
+ * Use `create(FileHitSchema)` to create a new message.
+ */
+export const FileHitSchema: GenMessage<FileHit> = /*@__PURE__*/
+  messageDesc(file_athena_integrations_v1_integrations, 1);
+
+/**
+ * Response of SearchFiles.
+ *
+ * @generated from message athena.integrations.v1.SearchFilesResponse
+ */
+export type SearchFilesResponse = Message<"athena.integrations.v1.SearchFilesResponse"> & {
+  /**
+   * The documents found, newest first.
+   *
+   * @generated from field: repeated athena.integrations.v1.FileHit files = 1;
+   */
+  files: FileHit[];
+
+  /**
+   * The providers whose drives answered.
+   *
+   * @generated from field: repeated string sources = 2;
+   */
+  sources: string[];
+
+  /**
+   * The connected drives that did not.
+   *
+   * @generated from field: repeated athena.integrations.v1.SourceProblem problems = 3;
+   */
+  problems: SourceProblem[];
+};
+
+/**
+ * Describes the message athena.integrations.v1.SearchFilesResponse.
+ * Use `create(SearchFilesResponseSchema)` to create a new message.
+ */
+export const SearchFilesResponseSchema: GenMessage<SearchFilesResponse> = /*@__PURE__*/
+  messageDesc(file_athena_integrations_v1_integrations, 2);
+
+/**
+ * Request of ReadFile.
+ *
+ * @generated from message athena.integrations.v1.ReadFileRequest
+ */
+export type ReadFileRequest = Message<"athena.integrations.v1.ReadFileRequest"> & {
+  /**
+   * "google" or "microsoft".
+   *
+   * @generated from field: string provider = 1;
+   */
+  provider: string;
+
+  /**
+   * The file's id, as SearchFiles answered it.
+   *
+   * @generated from field: string file_id = 2;
+   */
+  fileId: string;
+
+  /**
+   * At most this many characters (1 to 100,000; 0 means 20,000).
+   *
+   * @generated from field: int32 max_chars = 3;
+   */
+  maxChars: number;
+};
+
+/**
+ * Describes the message athena.integrations.v1.ReadFileRequest.
+ * Use `create(ReadFileRequestSchema)` to create a new message.
+ */
+export const ReadFileRequestSchema: GenMessage<ReadFileRequest> = /*@__PURE__*/
+  messageDesc(file_athena_integrations_v1_integrations, 3);
+
+/**
+ * Response of ReadFile.
+ *
+ * @generated from message athena.integrations.v1.ReadFileResponse
+ */
+export type ReadFileResponse = Message<"athena.integrations.v1.ReadFileResponse"> & {
+  /**
+   * The file found.
+   *
+   * @generated from field: athena.integrations.v1.FileHit file = 1;
+   */
+  file?: FileHit | undefined;
+
+  /**
+   * Its text, at most `max_chars` characters.
+   *
+   * @generated from field: string text = 2;
+   */
+  text: string;
+
+  /**
+   * Whether the text was cut at `max_chars`.
+   *
+   * @generated from field: bool truncated = 3;
+   */
+  truncated: boolean;
+};
+
+/**
+ * Describes the message athena.integrations.v1.ReadFileResponse.
+ * Use `create(ReadFileResponseSchema)` to create a new message.
+ */
+export const ReadFileResponseSchema: GenMessage<ReadFileResponse> = /*@__PURE__*/
+  messageDesc(file_athena_integrations_v1_integrations, 4);
 
 /**
  * Request of FreeBusy.
@@ -41,7 +230,7 @@ export type FreeBusyRequest = Message<"athena.integrations.v1.FreeBusyRequest"> 
  * Use `create(FreeBusyRequestSchema)` to create a new message.
  */
 export const FreeBusyRequestSchema: GenMessage<FreeBusyRequest> = /*@__PURE__*/
-  messageDesc(file_athena_integrations_v1_integrations, 0);
+  messageDesc(file_athena_integrations_v1_integrations, 5);
 
 /**
  * A span of busy time.
@@ -69,7 +258,7 @@ export type BusyBlock = Message<"athena.integrations.v1.BusyBlock"> & {
  * Use `create(BusyBlockSchema)` to create a new message.
  */
 export const BusyBlockSchema: GenMessage<BusyBlock> = /*@__PURE__*/
-  messageDesc(file_athena_integrations_v1_integrations, 1);
+  messageDesc(file_athena_integrations_v1_integrations, 6);
 
 /**
  * A connected calendar that could not answer.
@@ -105,7 +294,7 @@ export type SourceProblem = Message<"athena.integrations.v1.SourceProblem"> & {
  * Use `create(SourceProblemSchema)` to create a new message.
  */
 export const SourceProblemSchema: GenMessage<SourceProblem> = /*@__PURE__*/
-  messageDesc(file_athena_integrations_v1_integrations, 2);
+  messageDesc(file_athena_integrations_v1_integrations, 7);
 
 /**
  * Response of FreeBusy.
@@ -140,7 +329,7 @@ export type FreeBusyResponse = Message<"athena.integrations.v1.FreeBusyResponse"
  * Use `create(FreeBusyResponseSchema)` to create a new message.
  */
 export const FreeBusyResponseSchema: GenMessage<FreeBusyResponse> = /*@__PURE__*/
-  messageDesc(file_athena_integrations_v1_integrations, 3);
+  messageDesc(file_athena_integrations_v1_integrations, 8);
 
 /**
  * Request of PurgeUser.
@@ -155,7 +344,7 @@ export type PurgeUserRequest = Message<"athena.integrations.v1.PurgeUserRequest"
  * Use `create(PurgeUserRequestSchema)` to create a new message.
  */
 export const PurgeUserRequestSchema: GenMessage<PurgeUserRequest> = /*@__PURE__*/
-  messageDesc(file_athena_integrations_v1_integrations, 4);
+  messageDesc(file_athena_integrations_v1_integrations, 9);
 
 /**
  * Response of PurgeUser.
@@ -190,7 +379,7 @@ export type PurgeUserResponse = Message<"athena.integrations.v1.PurgeUserRespons
  * Use `create(PurgeUserResponseSchema)` to create a new message.
  */
 export const PurgeUserResponseSchema: GenMessage<PurgeUserResponse> = /*@__PURE__*/
-  messageDesc(file_athena_integrations_v1_integrations, 5);
+  messageDesc(file_athena_integrations_v1_integrations, 10);
 
 /**
  * IntegrationsService is what the rest of the mesh asks the integrations service; the edge never routes
@@ -224,6 +413,29 @@ export const IntegrationsService: GenService<{
     methodKind: "unary";
     input: typeof FreeBusyRequestSchema;
     output: typeof FreeBusyResponseSchema;
+  },
+  /**
+   * The caller's documents matching `query` (in name or content) in every connected drive, newest first:
+   * what the `file_search` tool answers. Drives that cannot answer are reported in `problems`.
+   *
+   * @generated from rpc athena.integrations.v1.IntegrationsService.SearchFiles
+   */
+  searchFiles: {
+    methodKind: "unary";
+    input: typeof SearchFilesRequestSchema;
+    output: typeof SearchFilesResponseSchema;
+  },
+  /**
+   * One document's text (Google Docs as plain text, text files as they are), at most `max_chars`
+   * characters: what the `file_read` tool answers. FAILED_PRECONDITION (saying why) for a file that does
+   * not read as text or a drive that cannot answer; NOT_FOUND without a connected drive of that provider.
+   *
+   * @generated from rpc athena.integrations.v1.IntegrationsService.ReadFile
+   */
+  readFile: {
+    methodKind: "unary";
+    input: typeof ReadFileRequestSchema;
+    output: typeof ReadFileResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_athena_integrations_v1_integrations, 0);
