@@ -52,11 +52,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from operator import attrgetter
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import urlencode
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
+
+from .serving import RecordedRequest, recording, s256, serve
 
 SCOPE_PREFIX = "https://www.googleapis.com/auth/"
 
@@ -112,28 +113,6 @@ _ANY_HEALTH = frozenset().union(*HEALTH_SCOPES.values()) | _health_scopes("profi
 _ROLLUP_TYPES = frozenset(["steps", "heart-rate", "active-energy-burned", "weight"])
 _SHORT_ROLLUP_RANGE = frozenset(["heart-rate"])
 """Daily roll-ups of these accept at most 14 days, others 90."""
-
-
-@dataclass(frozen=True)
-class RecordedRequest:
-    """One request as the emulator received it."""
-
-    method: str
-    path: str
-    query: dict[str, str]
-    headers: dict[str, str]
-    body: bytes
-
-    def form(self) -> dict[str, str]:
-        return dict(parse_qsl(self.body.decode("utf-8", "replace"), keep_blank_values=True))
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-def s256(verifier: str) -> str:
-    """RFC 7636 §4.2: BASE64URL(SHA256(ASCII(verifier))) without padding."""
-    return base64.urlsafe_b64encode(hashlib.sha256(verifier.encode("ascii")).digest()).rstrip(b"=").decode()
 
 
 @dataclass
@@ -283,14 +262,7 @@ class GoogleEmulator:
         return f"{self.base_url}/v4"
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        server = site._server
-        assert server is not None
-        bound = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
-        self.base_url = f"http://{host}:{bound}"
+        self._runner, self.base_url = await serve(self.app, host, port)
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -298,17 +270,7 @@ class GoogleEmulator:
             self._runner = None
 
     def _build_app(self) -> web.Application:
-        @web.middleware
-        async def record(request: web.Request, handler: Handler) -> web.StreamResponse:
-            body = await request.read()
-            self.requests.append(
-                RecordedRequest(
-                    request.method, request.path, dict(request.query), dict(request.headers), body
-                )
-            )
-            return await handler(request)
-
-        app = web.Application(middlewares=[record])
+        app = web.Application(middlewares=[recording(self.requests)])
         add = app.router
         add.add_get("/o/oauth2/v2/auth", self._authorize)
         add.add_post("/token", self._token)

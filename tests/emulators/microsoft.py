@@ -42,11 +42,12 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlencode
+from urllib.parse import quote, urlencode
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
+
+from .serving import RecordedRequest, recording, s256, serve
 
 GRAPH = "https://graph.microsoft.com/"
 OIDC_SCOPES = frozenset(["openid", "profile", "email", "offline_access"])
@@ -78,28 +79,6 @@ WINDOWS_ZONES = {
 _AVAILABILITY = {"free": "0", "tentative": "1", "busy": "2", "oof": "3", "workingElsewhere": "4"}
 _PRIORITY = {"free": 0, "workingElsewhere": 1, "tentative": 2, "busy": 3, "oof": 4}
 """Which status wins a slot of `availabilityView` when events overlap."""
-
-
-@dataclass(frozen=True)
-class RecordedRequest:
-    """One request as the emulator received it."""
-
-    method: str
-    path: str
-    query: dict[str, str]
-    headers: dict[str, str]
-    body: bytes
-
-    def form(self) -> dict[str, str]:
-        return dict(parse_qsl(self.body.decode("utf-8", "replace"), keep_blank_values=True))
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-def s256(verifier: str) -> str:
-    """RFC 7636 §4.2: BASE64URL(SHA256(ASCII(verifier))) without padding."""
-    return base64.urlsafe_b64encode(hashlib.sha256(verifier.encode("ascii")).digest()).rstrip(b"=").decode()
 
 
 @dataclass
@@ -226,14 +205,7 @@ class MicrosoftEmulator:
         return f"{self.base_url}/v1.0"
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        server = site._server
-        assert server is not None
-        bound = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
-        self.base_url = f"http://{host}:{bound}"
+        self._runner, self.base_url = await serve(self.app, host, port)
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -241,17 +213,7 @@ class MicrosoftEmulator:
             self._runner = None
 
     def _build_app(self) -> web.Application:
-        @web.middleware
-        async def record(request: web.Request, handler: Handler) -> web.StreamResponse:
-            body = await request.read()
-            self.requests.append(
-                RecordedRequest(
-                    request.method, request.path, dict(request.query), dict(request.headers), body
-                )
-            )
-            return await handler(request)
-
-        app = web.Application(middlewares=[record])
+        app = web.Application(middlewares=[recording(self.requests)])
         add = app.router
         add.add_get("/{tenant}/oauth2/v2.0/authorize", self._authorize)
         add.add_post("/{tenant}/oauth2/v2.0/token", self._token)
