@@ -40,6 +40,26 @@ EMULATOR_CLIENT_ID = "athena-dev"
 EMULATOR_CLIENT_SECRET = "athena-dev-secret"  # noqa: S105 (the emulators' own, not a secret)
 
 
+def emulated_providers(google: str, microsoft: str, redirect_uris: list[str]) -> dict[str, str]:
+    """The integrations service's settings (as environment variables) for the Google and Microsoft
+    emulators at these base URLs, with their client `EMULATOR_CLIENT_ID` and these redirect URIs."""
+    client = {
+        "CLIENT_ID": EMULATOR_CLIENT_ID,
+        "CLIENT_SECRET": EMULATOR_CLIENT_SECRET,
+        "REDIRECT_URIS": json.dumps(redirect_uris),
+    }
+    return {
+        **{f"INTEGRATIONS_GOOGLE__{name}": value for name, value in client.items()},
+        **{f"INTEGRATIONS_MICROSOFT__{name}": value for name, value in client.items()},
+        "INTEGRATIONS_GOOGLE__ACCOUNTS_URL": google,
+        "INTEGRATIONS_GOOGLE__OAUTH2_URL": google,
+        "INTEGRATIONS_GOOGLE__CALENDAR_URL": f"{google}/calendar/v3",
+        "INTEGRATIONS_GOOGLE__DRIVE_URL": f"{google}/drive/v3",
+        "INTEGRATIONS_MICROSOFT__LOGIN_URL": microsoft,
+        "INTEGRATIONS_MICROSOFT__GRAPH_URL": f"{microsoft}/v1.0",
+    }
+
+
 @dataclass(frozen=True)
 class Ports:
     """Loopback ports of every part (SPEC §9 defaults)."""
@@ -217,25 +237,11 @@ class Stack:
     def _emulated_providers(self) -> dict[str, str]:
         """The integrations service's settings for the provider emulators (`provider_emulators`)."""
         p = self.config.ports
-        google, microsoft = (
+        return emulated_providers(
             f"http://127.0.0.1:{p.google_emulator}",
             f"http://127.0.0.1:{p.microsoft_emulator}",
+            self._connection_redirects(),
         )
-        client = {
-            "CLIENT_ID": EMULATOR_CLIENT_ID,
-            "CLIENT_SECRET": EMULATOR_CLIENT_SECRET,
-            "REDIRECT_URIS": json.dumps(self._connection_redirects()),
-        }
-        return {
-            **{f"INTEGRATIONS_GOOGLE__{name}": value for name, value in client.items()},
-            **{f"INTEGRATIONS_MICROSOFT__{name}": value for name, value in client.items()},
-            "INTEGRATIONS_GOOGLE__ACCOUNTS_URL": google,
-            "INTEGRATIONS_GOOGLE__OAUTH2_URL": google,
-            "INTEGRATIONS_GOOGLE__CALENDAR_URL": f"{google}/calendar/v3",
-            "INTEGRATIONS_GOOGLE__DRIVE_URL": f"{google}/drive/v3",
-            "INTEGRATIONS_MICROSOFT__LOGIN_URL": microsoft,
-            "INTEGRATIONS_MICROSOFT__GRAPH_URL": f"{microsoft}/v1.0",
-        }
 
     def _connection_redirects(self) -> list[str]:
         edge = self.config.ports.edge

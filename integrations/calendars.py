@@ -8,9 +8,8 @@ the others still answer.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -98,38 +97,27 @@ class Calendars:
         self._api = ProviderApi(connections, http)
         self._google = google_calendar_url.rstrip("/")
         self._graph = graph_url.rstrip("/")
-        self._readers: dict[Provider, Callable[[str, datetime, datetime], Awaitable[list[Busy]]]] = {
-            Provider.GOOGLE: self._google_busy,
-            Provider.MICROSOFT: self._graph_busy,
-        }
 
     async def free_busy(self, user_id: str, start: datetime, end: datetime) -> FreeBusy:
         if end <= start:
             raise InvalidArgument("end", "must be after start")
         if end - start > MAX_RANGE:
             raise InvalidArgument("end", f"the range may span at most {MAX_RANGE.days} days")
-        connected = [
-            c for c in await self._connections.list(user_id) if Capability.CALENDAR in c.capabilities
-        ]
-        outcomes = await asyncio.gather(*(self._read(c, start, end) for c in connected))
-        busy: list[Busy] = []
-        sources: list[Provider] = []
-        problems: list[Problem] = []
-        for connection, outcome in zip(connected, outcomes, strict=True):
-            if isinstance(outcome, Problem):
-                problems.append(outcome)
-            else:
-                sources.append(connection.provider)
-                busy += [
-                    Busy(max(b.start, start), min(b.end, end))
-                    for b in outcome
-                    if b.end > start and b.start < end
-                ]
-        return FreeBusy(merge(busy), sources, problems)
+        readers = {Provider.GOOGLE: self._google_busy, Provider.MICROSOFT: self._graph_busy}
 
-    async def _read(self, connection: Connection, start: datetime, end: datetime) -> list[Busy] | Problem:
-        reader = self._readers[connection.provider]
-        return await self._api.read(connection, lambda token: reader(token, start, end))
+        async def busy_of(connection: Connection, token: str) -> list[Busy]:
+            return await readers[connection.provider](token, start, end)
+
+        read = await self._api.read_each(
+            await self._connections.holding(user_id, Capability.CALENDAR), busy_of
+        )
+        busy = [
+            Busy(max(b.start, start), min(b.end, end))
+            for _, blocks in read.answers
+            for b in blocks
+            if b.end > start and b.start < end
+        ]
+        return FreeBusy(merge(busy), read.sources, read.problems)
 
     async def _google_busy(self, token: str, start: datetime, end: datetime) -> list[Busy]:
         ids: list[str] = []

@@ -239,6 +239,10 @@ class Connections:
     async def list(self, user_id: str) -> list[Connection]:
         return await self._store.list(user_id)
 
+    async def holding(self, user_id: str, capability: Capability) -> Sequence[Connection]:
+        """The user's connections that hold `capability`."""
+        return [c for c in await self._store.list(user_id) if capability in c.capabilities]
+
     async def disconnect(self, user_id: str, provider: Provider) -> bool:
         """Revokes the grant at the provider where it can, then deletes the connection; answers whether the
         provider confirmed a revocation. Nothing to disconnect is not an error."""

@@ -9,7 +9,6 @@ person knows why it was not read.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -92,42 +91,27 @@ class Files:
         self._drive = drive_url.rstrip("/")
         self._graph = graph_url.rstrip("/")
 
-    async def _connected(self, user_id: str) -> list[Connection]:
-        return [c for c in await self._connections.list(user_id) if Capability.FILES in c.capabilities]
-
     async def search(self, user_id: str, query: str, limit: int) -> FileSearch:
         query = query.strip()
         if not query:
             raise InvalidArgument("query", "must not be blank")
         limit = max(1, min(limit or 10, MAX_RESULTS))
-        connected = await self._connected(user_id)
         searches = {Provider.GOOGLE: self._google_search, Provider.MICROSOFT: self._graph_search}
 
-        async def search_in(connection: Connection) -> list[FileHit] | Problem:
-            search = searches[connection.provider]
+        async def found_in(connection: Connection, token: str) -> list[FileHit]:
+            return await searches[connection.provider](token, query, limit)
 
-            async def with_token(token: str) -> list[FileHit]:
-                return await search(token, query, limit)
-
-            return await self._api.read(connection, with_token)
-
-        outcomes = await asyncio.gather(*(search_in(c) for c in connected))
-        hits: list[FileHit] = []
-        sources: list[Provider] = []
-        problems: list[Problem] = []
-        for connection, outcome in zip(connected, outcomes, strict=True):
-            if isinstance(outcome, Problem):
-                problems.append(outcome)
-            else:
-                sources.append(connection.provider)
-                hits += outcome
-        hits.sort(
-            key=lambda hit: hit.modified_at or datetime.min.replace(tzinfo=None).astimezone(), reverse=True
+        read = await self._api.read_each(await self._connections.holding(user_id, Capability.FILES), found_in)
+        hits = sorted(
+            (hit for _, found in read.answers for hit in found),
+            key=lambda hit: hit.modified_at or EARLIEST,
+            reverse=True,  # newest first
         )
-        return FileSearch(hits[:limit], sources, problems)
+        return FileSearch(hits[:limit], read.sources, read.problems)
 
     async def read(self, user_id: str, provider: Provider, file_id: str, max_chars: int) -> FileText:
-        connection = next((c for c in await self._connected(user_id) if c.provider is provider), None)
+        held = await self._connections.holding(user_id, Capability.FILES)
+        connection = next((c for c in held if c.provider is provider), None)
         if connection is None:
             raise NotFound(f"no {provider.display_name} drive is connected")
         reader = self._google_read if provider is Provider.GOOGLE else self._graph_read

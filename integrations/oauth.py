@@ -11,7 +11,6 @@ token state is shared between people.
 
 from __future__ import annotations
 
-import base64
 import json
 import time
 from collections.abc import Sequence
@@ -21,6 +20,7 @@ from typing import Any
 import httpx2
 from authlib.integrations.base_client.errors import OAuthError
 from authlib.integrations.httpx_client import AsyncOAuth2Client
+from joserfc.util import json_b64decode
 
 from integrations.providers import ProviderClient
 from mesh.errors import FailedPrecondition, Unavailable
@@ -74,9 +74,8 @@ def _account(id_token: str | None) -> str:
     if not id_token or id_token.count(".") != 2:
         return ""
     try:
-        payload = id_token.split(".")[1]
-        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    except ValueError:
+        claims = json_b64decode(id_token.split(".")[1].encode("ascii"))
+    except (ValueError, UnicodeError):
         return ""
     email = claims.get("email") if isinstance(claims, dict) else None
     return email if isinstance(email, str) else ""

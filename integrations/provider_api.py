@@ -10,9 +10,10 @@ answer becomes a `Problem` with a sentence for the person, so that the other pro
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import functools
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import httpx
 
@@ -62,6 +63,18 @@ def _time_left(wait: float) -> bool:
     return remaining is None or remaining > wait + 1.0
 
 
+@dataclass(frozen=True, slots=True)
+class Gathered(Generic[T]):
+    """What each connection answered, and the problems of those that could not."""
+
+    answers: list[tuple[Provider, T]]
+    problems: list[Problem]
+
+    @property
+    def sources(self) -> list[Provider]:
+        return [provider for provider, _ in self.answers]
+
+
 class ProviderApi:
     def __init__(self, connections: Connections, http: httpx.AsyncClient) -> None:
         self._connections = connections
@@ -92,6 +105,20 @@ class ProviderApi:
             )
         except AthenaError as exc:
             return Problem(provider, False, exc.message)
+
+    async def read_each(
+        self, connections: Sequence[Connection], reader: Callable[[Connection, str], Awaitable[T]]
+    ) -> Gathered[T]:
+        """`reader(connection, access_token)` for every connection at once, each as `read` does."""
+        outcomes = await asyncio.gather(*(self.read(c, functools.partial(reader, c)) for c in connections))
+        answers: list[tuple[Provider, T]] = []
+        problems: list[Problem] = []
+        for connection, outcome in zip(connections, outcomes, strict=True):
+            if isinstance(outcome, Problem):
+                problems.append(outcome)
+            else:
+                answers.append((connection.provider, outcome))
+        return Gathered(answers, problems)
 
     async def request(
         self, method: str, url: str, token: str, provider: Provider, **options: Any

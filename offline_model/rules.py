@@ -356,7 +356,7 @@ def _calendar_summary(content: str, arguments: Mapping[str, Any]) -> str:
     else:
         noun = "block" if blocks == 1 else "blocks"
         summary = f"You have {blocks} busy {noun}{window}."
-    return summary + _calendar_caveats(decoded)
+    return summary + _caveats(decoded)
 
 
 def _files_summary(content: str) -> str:
@@ -373,12 +373,12 @@ def _files_summary(content: str) -> str:
     else:
         shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
         summary = f"I found {len(names)} file{'s' if len(names) != 1 else ''}: {shown}."
-    return summary + _calendar_caveats(decoded)
+    return summary + _caveats(decoded)
 
 
-def _calendar_caveats(decoded: Any) -> str:
-    """What the result says the person should know: calendars that did not answer (reconnect one, try again
-    later), or that none is connected."""
+def _caveats(decoded: Any) -> str:
+    """What a result says the person should know: calendars or drives that did not answer (reconnect one,
+    try again later), or that none is connected."""
     if not isinstance(decoded, Mapping):
         return ""
     said = [

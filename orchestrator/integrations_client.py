@@ -11,8 +11,9 @@ import grpc
 from athena.integrations.v1 import integrations_pb2, integrations_pb2_grpc
 
 from mesh.clients import call
-from orchestrator.tools.calendar import BusyBlock, CalendarAnswer, CalendarProblem
-from orchestrator.tools.drives import DriveFile, DriveProblem, DriveSearch, DriveText
+from orchestrator.tools.calendar import BusyBlock, CalendarAnswer
+from orchestrator.tools.drives import DriveFile, DriveSearch, DriveText
+from orchestrator.tools.sources import SourceProblem
 
 
 class ConnectedCalendars:
@@ -28,7 +29,7 @@ class ConnectedCalendars:
         return CalendarAnswer(
             busy=[BusyBlock(b.start.ToDatetime(UTC), b.end.ToDatetime(UTC)) for b in answer.busy],
             sources=list(answer.sources),
-            problems=[CalendarProblem(p.provider, p.needs_reconnect, p.message) for p in answer.problems],
+            problems=[SourceProblem(p.provider, p.needs_reconnect, p.message) for p in answer.problems],
         )
 
 
@@ -53,7 +54,7 @@ class ConnectedDrives:
         return DriveSearch(
             files=[_drive_file(hit) for hit in answer.files],
             sources=list(answer.sources),
-            problems=[DriveProblem(p.provider, p.needs_reconnect, p.message) for p in answer.problems],
+            problems=[SourceProblem(p.provider, p.needs_reconnect, p.message) for p in answer.problems],
         )
 
     async def read(self, source: str, file_id: str, max_chars: int) -> DriveText:

@@ -3,9 +3,8 @@
 Providers sit behind `CalendarProvider`: `ConnectedCalendars` (orchestrator/integrations_client.py) asks
 the integrations service for every calendar the person connected (Google, Microsoft), and
 `IcsFolderCalendar` reads iCalendar files from a folder (a local, single-person deployment). A calendar
-that cannot answer is reported to the model with a sentence for the person (say, "connect Google again")
-while the others still answer; when none can, the tool call is an error the model explains. Complete
-answers are cached in memory's ephemeral store for five minutes.
+that cannot answer is reported to the model as `orchestrator.tools.sources` says. Complete answers are
+cached in memory's ephemeral store for five minutes.
 """
 
 from __future__ import annotations
@@ -20,9 +19,10 @@ from typing import Any, Protocol
 from dateutil.rrule import rrulestr  # type: ignore[import-untyped]
 from icalendar import Calendar
 
-from mesh.errors import FailedPrecondition, InvalidArgument
+from mesh.errors import InvalidArgument
 from orchestrator.tools.ephemeral import cached
 from orchestrator.tools.registry import Tool, ToolContext
+from orchestrator.tools.sources import SourceProblem, complete, with_sources
 
 log = logging.getLogger(__name__)
 
@@ -39,22 +39,12 @@ class BusyBlock:
 
 
 @dataclass(frozen=True, slots=True)
-class CalendarProblem:
-    """A calendar that could not answer."""
-
-    source: str
-    needs_reconnect: bool
-    message: str
-    """A sentence for the person."""
-
-
-@dataclass(frozen=True, slots=True)
 class CalendarAnswer:
     busy: list[BusyBlock]
     """Busy blocks of the calendars that answered, merged and sorted; times are timezone-aware."""
     sources: list[str]
     """The calendars that answered ("google", "microsoft", "calendar files")."""
-    problems: list[CalendarProblem] = field(default_factory=list)
+    problems: list[SourceProblem] = field(default_factory=list)
 
 
 class CalendarProvider(Protocol):
@@ -195,29 +185,22 @@ def calendar_tool(provider: CalendarProvider) -> Tool:
 
         async def compute() -> dict[str, Any]:
             answer = await provider.free_busy(context.user_id, start, end)
-            if answer.problems and not answer.sources:
-                raise FailedPrecondition(" ".join(problem.message for problem in answer.problems))
             result: dict[str, Any] = {
                 "start": iso(start),
                 "end": iso(end),
                 "busy": [{"start": iso(block.start), "end": iso(block.end)} for block in answer.busy],
                 "calendars": answer.sources,
             }
-            if answer.problems:
-                result["unavailable"] = [
-                    {"calendar": p.source, "needs_reconnect": p.needs_reconnect, "message": p.message}
-                    for p in answer.problems
-                ]
-            if not answer.sources and not answer.problems:
-                result["note"] = NO_CALENDAR
-            return result
+            return with_sources(
+                result, answer.sources, answer.problems, kind="calendar", none_connected=NO_CALENDAR
+            )
 
         return await cached(
             context.memory,
             CACHE_NAMESPACE,
             f"{iso(start)}/{iso(end)}",
             compute,
-            keep=lambda result: "unavailable" not in result and "note" not in result,
+            keep=complete,
         )
 
     return Tool(

@@ -1,9 +1,8 @@
 """`file_search` and `file_read`: the person's documents in every drive they connected (Google Drive,
 OneDrive), through the integrations service (`ConnectedDrives`, orchestrator/integrations_client.py).
 
-A drive that cannot answer a search is reported to the model with a sentence for the person while the
-others answer (the call is an error only when none could); without a connected drive the model is told how
-to connect one. Reading answers a document's text, bounded, or an error saying why it cannot be read.
+A drive that cannot answer a search is reported to the model as `orchestrator.tools.sources` says.
+Reading answers a document's text, bounded, or an error saying why it cannot be read.
 """
 
 from __future__ import annotations
@@ -12,8 +11,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from mesh.errors import FailedPrecondition
 from orchestrator.tools.registry import Tool, ToolContext, string_argument
+from orchestrator.tools.sources import SourceProblem, with_sources
 
 SEARCH = "file_search"
 READ = "file_read"
@@ -32,17 +31,10 @@ class DriveFile:
 
 
 @dataclass(frozen=True, slots=True)
-class DriveProblem:
-    source: str
-    needs_reconnect: bool
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
 class DriveSearch:
     files: list[DriveFile]
     sources: list[str]
-    problems: list[DriveProblem] = field(default_factory=list)
+    problems: list[SourceProblem] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,17 +66,8 @@ def _file(found: DriveFile) -> dict[str, Any]:
 def drive_tools(drives: Drives, *, limit: int = 10) -> list[Tool]:
     async def search(arguments: dict[str, Any], context: ToolContext) -> Any:
         found = await drives.search(string_argument(arguments, "query"), limit)
-        if found.problems and not found.sources:
-            raise FailedPrecondition(" ".join(problem.message for problem in found.problems))
         result: dict[str, Any] = {"files": [_file(f) for f in found.files], "drives": found.sources}
-        if found.problems:
-            result["unavailable"] = [
-                {"drive": p.source, "needs_reconnect": p.needs_reconnect, "message": p.message}
-                for p in found.problems
-            ]
-        if not found.sources and not found.problems:
-            result["note"] = NO_DRIVE
-        return result
+        return with_sources(result, found.sources, found.problems, kind="drive", none_connected=NO_DRIVE)
 
     async def read(arguments: dict[str, Any], context: ToolContext) -> Any:
         read = await drives.read(

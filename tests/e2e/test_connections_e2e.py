@@ -28,11 +28,17 @@ from athena.integrations.v1 import integrations_pb2, integrations_pb2_grpc
 from emulators import GoogleEmulator, MicrosoftEmulator
 
 from devstack.process import free_port
-from devstack.stack import Ports, Stack, StackConfig
+from devstack.stack import (
+    EMULATOR_CLIENT_ID,
+    EMULATOR_CLIENT_SECRET,
+    Ports,
+    Stack,
+    StackConfig,
+    emulated_providers,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
-CLIENT_ID, CLIENT_SECRET = "athena-e2e", "athena-e2e-secret"
 AT_GOOGLE, AT_MICROSOFT = "ada@example.com", "ada@contoso.com"
 
 
@@ -69,22 +75,8 @@ async def mesh() -> AsyncIterator[Mesh]:
     ports = Ports(**{f.name: free_port() for f in fields(Ports)})
     redirect = f"http://127.0.0.1:{ports.edge}/connections"
     for emulator in (google, microsoft):
-        emulator.register_client(CLIENT_ID, CLIENT_SECRET, [redirect])
-    provider = {
-        "CLIENT_ID": CLIENT_ID,
-        "CLIENT_SECRET": CLIENT_SECRET,
-        "REDIRECT_URIS": json.dumps([redirect]),
-    }
-    extra_env = {
-        **{f"INTEGRATIONS_GOOGLE__{name}": value for name, value in provider.items()},
-        **{f"INTEGRATIONS_MICROSOFT__{name}": value for name, value in provider.items()},
-        "INTEGRATIONS_GOOGLE__ACCOUNTS_URL": google.base_url,
-        "INTEGRATIONS_GOOGLE__OAUTH2_URL": google.base_url,
-        "INTEGRATIONS_GOOGLE__CALENDAR_URL": google.calendar_base_url,
-        "INTEGRATIONS_GOOGLE__DRIVE_URL": google.drive_base_url,
-        "INTEGRATIONS_MICROSOFT__LOGIN_URL": microsoft.base_url,
-        "INTEGRATIONS_MICROSOFT__GRAPH_URL": microsoft.graph_base_url,
-    }
+        emulator.register_client(EMULATOR_CLIENT_ID, EMULATOR_CLIENT_SECRET, [redirect])
+    extra_env = emulated_providers(google.base_url, microsoft.base_url, [redirect])
     with tempfile.TemporaryDirectory(prefix="athena-connections-") as data:
         stack = Stack(StackConfig(data_dir=Path(data), ports=ports, offline_delay_ms=0, extra_env=extra_env))
         await asyncio.to_thread(stack.start)

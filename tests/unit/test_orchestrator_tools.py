@@ -19,9 +19,10 @@ from orchestrator.tools import (
     ToolRegistry,
     build_registry,
 )
-from orchestrator.tools.calendar import BusyBlock, CalendarAnswer, CalendarProblem
-from orchestrator.tools.drives import DriveFile, DriveProblem, DriveSearch, DriveText
+from orchestrator.tools.calendar import BusyBlock, CalendarAnswer
+from orchestrator.tools.drives import DriveFile, DriveSearch, DriveText
 from orchestrator.tools.registry import Tool
+from orchestrator.tools.sources import SourceProblem
 
 CALENDAR = Path(__file__).resolve().parents[1] / "fixtures" / "calendar"
 NOW = datetime(2030, 1, 7, 18, 0, tzinfo=UTC)
@@ -97,9 +98,7 @@ NINE = datetime(2030, 1, 7, 9, tzinfo=UTC)
 
 async def test_a_calendar_that_cannot_answer_is_told_to_the_model_and_not_cached() -> None:
     memory = InMemoryGateway()
-    reconnect = CalendarProblem(
-        "google", True, "Google no longer accepts AthenaOS's access; connect it again."
-    )
+    reconnect = SourceProblem("google", True, "Google no longer accepts AthenaOS's access; connect it again.")
     answer = CalendarAnswer([BusyBlock(NINE, NINE.replace(hour=10))], ["microsoft"], [reconnect])
     registry = build_registry(calendar=Answering(answer))
     result, failed = await call(registry, memory, "calendar_freebusy", **WINDOW)
@@ -114,8 +113,8 @@ async def test_a_calendar_that_cannot_answer_is_told_to_the_model_and_not_cached
 
 async def test_when_no_calendar_can_answer_the_call_is_an_error_the_model_explains() -> None:
     problems = [
-        CalendarProblem("google", True, "Connect Google again."),
-        CalendarProblem("microsoft", False, "Microsoft is limiting requests; try again in 5 s"),
+        SourceProblem("google", True, "Connect Google again."),
+        SourceProblem("microsoft", False, "Microsoft is limiting requests; try again in 5 s"),
     ]
     registry = build_registry(calendar=Answering(CalendarAnswer([], [], problems)))
     result, failed = await call(registry, InMemoryGateway(), "calendar_freebusy", **WINDOW)
@@ -180,7 +179,7 @@ async def test_connected_drives_replace_the_folder_scan_and_find_and_read_docume
 
 
 async def test_a_drive_that_cannot_answer_is_told_and_none_answering_is_an_error() -> None:
-    problem = DriveProblem("microsoft", True, "Microsoft no longer accepts AthenaOS; connect it again.")
+    problem = SourceProblem("microsoft", True, "Microsoft no longer accepts AthenaOS; connect it again.")
     partly = build_registry(drives=Drive(DriveSearch([PLAN], ["google"], [problem])))
     found, failed = await call(partly, InMemoryGateway(), "file_search", query="budget")
     assert not failed
