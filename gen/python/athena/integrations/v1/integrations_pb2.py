@@ -26,13 +26,25 @@ from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)athena/integrations/v1/integrations.proto\x12\x16\x61thena.integrations.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"W\n\x12SearchFilesRequest\x12 \n\x05query\x18\x01 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\xc8\x01R\x05query\x12\x1f\n\x05limit\x18\x02 \x01(\x05\x42\t\xbaH\x06\x1a\x04\x18\x19(\x00R\x05limit\"\xb7\x01\n\x07\x46ileHit\x12\x1a\n\x08provider\x18\x01 \x01(\tR\x08provider\x12\x0e\n\x02id\x18\x02 \x01(\tR\x02id\x12\x12\n\x04name\x18\x03 \x01(\tR\x04name\x12\x1b\n\tmime_type\x18\x04 \x01(\tR\x08mimeType\x12;\n\x0bmodified_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nmodifiedAt\x12\x12\n\x04link\x18\x06 \x01(\tR\x04link\"\xa9\x01\n\x13SearchFilesResponse\x12\x35\n\x05\x66iles\x18\x01 \x03(\x0b\x32\x1f.athena.integrations.v1.FileHitR\x05\x66iles\x12\x18\n\x07sources\x18\x02 \x03(\tR\x07sources\x12\x41\n\x08problems\x18\x03 \x03(\x0b\x32%.athena.integrations.v1.SourceProblemR\x08problems\"\x96\x01\n\x0fReadFileRequest\x12\x34\n\x08provider\x18\x01 \x01(\tB\x18\xbaH\x15r\x13R\x06googleR\tmicrosoftR\x08provider\x12#\n\x07\x66ile_id\x18\x02 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\x80\x04R\x06\x66ileId\x12(\n\tmax_chars\x18\x03 \x01(\x05\x42\x0b\xbaH\x08\x1a\x06\x18\xa0\x8d\x06(\x00R\x08maxChars\"y\n\x10ReadFileResponse\x12\x33\n\x04\x66ile\x18\x01 \x01(\x0b\x32\x1f.athena.integrations.v1.FileHitR\x04\x66ile\x12\x12\n\x04text\x18\x02 \x01(\tR\x04text\x12\x1c\n\ttruncated\x18\x03 \x01(\x08R\ttruncated\"\x81\x01\n\x0f\x46reeBusyRequest\x12\x38\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x06\xbaH\x03\xc8\x01\x01R\x05start\x12\x34\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x06\xbaH\x03\xc8\x01\x01R\x03\x65nd\"k\n\tBusyBlock\x12\x30\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x05start\x12,\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x03\x65nd\"n\n\rSourceProblem\x12\x1a\n\x08provider\x18\x01 \x01(\tR\x08provider\x12\'\n\x0fneeds_reconnect\x18\x02 \x01(\x08R\x0eneedsReconnect\x12\x18\n\x07message\x18\x03 \x01(\tR\x07message\"\xa6\x01\n\x10\x46reeBusyResponse\x12\x35\n\x04\x62usy\x18\x01 \x03(\x0b\x32!.athena.integrations.v1.BusyBlockR\x04\x62usy\x12\x18\n\x07sources\x18\x02 \x03(\tR\x07sources\x12\x41\n\x08problems\x18\x03 \x03(\x0b\x32%.athena.integrations.v1.SourceProblemR\x08problems\"\x12\n\x10PurgeUserRequest\"\x8b\x01\n\x11PurgeUserResponse\x12!\n\x0c\x64\x65leted_rows\x18\x01 \x01(\x05R\x0b\x64\x65letedRows\x12,\n\x12\x64\x61ta_key_destroyed\x18\x02 \x01(\x08R\x10\x64\x61taKeyDestroyed\x12%\n\x0erevoked_grants\x18\x03 \x01(\x05R\rrevokedGrants2\x9d\x03\n\x13IntegrationsService\x12`\n\tPurgeUser\x12(.athena.integrations.v1.PurgeUserRequest\x1a).athena.integrations.v1.PurgeUserResponse\x12]\n\x08\x46reeBusy\x12\'.athena.integrations.v1.FreeBusyRequest\x1a(.athena.integrations.v1.FreeBusyResponse\x12\x66\n\x0bSearchFiles\x12*.athena.integrations.v1.SearchFilesRequest\x1a+.athena.integrations.v1.SearchFilesResponse\x12]\n\x08ReadFile\x12\'.athena.integrations.v1.ReadFileRequest\x1a(.athena.integrations.v1.ReadFileResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)athena/integrations/v1/integrations.proto\x12\x16\x61thena.integrations.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa5\x01\n\x11ListEventsRequest\x12\x38\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x06\xbaH\x03\xc8\x01\x01R\x05start\x12\x34\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x06\xbaH\x03\xc8\x01\x01R\x03\x65nd\x12 \n\x05limit\x18\x03 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xf4\x03(\x00R\x05limit\"\xe5\x02\n\rCalendarEvent\x12\x1a\n\x08provider\x18\x01 \x01(\tR\x08provider\x12\x0e\n\x02id\x18\x02 \x01(\tR\x02id\x12\x14\n\x05title\x18\x03 \x01(\tR\x05title\x12\x30\n\x05start\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x05start\x12,\n\x03\x65nd\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x03\x65nd\x12\x17\n\x07\x61ll_day\x18\x06 \x01(\x08R\x06\x61llDay\x12\x1d\n\nstart_date\x18\x07 \x01(\tR\tstartDate\x12\x19\n\x08\x65nd_date\x18\x08 \x01(\tR\x07\x65ndDate\x12\x1b\n\ttime_zone\x18\t \x01(\tR\x08timeZone\x12\x12\n\x04\x62usy\x18\n \x01(\x08R\x04\x62usy\x12\x1a\n\x08location\x18\x0b \x01(\tR\x08location\x12\x12\n\x04link\x18\x0c \x01(\tR\x04link\"\xce\x01\n\x12ListEventsResponse\x12=\n\x06\x65vents\x18\x01 \x03(\x0b\x32%.athena.integrations.v1.CalendarEventR\x06\x65vents\x12\x18\n\x07sources\x18\x02 \x03(\tR\x07sources\x12\x41\n\x08problems\x18\x03 \x03(\x0b\x32%.athena.integrations.v1.SourceProblemR\x08problems\x12\x1c\n\ttruncated\x18\x04 \x01(\x08R\ttruncated\"\xa0\x02\n\x14WearableStatsRequest\x12\x83\x01\n\x06metric\x18\x01 \x01(\tBk\xbaHhrfR\x05stepsR\nheart_rateR\x12resting_heart_rateR\rsleep_minutesR\x12\x61\x63tive_energy_kcalR\tweight_kgR\x0fworkout_minutesR\x06metric\x12\x42\n\nstart_date\x18\x02 \x01(\tB#\xbaH r\x1e\x32\x1c^[0-9]{4}-[0-9]{2}-[0-9]{2}$R\tstartDate\x12>\n\x08\x65nd_date\x18\x03 \x01(\tB#\xbaH r\x1e\x32\x1c^[0-9]{4}-[0-9]{2}-[0-9]{2}$R\x07\x65ndDate\"s\n\x0bWearableDay\x12\x12\n\x04\x64\x61te\x18\x01 \x01(\tR\x04\x64\x61te\x12\x14\n\x05value\x18\x02 \x01(\x01R\x05value\x12\x10\n\x03min\x18\x03 \x01(\x01R\x03min\x12\x10\n\x03max\x18\x04 \x01(\x01R\x03max\x12\x16\n\x06source\x18\x05 \x01(\tR\x06source\"\xc1\x01\n\x15WearableStatsResponse\x12\x37\n\x04\x64\x61ys\x18\x01 \x03(\x0b\x32#.athena.integrations.v1.WearableDayR\x04\x64\x61ys\x12\x18\n\x07sources\x18\x02 \x03(\tR\x07sources\x12\x41\n\x08problems\x18\x03 \x03(\x0b\x32%.athena.integrations.v1.SourceProblemR\x08problems\x12\x12\n\x04unit\x18\x04 \x01(\tR\x04unit\"W\n\x12SearchFilesRequest\x12 \n\x05query\x18\x01 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\xc8\x01R\x05query\x12\x1f\n\x05limit\x18\x02 \x01(\x05\x42\t\xbaH\x06\x1a\x04\x18\x19(\x00R\x05limit\"\xb7\x01\n\x07\x46ileHit\x12\x1a\n\x08provider\x18\x01 \x01(\tR\x08provider\x12\x0e\n\x02id\x18\x02 \x01(\tR\x02id\x12\x12\n\x04name\x18\x03 \x01(\tR\x04name\x12\x1b\n\tmime_type\x18\x04 \x01(\tR\x08mimeType\x12;\n\x0bmodified_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nmodifiedAt\x12\x12\n\x04link\x18\x06 \x01(\tR\x04link\"\xa9\x01\n\x13SearchFilesResponse\x12\x35\n\x05\x66iles\x18\x01 \x03(\x0b\x32\x1f.athena.integrations.v1.FileHitR\x05\x66iles\x12\x18\n\x07sources\x18\x02 \x03(\tR\x07sources\x12\x41\n\x08problems\x18\x03 \x03(\x0b\x32%.athena.integrations.v1.SourceProblemR\x08problems\"\x96\x01\n\x0fReadFileRequest\x12\x34\n\x08provider\x18\x01 \x01(\tB\x18\xbaH\x15r\x13R\x06googleR\tmicrosoftR\x08provider\x12#\n\x07\x66ile_id\x18\x02 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\x80\x04R\x06\x66ileId\x12(\n\tmax_chars\x18\x03 \x01(\x05\x42\x0b\xbaH\x08\x1a\x06\x18\xa0\x8d\x06(\x00R\x08maxChars\"y\n\x10ReadFileResponse\x12\x33\n\x04\x66ile\x18\x01 \x01(\x0b\x32\x1f.athena.integrations.v1.FileHitR\x04\x66ile\x12\x12\n\x04text\x18\x02 \x01(\tR\x04text\x12\x1c\n\ttruncated\x18\x03 \x01(\x08R\ttruncated\"\x81\x01\n\x0f\x46reeBusyRequest\x12\x38\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x06\xbaH\x03\xc8\x01\x01R\x05start\x12\x34\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x06\xbaH\x03\xc8\x01\x01R\x03\x65nd\"k\n\tBusyBlock\x12\x30\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x05start\x12,\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x03\x65nd\"n\n\rSourceProblem\x12\x1a\n\x08provider\x18\x01 \x01(\tR\x08provider\x12\'\n\x0fneeds_reconnect\x18\x02 \x01(\x08R\x0eneedsReconnect\x12\x18\n\x07message\x18\x03 \x01(\tR\x07message\"\xa6\x01\n\x10\x46reeBusyResponse\x12\x35\n\x04\x62usy\x18\x01 \x03(\x0b\x32!.athena.integrations.v1.BusyBlockR\x04\x62usy\x12\x18\n\x07sources\x18\x02 \x03(\tR\x07sources\x12\x41\n\x08problems\x18\x03 \x03(\x0b\x32%.athena.integrations.v1.SourceProblemR\x08problems\"\x12\n\x10PurgeUserRequest\"\x8b\x01\n\x11PurgeUserResponse\x12!\n\x0c\x64\x65leted_rows\x18\x01 \x01(\x05R\x0b\x64\x65letedRows\x12,\n\x12\x64\x61ta_key_destroyed\x18\x02 \x01(\x08R\x10\x64\x61taKeyDestroyed\x12%\n\x0erevoked_grants\x18\x03 \x01(\x05R\rrevokedGrants2\xf0\x04\n\x13IntegrationsService\x12`\n\tPurgeUser\x12(.athena.integrations.v1.PurgeUserRequest\x1a).athena.integrations.v1.PurgeUserResponse\x12]\n\x08\x46reeBusy\x12\'.athena.integrations.v1.FreeBusyRequest\x1a(.athena.integrations.v1.FreeBusyResponse\x12\x66\n\x0bSearchFiles\x12*.athena.integrations.v1.SearchFilesRequest\x1a+.athena.integrations.v1.SearchFilesResponse\x12]\n\x08ReadFile\x12\'.athena.integrations.v1.ReadFileRequest\x1a(.athena.integrations.v1.ReadFileResponse\x12\x63\n\nListEvents\x12).athena.integrations.v1.ListEventsRequest\x1a*.athena.integrations.v1.ListEventsResponse\x12l\n\rWearableStats\x12,.athena.integrations.v1.WearableStatsRequest\x1a-.athena.integrations.v1.WearableStatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'athena.integrations.v1.integrations_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_LISTEVENTSREQUEST'].fields_by_name['start']._loaded_options = None
+  _globals['_LISTEVENTSREQUEST'].fields_by_name['start']._serialized_options = b'\272H\003\310\001\001'
+  _globals['_LISTEVENTSREQUEST'].fields_by_name['end']._loaded_options = None
+  _globals['_LISTEVENTSREQUEST'].fields_by_name['end']._serialized_options = b'\272H\003\310\001\001'
+  _globals['_LISTEVENTSREQUEST'].fields_by_name['limit']._loaded_options = None
+  _globals['_LISTEVENTSREQUEST'].fields_by_name['limit']._serialized_options = b'\272H\007\032\005\030\364\003(\000'
+  _globals['_WEARABLESTATSREQUEST'].fields_by_name['metric']._loaded_options = None
+  _globals['_WEARABLESTATSREQUEST'].fields_by_name['metric']._serialized_options = b'\272HhrfR\005stepsR\nheart_rateR\022resting_heart_rateR\rsleep_minutesR\022active_energy_kcalR\tweight_kgR\017workout_minutes'
+  _globals['_WEARABLESTATSREQUEST'].fields_by_name['start_date']._loaded_options = None
+  _globals['_WEARABLESTATSREQUEST'].fields_by_name['start_date']._serialized_options = b'\272H r\0362\034^[0-9]{4}-[0-9]{2}-[0-9]{2}$'
+  _globals['_WEARABLESTATSREQUEST'].fields_by_name['end_date']._loaded_options = None
+  _globals['_WEARABLESTATSREQUEST'].fields_by_name['end_date']._serialized_options = b'\272H r\0362\034^[0-9]{4}-[0-9]{2}-[0-9]{2}$'
   _globals['_SEARCHFILESREQUEST'].fields_by_name['query']._loaded_options = None
   _globals['_SEARCHFILESREQUEST'].fields_by_name['query']._serialized_options = b'\272H\007r\005\020\001\030\310\001'
   _globals['_SEARCHFILESREQUEST'].fields_by_name['limit']._loaded_options = None
@@ -47,28 +59,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FREEBUSYREQUEST'].fields_by_name['start']._serialized_options = b'\272H\003\310\001\001'
   _globals['_FREEBUSYREQUEST'].fields_by_name['end']._loaded_options = None
   _globals['_FREEBUSYREQUEST'].fields_by_name['end']._serialized_options = b'\272H\003\310\001\001'
-  _globals['_SEARCHFILESREQUEST']._serialized_start=131
-  _globals['_SEARCHFILESREQUEST']._serialized_end=218
-  _globals['_FILEHIT']._serialized_start=221
-  _globals['_FILEHIT']._serialized_end=404
-  _globals['_SEARCHFILESRESPONSE']._serialized_start=407
-  _globals['_SEARCHFILESRESPONSE']._serialized_end=576
-  _globals['_READFILEREQUEST']._serialized_start=579
-  _globals['_READFILEREQUEST']._serialized_end=729
-  _globals['_READFILERESPONSE']._serialized_start=731
-  _globals['_READFILERESPONSE']._serialized_end=852
-  _globals['_FREEBUSYREQUEST']._serialized_start=855
-  _globals['_FREEBUSYREQUEST']._serialized_end=984
-  _globals['_BUSYBLOCK']._serialized_start=986
-  _globals['_BUSYBLOCK']._serialized_end=1093
-  _globals['_SOURCEPROBLEM']._serialized_start=1095
-  _globals['_SOURCEPROBLEM']._serialized_end=1205
-  _globals['_FREEBUSYRESPONSE']._serialized_start=1208
-  _globals['_FREEBUSYRESPONSE']._serialized_end=1374
-  _globals['_PURGEUSERREQUEST']._serialized_start=1376
-  _globals['_PURGEUSERREQUEST']._serialized_end=1394
-  _globals['_PURGEUSERRESPONSE']._serialized_start=1397
-  _globals['_PURGEUSERRESPONSE']._serialized_end=1536
-  _globals['_INTEGRATIONSSERVICE']._serialized_start=1539
-  _globals['_INTEGRATIONSSERVICE']._serialized_end=1952
+  _globals['_LISTEVENTSREQUEST']._serialized_start=132
+  _globals['_LISTEVENTSREQUEST']._serialized_end=297
+  _globals['_CALENDAREVENT']._serialized_start=300
+  _globals['_CALENDAREVENT']._serialized_end=657
+  _globals['_LISTEVENTSRESPONSE']._serialized_start=660
+  _globals['_LISTEVENTSRESPONSE']._serialized_end=866
+  _globals['_WEARABLESTATSREQUEST']._serialized_start=869
+  _globals['_WEARABLESTATSREQUEST']._serialized_end=1157
+  _globals['_WEARABLEDAY']._serialized_start=1159
+  _globals['_WEARABLEDAY']._serialized_end=1274
+  _globals['_WEARABLESTATSRESPONSE']._serialized_start=1277
+  _globals['_WEARABLESTATSRESPONSE']._serialized_end=1470
+  _globals['_SEARCHFILESREQUEST']._serialized_start=1472
+  _globals['_SEARCHFILESREQUEST']._serialized_end=1559
+  _globals['_FILEHIT']._serialized_start=1562
+  _globals['_FILEHIT']._serialized_end=1745
+  _globals['_SEARCHFILESRESPONSE']._serialized_start=1748
+  _globals['_SEARCHFILESRESPONSE']._serialized_end=1917
+  _globals['_READFILEREQUEST']._serialized_start=1920
+  _globals['_READFILEREQUEST']._serialized_end=2070
+  _globals['_READFILERESPONSE']._serialized_start=2072
+  _globals['_READFILERESPONSE']._serialized_end=2193
+  _globals['_FREEBUSYREQUEST']._serialized_start=2196
+  _globals['_FREEBUSYREQUEST']._serialized_end=2325
+  _globals['_BUSYBLOCK']._serialized_start=2327
+  _globals['_BUSYBLOCK']._serialized_end=2434
+  _globals['_SOURCEPROBLEM']._serialized_start=2436
+  _globals['_SOURCEPROBLEM']._serialized_end=2546
+  _globals['_FREEBUSYRESPONSE']._serialized_start=2549
+  _globals['_FREEBUSYRESPONSE']._serialized_end=2715
+  _globals['_PURGEUSERREQUEST']._serialized_start=2717
+  _globals['_PURGEUSERREQUEST']._serialized_end=2735
+  _globals['_PURGEUSERRESPONSE']._serialized_start=2738
+  _globals['_PURGEUSERRESPONSE']._serialized_end=2877
+  _globals['_INTEGRATIONSSERVICE']._serialized_start=2880
+  _globals['_INTEGRATIONSSERVICE']._serialized_end=3504
 # @@protoc_insertion_point(module_scope)

@@ -20,6 +20,263 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class ListEventsRequest(_message.Message):
+    """Request of ListEvents."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    limit: _builtins.int
+    """At most this many events (1 to 500; 0 means 100); the earliest are kept."""
+    @_builtins.property
+    def start(self) -> _timestamp_pb2.Timestamp:
+        """Start of the range (inclusive)."""
+
+    @_builtins.property
+    def end(self) -> _timestamp_pb2.Timestamp:
+        """End of the range (exclusive), after `start` and at most 93 days after it."""
+
+    def __init__(
+        self,
+        *,
+        start: _timestamp_pb2.Timestamp | None = ...,
+        end: _timestamp_pb2.Timestamp | None = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "start", b"start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "limit", b"limit", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListEventsRequest: _TypeAlias = ListEventsRequest  # noqa: Y015
+
+@_typing.final
+class CalendarEvent(_message.Message):
+    """A calendar event."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    TITLE_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    ALL_DAY_FIELD_NUMBER: _builtins.int
+    START_DATE_FIELD_NUMBER: _builtins.int
+    END_DATE_FIELD_NUMBER: _builtins.int
+    TIME_ZONE_FIELD_NUMBER: _builtins.int
+    BUSY_FIELD_NUMBER: _builtins.int
+    LOCATION_FIELD_NUMBER: _builtins.int
+    LINK_FIELD_NUMBER: _builtins.int
+    provider: _builtins.str
+    """"google" or "microsoft"."""
+    id: _builtins.str
+    """The provider's id of the event (of the occurrence, for a recurring event)."""
+    title: _builtins.str
+    """Its title ("(no title)" when it has none)."""
+    all_day: _builtins.bool
+    """Whether it lasts whole days: then `start_date` and `end_date` say which, as the calendar shows them."""
+    start_date: _builtins.str
+    """First day of an all-day event, "YYYY-MM-DD"."""
+    end_date: _builtins.str
+    """Day after its last day, "YYYY-MM-DD" (exclusive, as both providers give it)."""
+    time_zone: _builtins.str
+    """The time zone the event was scheduled in (IANA), when the provider said."""
+    busy: _builtins.bool
+    """Whether it counts as busy time (false for events shown as free or marked transparent)."""
+    location: _builtins.str
+    """Where, as the organiser wrote it."""
+    link: _builtins.str
+    """Where the person opens it."""
+    @_builtins.property
+    def start(self) -> _timestamp_pb2.Timestamp:
+        """For an event at a time: when it starts and ends. Unset for an all-day event."""
+
+    @_builtins.property
+    def end(self) -> _timestamp_pb2.Timestamp:
+        """Its end (exclusive)."""
+
+    def __init__(
+        self,
+        *,
+        provider: _builtins.str = ...,
+        id: _builtins.str = ...,
+        title: _builtins.str = ...,
+        start: _timestamp_pb2.Timestamp | None = ...,
+        end: _timestamp_pb2.Timestamp | None = ...,
+        all_day: _builtins.bool = ...,
+        start_date: _builtins.str = ...,
+        end_date: _builtins.str = ...,
+        time_zone: _builtins.str = ...,
+        busy: _builtins.bool = ...,
+        location: _builtins.str = ...,
+        link: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "start", b"start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_day", b"all_day", "busy", b"busy", "end", b"end", "end_date", b"end_date", "id", b"id", "link", b"link", "location", b"location", "provider", b"provider", "start", b"start", "start_date", b"start_date", "time_zone", b"time_zone", "title", b"title"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CalendarEvent: _TypeAlias = CalendarEvent  # noqa: Y015
+
+@_typing.final
+class ListEventsResponse(_message.Message):
+    """Response of ListEvents."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    SOURCES_FIELD_NUMBER: _builtins.int
+    PROBLEMS_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
+    truncated: _builtins.bool
+    """Whether more events than `limit` were found."""
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___CalendarEvent]:
+        """Events of every calendar that answered, by start (all-day events at the start of their first day)."""
+
+    @_builtins.property
+    def sources(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The providers whose calendars answered."""
+
+    @_builtins.property
+    def problems(self) -> _containers.RepeatedCompositeFieldContainer[Global___SourceProblem]:
+        """The connected calendars that did not."""
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___CalendarEvent] | None = ...,
+        sources: _abc.Iterable[_builtins.str] | None = ...,
+        problems: _abc.Iterable[Global___SourceProblem] | None = ...,
+        truncated: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "problems", b"problems", "sources", b"sources", "truncated", b"truncated"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListEventsResponse: _TypeAlias = ListEventsResponse  # noqa: Y015
+
+@_typing.final
+class WearableStatsRequest(_message.Message):
+    """Request of WearableStats."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METRIC_FIELD_NUMBER: _builtins.int
+    START_DATE_FIELD_NUMBER: _builtins.int
+    END_DATE_FIELD_NUMBER: _builtins.int
+    metric: _builtins.str
+    """The metric: "steps", "heart_rate", "resting_heart_rate", "sleep_minutes", "active_energy_kcal",
+    "weight_kg" or "workout_minutes".
+    """
+    start_date: _builtins.str
+    """First day, "YYYY-MM-DD" (the person's civil date, as their devices recorded it)."""
+    end_date: _builtins.str
+    """Last day (inclusive), "YYYY-MM-DD", at most 366 days after `start_date`."""
+    def __init__(
+        self,
+        *,
+        metric: _builtins.str = ...,
+        start_date: _builtins.str = ...,
+        end_date: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_date", b"end_date", "metric", b"metric", "start_date", b"start_date"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WearableStatsRequest: _TypeAlias = WearableStatsRequest  # noqa: Y015
+
+@_typing.final
+class WearableDay(_message.Message):
+    """One day of a metric."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATE_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    MIN_FIELD_NUMBER: _builtins.int
+    MAX_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    date: _builtins.str
+    """The day, "YYYY-MM-DD"."""
+    value: _builtins.float
+    """The day's value: the total for steps, sleep (minutes asleep in the night that ended that day), active
+    energy and workouts; the average for heart rates and weight. Where two sources recorded the same day
+    of a total, the larger is taken (a phone and a watch count the same steps).
+    """
+    min: _builtins.float
+    """The lowest and highest sample of the day (heart rates and weight; equal to `value` for totals)."""
+    max: _builtins.float
+    """See `min`."""
+    source: _builtins.str
+    """Where it came from: "google" or "apple_health"."""
+    def __init__(
+        self,
+        *,
+        date: _builtins.str = ...,
+        value: _builtins.float = ...,
+        min: _builtins.float = ...,
+        max: _builtins.float = ...,
+        source: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["date", b"date", "max", b"max", "min", b"min", "source", b"source", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WearableDay: _TypeAlias = WearableDay  # noqa: Y015
+
+@_typing.final
+class WearableStatsResponse(_message.Message):
+    """Response of WearableStats."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DAYS_FIELD_NUMBER: _builtins.int
+    SOURCES_FIELD_NUMBER: _builtins.int
+    PROBLEMS_FIELD_NUMBER: _builtins.int
+    UNIT_FIELD_NUMBER: _builtins.int
+    unit: _builtins.str
+    """The unit of `value`: "count", "bpm", "min", "kcal" or "kg"."""
+    @_builtins.property
+    def days(self) -> _containers.RepeatedCompositeFieldContainer[Global___WearableDay]:
+        """Days with data, by date; a day without data is absent."""
+
+    @_builtins.property
+    def sources(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The sources that answered ("google", "apple_health")."""
+
+    @_builtins.property
+    def problems(self) -> _containers.RepeatedCompositeFieldContainer[Global___SourceProblem]:
+        """The sources that did not."""
+
+    def __init__(
+        self,
+        *,
+        days: _abc.Iterable[Global___WearableDay] | None = ...,
+        sources: _abc.Iterable[_builtins.str] | None = ...,
+        problems: _abc.Iterable[Global___SourceProblem] | None = ...,
+        unit: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["days", b"days", "problems", b"problems", "sources", b"sources", "unit", b"unit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WearableStatsResponse: _TypeAlias = WearableStatsResponse  # noqa: Y015
+
+@_typing.final
 class SearchFilesRequest(_message.Message):
     """Request of SearchFiles."""
 

@@ -56,6 +56,16 @@ class IntegrationsServiceStub:
                 request_serializer=athena_dot_integrations_dot_v1_dot_integrations__pb2.ReadFileRequest.SerializeToString,
                 response_deserializer=athena_dot_integrations_dot_v1_dot_integrations__pb2.ReadFileResponse.FromString,
                 _registered_method=True)
+        self.ListEvents = channel.unary_unary(
+                '/athena.integrations.v1.IntegrationsService/ListEvents',
+                request_serializer=athena_dot_integrations_dot_v1_dot_integrations__pb2.ListEventsRequest.SerializeToString,
+                response_deserializer=athena_dot_integrations_dot_v1_dot_integrations__pb2.ListEventsResponse.FromString,
+                _registered_method=True)
+        self.WearableStats = channel.unary_unary(
+                '/athena.integrations.v1.IntegrationsService/WearableStats',
+                request_serializer=athena_dot_integrations_dot_v1_dot_integrations__pb2.WearableStatsRequest.SerializeToString,
+                response_deserializer=athena_dot_integrations_dot_v1_dot_integrations__pb2.WearableStatsResponse.FromString,
+                _registered_method=True)
 
 
 class IntegrationsServiceServicer:
@@ -100,6 +110,24 @@ class IntegrationsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListEvents(self, request, context):
+        """The caller's events between `start` and `end` in every connected calendar (recurring events expanded,
+        cancelled ones left out), by start: what the `calendar_events` tool answers. Calendars that cannot
+        answer are reported in `problems`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WearableStats(self, request, context):
+        """One health metric per day between `start_date` and `end_date` from every source the caller has: their
+        connected Google Health data (daily roll-ups) and their imported Apple Health exports, one value per
+        day: what the `wearable_stats` tool answers. A source that cannot answer is reported in `problems`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IntegrationsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -122,6 +150,16 @@ def add_IntegrationsServiceServicer_to_server(servicer, server):
                     servicer.ReadFile,
                     request_deserializer=athena_dot_integrations_dot_v1_dot_integrations__pb2.ReadFileRequest.FromString,
                     response_serializer=athena_dot_integrations_dot_v1_dot_integrations__pb2.ReadFileResponse.SerializeToString,
+            ),
+            'ListEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEvents,
+                    request_deserializer=athena_dot_integrations_dot_v1_dot_integrations__pb2.ListEventsRequest.FromString,
+                    response_serializer=athena_dot_integrations_dot_v1_dot_integrations__pb2.ListEventsResponse.SerializeToString,
+            ),
+            'WearableStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.WearableStats,
+                    request_deserializer=athena_dot_integrations_dot_v1_dot_integrations__pb2.WearableStatsRequest.FromString,
+                    response_serializer=athena_dot_integrations_dot_v1_dot_integrations__pb2.WearableStatsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -234,6 +272,60 @@ class IntegrationsService:
             '/athena.integrations.v1.IntegrationsService/ReadFile',
             athena_dot_integrations_dot_v1_dot_integrations__pb2.ReadFileRequest.SerializeToString,
             athena_dot_integrations_dot_v1_dot_integrations__pb2.ReadFileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/athena.integrations.v1.IntegrationsService/ListEvents',
+            athena_dot_integrations_dot_v1_dot_integrations__pb2.ListEventsRequest.SerializeToString,
+            athena_dot_integrations_dot_v1_dot_integrations__pb2.ListEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WearableStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/athena.integrations.v1.IntegrationsService/WearableStats',
+            athena_dot_integrations_dot_v1_dot_integrations__pb2.WearableStatsRequest.SerializeToString,
+            athena_dot_integrations_dot_v1_dot_integrations__pb2.WearableStatsResponse.FromString,
             options,
             channel_credentials,
             insecure,

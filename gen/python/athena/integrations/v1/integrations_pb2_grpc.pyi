@@ -56,6 +56,16 @@ class IntegrationsServiceStub:
     characters: what the `file_read` tool answers. FAILED_PRECONDITION (saying why) for a file that does
     not read as text or a drive that cannot answer; NOT_FOUND without a connected drive of that provider.
     """
+    ListEvents: _grpc.UnaryUnaryMultiCallable[_integrations_pb2.ListEventsRequest, _integrations_pb2.ListEventsResponse]
+    """The caller's events between `start` and `end` in every connected calendar (recurring events expanded,
+    cancelled ones left out), by start: what the `calendar_events` tool answers. Calendars that cannot
+    answer are reported in `problems`.
+    """
+    WearableStats: _grpc.UnaryUnaryMultiCallable[_integrations_pb2.WearableStatsRequest, _integrations_pb2.WearableStatsResponse]
+    """One health metric per day between `start_date` and `end_date` from every source the caller has: their
+    connected Google Health data (daily roll-ups) and their imported Apple Health exports, one value per
+    day: what the `wearable_stats` tool answers. A source that cannot answer is reported in `problems`.
+    """
 
 @_typing.type_check_only
 class IntegrationsServiceAsyncStub(IntegrationsServiceStub):
@@ -84,6 +94,16 @@ class IntegrationsServiceAsyncStub(IntegrationsServiceStub):
     """One document's text (Google Docs as plain text, text files as they are), at most `max_chars`
     characters: what the `file_read` tool answers. FAILED_PRECONDITION (saying why) for a file that does
     not read as text or a drive that cannot answer; NOT_FOUND without a connected drive of that provider.
+    """
+    ListEvents: _aio.UnaryUnaryMultiCallable[_integrations_pb2.ListEventsRequest, _integrations_pb2.ListEventsResponse]  # type: ignore[assignment]
+    """The caller's events between `start` and `end` in every connected calendar (recurring events expanded,
+    cancelled ones left out), by start: what the `calendar_events` tool answers. Calendars that cannot
+    answer are reported in `problems`.
+    """
+    WearableStats: _aio.UnaryUnaryMultiCallable[_integrations_pb2.WearableStatsRequest, _integrations_pb2.WearableStatsResponse]  # type: ignore[assignment]
+    """One health metric per day between `start_date` and `end_date` from every source the caller has: their
+    connected Google Health data (daily roll-ups) and their imported Apple Health exports, one value per
+    day: what the `wearable_stats` tool answers. A source that cannot answer is reported in `problems`.
     """
 
 class IntegrationsServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -134,6 +154,28 @@ class IntegrationsServiceServicer(metaclass=_abc_1.ABCMeta):
         """One document's text (Google Docs as plain text, text files as they are), at most `max_chars`
         characters: what the `file_read` tool answers. FAILED_PRECONDITION (saying why) for a file that does
         not read as text or a drive that cannot answer; NOT_FOUND without a connected drive of that provider.
+        """
+
+    @_abc_1.abstractmethod
+    def ListEvents(
+        self,
+        request: _integrations_pb2.ListEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_integrations_pb2.ListEventsResponse, _abc.Awaitable[_integrations_pb2.ListEventsResponse]]:
+        """The caller's events between `start` and `end` in every connected calendar (recurring events expanded,
+        cancelled ones left out), by start: what the `calendar_events` tool answers. Calendars that cannot
+        answer are reported in `problems`.
+        """
+
+    @_abc_1.abstractmethod
+    def WearableStats(
+        self,
+        request: _integrations_pb2.WearableStatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_integrations_pb2.WearableStatsResponse, _abc.Awaitable[_integrations_pb2.WearableStatsResponse]]:
+        """One health metric per day between `start_date` and `end_date` from every source the caller has: their
+        connected Google Health data (daily roll-ups) and their imported Apple Health exports, one value per
+        day: what the `wearable_stats` tool answers. A source that cannot answer is reported in `problems`.
         """
 
 def add_IntegrationsServiceServicer_to_server(servicer: IntegrationsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -13,7 +13,311 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file athena/integrations/v1/integrations.proto.
  */
 export const file_athena_integrations_v1_integrations: GenFile = /*@__PURE__*/
-  fileDesc("CilhdGhlbmEvaW50ZWdyYXRpb25zL3YxL2ludGVncmF0aW9ucy5wcm90bxIWYXRoZW5hLmludGVncmF0aW9ucy52MSJJChJTZWFyY2hGaWxlc1JlcXVlc3QSGQoFcXVlcnkYASABKAlCCrpIB3IFEAEYyAESGAoFbGltaXQYAiABKAVCCbpIBhoEGBkoACKHAQoHRmlsZUhpdBIQCghwcm92aWRlchgBIAEoCRIKCgJpZBgCIAEoCRIMCgRuYW1lGAMgASgJEhEKCW1pbWVfdHlwZRgEIAEoCRIvCgttb2RpZmllZF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDAoEbGluaxgGIAEoCSKPAQoTU2VhcmNoRmlsZXNSZXNwb25zZRIuCgVmaWxlcxgBIAMoCzIfLmF0aGVuYS5pbnRlZ3JhdGlvbnMudjEuRmlsZUhpdBIPCgdzb3VyY2VzGAIgAygJEjcKCHByb2JsZW1zGAMgAygLMiUuYXRoZW5hLmludGVncmF0aW9ucy52MS5Tb3VyY2VQcm9ibGVtInoKD1JlYWRGaWxlUmVxdWVzdBIqCghwcm92aWRlchgBIAEoCUIYukgVchNSBmdvb2dsZVIJbWljcm9zb2Z0EhsKB2ZpbGVfaWQYAiABKAlCCrpIB3IFEAEYgAQSHgoJbWF4X2NoYXJzGAMgASgFQgu6SAgaBhigjQYoACJiChBSZWFkRmlsZVJlc3BvbnNlEi0KBGZpbGUYASABKAsyHy5hdGhlbmEuaW50ZWdyYXRpb25zLnYxLkZpbGVIaXQSDAoEdGV4dBgCIAEoCRIRCgl0cnVuY2F0ZWQYAyABKAgidQoPRnJlZUJ1c3lSZXF1ZXN0EjEKBXN0YXJ0GAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIGukgDyAEBEi8KA2VuZBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBrpIA8gBASJfCglCdXN5QmxvY2sSKQoFc3RhcnQYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEicKA2VuZBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiSwoNU291cmNlUHJvYmxlbRIQCghwcm92aWRlchgBIAEoCRIXCg9uZWVkc19yZWNvbm5lY3QYAiABKAgSDwoHbWVzc2FnZRgDIAEoCSKNAQoQRnJlZUJ1c3lSZXNwb25zZRIvCgRidXN5GAEgAygLMiEuYXRoZW5hLmludGVncmF0aW9ucy52MS5CdXN5QmxvY2sSDwoHc291cmNlcxgCIAMoCRI3Cghwcm9ibGVtcxgDIAMoCzIlLmF0aGVuYS5pbnRlZ3JhdGlvbnMudjEuU291cmNlUHJvYmxlbSISChBQdXJnZVVzZXJSZXF1ZXN0Il0KEVB1cmdlVXNlclJlc3BvbnNlEhQKDGRlbGV0ZWRfcm93cxgBIAEoBRIaChJkYXRhX2tleV9kZXN0cm95ZWQYAiABKAgSFgoOcmV2b2tlZF9ncmFudHMYAyABKAUynQMKE0ludGVncmF0aW9uc1NlcnZpY2USYAoJUHVyZ2VVc2VyEiguYXRoZW5hLmludGVncmF0aW9ucy52MS5QdXJnZVVzZXJSZXF1ZXN0GikuYXRoZW5hLmludGVncmF0aW9ucy52MS5QdXJnZVVzZXJSZXNwb25zZRJdCghGcmVlQnVzeRInLmF0aGVuYS5pbnRlZ3JhdGlvbnMudjEuRnJlZUJ1c3lSZXF1ZXN0GiguYXRoZW5hLmludGVncmF0aW9ucy52MS5GcmVlQnVzeVJlc3BvbnNlEmYKC1NlYXJjaEZpbGVzEiouYXRoZW5hLmludGVncmF0aW9ucy52MS5TZWFyY2hGaWxlc1JlcXVlc3QaKy5hdGhlbmEuaW50ZWdyYXRpb25zLnYxLlNlYXJjaEZpbGVzUmVzcG9uc2USXQoIUmVhZEZpbGUSJy5hdGhlbmEuaW50ZWdyYXRpb25zLnYxLlJlYWRGaWxlUmVxdWVzdBooLmF0aGVuYS5pbnRlZ3JhdGlvbnMudjEuUmVhZEZpbGVSZXNwb25zZWIGcHJvdG8z", [file_buf_validate_validate, file_google_protobuf_timestamp]);
+  fileDesc("CilhdGhlbmEvaW50ZWdyYXRpb25zL3YxL2ludGVncmF0aW9ucy5wcm90bxIWYXRoZW5hLmludGVncmF0aW9ucy52MSKSAQoRTGlzdEV2ZW50c1JlcXVlc3QSMQoFc3RhcnQYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQga6SAPIAQESLwoDZW5kGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIGukgDyAEBEhkKBWxpbWl0GAMgASgFQgq6SAcaBRj0AygAIogCCg1DYWxlbmRhckV2ZW50EhAKCHByb3ZpZGVyGAEgASgJEgoKAmlkGAIgASgJEg0KBXRpdGxlGAMgASgJEikKBXN0YXJ0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBInCgNlbmQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB2FsbF9kYXkYBiABKAgSEgoKc3RhcnRfZGF0ZRgHIAEoCRIQCghlbmRfZGF0ZRgIIAEoCRIRCgl0aW1lX3pvbmUYCSABKAkSDAoEYnVzeRgKIAEoCBIQCghsb2NhdGlvbhgLIAEoCRIMCgRsaW5rGAwgASgJIqgBChJMaXN0RXZlbnRzUmVzcG9uc2USNQoGZXZlbnRzGAEgAygLMiUuYXRoZW5hLmludGVncmF0aW9ucy52MS5DYWxlbmRhckV2ZW50Eg8KB3NvdXJjZXMYAiADKAkSNwoIcHJvYmxlbXMYAyADKAsyJS5hdGhlbmEuaW50ZWdyYXRpb25zLnYxLlNvdXJjZVByb2JsZW0SEQoJdHJ1bmNhdGVkGAQgASgIIoMCChRXZWFyYWJsZVN0YXRzUmVxdWVzdBJ7CgZtZXRyaWMYASABKAlCa7pIaHJmUgVzdGVwc1IKaGVhcnRfcmF0ZVIScmVzdGluZ19oZWFydF9yYXRlUg1zbGVlcF9taW51dGVzUhJhY3RpdmVfZW5lcmd5X2tjYWxSCXdlaWdodF9rZ1IPd29ya291dF9taW51dGVzEjcKCnN0YXJ0X2RhdGUYAiABKAlCI7pIIHIeMhxeWzAtOV17NH0tWzAtOV17Mn0tWzAtOV17Mn0kEjUKCGVuZF9kYXRlGAMgASgJQiO6SCByHjIcXlswLTldezR9LVswLTldezJ9LVswLTldezJ9JCJUCgtXZWFyYWJsZURheRIMCgRkYXRlGAEgASgJEg0KBXZhbHVlGAIgASgBEgsKA21pbhgDIAEoARILCgNtYXgYBCABKAESDgoGc291cmNlGAUgASgJIqIBChVXZWFyYWJsZVN0YXRzUmVzcG9uc2USMQoEZGF5cxgBIAMoCzIjLmF0aGVuYS5pbnRlZ3JhdGlvbnMudjEuV2VhcmFibGVEYXkSDwoHc291cmNlcxgCIAMoCRI3Cghwcm9ibGVtcxgDIAMoCzIlLmF0aGVuYS5pbnRlZ3JhdGlvbnMudjEuU291cmNlUHJvYmxlbRIMCgR1bml0GAQgASgJIkkKElNlYXJjaEZpbGVzUmVxdWVzdBIZCgVxdWVyeRgBIAEoCUIKukgHcgUQARjIARIYCgVsaW1pdBgCIAEoBUIJukgGGgQYGSgAIocBCgdGaWxlSGl0EhAKCHByb3ZpZGVyGAEgASgJEgoKAmlkGAIgASgJEgwKBG5hbWUYAyABKAkSEQoJbWltZV90eXBlGAQgASgJEi8KC21vZGlmaWVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIMCgRsaW5rGAYgASgJIo8BChNTZWFyY2hGaWxlc1Jlc3BvbnNlEi4KBWZpbGVzGAEgAygLMh8uYXRoZW5hLmludGVncmF0aW9ucy52MS5GaWxlSGl0Eg8KB3NvdXJjZXMYAiADKAkSNwoIcHJvYmxlbXMYAyADKAsyJS5hdGhlbmEuaW50ZWdyYXRpb25zLnYxLlNvdXJjZVByb2JsZW0iegoPUmVhZEZpbGVSZXF1ZXN0EioKCHByb3ZpZGVyGAEgASgJQhi6SBVyE1IGZ29vZ2xlUgltaWNyb3NvZnQSGwoHZmlsZV9pZBgCIAEoCUIKukgHcgUQARiABBIeCgltYXhfY2hhcnMYAyABKAVCC7pICBoGGKCNBigAImIKEFJlYWRGaWxlUmVzcG9uc2USLQoEZmlsZRgBIAEoCzIfLmF0aGVuYS5pbnRlZ3JhdGlvbnMudjEuRmlsZUhpdBIMCgR0ZXh0GAIgASgJEhEKCXRydW5jYXRlZBgDIAEoCCJ1Cg9GcmVlQnVzeVJlcXVlc3QSMQoFc3RhcnQYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQga6SAPIAQESLwoDZW5kGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIGukgDyAEBIl8KCUJ1c3lCbG9jaxIpCgVzdGFydBgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJwoDZW5kGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJLCg1Tb3VyY2VQcm9ibGVtEhAKCHByb3ZpZGVyGAEgASgJEhcKD25lZWRzX3JlY29ubmVjdBgCIAEoCBIPCgdtZXNzYWdlGAMgASgJIo0BChBGcmVlQnVzeVJlc3BvbnNlEi8KBGJ1c3kYASADKAsyIS5hdGhlbmEuaW50ZWdyYXRpb25zLnYxLkJ1c3lCbG9jaxIPCgdzb3VyY2VzGAIgAygJEjcKCHByb2JsZW1zGAMgAygLMiUuYXRoZW5hLmludGVncmF0aW9ucy52MS5Tb3VyY2VQcm9ibGVtIhIKEFB1cmdlVXNlclJlcXVlc3QiXQoRUHVyZ2VVc2VyUmVzcG9uc2USFAoMZGVsZXRlZF9yb3dzGAEgASgFEhoKEmRhdGFfa2V5X2Rlc3Ryb3llZBgCIAEoCBIWCg5yZXZva2VkX2dyYW50cxgDIAEoBTLwBAoTSW50ZWdyYXRpb25zU2VydmljZRJgCglQdXJnZVVzZXISKC5hdGhlbmEuaW50ZWdyYXRpb25zLnYxLlB1cmdlVXNlclJlcXVlc3QaKS5hdGhlbmEuaW50ZWdyYXRpb25zLnYxLlB1cmdlVXNlclJlc3BvbnNlEl0KCEZyZWVCdXN5EicuYXRoZW5hLmludGVncmF0aW9ucy52MS5GcmVlQnVzeVJlcXVlc3QaKC5hdGhlbmEuaW50ZWdyYXRpb25zLnYxLkZyZWVCdXN5UmVzcG9uc2USZgoLU2VhcmNoRmlsZXMSKi5hdGhlbmEuaW50ZWdyYXRpb25zLnYxLlNlYXJjaEZpbGVzUmVxdWVzdBorLmF0aGVuYS5pbnRlZ3JhdGlvbnMudjEuU2VhcmNoRmlsZXNSZXNwb25zZRJdCghSZWFkRmlsZRInLmF0aGVuYS5pbnRlZ3JhdGlvbnMudjEuUmVhZEZpbGVSZXF1ZXN0GiguYXRoZW5hLmludGVncmF0aW9ucy52MS5SZWFkRmlsZVJlc3BvbnNlEmMKCkxpc3RFdmVudHMSKS5hdGhlbmEuaW50ZWdyYXRpb25zLnYxLkxpc3RFdmVudHNSZXF1ZXN0GiouYXRoZW5hLmludGVncmF0aW9ucy52MS5MaXN0RXZlbnRzUmVzcG9uc2USbAoNV2VhcmFibGVTdGF0cxIsLmF0aGVuYS5pbnRlZ3JhdGlvbnMudjEuV2VhcmFibGVTdGF0c1JlcXVlc3QaLS5hdGhlbmEuaW50ZWdyYXRpb25zLnYxLldlYXJhYmxlU3RhdHNSZXNwb25zZWIGcHJvdG8z", [file_buf_validate_validate, file_google_protobuf_timestamp]);
+
+/**
+ * Request of ListEvents.
+ *
+ * @generated from message athena.integrations.v1.ListEventsRequest
+ */
+export type ListEventsRequest = Message<"athena.integrations.v1.ListEventsRequest"> & {
+  /**
+   * Start of the range (inclusive).
+   *
+   * @generated from field: google.protobuf.Timestamp start = 1;
+   */
+  start?: Timestamp | undefined;
+
+  /**
+   * End of the range (exclusive), after `start` and at most 93 days after it.
+   *
+   * @generated from field: google.protobuf.Timestamp end = 2;
+   */
+  end?: Timestamp | undefined;
+
+  /**
+   * At most this many events (1 to 500; 0 means 100); the earliest are kept.
+   *
+   * @generated from field: int32 limit = 3;
+   */
+  limit: number;
+};
+
+/**
+ * Describes the message athena.integrations.v1.ListEventsRequest.
+ * Use `create(ListEventsRequestSchema)` to create a new message.
+ */
+export const ListEventsRequestSchema: GenMessage<ListEventsRequest> = /*@__PURE__*/
+  messageDesc(file_athena_integrations_v1_integrations, 0);
+
+/**
+ * A calendar event.
+ *
+ * @generated from message athena.integrations.v1.CalendarEvent
+ */
+export type CalendarEvent = Message<"athena.integrations.v1.CalendarEvent"> & {
+  /**
+   * "google" or "microsoft".
+   *
+   * @generated from field: string provider = 1;
+   */
+  provider: string;
+
+  /**
+   * The provider's id of the event (of the occurrence, for a recurring event).
+   *
+   * @generated from field: string id = 2;
+   */
+  id: string;
+
+  /**
+   * Its title ("(no title)" when it has none).
+   *
+   * @generated from field: string title = 3;
+   */
+  title: string;
+
+  /**
+   * For an event at a time: when it starts and ends. Unset for an all-day event.
+   *
+   * @generated from field: google.protobuf.Timestamp start = 4;
+   */
+  start?: Timestamp | undefined;
+
+  /**
+   * Its end (exclusive).
+   *
+   * @generated from field: google.protobuf.Timestamp end = 5;
+   */
+  end?: Timestamp | undefined;
+
+  /**
+   * Whether it lasts whole days: then `start_date` and `end_date` say which, as the calendar shows them.
+   *
+   * @generated from field: bool all_day = 6;
+   */
+  allDay: boolean;
+
+  /**
+   * First day of an all-day event, "YYYY-MM-DD".
+   *
+   * @generated from field: string start_date = 7;
+   */
+  startDate: string;
+
+  /**
+   * Day after its last day, "YYYY-MM-DD" (exclusive, as both providers give it).
+   *
+   * @generated from field: string end_date = 8;
+   */
+  endDate: string;
+
+  /**
+   * The time zone the event was scheduled in (IANA), when the provider said.
+   *
+   * @generated from field: string time_zone = 9;
+   */
+  timeZone: string;
+
+  /**
+   * Whether it counts as busy time (false for events shown as free or marked transparent).
+   *
+   * @generated from field: bool busy = 10;
+   */
+  busy: boolean;
+
+  /**
+   * Where, as the organiser wrote it.
+   *
+   * @generated from field: string location = 11;
+   */
+  location: string;
+
+  /**
+   * Where the person opens it.
+   *
+   * @generated from field: string link = 12;
+   */
+  link: string;
+};
+
+/**
+ * Describes the message athena.integrations.v1.CalendarEvent.
+ * Use `create(CalendarEventSchema)` to create a new message.
+ */
+export const CalendarEventSchema: GenMessage<CalendarEvent> = /*@__PURE__*/
+  messageDesc(file_athena_integrations_v1_integrations, 1);
+
+/**
+ * Response of ListEvents.
+ *
+ * @generated from message athena.integrations.v1.ListEventsResponse
+ */
+export type ListEventsResponse = Message<"athena.integrations.v1.ListEventsResponse"> & {
+  /**
+   * Events of every calendar that answered, by start (all-day events at the start of their first day).
+   *
+   * @generated from field: repeated athena.integrations.v1.CalendarEvent events = 1;
+   */
+  events: CalendarEvent[];
+
+  /**
+   * The providers whose calendars answered.
+   *
+   * @generated from field: repeated string sources = 2;
+   */
+  sources: string[];
+
+  /**
+   * The connected calendars that did not.
+   *
+   * @generated from field: repeated athena.integrations.v1.SourceProblem problems = 3;
+   */
+  problems: SourceProblem[];
+
+  /**
+   * Whether more events than `limit` were found.
+   *
+   * @generated from field: bool truncated = 4;
+   */
+  truncated: boolean;
+};
+
+/**
+ * Describes the message athena.integrations.v1.ListEventsResponse.
+ * Use `create(ListEventsResponseSchema)` to create a new message.
+ */
+export const ListEventsResponseSchema: GenMessage<ListEventsResponse> = /*@__PURE__*/
+  messageDesc(file_athena_integrations_v1_integrations, 2);
+
+/**
+ * Request of WearableStats.
+ *
+ * @generated from message athena.integrations.v1.WearableStatsRequest
+ */
+export type WearableStatsRequest = Message<"athena.integrations.v1.WearableStatsRequest"> & {
+  /**
+   * The metric: "steps", "heart_rate", "resting_heart_rate", "sleep_minutes", "active_energy_kcal",
+   * "weight_kg" or "workout_minutes".
+   *
+   * @generated from field: string metric = 1;
+   */
+  metric: string;
+
+  /**
+   * First day, "YYYY-MM-DD" (the person's civil date, as their devices recorded it).
+   *
+   * @generated from field: string start_date = 2;
+   */
+  startDate: string;
+
+  /**
+   * Last day (inclusive), "YYYY-MM-DD", at most 366 days after `start_date`.
+   *
+   * @generated from field: string end_date = 3;
+   */
+  endDate: string;
+};
+
+/**
+ * Describes the message athena.integrations.v1.WearableStatsRequest.
+ * Use `create(WearableStatsRequestSchema)` to create a new message.
+ */
+export const WearableStatsRequestSchema: GenMessage<WearableStatsRequest> = /*@__PURE__*/
+  messageDesc(file_athena_integrations_v1_integrations, 3);
+
+/**
+ * One day of a metric.
+ *
+ * @generated from message athena.integrations.v1.WearableDay
+ */
+export type WearableDay = Message<"athena.integrations.v1.WearableDay"> & {
+  /**
+   * The day, "YYYY-MM-DD".
+   *
+   * @generated from field: string date = 1;
+   */
+  date: string;
+
+  /**
+   * The day's value: the total for steps, sleep (minutes asleep in the night that ended that day), active
+   * energy and workouts; the average for heart rates and weight. Where two sources recorded the same day
+   * of a total, the larger is taken (a phone and a watch count the same steps).
+   *
+   * @generated from field: double value = 2;
+   */
+  value: number;
+
+  /**
+   * The lowest and highest sample of the day (heart rates and weight; equal to `value` for totals).
+   *
+   * @generated from field: double min = 3;
+   */
+  min: number;
+
+  /**
+   * See `min`.
+   *
+   * @generated from field: double max = 4;
+   */
+  max: number;
+
+  /**
+   * Where it came from: "google" or "apple_health".
+   *
+   * @generated from field: string source = 5;
+   */
+  source: string;
+};
+
+/**
+ * Describes the message athena.integrations.v1.WearableDay.
+ * Use `create(WearableDaySchema)` to create a new message.
+ */
+export const WearableDaySchema: GenMessage<WearableDay> = /*@__PURE__*/
+  messageDesc(file_athena_integrations_v1_integrations, 4);
+
+/**
+ * Response of WearableStats.
+ *
+ * @generated from message athena.integrations.v1.WearableStatsResponse
+ */
+export type WearableStatsResponse = Message<"athena.integrations.v1.WearableStatsResponse"> & {
+  /**
+   * Days with data, by date; a day without data is absent.
+   *
+   * @generated from field: repeated athena.integrations.v1.WearableDay days = 1;
+   */
+  days: WearableDay[];
+
+  /**
+   * The sources that answered ("google", "apple_health").
+   *
+   * @generated from field: repeated string sources = 2;
+   */
+  sources: string[];
+
+  /**
+   * The sources that did not.
+   *
+   * @generated from field: repeated athena.integrations.v1.SourceProblem problems = 3;
+   */
+  problems: SourceProblem[];
+
+  /**
+   * The unit of `value`: "count", "bpm", "min", "kcal" or "kg".
+   *
+   * @generated from field: string unit = 4;
+   */
+  unit: string;
+};
+
+/**
+ * Describes the message athena.integrations.v1.WearableStatsResponse.
+ * Use `create(WearableStatsResponseSchema)` to create a new message.
+ */
+export const WearableStatsResponseSchema: GenMessage<WearableStatsResponse> = /*@__PURE__*/
+  messageDesc(file_athena_integrations_v1_integrations, 5);
 
 /**
  * Request of SearchFiles.
@@ -41,7 +345,7 @@ export type SearchFilesRequest = Message<"athena.integrations.v1.SearchFilesRequ
  * Use `create(SearchFilesRequestSchema)` to create a new message.
  */
 export const SearchFilesRequestSchema: GenMessage<SearchFilesRequest> = /*@__PURE__*/
-  messageDesc(file_athena_integrations_v1_integrations, 0);
+  messageDesc(file_athena_integrations_v1_integrations, 6);
 
 /**
  * A document found.
@@ -97,7 +401,7 @@ export type FileHit = Message<"athena.integrations.v1.FileHit"> & {
  * Use `create(FileHitSchema)` to create a new message.
  */
 export const FileHitSchema: GenMessage<FileHit> = /*@__PURE__*/
-  messageDesc(file_athena_integrations_v1_integrations, 1);
+  messageDesc(file_athena_integrations_v1_integrations, 7);
 
 /**
  * Response of SearchFiles.
@@ -132,7 +436,7 @@ export type SearchFilesResponse = Message<"athena.integrations.v1.SearchFilesRes
  * Use `create(SearchFilesResponseSchema)` to create a new message.
  */
 export const SearchFilesResponseSchema: GenMessage<SearchFilesResponse> = /*@__PURE__*/
-  messageDesc(file_athena_integrations_v1_integrations, 2);
+  messageDesc(file_athena_integrations_v1_integrations, 8);
 
 /**
  * Request of ReadFile.
@@ -167,7 +471,7 @@ export type ReadFileRequest = Message<"athena.integrations.v1.ReadFileRequest"> 
  * Use `create(ReadFileRequestSchema)` to create a new message.
  */
 export const ReadFileRequestSchema: GenMessage<ReadFileRequest> = /*@__PURE__*/
-  messageDesc(file_athena_integrations_v1_integrations, 3);
+  messageDesc(file_athena_integrations_v1_integrations, 9);
 
 /**
  * Response of ReadFile.
@@ -202,7 +506,7 @@ export type ReadFileResponse = Message<"athena.integrations.v1.ReadFileResponse"
  * Use `create(ReadFileResponseSchema)` to create a new message.
  */
 export const ReadFileResponseSchema: GenMessage<ReadFileResponse> = /*@__PURE__*/
-  messageDesc(file_athena_integrations_v1_integrations, 4);
+  messageDesc(file_athena_integrations_v1_integrations, 10);
 
 /**
  * Request of FreeBusy.
@@ -230,7 +534,7 @@ export type FreeBusyRequest = Message<"athena.integrations.v1.FreeBusyRequest"> 
  * Use `create(FreeBusyRequestSchema)` to create a new message.
  */
 export const FreeBusyRequestSchema: GenMessage<FreeBusyRequest> = /*@__PURE__*/
-  messageDesc(file_athena_integrations_v1_integrations, 5);
+  messageDesc(file_athena_integrations_v1_integrations, 11);
 
 /**
  * A span of busy time.
@@ -258,7 +562,7 @@ export type BusyBlock = Message<"athena.integrations.v1.BusyBlock"> & {
  * Use `create(BusyBlockSchema)` to create a new message.
  */
 export const BusyBlockSchema: GenMessage<BusyBlock> = /*@__PURE__*/
-  messageDesc(file_athena_integrations_v1_integrations, 6);
+  messageDesc(file_athena_integrations_v1_integrations, 12);
 
 /**
  * A connected calendar that could not answer.
@@ -294,7 +598,7 @@ export type SourceProblem = Message<"athena.integrations.v1.SourceProblem"> & {
  * Use `create(SourceProblemSchema)` to create a new message.
  */
 export const SourceProblemSchema: GenMessage<SourceProblem> = /*@__PURE__*/
-  messageDesc(file_athena_integrations_v1_integrations, 7);
+  messageDesc(file_athena_integrations_v1_integrations, 13);
 
 /**
  * Response of FreeBusy.
@@ -329,7 +633,7 @@ export type FreeBusyResponse = Message<"athena.integrations.v1.FreeBusyResponse"
  * Use `create(FreeBusyResponseSchema)` to create a new message.
  */
 export const FreeBusyResponseSchema: GenMessage<FreeBusyResponse> = /*@__PURE__*/
-  messageDesc(file_athena_integrations_v1_integrations, 8);
+  messageDesc(file_athena_integrations_v1_integrations, 14);
 
 /**
  * Request of PurgeUser.
@@ -344,7 +648,7 @@ export type PurgeUserRequest = Message<"athena.integrations.v1.PurgeUserRequest"
  * Use `create(PurgeUserRequestSchema)` to create a new message.
  */
 export const PurgeUserRequestSchema: GenMessage<PurgeUserRequest> = /*@__PURE__*/
-  messageDesc(file_athena_integrations_v1_integrations, 9);
+  messageDesc(file_athena_integrations_v1_integrations, 15);
 
 /**
  * Response of PurgeUser.
@@ -379,7 +683,7 @@ export type PurgeUserResponse = Message<"athena.integrations.v1.PurgeUserRespons
  * Use `create(PurgeUserResponseSchema)` to create a new message.
  */
 export const PurgeUserResponseSchema: GenMessage<PurgeUserResponse> = /*@__PURE__*/
-  messageDesc(file_athena_integrations_v1_integrations, 10);
+  messageDesc(file_athena_integrations_v1_integrations, 16);
 
 /**
  * IntegrationsService is what the rest of the mesh asks the integrations service; the edge never routes
@@ -436,6 +740,30 @@ export const IntegrationsService: GenService<{
     methodKind: "unary";
     input: typeof ReadFileRequestSchema;
     output: typeof ReadFileResponseSchema;
+  },
+  /**
+   * The caller's events between `start` and `end` in every connected calendar (recurring events expanded,
+   * cancelled ones left out), by start: what the `calendar_events` tool answers. Calendars that cannot
+   * answer are reported in `problems`.
+   *
+   * @generated from rpc athena.integrations.v1.IntegrationsService.ListEvents
+   */
+  listEvents: {
+    methodKind: "unary";
+    input: typeof ListEventsRequestSchema;
+    output: typeof ListEventsResponseSchema;
+  },
+  /**
+   * One health metric per day between `start_date` and `end_date` from every source the caller has: their
+   * connected Google Health data (daily roll-ups) and their imported Apple Health exports, one value per
+   * day: what the `wearable_stats` tool answers. A source that cannot answer is reported in `problems`.
+   *
+   * @generated from rpc athena.integrations.v1.IntegrationsService.WearableStats
+   */
+  wearableStats: {
+    methodKind: "unary";
+    input: typeof WearableStatsRequestSchema;
+    output: typeof WearableStatsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_athena_integrations_v1_integrations, 0);
