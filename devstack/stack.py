@@ -183,16 +183,6 @@ class Stack:
             path.chmod(0o600)
         return path.read_text().strip()
 
-    def _integration_dirs(self) -> dict[str, str]:
-        """Local stand-ins of the integrations not yet read through connected accounts (issue 15): wearable
-        CSVs. Calendars and documents are each person's connected ones (the integrations service)."""
-        dirs = {}
-        for name in ("wearables",):
-            path = self.data_dir / "integrations" / name
-            path.mkdir(parents=True, exist_ok=True)
-            dirs[f"ORCHESTRATOR_{name.upper()}_DIR"] = str(path)
-        return dirs
-
     def _environment(self) -> dict[str, str]:
         p = self.config.ports
         env = {
@@ -213,7 +203,6 @@ class Stack:
             "ORCHESTRATOR_HTTP_PORT": str(p.orchestrator_http),
             "ORCHESTRATOR_MEMORY_TARGET": f"127.0.0.1:{p.memory}",
             "ORCHESTRATOR_INTEGRATIONS_TARGET": f"127.0.0.1:{p.integrations}",
-            **self._integration_dirs(),
             "MEMORY_PORT": str(p.memory),
             "MEMORY_HTTP_PORT": str(p.memory_http),
             "AUTH_PORT": str(p.auth),

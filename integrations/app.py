@@ -8,24 +8,32 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from athena.connections.v1 import connections_pb2_grpc
 from athena.integrations.v1 import integrations_pb2_grpc
+from athena.uploads.v1 import uploads_pb2_grpc
 
 from integrations.calendars import Calendars
 from integrations.connections import Connections, ConnectionStore
 from integrations.files import Files
+from integrations.health import Health
+from integrations.health_google import GoogleHealth
 from integrations.migrate import DATA_KEYS_TABLE, SERVICE, apply_migrations, migrate
 from integrations.oauth import OAuth
+from integrations.objects import from_settings as objects_from_settings
 from integrations.postgres import PostgresConnectionStore
+from integrations.postgres_uploads import PostgresHealthStore, PostgresUploadStore
 from integrations.servicer import (
     INTERNAL_SERVICE_NAME,
     SERVICE_NAME,
+    UPLOADS_SERVICE_NAME,
     ConnectionsServicer,
     IntegrationsServicer,
+    UploadsServicer,
 )
 from integrations.settings import IntegrationsSettings
+from integrations.uploads import Uploads
 from mesh.app import Assembly, Command, Deps, ServiceApp
 from mesh.envelope import DataKeys
 from mesh.keystore import PostgresDataKeys, rewrap_keys
@@ -42,13 +50,21 @@ class IntegrationsDeps(Deps):
     """Wraps the people's data keys; None: the KMS the settings name (`mesh.kms.from_settings`)."""
 
 
-async def _purge_pending(store: ConnectionStore, every: float, now: Callable[[], datetime]) -> None:
+async def _maintain(
+    store: ConnectionStore,
+    uploads: Uploads,
+    settings: IntegrationsSettings,
+    now: Callable[[], datetime],
+) -> None:
+    """Every `maintenance_seconds`: purges expired pending connections, takes over imports whose replica
+    stopped, deletes abandoned uploads."""
     while True:
-        await asyncio.sleep(every)
+        await asyncio.sleep(settings.maintenance_seconds)
         try:
             await store.purge_pending(now())
+            await uploads.maintain(timedelta(hours=settings.upload_receiving_hours))
         except Exception:  # maintenance must outlive a database hiccup
-            log.exception("purging expired pending connections failed")
+            log.exception("integrations maintenance failed")
 
 
 async def build(settings: IntegrationsSettings, deps: IntegrationsDeps) -> Assembly:
@@ -73,6 +89,18 @@ async def build(settings: IntegrationsSettings, deps: IntegrationsDeps) -> Assem
     files = Files(
         connections, http, drive_url=settings.google.drive_url, graph_url=settings.microsoft.graph_url
     )
+    health_days = PostgresHealthStore(pool, keys)
+    health = Health(health_days, GoogleHealth(connections, http, health_url=settings.google.health_url))
+    objects = objects_from_settings(settings.objects)
+    uploads = Uploads(
+        PostgresUploadStore(pool, keys),
+        objects,
+        keys,
+        health_days,
+        clock=deps.clock.now,
+        max_bytes=settings.max_upload_bytes,
+        import_concurrency=settings.import_concurrency,
+    )
     return Assembly(
         services=[
             Service(
@@ -82,12 +110,17 @@ async def build(settings: IntegrationsSettings, deps: IntegrationsDeps) -> Assem
             ),
             Service(
                 INTERNAL_SERVICE_NAME,
-                IntegrationsServicer(connections, calendars, files),
+                IntegrationsServicer(connections, calendars, files, health, uploads),
                 integrations_pb2_grpc.add_IntegrationsServiceServicer_to_server,
+            ),
+            Service(
+                UPLOADS_SERVICE_NAME,
+                UploadsServicer(uploads),
+                uploads_pb2_grpc.add_UploadsServiceServicer_to_server,
             ),
         ],
         readiness=store.ping,
-        background=[lambda: _purge_pending(store, settings.maintenance_seconds, deps.clock.now)],
+        background=[lambda: _maintain(store, uploads, settings, deps.clock.now)],
     )
 
 

@@ -9,12 +9,15 @@ measurement (heart rate, weight) the average of the sources' values.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date
 from enum import StrEnum
+from typing import Protocol
 
 from integrations.provider_api import Problem
+from mesh.errors import InvalidArgument
 
 
 class Metric(StrEnum):
@@ -89,3 +92,49 @@ def merge_days(metric: Metric, days: Iterable[Day]) -> list[Day]:
                 )
             )
     return merged
+
+
+MAX_DAYS = 366
+
+
+class DaysSource(Protocol):
+    async def days(self, user_id: str, metric: Metric, start: date, end: date) -> list[Day]:
+        """The user's days of `metric` with start <= day <= end, by day."""
+        ...
+
+    async def has_days(self, user_id: str) -> bool:
+        """Whether the user has any days stored (an import happened)."""
+        ...
+
+
+class ConnectedDays(Protocol):
+    async def days(self, user_id: str, metric: Metric, start: date, end: date) -> HealthAnswer:
+        """The user's days of `metric` from a provider they connected, with the problems met."""
+        ...
+
+
+class Health:
+    """`wearable_stats`' data: the person's connected Google Health data and their imported Apple Health
+    exports, one value per day (`merge_days`)."""
+
+    def __init__(self, stored: DaysSource, google: ConnectedDays | None = None) -> None:
+        self._stored = stored
+        self._google = google
+
+    async def stats(self, user_id: str, metric: Metric, start: date, end: date) -> HealthAnswer:
+        if end < start:
+            raise InvalidArgument("end_date", "must not be before start_date")
+        if (end - start).days > MAX_DAYS:
+            raise InvalidArgument("end_date", f"the range may span at most {MAX_DAYS} days")
+        if self._google is None:
+            stored = await self._stored.days(user_id, metric, start, end)
+            google = HealthAnswer(metric, [], [], [])
+        else:
+            stored, google = await asyncio.gather(
+                self._stored.days(user_id, metric, start, end), self._google.days(user_id, metric, start, end)
+            )
+        imported = bool(stored) or await self._stored.has_days(user_id)
+        sources = list(google.sources) + ([APPLE_HEALTH] if imported else [])
+        return HealthAnswer(
+            metric, merge_days(metric, [*stored, *google.days]), sources, list(google.problems)
+        )

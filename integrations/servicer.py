@@ -3,25 +3,29 @@ token's subject)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 import grpc
 from athena.connections.v1 import connections_pb2, connections_pb2_grpc
 from athena.integrations.v1 import integrations_pb2, integrations_pb2_grpc
+from athena.uploads.v1 import uploads_pb2, uploads_pb2_grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from integrations.calendars import Calendars
 from integrations.connections import Connection, Connections, Status
 from integrations.files import FileHit, Files
+from integrations.health import UNITS, Health, Metric
 from integrations.provider_api import Problem
 from integrations.providers import Capability, Provider
+from integrations.uploads import MAX_CHUNK_BYTES, Upload, UploadKind, Uploads, UploadState
 from mesh.context import principal
 from mesh.errors import InvalidArgument
 
 Context = grpc.aio.ServicerContext[Any, Any]
 SERVICE_NAME = connections_pb2.DESCRIPTOR.services_by_name["ConnectionsService"].full_name
 INTERNAL_SERVICE_NAME = integrations_pb2.DESCRIPTOR.services_by_name["IntegrationsService"].full_name
+UPLOADS_SERVICE_NAME = uploads_pb2.DESCRIPTOR.services_by_name["UploadsService"].full_name
 
 _PROVIDERS: dict[int, Provider] = {
     connections_pb2.PROVIDER_GOOGLE: Provider.GOOGLE,
@@ -38,6 +42,18 @@ _STATUSES = {
     Status.CONNECTED: connections_pb2.CONNECTION_STATUS_CONNECTED,
     Status.NEEDS_RECONNECT: connections_pb2.CONNECTION_STATUS_NEEDS_RECONNECT,
     Status.ERROR: connections_pb2.CONNECTION_STATUS_ERROR,
+}
+
+
+_UPLOAD_KINDS: dict[int, UploadKind] = {
+    uploads_pb2.UPLOAD_KIND_APPLE_HEALTH_EXPORT: UploadKind.APPLE_HEALTH_EXPORT
+}
+_UPLOAD_KIND_PROTOS: dict[UploadKind, Any] = {kind: proto for proto, kind in _UPLOAD_KINDS.items()}
+_UPLOAD_STATES = {
+    UploadState.RECEIVING: uploads_pb2.UPLOAD_STATE_RECEIVING,
+    UploadState.IMPORTING: uploads_pb2.UPLOAD_STATE_IMPORTING,
+    UploadState.IMPORTED: uploads_pb2.UPLOAD_STATE_IMPORTED,
+    UploadState.FAILED: uploads_pb2.UPLOAD_STATE_FAILED,
 }
 
 
@@ -84,6 +100,30 @@ def _file_hit(hit: FileHit) -> integrations_pb2.FileHit:
     return proto
 
 
+def upload_to_proto(upload: Upload) -> uploads_pb2.Upload:
+    return uploads_pb2.Upload(
+        id=upload.id,
+        kind=_UPLOAD_KIND_PROTOS[upload.kind],
+        file_name=upload.file_name,
+        size_bytes=upload.size_bytes,
+        received_bytes=upload.received_bytes,
+        state=_UPLOAD_STATES[upload.state],
+        status_message=upload.status_message,
+        progress=upload.progress,
+        records_imported=upload.records_imported,
+        days_imported=upload.days_imported,
+        created_at=_timestamp(upload.created_at),
+        updated_at=_timestamp(upload.updated_at),
+    )
+
+
+def _date(value: str, field: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise InvalidArgument(field, f"{value!r} is not a date (YYYY-MM-DD)") from None
+
+
 class ConnectionsServicer(connections_pb2_grpc.ConnectionsServiceServicer):
     def __init__(self, connections: Connections) -> None:
         self._connections = connections
@@ -125,10 +165,14 @@ class ConnectionsServicer(connections_pb2_grpc.ConnectionsServiceServicer):
 class IntegrationsServicer(integrations_pb2_grpc.IntegrationsServiceServicer):
     """What the rest of the mesh asks: the agents' tools' data, and the erasure of a person's connections."""
 
-    def __init__(self, connections: Connections, calendars: Calendars, files: Files) -> None:
+    def __init__(
+        self, connections: Connections, calendars: Calendars, files: Files, health: Health, uploads: Uploads
+    ) -> None:
         self._connections = connections
         self._calendars = calendars
         self._files = files
+        self._health = health
+        self._uploads = uploads
 
     async def SearchFiles(
         self, request: integrations_pb2.SearchFilesRequest, context: Context
@@ -166,10 +210,80 @@ class IntegrationsServicer(integrations_pb2_grpc.IntegrationsServiceServicer):
             problems=[_problem(problem) for problem in found.problems],
         )
 
+    async def WearableStats(
+        self, request: integrations_pb2.WearableStatsRequest, context: Context
+    ) -> integrations_pb2.WearableStatsResponse:
+        metric = Metric(request.metric)
+        found = await self._health.stats(
+            principal().user_id,
+            metric,
+            _date(request.start_date, "start_date"),
+            _date(request.end_date, "end_date"),
+        )
+        return integrations_pb2.WearableStatsResponse(
+            days=[
+                integrations_pb2.WearableDay(
+                    date=day.day.isoformat(), value=day.value, min=day.min, max=day.max, source=day.source
+                )
+                for day in found.days
+            ],
+            sources=found.sources,
+            problems=[_problem(problem) for problem in found.problems],
+            unit=UNITS[metric],
+        )
+
     async def PurgeUser(
         self, request: integrations_pb2.PurgeUserRequest, context: Context
     ) -> integrations_pb2.PurgeUserResponse:
-        purged = await self._connections.purge(principal().user_id)
+        user_id = principal().user_id
+        uploaded = await self._uploads.purge(user_id)  # before the data key goes with the connections
+        purged = await self._connections.purge(user_id)
         return integrations_pb2.PurgeUserResponse(
-            deleted_rows=purged.rows, data_key_destroyed=purged.data_key, revoked_grants=purged.revoked
+            deleted_rows=purged.rows + uploaded,
+            data_key_destroyed=purged.data_key,
+            revoked_grants=purged.revoked,
         )
+
+
+class UploadsServicer(uploads_pb2_grpc.UploadsServiceServicer):
+    def __init__(self, uploads: Uploads) -> None:
+        self._uploads = uploads
+
+    async def CreateUpload(
+        self, request: uploads_pb2.CreateUploadRequest, context: Context
+    ) -> uploads_pb2.CreateUploadResponse:
+        kind = _UPLOAD_KINDS.get(request.kind)
+        if kind is None:
+            raise InvalidArgument("kind", "is not a kind of upload this service takes")
+        upload = await self._uploads.create(
+            principal().user_id, kind, request.file_name, request.size_bytes, request.sha256
+        )
+        return uploads_pb2.CreateUploadResponse(
+            upload=upload_to_proto(upload), max_chunk_bytes=MAX_CHUNK_BYTES
+        )
+
+    async def AppendChunk(
+        self, request: uploads_pb2.AppendChunkRequest, context: Context
+    ) -> uploads_pb2.AppendChunkResponse:
+        upload = await self._uploads.append(
+            principal().user_id, request.upload_id, request.offset, request.data, request.sha256
+        )
+        return uploads_pb2.AppendChunkResponse(upload=upload_to_proto(upload))
+
+    async def GetUpload(
+        self, request: uploads_pb2.GetUploadRequest, context: Context
+    ) -> uploads_pb2.GetUploadResponse:
+        upload = await self._uploads.get(principal().user_id, request.upload_id)
+        return uploads_pb2.GetUploadResponse(upload=upload_to_proto(upload))
+
+    async def ListUploads(
+        self, request: uploads_pb2.ListUploadsRequest, context: Context
+    ) -> uploads_pb2.ListUploadsResponse:
+        found = await self._uploads.list(principal().user_id)
+        return uploads_pb2.ListUploadsResponse(uploads=[upload_to_proto(upload) for upload in found])
+
+    async def DeleteUpload(
+        self, request: uploads_pb2.DeleteUploadRequest, context: Context
+    ) -> uploads_pb2.DeleteUploadResponse:
+        await self._uploads.delete(principal().user_id, request.upload_id)
+        return uploads_pb2.DeleteUploadResponse()

@@ -85,6 +85,12 @@ class IntegrationsSettings(ServiceSettings):
     """Timeout of each call to a provider."""
     maintenance_seconds: float = Field(60.0, gt=0)
     """How often expired pending connections are purged."""
+    max_upload_bytes: int = Field(2 * 1024**3, gt=0)
+    """The largest file UploadsService takes (an Apple Health `export.zip`, or the `export.xml` in it)."""
+    upload_receiving_hours: float = Field(24.0, gt=0)
+    """An upload still waiting for its bytes this long after its last chunk is deleted."""
+    import_concurrency: int = Field(1, ge=1)
+    """Imports one replica runs at once (each keeps a core busy while it reads)."""
     google: GoogleSettings = GoogleSettings()
     microsoft: MicrosoftSettings = MicrosoftSettings()
 

@@ -22,7 +22,7 @@ from mesh.retry import until_reachable
 from mesh.server import Service
 from mesh.validation import check, shared_validator
 from orchestrator.catalog import Catalog, CatalogError
-from orchestrator.integrations_client import ConnectedCalendars, ConnectedDrives
+from orchestrator.integrations_client import ConnectedCalendars, ConnectedDrives, ConnectedHealth
 from orchestrator.limits import Limiter, LimitStore
 from orchestrator.memory_client import GrpcMemoryGateway, sync_request
 from orchestrator.model import ChatModel, OpenAIChatModel, RetryingModel
@@ -33,7 +33,6 @@ from orchestrator.service import ChatServicer, OrchestratorServicer, Turns
 from orchestrator.settings import OrchestratorSettings
 from orchestrator.tools import (
     CalendarProvider,
-    CsvSampleFolder,
     IcsFolderCalendar,
     LocalFolderFiles,
     ToolRegistry,
@@ -82,15 +81,17 @@ def openai_model(settings: OrchestratorSettings, deps: Deps) -> ChatModel:
 def tool_registry(settings: OrchestratorSettings, deps: Deps) -> ToolRegistry:
     calendar: CalendarProvider | None = None
     drives: ConnectedDrives | None = None
+    health: ConnectedHealth | None = None
     if settings.integrations_target:
         integrations = deps.channel(settings.integrations_target)
         calendar, drives = ConnectedCalendars(integrations), ConnectedDrives(integrations)
+        health = ConnectedHealth(integrations)
     elif settings.calendar_dir:
         calendar = IcsFolderCalendar(settings.calendar_dir)
     return build_registry(
         calendar=calendar,
         drives=drives,
-        wearables=CsvSampleFolder(settings.wearables_dir) if settings.wearables_dir else None,
+        wearables=health,
         files=LocalFolderFiles(settings.files_dir) if settings.files_dir else None,
     )
 

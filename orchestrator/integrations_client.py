@@ -1,11 +1,11 @@
 """The integrations service as the agents' tools need it: `ConnectedCalendars`, the `calendar_freebusy`
-provider over every calendar the person connected, and `ConnectedDrives` for `file_search` and
-`file_read`. Calls go through `mesh.clients.call`, which forwards the person's token, request id and
-remaining deadline (so the service reads their connections only)."""
+provider over every calendar the person connected, `ConnectedDrives` for `file_search` and `file_read`,
+and `ConnectedHealth` for `wearable_stats`. Calls go through `mesh.clients.call`, which forwards the
+person's token, request id and remaining deadline (so the service reads their connections only)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 import grpc
 from athena.integrations.v1 import integrations_pb2, integrations_pb2_grpc
@@ -14,6 +14,7 @@ from mesh.clients import call
 from orchestrator.tools.calendar import BusyBlock, CalendarAnswer
 from orchestrator.tools.drives import DriveFile, DriveSearch, DriveText
 from orchestrator.tools.sources import SourceProblem
+from orchestrator.tools.wearables import HealthAnswer, HealthDay
 
 
 class ConnectedCalendars:
@@ -64,3 +65,28 @@ class ConnectedDrives:
             timeout_seconds=self._timeout,
         )
         return DriveText(_drive_file(answer.file), answer.text, answer.truncated)
+
+
+class ConnectedHealth:
+    """`wearable_stats` over the person's connected Google Health data and imported Apple Health exports."""
+
+    def __init__(self, channel: grpc.aio.Channel, *, timeout: float = 10.0) -> None:
+        self._integrations = integrations_pb2_grpc.IntegrationsServiceStub(channel)
+        self._timeout = timeout
+
+    async def stats(self, metric: str, start: date, end: date) -> HealthAnswer:
+        answer = await call(
+            self._integrations.WearableStats,
+            integrations_pb2.WearableStatsRequest(
+                metric=metric, start_date=start.isoformat(), end_date=end.isoformat()
+            ),
+            timeout_seconds=self._timeout,
+        )
+        return HealthAnswer(
+            days=[
+                HealthDay(date.fromisoformat(d.date), d.value, d.min, d.max, d.source) for d in answer.days
+            ],
+            unit=answer.unit,
+            sources=list(answer.sources),
+            problems=[SourceProblem(p.provider, p.needs_reconnect, p.message) for p in answer.problems],
+        )

@@ -87,9 +87,6 @@ class OrchestratorSettings(ServiceSettings):
     calendar_dir: Path | None = None
     """Folder of `.ics` files read by `calendar_freebusy` when no `integrations_target` is set; unset
     (with neither) leaves the tool out."""
-    wearables_dir: Path | None = None
-    """Folder of imported wearable samples (`*.csv`: metric,timestamp,value) read by `wearable_stats`;
-    unset leaves the tool out."""
     files_dir: Path | None = None
     """Folder searched by `file_scan`; unset leaves the tool out."""
 

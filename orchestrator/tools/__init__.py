@@ -11,19 +11,18 @@ from orchestrator.tools.drives import Drives, drive_tools
 from orchestrator.tools.files import FileProvider, LocalFolderFiles, files_tool
 from orchestrator.tools.memory import memory_tools
 from orchestrator.tools.registry import Tool, ToolContext, ToolOutcome, ToolRegistry
-from orchestrator.tools.wearables import CsvSampleFolder, WearableProvider, wearables_tool
+from orchestrator.tools.wearables import HealthData, wearables_tool
 
 __all__ = [
     "CalendarProvider",
-    "CsvSampleFolder",
     "FileProvider",
+    "HealthData",
     "IcsFolderCalendar",
     "LocalFolderFiles",
     "Tool",
     "ToolContext",
     "ToolOutcome",
     "ToolRegistry",
-    "WearableProvider",
     "build_registry",
 ]
 
@@ -31,7 +30,7 @@ __all__ = [
 def build_registry(
     *,
     calendar: CalendarProvider | None = None,
-    wearables: WearableProvider | None = None,
+    wearables: HealthData | None = None,
     files: FileProvider | None = None,
     drives: Drives | None = None,
     timeout: float = 15.0,

@@ -1,9 +1,9 @@
-"""Tools and their local providers: calendar (.ics), wearables (CSV samples), files (a folder)."""
+"""Tools and their providers: calendar (.ics), wearables (days the integrations service answers), files."""
 
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +12,6 @@ from doubles.memory import InMemoryGateway
 
 from mesh.errors import Unavailable
 from orchestrator.tools import (
-    CsvSampleFolder,
     IcsFolderCalendar,
     LocalFolderFiles,
     ToolContext,
@@ -23,6 +22,7 @@ from orchestrator.tools.calendar import BusyBlock, CalendarAnswer
 from orchestrator.tools.drives import DriveFile, DriveSearch, DriveText
 from orchestrator.tools.registry import Tool
 from orchestrator.tools.sources import SourceProblem
+from orchestrator.tools.wearables import HealthAnswer, HealthDay
 
 CALENDAR = Path(__file__).resolve().parents[1] / "fixtures" / "calendar"
 NOW = datetime(2030, 1, 7, 18, 0, tzinfo=UTC)
@@ -211,31 +211,68 @@ async def test_freebusy_explains_bad_ranges_to_the_model(window: dict[str, str],
     assert problem in result["error"]
 
 
-async def test_wearable_stats_summarise_imported_samples(tmp_path: Path) -> None:
-    (tmp_path / "health.csv").write_text(
-        "metric,timestamp,value\n"
-        "steps,2030-01-07T08:00:00Z,4000\n"
-        "steps,2030-01-07T12:00:00Z,6000\n"
-        "steps,2030-01-05T12:00:00Z,1000\n"
-        "heart_rate,2030-01-07T12:00:00Z,70\n"
-        "steps,not a time,5\n"
+class _Health:
+    """`HealthData` answering fixed days (the integrations service's answer, as the client maps it)."""
+
+    def __init__(self, days: list[HealthDay], problems: list[SourceProblem] | None = None) -> None:
+        self.days = days
+        self.problems = problems or []
+        self.asked: list[tuple[str, date, date]] = []
+
+    async def stats(self, metric: str, start: date, end: date) -> HealthAnswer:
+        self.asked.append((metric, start, end))
+        days = [day for day in self.days if start <= day.day <= end]
+        sources = sorted({day.source for day in self.days}) or (["google"] if self.problems else [])
+        return HealthAnswer(days, "count", [] if self.problems and not days else sources, self.problems)
+
+
+async def test_wearable_stats_report_each_day_and_the_range() -> None:
+    health = _Health(
+        [
+            HealthDay(date(2030, 1, 1), 4000, 4000, 4000, "apple_health"),
+            HealthDay(date(2030, 1, 6), 12000, 12000, 12000, "google"),
+            HealthDay(date(2030, 1, 7), 8412.0, 8412, 8412, "apple_health"),
+        ]
     )
-    registry = build_registry(wearables=CsvSampleFolder(tmp_path))
+    registry = build_registry(wearables=health)
     memory = InMemoryGateway()
-    today, _ = await call(registry, memory, "wearable_stats", metric="steps", range="today")
+    today, failed = await call(registry, memory, "wearable_stats", metric="steps", range="today")
+    assert not failed
     assert today == {
         "metric": "steps",
         "range": "today",
-        "samples": 2,
-        "total": 10000.0,
-        "average": 5000.0,
-        "min": 4000.0,
-        "max": 6000.0,
+        "start_date": "2030-01-07",
+        "end_date": "2030-01-07",
+        "unit": "count",
+        "days": [{"date": "2030-01-07", "value": 8412}],
+        "sources": ["apple_health", "google"],
+        "total": 8412,
+        "average_per_day": 8412,
+        "lowest": 8412,
+        "highest": 8412,
     }
     week, _ = await call(registry, memory, "wearable_stats", metric="steps", range="7d")
-    assert week["samples"] == 3
-    empty, failed = await call(registry, memory, "wearable_stats", metric="sleep_minutes", range="30d")
-    assert (empty, failed) == ({"metric": "sleep_minutes", "range": "30d", "samples": 0}, False)
+    assert (week["start_date"], week["total"], week["lowest"]) == ("2030-01-01", 24412, 4000)
+    yesterday, _ = await call(registry, memory, "wearable_stats", metric="steps", range="yesterday")
+    assert yesterday["days"] == [{"date": "2030-01-06", "value": 12000}]
+    assert health.asked[-1] == ("steps", date(2030, 1, 6), date(2030, 1, 6))
+
+
+async def test_wearable_stats_without_data_or_with_a_lost_grant() -> None:
+    registry = build_registry(wearables=_Health([]))
+    empty, failed = await call(
+        registry, InMemoryGateway(), "wearable_stats", metric="sleep_minutes", range="30d"
+    )
+    assert not failed
+    assert empty["days"] == []
+    assert "total" not in empty
+    assert "Connections" in empty["note"]
+    lost = _Health([], [SourceProblem("google", True, "Google no longer accepts it; connect it again.")])
+    failure, failed = await call(
+        build_registry(wearables=lost), InMemoryGateway(), "wearable_stats", metric="steps", range="7d"
+    )
+    assert failed
+    assert "connect it again" in failure["error"]
 
 
 async def test_file_scan_finds_names_and_contents_but_not_hidden_files(tmp_path: Path) -> None:
@@ -284,7 +321,7 @@ def test_providers_only_add_their_tool_when_configured(tmp_path: Path) -> None:
     assert build_registry().names == ("remember_memory", "recall_memory", "forget_memory")
     full = build_registry(
         calendar=IcsFolderCalendar(tmp_path),
-        wearables=CsvSampleFolder(tmp_path),
+        wearables=_Health([]),
         files=LocalFolderFiles(tmp_path),
     )
     assert full.names[3:] == ("calendar_freebusy", "wearable_stats", "file_scan")
