@@ -13,6 +13,7 @@ from pydantic_settings import SettingsConfigDict
 
 from integrations import providers
 from integrations.connections import redirect_allowed
+from integrations.objects import ObjectStoreSettings
 from integrations.providers import Provider, ProviderClient
 from mesh.settings import ServiceSettings
 
@@ -93,6 +94,12 @@ class IntegrationsSettings(ServiceSettings):
     """Imports one replica runs at once (each keeps a core busy while it reads)."""
     google: GoogleSettings = GoogleSettings()
     microsoft: MicrosoftSettings = MicrosoftSettings()
+    objects: ObjectStoreSettings = Field(
+        default_factory=lambda data: ObjectStoreSettings(root=data["data_dir"] / "objects")
+    )
+    """Where uploads are kept, encrypted (`integrations.objects`): `INTEGRATIONS_OBJECTS__BACKEND` ("local" or
+    "s3"), `…__ROOT`, `…__BUCKET`, `…__PREFIX`, `…__ENDPOINT_URL`, `…__REGION`. Unset, files under
+    `<data_dir>/objects`."""
 
     def providers(self) -> dict[Provider, ProviderClient]:
         """The providers this deployment is registered with."""
