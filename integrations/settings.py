@@ -53,6 +53,8 @@ class GoogleSettings(ProviderSettings):
     """Google Calendar API v3."""
     drive_url: str = "https://www.googleapis.com/drive/v3"
     """Google Drive API v3."""
+    health_url: str = "https://health.googleapis.com/v4"
+    """Google Health API v4 (the successor of the Fitbit Web API and of Google Fit)."""
 
 
 class MicrosoftSettings(ProviderSettings):

@@ -23,18 +23,25 @@ one base URL per host (`oauth_authorize_url`, `oauth_token_url`, `oauth_revoke_u
   file answers 403 `fileNotDownloadable`) and `files.export` (Docs Editors files only, 10 MB limit:
   403 `exportSizeLimitExceeded`).
 - Health API v4 (https://developers.google.com/health/reference/rest/v4): `users.dataTypes.dataPoints`
-  `list` (AIP-160 time filters, newest first, pageSize/pageToken), `rollUp` and `dailyRollUp` (steps,
-  heart-rate, active-energy-burned, weight), and `users.getIdentity`.
+  `list` (newest first, pageSize/pageToken) with the AIP-160 filters of https://developers.google.com/health/filters
+  (only `>=` and `<`; per record type: Interval `interval.start_time`/`civil_start_time`, Sample
+  `sample_time.physical_time`/`civil_time`, Daily `date`, exercise `interval.civil_start_time`, sleep
+  `interval.end_time`/`civil_end_time`; anything else is 400 `INVALID_DATA_POINT_FILTER`), `rollUp` and
+  `dailyRollUp` (steps, heart-rate, active-energy-burned, weight; a closed-open civil range of at most 14
+  days for heart-rate, 90 for the others, else 400 INVALID_ARGUMENT), and `users.getIdentity`. Data types:
+  steps, active-energy-burned, heart-rate, weight, sleep, exercise and daily-resting-heart-rate.
 
 API errors have Google's JSON form: Calendar and Drive `{"error":{"code","message","errors":[{"domain",
-"reason","message"}],"status"}}`, Health (a newer AIP API) `{"error":{"code","message","status"}}`. A missing,
+"reason","message"}],"status"}}`, Health (a newer AIP API) `{"error":{"code","message","status"}}` (with an
+ErrorInfo in `details` where Health names a reason, such as `INVALID_DATA_POINT_FILTER`). A missing,
 expired or revoked bearer gets 401, a token without the method's scope 403, and `rate_limit_next` makes the
 next API calls answer 429 `rateLimitExceeded` / `RESOURCE_EXHAUSTED`. Google documents no `Retry-After` on
 these; the emulator sends one unless told `retry_after_seconds=None`, so clients are tested both ways.
 
 Tests drive it with Python methods: `register_client`, `sign_in`, `refuse_next_consent`,
 `narrow_next_consent`, `mint_code`, `expire_access_tokens`, `revoke_grant`, `rate_limit_next`,
-`add_calendar`, `add_event`, `add_file`, `add_data_point` (and typed `add_steps`...), and read what
+`add_calendar`, `add_event`, `add_file`, `add_data_point` (and typed `add_steps`, `add_heart_rate`,
+`add_weight`, `add_active_energy`, `add_sleep`, `add_exercise`, `add_resting_heart_rate`), and read what
 clients sent in `requests`.
 """
 
@@ -102,16 +109,29 @@ HEALTH_SCOPES: dict[str, frozenset[str]] = {
     "steps": _health_scopes("activity_and_fitness"),
     "active-energy-burned": _health_scopes("activity_and_fitness"),
     "exercise": _health_scopes("activity_and_fitness"),
-    # The reference does not say plainly which family heart rate is in: both are accepted.
-    "heart-rate": _health_scopes("health_metrics_and_measurements", "activity_and_fitness"),
+    # https://developers.google.com/health/data-types/workouts maps heart-rate to this family.
+    "heart-rate": _health_scopes("health_metrics_and_measurements"),
     "weight": _health_scopes("health_metrics_and_measurements"),
+    "daily-resting-heart-rate": _health_scopes("health_metrics_and_measurements"),
     "sleep": _health_scopes("sleep"),
 }
-"""The data types the emulator serves and the scopes that read each."""
+"""The data types the emulator serves and the scopes that read each (health/data-types)."""
+_RECORD_FILTERS: dict[str, tuple[str, ...]] = {
+    "steps": ("interval.start_time", "interval.civil_start_time"),
+    "active-energy-burned": ("interval.start_time", "interval.civil_start_time"),
+    "heart-rate": ("sample_time.physical_time", "sample_time.civil_time"),
+    "weight": ("sample_time.physical_time", "sample_time.civil_time"),
+    "daily-resting-heart-rate": ("date",),
+    "exercise": ("interval.civil_start_time",),
+    "sleep": ("interval.end_time", "interval.civil_end_time"),
+}
+"""The filter fields of each data type, by its record type (https://developers.google.com/health/filters)."""
 _ANY_HEALTH = frozenset().union(*HEALTH_SCOPES.values()) | _health_scopes("profile", "settings")
 
 _ROLLUP_TYPES = frozenset(["steps", "heart-rate", "active-energy-burned", "weight"])
-_SHORT_ROLLUP_RANGE = frozenset(["heart-rate"])
+_SHORT_ROLLUP_RANGE = frozenset(
+    ["heart-rate", "calories-in-heart-rate-zone", "active-minutes", "total-calories"]
+)
 """Daily roll-ups of these accept at most 14 days, others 90."""
 
 
@@ -432,6 +452,19 @@ class GoogleEmulator:
             account, "weight", {"weight": {"sampleTime": _sample_time(at), "weightGrams": grams}}
         )
 
+    def add_resting_heart_rate(self, account: str, day: date, bpm: int) -> dict[str, Any]:
+        """A `DailyRestingHeartRate` for the civil `day` (its int64 `beatsPerMinute` as a string)."""
+        return self.add_data_point(
+            account,
+            "daily-resting-heart-rate",
+            {
+                "dailyRestingHeartRate": {
+                    "date": {"year": day.year, "month": day.month, "day": day.day},
+                    "beatsPerMinute": str(bpm),
+                }
+            },
+        )
+
     def add_active_energy(self, account: str, start: datetime, end: datetime, kcal: float) -> dict[str, Any]:
         return self.add_data_point(
             account,
@@ -698,7 +731,9 @@ class GoogleEmulator:
             raise _ApiError(403, "insufficientPermissions", "Request had insufficient authentication scopes.")
         return grant.account
 
-    def _api_error(self, error: _ApiError, *, with_errors: bool = True) -> web.Response:
+    def _api_error(
+        self, error: _ApiError, *, with_errors: bool = True, details: list[dict[str, Any]] | None = None
+    ) -> web.Response:
         body: dict[str, Any] = {"code": error.status, "message": error.message}
         if with_errors:
             entry = {
@@ -710,6 +745,8 @@ class GoogleEmulator:
             body["errors"] = [entry]
         if error.status in _STATUS_NAMES:
             body["status"] = _STATUS_NAMES[error.status]
+        if details:
+            body["details"] = details
         headers: dict[str, str] = {}
         if error.status == 401:
             headers["WWW-Authenticate"] = 'Bearer realm="https://accounts.google.com/", error="invalid_token"'
@@ -1005,9 +1042,21 @@ class GoogleEmulator:
         return self._health_user(request, HEALTH_SCOPES[data_type]), data_type
 
     def _health_error(self, error: _ApiError) -> web.Response:
+        """An AIP-193 error; a reason in capitals (`INVALID_DATA_POINT_FILTER`) goes in an ErrorInfo."""
         if error.status == 403 and error.reason == "insufficientPermissions":
             error = _ApiError(403, "", "Request had insufficient authentication scopes.")
-        return self._api_error(error, with_errors=False)
+        details = (
+            [
+                {
+                    "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                    "reason": error.reason,
+                    "domain": "health.googleapis.com",
+                }
+            ]
+            if error.reason.isupper()
+            else None
+        )
+        return self._api_error(error, with_errors=False, details=details)
 
     async def _health_identity(self, request: web.Request) -> web.Response:
         """https://developers.google.com/health/reference/rest/v4/users/getIdentity"""
@@ -1635,8 +1684,12 @@ def _sample_time(at: datetime) -> dict[str, Any]:
 
 
 def _point_moments(data_type: str, point: dict[str, Any]) -> tuple[datetime, datetime, datetime, datetime]:
-    """(physical start, civil start, physical end, civil end) of a point; a sample's start is its end."""
+    """(physical start, civil start, physical end, civil end) of a point; a sample's start is its end, and a
+    daily point's moments are its civil date's midnight (UTC stands in for the physical ones)."""
     value = point[_camel(data_type)]
+    if "date" in value:
+        day = _civil({"date": value["date"]}, "date")
+        return day.replace(tzinfo=UTC), day, day.replace(tzinfo=UTC), day
     if "interval" in value:
         interval = value["interval"]
         start, end = _parse_time(interval["startTime"]), _parse_time(interval["endTime"])
@@ -1662,7 +1715,7 @@ def _point_moments(data_type: str, point: dict[str, Any]) -> tuple[datetime, dat
 
 
 _FILTER_TERM = re.compile(
-    r'\s*(?P<field>[a-z_]+(?:\.[a-z_]+)+)\s*(?P<op>>=|<=|>|<|=)\s*"(?P<value>[^"]*)"\s*'
+    r'\s*(?P<field>[a-z_]+(?:\.[a-z_]+)+)\s*(?P<op>>=|<=|!=|>|<|=)\s*"(?P<value>[^"]*)"\s*'
 )
 _FILTER_FIELDS = {
     "interval.start_time": 0,
@@ -1671,7 +1724,10 @@ _FILTER_FIELDS = {
     "interval.civil_end_time": 3,
     "sample_time.physical_time": 0,
     "sample_time.civil_time": 1,
+    "date": 1,
 }
+"""Which of `_point_moments` a filter field compares."""
+_FILTER_ERROR = "INVALID_DATA_POINT_FILTER"
 
 
 def _health_filter(data_type: str, text: str) -> Callable[[dict[str, Any]], bool]:
@@ -1686,10 +1742,13 @@ def _health_filter(data_type: str, text: str) -> Callable[[dict[str, Any]], bool
         for term in re.split(r"\s+OR\s+", inner):
             match = _FILTER_TERM.fullmatch(term)
             if match is None or not match["field"].startswith(prefix):
-                raise _ApiError(400, "", f"Invalid filter: {term!r}")
-            which = _FILTER_FIELDS.get(match["field"][len(prefix) :])
-            if which is None:
-                raise _ApiError(400, "", f"Unsupported filter field: {match['field']}")
+                raise _ApiError(400, _FILTER_ERROR, f"Invalid filter: {term!r}")
+            field_name = match["field"][len(prefix) :]
+            if field_name not in _RECORD_FILTERS[data_type]:
+                raise _ApiError(400, _FILTER_ERROR, f"Unsupported filter field: {match['field']}")
+            if match["op"] not in (">=", "<"):  # the only two comparisons the API supports
+                raise _ApiError(400, _FILTER_ERROR, f"Unsupported comparison operator: {match['op']}")
+            which = _FILTER_FIELDS[field_name]
             raw = match["value"]
             try:
                 if which % 2:  # civil: a date or a date and time, no offset
@@ -1699,18 +1758,12 @@ def _health_filter(data_type: str, text: str) -> Callable[[dict[str, Any]], bool
                 else:
                     value = _parse_time(raw)
             except ValueError:
-                raise _ApiError(400, "", f"Invalid time in filter: {raw!r}") from None
+                raise _ApiError(400, _FILTER_ERROR, f"Invalid time in filter: {raw!r}") from None
             alternatives.append((which, match["op"], value))
         tests.append(alternatives)
 
     def compare(left: datetime, op: str, right: datetime) -> bool:
-        return {
-            ">=": left >= right,
-            "<=": left <= right,
-            ">": left > right,
-            "<": left < right,
-            "=": left == right,
-        }[op]
+        return left >= right if op == ">=" else left < right
 
     def keep(point: dict[str, Any]) -> bool:
         moments = _point_moments(data_type, point)

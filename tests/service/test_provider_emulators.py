@@ -766,6 +766,118 @@ async def test_health_scope_errors_have_the_aip_shape(
     assert expired.json()["error"]["status"] == "UNAUTHENTICATED"
 
 
+async def test_health_filters_take_only_the_fields_and_comparisons_of_the_record_type(
+    google: GoogleEmulator, http: httpx.AsyncClient
+) -> None:
+    sleep_scope = "https://www.googleapis.com/auth/googlehealth.sleep.readonly"
+    token = bearer(await google_token(http, google, [STEPS, sleep_scope]))
+    google.add_sleep(
+        ADA, datetime(2026, 11, 1, 23, tzinfo=BERLIN), datetime(2026, 11, 2, 0, 30, tzinfo=BERLIN)
+    )
+    google.add_sleep(ADA, datetime(2026, 11, 2, 23, tzinfo=BERLIN), datetime(2026, 11, 3, 7, tzinfo=BERLIN))
+    google.add_exercise(
+        ADA, datetime(2026, 11, 2, 0, 30, tzinfo=BERLIN), datetime(2026, 11, 2, 1, tzinfo=BERLIN), "RUNNING"
+    )
+    base = f"{google.health_base_url}/users/me/dataTypes"
+
+    async def listed(data_type: str, flt: str) -> httpx.Response:
+        return await http.get(f"{base}/{data_type}/dataPoints", params={"filter": flt}, headers=token)
+
+    # sleep by its civil end: the night ending at 00:30 on the 2nd in Berlin (23:30 UTC on the 1st)
+    civil = await listed(
+        "sleep",
+        'sleep.interval.civil_end_time >= "2026-11-02" AND sleep.interval.civil_end_time < "2026-11-03"',
+    )
+    assert civil.status_code == 200, civil.text
+    assert [p["sleep"]["interval"]["endTime"] for p in civil.json()["dataPoints"]] == ["2026-11-01T23:30:00Z"]
+    physical = await listed("sleep", 'sleep.interval.end_time >= "2026-11-02T00:00:00Z"')
+    assert [p["sleep"]["interval"]["endTime"] for p in physical.json()["dataPoints"]] == [
+        "2026-11-03T06:00:00Z"
+    ]
+    exercise = await listed("exercise", 'exercise.interval.civil_start_time >= "2026-11-02"')
+    assert len(exercise.json()["dataPoints"]) == 1
+
+    for data_type, flt in [
+        ("sleep", 'sleep.interval.start_time >= "2026-11-02T00:00:00Z"'),  # not a sleep filter field
+        ("exercise", 'exercise.interval.start_time >= "2026-11-02T00:00:00Z"'),  # exercise: civil start only
+        ("sleep", 'sleep.interval.end_time > "2026-11-02T00:00:00Z"'),  # only >= and <
+        ("sleep", 'sleep.interval.end_time <= "2026-11-02T00:00:00Z"'),
+        ("sleep", 'sleep.interval.civil_end_time = "2026-11-02"'),
+        ("steps", 'steps.interval.end_time < "2026-11-02T00:00:00Z"'),
+    ]:
+        refused = await listed(data_type, flt)
+        assert refused.status_code == 400, flt
+        error = refused.json()["error"]
+        assert error["status"] == "INVALID_ARGUMENT"
+        assert error["details"] == [
+            {
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": "INVALID_DATA_POINT_FILTER",
+                "domain": "health.googleapis.com",
+            }
+        ]
+
+
+async def test_health_daily_resting_heart_rate_is_a_daily_type_of_health_metrics(
+    google: GoogleEmulator, http: httpx.AsyncClient
+) -> None:
+    metrics = "https://www.googleapis.com/auth/googlehealth.health_metrics_and_measurements.readonly"
+    for day, bpm in [(31, 60), (1, 58), (2, 61)]:
+        google.add_resting_heart_rate(ADA, datetime(2026, 10 if day == 31 else 11, day).date(), bpm)
+    url = f"{google.health_base_url}/users/me/dataTypes/daily-resting-heart-rate/dataPoints"
+    flt = 'daily_resting_heart_rate.date >= "2026-11-01" AND daily_resting_heart_rate.date < "2026-11-03"'
+
+    activity_only = bearer(await google_token(http, google, [STEPS]))
+    denied = await http.get(url, params={"filter": flt}, headers=activity_only)
+    assert denied.status_code == 403
+    heart = await http.post(
+        f"{google.health_base_url}/users/me/dataTypes/heart-rate/dataPoints:dailyRollUp",
+        json={
+            "range": {
+                "start": {"date": {"year": 2026, "month": 11, "day": 1}},
+                "end": {"date": {"year": 2026, "month": 11, "day": 2}},
+            }
+        },
+        headers=activity_only,
+    )
+    assert heart.status_code == 403  # heart rate is a health metric, not activity
+
+    token = bearer(await google_token(http, google, [metrics]))
+    listed = await http.get(url, params={"filter": flt}, headers=token)
+    assert listed.status_code == 200, listed.text
+    points = listed.json()["dataPoints"]
+    assert [p["dailyRestingHeartRate"] for p in points] == [  # newest first, int64 as a string
+        {"date": {"year": 2026, "month": 11, "day": 2}, "beatsPerMinute": "61"},
+        {"date": {"year": 2026, "month": 11, "day": 1}, "beatsPerMinute": "58"},
+    ]
+    assert "/dataTypes/daily-resting-heart-rate/dataPoints/" in points[0]["name"]
+
+
+async def test_health_daily_rollup_spans_at_most_14_days_of_heart_rate_and_90_of_steps(
+    google: GoogleEmulator, http: httpx.AsyncClient
+) -> None:
+    metrics = "https://www.googleapis.com/auth/googlehealth.health_metrics_and_measurements.readonly"
+    token = bearer(await google_token(http, google, [STEPS, metrics]))
+    base = f"{google.health_base_url}/users/me/dataTypes"
+
+    def days(n: int) -> dict[str, Any]:
+        first = datetime(2026, 9, 1)
+        last = first + timedelta(days=n)
+        return {
+            "range": {
+                "start": {"date": {"year": first.year, "month": first.month, "day": first.day}},
+                "end": {"date": {"year": last.year, "month": last.month, "day": last.day}},
+            }
+        }
+
+    for data_type, allowed in [("heart-rate", 14), ("steps", 90)]:
+        url = f"{base}/{data_type}/dataPoints:dailyRollUp"
+        assert (await http.post(url, json=days(allowed), headers=token)).status_code == 200
+        over = await http.post(url, json=days(allowed + 1), headers=token)
+        assert over.status_code == 400
+        assert over.json()["error"]["status"] == "INVALID_ARGUMENT"
+
+
 # --- Microsoft identity platform ------------------------------------------------------------------------
 
 
