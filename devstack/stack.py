@@ -55,6 +55,7 @@ def emulated_providers(google: str, microsoft: str, redirect_uris: list[str]) ->
         "INTEGRATIONS_GOOGLE__OAUTH2_URL": google,
         "INTEGRATIONS_GOOGLE__CALENDAR_URL": f"{google}/calendar/v3",
         "INTEGRATIONS_GOOGLE__DRIVE_URL": f"{google}/drive/v3",
+        "INTEGRATIONS_GOOGLE__HEALTH_URL": f"{google}/v4",
         "INTEGRATIONS_MICROSOFT__LOGIN_URL": microsoft,
         "INTEGRATIONS_MICROSOFT__GRAPH_URL": f"{microsoft}/v1.0",
     }

@@ -225,7 +225,7 @@ def read_export(source: IO[bytes], progress: Callable[[float], None] = lambda _:
             member = _export_member(archive)
             with archive.open(member) as xml:
                 total = max(member.file_size, 1)
-                return read_xml(xml, lambda done: progress(min(done / total, 1.0)))  # type: ignore[arg-type]
+                return read_xml(xml, lambda done: progress(min(done / total, 1.0)))
         except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
             raise ExportUnreadable(
                 f"The zip is damaged ({exc}): export it again from the Health app."

@@ -97,7 +97,7 @@ class PostgresUploadStore:
         found = await self._uploads([row] if row is not None else [])
         return found[0] if found else None
 
-    async def list(self, user_id: str, *, limit: int = 50) -> list[Upload]:
+    async def of_user(self, user_id: str, *, limit: int = 50) -> list[Upload]:
         async with postgres.translated():
             rows = await self._pool.fetch(
                 f"""SELECT {_COLUMNS} FROM integrations.uploads WHERE user_id = $1

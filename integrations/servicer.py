@@ -279,7 +279,7 @@ class UploadsServicer(uploads_pb2_grpc.UploadsServiceServicer):
     async def ListUploads(
         self, request: uploads_pb2.ListUploadsRequest, context: Context
     ) -> uploads_pb2.ListUploadsResponse:
-        found = await self._uploads.list(principal().user_id)
+        found = await self._uploads.of_user(principal().user_id)
         return uploads_pb2.ListUploadsResponse(uploads=[upload_to_proto(upload) for upload in found])
 
     async def DeleteUpload(

@@ -23,7 +23,7 @@ import io
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -90,7 +90,7 @@ class UploadStore(Protocol):
 
     async def get(self, user_id: str, upload_id: str) -> Upload | None: ...
 
-    async def list(self, user_id: str, *, limit: int = 50) -> list[Upload]: ...
+    async def of_user(self, user_id: str, *, limit: int = 50) -> list[Upload]: ...
 
     async def receiving(self, user_id: str) -> int:
         """How many of the user's uploads are RECEIVING."""
@@ -153,7 +153,10 @@ class ChunkFile(io.RawIOBase):
     (one chunk held at a time), through the event loop that owns the object store."""
 
     def __init__(
-        self, upload: Upload, fetch: Callable[[int], Awaitable[bytes]], loop: asyncio.AbstractEventLoop
+        self,
+        upload: Upload,
+        fetch: Callable[[int], Coroutine[Any, Any, bytes]],
+        loop: asyncio.AbstractEventLoop,
     ):
         self._upload = upload
         self._fetch = fetch
@@ -297,8 +300,8 @@ class Uploads:
             raise NotFound(f"no upload {upload_id}")
         return upload
 
-    async def list(self, user_id: str) -> list[Upload]:
-        return await self._store.list(user_id)
+    async def of_user(self, user_id: str) -> list[Upload]:
+        return await self._store.of_user(user_id)
 
     async def delete(self, user_id: str, upload_id: str) -> None:
         if await self._store.delete(user_id, upload_id):
@@ -395,6 +398,6 @@ class Uploads:
 
         def read() -> ExportRead:
             with ChunkFile(upload, lambda index: self._chunk(cipher, upload, index), loop) as raw:
-                return read_export(io.BufferedReader(raw, 1 << 20), progress)  # type: ignore[arg-type]
+                return read_export(io.BufferedReader(raw, 1 << 20), progress)
 
         return await asyncio.to_thread(read)

@@ -57,7 +57,7 @@ async def client(
     running: RunningService = await start_service(INTEGRATIONS, settings, IntegrationsDeps(verifier=verifier))
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
     yield Client(channel, tmp_path, postgres.url)
-    await channel.close()
+    await channel.close(None)
 
 
 @pytest.fixture
@@ -73,7 +73,9 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-async def create(client: Client, who: Metadata, data: bytes, name: str = "export.zip", **overrides: Any) -> pb.Upload:
+async def create(
+    client: Client, who: Metadata, data: bytes, name: str = "export.zip", **overrides: Any
+) -> pb.Upload:
     request = pb.CreateUploadRequest(kind=APPLE, file_name=name, size_bytes=len(data), sha256=sha(data))
     for field, value in overrides.items():
         setattr(request, field, value)
@@ -92,21 +94,27 @@ async def send(client: Client, who: Metadata, upload: pb.Upload, data: bytes, st
 
 async def settled(client: Client, who: Metadata, upload_id: str) -> pb.Upload:
     for _ in range(300):
-        upload = (await client.uploads.GetUpload(pb.GetUploadRequest(upload_id=upload_id), metadata=who)).upload
+        upload = (
+            await client.uploads.GetUpload(pb.GetUploadRequest(upload_id=upload_id), metadata=who)
+        ).upload
         if upload.state not in (pb.UPLOAD_STATE_RECEIVING, pb.UPLOAD_STATE_IMPORTING):
             return upload
         await asyncio.sleep(0.05)
     raise AssertionError(f"upload {upload_id} still {pb.UploadState.Name(upload.state)}")
 
 
-async def steps(client: Client, who: Metadata, start: str = "2026-01-01", end: str = "2026-12-31") -> dict[str, float]:
+async def steps(
+    client: Client, who: Metadata, start: str = "2026-01-01", end: str = "2026-12-31"
+) -> dict[str, float]:
     answer = await client.integrations.WearableStats(
         integrations_pb2.WearableStatsRequest(metric="steps", start_date=start, end_date=end), metadata=who
     )
     return {day.date: day.value for day in answer.days}
 
 
-async def export_bytes(tmp_path: Path, *, days: int = 12, as_zip: bool = True, seed: int = 7) -> tuple[bytes, dict[str, float]]:
+async def export_bytes(
+    tmp_path: Path, *, days: int = 12, as_zip: bool = True, seed: int = 7
+) -> tuple[bytes, dict[str, float]]:
     path = tmp_path / f"export-{days}-{seed}.{'zip' if as_zip else 'xml'}"
     expected = write_export(path, days=days, records_per_day=50, as_zip=as_zip, seed=seed)
     return path.read_bytes(), {day.isoformat(): float(count) for day, count in expected.steps.items()}
@@ -124,7 +132,11 @@ async def test_an_export_uploaded_in_chunks_is_imported_and_read_back(
     _, who = user()
     data, expected = await export_bytes(tmp_path)
     upload = await create(client, who, data)
-    assert (upload.state, upload.received_bytes, upload.file_name) == (pb.UPLOAD_STATE_RECEIVING, 0, "export.zip")
+    assert (upload.state, upload.received_bytes, upload.file_name) == (
+        pb.UPLOAD_STATE_RECEIVING,
+        0,
+        "export.zip",
+    )
     upload = await send(client, who, upload, data)
     assert upload.received_bytes == len(data)
     assert upload.state in (pb.UPLOAD_STATE_IMPORTING, pb.UPLOAD_STATE_IMPORTED)
@@ -134,10 +146,16 @@ async def test_an_export_uploaded_in_chunks_is_imported_and_read_back(
     assert done.records_imported > 12 * 40
     assert await steps(client, who) == expected
     answer = await client.integrations.WearableStats(
-        integrations_pb2.WearableStatsRequest(metric="sleep_minutes", start_date="2026-01-02", end_date="2026-01-03"),
+        integrations_pb2.WearableStatsRequest(
+            metric="sleep_minutes", start_date="2026-01-02", end_date="2026-01-03"
+        ),
         metadata=who,
     )
-    assert ([d.value for d in answer.days], answer.unit, list(answer.sources)) == ([390.0, 390.0], "min", ["apple_health"])
+    assert ([d.value for d in answer.days], answer.unit, list(answer.sources)) == (
+        [390.0, 390.0],
+        "min",
+        ["apple_health"],
+    )
     listed = await client.uploads.ListUploads(pb.ListUploadsRequest(), metadata=who)
     assert [u.id for u in listed.uploads] == [upload.id]
     # the file's bytes go once imported; its record stays
@@ -148,7 +166,7 @@ async def test_an_interrupted_upload_resumes_where_it_stands(
     client: Client, user: Callable[[], tuple[str, Metadata]], tmp_path: Path
 ) -> None:
     _, who = user()
-    data, expected = await export_bytes(tmp_path, as_zip=False, days=3)
+    data, expected = await export_bytes(tmp_path, as_zip=False, days=8)
     upload = await create(client, who, data, name="export.xml")
     first = data[:CHUNK]
     request = pb.AppendChunkRequest(upload_id=upload.id, offset=0, data=first, sha256=sha(first))
@@ -157,7 +175,8 @@ async def test_an_interrupted_upload_resumes_where_it_stands(
     assert again.upload.received_bytes == CHUNK
     code, message = await code_of(
         client.uploads.AppendChunk(
-            pb.AppendChunkRequest(upload_id=upload.id, offset=3 * CHUNK, data=first, sha256=sha(first)), metadata=who
+            pb.AppendChunkRequest(upload_id=upload.id, offset=3 * CHUNK, data=first, sha256=sha(first)),
+            metadata=who,
         )
     )
     assert code == grpc.StatusCode.FAILED_PRECONDITION
@@ -220,7 +239,9 @@ async def test_failed_imports_keep_nothing_and_say_why(
 
     newer, _ = await export_bytes(tmp_path, as_zip=False, days=6, seed=8)
     truncated = newer[: len(newer) * 3 // 4]
-    cut = await settled(client, who, (await send(client, who, await create(client, who, truncated), truncated)).id)
+    cut = await settled(
+        client, who, (await send(client, who, await create(client, who, truncated), truncated)).id
+    )
     assert cut.state == pb.UPLOAD_STATE_FAILED
     assert "ends in the middle (line" in cut.status_message
 
@@ -231,7 +252,9 @@ async def test_failed_imports_keep_nothing_and_say_why(
     assert "does not match the SHA-256" in checked.status_message
 
     corrupt = b"PK\x03\x04" + b"\x00" * 200
-    damaged = await settled(client, who, (await send(client, who, await create(client, who, corrupt), corrupt)).id)
+    damaged = await settled(
+        client, who, (await send(client, who, await create(client, who, corrupt), corrupt)).id
+    )
     assert damaged.state == pb.UPLOAD_STATE_FAILED
     assert "damaged" in damaged.status_message or "no export.xml" in damaged.status_message
 
@@ -241,14 +264,16 @@ async def test_failed_imports_keep_nothing_and_say_why(
 async def test_importing_the_same_export_again_changes_nothing(
     client: Client, user: Callable[[], tuple[str, Metadata]], tmp_path: Path
 ) -> None:
-    _, who = user()
+    owner_id, who = user()
     data, expected = await export_bytes(tmp_path, days=5)
     for _ in range(2):
         upload = await send(client, who, await create(client, who, data), data)
         assert (await settled(client, who, upload.id)).state == pb.UPLOAD_STATE_IMPORTED
         assert await steps(client, who) == expected
     async with asyncpg.create_pool(client.database_url, min_size=1, max_size=1) as pool:
-        rows = await pool.fetchval("SELECT count(*) FROM integrations.health_days WHERE user_id = $1", uuid.UUID(_))
+        rows = await pool.fetchval(
+            "SELECT count(*) FROM integrations.health_days WHERE user_id = $1", uuid.UUID(owner_id)
+        )
     assert rows == 5 * 6  # five days of six metrics (no resting heart rate in this export), once
 
 
@@ -282,14 +307,19 @@ async def test_nobody_else_sees_an_upload_or_its_data_and_nothing_is_readable_at
         dump = [
             repr(tuple(row))
             for table in ("uploads", "health_days")
-            for row in await pool.fetch(f"SELECT * FROM integrations.{table} WHERE user_id = $1", uuid.UUID(owner_id))  # noqa: S608
+            for row in await pool.fetch(
+                f"SELECT * FROM integrations.{table} WHERE user_id = $1",  # noqa: S608 (two constants)
+                uuid.UUID(owner_id),
+            )
         ]
     assert dump
     assert not any("ada-lovelace" in row or "steps" in row for row in dump)
     assert not any(str(int(value)) in row for value in expected.values() for row in dump if "health" in row)
 
 
-async def test_deleting_and_erasing(client: Client, user: Callable[[], tuple[str, Metadata]], tmp_path: Path) -> None:
+async def test_deleting_and_erasing(
+    client: Client, user: Callable[[], tuple[str, Metadata]], tmp_path: Path
+) -> None:
     _, who = user()
     data, _ = await export_bytes(tmp_path, days=2)
     waiting = await create(client, who, data)
@@ -298,8 +328,12 @@ async def test_deleting_and_erasing(client: Client, user: Callable[[], tuple[str
         pb.AppendChunkRequest(upload_id=waiting.id, offset=0, data=half, sha256=sha(half)), metadata=who
     )
     await client.uploads.DeleteUpload(pb.DeleteUploadRequest(upload_id=waiting.id), metadata=who)
-    await client.uploads.DeleteUpload(pb.DeleteUploadRequest(upload_id=waiting.id), metadata=who)  # twice: fine
-    assert (await code_of(client.uploads.GetUpload(pb.GetUploadRequest(upload_id=waiting.id), metadata=who)))[0] == grpc.StatusCode.NOT_FOUND
+    await client.uploads.DeleteUpload(
+        pb.DeleteUploadRequest(upload_id=waiting.id), metadata=who
+    )  # twice: fine
+    assert (await code_of(client.uploads.GetUpload(pb.GetUploadRequest(upload_id=waiting.id), metadata=who)))[
+        0
+    ] == grpc.StatusCode.NOT_FOUND
     assert not [p for p in (client.data_dir / "objects").rglob("*") if p.is_file()]
 
     imported = await send(client, who, await create(client, who, data), data)
