@@ -9,6 +9,8 @@ import asyncio
 import hashlib
 import uuid
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +22,21 @@ from athena.integrations.v1 import integrations_pb2, integrations_pb2_grpc
 from athena.uploads.v1 import uploads_pb2 as pb
 from athena.uploads.v1 import uploads_pb2_grpc
 from conftest import StartService, auth_metadata, service_settings
+from privacy_fixtures import dump_database
 
 from bench.apple_health import write_export
 from devstack.postgres import EmbeddedPostgres
 from integrations.app import INTEGRATIONS, IntegrationsDeps
+from integrations.health import Metric
+from integrations.migrate import DATA_KEYS_TABLE, SERVICE
+from integrations.objects import LocalObjectStore
+from integrations.postgres_uploads import PostgresHealthStore, PostgresUploadStore
 from integrations.settings import IntegrationsSettings
+from integrations.uploads import Appended, UploadKind, Uploads, UploadState, chunk_key
 from mesh.app import RunningService
+from mesh.envelope import DataKeys
+from mesh.keystore import PostgresDataKeys
+from mesh.kms import from_settings as kms_from_settings
 from mesh.tokens import TokenVerifier
 
 Metadata = tuple[tuple[str, str], ...]
@@ -35,11 +46,12 @@ APPLE = pb.UPLOAD_KIND_APPLE_HEALTH_EXPORT
 
 
 class Client:
-    def __init__(self, channel: grpc.aio.Channel, data_dir: Path, database_url: str) -> None:
+    def __init__(self, channel: grpc.aio.Channel, data_dir: Path, postgres: EmbeddedPostgres) -> None:
         self.uploads = uploads_pb2_grpc.UploadsServiceStub(channel)
         self.integrations = integrations_pb2_grpc.IntegrationsServiceStub(channel)
         self.data_dir = data_dir
-        self.database_url = database_url
+        self.database_url = postgres.url
+        self.superuser_url = postgres.superuser_url
 
 
 @pytest_asyncio.fixture
@@ -56,7 +68,7 @@ async def client(
     )
     running: RunningService = await start_service(INTEGRATIONS, settings, IntegrationsDeps(verifier=verifier))
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
-    yield Client(channel, tmp_path, postgres.url)
+    yield Client(channel, tmp_path, postgres)
     await channel.close(None)
 
 
@@ -280,10 +292,11 @@ async def test_importing_the_same_export_again_changes_nothing(
 async def test_nobody_else_sees_an_upload_or_its_data_and_nothing_is_readable_at_rest(
     client: Client, user: Callable[[], tuple[str, Metadata]], tmp_path: Path
 ) -> None:
-    owner_id, owner = user()
+    _, owner = user()
     _, stranger = user()
     data, expected = await export_bytes(tmp_path, as_zip=False, days=2)
-    upload = await create(client, owner, data, name="ada-lovelace-health.xml")
+    name = f"ada-lovelace-{uuid.uuid4().hex}.xml"
+    upload = await create(client, owner, data, name=name)
     half = data[: len(data) // 2]
     request = pb.AppendChunkRequest(upload_id=upload.id, offset=0, data=half, sha256=sha(half))
     await client.uploads.AppendChunk(request, metadata=owner)
@@ -303,18 +316,11 @@ async def test_nobody_else_sees_an_upload_or_its_data_and_nothing_is_readable_at
     assert await steps(client, owner) == expected
     assert await steps(client, stranger) == {}
 
-    async with asyncpg.create_pool(client.database_url, min_size=1, max_size=1) as pool:
-        dump = [
-            repr(tuple(row))
-            for table in ("uploads", "health_days")
-            for row in await pool.fetch(
-                f"SELECT * FROM integrations.{table} WHERE user_id = $1",  # noqa: S608 (two constants)
-                uuid.UUID(owner_id),
-            )
-        ]
-    assert dump
-    assert not any("ada-lovelace" in row or "steps" in row for row in dump)
-    assert not any(str(int(value)) in row for value in expected.values() for row in dump if "health" in row)
+    # nor in a superuser's dump: the file's name sealed, every day's value sealed, the metric a blind token
+    dump = await dump_database(client.superuser_url)
+    assert upload.id in dump
+    assert name not in dump
+    assert "health_metric" not in dump
 
 
 async def test_deleting_and_erasing(
@@ -342,3 +348,78 @@ async def test_deleting_and_erasing(
     assert purged.deleted_rows >= 1 + 2 * 6
     assert not (await client.uploads.ListUploads(pb.ListUploadsRequest(), metadata=who)).uploads
     assert await steps(client, who) == {}
+
+
+@pytest_asyncio.fixture
+async def domain(
+    postgres: EmbeddedPostgres, kms_keys_dir: Path, tmp_path: Path, client: Client
+) -> AsyncIterator[tuple[Uploads, PostgresUploadStore, PostgresHealthStore]]:
+    """The uploads domain on the service's database (migrated by `client`), as a second replica."""
+    settings = IntegrationsSettings(
+        **service_settings(tmp_path, env="dev", database_url=postgres.url, kms_keys_dir=kms_keys_dir)
+    )
+    pool = await asyncpg.create_pool(postgres.url, min_size=1, max_size=4)
+    assert pool is not None
+    try:
+        keys = DataKeys(PostgresDataKeys(pool, DATA_KEYS_TABLE), kms_from_settings(settings), SERVICE)
+        store, health = PostgresUploadStore(pool, keys), PostgresHealthStore(pool, keys)
+        uploads = Uploads(
+            store,
+            LocalObjectStore(tmp_path / "objects"),
+            keys,
+            health,
+            clock=lambda: datetime.now(UTC),
+            max_bytes=LIMIT,
+        )
+        yield uploads, store, health
+    finally:
+        await pool.close()
+
+
+async def _received(uploads: Uploads, user_id: str, data: bytes) -> str:
+    """An upload with all but its last byte in."""
+    upload = await uploads.create(user_id, UploadKind.APPLE_HEALTH_EXPORT, "export.xml", len(data), sha(data))
+    body = data[:-1]
+    await uploads.append(user_id, upload.id, 0, body, sha(body))
+    return upload.id
+
+
+async def test_an_import_whose_replica_stopped_is_taken_over(
+    domain: tuple[Uploads, PostgresUploadStore, PostgresHealthStore], tmp_path: Path
+) -> None:
+    uploads, store, health = domain
+    user_id = str(uuid.uuid4())
+    data, expected = await export_bytes(tmp_path, as_zip=False, days=3)
+    upload_id = await _received(uploads, user_id, data)
+    # the last chunk lands, and the replica that claimed the import dies before it starts: its claim
+    # (already run out here) stays in the database
+    digest = hashlib.sha256(data[-1:]).digest()
+    cipher = await uploads._keys.cipher(user_id)
+    upload = await uploads.get(user_id, upload_id)
+    last = len(upload.chunk_ends)
+    key = chunk_key(replace(upload, chunk_digests=(*upload.chunk_digests, digest)), last)
+    await uploads._objects.put(key, cipher.seal("uploads", "chunk", f"{upload_id}/{last}", data[-1:]))
+    past = datetime.now(UTC) - timedelta(minutes=5)
+    taken = await store.append(user_id, upload_id, Appended(len(data) - 1, len(data), digest), past, past)
+    assert taken is not None
+    assert taken.state is UploadState.IMPORTING
+    await uploads.maintain(receiving_ttl=timedelta(hours=24))
+    await uploads.idle()
+    done = await uploads.get(user_id, upload_id)
+    assert (done.state, done.days_imported) == (UploadState.IMPORTED, 3)
+    days = await health.days(user_id, Metric.STEPS, date(2026, 1, 1), date(2026, 1, 31))
+    assert {d.day.isoformat(): d.value for d in days} == expected
+
+
+async def test_abandoned_uploads_are_deleted_with_their_bytes(
+    domain: tuple[Uploads, PostgresUploadStore, PostgresHealthStore], tmp_path: Path
+) -> None:
+    uploads, _, _ = domain
+    user_id = str(uuid.uuid4())
+    data, _ = await export_bytes(tmp_path, as_zip=False, days=2)
+    upload_id = await _received(uploads, user_id, data)
+    await uploads.maintain(receiving_ttl=timedelta(hours=1))
+    assert (await uploads.get(user_id, upload_id)).state is UploadState.RECEIVING
+    await uploads.maintain(receiving_ttl=timedelta(seconds=0))
+    assert not await uploads.of_user(user_id)
+    assert not [p for p in (tmp_path / "objects").rglob("*") if p.is_file()]
