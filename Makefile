@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 WEB := edge/web
 PYTEST_ARGS ?=
 
-.PHONY: help install web run test test-fast lint format proto proto-check bench bench-memory bench-chat chaos check clean
+.PHONY: help install web run test test-fast lint format proto proto-check bench bench-memory bench-chat bench-health chaos check clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -55,13 +55,16 @@ format: install ## Apply ruff's fixes and formatting
 proto: install ## Regenerate gen/ (Python and TypeScript) from proto/ and third_party/
 	PATH=$(CURDIR)/$(BIN):$$PATH buf generate
 
-bench: bench-memory bench-chat ## All benchmarks (results in bench/results/)
+bench: bench-memory bench-chat bench-health ## All benchmarks (results in bench/results/)
 
 bench-memory: install ## Memory recall latency and recall@10 at 100k and 1M memories
 	$(BIN)/python -m bench.memory
 
 bench-chat: install ## Streaming cost: overhead to first delta, 1/50/200 paced streams against the model direct, 1,000 held
 	$(BIN)/python -m bench.chat
+
+bench-health: install web ## Apple Health import: a 200+ MB export uploaded through the edge, the importer's peak RSS
+	$(BIN)/python -m bench.apple_health
 
 chaos: install ## Kill each service, stop PostgreSQL and Valkey under chat load: recovery and messages lost
 	$(BIN)/python -m bench.chaos
