@@ -2,26 +2,37 @@
 Google Docs exported as plain text, text files downloaded) and OneDrive (Microsoft Graph: drive search, item
 content through its pre-authenticated download URL), for the `file_search` and `file_read` tools.
 
-Reading is bounded (`max_chars`, and four bytes a character downloaded at most) and limited to what reads as
-text: Google Docs, and text, Markdown, CSV and JSON files. Anything else is named with its type so the
-person knows why it was not read.
+Reading is bounded (`max_chars`, and four bytes a character downloaded at most; PDFs up to `MAX_PDF_BYTES`)
+and limited to what reads as text: Google Docs, text, Markdown, CSV and JSON files, and PDFs with a text
+layer (pypdf, off the event loop; a scan without text, a damaged or password-protected PDF is named as
+such). Anything else is named with its type so the person knows why it was not read.
 """
 
 from __future__ import annotations
 
+import asyncio
+import io
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
 import httpx
+from pypdf import PdfReader
+from pypdf.errors import PdfReadError
 
 from integrations.connections import Connection, Connections
 from integrations.provider_api import Failed, Problem, ProviderApi
 from integrations.providers import Capability, Provider
 from mesh.errors import FailedPrecondition, InvalidArgument, NotFound
 
+log = logging.getLogger(__name__)
+
 GOOGLE_DOC = "application/vnd.google-apps.document"
+PDF = "application/pdf"
+MAX_PDF_BYTES = 20 * 1024 * 1024
+"""A larger PDF is not read (its text would be cut at `max_chars` anyway)."""
 TEXT_TYPES = frozenset({"application/json", "application/csv", "application/xml"})
 MAX_RESULTS = 25
 EARLIEST = datetime.min.replace(tzinfo=UTC)
@@ -168,9 +179,13 @@ class Files:
     async def _google_read(self, token: str, file_id: str, max_chars: int) -> FileText:
         base = f"{self._drive}/files/{quote(file_id, safe='')}"
         meta = await self._api.get_json(
-            "GET", base, token, Provider.GOOGLE, params={"fields": "id,name,mimeType"}
+            "GET", base, token, Provider.GOOGLE, params={"fields": "id,name,mimeType,size"}
         )
         name, mime_type = str(meta.get("name", "")), str(meta.get("mimeType", ""))
+        if mime_type == PDF:
+            _check_pdf_size(name, int(meta.get("size") or 0))
+            response = await self._api.request("GET", base, token, Provider.GOOGLE, params={"alt": "media"})
+            return await _pdf_text(Provider.GOOGLE, file_id, name, response.content, max_chars)
         if mime_type == GOOGLE_DOC:
             response = await self._api.request(
                 "GET", f"{base}/export", token, Provider.GOOGLE, params={"mimeType": "text/plain"}
@@ -187,6 +202,14 @@ class Files:
         )
         name = str(item.get("name", ""))
         mime_type = str((item.get("file") or {}).get("mimeType", ""))
+        if mime_type == PDF:
+            _check_pdf_size(name, int(item.get("size") or 0))
+            url = item.get("@microsoft.graph.downloadUrl")
+            if not isinstance(url, str):
+                raise Failed(f"Microsoft gave no download address for {name}")
+            content = await self._api.download(url, limit=MAX_PDF_BYTES + 1)
+            _check_pdf_size(name, len(content))
+            return await _pdf_text(Provider.MICROSOFT, file_id, name, content, max_chars)
         if not _readable(mime_type):
             raise Failed(f"{name} is of type {mime_type or 'folder'}, which cannot be read as text yet")
         url = item.get("@microsoft.graph.downloadUrl")
@@ -201,3 +224,40 @@ def _text(
 ) -> FileText:
     text = content.decode("utf-8", errors="replace")
     return FileText(provider, file_id, name, mime_type, text[:max_chars], len(text) > max_chars)
+
+
+def _check_pdf_size(name: str, size: int) -> None:
+    if size > MAX_PDF_BYTES:
+        raise Failed(
+            f"{name} is a PDF of {size / 2**20:.0f} MB, larger than the {MAX_PDF_BYTES // 2**20} MB read"
+        )
+
+
+def _pdf_pages(content: bytes, max_chars: int) -> tuple[str, bool]:
+    """The text of a PDF's pages, in order, until `max_chars` characters (pypdf's layout-free extraction)."""
+    reader = PdfReader(io.BytesIO(content))
+    if reader.is_encrypted:
+        raise Failed("the PDF is password-protected")
+    pages: list[str] = []
+    length = 0
+    for page in reader.pages:
+        text = page.extract_text() or ""
+        pages.append(text)
+        length += len(text) + 2
+        if length > max_chars:
+            break
+    text = "\n\n".join(part.strip() for part in pages if part.strip())
+    return text[:max_chars], len(text) > max_chars or len(pages) < len(reader.pages)
+
+
+async def _pdf_text(provider: Provider, file_id: str, name: str, content: bytes, max_chars: int) -> FileText:
+    try:
+        text, truncated = await asyncio.to_thread(_pdf_pages, content, max_chars)
+    except Failed as failed:
+        raise Failed(f"{name}: {failed.message}") from None
+    except (PdfReadError, ValueError, KeyError, TypeError) as exc:
+        log.info("a PDF did not read", extra={"error": type(exc).__name__})
+        raise Failed(f"{name} is a PDF that cannot be read (it may be damaged)") from None
+    if not text:
+        raise Failed(f"{name} is a PDF without text (a scan, perhaps), which cannot be read yet")
+    return FileText(provider, file_id, name, PDF, text, truncated)
