@@ -831,3 +831,179 @@ def rule_ports(policy: Manifest) -> Iterator[int]:
 def test_policies_name_numeric_ports(rendered: list[Manifest]) -> None:
     for policy in of_kind(rendered, "NetworkPolicy").values():
         assert all(isinstance(port, int) for port in rule_ports(policy)), policy["metadata"]["name"]
+
+
+# --- integrations: connected accounts' clients, uploads, egress (issue 15)
+
+
+def test_connection_redirects_are_https_in_prod_and_loopback_http_in_dev(
+    dev: list[Manifest], prod: list[Manifest]
+) -> None:
+    import json
+
+    for manifests, scheme_and_host in ((prod, "https://athena.example.com"), (dev, "http://localhost:8080")):
+        env = environment(main_container(of_kind(manifests, "Deployment")["integrations"]), manifests)
+        for provider in ("GOOGLE", "MICROSOFT"):
+            assert json.loads(env[f"INTEGRATIONS_{provider}__REDIRECT_URIS"]) == [
+                f"{scheme_and_host}/connections"
+            ]
+        assert not any(key.endswith(("__CLIENT_ID", "__CLIENT_SECRET")) for key in env), (
+            "OAuth clients come from the Secret integrations-oauth"
+        )
+
+
+def integrations_objects(manifests: list[Manifest], monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The object store the integrations service makes from its rendered environment."""
+    import os
+
+    from integrations.objects import from_settings
+    from integrations.settings import IntegrationsSettings
+
+    for key in list(os.environ):
+        if key.startswith(("ATHENA_", "INTEGRATIONS_", "AWS_")):
+            monkeypatch.delenv(key)
+    for key, value in environment(
+        main_container(of_kind(manifests, "Deployment")["integrations"]), manifests
+    ).items():
+        monkeypatch.setenv(key, value)
+    return from_settings(IntegrationsSettings().objects)
+
+
+def test_dev_keeps_uploads_on_a_volume_of_their_own(
+    dev: list[Manifest], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from integrations.objects import LocalObjectStore
+
+    store = integrations_objects(dev, monkeypatch)
+    assert isinstance(store, LocalObjectStore)
+    root = re.fullmatch(r"LocalObjectStore\(root='(.+)'\)", repr(store))
+    assert root is not None
+    deployment = of_kind(dev, "Deployment")["integrations"]
+    mounts = {mount["mountPath"]: mount for mount in main_container(deployment)["volumeMounts"]}
+    mount = mounts[root.group(1)]
+    assert not mount.get("readOnly")
+    assert "subPath" not in mount
+    volumes = {volume["name"]: volume for volume in pod_spec(deployment)["volumes"]}
+    claim = volumes[mount["name"]]["persistentVolumeClaim"]["claimName"]
+    assert of_kind(dev, "PersistentVolumeClaim")[claim]["spec"]["accessModes"] == ["ReadWriteOnce"]
+    # One node mounts a ReadWriteOnce volume: one replica, and a rollout's surge pod on the same node.
+    autoscaler = of_kind(dev, "HorizontalPodAutoscaler")["integrations"]
+    assert autoscaler["spec"]["maxReplicas"] == 1
+    (term,) = pod_spec(deployment)["affinity"]["podAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert selects(term["labelSelector"], deployment["spec"]["template"]["metadata"]["labels"])
+
+
+def test_prod_keeps_uploads_in_s3_with_the_service_accounts_role(
+    prod: list[Manifest], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from integrations.objects import S3ObjectStore
+
+    store = integrations_objects(prod, monkeypatch)
+    assert isinstance(store, S3ObjectStore)
+    assert repr(store) == (
+        "S3ObjectStore(bucket='athena-uploads', prefix='', endpoint_url=None, region='eu-west-1')"
+    )
+    account = of_kind(prod, "ServiceAccount")["integrations"]
+    role = account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"]
+    assert re.fullmatch(r"arn:aws:iam::\d{12}:role/athena-integrations", role)
+    deployment = of_kind(prod, "Deployment")["integrations"]
+    assert pod_spec(deployment)["serviceAccountName"] == "integrations"
+    for container in containers(deployment):
+        names = {*environment(container, prod), *secret_variables(container)}
+        assert not {name for name in names if name.startswith("AWS_") and "KEY" in name}, (
+            "AWS credentials come from the role (IRSA), never from keys"
+        )
+
+
+@pytest.mark.parametrize(
+    ("address", "reachable"),
+    [
+        ("203.0.113.10", True),
+        ("142.250.180.10", True),
+        ("2001:4860:4802:32::a", True),
+        ("10.1.2.3", False),
+        ("172.16.5.4", False),
+        ("172.31.255.254", False),
+        ("192.168.1.1", False),
+        ("100.64.0.1", False),
+        ("127.0.0.1", False),
+        ("169.254.169.254", False),
+        ("::1", False),
+        ("fd00:ec2::254", False),
+        ("fe80::1", False),
+    ],
+)
+def test_integrations_opens_443_to_public_addresses_only(
+    rendered: list[Manifest], address: str, reachable: bool
+) -> None:
+    policies = list(of_kind(rendered, "NetworkPolicy").values())
+    labels = of_kind(rendered, "Deployment")["integrations"]["spec"]["template"]["metadata"]["labels"]
+    integrations = Endpoint("integrations", "10.244.0.1", NAMESPACE, labels)
+    outside = Endpoint("outside", address)
+    assert admits(policies, integrations, "egress", outside, 443, "TCP") is reachable
+    for port in (80, 22, 8443, 5432):
+        assert not admits(policies, integrations, "egress", Endpoint("public", "203.0.113.10"), port, "TCP")
+
+
+FQDN_COMPONENT = ROOT / "components" / "integrations-fqdn-egress"
+
+
+@pytest.fixture(scope="module")
+def prod_with_fqdn_egress(tmp_path_factory: pytest.TempPathFactory) -> list[Manifest]:
+    """The prod overlay with the optional component, as an operator enables it in their overlay."""
+    import os
+
+    from k8s.manifests import build
+
+    directory = tmp_path_factory.mktemp("prod-fqdn")
+    (directory / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\n"
+        "kind: Kustomization\n"
+        f"resources: [{os.path.relpath(ROOT / 'overlays' / 'prod', directory)}]\n"
+        f"components: [{os.path.relpath(FQDN_COMPONENT, directory)}]\n"
+    )
+    return build(directory)
+
+
+def test_the_fqdn_component_holds_integrations_to_the_providers_and_the_bucket(
+    prod: list[Manifest], prod_with_fqdn_egress: list[Manifest]
+) -> None:
+    from urllib.parse import urlsplit
+
+    from integrations.settings import GoogleSettings, MicrosoftSettings
+
+    manifests = prod_with_fqdn_egress
+    assert all_schema_errors(item for item in manifests if item["kind"] != "CiliumNetworkPolicy") == []
+    (policy,) = of_kind(manifests, "CiliumNetworkPolicy").values()
+    assert policy["apiVersion"] == "cilium.io/v2"
+    labels = of_kind(manifests, "Deployment")["integrations"]["spec"]["template"]["metadata"]["labels"]
+    assert selects(policy["spec"]["endpointSelector"], labels)
+    dns, web = policy["spec"]["egress"]
+    assert dns["toPorts"][0]["rules"]["dns"] == [{"matchPattern": "*"}]
+    assert web["toPorts"] == [{"ports": [{"port": "443", "protocol": "TCP"}]}]
+    named = {item["matchName"] for item in web["toFQDNs"]}
+
+    env = environment(main_container(of_kind(prod, "Deployment")["integrations"]), prod)
+    bucket, region = env["INTEGRATIONS_OBJECTS__BUCKET"], env["INTEGRATIONS_OBJECTS__REGION"]
+    provider_urls = [
+        value
+        for settings in (GoogleSettings(), MicrosoftSettings())
+        for name, value in settings.model_dump().items()
+        if name.endswith("_url")
+    ]
+    assert named == {
+        *(str(urlsplit(url).hostname) for url in provider_urls),
+        "health.googleapis.com",
+        f"{bucket}.s3.{region}.amazonaws.com",
+        f"s3.{region}.amazonaws.com",
+        f"sts.{region}.amazonaws.com",
+    }
+    # The NetworkPolicy no longer opens 443 to every public address (Cilium allows the union of policies);
+    # everything else stays as in prod.
+    without = allowed_flows(prod) - {("integrations", "internet", 443, "TCP")}
+    assert allowed_flows(manifests) == without
+    readme = (ROOT / "README.md").read_text().split("## Network policies", 1)[1].split("\n## ", 1)[0]
+    assert "components/integrations-fqdn-egress" in readme
