@@ -1,21 +1,37 @@
-"""Busy time from every calendar a person connected: Google Calendar (`freeBusy` over the calendars of
-their calendar list) and Microsoft Graph (`calendarView`, events not shown as free), merged.
+"""Busy time and events from every calendar a person connected: Google Calendar (`freeBusy` and
+`events.list` over the calendars of their calendar list) and Microsoft Graph (`calendarView`), merged.
 
 Each provider is asked through `integrations.provider_api` (a current token, one refresh on refusal, a
 short throttle waited out); whatever a provider cannot answer becomes a `Problem` for that provider while
 the others still answer.
+
+**All-day events** are civil dates, not instants. Google gives them as `start.date`/`end.date` (the end
+exclusive) in the calendar's zone. Graph answers an all-day event's `start` and `end` as the midnights of
+its dates whatever `Prefer: outlook.timezone` asks for, labelled with the preferred zone, and names the zone
+it was scheduled in in `originalStartTimeZone` (often a Windows name such as "W. Europe Standard Time";
+microsoftgraph/microsoft-graph-docs issues 1802 and 6003): its dates are the date part of `start.dateTime`
+and `end.dateTime`, never those instants converted. As busy time, an all-day event blocks its days from
+midnight to midnight in the zone it was scheduled in (the calendar's zone at Google, its
+`originalStartTimeZone` at Microsoft; UTC when the provider names no zone we know).
+
+Reading is bounded: at most `MAX_CALENDARS` Google calendars, `MAX_PAGES` pages per calendar, and for
+events no more than the caller's limit (and one to tell it was reached) per calendar.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
+from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import httpx
+from icalendar.timezone.windows_to_olson import WINDOWS_TO_OLSON
 
 from integrations.connections import Connection, Connections
 from integrations.provider_api import Problem, ProviderApi
@@ -26,10 +42,19 @@ log = logging.getLogger(__name__)
 
 MAX_RANGE = timedelta(days=93)
 MAX_CALENDARS = 50
-"""Google's freeBusy takes at most 50 calendars (`calendarExpansionMax`)."""
+"""Google's freeBusy takes at most 50 calendars (`calendarExpansionMax`); events read as many."""
 MAX_PAGES = 20
+DEFAULT_EVENTS = 100
+MAX_EVENTS = 500
+GOOGLE_CALENDARS_AT_ONCE = 4
+"""Google calendars whose events are read at the same time."""
+GOOGLE_PAGE = 250
+"""Events asked of Google per page (its default)."""
+GRAPH_PAGE = 100
+NO_TITLE = "(no title)"
 GRAPH_BUSY = frozenset({"busy", "tentative", "oof", "workingElsewhere"})
 """Graph's `showAs` values that are not free time."""
+GRAPH_EVENT_FIELDS = "id,subject,start,end,isAllDay,isCancelled,showAs,location,webLink,originalStartTimeZone"
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -45,6 +70,86 @@ class FreeBusy:
     problems: list[Problem]
 
 
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One event of a calendar (one occurrence of a recurring one)."""
+
+    provider: Provider
+    id: str
+    title: str
+    start: datetime
+    """When it starts: for an all-day event, the midnight of its first day in its zone (UTC without one)."""
+    end: datetime
+    """When it ends (exclusive): for an all-day event, the midnight after its last day in its zone."""
+    start_date: date | None
+    """An all-day event's first day, as its calendar shows it; None for an event at a time."""
+    end_date: date | None
+    """The day after an all-day event's last day."""
+    time_zone: str
+    """The IANA zone it was scheduled in, "" when the provider named none we know."""
+    busy: bool
+    location: str
+    link: str
+
+    @property
+    def all_day(self) -> bool:
+        return self.start_date is not None
+
+    def order(self) -> tuple[datetime, bool, str, str, str]:
+        """Its place in a merged list: by start, an all-day event at the start of its first day in UTC
+        (before the events starting then)."""
+        begins = self.start if self.start_date is None else datetime.combine(self.start_date, time(), UTC)
+        return begins, not self.all_day, self.title, self.provider.value, self.id
+
+
+def _all_day(
+    provider: Provider,
+    ident: str,
+    title: str,
+    first: date,
+    after: date,
+    zone_name: str,
+    busy: bool,
+    location: str,
+    link: str,
+) -> Event:
+    """An all-day event from `first` to `after` (exclusive), its days from midnight to midnight in the zone
+    it was scheduled in (UTC when we know none), as the module docstring says."""
+    after = after if after > first else first + timedelta(days=1)
+    zone = zone_named(zone_name)
+    at = zone or UTC
+    return Event(
+        provider,
+        ident,
+        title,
+        datetime.combine(first, time(), at).astimezone(UTC),
+        datetime.combine(after, time(), at).astimezone(UTC),
+        first,
+        after,
+        zone.key if zone else "",
+        busy,
+        location,
+        link,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Events:
+    events: list[Event]
+    sources: list[Provider]
+    problems: list[Problem]
+    truncated: bool
+    """Whether the calendars held more events than the limit (or more than could be read)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Listed:
+    """The events a provider answered, and whether it held more than were read."""
+
+    events: list[Event]
+    more: bool
+
+
 def merge(blocks: list[Busy]) -> list[Busy]:
     """Overlapping or touching blocks as one, by start."""
     merged: list[Busy] = []
@@ -55,6 +160,26 @@ def merge(blocks: list[Busy]) -> list[Busy]:
         else:
             merged.append(block)
     return merged
+
+
+def zone_named(name: str) -> ZoneInfo | None:
+    """The zone an IANA name or a Windows one (Graph's "Pacific Standard Time", mapped by CLDR's table)
+    names; None for one neither knows (Graph's "tzone://Microsoft/Custom", say)."""
+    for candidate in (name, WINDOWS_TO_OLSON.get(name)):
+        if not candidate:
+            continue
+        try:
+            return ZoneInfo(candidate)
+        except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: "Europe" is a directory
+            continue
+    return None
+
+
+def _check_range(start: datetime, end: datetime) -> None:
+    if end <= start:
+        raise InvalidArgument("end", "must be after start")
+    if end - start > MAX_RANGE:
+        raise InvalidArgument("end", f"the range may span at most {MAX_RANGE.days} days")
 
 
 def _rfc3339(moment: datetime) -> str:
@@ -74,16 +199,94 @@ def _parse_graph(value: Mapping[str, Any], fallback_zone: str) -> datetime:
     moment = datetime.fromisoformat(text)
     if moment.tzinfo is not None:
         return moment.astimezone(UTC)
-    zone_name = str(value.get("timeZone") or fallback_zone)
-    try:
-        zone = ZoneInfo(zone_name) if zone_name != "UTC" else UTC
-    except (ZoneInfoNotFoundError, ValueError):
-        zone = UTC  # a Windows zone name we cannot map: read as UTC (we ask Graph for UTC anyway)
+    # A zone we cannot map is read as UTC (we ask Graph for UTC anyway).
+    zone = zone_named(str(value.get("timeZone") or fallback_zone)) or UTC
     return moment.replace(tzinfo=zone).astimezone(UTC)
 
 
+def _graph_date(value: Mapping[str, Any]) -> date:
+    """The civil date of an all-day Graph event's start or end: the date part of its midnight."""
+    return date.fromisoformat(str(value["dateTime"])[:10])
+
+
+def _google_event(item: Mapping[str, Any], calendar_zone: str) -> Event | None:
+    """An `events.list` item; None for a cancelled one (or one without a start)."""
+    if item.get("status") == "cancelled":
+        return None
+    start, end = item.get("start") or {}, item.get("end") or {}
+    ident, title = str(item["id"]), str(item.get("summary") or "").strip() or NO_TITLE
+    busy = item.get("transparency") != "transparent"
+    location, link = str(item.get("location") or ""), str(item.get("htmlLink") or "")
+    if "date" in start:
+        first = date.fromisoformat(start["date"])
+        after = date.fromisoformat(end.get("date") or start["date"])
+        return _all_day(Provider.GOOGLE, ident, title, first, after, calendar_zone, busy, location, link)
+    if "dateTime" not in start:
+        return None
+    begins = _parse_google(start["dateTime"])
+    ends = _parse_google(end["dateTime"]) if "dateTime" in end else begins
+    zone = zone_named(str(start.get("timeZone") or calendar_zone))
+    return Event(
+        Provider.GOOGLE,
+        ident,
+        title,
+        begins,
+        max(ends, begins),
+        None,
+        None,
+        zone.key if zone else "",
+        busy,
+        location,
+        link,
+    )
+
+
+def _graph_event(item: Mapping[str, Any]) -> Event | None:
+    """A `calendarView` item asked with `Prefer: outlook.timezone="UTC"`; None for a cancelled one."""
+    if item.get("isCancelled"):
+        return None
+    zone_name = str(item.get("originalStartTimeZone") or "")
+    ident, title = str(item["id"]), str(item.get("subject") or "").strip() or NO_TITLE
+    busy = str(item.get("showAs") or "busy") in GRAPH_BUSY
+    location = str((item.get("location") or {}).get("displayName") or "")
+    link = str(item.get("webLink") or "")
+    if item.get("isAllDay"):
+        first, after = _graph_date(item["start"]), _graph_date(item["end"])
+        return _all_day(Provider.MICROSOFT, ident, title, first, after, zone_name, busy, location, link)
+    begins, ends = _parse_graph(item["start"], "UTC"), _parse_graph(item["end"], "UTC")
+    zone = zone_named(zone_name)
+    return Event(
+        Provider.MICROSOFT,
+        ident,
+        title,
+        begins,
+        max(ends, begins),
+        None,
+        None,
+        zone.key if zone else "",
+        busy,
+        location,
+        link,
+    )
+
+
+def _read_each_item(
+    items: Any, parse: Callable[[Mapping[str, Any]], Event | None], provider: Provider
+) -> list[Event]:
+    events = []
+    for item in items or ():
+        try:
+            event = parse(item)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            log.warning("an unreadable calendar event was skipped", extra={"provider": provider.value})
+            continue
+        if event is not None:
+            events.append(event)
+    return events
+
+
 class Calendars:
-    """Free/busy over the people's connected calendars."""
+    """Free/busy and events over the people's connected calendars."""
 
     def __init__(
         self,
@@ -99,11 +302,13 @@ class Calendars:
         self._graph = graph_url.rstrip("/")
 
     async def free_busy(self, user_id: str, start: datetime, end: datetime) -> FreeBusy:
-        if end <= start:
-            raise InvalidArgument("end", "must be after start")
-        if end - start > MAX_RANGE:
-            raise InvalidArgument("end", f"the range may span at most {MAX_RANGE.days} days")
-        readers = {Provider.GOOGLE: self._google_busy, Provider.MICROSOFT: self._graph_busy}
+        _check_range(start, end)
+
+        async def graph_busy(token: str, start: datetime, end: datetime) -> list[Busy]:
+            listed = await self._graph_events(token, start, end, None)
+            return [Busy(event.start, event.end) for event in listed.events if event.busy]
+
+        readers = {Provider.GOOGLE: self._google_busy, Provider.MICROSOFT: graph_busy}
 
         async def busy_of(connection: Connection, token: str) -> list[Busy]:
             return await readers[connection.provider](token, start, end)
@@ -119,12 +324,33 @@ class Calendars:
         ]
         return FreeBusy(merge(busy), read.sources, read.problems)
 
-    async def _google_busy(self, token: str, start: datetime, end: datetime) -> list[Busy]:
+    async def events(self, user_id: str, start: datetime, end: datetime, limit: int = 0) -> Events:
+        """The events of every connected calendar overlapping [start, end), by start (`Event.order`), at
+        most `limit` of them (0: `DEFAULT_EVENTS`), the earliest kept."""
+        _check_range(start, end)
+        if not 0 <= limit <= MAX_EVENTS:
+            raise InvalidArgument("limit", f"must be between 0 and {MAX_EVENTS}")
+        limit = limit or DEFAULT_EVENTS
+        readers = {Provider.GOOGLE: self._google_events, Provider.MICROSOFT: self._graph_events}
+
+        async def events_of(connection: Connection, token: str) -> _Listed:
+            return await readers[connection.provider](token, start, end, limit)
+
+        read = await self._api.read_each(
+            await self._connections.holding(user_id, Capability.CALENDAR), events_of
+        )
+        merged = sorted((e for _, listed in read.answers for e in listed.events), key=Event.order)
+        truncated = len(merged) > limit or any(listed.more for _, listed in read.answers)
+        return Events(merged[:limit], read.sources, read.problems, truncated)
+
+    async def _google_calendars(self, token: str, min_access_role: str) -> list[str]:
+        """The ids of the calendars the person shows in their calendar list (at most `MAX_CALENDARS`;
+        "primary" when the list is empty)."""
         ids: list[str] = []
         page: str | None = None
         for _ in range(MAX_PAGES):
             params = {
-                "minAccessRole": "freeBusyReader",
+                "minAccessRole": min_access_role,
                 "maxResults": "250",
                 **({"pageToken": page} if page else {}),
             }
@@ -137,7 +363,10 @@ class Calendars:
             page = listed.get("nextPageToken")
             if not page:
                 break
-        ids = ids[:MAX_CALENDARS] or ["primary"]
+        return ids[:MAX_CALENDARS] or ["primary"]
+
+    async def _google_busy(self, token: str, start: datetime, end: datetime) -> list[Busy]:
+        ids = await self._google_calendars(token, "freeBusyReader")
         answer = await self._api.get_json(
             "POST",
             f"{self._google}/freeBusy",
@@ -159,18 +388,63 @@ class Calendars:
             ]
         return blocks
 
-    async def _graph_busy(self, token: str, start: datetime, end: datetime) -> list[Busy]:
+    async def _google_events(self, token: str, start: datetime, end: datetime, limit: int) -> _Listed:
+        """`events.list` of every calendar the person can read, a few at a time; the first failure (a
+        refused token included) fails the provider once every calendar has answered."""
+        ids = await self._google_calendars(token, "reader")
+        gate = asyncio.Semaphore(GOOGLE_CALENDARS_AT_ONCE)
+
+        async def one(calendar_id: str) -> _Listed:
+            async with gate:
+                return await self._google_calendar_events(token, calendar_id, start, end, limit)
+
+        outcomes = await asyncio.gather(*(one(i) for i in ids), return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        listed = [outcome for outcome in outcomes if isinstance(outcome, _Listed)]
+        return _Listed([e for one in listed for e in one.events], any(one.more for one in listed))
+
+    async def _google_calendar_events(
+        self, token: str, calendar_id: str, start: datetime, end: datetime, limit: int
+    ) -> _Listed:
+        url = f"{self._google}/calendars/{quote(calendar_id, safe='')}/events"
+        params = {
+            "timeMin": _rfc3339(start),
+            "timeMax": _rfc3339(end),
+            "singleEvents": "true",
+            "orderBy": "startTime",
+            "maxResults": str(min(limit + 1, GOOGLE_PAGE)),
+        }
+        events: list[Event] = []
+        page: str | None = None
+        for _ in range(MAX_PAGES):
+            answer = await self._api.get_json(
+                "GET", url, token, Provider.GOOGLE, params={**params, **({"pageToken": page} if page else {})}
+            )
+            zone = str(answer.get("timeZone") or "")
+            parse = functools.partial(_google_event, calendar_zone=zone)
+            events += _read_each_item(answer.get("items"), parse, Provider.GOOGLE)
+            page = answer.get("nextPageToken")
+            if not page or len(events) > limit:
+                break
+        return _Listed(events, bool(page))
+
+    async def _graph_events(self, token: str, start: datetime, end: datetime, limit: int | None) -> _Listed:
+        """`calendarView` in UTC, following `@odata.nextLink`; with a `limit`, no further than one event
+        past it."""
         url: str | None = f"{self._graph}/me/calendarView"
         params: dict[str, str] | None = {
             "startDateTime": _rfc3339(start),
             "endDateTime": _rfc3339(end),
-            "$select": "start,end,showAs,isAllDay,isCancelled",
-            "$top": "100",
+            "$select": GRAPH_EVENT_FIELDS,
+            "$orderby": "start/dateTime",
+            "$top": str(min(limit + 1, GRAPH_PAGE) if limit else GRAPH_PAGE),
         }
-        blocks: list[Busy] = []
-        for _ in range(MAX_PAGES):
-            if url is None:
-                break
+        events: list[Event] = []
+        pages = 0
+        while url is not None and pages < MAX_PAGES:
+            pages += 1
             page = await self._api.get_json(
                 "GET",
                 url,
@@ -179,9 +453,8 @@ class Calendars:
                 params=params,
                 headers={"Prefer": 'outlook.timezone="UTC"'},
             )
-            for event in page.get("value", []):
-                if event.get("isCancelled") or event.get("showAs", "busy") not in GRAPH_BUSY:
-                    continue
-                blocks.append(Busy(_parse_graph(event["start"], "UTC"), _parse_graph(event["end"], "UTC")))
+            events += _read_each_item(page.get("value"), _graph_event, Provider.MICROSOFT)
             url, params = page.get("@odata.nextLink"), None  # the next link carries the query
-        return blocks
+            if limit is not None and len(events) > limit:
+                break
+        return _Listed(events, url is not None)

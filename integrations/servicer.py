@@ -12,7 +12,7 @@ from athena.integrations.v1 import integrations_pb2, integrations_pb2_grpc
 from athena.uploads.v1 import uploads_pb2, uploads_pb2_grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from integrations.calendars import Calendars
+from integrations.calendars import Calendars, Event
 from integrations.connections import Connection, Connections, Status
 from integrations.files import FileHit, Files
 from integrations.health import UNITS, Health, Metric
@@ -89,6 +89,25 @@ def _problem(problem: Problem) -> integrations_pb2.SourceProblem:
     return integrations_pb2.SourceProblem(
         provider=problem.provider.value, needs_reconnect=problem.needs_reconnect, message=problem.message
     )
+
+
+def _event(event: Event) -> integrations_pb2.CalendarEvent:
+    proto = integrations_pb2.CalendarEvent(
+        provider=event.provider.value,
+        id=event.id,
+        title=event.title,
+        all_day=event.all_day,
+        time_zone=event.time_zone,
+        busy=event.busy,
+        location=event.location,
+        link=event.link,
+    )
+    if event.start_date is not None and event.end_date is not None:
+        proto.start_date, proto.end_date = event.start_date.isoformat(), event.end_date.isoformat()
+    else:
+        proto.start.CopyFrom(_timestamp(event.start))
+        proto.end.CopyFrom(_timestamp(event.end))
+    return proto
 
 
 def _file_hit(hit: FileHit) -> integrations_pb2.FileHit:
@@ -230,6 +249,19 @@ class IntegrationsServicer(integrations_pb2_grpc.IntegrationsServiceServicer):
             sources=found.sources,
             problems=[_problem(problem) for problem in found.problems],
             unit=UNITS[metric],
+        )
+
+    async def ListEvents(
+        self, request: integrations_pb2.ListEventsRequest, context: Context
+    ) -> integrations_pb2.ListEventsResponse:
+        found = await self._calendars.events(
+            principal().user_id, request.start.ToDatetime(UTC), request.end.ToDatetime(UTC), request.limit
+        )
+        return integrations_pb2.ListEventsResponse(
+            events=[_event(event) for event in found.events],
+            sources=[provider.value for provider in found.sources],
+            problems=[_problem(problem) for problem in found.problems],
+            truncated=found.truncated,
         )
 
     async def PurgeUser(

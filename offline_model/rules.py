@@ -2,13 +2,16 @@
 
 The rules look at the last message (SPEC §4):
 
-- the last message is a tool result → one sentence confirming it (busy blocks counted, files named, and
-  what could not answer — a calendar or drive to reconnect — said; after a handoff, the receiving agent
-  answers the user's question instead);
+- the last message is a tool result → one sentence confirming it (busy blocks counted, events named with
+  their times, files named, and what could not answer — a calendar or drive to reconnect — said; after a
+  handoff, the receiving agent answers the user's question instead);
 - otherwise the last user message: `remember <fact>` → `remember_memory{text, scope: "user"}`,
   `note <fact>` → the same with scope "agent", `forget <fact>` → `forget_memory{query}`,
   `ask <agent_id> <question>` → `handoff_to_<agent_id>{reason}`, a request to find files or documents
-  "about|for|named ... <topic>" → `file_search{query: topic}`, words about the calendar →
+  "about|for|named ... <topic>" → `file_search{query: topic}`, a question about what is on the calendar
+  ("what's on my calendar tomorrow?", "what meetings do I have?", "my events today") →
+  `calendar_events{start, end}` over tomorrow or today (UTC days) when it says so, else the next 7 days
+  (`calendar_freebusy` when only that is offered), other words about the calendar →
   `calendar_freebusy{start, end}` over the next 7 days;
 - a tool is only called when the request offers it; anything else gets the memory answer: "Here is what
   I know: " + the memories of the `Memories:` system message joined by "; ", or "I don't know that yet."
@@ -27,12 +30,13 @@ import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 REMEMBER_TOOL = "remember_memory"
 FORGET_TOOL = "forget_memory"
 CALENDAR_TOOL = "calendar_freebusy"
+EVENTS_TOOL = "calendar_events"
 FILES_TOOL = "file_search"
 HANDOFF_PREFIX = "handoff_to_"
 """The orchestrator offers one tool per reachable agent, named `handoff_to_<agent_id>`."""
@@ -40,6 +44,8 @@ HANDOFF_PREFIX = "handoff_to_"
 UNKNOWN_ANSWER = "I don't know that yet."
 MEMORIES_HEADER = "Memories:"
 CALENDAR_WINDOW = timedelta(days=7)
+EVENTS_NAMED = 10
+"""Events an answer names at most; the rest are counted."""
 
 Message = Mapping[str, Any]
 """One Chat Completions message as decoded from JSON (`role`, `content`, `tool_calls`, ...)."""
@@ -163,7 +169,10 @@ def plan_reply(
     text = last_user_text(messages)
     if directives:
         text = parse_directives(text).text
-    call = _tool_call_for(text, now or datetime.now(UTC))
+    now = now or datetime.now(UTC)
+    call = _tool_call_for(text, now)
+    if call is not None and call.name == EVENTS_TOOL and EVENTS_TOOL not in tools:
+        call = _freebusy_call(now)  # calendars that cannot list events still say when the person is busy
     if call is not None and call.name in tools:
         return call
     return memory_answer(messages)
@@ -199,6 +208,13 @@ _ASK = re.compile(r"^ask\s+@?(?P<agent>[a-z0-9_-]+)[\s:,]+(?P<question>.+)$", re
 _CALENDAR = re.compile(
     r"\b(calendar|free|busy|schedule[sd]?|available|availability|meetings?)\b", re.IGNORECASE
 )
+_EVENTS = re.compile(
+    r"\bwhat(?:'s|’s|s|\s+is)?\s+on\s+my\s+(?:calendar|schedule|agenda)\b"
+    r"|\b(?:what|which|any|my|list)\s+(?:meetings|events|appointments|agenda)\b",
+    re.IGNORECASE,
+)
+_TOMORROW = re.compile(r"\btomorrow\b", re.IGNORECASE)
+_TODAY = re.compile(r"\b(?:today|tonight)\b", re.IGNORECASE)
 _FILES = re.compile(
     r"\b(find|search|look\s+(?:for|up)|show)\b.*\b(files?|documents?|docs?|spreadsheets?)\b",
     re.IGNORECASE | re.DOTALL,
@@ -233,12 +249,29 @@ def _tool_call_for(text: str, now: datetime) -> ToolCallReply | None:
         query = clean_fact(topic["topic"]) if topic else ""
         if len(query) >= 2:
             return ToolCallReply(FILES_TOOL, {"query": query[:200]})
+    if _EVENTS.search(text):
+        return _events_call(text, now)
     if _CALENDAR.search(text):
-        start = now.astimezone(UTC).replace(microsecond=0)
-        return ToolCallReply(
-            CALENDAR_TOOL, {"start": iso_utc(start), "end": iso_utc(start + CALENDAR_WINDOW)}
-        )
+        return _freebusy_call(now)
     return None
+
+
+def _freebusy_call(now: datetime) -> ToolCallReply:
+    start = now.astimezone(UTC).replace(microsecond=0)
+    return ToolCallReply(CALENDAR_TOOL, {"start": iso_utc(start), "end": iso_utc(start + CALENDAR_WINDOW)})
+
+
+def _events_call(text: str, now: datetime) -> ToolCallReply:
+    """`calendar_events` over the UTC day the question names (tomorrow, today), else the next 7 days."""
+    moment = now.astimezone(UTC).replace(microsecond=0)
+    midnight = moment.replace(hour=0, minute=0, second=0)
+    if _TOMORROW.search(text):
+        start, end = midnight + timedelta(days=1), midnight + timedelta(days=2)
+    elif _TODAY.search(text):
+        start, end = midnight, midnight + timedelta(days=1)
+    else:
+        start, end = moment, moment + CALENDAR_WINDOW
+    return ToolCallReply(EVENTS_TOOL, {"start": iso_utc(start), "end": iso_utc(end)})
 
 
 def clean_fact(fact: str) -> str:
@@ -275,6 +308,8 @@ def _after_tool_result(messages: Sequence[Message]) -> TextReply:
         return TextReply("I couldn't find anything like that to forget.")
     if name == CALENDAR_TOOL:
         return TextReply(_calendar_summary(content, arguments))
+    if name == EVENTS_TOOL:
+        return TextReply(_events_summary(content, arguments))
     if name == FILES_TOOL:
         return TextReply(_files_summary(content))
     return TextReply("Done.")
@@ -357,6 +392,50 @@ def _calendar_summary(content: str, arguments: Mapping[str, Any]) -> str:
         noun = "block" if blocks == 1 else "blocks"
         summary = f"You have {blocks} busy {noun}{window}."
     return summary + _caveats(decoded)
+
+
+def _events_summary(content: str, arguments: Mapping[str, Any]) -> str:
+    """ "You have 2 events between …: standup (2026-12-03 09:00–10:00 UTC); Holiday (all day
+    2026-12-03)." and what could not answer."""
+    try:
+        decoded: Any = json.loads(content)
+    except ValueError:
+        decoded = None
+    listed = decoded.get("events") if isinstance(decoded, Mapping) else None
+    start = _readable_time(decoded.get("start") if isinstance(decoded, Mapping) else None)
+    end = _readable_time(decoded.get("end") if isinstance(decoded, Mapping) else None)
+    start, end = start or _readable_time(arguments.get("start")), end or _readable_time(arguments.get("end"))
+    window = f" between {start} and {end}" if start and end else ""
+    if not isinstance(listed, list):
+        return f"I checked your calendar{window}." + _caveats(decoded)
+    named = [_event_words(e) for e in listed if isinstance(e, Mapping)]
+    if not named:
+        return f"You have no events{window}." + _caveats(decoded)
+    more = len(named) - EVENTS_NAMED
+    shown = "; ".join(named[:EVENTS_NAMED]) + (f"; and {more} more" if more > 0 else "")
+    if decoded.get("truncated"):
+        shown += "; and there are more after these"
+    count = f"{len(named)} event{'s' if len(named) != 1 else ''}"
+    return f"You have {count}{window}: {shown}." + _caveats(decoded)
+
+
+def _event_words(event: Mapping[str, Any]) -> str:
+    """`standup (2026-12-03 09:00–10:00 UTC)`, `Holiday (all day 2026-12-03)`."""
+    title = str(event.get("title") or "(no title)")
+    if event.get("all_day"):
+        first, after = str(event.get("start_date", "")), str(event.get("end_date", ""))
+        try:
+            last = (date.fromisoformat(after) - timedelta(days=1)).isoformat()
+        except ValueError:
+            last = first
+        days = first if last <= first else f"{first} to {last}"
+        return f"{title} (all day {days})"
+    begins, ends = _readable_time(event.get("start")), _readable_time(event.get("end"))
+    if not begins:
+        return title
+    if ends and ends[:10] == begins[:10]:  # the same day: "09:00–10:00 UTC"
+        return f"{title} ({begins.removesuffix(' UTC')}–{ends[11:]})"
+    return f"{title} ({begins}{' – ' + ends if ends else ''})"
 
 
 def _files_summary(content: str) -> str:

@@ -80,16 +80,19 @@ def openai_model(settings: OrchestratorSettings, deps: Deps) -> ChatModel:
 
 def tool_registry(settings: OrchestratorSettings, deps: Deps) -> ToolRegistry:
     calendar: CalendarProvider | None = None
+    events: ConnectedCalendars | None = None
     drives: ConnectedDrives | None = None
     health: ConnectedHealth | None = None
     if settings.integrations_target:
         integrations = deps.channel(settings.integrations_target)
-        calendar, drives = ConnectedCalendars(integrations), ConnectedDrives(integrations)
+        calendar = events = ConnectedCalendars(integrations)
+        drives = ConnectedDrives(integrations)
         health = ConnectedHealth(integrations)
     elif settings.calendar_dir:
         calendar = IcsFolderCalendar(settings.calendar_dir)
     return build_registry(
         calendar=calendar,
+        events=events,
         drives=drives,
         wearables=health,
         files=LocalFolderFiles(settings.files_dir) if settings.files_dir else None,

@@ -1,7 +1,8 @@
 """The integrations service as the agents' tools need it: `ConnectedCalendars`, the `calendar_freebusy`
-provider over every calendar the person connected, `ConnectedDrives` for `file_search` and `file_read`,
-and `ConnectedHealth` for `wearable_stats`. Calls go through `mesh.clients.call`, which forwards the
-person's token, request id and remaining deadline (so the service reads their connections only)."""
+and `calendar_events` provider over every calendar the person connected, `ConnectedDrives` for
+`file_search` and `file_read`, and `ConnectedHealth` for `wearable_stats`. Calls go through
+`mesh.clients.call`, which forwards the person's token, request id and remaining deadline (so the service
+reads their connections only)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import grpc
 from athena.integrations.v1 import integrations_pb2, integrations_pb2_grpc
 
 from mesh.clients import call
-from orchestrator.tools.calendar import BusyBlock, CalendarAnswer
+from orchestrator.tools.calendar import BusyBlock, CalendarAnswer, CalendarEvent, EventsAnswer
 from orchestrator.tools.drives import DriveFile, DriveSearch, DriveText
 from orchestrator.tools.sources import SourceProblem
 from orchestrator.tools.wearables import HealthAnswer, HealthDay
@@ -32,6 +33,34 @@ class ConnectedCalendars:
             sources=list(answer.sources),
             problems=[SourceProblem(p.provider, p.needs_reconnect, p.message) for p in answer.problems],
         )
+
+    async def events(self, user_id: str, start: datetime, end: datetime, limit: int) -> EventsAnswer:
+        request = integrations_pb2.ListEventsRequest(limit=limit)
+        request.start.FromDatetime(start)
+        request.end.FromDatetime(end)
+        answer = await call(self._integrations.ListEvents, request, timeout_seconds=self._timeout)
+        return EventsAnswer(
+            events=[_event(e) for e in answer.events],
+            sources=list(answer.sources),
+            problems=[SourceProblem(p.provider, p.needs_reconnect, p.message) for p in answer.problems],
+            truncated=answer.truncated,
+        )
+
+
+def _event(event: integrations_pb2.CalendarEvent) -> CalendarEvent:
+    all_day = event.all_day
+    return CalendarEvent(
+        source=event.provider,
+        title=event.title,
+        start=None if all_day else event.start.ToDatetime(UTC),
+        end=None if all_day else event.end.ToDatetime(UTC),
+        start_date=date.fromisoformat(event.start_date) if all_day else None,
+        end_date=date.fromisoformat(event.end_date) if all_day else None,
+        time_zone=event.time_zone,
+        busy=event.busy,
+        location=event.location,
+        link=event.link,
+    )
 
 
 def _drive_file(hit: integrations_pb2.FileHit) -> DriveFile:

@@ -2,7 +2,8 @@
 Microsoft emulators standing in for the providers (issue 15's first acceptance item): one person connects
 both; "when am I free tomorrow?" to the focus agent answers from the union of both calendars; an access
 token Google stops accepting mid-session is refreshed without the person noticing; a grant revoked at
-Google turns the connection to "needs reconnect" and the answer says so; another person sees none of it."""
+Google turns the connection to "needs reconnect" and the answer says so; another person sees none of it;
+"what's on my calendar tomorrow?" names the events of both calendars, an all-day one on its own day."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ import json
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, fields
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+from zoneinfo import ZoneInfo
 
 import grpc
 import httpx
@@ -204,6 +206,75 @@ async def test_free_time_tomorrow_comes_from_both_calendars_refreshed_and_then_r
     result, _ = calendar_result(events)
     assert result["busy"] == []
     assert "No calendar is connected" in answer(events)
+
+
+async def test_whats_on_my_calendar_tomorrow_names_the_events_of_both_calendars(mesh: Mesh) -> None:
+    metadata = await mesh.sign_in("bea@example.com")
+    at_google, at_microsoft = "bea@example.com", "bea@contoso.com"
+    tomorrow = (datetime.now(UTC) + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    day = tomorrow.date().isoformat()
+    nine = tomorrow.replace(hour=9)
+    mesh.google.add_event(
+        at_google,
+        "primary",
+        {
+            "summary": "standup",
+            "start": {"dateTime": z(nine)},
+            "end": {"dateTime": z(nine.replace(minute=30))},
+        },
+    )
+    berlin = ZoneInfo("Europe/Berlin")
+    review = datetime.combine(tomorrow.date(), time(15), berlin)  # 15:00 in Berlin, whatever the season
+    mesh.microsoft.add_event(
+        at_microsoft,
+        {
+            "subject": "design review",
+            "start": {"dateTime": f"{day}T15:00:00", "timeZone": "W. Europe Standard Time"},
+            "end": {"dateTime": f"{day}T16:00:00", "timeZone": "W. Europe Standard Time"},
+        },
+    )
+    following = (tomorrow + timedelta(days=1)).date().isoformat()
+    mesh.microsoft.add_event(  # all day in Los Angeles: from 07:00 or 08:00 UTC, still tomorrow's date
+        at_microsoft,
+        {
+            "subject": "Seattle trip",
+            "isAllDay": True,
+            "showAs": "oof",
+            "start": {"dateTime": f"{day}T00:00:00", "timeZone": "Pacific Standard Time"},
+            "end": {"dateTime": f"{following}T00:00:00", "timeZone": "Pacific Standard Time"},
+        },
+    )
+    for emulator, account, provider in (
+        (mesh.google, at_google, pb.PROVIDER_GOOGLE),
+        (mesh.microsoft, at_microsoft, pb.PROVIDER_MICROSOFT),
+    ):
+        signed_in = emulator.account
+        emulator.sign_in(account)
+        try:
+            await connect(mesh, metadata, provider)
+        finally:
+            emulator.sign_in(signed_in)
+
+    events = await mesh.chat(metadata, "what's on my calendar tomorrow?")
+    listed, failed = tool_result(events, "calendar_events")
+    assert not failed
+    assert (listed["start"], listed["end"]) == (z(tomorrow), z(tomorrow + timedelta(days=1)))
+    assert [(e["title"], e["calendar"]) for e in listed["events"]] == [
+        ("Seattle trip", "microsoft"),
+        ("standup", "google"),
+        ("design review", "microsoft"),
+    ]
+    trip = listed["events"][0]
+    assert (trip["all_day"], trip["start_date"], trip["end_date"]) == (True, day, following)
+    assert trip["time_zone"] == "America/Los_Angeles"
+    review_utc = review.astimezone(UTC)
+    assert listed["events"][2]["start"] == z(review_utc)
+    assert sorted(listed["calendars"]) == ["google", "microsoft"]
+    said = answer(events)
+    assert said.startswith(f"You have 3 events between {day} 00:00 UTC")
+    assert f"Seattle trip (all day {day})" in said
+    assert f"standup ({day} 09:00–09:30 UTC)" in said
+    assert f"design review ({day} {review_utc:%H:%M}–{review_utc + timedelta(hours=1):%H:%M} UTC)" in said
 
 
 async def test_the_business_assistant_finds_and_reads_documents_in_a_connected_drive(mesh: Mesh) -> None:

@@ -17,8 +17,10 @@ and `graph_base_url` for https://graph.microsoft.com/v1.0.
   user removing the app (refresh: `invalid_grant` AADSTS50173).
 - Graph (https://learn.microsoft.com/graph/api/overview): `POST /me/calendar/getSchedule`
   (api/calendar-getschedule), `GET /me/calendarView` (api/user-list-calendarview: `$top` default 10,
-  `@odata.nextLink` with `$skiptoken`, `Prefer: outlook.timezone`, all-day events kept at midnight in
-  their own zone as Outlook does), `GET /me/drive/root/search(q='…')` (api/driveitem-search),
+  `@odata.nextLink` with `$skiptoken`, `Prefer: outlook.timezone`; an all-day event's start and end stay
+  the midnights of its dates whatever zone is preferred, labelled with the preferred zone, its own zone in
+  `originalStartTimeZone`, as Outlook answers: microsoftgraph/microsoft-graph-docs issues 1802 and 6003),
+  `GET /me/drive/root/search(q='…')` (api/driveitem-search),
   `GET /me/drive/items/{id}` and `/content` (api/driveitem-get-content: 302 to a pre-authenticated,
   short-lived download URL this server also serves, with `Range`).
 
@@ -293,7 +295,9 @@ class MicrosoftEmulator:
     def add_event(self, account: str, event: dict[str, Any]) -> dict[str, Any]:
         """An event in Graph's JSON form: `subject`, `start`/`end` as dateTimeTimeZone (`{"dateTime":
         "2026-11-02T09:00:00","timeZone":"Europe/Berlin"}`; an all-day event has midnights and `isAllDay`),
-        `showAs`, `sensitivity`... The fields Graph fills in are filled in; the stored event is returned."""
+        `showAs`, `sensitivity`... The fields Graph fills in are filled in (`originalStartTimeZone` and
+        `originalEndTimeZone` from the zones of `start` and `end`, `webLink`...); the stored event is
+        returned."""
         if event.get("recurrence"):
             raise ValueError("the emulator does not expand recurrences: add each occurrence as an event")
         self._mailbox_zones.setdefault(account, "UTC")
@@ -312,6 +316,13 @@ class MicrosoftEmulator:
             "location": {"displayName": ""},
             **event,
         }
+        stored.setdefault("originalStartTimeZone", stored["start"].get("timeZone") or "UTC")
+        stored.setdefault("originalEndTimeZone", stored["end"].get("timeZone") or "UTC")
+        stored.setdefault(
+            "webLink",
+            f"https://outlook.office365.com/owa/?itemid={quote(stored['id'], safe='')}"
+            "&exvsurl=1&path=/calendar/item",
+        )
         stored.setdefault("iCalUId", "040000008200E00074C5B7101A82E008" + secrets.token_hex(16).upper())
         stored.setdefault("@odata.etag", f'W/"{secrets.token_urlsafe(12)}"')
         for key in ("start", "end"):
@@ -987,8 +998,8 @@ def _skip(query: Mapping[str, str]) -> int:
 
 
 def _render_event(event: dict[str, Any], zone: tzinfo, zone_name: str, select: list[str]) -> dict[str, Any]:
-    """Timed events in the preferred zone; all-day events keep their own midnights and zone (Outlook does
-    not move them)."""
+    """Timed events in the preferred zone; all-day events keep the midnights of their dates (Outlook does
+    not move them) under the preferred zone's name."""
     rendered = dict(event)
     if not event.get("isAllDay"):
         rendered["start"] = _graph_time(_graph_moment(event["start"]), zone, zone_name)
@@ -997,7 +1008,7 @@ def _render_event(event: dict[str, Any], zone: tzinfo, zone_name: str, select: l
         for key in ("start", "end"):
             rendered[key] = {
                 "dateTime": _graph_moment(event[key]).strftime("%Y-%m-%dT%H:%M:%S.0000000"),
-                "timeZone": event[key].get("timeZone", "UTC"),
+                "timeZone": zone_name,
             }
     if select:
         rendered = {k: v for k, v in rendered.items() if k in select or k in ("id", "@odata.etag")}

@@ -2,14 +2,15 @@
 Google and Microsoft emulators (tests/emulators) through their real consent, token and revocation
 endpoints: the happy paths (incremental consent included), every way a connection must fail, tokens
 refreshed once however many need them, a revoked grant becoming "needs reconnect", other people seeing
-nothing, and no token readable in the database."""
+nothing, and no token readable in the database; then what the agents' tools read through connections:
+free/busy and events of both calendars merged (all-day events on the right days, in every zone), files."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -505,6 +506,319 @@ async def test_free_busy_refuses_a_backwards_or_too_long_range(
         free_busy_request(TOMORROW, TOMORROW + timedelta(days=1)), metadata=metadata
     )
     assert (list(empty.busy), list(empty.sources), list(empty.problems)) == ([], [], [])
+
+
+def events_request(start: datetime, end: datetime, limit: int = 0) -> integrations_pb2.ListEventsRequest:
+    request = integrations_pb2.ListEventsRequest(limit=limit)
+    request.start.FromDatetime(start)
+    request.end.FromDatetime(end)
+    return request
+
+
+def when(event: integrations_pb2.CalendarEvent) -> tuple[str, str]:
+    """An event's days (all-day) or instants, as a person would read them."""
+    if event.all_day:
+        assert not event.HasField("start")
+        assert not event.HasField("end")
+        return event.start_date, event.end_date
+    return event.start.ToJsonString(), event.end.ToJsonString()
+
+
+def utc(moment: datetime) -> str:
+    """A Graph dateTime (no offset) of a UTC moment."""
+    return moment.strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def z(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+async def test_events_of_every_calendar_merged_by_start_with_all_day_dates_and_zones(
+    stub: Stub,
+    internal: integrations_pb2_grpc.IntegrationsServiceStub,
+    user: Callable[[], tuple[str, Metadata]],
+    google: GoogleEmulator,
+    microsoft: MicrosoftEmulator,
+) -> None:
+    _, metadata = user()
+    tag = uuid.uuid4().hex[:8]
+    at_google, at_microsoft = f"g-{tag}@example.com", f"m-{tag}@contoso.com"
+    family = f"family-{tag}@group.calendar.google.com"
+    google.add_calendar(at_google, at_google, "Me", "Europe/Berlin", primary=True)
+    google.add_calendar(at_google, family, "Family", "America/Los_Angeles")
+    google.add_event(
+        at_google,
+        at_google,
+        {
+            "summary": "standup",
+            "location": "Room 4",
+            "start": {"dateTime": "2026-12-03T09:00:00+01:00", "timeZone": "Europe/Berlin"},
+            "end": {"dateTime": "2026-12-03T09:15:00+01:00", "timeZone": "Europe/Berlin"},
+        },
+    )
+    google.add_event(  # the 3rd in Berlin: from 23:00 UTC on the 2nd
+        at_google,
+        at_google,
+        {"summary": "Berlin holiday", "start": {"date": "2026-12-03"}, "end": {"date": "2026-12-04"}},
+    )
+    google.add_event(  # the 3rd in Los Angeles: from 08:00 UTC on the 3rd
+        at_google,
+        family,
+        {"summary": "LA offsite", "start": {"date": "2026-12-03"}, "end": {"date": "2026-12-04"}},
+    )
+    google.add_event(
+        at_google,
+        family,
+        {
+            "summary": "maybe dinner",
+            "transparency": "transparent",
+            "start": {"dateTime": "2026-12-03T14:00:00-08:00"},
+            "end": {"dateTime": "2026-12-03T15:00:00-08:00"},
+        },
+    )
+    google.add_event(
+        at_google,
+        at_google,
+        {
+            "summary": "called off",
+            "status": "cancelled",
+            "start": {"dateTime": "2026-12-03T12:00:00Z"},
+            "end": {"dateTime": "2026-12-03T13:00:00Z"},
+        },
+    )
+    microsoft.add_event(  # 09:00 in Los Angeles: 17:00 UTC
+        at_microsoft,
+        {
+            "subject": "design review",
+            "location": {"displayName": "Teams"},
+            "start": {"dateTime": "2026-12-03T09:00:00", "timeZone": "Pacific Standard Time"},
+            "end": {"dateTime": "2026-12-03T10:00:00", "timeZone": "Pacific Standard Time"},
+        },
+    )
+    for subject, zone in (
+        ("Munich fair", "W. Europe Standard Time"),
+        ("Seattle trip", "Pacific Standard Time"),
+    ):
+        microsoft.add_event(
+            at_microsoft,
+            {
+                "subject": subject,
+                "isAllDay": True,
+                "showAs": "oof",
+                "start": {"dateTime": "2026-12-03T00:00:00", "timeZone": zone},
+                "end": {"dateTime": "2026-12-05T00:00:00", "timeZone": zone},
+            },
+        )
+    microsoft.add_event(
+        at_microsoft,
+        {
+            "subject": "lunch, shown free",
+            "showAs": "free",
+            "start": {"dateTime": "2026-12-03T12:00:00", "timeZone": "UTC"},
+            "end": {"dateTime": "2026-12-03T13:00:00", "timeZone": "UTC"},
+        },
+    )
+    microsoft.add_event(
+        at_microsoft,
+        {
+            "subject": "cancelled sync",
+            "isCancelled": True,
+            "start": {"dateTime": "2026-12-03T14:00:00", "timeZone": "UTC"},
+            "end": {"dateTime": "2026-12-03T15:00:00", "timeZone": "UTC"},
+        },
+    )
+    await connect_as(stub, metadata, google, pb.PROVIDER_GOOGLE, at_google)
+    await connect_as(stub, metadata, microsoft, pb.PROVIDER_MICROSOFT, at_microsoft)
+
+    answer = await internal.ListEvents(
+        events_request(TOMORROW, TOMORROW + timedelta(days=1)), metadata=metadata
+    )
+    assert [(e.provider, e.title, *when(e), e.time_zone, e.busy) for e in answer.events] == [
+        ("google", "Berlin holiday", "2026-12-03", "2026-12-04", "Europe/Berlin", True),
+        ("google", "LA offsite", "2026-12-03", "2026-12-04", "America/Los_Angeles", True),
+        ("microsoft", "Munich fair", "2026-12-03", "2026-12-05", "Europe/Berlin", True),
+        ("microsoft", "Seattle trip", "2026-12-03", "2026-12-05", "America/Los_Angeles", True),
+        ("google", "standup", "2026-12-03T08:00:00Z", "2026-12-03T08:15:00Z", "Europe/Berlin", True),
+        ("microsoft", "lunch, shown free", "2026-12-03T12:00:00Z", "2026-12-03T13:00:00Z", "UTC", False),
+        (
+            "microsoft",
+            "design review",
+            "2026-12-03T17:00:00Z",
+            "2026-12-03T18:00:00Z",
+            "America/Los_Angeles",
+            True,
+        ),
+        (
+            "google",
+            "maybe dinner",
+            "2026-12-03T22:00:00Z",
+            "2026-12-03T23:00:00Z",
+            "America/Los_Angeles",
+            False,
+        ),
+    ]
+    by_title = {e.title: e for e in answer.events}
+    assert (by_title["standup"].location, by_title["design review"].location) == ("Room 4", "Teams")
+    assert by_title["standup"].link.startswith("https://www.google.com/calendar/event?eid=")
+    assert by_title["design review"].link.startswith("https://outlook.office365.com/owa/?itemid=")
+    assert by_title["design review"].id
+    assert by_title["standup"].id
+    assert (sorted(answer.sources), list(answer.problems), answer.truncated) == (
+        ["google", "microsoft"],
+        [],
+        False,
+    )
+    (view,) = [r for r in microsoft.requests if r.path.endswith("/calendarView")][-1:]
+    assert view.headers["Prefer"] == 'outlook.timezone="UTC"'
+
+
+async def test_an_all_day_graph_event_blocks_its_days_where_it_was_scheduled(
+    stub: Stub,
+    internal: integrations_pb2_grpc.IntegrationsServiceStub,
+    user: Callable[[], tuple[str, Metadata]],
+    microsoft: MicrosoftEmulator,
+) -> None:
+    _, metadata = user()
+    at_microsoft = f"m-{uuid.uuid4().hex[:8]}@contoso.com"
+    for day, zone in (("2026-12-03", "W. Europe Standard Time"), ("2026-12-05", "Pacific Standard Time")):
+        following = (date.fromisoformat(day) + timedelta(days=1)).isoformat()
+        microsoft.add_event(
+            at_microsoft,
+            {
+                "subject": f"away {day}",
+                "isAllDay": True,
+                "start": {"dateTime": f"{day}T00:00:00", "timeZone": zone},
+                "end": {"dateTime": f"{following}T00:00:00", "timeZone": zone},
+            },
+        )
+    await connect_as(stub, metadata, microsoft, pb.PROVIDER_MICROSOFT, at_microsoft)
+    answer = await internal.FreeBusy(
+        free_busy_request(TOMORROW - timedelta(days=1), TOMORROW + timedelta(days=4)), metadata=metadata
+    )
+    assert blocks(answer) == [
+        ("2026-12-02T23:00:00Z", "2026-12-03T23:00:00Z"),  # the 3rd in Berlin
+        ("2026-12-05T08:00:00Z", "2026-12-06T08:00:00Z"),  # the 5th in Los Angeles
+    ]
+
+
+async def test_every_page_of_both_calendars_is_read_and_a_limit_keeps_the_earliest(
+    stub: Stub,
+    internal: integrations_pb2_grpc.IntegrationsServiceStub,
+    user: Callable[[], tuple[str, Metadata]],
+    google: GoogleEmulator,
+    microsoft: MicrosoftEmulator,
+) -> None:
+    _, metadata = user()
+    tag = uuid.uuid4().hex[:8]
+    at_google, at_microsoft = f"g-{tag}@example.com", f"m-{tag}@contoso.com"
+    for n in range(260):  # Google pages hold 250, Graph's 100: both answer in pages
+        at = TOMORROW + timedelta(minutes=4 * n)
+        google.add_event(
+            at_google,
+            "primary",
+            {
+                "summary": f"g{n:03d}",
+                "start": {"dateTime": z(at)},
+                "end": {"dateTime": z(at + timedelta(minutes=1))},
+            },
+        )
+        if n < 110:
+            later = at + timedelta(minutes=2)
+            microsoft.add_event(
+                at_microsoft,
+                {
+                    "subject": f"m{n:03d}",
+                    "start": {"dateTime": utc(later), "timeZone": "UTC"},
+                    "end": {"dateTime": utc(later + timedelta(minutes=1)), "timeZone": "UTC"},
+                },
+            )
+    await connect_as(stub, metadata, google, pb.PROVIDER_GOOGLE, at_google)
+    await connect_as(stub, metadata, microsoft, pb.PROVIDER_MICROSOFT, at_microsoft)
+    window = (TOMORROW, TOMORROW + timedelta(days=1))
+
+    asked_google, asked_microsoft = len(google.requests), len(microsoft.requests)
+    everything = await internal.ListEvents(events_request(*window, limit=500), metadata=metadata)
+    titles = [e.title for e in everything.events]
+    assert len(titles) == 370
+    assert titles[:4] == ["g000", "m000", "g001", "m001"]
+    assert titles[-3:] == ["g257", "g258", "g259"]
+    assert not everything.truncated
+    google_pages = [r for r in google.requests[asked_google:] if r.path.endswith("/events")]
+    graph_pages = [r for r in microsoft.requests[asked_microsoft:] if r.path.endswith("/calendarView")]
+    assert (len(google_pages), len(graph_pages)) == (2, 2)
+    assert "pageToken" in google_pages[1].query
+    assert "$skiptoken" in graph_pages[1].query
+
+    asked_google, asked_microsoft = len(google.requests), len(microsoft.requests)
+    first = await internal.ListEvents(events_request(*window, limit=5), metadata=metadata)
+    assert [e.title for e in first.events] == ["g000", "m000", "g001", "m001", "g002"]
+    assert first.truncated
+    # Bounded: one small page of each calendar is enough for the five earliest.
+    assert [
+        r.query.get("maxResults") for r in google.requests[asked_google:] if r.path.endswith("/events")
+    ] == ["6"]
+    assert [
+        r.query.get("$top") for r in microsoft.requests[asked_microsoft:] if r.path.endswith("/calendarView")
+    ] == ["6"]
+
+
+async def test_events_of_a_revoked_grant_are_a_problem_and_the_others_still_answer(
+    stub: Stub,
+    internal: integrations_pb2_grpc.IntegrationsServiceStub,
+    user: Callable[[], tuple[str, Metadata]],
+    google: GoogleEmulator,
+    microsoft: MicrosoftEmulator,
+) -> None:
+    _, metadata = user()
+    tag = uuid.uuid4().hex[:8]
+    at_google, at_microsoft = f"g-{tag}@example.com", f"m-{tag}@contoso.com"
+    google.add_event(
+        at_google,
+        "primary",
+        {
+            "summary": "gym",
+            "start": {"dateTime": "2026-12-03T07:00:00Z"},
+            "end": {"dateTime": "2026-12-03T08:00:00Z"},
+        },
+    )
+    microsoft.add_event(
+        at_microsoft,
+        {
+            "subject": "1:1",
+            "start": {"dateTime": "2026-12-03T10:00:00", "timeZone": "UTC"},
+            "end": {"dateTime": "2026-12-03T11:00:00", "timeZone": "UTC"},
+        },
+    )
+    await connect_as(stub, metadata, google, pb.PROVIDER_GOOGLE, at_google)
+    await connect_as(stub, metadata, microsoft, pb.PROVIDER_MICROSOFT, at_microsoft)
+    google.revoke_grant(at_google)
+    answer = await internal.ListEvents(
+        events_request(TOMORROW, TOMORROW + timedelta(days=1)), metadata=metadata
+    )
+    assert [e.title for e in answer.events] == ["1:1"]
+    assert list(answer.sources) == ["microsoft"]
+    assert [(p.provider, p.needs_reconnect) for p in answer.problems] == [("google", True)]
+    assert "connect it again" in answer.problems[0].message
+
+
+async def test_list_events_refuses_a_backwards_or_too_long_range_and_too_many_events(
+    internal: integrations_pb2_grpc.IntegrationsServiceStub, user: Callable[[], tuple[str, Metadata]]
+) -> None:
+    _, metadata = user()
+    message = await fails(
+        internal.ListEvents, events_request(TOMORROW, TOMORROW), metadata, grpc.StatusCode.INVALID_ARGUMENT
+    )
+    assert message == "end: must be after start"
+    too_long = events_request(TOMORROW, TOMORROW + timedelta(days=94))
+    message = await fails(internal.ListEvents, too_long, metadata, grpc.StatusCode.INVALID_ARGUMENT)
+    assert message == "end: the range may span at most 93 days"
+    too_many = events_request(TOMORROW, TOMORROW + timedelta(days=1), limit=501)
+    message = await fails(internal.ListEvents, too_many, metadata, grpc.StatusCode.INVALID_ARGUMENT)
+    assert message.startswith("limit")
+    nothing = await internal.ListEvents(
+        events_request(TOMORROW, TOMORROW + timedelta(days=1)), metadata=metadata
+    )
+    assert (list(nothing.events), list(nothing.sources), nothing.truncated) == ([], [], False)
 
 
 async def test_expired_pending_connections_are_purged_and_no_longer_complete(

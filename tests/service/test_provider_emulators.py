@@ -1098,12 +1098,17 @@ async def test_calendar_view_pages_by_next_link_in_the_preferred_zone(
         "dateTime": "2026-11-02T01:00:00.0000000",
         "timeZone": "Pacific Standard Time",
     }
+    assert events[0]["originalStartTimeZone"] == "UTC"
+    assert events[0]["webLink"].startswith("https://outlook.office365.com/owa/?itemid=")
+    # An all-day event stays midnight to midnight of its dates whatever zone is preferred, under the
+    # preferred zone's name; the zone it was made in is `originalStartTimeZone` (microsoft-graph-docs#1802).
     holiday = events[-1]
     assert holiday["isAllDay"] is True
-    assert holiday["start"] == {
-        "dateTime": "2026-11-03T00:00:00.0000000",
-        "timeZone": "W. Europe Standard Time",
-    }
+    assert (holiday["start"], holiday["end"]) == (
+        {"dateTime": "2026-11-03T00:00:00.0000000", "timeZone": "Pacific Standard Time"},
+        {"dateTime": "2026-11-04T00:00:00.0000000", "timeZone": "Pacific Standard Time"},
+    )
+    assert holiday["originalStartTimeZone"] == "W. Europe Standard Time"
 
     default = (
         await http.get(

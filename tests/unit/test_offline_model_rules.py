@@ -68,6 +68,82 @@ def test_calendar_questions_ask_for_the_next_seven_days(text: str) -> None:
     )
 
 
+EVENT_TOOLS = (*ALL_TOOLS, "calendar_events")
+
+
+@pytest.mark.parametrize(
+    ("text", "window"),
+    [
+        ("What's on my calendar tomorrow?", ("2025-03-02T00:00:00Z", "2025-03-03T00:00:00Z")),
+        ("whats on my schedule today", ("2025-03-01T00:00:00Z", "2025-03-02T00:00:00Z")),
+        ("What meetings do I have?", ("2025-03-01T09:30:15Z", "2025-03-08T09:30:15Z")),
+        ("do I have any meetings tomorrow", ("2025-03-02T00:00:00Z", "2025-03-03T00:00:00Z")),
+        ("list my events", ("2025-03-01T09:30:15Z", "2025-03-08T09:30:15Z")),
+    ],
+)
+def test_questions_about_whats_on_the_calendar_list_its_events(text: str, window: tuple[str, str]) -> None:
+    reply = rules.plan_reply([user(text)], EVENT_TOOLS, NOW)
+    assert reply == rules.ToolCallReply("calendar_events", {"start": window[0], "end": window[1]})
+
+
+def test_without_the_events_tool_the_same_question_asks_free_busy() -> None:
+    reply = rules.plan_reply([user("what's on my calendar tomorrow?")], ALL_TOOLS, NOW)
+    assert reply == rules.ToolCallReply(
+        "calendar_freebusy", {"start": "2025-03-01T09:30:15Z", "end": "2025-03-08T09:30:15Z"}
+    )
+    freebusy = rules.plan_reply([user("am I free tomorrow?")], EVENT_TOOLS, NOW)
+    assert isinstance(freebusy, rules.ToolCallReply)
+    assert freebusy.name == "calendar_freebusy"
+
+
+def test_events_are_named_with_their_times_and_days() -> None:
+    arguments = {"start": "2025-03-02T00:00:00Z", "end": "2025-03-03T00:00:00Z"}
+    result = {
+        "start": "2025-03-02T00:00:00Z",
+        "end": "2025-03-03T00:00:00Z",
+        "events": [
+            {"title": "Holiday", "all_day": True, "start_date": "2025-03-02", "end_date": "2025-03-03"},
+            {"title": "Trip", "all_day": True, "start_date": "2025-03-02", "end_date": "2025-03-05"},
+            {"title": "standup", "start": "2025-03-02T09:00:00Z", "end": "2025-03-02T09:15:00Z"},
+            {"title": "late call", "start": "2025-03-02T23:30:00Z", "end": "2025-03-03T00:30:00Z"},
+        ],
+        "calendars": ["microsoft"],
+        "unavailable": [{"calendar": "google", "needs_reconnect": True, "message": "Connect Google again."}],
+    }
+    messages = [user("what's on my calendar tomorrow?"), *tool_turn("calendar_events", arguments, result)]
+    assert rules.plan_reply(messages, EVENT_TOOLS, NOW) == rules.TextReply(
+        "You have 4 events between 2025-03-02 00:00 UTC and 2025-03-03 00:00 UTC: Holiday (all day "
+        "2025-03-02); Trip (all day 2025-03-02 to 2025-03-04); standup (2025-03-02 09:00–09:15 UTC); "
+        "late call (2025-03-02 23:30 UTC – 2025-03-03 00:30 UTC). Connect Google again."
+    )
+
+
+def test_many_events_are_counted_past_the_first_ten_and_none_is_said() -> None:
+    arguments = {"start": "2025-03-02T00:00:00Z", "end": "2025-03-03T00:00:00Z"}
+    many = {
+        "events": [
+            {"title": f"e{n}", "start": f"2025-03-02T{n:02d}:00:00Z", "end": f"2025-03-02T{n:02d}:30:00Z"}
+            for n in range(12)
+        ],
+        "truncated": True,
+    }
+    text = rules.plan_reply(
+        [user("my events"), *tool_turn("calendar_events", arguments, many)], EVENT_TOOLS, NOW
+    )
+    assert isinstance(text, rules.TextReply)
+    assert text.text.startswith(
+        "You have 12 events between 2025-03-02 00:00 UTC and 2025-03-03 00:00 UTC: e0 ("
+    )
+    assert "e9 (2025-03-02 09:00–09:30 UTC); and 2 more; and there are more after these." in text.text
+    assert "e10" not in text.text
+    none = {"events": [], "calendars": [], "note": "No calendar is connected."}
+    assert rules.plan_reply(
+        [user("my events"), *tool_turn("calendar_events", arguments, none)], EVENT_TOOLS, NOW
+    ) == rules.TextReply(
+        "You have no events between 2025-03-02 00:00 UTC and 2025-03-03 00:00 UTC. No calendar is connected."
+    )
+
+
 def test_calendar_window_starts_now_by_default() -> None:
     reply = rules.plan_reply([user("am I busy")], ALL_TOOLS)
     assert isinstance(reply, rules.ToolCallReply)

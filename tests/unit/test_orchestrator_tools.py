@@ -1,4 +1,5 @@
-"""Tools and their providers: calendar (.ics), wearables (days the integrations service answers), files."""
+"""Tools and their providers: calendar (.ics), wearables (days the integrations service answers), files (a
+folder); the calendar, events and drive tools over stand-ins of the connected accounts."""
 
 from __future__ import annotations
 
@@ -8,9 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import service_settings
 from doubles.memory import InMemoryGateway
 
+from mesh.app import Deps
 from mesh.errors import Unavailable
+from orchestrator.app import tool_registry
+from orchestrator.settings import OrchestratorSettings
 from orchestrator.tools import (
     IcsFolderCalendar,
     LocalFolderFiles,
@@ -18,7 +23,7 @@ from orchestrator.tools import (
     ToolRegistry,
     build_registry,
 )
-from orchestrator.tools.calendar import BusyBlock, CalendarAnswer
+from orchestrator.tools.calendar import BusyBlock, CalendarAnswer, CalendarEvent, EventsAnswer
 from orchestrator.tools.drives import DriveFile, DriveSearch, DriveText
 from orchestrator.tools.registry import Tool
 from orchestrator.tools.sources import SourceProblem
@@ -130,6 +135,135 @@ async def test_without_a_connected_calendar_the_model_is_told_how_to_connect_one
     assert result["busy"] == []
     assert "connect Google or Microsoft" in result["note"]
     assert not memory.ephemeral
+
+
+class Listing:
+    """Calendars listing the events they are given, and what they were asked."""
+
+    def __init__(self, answer: EventsAnswer) -> None:
+        self.answer = answer
+        self.asked: list[tuple[str, datetime, datetime, int]] = []
+
+    async def events(self, user_id: str, start: datetime, end: datetime, limit: int) -> EventsAnswer:
+        self.asked.append((user_id, start, end, limit))
+        return self.answer
+
+
+def timed(title: str, source: str, start: datetime, end: datetime, **extra: Any) -> CalendarEvent:
+    fields: dict[str, Any] = {"time_zone": "", "busy": True, "location": "", "link": "", **extra}
+    return CalendarEvent(source, title, start, end, None, None, **fields)
+
+
+HOLIDAY = CalendarEvent(
+    "microsoft", "Holiday", None, None, date(2030, 1, 7), date(2030, 1, 9), "Europe/Berlin", True, "", ""
+)
+
+
+async def test_events_list_titles_with_their_times_or_days_and_are_cached_per_range() -> None:
+    memory = InMemoryGateway()
+    standup = timed(
+        "standup",
+        "google",
+        NINE,
+        NINE.replace(minute=15),
+        time_zone="Europe/Berlin",
+        location="Room 4",
+        link="https://calendar.example/e1",
+    )
+    maybe = timed("maybe lunch", "microsoft", NINE.replace(hour=12), NINE.replace(hour=13), busy=False)
+    calendars = Listing(EventsAnswer([HOLIDAY, standup, maybe], ["google", "microsoft"]))
+    registry = build_registry(events=calendars)
+    result, failed = await call(
+        registry, memory, "calendar_events", start="2030-01-07T00:00:00+01:00", end=WINDOW["end"]
+    )
+    assert not failed
+    assert result == {
+        "start": "2030-01-06T23:00:00Z",
+        "end": "2030-01-08T00:00:00Z",
+        "events": [
+            {
+                "title": "Holiday",
+                "calendar": "microsoft",
+                "all_day": True,
+                "start_date": "2030-01-07",
+                "end_date": "2030-01-09",
+                "time_zone": "Europe/Berlin",
+                "busy": True,
+            },
+            {
+                "title": "standup",
+                "calendar": "google",
+                "start": "2030-01-07T09:00:00Z",
+                "end": "2030-01-07T09:15:00Z",
+                "time_zone": "Europe/Berlin",
+                "busy": True,
+                "location": "Room 4",
+                "link": "https://calendar.example/e1",
+            },
+            {
+                "title": "maybe lunch",
+                "calendar": "microsoft",
+                "start": "2030-01-07T12:00:00Z",
+                "end": "2030-01-07T13:00:00Z",
+                "busy": False,
+            },
+        ],
+        "calendars": ["google", "microsoft"],
+    }
+    assert calendars.asked == [
+        ("u1", datetime(2030, 1, 6, 23, tzinfo=UTC), datetime(2030, 1, 8, tzinfo=UTC), 50)
+    ]
+    [(key, _)] = memory.ephemeral.items()
+    assert key == ("calendar_events", "2030-01-06T23:00:00Z/2030-01-08T00:00:00Z")
+    again, _ = await call(
+        registry, memory, "calendar_events", start="2030-01-06T23:00:00Z", end=WINDOW["end"]
+    )
+    assert again == result
+    assert len(calendars.asked) == 1  # five minutes from the cache
+
+
+async def test_events_say_when_more_were_found_and_which_calendar_could_not_answer() -> None:
+    memory = InMemoryGateway()
+    reconnect = SourceProblem("google", True, "Google no longer accepts AthenaOS's access; connect it again.")
+    registry = build_registry(
+        events=Listing(EventsAnswer([HOLIDAY], ["microsoft"], [reconnect], truncated=True))
+    )
+    result, failed = await call(registry, memory, "calendar_events", **WINDOW)
+    assert not failed
+    assert [e["title"] for e in result["events"]] == ["Holiday"]
+    assert result["truncated"] is True
+    assert result["unavailable"] == [
+        {"calendar": "google", "needs_reconnect": True, "message": reconnect.message}
+    ]
+    assert not memory.ephemeral  # the next call asks again
+
+    nobody = build_registry(events=Listing(EventsAnswer([], [], [reconnect])))
+    result, failed = await call(nobody, memory, "calendar_events", **WINDOW)
+    assert failed  # a tool error the model explains, not a failed turn
+    assert result["error"] == reconnect.message
+    unconnected, failed = await call(
+        build_registry(events=Listing(EventsAnswer([], []))), memory, "calendar_events", **WINDOW
+    )
+    assert not failed
+    assert "connect Google or Microsoft" in unconnected["note"]
+
+
+@pytest.mark.parametrize(
+    ("window", "message"),
+    [
+        ({"start": "2030-01-08T00:00:00Z", "end": "2030-01-07T00:00:00Z"}, "end: must be after start"),
+        ({"start": "2030-01-01T00:00:00Z", "end": "2030-04-05T00:00:00Z"}, "at most 93 days"),
+        ({"start": "next tuesday", "end": "2030-01-07T00:00:00Z"}, "start: must be an ISO 8601"),
+    ],
+)
+async def test_events_take_the_same_range_as_freebusy(window: dict[str, str], message: str) -> None:
+    calendars = Listing(EventsAnswer([], ["google"]))
+    for name in ("calendar_freebusy", "calendar_events"):
+        registry = build_registry(calendar=IcsFolderCalendar(CALENDAR), events=calendars)
+        result, failed = await call(registry, InMemoryGateway(), name, **window)
+        assert failed
+        assert message in result["error"]
+    assert not calendars.asked
 
 
 class Drive:
@@ -325,3 +459,19 @@ def test_providers_only_add_their_tool_when_configured(tmp_path: Path) -> None:
         files=LocalFolderFiles(tmp_path),
     )
     assert full.names[3:] == ("calendar_freebusy", "wearable_stats", "file_scan")
+
+
+async def test_connected_calendars_offer_events_next_to_free_busy_and_a_folder_only_free_busy(
+    tmp_path: Path,
+) -> None:
+    deps = Deps()
+    try:
+        connected = tool_registry(
+            OrchestratorSettings(**service_settings(tmp_path, integrations_target="127.0.0.1:1")), deps
+        )
+    finally:
+        await deps.resources.aclose()
+    assert connected.names[3:5] == ("calendar_freebusy", "calendar_events")
+    folder = tool_registry(OrchestratorSettings(**service_settings(tmp_path, calendar_dir=tmp_path)), Deps())
+    assert "calendar_freebusy" in folder.names
+    assert "calendar_events" not in folder.names
