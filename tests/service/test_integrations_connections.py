@@ -36,6 +36,7 @@ from integrations_fixtures import (  # type: ignore[import-not-found]
     service,
     settings_for,
     stub,
+    text_pdf,
     user,
 )
 
@@ -893,7 +894,16 @@ async def test_files_are_found_in_both_drives_and_read_as_text(
         older,
     )
     microsoft.add_file(at_microsoft, "budget.csv", "text/csv", b"line,budget\nrent,1200\n", newer)
-    microsoft.add_file(at_microsoft, "budget scan.pdf", "application/pdf", b"%PDF-1.7 budget", older)
+    microsoft.add_file(
+        at_microsoft,
+        "budget memo.pdf",
+        "application/pdf",
+        text_pdf("Budget memo", "Travel: 1,200 EUR"),
+        older,
+    )
+    microsoft.add_file(at_microsoft, "budget broken.pdf", "application/pdf", b"%PDF-1.7 budget", older)
+    microsoft.add_file(at_microsoft, "budget chart.png", "image/png", b"\x89PNG budget", older)
+    google.add_file(at_google, "budget report.pdf", "application/pdf", text_pdf("Budget report 2026"), older)
     google.add_file(at_google, "holiday.txt", "text/plain", b"nothing to see", newer)
     await connect_files_as(stub, metadata, google, pb.PROVIDER_GOOGLE, at_google)
     await connect_files_as(stub, metadata, microsoft, pb.PROVIDER_MICROSOFT, at_microsoft)
@@ -920,13 +930,30 @@ async def test_files_are_found_in_both_drives_and_read_as_text(
         metadata=metadata,
     )
     assert (csv.text, csv.truncated, csv.file.name) == ("line,budget", True, "budget.csv")
-    message = await fails(
-        internal.ReadFile,
-        integrations_pb2.ReadFileRequest(provider="microsoft", file_id=by_name["budget scan.pdf"].id),
-        metadata,
-        grpc.StatusCode.FAILED_PRECONDITION,
+    # PDFs read by their text layer, page by page
+    memo = await internal.ReadFile(
+        integrations_pb2.ReadFileRequest(provider="microsoft", file_id=by_name["budget memo.pdf"].id),
+        metadata=metadata,
     )
-    assert message == "budget scan.pdf is of type application/pdf, which cannot be read as text yet"
+    assert (memo.text, memo.truncated) == ("Budget memo\n\nTravel: 1,200 EUR", False)
+    report = await internal.ReadFile(
+        integrations_pb2.ReadFileRequest(
+            provider="google", file_id=by_name["budget report.pdf"].id, max_chars=6
+        ),
+        metadata=metadata,
+    )
+    assert (report.text, report.truncated, report.file.mime_type) == ("Budget", True, "application/pdf")
+    for name, problem in (
+        ("budget broken.pdf", "budget broken.pdf is a PDF that cannot be read (it may be damaged)"),
+        ("budget chart.png", "budget chart.png is of type image/png, which cannot be read as text yet"),
+    ):
+        message = await fails(
+            internal.ReadFile,
+            integrations_pb2.ReadFileRequest(provider="microsoft", file_id=by_name[name].id),
+            metadata,
+            grpc.StatusCode.FAILED_PRECONDITION,
+        )
+        assert message == problem
 
 
 async def test_reading_files_of_a_drive_nobody_connected_is_not_found(
