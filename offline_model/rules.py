@@ -3,7 +3,8 @@
 The rules look at the last message (SPEC §4):
 
 - the last message is a tool result → one sentence confirming it (busy blocks counted, events named with
-  their times, files named, and what could not answer — a calendar or drive to reconnect — said; after a
+  their times, files named, health data as the day's value or the range's total or average with its lowest
+  and highest day, and what could not answer — a calendar or drive to reconnect — said; after a
   handoff, the receiving agent answers the user's question instead);
 - otherwise the last user message: `remember <fact>` → `remember_memory{text, scope: "user"}`,
   `note <fact>` → the same with scope "agent", `forget <fact>` → `forget_memory{query}`,
@@ -11,8 +12,11 @@ The rules look at the last message (SPEC §4):
   "about|for|named ... <topic>" → `file_search{query: topic}`, a question about what is on the calendar
   ("what's on my calendar tomorrow?", "what meetings do I have?", "my events today") →
   `calendar_events{start, end}` over tomorrow or today (UTC days) when it says so, else the next 7 days
-  (`calendar_freebusy` when only that is offered), other words about the calendar →
-  `calendar_freebusy{start, end}` over the next 7 days;
+  (`calendar_freebusy` when only that is offered), a question about the person's own health data ("how
+  many steps did I walk today?", "how did I sleep last night?", "my resting heart rate this month") →
+  `wearable_stats{metric, range}` (the metric its words name; today, yesterday, 30 or 90 days when it says
+  so, else 7 days; sleep "last night" is today's, the night that ended this morning), other words about
+  the calendar → `calendar_freebusy{start, end}` over the next 7 days;
 - a tool is only called when the request offers it; anything else gets the memory answer: "Here is what
   I know: " + the memories of the `Memories:` system message joined by "; ", or "I don't know that yet."
 
@@ -38,6 +42,7 @@ FORGET_TOOL = "forget_memory"
 CALENDAR_TOOL = "calendar_freebusy"
 EVENTS_TOOL = "calendar_events"
 FILES_TOOL = "file_search"
+HEALTH_TOOL = "wearable_stats"
 HANDOFF_PREFIX = "handoff_to_"
 """The orchestrator offers one tool per reachable agent, named `handoff_to_<agent_id>`."""
 
@@ -213,6 +218,22 @@ _EVENTS = re.compile(
     r"|\b(?:what|which|any|my|list)\s+(?:meetings|events|appointments|agenda)\b",
     re.IGNORECASE,
 )
+_HEALTH_METRICS = (  # the first that matches names the metric
+    (re.compile(r"\bresting\s+(?:heart\s*rate|pulse)\b", re.IGNORECASE), "resting_heart_rate"),
+    (re.compile(r"\b(?:heart\s*rate|pulse|bpm)\b", re.IGNORECASE), "heart_rate"),
+    (re.compile(r"\b(?:sleep|slept|asleep)\b", re.IGNORECASE), "sleep_minutes"),
+    (re.compile(r"\b(?:steps?|walked)\b", re.IGNORECASE), "steps"),
+    (re.compile(r"\b(?:weigh|weight|weighed)\b", re.IGNORECASE), "weight_kg"),
+    (re.compile(r"\b(?:calories|kcal|active\s+energy|burn(?:ed|t)?)\b", re.IGNORECASE), "active_energy_kcal"),
+    (
+        re.compile(r"\b(?:workouts?|exercised?|trained|training\s+minutes)\b", re.IGNORECASE),
+        "workout_minutes",
+    ),
+)
+_HEALTH_QUESTION = re.compile(r"\b(?:how|what|did|was|were|am|my|show|tell)\b", re.IGNORECASE)
+_YESTERDAY = re.compile(r"\b(?:yesterday|last\s+night)\b", re.IGNORECASE)
+_MONTH = re.compile(r"\b(?:month|30\s+days)\b", re.IGNORECASE)
+_QUARTER = re.compile(r"\b(?:quarter|90\s+days|three\s+months)\b", re.IGNORECASE)
 _TOMORROW = re.compile(r"\btomorrow\b", re.IGNORECASE)
 _TODAY = re.compile(r"\b(?:today|tonight)\b", re.IGNORECASE)
 _FILES = re.compile(
@@ -251,6 +272,8 @@ def _tool_call_for(text: str, now: datetime) -> ToolCallReply | None:
             return ToolCallReply(FILES_TOOL, {"query": query[:200]})
     if _EVENTS.search(text):
         return _events_call(text, now)
+    if not _CALENDAR.search(text) and (call := _health_call(text)) is not None:
+        return call
     if _CALENDAR.search(text):
         return _freebusy_call(now)
     return None
@@ -272,6 +295,27 @@ def _events_call(text: str, now: datetime) -> ToolCallReply:
     else:
         start, end = moment, moment + CALENDAR_WINDOW
     return ToolCallReply(EVENTS_TOOL, {"start": iso_utc(start), "end": iso_utc(end)})
+
+
+def _health_call(text: str) -> ToolCallReply | None:
+    """`wearable_stats{metric, range}` for a question about the person's own health data: the metric its
+    words name, over today, yesterday (or last night), 30 or 90 days when it says so, else 7 days."""
+    if not _HEALTH_QUESTION.search(text):
+        return None
+    metric = next((name for pattern, name in _HEALTH_METRICS if pattern.search(text)), None)
+    if metric is None:
+        return None
+    if _YESTERDAY.search(text) and metric != "sleep_minutes":
+        period = "yesterday"
+    elif _TODAY.search(text) or (metric == "sleep_minutes" and _YESTERDAY.search(text)):
+        period = "today"  # the night that ended this morning
+    elif _QUARTER.search(text):
+        period = "90d"
+    elif _MONTH.search(text):
+        period = "30d"
+    else:
+        period = "7d"
+    return ToolCallReply(HEALTH_TOOL, {"metric": metric, "range": period})
 
 
 def clean_fact(fact: str) -> str:
@@ -312,6 +356,8 @@ def _after_tool_result(messages: Sequence[Message]) -> TextReply:
         return TextReply(_events_summary(content, arguments))
     if name == FILES_TOOL:
         return TextReply(_files_summary(content))
+    if name == HEALTH_TOOL:
+        return TextReply(_health_summary(content))
     return TextReply("Done.")
 
 
@@ -452,6 +498,58 @@ def _files_summary(content: str) -> str:
     else:
         shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
         summary = f"I found {len(names)} file{'s' if len(names) != 1 else ''}: {shown}."
+    return summary + _caveats(decoded)
+
+
+_METRIC_WORDS = {
+    "steps": "steps",
+    "heart_rate": "heart rate",
+    "resting_heart_rate": "resting heart rate",
+    "sleep_minutes": "sleep",
+    "active_energy_kcal": "active energy",
+    "weight_kg": "weight",
+    "workout_minutes": "workouts",
+}
+_RANGE_WORDS = {
+    "today": "today",
+    "yesterday": "yesterday",
+    "7d": "over the last 7 days",
+    "30d": "over the last 30 days",
+    "90d": "over the last 90 days",
+}
+
+
+def _amount(value: Any, unit: str) -> str:
+    number = float(value)
+    if unit == "min":
+        hours, minutes = divmod(round(number), 60)
+        return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min"
+    whole = number.is_integer() or unit in ("count", "kcal") or number >= 100
+    shown = f"{number:,.0f}" if whole else f"{number:,.1f}"
+    return f"{shown} {'steps' if unit == 'count' else unit}"
+
+
+def _health_summary(content: str) -> str:
+    """`wearable_stats`' result in a sentence: the day's value, or the range's total (or average) with its
+    lowest and highest day; no data said as such."""
+    decoded = _decode_arguments(content)
+    metric = str(decoded.get("metric", ""))
+    what = _METRIC_WORDS.get(metric, metric.replace("_", " "))
+    when = _RANGE_WORDS.get(str(decoded.get("range", "")), "")
+    unit = str(decoded.get("unit", ""))
+    days = decoded.get("days") if isinstance(decoded.get("days"), list) else []
+    if not days:
+        return f"I found no {what} data {when}.".replace("  ", " ") + _caveats(decoded)
+    average = _amount(decoded.get("average_per_day", 0), unit)
+    lowest, highest = (_amount(decoded.get(key, 0), unit) for key in ("lowest", "highest"))
+    span = f"lowest {lowest}, highest {highest}"
+    if len(days) == 1:
+        summary = f"Your {what} {when}: {_amount(days[0].get('value', 0), unit)}."
+    elif "total" in decoded:
+        total = _amount(decoded["total"], unit)
+        summary = f"Your {what} {when}: {total} in total, {average} a day on average ({span})."
+    else:
+        summary = f"Your {what} {when}: {average} on average ({span})."
     return summary + _caveats(decoded)
 
 

@@ -379,3 +379,100 @@ def test_a_file_search_is_summarised_with_the_names(result: Any, expected: str) 
         *tool_turn("file_search", {"query": "budget"}, result),
     ]
     assert rules.plan_reply(messages, (*ALL_TOOLS, "file_search"), NOW) == rules.TextReply(expected)
+
+
+@pytest.mark.parametrize(
+    ("text", "arguments"),
+    [
+        ("how many steps did I walk today?", {"metric": "steps", "range": "today"}),
+        ("How did I sleep last night?", {"metric": "sleep_minutes", "range": "today"}),
+        ("what was my resting heart rate this month", {"metric": "resting_heart_rate", "range": "30d"}),
+        ("show my heart rate", {"metric": "heart_rate", "range": "7d"}),
+        ("how many calories did I burn yesterday?", {"metric": "active_energy_kcal", "range": "yesterday"}),
+        ("what did I weigh over the last quarter?", {"metric": "weight_kg", "range": "90d"}),
+        ("did I exercise this week?", {"metric": "workout_minutes", "range": "7d"}),
+    ],
+)
+def test_questions_about_health_data_ask_wearable_stats(text: str, arguments: dict[str, str]) -> None:
+    reply = rules.plan_reply([user(text)], (*ALL_TOOLS, "wearable_stats"), NOW)
+    assert reply == rules.ToolCallReply("wearable_stats", arguments)
+
+
+def test_health_words_about_the_calendar_or_a_memory_are_not_health_questions() -> None:
+    tools = (*ALL_TOOLS, "wearable_stats")
+    assert rules.plan_reply([user("when am I free for a workout?")], tools, NOW).name == "calendar_freebusy"  # type: ignore[union-attr]
+    assert rules.plan_reply([user("remember I sleep badly")], tools, NOW).name == "remember_memory"  # type: ignore[union-attr]
+    assert rules.plan_reply([user("how many steps today?")], ALL_TOOLS, NOW) == rules.TextReply(
+        "I don't know that yet."
+    )
+
+
+@pytest.mark.parametrize(
+    ("arguments", "result", "expected"),
+    [
+        (
+            {"metric": "steps", "range": "today"},
+            {
+                "metric": "steps",
+                "range": "today",
+                "unit": "count",
+                "days": [{"date": "2025-03-01", "value": 8412}],
+            },
+            "Your steps today: 8,412 steps.",
+        ),
+        (
+            {"metric": "steps", "range": "7d"},
+            {
+                "metric": "steps",
+                "range": "7d",
+                "unit": "count",
+                "days": [{"date": "2025-02-27", "value": 4000}, {"date": "2025-03-01", "value": 12000}],
+                "total": 16000,
+                "average_per_day": 8000,
+                "lowest": 4000,
+                "highest": 12000,
+            },
+            "Your steps over the last 7 days: 16,000 steps in total, 8,000 steps a day on average "
+            "(lowest 4,000 steps, highest 12,000 steps).",
+        ),
+        (
+            {"metric": "sleep_minutes", "range": "today"},
+            {
+                "metric": "sleep_minutes",
+                "range": "today",
+                "unit": "min",
+                "days": [{"date": "2025-03-01", "value": 390}],
+            },
+            "Your sleep today: 6 h 30 min.",
+        ),
+        (
+            {"metric": "heart_rate", "range": "30d"},
+            {
+                "metric": "heart_rate",
+                "range": "30d",
+                "unit": "bpm",
+                "days": [{"date": "2025-02-27", "value": 70}, {"date": "2025-03-01", "value": 74.5}],
+                "average_per_day": 72.3,
+                "lowest": 52,
+                "highest": 150,
+            },
+            "Your heart rate over the last 30 days: 72.3 bpm on average (lowest 52 bpm, highest 150 bpm).",
+        ),
+        (
+            {"metric": "weight_kg", "range": "7d"},
+            {
+                "metric": "weight_kg",
+                "range": "7d",
+                "unit": "kg",
+                "days": [],
+                "note": "No health data is connected.",
+            },
+            "I found no weight data over the last 7 days. No health data is connected.",
+        ),
+    ],
+)
+def test_health_data_is_summarised_in_a_sentence(
+    arguments: dict[str, str], result: Any, expected: str
+) -> None:
+    messages = [user("how many steps?"), *tool_turn("wearable_stats", arguments, result)]
+    assert rules.plan_reply(messages, (*ALL_TOOLS, "wearable_stats"), NOW) == rules.TextReply(expected)
