@@ -40,6 +40,7 @@ CHAT_SERVICE = "athena.chat.v1.ChatService"
 ACCOUNT_SERVICE = "athena.account.v1.AccountService"
 AUTH_SERVICE = "athena.auth.v1.AuthService"
 CONNECTIONS_SERVICE = "athena.connections.v1.ConnectionsService"
+UPLOADS_SERVICE = "athena.uploads.v1.UploadsService"
 HEALTH_SERVICE = "grpc.health.v1.Health"
 REFLECTION_SERVICES = ("grpc.reflection.v1alpha.ServerReflection", "grpc.reflection.v1.ServerReflection")
 
@@ -55,6 +56,7 @@ PUBLIC_SERVICES: Mapping[str, str] = {
     ACCOUNT_SERVICE: ROUTER_CLUSTER,
     AUTH_SERVICE: AUTH_CLUSTER,
     CONNECTIONS_SERVICE: INTEGRATIONS_CLUSTER,
+    UPLOADS_SERVICE: INTEGRATIONS_CLUSTER,
 }
 """The only application services the edge routes, each to its cluster. Internal services are never here."""
 
@@ -62,7 +64,7 @@ STREAMED_METHODS: Mapping[str, str] = {f"/{CHAT_SERVICE}/Chat": ORCHESTRATOR_CLU
 """Methods routed apart from the rest of their service: the chat stream goes straight to the orchestrator,
 which serves it, so an answer's text crosses one Python process between the model and the client."""
 
-TOKEN_REQUIRED = (CHAT_SERVICE, ACCOUNT_SERVICE, CONNECTIONS_SERVICE)
+TOKEN_REQUIRED = (CHAT_SERVICE, ACCOUNT_SERVICE, CONNECTIONS_SERVICE, UPLOADS_SERVICE)
 """Services whose calls need a valid access token at the edge; login RPCs, health and reflection do not."""
 
 UPSTREAM_STREAMS_PER_CONNECTION = 500
@@ -79,6 +81,10 @@ WEB_BUILD_FILES = Path(__file__).resolve().parent / "web" / "build-files.json"
 """The files `node build.mjs` writes into the build, as a JSON list; the build fails when it writes others,
 so a configuration rendered from this list (Kubernetes: `web_files`) matches every build of the sources."""
 MAX_WEB_FILE_BYTES = 4 * 1024 * 1024
+APP_PAGES = ("/", "/connections")
+"""Addresses of the web app's own pages, each answered with its index.html (the app shows the page the
+address names). `/connections` is where the providers send a person back after connecting an account (the
+redirect URI registered with them), with `code` and `state` in the query, which routing ignores."""
 
 CORS_ALLOW_HEADERS = (
     "content-type",
@@ -238,7 +244,7 @@ class EdgeConfig:
     auth_http_port: int = 9104
     """The auth service's HTTP port, which serves the JWKS at /.well-known/jwks.json."""
     integrations_host: str = "127.0.0.1"
-    """The integrations service (ConnectionsService), like `router_host`."""
+    """The integrations service (ConnectionsService, UploadsService), like `router_host`."""
     integrations_port: int = 50055
     """The integrations service's gRPC port."""
     allowed_origins: tuple[str, ...] = ("http://127.0.0.1:8080", "http://localhost:8080")
@@ -649,7 +655,8 @@ def _web_routes(config: EdgeConfig) -> list[dict[str, Any]]:
     files = _web_files(config)
     if files is None:
         page = {"inline_string": PLACEHOLDER_PAGE}
-        return [_file_route(path, page, CONTENT_TYPES[".html"], "no-cache") for path in ("/", "/index.html")]
+        pages: tuple[str, ...] = (*APP_PAGES, "/index.html")
+        return [_file_route(path, page, CONTENT_TYPES[".html"], "no-cache") for path in pages]
     served_from = config.web_root_in_envoy or config.web_root.resolve()
     routes: list[dict[str, Any]] = []
     for relative in files:
@@ -659,7 +666,7 @@ def _web_routes(config: EdgeConfig) -> list[dict[str, Any]]:
         immutable = relative.parts[0] == "assets" and len(relative.parts) > 1
         cache = "public, max-age=31536000, immutable" if immutable else "no-cache"
         url = "/" + urllib.parse.quote(relative.as_posix())
-        paths = ("/", url) if relative == PurePosixPath("index.html") else (url,)
+        paths = (*APP_PAGES, url) if relative == PurePosixPath("index.html") else (url,)
         routes.extend(_file_route(path, body, content_type, cache) for path in paths)
     return routes
 

@@ -7,6 +7,7 @@ from athena.account.v1 import account_pb2, account_pb2_grpc
 from athena.auth.v1 import auth_pb2
 from athena.chat.v1 import chat_pb2, chat_pb2_grpc
 from athena.connections.v1 import connections_pb2
+from athena.uploads.v1 import uploads_pb2
 
 from mesh.app import Assembly, Deps, ServiceApp
 from mesh.server import Service
@@ -19,7 +20,8 @@ CHAT = chat_pb2.DESCRIPTOR.services_by_name["ChatService"].full_name
 ACCOUNT = account_pb2.DESCRIPTOR.services_by_name["AccountService"].full_name
 AUTH = auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name
 CONNECTIONS = connections_pb2.DESCRIPTOR.services_by_name["ConnectionsService"].full_name
-PUBLIC_API = (CHAT, ACCOUNT, AUTH, CONNECTIONS)
+UPLOADS = uploads_pb2.DESCRIPTOR.services_by_name["UploadsService"].full_name
+PUBLIC_API = (CHAT, ACCOUNT, AUTH, CONNECTIONS, UPLOADS)
 """What reflection shows through the edge: the public services, whichever process serves them."""
 
 

@@ -1,14 +1,16 @@
 """The web app in a real headless Chromium, through the real Envoy edge, against the whole mesh.
 
 One mesh per module (`devstack.stack.Stack` on free ports, offline model streaming a word every 20 ms,
-access tokens living 15 s so that silent refresh happens during the run); a fresh browser context and a
-new dev user per test. Every page must log no console error (a Content-Security-Policy violation is
-one). The last test stops the mesh.
+access tokens living 15 s so that silent refresh happens during the run, the Google and Microsoft
+emulators as `ATHENA_PROVIDER_EMULATORS=1 make run` starts them, approving every consent at once); a fresh
+browser context (British English, UTC) and a new dev user per test. Every page must log no console error
+(a Content-Security-Policy violation is one). The last test stops the mesh.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import http.server
 import json
 import os
@@ -21,10 +23,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 from athena.auth.v1 import auth_pb2
+from athena.uploads.v1 import uploads_pb2
 from grpcweb import frame
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -72,6 +76,9 @@ REFRESH_COOKIE = "__Secure-athena-refresh"
 REFRESH_COOKIE_PATH = "/athena.auth.v1.AuthService/"
 CHAT_PATH = "/athena.chat.v1.ChatService/Chat"
 LIST_AGENTS_PATH = "/athena.chat.v1.ChatService/ListAgents"
+COMPLETE_CONNECTION_PATH = "/athena.connections.v1.ConnectionsService/CompleteConnection"
+CREATE_UPLOAD_PATH = "/athena.uploads.v1.UploadsService/CreateUpload"
+APPEND_CHUNK_PATH = "/athena.uploads.v1.UploadsService/AppendChunk"
 UNREACHABLE = "Can't reach AthenaOS — check your connection"
 # app.css: --accent-green and --accent-violet (light scheme, Chromium's default).
 NUTRITION_GREEN = "rgb(21, 128, 61)"
@@ -130,6 +137,7 @@ def stack(web_dist: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         ports=ports,
         offline_delay_ms=20,
         extra_env={"AUTH_ACCESS_TOKEN_TTL": str(ACCESS_TOKEN_TTL_SECONDS)},
+        provider_emulators=True,
     )
     running = Stack(config)
     running.start()
@@ -185,7 +193,13 @@ class Tab:
 
 @pytest.fixture
 def tab(stack: Stack, browser: Browser) -> Iterator[Tab]:
-    context = browser.new_context(accept_downloads=True, viewport={"width": 1280, "height": 800})
+    context = browser.new_context(
+        accept_downloads=True,
+        viewport={"width": 1280, "height": 800},
+        # Times on the page (busy blocks) read the same on every machine.
+        locale="en-GB",
+        timezone_id="UTC",
+    )
     page = context.new_page()
     opened = Tab(page, stack.edge_url)
     page.on("console", lambda message: _record_console_error(opened, message))
@@ -794,6 +808,147 @@ def test_an_answer_cut_off_mid_stream_says_the_message_is_kept(tab: Tab) -> None
     expect(page.get_by_label("Message", exact=True)).to_have_value("What do you know about me?")
     expect(page.get_by_role("alert")).to_be_hidden()
     assert tab.errors == []
+
+
+def test_connections_panel_connects_google_through_its_consent_page_and_disconnects_it(tab: Tab) -> None:
+    """Issue 15: with no calendar connected, the answer's warning chip leads to Connections; Google is
+    connected through its consent page (the emulator approves at once and sends the browser back to
+    `/connections`), the next answer shows the busy blocks it read (the emulator's calendar has a
+    dentist's appointment tomorrow, 13:00 to 14:00 UTC: tests/emulators/__main__.py), and disconnecting
+    removes it."""
+    page = tab.page
+    tab.sign_in()
+    page.get_by_role("radio", name="Focus coach").check()
+    tab.send("when am I free tomorrow?")
+    tab.last_answer()
+    answer = page.locator(".message.assistant").last
+    warning = answer.get_by_role("link", name=re.compile("No calendar is connected"))
+    expect(warning).to_have_attribute("href", "/connections")
+    warning.click()
+
+    panel = page.get_by_role("dialog", name="Connections")
+    expect(panel).to_be_visible()
+    assert urlsplit(page.url).path == "/connections"
+    expect(panel.get_by_text("No account is connected yet.")).to_be_visible()
+    google = panel.get_by_role("group", name="Google")
+    expect(google.get_by_label("Calendar")).to_be_checked()
+    expect(google.get_by_label("Health data")).not_to_be_checked()
+    google.get_by_role("button", name="Connect Google").click()
+
+    # Google's consent page sent the browser back to /connections with `code` and `state`.
+    expect(panel.get_by_role("status").first).to_have_text("Google is connected: Calendar.")
+    assert urlsplit(page.url).path == "/connections"
+    assert urlsplit(page.url).query == "", "the provider's answer stays in the address"
+    connection = panel.locator(".connection[data-provider=google]")
+    expect(connection.locator("h4")).to_have_text("Google")
+    expect(connection.locator(".capabilities")).to_have_text("Calendar")
+    expect(connection.locator(".connection-status")).to_have_text("Connected")
+    expect(connection.locator(".meta")).to_have_text("Not used yet")
+    add = panel.get_by_role("group", name="Google").get_by_role("button", name="Add to Google")
+    expect(add).to_be_disabled()
+    # A reload does not send the provider's answer again.
+    page.reload()
+    expect(panel.locator(".connection[data-provider=google]")).to_have_count(1)
+    assert len(tab.grpc_calls(COMPLETE_CONNECTION_PATH)) == 1
+    panel.get_by_role("button", name="Close").click()
+    expect(panel).to_be_hidden()
+    expect(page).to_have_url(re.compile(rf"^{re.escape(tab.base_url)}/(#.*)?$"))
+
+    page.get_by_role("radio", name="Focus coach").check()
+    tab.send("when am I free tomorrow?")
+    tab.last_answer()
+    busy = page.locator(".message.assistant").last.locator(".tool-results .chip[data-tool=calendar_freebusy]")
+    expect(busy).to_have_text(re.compile(r"^Busy .*tomorrow [^;]*13:00–14:00"))
+    expect(page.locator(".message.assistant").last.locator(".chip.warning")).to_have_count(0)
+    # Stored with the message: the chip is back after a reload.
+    page.reload()
+    expect(
+        page.locator(".message.assistant").last.locator(".chip[data-tool=calendar_freebusy]")
+    ).to_have_text(re.compile(r"^Busy .*13:00–14:00"))
+
+    page.get_by_role("button", name="Connections").click()
+    connection = panel.locator(".connection[data-provider=google]")
+    expect(connection.locator(".meta")).to_have_text(re.compile(r"^Last used "))
+    connection.get_by_role("button", name="Disconnect Google").click()
+    expect(connection.get_by_role("alert")).to_contain_text("Disconnect Google?")
+    connection.get_by_role("button", name="Disconnect Google").click()
+    expect(panel.get_by_role("status").first).to_have_text("Google was disconnected.")
+    expect(panel.locator(".connection")).to_have_count(0)
+    expect(panel.get_by_text("No account is connected yet.")).to_be_visible()
+    assert tab.errors == []
+
+
+def test_an_apple_health_export_is_declared_with_its_sha256_read_in_slices(tab: Tab, tmp_path: Path) -> None:
+    """The file's SHA-256 is computed a slice at a time (sha256.ts; a 1 GB export is never held whole):
+    what CreateUpload declares is the file's true digest and size, over several slices."""
+    page = tab.page
+    export = tmp_path / "export.zip"
+    export.write_bytes(os.urandom(5 * 1024 * 1024 + 123))
+    tab.sign_in()
+    page.get_by_role("button", name="Connections").click()
+    panel = page.get_by_role("dialog", name="Connections")
+    panel.get_by_label(re.compile("Export from the Health app")).set_input_files(export)
+    with page.expect_request(lambda request: request.url.endswith(CREATE_UPLOAD_PATH)) as sent:
+        panel.get_by_role("button", name="Import").click()
+    body = sent.value.post_data_buffer
+    assert body is not None
+    declared = uploads_pb2.CreateUploadRequest.FromString(grpc_web_message(body))
+    assert declared.sha256 == hashlib.sha256(export.read_bytes()).hexdigest()
+    assert declared.size_bytes == export.stat().st_size
+    assert declared.file_name == "export.zip"
+    assert declared.kind == uploads_pb2.UPLOAD_KIND_APPLE_HEALTH_EXPORT
+    assert tab.errors == []
+
+
+APPLE_HEALTH_RECORD = (
+    '<Record type="HKQuantityTypeIdentifierStepCount" sourceName="iPhone" unit="count" '
+    'creationDate="{day} 09:00:00 +0000" startDate="{day} 08:{minute:02d}:00 +0000" '
+    'endDate="{day} 08:{minute:02d}:59 +0000" value="{steps}"/>\n'
+)
+
+
+@pytest.mark.skip(reason="needs UploadsService backend")
+def test_an_apple_health_export_uploads_in_chunks_resumes_after_a_failed_chunk_and_imports(
+    tab: Tab, tmp_path: Path
+) -> None:
+    page = tab.page
+    records = [
+        APPLE_HEALTH_RECORD.format(day=f"2025-05-{day:02d}", minute=minute, steps=100 + minute)
+        for day in range(1, 11)
+        for minute in range(60)
+    ]
+    padding = "<!-- " + "x" * (3 * 1024 * 1024) + " -->\n"  # more than one chunk
+    export = tmp_path / "export.xml"
+    export.write_text(
+        '<?xml version="1.0" encoding="UTF-8"?>\n<HealthData locale="en_GB">\n'
+        '<ExportDate value="2025-05-11 09:00:00 +0000"/>\n' + padding + "".join(records) + "</HealthData>\n",
+        encoding="utf-8",
+    )
+    tab.sign_in()
+    page.get_by_role("button", name="Connections").click()
+    panel = page.get_by_role("dialog", name="Connections")
+    # The second chunk is lost on the way: it is sent again, from where GetUpload says the upload stands.
+    calls = 0
+
+    def lose_the_second(route: Route) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            route.abort()
+        else:
+            route.fallback()
+
+    page.route(f"**{APPEND_CHUNK_PATH}", lose_the_second)
+    panel.get_by_label(re.compile("Export from the Health app")).set_input_files(export)
+    panel.get_by_role("button", name="Import").click()
+    expect(panel.locator("#upload-progress")).to_be_visible()
+    expect(panel.get_by_role("status").last).to_have_text(
+        re.compile(r"^Imported export\.xml: 600 records over 10 days\.$"), timeout=60_000
+    )
+    expect(panel.locator(".upload[data-state=imported]")).to_contain_text("export.xml")
+    assert calls >= 3
+    # Chromium logs the aborted chunk by itself; the app logs nothing.
+    assert [error for error in tab.errors if "net::ERR_FAILED" not in error] == []
 
 
 def test_a_stopped_mesh_shows_a_clear_error(tab: Tab, stack: Stack) -> None:

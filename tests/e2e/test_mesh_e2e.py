@@ -42,6 +42,7 @@ PUBLIC = {
     "athena.chat.v1.ChatService",
     "athena.account.v1.AccountService",
     "athena.connections.v1.ConnectionsService",
+    "athena.uploads.v1.UploadsService",
 }
 SERVICE_NAMES = {
     "router": ["athena.chat.v1.ChatService", "athena.account.v1.AccountService"],

@@ -306,19 +306,24 @@ async def test_grpc_web_error_replies_carry_cors_headers_and_grpc_status(edge: E
 async def test_web_app_files_are_served_and_other_paths_are_not_found(edge: Edge) -> None:
     async with httpx.AsyncClient() as client:
         index = await client.get(f"{edge.url}/")
+        # Where providers send a person back after connecting an account: the app, whatever the query.
+        connections = await client.get(f"{edge.url}/connections", params={"code": "c0de", "state": "s"})
         script = await client.get(f"{edge.url}/assets/app-1234.js")
         missing = await client.get(f"{edge.url}/secret.txt")
-    assert index.status_code == 200
-    assert "AthenaOS" in index.text
-    assert index.headers["content-type"].startswith("text/html")
+        below = await client.get(f"{edge.url}/connections/anything")
+    for page in (index, connections):
+        assert page.status_code == 200
+        assert page.text == "<!doctype html><title>AthenaOS</title>"
+        assert page.headers["content-type"].startswith("text/html")
     assert script.status_code == 200
     assert script.text == "console.log('athena');"
     assert script.headers["content-type"].startswith("text/javascript")
     assert "immutable" in script.headers["cache-control"]
     assert missing.status_code == 404
+    assert below.status_code == 404
 
 
-@pytest.mark.parametrize("path", ["/", "/index.html", "/assets/app-1234.js"])
+@pytest.mark.parametrize("path", ["/", "/connections", "/index.html", "/assets/app-1234.js"])
 async def test_web_app_files_carry_the_browser_security_headers(edge: Edge, path: str) -> None:
     async with httpx.AsyncClient() as client:
         answer = await client.get(edge.url + path)

@@ -19,6 +19,7 @@ from edge.envoy_config import (
     CHAT_SERVICE,
     CONNECTIONS_SERVICE,
     EDGE_REFLECTION_HEADER,
+    UPLOADS_SERVICE,
     EdgeConfig,
     main,
     render,
@@ -32,6 +33,7 @@ GRPC_PREFIXES = {
     f"/{ACCOUNT_SERVICE}/": "router",
     f"/{AUTH_SERVICE}/": "auth",
     f"/{CONNECTIONS_SERVICE}/": "integrations",
+    f"/{UPLOADS_SERVICE}/": "integrations",
     "/grpc.health.v1.Health/": "router",
     "/grpc.reflection.v1alpha.ServerReflection/": "router",
     "/grpc.reflection.v1.ServerReflection/": "router",
@@ -121,7 +123,7 @@ def test_reflection_calls_are_marked_for_the_router(bootstrap: dict[str, Any]) -
         assert header["append_action"] == "OVERWRITE_IF_EXISTS_OR_ADD"
 
 
-def test_tokens_are_required_for_chat_account_and_connections_only(bootstrap: dict[str, Any]) -> None:
+def test_tokens_are_required_for_chat_account_connections_and_uploads_only(bootstrap: dict[str, Any]) -> None:
     (jwt,) = [
         f for f in edge_manager(bootstrap)["http_filters"] if f["name"] == "envoy.filters.http.jwt_authn"
     ]
@@ -131,6 +133,7 @@ def test_tokens_are_required_for_chat_account_and_connections_only(bootstrap: di
         f"/{CHAT_SERVICE}/": {"provider_name": "athena"},
         f"/{ACCOUNT_SERVICE}/": {"provider_name": "athena"},
         f"/{CONNECTIONS_SERVICE}/": {"provider_name": "athena"},
+        f"/{UPLOADS_SERVICE}/": {"provider_name": "athena"},
     }
     provider = config["providers"]["athena"]
     assert provider["issuer"] == "athenaos"
@@ -218,7 +221,14 @@ def test_every_web_app_file_is_served_with_its_content_type(web_root: Path) -> N
         for route in edge_routes(render(EdgeConfig(web_root=web_root)))
         if "direct_response" in route and "path" in route["match"]
     }
-    assert set(routes) == {"/", "/index.html", "/assets/app-1a2b.js", "/assets/app-1a2b.css", "/favicon.svg"}
+    assert set(routes) == {
+        "/",
+        "/connections",
+        "/index.html",
+        "/assets/app-1a2b.js",
+        "/assets/app-1a2b.css",
+        "/favicon.svg",
+    }
 
     def header(path: str, name: str) -> str:
         (value,) = [
@@ -228,9 +238,11 @@ def test_every_web_app_file_is_served_with_its_content_type(web_root: Path) -> N
         ]
         return str(value)
 
-    assert routes["/"]["direct_response"]["body"] == {"filename": str(web_root.resolve() / "index.html")}
-    assert header("/", "content-type") == "text/html; charset=utf-8"
-    assert header("/", "cache-control") == "no-cache"
+    # The app's pages are its index.html: `/connections` is where providers send a person back.
+    for page in ("/", "/connections"):
+        assert routes[page]["direct_response"]["body"] == {"filename": str(web_root.resolve() / "index.html")}
+        assert header(page, "content-type") == "text/html; charset=utf-8"
+        assert header(page, "cache-control") == "no-cache"
     assert header("/assets/app-1a2b.js", "content-type") == "text/javascript; charset=utf-8"
     assert "immutable" in header("/assets/app-1a2b.js", "cache-control")
     assert header("/assets/app-1a2b.css", "content-type") == "text/css; charset=utf-8"
@@ -247,7 +259,12 @@ def route_headers(route: dict[str, Any]) -> dict[str, str]:
 
 def test_every_web_app_file_carries_the_browser_security_headers(bootstrap: dict[str, Any]) -> None:
     web = [route for route in edge_routes(bootstrap) if route["name"].startswith("web:")]
-    assert {route["match"]["path"] for route in web} >= {"/", "/index.html", "/assets/app-1a2b.js"}
+    assert {route["match"]["path"] for route in web} >= {
+        "/",
+        "/connections",
+        "/index.html",
+        "/assets/app-1a2b.js",
+    }
     for route in web:
         headers = route_headers(route)
         policy = csp_directives(headers["content-security-policy"])
@@ -309,8 +326,9 @@ def test_named_web_files_are_plain_files_of_the_web_root_with_an_index(names: tu
 
 def test_without_a_built_web_app_the_root_says_so(tmp_path: Path) -> None:
     routes = edge_routes(render(EdgeConfig(web_root=tmp_path / "missing")))
-    (root,) = [route for route in routes if route["match"].get("path") == "/"]
-    assert "not built" in root["direct_response"]["body"]["inline_string"]
+    for page in ("/", "/connections"):
+        (root,) = [route for route in routes if route["match"].get("path") == page]
+        assert "not built" in root["direct_response"]["body"]["inline_string"]
 
 
 def test_a_web_file_too_large_to_serve_is_refused(web_root: Path) -> None:

@@ -1,11 +1,13 @@
-// The clients of the three public services, over gRPC-web through the edge (same origin as the page).
-// Calls to ChatService and AccountService carry `authorization: Bearer <access token>`; a call refused
+// The clients of the public services, over gRPC-web through the edge (same origin as the page).
+// Calls to every service but AuthService carry `authorization: Bearer <access token>`; a call refused
 // with UNAUTHENTICATED before any answer is retried once after a silent refresh.
 import { Code, ConnectError, createClient, type Client, type Interceptor } from "@connectrpc/connect";
 import { createGrpcWebTransport } from "@connectrpc/connect-web";
 import { AccountService } from "../../../gen/ts/athena/account/v1/account_pb";
 import { AuthService } from "../../../gen/ts/athena/auth/v1/auth_pb";
 import { ChatService } from "../../../gen/ts/athena/chat/v1/chat_pb";
+import { ConnectionsService } from "../../../gen/ts/athena/connections/v1/connections_pb";
+import { UploadsService } from "../../../gen/ts/athena/uploads/v1/uploads_pb";
 import { SignedOutError } from "./errors";
 import type { SessionStore } from "./session";
 
@@ -13,6 +15,8 @@ export interface Api {
   readonly auth: Client<typeof AuthService>;
   readonly chat: Client<typeof ChatService>;
   readonly account: Client<typeof AccountService>;
+  readonly connections: Client<typeof ConnectionsService>;
+  readonly uploads: Client<typeof UploadsService>;
 }
 
 export function createApi(baseUrl: string, sessions: SessionStore): Api {
@@ -22,6 +26,8 @@ export function createApi(baseUrl: string, sessions: SessionStore): Api {
     auth: createClient(AuthService, open),
     chat: createClient(ChatService, authed),
     account: createClient(AccountService, authed),
+    connections: createClient(ConnectionsService, authed),
+    uploads: createClient(UploadsService, authed),
   };
 }
 

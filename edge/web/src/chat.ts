@@ -1,5 +1,6 @@
 // The conversation: messages as articles in an aria-live log, the answer growing as each text delta
-// arrives, tool calls and handoffs as indicators inside the answer, and the composer (Enter sends,
+// arrives, tool calls and handoffs as indicators inside the answer, what the tools found as chips under
+// it (toolchips.ts), and the composer (Enter sends,
 // Shift+Enter adds a line). The composer takes text from the moment it shows: a message sent before the
 // agents are known is shown at once and goes out as soon as they are (`waitFor`), so nothing typed is lost.
 import { timestampDate } from "@bufbuild/protobuf/wkt";
@@ -17,6 +18,7 @@ import type { Api } from "./api";
 import { CUT_OFF, describeError, isCutOff, SignedOutError } from "./errors";
 import { el } from "./dom";
 import { maxLength } from "./rules";
+import { toolChips } from "./toolchips";
 
 const EMPTY_HINT = "Pick an agent and say hello. Try “remember my goal is 2000 kcal a day”.";
 
@@ -35,6 +37,8 @@ class AnswerView {
   private readonly parts: HTMLElement;
   private text: HTMLElement | null = null;
   private readonly tools = new Map<string, HTMLElement>();
+  /** What the tools found (toolchips.ts), under the answer; made with the first result. */
+  private results: HTMLElement | null = null;
 
   constructor(
     private readonly picker: AgentPicker,
@@ -72,13 +76,20 @@ class AnswerView {
     this.text = null;
   }
 
-  toolResult(callId: string, name: string, isError: boolean): void {
+  toolResult(callId: string, name: string, isError: boolean, resultJson: string): void {
     const indicator = this.tools.get(callId);
-    if (indicator) {
-      indicator.classList.remove("running");
-      indicator.classList.toggle("failed", isError);
-      indicator.lastChild?.replaceWith(isError ? ` ${name} failed` : ` Used ${name}`);
+    if (!indicator) {
+      return; // a handoff's call: the handoff shows instead
     }
+    indicator.classList.remove("running");
+    indicator.classList.toggle("failed", isError);
+    indicator.lastChild?.replaceWith(isError ? ` ${name} failed` : ` Used ${name}`);
+    if (this.results === null) {
+      const label = "What the tools found";
+      this.results = el("div", { class: "tool-results", role: "group", "aria-label": label });
+      this.parts.after(this.results);
+    }
+    this.results.append(...toolChips(name, resultJson, isError));
   }
 
   handoff(fromAgentId: string, toAgentId: string, reason: string): void {
@@ -128,7 +139,7 @@ class AnswerView {
         this.parts.append(el("p", { class: "handoff", "data-to": target }, text));
       } else {
         this.toolCall(record.callId, record.name);
-        this.toolResult(record.callId, record.name, record.isError);
+        this.toolResult(record.callId, record.name, record.isError, record.resultJson);
       }
     }
   }
@@ -305,7 +316,7 @@ export class ChatView {
         }
         return false;
       case "toolResult":
-        answer.toolResult(event.value.callId, event.value.name, event.value.isError);
+        answer.toolResult(event.value.callId, event.value.name, event.value.isError, event.value.resultJson);
         return false;
       case "handoff":
         answer.handoff(event.value.fromAgentId, event.value.toAgentId, event.value.reason);

@@ -73,6 +73,8 @@ export function describeError(error: unknown): string {
       return "You were signed out";
     case Code.Canceled:
       return "The request was cancelled.";
+    case Code.Unimplemented:
+      return "AthenaOS can't do that yet.";
     default:
       return "Something went wrong on our side. Please try again.";
   }

@@ -2,9 +2,11 @@
 // sign-in and the app.
 import { Code, ConnectError } from "@connectrpc/connect";
 import { AccountPanel } from "./account";
+import { CONNECTIONS_PATH } from "./address";
 import { AgentPicker } from "./agents";
 import { createApi } from "./api";
 import { ChatView } from "./chat";
+import { ConnectionsPanel } from "./connections";
 import { byId, show } from "./dom";
 import { describeError, SignedOutError } from "./errors";
 import { conversationInAddress, HistoryView, setConversationInAddress } from "./history";
@@ -38,6 +40,7 @@ class App {
     byId("no-conversations", HTMLParagraphElement),
   );
   private readonly account = new AccountPanel(this.api, this.picker);
+  private readonly connections = new ConnectionsPanel(this.api);
   private readonly receipt = new ReceiptDialog();
   private readonly chat = new ChatView(
     this.api,
@@ -100,6 +103,15 @@ class App {
       () => void this.signOut("You signed out.", "You signed out in another tab."),
     );
     byId("dismiss-error", HTMLButtonElement).addEventListener("click", () => this.clearError());
+    // Links to the Connections panel (a tool's "connect Google again") open it here, not as a new page.
+    document.addEventListener("click", (event) => {
+      const link = event.target instanceof Element ? event.target.closest("a[href]") : null;
+      const plain = !(event.ctrlKey || event.metaKey || event.shiftKey || event.altKey) && event.button === 0;
+      if (link?.getAttribute("href") === CONNECTIONS_PATH && plain && this.sessions.session) {
+        event.preventDefault();
+        void this.connections.open();
+      }
+    });
     this.historyToggle.addEventListener("click", () =>
       this.toggleHistory(this.historyToggle.getAttribute("aria-expanded") !== "true"),
     );
@@ -160,6 +172,8 @@ class App {
       return wanted ? this.open(wanted) : undefined;
     });
     this.chat.waitFor(opened);
+    // Back from a provider's consent page (or a reload of `/connections`): the panel, over the chat.
+    this.connections.openFromAddress().catch((error: unknown) => this.showError(error));
     try {
       await agents;
       await Promise.all([this.refreshHistory(), opened]);
@@ -181,6 +195,7 @@ class App {
     show(this.menuToggle, false);
     this.toggleMenu(false);
     this.history.clear();
+    this.connections.reset();
     this.chat.startNew();
     setConversationInAddress("");
     for (const dialog of document.querySelectorAll("dialog")) {

@@ -8,7 +8,8 @@ import { describeError } from "./errors";
 
 const DEV_PROVIDER = "dev";
 
-/** Where providers send the browser back: this app's root (Envoy serves the app at `/` only). The auth
+/** Where providers send the browser back after sign-in: this app's root (not `/connections`, where they
+ * send it back after connecting an account: address.ts). The auth
  * service accepts it when its `AUTH_PUBLIC_ORIGIN` is this origin (auth/settings.py), and it must be
  * registered exactly with each provider, e.g. `http://127.0.0.1:8080/`. */
 export function redirectUri(): string {
@@ -35,6 +36,10 @@ export class SignInView {
   /** Completes a provider login if the address holds the provider's answer; true when it did (signed in,
    * or showing why not), false when there was nothing to complete. */
   async completeRedirect(): Promise<boolean> {
+    // Only at the redirect URI: `/connections` receives the answers of account connections.
+    if (location.pathname !== new URL(redirectUri()).pathname) {
+      return false;
+    }
     const params = new URLSearchParams(location.search);
     const state = params.get("state");
     const code = params.get("code");
