@@ -907,7 +907,6 @@ APPLE_HEALTH_RECORD = (
 )
 
 
-@pytest.mark.skip(reason="needs UploadsService backend")
 def test_an_apple_health_export_uploads_in_chunks_resumes_after_a_failed_chunk_and_imports(
     tab: Tab, tmp_path: Path
 ) -> None:
