@@ -31,13 +31,7 @@ from orchestrator.ports import AgentStore, AnswerOutbox, MemoryGateway
 from orchestrator.redis_limits import RedisLimitStore
 from orchestrator.service import ChatServicer, OrchestratorServicer, Turns
 from orchestrator.settings import OrchestratorSettings
-from orchestrator.tools import (
-    CalendarProvider,
-    IcsFolderCalendar,
-    LocalFolderFiles,
-    ToolRegistry,
-    build_registry,
-)
+from orchestrator.tools import ToolRegistry, build_registry
 from orchestrator.turn import TurnRunner
 
 log = logging.getLogger(__name__)
@@ -79,23 +73,17 @@ def openai_model(settings: OrchestratorSettings, deps: Deps) -> ChatModel:
 
 
 def tool_registry(settings: OrchestratorSettings, deps: Deps) -> ToolRegistry:
-    calendar: CalendarProvider | None = None
-    events: ConnectedCalendars | None = None
-    drives: ConnectedDrives | None = None
-    health: ConnectedHealth | None = None
-    if settings.integrations_target:
-        integrations = deps.channel(settings.integrations_target)
-        calendar = events = ConnectedCalendars(integrations)
-        drives = ConnectedDrives(integrations)
-        health = ConnectedHealth(integrations)
-    elif settings.calendar_dir:
-        calendar = IcsFolderCalendar(settings.calendar_dir)
+    """Memory tools, and the tools over each person's connected accounts when the integrations service is
+    configured (calendars, drives, health data); without it, memory tools only."""
+    if not settings.integrations_target:
+        return build_registry()
+    integrations = deps.channel(settings.integrations_target)
+    calendars = ConnectedCalendars(integrations)
     return build_registry(
-        calendar=calendar,
-        events=events,
-        drives=drives,
-        wearables=health,
-        files=LocalFolderFiles(settings.files_dir) if settings.files_dir else None,
+        calendar=calendars,
+        events=calendars,
+        drives=ConnectedDrives(integrations),
+        wearables=ConnectedHealth(integrations),
     )
 
 

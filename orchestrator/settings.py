@@ -82,13 +82,8 @@ class OrchestratorSettings(ServiceSettings):
     """Agent catalog file; unset uses the catalog shipped in the package (`orchestrator/agents.json`)."""
     integrations_target: str | None = None
     """The integrations service: `calendar_freebusy` and `calendar_events` read the person's connected
-    calendars there, and `file_search`/`file_read` their connected drives (`calendar_dir` and `files_dir`
-    are not read). Unset: those folders, if any."""
-    calendar_dir: Path | None = None
-    """Folder of `.ics` files read by `calendar_freebusy` when no `integrations_target` is set; unset
-    (with neither) leaves the tool out."""
-    files_dir: Path | None = None
-    """Folder searched by `file_scan`; unset leaves the tool out."""
+    calendars there, `file_search`/`file_read` their connected drives and `wearable_stats` their health
+    data. Unset: agents have memory tools only."""
 
     def limits(self) -> Limits:
         return Limits(

@@ -1,20 +1,13 @@
-"""The tools agents call: memory, calendar free/busy and events, wearable stats, files (connected drives,
-or a folder's file scan), and handoffs.
+"""The tools agents call: memory, calendar free/busy and events, wearable stats, files (connected drives),
+and handoffs.
 
 `build_registry` assembles the tools a deployment offers from its configured providers.
 """
 
 from __future__ import annotations
 
-from orchestrator.tools.calendar import (
-    CalendarProvider,
-    EventsProvider,
-    IcsFolderCalendar,
-    calendar_tool,
-    events_tool,
-)
+from orchestrator.tools.calendar import CalendarProvider, EventsProvider, calendar_tool, events_tool
 from orchestrator.tools.drives import Drives, drive_tools
-from orchestrator.tools.files import FileProvider, LocalFolderFiles, files_tool
 from orchestrator.tools.memory import memory_tools
 from orchestrator.tools.registry import Tool, ToolContext, ToolOutcome, ToolRegistry
 from orchestrator.tools.wearables import HealthData, wearables_tool
@@ -22,10 +15,7 @@ from orchestrator.tools.wearables import HealthData, wearables_tool
 __all__ = [
     "CalendarProvider",
     "EventsProvider",
-    "FileProvider",
     "HealthData",
-    "IcsFolderCalendar",
-    "LocalFolderFiles",
     "Tool",
     "ToolContext",
     "ToolOutcome",
@@ -39,13 +29,12 @@ def build_registry(
     calendar: CalendarProvider | None = None,
     events: EventsProvider | None = None,
     wearables: HealthData | None = None,
-    files: FileProvider | None = None,
     drives: Drives | None = None,
     timeout: float = 15.0,
 ) -> ToolRegistry:
-    """Memory tools always; each provider's tool when the provider is configured (connected drives'
-    `file_search` and `file_read` in place of a folder's `file_scan`; `calendar_events` next to
-    `calendar_freebusy` when the calendars can list events)."""
+    """Memory tools always; each provider's tools when the provider is configured (`calendar_events` next
+    to `calendar_freebusy` when the calendars can list events; `file_search` and `file_read` for
+    connected drives)."""
     tools: list[Tool] = memory_tools()
     if calendar is not None:
         tools.append(calendar_tool(calendar))
@@ -55,6 +44,4 @@ def build_registry(
         tools.append(wearables_tool(wearables))
     if drives is not None:
         tools += drive_tools(drives)
-    elif files is not None:
-        tools.append(files_tool(files))
     return ToolRegistry(tools, timeout=timeout)

@@ -1,5 +1,6 @@
 """OrchestratorService.Run over real gRPC, against the real memory service (PostgreSQL + Valkey) and the
-offline model server, all in-process; the model is only reached through the official `openai` SDK."""
+offline model server, all in-process; the model is only reached through the official `openai` SDK. The
+calendar tool reads a stand-in integrations service over gRPC (its FreeBusy over in-memory calendars)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +18,11 @@ import httpx
 import pytest
 import pytest_asyncio
 from athena.chat.v1 import chat_pb2
+from athena.integrations.v1 import integrations_pb2, integrations_pb2_grpc
 from athena.memory.v1 import memory_pb2, memory_pb2_grpc
 from athena.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from conftest import ServiceGroup, auth_metadata, offline_model_settings, service_settings
+from doubles.calendars import InMemoryCalendars
 from doubles.model import ScriptedModel, ScriptedReply
 from memory_fixtures import MemoryHarness, start_memory  # type: ignore[import-not-found]
 
@@ -29,8 +33,8 @@ from offline_model.server import OfflineModelServer
 from orchestrator.app import ORCHESTRATOR, OrchestratorDeps
 from orchestrator.model import ChatModel
 from orchestrator.settings import OrchestratorSettings
+from orchestrator.tools.calendar import CalendarEvent
 
-CALENDAR = Path(__file__).resolve().parents[1] / "fixtures" / "calendar"
 SERVICE_KEY = "orchestrator-tests-service-key"
 
 
@@ -48,14 +52,14 @@ class Mesh:
     async def orchestrator(
         self, model: ChatModel | None = None, **overrides: Any
     ) -> orchestrator_pb2_grpc.OrchestratorServiceAsyncStub:
-        """A started orchestrator (offline model, fixture calendar) and a stub calling it."""
+        """A started orchestrator (offline model; memory tools only unless `integrations_target` is given)
+        and a stub calling it."""
         settings = OrchestratorSettings(
             **service_settings(
                 self.base,
                 memory_target=self.memory_target,
                 OPENAI_BASE_URL=self.model.base_url,
                 OPENAI_API_KEY=None,
-                calendar_dir=CALENDAR,
                 ATHENA_SERVICE_KEY=SERVICE_KEY,
                 **overrides,
             )
@@ -107,6 +111,54 @@ async def mesh(
         await open_channel.close(grace=None)
     await services.stop()
     await model.stop()
+
+
+class CalendarsServicer(integrations_pb2_grpc.IntegrationsServiceServicer):
+    """The integrations service's FreeBusy over in-memory calendars, acting for the caller's token subject
+    as the real service does (the orchestrator forwards the person's token)."""
+
+    def __init__(self, verifier: TokenVerifier, calendars: InMemoryCalendars) -> None:
+        self.verifier = verifier
+        self.calendars = calendars
+
+    async def FreeBusy(
+        self, request: integrations_pb2.FreeBusyRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> integrations_pb2.FreeBusyResponse:
+        authorization = dict(context.invocation_metadata() or ()).get("authorization", "")
+        if not isinstance(authorization, str) or not authorization.startswith("Bearer "):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "a bearer token is required")
+        caller = await self.verifier.verify(authorization.removeprefix("Bearer "))
+        answer = await self.calendars.free_busy(
+            caller.user_id, request.start.ToDatetime(UTC), request.end.ToDatetime(UTC)
+        )
+        response = integrations_pb2.FreeBusyResponse(sources=answer.sources)
+        for block in answer.busy:
+            busy = response.busy.add()
+            busy.start.FromDatetime(block.start)
+            busy.end.FromDatetime(block.end)
+        return response
+
+
+def daily_standups(days: int) -> list[CalendarEvent]:
+    """A 15-minute standup at 09:00 UTC every day from yesterday on, in a Google calendar."""
+    today = datetime.now(UTC).replace(hour=9, minute=0, second=0, microsecond=0)
+    return [
+        CalendarEvent("google", "standup", at, at + timedelta(minutes=15), None, None, "UTC", True, "", "")
+        for at in (today + timedelta(days=n) for n in range(-1, days))
+    ]
+
+
+@pytest_asyncio.fixture
+async def calendars(verifier: TokenVerifier) -> AsyncIterator[tuple[str, InMemoryCalendars]]:
+    """A stand-in integrations service on loopback (its target) and the calendars it answers from."""
+    held = InMemoryCalendars(daily_standups(9), sources=["google"])
+    server = grpc.aio.server()
+    servicer = CalendarsServicer(verifier, held)  # type: ignore[abstract]  # only FreeBusy
+    integrations_pb2_grpc.add_IntegrationsServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    yield f"127.0.0.1:{port}", held
+    await server.stop(None)
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -243,20 +295,28 @@ async def test_a_handoff_is_streamed_and_the_answer_is_stored_under_the_agent_th
     assert [record.name for record in assistant.tool_calls] == ["handoff_to_focus"]
 
 
-async def test_a_calendar_question_is_answered_from_the_ics_files(
-    mesh: Mesh, orchestrator: orchestrator_pb2_grpc.OrchestratorServiceAsyncStub
+async def test_a_calendar_question_is_answered_from_the_persons_connected_calendars(
+    mesh: Mesh, calendars: tuple[str, InMemoryCalendars]
 ) -> None:
-    _, metadata = mesh.user()
+    target, held = calendars
+    orchestrator = await mesh.orchestrator(integrations_target=target)
+    user_id, metadata = mesh.user()
     events = await run(orchestrator, metadata, "am I free this week?", agent_id="focus")
 
     [call] = [event.tool_call for event in events if event.HasField("tool_call")]
     [result] = [event.tool_result for event in events if event.HasField("tool_result")]
     assert call.name == "calendar_freebusy"
     assert not result.is_error
+    asked = json.loads(call.arguments_json)
+    start, end = (datetime.fromisoformat(asked[edge]) for edge in ("start", "end"))
+    assert held.asked == [("free_busy", user_id, start, end)]  # for the person whose token it was
     busy = json.loads(result.result_json)["busy"]
-    # The daily standup of the fixture falls on every day of the week asked about.
-    assert len(busy) >= 6
-    assert all(block["end"] > block["start"] for block in busy)
+    expected = (await held.free_busy(user_id, start, end)).busy
+    assert [(block["start"], block["end"]) for block in busy] == [
+        (b.start.isoformat().replace("+00:00", "Z"), b.end.isoformat().replace("+00:00", "Z"))
+        for b in expected
+    ]
+    assert len(busy) >= 6  # the daily standup falls on every day of the week asked about
     assert answer(events).startswith(f"You have {len(busy)} busy blocks between ")
 
 

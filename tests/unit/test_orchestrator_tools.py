@@ -1,36 +1,32 @@
-"""Tools and their providers: calendar (.ics), wearables (days the integrations service answers), files (a
-folder); the calendar, events and drive tools over stand-ins of the connected accounts."""
+"""The tools agents call, over stand-ins of the person's connected accounts (calendars, drives, health days
+as the integrations service answers them), and which tools a deployment offers."""
 
 from __future__ import annotations
 
 import json
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import service_settings
+from doubles.calendars import InMemoryCalendars
 from doubles.memory import InMemoryGateway
 
 from mesh.app import Deps
 from mesh.errors import Unavailable
 from orchestrator.app import tool_registry
 from orchestrator.settings import OrchestratorSettings
-from orchestrator.tools import (
-    IcsFolderCalendar,
-    LocalFolderFiles,
-    ToolContext,
-    ToolRegistry,
-    build_registry,
-)
-from orchestrator.tools.calendar import BusyBlock, CalendarAnswer, CalendarEvent, EventsAnswer
+from orchestrator.tools import ToolContext, ToolRegistry, build_registry
+from orchestrator.tools.calendar import CalendarEvent
 from orchestrator.tools.drives import DriveFile, DriveSearch, DriveText
 from orchestrator.tools.registry import Tool
 from orchestrator.tools.sources import SourceProblem
 from orchestrator.tools.wearables import HealthAnswer, HealthDay
 
-CALENDAR = Path(__file__).resolve().parents[1] / "fixtures" / "calendar"
 NOW = datetime(2030, 1, 7, 18, 0, tzinfo=UTC)
+NINE = datetime(2030, 1, 7, 9, tzinfo=UTC)
+WINDOW = {"start": "2030-01-07T00:00:00Z", "end": "2030-01-08T00:00:00Z"}
 
 
 def context(memory: InMemoryGateway, agent_id: str = "focus") -> ToolContext:
@@ -44,68 +40,76 @@ async def call(
     return json.loads(outcome.result_json), outcome.is_error
 
 
-async def test_freebusy_merges_overlaps_skips_free_events_and_expands_recurrences() -> None:
-    memory = InMemoryGateway()
-    registry = build_registry(calendar=IcsFolderCalendar(CALENDAR))
+def timed(title: str, source: str, start: datetime, end: datetime, **extra: Any) -> CalendarEvent:
+    fields: dict[str, Any] = {"time_zone": "", "busy": True, "location": "", "link": "", **extra}
+    return CalendarEvent(source, title, start, end, None, None, **fields)
+
+
+def a_day() -> InMemoryCalendars:
+    """A Monday in two connected calendars: a standup, planning and a review overlapping it, free lunch."""
+    return InMemoryCalendars(
+        [
+            timed("standup", "google", NINE, NINE + timedelta(minutes=15)),
+            timed("planning", "google", NINE.replace(hour=10), NINE.replace(hour=11)),
+            timed("review", "microsoft", NINE.replace(hour=10, minute=30), NINE.replace(hour=11, minute=30)),
+            timed("lunch", "microsoft", NINE.replace(hour=12), NINE.replace(hour=13), busy=False),
+        ],
+        sources=["google", "microsoft"],
+    )
+
+
+async def test_freebusy_asks_for_the_range_in_utc_and_lists_the_busy_blocks() -> None:
+    calendars = a_day()
+    registry = build_registry(calendar=calendars)
     result, failed = await call(
-        registry, memory, "calendar_freebusy", start="2030-01-07T00:00:00Z", end="2030-01-08T00:00:00Z"
+        registry, InMemoryGateway(), "calendar_freebusy", start="2030-01-07T01:00:00+01:00", end=WINDOW["end"]
     )
     assert not failed
-    assert result["busy"] == [
-        {"start": "2030-01-07T09:00:00Z", "end": "2030-01-07T09:15:00Z"},  # daily standup
-        {"start": "2030-01-07T10:00:00Z", "end": "2030-01-07T11:30:00Z"},  # planning + review, merged
-        {"start": "2030-01-07T15:00:00Z", "end": "2030-01-07T15:30:00Z"},  # weekly 1:1 at 16:00 Berlin
+    assert result == {
+        "start": "2030-01-07T00:00:00Z",
+        "end": "2030-01-08T00:00:00Z",
+        "busy": [
+            {"start": "2030-01-07T09:00:00Z", "end": "2030-01-07T09:15:00Z"},  # standup
+            {"start": "2030-01-07T10:00:00Z", "end": "2030-01-07T11:30:00Z"},  # planning + review, merged
+        ],
+        "calendars": ["google", "microsoft"],
+    }
+    assert calendars.asked == [
+        ("free_busy", "u1", datetime(2030, 1, 7, tzinfo=UTC), datetime(2030, 1, 8, tzinfo=UTC))
     ]
-    excluded, _ = await call(
-        registry, memory, "calendar_freebusy", start="2030-01-14T00:00:00+00:00", end="2030-01-15T00:00:00Z"
-    )
-    assert [block["start"] for block in excluded["busy"]] == ["2030-01-14T09:00:00Z"]  # EXDATE drops the 1:1
 
 
 async def test_freebusy_is_cached_for_five_minutes_in_ephemeral_memory() -> None:
     memory = InMemoryGateway()
-    registry = build_registry(calendar=IcsFolderCalendar(CALENDAR))
-    window = {"start": "2030-01-07T00:00:00Z", "end": "2030-01-08T00:00:00Z"}
-    first, _ = await call(registry, memory, "calendar_freebusy", **window)
+    calendars = a_day()
+    registry = build_registry(calendar=calendars)
+    first, _ = await call(registry, memory, "calendar_freebusy", **WINDOW)
     [(key, (expires, value))] = memory.ephemeral.items()
     assert key == ("calendar_freebusy", "2030-01-07T00:00:00Z/2030-01-08T00:00:00Z")
     assert json.loads(value) == first
     memory.ephemeral[key] = (expires, json.dumps({"busy": [], "cached": True}))
-    second, _ = await call(registry, memory, "calendar_freebusy", **window)
+    second, _ = await call(registry, memory, "calendar_freebusy", **WINDOW)
     assert second == {"busy": [], "cached": True}
+    assert len(calendars.asked) == 1
 
 
 async def test_freebusy_still_answers_when_the_cache_is_down() -> None:
     memory = InMemoryGateway()
     memory.fail_with("get_ephemeral", Unavailable("redis down"))
     memory.fail_with("put_ephemeral", Unavailable("redis down"))
-    registry = build_registry(calendar=IcsFolderCalendar(CALENDAR))
-    result, failed = await call(
-        registry, memory, "calendar_freebusy", start="2030-01-07T00:00:00Z", end="2030-01-08T00:00:00Z"
-    )
+    registry = build_registry(calendar=a_day())
+    result, failed = await call(registry, memory, "calendar_freebusy", **WINDOW)
     assert not failed
-    assert len(result["busy"]) == 3
-
-
-class Answering:
-    """A calendar provider answering what it is given (as the integrations service would)."""
-
-    def __init__(self, answer: CalendarAnswer) -> None:
-        self.answer = answer
-
-    async def free_busy(self, user_id: str, start: datetime, end: datetime) -> CalendarAnswer:
-        return self.answer
-
-
-WINDOW = {"start": "2030-01-07T00:00:00Z", "end": "2030-01-08T00:00:00Z"}
-NINE = datetime(2030, 1, 7, 9, tzinfo=UTC)
+    assert len(result["busy"]) == 2
 
 
 async def test_a_calendar_that_cannot_answer_is_told_to_the_model_and_not_cached() -> None:
     memory = InMemoryGateway()
     reconnect = SourceProblem("google", True, "Google no longer accepts AthenaOS's access; connect it again.")
-    answer = CalendarAnswer([BusyBlock(NINE, NINE.replace(hour=10))], ["microsoft"], [reconnect])
-    registry = build_registry(calendar=Answering(answer))
+    calendars = InMemoryCalendars(
+        [timed("call", "microsoft", NINE, NINE.replace(hour=10))], sources=["microsoft"], problems=[reconnect]
+    )
+    registry = build_registry(calendar=calendars)
     result, failed = await call(registry, memory, "calendar_freebusy", **WINDOW)
     assert not failed
     assert result["busy"] == [{"start": "2030-01-07T09:00:00Z", "end": "2030-01-07T10:00:00Z"}]
@@ -121,7 +125,7 @@ async def test_when_no_calendar_can_answer_the_call_is_an_error_the_model_explai
         SourceProblem("google", True, "Connect Google again."),
         SourceProblem("microsoft", False, "Microsoft is limiting requests; try again in 5 s"),
     ]
-    registry = build_registry(calendar=Answering(CalendarAnswer([], [], problems)))
+    registry = build_registry(calendar=InMemoryCalendars(problems=problems))
     result, failed = await call(registry, InMemoryGateway(), "calendar_freebusy", **WINDOW)
     assert failed
     assert result["error"] == "Connect Google again. Microsoft is limiting requests; try again in 5 s"
@@ -129,29 +133,12 @@ async def test_when_no_calendar_can_answer_the_call_is_an_error_the_model_explai
 
 async def test_without_a_connected_calendar_the_model_is_told_how_to_connect_one() -> None:
     memory = InMemoryGateway()
-    registry = build_registry(calendar=Answering(CalendarAnswer([], [])))
+    registry = build_registry(calendar=InMemoryCalendars())
     result, failed = await call(registry, memory, "calendar_freebusy", **WINDOW)
     assert not failed
     assert result["busy"] == []
     assert "connect Google or Microsoft" in result["note"]
     assert not memory.ephemeral
-
-
-class Listing:
-    """Calendars listing the events they are given, and what they were asked."""
-
-    def __init__(self, answer: EventsAnswer) -> None:
-        self.answer = answer
-        self.asked: list[tuple[str, datetime, datetime, int]] = []
-
-    async def events(self, user_id: str, start: datetime, end: datetime, limit: int) -> EventsAnswer:
-        self.asked.append((user_id, start, end, limit))
-        return self.answer
-
-
-def timed(title: str, source: str, start: datetime, end: datetime, **extra: Any) -> CalendarEvent:
-    fields: dict[str, Any] = {"time_zone": "", "busy": True, "location": "", "link": "", **extra}
-    return CalendarEvent(source, title, start, end, None, None, **fields)
 
 
 HOLIDAY = CalendarEvent(
@@ -171,7 +158,7 @@ async def test_events_list_titles_with_their_times_or_days_and_are_cached_per_ra
         link="https://calendar.example/e1",
     )
     maybe = timed("maybe lunch", "microsoft", NINE.replace(hour=12), NINE.replace(hour=13), busy=False)
-    calendars = Listing(EventsAnswer([HOLIDAY, standup, maybe], ["google", "microsoft"]))
+    calendars = InMemoryCalendars([maybe, standup, HOLIDAY], sources=["google", "microsoft"])
     registry = build_registry(events=calendars)
     result, failed = await call(
         registry, memory, "calendar_events", start="2030-01-07T00:00:00+01:00", end=WINDOW["end"]
@@ -211,7 +198,7 @@ async def test_events_list_titles_with_their_times_or_days_and_are_cached_per_ra
         "calendars": ["google", "microsoft"],
     }
     assert calendars.asked == [
-        ("u1", datetime(2030, 1, 6, 23, tzinfo=UTC), datetime(2030, 1, 8, tzinfo=UTC), 50)
+        ("events", "u1", datetime(2030, 1, 6, 23, tzinfo=UTC), datetime(2030, 1, 8, tzinfo=UTC))
     ]
     [(key, _)] = memory.ephemeral.items()
     assert key == ("calendar_events", "2030-01-06T23:00:00Z/2030-01-08T00:00:00Z")
@@ -222,27 +209,28 @@ async def test_events_list_titles_with_their_times_or_days_and_are_cached_per_ra
     assert len(calendars.asked) == 1  # five minutes from the cache
 
 
-async def test_events_say_when_more_were_found_and_which_calendar_could_not_answer() -> None:
+async def test_events_list_the_earliest_fifty_say_when_more_were_found_and_which_could_not_answer() -> None:
     memory = InMemoryGateway()
     reconnect = SourceProblem("google", True, "Google no longer accepts AthenaOS's access; connect it again.")
-    registry = build_registry(
-        events=Listing(EventsAnswer([HOLIDAY], ["microsoft"], [reconnect], truncated=True))
-    )
+    slots = [NINE + timedelta(minutes=5 * n) for n in range(51)]
+    calls = [timed(f"call {n}", "microsoft", at, at + timedelta(minutes=5)) for n, at in enumerate(slots)]
+    calendars = InMemoryCalendars([*reversed(calls), HOLIDAY], sources=["microsoft"], problems=[reconnect])
+    registry = build_registry(events=calendars)
     result, failed = await call(registry, memory, "calendar_events", **WINDOW)
     assert not failed
-    assert [e["title"] for e in result["events"]] == ["Holiday"]
+    assert [e["title"] for e in result["events"]] == ["Holiday"] + [f"call {n}" for n in range(49)]
     assert result["truncated"] is True
     assert result["unavailable"] == [
         {"calendar": "google", "needs_reconnect": True, "message": reconnect.message}
     ]
     assert not memory.ephemeral  # the next call asks again
 
-    nobody = build_registry(events=Listing(EventsAnswer([], [], [reconnect])))
+    nobody = build_registry(events=InMemoryCalendars(problems=[reconnect]))
     result, failed = await call(nobody, memory, "calendar_events", **WINDOW)
     assert failed  # a tool error the model explains, not a failed turn
     assert result["error"] == reconnect.message
     unconnected, failed = await call(
-        build_registry(events=Listing(EventsAnswer([], []))), memory, "calendar_events", **WINDOW
+        build_registry(events=InMemoryCalendars()), memory, "calendar_events", **WINDOW
     )
     assert not failed
     assert "connect Google or Microsoft" in unconnected["note"]
@@ -257,9 +245,9 @@ async def test_events_say_when_more_were_found_and_which_calendar_could_not_answ
     ],
 )
 async def test_events_take_the_same_range_as_freebusy(window: dict[str, str], message: str) -> None:
-    calendars = Listing(EventsAnswer([], ["google"]))
+    calendars = a_day()
     for name in ("calendar_freebusy", "calendar_events"):
-        registry = build_registry(calendar=IcsFolderCalendar(CALENDAR), events=calendars)
+        registry = build_registry(calendar=calendars, events=calendars)
         result, failed = await call(registry, InMemoryGateway(), name, **window)
         assert failed
         assert message in result["error"]
@@ -284,10 +272,9 @@ class Drive:
 PLAN = DriveFile("google", "f1", "Q3 plan", "application/vnd.google-apps.document", NINE, "https://docs/f1")
 
 
-async def test_connected_drives_replace_the_folder_scan_and_find_and_read_documents(tmp_path: Path) -> None:
+async def test_connected_drives_find_and_read_documents() -> None:
     drive = Drive(DriveSearch([PLAN], ["google"]))
-    registry = build_registry(drives=drive, files=LocalFolderFiles(tmp_path))
-    assert "file_scan" not in registry.names
+    registry = build_registry(drives=drive)
     found, failed = await call(registry, InMemoryGateway(), "file_search", query="budget")
     assert not failed
     assert found == {
@@ -339,10 +326,12 @@ async def test_a_drive_that_cannot_answer_is_told_and_none_answering_is_an_error
     ],
 )
 async def test_freebusy_explains_bad_ranges_to_the_model(window: dict[str, str], problem: str) -> None:
-    registry = build_registry(calendar=IcsFolderCalendar(CALENDAR))
+    calendars = a_day()
+    registry = build_registry(calendar=calendars)
     result, failed = await call(registry, InMemoryGateway(), "calendar_freebusy", **window)
     assert failed
     assert problem in result["error"]
+    assert not calendars.asked
 
 
 class _Health:
@@ -409,21 +398,6 @@ async def test_wearable_stats_without_data_or_with_a_lost_grant() -> None:
     assert "connect it again" in failure["error"]
 
 
-async def test_file_scan_finds_names_and_contents_but_not_hidden_files(tmp_path: Path) -> None:
-    (tmp_path / "invoices").mkdir()
-    (tmp_path / "invoices" / "acme-2030.txt").write_text("Invoice for ACME Corp: 1,200 EUR due in March.")
-    (tmp_path / "notes.md").write_text("Call the acme contact about the invoice.")
-    (tmp_path / ".secret").write_text("acme password")
-    (tmp_path / "photo.bin").write_bytes(b"\x00acme")
-    registry = build_registry(files=LocalFolderFiles(tmp_path))
-
-    result, failed = await call(registry, InMemoryGateway(), "file_scan", query="ACME")
-    assert not failed
-    paths = [match["path"] for match in result["matches"]]
-    assert paths == ["notes.md", "invoices/acme-2030.txt"]
-    assert "ACME Corp" in result["matches"][1]["snippet"]
-
-
 async def test_a_crashing_tool_is_an_error_result_not_a_crash() -> None:
     async def broken(arguments: dict[str, Any], context: ToolContext) -> Any:
         raise RuntimeError("secret internal detail")
@@ -451,17 +425,20 @@ async def test_memory_tools_use_the_calling_agents_scope() -> None:
     assert memory.memories == []
 
 
-def test_providers_only_add_their_tool_when_configured(tmp_path: Path) -> None:
+CONNECTED_TOOLS = ("calendar_freebusy", "calendar_events", "wearable_stats", "file_search", "file_read")
+
+
+def test_providers_only_add_their_tools_when_configured() -> None:
     assert build_registry().names == ("remember_memory", "recall_memory", "forget_memory")
+    calendars = InMemoryCalendars()
     full = build_registry(
-        calendar=IcsFolderCalendar(tmp_path),
-        wearables=_Health([]),
-        files=LocalFolderFiles(tmp_path),
+        calendar=calendars, events=calendars, wearables=_Health([]), drives=Drive(DriveSearch([], []))
     )
-    assert full.names[3:] == ("calendar_freebusy", "wearable_stats", "file_scan")
+    assert full.names[3:] == CONNECTED_TOOLS
+    assert build_registry(calendar=calendars).names[3:] == ("calendar_freebusy",)
 
 
-async def test_connected_calendars_offer_events_next_to_free_busy_and_a_folder_only_free_busy(
+async def test_the_integrations_service_brings_the_connected_account_tools_and_nothing_else_does(
     tmp_path: Path,
 ) -> None:
     deps = Deps()
@@ -471,7 +448,6 @@ async def test_connected_calendars_offer_events_next_to_free_busy_and_a_folder_o
         )
     finally:
         await deps.resources.aclose()
-    assert connected.names[3:5] == ("calendar_freebusy", "calendar_events")
-    folder = tool_registry(OrchestratorSettings(**service_settings(tmp_path, calendar_dir=tmp_path)), Deps())
-    assert "calendar_freebusy" in folder.names
-    assert "calendar_events" not in folder.names
+    assert connected.names[3:] == CONNECTED_TOOLS
+    alone = tool_registry(OrchestratorSettings(**service_settings(tmp_path)), Deps())
+    assert alone.names == ("remember_memory", "recall_memory", "forget_memory")
