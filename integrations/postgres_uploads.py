@@ -214,7 +214,8 @@ class PostgresHealthStore:
         self._keys = keys
 
     async def replace(self, user_id: str, source: str, days: Mapping[Metric, list[Day]]) -> int:
-        cipher = await self._keys.create(user_id)
+        # Never a new key: an import racing its owner's erasure must not give them one back (NoDataKey).
+        cipher = await self._keys.cipher(user_id)
         uid = uuid.UUID(user_id)
         rows = [
             (
