@@ -37,10 +37,10 @@ class EventBus:
 
     async def publish(self, event: events_pb2.ProviderEvent) -> str:
         """Appends `event`; answers its stream entry id."""
-        entry: str = await self._redis.xadd(
+        entry = await self._redis.xadd(
             self._stream,
             encode(event),  # type: ignore[arg-type]
             maxlen=self._max_len,
             approximate=True,
         )
-        return entry
+        return str(entry)

@@ -86,7 +86,8 @@ class SubscriptionRegistry:
         return subscription
 
     async def lookup(self, provider: str, subscription_id: str) -> Subscription | None:
-        found = await self._redis.hgetall(_key(provider, subscription_id))
+        raw = await self._redis.hgetall(_key(provider, subscription_id))
+        found = {str(name): str(value) for name, value in raw.items()}  # the client decodes responses
         if not found:
             return None
         return Subscription(
