@@ -90,6 +90,8 @@ class Event:
     busy: bool
     location: str
     link: str
+    focus_time: bool = False
+    """The calendar marks it as focus time (Google's `eventType: "focusTime"`)."""
 
     @property
     def all_day(self) -> bool:
@@ -238,6 +240,7 @@ def _google_event(item: Mapping[str, Any], calendar_zone: str) -> Event | None:
         busy,
         location,
         link,
+        focus_time=item.get("eventType") == "focusTime",
     )
 
 

@@ -1,0 +1,102 @@
+"""The proactive agents at work: what the integrations service does with each event of the bus.
+
+An event says that something of a person's changed at a provider, never what; the consumer reads what it
+needs through the same domain objects the tools use (their connections, a current token) and leaves the
+notices `integrations.proactive`'s rules answer with the notifier (memory's `NotifierService`, whose
+dedupe key makes a redelivered event one notification):
+
+- calendar changed → the next seven days' events → `focus_conflicts` (times said in the meeting's zone);
+- health changed → the night that ended today → `short_night`;
+- subscription lifecycle → `on_lifecycle` (the subscriptions' owner renews, recreates or resyncs).
+
+Files changes are not acted on yet: the rule needs the documents the person's conversations referred to.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import date, datetime, timedelta
+from typing import Protocol
+from zoneinfo import ZoneInfo
+
+from athena.events.v1 import events_pb2
+
+from integrations.calendars import Event as CalendarEvent
+from integrations.calendars import Events
+from integrations.health import HealthAnswer, Metric
+from integrations.proactive import Event, Notice, focus_conflicts, short_night
+
+log = logging.getLogger(__name__)
+
+LOOK_AHEAD = timedelta(days=7)
+UTC_ZONE = ZoneInfo("UTC")
+Kind = events_pb2.ProviderEvent.Kind
+
+
+class CalendarReader(Protocol):
+    async def events(self, user_id: str, start: datetime, end: datetime, limit: int) -> Events: ...
+
+
+class HealthReader(Protocol):
+    async def stats(self, user_id: str, metric: Metric, start: date, end: date) -> HealthAnswer: ...
+
+
+class Notifier(Protocol):
+    async def notify(self, user_id: str, notice: Notice) -> bool:
+        """Leaves `notice` for `user_id`; answers whether it was new."""
+        ...
+
+
+def _rule_event(event: CalendarEvent) -> Event | None:
+    if event.all_day:
+        return None
+    return Event(event.id, event.title, event.start, event.end, event.busy, event.focus_time)
+
+
+def _zone_of(events: list[CalendarEvent]) -> ZoneInfo:
+    named = next((e.time_zone for e in events if e.time_zone), "")
+    return ZoneInfo(named) if named else UTC_ZONE
+
+
+class ProactiveAgents:
+    def __init__(
+        self,
+        calendars: CalendarReader,
+        health: HealthReader,
+        notifier: Notifier,
+        *,
+        clock: Callable[[], datetime],
+        on_lifecycle: Callable[[events_pb2.ProviderEvent], Awaitable[None]] | None = None,
+    ) -> None:
+        self._calendars = calendars
+        self._health = health
+        self._notifier = notifier
+        self._now = clock
+        self._on_lifecycle = on_lifecycle
+
+    async def handle(self, event: events_pb2.ProviderEvent) -> None:
+        """Acts on one event of the bus (at least once: everything here may run again for the same event)."""
+        if event.kind == Kind.KIND_CALENDAR_CHANGED:
+            notices = await self._calendar_changed(event.user_id)
+        elif event.kind == Kind.KIND_HEALTH_CHANGED:
+            notices = await self._health_changed(event.user_id)
+        elif event.kind == Kind.KIND_SUBSCRIPTION_LIFECYCLE and self._on_lifecycle is not None:
+            await self._on_lifecycle(event)
+            return
+        else:
+            return
+        for notice in notices:
+            await self._notifier.notify(event.user_id, notice)
+
+    async def _calendar_changed(self, user_id: str) -> list[Notice]:
+        now = self._now()
+        found = await self._calendars.events(user_id, now, now + LOOK_AHEAD, 500)
+        timed = [rule for e in found.events if (rule := _rule_event(e)) is not None]
+        return focus_conflicts(timed, now, _zone_of(found.events))
+
+    async def _health_changed(self, user_id: str) -> list[Notice]:
+        today = self._now().date()
+        found = await self._health.stats(user_id, Metric.SLEEP_MINUTES, today, today)
+        minutes = found.days[-1].value if found.days else None
+        return short_night(today, minutes)

@@ -1,0 +1,110 @@
+"""What the integrations service does with each event of the bus (integrations.proactive_consumer)."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+
+from athena.events.v1 import events_pb2
+
+from integrations.calendars import Event as CalendarEvent
+from integrations.calendars import Events
+from integrations.health import APPLE_HEALTH, Day, HealthAnswer, Metric
+from integrations.proactive import Notice
+from integrations.proactive_consumer import ProactiveAgents
+from integrations.providers import Provider
+
+NOW = datetime(2026, 12, 2, 7, 0, tzinfo=UTC)
+Kind = events_pb2.ProviderEvent.Kind
+
+
+def timed(ident: str, title: str, start: datetime, minutes: int, *, focus: bool = False) -> CalendarEvent:
+    return CalendarEvent(
+        Provider.GOOGLE,
+        ident,
+        title,
+        start,
+        start + timedelta(minutes=minutes),
+        None,
+        None,
+        "Europe/Berlin",
+        True,
+        "",
+        "",
+        focus_time=focus,
+    )
+
+
+class Calendars:
+    def __init__(self, events: list[CalendarEvent]) -> None:
+        self.events_ = events
+        self.asked: list[tuple[str, datetime, datetime]] = []
+
+    async def events(self, user_id: str, start: datetime, end: datetime, limit: int) -> Events:
+        self.asked.append((user_id, start, end))
+        return Events(self.events_, [Provider.GOOGLE], [], False)
+
+
+class Sleep:
+    def __init__(self, minutes: float | None) -> None:
+        self.minutes = minutes
+
+    async def stats(self, user_id: str, metric: Metric, start: date, end: date) -> HealthAnswer:
+        assert metric is Metric.SLEEP_MINUTES
+        days = (
+            [] if self.minutes is None else [Day(end, self.minutes, self.minutes, self.minutes, APPLE_HEALTH)]
+        )
+        return HealthAnswer(metric, days, [APPLE_HEALTH], [])
+
+
+class Notes:
+    def __init__(self) -> None:
+        self.left: list[tuple[str, Notice]] = []
+
+    async def notify(self, user_id: str, notice: Notice) -> bool:
+        self.left.append((user_id, notice))
+        return True
+
+
+def event(kind: int, user: str = "u1") -> events_pb2.ProviderEvent:
+    return events_pb2.ProviderEvent(id="e1", provider="google", kind=kind, user_id=user)  # type: ignore[arg-type]
+
+
+async def test_a_calendar_change_reads_the_week_and_says_each_conflict_in_the_meetings_zone() -> None:
+    calendars = Calendars(
+        [
+            timed("f", "Focus", datetime(2026, 12, 2, 9, tzinfo=UTC), 120, focus=True),
+            timed("m", "1:1", datetime(2026, 12, 2, 10, tzinfo=UTC), 30),
+            timed("x", "Lunch", datetime(2026, 12, 2, 12, tzinfo=UTC), 60),
+        ]
+    )
+    notes = Notes()
+    agents = ProactiveAgents(calendars, Sleep(None), notes, clock=lambda: NOW)
+    await agents.handle(event(Kind.KIND_CALENDAR_CHANGED))
+    assert calendars.asked == [("u1", NOW, NOW + timedelta(days=7))]
+    assert [(user, n.agent_id, n.kind) for user, n in notes.left] == [
+        ("u1", "focus", "meeting_overlaps_focus")
+    ]
+    assert "(Wed 02 Dec 11:00–11:30)" in notes.left[0][1].body  # Berlin time
+
+
+async def test_a_short_night_notifies_two_coaches_and_other_events_nothing() -> None:
+    notes = Notes()
+    agents = ProactiveAgents(Calendars([]), Sleep(290), notes, clock=lambda: NOW)
+    await agents.handle(event(Kind.KIND_HEALTH_CHANGED, "u2"))
+    assert [(user, n.agent_id) for user, n in notes.left] == [("u2", "focus"), ("u2", "nutrition")]
+    quiet = Notes()
+    rested = ProactiveAgents(Calendars([]), Sleep(480), quiet, clock=lambda: NOW)
+    for kind in (Kind.KIND_HEALTH_CHANGED, Kind.KIND_FILES_CHANGED, Kind.KIND_UNSPECIFIED):
+        await rested.handle(event(kind))
+    assert quiet.left == []
+
+
+async def test_lifecycle_events_go_to_the_subscriptions_owner() -> None:
+    seen: list[str] = []
+
+    async def lifecycle(e: events_pb2.ProviderEvent) -> None:
+        seen.append(e.id)
+
+    agents = ProactiveAgents(Calendars([]), Sleep(None), Notes(), clock=lambda: NOW, on_lifecycle=lifecycle)
+    await agents.handle(event(Kind.KIND_SUBSCRIPTION_LIFECYCLE))
+    assert seen == ["e1"]
