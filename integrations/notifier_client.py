@@ -1,0 +1,33 @@
+"""Memory's `NotifierService` as the proactive agents need it: `MemoryNotifier.notify` leaves a rule's
+notice for a person, called for no user with the deployment's service key (`mesh.clients.service_call`)."""
+
+from __future__ import annotations
+
+import grpc
+from athena.notifications.v1 import notifications_pb2, notifications_pb2_grpc
+
+from integrations.proactive import Notice
+from mesh.clients import call, service_call
+
+
+class MemoryNotifier:
+    def __init__(self, channel: grpc.aio.Channel, service_key: str, *, timeout: float = 10.0) -> None:
+        self._notifier = notifications_pb2_grpc.NotifierServiceStub(channel)
+        self._credentials = service_call(service_key)["metadata"]
+        self._timeout = timeout
+
+    async def notify(self, user_id: str, notice: Notice) -> bool:
+        answer = await call(
+            self._notifier.Notify,
+            notifications_pb2.NotifyRequest(
+                user_id=user_id,
+                agent_id=notice.agent_id,
+                title=notice.title,
+                body=notice.body,
+                kind=notice.kind,
+                dedupe_key=notice.dedupe_key,
+            ),
+            timeout_seconds=self._timeout,
+            metadata=self._credentials,
+        )
+        return bool(answer.created)
