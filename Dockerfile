@@ -2,7 +2,7 @@
 # The two images of AthenaOS. The default target is the one image of every Python service; the service is
 # the argument:
 #   docker build -t REGISTRY/athenaos:TAG .
-#   docker run --rm REGISTRY/athenaos:TAG router --help      # also orchestrator, memory, auth, integrations,
+#   docker run --rm REGISTRY/athenaos:TAG router --help      # also orchestrator, memory, auth, integrations, webhooks,
 #                                                             # `memory migrate`, `auth migrate`, `auth rotate-keys`,
 #                                                             # `integrations migrate`
 # The target `edge` is Envoy's official image with the built web app in /srv/web, where the edge's
@@ -47,16 +47,17 @@ COPY orchestrator orchestrator
 COPY memory memory
 COPY auth auth
 COPY integrations integrations
+COPY webhooks webhooks
 COPY offline_model offline_model
 # Not editable: the code is copied into the virtualenv, and /src is left behind with this stage.
 RUN /opt/athena/bin/pip install . \
- && /opt/athena/bin/python -c "import router, orchestrator, memory, auth, integrations, offline_model, athena.chat.v1.chat_pb2, buf.validate.validate_pb2"
+ && /opt/athena/bin/python -c "import router, orchestrator, memory, auth, integrations, webhooks, offline_model, athena.chat.v1.chat_pb2, buf.validate.validate_pb2"
 
 # --- runtime: Python, the virtualenv, an unprivileged user; no compilers, no pip cache, no sources -------
 # Last, so that it is what `docker build .` builds.
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="athenaos" \
-      org.opencontainers.image.description="AthenaOS gRPC services: router, orchestrator, memory, auth, integrations"
+      org.opencontainers.image.description="AthenaOS gRPC services: router, orchestrator, memory, auth, integrations, webhooks"
 RUN groupadd --system --gid 10001 athena \
  && useradd --system --uid 10001 --gid 10001 --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin athena
 COPY --from=builder /opt/athena /opt/athena

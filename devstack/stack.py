@@ -2,8 +2,9 @@
 
     PostgreSQL+pgvector ─┐
     Valkey ──────────────┼─> auth ─> memory ─> orchestrator ─> router ─> Envoy (the edge: Chat goes
-    offline model ───────┘   └─> integrations           to the orchestrator, ConnectionsService to
-                                                         integrations, every other call to the router)
+    offline model ───────┘   ├─> integrations           to the orchestrator, ConnectionsService to
+                             └─> webhooks               integrations, /webhooks/ to webhooks, every
+                                                         other call to the router)
 
 Once every part is ready, a `Supervisor` restarts any that exits unexpectedly, with kubelet-like backoff
 (`devstack/supervisor.py`); `stop` tells it first, so a deliberate stop is never undone.
@@ -72,6 +73,7 @@ class Ports:
     memory: int = 50053
     auth: int = 50054
     integrations: int = 50055
+    webhooks: int = 50056
     offline_model: int = 8090
     postgres: int = 5433
     valkey: int = 6380
@@ -80,6 +82,7 @@ class Ports:
     memory_http: int = 9103
     auth_http: int = 9104
     integrations_http: int = 9105
+    webhooks_http: int = 9106
     google_emulator: int = 8601
     microsoft_emulator: int = 8602
 
@@ -210,6 +213,8 @@ class Stack:
             "AUTH_HTTP_PORT": str(p.auth_http),
             "INTEGRATIONS_PORT": str(p.integrations),
             "INTEGRATIONS_HTTP_PORT": str(p.integrations_http),
+            "WEBHOOKS_PORT": str(p.webhooks),
+            "WEBHOOKS_HTTP_PORT": str(p.webhooks_http),
             **self.config.extra_env,
         }
         if self.config.provider_emulators:
@@ -254,7 +259,7 @@ class Stack:
     def part_names(self) -> list[str]:
         """The parts this stack runs, in start order: `postgres`, `valkey` (unless external), `offline-model`
         (without an API key), `provider-emulators` (when asked for), `auth`, `memory`, `orchestrator`,
-        `router`, `integrations`, `envoy`."""
+        `router`, `integrations`, `webhooks`, `envoy`."""
         return [part.name for part in self._parts]
 
     def process(self, name: str) -> ManagedProcess:
@@ -335,6 +340,7 @@ class Stack:
                 ("orchestrator", p.orchestrator, "athena.orchestrator.v1.OrchestratorService"),
                 ("router", p.router, "athena.chat.v1.ChatService"),
                 ("integrations", p.integrations, "athena.connections.v1.ConnectionsService"),
+                ("webhooks", p.webhooks, ""),  # no gRPC service of its own: the server's health
             ):
                 serving = grpc_serving(port, service)
                 waiting.append((self._spawn(name, [python, "-m", name], env, serving), serving))
@@ -360,6 +366,7 @@ class Stack:
             auth_port=p.auth,
             auth_http_port=p.auth_http,
             integrations_port=p.integrations,
+            webhooks_http_port=p.webhooks_http,
             web_root=ROOT / "edge" / "web" / "dist",
             allowed_origins=(f"http://127.0.0.1:{p.edge}", f"http://localhost:{p.edge}"),
         )

@@ -48,6 +48,7 @@ ROUTER_CLUSTER = "router"
 ORCHESTRATOR_CLUSTER = "orchestrator"
 AUTH_CLUSTER = "auth"
 INTEGRATIONS_CLUSTER = "integrations"
+WEBHOOKS_CLUSTER = "webhooks"
 JWKS_CLUSTER = "auth_jwks"
 ADMIN_CLUSTER = "envoy_admin"
 
@@ -66,6 +67,13 @@ which serves it, so an answer's text crosses one Python process between the mode
 
 TOKEN_REQUIRED = (CHAT_SERVICE, ACCOUNT_SERVICE, CONNECTIONS_SERVICE, UPLOADS_SERVICE)
 """Services whose calls need a valid access token at the edge; login RPCs, health and reflection do not."""
+
+WEBHOOKS_PREFIX = "/webhooks/"
+"""Provider notifications (Microsoft Graph, Google channels, Google Health), routed as plain HTTP to the
+webhooks service's HTTP port. No access token: no jwt_authn rule names this prefix, and each notification is
+verified by the service as its provider documents."""
+WEBHOOKS_TIMEOUT = "10s"
+"""Graph wants an answer within 3 s (validation: 10 s); the service answers in a few Redis round trips."""
 
 UPSTREAM_STREAMS_PER_CONNECTION = 500
 """Calls Envoy multiplexes on one connection to a service before it opens another; below the services'
@@ -247,6 +255,10 @@ class EdgeConfig:
     """The integrations service (ConnectionsService, UploadsService), like `router_host`."""
     integrations_port: int = 50055
     """The integrations service's gRPC port."""
+    webhooks_host: str = "127.0.0.1"
+    """The webhooks service, like `router_host`: `/webhooks/` goes to its HTTP port."""
+    webhooks_http_port: int = 9106
+    """The webhooks service's HTTP port (the webhooks and /metrics; only `/webhooks/` is routed)."""
     allowed_origins: tuple[str, ...] = ("http://127.0.0.1:8080", "http://localhost:8080")
     """Browser origins allowed to call through CORS, compared exactly (scheme, host and port)."""
     jwt_issuer: str = "athenaos"
@@ -285,6 +297,7 @@ class EdgeConfig:
             orchestrator_host=f"orchestrator{suffix}",
             auth_host=f"auth{suffix}",
             integrations_host=f"integrations{suffix}",
+            webhooks_host=f"webhooks{suffix}",
             ops_port=9902,
         )
 
@@ -308,6 +321,7 @@ def render(config: EdgeConfig) -> dict[str, Any]:
             config.integrations_port,
             health_service=CONNECTIONS_SERVICE,
         ),
+        _cluster(WEBHOOKS_CLUSTER, config.webhooks_host, config.webhooks_http_port),
     ]
     if config.ops_port is not None:
         listeners.append(_ops_listener(config.ops_port))
@@ -497,6 +511,7 @@ def _route_config(config: EdgeConfig) -> dict[str, Any]:
             _grpc_route(service, ROUTER_CLUSTER, config, add_headers={EDGE_REFLECTION_HEADER: "1"})
             for service in REFLECTION_SERVICES
         ),
+        _webhooks_route(),
         *_web_routes(config),
         *_not_found_routes(config),
     ]
@@ -541,6 +556,22 @@ def _preflight_route() -> dict[str, Any]:
             ],
         },
         "route": {"cluster": ROUTER_CLUSTER, "timeout": "5s"},
+    }
+
+
+def _webhooks_route() -> dict[str, Any]:
+    """`/webhooks/...` to the webhooks service: POSTs from the providers' servers (no browser, so no CORS),
+    no token, not retried (a provider retries on its own terms)."""
+    return {
+        "name": "webhooks",
+        "match": {"prefix": WEBHOOKS_PREFIX},
+        "route": {"cluster": WEBHOOKS_CLUSTER, "timeout": WEBHOOKS_TIMEOUT},
+        "typed_per_filter_config": {
+            "envoy.filters.http.cors": {
+                "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig",
+                "disabled": True,
+            }
+        },
     }
 
 
@@ -804,6 +835,8 @@ UPSTREAM_FIELDS = (
     "auth_http_port",
     "integrations_host",
     "integrations_port",
+    "webhooks_host",
+    "webhooks_http_port",
 )
 
 

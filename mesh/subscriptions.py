@@ -26,6 +26,13 @@ def _key(provider: str, subscription_id: str) -> str:
     return f"{PREFIX}{provider}:{subscription_id}"
 
 
+def health_subscription_id(health_user_id: str) -> str:
+    """The subscription id a Google Health notification is looked up by: the Health API names a person by
+    their `healthUserId` (`users/{healthUserId}`), and one subscriber serves every person, so integrations
+    registers one subscription per connected person under this id (provider "google", kind "health")."""
+    return f"health:{health_user_id}"
+
+
 def secret_digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 

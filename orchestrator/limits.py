@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -29,6 +28,7 @@ from typing import Protocol
 
 from mesh.clock import Clock
 from mesh.errors import ResourceExhausted, Unavailable
+from mesh.ratelimit import Window, window_at
 
 log = logging.getLogger(__name__)
 
@@ -51,26 +51,6 @@ class Limits:
     outage_backoff_seconds: float = 2.0
     """After the store failed, how long turns are admitted without asking it: limits apply again at most
     this long after the store is back."""
-
-
-@dataclass(frozen=True)
-class Window:
-    """One fixed turn-counting window."""
-
-    index: int
-    """Number of the window since the epoch; every replica computes the same one."""
-    ends_at: float
-    """Epoch seconds at which the next window starts."""
-
-    def retry_after(self, now: float) -> float:
-        """Seconds until the next window (at least a little, never negative)."""
-        return max(self.ends_at - now, 0.001)
-
-
-def window_at(now: float, length: float) -> Window:
-    """The window holding the instant `now` (epoch seconds)."""
-    index = math.floor(now / length)
-    return Window(index=index, ends_at=(index + 1) * length)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from edge.envoy_config import (
     CONNECTIONS_SERVICE,
     EDGE_REFLECTION_HEADER,
     UPLOADS_SERVICE,
+    WEBHOOKS_PREFIX,
     EdgeConfig,
     main,
     render,
@@ -87,7 +88,7 @@ def test_no_internal_service_is_reached_but_the_orchestrator_for_the_chat_stream
     assert 50053 not in ports
     clusters = {cluster["name"] for cluster in bootstrap["static_resources"]["clusters"]}
     routed = {node["cluster"] for node in walk(edge_routes(bootstrap)) if "cluster" in node}
-    assert routed <= {"router", "orchestrator", "auth", "integrations"} <= clusters
+    assert routed <= {"router", "orchestrator", "auth", "integrations", "webhooks"} <= clusters
     to_orchestrator = [
         route["match"]
         for route in edge_routes(bootstrap)
@@ -98,7 +99,9 @@ def test_no_internal_service_is_reached_but_the_orchestrator_for_the_chat_stream
 
 def test_only_the_public_services_health_and_reflection_are_routed(bootstrap: dict[str, Any]) -> None:
     grpc_routes = [
-        route for route in edge_routes(bootstrap) if "route" in route and route["name"] != "cors_preflight"
+        route
+        for route in edge_routes(bootstrap)
+        if "route" in route and route["name"] not in {"cors_preflight", "webhooks"}
     ]
     prefixes = {r["match"]["prefix"]: r["route"]["cluster"] for r in grpc_routes if "prefix" in r["match"]}
     paths = {r["match"]["path"]: r["route"]["cluster"] for r in grpc_routes if "path" in r["match"]}
@@ -186,6 +189,33 @@ def test_grpc_upstreams_speak_http2_and_are_health_checked(bootstrap: dict[str, 
         (thresholds,) = cluster["circuit_breakers"]["thresholds"]
         assert thresholds["max_requests"] >= 10_000
     assert "typed_extension_protocol_options" not in clusters["auth_jwks"]
+
+
+def test_webhooks_go_to_the_webhooks_http_port_with_no_token_and_no_cors(bootstrap: dict[str, Any]) -> None:
+    """Providers' servers POST their notifications under /webhooks/: plain HTTP/1.1 to the service's HTTP
+    port, before the web app's routes and the 404s, and no jwt_authn rule covers the prefix (the service
+    verifies each provider's own way)."""
+    routes = edge_routes(bootstrap)
+    names = [route["name"] for route in routes]
+    (route,) = [route for route in routes if route["name"] == "webhooks"]
+    assert route["match"] == {"prefix": WEBHOOKS_PREFIX}
+    assert route["route"]["cluster"] == "webhooks"
+    assert "retry_policy" not in route["route"]
+    assert route["typed_per_filter_config"]["envoy.filters.http.cors"]["disabled"] is True
+    assert names.index("webhooks") < names.index("not_found")
+    assert all(names.index("webhooks") < i for i, name in enumerate(names) if name.startswith("web:"))
+    (jwt,) = [
+        f for f in edge_manager(bootstrap)["http_filters"] if f["name"] == "envoy.filters.http.jwt_authn"
+    ]
+    assert not any(
+        WEBHOOKS_PREFIX.startswith(rule["match"]["prefix"]) for rule in jwt["typed_config"]["rules"]
+    )
+    clusters = {cluster["name"]: cluster for cluster in bootstrap["static_resources"]["clusters"]}
+    webhooks = clusters["webhooks"]
+    assert "typed_extension_protocol_options" not in webhooks  # HTTP/1.1, not gRPC
+    address = webhooks["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+    assert address["socket_address"]["port_value"] == 9106
+    assert address["socket_address"]["address"] in {"127.0.0.1", "webhooks.athena.svc.cluster.local"}
 
 
 def test_admin_is_bound_to_loopback(bootstrap: dict[str, Any]) -> None:

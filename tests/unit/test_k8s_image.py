@@ -91,6 +91,7 @@ def test_the_build_context_holds_the_sources_of_the_images_and_leaves_out_local_
         "router/chat.py",
         "auth/app.py",
         "integrations/app.py",
+        "webhooks/app.py",
         "integrations/migrations/integrations_0001_connections.sql",
         "offline_model/server.py",
         "edge/web/package-lock.json",
@@ -128,9 +129,10 @@ def commands_run_by_pods() -> set[tuple[str, ...]]:
     return found
 
 
-def test_the_pods_run_the_five_services_and_their_migrations() -> None:
+def test_the_pods_run_the_six_services_and_their_migrations() -> None:
     commands = commands_run_by_pods()
-    assert {("router",), ("orchestrator",), ("memory",), ("auth",), ("integrations",)} <= commands
+    services = {("router",), ("orchestrator",), ("memory",), ("auth",), ("integrations",), ("webhooks",)}
+    assert services <= commands
     assert {("memory", "migrate"), ("auth", "migrate"), ("integrations", "migrate")} <= commands
 
 

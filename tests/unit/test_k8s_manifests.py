@@ -69,6 +69,8 @@ SERVICES = {
                 {"athena.connections.v1.ConnectionsService", "athena.integrations.v1.IntegrationsService"}
             ),
         ),
+        # No gRPC service of its own: probes ask the server's overall health ("").
+        MeshService("webhooks", "WEBHOOKS_", 50056, 9106, frozenset({""})),
     )
 }
 SCALED = (*SERVICES, "edge")
@@ -316,6 +318,7 @@ def test_config_maps_name_only_settings_the_services_know(rendered: list[Manifes
     from memory.settings import MemorySettings
     from orchestrator.settings import OrchestratorSettings
     from router.settings import RouterSettings
+    from webhooks.settings import WebhooksSettings
 
     classes: dict[str, type[BaseModel]] = {
         "router": RouterSettings,
@@ -323,6 +326,7 @@ def test_config_maps_name_only_settings_the_services_know(rendered: list[Manifes
         "memory": MemorySettings,
         "auth": AuthSettings,
         "integrations": IntegrationsSettings,
+        "webhooks": WebhooksSettings,
     }
     assert set(classes) == set(SERVICES)
     known = {
@@ -697,8 +701,11 @@ def admits(
 
 
 PROBED_PORTS = [
-    *((port, "TCP") for port in (443, 5432, 6379, 8080, 8090, 9902, 50051, 50052, 50053, 50054, 50055)),
-    *((port, "TCP") for port in (9101, 9102, 9103, 9104, 9105)),
+    *(
+        (port, "TCP")
+        for port in (443, 5432, 6379, 8080, 8090, 9902, 50051, 50052, 50053, 50054, 50055, 50056)
+    ),
+    *((port, "TCP") for port in (9101, 9102, 9103, 9104, 9105, 9106)),
     (53, "UDP"),
     (53, "TCP"),
 ]
@@ -727,6 +734,8 @@ CALL_GRAPH = {
     ("edge", "auth", 50054),
     ("edge", "auth", 9104),
     ("edge", "integrations", 50055),
+    # provider notifications under /webhooks/, plain HTTP to the webhooks service, which calls only Redis
+    ("edge", "webhooks", 9106),
     ("router", "memory", 50053),
     ("router", "auth", 50054),
     ("router", "auth", 9104),
@@ -751,6 +760,7 @@ CALL_GRAPH = {
     ),
     ("prometheus", "auth", 9104),
     ("prometheus", "integrations", 9105),
+    ("prometheus", "webhooks", 9106),
     ("prometheus", "edge", 9902),
 }
 OVERLAY_GRAPH = {
@@ -763,6 +773,7 @@ OVERLAY_GRAPH = {
         ("auth", "valkey", 6379),
         ("integrations", "postgres", 5432),
         ("integrations", "valkey", 6379),
+        ("webhooks", "valkey", 6379),
         ("orchestrator", "offline-model", 8090),
         ("memory", "offline-model", 8090),
     },
@@ -775,6 +786,7 @@ OVERLAY_GRAPH = {
         ("auth", "managed-datastore", 6379),
         ("integrations", "managed-datastore", 5432),
         ("integrations", "managed-datastore", 6379),
+        ("webhooks", "managed-datastore", 6379),
     },
 }
 
@@ -819,6 +831,19 @@ def test_only_the_edge_reaches_the_orchestrator_and_only_callers_reach_memory_an
         "orchestrator",
     }
     assert not [flow for flow in flows if flow[1] == "cloud-metadata"]
+
+
+def test_only_the_edge_reaches_the_webhooks_and_they_reach_only_redis(rendered: list[Manifest]) -> None:
+    flows = allowed_flows(rendered)
+    assert {source for source, destination, _, _ in flows if destination == "webhooks"} == {
+        "edge",
+        "prometheus",
+    }
+    assert {destination for source, destination, _, _ in flows if source == "webhooks"} <= {
+        "valkey",
+        "managed-datastore",
+        "kube-dns",
+    }
 
 
 def rule_ports(policy: Manifest) -> Iterator[int]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICES = ("router", "orchestrator", "memory", "auth", "offline_model")
+SERVICES = ("router", "orchestrator", "memory", "auth", "webhooks", "offline_model")
 RUNTIME = ("mesh", *SERVICES)
 DOUBLE_WORDS = re.compile(r"fake|Fake|InMemory|Scripted")
 
