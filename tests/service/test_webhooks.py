@@ -20,6 +20,7 @@ import httpx
 import pytest
 import pytest_asyncio
 from athena.events.v1 import events_pb2
+from conftest import StartService, service_settings
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from redis.asyncio import Redis
@@ -29,7 +30,6 @@ from mesh.app import Deps
 from mesh.events import STREAM, decode
 from mesh.subscriptions import SubscriptionRegistry, health_subscription_id
 from mesh.tokens import TokenVerifier
-from tests.conftest import StartService, service_settings
 from webhooks.app import WEBHOOKS
 from webhooks.settings import WebhooksSettings
 
