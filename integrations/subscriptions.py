@@ -392,7 +392,18 @@ class Subscriptions:
         if connection is None or connection.status is not Status.CONNECTED:
             await self._stop(subscription, None)  # nothing to renew it with
             return False
-        lapsed = subscription.expires_at <= self._clock()
+        now = self._clock()
+        successor = [
+            s
+            for s in await self._store.held_by(subscription.user_id)
+            if (s.provider, s.capability) == (subscription.provider, subscription.capability)
+            and s.id != subscription.id
+            and s.expires_at > now + RENEW_WITHIN
+        ]
+        if successor:  # replaced already (a reconnect, or a renewal whose stop failed): this one just goes
+            await self._stop(subscription, connection)
+            return False
+        lapsed = subscription.expires_at <= now
         if subscription.provider is Provider.GOOGLE or lapsed:
             # A channel cannot be renewed, and a lapsed subscription is gone at the provider: a new one,
             # then the old one stopped (the overlap loses nothing).

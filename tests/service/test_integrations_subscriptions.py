@@ -510,3 +510,22 @@ async def test_no_subscription_secret_is_readable_in_the_database(
     for secret in secrets:
         assert secret is not None
         assert secret not in dump
+
+
+async def test_a_lapsed_subscription_already_replaced_on_reconnect_is_not_made_twice(
+    stub: Stub,
+    user: Callable[[], tuple[str, Metadata]],
+    microsoft: MicrosoftEmulator,
+    postgres: EmbeddedPostgres,
+    subscriptions: Subscriptions,
+    clock: FakeClock,
+) -> None:
+    user_id, metadata = user()
+    await connect(stub, metadata, pb.PROVIDER_MICROSOFT, pb.CAPABILITY_CALENDAR)
+    clock.advance(8 * DAY)  # lapsed, unrenewed
+    await connect(stub, metadata, pb.PROVIDER_MICROSOFT, pb.CAPABILITY_CALENDAR)  # made again on reconnect
+    (fresh,) = microsoft.live_subscriptions(MICROSOFT_ACCOUNT)
+    assert await rows(postgres, user_id) == 2
+    assert await subscriptions.maintain() == 0
+    assert [s.id for s in microsoft.live_subscriptions(MICROSOFT_ACCOUNT)] == [fresh.id]
+    assert [s.id for s in await subscriptions.held_by(user_id)] == [fresh.id]
