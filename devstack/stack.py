@@ -41,9 +41,12 @@ EMULATOR_CLIENT_ID = "athena-dev"
 EMULATOR_CLIENT_SECRET = "athena-dev-secret"  # noqa: S105 (the emulators' own, not a secret)
 
 
-def emulated_providers(google: str, microsoft: str, redirect_uris: list[str]) -> dict[str, str]:
+def emulated_providers(
+    google: str, microsoft: str, redirect_uris: list[str], webhooks_public_url: str = ""
+) -> dict[str, str]:
     """The integrations service's settings (as environment variables) for the Google and Microsoft
-    emulators at these base URLs, with their client `EMULATOR_CLIENT_ID` and these redirect URIs."""
+    emulators at these base URLs, with their client `EMULATOR_CLIENT_ID` and these redirect URIs; with
+    `webhooks_public_url` (the edge's origin), subscriptions to the emulators' change notifications too."""
     client = {
         "CLIENT_ID": EMULATOR_CLIENT_ID,
         "CLIENT_SECRET": EMULATOR_CLIENT_SECRET,
@@ -59,6 +62,7 @@ def emulated_providers(google: str, microsoft: str, redirect_uris: list[str]) ->
         "INTEGRATIONS_GOOGLE__HEALTH_URL": f"{google}/v4",
         "INTEGRATIONS_MICROSOFT__LOGIN_URL": microsoft,
         "INTEGRATIONS_MICROSOFT__GRAPH_URL": f"{microsoft}/v1.0",
+        "INTEGRATIONS_WEBHOOKS_PUBLIC_URL": webhooks_public_url,
     }
 
 
@@ -236,6 +240,7 @@ class Stack:
             f"http://127.0.0.1:{p.google_emulator}",
             f"http://127.0.0.1:{p.microsoft_emulator}",
             self._connection_redirects(),
+            self.edge_url,
         )
 
     def _connection_redirects(self) -> list[str]:

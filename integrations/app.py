@@ -1,6 +1,8 @@
 """The integrations service, assembled (what `python -m integrations`, `make run` and the tests start
 through `mesh.app`): migrations, the PostgreSQL store sealing with each person's data key, OAuth with the
-providers the settings name, and the purge of expired pending connections."""
+providers the settings name, the providers' change-notification subscriptions (when the webhooks have a
+public URL; registered in Redis for the webhooks service), and the maintenance round: expired pending
+connections purged, subscriptions renewed."""
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from integrations.migrate import DATA_KEYS_TABLE, SERVICE, apply_migrations, mig
 from integrations.oauth import OAuth
 from integrations.objects import from_settings as objects_from_settings
 from integrations.postgres import PostgresConnectionStore
+from integrations.postgres_subscriptions import PostgresSubscriptionStore
 from integrations.postgres_uploads import PostgresHealthStore, PostgresUploadStore
 from integrations.servicer import (
     INTERNAL_SERVICE_NAME,
@@ -33,6 +36,7 @@ from integrations.servicer import (
     UploadsServicer,
 )
 from integrations.settings import IntegrationsSettings
+from integrations.subscriptions import Subscriptions
 from integrations.uploads import Uploads
 from mesh.app import Assembly, Command, Deps, ServiceApp
 from mesh.envelope import DataKeys
@@ -40,6 +44,7 @@ from mesh.keystore import PostgresDataKeys, rewrap_keys
 from mesh.kms import KeyEncryptionKeys
 from mesh.kms import from_settings as kms_from_settings
 from mesh.server import Service
+from mesh.subscriptions import SubscriptionRegistry
 
 log = logging.getLogger(__name__)
 
@@ -53,16 +58,20 @@ class IntegrationsDeps(Deps):
 async def _maintain(
     store: ConnectionStore,
     uploads: Uploads,
+    subscriptions: Subscriptions | None,
     settings: IntegrationsSettings,
     now: Callable[[], datetime],
 ) -> None:
     """Every `maintenance_seconds`: purges expired pending connections, takes over imports whose replica
-    stopped, deletes abandoned uploads."""
+    stopped, deletes abandoned uploads, renews the subscriptions about to expire (and recreates those the
+    providers no longer have)."""
     while True:
         await asyncio.sleep(settings.maintenance_seconds)
         try:
             await store.purge_pending(now())
             await uploads.maintain(timedelta(hours=settings.upload_receiving_hours))
+            if subscriptions is not None:
+                await subscriptions.maintain(limit=settings.subscription_renewal_limit)
         except Exception:  # maintenance must outlive a database hiccup
             log.exception("integrations maintenance failed")
 
@@ -101,6 +110,20 @@ async def build(settings: IntegrationsSettings, deps: IntegrationsDeps) -> Assem
         max_bytes=settings.max_upload_bytes,
         import_concurrency=settings.import_concurrency,
     )
+    subscriptions = None
+    if settings.webhooks_public_url:
+        subscriptions = Subscriptions(
+            PostgresSubscriptionStore(pool, keys),
+            SubscriptionRegistry(deps.redis(settings.redis_url, settings.http_timeout_seconds)),
+            connections,
+            http,
+            webhooks_url=settings.webhooks_public_url,
+            google_calendar_url=settings.google.calendar_url,
+            drive_url=settings.google.drive_url,
+            graph_url=settings.microsoft.graph_url,
+            clock=deps.clock.now,
+        )
+        connections.observe(subscriptions)
     return Assembly(
         services=[
             Service(
@@ -120,7 +143,7 @@ async def build(settings: IntegrationsSettings, deps: IntegrationsDeps) -> Assem
             ),
         ],
         readiness=store.ping,
-        background=[lambda: _maintain(store, uploads, settings, deps.clock.now)],
+        background=[lambda: _maintain(store, uploads, subscriptions, settings, deps.clock.now)],
     )
 
 

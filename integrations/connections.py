@@ -8,6 +8,9 @@ them, disconnect, and hand out a fresh access token to the tools that read throu
 - **Capabilities.** Only what was granted counts: Google's granular consent may grant fewer scopes than
   asked, and a capability is held only when every one of its scopes is. Connecting more capabilities of a
   connected provider keeps the ones held (Google's grant includes them again; Microsoft's consent too).
+- **Hooks.** What watches connections (`ConnectionHooks`: the providers' change-notification subscriptions)
+  hears of a connection made or widened, of a disconnect before the grant is revoked, and of an erasure
+  before anything is deleted. A hook that fails is logged and never fails the connection's own operation.
 - **Refresh.** An access token is refreshed shortly before it expires, once per connection however many
   callers need it at that moment (single flight). A grant the provider no longer accepts marks the
   connection NEEDS_RECONNECT with a sentence for the person.
@@ -21,7 +24,7 @@ import logging
 import secrets
 import uuid
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -115,6 +118,22 @@ class ConnectionStore(Protocol):
         ...
 
 
+class ConnectionHooks(Protocol):
+    """Told of what happens to connections (integrations.subscriptions)."""
+
+    async def connected(self, connection: Connection) -> None:
+        """The connection was made or widened (it is stored)."""
+        ...
+
+    async def disconnecting(self, connection: Connection) -> None:
+        """The connection is about to go: its grant still serves."""
+        ...
+
+    async def erasing(self, user_id: str) -> None:
+        """The person's connections are about to be erased: their grants still serve."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class Purged:
     rows: int
@@ -148,14 +167,29 @@ class Connections:
         providers: Mapping[Provider, ProviderClient],
         *,
         clock: Clock = _utc_now,
+        hooks: ConnectionHooks | None = None,
     ) -> None:
         self._store = store
+        self._hooks = hooks
         self._oauth = oauth
         self._providers = providers
         self._clock = clock
         self._refreshing: weakref.WeakValueDictionary[tuple[str, Provider], asyncio.Lock] = (
             weakref.WeakValueDictionary()
         )
+
+    def observe(self, hooks: ConnectionHooks) -> None:
+        """Tells `hooks` of connections made, disconnected and erased from now on (what they need may be
+        built on this object, hence not a constructor argument alone)."""
+        self._hooks = hooks
+
+    async def _tell(self, what: str, call: Callable[[ConnectionHooks], Awaitable[None]]) -> None:
+        if self._hooks is None:
+            return
+        try:
+            await call(self._hooks)
+        except Exception:  # the hooks' trouble never fails a connection's own operation
+            log.exception("a connection hook failed", extra={"hook": what})
 
     def _client(self, provider: Provider) -> ProviderClient:
         client = self._providers.get(provider)
@@ -234,7 +268,9 @@ class Connections:
             connected_at=earlier.connected_at if earlier is not None else self._clock(),
             last_used_at=earlier.last_used_at if earlier is not None else None,
         )
-        return await self._store.save(connection)
+        saved = await self._store.save(connection)
+        await self._tell("connected", lambda hooks: hooks.connected(saved))
+        return saved
 
     async def list(self, user_id: str) -> list[Connection]:
         return await self._store.list(user_id)
@@ -249,6 +285,7 @@ class Connections:
         connection = await self._store.get(user_id, provider)
         if connection is None:
             return False
+        await self._tell("disconnecting", lambda hooks: hooks.disconnecting(connection))
         revoked = False
         if connection.status is Status.CONNECTED:
             revoked = await self._oauth.revoke(self._client(provider), connection.grant)
@@ -258,6 +295,7 @@ class Connections:
     async def purge(self, user_id: str) -> Purged:
         """Erases the user's connections: each grant revoked where the provider can (at best: an unreachable
         provider does not stop an erasure), then everything deleted and the data key destroyed."""
+        await self._tell("erasing", lambda hooks: hooks.erasing(user_id))
         revoked = 0
         for connection in await self._store.list(user_id):
             client = self._providers.get(connection.provider)

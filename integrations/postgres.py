@@ -193,5 +193,10 @@ class PostgresConnectionStore:
             pending = await connection.execute(
                 "DELETE FROM integrations.pending_connections WHERE user_id = $1", uid
             )
+            # Stopped at the providers by the subscriptions hook first; whatever it could not stop goes too.
+            subscriptions = await connection.execute(
+                "DELETE FROM integrations.subscriptions WHERE user_id = $1", uid
+            )
         destroyed = await self._keys.destroy(user_id)
-        return Purged(rows=int(connections.split()[-1]) + int(pending.split()[-1]), data_key=destroyed)
+        rows = sum(int(status.split()[-1]) for status in (connections, pending, subscriptions))
+        return Purged(rows=rows, data_key=destroyed)

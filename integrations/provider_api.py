@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -121,10 +121,17 @@ class ProviderApi:
         return Gathered(answers, problems)
 
     async def request(
-        self, method: str, url: str, token: str, provider: Provider, **options: Any
+        self,
+        method: str,
+        url: str,
+        token: str,
+        provider: Provider,
+        *,
+        answered: Collection[int] = (),
+        **options: Any,
     ) -> httpx.Response:
         """The provider's answer to a call with `token`; raises `Refused` for 401 and 403, `Failed` for
-        any other error status (a short 429 waited out once first)."""
+        any other error status but those `answered` (a short 429 waited out once first)."""
         name = provider.display_name
         headers = {"Authorization": f"Bearer {token}", **options.pop("headers", {})}
         response = await self._http.request(method, url, headers=headers, **options)
@@ -133,6 +140,8 @@ class ProviderApi:
             # Throttled for a moment: wait it out once rather than answer without this provider.
             await asyncio.sleep(wait)
             response = await self._http.request(method, url, headers=headers, **options)
+        if response.status_code in answered:
+            return response
         if response.status_code in (401, 403):
             raise Refused
         if response.status_code == 429:

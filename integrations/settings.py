@@ -94,6 +94,12 @@ class IntegrationsSettings(ServiceSettings):
     """An upload still waiting for its bytes this long after its last chunk is deleted."""
     import_concurrency: int = Field(1, ge=1)
     """Imports one replica runs at once (each keeps a core busy while it reads)."""
+    webhooks_public_url: str = ""
+    """The edge's public origin (`https://app.example`), where providers deliver change notifications
+    (`/webhooks/graph`, `/webhooks/graph/lifecycle`, `/webhooks/google`); empty: no subscriptions are made.
+    Providers want HTTPS (http only on loopback, for the emulators)."""
+    subscription_renewal_limit: int = Field(100, ge=1)
+    """Subscriptions renewed at most per maintenance round."""
     google: GoogleSettings = GoogleSettings()
     microsoft: MicrosoftSettings = MicrosoftSettings()
     objects: ObjectStoreSettings = Field(
@@ -102,6 +108,13 @@ class IntegrationsSettings(ServiceSettings):
     """Where uploads are kept, encrypted (`integrations.objects`): `INTEGRATIONS_OBJECTS__BACKEND` ("local" or
     "s3"), `…__ROOT`, `…__BUCKET`, `…__PREFIX`, `…__ENDPOINT_URL`, `…__REGION`. Unset, files under
     `<data_dir>/objects`."""
+
+    @field_validator("webhooks_public_url")
+    @classmethod
+    def _webhooks_origin(cls, value: str) -> str:
+        if value and not redirect_allowed(value):
+            raise ValueError(f"{value!r}: the webhooks' public URL must be https (http only on loopback)")
+        return value.rstrip("/")
 
     def providers(self) -> dict[Provider, ProviderClient]:
         """The providers this deployment is registered with."""

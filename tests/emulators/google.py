@@ -31,6 +31,18 @@ one base URL per host (`oauth_authorize_url`, `oauth_token_url`, `oauth_revoke_u
   days for heart-rate, 90 for the others, else 400 INVALID_ARGUMENT), and `users.getIdentity`. Data types:
   steps, active-energy-burned, heart-rate, weight, sleep, exercise and daily-resting-heart-rate.
 
+Push notifications (https://developers.google.com/workspace/calendar/api/guides/push,
+https://developers.google.com/workspace/drive/api/guides/push): `events.watch` on a calendar and Drive's
+`changes.watch` (`pageToken` required; `changes.getStartPageToken` gives one) open a channel (`id` unique, at
+most 64 characters, `type` "web_hook" or "webhook", `params.ttl` in seconds, default 604800; Drive's changes
+channels live at most 604800 s) and answer `{kind:"api#channel", id, resourceId, resourceUri, token,
+expiration}` (milliseconds, as a string); right after, the address gets the `sync` message: a POST with no
+body and the `X-Goog-Channel-ID`, `X-Goog-Channel-Token`, `X-Goog-Channel-Expiration` (an HTTP date),
+`X-Goog-Resource-ID`, `X-Goog-Resource-URI`, `X-Goog-Resource-State` and `X-Goog-Message-Number` headers.
+`notify_channel` sends the next message (`exists` for an events channel, `change` for a changes channel, the
+message number rising). `channels.stop` (`POST /calendar/v3/channels/stop`, `/drive/v3/channels/stop`)
+answers 204, or 404 for a channel it does not know. An expired channel sends nothing.
+
 API errors have Google's JSON form: Calendar and Drive `{"error":{"code","message","errors":[{"domain",
 "reason","message"}],"status"}}`, Health (a newer AIP API) `{"error":{"code","message","status"}}` (with an
 ErrorInfo in `details` where Health names a reason, such as `INVALID_DATA_POINT_FILTER`). A missing,
@@ -47,6 +59,7 @@ clients sent in `requests`.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -59,9 +72,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from operator import attrgetter
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import httpx
 from aiohttp import web
 
 from .serving import RecordedRequest, recording, s256, serve
@@ -191,6 +205,25 @@ class _File:
     trashed: bool
 
 
+@dataclass
+class _Channel:
+    id: str
+    account: str
+    kind: str
+    """"events" (a calendar's events) or "changes" (Drive's changes)."""
+    resource_id: str
+    resource_uri: str
+    address: str
+    token: str | None
+    expiration_ms: int
+    message_number: int = 0
+
+
+CHANNEL_DEFAULT_TTL = 604800
+DRIVE_CHANGES_MAX_TTL = 604800
+_CHANNEL_ID = re.compile(r"[A-Za-z0-9\-_+/=]{1,64}")
+
+
 class _ApiError(Exception):
     """An API refusal: status, reason (Calendar/Drive `errors[].reason`), message, extra error fields."""
 
@@ -240,6 +273,10 @@ class GoogleEmulator:
     _calendars: dict[str, dict[str, _Calendar]] = field(default_factory=dict)
     _files: dict[str, dict[str, _File]] = field(default_factory=dict)
     _points: dict[str, dict[str, list[dict[str, Any]]]] = field(default_factory=dict)
+    channels: dict[str, _Channel] = field(default_factory=dict)
+    """Every open channel by id (an expired one stays here, silent; a stopped one is gone)."""
+    _change_counter: int = 1000
+    _deliveries: set[asyncio.Task[int]] = field(default_factory=set)
     _app: web.Application | None = None
     _runner: web.AppRunner | None = None
 
@@ -285,6 +322,8 @@ class GoogleEmulator:
         self._runner, self.base_url = await serve(self.app, host, port)
 
     async def stop(self) -> None:
+        for task in list(self._deliveries):
+            task.cancel()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -298,6 +337,11 @@ class GoogleEmulator:
         add.add_post("/calendar/v3/freeBusy", self._freebusy)
         add.add_get("/calendar/v3/calendars/{calendarId}/events", self._events_list)
         add.add_get("/calendar/v3/users/me/calendarList", self._calendar_list)
+        add.add_post("/calendar/v3/calendars/{calendarId}/events/watch", self._events_watch)
+        add.add_post("/calendar/v3/channels/stop", self._channels_stop)
+        add.add_get("/drive/v3/changes/startPageToken", self._start_page_token)
+        add.add_post("/drive/v3/changes/watch", self._changes_watch)
+        add.add_post("/drive/v3/channels/stop", self._channels_stop)
         add.add_get("/drive/v3/files", self._files_list)
         add.add_get("/drive/v3/files/{fileId}", self._files_get)
         add.add_get("/drive/v3/files/{fileId}/export", self._files_export)
@@ -697,6 +741,112 @@ class GoogleEmulator:
         self._consented.pop((grant.account, grant.client_id), None)
         return web.Response(status=200)
 
+    def live_channels(self, account: str | None = None) -> list[_Channel]:
+        """Channels neither stopped nor expired (of `account`, or everyone's)."""
+        now_ms = int(self.clock() * 1000)
+        return [
+            c
+            for c in self.channels.values()
+            if c.expiration_ms > now_ms and (account is None or c.account == account)
+        ]
+
+    async def notify_channel(self, channel_id: str) -> int:
+        """The watched resource changed: the channel's next message (`exists` for events, `change` for
+        Drive's changes), its number one more than the last. Answers the status the address answered (0 when
+        unreachable); an expired channel sends nothing and answers 0."""
+        channel = self.channels[channel_id]
+        if channel.expiration_ms <= int(self.clock() * 1000):
+            return 0
+        return await self._send(channel, "exists" if channel.kind == "events" else "change")
+
+    async def deliveries(self) -> None:
+        """Waits until every message sent in the background (the `sync` after a watch) was answered."""
+        while self._deliveries:
+            await asyncio.gather(*list(self._deliveries), return_exceptions=True)
+
+    async def _send(self, channel: _Channel, state: str) -> int:
+        channel.message_number += 1
+        headers = {
+            "X-Goog-Channel-ID": channel.id,
+            "X-Goog-Channel-Expiration": _http_date(channel.expiration_ms / 1000),
+            "X-Goog-Resource-ID": channel.resource_id,
+            "X-Goog-Resource-URI": channel.resource_uri,
+            "X-Goog-Resource-State": state,
+            "X-Goog-Message-Number": str(channel.message_number),
+        }
+        if channel.token is not None:
+            headers["X-Goog-Channel-Token"] = channel.token
+        try:
+            async with httpx.AsyncClient(timeout=10.0) as http:
+                answer = await http.post(channel.address, headers=headers, content=b"")
+        except httpx.HTTPError:
+            return 0
+        return answer.status_code
+
+    def _open_channel(
+        self, account: str, body: dict[str, Any], kind: str, resource_id: str, resource_uri: str
+    ) -> _Channel:
+        ident = str(body.get("id") or "")
+        if not ident:
+            raise _ApiError(400, "required", "Required")
+        if not _CHANNEL_ID.fullmatch(ident):
+            raise _ApiError(400, "invalid", f"Invalid channel id: {ident}")
+        if ident in self.channels:
+            raise _ApiError(400, "channelIdNotUnique", f"Channel id {ident} not unique")
+        if body.get("type") not in ("web_hook", "webhook"):
+            raise _ApiError(400, "invalid", "Invalid value for: type")
+        address = str(body.get("address") or "")
+        parts = urlsplit(address)
+        loopback = parts.scheme == "http" and parts.hostname in {"127.0.0.1", "localhost", "::1"}
+        if parts.scheme != "https" and not loopback:
+            raise _ApiError(400, "push.webhookUrlNotHttps", "WebHook callback must be HTTPS: " + address)
+        now_ms = int(self.clock() * 1000)
+        params = body.get("params") or {}
+        if "expiration" in body:
+            try:
+                expiration_ms = int(body["expiration"])
+            except (TypeError, ValueError):
+                raise _ApiError(400, "invalid", "Invalid value for: expiration") from None
+        else:
+            try:
+                ttl = int(params.get("ttl", CHANNEL_DEFAULT_TTL))
+            except (TypeError, ValueError):
+                raise _ApiError(400, "invalid", "Invalid value for: ttl") from None
+            expiration_ms = now_ms + ttl * 1000
+        if kind == "changes":
+            expiration_ms = min(expiration_ms, now_ms + DRIVE_CHANGES_MAX_TTL * 1000)
+        if expiration_ms <= now_ms:
+            raise _ApiError(400, "invalid", "Invalid value for: expiration")
+        token = body.get("token")
+        channel = _Channel(
+            ident,
+            account,
+            kind,
+            resource_id,
+            resource_uri,
+            address,
+            None if token is None else str(token),
+            expiration_ms,
+        )
+        self.channels[ident] = channel
+        return channel
+
+    def _channel_answer(self, channel: _Channel) -> web.Response:
+        answer: dict[str, Any] = {
+            "kind": "api#channel",
+            "id": channel.id,
+            "resourceId": channel.resource_id,
+            "resourceUri": channel.resource_uri,
+            "expiration": str(channel.expiration_ms),
+        }
+        if channel.token is not None:
+            answer["token"] = channel.token
+        # The sync message follows the answer, as at Google: the watcher may not have stored the channel yet.
+        task = asyncio.get_running_loop().create_task(self._send(channel, "sync"))
+        self._deliveries.add(task)
+        task.add_done_callback(self._deliveries.discard)
+        return web.json_response(answer)
+
     # --- API plumbing -----------------------------------------------------------------------------------
 
     def _bearer(self, request: web.Request, scopes: frozenset[str]) -> str:
@@ -918,7 +1068,61 @@ class GoogleEmulator:
             answer["nextSyncToken"] = _sync_token(self.clock())
         return web.json_response(answer)
 
+    async def _events_watch(self, request: web.Request) -> web.Response:
+        """https://developers.google.com/workspace/calendar/api/v3/reference/events/watch"""
+        try:
+            account = self._bearer(request, _CALENDAR_READ)
+            calendar_id = request.match_info["calendarId"]
+            calendar = self._calendar(account, calendar_id)
+            if calendar is None:
+                raise _ApiError(404, "notFound", "Not Found")
+            body = await _json_body(request)
+            resource_id = _opaque_id(f"events:{account}:{calendar.id}")
+            uri = f"https://www.googleapis.com/calendar/v3/calendars/{calendar_id}/events?alt=json"
+            channel = self._open_channel(account, body, "events", resource_id, uri)
+        except _ApiError as error:
+            return self._api_error(error)
+        return self._channel_answer(channel)
+
+    async def _channels_stop(self, request: web.Request) -> web.Response:
+        """https://developers.google.com/workspace/calendar/api/v3/reference/channels/stop (Drive's alike)"""
+        try:
+            account = self._bearer(request, _CALENDAR_READ | _DRIVE_METADATA)
+            body = await _json_body(request)
+            channel = self.channels.get(str(body.get("id") or ""))
+            if channel is None or channel.account != account or channel.resource_id != body.get("resourceId"):
+                raise _ApiError(404, "notFound", f"Channel '{body.get('id')}' not found for project")
+        except _ApiError as error:
+            return self._api_error(error)
+        del self.channels[channel.id]
+        return web.Response(status=204)
+
     # --- Drive ------------------------------------------------------------------------------------------
+
+    async def _start_page_token(self, request: web.Request) -> web.Response:
+        """https://developers.google.com/workspace/drive/api/reference/rest/v3/changes/getStartPageToken"""
+        try:
+            self._bearer(request, _DRIVE_METADATA)
+        except _ApiError as error:
+            return self._api_error(error)
+        return web.json_response(
+            {"kind": "drive#startPageToken", "startPageToken": str(self._change_counter)}
+        )
+
+    async def _changes_watch(self, request: web.Request) -> web.Response:
+        """https://developers.google.com/workspace/drive/api/reference/rest/v3/changes/watch"""
+        try:
+            account = self._bearer(request, _DRIVE_METADATA)
+            page_token = request.query.get("pageToken", "")
+            if not page_token:
+                raise _ApiError(400, "required", "Required parameter: pageToken", location="pageToken")
+            body = await _json_body(request)
+            resource_id = _opaque_id(f"changes:{account}")
+            uri = f"https://www.googleapis.com/drive/v3/changes?alt=json&pageToken={page_token}"
+            channel = self._open_channel(account, body, "changes", resource_id, uri)
+        except _ApiError as error:
+            return self._api_error(error)
+        return self._channel_answer(channel)
 
     async def _files_list(self, request: web.Request) -> web.Response:
         """https://developers.google.com/workspace/drive/api/reference/rest/v3/files/list"""
@@ -1307,6 +1511,16 @@ def _read_sync_token(token: str) -> datetime:
             "Sync token is no longer valid, a full sync is required.",
             domain="calendar",
         ) from None
+
+
+def _opaque_id(seed: str) -> str:
+    """A resource id as Google gives them: opaque, stable for the resource."""
+    return base64.urlsafe_b64encode(hashlib.sha256(seed.encode()).digest()[:18]).decode()
+
+
+def _http_date(seconds: float) -> str:
+    """`Tue, 19 Nov 2013 01:13:52 GMT` (what `X-Goog-Channel-Expiration` carries)."""
+    return datetime.fromtimestamp(seconds, UTC).strftime("%a, %d %b %Y %H:%M:%S GMT")
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:

@@ -23,6 +23,16 @@ and `graph_base_url` for https://graph.microsoft.com/v1.0.
   `GET /me/drive/root/search(q='…')` (api/driveitem-search),
   `GET /me/drive/items/{id}` and `/content` (api/driveitem-get-content: 302 to a pre-authenticated,
   short-lived download URL this server also serves, with `Range`).
+- Change-notification subscriptions (api/subscription-post-subscriptions, change-notifications-delivery-
+  webhooks, change-notifications-lifecycle-events): `POST /subscriptions` validates `notificationUrl` and
+  `lifecycleNotificationUrl` first (`POST {url}?validationToken=<opaque, URL-encoded>`, `Content-Type:
+  text/plain`; anything but a 200 `text/plain` echo of the decoded token within `validation_timeout` seconds,
+  10 at Graph, answers 400 `InvalidRequest`), checks `expirationDateTime` against the resource's maximum
+  (Outlook event 10,080 minutes, driveItem 42,300; an HTTPS URL, or http on loopback here) and the
+  permission (events: Calendars.Read; a drive root: Files.ReadWrite or Files.ReadWrite.All, `changeType`
+  `updated` only), and answers 201 with the subscription. `PATCH /subscriptions/{id}` renews (200),
+  `DELETE` answers 204, `POST /subscriptions/{id}/reauthorize` 204; an expired subscription is gone (404).
+  `notify` and `notify_lifecycle` deliver change and lifecycle notifications as Graph POSTs them.
 
 Graph errors are `{"error":{"code","message","innerError":{"date","request-id","client-request-id"}}}`:
 401 `InvalidAuthenticationToken` for a missing, expired or revoked token, 403 for a missing permission,
@@ -44,9 +54,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import httpx
 from aiohttp import web
 
 from .serving import RecordedRequest, recording, s256, serve
@@ -63,6 +74,17 @@ _SCHEDULE_READ = _CALENDAR_READ | {"calendars.readbasic"}
 _FILES_READ = frozenset(
     ["files.read", "files.read.all", "files.readwrite", "files.readwrite.all", "sites.read.all"]
 )
+_DRIVE_SUBSCRIBE = frozenset(["files.readwrite", "files.readwrite.all"])
+"""A driveItem subscription needs Files.ReadWrite (personal) or Files.ReadWrite.All (work or school):
+Files.Read is not enough (api/subscription-post-subscriptions, permissions)."""
+
+SUBSCRIPTION_MAX_MINUTES = {"events": 10_080, "drive": 42_300}
+"""The maximum lifetime of a subscription, by resource (api/resources/subscription: Outlook event under 7
+days without resource data; OneDrive driveItem under 30 days)."""
+_EVENTS_RESOURCES = frozenset(["me/events", "me/calendar/events"])
+_DRIVE_RESOURCES = frozenset(["me/drive/root"])
+_CHANGE_TYPES = frozenset(["created", "updated", "deleted"])
+LIFECYCLE_EVENTS = frozenset(["reauthorizationRequired", "subscriptionRemoved", "missed"])
 
 WINDOWS_ZONES = {
     "UTC": "UTC",
@@ -129,6 +151,42 @@ class _Item:
     created: datetime
 
 
+@dataclass
+class _Subscription:
+    id: str
+    account: str
+    client_id: str
+    resource: str
+    change_type: str
+    notification_url: str
+    lifecycle_url: str | None
+    client_state: str | None
+    expires_at: float
+
+    def kind(self) -> str:
+        return "drive" if _resource_key(self.resource) in _DRIVE_RESOURCES else "events"
+
+    def render(self, creator_id: str) -> dict[str, Any]:
+        return {
+            "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#subscriptions/$entity",
+            "id": self.id,
+            "resource": self.resource,
+            "applicationId": self.client_id,
+            "changeType": self.change_type,
+            "clientState": self.client_state,
+            "notificationUrl": self.notification_url,
+            "lifecycleNotificationUrl": self.lifecycle_url,
+            "expirationDateTime": _graph_utc(self.expires_at),
+            "creatorId": creator_id,
+            "includeResourceData": False,
+            "latestSupportedTlsVersion": "v1_2",
+            "encryptionCertificate": None,
+            "encryptionCertificateId": None,
+            "notificationQueryOptions": None,
+            "notificationUrlAppId": None,
+        }
+
+
 class _GraphError(Exception):
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
@@ -169,6 +227,10 @@ class MicrosoftEmulator:
     _items: dict[str, dict[str, _Item]] = field(default_factory=dict)
     _downloads: dict[str, tuple[str, str, float]] = field(default_factory=dict)
     """Download token -> (account, item id, expiry)."""
+    validation_timeout: float = 10.0
+    """Seconds a notification URL has to answer its validation request (10 at Graph)."""
+    subscriptions: dict[str, _Subscription] = field(default_factory=dict)
+    """Every subscription created and not deleted (an expired one is gone for the API, kept here)."""
     _app: web.Application | None = None
     _runner: web.AppRunner | None = None
 
@@ -226,6 +288,10 @@ class MicrosoftEmulator:
         add.add_get("/v1.0/me/drive/items/{id}", self._item)
         add.add_get("/v1.0/me/drive/items/{id}/content", self._content)
         add.add_get("/download/{token}", self._download)
+        add.add_post("/v1.0/subscriptions", self._create_subscription)
+        add.add_patch("/v1.0/subscriptions/{id}", self._update_subscription)
+        add.add_delete("/v1.0/subscriptions/{id}", self._delete_subscription)
+        add.add_post("/v1.0/subscriptions/{id}/reauthorize", self._reauthorize_subscription)
         return app
 
     # --- test controls ----------------------------------------------------------------------------------
@@ -345,6 +411,85 @@ class MicrosoftEmulator:
         ident = item_id or "01" + base64.b32encode(secrets.token_bytes(20)).decode()[:32]
         self._items.setdefault(account, {})[ident] = _Item(ident, name, mime_type, content, moment, moment)
         return ident
+
+    def live_subscriptions(self, account: str | None = None) -> list[_Subscription]:
+        """Subscriptions not deleted nor expired (of `account`, or everyone's)."""
+        now = self.clock()
+        return [
+            s
+            for s in self.subscriptions.values()
+            if s.expires_at > now and (account is None or s.account == account)
+        ]
+
+    def user_id(self, account: str) -> str:
+        """The account's directory object id (stable: derived from the address)."""
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"graph-user:{account}"))
+
+    async def notify(self, account: str, resource: str, change_type: str, resource_data_id: str) -> list[int]:
+        """A change to `account`'s `resource` ("me/events" or "me/drive/root"): every live subscription of
+        theirs on it that asked for `change_type` gets a change notification POSTed to its notificationUrl,
+        as Graph sends it (change-notifications-delivery-webhooks). An event's notification names the event
+        (`Users/{id}/Events/{id}` with `resourceData`); a drive's names the subscribed folder and carries no
+        resourceData, as OneDrive's do. Answers the status each notificationUrl answered."""
+        wanted = _resource_key(resource)
+        statuses = []
+        for subscription in self.live_subscriptions(account):
+            if _resource_key(subscription.resource) != wanted:
+                continue
+            if change_type not in subscription.change_type.split(","):
+                continue
+            item: dict[str, Any] = {
+                "subscriptionId": subscription.id,
+                "subscriptionExpirationDateTime": _graph_utc(subscription.expires_at),
+                "changeType": change_type,
+                "clientState": subscription.client_state,
+                "tenantId": self.tenant_id,
+            }
+            if subscription.kind() == "events":
+                path = f"Users/{self.user_id(account)}/Events/{resource_data_id}"
+                item["resource"] = path
+                item["resourceData"] = {
+                    "@odata.type": "#Microsoft.Graph.Event",
+                    "@odata.id": path,
+                    "@odata.etag": f'W/"{secrets.token_urlsafe(12)}"',
+                    "id": resource_data_id,
+                }
+            else:
+                item["resource"] = subscription.resource
+            statuses.append(await self._deliver(subscription.notification_url, {"value": [item]}))
+        return statuses
+
+    async def notify_lifecycle(self, subscription_id: str, lifecycle_event: str) -> int:
+        """A lifecycle notification of the subscription to its lifecycleNotificationUrl
+        (change-notifications-lifecycle-events); `subscriptionRemoved` also removes it. Answers the status
+        the URL answered."""
+        if lifecycle_event not in LIFECYCLE_EVENTS:
+            raise ValueError(f"unknown lifecycle event {lifecycle_event!r}")
+        subscription = self.subscriptions[subscription_id]
+        if subscription.lifecycle_url is None:
+            raise ValueError("the subscription has no lifecycleNotificationUrl: Graph sends it nothing")
+        if lifecycle_event == "subscriptionRemoved":
+            del self.subscriptions[subscription_id]
+        item = {
+            "subscriptionId": subscription.id,
+            "subscriptionExpirationDateTime": _graph_utc(subscription.expires_at),
+            "tenantId": self.tenant_id,
+            "clientState": subscription.client_state,
+            "lifecycleEvent": lifecycle_event,
+        }
+        return await self._deliver(subscription.lifecycle_url, {"value": [item]})
+
+    def remove_subscription(self, subscription_id: str) -> None:
+        """Graph drops the subscription without a word (as when a lifecycle notification went unheard)."""
+        del self.subscriptions[subscription_id]
+
+    async def _deliver(self, url: str, payload: dict[str, Any]) -> int:
+        async with httpx.AsyncClient(timeout=self.validation_timeout) as http:
+            try:
+                answer = await http.post(url, json=payload)
+            except httpx.HTTPError:
+                return 0
+        return answer.status_code
 
     # --- identity platform ------------------------------------------------------------------------------
 
@@ -839,6 +984,170 @@ class MicrosoftEmulator:
             headers={"Content-Range": f"bytes {first}-{last}/{len(item.content)}"},
         )
 
+    # --- subscriptions ----------------------------------------------------------------------------------
+
+    def _own_subscription(self, request: web.Request) -> tuple[str, _Subscription]:
+        account = self._caller(request, _CALENDAR_READ | _FILES_READ)
+        found = self.subscriptions.get(request.match_info["id"])
+        if found is None or found.account != account or found.expires_at <= self.clock():
+            raise _GraphError(
+                404, "ResourceNotFound", f"The object '{request.match_info['id']}' doesn't exist."
+            )
+        return account, found
+
+    def _expiry(self, value: Any, kind: str) -> float:
+        try:
+            moment = datetime.fromisoformat(_trim_fraction(str(value)).replace("Z", "+00:00"))
+        except ValueError:
+            raise _GraphError(400, "InvalidRequest", "expirationDateTime is not a valid date.") from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        at = moment.timestamp()
+        now = self.clock()
+        if at <= now:
+            raise _GraphError(400, "InvalidRequest", "Subscription expiration must be in the future.")
+        maximum = SUBSCRIPTION_MAX_MINUTES[kind]
+        if at > now + maximum * 60:
+            raise _GraphError(
+                400,
+                "InvalidRequest",
+                f"Subscription expiration can only be {maximum} minutes in the future.",
+            )
+        return at
+
+    async def _validate(self, url: str) -> None:
+        """The validation request of a notification URL (change-notifications-delivery-webhooks)."""
+        parts = urlsplit(url)
+        loopback = parts.scheme == "http" and parts.hostname in {"127.0.0.1", "localhost", "::1"}
+        if parts.scheme != "https" and not loopback:
+            raise _GraphError(400, "InvalidRequest", f"The Url '{url}' must use HTTPS.")
+        token = (
+            f"Validation: Testing client application reachability for subscription Request-Id: {uuid.uuid4()}"
+        )
+        separator = "&" if parts.query else "?"
+        try:
+            async with httpx.AsyncClient(timeout=self.validation_timeout) as http:
+                answer = await http.post(
+                    f"{url}{separator}validationToken={quote(token, safe='')}",
+                    headers={"Content-Type": "text/plain; charset=utf-8"},
+                )
+        except httpx.TimeoutException:
+            raise _GraphError(400, "InvalidRequest", "Subscription validation request timed out.") from None
+        except httpx.HTTPError:
+            raise _GraphError(
+                400,
+                "InvalidRequest",
+                "Subscription validation request failed. Notification endpoint must respond with 200 OK "
+                "to validation request.",
+            ) from None
+        if answer.status_code != 200:
+            raise _GraphError(
+                400,
+                "InvalidRequest",
+                "Subscription validation request failed. Notification endpoint must respond with 200 OK "
+                "to validation request.",
+            )
+        content_type = answer.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type != "text/plain" or answer.text != token:
+            raise _GraphError(
+                400,
+                "InvalidRequest",
+                "Subscription validation request failed. Response must exactly match validationToken "
+                "query parameter.",
+            )
+
+    async def _create_subscription(self, request: web.Request) -> web.Response:
+        """https://learn.microsoft.com/graph/api/subscription-post-subscriptions"""
+        try:
+            try:
+                body = await request.json()
+            except ValueError:
+                raise _GraphError(400, "BadRequest", "Unable to read JSON request payload.") from None
+            if not isinstance(body, dict):
+                raise _GraphError(400, "BadRequest", "Unable to read JSON request payload.")
+            resource = str(body.get("resource") or "")
+            key = _resource_key(resource)
+            if key in _EVENTS_RESOURCES:
+                kind, permissions = "events", _CALENDAR_READ
+            elif key in _DRIVE_RESOURCES:
+                kind, permissions = "drive", _DRIVE_SUBSCRIBE
+            else:
+                self._caller(request, _CALENDAR_READ | _FILES_READ)
+                raise _GraphError(400, "InvalidRequest", f"Resource '{resource}' is not supported.")
+            account = self._caller(request, permissions)
+            for name in ("changeType", "notificationUrl", "expirationDateTime"):
+                if not body.get(name):
+                    raise _GraphError(400, "InvalidRequest", f"The '{name}' property is required.")
+            change_type = str(body["changeType"])
+            kinds = change_type.split(",")
+            if not kinds or any(k not in _CHANGE_TYPES for k in kinds):
+                raise _GraphError(400, "InvalidRequest", f"Invalid changeType '{change_type}'.")
+            if kind == "drive" and kinds != ["updated"]:
+                raise _GraphError(
+                    400,
+                    "InvalidRequest",
+                    "Drive root item notifications support only the 'updated' changeType.",
+                )
+            client_state = body.get("clientState")
+            if client_state is not None and len(str(client_state)) > 128:
+                raise _GraphError(400, "InvalidRequest", "clientState is longer than 128 characters.")
+            expires_at = self._expiry(body["expirationDateTime"], kind)
+            notification_url = str(body["notificationUrl"])
+            lifecycle_url = body.get("lifecycleNotificationUrl")
+            await self._validate(notification_url)
+            if lifecycle_url:
+                await self._validate(str(lifecycle_url))
+        except _GraphError as error:
+            return self._graph_error(request, error)
+        token = self._access[request.headers["Authorization"][7:].strip()]
+        subscription = _Subscription(
+            id=str(uuid.uuid4()),
+            account=account,
+            client_id=token.client_id,
+            resource=resource,
+            change_type=change_type,
+            notification_url=notification_url,
+            lifecycle_url=str(lifecycle_url) if lifecycle_url else None,
+            client_state=None if client_state is None else str(client_state),
+            expires_at=expires_at,
+        )
+        self.subscriptions[subscription.id] = subscription
+        return web.json_response(subscription.render(self.user_id(account)), status=201)
+
+    async def _update_subscription(self, request: web.Request) -> web.Response:
+        """https://learn.microsoft.com/graph/api/subscription-update"""
+        try:
+            account, subscription = self._own_subscription(request)
+            try:
+                body = await request.json()
+            except ValueError:
+                raise _GraphError(400, "BadRequest", "Unable to read JSON request payload.") from None
+            if not isinstance(body, dict) or not body.get("expirationDateTime"):
+                raise _GraphError(400, "InvalidRequest", "The 'expirationDateTime' property is required.")
+            subscription.expires_at = self._expiry(body["expirationDateTime"], subscription.kind())
+        except _GraphError as error:
+            return self._graph_error(request, error)
+        return web.json_response(subscription.render(self.user_id(account)))
+
+    async def _delete_subscription(self, request: web.Request) -> web.Response:
+        """https://learn.microsoft.com/graph/api/subscription-delete"""
+        try:
+            _, subscription = self._own_subscription(request)
+        except _GraphError as error:
+            return self._graph_error(request, error)
+        del self.subscriptions[subscription.id]
+        return web.Response(status=204)
+
+    async def _reauthorize_subscription(self, request: web.Request) -> web.Response:
+        """https://learn.microsoft.com/graph/api/subscription-reauthorize: the caller still holds the
+        resource's permission; the expiry stays."""
+        try:
+            _, subscription = self._own_subscription(request)
+            self._caller(request, _CALENDAR_READ if subscription.kind() == "events" else _DRIVE_SUBSCRIBE)
+        except _GraphError as error:
+            return self._graph_error(request, error)
+        return web.Response(status=204)
+
     def _drive_item(
         self, account: str, item: _Item, request: web.Request, *, download: bool
     ) -> dict[str, Any]:
@@ -868,6 +1177,11 @@ class MicrosoftEmulator:
 
 
 # --- helpers --------------------------------------------------------------------------------------------
+
+
+def _resource_key(resource: str) -> str:
+    """A subscription resource as compared: no leading slash, lower case."""
+    return resource.strip().lstrip("/").lower()
 
 
 def _full_scope(scope: str) -> str:

@@ -11,8 +11,10 @@ talks to them over loopback HTTP as AthenaOS's integrations will talk to Google 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
+import json
 import re
 import secrets
 from collections.abc import AsyncIterator
@@ -22,7 +24,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest_asyncio
+from aiohttp import web
 from aiohttp.test_utils import TestServer
+from doubles.clock import FakeClock
 from emulators import GoogleEmulator, MicrosoftEmulator
 from emulators.google import GOOGLE_DOC
 
@@ -1226,3 +1230,346 @@ async def test_graph_throttling_and_missing_permission(
     assert limited.headers["retry-after"] == "3"
     assert limited.json()["error"]["code"] == "TooManyRequests"
     assert (await http.get(search, headers=auth)).status_code == 200
+
+
+# --- push: Graph subscriptions and Google channels ----------------------------------------------------------
+
+
+class Receiver:
+    """A notification endpoint on loopback: what it was sent, and how it answers validation requests
+    (`echo`: the decoded token as text/plain; "wrong": another text; "json": the token as JSON; "slow": after
+    `delay` seconds)."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[str, dict[str, str], str, bytes]] = []
+        self.mode = "echo"
+        self.delay = 0.0
+        self.server: TestServer | None = None
+
+    def url(self, path: str) -> str:
+        assert self.server is not None
+        return str(self.server.make_url(path))
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        self.received.append((request.path, dict(request.headers), request.query_string, body))
+        token = request.query.get("validationToken")
+        if token is None:
+            return web.Response(status=202)
+        if self.mode == "slow":
+            await asyncio.sleep(self.delay)
+        if self.mode == "wrong":
+            return web.Response(text="not the token", content_type="text/plain")
+        if self.mode == "json":
+            return web.json_response({"token": token})
+        return web.Response(text=token, content_type="text/plain")
+
+    def posted(self, path: str) -> list[tuple[dict[str, str], str, bytes]]:
+        return [(headers, query, body) for p, headers, query, body in self.received if p == path]
+
+
+@pytest_asyncio.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    found = Receiver()
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", found.handle)
+    found.server = TestServer(app, host="127.0.0.1")
+    await found.server.start_server()
+    try:
+        yield found
+    finally:
+        await found.server.close()
+
+
+def graph_expiry(minutes: float) -> str:
+    return (datetime.now(UTC) + timedelta(minutes=minutes)).strftime("%Y-%m-%dT%H:%M:%S.0000000Z")
+
+
+def subscription_body(receiver: Receiver, resource: str, change_type: str, minutes: float) -> dict[str, Any]:
+    return {
+        "changeType": change_type,
+        "notificationUrl": receiver.url("/webhooks/graph"),
+        "lifecycleNotificationUrl": receiver.url("/webhooks/graph/lifecycle"),
+        "resource": resource,
+        "expirationDateTime": graph_expiry(minutes),
+        "clientState": "s3cret-state",
+    }
+
+
+async def test_graph_subscription_validates_both_urls_then_notifies(
+    microsoft: MicrosoftEmulator, http: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    auth = bearer(await ms_login(http, microsoft, ["Calendars.Read"]))
+    url = f"{microsoft.graph_base_url}/subscriptions"
+    created = await http.post(
+        url, json=subscription_body(receiver, "me/events", "created,updated,deleted", 10_000), headers=auth
+    )
+    assert created.status_code == 201, created.text
+    subscription = created.json()
+    assert subscription["resource"] == "me/events"
+    assert subscription["changeType"] == "created,updated,deleted"
+    assert subscription["clientState"] == "s3cret-state"
+    assert subscription["expirationDateTime"].endswith("Z")
+    validations = [
+        q for _, q, _ in receiver.posted("/webhooks/graph") + receiver.posted("/webhooks/graph/lifecycle")
+    ]
+    assert len(validations) == 2  # both URLs, each with its own opaque token, URL-encoded
+    tokens = [parse_qs(q)["validationToken"][0] for q in validations]
+    assert all(t.startswith("Validation: ") for t in tokens)  # decoded: it travels URL-encoded
+    assert tokens[0] != tokens[1]
+    headers, _, _ = receiver.posted("/webhooks/graph")[0]
+    assert headers["Content-Type"].startswith("text/plain")
+
+    statuses = await microsoft.notify(ADA, "me/events", "updated", "AAMkAGevent1")
+    assert statuses == [202]
+    _, query, body = receiver.posted("/webhooks/graph")[-1]
+    assert query == ""
+    item = json.loads(body)["value"][0]
+    assert item["subscriptionId"] == subscription["id"]
+    assert item["clientState"] == "s3cret-state"
+    assert item["changeType"] == "updated"
+    assert item["tenantId"] == microsoft.tenant_id
+    assert item["resource"] == f"Users/{microsoft.user_id(ADA)}/Events/AAMkAGevent1"
+    assert item["resourceData"]["id"] == "AAMkAGevent1"
+    assert item["resourceData"]["@odata.type"] == "#Microsoft.Graph.Event"
+    assert item["subscriptionExpirationDateTime"] == subscription["expirationDateTime"]
+    assert await microsoft.notify(ADA, "me/events", "updated", "x") == [202]
+    assert await microsoft.notify("someone@else.com", "me/events", "updated", "x") == []
+
+
+async def test_graph_subscription_refused_without_a_proper_echo(
+    microsoft: MicrosoftEmulator, http: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    auth = bearer(await ms_login(http, microsoft, ["Calendars.Read"]))
+    url = f"{microsoft.graph_base_url}/subscriptions"
+    body = subscription_body(receiver, "me/events", "created", 60)
+    for mode in ("wrong", "json"):
+        receiver.mode = mode
+        refused = await http.post(url, json=body, headers=auth)
+        assert refused.status_code == 400, mode
+        assert refused.json()["error"]["code"] == "InvalidRequest"
+        assert "validation" in refused.json()["error"]["message"]
+    receiver.mode, receiver.delay = "slow", 1.0
+    microsoft.validation_timeout = 0.2  # Graph's 10 s, shortened
+    slow = await http.post(url, json=body, headers=auth)
+    assert slow.status_code == 400
+    assert slow.json()["error"]["message"] == "Subscription validation request timed out."
+    unreachable = {**body, "notificationUrl": "http://127.0.0.1:1/webhooks/graph"}
+    assert (await http.post(url, json=unreachable, headers=auth)).status_code == 400
+    not_https = {**body, "notificationUrl": "http://hooks.example.com/graph"}
+    assert (await http.post(url, json=not_https, headers=auth)).status_code == 400
+    assert microsoft.live_subscriptions() == []
+
+
+async def test_graph_subscription_lifetimes_and_permissions(
+    microsoft: MicrosoftEmulator, http: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    url = f"{microsoft.graph_base_url}/subscriptions"
+    calendar = bearer(await ms_login(http, microsoft, ["Calendars.Read", "Files.Read"]))
+    too_long = await http.post(
+        url, json=subscription_body(receiver, "me/events", "created", 10_080 + 5), headers=calendar
+    )
+    assert too_long.status_code == 400
+    assert "10080 minutes" in too_long.json()["error"]["message"]
+    past = await http.post(
+        url, json=subscription_body(receiver, "me/events", "created", -5), headers=calendar
+    )
+    assert past.status_code == 400
+    drive = subscription_body(receiver, "me/drive/root", "updated", 42_000)
+    assert (await http.post(url, json=drive, headers=calendar)).status_code == 403  # Files.Read is not enough
+
+    writer = bearer(await ms_login(http, microsoft, ["Files.ReadWrite"]))
+    created = await http.post(url, json=drive, headers=writer)
+    assert created.status_code == 201, created.text
+    wrong_change = subscription_body(receiver, "me/drive/root", "created", 60)
+    assert (await http.post(url, json=wrong_change, headers=writer)).status_code == 400
+    over = subscription_body(receiver, "me/drive/root", "updated", 42_300 + 5)
+    assert (await http.post(url, json=over, headers=writer)).status_code == 400
+    unknown = subscription_body(receiver, "me/contacts/folders", "updated", 60)
+    assert (await http.post(url, json=unknown, headers=writer)).status_code == 400
+
+    assert await microsoft.notify(ADA, "me/drive/root", "updated", "ignored") == [202]
+    item = json.loads(receiver.posted("/webhooks/graph")[-1][2])["value"][0]
+    assert item["resource"] == "me/drive/root"
+    assert "resourceData" not in item
+
+
+async def test_graph_subscription_renew_reauthorize_delete_and_expiry(
+    microsoft: MicrosoftEmulator, http: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    clock = FakeClock(datetime.now(UTC))
+    microsoft.clock = clock.time
+    auth = bearer(await ms_login(http, microsoft, ["Calendars.Read"]))
+    url = f"{microsoft.graph_base_url}/subscriptions"
+    created = (
+        await http.post(url, json=subscription_body(receiver, "/me/events", "created", 60), headers=auth)
+    ).json()
+    one = f"{url}/{created['id']}"
+    renewed = await http.patch(one, json={"expirationDateTime": graph_expiry(5000)}, headers=auth)
+    assert renewed.status_code == 200, renewed.text
+    assert renewed.json()["expirationDateTime"] != created["expirationDateTime"]
+    too_far = await http.patch(one, json={"expirationDateTime": graph_expiry(20_000)}, headers=auth)
+    assert too_far.status_code == 400
+    assert (await http.post(f"{one}/reauthorize", headers=auth)).status_code == 204
+
+    other = bearer(await ms_login(http, microsoft, ["Calendars.Read"]))
+    microsoft.sign_in("bob@contoso.com")
+    bob = bearer(await ms_login(http, microsoft, ["Calendars.Read"]))
+    assert (await http.delete(one, headers=bob)).status_code == 404  # someone else's
+    assert (await http.delete(one, headers=other)).status_code == 204
+    assert (await http.delete(one, headers=auth)).status_code == 404
+    assert (
+        await http.patch(one, json={"expirationDateTime": graph_expiry(60)}, headers=auth)
+    ).status_code == 404
+
+    short = (
+        await http.post(url, json=subscription_body(receiver, "me/events", "created", 30), headers=auth)
+    ).json()
+    clock.advance(30 * 60 + 1)
+    gone = await http.patch(
+        f"{url}/{short['id']}", json={"expirationDateTime": graph_expiry(60)}, headers=auth
+    )
+    assert gone.status_code == 404
+    assert gone.json()["error"]["code"] == "ResourceNotFound"
+    assert await microsoft.notify(ADA, "me/events", "created", "x") == []
+
+
+async def test_graph_lifecycle_notifications(
+    microsoft: MicrosoftEmulator, http: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    auth = bearer(await ms_login(http, microsoft, ["Calendars.Read"]))
+    url = f"{microsoft.graph_base_url}/subscriptions"
+    created = (
+        await http.post(url, json=subscription_body(receiver, "me/events", "created", 600), headers=auth)
+    ).json()
+    for event in ("reauthorizationRequired", "missed", "subscriptionRemoved"):
+        assert await microsoft.notify_lifecycle(created["id"], event) == 202
+        item = json.loads(receiver.posted("/webhooks/graph/lifecycle")[-1][2])["value"][0]
+        assert item == {
+            "subscriptionId": created["id"],
+            "subscriptionExpirationDateTime": created["expirationDateTime"],
+            "tenantId": microsoft.tenant_id,
+            "clientState": "s3cret-state",
+            "lifecycleEvent": event,
+        }
+    assert microsoft.live_subscriptions() == []  # subscriptionRemoved removed it
+    assert (await http.delete(f"{url}/{created['id']}", headers=auth)).status_code == 404
+
+
+def channel_body(receiver: Receiver, channel_id: str, ttl: int | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": channel_id,
+        "type": "web_hook",
+        "address": receiver.url("/webhooks/google"),
+        "token": "channel-token",
+    }
+    if ttl is not None:
+        body["params"] = {"ttl": str(ttl)}
+    return body
+
+
+async def test_google_events_watch_sends_sync_then_exists_and_stops(
+    google: GoogleEmulator, http: httpx.AsyncClient, calendar: dict[str, str], receiver: Receiver
+) -> None:
+    watch = f"{google.calendar_base_url}/calendars/primary/events/watch"
+    before = datetime.now(UTC)
+    answer = await http.post(watch, json=channel_body(receiver, "chan-1", ttl=3600), headers=calendar)
+    assert answer.status_code == 200, answer.text
+    channel = answer.json()
+    assert channel["kind"] == "api#channel"
+    assert channel["id"] == "chan-1"
+    assert channel["token"] == "channel-token"
+    assert channel["resourceUri"].endswith("/calendar/v3/calendars/primary/events?alt=json")
+    assert isinstance(channel["expiration"], str)
+    expires = int(channel["expiration"]) / 1000
+    assert abs(expires - (before.timestamp() + 3600)) < 5
+    await google.deliveries()
+    ((headers, _, body),) = receiver.posted("/webhooks/google")
+    assert body == b""
+    assert headers["X-Goog-Channel-ID"] == "chan-1"
+    assert headers["X-Goog-Channel-Token"] == "channel-token"
+    assert headers["X-Goog-Resource-ID"] == channel["resourceId"]
+    assert headers["X-Goog-Resource-URI"] == channel["resourceUri"]
+    assert headers["X-Goog-Resource-State"] == "sync"
+    assert headers["X-Goog-Message-Number"] == "1"
+    assert headers["X-Goog-Channel-Expiration"].endswith(" GMT")
+
+    assert await google.notify_channel("chan-1") == 202
+    assert await google.notify_channel("chan-1") == 202
+    states = [
+        (h["X-Goog-Resource-State"], h["X-Goog-Message-Number"])
+        for h, _, _ in receiver.posted("/webhooks/google")
+    ]
+    assert states == [("sync", "1"), ("exists", "2"), ("exists", "3")]
+
+    again = await http.post(watch, json=channel_body(receiver, "chan-1"), headers=calendar)
+    assert_google_error(again, 400, "channelIdNotUnique", "INVALID_ARGUMENT")
+    default = (await http.post(watch, json=channel_body(receiver, "chan-2"), headers=calendar)).json()
+    assert (
+        abs(int(default["expiration"]) / 1000 - (before.timestamp() + 604800)) < 5
+    )  # ttl defaults to a week
+    missing = await http.post(
+        f"{google.calendar_base_url}/calendars/nope/events/watch",
+        json=channel_body(receiver, "c3"),
+        headers=calendar,
+    )
+    assert missing.status_code == 404
+
+    stop = f"{google.calendar_base_url}/channels/stop"
+    wrong = await http.post(stop, json={"id": "chan-1", "resourceId": "other"}, headers=calendar)
+    assert wrong.status_code == 404
+    stopped = await http.post(
+        stop, json={"id": "chan-1", "resourceId": channel["resourceId"]}, headers=calendar
+    )
+    assert (stopped.status_code, stopped.content) == (204, b"")
+    assert (
+        await http.post(stop, json={"id": "chan-1", "resourceId": channel["resourceId"]}, headers=calendar)
+    ).status_code == 404
+    assert [c.id for c in google.live_channels(ADA)] == ["chan-2"]
+
+
+async def test_google_channel_expires_silently(
+    google: GoogleEmulator, http: httpx.AsyncClient, calendar: dict[str, str], receiver: Receiver
+) -> None:
+    clock = FakeClock(datetime.now(UTC))
+    google.clock = clock.time
+    watch = f"{google.calendar_base_url}/calendars/primary/events/watch"
+    assert (
+        await http.post(watch, json=channel_body(receiver, "short", ttl=60), headers=calendar)
+    ).status_code == 200
+    await google.deliveries()
+    clock.advance(61)
+    assert await google.notify_channel("short") == 0
+    assert len(receiver.posted("/webhooks/google")) == 1  # the sync alone
+    assert google.live_channels() == []
+
+
+async def test_drive_changes_watch_needs_a_page_token_and_sends_change(
+    google: GoogleEmulator, http: httpx.AsyncClient, drive: dict[str, str], receiver: Receiver
+) -> None:
+    start = await http.get(f"{google.drive_base_url}/changes/startPageToken", headers=drive)
+    assert start.status_code == 200
+    token = start.json()
+    assert token["kind"] == "drive#startPageToken"
+    watch = f"{google.drive_base_url}/changes/watch"
+    no_token = await http.post(watch, json=channel_body(receiver, "d-0"), headers=drive)
+    assert no_token.status_code == 400
+    answer = await http.post(
+        watch,
+        params={"pageToken": token["startPageToken"]},
+        json=channel_body(receiver, "d-1", ttl=30 * 86400),
+        headers=drive,
+    )
+    assert answer.status_code == 200, answer.text
+    channel = answer.json()
+    assert int(channel["expiration"]) / 1000 <= datetime.now(UTC).timestamp() + 604800 + 5  # a week at most
+    await google.deliveries()
+    assert await google.notify_channel("d-1") == 202
+    states = [h["X-Goog-Resource-State"] for h, _, _ in receiver.posted("/webhooks/google")]
+    assert states == ["sync", "change"]
+    stopped = await http.post(
+        f"{google.drive_base_url}/channels/stop",
+        json={"id": "d-1", "resourceId": channel["resourceId"]},
+        headers=drive,
+    )
+    assert stopped.status_code == 204

@@ -1,0 +1,2 @@
+-- depends: integrations_0002_uploads_health
+DROP TABLE IF EXISTS integrations.subscriptions;
