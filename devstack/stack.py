@@ -296,7 +296,9 @@ class Stack:
                 )
                 self.database_url = self._postgres.url
             if not self.redis_url:
-                self._valkey = EmbeddedValkey(p.valkey, self.logs / "valkey.log")
+                self._valkey = EmbeddedValkey(
+                    p.valkey, self.logs / "valkey.log", data_dir=self.data_dir / "valkey"
+                )
                 self._valkey.start()
                 self._parts.append(
                     Part("valkey", self._valkey.process, self._valkey.accepting, self._valkey.process.start)

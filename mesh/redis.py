@@ -8,6 +8,7 @@ answer UNAVAILABLE, the router's rate limits fail open).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
@@ -47,3 +48,11 @@ async def translated(what: str) -> AsyncIterator[None]:
         yield
     except UNAVAILABLE as exc:
         raise Unavailable(f"{what} is unavailable") from exc
+
+
+def cancelling() -> bool:
+    """Whether this task was asked to stop. redis-py (8.1, hiredis) sometimes swallows the CancelledError
+    thrown into a blocked read (XREAD, XREADGROUP with BLOCK) and reads on: a loop of blocking reads checks
+    this after each command, so stopping it waits at most one blocking read."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

@@ -25,7 +25,7 @@ from typing import Any, cast
 
 from redis import exceptions as redis_errors
 
-from mesh.redis import UNAVAILABLE, Redis, translated
+from mesh.redis import UNAVAILABLE, Redis, cancelling, translated
 from mesh.revocation import Revocation, RevocationKind, RevocationList
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ class RedisRevocationFeed:
                     reachable = True
                 await self._read_on(revocations, last)
             except FAILURES as exc:
-                if _cancelling():  # see `_cancelling`
+                if cancelling():  # see `mesh.redis.cancelling`
                     raise asyncio.CancelledError from exc
                 if reachable:
                     log.warning(
@@ -144,7 +144,7 @@ class RedisRevocationFeed:
         reload_at = time.monotonic() + self._reload_seconds
         while time.monotonic() < reload_at:
             reply = await self._client.xread({STREAM: last}, count=PAGE, block=self._block_ms)
-            if _cancelling():  # see `_cancelling`
+            if cancelling():  # see `mesh.redis.cancelling`
                 raise asyncio.CancelledError
             for _, entries in cast(StreamReply, reply or []):
                 for entry_id, fields in entries:
@@ -157,11 +157,3 @@ class RedisRevocationFeed:
             log.error("skipped a malformed entry of the revocation list", extra={"fields": sorted(fields)})
             return
         revocations.add(revocation)
-
-
-def _cancelling() -> bool:
-    """Whether this task was asked to stop. redis-py (8.1, hiredis) sometimes swallows the CancelledError
-    thrown into a blocked read, and reads on: the follower then checks after each command, so a service's
-    stop waits at most one blocking read for it."""
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0

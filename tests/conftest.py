@@ -63,8 +63,9 @@ def running_postgres(base: Path) -> Iterator[EmbeddedPostgres]:
 
 @contextlib.contextmanager
 def running_valkey(base: Path) -> Iterator[EmbeddedValkey]:
-    """A real Valkey logging under `base`, on a free port, stopped at the end."""
-    server = EmbeddedValkey(free_port(), base / "valkey.log")
+    """A real Valkey logging and keeping its append-only file under `base`, on a free port, stopped at the
+    end."""
+    server = EmbeddedValkey(free_port(), base / "valkey.log", data_dir=base / "valkey-data")
     server.start()
     try:
         yield server

@@ -282,7 +282,7 @@ async def test_with_redis_down_turns_are_admitted_and_a_warning_logged(
 async def test_limits_apply_again_as_soon_as_redis_is_back(tmp_path: Path) -> None:
     """While Redis is down turns are admitted; once it is back, the next turn after the short outage
     backoff is limited again (its pooled connections died with it: the client must dial again)."""
-    server = EmbeddedValkey(free_port(), tmp_path / "valkey.log")
+    server = EmbeddedValkey(free_port(), tmp_path / "valkey.log", data_dir=tmp_path / "valkey-data")
     server.start()
     client = connect(server.url, 0.5)
     clock = FakeClock()

@@ -244,7 +244,7 @@ async def test_while_redis_is_down_the_last_known_list_keeps_applying(
     mesh: RouterMesh, own_valkey: EmbeddedValkey, signing_key: RSAKey, tmp_path: Path
 ) -> None:
     """Redis down: every process keeps refusing what it knew; one started meanwhile knows nothing yet;
-    once Redis is back (empty, as a Valkey without persistence restarts), new revocations reach all."""
+    once Redis is back (empty, as a Redis that lost its data restarts), new revocations reach all."""
     keys = StaticKeySource(public_keys(signing_key))  # the suite's test tokens (`mesh.user()`)
 
     async def router_with_own_verifier() -> Router:
@@ -282,7 +282,9 @@ async def test_while_redis_is_down_the_last_known_list_keeps_applying(
     await refused_within_bound(list_agents(before), revoked)
     await list_agents(during)(revoked)  # documented: a process started during the outage knew nothing
 
-    restarted = EmbeddedValkey(own_valkey.port, tmp_path / "valkey-again.log")
+    restarted = EmbeddedValkey(  # without the data it had
+        own_valkey.port, tmp_path / "valkey-again.log", data_dir=tmp_path / "valkey-again"
+    )
     await asyncio.to_thread(restarted.start)
     try:
         later_id, later = mesh.user()

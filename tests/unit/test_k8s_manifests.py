@@ -613,6 +613,25 @@ def test_dev_databases_are_the_in_cluster_postgres(dev: list[Manifest]) -> None:
     assert re.search(r'^database_url="postgresql://athena:[^"]*@postgres\.', script, flags=re.MULTILINE)
 
 
+def test_dev_valkey_keeps_the_event_bus_across_a_restart(dev: list[Manifest]) -> None:
+    """The event bus's streams and consumer groups survive a restart of the dev cluster's Valkey: an
+    append-only file fsynced every second, in a directory on a persistent volume claim, and no eviction of
+    keys without a TTL (the streams have none) when memory runs short."""
+    valkey = workloads(dev)["valkey"]
+    assert valkey["kind"] == "StatefulSet"
+    (container,) = containers(valkey)
+    arguments = container["args"]
+    options = dict(zip(arguments[::2], arguments[1::2], strict=True))
+    assert options["--appendonly"] == "yes"
+    assert options["--appendfsync"] in {"everysec", "always"}
+    assert options["--maxmemory-policy"] in {"noeviction", "volatile-ttl", "volatile-lru", "volatile-lfu"}
+    mounts = {mount["mountPath"].rstrip("/"): mount["name"] for mount in container["volumeMounts"]}
+    data_volume = mounts[options["--dir"].rstrip("/")]
+    claims = {claim["metadata"]["name"] for claim in valkey["spec"].get("volumeClaimTemplates", [])}
+    assert data_volume in claims
+    assert data_volume not in {volume["name"] for volume in pod_spec(valkey).get("volumes", [])}
+
+
 def test_every_secret_is_documented(rendered: list[Manifest]) -> None:
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## Secrets", 1)[1].split("\n## ", 1)[0]
