@@ -210,6 +210,7 @@ class Stack:
             "ORCHESTRATOR_PORT": str(p.orchestrator),
             "ORCHESTRATOR_HTTP_PORT": str(p.orchestrator_http),
             "ORCHESTRATOR_MEMORY_TARGET": f"127.0.0.1:{p.memory}",
+            "INTEGRATIONS_MEMORY_TARGET": f"127.0.0.1:{p.memory}",
             "ORCHESTRATOR_INTEGRATIONS_TARGET": f"127.0.0.1:{p.integrations}",
             "MEMORY_PORT": str(p.memory),
             "MEMORY_HTTP_PORT": str(p.memory_http),

@@ -1,18 +1,22 @@
 """The integrations service, assembled (what `python -m integrations`, `make run` and the tests start
 through `mesh.app`): migrations, the PostgreSQL store sealing with each person's data key, OAuth with the
 providers the settings name, the providers' change-notification subscriptions (when the webhooks have a
-public URL; registered in Redis for the webhooks service), and the maintenance round: expired pending
-connections purged, subscriptions renewed."""
+public URL; registered in Redis for the webhooks service), the maintenance round (expired pending
+connections purged, imports taken over, subscriptions renewed), and — with a memory target and the service
+key — the proactive agents consuming the event bus (`integrations.proactive_consumer`)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from athena.connections.v1 import connections_pb2_grpc
+from athena.events.v1 import events_pb2
 from athena.integrations.v1 import integrations_pb2_grpc
 from athena.uploads.v1 import uploads_pb2_grpc
 
@@ -22,11 +26,14 @@ from integrations.files import Files
 from integrations.health import Health
 from integrations.health_google import GoogleHealth
 from integrations.migrate import DATA_KEYS_TABLE, SERVICE, apply_migrations, migrate
+from integrations.notifier_client import MemoryNotifier
 from integrations.oauth import OAuth
 from integrations.objects import from_settings as objects_from_settings
 from integrations.postgres import PostgresConnectionStore
 from integrations.postgres_subscriptions import PostgresSubscriptionStore
 from integrations.postgres_uploads import PostgresHealthStore, PostgresUploadStore
+from integrations.proactive_consumer import ProactiveAgents
+from integrations.providers import Provider
 from integrations.servicer import (
     INTERNAL_SERVICE_NAME,
     SERVICE_NAME,
@@ -38,8 +45,9 @@ from integrations.servicer import (
 from integrations.settings import IntegrationsSettings
 from integrations.subscriptions import Subscriptions
 from integrations.uploads import Uploads
-from mesh.app import Assembly, Command, Deps, ServiceApp
+from mesh.app import Assembly, BackgroundTask, Command, Deps, ServiceApp
 from mesh.envelope import DataKeys
+from mesh.events import EventConsumer
 from mesh.keystore import PostgresDataKeys, rewrap_keys
 from mesh.kms import KeyEncryptionKeys
 from mesh.kms import from_settings as kms_from_settings
@@ -124,6 +132,28 @@ async def build(settings: IntegrationsSettings, deps: IntegrationsDeps) -> Assem
             clock=deps.clock.now,
         )
         connections.observe(subscriptions)
+    background: list[BackgroundTask] = [
+        lambda: _maintain(store, uploads, subscriptions, settings, deps.clock.now)
+    ]
+    if settings.memory_target and settings.service_key is not None:
+        notifier = MemoryNotifier(
+            deps.channel(settings.memory_target), settings.service_key.get_secret_value()
+        )
+        known = subscriptions
+
+        async def lifecycle(event: events_pb2.ProviderEvent) -> None:
+            if known is not None:
+                await known.on_lifecycle(Provider(event.provider), event.subscription_id, event.change)
+
+        agents = ProactiveAgents(calendars, health, notifier, clock=deps.clock.now, on_lifecycle=lifecycle)
+        consumer = EventConsumer(
+            deps.redis(settings.redis_url, timeout=10.0),
+            group=settings.event_consumer_group,
+            consumer=f"{socket.gethostname()}-{os.getpid()}",
+            handle=agents.handle,
+            block_seconds=5.0,
+        )
+        background.append(consumer.run)
     return Assembly(
         services=[
             Service(
@@ -143,7 +173,7 @@ async def build(settings: IntegrationsSettings, deps: IntegrationsDeps) -> Assem
             ),
         ],
         readiness=store.ping,
-        background=[lambda: _maintain(store, uploads, subscriptions, settings, deps.clock.now)],
+        background=background,
     )
 
 

@@ -100,6 +100,11 @@ class IntegrationsSettings(ServiceSettings):
     Providers want HTTPS (http only on loopback, for the emulators)."""
     subscription_renewal_limit: int = Field(100, ge=1)
     """Subscriptions renewed at most per maintenance round."""
+    memory_target: str | None = None
+    """Memory's gRPC address, whose `NotifierService` the proactive agents leave their notifications with
+    (with the service key). Unset, or without `ATHENA_SERVICE_KEY`: the event bus is not consumed here."""
+    event_consumer_group: str = "integrations-proactive"
+    """The consumer group of the event bus (`mesh.events`) this service's replicas share."""
     google: GoogleSettings = GoogleSettings()
     microsoft: MicrosoftSettings = MicrosoftSettings()
     objects: ObjectStoreSettings = Field(
