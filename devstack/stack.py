@@ -360,6 +360,7 @@ class Stack:
             auth_port=p.auth,
             auth_http_port=p.auth_http,
             integrations_port=p.integrations,
+            memory_port=p.memory,
             web_root=ROOT / "edge" / "web" / "dist",
             allowed_origins=(f"http://127.0.0.1:{p.edge}", f"http://localhost:{p.edge}"),
         )
