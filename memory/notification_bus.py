@@ -36,6 +36,18 @@ RETRY_SECONDS = (0.2, 5.0)
 """First and longest wait before the follower subscribes again after losing Redis."""
 
 
+class _Reconnects:
+    """Runs `resync` each time a connection is made again (redis-py keeps connect callbacks as weak
+    methods: the follower holds this object while it reads)."""
+
+    def __init__(self, resync: Callable[[], None]) -> None:
+        self._resync = resync
+
+    def connected(self, connection: object) -> None:
+        log.info("notification events are followed again")
+        self._resync()
+
+
 class RedisNotificationBus:
     def __init__(
         self,
@@ -75,6 +87,11 @@ class RedisNotificationBus:
             pubsub = self._subscriber.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self._channel)
+                # redis-py dials again and resubscribes by itself after a brief loss: events published
+                # meanwhile are lost, so the streams here count again then too.
+                reconnects = _Reconnects(resync)
+                if pubsub.connection is not None:
+                    pubsub.connection.register_connect_callback(reconnects.connected)
                 if lost:
                     log.info("notification events are followed again")
                     resync()

@@ -18,7 +18,7 @@ import pytest_asyncio
 from athena.memory.v1 import memory_pb2
 from athena.notifications.v1 import notifications_pb2 as pb
 from athena.notifications.v1 import notifications_pb2_grpc as pb_grpc
-from conftest import StartService
+from conftest import NO_REDIS, StartService, running_valkey
 from emulators import PushEmulator
 from emulators.push import BrowserSubscription
 from memory_fixtures import MemoryHarness, expect_status, start_memory
@@ -26,7 +26,10 @@ from privacy_fixtures import dump_database
 
 from devstack.postgres import EmbeddedPostgres
 from devstack.valkey import EmbeddedValkey
+from memory.notification_bus import RedisNotificationBus
+from memory.notifications import ReadChanged, Stored
 from memory.webpush import VapidKey, load_vapid_key
+from mesh import redis
 from mesh.tokens import TokenVerifier
 
 pytestmark = pytest.mark.timeout(60)
@@ -514,3 +517,78 @@ async def test_the_push_config_is_the_key_files_public_key(memory: MemoryHarness
     assert key is not None
     assert config.vapid_public_key == key.public_key
     assert len(config.vapid_public_key) == 87  # 65 bytes, base64url without padding
+
+
+async def test_without_redis_notifications_still_reach_this_replicas_tabs(
+    postgres: EmbeddedPostgres,
+    verifier: TokenVerifier,
+    make_token: Callable[..., str],
+    start_service: StartService,
+    tmp_path: Path,
+    push: PushEmulator,
+) -> None:
+    harness = await start_memory(
+        start_service,
+        verifier,
+        make_token,
+        tmp_path,
+        postgres.url,
+        NO_REDIS,
+        vapid_key_file=vapid_key_file(tmp_path),
+        push_allow_http_endpoints=True,
+    )
+    user_id, md = harness.user()
+    await subscribe(harness, md, push)
+    stream = notifications(harness).WatchNotifications(pb.WatchNotificationsRequest(), metadata=md)
+    try:
+        assert (await next_event(stream)).unread_count == 0
+        stored = await notify(harness, user_id)
+        assert stored.created
+        assert stored.pushed == 1
+        assert (await next_event(stream)).notification == stored.notification
+    finally:
+        stream.cancel()
+
+
+async def test_the_bus_follows_again_after_redis_comes_back_and_resyncs(tmp_path: Path) -> None:
+    with running_valkey(tmp_path) as server:
+        client = redis.connect(server.url, 1.0)
+        bus = RedisNotificationBus(client, subscriber=redis.connect(server.url, 5.0), replica="here")
+        other = RedisNotificationBus(redis.connect(server.url, 1.0), replica="there")
+        received: list[Any] = []
+        resyncs: list[bool] = []
+
+        async def got(event: Any) -> None:
+            received.append(event)
+
+        follower = asyncio.create_task(bus.follow(got, lambda: resyncs.append(True)))
+        try:
+            user = str(uuid.uuid4())
+            note = str(uuid.uuid4())
+            await eventually(lambda: publish_and_check(other, Stored(user, note), received))
+            await bus.publish(Stored(user, str(uuid.uuid4())))  # its own: skipped
+            server.stop()
+            await other.publish(ReadChanged(user))  # lost, and logged, not raised
+            server.start()
+            await eventually(lambda: asyncio.sleep(0, bool(resyncs)))
+            received.clear()
+            await eventually(lambda: publish_and_check(other, ReadChanged(user), received))
+            assert all(event == ReadChanged(user) for event in received)
+        finally:
+            follower.cancel()
+            await asyncio.gather(follower, return_exceptions=True)
+            await client.aclose()
+
+
+async def publish_and_check(bus: RedisNotificationBus, event: Any, received: list[Any]) -> bool:
+    await bus.publish(event)
+    await asyncio.sleep(0.05)
+    return event in received
+
+
+async def eventually(check: Callable[[], Any], within: float = 10.0) -> None:
+    """Retries `check` (an awaitable-returning callable) until it answers true."""
+    deadline = asyncio.get_running_loop().time() + within
+    while not await check():
+        assert asyncio.get_running_loop().time() < deadline, "never happened"
+        await asyncio.sleep(0.05)

@@ -3,6 +3,7 @@ agents, dedupe, what a push carries, gone subscriptions, the watch stream, and i
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import base64
 import json
@@ -407,3 +408,23 @@ def test_a_vapid_key_that_is_not_p256_is_refused(tmp_path: Path) -> None:
     path.write_text("not a key")
     with pytest.raises(VapidKeyError):
         load_vapid_key(path, create_if_missing=True)
+
+
+def test_the_notification_domain_and_adapters_import_no_grpc() -> None:
+    """The domain (and the adapters beneath it) are tested and used without a server; only the servicers
+    (memory/notification_service.py) speak gRPC."""
+    root = Path(__file__).resolve().parents[2] / "memory"
+    for module in ("notifications", "notification_store", "notification_bus", "webpush"):
+        tree = ast.parse((root / f"{module}.py").read_text())
+        imported = {
+            name
+            for node in ast.walk(tree)
+            for name in (
+                [alias.name for alias in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+        }
+        assert not {name for name in imported if name.startswith(("grpc", "athena."))}, module
