@@ -4,7 +4,7 @@
 #   docker build -t REGISTRY/athenaos:TAG .
 #   docker run --rm REGISTRY/athenaos:TAG router --help      # also orchestrator, memory, auth, integrations, webhooks,
 #                                                             # `memory migrate`, `auth migrate`, `auth rotate-keys`,
-#                                                             # `integrations migrate`
+#                                                             # `memory generate-vapid-key`, `integrations migrate`
 # The target `edge` is Envoy's official image with the built web app in /srv/web, where the edge's
 # configuration (k8s/base/envoy/envoy.yaml, a ConfigMap) reads it:
 #   docker build --target edge -t REGISTRY/athenaos-edge:TAG .

@@ -375,6 +375,7 @@ class Stack:
             auth_http_port=p.auth_http,
             integrations_port=p.integrations,
             webhooks_http_port=p.webhooks_http,
+            memory_port=p.memory,
             web_root=ROOT / "edge" / "web" / "dist",
             allowed_origins=(f"http://127.0.0.1:{p.edge}", f"http://localhost:{p.edge}"),
         )

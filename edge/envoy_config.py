@@ -41,6 +41,7 @@ ACCOUNT_SERVICE = "athena.account.v1.AccountService"
 AUTH_SERVICE = "athena.auth.v1.AuthService"
 CONNECTIONS_SERVICE = "athena.connections.v1.ConnectionsService"
 UPLOADS_SERVICE = "athena.uploads.v1.UploadsService"
+NOTIFICATIONS_SERVICE = "athena.notifications.v1.NotificationsService"
 HEALTH_SERVICE = "grpc.health.v1.Health"
 REFLECTION_SERVICES = ("grpc.reflection.v1alpha.ServerReflection", "grpc.reflection.v1.ServerReflection")
 
@@ -49,6 +50,7 @@ ORCHESTRATOR_CLUSTER = "orchestrator"
 AUTH_CLUSTER = "auth"
 INTEGRATIONS_CLUSTER = "integrations"
 WEBHOOKS_CLUSTER = "webhooks"
+MEMORY_CLUSTER = "memory"
 JWKS_CLUSTER = "auth_jwks"
 ADMIN_CLUSTER = "envoy_admin"
 
@@ -58,14 +60,18 @@ PUBLIC_SERVICES: Mapping[str, str] = {
     AUTH_SERVICE: AUTH_CLUSTER,
     CONNECTIONS_SERVICE: INTEGRATIONS_CLUSTER,
     UPLOADS_SERVICE: INTEGRATIONS_CLUSTER,
+    NOTIFICATIONS_SERVICE: MEMORY_CLUSTER,
 }
-"""The only application services the edge routes, each to its cluster. Internal services are never here."""
+"""The only application services the edge routes, each to its cluster. Internal services are never here:
+memory serves NotificationsService beside internal ones (memory's, NotifierService), and only the public
+service's prefix leads there. Every route streams (`timeout: 0s`, an idle timeout), so
+WatchNotifications stays open as long as its heartbeats (30 s) come within `stream_idle_timeout_seconds`."""
 
 STREAMED_METHODS: Mapping[str, str] = {f"/{CHAT_SERVICE}/Chat": ORCHESTRATOR_CLUSTER}
 """Methods routed apart from the rest of their service: the chat stream goes straight to the orchestrator,
 which serves it, so an answer's text crosses one Python process between the model and the client."""
 
-TOKEN_REQUIRED = (CHAT_SERVICE, ACCOUNT_SERVICE, CONNECTIONS_SERVICE, UPLOADS_SERVICE)
+TOKEN_REQUIRED = (CHAT_SERVICE, ACCOUNT_SERVICE, CONNECTIONS_SERVICE, UPLOADS_SERVICE, NOTIFICATIONS_SERVICE)
 """Services whose calls need a valid access token at the edge; login RPCs, health and reflection do not."""
 
 WEBHOOKS_PREFIX = "/webhooks/"
@@ -259,6 +265,10 @@ class EdgeConfig:
     """The webhooks service, like `router_host`: `/webhooks/` goes to its HTTP port."""
     webhooks_http_port: int = 9106
     """The webhooks service's HTTP port (the webhooks and /metrics; only `/webhooks/` is routed)."""
+    memory_host: str = "127.0.0.1"
+    """The memory service (NotificationsService only), like `router_host`."""
+    memory_port: int = 50053
+    """The memory service's gRPC port."""
     allowed_origins: tuple[str, ...] = ("http://127.0.0.1:8080", "http://localhost:8080")
     """Browser origins allowed to call through CORS, compared exactly (scheme, host and port)."""
     jwt_issuer: str = "athenaos"
@@ -298,6 +308,7 @@ class EdgeConfig:
             auth_host=f"auth{suffix}",
             integrations_host=f"integrations{suffix}",
             webhooks_host=f"webhooks{suffix}",
+            memory_host=f"memory{suffix}",
             ops_port=9902,
         )
 
@@ -322,6 +333,9 @@ def render(config: EdgeConfig) -> dict[str, Any]:
             health_service=CONNECTIONS_SERVICE,
         ),
         _cluster(WEBHOOKS_CLUSTER, config.webhooks_host, config.webhooks_http_port),
+        _grpc_cluster(
+            MEMORY_CLUSTER, config.memory_host, config.memory_port, health_service=NOTIFICATIONS_SERVICE
+        ),
     ]
     if config.ops_port is not None:
         listeners.append(_ops_listener(config.ops_port))

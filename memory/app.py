@@ -1,16 +1,24 @@
-"""The memory service, assembled: migrations, the pool, Redis, the embedder, and the four servicers."""
+"""The memory service, assembled: migrations, the pool, Redis, the embedder, the four memory servicers,
+and notifications (NotificationsService for people, NotifierService for the mesh, Web Push)."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 from athena.memory.v1 import memory_pb2, memory_pb2_grpc
+from athena.notifications.v1 import notifications_pb2, notifications_pb2_grpc
 
 from memory.database import Database, init_connection
 from memory.embeddings import BatchingEmbedder, Embedder, OpenAIEmbedder
 from memory.ephemeral import RedisEphemeralStore
 from memory.keys import UserKeys
 from memory.migrate import SERVICE, apply_migrations, migrate
+from memory.notification_bus import RedisNotificationBus
+from memory.notification_service import NotificationsServicer, NotifierServicer
+from memory.notification_store import PostgresNotificationStore
+from memory.notifications import NotificationHub, Notifier, PushSender
 from memory.ranking import RankingPolicy
 from memory.recall import Recaller
 from memory.repository import (
@@ -27,6 +35,7 @@ from memory.service import (
     UserDataServicer,
 )
 from memory.settings import MemorySettings
+from memory.webpush import VapidKey, WebPushSender, load_vapid_key
 from mesh.app import Assembly, Command, Deps, ServiceApp
 from mesh.envelope import DataKeys
 from mesh.keystore import PostgresDataKeys, rewrap_keys
@@ -34,15 +43,29 @@ from mesh.kms import KeyEncryptionKeys
 from mesh.kms import from_settings as kms_from_settings
 from mesh.server import Service
 
+log = logging.getLogger(__name__)
+
+SUBSCRIBER_TIMEOUT_SECONDS = 5.0
+"""Socket timeout of the connection following other replicas' notification events."""
+
 SERVICE_NAMES = tuple(
     memory_pb2.DESCRIPTOR.services_by_name[name].full_name
     for name in ("MemoryService", "ConversationService", "AgentService", "UserDataService")
 )
 
-SERVICE_METHODS = (f"/{SERVICE_NAMES[2]}/SyncAgents", f"/{SERVICE_NAMES[1]}/DeliverAnswer")
-"""Methods called for no user (the orchestrator seeding the catalog, its outbox delivering answers): they
-need the deployment's service key (`ATHENA_SERVICE_KEY`, checked by mesh.interceptors.AuthInterceptor)
-instead of an access token."""
+NOTIFICATIONS, NOTIFIER = (
+    notifications_pb2.DESCRIPTOR.services_by_name[name].full_name
+    for name in ("NotificationsService", "NotifierService")
+)
+
+SERVICE_METHODS = (
+    f"/{SERVICE_NAMES[2]}/SyncAgents",
+    f"/{SERVICE_NAMES[1]}/DeliverAnswer",
+    f"/{NOTIFIER}/Notify",
+)
+"""Methods called for no user (the orchestrator seeding the catalog, its outbox delivering answers, rules
+leaving a notification): they need the deployment's service key (`ATHENA_SERVICE_KEY`, checked by
+mesh.interceptors.AuthInterceptor) instead of an access token."""
 
 
 @dataclass(kw_only=True)
@@ -51,6 +74,8 @@ class MemoryDeps(Deps):
     """Turns text into vectors; None: the `/embeddings` API at `settings.openai_base_url`."""
     kms: KeyEncryptionKeys | None = None
     """Wraps the users' data keys; None: the KMS the settings name (`mesh.kms.from_settings`)."""
+    push_sender: PushSender | None = None
+    """Sends Web Push; None: pywebpush with the VAPID key of the settings (`memory.webpush`), if any."""
 
 
 async def build(settings: MemorySettings, deps: MemoryDeps) -> Assembly:
@@ -100,6 +125,23 @@ async def build(settings: MemorySettings, deps: MemoryDeps) -> Assembly:
     recaller = Recaller(memory_store, embedder, policy)
     memory = MemoryServicer(memory_store, recaller, embedder, ephemeral, defaults)
     memory_name, conversation_name, agent_name, user_data_name = SERVICE_NAMES
+    bus = RedisNotificationBus(
+        deps.redis(settings.redis_url, settings.redis_timeout_seconds),
+        # Its reads wait up to a second for a message: a socket timeout above that.
+        subscriber=deps.redis(settings.redis_url, SUBSCRIBER_TIMEOUT_SECONDS),
+    )
+    notifier = Notifier(
+        PostgresNotificationStore(database, keys),
+        NotificationHub(),
+        bus,
+        deps.push_sender or _push_sender(settings),
+        clock=deps.clock,
+        heartbeat_seconds=settings.notifications_heartbeat_seconds,
+    )
+
+    async def follow_notification_events() -> None:
+        await bus.follow(notifier.received, notifier.hub.resync)
+
     return Assembly(
         services=[
             Service(memory_name, memory, memory_pb2_grpc.add_MemoryServiceServicer_to_server),
@@ -123,10 +165,39 @@ async def build(settings: MemorySettings, deps: MemoryDeps) -> Assembly:
                 UserDataServicer(PostgresUserDataStore(database, keys), ephemeral),
                 memory_pb2_grpc.add_UserDataServiceServicer_to_server,
             ),
+            Service(
+                NOTIFICATIONS,
+                NotificationsServicer(notifier, allow_http_endpoints=settings.push_allow_http_endpoints),
+                notifications_pb2_grpc.add_NotificationsServiceServicer_to_server,
+            ),
+            Service(
+                NOTIFIER,
+                NotifierServicer(notifier),
+                notifications_pb2_grpc.add_NotifierServiceServicer_to_server,
+            ),
         ],
-        # PostgreSQL answers within a second; Redis is optional (ephemeral values only).
+        # PostgreSQL answers within a second; Redis is optional (ephemeral values, other replicas' events).
         readiness=database.ping,
+        background=[follow_notification_events],
         service_methods=SERVICE_METHODS,
+    )
+
+
+def _push_sender(settings: MemorySettings) -> WebPushSender | None:
+    """Web Push with the deployment's VAPID key (made on a dev first start); None without one."""
+    key = load_vapid_key(settings.vapid_key_path, create_if_missing=settings.env == "dev")
+    if key is None:
+        log.warning(
+            "no VAPID key: Web Push is off (notifications are still stored and streamed)",
+            extra={"path": str(settings.vapid_key_path)},
+        )
+        return None
+    return WebPushSender(
+        key,
+        subject=settings.vapid_subject,
+        ttl_seconds=settings.push_ttl_seconds,
+        urgency=settings.push_urgency,
+        timeout_seconds=settings.push_timeout_seconds,
     )
 
 
@@ -142,6 +213,17 @@ def _rewrap_keys(settings: MemorySettings) -> int:
     return rewrap_keys(settings.database_url, kms_from_settings(settings), SERVICE)
 
 
+def _generate_vapid_key(settings: MemorySettings) -> int:
+    path: Path = settings.vapid_key_path
+    if path.exists():
+        print(f"{path} exists; kept (a new key would unsubscribe every device)")
+        return 1
+    key = VapidKey.generate()
+    key.save(path)
+    print(f"wrote {path}; its public key (applicationServerKey): {key.public_key}")
+    return 0
+
+
 MEMORY = ServiceApp(
     name="memory",
     description="AthenaOS memory service: memories (pgvector), conversations, agents, user data. "
@@ -154,6 +236,10 @@ MEMORY = ServiceApp(
         "rewrap-keys": Command(
             "rewrap every user's data key under the KMS's current key-encryption key (after a rotation)",
             _rewrap_keys,
+        ),
+        "generate-vapid-key": Command(
+            "write a new VAPID key for Web Push to MEMORY_VAPID_KEY_FILE (for the Secret memory-vapid-key)",
+            _generate_vapid_key,
         ),
     },
 )

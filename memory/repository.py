@@ -762,7 +762,15 @@ class PostgresAgentStore:
 class PostgresUserDataStore:
     """Export and erasure of everything a user has in PostgreSQL."""
 
-    _TABLES = ("messages", "conversations", "vector_memory", "user_agents")
+    _TABLES = (
+        "messages",
+        "conversations",
+        "vector_memory",
+        "user_agents",
+        "notifications",
+        "notification_settings",
+        "push_subscriptions",
+    )
 
     def __init__(self, database: Database, keys: UserKeys) -> None:
         self._db = database

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Literal
+
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
@@ -98,6 +101,30 @@ class MemorySettings(ServiceSettings):
     """Longest a single statement may run."""
     redis_timeout_seconds: float = Field(1.0, gt=0)
     """Connect and command timeout of Redis calls."""
+    vapid_key_file: Path | None = None
+    """The deployment's VAPID private key for Web Push (P-256, PKCS#8 PEM; `memory.webpush`);
+    `data_dir/vapid/private_key.pem` when unset. Made on a dev first start; in Kubernetes the Secret
+    memory-vapid-key, mounted read-only. Without it Web Push is off (notifications are still stored)."""
+    vapid_subject: str = Field("mailto:webpush@localhost", pattern=r"^(mailto:|https://)\S+$")
+    """The VAPID `sub` claim: how a push service reaches the operator (a `mailto:` or `https:` URI)."""
+    push_ttl_seconds: int = Field(86_400, ge=0, le=2_419_200)
+    """How long a push service keeps a notification for a device that is offline (the `TTL` header)."""
+    push_urgency: Literal["very-low", "low", "normal", "high"] = "normal"
+    """The `Urgency` header of every push (RFC 8030 §5.3)."""
+    push_timeout_seconds: float = Field(10.0, gt=0)
+    """Longest wait for one push service's answer."""
+    push_allow_http_endpoints: bool = False
+    """Accept http:// push endpoints (a local push-service emulator); real push services are https."""
+    notifications_heartbeat_seconds: float = Field(30.0, gt=0, le=300)
+    """An idle WatchNotifications stream carries a heartbeat this often (below the edge's idle timeout)."""
+
+    @property
+    def vapid_key_path(self) -> Path:
+        return (
+            self.vapid_key_file
+            if self.vapid_key_file is not None
+            else self.data_dir / "vapid" / "private_key.pem"
+        )
 
     @property
     def sends_dimensions(self) -> bool:

@@ -12,6 +12,7 @@ from athena.connections.v1 import connections_pb2
 from athena.identity.v1 import identity_pb2
 from athena.integrations.v1 import integrations_pb2
 from athena.memory.v1 import memory_pb2
+from athena.notifications.v1 import notifications_pb2
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
@@ -92,6 +93,13 @@ class AccountServicer(account_pb2_grpc.AccountServiceServicer):
             if kind is None:
                 continue
             sections[_SECTIONS[kind]].append(_as_dict(getattr(record, kind)))
+        sections["notifications"] = [_as_dict(item) async for item in self._notifications()]
+        settings = await clients.call(
+            self._peers.notifications.GetNotificationSettings,
+            notifications_pb2.GetNotificationSettingsRequest(),
+            timeout_seconds=self._timeout(),
+        )
+        sections["notification_settings"] = [_as_dict(settings.settings)]
         profile = _as_dict(identity.account)
         first = True
         async for chunk in export.chunked(export.document_parts(profile, sections, self._clock.now())):
@@ -99,6 +107,21 @@ class AccountServicer(account_pb2_grpc.AccountServiceServicer):
                 chunk=chunk, content_type="application/json" if first else ""
             )
             first = False
+
+    async def _notifications(self) -> AsyncIterator[notifications_pb2.Notification]:
+        """Every notification of the caller, newest first, a page at a time."""
+        token = ""
+        while True:
+            page = await clients.call(
+                self._peers.notifications.ListNotifications,
+                notifications_pb2.ListNotificationsRequest(page_size=100, page_token=token),
+                timeout_seconds=self._timeout(),
+            )
+            for notification in page.notifications:
+                yield notification
+            token = page.next_page_token
+            if not token:
+                return
 
     async def DeleteAccount(
         self, request: account_pb2.DeleteAccountRequest, context: Context

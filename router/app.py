@@ -7,6 +7,7 @@ from athena.account.v1 import account_pb2, account_pb2_grpc
 from athena.auth.v1 import auth_pb2
 from athena.chat.v1 import chat_pb2, chat_pb2_grpc
 from athena.connections.v1 import connections_pb2
+from athena.notifications.v1 import notifications_pb2
 from athena.uploads.v1 import uploads_pb2
 
 from mesh.app import Assembly, Deps, ServiceApp
@@ -21,7 +22,8 @@ ACCOUNT = account_pb2.DESCRIPTOR.services_by_name["AccountService"].full_name
 AUTH = auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name
 CONNECTIONS = connections_pb2.DESCRIPTOR.services_by_name["ConnectionsService"].full_name
 UPLOADS = uploads_pb2.DESCRIPTOR.services_by_name["UploadsService"].full_name
-PUBLIC_API = (CHAT, ACCOUNT, AUTH, CONNECTIONS, UPLOADS)
+NOTIFICATIONS = notifications_pb2.DESCRIPTOR.services_by_name["NotificationsService"].full_name
+PUBLIC_API = (CHAT, ACCOUNT, AUTH, CONNECTIONS, UPLOADS, NOTIFICATIONS)
 """What reflection shows through the edge: the public services, whichever process serves them."""
 
 

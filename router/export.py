@@ -24,14 +24,19 @@ PROCESSING = {
         "memories",
         "agent preferences",
         "connections",
+        "notifications agents left for you, and your notification settings",
     ],
     "retention": {
         "conversations": "until you delete them or your account",
         "memories": "until you or an agent forgets them, or you delete your account",
         "ephemeral data (calendar free/busy, wearable stats)": "5 minutes",
+        "notifications, notification settings and devices subscribed to Web Push": "until you delete "
+        "your account (a device's subscription also ends when its push service says it is gone)",
         "sessions": "30 days after last use; revoked on sign-out and account deletion",
     },
     "recipients": [
+        "the push service of each device you allowed notifications on (your browser's vendor) receives "
+        "each notification end-to-end encrypted for that device",
         "the language-model provider configured by the operator receives the messages of a turn, the "
         "memories recalled for it and tool results, to produce the answer",
     ],

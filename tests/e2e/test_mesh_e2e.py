@@ -25,6 +25,7 @@ from athena.account.v1 import account_pb2, account_pb2_grpc
 from athena.auth.v1 import auth_pb2, auth_pb2_grpc
 from athena.chat.v1 import chat_pb2, chat_pb2_grpc
 from athena.memory.v1 import memory_pb2, memory_pb2_grpc
+from athena.notifications.v1 import notifications_pb2, notifications_pb2_grpc
 from google.protobuf.json_format import MessageToDict
 from grpcweb import call as grpc_web_call
 
@@ -43,6 +44,7 @@ PUBLIC = {
     "athena.account.v1.AccountService",
     "athena.connections.v1.ConnectionsService",
     "athena.uploads.v1.UploadsService",
+    "athena.notifications.v1.NotificationsService",
 }
 SERVICE_NAMES = {
     "router": ["athena.chat.v1.ChatService", "athena.account.v1.AccountService"],
@@ -52,6 +54,8 @@ SERVICE_NAMES = {
         "athena.memory.v1.ConversationService",
         "athena.memory.v1.AgentService",
         "athena.memory.v1.UserDataService",
+        "athena.notifications.v1.NotificationsService",
+        "athena.notifications.v1.NotifierService",
     ],
     "auth": ["athena.auth.v1.AuthService"],
     "integrations": [
@@ -186,6 +190,7 @@ def test_internal_services_are_not_routable_through_the_edge(mesh: RunningMesh) 
         "athena.memory.v1.MemoryService/ListMemories",
         "athena.memory.v1.UserDataService/PurgeUser",
         "athena.integrations.v1.IntegrationsService/PurgeUser",
+        "athena.notifications.v1.NotifierService/Notify",
     ):
         result = grpcurl(
             "-import-path",
@@ -198,6 +203,8 @@ def test_internal_services_are_not_routable_through_the_edge(mesh: RunningMesh) 
             "athena/orchestrator/v1/orchestrator.proto",
             "-proto",
             "athena/integrations/v1/integrations.proto",
+            "-proto",
+            "athena/notifications/v1/notifications.proto",
             "-H",
             f"authorization: Bearer {token}",
             "-d",
@@ -207,6 +214,29 @@ def test_internal_services_are_not_routable_through_the_edge(mesh: RunningMesh) 
         )
         assert result.returncode != 0
         assert "Unimplemented" in result.stderr, result.stderr
+
+
+def test_notifications_are_served_through_the_edge_with_a_token(mesh: RunningMesh) -> None:
+    """NotificationsService goes to memory: a token is required, the watch stream opens with the unread
+    count, and the dev deployment has a VAPID key for browsers to subscribe with."""
+    session = dev_login(mesh, "notified@example.com")
+    token = (("authorization", f"Bearer {session.access_token}"),)
+    with grpc.insecure_channel(mesh.edge) as channel:
+        stub = notifications_pb2_grpc.NotificationsServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.ListNotifications(notifications_pb2.ListNotificationsRequest(), timeout=10)
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        listed = stub.ListNotifications(
+            notifications_pb2.ListNotificationsRequest(), metadata=token, timeout=10
+        )
+        assert listed.unread_count == 0
+        config = stub.GetPushConfig(notifications_pb2.GetPushConfigRequest(), metadata=token, timeout=10)
+        assert len(config.vapid_public_key) == 87
+        stream = stub.WatchNotifications(notifications_pb2.WatchNotificationsRequest(), metadata=token)
+        try:
+            assert next(stream).unread_count == 0
+        finally:
+            stream.cancel()
 
 
 async def test_chat_streams_over_grpc_web_and_native_grpc(mesh: RunningMesh) -> None:

@@ -69,8 +69,9 @@ class MemoryHarness:
 
     @property
     def service_metadata(self) -> tuple[tuple[str, str], ...]:
-        """Metadata of a call made for no user (SyncAgents)."""
-        return tuple(service_call(SERVICE_KEY)["metadata"])
+        """Metadata of a call made for no user (SyncAgents, Notify), with the service's key."""
+        key = self.settings.service_key
+        return tuple(service_call(key.get_secret_value() if key is not None else SERVICE_KEY)["metadata"])
 
     def user(self) -> tuple[str, tuple[tuple[str, str], ...]]:
         """A fresh user id and the call metadata carrying its token."""

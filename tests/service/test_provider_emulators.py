@@ -17,18 +17,25 @@ import hashlib
 import json
 import re
 import secrets
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import http_ece
 import httpx
 import pytest_asyncio
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from doubles.clock import FakeClock
-from emulators import GoogleEmulator, MicrosoftEmulator
+from emulators import GoogleEmulator, MicrosoftEmulator, PushEmulator
 from emulators.google import GOOGLE_DOC
+from emulators.push import BrowserSubscription
+from py_vapid import Vapid
+from pywebpush import WebPushException, webpush
 
 REDIRECT = "http://127.0.0.1:8080/oauth/callback"
 ADA = "ada@example.com"
@@ -1573,3 +1580,193 @@ async def test_drive_changes_watch_needs_a_page_token_and_sends_change(
         headers=drive,
     )
     assert stopped.status_code == 204
+
+
+# --- Web Push (RFC 8030 / 8291 / 8292) ------------------------------------------------------------------
+
+RFC8291_RECEIVER_KEY = "q1dXpw3UpT5VOmu_cf_v6ih07Aems3njxI-JWgLcM94"
+RFC8291_AUTH = "BTBZMqHH6r4Tts7J_aSIgg"
+RFC8291_BODY = (
+    "DGv6ra1nlYgDCS1FRnbzlwAAEABBBP4z9KsN6nGRTbVYI_c7VJSPQTBtkgcy27mlmlMoZIIgDll6e3vCYLocInmYWAmS6TlzAC8wEqKK6P"
+    "Bru3jl7A_yl95bQpu6cVPTpK4Mqgkf1CXztLVBSt2Ks3oZwbuwXPXLWyouBWLVWGNWQexSgSxsj_Qulcy4a-fN"
+)
+"""RFC 8291 Appendix A: the receiver's private key, its auth secret, and the message body it decrypts to
+"When I grow up, I want to be a watermelon"."""
+
+
+@pytest_asyncio.fixture
+async def push() -> AsyncIterator[PushEmulator]:
+    emulator = PushEmulator()
+    await emulator.start()
+    try:
+        yield emulator
+    finally:
+        await emulator.stop()
+
+
+def vapid_headers(key: Vapid, endpoint: str, **claims: Any) -> dict[str, str]:
+    """`Authorization: vapid t=..., k=...` for `endpoint`, with `claims` over the defaults."""
+    parts = urlsplit(endpoint)
+    signed = {
+        "aud": f"{parts.scheme}://{parts.netloc}",
+        "exp": int(time.time()) + 3600,
+        "sub": "mailto:ops@example.com",
+        **claims,
+    }
+    # py_vapid refuses to sign a bad `sub` unless told not to be strict (the emulator must see one).
+    return dict(Vapid(key.private_key, conf={"no-strict": True}).sign(signed))
+
+
+async def send_push(subscription: BrowserSubscription, data: str, key: Vapid, **overrides: Any) -> Any:
+    """pywebpush's own send (in a thread: it blocks), with the Web Push exception caught and returned."""
+    arguments: dict[str, Any] = {
+        "subscription_info": subscription.as_json(),
+        "data": data,
+        "vapid_private_key": key,
+        "vapid_claims": {"sub": "mailto:ops@example.com"},
+        "ttl": 60,
+        "headers": {"Urgency": "high"},
+        **overrides,
+    }
+    try:
+        return await asyncio.to_thread(webpush, **arguments)
+    except WebPushException as exc:
+        return exc.response
+
+
+async def test_push_decrypts_the_rfc8291_example(push: PushEmulator) -> None:
+    """The emulator's decryption is the RFC's: its worked example opens with the example's keys."""
+    subscription = push.subscribe()
+    subscription.private_key = ec.derive_private_key(
+        int.from_bytes(base64.urlsafe_b64decode(RFC8291_RECEIVER_KEY + "=")), ec.SECP256R1()
+    )
+    subscription.auth_secret = base64.urlsafe_b64decode(RFC8291_AUTH + "==")
+    key = Vapid()
+    key.generate_keys()
+    body = base64.urlsafe_b64decode(RFC8291_BODY + "=" * (-len(RFC8291_BODY) % 4))
+    async with httpx.AsyncClient() as client:
+        response = await client.post(
+            subscription.endpoint,
+            content=body,
+            headers={
+                "TTL": "30",
+                "Content-Encoding": "aes128gcm",
+                **vapid_headers(key, subscription.endpoint),
+            },
+        )
+    assert response.status_code == 201
+    assert response.headers["TTL"] == "30"
+    assert response.headers["Location"].startswith(f"{push.base_url}/message/")
+    (message,) = push.messages_for(subscription)
+    assert message.payload == b"When I grow up, I want to be a watermelon"
+
+
+async def test_push_accepts_what_pywebpush_sends_and_records_it_decrypted(push: PushEmulator) -> None:
+    key = Vapid()
+    key.generate_keys()
+    application_server_key = (
+        base64.urlsafe_b64encode(
+            key.public_key.public_bytes(
+                serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+            )
+        )
+        .decode()
+        .rstrip("=")
+    )
+    phone = push.subscribe(application_server_key)
+    laptop = push.subscribe()
+    for subscription, text in ((phone, "to the phone"), (laptop, "to the laptop")):
+        response = await send_push(subscription, json.dumps({"title": text}), key)
+        assert response.status_code == 201
+    (to_phone,) = push.messages_for(phone)
+    assert to_phone.json() == {"title": "to the phone"}
+    assert to_phone.ttl == 60
+    assert to_phone.urgency == "high"
+    assert to_phone.vapid_key == application_server_key
+    assert to_phone.claims["aud"] == push.base_url
+    assert to_phone.claims["sub"] == "mailto:ops@example.com"
+    assert [m.json() for m in push.messages_for(laptop)] == [{"title": "to the laptop"}]
+
+
+async def test_push_refuses_what_a_push_service_refuses(push: PushEmulator) -> None:
+    key, other = Vapid(), Vapid()
+    key.generate_keys()
+    other.generate_keys()
+    subscription = push.subscribe()
+    stranger = push.subscribe()
+    encrypted = http_ece.encrypt(
+        b"hello",
+        private_key=ec.generate_private_key(ec.SECP256R1()),
+        dh=base64.urlsafe_b64decode(subscription.p256dh + "="),
+        auth_secret=subscription.auth_secret,
+        version="aes128gcm",
+    )
+
+    async def post(url: str, body: bytes = encrypted, **headers: str) -> int:
+        sent = {"TTL": "0", "Content-Encoding": "aes128gcm", **vapid_headers(key, url), **headers}
+        async with httpx.AsyncClient() as client:
+            return (
+                await client.post(url, content=body, headers={k: v for k, v in sent.items() if v})
+            ).status_code
+
+    assert await post(subscription.endpoint) == 201
+    assert await post(subscription.endpoint, TTL="") == 400
+    assert await post(subscription.endpoint, Urgency="urgent") == 400
+    assert await post(subscription.endpoint, Topic="x" * 33) == 400
+    assert await post(subscription.endpoint, **{"Content-Encoding": "aesgcm"}) == 400
+    assert await post(subscription.endpoint, body=b"\0" * 4097) == 413
+    # Encrypted for another device: it does not open with this one's keys.
+    assert await post(stranger.endpoint) == 400
+    assert await post(subscription.endpoint, Authorization="") == 401
+    for claims in (
+        {"aud": "https://elsewhere.example"},
+        {"exp": int(time.time()) + 25 * 3600},
+        {"exp": int(time.time()) - 1},
+        {"sub": "ops@example.com"},
+    ):
+        assert await post(subscription.endpoint, **vapid_headers(key, subscription.endpoint, **claims)) == 401
+    # Signed by one key, claiming another.
+    forged = (
+        vapid_headers(key, subscription.endpoint)["Authorization"].split("k=")[0]
+        + "k="
+        + (vapid_headers(other, subscription.endpoint)["Authorization"].split("k=")[1])
+    )
+    assert await post(subscription.endpoint, Authorization=forged) == 401
+    assert await post(f"{push.base_url}/push/unknown") == 404
+    assert len(push.messages) == 1
+
+
+async def test_push_answers_403_for_a_key_other_than_the_subscriptions(push: PushEmulator) -> None:
+    key, other = Vapid(), Vapid()
+    key.generate_keys()
+    other.generate_keys()
+    point = other.public_key.public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+    )
+    subscription = push.subscribe(base64.urlsafe_b64encode(point).decode().rstrip("="))
+    response = await send_push(subscription, "hello", key)
+    assert response.status_code == 403
+    assert push.messages == []
+
+
+async def test_push_answers_404_or_410_for_an_expired_subscription(push: PushEmulator) -> None:
+    key = Vapid()
+    key.generate_keys()
+    gone, missing = push.subscribe(), push.subscribe()
+    push.expire(gone)
+    push.expire(missing, 404)
+    assert (await send_push(gone, "hello", key)).status_code == 410
+    assert (await send_push(missing, "hello", key)).status_code == 404
+    assert push.messages == []
+
+
+def test_a_browser_subscription_has_the_shape_of_push_subscription_to_json(push: PushEmulator) -> None:
+    subscription = push.subscribe()
+    body = subscription.as_json()
+    assert body["endpoint"].startswith(f"{push.base_url}/push/")
+    assert body["expirationTime"] is None
+    point = base64.urlsafe_b64decode(body["keys"]["p256dh"] + "=")
+    assert len(point) == 65
+    assert point[0] == 4
+    assert len(base64.urlsafe_b64decode(body["keys"]["auth"] + "==")) == 16
+    assert "=" not in body["keys"]["p256dh"] + body["keys"]["auth"]

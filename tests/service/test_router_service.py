@@ -15,6 +15,7 @@ import pytest_asyncio
 from athena.account.v1 import account_pb2, account_pb2_grpc
 from athena.auth.v1 import auth_pb2
 from athena.chat.v1 import chat_pb2, chat_pb2_grpc
+from athena.notifications.v1 import notifications_pb2, notifications_pb2_grpc
 from conftest import auth_metadata, service_settings
 from grpc_health.v1 import health_pb2
 from router_fixtures import (  # type: ignore[import-not-found]
@@ -268,11 +269,30 @@ async def test_export_holds_the_callers_profile_conversations_memories_and_proce
     session = await mesh.sign_in(email)
     metadata = auth_metadata(session.access_token)
     user_id = session.user.id
-    _, stranger = mesh.user()
+    stranger_id, stranger = mesh.user()
     await chat(router.chat, stranger, "remember the stranger likes jazz")
     turn = await chat(router.chat, metadata, "remember my caloric goal is 1800 kcal", agent_id="nutrition")
     await router.chat.SetAgentEnabled(
         chat_pb2.SetAgentEnabledRequest(agent_id="sme", enabled=False), metadata=metadata
+    )
+    notifier = notifications_pb2_grpc.NotifierServiceStub(mesh.memory.channel)
+    for who, title in ((user_id, "Short night"), (stranger_id, "the stranger's night")):
+        await notifier.Notify(
+            notifications_pb2.NotifyRequest(
+                user_id=who,
+                agent_id="focus",
+                title=title,
+                body="Take it easy",
+                kind="short_night",
+                dedupe_key="n",
+            ),
+            metadata=mesh.memory.service_metadata,
+        )
+    await notifications_pb2_grpc.NotificationsServiceStub(mesh.memory.channel).UpdateNotificationSettings(
+        notifications_pb2.UpdateNotificationSettingsRequest(
+            settings=notifications_pb2.NotificationSettings(muted_agent_ids=["sme"])
+        ),
+        metadata=metadata,
     )
 
     document = await export(router, metadata)
@@ -302,7 +322,12 @@ async def test_export_holds_the_callers_profile_conversations_memories_and_proce
     [memory] = document["memories"]
     assert (memory["text"], memory["scope"]) == ("my caloric goal is 1800 kcal", "MEMORY_SCOPE_USER")
     assert memory["created_at"]
+    [notification] = document["notifications"]
+    assert (notification["title"], notification["agent_id"]) == ("Short night", "focus")
+    assert notification["link"] == "/?agent=focus"
+    assert document["notification_settings"] == [{"muted_agent_ids": ["sme"]}]
     assert "jazz" not in json.dumps(document)
+    assert "stranger's night" not in json.dumps(document)
 
 
 async def test_delete_account_erases_everything_and_revokes_sessions(

@@ -19,12 +19,14 @@ from edge.envoy_config import (
     CHAT_SERVICE,
     CONNECTIONS_SERVICE,
     EDGE_REFLECTION_HEADER,
+    NOTIFICATIONS_SERVICE,
     UPLOADS_SERVICE,
     WEBHOOKS_PREFIX,
     EdgeConfig,
     main,
     render,
 )
+from memory.settings import MemorySettings
 from mesh.settings import ServiceSettings
 
 ENVOY = shutil.which("envoy", path=str(Path(sys.executable).parent)) or shutil.which("envoy")
@@ -35,6 +37,7 @@ GRPC_PREFIXES = {
     f"/{AUTH_SERVICE}/": "auth",
     f"/{CONNECTIONS_SERVICE}/": "integrations",
     f"/{UPLOADS_SERVICE}/": "integrations",
+    f"/{NOTIFICATIONS_SERVICE}/": "memory",
     "/grpc.health.v1.Health/": "router",
     "/grpc.reflection.v1alpha.ServerReflection/": "router",
     "/grpc.reflection.v1.ServerReflection/": "router",
@@ -80,15 +83,34 @@ def test_filters_run_grpc_web_then_cors_then_jwt_then_router(bootstrap: dict[str
     ]
 
 
+INTERNAL_SERVICES = (
+    "athena.memory.v1.MemoryService",
+    "athena.memory.v1.ConversationService",
+    "athena.memory.v1.AgentService",
+    "athena.memory.v1.UserDataService",
+    "athena.notifications.v1.NotifierService",
+    "athena.orchestrator.v1.OrchestratorService",
+    "athena.integrations.v1.IntegrationsService",
+    "athena.identity.v1.IdentityService",
+)
+
+
 def test_no_internal_service_is_reached_but_the_orchestrator_for_the_chat_stream(
     bootstrap: dict[str, Any],
 ) -> None:
-    assert "memory" not in json.dumps(bootstrap).lower()
-    ports = {node["port_value"] for node in walk(bootstrap) if "port_value" in node}
-    assert 50053 not in ports
+    rendered = json.dumps(bootstrap)
+    for internal in INTERNAL_SERVICES:
+        assert internal not in rendered
     clusters = {cluster["name"] for cluster in bootstrap["static_resources"]["clusters"]}
     routed = {node["cluster"] for node in walk(edge_routes(bootstrap)) if "cluster" in node}
-    assert routed <= {"router", "orchestrator", "auth", "integrations", "webhooks"} <= clusters
+    assert routed <= {"router", "orchestrator", "auth", "integrations", "memory", "webhooks"} <= clusters
+    # Memory serves internal services too: only NotificationsService's prefix leads there.
+    to_memory = [
+        route["match"]
+        for route in edge_routes(bootstrap)
+        if route.get("route", {}).get("cluster") == "memory"
+    ]
+    assert to_memory == [{"prefix": f"/{NOTIFICATIONS_SERVICE}/"}]
     to_orchestrator = [
         route["match"]
         for route in edge_routes(bootstrap)
@@ -126,7 +148,9 @@ def test_reflection_calls_are_marked_for_the_router(bootstrap: dict[str, Any]) -
         assert header["append_action"] == "OVERWRITE_IF_EXISTS_OR_ADD"
 
 
-def test_tokens_are_required_for_chat_account_connections_and_uploads_only(bootstrap: dict[str, Any]) -> None:
+def test_tokens_are_required_for_chat_account_connections_uploads_and_notifications_only(
+    bootstrap: dict[str, Any],
+) -> None:
     (jwt,) = [
         f for f in edge_manager(bootstrap)["http_filters"] if f["name"] == "envoy.filters.http.jwt_authn"
     ]
@@ -137,6 +161,7 @@ def test_tokens_are_required_for_chat_account_connections_and_uploads_only(boots
         f"/{ACCOUNT_SERVICE}/": {"provider_name": "athena"},
         f"/{CONNECTIONS_SERVICE}/": {"provider_name": "athena"},
         f"/{UPLOADS_SERVICE}/": {"provider_name": "athena"},
+        f"/{NOTIFICATIONS_SERVICE}/": {"provider_name": "athena"},
     }
     provider = config["providers"]["athena"]
     assert provider["issuer"] == "athenaos"
@@ -418,3 +443,8 @@ def test_envoy_opens_another_connection_before_a_service_would_refuse_streams(
             continue
         http2 = options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["explicit_http_config"]
         assert http2["http2_protocol_options"]["max_concurrent_streams"] < limit, cluster["name"]
+
+
+def test_a_watched_notification_stream_beats_before_the_edge_would_reset_it() -> None:
+    heartbeat = MemorySettings.model_fields["notifications_heartbeat_seconds"].default
+    assert heartbeat * 2 < EdgeConfig().stream_idle_timeout_seconds

@@ -147,6 +147,8 @@ def started(
         commands_run_by_pods()
         | {
             ("auth", "rotate-keys"),
+            # what k8s/overlays/dev/create-secrets.sh and k8s/README.md make the Secret memory-vapid-key with
+            ("memory", "generate-vapid-key"),
             # the operator commands k8s/README.md runs with `kubectl exec` after a KMS key rotation
             ("memory", "rewrap-keys"),
             ("auth", "rewrap-keys"),

@@ -12,6 +12,7 @@ import ipaddress
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 from typing import Any
 
 import pytest
@@ -535,6 +536,22 @@ def test_auth_reads_its_signing_keys_from_a_read_only_secret(rendered: list[Mani
     assert volumes[mount["name"]]["secret"]["defaultMode"] == 0o440
 
 
+def test_memory_reads_the_vapid_key_from_a_read_only_secret(rendered: list[Manifest]) -> None:
+    """Every memory replica signs Web Push with the one key browsers subscribed with: the Secret
+    memory-vapid-key, never a key made in a pod (a dev start would make one under its own data dir)."""
+    deployment = of_kind(rendered, "Deployment")["memory"]
+    container = main_container(deployment)
+    env = environment(container, rendered)
+    key_file = PurePosixPath(env["MEMORY_VAPID_KEY_FILE"])
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == str(key_file.parent)]
+    assert mount["readOnly"] is True
+    volumes = {volume["name"]: volume for volume in pod_spec(deployment)["volumes"]}
+    secret = volumes[mount["name"]]["secret"]
+    assert secret["secretName"] == "memory-vapid-key"
+    assert secret["defaultMode"] == 0o440
+    assert env["MEMORY_VAPID_SUBJECT"].startswith(("mailto:", "https://"))
+
+
 @pytest.mark.parametrize("name", ["memory", "auth", "integrations"])
 def test_sealing_services_read_the_kms_keys_from_a_read_only_secret(
     rendered: list[Manifest], name: str
@@ -755,6 +772,7 @@ CALL_GRAPH = {
     ("edge", "integrations", 50055),
     # provider notifications under /webhooks/, plain HTTP to the webhooks service, which calls only Redis
     ("edge", "webhooks", 9106),
+    ("edge", "memory", 50053),
     ("router", "memory", 50053),
     ("router", "auth", 50054),
     ("router", "auth", 9104),
@@ -846,6 +864,7 @@ def test_only_the_edge_reaches_the_orchestrator_and_only_callers_reach_memory_an
     assert {
         source for source, destination, port, _ in flows if destination == "memory" and port == 50053
     } == {
+        "edge",
         "router",
         "orchestrator",
     }

@@ -74,6 +74,15 @@ if ! exists athena-kms-keys; then
   rm -rf "$kms"
 fi
 
+# The deployment's VAPID key for Web Push (`private_key.pem`): every memory replica signs with it, and
+# browsers subscribe with its public half. A new key unsubscribes every device: keep it.
+if ! exists memory-vapid-key; then
+  vapid=$(mktemp -d)
+  MEMORY_VAPID_KEY_FILE="$vapid/private_key.pem" "$python" -m memory generate-vapid-key
+  create memory-vapid-key --from-file="$vapid/private_key.pem"
+  rm -rf "$vapid"
+fi
+
 # Optional, not created here: model-api (api-key) to use a real model instead of the offline one — then
 # also set OPENAI_BASE_URL —, auth-oidc (AUTH_GOOGLE__CLIENT_ID, ...) for Google/Microsoft sign-in, and
 # integrations-oauth (INTEGRATIONS_GOOGLE__CLIENT_ID, INTEGRATIONS_GOOGLE__CLIENT_SECRET,
