@@ -25,7 +25,7 @@ $(WEB)/node_modules/.installed: $(WEB)/package.json $(WEB)/package-lock.json
 
 install: $(VENV)/.installed $(WEB)/node_modules/.installed ## Create the virtualenv and install everything
 
-WEB_SOURCES := $(shell find $(WEB)/src -type f) $(WEB)/build.mjs $(WEB)/build-files.json $(WEB)/tsconfig.json $(wildcard gen/ts/athena/*/v1/*.ts gen/ts/buf/validate/*.ts)
+WEB_SOURCES := $(shell find $(WEB)/src -type f) $(WEB)/build.mjs $(WEB)/icons.mjs $(WEB)/build-files.json $(WEB)/tsconfig.json $(WEB)/tsconfig.sw.json $(wildcard gen/ts/athena/*/v1/*.ts gen/ts/buf/validate/*.ts)
 $(WEB)/dist/index.html: $(WEB)/node_modules/.installed $(WEB_SOURCES)
 	cd $(WEB) && npm run --silent typecheck && node build.mjs
 

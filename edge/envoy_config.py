@@ -133,19 +133,27 @@ CONTENT_TYPES: Mapping[str, str] = {
     ".wasm": "application/wasm",
 }
 
+SERVICE_WORKER_TRUSTED_TYPES_POLICY = "athena-service-worker"
+"""The one Trusted Types policy the page may create: it turns "/sw.js", and nothing else, into the
+TrustedScriptURL that `navigator.serviceWorker.register` requires under the policy below."""
+
 CONTENT_SECURITY_POLICY = "; ".join(
     (
-        # Nothing unless allowed below: no fonts, media, workers, frames or manifests from anywhere.
+        # Nothing unless allowed below: no fonts, media, frames or workers but ours from anywhere.
         "default-src 'none'",
         # The bundle and the stylesheet, from this origin only: no inline <script>, event handler or
         # style attribute, no eval. (index.html has none; the app styles through the CSSOM, which this
         # does not restrict.)
         "script-src 'self'",
         "style-src 'self'",
-        # `data:` for the empty favicon index.html declares, so the browser asks for no /favicon.ico.
+        # The app's icons; `data:` for images the app may inline.
         "img-src 'self' data:",
         # gRPC-web calls go to the page's own origin (the edge serves both).
         "connect-src 'self'",
+        # The web app manifest (installing the app) and the service worker (sw.js: the shell offline,
+        # Web Push), both from this origin.
+        "manifest-src 'self'",
+        "worker-src 'self'",
         "base-uri 'none'",
         # The app's forms are handled by script (or `method=dialog`): none may navigate anywhere.
         "form-action 'none'",
@@ -153,9 +161,10 @@ CONTENT_SECURITY_POLICY = "; ".join(
         "frame-ancestors 'none'",
         "object-src 'none'",
         # DOM sinks (innerHTML, script.src, ...) take no strings: the app builds every node with
-        # createElement and textContent (edge/web/src/dom.ts), and a regression fails loudly.
+        # createElement and textContent (edge/web/src/dom.ts), and a regression fails loudly. One policy
+        # exists, and makes one URL: registering the service worker is such a sink (edge/web/src/pwa.ts).
         "require-trusted-types-for 'script'",
-        "trusted-types 'none'",
+        f"trusted-types {SERVICE_WORKER_TRUSTED_TYPES_POLICY}",
     )
 )
 """The web app's Content-Security-Policy: only its own script and style run, it talks to its own origin

@@ -37,6 +37,7 @@ def web_dist() -> Path:
     dist = WEB / "dist"
     sources = [
         WEB / "build.mjs",
+        WEB / "icons.mjs",
         WEB / "build-files.json",
         *(p for p in (WEB / "src").rglob("*") if p.is_file()),
     ]

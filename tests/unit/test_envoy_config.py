@@ -18,11 +18,14 @@ from edge.envoy_config import (
     AUTH_SERVICE,
     CHAT_SERVICE,
     CONNECTIONS_SERVICE,
+    CONTENT_SECURITY_POLICY,
     EDGE_REFLECTION_HEADER,
     NOTIFICATIONS_SERVICE,
+    SERVICE_WORKER_TRUSTED_TYPES_POLICY,
     UPLOADS_SERVICE,
     WEBHOOKS_PREFIX,
     EdgeConfig,
+    built_web_files,
     main,
     render,
 )
@@ -302,6 +305,40 @@ def test_every_web_app_file_is_served_with_its_content_type(web_root: Path) -> N
     assert "immutable" in header("/assets/app-1a2b.js", "cache-control")
     assert header("/assets/app-1a2b.css", "content-type") == "text/css; charset=utf-8"
     assert header("/favicon.svg", "content-type") == "image/svg+xml"
+
+
+def test_the_installable_app_s_files_are_served_with_their_types_and_revalidated() -> None:
+    """The manifest, its icons and the service worker, as every build names them (build-files.json): the
+    manifest with its own type (Chromium installs from nothing else), the worker as JavaScript from the
+    root (its scope is the whole app, so no Service-Worker-Allowed), and all of them `no-cache`, so a new
+    build reaches installed apps at their next start."""
+    names = built_web_files()
+    config = EdgeConfig(web_root=Path("/nowhere"), web_root_in_envoy=Path("/srv/web"), web_files=names)
+    routes = {
+        r["match"]["path"]: route_headers(r)
+        for r in edge_routes(render(config))
+        if r["name"].startswith("web:")
+    }
+    expected = {
+        "/manifest.webmanifest": "application/manifest+json",
+        "/sw.js": "text/javascript; charset=utf-8",
+        "/icon-192.png": "image/png",
+        "/icon-512.png": "image/png",
+        "/icon-maskable-512.png": "image/png",
+    }
+    for path, content_type in expected.items():
+        assert routes[path]["content-type"] == content_type, path
+        assert routes[path]["cache-control"] == "no-cache", path
+        assert "service-worker-allowed" not in routes[path], path
+
+
+def test_the_page_may_load_its_manifest_and_worker_and_make_one_trusted_url() -> None:
+    policy = csp_directives(CONTENT_SECURITY_POLICY)
+    assert policy["manifest-src"] == ["'self'"]
+    assert policy["worker-src"] == ["'self'"]
+    assert policy["require-trusted-types-for"] == ["'script'"]
+    # One named policy (the one edge/web/src/pwa.ts creates for "/sw.js"), never duplicates or 'none'.
+    assert policy["trusted-types"] == [SERVICE_WORKER_TRUSTED_TYPES_POLICY]
 
 
 def csp_directives(policy: str) -> dict[str, list[str]]:

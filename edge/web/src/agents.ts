@@ -26,6 +26,11 @@ export class AgentPicker {
     return this.agents.get(this.selectedId);
   }
 
+  /** The catalog's agents, in its order (empty until `render`). */
+  get all(): readonly Agent[] {
+    return [...this.agents.values()];
+  }
+
   name(agentId: string): string {
     return this.agents.get(agentId)?.name ?? agentId;
   }

@@ -7,6 +7,7 @@ import { AccountService } from "../../../gen/ts/athena/account/v1/account_pb";
 import { AuthService } from "../../../gen/ts/athena/auth/v1/auth_pb";
 import { ChatService } from "../../../gen/ts/athena/chat/v1/chat_pb";
 import { ConnectionsService } from "../../../gen/ts/athena/connections/v1/connections_pb";
+import { NotificationsService } from "../../../gen/ts/athena/notifications/v1/notifications_pb";
 import { UploadsService } from "../../../gen/ts/athena/uploads/v1/uploads_pb";
 import { SignedOutError } from "./errors";
 import type { SessionStore } from "./session";
@@ -17,6 +18,7 @@ export interface Api {
   readonly account: Client<typeof AccountService>;
   readonly connections: Client<typeof ConnectionsService>;
   readonly uploads: Client<typeof UploadsService>;
+  readonly notifications: Client<typeof NotificationsService>;
 }
 
 export function createApi(baseUrl: string, sessions: SessionStore): Api {
@@ -28,6 +30,7 @@ export function createApi(baseUrl: string, sessions: SessionStore): Api {
     account: createClient(AccountService, authed),
     connections: createClient(ConnectionsService, authed),
     uploads: createClient(UploadsService, authed),
+    notifications: createClient(NotificationsService, authed),
   };
 }
 

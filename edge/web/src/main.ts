@@ -2,7 +2,7 @@
 // sign-in and the app.
 import { Code, ConnectError } from "@connectrpc/connect";
 import { AccountPanel } from "./account";
-import { CONNECTIONS_PATH } from "./address";
+import { CONNECTIONS_PATH, linkTarget, takeLinkTargetFromAddress, type LinkTarget } from "./address";
 import { AgentPicker } from "./agents";
 import { createApi } from "./api";
 import { ChatView } from "./chat";
@@ -10,6 +10,8 @@ import { ConnectionsPanel } from "./connections";
 import { byId, show } from "./dom";
 import { describeError, SignedOutError } from "./errors";
 import { conversationInAddress, HistoryView, setConversationInAddress } from "./history";
+import { NotificationsPanel } from "./notifications";
+import { registerServiceWorker } from "./pwa";
 import { ReceiptDialog } from "./receipt";
 import { SessionStore, type TabSession } from "./session";
 import { SignInView } from "./signin";
@@ -41,6 +43,9 @@ class App {
   );
   private readonly account = new AccountPanel(this.api, this.picker);
   private readonly connections = new ConnectionsPanel(this.api);
+  private readonly notifications = new NotificationsPanel(this.api, this.picker);
+  /** An agent a notification's link named, to select once the agents are listed. */
+  private pendingAgent = "";
   private readonly receipt = new ReceiptDialog();
   private readonly chat = new ChatView(
     this.api,
@@ -89,6 +94,7 @@ class App {
       void this.open(conversationId);
     };
     this.account.onError = (error) => this.showError(error);
+    this.notifications.onOpenLink = (link) => this.openLink(link);
     this.account.onDeleted = (deleted) => {
       const notice = "Your account was deleted.";
       // Over the sign-in page (signing out closes every dialog): what was erased, and its receipt.
@@ -137,6 +143,10 @@ class App {
   }
 
   async boot(): Promise<void> {
+    // A notification opened in a new window: its conversation goes to the fragment, its agent waits for
+    // the agents.
+    this.pendingAgent = takeLinkTargetFromAddress()?.agentId ?? "";
+    void registerServiceWorker((link) => this.openLink(link));
     if (await this.signIn.completeRedirect()) {
       return;
     }
@@ -166,7 +176,11 @@ class App {
     // The box takes text at once; what is sent before the agents (and the conversation in the address)
     // are loaded goes out when they are.
     byId("message", HTMLTextAreaElement).focus();
-    const agents = this.api.chat.listAgents({}).then((answer) => this.picker.render(answer.agents));
+    const agents = this.api.chat.listAgents({}).then((answer) => {
+      this.picker.render(answer.agents);
+      this.selectPendingAgent();
+    });
+    this.notifications.start();
     const opened = agents.then(() => {
       const wanted = conversationInAddress();
       return wanted ? this.open(wanted) : undefined;
@@ -185,6 +199,12 @@ class App {
 
   private leave(notice: string): void {
     this.resetView();
+    // This device stops receiving the pushes of the person who signed out (the server drops the
+    // subscription once the push service says it is gone).
+    void navigator.serviceWorker?.ready
+      .then((registration) => registration.pushManager?.getSubscription())
+      .then((subscription) => subscription?.unsubscribe())
+      .catch(() => undefined);
     void this.signIn.show(notice);
   }
 
@@ -196,6 +216,7 @@ class App {
     this.toggleMenu(false);
     this.history.clear();
     this.connections.reset();
+    this.notifications.reset();
     this.chat.startNew();
     setConversationInAddress("");
     for (const dialog of document.querySelectorAll("dialog")) {
@@ -217,6 +238,46 @@ class App {
     this.chat.startNew();
     setConversationInAddress("");
     this.history.markCurrent("");
+  }
+
+  /** Shows what a notification's link names ("/?agent=<id>&conversation=<id>") in this tab. */
+  private openLink(link: string): void {
+    const target = linkTarget(link);
+    if (!target) {
+      return;
+    }
+    if (!this.sessions.session) {
+      // After sign-in: the conversation in the address, the agent once listed.
+      this.takeTarget(target);
+      return;
+    }
+    this.toggleHistory(false);
+    for (const dialog of document.querySelectorAll("dialog")) {
+      dialog.close();
+    }
+    this.takeTarget(target);
+    if (target.conversationId) {
+      void this.open(target.conversationId);
+    } else {
+      this.startNew();
+      this.selectPendingAgent();
+    }
+  }
+
+  private takeTarget(target: LinkTarget): void {
+    this.pendingAgent = target.agentId;
+    if (target.conversationId) {
+      setConversationInAddress(target.conversationId);
+    }
+  }
+
+  /** Selects the agent a link named, when the agents are listed; a conversation shown later selects its
+   * own. */
+  private selectPendingAgent(): void {
+    if (this.pendingAgent && this.picker.all.length > 0) {
+      this.picker.select(this.pendingAgent);
+      this.pendingAgent = "";
+    }
   }
 
   private async open(conversationId: string): Promise<void> {
