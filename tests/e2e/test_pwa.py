@@ -9,6 +9,7 @@ its contract (proto/athena/notifications/v1/notifications.proto) and skipped unt
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import uuid
@@ -17,8 +18,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import pytest
+from athena.auth.v1 import auth_pb2, auth_pb2_grpc
+from athena.notifications.v1 import notifications_pb2, notifications_pb2_grpc
 
 CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists():
@@ -63,7 +67,6 @@ SHELL_FILES = (
 )
 NOTIFICATIONS_SERVICE = "athena.notifications.v1.NotificationsService"
 NOT_FOUND_LOGGED = "Failed to load resource: the server responded with a status of 404 (Not Found)"
-NEEDS_BACKEND = pytest.mark.skip(reason="needs the NotificationsService backend behind the edge")
 
 # The service worker's registration, once its worker is active (the page resolves `ready` then).
 ACTIVE_WORKER = """() => navigator.serviceWorker.ready.then((registration) => ({
@@ -133,11 +136,14 @@ class Tab:
     def context(self) -> BrowserContext:
         return self.page.context
 
-    def sign_in(self) -> None:
+    def sign_in(self) -> str:
+        """Signs a new person in; answers their address."""
+        email = f"user-{uuid.uuid4().hex[:10]}@example.com"
         self.page.goto(self.base_url + "/")
-        self.page.get_by_label("Email").fill(f"user-{uuid.uuid4().hex[:10]}@example.com")
+        self.page.get_by_label("Email").fill(email)
         self.page.get_by_role("button", name="Sign in (dev)").click()
         expect(self.page.get_by_role("radio", name="Athena", exact=True)).to_be_checked()
+        return email
 
     def active_worker(self) -> dict[str, Any]:
         """The registration once its worker has activated and controls the page (`ready` resolves while
@@ -346,14 +352,39 @@ def test_the_app_shell_loads_offline(tab: Tab) -> None:
         tab.context.set_offline(False)
 
 
-@NEEDS_BACKEND
-def test_the_bell_counts_unread_notifications_and_the_panel_opens_one(tab: Tab) -> None:
+def notify(stack: Stack, email: str) -> None:
+    """What a proactive agent does: NotifierService.Notify (memory, the service key) for `email`'s account."""
+    with grpc.insecure_channel(f"127.0.0.1:{stack.config.ports.edge}") as edge:
+        token = auth_pb2_grpc.AuthServiceStub(edge).DevLogin(auth_pb2.DevLoginRequest(email=email)).session
+    user_id = jwt_claims(token.access_token)["sub"]
+    service_key = (stack.data_dir / "service.key").read_text().strip()
+    with grpc.insecure_channel(f"127.0.0.1:{stack.config.ports.memory}") as memory:
+        notifications_pb2_grpc.NotifierServiceStub(memory).Notify(
+            notifications_pb2.NotifyRequest(
+                user_id=user_id,
+                agent_id="focus",
+                title="“1:1” overlaps your focus time",
+                body="Shall we move it?",
+                kind="meeting_overlaps_focus",
+                dedupe_key=f"test:{uuid.uuid4()}",
+            ),
+            metadata=(("x-athena-service-key", service_key),),
+            timeout=10,
+        )
+
+
+def jwt_claims(token: str) -> dict[str, Any]:
+    payload = token.split(".")[1]
+    return dict(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))))
+
+
+def test_the_bell_counts_unread_notifications_and_the_panel_opens_one(tab: Tab, stack: Stack) -> None:
     page = tab.page
-    tab.sign_in()
+    email = tab.sign_in()
     bell = page.get_by_role("button", name=re.compile(r"^Notifications"))
     expect(bell).to_be_visible()
     expect(bell).to_have_accessible_name("Notifications")
-    # TODO(backend): NotifierService.Notify for this user, then:
+    notify(stack, email)  # the open tab's stream brings it
     expect(bell).to_have_accessible_name("Notifications, 1 unread")
     bell.click()
     panel = page.get_by_role("dialog", name="Notifications")
@@ -364,15 +395,18 @@ def test_the_bell_counts_unread_notifications_and_the_panel_opens_one(tab: Tab) 
     expect(bell).to_have_accessible_name("Notifications")
 
 
-@NEEDS_BACKEND
-def test_mark_all_read_and_settings_are_kept(tab: Tab) -> None:
+def test_mark_all_read_and_settings_are_kept(tab: Tab, stack: Stack) -> None:
     page = tab.page
-    tab.sign_in()
+    email = tab.sign_in()
+    notify(stack, email)
+    expect(page.get_by_role("button", name=re.compile(r"^Notifications"))).to_have_accessible_name(
+        "Notifications, 1 unread"
+    )
     page.get_by_role("button", name=re.compile(r"^Notifications")).click()
     panel = page.get_by_role("dialog", name="Notifications")
     panel.get_by_role("checkbox", name="Nutrition coach").check()
     panel.get_by_role("checkbox", name=re.compile("No push between")).check()
-    panel.get_by_label("From").fill("22:30")
+    panel.get_by_label("From", exact=True).fill("22:30")
     panel.get_by_label("to", exact=True).fill("06:45")
     expect(panel.get_by_label("Time zone")).to_have_value("Europe/Berlin")
     panel.get_by_role("button", name="Save settings").click()
@@ -380,7 +414,7 @@ def test_mark_all_read_and_settings_are_kept(tab: Tab) -> None:
     page.reload()
     page.get_by_role("button", name=re.compile(r"^Notifications")).click()
     expect(panel.get_by_role("checkbox", name="Nutrition coach")).to_be_checked()
-    expect(panel.get_by_label("From")).to_have_value("22:30")
+    expect(panel.get_by_label("From", exact=True)).to_have_value("22:30")
     panel.get_by_role("button", name="Mark all read").click()
     expect(page.get_by_role("button", name=re.compile(r"^Notifications"))).to_have_accessible_name(
         "Notifications"
