@@ -782,6 +782,8 @@ CALL_GRAPH = {
     ("orchestrator", "auth", 9104),
     ("memory", "auth", 9104),
     ("integrations", "auth", 9104),
+    # the proactive agents' notifications (NotifierService)
+    ("integrations", "memory", 50053),
     # the model API (chat, embeddings), the identity providers and the connected accounts' providers:
     # public addresses on 443
     ("orchestrator", "internet", 443),
@@ -867,6 +869,7 @@ def test_only_the_edge_reaches_the_orchestrator_and_only_callers_reach_memory_an
         "edge",
         "router",
         "orchestrator",
+        "integrations",  # the proactive agents' notifications
     }
     assert not [flow for flow in flows if flow[1] == "cloud-metadata"]
 
