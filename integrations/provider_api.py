@@ -80,8 +80,11 @@ class ProviderApi:
         self._connections = connections
         self._http = http
 
-    async def read(self, connection: Connection, reader: Callable[[str], Awaitable[T]]) -> T | Problem:
-        """`reader(access_token)` for the connection, as the module docstring says."""
+    async def read(
+        self, connection: Connection, reader: Callable[[str], Awaitable[T]], *, reads_data: bool = True
+    ) -> T | Problem:
+        """`reader(access_token)` for the connection, as the module docstring says; with `reads_data`, the
+        connection's `last_used_at` says so (not for managing it: subscriptions, revocation)."""
         provider = connection.provider
         try:
             connection, token = await self._connections.access_token(connection.user_id, provider)
@@ -90,7 +93,8 @@ class ProviderApi:
             except Refused:
                 connection = await self._connections.refreshed(connection.user_id, provider, token)
                 result = await reader(connection.grant.access_token)
-            await self._connections.used(connection)
+            if reads_data:
+                await self._connections.used(connection)
             return result
         except Refused:
             lost = await self._connections.grant_lost(connection)

@@ -264,7 +264,7 @@ class Subscriptions:
                     raise Gone
 
             try:
-                outcome = await self._api.read(connection, reauthorize)
+                outcome = await self._api.read(connection, reauthorize, reads_data=False)
             except Gone:
                 await self._forget(subscription)
                 made = await self._create(connection, subscription.capability, missed=True)
@@ -292,7 +292,9 @@ class Subscriptions:
         secret = secrets.token_urlsafe(32)
         subscribe = self._graph_create if connection.provider is Provider.MICROSOFT else self._google_watch
         try:
-            made = await self._api.read(connection, lambda token: subscribe(token, capability, secret))
+            made = await self._api.read(
+                connection, lambda token: subscribe(token, capability, secret), reads_data=False
+            )
         except NotPermitted:
             made = Problem(connection.provider, False, "the grant does not permit watching this")
         if isinstance(made, Problem):
@@ -423,7 +425,7 @@ class Subscriptions:
                 return None
             return _graph_expiry(str(response.json()["expirationDateTime"]))
 
-        renewed = await self._api.read(connection, patch)
+        renewed = await self._api.read(connection, patch, reads_data=False)
         if isinstance(renewed, Problem):
             return False
         if renewed is None:  # removed at Graph: made again, and whatever happened meanwhile resynced
@@ -451,7 +453,7 @@ class Subscriptions:
                 async def stop(token: str) -> None:
                     await self._call("POST", f"{base}/channels/stop", token, Provider.GOOGLE, json=body)
 
-            outcome = await self._api.read(connection, stop)
+            outcome = await self._api.read(connection, stop, reads_data=False)
             if isinstance(outcome, Problem):
                 log.warning(
                     "stopping a subscription at its provider failed; forgetting it anyway",

@@ -195,6 +195,8 @@ class Tab:
 def tab(stack: Stack, browser: Browser) -> Iterator[Tab]:
     context = browser.new_context(
         accept_downloads=True,
+        # The app's service worker (tests/e2e/test_pwa.py tests it) would serve the page past page.route.
+        service_workers="block",
         viewport={"width": 1280, "height": 800},
         # Times on the page (busy blocks) read the same on every machine.
         locale="en-GB",
