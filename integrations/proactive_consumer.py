@@ -1,9 +1,10 @@
 """The proactive agents at work: what the integrations service does with each event of the bus.
 
-An event says that something of a person's changed at a provider, never what; the consumer reads what it
-needs through the same domain objects the tools use (their connections, a current token) and leaves the
-notices `integrations.proactive`'s rules answer with the notifier (memory's `NotifierService`, whose
-dedupe key makes a redelivered event one notification):
+An event says that something of a person's changed at a provider, never what; the consumer first empties
+the agents' tools' cached results of that kind (`CACHED`: they would answer from before the change for up
+to five minutes), then reads what it needs through the same domain objects the tools use (their
+connections, a current token) and leaves the notices `integrations.proactive`'s rules answer with the
+notifier (memory's `NotifierService`, whose dedupe key makes a redelivered event one notification):
 
 - calendar changed → the next seven days' events → `focus_conflicts` (times said in the meeting's zone);
 - health changed → the night that ended today → `short_night`;
@@ -30,6 +31,11 @@ from integrations.proactive import Event, Notice, focus_conflicts, short_night
 log = logging.getLogger(__name__)
 
 LOOK_AHEAD = timedelta(days=7)
+CACHED: dict[int, list[str]] = {
+    events_pb2.ProviderEvent.Kind.KIND_CALENDAR_CHANGED: ["calendar_freebusy", "calendar_events"],
+    events_pb2.ProviderEvent.Kind.KIND_HEALTH_CHANGED: ["wearable_stats"],
+}
+"""The tools' ephemeral namespaces (orchestrator/tools) each kind of change makes stale."""
 UTC_ZONE = ZoneInfo("UTC")
 Kind = events_pb2.ProviderEvent.Kind
 
@@ -45,6 +51,10 @@ class HealthReader(Protocol):
 class Notifier(Protocol):
     async def notify(self, user_id: str, notice: Notice) -> bool:
         """Leaves `notice` for `user_id`; answers whether it was new."""
+        ...
+
+    async def forget_cached(self, user_id: str, namespaces: list[str]) -> int:
+        """Empties `user_id`'s cached tool results of `namespaces`; answers how many went."""
         ...
 
 
@@ -77,6 +87,8 @@ class ProactiveAgents:
 
     async def handle(self, event: events_pb2.ProviderEvent) -> None:
         """Acts on one event of the bus (at least once: everything here may run again for the same event)."""
+        if stale := CACHED.get(event.kind):
+            await self._notifier.forget_cached(event.user_id, stale)
         if event.kind == Kind.KIND_CALENDAR_CHANGED:
             notices = await self._calendar_changed(event.user_id)
         elif event.kind == Kind.KIND_HEALTH_CHANGED:

@@ -61,6 +61,7 @@ NOTIFICATIONS, NOTIFIER = (
 SERVICE_METHODS = (
     f"/{SERVICE_NAMES[2]}/SyncAgents",
     f"/{SERVICE_NAMES[1]}/DeliverAnswer",
+    f"/{SERVICE_NAMES[0]}/ForgetEphemeral",
     f"/{NOTIFIER}/Notify",
 )
 """Methods called for no user (the orchestrator seeding the catalog, its outbox delivering answers, rules

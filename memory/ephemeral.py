@@ -7,6 +7,8 @@ the service depends on Redis.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from mesh.errors import Unavailable
 from mesh.redis import Redis, translated
 
@@ -44,9 +46,17 @@ class RedisEphemeralStore:
         return None if value is None else str(value)
 
     async def purge(self, user_id: str) -> int:
+        return await self._delete_matching(_glob_escape(user_prefix(user_id)) + "*")
+
+    async def forget(self, user_id: str, namespaces: Sequence[str]) -> int:
+        deleted = 0
+        for namespace in namespaces:
+            deleted += await self._delete_matching(_glob_escape(f"{user_prefix(user_id)}{namespace}:") + "*")
+        return deleted
+
+    async def _delete_matching(self, pattern: str) -> int:
         deleted = 0
         async with translated(WHAT):
-            pattern = _glob_escape(user_prefix(user_id)) + "*"
             batch: list[str] = []
             async for name in self._redis.scan_iter(match=pattern, count=500):
                 batch.append(name)

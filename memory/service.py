@@ -161,6 +161,12 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
             return memory_pb2.GetEphemeralResponse(found=False)
         return memory_pb2.GetEphemeralResponse(found=True, value_json=value)
 
+    async def ForgetEphemeral(
+        self, request: memory_pb2.ForgetEphemeralRequest, context: Context
+    ) -> memory_pb2.ForgetEphemeralResponse:
+        deleted = await self._ephemeral.forget(request.user_id, list(request.namespaces))
+        return memory_pb2.ForgetEphemeralResponse(deleted=deleted)
+
 
 def _seconds(duration: Duration) -> float:
     return duration.ToTimedelta().total_seconds()

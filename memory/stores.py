@@ -118,3 +118,7 @@ class EphemeralStore(Protocol):
     async def purge(self, user_id: str) -> int:
         """Deletes every ephemeral value of the user; returns how many."""
         ...
+
+    async def forget(self, user_id: str, namespaces: Sequence[str]) -> int:
+        """Deletes the user's values of `namespaces`; returns how many."""
+        ...

@@ -22,6 +22,7 @@ import grpc
 import pytest
 import pytest_asyncio
 from athena.auth.v1 import auth_pb2, auth_pb2_grpc
+from athena.chat.v1 import chat_pb2, chat_pb2_grpc
 from athena.connections.v1 import connections_pb2 as pb
 from athena.connections.v1 import connections_pb2_grpc
 from athena.notifications.v1 import notifications_pb2, notifications_pb2_grpc
@@ -57,6 +58,12 @@ class Mesh:
         auth = auth_pb2_grpc.AuthServiceStub(self.channel)
         session = (await auth.DevLogin(auth_pb2.DevLoginRequest(email=email))).session
         return (("authorization", f"Bearer {session.access_token}"),)
+
+    async def answer(self, metadata: Metadata, text: str, agent: str = "focus") -> str:
+        chat = chat_pb2_grpc.ChatServiceStub(self.channel)
+        call = chat.Chat(chat_pb2.ChatRequest(agent_id=agent, text=text), metadata=metadata, timeout=60)
+        deltas = [event.text_delta.text async for event in call if event.WhichOneof("event") == "text_delta"]
+        return "".join(deltas)
 
     @property
     def connections(self) -> connections_pb2_grpc.ConnectionsServiceStub:
@@ -134,6 +141,9 @@ async def test_a_meeting_moved_into_a_focus_block_reaches_the_list_the_open_tab_
                 "end": graph_time(tomorrow + timedelta(hours=2)),
             },
         )
+        before = await mesh.answer(who, "what's on my calendar tomorrow?")  # cached for five minutes
+        assert "Focus time" in before
+        assert "Vendor call" not in before
         meeting = mesh.microsoft.add_event(
             AT_MICROSOFT,
             {
@@ -172,6 +182,9 @@ async def test_a_meeting_moved_into_a_focus_block_reaches_the_list_the_open_tab_
         (pushed,) = mesh.push.messages_for(device)
         payload = json.loads(pushed.payload)
         assert (payload["id"], payload["title"]) == (notification.id, notification.title)
+
+        # The change emptied the cached answer: the agent sees the meeting at once.
+        assert "Vendor call" in await mesh.answer(who, "what's on my calendar tomorrow?")
 
         # The same notification again (Graph retries, a replica re-reads the bus) is one notification.
         await mesh.microsoft.notify(AT_MICROSOFT, "me/events", "updated", meeting["id"])

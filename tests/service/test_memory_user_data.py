@@ -5,6 +5,8 @@ from __future__ import annotations
 import uuid
 
 import asyncpg
+import grpc
+import pytest
 import redis.asyncio as redis
 from athena.account.v1 import account_pb2
 from athena.chat.v1 import chat_pb2
@@ -130,3 +132,20 @@ async def test_purge_erases_the_user_everywhere_and_nobody_else(
 
     again = await memory_service.user_data.PurgeUser(memory_pb2.PurgeUserRequest(), metadata=alice)
     assert (again.deleted_rows, again.deleted_keys) == (0, 0)
+
+
+async def test_forget_ephemeral_empties_one_persons_namespaces_for_the_service_key_only(
+    memory_service: MemoryHarness, valkey: EmbeddedValkey
+) -> None:
+    user_id, md = memory_service.user()
+    other_id, other = memory_service.user()
+    await populate(memory_service, md, "alice")
+    await populate(memory_service, other, "bob")
+    request = memory_pb2.ForgetEphemeralRequest(user_id=user_id, namespaces=["calendar_freebusy"])
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await memory_service.memory.ForgetEphemeral(request, metadata=md)  # a person's token is not enough
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    answer = await memory_service.memory.ForgetEphemeral(request, metadata=memory_service.service_metadata)
+    assert answer.deleted == 1
+    assert [key.split(":")[3] for key in await redis_keys(valkey, user_id)] == ["wearable_stats"]
+    assert len(await redis_keys(valkey, other_id)) == 2  # nobody else's

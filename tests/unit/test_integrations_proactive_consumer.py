@@ -59,6 +59,11 @@ class Sleep:
 class Notes:
     def __init__(self) -> None:
         self.left: list[tuple[str, Notice]] = []
+        self.forgotten: list[tuple[str, list[str]]] = []
+
+    async def forget_cached(self, user_id: str, namespaces: list[str]) -> int:
+        self.forgotten.append((user_id, namespaces))
+        return 1
 
     async def notify(self, user_id: str, notice: Notice) -> bool:
         self.left.append((user_id, notice))
@@ -81,6 +86,7 @@ async def test_a_calendar_change_reads_the_week_and_says_each_conflict_in_the_me
     agents = ProactiveAgents(calendars, Sleep(None), notes, clock=lambda: NOW)
     await agents.handle(event(Kind.KIND_CALENDAR_CHANGED))
     assert calendars.asked == [("u1", NOW, NOW + timedelta(days=7))]
+    assert notes.forgotten == [("u1", ["calendar_freebusy", "calendar_events"])]  # stale for the tools
     assert [(user, n.agent_id, n.kind) for user, n in notes.left] == [
         ("u1", "focus", "meeting_overlaps_focus")
     ]
@@ -92,6 +98,7 @@ async def test_a_short_night_notifies_two_coaches_and_other_events_nothing() -> 
     agents = ProactiveAgents(Calendars([]), Sleep(290), notes, clock=lambda: NOW)
     await agents.handle(event(Kind.KIND_HEALTH_CHANGED, "u2"))
     assert [(user, n.agent_id) for user, n in notes.left] == [("u2", "focus"), ("u2", "nutrition")]
+    assert notes.forgotten == [("u2", ["wearable_stats"])]
     quiet = Notes()
     rested = ProactiveAgents(Calendars([]), Sleep(480), quiet, clock=lambda: NOW)
     for kind in (Kind.KIND_HEALTH_CHANGED, Kind.KIND_FILES_CHANGED, Kind.KIND_UNSPECIFIED):

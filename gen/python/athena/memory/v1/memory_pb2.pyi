@@ -458,6 +458,56 @@ class PutEphemeralResponse(_message.Message):
 Global___PutEphemeralResponse: _TypeAlias = PutEphemeralResponse  # noqa: Y015
 
 @_typing.final
+class ForgetEphemeralRequest(_message.Message):
+    """Request of ForgetEphemeral."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    NAMESPACES_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    """Whose values."""
+    @_builtins.property
+    def namespaces(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The namespaces to empty (as PutEphemeral names them)."""
+
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        namespaces: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["namespaces", b"namespaces", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForgetEphemeralRequest: _TypeAlias = ForgetEphemeralRequest  # noqa: Y015
+
+@_typing.final
+class ForgetEphemeralResponse(_message.Message):
+    """Response of ForgetEphemeral."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELETED_FIELD_NUMBER: _builtins.int
+    deleted: _builtins.int
+    """Values deleted."""
+    def __init__(
+        self,
+        *,
+        deleted: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted", b"deleted"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForgetEphemeralResponse: _TypeAlias = ForgetEphemeralResponse  # noqa: Y015
+
+@_typing.final
 class GetEphemeralRequest(_message.Message):
     """Request of GetEphemeral."""
 

@@ -71,6 +71,11 @@ class MemoryServiceStub:
                 request_serializer=athena_dot_memory_dot_v1_dot_memory__pb2.GetEphemeralRequest.SerializeToString,
                 response_deserializer=athena_dot_memory_dot_v1_dot_memory__pb2.GetEphemeralResponse.FromString,
                 _registered_method=True)
+        self.ForgetEphemeral = channel.unary_unary(
+                '/athena.memory.v1.MemoryService/ForgetEphemeral',
+                request_serializer=athena_dot_memory_dot_v1_dot_memory__pb2.ForgetEphemeralRequest.SerializeToString,
+                response_deserializer=athena_dot_memory_dot_v1_dot_memory__pb2.ForgetEphemeralResponse.FromString,
+                _registered_method=True)
 
 
 class MemoryServiceServicer:
@@ -126,6 +131,14 @@ class MemoryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ForgetEphemeral(self, request, context):
+        """Deletes `user_id`'s short-lived values of the named namespaces: called for no user, with the
+        deployment's service key, when a provider says that what they hold changed (the proactive agents).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MemoryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -158,6 +171,11 @@ def add_MemoryServiceServicer_to_server(servicer, server):
                     servicer.GetEphemeral,
                     request_deserializer=athena_dot_memory_dot_v1_dot_memory__pb2.GetEphemeralRequest.FromString,
                     response_serializer=athena_dot_memory_dot_v1_dot_memory__pb2.GetEphemeralResponse.SerializeToString,
+            ),
+            'ForgetEphemeral': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForgetEphemeral,
+                    request_deserializer=athena_dot_memory_dot_v1_dot_memory__pb2.ForgetEphemeralRequest.FromString,
+                    response_serializer=athena_dot_memory_dot_v1_dot_memory__pb2.ForgetEphemeralResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -329,6 +347,33 @@ class MemoryService:
             '/athena.memory.v1.MemoryService/GetEphemeral',
             athena_dot_memory_dot_v1_dot_memory__pb2.GetEphemeralRequest.SerializeToString,
             athena_dot_memory_dot_v1_dot_memory__pb2.GetEphemeralResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForgetEphemeral(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/athena.memory.v1.MemoryService/ForgetEphemeral',
+            athena_dot_memory_dot_v1_dot_memory__pb2.ForgetEphemeralRequest.SerializeToString,
+            athena_dot_memory_dot_v1_dot_memory__pb2.ForgetEphemeralResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -54,6 +54,10 @@ class MemoryServiceStub:
     """Stores a short-lived value (calendar free/busy, wearable stats) with a time to live."""
     GetEphemeral: _grpc.UnaryUnaryMultiCallable[_memory_pb2.GetEphemeralRequest, _memory_pb2.GetEphemeralResponse]
     """Reads a short-lived value stored by PutEphemeral, if it has not expired."""
+    ForgetEphemeral: _grpc.UnaryUnaryMultiCallable[_memory_pb2.ForgetEphemeralRequest, _memory_pb2.ForgetEphemeralResponse]
+    """Deletes `user_id`'s short-lived values of the named namespaces: called for no user, with the
+    deployment's service key, when a provider says that what they hold changed (the proactive agents).
+    """
 
 @_typing.type_check_only
 class MemoryServiceAsyncStub(MemoryServiceStub):
@@ -81,6 +85,10 @@ class MemoryServiceAsyncStub(MemoryServiceStub):
     """Stores a short-lived value (calendar free/busy, wearable stats) with a time to live."""
     GetEphemeral: _aio.UnaryUnaryMultiCallable[_memory_pb2.GetEphemeralRequest, _memory_pb2.GetEphemeralResponse]  # type: ignore[assignment]
     """Reads a short-lived value stored by PutEphemeral, if it has not expired."""
+    ForgetEphemeral: _aio.UnaryUnaryMultiCallable[_memory_pb2.ForgetEphemeralRequest, _memory_pb2.ForgetEphemeralResponse]  # type: ignore[assignment]
+    """Deletes `user_id`'s short-lived values of the named namespaces: called for no user, with the
+    deployment's service key, when a provider says that what they hold changed (the proactive agents).
+    """
 
 class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
     """Internal. Never routed by the edge.
@@ -141,6 +149,16 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_memory_pb2.GetEphemeralResponse, _abc.Awaitable[_memory_pb2.GetEphemeralResponse]]:
         """Reads a short-lived value stored by PutEphemeral, if it has not expired."""
+
+    @_abc_1.abstractmethod
+    def ForgetEphemeral(
+        self,
+        request: _memory_pb2.ForgetEphemeralRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_memory_pb2.ForgetEphemeralResponse, _abc.Awaitable[_memory_pb2.ForgetEphemeralResponse]]:
+        """Deletes `user_id`'s short-lived values of the named namespaces: called for no user, with the
+        deployment's service key, when a provider says that what they hold changed (the proactive agents).
+        """
 
 def add_MemoryServiceServicer_to_server(servicer: MemoryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
