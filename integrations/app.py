@@ -129,6 +129,7 @@ async def build(settings: IntegrationsSettings, deps: IntegrationsDeps) -> Assem
             google_calendar_url=settings.google.calendar_url,
             drive_url=settings.google.drive_url,
             graph_url=settings.microsoft.graph_url,
+            health_url=settings.google.health_url,
             clock=deps.clock.now,
         )
         connections.observe(subscriptions)

@@ -7,6 +7,12 @@ What is watched, per capability held (PROVIDERS.md §2, §3, §5):
 |---|---|---|
 | calendar | `events.watch` channel on the primary calendar | `me/events` (created, updated, deleted) |
 | files | Drive `changes.watch` channel | `me/drive/root` (updated) |
+| health | the person registered under their `healthUserId` | — |
+
+Google Health notifications come from one subscriber for the whole deployment (its `AUTOMATIC` policy
+covers every consenting person, set up once by an operator; PROVIDERS.md §4) and name the person by their
+`healthUserId` (`users.getIdentity`): a health "subscription" is that id registered for the person
+(`mesh.subscriptions.health_subscription_id`), renewed by registering it again, stopped by forgetting it.
 
 - **Secrets.** Each subscription gets a random secret the provider echoes with every notification (Graph
   `clientState`, Google's channel `token`). It is kept sealed in the store, and registered (as a SHA-256) in
@@ -39,6 +45,7 @@ import httpx
 from integrations.connections import Connection, Connections, Status
 from integrations.provider_api import Failed, Problem, ProviderApi
 from integrations.providers import Capability, Provider
+from mesh.subscriptions import health_subscription_id
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +62,7 @@ RENEW_WITHIN = timedelta(days=1)
 """A subscription expiring within this is renewed by `maintain`."""
 GRAPH_RESOURCES = {Capability.CALENDAR: "me/events", Capability.FILES: "me/drive/root"}
 GRAPH_CHANGE_TYPES = {Capability.CALENDAR: "created,updated,deleted", Capability.FILES: "updated"}
-WATCHED = (Capability.CALENDAR, Capability.FILES)
+WATCHED = (Capability.CALENDAR, Capability.FILES, Capability.HEALTH)
 
 
 class Lifecycle(StrEnum):
@@ -166,6 +173,7 @@ class Subscriptions:
         drive_url: str,
         graph_url: str,
         clock: Callable[[], datetime],
+        health_url: str = "https://health.googleapis.com/v4",
     ) -> None:
         self._store = store
         self._registry = registry
@@ -175,6 +183,7 @@ class Subscriptions:
         self._calendar_url = google_calendar_url
         self._drive_url = drive_url
         self._graph_url = graph_url
+        self._health_url = health_url.rstrip("/")
         self._clock = clock
 
     # --- the connection hooks (integrations.connections.ConnectionHooks) -------------------------------
@@ -378,6 +387,12 @@ class Subscriptions:
             "token": secret,
             "params": {"ttl": str(int(GOOGLE_CHANNEL_TTL.total_seconds()))},
         }
+        if capability is Capability.HEALTH:
+            identity = await self._api.get_json(
+                "GET", f"{self._health_url}/users/me/identity", token, Provider.GOOGLE
+            )
+            health_user = str(identity["healthUserId"])
+            return health_subscription_id(health_user), health_user, self._clock() + GOOGLE_CHANNEL_TTL
         if capability is Capability.CALENDAR:
             url, params = f"{self._calendar_url}/calendars/primary/events/watch", {}
         else:
@@ -405,6 +420,11 @@ class Subscriptions:
         if successor:  # replaced already (a reconnect, or a renewal whose stop failed): this one just goes
             await self._stop(subscription, connection)
             return False
+        if subscription.capability is Capability.HEALTH:  # a registration: registered again
+            fresh = replace(subscription, expires_at=now + GOOGLE_CHANNEL_TTL)
+            await self._store.update(fresh)
+            await self._register(fresh)
+            return True
         lapsed = subscription.expires_at <= now
         if subscription.provider is Provider.GOOGLE or lapsed:
             # A channel cannot be renewed, and a lapsed subscription is gone at the provider: a new one,
@@ -438,7 +458,8 @@ class Subscriptions:
 
     async def _stop(self, subscription: Subscription, connection: Connection | None) -> None:
         """Stops the subscription at the provider (at best), then forgets it."""
-        if connection is not None and connection.status is Status.CONNECTED:
+        at_provider = subscription.capability is not Capability.HEALTH  # nothing per person to stop there
+        if at_provider and connection is not None and connection.status is Status.CONNECTED:
             if subscription.provider is Provider.MICROSOFT:
                 url = f"{self._graph_url}/subscriptions/{subscription.id}"
 

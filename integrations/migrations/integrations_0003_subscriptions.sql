@@ -9,7 +9,7 @@ CREATE TABLE integrations.subscriptions (
     provider      text NOT NULL CHECK (provider IN ('google', 'microsoft')),
     id            text NOT NULL,
     user_id       uuid NOT NULL,
-    capability    text NOT NULL CHECK (capability IN ('calendar', 'files')),
+    capability    text NOT NULL CHECK (capability IN ('calendar', 'files', 'health')),
     resource      text NOT NULL,
     secret_sealed bytea NOT NULL,
     expires_at    timestamptz NOT NULL,

@@ -481,6 +481,10 @@ class GoogleEmulator:
         self._points.setdefault(account, {}).setdefault(data_type, []).append(stored)
         return stored
 
+    def health_user_id(self, account: str) -> str:
+        """The account's `healthUserId`, as `users.getIdentity` answers it."""
+        return _health_user_id(account)
+
     def add_steps(self, account: str, start: datetime, end: datetime, count: int) -> dict[str, Any]:
         return self.add_data_point(
             account, "steps", {"steps": {"interval": _interval(start, end), "count": str(count)}}

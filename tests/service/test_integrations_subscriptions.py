@@ -55,7 +55,7 @@ from mesh.app import RunningService
 from mesh.envelope import DataKeys
 from mesh.keystore import PostgresDataKeys
 from mesh.kms import from_settings
-from mesh.subscriptions import SubscriptionRegistry
+from mesh.subscriptions import SubscriptionRegistry, health_subscription_id
 from mesh.tokens import TokenVerifier
 
 __all__ = ["user"]
@@ -287,6 +287,23 @@ async def test_connecting_google_calendar_and_files_opens_channels_that_sync(
 
     assert await google.notify_channel(channels["events"].id) == 202
     assert receiver.at("/webhooks/google")[-1][0]["X-Goog-Resource-State"] == "exists"
+
+
+async def test_connecting_google_health_registers_the_person_under_their_health_user_id(
+    stub: Stub,
+    user: Callable[[], tuple[str, Metadata]],
+    google: GoogleEmulator,
+    registry: SubscriptionRegistry,
+) -> None:
+    user_id, metadata = user()
+    await connect(stub, metadata, pb.PROVIDER_GOOGLE, pb.CAPABILITY_HEALTH)
+    health_user = google.health_user_id(GOOGLE_ACCOUNT)
+    registered = await registry.lookup("google", health_subscription_id(health_user))
+    assert registered is not None
+    assert (registered.user_id, registered.kind, registered.resource) == (user_id, "health", health_user)
+    assert google.live_channels(GOOGLE_ACCOUNT) == []  # nothing per person at Google: one subscriber
+    await stub.Disconnect(pb.DisconnectRequest(provider=pb.PROVIDER_GOOGLE), metadata=metadata)
+    assert await registry.lookup("google", health_subscription_id(health_user)) is None
 
 
 async def test_microsoft_files_without_a_write_scope_get_no_subscription_and_stay_connected(
