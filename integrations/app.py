@@ -22,6 +22,7 @@ from athena.uploads.v1 import uploads_pb2_grpc
 
 from integrations.calendars import Calendars
 from integrations.connections import Connections, ConnectionStore
+from integrations.file_references import PostgresFileReferences
 from integrations.files import Files
 from integrations.health import Health
 from integrations.health_google import GoogleHealth
@@ -63,8 +64,13 @@ class IntegrationsDeps(Deps):
     """Wraps the people's data keys; None: the KMS the settings name (`mesh.kms.from_settings`)."""
 
 
+REFERENCE_RETENTION = timedelta(days=90)
+"""How long a document a conversation read counts as one it referred to."""
+
+
 async def _maintain(
     store: ConnectionStore,
+    references: PostgresFileReferences,
     uploads: Uploads,
     subscriptions: Subscriptions | None,
     settings: IntegrationsSettings,
@@ -77,6 +83,7 @@ async def _maintain(
         await asyncio.sleep(settings.maintenance_seconds)
         try:
             await store.purge_pending(now())
+            await references.forget_before(now() - REFERENCE_RETENTION)
             await uploads.maintain(timedelta(hours=settings.upload_receiving_hours))
             if subscriptions is not None:
                 await subscriptions.maintain(limit=settings.subscription_renewal_limit)
@@ -103,8 +110,14 @@ async def build(settings: IntegrationsSettings, deps: IntegrationsDeps) -> Assem
         google_calendar_url=settings.google.calendar_url,
         graph_url=settings.microsoft.graph_url,
     )
+    references = PostgresFileReferences(pool, keys)
     files = Files(
-        connections, http, drive_url=settings.google.drive_url, graph_url=settings.microsoft.graph_url
+        connections,
+        http,
+        drive_url=settings.google.drive_url,
+        graph_url=settings.microsoft.graph_url,
+        references=references,
+        clock=deps.clock.now,
     )
     health_days = PostgresHealthStore(pool, keys)
     health = Health(health_days, GoogleHealth(connections, http, health_url=settings.google.health_url))
@@ -134,7 +147,7 @@ async def build(settings: IntegrationsSettings, deps: IntegrationsDeps) -> Assem
         )
         connections.observe(subscriptions)
     background: list[BackgroundTask] = [
-        lambda: _maintain(store, uploads, subscriptions, settings, deps.clock.now)
+        lambda: _maintain(store, references, uploads, subscriptions, settings, deps.clock.now)
     ]
     if settings.memory_target and settings.service_key is not None:
         notifier = MemoryNotifier(
@@ -164,7 +177,7 @@ async def build(settings: IntegrationsSettings, deps: IntegrationsDeps) -> Assem
             ),
             Service(
                 INTERNAL_SERVICE_NAME,
-                IntegrationsServicer(connections, calendars, files, health, uploads),
+                IntegrationsServicer(connections, calendars, files, health, uploads, references),
                 integrations_pb2_grpc.add_IntegrationsServiceServicer_to_server,
             ),
             Service(

@@ -13,9 +13,10 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import httpx
@@ -88,6 +89,14 @@ def _odata_literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+class References(Protocol):
+    """Where the files conversations read are remembered (integrations/file_references.py)."""
+
+    async def remember(
+        self, user_id: str, provider: Provider, file_id: str, name: str, conversation_id: str, at: datetime
+    ) -> None: ...
+
+
 class Files:
     def __init__(
         self,
@@ -96,7 +105,11 @@ class Files:
         *,
         drive_url: str = "https://www.googleapis.com/drive/v3",
         graph_url: str = "https://graph.microsoft.com/v1.0",
+        references: References | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
+        self._references = references
+        self._clock = clock
         self._connections = connections
         self._api = ProviderApi(connections, http)
         self._drive = drive_url.rstrip("/")
@@ -120,7 +133,10 @@ class Files:
         )
         return FileSearch(hits[:limit], read.sources, read.problems)
 
-    async def read(self, user_id: str, provider: Provider, file_id: str, max_chars: int) -> FileText:
+    async def read(
+        self, user_id: str, provider: Provider, file_id: str, max_chars: int, conversation_id: str = ""
+    ) -> FileText:
+        """The file's text; read for `conversation_id`, the file is remembered as one it referred to."""
         held = await self._connections.holding(user_id, Capability.FILES)
         connection = next((c for c in held if c.provider is provider), None)
         if connection is None:
@@ -129,6 +145,10 @@ class Files:
         outcome = await self._api.read(connection, lambda token: reader(token, file_id, max_chars))
         if isinstance(outcome, Problem):
             raise FailedPrecondition(outcome.message)
+        if conversation_id and self._references is not None:
+            await self._references.remember(
+                user_id, provider, file_id, outcome.name, conversation_id, self._clock()
+            )
         return outcome
 
     async def _google_search(self, token: str, query: str, limit: int) -> list[FileHit]:

@@ -30,6 +30,7 @@ class MemoryNotifier:
                 body=notice.body,
                 kind=notice.kind,
                 dedupe_key=notice.dedupe_key,
+                conversation_id=notice.conversation_id,
             ),
             timeout_seconds=self._timeout,
             metadata=self._credentials,

@@ -55,6 +55,8 @@ class Notice:
     title: str
     body: str
     dedupe_key: str
+    conversation_id: str = ""
+    """The conversation to continue it in, if any."""
 
 
 def _clock(moment: datetime, zone: ZoneInfo) -> str:

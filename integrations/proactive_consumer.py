@@ -8,15 +8,16 @@ notifier (memory's `NotifierService`, whose dedupe key makes a redelivered event
 
 - calendar changed → the next seven days' events → `focus_conflicts` (times said in the meeting's zone);
 - health changed → the night that ended today → `short_night`;
+- files changed → the files changed since the last look (the subscriptions' cursor) that a conversation
+  read (`integrations.file_references`) → `document_changed`, continuing in that conversation;
 - subscription lifecycle → `on_lifecycle` (the subscriptions' owner renews, recreates or resyncs).
-
-Files changes are not acted on yet: the rule needs the documents the person's conversations referred to.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from datetime import date, datetime, timedelta
 from typing import Protocol
 from zoneinfo import ZoneInfo
@@ -25,8 +26,10 @@ from athena.events.v1 import events_pb2
 
 from integrations.calendars import Event as CalendarEvent
 from integrations.calendars import Events
+from integrations.file_references import Reference
 from integrations.health import HealthAnswer, Metric
-from integrations.proactive import Event, Notice, focus_conflicts, short_night
+from integrations.proactive import Event, Notice, document_changed, focus_conflicts, short_night
+from integrations.providers import Provider
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,27 @@ class CalendarReader(Protocol):
 
 class HealthReader(Protocol):
     async def stats(self, user_id: str, metric: Metric, start: date, end: date) -> HealthAnswer: ...
+
+
+class ChangedFile(Protocol):
+    @property
+    def provider(self) -> Provider: ...
+    @property
+    def file_id(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def changed_at(self) -> datetime: ...
+
+
+class FileChanges(Protocol):
+    async def changed_files(self, user_id: str) -> Sequence[ChangedFile]:
+        """The person's files changed since the last call."""
+        ...
+
+
+class ReferenceReader(Protocol):
+    async def referring(self, user_id: str, provider: Provider, file_id: str) -> Reference | None: ...
 
 
 class Notifier(Protocol):
@@ -78,7 +102,11 @@ class ProactiveAgents:
         *,
         clock: Callable[[], datetime],
         on_lifecycle: Callable[[events_pb2.ProviderEvent], Awaitable[None]] | None = None,
+        file_changes: FileChanges | None = None,
+        references: ReferenceReader | None = None,
     ) -> None:
+        self._file_changes = file_changes
+        self._references = references
         self._calendars = calendars
         self._health = health
         self._notifier = notifier
@@ -93,6 +121,8 @@ class ProactiveAgents:
             notices = await self._calendar_changed(event.user_id)
         elif event.kind == Kind.KIND_HEALTH_CHANGED:
             notices = await self._health_changed(event.user_id)
+        elif event.kind == Kind.KIND_FILES_CHANGED:
+            notices = await self._files_changed(event.user_id)
         elif event.kind == Kind.KIND_SUBSCRIPTION_LIFECYCLE and self._on_lifecycle is not None:
             await self._on_lifecycle(event)
             return
@@ -106,6 +136,22 @@ class ProactiveAgents:
         found = await self._calendars.events(user_id, now, now + LOOK_AHEAD, 500)
         timed = [rule for e in found.events if (rule := _rule_event(e)) is not None]
         return focus_conflicts(timed, now, _zone_of(found.events))
+
+    async def _files_changed(self, user_id: str) -> list[Notice]:
+        if self._file_changes is None or self._references is None:
+            return []
+        notices: list[Notice] = []
+        for changed in await self._file_changes.changed_files(user_id):
+            reference = await self._references.referring(user_id, changed.provider, changed.file_id)
+            if reference is None:
+                continue
+            notices += [
+                replace(notice, conversation_id=reference.conversation_id)
+                for notice in document_changed(
+                    changed.file_id, changed.name, changed.changed_at, [reference.conversation_id], UTC_ZONE
+                )
+            ]
+        return notices
 
     async def _health_changed(self, user_id: str) -> list[Notice]:
         today = self._now().date()

@@ -14,6 +14,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from integrations.calendars import Calendars, Event
 from integrations.connections import Connection, Connections, Status
+from integrations.file_references import PostgresFileReferences
 from integrations.files import FileHit, Files
 from integrations.health import UNITS, Health, Metric
 from integrations.provider_api import Problem
@@ -185,8 +186,15 @@ class IntegrationsServicer(integrations_pb2_grpc.IntegrationsServiceServicer):
     """What the rest of the mesh asks: the agents' tools' data, and the erasure of a person's connections."""
 
     def __init__(
-        self, connections: Connections, calendars: Calendars, files: Files, health: Health, uploads: Uploads
+        self,
+        connections: Connections,
+        calendars: Calendars,
+        files: Files,
+        health: Health,
+        uploads: Uploads,
+        references: PostgresFileReferences | None = None,
     ) -> None:
+        self._references = references
         self._connections = connections
         self._calendars = calendars
         self._files = files
@@ -207,7 +215,11 @@ class IntegrationsServicer(integrations_pb2_grpc.IntegrationsServiceServicer):
         self, request: integrations_pb2.ReadFileRequest, context: Context
     ) -> integrations_pb2.ReadFileResponse:
         read = await self._files.read(
-            principal().user_id, Provider(request.provider), request.file_id, request.max_chars or 20_000
+            principal().user_id,
+            Provider(request.provider),
+            request.file_id,
+            request.max_chars or 20_000,
+            request.conversation_id,
         )
         hit = integrations_pb2.FileHit(
             provider=read.provider.value, id=read.id, name=read.name, mime_type=read.mime_type
@@ -269,6 +281,8 @@ class IntegrationsServicer(integrations_pb2_grpc.IntegrationsServiceServicer):
     ) -> integrations_pb2.PurgeUserResponse:
         user_id = principal().user_id
         uploaded = await self._uploads.purge(user_id)  # before the data key goes with the connections
+        if self._references is not None:
+            uploaded += await self._references.purge_user(user_id)
         purged = await self._connections.purge(user_id)
         return integrations_pb2.PurgeUserResponse(
             deleted_rows=purged.rows + uploaded,

@@ -87,10 +87,12 @@ class ConnectedDrives:
             problems=[SourceProblem(p.provider, p.needs_reconnect, p.message) for p in answer.problems],
         )
 
-    async def read(self, source: str, file_id: str, max_chars: int) -> DriveText:
+    async def read(self, source: str, file_id: str, max_chars: int, conversation_id: str = "") -> DriveText:
         answer = await call(
             self._integrations.ReadFile,
-            integrations_pb2.ReadFileRequest(provider=source, file_id=file_id, max_chars=max_chars),
+            integrations_pb2.ReadFileRequest(
+                provider=source, file_id=file_id, max_chars=max_chars, conversation_id=conversation_id
+            ),
             timeout_seconds=self._timeout,
         )
         return DriveText(_drive_file(answer.file), answer.text, answer.truncated)

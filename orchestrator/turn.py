@@ -148,7 +148,9 @@ class TurnRunner:
                 log.warning("recall failed; answering without memories")
             memories = list(start.memories)
             yield MemoriesRecalled(start.memories)
-            context = ToolContext(user_id=user_id, agent_id=agent.id, memory=self._memory)
+            context = ToolContext(
+                user_id=user_id, agent_id=agent.id, memory=self._memory, conversation_id=start.conversation_id
+            )
             async with aclosing(
                 self._answer(
                     context, text, progress, start.enabled_agent_ids, memories, start.history, started

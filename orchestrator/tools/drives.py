@@ -47,7 +47,10 @@ class DriveText:
 class Drives(Protocol):
     async def search(self, query: str, limit: int) -> DriveSearch: ...
 
-    async def read(self, source: str, file_id: str, max_chars: int) -> DriveText: ...
+    async def read(self, source: str, file_id: str, max_chars: int, conversation_id: str = "") -> DriveText:
+        """The file's text; `conversation_id` names the conversation reading it (remembered by the
+        integrations service, so that the business assistant can say when the file changes)."""
+        ...
 
 
 def _file(found: DriveFile) -> dict[str, Any]:
@@ -71,7 +74,10 @@ def drive_tools(drives: Drives, *, limit: int = 10) -> list[Tool]:
 
     async def read(arguments: dict[str, Any], context: ToolContext) -> Any:
         read = await drives.read(
-            string_argument(arguments, "source"), string_argument(arguments, "file_id"), READ_CHARS
+            string_argument(arguments, "source"),
+            string_argument(arguments, "file_id"),
+            READ_CHARS,
+            context.conversation_id,
         )
         return {**_file(read.file), "text": read.text, "truncated": read.truncated}
 

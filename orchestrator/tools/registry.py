@@ -38,6 +38,8 @@ class ToolContext:
     """The agent calling the tool (agent-scoped memories belong to it)."""
     memory: MemoryGateway
     now: Callable[[], datetime] = field(default=_utc_now)
+    conversation_id: str = ""
+    """The conversation of the turn ("" outside one): tools that remember what a conversation used say it."""
 
 
 Handler = Callable[[dict[str, Any], ToolContext], Awaitable[Any]]

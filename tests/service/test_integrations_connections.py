@@ -39,6 +39,7 @@ from integrations_fixtures import (  # type: ignore[import-not-found]
     text_pdf,
     user,
 )
+from privacy_fixtures import dump_database
 
 from devstack.postgres import EmbeddedPostgres
 from integrations.connections import Connections, Status, hash_state
@@ -971,3 +972,44 @@ async def test_reading_files_of_a_drive_nobody_connected_is_not_found(
     assert (list(found.files), list(found.sources), list(found.problems)) == ([], [], [])
     bad = integrations_pb2.ReadFileRequest(provider="dropbox", file_id="abc")
     await fails(internal.ReadFile, bad, metadata, grpc.StatusCode.INVALID_ARGUMENT)
+
+
+async def test_a_document_read_for_a_conversation_is_remembered_sealed_and_erased(
+    stub: Stub,
+    internal: integrations_pb2_grpc.IntegrationsServiceStub,
+    user: Callable[[], tuple[str, Metadata]],
+    google: GoogleEmulator,
+    postgres: EmbeddedPostgres,
+) -> None:
+    user_id, metadata = user()
+    account = f"g-{uuid.uuid4().hex[:8]}@example.com"
+    name = f"Board memo {uuid.uuid4().hex[:8]}"
+    file_id = google.add_file(account, name, "text/plain", b"the board meets in May")
+    await connect_files_as(stub, metadata, google, pb.PROVIDER_GOOGLE, account)
+    conversation = str(uuid.uuid4())
+    await internal.ReadFile(
+        integrations_pb2.ReadFileRequest(provider="google", file_id=file_id, conversation_id=conversation),
+        metadata=metadata,
+    )
+    await internal.ReadFile(
+        integrations_pb2.ReadFileRequest(provider="google", file_id=file_id), metadata=metadata
+    )
+
+    async def remembered() -> list[str]:
+        connection = await asyncpg.connect(postgres.url)
+        try:
+            rows = await connection.fetch(
+                "SELECT conversation_id FROM integrations.file_references WHERE user_id = $1",
+                uuid.UUID(user_id),
+            )
+        finally:
+            await connection.close()
+        return [row["conversation_id"] for row in rows]
+
+    assert await remembered() == [conversation]  # a read outside a conversation refers to nothing
+    dump = await dump_database(postgres.superuser_url)
+    assert conversation in dump
+    assert name not in dump
+    assert file_id not in dump.split("COPY integrations.file_references", 1)[1].split("\\.", 1)[0]
+    await internal.PurgeUser(integrations_pb2.PurgeUserRequest(), metadata=metadata)
+    assert await remembered() == []

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
 from athena.events.v1 import events_pb2
 
 from integrations.calendars import Event as CalendarEvent
 from integrations.calendars import Events
+from integrations.file_references import Reference
 from integrations.health import APPLE_HEALTH, Day, HealthAnswer, Metric
 from integrations.proactive import Notice
 from integrations.proactive_consumer import ProactiveAgents
@@ -115,3 +117,47 @@ async def test_lifecycle_events_go_to_the_subscriptions_owner() -> None:
     agents = ProactiveAgents(Calendars([]), Sleep(None), Notes(), clock=lambda: NOW, on_lifecycle=lifecycle)
     await agents.handle(event(Kind.KIND_SUBSCRIPTION_LIFECYCLE))
     assert seen == ["e1"]
+
+
+@dataclass(frozen=True)
+class Changed:
+    provider: Provider
+    file_id: str
+    name: str
+    changed_at: datetime
+
+
+class Drive:
+    def __init__(self, changed: list[Changed]) -> None:
+        self.changed = changed
+
+    async def changed_files(self, user_id: str) -> list[Changed]:
+        found, self.changed = self.changed, []
+        return found
+
+
+class Read:
+    async def referring(self, user_id: str, provider: Provider, file_id: str) -> Reference | None:
+        if file_id != "plan":
+            return None
+        return Reference(provider, file_id, "Q3 plan", "conversation-7", NOW - timedelta(days=2))
+
+
+async def test_a_changed_document_a_conversation_read_is_said_in_that_conversation() -> None:
+    notes = Notes()
+    changes = Drive(
+        [
+            Changed(Provider.GOOGLE, "plan", "Q3 plan (v2)", NOW),
+            Changed(Provider.GOOGLE, "holiday", "Holiday photos", NOW),  # no conversation read it
+        ]
+    )
+    agents = ProactiveAgents(
+        Calendars([]), Sleep(None), notes, clock=lambda: NOW, file_changes=changes, references=Read()
+    )
+    await agents.handle(event(Kind.KIND_FILES_CHANGED))
+    assert [(n.agent_id, n.kind, n.conversation_id) for _, n in notes.left] == [
+        ("sme", "document_changed", "conversation-7")
+    ]
+    assert "“Q3 plan (v2)”, which we talked about" in notes.left[0][1].body
+    await agents.handle(event(Kind.KIND_FILES_CHANGED))  # nothing changed since
+    assert len(notes.left) == 1

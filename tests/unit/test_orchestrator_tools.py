@@ -30,7 +30,7 @@ WINDOW = {"start": "2030-01-07T00:00:00Z", "end": "2030-01-08T00:00:00Z"}
 
 
 def context(memory: InMemoryGateway, agent_id: str = "focus") -> ToolContext:
-    return ToolContext(user_id="u1", agent_id=agent_id, memory=memory, now=lambda: NOW)
+    return ToolContext(user_id="u1", agent_id=agent_id, memory=memory, now=lambda: NOW, conversation_id="c1")
 
 
 async def call(
@@ -259,13 +259,13 @@ class Drive:
 
     def __init__(self, search: DriveSearch) -> None:
         self.answer = search
-        self.asked: list[tuple[str, str, int]] = []
+        self.asked: list[tuple[str, str, int, str]] = []
 
     async def search(self, query: str, limit: int) -> DriveSearch:
         return self.answer
 
-    async def read(self, source: str, file_id: str, max_chars: int) -> DriveText:
-        self.asked.append((source, file_id, max_chars))
+    async def read(self, source: str, file_id: str, max_chars: int, conversation_id: str = "") -> DriveText:
+        self.asked.append((source, file_id, max_chars, conversation_id))
         return DriveText(self.answer.files[0], "The budget grows.", False)
 
 
@@ -293,7 +293,7 @@ async def test_connected_drives_find_and_read_documents() -> None:
     read, failed = await call(registry, InMemoryGateway(), "file_read", source="google", file_id="f1")
     assert not failed
     assert (read["name"], read["text"], read["truncated"]) == ("Q3 plan", "The budget grows.", False)
-    assert drive.asked == [("google", "f1", 20_000)]
+    assert drive.asked == [("google", "f1", 20_000, "c1")]  # the conversation reading it, remembered
     refused, failed = await call(registry, InMemoryGateway(), "file_read", source="dropbox", file_id="f1")
     assert failed
     assert "'dropbox' is not one of" in refused["error"]

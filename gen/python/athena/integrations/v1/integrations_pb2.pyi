@@ -391,22 +391,28 @@ class ReadFileRequest(_message.Message):
     PROVIDER_FIELD_NUMBER: _builtins.int
     FILE_ID_FIELD_NUMBER: _builtins.int
     MAX_CHARS_FIELD_NUMBER: _builtins.int
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
     provider: _builtins.str
     """"google" or "microsoft"."""
     file_id: _builtins.str
     """The file's id, as SearchFiles answered it."""
     max_chars: _builtins.int
     """At most this many characters (1 to 100,000; 0 means 20,000)."""
+    conversation_id: _builtins.str
+    """The conversation reading it, if any: the service remembers which documents conversations referred
+    to, so that the business assistant can say when one of them changes (and where to continue).
+    """
     def __init__(
         self,
         *,
         provider: _builtins.str = ...,
         file_id: _builtins.str = ...,
         max_chars: _builtins.int = ...,
+        conversation_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["file_id", b"file_id", "max_chars", b"max_chars", "provider", b"provider"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "file_id", b"file_id", "max_chars", b"max_chars", "provider", b"provider"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
