@@ -2,7 +2,8 @@
 
 The secret of each subscription (Graph `clientState`, Google channel token) is sealed with its owner's data
 key, bound to table, column and the provider's subscription id: a dump shows what is watched and until
-when, never the secret. A person whose data key is gone has no subscriptions to read.
+when, never the secret. A person whose data key is gone has no subscriptions to read. The cursor (a Drive
+page token) is kept plain: an opaque position in the person's change log, not their data.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from integrations.subscriptions import Subscription
 from mesh import postgres
 from mesh.envelope import Cipher, DataKeys, NoDataKey
 
-_COLUMNS = "provider, id, user_id, capability, resource, secret_sealed, expires_at, missed_at"
+_COLUMNS = "provider, id, user_id, capability, resource, secret_sealed, expires_at, missed_at, cursor"
 
 
 def _bound(provider: Provider, subscription_id: str) -> str:
@@ -50,6 +51,7 @@ class PostgresSubscriptionStore:
             ),
             expires_at=row["expires_at"],
             missed_at=row["missed_at"],
+            cursor=row["cursor"],
         )
 
     async def add(self, subscription: Subscription) -> None:
@@ -60,8 +62,9 @@ class PostgresSubscriptionStore:
         async with postgres.translated():
             await self._pool.execute(
                 """INSERT INTO integrations.subscriptions
-                       (provider, id, user_id, capability, resource, secret_sealed, expires_at, missed_at)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""",
+                       (provider, id, user_id, capability, resource, secret_sealed, expires_at, missed_at,
+                        cursor)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)""",
                 subscription.provider.value,
                 subscription.id,
                 uuid.UUID(subscription.user_id),
@@ -70,6 +73,7 @@ class PostgresSubscriptionStore:
                 sealed,
                 subscription.expires_at,
                 subscription.missed_at,
+                subscription.cursor,
             )
 
     async def get(self, provider: Provider, subscription_id: str) -> Subscription | None:
@@ -107,6 +111,18 @@ class PostgresSubscriptionStore:
                 subscription.expires_at,
                 subscription.missed_at,
             )
+
+    async def move_cursor(self, subscription: Subscription, cursor: str) -> bool:
+        async with postgres.translated():
+            moved = await self._pool.fetchval(
+                """UPDATE integrations.subscriptions SET cursor = $4
+                   WHERE provider = $1 AND id = $2 AND cursor = $3 RETURNING true""",
+                subscription.provider.value,
+                subscription.id,
+                subscription.cursor,
+                cursor,
+            )
+        return bool(moved)
 
     async def delete(self, provider: Provider, subscription_id: str) -> bool:
         async with postgres.translated():

@@ -6,7 +6,7 @@ What is watched, per capability held (PROVIDERS.md §2, §3, §5):
 | capability | Google | Microsoft Graph subscription |
 |---|---|---|
 | calendar | `events.watch` channel on the primary calendar | `me/events` (created, updated, deleted) |
-| files | Drive `changes.watch` channel | `me/drive/root` (updated) |
+| files | Drive `changes.watch` channel, and its cursor for `changed_files` | `me/drive/root` (updated) |
 | health | the person registered under their `healthUserId` | — |
 
 Google Health notifications come from one subscriber for the whole deployment (its `AUTOMATIC` policy
@@ -24,6 +24,12 @@ covers every consenting person, set up once by an operator; PROVIDERS.md §4) an
   no longer has (expired, or removed). A subscription recreated after a gap, and a Graph `missed` lifecycle
   event, mark it `missed_at`: notifications may have been lost, and the event consumer resyncs
   (`needing_resync`, then `resynced`).
+- **Cursor.** A Google files channel keeps the Drive page token it was opened at (`cursor`); when a
+  notification says Drive changed, `changed_files` lists the changes since it (`changes.list`), answers the
+  files changed (once each, the latest change; not those removed or in the bin) and moves the cursor to
+  Drive's `newStartPageToken`. The move is conditional on the cursor read, so that two notifications read
+  at once answer each change once. A channel replacing another (a renewal, a reconnect after a lapse)
+  continues from the old one's cursor, so nothing between them is missed.
 - **Best effort.** Stopping at the provider never blocks a disconnect or an erasure; a subscription that
   cannot be made (a grant without the permission, an unreachable endpoint) leaves the connection working
   without notifications, and is tried again on the next connect.
@@ -63,6 +69,14 @@ RENEW_WITHIN = timedelta(days=1)
 GRAPH_RESOURCES = {Capability.CALENDAR: "me/events", Capability.FILES: "me/drive/root"}
 GRAPH_CHANGE_TYPES = {Capability.CALENDAR: "created,updated,deleted", Capability.FILES: "updated"}
 WATCHED = (Capability.CALENDAR, Capability.FILES, Capability.HEALTH)
+DRIVE_CHANGE_FIELDS = (
+    "nextPageToken,newStartPageToken,changes(fileId,removed,time,file(name,modifiedTime,trashed))"
+)
+"""What `changed_files` asks `changes.list` for."""
+DRIVE_CHANGE_PAGE_SIZE = 1000
+"""Drive's maximum `pageSize` for `changes.list`."""
+MAX_CHANGE_PAGES = 10
+"""Pages of changes read per `changed_files` call; the rest wait for the next call (the cursor says where)."""
 
 
 class Lifecycle(StrEnum):
@@ -91,11 +105,24 @@ class Subscription:
     expires_at: datetime
     missed_at: datetime | None = None
     """Set when notifications may have been lost (a `missed` event, a recreation after a gap)."""
+    cursor: str = ""
+    """A Google files channel's Drive page token: its changes are read from here. Empty for the others."""
 
     @property
     def kind(self) -> str:
         """The registry's kind ("calendar" or "files")."""
         return self.capability.value
+
+
+@dataclass(frozen=True, slots=True)
+class ChangedFile:
+    """A file of the person's that changed since the last look (`Subscriptions.changed_files`)."""
+
+    provider: Provider
+    file_id: str
+    name: str
+    changed_at: datetime
+    """When the provider recorded its latest change (Drive's change `time`)."""
 
 
 class SubscriptionStore(Protocol):
@@ -108,7 +135,11 @@ class SubscriptionStore(Protocol):
     async def held_by(self, user_id: str) -> list[Subscription]: ...
 
     async def update(self, subscription: Subscription) -> None:
-        """Sets the subscription's expiry and `missed_at`."""
+        """Sets the subscription's expiry and `missed_at` (not its cursor: `move_cursor`)."""
+        ...
+
+    async def move_cursor(self, subscription: Subscription, cursor: str) -> bool:
+        """Sets the cursor to `cursor` if it is still `subscription.cursor`; answers whether it did."""
         ...
 
     async def delete(self, provider: Provider, subscription_id: str) -> bool: ...
@@ -134,6 +165,10 @@ class Registry(Protocol):
     ) -> Any: ...
 
     async def remove(self, provider: str, subscription_id: str) -> bool: ...
+
+
+class CursorRejected(Exception):
+    """Drive refused the page token (400): it is discarded and listing starts again from now."""
 
 
 class Gone(Exception):
@@ -208,15 +243,13 @@ class Subscriptions:
 
     async def ensure(self, connection: Connection) -> list[Subscription]:
         """A live subscription for each watched capability the connection holds (made where missing)."""
-        held = {
-            s.capability: s
-            for s in await self._store.held_by(connection.user_id)
-            if s.provider is connection.provider and s.expires_at > self._clock()
-        }
+        mine = [s for s in await self._store.held_by(connection.user_id) if s.provider is connection.provider]
+        held = {s.capability: s for s in mine if s.expires_at > self._clock()}
+        cursors = {s.capability: s.cursor for s in mine if s.cursor}  # a lapsed channel's: continue from it
         made = []
         for capability in WATCHED:
             if capability in connection.capabilities and capability not in held:
-                subscription = await self._create(connection, capability)
+                subscription = await self._create(connection, capability, cursor=cursors.get(capability, ""))
                 if subscription is not None:
                     made.append(subscription)
         return made
@@ -231,6 +264,84 @@ class Subscriptions:
     async def resynced(self, subscription: Subscription) -> None:
         """The consumer caught up with the subscription's resource: `missed_at` cleared."""
         await self._store.update(replace(subscription, missed_at=None))
+
+    async def changed_files(self, user_id: str) -> list[ChangedFile]:
+        """The person's Drive files changed since the last call (or since the files channel was opened), as
+        the module docstring says; empty without a Google files subscription, and when Drive cannot answer
+        now (logged; the cursor stays, and the next call lists them)."""
+        watching = [
+            s
+            for s in await self._store.held_by(user_id)
+            if (s.provider, s.capability) == (Provider.GOOGLE, Capability.FILES) and s.cursor
+        ]
+        if not watching:
+            return []
+        subscription = max(watching, key=lambda s: s.expires_at)  # the newest, while one replaces another
+        connection = await self._connection(subscription)
+        if connection is None or connection.status is not Status.CONNECTED:
+            return []
+        listed = await self._api.read(
+            connection, lambda token: self._drive_changes(token, subscription.cursor), reads_data=False
+        )
+        if isinstance(listed, Problem):
+            log.warning(
+                "the changed Drive files could not be listed; the next notification tries again",
+                extra={"provider": Provider.GOOGLE.value, "error": listed.message},
+            )
+            return []
+        changed, cursor = listed
+        if not await self._store.move_cursor(subscription, cursor):
+            return []  # another call read these changes meanwhile, and answers them
+        return changed
+
+    async def _drive_changes(self, token: str, cursor: str) -> tuple[list[ChangedFile], str]:
+        """The files changed since `cursor` (the latest change of each) and where the next look starts."""
+        latest: dict[str, dict[str, Any]] = {}
+        page_token = cursor
+        try:
+            for _ in range(MAX_CHANGE_PAGES):
+                response = await self._api.request(
+                    "GET",
+                    f"{self._drive_url}/changes",
+                    token,
+                    Provider.GOOGLE,
+                    answered=(400,),
+                    params={
+                        "pageToken": page_token,
+                        "pageSize": str(DRIVE_CHANGE_PAGE_SIZE),
+                        "fields": DRIVE_CHANGE_FIELDS,
+                    },
+                )
+                if response.status_code == 400:
+                    raise CursorRejected
+                page = response.json()
+                for change in page.get("changes", []):
+                    latest.pop(str(change["fileId"]), None)  # keeps them in the order of their latest change
+                    latest[str(change["fileId"])] = change
+                if "newStartPageToken" in page:
+                    page_token = str(page["newStartPageToken"])
+                    break
+                page_token = str(page["nextPageToken"])
+            changed = [
+                ChangedFile(
+                    Provider.GOOGLE,
+                    file_id,
+                    str(change["file"]["name"]),
+                    datetime.fromisoformat(str(change["time"])),
+                )
+                for file_id, change in latest.items()
+                if not change.get("removed") and "file" in change and not change["file"].get("trashed")
+            ]
+        except CursorRejected:
+            # Drive: a rejected token is discarded and listing restarts; what changed meanwhile is lost.
+            log.warning("Drive refused the files channel's cursor; reading changes from now on")
+            start = await self._api.get_json(
+                "GET", f"{self._drive_url}/changes/startPageToken", token, Provider.GOOGLE
+            )
+            return [], str(start["startPageToken"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise Failed("Google Drive answered something unreadable") from exc
+        return changed, page_token
 
     async def maintain(self, *, limit: int = 100) -> int:
         """Renews what expires within `RENEW_WITHIN`, recreating what the provider no longer has; answers
@@ -296,13 +407,14 @@ class Subscriptions:
         return await self._api.request(method, url, token, provider, answered=(404,), **options)
 
     async def _create(
-        self, connection: Connection, capability: Capability, *, missed: bool = False
+        self, connection: Connection, capability: Capability, *, missed: bool = False, cursor: str = ""
     ) -> Subscription | None:
+        """A new subscription; a Google files channel continues from `cursor` (a replaced one's), if any."""
         secret = secrets.token_urlsafe(32)
         subscribe = self._graph_create if connection.provider is Provider.MICROSOFT else self._google_watch
         try:
             made = await self._api.read(
-                connection, lambda token: subscribe(token, capability, secret), reads_data=False
+                connection, lambda token: subscribe(token, capability, secret, cursor), reads_data=False
             )
         except NotPermitted:
             made = Problem(connection.provider, False, "the grant does not permit watching this")
@@ -316,7 +428,7 @@ class Subscriptions:
                 },
             )
             return None
-        subscription_id, resource, expires_at = made
+        subscription_id, resource, expires_at, opened_at = made
         subscription = Subscription(
             provider=connection.provider,
             id=subscription_id,
@@ -326,6 +438,7 @@ class Subscriptions:
             secret=secret,
             expires_at=expires_at,
             missed_at=self._clock() if missed else None,
+            cursor=opened_at,
         )
         await self._store.add(subscription)
         await self._register(subscription)
@@ -362,8 +475,8 @@ class Subscriptions:
             raise Failed(f"{provider.display_name} answered something unreadable") from exc
 
     async def _graph_create(
-        self, token: str, capability: Capability, secret: str
-    ) -> tuple[str, str, datetime]:
+        self, token: str, capability: Capability, secret: str, _cursor: str
+    ) -> tuple[str, str, datetime, str]:
         resource = GRAPH_RESOURCES[capability]
         expires = self._clock() + GRAPH_MAX_LIFETIME[capability] - LIFETIME_MARGIN
         body = {
@@ -375,11 +488,13 @@ class Subscriptions:
             "clientState": secret,
         }
         answer = await self._made("POST", f"{self._graph_url}/subscriptions", token, Provider.MICROSOFT, body)
-        return str(answer["id"]), resource, _graph_expiry(str(answer["expirationDateTime"]))
+        return str(answer["id"]), resource, _graph_expiry(str(answer["expirationDateTime"])), ""
 
     async def _google_watch(
-        self, token: str, capability: Capability, secret: str
-    ) -> tuple[str, str, datetime]:
+        self, token: str, capability: Capability, secret: str, cursor: str
+    ) -> tuple[str, str, datetime, str]:
+        """The channel's id, resourceId, expiry and (for Drive's changes) the page token it was opened at:
+        `cursor` when given, else Drive's start token (now)."""
         channel = {
             "id": str(uuid.uuid4()),
             "type": "web_hook",
@@ -392,17 +507,22 @@ class Subscriptions:
                 "GET", f"{self._health_url}/users/me/identity", token, Provider.GOOGLE
             )
             health_user = str(identity["healthUserId"])
-            return health_subscription_id(health_user), health_user, self._clock() + GOOGLE_CHANNEL_TTL
+            expires = self._clock() + GOOGLE_CHANNEL_TTL
+            return health_subscription_id(health_user), health_user, expires, ""
         if capability is Capability.CALENDAR:
-            url, params = f"{self._calendar_url}/calendars/primary/events/watch", {}
+            url, params, page_token = f"{self._calendar_url}/calendars/primary/events/watch", {}, ""
         else:
-            start = await self._api.get_json(
-                "GET", f"{self._drive_url}/changes/startPageToken", token, Provider.GOOGLE
-            )
-            url, params = f"{self._drive_url}/changes/watch", {"pageToken": str(start["startPageToken"])}
+            if cursor:
+                page_token = cursor
+            else:
+                start = await self._api.get_json(
+                    "GET", f"{self._drive_url}/changes/startPageToken", token, Provider.GOOGLE
+                )
+                page_token = str(start["startPageToken"])
+            url, params = f"{self._drive_url}/changes/watch", {"pageToken": page_token}
         answer = await self._made("POST", url, token, Provider.GOOGLE, channel, params=params)
         expires = datetime.fromtimestamp(int(answer["expiration"]) / 1000, UTC)
-        return str(answer["id"]), str(answer["resourceId"]), expires
+        return str(answer["id"]), str(answer["resourceId"]), expires, page_token
 
     async def _renew(self, subscription: Subscription) -> bool:
         connection = await self._connection(subscription)
@@ -410,9 +530,12 @@ class Subscriptions:
             await self._stop(subscription, None)  # nothing to renew it with
             return False
         now = self._clock()
+        held = await self._store.held_by(subscription.user_id)
+        # The stored cursor, not the one read with the expiring list: `changed_files` may have moved it.
+        cursor = next((s.cursor for s in held if s.id == subscription.id), subscription.cursor)
         successor = [
             s
-            for s in await self._store.held_by(subscription.user_id)
+            for s in held
             if (s.provider, s.capability) == (subscription.provider, subscription.capability)
             and s.id != subscription.id
             and s.expires_at > now + RENEW_WITHIN
@@ -429,7 +552,7 @@ class Subscriptions:
         if subscription.provider is Provider.GOOGLE or lapsed:
             # A channel cannot be renewed, and a lapsed subscription is gone at the provider: a new one,
             # then the old one stopped (the overlap loses nothing).
-            made = await self._create(connection, subscription.capability, missed=lapsed)
+            made = await self._create(connection, subscription.capability, missed=lapsed, cursor=cursor)
             if made is None:
                 return False
             await self._stop(subscription, connection)

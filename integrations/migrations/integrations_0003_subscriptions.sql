@@ -5,6 +5,8 @@
 -- (a Graph resource path, Google's opaque resourceId, which channels.stop needs). The secret the provider
 -- echoes with each notification (Graph clientState, Google channel token) is sealed with the person's data
 -- key; the expiry is plain, to find what needs renewing. `missed_at`: notifications may have been lost since.
+-- `cursor`: where a Google files channel (Drive's changes) has been read up to, a Drive page token (opaque,
+-- not the person's data); empty for the others.
 CREATE TABLE integrations.subscriptions (
     provider      text NOT NULL CHECK (provider IN ('google', 'microsoft')),
     id            text NOT NULL,
@@ -14,6 +16,7 @@ CREATE TABLE integrations.subscriptions (
     secret_sealed bytea NOT NULL,
     expires_at    timestamptz NOT NULL,
     missed_at     timestamptz,
+    cursor        text NOT NULL DEFAULT '',
     created_at    timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (provider, id)
 );

@@ -20,8 +20,11 @@ one base URL per host (`oauth_authorize_url`, `oauth_token_url`, `oauth_revoke_u
 - Drive v3 (https://developers.google.com/workspace/drive/api/reference/rest/v3): `files.list` with a `q`
   subset (https://developers.google.com/workspace/drive/api/guides/search-files) and `fields` (only
   `kind,id,name,mimeType` by default, as Drive does), `files.get` (metadata, `alt=media`; a Docs Editors
-  file answers 403 `fileNotDownloadable`) and `files.export` (Docs Editors files only, 10 MB limit:
-  403 `exportSizeLimitExceeded`).
+  file answers 403 `fileNotDownloadable`), `files.export` (Docs Editors files only, 10 MB limit:
+  403 `exportSizeLimitExceeded`), and `changes.getStartPageToken` / `changes.list` over a change log per
+  account (`add_file`, `update_file`, `trash_file`, `delete_file` record one each): a page token is a
+  position in it; `pageSize`, `includeRemoved`, `fields` (`changes(...,file(...))`); the last page carries
+  `newStartPageToken`, the others `nextPageToken`; a token never given out answers 400 `invalid`.
 - Health API v4 (https://developers.google.com/health/reference/rest/v4): `users.dataTypes.dataPoints`
   `list` (newest first, pageSize/pageToken) with the AIP-160 filters of https://developers.google.com/health/filters
   (only `>=` and `<`; per record type: Interval `interval.start_time`/`civil_start_time`, Sample
@@ -52,9 +55,9 @@ these; the emulator sends one unless told `retry_after_seconds=None`, so clients
 
 Tests drive it with Python methods: `register_client`, `sign_in`, `refuse_next_consent`,
 `narrow_next_consent`, `mint_code`, `expire_access_tokens`, `revoke_grant`, `rate_limit_next`,
-`add_calendar`, `add_event`, `add_file`, `add_data_point` (and typed `add_steps`, `add_heart_rate`,
-`add_weight`, `add_active_energy`, `add_sleep`, `add_exercise`, `add_resting_heart_rate`), and read what
-clients sent in `requests`.
+`add_calendar`, `add_event`, `add_file`, `update_file`, `trash_file`, `delete_file`, `add_data_point` (and
+typed `add_steps`, `add_heart_rate`, `add_weight`, `add_active_energy`, `add_sleep`, `add_exercise`,
+`add_resting_heart_rate`), and read what clients sent in `requests`.
 """
 
 from __future__ import annotations
@@ -206,6 +209,15 @@ class _File:
 
 
 @dataclass
+class _Change:
+    """One entry of an account's Drive change log (what changes.list pages through)."""
+
+    file_id: str
+    time: datetime
+    removed: bool = False
+
+
+@dataclass
 class _Channel:
     id: str
     account: str
@@ -276,6 +288,9 @@ class GoogleEmulator:
     channels: dict[str, _Channel] = field(default_factory=dict)
     """Every open channel by id (an expired one stays here, silent; a stopped one is gone)."""
     _change_counter: int = 1000
+    """Drive page tokens count changes from here: an account's token is this plus its changes so far."""
+    _changes: dict[str, list[_Change]] = field(default_factory=dict)
+    """Each account's Drive change log, oldest first (a page token is a position in it)."""
     _deliveries: set[asyncio.Task[int]] = field(default_factory=set)
     _app: web.Application | None = None
     _runner: web.AppRunner | None = None
@@ -340,6 +355,7 @@ class GoogleEmulator:
         add.add_post("/calendar/v3/calendars/{calendarId}/events/watch", self._events_watch)
         add.add_post("/calendar/v3/channels/stop", self._channels_stop)
         add.add_get("/drive/v3/changes/startPageToken", self._start_page_token)
+        add.add_get("/drive/v3/changes", self._changes_list)
         add.add_post("/drive/v3/changes/watch", self._changes_watch)
         add.add_post("/drive/v3/channels/stop", self._channels_stop)
         add.add_get("/drive/v3/files", self._files_list)
@@ -457,13 +473,46 @@ class GoogleEmulator:
         file_id: str | None = None,
     ) -> str:
         """A file in `account`'s Drive; for a Docs Editors type (`application/vnd.google-apps.*`) `content` is
-        what exporting it gives. Returns its id."""
-        moment = modified_time or datetime.fromtimestamp(self.clock(), UTC)
+        what exporting it gives. Returns its id. Drive's change log records it (now)."""
+        moment = modified_time or self._now()
         ident = file_id or _drive_id()
         self._files.setdefault(account, {})[ident] = _File(
             ident, name, mime_type, content, moment, moment, trashed
         )
+        self._changes.setdefault(account, []).append(_Change(ident, self._now()))
         return ident
+
+    def update_file(
+        self,
+        account: str,
+        file_id: str,
+        *,
+        content: bytes | None = None,
+        name: str | None = None,
+        modified_time: datetime | None = None,
+    ) -> None:
+        """The person edits a file (its content, its name, or neither: a touch): `modifiedTime` becomes
+        `modified_time` (default now), and the change log records a change at that moment."""
+        found = self._files[account][file_id]
+        found.modified_time = modified_time or self._now()
+        if content is not None:
+            found.content = content
+        if name is not None:
+            found.name = name
+        self._changes[account].append(_Change(file_id, found.modified_time))
+
+    def trash_file(self, account: str, file_id: str) -> None:
+        """The file goes to the bin (`trashed`; not `removed`: it is still there), a change recorded now."""
+        self._files[account][file_id].trashed = True
+        self._changes[account].append(_Change(file_id, self._now()))
+
+    def delete_file(self, account: str, file_id: str) -> None:
+        """The file is deleted for good: its changes list as `removed`, without the file."""
+        del self._files[account][file_id]
+        self._changes[account].append(_Change(file_id, self._now(), removed=True))
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self.clock(), UTC)
 
     def add_data_point(self, account: str, data_type: str, point: dict[str, Any]) -> dict[str, Any]:
         """A Health API `DataPoint` in its JSON form, e.g. `{"steps": {"count": "120", "interval": {...}}}`;
@@ -1106,12 +1155,69 @@ class GoogleEmulator:
     async def _start_page_token(self, request: web.Request) -> web.Response:
         """https://developers.google.com/workspace/drive/api/reference/rest/v3/changes/getStartPageToken"""
         try:
-            self._bearer(request, _DRIVE_METADATA)
+            account = self._bearer(request, _DRIVE_METADATA)
         except _ApiError as error:
             return self._api_error(error)
-        return web.json_response(
-            {"kind": "drive#startPageToken", "startPageToken": str(self._change_counter)}
-        )
+        position = self._change_counter + len(self._changes.get(account, []))
+        return web.json_response({"kind": "drive#startPageToken", "startPageToken": str(position)})
+
+    async def _changes_list(self, request: web.Request) -> web.Response:
+        """https://developers.google.com/workspace/drive/api/reference/rest/v3/changes/list"""
+        query = request.query
+        try:
+            account = self._bearer(request, _DRIVE_METADATA)
+            log = self._changes.get(account, [])
+            start = self._change_position(query.get("pageToken", ""), len(log))
+            page_size = _page_size(query.get("pageSize"), default=100, maximum=1000, name="pageSize")
+            include_removed = _flag(query.get("includeRemoved"), default=True, name="includeRemoved")
+            top, per_change, per_file = _change_fields(query.get("fields"))
+        except _ApiError as error:
+            return self._api_error(error)
+        files = self._files.get(account, {})
+        changes: list[dict[str, Any]] = []
+        position = start
+        while position < len(log) and len(changes) < page_size:
+            entry = log[position]
+            position += 1
+            found = None if entry.removed else files.get(entry.file_id)
+            if found is None and not include_removed:
+                continue
+            change: dict[str, Any] = {
+                "kind": "drive#change",
+                "changeType": "file",
+                "time": _drive_time(entry.time),
+                "removed": found is None,
+                "fileId": entry.file_id,
+            }
+            if found is not None:
+                change["file"] = _file_resource(found, per_file)
+            changes.append(
+                change if per_change is None else {k: v for k, v in change.items() if k in per_change}
+            )
+        answer: dict[str, Any] = {"kind": "drive#changeList"}
+        if position < len(log):
+            answer["nextPageToken"] = str(self._change_counter + position)
+        else:
+            answer["newStartPageToken"] = str(self._change_counter + position)
+        answer["changes"] = changes
+        if top is not None:
+            answer = {k: v for k, v in answer.items() if k in top}
+        return web.json_response(answer)
+
+    def _change_position(self, token: str, length: int) -> int:
+        """Where a page token points in a change log of `length` entries. A token below the first change
+        lists from the start (Drive takes "1"); one that was never given out is refused."""
+        if not token:
+            raise _ApiError(
+                400,
+                "required",
+                "Required parameter: pageToken",
+                location="pageToken",
+                locationType="parameter",
+            )
+        if not token.isdigit() or int(token) - self._change_counter > length:
+            raise _ApiError(400, "invalid", "Invalid Value", location="pageToken", locationType="parameter")
+        return max(int(token) - self._change_counter, 0)
 
     async def _changes_watch(self, request: web.Request) -> web.Response:
         """https://developers.google.com/workspace/drive/api/reference/rest/v3/changes/watch"""
@@ -1787,6 +1893,50 @@ def _drive_fields(fields: str | None, *, listing: bool) -> tuple[set[str] | None
     return top, per_file
 
 
+def _change_fields(fields: str | None) -> tuple[set[str] | None, set[str] | None, set[str] | None]:
+    """(top-level, per-change, per-file) fields of a changes.list `fields` selector; None means everything.
+    Without `fields` Drive answers every field of the list and its changes, and a file's default four."""
+    if not fields:
+        return None, None, {"kind", "id", "name", "mimeType"}
+    if fields.strip() == "*":
+        return None, None, None
+    top: set[str] = set()
+    per_change: set[str] | None = None
+    per_file: set[str] | None = None
+    for part in _split_fields(fields):
+        match = re.fullmatch(r"changes(?:\((.*)\))?", part)
+        if match is None:
+            top.add(part.split("/")[0])
+            continue
+        top.add("changes")
+        inner = match.group(1)
+        if inner in (None, "*"):
+            continue
+        per_change = set()
+        for item in _split_fields(inner):
+            nested = re.fullmatch(r"file(?:\((.*)\))?", item)
+            if nested is None:
+                per_change.add(item.split("/")[0])
+                continue
+            per_change.add("file")
+            per_file = None if nested.group(1) in (None, "*") else set(_split_fields(nested.group(1)))
+    return top, per_change, per_file
+
+
+def _flag(value: str | None, *, default: bool, name: str) -> bool:
+    """A boolean query parameter ("true"/"false")."""
+    if value is None or value == "":
+        return default
+    if value not in ("true", "false"):
+        raise _ApiError(400, "invalid", f"Invalid value for {name}", location=name, locationType="parameter")
+    return value == "true"
+
+
+def _drive_time(moment: datetime) -> str:
+    """Drive's RFC 3339 form: UTC, milliseconds, `Z`."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def _file_resource(file: _File, fields: set[str] | None) -> dict[str, Any]:
     native = file.mime_type.startswith("application/vnd.google-apps.")
     kind = {GOOGLE_DOC: "document", GOOGLE_SHEET: "spreadsheets", GOOGLE_SLIDES: "presentation"}.get(
@@ -1803,12 +1953,8 @@ def _file_resource(file: _File, fields: set[str] | None) -> dict[str, Any]:
         "name": file.name,
         "mimeType": file.mime_type,
         "trashed": file.trashed,
-        "createdTime": file.created_time.astimezone(UTC)
-        .isoformat(timespec="milliseconds")
-        .replace("+00:00", "Z"),
-        "modifiedTime": file.modified_time.astimezone(UTC)
-        .isoformat(timespec="milliseconds")
-        .replace("+00:00", "Z"),
+        "createdTime": _drive_time(file.created_time),
+        "modifiedTime": _drive_time(file.modified_time),
         "webViewLink": link,
         "parents": ["root"],
     }

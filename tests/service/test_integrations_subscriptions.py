@@ -6,7 +6,8 @@ Connecting subscribes (Graph's validation handshake, Google's sync message, both
 webhooks service to verify against); disconnecting and erasure stop them at the provider and in the
 registry; the maintenance round renews what is about to expire (the clock driven, the emulators on the same
 clock) and recreates what the provider removed, marking it for a resync; Graph's lifecycle events are
-handled; people's subscriptions stay apart; the database holds no secret.
+handled; people's subscriptions stay apart; the database holds no secret. A Google files channel keeps its
+Drive cursor: `changed_files` answers what changed since the last look, once, across renewals.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from athena.connections.v1 import connections_pb2_grpc
 from athena.integrations.v1 import integrations_pb2, integrations_pb2_grpc
 from doubles.clock import FakeClock
 from emulators import GoogleEmulator, MicrosoftEmulator
+from emulators.google import GOOGLE_DOC
 from integrations_fixtures import (  # type: ignore[import-not-found]
     REDIRECT,
     Metadata,
@@ -49,7 +51,7 @@ from integrations.oauth import OAuth
 from integrations.postgres import PostgresConnectionStore
 from integrations.postgres_subscriptions import PostgresSubscriptionStore
 from integrations.providers import Provider
-from integrations.subscriptions import Lifecycle, Subscriptions
+from integrations.subscriptions import ChangedFile, Lifecycle, Subscriptions
 from mesh import redis
 from mesh.app import RunningService
 from mesh.envelope import DataKeys
@@ -546,3 +548,135 @@ async def test_a_lapsed_subscription_already_replaced_on_reconnect_is_not_made_t
     assert await subscriptions.maintain() == 0
     assert [s.id for s in microsoft.live_subscriptions(MICROSOFT_ACCOUNT)] == [fresh.id]
     assert [s.id for s in await subscriptions.held_by(user_id)] == [fresh.id]
+
+
+async def connect_files(stub: Stub, metadata: Metadata, google: GoogleEmulator) -> None:
+    await connect(stub, metadata, pb.PROVIDER_GOOGLE, pb.CAPABILITY_FILES)
+    await google.deliveries()
+
+
+async def set_cursor(postgres: EmbeddedPostgres, user_id: str, cursor: str) -> None:
+    database = await asyncpg.connect(postgres.url)
+    try:
+        await database.execute(
+            "UPDATE integrations.subscriptions SET cursor = $2 WHERE user_id = $1", uuid.UUID(user_id), cursor
+        )
+    finally:
+        await database.close()
+
+
+async def test_changed_files_answers_each_drive_file_changed_since_the_last_look_once(
+    stub: Stub,
+    user: Callable[[], tuple[str, Metadata]],
+    google: GoogleEmulator,
+    subscriptions: Subscriptions,
+    clock: FakeClock,
+) -> None:
+    user_id, metadata = user()
+    plan = google.add_file(GOOGLE_ACCOUNT, "Plan", GOOGLE_DOC, b"v1")
+    notes = google.add_file(GOOGLE_ACCOUNT, "Notes", "text/plain", b"v1")
+    google.add_file(GOOGLE_ACCOUNT, "Budget", GOOGLE_DOC, b"untouched")
+    binned = google.add_file(GOOGLE_ACCOUNT, "Draft", GOOGLE_DOC, b"v1")
+    gone = google.add_file(GOOGLE_ACCOUNT, "Scratch", "text/plain", b"v1")
+    await connect_files(stub, metadata, google)
+    assert await subscriptions.changed_files(user_id) == []  # what was there before is not news
+
+    at = [clock.now() + timedelta(minutes=m) for m in (1, 2, 3)]
+    google.update_file(GOOGLE_ACCOUNT, plan, content=b"v2", modified_time=at[0])
+    google.update_file(GOOGLE_ACCOUNT, notes, name="Notes (Monday)", modified_time=at[1])
+    google.update_file(GOOGLE_ACCOUNT, plan, content=b"v3", modified_time=at[2])
+    google.update_file(GOOGLE_ACCOUNT, binned, content=b"v2")
+    google.trash_file(GOOGLE_ACCOUNT, binned)
+    google.update_file(GOOGLE_ACCOUNT, gone, content=b"v2")
+    google.delete_file(GOOGLE_ACCOUNT, gone)
+
+    assert await subscriptions.changed_files(user_id) == [
+        ChangedFile(Provider.GOOGLE, notes, "Notes (Monday)", at[1]),
+        ChangedFile(Provider.GOOGLE, plan, "Plan", at[2]),
+    ]
+    assert await subscriptions.changed_files(user_id) == []  # read: the cursor moved on
+    google.update_file(GOOGLE_ACCOUNT, notes, modified_time=at[2] + timedelta(minutes=1))
+    assert [f.file_id for f in await subscriptions.changed_files(user_id)] == [notes]
+
+
+async def test_a_renewed_or_reopened_files_channel_continues_from_the_old_cursor(
+    stub: Stub,
+    user: Callable[[], tuple[str, Metadata]],
+    google: GoogleEmulator,
+    subscriptions: Subscriptions,
+    clock: FakeClock,
+) -> None:
+    user_id, metadata = user()
+    plan = google.add_file(GOOGLE_ACCOUNT, "Plan", GOOGLE_DOC, b"v1")
+    notes = google.add_file(GOOGLE_ACCOUNT, "Notes", GOOGLE_DOC, b"v1")
+    await connect_files(stub, metadata, google)
+    (old,) = await subscriptions.held_by(user_id)
+    google.update_file(GOOGLE_ACCOUNT, plan, content=b"v2")  # unread when the channel is replaced
+
+    clock.advance(6.5 * DAY)
+    assert await subscriptions.maintain() == 1
+    await google.deliveries()
+    (new,) = await subscriptions.held_by(user_id)
+    assert new.id != old.id
+    assert new.cursor == old.cursor
+    (channel,) = google.live_channels(GOOGLE_ACCOUNT)
+    assert channel.resource_uri.endswith(f"pageToken={old.cursor}")  # watched from there, too
+    google.update_file(GOOGLE_ACCOUNT, notes, content=b"v2")
+    assert [f.file_id for f in await subscriptions.changed_files(user_id)] == [plan, notes]
+
+    google.update_file(GOOGLE_ACCOUNT, plan, content=b"v3")
+    clock.advance(8 * DAY)  # the channel lapsed unrenewed; the person connects again
+    await connect_files(stub, metadata, google)
+    assert [f.file_id for f in await subscriptions.changed_files(user_id)] == [plan]
+
+
+async def test_changed_files_are_each_persons_own_and_need_a_files_subscription(
+    stub: Stub,
+    user: Callable[[], tuple[str, Metadata]],
+    google: GoogleEmulator,
+    subscriptions: Subscriptions,
+) -> None:
+    ada_id, ada = user()
+    bob_id, bob = user()
+    cal_id, cal = user()
+    nobody_id, _ = user()
+    adas = google.add_file(GOOGLE_ACCOUNT, "Ada's plan", GOOGLE_DOC, b"v1")
+    bobs = google.add_file("bob@example.com", "Bob's plan", GOOGLE_DOC, b"v1")
+    await connect_files(stub, ada, google)
+    google.sign_in("bob@example.com")
+    await connect_files(stub, bob, google)
+    google.sign_in("cal@example.com")
+    google.add_calendar("cal@example.com", "cal@example.com", "Cal", primary=True)
+    await connect(stub, cal, pb.PROVIDER_GOOGLE, pb.CAPABILITY_CALENDAR)
+
+    google.update_file("bob@example.com", bobs, content=b"v2")
+    assert await subscriptions.changed_files(ada_id) == []
+    assert [f.name for f in await subscriptions.changed_files(bob_id)] == ["Bob's plan"]
+    google.update_file(GOOGLE_ACCOUNT, adas, content=b"v2")
+    assert [f.name for f in await subscriptions.changed_files(ada_id)] == ["Ada's plan"]
+    assert await subscriptions.changed_files(cal_id) == []  # a calendar channel has no cursor
+    assert await subscriptions.changed_files(nobody_id) == []
+
+
+async def test_changed_files_waits_out_an_unanswering_drive_and_restarts_after_a_refused_cursor(
+    stub: Stub,
+    user: Callable[[], tuple[str, Metadata]],
+    google: GoogleEmulator,
+    subscriptions: Subscriptions,
+    postgres: EmbeddedPostgres,
+) -> None:
+    user_id, metadata = user()
+    plan = google.add_file(GOOGLE_ACCOUNT, "Plan", GOOGLE_DOC, b"v1")
+    await connect_files(stub, metadata, google)
+    google.update_file(GOOGLE_ACCOUNT, plan, content=b"v2")
+
+    google.rate_limit_next(1, retry_after_seconds=None)
+    assert await subscriptions.changed_files(user_id) == []  # Drive could not answer: nothing lost
+    assert [f.file_id for f in await subscriptions.changed_files(user_id)] == [plan]
+
+    await set_cursor(postgres, user_id, "no-such-token")
+    assert await subscriptions.changed_files(user_id) == []  # refused: listing starts again from now
+    (subscription,) = await subscriptions.held_by(user_id)
+    assert subscription.cursor.isdigit()
+    google.update_file(GOOGLE_ACCOUNT, plan, content=b"v3")
+    assert [f.file_id for f in await subscriptions.changed_files(user_id)] == [plan]

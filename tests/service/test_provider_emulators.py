@@ -1582,6 +1582,84 @@ async def test_drive_changes_watch_needs_a_page_token_and_sends_change(
     assert stopped.status_code == 204
 
 
+async def test_drive_changes_list_pages_from_a_token_to_the_next_start_token(
+    google: GoogleEmulator, http: httpx.AsyncClient, drive: dict[str, str]
+) -> None:
+    url = f"{google.drive_base_url}/changes"
+    google.add_file(ADA, "Before", "text/plain", b"old")
+    google.add_file("bob@example.com", "Bob's", "text/plain", b"not Ada's")
+    start = (await http.get(f"{url}/startPageToken", headers=drive)).json()["startPageToken"]
+    edited = datetime(2026, 11, 2, 9, 30, tzinfo=UTC)
+    plan = google.add_file(ADA, "Plan", GOOGLE_DOC, b"v1", edited - timedelta(days=1))
+    google.update_file(ADA, plan, content=b"v2", modified_time=edited - timedelta(hours=1))
+    google.update_file(ADA, plan, name="Plan (final)", modified_time=edited)
+    old = google.add_file(ADA, "Old", "text/plain", b"x")
+    google.trash_file(ADA, old)
+    gone = google.add_file(ADA, "Gone", "text/plain", b"x")
+    google.delete_file(ADA, gone)
+    google.add_file("bob@example.com", "Bob's too", "text/plain", b"not Ada's")
+
+    pages, params = [], {"pageToken": start, "pageSize": "3"}
+    while True:
+        page = await http.get(url, params=params, headers=drive)
+        assert page.status_code == 200, page.text
+        pages.append(page.json())
+        if "nextPageToken" not in pages[-1]:
+            break
+        assert "newStartPageToken" not in pages[-1]
+        params["pageToken"] = pages[-1]["nextPageToken"]
+    assert [len(p["changes"]) for p in pages] == [3, 3, 1]
+    assert all(p["kind"] == "drive#changeList" for p in pages)
+    changes = [c for p in pages for c in p["changes"]]
+    assert [c["fileId"] for c in changes] == [plan, plan, plan, old, old, gone, gone]  # Bob's are Bob's
+    first = changes[2]
+    assert first == {  # the file as it is now, with Drive's default fields
+        "kind": "drive#change",
+        "changeType": "file",
+        "time": "2026-11-02T09:30:00.000Z",
+        "removed": False,
+        "fileId": plan,
+        "file": {"kind": "drive#file", "id": plan, "name": "Plan (final)", "mimeType": GOOGLE_DOC},
+    }
+    assert changes[-1]["removed"] is True
+    assert "file" not in changes[-1]
+    newest = pages[-1]["newStartPageToken"]
+    assert int(newest) > int(start)
+
+    caught_up = (await http.get(url, params={"pageToken": newest}, headers=drive)).json()
+    assert (caught_up["changes"], caught_up["newStartPageToken"]) == ([], newest)
+    assert (await http.get(f"{url}/startPageToken", headers=drive)).json()["startPageToken"] == newest
+
+    fields = "nextPageToken,newStartPageToken,changes(fileId,removed,time,file(name,modifiedTime,trashed))"
+    narrow = await http.get(
+        url, params={"pageToken": start, "fields": fields, "includeRemoved": "false"}, headers=drive
+    )
+    assert narrow.status_code == 200, narrow.text
+    listed = narrow.json()
+    assert set(listed) == {"newStartPageToken", "changes"}
+    assert [c["fileId"] for c in listed["changes"]] == [plan, plan, plan, old, old]  # the deletion left out
+    assert listed["changes"][-1] == {
+        "fileId": old,
+        "removed": False,
+        "time": listed["changes"][-1]["time"],
+        "file": {
+            "name": "Old",
+            "modifiedTime": listed["changes"][-1]["file"]["modifiedTime"],
+            "trashed": True,
+        },
+    }
+    assert listed["changes"][0]["file"]["modifiedTime"] == "2026-11-02T09:30:00.000Z"
+
+    missing = await http.get(url, headers=drive)
+    assert_google_error(missing, 400, "required", "INVALID_ARGUMENT")
+    for never_given in ("banana", str(int(newest) + 1)):
+        bad = await http.get(url, params={"pageToken": never_given}, headers=drive)
+        assert_google_error(bad, 400, "invalid", "INVALID_ARGUMENT")
+    assert (
+        await http.get(url, params={"pageToken": start, "pageSize": "0"}, headers=drive)
+    ).status_code == 400
+
+
 # --- Web Push (RFC 8030 / 8291 / 8292) ------------------------------------------------------------------
 
 RFC8291_RECEIVER_KEY = "q1dXpw3UpT5VOmu_cf_v6ih07Aems3njxI-JWgLcM94"
