@@ -159,7 +159,15 @@ async def build(settings: IntegrationsSettings, deps: IntegrationsDeps) -> Assem
             if known is not None:
                 await known.on_lifecycle(Provider(event.provider), event.subscription_id, event.change)
 
-        agents = ProactiveAgents(calendars, health, notifier, clock=deps.clock.now, on_lifecycle=lifecycle)
+        agents = ProactiveAgents(
+            calendars,
+            health,
+            notifier,
+            clock=deps.clock.now,
+            on_lifecycle=lifecycle,
+            file_changes=subscriptions,
+            references=references,
+        )
         consumer = EventConsumer(
             deps.redis(settings.redis_url, timeout=10.0),
             group=settings.event_consumer_group,
