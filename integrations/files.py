@@ -115,7 +115,9 @@ class Files:
         self._drive = drive_url.rstrip("/")
         self._graph = graph_url.rstrip("/")
 
-    async def search(self, user_id: str, query: str, limit: int) -> FileSearch:
+    async def search(self, user_id: str, query: str, limit: int, conversation_id: str = "") -> FileSearch:
+        """The files matching `query`, newest first; found for `conversation_id`, each is remembered as one
+        it referred to (the answer names them)."""
         query = query.strip()
         if not query:
             raise InvalidArgument("query", "must not be blank")
@@ -131,7 +133,13 @@ class Files:
             key=lambda hit: hit.modified_at or EARLIEST,
             reverse=True,  # newest first
         )
-        return FileSearch(hits[:limit], read.sources, read.problems)
+        found = hits[:limit]
+        if conversation_id and self._references is not None:
+            for hit in found:
+                await self._references.remember(
+                    user_id, hit.provider, hit.id, hit.name, conversation_id, self._clock()
+                )
+        return FileSearch(found, read.sources, read.problems)
 
     async def read(
         self, user_id: str, provider: Provider, file_id: str, max_chars: int, conversation_id: str = ""

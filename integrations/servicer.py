@@ -204,7 +204,9 @@ class IntegrationsServicer(integrations_pb2_grpc.IntegrationsServiceServicer):
     async def SearchFiles(
         self, request: integrations_pb2.SearchFilesRequest, context: Context
     ) -> integrations_pb2.SearchFilesResponse:
-        found = await self._files.search(principal().user_id, request.query, request.limit)
+        found = await self._files.search(
+            principal().user_id, request.query, request.limit, request.conversation_id
+        )
         return integrations_pb2.SearchFilesResponse(
             files=[_file_hit(hit) for hit in found.files],
             sources=[provider.value for provider in found.sources],

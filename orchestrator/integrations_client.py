@@ -75,10 +75,10 @@ class ConnectedDrives:
         self._integrations = integrations_pb2_grpc.IntegrationsServiceStub(channel)
         self._timeout = timeout
 
-    async def search(self, query: str, limit: int) -> DriveSearch:
+    async def search(self, query: str, limit: int, conversation_id: str = "") -> DriveSearch:
         answer = await call(
             self._integrations.SearchFiles,
-            integrations_pb2.SearchFilesRequest(query=query, limit=limit),
+            integrations_pb2.SearchFilesRequest(query=query, limit=limit, conversation_id=conversation_id),
             timeout_seconds=self._timeout,
         )
         return DriveSearch(

@@ -45,7 +45,9 @@ class DriveText:
 
 
 class Drives(Protocol):
-    async def search(self, query: str, limit: int) -> DriveSearch: ...
+    async def search(self, query: str, limit: int, conversation_id: str = "") -> DriveSearch:
+        """Files matching `query`; `conversation_id` as for `read`."""
+        ...
 
     async def read(self, source: str, file_id: str, max_chars: int, conversation_id: str = "") -> DriveText:
         """The file's text; `conversation_id` names the conversation reading it (remembered by the
@@ -68,7 +70,7 @@ def _file(found: DriveFile) -> dict[str, Any]:
 
 def drive_tools(drives: Drives, *, limit: int = 10) -> list[Tool]:
     async def search(arguments: dict[str, Any], context: ToolContext) -> Any:
-        found = await drives.search(string_argument(arguments, "query"), limit)
+        found = await drives.search(string_argument(arguments, "query"), limit, context.conversation_id)
         result: dict[str, Any] = {"files": [_file(f) for f in found.files], "drives": found.sources}
         return with_sources(result, found.sources, found.problems, kind="drive", none_connected=NO_DRIVE)
 

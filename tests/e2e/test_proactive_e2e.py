@@ -42,6 +42,7 @@ from devstack.stack import (
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
 AT_MICROSOFT = "grace@contoso.com"
+AT_GOOGLE = "lin@example.com"
 Metadata = tuple[tuple[str, str], ...]
 
 
@@ -59,11 +60,14 @@ class Mesh:
         session = (await auth.DevLogin(auth_pb2.DevLoginRequest(email=email))).session
         return (("authorization", f"Bearer {session.access_token}"),)
 
-    async def answer(self, metadata: Metadata, text: str, agent: str = "focus") -> str:
+    async def turn(self, metadata: Metadata, text: str, agent: str = "focus") -> list[chat_pb2.ChatResponse]:
         chat = chat_pb2_grpc.ChatServiceStub(self.channel)
         call = chat.Chat(chat_pb2.ChatRequest(agent_id=agent, text=text), metadata=metadata, timeout=60)
-        deltas = [event.text_delta.text async for event in call if event.WhichOneof("event") == "text_delta"]
-        return "".join(deltas)
+        return [event async for event in call]
+
+    async def answer(self, metadata: Metadata, text: str, agent: str = "focus") -> str:
+        events = await self.turn(metadata, text, agent)
+        return "".join(e.text_delta.text for e in events if e.WhichOneof("event") == "text_delta")
 
     @property
     def connections(self) -> connections_pb2_grpc.ConnectionsServiceStub:
@@ -76,7 +80,11 @@ class Mesh:
 
 @pytest_asyncio.fixture(scope="module")
 async def mesh() -> AsyncIterator[Mesh]:
-    google, microsoft, push = GoogleEmulator(), MicrosoftEmulator(account=AT_MICROSOFT), PushEmulator()
+    google, microsoft, push = (
+        GoogleEmulator(account=AT_GOOGLE),
+        MicrosoftEmulator(account=AT_MICROSOFT),
+        PushEmulator(),
+    )
     for emulator in (google, microsoft, push):
         await emulator.start()
     ports = Ports(**{f.name: free_port() for f in fields(Ports)})
@@ -197,3 +205,37 @@ async def test_a_meeting_moved_into_a_focus_block_reaches_the_list_the_open_tab_
         watch.cancel()
         following.cancel()
         await asyncio.gather(following, return_exceptions=True)
+
+
+async def test_a_changed_document_the_business_assistant_found_is_said_in_that_conversation(
+    mesh: Mesh,
+) -> None:
+    who = await mesh.sign_in("lin@example.com")
+    plan = mesh.google.add_file(
+        AT_GOOGLE,
+        "Q3 budget plan",
+        "application/vnd.google-apps.document",
+        b"The budget grows by ten percent.",
+    )
+    await connect(mesh, who, pb.PROVIDER_GOOGLE, pb.CAPABILITY_FILES)  # type: ignore[arg-type]
+    (channel,) = [c for c in mesh.google.live_channels(AT_GOOGLE) if c.kind == "changes"]
+
+    events = await mesh.turn(who, "find my documents about the budget", agent="sme")
+    (started,) = [e.conversation_started for e in events if e.WhichOneof("event") == "conversation_started"]
+    answer = "".join(e.text_delta.text for e in events if e.WhichOneof("event") == "text_delta")
+    assert "Q3 budget plan" in answer
+
+    mesh.google.update_file(AT_GOOGLE, plan, content=b"The budget grows by twelve percent.")
+    assert await mesh.google.notify_channel(channel.id) == 200
+
+    for _ in range(200):
+        listed = await mesh.notifications.ListNotifications(
+            notifications_pb2.ListNotificationsRequest(), metadata=who
+        )
+        if listed.notifications:
+            break
+        await asyncio.sleep(0.05)
+    (notification,) = listed.notifications
+    assert (notification.agent_id, notification.kind) == ("sme", "document_changed")
+    assert notification.conversation_id == started.conversation_id  # continue where it was found
+    assert "“Q3 budget plan”, which we talked about" in notification.body

@@ -261,7 +261,7 @@ class Drive:
         self.answer = search
         self.asked: list[tuple[str, str, int, str]] = []
 
-    async def search(self, query: str, limit: int) -> DriveSearch:
+    async def search(self, query: str, limit: int, conversation_id: str = "") -> DriveSearch:
         return self.answer
 
     async def read(self, source: str, file_id: str, max_chars: int, conversation_id: str = "") -> DriveText:

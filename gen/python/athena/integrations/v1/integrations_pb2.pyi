@@ -284,19 +284,25 @@ class SearchFilesRequest(_message.Message):
 
     QUERY_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
     query: _builtins.str
     """Words to find."""
     limit: _builtins.int
     """At most this many files (1 to 25; 0 means 10)."""
+    conversation_id: _builtins.str
+    """The conversation searching, if any: the files found are remembered as ones it referred to (the
+    answer names them), as ReadFile does.
+    """
     def __init__(
         self,
         *,
         query: _builtins.str = ...,
         limit: _builtins.int = ...,
+        conversation_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "query", b"query"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "limit", b"limit", "query", b"query"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
