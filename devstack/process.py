@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -15,12 +16,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+_PICKED: set[int] = set()
+FREE_PORTS = range(20_000, 32_768)
+"""Where `free_port` picks: below Linux's default range of ephemeral ports (32768-60999), which the kernel
+hands to outgoing connections — a port picked there could be taken by any process's next connection
+between the pick and the bind of the server it is for."""
+
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port nobody listens on right now (the kernel's pick)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """A port nobody listens on right now and this process has not handed out before."""
+    for _ in range(1_000):
+        port = random.choice(FREE_PORTS)  # noqa: S311 (a port, not a secret)
+        if port in _PICKED:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        _PICKED.add(port)
+        return port
+    raise RuntimeError(f"no free port in {FREE_PORTS.start}-{FREE_PORTS.stop - 1}")
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
