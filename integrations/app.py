@@ -75,10 +75,11 @@ async def _maintain(
     subscriptions: Subscriptions | None,
     settings: IntegrationsSettings,
     now: Callable[[], datetime],
+    agents: ProactiveAgents | None = None,
 ) -> None:
     """Every `maintenance_seconds`: purges expired pending connections, takes over imports whose replica
     stopped, deletes abandoned uploads, renews the subscriptions about to expire (and recreates those the
-    providers no longer have)."""
+    providers no longer have), and has the proactive agents catch up with what those may have missed."""
     while True:
         await asyncio.sleep(settings.maintenance_seconds)
         try:
@@ -87,6 +88,8 @@ async def _maintain(
             await uploads.maintain(timedelta(hours=settings.upload_receiving_hours))
             if subscriptions is not None:
                 await subscriptions.maintain(limit=settings.subscription_renewal_limit)
+                if agents is not None:
+                    await agents.catch_up(subscriptions)
         except Exception:  # maintenance must outlive a database hiccup
             log.exception("integrations maintenance failed")
 
@@ -146,9 +149,8 @@ async def build(settings: IntegrationsSettings, deps: IntegrationsDeps) -> Assem
             clock=deps.clock.now,
         )
         connections.observe(subscriptions)
-    background: list[BackgroundTask] = [
-        lambda: _maintain(store, references, uploads, subscriptions, settings, deps.clock.now)
-    ]
+    background: list[BackgroundTask] = []
+    agents: ProactiveAgents | None = None
     if settings.memory_target and settings.service_key is not None:
         notifier = MemoryNotifier(
             deps.channel(settings.memory_target), settings.service_key.get_secret_value()
@@ -156,8 +158,9 @@ async def build(settings: IntegrationsSettings, deps: IntegrationsDeps) -> Assem
         known = subscriptions
 
         async def lifecycle(event: events_pb2.ProviderEvent) -> None:
-            if known is not None:
+            if known is not None and agents is not None:
                 await known.on_lifecycle(Provider(event.provider), event.subscription_id, event.change)
+                await agents.catch_up(known)  # a `missed` or a recreated subscription: resynced now
 
         agents = ProactiveAgents(
             calendars,
@@ -176,6 +179,10 @@ async def build(settings: IntegrationsSettings, deps: IntegrationsDeps) -> Assem
             block_seconds=5.0,
         )
         background.append(consumer.run)
+    proactive = agents
+    background.append(
+        lambda: _maintain(store, references, uploads, subscriptions, settings, deps.clock.now, proactive)
+    )
     return Assembly(
         services=[
             Service(

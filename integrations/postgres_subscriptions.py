@@ -141,6 +141,18 @@ class PostgresSubscriptionStore:
                 before,
                 limit,
             )
+        return await self._opened(rows)
+
+    async def missed(self, limit: int) -> list[Subscription]:
+        async with postgres.translated():
+            rows = await self._pool.fetch(
+                f"""SELECT {_COLUMNS} FROM integrations.subscriptions
+                    WHERE missed_at IS NOT NULL ORDER BY missed_at LIMIT $1""",  # noqa: S608
+                limit,
+            )
+        return await self._opened(rows)
+
+    async def _opened(self, rows: list[asyncpg.Record]) -> list[Subscription]:
         found = []
         for row in rows:
             cipher = await self._cipher(str(row["user_id"]))

@@ -11,6 +11,11 @@ notifier (memory's `NotifierService`, whose dedupe key makes a redelivered event
 - files changed → the files changed since the last look (the subscriptions' cursor) that a conversation
   read (`integrations.file_references`) → `document_changed`, continuing in that conversation;
 - subscription lifecycle → `on_lifecycle` (the subscriptions' owner renews, recreates or resyncs).
+
+`catch_up` recovers what may have been lost: for each subscription whose notifications may have been missed
+(a Graph `missed` event, a subscription recreated after lapsing), it runs what a change of its kind runs —
+the rules read the current state, so one run covers any number of lost notifications — then marks it
+resynced. The lifecycle handler and the maintenance round call it.
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ from integrations.calendars import Events
 from integrations.file_references import Reference
 from integrations.health import HealthAnswer, Metric
 from integrations.proactive import Event, Notice, document_changed, focus_conflicts, short_night
-from integrations.providers import Provider
+from integrations.providers import Capability, Provider
+from integrations.subscriptions import Subscription
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +76,19 @@ class FileChanges(Protocol):
 
 class ReferenceReader(Protocol):
     async def referring(self, user_id: str, provider: Provider, file_id: str) -> Reference | None: ...
+
+
+class Missed(Protocol):
+    async def missed(self, *, limit: int = 100) -> list[Subscription]: ...
+
+    async def resynced(self, subscription: Subscription) -> None: ...
+
+
+RESYNCED_KINDS = {
+    Capability.CALENDAR: Kind.KIND_CALENDAR_CHANGED,
+    Capability.FILES: Kind.KIND_FILES_CHANGED,
+    Capability.HEALTH: Kind.KIND_HEALTH_CHANGED,
+}
 
 
 class Notifier(Protocol):
@@ -130,6 +149,26 @@ class ProactiveAgents:
             return
         for notice in notices:
             await self._notifier.notify(event.user_id, notice)
+
+    async def catch_up(self, subscriptions: Missed) -> int:
+        """Runs what a change runs for every subscription whose notifications may have been missed (see
+        the module docstring); answers how many."""
+        done = 0
+        for subscription in await subscriptions.missed():
+            missed = subscription.missed_at.isoformat() if subscription.missed_at else ""
+            await self.handle(
+                events_pb2.ProviderEvent(
+                    id=f"resync:{subscription.provider.value}:{subscription.id}:{missed}",
+                    provider=subscription.provider.value,
+                    kind=RESYNCED_KINDS[subscription.capability],
+                    user_id=subscription.user_id,
+                    subscription_id=subscription.id,
+                    change="resync",
+                )
+            )
+            await subscriptions.resynced(subscription)
+            done += 1
+        return done
 
     async def _calendar_changed(self, user_id: str) -> list[Notice]:
         now = self._now()

@@ -148,6 +148,10 @@ class SubscriptionStore(Protocol):
         """Subscriptions expiring before `before`, soonest first (those whose owner's key is gone skipped)."""
         ...
 
+    async def missed(self, limit: int) -> list[Subscription]:
+        """Subscriptions whose notifications may have been lost (`missed_at` set), longest first."""
+        ...
+
 
 class Registry(Protocol):
     """`mesh.subscriptions.SubscriptionRegistry`, as this module uses it."""
@@ -260,6 +264,11 @@ class Subscriptions:
     async def needing_resync(self, user_id: str) -> list[Subscription]:
         """The person's subscriptions whose notifications may have been lost since `missed_at`."""
         return [s for s in await self._store.held_by(user_id) if s.missed_at is not None]
+
+    async def missed(self, *, limit: int = 100) -> list[Subscription]:
+        """Everyone's subscriptions waiting for a resync (what `maintain` recreated after a gap, what a
+        Graph `missed` event marked)."""
+        return await self._store.missed(limit)
 
     async def resynced(self, subscription: Subscription) -> None:
         """The consumer caught up with the subscription's resource: `missed_at` cleared."""

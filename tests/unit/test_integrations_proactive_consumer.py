@@ -13,7 +13,8 @@ from integrations.file_references import Reference
 from integrations.health import APPLE_HEALTH, Day, HealthAnswer, Metric
 from integrations.proactive import Notice
 from integrations.proactive_consumer import ProactiveAgents
-from integrations.providers import Provider
+from integrations.providers import Capability, Provider
+from integrations.subscriptions import Subscription
 
 NOW = datetime(2026, 12, 2, 7, 0, tzinfo=UTC)
 Kind = events_pb2.ProviderEvent.Kind
@@ -161,3 +162,43 @@ async def test_a_changed_document_a_conversation_read_is_said_in_that_conversati
     assert "“Q3 plan (v2)”, which we talked about" in notes.left[0][1].body
     await agents.handle(event(Kind.KIND_FILES_CHANGED))  # nothing changed since
     assert len(notes.left) == 1
+
+
+class Lapsed:
+    def __init__(self, missed: list[Subscription]) -> None:
+        self.waiting = missed
+        self.resynced_ids: list[str] = []
+
+    async def missed(self, *, limit: int = 100) -> list[Subscription]:
+        return list(self.waiting)
+
+    async def resynced(self, subscription: Subscription) -> None:
+        self.resynced_ids.append(subscription.id)
+        self.waiting = [s for s in self.waiting if s.id != subscription.id]
+
+
+async def test_catching_up_runs_each_missed_subscriptions_change_once_and_marks_it() -> None:
+    calendars = Calendars(
+        [
+            timed("f", "Focus", datetime(2026, 12, 2, 9, tzinfo=UTC), 120, focus=True),
+            timed("m", "1:1", datetime(2026, 12, 2, 10, tzinfo=UTC), 30),
+        ]
+    )
+    notes = Notes()
+    agents = ProactiveAgents(calendars, Sleep(300), notes, clock=lambda: NOW)
+    lapsed = Lapsed(
+        [
+            Subscription(
+                Provider.MICROSOFT, "s1", "u1", Capability.CALENDAR, "me/events", "x", NOW, missed_at=NOW
+            ),
+            Subscription(Provider.GOOGLE, "s2", "u2", Capability.HEALTH, "hid", "y", NOW, missed_at=NOW),
+        ]
+    )
+    assert await agents.catch_up(lapsed) == 2
+    assert lapsed.resynced_ids == ["s1", "s2"]
+    assert [(user, n.kind) for user, n in notes.left] == [
+        ("u1", "meeting_overlaps_focus"),
+        ("u2", "short_night"),
+        ("u2", "short_night"),
+    ]
+    assert await agents.catch_up(lapsed) == 0  # nothing waits any more
