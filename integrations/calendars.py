@@ -211,6 +211,26 @@ def _graph_date(value: Mapping[str, Any]) -> date:
     return date.fromisoformat(str(value["dateTime"])[:10])
 
 
+def _timed(
+    provider: Provider,
+    ident: str,
+    title: str,
+    begins: datetime,
+    ends: datetime,
+    zone_name: str,
+    busy: bool,
+    location: str,
+    link: str,
+    focus_time: bool = False,
+) -> Event:
+    """An event at a time (an end before its start read as its start), in the zone named if we know it."""
+    zone = zone_named(zone_name)
+    key = zone.key if zone else ""
+    return Event(
+        provider, ident, title, begins, max(ends, begins), None, None, key, busy, location, link, focus_time
+    )
+
+
 def _google_event(item: Mapping[str, Any], calendar_zone: str) -> Event | None:
     """An `events.list` item; None for a cancelled one (or one without a start)."""
     if item.get("status") == "cancelled":
@@ -227,21 +247,9 @@ def _google_event(item: Mapping[str, Any], calendar_zone: str) -> Event | None:
         return None
     begins = _parse_google(start["dateTime"])
     ends = _parse_google(end["dateTime"]) if "dateTime" in end else begins
-    zone = zone_named(str(start.get("timeZone") or calendar_zone))
-    return Event(
-        Provider.GOOGLE,
-        ident,
-        title,
-        begins,
-        max(ends, begins),
-        None,
-        None,
-        zone.key if zone else "",
-        busy,
-        location,
-        link,
-        focus_time=item.get("eventType") == "focusTime",
-    )
+    zone_name = str(start.get("timeZone") or calendar_zone)
+    focus = item.get("eventType") == "focusTime"
+    return _timed(Provider.GOOGLE, ident, title, begins, ends, zone_name, busy, location, link, focus)
 
 
 def _graph_event(item: Mapping[str, Any]) -> Event | None:
@@ -257,20 +265,7 @@ def _graph_event(item: Mapping[str, Any]) -> Event | None:
         first, after = _graph_date(item["start"]), _graph_date(item["end"])
         return _all_day(Provider.MICROSOFT, ident, title, first, after, zone_name, busy, location, link)
     begins, ends = _parse_graph(item["start"], "UTC"), _parse_graph(item["end"], "UTC")
-    zone = zone_named(zone_name)
-    return Event(
-        Provider.MICROSOFT,
-        ident,
-        title,
-        begins,
-        max(ends, begins),
-        None,
-        None,
-        zone.key if zone else "",
-        busy,
-        location,
-        link,
-    )
+    return _timed(Provider.MICROSOFT, ident, title, begins, ends, zone_name, busy, location, link)
 
 
 def _read_each_item(

@@ -9,12 +9,13 @@ row's place): a dump shows neither which files nor their names.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from integrations.providers import Provider
 from mesh import postgres
-from mesh.envelope import Cipher, DataKeys, NoDataKey
+from mesh.envelope import Cipher, DataKeys
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,32 +37,32 @@ class PostgresFileReferences:
         self._keys = keys
 
     async def remember(
-        self, user_id: str, provider: Provider, file_id: str, name: str, conversation_id: str, at: datetime
+        self, user_id: str, conversation_id: str, at: datetime, files: Sequence[tuple[Provider, str, str]]
     ) -> None:
+        """`files` (provider, id, name) as referred to by the conversation at `at`, in one round trip."""
         cipher = await self._keys.create(user_id)
-        token = _token(cipher, provider, file_id)
-        place = f"{provider.value}:{token.hex()}"
+        uid = uuid.UUID(user_id)
+        rows = []
+        for provider, file_id, name in files:
+            token = _token(cipher, provider, file_id)
+            place = f"{provider.value}:{token.hex()}"
+            sealed = cipher.seal("file_references", "name", place, name)
+            rows.append((uid, provider.value, token, sealed, conversation_id, at))
         async with postgres.translated():
-            await self._pool.execute(
+            await self._pool.executemany(
                 """INSERT INTO integrations.file_references
                        (user_id, provider, file_token, name_sealed, conversation_id, read_at)
                    VALUES ($1, $2, $3, $4, $5, $6)
                    ON CONFLICT (user_id, provider, file_token) DO UPDATE
                    SET name_sealed = EXCLUDED.name_sealed, conversation_id = EXCLUDED.conversation_id,
                        read_at = EXCLUDED.read_at""",
-                uuid.UUID(user_id),
-                provider.value,
-                token,
-                cipher.seal("file_references", "name", place, name),
-                conversation_id,
-                at,
+                rows,
             )
 
     async def referring(self, user_id: str, provider: Provider, file_id: str) -> Reference | None:
         """The latest conversation that read the file, if one did."""
-        try:
-            cipher = await self._keys.cipher(user_id)
-        except NoDataKey:
+        cipher = await self._keys.existing(user_id)
+        if cipher is None:
             return None
         token = _token(cipher, provider, file_id)
         async with postgres.translated():

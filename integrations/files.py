@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -93,8 +93,10 @@ class References(Protocol):
     """Where the files conversations read are remembered (integrations/file_references.py)."""
 
     async def remember(
-        self, user_id: str, provider: Provider, file_id: str, name: str, conversation_id: str, at: datetime
-    ) -> None: ...
+        self, user_id: str, conversation_id: str, at: datetime, files: Sequence[tuple[Provider, str, str]]
+    ) -> None:
+        """`files` (provider, id, name) referred to by the conversation, at `at`."""
+        ...
 
 
 class Files:
@@ -134,11 +136,9 @@ class Files:
             reverse=True,  # newest first
         )
         found = hits[:limit]
-        if conversation_id and self._references is not None:
-            for hit in found:
-                await self._references.remember(
-                    user_id, hit.provider, hit.id, hit.name, conversation_id, self._clock()
-                )
+        if conversation_id and found and self._references is not None:
+            named = [(hit.provider, hit.id, hit.name) for hit in found]
+            await self._references.remember(user_id, conversation_id, self._clock(), named)
         return FileSearch(found, read.sources, read.problems)
 
     async def read(
@@ -154,9 +154,8 @@ class Files:
         if isinstance(outcome, Problem):
             raise FailedPrecondition(outcome.message)
         if conversation_id and self._references is not None:
-            await self._references.remember(
-                user_id, provider, file_id, outcome.name, conversation_id, self._clock()
-            )
+            named = [(provider, file_id, outcome.name)]
+            await self._references.remember(user_id, conversation_id, self._clock(), named)
         return outcome
 
     async def _google_search(self, token: str, query: str, limit: int) -> list[FileHit]:

@@ -16,7 +16,7 @@ from integrations.connections import Connection, PendingConnection, Purged, Stat
 from integrations.oauth import Grant
 from integrations.providers import Capability, Provider
 from mesh import postgres
-from mesh.envelope import Cipher, DataKeys, NoDataKey
+from mesh.envelope import Cipher, DataKeys
 
 _CONNECTION_COLUMNS = (
     "id, user_id, provider, capabilities, status, status_message, grant_sealed, connected_at, last_used_at"
@@ -38,12 +38,6 @@ class PostgresConnectionStore:
 
     async def ping(self, within: float = 1.0) -> bool:
         return await postgres.ping(self._pool, within=within)
-
-    async def _reading(self, user_id: str) -> Cipher | None:
-        try:
-            return await self._keys.cipher(user_id)
-        except NoDataKey:
-            return None
 
     def _connection(self, cipher: Cipher, row: asyncpg.Record) -> Connection:
         grant = Grant.from_json(cipher.open_text("connections", "grant", row["id"], row["grant_sealed"]))
@@ -85,7 +79,7 @@ class PostgresConnectionStore:
                 state_hash,
                 uuid.UUID(user_id),
             )
-        cipher = await self._reading(user_id) if row is not None else None
+        cipher = await self._keys.existing(user_id) if row is not None else None
         if row is None or cipher is None:
             return None
         return PendingConnection(
@@ -101,7 +95,7 @@ class PostgresConnectionStore:
         )
 
     async def get(self, user_id: str, provider: Provider) -> Connection | None:
-        cipher = await self._reading(user_id)
+        cipher = await self._keys.existing(user_id)
         if cipher is None:
             return None
         async with postgres.translated():
@@ -114,7 +108,7 @@ class PostgresConnectionStore:
         return self._connection(cipher, row) if row is not None else None
 
     async def list(self, user_id: str) -> list[Connection]:
-        cipher = await self._reading(user_id)
+        cipher = await self._keys.existing(user_id)
         if cipher is None:
             return []
         async with postgres.translated():

@@ -16,7 +16,7 @@ import asyncpg
 from integrations.providers import Capability, Provider
 from integrations.subscriptions import Subscription
 from mesh import postgres
-from mesh.envelope import Cipher, DataKeys, NoDataKey
+from mesh.envelope import Cipher, DataKeys
 
 _COLUMNS = "provider, id, user_id, capability, resource, secret_sealed, expires_at, missed_at, cursor"
 
@@ -30,12 +30,6 @@ class PostgresSubscriptionStore:
     def __init__(self, pool: postgres.Pool, keys: DataKeys) -> None:
         self._pool = pool
         self._keys = keys
-
-    async def _cipher(self, user_id: str) -> Cipher | None:
-        try:
-            return await self._keys.cipher(user_id)
-        except NoDataKey:
-            return None
 
     @staticmethod
     def _subscription(cipher: Cipher, row: asyncpg.Record) -> Subscription:
@@ -86,11 +80,11 @@ class PostgresSubscriptionStore:
             )
         if row is None:
             return None
-        cipher = await self._cipher(str(row["user_id"]))
+        cipher = await self._keys.existing(str(row["user_id"]))
         return self._subscription(cipher, row) if cipher is not None else None
 
     async def held_by(self, user_id: str) -> list[Subscription]:
-        cipher = await self._cipher(user_id)
+        cipher = await self._keys.existing(user_id)
         if cipher is None:
             return []
         async with postgres.translated():
@@ -155,7 +149,7 @@ class PostgresSubscriptionStore:
     async def _opened(self, rows: list[asyncpg.Record]) -> list[Subscription]:
         found = []
         for row in rows:
-            cipher = await self._cipher(str(row["user_id"]))
+            cipher = await self._keys.existing(str(row["user_id"]))
             if cipher is not None:
                 found.append(self._subscription(cipher, row))
         return found

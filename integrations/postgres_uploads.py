@@ -18,7 +18,7 @@ import asyncpg
 from integrations.health import Day, Metric
 from integrations.uploads import Appended, Upload, UploadKind, UploadState
 from mesh import postgres
-from mesh.envelope import Cipher, DataKeys, NoDataKey
+from mesh.envelope import Cipher, DataKeys
 
 _COLUMNS = """id, user_id, kind, name_sealed, sha256_sealed, size_bytes, received_bytes, chunk_ends,
     chunk_digests, state, status_message, progress, records_imported, days_imported, created_at, updated_at"""
@@ -32,12 +32,6 @@ class PostgresUploadStore:
     def __init__(self, pool: postgres.Pool, keys: DataKeys) -> None:
         self._pool = pool
         self._keys = keys
-
-    async def _cipher(self, user_id: str) -> Cipher | None:
-        try:
-            return await self._keys.cipher(user_id)
-        except NoDataKey:
-            return None
 
     def _upload(self, cipher: Cipher, row: asyncpg.Record) -> Upload:
         upload_id = row["id"]
@@ -63,7 +57,7 @@ class PostgresUploadStore:
     async def _uploads(self, rows: list[asyncpg.Record]) -> list[Upload]:
         found = []
         for row in rows:
-            cipher = await self._cipher(str(row["user_id"]))
+            cipher = await self._keys.existing(str(row["user_id"]))
             if cipher is not None:
                 found.append(self._upload(cipher, row))
         return found
@@ -246,9 +240,8 @@ class PostgresHealthStore:
         return len(rows)
 
     async def days(self, user_id: str, metric: Metric, start: date, end: date) -> list[Day]:
-        try:
-            cipher = await self._keys.cipher(user_id)
-        except NoDataKey:
+        cipher = await self._keys.existing(user_id)
+        if cipher is None:
             return []
         async with postgres.translated():
             rows = await self._pool.fetch(

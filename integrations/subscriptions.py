@@ -51,7 +51,7 @@ import httpx
 from integrations.connections import Connection, Connections, Status
 from integrations.provider_api import Failed, Problem, ProviderApi
 from integrations.providers import Capability, Provider
-from mesh.subscriptions import health_subscription_id
+from mesh.subscriptions import SubscriptionRegistry, health_subscription_id
 
 log = logging.getLogger(__name__)
 
@@ -153,24 +153,6 @@ class SubscriptionStore(Protocol):
         ...
 
 
-class Registry(Protocol):
-    """`mesh.subscriptions.SubscriptionRegistry`, as this module uses it."""
-
-    async def register(
-        self,
-        provider: str,
-        subscription_id: str,
-        *,
-        user_id: str,
-        kind: str,
-        resource: str,
-        secret: str,
-        expires_at: datetime,
-    ) -> Any: ...
-
-    async def remove(self, provider: str, subscription_id: str) -> bool: ...
-
-
 class CursorRejected(Exception):
     """Drive refused the page token (400): it is discarded and listing starts again from now."""
 
@@ -203,7 +185,7 @@ class Subscriptions:
     def __init__(
         self,
         store: SubscriptionStore,
-        registry: Registry,
+        registry: SubscriptionRegistry,
         connections: Connections,
         http: httpx.AsyncClient,
         *,

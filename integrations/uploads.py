@@ -18,6 +18,7 @@ bytes are deleted once it is imported or has failed: what stays is its record an
 from __future__ import annotations
 
 import asyncio
+import bisect
 import hashlib
 import io
 import logging
@@ -188,7 +189,7 @@ class ChunkFile(io.RawIOBase):
         ends = self._upload.chunk_ends
         if self._position >= self._upload.size_bytes:
             return 0
-        index = next(i for i, end in enumerate(ends) if end > self._position)
+        index = bisect.bisect_right(ends, self._position)  # the chunk holding the position
         start = ends[index - 1] if index else 0
         data = self._chunk(index)
         piece = data[self._position - start : self._position - start + len(buffer)]

@@ -27,10 +27,7 @@ class UserKeys:
 
     async def reading(self, user_id: str) -> Cipher | None:
         """The user's cipher; None when they have no key (nothing of theirs is stored)."""
-        try:
-            return await self._keys.cipher(user_id)
-        except NoDataKey:
-            return None
+        return await self._keys.existing(user_id)
 
     async def writing(self, user_id: str) -> Cipher:
         """The user's cipher, setting the user up on their first write; refused for an erased account."""

@@ -235,6 +235,13 @@ class DataKeys:
                 self._reader = asyncio.create_task(self._read_waiting(), name="data-key-reads")
         return await asyncio.shield(loading)
 
+    async def existing(self, owner: str) -> Cipher | None:
+        """The owner's cipher, or None when they have no key (nothing of theirs can be read)."""
+        try:
+            return await self.cipher(owner)
+        except NoDataKey:
+            return None
+
     async def _read_waiting(self) -> None:
         """Reads the keys asked for, a batch at a time, until nobody waits."""
         await asyncio.sleep(0)  # the owners asked for in this turn of the loop join the first batch

@@ -29,29 +29,22 @@ import httpx
 import pytest
 from athena.auth.v1 import auth_pb2
 from athena.uploads.v1 import uploads_pb2
+from browser_fixtures import browser, playwright
 from grpcweb import frame
-
-CHROMIUM = Path("/usr/bin/chromium")
-if not CHROMIUM.exists():
-    pytest.skip(
-        f"browser tests need Debian's chromium at {CHROMIUM} (apt-get install chromium)",
-        allow_module_level=True,
-    )
-
-from playwright.sync_api import (  # noqa: E402 (only once Chromium is known to exist)
+from playwright.sync_api import (
     Browser,
     ConsoleMessage,
     Page,
-    Playwright,
     Request,
     Route,
     expect,
-    sync_playwright,
 )
 
-from auth.receipts import verify_receipt  # noqa: E402
-from devstack.process import free_port  # noqa: E402
-from devstack.stack import Ports, Stack, StackConfig  # noqa: E402
+from auth.receipts import verify_receipt
+from devstack.process import free_port
+from devstack.stack import Ports, Stack, StackConfig
+
+__all__ = ["browser", "playwright"]
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -59,16 +52,6 @@ ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOT = ROOT / "docs" / "screenshot-chat.png"
 """Refreshed by `ATHENA_UPDATE_SCREENSHOT=1 make test`; other runs leave the working tree untouched."""
 ACCESS_TOKEN_TTL_SECONDS = 15
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 REFRESH_PATH = "/athena.auth.v1.AuthService/RefreshSession"
 LOGOUT_PATH = "/athena.auth.v1.AuthService/Logout"
 DEV_LOGIN_PATH = "/athena.auth.v1.AuthService/DevLogin"
@@ -145,19 +128,6 @@ def stack(web_dist: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         yield running
     finally:
         running.stop()
-
-
-@pytest.fixture(scope="module")
-def playwright() -> Iterator[Playwright]:
-    with sync_playwright() as instance:
-        yield instance
-
-
-@pytest.fixture(scope="module")
-def browser(playwright: Playwright) -> Iterator[Browser]:
-    launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-    yield launched
-    launched.close()
 
 
 @dataclass

@@ -21,12 +21,10 @@ from pathlib import Path
 import grpc
 import pytest
 import pytest_asyncio
-from athena.auth.v1 import auth_pb2, auth_pb2_grpc
-from athena.chat.v1 import chat_pb2, chat_pb2_grpc
 from athena.connections.v1 import connections_pb2 as pb
-from athena.connections.v1 import connections_pb2_grpc
 from athena.notifications.v1 import notifications_pb2, notifications_pb2_grpc
 from emulators import GoogleEmulator, MicrosoftEmulator, PushEmulator
+from test_connections_e2e import Mesh as ConnectedMesh  # type: ignore[import-not-found]
 from test_connections_e2e import connect  # type: ignore[import-not-found]
 
 from devstack.process import free_port
@@ -47,31 +45,14 @@ Metadata = tuple[tuple[str, str], ...]
 
 
 @dataclass
-class Mesh:
-    stack: Stack
-    channel: grpc.aio.Channel
-    redirect: str
-    google: GoogleEmulator
-    microsoft: MicrosoftEmulator
+class Mesh(ConnectedMesh):
+    """The connections end to end test's mesh, with a Web Push service for the person's device."""
+
     push: PushEmulator
 
-    async def sign_in(self, email: str) -> Metadata:
-        auth = auth_pb2_grpc.AuthServiceStub(self.channel)
-        session = (await auth.DevLogin(auth_pb2.DevLoginRequest(email=email))).session
-        return (("authorization", f"Bearer {session.access_token}"),)
-
-    async def turn(self, metadata: Metadata, text: str, agent: str = "focus") -> list[chat_pb2.ChatResponse]:
-        chat = chat_pb2_grpc.ChatServiceStub(self.channel)
-        call = chat.Chat(chat_pb2.ChatRequest(agent_id=agent, text=text), metadata=metadata, timeout=60)
-        return [event async for event in call]
-
     async def answer(self, metadata: Metadata, text: str, agent: str = "focus") -> str:
-        events = await self.turn(metadata, text, agent)
+        events = await self.chat(metadata, text, agent)
         return "".join(e.text_delta.text for e in events if e.WhichOneof("event") == "text_delta")
-
-    @property
-    def connections(self) -> connections_pb2_grpc.ConnectionsServiceStub:
-        return connections_pb2_grpc.ConnectionsServiceStub(self.channel)
 
     @property
     def notifications(self) -> notifications_pb2_grpc.NotificationsServiceStub:
@@ -220,7 +201,7 @@ async def test_a_changed_document_the_business_assistant_found_is_said_in_that_c
     await connect(mesh, who, pb.PROVIDER_GOOGLE, pb.CAPABILITY_FILES)  # type: ignore[arg-type]
     (channel,) = [c for c in mesh.google.live_channels(AT_GOOGLE) if c.kind == "changes"]
 
-    events = await mesh.turn(who, "find my documents about the budget", agent="sme")
+    events = await mesh.chat(who, "find my documents about the budget", agent="sme")
     (started,) = [e.conversation_started for e in events if e.WhichOneof("event") == "conversation_started"]
     answer = "".join(e.text_delta.text for e in events if e.WhichOneof("event") == "text_delta")
     assert "Q3 budget plan" in answer

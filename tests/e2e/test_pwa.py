@@ -3,8 +3,8 @@ installs from, the service worker (activated, showing a pushed notification, the
 notification links, and the notifications bell and panel.
 
 One mesh per module (`devstack.stack.Stack` on free ports, the offline model); a fresh browser context per
-test. The bell and panel tests need the NotificationsService backend behind the edge; they are written to
-its contract (proto/athena/notifications/v1/notifications.proto) and skipped until it is served.
+test. The bell and panel tests leave notifications through memory's NotifierService, as a proactive agent
+does.
 """
 
 from __future__ import annotations
@@ -23,39 +23,23 @@ import httpx
 import pytest
 from athena.auth.v1 import auth_pb2, auth_pb2_grpc
 from athena.notifications.v1 import notifications_pb2, notifications_pb2_grpc
-
-CHROMIUM = Path("/usr/bin/chromium")
-if not CHROMIUM.exists():
-    pytest.skip(
-        f"browser tests need Debian's chromium at {CHROMIUM} (apt-get install chromium)",
-        allow_module_level=True,
-    )
-
-from playwright.sync_api import (  # noqa: E402 (only once Chromium is known to exist)
+from browser_fixtures import CHROMIUM, CHROMIUM_ARGS, browser, playwright
+from playwright.sync_api import (
     Browser,
     BrowserContext,
     CDPSession,
     Page,
     Playwright,
     expect,
-    sync_playwright,
 )
 
-from devstack.process import free_port  # noqa: E402
-from devstack.stack import Ports, Stack, StackConfig  # noqa: E402
+from devstack.process import free_port
+from devstack.stack import Ports, Stack, StackConfig
+
+__all__ = ["browser", "playwright"]
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SHELL_FILES = (
     "/index.html",
     "/app.js",
@@ -65,8 +49,6 @@ SHELL_FILES = (
     "/icon-512.png",
     "/icon-maskable-512.png",
 )
-NOTIFICATIONS_SERVICE = "athena.notifications.v1.NotificationsService"
-NOT_FOUND_LOGGED = "Failed to load resource: the server responded with a status of 404 (Not Found)"
 
 # The service worker's registration, once its worker is active (the page resolves `ready` then).
 ACTIVE_WORKER = """() => navigator.serviceWorker.ready.then((registration) => ({
@@ -97,40 +79,11 @@ def stack(web_dist: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         running.stop()
 
 
-@pytest.fixture(scope="module")
-def playwright() -> Iterator[Playwright]:
-    with sync_playwright() as instance:
-        yield instance
-
-
-@pytest.fixture(scope="module")
-def browser(playwright: Playwright) -> Iterator[Browser]:
-    launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-    yield launched
-    launched.close()
-
-
 @dataclass
 class Tab:
     page: Page
     base_url: str
     errors: list[str] = field(default_factory=list)
-    not_found: list[str] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.page.on("response", lambda response: self._record_not_found(response.status, response.url))
-
-    def _record_not_found(self, status: int, url: str) -> None:
-        if status == 404:
-            self.not_found.append(url)
-
-    def unexpected_errors(self) -> list[str]:
-        """What the page logged as errors, but the 404s of NotificationsService calls: until the edge routes
-        it (the backend's branch), the bell's first call is answered 404 (UNIMPLEMENTED), which Chromium
-        logs by itself; the app then hides the bell and calls no more."""
-        if all(f"/{NOTIFICATIONS_SERVICE}/" in url for url in self.not_found):
-            return [error for error in self.errors if error != NOT_FOUND_LOGGED]
-        return list(self.errors)
 
     @property
     def context(self) -> BrowserContext:
@@ -226,7 +179,7 @@ def check_installable(tab: Tab) -> None:
     assert json.loads(manifest["data"])["name"] == "AthenaOS"
     errors = cdp.send("Page.getInstallabilityErrors")["installabilityErrors"]
     assert errors == [], errors
-    assert tab.unexpected_errors() == []
+    assert tab.errors == []
 
 
 def test_the_service_worker_is_active_and_controls_the_app(tab: Tab) -> None:
@@ -243,7 +196,7 @@ def test_the_service_worker_is_active_and_controls_the_app(tab: Tab) -> None:
     )
     assert len(cached["names"]) == 1, cached
     assert sorted(cached["files"]) == sorted(SHELL_FILES)
-    assert tab.unexpected_errors() == []
+    assert tab.errors == []
 
 
 def test_a_pushed_message_is_shown_as_a_notification(tab: Tab) -> None:
@@ -308,7 +261,7 @@ def test_a_pushed_message_is_shown_as_a_notification(tab: Tab) -> None:
             break
         tab.page.wait_for_timeout(50)
     assert {n["tag"]: n["data"]["link"] for n in shown}[hostile["id"]] == "/"
-    assert tab.unexpected_errors() == []
+    assert tab.errors == []
 
 
 def test_a_notification_link_opens_its_conversation(tab: Tab) -> None:
@@ -329,7 +282,7 @@ def test_a_notification_link_opens_its_conversation(tab: Tab) -> None:
     expect(page.locator(".message.user").first).to_contain_text("I like oranges")
     expect(page.get_by_role("radio", name="Nutrition coach")).to_be_checked()
     assert page.url == f"{tab.base_url}/#c={conversation}"  # the query is gone, the fragment holds it
-    assert tab.unexpected_errors() == []
+    assert tab.errors == []
 
 
 def test_the_app_shell_loads_offline(tab: Tab) -> None:

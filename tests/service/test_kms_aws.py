@@ -10,9 +10,7 @@ error codes AWS KMS would send come from a loopback endpoint that answers every 
 from __future__ import annotations
 
 import base64
-import contextlib
 import logging
-import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -23,10 +21,11 @@ import boto3
 import pytest
 import pytest_asyncio
 from aiohttp import web
+from aws_fixtures import isolate_aws, running_moto
 from botocore.config import Config
 
 from devstack.postgres import EmbeddedPostgres
-from devstack.process import ManagedProcess, free_port, port_open
+from devstack.process import free_port
 from mesh.envelope import DataKeys, NoDataKey
 from mesh.errors import DataLoss
 from mesh.keystore import DATA_KEYS_DDL, PostgresDataKeys
@@ -45,23 +44,6 @@ CONTEXT = {"service": "memory", "owner": USER}
 DATA_KEY = bytes(range(32))
 
 
-@contextlib.contextmanager
-def running_moto(base: Path) -> Iterator[str]:
-    """moto's server on a free loopback port (its endpoint URL), stopped at the end whatever happens."""
-    port = free_port()
-    server = ManagedProcess(
-        name="moto",
-        argv=[sys.executable, "-m", "moto.server", "--host", "127.0.0.1", "--port", str(port)],
-        log_path=base / "moto.log",
-    )
-    server.start()
-    try:
-        server.wait_ready(lambda: port_open(port), timeout=60)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
-
-
 @pytest.fixture(scope="session")
 def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One emulator for the module's tests; each test makes its own keys."""
@@ -71,28 +53,7 @@ def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(autouse=True)
 def aws_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Dummy credentials in the environment, and nothing else boto3's chain could find: no profile or
-    config file, no web identity, no container or instance metadata (no request leaves loopback)."""
-    for name in (
-        "AWS_PROFILE",
-        "AWS_DEFAULT_PROFILE",
-        "AWS_SESSION_TOKEN",
-        "AWS_ROLE_ARN",
-        "AWS_WEB_IDENTITY_TOKEN_FILE",
-        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-        "AWS_ENDPOINT_URL",
-        "AWS_ENDPOINT_URL_KMS",
-        "AWS_REGION",
-        "AWS_DEFAULT_REGION",
-    ):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    isolate_aws(monkeypatch, tmp_path)
 
 
 @pytest.fixture

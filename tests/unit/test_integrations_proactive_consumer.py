@@ -12,7 +12,7 @@ from integrations.calendars import Events
 from integrations.file_references import Reference
 from integrations.health import APPLE_HEALTH, Day, HealthAnswer, Metric
 from integrations.proactive import Notice
-from integrations.proactive_consumer import ProactiveAgents
+from integrations.proactive_consumer import CACHED, ProactiveAgents
 from integrations.providers import Capability, Provider
 from integrations.subscriptions import Subscription
 
@@ -202,3 +202,11 @@ async def test_catching_up_runs_each_missed_subscriptions_change_once_and_marks_
         ("u2", "short_night"),
     ]
     assert await agents.catch_up(lapsed) == 0  # nothing waits any more
+
+
+def test_the_namespaces_emptied_are_the_tools_caches() -> None:
+    """The consumer names the orchestrator tools' cache namespaces (two services, one contract of names)."""
+    from orchestrator.tools import calendar, wearables
+
+    emptied = {namespace for namespaces in CACHED.values() for namespace in namespaces}
+    assert emptied == {calendar.CACHE_NAMESPACE, calendar.EVENTS_CACHE_NAMESPACE, wearables.CACHE_NAMESPACE}
