@@ -42,11 +42,13 @@ from typing import Any, cast
 
 from athena.events.v1 import events_pb2
 from google.protobuf import json_format
+from opentelemetry.trace import SpanKind
 from prometheus_client import Counter
 from redis import exceptions as redis_errors
 
 from mesh.redis import UNAVAILABLE, Redis, cancelling
 from mesh.retry import until_reachable
+from mesh.telemetry import inject_trace_context, link_from, traced
 
 log = logging.getLogger(__name__)
 
@@ -106,14 +108,30 @@ class EventBus:
         self._max_len = max_len
 
     async def publish(self, event: events_pb2.ProviderEvent) -> str:
-        """Appends `event`; answers its stream entry id."""
-        entry = await self._redis.xadd(
-            self._stream,
-            encode(event),  # type: ignore[arg-type]
-            maxlen=self._max_len,
-            approximate=True,
-        )
+        """Appends `event`; answers its stream entry id. While tracing, in a PRODUCER span whose context the
+        entry carries (field `traceparent`), for the consumer's span to link to."""
+        fields = encode(event)
+        with traced(
+            f"send {self._stream}", SpanKind.PRODUCER, attributes=_messaging(self._stream, "send", event)
+        ):
+            inject_trace_context(fields)
+            entry = await self._redis.xadd(
+                self._stream,
+                fields,  # type: ignore[arg-type]
+                maxlen=self._max_len,
+                approximate=True,
+            )
         return str(entry)
+
+
+def _messaging(stream: str, operation: str, event: events_pb2.ProviderEvent) -> dict[str, str]:
+    """The messaging semantic conventions' attributes of a span sending or processing `event`."""
+    return {
+        "messaging.system": "redis",
+        "messaging.destination.name": stream,
+        "messaging.operation.type": operation,
+        "messaging.message.id": event.id,
+    }
 
 
 class _Undecodable(Exception):
@@ -305,7 +323,18 @@ class EventConsumer:
         self, entry_id: str, fields: dict[str, str] | None, event: events_pb2.ProviderEvent, attempts: int
     ) -> None:
         try:
-            await self._handle(event)
+            # A trace of its own for each delivery, linked to the publisher's (`mesh.telemetry.link_from`).
+            with traced(
+                f"process {self._stream}",
+                SpanKind.CONSUMER,
+                attributes={
+                    **_messaging(self._stream, "process", event),
+                    "messaging.consumer.group.name": self._group,
+                },
+                links=link_from(fields or {}),
+                new_trace=True,
+            ):
+                await self._handle(event)
         except Exception as exc:  # a handler's failure, whatever it is, must not stop the consumer
             FAILED.labels(self._group).inc()
             error = f"{type(exc).__name__}: {exc}"
