@@ -103,7 +103,7 @@ class OtlpSink(trace_service_pb2_grpc.TraceServiceServicer):
 def serve(sink: OtlpSink, port: int, host: str = "127.0.0.1") -> grpc.Server:
     """A started server of `sink` on `host:port`; the caller stops it."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(sink, server)
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(sink, server)  # type: ignore[no-untyped-call]
     if server.add_insecure_port(f"{host}:{port}") == 0:
         raise OSError(f"cannot listen on {host}:{port}")
     server.start()

@@ -38,7 +38,6 @@ PROVIDER = "openai"
 """gen_ai.provider.name of every model API the mesh calls: all speak OpenAI's API (server.address tells
 OpenAI from vLLM, Ollama or the offline model)."""
 
-_tracer = trace.get_tracer("athena.genai")
 
 
 def capturing_content() -> bool:
@@ -65,7 +64,7 @@ class ModelCall:
         messages: Sequence[dict[str, Any]] | None = None,
     ) -> None:
         self._capture = capturing_content()
-        self.span: Span = _tracer.start_span(
+        self.span: Span = trace.get_tracer("athena.genai").start_span(
             f"{operation} {model}",
             kind=SpanKind.CLIENT,
             attributes={
@@ -163,7 +162,7 @@ def tool_span(name: str, call_id: str) -> Iterator[Span | None]:
         "gen_ai.tool.name": name,
         "gen_ai.tool.call.id": call_id,
     }
-    with _tracer.start_as_current_span(
+    with trace.get_tracer("athena.genai").start_as_current_span(
         f"execute_tool {name}", kind=SpanKind.INTERNAL, attributes=attributes, record_exception=False
     ) as span:
         try:
