@@ -39,7 +39,6 @@ PROVIDER = "openai"
 OpenAI from vLLM, Ollama or the offline model)."""
 
 
-
 def capturing_content() -> bool:
     return os.environ.get(CAPTURE_CONTENT, "").strip().lower() == "true"
 
