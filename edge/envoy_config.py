@@ -466,6 +466,9 @@ def _tracing(config: EdgeConfig) -> dict[str, Any]:
     `traceparent` continues that trace; `random_sampling` decides for the others."""
     return {
         "random_sampling": {"value": round(100.0 * config.trace_sampling, 4)},
+        # Spans are named after the route (a public service, the chat method, a file of the web app, a
+        # 404): a bounded set of names, where a request's path could be anything a client sends.
+        "operation": "%ROUTE_NAME%",
         "provider": {
             "name": "envoy.tracers.opentelemetry",
             "typed_config": {

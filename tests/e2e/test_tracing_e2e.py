@@ -152,9 +152,12 @@ def test_one_chat_turn_is_one_trace_from_the_edge_to_the_database_and_the_model(
     (orchestrator_chat,) = [
         s for s in service_of_server_span("athena-orchestrator") if s.name.endswith("/Chat")
     ]
-    assert by_id[orchestrator_chat.parent_span_id].service == "athena-edge"
+    edge_chat = by_id[orchestrator_chat.parent_span_id]
+    assert edge_chat.service == "athena-edge"
+    assert edge_chat.name == "/athena.chat.v1.ChatService/Chat"  # the route's name
     (router_list,) = service_of_server_span("athena-router")
     assert by_id[router_list.parent_span_id].service == "athena-edge"
+    assert by_id[router_list.parent_span_id].name == "athena.chat.v1.ChatService"
     memory_calls = service_of_server_span("athena-memory")
     assert {ancestors(s, by_id)[1].service for s in memory_calls} <= {"athena-orchestrator", "athena-router"}
     assert any(orchestrator_chat in ancestors(s, by_id) for s in memory_calls)

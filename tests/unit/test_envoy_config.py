@@ -516,6 +516,7 @@ def test_tracing_is_off_without_a_collector_and_follows_the_services_sampler_wit
     bootstrap = render(EdgeConfig(otlp_endpoint="http://collector.example:4318", trace_sampling=0.1))
     tracing = edge_manager(bootstrap)["tracing"]
     assert tracing["random_sampling"] == {"value": 10.0}
+    assert tracing["operation"] == "%ROUTE_NAME%"
     assert tracing["provider"]["name"] == "envoy.tracers.opentelemetry"
     assert tracing["provider"]["typed_config"]["service_name"] == "athena-edge"
     clusters = {cluster["name"]: cluster for cluster in bootstrap["static_resources"]["clusters"]}
