@@ -48,7 +48,7 @@ from redis import exceptions as redis_errors
 
 from mesh.redis import UNAVAILABLE, Redis, cancelling
 from mesh.retry import until_reachable
-from mesh.telemetry import inject_trace_context, link_from, traced
+from mesh.telemetry import inject_trace_context, traced
 
 log = logging.getLogger(__name__)
 
@@ -331,7 +331,7 @@ class EventConsumer:
                     **_messaging(self._stream, "process", event),
                     "messaging.consumer.group.name": self._group,
                 },
-                links=link_from(fields or {}),
+                linked_from=fields or {},
                 new_trace=True,
             ):
                 await self._handle(event)

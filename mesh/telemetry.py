@@ -13,8 +13,8 @@ Tracing is off unless `OTEL_EXPORTER_OTLP_ENDPOINT` names a collector (OTLP/gRPC
   blocking read every half second) is not recorded: traces start where work for someone starts;
 - every JSON log line written inside a span carries `trace_id` and `span_id`.
 
-Off, no provider is set, `tracing_on()` is false, nothing is instrumented and no interceptor is installed,
-so a call pays nothing for spans nobody would see.
+Off (also with `OTEL_SDK_DISABLED=true`), no provider is set, `tracing_on()` is false, nothing is
+instrumented and no interceptor is installed, so a call pays nothing for spans nobody would see.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def configure_logging(service: str, level: str) -> None:
 
 def configure_tracing(service: str, otlp_endpoint: str | None) -> None:
     """A tracer provider exporting to `otlp_endpoint` (see the module's docstring); nothing without one."""
-    if not otlp_endpoint:
+    if not otlp_endpoint or os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
     from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
@@ -168,12 +168,13 @@ def traced(
     *,
     attributes: Mapping[str, Any] | None = None,
     remote_parent: Mapping[str, str] | None = None,
-    links: Sequence[Link] = (),
+    linked_from: Mapping[str, str] | None = None,
     new_trace: bool = False,
 ) -> Iterator[Span | None]:
-    """A span around the block, current inside it; None (and nothing else done) while tracing is off.
-    `remote_parent`: headers whose `traceparent` names the parent (a request arriving over HTTP);
-    `new_trace`: a root even inside another span (work taken from a stream, with `links`)."""
+    """A span around the block, current inside it; None (and nothing else done, nothing read) while tracing
+    is off. `remote_parent`: headers whose `traceparent` names the parent (a request arriving over HTTP);
+    `linked_from`: a carrier (see `inject_trace_context`) whose span this one links to; `new_trace`: a root
+    even inside another span (work taken from a stream, `linked_from` its entry)."""
     if not tracing_on():
         yield None
         return
@@ -184,6 +185,7 @@ def traced(
     else:
         parent = None
     tracer = trace.get_tracer("athena.mesh")
+    links = link_from(linked_from) if linked_from is not None else ()
     with tracer.start_as_current_span(
         name, context=parent, kind=kind, attributes=attributes, links=links, record_exception=False
     ) as span:

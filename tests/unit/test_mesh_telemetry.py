@@ -78,7 +78,7 @@ def test_a_message_carries_the_publisher_s_context_and_the_consumer_links_to_it(
         with (
             traced("served", SpanKind.SERVER),
             traced(
-                "process athena:events", SpanKind.CONSUMER, links=link_from(fields), new_trace=True
+                "process athena:events", SpanKind.CONSUMER, linked_from=fields, new_trace=True
             ) as consumer,
         ):
             assert consumer is not None
