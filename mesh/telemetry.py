@@ -29,8 +29,10 @@ from typing import Any
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.propagators.textmap import default_getter, default_setter
-from opentelemetry.trace import Link, Span, SpanKind
+from opentelemetry.sdk.trace import TracerProvider, sampling
+from opentelemetry.trace import Link, Span, SpanKind, TraceState
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.util.types import Attributes
 from pythonjsonlogger.json import JsonFormatter
 
 from mesh.context import current_call
@@ -88,7 +90,6 @@ def configure_tracing(service: str, otlp_endpoint: str | None) -> None:
     from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
     from opentelemetry.instrumentation.redis import RedisInstrumentor
     from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     # OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES win over our default name (Resource.create would let
@@ -97,7 +98,7 @@ def configure_tracing(service: str, otlp_endpoint: str | None) -> None:
         "OTEL_RESOURCE_ATTRIBUTES", ""
     )
     resource = Resource.create({} if named else {"service.name": f"athena-{service}"})
-    provider = TracerProvider(resource=resource, sampler=_rooted_by_work())
+    provider = TracerProvider(resource=resource, sampler=RootedByWork())
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint, insecure=True)))
     trace.set_tracer_provider(provider)
     AsyncPGInstrumentor().instrument()  # type: ignore[no-untyped-call]
@@ -107,43 +108,35 @@ def configure_tracing(service: str, otlp_endpoint: str | None) -> None:
         handler.addFilter(_TraceIdFilter())
 
 
-def _rooted_by_work() -> Any:
+class RootedByWork(sampling.Sampler):
     """The sampler `OTEL_TRACES_SAMPLER` names (the SDK's own choice from the environment), except that a
     CLIENT span without a parent is dropped (see the module's docstring)."""
-    from opentelemetry.sdk.trace import sampling
 
-    configured = sampling._get_from_env_or_default()
+    def __init__(self) -> None:
+        self._configured = sampling._get_from_env_or_default()  # what TracerProvider() would choose
 
-    class RootedByWork(sampling.Sampler):
-        def should_sample(
-            self,
-            parent_context: otel_context.Context | None,
-            trace_id: int,
-            name: str,
-            kind: SpanKind | None = None,
-            attributes: Any = None,
-            links: Sequence[Link] | None = None,
-            trace_state: Any = None,
-        ) -> sampling.SamplingResult:
-            if (
-                kind is SpanKind.CLIENT
-                and not trace.get_current_span(parent_context).get_span_context().is_valid
-            ):
-                return sampling.SamplingResult(sampling.Decision.DROP)
-            return configured.should_sample(
-                parent_context, trace_id, name, kind, attributes, links, trace_state
-            )
+    def should_sample(
+        self,
+        parent_context: otel_context.Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: TraceState | None = None,
+    ) -> sampling.SamplingResult:
+        if kind is SpanKind.CLIENT and not trace.get_current_span(parent_context).get_span_context().is_valid:
+            return sampling.SamplingResult(sampling.Decision.DROP)
+        return self._configured.should_sample(
+            parent_context, trace_id, name, kind, attributes, links, trace_state
+        )
 
-        def get_description(self) -> str:
-            return f"RootedByWork{{{configured.get_description()}}}"
-
-    return RootedByWork()
+    def get_description(self) -> str:
+        return f"RootedByWork{{{self._configured.get_description()}}}"
 
 
 def tracing_on() -> bool:
     """Whether `configure_tracing` set up an exporting provider in this process."""
-    from opentelemetry.sdk.trace import TracerProvider
-
     return isinstance(trace.get_tracer_provider(), TracerProvider)
 
 

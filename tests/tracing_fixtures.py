@@ -15,13 +15,13 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.util._once import Once
 
-from mesh.telemetry import _rooted_by_work
+from mesh.telemetry import RootedByWork
 
 
 @contextlib.contextmanager
 def recording_spans() -> Iterator[InMemorySpanExporter]:
     exporter = InMemorySpanExporter()
-    provider = TracerProvider(sampler=_rooted_by_work())
+    provider = TracerProvider(sampler=RootedByWork())
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     saved, saved_once = trace._TRACER_PROVIDER, trace._TRACER_PROVIDER_SET_ONCE
     trace._TRACER_PROVIDER_SET_ONCE = Once()

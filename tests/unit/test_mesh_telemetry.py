@@ -12,7 +12,7 @@ from tracing_fixtures import recording_spans
 
 from mesh import genai
 from mesh.telemetry import (
-    _rooted_by_work,
+    RootedByWork,
     _TraceIdFilter,
     inject_trace_context,
     link_from,
@@ -48,9 +48,9 @@ def test_a_client_span_starts_no_trace_but_is_kept_inside_one() -> None:
 def test_the_standard_sampler_variables_are_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
     monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0.25")
-    assert "TraceIdRatioBased{0.25}" in _rooted_by_work().get_description()
+    assert "TraceIdRatioBased{0.25}" in RootedByWork().get_description()
     monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_off")
-    result = _rooted_by_work().should_sample(None, 1, "served", SpanKind.SERVER)
+    result = RootedByWork().should_sample(None, 1, "served", SpanKind.SERVER)
     assert not result.decision.is_sampled()
 
 
