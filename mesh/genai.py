@@ -11,7 +11,8 @@ One span per request to a model API, a child of the work that made it:
 plus gen_ai.provider.name (and the older gen_ai.system, still read by some backends), server.address and
 server.port. What people said or were answered is not recorded: messages go on the span only when
 `OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT` is true (gen_ai.input.messages and
-gen_ai.output.messages, as JSON), the conventions' opt-in.
+gen_ai.output.messages, as JSON), the conventions' opt-in (read once, by the service's settings:
+`mesh.settings.ServiceSettings.genai_capture_message_content`).
 
 `start_model_call` answers None while tracing is off (`mesh.telemetry.tracing_on`), so a model call pays a
 single check for spans nobody records; a started span costs one check per chunk (`chunk`).
@@ -20,7 +21,6 @@ single check for spans nobody records; a started span costs one check per chunk 
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -30,17 +30,11 @@ from urllib.parse import urlsplit
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
-from mesh.telemetry import tracing_on
+from mesh.telemetry import capturing_message_content, tracing_on
 
-CAPTURE_CONTENT = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
-"""The standard opt-in to recording message content on GenAI spans ("true")."""
 PROVIDER = "openai"
 """gen_ai.provider.name of every model API the mesh calls: all speak OpenAI's API (server.address tells
 OpenAI from vLLM, Ollama or the offline model)."""
-
-
-def capturing_content() -> bool:
-    return os.environ.get(CAPTURE_CONTENT, "").strip().lower() == "true"
 
 
 def server_attributes(base_url: str) -> dict[str, Any]:
@@ -62,7 +56,7 @@ class ModelCall:
         attributes: dict[str, Any] | None = None,
         messages: Sequence[dict[str, Any]] | None = None,
     ) -> None:
-        self._capture = capturing_content()
+        self._capture = capturing_message_content()
         self.span: Span = trace.get_tracer("athena.genai").start_span(
             f"{operation} {model}",
             kind=SpanKind.CLIENT,

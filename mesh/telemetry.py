@@ -81,10 +81,24 @@ def configure_logging(service: str, level: str) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def configure_tracing(service: str, otlp_endpoint: str | None) -> None:
-    """A tracer provider exporting to `otlp_endpoint` (see the module's docstring); nothing without one."""
+_capture_message_content = False
+
+
+def capturing_message_content() -> bool:
+    """Whether model calls' spans record what was said (`mesh.genai`; see `configure_tracing`)."""
+    return _capture_message_content
+
+
+def configure_tracing(
+    service: str, otlp_endpoint: str | None, *, capture_message_content: bool = False
+) -> None:
+    """A tracer provider exporting to `otlp_endpoint` (see the module's docstring); nothing without one.
+    `capture_message_content` (OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT) lets model calls' spans
+    record what people said and were answered."""
     if not otlp_endpoint or os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return
+    global _capture_message_content  # process-wide, like the tracer provider itself
+    _capture_message_content = capture_message_content
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
     from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
     from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor

@@ -19,8 +19,10 @@ from opentelemetry.trace import SpanKind, StatusCode
 from tracing_fixtures import recording_spans
 
 from devstack.process import free_port
+from mesh import telemetry
 from mesh.errors import DeadlineExceeded, FailedPrecondition, Unavailable
 from mesh.model_api import ModelApi, client_session
+from mesh.settings import ServiceSettings
 from mesh.telemetry import traced
 from orchestrator.model import (
     ChatModel,
@@ -331,6 +333,8 @@ async def test_message_content_is_recorded_only_when_asked_for(
     model_server: ModelServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "true")
+    assert ServiceSettings().genai_capture_message_content  # the standard variable, read as a setting
+    monkeypatch.setattr(telemetry, "_capture_message_content", True)  # what configure_tracing sets from it
     model_server.answers.append((200, answer_with_usage()))
     with recording_spans() as exporter:
         async with model_at(model_server.url) as model, serving():
