@@ -12,9 +12,10 @@ internal services included, gets a 404, which gRPC clients see as UNIMPLEMENTED.
 is served with the browser's security headers (`WEB_SECURITY_HEADERS`: a strict Content-Security-Policy
 and its companions); API replies, which no browser renders as a page, keep only what CORS needs.
 
-With an OTLP collector configured (`otlp_endpoint`), Envoy's OpenTelemetry tracer records a span per
-request, continuing the trace of a `traceparent` the caller sent (the web app starts one per chat turn),
-and passes W3C trace context on to the services.
+With an OTLP collector configured (`otlp_endpoint`), Envoy's OpenTelemetry tracer is the mesh's head
+sampler: it keeps the trace id of a `traceparent` the caller sent (the web app starts one per chat turn),
+decides whether the request is traced (`trace_sampling`), records its span if so, and passes W3C trace
+context with its decision on to the services, which follow it.
 
 `render(EdgeConfig(...))` returns the bootstrap as a dict; the command line writes it as JSON, which is
 also YAML, so the file may be named `.json` or `.yaml`:
@@ -315,8 +316,9 @@ class EdgeConfig:
     """OTLP/gRPC collector ("http://host:4317") for the edge's spans; None: Envoy records no span (a
     `traceparent` received still goes on to the services unchanged)."""
     trace_sampling: float = 1.0
-    """Fraction of the requests arriving without a sampled `traceparent` that the edge starts a trace for
-    (the services' `OTEL_TRACES_SAMPLER_ARG`); 1.0 traces them all."""
+    """Fraction of requests the edge traces (the services' `OTEL_TRACES_SAMPLER_ARG`); 1.0 traces all but
+    those whose `traceparent` says "not sampled". A caller's "sampled" does not force a trace: a client
+    cannot make the mesh trace more than this."""
 
     @classmethod
     def for_target(cls, target: Target, *, namespace: str | None = None) -> EdgeConfig:
@@ -462,8 +464,10 @@ def _edge_listener(config: EdgeConfig) -> dict[str, Any]:
 
 
 def _tracing(config: EdgeConfig) -> dict[str, Any]:
-    """Envoy's OpenTelemetry tracer, exporting over OTLP/gRPC to `OTEL_CLUSTER`. A request with a sampled
-    `traceparent` continues that trace; `random_sampling` decides for the others."""
+    """Envoy's OpenTelemetry tracer, exporting over OTLP/gRPC to `OTEL_CLUSTER`. Each request is traced
+    when `random_sampling` picks it and its `traceparent` (kept: the trace id stays the caller's) is not
+    marked unsampled; the decision goes upstream in the `traceparent` it sends
+    (tests/service/test_edge_tracing.py)."""
     return {
         "random_sampling": {"value": round(100.0 * config.trace_sampling, 4)},
         # Spans are named after the route (a public service, the chat method, a file of the web app, a
