@@ -16,10 +16,11 @@ temporary data directory), each with the offline model pacing its words differen
    words/s, CPU-seconds per turn of each process, and each process's peak RSS during the series.
 3. **held** (200 ms a word): 1,000 streams at once must all complete; errors, duration and peak RSS.
 
-With `--tracing` (the default), the instant series runs a second time on a mesh tracing every turn
-(OTEL_EXPORTER_OTLP_ENDPOINT set, sampling 1.0, Envoy included, the browser's `traceparent` sent) and
-exporting to a local OTLP sink that only counts spans (`devstack.otlp_sink`, a process of its own): what
-tracing costs one stream (issue 18: at most +10% on the first delta).
+With `--tracing` (the default), one stream at a time again, through two meshes side by side, turns
+alternating: one tracing every turn (OTEL_EXPORTER_OTLP_ENDPOINT set, sampling 1.0, Envoy included, the
+browser's `traceparent` sent) and exporting to a local OTLP sink that only counts spans
+(`devstack.otlp_sink`, a process of its own), one not: what tracing costs one stream (issue 18: at most
++10% on the first delta).
 
 Results go to bench/results/chat.json and chat.md with a verdict per target of issue 13.
 """
@@ -338,21 +339,14 @@ async def seed_memories(mesh: Mesh) -> None:
 # -- series ----------------------------------------------------------------------------------------------
 
 
-async def instant_series(data: Path, samples: int, *, otlp_endpoint: str | None = None) -> dict[str, Any]:
-    """The one-stream series; with `otlp_endpoint`, every part traces every turn and exports there."""
-    tracing = {
-        "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_endpoint or "",
-        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
-        "OTEL_TRACES_SAMPLER_ARG": "1.0",
-    }
-    async with running_mesh(data, 0, 1, tracing if otlp_endpoint else None) as mesh:
-        traced = otlp_endpoint is not None
+async def instant_series(data: Path, samples: int) -> dict[str, Any]:
+    async with running_mesh(data, 0, 1) as mesh:
         client = AsyncOpenAI(base_url=mesh.model_url, api_key="offline", max_retries=0)
         for _ in range(5):  # warm-up: connections, caches, code paths
-            await mesh_stream(mesh, 0, traceparent=traced)
+            await mesh_stream(mesh, 0)
             await direct_stream(client, fact(0))
         direct = [await direct_stream(client, fact(0)) for _ in range(samples)]
-        through = [await mesh_stream(mesh, 0, traceparent=traced) for _ in range(samples)]
+        through = [await mesh_stream(mesh, 0) for _ in range(samples)]
         await client.close()
     model, edge = streams_summary(direct), streams_summary(through)
     return {
@@ -391,13 +385,64 @@ def counting_sink() -> Iterator[CountingSink]:
         sink.spans = counts[-1] if counts else 0
 
 
-async def traced_instant_series(data: Path, samples: int) -> dict[str, Any]:
-    """The instant series with tracing on at sampling 1.0, exporting to a counting OTLP sink."""
+async def tracing_series(data: Path, samples: int) -> dict[str, Any]:
+    """One stream at a time with the instant model, through two meshes running side by side: one tracing
+    every turn (sampling 1.0, exporting to a counting OTLP sink), one not. Turns alternate between them
+    (and the model alone), so that both meet the machine in the same state."""
+    tracing = {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "1.0"}
     with counting_sink() as sink:
-        result = await instant_series(data, samples, otlp_endpoint=sink.endpoint)
-    # Turns traced: the warm-up's 5, then the samples through the mesh (the model alone is not traced).
-    result["spans_per_turn"] = sink.spans / (samples + 5)
-    return result
+        async with (
+            running_mesh(data / "untraced", 0, 1) as untraced,
+            running_mesh(
+                data / "traced", 0, 1, {**tracing, "OTEL_EXPORTER_OTLP_ENDPOINT": sink.endpoint}
+            ) as traced,
+        ):
+            client = AsyncOpenAI(base_url=untraced.model_url, api_key="offline", max_retries=0)
+            for _ in range(5):  # warm-up: connections, caches, code paths
+                await mesh_stream(untraced, 0)
+                await mesh_stream(traced, 0, traceparent=True)
+                await direct_stream(client, fact(0))
+            off: list[Stream] = []
+            on: list[Stream] = []
+            direct: list[Stream] = []
+            parts = {"off": Processes(untraced.stack), "on": Processes(traced.stack)}
+            before = {name: processes.cpu() for name, processes in parts.items()}
+            for sample in range(samples):
+                # Either mesh first, by turns: neither always follows the other.
+                if sample % 2:
+                    off.append(await mesh_stream(untraced, 0))
+                    on.append(await mesh_stream(traced, 0, traceparent=True))
+                else:
+                    on.append(await mesh_stream(traced, 0, traceparent=True))
+                    off.append(await mesh_stream(untraced, 0))
+                direct.append(await direct_stream(client, fact(0)))
+            # CPU per turn of each mesh's parts (the load generator, shared by both, is left out).
+            cpu = {
+                name: {
+                    part: 1000 * (seconds - before[name][part]) / samples
+                    for part, seconds in processes.cpu().items()
+                    if part != LOAD_GENERATOR
+                }
+                for name, processes in parts.items()
+            }
+            await client.close()
+    model, without, with_ = streams_summary(direct), streams_summary(off), streams_summary(on)
+    return {
+        "samples": samples,
+        "direct": model,
+        "off": without,
+        "on": with_,
+        "overhead_ms": {
+            name: {q: summary["first_delta_ms"][q] - model["first_delta_ms"][q] for q in ("p50", "p95")}
+            for name, summary in (("off", without), ("on", with_))
+        },
+        "first_delta_ratio": {
+            q: with_["first_delta_ms"][q] / without["first_delta_ms"][q] for q in ("p50", "p95")
+        },
+        # Turns traced: the warm-up's 5 and the samples (the model alone is not traced).
+        "spans_per_turn": sink.spans / (samples + 5),
+        "cpu_ms_per_turn": cpu,
+    }
 
 
 async def paced_series(data: Path, counts: Sequence[int], rounds: int) -> list[dict[str, Any]]:
@@ -476,10 +521,10 @@ def verdicts(result: dict[str, Any]) -> list[tuple[str, str, bool]]:
     rows.append(
         ("one stream, instant model: overhead p95 ≤ 10 ms", f"{instant['p95']:.1f} ms", instant["p95"] <= 10)
     )
-    traced = result.get("instant_traced")
-    if traced:
-        ratio = traced["mesh"]["first_delta_ms"]["p50"] / result["instant"]["mesh"]["first_delta_ms"]["p50"]
-        off, on = result["instant"]["overhead_ms"]["p50"], traced["overhead_ms"]["p50"]
+    tracing = result.get("tracing")
+    if tracing:
+        ratio = tracing["first_delta_ratio"]["p50"]
+        off, on = tracing["overhead_ms"]["off"]["p50"], tracing["overhead_ms"]["on"]["p50"]
         rows.append(
             (
                 "tracing on, sampling 1.0: one stream's first delta ≤ +10% (p50, issue 18)",
@@ -517,7 +562,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"Command: `{result['command']}` (`make bench-chat`). Commit {result['commit']}, {result['date']}.",
         f"Machine: {result['machine']}",
         "",
-        "## Verdicts (issue 13)",
+        "## Verdicts (issues 13 and 18)",
         "",
         "| target | measured | met |",
         "|---|---|---|",
@@ -540,7 +585,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"| **overhead** | **{instant['overhead_ms']['p50']:.2f}** | "
         f"**{instant['overhead_ms']['p95']:.2f}** |",
         "",
-        *_tracing_lines(result.get("instant_traced"), instant),
+        *_tracing_lines(result.get("tracing")),
         "## Streams at once, model pacing 20 ms a word, answers of 30–60 words",
         "",
         f"Each series: {result['paced'][0].get('rounds', 1)} rounds of that many streams started at once, "
@@ -589,23 +634,35 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _tracing_lines(traced: dict[str, Any] | None, untraced: dict[str, Any]) -> list[str]:
-    """The instant series with tracing on beside the one without (nothing when it did not run)."""
-    if not traced:
+def _tracing_lines(tracing: dict[str, Any] | None) -> list[str]:
+    """The tracing series (nothing when it did not run)."""
+    if not tracing:
         return []
-    off, on = untraced["mesh"]["first_delta_ms"], traced["mesh"]["first_delta_ms"]
+    direct, off, on = (tracing[name]["first_delta_ms"] for name in ("direct", "off", "on"))
+    overhead, ratio = tracing["overhead_ms"], tracing["first_delta_ratio"]
+    cpu_off, cpu_on = tracing["cpu_ms_per_turn"]["off"], tracing["cpu_ms_per_turn"]["on"]
     return [
-        f"With tracing on (sampling 1.0, every part exporting over OTLP/gRPC to a local sink that counts "
-        f"spans; {traced['spans_per_turn']:.0f} spans a turn), {traced['samples']} turns each:",
+        f"## One stream, instant model, tracing off and on ({tracing['samples']} turns each)",
+        "",
+        "Two meshes side by side, turns alternating between them and the model alone; one traces every "
+        "turn (sampling 1.0, the browser's `traceparent` sent, every part exporting over OTLP/gRPC to a "
+        f"local sink that counts spans: {tracing['spans_per_turn']:.0f} spans a turn).",
         "",
         "| series | first delta p50 ms | p95 ms | overhead over the model p50 / p95 ms |",
         "|---|---|---|---|",
+        f"| model server, direct | {direct['p50']:.2f} | {direct['p95']:.2f} | |",
         f"| through the edge, tracing off | {off['p50']:.2f} | {off['p95']:.2f} | "
-        f"{untraced['overhead_ms']['p50']:.2f} / {untraced['overhead_ms']['p95']:.2f} |",
+        f"{overhead['off']['p50']:.2f} / {overhead['off']['p95']:.2f} |",
         f"| through the edge, tracing on | {on['p50']:.2f} | {on['p95']:.2f} | "
-        f"{traced['overhead_ms']['p50']:.2f} / {traced['overhead_ms']['p95']:.2f} |",
-        f"| **tracing's cost** | **{100 * (on['p50'] / off['p50'] - 1):+.1f}%** | "
-        f"**{100 * (on['p95'] / off['p95'] - 1):+.1f}%** | |",
+        f"{overhead['on']['p50']:.2f} / {overhead['on']['p95']:.2f} |",
+        f"| **tracing's cost** | **{100 * (ratio['p50'] - 1):+.1f}%** | "
+        f"**{100 * (ratio['p95'] - 1):+.1f}%** | |",
+        "",
+        "CPU milliseconds per turn, by process, tracing off / on:",
+        "",
+        "| " + " | ".join(cpu_off) + " |",
+        "|" + "---|" * len(cpu_off),
+        "| " + " | ".join(f"{cpu_off[part]:.2f} / {cpu_on.get(part, 0):.2f}" for part in cpu_off) + " |",
         "",
     ]
 
@@ -624,9 +681,9 @@ async def run(
         data = data_dir or Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="athena-bench-")))
         instant = await instant_series(data, samples)
         print(f"instant: {json.dumps(instant['overhead_ms'])}", flush=True)
-        instant_traced = await traced_instant_series(data, samples) if tracing else None
-        if instant_traced:
-            print(f"instant, traced: {json.dumps(instant_traced['overhead_ms'])}", flush=True)
+        traced = await tracing_series(data, samples) if tracing else None
+        if traced:
+            print(f"tracing: {json.dumps(traced['first_delta_ratio'])}", flush=True)
         paced = await paced_series(data, counts, rounds)
         held_result = await held_series(data, held) if held else None
     return {
@@ -638,7 +695,7 @@ async def run(
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
         "machine": machine(),
         "instant": instant,
-        "instant_traced": instant_traced,
+        "tracing": traced,
         "paced": paced,
         "held": held_result,
     }
