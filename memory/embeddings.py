@@ -71,7 +71,7 @@ class OpenAIEmbedder:
             self._api.server,
             attributes={
                 "gen_ai.embeddings.dimension.count": self._dimension,
-                "gen_ai.request.input_count": len(texts),
+                "athena.embeddings.inputs": len(texts),  # no convention names it
             },
         )
         try:
