@@ -441,7 +441,7 @@ _SLUGS = {
 }
 
 
-def generate(seed: int = 17, per_category: int = 4) -> Dataset:
+def generate(seed: int = 17, per_category: int = 10) -> Dataset:
     """`per_category` instances of each of the five abilities, interleaved (ie, ms, ku, tr, ab, ie, ...);
     the same seed gives the same set, byte for byte."""
     rng = random.Random(seed)  # noqa: S311 (a reproducible test set, not a secret)

@@ -65,7 +65,7 @@ class Settings:
     limit: int = 0
     """At most this many instances of the dataset (0: all)."""
     seed: int = 17
-    instances: int = 4
+    instances: int = 10
     """Synthetic instances per category."""
     concurrency: int = 4
     """Instances lived through at once (each its own user)."""
@@ -76,7 +76,9 @@ class Settings:
     judge: bool = False
     """Score with an LLM judge (LongMemEval's criteria) as well; needs OPENAI_API_KEY."""
     judge_model: str = "gpt-4o"
-    settle_quiet: float = 1.5
+    settle_quiet: float = 3.0
+    """Learning (issue 17's extraction) runs after a turn has answered, queued behind other users' turns: a
+    quiet period of a few seconds, not one poll, says it is done."""
     settle_deadline: float = 30.0
     data_dir: Path | None = None
 
@@ -512,7 +514,7 @@ def main(argv: Iterable[str] | None = None) -> None:
     )
     parser.add_argument("--limit", type=int, default=0, help="at most N instances of the dataset (0: all)")
     parser.add_argument("--seed", type=int, default=17, help="seed of the synthetic set")
-    parser.add_argument("--instances", type=int, default=4, help="synthetic instances per category")
+    parser.add_argument("--instances", type=int, default=10, help="synthetic instances per category")
     parser.add_argument("--concurrency", type=int, default=4, help="instances (users) at once")
     parser.add_argument("--delay-ms", type=int, default=0, help="offline model's pace per word")
     parser.add_argument("--real-model", action="store_true", help="answer with OPENAI_API_KEY's model")
