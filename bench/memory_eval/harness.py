@@ -521,7 +521,7 @@ def main(argv: Iterable[str] | None = None) -> None:
     parser.add_argument("--judge", action="store_true", help="also score with an LLM judge (OPENAI_API_KEY)")
     parser.add_argument("--judge-model", default="gpt-4o", help="the judge's model (LongMemEval: gpt-4o)")
     parser.add_argument(
-        "--settle-quiet", type=float, default=1.5, help="seconds ListMemories must not change"
+        "--settle-quiet", type=float, default=3.0, help="seconds ListMemories must not change"
     )
     parser.add_argument("--settle-deadline", type=float, default=30.0, help="longest wait for learning")
     parser.add_argument("--data-dir", type=Path, help="keep the mesh's data and logs here")
