@@ -44,7 +44,7 @@ import grpc
 from athena.account.v1 import account_pb2, account_pb2_grpc
 from athena.auth.v1 import auth_pb2, auth_pb2_grpc
 from athena.chat.v1 import chat_pb2, chat_pb2_grpc
-from openai import AsyncOpenAI
+from openai import AsyncOpenAI, OpenAIError
 
 from bench.chat import percentile
 from bench.memory_eval import dataset as data
@@ -266,14 +266,18 @@ async def judge_all(lived: Sequence[Lived], questions: dict[str, data.Question],
 
     async def one(asked: Asked) -> None:
         async with semaphore:
-            reply = await client.chat.completions.create(
-                model=model,
-                messages=[
-                    {"role": "user", "content": scoring.judge_prompt(questions[asked.id], asked.answer)}
-                ],
-                temperature=0,
-                max_tokens=10,
-            )
+            try:
+                reply = await client.chat.completions.create(
+                    model=model,
+                    messages=[
+                        {"role": "user", "content": scoring.judge_prompt(questions[asked.id], asked.answer)}
+                    ],
+                    temperature=0,
+                    max_tokens=10,
+                )
+            except OpenAIError as exc:  # left unjudged (judge accuracy is over the judged answers)
+                print(f"{asked.id}: the judge failed: {exc}", flush=True)
+                return
         asked.judge = scoring.judge_label(reply.choices[0].message.content or "")
 
     await asyncio.gather(*(one(a) for item in lived for a in item.asked))
