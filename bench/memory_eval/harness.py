@@ -259,9 +259,13 @@ async def live(
 # -- the LLM judge --------------------------------------------------------------------------------------
 
 
-async def judge_all(lived: Sequence[Lived], questions: dict[str, data.Question], model: str) -> None:
-    """Each answer judged yes/no by `model` (OPENAI_API_KEY, OPENAI_BASE_URL) at temperature 0."""
-    client = AsyncOpenAI()
+async def judge_all(
+    lived: Sequence[Lived], questions: dict[str, data.Question], model: str, client: AsyncOpenAI | None = None
+) -> None:
+    """Each answer judged yes/no by `model` at temperature 0, through `client` (by default one configured by
+    OPENAI_API_KEY and OPENAI_BASE_URL, closed at the end)."""
+    own = client is None
+    client = client or AsyncOpenAI()
     semaphore = asyncio.Semaphore(8)
 
     async def one(asked: Asked) -> None:
@@ -281,7 +285,8 @@ async def judge_all(lived: Sequence[Lived], questions: dict[str, data.Question],
         asked.judge = scoring.judge_label(reply.choices[0].message.content or "")
 
     await asyncio.gather(*(one(a) for item in lived for a in item.asked))
-    await client.close()
+    if own:
+        await client.close()
 
 
 # -- the mesh -------------------------------------------------------------------------------------------
