@@ -427,6 +427,10 @@ def report(
             "memories_per_user": _tokens([item.memories for item in lived]),
         },
         "categories": {c: summarize([a for a in asked if a.category == c]) for c in order},
+        "question_types": {
+            t: summarize([a for a in asked if a.question_type == t])
+            for t in sorted({a.question_type for a in asked})
+        },
         "total": summarize(asked),
         "questions": [asdict(a) for a in asked],
     }
@@ -484,6 +488,24 @@ def markdown(result: dict[str, Any]) -> str:
         "right, as LongMemEval's judge does). Latencies are client-side: to the `memories_recalled` event "
         "(recall), to the first text, to the end of the stream. Memory tokens: words of the memories "
         "recalled into the prompt; prompt tokens: the model's usage count of the whole prompt.",
+        "",
+        "How the questions were put: each session was replayed as a new conversation (the user's turns only: "
+        "an assistant's turns cannot be sent through the API, so LongMemEval's `single-session-assistant` "
+        "questions cannot be answered from them), learning was left to settle (`ListMemories` quiet), and "
+        "each question was asked in a new conversation. The sessions' dates cannot be replayed either (a "
+        "chat turn has no time of its own): the synthetic set's temporal questions are about the order the "
+        "system saw or about dates said in the text; a dataset's questions about its own dates are at a "
+        "disadvantage. With the offline model an answer reads back the memories recalled, so containment "
+        "measures what recall brought to the model; a real model and `--judge` measure the answer.",
+        "",
+        "By the dataset's question type:",
+        "",
+        "| question type | questions | accuracy |",
+        "|---|---|---|",
+        *(
+            f"| {name} | {s['questions']} | {s['accuracy']:.0%} ({s['correct']}) |"
+            for name, s in result["question_types"].items()
+        ),
         "",
         "## Answers (first 3 per category)",
         "",
