@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +135,33 @@ class Dataset:
         if not limit:
             return self
         return Dataset(self.name, self.instances[:limit], self.source, self.notes)
+
+    def told_explicitly(self) -> Dataset:
+        """The control: every evidence turn (`has_answer`) said as `remember <turn>`, the explicit memory
+        that worked before issue 17. Files without `has_answer` marks (LoCoMo) are unchanged."""
+        return Dataset(
+            self.name,
+            tuple(
+                replace(
+                    instance,
+                    sessions=tuple(
+                        replace(
+                            session,
+                            turns=tuple(
+                                replace(turn, content=f"remember {turn.content}")
+                                if turn.has_answer and turn.role == "user"
+                                else turn
+                                for turn in session.turns
+                            ),
+                        )
+                        for session in instance.sessions
+                    ),
+                )
+                for instance in self.instances
+            ),
+            self.source,
+            (*self.notes, "evidence turns said with `remember` (control)"),
+        )
 
 
 # -- LongMemEval ----------------------------------------------------------------------------------------

@@ -76,6 +76,9 @@ class Settings:
     judge: bool = False
     """Score with an LLM judge (LongMemEval's criteria) as well; needs OPENAI_API_KEY."""
     judge_model: str = "gpt-4o"
+    explicit: bool = False
+    """The control: evidence turns said as `remember <turn>` (what explicit memory gets; results are written
+    to memory-eval-explicit.*)."""
     settle_quiet: float = 3.0
     """Learning (issue 17's extraction) runs after a turn has answered, queued behind other users' turns: a
     quiet period of a few seconds, not one poll, says it is done."""
@@ -97,13 +100,17 @@ class Settings:
             parts.append("--real-model")
         if self.judge:
             parts.append(f"--judge --judge-model {self.judge_model}")
+        if self.explicit:
+            parts.append("--explicit")
         return " ".join(parts)
 
 
 def load(settings: Settings) -> data.Dataset:
     if settings.dataset is not None:
-        return data.read(settings.dataset).limited(settings.limit)
-    return generator.generate(settings.seed, settings.instances).limited(settings.limit)
+        loaded = data.read(settings.dataset).limited(settings.limit)
+    else:
+        loaded = generator.generate(settings.seed, settings.instances).limited(settings.limit)
+    return loaded.told_explicitly() if settings.explicit else loaded
 
 
 # -- measurements ---------------------------------------------------------------------------------------
@@ -409,6 +416,7 @@ def report(
         "dataset": {
             "name": dataset.name,
             "source": dataset.source,
+            "notes": list(dataset.notes),
             "instances": len(dataset.instances),
             "questions": len(asked),
         },
@@ -454,7 +462,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"Machine: {result['machine']}",
         "",
         f"Dataset: {dataset['name']} ({dataset['source']}): {dataset['instances']} instances, "
-        f"{dataset['questions']} questions. Model: {result['model']}. Scoring: {result['scoring']}.",
+        f"{dataset['questions']} questions"
+        + "".join(f"; {note}" for note in dataset.get("notes", ()))
+        + f". Model: {result['model']}. Scoring: {result['scoring']}.",
         f"Wall time {result['wall_seconds']:.0f} s (mesh start {result['mesh_start_seconds']:.0f} s); "
         f"{replayed['turns']} turns replayed ({replayed['turn_errors']} failed); learning settled in "
         f"{_seconds(replayed['settle_seconds'])} s "
@@ -527,10 +537,12 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def write(result: dict[str, Any], directory: Path = RESULTS) -> str:
+    """memory-eval.{json,md} in `directory` (memory-eval-explicit.* for the control)."""
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "memory-eval.json").write_text(json.dumps(result, indent=2) + "\n")
+    name = "memory-eval-explicit" if result["command"].endswith("--explicit") else "memory-eval"
+    (directory / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     text = markdown(result)
-    (directory / "memory-eval.md").write_text(text)
+    (directory / f"{name}.md").write_text(text)
     return text
 
 
@@ -555,6 +567,9 @@ def main(argv: Iterable[str] | None = None) -> None:
         "--settle-quiet", type=float, default=3.0, help="seconds ListMemories must not change"
     )
     parser.add_argument("--settle-deadline", type=float, default=30.0, help="longest wait for learning")
+    parser.add_argument(
+        "--explicit", action="store_true", help="control: evidence turns said as `remember <turn>`"
+    )
     parser.add_argument("--data-dir", type=Path, help="keep the mesh's data and logs here")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where memory-eval.md and .json go")
     parser.add_argument(
@@ -571,6 +586,7 @@ def main(argv: Iterable[str] | None = None) -> None:
         real_model=args.real_model,
         judge=args.judge,
         judge_model=args.judge_model,
+        explicit=args.explicit,
         settle_quiet=args.settle_quiet,
         settle_deadline=args.settle_deadline,
         data_dir=args.data_dir,

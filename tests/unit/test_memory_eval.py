@@ -295,3 +295,15 @@ def test_report_has_every_category_with_accuracy_latency_and_tokens() -> None:
     assert "| abstention | 1 | 100% (1) |" in text
     assert "python -m bench.memory_eval --seed 17 --instances 1" in text
     assert summarize([])["accuracy"] == 0.0
+
+
+def test_the_explicit_control_says_only_the_evidence_with_remember() -> None:
+    synthetic = generate(17, 2)
+    told = synthetic.told_explicitly()
+    assert told.notes
+    for before, after in zip(synthetic.instances, told.instances, strict=True):
+        assert before.questions == after.questions
+        for plain, explicit in zip(before.sessions, after.sessions, strict=True):
+            for turn, said in zip(plain.turns, explicit.turns, strict=True):
+                assert said.content == (f"remember {turn.content}" if turn.has_answer else turn.content)
+    assert Settings(explicit=True).command().endswith("--explicit")
