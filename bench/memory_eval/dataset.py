@@ -13,7 +13,7 @@ a JSON list of objects with `question_id`, `question_type` (`single-session-user
 `{role, content, has_answer?}` turns) and `answer_session_ids`. The synthetic set (`generator`) is written in
 this shape, with optional fields of its own that the reader also takes: `haystack_agent_ids` (the agent
 each session talks to; default athena), `question_agent_id`, `answer_parts` (every part must be in the
-answer) and `superseded_answers` (older values of the fact asked about).
+answer) and `stale_answers` (values the fact had at another time than the one asked about).
 
 **LoCoMo** (`locomo10.json`; Maharana et al., ACL 2024): a JSON list of objects with `sample_id`,
 `conversation` (`speaker_a`, `speaker_b`, `session_<n>` lists of `{speaker, dia_id, text}`,
@@ -102,8 +102,9 @@ class Question:
     agent_id: str = DEFAULT_AGENT
     answer_parts: tuple[str, ...] = ()
     """When set, every part must be in the answer (instead of `answer` whole)."""
-    superseded_answers: tuple[str, ...] = ()
-    """Older values of the fact asked about (knowledge updates): an answer naming one is counted as stale."""
+    stale_answers: tuple[str, ...] = ()
+    """Values the fact had at another time than the one asked about (knowledge updates: the older values;
+    "what was it before?": the current one). An answer naming one as well is counted right but *stale*."""
 
     @property
     def abstention(self) -> bool:
@@ -231,7 +232,7 @@ def longmemeval_instance(entry: Mapping[str, Any]) -> Instance:
         answer_session_ids=_strings(entry.get("answer_session_ids")),
         agent_id=str(entry.get("question_agent_id") or DEFAULT_AGENT),
         answer_parts=_strings(entry.get("answer_parts")),
-        superseded_answers=_strings(entry.get("superseded_answers")),
+        stale_answers=_strings(entry.get("stale_answers")),
     )
     return Instance(question_id, tuple(sessions), (question,))
 
@@ -260,8 +261,8 @@ def longmemeval_entry(instance: Instance) -> dict[str, Any]:
     }
     if question.answer_parts:
         entry["answer_parts"] = list(question.answer_parts)
-    if question.superseded_answers:
-        entry["superseded_answers"] = list(question.superseded_answers)
+    if question.stale_answers:
+        entry["stale_answers"] = list(question.stale_answers)
     return entry
 
 

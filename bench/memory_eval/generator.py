@@ -13,12 +13,13 @@ between the evidence sessions.
   question needs both (`answer_parts`: the answer must name each).
 - **knowledge updates** (`knowledge-update`): a fact stated, then changed in a later session ("My
   dietitian moved my daily calorie target to 1,800"); the answer is the latest value, and the older one is
-  recorded as `superseded_answers` (an answer that also names it is counted as *stale*).
+  recorded in `stale_answers` (an answer that also names it is counted right but *stale*).
 - **temporal reasoning** (`temporal-reasoning`): the public API cannot backdate a message (ChatRequest has
   no time), so timing is made observable two ways: (a) by the order the sessions are replayed in, which the
   system sees on its own clock — "what was my calorie target before it changed?" (the answer is the older
-  value); (b) by a date said in the text — "On 14 March I passed my driving test" → "When did I pass my
-  driving test?". `haystack_dates` carry plausible session dates for the JSON shape only.
+  value, and the current one is its `stale_answers`); (b) by a date said in the text — "On 14 March I
+  passed my driving test" → "When did I pass my driving test?". `haystack_dates` carry plausible session
+  dates for the JSON shape only.
 - **abstention** (`_abs` question ids): a neighbouring detail was said (the dog's name) but the one asked
   about never was (the cat's name): the right answer is that it is not known.
 
@@ -381,18 +382,18 @@ def _knowledge_update(builder: _Builder, index: int, iid: str) -> Instance:
     sessions, ids = builder.sessions(said)
     question = Question(
         iid, "knowledge-update", KNOWLEDGE_UPDATE, change.question, new, builder.question_date,
-        tuple(ids[1:]), builder.asker(said), superseded_answers=(old,),
+        tuple(ids[1:]), builder.asker(said), stale_answers=(old,),
     )  # fmt: skip
     return Instance(iid, sessions, (question,))
 
 
 def _temporal(builder: _Builder, index: int, iid: str) -> Instance:
     if index % 2 == 0:  # (a) the order the system saw: the value before the change
-        change, old, _, said = _change(builder, index // 2)
+        change, old, new, said = _change(builder, index // 2)
         sessions, ids = builder.sessions(said)
         question = Question(
             iid, "temporal-reasoning", TEMPORAL, change.past_question, old, builder.question_date,
-            tuple(ids), builder.asker(said),
+            tuple(ids), builder.asker(said), stale_answers=(new,),
         )  # fmt: skip
         return Instance(iid, sessions, (question,))
     # (b) a date said in the text

@@ -494,7 +494,8 @@ def markdown(result: dict[str, Any]) -> str:
     lines += [
         "",
         "Accuracy: the gold answer (every part of it) in the answer, normalized; abstention: the answer says "
-        "it does not know. *Stale*: knowledge updates whose answer also names the superseded value (counted "
+        "it does not know. *Stale*: answers that also name the value of another time (the superseded one, "
+        "or the current one when asked what it was before; counted "
         "right, as LongMemEval's judge does). Latencies are client-side: to the `memories_recalled` event "
         "(recall), to the first text, to the end of the stream. Memory tokens: words of the memories "
         "recalled into the prompt; prompt tokens: the model's usage count of the whole prompt.",

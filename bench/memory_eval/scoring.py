@@ -5,7 +5,8 @@ yet."): an answer is right when, normalized (case, accents, punctuation, thousan
 articles a/an/the dropped, as LoCoMo's evaluation normalizes), it contains every part of the gold answer as
 a run of whole words (`answer_parts`, else the answer whole). An abstention question is right when the
 answer says it does not know (`abstains`) — and only then; any other question answered with "I don't know"
-is wrong. For knowledge updates an answer that also names a superseded value is reported as *stale*: still
+is wrong. An answer that also names the value the fact had at another time (`stale_answers`: for knowledge
+updates the superseded value, for "what was it before?" the current one) is reported as *stale*: still
 counted right, as LongMemEval's judge counts "previous information along with the updated answer", but
 counted separately, because with an echoing model it means the old fact was recalled beside the new one.
 Containment is lenient with a model that reads back every memory it is given: an answer listing all of a
@@ -65,7 +66,7 @@ def abstains(answer: str) -> bool:
 class Verdict:
     correct: bool
     stale: bool = False
-    """A knowledge update answered with a superseded value beside (or instead of) the current one."""
+    """The answer names a value the fact had at another time (beside or instead of the one asked for)."""
     abstained: bool = False
 
 
@@ -74,7 +75,7 @@ def score(question: Question, answer: str) -> Verdict:
     said_unknown = abstains(answer)
     if question.abstention:
         return Verdict(correct=said_unknown, abstained=said_unknown)
-    stale = any(contains(answer, old) for old in question.superseded_answers)
+    stale = any(contains(answer, old) for old in question.stale_answers)
     correct = all(contains(answer, part) for part in question.gold_parts)
     return Verdict(correct=correct, stale=stale, abstained=said_unknown)
 

@@ -61,14 +61,22 @@ def test_every_gold_answer_is_said_in_an_evidence_session_and_abstention_answers
         for part in question.gold_parts:
             assert contains(evidence, part), (question.id, part)
         assert all(any(t.has_answer for t in sessions[sid].turns) for sid in question.answer_session_ids)
-        # A knowledge update's older value was said, in an earlier session than the current one.
-        for old in question.superseded_answers:
-            assert contains(said, old)
-            first_old = next(
-                i for i, s in enumerate(instance.sessions) if contains(" ".join(s.user_turns), old)
-            )
-            (latest,) = question.answer_session_ids
-            assert first_old < list(sessions).index(latest)
+        # The value of another time was said too: a knowledge update's older value in an earlier session
+        # than the current one; for "what was it before?", the current value after the gold one.
+        for other in question.stale_answers:
+            assert contains(said, other)
+            assert not contains(other, question.answer)
+            said_in = [i for i, s in enumerate(instance.sessions) if contains(" ".join(s.user_turns), other)]
+            gold_in = [
+                i
+                for i, s in enumerate(instance.sessions)
+                if contains(" ".join(s.user_turns), question.answer)
+            ]
+            if question.category == data.KNOWLEDGE_UPDATE:
+                assert min(said_in) < min(gold_in)
+            else:
+                assert question.category == data.TEMPORAL
+                assert min(gold_in) < min(said_in)
 
 
 def test_facts_are_said_in_passing_with_distractors_and_no_turn_asks_for_a_tool() -> None:
@@ -230,7 +238,7 @@ def test_score_by_category() -> None:
     assert not score(multi, f"Here is what I know: {first}").correct
     # Knowledge update: the latest value; the old one beside it is right but stale.
     update = by_category[data.KNOWLEDGE_UPDATE]
-    (old,) = update.superseded_answers
+    (old,) = update.stale_answers
     fresh = score(update, f"Here is what I know: it is {update.answer}")
     assert fresh.correct
     assert not fresh.stale
