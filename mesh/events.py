@@ -42,7 +42,7 @@ from typing import Any, cast
 
 from athena.events.v1 import events_pb2
 from google.protobuf import json_format
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 from redis import exceptions as redis_errors
 
 from mesh.redis import UNAVAILABLE, Redis, cancelling
@@ -87,6 +87,18 @@ DEAD_LETTERED = Counter(
 TRIMMED = Counter(
     "athena_events_trimmed_unhandled_total",
     "Pending entries found trimmed from the stream before the group acknowledged them (lost).",
+    ["group"],
+)
+PENDING = Gauge(
+    "athena_events_pending",
+    "Entries delivered to the group's consumers and not acknowledged yet (XINFO GROUPS pending), sampled "
+    "by the group's consumers every few seconds.",
+    ["group"],
+)
+LAG = Gauge(
+    "athena_events_lag",
+    "Entries of the stream the group has not been delivered yet (XINFO GROUPS lag), sampled by the "
+    "group's consumers every few seconds.",
     ["group"],
 )
 
@@ -142,7 +154,9 @@ class EventConsumer:
     `handle` acts on one event (an exception is a failed attempt); `max_attempts` deliveries at most;
     `claim_idle_seconds`: how long an entry may stay unacknowledged before another consumer takes it over,
     which is also the delay before a failed one is tried again (longer than a handling ever takes);
-    `batch`: entries per read; `stream`, `dead_letters`, `max_len`: the streams and their bound.
+    `batch`: entries per read; `stream`, `dead_letters`, `max_len`: the streams and their bound;
+    `sample_seconds`: how often the consumer samples its group's `PENDING` and `LAG` (between reads, so up
+    to `block_seconds` later).
     """
 
     def __init__(
@@ -159,6 +173,7 @@ class EventConsumer:
         stream: str = STREAM,
         dead_letters: str = DEAD_LETTERS,
         max_len: int = MAX_LEN,
+        sample_seconds: float = 5,
     ) -> None:
         socket_timeout = redis.connection_pool.connection_kwargs.get("socket_timeout")
         if socket_timeout is not None and socket_timeout <= block_seconds:
@@ -181,6 +196,7 @@ class EventConsumer:
         self._stream = stream
         self._dead_letters = dead_letters
         self._max_len = max_len
+        self._sample_every = sample_seconds
 
     def processed_key(self, event_id: str) -> str:
         """The key marking `event_id` processed by this consumer's group."""
@@ -199,8 +215,11 @@ class EventConsumer:
     async def _consume(self) -> None:
         await self._create_group()
         await self._finish_own_pending()
-        next_claim = 0.0
+        next_claim = next_sample = 0.0
         while True:
+            if time.monotonic() >= next_sample:
+                await self._sample()
+                next_sample = time.monotonic() + self._sample_every
             if time.monotonic() >= next_claim:
                 await self._reclaim()
                 next_claim = time.monotonic() + self._claim_every
@@ -211,6 +230,15 @@ class EventConsumer:
                 raise asyncio.CancelledError
             for _, entries in cast(list[tuple[str, Entries]], reply or []):
                 await self._process(entries)
+
+    async def _sample(self) -> None:
+        """Sets `PENDING` and `LAG` of the group from XINFO GROUPS (one round trip; a lag Redis cannot
+        tell, after entries were deleted, leaves the gauge as it was)."""
+        for info in await self._redis.xinfo_groups(self._stream):
+            if info["name"] == self._group:
+                PENDING.labels(self._group).set(int(info["pending"]))
+                if info.get("lag") is not None:
+                    LAG.labels(self._group).set(int(info["lag"]))
 
     async def _create_group(self) -> None:
         """The group, reading from the oldest entry kept: an event published before the group existed (a
