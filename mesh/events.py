@@ -35,6 +35,7 @@ What a consumer guarantees:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -92,7 +93,7 @@ TRIMMED = Counter(
 PENDING = Gauge(
     "athena_events_pending",
     "Entries delivered to the group's consumers and not acknowledged yet (XINFO GROUPS pending), sampled "
-    "by the group's consumers every few seconds.",
+    "by each of the group's consumers every few seconds.",
     ["group"],
 )
 LAG = Gauge(
@@ -155,8 +156,7 @@ class EventConsumer:
     `claim_idle_seconds`: how long an entry may stay unacknowledged before another consumer takes it over,
     which is also the delay before a failed one is tried again (longer than a handling ever takes);
     `batch`: entries per read; `stream`, `dead_letters`, `max_len`: the streams and their bound;
-    `sample_seconds`: how often the consumer samples its group's `PENDING` and `LAG` (between reads, so up
-    to `block_seconds` later).
+    `sample_seconds`: how often the consumer samples its group's `PENDING` and `LAG`.
     """
 
     def __init__(
@@ -215,11 +215,15 @@ class EventConsumer:
     async def _consume(self) -> None:
         await self._create_group()
         await self._finish_own_pending()
-        next_claim = next_sample = 0.0
+        sampler = asyncio.create_task(self._sample_forever(), name=f"sample-{self._group}-{self._consumer}")
+        try:
+            await self._read_forever()
+        finally:
+            sampler.cancel()
+
+    async def _read_forever(self) -> None:
+        next_claim = 0.0
         while True:
-            if time.monotonic() >= next_sample:
-                await self._sample()
-                next_sample = time.monotonic() + self._sample_every
             if time.monotonic() >= next_claim:
                 await self._reclaim()
                 next_claim = time.monotonic() + self._claim_every
@@ -231,14 +235,18 @@ class EventConsumer:
             for _, entries in cast(list[tuple[str, Entries]], reply or []):
                 await self._process(entries)
 
-    async def _sample(self) -> None:
-        """Sets `PENDING` and `LAG` of the group from XINFO GROUPS (one round trip; a lag Redis cannot
-        tell, after entries were deleted, leaves the gauge as it was)."""
-        for info in await self._redis.xinfo_groups(self._stream):
-            if info["name"] == self._group:
-                PENDING.labels(self._group).set(int(info["pending"]))
-                if info.get("lag") is not None:
-                    LAG.labels(self._group).set(int(info["lag"]))
+    async def _sample_forever(self) -> None:
+        """Sets `PENDING` and `LAG` of the group from XINFO GROUPS every `sample_seconds`, beside the
+        reads (so a stuck handler does not stop them). A lag Redis cannot tell (entries were deleted) and
+        a failed sample leave the gauges as they were."""
+        while True:
+            with contextlib.suppress(*FAILURES):
+                for info in await self._redis.xinfo_groups(self._stream):
+                    if info["name"] == self._group:
+                        PENDING.labels(self._group).set(int(info["pending"]))
+                        if info.get("lag") is not None:
+                            LAG.labels(self._group).set(int(info["lag"]))
+            await asyncio.sleep(self._sample_every)
 
     async def _create_group(self) -> None:
         """The group, reading from the oldest entry kept: an event published before the group existed (a
