@@ -183,27 +183,6 @@ async def test_published_events_are_handled_as_published(bus: Bus) -> None:
     assert metric("athena_events_handled_total", bus.group) == len(sent)
 
 
-async def test_the_groups_pending_entries_and_lag_are_sampled_while_a_handler_is_stuck(bus: Bus) -> None:
-    release = asyncio.Event()
-
-    async def stuck(_: events_pb2.ProviderEvent) -> None:
-        await release.wait()
-
-    for _ in range(5):
-        await bus.publisher().publish(event())
-    async with consuming(bus, stuck, batch=1, sample_seconds=0.05):
-
-        async def gauges_are(pending: float, lag: float) -> bool:
-            return (metric("athena_events_pending", bus.group), metric("athena_events_lag", bus.group)) == (
-                pending,
-                lag,
-            )
-
-        await eventually(lambda: gauges_are(1, 4))  # one delivered and held, four not read yet
-        release.set()
-        await eventually(lambda: gauges_are(0, 0))
-
-
 async def _exists(bus: Bus) -> bool:
     return bool(await bus.redis.exists(bus.stream))
 
@@ -515,3 +494,24 @@ async def test_a_valkey_restart_mid_burst_loses_none(valkey: EmbeddedValkey, tmp
         finally:
             await bus.aclose()
             await effects.aclose()
+
+
+async def test_the_groups_pending_entries_and_lag_are_sampled_while_a_handler_is_stuck(bus: Bus) -> None:
+    release = asyncio.Event()
+
+    async def stuck(_: events_pb2.ProviderEvent) -> None:
+        await release.wait()
+
+    for _ in range(5):
+        await bus.publisher().publish(event())
+    async with consuming(bus, stuck, batch=1, sample_seconds=0.05):
+
+        async def gauges_are(pending: float, lag: float) -> bool:
+            return (metric("athena_events_pending", bus.group), metric("athena_events_lag", bus.group)) == (
+                pending,
+                lag,
+            )
+
+        await eventually(lambda: gauges_are(1, 4))  # one delivered and held, four not read yet
+        release.set()
+        await eventually(lambda: gauges_are(0, 0))
