@@ -2,14 +2,17 @@
 the SLO rules of observability/rules/ loaded (devstack/prometheus.py, as `make run PROMETHEUS=1` runs it),
 while chat turns go through the edge. The first-token quantile Prometheus computes matches what the client
 measured, within a bucket; the alert state follows what the turns did (injected model failures drive the
-availability alert to pending; the first-token alert stays inactive); every query of the dashboard runs."""
+availability alert to pending; the first-token alert stays inactive); the histograms' exemplars name traces
+the services exported (to an OTLP receiver the test runs); every query of the dashboard runs."""
 
 from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent import futures
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,7 @@ import grpc
 import httpx
 import pytest
 from athena.chat.v1 import chat_pb2, chat_pb2_grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from test_mesh_e2e import RunningMesh, dev_login, start_mesh, stop_mesh  # type: ignore[import-not-found]
 
 from devstack.process import free_port
@@ -41,11 +45,45 @@ FAILING_TURNS = 6
 BUCKETS = list(TIME_TO_FIRST_TOKEN._upper_bounds)
 
 
+class TraceReceiver(trace_service_pb2_grpc.TraceServiceServicer):
+    """An OTLP/gRPC trace receiver keeping the trace ids of the spans exported to it."""
+
+    def __init__(self) -> None:
+        self.trace_ids: set[str] = set()
+        self._lock = threading.Lock()
+
+    def Export(
+        self, request: trace_service_pb2.ExportTraceServiceRequest, context: grpc.ServicerContext
+    ) -> trace_service_pb2.ExportTraceServiceResponse:
+        with self._lock:
+            self.trace_ids.update(
+                span.trace_id.hex()
+                for resource in request.resource_spans
+                for scope in resource.scope_spans
+                for span in scope.spans
+            )
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+
 @pytest.fixture(scope="module")
-def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
+def receiver() -> Iterator[tuple[TraceReceiver, int]]:
+    received = TraceReceiver()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(received, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield received, port
+    server.stop(None)
+
+
+@pytest.fixture(scope="module")
+def mesh(
+    tmp_path_factory: pytest.TempPathFactory, receiver: tuple[TraceReceiver, int]
+) -> Iterator[RunningMesh]:
     ports = Ports(**{field.name: free_port() for field in fields(Ports)})
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("OFFLINE_MODEL_TEST_DIRECTIVES", "1")  # `!slow` and `!fail` steer the offline model
+        patch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{receiver[1]}")  # tracing on
         running = start_mesh(tmp_path_factory.mktemp("mesh-data"), ports)
     try:
         yield running
@@ -157,6 +195,32 @@ def test_the_first_token_quantile_matches_the_clients_measurement_within_a_bucke
         "histogram_quantile(0.95, sum by (le) (rate(athena_chat_time_to_first_token_seconds_bucket[2m])))",
     )
     assert rate_p95 is None or math.isnan(rate_p95) or abs(bucket(rate_p95) - bucket(client_p95)) <= 1
+
+
+def test_the_first_token_exemplars_name_traces_the_services_exported(
+    mesh: RunningMesh, prometheus: EmbeddedPrometheus, receiver: tuple[TraceReceiver, int]
+) -> None:
+    received, _ = receiver
+    now = time.time()
+    response = httpx.get(
+        f"{prometheus.url}/api/v1/query_exemplars",
+        params={
+            "query": "athena_chat_time_to_first_token_seconds_bucket",
+            "start": now - 600,
+            "end": now,
+        },
+        timeout=10,
+    ).json()
+    assert response["status"] == "success", response
+    linked = {
+        exemplar["labels"]["trace_id"] for series in response["data"] for exemplar in series["exemplars"]
+    }
+    assert linked, "no exemplar on the first-token histogram"
+
+    def exported() -> bool:
+        return linked <= received.trace_ids
+
+    eventually(exported, "the exemplars' traces exported")
 
 
 def test_model_failures_drive_the_availability_alert_and_the_first_token_alert_stays_inactive(
