@@ -32,8 +32,8 @@ $(WEB)/dist/index.html: $(WEB)/node_modules/.installed $(WEB_SOURCES)
 
 web: $(WEB)/dist/index.html ## Type-check and build the browser client (edge/web/dist)
 
-run: install web ## Start the whole mesh on loopback (Ctrl-C stops it)
-	$(BIN)/python -m devstack
+run: install web ## Start the whole mesh on loopback (Ctrl-C stops it); PROMETHEUS=1 adds Prometheus with the SLO rules
+	$(BIN)/python -m devstack $(if $(PROMETHEUS),--prometheus)
 
 test: install web ## Run every test (unit, service, end-to-end)
 	$(BIN)/pytest $(PYTEST_ARGS)

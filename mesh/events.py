@@ -35,6 +35,7 @@ What a consumer guarantees:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -42,7 +43,7 @@ from typing import Any, cast
 
 from athena.events.v1 import events_pb2
 from google.protobuf import json_format
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 from redis import exceptions as redis_errors
 
 from mesh.redis import UNAVAILABLE, Redis, cancelling
@@ -87,6 +88,18 @@ DEAD_LETTERED = Counter(
 TRIMMED = Counter(
     "athena_events_trimmed_unhandled_total",
     "Pending entries found trimmed from the stream before the group acknowledged them (lost).",
+    ["group"],
+)
+PENDING = Gauge(
+    "athena_events_pending",
+    "Entries delivered to the group's consumers and not acknowledged yet (XINFO GROUPS pending), sampled "
+    "by each of the group's consumers every few seconds.",
+    ["group"],
+)
+LAG = Gauge(
+    "athena_events_lag",
+    "Entries of the stream the group has not been delivered yet (XINFO GROUPS lag), sampled by the "
+    "group's consumers every few seconds.",
     ["group"],
 )
 
@@ -142,7 +155,8 @@ class EventConsumer:
     `handle` acts on one event (an exception is a failed attempt); `max_attempts` deliveries at most;
     `claim_idle_seconds`: how long an entry may stay unacknowledged before another consumer takes it over,
     which is also the delay before a failed one is tried again (longer than a handling ever takes);
-    `batch`: entries per read; `stream`, `dead_letters`, `max_len`: the streams and their bound.
+    `batch`: entries per read; `stream`, `dead_letters`, `max_len`: the streams and their bound;
+    `sample_seconds`: how often the consumer samples its group's `PENDING` and `LAG`.
     """
 
     def __init__(
@@ -159,6 +173,7 @@ class EventConsumer:
         stream: str = STREAM,
         dead_letters: str = DEAD_LETTERS,
         max_len: int = MAX_LEN,
+        sample_seconds: float = 5,
     ) -> None:
         socket_timeout = redis.connection_pool.connection_kwargs.get("socket_timeout")
         if socket_timeout is not None and socket_timeout <= block_seconds:
@@ -181,6 +196,7 @@ class EventConsumer:
         self._stream = stream
         self._dead_letters = dead_letters
         self._max_len = max_len
+        self._sample_every = sample_seconds
 
     def processed_key(self, event_id: str) -> str:
         """The key marking `event_id` processed by this consumer's group."""
@@ -199,6 +215,13 @@ class EventConsumer:
     async def _consume(self) -> None:
         await self._create_group()
         await self._finish_own_pending()
+        sampler = asyncio.create_task(self._sample_forever(), name=f"sample-{self._group}-{self._consumer}")
+        try:
+            await self._read_forever()
+        finally:
+            sampler.cancel()
+
+    async def _read_forever(self) -> None:
         next_claim = 0.0
         while True:
             if time.monotonic() >= next_claim:
@@ -211,6 +234,19 @@ class EventConsumer:
                 raise asyncio.CancelledError
             for _, entries in cast(list[tuple[str, Entries]], reply or []):
                 await self._process(entries)
+
+    async def _sample_forever(self) -> None:
+        """Sets `PENDING` and `LAG` of the group from XINFO GROUPS every `sample_seconds`, beside the
+        reads (so a stuck handler does not stop them). A lag Redis cannot tell (entries were deleted) and
+        a failed sample leave the gauges as they were."""
+        while True:
+            with contextlib.suppress(*FAILURES):
+                for info in await self._redis.xinfo_groups(self._stream):
+                    if info["name"] == self._group:
+                        PENDING.labels(self._group).set(int(info["pending"]))
+                        if info.get("lag") is not None:
+                            LAG.labels(self._group).set(int(info["lag"]))
+            await asyncio.sleep(self._sample_every)
 
     async def _create_group(self) -> None:
         """The group, reading from the oldest entry kept: an event published before the group existed (a
