@@ -49,7 +49,13 @@ class MemoryServiceStub:
     Forget: _grpc.UnaryUnaryMultiCallable[_memory_pb2.ForgetRequest, _memory_pb2.ForgetResponse]
     """Deletes memories by id or by query, from both the vector and the keyword index."""
     ListMemories: _grpc.UnaryUnaryMultiCallable[_memory_pb2.ListMemoriesRequest, _memory_pb2.ListMemoriesResponse]
-    """Lists the user's memories, newest first."""
+    """Lists the user's memories, newest first: current ones, or with `include_history` closed versions too."""
+    CorrectMemory: _grpc.UnaryUnaryMultiCallable[_memory_pb2.CorrectMemoryRequest, _memory_pb2.CorrectMemoryResponse]
+    """The person corrects a memory: a new explicit version supersedes it (the old one is closed, kept)."""
+    GetMemoryHistory: _grpc.UnaryUnaryMultiCallable[_memory_pb2.GetMemoryHistoryRequest, _memory_pb2.GetMemoryHistoryResponse]
+    """A memory's history: the version asked for, the one that superseded it (if any) and every version
+    before it, newest first.
+    """
     PutEphemeral: _grpc.UnaryUnaryMultiCallable[_memory_pb2.PutEphemeralRequest, _memory_pb2.PutEphemeralResponse]
     """Stores a short-lived value (calendar free/busy, wearable stats) with a time to live."""
     GetEphemeral: _grpc.UnaryUnaryMultiCallable[_memory_pb2.GetEphemeralRequest, _memory_pb2.GetEphemeralResponse]
@@ -80,7 +86,13 @@ class MemoryServiceAsyncStub(MemoryServiceStub):
     Forget: _aio.UnaryUnaryMultiCallable[_memory_pb2.ForgetRequest, _memory_pb2.ForgetResponse]  # type: ignore[assignment]
     """Deletes memories by id or by query, from both the vector and the keyword index."""
     ListMemories: _aio.UnaryUnaryMultiCallable[_memory_pb2.ListMemoriesRequest, _memory_pb2.ListMemoriesResponse]  # type: ignore[assignment]
-    """Lists the user's memories, newest first."""
+    """Lists the user's memories, newest first: current ones, or with `include_history` closed versions too."""
+    CorrectMemory: _aio.UnaryUnaryMultiCallable[_memory_pb2.CorrectMemoryRequest, _memory_pb2.CorrectMemoryResponse]  # type: ignore[assignment]
+    """The person corrects a memory: a new explicit version supersedes it (the old one is closed, kept)."""
+    GetMemoryHistory: _aio.UnaryUnaryMultiCallable[_memory_pb2.GetMemoryHistoryRequest, _memory_pb2.GetMemoryHistoryResponse]  # type: ignore[assignment]
+    """A memory's history: the version asked for, the one that superseded it (if any) and every version
+    before it, newest first.
+    """
     PutEphemeral: _aio.UnaryUnaryMultiCallable[_memory_pb2.PutEphemeralRequest, _memory_pb2.PutEphemeralResponse]  # type: ignore[assignment]
     """Stores a short-lived value (calendar free/busy, wearable stats) with a time to live."""
     GetEphemeral: _aio.UnaryUnaryMultiCallable[_memory_pb2.GetEphemeralRequest, _memory_pb2.GetEphemeralResponse]  # type: ignore[assignment]
@@ -132,7 +144,25 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _memory_pb2.ListMemoriesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_memory_pb2.ListMemoriesResponse, _abc.Awaitable[_memory_pb2.ListMemoriesResponse]]:
-        """Lists the user's memories, newest first."""
+        """Lists the user's memories, newest first: current ones, or with `include_history` closed versions too."""
+
+    @_abc_1.abstractmethod
+    def CorrectMemory(
+        self,
+        request: _memory_pb2.CorrectMemoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_memory_pb2.CorrectMemoryResponse, _abc.Awaitable[_memory_pb2.CorrectMemoryResponse]]:
+        """The person corrects a memory: a new explicit version supersedes it (the old one is closed, kept)."""
+
+    @_abc_1.abstractmethod
+    def GetMemoryHistory(
+        self,
+        request: _memory_pb2.GetMemoryHistoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_memory_pb2.GetMemoryHistoryResponse, _abc.Awaitable[_memory_pb2.GetMemoryHistoryResponse]]:
+        """A memory's history: the version asked for, the one that superseded it (if any) and every version
+        before it, newest first.
+        """
 
     @_abc_1.abstractmethod
     def PutEphemeral(

@@ -17,7 +17,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file athena/memory/v1/memory.proto.
  */
 export const file_athena_memory_v1_memory: GenFile = /*@__PURE__*/
-  fileDesc("Ch1hdGhlbmEvbWVtb3J5L3YxL21lbW9yeS5wcm90bxIQYXRoZW5hLm1lbW9yeS52MSK+AQoPQWdlbnREZWZpbml0aW9uEhoKAmlkGAEgASgJQg66SAvIAQFyBsCzrrECARIYCgRuYW1lGAIgASgJQgq6SAdyBRABGMgBEhMKC2Rlc2NyaXB0aW9uGAMgASgJEhUKDXN5c3RlbV9wcm9tcHQYBCABKAkSEwoLdXNlcl9wcm9tcHQYBSABKAkSDQoFbW9kZWwYBiABKAkSFAoMYWNjZW50X3Rva2VuGAcgASgJEg8KB2VuYWJsZWQYCCABKAgiigEKDFJlY2FsbFJlc3VsdBIpCgZtZW1vcnkYASABKAsyGS5hdGhlbmEuYWNjb3VudC52MS5NZW1vcnkSEgoKc2ltaWxhcml0eRgCIAEoARINCgVzY29yZRgDIAEoARIsCgVzdGFnZRgEIAEoDjIdLmF0aGVuYS5tZW1vcnkudjEuUmVjYWxsU3RhZ2Ui0QEKD1JlbWVtYmVyUmVxdWVzdBIeCgR0ZXh0GAEgASgJQhC6SA1yC8izrrECARABGKAfEjoKBXNjb3BlGAIgASgOMh4uYXRoZW5hLmFjY291bnQudjEuTWVtb3J5U2NvcGVCC7pICMgBAYIBAhABEiAKCGFnZW50X2lkGAMgASgJQg66SAvIAQFyBsCzrrECARItCgNrZXkYBCABKAlCILpIHdgBAXIYMhZeW0EtWmEtejAtOV8uLV17MSw2NH0kEhEKCWVtYmVkZGluZxgFIAMoAiJOChBSZW1lbWJlclJlc3BvbnNlEikKBm1lbW9yeRgBIAEoCzIZLmF0aGVuYS5hY2NvdW50LnYxLk1lbW9yeRIPCgdjcmVhdGVkGAIgASgIInsKDVJlY2FsbFJlcXVlc3QSHwoFcXVlcnkYASABKAlCELpIDXILyLOusQIBEAEYoB8SIAoIYWdlbnRfaWQYAiABKAlCDrpIC8gBAXIGwLOusQIBEhQKAWsYAyABKAVCCbpIBhoEGDIoABIRCgllbWJlZGRpbmcYBCADKAIiQQoOUmVjYWxsUmVzcG9uc2USLwoHcmVzdWx0cxgBIAMoCzIeLmF0aGVuYS5tZW1vcnkudjEuUmVjYWxsUmVzdWx0IpICCg1Gb3JnZXRSZXF1ZXN0Eh0KCW1lbW9yeV9pZBgBIAEoCUIIukgFcgOwAQFIABIhCgVxdWVyeRgCIAEoCUIQukgNcgvIs66xAgEQARigH0gAEiAKCGFnZW50X2lkGAMgASgJQg66SAvYAQFyBsCzrrECARIYCgVsaW1pdBgEIAEoBUIJukgGGgQYMigAOnK6SG8abQoYZm9yZ2V0LnF1ZXJ5X25lZWRzX2FnZW50EihhZ2VudF9pZDogaXMgcmVxdWlyZWQgdG8gZm9yZ2V0IGJ5IHF1ZXJ5GichaGFzKHRoaXMucXVlcnkpIHx8IHRoaXMuYWdlbnRfaWQgIT0gJydCDwoGdGFyZ2V0EgW6SAIIASInCg5Gb3JnZXRSZXNwb25zZRIVCg1mb3Jnb3R0ZW5faWRzGAEgAygJIlEKE0xpc3RNZW1vcmllc1JlcXVlc3QSHAoJcGFnZV9zaXplGAEgASgFQgm6SAYaBBhkKAASHAoKcGFnZV90b2tlbhgCIAEoCUIIukgFcgMYgAQiXAoUTGlzdE1lbW9yaWVzUmVzcG9uc2USKwoIbWVtb3JpZXMYASADKAsyGS5hdGhlbmEuYWNjb3VudC52MS5NZW1vcnkSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIr0BChNQdXRFcGhlbWVyYWxSZXF1ZXN0EjAKCW5hbWVzcGFjZRgBIAEoCUIdukgachgyFl5bQS1aYS16MC05Xy4tXXsxLDY0fSQSHQoDa2V5GAIgASgJQhC6SA1yC8izrrECARABGIACEh0KCnZhbHVlX2pzb24YAyABKAlCCbpIBnIEKICAEBI2CgN0dGwYBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb25CDrpIC6oBCCIECICjBTIAIhYKFFB1dEVwaGVtZXJhbFJlc3BvbnNlIm8KFkZvcmdldEVwaGVtZXJhbFJlcXVlc3QSGQoHdXNlcl9pZBgBIAEoCUIIukgFcgOwAQESOgoKbmFtZXNwYWNlcxgCIAMoCUImukgjkgEgCAEQFCIachgyFl5bQS1aYS16MC05Xy4tXXsxLDY0fSQiKgoXRm9yZ2V0RXBoZW1lcmFsUmVzcG9uc2USDwoHZGVsZXRlZBgBIAEoBSJmChNHZXRFcGhlbWVyYWxSZXF1ZXN0EjAKCW5hbWVzcGFjZRgBIAEoCUIdukgachgyFl5bQS1aYS16MC05Xy4tXXsxLDY0fSQSHQoDa2V5GAIgASgJQhC6SA1yC8izrrECARABGIACIjkKFEdldEVwaGVtZXJhbFJlc3BvbnNlEg0KBWZvdW5kGAEgASgIEhIKCnZhbHVlX2pzb24YAiABKAki1AEKEFN0YXJ0VHVyblJlcXVlc3QSMQoEY2hhdBgBIAEoCzIbLmF0aGVuYS5jaGF0LnYxLkNoYXRSZXF1ZXN0Qga6SAPIAQESJAoQaGlzdG9yeV9tZXNzYWdlcxgCIAEoBUIKukgHGgUYyAEoABI5CgVsZWFzZRgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbkIPukgMqgEJIgMI2AQyAggBEiwKBnJlY2FsbBgEIAEoCzIcLmF0aGVuYS5tZW1vcnkudjEuVHVyblJlY2FsbCIiCgpUdXJuUmVjYWxsEhQKAWsYASABKAVCCbpIBhoEGDIoACL5AgoRU3RhcnRUdXJuUmVzcG9uc2USMgoMY29udmVyc2F0aW9uGAEgASgLMhwuYXRoZW5hLmNoYXQudjEuQ29udmVyc2F0aW9uEigKB21lc3NhZ2UYAiABKAsyFy5hdGhlbmEuY2hhdC52MS5NZXNzYWdlEhAKCHJlcGxheWVkGAMgASgIEhkKEWVuYWJsZWRfYWdlbnRfaWRzGAQgAygJEigKB2hpc3RvcnkYBSADKAsyFy5hdGhlbmEuY2hhdC52MS5NZXNzYWdlEioKBXN0YXRlGAYgASgOMhsuYXRoZW5hLm1lbW9yeS52MS5UdXJuU3RhdGUSEQoJYW5zd2VyX2lkGAcgASgJEicKBmFuc3dlchgIIAEoCzIXLmF0aGVuYS5jaGF0LnYxLk1lc3NhZ2USMAoIbWVtb3JpZXMYCSADKAsyHi5hdGhlbmEubWVtb3J5LnYxLlJlY2FsbFJlc3VsdBIVCg1yZWNhbGxfZmFpbGVkGAogASgIInEKEFJlbmV3VHVyblJlcXVlc3QSHwoKbWVzc2FnZV9pZBgBIAEoCUILukgIyAEBcgOwAQESPAoFbGVhc2UYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb25CErpID8gBAaoBCSIDCNgEMgIIASITChFSZW5ld1R1cm5SZXNwb25zZSJ9ChREZWxpdmVyQW5zd2VyUmVxdWVzdBIcCgd1c2VyX2lkGAEgASgJQgu6SAjIAQFyA7ABARJHCgZhcHBlbmQYAiABKAsyLy5hdGhlbmEubWVtb3J5LnYxLkFwcGVuZEFzc2lzdGFudE1lc3NhZ2VSZXF1ZXN0Qga6SAPIAQEiFwoVRGVsaXZlckFuc3dlclJlc3BvbnNlIncKHUFwcGVuZEFzc2lzdGFudE1lc3NhZ2VSZXF1ZXN0EiQKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCUILukgIyAEBcgOwAQESMAoHbWVzc2FnZRgCIAEoCzIXLmF0aGVuYS5jaGF0LnYxLk1lc3NhZ2VCBrpIA8gBASJKCh5BcHBlbmRBc3Npc3RhbnRNZXNzYWdlUmVzcG9uc2USKAoHbWVzc2FnZRgBIAEoCzIXLmF0aGVuYS5jaGF0LnYxLk1lc3NhZ2UiVgoYTGlzdENvbnZlcnNhdGlvbnNSZXF1ZXN0EhwKCXBhZ2Vfc2l6ZRgBIAEoBUIJukgGGgQYZCgAEhwKCnBhZ2VfdG9rZW4YAiABKAlCCLpIBXIDGIAEImkKGUxpc3RDb252ZXJzYXRpb25zUmVzcG9uc2USMwoNY29udmVyc2F0aW9ucxgBIAMoCzIcLmF0aGVuYS5jaGF0LnYxLkNvbnZlcnNhdGlvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiXgoWR2V0Q29udmVyc2F0aW9uUmVxdWVzdBIkCg9jb252ZXJzYXRpb25faWQYASABKAlCC7pICMgBAXIDsAEBEh4KDWxhc3RfbWVzc2FnZXMYAiABKAVCB7pIBBoCKAAiTQoXR2V0Q29udmVyc2F0aW9uUmVzcG9uc2USMgoMY29udmVyc2F0aW9uGAEgASgLMhwuYXRoZW5hLmNoYXQudjEuQ29udmVyc2F0aW9uIkEKGURlbGV0ZUNvbnZlcnNhdGlvblJlcXVlc3QSJAoPY29udmVyc2F0aW9uX2lkGAEgASgJQgu6SAjIAQFyA7ABASIcChpEZWxldGVDb252ZXJzYXRpb25SZXNwb25zZSK2AQoRU3luY0FnZW50c1JlcXVlc3QSOwoGYWdlbnRzGAEgAygLMiEuYXRoZW5hLm1lbW9yeS52MS5BZ2VudERlZmluaXRpb25CCLpIBZIBAggBOmS6SGEaXwoWc3luY19hZ2VudHMuaWRzX3VuaXF1ZRIaYWdlbnRzOiBpZHMgbXVzdCBiZSB1bmlxdWUaKXRoaXMuYWdlbnRzLm1hcChhZ2VudCwgYWdlbnQuaWQpLnVuaXF1ZSgpIhQKElN5bmNBZ2VudHNSZXNwb25zZSITChFMaXN0QWdlbnRzUmVxdWVzdCJOChJMaXN0QWdlbnRzUmVzcG9uc2USJQoGYWdlbnRzGAEgAygLMhUuYXRoZW5hLmNoYXQudjEuQWdlbnRKBAgCEANSC2RlZmluaXRpb25zIksKFlNldEFnZW50RW5hYmxlZFJlcXVlc3QSIAoIYWdlbnRfaWQYASABKAlCDrpIC8gBAXIGwLOusQIBEg8KB2VuYWJsZWQYAiABKAgiPwoXU2V0QWdlbnRFbmFibGVkUmVzcG9uc2USJAoFYWdlbnQYASABKAsyFS5hdGhlbmEuY2hhdC52MS5BZ2VudCIXChVFeHBvcnRVc2VyRGF0YVJlcXVlc3QirQEKFkV4cG9ydFVzZXJEYXRhUmVzcG9uc2USJgoFYWdlbnQYASABKAsyFS5hdGhlbmEuY2hhdC52MS5BZ2VudEgAEjQKDGNvbnZlcnNhdGlvbhgCIAEoCzIcLmF0aGVuYS5jaGF0LnYxLkNvbnZlcnNhdGlvbkgAEisKBm1lbW9yeRgDIAEoCzIZLmF0aGVuYS5hY2NvdW50LnYxLk1lbW9yeUgAQggKBnJlY29yZCISChBQdXJnZVVzZXJSZXF1ZXN0IlsKEVB1cmdlVXNlclJlc3BvbnNlEhQKDGRlbGV0ZWRfcm93cxgBIAEoAxIUCgxkZWxldGVkX2tleXMYAiABKAMSGgoSZGF0YV9rZXlfZGVzdHJveWVkGAMgASgIKl4KC1JlY2FsbFN0YWdlEhwKGFJFQ0FMTF9TVEFHRV9VTlNQRUNJRklFRBAAEhcKE1JFQ0FMTF9TVEFHRV9WRUNUT1IQARIYChRSRUNBTExfU1RBR0VfS0VZV09SRBACKmsKCVR1cm5TdGF0ZRIaChZUVVJOX1NUQVRFX1VOU1BFQ0lGSUVEEAASFQoRVFVSTl9TVEFURV9BTlNXRVIQARIWChJUVVJOX1NUQVRFX1JVTk5JTkcQAhITCg9UVVJOX1NUQVRFX0RPTkUQAzKBBQoNTWVtb3J5U2VydmljZRJRCghSZW1lbWJlchIhLmF0aGVuYS5tZW1vcnkudjEuUmVtZW1iZXJSZXF1ZXN0GiIuYXRoZW5hLm1lbW9yeS52MS5SZW1lbWJlclJlc3BvbnNlEksKBlJlY2FsbBIfLmF0aGVuYS5tZW1vcnkudjEuUmVjYWxsUmVxdWVzdBogLmF0aGVuYS5tZW1vcnkudjEuUmVjYWxsUmVzcG9uc2USSwoGRm9yZ2V0Eh8uYXRoZW5hLm1lbW9yeS52MS5Gb3JnZXRSZXF1ZXN0GiAuYXRoZW5hLm1lbW9yeS52MS5Gb3JnZXRSZXNwb25zZRJdCgxMaXN0TWVtb3JpZXMSJS5hdGhlbmEubWVtb3J5LnYxLkxpc3RNZW1vcmllc1JlcXVlc3QaJi5hdGhlbmEubWVtb3J5LnYxLkxpc3RNZW1vcmllc1Jlc3BvbnNlEl0KDFB1dEVwaGVtZXJhbBIlLmF0aGVuYS5tZW1vcnkudjEuUHV0RXBoZW1lcmFsUmVxdWVzdBomLmF0aGVuYS5tZW1vcnkudjEuUHV0RXBoZW1lcmFsUmVzcG9uc2USXQoMR2V0RXBoZW1lcmFsEiUuYXRoZW5hLm1lbW9yeS52MS5HZXRFcGhlbWVyYWxSZXF1ZXN0GiYuYXRoZW5hLm1lbW9yeS52MS5HZXRFcGhlbWVyYWxSZXNwb25zZRJmCg9Gb3JnZXRFcGhlbWVyYWwSKC5hdGhlbmEubWVtb3J5LnYxLkZvcmdldEVwaGVtZXJhbFJlcXVlc3QaKS5hdGhlbmEubWVtb3J5LnYxLkZvcmdldEVwaGVtZXJhbFJlc3BvbnNlMucFChNDb252ZXJzYXRpb25TZXJ2aWNlElQKCVN0YXJ0VHVybhIiLmF0aGVuYS5tZW1vcnkudjEuU3RhcnRUdXJuUmVxdWVzdBojLmF0aGVuYS5tZW1vcnkudjEuU3RhcnRUdXJuUmVzcG9uc2USVAoJUmVuZXdUdXJuEiIuYXRoZW5hLm1lbW9yeS52MS5SZW5ld1R1cm5SZXF1ZXN0GiMuYXRoZW5hLm1lbW9yeS52MS5SZW5ld1R1cm5SZXNwb25zZRJ7ChZBcHBlbmRBc3Npc3RhbnRNZXNzYWdlEi8uYXRoZW5hLm1lbW9yeS52MS5BcHBlbmRBc3Npc3RhbnRNZXNzYWdlUmVxdWVzdBowLmF0aGVuYS5tZW1vcnkudjEuQXBwZW5kQXNzaXN0YW50TWVzc2FnZVJlc3BvbnNlEmAKDURlbGl2ZXJBbnN3ZXISJi5hdGhlbmEubWVtb3J5LnYxLkRlbGl2ZXJBbnN3ZXJSZXF1ZXN0GicuYXRoZW5hLm1lbW9yeS52MS5EZWxpdmVyQW5zd2VyUmVzcG9uc2USbAoRTGlzdENvbnZlcnNhdGlvbnMSKi5hdGhlbmEubWVtb3J5LnYxLkxpc3RDb252ZXJzYXRpb25zUmVxdWVzdBorLmF0aGVuYS5tZW1vcnkudjEuTGlzdENvbnZlcnNhdGlvbnNSZXNwb25zZRJmCg9HZXRDb252ZXJzYXRpb24SKC5hdGhlbmEubWVtb3J5LnYxLkdldENvbnZlcnNhdGlvblJlcXVlc3QaKS5hdGhlbmEubWVtb3J5LnYxLkdldENvbnZlcnNhdGlvblJlc3BvbnNlEm8KEkRlbGV0ZUNvbnZlcnNhdGlvbhIrLmF0aGVuYS5tZW1vcnkudjEuRGVsZXRlQ29udmVyc2F0aW9uUmVxdWVzdBosLmF0aGVuYS5tZW1vcnkudjEuRGVsZXRlQ29udmVyc2F0aW9uUmVzcG9uc2UyqAIKDEFnZW50U2VydmljZRJXCgpTeW5jQWdlbnRzEiMuYXRoZW5hLm1lbW9yeS52MS5TeW5jQWdlbnRzUmVxdWVzdBokLmF0aGVuYS5tZW1vcnkudjEuU3luY0FnZW50c1Jlc3BvbnNlElcKCkxpc3RBZ2VudHMSIy5hdGhlbmEubWVtb3J5LnYxLkxpc3RBZ2VudHNSZXF1ZXN0GiQuYXRoZW5hLm1lbW9yeS52MS5MaXN0QWdlbnRzUmVzcG9uc2USZgoPU2V0QWdlbnRFbmFibGVkEiguYXRoZW5hLm1lbW9yeS52MS5TZXRBZ2VudEVuYWJsZWRSZXF1ZXN0GikuYXRoZW5hLm1lbW9yeS52MS5TZXRBZ2VudEVuYWJsZWRSZXNwb25zZTLOAQoPVXNlckRhdGFTZXJ2aWNlEmUKDkV4cG9ydFVzZXJEYXRhEicuYXRoZW5hLm1lbW9yeS52MS5FeHBvcnRVc2VyRGF0YVJlcXVlc3QaKC5hdGhlbmEubWVtb3J5LnYxLkV4cG9ydFVzZXJEYXRhUmVzcG9uc2UwARJUCglQdXJnZVVzZXISIi5hdGhlbmEubWVtb3J5LnYxLlB1cmdlVXNlclJlcXVlc3QaIy5hdGhlbmEubWVtb3J5LnYxLlB1cmdlVXNlclJlc3BvbnNlYgZwcm90bzM", [file_athena_account_v1_account, file_athena_chat_v1_chat, file_buf_validate_validate, file_google_protobuf_duration]);
+  fileDesc("Ch1hdGhlbmEvbWVtb3J5L3YxL21lbW9yeS5wcm90bxIQYXRoZW5hLm1lbW9yeS52MSK+AQoPQWdlbnREZWZpbml0aW9uEhoKAmlkGAEgASgJQg66SAvIAQFyBsCzrrECARIYCgRuYW1lGAIgASgJQgq6SAdyBRABGMgBEhMKC2Rlc2NyaXB0aW9uGAMgASgJEhUKDXN5c3RlbV9wcm9tcHQYBCABKAkSEwoLdXNlcl9wcm9tcHQYBSABKAkSDQoFbW9kZWwYBiABKAkSFAoMYWNjZW50X3Rva2VuGAcgASgJEg8KB2VuYWJsZWQYCCABKAgiigEKDFJlY2FsbFJlc3VsdBIpCgZtZW1vcnkYASABKAsyGS5hdGhlbmEuYWNjb3VudC52MS5NZW1vcnkSEgoKc2ltaWxhcml0eRgCIAEoARINCgVzY29yZRgDIAEoARIsCgVzdGFnZRgEIAEoDjIdLmF0aGVuYS5tZW1vcnkudjEuUmVjYWxsU3RhZ2Ui0QEKD1JlbWVtYmVyUmVxdWVzdBIeCgR0ZXh0GAEgASgJQhC6SA1yC8izrrECARABGKAfEjoKBXNjb3BlGAIgASgOMh4uYXRoZW5hLmFjY291bnQudjEuTWVtb3J5U2NvcGVCC7pICMgBAYIBAhABEiAKCGFnZW50X2lkGAMgASgJQg66SAvIAQFyBsCzrrECARItCgNrZXkYBCABKAlCILpIHdgBAXIYMhZeW0EtWmEtejAtOV8uLV17MSw2NH0kEhEKCWVtYmVkZGluZxgFIAMoAiJOChBSZW1lbWJlclJlc3BvbnNlEikKBm1lbW9yeRgBIAEoCzIZLmF0aGVuYS5hY2NvdW50LnYxLk1lbW9yeRIPCgdjcmVhdGVkGAIgASgIInsKDVJlY2FsbFJlcXVlc3QSHwoFcXVlcnkYASABKAlCELpIDXILyLOusQIBEAEYoB8SIAoIYWdlbnRfaWQYAiABKAlCDrpIC8gBAXIGwLOusQIBEhQKAWsYAyABKAVCCbpIBhoEGDIoABIRCgllbWJlZGRpbmcYBCADKAIiQQoOUmVjYWxsUmVzcG9uc2USLwoHcmVzdWx0cxgBIAMoCzIeLmF0aGVuYS5tZW1vcnkudjEuUmVjYWxsUmVzdWx0IpICCg1Gb3JnZXRSZXF1ZXN0Eh0KCW1lbW9yeV9pZBgBIAEoCUIIukgFcgOwAQFIABIhCgVxdWVyeRgCIAEoCUIQukgNcgvIs66xAgEQARigH0gAEiAKCGFnZW50X2lkGAMgASgJQg66SAvYAQFyBsCzrrECARIYCgVsaW1pdBgEIAEoBUIJukgGGgQYMigAOnK6SG8abQoYZm9yZ2V0LnF1ZXJ5X25lZWRzX2FnZW50EihhZ2VudF9pZDogaXMgcmVxdWlyZWQgdG8gZm9yZ2V0IGJ5IHF1ZXJ5GichaGFzKHRoaXMucXVlcnkpIHx8IHRoaXMuYWdlbnRfaWQgIT0gJydCDwoGdGFyZ2V0EgW6SAIIASInCg5Gb3JnZXRSZXNwb25zZRIVCg1mb3Jnb3R0ZW5faWRzGAEgAygJImoKE0xpc3RNZW1vcmllc1JlcXVlc3QSHAoJcGFnZV9zaXplGAEgASgFQgm6SAYaBBhkKAASHAoKcGFnZV90b2tlbhgCIAEoCUIIukgFcgMYgAQSFwoPaW5jbHVkZV9oaXN0b3J5GAMgASgIIlYKFENvcnJlY3RNZW1vcnlSZXF1ZXN0Eh4KCW1lbW9yeV9pZBgBIAEoCUILukgIyAEBcgOwAQESHgoEdGV4dBgCIAEoCUIQukgNcgvIs66xAgEQARigHyJCChVDb3JyZWN0TWVtb3J5UmVzcG9uc2USKQoGbWVtb3J5GAEgASgLMhkuYXRoZW5hLmFjY291bnQudjEuTWVtb3J5IjkKF0dldE1lbW9yeUhpc3RvcnlSZXF1ZXN0Eh4KCW1lbW9yeV9pZBgBIAEoCUILukgIyAEBcgOwAQEiRwoYR2V0TWVtb3J5SGlzdG9yeVJlc3BvbnNlEisKCHZlcnNpb25zGAEgAygLMhkuYXRoZW5hLmFjY291bnQudjEuTWVtb3J5Im4KEUZhY3RFeHRyYWN0aW9uSm9iEgoKAmlkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkSFwoPY29udmVyc2F0aW9uX2lkGAMgASgJEhEKCWFuc3dlcl9pZBgEIAEoCRIQCghhZ2VudF9pZBgFIAEoCSJcChRMaXN0TWVtb3JpZXNSZXNwb25zZRIrCghtZW1vcmllcxgBIAMoCzIZLmF0aGVuYS5hY2NvdW50LnYxLk1lbW9yeRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkivQEKE1B1dEVwaGVtZXJhbFJlcXVlc3QSMAoJbmFtZXNwYWNlGAEgASgJQh26SBpyGDIWXltBLVphLXowLTlfLi1dezEsNjR9JBIdCgNrZXkYAiABKAlCELpIDXILyLOusQIBEAEYgAISHQoKdmFsdWVfanNvbhgDIAEoCUIJukgGcgQogIAQEjYKA3R0bBgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbkIOukgLqgEIIgQIgKMFMgAiFgoUUHV0RXBoZW1lcmFsUmVzcG9uc2UibwoWRm9yZ2V0RXBoZW1lcmFsUmVxdWVzdBIZCgd1c2VyX2lkGAEgASgJQgi6SAVyA7ABARI6CgpuYW1lc3BhY2VzGAIgAygJQia6SCOSASAIARAUIhpyGDIWXltBLVphLXowLTlfLi1dezEsNjR9JCIqChdGb3JnZXRFcGhlbWVyYWxSZXNwb25zZRIPCgdkZWxldGVkGAEgASgFImYKE0dldEVwaGVtZXJhbFJlcXVlc3QSMAoJbmFtZXNwYWNlGAEgASgJQh26SBpyGDIWXltBLVphLXowLTlfLi1dezEsNjR9JBIdCgNrZXkYAiABKAlCELpIDXILyLOusQIBEAEYgAIiOQoUR2V0RXBoZW1lcmFsUmVzcG9uc2USDQoFZm91bmQYASABKAgSEgoKdmFsdWVfanNvbhgCIAEoCSLUAQoQU3RhcnRUdXJuUmVxdWVzdBIxCgRjaGF0GAEgASgLMhsuYXRoZW5hLmNoYXQudjEuQ2hhdFJlcXVlc3RCBrpIA8gBARIkChBoaXN0b3J5X21lc3NhZ2VzGAIgASgFQgq6SAcaBRjIASgAEjkKBWxlYXNlGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uQg+6SAyqAQkiAwjYBDICCAESLAoGcmVjYWxsGAQgASgLMhwuYXRoZW5hLm1lbW9yeS52MS5UdXJuUmVjYWxsIiIKClR1cm5SZWNhbGwSFAoBaxgBIAEoBUIJukgGGgQYMigAIvkCChFTdGFydFR1cm5SZXNwb25zZRIyCgxjb252ZXJzYXRpb24YASABKAsyHC5hdGhlbmEuY2hhdC52MS5Db252ZXJzYXRpb24SKAoHbWVzc2FnZRgCIAEoCzIXLmF0aGVuYS5jaGF0LnYxLk1lc3NhZ2USEAoIcmVwbGF5ZWQYAyABKAgSGQoRZW5hYmxlZF9hZ2VudF9pZHMYBCADKAkSKAoHaGlzdG9yeRgFIAMoCzIXLmF0aGVuYS5jaGF0LnYxLk1lc3NhZ2USKgoFc3RhdGUYBiABKA4yGy5hdGhlbmEubWVtb3J5LnYxLlR1cm5TdGF0ZRIRCglhbnN3ZXJfaWQYByABKAkSJwoGYW5zd2VyGAggASgLMhcuYXRoZW5hLmNoYXQudjEuTWVzc2FnZRIwCghtZW1vcmllcxgJIAMoCzIeLmF0aGVuYS5tZW1vcnkudjEuUmVjYWxsUmVzdWx0EhUKDXJlY2FsbF9mYWlsZWQYCiABKAgicQoQUmVuZXdUdXJuUmVxdWVzdBIfCgptZXNzYWdlX2lkGAEgASgJQgu6SAjIAQFyA7ABARI8CgVsZWFzZRgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbkISukgPyAEBqgEJIgMI2AQyAggBIhMKEVJlbmV3VHVyblJlc3BvbnNlIn0KFERlbGl2ZXJBbnN3ZXJSZXF1ZXN0EhwKB3VzZXJfaWQYASABKAlCC7pICMgBAXIDsAEBEkcKBmFwcGVuZBgCIAEoCzIvLmF0aGVuYS5tZW1vcnkudjEuQXBwZW5kQXNzaXN0YW50TWVzc2FnZVJlcXVlc3RCBrpIA8gBASIXChVEZWxpdmVyQW5zd2VyUmVzcG9uc2UidwodQXBwZW5kQXNzaXN0YW50TWVzc2FnZVJlcXVlc3QSJAoPY29udmVyc2F0aW9uX2lkGAEgASgJQgu6SAjIAQFyA7ABARIwCgdtZXNzYWdlGAIgASgLMhcuYXRoZW5hLmNoYXQudjEuTWVzc2FnZUIGukgDyAEBIkoKHkFwcGVuZEFzc2lzdGFudE1lc3NhZ2VSZXNwb25zZRIoCgdtZXNzYWdlGAEgASgLMhcuYXRoZW5hLmNoYXQudjEuTWVzc2FnZSJWChhMaXN0Q29udmVyc2F0aW9uc1JlcXVlc3QSHAoJcGFnZV9zaXplGAEgASgFQgm6SAYaBBhkKAASHAoKcGFnZV90b2tlbhgCIAEoCUIIukgFcgMYgAQiaQoZTGlzdENvbnZlcnNhdGlvbnNSZXNwb25zZRIzCg1jb252ZXJzYXRpb25zGAEgAygLMhwuYXRoZW5hLmNoYXQudjEuQ29udmVyc2F0aW9uEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJeChZHZXRDb252ZXJzYXRpb25SZXF1ZXN0EiQKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCUILukgIyAEBcgOwAQESHgoNbGFzdF9tZXNzYWdlcxgCIAEoBUIHukgEGgIoACJNChdHZXRDb252ZXJzYXRpb25SZXNwb25zZRIyCgxjb252ZXJzYXRpb24YASABKAsyHC5hdGhlbmEuY2hhdC52MS5Db252ZXJzYXRpb24iQQoZRGVsZXRlQ29udmVyc2F0aW9uUmVxdWVzdBIkCg9jb252ZXJzYXRpb25faWQYASABKAlCC7pICMgBAXIDsAEBIhwKGkRlbGV0ZUNvbnZlcnNhdGlvblJlc3BvbnNlIrYBChFTeW5jQWdlbnRzUmVxdWVzdBI7CgZhZ2VudHMYASADKAsyIS5hdGhlbmEubWVtb3J5LnYxLkFnZW50RGVmaW5pdGlvbkIIukgFkgECCAE6ZLpIYRpfChZzeW5jX2FnZW50cy5pZHNfdW5pcXVlEhphZ2VudHM6IGlkcyBtdXN0IGJlIHVuaXF1ZRopdGhpcy5hZ2VudHMubWFwKGFnZW50LCBhZ2VudC5pZCkudW5pcXVlKCkiFAoSU3luY0FnZW50c1Jlc3BvbnNlIhMKEUxpc3RBZ2VudHNSZXF1ZXN0Ik4KEkxpc3RBZ2VudHNSZXNwb25zZRIlCgZhZ2VudHMYASADKAsyFS5hdGhlbmEuY2hhdC52MS5BZ2VudEoECAIQA1ILZGVmaW5pdGlvbnMiSwoWU2V0QWdlbnRFbmFibGVkUmVxdWVzdBIgCghhZ2VudF9pZBgBIAEoCUIOukgLyAEBcgbAs66xAgESDwoHZW5hYmxlZBgCIAEoCCI/ChdTZXRBZ2VudEVuYWJsZWRSZXNwb25zZRIkCgVhZ2VudBgBIAEoCzIVLmF0aGVuYS5jaGF0LnYxLkFnZW50IhcKFUV4cG9ydFVzZXJEYXRhUmVxdWVzdCKtAQoWRXhwb3J0VXNlckRhdGFSZXNwb25zZRImCgVhZ2VudBgBIAEoCzIVLmF0aGVuYS5jaGF0LnYxLkFnZW50SAASNAoMY29udmVyc2F0aW9uGAIgASgLMhwuYXRoZW5hLmNoYXQudjEuQ29udmVyc2F0aW9uSAASKwoGbWVtb3J5GAMgASgLMhkuYXRoZW5hLmFjY291bnQudjEuTWVtb3J5SABCCAoGcmVjb3JkIhIKEFB1cmdlVXNlclJlcXVlc3QiWwoRUHVyZ2VVc2VyUmVzcG9uc2USFAoMZGVsZXRlZF9yb3dzGAEgASgDEhQKDGRlbGV0ZWRfa2V5cxgCIAEoAxIaChJkYXRhX2tleV9kZXN0cm95ZWQYAyABKAgqXgoLUmVjYWxsU3RhZ2USHAoYUkVDQUxMX1NUQUdFX1VOU1BFQ0lGSUVEEAASFwoTUkVDQUxMX1NUQUdFX1ZFQ1RPUhABEhgKFFJFQ0FMTF9TVEFHRV9LRVlXT1JEEAIqawoJVHVyblN0YXRlEhoKFlRVUk5fU1RBVEVfVU5TUEVDSUZJRUQQABIVChFUVVJOX1NUQVRFX0FOU1dFUhABEhYKElRVUk5fU1RBVEVfUlVOTklORxACEhMKD1RVUk5fU1RBVEVfRE9ORRADMs4GCg1NZW1vcnlTZXJ2aWNlElEKCFJlbWVtYmVyEiEuYXRoZW5hLm1lbW9yeS52MS5SZW1lbWJlclJlcXVlc3QaIi5hdGhlbmEubWVtb3J5LnYxLlJlbWVtYmVyUmVzcG9uc2USSwoGUmVjYWxsEh8uYXRoZW5hLm1lbW9yeS52MS5SZWNhbGxSZXF1ZXN0GiAuYXRoZW5hLm1lbW9yeS52MS5SZWNhbGxSZXNwb25zZRJLCgZGb3JnZXQSHy5hdGhlbmEubWVtb3J5LnYxLkZvcmdldFJlcXVlc3QaIC5hdGhlbmEubWVtb3J5LnYxLkZvcmdldFJlc3BvbnNlEl0KDExpc3RNZW1vcmllcxIlLmF0aGVuYS5tZW1vcnkudjEuTGlzdE1lbW9yaWVzUmVxdWVzdBomLmF0aGVuYS5tZW1vcnkudjEuTGlzdE1lbW9yaWVzUmVzcG9uc2USYAoNQ29ycmVjdE1lbW9yeRImLmF0aGVuYS5tZW1vcnkudjEuQ29ycmVjdE1lbW9yeVJlcXVlc3QaJy5hdGhlbmEubWVtb3J5LnYxLkNvcnJlY3RNZW1vcnlSZXNwb25zZRJpChBHZXRNZW1vcnlIaXN0b3J5EikuYXRoZW5hLm1lbW9yeS52MS5HZXRNZW1vcnlIaXN0b3J5UmVxdWVzdBoqLmF0aGVuYS5tZW1vcnkudjEuR2V0TWVtb3J5SGlzdG9yeVJlc3BvbnNlEl0KDFB1dEVwaGVtZXJhbBIlLmF0aGVuYS5tZW1vcnkudjEuUHV0RXBoZW1lcmFsUmVxdWVzdBomLmF0aGVuYS5tZW1vcnkudjEuUHV0RXBoZW1lcmFsUmVzcG9uc2USXQoMR2V0RXBoZW1lcmFsEiUuYXRoZW5hLm1lbW9yeS52MS5HZXRFcGhlbWVyYWxSZXF1ZXN0GiYuYXRoZW5hLm1lbW9yeS52MS5HZXRFcGhlbWVyYWxSZXNwb25zZRJmCg9Gb3JnZXRFcGhlbWVyYWwSKC5hdGhlbmEubWVtb3J5LnYxLkZvcmdldEVwaGVtZXJhbFJlcXVlc3QaKS5hdGhlbmEubWVtb3J5LnYxLkZvcmdldEVwaGVtZXJhbFJlc3BvbnNlMucFChNDb252ZXJzYXRpb25TZXJ2aWNlElQKCVN0YXJ0VHVybhIiLmF0aGVuYS5tZW1vcnkudjEuU3RhcnRUdXJuUmVxdWVzdBojLmF0aGVuYS5tZW1vcnkudjEuU3RhcnRUdXJuUmVzcG9uc2USVAoJUmVuZXdUdXJuEiIuYXRoZW5hLm1lbW9yeS52MS5SZW5ld1R1cm5SZXF1ZXN0GiMuYXRoZW5hLm1lbW9yeS52MS5SZW5ld1R1cm5SZXNwb25zZRJ7ChZBcHBlbmRBc3Npc3RhbnRNZXNzYWdlEi8uYXRoZW5hLm1lbW9yeS52MS5BcHBlbmRBc3Npc3RhbnRNZXNzYWdlUmVxdWVzdBowLmF0aGVuYS5tZW1vcnkudjEuQXBwZW5kQXNzaXN0YW50TWVzc2FnZVJlc3BvbnNlEmAKDURlbGl2ZXJBbnN3ZXISJi5hdGhlbmEubWVtb3J5LnYxLkRlbGl2ZXJBbnN3ZXJSZXF1ZXN0GicuYXRoZW5hLm1lbW9yeS52MS5EZWxpdmVyQW5zd2VyUmVzcG9uc2USbAoRTGlzdENvbnZlcnNhdGlvbnMSKi5hdGhlbmEubWVtb3J5LnYxLkxpc3RDb252ZXJzYXRpb25zUmVxdWVzdBorLmF0aGVuYS5tZW1vcnkudjEuTGlzdENvbnZlcnNhdGlvbnNSZXNwb25zZRJmCg9HZXRDb252ZXJzYXRpb24SKC5hdGhlbmEubWVtb3J5LnYxLkdldENvbnZlcnNhdGlvblJlcXVlc3QaKS5hdGhlbmEubWVtb3J5LnYxLkdldENvbnZlcnNhdGlvblJlc3BvbnNlEm8KEkRlbGV0ZUNvbnZlcnNhdGlvbhIrLmF0aGVuYS5tZW1vcnkudjEuRGVsZXRlQ29udmVyc2F0aW9uUmVxdWVzdBosLmF0aGVuYS5tZW1vcnkudjEuRGVsZXRlQ29udmVyc2F0aW9uUmVzcG9uc2UyqAIKDEFnZW50U2VydmljZRJXCgpTeW5jQWdlbnRzEiMuYXRoZW5hLm1lbW9yeS52MS5TeW5jQWdlbnRzUmVxdWVzdBokLmF0aGVuYS5tZW1vcnkudjEuU3luY0FnZW50c1Jlc3BvbnNlElcKCkxpc3RBZ2VudHMSIy5hdGhlbmEubWVtb3J5LnYxLkxpc3RBZ2VudHNSZXF1ZXN0GiQuYXRoZW5hLm1lbW9yeS52MS5MaXN0QWdlbnRzUmVzcG9uc2USZgoPU2V0QWdlbnRFbmFibGVkEiguYXRoZW5hLm1lbW9yeS52MS5TZXRBZ2VudEVuYWJsZWRSZXF1ZXN0GikuYXRoZW5hLm1lbW9yeS52MS5TZXRBZ2VudEVuYWJsZWRSZXNwb25zZTLOAQoPVXNlckRhdGFTZXJ2aWNlEmUKDkV4cG9ydFVzZXJEYXRhEicuYXRoZW5hLm1lbW9yeS52MS5FeHBvcnRVc2VyRGF0YVJlcXVlc3QaKC5hdGhlbmEubWVtb3J5LnYxLkV4cG9ydFVzZXJEYXRhUmVzcG9uc2UwARJUCglQdXJnZVVzZXISIi5hdGhlbmEubWVtb3J5LnYxLlB1cmdlVXNlclJlcXVlc3QaIy5hdGhlbmEubWVtb3J5LnYxLlB1cmdlVXNlclJlc3BvbnNlYgZwcm90bzM", [file_athena_account_v1_account, file_athena_chat_v1_chat, file_buf_validate_validate, file_google_protobuf_duration]);
 
 /**
  * An agent definition of the catalog.
@@ -363,6 +363,13 @@ export type ListMemoriesRequest = Message<"athena.memory.v1.ListMemoriesRequest"
    * @generated from field: string page_token = 2;
    */
   pageToken: string;
+
+  /**
+   * Also list closed versions (superseded or invalidated).
+   *
+   * @generated from field: bool include_history = 3;
+   */
+  includeHistory: boolean;
 };
 
 /**
@@ -373,8 +380,148 @@ export const ListMemoriesRequestSchema: GenMessage<ListMemoriesRequest> = /*@__P
   messageDesc(file_athena_memory_v1_memory, 8);
 
 /**
- * Response of ListMemories.
+ * Request of CorrectMemory.
  *
+ * @generated from message athena.memory.v1.CorrectMemoryRequest
+ */
+export type CorrectMemoryRequest = Message<"athena.memory.v1.CorrectMemoryRequest"> & {
+  /**
+   * The memory to correct; it must be current.
+   *
+   * @generated from field: string memory_id = 1;
+   */
+  memoryId: string;
+
+  /**
+   * What is true instead, 1 to 4,000 characters.
+   *
+   * @generated from field: string text = 2;
+   */
+  text: string;
+};
+
+/**
+ * Describes the message athena.memory.v1.CorrectMemoryRequest.
+ * Use `create(CorrectMemoryRequestSchema)` to create a new message.
+ */
+export const CorrectMemoryRequestSchema: GenMessage<CorrectMemoryRequest> = /*@__PURE__*/
+  messageDesc(file_athena_memory_v1_memory, 9);
+
+/**
+ * Response of CorrectMemory.
+ *
+ * @generated from message athena.memory.v1.CorrectMemoryResponse
+ */
+export type CorrectMemoryResponse = Message<"athena.memory.v1.CorrectMemoryResponse"> & {
+  /**
+   * The new, explicit version.
+   *
+   * @generated from field: athena.account.v1.Memory memory = 1;
+   */
+  memory?: Memory | undefined;
+};
+
+/**
+ * Describes the message athena.memory.v1.CorrectMemoryResponse.
+ * Use `create(CorrectMemoryResponseSchema)` to create a new message.
+ */
+export const CorrectMemoryResponseSchema: GenMessage<CorrectMemoryResponse> = /*@__PURE__*/
+  messageDesc(file_athena_memory_v1_memory, 10);
+
+/**
+ * Request of GetMemoryHistory.
+ *
+ * @generated from message athena.memory.v1.GetMemoryHistoryRequest
+ */
+export type GetMemoryHistoryRequest = Message<"athena.memory.v1.GetMemoryHistoryRequest"> & {
+  /**
+   * Any version of the memory.
+   *
+   * @generated from field: string memory_id = 1;
+   */
+  memoryId: string;
+};
+
+/**
+ * Describes the message athena.memory.v1.GetMemoryHistoryRequest.
+ * Use `create(GetMemoryHistoryRequestSchema)` to create a new message.
+ */
+export const GetMemoryHistoryRequestSchema: GenMessage<GetMemoryHistoryRequest> = /*@__PURE__*/
+  messageDesc(file_athena_memory_v1_memory, 11);
+
+/**
+ * Response of GetMemoryHistory.
+ *
+ * @generated from message athena.memory.v1.GetMemoryHistoryResponse
+ */
+export type GetMemoryHistoryResponse = Message<"athena.memory.v1.GetMemoryHistoryResponse"> & {
+  /**
+   * Newest first.
+   *
+   * @generated from field: repeated athena.account.v1.Memory versions = 1;
+   */
+  versions: Memory[];
+};
+
+/**
+ * Describes the message athena.memory.v1.GetMemoryHistoryResponse.
+ * Use `create(GetMemoryHistoryResponseSchema)` to create a new message.
+ */
+export const GetMemoryHistoryResponseSchema: GenMessage<GetMemoryHistoryResponse> = /*@__PURE__*/
+  messageDesc(file_athena_memory_v1_memory, 12);
+
+/**
+ * A job on the memory service's fact-extraction stream (Redis, `athena:memory:facts`): the answer of a
+ * completed turn was stored, so the durable facts its user message stated are extracted and reconciled
+ * in the background. Carries ids only: the words stay sealed in PostgreSQL.
+ *
+ * @generated from message athena.memory.v1.FactExtractionJob
+ */
+export type FactExtractionJob = Message<"athena.memory.v1.FactExtractionJob"> & {
+  /**
+   * The dedupe key: the answer's message id.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * Whose turn.
+   *
+   * @generated from field: string user_id = 2;
+   */
+  userId: string;
+
+  /**
+   * The conversation.
+   *
+   * @generated from field: string conversation_id = 3;
+   */
+  conversationId: string;
+
+  /**
+   * The stored answer (the assistant message); its turn's user message is the one extracted from.
+   *
+   * @generated from field: string answer_id = 4;
+   */
+  answerId: string;
+
+  /**
+   * The agent that answered.
+   *
+   * @generated from field: string agent_id = 5;
+   */
+  agentId: string;
+};
+
+/**
+ * Describes the message athena.memory.v1.FactExtractionJob.
+ * Use `create(FactExtractionJobSchema)` to create a new message.
+ */
+export const FactExtractionJobSchema: GenMessage<FactExtractionJob> = /*@__PURE__*/
+  messageDesc(file_athena_memory_v1_memory, 13);
+
+/**
  * @generated from message athena.memory.v1.ListMemoriesResponse
  */
 export type ListMemoriesResponse = Message<"athena.memory.v1.ListMemoriesResponse"> & {
@@ -398,7 +545,7 @@ export type ListMemoriesResponse = Message<"athena.memory.v1.ListMemoriesRespons
  * Use `create(ListMemoriesResponseSchema)` to create a new message.
  */
 export const ListMemoriesResponseSchema: GenMessage<ListMemoriesResponse> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 9);
+  messageDesc(file_athena_memory_v1_memory, 14);
 
 /**
  * Request of PutEphemeral.
@@ -440,7 +587,7 @@ export type PutEphemeralRequest = Message<"athena.memory.v1.PutEphemeralRequest"
  * Use `create(PutEphemeralRequestSchema)` to create a new message.
  */
 export const PutEphemeralRequestSchema: GenMessage<PutEphemeralRequest> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 10);
+  messageDesc(file_athena_memory_v1_memory, 15);
 
 /**
  * Response of PutEphemeral.
@@ -455,7 +602,7 @@ export type PutEphemeralResponse = Message<"athena.memory.v1.PutEphemeralRespons
  * Use `create(PutEphemeralResponseSchema)` to create a new message.
  */
 export const PutEphemeralResponseSchema: GenMessage<PutEphemeralResponse> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 11);
+  messageDesc(file_athena_memory_v1_memory, 16);
 
 /**
  * Request of ForgetEphemeral.
@@ -483,7 +630,7 @@ export type ForgetEphemeralRequest = Message<"athena.memory.v1.ForgetEphemeralRe
  * Use `create(ForgetEphemeralRequestSchema)` to create a new message.
  */
 export const ForgetEphemeralRequestSchema: GenMessage<ForgetEphemeralRequest> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 12);
+  messageDesc(file_athena_memory_v1_memory, 17);
 
 /**
  * Response of ForgetEphemeral.
@@ -504,7 +651,7 @@ export type ForgetEphemeralResponse = Message<"athena.memory.v1.ForgetEphemeralR
  * Use `create(ForgetEphemeralResponseSchema)` to create a new message.
  */
 export const ForgetEphemeralResponseSchema: GenMessage<ForgetEphemeralResponse> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 13);
+  messageDesc(file_athena_memory_v1_memory, 18);
 
 /**
  * Request of GetEphemeral.
@@ -532,7 +679,7 @@ export type GetEphemeralRequest = Message<"athena.memory.v1.GetEphemeralRequest"
  * Use `create(GetEphemeralRequestSchema)` to create a new message.
  */
 export const GetEphemeralRequestSchema: GenMessage<GetEphemeralRequest> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 14);
+  messageDesc(file_athena_memory_v1_memory, 19);
 
 /**
  * Response of GetEphemeral.
@@ -560,7 +707,7 @@ export type GetEphemeralResponse = Message<"athena.memory.v1.GetEphemeralRespons
  * Use `create(GetEphemeralResponseSchema)` to create a new message.
  */
 export const GetEphemeralResponseSchema: GenMessage<GetEphemeralResponse> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 15);
+  messageDesc(file_athena_memory_v1_memory, 20);
 
 /**
  * Request of StartTurn.
@@ -605,7 +752,7 @@ export type StartTurnRequest = Message<"athena.memory.v1.StartTurnRequest"> & {
  * Use `create(StartTurnRequestSchema)` to create a new message.
  */
 export const StartTurnRequestSchema: GenMessage<StartTurnRequest> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 16);
+  messageDesc(file_athena_memory_v1_memory, 21);
 
 /**
  * The recall StartTurn makes for a turn.
@@ -626,7 +773,7 @@ export type TurnRecall = Message<"athena.memory.v1.TurnRecall"> & {
  * Use `create(TurnRecallSchema)` to create a new message.
  */
 export const TurnRecallSchema: GenMessage<TurnRecall> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 17);
+  messageDesc(file_athena_memory_v1_memory, 22);
 
 /**
  * Response of StartTurn.
@@ -712,7 +859,7 @@ export type StartTurnResponse = Message<"athena.memory.v1.StartTurnResponse"> & 
  * Use `create(StartTurnResponseSchema)` to create a new message.
  */
 export const StartTurnResponseSchema: GenMessage<StartTurnResponse> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 18);
+  messageDesc(file_athena_memory_v1_memory, 23);
 
 /**
  * Request of RenewTurn.
@@ -740,7 +887,7 @@ export type RenewTurnRequest = Message<"athena.memory.v1.RenewTurnRequest"> & {
  * Use `create(RenewTurnRequestSchema)` to create a new message.
  */
 export const RenewTurnRequestSchema: GenMessage<RenewTurnRequest> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 19);
+  messageDesc(file_athena_memory_v1_memory, 24);
 
 /**
  * Response of RenewTurn.
@@ -755,7 +902,7 @@ export type RenewTurnResponse = Message<"athena.memory.v1.RenewTurnResponse"> & 
  * Use `create(RenewTurnResponseSchema)` to create a new message.
  */
 export const RenewTurnResponseSchema: GenMessage<RenewTurnResponse> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 20);
+  messageDesc(file_athena_memory_v1_memory, 25);
 
 /**
  * Request of DeliverAnswer.
@@ -783,7 +930,7 @@ export type DeliverAnswerRequest = Message<"athena.memory.v1.DeliverAnswerReques
  * Use `create(DeliverAnswerRequestSchema)` to create a new message.
  */
 export const DeliverAnswerRequestSchema: GenMessage<DeliverAnswerRequest> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 21);
+  messageDesc(file_athena_memory_v1_memory, 26);
 
 /**
  * Response of DeliverAnswer.
@@ -798,7 +945,7 @@ export type DeliverAnswerResponse = Message<"athena.memory.v1.DeliverAnswerRespo
  * Use `create(DeliverAnswerResponseSchema)` to create a new message.
  */
 export const DeliverAnswerResponseSchema: GenMessage<DeliverAnswerResponse> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 22);
+  messageDesc(file_athena_memory_v1_memory, 27);
 
 /**
  * Request of AppendAssistantMessage.
@@ -826,7 +973,7 @@ export type AppendAssistantMessageRequest = Message<"athena.memory.v1.AppendAssi
  * Use `create(AppendAssistantMessageRequestSchema)` to create a new message.
  */
 export const AppendAssistantMessageRequestSchema: GenMessage<AppendAssistantMessageRequest> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 23);
+  messageDesc(file_athena_memory_v1_memory, 28);
 
 /**
  * Response of AppendAssistantMessage.
@@ -847,7 +994,7 @@ export type AppendAssistantMessageResponse = Message<"athena.memory.v1.AppendAss
  * Use `create(AppendAssistantMessageResponseSchema)` to create a new message.
  */
 export const AppendAssistantMessageResponseSchema: GenMessage<AppendAssistantMessageResponse> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 24);
+  messageDesc(file_athena_memory_v1_memory, 29);
 
 /**
  * Request of ListConversations.
@@ -875,7 +1022,7 @@ export type ListConversationsRequest = Message<"athena.memory.v1.ListConversatio
  * Use `create(ListConversationsRequestSchema)` to create a new message.
  */
 export const ListConversationsRequestSchema: GenMessage<ListConversationsRequest> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 25);
+  messageDesc(file_athena_memory_v1_memory, 30);
 
 /**
  * Response of ListConversations.
@@ -903,7 +1050,7 @@ export type ListConversationsResponse = Message<"athena.memory.v1.ListConversati
  * Use `create(ListConversationsResponseSchema)` to create a new message.
  */
 export const ListConversationsResponseSchema: GenMessage<ListConversationsResponse> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 26);
+  messageDesc(file_athena_memory_v1_memory, 31);
 
 /**
  * Request of GetConversation.
@@ -931,7 +1078,7 @@ export type GetConversationRequest = Message<"athena.memory.v1.GetConversationRe
  * Use `create(GetConversationRequestSchema)` to create a new message.
  */
 export const GetConversationRequestSchema: GenMessage<GetConversationRequest> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 27);
+  messageDesc(file_athena_memory_v1_memory, 32);
 
 /**
  * Response of GetConversation.
@@ -952,7 +1099,7 @@ export type GetConversationResponse = Message<"athena.memory.v1.GetConversationR
  * Use `create(GetConversationResponseSchema)` to create a new message.
  */
 export const GetConversationResponseSchema: GenMessage<GetConversationResponse> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 28);
+  messageDesc(file_athena_memory_v1_memory, 33);
 
 /**
  * Request of DeleteConversation.
@@ -973,7 +1120,7 @@ export type DeleteConversationRequest = Message<"athena.memory.v1.DeleteConversa
  * Use `create(DeleteConversationRequestSchema)` to create a new message.
  */
 export const DeleteConversationRequestSchema: GenMessage<DeleteConversationRequest> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 29);
+  messageDesc(file_athena_memory_v1_memory, 34);
 
 /**
  * Response of DeleteConversation.
@@ -988,7 +1135,7 @@ export type DeleteConversationResponse = Message<"athena.memory.v1.DeleteConvers
  * Use `create(DeleteConversationResponseSchema)` to create a new message.
  */
 export const DeleteConversationResponseSchema: GenMessage<DeleteConversationResponse> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 30);
+  messageDesc(file_athena_memory_v1_memory, 35);
 
 /**
  * Request of SyncAgents.
@@ -1009,7 +1156,7 @@ export type SyncAgentsRequest = Message<"athena.memory.v1.SyncAgentsRequest"> & 
  * Use `create(SyncAgentsRequestSchema)` to create a new message.
  */
 export const SyncAgentsRequestSchema: GenMessage<SyncAgentsRequest> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 31);
+  messageDesc(file_athena_memory_v1_memory, 36);
 
 /**
  * Response of SyncAgents.
@@ -1024,7 +1171,7 @@ export type SyncAgentsResponse = Message<"athena.memory.v1.SyncAgentsResponse"> 
  * Use `create(SyncAgentsResponseSchema)` to create a new message.
  */
 export const SyncAgentsResponseSchema: GenMessage<SyncAgentsResponse> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 32);
+  messageDesc(file_athena_memory_v1_memory, 37);
 
 /**
  * Request of ListAgents.
@@ -1039,7 +1186,7 @@ export type ListAgentsRequest = Message<"athena.memory.v1.ListAgentsRequest"> & 
  * Use `create(ListAgentsRequestSchema)` to create a new message.
  */
 export const ListAgentsRequestSchema: GenMessage<ListAgentsRequest> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 33);
+  messageDesc(file_athena_memory_v1_memory, 38);
 
 /**
  * Response of ListAgents.
@@ -1060,7 +1207,7 @@ export type ListAgentsResponse = Message<"athena.memory.v1.ListAgentsResponse"> 
  * Use `create(ListAgentsResponseSchema)` to create a new message.
  */
 export const ListAgentsResponseSchema: GenMessage<ListAgentsResponse> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 34);
+  messageDesc(file_athena_memory_v1_memory, 39);
 
 /**
  * Request of SetAgentEnabled.
@@ -1088,7 +1235,7 @@ export type SetAgentEnabledRequest = Message<"athena.memory.v1.SetAgentEnabledRe
  * Use `create(SetAgentEnabledRequestSchema)` to create a new message.
  */
 export const SetAgentEnabledRequestSchema: GenMessage<SetAgentEnabledRequest> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 35);
+  messageDesc(file_athena_memory_v1_memory, 40);
 
 /**
  * Response of SetAgentEnabled.
@@ -1109,7 +1256,7 @@ export type SetAgentEnabledResponse = Message<"athena.memory.v1.SetAgentEnabledR
  * Use `create(SetAgentEnabledResponseSchema)` to create a new message.
  */
 export const SetAgentEnabledResponseSchema: GenMessage<SetAgentEnabledResponse> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 36);
+  messageDesc(file_athena_memory_v1_memory, 41);
 
 /**
  * Request of ExportUserData.
@@ -1124,7 +1271,7 @@ export type ExportUserDataRequest = Message<"athena.memory.v1.ExportUserDataRequ
  * Use `create(ExportUserDataRequestSchema)` to create a new message.
  */
 export const ExportUserDataRequestSchema: GenMessage<ExportUserDataRequest> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 37);
+  messageDesc(file_athena_memory_v1_memory, 42);
 
 /**
  * One record of the export.
@@ -1169,7 +1316,7 @@ export type ExportUserDataResponse = Message<"athena.memory.v1.ExportUserDataRes
  * Use `create(ExportUserDataResponseSchema)` to create a new message.
  */
 export const ExportUserDataResponseSchema: GenMessage<ExportUserDataResponse> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 38);
+  messageDesc(file_athena_memory_v1_memory, 43);
 
 /**
  * Request of PurgeUser.
@@ -1184,7 +1331,7 @@ export type PurgeUserRequest = Message<"athena.memory.v1.PurgeUserRequest"> & {
  * Use `create(PurgeUserRequestSchema)` to create a new message.
  */
 export const PurgeUserRequestSchema: GenMessage<PurgeUserRequest> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 39);
+  messageDesc(file_athena_memory_v1_memory, 44);
 
 /**
  * Response of PurgeUser.
@@ -1220,7 +1367,7 @@ export type PurgeUserResponse = Message<"athena.memory.v1.PurgeUserResponse"> & 
  * Use `create(PurgeUserResponseSchema)` to create a new message.
  */
 export const PurgeUserResponseSchema: GenMessage<PurgeUserResponse> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 40);
+  messageDesc(file_athena_memory_v1_memory, 45);
 
 /**
  * Which retrieval stage found a memory.
@@ -1335,7 +1482,7 @@ export const MemoryService: GenService<{
     output: typeof ForgetResponseSchema;
   },
   /**
-   * Lists the user's memories, newest first.
+   * Lists the user's memories, newest first: current ones, or with `include_history` closed versions too.
    *
    * @generated from rpc athena.memory.v1.MemoryService.ListMemories
    */
@@ -1343,6 +1490,27 @@ export const MemoryService: GenService<{
     methodKind: "unary";
     input: typeof ListMemoriesRequestSchema;
     output: typeof ListMemoriesResponseSchema;
+  },
+  /**
+   * The person corrects a memory: a new explicit version supersedes it (the old one is closed, kept).
+   *
+   * @generated from rpc athena.memory.v1.MemoryService.CorrectMemory
+   */
+  correctMemory: {
+    methodKind: "unary";
+    input: typeof CorrectMemoryRequestSchema;
+    output: typeof CorrectMemoryResponseSchema;
+  },
+  /**
+   * A memory's history: the version asked for, the one that superseded it (if any) and every version
+   * before it, newest first.
+   *
+   * @generated from rpc athena.memory.v1.MemoryService.GetMemoryHistory
+   */
+  getMemoryHistory: {
+    methodKind: "unary";
+    input: typeof GetMemoryHistoryRequestSchema;
+    output: typeof GetMemoryHistoryResponseSchema;
   },
   /**
    * Stores a short-lived value (calendar free/busy, wearable stats) with a time to live.
