@@ -99,6 +99,7 @@ async def start_memory(
 ) -> MemoryHarness:
     """The memory service built like `python -m memory` (migrations included), with the hashing embedder."""
     overrides.setdefault("ATHENA_SERVICE_KEY", SERVICE_KEY)
+    overrides.setdefault("extraction_enabled", False)  # tests of fact learning turn it on
     settings = MemorySettings(
         **service_settings(
             tmp_path,
