@@ -66,9 +66,11 @@ def test_anything_else_is_malformed(content: str | None, problem: str) -> None:
 
 def test_the_request_asks_for_strict_structured_output() -> None:
     schema = response_format()["json_schema"]
-    assert schema["strict"] is True and schema["schema"] is RESPONSE_SCHEMA
+    assert schema["strict"] is True
+    assert schema["schema"] is RESPONSE_SCHEMA
     item = RESPONSE_SCHEMA["properties"]["facts"]["items"]
-    assert set(item["required"]) == set(item["properties"]) and item["additionalProperties"] is False
+    assert set(item["required"]) == set(item["properties"])
+    assert item["additionalProperties"] is False
 
 
 def version(
