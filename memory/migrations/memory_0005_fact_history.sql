@@ -13,7 +13,11 @@ ALTER TABLE vector_memory
     ADD COLUMN conversation_id uuid,
     ADD COLUMN message_id      uuid,
     ADD COLUMN confidence      real NOT NULL DEFAULT 1.0 CHECK (confidence >= 0 AND confidence <= 1);
+-- Existing memories held since they were stored. Row-level security is lifted for this transaction's
+-- backfill (the migration runs as the table owner) and forced again before it commits.
+ALTER TABLE vector_memory NO FORCE ROW LEVEL SECURITY;
 UPDATE vector_memory SET valid_from = created_at;
+ALTER TABLE vector_memory FORCE ROW LEVEL SECURITY;
 ALTER TABLE vector_memory ALTER COLUMN valid_from SET NOT NULL,
     ALTER COLUMN valid_from SET DEFAULT clock_timestamp();
 ALTER TABLE vector_memory DROP CONSTRAINT vector_memory_key_token;
