@@ -477,8 +477,8 @@ class PostgresMemoryStore:
                 forgotten_at=forgotten_at,
                 min_confidence=min_confidence,
             )
-            if decision.closes is not None:
-                await _close(connection, uuid.UUID(decision.closes.id))
+            if decision.closes is not None:  # it held until the person said otherwise
+                await _close(connection, uuid.UUID(decision.closes.id), origin.message.created_at)
             if decision.action in (Action.ADD, Action.UPDATE):
                 await _insert_memory(
                     connection,
@@ -521,11 +521,14 @@ class _Provenance:
     """None: now."""
 
 
-async def _close(connection: Connection, memory_id: uuid.UUID) -> uuid.UUID:
-    """Closes the current version `memory_id` (valid until now); answers its id."""
+async def _close(connection: Connection, memory_id: uuid.UUID, at: datetime | None = None) -> uuid.UUID:
+    """Closes the current version `memory_id`: valid until `at` (when its successor was stated), or now;
+    answers its id."""
     await connection.execute(
-        "UPDATE vector_memory SET valid_to = clock_timestamp(), updated_at = clock_timestamp() WHERE id = $1",
+        """UPDATE vector_memory SET valid_to = COALESCE($2, clock_timestamp()), updated_at = clock_timestamp()
+           WHERE id = $1""",
         memory_id,
+        at,
     )
     return memory_id
 

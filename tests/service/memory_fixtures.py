@@ -23,6 +23,7 @@ from doubles.embedder import HashingEmbedder
 from devstack.postgres import EmbeddedPostgres
 from devstack.valkey import EmbeddedValkey
 from memory.app import MEMORY, MemoryDeps
+from memory.extraction import FactExtractor
 from memory.migrate import apply_migrations
 from memory.settings import MemorySettings
 from mesh.app import RunningService
@@ -95,6 +96,8 @@ async def start_memory(
     tmp_path: Path,
     database_url: str,
     redis_url: str,
+    *,
+    extractor: FactExtractor | None = None,
     **overrides: Any,
 ) -> MemoryHarness:
     """The memory service built like `python -m memory` (migrations included), with the hashing embedder."""
@@ -110,7 +113,7 @@ async def start_memory(
         )
     )
     embedder = HashingEmbedder(DIMENSION)
-    deps = MemoryDeps(verifier=verifier, embedder=embedder, kms=local_kms(tmp_path))
+    deps = MemoryDeps(verifier=verifier, embedder=embedder, kms=local_kms(tmp_path), extractor=extractor)
     service = await start_service(MEMORY, settings, deps)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{service.port}")
     service.deps.on_close(lambda: channel.close(None))

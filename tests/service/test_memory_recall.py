@@ -101,7 +101,10 @@ async def test_same_key_and_scope_replaces_instead_of_duplicating(memory_service
     history = await memory_service.memory.GetMemoryHistory(
         memory_pb2.GetMemoryHistoryRequest(memory_id=first.memory.id), metadata=md
     )
-    assert [v.text for v in history.versions] == ["my caloric goal is 1800 kcal", "my caloric goal is 2000 kcal"]
+    assert [v.text for v in history.versions] == [
+        "my caloric goal is 1800 kcal",
+        "my caloric goal is 2000 kcal",
+    ]
     assert history.versions[1].HasField("valid_to")
     # The same text again (a retried call) is the same version.
     again = await remember(memory_service, md, "my caloric goal is 1800 kcal", key="caloric_goal")
