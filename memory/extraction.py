@@ -5,9 +5,10 @@ How a turn becomes facts:
 
 1. `ConversationServicer` stores a completed answer (AppendAssistantMessage, or the outbox's DeliverAnswer)
    and then queues a `FactExtractionJob` (ids only: the words stay sealed in PostgreSQL) on the Redis
-   stream `MEMORY_EXTRACTION_STREAM` with `FactJobs.queue`. The answer has streamed by then, so nothing
-   here adds to a turn's first token; a job that cannot be queued (Redis down) is logged and counted,
-   never an error of the turn (that turn's facts are then not learnt).
+   stream `MEMORY_EXTRACTION_STREAM` with `FactJobs.queue_soon`, in a task of its own. The answer has
+   streamed by then, so nothing here adds to a turn's first token, and the call storing it does not wait
+   for Redis either; a job that cannot be queued (Redis down) is logged and counted, never an error of the
+   turn (that turn's facts are then not learnt).
 2. A consumer of this service (`mesh.events.EventConsumer`, group `MEMORY_EXTRACTION_CONSUMER_GROUP`)
    takes the job: at least once, marked processed per answer id, a failed attempt tried again after
    `MEMORY_EXTRACTION_RETRY_SECONDS`, and after `MEMORY_EXTRACTION_MAX_ATTEMPTS` deliveries moved to
@@ -23,6 +24,7 @@ How a turn becomes facts:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import Counter as Tally
 from typing import Any
@@ -63,6 +65,14 @@ class FactJobs:
 
     def __init__(self, redis: Redis, stream: str) -> None:
         self._bus = EventBus(redis, stream=stream)
+        self._queueing: set[asyncio.Task[None]] = set()
+
+    def queue_soon(self, user_id: str, conversation_id: str, answer_id: str, agent_id: str) -> None:
+        """`queue` in a task of its own: the caller's answer never waits for Redis (not even a slow or
+        unreachable one). A job still being queued when the service stops is lost with it."""
+        task = asyncio.create_task(self.queue(user_id, conversation_id, answer_id, agent_id))
+        self._queueing.add(task)
+        task.add_done_callback(self._queueing.discard)
 
     async def queue(self, user_id: str, conversation_id: str, answer_id: str, agent_id: str) -> None:
         """Queues the extraction of the turn answered by `answer_id`; never raises (a turn is complete

@@ -298,8 +298,8 @@ class ConversationServicer(memory_pb2_grpc.ConversationServiceServicer):
         stored = await self._store.append_assistant_message(user_id, new)
         if self._fact_jobs is not None and stored.status is MessageStatus.COMPLETE:
             # After the answer streamed and was stored: learning its facts is off the turn's path, and
-            # `queue` never fails the call.
-            await self._fact_jobs.queue(user_id, new.conversation_id, stored.id, stored.agent_id)
+            # queueing it neither delays nor fails the call.
+            self._fact_jobs.queue_soon(user_id, new.conversation_id, stored.id, stored.agent_id)
         return stored
 
     async def ListConversations(

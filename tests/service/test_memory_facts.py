@@ -15,10 +15,11 @@ import grpc
 import pytest
 import pytest_asyncio
 from aiohttp import web
+from prometheus_client import REGISTRY
 from athena.account.v1 import account_pb2
 from athena.chat.v1 import chat_pb2
 from athena.memory.v1 import memory_pb2
-from conftest import StartService, offline_model_settings
+from conftest import NO_REDIS, StartService, offline_model_settings
 from memory_fixtures import MemoryHarness, expect_status, start_memory, start_turn_request
 
 from devstack.postgres import EmbeddedPostgres
@@ -304,3 +305,36 @@ async def test_a_failing_extraction_leaves_the_turn_complete_and_is_dead_lettere
         assert await memories(memory, md, history=True) == []
     finally:
         await wait_closed(session)
+
+
+async def test_a_turn_completes_when_its_job_cannot_be_queued(
+    postgres: EmbeddedPostgres,
+    verifier: TokenVerifier,
+    make_token: Callable[..., str],
+    start_service: StartService,
+    tmp_path: Path,
+    offline_model: OfflineModelServer,
+) -> None:
+    """Redis unreachable: the answer is stored and the call answers as always (the job is counted lost)."""
+    memory = await start_memory(
+        start_service,
+        verifier,
+        make_token,
+        tmp_path,
+        postgres.url,
+        NO_REDIS,
+        extraction_enabled=True,
+        openai_base_url=offline_model.base_url,
+    )
+    _, md = memory.user()
+    unqueued = _unqueued()
+    conversation_id, _, _ = await turn(memory, md, "nutrition", "I'm vegetarian, by the way.")
+    stored = await memory.conversations.GetConversation(
+        memory_pb2.GetConversationRequest(conversation_id=conversation_id), metadata=md
+    )
+    assert [m.status for m in stored.conversation.messages] == [chat_pb2.MESSAGE_STATUS_COMPLETE] * 2
+    await eventually(lambda: asyncio.sleep(0, _unqueued() > unqueued), "the lost job counted")
+
+
+def _unqueued() -> float:
+    return REGISTRY.get_sample_value("athena_memory_fact_jobs_unqueued_total") or 0.0
