@@ -15,12 +15,12 @@ import grpc
 import pytest
 import pytest_asyncio
 from aiohttp import web
-from prometheus_client import REGISTRY
 from athena.account.v1 import account_pb2
 from athena.chat.v1 import chat_pb2
 from athena.memory.v1 import memory_pb2
 from conftest import NO_REDIS, StartService, offline_model_settings
 from memory_fixtures import MemoryHarness, expect_status, start_memory, start_turn_request
+from prometheus_client import REGISTRY
 
 from devstack.postgres import EmbeddedPostgres
 from devstack.valkey import EmbeddedValkey
