@@ -97,7 +97,7 @@ class Memory(_message.Message):
     agent_id: _builtins.str
     """For agent-scoped memories, the agent; for user-wide ones, the agent that stored it."""
     key: _builtins.str
-    """Optional key a newer value of the same fact replaces, for example "caloric_goal"."""
+    """Optional key a newer value of the same fact supersedes, for example "caloric_goal"."""
     source: Global___MemorySource.ValueType
     """How it came to be remembered."""
     supersedes_id: _builtins.str

@@ -178,8 +178,8 @@ class RememberRequest(_message.Message):
     agent_id: _builtins.str
     """The agent storing it."""
     key: _builtins.str
-    """Optional key (letters, digits, "_", "-", "."; at most 64): a memory with the same key and scope replaces
-    the older value.
+    """Optional key (letters, digits, "_", "-", "."; at most 64): a memory with the same key and scope
+    supersedes the older value, which stays in the fact's history.
     """
     @_builtins.property
     def embedding(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
@@ -211,7 +211,7 @@ class RememberResponse(_message.Message):
     MEMORY_FIELD_NUMBER: _builtins.int
     CREATED_FIELD_NUMBER: _builtins.int
     created: _builtins.bool
-    """False when an existing memory was updated instead."""
+    """False when it is a new version of an existing fact, or the same text again."""
     @_builtins.property
     def memory(self) -> _account_pb2.Memory:
         """The memory as stored."""

@@ -99,7 +99,9 @@ class MemoryServiceServicer:
     """
 
     def Remember(self, request, context):
-        """Stores a memory, or replaces the one with the same key in the same scope (idempotent upsert).
+        """Stores an explicit memory. The same key in the same scope with another text is a new version: the
+        current one is closed (`valid_to`) and kept as history. The same text again changes nothing
+        (idempotent).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

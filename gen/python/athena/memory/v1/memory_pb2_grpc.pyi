@@ -41,7 +41,10 @@ class MemoryServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> MemoryServiceAsyncStub: ...
     Remember: _grpc.UnaryUnaryMultiCallable[_memory_pb2.RememberRequest, _memory_pb2.RememberResponse]
-    """Stores a memory, or replaces the one with the same key in the same scope (idempotent upsert)."""
+    """Stores an explicit memory. The same key in the same scope with another text is a new version: the
+    current one is closed (`valid_to`) and kept as history. The same text again changes nothing
+    (idempotent).
+    """
     Recall: _grpc.UnaryUnaryMultiCallable[_memory_pb2.RecallRequest, _memory_pb2.RecallResponse]
     """Finds the memories that fit a query for an agent: user-wide ones plus the agent's own, by cosine
     similarity above the model's threshold blended with recency, falling back to keyword search.
@@ -78,7 +81,10 @@ class MemoryServiceAsyncStub(MemoryServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Remember: _aio.UnaryUnaryMultiCallable[_memory_pb2.RememberRequest, _memory_pb2.RememberResponse]  # type: ignore[assignment]
-    """Stores a memory, or replaces the one with the same key in the same scope (idempotent upsert)."""
+    """Stores an explicit memory. The same key in the same scope with another text is a new version: the
+    current one is closed (`valid_to`) and kept as history. The same text again changes nothing
+    (idempotent).
+    """
     Recall: _aio.UnaryUnaryMultiCallable[_memory_pb2.RecallRequest, _memory_pb2.RecallResponse]  # type: ignore[assignment]
     """Finds the memories that fit a query for an agent: user-wide ones plus the agent's own, by cosine
     similarity above the model's threshold blended with recency, falling back to keyword search.
@@ -118,7 +124,10 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _memory_pb2.RememberRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_memory_pb2.RememberResponse, _abc.Awaitable[_memory_pb2.RememberResponse]]:
-        """Stores a memory, or replaces the one with the same key in the same scope (idempotent upsert)."""
+        """Stores an explicit memory. The same key in the same scope with another text is a new version: the
+        current one is closed (`valid_to`) and kept as history. The same text again changes nothing
+        (idempotent).
+        """
 
     @_abc_1.abstractmethod
     def Recall(

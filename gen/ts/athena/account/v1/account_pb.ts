@@ -50,7 +50,7 @@ export type Memory = Message<"athena.account.v1.Memory"> & {
   agentId: string;
 
   /**
-   * Optional key a newer value of the same fact replaces, for example "caloric_goal".
+   * Optional key a newer value of the same fact supersedes, for example "caloric_goal".
    *
    * @generated from field: string key = 5;
    */

@@ -159,8 +159,8 @@ export type RememberRequest = Message<"athena.memory.v1.RememberRequest"> & {
   agentId: string;
 
   /**
-   * Optional key (letters, digits, "_", "-", "."; at most 64): a memory with the same key and scope replaces
-   * the older value.
+   * Optional key (letters, digits, "_", "-", "."; at most 64): a memory with the same key and scope
+   * supersedes the older value, which stays in the fact's history.
    *
    * @generated from field: string key = 4;
    */
@@ -195,7 +195,7 @@ export type RememberResponse = Message<"athena.memory.v1.RememberResponse"> & {
   memory?: Memory | undefined;
 
   /**
-   * False when an existing memory was updated instead.
+   * False when it is a new version of an existing fact, or the same text again.
    *
    * @generated from field: bool created = 2;
    */
@@ -1451,7 +1451,9 @@ export const TurnStateSchema: GenEnum<TurnState> = /*@__PURE__*/
  */
 export const MemoryService: GenService<{
   /**
-   * Stores a memory, or replaces the one with the same key in the same scope (idempotent upsert).
+   * Stores an explicit memory. The same key in the same scope with another text is a new version: the
+   * current one is closed (`valid_to`) and kept as history. The same text again changes nothing
+   * (idempotent).
    *
    * @generated from rpc athena.memory.v1.MemoryService.Remember
    */
