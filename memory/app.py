@@ -16,6 +16,7 @@ from memory.database import Database, init_connection
 from memory.embeddings import BatchingEmbedder, Embedder, OpenAIEmbedder
 from memory.ephemeral import RedisEphemeralStore
 from memory.extraction import FactExtractor, FactJobs, FactLearner
+from memory.facts import FactPolicy
 from memory.keys import UserKeys
 from memory.migrate import SERVICE, apply_migrations, migrate
 from memory.notification_bus import RedisNotificationBus
@@ -166,7 +167,13 @@ async def build(settings: MemorySettings, deps: MemoryDeps) -> Assembly:
             timeout=settings.extraction_timeout_seconds,
         )
         learner = FactLearner(
-            memory_store, embedder, extractor, min_confidence=settings.extraction_min_confidence
+            memory_store,
+            embedder,
+            extractor,
+            FactPolicy(
+                min_confidence=settings.extraction_min_confidence,
+                duplicate_similarity=settings.extraction_duplicate_similarity,
+            ),
         )
         consumer = EventConsumer(
             deps.redis(settings.redis_url, EXTRACTION_BLOCK_SECONDS * 2),

@@ -36,6 +36,7 @@ from memory.embeddings import Embedder
 from memory.facts import (
     EXTRACTION_PROMPT,
     FactCandidate,
+    FactPolicy,
     MalformedExtraction,
     parse_extraction,
     response_format,
@@ -139,12 +140,12 @@ class FactLearner:
     """Handles extraction jobs (see the module docstring)."""
 
     def __init__(
-        self, store: MemoryStore, embedder: Embedder, extractor: FactExtractor, *, min_confidence: float
+        self, store: MemoryStore, embedder: Embedder, extractor: FactExtractor, policy: FactPolicy
     ) -> None:
         self._store = store
         self._embedder = embedder
         self._extractor = extractor
-        self._min_confidence = min_confidence
+        self._policy = policy
 
     async def handle(self, job: memory_pb2.FactExtractionJob) -> None:
         origin = await self._store.stated(job.user_id, job.answer_id)
@@ -163,9 +164,7 @@ class FactLearner:
         embeddings = await self._embedder.embed([candidate.text for candidate in candidates])
         actions: Tally[str] = Tally()
         for candidate, embedding in zip(candidates, embeddings, strict=True):
-            decision = await self._store.reconcile(
-                job.user_id, candidate, embedding, origin, self._min_confidence
-            )
+            decision = await self._store.reconcile(job.user_id, candidate, embedding, origin, self._policy)
             DECISIONS.labels(decision.action.value).inc()
             actions[decision.action.value] += 1
         log.info("facts learnt from a turn", extra={"answer_id": job.answer_id, **actions})

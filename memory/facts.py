@@ -15,8 +15,8 @@ Who wins (`decide`), precisely:
 - A keyed fact the person forgot is not inferred again from a message older than the forgetting (the
   tombstone's time): deleting means deleting, even if the old turn is extracted again.
 - Duplicates change nothing: the same key with the same words, or (keyless or under another key) a
-  current memory of the scope that is nearly the same by embedding (`DUPLICATE_SIMILARITY`).
-- Candidates below the deployment's minimum confidence change nothing.
+  current memory of the scope that is nearly the same by embedding (`FactPolicy.duplicate_similarity`).
+- Candidates below the deployment's minimum confidence change nothing (`FactPolicy.min_confidence`).
 """
 
 from __future__ import annotations
@@ -36,8 +36,20 @@ SCHEMA_NAME = "athena_memory_facts"
 MAX_FACTS = 10
 """Facts one answer may hold."""
 MAX_FACT_LENGTH = 500
-DUPLICATE_SIMILARITY = 0.92
-"""Cosine similarity at which a candidate counts as the same as a current memory (a near-duplicate)."""
+
+
+@dataclass(frozen=True, slots=True)
+class FactPolicy:
+    """The reconciliation knobs of one deployment (MEMORY_EXTRACTION_* settings)."""
+
+    min_confidence: float = 0.6
+    """Candidates less certain than this are not remembered."""
+    duplicate_similarity: float = 0.92
+    """Cosine similarity at which a candidate counts as the same as a current memory (a near-duplicate).
+    Measured with the offline embedder: different values of one kind ("vegetarian" / "vegan", "Lisbon" /
+    "Porto", "1,800" / "2,000 kcal") ≈ 0.74-0.81, rewordings of one fact ≈ 0.90 ("is a vegetarian") to 1.0
+    (case, punctuation): the threshold errs on keeping a rewording rather than losing a new fact."""
+
 
 EXTRACTION_PROMPT = """You extract durable facts about the user from one message they sent to an assistant.
 A durable fact stays true beyond this conversation: diet, allergies, goals, where they live, what to call
@@ -181,15 +193,18 @@ def decide(
     *,
     stated_at: datetime,
     current: MemoryRecord | None,
-    duplicate: bool,
+    similarity: float | None,
     forgotten_at: datetime | None,
-    min_confidence: float,
+    policy: FactPolicy,
 ) -> Decision:
     """Reconciles `candidate`, stated at `stated_at`, with `current` (the current version of its key in its
-    scope, if any); `duplicate`: a current memory of the scope is nearly the same; `forgotten_at`: when the
-    person last forgot a fact of this key (see the module docstring for the rules)."""
-    if candidate.confidence < min_confidence:
-        return Decision(Action.NOOP, f"confidence {candidate.confidence:.2f} below {min_confidence:.2f}")
+    scope, if any); `similarity`: the cosine similarity of the nearest current memory of the scope (None:
+    there is none); `forgotten_at`: when the person last forgot a fact of this key (see the module
+    docstring for the rules)."""
+    if candidate.confidence < policy.min_confidence:
+        return Decision(
+            Action.NOOP, f"confidence {candidate.confidence:.2f} below {policy.min_confidence:.2f}"
+        )
     if forgotten_at is not None and stated_at <= forgotten_at:
         return Decision(Action.NOOP, "the person forgot this fact after it was stated")
     if current is not None:
@@ -204,6 +219,6 @@ def decide(
         return Decision(Action.UPDATE, "a newer value of the same fact", closes=current)
     if candidate.ended:
         return Decision(Action.NOOP, "nothing current to invalidate")
-    if duplicate:
+    if similarity is not None and similarity >= policy.duplicate_similarity:
         return Decision(Action.NOOP, "a near-duplicate is remembered")
     return Decision(Action.ADD, "a new fact")

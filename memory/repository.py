@@ -45,7 +45,7 @@ from memory.domain import (
     UserAgent,
     conversation_title,
 )
-from memory.facts import DUPLICATE_SIMILARITY, Action, Decision, FactCandidate, decide
+from memory.facts import Action, Decision, FactCandidate, FactPolicy, decide
 from memory.keys import UserKeys
 from memory.pagination import Cursor
 from memory.stores import Candidates, ExportRecord, Purged, StatedMessage, Vector
@@ -413,13 +413,13 @@ class PostgresMemoryStore:
         candidate: FactCandidate,
         embedding: Vector,
         origin: StatedMessage,
-        min_confidence: float,
+        policy: FactPolicy,
     ) -> Decision:
         cipher = await self._keys.writing(user_id)
         try:
-            return await self._reconcile(cipher, user_id, candidate, embedding, origin, min_confidence)
+            return await self._reconcile(cipher, user_id, candidate, embedding, origin, policy)
         except asyncpg.UniqueViolationError:  # a concurrent version of the same key: decide again
-            return await self._reconcile(cipher, user_id, candidate, embedding, origin, min_confidence)
+            return await self._reconcile(cipher, user_id, candidate, embedding, origin, policy)
 
     async def _reconcile(
         self,
@@ -428,7 +428,7 @@ class PostgresMemoryStore:
         candidate: FactCandidate,
         embedding: Vector,
         origin: StatedMessage,
-        min_confidence: float,
+        policy: FactPolicy,
     ) -> Decision:
         uid = uuid.UUID(user_id)
         agent_scope = USER_SCOPE if candidate.scope is Scope.USER else origin.message.agent_id
@@ -473,9 +473,9 @@ class PostgresMemoryStore:
                 candidate,
                 stated_at=origin.message.created_at,
                 current=_memory(cipher, current_row) if current_row is not None else None,
-                duplicate=nearest is not None and float(nearest) >= DUPLICATE_SIMILARITY,
+                similarity=float(nearest) if nearest is not None else None,
                 forgotten_at=forgotten_at,
-                min_confidence=min_confidence,
+                policy=policy,
             )
             if decision.closes is not None:  # it held until the person said otherwise
                 await _close(connection, uuid.UUID(decision.closes.id), origin.message.created_at)

@@ -126,6 +126,9 @@ class MemorySettings(ServiceSettings):
     """Longest wait for one extraction answer."""
     extraction_min_confidence: float = Field(0.6, ge=0.0, le=1.0)
     """Extracted facts less certain than this are not remembered."""
+    extraction_duplicate_similarity: float = Field(0.92, ge=-1.0, le=1.0)
+    """Cosine similarity at which an extracted fact counts as a near-duplicate of a current memory of its
+    scope and is not stored (see `memory.facts.FactPolicy`)."""
     extraction_max_attempts: int = Field(3, ge=1, le=20)
     """Deliveries of a job at most; one failing that often goes to the dead letters."""
     extraction_retry_seconds: float = Field(30.0, gt=0)

@@ -19,7 +19,7 @@ from memory.domain import (
     TurnStart,
     UserAgent,
 )
-from memory.facts import Decision, FactCandidate
+from memory.facts import Decision, FactCandidate, FactPolicy
 from memory.pagination import Cursor
 from memory.timeframe import Timeframe
 
@@ -107,7 +107,7 @@ class MemoryStore(Protocol):
         candidate: FactCandidate,
         embedding: Vector,
         origin: StatedMessage,
-        min_confidence: float,
+        policy: FactPolicy,
     ) -> Decision:
         """Reconciles an extracted fact with the user's memories (`memory.facts.decide`) and applies the
         decision, in one transaction; idempotent per (message, key)."""

@@ -13,6 +13,7 @@ from memory.facts import (
     RESPONSE_SCHEMA,
     Action,
     FactCandidate,
+    FactPolicy,
     MalformedExtraction,
     decide,
     parse_extraction,
@@ -104,9 +105,9 @@ def reconcile(
         candidate,
         stated_at=stated_at,
         current=current,
-        duplicate=duplicate,
+        similarity=0.95 if duplicate else 0.5,
         forgotten_at=forgotten_at,
-        min_confidence=0.6,
+        policy=FactPolicy(min_confidence=0.6, duplicate_similarity=0.92),
     )
     closing = decision.action in (Action.UPDATE, Action.INVALIDATE)
     assert decision.closes is (current if closing else None)
