@@ -14,7 +14,8 @@ How a turn becomes facts:
    `MEMORY_EXTRACTION_RETRY_SECONDS`, and after `MEMORY_EXTRACTION_MAX_ATTEMPTS` deliveries moved to
    `<stream>:dead` with the reason (model unreachable, error status, malformed answer). Jobs survive a
    restart of the service (they wait in Redis).
-3. `FactLearner.handle` reads the turn's user message, asks the chat model (`FactExtractor`: the fixed
+3. `FactLearner.handle` (unless the person turned learning off: `learns_facts`, AccountService
+   SetMemorySettings) reads the turn's user message, asks the chat model (`FactExtractor`: the fixed
    prompt of `memory.facts`, structured output by JSON schema, answer checked strictly) and reconciles each
    fact with the person's memories (`PostgresMemoryStore.reconcile`, rules in `memory.facts`): add, update
    (old version closed, new one linking to it), invalidate, or nothing. Every step is idempotent per
@@ -148,6 +149,8 @@ class FactLearner:
         self._policy = policy
 
     async def handle(self, job: memory_pb2.FactExtractionJob) -> None:
+        if not await self._store.learns_facts(job.user_id):
+            return  # the person turned learning off
         origin = await self._store.stated(job.user_id, job.answer_id)
         if origin is None or not origin.message.content.strip():
             return  # the conversation was deleted meanwhile (or the message said nothing)

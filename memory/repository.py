@@ -392,6 +392,23 @@ class PostgresMemoryStore:
             )
         return _memory(cipher, inserted)
 
+    async def learns_facts(self, user_id: str) -> bool:
+        async with self._db.transaction(user_id, readonly=True) as connection:
+            learns = await connection.fetchval(
+                "SELECT learns_facts FROM users WHERE id = $1", uuid.UUID(user_id)
+            )
+        return learns is not False  # a user with nothing stored yet has the default: on
+
+    async def set_learns_facts(self, user_id: str, enabled: bool) -> bool:
+        await self._keys.writing(user_id)  # the first write sets the user up
+        async with self._db.transaction(user_id) as connection:
+            learns = await connection.fetchval(
+                "UPDATE users SET learns_facts = $2 WHERE id = $1 RETURNING learns_facts",
+                uuid.UUID(user_id),
+                enabled,
+            )
+        return bool(learns)
+
     async def stated(self, user_id: str, answer_id: str) -> StatedMessage | None:
         cipher = await self._keys.reading(user_id)
         if cipher is None:

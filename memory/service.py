@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from athena.account.v1 import account_pb2
 from athena.chat.v1 import chat_pb2
 from athena.memory.v1 import memory_pb2, memory_pb2_grpc
 from google.protobuf.duration_pb2 import Duration
@@ -158,6 +159,22 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
     ) -> memory_pb2.GetMemoryHistoryResponse:
         versions = await self._store.history(caller_id(), request.memory_id)
         return memory_pb2.GetMemoryHistoryResponse(versions=[convert.memory_to_proto(v) for v in versions])
+
+    async def GetMemorySettings(
+        self, request: memory_pb2.GetMemorySettingsRequest, context: Context
+    ) -> memory_pb2.GetMemorySettingsResponse:
+        learns = await self._store.learns_facts(caller_id())
+        return memory_pb2.GetMemorySettingsResponse(
+            settings=account_pb2.MemorySettings(learn_from_conversations=learns)
+        )
+
+    async def SetMemorySettings(
+        self, request: memory_pb2.SetMemorySettingsRequest, context: Context
+    ) -> memory_pb2.SetMemorySettingsResponse:
+        learns = await self._store.set_learns_facts(caller_id(), request.settings.learn_from_conversations)
+        return memory_pb2.SetMemorySettingsResponse(
+            settings=account_pb2.MemorySettings(learn_from_conversations=learns)
+        )
 
     async def PutEphemeral(
         self, request: memory_pb2.PutEphemeralRequest, context: Context

@@ -97,6 +97,14 @@ class MemoryStore(Protocol):
         FailedPrecondition when it is not current)."""
         ...
 
+    async def learns_facts(self, user_id: str) -> bool:
+        """Whether facts are learnt from the user's turns (their memory settings; on by default)."""
+        ...
+
+    async def set_learns_facts(self, user_id: str, enabled: bool) -> bool:
+        """Stores the user's choice; answers it as stored."""
+        ...
+
     async def stated(self, user_id: str, answer_id: str) -> StatedMessage | None:
         """The user message answered by `answer_id`, or None when it is gone."""
         ...

@@ -88,6 +88,26 @@ class AccountServicer(account_pb2_grpc.AccountServiceServicer):
         )
         return account_pb2.GetMemoryHistoryResponse(versions=response.versions)
 
+    async def GetMemorySettings(
+        self, request: account_pb2.GetMemorySettingsRequest, context: Context
+    ) -> account_pb2.GetMemorySettingsResponse:
+        response = await clients.call(
+            self._peers.memories.GetMemorySettings,
+            memory_pb2.GetMemorySettingsRequest(),
+            timeout_seconds=self._timeout(),
+        )
+        return account_pb2.GetMemorySettingsResponse(settings=response.settings)
+
+    async def SetMemorySettings(
+        self, request: account_pb2.SetMemorySettingsRequest, context: Context
+    ) -> account_pb2.SetMemorySettingsResponse:
+        response = await clients.call(
+            self._peers.memories.SetMemorySettings,
+            memory_pb2.SetMemorySettingsRequest(settings=request.settings),
+            timeout_seconds=self._timeout(),
+        )
+        return account_pb2.SetMemorySettingsResponse(settings=response.settings)
+
     async def ExportData(
         self, request: account_pb2.ExportDataRequest, context: Context
     ) -> AsyncIterator[account_pb2.ExportDataResponse]:

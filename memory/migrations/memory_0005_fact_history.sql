@@ -26,6 +26,9 @@ CREATE UNIQUE INDEX vector_memory_current_key ON vector_memory (user_id, agent_s
 CREATE INDEX vector_memory_supersedes ON vector_memory (supersedes) WHERE supersedes IS NOT NULL;
 CREATE INDEX vector_memory_message ON vector_memory (user_id, message_id) WHERE message_id IS NOT NULL;
 
+-- A person may turn fact learning off (AccountService.SetMemorySettings); on by default.
+ALTER TABLE users ADD COLUMN learns_facts boolean NOT NULL DEFAULT true;
+
 CREATE TABLE memory_tombstones (
     user_id      uuid NOT NULL REFERENCES users (id) ON DELETE CASCADE,
     agent_scope  text NOT NULL,

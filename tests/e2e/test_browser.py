@@ -507,6 +507,18 @@ def test_an_inferred_fact_shows_its_origin_and_a_correction_supersedes_it_in_its
     expect(versions.nth(0)).to_contain_text("current, since")
     expect(versions.nth(1)).to_contain_text("The user is vegetarian.")
     expect(versions.nth(1)).to_contain_text(re.compile(r"from .+ until .+ \(learnt\)"))
+
+    # Learning from conversations can be turned off, and stays off.
+    learn = dialog.get_by_role("checkbox", name="Learn from what I mention in passing")
+    expect(learn).to_be_checked()
+    learn.uncheck()
+    expect(dialog.get_by_role("status")).to_have_text(
+        "Your agents no longer learn from what you mention in passing."
+    )
+    dialog.get_by_role("button", name="Close").click()
+    open_panel.click()
+    expect(learn).to_be_enabled()
+    expect(learn).not_to_be_checked()
     assert tab.errors == []
 
 

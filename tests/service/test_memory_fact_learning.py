@@ -197,7 +197,7 @@ async def test_corrections_are_explicit_versions_and_forgetting_is_final(learnin
         await _requeue(client, learning.settings.extraction_stream, user_id, answer_id)
         await eventually(
             lambda: _settled(
-                client, learning.settings.extraction_stream, learning.settings.extraction_consumer_group
+                client, learning.settings.extraction_stream, learning.settings.extraction_consumer_group, 2
             ),
             "the requeued job handled",
         )
@@ -212,11 +212,13 @@ async def _requeue(client: Any, stream: str, user_id: str, answer_id: str) -> No
     await client.xadd(stream, encode(job))
 
 
-async def _settled(client: Any, stream: str, group: str) -> bool:
-    """Every entry of the stream read by the group and acknowledged."""
+async def _settled(client: Any, stream: str, group: str, entries: int) -> bool:
+    """The stream holds `entries` jobs, each read by the group and acknowledged."""
+    if await client.xlen(stream) < entries:
+        return False  # not queued yet (jobs are queued in a task of their own)
     groups = await client.xinfo_groups(stream)
-    info = next(g for g in groups if g["name"] == group)
-    return bool(info["pending"] == 0 and info.get("lag", 1) == 0)
+    info = next((g for g in groups if g["name"] == group), None)
+    return info is not None and bool(info["pending"] == 0 and info.get("lag", 1) == 0)
 
 
 # -- a failing extraction never fails the turn -------------------------------------------------------------
@@ -338,3 +340,35 @@ async def test_a_turn_completes_when_its_job_cannot_be_queued(
 
 def _unqueued() -> float:
     return REGISTRY.get_sample_value("athena_memory_fact_jobs_unqueued_total") or 0.0
+
+
+async def test_a_person_who_turned_learning_off_has_nothing_learnt(learning: MemoryHarness) -> None:
+    _, md = learning.user()
+    settings = await learning.memory.GetMemorySettings(memory_pb2.GetMemorySettingsRequest(), metadata=md)
+    assert settings.settings.learn_from_conversations  # on by default, before anything is stored
+    off = account_pb2.MemorySettings(learn_from_conversations=False)
+    stored = await learning.memory.SetMemorySettings(
+        memory_pb2.SetMemorySettingsRequest(settings=off), metadata=md
+    )
+    assert not stored.settings.learn_from_conversations
+    await turn(learning, md, "nutrition", "I'm vegetarian, by the way.")
+    client = mesh_redis.connect(learning.settings.redis_url, 2.0)
+    try:
+        await eventually(
+            lambda: _settled(
+                client, learning.settings.extraction_stream, learning.settings.extraction_consumer_group, 1
+            ),
+            "the job handled",
+        )
+    finally:
+        await client.aclose()
+    assert await memories(learning, md, history=True) == []
+    # Another person's setting is their own.
+    _, other = learning.user()
+    theirs = await learning.memory.GetMemorySettings(memory_pb2.GetMemorySettingsRequest(), metadata=other)
+    assert theirs.settings.learn_from_conversations
+    # On again, the next turn is learnt from.
+    on = account_pb2.MemorySettings(learn_from_conversations=True)
+    await learning.memory.SetMemorySettings(memory_pb2.SetMemorySettingsRequest(settings=on), metadata=md)
+    await turn(learning, md, "nutrition", "I'm vegan now.")
+    await learnt(learning, md, "vegan")

@@ -245,6 +245,19 @@ async def test_memories_are_listed_and_forgotten(mesh: RouterMesh, router: Route
         "my caloric goal is 1800 kcal",
         "my caloric goal is 2000 kcal",
     }
+    # Learning facts from conversations is the person's choice (on by default).
+    settings = await router.account.GetMemorySettings(
+        account_pb2.GetMemorySettingsRequest(), metadata=metadata
+    )
+    assert settings.settings.learn_from_conversations
+    off = account_pb2.MemorySettings(learn_from_conversations=False)
+    await router.account.SetMemorySettings(
+        account_pb2.SetMemorySettingsRequest(settings=off), metadata=metadata
+    )
+    settings = await router.account.GetMemorySettings(
+        account_pb2.GetMemorySettingsRequest(), metadata=metadata
+    )
+    assert not settings.settings.learn_from_conversations
 
 
 async def test_another_users_objects_are_not_found_and_stay_intact(mesh: RouterMesh, router: Router) -> None:

@@ -20,6 +20,7 @@ export class AccountPanel {
   private readonly memoriesDialog = byId("memories-dialog", HTMLDialogElement);
   private readonly memoryList = byId("memory-list", HTMLUListElement);
   private readonly memoriesStatus = byId("memories-status", HTMLParagraphElement);
+  private readonly learnFacts = byId("learn-facts", HTMLInputElement);
   private readonly deleteDialog = byId("delete-dialog", HTMLDialogElement);
   private readonly confirmation = byId("delete-confirmation", HTMLInputElement);
   private readonly confirmButton = byId("confirm-delete", HTMLButtonElement);
@@ -35,6 +36,7 @@ export class AccountPanel {
   ) {
     byId("open-memories", HTMLButtonElement).addEventListener("click", () => void this.openMemories());
     byId("close-memories", HTMLButtonElement).addEventListener("click", () => this.memoriesDialog.close());
+    this.learnFacts.addEventListener("change", () => void this.setLearning(this.learnFacts.checked));
     this.exportButton.addEventListener("click", () => void this.exportData());
     byId("open-delete-account", HTMLButtonElement).addEventListener("click", () => this.openDelete());
     byId("cancel-delete", HTMLButtonElement).addEventListener("click", () => this.deleteDialog.close());
@@ -51,12 +53,38 @@ export class AccountPanel {
     this.memoryList.replaceChildren();
     this.memoriesStatus.textContent = "Loading…";
     this.memoriesDialog.showModal();
+    this.learnFacts.disabled = true;
     try {
-      const response = await this.api.account.listMemories({ pageSize: 100 });
+      const [response, settings] = await Promise.all([
+        this.api.account.listMemories({ pageSize: 100 }),
+        this.api.account.getMemorySettings({}),
+      ]);
+      this.learnFacts.checked = settings.settings?.learnFromConversations ?? true;
+      this.learnFacts.disabled = false;
       this.renderMemories(response.memories);
     } catch (error) {
       this.memoriesStatus.textContent = describeError(error);
       this.onError(error);
+    }
+  }
+
+  /** Turns learning from conversations on or off (what was learnt stays until deleted). */
+  private async setLearning(learn: boolean): Promise<void> {
+    this.learnFacts.disabled = true;
+    try {
+      const response = await this.api.account.setMemorySettings({
+        settings: { learnFromConversations: learn },
+      });
+      this.learnFacts.checked = response.settings?.learnFromConversations ?? learn;
+      this.memoriesStatus.textContent = this.learnFacts.checked
+        ? "Your agents learn from what you mention in passing."
+        : "Your agents no longer learn from what you mention in passing.";
+    } catch (error) {
+      this.learnFacts.checked = !learn;
+      this.memoriesStatus.textContent = describeError(error);
+      this.onError(error);
+    } finally {
+      this.learnFacts.disabled = false;
     }
   }
 

@@ -346,6 +346,119 @@ class GetMemoryHistoryResponse(_message.Message):
 Global___GetMemoryHistoryResponse: _TypeAlias = GetMemoryHistoryResponse  # noqa: Y015
 
 @_typing.final
+class MemorySettings(_message.Message):
+    """What a person decides about their memories."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEARN_FROM_CONVERSATIONS_FIELD_NUMBER: _builtins.int
+    learn_from_conversations: _builtins.bool
+    """Whether facts they state in passing are learnt after each turn (on unless they turned it off). Off,
+    nothing new is learnt; what was learnt stays until they delete it. Explicit `remember` still works.
+    """
+    def __init__(
+        self,
+        *,
+        learn_from_conversations: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["learn_from_conversations", b"learn_from_conversations"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MemorySettings: _TypeAlias = MemorySettings  # noqa: Y015
+
+@_typing.final
+class GetMemorySettingsRequest(_message.Message):
+    """Request of GetMemorySettings."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetMemorySettingsRequest: _TypeAlias = GetMemorySettingsRequest  # noqa: Y015
+
+@_typing.final
+class GetMemorySettingsResponse(_message.Message):
+    """Response of GetMemorySettings."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SETTINGS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def settings(self) -> Global___MemorySettings:
+        """The caller's settings."""
+
+    def __init__(
+        self,
+        *,
+        settings: Global___MemorySettings | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetMemorySettingsResponse: _TypeAlias = GetMemorySettingsResponse  # noqa: Y015
+
+@_typing.final
+class SetMemorySettingsRequest(_message.Message):
+    """Request of SetMemorySettings."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SETTINGS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def settings(self) -> Global___MemorySettings:
+        """The settings to keep."""
+
+    def __init__(
+        self,
+        *,
+        settings: Global___MemorySettings | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetMemorySettingsRequest: _TypeAlias = SetMemorySettingsRequest  # noqa: Y015
+
+@_typing.final
+class SetMemorySettingsResponse(_message.Message):
+    """Response of SetMemorySettings."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SETTINGS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def settings(self) -> Global___MemorySettings:
+        """The settings as stored."""
+
+    def __init__(
+        self,
+        *,
+        settings: Global___MemorySettings | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetMemorySettingsResponse: _TypeAlias = SetMemorySettingsResponse  # noqa: Y015
+
+@_typing.final
 class ExportDataRequest(_message.Message):
     """Request of ExportData. The caller is named by the access token."""
 

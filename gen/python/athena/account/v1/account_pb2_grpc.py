@@ -56,6 +56,16 @@ class AccountServiceStub:
                 request_serializer=athena_dot_account_dot_v1_dot_account__pb2.GetMemoryHistoryRequest.SerializeToString,
                 response_deserializer=athena_dot_account_dot_v1_dot_account__pb2.GetMemoryHistoryResponse.FromString,
                 _registered_method=True)
+        self.GetMemorySettings = channel.unary_unary(
+                '/athena.account.v1.AccountService/GetMemorySettings',
+                request_serializer=athena_dot_account_dot_v1_dot_account__pb2.GetMemorySettingsRequest.SerializeToString,
+                response_deserializer=athena_dot_account_dot_v1_dot_account__pb2.GetMemorySettingsResponse.FromString,
+                _registered_method=True)
+        self.SetMemorySettings = channel.unary_unary(
+                '/athena.account.v1.AccountService/SetMemorySettings',
+                request_serializer=athena_dot_account_dot_v1_dot_account__pb2.SetMemorySettingsRequest.SerializeToString,
+                response_deserializer=athena_dot_account_dot_v1_dot_account__pb2.SetMemorySettingsResponse.FromString,
+                _registered_method=True)
         self.ExportData = channel.unary_stream(
                 '/athena.account.v1.AccountService/ExportData',
                 request_serializer=athena_dot_account_dot_v1_dot_account__pb2.ExportDataRequest.SerializeToString,
@@ -97,6 +107,20 @@ class AccountServiceServicer:
 
     def GetMemoryHistory(self, request, context):
         """A memory's history: the memory and every version it superseded, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetMemorySettings(self, request, context):
+        """The caller's memory settings (whether agents learn facts from what they say in passing).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetMemorySettings(self, request, context):
+        """Changes the caller's memory settings; answers them as stored.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -144,6 +168,16 @@ def add_AccountServiceServicer_to_server(servicer, server):
                     servicer.GetMemoryHistory,
                     request_deserializer=athena_dot_account_dot_v1_dot_account__pb2.GetMemoryHistoryRequest.FromString,
                     response_serializer=athena_dot_account_dot_v1_dot_account__pb2.GetMemoryHistoryResponse.SerializeToString,
+            ),
+            'GetMemorySettings': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMemorySettings,
+                    request_deserializer=athena_dot_account_dot_v1_dot_account__pb2.GetMemorySettingsRequest.FromString,
+                    response_serializer=athena_dot_account_dot_v1_dot_account__pb2.GetMemorySettingsResponse.SerializeToString,
+            ),
+            'SetMemorySettings': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetMemorySettings,
+                    request_deserializer=athena_dot_account_dot_v1_dot_account__pb2.SetMemorySettingsRequest.FromString,
+                    response_serializer=athena_dot_account_dot_v1_dot_account__pb2.SetMemorySettingsResponse.SerializeToString,
             ),
             'ExportData': grpc.unary_stream_rpc_method_handler(
                     servicer.ExportData,
@@ -266,6 +300,60 @@ class AccountService:
             '/athena.account.v1.AccountService/GetMemoryHistory',
             athena_dot_account_dot_v1_dot_account__pb2.GetMemoryHistoryRequest.SerializeToString,
             athena_dot_account_dot_v1_dot_account__pb2.GetMemoryHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMemorySettings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/athena.account.v1.AccountService/GetMemorySettings',
+            athena_dot_account_dot_v1_dot_account__pb2.GetMemorySettingsRequest.SerializeToString,
+            athena_dot_account_dot_v1_dot_account__pb2.GetMemorySettingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetMemorySettings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/athena.account.v1.AccountService/SetMemorySettings',
+            athena_dot_account_dot_v1_dot_account__pb2.SetMemorySettingsRequest.SerializeToString,
+            athena_dot_account_dot_v1_dot_account__pb2.SetMemorySettingsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -477,6 +477,95 @@ class GetMemoryHistoryResponse(_message.Message):
 Global___GetMemoryHistoryResponse: _TypeAlias = GetMemoryHistoryResponse  # noqa: Y015
 
 @_typing.final
+class GetMemorySettingsRequest(_message.Message):
+    """Request of GetMemorySettings."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetMemorySettingsRequest: _TypeAlias = GetMemorySettingsRequest  # noqa: Y015
+
+@_typing.final
+class GetMemorySettingsResponse(_message.Message):
+    """Response of GetMemorySettings."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SETTINGS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def settings(self) -> _account_pb2.MemorySettings:
+        """The caller's settings."""
+
+    def __init__(
+        self,
+        *,
+        settings: _account_pb2.MemorySettings | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetMemorySettingsResponse: _TypeAlias = GetMemorySettingsResponse  # noqa: Y015
+
+@_typing.final
+class SetMemorySettingsRequest(_message.Message):
+    """Request of SetMemorySettings."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SETTINGS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def settings(self) -> _account_pb2.MemorySettings:
+        """The settings to keep."""
+
+    def __init__(
+        self,
+        *,
+        settings: _account_pb2.MemorySettings | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetMemorySettingsRequest: _TypeAlias = SetMemorySettingsRequest  # noqa: Y015
+
+@_typing.final
+class SetMemorySettingsResponse(_message.Message):
+    """Response of SetMemorySettings."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SETTINGS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def settings(self) -> _account_pb2.MemorySettings:
+        """The settings as stored."""
+
+    def __init__(
+        self,
+        *,
+        settings: _account_pb2.MemorySettings | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetMemorySettingsResponse: _TypeAlias = SetMemorySettingsResponse  # noqa: Y015
+
+@_typing.final
 class FactExtractionJob(_message.Message):
     """A job on the memory service's fact-extraction stream (Redis, `athena:memory:facts`): the answer of a
     completed turn was stored, so the durable facts its user message stated are extracted and reconciled

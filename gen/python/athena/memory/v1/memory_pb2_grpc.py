@@ -71,6 +71,16 @@ class MemoryServiceStub:
                 request_serializer=athena_dot_memory_dot_v1_dot_memory__pb2.GetMemoryHistoryRequest.SerializeToString,
                 response_deserializer=athena_dot_memory_dot_v1_dot_memory__pb2.GetMemoryHistoryResponse.FromString,
                 _registered_method=True)
+        self.GetMemorySettings = channel.unary_unary(
+                '/athena.memory.v1.MemoryService/GetMemorySettings',
+                request_serializer=athena_dot_memory_dot_v1_dot_memory__pb2.GetMemorySettingsRequest.SerializeToString,
+                response_deserializer=athena_dot_memory_dot_v1_dot_memory__pb2.GetMemorySettingsResponse.FromString,
+                _registered_method=True)
+        self.SetMemorySettings = channel.unary_unary(
+                '/athena.memory.v1.MemoryService/SetMemorySettings',
+                request_serializer=athena_dot_memory_dot_v1_dot_memory__pb2.SetMemorySettingsRequest.SerializeToString,
+                response_deserializer=athena_dot_memory_dot_v1_dot_memory__pb2.SetMemorySettingsResponse.FromString,
+                _registered_method=True)
         self.PutEphemeral = channel.unary_unary(
                 '/athena.memory.v1.MemoryService/PutEphemeral',
                 request_serializer=athena_dot_memory_dot_v1_dot_memory__pb2.PutEphemeralRequest.SerializeToString,
@@ -144,6 +154,20 @@ class MemoryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetMemorySettings(self, request, context):
+        """The caller's memory settings (whether facts are learnt from their turns).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetMemorySettings(self, request, context):
+        """Stores the caller's memory settings.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def PutEphemeral(self, request, context):
         """Stores a short-lived value (calendar free/busy, wearable stats) with a time to live.
         """
@@ -198,6 +222,16 @@ def add_MemoryServiceServicer_to_server(servicer, server):
                     servicer.GetMemoryHistory,
                     request_deserializer=athena_dot_memory_dot_v1_dot_memory__pb2.GetMemoryHistoryRequest.FromString,
                     response_serializer=athena_dot_memory_dot_v1_dot_memory__pb2.GetMemoryHistoryResponse.SerializeToString,
+            ),
+            'GetMemorySettings': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMemorySettings,
+                    request_deserializer=athena_dot_memory_dot_v1_dot_memory__pb2.GetMemorySettingsRequest.FromString,
+                    response_serializer=athena_dot_memory_dot_v1_dot_memory__pb2.GetMemorySettingsResponse.SerializeToString,
+            ),
+            'SetMemorySettings': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetMemorySettings,
+                    request_deserializer=athena_dot_memory_dot_v1_dot_memory__pb2.SetMemorySettingsRequest.FromString,
+                    response_serializer=athena_dot_memory_dot_v1_dot_memory__pb2.SetMemorySettingsResponse.SerializeToString,
             ),
             'PutEphemeral': grpc.unary_unary_rpc_method_handler(
                     servicer.PutEphemeral,
@@ -384,6 +418,60 @@ class MemoryService:
             '/athena.memory.v1.MemoryService/GetMemoryHistory',
             athena_dot_memory_dot_v1_dot_memory__pb2.GetMemoryHistoryRequest.SerializeToString,
             athena_dot_memory_dot_v1_dot_memory__pb2.GetMemoryHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMemorySettings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/athena.memory.v1.MemoryService/GetMemorySettings',
+            athena_dot_memory_dot_v1_dot_memory__pb2.GetMemorySettingsRequest.SerializeToString,
+            athena_dot_memory_dot_v1_dot_memory__pb2.GetMemorySettingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetMemorySettings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/athena.memory.v1.MemoryService/SetMemorySettings',
+            athena_dot_memory_dot_v1_dot_memory__pb2.SetMemorySettingsRequest.SerializeToString,
+            athena_dot_memory_dot_v1_dot_memory__pb2.SetMemorySettingsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -59,6 +59,10 @@ class MemoryServiceStub:
     """A memory's history: the version asked for, the one that superseded it (if any) and every version
     before it, newest first.
     """
+    GetMemorySettings: _grpc.UnaryUnaryMultiCallable[_memory_pb2.GetMemorySettingsRequest, _memory_pb2.GetMemorySettingsResponse]
+    """The caller's memory settings (whether facts are learnt from their turns)."""
+    SetMemorySettings: _grpc.UnaryUnaryMultiCallable[_memory_pb2.SetMemorySettingsRequest, _memory_pb2.SetMemorySettingsResponse]
+    """Stores the caller's memory settings."""
     PutEphemeral: _grpc.UnaryUnaryMultiCallable[_memory_pb2.PutEphemeralRequest, _memory_pb2.PutEphemeralResponse]
     """Stores a short-lived value (calendar free/busy, wearable stats) with a time to live."""
     GetEphemeral: _grpc.UnaryUnaryMultiCallable[_memory_pb2.GetEphemeralRequest, _memory_pb2.GetEphemeralResponse]
@@ -99,6 +103,10 @@ class MemoryServiceAsyncStub(MemoryServiceStub):
     """A memory's history: the version asked for, the one that superseded it (if any) and every version
     before it, newest first.
     """
+    GetMemorySettings: _aio.UnaryUnaryMultiCallable[_memory_pb2.GetMemorySettingsRequest, _memory_pb2.GetMemorySettingsResponse]  # type: ignore[assignment]
+    """The caller's memory settings (whether facts are learnt from their turns)."""
+    SetMemorySettings: _aio.UnaryUnaryMultiCallable[_memory_pb2.SetMemorySettingsRequest, _memory_pb2.SetMemorySettingsResponse]  # type: ignore[assignment]
+    """Stores the caller's memory settings."""
     PutEphemeral: _aio.UnaryUnaryMultiCallable[_memory_pb2.PutEphemeralRequest, _memory_pb2.PutEphemeralResponse]  # type: ignore[assignment]
     """Stores a short-lived value (calendar free/busy, wearable stats) with a time to live."""
     GetEphemeral: _aio.UnaryUnaryMultiCallable[_memory_pb2.GetEphemeralRequest, _memory_pb2.GetEphemeralResponse]  # type: ignore[assignment]
@@ -172,6 +180,22 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
         """A memory's history: the version asked for, the one that superseded it (if any) and every version
         before it, newest first.
         """
+
+    @_abc_1.abstractmethod
+    def GetMemorySettings(
+        self,
+        request: _memory_pb2.GetMemorySettingsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_memory_pb2.GetMemorySettingsResponse, _abc.Awaitable[_memory_pb2.GetMemorySettingsResponse]]:
+        """The caller's memory settings (whether facts are learnt from their turns)."""
+
+    @_abc_1.abstractmethod
+    def SetMemorySettings(
+        self,
+        request: _memory_pb2.SetMemorySettingsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_memory_pb2.SetMemorySettingsResponse, _abc.Awaitable[_memory_pb2.SetMemorySettingsResponse]]:
+        """Stores the caller's memory settings."""
 
     @_abc_1.abstractmethod
     def PutEphemeral(

@@ -4,7 +4,7 @@
 
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { Memory, MemoryScope } from "../../account/v1/account_pb";
+import type { Memory, MemoryScope, MemorySettings } from "../../account/v1/account_pb";
 import { file_athena_account_v1_account } from "../../account/v1/account_pb";
 import type { Agent, ChatRequest, Conversation, Message as Message$1 } from "../../chat/v1/chat_pb";
 import { file_athena_chat_v1_chat } from "../../chat/v1/chat_pb";
@@ -17,7 +17,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file athena/memory/v1/memory.proto.
  */
 export const file_athena_memory_v1_memory: GenFile = /*@__PURE__*/
-  fileDesc("Ch1hdGhlbmEvbWVtb3J5L3YxL21lbW9yeS5wcm90bxIQYXRoZW5hLm1lbW9yeS52MSK+AQoPQWdlbnREZWZpbml0aW9uEhoKAmlkGAEgASgJQg66SAvIAQFyBsCzrrECARIYCgRuYW1lGAIgASgJQgq6SAdyBRABGMgBEhMKC2Rlc2NyaXB0aW9uGAMgASgJEhUKDXN5c3RlbV9wcm9tcHQYBCABKAkSEwoLdXNlcl9wcm9tcHQYBSABKAkSDQoFbW9kZWwYBiABKAkSFAoMYWNjZW50X3Rva2VuGAcgASgJEg8KB2VuYWJsZWQYCCABKAgiigEKDFJlY2FsbFJlc3VsdBIpCgZtZW1vcnkYASABKAsyGS5hdGhlbmEuYWNjb3VudC52MS5NZW1vcnkSEgoKc2ltaWxhcml0eRgCIAEoARINCgVzY29yZRgDIAEoARIsCgVzdGFnZRgEIAEoDjIdLmF0aGVuYS5tZW1vcnkudjEuUmVjYWxsU3RhZ2Ui0QEKD1JlbWVtYmVyUmVxdWVzdBIeCgR0ZXh0GAEgASgJQhC6SA1yC8izrrECARABGKAfEjoKBXNjb3BlGAIgASgOMh4uYXRoZW5hLmFjY291bnQudjEuTWVtb3J5U2NvcGVCC7pICMgBAYIBAhABEiAKCGFnZW50X2lkGAMgASgJQg66SAvIAQFyBsCzrrECARItCgNrZXkYBCABKAlCILpIHdgBAXIYMhZeW0EtWmEtejAtOV8uLV17MSw2NH0kEhEKCWVtYmVkZGluZxgFIAMoAiJOChBSZW1lbWJlclJlc3BvbnNlEikKBm1lbW9yeRgBIAEoCzIZLmF0aGVuYS5hY2NvdW50LnYxLk1lbW9yeRIPCgdjcmVhdGVkGAIgASgIInsKDVJlY2FsbFJlcXVlc3QSHwoFcXVlcnkYASABKAlCELpIDXILyLOusQIBEAEYoB8SIAoIYWdlbnRfaWQYAiABKAlCDrpIC8gBAXIGwLOusQIBEhQKAWsYAyABKAVCCbpIBhoEGDIoABIRCgllbWJlZGRpbmcYBCADKAIiQQoOUmVjYWxsUmVzcG9uc2USLwoHcmVzdWx0cxgBIAMoCzIeLmF0aGVuYS5tZW1vcnkudjEuUmVjYWxsUmVzdWx0IpICCg1Gb3JnZXRSZXF1ZXN0Eh0KCW1lbW9yeV9pZBgBIAEoCUIIukgFcgOwAQFIABIhCgVxdWVyeRgCIAEoCUIQukgNcgvIs66xAgEQARigH0gAEiAKCGFnZW50X2lkGAMgASgJQg66SAvYAQFyBsCzrrECARIYCgVsaW1pdBgEIAEoBUIJukgGGgQYMigAOnK6SG8abQoYZm9yZ2V0LnF1ZXJ5X25lZWRzX2FnZW50EihhZ2VudF9pZDogaXMgcmVxdWlyZWQgdG8gZm9yZ2V0IGJ5IHF1ZXJ5GichaGFzKHRoaXMucXVlcnkpIHx8IHRoaXMuYWdlbnRfaWQgIT0gJydCDwoGdGFyZ2V0EgW6SAIIASInCg5Gb3JnZXRSZXNwb25zZRIVCg1mb3Jnb3R0ZW5faWRzGAEgAygJImoKE0xpc3RNZW1vcmllc1JlcXVlc3QSHAoJcGFnZV9zaXplGAEgASgFQgm6SAYaBBhkKAASHAoKcGFnZV90b2tlbhgCIAEoCUIIukgFcgMYgAQSFwoPaW5jbHVkZV9oaXN0b3J5GAMgASgIIlYKFENvcnJlY3RNZW1vcnlSZXF1ZXN0Eh4KCW1lbW9yeV9pZBgBIAEoCUILukgIyAEBcgOwAQESHgoEdGV4dBgCIAEoCUIQukgNcgvIs66xAgEQARigHyJCChVDb3JyZWN0TWVtb3J5UmVzcG9uc2USKQoGbWVtb3J5GAEgASgLMhkuYXRoZW5hLmFjY291bnQudjEuTWVtb3J5IjkKF0dldE1lbW9yeUhpc3RvcnlSZXF1ZXN0Eh4KCW1lbW9yeV9pZBgBIAEoCUILukgIyAEBcgOwAQEiRwoYR2V0TWVtb3J5SGlzdG9yeVJlc3BvbnNlEisKCHZlcnNpb25zGAEgAygLMhkuYXRoZW5hLmFjY291bnQudjEuTWVtb3J5Im4KEUZhY3RFeHRyYWN0aW9uSm9iEgoKAmlkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkSFwoPY29udmVyc2F0aW9uX2lkGAMgASgJEhEKCWFuc3dlcl9pZBgEIAEoCRIQCghhZ2VudF9pZBgFIAEoCSJcChRMaXN0TWVtb3JpZXNSZXNwb25zZRIrCghtZW1vcmllcxgBIAMoCzIZLmF0aGVuYS5hY2NvdW50LnYxLk1lbW9yeRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkivQEKE1B1dEVwaGVtZXJhbFJlcXVlc3QSMAoJbmFtZXNwYWNlGAEgASgJQh26SBpyGDIWXltBLVphLXowLTlfLi1dezEsNjR9JBIdCgNrZXkYAiABKAlCELpIDXILyLOusQIBEAEYgAISHQoKdmFsdWVfanNvbhgDIAEoCUIJukgGcgQogIAQEjYKA3R0bBgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbkIOukgLqgEIIgQIgKMFMgAiFgoUUHV0RXBoZW1lcmFsUmVzcG9uc2UibwoWRm9yZ2V0RXBoZW1lcmFsUmVxdWVzdBIZCgd1c2VyX2lkGAEgASgJQgi6SAVyA7ABARI6CgpuYW1lc3BhY2VzGAIgAygJQia6SCOSASAIARAUIhpyGDIWXltBLVphLXowLTlfLi1dezEsNjR9JCIqChdGb3JnZXRFcGhlbWVyYWxSZXNwb25zZRIPCgdkZWxldGVkGAEgASgFImYKE0dldEVwaGVtZXJhbFJlcXVlc3QSMAoJbmFtZXNwYWNlGAEgASgJQh26SBpyGDIWXltBLVphLXowLTlfLi1dezEsNjR9JBIdCgNrZXkYAiABKAlCELpIDXILyLOusQIBEAEYgAIiOQoUR2V0RXBoZW1lcmFsUmVzcG9uc2USDQoFZm91bmQYASABKAgSEgoKdmFsdWVfanNvbhgCIAEoCSLUAQoQU3RhcnRUdXJuUmVxdWVzdBIxCgRjaGF0GAEgASgLMhsuYXRoZW5hLmNoYXQudjEuQ2hhdFJlcXVlc3RCBrpIA8gBARIkChBoaXN0b3J5X21lc3NhZ2VzGAIgASgFQgq6SAcaBRjIASgAEjkKBWxlYXNlGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uQg+6SAyqAQkiAwjYBDICCAESLAoGcmVjYWxsGAQgASgLMhwuYXRoZW5hLm1lbW9yeS52MS5UdXJuUmVjYWxsIiIKClR1cm5SZWNhbGwSFAoBaxgBIAEoBUIJukgGGgQYMigAIvkCChFTdGFydFR1cm5SZXNwb25zZRIyCgxjb252ZXJzYXRpb24YASABKAsyHC5hdGhlbmEuY2hhdC52MS5Db252ZXJzYXRpb24SKAoHbWVzc2FnZRgCIAEoCzIXLmF0aGVuYS5jaGF0LnYxLk1lc3NhZ2USEAoIcmVwbGF5ZWQYAyABKAgSGQoRZW5hYmxlZF9hZ2VudF9pZHMYBCADKAkSKAoHaGlzdG9yeRgFIAMoCzIXLmF0aGVuYS5jaGF0LnYxLk1lc3NhZ2USKgoFc3RhdGUYBiABKA4yGy5hdGhlbmEubWVtb3J5LnYxLlR1cm5TdGF0ZRIRCglhbnN3ZXJfaWQYByABKAkSJwoGYW5zd2VyGAggASgLMhcuYXRoZW5hLmNoYXQudjEuTWVzc2FnZRIwCghtZW1vcmllcxgJIAMoCzIeLmF0aGVuYS5tZW1vcnkudjEuUmVjYWxsUmVzdWx0EhUKDXJlY2FsbF9mYWlsZWQYCiABKAgicQoQUmVuZXdUdXJuUmVxdWVzdBIfCgptZXNzYWdlX2lkGAEgASgJQgu6SAjIAQFyA7ABARI8CgVsZWFzZRgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbkISukgPyAEBqgEJIgMI2AQyAggBIhMKEVJlbmV3VHVyblJlc3BvbnNlIn0KFERlbGl2ZXJBbnN3ZXJSZXF1ZXN0EhwKB3VzZXJfaWQYASABKAlCC7pICMgBAXIDsAEBEkcKBmFwcGVuZBgCIAEoCzIvLmF0aGVuYS5tZW1vcnkudjEuQXBwZW5kQXNzaXN0YW50TWVzc2FnZVJlcXVlc3RCBrpIA8gBASIXChVEZWxpdmVyQW5zd2VyUmVzcG9uc2UidwodQXBwZW5kQXNzaXN0YW50TWVzc2FnZVJlcXVlc3QSJAoPY29udmVyc2F0aW9uX2lkGAEgASgJQgu6SAjIAQFyA7ABARIwCgdtZXNzYWdlGAIgASgLMhcuYXRoZW5hLmNoYXQudjEuTWVzc2FnZUIGukgDyAEBIkoKHkFwcGVuZEFzc2lzdGFudE1lc3NhZ2VSZXNwb25zZRIoCgdtZXNzYWdlGAEgASgLMhcuYXRoZW5hLmNoYXQudjEuTWVzc2FnZSJWChhMaXN0Q29udmVyc2F0aW9uc1JlcXVlc3QSHAoJcGFnZV9zaXplGAEgASgFQgm6SAYaBBhkKAASHAoKcGFnZV90b2tlbhgCIAEoCUIIukgFcgMYgAQiaQoZTGlzdENvbnZlcnNhdGlvbnNSZXNwb25zZRIzCg1jb252ZXJzYXRpb25zGAEgAygLMhwuYXRoZW5hLmNoYXQudjEuQ29udmVyc2F0aW9uEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJeChZHZXRDb252ZXJzYXRpb25SZXF1ZXN0EiQKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCUILukgIyAEBcgOwAQESHgoNbGFzdF9tZXNzYWdlcxgCIAEoBUIHukgEGgIoACJNChdHZXRDb252ZXJzYXRpb25SZXNwb25zZRIyCgxjb252ZXJzYXRpb24YASABKAsyHC5hdGhlbmEuY2hhdC52MS5Db252ZXJzYXRpb24iQQoZRGVsZXRlQ29udmVyc2F0aW9uUmVxdWVzdBIkCg9jb252ZXJzYXRpb25faWQYASABKAlCC7pICMgBAXIDsAEBIhwKGkRlbGV0ZUNvbnZlcnNhdGlvblJlc3BvbnNlIrYBChFTeW5jQWdlbnRzUmVxdWVzdBI7CgZhZ2VudHMYASADKAsyIS5hdGhlbmEubWVtb3J5LnYxLkFnZW50RGVmaW5pdGlvbkIIukgFkgECCAE6ZLpIYRpfChZzeW5jX2FnZW50cy5pZHNfdW5pcXVlEhphZ2VudHM6IGlkcyBtdXN0IGJlIHVuaXF1ZRopdGhpcy5hZ2VudHMubWFwKGFnZW50LCBhZ2VudC5pZCkudW5pcXVlKCkiFAoSU3luY0FnZW50c1Jlc3BvbnNlIhMKEUxpc3RBZ2VudHNSZXF1ZXN0Ik4KEkxpc3RBZ2VudHNSZXNwb25zZRIlCgZhZ2VudHMYASADKAsyFS5hdGhlbmEuY2hhdC52MS5BZ2VudEoECAIQA1ILZGVmaW5pdGlvbnMiSwoWU2V0QWdlbnRFbmFibGVkUmVxdWVzdBIgCghhZ2VudF9pZBgBIAEoCUIOukgLyAEBcgbAs66xAgESDwoHZW5hYmxlZBgCIAEoCCI/ChdTZXRBZ2VudEVuYWJsZWRSZXNwb25zZRIkCgVhZ2VudBgBIAEoCzIVLmF0aGVuYS5jaGF0LnYxLkFnZW50IhcKFUV4cG9ydFVzZXJEYXRhUmVxdWVzdCKtAQoWRXhwb3J0VXNlckRhdGFSZXNwb25zZRImCgVhZ2VudBgBIAEoCzIVLmF0aGVuYS5jaGF0LnYxLkFnZW50SAASNAoMY29udmVyc2F0aW9uGAIgASgLMhwuYXRoZW5hLmNoYXQudjEuQ29udmVyc2F0aW9uSAASKwoGbWVtb3J5GAMgASgLMhkuYXRoZW5hLmFjY291bnQudjEuTWVtb3J5SABCCAoGcmVjb3JkIhIKEFB1cmdlVXNlclJlcXVlc3QiWwoRUHVyZ2VVc2VyUmVzcG9uc2USFAoMZGVsZXRlZF9yb3dzGAEgASgDEhQKDGRlbGV0ZWRfa2V5cxgCIAEoAxIaChJkYXRhX2tleV9kZXN0cm95ZWQYAyABKAgqXgoLUmVjYWxsU3RhZ2USHAoYUkVDQUxMX1NUQUdFX1VOU1BFQ0lGSUVEEAASFwoTUkVDQUxMX1NUQUdFX1ZFQ1RPUhABEhgKFFJFQ0FMTF9TVEFHRV9LRVlXT1JEEAIqawoJVHVyblN0YXRlEhoKFlRVUk5fU1RBVEVfVU5TUEVDSUZJRUQQABIVChFUVVJOX1NUQVRFX0FOU1dFUhABEhYKElRVUk5fU1RBVEVfUlVOTklORxACEhMKD1RVUk5fU1RBVEVfRE9ORRADMs4GCg1NZW1vcnlTZXJ2aWNlElEKCFJlbWVtYmVyEiEuYXRoZW5hLm1lbW9yeS52MS5SZW1lbWJlclJlcXVlc3QaIi5hdGhlbmEubWVtb3J5LnYxLlJlbWVtYmVyUmVzcG9uc2USSwoGUmVjYWxsEh8uYXRoZW5hLm1lbW9yeS52MS5SZWNhbGxSZXF1ZXN0GiAuYXRoZW5hLm1lbW9yeS52MS5SZWNhbGxSZXNwb25zZRJLCgZGb3JnZXQSHy5hdGhlbmEubWVtb3J5LnYxLkZvcmdldFJlcXVlc3QaIC5hdGhlbmEubWVtb3J5LnYxLkZvcmdldFJlc3BvbnNlEl0KDExpc3RNZW1vcmllcxIlLmF0aGVuYS5tZW1vcnkudjEuTGlzdE1lbW9yaWVzUmVxdWVzdBomLmF0aGVuYS5tZW1vcnkudjEuTGlzdE1lbW9yaWVzUmVzcG9uc2USYAoNQ29ycmVjdE1lbW9yeRImLmF0aGVuYS5tZW1vcnkudjEuQ29ycmVjdE1lbW9yeVJlcXVlc3QaJy5hdGhlbmEubWVtb3J5LnYxLkNvcnJlY3RNZW1vcnlSZXNwb25zZRJpChBHZXRNZW1vcnlIaXN0b3J5EikuYXRoZW5hLm1lbW9yeS52MS5HZXRNZW1vcnlIaXN0b3J5UmVxdWVzdBoqLmF0aGVuYS5tZW1vcnkudjEuR2V0TWVtb3J5SGlzdG9yeVJlc3BvbnNlEl0KDFB1dEVwaGVtZXJhbBIlLmF0aGVuYS5tZW1vcnkudjEuUHV0RXBoZW1lcmFsUmVxdWVzdBomLmF0aGVuYS5tZW1vcnkudjEuUHV0RXBoZW1lcmFsUmVzcG9uc2USXQoMR2V0RXBoZW1lcmFsEiUuYXRoZW5hLm1lbW9yeS52MS5HZXRFcGhlbWVyYWxSZXF1ZXN0GiYuYXRoZW5hLm1lbW9yeS52MS5HZXRFcGhlbWVyYWxSZXNwb25zZRJmCg9Gb3JnZXRFcGhlbWVyYWwSKC5hdGhlbmEubWVtb3J5LnYxLkZvcmdldEVwaGVtZXJhbFJlcXVlc3QaKS5hdGhlbmEubWVtb3J5LnYxLkZvcmdldEVwaGVtZXJhbFJlc3BvbnNlMucFChNDb252ZXJzYXRpb25TZXJ2aWNlElQKCVN0YXJ0VHVybhIiLmF0aGVuYS5tZW1vcnkudjEuU3RhcnRUdXJuUmVxdWVzdBojLmF0aGVuYS5tZW1vcnkudjEuU3RhcnRUdXJuUmVzcG9uc2USVAoJUmVuZXdUdXJuEiIuYXRoZW5hLm1lbW9yeS52MS5SZW5ld1R1cm5SZXF1ZXN0GiMuYXRoZW5hLm1lbW9yeS52MS5SZW5ld1R1cm5SZXNwb25zZRJ7ChZBcHBlbmRBc3Npc3RhbnRNZXNzYWdlEi8uYXRoZW5hLm1lbW9yeS52MS5BcHBlbmRBc3Npc3RhbnRNZXNzYWdlUmVxdWVzdBowLmF0aGVuYS5tZW1vcnkudjEuQXBwZW5kQXNzaXN0YW50TWVzc2FnZVJlc3BvbnNlEmAKDURlbGl2ZXJBbnN3ZXISJi5hdGhlbmEubWVtb3J5LnYxLkRlbGl2ZXJBbnN3ZXJSZXF1ZXN0GicuYXRoZW5hLm1lbW9yeS52MS5EZWxpdmVyQW5zd2VyUmVzcG9uc2USbAoRTGlzdENvbnZlcnNhdGlvbnMSKi5hdGhlbmEubWVtb3J5LnYxLkxpc3RDb252ZXJzYXRpb25zUmVxdWVzdBorLmF0aGVuYS5tZW1vcnkudjEuTGlzdENvbnZlcnNhdGlvbnNSZXNwb25zZRJmCg9HZXRDb252ZXJzYXRpb24SKC5hdGhlbmEubWVtb3J5LnYxLkdldENvbnZlcnNhdGlvblJlcXVlc3QaKS5hdGhlbmEubWVtb3J5LnYxLkdldENvbnZlcnNhdGlvblJlc3BvbnNlEm8KEkRlbGV0ZUNvbnZlcnNhdGlvbhIrLmF0aGVuYS5tZW1vcnkudjEuRGVsZXRlQ29udmVyc2F0aW9uUmVxdWVzdBosLmF0aGVuYS5tZW1vcnkudjEuRGVsZXRlQ29udmVyc2F0aW9uUmVzcG9uc2UyqAIKDEFnZW50U2VydmljZRJXCgpTeW5jQWdlbnRzEiMuYXRoZW5hLm1lbW9yeS52MS5TeW5jQWdlbnRzUmVxdWVzdBokLmF0aGVuYS5tZW1vcnkudjEuU3luY0FnZW50c1Jlc3BvbnNlElcKCkxpc3RBZ2VudHMSIy5hdGhlbmEubWVtb3J5LnYxLkxpc3RBZ2VudHNSZXF1ZXN0GiQuYXRoZW5hLm1lbW9yeS52MS5MaXN0QWdlbnRzUmVzcG9uc2USZgoPU2V0QWdlbnRFbmFibGVkEiguYXRoZW5hLm1lbW9yeS52MS5TZXRBZ2VudEVuYWJsZWRSZXF1ZXN0GikuYXRoZW5hLm1lbW9yeS52MS5TZXRBZ2VudEVuYWJsZWRSZXNwb25zZTLOAQoPVXNlckRhdGFTZXJ2aWNlEmUKDkV4cG9ydFVzZXJEYXRhEicuYXRoZW5hLm1lbW9yeS52MS5FeHBvcnRVc2VyRGF0YVJlcXVlc3QaKC5hdGhlbmEubWVtb3J5LnYxLkV4cG9ydFVzZXJEYXRhUmVzcG9uc2UwARJUCglQdXJnZVVzZXISIi5hdGhlbmEubWVtb3J5LnYxLlB1cmdlVXNlclJlcXVlc3QaIy5hdGhlbmEubWVtb3J5LnYxLlB1cmdlVXNlclJlc3BvbnNlYgZwcm90bzM", [file_athena_account_v1_account, file_athena_chat_v1_chat, file_buf_validate_validate, file_google_protobuf_duration]);
+  fileDesc("Ch1hdGhlbmEvbWVtb3J5L3YxL21lbW9yeS5wcm90bxIQYXRoZW5hLm1lbW9yeS52MSK+AQoPQWdlbnREZWZpbml0aW9uEhoKAmlkGAEgASgJQg66SAvIAQFyBsCzrrECARIYCgRuYW1lGAIgASgJQgq6SAdyBRABGMgBEhMKC2Rlc2NyaXB0aW9uGAMgASgJEhUKDXN5c3RlbV9wcm9tcHQYBCABKAkSEwoLdXNlcl9wcm9tcHQYBSABKAkSDQoFbW9kZWwYBiABKAkSFAoMYWNjZW50X3Rva2VuGAcgASgJEg8KB2VuYWJsZWQYCCABKAgiigEKDFJlY2FsbFJlc3VsdBIpCgZtZW1vcnkYASABKAsyGS5hdGhlbmEuYWNjb3VudC52MS5NZW1vcnkSEgoKc2ltaWxhcml0eRgCIAEoARINCgVzY29yZRgDIAEoARIsCgVzdGFnZRgEIAEoDjIdLmF0aGVuYS5tZW1vcnkudjEuUmVjYWxsU3RhZ2Ui0QEKD1JlbWVtYmVyUmVxdWVzdBIeCgR0ZXh0GAEgASgJQhC6SA1yC8izrrECARABGKAfEjoKBXNjb3BlGAIgASgOMh4uYXRoZW5hLmFjY291bnQudjEuTWVtb3J5U2NvcGVCC7pICMgBAYIBAhABEiAKCGFnZW50X2lkGAMgASgJQg66SAvIAQFyBsCzrrECARItCgNrZXkYBCABKAlCILpIHdgBAXIYMhZeW0EtWmEtejAtOV8uLV17MSw2NH0kEhEKCWVtYmVkZGluZxgFIAMoAiJOChBSZW1lbWJlclJlc3BvbnNlEikKBm1lbW9yeRgBIAEoCzIZLmF0aGVuYS5hY2NvdW50LnYxLk1lbW9yeRIPCgdjcmVhdGVkGAIgASgIInsKDVJlY2FsbFJlcXVlc3QSHwoFcXVlcnkYASABKAlCELpIDXILyLOusQIBEAEYoB8SIAoIYWdlbnRfaWQYAiABKAlCDrpIC8gBAXIGwLOusQIBEhQKAWsYAyABKAVCCbpIBhoEGDIoABIRCgllbWJlZGRpbmcYBCADKAIiQQoOUmVjYWxsUmVzcG9uc2USLwoHcmVzdWx0cxgBIAMoCzIeLmF0aGVuYS5tZW1vcnkudjEuUmVjYWxsUmVzdWx0IpICCg1Gb3JnZXRSZXF1ZXN0Eh0KCW1lbW9yeV9pZBgBIAEoCUIIukgFcgOwAQFIABIhCgVxdWVyeRgCIAEoCUIQukgNcgvIs66xAgEQARigH0gAEiAKCGFnZW50X2lkGAMgASgJQg66SAvYAQFyBsCzrrECARIYCgVsaW1pdBgEIAEoBUIJukgGGgQYMigAOnK6SG8abQoYZm9yZ2V0LnF1ZXJ5X25lZWRzX2FnZW50EihhZ2VudF9pZDogaXMgcmVxdWlyZWQgdG8gZm9yZ2V0IGJ5IHF1ZXJ5GichaGFzKHRoaXMucXVlcnkpIHx8IHRoaXMuYWdlbnRfaWQgIT0gJydCDwoGdGFyZ2V0EgW6SAIIASInCg5Gb3JnZXRSZXNwb25zZRIVCg1mb3Jnb3R0ZW5faWRzGAEgAygJImoKE0xpc3RNZW1vcmllc1JlcXVlc3QSHAoJcGFnZV9zaXplGAEgASgFQgm6SAYaBBhkKAASHAoKcGFnZV90b2tlbhgCIAEoCUIIukgFcgMYgAQSFwoPaW5jbHVkZV9oaXN0b3J5GAMgASgIIlYKFENvcnJlY3RNZW1vcnlSZXF1ZXN0Eh4KCW1lbW9yeV9pZBgBIAEoCUILukgIyAEBcgOwAQESHgoEdGV4dBgCIAEoCUIQukgNcgvIs66xAgEQARigHyJCChVDb3JyZWN0TWVtb3J5UmVzcG9uc2USKQoGbWVtb3J5GAEgASgLMhkuYXRoZW5hLmFjY291bnQudjEuTWVtb3J5IjkKF0dldE1lbW9yeUhpc3RvcnlSZXF1ZXN0Eh4KCW1lbW9yeV9pZBgBIAEoCUILukgIyAEBcgOwAQEiRwoYR2V0TWVtb3J5SGlzdG9yeVJlc3BvbnNlEisKCHZlcnNpb25zGAEgAygLMhkuYXRoZW5hLmFjY291bnQudjEuTWVtb3J5IhoKGEdldE1lbW9yeVNldHRpbmdzUmVxdWVzdCJQChlHZXRNZW1vcnlTZXR0aW5nc1Jlc3BvbnNlEjMKCHNldHRpbmdzGAEgASgLMiEuYXRoZW5hLmFjY291bnQudjEuTWVtb3J5U2V0dGluZ3MiVwoYU2V0TWVtb3J5U2V0dGluZ3NSZXF1ZXN0EjsKCHNldHRpbmdzGAEgASgLMiEuYXRoZW5hLmFjY291bnQudjEuTWVtb3J5U2V0dGluZ3NCBrpIA8gBASJQChlTZXRNZW1vcnlTZXR0aW5nc1Jlc3BvbnNlEjMKCHNldHRpbmdzGAEgASgLMiEuYXRoZW5hLmFjY291bnQudjEuTWVtb3J5U2V0dGluZ3MibgoRRmFjdEV4dHJhY3Rpb25Kb2ISCgoCaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIXCg9jb252ZXJzYXRpb25faWQYAyABKAkSEQoJYW5zd2VyX2lkGAQgASgJEhAKCGFnZW50X2lkGAUgASgJIlwKFExpc3RNZW1vcmllc1Jlc3BvbnNlEisKCG1lbW9yaWVzGAEgAygLMhkuYXRoZW5hLmFjY291bnQudjEuTWVtb3J5EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSK9AQoTUHV0RXBoZW1lcmFsUmVxdWVzdBIwCgluYW1lc3BhY2UYASABKAlCHbpIGnIYMhZeW0EtWmEtejAtOV8uLV17MSw2NH0kEh0KA2tleRgCIAEoCUIQukgNcgvIs66xAgEQARiAAhIdCgp2YWx1ZV9qc29uGAMgASgJQgm6SAZyBCiAgBASNgoDdHRsGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uQg66SAuqAQgiBAiAowUyACIWChRQdXRFcGhlbWVyYWxSZXNwb25zZSJvChZGb3JnZXRFcGhlbWVyYWxSZXF1ZXN0EhkKB3VzZXJfaWQYASABKAlCCLpIBXIDsAEBEjoKCm5hbWVzcGFjZXMYAiADKAlCJrpII5IBIAgBEBQiGnIYMhZeW0EtWmEtejAtOV8uLV17MSw2NH0kIioKF0ZvcmdldEVwaGVtZXJhbFJlc3BvbnNlEg8KB2RlbGV0ZWQYASABKAUiZgoTR2V0RXBoZW1lcmFsUmVxdWVzdBIwCgluYW1lc3BhY2UYASABKAlCHbpIGnIYMhZeW0EtWmEtejAtOV8uLV17MSw2NH0kEh0KA2tleRgCIAEoCUIQukgNcgvIs66xAgEQARiAAiI5ChRHZXRFcGhlbWVyYWxSZXNwb25zZRINCgVmb3VuZBgBIAEoCBISCgp2YWx1ZV9qc29uGAIgASgJItQBChBTdGFydFR1cm5SZXF1ZXN0EjEKBGNoYXQYASABKAsyGy5hdGhlbmEuY2hhdC52MS5DaGF0UmVxdWVzdEIGukgDyAEBEiQKEGhpc3RvcnlfbWVzc2FnZXMYAiABKAVCCrpIBxoFGMgBKAASOQoFbGVhc2UYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb25CD7pIDKoBCSIDCNgEMgIIARIsCgZyZWNhbGwYBCABKAsyHC5hdGhlbmEubWVtb3J5LnYxLlR1cm5SZWNhbGwiIgoKVHVyblJlY2FsbBIUCgFrGAEgASgFQgm6SAYaBBgyKAAi+QIKEVN0YXJ0VHVyblJlc3BvbnNlEjIKDGNvbnZlcnNhdGlvbhgBIAEoCzIcLmF0aGVuYS5jaGF0LnYxLkNvbnZlcnNhdGlvbhIoCgdtZXNzYWdlGAIgASgLMhcuYXRoZW5hLmNoYXQudjEuTWVzc2FnZRIQCghyZXBsYXllZBgDIAEoCBIZChFlbmFibGVkX2FnZW50X2lkcxgEIAMoCRIoCgdoaXN0b3J5GAUgAygLMhcuYXRoZW5hLmNoYXQudjEuTWVzc2FnZRIqCgVzdGF0ZRgGIAEoDjIbLmF0aGVuYS5tZW1vcnkudjEuVHVyblN0YXRlEhEKCWFuc3dlcl9pZBgHIAEoCRInCgZhbnN3ZXIYCCABKAsyFy5hdGhlbmEuY2hhdC52MS5NZXNzYWdlEjAKCG1lbW9yaWVzGAkgAygLMh4uYXRoZW5hLm1lbW9yeS52MS5SZWNhbGxSZXN1bHQSFQoNcmVjYWxsX2ZhaWxlZBgKIAEoCCJxChBSZW5ld1R1cm5SZXF1ZXN0Eh8KCm1lc3NhZ2VfaWQYASABKAlCC7pICMgBAXIDsAEBEjwKBWxlYXNlGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uQhK6SA/IAQGqAQkiAwjYBDICCAEiEwoRUmVuZXdUdXJuUmVzcG9uc2UifQoURGVsaXZlckFuc3dlclJlcXVlc3QSHAoHdXNlcl9pZBgBIAEoCUILukgIyAEBcgOwAQESRwoGYXBwZW5kGAIgASgLMi8uYXRoZW5hLm1lbW9yeS52MS5BcHBlbmRBc3Npc3RhbnRNZXNzYWdlUmVxdWVzdEIGukgDyAEBIhcKFURlbGl2ZXJBbnN3ZXJSZXNwb25zZSJ3Ch1BcHBlbmRBc3Npc3RhbnRNZXNzYWdlUmVxdWVzdBIkCg9jb252ZXJzYXRpb25faWQYASABKAlCC7pICMgBAXIDsAEBEjAKB21lc3NhZ2UYAiABKAsyFy5hdGhlbmEuY2hhdC52MS5NZXNzYWdlQga6SAPIAQEiSgoeQXBwZW5kQXNzaXN0YW50TWVzc2FnZVJlc3BvbnNlEigKB21lc3NhZ2UYASABKAsyFy5hdGhlbmEuY2hhdC52MS5NZXNzYWdlIlYKGExpc3RDb252ZXJzYXRpb25zUmVxdWVzdBIcCglwYWdlX3NpemUYASABKAVCCbpIBhoEGGQoABIcCgpwYWdlX3Rva2VuGAIgASgJQgi6SAVyAxiABCJpChlMaXN0Q29udmVyc2F0aW9uc1Jlc3BvbnNlEjMKDWNvbnZlcnNhdGlvbnMYASADKAsyHC5hdGhlbmEuY2hhdC52MS5Db252ZXJzYXRpb24SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIl4KFkdldENvbnZlcnNhdGlvblJlcXVlc3QSJAoPY29udmVyc2F0aW9uX2lkGAEgASgJQgu6SAjIAQFyA7ABARIeCg1sYXN0X21lc3NhZ2VzGAIgASgFQge6SAQaAigAIk0KF0dldENvbnZlcnNhdGlvblJlc3BvbnNlEjIKDGNvbnZlcnNhdGlvbhgBIAEoCzIcLmF0aGVuYS5jaGF0LnYxLkNvbnZlcnNhdGlvbiJBChlEZWxldGVDb252ZXJzYXRpb25SZXF1ZXN0EiQKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCUILukgIyAEBcgOwAQEiHAoaRGVsZXRlQ29udmVyc2F0aW9uUmVzcG9uc2UitgEKEVN5bmNBZ2VudHNSZXF1ZXN0EjsKBmFnZW50cxgBIAMoCzIhLmF0aGVuYS5tZW1vcnkudjEuQWdlbnREZWZpbml0aW9uQgi6SAWSAQIIATpkukhhGl8KFnN5bmNfYWdlbnRzLmlkc191bmlxdWUSGmFnZW50czogaWRzIG11c3QgYmUgdW5pcXVlGil0aGlzLmFnZW50cy5tYXAoYWdlbnQsIGFnZW50LmlkKS51bmlxdWUoKSIUChJTeW5jQWdlbnRzUmVzcG9uc2UiEwoRTGlzdEFnZW50c1JlcXVlc3QiTgoSTGlzdEFnZW50c1Jlc3BvbnNlEiUKBmFnZW50cxgBIAMoCzIVLmF0aGVuYS5jaGF0LnYxLkFnZW50SgQIAhADUgtkZWZpbml0aW9ucyJLChZTZXRBZ2VudEVuYWJsZWRSZXF1ZXN0EiAKCGFnZW50X2lkGAEgASgJQg66SAvIAQFyBsCzrrECARIPCgdlbmFibGVkGAIgASgIIj8KF1NldEFnZW50RW5hYmxlZFJlc3BvbnNlEiQKBWFnZW50GAEgASgLMhUuYXRoZW5hLmNoYXQudjEuQWdlbnQiFwoVRXhwb3J0VXNlckRhdGFSZXF1ZXN0Iq0BChZFeHBvcnRVc2VyRGF0YVJlc3BvbnNlEiYKBWFnZW50GAEgASgLMhUuYXRoZW5hLmNoYXQudjEuQWdlbnRIABI0Cgxjb252ZXJzYXRpb24YAiABKAsyHC5hdGhlbmEuY2hhdC52MS5Db252ZXJzYXRpb25IABIrCgZtZW1vcnkYAyABKAsyGS5hdGhlbmEuYWNjb3VudC52MS5NZW1vcnlIAEIICgZyZWNvcmQiEgoQUHVyZ2VVc2VyUmVxdWVzdCJbChFQdXJnZVVzZXJSZXNwb25zZRIUCgxkZWxldGVkX3Jvd3MYASABKAMSFAoMZGVsZXRlZF9rZXlzGAIgASgDEhoKEmRhdGFfa2V5X2Rlc3Ryb3llZBgDIAEoCCpeCgtSZWNhbGxTdGFnZRIcChhSRUNBTExfU1RBR0VfVU5TUEVDSUZJRUQQABIXChNSRUNBTExfU1RBR0VfVkVDVE9SEAESGAoUUkVDQUxMX1NUQUdFX0tFWVdPUkQQAiprCglUdXJuU3RhdGUSGgoWVFVSTl9TVEFURV9VTlNQRUNJRklFRBAAEhUKEVRVUk5fU1RBVEVfQU5TV0VSEAESFgoSVFVSTl9TVEFURV9SVU5OSU5HEAISEwoPVFVSTl9TVEFURV9ET05FEAMyqggKDU1lbW9yeVNlcnZpY2USUQoIUmVtZW1iZXISIS5hdGhlbmEubWVtb3J5LnYxLlJlbWVtYmVyUmVxdWVzdBoiLmF0aGVuYS5tZW1vcnkudjEuUmVtZW1iZXJSZXNwb25zZRJLCgZSZWNhbGwSHy5hdGhlbmEubWVtb3J5LnYxLlJlY2FsbFJlcXVlc3QaIC5hdGhlbmEubWVtb3J5LnYxLlJlY2FsbFJlc3BvbnNlEksKBkZvcmdldBIfLmF0aGVuYS5tZW1vcnkudjEuRm9yZ2V0UmVxdWVzdBogLmF0aGVuYS5tZW1vcnkudjEuRm9yZ2V0UmVzcG9uc2USXQoMTGlzdE1lbW9yaWVzEiUuYXRoZW5hLm1lbW9yeS52MS5MaXN0TWVtb3JpZXNSZXF1ZXN0GiYuYXRoZW5hLm1lbW9yeS52MS5MaXN0TWVtb3JpZXNSZXNwb25zZRJgCg1Db3JyZWN0TWVtb3J5EiYuYXRoZW5hLm1lbW9yeS52MS5Db3JyZWN0TWVtb3J5UmVxdWVzdBonLmF0aGVuYS5tZW1vcnkudjEuQ29ycmVjdE1lbW9yeVJlc3BvbnNlEmkKEEdldE1lbW9yeUhpc3RvcnkSKS5hdGhlbmEubWVtb3J5LnYxLkdldE1lbW9yeUhpc3RvcnlSZXF1ZXN0GiouYXRoZW5hLm1lbW9yeS52MS5HZXRNZW1vcnlIaXN0b3J5UmVzcG9uc2USbAoRR2V0TWVtb3J5U2V0dGluZ3MSKi5hdGhlbmEubWVtb3J5LnYxLkdldE1lbW9yeVNldHRpbmdzUmVxdWVzdBorLmF0aGVuYS5tZW1vcnkudjEuR2V0TWVtb3J5U2V0dGluZ3NSZXNwb25zZRJsChFTZXRNZW1vcnlTZXR0aW5ncxIqLmF0aGVuYS5tZW1vcnkudjEuU2V0TWVtb3J5U2V0dGluZ3NSZXF1ZXN0GisuYXRoZW5hLm1lbW9yeS52MS5TZXRNZW1vcnlTZXR0aW5nc1Jlc3BvbnNlEl0KDFB1dEVwaGVtZXJhbBIlLmF0aGVuYS5tZW1vcnkudjEuUHV0RXBoZW1lcmFsUmVxdWVzdBomLmF0aGVuYS5tZW1vcnkudjEuUHV0RXBoZW1lcmFsUmVzcG9uc2USXQoMR2V0RXBoZW1lcmFsEiUuYXRoZW5hLm1lbW9yeS52MS5HZXRFcGhlbWVyYWxSZXF1ZXN0GiYuYXRoZW5hLm1lbW9yeS52MS5HZXRFcGhlbWVyYWxSZXNwb25zZRJmCg9Gb3JnZXRFcGhlbWVyYWwSKC5hdGhlbmEubWVtb3J5LnYxLkZvcmdldEVwaGVtZXJhbFJlcXVlc3QaKS5hdGhlbmEubWVtb3J5LnYxLkZvcmdldEVwaGVtZXJhbFJlc3BvbnNlMucFChNDb252ZXJzYXRpb25TZXJ2aWNlElQKCVN0YXJ0VHVybhIiLmF0aGVuYS5tZW1vcnkudjEuU3RhcnRUdXJuUmVxdWVzdBojLmF0aGVuYS5tZW1vcnkudjEuU3RhcnRUdXJuUmVzcG9uc2USVAoJUmVuZXdUdXJuEiIuYXRoZW5hLm1lbW9yeS52MS5SZW5ld1R1cm5SZXF1ZXN0GiMuYXRoZW5hLm1lbW9yeS52MS5SZW5ld1R1cm5SZXNwb25zZRJ7ChZBcHBlbmRBc3Npc3RhbnRNZXNzYWdlEi8uYXRoZW5hLm1lbW9yeS52MS5BcHBlbmRBc3Npc3RhbnRNZXNzYWdlUmVxdWVzdBowLmF0aGVuYS5tZW1vcnkudjEuQXBwZW5kQXNzaXN0YW50TWVzc2FnZVJlc3BvbnNlEmAKDURlbGl2ZXJBbnN3ZXISJi5hdGhlbmEubWVtb3J5LnYxLkRlbGl2ZXJBbnN3ZXJSZXF1ZXN0GicuYXRoZW5hLm1lbW9yeS52MS5EZWxpdmVyQW5zd2VyUmVzcG9uc2USbAoRTGlzdENvbnZlcnNhdGlvbnMSKi5hdGhlbmEubWVtb3J5LnYxLkxpc3RDb252ZXJzYXRpb25zUmVxdWVzdBorLmF0aGVuYS5tZW1vcnkudjEuTGlzdENvbnZlcnNhdGlvbnNSZXNwb25zZRJmCg9HZXRDb252ZXJzYXRpb24SKC5hdGhlbmEubWVtb3J5LnYxLkdldENvbnZlcnNhdGlvblJlcXVlc3QaKS5hdGhlbmEubWVtb3J5LnYxLkdldENvbnZlcnNhdGlvblJlc3BvbnNlEm8KEkRlbGV0ZUNvbnZlcnNhdGlvbhIrLmF0aGVuYS5tZW1vcnkudjEuRGVsZXRlQ29udmVyc2F0aW9uUmVxdWVzdBosLmF0aGVuYS5tZW1vcnkudjEuRGVsZXRlQ29udmVyc2F0aW9uUmVzcG9uc2UyqAIKDEFnZW50U2VydmljZRJXCgpTeW5jQWdlbnRzEiMuYXRoZW5hLm1lbW9yeS52MS5TeW5jQWdlbnRzUmVxdWVzdBokLmF0aGVuYS5tZW1vcnkudjEuU3luY0FnZW50c1Jlc3BvbnNlElcKCkxpc3RBZ2VudHMSIy5hdGhlbmEubWVtb3J5LnYxLkxpc3RBZ2VudHNSZXF1ZXN0GiQuYXRoZW5hLm1lbW9yeS52MS5MaXN0QWdlbnRzUmVzcG9uc2USZgoPU2V0QWdlbnRFbmFibGVkEiguYXRoZW5hLm1lbW9yeS52MS5TZXRBZ2VudEVuYWJsZWRSZXF1ZXN0GikuYXRoZW5hLm1lbW9yeS52MS5TZXRBZ2VudEVuYWJsZWRSZXNwb25zZTLOAQoPVXNlckRhdGFTZXJ2aWNlEmUKDkV4cG9ydFVzZXJEYXRhEicuYXRoZW5hLm1lbW9yeS52MS5FeHBvcnRVc2VyRGF0YVJlcXVlc3QaKC5hdGhlbmEubWVtb3J5LnYxLkV4cG9ydFVzZXJEYXRhUmVzcG9uc2UwARJUCglQdXJnZVVzZXISIi5hdGhlbmEubWVtb3J5LnYxLlB1cmdlVXNlclJlcXVlc3QaIy5hdGhlbmEubWVtb3J5LnYxLlB1cmdlVXNlclJlc3BvbnNlYgZwcm90bzM", [file_athena_account_v1_account, file_athena_chat_v1_chat, file_buf_validate_validate, file_google_protobuf_duration]);
 
 /**
  * An agent definition of the catalog.
@@ -471,6 +471,84 @@ export const GetMemoryHistoryResponseSchema: GenMessage<GetMemoryHistoryResponse
   messageDesc(file_athena_memory_v1_memory, 12);
 
 /**
+ * Request of GetMemorySettings.
+ *
+ * @generated from message athena.memory.v1.GetMemorySettingsRequest
+ */
+export type GetMemorySettingsRequest = Message<"athena.memory.v1.GetMemorySettingsRequest"> & {
+};
+
+/**
+ * Describes the message athena.memory.v1.GetMemorySettingsRequest.
+ * Use `create(GetMemorySettingsRequestSchema)` to create a new message.
+ */
+export const GetMemorySettingsRequestSchema: GenMessage<GetMemorySettingsRequest> = /*@__PURE__*/
+  messageDesc(file_athena_memory_v1_memory, 13);
+
+/**
+ * Response of GetMemorySettings.
+ *
+ * @generated from message athena.memory.v1.GetMemorySettingsResponse
+ */
+export type GetMemorySettingsResponse = Message<"athena.memory.v1.GetMemorySettingsResponse"> & {
+  /**
+   * The caller's settings.
+   *
+   * @generated from field: athena.account.v1.MemorySettings settings = 1;
+   */
+  settings?: MemorySettings | undefined;
+};
+
+/**
+ * Describes the message athena.memory.v1.GetMemorySettingsResponse.
+ * Use `create(GetMemorySettingsResponseSchema)` to create a new message.
+ */
+export const GetMemorySettingsResponseSchema: GenMessage<GetMemorySettingsResponse> = /*@__PURE__*/
+  messageDesc(file_athena_memory_v1_memory, 14);
+
+/**
+ * Request of SetMemorySettings.
+ *
+ * @generated from message athena.memory.v1.SetMemorySettingsRequest
+ */
+export type SetMemorySettingsRequest = Message<"athena.memory.v1.SetMemorySettingsRequest"> & {
+  /**
+   * The settings to keep.
+   *
+   * @generated from field: athena.account.v1.MemorySettings settings = 1;
+   */
+  settings?: MemorySettings | undefined;
+};
+
+/**
+ * Describes the message athena.memory.v1.SetMemorySettingsRequest.
+ * Use `create(SetMemorySettingsRequestSchema)` to create a new message.
+ */
+export const SetMemorySettingsRequestSchema: GenMessage<SetMemorySettingsRequest> = /*@__PURE__*/
+  messageDesc(file_athena_memory_v1_memory, 15);
+
+/**
+ * Response of SetMemorySettings.
+ *
+ * @generated from message athena.memory.v1.SetMemorySettingsResponse
+ */
+export type SetMemorySettingsResponse = Message<"athena.memory.v1.SetMemorySettingsResponse"> & {
+  /**
+   * The settings as stored.
+   *
+   * @generated from field: athena.account.v1.MemorySettings settings = 1;
+   */
+  settings?: MemorySettings | undefined;
+};
+
+/**
+ * Describes the message athena.memory.v1.SetMemorySettingsResponse.
+ * Use `create(SetMemorySettingsResponseSchema)` to create a new message.
+ */
+export const SetMemorySettingsResponseSchema: GenMessage<SetMemorySettingsResponse> = /*@__PURE__*/
+  messageDesc(file_athena_memory_v1_memory, 16);
+
+/**
  * A job on the memory service's fact-extraction stream (Redis, `athena:memory:facts`): the answer of a
  * completed turn was stored, so the durable facts its user message stated are extracted and reconciled
  * in the background. Carries ids only: the words stay sealed in PostgreSQL.
@@ -519,7 +597,7 @@ export type FactExtractionJob = Message<"athena.memory.v1.FactExtractionJob"> & 
  * Use `create(FactExtractionJobSchema)` to create a new message.
  */
 export const FactExtractionJobSchema: GenMessage<FactExtractionJob> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 13);
+  messageDesc(file_athena_memory_v1_memory, 17);
 
 /**
  * @generated from message athena.memory.v1.ListMemoriesResponse
@@ -545,7 +623,7 @@ export type ListMemoriesResponse = Message<"athena.memory.v1.ListMemoriesRespons
  * Use `create(ListMemoriesResponseSchema)` to create a new message.
  */
 export const ListMemoriesResponseSchema: GenMessage<ListMemoriesResponse> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 14);
+  messageDesc(file_athena_memory_v1_memory, 18);
 
 /**
  * Request of PutEphemeral.
@@ -587,7 +665,7 @@ export type PutEphemeralRequest = Message<"athena.memory.v1.PutEphemeralRequest"
  * Use `create(PutEphemeralRequestSchema)` to create a new message.
  */
 export const PutEphemeralRequestSchema: GenMessage<PutEphemeralRequest> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 15);
+  messageDesc(file_athena_memory_v1_memory, 19);
 
 /**
  * Response of PutEphemeral.
@@ -602,7 +680,7 @@ export type PutEphemeralResponse = Message<"athena.memory.v1.PutEphemeralRespons
  * Use `create(PutEphemeralResponseSchema)` to create a new message.
  */
 export const PutEphemeralResponseSchema: GenMessage<PutEphemeralResponse> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 16);
+  messageDesc(file_athena_memory_v1_memory, 20);
 
 /**
  * Request of ForgetEphemeral.
@@ -630,7 +708,7 @@ export type ForgetEphemeralRequest = Message<"athena.memory.v1.ForgetEphemeralRe
  * Use `create(ForgetEphemeralRequestSchema)` to create a new message.
  */
 export const ForgetEphemeralRequestSchema: GenMessage<ForgetEphemeralRequest> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 17);
+  messageDesc(file_athena_memory_v1_memory, 21);
 
 /**
  * Response of ForgetEphemeral.
@@ -651,7 +729,7 @@ export type ForgetEphemeralResponse = Message<"athena.memory.v1.ForgetEphemeralR
  * Use `create(ForgetEphemeralResponseSchema)` to create a new message.
  */
 export const ForgetEphemeralResponseSchema: GenMessage<ForgetEphemeralResponse> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 18);
+  messageDesc(file_athena_memory_v1_memory, 22);
 
 /**
  * Request of GetEphemeral.
@@ -679,7 +757,7 @@ export type GetEphemeralRequest = Message<"athena.memory.v1.GetEphemeralRequest"
  * Use `create(GetEphemeralRequestSchema)` to create a new message.
  */
 export const GetEphemeralRequestSchema: GenMessage<GetEphemeralRequest> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 19);
+  messageDesc(file_athena_memory_v1_memory, 23);
 
 /**
  * Response of GetEphemeral.
@@ -707,7 +785,7 @@ export type GetEphemeralResponse = Message<"athena.memory.v1.GetEphemeralRespons
  * Use `create(GetEphemeralResponseSchema)` to create a new message.
  */
 export const GetEphemeralResponseSchema: GenMessage<GetEphemeralResponse> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 20);
+  messageDesc(file_athena_memory_v1_memory, 24);
 
 /**
  * Request of StartTurn.
@@ -752,7 +830,7 @@ export type StartTurnRequest = Message<"athena.memory.v1.StartTurnRequest"> & {
  * Use `create(StartTurnRequestSchema)` to create a new message.
  */
 export const StartTurnRequestSchema: GenMessage<StartTurnRequest> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 21);
+  messageDesc(file_athena_memory_v1_memory, 25);
 
 /**
  * The recall StartTurn makes for a turn.
@@ -773,7 +851,7 @@ export type TurnRecall = Message<"athena.memory.v1.TurnRecall"> & {
  * Use `create(TurnRecallSchema)` to create a new message.
  */
 export const TurnRecallSchema: GenMessage<TurnRecall> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 22);
+  messageDesc(file_athena_memory_v1_memory, 26);
 
 /**
  * Response of StartTurn.
@@ -859,7 +937,7 @@ export type StartTurnResponse = Message<"athena.memory.v1.StartTurnResponse"> & 
  * Use `create(StartTurnResponseSchema)` to create a new message.
  */
 export const StartTurnResponseSchema: GenMessage<StartTurnResponse> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 23);
+  messageDesc(file_athena_memory_v1_memory, 27);
 
 /**
  * Request of RenewTurn.
@@ -887,7 +965,7 @@ export type RenewTurnRequest = Message<"athena.memory.v1.RenewTurnRequest"> & {
  * Use `create(RenewTurnRequestSchema)` to create a new message.
  */
 export const RenewTurnRequestSchema: GenMessage<RenewTurnRequest> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 24);
+  messageDesc(file_athena_memory_v1_memory, 28);
 
 /**
  * Response of RenewTurn.
@@ -902,7 +980,7 @@ export type RenewTurnResponse = Message<"athena.memory.v1.RenewTurnResponse"> & 
  * Use `create(RenewTurnResponseSchema)` to create a new message.
  */
 export const RenewTurnResponseSchema: GenMessage<RenewTurnResponse> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 25);
+  messageDesc(file_athena_memory_v1_memory, 29);
 
 /**
  * Request of DeliverAnswer.
@@ -930,7 +1008,7 @@ export type DeliverAnswerRequest = Message<"athena.memory.v1.DeliverAnswerReques
  * Use `create(DeliverAnswerRequestSchema)` to create a new message.
  */
 export const DeliverAnswerRequestSchema: GenMessage<DeliverAnswerRequest> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 26);
+  messageDesc(file_athena_memory_v1_memory, 30);
 
 /**
  * Response of DeliverAnswer.
@@ -945,7 +1023,7 @@ export type DeliverAnswerResponse = Message<"athena.memory.v1.DeliverAnswerRespo
  * Use `create(DeliverAnswerResponseSchema)` to create a new message.
  */
 export const DeliverAnswerResponseSchema: GenMessage<DeliverAnswerResponse> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 27);
+  messageDesc(file_athena_memory_v1_memory, 31);
 
 /**
  * Request of AppendAssistantMessage.
@@ -973,7 +1051,7 @@ export type AppendAssistantMessageRequest = Message<"athena.memory.v1.AppendAssi
  * Use `create(AppendAssistantMessageRequestSchema)` to create a new message.
  */
 export const AppendAssistantMessageRequestSchema: GenMessage<AppendAssistantMessageRequest> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 28);
+  messageDesc(file_athena_memory_v1_memory, 32);
 
 /**
  * Response of AppendAssistantMessage.
@@ -994,7 +1072,7 @@ export type AppendAssistantMessageResponse = Message<"athena.memory.v1.AppendAss
  * Use `create(AppendAssistantMessageResponseSchema)` to create a new message.
  */
 export const AppendAssistantMessageResponseSchema: GenMessage<AppendAssistantMessageResponse> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 29);
+  messageDesc(file_athena_memory_v1_memory, 33);
 
 /**
  * Request of ListConversations.
@@ -1022,7 +1100,7 @@ export type ListConversationsRequest = Message<"athena.memory.v1.ListConversatio
  * Use `create(ListConversationsRequestSchema)` to create a new message.
  */
 export const ListConversationsRequestSchema: GenMessage<ListConversationsRequest> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 30);
+  messageDesc(file_athena_memory_v1_memory, 34);
 
 /**
  * Response of ListConversations.
@@ -1050,7 +1128,7 @@ export type ListConversationsResponse = Message<"athena.memory.v1.ListConversati
  * Use `create(ListConversationsResponseSchema)` to create a new message.
  */
 export const ListConversationsResponseSchema: GenMessage<ListConversationsResponse> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 31);
+  messageDesc(file_athena_memory_v1_memory, 35);
 
 /**
  * Request of GetConversation.
@@ -1078,7 +1156,7 @@ export type GetConversationRequest = Message<"athena.memory.v1.GetConversationRe
  * Use `create(GetConversationRequestSchema)` to create a new message.
  */
 export const GetConversationRequestSchema: GenMessage<GetConversationRequest> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 32);
+  messageDesc(file_athena_memory_v1_memory, 36);
 
 /**
  * Response of GetConversation.
@@ -1099,7 +1177,7 @@ export type GetConversationResponse = Message<"athena.memory.v1.GetConversationR
  * Use `create(GetConversationResponseSchema)` to create a new message.
  */
 export const GetConversationResponseSchema: GenMessage<GetConversationResponse> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 33);
+  messageDesc(file_athena_memory_v1_memory, 37);
 
 /**
  * Request of DeleteConversation.
@@ -1120,7 +1198,7 @@ export type DeleteConversationRequest = Message<"athena.memory.v1.DeleteConversa
  * Use `create(DeleteConversationRequestSchema)` to create a new message.
  */
 export const DeleteConversationRequestSchema: GenMessage<DeleteConversationRequest> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 34);
+  messageDesc(file_athena_memory_v1_memory, 38);
 
 /**
  * Response of DeleteConversation.
@@ -1135,7 +1213,7 @@ export type DeleteConversationResponse = Message<"athena.memory.v1.DeleteConvers
  * Use `create(DeleteConversationResponseSchema)` to create a new message.
  */
 export const DeleteConversationResponseSchema: GenMessage<DeleteConversationResponse> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 35);
+  messageDesc(file_athena_memory_v1_memory, 39);
 
 /**
  * Request of SyncAgents.
@@ -1156,7 +1234,7 @@ export type SyncAgentsRequest = Message<"athena.memory.v1.SyncAgentsRequest"> & 
  * Use `create(SyncAgentsRequestSchema)` to create a new message.
  */
 export const SyncAgentsRequestSchema: GenMessage<SyncAgentsRequest> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 36);
+  messageDesc(file_athena_memory_v1_memory, 40);
 
 /**
  * Response of SyncAgents.
@@ -1171,7 +1249,7 @@ export type SyncAgentsResponse = Message<"athena.memory.v1.SyncAgentsResponse"> 
  * Use `create(SyncAgentsResponseSchema)` to create a new message.
  */
 export const SyncAgentsResponseSchema: GenMessage<SyncAgentsResponse> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 37);
+  messageDesc(file_athena_memory_v1_memory, 41);
 
 /**
  * Request of ListAgents.
@@ -1186,7 +1264,7 @@ export type ListAgentsRequest = Message<"athena.memory.v1.ListAgentsRequest"> & 
  * Use `create(ListAgentsRequestSchema)` to create a new message.
  */
 export const ListAgentsRequestSchema: GenMessage<ListAgentsRequest> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 38);
+  messageDesc(file_athena_memory_v1_memory, 42);
 
 /**
  * Response of ListAgents.
@@ -1207,7 +1285,7 @@ export type ListAgentsResponse = Message<"athena.memory.v1.ListAgentsResponse"> 
  * Use `create(ListAgentsResponseSchema)` to create a new message.
  */
 export const ListAgentsResponseSchema: GenMessage<ListAgentsResponse> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 39);
+  messageDesc(file_athena_memory_v1_memory, 43);
 
 /**
  * Request of SetAgentEnabled.
@@ -1235,7 +1313,7 @@ export type SetAgentEnabledRequest = Message<"athena.memory.v1.SetAgentEnabledRe
  * Use `create(SetAgentEnabledRequestSchema)` to create a new message.
  */
 export const SetAgentEnabledRequestSchema: GenMessage<SetAgentEnabledRequest> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 40);
+  messageDesc(file_athena_memory_v1_memory, 44);
 
 /**
  * Response of SetAgentEnabled.
@@ -1256,7 +1334,7 @@ export type SetAgentEnabledResponse = Message<"athena.memory.v1.SetAgentEnabledR
  * Use `create(SetAgentEnabledResponseSchema)` to create a new message.
  */
 export const SetAgentEnabledResponseSchema: GenMessage<SetAgentEnabledResponse> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 41);
+  messageDesc(file_athena_memory_v1_memory, 45);
 
 /**
  * Request of ExportUserData.
@@ -1271,7 +1349,7 @@ export type ExportUserDataRequest = Message<"athena.memory.v1.ExportUserDataRequ
  * Use `create(ExportUserDataRequestSchema)` to create a new message.
  */
 export const ExportUserDataRequestSchema: GenMessage<ExportUserDataRequest> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 42);
+  messageDesc(file_athena_memory_v1_memory, 46);
 
 /**
  * One record of the export.
@@ -1316,7 +1394,7 @@ export type ExportUserDataResponse = Message<"athena.memory.v1.ExportUserDataRes
  * Use `create(ExportUserDataResponseSchema)` to create a new message.
  */
 export const ExportUserDataResponseSchema: GenMessage<ExportUserDataResponse> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 43);
+  messageDesc(file_athena_memory_v1_memory, 47);
 
 /**
  * Request of PurgeUser.
@@ -1331,7 +1409,7 @@ export type PurgeUserRequest = Message<"athena.memory.v1.PurgeUserRequest"> & {
  * Use `create(PurgeUserRequestSchema)` to create a new message.
  */
 export const PurgeUserRequestSchema: GenMessage<PurgeUserRequest> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 44);
+  messageDesc(file_athena_memory_v1_memory, 48);
 
 /**
  * Response of PurgeUser.
@@ -1367,7 +1445,7 @@ export type PurgeUserResponse = Message<"athena.memory.v1.PurgeUserResponse"> & 
  * Use `create(PurgeUserResponseSchema)` to create a new message.
  */
 export const PurgeUserResponseSchema: GenMessage<PurgeUserResponse> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 45);
+  messageDesc(file_athena_memory_v1_memory, 49);
 
 /**
  * Which retrieval stage found a memory.
@@ -1513,6 +1591,26 @@ export const MemoryService: GenService<{
     methodKind: "unary";
     input: typeof GetMemoryHistoryRequestSchema;
     output: typeof GetMemoryHistoryResponseSchema;
+  },
+  /**
+   * The caller's memory settings (whether facts are learnt from their turns).
+   *
+   * @generated from rpc athena.memory.v1.MemoryService.GetMemorySettings
+   */
+  getMemorySettings: {
+    methodKind: "unary";
+    input: typeof GetMemorySettingsRequestSchema;
+    output: typeof GetMemorySettingsResponseSchema;
+  },
+  /**
+   * Stores the caller's memory settings.
+   *
+   * @generated from rpc athena.memory.v1.MemoryService.SetMemorySettings
+   */
+  setMemorySettings: {
+    methodKind: "unary";
+    input: typeof SetMemorySettingsRequestSchema;
+    output: typeof SetMemorySettingsResponseSchema;
   },
   /**
    * Stores a short-lived value (calendar free/busy, wearable stats) with a time to live.
