@@ -246,6 +246,7 @@ class Stack:
         else:
             env["OPENAI_API_KEY"] = self.config.openai_api_key or ""
             env.setdefault("MEMORY_EMBEDDING_MODEL", "text-embedding-3-small")
+            env.setdefault("MEMORY_EXTRACTION_MODEL", "gpt-4o-mini")  # fact extraction (structured output)
             if self.config.openai_base_url:
                 env["OPENAI_BASE_URL"] = self.config.openai_base_url
         return env

@@ -1,6 +1,8 @@
 """Recall as SPEC §3 defines it, over any `MemoryStore` and `Embedder`.
 
-1. Candidates: the caller's user-global memories plus the calling agent's own (the store filters).
+1. Candidates: the caller's user-global memories plus the calling agent's own (the store filters): their
+   current versions, or, when the query asks about the past (`memory.timeframe`: "what was my goal in
+   March?", "what did it use to be?"), every version valid at some moment of that period.
 2. Vector stage: nearest neighbours by cosine; keep similarity ≥ the model's threshold.
 3. Score = (1 − w)·similarity + w·recency; top k.
 4. Nothing passed: full-text search, ranked with the same blend (normalised text rank as similarity).
@@ -22,6 +24,7 @@ from memory.domain import MemoryRecord, RecallHit, Stage
 from memory.embeddings import Embedder
 from memory.ranking import RankingPolicy, candidate_count
 from memory.stores import MemoryStore
+from memory.timeframe import timeframe
 from mesh.metrics import exemplar
 
 RECALL_SECONDS = Histogram(
@@ -76,15 +79,20 @@ class Recaller:
         if embedding is None:
             (embedding,) = await self._embedder.embed([query.text])
             _EMBED.observe(time.perf_counter() - started, exemplar())
+        now = now or datetime.now(UTC)
         searching = time.perf_counter()
         # Both stages' candidates in one round trip: the keyword stage is needed exactly when no vector
         # candidate passes, which only ranking them tells.
         found = await self._store.candidates(
-            user_id, query.agent_id, embedding, query.text, candidate_count(query.k)
+            user_id,
+            query.agent_id,
+            embedding,
+            query.text,
+            candidate_count(query.k),
+            timeframe=timeframe(query.text, now),
         )
         ranking = time.perf_counter()
         _SEARCH.observe(ranking - searching, exemplar())
-        now = now or datetime.now(UTC)
         hits = rank(found.nearest, self._policy, Stage.VECTOR, query.k, now)
         if not hits:
             hits = rank(found.keyword, self._policy, Stage.KEYWORD, query.k, now)
