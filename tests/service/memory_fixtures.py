@@ -23,6 +23,7 @@ from doubles.embedder import HashingEmbedder
 from devstack.postgres import EmbeddedPostgres
 from devstack.valkey import EmbeddedValkey
 from memory.app import MEMORY, MemoryDeps
+from memory.extraction import FactExtractor
 from memory.migrate import apply_migrations
 from memory.settings import MemorySettings
 from mesh.app import RunningService
@@ -95,10 +96,13 @@ async def start_memory(
     tmp_path: Path,
     database_url: str,
     redis_url: str,
+    *,
+    extractor: FactExtractor | None = None,
     **overrides: Any,
 ) -> MemoryHarness:
     """The memory service built like `python -m memory` (migrations included), with the hashing embedder."""
     overrides.setdefault("ATHENA_SERVICE_KEY", SERVICE_KEY)
+    overrides.setdefault("extraction_enabled", False)  # tests of fact learning turn it on
     settings = MemorySettings(
         **service_settings(
             tmp_path,
@@ -109,7 +113,7 @@ async def start_memory(
         )
     )
     embedder = HashingEmbedder(DIMENSION)
-    deps = MemoryDeps(verifier=verifier, embedder=embedder, kms=local_kms(tmp_path))
+    deps = MemoryDeps(verifier=verifier, embedder=embedder, kms=local_kms(tmp_path), extractor=extractor)
     service = await start_service(MEMORY, settings, deps)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{service.port}")
     service.deps.on_close(lambda: channel.close(None))
