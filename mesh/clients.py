@@ -16,7 +16,6 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from typing import Any, TypeVar, cast
 
 import grpc
-from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
 from mesh.context import current_call, principal, time_remaining
 from mesh.errors import (
@@ -29,7 +28,7 @@ from mesh.errors import (
     Unavailable,
 )
 from mesh.interceptors import DELIBERATE, SERVICE_KEY_HEADER
-from mesh.telemetry import tracing_on
+from mesh.telemetry import outgoing_trace_context, tracing_on
 
 Response = TypeVar("Response")
 
@@ -62,6 +61,27 @@ class _CallsInFlight(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type
             return call
 
 
+class _TraceContext(
+    grpc.aio.UnaryUnaryClientInterceptor,  # type: ignore[type-arg]
+    grpc.aio.UnaryStreamClientInterceptor,  # type: ignore[type-arg]
+):
+    """Adds the current span's `traceparent` to every call of a channel (installed only while tracing):
+    the peer's SERVER span is its child (see `mesh.telemetry`)."""
+
+    @staticmethod
+    def _details(details: Any) -> Any:
+        context = outgoing_trace_context()
+        if not context:
+            return details
+        return details._replace(metadata=grpc.aio.Metadata(*(details.metadata or ()), *context))
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._details(details), request)
+
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._details(details), request)
+
+
 def channel(
     target: str, *, keepalive_seconds: float = 30.0, max_calls_in_flight: int = MAX_CALLS_IN_FLIGHT
 ) -> grpc.aio.Channel:
@@ -86,7 +106,7 @@ def channel(
     ]
     interceptors: list[Any] = [_CallsInFlight(max_calls_in_flight)]
     if tracing_on():
-        interceptors += aio_client_interceptors()  # type: ignore[no-untyped-call]
+        interceptors.append(_TraceContext())
     return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
 
 

@@ -7,7 +7,7 @@
 5. `AuthInterceptor`: verifies the bearer token and records the principal (except on public methods).
 6. `mesh.validation.ValidationInterceptor`: checks the request against the contract's field rules.
 
-OpenTelemetry's own gRPC interceptor runs outside all of them (see `mesh.telemetry`).
+While tracing (`mesh.telemetry`), `TracingInterceptor` runs outside all of them: one SERVER span per call.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from prometheus_client import Counter, Histogram
 
 from mesh.context import CallInfo, current_call
 from mesh.errors import AthenaError, Unauthenticated
+from mesh.telemetry import ServerSpan, server_span
 from mesh.tokens import TokenVerifier
 
 log = logging.getLogger("athena.access")
@@ -123,6 +124,65 @@ def metadata_value(context: grpc.aio.ServicerContext[Any, Any], key: str) -> str
         if name == key:
             return value.decode() if isinstance(value, bytes) else value
     return None
+
+
+class TracingInterceptor(ServerInterceptor):
+    """A SERVER span around each call but `untraced` ones, child of the caller's `traceparent` metadata and
+    current while the handler runs (its queries, Redis commands and peer calls hang from it), named
+    `/<service>/<method>` with the OpenTelemetry RPC attributes and the status code it ended with.
+
+    Installed only while tracing; what it does per call is one span (no per-message work on streams): the
+    OpenTelemetry gRPC instrumentation's interceptors cost 0.2-0.45 ms a hop in its wrappers alone."""
+
+    def __init__(self, untraced: Callable[[str], bool]) -> None:
+        self._untraced = untraced
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> Handler:
+        method = handler_call_details.method
+        handler = await continuation(handler_call_details)
+        if handler is None or self._untraced(method):
+            return handler
+        carrier = {
+            key: value if isinstance(value, str) else value.decode()
+            for key, value in handler_call_details.invocation_metadata or ()
+            if key in ("traceparent", "tracestate")
+        }
+        return rewrap(handler, lambda behaviour: _traced_call(behaviour, method, carrier))
+
+
+def _traced_call(behaviour: Behaviour, method: str, carrier: dict[str, str]) -> Behaviour:
+    if inspect.isasyncgenfunction(behaviour):
+
+        async def streaming(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+            with server_span(method, carrier) as span:
+                try:
+                    async for response in behaviour(request, context):
+                        yield response
+                except BaseException as error:
+                    _ended(span, _status_of(context, error))
+                    raise
+                _ended(span, "OK")
+
+        return streaming
+
+    async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        with server_span(method, carrier) as span:
+            try:
+                response = await behaviour(request, context)
+            except BaseException as error:
+                _ended(span, _status_of(context, error))
+                raise
+            _ended(span, "OK")
+            return response
+
+    return unary
+
+
+def _ended(span: ServerSpan, status: str) -> None:
+    code = grpc.StatusCode[status].value[0] if status in grpc.StatusCode.__members__ else 2
+    span.ended_with(status, code)
 
 
 class CallContextInterceptor(ServerInterceptor):

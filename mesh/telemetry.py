@@ -6,9 +6,12 @@ Tracing is off unless `OTEL_EXPORTER_OTLP_ENDPOINT` names a collector (OTLP/gRPC
   `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG` (default `parentbased_always_on`: a trace the caller
   sampled, a `traceparent` with the sampled flag, is kept), `OTEL_SERVICE_NAME` (default `athena-<service>`),
   `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_BSP_*`;
-- gRPC servers and channels trace every call (`mesh.server`, `mesh.clients`), and asyncpg, redis-py and
-  aiohttp's client are instrumented for the whole process: every query, Redis command and HTTP request
-  made while serving a call is a child span of it;
+- every gRPC call a server serves is a SERVER span (`mesh.interceptors.TracingInterceptor`), child of the
+  `traceparent` its caller sent: channels add the current span's to every call they make
+  (`mesh.clients`); there is no CLIENT span per peer call (the caller's span, the model call's or the
+  tool's, is the parent), which keeps a hop at one span. asyncpg, redis-py and aiohttp's client are
+  instrumented for the whole process: every query, Redis command and HTTP request made while serving a
+  call is a child span of it;
 - a client span without a parent (a query of a maintenance loop, a readiness ping, the revocation feed's
   blocking read every half second) is not recorded: traces start where work for someone starts;
 - every JSON log line written inside a span carries `trace_id` and `span_id`.
@@ -190,6 +193,53 @@ def link_from(carrier: Mapping[str, str]) -> list[Link]:
     would otherwise grow with every consumer, redelivery and dead letter."""
     parent = trace.get_current_span(_W3C.extract(carrier, getter=default_getter)).get_span_context()
     return [Link(parent)] if parent.is_valid else []
+
+
+_GRPC_ERRORS = frozenset(
+    {"UNKNOWN", "DEADLINE_EXCEEDED", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS"}
+)
+"""The statuses that make a server span an error (OpenTelemetry's RPC conventions for gRPC servers): the
+others are answers to the caller's request, not failures of the service."""
+
+
+class ServerSpan:
+    """The span of one served call (`server_span`)."""
+
+    __slots__ = ("_span",)
+
+    def __init__(self, span: Span) -> None:
+        self._span = span
+
+    def ended_with(self, status: str, code: int) -> None:
+        """Records the call's final status: its `grpc.StatusCode` name and number."""
+        self._span.set_attribute("rpc.grpc.status_code", code)
+        if status in _GRPC_ERRORS:
+            self._span.set_status(trace.Status(trace.StatusCode.ERROR, status))
+
+
+@contextmanager
+def server_span(method: str, carrier: Mapping[str, str]) -> Iterator[ServerSpan]:
+    """The SERVER span of a gRPC call to `method` ("/package.Service/Method"), current inside the block,
+    child of the `traceparent` in `carrier` (the call's metadata) when there is one."""
+    service, _, name = method.lstrip("/").rpartition("/")
+    parent = _W3C.extract(carrier, getter=default_getter) if carrier else None
+    with trace.get_tracer("athena.mesh").start_as_current_span(
+        method,
+        context=parent,
+        kind=SpanKind.SERVER,
+        attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
+        record_exception=False,
+        set_status_on_exception=False,
+    ) as span:
+        yield ServerSpan(span)
+
+
+def outgoing_trace_context() -> tuple[tuple[str, str], ...]:
+    """The current span's `traceparent` (and `tracestate`) as gRPC metadata for a call made now; none
+    outside a recorded span."""
+    carrier: dict[str, str] = {}
+    _W3C.inject(carrier, setter=default_setter)
+    return tuple(carrier.items())
 
 
 @contextmanager

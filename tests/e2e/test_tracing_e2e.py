@@ -159,7 +159,9 @@ def test_one_chat_turn_is_one_trace_from_the_edge_to_the_database_and_the_model(
     assert by_id[router_list.parent_span_id].service == "athena-edge"
     assert by_id[router_list.parent_span_id].name == "athena.chat.v1.ChatService"
     memory_calls = service_of_server_span("athena-memory")
-    assert {ancestors(s, by_id)[1].service for s in memory_calls} <= {"athena-orchestrator", "athena-router"}
+    # A peer call has no CLIENT span: the caller's own span (its call's, the model's, a tool's) is the parent.
+    assert {by_id[s.parent_span_id].service for s in memory_calls} <= {"athena-orchestrator", "athena-router"}
+    assert not [s for s in spans if s.span.kind == s.span.SPAN_KIND_CLIENT and s.name.startswith("/athena.")]
     assert any(orchestrator_chat in ancestors(s, by_id) for s in memory_calls)
     assert any(router_list in ancestors(s, by_id) for s in memory_calls)
 
