@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from memory.embedding_models import EmbeddingModel
 from mesh.context import time_remaining
 from mesh.errors import FailedPrecondition, Unavailable
 from mesh.model_api import ModelApi, ModelApiError
@@ -25,7 +26,11 @@ Vector = tuple[float, ...]
 
 
 class Embedder(Protocol):
-    """Embeds texts into vectors of `dimension` components."""
+    """Embeds texts into vectors of `dimension` components, all made by `model` (the identity stored with
+    each vector: memory.embedding_models)."""
+
+    @property
+    def model(self) -> EmbeddingModel: ...
 
     @property
     def dimension(self) -> int: ...
@@ -52,6 +57,10 @@ class OpenAIEmbedder:
         self._dimension = dimension
         self._send_dimensions = send_dimensions
         self._timeout = timeout
+
+    @property
+    def model(self) -> EmbeddingModel:
+        return EmbeddingModel(self._model, self._dimension)
 
     @property
     def dimension(self) -> int:
@@ -111,6 +120,10 @@ class BatchingEmbedder:
         self._out = 0
         self._waiting: list[_Waiting] = []
         self._batches: set[asyncio.Task[None]] = set()
+
+    @property
+    def model(self) -> EmbeddingModel:
+        return self._inner.model
 
     @property
     def dimension(self) -> int:

@@ -14,6 +14,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC
 from typing import Any
 
 import grpc
@@ -22,6 +23,7 @@ from athena.memory.v1 import memory_pb2, memory_pb2_grpc
 from google.protobuf.duration_pb2 import Duration
 
 from memory import convert
+from memory.conversation_recall import ConversationQuery, ConversationRecaller
 from memory.domain import (
     ConversationRecord,
     MemoryRecord,
@@ -38,9 +40,10 @@ from memory.domain import (
 from memory.embeddings import Embedder
 from memory.pagination import Cursor, decode_page_token, encode_page_token
 from memory.recall import Recaller, RecallQuery
+from memory.reembed import Reembedder
 from memory.stores import AgentStore, ConversationStore, EphemeralStore, MemoryStore, UserDataStore
 from mesh.context import principal
-from mesh.errors import AthenaError, InvalidArgument, NotFound, Unauthenticated
+from mesh.errors import AthenaError, FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -77,12 +80,15 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         embedder: Embedder,
         ephemeral: EphemeralStore,
         defaults: MemoryDefaults,
+        *,
+        reembedder: Reembedder | None = None,
     ) -> None:
         self._store = store
         self._recaller = recaller
         self._embedder = embedder
         self._ephemeral = ephemeral
         self._defaults = defaults
+        self._reembedder = reembedder
 
     async def Remember(
         self, request: memory_pb2.RememberRequest, context: Context
@@ -167,6 +173,23 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         deleted = await self._ephemeral.forget(request.user_id, list(request.namespaces))
         return memory_pb2.ForgetEphemeralResponse(deleted=deleted)
 
+    async def GetEmbeddingStatus(
+        self, request: memory_pb2.GetEmbeddingStatusRequest, context: Context
+    ) -> memory_pb2.GetEmbeddingStatusResponse:
+        # For no user: admitted by the deployment's service key.
+        if self._reembedder is None:
+            raise FailedPrecondition("this memory service does not embed in the background")
+        progress = await self._reembedder.progress()
+        return memory_pb2.GetEmbeddingStatusResponse(
+            model=progress.model.name,
+            dimension=progress.model.dimension,
+            users_done=progress.users_done,
+            users_total=progress.users_total,
+            embedded=progress.embedded,
+            finished=progress.finished,
+            leased_by=progress.leased_by,
+        )
+
 
 def _seconds(duration: Duration) -> float:
     return duration.ToTimedelta().total_seconds()
@@ -191,11 +214,20 @@ class ConversationServicer(memory_pb2_grpc.ConversationServiceServicer):
         *,
         recall_k: int = 8,
         turn_lease_seconds: float = 30.0,
+        conversation_recaller: ConversationRecaller | None = None,
+        reembedder: Reembedder | None = None,
     ) -> None:
         self._store = store
         self._recaller = recaller
         self._recall_k = recall_k
         self._turn_lease_seconds = turn_lease_seconds
+        self._conversation_recaller = conversation_recaller
+        self._reembedder = reembedder
+
+    def _stored(self, user_id: str, message: MessageRecord) -> None:
+        """A stored message is embedded in the background (conversation recall), off this call's path."""
+        if self._reembedder is not None:
+            self._reembedder.message_stored(user_id, message.id)
 
     async def StartTurn(
         self, request: memory_pb2.StartTurnRequest, context: Context
@@ -211,7 +243,10 @@ class ConversationServicer(memory_pb2_grpc.ConversationServiceServicer):
             lease_seconds=_seconds(request.lease) or self._turn_lease_seconds,
         )
         if not request.HasField("recall"):
-            return convert.turn_start_to_proto(await self._store.start_turn(user_id, turn))
+            start = await self._store.start_turn(user_id, turn)
+            if not start.replayed:
+                self._stored(user_id, start.message)
+            return convert.turn_start_to_proto(start)
         query = RecallQuery(
             text=chat.text.strip()[:RECALL_QUERY_LENGTH],
             agent_id=chat.agent_id,
@@ -224,6 +259,8 @@ class ConversationServicer(memory_pb2_grpc.ConversationServiceServicer):
         except BaseException:
             recall.cancel()
             raise
+        if not start.replayed:
+            self._stored(user_id, start.message)
         hits = await recall
         response = convert.turn_start_to_proto(start)
         if hits is None:
@@ -277,7 +314,9 @@ class ConversationServicer(memory_pb2_grpc.ConversationServiceServicer):
             status=status,
             error=message.error,
         )
-        return await self._store.append_assistant_message(user_id, new)
+        stored = await self._store.append_assistant_message(user_id, new)
+        self._stored(user_id, stored)
+        return stored
 
     async def ListConversations(
         self, request: memory_pb2.ListConversationsRequest, context: Context
@@ -307,6 +346,24 @@ class ConversationServicer(memory_pb2_grpc.ConversationServiceServicer):
         user_id = caller_id()
         await self._store.delete(user_id, request.conversation_id)
         return memory_pb2.DeleteConversationResponse()
+
+    async def RecallConversations(
+        self, request: memory_pb2.RecallConversationsRequest, context: Context
+    ) -> memory_pb2.RecallConversationsResponse:
+        user_id = caller_id()
+        if self._conversation_recaller is None:
+            raise FailedPrecondition("conversation recall is not configured")
+        query = ConversationQuery(
+            text=request.query,
+            k=request.k or self._recall_k,
+            agent_id=request.agent_id or None,
+            since=request.since.ToDatetime(UTC) if request.HasField("since") else None,
+            until=request.until.ToDatetime(UTC) if request.HasField("until") else None,
+        )
+        hits = await self._conversation_recaller.recall(user_id, query)
+        return memory_pb2.RecallConversationsResponse(
+            results=[convert.message_hit_to_proto(hit) for hit in hits]
+        )
 
 
 class AgentServicer(memory_pb2_grpc.AgentServiceServicer):

@@ -1,13 +1,15 @@
 """`HashingEmbedder`: memory's `Embedder` in-process, with the offline model's own algorithm.
 
 Tests are deterministic, need no model server, and exercise the similarity threshold calibrated for the
-offline model (`memory.settings.DEFAULT_SIMILARITY_THRESHOLDS`).
+offline model (`memory.embedding_models.KNOWN_MODELS`). A `name` other than the offline model's makes it
+another model (tests switching models).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from memory.embedding_models import OFFLINE_EMBEDDING_MODEL, EmbeddingModel
 from memory.embeddings import Vector
 from mesh.errors import Unavailable
 from offline_model.embeddings import embed
@@ -22,10 +24,16 @@ class HashingEmbedder:
     """Counts its calls, so tests can tell whether an embedding was computed; `down` makes it fail as an
     unreachable embedding model does."""
 
-    def __init__(self, dimension: int = 384) -> None:
+    def __init__(self, dimension: int = 384, name: str = OFFLINE_EMBEDDING_MODEL) -> None:
         self._dimension = dimension
+        self._name = name
         self.calls = 0
+        self.texts = 0
         self.down = False
+
+    @property
+    def model(self) -> EmbeddingModel:
+        return EmbeddingModel(self._name, self._dimension)
 
     @property
     def dimension(self) -> int:
@@ -33,6 +41,7 @@ class HashingEmbedder:
 
     async def embed(self, texts: Sequence[str]) -> list[Vector]:
         self.calls += 1
+        self.texts += len(texts)
         if self.down:
             raise Unavailable("the embedding model is unavailable")
         return [hashing_embedding(text, self._dimension) for text in texts]

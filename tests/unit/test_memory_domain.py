@@ -22,7 +22,8 @@ from memory.migrate import migration_dimension, render_schema
 from memory.pagination import Cursor, decode_page_token, encode_page_token
 from memory.ranking import RankingPolicy
 from memory.recall import Recaller, RecallQuery
-from memory.settings import DEFAULT_SIMILARITY_THRESHOLDS, OFFLINE_EMBEDDING_MODEL, MemorySettings
+from memory.embedding_models import KNOWN_MODELS, OFFLINE_EMBEDDING_MODEL
+from memory.settings import MemorySettings
 from memory.stores import Candidates
 from mesh.errors import InvalidArgument
 
@@ -171,7 +172,7 @@ def cosine(a: str, b: str) -> float:
 
 def test_offline_threshold_separates_facts_from_unrelated_memories() -> None:
     """The calibration behind the shipped default for the offline (hashing) embedder."""
-    threshold = DEFAULT_SIMILARITY_THRESHOLDS[OFFLINE_EMBEDDING_MODEL]
+    threshold = KNOWN_MODELS[OFFLINE_EMBEDDING_MODEL].threshold
     assert cosine("what is my caloric goal?", "my caloric goal is 2000 kcal") >= threshold
     assert (
         cosine("what are my preferred focus blocks?", "my preferred focus blocks are 90 minutes") >= threshold
@@ -197,11 +198,11 @@ def test_thresholds_follow_the_embedding_model(monkeypatch: pytest.MonkeyPatch) 
     ):
         monkeypatch.delenv(name, raising=False)
     assert MemorySettings().similarity_threshold == 0.55
-    assert MemorySettings(embedding_model="text-embedding-ada-002").similarity_threshold == 0.82
+    ada = MemorySettings(embedding_model="text-embedding-ada-002", embedding_dimension=1536)
+    assert ada.similarity_threshold == 0.82
     assert MemorySettings(embedding_model="text-embedding-3-small").similarity_threshold == 0.45
-    assert MemorySettings(embedding_model="something-else").similarity_threshold == 0.82
     assert MemorySettings().sends_dimensions
-    assert not MemorySettings(embedding_model="text-embedding-ada-002").sends_dimensions
+    assert not ada.sends_dimensions
 
 
 def test_settings_read_the_shared_variables(monkeypatch: pytest.MonkeyPatch) -> None:
