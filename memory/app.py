@@ -207,7 +207,11 @@ async def build(settings: MemorySettings, deps: MemoryDeps) -> Assembly:
         ],
         # PostgreSQL answers within a second; Redis is optional (ephemeral values, other replicas' events).
         readiness=database.ping,
-        background=[follow_notification_events, reembedder.index_messages, reembedder.sweep],
+        background=[
+            follow_notification_events,
+            reembedder.index_messages,
+            *([reembedder.sweep] if settings.reembed_sweep else []),
+        ],
         service_methods=SERVICE_METHODS,
     )
 

@@ -6,7 +6,7 @@ The same rule as memory recall (memory.recall, SPEC §3), over messages instead 
    agent and within [since, until) (the store filters; only the caller's rows exist for it).
 2. Vector stage: nearest by cosine among vectors of the current embedding model; keep similarity ≥ the
    model's threshold. Messages are embedded in the background after they are stored (memory.reembed): one
-   without a current vector yet is found by its words, ranked beside the vector hits.
+   without a current vector yet is found by its words, after the vector hits.
 3. Score = (1 − w)·similarity + w·recency (of the message's time); top k.
 4. Nothing passed: the keyword stage alone (the share of the query's words a message holds).
 
@@ -114,8 +114,7 @@ class ConversationRecaller:
         now = now or datetime.now(UTC)
         hits = rank_messages(found.nearest, self._policy, Stage.VECTOR, query.k, now)
         if hits:
-            if found.unembedded:
-                hits += rank_messages(found.unembedded, self._policy, Stage.KEYWORD, query.k, now)
-                hits.sort(key=lambda hit: (-hit.score, hit.found.message.id))
+            # Messages the vector stage cannot see yet come after its (calibrated) hits, best first.
+            hits += rank_messages(found.unembedded, self._policy, Stage.KEYWORD, query.k, now)
             return hits[: query.k]
         return rank_messages(found.keyword, self._policy, Stage.KEYWORD, query.k, now)

@@ -4,8 +4,8 @@
 2. Vector stage: nearest neighbours by cosine among vectors of the current embedding model (never another
    model's: `memory.embedding_models`); keep similarity ≥ the model's threshold.
 3. Score = (1 − w)·similarity + w·recency; top k. While the model is being changed, memories without a
-   current vector yet can only be found by their words: those matching the query's words are ranked beside
-   the vector hits (stage KEYWORD).
+   current vector yet can only be found by their words: those matching the query's words follow the vector
+   hits (stage KEYWORD).
 4. Nothing passed: full-text search, ranked with the same blend (normalised text rank as similarity).
 """
 
@@ -70,8 +70,7 @@ class Recaller:
         now = now or datetime.now(UTC)
         hits = rank(found.nearest, self._policy, Stage.VECTOR, query.k, now)
         if hits:
-            if found.unembedded:
-                hits += rank(found.unembedded, self._policy, Stage.KEYWORD, query.k, now)
-                hits.sort(key=lambda hit: (-hit.score, hit.memory.id))
+            # Memories the vector stage cannot see yet come after its (calibrated) hits, best first.
+            hits += rank(found.unembedded, self._policy, Stage.KEYWORD, query.k, now)
             return hits[: query.k]
         return rank(found.keyword, self._policy, Stage.KEYWORD, query.k, now)

@@ -65,6 +65,9 @@ class MemorySettings(ServiceSettings):
     default_similarity_threshold: float | None = Field(None, ge=-1.0, le=1.0)
     """Threshold of models neither in `similarity_thresholds` nor in the calibrated table; a model without
     any threshold is refused at start-up."""
+    reembed_sweep: bool = True
+    """Whether this replica works on the re-embedding job (the job is leased: one replica at a time does);
+    false keeps a replica off it, e.g. to spend the embedding API's rate limit on turns."""
     reembed_batch_size: int = Field(64, ge=1, le=2048)
     """Texts embedded (and written) at once by the background re-embedding."""
     reembed_lease_seconds: float = Field(30.0, ge=1, le=3600)

@@ -34,7 +34,7 @@ class Candidates:
     keyword: list[tuple[MemoryRecord, float]]
     unembedded: list[tuple[MemoryRecord, float]] = field(default_factory=list)
     """Those of `keyword` without a vector of the current model (not yet re-embedded): the vector stage
-    cannot see them, so they are ranked beside its hits."""
+    cannot see them, so they follow its hits."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,8 @@ another model (tests switching models).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Iterable, Sequence
 
 from memory.embedding_models import OFFLINE_EMBEDDING_MODEL, EmbeddingModel
 from memory.embeddings import Vector
@@ -45,3 +46,35 @@ class HashingEmbedder:
         if self.down:
             raise Unavailable("the embedding model is unavailable")
         return [hashing_embedding(text, self._dimension) for text in texts]
+
+
+class GatedEmbedder(HashingEmbedder):
+    """A `HashingEmbedder` whose background work can be held mid-way: after `allowed` calls embedding
+    anything but the texts in `free` (recall queries), further calls wait until `release()`."""
+
+    def __init__(
+        self, dimension: int, name: str = OFFLINE_EMBEDDING_MODEL, *, allowed: int, free: Iterable[str] = ()
+    ) -> None:
+        super().__init__(dimension, name)
+        self.allowed = allowed
+        self.free = set(free)
+        self.held = 0
+        """Calls waiting now."""
+        self._released: asyncio.Event | None = None
+
+    def release(self) -> None:
+        self.allowed = 1 << 30
+        if self._released is not None:
+            self._released.set()
+
+    async def embed(self, texts: Sequence[str]) -> list[Vector]:
+        if not set(texts) <= self.free:
+            if self.allowed <= 0:
+                self._released = self._released or asyncio.Event()
+                self.held += 1
+                try:
+                    await self._released.wait()
+                finally:
+                    self.held -= 1
+            self.allowed -= 1
+        return await super().embed(texts)

@@ -18,11 +18,11 @@ from memory.domain import (
     optional_embedding,
     require_json,
 )
+from memory.embedding_models import KNOWN_MODELS, OFFLINE_EMBEDDING_MODEL
 from memory.migrate import migration_dimension, render_schema
 from memory.pagination import Cursor, decode_page_token, encode_page_token
 from memory.ranking import RankingPolicy
 from memory.recall import Recaller, RecallQuery
-from memory.embedding_models import KNOWN_MODELS, OFFLINE_EMBEDDING_MODEL
 from memory.settings import MemorySettings
 from memory.stores import Candidates
 from mesh.errors import InvalidArgument
