@@ -100,7 +100,8 @@ async def test_another_users_identical_messages_are_never_recalled(memory_servic
         results = await recall_by_vector(memory_service, md, DINNER, 1)
         assert {r.conversation_id for r in results} == {own}
         keyword = await recall(memory_service, md, "garlic lentil")
-        assert keyword and {r.conversation_id for r in keyword} == {own}
+        assert keyword
+        assert {r.conversation_id for r in keyword} == {own}
         assert other not in {r.conversation_id for r in keyword}
 
     _, carol = memory_service.user()  # nothing stored at all
@@ -116,7 +117,8 @@ async def test_recall_keeps_to_the_agent_and_time_window_asked_for(memory_servic
     await recall_by_vector(memory_service, md, "lentil soup for dinner", 3)
 
     only_nutrition = await recall(memory_service, md, "lentil soup for dinner", agent_id="nutrition")
-    assert only_nutrition and {r.conversation_id for r in only_nutrition} == {nutrition}
+    assert only_nutrition
+    assert {r.conversation_id for r in only_nutrition} == {nutrition}
 
     now = datetime.now(UTC)
     since_yesterday = await recall(

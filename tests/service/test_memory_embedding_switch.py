@@ -135,7 +135,9 @@ async def test_switching_the_embedding_model_reembeds_without_a_wrong_recall(
     await until(first_user_done, "model B re-embedded the first user and is held at the second")
     progress = await status(b)
     assert (progress.model, progress.dimension) == ("athena-offline-embed", 256)
-    assert progress.users_total == 3 and not progress.finished and progress.embedded == 5
+    assert progress.users_total == 3
+    assert not progress.finished
+    assert progress.embedded == 5
     assert progress.leased_by
     # In between: the first user is recalled by B's vectors, the others by their words; never by a
     # comparison of B's query with A's vectors (which would also fail: 256 against 384 dimensions).
@@ -165,7 +167,8 @@ async def test_switching_the_embedding_model_reembeds_without_a_wrong_recall(
 
     await until(finished, "the re-embedding finished")
     progress = await status(resumed)
-    assert progress.users_done == 3 and progress.users_total == 3
+    assert progress.users_done == 3
+    assert progress.users_total == 3
     assert progress.embedded == 15  # 5 texts a user, each embedded once by the job
     assert await stale_rows(superuser_url, 256) == 0
     for _, md in users:
