@@ -98,9 +98,11 @@ class FakeStore:
         self,
         nearest: Sequence[tuple[MemoryRecord, float]],
         keyword: Sequence[tuple[MemoryRecord, float]] = (),
+        unembedded: Sequence[tuple[MemoryRecord, float]] = (),
     ) -> None:
         self._nearest = list(nearest)
         self._keyword = list(keyword)
+        self._unembedded = list(unembedded)
         self.keyword_queries: list[str] = []
         self.limits: list[int] = []
 
@@ -121,7 +123,7 @@ class FakeStore:
     ) -> Candidates:
         nearest = await self.nearest(user_id, agent_id, embedding, limit)
         keyword = await self.keyword(user_id, agent_id, words, limit) if words is not None else []
-        return Candidates(nearest, keyword)
+        return Candidates(nearest, keyword, self._unembedded[:limit])
 
 
 def recaller(store: FakeStore, threshold: float = 0.55) -> Recaller:
@@ -154,6 +156,23 @@ async def test_keyword_stage_ranks_only_when_no_vector_passes() -> None:
     )
     assert [(h.memory.text, h.stage) for h in hits] == [("b", Stage.KEYWORD)]
     assert store.keyword_queries == ["breakfast oats"]  # the store blinds its words
+
+
+async def test_memories_without_a_current_vector_follow_the_vector_hits_while_re_embedding() -> None:
+    """Mid-way through a model change: what the vector stage can see is ranked by it; memories with no
+    vector of the current model yet are found by their words, after it; k still holds."""
+    store = FakeStore(
+        nearest=[(memory("embedded"), 0.7), (memory("unrelated"), 0.2)],
+        keyword=[(memory("not yet embedded"), 1.0), (memory("embedded"), 0.5)],
+        unembedded=[(memory("not yet embedded"), 1.0)],
+    )
+    hits = await recaller(store).recall("u", RecallQuery(text="q", agent_id="athena", k=8), now=NOW)
+    assert [(h.memory.text, h.stage) for h in hits] == [
+        ("embedded", Stage.VECTOR),
+        ("not yet embedded", Stage.KEYWORD),
+    ]
+    one = await recaller(store).recall("u", RecallQuery(text="q", agent_id="athena", k=1), now=NOW)
+    assert [h.memory.text for h in one] == ["embedded"]
 
 
 async def test_precomputed_embedding_skips_the_model() -> None:
