@@ -143,6 +143,7 @@ async def build(settings: MemorySettings, deps: MemoryDeps) -> Assembly:
     )
     defaults = MemoryDefaults(
         dimension=settings.embedding_dimension,
+        embedding_model=settings.embedding_model,
         recall_k=settings.recall_default_k,
         ephemeral_ttl_seconds=settings.ephemeral_ttl_seconds,
     )

@@ -68,6 +68,8 @@ class MemoryDefaults:
     """Configured values the memory servicer fills in for zeros."""
 
     dimension: int
+    embedding_model: str = ""
+    """The current embedding model's name: a caller's precomputed embedding must be of it."""
     recall_k: int = 8
     ephemeral_ttl_seconds: float = 300.0
 
@@ -102,7 +104,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
             scope=scope,
             agent_id=request.agent_id,
             key=request.key,
-            embedding=optional_embedding(request.embedding, self._defaults.dimension),
+            embedding=self._caller_embedding(request.embedding, request.embedding_model),
         )
         embedding = memory.embedding
         if embedding is None:
@@ -110,18 +112,33 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         record, created = await self._store.upsert(user_id, memory, embedding)
         return memory_pb2.RememberResponse(memory=convert.memory_to_proto(record), created=created)
 
-    def _recall_query(self, text: str, agent_id: str, k: int, embedding: Any = ()) -> RecallQuery:
+    def _caller_embedding(self, values: Any, model: str) -> tuple[float, ...] | None:
+        """A precomputed embedding, accepted only as the current model's (the contract requires its
+        model's name with it): another model's vector would be compared as if it were one."""
+        embedding = optional_embedding(values, self._defaults.dimension)
+        if embedding is not None and model != self._defaults.embedding_model:
+            raise FailedPrecondition(
+                f"embedding_model {model!r} is not the current embedding model "
+                f"{self._defaults.embedding_model!r}; send the text alone"
+            )
+        return embedding
+
+    def _recall_query(
+        self, text: str, agent_id: str, k: int, embedding: Any = (), embedding_model: str = ""
+    ) -> RecallQuery:
         return RecallQuery(
             text=text,
             agent_id=agent_id,
             k=k,
-            embedding=optional_embedding(embedding, self._defaults.dimension),
+            embedding=self._caller_embedding(embedding, embedding_model),
         )
 
     async def Recall(self, request: memory_pb2.RecallRequest, context: Context) -> memory_pb2.RecallResponse:
         user_id = caller_id()
         k = request.k or self._defaults.recall_k
-        query = self._recall_query(request.query, request.agent_id, k, request.embedding)
+        query = self._recall_query(
+            request.query, request.agent_id, k, request.embedding, request.embedding_model
+        )
         hits = await self._recaller.recall(user_id, query)
         return memory_pb2.RecallResponse(results=[convert.hit_to_proto(hit) for hit in hits])
 

@@ -172,6 +172,7 @@ class RememberRequest(_message.Message):
     AGENT_ID_FIELD_NUMBER: _builtins.int
     KEY_FIELD_NUMBER: _builtins.int
     EMBEDDING_FIELD_NUMBER: _builtins.int
+    EMBEDDING_MODEL_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     """What to remember, 1 to 4,000 characters."""
     scope: _account_pb2.MemoryScope.ValueType
@@ -181,6 +182,10 @@ class RememberRequest(_message.Message):
     key: _builtins.str
     """Optional key (letters, digits, "_", "-", "."; at most 64): a memory with the same key and scope replaces
     the older value.
+    """
+    embedding_model: _builtins.str
+    """The embedding model that made `embedding` (required with it). Only the service's current model is
+    accepted (FAILED_PRECONDITION otherwise), so that vectors of two models never mix.
     """
     @_builtins.property
     def embedding(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
@@ -194,10 +199,11 @@ class RememberRequest(_message.Message):
         agent_id: _builtins.str = ...,
         key: _builtins.str = ...,
         embedding: _abc.Iterable[_builtins.float] | None = ...,
+        embedding_model: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "embedding", b"embedding", "key", b"key", "scope", b"scope", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "embedding", b"embedding", "embedding_model", b"embedding_model", "key", b"key", "scope", b"scope", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -241,12 +247,15 @@ class RecallRequest(_message.Message):
     AGENT_ID_FIELD_NUMBER: _builtins.int
     K_FIELD_NUMBER: _builtins.int
     EMBEDDING_FIELD_NUMBER: _builtins.int
+    EMBEDDING_MODEL_FIELD_NUMBER: _builtins.int
     query: _builtins.str
     """The text to recall for, 1 to 4,000 characters."""
     agent_id: _builtins.str
     """The agent recalling; its own memories are candidates besides user-wide ones."""
     k: _builtins.int
     """How many results at most (1 to 50; 0 means the configured default, 8)."""
+    embedding_model: _builtins.str
+    """The embedding model that made `embedding` (required with it); only the current model is accepted."""
     @_builtins.property
     def embedding(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """Optional precomputed embedding of `query`; its length must be the configured dimension."""
@@ -258,10 +267,11 @@ class RecallRequest(_message.Message):
         agent_id: _builtins.str = ...,
         k: _builtins.int = ...,
         embedding: _abc.Iterable[_builtins.float] | None = ...,
+        embedding_model: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "embedding", b"embedding", "k", b"k", "query", b"query"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "embedding", b"embedding", "embedding_model", b"embedding_model", "k", b"k", "query", b"query"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
