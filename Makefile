@@ -5,8 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 WEB := edge/web
 PYTEST_ARGS ?=
+EVAL_ARGS ?=
 
-.PHONY: help install web run test test-fast lint format proto proto-check bench bench-memory bench-chat bench-health chaos check clean
+.PHONY: help install web run test test-fast lint format proto proto-check bench bench-memory bench-chat bench-health eval-memory chaos check clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -31,8 +32,8 @@ $(WEB)/dist/index.html: $(WEB)/node_modules/.installed $(WEB_SOURCES)
 
 web: $(WEB)/dist/index.html ## Type-check and build the browser client (edge/web/dist)
 
-run: install web ## Start the whole mesh on loopback (Ctrl-C stops it)
-	$(BIN)/python -m devstack
+run: install web ## Start the whole mesh on loopback (Ctrl-C stops it); PROMETHEUS=1 adds Prometheus with the SLO rules
+	$(BIN)/python -m devstack $(if $(PROMETHEUS),--prometheus)
 
 test: install web ## Run every test (unit, service, end-to-end)
 	$(BIN)/pytest $(PYTEST_ARGS)
@@ -55,7 +56,7 @@ format: install ## Apply ruff's fixes and formatting
 proto: install ## Regenerate gen/ (Python and TypeScript) from proto/ and third_party/
 	PATH=$(CURDIR)/$(BIN):$$PATH buf generate
 
-bench: bench-memory bench-chat bench-health ## All benchmarks (results in bench/results/)
+bench: bench-memory bench-chat bench-health eval-memory ## All benchmarks (results in bench/results/)
 
 bench-memory: install ## Memory recall latency and recall@10 at 100k and 1M memories
 	$(BIN)/python -m bench.memory
@@ -65,6 +66,9 @@ bench-chat: install ## Streaming cost: overhead to first delta, 1/50/200 paced s
 
 bench-health: install web ## Apple Health import: a 200+ MB export uploaded through the edge, the importer's peak RSS
 	$(BIN)/python -m bench.apple_health
+
+eval-memory: install ## Long-term memory in LongMemEval's five abilities through the public API (offline)
+	$(BIN)/python -m bench.memory_eval $(EVAL_ARGS)
 
 chaos: install ## Kill each service, stop PostgreSQL and Valkey under chat load: recovery and messages lost
 	$(BIN)/python -m bench.chaos

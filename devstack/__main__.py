@@ -32,6 +32,12 @@ def main() -> int:
         help="also start the Google and Microsoft emulators of the tests and connect accounts there "
         "[ATHENA_PROVIDER_EMULATORS=1]",
     )
+    parser.add_argument(
+        "--prometheus",
+        action="store_true",
+        help="also start Debian's Prometheus (apt-get install prometheus) scraping every part, with the SLO "
+        "rules of observability/rules/ loaded [ATHENA_PROMETHEUS=1; port ATHENA_PROMETHEUS_PORT, 9090]",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
 
@@ -45,6 +51,8 @@ def main() -> int:
     config = StackConfig.from_environment(args.data_dir)
     if args.provider_emulators:
         config = dataclasses.replace(config, provider_emulators=True)
+    if args.prometheus:
+        config = dataclasses.replace(config, prometheus=True)
     stack = Stack(config)
     started = time.monotonic()
     try:
@@ -59,6 +67,12 @@ def main() -> int:
                 f"  connections: Google and Microsoft are the emulators on :{ports.google_emulator} "
                 f"and :{ports.microsoft_emulator} (a demo account that always consents)\n"
                 if stack.config.provider_emulators
+                else ""
+            )
+            + (
+                f"  prometheus: {stack.prometheus.url} (SLO rules and alerts: {stack.prometheus.url}/alerts; "
+                "Grafana dashboard: observability/grafana/turn-path.json)\n"
+                if stack.prometheus is not None
                 else ""
             )
             + "  Ctrl-C stops everything.\n",

@@ -30,6 +30,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from devstack.postgres import EmbeddedPostgres
 from devstack.process import ManagedProcess, StartupError, port_open
+from devstack.prometheus import EmbeddedPrometheus, ScrapeTarget
 from devstack.supervisor import Part, RestartPolicy, Supervisor
 from devstack.valkey import EmbeddedValkey
 
@@ -89,6 +90,7 @@ class Ports:
     webhooks_http: int = 9106
     google_emulator: int = 8601
     microsoft_emulator: int = 8602
+    prometheus: int = 9090
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,9 @@ class StackConfig:
     """Start the Google and Microsoft emulators of the tests (tests/emulators) and connect accounts there:
     connections can be tried without real provider credentials."""
     """Additional variables for every service (tests shorten token lifetimes this way)."""
+    prometheus: bool = False
+    """Start Debian's Prometheus too, scraping every part with the SLO rules loaded (`make run PROMETHEUS=1`,
+    `devstack/prometheus.py`)."""
     restart_policy: RestartPolicy = field(default_factory=RestartPolicy)
     """How soon a part that exits unexpectedly is restarted."""
 
@@ -131,7 +136,17 @@ class StackConfig:
             offline_delay_ms=int(os.environ.get("ATHENA_OFFLINE_DELAY_MS", "20")),
             provider_emulators=os.environ.get("ATHENA_PROVIDER_EMULATORS", "").lower()
             in {"1", "true", "yes"},
+            prometheus=os.environ.get("ATHENA_PROMETHEUS", "").lower() in {"1", "true", "yes"},
         )
+
+
+def scrape_targets(ports: Ports) -> list[ScrapeTarget]:
+    """Every part exporting metrics: the services' side ports (`/metrics`) and Envoy's admin port."""
+    services = [
+        ScrapeTarget(name, getattr(ports, f"{name}_http"))
+        for name in ("router", "orchestrator", "memory", "auth", "integrations", "webhooks")
+    ]
+    return [*services, ScrapeTarget("envoy", ports.envoy_admin, "/stats/prometheus")]
 
 
 def grpc_serving(port: int, service: str) -> Callable[[], bool]:
@@ -168,6 +183,7 @@ class Stack:
         self.logs = self.data_dir / "logs"
         self._postgres: EmbeddedPostgres | None = None
         self._valkey: EmbeddedValkey | None = None
+        self.prometheus: EmbeddedPrometheus | None = None
         self._processes: list[ManagedProcess] = []
         self._parts: list[Part] = []
         """Every part with its readiness check, in start order (what the supervisor watches)."""
@@ -230,6 +246,7 @@ class Stack:
         else:
             env["OPENAI_API_KEY"] = self.config.openai_api_key or ""
             env.setdefault("MEMORY_EMBEDDING_MODEL", "text-embedding-3-small")
+            env.setdefault("MEMORY_EXTRACTION_MODEL", "gpt-4o-mini")  # fact extraction (structured output)
             if self.config.openai_base_url:
                 env["OPENAI_BASE_URL"] = self.config.openai_base_url
         return env
@@ -265,7 +282,7 @@ class Stack:
     def part_names(self) -> list[str]:
         """The parts this stack runs, in start order: `postgres`, `valkey` (unless external), `offline-model`
         (without an API key), `provider-emulators` (when asked for), `auth`, `memory`, `orchestrator`,
-        `router`, `integrations`, `webhooks`, `envoy`."""
+        `router`, `integrations`, `webhooks`, `envoy`, `prometheus` (when asked for)."""
         return [part.name for part in self._parts]
 
     def process(self, name: str) -> ManagedProcess:
@@ -355,6 +372,8 @@ class Stack:
             for process, ready in waiting:
                 self._wait(process, ready)
             self._start_envoy()
+            if self.config.prometheus:
+                self._start_prometheus()
         except BaseException:
             self.stop()
             raise
@@ -392,6 +411,19 @@ class Stack:
             ready,
         )
         self._wait(process, ready)
+
+    def _start_prometheus(self) -> None:
+        prometheus = EmbeddedPrometheus(
+            self.config.ports.prometheus,
+            self.data_dir / "prometheus",
+            self.logs / "prometheus.log",
+            scrape_targets(self.config.ports),
+        )
+        prometheus.start()
+        self._processes.append(prometheus.process)
+        self._parts.append(Part("prometheus", prometheus.process, prometheus.ready, prometheus.spawn))
+        self.prometheus = prometheus
+        log.info("prometheus ready")
 
     def stop(self) -> None:
         """Reverse order: the edge first, so no new calls arrive while services drain. The supervisor is

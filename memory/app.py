@@ -5,6 +5,8 @@ with the background embedding of memory.reembed), the four memory servicers, and
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +17,8 @@ from memory.conversation_recall import ConversationRecaller
 from memory.database import Database, init_connection
 from memory.embeddings import BatchingEmbedder, Embedder, OpenAIEmbedder
 from memory.ephemeral import RedisEphemeralStore
+from memory.extraction import FactExtractor, FactJobs, FactLearner
+from memory.facts import FactPolicy
 from memory.keys import UserKeys
 from memory.migrate import SERVICE, apply_migrations, migrate
 from memory.notification_bus import RedisNotificationBus
@@ -43,6 +47,7 @@ from memory.vectors import PostgresEmbeddingModels
 from memory.webpush import VapidKey, WebPushSender, load_vapid_key
 from mesh.app import Assembly, Command, Deps, ServiceApp
 from mesh.envelope import DataKeys
+from mesh.events import EventConsumer
 from mesh.keystore import PostgresDataKeys, rewrap_keys
 from mesh.kms import KeyEncryptionKeys
 from mesh.kms import from_settings as kms_from_settings
@@ -83,6 +88,13 @@ class MemoryDeps(Deps):
     """Wraps the users' data keys; None: the KMS the settings name (`mesh.kms.from_settings`)."""
     push_sender: PushSender | None = None
     """Sends Web Push; None: pywebpush with the VAPID key of the settings (`memory.webpush`), if any."""
+    extractor: FactExtractor | None = None
+    """Asks the chat model which facts a turn stated; None: `settings.extraction_model` at
+    `settings.openai_base_url`."""
+
+
+EXTRACTION_BLOCK_SECONDS = 5.0
+"""How long the extraction consumer's blocking read waits for news (its client's timeout is longer)."""
 
 
 async def build(settings: MemorySettings, deps: MemoryDeps) -> Assembly:
@@ -170,6 +182,42 @@ async def build(settings: MemorySettings, deps: MemoryDeps) -> Assembly:
     async def follow_notification_events() -> None:
         await bus.follow(notifier.received, notifier.hub.resync)
 
+    background = [follow_notification_events, reembedder.index_messages]
+    if settings.reembed_sweep:
+        background.append(reembedder.sweep)
+    fact_jobs = None
+    if settings.extraction_enabled:
+        fact_jobs = FactJobs(
+            deps.redis(settings.redis_url, settings.redis_timeout_seconds), settings.extraction_stream
+        )
+        extractor = deps.extractor or FactExtractor(
+            deps.model_api(settings.openai_base_url, settings.openai_api_key.get_secret_value()),
+            settings.extraction_model,
+            timeout=settings.extraction_timeout_seconds,
+        )
+        learner = FactLearner(
+            memory_store,
+            embedder,
+            extractor,
+            FactPolicy(
+                min_confidence=settings.extraction_min_confidence,
+                duplicate_similarity=settings.extraction_duplicate_similarity,
+            ),
+        )
+        consumer = EventConsumer(
+            deps.redis(settings.redis_url, EXTRACTION_BLOCK_SECONDS * 2),
+            group=settings.extraction_consumer_group,
+            consumer=f"{socket.gethostname()}-{os.getpid()}",
+            handle=learner.handle,
+            message=memory_pb2.FactExtractionJob,
+            max_attempts=settings.extraction_max_attempts,
+            claim_idle_seconds=settings.extraction_retry_seconds,
+            block_seconds=EXTRACTION_BLOCK_SECONDS,
+            stream=settings.extraction_stream,
+            dead_letters=f"{settings.extraction_stream}:dead",
+        )
+        background.append(consumer.run)
+
     return Assembly(
         services=[
             Service(memory_name, memory, memory_pb2_grpc.add_MemoryServiceServicer_to_server),
@@ -180,6 +228,7 @@ async def build(settings: MemorySettings, deps: MemoryDeps) -> Assembly:
                     recaller,
                     recall_k=defaults.recall_k,
                     turn_lease_seconds=settings.turn_lease_seconds,
+                    fact_jobs=fact_jobs,
                     conversation_recaller=conversation_recaller,
                     reembedder=reembedder,
                 ),
@@ -208,11 +257,7 @@ async def build(settings: MemorySettings, deps: MemoryDeps) -> Assembly:
         ],
         # PostgreSQL answers within a second; Redis is optional (ephemeral values, other replicas' events).
         readiness=database.ping,
-        background=[
-            follow_notification_events,
-            reembedder.index_messages,
-            *([reembedder.sweep] if settings.reembed_sweep else []),
-        ],
+        background=background,
         service_methods=SERVICE_METHODS,
     )
 

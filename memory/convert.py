@@ -20,6 +20,7 @@ from memory.domain import (
     RecallHit,
     Role,
     Scope,
+    Source,
     Stage,
     ToolCall,
     TurnStart,
@@ -29,6 +30,10 @@ from memory.domain import (
 
 _SCOPES = {account_pb2.MEMORY_SCOPE_USER: Scope.USER, account_pb2.MEMORY_SCOPE_AGENT: Scope.AGENT}
 _SCOPE_TO_PROTO = {scope: value for value, scope in _SCOPES.items()}
+_SOURCES = {
+    Source.EXPLICIT: account_pb2.MEMORY_SOURCE_EXPLICIT,
+    Source.INFERRED: account_pb2.MEMORY_SOURCE_INFERRED,
+}
 _STAGES = {Stage.VECTOR: memory_pb2.RECALL_STAGE_VECTOR, Stage.KEYWORD: memory_pb2.RECALL_STAGE_KEYWORD}
 _ROLES = {Role.USER: chat_pb2.ROLE_USER, Role.ASSISTANT: chat_pb2.ROLE_ASSISTANT}
 _STATUSES = {
@@ -57,7 +62,7 @@ def status_from_proto(value: int) -> MessageStatus | None:
 
 
 def memory_to_proto(memory: MemoryRecord) -> account_pb2.Memory:
-    return account_pb2.Memory(
+    message = account_pb2.Memory(
         id=memory.id,
         text=memory.text,
         scope=_SCOPE_TO_PROTO[memory.scope],
@@ -65,7 +70,16 @@ def memory_to_proto(memory: MemoryRecord) -> account_pb2.Memory:
         key=memory.key,
         created_at=timestamp(memory.created_at),
         updated_at=timestamp(memory.updated_at),
+        source=_SOURCES[memory.source],
+        valid_from=timestamp(memory.valid_from or memory.created_at),
+        supersedes_id=memory.supersedes_id,
+        conversation_id=memory.conversation_id,
+        message_id=memory.message_id,
+        confidence=memory.confidence,
     )
+    if memory.valid_to is not None:
+        message.valid_to.CopyFrom(timestamp(memory.valid_to))
+    return message
 
 
 def hit_to_proto(hit: RecallHit) -> memory_pb2.RecallResult:

@@ -30,6 +30,15 @@ class Scope(enum.Enum):
     """Only the agent that stored it."""
 
 
+class Source(enum.Enum):
+    """How a memory came to be remembered."""
+
+    EXPLICIT = "explicit"
+    """An agent was asked to remember it (remember/note), or the person wrote or corrected it."""
+    INFERRED = "inferred"
+    """Extracted after a turn from what the person said in passing (`memory.extraction`)."""
+
+
 class Stage(enum.Enum):
     """Which retrieval stage found a memory."""
 
@@ -64,6 +73,21 @@ class MemoryRecord:
     """Empty when the memory has no key."""
     created_at: datetime
     updated_at: datetime
+    source: Source = Source.EXPLICIT
+    valid_from: datetime | None = None
+    """Since when the fact holds (None: since `created_at`)."""
+    valid_to: datetime | None = None
+    """None while current; when a newer version superseded it, or it was invalidated."""
+    supersedes_id: str = ""
+    """The version this one replaced ("" for a first version)."""
+    conversation_id: str = ""
+    message_id: str = ""
+    """The user message that stated it (inferred facts)."""
+    confidence: float = 1.0
+
+    @property
+    def current(self) -> bool:
+        return self.valid_to is None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,24 +1,42 @@
 """Recall as SPEC §3 defines it, over any `MemoryStore` and `Embedder`.
 
-1. Candidates: the caller's user-global memories plus the calling agent's own (the store filters).
+1. Candidates: the caller's user-global memories plus the calling agent's own (the store filters): their
+   current versions, or, when the query asks about the past (`memory.timeframe`: "what was my goal in
+   March?", "what did it use to be?"), every version valid at some moment of that period.
 2. Vector stage: nearest neighbours by cosine among vectors of the current embedding model (never another
    model's: `memory.embedding_models`); keep similarity ≥ the model's threshold.
 3. Score = (1 − w)·similarity + w·recency; top k. While the model is being changed, memories without a
    current vector yet can only be found by their words: those matching the query's words follow the vector
    hits (stage KEYWORD).
 4. Nothing passed: full-text search, ranked with the same blend (normalised text rank as similarity).
+
+`athena_memory_recall_seconds{stage}` times each stage of a recall: `embed` (only when the caller sent
+no embedding), `search` (both stages' candidates, one database round trip) and `rank`.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+
+from prometheus_client import Histogram
 
 from memory.domain import MemoryRecord, RecallHit, Stage
 from memory.embeddings import Embedder
 from memory.ranking import RankingPolicy, candidate_count
 from memory.stores import MemoryStore
+from memory.timeframe import timeframe
+from mesh.metrics import exemplar
+
+RECALL_SECONDS = Histogram(
+    "athena_memory_recall_seconds",
+    "Time each stage of a recall took: embed, search (the candidates' database round trip), rank.",
+    ["stage"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2.5),
+)
+_EMBED, _SEARCH, _RANK = (RECALL_SECONDS.labels(stage) for stage in ("embed", "search", "rank"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,18 +77,31 @@ class Recaller:
         self._policy = policy
 
     async def recall(self, user_id: str, query: RecallQuery, now: datetime | None = None) -> list[RecallHit]:
+        started = time.perf_counter()
         embedding = query.embedding
         if embedding is None:
             (embedding,) = await self._embedder.embed([query.text])
+            _EMBED.observe(time.perf_counter() - started, exemplar())
+        now = now or datetime.now(UTC)
+        searching = time.perf_counter()
         # Both stages' candidates in one round trip: the keyword stage is needed exactly when no vector
         # candidate passes, which only ranking them tells.
         found = await self._store.candidates(
-            user_id, query.agent_id, embedding, query.text, candidate_count(query.k)
+            user_id,
+            query.agent_id,
+            embedding,
+            query.text,
+            candidate_count(query.k),
+            timeframe=timeframe(query.text, now),
         )
-        now = now or datetime.now(UTC)
+        ranking = time.perf_counter()
+        _SEARCH.observe(ranking - searching, exemplar())
         hits = rank(found.nearest, self._policy, Stage.VECTOR, query.k, now)
         if hits:
             # Memories the vector stage cannot see yet come after its (calibrated) hits, best first.
             hits += rank(found.unembedded, self._policy, Stage.KEYWORD, query.k, now)
-            return hits[: query.k]
-        return rank(found.keyword, self._policy, Stage.KEYWORD, query.k, now)
+            hits = hits[: query.k]
+        else:
+            hits = rank(found.keyword, self._policy, Stage.KEYWORD, query.k, now)
+        _RANK.observe(time.perf_counter() - ranking)
+        return hits

@@ -12,10 +12,12 @@ memory texts and keys. The keyword stage searches blind tokens of the memories' 
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import json
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -37,20 +39,26 @@ from memory.domain import (
     NewTurn,
     Role,
     Scope,
+    Source,
     ToolCall,
     TurnStart,
     TurnState,
     UserAgent,
     conversation_title,
 )
+from memory.facts import Action, Decision, FactCandidate, FactPolicy, decide
 from memory.keys import UserKeys
 from memory.pagination import Cursor
-from memory.stores import Candidates, ExportRecord, Purged, Vector
+from memory.stores import Candidates, ExportRecord, Purged, StatedMessage, Vector
+from memory.timeframe import Timeframe
 from memory.vectors import CurrentModel
 from mesh.envelope import Cipher
 from mesh.errors import FailedPrecondition, InvalidArgument, NotFound
 
-_MEMORY_COLUMNS = "id, agent_scope, agent_id, key, text, created_at, updated_at"
+_MEMORY_COLUMNS = (
+    "id, agent_scope, agent_id, key, text, created_at, updated_at, source, valid_from, valid_to, supersedes,"
+    " conversation_id, message_id, confidence"
+)
 _MESSAGE_COLUMNS = "id, role, agent_id, content, tool_call, status, error, created_at"
 _CONVERSATION_COLUMNS = "id, agent_id, title, created_at, updated_at"
 _TURN_COLUMNS = f"{_MESSAGE_COLUMNS}, seq, conv_id, answer_id"
@@ -71,6 +79,13 @@ def _memory(cipher: Cipher, row: asyncpg.Record) -> MemoryRecord:
         key=cipher.open_text("vector_memory", "key", row["id"], key) if key is not None else "",
         created_at=row["created_at"],
         updated_at=row["updated_at"],
+        source=Source(row["source"]),
+        valid_from=row["valid_from"],
+        valid_to=row["valid_to"],
+        supersedes_id=str(row["supersedes"] or ""),
+        conversation_id=str(row["conversation_id"] or ""),
+        message_id=str(row["message_id"] or ""),
+        confidence=float(row["confidence"]),
     )
 
 
@@ -156,7 +171,10 @@ def _vector(values: Vector) -> npt.NDArray[np.float32]:
 class PostgresMemoryStore:
     """Long-term memories in `vector_memory`: vectors of the current model (`current`, with its partial
     HNSW index, memory.vectors) and the blind `words` (GIN). Writes record the current model; the vector
-    stage reads only its vectors."""
+    stage (and the similarity of reconciliation) reads only its vectors.
+
+    Memories have history: a newer version of a keyed fact closes the current one (`valid_to`) and links to
+    it (`supersedes`); only current versions are unique per key and recalled by default."""
 
     def __init__(
         self, database: Database, keys: UserKeys, current: CurrentModel, *, ef_search: int = 100
@@ -179,61 +197,51 @@ class PostgresMemoryStore:
         uid = uuid.UUID(user_id)
         text_token = cipher.text_token(memory.text)
         async with self._db.transaction(user_id) as connection:
-            # The same key (or, keyless, exactly the same text) in the same scope is the same memory (a
-            # retried tool call must not store it twice): it is refreshed, its text sealed again under its
-            # own id.
+            # The same key (or, keyless, exactly the same text) in the same scope is the same memory. The
+            # same text again (a retried tool call) refreshes it; another text under the same key is a new
+            # version: the current one is closed and kept as history.
             if memory.key:
-                found = await connection.fetchval(
-                    """SELECT id FROM vector_memory WHERE user_id = $1 AND agent_scope = $2 AND key_token = $3
+                found = await connection.fetchrow(
+                    """SELECT id, text_token FROM vector_memory
+                       WHERE user_id = $1 AND agent_scope = $2 AND key_token = $3 AND valid_to IS NULL
                        FOR UPDATE""",
                     uid,
                     memory.agent_scope,
                     cipher.key_token(memory.key),
                 )
             else:
-                found = await connection.fetchval(
-                    """SELECT id FROM vector_memory
+                found = await connection.fetchrow(
+                    """SELECT id, text_token FROM vector_memory
                        WHERE user_id = $1 AND agent_scope = $2 AND key_token IS NULL AND text_token = $3
+                             AND valid_to IS NULL
                        ORDER BY created_at LIMIT 1 FOR UPDATE""",
                     uid,
                     memory.agent_scope,
                     text_token,
                 )
-            memory_id = found or uuid.uuid4()
-            text = cipher.seal("vector_memory", "text", memory_id, memory.text)
-            if found is not None:
+            if found is not None and found["text_token"] == text_token:
                 row = await connection.fetchrow(
-                    f"""UPDATE vector_memory SET agent_id = $2, text = $3, text_token = $4, words = $5,
-                            embedding = $6, embedding_model = $7, updated_at = clock_timestamp()
-                        WHERE id = $1 RETURNING {_MEMORY_COLUMNS}, false AS created""",
-                    memory_id,
+                    f"""UPDATE vector_memory SET agent_id = $2, embedding = $3, embedding_model = $4,
+                            source = 'explicit', confidence = 1.0, updated_at = clock_timestamp()
+                        WHERE id = $1 RETURNING {_MEMORY_COLUMNS}""",
+                    found["id"],
                     memory.agent_id,
-                    text,
-                    text_token,
-                    cipher.words(memory.text),
                     _vector(embedding),
                     self._current.id,
                 )
-            else:
-                row = await connection.fetchrow(
-                    f"""INSERT INTO vector_memory (id, user_id, agent_scope, agent_id, key, key_token, text,
-                                                   text_token, words, embedding, embedding_model)
-                        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-                        RETURNING {_MEMORY_COLUMNS}, true AS created""",
-                    memory_id,
-                    uid,
-                    memory.agent_scope,
-                    memory.agent_id,
-                    cipher.seal("vector_memory", "key", memory_id, memory.key) if memory.key else None,
-                    cipher.key_token(memory.key) if memory.key else None,
-                    text,
-                    text_token,
-                    cipher.words(memory.text),
-                    _vector(embedding),
-                    self._current.id,
-                )
-        assert row is not None
-        return _memory(cipher, row), bool(row["created"])
+                assert row is not None
+                return _memory(cipher, row), False
+            supersedes = await _close(connection, found["id"]) if found is not None else None
+            row = await _insert_memory(
+                connection,
+                cipher,
+                uid,
+                memory,
+                embedding,
+                self._current.id,
+                _Provenance(source=Source.EXPLICIT, supersedes=supersedes),
+            )
+        return _memory(cipher, row), found is None
 
     def _scan_settings(self, limit: int) -> dict[str, str]:
         # Iterative index scans (pgvector ≥ 0.8) keep walking the HNSW graph until `limit` rows survive
@@ -247,12 +255,19 @@ class PostgresMemoryStore:
         return (await self.candidates(user_id, agent_id, embedding, None, limit)).nearest
 
     async def candidates(
-        self, user_id: str, agent_id: str, embedding: Vector, text: str | None, limit: int
+        self,
+        user_id: str,
+        agent_id: str,
+        embedding: Vector,
+        text: str | None,
+        limit: int,
+        timeframe: Timeframe | None = None,
     ) -> Candidates:
         cipher = await self._keys.reading(user_id)
         if cipher is None:  # nothing stored yet
             return Candidates(nearest=[], keyword=[])
         tokens = cipher.words(text) if text else []
+        window = (False, None, None) if timeframe is None else (True, timeframe.start, timeframe.end)
         async with self._db.transaction(user_id, settings=self._scan_settings(limit)) as connection:
             # The vector stage reads only vectors of the current model, compared as `vector(N)` (the cast
             # and model id as literals, so the model's partial HNSW index answers). The keyword rank: the
@@ -264,6 +279,7 @@ class PostgresMemoryStore:
                             1.0 - (embedding::{current.cast} <=> $3::{current.cast}) AS similarity
                      FROM vector_memory
                      WHERE user_id = $1 AND agent_scope = ANY($2::text[]) AND embedding_model = {current.id}
+                           AND {_VALID}
                      ORDER BY embedding::{current.cast} <=> $3::{current.cast} LIMIT $4)
                     UNION ALL
                     (SELECT {_MEMORY_COLUMNS}, false AS vector,
@@ -273,13 +289,14 @@ class PostgresMemoryStore:
                             ))::float8 / greatest(cardinality($5::bytea[]), 1) AS similarity
                      FROM vector_memory
                      WHERE cardinality($5::bytea[]) > 0 AND user_id = $1 AND agent_scope = ANY($2::text[])
-                           AND words && $5::bytea[]
+                           AND words && $5::bytea[] AND {_VALID}
                      ORDER BY similarity DESC, updated_at DESC LIMIT $4)""",
                 uuid.UUID(user_id),
                 [USER_SCOPE, agent_id],
                 _vector(embedding),
                 limit,
                 tokens,
+                *window,
             )
         nearest = [(_memory(cipher, row), float(row["similarity"])) for row in rows if row["vector"]]
         keyword = [(_memory(cipher, row), float(row["similarity"])) for row in rows if not row["vector"]]
@@ -291,26 +308,313 @@ class PostgresMemoryStore:
         return Candidates(nearest=nearest, keyword=keyword, unembedded=unembedded)
 
     async def delete(self, user_id: str, memory_ids: Sequence[str]) -> list[str]:
+        """Deletes the memories and the versions they superseded; a keyed one leaves a tombstone (its blind
+        key token and when) so that an old message does not infer it again (`memory.facts.decide`)."""
         if not memory_ids:
             return []
         async with self._db.transaction(user_id) as connection:
             rows = await connection.fetch(
-                "DELETE FROM vector_memory WHERE user_id = $1 AND id = ANY($2::uuid[]) RETURNING id",
+                """WITH RECURSIVE chain AS (
+                       SELECT id, supersedes, true AS asked FROM vector_memory
+                       WHERE user_id = $1 AND id = ANY($2::uuid[])
+                       UNION
+                       SELECT m.id, m.supersedes, false FROM vector_memory AS m
+                       JOIN chain ON m.id = chain.supersedes WHERE m.user_id = $1
+                   ), gone AS (
+                       DELETE FROM vector_memory AS m USING chain WHERE m.id = chain.id
+                       RETURNING m.id, m.agent_scope, m.key_token, chain.asked
+                   ), tombstones AS (
+                       INSERT INTO memory_tombstones (user_id, agent_scope, key_token)
+                       SELECT DISTINCT $1::uuid, agent_scope, key_token FROM gone WHERE key_token IS NOT NULL
+                       ON CONFLICT (user_id, agent_scope, key_token)
+                       DO UPDATE SET forgotten_at = clock_timestamp()
+                   )
+                   SELECT id FROM gone WHERE asked""",
                 uuid.UUID(user_id),
                 [uuid.UUID(i) for i in memory_ids],
             )
         deleted = {str(row["id"]) for row in rows}
         return [i for i in memory_ids if i in deleted]
 
-    async def list(self, user_id: str, limit: int, after: Cursor | None) -> list[MemoryRecord]:
+    async def list(
+        self, user_id: str, limit: int, after: Cursor | None, *, include_history: bool = False
+    ) -> list[MemoryRecord]:
         cipher = await self._keys.reading(user_id)
         if cipher is None:
             return []
         async with self._db.transaction(user_id, readonly=True) as connection:
             rows = await _newest_first(
-                connection, _MEMORY_COLUMNS, "vector_memory", "created_at", user_id, limit, after
+                connection,
+                _MEMORY_COLUMNS,
+                "vector_memory",
+                "created_at",
+                user_id,
+                limit,
+                after,
+                where="" if include_history else "AND valid_to IS NULL",
             )
         return [_memory(cipher, row) for row in rows]
+
+    async def history(self, user_id: str, memory_id: str) -> builtins.list[MemoryRecord]:
+        cipher = await self._keys.reading(user_id)
+        if cipher is None:
+            raise NotFound("memory not found")
+        uid = uuid.UUID(user_id)
+        async with self._db.transaction(user_id, readonly=True) as connection:
+            rows = await connection.fetch(
+                f"""WITH RECURSIVE newer AS (
+                        SELECT id, supersedes FROM vector_memory WHERE user_id = $1 AND id = $2
+                        UNION
+                        SELECT m.id, m.supersedes FROM vector_memory AS m
+                        JOIN newer ON m.supersedes = newer.id WHERE m.user_id = $1
+                    ), older AS (
+                        SELECT id, supersedes FROM vector_memory WHERE user_id = $1 AND id = $2
+                        UNION
+                        SELECT m.id, m.supersedes FROM vector_memory AS m
+                        JOIN older ON m.id = older.supersedes WHERE m.user_id = $1
+                    )
+                    SELECT {_MEMORY_COLUMNS} FROM vector_memory
+                    WHERE user_id = $1 AND id IN (SELECT id FROM newer UNION SELECT id FROM older)
+                    ORDER BY valid_from DESC, created_at DESC, id DESC""",
+                uid,
+                uuid.UUID(memory_id),
+            )
+        if not rows:
+            raise NotFound("memory not found")
+        return [_memory(cipher, row) for row in rows]
+
+    async def correct(self, user_id: str, memory_id: str, text: str, embedding: Vector) -> MemoryRecord:
+        cipher = await self._keys.writing(user_id)
+        uid = uuid.UUID(user_id)
+        async with self._db.transaction(user_id) as connection:
+            row = await connection.fetchrow(
+                f"SELECT {_MEMORY_COLUMNS} FROM vector_memory WHERE user_id = $1 AND id = $2 FOR UPDATE",
+                uid,
+                uuid.UUID(memory_id),
+            )
+            if row is None:
+                raise NotFound("memory not found")
+            old = _memory(cipher, row)
+            if not old.current:
+                raise FailedPrecondition("the memory was superseded; correct its current version")
+            await _close(connection, row["id"])
+            new = NewMemory(text=text, scope=old.scope, agent_id=old.agent_id, key=old.key)
+            inserted = await _insert_memory(
+                connection,
+                cipher,
+                uid,
+                new,
+                embedding,
+                self._current.id,
+                _Provenance(
+                    source=Source.EXPLICIT,
+                    supersedes=row["id"],
+                    conversation_id=row["conversation_id"],
+                    message_id=row["message_id"],
+                ),
+            )
+        return _memory(cipher, inserted)
+
+    async def learns_facts(self, user_id: str) -> bool:
+        async with self._db.transaction(user_id, readonly=True) as connection:
+            learns = await connection.fetchval(
+                "SELECT learns_facts FROM users WHERE id = $1", uuid.UUID(user_id)
+            )
+        return learns is not False  # a user with nothing stored yet has the default: on
+
+    async def set_learns_facts(self, user_id: str, enabled: bool) -> bool:
+        await self._keys.writing(user_id)  # the first write sets the user up
+        async with self._db.transaction(user_id) as connection:
+            learns = await connection.fetchval(
+                "UPDATE users SET learns_facts = $2 WHERE id = $1 RETURNING learns_facts",
+                uuid.UUID(user_id),
+                enabled,
+            )
+        return bool(learns)
+
+    async def stated(self, user_id: str, answer_id: str) -> StatedMessage | None:
+        cipher = await self._keys.reading(user_id)
+        if cipher is None:
+            return None
+        async with self._db.transaction(user_id, readonly=True) as connection:
+            row = await connection.fetchrow(
+                f"""SELECT {_MESSAGE_COLUMNS}, conv_id FROM messages
+                    WHERE user_id = $1 AND answer_id = $2 AND role = 'user'""",
+                uuid.UUID(user_id),
+                uuid.UUID(answer_id),
+            )
+        if row is None:
+            return None
+        return StatedMessage(message=_message(cipher, row), conversation_id=str(row["conv_id"]))
+
+    async def reconcile(
+        self,
+        user_id: str,
+        candidate: FactCandidate,
+        embedding: Vector,
+        origin: StatedMessage,
+        policy: FactPolicy,
+    ) -> Decision:
+        cipher = await self._keys.writing(user_id)
+        try:
+            return await self._reconcile(cipher, user_id, candidate, embedding, origin, policy)
+        except asyncpg.UniqueViolationError:  # a concurrent version of the same key: decide again
+            return await self._reconcile(cipher, user_id, candidate, embedding, origin, policy)
+
+    async def _reconcile(
+        self,
+        cipher: Cipher,
+        user_id: str,
+        candidate: FactCandidate,
+        embedding: Vector,
+        origin: StatedMessage,
+        policy: FactPolicy,
+    ) -> Decision:
+        uid = uuid.UUID(user_id)
+        agent_scope = USER_SCOPE if candidate.scope is Scope.USER else origin.message.agent_id
+        key_token = cipher.key_token(candidate.key)
+        message_id = uuid.UUID(origin.message.id)
+        async with self._db.transaction(user_id, settings=self._scan_settings(1)) as connection:
+            # Extracted from this message before (a redelivered job): its effect is there already.
+            done = await connection.fetchval(
+                """SELECT 1 FROM vector_memory WHERE user_id = $1 AND message_id = $2 AND key_token = $3
+                   AND agent_scope = $4""",
+                uid,
+                message_id,
+                key_token,
+                agent_scope,
+            )
+            if done is not None:
+                return Decision(Action.NOOP, "extracted from this message before")
+            current_row = await connection.fetchrow(
+                f"""SELECT {_MEMORY_COLUMNS} FROM vector_memory
+                    WHERE user_id = $1 AND agent_scope = $2 AND key_token = $3 AND valid_to IS NULL
+                    FOR UPDATE""",
+                uid,
+                agent_scope,
+                key_token,
+            )
+            forgotten_at = await connection.fetchval(
+                """SELECT forgotten_at FROM memory_tombstones
+                   WHERE user_id = $1 AND agent_scope = $2 AND key_token = $3""",
+                uid,
+                agent_scope,
+                key_token,
+            )
+            # Similarity only to vectors of the current model (the candidate's embedding is its).
+            current = self._current
+            nearest = await connection.fetchval(
+                f"""SELECT 1.0 - (embedding::{current.cast} <=> $3::{current.cast}) FROM vector_memory
+                    WHERE user_id = $1 AND agent_scope = $2 AND valid_to IS NULL
+                          AND embedding_model = {current.id}
+                    ORDER BY embedding::{current.cast} <=> $3::{current.cast} LIMIT 1""",
+                uid,
+                agent_scope,
+                _vector(embedding),
+            )
+            decision = decide(
+                candidate,
+                stated_at=origin.message.created_at,
+                current=_memory(cipher, current_row) if current_row is not None else None,
+                similarity=float(nearest) if nearest is not None else None,
+                forgotten_at=forgotten_at,
+                policy=policy,
+            )
+            if decision.closes is not None:  # it held until the person said otherwise
+                await _close(connection, uuid.UUID(decision.closes.id), origin.message.created_at)
+            if decision.action in (Action.ADD, Action.UPDATE):
+                await _insert_memory(
+                    connection,
+                    cipher,
+                    uid,
+                    NewMemory(
+                        text=candidate.text,
+                        scope=candidate.scope,
+                        agent_id=origin.message.agent_id,
+                        key=candidate.key,
+                    ),
+                    embedding,
+                    self._current.id,
+                    _Provenance(
+                        source=Source.INFERRED,
+                        supersedes=uuid.UUID(decision.closes.id) if decision.closes is not None else None,
+                        conversation_id=uuid.UUID(origin.conversation_id),
+                        message_id=message_id,
+                        confidence=candidate.confidence,
+                        valid_from=origin.message.created_at,
+                    ),
+                )
+        return decision
+
+
+_VALID = """(valid_to IS NULL OR $6::bool)
+    AND ($8::timestamptz IS NULL OR valid_from < $8)
+    AND ($7::timestamptz IS NULL OR valid_to IS NULL OR valid_to > $7)"""
+"""Which versions a recall considers: current ones ($6 false), or those valid at some moment of the window
+[$7, $8) (either end may be NULL: open)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Provenance:
+    source: Source
+    supersedes: uuid.UUID | None = None
+    conversation_id: uuid.UUID | None = None
+    message_id: uuid.UUID | None = None
+    confidence: float = 1.0
+    valid_from: datetime | None = None
+    """None: now."""
+
+
+async def _close(connection: Connection, memory_id: uuid.UUID, at: datetime | None = None) -> uuid.UUID:
+    """Closes the current version `memory_id`: valid until `at` (when its successor was stated), or now;
+    answers its id."""
+    await connection.execute(
+        """UPDATE vector_memory SET valid_to = COALESCE($2, clock_timestamp()), updated_at = clock_timestamp()
+           WHERE id = $1""",
+        memory_id,
+        at,
+    )
+    return memory_id
+
+
+async def _insert_memory(
+    connection: Connection,
+    cipher: Cipher,
+    uid: uuid.UUID,
+    memory: NewMemory,
+    embedding: Vector,
+    model_id: int,
+    provenance: _Provenance,
+) -> asyncpg.Record:
+    """A new memory (version) with its vector, made by the model `model_id` (the current one)."""
+    memory_id = uuid.uuid4()
+    row = await connection.fetchrow(
+        f"""INSERT INTO vector_memory (id, user_id, agent_scope, agent_id, key, key_token, text, text_token,
+                                       words, embedding, source, supersedes, conversation_id, message_id,
+                                       confidence, valid_from, embedding_model)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
+                    COALESCE($16, clock_timestamp()), $17)
+            RETURNING {_MEMORY_COLUMNS}""",
+        memory_id,
+        uid,
+        memory.agent_scope,
+        memory.agent_id,
+        cipher.seal("vector_memory", "key", memory_id, memory.key) if memory.key else None,
+        cipher.key_token(memory.key) if memory.key else None,
+        cipher.seal("vector_memory", "text", memory_id, memory.text),
+        cipher.text_token(memory.text),
+        cipher.words(memory.text),
+        _vector(embedding),
+        provenance.source.value,
+        provenance.supersedes,
+        provenance.conversation_id,
+        provenance.message_id,
+        provenance.confidence,
+        provenance.valid_from,
+        model_id,
+    )
+    assert row is not None
+    return row
 
 
 class PostgresConversationStore:
@@ -792,6 +1096,7 @@ class PostgresUserDataStore:
         "messages",
         "conversations",
         "vector_memory",
+        "memory_tombstones",
         "user_agents",
         "notifications",
         "notification_settings",
@@ -851,13 +1156,16 @@ async def _newest_first(
     user_id: str,
     limit: int,
     after: Cursor | None,
+    *,
+    where: str = "",
 ) -> list[asyncpg.Record]:
     """One page of the user's rows, newest first by (`order_column`, id), after the previous page's cursor.
-    `columns`, `table` and `order_column` are this module's constants, never request data."""
+    `columns`, `table`, `order_column` and `where` (more conditions) are this module's constants, never
+    request data."""
     keyset = f"AND ({order_column}, id) < ($3, $4)" if after is not None else ""
     cursor = (after.at, uuid.UUID(after.id)) if after is not None else ()
     return await connection.fetch(
-        f"""SELECT {columns} FROM {table} WHERE user_id = $1 {keyset}
+        f"""SELECT {columns} FROM {table} WHERE user_id = $1 {where} {keyset}
             ORDER BY {order_column} DESC, id DESC LIMIT $2""",
         uuid.UUID(user_id),
         limit,

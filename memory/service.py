@@ -18,6 +18,7 @@ from datetime import UTC
 from typing import Any
 
 import grpc
+from athena.account.v1 import account_pb2
 from athena.chat.v1 import chat_pb2
 from athena.memory.v1 import memory_pb2, memory_pb2_grpc
 from google.protobuf.duration_pb2 import Duration
@@ -28,6 +29,7 @@ from memory.domain import (
     ConversationRecord,
     MemoryRecord,
     MessageRecord,
+    MessageStatus,
     NewAssistantMessage,
     NewMemory,
     NewTurn,
@@ -38,6 +40,7 @@ from memory.domain import (
     validate_tool_calls,
 )
 from memory.embeddings import Embedder
+from memory.extraction import FactJobs
 from memory.pagination import Cursor, decode_page_token, encode_page_token
 from memory.recall import Recaller, RecallQuery
 from memory.reembed import Reembedder
@@ -160,10 +163,40 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         user_id = caller_id()
         size = request.page_size or 50
         after = decode_page_token(request.page_token, _MEMORY_PAGE)
-        memories = await self._store.list(user_id, size + 1, after)
+        memories = await self._store.list(user_id, size + 1, after, include_history=request.include_history)
         next_token = _next_token(_MEMORY_PAGE, memories, size, lambda m: Cursor(m.created_at, m.id))
         return memory_pb2.ListMemoriesResponse(
             memories=[convert.memory_to_proto(m) for m in memories[:size]], next_page_token=next_token
+        )
+
+    async def CorrectMemory(
+        self, request: memory_pb2.CorrectMemoryRequest, context: Context
+    ) -> memory_pb2.CorrectMemoryResponse:
+        user_id = caller_id()
+        (embedding,) = await self._embedder.embed([request.text])
+        record = await self._store.correct(user_id, request.memory_id, request.text, embedding)
+        return memory_pb2.CorrectMemoryResponse(memory=convert.memory_to_proto(record))
+
+    async def GetMemoryHistory(
+        self, request: memory_pb2.GetMemoryHistoryRequest, context: Context
+    ) -> memory_pb2.GetMemoryHistoryResponse:
+        versions = await self._store.history(caller_id(), request.memory_id)
+        return memory_pb2.GetMemoryHistoryResponse(versions=[convert.memory_to_proto(v) for v in versions])
+
+    async def GetMemorySettings(
+        self, request: memory_pb2.GetMemorySettingsRequest, context: Context
+    ) -> memory_pb2.GetMemorySettingsResponse:
+        learns = await self._store.learns_facts(caller_id())
+        return memory_pb2.GetMemorySettingsResponse(
+            settings=account_pb2.MemorySettings(learn_from_conversations=learns)
+        )
+
+    async def SetMemorySettings(
+        self, request: memory_pb2.SetMemorySettingsRequest, context: Context
+    ) -> memory_pb2.SetMemorySettingsResponse:
+        learns = await self._store.set_learns_facts(caller_id(), request.settings.learn_from_conversations)
+        return memory_pb2.SetMemorySettingsResponse(
+            settings=account_pb2.MemorySettings(learn_from_conversations=learns)
         )
 
     async def PutEphemeral(
@@ -231,6 +264,7 @@ class ConversationServicer(memory_pb2_grpc.ConversationServiceServicer):
         *,
         recall_k: int = 8,
         turn_lease_seconds: float = 30.0,
+        fact_jobs: FactJobs | None = None,
         conversation_recaller: ConversationRecaller | None = None,
         reembedder: Reembedder | None = None,
     ) -> None:
@@ -238,6 +272,7 @@ class ConversationServicer(memory_pb2_grpc.ConversationServiceServicer):
         self._recaller = recaller
         self._recall_k = recall_k
         self._turn_lease_seconds = turn_lease_seconds
+        self._fact_jobs = fact_jobs
         self._conversation_recaller = conversation_recaller
         self._reembedder = reembedder
 
@@ -333,6 +368,10 @@ class ConversationServicer(memory_pb2_grpc.ConversationServiceServicer):
         )
         stored = await self._store.append_assistant_message(user_id, new)
         self._stored(user_id, stored)
+        if self._fact_jobs is not None and stored.status is MessageStatus.COMPLETE:
+            # After the answer streamed and was stored: learning its facts is off the turn's path, and
+            # queueing it neither delays nor fails the call.
+            self._fact_jobs.queue_soon(user_id, new.conversation_id, stored.id, stored.agent_id)
         return stored
 
     async def ListConversations(

@@ -115,6 +115,26 @@ class MemorySettings(ServiceSettings):
     """Accept http:// push endpoints (a local push-service emulator); real push services are https."""
     notifications_heartbeat_seconds: float = Field(30.0, gt=0, le=300)
     """An idle WatchNotifications stream carries a heartbeat this often (below the edge's idle timeout)."""
+    extraction_enabled: bool = True
+    """Learn facts after each completed turn (`memory.extraction`): the answer's storing queues a job on
+    the Redis stream `extraction_stream`, which a consumer of this service works off in the background."""
+    extraction_model: str = "athena-offline"
+    """Chat model asked which durable facts a person stated (structured output; at `openai_base_url`)."""
+    extraction_timeout_seconds: float = Field(30.0, gt=0)
+    """Longest wait for one extraction answer."""
+    extraction_min_confidence: float = Field(0.6, ge=0.0, le=1.0)
+    """Extracted facts less certain than this are not remembered."""
+    extraction_duplicate_similarity: float = Field(0.92, ge=-1.0, le=1.0)
+    """Cosine similarity at which an extracted fact counts as a near-duplicate of a current memory of its
+    scope and is not stored (see `memory.facts.FactPolicy`)."""
+    extraction_max_attempts: int = Field(3, ge=1, le=20)
+    """Deliveries of a job at most; one failing that often goes to the dead letters."""
+    extraction_retry_seconds: float = Field(30.0, gt=0)
+    """How long a failed (or stuck) job waits before it is tried again."""
+    extraction_stream: str = Field("athena:memory:facts", min_length=1)
+    """The Redis stream of extraction jobs; its dead letters are `<stream>:dead`."""
+    extraction_consumer_group: str = Field("memory-facts", min_length=1)
+    """The consumer group of the memory replicas working off the jobs."""
 
     @property
     def vapid_key_path(self) -> Path:

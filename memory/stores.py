@@ -3,6 +3,7 @@ and memory.ephemeral; tests may substitute doubles). Every method takes the veri
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -18,7 +19,9 @@ from memory.domain import (
     TurnStart,
     UserAgent,
 )
+from memory.facts import Decision, FactCandidate, FactPolicy
 from memory.pagination import Cursor
+from memory.timeframe import Timeframe
 
 Vector = Sequence[float]
 ExportRecord = UserAgent | ConversationRecord | MemoryRecord
@@ -38,6 +41,14 @@ class Candidates:
 
 
 @dataclass(frozen=True, slots=True)
+class StatedMessage:
+    """The user message of a completed turn, which facts are extracted from."""
+
+    message: MessageRecord
+    conversation_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class Purged:
     """What erasing a user's stored data did."""
 
@@ -49,24 +60,69 @@ class Purged:
 
 class MemoryStore(Protocol):
     async def upsert(self, user_id: str, memory: NewMemory, embedding: Vector) -> tuple[MemoryRecord, bool]:
-        """Stores `memory`, replacing the one with the same key (or, keyless, the same text) in the same
-        scope; returns it and whether it was created."""
+        """Stores `memory` as an explicit memory. The current one with the same key (or, keyless, the same
+        text) in the same scope and the same text is refreshed; with another text it is closed and the new
+        version supersedes it. Returns the memory and whether it is a new fact (not a version of one)."""
         ...
 
     async def candidates(
-        self, user_id: str, agent_id: str, embedding: Vector, text: str | None, limit: int
+        self,
+        user_id: str,
+        agent_id: str,
+        embedding: Vector,
+        text: str | None,
+        limit: int,
+        timeframe: Timeframe | None = None,
     ) -> Candidates:
         """What both stages of a recall rank, in one round trip: up to `limit` memories visible to
         `agent_id`, nearest first with their cosine similarity, and (given the query `text`) up to `limit`
-        holding any of its words, best first with the share of its words they hold (0..1)."""
+        holding any of its words, best first with the share of its words they hold (0..1). Current
+        versions only, or with a `timeframe` every version valid at some moment of it."""
         ...
 
     async def delete(self, user_id: str, memory_ids: Sequence[str]) -> list[str]:
-        """Deletes those of `memory_ids` that exist; returns the ids deleted."""
+        """Deletes those of `memory_ids` that exist, with the versions they superseded; returns the ids
+        deleted."""
         ...
 
-    async def list(self, user_id: str, limit: int, after: Cursor | None) -> list[MemoryRecord]:
-        """Memories newest first (by creation), after `after`."""
+    async def list(
+        self, user_id: str, limit: int, after: Cursor | None, *, include_history: bool = False
+    ) -> list[MemoryRecord]:
+        """Current memories (with `include_history`, closed versions too) newest first by creation, after
+        `after`."""
+        ...
+
+    async def history(self, user_id: str, memory_id: str) -> builtins.list[MemoryRecord]:
+        """The versions of `memory_id`'s fact, newest first (NotFound if there is no such memory)."""
+        ...
+
+    async def correct(self, user_id: str, memory_id: str, text: str, embedding: Vector) -> MemoryRecord:
+        """Closes the current version `memory_id` and stores `text` as its explicit successor (NotFound,
+        FailedPrecondition when it is not current)."""
+        ...
+
+    async def learns_facts(self, user_id: str) -> bool:
+        """Whether facts are learnt from the user's turns (their memory settings; on by default)."""
+        ...
+
+    async def set_learns_facts(self, user_id: str, enabled: bool) -> bool:
+        """Stores the user's choice; answers it as stored."""
+        ...
+
+    async def stated(self, user_id: str, answer_id: str) -> StatedMessage | None:
+        """The user message answered by `answer_id`, or None when it is gone."""
+        ...
+
+    async def reconcile(
+        self,
+        user_id: str,
+        candidate: FactCandidate,
+        embedding: Vector,
+        origin: StatedMessage,
+        policy: FactPolicy,
+    ) -> Decision:
+        """Reconciles an extracted fact with the user's memories (`memory.facts.decide`) and applies the
+        decision, in one transaction; idempotent per (message, key)."""
         ...
 
 

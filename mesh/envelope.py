@@ -38,6 +38,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from prometheus_client import Counter
 
 from mesh.errors import AthenaError, DataLoss, FailedPrecondition, Unavailable
 from mesh.kms import DATA_KEY_BYTES, KeyEncryptionKeys, KeyMismatch, KmsError, WrappedKey
@@ -49,6 +50,13 @@ _NONCE_BYTES = 12
 TOKEN_BYTES = 16
 _INDEX_INFO = b"athena blind index v1"
 
+
+ENCRYPTION_FAILURES = Counter(
+    "athena_encryption_failures_total",
+    "Envelope encryption failures, by operation (open: a sealed value, wrap/unwrap: a data key) and reason "
+    "(integrity: it does not open with its key and place; kms_unavailable: the key service did not answer).",
+    ["operation", "reason"],
+)
 
 _NO_KEY = "this account does not exist (it was never set up, or it was erased)"
 
@@ -102,6 +110,7 @@ class Cipher:
             "integrity error: a stored value does not open with its owner's key and place",
             extra={"owner": self.owner, "table": table, "column": column, "row_id": str(row_id)},
         )
+        ENCRYPTION_FAILURES.labels("open", "integrity").inc()
         raise DataLoss(f"stored data failed its integrity check ({table}.{column} of {row_id})")
 
     def token(self, word: str) -> bytes:
@@ -324,6 +333,7 @@ class DataKeys:
         try:
             return await self._kms.wrap(data_key, self._context(owner))
         except KmsError as exc:
+            ENCRYPTION_FAILURES.labels("wrap", "kms_unavailable").inc()
             log.error("the KMS could not wrap a data key", extra={"error": str(exc)})
             raise Unavailable("the key service is unavailable") from exc
 
@@ -331,8 +341,10 @@ class DataKeys:
         try:
             return await self._kms.unwrap(wrapped, self._context(owner))
         except KeyMismatch as exc:
+            ENCRYPTION_FAILURES.labels("unwrap", "integrity").inc()
             log.error("integrity error: a wrapped data key does not open", extra={"owner": owner})
             raise DataLoss("a stored data key failed its integrity check") from exc
         except KmsError as exc:
+            ENCRYPTION_FAILURES.labels("unwrap", "kms_unavailable").inc()
             log.error("the KMS could not unwrap a data key", extra={"owner": owner, "error": str(exc)})
             raise Unavailable("the key service is unavailable") from exc

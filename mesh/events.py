@@ -5,6 +5,9 @@ The webhooks service publishes each `athena.events.v1.ProviderEvent` with `Event
 the event as proto3 JSON, so an operator reads it with `redis-cli XRANGE athena:events - +`. Consumers read
 it in consumer groups (see `EventConsumer`).
 
+Other streams reuse the machinery with a message type of their own (field `id` still the dedupe key): the
+memory service's fact-extraction jobs (`athena.memory.v1.FactExtractionJob`, `memory.extraction`).
+
 What a consumer guarantees:
 
 - At least once. An entry is acknowledged (XACK) only after its handler returned, so one whose consumer
@@ -35,14 +38,16 @@ What a consumer guarantees:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import Any, Generic, TypeVar, cast
 
 from athena.events.v1 import events_pb2
 from google.protobuf import json_format
-from prometheus_client import Counter
+from google.protobuf.message import Message
+from prometheus_client import Counter, Gauge
 from redis import exceptions as redis_errors
 
 from mesh.redis import UNAVAILABLE, Redis, cancelling
@@ -89,14 +94,30 @@ TRIMMED = Counter(
     "Pending entries found trimmed from the stream before the group acknowledged them (lost).",
     ["group"],
 )
+PENDING = Gauge(
+    "athena_events_pending",
+    "Entries delivered to the group's consumers and not acknowledged yet (XINFO GROUPS pending), sampled "
+    "by each of the group's consumers every few seconds.",
+    ["group"],
+)
+LAG = Gauge(
+    "athena_events_lag",
+    "Entries of the stream the group has not been delivered yet (XINFO GROUPS lag), sampled by the "
+    "group's consumers every few seconds.",
+    ["group"],
+)
 
 
-def encode(event: events_pb2.ProviderEvent) -> dict[str, str]:
-    return {"id": event.id, "event": json_format.MessageToJson(event, indent=None)}
+E = TypeVar("E", bound=Message)
+"""The message type of a stream's events; it has a string field `id` (the dedupe key)."""
 
 
-def decode(fields: dict[str, str]) -> events_pb2.ProviderEvent:
-    return json_format.Parse(fields["event"], events_pb2.ProviderEvent())
+def encode(event: Message) -> dict[str, str]:
+    return {"id": getattr(event, "id"), "event": json_format.MessageToJson(event, indent=None)}  # noqa: B009
+
+
+def decode(fields: dict[str, str], message: type[E] = events_pb2.ProviderEvent) -> E:  # type: ignore[assignment]
+    return json_format.Parse(fields["event"], message())
 
 
 class EventBus:
@@ -105,7 +126,7 @@ class EventBus:
         self._stream = stream
         self._max_len = max_len
 
-    async def publish(self, event: events_pb2.ProviderEvent) -> str:
+    async def publish(self, event: Message) -> str:
         """Appends `event`; answers its stream entry id."""
         entry = await self._redis.xadd(
             self._stream,
@@ -116,23 +137,27 @@ class EventBus:
         return str(entry)
 
 
+def _id(event: Message) -> str:
+    return str(getattr(event, "id"))  # noqa: B009
+
+
 class _Undecodable(Exception):
     """An entry no handler can be given."""
 
 
-def _event(fields: dict[str, str] | None) -> events_pb2.ProviderEvent:
+def _event(fields: dict[str, str] | None, message: type[E]) -> E:
     if fields is None:
         raise _Undecodable("the entry was trimmed from the stream")
     try:
-        event = decode(fields)
+        event = decode(fields, message)
     except (KeyError, ValueError, json_format.ParseError) as exc:
         raise _Undecodable(f"undecodable: {type(exc).__name__}: {exc}") from exc
-    if not event.id:
+    if not getattr(event, "id", ""):
         raise _Undecodable("the event has no id (its dedupe key)")
     return event
 
 
-class EventConsumer:
+class EventConsumer(Generic[E]):
     """One consumer of a consumer group of the event bus; `run` it as a task (see the module docstring for
     what it guarantees).
 
@@ -140,9 +165,11 @@ class EventConsumer:
     read waits that long for news). Consumers of one `group` share the work; each needs a `consumer` name
     of its own (a pod's name): a consumer started again under its old name first finishes what it held.
     `handle` acts on one event (an exception is a failed attempt); `max_attempts` deliveries at most;
-    `claim_idle_seconds`: how long an entry may stay unacknowledged before another consumer takes it over,
+    `message`: the stream's event type (ProviderEvent on the event bus); `claim_idle_seconds`: how long
+    an entry may stay unacknowledged before another consumer takes it over,
     which is also the delay before a failed one is tried again (longer than a handling ever takes);
-    `batch`: entries per read; `stream`, `dead_letters`, `max_len`: the streams and their bound.
+    `batch`: entries per read; `stream`, `dead_letters`, `max_len`: the streams and their bound;
+    `sample_seconds`: how often the consumer samples its group's `PENDING` and `LAG`.
     """
 
     def __init__(
@@ -151,7 +178,8 @@ class EventConsumer:
         *,
         group: str,
         consumer: str,
-        handle: Callable[[events_pb2.ProviderEvent], Awaitable[None]],
+        handle: Callable[[E], Awaitable[None]],
+        message: type[E] = events_pb2.ProviderEvent,  # type: ignore[assignment]
         max_attempts: int = 5,
         claim_idle_seconds: float = 30,
         batch: int = 100,
@@ -159,6 +187,7 @@ class EventConsumer:
         stream: str = STREAM,
         dead_letters: str = DEAD_LETTERS,
         max_len: int = MAX_LEN,
+        sample_seconds: float = 5,
     ) -> None:
         socket_timeout = redis.connection_pool.connection_kwargs.get("socket_timeout")
         if socket_timeout is not None and socket_timeout <= block_seconds:
@@ -172,6 +201,7 @@ class EventConsumer:
         self._group = group
         self._consumer = consumer
         self._handle = handle
+        self._message = message
         self._max_attempts = max_attempts
         self._claim_idle_ms = max(1, int(claim_idle_seconds * 1000))
         self._claim_every = claim_idle_seconds / 2
@@ -181,6 +211,7 @@ class EventConsumer:
         self._stream = stream
         self._dead_letters = dead_letters
         self._max_len = max_len
+        self._sample_every = sample_seconds
 
     def processed_key(self, event_id: str) -> str:
         """The key marking `event_id` processed by this consumer's group."""
@@ -199,6 +230,13 @@ class EventConsumer:
     async def _consume(self) -> None:
         await self._create_group()
         await self._finish_own_pending()
+        sampler = asyncio.create_task(self._sample_forever(), name=f"sample-{self._group}-{self._consumer}")
+        try:
+            await self._read_forever()
+        finally:
+            sampler.cancel()
+
+    async def _read_forever(self) -> None:
         next_claim = 0.0
         while True:
             if time.monotonic() >= next_claim:
@@ -211,6 +249,19 @@ class EventConsumer:
                 raise asyncio.CancelledError
             for _, entries in cast(list[tuple[str, Entries]], reply or []):
                 await self._process(entries)
+
+    async def _sample_forever(self) -> None:
+        """Sets `PENDING` and `LAG` of the group from XINFO GROUPS every `sample_seconds`, beside the
+        reads (so a stuck handler does not stop them). A lag Redis cannot tell (entries were deleted) and
+        a failed sample leave the gauges as they were."""
+        while True:
+            with contextlib.suppress(*FAILURES):
+                for info in await self._redis.xinfo_groups(self._stream):
+                    if info["name"] == self._group:
+                        PENDING.labels(self._group).set(int(info["pending"]))
+                        if info.get("lag") is not None:
+                            LAG.labels(self._group).set(int(info["lag"]))
+            await asyncio.sleep(self._sample_every)
 
     async def _create_group(self) -> None:
         """The group, reading from the oldest entry kept: an event published before the group existed (a
@@ -271,7 +322,7 @@ class EventConsumer:
         slowly may have been taken over meanwhile), how often delivered, and whether its event is marked."""
         for entry_id, fields in entries:
             try:
-                event: events_pb2.ProviderEvent | None = _event(fields)
+                event: E | None = _event(fields, self._message)
                 error = ""
             except _Undecodable as exc:
                 event, error = None, str(exc)
@@ -285,7 +336,7 @@ class EventConsumer:
                     consumername=self._consumer,
                 )
                 if event is not None:
-                    pipe.exists(self.processed_key(event.id))
+                    pipe.exists(self.processed_key(_id(event)))
                 held, *marked = await pipe.execute()
             if not held:
                 continue  # acknowledged, or taken over by another consumer: theirs now
@@ -301,9 +352,7 @@ class EventConsumer:
             else:
                 await self._attempt(entry_id, fields, event, attempts)
 
-    async def _attempt(
-        self, entry_id: str, fields: dict[str, str] | None, event: events_pb2.ProviderEvent, attempts: int
-    ) -> None:
+    async def _attempt(self, entry_id: str, fields: dict[str, str] | None, event: E, attempts: int) -> None:
         try:
             await self._handle(event)
         except Exception as exc:  # a handler's failure, whatever it is, must not stop the consumer
@@ -315,10 +364,10 @@ class EventConsumer:
                 log.warning(
                     "an event's handler failed; it is tried again later",
                     exc_info=exc,
-                    extra={"group": self._group, "event_id": event.id, "attempt": attempts},
+                    extra={"group": self._group, "event_id": _id(event), "attempt": attempts},
                 )
             return
-        await self._complete(entry_id, event.id)
+        await self._complete(entry_id, _id(event))
         HANDLED.labels(self._group).inc()
 
     async def _complete(self, entry_id: str, event_id: str) -> None:

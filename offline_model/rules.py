@@ -22,6 +22,9 @@ The rules look at the last message (SPEC §4):
   (`conversation_recall_call`: the words after "about" as the query, else the whole question; "the <id>
   coach|agent" as the agent; "today", "yesterday", "last|past|this week" (the last 7 days, today
   included), "last|past month" (30 days) as UTC dates, both ends included);
+- a request whose `response_format` asks for the JSON schema `athena_memory_facts` (the memory service's
+  fact extraction, `memory.facts`) is answered `{"facts": [...]}` by the rules of `extract_facts` ("I'm
+  vegetarian", "I am allergic to X", "my goal is now N kcal", "I live in X", "call me X");
 - a tool is only called when the request offers it; anything else gets the memory answer: "Here is what
   I know: " + the memories of the `Memories:` system message joined by "; ", or "I don't know that yet."
 
@@ -668,3 +671,121 @@ def _readable_time(value: Any) -> str:
     if moment.tzinfo is None:
         return moment.strftime("%Y-%m-%d %H:%M")
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+# -- fact extraction (issue 17) --------------------------------------------------------------------------
+
+FACTS_SCHEMA = "athena_memory_facts"
+"""`response_format.json_schema.name` of the memory service's extraction requests (`memory.facts`)."""
+FACT_CONFIDENCE = 0.9
+"""The confidence the offline model gives every fact it finds by rule."""
+
+_VALUE_END = r"(?=\s*(?:[.,;!?]|\band\b|\bbut\b|\bso\b|\bplease\b|$))"
+_DIETS = r"vegetarian|vegan|pescatarian|keto|gluten[- ]free|lactose[- ]intolerant"
+_FACT_RULES: tuple[tuple[re.Pattern[str], str, str, bool], ...] = (
+    # (pattern, key (may use {slug}), text template ({value}), ended)
+    (
+        re.compile(
+            rf"\bI(?:'m|’m| am)\s+(?:no\s+longer|not)\s+(?:a\s+)?(?P<value>{_DIETS})(?:\s+any\s*more)?\b",
+            re.IGNORECASE,
+        ),
+        "diet",
+        "The user is no longer {value}.",
+        True,
+    ),
+    (
+        re.compile(rf"\bI(?:'m|’m| am)\s+(?:a\s+|now\s+|actually\s+)?(?P<value>{_DIETS})\b", re.IGNORECASE),
+        "diet",
+        "The user is {value}.",
+        False,
+    ),
+    (
+        re.compile(rf"\bI(?:'m|’m| am)\s+allergic\s+to\s+(?P<value>[^.,;!?]+?){_VALUE_END}", re.IGNORECASE),
+        "allergy_{slug}",
+        "The user is allergic to {value}.",
+        False,
+    ),
+    (
+        re.compile(
+            r"\bmy\s+(?:daily\s+)?(?:calorie\s+|caloric\s+|kcal\s+)?goal\s+is\s+(?:now\s+)?"
+            r"(?P<value>\d[\d,.]*)\s*(?:kcal|calories)\b",
+            re.IGNORECASE,
+        ),
+        "caloric_goal",
+        "The user's caloric goal is {value} kcal.",
+        False,
+    ),
+    (
+        re.compile(
+            rf"\bI\s+(?:now\s+)?(?:live|moved)\s+(?:in|to)\s+(?P<value>[A-Z][^.,;!?]*?){_VALUE_END}",
+            re.IGNORECASE,
+        ),
+        "home_city",
+        "The user lives in {value}.",
+        False,
+    ),
+    (
+        re.compile(rf"\b(?:please\s+)?call\s+me\s+(?P<value>[^.,;!?]+?){_VALUE_END}", re.IGNORECASE),
+        "preferred_name",
+        "The user wants to be called {value}.",
+        False,
+    ),
+)
+
+
+def extract_facts(text: str) -> list[dict[str, Any]]:
+    """The durable facts a person's message states, as the extraction schema has them (`text`, `key`,
+    `scope`, `confidence`, `ended`), by rule:
+
+    - "I'm vegetarian" (vegan, pescatarian, keto, gluten-free, lactose-intolerant; "I am a ...") → key
+      `diet`, "The user is vegetarian."; "I'm no longer vegetarian" / "I'm not vegan anymore" → `diet`
+      ended;
+    - "I'm allergic to peanuts" → key `allergy_peanuts`, "The user is allergic to peanuts.";
+    - "my goal is now 1,800 kcal" ("my daily calorie goal is 2000 calories") → key `caloric_goal`,
+      "The user's caloric goal is 1,800 kcal." (the number as written);
+    - "I live in Lisbon" / "I moved to Porto" → key `home_city`, "The user lives in Lisbon.";
+    - "call me Sam" → key `preferred_name`, "The user wants to be called Sam.".
+
+    Every fact is user-wide with confidence `FACT_CONFIDENCE`; one per key (the first rule matching it).
+    A message asking to `remember`/`note`/`forget` something states nothing here (the tools store it).
+    """
+    if _REMEMBER.match(text.strip()) or _FORGET.match(text.strip()):
+        return []
+    facts: list[dict[str, Any]] = []
+    keys: set[str] = set()
+    for pattern, key_template, template, ended in _FACT_RULES:
+        match = pattern.search(text)
+        if match is None:
+            continue
+        value = " ".join(match["value"].split()).strip(_TRAILING)
+        if not value:
+            continue
+        slug = re.sub(r"[^a-z0-9]+", "_", value.lower()).strip("_")[:40] or "other"
+        key = key_template.format(slug=slug)
+        if key in keys:
+            continue
+        keys.add(key)
+        facts.append(
+            {
+                "text": template.format(value=value),
+                "key": key,
+                "scope": "user",
+                "confidence": FACT_CONFIDENCE,
+                "ended": ended,
+            }
+        )
+    return facts
+
+
+def facts_reply(messages: Sequence[Message]) -> TextReply:
+    """The answer to an extraction request: `{"facts": [...]}` for its last user message."""
+    return TextReply(json.dumps({"facts": extract_facts(last_user_text(messages))}, ensure_ascii=False))
+
+
+def response_schema_name(response_format: Any) -> str | None:
+    """The `json_schema.name` of a Chat Completions `response_format`, if it asks for one."""
+    if isinstance(response_format, Mapping) and response_format.get("type") == "json_schema":
+        schema = response_format.get("json_schema")
+        if isinstance(schema, Mapping) and isinstance(schema.get("name"), str):
+            return str(schema["name"])
+    return None

@@ -142,6 +142,8 @@ class ChatRequest:
     stream: bool
     include_usage: bool
     offered_tools: frozenset[str]
+    response_schema: str | None = None
+    """The `response_format.json_schema.name` asked for, if any."""
 
 
 def parse_chat_request(body: Mapping[str, Any]) -> ChatRequest:
@@ -163,7 +165,15 @@ def parse_chat_request(body: Mapping[str, Any]) -> ChatRequest:
     include_usage = stream_options.get("include_usage") is True
     if _optional(body, "n", int, 1) != 1:
         raise RequestError("The offline model answers with exactly one choice (n=1).", param="n")
-    return ChatRequest(messages, model, stream, include_usage, _offered_tools(body))
+    response_format = _optional(body, "response_format", dict, None)
+    return ChatRequest(
+        messages,
+        model,
+        stream,
+        include_usage,
+        _offered_tools(body),
+        rules.response_schema_name(response_format),
+    )
 
 
 def _offered_tools(body: Mapping[str, Any]) -> frozenset[str]:
@@ -316,7 +326,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if failure is not None:
         log.info("injected failure", extra={"status": failure})
         return error_response(failure, f"Injected failure (HTTP {failure}) requested by the message.")
-    reply = rules.plan_reply(chat.messages, chat.offered_tools, directives=directives)
+    if chat.response_schema == rules.FACTS_SCHEMA:  # the memory service's fact extraction
+        reply: rules.Reply = rules.facts_reply(chat.messages)
+    else:
+        reply = rules.plan_reply(chat.messages, chat.offered_tools, directives=directives)
     completion = _Completion(chat, reply)
     slow = rules.parse_directives(user_text).slow_ms / 1000 if directives else 0.0
     if not chat.stream:

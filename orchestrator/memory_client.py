@@ -294,6 +294,12 @@ def _memory(result: memory_pb2.RecallResult) -> Memory:
         similarity=result.similarity,
         score=result.score,
         stage=_STAGES.get(result.stage, ""),
+        valid_from=result.memory.valid_from.ToDatetime().date().isoformat()
+        if result.memory.HasField("valid_to") and result.memory.HasField("valid_from")
+        else "",
+        valid_to=result.memory.valid_to.ToDatetime().date().isoformat()
+        if result.memory.HasField("valid_to")
+        else "",
     )
 
 

@@ -28,9 +28,10 @@ from typing import Any
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
-from mesh.errors import DeadlineExceeded, FailedPrecondition, Unavailable
+from mesh.errors import AthenaError, DeadlineExceeded, FailedPrecondition, Unavailable
 from mesh.model_api import ModelApi, ModelApiError, ModelApiStatus, ModelApiTimeout, ModelApiUnreachable
 from mesh.retry import first_item_retrying, log_retry
+from orchestrator.metrics import MODEL_ERRORS, MODEL_RETRIES
 from orchestrator.records import Usage
 
 log = logging.getLogger(__name__)
@@ -280,7 +281,7 @@ class RetryingModel(ChatModel):
             wait=wait_exponential_jitter(
                 multiplier=self._first_delay, max=self._max_delay, jitter=self._first_delay
             ),
-            before_sleep=log_retry("a model call"),
+            before_sleep=_counting_retries(request.model, log_retry("a model call")),
             reraise=True,
         )
         events = first_item_retrying(
@@ -292,7 +293,23 @@ class RetryingModel(ChatModel):
                     yield event
         except (ModelUnavailable, ModelTimeout) as exc:
             attempts = int(policy.statistics.get("attempt_number", 1))
-            raise _final(exc, attempts, out_of_time=out_of_time) from exc
+            final = _final(exc, attempts, out_of_time=out_of_time)
+            MODEL_ERRORS.labels(request.model, final.status).inc()
+            raise final from exc
+        except AthenaError as exc:
+            MODEL_ERRORS.labels(request.model, exc.status).inc()
+            raise
+
+
+def _counting_retries(model: str, then: Callable[[RetryCallState], None]) -> Callable[[RetryCallState], None]:
+    """`then`, after counting the retry in `MODEL_RETRIES` by the failed attempt's status."""
+
+    def before_sleep(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome is not None else None
+        MODEL_RETRIES.labels(model, error.status if isinstance(error, AthenaError) else "UNKNOWN").inc()
+        then(state)
+
+    return before_sleep
 
 
 def _final(

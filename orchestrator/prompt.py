@@ -22,12 +22,20 @@ MEMORIES_HEADER = "Memories:"
 
 
 def memories_message(memories: Sequence[Memory]) -> ChatMessage | None:
-    """The `Memories:` system message, or None without memories. Each memory stays on its own line."""
-    lines = [" ".join(memory.text.split()) for memory in memories]
+    """The `Memories:` system message, or None without memories. Each memory stays on its own line; one
+    that no longer holds says when it did: "- <text> (from 2026-02-01 until 2026-03-15)"."""
+    lines = [" ".join(memory.text.split()) + _validity(memory) for memory in memories]
     lines = [line for line in lines if line]
     if not lines:
         return None
     return {"role": "system", "content": "\n".join([MEMORIES_HEADER, *(f"- {line}" for line in lines)])}
+
+
+def _validity(memory: Memory) -> str:
+    if not memory.valid_to:
+        return ""
+    since = f"from {memory.valid_from} " if memory.valid_from else ""
+    return f" ({since}until {memory.valid_to})"
 
 
 def history_messages(history: Sequence[HistoryMessage]) -> list[ChatMessage]:

@@ -35,6 +35,11 @@ class Memory:
     """Ranking score: similarity blended with recency."""
     stage: str = ""
     """"vector" or "keyword"."""
+    valid_from: str = ""
+    """For a fact that no longer holds (a question about the past recalls those), since when it held
+    (YYYY-MM-DD); "" for current ones."""
+    valid_to: str = ""
+    """Until when it held (YYYY-MM-DD); "" while it is current."""
 
 
 @dataclass(frozen=True, slots=True)

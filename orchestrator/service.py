@@ -26,6 +26,7 @@ from mesh.context import current_call, principal
 from orchestrator import events
 from orchestrator.coalesce import coalesced
 from orchestrator.limits import Limiter
+from orchestrator.metrics import ACTIVE_STREAMS
 from orchestrator.records import NewTurn
 from orchestrator.turn import TurnRunner
 
@@ -49,12 +50,13 @@ class Turns:
             client_request_id=chat.client_request_id or _request_id(chat),
         )
         async with self._limiter.stream(user_id):
-            # `aclosing`: if the client goes away while we wait on it, the turn is closed (and its model
-            # call with it) now, not whenever the generator happens to be collected.
-            turn_events = coalesced(self._runner.run(user_id, turn), self._coalesce_seconds)
-            async with aclosing(turn_events):
-                async for event in turn_events:
-                    yield chat_event(event)
+            with ACTIVE_STREAMS.track_inprogress():
+                # `aclosing`: if the client goes away while we wait on it, the turn is closed (and its
+                # model call with it) now, not whenever the generator happens to be collected.
+                turn_events = coalesced(self._runner.run(user_id, turn), self._coalesce_seconds)
+                async with aclosing(turn_events):
+                    async for event in turn_events:
+                        yield chat_event(event)
 
 
 def _request_id(chat: chat_pb2.ChatRequest) -> str:

@@ -32,6 +32,7 @@ from mesh.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from mesh.metrics import exemplar
 from orchestrator import prompt
 from orchestrator.catalog import AgentSpec, Catalog
 from orchestrator.events import (
@@ -43,6 +44,7 @@ from orchestrator.events import (
     ToolCallStarted,
     TurnEvent,
 )
+from orchestrator.metrics import TIME_TO_FIRST_TOKEN, TOKENS, TURN_DURATION
 from orchestrator.model import (
     ChatMessage,
     ChatModel,
@@ -143,6 +145,7 @@ class TurnRunner:
             return
         progress = _Progress(start.conversation_id, start.answer_id, agent, user_id)
         lease = asyncio.create_task(self._hold(start.message_id), name=f"hold-turn-{start.message_id}")
+        cancelled = False
         try:
             yield self._started(start, agent, progress.message_id)
             if start.recall_failed:
@@ -160,6 +163,7 @@ class TurnRunner:
                 async for event in events:
                     yield event
         except (asyncio.CancelledError, GeneratorExit):
+            cancelled = True
             if not progress.stored:  # closed after MessageCompleted: the answer is whole, and stored
                 await self._store_failed(progress, CANCELLED_REASON)
             raise
@@ -171,6 +175,15 @@ class TurnRunner:
             raise
         finally:
             lease.cancel()
+            self._record(progress, started, cancelled=cancelled)
+
+    def _record(self, progress: _Progress, started: float, *, cancelled: bool) -> None:
+        """The turn's duration and tokens, once at its end (its first token was recorded as it came)."""
+        agent, model = progress.agent.id, self._model_name(progress.agent.model)
+        outcome = "ok" if progress.stored else "cancelled" if cancelled else "error"
+        TURN_DURATION.labels(agent, model, outcome).observe(self._clock() - started, exemplar())
+        TOKENS.labels(agent, model, "input").inc(progress.usage.prompt_tokens)
+        TOKENS.labels(agent, model, "output").inc(progress.usage.completion_tokens)
 
     async def _start(self, turn: NewTurn) -> TurnStart:
         """The turn as memory has it; a repeat of a turn another caller is answering waits until it is
@@ -292,6 +305,9 @@ class TurnRunner:
                             continue
                         if progress.time_to_first_token is None:
                             progress.time_to_first_token = self._clock() - started
+                            TIME_TO_FIRST_TOKEN.labels(agent.id, model).observe(
+                                progress.time_to_first_token, exemplar()
+                            )
                         step_text.append(event.text)
                         progress.text.append(event.text)
                         yield TextDelta(event.text, agent.id)

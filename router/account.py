@@ -47,7 +47,11 @@ class AccountServicer(account_pb2_grpc.AccountServiceServicer):
     ) -> account_pb2.ListMemoriesResponse:
         response = await clients.call(
             self._peers.memories.ListMemories,
-            memory_pb2.ListMemoriesRequest(page_size=request.page_size, page_token=request.page_token),
+            memory_pb2.ListMemoriesRequest(
+                page_size=request.page_size,
+                page_token=request.page_token,
+                include_history=request.include_history,
+            ),
             timeout_seconds=self._timeout(),
         )
         return account_pb2.ListMemoriesResponse(
@@ -63,6 +67,46 @@ class AccountServicer(account_pb2_grpc.AccountServiceServicer):
             timeout_seconds=self._timeout(),
         )
         return account_pb2.ForgetMemoryResponse()
+
+    async def CorrectMemory(
+        self, request: account_pb2.CorrectMemoryRequest, context: Context
+    ) -> account_pb2.CorrectMemoryResponse:
+        response = await clients.call(
+            self._peers.memories.CorrectMemory,
+            memory_pb2.CorrectMemoryRequest(memory_id=request.memory_id, text=request.text),
+            timeout_seconds=self._timeout(),
+        )
+        return account_pb2.CorrectMemoryResponse(memory=response.memory)
+
+    async def GetMemoryHistory(
+        self, request: account_pb2.GetMemoryHistoryRequest, context: Context
+    ) -> account_pb2.GetMemoryHistoryResponse:
+        response = await clients.call(
+            self._peers.memories.GetMemoryHistory,
+            memory_pb2.GetMemoryHistoryRequest(memory_id=request.memory_id),
+            timeout_seconds=self._timeout(),
+        )
+        return account_pb2.GetMemoryHistoryResponse(versions=response.versions)
+
+    async def GetMemorySettings(
+        self, request: account_pb2.GetMemorySettingsRequest, context: Context
+    ) -> account_pb2.GetMemorySettingsResponse:
+        response = await clients.call(
+            self._peers.memories.GetMemorySettings,
+            memory_pb2.GetMemorySettingsRequest(),
+            timeout_seconds=self._timeout(),
+        )
+        return account_pb2.GetMemorySettingsResponse(settings=response.settings)
+
+    async def SetMemorySettings(
+        self, request: account_pb2.SetMemorySettingsRequest, context: Context
+    ) -> account_pb2.SetMemorySettingsResponse:
+        response = await clients.call(
+            self._peers.memories.SetMemorySettings,
+            memory_pb2.SetMemorySettingsRequest(settings=request.settings),
+            timeout_seconds=self._timeout(),
+        )
+        return account_pb2.SetMemorySettingsResponse(settings=response.settings)
 
     async def ExportData(
         self, request: account_pb2.ExportDataRequest, context: Context

@@ -26,7 +26,8 @@ Refusals, as answered:
 
 A Graph batch is checked notification by notification: the good ones are published and the batch answered
 202; only when none passes is the first refusal's status answered. Every refusal, per notification, adds to
-`athena_webhooks_refused_total{provider,reason}` and logs one line, never the body.
+`athena_webhooks_refused_total{provider,reason}` and logs one line, never the body; a 503 or 500 adds to
+`athena_webhooks_failed_total{provider,reason}` (the webhooks' error budget, `observability/rules/`).
 """
 
 from __future__ import annotations
@@ -71,6 +72,12 @@ PUBLISHED = Counter(
     "athena_webhooks_published_total",
     "Verified provider notifications published to the event bus, by provider.",
     ["provider"],
+)
+FAILED = Counter(
+    "athena_webhooks_failed_total",
+    "Provider notifications that could not be processed (answered 503 or 500; the provider retries), by "
+    "provider and reason: unavailable (Redis), internal (a bug).",
+    ["provider", "reason"],
 )
 
 Kind = events_pb2.ProviderEvent.Kind
@@ -143,12 +150,14 @@ class Endpoints:
                 self._count(provider, refusal.reason, refusal.status, client, request.path)
                 return web.Response(status=refusal.status, text=ANSWERS.get(refusal.status, "refused\n"))
             except TRANSIENT as exc:
+                FAILED.labels(provider, "unavailable").inc()
                 log.warning(
                     "webhook not taken: Redis unavailable",
                     extra={"provider": provider, "path": request.path, "error": str(exc)},
                 )
                 return web.Response(status=503, text="unavailable, retry later\n")
             except Exception:  # a bug: logged with its traceback, answered without it
+                FAILED.labels(provider, "internal").inc()
                 log.exception("webhook failed", extra={"provider": provider, "path": request.path})
                 return web.Response(status=500, text="internal error\n")
 

@@ -20,7 +20,7 @@ from yoyo import step
 
 from memory.migrate import migration_dimension, migration_model
 
-__depends__ = {"memory_0004_notifications"}
+__depends__ = {"memory_0005_fact_history"}
 
 UNKNOWN_MODEL = "unknown (before memory_0006)"
 """The model recorded for vectors of a dimension other than the configured one."""

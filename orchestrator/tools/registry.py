@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -18,6 +19,7 @@ from typing import Any
 from jsonschema import Draft202012Validator
 
 from mesh.errors import AthenaError
+from orchestrator.metrics import TOOL_DURATION, TOOL_ERRORS
 from orchestrator.model import ToolSpec
 from orchestrator.ports import MemoryGateway
 
@@ -90,31 +92,42 @@ class ToolRegistry:
         return tuple(tool.spec for tool in self._tools.values())
 
     async def run(self, name: str, arguments_json: str, context: ToolContext) -> ToolOutcome:
+        """The call's outcome; its duration and failures are counted by tool (`orchestrator.metrics`)."""
+        started = time.perf_counter()
+        reason, outcome = await self._run(name, arguments_json, context)
+        tool = name if name in self._tools else "unknown"  # the model may make names up: bounded labels
+        TOOL_DURATION.labels(tool).observe(time.perf_counter() - started)
+        if reason:
+            TOOL_ERRORS.labels(tool, reason).inc()
+        return outcome
+
+    async def _run(self, name: str, arguments_json: str, context: ToolContext) -> tuple[str, ToolOutcome]:
+        """Why the call failed ("" when it did not), and its outcome."""
         tool = self._tools.get(name)
         if tool is None:
-            return error_outcome(f"unknown tool {name!r}")
+            return "unknown_tool", error_outcome(f"unknown tool {name!r}")
         try:
             arguments = json.loads(arguments_json or "{}")
         except ValueError:
-            return error_outcome("the arguments are not valid JSON")
+            return "invalid_arguments", error_outcome("the arguments are not valid JSON")
         if not isinstance(arguments, dict):
-            return error_outcome("the arguments must be a JSON object")
+            return "invalid_arguments", error_outcome("the arguments must be a JSON object")
         problems = sorted(self._validators[name].iter_errors(arguments), key=lambda error: list(error.path))
         if problems:
-            return error_outcome(
+            return "invalid_arguments", error_outcome(
                 "invalid arguments: " + "; ".join(_describe(problem) for problem in problems[:3])
             )
         try:
             async with asyncio.timeout(self._timeout):
                 result = await tool.handler(arguments, context)
         except TimeoutError:
-            return error_outcome(f"{name} took too long and was stopped")
+            return "timeout", error_outcome(f"{name} took too long and was stopped")
         except AthenaError as exc:
-            return error_outcome(exc.message)
+            return "error", error_outcome(exc.message)
         except Exception:  # a broken tool must not end the turn: the model is told, the log keeps the trace
             log.exception("tool failed", extra={"tool": name})
-            return error_outcome(f"{name} failed unexpectedly")
-        return ToolOutcome(json.dumps(result, ensure_ascii=False, default=str))
+            return "crashed", error_outcome(f"{name} failed unexpectedly")
+        return "", ToolOutcome(json.dumps(result, ensure_ascii=False, default=str))
 
 
 def _describe(error: Any) -> str:

@@ -269,12 +269,16 @@ class InMemoryGateway:
         return [replace(past, stage="keyword") for past in scored[:k]]
 
     async def remember(self, text: str, scope: Scope, agent_id: str, key: str = "") -> StoredMemory:
-        """Replaces the memory with the same key in the same scope, or (without a key) refreshes one with
-        exactly the same text, so a retried call stores nothing twice; the latest agent is its author."""
+        """Refreshes the memory with the same key in the same scope (or, without a key, exactly the same
+        text) when the text is the same, so a retried call stores nothing twice; another text under the
+        key is a new version with an id of its own that replaces it (memory keeps the old one as history,
+        which recall does not answer). The latest agent is the author."""
         self._enter("remember")
         for memory in self.memories:
             same_scope = memory.scope is scope and (scope is Scope.USER or memory.agent_id == agent_id)
             if same_scope and (memory.key == key if key else (not memory.key and memory.text == text)):
+                if memory.text != text:
+                    memory.id = str(uuid.uuid4())
                 memory.text, memory.agent_id = text, agent_id
                 return StoredMemory(memory.id, text, scope, key, created=False)
         memory = _Memory(str(uuid.uuid4()), text, scope, agent_id, key)

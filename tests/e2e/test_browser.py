@@ -17,6 +17,7 @@ import os
 import re
 import struct
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -462,6 +463,62 @@ def test_handoff_then_memory_panel_lists_and_forgets_what_agents_remember(tab: T
     page.get_by_role("button", name="What my agents remember").click()
     expect(dialog.get_by_role("status")).to_have_text("Your agents don't remember anything about you yet.")
     expect(dialog.locator(".memory")).to_have_count(0)
+    assert tab.errors == []
+
+
+def test_an_inferred_fact_shows_its_origin_and_a_correction_supersedes_it_in_its_history(tab: Tab) -> None:
+    """Issue 17: what an agent learnt in passing is listed with where it came from; the person corrects it
+    and sees the history (the learnt version closed, theirs current)."""
+    page = tab.page
+    tab.sign_in()
+    tab.send("Any dinner ideas for tonight? I'm vegetarian, by the way.")
+    tab.last_answer()
+    open_panel = page.get_by_role("button", name="What my agents remember")
+    dialog = page.get_by_role("dialog", name="What my agents remember")
+    learnt = dialog.locator(".memory[data-source=inferred]", has_text="The user is vegetarian.")
+    # Learnt in the background after the turn: the panel is opened again until it is there (deadline).
+    deadline = time.monotonic() + 30
+    while True:
+        open_panel.click()
+        expect(dialog.get_by_role("status")).not_to_have_text("Loading…")
+        if learnt.count() == 1:
+            break
+        assert time.monotonic() < deadline, "the fact was not learnt within 30 s"
+        dialog.get_by_role("button", name="Close").click()
+        page.wait_for_timeout(200)
+    expect(learnt.locator(".origin")).to_contain_text("Learnt from what you told Athena")
+    expect(learnt.get_by_role("link", name="open the conversation")).to_have_attribute(
+        "href", re.compile(r"^/\?agent=athena&conversation=[0-9a-f-]{36}$")
+    )
+
+    learnt.get_by_role("button", name="Correct “The user is vegetarian.”").click()
+    learnt.get_by_role("textbox", name="Corrected memory").fill("The user is vegan.")
+    learnt.get_by_role("button", name="Save correction").click()
+    expect(dialog.get_by_role("status")).to_have_text("Corrected: “The user is vegan.”")
+    corrected = dialog.locator(".memory[data-source=explicit]", has_text="The user is vegan.")
+    expect(corrected.locator(".origin")).to_have_text("Saved by Athena")
+    expect(dialog.locator(".memory", has_text="The user is vegetarian.")).to_have_count(0)
+
+    corrected.get_by_role("button", name="History of “The user is vegan.”").click()
+    history = corrected.get_by_role("list", name="History of “The user is vegan.”")
+    versions = history.locator("li")
+    expect(versions).to_have_count(2)
+    expect(versions.nth(0)).to_contain_text("The user is vegan.")
+    expect(versions.nth(0)).to_contain_text("current, since")
+    expect(versions.nth(1)).to_contain_text("The user is vegetarian.")
+    expect(versions.nth(1)).to_contain_text(re.compile(r"from .+ until .+ \(learnt\)"))
+
+    # Learning from conversations can be turned off, and stays off.
+    learn = dialog.get_by_role("checkbox", name="Learn from what I mention in passing")
+    expect(learn).to_be_checked()
+    learn.uncheck()
+    expect(dialog.get_by_role("status")).to_have_text(
+        "Your agents no longer learn from what you mention in passing."
+    )
+    dialog.get_by_role("button", name="Close").click()
+    open_panel.click()
+    expect(learn).to_be_enabled()
+    expect(learn).not_to_be_checked()
     assert tab.errors == []
 
 

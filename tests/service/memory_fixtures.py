@@ -23,6 +23,7 @@ from doubles.embedder import HashingEmbedder
 from devstack.postgres import EmbeddedPostgres
 from devstack.valkey import EmbeddedValkey
 from memory.app import MEMORY, MemoryDeps
+from memory.extraction import FactExtractor
 from memory.migrate import apply_migrations
 from memory.settings import MemorySettings
 from mesh.app import RunningService
@@ -97,6 +98,7 @@ async def start_memory(
     redis_url: str,
     *,
     embedder: HashingEmbedder | None = None,
+    extractor: FactExtractor | None = None,
     **overrides: Any,
 ) -> MemoryHarness:
     """The memory service built like `python -m memory` (migrations included), with the hashing embedder
@@ -105,6 +107,7 @@ async def start_memory(
     # Off unless a test asks: on the session's shared database the sweep would meet other tests' users,
     # whose data keys are wrapped by their own tests' KMS keys.
     overrides.setdefault("reembed_sweep", False)
+    overrides.setdefault("extraction_enabled", False)  # tests of fact learning turn it on
     embedder = embedder or HashingEmbedder(DIMENSION)
     settings = MemorySettings(
         **service_settings(
@@ -116,7 +119,7 @@ async def start_memory(
             **overrides,
         )
     )
-    deps = MemoryDeps(verifier=verifier, embedder=embedder, kms=local_kms(tmp_path))
+    deps = MemoryDeps(verifier=verifier, embedder=embedder, kms=local_kms(tmp_path), extractor=extractor)
     service = await start_service(MEMORY, settings, deps)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{service.port}")
     service.deps.on_close(lambda: channel.close(None))

@@ -118,6 +118,7 @@ async def consuming(
     max_attempts: int = 5,
     batch: int = 100,
     max_len: int = 100_000,
+    sample_seconds: float = 5,
 ) -> AsyncIterator[EventConsumer]:
     """An `EventConsumer` of the bus running as a task (with a client of its own), quick to reclaim."""
     redis = connect(bus.url, 2.0)
@@ -133,6 +134,7 @@ async def consuming(
         stream=bus.stream,
         dead_letters=bus.dead_letters,
         max_len=max_len,
+        sample_seconds=sample_seconds,
     )
     task = asyncio.create_task(consumer.run())
     try:
@@ -492,3 +494,24 @@ async def test_a_valkey_restart_mid_burst_loses_none(valkey: EmbeddedValkey, tmp
         finally:
             await bus.aclose()
             await effects.aclose()
+
+
+async def test_the_groups_pending_entries_and_lag_are_sampled_while_a_handler_is_stuck(bus: Bus) -> None:
+    release = asyncio.Event()
+
+    async def stuck(_: events_pb2.ProviderEvent) -> None:
+        await release.wait()
+
+    for _ in range(5):
+        await bus.publisher().publish(event())
+    async with consuming(bus, stuck, batch=1, sample_seconds=0.05):
+
+        async def gauges_are(pending: float, lag: float) -> bool:
+            return (metric("athena_events_pending", bus.group), metric("athena_events_lag", bus.group)) == (
+                pending,
+                lag,
+            )
+
+        await eventually(lambda: gauges_are(1, 4))  # one delivered and held, four not read yet
+        release.set()
+        await eventually(lambda: gauges_are(0, 0))

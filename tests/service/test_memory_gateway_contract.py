@@ -359,16 +359,14 @@ async def test_a_keyed_memory_is_replaced_by_the_next_one_with_its_key(memory: M
     first = await gateway.remember("caloric goal: 2000 kcal", Scope.USER, "nutrition", key="caloric_goal")
     second = await gateway.remember("caloric goal: 1800 kcal", Scope.USER, "athena", key="caloric_goal")
     assert first.created
-    assert (second.id, second.text, second.key, second.created) == (
-        first.id,
-        "caloric goal: 1800 kcal",
-        "caloric_goal",
-        False,
-    )
+    assert (second.text, second.key, second.created) == ("caloric goal: 1800 kcal", "caloric_goal", False)
+    assert second.id != first.id  # a new version (memory keeps the old one as history)
     recalled = await gateway.recall("caloric goal kcal", "focus", 5)
     assert [(found.id, found.text, found.agent_id) for found in recalled] == [
-        (first.id, "caloric goal: 1800 kcal", "athena")
+        (second.id, "caloric goal: 1800 kcal", "athena")
     ]
+    again = await gateway.remember("caloric goal: 1800 kcal", Scope.USER, "focus", key="caloric_goal")
+    assert (again.id, again.created) == (second.id, False)  # a retried call: the same version
 
 
 async def test_agent_keys_belong_to_their_agent(memory: Memory) -> None:
@@ -379,7 +377,10 @@ async def test_agent_keys_belong_to_their_agent(memory: Memory) -> None:
     assert sme.created
     assert sme.id != focus.id
     again = await gateway.remember("deep work at 8", Scope.AGENT, "focus", key="morning")
-    assert (again.id, again.created) == (focus.id, False)
+    assert not again.created
+    assert again.id not in (focus.id, sme.id)
+    recalled = await gateway.recall("open the shop at 9", "sme", 5)
+    assert [found.id for found in recalled] == [sme.id]
 
 
 async def test_remembering_the_same_fact_twice_stores_it_once(memory: Memory) -> None:

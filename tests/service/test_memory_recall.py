@@ -95,7 +95,21 @@ async def test_same_key_and_scope_replaces_instead_of_duplicating(memory_service
     second = await remember(memory_service, md, "my caloric goal is 1800 kcal", key="caloric_goal")
     assert first.created
     assert not second.created
-    assert second.memory.id == first.memory.id
+    # A new version supersedes the old one, which is closed and kept as history (issue 17).
+    assert second.memory.supersedes_id == first.memory.id
+    assert not second.memory.HasField("valid_to")
+    history = await memory_service.memory.GetMemoryHistory(
+        memory_pb2.GetMemoryHistoryRequest(memory_id=first.memory.id), metadata=md
+    )
+    assert [v.text for v in history.versions] == [
+        "my caloric goal is 1800 kcal",
+        "my caloric goal is 2000 kcal",
+    ]
+    assert history.versions[1].HasField("valid_to")
+    # The same text again (a retried call) is the same version.
+    again = await remember(memory_service, md, "my caloric goal is 1800 kcal", key="caloric_goal")
+    assert again.memory.id == second.memory.id
+    assert not again.created
     # The same key in another scope is another memory.
     third = await remember(
         memory_service, md, "caloric goal for coaching", key="caloric_goal", scope=AGENT, agent_id="nutrition"

@@ -25,6 +25,7 @@ from conftest import ServiceGroup, auth_metadata, offline_model_settings, servic
 from doubles.calendars import InMemoryCalendars
 from doubles.model import ScriptedModel, ScriptedReply
 from memory_fixtures import MemoryHarness, start_memory  # type: ignore[import-not-found]
+from prometheus_client.parser import text_string_to_metric_families
 
 from devstack.postgres import EmbeddedPostgres
 from devstack.valkey import EmbeddedValkey
@@ -460,3 +461,96 @@ async def test_a_call_without_a_token_is_unauthenticated(
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await run(orchestrator, (), "hi")
     assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+async def scrape(port: int) -> Samples:
+    """The samples a service's `/metrics` answers: (name, sorted labels) → value."""
+    async with httpx.AsyncClient() as client:
+        response = await client.get(f"http://127.0.0.1:{port}/metrics")
+    response.raise_for_status()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def moved(before: Samples, after: Samples, name: str, **labels: str) -> float:
+    """How much the sample `name{labels}` grew between two scrapes."""
+    key = (name, tuple(sorted(labels.items())))
+    return after.get(key, 0.0) - before.get(key, 0.0)
+
+
+async def test_a_turn_moves_the_turn_path_metrics_on_the_services_metrics_ports(mesh: Mesh) -> None:
+    await mesh.orchestrator()
+    port = mesh.services.running[-1].http_port
+    memory_port = mesh.memory.service.http_port
+    stub = orchestrator_pb2_grpc.OrchestratorServiceStub(mesh.channels[-1])
+    _, metadata = mesh.user()
+    before, memory_before = await scrape(port), await scrape(memory_port)
+
+    events = await run(stub, metadata, f"remember I like tea {uuid.uuid4().hex}")
+
+    after, memory_after = await scrape(port), await scrape(memory_port)
+    assert kinds(events)[-1] == "message_completed"
+    agent = {"agent": "athena", "model": "athena-offline"}
+    assert moved(before, after, "athena_chat_time_to_first_token_seconds_count", **agent) == 1
+    ttft = events[-1].message_completed.time_to_first_token.ToTimedelta().total_seconds()
+    assert moved(before, after, "athena_chat_time_to_first_token_seconds_sum", **agent) == pytest.approx(
+        ttft, abs=1e-5
+    )
+    assert moved(before, after, "athena_chat_turn_duration_seconds_count", outcome="ok", **agent) == 1
+    usage = events[-1].message_completed.usage
+    assert moved(before, after, "athena_chat_tokens_total", type="output", **agent) == usage.completion_tokens
+    assert moved(before, after, "athena_chat_tokens_total", type="input", **agent) == usage.prompt_tokens
+    assert moved(before, after, "athena_tool_call_duration_seconds_count", tool="remember_memory") == 1
+    assert moved(before, after, "athena_tool_call_errors_total", tool="remember_memory", reason="error") == 0
+    assert after[("athena_chat_active_streams", ())] == 0
+    assert moved(before, after, "grpc_server_handled_total", **_run_ok()) == 1
+    # The turn's recall ran in memory: its search and ranking were timed (the orchestrator embedded the
+    # message itself only if memory was asked to; either way the search stage ran once at least).
+    assert moved(memory_before, memory_after, "athena_memory_recall_seconds_count", stage="search") >= 1
+    assert moved(memory_before, memory_after, "athena_memory_recall_seconds_count", stage="rank") >= 1
+
+
+def _run_ok() -> dict[str, str]:
+    return {
+        "grpc_service": "athena.orchestrator.v1.OrchestratorService",
+        "grpc_method": "Run",
+        "grpc_code": "OK",
+    }
+
+
+async def test_model_retries_and_errors_are_counted_by_status(mesh: Mesh) -> None:
+    await mesh.orchestrator()
+    port = mesh.services.running[-1].http_port
+    stub = orchestrator_pb2_grpc.OrchestratorServiceStub(mesh.channels[-1])
+    _, metadata = mesh.user()
+    before = await scrape(port)
+
+    await run(stub, metadata, f"!fail 429 2 hi {uuid.uuid4().hex}")
+    with pytest.raises(grpc.aio.AioRpcError):
+        await run(stub, metadata, f"!fail 503 10 hi {uuid.uuid4().hex}")
+
+    after = await scrape(port)
+    model = {"model": "athena-offline"}
+    assert moved(before, after, "athena_model_retries_total", status="UNAVAILABLE", **model) == 2 + 2
+    assert moved(before, after, "athena_model_errors_total", status="UNAVAILABLE", **model) == 1
+    agent = {"agent": "athena", "model": "athena-offline"}
+    assert moved(before, after, "athena_chat_turn_duration_seconds_count", outcome="error", **agent) == 1
+
+
+async def test_metrics_are_served_as_openmetrics_when_the_scraper_asks(mesh: Mesh) -> None:
+    port = mesh.memory.service.http_port
+    async with httpx.AsyncClient() as client:
+        plain = await client.get(f"http://127.0.0.1:{port}/metrics")
+        negotiated = await client.get(
+            f"http://127.0.0.1:{port}/metrics",
+            headers={"Accept": "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"},
+        )
+    assert plain.headers["content-type"].startswith("text/plain")
+    assert negotiated.headers["content-type"].startswith("application/openmetrics-text")
+    assert negotiated.text.endswith("# EOF\n")

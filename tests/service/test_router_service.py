@@ -222,6 +222,42 @@ async def test_memories_are_listed_and_forgotten(mesh: RouterMesh, router: Route
         ),
         grpc.StatusCode.NOT_FOUND,
     )
+    # A correction supersedes the memory; the history shows both, the old one closed (issue 17).
+    goal = listed[1]
+    corrected = await router.account.CorrectMemory(
+        account_pb2.CorrectMemoryRequest(memory_id=goal.id, text="my caloric goal is 1800 kcal"),
+        metadata=metadata,
+    )
+    assert corrected.memory.supersedes_id == goal.id
+    assert corrected.memory.source == account_pb2.MEMORY_SOURCE_EXPLICIT
+    assert [m.text for m in await memories(router, metadata)] == ["my caloric goal is 1800 kcal"]
+    history = await router.account.GetMemoryHistory(
+        account_pb2.GetMemoryHistoryRequest(memory_id=corrected.memory.id), metadata=metadata
+    )
+    assert [(v.text, v.HasField("valid_to")) for v in history.versions] == [
+        ("my caloric goal is 1800 kcal", False),
+        ("my caloric goal is 2000 kcal", True),
+    ]
+    with_history = await router.account.ListMemories(
+        account_pb2.ListMemoriesRequest(include_history=True), metadata=metadata
+    )
+    assert {m.text for m in with_history.memories} == {
+        "my caloric goal is 1800 kcal",
+        "my caloric goal is 2000 kcal",
+    }
+    # Learning facts from conversations is the person's choice (on by default).
+    settings = await router.account.GetMemorySettings(
+        account_pb2.GetMemorySettingsRequest(), metadata=metadata
+    )
+    assert settings.settings.learn_from_conversations
+    off = account_pb2.MemorySettings(learn_from_conversations=False)
+    await router.account.SetMemorySettings(
+        account_pb2.SetMemorySettingsRequest(settings=off), metadata=metadata
+    )
+    settings = await router.account.GetMemorySettings(
+        account_pb2.GetMemorySettingsRequest(), metadata=metadata
+    )
+    assert not settings.settings.learn_from_conversations
 
 
 async def test_another_users_objects_are_not_found_and_stay_intact(mesh: RouterMesh, router: Router) -> None:
@@ -245,6 +281,18 @@ async def test_another_users_objects_are_not_found_and_stay_intact(mesh: RouterM
     await expect_status(
         router.account.ForgetMemory(
             account_pb2.ForgetMemoryRequest(memory_id=bobs_memory.id), metadata=alice
+        ),
+        not_found,
+    )
+    await expect_status(
+        router.account.CorrectMemory(
+            account_pb2.CorrectMemoryRequest(memory_id=bobs_memory.id, text="mine now"), metadata=alice
+        ),
+        not_found,
+    )
+    await expect_status(
+        router.account.GetMemoryHistory(
+            account_pb2.GetMemoryHistoryRequest(memory_id=bobs_memory.id), metadata=alice
         ),
         not_found,
     )
@@ -482,6 +530,30 @@ async def test_bad_chat_requests_get_the_right_status(
         ),
         ("ForgetMemory", account_pb2.ForgetMemoryRequest(memory_id=UUID), grpc.StatusCode.NOT_FOUND, None),
         (
+            "CorrectMemory",
+            account_pb2.CorrectMemoryRequest(memory_id=UUID),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "text",
+        ),
+        (
+            "CorrectMemory",
+            account_pb2.CorrectMemoryRequest(memory_id="7", text="x"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "memory_id",
+        ),
+        (
+            "CorrectMemory",
+            account_pb2.CorrectMemoryRequest(memory_id=UUID, text="x"),
+            grpc.StatusCode.NOT_FOUND,
+            None,
+        ),
+        (
+            "GetMemoryHistory",
+            account_pb2.GetMemoryHistoryRequest(memory_id=UUID),
+            grpc.StatusCode.NOT_FOUND,
+            None,
+        ),
+        (
             "ListMemories",
             account_pb2.ListMemoriesRequest(page_size=1000),
             grpc.StatusCode.INVALID_ARGUMENT,
@@ -504,7 +576,8 @@ async def test_bad_unary_requests_get_the_right_status(
     field: str | None,
 ) -> None:
     _, metadata = mesh.user()
-    stub: Any = router.account if method in {"ForgetMemory", "ListMemories"} else router.chat
+    account = request_message.DESCRIPTOR.file.package == "athena.account.v1"
+    stub: Any = router.account if account else router.chat
     error = await expect_status(getattr(stub, method)(request_message, metadata=metadata, timeout=10), code)
     if field is not None:
         assert (error.details() or "").startswith(f"{field}: ")

@@ -84,10 +84,12 @@ async def make_hooks(
         settings = WebhooksSettings(
             **service_settings(
                 tmp_path,
-                redis_url=valkey.url,
-                google_health_secret=HEALTH_SECRET,
-                google_health_public_keys=public,
-                **overrides,
+                **{
+                    "redis_url": valkey.url,
+                    "google_health_secret": HEALTH_SECRET,
+                    "google_health_public_keys": public,
+                    **overrides,
+                },
             )
         )
         running = await start_service(WEBHOOKS, settings, Deps(verifier=verifier))
@@ -476,3 +478,20 @@ async def test_refusals_are_logged_in_one_line_without_the_body(
     assert refusals, "the refusal is logged"
     assert all(secret_marker not in str(vars(r)) for r in caplog.records)
     assert getattr(refusals[-1], "reason", None) == "client_state"
+
+
+async def test_a_notification_redis_cannot_take_is_answered_503_and_counted_against_the_budget(
+    make_hooks: HooksFactory,
+) -> None:
+    from devstack.process import free_port
+
+    hooks = await make_hooks(redis_url=f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+
+    def failed(text: str) -> float:
+        line = 'athena_webhooks_failed_total{provider="google",reason="unavailable"} '
+        return next((float(row.removeprefix(line)) for row in text.splitlines() if row.startswith(line)), 0.0)
+
+    before = failed((await hooks.client.get("/metrics")).text)
+    answer = await hooks.client.post("/webhooks/google", headers=channel_headers("a-channel", 2))
+    assert answer.status_code == 503
+    assert failed((await hooks.client.get("/metrics")).text) == before + 1

@@ -12,10 +12,11 @@ import ipaddress
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
+import yaml
 from pydantic import BaseModel
 
 # k8s/ is deployment tooling, not an installed package: import it from the checkout.
@@ -739,7 +740,7 @@ def admits(
 PROBED_PORTS = [
     *(
         (port, "TCP")
-        for port in (443, 5432, 6379, 8080, 8090, 9902, 50051, 50052, 50053, 50054, 50055, 50056)
+        for port in (443, 4317, 5432, 6379, 8080, 8090, 9902, 13133, 50051, 50052, 50053, 50054, 50055, 50056)
     ),
     *((port, "TCP") for port in (9101, 9102, 9103, 9104, 9105, 9106)),
     (53, "UDP"),
@@ -801,6 +802,8 @@ CALL_GRAPH = {
     ("prometheus", "integrations", 9105),
     ("prometheus", "webhooks", 9106),
     ("prometheus", "edge", 9902),
+    # spans, over OTLP/gRPC, from every service and the edge to the collector (which exports nowhere yet)
+    *((name, "otel-collector", 4317) for name in (*SERVICES, "edge")),
 }
 OVERLAY_GRAPH = {
     "dev": {
@@ -884,6 +887,7 @@ def test_only_the_edge_reaches_the_webhooks_and_they_reach_only_redis(rendered: 
         "valkey",
         "managed-datastore",
         "kube-dns",
+        "otel-collector",
     }
 
 
@@ -1073,3 +1077,94 @@ def test_the_fqdn_component_holds_integrations_to_the_providers_and_the_bucket(
     assert allowed_flows(manifests) == without
     readme = (ROOT / "README.md").read_text().split("## Network policies", 1)[1].split("\n## ", 1)[0]
     assert "components/integrations-fqdn-egress" in readme
+
+
+# --- observability: the collector, the Prometheus Operator component (issue 18)
+
+OPERATOR_COMPONENT = ROOT / "components" / "prometheus-operator"
+
+
+@pytest.fixture(scope="module")
+def prod_with_prometheus_operator(tmp_path_factory: pytest.TempPathFactory) -> list[Manifest]:
+    import os
+
+    from k8s.manifests import build
+
+    directory = tmp_path_factory.mktemp("prod-with-prometheus-operator")
+    (directory / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\n"
+        "kind: Kustomization\n"
+        f"namespace: {NAMESPACE}\n"
+        f"resources: [{os.path.relpath(ROOT / 'overlays' / 'prod', directory)}]\n"
+        f"components: [{os.path.relpath(OPERATOR_COMPONENT, directory)}]\n"
+    )
+    return build(directory)
+
+
+def test_every_service_and_the_edge_send_spans_to_the_collector(rendered: list[Manifest]) -> None:
+    flows = allowed_flows(rendered)
+    assert {source for source, destination, _, _ in flows if destination == "otel-collector"} == {
+        *SERVICES,
+        "edge",
+    }
+    assert not [flow for flow in flows if flow[0] == "otel-collector" and flow[1] != "kube-dns"]
+    for service in SERVICES:
+        env = environment(main_container(of_kind(rendered, "Deployment")[service]), rendered)
+        assert (
+            env["OTEL_EXPORTER_OTLP_ENDPOINT"] == f"http://otel-collector.{NAMESPACE}.svc.cluster.local:4317"
+        )
+    collector = of_kind(rendered, "Service")["otel-collector"]["spec"]["ports"]
+    assert [(port["port"], port["appProtocol"]) for port in collector] == [(4317, "grpc")]
+    config = of_kind(rendered, "ConfigMap")
+    (collector_config,) = [item for name, item in config.items() if name.startswith("otel-collector-config")]
+    pipeline = yaml.safe_load(collector_config["data"]["collector.yaml"])["service"]["pipelines"]["traces"]
+    assert pipeline["receivers"] == ["otlp"]
+
+
+def test_the_prometheus_rule_is_the_rule_file_rendered(prod_with_prometheus_operator: list[Manifest]) -> None:
+    from k8s.render_rules import OUTPUT, RULES, rendered_text
+
+    assert OUTPUT.read_text(encoding="utf-8") == rendered_text(), "stale: run `python -m k8s.render_rules`"
+    manifests = prod_with_prometheus_operator
+    (rule,) = of_kind(manifests, "PrometheusRule").values()
+    assert rule["metadata"]["namespace"] == NAMESPACE
+    assert rule["spec"]["groups"] == yaml.safe_load(RULES.read_text())["groups"]
+    monitors = of_kind(manifests, "PodMonitor")
+    deployments = of_kind(manifests, "Deployment")
+    scraped: dict[str, set[tuple[int, str]]] = {}
+    for monitor in monitors.values():
+        for name, deployment in deployments.items():
+            if not selects_expressions(monitor["spec"]["selector"], pod_labels(deployment)):
+                continue
+            ports = {port["name"]: port["containerPort"] for port in main_container(deployment)["ports"]}
+            for endpoint in monitor["spec"]["podMetricsEndpoints"]:
+                if endpoint["port"] in ports:
+                    scraped.setdefault(name, set()).add((ports[endpoint["port"]], endpoint["path"]))
+    services = {name: {(mesh.http_port, "/metrics")} for name, mesh in SERVICES.items()}
+    assert scraped == {**services, "edge": {(9902, "/stats/prometheus")}}
+    core = [item for item in manifests if item["apiVersion"] != "monitoring.coreos.com/v1"]
+    assert all_schema_errors(core) == []
+
+
+def test_the_render_rules_check_mode_fails_on_a_stale_file(tmp_path: Path) -> None:
+    from k8s.render_rules import main
+
+    stale = tmp_path / "prometheus-rules.yaml"
+    stale.write_text("{}\n")
+    assert main(["--check", "--out", str(stale)]) == 1
+    assert main(["--out", str(stale)]) == 0
+    assert main(["--check", "--out", str(stale)]) == 0
+
+
+def pod_labels(workload: Manifest) -> dict[str, str]:
+    labels: dict[str, str] = workload["spec"]["template"]["metadata"]["labels"]
+    return labels
+
+
+def selects_expressions(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
+    """`selects`, with `In` expressions too (the PodMonitors use them)."""
+    for expression in selector.get("matchExpressions", []):
+        assert expression["operator"] == "In"
+        if labels.get(expression["key"]) not in expression["values"]:
+            return False
+    return selects({"matchLabels": selector.get("matchLabels", {})}, labels)

@@ -119,7 +119,13 @@ class FakeStore:
         return self._keyword[:limit]
 
     async def candidates(
-        self, user_id: str, agent_id: str, embedding: Sequence[float], words: str | None, limit: int
+        self,
+        user_id: str,
+        agent_id: str,
+        embedding: Sequence[float],
+        words: str | None,
+        limit: int,
+        timeframe: object = None,
     ) -> Candidates:
         nearest = await self.nearest(user_id, agent_id, embedding, limit)
         keyword = await self.keyword(user_id, agent_id, words, limit) if words is not None else []

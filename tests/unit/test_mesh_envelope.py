@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
 from mesh.envelope import Cipher, DataKeys, NoDataKey, index_words
 from mesh.errors import DataLoss
@@ -151,7 +152,13 @@ async def test_cached_keys_expire(kms: LocalKeyFile) -> None:
         await keys.cipher(USER)
 
 
+def encryption_failures(operation: str, reason: str) -> float:
+    labels = {"operation": operation, "reason": reason}
+    return REGISTRY.get_sample_value("athena_encryption_failures_total", labels) or 0.0
+
+
 async def test_a_key_of_another_service_or_owner_does_not_open(kms: LocalKeyFile) -> None:
+    before = encryption_failures("unwrap", "integrity")
     store = MemoryKeyStore()
     await DataKeys(store, kms, "auth").create(USER)
     store.rows[OTHER] = store.rows[USER]  # a wrapped key copied to another owner
@@ -159,6 +166,7 @@ async def test_a_key_of_another_service_or_owner_does_not_open(kms: LocalKeyFile
         await DataKeys(store, kms, "auth").cipher(OTHER)
     with pytest.raises(DataLoss):  # and to another service's table
         await DataKeys(store, kms, "memory").cipher(USER)
+    assert encryption_failures("unwrap", "integrity") - before == 2  # what the integrity alert counts
 
 
 async def test_rewrap_all_moves_every_key_under_the_current_kek(tmp_path: Path) -> None:
@@ -177,6 +185,7 @@ async def test_rewrap_all_moves_every_key_under_the_current_kek(tmp_path: Path) 
 
 
 def test_a_sealed_value_opens_only_in_its_place(caplog: pytest.LogCaptureFixture) -> None:
+    before = encryption_failures("open", "integrity")
     cipher = Cipher(USER, b"\x01" * 32)
     sealed = cipher.seal("messages", "content", "m1", "secret words")
     assert b"secret" not in sealed
@@ -197,6 +206,7 @@ def test_a_sealed_value_opens_only_in_its_place(caplog: pytest.LogCaptureFixture
         cipher.open("messages", "content", "m1", bytes(tampered))
     with pytest.raises(DataLoss):
         cipher.open("messages", "content", "m1", b"short")
+    assert encryption_failures("open", "integrity") - before == len(places) + 4
 
 
 def test_sealing_twice_gives_different_ciphertexts() -> None:

@@ -1,8 +1,10 @@
-// What a person controls about their data: the memories their agents keep (with delete), a download of
-// everything (GDPR Art. 15/20) and the deletion of the account (Art. 17), after typed confirmation.
+// What a person controls about their data: the memories their agents keep (where each came from, with
+// correct, history and delete), a download of everything (GDPR Art. 15/20) and the deletion of the account
+// (Art. 17), after typed confirmation.
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import {
   MemoryScope,
+  MemorySource,
   type DeleteAccountResponse,
   type Memory,
 } from "../../../gen/ts/athena/account/v1/account_pb";
@@ -18,6 +20,7 @@ export class AccountPanel {
   private readonly memoriesDialog = byId("memories-dialog", HTMLDialogElement);
   private readonly memoryList = byId("memory-list", HTMLUListElement);
   private readonly memoriesStatus = byId("memories-status", HTMLParagraphElement);
+  private readonly learnFacts = byId("learn-facts", HTMLInputElement);
   private readonly deleteDialog = byId("delete-dialog", HTMLDialogElement);
   private readonly confirmation = byId("delete-confirmation", HTMLInputElement);
   private readonly confirmButton = byId("confirm-delete", HTMLButtonElement);
@@ -33,6 +36,7 @@ export class AccountPanel {
   ) {
     byId("open-memories", HTMLButtonElement).addEventListener("click", () => void this.openMemories());
     byId("close-memories", HTMLButtonElement).addEventListener("click", () => this.memoriesDialog.close());
+    this.learnFacts.addEventListener("change", () => void this.setLearning(this.learnFacts.checked));
     this.exportButton.addEventListener("click", () => void this.exportData());
     byId("open-delete-account", HTMLButtonElement).addEventListener("click", () => this.openDelete());
     byId("cancel-delete", HTMLButtonElement).addEventListener("click", () => this.deleteDialog.close());
@@ -49,12 +53,38 @@ export class AccountPanel {
     this.memoryList.replaceChildren();
     this.memoriesStatus.textContent = "Loading…";
     this.memoriesDialog.showModal();
+    this.learnFacts.disabled = true;
     try {
-      const response = await this.api.account.listMemories({ pageSize: 100 });
+      const [response, settings] = await Promise.all([
+        this.api.account.listMemories({ pageSize: 100 }),
+        this.api.account.getMemorySettings({}),
+      ]);
+      this.learnFacts.checked = settings.settings?.learnFromConversations ?? true;
+      this.learnFacts.disabled = false;
       this.renderMemories(response.memories);
     } catch (error) {
       this.memoriesStatus.textContent = describeError(error);
       this.onError(error);
+    }
+  }
+
+  /** Turns learning from conversations on or off (what was learnt stays until deleted). */
+  private async setLearning(learn: boolean): Promise<void> {
+    this.learnFacts.disabled = true;
+    try {
+      const response = await this.api.account.setMemorySettings({
+        settings: { learnFromConversations: learn },
+      });
+      this.learnFacts.checked = response.settings?.learnFromConversations ?? learn;
+      this.memoriesStatus.textContent = this.learnFacts.checked
+        ? "Your agents learn from what you mention in passing."
+        : "Your agents no longer learn from what you mention in passing.";
+    } catch (error) {
+      this.learnFacts.checked = !learn;
+      this.memoriesStatus.textContent = describeError(error);
+      this.onError(error);
+    } finally {
+      this.learnFacts.disabled = false;
     }
   }
 
@@ -69,18 +99,33 @@ export class AccountPanel {
       memory.scope === MemoryScope.AGENT
         ? `Only ${this.picker.name(memory.agentId)}`
         : "All agents";
-    const label = `Forget “${memory.text}”`;
-    const forget = el("button", { type: "button", class: "forget", "aria-label": label }, "Forget");
+    const forget = el(
+      "button",
+      { type: "button", class: "forget", "aria-label": `Forget “${memory.text}”` },
+      "Forget",
+    );
+    const correct = el(
+      "button",
+      { type: "button", class: "correct", "aria-label": `Correct “${memory.text}”` },
+      "Correct",
+    );
+    const showHistory = el(
+      "button",
+      { type: "button", class: "show-history", "aria-label": `History of “${memory.text}”` },
+      "History",
+    );
+    const when = memory.createdAt ? timestampDate(memory.createdAt).toLocaleDateString() : "";
     const item = el(
       "li",
-      { class: "memory", "data-id": memory.id },
+      {
+        class: "memory",
+        "data-id": memory.id,
+        "data-source": memory.source === MemorySource.INFERRED ? "inferred" : "explicit",
+      },
       el("p", { class: "memory-text" }, memory.text),
-      el(
-        "p",
-        { class: "meta" },
-        memory.createdAt ? `${scope} · ${timestampDate(memory.createdAt).toLocaleDateString()}` : scope,
-      ),
-      forget,
+      el("p", { class: "meta" }, [scope, when].filter(Boolean).join(" · ")),
+      this.origin(memory),
+      el("div", { class: "memory-actions" }, correct, showHistory, forget),
     );
     forget.addEventListener("click", async () => {
       forget.disabled = true;
@@ -94,7 +139,93 @@ export class AccountPanel {
         this.onError(error);
       }
     });
+    correct.addEventListener("click", () => this.openCorrection(item, memory));
+    showHistory.addEventListener("click", () => void this.toggleHistory(item, memory, showHistory));
     return item;
+  }
+
+  /** Where a memory came from: learnt from what the person told an agent (with a link to that
+   * conversation), or saved when an agent was asked to remember it (or the person corrected it). */
+  private origin(memory: Memory): HTMLElement {
+    const agent = this.picker.name(memory.agentId);
+    if (memory.source !== MemorySource.INFERRED) {
+      return el("p", { class: "origin" }, `Saved by ${agent}`);
+    }
+    const confidence = `${Math.round(memory.confidence * 100)}% sure`;
+    const parts: (string | HTMLElement)[] = [`Learnt from what you told ${agent} (${confidence})`];
+    if (memory.conversationId) {
+      const query = new URLSearchParams({ agent: memory.agentId, conversation: memory.conversationId });
+      const link = `/?${query.toString()}`;
+      parts.push(" · ", el("a", { href: link, class: "origin-link" }, "open the conversation"));
+    }
+    return el("p", { class: "origin" }, ...parts);
+  }
+
+  /** An inline form: the person's words become a new explicit version that supersedes the memory. */
+  private openCorrection(item: HTMLElement, memory: Memory): void {
+    if (item.querySelector("form.correction")) return;
+    const input = el("input", {
+      type: "text",
+      name: "text",
+      "aria-label": "Corrected memory",
+      maxlength: "4000",
+      required: "",
+    });
+    input.value = memory.text;
+    const form = el(
+      "form",
+      { class: "correction" },
+      input,
+      el("button", { type: "submit" }, "Save correction"),
+      el("button", { type: "button", class: "cancel" }, "Cancel"),
+    );
+    form.querySelector(".cancel")?.addEventListener("click", () => form.remove());
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const text = input.value.trim();
+      if (!text) return;
+      try {
+        const response = await this.api.account.correctMemory({ memoryId: memory.id, text });
+        if (response.memory) item.replaceWith(this.memoryItem(response.memory));
+        this.memoriesStatus.textContent = `Corrected: “${text}”`;
+      } catch (error) {
+        this.memoriesStatus.textContent = describeError(error);
+        this.onError(error);
+      }
+    });
+    item.append(form);
+    input.focus();
+  }
+
+  /** Shows (or hides) the fact's versions, newest first, each with when it held. */
+  private async toggleHistory(item: HTMLElement, memory: Memory, button: HTMLButtonElement): Promise<void> {
+    const shown = item.querySelector("ol.memory-history");
+    if (shown) {
+      shown.remove();
+      button.setAttribute("aria-expanded", "false");
+      return;
+    }
+    try {
+      const response = await this.api.account.getMemoryHistory({ memoryId: memory.id });
+      const versions = response.versions.map((version) => {
+        const from = version.validFrom ? timestampDate(version.validFrom).toLocaleDateString() : "";
+        const until = version.validTo ? timestampDate(version.validTo).toLocaleDateString() : "";
+        const held = version.validTo ? `from ${from} until ${until}` : `current, since ${from}`;
+        const source = version.source === MemorySource.INFERRED ? "learnt" : "saved";
+        return el(
+          "li",
+          { class: version.validTo ? "version closed" : "version current" },
+          el("span", { class: "version-text" }, version.text),
+          el("span", { class: "meta" }, ` — ${held} (${source})`),
+        );
+      });
+      const label = `History of “${memory.text}”`;
+      item.append(el("ol", { class: "memory-history", "aria-label": label }, ...versions));
+      button.setAttribute("aria-expanded", "true");
+    } catch (error) {
+      this.memoriesStatus.textContent = describeError(error);
+      this.onError(error);
+    }
   }
 
   /** Streams the export, joins the chunks and hands the browser a JSON file to save. */

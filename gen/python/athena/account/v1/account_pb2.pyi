@@ -44,6 +44,30 @@ MEMORY_SCOPE_AGENT: MemoryScope.ValueType  # 2
 """Only the agent that stored it sees it, for example a meal log."""
 Global___MemoryScope: _TypeAlias = MemoryScope  # noqa: Y015
 
+class _MemorySource:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MemorySourceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MemorySource.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MEMORY_SOURCE_UNSPECIFIED: _MemorySource.ValueType  # 0
+    """Not set (memories stored before sources were recorded count as explicit)."""
+    MEMORY_SOURCE_EXPLICIT: _MemorySource.ValueType  # 1
+    """An agent was asked to remember it (the remember/note tools), or the person wrote or corrected it."""
+    MEMORY_SOURCE_INFERRED: _MemorySource.ValueType  # 2
+    """Extracted after a turn from something the person said in passing."""
+
+class MemorySource(_MemorySource, metaclass=_MemorySourceEnumTypeWrapper):
+    """How a memory came to be remembered."""
+
+MEMORY_SOURCE_UNSPECIFIED: MemorySource.ValueType  # 0
+"""Not set (memories stored before sources were recorded count as explicit)."""
+MEMORY_SOURCE_EXPLICIT: MemorySource.ValueType  # 1
+"""An agent was asked to remember it (the remember/note tools), or the person wrote or corrected it."""
+MEMORY_SOURCE_INFERRED: MemorySource.ValueType  # 2
+"""Extracted after a turn from something the person said in passing."""
+Global___MemorySource: _TypeAlias = MemorySource  # noqa: Y015
+
 @_typing.final
 class Memory(_message.Message):
     """Something an agent remembers about the caller."""
@@ -57,6 +81,13 @@ class Memory(_message.Message):
     KEY_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    VALID_FROM_FIELD_NUMBER: _builtins.int
+    VALID_TO_FIELD_NUMBER: _builtins.int
+    SUPERSEDES_ID_FIELD_NUMBER: _builtins.int
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    CONFIDENCE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Memory id (a UUID)."""
     text: _builtins.str
@@ -66,7 +97,17 @@ class Memory(_message.Message):
     agent_id: _builtins.str
     """For agent-scoped memories, the agent; for user-wide ones, the agent that stored it."""
     key: _builtins.str
-    """Optional key a newer value of the same fact replaces, for example "caloric_goal"."""
+    """Optional key a newer value of the same fact supersedes, for example "caloric_goal"."""
+    source: Global___MemorySource.ValueType
+    """How it came to be remembered."""
+    supersedes_id: _builtins.str
+    """The version this one replaced, if any (its history continues there)."""
+    conversation_id: _builtins.str
+    """The conversation whose message stated it (inferred facts; empty for explicit ones stored otherwise)."""
+    message_id: _builtins.str
+    """The user message that stated it (inferred facts)."""
+    confidence: _builtins.float
+    """How sure the extraction was that the person stated it, 0..1 (1 for explicit memories)."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """When it was first stored."""
@@ -74,6 +115,16 @@ class Memory(_message.Message):
     @_builtins.property
     def updated_at(self) -> _timestamp_pb2.Timestamp:
         """When it last changed."""
+
+    @_builtins.property
+    def valid_from(self) -> _timestamp_pb2.Timestamp:
+        """Since when the fact holds (when it was stated or stored)."""
+
+    @_builtins.property
+    def valid_to(self) -> _timestamp_pb2.Timestamp:
+        """Until when it held: unset while it is current; set when a newer version superseded it or it was
+        invalidated (history, never silently deleted).
+        """
 
     def __init__(
         self,
@@ -85,10 +136,17 @@ class Memory(_message.Message):
         key: _builtins.str = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
+        source: Global___MemorySource.ValueType = ...,
+        valid_from: _timestamp_pb2.Timestamp | None = ...,
+        valid_to: _timestamp_pb2.Timestamp | None = ...,
+        supersedes_id: _builtins.str = ...,
+        conversation_id: _builtins.str = ...,
+        message_id: _builtins.str = ...,
+        confidence: _builtins.float = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "updated_at", b"updated_at", "valid_from", b"valid_from", "valid_to", b"valid_to"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "created_at", b"created_at", "id", b"id", "key", b"key", "scope", b"scope", "text", b"text", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "confidence", b"confidence", "conversation_id", b"conversation_id", "created_at", b"created_at", "id", b"id", "key", b"key", "message_id", b"message_id", "scope", b"scope", "source", b"source", "supersedes_id", b"supersedes_id", "text", b"text", "updated_at", b"updated_at", "valid_from", b"valid_from", "valid_to", b"valid_to"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -102,19 +160,23 @@ class ListMemoriesRequest(_message.Message):
 
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    INCLUDE_HISTORY_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """At most this many memories (1 to 100; 0 means 50)."""
     page_token: _builtins.str
     """`next_page_token` of the previous page; empty for the first page."""
+    include_history: _builtins.bool
+    """Also list closed versions (superseded or invalidated); by default only current memories."""
     def __init__(
         self,
         *,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        include_history: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_history", b"include_history", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -186,6 +248,215 @@ class ForgetMemoryResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ForgetMemoryResponse: _TypeAlias = ForgetMemoryResponse  # noqa: Y015
+
+@_typing.final
+class CorrectMemoryRequest(_message.Message):
+    """Request of CorrectMemory."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMORY_ID_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    memory_id: _builtins.str
+    """The memory to correct (a current version)."""
+    text: _builtins.str
+    """What is true instead, 1 to 4,000 characters."""
+    def __init__(
+        self,
+        *,
+        memory_id: _builtins.str = ...,
+        text: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["memory_id", b"memory_id", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CorrectMemoryRequest: _TypeAlias = CorrectMemoryRequest  # noqa: Y015
+
+@_typing.final
+class CorrectMemoryResponse(_message.Message):
+    """Response of CorrectMemory."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMORY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def memory(self) -> Global___Memory:
+        """The new, explicit version."""
+
+    def __init__(
+        self,
+        *,
+        memory: Global___Memory | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["memory", b"memory"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["memory", b"memory"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CorrectMemoryResponse: _TypeAlias = CorrectMemoryResponse  # noqa: Y015
+
+@_typing.final
+class GetMemoryHistoryRequest(_message.Message):
+    """Request of GetMemoryHistory."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMORY_ID_FIELD_NUMBER: _builtins.int
+    memory_id: _builtins.str
+    """Any version of the memory."""
+    def __init__(
+        self,
+        *,
+        memory_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["memory_id", b"memory_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetMemoryHistoryRequest: _TypeAlias = GetMemoryHistoryRequest  # noqa: Y015
+
+@_typing.final
+class GetMemoryHistoryResponse(_message.Message):
+    """Response of GetMemoryHistory."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def versions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Memory]:
+        """The versions, newest first: the current one (if any) and those it superseded, each with its validity."""
+
+    def __init__(
+        self,
+        *,
+        versions: _abc.Iterable[Global___Memory] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["versions", b"versions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetMemoryHistoryResponse: _TypeAlias = GetMemoryHistoryResponse  # noqa: Y015
+
+@_typing.final
+class MemorySettings(_message.Message):
+    """What a person decides about their memories."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEARN_FROM_CONVERSATIONS_FIELD_NUMBER: _builtins.int
+    learn_from_conversations: _builtins.bool
+    """Whether facts they state in passing are learnt after each turn (on unless they turned it off). Off,
+    nothing new is learnt; what was learnt stays until they delete it. Explicit `remember` still works.
+    """
+    def __init__(
+        self,
+        *,
+        learn_from_conversations: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["learn_from_conversations", b"learn_from_conversations"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MemorySettings: _TypeAlias = MemorySettings  # noqa: Y015
+
+@_typing.final
+class GetMemorySettingsRequest(_message.Message):
+    """Request of GetMemorySettings."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetMemorySettingsRequest: _TypeAlias = GetMemorySettingsRequest  # noqa: Y015
+
+@_typing.final
+class GetMemorySettingsResponse(_message.Message):
+    """Response of GetMemorySettings."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SETTINGS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def settings(self) -> Global___MemorySettings:
+        """The caller's settings."""
+
+    def __init__(
+        self,
+        *,
+        settings: Global___MemorySettings | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetMemorySettingsResponse: _TypeAlias = GetMemorySettingsResponse  # noqa: Y015
+
+@_typing.final
+class SetMemorySettingsRequest(_message.Message):
+    """Request of SetMemorySettings."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SETTINGS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def settings(self) -> Global___MemorySettings:
+        """The settings to keep."""
+
+    def __init__(
+        self,
+        *,
+        settings: Global___MemorySettings | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetMemorySettingsRequest: _TypeAlias = SetMemorySettingsRequest  # noqa: Y015
+
+@_typing.final
+class SetMemorySettingsResponse(_message.Message):
+    """Response of SetMemorySettings."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SETTINGS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def settings(self) -> Global___MemorySettings:
+        """The settings as stored."""
+
+    def __init__(
+        self,
+        *,
+        settings: Global___MemorySettings | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetMemorySettingsResponse: _TypeAlias = SetMemorySettingsResponse  # noqa: Y015
 
 @_typing.final
 class ExportDataRequest(_message.Message):

@@ -46,6 +46,26 @@ class AccountServiceStub:
                 request_serializer=athena_dot_account_dot_v1_dot_account__pb2.ForgetMemoryRequest.SerializeToString,
                 response_deserializer=athena_dot_account_dot_v1_dot_account__pb2.ForgetMemoryResponse.FromString,
                 _registered_method=True)
+        self.CorrectMemory = channel.unary_unary(
+                '/athena.account.v1.AccountService/CorrectMemory',
+                request_serializer=athena_dot_account_dot_v1_dot_account__pb2.CorrectMemoryRequest.SerializeToString,
+                response_deserializer=athena_dot_account_dot_v1_dot_account__pb2.CorrectMemoryResponse.FromString,
+                _registered_method=True)
+        self.GetMemoryHistory = channel.unary_unary(
+                '/athena.account.v1.AccountService/GetMemoryHistory',
+                request_serializer=athena_dot_account_dot_v1_dot_account__pb2.GetMemoryHistoryRequest.SerializeToString,
+                response_deserializer=athena_dot_account_dot_v1_dot_account__pb2.GetMemoryHistoryResponse.FromString,
+                _registered_method=True)
+        self.GetMemorySettings = channel.unary_unary(
+                '/athena.account.v1.AccountService/GetMemorySettings',
+                request_serializer=athena_dot_account_dot_v1_dot_account__pb2.GetMemorySettingsRequest.SerializeToString,
+                response_deserializer=athena_dot_account_dot_v1_dot_account__pb2.GetMemorySettingsResponse.FromString,
+                _registered_method=True)
+        self.SetMemorySettings = channel.unary_unary(
+                '/athena.account.v1.AccountService/SetMemorySettings',
+                request_serializer=athena_dot_account_dot_v1_dot_account__pb2.SetMemorySettingsRequest.SerializeToString,
+                response_deserializer=athena_dot_account_dot_v1_dot_account__pb2.SetMemorySettingsResponse.FromString,
+                _registered_method=True)
         self.ExportData = channel.unary_stream(
                 '/athena.account.v1.AccountService/ExportData',
                 request_serializer=athena_dot_account_dot_v1_dot_account__pb2.ExportDataRequest.SerializeToString,
@@ -72,6 +92,35 @@ class AccountServiceServicer:
 
     def ForgetMemory(self, request, context):
         """Deletes one memory of the caller, everywhere it is stored.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CorrectMemory(self, request, context):
+        """Corrects a memory: the person's text becomes a new explicit version that supersedes it (the old one
+        is closed with `valid_to`, kept in its history). Answers the new version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetMemoryHistory(self, request, context):
+        """A memory's history: the memory and every version it superseded, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetMemorySettings(self, request, context):
+        """The caller's memory settings (whether agents learn facts from what they say in passing).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetMemorySettings(self, request, context):
+        """Changes the caller's memory settings; answers them as stored.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -109,6 +158,26 @@ def add_AccountServiceServicer_to_server(servicer, server):
                     servicer.ForgetMemory,
                     request_deserializer=athena_dot_account_dot_v1_dot_account__pb2.ForgetMemoryRequest.FromString,
                     response_serializer=athena_dot_account_dot_v1_dot_account__pb2.ForgetMemoryResponse.SerializeToString,
+            ),
+            'CorrectMemory': grpc.unary_unary_rpc_method_handler(
+                    servicer.CorrectMemory,
+                    request_deserializer=athena_dot_account_dot_v1_dot_account__pb2.CorrectMemoryRequest.FromString,
+                    response_serializer=athena_dot_account_dot_v1_dot_account__pb2.CorrectMemoryResponse.SerializeToString,
+            ),
+            'GetMemoryHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMemoryHistory,
+                    request_deserializer=athena_dot_account_dot_v1_dot_account__pb2.GetMemoryHistoryRequest.FromString,
+                    response_serializer=athena_dot_account_dot_v1_dot_account__pb2.GetMemoryHistoryResponse.SerializeToString,
+            ),
+            'GetMemorySettings': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMemorySettings,
+                    request_deserializer=athena_dot_account_dot_v1_dot_account__pb2.GetMemorySettingsRequest.FromString,
+                    response_serializer=athena_dot_account_dot_v1_dot_account__pb2.GetMemorySettingsResponse.SerializeToString,
+            ),
+            'SetMemorySettings': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetMemorySettings,
+                    request_deserializer=athena_dot_account_dot_v1_dot_account__pb2.SetMemorySettingsRequest.FromString,
+                    response_serializer=athena_dot_account_dot_v1_dot_account__pb2.SetMemorySettingsResponse.SerializeToString,
             ),
             'ExportData': grpc.unary_stream_rpc_method_handler(
                     servicer.ExportData,
@@ -177,6 +246,114 @@ class AccountService:
             '/athena.account.v1.AccountService/ForgetMemory',
             athena_dot_account_dot_v1_dot_account__pb2.ForgetMemoryRequest.SerializeToString,
             athena_dot_account_dot_v1_dot_account__pb2.ForgetMemoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CorrectMemory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/athena.account.v1.AccountService/CorrectMemory',
+            athena_dot_account_dot_v1_dot_account__pb2.CorrectMemoryRequest.SerializeToString,
+            athena_dot_account_dot_v1_dot_account__pb2.CorrectMemoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMemoryHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/athena.account.v1.AccountService/GetMemoryHistory',
+            athena_dot_account_dot_v1_dot_account__pb2.GetMemoryHistoryRequest.SerializeToString,
+            athena_dot_account_dot_v1_dot_account__pb2.GetMemoryHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMemorySettings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/athena.account.v1.AccountService/GetMemorySettings',
+            athena_dot_account_dot_v1_dot_account__pb2.GetMemorySettingsRequest.SerializeToString,
+            athena_dot_account_dot_v1_dot_account__pb2.GetMemorySettingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetMemorySettings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/athena.account.v1.AccountService/SetMemorySettings',
+            athena_dot_account_dot_v1_dot_account__pb2.SetMemorySettingsRequest.SerializeToString,
+            athena_dot_account_dot_v1_dot_account__pb2.SetMemorySettingsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -39,6 +39,16 @@ class AccountServiceStub:
     """Lists what the caller's agents remember, newest first."""
     ForgetMemory: _grpc.UnaryUnaryMultiCallable[_account_pb2.ForgetMemoryRequest, _account_pb2.ForgetMemoryResponse]
     """Deletes one memory of the caller, everywhere it is stored."""
+    CorrectMemory: _grpc.UnaryUnaryMultiCallable[_account_pb2.CorrectMemoryRequest, _account_pb2.CorrectMemoryResponse]
+    """Corrects a memory: the person's text becomes a new explicit version that supersedes it (the old one
+    is closed with `valid_to`, kept in its history). Answers the new version.
+    """
+    GetMemoryHistory: _grpc.UnaryUnaryMultiCallable[_account_pb2.GetMemoryHistoryRequest, _account_pb2.GetMemoryHistoryResponse]
+    """A memory's history: the memory and every version it superseded, newest first."""
+    GetMemorySettings: _grpc.UnaryUnaryMultiCallable[_account_pb2.GetMemorySettingsRequest, _account_pb2.GetMemorySettingsResponse]
+    """The caller's memory settings (whether agents learn facts from what they say in passing)."""
+    SetMemorySettings: _grpc.UnaryUnaryMultiCallable[_account_pb2.SetMemorySettingsRequest, _account_pb2.SetMemorySettingsResponse]
+    """Changes the caller's memory settings; answers them as stored."""
     ExportData: _grpc.UnaryStreamMultiCallable[_account_pb2.ExportDataRequest, _account_pb2.ExportDataResponse]
     """Everything AthenaOS holds about the caller (GDPR Art. 15 and 20) as one UTF-8 JSON document, streamed
     in chunks: concatenate `chunk` of every response in order.
@@ -63,6 +73,16 @@ class AccountServiceAsyncStub(AccountServiceStub):
     """Lists what the caller's agents remember, newest first."""
     ForgetMemory: _aio.UnaryUnaryMultiCallable[_account_pb2.ForgetMemoryRequest, _account_pb2.ForgetMemoryResponse]  # type: ignore[assignment]
     """Deletes one memory of the caller, everywhere it is stored."""
+    CorrectMemory: _aio.UnaryUnaryMultiCallable[_account_pb2.CorrectMemoryRequest, _account_pb2.CorrectMemoryResponse]  # type: ignore[assignment]
+    """Corrects a memory: the person's text becomes a new explicit version that supersedes it (the old one
+    is closed with `valid_to`, kept in its history). Answers the new version.
+    """
+    GetMemoryHistory: _aio.UnaryUnaryMultiCallable[_account_pb2.GetMemoryHistoryRequest, _account_pb2.GetMemoryHistoryResponse]  # type: ignore[assignment]
+    """A memory's history: the memory and every version it superseded, newest first."""
+    GetMemorySettings: _aio.UnaryUnaryMultiCallable[_account_pb2.GetMemorySettingsRequest, _account_pb2.GetMemorySettingsResponse]  # type: ignore[assignment]
+    """The caller's memory settings (whether agents learn facts from what they say in passing)."""
+    SetMemorySettings: _aio.UnaryUnaryMultiCallable[_account_pb2.SetMemorySettingsRequest, _account_pb2.SetMemorySettingsResponse]  # type: ignore[assignment]
+    """Changes the caller's memory settings; answers them as stored."""
     ExportData: _aio.UnaryStreamMultiCallable[_account_pb2.ExportDataRequest, _account_pb2.ExportDataResponse]  # type: ignore[assignment]
     """Everything AthenaOS holds about the caller (GDPR Art. 15 and 20) as one UTF-8 JSON document, streamed
     in chunks: concatenate `chunk` of every response in order.
@@ -96,6 +116,40 @@ class AccountServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_account_pb2.ForgetMemoryResponse, _abc.Awaitable[_account_pb2.ForgetMemoryResponse]]:
         """Deletes one memory of the caller, everywhere it is stored."""
+
+    @_abc_1.abstractmethod
+    def CorrectMemory(
+        self,
+        request: _account_pb2.CorrectMemoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_account_pb2.CorrectMemoryResponse, _abc.Awaitable[_account_pb2.CorrectMemoryResponse]]:
+        """Corrects a memory: the person's text becomes a new explicit version that supersedes it (the old one
+        is closed with `valid_to`, kept in its history). Answers the new version.
+        """
+
+    @_abc_1.abstractmethod
+    def GetMemoryHistory(
+        self,
+        request: _account_pb2.GetMemoryHistoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_account_pb2.GetMemoryHistoryResponse, _abc.Awaitable[_account_pb2.GetMemoryHistoryResponse]]:
+        """A memory's history: the memory and every version it superseded, newest first."""
+
+    @_abc_1.abstractmethod
+    def GetMemorySettings(
+        self,
+        request: _account_pb2.GetMemorySettingsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_account_pb2.GetMemorySettingsResponse, _abc.Awaitable[_account_pb2.GetMemorySettingsResponse]]:
+        """The caller's memory settings (whether agents learn facts from what they say in passing)."""
+
+    @_abc_1.abstractmethod
+    def SetMemorySettings(
+        self,
+        request: _account_pb2.SetMemorySettingsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_account_pb2.SetMemorySettingsResponse, _abc.Awaitable[_account_pb2.SetMemorySettingsResponse]]:
+        """Changes the caller's memory settings; answers them as stored."""
 
     @_abc_1.abstractmethod
     def ExportData(

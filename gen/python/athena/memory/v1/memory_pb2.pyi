@@ -180,8 +180,8 @@ class RememberRequest(_message.Message):
     agent_id: _builtins.str
     """The agent storing it."""
     key: _builtins.str
-    """Optional key (letters, digits, "_", "-", "."; at most 64): a memory with the same key and scope replaces
-    the older value.
+    """Optional key (letters, digits, "_", "-", "."; at most 64): a memory with the same key and scope
+    supersedes the older value, which stays in the fact's history.
     """
     embedding_model: _builtins.str
     """The embedding model that made `embedding` (required with it). Only the service's current model is
@@ -218,7 +218,7 @@ class RememberResponse(_message.Message):
     MEMORY_FIELD_NUMBER: _builtins.int
     CREATED_FIELD_NUMBER: _builtins.int
     created: _builtins.bool
-    """False when an existing memory was updated instead."""
+    """False when it is a new version of an existing fact, or the same text again."""
     @_builtins.property
     def memory(self) -> _account_pb2.Memory:
         """The memory as stored."""
@@ -369,28 +369,256 @@ class ListMemoriesRequest(_message.Message):
 
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    INCLUDE_HISTORY_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """At most this many (1 to 100; 0 means 50)."""
     page_token: _builtins.str
     """`next_page_token` of the previous page."""
+    include_history: _builtins.bool
+    """Also list closed versions (superseded or invalidated)."""
     def __init__(
         self,
         *,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        include_history: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_history", b"include_history", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListMemoriesRequest: _TypeAlias = ListMemoriesRequest  # noqa: Y015
 
 @_typing.final
-class ListMemoriesResponse(_message.Message):
-    """Response of ListMemories."""
+class CorrectMemoryRequest(_message.Message):
+    """Request of CorrectMemory."""
 
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMORY_ID_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    memory_id: _builtins.str
+    """The memory to correct; it must be current."""
+    text: _builtins.str
+    """What is true instead, 1 to 4,000 characters."""
+    def __init__(
+        self,
+        *,
+        memory_id: _builtins.str = ...,
+        text: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["memory_id", b"memory_id", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CorrectMemoryRequest: _TypeAlias = CorrectMemoryRequest  # noqa: Y015
+
+@_typing.final
+class CorrectMemoryResponse(_message.Message):
+    """Response of CorrectMemory."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMORY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def memory(self) -> _account_pb2.Memory:
+        """The new, explicit version."""
+
+    def __init__(
+        self,
+        *,
+        memory: _account_pb2.Memory | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["memory", b"memory"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["memory", b"memory"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CorrectMemoryResponse: _TypeAlias = CorrectMemoryResponse  # noqa: Y015
+
+@_typing.final
+class GetMemoryHistoryRequest(_message.Message):
+    """Request of GetMemoryHistory."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMORY_ID_FIELD_NUMBER: _builtins.int
+    memory_id: _builtins.str
+    """Any version of the memory."""
+    def __init__(
+        self,
+        *,
+        memory_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["memory_id", b"memory_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetMemoryHistoryRequest: _TypeAlias = GetMemoryHistoryRequest  # noqa: Y015
+
+@_typing.final
+class GetMemoryHistoryResponse(_message.Message):
+    """Response of GetMemoryHistory."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def versions(self) -> _containers.RepeatedCompositeFieldContainer[_account_pb2.Memory]:
+        """Newest first."""
+
+    def __init__(
+        self,
+        *,
+        versions: _abc.Iterable[_account_pb2.Memory] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["versions", b"versions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetMemoryHistoryResponse: _TypeAlias = GetMemoryHistoryResponse  # noqa: Y015
+
+@_typing.final
+class GetMemorySettingsRequest(_message.Message):
+    """Request of GetMemorySettings."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetMemorySettingsRequest: _TypeAlias = GetMemorySettingsRequest  # noqa: Y015
+
+@_typing.final
+class GetMemorySettingsResponse(_message.Message):
+    """Response of GetMemorySettings."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SETTINGS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def settings(self) -> _account_pb2.MemorySettings:
+        """The caller's settings."""
+
+    def __init__(
+        self,
+        *,
+        settings: _account_pb2.MemorySettings | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetMemorySettingsResponse: _TypeAlias = GetMemorySettingsResponse  # noqa: Y015
+
+@_typing.final
+class SetMemorySettingsRequest(_message.Message):
+    """Request of SetMemorySettings."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SETTINGS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def settings(self) -> _account_pb2.MemorySettings:
+        """The settings to keep."""
+
+    def __init__(
+        self,
+        *,
+        settings: _account_pb2.MemorySettings | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetMemorySettingsRequest: _TypeAlias = SetMemorySettingsRequest  # noqa: Y015
+
+@_typing.final
+class SetMemorySettingsResponse(_message.Message):
+    """Response of SetMemorySettings."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SETTINGS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def settings(self) -> _account_pb2.MemorySettings:
+        """The settings as stored."""
+
+    def __init__(
+        self,
+        *,
+        settings: _account_pb2.MemorySettings | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetMemorySettingsResponse: _TypeAlias = SetMemorySettingsResponse  # noqa: Y015
+
+@_typing.final
+class FactExtractionJob(_message.Message):
+    """A job on the memory service's fact-extraction stream (Redis, `athena:memory:facts`): the answer of a
+    completed turn was stored, so the durable facts its user message stated are extracted and reconciled
+    in the background. Carries ids only: the words stay sealed in PostgreSQL.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    ANSWER_ID_FIELD_NUMBER: _builtins.int
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The dedupe key: the answer's message id."""
+    user_id: _builtins.str
+    """Whose turn."""
+    conversation_id: _builtins.str
+    """The conversation."""
+    answer_id: _builtins.str
+    """The stored answer (the assistant message); its turn's user message is the one extracted from."""
+    agent_id: _builtins.str
+    """The agent that answered."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        conversation_id: _builtins.str = ...,
+        answer_id: _builtins.str = ...,
+        agent_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "answer_id", b"answer_id", "conversation_id", b"conversation_id", "id", b"id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FactExtractionJob: _TypeAlias = FactExtractionJob  # noqa: Y015
+
+@_typing.final
+class ListMemoriesResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     MEMORIES_FIELD_NUMBER: _builtins.int

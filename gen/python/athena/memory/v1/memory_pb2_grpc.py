@@ -61,6 +61,26 @@ class MemoryServiceStub:
                 request_serializer=athena_dot_memory_dot_v1_dot_memory__pb2.ListMemoriesRequest.SerializeToString,
                 response_deserializer=athena_dot_memory_dot_v1_dot_memory__pb2.ListMemoriesResponse.FromString,
                 _registered_method=True)
+        self.CorrectMemory = channel.unary_unary(
+                '/athena.memory.v1.MemoryService/CorrectMemory',
+                request_serializer=athena_dot_memory_dot_v1_dot_memory__pb2.CorrectMemoryRequest.SerializeToString,
+                response_deserializer=athena_dot_memory_dot_v1_dot_memory__pb2.CorrectMemoryResponse.FromString,
+                _registered_method=True)
+        self.GetMemoryHistory = channel.unary_unary(
+                '/athena.memory.v1.MemoryService/GetMemoryHistory',
+                request_serializer=athena_dot_memory_dot_v1_dot_memory__pb2.GetMemoryHistoryRequest.SerializeToString,
+                response_deserializer=athena_dot_memory_dot_v1_dot_memory__pb2.GetMemoryHistoryResponse.FromString,
+                _registered_method=True)
+        self.GetMemorySettings = channel.unary_unary(
+                '/athena.memory.v1.MemoryService/GetMemorySettings',
+                request_serializer=athena_dot_memory_dot_v1_dot_memory__pb2.GetMemorySettingsRequest.SerializeToString,
+                response_deserializer=athena_dot_memory_dot_v1_dot_memory__pb2.GetMemorySettingsResponse.FromString,
+                _registered_method=True)
+        self.SetMemorySettings = channel.unary_unary(
+                '/athena.memory.v1.MemoryService/SetMemorySettings',
+                request_serializer=athena_dot_memory_dot_v1_dot_memory__pb2.SetMemorySettingsRequest.SerializeToString,
+                response_deserializer=athena_dot_memory_dot_v1_dot_memory__pb2.SetMemorySettingsResponse.FromString,
+                _registered_method=True)
         self.PutEphemeral = channel.unary_unary(
                 '/athena.memory.v1.MemoryService/PutEphemeral',
                 request_serializer=athena_dot_memory_dot_v1_dot_memory__pb2.PutEphemeralRequest.SerializeToString,
@@ -94,7 +114,9 @@ class MemoryServiceServicer:
     """
 
     def Remember(self, request, context):
-        """Stores a memory, or replaces the one with the same key in the same scope (idempotent upsert).
+        """Stores an explicit memory. The same key in the same scope with another text is a new version: the
+        current one is closed (`valid_to`) and kept as history. The same text again changes nothing
+        (idempotent).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -116,7 +138,36 @@ class MemoryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListMemories(self, request, context):
-        """Lists the user's memories, newest first.
+        """Lists the user's memories, newest first: current ones, or with `include_history` closed versions too.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CorrectMemory(self, request, context):
+        """The person corrects a memory: a new explicit version supersedes it (the old one is closed, kept).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetMemoryHistory(self, request, context):
+        """A memory's history: the version asked for, the one that superseded it (if any) and every version
+        before it, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetMemorySettings(self, request, context):
+        """The caller's memory settings (whether facts are learnt from their turns).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetMemorySettings(self, request, context):
+        """Stores the caller's memory settings.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -175,6 +226,26 @@ def add_MemoryServiceServicer_to_server(servicer, server):
                     servicer.ListMemories,
                     request_deserializer=athena_dot_memory_dot_v1_dot_memory__pb2.ListMemoriesRequest.FromString,
                     response_serializer=athena_dot_memory_dot_v1_dot_memory__pb2.ListMemoriesResponse.SerializeToString,
+            ),
+            'CorrectMemory': grpc.unary_unary_rpc_method_handler(
+                    servicer.CorrectMemory,
+                    request_deserializer=athena_dot_memory_dot_v1_dot_memory__pb2.CorrectMemoryRequest.FromString,
+                    response_serializer=athena_dot_memory_dot_v1_dot_memory__pb2.CorrectMemoryResponse.SerializeToString,
+            ),
+            'GetMemoryHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMemoryHistory,
+                    request_deserializer=athena_dot_memory_dot_v1_dot_memory__pb2.GetMemoryHistoryRequest.FromString,
+                    response_serializer=athena_dot_memory_dot_v1_dot_memory__pb2.GetMemoryHistoryResponse.SerializeToString,
+            ),
+            'GetMemorySettings': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMemorySettings,
+                    request_deserializer=athena_dot_memory_dot_v1_dot_memory__pb2.GetMemorySettingsRequest.FromString,
+                    response_serializer=athena_dot_memory_dot_v1_dot_memory__pb2.GetMemorySettingsResponse.SerializeToString,
+            ),
+            'SetMemorySettings': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetMemorySettings,
+                    request_deserializer=athena_dot_memory_dot_v1_dot_memory__pb2.SetMemorySettingsRequest.FromString,
+                    response_serializer=athena_dot_memory_dot_v1_dot_memory__pb2.SetMemorySettingsResponse.SerializeToString,
             ),
             'PutEphemeral': grpc.unary_unary_rpc_method_handler(
                     servicer.PutEphemeral,
@@ -312,6 +383,114 @@ class MemoryService:
             '/athena.memory.v1.MemoryService/ListMemories',
             athena_dot_memory_dot_v1_dot_memory__pb2.ListMemoriesRequest.SerializeToString,
             athena_dot_memory_dot_v1_dot_memory__pb2.ListMemoriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CorrectMemory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/athena.memory.v1.MemoryService/CorrectMemory',
+            athena_dot_memory_dot_v1_dot_memory__pb2.CorrectMemoryRequest.SerializeToString,
+            athena_dot_memory_dot_v1_dot_memory__pb2.CorrectMemoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMemoryHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/athena.memory.v1.MemoryService/GetMemoryHistory',
+            athena_dot_memory_dot_v1_dot_memory__pb2.GetMemoryHistoryRequest.SerializeToString,
+            athena_dot_memory_dot_v1_dot_memory__pb2.GetMemoryHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMemorySettings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/athena.memory.v1.MemoryService/GetMemorySettings',
+            athena_dot_memory_dot_v1_dot_memory__pb2.GetMemorySettingsRequest.SerializeToString,
+            athena_dot_memory_dot_v1_dot_memory__pb2.GetMemorySettingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetMemorySettings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/athena.memory.v1.MemoryService/SetMemorySettings',
+            athena_dot_memory_dot_v1_dot_memory__pb2.SetMemorySettingsRequest.SerializeToString,
+            athena_dot_memory_dot_v1_dot_memory__pb2.SetMemorySettingsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -41,7 +41,10 @@ class MemoryServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> MemoryServiceAsyncStub: ...
     Remember: _grpc.UnaryUnaryMultiCallable[_memory_pb2.RememberRequest, _memory_pb2.RememberResponse]
-    """Stores a memory, or replaces the one with the same key in the same scope (idempotent upsert)."""
+    """Stores an explicit memory. The same key in the same scope with another text is a new version: the
+    current one is closed (`valid_to`) and kept as history. The same text again changes nothing
+    (idempotent).
+    """
     Recall: _grpc.UnaryUnaryMultiCallable[_memory_pb2.RecallRequest, _memory_pb2.RecallResponse]
     """Finds the memories that fit a query for an agent: user-wide ones plus the agent's own, by cosine
     similarity above the model's threshold blended with recency, falling back to keyword search.
@@ -49,7 +52,17 @@ class MemoryServiceStub:
     Forget: _grpc.UnaryUnaryMultiCallable[_memory_pb2.ForgetRequest, _memory_pb2.ForgetResponse]
     """Deletes memories by id or by query, from both the vector and the keyword index."""
     ListMemories: _grpc.UnaryUnaryMultiCallable[_memory_pb2.ListMemoriesRequest, _memory_pb2.ListMemoriesResponse]
-    """Lists the user's memories, newest first."""
+    """Lists the user's memories, newest first: current ones, or with `include_history` closed versions too."""
+    CorrectMemory: _grpc.UnaryUnaryMultiCallable[_memory_pb2.CorrectMemoryRequest, _memory_pb2.CorrectMemoryResponse]
+    """The person corrects a memory: a new explicit version supersedes it (the old one is closed, kept)."""
+    GetMemoryHistory: _grpc.UnaryUnaryMultiCallable[_memory_pb2.GetMemoryHistoryRequest, _memory_pb2.GetMemoryHistoryResponse]
+    """A memory's history: the version asked for, the one that superseded it (if any) and every version
+    before it, newest first.
+    """
+    GetMemorySettings: _grpc.UnaryUnaryMultiCallable[_memory_pb2.GetMemorySettingsRequest, _memory_pb2.GetMemorySettingsResponse]
+    """The caller's memory settings (whether facts are learnt from their turns)."""
+    SetMemorySettings: _grpc.UnaryUnaryMultiCallable[_memory_pb2.SetMemorySettingsRequest, _memory_pb2.SetMemorySettingsResponse]
+    """Stores the caller's memory settings."""
     PutEphemeral: _grpc.UnaryUnaryMultiCallable[_memory_pb2.PutEphemeralRequest, _memory_pb2.PutEphemeralResponse]
     """Stores a short-lived value (calendar free/busy, wearable stats) with a time to live."""
     GetEphemeral: _grpc.UnaryUnaryMultiCallable[_memory_pb2.GetEphemeralRequest, _memory_pb2.GetEphemeralResponse]
@@ -77,7 +90,10 @@ class MemoryServiceAsyncStub(MemoryServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Remember: _aio.UnaryUnaryMultiCallable[_memory_pb2.RememberRequest, _memory_pb2.RememberResponse]  # type: ignore[assignment]
-    """Stores a memory, or replaces the one with the same key in the same scope (idempotent upsert)."""
+    """Stores an explicit memory. The same key in the same scope with another text is a new version: the
+    current one is closed (`valid_to`) and kept as history. The same text again changes nothing
+    (idempotent).
+    """
     Recall: _aio.UnaryUnaryMultiCallable[_memory_pb2.RecallRequest, _memory_pb2.RecallResponse]  # type: ignore[assignment]
     """Finds the memories that fit a query for an agent: user-wide ones plus the agent's own, by cosine
     similarity above the model's threshold blended with recency, falling back to keyword search.
@@ -85,7 +101,17 @@ class MemoryServiceAsyncStub(MemoryServiceStub):
     Forget: _aio.UnaryUnaryMultiCallable[_memory_pb2.ForgetRequest, _memory_pb2.ForgetResponse]  # type: ignore[assignment]
     """Deletes memories by id or by query, from both the vector and the keyword index."""
     ListMemories: _aio.UnaryUnaryMultiCallable[_memory_pb2.ListMemoriesRequest, _memory_pb2.ListMemoriesResponse]  # type: ignore[assignment]
-    """Lists the user's memories, newest first."""
+    """Lists the user's memories, newest first: current ones, or with `include_history` closed versions too."""
+    CorrectMemory: _aio.UnaryUnaryMultiCallable[_memory_pb2.CorrectMemoryRequest, _memory_pb2.CorrectMemoryResponse]  # type: ignore[assignment]
+    """The person corrects a memory: a new explicit version supersedes it (the old one is closed, kept)."""
+    GetMemoryHistory: _aio.UnaryUnaryMultiCallable[_memory_pb2.GetMemoryHistoryRequest, _memory_pb2.GetMemoryHistoryResponse]  # type: ignore[assignment]
+    """A memory's history: the version asked for, the one that superseded it (if any) and every version
+    before it, newest first.
+    """
+    GetMemorySettings: _aio.UnaryUnaryMultiCallable[_memory_pb2.GetMemorySettingsRequest, _memory_pb2.GetMemorySettingsResponse]  # type: ignore[assignment]
+    """The caller's memory settings (whether facts are learnt from their turns)."""
+    SetMemorySettings: _aio.UnaryUnaryMultiCallable[_memory_pb2.SetMemorySettingsRequest, _memory_pb2.SetMemorySettingsResponse]  # type: ignore[assignment]
+    """Stores the caller's memory settings."""
     PutEphemeral: _aio.UnaryUnaryMultiCallable[_memory_pb2.PutEphemeralRequest, _memory_pb2.PutEphemeralResponse]  # type: ignore[assignment]
     """Stores a short-lived value (calendar free/busy, wearable stats) with a time to live."""
     GetEphemeral: _aio.UnaryUnaryMultiCallable[_memory_pb2.GetEphemeralRequest, _memory_pb2.GetEphemeralResponse]  # type: ignore[assignment]
@@ -116,7 +142,10 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _memory_pb2.RememberRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_memory_pb2.RememberResponse, _abc.Awaitable[_memory_pb2.RememberResponse]]:
-        """Stores a memory, or replaces the one with the same key in the same scope (idempotent upsert)."""
+        """Stores an explicit memory. The same key in the same scope with another text is a new version: the
+        current one is closed (`valid_to`) and kept as history. The same text again changes nothing
+        (idempotent).
+        """
 
     @_abc_1.abstractmethod
     def Recall(
@@ -142,7 +171,41 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _memory_pb2.ListMemoriesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_memory_pb2.ListMemoriesResponse, _abc.Awaitable[_memory_pb2.ListMemoriesResponse]]:
-        """Lists the user's memories, newest first."""
+        """Lists the user's memories, newest first: current ones, or with `include_history` closed versions too."""
+
+    @_abc_1.abstractmethod
+    def CorrectMemory(
+        self,
+        request: _memory_pb2.CorrectMemoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_memory_pb2.CorrectMemoryResponse, _abc.Awaitable[_memory_pb2.CorrectMemoryResponse]]:
+        """The person corrects a memory: a new explicit version supersedes it (the old one is closed, kept)."""
+
+    @_abc_1.abstractmethod
+    def GetMemoryHistory(
+        self,
+        request: _memory_pb2.GetMemoryHistoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_memory_pb2.GetMemoryHistoryResponse, _abc.Awaitable[_memory_pb2.GetMemoryHistoryResponse]]:
+        """A memory's history: the version asked for, the one that superseded it (if any) and every version
+        before it, newest first.
+        """
+
+    @_abc_1.abstractmethod
+    def GetMemorySettings(
+        self,
+        request: _memory_pb2.GetMemorySettingsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_memory_pb2.GetMemorySettingsResponse, _abc.Awaitable[_memory_pb2.GetMemorySettingsResponse]]:
+        """The caller's memory settings (whether facts are learnt from their turns)."""
+
+    @_abc_1.abstractmethod
+    def SetMemorySettings(
+        self,
+        request: _memory_pb2.SetMemorySettingsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_memory_pb2.SetMemorySettingsResponse, _abc.Awaitable[_memory_pb2.SetMemorySettingsResponse]]:
+        """Stores the caller's memory settings."""
 
     @_abc_1.abstractmethod
     def PutEphemeral(

@@ -13,7 +13,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file athena/account/v1/account.proto.
  */
 export const file_athena_account_v1_account: GenFile = /*@__PURE__*/
-  fileDesc("Ch9hdGhlbmEvYWNjb3VudC92MS9hY2NvdW50LnByb3RvEhFhdGhlbmEuYWNjb3VudC52MSLQAQoGTWVtb3J5EgoKAmlkGAEgASgJEgwKBHRleHQYAiABKAkSLQoFc2NvcGUYAyABKA4yHi5hdGhlbmEuYWNjb3VudC52MS5NZW1vcnlTY29wZRIQCghhZ2VudF9pZBgEIAEoCRILCgNrZXkYBSABKAkSLgoKY3JlYXRlZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKdXBkYXRlZF9hdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiUQoTTGlzdE1lbW9yaWVzUmVxdWVzdBIcCglwYWdlX3NpemUYASABKAVCCbpIBhoEGGQoABIcCgpwYWdlX3Rva2VuGAIgASgJQgi6SAVyAxiABCJcChRMaXN0TWVtb3JpZXNSZXNwb25zZRIrCghtZW1vcmllcxgBIAMoCzIZLmF0aGVuYS5hY2NvdW50LnYxLk1lbW9yeRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiNQoTRm9yZ2V0TWVtb3J5UmVxdWVzdBIeCgltZW1vcnlfaWQYASABKAlCC7pICMgBAXIDsAEBIhYKFEZvcmdldE1lbW9yeVJlc3BvbnNlIhMKEUV4cG9ydERhdGFSZXF1ZXN0IjkKEkV4cG9ydERhdGFSZXNwb25zZRINCgVjaHVuaxgBIAEoDBIUCgxjb250ZW50X3R5cGUYAiABKAkiFgoURGVsZXRlQWNjb3VudFJlcXVlc3QizAEKFURlbGV0ZUFjY291bnRSZXNwb25zZRIPCgdyZWNlaXB0GAEgASgJEkQKBmVyYXNlZBgCIAMoCzI0LmF0aGVuYS5hY2NvdW50LnYxLkRlbGV0ZUFjY291bnRSZXNwb25zZS5FcmFzZWRFbnRyeRItCgllcmFzZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wGi0KC0VyYXNlZEVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoAzoCOAEqWgoLTWVtb3J5U2NvcGUSHAoYTUVNT1JZX1NDT1BFX1VOU1BFQ0lGSUVEEAASFQoRTUVNT1JZX1NDT1BFX1VTRVIQARIWChJNRU1PUllfU0NPUEVfQUdFTlQQAjKTAwoOQWNjb3VudFNlcnZpY2USXwoMTGlzdE1lbW9yaWVzEiYuYXRoZW5hLmFjY291bnQudjEuTGlzdE1lbW9yaWVzUmVxdWVzdBonLmF0aGVuYS5hY2NvdW50LnYxLkxpc3RNZW1vcmllc1Jlc3BvbnNlEl8KDEZvcmdldE1lbW9yeRImLmF0aGVuYS5hY2NvdW50LnYxLkZvcmdldE1lbW9yeVJlcXVlc3QaJy5hdGhlbmEuYWNjb3VudC52MS5Gb3JnZXRNZW1vcnlSZXNwb25zZRJbCgpFeHBvcnREYXRhEiQuYXRoZW5hLmFjY291bnQudjEuRXhwb3J0RGF0YVJlcXVlc3QaJS5hdGhlbmEuYWNjb3VudC52MS5FeHBvcnREYXRhUmVzcG9uc2UwARJiCg1EZWxldGVBY2NvdW50EicuYXRoZW5hLmFjY291bnQudjEuRGVsZXRlQWNjb3VudFJlcXVlc3QaKC5hdGhlbmEuYWNjb3VudC52MS5EZWxldGVBY2NvdW50UmVzcG9uc2ViBnByb3RvMw", [file_buf_validate_validate, file_google_protobuf_timestamp]);
+  fileDesc("Ch9hdGhlbmEvYWNjb3VudC92MS9hY2NvdW50LnByb3RvEhFhdGhlbmEuYWNjb3VudC52MSK3AwoGTWVtb3J5EgoKAmlkGAEgASgJEgwKBHRleHQYAiABKAkSLQoFc2NvcGUYAyABKA4yHi5hdGhlbmEuYWNjb3VudC52MS5NZW1vcnlTY29wZRIQCghhZ2VudF9pZBgEIAEoCRILCgNrZXkYBSABKAkSLgoKY3JlYXRlZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKdXBkYXRlZF9hdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoGc291cmNlGAggASgOMh8uYXRoZW5hLmFjY291bnQudjEuTWVtb3J5U291cmNlEi4KCnZhbGlkX2Zyb20YCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCHZhbGlkX3RvGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIVCg1zdXBlcnNlZGVzX2lkGAsgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgMIAEoCRISCgptZXNzYWdlX2lkGA0gASgJEhIKCmNvbmZpZGVuY2UYDiABKAIiagoTTGlzdE1lbW9yaWVzUmVxdWVzdBIcCglwYWdlX3NpemUYASABKAVCCbpIBhoEGGQoABIcCgpwYWdlX3Rva2VuGAIgASgJQgi6SAVyAxiABBIXCg9pbmNsdWRlX2hpc3RvcnkYAyABKAgiXAoUTGlzdE1lbW9yaWVzUmVzcG9uc2USKwoIbWVtb3JpZXMYASADKAsyGS5hdGhlbmEuYWNjb3VudC52MS5NZW1vcnkSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIjUKE0ZvcmdldE1lbW9yeVJlcXVlc3QSHgoJbWVtb3J5X2lkGAEgASgJQgu6SAjIAQFyA7ABASIWChRGb3JnZXRNZW1vcnlSZXNwb25zZSJQChRDb3JyZWN0TWVtb3J5UmVxdWVzdBIeCgltZW1vcnlfaWQYASABKAlCC7pICMgBAXIDsAEBEhgKBHRleHQYAiABKAlCCrpIB3IFEAEYoB8iQgoVQ29ycmVjdE1lbW9yeVJlc3BvbnNlEikKBm1lbW9yeRgBIAEoCzIZLmF0aGVuYS5hY2NvdW50LnYxLk1lbW9yeSI5ChdHZXRNZW1vcnlIaXN0b3J5UmVxdWVzdBIeCgltZW1vcnlfaWQYASABKAlCC7pICMgBAXIDsAEBIkcKGEdldE1lbW9yeUhpc3RvcnlSZXNwb25zZRIrCgh2ZXJzaW9ucxgBIAMoCzIZLmF0aGVuYS5hY2NvdW50LnYxLk1lbW9yeSIyCg5NZW1vcnlTZXR0aW5ncxIgChhsZWFybl9mcm9tX2NvbnZlcnNhdGlvbnMYASABKAgiGgoYR2V0TWVtb3J5U2V0dGluZ3NSZXF1ZXN0IlAKGUdldE1lbW9yeVNldHRpbmdzUmVzcG9uc2USMwoIc2V0dGluZ3MYASABKAsyIS5hdGhlbmEuYWNjb3VudC52MS5NZW1vcnlTZXR0aW5ncyJXChhTZXRNZW1vcnlTZXR0aW5nc1JlcXVlc3QSOwoIc2V0dGluZ3MYASABKAsyIS5hdGhlbmEuYWNjb3VudC52MS5NZW1vcnlTZXR0aW5nc0IGukgDyAEBIlAKGVNldE1lbW9yeVNldHRpbmdzUmVzcG9uc2USMwoIc2V0dGluZ3MYASABKAsyIS5hdGhlbmEuYWNjb3VudC52MS5NZW1vcnlTZXR0aW5ncyITChFFeHBvcnREYXRhUmVxdWVzdCI5ChJFeHBvcnREYXRhUmVzcG9uc2USDQoFY2h1bmsYASABKAwSFAoMY29udGVudF90eXBlGAIgASgJIhYKFERlbGV0ZUFjY291bnRSZXF1ZXN0IswBChVEZWxldGVBY2NvdW50UmVzcG9uc2USDwoHcmVjZWlwdBgBIAEoCRJECgZlcmFzZWQYAiADKAsyNC5hdGhlbmEuYWNjb3VudC52MS5EZWxldGVBY2NvdW50UmVzcG9uc2UuRXJhc2VkRW50cnkSLQoJZXJhc2VkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBotCgtFcmFzZWRFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAM6AjgBKloKC01lbW9yeVNjb3BlEhwKGE1FTU9SWV9TQ09QRV9VTlNQRUNJRklFRBAAEhUKEU1FTU9SWV9TQ09QRV9VU0VSEAESFgoSTUVNT1JZX1NDT1BFX0FHRU5UEAIqZQoMTWVtb3J5U291cmNlEh0KGU1FTU9SWV9TT1VSQ0VfVU5TUEVDSUZJRUQQABIaChZNRU1PUllfU09VUkNFX0VYUExJQ0lUEAESGgoWTUVNT1JZX1NPVVJDRV9JTkZFUlJFRBACMsQGCg5BY2NvdW50U2VydmljZRJfCgxMaXN0TWVtb3JpZXMSJi5hdGhlbmEuYWNjb3VudC52MS5MaXN0TWVtb3JpZXNSZXF1ZXN0GicuYXRoZW5hLmFjY291bnQudjEuTGlzdE1lbW9yaWVzUmVzcG9uc2USXwoMRm9yZ2V0TWVtb3J5EiYuYXRoZW5hLmFjY291bnQudjEuRm9yZ2V0TWVtb3J5UmVxdWVzdBonLmF0aGVuYS5hY2NvdW50LnYxLkZvcmdldE1lbW9yeVJlc3BvbnNlEmIKDUNvcnJlY3RNZW1vcnkSJy5hdGhlbmEuYWNjb3VudC52MS5Db3JyZWN0TWVtb3J5UmVxdWVzdBooLmF0aGVuYS5hY2NvdW50LnYxLkNvcnJlY3RNZW1vcnlSZXNwb25zZRJrChBHZXRNZW1vcnlIaXN0b3J5EiouYXRoZW5hLmFjY291bnQudjEuR2V0TWVtb3J5SGlzdG9yeVJlcXVlc3QaKy5hdGhlbmEuYWNjb3VudC52MS5HZXRNZW1vcnlIaXN0b3J5UmVzcG9uc2USbgoRR2V0TWVtb3J5U2V0dGluZ3MSKy5hdGhlbmEuYWNjb3VudC52MS5HZXRNZW1vcnlTZXR0aW5nc1JlcXVlc3QaLC5hdGhlbmEuYWNjb3VudC52MS5HZXRNZW1vcnlTZXR0aW5nc1Jlc3BvbnNlEm4KEVNldE1lbW9yeVNldHRpbmdzEisuYXRoZW5hLmFjY291bnQudjEuU2V0TWVtb3J5U2V0dGluZ3NSZXF1ZXN0GiwuYXRoZW5hLmFjY291bnQudjEuU2V0TWVtb3J5U2V0dGluZ3NSZXNwb25zZRJbCgpFeHBvcnREYXRhEiQuYXRoZW5hLmFjY291bnQudjEuRXhwb3J0RGF0YVJlcXVlc3QaJS5hdGhlbmEuYWNjb3VudC52MS5FeHBvcnREYXRhUmVzcG9uc2UwARJiCg1EZWxldGVBY2NvdW50EicuYXRoZW5hLmFjY291bnQudjEuRGVsZXRlQWNjb3VudFJlcXVlc3QaKC5hdGhlbmEuYWNjb3VudC52MS5EZWxldGVBY2NvdW50UmVzcG9uc2ViBnByb3RvMw", [file_buf_validate_validate, file_google_protobuf_timestamp]);
 
 /**
  * Something an agent remembers about the caller.
@@ -50,7 +50,7 @@ export type Memory = Message<"athena.account.v1.Memory"> & {
   agentId: string;
 
   /**
-   * Optional key a newer value of the same fact replaces, for example "caloric_goal".
+   * Optional key a newer value of the same fact supersedes, for example "caloric_goal".
    *
    * @generated from field: string key = 5;
    */
@@ -69,6 +69,56 @@ export type Memory = Message<"athena.account.v1.Memory"> & {
    * @generated from field: google.protobuf.Timestamp updated_at = 7;
    */
   updatedAt?: Timestamp | undefined;
+
+  /**
+   * How it came to be remembered.
+   *
+   * @generated from field: athena.account.v1.MemorySource source = 8;
+   */
+  source: MemorySource;
+
+  /**
+   * Since when the fact holds (when it was stated or stored).
+   *
+   * @generated from field: google.protobuf.Timestamp valid_from = 9;
+   */
+  validFrom?: Timestamp | undefined;
+
+  /**
+   * Until when it held: unset while it is current; set when a newer version superseded it or it was
+   * invalidated (history, never silently deleted).
+   *
+   * @generated from field: google.protobuf.Timestamp valid_to = 10;
+   */
+  validTo?: Timestamp | undefined;
+
+  /**
+   * The version this one replaced, if any (its history continues there).
+   *
+   * @generated from field: string supersedes_id = 11;
+   */
+  supersedesId: string;
+
+  /**
+   * The conversation whose message stated it (inferred facts; empty for explicit ones stored otherwise).
+   *
+   * @generated from field: string conversation_id = 12;
+   */
+  conversationId: string;
+
+  /**
+   * The user message that stated it (inferred facts).
+   *
+   * @generated from field: string message_id = 13;
+   */
+  messageId: string;
+
+  /**
+   * How sure the extraction was that the person stated it, 0..1 (1 for explicit memories).
+   *
+   * @generated from field: float confidence = 14;
+   */
+  confidence: number;
 };
 
 /**
@@ -97,6 +147,13 @@ export type ListMemoriesRequest = Message<"athena.account.v1.ListMemoriesRequest
    * @generated from field: string page_token = 2;
    */
   pageToken: string;
+
+  /**
+   * Also list closed versions (superseded or invalidated); by default only current memories.
+   *
+   * @generated from field: bool include_history = 3;
+   */
+  includeHistory: boolean;
 };
 
 /**
@@ -171,6 +228,197 @@ export const ForgetMemoryResponseSchema: GenMessage<ForgetMemoryResponse> = /*@_
   messageDesc(file_athena_account_v1_account, 4);
 
 /**
+ * Request of CorrectMemory.
+ *
+ * @generated from message athena.account.v1.CorrectMemoryRequest
+ */
+export type CorrectMemoryRequest = Message<"athena.account.v1.CorrectMemoryRequest"> & {
+  /**
+   * The memory to correct (a current version).
+   *
+   * @generated from field: string memory_id = 1;
+   */
+  memoryId: string;
+
+  /**
+   * What is true instead, 1 to 4,000 characters.
+   *
+   * @generated from field: string text = 2;
+   */
+  text: string;
+};
+
+/**
+ * Describes the message athena.account.v1.CorrectMemoryRequest.
+ * Use `create(CorrectMemoryRequestSchema)` to create a new message.
+ */
+export const CorrectMemoryRequestSchema: GenMessage<CorrectMemoryRequest> = /*@__PURE__*/
+  messageDesc(file_athena_account_v1_account, 5);
+
+/**
+ * Response of CorrectMemory.
+ *
+ * @generated from message athena.account.v1.CorrectMemoryResponse
+ */
+export type CorrectMemoryResponse = Message<"athena.account.v1.CorrectMemoryResponse"> & {
+  /**
+   * The new, explicit version.
+   *
+   * @generated from field: athena.account.v1.Memory memory = 1;
+   */
+  memory?: Memory | undefined;
+};
+
+/**
+ * Describes the message athena.account.v1.CorrectMemoryResponse.
+ * Use `create(CorrectMemoryResponseSchema)` to create a new message.
+ */
+export const CorrectMemoryResponseSchema: GenMessage<CorrectMemoryResponse> = /*@__PURE__*/
+  messageDesc(file_athena_account_v1_account, 6);
+
+/**
+ * Request of GetMemoryHistory.
+ *
+ * @generated from message athena.account.v1.GetMemoryHistoryRequest
+ */
+export type GetMemoryHistoryRequest = Message<"athena.account.v1.GetMemoryHistoryRequest"> & {
+  /**
+   * Any version of the memory.
+   *
+   * @generated from field: string memory_id = 1;
+   */
+  memoryId: string;
+};
+
+/**
+ * Describes the message athena.account.v1.GetMemoryHistoryRequest.
+ * Use `create(GetMemoryHistoryRequestSchema)` to create a new message.
+ */
+export const GetMemoryHistoryRequestSchema: GenMessage<GetMemoryHistoryRequest> = /*@__PURE__*/
+  messageDesc(file_athena_account_v1_account, 7);
+
+/**
+ * Response of GetMemoryHistory.
+ *
+ * @generated from message athena.account.v1.GetMemoryHistoryResponse
+ */
+export type GetMemoryHistoryResponse = Message<"athena.account.v1.GetMemoryHistoryResponse"> & {
+  /**
+   * The versions, newest first: the current one (if any) and those it superseded, each with its validity.
+   *
+   * @generated from field: repeated athena.account.v1.Memory versions = 1;
+   */
+  versions: Memory[];
+};
+
+/**
+ * Describes the message athena.account.v1.GetMemoryHistoryResponse.
+ * Use `create(GetMemoryHistoryResponseSchema)` to create a new message.
+ */
+export const GetMemoryHistoryResponseSchema: GenMessage<GetMemoryHistoryResponse> = /*@__PURE__*/
+  messageDesc(file_athena_account_v1_account, 8);
+
+/**
+ * What a person decides about their memories.
+ *
+ * @generated from message athena.account.v1.MemorySettings
+ */
+export type MemorySettings = Message<"athena.account.v1.MemorySettings"> & {
+  /**
+   * Whether facts they state in passing are learnt after each turn (on unless they turned it off). Off,
+   * nothing new is learnt; what was learnt stays until they delete it. Explicit `remember` still works.
+   *
+   * @generated from field: bool learn_from_conversations = 1;
+   */
+  learnFromConversations: boolean;
+};
+
+/**
+ * Describes the message athena.account.v1.MemorySettings.
+ * Use `create(MemorySettingsSchema)` to create a new message.
+ */
+export const MemorySettingsSchema: GenMessage<MemorySettings> = /*@__PURE__*/
+  messageDesc(file_athena_account_v1_account, 9);
+
+/**
+ * Request of GetMemorySettings.
+ *
+ * @generated from message athena.account.v1.GetMemorySettingsRequest
+ */
+export type GetMemorySettingsRequest = Message<"athena.account.v1.GetMemorySettingsRequest"> & {
+};
+
+/**
+ * Describes the message athena.account.v1.GetMemorySettingsRequest.
+ * Use `create(GetMemorySettingsRequestSchema)` to create a new message.
+ */
+export const GetMemorySettingsRequestSchema: GenMessage<GetMemorySettingsRequest> = /*@__PURE__*/
+  messageDesc(file_athena_account_v1_account, 10);
+
+/**
+ * Response of GetMemorySettings.
+ *
+ * @generated from message athena.account.v1.GetMemorySettingsResponse
+ */
+export type GetMemorySettingsResponse = Message<"athena.account.v1.GetMemorySettingsResponse"> & {
+  /**
+   * The caller's settings.
+   *
+   * @generated from field: athena.account.v1.MemorySettings settings = 1;
+   */
+  settings?: MemorySettings | undefined;
+};
+
+/**
+ * Describes the message athena.account.v1.GetMemorySettingsResponse.
+ * Use `create(GetMemorySettingsResponseSchema)` to create a new message.
+ */
+export const GetMemorySettingsResponseSchema: GenMessage<GetMemorySettingsResponse> = /*@__PURE__*/
+  messageDesc(file_athena_account_v1_account, 11);
+
+/**
+ * Request of SetMemorySettings.
+ *
+ * @generated from message athena.account.v1.SetMemorySettingsRequest
+ */
+export type SetMemorySettingsRequest = Message<"athena.account.v1.SetMemorySettingsRequest"> & {
+  /**
+   * The settings to keep.
+   *
+   * @generated from field: athena.account.v1.MemorySettings settings = 1;
+   */
+  settings?: MemorySettings | undefined;
+};
+
+/**
+ * Describes the message athena.account.v1.SetMemorySettingsRequest.
+ * Use `create(SetMemorySettingsRequestSchema)` to create a new message.
+ */
+export const SetMemorySettingsRequestSchema: GenMessage<SetMemorySettingsRequest> = /*@__PURE__*/
+  messageDesc(file_athena_account_v1_account, 12);
+
+/**
+ * Response of SetMemorySettings.
+ *
+ * @generated from message athena.account.v1.SetMemorySettingsResponse
+ */
+export type SetMemorySettingsResponse = Message<"athena.account.v1.SetMemorySettingsResponse"> & {
+  /**
+   * The settings as stored.
+   *
+   * @generated from field: athena.account.v1.MemorySettings settings = 1;
+   */
+  settings?: MemorySettings | undefined;
+};
+
+/**
+ * Describes the message athena.account.v1.SetMemorySettingsResponse.
+ * Use `create(SetMemorySettingsResponseSchema)` to create a new message.
+ */
+export const SetMemorySettingsResponseSchema: GenMessage<SetMemorySettingsResponse> = /*@__PURE__*/
+  messageDesc(file_athena_account_v1_account, 13);
+
+/**
  * Request of ExportData. The caller is named by the access token.
  *
  * @generated from message athena.account.v1.ExportDataRequest
@@ -183,7 +431,7 @@ export type ExportDataRequest = Message<"athena.account.v1.ExportDataRequest"> &
  * Use `create(ExportDataRequestSchema)` to create a new message.
  */
 export const ExportDataRequestSchema: GenMessage<ExportDataRequest> = /*@__PURE__*/
-  messageDesc(file_athena_account_v1_account, 5);
+  messageDesc(file_athena_account_v1_account, 14);
 
 /**
  * One piece of the export.
@@ -211,7 +459,7 @@ export type ExportDataResponse = Message<"athena.account.v1.ExportDataResponse">
  * Use `create(ExportDataResponseSchema)` to create a new message.
  */
 export const ExportDataResponseSchema: GenMessage<ExportDataResponse> = /*@__PURE__*/
-  messageDesc(file_athena_account_v1_account, 6);
+  messageDesc(file_athena_account_v1_account, 15);
 
 /**
  * Request of DeleteAccount. The caller is named by the access token.
@@ -226,7 +474,7 @@ export type DeleteAccountRequest = Message<"athena.account.v1.DeleteAccountReque
  * Use `create(DeleteAccountRequestSchema)` to create a new message.
  */
 export const DeleteAccountRequestSchema: GenMessage<DeleteAccountRequest> = /*@__PURE__*/
-  messageDesc(file_athena_account_v1_account, 7);
+  messageDesc(file_athena_account_v1_account, 16);
 
 /**
  * Response of DeleteAccount.
@@ -271,7 +519,7 @@ export type DeleteAccountResponse = Message<"athena.account.v1.DeleteAccountResp
  * Use `create(DeleteAccountResponseSchema)` to create a new message.
  */
 export const DeleteAccountResponseSchema: GenMessage<DeleteAccountResponse> = /*@__PURE__*/
-  messageDesc(file_athena_account_v1_account, 8);
+  messageDesc(file_athena_account_v1_account, 17);
 
 /**
  * Who can see a memory.
@@ -308,6 +556,40 @@ export const MemoryScopeSchema: GenEnum<MemoryScope> = /*@__PURE__*/
   enumDesc(file_athena_account_v1_account, 0);
 
 /**
+ * How a memory came to be remembered.
+ *
+ * @generated from enum athena.account.v1.MemorySource
+ */
+export enum MemorySource {
+  /**
+   * Not set (memories stored before sources were recorded count as explicit).
+   *
+   * @generated from enum value: MEMORY_SOURCE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * An agent was asked to remember it (the remember/note tools), or the person wrote or corrected it.
+   *
+   * @generated from enum value: MEMORY_SOURCE_EXPLICIT = 1;
+   */
+  EXPLICIT = 1,
+
+  /**
+   * Extracted after a turn from something the person said in passing.
+   *
+   * @generated from enum value: MEMORY_SOURCE_INFERRED = 2;
+   */
+  INFERRED = 2,
+}
+
+/**
+ * Describes the enum athena.account.v1.MemorySource.
+ */
+export const MemorySourceSchema: GenEnum<MemorySource> = /*@__PURE__*/
+  enumDesc(file_athena_account_v1_account, 1);
+
+/**
  * AccountService lets a person see and control what AthenaOS keeps about them. Every call needs
  * `authorization: Bearer <access token>` and acts on the token's subject only.
  *
@@ -333,6 +615,47 @@ export const AccountService: GenService<{
     methodKind: "unary";
     input: typeof ForgetMemoryRequestSchema;
     output: typeof ForgetMemoryResponseSchema;
+  },
+  /**
+   * Corrects a memory: the person's text becomes a new explicit version that supersedes it (the old one
+   * is closed with `valid_to`, kept in its history). Answers the new version.
+   *
+   * @generated from rpc athena.account.v1.AccountService.CorrectMemory
+   */
+  correctMemory: {
+    methodKind: "unary";
+    input: typeof CorrectMemoryRequestSchema;
+    output: typeof CorrectMemoryResponseSchema;
+  },
+  /**
+   * A memory's history: the memory and every version it superseded, newest first.
+   *
+   * @generated from rpc athena.account.v1.AccountService.GetMemoryHistory
+   */
+  getMemoryHistory: {
+    methodKind: "unary";
+    input: typeof GetMemoryHistoryRequestSchema;
+    output: typeof GetMemoryHistoryResponseSchema;
+  },
+  /**
+   * The caller's memory settings (whether agents learn facts from what they say in passing).
+   *
+   * @generated from rpc athena.account.v1.AccountService.GetMemorySettings
+   */
+  getMemorySettings: {
+    methodKind: "unary";
+    input: typeof GetMemorySettingsRequestSchema;
+    output: typeof GetMemorySettingsResponseSchema;
+  },
+  /**
+   * Changes the caller's memory settings; answers them as stored.
+   *
+   * @generated from rpc athena.account.v1.AccountService.SetMemorySettings
+   */
+  setMemorySettings: {
+    methodKind: "unary";
+    input: typeof SetMemorySettingsRequestSchema;
+    output: typeof SetMemorySettingsResponseSchema;
   },
   /**
    * Everything AthenaOS holds about the caller (GDPR Art. 15 and 20) as one UTF-8 JSON document, streamed

@@ -4,7 +4,7 @@
 
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { Memory, MemoryScope } from "../../account/v1/account_pb";
+import type { Memory, MemoryScope, MemorySettings } from "../../account/v1/account_pb";
 import { file_athena_account_v1_account } from "../../account/v1/account_pb";
 import type { Agent, ChatRequest, Conversation, Message as Message$1 } from "../../chat/v1/chat_pb";
 import { file_athena_chat_v1_chat } from "../../chat/v1/chat_pb";
@@ -17,7 +17,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file athena/memory/v1/memory.proto.
  */
 export const file_athena_memory_v1_memory: GenFile = /*@__PURE__*/
-  fileDesc("Ch1hdGhlbmEvbWVtb3J5L3YxL21lbW9yeS5wcm90bxIQYXRoZW5hLm1lbW9yeS52MSK+AQoPQWdlbnREZWZpbml0aW9uEhoKAmlkGAEgASgJQg66SAvIAQFyBsCzrrECARIYCgRuYW1lGAIgASgJQgq6SAdyBRABGMgBEhMKC2Rlc2NyaXB0aW9uGAMgASgJEhUKDXN5c3RlbV9wcm9tcHQYBCABKAkSEwoLdXNlcl9wcm9tcHQYBSABKAkSDQoFbW9kZWwYBiABKAkSFAoMYWNjZW50X3Rva2VuGAcgASgJEg8KB2VuYWJsZWQYCCABKAgiigEKDFJlY2FsbFJlc3VsdBIpCgZtZW1vcnkYASABKAsyGS5hdGhlbmEuYWNjb3VudC52MS5NZW1vcnkSEgoKc2ltaWxhcml0eRgCIAEoARINCgVzY29yZRgDIAEoARIsCgVzdGFnZRgEIAEoDjIdLmF0aGVuYS5tZW1vcnkudjEuUmVjYWxsU3RhZ2UijQMKD1JlbWVtYmVyUmVxdWVzdBIeCgR0ZXh0GAEgASgJQhC6SA1yC8izrrECARABGKAfEjoKBXNjb3BlGAIgASgOMh4uYXRoZW5hLmFjY291bnQudjEuTWVtb3J5U2NvcGVCC7pICMgBAYIBAhABEiAKCGFnZW50X2lkGAMgASgJQg66SAvIAQFyBsCzrrECARItCgNrZXkYBCABKAlCILpIHdgBAXIYMhZeW0EtWmEtejAtOV8uLV17MSw2NH0kEhEKCWVtYmVkZGluZxgFIAMoAhIhCg9lbWJlZGRpbmdfbW9kZWwYBiABKAlCCLpIBXIDGMgBOpYBukiSARqPAQoecmVtZW1iZXIuZW1iZWRkaW5nX21vZGVsX25hbWVkEjNlbWJlZGRpbmdfbW9kZWw6IG5hbWUgdGhlIG1vZGVsIHRoYXQgbWFkZSBlbWJlZGRpbmcaOHRoaXMuZW1iZWRkaW5nLnNpemUoKSA9PSAwIHx8IHRoaXMuZW1iZWRkaW5nX21vZGVsICE9ICcnIk4KEFJlbWVtYmVyUmVzcG9uc2USKQoGbWVtb3J5GAEgASgLMhkuYXRoZW5hLmFjY291bnQudjEuTWVtb3J5Eg8KB2NyZWF0ZWQYAiABKAgitQIKDVJlY2FsbFJlcXVlc3QSHwoFcXVlcnkYASABKAlCELpIDXILyLOusQIBEAEYoB8SIAoIYWdlbnRfaWQYAiABKAlCDrpIC8gBAXIGwLOusQIBEhQKAWsYAyABKAVCCbpIBhoEGDIoABIRCgllbWJlZGRpbmcYBCADKAISIQoPZW1iZWRkaW5nX21vZGVsGAUgASgJQgi6SAVyAxjIATqUAbpIkAEajQEKHHJlY2FsbC5lbWJlZGRpbmdfbW9kZWxfbmFtZWQSM2VtYmVkZGluZ19tb2RlbDogbmFtZSB0aGUgbW9kZWwgdGhhdCBtYWRlIGVtYmVkZGluZxo4dGhpcy5lbWJlZGRpbmcuc2l6ZSgpID09IDAgfHwgdGhpcy5lbWJlZGRpbmdfbW9kZWwgIT0gJyciQQoOUmVjYWxsUmVzcG9uc2USLwoHcmVzdWx0cxgBIAMoCzIeLmF0aGVuYS5tZW1vcnkudjEuUmVjYWxsUmVzdWx0IpICCg1Gb3JnZXRSZXF1ZXN0Eh0KCW1lbW9yeV9pZBgBIAEoCUIIukgFcgOwAQFIABIhCgVxdWVyeRgCIAEoCUIQukgNcgvIs66xAgEQARigH0gAEiAKCGFnZW50X2lkGAMgASgJQg66SAvYAQFyBsCzrrECARIYCgVsaW1pdBgEIAEoBUIJukgGGgQYMigAOnK6SG8abQoYZm9yZ2V0LnF1ZXJ5X25lZWRzX2FnZW50EihhZ2VudF9pZDogaXMgcmVxdWlyZWQgdG8gZm9yZ2V0IGJ5IHF1ZXJ5GichaGFzKHRoaXMucXVlcnkpIHx8IHRoaXMuYWdlbnRfaWQgIT0gJydCDwoGdGFyZ2V0EgW6SAIIASInCg5Gb3JnZXRSZXNwb25zZRIVCg1mb3Jnb3R0ZW5faWRzGAEgAygJIlEKE0xpc3RNZW1vcmllc1JlcXVlc3QSHAoJcGFnZV9zaXplGAEgASgFQgm6SAYaBBhkKAASHAoKcGFnZV90b2tlbhgCIAEoCUIIukgFcgMYgAQiXAoUTGlzdE1lbW9yaWVzUmVzcG9uc2USKwoIbWVtb3JpZXMYASADKAsyGS5hdGhlbmEuYWNjb3VudC52MS5NZW1vcnkSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIr0BChNQdXRFcGhlbWVyYWxSZXF1ZXN0EjAKCW5hbWVzcGFjZRgBIAEoCUIdukgachgyFl5bQS1aYS16MC05Xy4tXXsxLDY0fSQSHQoDa2V5GAIgASgJQhC6SA1yC8izrrECARABGIACEh0KCnZhbHVlX2pzb24YAyABKAlCCbpIBnIEKICAEBI2CgN0dGwYBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb25CDrpIC6oBCCIECICjBTIAIhYKFFB1dEVwaGVtZXJhbFJlc3BvbnNlIm8KFkZvcmdldEVwaGVtZXJhbFJlcXVlc3QSGQoHdXNlcl9pZBgBIAEoCUIIukgFcgOwAQESOgoKbmFtZXNwYWNlcxgCIAMoCUImukgjkgEgCAEQFCIachgyFl5bQS1aYS16MC05Xy4tXXsxLDY0fSQiKgoXRm9yZ2V0RXBoZW1lcmFsUmVzcG9uc2USDwoHZGVsZXRlZBgBIAEoBSJmChNHZXRFcGhlbWVyYWxSZXF1ZXN0EjAKCW5hbWVzcGFjZRgBIAEoCUIdukgachgyFl5bQS1aYS16MC05Xy4tXXsxLDY0fSQSHQoDa2V5GAIgASgJQhC6SA1yC8izrrECARABGIACIjkKFEdldEVwaGVtZXJhbFJlc3BvbnNlEg0KBWZvdW5kGAEgASgIEhIKCnZhbHVlX2pzb24YAiABKAki1AEKEFN0YXJ0VHVyblJlcXVlc3QSMQoEY2hhdBgBIAEoCzIbLmF0aGVuYS5jaGF0LnYxLkNoYXRSZXF1ZXN0Qga6SAPIAQESJAoQaGlzdG9yeV9tZXNzYWdlcxgCIAEoBUIKukgHGgUYyAEoABI5CgVsZWFzZRgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbkIPukgMqgEJIgMI2AQyAggBEiwKBnJlY2FsbBgEIAEoCzIcLmF0aGVuYS5tZW1vcnkudjEuVHVyblJlY2FsbCIiCgpUdXJuUmVjYWxsEhQKAWsYASABKAVCCbpIBhoEGDIoACL5AgoRU3RhcnRUdXJuUmVzcG9uc2USMgoMY29udmVyc2F0aW9uGAEgASgLMhwuYXRoZW5hLmNoYXQudjEuQ29udmVyc2F0aW9uEigKB21lc3NhZ2UYAiABKAsyFy5hdGhlbmEuY2hhdC52MS5NZXNzYWdlEhAKCHJlcGxheWVkGAMgASgIEhkKEWVuYWJsZWRfYWdlbnRfaWRzGAQgAygJEigKB2hpc3RvcnkYBSADKAsyFy5hdGhlbmEuY2hhdC52MS5NZXNzYWdlEioKBXN0YXRlGAYgASgOMhsuYXRoZW5hLm1lbW9yeS52MS5UdXJuU3RhdGUSEQoJYW5zd2VyX2lkGAcgASgJEicKBmFuc3dlchgIIAEoCzIXLmF0aGVuYS5jaGF0LnYxLk1lc3NhZ2USMAoIbWVtb3JpZXMYCSADKAsyHi5hdGhlbmEubWVtb3J5LnYxLlJlY2FsbFJlc3VsdBIVCg1yZWNhbGxfZmFpbGVkGAogASgIInEKEFJlbmV3VHVyblJlcXVlc3QSHwoKbWVzc2FnZV9pZBgBIAEoCUILukgIyAEBcgOwAQESPAoFbGVhc2UYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb25CErpID8gBAaoBCSIDCNgEMgIIASITChFSZW5ld1R1cm5SZXNwb25zZSJ9ChREZWxpdmVyQW5zd2VyUmVxdWVzdBIcCgd1c2VyX2lkGAEgASgJQgu6SAjIAQFyA7ABARJHCgZhcHBlbmQYAiABKAsyLy5hdGhlbmEubWVtb3J5LnYxLkFwcGVuZEFzc2lzdGFudE1lc3NhZ2VSZXF1ZXN0Qga6SAPIAQEiFwoVRGVsaXZlckFuc3dlclJlc3BvbnNlIncKHUFwcGVuZEFzc2lzdGFudE1lc3NhZ2VSZXF1ZXN0EiQKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCUILukgIyAEBcgOwAQESMAoHbWVzc2FnZRgCIAEoCzIXLmF0aGVuYS5jaGF0LnYxLk1lc3NhZ2VCBrpIA8gBASJKCh5BcHBlbmRBc3Npc3RhbnRNZXNzYWdlUmVzcG9uc2USKAoHbWVzc2FnZRgBIAEoCzIXLmF0aGVuYS5jaGF0LnYxLk1lc3NhZ2UiVgoYTGlzdENvbnZlcnNhdGlvbnNSZXF1ZXN0EhwKCXBhZ2Vfc2l6ZRgBIAEoBUIJukgGGgQYZCgAEhwKCnBhZ2VfdG9rZW4YAiABKAlCCLpIBXIDGIAEImkKGUxpc3RDb252ZXJzYXRpb25zUmVzcG9uc2USMwoNY29udmVyc2F0aW9ucxgBIAMoCzIcLmF0aGVuYS5jaGF0LnYxLkNvbnZlcnNhdGlvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiXgoWR2V0Q29udmVyc2F0aW9uUmVxdWVzdBIkCg9jb252ZXJzYXRpb25faWQYASABKAlCC7pICMgBAXIDsAEBEh4KDWxhc3RfbWVzc2FnZXMYAiABKAVCB7pIBBoCKAAiTQoXR2V0Q29udmVyc2F0aW9uUmVzcG9uc2USMgoMY29udmVyc2F0aW9uGAEgASgLMhwuYXRoZW5hLmNoYXQudjEuQ29udmVyc2F0aW9uIkEKGURlbGV0ZUNvbnZlcnNhdGlvblJlcXVlc3QSJAoPY29udmVyc2F0aW9uX2lkGAEgASgJQgu6SAjIAQFyA7ABASIcChpEZWxldGVDb252ZXJzYXRpb25SZXNwb25zZSK2AQoRU3luY0FnZW50c1JlcXVlc3QSOwoGYWdlbnRzGAEgAygLMiEuYXRoZW5hLm1lbW9yeS52MS5BZ2VudERlZmluaXRpb25CCLpIBZIBAggBOmS6SGEaXwoWc3luY19hZ2VudHMuaWRzX3VuaXF1ZRIaYWdlbnRzOiBpZHMgbXVzdCBiZSB1bmlxdWUaKXRoaXMuYWdlbnRzLm1hcChhZ2VudCwgYWdlbnQuaWQpLnVuaXF1ZSgpIhQKElN5bmNBZ2VudHNSZXNwb25zZSITChFMaXN0QWdlbnRzUmVxdWVzdCJOChJMaXN0QWdlbnRzUmVzcG9uc2USJQoGYWdlbnRzGAEgAygLMhUuYXRoZW5hLmNoYXQudjEuQWdlbnRKBAgCEANSC2RlZmluaXRpb25zIksKFlNldEFnZW50RW5hYmxlZFJlcXVlc3QSIAoIYWdlbnRfaWQYASABKAlCDrpIC8gBAXIGwLOusQIBEg8KB2VuYWJsZWQYAiABKAgiPwoXU2V0QWdlbnRFbmFibGVkUmVzcG9uc2USJAoFYWdlbnQYASABKAsyFS5hdGhlbmEuY2hhdC52MS5BZ2VudCIXChVFeHBvcnRVc2VyRGF0YVJlcXVlc3QirQEKFkV4cG9ydFVzZXJEYXRhUmVzcG9uc2USJgoFYWdlbnQYASABKAsyFS5hdGhlbmEuY2hhdC52MS5BZ2VudEgAEjQKDGNvbnZlcnNhdGlvbhgCIAEoCzIcLmF0aGVuYS5jaGF0LnYxLkNvbnZlcnNhdGlvbkgAEisKBm1lbW9yeRgDIAEoCzIZLmF0aGVuYS5hY2NvdW50LnYxLk1lbW9yeUgAQggKBnJlY29yZCISChBQdXJnZVVzZXJSZXF1ZXN0IlsKEVB1cmdlVXNlclJlc3BvbnNlEhQKDGRlbGV0ZWRfcm93cxgBIAEoAxIUCgxkZWxldGVkX2tleXMYAiABKAMSGgoSZGF0YV9rZXlfZGVzdHJveWVkGAMgASgIIhsKGUdldEVtYmVkZGluZ1N0YXR1c1JlcXVlc3QingEKGkdldEVtYmVkZGluZ1N0YXR1c1Jlc3BvbnNlEg0KBW1vZGVsGAEgASgJEhEKCWRpbWVuc2lvbhgCIAEoBRISCgp1c2Vyc19kb25lGAMgASgDEhMKC3VzZXJzX3RvdGFsGAQgASgDEhAKCGVtYmVkZGVkGAUgASgDEhAKCGZpbmlzaGVkGAYgASgIEhEKCWxlYXNlZF9ieRgHIAEoCSLLAQoaUmVjYWxsQ29udmVyc2F0aW9uc1JlcXVlc3QSHwoFcXVlcnkYASABKAlCELpIDXILyLOusQIBEAEYoB8SIAoIYWdlbnRfaWQYAiABKAlCDrpIC9gBAXIGwLOusQIBEikKBXNpbmNlGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIpCgV1bnRpbBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFAoBaxgFIAEoBUIJukgGGgQYMigAIqUBCg9SZWNhbGxlZE1lc3NhZ2USFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEigKB21lc3NhZ2UYAiABKAsyFy5hdGhlbmEuY2hhdC52MS5NZXNzYWdlEhIKCnNpbWlsYXJpdHkYAyABKAESDQoFc2NvcmUYBCABKAESLAoFc3RhZ2UYBSABKA4yHS5hdGhlbmEubWVtb3J5LnYxLlJlY2FsbFN0YWdlIlEKG1JlY2FsbENvbnZlcnNhdGlvbnNSZXNwb25zZRIyCgdyZXN1bHRzGAEgAygLMiEuYXRoZW5hLm1lbW9yeS52MS5SZWNhbGxlZE1lc3NhZ2UqXgoLUmVjYWxsU3RhZ2USHAoYUkVDQUxMX1NUQUdFX1VOU1BFQ0lGSUVEEAASFwoTUkVDQUxMX1NUQUdFX1ZFQ1RPUhABEhgKFFJFQ0FMTF9TVEFHRV9LRVlXT1JEEAIqawoJVHVyblN0YXRlEhoKFlRVUk5fU1RBVEVfVU5TUEVDSUZJRUQQABIVChFUVVJOX1NUQVRFX0FOU1dFUhABEhYKElRVUk5fU1RBVEVfUlVOTklORxACEhMKD1RVUk5fU1RBVEVfRE9ORRADMvIFCg1NZW1vcnlTZXJ2aWNlElEKCFJlbWVtYmVyEiEuYXRoZW5hLm1lbW9yeS52MS5SZW1lbWJlclJlcXVlc3QaIi5hdGhlbmEubWVtb3J5LnYxLlJlbWVtYmVyUmVzcG9uc2USSwoGUmVjYWxsEh8uYXRoZW5hLm1lbW9yeS52MS5SZWNhbGxSZXF1ZXN0GiAuYXRoZW5hLm1lbW9yeS52MS5SZWNhbGxSZXNwb25zZRJLCgZGb3JnZXQSHy5hdGhlbmEubWVtb3J5LnYxLkZvcmdldFJlcXVlc3QaIC5hdGhlbmEubWVtb3J5LnYxLkZvcmdldFJlc3BvbnNlEl0KDExpc3RNZW1vcmllcxIlLmF0aGVuYS5tZW1vcnkudjEuTGlzdE1lbW9yaWVzUmVxdWVzdBomLmF0aGVuYS5tZW1vcnkudjEuTGlzdE1lbW9yaWVzUmVzcG9uc2USXQoMUHV0RXBoZW1lcmFsEiUuYXRoZW5hLm1lbW9yeS52MS5QdXRFcGhlbWVyYWxSZXF1ZXN0GiYuYXRoZW5hLm1lbW9yeS52MS5QdXRFcGhlbWVyYWxSZXNwb25zZRJdCgxHZXRFcGhlbWVyYWwSJS5hdGhlbmEubWVtb3J5LnYxLkdldEVwaGVtZXJhbFJlcXVlc3QaJi5hdGhlbmEubWVtb3J5LnYxLkdldEVwaGVtZXJhbFJlc3BvbnNlEmYKD0ZvcmdldEVwaGVtZXJhbBIoLmF0aGVuYS5tZW1vcnkudjEuRm9yZ2V0RXBoZW1lcmFsUmVxdWVzdBopLmF0aGVuYS5tZW1vcnkudjEuRm9yZ2V0RXBoZW1lcmFsUmVzcG9uc2USbwoSR2V0RW1iZWRkaW5nU3RhdHVzEisuYXRoZW5hLm1lbW9yeS52MS5HZXRFbWJlZGRpbmdTdGF0dXNSZXF1ZXN0GiwuYXRoZW5hLm1lbW9yeS52MS5HZXRFbWJlZGRpbmdTdGF0dXNSZXNwb25zZTLbBgoTQ29udmVyc2F0aW9uU2VydmljZRJUCglTdGFydFR1cm4SIi5hdGhlbmEubWVtb3J5LnYxLlN0YXJ0VHVyblJlcXVlc3QaIy5hdGhlbmEubWVtb3J5LnYxLlN0YXJ0VHVyblJlc3BvbnNlElQKCVJlbmV3VHVybhIiLmF0aGVuYS5tZW1vcnkudjEuUmVuZXdUdXJuUmVxdWVzdBojLmF0aGVuYS5tZW1vcnkudjEuUmVuZXdUdXJuUmVzcG9uc2USewoWQXBwZW5kQXNzaXN0YW50TWVzc2FnZRIvLmF0aGVuYS5tZW1vcnkudjEuQXBwZW5kQXNzaXN0YW50TWVzc2FnZVJlcXVlc3QaMC5hdGhlbmEubWVtb3J5LnYxLkFwcGVuZEFzc2lzdGFudE1lc3NhZ2VSZXNwb25zZRJgCg1EZWxpdmVyQW5zd2VyEiYuYXRoZW5hLm1lbW9yeS52MS5EZWxpdmVyQW5zd2VyUmVxdWVzdBonLmF0aGVuYS5tZW1vcnkudjEuRGVsaXZlckFuc3dlclJlc3BvbnNlEmwKEUxpc3RDb252ZXJzYXRpb25zEiouYXRoZW5hLm1lbW9yeS52MS5MaXN0Q29udmVyc2F0aW9uc1JlcXVlc3QaKy5hdGhlbmEubWVtb3J5LnYxLkxpc3RDb252ZXJzYXRpb25zUmVzcG9uc2USZgoPR2V0Q29udmVyc2F0aW9uEiguYXRoZW5hLm1lbW9yeS52MS5HZXRDb252ZXJzYXRpb25SZXF1ZXN0GikuYXRoZW5hLm1lbW9yeS52MS5HZXRDb252ZXJzYXRpb25SZXNwb25zZRJvChJEZWxldGVDb252ZXJzYXRpb24SKy5hdGhlbmEubWVtb3J5LnYxLkRlbGV0ZUNvbnZlcnNhdGlvblJlcXVlc3QaLC5hdGhlbmEubWVtb3J5LnYxLkRlbGV0ZUNvbnZlcnNhdGlvblJlc3BvbnNlEnIKE1JlY2FsbENvbnZlcnNhdGlvbnMSLC5hdGhlbmEubWVtb3J5LnYxLlJlY2FsbENvbnZlcnNhdGlvbnNSZXF1ZXN0Gi0uYXRoZW5hLm1lbW9yeS52MS5SZWNhbGxDb252ZXJzYXRpb25zUmVzcG9uc2UyqAIKDEFnZW50U2VydmljZRJXCgpTeW5jQWdlbnRzEiMuYXRoZW5hLm1lbW9yeS52MS5TeW5jQWdlbnRzUmVxdWVzdBokLmF0aGVuYS5tZW1vcnkudjEuU3luY0FnZW50c1Jlc3BvbnNlElcKCkxpc3RBZ2VudHMSIy5hdGhlbmEubWVtb3J5LnYxLkxpc3RBZ2VudHNSZXF1ZXN0GiQuYXRoZW5hLm1lbW9yeS52MS5MaXN0QWdlbnRzUmVzcG9uc2USZgoPU2V0QWdlbnRFbmFibGVkEiguYXRoZW5hLm1lbW9yeS52MS5TZXRBZ2VudEVuYWJsZWRSZXF1ZXN0GikuYXRoZW5hLm1lbW9yeS52MS5TZXRBZ2VudEVuYWJsZWRSZXNwb25zZTLOAQoPVXNlckRhdGFTZXJ2aWNlEmUKDkV4cG9ydFVzZXJEYXRhEicuYXRoZW5hLm1lbW9yeS52MS5FeHBvcnRVc2VyRGF0YVJlcXVlc3QaKC5hdGhlbmEubWVtb3J5LnYxLkV4cG9ydFVzZXJEYXRhUmVzcG9uc2UwARJUCglQdXJnZVVzZXISIi5hdGhlbmEubWVtb3J5LnYxLlB1cmdlVXNlclJlcXVlc3QaIy5hdGhlbmEubWVtb3J5LnYxLlB1cmdlVXNlclJlc3BvbnNlYgZwcm90bzM", [file_athena_account_v1_account, file_athena_chat_v1_chat, file_buf_validate_validate, file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("Ch1hdGhlbmEvbWVtb3J5L3YxL21lbW9yeS5wcm90bxIQYXRoZW5hLm1lbW9yeS52MSK+AQoPQWdlbnREZWZpbml0aW9uEhoKAmlkGAEgASgJQg66SAvIAQFyBsCzrrECARIYCgRuYW1lGAIgASgJQgq6SAdyBRABGMgBEhMKC2Rlc2NyaXB0aW9uGAMgASgJEhUKDXN5c3RlbV9wcm9tcHQYBCABKAkSEwoLdXNlcl9wcm9tcHQYBSABKAkSDQoFbW9kZWwYBiABKAkSFAoMYWNjZW50X3Rva2VuGAcgASgJEg8KB2VuYWJsZWQYCCABKAgiigEKDFJlY2FsbFJlc3VsdBIpCgZtZW1vcnkYASABKAsyGS5hdGhlbmEuYWNjb3VudC52MS5NZW1vcnkSEgoKc2ltaWxhcml0eRgCIAEoARINCgVzY29yZRgDIAEoARIsCgVzdGFnZRgEIAEoDjIdLmF0aGVuYS5tZW1vcnkudjEuUmVjYWxsU3RhZ2UijQMKD1JlbWVtYmVyUmVxdWVzdBIeCgR0ZXh0GAEgASgJQhC6SA1yC8izrrECARABGKAfEjoKBXNjb3BlGAIgASgOMh4uYXRoZW5hLmFjY291bnQudjEuTWVtb3J5U2NvcGVCC7pICMgBAYIBAhABEiAKCGFnZW50X2lkGAMgASgJQg66SAvIAQFyBsCzrrECARItCgNrZXkYBCABKAlCILpIHdgBAXIYMhZeW0EtWmEtejAtOV8uLV17MSw2NH0kEhEKCWVtYmVkZGluZxgFIAMoAhIhCg9lbWJlZGRpbmdfbW9kZWwYBiABKAlCCLpIBXIDGMgBOpYBukiSARqPAQoecmVtZW1iZXIuZW1iZWRkaW5nX21vZGVsX25hbWVkEjNlbWJlZGRpbmdfbW9kZWw6IG5hbWUgdGhlIG1vZGVsIHRoYXQgbWFkZSBlbWJlZGRpbmcaOHRoaXMuZW1iZWRkaW5nLnNpemUoKSA9PSAwIHx8IHRoaXMuZW1iZWRkaW5nX21vZGVsICE9ICcnIk4KEFJlbWVtYmVyUmVzcG9uc2USKQoGbWVtb3J5GAEgASgLMhkuYXRoZW5hLmFjY291bnQudjEuTWVtb3J5Eg8KB2NyZWF0ZWQYAiABKAgitQIKDVJlY2FsbFJlcXVlc3QSHwoFcXVlcnkYASABKAlCELpIDXILyLOusQIBEAEYoB8SIAoIYWdlbnRfaWQYAiABKAlCDrpIC8gBAXIGwLOusQIBEhQKAWsYAyABKAVCCbpIBhoEGDIoABIRCgllbWJlZGRpbmcYBCADKAISIQoPZW1iZWRkaW5nX21vZGVsGAUgASgJQgi6SAVyAxjIATqUAbpIkAEajQEKHHJlY2FsbC5lbWJlZGRpbmdfbW9kZWxfbmFtZWQSM2VtYmVkZGluZ19tb2RlbDogbmFtZSB0aGUgbW9kZWwgdGhhdCBtYWRlIGVtYmVkZGluZxo4dGhpcy5lbWJlZGRpbmcuc2l6ZSgpID09IDAgfHwgdGhpcy5lbWJlZGRpbmdfbW9kZWwgIT0gJyciQQoOUmVjYWxsUmVzcG9uc2USLwoHcmVzdWx0cxgBIAMoCzIeLmF0aGVuYS5tZW1vcnkudjEuUmVjYWxsUmVzdWx0IpICCg1Gb3JnZXRSZXF1ZXN0Eh0KCW1lbW9yeV9pZBgBIAEoCUIIukgFcgOwAQFIABIhCgVxdWVyeRgCIAEoCUIQukgNcgvIs66xAgEQARigH0gAEiAKCGFnZW50X2lkGAMgASgJQg66SAvYAQFyBsCzrrECARIYCgVsaW1pdBgEIAEoBUIJukgGGgQYMigAOnK6SG8abQoYZm9yZ2V0LnF1ZXJ5X25lZWRzX2FnZW50EihhZ2VudF9pZDogaXMgcmVxdWlyZWQgdG8gZm9yZ2V0IGJ5IHF1ZXJ5GichaGFzKHRoaXMucXVlcnkpIHx8IHRoaXMuYWdlbnRfaWQgIT0gJydCDwoGdGFyZ2V0EgW6SAIIASInCg5Gb3JnZXRSZXNwb25zZRIVCg1mb3Jnb3R0ZW5faWRzGAEgAygJImoKE0xpc3RNZW1vcmllc1JlcXVlc3QSHAoJcGFnZV9zaXplGAEgASgFQgm6SAYaBBhkKAASHAoKcGFnZV90b2tlbhgCIAEoCUIIukgFcgMYgAQSFwoPaW5jbHVkZV9oaXN0b3J5GAMgASgIIlYKFENvcnJlY3RNZW1vcnlSZXF1ZXN0Eh4KCW1lbW9yeV9pZBgBIAEoCUILukgIyAEBcgOwAQESHgoEdGV4dBgCIAEoCUIQukgNcgvIs66xAgEQARigHyJCChVDb3JyZWN0TWVtb3J5UmVzcG9uc2USKQoGbWVtb3J5GAEgASgLMhkuYXRoZW5hLmFjY291bnQudjEuTWVtb3J5IjkKF0dldE1lbW9yeUhpc3RvcnlSZXF1ZXN0Eh4KCW1lbW9yeV9pZBgBIAEoCUILukgIyAEBcgOwAQEiRwoYR2V0TWVtb3J5SGlzdG9yeVJlc3BvbnNlEisKCHZlcnNpb25zGAEgAygLMhkuYXRoZW5hLmFjY291bnQudjEuTWVtb3J5IhoKGEdldE1lbW9yeVNldHRpbmdzUmVxdWVzdCJQChlHZXRNZW1vcnlTZXR0aW5nc1Jlc3BvbnNlEjMKCHNldHRpbmdzGAEgASgLMiEuYXRoZW5hLmFjY291bnQudjEuTWVtb3J5U2V0dGluZ3MiVwoYU2V0TWVtb3J5U2V0dGluZ3NSZXF1ZXN0EjsKCHNldHRpbmdzGAEgASgLMiEuYXRoZW5hLmFjY291bnQudjEuTWVtb3J5U2V0dGluZ3NCBrpIA8gBASJQChlTZXRNZW1vcnlTZXR0aW5nc1Jlc3BvbnNlEjMKCHNldHRpbmdzGAEgASgLMiEuYXRoZW5hLmFjY291bnQudjEuTWVtb3J5U2V0dGluZ3MibgoRRmFjdEV4dHJhY3Rpb25Kb2ISCgoCaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIXCg9jb252ZXJzYXRpb25faWQYAyABKAkSEQoJYW5zd2VyX2lkGAQgASgJEhAKCGFnZW50X2lkGAUgASgJIlwKFExpc3RNZW1vcmllc1Jlc3BvbnNlEisKCG1lbW9yaWVzGAEgAygLMhkuYXRoZW5hLmFjY291bnQudjEuTWVtb3J5EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSK9AQoTUHV0RXBoZW1lcmFsUmVxdWVzdBIwCgluYW1lc3BhY2UYASABKAlCHbpIGnIYMhZeW0EtWmEtejAtOV8uLV17MSw2NH0kEh0KA2tleRgCIAEoCUIQukgNcgvIs66xAgEQARiAAhIdCgp2YWx1ZV9qc29uGAMgASgJQgm6SAZyBCiAgBASNgoDdHRsGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uQg66SAuqAQgiBAiAowUyACIWChRQdXRFcGhlbWVyYWxSZXNwb25zZSJvChZGb3JnZXRFcGhlbWVyYWxSZXF1ZXN0EhkKB3VzZXJfaWQYASABKAlCCLpIBXIDsAEBEjoKCm5hbWVzcGFjZXMYAiADKAlCJrpII5IBIAgBEBQiGnIYMhZeW0EtWmEtejAtOV8uLV17MSw2NH0kIioKF0ZvcmdldEVwaGVtZXJhbFJlc3BvbnNlEg8KB2RlbGV0ZWQYASABKAUiZgoTR2V0RXBoZW1lcmFsUmVxdWVzdBIwCgluYW1lc3BhY2UYASABKAlCHbpIGnIYMhZeW0EtWmEtejAtOV8uLV17MSw2NH0kEh0KA2tleRgCIAEoCUIQukgNcgvIs66xAgEQARiAAiI5ChRHZXRFcGhlbWVyYWxSZXNwb25zZRINCgVmb3VuZBgBIAEoCBISCgp2YWx1ZV9qc29uGAIgASgJItQBChBTdGFydFR1cm5SZXF1ZXN0EjEKBGNoYXQYASABKAsyGy5hdGhlbmEuY2hhdC52MS5DaGF0UmVxdWVzdEIGukgDyAEBEiQKEGhpc3RvcnlfbWVzc2FnZXMYAiABKAVCCrpIBxoFGMgBKAASOQoFbGVhc2UYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb25CD7pIDKoBCSIDCNgEMgIIARIsCgZyZWNhbGwYBCABKAsyHC5hdGhlbmEubWVtb3J5LnYxLlR1cm5SZWNhbGwiIgoKVHVyblJlY2FsbBIUCgFrGAEgASgFQgm6SAYaBBgyKAAi+QIKEVN0YXJ0VHVyblJlc3BvbnNlEjIKDGNvbnZlcnNhdGlvbhgBIAEoCzIcLmF0aGVuYS5jaGF0LnYxLkNvbnZlcnNhdGlvbhIoCgdtZXNzYWdlGAIgASgLMhcuYXRoZW5hLmNoYXQudjEuTWVzc2FnZRIQCghyZXBsYXllZBgDIAEoCBIZChFlbmFibGVkX2FnZW50X2lkcxgEIAMoCRIoCgdoaXN0b3J5GAUgAygLMhcuYXRoZW5hLmNoYXQudjEuTWVzc2FnZRIqCgVzdGF0ZRgGIAEoDjIbLmF0aGVuYS5tZW1vcnkudjEuVHVyblN0YXRlEhEKCWFuc3dlcl9pZBgHIAEoCRInCgZhbnN3ZXIYCCABKAsyFy5hdGhlbmEuY2hhdC52MS5NZXNzYWdlEjAKCG1lbW9yaWVzGAkgAygLMh4uYXRoZW5hLm1lbW9yeS52MS5SZWNhbGxSZXN1bHQSFQoNcmVjYWxsX2ZhaWxlZBgKIAEoCCJxChBSZW5ld1R1cm5SZXF1ZXN0Eh8KCm1lc3NhZ2VfaWQYASABKAlCC7pICMgBAXIDsAEBEjwKBWxlYXNlGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uQhK6SA/IAQGqAQkiAwjYBDICCAEiEwoRUmVuZXdUdXJuUmVzcG9uc2UifQoURGVsaXZlckFuc3dlclJlcXVlc3QSHAoHdXNlcl9pZBgBIAEoCUILukgIyAEBcgOwAQESRwoGYXBwZW5kGAIgASgLMi8uYXRoZW5hLm1lbW9yeS52MS5BcHBlbmRBc3Npc3RhbnRNZXNzYWdlUmVxdWVzdEIGukgDyAEBIhcKFURlbGl2ZXJBbnN3ZXJSZXNwb25zZSJ3Ch1BcHBlbmRBc3Npc3RhbnRNZXNzYWdlUmVxdWVzdBIkCg9jb252ZXJzYXRpb25faWQYASABKAlCC7pICMgBAXIDsAEBEjAKB21lc3NhZ2UYAiABKAsyFy5hdGhlbmEuY2hhdC52MS5NZXNzYWdlQga6SAPIAQEiSgoeQXBwZW5kQXNzaXN0YW50TWVzc2FnZVJlc3BvbnNlEigKB21lc3NhZ2UYASABKAsyFy5hdGhlbmEuY2hhdC52MS5NZXNzYWdlIlYKGExpc3RDb252ZXJzYXRpb25zUmVxdWVzdBIcCglwYWdlX3NpemUYASABKAVCCbpIBhoEGGQoABIcCgpwYWdlX3Rva2VuGAIgASgJQgi6SAVyAxiABCJpChlMaXN0Q29udmVyc2F0aW9uc1Jlc3BvbnNlEjMKDWNvbnZlcnNhdGlvbnMYASADKAsyHC5hdGhlbmEuY2hhdC52MS5Db252ZXJzYXRpb24SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIl4KFkdldENvbnZlcnNhdGlvblJlcXVlc3QSJAoPY29udmVyc2F0aW9uX2lkGAEgASgJQgu6SAjIAQFyA7ABARIeCg1sYXN0X21lc3NhZ2VzGAIgASgFQge6SAQaAigAIk0KF0dldENvbnZlcnNhdGlvblJlc3BvbnNlEjIKDGNvbnZlcnNhdGlvbhgBIAEoCzIcLmF0aGVuYS5jaGF0LnYxLkNvbnZlcnNhdGlvbiJBChlEZWxldGVDb252ZXJzYXRpb25SZXF1ZXN0EiQKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCUILukgIyAEBcgOwAQEiHAoaRGVsZXRlQ29udmVyc2F0aW9uUmVzcG9uc2UitgEKEVN5bmNBZ2VudHNSZXF1ZXN0EjsKBmFnZW50cxgBIAMoCzIhLmF0aGVuYS5tZW1vcnkudjEuQWdlbnREZWZpbml0aW9uQgi6SAWSAQIIATpkukhhGl8KFnN5bmNfYWdlbnRzLmlkc191bmlxdWUSGmFnZW50czogaWRzIG11c3QgYmUgdW5pcXVlGil0aGlzLmFnZW50cy5tYXAoYWdlbnQsIGFnZW50LmlkKS51bmlxdWUoKSIUChJTeW5jQWdlbnRzUmVzcG9uc2UiEwoRTGlzdEFnZW50c1JlcXVlc3QiTgoSTGlzdEFnZW50c1Jlc3BvbnNlEiUKBmFnZW50cxgBIAMoCzIVLmF0aGVuYS5jaGF0LnYxLkFnZW50SgQIAhADUgtkZWZpbml0aW9ucyJLChZTZXRBZ2VudEVuYWJsZWRSZXF1ZXN0EiAKCGFnZW50X2lkGAEgASgJQg66SAvIAQFyBsCzrrECARIPCgdlbmFibGVkGAIgASgIIj8KF1NldEFnZW50RW5hYmxlZFJlc3BvbnNlEiQKBWFnZW50GAEgASgLMhUuYXRoZW5hLmNoYXQudjEuQWdlbnQiFwoVRXhwb3J0VXNlckRhdGFSZXF1ZXN0Iq0BChZFeHBvcnRVc2VyRGF0YVJlc3BvbnNlEiYKBWFnZW50GAEgASgLMhUuYXRoZW5hLmNoYXQudjEuQWdlbnRIABI0Cgxjb252ZXJzYXRpb24YAiABKAsyHC5hdGhlbmEuY2hhdC52MS5Db252ZXJzYXRpb25IABIrCgZtZW1vcnkYAyABKAsyGS5hdGhlbmEuYWNjb3VudC52MS5NZW1vcnlIAEIICgZyZWNvcmQiEgoQUHVyZ2VVc2VyUmVxdWVzdCJbChFQdXJnZVVzZXJSZXNwb25zZRIUCgxkZWxldGVkX3Jvd3MYASABKAMSFAoMZGVsZXRlZF9rZXlzGAIgASgDEhoKEmRhdGFfa2V5X2Rlc3Ryb3llZBgDIAEoCCIbChlHZXRFbWJlZGRpbmdTdGF0dXNSZXF1ZXN0Ip4BChpHZXRFbWJlZGRpbmdTdGF0dXNSZXNwb25zZRINCgVtb2RlbBgBIAEoCRIRCglkaW1lbnNpb24YAiABKAUSEgoKdXNlcnNfZG9uZRgDIAEoAxITCgt1c2Vyc190b3RhbBgEIAEoAxIQCghlbWJlZGRlZBgFIAEoAxIQCghmaW5pc2hlZBgGIAEoCBIRCglsZWFzZWRfYnkYByABKAkiywEKGlJlY2FsbENvbnZlcnNhdGlvbnNSZXF1ZXN0Eh8KBXF1ZXJ5GAEgASgJQhC6SA1yC8izrrECARABGKAfEiAKCGFnZW50X2lkGAIgASgJQg66SAvYAQFyBsCzrrECARIpCgVzaW5jZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKQoFdW50aWwYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhQKAWsYBSABKAVCCbpIBhoEGDIoACKlAQoPUmVjYWxsZWRNZXNzYWdlEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIoCgdtZXNzYWdlGAIgASgLMhcuYXRoZW5hLmNoYXQudjEuTWVzc2FnZRISCgpzaW1pbGFyaXR5GAMgASgBEg0KBXNjb3JlGAQgASgBEiwKBXN0YWdlGAUgASgOMh0uYXRoZW5hLm1lbW9yeS52MS5SZWNhbGxTdGFnZSJRChtSZWNhbGxDb252ZXJzYXRpb25zUmVzcG9uc2USMgoHcmVzdWx0cxgBIAMoCzIhLmF0aGVuYS5tZW1vcnkudjEuUmVjYWxsZWRNZXNzYWdlKl4KC1JlY2FsbFN0YWdlEhwKGFJFQ0FMTF9TVEFHRV9VTlNQRUNJRklFRBAAEhcKE1JFQ0FMTF9TVEFHRV9WRUNUT1IQARIYChRSRUNBTExfU1RBR0VfS0VZV09SRBACKmsKCVR1cm5TdGF0ZRIaChZUVVJOX1NUQVRFX1VOU1BFQ0lGSUVEEAASFQoRVFVSTl9TVEFURV9BTlNXRVIQARIWChJUVVJOX1NUQVRFX1JVTk5JTkcQAhITCg9UVVJOX1NUQVRFX0RPTkUQAzKbCQoNTWVtb3J5U2VydmljZRJRCghSZW1lbWJlchIhLmF0aGVuYS5tZW1vcnkudjEuUmVtZW1iZXJSZXF1ZXN0GiIuYXRoZW5hLm1lbW9yeS52MS5SZW1lbWJlclJlc3BvbnNlEksKBlJlY2FsbBIfLmF0aGVuYS5tZW1vcnkudjEuUmVjYWxsUmVxdWVzdBogLmF0aGVuYS5tZW1vcnkudjEuUmVjYWxsUmVzcG9uc2USSwoGRm9yZ2V0Eh8uYXRoZW5hLm1lbW9yeS52MS5Gb3JnZXRSZXF1ZXN0GiAuYXRoZW5hLm1lbW9yeS52MS5Gb3JnZXRSZXNwb25zZRJdCgxMaXN0TWVtb3JpZXMSJS5hdGhlbmEubWVtb3J5LnYxLkxpc3RNZW1vcmllc1JlcXVlc3QaJi5hdGhlbmEubWVtb3J5LnYxLkxpc3RNZW1vcmllc1Jlc3BvbnNlEmAKDUNvcnJlY3RNZW1vcnkSJi5hdGhlbmEubWVtb3J5LnYxLkNvcnJlY3RNZW1vcnlSZXF1ZXN0GicuYXRoZW5hLm1lbW9yeS52MS5Db3JyZWN0TWVtb3J5UmVzcG9uc2USaQoQR2V0TWVtb3J5SGlzdG9yeRIpLmF0aGVuYS5tZW1vcnkudjEuR2V0TWVtb3J5SGlzdG9yeVJlcXVlc3QaKi5hdGhlbmEubWVtb3J5LnYxLkdldE1lbW9yeUhpc3RvcnlSZXNwb25zZRJsChFHZXRNZW1vcnlTZXR0aW5ncxIqLmF0aGVuYS5tZW1vcnkudjEuR2V0TWVtb3J5U2V0dGluZ3NSZXF1ZXN0GisuYXRoZW5hLm1lbW9yeS52MS5HZXRNZW1vcnlTZXR0aW5nc1Jlc3BvbnNlEmwKEVNldE1lbW9yeVNldHRpbmdzEiouYXRoZW5hLm1lbW9yeS52MS5TZXRNZW1vcnlTZXR0aW5nc1JlcXVlc3QaKy5hdGhlbmEubWVtb3J5LnYxLlNldE1lbW9yeVNldHRpbmdzUmVzcG9uc2USXQoMUHV0RXBoZW1lcmFsEiUuYXRoZW5hLm1lbW9yeS52MS5QdXRFcGhlbWVyYWxSZXF1ZXN0GiYuYXRoZW5hLm1lbW9yeS52MS5QdXRFcGhlbWVyYWxSZXNwb25zZRJdCgxHZXRFcGhlbWVyYWwSJS5hdGhlbmEubWVtb3J5LnYxLkdldEVwaGVtZXJhbFJlcXVlc3QaJi5hdGhlbmEubWVtb3J5LnYxLkdldEVwaGVtZXJhbFJlc3BvbnNlEmYKD0ZvcmdldEVwaGVtZXJhbBIoLmF0aGVuYS5tZW1vcnkudjEuRm9yZ2V0RXBoZW1lcmFsUmVxdWVzdBopLmF0aGVuYS5tZW1vcnkudjEuRm9yZ2V0RXBoZW1lcmFsUmVzcG9uc2USbwoSR2V0RW1iZWRkaW5nU3RhdHVzEisuYXRoZW5hLm1lbW9yeS52MS5HZXRFbWJlZGRpbmdTdGF0dXNSZXF1ZXN0GiwuYXRoZW5hLm1lbW9yeS52MS5HZXRFbWJlZGRpbmdTdGF0dXNSZXNwb25zZTLbBgoTQ29udmVyc2F0aW9uU2VydmljZRJUCglTdGFydFR1cm4SIi5hdGhlbmEubWVtb3J5LnYxLlN0YXJ0VHVyblJlcXVlc3QaIy5hdGhlbmEubWVtb3J5LnYxLlN0YXJ0VHVyblJlc3BvbnNlElQKCVJlbmV3VHVybhIiLmF0aGVuYS5tZW1vcnkudjEuUmVuZXdUdXJuUmVxdWVzdBojLmF0aGVuYS5tZW1vcnkudjEuUmVuZXdUdXJuUmVzcG9uc2USewoWQXBwZW5kQXNzaXN0YW50TWVzc2FnZRIvLmF0aGVuYS5tZW1vcnkudjEuQXBwZW5kQXNzaXN0YW50TWVzc2FnZVJlcXVlc3QaMC5hdGhlbmEubWVtb3J5LnYxLkFwcGVuZEFzc2lzdGFudE1lc3NhZ2VSZXNwb25zZRJgCg1EZWxpdmVyQW5zd2VyEiYuYXRoZW5hLm1lbW9yeS52MS5EZWxpdmVyQW5zd2VyUmVxdWVzdBonLmF0aGVuYS5tZW1vcnkudjEuRGVsaXZlckFuc3dlclJlc3BvbnNlEmwKEUxpc3RDb252ZXJzYXRpb25zEiouYXRoZW5hLm1lbW9yeS52MS5MaXN0Q29udmVyc2F0aW9uc1JlcXVlc3QaKy5hdGhlbmEubWVtb3J5LnYxLkxpc3RDb252ZXJzYXRpb25zUmVzcG9uc2USZgoPR2V0Q29udmVyc2F0aW9uEiguYXRoZW5hLm1lbW9yeS52MS5HZXRDb252ZXJzYXRpb25SZXF1ZXN0GikuYXRoZW5hLm1lbW9yeS52MS5HZXRDb252ZXJzYXRpb25SZXNwb25zZRJvChJEZWxldGVDb252ZXJzYXRpb24SKy5hdGhlbmEubWVtb3J5LnYxLkRlbGV0ZUNvbnZlcnNhdGlvblJlcXVlc3QaLC5hdGhlbmEubWVtb3J5LnYxLkRlbGV0ZUNvbnZlcnNhdGlvblJlc3BvbnNlEnIKE1JlY2FsbENvbnZlcnNhdGlvbnMSLC5hdGhlbmEubWVtb3J5LnYxLlJlY2FsbENvbnZlcnNhdGlvbnNSZXF1ZXN0Gi0uYXRoZW5hLm1lbW9yeS52MS5SZWNhbGxDb252ZXJzYXRpb25zUmVzcG9uc2UyqAIKDEFnZW50U2VydmljZRJXCgpTeW5jQWdlbnRzEiMuYXRoZW5hLm1lbW9yeS52MS5TeW5jQWdlbnRzUmVxdWVzdBokLmF0aGVuYS5tZW1vcnkudjEuU3luY0FnZW50c1Jlc3BvbnNlElcKCkxpc3RBZ2VudHMSIy5hdGhlbmEubWVtb3J5LnYxLkxpc3RBZ2VudHNSZXF1ZXN0GiQuYXRoZW5hLm1lbW9yeS52MS5MaXN0QWdlbnRzUmVzcG9uc2USZgoPU2V0QWdlbnRFbmFibGVkEiguYXRoZW5hLm1lbW9yeS52MS5TZXRBZ2VudEVuYWJsZWRSZXF1ZXN0GikuYXRoZW5hLm1lbW9yeS52MS5TZXRBZ2VudEVuYWJsZWRSZXNwb25zZTLOAQoPVXNlckRhdGFTZXJ2aWNlEmUKDkV4cG9ydFVzZXJEYXRhEicuYXRoZW5hLm1lbW9yeS52MS5FeHBvcnRVc2VyRGF0YVJlcXVlc3QaKC5hdGhlbmEubWVtb3J5LnYxLkV4cG9ydFVzZXJEYXRhUmVzcG9uc2UwARJUCglQdXJnZVVzZXISIi5hdGhlbmEubWVtb3J5LnYxLlB1cmdlVXNlclJlcXVlc3QaIy5hdGhlbmEubWVtb3J5LnYxLlB1cmdlVXNlclJlc3BvbnNlYgZwcm90bzM", [file_athena_account_v1_account, file_athena_chat_v1_chat, file_buf_validate_validate, file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * An agent definition of the catalog.
@@ -159,8 +159,8 @@ export type RememberRequest = Message<"athena.memory.v1.RememberRequest"> & {
   agentId: string;
 
   /**
-   * Optional key (letters, digits, "_", "-", "."; at most 64): a memory with the same key and scope replaces
-   * the older value.
+   * Optional key (letters, digits, "_", "-", "."; at most 64): a memory with the same key and scope
+   * supersedes the older value, which stays in the fact's history.
    *
    * @generated from field: string key = 4;
    */
@@ -203,7 +203,7 @@ export type RememberResponse = Message<"athena.memory.v1.RememberResponse"> & {
   memory?: Memory | undefined;
 
   /**
-   * False when an existing memory was updated instead.
+   * False when it is a new version of an existing fact, or the same text again.
    *
    * @generated from field: bool created = 2;
    */
@@ -378,6 +378,13 @@ export type ListMemoriesRequest = Message<"athena.memory.v1.ListMemoriesRequest"
    * @generated from field: string page_token = 2;
    */
   pageToken: string;
+
+  /**
+   * Also list closed versions (superseded or invalidated).
+   *
+   * @generated from field: bool include_history = 3;
+   */
+  includeHistory: boolean;
 };
 
 /**
@@ -388,8 +395,226 @@ export const ListMemoriesRequestSchema: GenMessage<ListMemoriesRequest> = /*@__P
   messageDesc(file_athena_memory_v1_memory, 8);
 
 /**
- * Response of ListMemories.
+ * Request of CorrectMemory.
  *
+ * @generated from message athena.memory.v1.CorrectMemoryRequest
+ */
+export type CorrectMemoryRequest = Message<"athena.memory.v1.CorrectMemoryRequest"> & {
+  /**
+   * The memory to correct; it must be current.
+   *
+   * @generated from field: string memory_id = 1;
+   */
+  memoryId: string;
+
+  /**
+   * What is true instead, 1 to 4,000 characters.
+   *
+   * @generated from field: string text = 2;
+   */
+  text: string;
+};
+
+/**
+ * Describes the message athena.memory.v1.CorrectMemoryRequest.
+ * Use `create(CorrectMemoryRequestSchema)` to create a new message.
+ */
+export const CorrectMemoryRequestSchema: GenMessage<CorrectMemoryRequest> = /*@__PURE__*/
+  messageDesc(file_athena_memory_v1_memory, 9);
+
+/**
+ * Response of CorrectMemory.
+ *
+ * @generated from message athena.memory.v1.CorrectMemoryResponse
+ */
+export type CorrectMemoryResponse = Message<"athena.memory.v1.CorrectMemoryResponse"> & {
+  /**
+   * The new, explicit version.
+   *
+   * @generated from field: athena.account.v1.Memory memory = 1;
+   */
+  memory?: Memory | undefined;
+};
+
+/**
+ * Describes the message athena.memory.v1.CorrectMemoryResponse.
+ * Use `create(CorrectMemoryResponseSchema)` to create a new message.
+ */
+export const CorrectMemoryResponseSchema: GenMessage<CorrectMemoryResponse> = /*@__PURE__*/
+  messageDesc(file_athena_memory_v1_memory, 10);
+
+/**
+ * Request of GetMemoryHistory.
+ *
+ * @generated from message athena.memory.v1.GetMemoryHistoryRequest
+ */
+export type GetMemoryHistoryRequest = Message<"athena.memory.v1.GetMemoryHistoryRequest"> & {
+  /**
+   * Any version of the memory.
+   *
+   * @generated from field: string memory_id = 1;
+   */
+  memoryId: string;
+};
+
+/**
+ * Describes the message athena.memory.v1.GetMemoryHistoryRequest.
+ * Use `create(GetMemoryHistoryRequestSchema)` to create a new message.
+ */
+export const GetMemoryHistoryRequestSchema: GenMessage<GetMemoryHistoryRequest> = /*@__PURE__*/
+  messageDesc(file_athena_memory_v1_memory, 11);
+
+/**
+ * Response of GetMemoryHistory.
+ *
+ * @generated from message athena.memory.v1.GetMemoryHistoryResponse
+ */
+export type GetMemoryHistoryResponse = Message<"athena.memory.v1.GetMemoryHistoryResponse"> & {
+  /**
+   * Newest first.
+   *
+   * @generated from field: repeated athena.account.v1.Memory versions = 1;
+   */
+  versions: Memory[];
+};
+
+/**
+ * Describes the message athena.memory.v1.GetMemoryHistoryResponse.
+ * Use `create(GetMemoryHistoryResponseSchema)` to create a new message.
+ */
+export const GetMemoryHistoryResponseSchema: GenMessage<GetMemoryHistoryResponse> = /*@__PURE__*/
+  messageDesc(file_athena_memory_v1_memory, 12);
+
+/**
+ * Request of GetMemorySettings.
+ *
+ * @generated from message athena.memory.v1.GetMemorySettingsRequest
+ */
+export type GetMemorySettingsRequest = Message<"athena.memory.v1.GetMemorySettingsRequest"> & {
+};
+
+/**
+ * Describes the message athena.memory.v1.GetMemorySettingsRequest.
+ * Use `create(GetMemorySettingsRequestSchema)` to create a new message.
+ */
+export const GetMemorySettingsRequestSchema: GenMessage<GetMemorySettingsRequest> = /*@__PURE__*/
+  messageDesc(file_athena_memory_v1_memory, 13);
+
+/**
+ * Response of GetMemorySettings.
+ *
+ * @generated from message athena.memory.v1.GetMemorySettingsResponse
+ */
+export type GetMemorySettingsResponse = Message<"athena.memory.v1.GetMemorySettingsResponse"> & {
+  /**
+   * The caller's settings.
+   *
+   * @generated from field: athena.account.v1.MemorySettings settings = 1;
+   */
+  settings?: MemorySettings | undefined;
+};
+
+/**
+ * Describes the message athena.memory.v1.GetMemorySettingsResponse.
+ * Use `create(GetMemorySettingsResponseSchema)` to create a new message.
+ */
+export const GetMemorySettingsResponseSchema: GenMessage<GetMemorySettingsResponse> = /*@__PURE__*/
+  messageDesc(file_athena_memory_v1_memory, 14);
+
+/**
+ * Request of SetMemorySettings.
+ *
+ * @generated from message athena.memory.v1.SetMemorySettingsRequest
+ */
+export type SetMemorySettingsRequest = Message<"athena.memory.v1.SetMemorySettingsRequest"> & {
+  /**
+   * The settings to keep.
+   *
+   * @generated from field: athena.account.v1.MemorySettings settings = 1;
+   */
+  settings?: MemorySettings | undefined;
+};
+
+/**
+ * Describes the message athena.memory.v1.SetMemorySettingsRequest.
+ * Use `create(SetMemorySettingsRequestSchema)` to create a new message.
+ */
+export const SetMemorySettingsRequestSchema: GenMessage<SetMemorySettingsRequest> = /*@__PURE__*/
+  messageDesc(file_athena_memory_v1_memory, 15);
+
+/**
+ * Response of SetMemorySettings.
+ *
+ * @generated from message athena.memory.v1.SetMemorySettingsResponse
+ */
+export type SetMemorySettingsResponse = Message<"athena.memory.v1.SetMemorySettingsResponse"> & {
+  /**
+   * The settings as stored.
+   *
+   * @generated from field: athena.account.v1.MemorySettings settings = 1;
+   */
+  settings?: MemorySettings | undefined;
+};
+
+/**
+ * Describes the message athena.memory.v1.SetMemorySettingsResponse.
+ * Use `create(SetMemorySettingsResponseSchema)` to create a new message.
+ */
+export const SetMemorySettingsResponseSchema: GenMessage<SetMemorySettingsResponse> = /*@__PURE__*/
+  messageDesc(file_athena_memory_v1_memory, 16);
+
+/**
+ * A job on the memory service's fact-extraction stream (Redis, `athena:memory:facts`): the answer of a
+ * completed turn was stored, so the durable facts its user message stated are extracted and reconciled
+ * in the background. Carries ids only: the words stay sealed in PostgreSQL.
+ *
+ * @generated from message athena.memory.v1.FactExtractionJob
+ */
+export type FactExtractionJob = Message<"athena.memory.v1.FactExtractionJob"> & {
+  /**
+   * The dedupe key: the answer's message id.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * Whose turn.
+   *
+   * @generated from field: string user_id = 2;
+   */
+  userId: string;
+
+  /**
+   * The conversation.
+   *
+   * @generated from field: string conversation_id = 3;
+   */
+  conversationId: string;
+
+  /**
+   * The stored answer (the assistant message); its turn's user message is the one extracted from.
+   *
+   * @generated from field: string answer_id = 4;
+   */
+  answerId: string;
+
+  /**
+   * The agent that answered.
+   *
+   * @generated from field: string agent_id = 5;
+   */
+  agentId: string;
+};
+
+/**
+ * Describes the message athena.memory.v1.FactExtractionJob.
+ * Use `create(FactExtractionJobSchema)` to create a new message.
+ */
+export const FactExtractionJobSchema: GenMessage<FactExtractionJob> = /*@__PURE__*/
+  messageDesc(file_athena_memory_v1_memory, 17);
+
+/**
  * @generated from message athena.memory.v1.ListMemoriesResponse
  */
 export type ListMemoriesResponse = Message<"athena.memory.v1.ListMemoriesResponse"> & {
@@ -413,7 +638,7 @@ export type ListMemoriesResponse = Message<"athena.memory.v1.ListMemoriesRespons
  * Use `create(ListMemoriesResponseSchema)` to create a new message.
  */
 export const ListMemoriesResponseSchema: GenMessage<ListMemoriesResponse> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 9);
+  messageDesc(file_athena_memory_v1_memory, 18);
 
 /**
  * Request of PutEphemeral.
@@ -455,7 +680,7 @@ export type PutEphemeralRequest = Message<"athena.memory.v1.PutEphemeralRequest"
  * Use `create(PutEphemeralRequestSchema)` to create a new message.
  */
 export const PutEphemeralRequestSchema: GenMessage<PutEphemeralRequest> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 10);
+  messageDesc(file_athena_memory_v1_memory, 19);
 
 /**
  * Response of PutEphemeral.
@@ -470,7 +695,7 @@ export type PutEphemeralResponse = Message<"athena.memory.v1.PutEphemeralRespons
  * Use `create(PutEphemeralResponseSchema)` to create a new message.
  */
 export const PutEphemeralResponseSchema: GenMessage<PutEphemeralResponse> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 11);
+  messageDesc(file_athena_memory_v1_memory, 20);
 
 /**
  * Request of ForgetEphemeral.
@@ -498,7 +723,7 @@ export type ForgetEphemeralRequest = Message<"athena.memory.v1.ForgetEphemeralRe
  * Use `create(ForgetEphemeralRequestSchema)` to create a new message.
  */
 export const ForgetEphemeralRequestSchema: GenMessage<ForgetEphemeralRequest> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 12);
+  messageDesc(file_athena_memory_v1_memory, 21);
 
 /**
  * Response of ForgetEphemeral.
@@ -519,7 +744,7 @@ export type ForgetEphemeralResponse = Message<"athena.memory.v1.ForgetEphemeralR
  * Use `create(ForgetEphemeralResponseSchema)` to create a new message.
  */
 export const ForgetEphemeralResponseSchema: GenMessage<ForgetEphemeralResponse> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 13);
+  messageDesc(file_athena_memory_v1_memory, 22);
 
 /**
  * Request of GetEphemeral.
@@ -547,7 +772,7 @@ export type GetEphemeralRequest = Message<"athena.memory.v1.GetEphemeralRequest"
  * Use `create(GetEphemeralRequestSchema)` to create a new message.
  */
 export const GetEphemeralRequestSchema: GenMessage<GetEphemeralRequest> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 14);
+  messageDesc(file_athena_memory_v1_memory, 23);
 
 /**
  * Response of GetEphemeral.
@@ -575,7 +800,7 @@ export type GetEphemeralResponse = Message<"athena.memory.v1.GetEphemeralRespons
  * Use `create(GetEphemeralResponseSchema)` to create a new message.
  */
 export const GetEphemeralResponseSchema: GenMessage<GetEphemeralResponse> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 15);
+  messageDesc(file_athena_memory_v1_memory, 24);
 
 /**
  * Request of StartTurn.
@@ -620,7 +845,7 @@ export type StartTurnRequest = Message<"athena.memory.v1.StartTurnRequest"> & {
  * Use `create(StartTurnRequestSchema)` to create a new message.
  */
 export const StartTurnRequestSchema: GenMessage<StartTurnRequest> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 16);
+  messageDesc(file_athena_memory_v1_memory, 25);
 
 /**
  * The recall StartTurn makes for a turn.
@@ -641,7 +866,7 @@ export type TurnRecall = Message<"athena.memory.v1.TurnRecall"> & {
  * Use `create(TurnRecallSchema)` to create a new message.
  */
 export const TurnRecallSchema: GenMessage<TurnRecall> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 17);
+  messageDesc(file_athena_memory_v1_memory, 26);
 
 /**
  * Response of StartTurn.
@@ -727,7 +952,7 @@ export type StartTurnResponse = Message<"athena.memory.v1.StartTurnResponse"> & 
  * Use `create(StartTurnResponseSchema)` to create a new message.
  */
 export const StartTurnResponseSchema: GenMessage<StartTurnResponse> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 18);
+  messageDesc(file_athena_memory_v1_memory, 27);
 
 /**
  * Request of RenewTurn.
@@ -755,7 +980,7 @@ export type RenewTurnRequest = Message<"athena.memory.v1.RenewTurnRequest"> & {
  * Use `create(RenewTurnRequestSchema)` to create a new message.
  */
 export const RenewTurnRequestSchema: GenMessage<RenewTurnRequest> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 19);
+  messageDesc(file_athena_memory_v1_memory, 28);
 
 /**
  * Response of RenewTurn.
@@ -770,7 +995,7 @@ export type RenewTurnResponse = Message<"athena.memory.v1.RenewTurnResponse"> & 
  * Use `create(RenewTurnResponseSchema)` to create a new message.
  */
 export const RenewTurnResponseSchema: GenMessage<RenewTurnResponse> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 20);
+  messageDesc(file_athena_memory_v1_memory, 29);
 
 /**
  * Request of DeliverAnswer.
@@ -798,7 +1023,7 @@ export type DeliverAnswerRequest = Message<"athena.memory.v1.DeliverAnswerReques
  * Use `create(DeliverAnswerRequestSchema)` to create a new message.
  */
 export const DeliverAnswerRequestSchema: GenMessage<DeliverAnswerRequest> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 21);
+  messageDesc(file_athena_memory_v1_memory, 30);
 
 /**
  * Response of DeliverAnswer.
@@ -813,7 +1038,7 @@ export type DeliverAnswerResponse = Message<"athena.memory.v1.DeliverAnswerRespo
  * Use `create(DeliverAnswerResponseSchema)` to create a new message.
  */
 export const DeliverAnswerResponseSchema: GenMessage<DeliverAnswerResponse> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 22);
+  messageDesc(file_athena_memory_v1_memory, 31);
 
 /**
  * Request of AppendAssistantMessage.
@@ -841,7 +1066,7 @@ export type AppendAssistantMessageRequest = Message<"athena.memory.v1.AppendAssi
  * Use `create(AppendAssistantMessageRequestSchema)` to create a new message.
  */
 export const AppendAssistantMessageRequestSchema: GenMessage<AppendAssistantMessageRequest> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 23);
+  messageDesc(file_athena_memory_v1_memory, 32);
 
 /**
  * Response of AppendAssistantMessage.
@@ -862,7 +1087,7 @@ export type AppendAssistantMessageResponse = Message<"athena.memory.v1.AppendAss
  * Use `create(AppendAssistantMessageResponseSchema)` to create a new message.
  */
 export const AppendAssistantMessageResponseSchema: GenMessage<AppendAssistantMessageResponse> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 24);
+  messageDesc(file_athena_memory_v1_memory, 33);
 
 /**
  * Request of ListConversations.
@@ -890,7 +1115,7 @@ export type ListConversationsRequest = Message<"athena.memory.v1.ListConversatio
  * Use `create(ListConversationsRequestSchema)` to create a new message.
  */
 export const ListConversationsRequestSchema: GenMessage<ListConversationsRequest> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 25);
+  messageDesc(file_athena_memory_v1_memory, 34);
 
 /**
  * Response of ListConversations.
@@ -918,7 +1143,7 @@ export type ListConversationsResponse = Message<"athena.memory.v1.ListConversati
  * Use `create(ListConversationsResponseSchema)` to create a new message.
  */
 export const ListConversationsResponseSchema: GenMessage<ListConversationsResponse> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 26);
+  messageDesc(file_athena_memory_v1_memory, 35);
 
 /**
  * Request of GetConversation.
@@ -946,7 +1171,7 @@ export type GetConversationRequest = Message<"athena.memory.v1.GetConversationRe
  * Use `create(GetConversationRequestSchema)` to create a new message.
  */
 export const GetConversationRequestSchema: GenMessage<GetConversationRequest> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 27);
+  messageDesc(file_athena_memory_v1_memory, 36);
 
 /**
  * Response of GetConversation.
@@ -967,7 +1192,7 @@ export type GetConversationResponse = Message<"athena.memory.v1.GetConversationR
  * Use `create(GetConversationResponseSchema)` to create a new message.
  */
 export const GetConversationResponseSchema: GenMessage<GetConversationResponse> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 28);
+  messageDesc(file_athena_memory_v1_memory, 37);
 
 /**
  * Request of DeleteConversation.
@@ -988,7 +1213,7 @@ export type DeleteConversationRequest = Message<"athena.memory.v1.DeleteConversa
  * Use `create(DeleteConversationRequestSchema)` to create a new message.
  */
 export const DeleteConversationRequestSchema: GenMessage<DeleteConversationRequest> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 29);
+  messageDesc(file_athena_memory_v1_memory, 38);
 
 /**
  * Response of DeleteConversation.
@@ -1003,7 +1228,7 @@ export type DeleteConversationResponse = Message<"athena.memory.v1.DeleteConvers
  * Use `create(DeleteConversationResponseSchema)` to create a new message.
  */
 export const DeleteConversationResponseSchema: GenMessage<DeleteConversationResponse> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 30);
+  messageDesc(file_athena_memory_v1_memory, 39);
 
 /**
  * Request of SyncAgents.
@@ -1024,7 +1249,7 @@ export type SyncAgentsRequest = Message<"athena.memory.v1.SyncAgentsRequest"> & 
  * Use `create(SyncAgentsRequestSchema)` to create a new message.
  */
 export const SyncAgentsRequestSchema: GenMessage<SyncAgentsRequest> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 31);
+  messageDesc(file_athena_memory_v1_memory, 40);
 
 /**
  * Response of SyncAgents.
@@ -1039,7 +1264,7 @@ export type SyncAgentsResponse = Message<"athena.memory.v1.SyncAgentsResponse"> 
  * Use `create(SyncAgentsResponseSchema)` to create a new message.
  */
 export const SyncAgentsResponseSchema: GenMessage<SyncAgentsResponse> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 32);
+  messageDesc(file_athena_memory_v1_memory, 41);
 
 /**
  * Request of ListAgents.
@@ -1054,7 +1279,7 @@ export type ListAgentsRequest = Message<"athena.memory.v1.ListAgentsRequest"> & 
  * Use `create(ListAgentsRequestSchema)` to create a new message.
  */
 export const ListAgentsRequestSchema: GenMessage<ListAgentsRequest> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 33);
+  messageDesc(file_athena_memory_v1_memory, 42);
 
 /**
  * Response of ListAgents.
@@ -1075,7 +1300,7 @@ export type ListAgentsResponse = Message<"athena.memory.v1.ListAgentsResponse"> 
  * Use `create(ListAgentsResponseSchema)` to create a new message.
  */
 export const ListAgentsResponseSchema: GenMessage<ListAgentsResponse> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 34);
+  messageDesc(file_athena_memory_v1_memory, 43);
 
 /**
  * Request of SetAgentEnabled.
@@ -1103,7 +1328,7 @@ export type SetAgentEnabledRequest = Message<"athena.memory.v1.SetAgentEnabledRe
  * Use `create(SetAgentEnabledRequestSchema)` to create a new message.
  */
 export const SetAgentEnabledRequestSchema: GenMessage<SetAgentEnabledRequest> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 35);
+  messageDesc(file_athena_memory_v1_memory, 44);
 
 /**
  * Response of SetAgentEnabled.
@@ -1124,7 +1349,7 @@ export type SetAgentEnabledResponse = Message<"athena.memory.v1.SetAgentEnabledR
  * Use `create(SetAgentEnabledResponseSchema)` to create a new message.
  */
 export const SetAgentEnabledResponseSchema: GenMessage<SetAgentEnabledResponse> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 36);
+  messageDesc(file_athena_memory_v1_memory, 45);
 
 /**
  * Request of ExportUserData.
@@ -1139,7 +1364,7 @@ export type ExportUserDataRequest = Message<"athena.memory.v1.ExportUserDataRequ
  * Use `create(ExportUserDataRequestSchema)` to create a new message.
  */
 export const ExportUserDataRequestSchema: GenMessage<ExportUserDataRequest> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 37);
+  messageDesc(file_athena_memory_v1_memory, 46);
 
 /**
  * One record of the export.
@@ -1184,7 +1409,7 @@ export type ExportUserDataResponse = Message<"athena.memory.v1.ExportUserDataRes
  * Use `create(ExportUserDataResponseSchema)` to create a new message.
  */
 export const ExportUserDataResponseSchema: GenMessage<ExportUserDataResponse> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 38);
+  messageDesc(file_athena_memory_v1_memory, 47);
 
 /**
  * Request of PurgeUser.
@@ -1199,7 +1424,7 @@ export type PurgeUserRequest = Message<"athena.memory.v1.PurgeUserRequest"> & {
  * Use `create(PurgeUserRequestSchema)` to create a new message.
  */
 export const PurgeUserRequestSchema: GenMessage<PurgeUserRequest> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 39);
+  messageDesc(file_athena_memory_v1_memory, 48);
 
 /**
  * Response of PurgeUser.
@@ -1235,7 +1460,7 @@ export type PurgeUserResponse = Message<"athena.memory.v1.PurgeUserResponse"> & 
  * Use `create(PurgeUserResponseSchema)` to create a new message.
  */
 export const PurgeUserResponseSchema: GenMessage<PurgeUserResponse> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 40);
+  messageDesc(file_athena_memory_v1_memory, 49);
 
 /**
  * Request of GetEmbeddingStatus.
@@ -1250,7 +1475,7 @@ export type GetEmbeddingStatusRequest = Message<"athena.memory.v1.GetEmbeddingSt
  * Use `create(GetEmbeddingStatusRequestSchema)` to create a new message.
  */
 export const GetEmbeddingStatusRequestSchema: GenMessage<GetEmbeddingStatusRequest> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 41);
+  messageDesc(file_athena_memory_v1_memory, 50);
 
 /**
  * Response of GetEmbeddingStatus.
@@ -1313,7 +1538,7 @@ export type GetEmbeddingStatusResponse = Message<"athena.memory.v1.GetEmbeddingS
  * Use `create(GetEmbeddingStatusResponseSchema)` to create a new message.
  */
 export const GetEmbeddingStatusResponseSchema: GenMessage<GetEmbeddingStatusResponse> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 42);
+  messageDesc(file_athena_memory_v1_memory, 51);
 
 /**
  * Request of RecallConversations.
@@ -1362,7 +1587,7 @@ export type RecallConversationsRequest = Message<"athena.memory.v1.RecallConvers
  * Use `create(RecallConversationsRequestSchema)` to create a new message.
  */
 export const RecallConversationsRequestSchema: GenMessage<RecallConversationsRequest> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 43);
+  messageDesc(file_athena_memory_v1_memory, 52);
 
 /**
  * A past message found by RecallConversations.
@@ -1411,7 +1636,7 @@ export type RecalledMessage = Message<"athena.memory.v1.RecalledMessage"> & {
  * Use `create(RecalledMessageSchema)` to create a new message.
  */
 export const RecalledMessageSchema: GenMessage<RecalledMessage> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 44);
+  messageDesc(file_athena_memory_v1_memory, 53);
 
 /**
  * Response of RecallConversations.
@@ -1432,7 +1657,7 @@ export type RecallConversationsResponse = Message<"athena.memory.v1.RecallConver
  * Use `create(RecallConversationsResponseSchema)` to create a new message.
  */
 export const RecallConversationsResponseSchema: GenMessage<RecallConversationsResponse> = /*@__PURE__*/
-  messageDesc(file_athena_memory_v1_memory, 45);
+  messageDesc(file_athena_memory_v1_memory, 54);
 
 /**
  * Which retrieval stage found a memory.
@@ -1516,7 +1741,9 @@ export const TurnStateSchema: GenEnum<TurnState> = /*@__PURE__*/
  */
 export const MemoryService: GenService<{
   /**
-   * Stores a memory, or replaces the one with the same key in the same scope (idempotent upsert).
+   * Stores an explicit memory. The same key in the same scope with another text is a new version: the
+   * current one is closed (`valid_to`) and kept as history. The same text again changes nothing
+   * (idempotent).
    *
    * @generated from rpc athena.memory.v1.MemoryService.Remember
    */
@@ -1547,7 +1774,7 @@ export const MemoryService: GenService<{
     output: typeof ForgetResponseSchema;
   },
   /**
-   * Lists the user's memories, newest first.
+   * Lists the user's memories, newest first: current ones, or with `include_history` closed versions too.
    *
    * @generated from rpc athena.memory.v1.MemoryService.ListMemories
    */
@@ -1555,6 +1782,47 @@ export const MemoryService: GenService<{
     methodKind: "unary";
     input: typeof ListMemoriesRequestSchema;
     output: typeof ListMemoriesResponseSchema;
+  },
+  /**
+   * The person corrects a memory: a new explicit version supersedes it (the old one is closed, kept).
+   *
+   * @generated from rpc athena.memory.v1.MemoryService.CorrectMemory
+   */
+  correctMemory: {
+    methodKind: "unary";
+    input: typeof CorrectMemoryRequestSchema;
+    output: typeof CorrectMemoryResponseSchema;
+  },
+  /**
+   * A memory's history: the version asked for, the one that superseded it (if any) and every version
+   * before it, newest first.
+   *
+   * @generated from rpc athena.memory.v1.MemoryService.GetMemoryHistory
+   */
+  getMemoryHistory: {
+    methodKind: "unary";
+    input: typeof GetMemoryHistoryRequestSchema;
+    output: typeof GetMemoryHistoryResponseSchema;
+  },
+  /**
+   * The caller's memory settings (whether facts are learnt from their turns).
+   *
+   * @generated from rpc athena.memory.v1.MemoryService.GetMemorySettings
+   */
+  getMemorySettings: {
+    methodKind: "unary";
+    input: typeof GetMemorySettingsRequestSchema;
+    output: typeof GetMemorySettingsResponseSchema;
+  },
+  /**
+   * Stores the caller's memory settings.
+   *
+   * @generated from rpc athena.memory.v1.MemoryService.SetMemorySettings
+   */
+  setMemorySettings: {
+    methodKind: "unary";
+    input: typeof SetMemorySettingsRequestSchema;
+    output: typeof SetMemorySettingsResponseSchema;
   },
   /**
    * Stores a short-lived value (calendar free/busy, wearable stats) with a time to live.

@@ -1,0 +1,3 @@
+from bench.memory_eval.harness import main
+
+main()
