@@ -93,6 +93,14 @@ BENCH_MODEL = CurrentModel(1, EmbeddingModel(OFFLINE_EMBEDDING_MODEL, DIMENSION)
 """The model the synthetic vectors stand for: the first the migrations record (memory_0006)."""
 HNSW_INDEX = f"vector_memory_embedding_{BENCH_MODEL.id}"
 """Its partial HNSW index (memory.vectors)."""
+PER_USER_BTREES = (
+    "vector_memory_user_recent",
+    "vector_memory_current_key",
+    "vector_memory_text_token",
+    "vector_memory_user_model",
+    "vector_memory_message",
+)
+"""What the HNSW-forced diagnostic drops (in a transaction it rolls back)."""
 REBUILT_INDEXES = ("vector_memory_user_recent", "vector_memory_words", "vector_memory_text_token", HNSW_INDEX)
 KMS = LocalKeyFile({"20260101T000000Z-00000000": bytes(range(32))})
 """The benchmark's key-encryption key: memories are sealed as the service seals them (the unwrap is cached
@@ -664,10 +672,10 @@ async def explain(pool: Pool, ef_search: int, query: tuple[str, str, Vector]) ->
 async def forced_hnsw(
     pool: Pool, app_url: str, admin_url: str, ef_search: int, queries: Sequence[tuple[str, str, Vector]]
 ) -> dict[str, object]:
-    """Diagnostic: the store's query with the per-user btree indexes out of the planner's way (dropped in a
-    transaction that is rolled back) and sequential scans disabled, so it walks the HNSW index with
-    iterative scan. Run as the
-    application role (SET LOCAL ROLE) with the same settings; truth from the exact search."""
+    """Diagnostic: the store's query with the per-user btree indexes (`PER_USER_BTREES`) out of the
+    planner's way (dropped in a transaction that is rolled back) and sequential scans disabled, so it
+    walks the HNSW index with iterative scan. Run as the application role (SET LOCAL ROLE) with the same
+    settings; truth from the exact search."""
     captured: list[tuple[str, tuple[object, ...]]] = []
     limit = candidate_count(RECALL_K)
     settings = {"hnsw.ef_search": str(max(ef_search, limit)), "hnsw.iterative_scan": "relaxed_order"}
@@ -688,8 +696,10 @@ async def forced_hnsw(
     transaction = connection.transaction()
     await transaction.start()
     try:
-        await connection.execute("DROP INDEX vector_memory_user_recent")
-        await connection.execute("ALTER TABLE vector_memory DROP CONSTRAINT vector_memory_key_token")
+        # Every btree starting with user_id (memory_0005 replaced the key constraint by a partial unique
+        # index; memory_0006 added the model index the re-embedding uses).
+        for index in PER_USER_BTREES:
+            await connection.execute(f'DROP INDEX "{index}"')
         await connection.execute(f'SET LOCAL ROLE "{urlsplit(app_url).username}"')
         plan = ""
         for (sql, args), truth, (user_id, _, _) in zip(captured, truths, queries, strict=True):
