@@ -23,8 +23,10 @@ log line per user and at the end.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import secrets
 import socket
 from collections.abc import Sequence
 
@@ -47,11 +49,13 @@ USERS_TOTAL = Gauge("athena_memory_reembed_users_total", "Users with stored text
 
 RETRY_SECONDS = 5.0
 """Pause after the embedding model or the database failed, before trying again."""
+RELEASE_SECONDS = 2.0
+"""Longest a stopping replica waits to give its lease up."""
 
 
 def replica_name() -> str:
-    """Who holds a lease: host and process."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """Who holds a lease: host, process and a random part (two services in one process are two holders)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
 class Reembedder:
@@ -138,7 +142,15 @@ class Reembedder:
         return written
 
     async def sweep(self) -> None:
-        """Works on the current model's job whenever this replica holds its lease, until cancelled."""
+        """Works on the current model's job whenever this replica holds its lease, until it is finished or
+        this is cancelled (then the lease is given up: another replica goes on at once)."""
+        try:
+            await self._sweep()
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._store.release(self.current, self.holder), RELEASE_SECONDS)
+
+    async def _sweep(self) -> None:
         while True:
             try:
                 finished = await self.sweep_once()

@@ -120,6 +120,16 @@ class PostgresEmbeddingModels:
             )
         return (row is not None, row["after_user"] if row is not None else None)
 
+    async def release(self, current: CurrentModel, holder: str) -> None:
+        """Gives the lease up (a replica stopping), so that another takes over at once."""
+        async with self._db.transaction(None) as connection:
+            await connection.execute(
+                """UPDATE embedding_jobs SET leased_by = NULL, lease_until = NULL, updated_at = now()
+                   WHERE model_id = $1 AND leased_by = $2""",
+                current.id,
+                holder,
+            )
+
     async def next_user(self, after: str | None) -> str | None:
         """The first user (by id) after `after` who has a data key, i.e. anything stored."""
         async with self._db.transaction(None, readonly=True) as connection:
