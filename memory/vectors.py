@@ -203,9 +203,6 @@ class PostgresEmbeddingModels:
     ) -> list[PendingText]:
         """Up to `limit` of the user's memories and messages without a vector of `current`, opened
         (only the messages `message_ids`, when given)."""
-        cipher = await self._keys.reading(user_id)
-        if cipher is None:
-            return []
         uid = uuid.UUID(user_id)
         async with self._db.transaction(user_id, readonly=True) as connection:
             memories = (
@@ -226,6 +223,11 @@ class PostgresEmbeddingModels:
                 limit - len(memories),
                 [uuid.UUID(i) for i in message_ids] if message_ids is not None else None,
             )
+        if not memories and not messages:  # a sweep's common case: no data key unwrapped, no KMS call
+            return []
+        cipher = await self._keys.reading(user_id)
+        if cipher is None:
+            return []
         return [
             *(
                 _pending(cipher, "memory", "vector_memory", "text", row["id"], row["text"])
