@@ -61,7 +61,7 @@ bench: bench-memory bench-chat bench-health eval-memory ## All benchmarks (resul
 bench-memory: install ## Memory recall latency and recall@10 at 100k and 1M memories
 	$(BIN)/python -m bench.memory
 
-bench-chat: install ## Streaming cost: overhead to first delta, 1/50/200 paced streams against the model direct, 1,000 held
+bench-chat: install ## Streaming cost: overhead to first delta (tracing off and on), 1/50/200 paced streams against the model direct, 1,000 held
 	$(BIN)/python -m bench.chat
 
 bench-health: install web ## Apple Health import: a 200+ MB export uploaded through the edge, the importer's peak RSS

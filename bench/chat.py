@@ -16,6 +16,12 @@ temporary data directory), each with the offline model pacing its words differen
    words/s, CPU-seconds per turn of each process, and each process's peak RSS during the series.
 3. **held** (200 ms a word): 1,000 streams at once must all complete; errors, duration and peak RSS.
 
+With `--tracing` (the default), one stream at a time again, through two meshes side by side, turns
+alternating: one tracing every turn (OTEL_EXPORTER_OTLP_ENDPOINT set, sampling 1.0, Envoy included, the
+browser's `traceparent` sent) and exporting to a local OTLP sink that only counts spans
+(`devstack.otlp_sink`, a process of its own), one not: what tracing costs one stream (issue 18: at most
++10% on the first delta).
+
 Results go to bench/results/chat.json and chat.md with a verdict per target of issue 13.
 """
 
@@ -25,9 +31,12 @@ import argparse
 import asyncio
 import contextlib
 import json
+import secrets
+import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -207,12 +216,16 @@ class Mesh:
         return (("authorization", f"Bearer {self.tokens[user]}"),)
 
 
-async def mesh_stream(mesh: Mesh, user: int) -> Stream:
+async def mesh_stream(mesh: Mesh, user: int, *, traceparent: bool = False) -> Stream:
+    """One turn through the edge; with `traceparent`, sent as the web app sends it (a new sampled trace)."""
     started = time.perf_counter()
     first: float | None = None
     words = 0
+    metadata = mesh.metadata(user)
+    if traceparent:
+        metadata += (("traceparent", f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"),)
     call = mesh.chat(user).Chat(
-        chat_pb2.ChatRequest(agent_id=AGENT, text=QUESTION), metadata=mesh.metadata(user), timeout=600
+        chat_pb2.ChatRequest(agent_id=AGENT, text=QUESTION), metadata=metadata, timeout=600
     )
     try:
         async for event in call:
@@ -262,9 +275,11 @@ async def at_once(count: int, start: Callable[[int], Awaitable[Stream]]) -> list
 
 
 @contextlib.asynccontextmanager
-async def running_mesh(data: Path, delay_ms: int, users: int) -> AsyncIterator[Mesh]:
+async def running_mesh(
+    data: Path, delay_ms: int, users: int, extra_env: dict[str, str] | None = None
+) -> AsyncIterator[Mesh]:
     """A mesh whose offline model paces `delay_ms` a word, with `users` signed-in users holding one memory
-    each (30-60 words)."""
+    each (30-60 words); `extra_env` for every part (tracing)."""
     ports = Ports(**{f.name: free_port() for f in fields(Ports)})
     stack = Stack(
         StackConfig(
@@ -275,6 +290,7 @@ async def running_mesh(data: Path, delay_ms: int, users: int) -> AsyncIterator[M
             extra_env={
                 "ORCHESTRATOR_TURNS_PER_MINUTE": "1000000",
                 "ORCHESTRATOR_MAX_STREAMS_PER_USER": "1000",
+                **(extra_env or {}),
             },
         )
     )
@@ -338,6 +354,94 @@ async def instant_series(data: Path, samples: int) -> dict[str, Any]:
         "direct": model,
         "mesh": edge,
         "overhead_ms": {q: edge["first_delta_ms"][q] - model["first_delta_ms"][q] for q in ("p50", "p95")},
+    }
+
+
+@dataclass
+class CountingSink:
+    """A `devstack.otlp_sink` process on loopback; `spans` is its count once it stopped."""
+
+    endpoint: str
+    spans: int = 0
+
+
+@contextlib.contextmanager
+def counting_sink() -> Iterator[CountingSink]:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "devstack.otlp_sink", "--port", str(port), "--every", "3600"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    sink = CountingSink(f"http://127.0.0.1:{port}")
+    try:
+        assert process.stdout is not None
+        process.stdout.readline()  # "listening": it serves
+        yield sink
+    finally:
+        process.terminate()
+        output, _ = process.communicate(timeout=30)
+        counts = [int(line.rsplit(" ", 1)[1]) for line in output.splitlines() if line.startswith("spans")]
+        sink.spans = counts[-1] if counts else 0
+
+
+async def tracing_series(data: Path, samples: int) -> dict[str, Any]:
+    """One stream at a time with the instant model, through two meshes running side by side: one tracing
+    every turn (sampling 1.0, exporting to a counting OTLP sink), one not. Turns alternate between them
+    (and the model alone), so that both meet the machine in the same state."""
+    tracing = {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "1.0"}
+    with counting_sink() as sink:
+        async with (
+            running_mesh(data / "untraced", 0, 1) as untraced,
+            running_mesh(
+                data / "traced", 0, 1, {**tracing, "OTEL_EXPORTER_OTLP_ENDPOINT": sink.endpoint}
+            ) as traced,
+        ):
+            client = AsyncOpenAI(base_url=untraced.model_url, api_key="offline", max_retries=0)
+            for _ in range(5):  # warm-up: connections, caches, code paths
+                await mesh_stream(untraced, 0)
+                await mesh_stream(traced, 0, traceparent=True)
+                await direct_stream(client, fact(0))
+            off: list[Stream] = []
+            on: list[Stream] = []
+            direct: list[Stream] = []
+            parts = {"off": Processes(untraced.stack), "on": Processes(traced.stack)}
+            before = {name: processes.cpu() for name, processes in parts.items()}
+            for sample in range(samples):
+                # Either mesh first, by turns: neither always follows the other.
+                if sample % 2:
+                    off.append(await mesh_stream(untraced, 0))
+                    on.append(await mesh_stream(traced, 0, traceparent=True))
+                else:
+                    on.append(await mesh_stream(traced, 0, traceparent=True))
+                    off.append(await mesh_stream(untraced, 0))
+                direct.append(await direct_stream(client, fact(0)))
+            # CPU per turn of each mesh's parts (the load generator, shared by both, is left out).
+            cpu = {
+                name: {
+                    part: 1000 * (seconds - before[name][part]) / samples
+                    for part, seconds in processes.cpu().items()
+                    if part != LOAD_GENERATOR
+                }
+                for name, processes in parts.items()
+            }
+            await client.close()
+    model, without, with_ = streams_summary(direct), streams_summary(off), streams_summary(on)
+    return {
+        "samples": samples,
+        "direct": model,
+        "off": without,
+        "on": with_,
+        "overhead_ms": {
+            name: {q: summary["first_delta_ms"][q] - model["first_delta_ms"][q] for q in ("p50", "p95")}
+            for name, summary in (("off", without), ("on", with_))
+        },
+        "first_delta_ratio": {
+            q: with_["first_delta_ms"][q] / without["first_delta_ms"][q] for q in ("p50", "p95")
+        },
+        # Turns traced: the warm-up's 5 and the samples (the model alone is not traced).
+        "spans_per_turn": sink.spans / (samples + 5),
+        "cpu_ms_per_turn": cpu,
     }
 
 
@@ -417,6 +521,17 @@ def verdicts(result: dict[str, Any]) -> list[tuple[str, str, bool]]:
     rows.append(
         ("one stream, instant model: overhead p95 ≤ 10 ms", f"{instant['p95']:.1f} ms", instant["p95"] <= 10)
     )
+    tracing = result.get("tracing")
+    if tracing:
+        ratio = tracing["first_delta_ratio"]["p50"]
+        off, on = tracing["overhead_ms"]["off"]["p50"], tracing["overhead_ms"]["on"]["p50"]
+        rows.append(
+            (
+                "tracing on, sampling 1.0: one stream's first delta ≤ +10% (p50, issue 18)",
+                f"{100 * (ratio - 1):+.1f}% (the mesh's overhead {off:.1f} → {on:.1f} ms)",
+                ratio <= 1.10,
+            )
+        )
     for series in result["paced"]:
         count = series["streams"]
         if "duration_ratio" not in series:
@@ -447,7 +562,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"Command: `{result['command']}` (`make bench-chat`). Commit {result['commit']}, {result['date']}.",
         f"Machine: {result['machine']}",
         "",
-        "## Verdicts (issue 13)",
+        "## Verdicts (issues 13 and 18)",
         "",
         "| target | measured | met |",
         "|---|---|---|",
@@ -470,6 +585,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"| **overhead** | **{instant['overhead_ms']['p50']:.2f}** | "
         f"**{instant['overhead_ms']['p95']:.2f}** |",
         "",
+        *_tracing_lines(result.get("tracing")),
         "## Streams at once, model pacing 20 ms a word, answers of 30–60 words",
         "",
         f"Each series: {result['paced'][0].get('rounds', 1)} rounds of that many streams started at once, "
@@ -518,35 +634,78 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _tracing_lines(tracing: dict[str, Any] | None) -> list[str]:
+    """The tracing series (nothing when it did not run)."""
+    if not tracing:
+        return []
+    direct, off, on = (tracing[name]["first_delta_ms"] for name in ("direct", "off", "on"))
+    overhead, ratio = tracing["overhead_ms"], tracing["first_delta_ratio"]
+    cpu_off, cpu_on = tracing["cpu_ms_per_turn"]["off"], tracing["cpu_ms_per_turn"]["on"]
+    return [
+        f"## One stream, instant model, tracing off and on ({tracing['samples']} turns each)",
+        "",
+        "Two meshes side by side, turns alternating between them and the model alone; one traces every "
+        "turn (sampling 1.0, the browser's `traceparent` sent, every part exporting over OTLP/gRPC to a "
+        f"local sink that counts spans: {tracing['spans_per_turn']:.0f} spans a turn).",
+        "",
+        "| series | first delta p50 ms | p95 ms | overhead over the model p50 / p95 ms |",
+        "|---|---|---|---|",
+        f"| model server, direct | {direct['p50']:.2f} | {direct['p95']:.2f} | |",
+        f"| through the edge, tracing off | {off['p50']:.2f} | {off['p95']:.2f} | "
+        f"{overhead['off']['p50']:.2f} / {overhead['off']['p95']:.2f} |",
+        f"| through the edge, tracing on | {on['p50']:.2f} | {on['p95']:.2f} | "
+        f"{overhead['on']['p50']:.2f} / {overhead['on']['p95']:.2f} |",
+        f"| **tracing's cost** | **{100 * (ratio['p50'] - 1):+.1f}%** | "
+        f"**{100 * (ratio['p95'] - 1):+.1f}%** | |",
+        "",
+        "CPU milliseconds per turn, by process, tracing off / on:",
+        "",
+        "| " + " | ".join(cpu_off) + " |",
+        "|" + "---|" * len(cpu_off),
+        "| " + " | ".join(f"{cpu_off[part]:.2f} / {cpu_on.get(part, 0):.2f}" for part in cpu_off) + " |",
+        "",
+    ]
+
+
 async def run(
-    samples: int, counts: Sequence[int], rounds: int, held: int, data_dir: Path | None = None
+    samples: int,
+    counts: Sequence[int],
+    rounds: int,
+    held: int,
+    data_dir: Path | None = None,
+    *,
+    tracing: bool = True,
 ) -> dict[str, Any]:
     started = time.time()
     with contextlib.ExitStack() as cleanup:
         data = data_dir or Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="athena-bench-")))
         instant = await instant_series(data, samples)
         print(f"instant: {json.dumps(instant['overhead_ms'])}", flush=True)
+        traced = await tracing_series(data, samples) if tracing else None
+        if traced:
+            print(f"tracing: {json.dumps(traced['first_delta_ratio'])}", flush=True)
         paced = await paced_series(data, counts, rounds)
         held_result = await held_series(data, held) if held else None
     return {
         "command": (
             f"python -m bench.chat --samples {samples} --streams {','.join(map(str, counts))} "
-            f"--rounds {rounds} --held {held}"
+            f"--rounds {rounds} --held {held}{'' if tracing else ' --no-tracing'}"
         ),
         "commit": commit(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
         "machine": machine(),
         "instant": instant,
+        "tracing": traced,
         "paced": paced,
         "held": held_result,
     }
 
 
-def write(result: dict[str, Any]) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "chat.json").write_text(json.dumps(result, indent=2) + "\n")
+def write(result: dict[str, Any], results: Path = RESULTS) -> None:
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "chat.json").write_text(json.dumps(result, indent=2) + "\n")
     text = markdown(result)
-    (RESULTS / "chat.md").write_text(text)
+    (results / "chat.md").write_text(text)
     print(text)
 
 
@@ -563,8 +722,18 @@ def main(argv: Iterable[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="rounds of each paced series, pooled")
     parser.add_argument("--held", type=int, default=1000, help="streams of the held series (0: skip it)")
     parser.add_argument("--data-dir", type=Path, help="keep the meshes' data and logs here")
+    parser.add_argument(
+        "--tracing",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run the instant series with tracing on at sampling 1.0 (default: yes)",
+    )
+    parser.add_argument("--results", type=Path, default=RESULTS, help=f"where to write (default: {RESULTS})")
     args = parser.parse_args(list(argv) if argv is not None else None)
-    write(asyncio.run(run(args.samples, args.streams, args.rounds, args.held, args.data_dir)))
+    result = asyncio.run(
+        run(args.samples, args.streams, args.rounds, args.held, args.data_dir, tracing=args.tracing)
+    )
+    write(result, args.results)
 
 
 if __name__ == "__main__":

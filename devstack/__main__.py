@@ -58,11 +58,13 @@ def main() -> int:
     try:
         stack.start()
         model = "offline model" if stack.offline else "OpenAI-compatible model"
+        tracing = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
         ports = stack.config.ports
         print(
             f"\nAthenaOS is ready in {time.monotonic() - started:.1f} s ({model}): {stack.edge_url}\n"
             f"  grpcurl -plaintext 127.0.0.1:{stack.config.ports.edge} list\n"
             f"  logs: {stack.logs}\n"
+            + (f"  traces: every process exports to {tracing} (OTLP/gRPC)\n" if tracing else "")
             + (
                 f"  connections: Google and Microsoft are the emulators on :{ports.google_emulator} "
                 f"and :{ports.microsoft_emulator} (a demo account that always consents)\n"

@@ -382,9 +382,11 @@ class Stack:
             self.supervisor.watch(part)
 
     def _start_envoy(self) -> None:
-        from edge.envoy_config import EdgeConfig, render
+        from edge.envoy_config import EdgeConfig, render, trace_sampling_from
 
         p = self.config.ports
+        env = self._environment()
+        sampling = trace_sampling_from(env)
         config = EdgeConfig(
             listen_port=p.edge,
             admin_port=p.envoy_admin,
@@ -397,6 +399,9 @@ class Stack:
             memory_port=p.memory,
             web_root=ROOT / "edge" / "web" / "dist",
             allowed_origins=(f"http://127.0.0.1:{p.edge}", f"http://localhost:{p.edge}"),
+            # The services' OTEL_* variables (ours plus `extra_env`) decide the edge's tracing too.
+            otlp_endpoint=env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None,
+            trace_sampling=1.0 if sampling is None else sampling,
         )
         if not (ROOT / "edge" / "web" / "dist" / "index.html").exists():
             log.warning("the web app is not built (make web): the edge serves a placeholder page")

@@ -12,6 +12,11 @@ internal services included, gets a 404, which gRPC clients see as UNIMPLEMENTED.
 is served with the browser's security headers (`WEB_SECURITY_HEADERS`: a strict Content-Security-Policy
 and its companions); API replies, which no browser renders as a page, keep only what CORS needs.
 
+With an OTLP collector configured (`otlp_endpoint`), Envoy's OpenTelemetry tracer is the mesh's head
+sampler: it keeps the trace id of a `traceparent` the caller sent (the web app starts one per chat turn),
+decides whether the request is traced (`trace_sampling`), records its span if so, and passes W3C trace
+context with its decision on to the services, which follow it.
+
 `render(EdgeConfig(...))` returns the bootstrap as a dict; the command line writes it as JSON, which is
 also YAML, so the file may be named `.json` or `.yaml`:
 
@@ -53,6 +58,9 @@ WEBHOOKS_CLUSTER = "webhooks"
 MEMORY_CLUSTER = "memory"
 JWKS_CLUSTER = "auth_jwks"
 ADMIN_CLUSTER = "envoy_admin"
+OTEL_CLUSTER = "otel_collector"
+EDGE_SERVICE_NAME = "athena-edge"
+"""service.name of the edge's spans (the services are athena-<service>)."""
 
 PUBLIC_SERVICES: Mapping[str, str] = {
     CHAT_SERVICE: ROUTER_CLUSTER,
@@ -108,6 +116,8 @@ CORS_ALLOW_HEADERS = (
     "grpc-timeout",
     "connect-protocol-version",
     "x-request-id",
+    "traceparent",
+    "tracestate",
 )
 CORS_EXPOSE_HEADERS = ("grpc-status", "grpc-message", "grpc-status-details-bin", "x-request-id")
 
@@ -302,6 +312,13 @@ class EdgeConfig:
     """A stream (a chat answer included) with no bytes in either direction for this long is reset."""
     cors_max_age_seconds: int = 86400
     """How long browsers may cache a preflight answer."""
+    otlp_endpoint: str | None = None
+    """OTLP/gRPC collector ("http://host:4317") for the edge's spans; None: Envoy records no span (a
+    `traceparent` received still goes on to the services unchanged)."""
+    trace_sampling: float = 1.0
+    """Fraction of requests the edge traces (the services' `OTEL_TRACES_SAMPLER_ARG`); 1.0 traces all but
+    those whose `traceparent` says "not sampled". A caller's "sampled" does not force a trace: a client
+    cannot make the mesh trace more than this."""
 
     @classmethod
     def for_target(cls, target: Target, *, namespace: str | None = None) -> EdgeConfig:
@@ -319,6 +336,7 @@ class EdgeConfig:
             webhooks_host=f"webhooks{suffix}",
             memory_host=f"memory{suffix}",
             ops_port=9902,
+            otlp_endpoint=f"http://otel-collector{suffix}:4317",
         )
 
 
@@ -349,6 +367,8 @@ def render(config: EdgeConfig) -> dict[str, Any]:
     if config.ops_port is not None:
         listeners.append(_ops_listener(config.ops_port))
         clusters.append(_cluster(ADMIN_CLUSTER, "127.0.0.1", config.admin_port))
+    if config.otlp_endpoint:
+        clusters.append(_otlp_cluster(config.otlp_endpoint))
     return {
         "node": {"id": "athena-edge", "cluster": "athena-edge"},
         "admin": {"address": _socket_address("127.0.0.1", config.admin_port)},
@@ -431,6 +451,8 @@ def _edge_listener(config: EdgeConfig) -> dict[str, Any]:
         "route_config": _route_config(config),
         "http_filters": _http_filters(config),
     }
+    if config.otlp_endpoint:
+        manager["tracing"] = _tracing(config)
     return {
         "name": "edge",
         "address": _socket_address(config.listen_host, config.listen_port),
@@ -439,6 +461,57 @@ def _edge_listener(config: EdgeConfig) -> dict[str, Any]:
             {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}]}
         ],
     }
+
+
+def _tracing(config: EdgeConfig) -> dict[str, Any]:
+    """Envoy's OpenTelemetry tracer, exporting over OTLP/gRPC to `OTEL_CLUSTER`. Each request is traced
+    when `random_sampling` picks it and its `traceparent` (kept: the trace id stays the caller's) is not
+    marked unsampled; the decision goes upstream in the `traceparent` it sends
+    (tests/service/test_edge_tracing.py)."""
+    return {
+        "random_sampling": {"value": round(100.0 * config.trace_sampling, 4)},
+        # Spans are named after the route (a public service, the chat method, a file of the web app, a
+        # 404): a bounded set of names, where a request's path could be anything a client sends.
+        "operation": "%ROUTE_NAME%",
+        "provider": {
+            "name": "envoy.tracers.opentelemetry",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
+                "grpc_service": {"envoy_grpc": {"cluster_name": OTEL_CLUSTER}, "timeout": "1s"},
+                "service_name": EDGE_SERVICE_NAME,
+            },
+        },
+    }
+
+
+def trace_sampling_from(env: Mapping[str, str]) -> float | None:
+    """The edge's `trace_sampling` equivalent to the services' OTEL_TRACES_SAMPLER and
+    OTEL_TRACES_SAMPLER_ARG (the SDK's names), or None when they do not say (then every request is traced,
+    as the SDK's default parentbased_always_on would)."""
+    sampler = env.get("OTEL_TRACES_SAMPLER", "").strip().lower().removeprefix("parentbased_")
+    if sampler == "always_on":
+        return 1.0
+    if sampler == "always_off":
+        return 0.0
+    if sampler == "traceidratio":
+        argument = env.get("OTEL_TRACES_SAMPLER_ARG", "").strip()
+        return min(1.0, max(0.0, float(argument))) if argument else 1.0
+    return None
+
+
+def _otlp_cluster(endpoint: str) -> dict[str, Any]:
+    """The collector named by an OTLP endpoint URL ("http://otel-collector:4317"), spoken to over h2c."""
+    parts = urllib.parse.urlsplit(endpoint if "//" in endpoint else f"//{endpoint}")
+    if not parts.hostname:
+        raise ValueError(f"otlp_endpoint {endpoint!r} names no host")
+    cluster = _cluster(OTEL_CLUSTER, parts.hostname, parts.port or 4317)
+    cluster["typed_extension_protocol_options"] = {
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}},
+        }
+    }
+    return cluster
 
 
 def _stdout_access_log() -> dict[str, Any]:
@@ -901,6 +974,17 @@ def _parser() -> argparse.ArgumentParser:
     add("--jwt-issuer", default=env("ATHENA_JWT_ISSUER"), help="[ATHENA_JWT_ISSUER] athenaos")
     add("--jwt-audience", action="append", dest="jwt_audiences", help="repeatable [ATHENA_JWT_AUDIENCE]")
     add(
+        "--otlp-endpoint",
+        default=env("OTEL_EXPORTER_OTLP_ENDPOINT"),
+        help="OTLP/gRPC collector for the edge's spans; '' for none [OTEL_EXPORTER_OTLP_ENDPOINT]",
+    )
+    add(
+        "--trace-sampling",
+        type=float,
+        default=trace_sampling_from(os.environ),
+        help="fraction of unsampled requests traced [OTEL_TRACES_SAMPLER, OTEL_TRACES_SAMPLER_ARG] 1.0",
+    )
+    add(
         "--web-root",
         type=Path,
         default=env("ATHENA_EDGE_WEB_ROOT"),
@@ -935,6 +1019,10 @@ def config_from_args(argv: Sequence[str] | None = None) -> tuple[EdgeConfig, Pat
     changes: dict[str, Any] = {key: value for key, value in given.items() if value is not None}
     if args.ops_port is not None:
         changes["ops_port"] = args.ops_port or None
+    if args.otlp_endpoint is not None:
+        changes["otlp_endpoint"] = args.otlp_endpoint or None
+    if args.trace_sampling is not None:
+        changes["trace_sampling"] = args.trace_sampling
     port = changes.get("listen_port", config.listen_port)
     origins = args.allowed_origins or _env_list("ATHENA_EDGE_ALLOWED_ORIGINS")
     changes["allowed_origins"] = tuple(origins or (f"http://127.0.0.1:{port}", f"http://localhost:{port}"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import contextvars
 import json
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from memory.embedding_models import EmbeddingModel
+from mesh import genai
 from mesh.context import time_remaining
 from mesh.errors import FailedPrecondition, Unavailable
 from mesh.model_api import ModelApi, ModelApiError
@@ -72,16 +74,40 @@ class OpenAIEmbedder:
         body: dict[str, Any] = {"model": self._model, "input": list(texts), "encoding_format": "base64"}
         if self._send_dimensions:
             body["dimensions"] = self._dimension
+        call = genai.start_model_call(
+            "embeddings",
+            self._model,
+            self._api.server,
+            attributes={
+                "gen_ai.embeddings.dimension.count": self._dimension,
+                "athena.embeddings.inputs": len(texts),  # no convention names it
+            },
+        )
         try:
-            # Vectors arrive as base64 float32 (as the official SDK asks for them too), decoded here.
-            async with self._api.post("/embeddings", body, read_timeout=timeout) as response:
-                answer = await response.read()
-            items = sorted(json.loads(answer)["data"], key=lambda item: item["index"])
-            vectors = [_vector(item["embedding"]) for item in items]
-        except ModelApiError as exc:
-            raise Unavailable("the embedding model is unavailable") from exc
-        except (ValueError, KeyError, TypeError) as exc:
-            raise Unavailable("the embedding model answered with an error") from exc
+            try:
+                # Vectors arrive as base64 float32 (as the official SDK asks for them too), decoded here.
+                with call.current() if call is not None else contextlib.nullcontext():
+                    async with self._api.post("/embeddings", body, read_timeout=timeout) as response:
+                        answer = await response.read()
+                decoded = json.loads(answer)
+                items = sorted(decoded["data"], key=lambda item: item["index"])
+                vectors = [_vector(item["embedding"]) for item in items]
+                if call is not None:
+                    usage = decoded.get("usage") or {}
+                    call.finished(
+                        response_model=decoded.get("model") or "", input_tokens=usage.get("prompt_tokens")
+                    )
+            except ModelApiError as exc:
+                raise Unavailable("the embedding model is unavailable") from exc
+            except (ValueError, KeyError, TypeError) as exc:
+                raise Unavailable("the embedding model answered with an error") from exc
+        except Unavailable as exc:
+            if call is not None:
+                call.failed(exc.__cause__ or exc)
+            raise
+        finally:
+            if call is not None:
+                call.end()
         if len(vectors) != len(texts) or any(len(v) != self._dimension for v in vectors):
             raise FailedPrecondition(
                 f"the embedding model {self._model!r} did not answer {len(texts)} vectors of "

@@ -292,7 +292,9 @@ def main(app: ServiceApp[S, D], argv: Sequence[str] | None = None) -> None:
     configure_logging(app.name, settings.log_level)
     command = arguments.command or "serve"
     if command == "serve":
-        configure_tracing(app.name, settings.otlp_endpoint)
+        configure_tracing(
+            app.name, settings.otlp_endpoint, capture_message_content=settings.genai_capture_message_content
+        )
         uvloop.run(serve(app, settings))
         sys.exit(0)
     sys.exit(app.commands[command].run(settings))

@@ -47,11 +47,13 @@ from typing import Any, Generic, TypeVar, cast
 from athena.events.v1 import events_pb2
 from google.protobuf import json_format
 from google.protobuf.message import Message
+from opentelemetry.trace import SpanKind
 from prometheus_client import Counter, Gauge
 from redis import exceptions as redis_errors
 
 from mesh.redis import UNAVAILABLE, Redis, cancelling
 from mesh.retry import until_reachable
+from mesh.telemetry import inject_trace_context, traced
 
 log = logging.getLogger(__name__)
 
@@ -127,18 +129,34 @@ class EventBus:
         self._max_len = max_len
 
     async def publish(self, event: Message) -> str:
-        """Appends `event`; answers its stream entry id."""
-        entry = await self._redis.xadd(
-            self._stream,
-            encode(event),  # type: ignore[arg-type]
-            maxlen=self._max_len,
-            approximate=True,
-        )
+        """Appends `event`; answers its stream entry id. While tracing, in a PRODUCER span whose context the
+        entry carries (field `traceparent`), for the consumer's span to link to."""
+        fields = encode(event)
+        with traced(
+            f"send {self._stream}", SpanKind.PRODUCER, attributes=_messaging(self._stream, "send", _id(event))
+        ):
+            inject_trace_context(fields)
+            entry = await self._redis.xadd(
+                self._stream,
+                fields,  # type: ignore[arg-type]
+                maxlen=self._max_len,
+                approximate=True,
+            )
         return str(entry)
 
 
 def _id(event: Message) -> str:
     return str(getattr(event, "id"))  # noqa: B009
+
+
+def _messaging(stream: str, operation: str, event_id: str) -> dict[str, str]:
+    """The messaging semantic conventions' attributes of a span sending or processing an event."""
+    return {
+        "messaging.system": "redis",
+        "messaging.destination.name": stream,
+        "messaging.operation.type": operation,
+        "messaging.message.id": event_id,
+    }
 
 
 class _Undecodable(Exception):
@@ -354,7 +372,18 @@ class EventConsumer(Generic[E]):
 
     async def _attempt(self, entry_id: str, fields: dict[str, str] | None, event: E, attempts: int) -> None:
         try:
-            await self._handle(event)
+            # A trace of its own for each delivery, linked to the publisher's (`mesh.telemetry.link_from`).
+            with traced(
+                f"process {self._stream}",
+                SpanKind.CONSUMER,
+                attributes={
+                    **_messaging(self._stream, "process", _id(event)),
+                    "messaging.consumer.group.name": self._group,
+                },
+                linked_from=fields or {},
+                new_trace=True,
+            ):
+                await self._handle(event)
         except Exception as exc:  # a handler's failure, whatever it is, must not stop the consumer
             FAILED.labels(self._group).inc()
             error = f"{type(exc).__name__}: {exc}"

@@ -19,6 +19,8 @@ from typing import Any
 
 import aiohttp
 
+from mesh.genai import server_attributes
+
 
 class ModelApiError(Exception):
     """A request the model API did not answer successfully."""
@@ -51,6 +53,8 @@ class ModelApi:
             "Accept": "application/json",
         }
         self._session = session
+        self.server = server_attributes(self._base_url)
+        """server.address and server.port, for the spans of calls to this API (`mesh.genai`)."""
 
     @asynccontextmanager
     async def post(

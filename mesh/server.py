@@ -23,7 +23,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 from grpc_reflection.v1alpha._async import ReflectionServicer
-from opentelemetry.instrumentation.grpc import aio_server_interceptor
+from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 
 from mesh.http import HttpSidePort
 from mesh.interceptors import (
@@ -43,6 +43,11 @@ log = logging.getLogger(__name__)
 
 HEALTH_SERVICE = health.SERVICE_NAME
 REFLECTION_SERVICE = reflection.SERVICE_NAME
+TRACED_CALLS = filters.negate(
+    filters.any_of(filters.health_check(), filters.service_prefix("grpc.reflection."))
+)
+"""The calls that get a span while tracing: all but health checks (Envoy's every 2 s, the kubelet's probes)
+and reflection, none of which is anyone's work (each would be a trace of its own)."""
 EDGE_REFLECTION_HEADER = "x-athena-edge-reflection"
 """Envoy sets this on reflection calls it forwards, so the router can present the whole public API."""
 ALWAYS_PUBLIC = (HEALTH_SERVICE, REFLECTION_SERVICE)
@@ -118,7 +123,7 @@ class MeshServer:
     async def start(self) -> None:
         interceptors = [
             RequestReader(self.settings.request_read_timeout_seconds),
-            *([aio_server_interceptor()] if tracing_on() else []),  # type: ignore[no-untyped-call]
+            *([aio_server_interceptor(filter_=TRACED_CALLS)] if tracing_on() else []),  # type: ignore[no-untyped-call]
             CallContextInterceptor(),
             AccessLogInterceptor(),
             MetricsInterceptor(),

@@ -60,6 +60,10 @@ class ServiceSettings(BaseSettings):
     """Level of the JSON logs on stderr."""
     otlp_endpoint: str | None = Field(None, validation_alias=shared("OTEL_EXPORTER_OTLP_ENDPOINT"))
     """OpenTelemetry collector (OTLP/gRPC); traces are not exported when unset."""
+    genai_capture_message_content: bool = Field(
+        False, validation_alias=shared("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT")
+    )
+    """Record what people said and were answered on model calls' spans (`mesh.genai`); off by default."""
     jwt_issuer: str = Field("athenaos", validation_alias=shared("ATHENA_JWT_ISSUER"))
     """`iss` of access tokens."""
     jwt_audience: str = Field("athenaos-api", validation_alias=shared("ATHENA_JWT_AUDIENCE"))

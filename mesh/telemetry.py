@@ -1,13 +1,43 @@
-"""JSON logs and OpenTelemetry tracing, configured once per process."""
+"""JSON logs and OpenTelemetry tracing, configured once per process.
+
+Tracing is off unless `OTEL_EXPORTER_OTLP_ENDPOINT` names a collector (OTLP/gRPC). When it is on:
+
+- spans go to that collector through a batch processor; the standard variables apply as the SDK reads them:
+  `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG` (default `parentbased_always_on`: a trace the caller
+  sampled, a `traceparent` with the sampled flag, is kept), `OTEL_SERVICE_NAME` (default `athena-<service>`),
+  `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_BSP_*`;
+- gRPC servers and channels trace every call (`mesh.server`, `mesh.clients`), and asyncpg, redis-py and
+  aiohttp's client are instrumented for the whole process: every query, Redis command and HTTP request
+  made while serving a call is a child span of it;
+- a client span without a parent (a query of a maintenance loop, a readiness ping, the revocation feed's
+  blocking read every half second) is not recorded: traces start where work for someone starts;
+- every JSON log line written inside a span carries `trace_id` and `span_id`.
+
+Off (also with `OTEL_SDK_DISABLED=true`), no provider is set, `tracing_on()` is false, nothing is
+instrumented and no interceptor is installed, so a call pays nothing for spans nobody would see.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
+from contextlib import contextmanager
+from typing import Any
 
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.propagators.textmap import default_getter, default_setter
+from opentelemetry.sdk.trace import TracerProvider, sampling
+from opentelemetry.trace import Link, Span, SpanKind, TraceState
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.util.types import Attributes
 from pythonjsonlogger.json import JsonFormatter
 
 from mesh.context import current_call
+
+_W3C = TraceContextTextMapPropagator()
 
 
 class _RequestIdFilter(logging.Filter):
@@ -17,6 +47,18 @@ class _RequestIdFilter(logging.Filter):
         if not hasattr(record, "request_id"):
             call = current_call.get()
             record.request_id = call.request_id if call else None
+        return True
+
+
+class _TraceIdFilter(logging.Filter):
+    """Stamps a record written inside a recorded span with its `trace_id` and `span_id` (lowercase hex, as
+    in `traceparent`), so a trace's log lines can be found from the trace and the other way round."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        span = trace.get_current_span().get_span_context()
+        if span.is_valid:
+            record.trace_id = format(span.trace_id, "032x")
+            record.span_id = format(span.span_id, "016x")
         return True
 
 
@@ -39,26 +81,143 @@ def configure_logging(service: str, level: str) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def configure_tracing(service: str, otlp_endpoint: str | None) -> None:
-    """A tracer provider exporting to `otlp_endpoint`. Without one tracing is off: no provider is set,
-    `tracing_on()` is false, and servers and channels install no tracing interceptor, so a call pays
-    nothing for spans nobody would see."""
-    if not otlp_endpoint:
+_capture_message_content = False
+
+
+def capturing_message_content() -> bool:
+    """Whether model calls' spans record what was said (`mesh.genai`; see `configure_tracing`)."""
+    return _capture_message_content
+
+
+def configure_tracing(
+    service: str, otlp_endpoint: str | None, *, capture_message_content: bool = False
+) -> None:
+    """A tracer provider exporting to `otlp_endpoint` (see the module's docstring); nothing without one.
+    `capture_message_content` (OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT) lets model calls' spans
+    record what people said and were answered."""
+    if not otlp_endpoint or os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return
-    from opentelemetry import trace
+    global _capture_message_content  # process-wide, like the tracer provider itself
+    _capture_message_content = capture_message_content
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
+    from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
+    from opentelemetry.instrumentation.redis import RedisInstrumentor
     from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    provider = TracerProvider(resource=Resource.create({"service.name": f"athena-{service}"}))
+    # OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES win over our default name (Resource.create would let
+    # attributes given here win over both).
+    named = os.environ.get("OTEL_SERVICE_NAME") or "service.name=" in os.environ.get(
+        "OTEL_RESOURCE_ATTRIBUTES", ""
+    )
+    resource = Resource.create({} if named else {"service.name": f"athena-{service}"})
+    provider = TracerProvider(resource=resource, sampler=RootedByWork())
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint, insecure=True)))
     trace.set_tracer_provider(provider)
+    AsyncPGInstrumentor().instrument()  # type: ignore[no-untyped-call]
+    _untraced_transaction_boundaries()
+    RedisInstrumentor().instrument()
+    AioHttpClientInstrumentor().instrument()
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_TraceIdFilter())
+
+
+TRANSACTION_BOUNDARIES = ("BEGIN", "COMMIT", "ROLLBACK", "START TRANSACTION", "END")
+"""Statements that get no span of their own (`_untraced_transaction_boundaries`)."""
+
+
+def _untraced_transaction_boundaries() -> None:
+    """Statements opening or ending a transaction get no span: its other statements are spans, and the
+    boundaries were a third of a turn's database spans, each costing the service tens of microseconds
+    (created, then exported) on the turn's path. memory's BEGIN also carries the row-level-security user
+    as a literal (`memory.database`), which a span would otherwise show. Wraps `Connection.execute`
+    around the asyncpg instrumentation's own wrapper (asyncpg's `Transaction` executes through it too)."""
+    import wrapt
+    from opentelemetry.instrumentation.utils import suppress_instrumentation
+
+    async def execute(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        query = args[0] if args else kwargs.get("query", "")
+        if isinstance(query, str) and query.lstrip()[:17].upper().startswith(TRANSACTION_BOUNDARIES):
+            with suppress_instrumentation():
+                return await wrapped(*args, **kwargs)
+        return await wrapped(*args, **kwargs)
+
+    wrapt.wrap_function_wrapper("asyncpg.connection", "Connection.execute", execute)
+
+
+class RootedByWork(sampling.Sampler):
+    """The sampler `OTEL_TRACES_SAMPLER` names (the SDK's own choice from the environment), except that a
+    CLIENT span without a parent is dropped (see the module's docstring)."""
+
+    def __init__(self) -> None:
+        self._configured = sampling._get_from_env_or_default()  # what TracerProvider() would choose
+
+    def should_sample(
+        self,
+        parent_context: otel_context.Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: TraceState | None = None,
+    ) -> sampling.SamplingResult:
+        if kind is SpanKind.CLIENT and not trace.get_current_span(parent_context).get_span_context().is_valid:
+            return sampling.SamplingResult(sampling.Decision.DROP)
+        return self._configured.should_sample(
+            parent_context, trace_id, name, kind, attributes, links, trace_state
+        )
+
+    def get_description(self) -> str:
+        return f"RootedByWork{{{self._configured.get_description()}}}"
 
 
 def tracing_on() -> bool:
     """Whether `configure_tracing` set up an exporting provider in this process."""
-    from opentelemetry import trace
-    from opentelemetry.sdk.trace import TracerProvider
-
     return isinstance(trace.get_tracer_provider(), TracerProvider)
+
+
+def inject_trace_context(carrier: MutableMapping[str, str]) -> None:
+    """Adds the current span's `traceparent` (and `tracestate`) to `carrier`, when there is one: a message
+    handed on through a queue or a stream carries where it came from."""
+    _W3C.inject(carrier, setter=default_setter)
+
+
+def link_from(carrier: Mapping[str, str]) -> list[Link]:
+    """A link to the span whose context `carrier` carries (see `inject_trace_context`); none without one.
+    Work taken from a stream starts a trace of its own and links to the publisher's: one publisher's trace
+    would otherwise grow with every consumer, redelivery and dead letter."""
+    parent = trace.get_current_span(_W3C.extract(carrier, getter=default_getter)).get_span_context()
+    return [Link(parent)] if parent.is_valid else []
+
+
+@contextmanager
+def traced(
+    name: str,
+    kind: SpanKind,
+    *,
+    attributes: Mapping[str, Any] | None = None,
+    remote_parent: Mapping[str, str] | None = None,
+    linked_from: Mapping[str, str] | None = None,
+    new_trace: bool = False,
+) -> Iterator[Span | None]:
+    """A span around the block, current inside it; None (and nothing else done, nothing read) while tracing
+    is off. `remote_parent`: headers whose `traceparent` names the parent (a request arriving over HTTP);
+    `linked_from`: a carrier (see `inject_trace_context`) whose span this one links to; `new_trace`: a root
+    even inside another span (work taken from a stream, `linked_from` its entry)."""
+    if not tracing_on():
+        yield None
+        return
+    if new_trace:
+        parent: otel_context.Context | None = otel_context.Context()
+    elif remote_parent is not None:
+        parent = _W3C.extract(remote_parent, getter=default_getter)
+    else:
+        parent = None
+    tracer = trace.get_tracer("athena.mesh")
+    links = link_from(linked_from) if linked_from is not None else ()
+    with tracer.start_as_current_span(
+        name, context=parent, kind=kind, attributes=attributes, links=links, record_exception=False
+    ) as span:
+        yield span

@@ -18,6 +18,7 @@ Tests script the replies (tests/doubles/model.py) instead of reaching a real mod
 from __future__ import annotations
 
 import abc
+import contextlib
 import json
 import logging
 import uuid
@@ -28,6 +29,7 @@ from typing import Any
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
+from mesh import genai
 from mesh.errors import AthenaError, DeadlineExceeded, FailedPrecondition, Unavailable
 from mesh.model_api import ModelApi, ModelApiError, ModelApiStatus, ModelApiTimeout, ModelApiUnreachable
 from mesh.retry import first_item_retrying, log_retry
@@ -84,6 +86,8 @@ class StepFinished:
     tool_calls: tuple[ModelToolCall, ...] = ()
     usage: Usage = field(default_factory=Usage)
     finish_reason: str = "stop"
+    response_model: str = ""
+    """The model that answered, as the API named it ("" when it did not)."""
 
 
 ModelEvent = TextChunk | StepFinished
@@ -131,17 +135,55 @@ class OpenAIChatModel(ChatModel):
         }
         if request.tools:
             body["tools"] = [tool.openai for tool in request.tools]
+        call = genai.start_model_call(
+            "chat",
+            request.model,
+            self._api.server,
+            attributes={"gen_ai.request.stream": True},
+            messages=request.messages,
+        )
         try:
             # Leaving the block on every exit, cancellation included, closes the response, so the server
             # sees the disconnect at once and stops generating.
-            async with (
-                self._api.post("/chat/completions", body, read_timeout=request.timeout) as response,
-                aclosing(model_events(response.content.iter_any())) as events,
-            ):
+            async with contextlib.AsyncExitStack() as stack:
+                # The request is made with the call's span current, so the HTTP request is its child; not
+                # across the yields below, where the context is the consumer's.
+                with call.current() if call is not None else contextlib.nullcontext():
+                    response = await stack.enter_async_context(
+                        self._api.post("/chat/completions", body, read_timeout=request.timeout)
+                    )
+                events = await stack.enter_async_context(aclosing(model_events(response.content.iter_any())))
                 async for event in events:
+                    if call is not None:
+                        _record(call, event)
                     yield event
         except ModelApiError as exc:
-            raise _translate(exc) from exc
+            error = _translate(exc)
+            if call is not None:
+                call.failed(error)
+            raise error from exc
+        except Exception as exc:
+            if call is not None:
+                call.failed(exc)
+            raise
+        finally:
+            if call is not None:
+                call.end()
+
+
+def _record(call: genai.ModelCall, event: ModelEvent) -> None:
+    """What the model call's span records of `event` (chunks: only the first one's time)."""
+    if isinstance(event, TextChunk):
+        call.chunk(event.text)
+        return
+    call.chunk()
+    call.finished(
+        response_model=event.response_model,
+        input_tokens=event.usage.prompt_tokens,
+        output_tokens=event.usage.completion_tokens,
+        finish_reason=event.finish_reason,
+        tool_calls=[{"id": tool.id, "name": tool.name} for tool in event.tool_calls],
+    )
 
 
 async def model_events(reads: AsyncIterator[bytes]) -> AsyncGenerator[ModelEvent, None]:
@@ -151,6 +193,7 @@ async def model_events(reads: AsyncIterator[bytes]) -> AsyncGenerator[ModelEvent
     calls: dict[int, dict[str, str]] = {}
     usage = Usage()
     finish_reason = "stop"
+    response_model = ""
     events = ServerSentEvents()
     try:
         async for received in reads:
@@ -158,6 +201,8 @@ async def model_events(reads: AsyncIterator[bytes]) -> AsyncGenerator[ModelEvent
             for chunk in events.feed(received):
                 if "error" in chunk:
                     raise ModelUnavailable("the model answered with an error")
+                if not response_model:
+                    response_model = chunk.get("model") or ""
                 if chunk.get("usage"):
                     counted = chunk["usage"]
                     usage = Usage(counted.get("prompt_tokens") or 0, counted.get("completion_tokens") or 0)
@@ -184,6 +229,7 @@ async def model_events(reads: AsyncIterator[bytes]) -> AsyncGenerator[ModelEvent
         ),
         usage=usage,
         finish_reason=finish_reason,
+        response_model=response_model,
     )
 
 

@@ -24,6 +24,7 @@ from datetime import UTC
 
 from tenacity import AsyncRetrying, retry_if_result, wait_exponential
 
+from mesh import genai
 from mesh.errors import (
     AthenaError,
     DeadlineExceeded,
@@ -372,7 +373,17 @@ class TurnRunner:
     async def _run_tool(
         self, context: ToolContext, call: ModelToolCall, agent: AgentSpec, enabled: frozenset[str]
     ) -> tuple[AgentSpec | None, ToolOutcome]:
-        """Runs one call; for a valid handoff, also returns the agent taking over."""
+        """Runs one call, in a span of its own (`mesh.genai.tool_span`); for a valid handoff, also returns
+        the agent taking over."""
+        with genai.tool_span(call.name, call.id) as span:
+            target, outcome = await self._run_tool_call(context, call, agent, enabled)
+            if span is not None:
+                genai.tool_finished(span, outcome.is_error, handoff_to=target.id if target else None)
+            return target, outcome
+
+    async def _run_tool_call(
+        self, context: ToolContext, call: ModelToolCall, agent: AgentSpec, enabled: frozenset[str]
+    ) -> tuple[AgentSpec | None, ToolOutcome]:
         target_id = handoff_target(call.name)
         if target_id is None:
             return None, await self._tools.run(call.name, call.arguments_json, context)

@@ -40,6 +40,7 @@ from datetime import datetime
 
 from aiohttp import web
 from athena.events.v1 import events_pb2
+from opentelemetry.trace import SpanKind
 from prometheus_client import Counter
 
 from mesh import redis
@@ -48,6 +49,7 @@ from mesh.errors import Unavailable
 from mesh.events import EventBus
 from mesh.ratelimit import WindowCounter
 from mesh.subscriptions import GRACE, Subscription, SubscriptionRegistry, health_subscription_id
+from mesh.telemetry import traced
 from webhooks import notifications, signatures
 from webhooks.notifications import FORBIDDEN, UNAUTHORIZED, Notice, Refused
 from webhooks.settings import WebhooksSettings
@@ -137,6 +139,19 @@ class Endpoints:
 
     def _guarded(self, provider: str, handler: Handler) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def handle(request: web.Request) -> web.Response:
+            # A SERVER span continuing the edge's trace (its `traceparent`), parent of the publish.
+            with traced(
+                f"POST {request.path}",
+                SpanKind.SERVER,
+                attributes={"http.request.method": "POST", "url.path": request.path},
+                remote_parent=request.headers,
+            ) as span:
+                response = await handle_traced(request)
+                if span is not None:
+                    span.set_attribute("http.response.status_code", response.status)
+                return response
+
+        async def handle_traced(request: web.Request) -> web.Response:
             client = self._client(request)
             try:
                 limited = await self._rate_limited(client)

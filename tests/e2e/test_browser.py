@@ -60,6 +60,8 @@ REFRESH_COOKIE = "__Secure-athena-refresh"
 REFRESH_COOKIE_PATH = "/athena.auth.v1.AuthService/"
 CHAT_PATH = "/athena.chat.v1.ChatService/Chat"
 LIST_AGENTS_PATH = "/athena.chat.v1.ChatService/ListAgents"
+LIST_CONVERSATIONS_PATH = "/athena.chat.v1.ChatService/ListConversations"
+TRACEPARENT = re.compile(r"^00-(?!0{32})([0-9a-f]{32})-(?!0{16})([0-9a-f]{16})-01$")
 COMPLETE_CONNECTION_PATH = "/athena.connections.v1.ConnectionsService/CompleteConnection"
 CREATE_UPLOAD_PATH = "/athena.uploads.v1.UploadsService/CreateUpload"
 APPEND_CHUNK_PATH = "/athena.uploads.v1.UploadsService/AppendChunk"
@@ -312,6 +314,34 @@ def test_sign_in_pick_agent_and_watch_the_answer_stream(tab: Tab) -> None:
     assert len(lengths) >= 2, f"the answer appeared in {len(lengths)} steps: {lengths}"
     assert lengths == sorted(lengths), lengths
     assert steps[-1]["at"] - steps[0]["at"] >= 40, f"the answer arrived all at once: {steps}"
+    assert tab.errors == []
+
+
+def test_each_chat_turn_starts_a_trace_of_its_own(tab: Tab) -> None:
+    """Each turn's Chat call carries a W3C traceparent (sampled) naming a new trace; the conversation list
+    refreshed after the turn is in the same trace, under a parent id of its own."""
+    tab.sign_in()
+    turns = []
+    for text in ("What do you know about me?", "And now?"):
+        with (
+            tab.page.expect_request(f"**{CHAT_PATH}") as chatting,
+            # The refresh after the turn (not the one that opening the page may still be making).
+            tab.page.expect_request(
+                lambda request: (
+                    request.url.endswith(LIST_CONVERSATIONS_PATH) and "traceparent" in request.headers
+                )
+            ) as listing,
+        ):
+            tab.send(text)
+            tab.last_answer()
+        chat = TRACEPARENT.match(chatting.value.all_headers().get("traceparent", ""))
+        listed = TRACEPARENT.match(listing.value.all_headers().get("traceparent", ""))
+        assert chat is not None
+        assert listed is not None
+        assert listed.group(1) == chat.group(1)
+        assert listed.group(2) != chat.group(2)
+        turns.append(chat.group(1))
+    assert turns[0] != turns[1]
     assert tab.errors == []
 
 

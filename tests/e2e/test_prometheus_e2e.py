@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import json
 import math
-import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent import futures
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -21,9 +19,9 @@ import grpc
 import httpx
 import pytest
 from athena.chat.v1 import chat_pb2, chat_pb2_grpc
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from test_mesh_e2e import RunningMesh, dev_login, start_mesh, stop_mesh  # type: ignore[import-not-found]
 
+from devstack.otlp_sink import OtlpSink, serve
 from devstack.process import free_port
 from devstack.prometheus import EmbeddedPrometheus, prometheus_binary
 from devstack.stack import Ports, scrape_targets
@@ -45,41 +43,17 @@ FAILING_TURNS = 6
 BUCKETS = list(TIME_TO_FIRST_TOKEN._upper_bounds)
 
 
-class TraceReceiver(trace_service_pb2_grpc.TraceServiceServicer):
-    """An OTLP/gRPC trace receiver keeping the trace ids of the spans exported to it."""
-
-    def __init__(self) -> None:
-        self.trace_ids: set[str] = set()
-        self._lock = threading.Lock()
-
-    def Export(
-        self, request: trace_service_pb2.ExportTraceServiceRequest, context: grpc.ServicerContext
-    ) -> trace_service_pb2.ExportTraceServiceResponse:
-        with self._lock:
-            self.trace_ids.update(
-                span.trace_id.hex()
-                for resource in request.resource_spans
-                for scope in resource.scope_spans
-                for span in scope.spans
-            )
-        return trace_service_pb2.ExportTraceServiceResponse()
-
-
 @pytest.fixture(scope="module")
-def receiver() -> Iterator[tuple[TraceReceiver, int]]:
-    received = TraceReceiver()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(received, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+def receiver() -> Iterator[tuple[OtlpSink, int]]:
+    """An OTLP/gRPC trace receiver (devstack.otlp_sink) keeping the spans exported to it."""
+    received, port = OtlpSink(keep=True), free_port()
+    server = serve(received, port)
     yield received, port
     server.stop(None)
 
 
 @pytest.fixture(scope="module")
-def mesh(
-    tmp_path_factory: pytest.TempPathFactory, receiver: tuple[TraceReceiver, int]
-) -> Iterator[RunningMesh]:
+def mesh(tmp_path_factory: pytest.TempPathFactory, receiver: tuple[OtlpSink, int]) -> Iterator[RunningMesh]:
     ports = Ports(**{field.name: free_port() for field in fields(Ports)})
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("OFFLINE_MODEL_TEST_DIRECTIVES", "1")  # `!slow` and `!fail` steer the offline model
@@ -198,7 +172,7 @@ def test_the_first_token_quantile_matches_the_clients_measurement_within_a_bucke
 
 
 def test_the_first_token_exemplars_name_traces_the_services_exported(
-    mesh: RunningMesh, prometheus: EmbeddedPrometheus, receiver: tuple[TraceReceiver, int]
+    mesh: RunningMesh, prometheus: EmbeddedPrometheus, receiver: tuple[OtlpSink, int]
 ) -> None:
     received, _ = receiver
     now = time.time()
@@ -218,7 +192,7 @@ def test_the_first_token_exemplars_name_traces_the_services_exported(
     assert linked, "no exemplar on the first-token histogram"
 
     def exported() -> bool:
-        return linked <= received.trace_ids
+        return linked <= {span.trace_id for span in received.spans()}
 
     eventually(exported, "the exemplars' traces exported")
 

@@ -22,11 +22,15 @@ from pathlib import Path
 import pytest_asyncio
 from athena.events.v1 import events_pb2
 from conftest import running_valkey
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 from prometheus_client import REGISTRY
+from tracing_fixtures import recording_spans
 
 from devstack.valkey import EmbeddedValkey
 from mesh.events import EventBus, EventConsumer, encode
 from mesh.redis import UNAVAILABLE, Redis, connect
+from mesh.telemetry import traced
 
 ROOT = Path(__file__).resolve().parents[2]
 CONSUMER_SCRIPT = Path(__file__).with_name("event_consumer_process.py")
@@ -181,6 +185,38 @@ async def test_published_events_are_handled_as_published(bus: Bus) -> None:
         assert recorder.handled == sent
         await eventually(lambda: _pending_is(bus, 0))
     assert metric("athena_events_handled_total", bus.group) == len(sent)
+
+
+async def test_the_consumer_s_span_links_to_the_publisher_s_across_the_stream(bus: Bus) -> None:
+    """While tracing, the entry carries the publishing span's context, and handling it is a trace of its
+    own (CONSUMER, no parent) linked to it; the handler's work is inside that span."""
+    seen: list[str] = []
+
+    async def handle(_: events_pb2.ProviderEvent) -> None:
+        seen.append(format(trace.get_current_span().get_span_context().span_id, "016x"))
+
+    with recording_spans() as exporter:
+        with traced("POST /webhooks/graph", SpanKind.SERVER):
+            await bus.publisher().publish(event("traced-1"))
+        async with consuming(bus, handle):
+            await eventually(lambda: _handled_and_acknowledged(bus, seen))
+    spans = {span.name: span for span in exporter.get_finished_spans()}
+    sent, processed = spans[f"send {bus.stream}"], spans[f"process {bus.stream}"]
+    assert sent.kind is SpanKind.PRODUCER
+    assert sent.parent is not None
+    assert sent.parent.span_id == spans["POST /webhooks/graph"].context.span_id
+    assert processed.kind is SpanKind.CONSUMER
+    assert processed.parent is None
+    assert processed.context.trace_id != sent.context.trace_id
+    assert [link.context.span_id for link in processed.links] == [sent.context.span_id]
+    assert dict(processed.attributes or {})["messaging.message.id"] == "traced-1"
+    assert seen == [format(processed.context.span_id, "016x")]
+    (fields,) = [f for _, f in await bus.redis.xrange(bus.stream)]
+    assert fields["traceparent"].split("-")[1] == format(sent.context.trace_id, "032x")
+
+
+async def _handled_and_acknowledged(bus: Bus, seen: list[str]) -> bool:
+    return bool(seen) and await bus.pending() == 0
 
 
 async def _exists(bus: Bus) -> bool:

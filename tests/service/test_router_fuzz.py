@@ -72,12 +72,15 @@ def random_values(descriptor: FieldDescriptor) -> st.SearchStrategy[Any]:
         return INTEGERS
     if descriptor.type == FieldDescriptor.TYPE_BOOL:
         return st.booleans()
+    if descriptor.type == FieldDescriptor.TYPE_MESSAGE:
+        return st.one_of(st.none(), requests(descriptor.message_type._concrete_class))
     raise AssertionError(f"no strategy for field {descriptor.full_name}")
 
 
 def requests(message_type: type[Message]) -> st.SearchStrategy[Message]:
-    """Instances of `message_type` (all its fields are scalars): a random subset of the fields gets random
-    values, the others valid ones, so a random value also reaches code behind the other fields' checks."""
+    """Instances of `message_type` (scalars, or messages of scalars, or left unset): a random subset of the
+    fields gets random values, the others valid ones, so a random value also reaches code behind the other
+    fields' checks."""
     fields = message_type.DESCRIPTOR.fields
     if not fields:
         return st.just(message_type())
@@ -115,6 +118,10 @@ def test_every_public_method_is_fuzzed() -> None:
         "DeleteConversation",
         "ListMemories",
         "ForgetMemory",
+        "CorrectMemory",
+        "GetMemoryHistory",
+        "GetMemorySettings",
+        "SetMemorySettings",
         "ExportData",
         "DeleteAccount",
     }

@@ -23,7 +23,9 @@ from athena.events.v1 import events_pb2
 from conftest import StartService, service_settings
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from opentelemetry.trace import SpanKind
 from redis.asyncio import Redis
+from tracing_fixtures import recording_spans
 
 from devstack.valkey import EmbeddedValkey
 from mesh.app import Deps
@@ -166,6 +168,32 @@ async def test_graph_notifications_publish_one_event_each_and_answer_202(hooks: 
     ]
     assert events[0].resource == "Users/abc/Events/AAMk1"
     assert events[0].id != events[1].id
+
+
+async def test_a_notification_continues_the_edge_s_trace_into_each_publish(hooks: Hooks) -> None:
+    """While tracing: the request's span continues the trace of the `traceparent` Envoy sent, and each event
+    is published in a PRODUCER span under it whose context its stream entry carries."""
+    subscription_id = await graph_subscription(hooks)
+    batch = {"value": [graph_item(subscription_id), graph_item(subscription_id, changeType="deleted")]}
+    trace_id, edge_span = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    with recording_spans() as exporter:
+        answer = await hooks.client.post(
+            "/webhooks/graph", json=batch, headers={"traceparent": f"00-{trace_id}-{edge_span}-01"}
+        )
+    assert answer.status_code == 202
+    spans = exporter.get_finished_spans()
+    (request,) = [span for span in spans if span.kind is SpanKind.SERVER]
+    assert request.name == "POST /webhooks/graph"
+    assert format(request.context.trace_id, "032x") == trace_id
+    assert request.parent is not None
+    assert format(request.parent.span_id, "016x") == edge_span
+    assert dict(request.attributes or {})["http.response.status_code"] == 202
+    sends = [span for span in spans if span.kind is SpanKind.PRODUCER]
+    assert len(sends) == 2
+    assert all(send.parent is not None and send.parent.span_id == request.context.span_id for send in sends)
+    entries = await hooks.redis.xrange(STREAM)
+    carried = {fields["traceparent"].split("-")[2] for _, fields in entries if "traceparent" in fields}
+    assert {format(send.context.span_id, "016x") for send in sends} <= carried
 
 
 async def test_graph_batch_with_one_wrong_client_state_publishes_only_the_good_ones(hooks: Hooks) -> None:

@@ -21,6 +21,7 @@ from edge.envoy_config import (
     CONTENT_SECURITY_POLICY,
     EDGE_REFLECTION_HEADER,
     NOTIFICATIONS_SERVICE,
+    OTEL_CLUSTER,
     SERVICE_WORKER_TRUSTED_TYPES_POLICY,
     UPLOADS_SERVICE,
     WEBHOOKS_PREFIX,
@@ -28,6 +29,7 @@ from edge.envoy_config import (
     built_web_files,
     main,
     render,
+    trace_sampling_from,
 )
 from memory.settings import MemorySettings
 from mesh.settings import ServiceSettings
@@ -452,10 +454,31 @@ def test_the_command_line_reads_flags_and_environment(
 
 
 @pytest.mark.skipif(ENVOY is None, reason="envoy is not installed")
-@pytest.mark.parametrize("target", ["local", "kubernetes"])
-def test_envoy_accepts_the_rendered_configuration(target: str, tmp_path: Path, web_root: Path) -> None:
+@pytest.mark.parametrize(
+    ("target", "tracing"),
+    [
+        ("local", []),
+        ("local", ["--otlp-endpoint", "http://127.0.0.1:4317", "--trace-sampling", "0.25"]),
+        ("kubernetes", []),
+    ],
+)
+def test_envoy_accepts_the_rendered_configuration(
+    target: str, tracing: list[str], tmp_path: Path, web_root: Path
+) -> None:
     out = tmp_path / f"{target}.yaml"
-    main(["--out", str(out), "--target", target, "--namespace", "athena", "--web-root", str(web_root)])
+    main(
+        [
+            "--out",
+            str(out),
+            "--target",
+            target,
+            "--namespace",
+            "athena",
+            "--web-root",
+            str(web_root),
+            *tracing,
+        ]
+    )
     assert ENVOY is not None
     result = subprocess.run(
         [ENVOY, "--mode", "validate", "-c", str(out), "--log-level", "critical"],
@@ -476,7 +499,7 @@ def test_envoy_opens_another_connection_before_a_service_would_refuse_streams(
     limit = ServiceSettings.model_fields["max_concurrent_streams"].default
     for cluster in bootstrap["static_resources"]["clusters"]:
         options = cluster.get("typed_extension_protocol_options")
-        if options is None:
+        if options is None or cluster["name"] == OTEL_CLUSTER:  # the collector is no service of ours
             continue
         http2 = options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["explicit_http_config"]
         assert http2["http2_protocol_options"]["max_concurrent_streams"] < limit, cluster["name"]
@@ -485,3 +508,43 @@ def test_envoy_opens_another_connection_before_a_service_would_refuse_streams(
 def test_a_watched_notification_stream_beats_before_the_edge_would_reset_it() -> None:
     heartbeat = MemorySettings.model_fields["notifications_heartbeat_seconds"].default
     assert heartbeat * 2 < EdgeConfig().stream_idle_timeout_seconds
+
+
+def test_tracing_is_off_without_a_collector_and_follows_the_services_sampler_with_one() -> None:
+    assert "tracing" not in edge_manager(render(EdgeConfig()))
+    assert OTEL_CLUSTER not in {c["name"] for c in render(EdgeConfig())["static_resources"]["clusters"]}
+    bootstrap = render(EdgeConfig(otlp_endpoint="http://collector.example:4318", trace_sampling=0.1))
+    tracing = edge_manager(bootstrap)["tracing"]
+    assert tracing["random_sampling"] == {"value": 10.0}
+    assert tracing["operation"] == "%ROUTE_NAME%"
+    assert tracing["provider"]["name"] == "envoy.tracers.opentelemetry"
+    assert tracing["provider"]["typed_config"]["service_name"] == "athena-edge"
+    clusters = {cluster["name"]: cluster for cluster in bootstrap["static_resources"]["clusters"]}
+    address = clusters[OTEL_CLUSTER]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"][
+        "address"
+    ]
+    assert address["socket_address"] == {"address": "collector.example", "port_value": 4318}
+    # The browser may send the trace it started.
+    policy = edge_manager(bootstrap)["route_config"]["virtual_hosts"][0]["typed_per_filter_config"][
+        "envoy.filters.http.cors"
+    ]
+    assert "traceparent" in policy["allow_headers"].split(", ")
+    # The services' sampler variables, translated.
+    assert trace_sampling_from({}) is None
+    assert trace_sampling_from({"OTEL_TRACES_SAMPLER": "parentbased_always_off"}) == 0.0
+    assert (
+        trace_sampling_from({"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.5"}) == 0.5
+    )
+    assert trace_sampling_from({"OTEL_TRACES_SAMPLER": "parentbased_traceidratio"}) == 1.0
+
+
+def test_kubernetes_edge_traces_to_the_collector_service() -> None:
+    bootstrap = render(EdgeConfig.for_target("kubernetes", namespace="athena"))
+    clusters = {cluster["name"]: cluster for cluster in bootstrap["static_resources"]["clusters"]}
+    address = clusters[OTEL_CLUSTER]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"][
+        "address"
+    ]
+    assert address["socket_address"] == {
+        "address": "otel-collector.athena.svc.cluster.local",
+        "port_value": 4317,
+    }

@@ -9,10 +9,13 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from opentelemetry.trace import SpanKind, StatusCode
+from tracing_fixtures import recording_spans
 
 from memory.embeddings import OpenAIEmbedder
 from mesh.errors import FailedPrecondition, Unavailable
 from mesh.model_api import ModelApi, client_session
+from mesh.telemetry import traced
 
 Handler = Callable[[dict[str, Any]], tuple[int, dict[str, Any]]]
 """The request's JSON body → the status and JSON body answered."""
@@ -96,3 +99,27 @@ async def test_a_model_answering_another_dimension_is_a_configuration_error(
 
     with pytest.raises(FailedPrecondition, match="MEMORY_EMBEDDING_DIMENSION"):
         await OpenAIEmbedder(await api_for(handler), "m", 3).embed(["a"])
+
+
+async def test_an_embeddings_call_is_one_genai_span_without_the_texts(
+    api_for: Callable[[Handler], Awaitable[ModelApi]],
+) -> None:
+    api = await api_for(lambda _: embeddings_answer([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]))
+    with recording_spans() as exporter:
+        with traced("served", SpanKind.SERVER):
+            await OpenAIEmbedder(api, "athena-offline-embed", 3).embed(["oolong tea", "green tea"])
+        failing = await api_for(lambda _: (503, {}))
+        with traced("served", SpanKind.SERVER), pytest.raises(Unavailable):
+            await OpenAIEmbedder(failing, "athena-offline-embed", 3).embed(["a"])
+    ok, failed = [span for span in exporter.get_finished_spans() if span.name.startswith("embeddings ")]
+    attributes = dict(ok.attributes or {})
+    assert ok.name == "embeddings athena-offline-embed"
+    assert ok.kind is SpanKind.CLIENT
+    assert attributes["gen_ai.operation.name"] == "embeddings"
+    assert attributes["gen_ai.request.model"] == "athena-offline-embed"
+    assert attributes["gen_ai.response.model"] == "m"
+    assert attributes["gen_ai.embeddings.dimension.count"] == 3
+    assert attributes["gen_ai.usage.input_tokens"] == 1
+    assert not any("tea" in str(value) for value in attributes.values())
+    assert failed.status.status_code is StatusCode.ERROR
+    assert dict(failed.attributes or {})["error.type"] == "ModelApiStatus"

@@ -15,10 +15,15 @@ import pytest_asyncio
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from doubles.model import ScriptedModel, ScriptedReply
+from opentelemetry.trace import SpanKind, StatusCode
+from tracing_fixtures import recording_spans
 
 from devstack.process import free_port
+from mesh import telemetry
 from mesh.errors import DeadlineExceeded, FailedPrecondition, Unavailable
 from mesh.model_api import ModelApi, client_session
+from mesh.settings import ServiceSettings
+from mesh.telemetry import traced
 from orchestrator.model import (
     ChatModel,
     ModelEvent,
@@ -276,3 +281,88 @@ async def test_a_silent_endpoint_times_out_and_an_absent_one_is_unreachable(
 
 async def drain_with(model: ChatModel, request: ModelRequest) -> list[ModelEvent]:
     return [event async for event in model.stream(request)]
+
+
+# --- the model call's span (mesh.genai), recorded in this process
+
+
+@contextlib.asynccontextmanager
+async def serving() -> AsyncIterator[None]:
+    """A SERVER span around the block, as a served call has (a client span without a parent is dropped)."""
+    with traced("served", SpanKind.SERVER):
+        yield
+
+
+def answer_with_usage() -> bytes:
+    return sse(
+        {**delta("Hello"), "model": "m-2025"},
+        {**delta(" there"), "model": "m-2025"},
+        {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "model": "m-2025"},
+        {"choices": [], "usage": {"prompt_tokens": 12, "completion_tokens": 2}, "model": "m-2025"},
+    )
+
+
+async def test_a_model_call_is_one_genai_span_without_what_was_said(model_server: ModelServer) -> None:
+    model_server.answers.append((200, answer_with_usage()))
+    with recording_spans() as exporter:
+        async with model_at(model_server.url) as model, serving():
+            events = [event async for event in model.stream(REQUEST)]
+    assert isinstance(events[-1], StepFinished)
+    assert events[-1].response_model == "m-2025"
+    (call,) = [span for span in exporter.get_finished_spans() if span.name == "chat m"]
+    attributes = dict(call.attributes or {})
+    assert call.kind is SpanKind.CLIENT
+    assert attributes["gen_ai.operation.name"] == "chat"
+    assert attributes["gen_ai.provider.name"] == "openai"
+    assert attributes["gen_ai.request.model"] == "m"
+    assert attributes["gen_ai.response.model"] == "m-2025"
+    assert attributes["gen_ai.usage.input_tokens"] == 12
+    assert attributes["gen_ai.usage.output_tokens"] == 2
+    assert attributes["gen_ai.response.finish_reasons"] == ("stop",)
+    assert 0 < attributes["gen_ai.response.time_to_first_chunk"] < 5
+    assert attributes["server.address"] == "127.0.0.1"
+    assert [event.name for event in call.events] == ["gen_ai.first_chunk"]
+    assert "gen_ai.input.messages" not in attributes
+    assert "gen_ai.output.messages" not in attributes
+    (served,) = [span for span in exporter.get_finished_spans() if span.name == "served"]
+    assert call.parent is not None
+    assert call.parent.span_id == served.context.span_id
+
+
+async def test_message_content_is_recorded_only_when_asked_for(
+    model_server: ModelServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "true")
+    assert ServiceSettings().genai_capture_message_content  # the standard variable, read as a setting
+    monkeypatch.setattr(telemetry, "_capture_message_content", True)  # what configure_tracing sets from it
+    model_server.answers.append((200, answer_with_usage()))
+    with recording_spans() as exporter:
+        async with model_at(model_server.url) as model, serving():
+            await drain(model)
+    (call,) = [span for span in exporter.get_finished_spans() if span.name == "chat m"]
+    attributes = dict(call.attributes or {})
+    assert json.loads(str(attributes["gen_ai.input.messages"])) == [
+        {"role": "user", "parts": [{"type": "text", "content": "hi"}]}
+    ]
+    (output,) = json.loads(str(attributes["gen_ai.output.messages"]))
+    assert output["parts"] == [{"type": "text", "content": "Hello there"}]
+    assert output["finish_reason"] == "stop"
+
+
+async def test_a_failed_model_call_s_span_says_how_it_failed(model_server: ModelServer) -> None:
+    model_server.answers.append((429, b""))
+    with recording_spans() as exporter:
+        async with model_at(model_server.url) as model, serving():
+            with pytest.raises(ModelUnavailable):
+                await drain(model)
+    (call,) = [span for span in exporter.get_finished_spans() if span.name == "chat m"]
+    assert call.status.status_code is StatusCode.ERROR
+    assert dict(call.attributes or {})["error.type"] == "ModelUnavailable"
+
+
+async def test_without_tracing_a_model_call_makes_no_span(model_server: ModelServer) -> None:
+    model_server.answers.append((200, answer_with_usage()))
+    async with model_at(model_server.url) as model:
+        await drain(model)
+    [seen] = model_server.seen
+    assert "traceparent" not in seen.headers

@@ -19,6 +19,7 @@ import { CUT_OFF, describeError, isCutOff, SignedOutError } from "./errors";
 import { el } from "./dom";
 import { maxLength } from "./rules";
 import { toolChips } from "./toolchips";
+import { TurnTrace } from "./tracing";
 
 const EMPTY_HINT = "Pick an agent and say hello. Try “remember my goal is 2000 kcal a day”.";
 
@@ -26,7 +27,8 @@ export interface ChatEvents {
   /** The turn was stored in this conversation (new or continued). */
   conversationStarted(conversationId: string, offlineModel: boolean): void;
   /** The turn ended, successfully or not: the conversation list may have changed. */
-  turnFinished(): void;
+  /** The turn ended, however it did; `trace` names its trace, for the calls that follow from it. */
+  turnFinished(trace: TurnTrace): void;
   error(error: unknown): void;
 }
 
@@ -257,13 +259,17 @@ export class ChatView {
     this.scroll();
     let started = false;
     let completed = false;
+    const trace = new TurnTrace();
     try {
-      const stream = this.api.chat.chat({
-        agentId: agent.id,
-        conversationId: this.conversationId,
-        text,
-        clientRequestId: crypto.randomUUID(),
-      });
+      const stream = this.api.chat.chat(
+        {
+          agentId: agent.id,
+          conversationId: this.conversationId,
+          text,
+          clientRequestId: crypto.randomUUID(),
+        },
+        { headers: trace.headers() },
+      );
       for await (const response of stream) {
         started = true;
         completed ||= this.apply(answer, response);
@@ -290,7 +296,7 @@ export class ChatView {
       this.events.error(error);
     } finally {
       this.setBusy(false);
-      this.events.turnFinished();
+      this.events.turnFinished(trace);
     }
   }
 

@@ -3,6 +3,7 @@
 import type { Conversation } from "../../../gen/ts/athena/chat/v1/chat_pb";
 import type { Api } from "./api";
 import { el, show } from "./dom";
+import type { TurnTrace } from "./tracing";
 
 /** The conversation id in the page address, or "". */
 export function conversationInAddress(): string {
@@ -27,8 +28,9 @@ export class HistoryView {
     private readonly empty: HTMLElement,
   ) {}
 
-  async refresh(): Promise<void> {
-    const response = await this.api.chat.listConversations({ pageSize: 50 });
+  /** Lists the conversations again; after a chat turn, within that turn's `trace`. */
+  async refresh(trace?: TurnTrace): Promise<void> {
+    const response = await this.api.chat.listConversations({ pageSize: 50 }, { headers: trace?.headers() });
     this.render(response.conversations);
   }
 

@@ -15,6 +15,7 @@ import { registerServiceWorker } from "./pwa";
 import { ReceiptDialog } from "./receipt";
 import { SessionStore, type TabSession } from "./session";
 import { SignInView } from "./signin";
+import type { TurnTrace } from "./tracing";
 
 const OFFLINE_KEY = "athena.offline-model";
 /** How long a sign-out waits for Logout before leaving it to the next start of the app. */
@@ -61,7 +62,7 @@ class App {
         this.setOffline(offlineModel);
         this.clearError();
       },
-      turnFinished: () => void this.refreshHistory(),
+      turnFinished: (trace) => void this.refreshHistory(trace),
       error: (error) => this.showError(error),
     },
   );
@@ -300,9 +301,9 @@ class App {
     }
   }
 
-  private async refreshHistory(): Promise<void> {
+  private async refreshHistory(trace?: TurnTrace): Promise<void> {
     try {
-      await this.history.refresh();
+      await this.history.refresh(trace);
     } catch (error) {
       this.showError(error);
     }

@@ -22,11 +22,12 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from athena.rules.v1 import rules_pb2 as athena_dot_rules_dot_v1_dot_rules__pb2
 from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x61thena/account/v1/account.proto\x12\x11\x61thena.account.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbd\x04\n\x06Memory\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n\x04text\x18\x02 \x01(\tR\x04text\x12\x34\n\x05scope\x18\x03 \x01(\x0e\x32\x1e.athena.account.v1.MemoryScopeR\x05scope\x12\x19\n\x08\x61gent_id\x18\x04 \x01(\tR\x07\x61gentId\x12\x10\n\x03key\x18\x05 \x01(\tR\x03key\x12\x39\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x39\n\nupdated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tupdatedAt\x12\x37\n\x06source\x18\x08 \x01(\x0e\x32\x1f.athena.account.v1.MemorySourceR\x06source\x12\x39\n\nvalid_from\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tvalidFrom\x12\x35\n\x08valid_to\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x07validTo\x12#\n\rsupersedes_id\x18\x0b \x01(\tR\x0csupersedesId\x12\'\n\x0f\x63onversation_id\x18\x0c \x01(\tR\x0e\x63onversationId\x12\x1d\n\nmessage_id\x18\r \x01(\tR\tmessageId\x12\x1e\n\nconfidence\x18\x0e \x01(\x02R\nconfidence\"\x8f\x01\n\x13ListMemoriesRequest\x12&\n\tpage_size\x18\x01 \x01(\x05\x42\t\xbaH\x06\x1a\x04\x18\x64(\x00R\x08pageSize\x12\'\n\npage_token\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04R\tpageToken\x12\'\n\x0finclude_history\x18\x03 \x01(\x08R\x0eincludeHistory\"u\n\x14ListMemoriesResponse\x12\x35\n\x08memories\x18\x01 \x03(\x0b\x32\x19.athena.account.v1.MemoryR\x08memories\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"?\n\x13\x46orgetMemoryRequest\x12(\n\tmemory_id\x18\x01 \x01(\tB\x0b\xbaH\x08r\x03\xb0\x01\x01\xc8\x01\x01R\x08memoryId\"\x16\n\x14\x46orgetMemoryResponse\"`\n\x14\x43orrectMemoryRequest\x12(\n\tmemory_id\x18\x01 \x01(\tB\x0b\xbaH\x08r\x03\xb0\x01\x01\xc8\x01\x01R\x08memoryId\x12\x1e\n\x04text\x18\x02 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\xa0\x1fR\x04text\"J\n\x15\x43orrectMemoryResponse\x12\x31\n\x06memory\x18\x01 \x01(\x0b\x32\x19.athena.account.v1.MemoryR\x06memory\"C\n\x17GetMemoryHistoryRequest\x12(\n\tmemory_id\x18\x01 \x01(\tB\x0b\xbaH\x08r\x03\xb0\x01\x01\xc8\x01\x01R\x08memoryId\"Q\n\x18GetMemoryHistoryResponse\x12\x35\n\x08versions\x18\x01 \x03(\x0b\x32\x19.athena.account.v1.MemoryR\x08versions\"J\n\x0eMemorySettings\x12\x38\n\x18learn_from_conversations\x18\x01 \x01(\x08R\x16learnFromConversations\"\x1a\n\x18GetMemorySettingsRequest\"Z\n\x19GetMemorySettingsResponse\x12=\n\x08settings\x18\x01 \x01(\x0b\x32!.athena.account.v1.MemorySettingsR\x08settings\"a\n\x18SetMemorySettingsRequest\x12\x45\n\x08settings\x18\x01 \x01(\x0b\x32!.athena.account.v1.MemorySettingsB\x06\xbaH\x03\xc8\x01\x01R\x08settings\"Z\n\x19SetMemorySettingsResponse\x12=\n\x08settings\x18\x01 \x01(\x0b\x32!.athena.account.v1.MemorySettingsR\x08settings\"\x13\n\x11\x45xportDataRequest\"M\n\x12\x45xportDataResponse\x12\x14\n\x05\x63hunk\x18\x01 \x01(\x0cR\x05\x63hunk\x12!\n\x0c\x63ontent_type\x18\x02 \x01(\tR\x0b\x63ontentType\"\x16\n\x14\x44\x65leteAccountRequest\"\xf3\x01\n\x15\x44\x65leteAccountResponse\x12\x18\n\x07receipt\x18\x01 \x01(\tR\x07receipt\x12L\n\x06\x65rased\x18\x02 \x03(\x0b\x32\x34.athena.account.v1.DeleteAccountResponse.ErasedEntryR\x06\x65rased\x12\x37\n\terased_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x08\x65rasedAt\x1a\x39\n\x0b\x45rasedEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\x03R\x05value:\x02\x38\x01*Z\n\x0bMemoryScope\x12\x1c\n\x18MEMORY_SCOPE_UNSPECIFIED\x10\x00\x12\x15\n\x11MEMORY_SCOPE_USER\x10\x01\x12\x16\n\x12MEMORY_SCOPE_AGENT\x10\x02*e\n\x0cMemorySource\x12\x1d\n\x19MEMORY_SOURCE_UNSPECIFIED\x10\x00\x12\x1a\n\x16MEMORY_SOURCE_EXPLICIT\x10\x01\x12\x1a\n\x16MEMORY_SOURCE_INFERRED\x10\x02\x32\xc4\x06\n\x0e\x41\x63\x63ountService\x12_\n\x0cListMemories\x12&.athena.account.v1.ListMemoriesRequest\x1a\'.athena.account.v1.ListMemoriesResponse\x12_\n\x0c\x46orgetMemory\x12&.athena.account.v1.ForgetMemoryRequest\x1a\'.athena.account.v1.ForgetMemoryResponse\x12\x62\n\rCorrectMemory\x12\'.athena.account.v1.CorrectMemoryRequest\x1a(.athena.account.v1.CorrectMemoryResponse\x12k\n\x10GetMemoryHistory\x12*.athena.account.v1.GetMemoryHistoryRequest\x1a+.athena.account.v1.GetMemoryHistoryResponse\x12n\n\x11GetMemorySettings\x12+.athena.account.v1.GetMemorySettingsRequest\x1a,.athena.account.v1.GetMemorySettingsResponse\x12n\n\x11SetMemorySettings\x12+.athena.account.v1.SetMemorySettingsRequest\x1a,.athena.account.v1.SetMemorySettingsResponse\x12[\n\nExportData\x12$.athena.account.v1.ExportDataRequest\x1a%.athena.account.v1.ExportDataResponse0\x01\x12\x62\n\rDeleteAccount\x12\'.athena.account.v1.DeleteAccountRequest\x1a(.athena.account.v1.DeleteAccountResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x61thena/account/v1/account.proto\x12\x11\x61thena.account.v1\x1a\x1b\x61thena/rules/v1/rules.proto\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbd\x04\n\x06Memory\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n\x04text\x18\x02 \x01(\tR\x04text\x12\x34\n\x05scope\x18\x03 \x01(\x0e\x32\x1e.athena.account.v1.MemoryScopeR\x05scope\x12\x19\n\x08\x61gent_id\x18\x04 \x01(\tR\x07\x61gentId\x12\x10\n\x03key\x18\x05 \x01(\tR\x03key\x12\x39\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x39\n\nupdated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tupdatedAt\x12\x37\n\x06source\x18\x08 \x01(\x0e\x32\x1f.athena.account.v1.MemorySourceR\x06source\x12\x39\n\nvalid_from\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tvalidFrom\x12\x35\n\x08valid_to\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x07validTo\x12#\n\rsupersedes_id\x18\x0b \x01(\tR\x0csupersedesId\x12\'\n\x0f\x63onversation_id\x18\x0c \x01(\tR\x0e\x63onversationId\x12\x1d\n\nmessage_id\x18\r \x01(\tR\tmessageId\x12\x1e\n\nconfidence\x18\x0e \x01(\x02R\nconfidence\"\x8f\x01\n\x13ListMemoriesRequest\x12&\n\tpage_size\x18\x01 \x01(\x05\x42\t\xbaH\x06\x1a\x04\x18\x64(\x00R\x08pageSize\x12\'\n\npage_token\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04R\tpageToken\x12\'\n\x0finclude_history\x18\x03 \x01(\x08R\x0eincludeHistory\"u\n\x14ListMemoriesResponse\x12\x35\n\x08memories\x18\x01 \x03(\x0b\x32\x19.athena.account.v1.MemoryR\x08memories\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"?\n\x13\x46orgetMemoryRequest\x12(\n\tmemory_id\x18\x01 \x01(\tB\x0b\xbaH\x08r\x03\xb0\x01\x01\xc8\x01\x01R\x08memoryId\"\x16\n\x14\x46orgetMemoryResponse\"f\n\x14\x43orrectMemoryRequest\x12(\n\tmemory_id\x18\x01 \x01(\tB\x0b\xbaH\x08r\x03\xb0\x01\x01\xc8\x01\x01R\x08memoryId\x12$\n\x04text\x18\x02 \x01(\tB\x10\xbaH\rr\x0b\x10\x01\x18\xa0\x1f\xc8\xb3\xae\xb1\x02\x01R\x04text\"J\n\x15\x43orrectMemoryResponse\x12\x31\n\x06memory\x18\x01 \x01(\x0b\x32\x19.athena.account.v1.MemoryR\x06memory\"C\n\x17GetMemoryHistoryRequest\x12(\n\tmemory_id\x18\x01 \x01(\tB\x0b\xbaH\x08r\x03\xb0\x01\x01\xc8\x01\x01R\x08memoryId\"Q\n\x18GetMemoryHistoryResponse\x12\x35\n\x08versions\x18\x01 \x03(\x0b\x32\x19.athena.account.v1.MemoryR\x08versions\"J\n\x0eMemorySettings\x12\x38\n\x18learn_from_conversations\x18\x01 \x01(\x08R\x16learnFromConversations\"\x1a\n\x18GetMemorySettingsRequest\"Z\n\x19GetMemorySettingsResponse\x12=\n\x08settings\x18\x01 \x01(\x0b\x32!.athena.account.v1.MemorySettingsR\x08settings\"a\n\x18SetMemorySettingsRequest\x12\x45\n\x08settings\x18\x01 \x01(\x0b\x32!.athena.account.v1.MemorySettingsB\x06\xbaH\x03\xc8\x01\x01R\x08settings\"Z\n\x19SetMemorySettingsResponse\x12=\n\x08settings\x18\x01 \x01(\x0b\x32!.athena.account.v1.MemorySettingsR\x08settings\"\x13\n\x11\x45xportDataRequest\"M\n\x12\x45xportDataResponse\x12\x14\n\x05\x63hunk\x18\x01 \x01(\x0cR\x05\x63hunk\x12!\n\x0c\x63ontent_type\x18\x02 \x01(\tR\x0b\x63ontentType\"\x16\n\x14\x44\x65leteAccountRequest\"\xf3\x01\n\x15\x44\x65leteAccountResponse\x12\x18\n\x07receipt\x18\x01 \x01(\tR\x07receipt\x12L\n\x06\x65rased\x18\x02 \x03(\x0b\x32\x34.athena.account.v1.DeleteAccountResponse.ErasedEntryR\x06\x65rased\x12\x37\n\terased_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x08\x65rasedAt\x1a\x39\n\x0b\x45rasedEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\x03R\x05value:\x02\x38\x01*Z\n\x0bMemoryScope\x12\x1c\n\x18MEMORY_SCOPE_UNSPECIFIED\x10\x00\x12\x15\n\x11MEMORY_SCOPE_USER\x10\x01\x12\x16\n\x12MEMORY_SCOPE_AGENT\x10\x02*e\n\x0cMemorySource\x12\x1d\n\x19MEMORY_SOURCE_UNSPECIFIED\x10\x00\x12\x1a\n\x16MEMORY_SOURCE_EXPLICIT\x10\x01\x12\x1a\n\x16MEMORY_SOURCE_INFERRED\x10\x02\x32\xc4\x06\n\x0e\x41\x63\x63ountService\x12_\n\x0cListMemories\x12&.athena.account.v1.ListMemoriesRequest\x1a\'.athena.account.v1.ListMemoriesResponse\x12_\n\x0c\x46orgetMemory\x12&.athena.account.v1.ForgetMemoryRequest\x1a\'.athena.account.v1.ForgetMemoryResponse\x12\x62\n\rCorrectMemory\x12\'.athena.account.v1.CorrectMemoryRequest\x1a(.athena.account.v1.CorrectMemoryResponse\x12k\n\x10GetMemoryHistory\x12*.athena.account.v1.GetMemoryHistoryRequest\x1a+.athena.account.v1.GetMemoryHistoryResponse\x12n\n\x11GetMemorySettings\x12+.athena.account.v1.GetMemorySettingsRequest\x1a,.athena.account.v1.GetMemorySettingsResponse\x12n\n\x11SetMemorySettings\x12+.athena.account.v1.SetMemorySettingsRequest\x1a,.athena.account.v1.SetMemorySettingsResponse\x12[\n\nExportData\x12$.athena.account.v1.ExportDataRequest\x1a%.athena.account.v1.ExportDataResponse0\x01\x12\x62\n\rDeleteAccount\x12\'.athena.account.v1.DeleteAccountRequest\x1a(.athena.account.v1.DeleteAccountResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,55 +43,55 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CORRECTMEMORYREQUEST'].fields_by_name['memory_id']._loaded_options = None
   _globals['_CORRECTMEMORYREQUEST'].fields_by_name['memory_id']._serialized_options = b'\272H\010r\003\260\001\001\310\001\001'
   _globals['_CORRECTMEMORYREQUEST'].fields_by_name['text']._loaded_options = None
-  _globals['_CORRECTMEMORYREQUEST'].fields_by_name['text']._serialized_options = b'\272H\007r\005\020\001\030\240\037'
+  _globals['_CORRECTMEMORYREQUEST'].fields_by_name['text']._serialized_options = b'\272H\rr\013\020\001\030\240\037\310\263\256\261\002\001'
   _globals['_GETMEMORYHISTORYREQUEST'].fields_by_name['memory_id']._loaded_options = None
   _globals['_GETMEMORYHISTORYREQUEST'].fields_by_name['memory_id']._serialized_options = b'\272H\010r\003\260\001\001\310\001\001'
   _globals['_SETMEMORYSETTINGSREQUEST'].fields_by_name['settings']._loaded_options = None
   _globals['_SETMEMORYSETTINGSREQUEST'].fields_by_name['settings']._serialized_options = b'\272H\003\310\001\001'
   _globals['_DELETEACCOUNTRESPONSE_ERASEDENTRY']._loaded_options = None
   _globals['_DELETEACCOUNTRESPONSE_ERASEDENTRY']._serialized_options = b'8\001'
-  _globals['_MEMORYSCOPE']._serialized_start=2129
-  _globals['_MEMORYSCOPE']._serialized_end=2219
-  _globals['_MEMORYSOURCE']._serialized_start=2221
-  _globals['_MEMORYSOURCE']._serialized_end=2322
-  _globals['_MEMORY']._serialized_start=117
-  _globals['_MEMORY']._serialized_end=690
-  _globals['_LISTMEMORIESREQUEST']._serialized_start=693
-  _globals['_LISTMEMORIESREQUEST']._serialized_end=836
-  _globals['_LISTMEMORIESRESPONSE']._serialized_start=838
-  _globals['_LISTMEMORIESRESPONSE']._serialized_end=955
-  _globals['_FORGETMEMORYREQUEST']._serialized_start=957
-  _globals['_FORGETMEMORYREQUEST']._serialized_end=1020
-  _globals['_FORGETMEMORYRESPONSE']._serialized_start=1022
-  _globals['_FORGETMEMORYRESPONSE']._serialized_end=1044
-  _globals['_CORRECTMEMORYREQUEST']._serialized_start=1046
-  _globals['_CORRECTMEMORYREQUEST']._serialized_end=1142
-  _globals['_CORRECTMEMORYRESPONSE']._serialized_start=1144
-  _globals['_CORRECTMEMORYRESPONSE']._serialized_end=1218
-  _globals['_GETMEMORYHISTORYREQUEST']._serialized_start=1220
-  _globals['_GETMEMORYHISTORYREQUEST']._serialized_end=1287
-  _globals['_GETMEMORYHISTORYRESPONSE']._serialized_start=1289
-  _globals['_GETMEMORYHISTORYRESPONSE']._serialized_end=1370
-  _globals['_MEMORYSETTINGS']._serialized_start=1372
-  _globals['_MEMORYSETTINGS']._serialized_end=1446
-  _globals['_GETMEMORYSETTINGSREQUEST']._serialized_start=1448
-  _globals['_GETMEMORYSETTINGSREQUEST']._serialized_end=1474
-  _globals['_GETMEMORYSETTINGSRESPONSE']._serialized_start=1476
-  _globals['_GETMEMORYSETTINGSRESPONSE']._serialized_end=1566
-  _globals['_SETMEMORYSETTINGSREQUEST']._serialized_start=1568
-  _globals['_SETMEMORYSETTINGSREQUEST']._serialized_end=1665
-  _globals['_SETMEMORYSETTINGSRESPONSE']._serialized_start=1667
-  _globals['_SETMEMORYSETTINGSRESPONSE']._serialized_end=1757
-  _globals['_EXPORTDATAREQUEST']._serialized_start=1759
-  _globals['_EXPORTDATAREQUEST']._serialized_end=1778
-  _globals['_EXPORTDATARESPONSE']._serialized_start=1780
-  _globals['_EXPORTDATARESPONSE']._serialized_end=1857
-  _globals['_DELETEACCOUNTREQUEST']._serialized_start=1859
-  _globals['_DELETEACCOUNTREQUEST']._serialized_end=1881
-  _globals['_DELETEACCOUNTRESPONSE']._serialized_start=1884
-  _globals['_DELETEACCOUNTRESPONSE']._serialized_end=2127
-  _globals['_DELETEACCOUNTRESPONSE_ERASEDENTRY']._serialized_start=2070
-  _globals['_DELETEACCOUNTRESPONSE_ERASEDENTRY']._serialized_end=2127
-  _globals['_ACCOUNTSERVICE']._serialized_start=2325
-  _globals['_ACCOUNTSERVICE']._serialized_end=3161
+  _globals['_MEMORYSCOPE']._serialized_start=2164
+  _globals['_MEMORYSCOPE']._serialized_end=2254
+  _globals['_MEMORYSOURCE']._serialized_start=2256
+  _globals['_MEMORYSOURCE']._serialized_end=2357
+  _globals['_MEMORY']._serialized_start=146
+  _globals['_MEMORY']._serialized_end=719
+  _globals['_LISTMEMORIESREQUEST']._serialized_start=722
+  _globals['_LISTMEMORIESREQUEST']._serialized_end=865
+  _globals['_LISTMEMORIESRESPONSE']._serialized_start=867
+  _globals['_LISTMEMORIESRESPONSE']._serialized_end=984
+  _globals['_FORGETMEMORYREQUEST']._serialized_start=986
+  _globals['_FORGETMEMORYREQUEST']._serialized_end=1049
+  _globals['_FORGETMEMORYRESPONSE']._serialized_start=1051
+  _globals['_FORGETMEMORYRESPONSE']._serialized_end=1073
+  _globals['_CORRECTMEMORYREQUEST']._serialized_start=1075
+  _globals['_CORRECTMEMORYREQUEST']._serialized_end=1177
+  _globals['_CORRECTMEMORYRESPONSE']._serialized_start=1179
+  _globals['_CORRECTMEMORYRESPONSE']._serialized_end=1253
+  _globals['_GETMEMORYHISTORYREQUEST']._serialized_start=1255
+  _globals['_GETMEMORYHISTORYREQUEST']._serialized_end=1322
+  _globals['_GETMEMORYHISTORYRESPONSE']._serialized_start=1324
+  _globals['_GETMEMORYHISTORYRESPONSE']._serialized_end=1405
+  _globals['_MEMORYSETTINGS']._serialized_start=1407
+  _globals['_MEMORYSETTINGS']._serialized_end=1481
+  _globals['_GETMEMORYSETTINGSREQUEST']._serialized_start=1483
+  _globals['_GETMEMORYSETTINGSREQUEST']._serialized_end=1509
+  _globals['_GETMEMORYSETTINGSRESPONSE']._serialized_start=1511
+  _globals['_GETMEMORYSETTINGSRESPONSE']._serialized_end=1601
+  _globals['_SETMEMORYSETTINGSREQUEST']._serialized_start=1603
+  _globals['_SETMEMORYSETTINGSREQUEST']._serialized_end=1700
+  _globals['_SETMEMORYSETTINGSRESPONSE']._serialized_start=1702
+  _globals['_SETMEMORYSETTINGSRESPONSE']._serialized_end=1792
+  _globals['_EXPORTDATAREQUEST']._serialized_start=1794
+  _globals['_EXPORTDATAREQUEST']._serialized_end=1813
+  _globals['_EXPORTDATARESPONSE']._serialized_start=1815
+  _globals['_EXPORTDATARESPONSE']._serialized_end=1892
+  _globals['_DELETEACCOUNTREQUEST']._serialized_start=1894
+  _globals['_DELETEACCOUNTREQUEST']._serialized_end=1916
+  _globals['_DELETEACCOUNTRESPONSE']._serialized_start=1919
+  _globals['_DELETEACCOUNTRESPONSE']._serialized_end=2162
+  _globals['_DELETEACCOUNTRESPONSE_ERASEDENTRY']._serialized_start=2105
+  _globals['_DELETEACCOUNTRESPONSE_ERASEDENTRY']._serialized_end=2162
+  _globals['_ACCOUNTSERVICE']._serialized_start=2360
+  _globals['_ACCOUNTSERVICE']._serialized_end=3196
 # @@protoc_insertion_point(module_scope)
