@@ -55,6 +55,7 @@ from devstack.postgres import EmbeddedPostgres
 from devstack.process import free_port
 from memory.database import Connection, Database, init_connection
 from memory.domain import USER_SCOPE, Stage
+from memory.embedding_models import OFFLINE_EMBEDDING_MODEL, EmbeddingModel
 from memory.embeddings import Vector
 from memory.keys import UserKeys
 from memory.migrate import SERVICE, migrate
@@ -62,6 +63,7 @@ from memory.ranking import RankingPolicy, candidate_count
 from memory.recall import Recaller, RecallQuery
 from memory.repository import PostgresMemoryStore
 from memory.settings import MemorySettings
+from memory.vectors import CurrentModel, PostgresEmbeddingModels
 from mesh.envelope import Cipher, DataKeys, wrap_context
 from mesh.keystore import PostgresDataKeys
 from mesh.kms import DATA_KEY_BYTES, LocalKeyFile
@@ -87,7 +89,18 @@ SWEEP_EF_SEARCH = (200, 400)
 SWEEP_LATENCY_QUERIES = 1000
 TARGETS_P95_MS = {"100k": 10.0, "1m": 30.0}
 TARGET_RECALL = 0.95
-HNSW_INDEX = "vector_memory_embedding"
+BENCH_MODEL = CurrentModel(1, EmbeddingModel(OFFLINE_EMBEDDING_MODEL, DIMENSION))
+"""The model the synthetic vectors stand for: the first the migrations record (memory_0006)."""
+HNSW_INDEX = f"vector_memory_embedding_{BENCH_MODEL.id}"
+"""Its partial HNSW index (memory.vectors)."""
+PER_USER_BTREES = (
+    "vector_memory_user_recent",
+    "vector_memory_current_key",
+    "vector_memory_text_token",
+    "vector_memory_user_model",
+    "vector_memory_message",
+)
+"""What the HNSW-forced diagnostic drops (in a transaction it rolls back)."""
 REBUILT_INDEXES = ("vector_memory_user_recent", "vector_memory_words", "vector_memory_text_token", HNSW_INDEX)
 KMS = LocalKeyFile({"20260101T000000Z-00000000": bytes(range(32))})
 """The benchmark's key-encryption key: memories are sealed as the service seals them (the unwrap is cached
@@ -256,6 +269,7 @@ class Dataset:
                         cipher.text_token(text),
                         cipher.words(text),
                         vectors[i],
+                        BENCH_MODEL.id,
                         created,
                         created,
                     )
@@ -421,6 +435,20 @@ async def server_info(admin_url: str) -> dict[str, str]:
     return info
 
 
+async def _make_current(app_url: str) -> None:
+    """Makes the benchmark's model current, as the service does at start-up (its indexes)."""
+    pool = await _pool(app_url, 1)
+    try:
+        database = Database(pool)
+        current = await PostgresEmbeddingModels(database, UserKeys(_data_keys(pool), database)).make_current(
+            BENCH_MODEL.model
+        )
+    finally:
+        await pool.close()
+    if current != BENCH_MODEL:
+        raise RuntimeError(f"the database knows {current}, not {BENCH_MODEL}: benchmark on a fresh database")
+
+
 class _ExactDatabase(Database):
     """Transactions with index scans disabled: the store's query becomes an exact search."""
 
@@ -467,6 +495,7 @@ class _NoEmbedder:
     """Queries arrive embedded; the embedding call is not part of what is measured."""
 
     dimension = DIMENSION
+    model = BENCH_MODEL.model
 
     async def embed(self, texts: Sequence[str]) -> list[Vector]:
         raise AssertionError("the benchmark passes precomputed query vectors")
@@ -484,6 +513,7 @@ MEMORY_COLUMNS = (
     "text_token",
     "words",
     "embedding",
+    "embedding_model",
     "created_at",
     "updated_at",
 )
@@ -513,7 +543,9 @@ async def warm_keys(pool: Pool, user_ids: Iterable[str]) -> None:
 
 def _store(database: Database, ef_search: int) -> PostgresMemoryStore:
     """The service's store, with its data keys (each user's unwrapped once, then cached as in the service)."""
-    return PostgresMemoryStore(database, UserKeys(_data_keys(database.pool), database), ef_search=ef_search)
+    return PostgresMemoryStore(
+        database, UserKeys(_data_keys(database.pool), database), BENCH_MODEL, ef_search=ef_search
+    )
 
 
 def _recaller(database: Database, ef_search: int) -> Recaller:
@@ -640,10 +672,10 @@ async def explain(pool: Pool, ef_search: int, query: tuple[str, str, Vector]) ->
 async def forced_hnsw(
     pool: Pool, app_url: str, admin_url: str, ef_search: int, queries: Sequence[tuple[str, str, Vector]]
 ) -> dict[str, object]:
-    """Diagnostic: the store's query with the per-user btree indexes out of the planner's way (dropped in a
-    transaction that is rolled back) and sequential scans disabled, so it walks the HNSW index with
-    iterative scan. Run as the
-    application role (SET LOCAL ROLE) with the same settings; truth from the exact search."""
+    """Diagnostic: the store's query with the per-user btree indexes (`PER_USER_BTREES`) out of the
+    planner's way (dropped in a transaction that is rolled back) and sequential scans disabled, so it
+    walks the HNSW index with iterative scan. Run as the application role (SET LOCAL ROLE) with the same
+    settings; truth from the exact search."""
     captured: list[tuple[str, tuple[object, ...]]] = []
     limit = candidate_count(RECALL_K)
     settings = {"hnsw.ef_search": str(max(ef_search, limit)), "hnsw.iterative_scan": "relaxed_order"}
@@ -664,8 +696,10 @@ async def forced_hnsw(
     transaction = connection.transaction()
     await transaction.start()
     try:
-        await connection.execute("DROP INDEX vector_memory_user_recent")
-        await connection.execute("ALTER TABLE vector_memory DROP CONSTRAINT vector_memory_key_token")
+        # Every btree starting with user_id (memory_0005 replaced the key constraint by a partial unique
+        # index; memory_0006 added the model index the re-embedding uses).
+        for index in PER_USER_BTREES:
+            await connection.execute(f'DROP INDEX "{index}"')
         await connection.execute(f'SET LOCAL ROLE "{urlsplit(app_url).username}"')
         plan = ""
         for (sql, args), truth, (user_id, _, _) in zip(captured, truths, queries, strict=True):
@@ -789,6 +823,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         else:
             app_url, admin_url = stack.enter_context(embedded_postgres())
         await migrate(app_url, DIMENSION, KMS, wait_seconds=30)
+        await _make_current(app_url)
         info = await server_info(admin_url)
         results = [
             await run_scenario(chosen[name], app_url, admin_url, args.seed, args.ef_search) for name in names

@@ -1,5 +1,6 @@
-"""The memory service, assembled: migrations, the pool, Redis, the embedder, the four memory servicers,
-and notifications (NotificationsService for people, NotifierService for the mesh, Web Push)."""
+"""The memory service, assembled: migrations, the pool, Redis, the embedder (its model made current,
+with the background embedding of memory.reembed), the four memory servicers, and notifications
+(NotificationsService for people, NotifierService for the mesh, Web Push)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 from athena.memory.v1 import memory_pb2, memory_pb2_grpc
 from athena.notifications.v1 import notifications_pb2, notifications_pb2_grpc
 
+from memory.conversation_recall import ConversationRecaller
 from memory.database import Database, init_connection
 from memory.embeddings import BatchingEmbedder, Embedder, OpenAIEmbedder
 from memory.ephemeral import RedisEphemeralStore
@@ -25,10 +27,12 @@ from memory.notification_store import PostgresNotificationStore
 from memory.notifications import NotificationHub, Notifier, PushSender
 from memory.ranking import RankingPolicy
 from memory.recall import Recaller
+from memory.reembed import Reembedder
 from memory.repository import (
     PostgresAgentStore,
     PostgresConversationStore,
     PostgresMemoryStore,
+    PostgresMessageSearch,
     PostgresUserDataStore,
 )
 from memory.service import (
@@ -39,6 +43,7 @@ from memory.service import (
     UserDataServicer,
 )
 from memory.settings import MemorySettings
+from memory.vectors import PostgresEmbeddingModels
 from memory.webpush import VapidKey, WebPushSender, load_vapid_key
 from mesh.app import Assembly, Command, Deps, ServiceApp
 from mesh.envelope import DataKeys
@@ -67,11 +72,12 @@ SERVICE_METHODS = (
     f"/{SERVICE_NAMES[2]}/SyncAgents",
     f"/{SERVICE_NAMES[1]}/DeliverAnswer",
     f"/{SERVICE_NAMES[0]}/ForgetEphemeral",
+    f"/{SERVICE_NAMES[0]}/GetEmbeddingStatus",
     f"/{NOTIFIER}/Notify",
 )
 """Methods called for no user (the orchestrator seeding the catalog, its outbox delivering answers, rules
-leaving a notification): they need the deployment's service key (`ATHENA_SERVICE_KEY`, checked by
-mesh.interceptors.AuthInterceptor) instead of an access token."""
+leaving a notification, an operator watching re-embedding): they need the deployment's service key
+(`ATHENA_SERVICE_KEY`, checked by mesh.interceptors.AuthInterceptor) instead of an access token."""
 
 
 @dataclass(kw_only=True)
@@ -97,6 +103,7 @@ async def build(settings: MemorySettings, deps: MemoryDeps) -> Assembly:
         settings.database_url,
         settings.embedding_dimension,
         kms,
+        model=settings.embedding_model,
         wait_seconds=settings.startup_timeout_seconds,
     )
     pool = await deps.postgres(
@@ -124,7 +131,23 @@ async def build(settings: MemorySettings, deps: MemoryDeps) -> Assembly:
         concurrency=settings.embedding_concurrency,
         max_batch=settings.embedding_batch_size,
     )
-    memory_store = PostgresMemoryStore(database, keys, ef_search=settings.hnsw_ef_search)
+    if embedder.model != settings.embedding:
+        raise ValueError(
+            f"the embedder makes {embedder.model} vectors, but the settings say {settings.embedding}"
+        )
+    models = PostgresEmbeddingModels(database, keys)
+    # Vectors are written as the embedder's model (the only one they can be of) and read as it.
+    current = await models.make_current(embedder.model)
+    reembedder = Reembedder(
+        models,
+        embedder,
+        current,
+        batch_size=settings.reembed_batch_size,
+        lease_seconds=settings.reembed_lease_seconds,
+        idle_seconds=settings.reembed_idle_seconds,
+    )
+    log.info("embedding model", extra={"model": str(current.model), "model_id": current.id})
+    memory_store = PostgresMemoryStore(database, keys, current, ef_search=settings.hnsw_ef_search)
     policy = RankingPolicy(
         threshold=settings.similarity_threshold,
         recency_weight=settings.recency_weight,
@@ -132,11 +155,15 @@ async def build(settings: MemorySettings, deps: MemoryDeps) -> Assembly:
     )
     defaults = MemoryDefaults(
         dimension=settings.embedding_dimension,
+        embedding_model=settings.embedding_model,
         recall_k=settings.recall_default_k,
         ephemeral_ttl_seconds=settings.ephemeral_ttl_seconds,
     )
     recaller = Recaller(memory_store, embedder, policy)
-    memory = MemoryServicer(memory_store, recaller, embedder, ephemeral, defaults)
+    memory = MemoryServicer(memory_store, recaller, embedder, ephemeral, defaults, reembedder=reembedder)
+    conversation_recaller = ConversationRecaller(
+        PostgresMessageSearch(database, keys, current, ef_search=settings.hnsw_ef_search), embedder, policy
+    )
     memory_name, conversation_name, agent_name, user_data_name = SERVICE_NAMES
     bus = RedisNotificationBus(
         deps.redis(settings.redis_url, settings.redis_timeout_seconds),
@@ -155,7 +182,9 @@ async def build(settings: MemorySettings, deps: MemoryDeps) -> Assembly:
     async def follow_notification_events() -> None:
         await bus.follow(notifier.received, notifier.hub.resync)
 
-    background = [follow_notification_events]
+    background = [follow_notification_events, reembedder.index_messages]
+    if settings.reembed_sweep:
+        background.append(reembedder.sweep)
     fact_jobs = None
     if settings.extraction_enabled:
         fact_jobs = FactJobs(
@@ -200,6 +229,8 @@ async def build(settings: MemorySettings, deps: MemoryDeps) -> Assembly:
                     recall_k=defaults.recall_k,
                     turn_lease_seconds=settings.turn_lease_seconds,
                     fact_jobs=fact_jobs,
+                    conversation_recaller=conversation_recaller,
+                    reembedder=reembedder,
                 ),
                 memory_pb2_grpc.add_ConversationServiceServicer_to_server,
             ),
@@ -251,7 +282,10 @@ def _push_sender(settings: MemorySettings) -> WebPushSender | None:
 
 def _migrate(settings: MemorySettings) -> int:
     applied = apply_migrations(
-        settings.database_url, settings.embedding_dimension, kms_from_settings(settings)
+        settings.database_url,
+        settings.embedding_dimension,
+        kms_from_settings(settings),
+        model=settings.embedding_model,
     )
     print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none pending'}")
     return 0

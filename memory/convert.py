@@ -9,6 +9,7 @@ from athena.chat.v1 import chat_pb2
 from athena.memory.v1 import memory_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from memory.conversation_recall import MessageHit
 from memory.domain import (
     AgentDefinition,
     ConversationRecord,
@@ -108,6 +109,16 @@ def handoff_from_proto(handoff: chat_pb2.Handoff) -> Handoff:
 def handoff_to_proto(handoff: Handoff) -> chat_pb2.Handoff:
     return chat_pb2.Handoff(
         from_agent_id=handoff.from_agent_id, to_agent_id=handoff.to_agent_id, reason=handoff.reason
+    )
+
+
+def message_hit_to_proto(hit: MessageHit) -> memory_pb2.RecalledMessage:
+    return memory_pb2.RecalledMessage(
+        conversation_id=hit.found.conversation_id,
+        message=message_to_proto(hit.found.message),
+        similarity=hit.similarity,
+        score=hit.score,
+        stage=_STAGES[hit.stage],
     )
 
 

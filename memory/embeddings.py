@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from memory.embedding_models import EmbeddingModel
 from mesh import genai
 from mesh.context import time_remaining
 from mesh.errors import FailedPrecondition, Unavailable
@@ -27,7 +28,11 @@ Vector = tuple[float, ...]
 
 
 class Embedder(Protocol):
-    """Embeds texts into vectors of `dimension` components."""
+    """Embeds texts into vectors of `dimension` components, all made by `model` (the identity stored with
+    each vector: memory.embedding_models)."""
+
+    @property
+    def model(self) -> EmbeddingModel: ...
 
     @property
     def dimension(self) -> int: ...
@@ -54,6 +59,10 @@ class OpenAIEmbedder:
         self._dimension = dimension
         self._send_dimensions = send_dimensions
         self._timeout = timeout
+
+    @property
+    def model(self) -> EmbeddingModel:
+        return EmbeddingModel(self._model, self._dimension)
 
     @property
     def dimension(self) -> int:
@@ -137,6 +146,10 @@ class BatchingEmbedder:
         self._out = 0
         self._waiting: list[_Waiting] = []
         self._batches: set[asyncio.Task[None]] = set()
+
+    @property
+    def model(self) -> EmbeddingModel:
+        return self._inner.model
 
     @property
     def dimension(self) -> int:

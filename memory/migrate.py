@@ -1,32 +1,27 @@
 """The memory schema's migrations (memory/migrations/, ids prefixed `memory_`), run by `mesh.migrations`.
 
-The embedding column's dimension follows the configured embedding model: the first migration creates
-`vector(N)` with the dimension configured when it runs (the migration variable `embedding_dimension`).
-A database created for another dimension is not altered behind anyone's back (existing vectors would be
-meaningless); start-up stops with a clear error instead (`check_embedding_dimension`), and changing models
-means a new migration that re-embeds.
+The first migration creates the embedding column as `vector(N)` with the dimension configured when it
+runs (the migration variable `embedding_dimension`); memory_0006 makes vectors versioned, recording the
+model configured then (`embedding_model`) as the one existing vectors were made with. From there on a model
+change needs no migration: the service makes the configured model current at start-up and re-embeds in the
+background (memory.vectors, memory.reembed).
 """
 
 from __future__ import annotations
 
-import asyncio
 from importlib import resources
 from pathlib import Path
 
-import psycopg
-
+from memory.embedding_models import OFFLINE_EMBEDDING_MODEL
 from mesh import migrations
 from mesh.kms import KeyEncryptionKeys
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 DIMENSION_VARIABLE = "embedding_dimension"
+MODEL_VARIABLE = "embedding_model"
 KMS_OBJECT = "kms"
 SERVICE = "memory"
 """The service named in the context of memory's wrapped data keys."""
-
-
-class SchemaMismatch(RuntimeError):
-    """The database was migrated for another embedding dimension than the one configured."""
 
 
 def render_schema(dimension: int) -> str:
@@ -40,48 +35,42 @@ def migration_dimension() -> int:
     return int(migrations.migration_variable(DIMENSION_VARIABLE))
 
 
+def migration_model() -> str:
+    """The embedding model name of the migration run in progress."""
+    return migrations.migration_variable(MODEL_VARIABLE)
+
+
 def migration_kms() -> KeyEncryptionKeys:
     """The KMS of the migration run in progress (a migration encrypting rows makes data keys)."""
     return migrations.migration_object(KMS_OBJECT)  # type: ignore[return-value]
 
 
-def apply_migrations(database_url: str, dimension: int, kms: KeyEncryptionKeys) -> list[str]:
-    """Applies the pending migrations and checks the embedding dimension; returns the ids applied."""
-    applied = migrations.apply_migrations(
-        database_url,
-        MIGRATIONS_DIR,
-        variables={DIMENSION_VARIABLE: str(dimension)},
-        objects={KMS_OBJECT: kms},
+def _variables(dimension: int, model: str) -> dict[str, str]:
+    return {DIMENSION_VARIABLE: str(dimension), MODEL_VARIABLE: model}
+
+
+def apply_migrations(
+    database_url: str, dimension: int, kms: KeyEncryptionKeys, *, model: str = OFFLINE_EMBEDDING_MODEL
+) -> list[str]:
+    """Applies the pending migrations; returns the ids applied."""
+    return migrations.apply_migrations(
+        database_url, MIGRATIONS_DIR, variables=_variables(dimension, model), objects={KMS_OBJECT: kms}
     )
-    check_embedding_dimension(database_url, dimension)
-    return applied
 
 
 async def migrate(
-    database_url: str, dimension: int, kms: KeyEncryptionKeys, *, wait_seconds: float = 0.0
+    database_url: str,
+    dimension: int,
+    kms: KeyEncryptionKeys,
+    *,
+    model: str = OFFLINE_EMBEDDING_MODEL,
+    wait_seconds: float = 0.0,
 ) -> list[str]:
     """`apply_migrations` off the event loop, waiting up to `wait_seconds` for PostgreSQL to come up."""
-    applied = await migrations.migrate(
+    return await migrations.migrate(
         database_url,
         MIGRATIONS_DIR,
-        variables={DIMENSION_VARIABLE: str(dimension)},
+        variables=_variables(dimension, model),
         objects={KMS_OBJECT: kms},
         wait_seconds=wait_seconds,
     )
-    await asyncio.to_thread(check_embedding_dimension, database_url, dimension)
-    return applied
-
-
-def check_embedding_dimension(database_url: str, dimension: int) -> None:
-    """Raises SchemaMismatch when `vector_memory.embedding` is not `vector(dimension)`."""
-    with psycopg.connect(database_url, connect_timeout=5) as connection:
-        row = connection.execute(
-            "SELECT atttypmod FROM pg_attribute "
-            "WHERE attrelid = 'vector_memory'::regclass AND attname = 'embedding'"
-        ).fetchone()
-    actual = int(row[0]) if row is not None else None
-    if actual != dimension:
-        raise SchemaMismatch(
-            f"vector_memory.embedding has {actual} dimensions but MEMORY_EMBEDDING_DIMENSION is {dimension}: "
-            "configure the dimension the database was created with, or add a migration that re-embeds"
-        )

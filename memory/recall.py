@@ -3,8 +3,11 @@
 1. Candidates: the caller's user-global memories plus the calling agent's own (the store filters): their
    current versions, or, when the query asks about the past (`memory.timeframe`: "what was my goal in
    March?", "what did it use to be?"), every version valid at some moment of that period.
-2. Vector stage: nearest neighbours by cosine; keep similarity ≥ the model's threshold.
-3. Score = (1 − w)·similarity + w·recency; top k.
+2. Vector stage: nearest neighbours by cosine among vectors of the current embedding model (never another
+   model's: `memory.embedding_models`); keep similarity ≥ the model's threshold.
+3. Score = (1 − w)·similarity + w·recency; top k. While the model is being changed, memories without a
+   current vector yet can only be found by their words: those matching the query's words follow the vector
+   hits (stage KEYWORD).
 4. Nothing passed: full-text search, ranked with the same blend (normalised text rank as similarity).
 
 `athena_memory_recall_seconds{stage}` times each stage of a recall: `embed` (only when the caller sent
@@ -94,7 +97,11 @@ class Recaller:
         ranking = time.perf_counter()
         _SEARCH.observe(ranking - searching, exemplar())
         hits = rank(found.nearest, self._policy, Stage.VECTOR, query.k, now)
-        if not hits:
+        if hits:
+            # Memories the vector stage cannot see yet come after its (calibrated) hits, best first.
+            hits += rank(found.unembedded, self._policy, Stage.KEYWORD, query.k, now)
+            hits = hits[: query.k]
+        else:
             hits = rank(found.keyword, self._policy, Stage.KEYWORD, query.k, now)
         _RANK.observe(time.perf_counter() - ranking)
         return hits

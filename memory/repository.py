@@ -24,6 +24,7 @@ import asyncpg
 import numpy as np
 import numpy.typing as npt
 
+from memory.conversation_recall import ConversationQuery, FoundMessage, MessageCandidates
 from memory.database import Connection, Database
 from memory.domain import (
     USER_SCOPE,
@@ -50,6 +51,7 @@ from memory.keys import UserKeys
 from memory.pagination import Cursor
 from memory.stores import Candidates, ExportRecord, Purged, StatedMessage, Vector
 from memory.timeframe import Timeframe
+from memory.vectors import CurrentModel
 from mesh.envelope import Cipher
 from mesh.errors import FailedPrecondition, InvalidArgument, NotFound
 
@@ -167,14 +169,19 @@ def _vector(values: Vector) -> npt.NDArray[np.float32]:
 
 
 class PostgresMemoryStore:
-    """Long-term memories in `vector_memory` (HNSW cosine index on `embedding`, GIN on the blind `words`).
+    """Long-term memories in `vector_memory`: vectors of the current model (`current`, with its partial
+    HNSW index, memory.vectors) and the blind `words` (GIN). Writes record the current model; the vector
+    stage (and the similarity of reconciliation) reads only its vectors.
 
     Memories have history: a newer version of a keyed fact closes the current one (`valid_to`) and links to
     it (`supersedes`); only current versions are unique per key and recalled by default."""
 
-    def __init__(self, database: Database, keys: UserKeys, *, ef_search: int = 100) -> None:
+    def __init__(
+        self, database: Database, keys: UserKeys, current: CurrentModel, *, ef_search: int = 100
+    ) -> None:
         self._db = database
         self._keys = keys
+        self._current = current
         self._ef_search = ef_search
 
     async def upsert(self, user_id: str, memory: NewMemory, embedding: Vector) -> tuple[MemoryRecord, bool]:
@@ -214,12 +221,13 @@ class PostgresMemoryStore:
                 )
             if found is not None and found["text_token"] == text_token:
                 row = await connection.fetchrow(
-                    f"""UPDATE vector_memory SET agent_id = $2, embedding = $3, source = 'explicit',
-                            confidence = 1.0, updated_at = clock_timestamp()
+                    f"""UPDATE vector_memory SET agent_id = $2, embedding = $3, embedding_model = $4,
+                            source = 'explicit', confidence = 1.0, updated_at = clock_timestamp()
                         WHERE id = $1 RETURNING {_MEMORY_COLUMNS}""",
                     found["id"],
                     memory.agent_id,
                     _vector(embedding),
+                    self._current.id,
                 )
                 assert row is not None
                 return _memory(cipher, row), False
@@ -230,6 +238,7 @@ class PostgresMemoryStore:
                 uid,
                 memory,
                 embedding,
+                self._current.id,
                 _Provenance(source=Source.EXPLICIT, supersedes=supersedes),
             )
         return _memory(cipher, row), found is None
@@ -260,13 +269,21 @@ class PostgresMemoryStore:
         tokens = cipher.words(text) if text else []
         window = (False, None, None) if timeframe is None else (True, timeframe.start, timeframe.end)
         async with self._db.transaction(user_id, settings=self._scan_settings(limit)) as connection:
-            # The keyword rank: the share of the query's words the memory holds, in 0..1.
+            # The vector stage reads only vectors of the current model, compared as `vector(N)` (the cast
+            # and model id as literals, so the model's partial HNSW index answers). The keyword rank: the
+            # share of the query's words the memory holds, in 0..1; `current` says whether the memory has a
+            # current vector (one without is found only by its words until it is re-embedded).
+            current = self._current
             rows = await connection.fetch(
-                f"""(SELECT {_MEMORY_COLUMNS}, true AS vector, 1.0 - (embedding <=> $3) AS similarity
-                     FROM vector_memory WHERE user_id = $1 AND agent_scope = ANY($2::text[]) AND {_VALID}
-                     ORDER BY embedding <=> $3 LIMIT $4)
+                f"""(SELECT {_MEMORY_COLUMNS}, true AS vector, true AS current,
+                            1.0 - (embedding::{current.cast} <=> $3::{current.cast}) AS similarity
+                     FROM vector_memory
+                     WHERE user_id = $1 AND agent_scope = ANY($2::text[]) AND embedding_model = {current.id}
+                           AND {_VALID}
+                     ORDER BY embedding::{current.cast} <=> $3::{current.cast} LIMIT $4)
                     UNION ALL
                     (SELECT {_MEMORY_COLUMNS}, false AS vector,
+                            embedding_model IS NOT DISTINCT FROM {current.id} AS current,
                             cardinality(ARRAY(
                                 SELECT unnest(words) INTERSECT SELECT unnest($5::bytea[])
                             ))::float8 / greatest(cardinality($5::bytea[]), 1) AS similarity
@@ -283,7 +300,12 @@ class PostgresMemoryStore:
             )
         nearest = [(_memory(cipher, row), float(row["similarity"])) for row in rows if row["vector"]]
         keyword = [(_memory(cipher, row), float(row["similarity"])) for row in rows if not row["vector"]]
-        return Candidates(nearest=nearest, keyword=keyword)
+        unembedded = [
+            (_memory(cipher, row), float(row["similarity"]))
+            for row in rows
+            if not row["vector"] and not row["current"]
+        ]
+        return Candidates(nearest=nearest, keyword=keyword, unembedded=unembedded)
 
     async def delete(self, user_id: str, memory_ids: Sequence[str]) -> list[str]:
         """Deletes the memories and the versions they superseded; a keyed one leaves a tombstone (its blind
@@ -383,6 +405,7 @@ class PostgresMemoryStore:
                 uid,
                 new,
                 embedding,
+                self._current.id,
                 _Provenance(
                     source=Source.EXPLICIT,
                     supersedes=row["id"],
@@ -478,10 +501,13 @@ class PostgresMemoryStore:
                 agent_scope,
                 key_token,
             )
+            # Similarity only to vectors of the current model (the candidate's embedding is its).
+            current = self._current
             nearest = await connection.fetchval(
-                """SELECT 1.0 - (embedding <=> $3) FROM vector_memory
-                   WHERE user_id = $1 AND agent_scope = $2 AND valid_to IS NULL
-                   ORDER BY embedding <=> $3 LIMIT 1""",
+                f"""SELECT 1.0 - (embedding::{current.cast} <=> $3::{current.cast}) FROM vector_memory
+                    WHERE user_id = $1 AND agent_scope = $2 AND valid_to IS NULL
+                          AND embedding_model = {current.id}
+                    ORDER BY embedding::{current.cast} <=> $3::{current.cast} LIMIT 1""",
                 uid,
                 agent_scope,
                 _vector(embedding),
@@ -508,6 +534,7 @@ class PostgresMemoryStore:
                         key=candidate.key,
                     ),
                     embedding,
+                    self._current.id,
                     _Provenance(
                         source=Source.INFERRED,
                         supersedes=uuid.UUID(decision.closes.id) if decision.closes is not None else None,
@@ -556,15 +583,17 @@ async def _insert_memory(
     uid: uuid.UUID,
     memory: NewMemory,
     embedding: Vector,
+    model_id: int,
     provenance: _Provenance,
 ) -> asyncpg.Record:
+    """A new memory (version) with its vector, made by the model `model_id` (the current one)."""
     memory_id = uuid.uuid4()
     row = await connection.fetchrow(
         f"""INSERT INTO vector_memory (id, user_id, agent_scope, agent_id, key, key_token, text, text_token,
                                        words, embedding, source, supersedes, conversation_id, message_id,
-                                       confidence, valid_from)
+                                       confidence, valid_from, embedding_model)
             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
-                    COALESCE($16, clock_timestamp()))
+                    COALESCE($16, clock_timestamp()), $17)
             RETURNING {_MEMORY_COLUMNS}""",
         memory_id,
         uid,
@@ -582,6 +611,7 @@ async def _insert_memory(
         provenance.message_id,
         provenance.confidence,
         provenance.valid_from,
+        model_id,
     )
     assert row is not None
     return row
@@ -629,6 +659,7 @@ class PostgresConversationStore:
                 uuid.uuid4(),
                 turn.lease_seconds,
                 _sealed_tool_calls(cipher, message_id, ()),
+                cipher.words(turn.text),
             )
             assert row is not None, "the statement answers one row, the agents' states"
             try:
@@ -770,8 +801,9 @@ class PostgresConversationStore:
         message_id = uuid.uuid4()
         message = await connection.fetchrow(
             f"""INSERT INTO messages (id, conv_id, user_id, role, agent_id, content, tool_call,
-                                      client_request_id, answer_id, lease_until)
-                VALUES ($1, $2, $3, 'user', $4, $5, $6, $7, $8, clock_timestamp() + make_interval(secs => $9))
+                                      client_request_id, answer_id, lease_until, words)
+                VALUES ($1, $2, $3, 'user', $4, $5, $6, $7, $8, clock_timestamp() + make_interval(secs => $9),
+                        $10)
                 RETURNING {_TURN_COLUMNS}""",
             message_id,
             conv_uuid,
@@ -782,6 +814,7 @@ class PostgresConversationStore:
             turn.client_request_id,
             uuid.uuid4(),
             turn.lease_seconds,
+            cipher.words(turn.text),
         )
         assert message is not None
         return message
@@ -804,6 +837,7 @@ class PostgresConversationStore:
                 _sealed_tool_calls(cipher, message_id, message.tool_calls),
                 message.status.value,
                 message.error,
+                cipher.words(message.content),
             )
             assert row is not None, "the statement answers one row"
             if not row["conversation_found"]:
@@ -892,11 +926,12 @@ class _Repeated(Exception):
 _APPEND_ASSISTANT_MESSAGE = f"""WITH conversation AS (
         UPDATE conversations SET updated_at = clock_timestamp() WHERE user_id = $3 AND id = $2 RETURNING id
     ), message AS (
-        INSERT INTO messages (id, conv_id, user_id, role, agent_id, content, tool_call, status, error)
-        SELECT $1, conversation.id, $3, 'assistant', $4, $5, $6, $7, $8 FROM conversation
+        INSERT INTO messages (id, conv_id, user_id, role, agent_id, content, tool_call, status, error, words)
+        SELECT $1, conversation.id, $3, 'assistant', $4, $5, $6, $7, $8, $9 FROM conversation
         ON CONFLICT (id) DO UPDATE
         SET agent_id = EXCLUDED.agent_id, content = EXCLUDED.content, tool_call = EXCLUDED.tool_call,
-            status = EXCLUDED.status, error = EXCLUDED.error
+            status = EXCLUDED.status, error = EXCLUDED.error, words = EXCLUDED.words, embedding = NULL,
+            embedding_model = NULL
         WHERE messages.conv_id = EXCLUDED.conv_id AND messages.role = 'assistant'
         RETURNING {_MESSAGE_COLUMNS}
     )
@@ -920,9 +955,9 @@ _AGENT_CHOSEN = """agent_states AS (
 
 _NEW_TURN_MESSAGE = f"""message AS (
         INSERT INTO messages (id, conv_id, user_id, role, agent_id, content, tool_call, client_request_id,
-                              answer_id, lease_until)
+                              answer_id, lease_until, words)
         SELECT $5, conversation.id, $1, 'user', $3, $6, $10, $7, $8,
-               clock_timestamp() + make_interval(secs => $9)
+               clock_timestamp() + make_interval(secs => $9), $11
         FROM conversation
         ON CONFLICT (user_id, client_request_id) DO NOTHING
         RETURNING {_TURN_COLUMNS}
@@ -1136,3 +1171,68 @@ async def _newest_first(
         limit,
         *cursor,
     )
+
+
+_RECALLED_MESSAGE_COLUMNS = f"{_MESSAGE_COLUMNS}, conv_id"
+_MESSAGE_FILTERS = """user_id = $1 AND status = 'complete' AND ($2::text IS NULL OR agent_id = $2)
+    AND ($3::timestamptz IS NULL OR created_at >= $3) AND ($4::timestamptz IS NULL OR created_at < $4)"""
+"""The caller's complete messages of the query's agent and time window ($1 to $4)."""
+
+
+class PostgresMessageSearch:
+    """Conversation recall's candidates: `messages` by their vector of the current model (its partial HNSW
+    index) and by their blind words (GIN)."""
+
+    def __init__(
+        self, database: Database, keys: UserKeys, current: CurrentModel, *, ef_search: int = 100
+    ) -> None:
+        self._db = database
+        self._keys = keys
+        self._current = current
+        self._ef_search = ef_search
+
+    async def candidates(
+        self, user_id: str, query: ConversationQuery, embedding: Vector, limit: int
+    ) -> MessageCandidates:
+        cipher = await self._keys.reading(user_id)
+        if cipher is None:
+            return MessageCandidates(nearest=[], keyword=[])
+        tokens = cipher.words(query.text)
+        current = self._current
+        settings = {
+            "hnsw.ef_search": str(max(self._ef_search, limit)),
+            "hnsw.iterative_scan": "relaxed_order",
+        }
+        async with self._db.transaction(user_id, readonly=True, settings=settings) as connection:
+            rows = await connection.fetch(
+                f"""(SELECT {_RECALLED_MESSAGE_COLUMNS}, true AS vector, true AS current,
+                            1.0 - (embedding::{current.cast} <=> $5::{current.cast}) AS similarity
+                     FROM messages
+                     WHERE {_MESSAGE_FILTERS} AND embedding_model = {current.id} AND embedding IS NOT NULL
+                     ORDER BY embedding::{current.cast} <=> $5::{current.cast} LIMIT $6)
+                    UNION ALL
+                    (SELECT {_RECALLED_MESSAGE_COLUMNS}, false AS vector,
+                            embedding_model IS NOT DISTINCT FROM {current.id} AS current,
+                            cardinality(ARRAY(
+                                SELECT unnest(words) INTERSECT SELECT unnest($7::bytea[])
+                            ))::float8 / greatest(cardinality($7::bytea[]), 1) AS similarity
+                     FROM messages
+                     WHERE cardinality($7::bytea[]) > 0 AND {_MESSAGE_FILTERS} AND words && $7::bytea[]
+                     ORDER BY similarity DESC, created_at DESC LIMIT $6)""",
+                uuid.UUID(user_id),
+                query.agent_id,
+                query.since,
+                query.until,
+                _vector(embedding),
+                limit,
+                tokens,
+            )
+
+        def found(row: asyncpg.Record) -> tuple[FoundMessage, float]:
+            return FoundMessage(str(row["conv_id"]), _message(cipher, row)), float(row["similarity"])
+
+        return MessageCandidates(
+            nearest=[found(row) for row in rows if row["vector"]],
+            keyword=[found(row) for row in rows if not row["vector"]],
+            unembedded=[found(row) for row in rows if not row["vector"] and not row["current"]],
+        )

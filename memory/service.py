@@ -14,6 +14,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC
 from typing import Any
 
 import grpc
@@ -23,6 +24,7 @@ from athena.memory.v1 import memory_pb2, memory_pb2_grpc
 from google.protobuf.duration_pb2 import Duration
 
 from memory import convert
+from memory.conversation_recall import ConversationQuery, ConversationRecaller
 from memory.domain import (
     ConversationRecord,
     MemoryRecord,
@@ -41,9 +43,10 @@ from memory.embeddings import Embedder
 from memory.extraction import FactJobs
 from memory.pagination import Cursor, decode_page_token, encode_page_token
 from memory.recall import Recaller, RecallQuery
+from memory.reembed import Reembedder
 from memory.stores import AgentStore, ConversationStore, EphemeralStore, MemoryStore, UserDataStore
 from mesh.context import principal
-from mesh.errors import AthenaError, InvalidArgument, NotFound, Unauthenticated
+from mesh.errors import AthenaError, FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -68,6 +71,8 @@ class MemoryDefaults:
     """Configured values the memory servicer fills in for zeros."""
 
     dimension: int
+    embedding_model: str = ""
+    """The current embedding model's name: a caller's precomputed embedding must be of it."""
     recall_k: int = 8
     ephemeral_ttl_seconds: float = 300.0
 
@@ -80,12 +85,15 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         embedder: Embedder,
         ephemeral: EphemeralStore,
         defaults: MemoryDefaults,
+        *,
+        reembedder: Reembedder | None = None,
     ) -> None:
         self._store = store
         self._recaller = recaller
         self._embedder = embedder
         self._ephemeral = ephemeral
         self._defaults = defaults
+        self._reembedder = reembedder
 
     async def Remember(
         self, request: memory_pb2.RememberRequest, context: Context
@@ -99,7 +107,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
             scope=scope,
             agent_id=request.agent_id,
             key=request.key,
-            embedding=optional_embedding(request.embedding, self._defaults.dimension),
+            embedding=self._caller_embedding(request.embedding, request.embedding_model),
         )
         embedding = memory.embedding
         if embedding is None:
@@ -107,18 +115,33 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         record, created = await self._store.upsert(user_id, memory, embedding)
         return memory_pb2.RememberResponse(memory=convert.memory_to_proto(record), created=created)
 
-    def _recall_query(self, text: str, agent_id: str, k: int, embedding: Any = ()) -> RecallQuery:
+    def _caller_embedding(self, values: Any, model: str) -> tuple[float, ...] | None:
+        """A precomputed embedding, accepted only as the current model's (the contract requires its
+        model's name with it): another model's vector would be compared as if it were one."""
+        embedding = optional_embedding(values, self._defaults.dimension)
+        if embedding is not None and model != self._defaults.embedding_model:
+            raise FailedPrecondition(
+                f"embedding_model {model!r} is not the current embedding model "
+                f"{self._defaults.embedding_model!r}; send the text alone"
+            )
+        return embedding
+
+    def _recall_query(
+        self, text: str, agent_id: str, k: int, embedding: Any = (), embedding_model: str = ""
+    ) -> RecallQuery:
         return RecallQuery(
             text=text,
             agent_id=agent_id,
             k=k,
-            embedding=optional_embedding(embedding, self._defaults.dimension),
+            embedding=self._caller_embedding(embedding, embedding_model),
         )
 
     async def Recall(self, request: memory_pb2.RecallRequest, context: Context) -> memory_pb2.RecallResponse:
         user_id = caller_id()
         k = request.k or self._defaults.recall_k
-        query = self._recall_query(request.query, request.agent_id, k, request.embedding)
+        query = self._recall_query(
+            request.query, request.agent_id, k, request.embedding, request.embedding_model
+        )
         hits = await self._recaller.recall(user_id, query)
         return memory_pb2.RecallResponse(results=[convert.hit_to_proto(hit) for hit in hits])
 
@@ -200,6 +223,23 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         deleted = await self._ephemeral.forget(request.user_id, list(request.namespaces))
         return memory_pb2.ForgetEphemeralResponse(deleted=deleted)
 
+    async def GetEmbeddingStatus(
+        self, request: memory_pb2.GetEmbeddingStatusRequest, context: Context
+    ) -> memory_pb2.GetEmbeddingStatusResponse:
+        # For no user: admitted by the deployment's service key.
+        if self._reembedder is None:
+            raise FailedPrecondition("this memory service does not embed in the background")
+        progress = await self._reembedder.progress()
+        return memory_pb2.GetEmbeddingStatusResponse(
+            model=progress.model.name,
+            dimension=progress.model.dimension,
+            users_done=progress.users_done,
+            users_total=progress.users_total,
+            embedded=progress.embedded,
+            finished=progress.finished,
+            leased_by=progress.leased_by,
+        )
+
 
 def _seconds(duration: Duration) -> float:
     return duration.ToTimedelta().total_seconds()
@@ -225,12 +265,21 @@ class ConversationServicer(memory_pb2_grpc.ConversationServiceServicer):
         recall_k: int = 8,
         turn_lease_seconds: float = 30.0,
         fact_jobs: FactJobs | None = None,
+        conversation_recaller: ConversationRecaller | None = None,
+        reembedder: Reembedder | None = None,
     ) -> None:
         self._store = store
         self._recaller = recaller
         self._recall_k = recall_k
         self._turn_lease_seconds = turn_lease_seconds
         self._fact_jobs = fact_jobs
+        self._conversation_recaller = conversation_recaller
+        self._reembedder = reembedder
+
+    def _stored(self, user_id: str, message: MessageRecord) -> None:
+        """A stored message is embedded in the background (conversation recall), off this call's path."""
+        if self._reembedder is not None:
+            self._reembedder.message_stored(user_id, message.id)
 
     async def StartTurn(
         self, request: memory_pb2.StartTurnRequest, context: Context
@@ -246,7 +295,10 @@ class ConversationServicer(memory_pb2_grpc.ConversationServiceServicer):
             lease_seconds=_seconds(request.lease) or self._turn_lease_seconds,
         )
         if not request.HasField("recall"):
-            return convert.turn_start_to_proto(await self._store.start_turn(user_id, turn))
+            start = await self._store.start_turn(user_id, turn)
+            if not start.replayed:
+                self._stored(user_id, start.message)
+            return convert.turn_start_to_proto(start)
         query = RecallQuery(
             text=chat.text.strip()[:RECALL_QUERY_LENGTH],
             agent_id=chat.agent_id,
@@ -259,6 +311,8 @@ class ConversationServicer(memory_pb2_grpc.ConversationServiceServicer):
         except BaseException:
             recall.cancel()
             raise
+        if not start.replayed:
+            self._stored(user_id, start.message)
         hits = await recall
         response = convert.turn_start_to_proto(start)
         if hits is None:
@@ -313,6 +367,7 @@ class ConversationServicer(memory_pb2_grpc.ConversationServiceServicer):
             error=message.error,
         )
         stored = await self._store.append_assistant_message(user_id, new)
+        self._stored(user_id, stored)
         if self._fact_jobs is not None and stored.status is MessageStatus.COMPLETE:
             # After the answer streamed and was stored: learning its facts is off the turn's path, and
             # queueing it neither delays nor fails the call.
@@ -347,6 +402,24 @@ class ConversationServicer(memory_pb2_grpc.ConversationServiceServicer):
         user_id = caller_id()
         await self._store.delete(user_id, request.conversation_id)
         return memory_pb2.DeleteConversationResponse()
+
+    async def RecallConversations(
+        self, request: memory_pb2.RecallConversationsRequest, context: Context
+    ) -> memory_pb2.RecallConversationsResponse:
+        user_id = caller_id()
+        if self._conversation_recaller is None:
+            raise FailedPrecondition("conversation recall is not configured")
+        query = ConversationQuery(
+            text=request.query,
+            k=request.k or self._recall_k,
+            agent_id=request.agent_id or None,
+            since=request.since.ToDatetime(UTC) if request.HasField("since") else None,
+            until=request.until.ToDatetime(UTC) if request.HasField("until") else None,
+        )
+        hits = await self._conversation_recaller.recall(user_id, query)
+        return memory_pb2.RecallConversationsResponse(
+            results=[convert.message_hit_to_proto(hit) for hit in hits]
+        )
 
 
 class AgentServicer(memory_pb2_grpc.AgentServiceServicer):

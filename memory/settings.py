@@ -5,31 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from memory.embedding_models import (
+    OFFLINE_EMBEDDING_MODEL,
+    EmbeddingModel,
+    check_dimension,
+    sends_dimensions,
+    similarity_threshold,
+)
 from mesh.settings import ServiceSettings
 
-OFFLINE_EMBEDDING_MODEL = "athena-offline-embed"
-"""Name under which the offline model server (and the in-package hashing embedder) embeds."""
-
-DEFAULT_SIMILARITY_THRESHOLDS: dict[str, float] = {
-    # Signed feature hashing of words and character trigrams (the offline model). Measured at 384
-    # dimensions: a question and the fact it asks about ("what is my caloric goal?" / "my caloric goal is
-    # 2000 kcal") ≈ 0.66-0.79; unrelated memories ≈ 0.06 median, 0.27 p95, 0.53 worst (two sentences
-    # sharing only "what is my ... name"). 0.55 keeps the first and drops the rest; weaker matches
-    # ("what did I eat for breakfast?" ≈ 0.42) are left to the keyword stage.
-    OFFLINE_EMBEDDING_MODEL: 0.55,
-    # The seed's figure, tuned for ada-002, whose similarities crowd between 0.7 and 1.
-    "text-embedding-ada-002": 0.82,
-    # The v3 models spread similarities lower: related text scores ≈ 0.4-0.7.
-    "text-embedding-3-small": 0.45,
-    "text-embedding-3-large": 0.45,
-}
-"""Cosine similarity a memory needs to pass the vector stage, per embedding model."""
-
-MODELS_WITHOUT_DIMENSIONS = frozenset({"text-embedding-ada-002"})
-"""Embedding models with a fixed size that refuse the `dimensions` request parameter."""
+__all__ = ["OFFLINE_EMBEDDING_MODEL", "MemorySettings"]
 
 
 class MemorySettings(ServiceSettings):
@@ -59,9 +47,10 @@ class MemorySettings(ServiceSettings):
     )
     """API key of `openai_base_url`."""
     embedding_model: str = OFFLINE_EMBEDDING_MODEL
-    """Embedding model name."""
+    """Embedding model name. Changing it (or the dimension) makes the new model current: recall uses only
+    its vectors, and every stored memory and message is embedded again in the background (memory.reembed)."""
     embedding_dimension: int = Field(384, ge=1, le=16000)
-    """Length of embeddings; the `vector_memory.embedding` column is created with it (see memory.migrate)."""
+    """Length of embeddings (a model at another dimension is another model)."""
     embedding_send_dimensions: bool | None = None
     """Whether requests carry `dimensions`; None: yes, except for models that refuse it (ada-002)."""
     embedding_timeout_seconds: float = Field(10.0, gt=0)
@@ -70,12 +59,21 @@ class MemorySettings(ServiceSettings):
     """Embeddings requests out at once; calls arriving meanwhile wait and go out as one request."""
     embedding_batch_size: int = Field(64, ge=1, le=2048)
     """Most texts in one embeddings request (OpenAI accepts up to 2,048 inputs)."""
-    similarity_thresholds: dict[str, float] = Field(
-        default_factory=lambda: dict(DEFAULT_SIMILARITY_THRESHOLDS)
-    )
-    """Vector-stage threshold per embedding model (JSON in MEMORY_SIMILARITY_THRESHOLDS)."""
-    default_similarity_threshold: float = Field(0.82, ge=-1.0, le=1.0)
-    """Threshold of models missing from `similarity_thresholds`."""
+    similarity_thresholds: dict[str, float] = Field(default_factory=dict)
+    """Vector-stage threshold per embedding model (JSON in MEMORY_SIMILARITY_THRESHOLDS), over the
+    calibrated table `memory.embedding_models.KNOWN_MODELS`."""
+    default_similarity_threshold: float | None = Field(None, ge=-1.0, le=1.0)
+    """Threshold of models neither in `similarity_thresholds` nor in the calibrated table; a model without
+    any threshold is refused at start-up."""
+    reembed_sweep: bool = True
+    """Whether this replica works on the re-embedding job (the job is leased: one replica at a time does);
+    false keeps a replica off it, e.g. to spend the embedding API's rate limit on turns."""
+    reembed_batch_size: int = Field(64, ge=1, le=2048)
+    """Texts embedded (and written) at once by the background re-embedding."""
+    reembed_lease_seconds: float = Field(30.0, ge=1, le=3600)
+    """How long a replica holds the re-embedding job between batches before another may take it over."""
+    reembed_idle_seconds: float = Field(30.0, gt=0, le=3600)
+    """How often a replica without the job (or with nothing to do) looks at it again."""
     recency_weight: float = Field(0.15, ge=0.0, le=1.0)
     """w in score = (1 − w)·similarity + w·2^(−age_days / half_life_days)."""
     recency_half_life_days: float = Field(30.0, gt=0)
@@ -146,14 +144,28 @@ class MemorySettings(ServiceSettings):
             else self.data_dir / "vapid" / "private_key.pem"
         )
 
+    @model_validator(mode="after")
+    def _embedding_model_known(self) -> MemorySettings:
+        """A model at a dimension it cannot answer, or one without a threshold, stops start-up."""
+        check_dimension(self.embedding_model, self.embedding_dimension)
+        _ = self.similarity_threshold
+        return self
+
+    @property
+    def embedding(self) -> EmbeddingModel:
+        """The current embedding model."""
+        return EmbeddingModel(self.embedding_model, self.embedding_dimension)
+
     @property
     def sends_dimensions(self) -> bool:
         """Whether embedding requests carry the `dimensions` parameter."""
         if self.embedding_send_dimensions is not None:
             return self.embedding_send_dimensions
-        return self.embedding_model not in MODELS_WITHOUT_DIMENSIONS
+        return sends_dimensions(self.embedding_model)
 
     @property
     def similarity_threshold(self) -> float:
         """The vector-stage threshold of the configured embedding model."""
-        return self.similarity_thresholds.get(self.embedding_model, self.default_similarity_threshold)
+        return similarity_threshold(
+            self.embedding_model, self.similarity_thresholds, self.default_similarity_threshold
+        )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from memory.domain import (
@@ -30,10 +30,14 @@ ExportRecord = UserAgent | ConversationRecord | MemoryRecord
 @dataclass(frozen=True, slots=True)
 class Candidates:
     """A recall's candidates: the nearest memories with their cosine similarity, nearest first, and the
-    keyword matches with their normalised text rank, best first."""
+    keyword matches with their normalised text rank, best first. `nearest` holds only memories with a
+    vector of the current embedding model."""
 
     nearest: list[tuple[MemoryRecord, float]]
     keyword: list[tuple[MemoryRecord, float]]
+    unembedded: list[tuple[MemoryRecord, float]] = field(default_factory=list)
+    """Those of `keyword` without a vector of the current model (not yet re-embedded): the vector stage
+    cannot see them, so they follow its hits."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,12 @@ The rules look at the last message (SPEC §4):
   many steps did I walk today?", "how did I sleep last night?", "my resting heart rate this month") →
   `wearable_stats{metric, range}` (the metric its words name; today, yesterday, 30 or 90 days when it says
   so, else 7 days; sleep "last night" is today's, the night that ended this morning), other words about
-  the calendar → `calendar_freebusy{start, end}` over the next 7 days;
+  the calendar → `calendar_freebusy{start, end}` over the next 7 days; a question about what the person
+  said before ("what did I tell the nutrition coach last week about dinner?", "what did we talk about…",
+  "remind me what I said about…") → `recall_conversations{query, agent?, since?, until?}`
+  (`conversation_recall_call`: the words after "about" as the query, else the whole question; "the <id>
+  coach|agent" as the agent; "today", "yesterday", "last|past|this week" (the last 7 days, today
+  included), "last|past month" (30 days) as UTC dates, both ends included);
 - a request whose `response_format` asks for the JSON schema `athena_memory_facts` (the memory service's
   fact extraction, `memory.facts`) is answered `{"facts": [...]}` by the rules of `extract_facts` ("I'm
   vegetarian", "I am allergic to X", "my goal is now N kcal", "I live in X", "call me X");
@@ -46,6 +51,7 @@ CALENDAR_TOOL = "calendar_freebusy"
 EVENTS_TOOL = "calendar_events"
 FILES_TOOL = "file_search"
 HEALTH_TOOL = "wearable_stats"
+RECALL_CONVERSATIONS_TOOL = "recall_conversations"
 HANDOFF_PREFIX = "handoff_to_"
 """The orchestrator offers one tool per reachable agent, named `handoff_to_<agent_id>`."""
 
@@ -268,6 +274,8 @@ def _tool_call_for(text: str, now: datetime) -> ToolCallReply | None:
         question = match["question"].strip()
         if question:
             return ToolCallReply(HANDOFF_PREFIX + match["agent"].lower(), {"reason": question})
+    if (call := conversation_recall_call(text, now)) is not None:
+        return call
     if _FILES.search(text):
         topic = _FILES_TOPIC.match(text)
         query = clean_fact(topic["topic"]) if topic else ""
@@ -280,6 +288,47 @@ def _tool_call_for(text: str, now: datetime) -> ToolCallReply | None:
     if _CALENDAR.search(text):
         return _freebusy_call(now)
     return None
+
+
+_PAST_CONVERSATION = re.compile(
+    r"\b(?:what|when)\s+did\s+(?:I|we)\s+(?:tell|say|mention|ask|write|talk|discuss)\b"
+    r"|\bremind\s+me\s+what\s+(?:I|we)\s+(?:told|said|asked|wrote|discussed)\b",
+    re.IGNORECASE,
+)
+_AGENT_NAMED = re.compile(
+    r"\b(?P<agent>[a-z][a-z0-9_]{0,31})\s+(?:coach|agent|assistant|expert)\b", re.IGNORECASE
+)
+_PAST_TOPIC = re.compile(r"\babout\s+(?P<topic>.+)$", re.IGNORECASE | re.DOTALL)
+_PERIODS = (  # (words, days back from today; 0 = today only), the first that matches
+    (re.compile(r"\b(?:last|past|this)\s+week\b", re.IGNORECASE), 7),
+    (re.compile(r"\b(?:last|past|this)\s+month\b", re.IGNORECASE), 30),
+    (re.compile(r"\byesterday\b", re.IGNORECASE), -1),
+    (re.compile(r"\btoday\b", re.IGNORECASE), 0),
+)
+
+
+def conversation_recall_call(text: str, now: datetime) -> ToolCallReply | None:
+    """`recall_conversations` for a question about what the person said in earlier conversations, else
+    None. The period words are dates in the arguments, not part of the query."""
+    if not _PAST_CONVERSATION.search(text):
+        return None
+    topic = _PAST_TOPIC.search(text)
+    query = topic["topic"] if topic else text
+    arguments: dict[str, Any] = {}
+    today = now.astimezone(UTC).date()
+    for pattern, days in _PERIODS:
+        if pattern.search(text):
+            query = pattern.sub(" ", query)
+            first = today - timedelta(days=max(days, 1) if days else 0)
+            last = today - timedelta(days=1) if days < 0 else today
+            arguments["since"], arguments["until"] = first.isoformat(), last.isoformat()
+            break
+    query = " ".join(clean_fact(query).split())
+    if len(query) < 2:
+        return None
+    if agent := _AGENT_NAMED.search(text):
+        arguments["agent"] = agent["agent"].lower()
+    return ToolCallReply(RECALL_CONVERSATIONS_TOOL, {"query": query[:200], **arguments})
 
 
 def _freebusy_call(now: datetime) -> ToolCallReply:
@@ -361,7 +410,30 @@ def _after_tool_result(messages: Sequence[Message]) -> TextReply:
         return TextReply(_files_summary(content))
     if name == HEALTH_TOOL:
         return TextReply(_health_summary(content))
+    if name == RECALL_CONVERSATIONS_TOOL:
+        return TextReply(_past_messages_summary(content))
     return TextReply("Done.")
+
+
+PAST_MESSAGES_NAMED = 3
+"""Past messages a summary quotes at most."""
+
+
+def _past_messages_summary(content: str) -> str:
+    """The best past messages, each with its day and who said it to whom."""
+    messages = _decode_arguments(content).get("messages") or []
+    quoted = []
+    for message in messages[:PAST_MESSAGES_NAMED]:
+        if not isinstance(message, Mapping):
+            continue
+        day = str(message.get("at", ""))[:10]
+        agent = str(message.get("agent", "")) or "the agent"
+        said = " ".join(str(message.get("text", "")).split())
+        who = f"you told {agent}" if message.get("role") == "user" else f"{agent} said"
+        quoted.append(f"on {day} {who}: “{said}”")
+    if not quoted:
+        return "I couldn't find that in our past conversations."
+    return "From our past conversations: " + "; ".join(quoted) + "."
 
 
 def _originating_call(messages: Sequence[Message], tool_call_id: Any) -> tuple[str | None, dict[str, Any]]:

@@ -8,6 +8,7 @@ raises peer statuses as `mesh.errors` exceptions.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 import grpc
 from athena.account.v1 import account_pb2
@@ -23,6 +24,7 @@ from orchestrator.records import (
     HistoryMessage,
     Memory,
     NewTurn,
+    PastMessage,
     Role,
     Scope,
     StoredMemory,
@@ -117,6 +119,23 @@ class GrpcMemoryGateway:
             timeout_seconds=self._timeout,
         )
         return [_memory(result) for result in response.results]
+
+    async def recall_conversations(
+        self,
+        query: str,
+        *,
+        agent_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        k: int = 8,
+    ) -> list[PastMessage]:
+        request = memory_pb2.RecallConversationsRequest(query=query, agent_id=agent_id or "", k=k)
+        if since is not None:
+            request.since.FromDatetime(since)
+        if until is not None:
+            request.until.FromDatetime(until)
+        response = await call(self._conversations.RecallConversations, request, timeout_seconds=self._timeout)
+        return [_past_message(result) for result in response.results if result.message.role in _ROLES]
 
     async def remember(self, text: str, scope: Scope, agent_id: str, key: str = "") -> StoredMemory:
         response = await call(
@@ -281,4 +300,18 @@ def _memory(result: memory_pb2.RecallResult) -> Memory:
         valid_to=result.memory.valid_to.ToDatetime().date().isoformat()
         if result.memory.HasField("valid_to")
         else "",
+    )
+
+
+def _past_message(result: memory_pb2.RecalledMessage) -> PastMessage:
+    message = result.message
+    return PastMessage(
+        conversation_id=result.conversation_id,
+        message_id=message.id,
+        role=_ROLES[message.role],
+        agent_id=message.agent_id,
+        text=message.content,
+        at=message.created_at.ToDatetime(UTC),
+        score=result.score,
+        stage=_STAGES.get(result.stage, ""),
     )

@@ -8,10 +8,19 @@ in `tests/doubles/memory.py`, both held to one contract suite (tests/service/tes
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Protocol
 
 from orchestrator.catalog import AgentSpec
-from orchestrator.records import AssistantMessage, Memory, NewTurn, Scope, StoredMemory, TurnStart
+from orchestrator.records import (
+    AssistantMessage,
+    Memory,
+    NewTurn,
+    PastMessage,
+    Scope,
+    StoredMemory,
+    TurnStart,
+)
 
 
 class MemoryGateway(Protocol):
@@ -40,6 +49,18 @@ class MemoryGateway(Protocol):
         ...
 
     async def recall(self, query: str, agent_id: str, k: int) -> list[Memory]: ...
+
+    async def recall_conversations(
+        self,
+        query: str,
+        *,
+        agent_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        k: int = 8,
+    ) -> list[PastMessage]:
+        """The caller's past messages matching `query` (of one agent, within [since, until)), best first."""
+        ...
 
     async def remember(self, text: str, scope: Scope, agent_id: str, key: str = "") -> StoredMemory: ...
 

@@ -1,6 +1,7 @@
 """Prompt packaging (pure): what the model sees for one step of a turn, in this order —
 
-1. the answering agent's system prompt;
+1. the answering agent's system prompt, and a system message with today's date (UTC), from which the
+   model turns "last week" into dates (tools such as `recall_conversations` take dates);
 2. one system message `Memories:` with a `- <text>` line per recalled memory (only when there are any);
 3. the recent history of the conversation (user and assistant texts);
 4. the user's message through the agent's user-prompt template;
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from datetime import date
 
 from orchestrator.catalog import AgentSpec
 from orchestrator.model import ChatMessage, ModelToolCall
@@ -46,14 +48,22 @@ def history_messages(history: Sequence[HistoryMessage]) -> list[ChatMessage]:
     ]
 
 
+def today_message(today: date) -> ChatMessage:
+    """The system message saying what day it is."""
+    return {"role": "system", "content": f"Today is {today.isoformat()} ({today:%A}), UTC."}
+
+
 def build_prompt(
     agent: AgentSpec,
     memories: Sequence[Memory],
     history: Sequence[HistoryMessage],
     user_text: str,
     transcript: Sequence[ChatMessage] = (),
+    today: date | None = None,
 ) -> tuple[ChatMessage, ...]:
     messages: list[ChatMessage] = [{"role": "system", "content": agent.system_prompt}]
+    if today is not None:
+        messages.append(today_message(today))
     recalled = memories_message(memories)
     if recalled is not None:
         messages.append(recalled)

@@ -60,6 +60,21 @@ class Role(enum.StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class PastMessage:
+    """A message of an earlier conversation, as RecallConversations found it."""
+
+    conversation_id: str
+    message_id: str
+    role: Role
+    agent_id: str
+    text: str
+    at: datetime
+    score: float = 0.0
+    stage: str = ""
+    """"vector" or "keyword"."""
+
+
+@dataclass(frozen=True, slots=True)
 class Handoff:
     """The conversation moved to another agent, which answers from there on."""
 

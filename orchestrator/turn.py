@@ -20,6 +20,7 @@ import time
 from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import aclosing, suppress
 from dataclasses import dataclass, field, replace
+from datetime import UTC
 
 from tenacity import AsyncRetrying, retry_if_result, wait_exponential
 
@@ -291,7 +292,9 @@ class TurnRunner:
             model = self._model_name(agent.model)
             model_request = ModelRequest(
                 model=model,
-                messages=prompt.build_prompt(agent, memories, history, text, transcript),
+                messages=prompt.build_prompt(
+                    agent, memories, history, text, transcript, today=context.now().astimezone(UTC).date()
+                ),
                 tools=(*self._tools.specs(), *self._handoff_tools(agent, enabled)),
             )
             step_text: list[str] = []

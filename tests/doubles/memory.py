@@ -14,7 +14,8 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 
 from memory.domain import conversation_title, require_json
 from mesh.errors import AthenaError, FailedPrecondition, InvalidArgument, NotFound
@@ -24,6 +25,7 @@ from orchestrator.records import (
     HistoryMessage,
     Memory,
     NewTurn,
+    PastMessage,
     Role,
     Scope,
     StoredMemory,
@@ -234,6 +236,37 @@ class InMemoryGateway:
             Memory(m.id, m.text, m.scope, m.agent_id, similarity=0.0, score=score, stage="keyword")
             for score, m in scored[:k]
         ]
+
+    async def recall_conversations(
+        self,
+        query: str,
+        *,
+        agent_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        k: int = 8,
+    ) -> list[PastMessage]:
+        """Messages sharing words with `query`, most shared first (every message is "now": a window that
+        excludes the present finds nothing)."""
+        self._enter("recall_conversations")
+        now = datetime.now(UTC)
+        if (since is not None and since > now) or (until is not None and until <= now):
+            return []
+        wanted = _words(query)
+        scored = []
+        for conversation_id, conversation in self.conversations.items():
+            for message in conversation.messages:
+                role = message.role if isinstance(message, HistoryMessage) else Role.ASSISTANT
+                content = message.content
+                message_agent = message.agent_id
+                shared = len(wanted & _words(content))
+                if shared and (agent_id is None or message_agent == agent_id):
+                    past = PastMessage(
+                        conversation_id, message.id, role, message_agent, content, now, shared / len(wanted)
+                    )
+                    scored.append(past)
+        scored.sort(key=lambda past: past.score, reverse=True)
+        return [replace(past, stage="keyword") for past in scored[:k]]
 
     async def remember(self, text: str, scope: Scope, agent_id: str, key: str = "") -> StoredMemory:
         """Refreshes the memory with the same key in the same scope (or, without a key, exactly the same

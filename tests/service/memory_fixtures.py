@@ -97,22 +97,28 @@ async def start_memory(
     database_url: str,
     redis_url: str,
     *,
+    embedder: HashingEmbedder | None = None,
     extractor: FactExtractor | None = None,
     **overrides: Any,
 ) -> MemoryHarness:
-    """The memory service built like `python -m memory` (migrations included), with the hashing embedder."""
+    """The memory service built like `python -m memory` (migrations included), with the hashing embedder
+    (`embedder`, if given: its model is configured as the embedding model)."""
     overrides.setdefault("ATHENA_SERVICE_KEY", SERVICE_KEY)
+    # Off unless a test asks: on the session's shared database the sweep would meet other tests' users,
+    # whose data keys are wrapped by their own tests' KMS keys.
+    overrides.setdefault("reembed_sweep", False)
     overrides.setdefault("extraction_enabled", False)  # tests of fact learning turn it on
+    embedder = embedder or HashingEmbedder(DIMENSION)
     settings = MemorySettings(
         **service_settings(
             tmp_path,
             database_url=database_url,
             redis_url=redis_url,
-            embedding_dimension=DIMENSION,
+            embedding_model=embedder.model.name,
+            embedding_dimension=embedder.model.dimension,
             **overrides,
         )
     )
-    embedder = HashingEmbedder(DIMENSION)
     deps = MemoryDeps(verifier=verifier, embedder=embedder, kms=local_kms(tmp_path), extractor=extractor)
     service = await start_service(MEMORY, settings, deps)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{service.port}")

@@ -15,6 +15,7 @@ from memory_fixtures import MemoryHarness, expect_status, memory_service, start_
 __all__ = ["memory_service"]
 
 USER = account_pb2.MEMORY_SCOPE_USER
+OFFLINE = "athena-offline-embed"
 GOOD_CONVERSATION = "6f1c2e1a-4d4b-4c53-9d1e-1f6b1f1c2e1a"
 CASES: list[tuple[str, str, Any, str]] = [
     ("memory", "Remember", memory_pb2.RememberRequest(text="", scope=USER, agent_id="athena"), "text"),
@@ -49,8 +50,16 @@ CASES: list[tuple[str, str, Any, str]] = [
     (
         "memory",
         "Remember",
-        memory_pb2.RememberRequest(text="fact", scope=USER, agent_id="athena", embedding=[0.1] * 3),
+        memory_pb2.RememberRequest(
+            text="fact", scope=USER, agent_id="athena", embedding=[0.1] * 3, embedding_model=OFFLINE
+        ),
         "embedding",
+    ),
+    (
+        "memory",
+        "Remember",
+        memory_pb2.RememberRequest(text="fact", scope=USER, agent_id="athena", embedding=[0.1] * 384),
+        "embedding_model",
     ),
     ("memory", "Recall", memory_pb2.RecallRequest(query="", agent_id="athena"), "query"),
     ("memory", "Recall", memory_pb2.RecallRequest(query="x" * 4001, agent_id="athena"), "query"),
@@ -59,8 +68,16 @@ CASES: list[tuple[str, str, Any, str]] = [
     (
         "memory",
         "Recall",
-        memory_pb2.RecallRequest(query="goal", agent_id="athena", embedding=[1.0] * 385),
+        memory_pb2.RecallRequest(
+            query="goal", agent_id="athena", embedding=[1.0] * 385, embedding_model=OFFLINE
+        ),
         "embedding",
+    ),
+    (
+        "memory",
+        "Recall",
+        memory_pb2.RecallRequest(query="goal", agent_id="athena", embedding=[1.0] * 384),
+        "embedding_model",
     ),
     ("memory", "Forget", memory_pb2.ForgetRequest(), "target"),
     ("memory", "Forget", memory_pb2.ForgetRequest(memory_id="not-a-uuid"), "memory_id"),
@@ -213,7 +230,9 @@ async def test_bad_input_is_invalid_argument_naming_the_field(
 async def test_refused_requests_write_nothing(memory_service: MemoryHarness) -> None:
     _, md = memory_service.user()
     for request in (
-        memory_pb2.RememberRequest(text="fact", scope=USER, agent_id="athena", embedding=[0.5] * 10),
+        memory_pb2.RememberRequest(
+            text="fact", scope=USER, agent_id="athena", embedding=[0.5] * 10, embedding_model=OFFLINE
+        ),
         memory_pb2.RememberRequest(text="fact", scope=USER, agent_id="athena", key="bad key"),
     ):
         await expect_status(

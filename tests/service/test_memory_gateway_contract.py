@@ -13,6 +13,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
@@ -273,6 +274,27 @@ async def test_another_users_conversation_is_not_found(memory: Memory) -> None:
         await memory.gateway.start_turn(NewTurn("athena", "show me", start.conversation_id), 20)
     with pytest.raises(NotFound):
         await memory.gateway.append_assistant_message(start.conversation_id, answer("injected"))
+
+
+async def test_past_messages_are_found_by_their_words_for_their_owner_only(memory: Memory) -> None:
+    start = await memory.gateway.start_turn(NewTurn("nutrition", "dinner is lentil soup"), history_messages=0)
+    await memory.gateway.append_assistant_message(
+        start.conversation_id, answer("Lentil soup it is", "nutrition")
+    )
+    found = await memory.gateway.recall_conversations("lentil soup dinner")
+    assert found[0].conversation_id == start.conversation_id
+    assert (found[0].role, found[0].agent_id, found[0].text) == (
+        Role.USER,
+        "nutrition",
+        "dinner is lentil soup",
+    )
+    assert {past.text for past in found} == {"dinner is lentil soup", "Lentil soup it is"}
+    assert found[0].at.tzinfo is not None
+    assert await memory.gateway.recall_conversations("lentil soup", agent_id="focus") == []
+    tomorrow = datetime.now(UTC) + timedelta(days=1)
+    assert await memory.gateway.recall_conversations("lentil soup", since=tomorrow) == []
+    async with memory.someone_else() as theirs:
+        assert await theirs.recall_conversations("lentil soup dinner") == []
 
 
 # --- agents --------------------------------------------------------------------------------------------

@@ -260,16 +260,54 @@ async def test_precomputed_embedding_is_used(memory_service: MemoryHarness) -> N
     _, md = memory_service.user()
     vector = [0.0] * 384
     vector[7] = 1.0
+    model = "athena-offline-embed"
     await memory_service.memory.Remember(
-        memory_pb2.RememberRequest(text="zzz", scope=USER, agent_id="athena", embedding=vector), metadata=md
+        memory_pb2.RememberRequest(
+            text="zzz", scope=USER, agent_id="athena", embedding=vector, embedding_model=model
+        ),
+        metadata=md,
     )
     results = (
         await memory_service.memory.Recall(
-            memory_pb2.RecallRequest(query="anything", agent_id="athena", embedding=vector), metadata=md
+            memory_pb2.RecallRequest(
+                query="anything", agent_id="athena", embedding=vector, embedding_model=model
+            ),
+            metadata=md,
         )
     ).results
     assert [r.memory.text for r in results] == ["zzz"]
     assert results[0].similarity == pytest.approx(1.0, abs=1e-5)
+
+
+async def test_a_precomputed_embedding_of_another_model_is_refused(memory_service: MemoryHarness) -> None:
+    """Same dimension, another model: comparing it with the stored vectors would be silently wrong."""
+    _, md = memory_service.user()
+    vector = [0.5] * 384
+    refused = await expect_status(
+        memory_service.memory.Remember(
+            memory_pb2.RememberRequest(
+                text="zzz",
+                scope=USER,
+                agent_id="athena",
+                embedding=vector,
+                embedding_model="all-MiniLM-L6-v2",
+            ),
+            metadata=md,
+        ),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    )
+    assert "athena-offline-embed" in (refused.details() or "")
+    await expect_status(
+        memory_service.memory.Recall(
+            memory_pb2.RecallRequest(
+                query="zzz", agent_id="athena", embedding=vector, embedding_model="text-embedding-3-small"
+            ),
+            metadata=md,
+        ),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    )
+    listed = await memory_service.memory.ListMemories(memory_pb2.ListMemoriesRequest(), metadata=md)
+    assert list(listed.memories) == []
 
 
 async def test_a_turn_is_stored_and_recalled_for_in_one_call_and_stored_even_when_recall_fails(

@@ -252,6 +252,36 @@ async def test_what_one_agent_remembers_for_the_user_another_agent_knows(
     assert answer(await run(orchestrator, stranger, "what is my caloric goal?")) == "I don't know that yet."
 
 
+async def test_a_past_conversation_is_recalled_by_what_was_said_and_only_for_its_owner(
+    mesh: Mesh, orchestrator: orchestrator_pb2_grpc.OrchestratorServiceAsyncStub
+) -> None:
+    _, metadata = mesh.user()
+    said = "For dinner on weeknights I cook lentil soup with garlic"
+    await run(orchestrator, metadata, said, agent_id="nutrition")
+    question = "What did I tell the nutrition coach last week about dinner?"
+
+    asked = await run(orchestrator, metadata, question, agent_id="focus")
+    call = next(event.tool_call for event in asked if event.HasField("tool_call"))
+    arguments = json.loads(call.arguments_json)
+    assert (call.name, arguments["query"], arguments["agent"]) == (
+        "recall_conversations",
+        "dinner",
+        "nutrition",
+    )
+    today = datetime.now(UTC).date()
+    assert (arguments["since"], arguments["until"]) == (
+        (today - timedelta(days=7)).isoformat(),
+        today.isoformat(),
+    )
+    assert f"you told nutrition: \u201c{said}\u201d" in answer(asked)
+
+    _, stranger = mesh.user()
+    assert (
+        answer(await run(orchestrator, stranger, question))
+        == "I couldn't find that in our past conversations."
+    )
+
+
 async def test_agent_scoped_memories_stay_with_their_agent(
     mesh: Mesh, orchestrator: orchestrator_pb2_grpc.OrchestratorServiceAsyncStub
 ) -> None:

@@ -78,8 +78,9 @@ def random_values(descriptor: FieldDescriptor) -> st.SearchStrategy[Any]:
 
 
 def requests(message_type: type[Message]) -> st.SearchStrategy[Message]:
-    """Instances of `message_type` (scalars, or messages of scalars, or left unset): a random subset of the fields gets random
-    values, the others valid ones, so a random value also reaches code behind the other fields' checks."""
+    """Instances of `message_type` (scalars, or messages of scalars, or left unset): a random subset of the
+    fields gets random values, the others valid ones, so a random value also reaches code behind the other
+    fields' checks."""
     fields = message_type.DESCRIPTOR.fields
     if not fields:
         return st.just(message_type())

@@ -18,11 +18,12 @@ from memory.domain import (
     optional_embedding,
     require_json,
 )
+from memory.embedding_models import KNOWN_MODELS, OFFLINE_EMBEDDING_MODEL
 from memory.migrate import migration_dimension, render_schema
 from memory.pagination import Cursor, decode_page_token, encode_page_token
 from memory.ranking import RankingPolicy
 from memory.recall import Recaller, RecallQuery
-from memory.settings import DEFAULT_SIMILARITY_THRESHOLDS, OFFLINE_EMBEDDING_MODEL, MemorySettings
+from memory.settings import MemorySettings
 from memory.stores import Candidates
 from mesh.errors import InvalidArgument
 
@@ -97,9 +98,11 @@ class FakeStore:
         self,
         nearest: Sequence[tuple[MemoryRecord, float]],
         keyword: Sequence[tuple[MemoryRecord, float]] = (),
+        unembedded: Sequence[tuple[MemoryRecord, float]] = (),
     ) -> None:
         self._nearest = list(nearest)
         self._keyword = list(keyword)
+        self._unembedded = list(unembedded)
         self.keyword_queries: list[str] = []
         self.limits: list[int] = []
 
@@ -126,7 +129,7 @@ class FakeStore:
     ) -> Candidates:
         nearest = await self.nearest(user_id, agent_id, embedding, limit)
         keyword = await self.keyword(user_id, agent_id, words, limit) if words is not None else []
-        return Candidates(nearest, keyword)
+        return Candidates(nearest, keyword, self._unembedded[:limit])
 
 
 def recaller(store: FakeStore, threshold: float = 0.55) -> Recaller:
@@ -161,6 +164,23 @@ async def test_keyword_stage_ranks_only_when_no_vector_passes() -> None:
     assert store.keyword_queries == ["breakfast oats"]  # the store blinds its words
 
 
+async def test_memories_without_a_current_vector_follow_the_vector_hits_while_re_embedding() -> None:
+    """Mid-way through a model change: what the vector stage can see is ranked by it; memories with no
+    vector of the current model yet are found by their words, after it; k still holds."""
+    store = FakeStore(
+        nearest=[(memory("embedded"), 0.7), (memory("unrelated"), 0.2)],
+        keyword=[(memory("not yet embedded"), 1.0), (memory("embedded"), 0.5)],
+        unembedded=[(memory("not yet embedded"), 1.0)],
+    )
+    hits = await recaller(store).recall("u", RecallQuery(text="q", agent_id="athena", k=8), now=NOW)
+    assert [(h.memory.text, h.stage) for h in hits] == [
+        ("embedded", Stage.VECTOR),
+        ("not yet embedded", Stage.KEYWORD),
+    ]
+    one = await recaller(store).recall("u", RecallQuery(text="q", agent_id="athena", k=1), now=NOW)
+    assert [h.memory.text for h in one] == ["embedded"]
+
+
 async def test_precomputed_embedding_skips_the_model() -> None:
     store = FakeStore(nearest=[(memory("x"), 0.9)])
     embedder = HashingEmbedder(4)
@@ -177,7 +197,7 @@ def cosine(a: str, b: str) -> float:
 
 def test_offline_threshold_separates_facts_from_unrelated_memories() -> None:
     """The calibration behind the shipped default for the offline (hashing) embedder."""
-    threshold = DEFAULT_SIMILARITY_THRESHOLDS[OFFLINE_EMBEDDING_MODEL]
+    threshold = KNOWN_MODELS[OFFLINE_EMBEDDING_MODEL].threshold
     assert cosine("what is my caloric goal?", "my caloric goal is 2000 kcal") >= threshold
     assert (
         cosine("what are my preferred focus blocks?", "my preferred focus blocks are 90 minutes") >= threshold
@@ -203,11 +223,11 @@ def test_thresholds_follow_the_embedding_model(monkeypatch: pytest.MonkeyPatch) 
     ):
         monkeypatch.delenv(name, raising=False)
     assert MemorySettings().similarity_threshold == 0.55
-    assert MemorySettings(embedding_model="text-embedding-ada-002").similarity_threshold == 0.82
+    ada = MemorySettings(embedding_model="text-embedding-ada-002", embedding_dimension=1536)
+    assert ada.similarity_threshold == 0.82
     assert MemorySettings(embedding_model="text-embedding-3-small").similarity_threshold == 0.45
-    assert MemorySettings(embedding_model="something-else").similarity_threshold == 0.82
     assert MemorySettings().sends_dimensions
-    assert not MemorySettings(embedding_model="text-embedding-ada-002").sends_dimensions
+    assert not ada.sends_dimensions
 
 
 def test_settings_read_the_shared_variables(monkeypatch: pytest.MonkeyPatch) -> None:

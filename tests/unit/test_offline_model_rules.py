@@ -476,3 +476,70 @@ def test_health_data_is_summarised_in_a_sentence(
 ) -> None:
     messages = [user("how many steps?"), *tool_turn("wearable_stats", arguments, result)]
     assert rules.plan_reply(messages, (*ALL_TOOLS, "wearable_stats"), NOW) == rules.TextReply(expected)
+
+
+RECALL_TOOLS = (*ALL_TOOLS, "recall_conversations")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "What did I tell the nutrition coach last week about dinner?",
+            {"query": "dinner", "agent": "nutrition", "since": "2025-02-22", "until": "2025-03-01"},
+        ),
+        (
+            "what did we talk about yesterday regarding sleep",
+            {"query": "regarding sleep", "since": "2025-02-28", "until": "2025-02-28"},
+        ),
+        ("Remind me what I said about my marathon plan", {"query": "my marathon plan"}),
+        (
+            "what did I ask the focus coach today?",
+            {
+                "query": "what did I ask the focus coach",
+                "agent": "focus",
+                "since": "2025-03-01",
+                "until": "2025-03-01",
+            },
+        ),
+    ],
+)
+def test_questions_about_past_conversations_call_recall_conversations(
+    text: str, expected: dict[str, Any]
+) -> None:
+    reply = rules.plan_reply([user(text)], RECALL_TOOLS, NOW)
+    assert reply == rules.ToolCallReply("recall_conversations", expected)
+
+
+def test_past_conversations_are_not_searched_unless_offered() -> None:
+    reply = rules.plan_reply([user("What did I tell the nutrition coach about dinner?")], ALL_TOOLS, NOW)
+    assert reply == rules.TextReply(rules.UNKNOWN_ANSWER)
+
+
+def test_the_answer_quotes_the_past_messages_found() -> None:
+    found = {
+        "messages": [
+            {
+                "role": "user",
+                "agent": "nutrition",
+                "at": "2025-02-25T19:00:00Z",
+                "text": "I cook lentil soup",
+            },
+            {"role": "assistant", "agent": "nutrition", "at": "2025-02-25T19:00:05Z", "text": "Good choice."},
+        ]
+    }
+    messages = [
+        user("what did I tell the nutrition coach about dinner?"),
+        *tool_turn("recall_conversations", {"query": "dinner"}, found),
+    ]
+    assert rules.plan_reply(messages, RECALL_TOOLS, NOW) == rules.TextReply(
+        "From our past conversations: on 2025-02-25 you told nutrition: \u201cI cook lentil soup\u201d; "
+        "on 2025-02-25 nutrition said: \u201cGood choice.\u201d."
+    )
+    nothing = [
+        user("what did I say about cake?"),
+        *tool_turn("recall_conversations", {"query": "cake"}, {"messages": []}),
+    ]
+    assert rules.plan_reply(nothing, RECALL_TOOLS, NOW) == rules.TextReply(
+        "I couldn't find that in our past conversations."
+    )

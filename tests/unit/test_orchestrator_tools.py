@@ -16,10 +16,13 @@ from doubles.memory import InMemoryGateway
 from mesh.app import Deps
 from mesh.errors import Unavailable
 from orchestrator.app import tool_registry
+from orchestrator.catalog import AgentSpec
+from orchestrator.records import NewTurn
 from orchestrator.settings import OrchestratorSettings
 from orchestrator.tools import ToolContext, ToolRegistry, build_registry
 from orchestrator.tools.calendar import CalendarEvent
 from orchestrator.tools.drives import DriveFile, DriveSearch, DriveText
+from orchestrator.tools.memory import window_bound
 from orchestrator.tools.registry import Tool
 from orchestrator.tools.sources import SourceProblem
 from orchestrator.tools.wearables import HealthAnswer, HealthDay
@@ -425,17 +428,18 @@ async def test_memory_tools_use_the_calling_agents_scope() -> None:
     assert memory.memories == []
 
 
+MEMORY_TOOLS = ("remember_memory", "recall_memory", "forget_memory", "recall_conversations")
 CONNECTED_TOOLS = ("calendar_freebusy", "calendar_events", "wearable_stats", "file_search", "file_read")
 
 
 def test_providers_only_add_their_tools_when_configured() -> None:
-    assert build_registry().names == ("remember_memory", "recall_memory", "forget_memory")
+    assert build_registry().names == MEMORY_TOOLS
     calendars = InMemoryCalendars()
     full = build_registry(
         calendar=calendars, events=calendars, wearables=_Health([]), drives=Drive(DriveSearch([], []))
     )
-    assert full.names[3:] == CONNECTED_TOOLS
-    assert build_registry(calendar=calendars).names[3:] == ("calendar_freebusy",)
+    assert full.names[4:] == CONNECTED_TOOLS
+    assert build_registry(calendar=calendars).names[4:] == ("calendar_freebusy",)
 
 
 async def test_the_integrations_service_brings_the_connected_account_tools_and_nothing_else_does(
@@ -448,6 +452,43 @@ async def test_the_integrations_service_brings_the_connected_account_tools_and_n
         )
     finally:
         await deps.resources.aclose()
-    assert connected.names[3:] == CONNECTED_TOOLS
+    assert connected.names[4:] == CONNECTED_TOOLS
     alone = tool_registry(OrchestratorSettings(**service_settings(tmp_path)), Deps())
-    assert alone.names == ("remember_memory", "recall_memory", "forget_memory")
+    assert alone.names == MEMORY_TOOLS
+
+
+async def test_recall_conversations_searches_past_messages_within_the_dates_asked() -> None:
+    memory = InMemoryGateway()
+    memory.agents = [AgentSpec("nutrition", "Nutrition coach", "", "You coach.", "{message}", "", "")]
+    start = await memory.start_turn(
+        NewTurn(agent_id="nutrition", text="for dinner I cook lentil soup"), history_messages=0
+    )
+    registry = build_registry()
+    today = datetime.now(UTC).date()
+    found, is_error = await call(
+        registry, memory, "recall_conversations", query="dinner", agent="nutrition", since=today.isoformat()
+    )
+    assert not is_error
+    assert [(m["conversation_id"], m["role"], m["agent"], m["text"]) for m in found["messages"]] == [
+        (start.conversation_id, "user", "nutrition", "for dinner I cook lentil soup")
+    ]
+    # A date is a whole day: until yesterday excludes today's message; another agent has none of it.
+    yesterday = (today - timedelta(days=1)).isoformat()
+    assert (await call(registry, memory, "recall_conversations", query="dinner", until=yesterday))[0] == {
+        "messages": []
+    }
+    assert (await call(registry, memory, "recall_conversations", query="dinner", agent="focus"))[0] == {
+        "messages": []
+    }
+    refused, is_error = await call(
+        registry, memory, "recall_conversations", query="dinner", since="2030-02-31"
+    )
+    assert is_error
+    assert "since" in json.dumps(refused)
+
+
+def test_window_bounds_are_whole_utc_days_both_ends_included() -> None:
+    assert window_bound("2030-01-07", "since", end=False) == datetime(2030, 1, 7, tzinfo=UTC)
+    assert window_bound("2030-01-07", "until", end=True) == datetime(2030, 1, 8, tzinfo=UTC)
+    assert window_bound("2030-01-07T10:30:00Z", "until", end=True) == datetime(2030, 1, 7, 10, 30, tzinfo=UTC)
+    assert window_bound("2030-01-07T10:30", "since", end=False) == datetime(2030, 1, 7, 10, 30, tzinfo=UTC)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -103,11 +104,14 @@ async def test_the_prompt_holds_system_prompt_memories_history_and_templated_mes
     messages = model.requests[-1].messages
     nutrition = catalog.get("nutrition")
     assert nutrition is not None
-    assert [message["role"] for message in messages] == ["system", "system", "user", "assistant", "user"]
+    roles = ["system", "system", "system", "user", "assistant", "user"]
+    assert [message["role"] for message in messages] == roles
     assert messages[0]["content"] == nutrition.system_prompt
-    assert messages[1]["content"] == "Memories:\n- my caloric goal is 2000 kcal"
-    assert [messages[2]["content"], messages[3]["content"]] == ["hello", "first answer"]
-    assert messages[4]["content"] == nutrition.render_user_prompt("what is my caloric goal?")
+    today = datetime.now(UTC).date()
+    assert messages[1]["content"] == f"Today is {today.isoformat()} ({today:%A}), UTC."
+    assert messages[2]["content"] == "Memories:\n- my caloric goal is 2000 kcal"
+    assert [messages[3]["content"], messages[4]["content"]] == ["hello", "first answer"]
+    assert messages[5]["content"] == nutrition.render_user_prompt("what is my caloric goal?")
 
 
 async def test_memories_recalled_comes_before_the_first_delta_even_when_empty(
@@ -124,7 +128,7 @@ async def test_memories_recalled_comes_before_the_first_delta_even_when_empty(
     ]
     assert turn[1].memories == ()
     # Without memories there is no `Memories:` message at all.
-    assert [message["role"] for message in model.requests[0].messages] == ["system", "user"]
+    assert [message["role"] for message in model.requests[0].messages] == ["system", "system", "user"]
 
 
 async def test_a_multi_step_tool_loop_runs_tools_and_stores_their_records(

@@ -9,6 +9,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
@@ -171,6 +172,7 @@ class RememberRequest(_message.Message):
     AGENT_ID_FIELD_NUMBER: _builtins.int
     KEY_FIELD_NUMBER: _builtins.int
     EMBEDDING_FIELD_NUMBER: _builtins.int
+    EMBEDDING_MODEL_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     """What to remember, 1 to 4,000 characters."""
     scope: _account_pb2.MemoryScope.ValueType
@@ -180,6 +182,10 @@ class RememberRequest(_message.Message):
     key: _builtins.str
     """Optional key (letters, digits, "_", "-", "."; at most 64): a memory with the same key and scope
     supersedes the older value, which stays in the fact's history.
+    """
+    embedding_model: _builtins.str
+    """The embedding model that made `embedding` (required with it). Only the service's current model is
+    accepted (FAILED_PRECONDITION otherwise), so that vectors of two models never mix.
     """
     @_builtins.property
     def embedding(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
@@ -193,10 +199,11 @@ class RememberRequest(_message.Message):
         agent_id: _builtins.str = ...,
         key: _builtins.str = ...,
         embedding: _abc.Iterable[_builtins.float] | None = ...,
+        embedding_model: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "embedding", b"embedding", "key", b"key", "scope", b"scope", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "embedding", b"embedding", "embedding_model", b"embedding_model", "key", b"key", "scope", b"scope", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -240,12 +247,15 @@ class RecallRequest(_message.Message):
     AGENT_ID_FIELD_NUMBER: _builtins.int
     K_FIELD_NUMBER: _builtins.int
     EMBEDDING_FIELD_NUMBER: _builtins.int
+    EMBEDDING_MODEL_FIELD_NUMBER: _builtins.int
     query: _builtins.str
     """The text to recall for, 1 to 4,000 characters."""
     agent_id: _builtins.str
     """The agent recalling; its own memories are candidates besides user-wide ones."""
     k: _builtins.int
     """How many results at most (1 to 50; 0 means the configured default, 8)."""
+    embedding_model: _builtins.str
+    """The embedding model that made `embedding` (required with it); only the current model is accepted."""
     @_builtins.property
     def embedding(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """Optional precomputed embedding of `query`; its length must be the configured dimension."""
@@ -257,10 +267,11 @@ class RecallRequest(_message.Message):
         agent_id: _builtins.str = ...,
         k: _builtins.int = ...,
         embedding: _abc.Iterable[_builtins.float] | None = ...,
+        embedding_model: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "embedding", b"embedding", "k", b"k", "query", b"query"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "embedding", b"embedding", "embedding_model", b"embedding_model", "k", b"k", "query", b"query"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1449,3 +1460,172 @@ class PurgeUserResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PurgeUserResponse: _TypeAlias = PurgeUserResponse  # noqa: Y015
+
+@_typing.final
+class GetEmbeddingStatusRequest(_message.Message):
+    """Request of GetEmbeddingStatus."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetEmbeddingStatusRequest: _TypeAlias = GetEmbeddingStatusRequest  # noqa: Y015
+
+@_typing.final
+class GetEmbeddingStatusResponse(_message.Message):
+    """Response of GetEmbeddingStatus."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    DIMENSION_FIELD_NUMBER: _builtins.int
+    USERS_DONE_FIELD_NUMBER: _builtins.int
+    USERS_TOTAL_FIELD_NUMBER: _builtins.int
+    EMBEDDED_FIELD_NUMBER: _builtins.int
+    FINISHED_FIELD_NUMBER: _builtins.int
+    LEASED_BY_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """The current embedding model (MEMORY_EMBEDDING_MODEL)."""
+    dimension: _builtins.int
+    """Its dimension (MEMORY_EMBEDDING_DIMENSION)."""
+    users_done: _builtins.int
+    """Users (in id order) whose memories and messages all have a vector of the current model."""
+    users_total: _builtins.int
+    """Users with anything stored."""
+    embedded: _builtins.int
+    """Memories and messages embedded by the current job so far."""
+    finished: _builtins.bool
+    """True when every stored text has a vector of the current model (as of the last sweep)."""
+    leased_by: _builtins.str
+    """The replica working on it now; empty when none."""
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        dimension: _builtins.int = ...,
+        users_done: _builtins.int = ...,
+        users_total: _builtins.int = ...,
+        embedded: _builtins.int = ...,
+        finished: _builtins.bool = ...,
+        leased_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dimension", b"dimension", "embedded", b"embedded", "finished", b"finished", "leased_by", b"leased_by", "model", b"model", "users_done", b"users_done", "users_total", b"users_total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetEmbeddingStatusResponse: _TypeAlias = GetEmbeddingStatusResponse  # noqa: Y015
+
+@_typing.final
+class RecallConversationsRequest(_message.Message):
+    """Request of RecallConversations."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUERY_FIELD_NUMBER: _builtins.int
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    UNTIL_FIELD_NUMBER: _builtins.int
+    K_FIELD_NUMBER: _builtins.int
+    query: _builtins.str
+    """What was said, 1 to 4,000 characters."""
+    agent_id: _builtins.str
+    """Only conversations with this agent; empty: every agent."""
+    k: _builtins.int
+    """How many messages at most (1 to 50; 0 means the configured default, 8)."""
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """Only messages stored at or after this time."""
+
+    @_builtins.property
+    def until(self) -> _timestamp_pb2.Timestamp:
+        """Only messages stored before this time (after `since`, when both are given)."""
+
+    def __init__(
+        self,
+        *,
+        query: _builtins.str = ...,
+        agent_id: _builtins.str = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        until: _timestamp_pb2.Timestamp | None = ...,
+        k: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "until", b"until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "k", b"k", "query", b"query", "since", b"since", "until", b"until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecallConversationsRequest: _TypeAlias = RecallConversationsRequest  # noqa: Y015
+
+@_typing.final
+class RecalledMessage(_message.Message):
+    """A past message found by RecallConversations."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    SIMILARITY_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    STAGE_FIELD_NUMBER: _builtins.int
+    conversation_id: _builtins.str
+    """The conversation it belongs to."""
+    similarity: _builtins.float
+    """Cosine similarity to the query (vector stage) or the share of the query's words it holds (keyword)."""
+    score: _builtins.float
+    """Similarity blended with recency."""
+    stage: Global___RecallStage.ValueType
+    """Which stage found it."""
+    @_builtins.property
+    def message(self) -> _chat_pb2.Message:
+        """The message (id, role, agent, content, time)."""
+
+    def __init__(
+        self,
+        *,
+        conversation_id: _builtins.str = ...,
+        message: _chat_pb2.Message | None = ...,
+        similarity: _builtins.float = ...,
+        score: _builtins.float = ...,
+        stage: Global___RecallStage.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "message", b"message", "score", b"score", "similarity", b"similarity", "stage", b"stage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecalledMessage: _TypeAlias = RecalledMessage  # noqa: Y015
+
+@_typing.final
+class RecallConversationsResponse(_message.Message):
+    """Response of RecallConversations."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecalledMessage]:
+        """Best first."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___RecalledMessage] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecallConversationsResponse: _TypeAlias = RecallConversationsResponse  # noqa: Y015

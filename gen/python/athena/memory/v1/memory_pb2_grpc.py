@@ -96,6 +96,11 @@ class MemoryServiceStub:
                 request_serializer=athena_dot_memory_dot_v1_dot_memory__pb2.ForgetEphemeralRequest.SerializeToString,
                 response_deserializer=athena_dot_memory_dot_v1_dot_memory__pb2.ForgetEphemeralResponse.FromString,
                 _registered_method=True)
+        self.GetEmbeddingStatus = channel.unary_unary(
+                '/athena.memory.v1.MemoryService/GetEmbeddingStatus',
+                request_serializer=athena_dot_memory_dot_v1_dot_memory__pb2.GetEmbeddingStatusRequest.SerializeToString,
+                response_deserializer=athena_dot_memory_dot_v1_dot_memory__pb2.GetEmbeddingStatusResponse.FromString,
+                _registered_method=True)
 
 
 class MemoryServiceServicer:
@@ -190,6 +195,15 @@ class MemoryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetEmbeddingStatus(self, request, context):
+        """How far embedding every stored memory and message with the configured embedding model has come
+        (after a model change, the background re-embedding). Called for no user, with the deployment's
+        service key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MemoryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -247,6 +261,11 @@ def add_MemoryServiceServicer_to_server(servicer, server):
                     servicer.ForgetEphemeral,
                     request_deserializer=athena_dot_memory_dot_v1_dot_memory__pb2.ForgetEphemeralRequest.FromString,
                     response_serializer=athena_dot_memory_dot_v1_dot_memory__pb2.ForgetEphemeralResponse.SerializeToString,
+            ),
+            'GetEmbeddingStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetEmbeddingStatus,
+                    request_deserializer=athena_dot_memory_dot_v1_dot_memory__pb2.GetEmbeddingStatusRequest.FromString,
+                    response_serializer=athena_dot_memory_dot_v1_dot_memory__pb2.GetEmbeddingStatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -563,6 +582,33 @@ class MemoryService:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def GetEmbeddingStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/athena.memory.v1.MemoryService/GetEmbeddingStatus',
+            athena_dot_memory_dot_v1_dot_memory__pb2.GetEmbeddingStatusRequest.SerializeToString,
+            athena_dot_memory_dot_v1_dot_memory__pb2.GetEmbeddingStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class ConversationServiceStub:
     """ConversationService stores conversations and their messages.
@@ -608,6 +654,11 @@ class ConversationServiceStub:
                 '/athena.memory.v1.ConversationService/DeleteConversation',
                 request_serializer=athena_dot_memory_dot_v1_dot_memory__pb2.DeleteConversationRequest.SerializeToString,
                 response_deserializer=athena_dot_memory_dot_v1_dot_memory__pb2.DeleteConversationResponse.FromString,
+                _registered_method=True)
+        self.RecallConversations = channel.unary_unary(
+                '/athena.memory.v1.ConversationService/RecallConversations',
+                request_serializer=athena_dot_memory_dot_v1_dot_memory__pb2.RecallConversationsRequest.SerializeToString,
+                response_deserializer=athena_dot_memory_dot_v1_dot_memory__pb2.RecallConversationsResponse.FromString,
                 _registered_method=True)
 
 
@@ -673,6 +724,15 @@ class ConversationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecallConversations(self, request, context):
+        """Finds the caller's past messages (theirs and the agents' answers) by what was said: by meaning
+        (vectors of the current embedding model) and by words (blind tokens), best first, with the stage that
+        found each. Optionally only one agent's conversations and a time window. Only the caller's own.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ConversationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -710,6 +770,11 @@ def add_ConversationServiceServicer_to_server(servicer, server):
                     servicer.DeleteConversation,
                     request_deserializer=athena_dot_memory_dot_v1_dot_memory__pb2.DeleteConversationRequest.FromString,
                     response_serializer=athena_dot_memory_dot_v1_dot_memory__pb2.DeleteConversationResponse.SerializeToString,
+            ),
+            'RecallConversations': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecallConversations,
+                    request_deserializer=athena_dot_memory_dot_v1_dot_memory__pb2.RecallConversationsRequest.FromString,
+                    response_serializer=athena_dot_memory_dot_v1_dot_memory__pb2.RecallConversationsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -902,6 +967,33 @@ class ConversationService:
             '/athena.memory.v1.ConversationService/DeleteConversation',
             athena_dot_memory_dot_v1_dot_memory__pb2.DeleteConversationRequest.SerializeToString,
             athena_dot_memory_dot_v1_dot_memory__pb2.DeleteConversationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecallConversations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/athena.memory.v1.ConversationService/RecallConversations',
+            athena_dot_memory_dot_v1_dot_memory__pb2.RecallConversationsRequest.SerializeToString,
+            athena_dot_memory_dot_v1_dot_memory__pb2.RecallConversationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -71,6 +71,11 @@ class MemoryServiceStub:
     """Deletes `user_id`'s short-lived values of the named namespaces: called for no user, with the
     deployment's service key, when a provider says that what they hold changed (the proactive agents).
     """
+    GetEmbeddingStatus: _grpc.UnaryUnaryMultiCallable[_memory_pb2.GetEmbeddingStatusRequest, _memory_pb2.GetEmbeddingStatusResponse]
+    """How far embedding every stored memory and message with the configured embedding model has come
+    (after a model change, the background re-embedding). Called for no user, with the deployment's
+    service key.
+    """
 
 @_typing.type_check_only
 class MemoryServiceAsyncStub(MemoryServiceStub):
@@ -114,6 +119,11 @@ class MemoryServiceAsyncStub(MemoryServiceStub):
     ForgetEphemeral: _aio.UnaryUnaryMultiCallable[_memory_pb2.ForgetEphemeralRequest, _memory_pb2.ForgetEphemeralResponse]  # type: ignore[assignment]
     """Deletes `user_id`'s short-lived values of the named namespaces: called for no user, with the
     deployment's service key, when a provider says that what they hold changed (the proactive agents).
+    """
+    GetEmbeddingStatus: _aio.UnaryUnaryMultiCallable[_memory_pb2.GetEmbeddingStatusRequest, _memory_pb2.GetEmbeddingStatusResponse]  # type: ignore[assignment]
+    """How far embedding every stored memory and message with the configured embedding model has come
+    (after a model change, the background re-embedding). Called for no user, with the deployment's
+    service key.
     """
 
 class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -223,6 +233,17 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
         deployment's service key, when a provider says that what they hold changed (the proactive agents).
         """
 
+    @_abc_1.abstractmethod
+    def GetEmbeddingStatus(
+        self,
+        request: _memory_pb2.GetEmbeddingStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_memory_pb2.GetEmbeddingStatusResponse, _abc.Awaitable[_memory_pb2.GetEmbeddingStatusResponse]]:
+        """How far embedding every stored memory and message with the configured embedding model has come
+        (after a model change, the background re-embedding). Called for no user, with the deployment's
+        service key.
+        """
+
 def add_MemoryServiceServicer_to_server(servicer: MemoryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
 class ConversationServiceStub:
@@ -257,6 +278,11 @@ class ConversationServiceStub:
     """Returns one conversation with its messages (or only the most recent ones)."""
     DeleteConversation: _grpc.UnaryUnaryMultiCallable[_memory_pb2.DeleteConversationRequest, _memory_pb2.DeleteConversationResponse]
     """Deletes one conversation and its messages."""
+    RecallConversations: _grpc.UnaryUnaryMultiCallable[_memory_pb2.RecallConversationsRequest, _memory_pb2.RecallConversationsResponse]
+    """Finds the caller's past messages (theirs and the agents' answers) by what was said: by meaning
+    (vectors of the current embedding model) and by words (blind tokens), best first, with the stage that
+    found each. Optionally only one agent's conversations and a time window. Only the caller's own.
+    """
 
 @_typing.type_check_only
 class ConversationServiceAsyncStub(ConversationServiceStub):
@@ -288,6 +314,11 @@ class ConversationServiceAsyncStub(ConversationServiceStub):
     """Returns one conversation with its messages (or only the most recent ones)."""
     DeleteConversation: _aio.UnaryUnaryMultiCallable[_memory_pb2.DeleteConversationRequest, _memory_pb2.DeleteConversationResponse]  # type: ignore[assignment]
     """Deletes one conversation and its messages."""
+    RecallConversations: _aio.UnaryUnaryMultiCallable[_memory_pb2.RecallConversationsRequest, _memory_pb2.RecallConversationsResponse]  # type: ignore[assignment]
+    """Finds the caller's past messages (theirs and the agents' answers) by what was said: by meaning
+    (vectors of the current embedding model) and by words (blind tokens), best first, with the stage that
+    found each. Optionally only one agent's conversations and a time window. Only the caller's own.
+    """
 
 class ConversationServiceServicer(metaclass=_abc_1.ABCMeta):
     """ConversationService stores conversations and their messages."""
@@ -358,6 +389,17 @@ class ConversationServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_memory_pb2.DeleteConversationResponse, _abc.Awaitable[_memory_pb2.DeleteConversationResponse]]:
         """Deletes one conversation and its messages."""
+
+    @_abc_1.abstractmethod
+    def RecallConversations(
+        self,
+        request: _memory_pb2.RecallConversationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_memory_pb2.RecallConversationsResponse, _abc.Awaitable[_memory_pb2.RecallConversationsResponse]]:
+        """Finds the caller's past messages (theirs and the agents' answers) by what was said: by meaning
+        (vectors of the current embedding model) and by words (blind tokens), best first, with the stage that
+        found each. Optionally only one agent's conversations and a time window. Only the caller's own.
+        """
 
 def add_ConversationServiceServicer_to_server(servicer: ConversationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

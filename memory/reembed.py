@@ -1,0 +1,214 @@
+"""Embedding in the background: new messages after they are stored, and everything stored when the model
+changes.
+
+Two loops run on every replica (`mesh.app` background tasks):
+
+- `index_messages`: a message stored by a turn (`message_stored`) is embedded soon after, off the
+  first-token path, in batches. If that fails (the model is down, the replica stops), the message stays
+  without a vector and is found by its words; the next sweep embeds it.
+- `sweep`: the job of the current model (`embedding_jobs`), user by user in id order. A replica takes the
+  job's lease, embeds a user's memories and messages lacking a current vector in batches, records the user
+  as done (the cursor, in PostgreSQL: a restart resumes after the last user done) and renews the lease;
+  a replica whose lease lapsed stops, and another takes over from the cursor. When no user is left the job
+  is finished and the other models' indexes are dropped. Old vectors are replaced in place (a row holds
+  one vector): until its turn a row simply has no current vector, so recall finds it by its words, never
+  by comparing vectors of two models. A job finished earlier is reopened at each start-up (cheap per user)
+  so that messages whose embedding was lost are picked up.
+
+Progress: `progress()` (the internal RPC MemoryService.GetEmbeddingStatus), the gauge
+`athena_memory_reembed_users_done` / `_users_total`, the counter `athena_memory_texts_embedded_total` and a
+log line per user and at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+from collections.abc import Sequence
+
+from prometheus_client import Counter, Gauge
+
+from memory.embedding_models import ReembedProgress, pending_batches
+from memory.embeddings import Embedder
+from memory.vectors import CurrentModel, PendingText, PostgresEmbeddingModels
+from mesh.errors import AthenaError
+
+log = logging.getLogger(__name__)
+
+EMBEDDED = Counter(
+    "athena_memory_texts_embedded_total",
+    "Memories and messages given a vector of the current model.",
+    ["kind"],
+)
+USERS_DONE = Gauge("athena_memory_reembed_users_done", "Users whose texts all have a current vector.")
+USERS_TOTAL = Gauge("athena_memory_reembed_users_total", "Users with stored texts, when the job last looked.")
+
+RETRY_SECONDS = 5.0
+"""Pause after the embedding model or the database failed, before trying again."""
+RELEASE_SECONDS = 2.0
+"""Longest a stopping replica waits to give its lease up."""
+
+
+def replica_name() -> str:
+    """Who holds a lease: host, process and a random part (two services in one process are two holders)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+class Reembedder:
+    """The two loops, for one current model."""
+
+    def __init__(
+        self,
+        store: PostgresEmbeddingModels,
+        embedder: Embedder,
+        current: CurrentModel,
+        *,
+        batch_size: int = 64,
+        lease_seconds: float = 30.0,
+        idle_seconds: float = 30.0,
+        holder: str | None = None,
+    ) -> None:
+        self._store = store
+        self._embedder = embedder
+        self.current = current
+        self._batch_size = batch_size
+        self._lease_seconds = lease_seconds
+        self._idle_seconds = idle_seconds
+        self.holder = holder or replica_name()
+        self._stored: dict[str, list[str]] = {}
+        self._wake = asyncio.Event()
+
+    def message_stored(self, user_id: str, message_id: str) -> None:
+        """Queues a stored message for embedding (returns at once)."""
+        self._stored.setdefault(user_id, []).append(message_id)
+        self._wake.set()
+
+    async def progress(self) -> ReembedProgress:
+        return await self._store.progress(self.current)
+
+    async def index_messages(self) -> None:
+        """Embeds queued messages, user by user, until cancelled."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            stored, self._stored = self._stored, {}
+            for user_id, message_ids in stored.items():
+                try:
+                    await self.embed_user(user_id, message_ids)
+                except AthenaError as exc:  # left to the keyword stage and the next sweep
+                    log.warning(
+                        "stored messages could not be embedded now",
+                        extra={"error": exc.message, "messages": len(message_ids)},
+                    )
+                except Exception:  # the same, but unexpected: logged with its traceback, the loop goes on
+                    log.exception(
+                        "stored messages could not be embedded", extra={"messages": len(message_ids)}
+                    )
+
+    async def embed_user(self, user_id: str, message_ids: Sequence[str] | None = None) -> int:
+        """Gives every memory and message of the user (only the messages `message_ids`, when given) a
+        vector of the current model; returns how many were written."""
+        written = 0
+        while True:
+            texts = await self._store.pending(self.current, user_id, self._batch_size, message_ids)
+            if not texts:
+                return written
+            count = await self._embed_batch(user_id, texts)
+            written += count
+            if count == 0:  # every text changed while it was embedded: left to the next sweep
+                return written
+
+    async def _embed_batch(self, user_id: str, texts: Sequence[PendingText]) -> int:
+        vectors: list[Sequence[float] | None] = [None] * len(texts)
+        wanted = [i for i, text in enumerate(texts) if text.text.strip()]
+        for start, end in pending_batches(len(wanted), self._batch_size):
+            chunk = wanted[start:end]
+            for i, vector in zip(
+                chunk, await self._embedder.embed([texts[i].text for i in chunk]), strict=True
+            ):
+                vectors[i] = vector
+        words = await self._store.words(
+            user_id, [text.text if text.kind == "message" else "" for text in texts]
+        )
+        written = await self._store.store(self.current, user_id, texts, vectors, words)
+        for kind in ("memory", "message"):
+            count = sum(1 for text in texts if text.kind == kind)
+            if count:
+                EMBEDDED.labels(kind).inc(count)
+        return written
+
+    async def sweep(self) -> None:
+        """Works on the current model's job whenever this replica holds its lease, until it is finished or
+        this is cancelled (then the lease is given up: another replica goes on at once)."""
+        try:
+            await self._sweep()
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._store.release(self.current, self.holder), RELEASE_SECONDS)
+
+    async def _sweep(self) -> None:
+        while True:
+            try:
+                finished = await self.sweep_once()
+            except AthenaError as exc:
+                log.warning(
+                    "re-embedding paused", extra={"error": exc.message, "model": str(self.current.model)}
+                )
+                await asyncio.sleep(RETRY_SECONDS)
+                continue
+            except Exception:
+                log.exception("re-embedding failed; trying again", extra={"model": str(self.current.model)})
+                await asyncio.sleep(RETRY_SECONDS)
+                continue
+            if finished:
+                return
+            await asyncio.sleep(self._idle_seconds)
+
+    async def sweep_once(self, max_users: int | None = None) -> bool:
+        """Takes the lease and works through users from the cursor; True when the job is finished (by this
+        replica or before), False when another replica holds it, the lease was lost, or `max_users` were
+        done."""
+        taken, after = await self._store.lease(self.current, self.holder, self._lease_seconds)
+        if not taken:
+            return (await self._store.progress(self.current)).finished
+        done = 0
+        while max_users is None or done < max_users:
+            user_id = await self._store.next_user(after)
+            if user_id is None:
+                if await self._store.finish(self.current, self.holder):
+                    progress = await self._store.progress(self.current)
+                    self._report(progress)
+                    log.info(
+                        "re-embedding finished",
+                        extra={"model": str(self.current.model), "embedded": progress.embedded},
+                    )
+                return True
+            embedded = await self.embed_user(user_id)
+            if not await self._store.advance(
+                self.current, self.holder, user_id, embedded, self._lease_seconds
+            ):
+                log.info("re-embedding lease lost; another replica goes on", extra={"holder": self.holder})
+                return False
+            after = user_id
+            done += 1
+            progress = await self._store.progress(self.current)
+            self._report(progress)
+            log.info(
+                "re-embedded a user's texts",
+                extra={
+                    "model": str(self.current.model),
+                    "embedded": embedded,
+                    "users_done": progress.users_done,
+                    "users_total": progress.users_total,
+                },
+            )
+        return False
+
+    @staticmethod
+    def _report(progress: ReembedProgress) -> None:
+        USERS_DONE.set(progress.users_done)
+        USERS_TOTAL.set(progress.users_total)
