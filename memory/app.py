@@ -138,6 +138,10 @@ async def build(settings: MemorySettings, deps: MemoryDeps) -> Assembly:
     models = PostgresEmbeddingModels(database, keys)
     # Vectors are written as the embedder's model (the only one they can be of) and read as it.
     current = await models.make_current(embedder.model)
+
+    async def quiet_moment() -> None:
+        await deps.quiet.wait(settings.background_quiet_seconds, settings.background_defer_seconds)
+
     reembedder = Reembedder(
         models,
         embedder,
@@ -145,6 +149,7 @@ async def build(settings: MemorySettings, deps: MemoryDeps) -> Assembly:
         batch_size=settings.reembed_batch_size,
         lease_seconds=settings.reembed_lease_seconds,
         idle_seconds=settings.reembed_idle_seconds,
+        before_work=quiet_moment,
     )
     log.info("embedding model", extra={"model": str(current.model), "model_id": current.id})
     memory_store = PostgresMemoryStore(database, keys, current, ef_search=settings.hnsw_ef_search)
@@ -203,6 +208,7 @@ async def build(settings: MemorySettings, deps: MemoryDeps) -> Assembly:
                 min_confidence=settings.extraction_min_confidence,
                 duplicate_similarity=settings.extraction_duplicate_similarity,
             ),
+            before_work=quiet_moment,
         )
         consumer = EventConsumer(
             deps.redis(settings.redis_url, EXTRACTION_BLOCK_SECONDS * 2),

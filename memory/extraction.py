@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter as Tally
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from athena.memory.v1 import memory_pb2
@@ -141,14 +142,23 @@ class FactLearner:
     """Handles extraction jobs (see the module docstring)."""
 
     def __init__(
-        self, store: MemoryStore, embedder: Embedder, extractor: FactExtractor, policy: FactPolicy
+        self,
+        store: MemoryStore,
+        embedder: Embedder,
+        extractor: FactExtractor,
+        policy: FactPolicy,
+        *,
+        before_work: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._store = store
         self._embedder = embedder
         self._extractor = extractor
         self._policy = policy
+        self._before_work = before_work
 
     async def handle(self, job: memory_pb2.FactExtractionJob) -> None:
+        if self._before_work is not None:
+            await self._before_work()  # the service's quiet moments (`mesh.quiet`): turns come first
         if not await self._store.learns_facts(job.user_id):
             return  # the person turned learning off
         origin = await self._store.stated(job.user_id, job.answer_id)

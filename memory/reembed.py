@@ -28,7 +28,7 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from prometheus_client import Counter, Gauge
 
@@ -58,8 +58,13 @@ def replica_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
+async def _now() -> None:
+    """Work without waiting (no `before_work`)."""
+
+
 class Reembedder:
-    """The two loops, for one current model."""
+    """The two loops, for one current model. Each piece of work (the messages stored meanwhile, a user of
+    the sweep) first awaits `before_work`: the service's quiet moments (`mesh.quiet`)."""
 
     def __init__(
         self,
@@ -71,6 +76,7 @@ class Reembedder:
         lease_seconds: float = 30.0,
         idle_seconds: float = 30.0,
         holder: str | None = None,
+        before_work: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._store = store
         self._embedder = embedder
@@ -81,6 +87,7 @@ class Reembedder:
         self.holder = holder or replica_name()
         self._stored: dict[str, list[str]] = {}
         self._wake = asyncio.Event()
+        self._before_work = before_work or _now
 
     def message_stored(self, user_id: str, message_id: str) -> None:
         """Queues a stored message for embedding (returns at once)."""
@@ -94,6 +101,7 @@ class Reembedder:
         """Embeds queued messages, user by user, until cancelled."""
         while True:
             await self._wake.wait()
+            await self._before_work()  # the gaps between calls (`mesh.quiet`): what waits meanwhile joins
             self._wake.clear()
             stored, self._stored = self._stored, {}
             for user_id, message_ids in stored.items():
@@ -187,6 +195,7 @@ class Reembedder:
                         extra={"model": str(self.current.model), "embedded": progress.embedded},
                     )
                 return True
+            await self._before_work()
             embedded = await self.embed_user(user_id)
             if not await self._store.advance(
                 self.current, self.holder, user_id, embedded, self._lease_seconds

@@ -44,6 +44,7 @@ from mesh import postgres, redis
 from mesh.clients import channel as open_channel
 from mesh.clock import SYSTEM_CLOCK, Clock
 from mesh.model_api import ModelApi, client_session, wait_closed
+from mesh.quiet import Quiet
 from mesh.revocation_feed import RedisRevocationFeed
 from mesh.server import MeshServer, ReadinessCheck, Service
 from mesh.settings import ServiceSettings
@@ -95,6 +96,8 @@ class Deps:
     """Wall-clock time for everything that decides by it (rate-limit windows, token expiry)."""
     resources: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
     """Closes what was opened through these helpers when the service stops, last opened first."""
+    quiet: Quiet = field(default_factory=Quiet)
+    """Whether the server is serving a call: background work waits for the gaps (`mesh.quiet`)."""
     _revocation_feed: RedisRevocationFeed | None = field(default=None, init=False, repr=False)
 
     def channel(self, target: str) -> grpc.aio.Channel:
@@ -228,6 +231,7 @@ async def start(app: ServiceApp[S, D], settings: S, deps: D | None = None) -> Ru
             http_routes=assembly.http_routes,
             edge_reflection_services=assembly.edge_reflection_services,
             readiness=assembly.readiness,
+            quiet=deps.quiet,
         )
         await server.start()
     except BaseException:

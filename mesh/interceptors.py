@@ -26,6 +26,7 @@ from prometheus_client import Counter, Histogram
 
 from mesh.context import CallInfo, current_call
 from mesh.errors import AthenaError, Unauthenticated
+from mesh.quiet import Quiet
 from mesh.telemetry import ServerSpan, server_span
 from mesh.tokens import TokenVerifier
 
@@ -186,7 +187,11 @@ def _ended(span: ServerSpan, status: str) -> None:
 
 
 class CallContextInterceptor(ServerInterceptor):
-    """Creates the `CallInfo` of each RPC before any other interceptor of ours runs."""
+    """Creates the `CallInfo` of each RPC before any other interceptor of ours runs, and tells `quiet`
+    when calls start and end (background work waits for the gaps between them, `mesh.quiet`)."""
+
+    def __init__(self, quiet: Quiet | None = None) -> None:
+        self._quiet = quiet or Quiet()
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -200,11 +205,11 @@ class CallContextInterceptor(ServerInterceptor):
         # The CallInfo is bound when the behaviour starts, inside the RPC's own task.
         return rewrap(
             await continuation(handler_call_details),
-            lambda behaviour: _bind_call(behaviour, method, request_id),
+            lambda behaviour: _bind_call(behaviour, method, request_id, self._quiet),
         )
 
 
-def _bind_call(behaviour: Behaviour, method: str, request_id: str | None) -> Behaviour:
+def _bind_call(behaviour: Behaviour, method: str, request_id: str | None, quiet: Quiet) -> Behaviour:
     def start(context: grpc.aio.ServicerContext[Any, Any]) -> None:
         remaining = context.time_remaining()
         deadline = time.monotonic() + remaining if remaining is not None else None
@@ -221,6 +226,7 @@ def _bind_call(behaviour: Behaviour, method: str, request_id: str | None) -> Beh
 
         async def streaming(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
             start(context)
+            quiet.call_started(streaming=True)
             async for response in behaviour(request, context):
                 yield response
 
@@ -228,7 +234,11 @@ def _bind_call(behaviour: Behaviour, method: str, request_id: str | None) -> Beh
 
     async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         start(context)
-        return await behaviour(request, context)
+        quiet.call_started()
+        try:
+            return await behaviour(request, context)
+        finally:
+            quiet.call_ended()
 
     return unary
 

@@ -33,6 +33,7 @@ from mesh.interceptors import (
     MetricsInterceptor,
     TracingInterceptor,
 )
+from mesh.quiet import Quiet
 from mesh.requests import RequestReader
 from mesh.settings import ServiceSettings
 from mesh.telemetry import tracing_on
@@ -86,8 +87,10 @@ class MeshServer:
         http_routes: Iterable[web.RouteDef] = (),
         edge_reflection_services: Sequence[str] = (),
         readiness: ReadinessCheck | None = None,
+        quiet: Quiet | None = None,
     ) -> None:
         self.name = name
+        self.quiet = quiet or Quiet()
         self.settings = settings
         self.services = list(services)
         self.verifier = verifier
@@ -127,7 +130,7 @@ class MeshServer:
         interceptors = [
             RequestReader(self.settings.request_read_timeout_seconds),
             *([TracingInterceptor(untraced)] if tracing_on() else []),
-            CallContextInterceptor(),
+            CallContextInterceptor(self.quiet),
             AccessLogInterceptor(),
             MetricsInterceptor(),
             ErrorInterceptor(),

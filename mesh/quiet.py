@@ -1,0 +1,55 @@
+"""When a service has nothing to serve: background work waits for it.
+
+A service's background work (memory embedding the messages a turn stored, learning the facts a person
+stated) shares one event loop, and the machine's cores, with the calls it serves. Run as soon as it is
+queued, it lands on the next turn's path: a person who sends another message right away waits for the
+embedding of their last one. `Quiet` knows whether a call is being served; background work awaits
+`Quiet.wait` before each piece, so it runs in the gaps between calls, in bigger batches, and never holds
+a turn back by more than one piece. Under load without gaps it runs anyway after `at_most`, so what it
+does is late by seconds, never forgotten.
+
+The runtime counts every unary call the server serves (`mesh.interceptors.CallContextInterceptor`); a
+streaming call counts as activity when it starts (a stream held open by a browser tab would otherwise
+keep the service "busy" for hours).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+
+class Quiet:
+    """Calls in flight and the time of the last one's start or end, on one event loop."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._in_flight = 0
+        self._last_activity = float("-inf")
+
+    def call_started(self, *, streaming: bool = False) -> None:
+        """A call began (a streaming one only marks the moment)."""
+        if not streaming:
+            self._in_flight += 1
+        self._last_activity = self._clock()
+
+    def call_ended(self) -> None:
+        """A unary call ended."""
+        self._in_flight -= 1
+        self._last_activity = self._clock()
+
+    def quiet_for(self) -> float:
+        """Seconds since the last call started or ended with none in flight (0 while one is)."""
+        if self._in_flight > 0:
+            return 0.0
+        return max(0.0, self._clock() - self._last_activity)
+
+    async def wait(self, quiet_seconds: float, at_most: float) -> None:
+        """Returns once no call has been in flight for `quiet_seconds`, or after `at_most` seconds."""
+        deadline = self._clock() + at_most
+        while (quiet := self.quiet_for()) < quiet_seconds:
+            left = deadline - self._clock()
+            if left <= 0:
+                return
+            await asyncio.sleep(min(quiet_seconds - quiet, left))
