@@ -49,37 +49,35 @@ failed). Below 512 by a margin: a server lets go of a stream a moment after its 
 
 
 class _CallsInFlight(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
-    """Holds each unary call of a channel to one of `limit` slots until its answer or status arrived."""
+    """Holds each unary call of a channel to one of `limit` slots until its answer or status arrived; while
+    `tracing`, adds the current span's `traceparent` to it (see `_TraceContext`)."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, *, tracing: bool = False) -> None:
         self._slots = asyncio.Semaphore(limit)
+        self._tracing = tracing
 
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        if self._tracing:  # one interceptor for both: each costs unary calls a layer of coroutines
+            details = _with_trace_context(details)
         async with self._slots:
             call = await continuation(details, request)
             await call  # an error status is raised to the caller as it would be without us
             return call
 
 
-class _TraceContext(
-    grpc.aio.UnaryUnaryClientInterceptor,  # type: ignore[type-arg]
-    grpc.aio.UnaryStreamClientInterceptor,  # type: ignore[type-arg]
-):
-    """Adds the current span's `traceparent` to every call of a channel (installed only while tracing):
-    the peer's SERVER span is its child (see `mesh.telemetry`)."""
-
-    @staticmethod
-    def _details(details: Any) -> Any:
-        context = outgoing_trace_context()
-        if not context:
-            return details
-        return details._replace(metadata=grpc.aio.Metadata(*(details.metadata or ()), *context))
-
-    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await continuation(self._details(details), request)
+class _TraceContext(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[type-arg]
+    """Adds the current span's `traceparent` to every streaming call of a channel (installed only while
+    tracing; `_CallsInFlight` adds it to unary calls): the peer's SERVER span is its child."""
 
     async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await continuation(self._details(details), request)
+        return await continuation(_with_trace_context(details), request)
+
+
+def _with_trace_context(details: Any) -> Any:
+    context = outgoing_trace_context()
+    if not context:
+        return details
+    return details._replace(metadata=grpc.aio.Metadata(*(details.metadata or ()), *context))
 
 
 def channel(
@@ -104,8 +102,9 @@ def channel(
         ("grpc.enable_retries", 0),  # retries are decided per call, where it is safe to retry
         ("grpc.max_receive_message_length", 16 * 1024 * 1024),
     ]
-    interceptors: list[Any] = [_CallsInFlight(max_calls_in_flight)]
-    if tracing_on():
+    tracing = tracing_on()
+    interceptors: list[Any] = [_CallsInFlight(max_calls_in_flight, tracing=tracing)]
+    if tracing:
         interceptors.append(_TraceContext())
     return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
 

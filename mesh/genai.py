@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
-from mesh.telemetry import capturing_message_content, tracing_on
+from mesh.telemetry import capturing_message_content, tracer, tracing_on
 
 PROVIDER = "openai"
 """gen_ai.provider.name of every model API the mesh calls: all speak OpenAI's API (server.address tells
@@ -57,7 +57,7 @@ class ModelCall:
         messages: Sequence[dict[str, Any]] | None = None,
     ) -> None:
         self._capture = capturing_message_content()
-        self.span: Span = trace.get_tracer("athena.genai").start_span(
+        self.span: Span = tracer("athena.genai").start_span(
             f"{operation} {model}",
             kind=SpanKind.CLIENT,
             attributes={
@@ -155,7 +155,7 @@ def tool_span(name: str, call_id: str) -> Iterator[Span | None]:
         "gen_ai.tool.name": name,
         "gen_ai.tool.call.id": call_id,
     }
-    with trace.get_tracer("athena.genai").start_as_current_span(
+    with tracer("athena.genai").start_as_current_span(
         f"execute_tool {name}", kind=SpanKind.INTERNAL, attributes=attributes, record_exception=False
     ) as span:
         try:

@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 
 from mesh.genai import server_attributes
+from mesh.telemetry import outgoing_trace_context
 
 
 class ModelApiError(Exception):
@@ -65,9 +66,12 @@ class ModelApi:
         the whole answer: a stream lasts as long as the model writes). Raises a `ModelApiError`, for an
         error status too; failures while the block reads the body are translated the same way."""
         limits = aiohttp.ClientTimeout(total=None, sock_connect=read_timeout, sock_read=read_timeout)
+        # The call's span (`mesh.genai`: the GenAI conventions' CLIENT span of this request) goes along.
+        traced = outgoing_trace_context()
+        headers = {**self._headers, **dict(traced)} if traced else self._headers
         try:
             async with self._session.post(
-                self._base_url + path, data=json.dumps(body), headers=self._headers, timeout=limits
+                self._base_url + path, data=json.dumps(body), headers=headers, timeout=limits
             ) as response:
                 if response.status >= 400:
                     raise ModelApiStatus(response.status)

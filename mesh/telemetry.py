@@ -9,9 +9,10 @@ Tracing is off unless `OTEL_EXPORTER_OTLP_ENDPOINT` names a collector (OTLP/gRPC
 - every gRPC call a server serves is a SERVER span (`mesh.interceptors.TracingInterceptor`), child of the
   `traceparent` its caller sent: channels add the current span's to every call they make
   (`mesh.clients`); there is no CLIENT span per peer call (the caller's span, the model call's or the
-  tool's, is the parent), which keeps a hop at one span. asyncpg, redis-py and aiohttp's client are
-  instrumented for the whole process: every query, Redis command and HTTP request made while serving a
-  call is a child span of it;
+  tool's, is the parent), which keeps a hop at one span. asyncpg and redis-py are instrumented for the
+  whole process: every query and Redis command made while serving a call is a child span of it. A model
+  call is one CLIENT span after the GenAI conventions (`mesh.genai`), whose context its HTTP request
+  carries (`mesh.model_api`): no HTTP span below it (the same request twice);
 - a client span without a parent (a query of a maintenance loop, a readiness ping, the revocation feed's
   blocking read every half second) is not recorded: traces start where work for someone starts;
 - every JSON log line written inside a span carries `trace_id` and `span_id`.
@@ -103,7 +104,6 @@ def configure_tracing(
     global _capture_message_content  # process-wide, like the tracer provider itself
     _capture_message_content = capture_message_content
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-    from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
     from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
     from opentelemetry.instrumentation.redis import RedisInstrumentor
     from opentelemetry.sdk.resources import Resource
@@ -121,7 +121,6 @@ def configure_tracing(
     AsyncPGInstrumentor().instrument()  # type: ignore[no-untyped-call]
     _untraced_transaction_boundaries()
     RedisInstrumentor().instrument()
-    AioHttpClientInstrumentor().instrument()
     for handler in logging.getLogger().handlers:
         handler.addFilter(_TraceIdFilter())
 
@@ -176,6 +175,19 @@ class RootedByWork(sampling.Sampler):
         return f"RootedByWork{{{self._configured.get_description()}}}"
 
 
+_TRACERS: dict[tuple[object, str], trace.Tracer] = {}
+
+
+def tracer(name: str) -> trace.Tracer:
+    """The tracer `name` of the current provider, made once (`trace.get_tracer` builds a new one, with its
+    instrumentation scope, at every call: a tenth of a span's cost)."""
+    provider = trace.get_tracer_provider()
+    found = _TRACERS.get((provider, name))
+    if found is None:
+        found = _TRACERS[(provider, name)] = provider.get_tracer(name)
+    return found
+
+
 def tracing_on() -> bool:
     """Whether `configure_tracing` set up an exporting provider in this process."""
     return isinstance(trace.get_tracer_provider(), TracerProvider)
@@ -223,7 +235,7 @@ def server_span(method: str, carrier: Mapping[str, str]) -> Iterator[ServerSpan]
     child of the `traceparent` in `carrier` (the call's metadata) when there is one."""
     service, _, name = method.lstrip("/").rpartition("/")
     parent = _W3C.extract(carrier, getter=default_getter) if carrier else None
-    with trace.get_tracer("athena.mesh").start_as_current_span(
+    with tracer("athena.mesh").start_as_current_span(
         method,
         context=parent,
         kind=SpanKind.SERVER,
@@ -265,9 +277,8 @@ def traced(
         parent = _W3C.extract(remote_parent, getter=default_getter)
     else:
         parent = None
-    tracer = trace.get_tracer("athena.mesh")
     links = link_from(linked_from) if linked_from is not None else ()
-    with tracer.start_as_current_span(
+    with tracer("athena.mesh").start_as_current_span(
         name, context=parent, kind=kind, attributes=attributes, links=links, record_exception=False
     ) as span:
         yield span

@@ -176,7 +176,8 @@ def test_one_chat_turn_is_one_trace_from_the_edge_to_the_database_and_the_model(
         orchestrator_chat in ancestors(r, by_id) for r in spans if r.attributes.get("db.system") == "redis"
     )
 
-    # The model call, after the GenAI conventions, inside the turn; its HTTP request below it.
+    # The model call, after the GenAI conventions, inside the turn (its HTTP request carries it: no span of
+    # its own, tests/unit/test_mesh_telemetry.py).
     model_calls = [s for s in spans if s.name.startswith("chat ")]
     for call in model_calls:
         attributes = call.attributes
@@ -190,7 +191,6 @@ def test_one_chat_turn_is_one_trace_from_the_edge_to_the_database_and_the_model(
         assert attributes["gen_ai.usage.output_tokens"] > 0
         assert attributes["gen_ai.response.finish_reasons"] in {("stop",), ("tool_calls",)}
         assert attributes["gen_ai.response.time_to_first_chunk"] > 0
-        assert any(s.parent_span_id == call.span_id and s.span.kind == s.span.SPAN_KIND_CLIENT for s in spans)
     assert {c.attributes["gen_ai.response.finish_reasons"] for c in model_calls} == {
         ("tool_calls",),
         ("stop",),

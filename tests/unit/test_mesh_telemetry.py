@@ -102,3 +102,44 @@ def test_a_tool_call_is_a_span_saying_which_and_how_it_ended() -> None:
     assert spans["execute_tool remember_memory"]["gen_ai.tool.call.id"] == "call_1"
     assert spans["execute_tool remember_memory"]["error.type"] == "tool_error"
     assert spans["execute_tool handoff_to_focus"]["athena.handoff.to_agent"] == "focus"
+
+
+async def test_a_model_request_carries_the_span_of_its_call() -> None:
+    """A model call is one span (its GenAI CLIENT span): the HTTP request carries that span's context, so a
+    traced model server continues the trace, and no HTTP span of its own is made below it."""
+    from aiohttp import web
+
+    from mesh.model_api import ModelApi, client_session
+
+    received: list[str | None] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        received.append(request.headers.get("traceparent"))
+        return web.json_response({"data": []})
+
+    app = web.Application()
+    app.router.add_post("/v1/embeddings", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    session = client_session()
+    try:
+        api = ModelApi(f"http://127.0.0.1:{port}/v1", "key", session)
+        async with api.post("/embeddings", {"input": ["x"]}) as response:  # outside any span
+            await response.read()
+        with recording_spans() as exporter:
+            with traced("served", SpanKind.SERVER):
+                call = genai.start_model_call("embeddings", "m", api.server)
+                assert call is not None
+                with trace.use_span(call.span, end_on_exit=True):
+                    async with api.post("/embeddings", {"input": ["x"]}) as response:
+                        await response.read()
+            (span,) = [s for s in exporter.get_finished_spans() if s.name == "embeddings m"]
+    finally:
+        await session.close()
+        await runner.cleanup()
+    assert received[0] is None
+    assert received[1] is not None
+    assert received[1].split("-")[2] == format(span.context.span_id, "016x")
