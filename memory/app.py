@@ -140,7 +140,7 @@ async def build(settings: MemorySettings, deps: MemoryDeps) -> Assembly:
     current = await models.make_current(embedder.model)
 
     async def quiet_moment() -> None:
-        await deps.quiet.wait(settings.background_quiet_seconds, settings.background_defer_seconds)
+        await deps.quiet.wait(settings.background_quiet_seconds, settings.background_lag_seconds)
 
     reembedder = Reembedder(
         models,

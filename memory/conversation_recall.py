@@ -37,6 +37,8 @@ class ConversationQuery:
     agent_id: str | None = None
     since: datetime | None = None
     until: datetime | None = None
+    exclude_conversation_id: str | None = None
+    """The conversation asking, left out (its messages are in the model's context already)."""
 
     def __post_init__(self) -> None:
         if self.since is not None and self.until is not None and self.until <= self.since:

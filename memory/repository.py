@@ -1175,8 +1175,10 @@ async def _newest_first(
 
 _RECALLED_MESSAGE_COLUMNS = f"{_MESSAGE_COLUMNS}, conv_id"
 _MESSAGE_FILTERS = """user_id = $1 AND status = 'complete' AND ($2::text IS NULL OR agent_id = $2)
-    AND ($3::timestamptz IS NULL OR created_at >= $3) AND ($4::timestamptz IS NULL OR created_at < $4)"""
-"""The caller's complete messages of the query's agent and time window ($1 to $4)."""
+    AND ($3::timestamptz IS NULL OR created_at >= $3) AND ($4::timestamptz IS NULL OR created_at < $4)
+    AND ($8::uuid IS NULL OR conv_id <> $8)"""
+"""The caller's complete messages of the query's agent and time window ($1 to $4), but those of the
+conversation asking ($8)."""
 
 
 class PostgresMessageSearch:
@@ -1226,6 +1228,7 @@ class PostgresMessageSearch:
                 _vector(embedding),
                 limit,
                 tokens,
+                uuid.UUID(query.exclude_conversation_id) if query.exclude_conversation_id else None,
             )
 
         def found(row: asyncpg.Record) -> tuple[FoundMessage, float]:

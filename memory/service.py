@@ -415,6 +415,7 @@ class ConversationServicer(memory_pb2_grpc.ConversationServiceServicer):
             agent_id=request.agent_id or None,
             since=request.since.ToDatetime(UTC) if request.HasField("since") else None,
             until=request.until.ToDatetime(UTC) if request.HasField("until") else None,
+            exclude_conversation_id=request.exclude_conversation_id or None,
         )
         hits = await self._conversation_recaller.recall(user_id, query)
         return memory_pb2.RecallConversationsResponse(

@@ -115,11 +115,12 @@ class MemorySettings(ServiceSettings):
     """Accept http:// push endpoints (a local push-service emulator); real push services are https."""
     notifications_heartbeat_seconds: float = Field(30.0, gt=0, le=300)
     """An idle WatchNotifications stream carries a heartbeat this often (below the edge's idle timeout)."""
-    background_quiet_seconds: float = Field(0.25, ge=0, le=60)
+    background_quiet_seconds: float = Field(0.05, ge=0, le=60)
     """Background work (embedding stored messages, re-embedding, learning facts) waits until no call has
-    been served for this long (`mesh.quiet`): it runs in the gaps between turns, never on their path."""
-    background_defer_seconds: float = Field(10.0, ge=0, le=600)
-    """...or at most this long, so that under load without gaps it is late, never starved."""
+    been served for this long (`mesh.quiet`): it runs in the gaps between turns, not on their path. 0: no
+    waiting."""
+    background_lag_seconds: float = Field(10.0, ge=0, le=600)
+    """...but falls no further behind than this: under load without such gaps it runs anyway."""
     extraction_enabled: bool = True
     """Learn facts after each completed turn (`memory.extraction`): the answer's storing queues a job on
     the Redis stream `extraction_stream`, which a consumer of this service works off in the background."""

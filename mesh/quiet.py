@@ -5,8 +5,9 @@ stated) shares one event loop, and the machine's cores, with the calls it serves
 queued, it lands on the next turn's path: a person who sends another message right away waits for the
 embedding of their last one. `Quiet` knows whether a call is being served; background work awaits
 `Quiet.wait` before each piece, so it runs in the gaps between calls, in bigger batches, and never holds
-a turn back by more than one piece. Under load without gaps it runs anyway after `at_most`, so what it
-does is late by seconds, never forgotten.
+a turn back by more than one piece. Under load without gaps it falls behind by `at_most` at most: once
+background work has waited that long without a gap, every piece runs at once until the next gap, so it is
+late by seconds, never starved, and keeps up with the load.
 
 The runtime counts every unary call the server serves (`mesh.interceptors.CallContextInterceptor`); a
 streaming call counts as activity when it starts (a stream held open by a browser tab would otherwise
@@ -27,6 +28,7 @@ class Quiet:
         self._clock = clock
         self._in_flight = 0
         self._last_activity = float("-inf")
+        self._behind_since: float | None = None
 
     def call_started(self, *, streaming: bool = False) -> None:
         """A call began (a streaming one only marks the moment)."""
@@ -46,10 +48,13 @@ class Quiet:
         return max(0.0, self._clock() - self._last_activity)
 
     async def wait(self, quiet_seconds: float, at_most: float) -> None:
-        """Returns once no call has been in flight for `quiet_seconds`, or after `at_most` seconds."""
-        deadline = self._clock() + at_most
+        """Returns once no call has been in flight for `quiet_seconds`, or at once when background work has
+        been waiting for such a moment for `at_most` seconds (since the last one; shared by every waiter)."""
+        if self._behind_since is None:
+            self._behind_since = self._clock()
         while (quiet := self.quiet_for()) < quiet_seconds:
-            left = deadline - self._clock()
+            left = self._behind_since + at_most - self._clock()
             if left <= 0:
                 return
             await asyncio.sleep(min(quiet_seconds - quiet, left))
+        self._behind_since = None

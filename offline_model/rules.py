@@ -21,7 +21,9 @@ The rules look at the last message (SPEC §4):
   "remind me what I said about…") → `recall_conversations{query, agent?, since?, until?}`
   (`conversation_recall_call`: the words after "about" as the query, else the whole question; "the <id>
   coach|agent" as the agent; "today", "yesterday", "last|past|this week" (the last 7 days, today
-  included), "last|past month" (30 days) as UTC dates, both ends included);
+  included), "last|past month" (30 days) as UTC dates, both ends included); any other question about the
+  person ("…I…?", "…my…?") that no recalled memory answers → `recall_conversations{query}` with the
+  question's own words (`past_mentions_call`): what they said before may answer it;
 - a request whose `response_format` asks for the JSON schema `athena_memory_facts` (the memory service's
   fact extraction, `memory.facts`) is answered `{"facts": [...]}` by the rules of `extract_facts` ("I'm
   vegetarian", "I am allergic to X", "my goal is now N kcal", "I live in X", "call me X");
@@ -189,7 +191,34 @@ def plan_reply(
         call = _freebusy_call(now)  # calendars that cannot list events still say when the person is busy
     if call is not None and call.name in tools:
         return call
+    if RECALL_CONVERSATIONS_TOOL in tools and not recalled_memories(messages):
+        search = past_mentions_call(text)
+        if search is not None:
+            return search
     return memory_answer(messages)
+
+
+_ABOUT_ME = re.compile(r"\b(?:I|I'm|I’m|I've|I’ve|me|my|mine|myself)\b", re.IGNORECASE)
+_QUESTION_WORDS = re.compile(
+    r"\b(?:what|what's|whats|which|who|whom|whose|where|when|how|why|do|does|did|am|is|are|was|were|have|has|"
+    r"had|can|could|would|should|will|tell|remind|me|my|mine|myself|i|i'm|i’m|i've|i’ve|a|an|the|of|for|to|in|"
+    r"on|at|about|it|that|this|these|those|you|your|any|ever|again|currently|now|please|know|remember|recall)\b",
+    re.IGNORECASE,
+)
+
+
+def past_mentions_call(text: str) -> ToolCallReply | None:
+    """`recall_conversations{query}` for a question about the person that no memory answers ("Which
+    instrument do I play?"): what they said in earlier conversations may. The query is the question's
+    own words without its question and function words; None for anything but such a question."""
+    text = text.strip()
+    if not text.endswith("?") or not _ABOUT_ME.search(text):
+        return None
+    query = " ".join(_QUESTION_WORDS.sub(" ", text.rstrip("?")).split())
+    query = clean_fact(query)
+    if len(query) < 3:
+        return None
+    return ToolCallReply(RECALL_CONVERSATIONS_TOOL, {"query": query[:200]})
 
 
 def memory_answer(messages: Sequence[Message]) -> TextReply:
@@ -411,7 +440,13 @@ def _after_tool_result(messages: Sequence[Message]) -> TextReply:
     if name == HEALTH_TOOL:
         return TextReply(_health_summary(content))
     if name == RECALL_CONVERSATIONS_TOOL:
-        return TextReply(_past_messages_summary(content))
+        # Asked about past conversations, everything found is quoted; a question no memory answered is
+        # answered only by what the person stated (not by their questions, nor by the agents' answers).
+        asked = bool(_PAST_CONVERSATION.search(last_user_text(messages)))
+        summary = _past_messages_summary(content, statements_only=not asked)
+        if summary is None:
+            return TextReply("I couldn't find that in our past conversations." if asked else UNKNOWN_ANSWER)
+        return TextReply(summary)
     return TextReply("Done.")
 
 
@@ -419,20 +454,27 @@ PAST_MESSAGES_NAMED = 3
 """Past messages a summary quotes at most."""
 
 
-def _past_messages_summary(content: str) -> str:
-    """The best past messages, each with its day and who said it to whom."""
-    messages = _decode_arguments(content).get("messages") or []
+def _past_messages_summary(content: str, *, statements_only: bool = False) -> str | None:
+    """The best past messages, each with its day and who said it to whom (with `statements_only`, the
+    person's messages that are not questions); None when none was found."""
+    messages = [
+        message
+        for message in _decode_arguments(content).get("messages") or []
+        if isinstance(message, Mapping)
+        and not (
+            statements_only
+            and (message.get("role") != "user" or str(message.get("text", "")).rstrip().endswith("?"))
+        )
+    ]
     quoted = []
     for message in messages[:PAST_MESSAGES_NAMED]:
-        if not isinstance(message, Mapping):
-            continue
         day = str(message.get("at", ""))[:10]
         agent = str(message.get("agent", "")) or "the agent"
         said = " ".join(str(message.get("text", "")).split())
         who = f"you told {agent}" if message.get("role") == "user" else f"{agent} said"
         quoted.append(f"on {day} {who}: “{said}”")
     if not quoted:
-        return "I couldn't find that in our past conversations."
+        return None
     return "From our past conversations: " + "; ".join(quoted) + "."
 
 

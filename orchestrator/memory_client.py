@@ -128,8 +128,11 @@ class GrpcMemoryGateway:
         since: datetime | None = None,
         until: datetime | None = None,
         k: int = 8,
+        exclude_conversation_id: str = "",
     ) -> list[PastMessage]:
-        request = memory_pb2.RecallConversationsRequest(query=query, agent_id=agent_id or "", k=k)
+        request = memory_pb2.RecallConversationsRequest(
+            query=query, agent_id=agent_id or "", k=k, exclude_conversation_id=exclude_conversation_id
+        )
         if since is not None:
             request.since.FromDatetime(since)
         if until is not None:

@@ -58,8 +58,10 @@ class MemoryGateway(Protocol):
         since: datetime | None = None,
         until: datetime | None = None,
         k: int = 8,
+        exclude_conversation_id: str = "",
     ) -> list[PastMessage]:
-        """The caller's past messages matching `query` (of one agent, within [since, until)), best first."""
+        """The caller's past messages matching `query` (of one agent, within [since, until), not of the
+        conversation `exclude_conversation_id`), best first."""
         ...
 
     async def remember(self, text: str, scope: Scope, agent_id: str, key: str = "") -> StoredMemory: ...

@@ -73,6 +73,7 @@ async def _recall_conversations(arguments: dict[str, Any], context: ToolContext)
         since=window_bound(str(since), "since", end=False) if since else None,
         until=window_bound(str(until), "until", end=True) if until else None,
         k=CONVERSATION_RESULTS,
+        exclude_conversation_id=context.conversation_id,
     )
     return {
         "messages": [

@@ -245,6 +245,7 @@ class InMemoryGateway:
         since: datetime | None = None,
         until: datetime | None = None,
         k: int = 8,
+        exclude_conversation_id: str = "",
     ) -> list[PastMessage]:
         """Messages sharing words with `query`, most shared first (every message is "now": a window that
         excludes the present finds nothing)."""
@@ -255,6 +256,8 @@ class InMemoryGateway:
         wanted = _words(query)
         scored = []
         for conversation_id, conversation in self.conversations.items():
+            if conversation_id == exclude_conversation_id:
+                continue
             for message in conversation.messages:
                 role = message.role if isinstance(message, HistoryMessage) else Role.ASSISTANT
                 content = message.content

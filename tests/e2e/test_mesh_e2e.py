@@ -395,7 +395,11 @@ def test_memory_is_shared_across_agents_scoped_per_agent_and_private_per_user(me
 
     chat(mesh, ada, "nutrition", "note I ate oatmeal with berries for breakfast")
     assert "oatmeal" in answer(chat(mesh, ada, "nutrition", "what did I eat for breakfast?"))
-    assert "oatmeal" not in answer(chat(mesh, ada, "focus", "what did I eat for breakfast?"))
+    # The note is the nutrition coach's own: the focus coach recalls no memory of it (what the person said
+    # stays theirs to search from any of their agents, recall_conversations).
+    focus = chat(mesh, ada, "focus", "what did I eat for breakfast?")
+    assert not [e for e in focus if e.HasField("memories_recalled") and e.memories_recalled.memories]
+    assert not answer(focus).startswith("Here is what I know")
 
     for agent in ("athena", "nutrition"):
         assert answer(chat(mesh, bob, agent, "what is my caloric goal?")) == "I don't know that yet."

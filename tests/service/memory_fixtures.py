@@ -108,6 +108,8 @@ async def start_memory(
     # whose data keys are wrapped by their own tests' KMS keys.
     overrides.setdefault("reembed_sweep", False)
     overrides.setdefault("extraction_enabled", False)  # tests of fact learning turn it on
+    # Tests poll every 50 ms, which is never quiet for long: background work at once (mesh.quiet has tests).
+    overrides.setdefault("background_quiet_seconds", 0)
     embedder = embedder or HashingEmbedder(DIMENSION)
     settings = MemorySettings(
         **service_settings(

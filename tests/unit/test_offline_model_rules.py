@@ -543,3 +543,75 @@ def test_the_answer_quotes_the_past_messages_found() -> None:
     assert rules.plan_reply(nothing, RECALL_TOOLS, NOW) == rules.TextReply(
         "I couldn't find that in our past conversations."
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "query"),
+    [
+        ("Which instrument do I play?", "instrument play"),
+        ("When did I adopt my greyhound?", "adopt greyhound"),
+        ("Where does my partner work?", "partner work"),
+    ],
+)
+def test_a_question_about_the_person_no_memory_answers_searches_past_conversations(
+    text: str, query: str
+) -> None:
+    reply = rules.plan_reply([memories(), user(text)], RECALL_TOOLS, NOW)
+    assert reply == rules.ToolCallReply("recall_conversations", {"query": query})
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "What do you know about me?",  # about memory itself: nothing to search for
+        "How are you?",  # not about the person
+        "I play the bassoon.",  # not a question
+    ],
+)
+def test_other_messages_without_memories_do_not_search(text: str) -> None:
+    reply = rules.plan_reply([memories(), user(text)], RECALL_TOOLS, NOW)
+    assert isinstance(reply, rules.TextReply)
+
+
+def test_a_question_a_memory_answers_is_answered_from_it() -> None:
+    messages = [memories("The user plays the bassoon."), user("Which instrument do I play?")]
+    assert rules.plan_reply(messages, RECALL_TOOLS, NOW) == rules.TextReply(
+        "Here is what I know: The user plays the bassoon."
+    )
+
+
+def test_a_question_no_memory_answered_is_answered_only_by_what_the_person_stated() -> None:
+    found = {
+        "messages": [
+            {
+                "role": "user",
+                "agent": "athena",
+                "at": "2025-02-27T08:00:00Z",
+                "text": "Which instrument do I play?",
+            },
+            {
+                "role": "assistant",
+                "agent": "focus",
+                "at": "2025-02-26T08:00:00Z",
+                "text": "Practise the bassoon",
+            },
+            {
+                "role": "user",
+                "agent": "focus",
+                "at": "2025-02-25T08:00:00Z",
+                "text": "I practise the bassoon daily",
+            },
+        ]
+    }
+    question = user("Which instrument do I play?")
+    messages = [memories(), question, *tool_turn("recall_conversations", {"query": "instrument play"}, found)]
+    assert rules.plan_reply(messages, RECALL_TOOLS, NOW) == rules.TextReply(
+        "From our past conversations: on 2025-02-25 you told focus: “I practise the bassoon daily”."
+    )
+    nothing = {"messages": found["messages"][:2]}
+    messages = [
+        memories(),
+        question,
+        *tool_turn("recall_conversations", {"query": "instrument play"}, nothing),
+    ]
+    assert rules.plan_reply(messages, RECALL_TOOLS, NOW) == rules.TextReply(rules.UNKNOWN_ANSWER)

@@ -1535,12 +1535,17 @@ class RecallConversationsRequest(_message.Message):
     SINCE_FIELD_NUMBER: _builtins.int
     UNTIL_FIELD_NUMBER: _builtins.int
     K_FIELD_NUMBER: _builtins.int
+    EXCLUDE_CONVERSATION_ID_FIELD_NUMBER: _builtins.int
     query: _builtins.str
     """What was said, 1 to 4,000 characters."""
     agent_id: _builtins.str
     """Only conversations with this agent; empty: every agent."""
     k: _builtins.int
     """How many messages at most (1 to 50; 0 means the configured default, 8)."""
+    exclude_conversation_id: _builtins.str
+    """Leave out this conversation: the one asking, whose messages (the question itself among them) the
+    model has in front of it already.
+    """
     @_builtins.property
     def since(self) -> _timestamp_pb2.Timestamp:
         """Only messages stored at or after this time."""
@@ -1557,10 +1562,11 @@ class RecallConversationsRequest(_message.Message):
         since: _timestamp_pb2.Timestamp | None = ...,
         until: _timestamp_pb2.Timestamp | None = ...,
         k: _builtins.int = ...,
+        exclude_conversation_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "until", b"until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "k", b"k", "query", b"query", "since", b"since", "until", b"until"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "exclude_conversation_id", b"exclude_conversation_id", "k", b"k", "query", b"query", "since", b"since", "until", b"until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

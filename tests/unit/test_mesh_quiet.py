@@ -1,0 +1,69 @@
+"""mesh.quiet: background work waits for a gap between calls, and never falls further behind than allowed."""
+
+from __future__ import annotations
+
+import asyncio
+
+from mesh.quiet import Quiet
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_work_waits_for_a_gap_between_calls() -> None:
+    clock = Clock()
+    quiet = Quiet(clock)
+    quiet.call_started()
+    waiting = asyncio.create_task(quiet.wait(0.05, at_most=10))
+    await asyncio.sleep(0.01)
+    assert not waiting.done()  # a call is being served
+    quiet.call_ended()
+    clock.now += 0.01
+    await asyncio.sleep(0.01)
+    assert not waiting.done()  # the gap is not long enough yet
+    clock.now += 0.05
+    await asyncio.wait_for(waiting, 1)
+
+
+async def test_a_stream_held_open_does_not_keep_the_service_busy() -> None:
+    clock = Clock()
+    quiet = Quiet(clock)
+    quiet.call_started(streaming=True)
+    clock.now += 1
+    assert quiet.quiet_for() == 1
+    await asyncio.wait_for(quiet.wait(0.05, at_most=10), 1)
+
+
+async def test_without_gaps_work_runs_once_it_is_behind_by_at_most_and_keeps_running() -> None:
+    clock = Clock()
+    quiet = Quiet(clock)
+    quiet.call_started()  # busy from now on
+    first = asyncio.create_task(quiet.wait(0.05, at_most=10))
+    await asyncio.sleep(0.01)
+    clock.now += 9
+    await asyncio.sleep(0.01)
+    assert not first.done()
+    clock.now += 1
+    await asyncio.wait_for(first, 1)
+    # Still busy: the next pieces do not wait another 10 s each (the work would never keep up).
+    await asyncio.wait_for(quiet.wait(0.05, at_most=10), 0.5)
+    # A gap: caught up; the next piece waits for a gap again.
+    quiet.call_ended()
+    clock.now += 1
+    await asyncio.wait_for(quiet.wait(0.05, at_most=10), 0.5)
+    quiet.call_started()
+    later = asyncio.create_task(quiet.wait(0.05, at_most=10))
+    await asyncio.sleep(0.01)
+    assert not later.done()
+    later.cancel()
+
+
+async def test_zero_means_no_waiting() -> None:
+    quiet = Quiet()
+    quiet.call_started()
+    await asyncio.wait_for(quiet.wait(0, at_most=10), 0.5)
