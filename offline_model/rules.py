@@ -207,14 +207,34 @@ _QUESTION_WORDS = re.compile(
 )
 
 
+_SENTENCES = re.compile(r"[^.!?]+[.!?]*")
+_ASKING_ABOUT = re.compile(
+    r"^\s*(?:what|which|who|whose|where|when|how\s+(?:many|much|old|long|often))\b", re.IGNORECASE
+)
+_ASKING_ADVICE = re.compile(r"\b(?:should|could|can|would|shall|might)\s+(?:I|we)\b", re.IGNORECASE)
+
+
+def sentences(text: str) -> list[str]:
+    """The sentences of `text`, each with its closing punctuation."""
+    return [found.strip() for found in _SENTENCES.findall(text) if found.strip()]
+
+
 def past_mentions_call(text: str) -> ToolCallReply | None:
     """`recall_conversations{query}` for a question about the person that no memory answers ("Which
-    instrument do I play?"): what they said in earlier conversations may. The query is the question's
-    own words without its question and function words; None for anything but such a question."""
-    text = text.strip()
-    if not text.endswith("?") or not _ABOUT_ME.search(text):
+    instrument do I play?", "When did I adopt my greyhound?"): what they said in earlier conversations
+    may. Only the message's last sentence counts, and only a question asking what, which, who, where,
+    when or how many about "I" or "my" (not for advice: "how should I celebrate?"). The query is its own
+    words without question and function words; None for anything else."""
+    said = sentences(text)
+    question = said[-1] if said else ""
+    if (
+        not question.endswith("?")
+        or not _ASKING_ABOUT.search(question)
+        or _ASKING_ADVICE.search(question)
+        or not _ABOUT_ME.search(question)
+    ):
         return None
-    query = " ".join(_QUESTION_WORDS.sub(" ", text.rstrip("?")).split())
+    query = " ".join(_QUESTION_WORDS.sub(" ", question.rstrip("?")).split())
     query = clean_fact(query)
     if len(query) < 3:
         return None
@@ -463,7 +483,10 @@ def _past_messages_summary(content: str, *, statements_only: bool = False) -> st
         if isinstance(message, Mapping)
         and not (
             statements_only
-            and (message.get("role") != "user" or str(message.get("text", "")).rstrip().endswith("?"))
+            and (
+                message.get("role") != "user"
+                or all(said.endswith("?") for said in sentences(str(message.get("text", ""))))
+            )
         )
     ]
     quoted = []
