@@ -18,8 +18,9 @@ is lived through by a fresh user, signed in with `AuthService/DevLogin` through 
 
 **Context tokens per question**: what the model was given to answer. `memory_tokens` are the words of the
 memories recalled into its prompt (the `memories_recalled` event lists them; a word is the offline model's
-token); `prompt_tokens` is the model's own count of the whole prompt (system prompt, memories, question),
-from the `usage` of `message_completed`. Both are reported per category (mean and p95).
+token) and of the past messages a `recall_conversations` call brought it (its `tool_result`);
+`prompt_tokens` is the model's own count of the whole prompt (system prompt, memories, question), from the
+`usage` of `message_completed`. Both are reported per category (mean and p95).
 
 Results go to bench/results/memory-eval.json (every question with its answer) and memory-eval.md.
 """
@@ -232,6 +233,10 @@ async def ask(client: Client, question: data.Question) -> Asked:
                 recalled = event.memories_recalled.memories
                 asked.recalled += len(recalled)
                 asked.memory_tokens += sum(count_tokens(m.text) for m in recalled)
+            elif event.HasField("tool_result") and event.tool_result.name == "recall_conversations":
+                # Past messages found for the question are context as much as recalled memories are.
+                found = json.loads(event.tool_result.result_json or "{}").get("messages") or []
+                asked.memory_tokens += sum(count_tokens(str(m.get("text", ""))) for m in found)
             elif event.HasField("text_delta"):
                 if asked.first_delta_ms is None:
                     asked.first_delta_ms = since()
@@ -498,7 +503,8 @@ def markdown(result: dict[str, Any]) -> str:
         "or the current one when asked what it was before; counted "
         "right, as LongMemEval's judge does). Latencies are client-side: to the `memories_recalled` event "
         "(recall), to the first text, to the end of the stream. Memory tokens: words of the memories "
-        "recalled into the prompt; prompt tokens: the model's usage count of the whole prompt.",
+        "recalled into the prompt and of the past messages conversation recall found; prompt tokens: the "
+        "model's usage count of the whole prompt.",
         "",
         "How the questions were put: each session was replayed as a new conversation (the user's turns only: "
         "an assistant's turns cannot be sent through the API, so LongMemEval's `single-session-assistant` "
@@ -506,8 +512,10 @@ def markdown(result: dict[str, Any]) -> str:
         "each question was asked in a new conversation. The sessions' dates cannot be replayed either (a "
         "chat turn has no time of its own): the synthetic set's temporal questions are about the order the "
         "system saw or about dates said in the text; a dataset's questions about its own dates are at a "
-        "disadvantage. With the offline model an answer reads back the memories recalled, so containment "
-        "measures what recall brought to the model; a real model and `--judge` measure the answer.",
+        "disadvantage. With the offline model an answer reads back the memories recalled (or, when none "
+        "answers a question about the person, what they stated in past conversations, found by "
+        "`recall_conversations`), so containment measures what recall brought to the model; a real model "
+        "and `--judge` measure the answer.",
         "",
         "By the dataset's question type:",
         "",

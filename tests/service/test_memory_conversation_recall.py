@@ -159,16 +159,18 @@ def _timestamp(at: datetime) -> Timestamp:
 async def test_the_conversation_asking_is_left_out(memory_service: MemoryHarness) -> None:
     """The question itself is stored before the tool searches: without the exclusion it would find itself."""
     _, md = memory_service.user()
+    question = "What soup do I cook for dinner?"
     earlier = await converse(memory_service, md, "nutrition", DINNER, ANSWER)
-    asking = await converse(memory_service, md, "focus", "What soup do I cook for dinner?", "Let me look")
+    asking = await converse(memory_service, md, "focus", question, "Let me look")
 
-    found = {r.conversation_id for r in await recall(memory_service, md, "soup dinner")}
-    assert found == {earlier, asking}
-    left = await recall(memory_service, md, "soup dinner", exclude_conversation_id=asking)
+    found = await recall(memory_service, md, question)
+    assert found[0].conversation_id == asking  # its own words, first
+    left = await recall(memory_service, md, question, exclude_conversation_id=asking)
+    assert left
     assert {r.conversation_id for r in left} == {earlier}
 
     error = await expect_status(
-        recall(memory_service, md, "soup dinner", exclude_conversation_id="not-a-uuid"),
+        recall(memory_service, md, question, exclude_conversation_id="not-a-uuid"),
         grpc.StatusCode.INVALID_ARGUMENT,
     )
     assert "exclude_conversation_id" in (error.details() or "")
