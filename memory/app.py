@@ -237,6 +237,7 @@ async def build(settings: MemorySettings, deps: MemoryDeps) -> Assembly:
                     fact_jobs=fact_jobs,
                     conversation_recaller=conversation_recaller,
                     reembedder=reembedder,
+                    quiet=deps.quiet,
                 ),
                 memory_pb2_grpc.add_ConversationServiceServicer_to_server,
             ),

@@ -34,6 +34,8 @@ from memory.domain import (
     NewMemory,
     NewTurn,
     RecallHit,
+    TurnStart,
+    TurnState,
     UserAgent,
     optional_embedding,
     require_json,
@@ -47,6 +49,7 @@ from memory.reembed import Reembedder
 from memory.stores import AgentStore, ConversationStore, EphemeralStore, MemoryStore, UserDataStore
 from mesh.context import principal
 from mesh.errors import AthenaError, FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
+from mesh.quiet import Quiet
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -267,8 +270,10 @@ class ConversationServicer(memory_pb2_grpc.ConversationServiceServicer):
         fact_jobs: FactJobs | None = None,
         conversation_recaller: ConversationRecaller | None = None,
         reembedder: Reembedder | None = None,
+        quiet: Quiet | None = None,
     ) -> None:
         self._store = store
+        self._quiet = quiet
         self._recaller = recaller
         self._recall_k = recall_k
         self._turn_lease_seconds = turn_lease_seconds
@@ -280,6 +285,13 @@ class ConversationServicer(memory_pb2_grpc.ConversationServiceServicer):
         """A stored message is embedded in the background (conversation recall), off this call's path."""
         if self._reembedder is not None:
             self._reembedder.message_stored(user_id, message.id)
+
+    def _answering(self, start: TurnStart, lease_seconds: float) -> None:
+        """A turn being answered holds background work off (`mesh.quiet`) until its answer is stored, or
+        its lease runs out: its answer streams meanwhile, and nothing this service could defer should
+        compete with it (nor with the other turns streaming)."""
+        if self._quiet is not None and start.state is TurnState.ANSWER:
+            self._quiet.hold(start.answer_id, lease_seconds)
 
     async def StartTurn(
         self, request: memory_pb2.StartTurnRequest, context: Context
@@ -298,6 +310,7 @@ class ConversationServicer(memory_pb2_grpc.ConversationServiceServicer):
             start = await self._store.start_turn(user_id, turn)
             if not start.replayed:
                 self._stored(user_id, start.message)
+            self._answering(start, turn.lease_seconds)
             return convert.turn_start_to_proto(start)
         query = RecallQuery(
             text=chat.text.strip()[:RECALL_QUERY_LENGTH],
@@ -313,6 +326,7 @@ class ConversationServicer(memory_pb2_grpc.ConversationServiceServicer):
             raise
         if not start.replayed:
             self._stored(user_id, start.message)
+        self._answering(start, turn.lease_seconds)
         hits = await recall
         response = convert.turn_start_to_proto(start)
         if hits is None:
@@ -367,6 +381,8 @@ class ConversationServicer(memory_pb2_grpc.ConversationServiceServicer):
             error=message.error,
         )
         stored = await self._store.append_assistant_message(user_id, new)
+        if self._quiet is not None:
+            self._quiet.release(stored.id)
         self._stored(user_id, stored)
         if self._fact_jobs is not None and stored.status is MessageStatus.COMPLETE:
             # After the answer streamed and was stored: learning its facts is off the turn's path, and

@@ -11,7 +11,9 @@ late by seconds, never starved, and keeps up with the load.
 
 The runtime counts every unary call the server serves (`mesh.interceptors.CallContextInterceptor`); a
 streaming call counts as activity when it starts (a stream held open by a browser tab would otherwise
-keep the service "busy" for hours).
+keep the service "busy" for hours). A service also holds the quiet off for work it knows is under way
+elsewhere (`hold`): memory, from the start of a chat turn until its answer is stored, so that what one turn
+left does not run while others stream their answers.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class Quiet:
         self._in_flight = 0
         self._last_activity = float("-inf")
         self._behind_since: float | None = None
+        self._holds: dict[str, float] = {}
 
     def call_started(self, *, streaming: bool = False) -> None:
         """A call began (a streaming one only marks the moment)."""
@@ -41,11 +44,29 @@ class Quiet:
         self._in_flight -= 1
         self._last_activity = self._clock()
 
+    def hold(self, key: str, seconds: float) -> None:
+        """Not quiet while `key` is held: until `release(key)`, or for `seconds` at most (work that was
+        given up on releases nothing)."""
+        self._holds[key] = self._clock() + seconds
+
+    def release(self, key: str) -> None:
+        """Ends the hold `key` (nothing when it is not held)."""
+        if self._holds.pop(key, None) is not None:
+            self._last_activity = self._clock()
+
     def quiet_for(self) -> float:
-        """Seconds since the last call started or ended with none in flight (0 while one is)."""
+        """Seconds since the last call started or ended with none in flight and nothing held (0 while a
+        call is in flight or something is held)."""
         if self._in_flight > 0:
             return 0.0
-        return max(0.0, self._clock() - self._last_activity)
+        now = self._clock()
+        if self._holds:
+            for key, until in list(self._holds.items()):
+                if until <= now:
+                    del self._holds[key]
+            if self._holds:
+                return 0.0
+        return max(0.0, now - self._last_activity)
 
     async def wait(self, quiet_seconds: float, at_most: float) -> None:
         """Returns once no call has been in flight for `quiet_seconds`, or at once when background work has

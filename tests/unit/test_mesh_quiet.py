@@ -67,3 +67,18 @@ async def test_zero_means_no_waiting() -> None:
     quiet = Quiet()
     quiet.call_started()
     await asyncio.wait_for(quiet.wait(0, at_most=10), 0.5)
+
+
+async def test_work_held_elsewhere_keeps_the_service_busy_until_released_or_expired() -> None:
+    clock = Clock()
+    quiet = Quiet(clock)
+    quiet.hold("answer-1", 30)
+    clock.now += 5
+    assert quiet.quiet_for() == 0  # a turn's answer is streaming
+    quiet.release("answer-1")
+    clock.now += 1
+    assert quiet.quiet_for() == 1
+    quiet.hold("answer-2", 30)
+    clock.now += 31  # its holder gave up: the hold ran out
+    assert quiet.quiet_for() > 0
+    quiet.release("answer-2")  # releasing what expired changes nothing
