@@ -18,7 +18,6 @@ from a build, so rendering needs no build and gives the same file everywhere.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
@@ -26,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from edge.envoy_config import EdgeConfig, built_web_files, render
+from k8s import rendered
 
 NAMESPACE = "athena"
 """Namespace of the Services Envoy calls (k8s/base/kustomization.yaml deploys everything there)."""
@@ -51,20 +51,7 @@ def rendered_text() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m k8s.render_envoy", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=OUTPUT, help=f"file to write (default: {OUTPUT})")
-    parser.add_argument("--check", action="store_true", help="only compare; exit 1 when --out is stale")
-    args = parser.parse_args(argv)
-    text = rendered_text()
-    if args.check:
-        current = args.out.read_text(encoding="utf-8") if args.out.is_file() else None
-        if current != text:
-            print(f"{args.out} is stale: run `python -m k8s.render_envoy`", file=sys.stderr)
-            return 1
-        return 0
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text, encoding="utf-8")
-    return 0
+    return rendered.main("k8s.render_envoy", __doc__.splitlines()[0], OUTPUT, rendered_text, argv)
 
 
 if __name__ == "__main__":

@@ -11,13 +11,14 @@ committed, and a test fails when it differs from what this renders now.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from k8s import rendered
 
 REPO = Path(__file__).resolve().parents[1]
 RULES = REPO / "observability" / "rules" / "athena-slo.yaml"
@@ -47,20 +48,7 @@ def rendered_text() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m k8s.render_rules", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=OUTPUT, help=f"file to write (default: {OUTPUT})")
-    parser.add_argument("--check", action="store_true", help="only compare; exit 1 when --out is stale")
-    args = parser.parse_args(argv)
-    text = rendered_text()
-    if args.check:
-        current = args.out.read_text(encoding="utf-8") if args.out.is_file() else None
-        if current != text:
-            print(f"{args.out} is stale: run `python -m k8s.render_rules`", file=sys.stderr)
-            return 1
-        return 0
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text, encoding="utf-8")
-    return 0
+    return rendered.main("k8s.render_rules", __doc__.splitlines()[0], OUTPUT, rendered_text, argv)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from typing import Protocol
 
 from memory.domain import MessageRecord, Stage
 from memory.embeddings import Embedder
-from memory.ranking import RankingPolicy, candidate_count
+from memory.ranking import RankingPolicy, candidate_count, ranked
 from memory.stores import Vector
 from mesh.errors import InvalidArgument
 
@@ -86,18 +86,18 @@ def rank_messages(
     found: Sequence[tuple[FoundMessage, float]], policy: RankingPolicy, stage: Stage, k: int, now: datetime
 ) -> list[MessageHit]:
     """The top `k` of `found` by blended score (stage VECTOR also drops what misses the threshold)."""
-    hits = [
-        MessageHit(
-            found=message,
-            similarity=similarity,
-            score=policy.score(similarity, message.message.created_at, now),
-            stage=stage,
+    return [
+        MessageHit(found=message, similarity=similarity, score=score, stage=stage)
+        for message, similarity, score in ranked(
+            found,
+            policy,
+            k,
+            now,
+            vector=stage is Stage.VECTOR,
+            changed_at=lambda message: message.message.created_at,
+            ident=lambda message: message.message.id,
         )
-        for message, similarity in found
-        if stage is not Stage.VECTOR or policy.passes(similarity)
     ]
-    hits.sort(key=lambda hit: (-hit.score, hit.found.message.id))
-    return hits[:k]
 
 
 class ConversationRecaller:

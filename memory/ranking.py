@@ -8,8 +8,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TypeVar
+
+T = TypeVar("T")
 
 SECONDS_PER_DAY = 86400.0
 
@@ -41,3 +45,24 @@ class RankingPolicy:
 def candidate_count(k: int) -> int:
     """Neighbours fetched for a top-k recall: more than k, since recency may reorder them."""
     return max(4 * k, 40)
+
+
+def ranked(
+    found: Sequence[tuple[T, float]],
+    policy: RankingPolicy,
+    k: int,
+    now: datetime,
+    *,
+    vector: bool,
+    changed_at: Callable[[T], datetime],
+    ident: Callable[[T], str],
+) -> list[tuple[T, float, float]]:
+    """The top `k` of `found` (item, similarity) as (item, similarity, score), best score first, ties by id;
+    the `vector` stage also drops what misses the threshold. Memories and messages rank alike."""
+    scored = [
+        (item, similarity, policy.score(similarity, changed_at(item), now))
+        for item, similarity in found
+        if not vector or policy.passes(similarity)
+    ]
+    scored.sort(key=lambda hit: (-hit[2], ident(hit[0])))
+    return scored[:k]

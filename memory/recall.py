@@ -25,7 +25,7 @@ from prometheus_client import Histogram
 
 from memory.domain import MemoryRecord, RecallHit, Stage
 from memory.embeddings import Embedder
-from memory.ranking import RankingPolicy, candidate_count
+from memory.ranking import RankingPolicy, candidate_count, ranked
 from memory.stores import MemoryStore
 from memory.timeframe import timeframe
 from mesh.metrics import exemplar
@@ -54,18 +54,18 @@ def rank(
     found: Sequence[tuple[MemoryRecord, float]], policy: RankingPolicy, stage: Stage, k: int, now: datetime
 ) -> list[RecallHit]:
     """The top `k` of `found` by blended score (stage VECTOR also drops what misses the threshold)."""
-    hits = [
-        RecallHit(
-            memory=memory,
-            similarity=similarity,
-            score=policy.score(similarity, memory.updated_at, now),
-            stage=stage,
+    return [
+        RecallHit(memory=memory, similarity=similarity, score=score, stage=stage)
+        for memory, similarity, score in ranked(
+            found,
+            policy,
+            k,
+            now,
+            vector=stage is Stage.VECTOR,
+            changed_at=lambda memory: memory.updated_at,
+            ident=lambda memory: memory.id,
         )
-        for memory, similarity in found
-        if stage is not Stage.VECTOR or policy.passes(similarity)
     ]
-    hits.sort(key=lambda hit: (-hit.score, hit.memory.id))
-    return hits[:k]
 
 
 class Recaller:

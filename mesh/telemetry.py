@@ -248,7 +248,9 @@ def server_span(method: str, carrier: Mapping[str, str]) -> Iterator[ServerSpan]
 
 def outgoing_trace_context() -> tuple[tuple[str, str], ...]:
     """The current span's `traceparent` (and `tracestate`) as gRPC metadata for a call made now; none
-    outside a recorded span."""
+    outside a recorded span (nor while tracing is off: a model request pays one check)."""
+    if not tracing_on():
+        return ()
     carrier: dict[str, str] = {}
     _W3C.inject(carrier, setter=default_setter)
     return tuple(carrier.items())

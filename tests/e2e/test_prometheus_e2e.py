@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ import grpc
 import httpx
 import pytest
 from athena.chat.v1 import chat_pb2, chat_pb2_grpc
+from polling import eventually_blocking as eventually
 from test_mesh_e2e import RunningMesh, dev_login, start_mesh, stop_mesh  # type: ignore[import-not-found]
 
 from devstack.otlp_sink import OtlpSink, serve
@@ -97,13 +98,6 @@ def value(prometheus: EmbeddedPrometheus, promql: str) -> float | None:
     return float(result[0]["value"][1]) if result else None
 
 
-def eventually(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + BOUND_SECONDS
-    while not condition():
-        assert time.monotonic() < deadline, f"not within {BOUND_SECONDS} s: {what}"
-        time.sleep(0.25)
-
-
 def first_delta_seconds(stub: chat_pb2_grpc.ChatServiceStub, token: str, text: str) -> float:
     """From sending a turn to its first text, as the client sees it; the turn is read to its end."""
     started = time.perf_counter()
@@ -135,7 +129,7 @@ def test_every_part_is_scraped_and_the_rules_are_loaded(
     def all_up() -> bool:
         return value(prometheus, "count(up == 1)") == 7.0
 
-    eventually(all_up, "every target up")
+    eventually(all_up, "every target up", within=BOUND_SECONDS)
     states = alert_states(prometheus)
     assert {"AthenaChatAvailabilityFastBurn", "AthenaChatFirstTokenFastBurn"} <= set(states)
     assert set(states.values()) == {"inactive"}
@@ -158,7 +152,7 @@ def test_the_first_token_quantile_matches_the_clients_measurement_within_a_bucke
     def all_scraped() -> bool:
         return value(prometheus, f"sum({selector.replace('_bucket', '_count')})") == turns
 
-    eventually(all_scraped, f"{turns} turns in the first-token histogram")
+    eventually(all_scraped, f"{turns} turns in the first-token histogram", within=BOUND_SECONDS)
     server_p95 = value(prometheus, f"histogram_quantile(0.95, sum by (le) ({selector}))")
     assert server_p95 is not None
     assert abs(bucket(server_p95) - bucket(client_p95)) <= 1, (server_p95, client_p95, BUCKETS)
@@ -194,7 +188,7 @@ def test_the_first_token_exemplars_name_traces_the_services_exported(
     def exported() -> bool:
         return linked <= {span.trace_id for span in received.spans()}
 
-    eventually(exported, "the exemplars' traces exported")
+    eventually(exported, "the exemplars' traces exported", within=BOUND_SECONDS)
 
 
 def test_model_failures_drive_the_availability_alert_and_the_first_token_alert_stays_inactive(
@@ -220,14 +214,14 @@ def test_model_failures_drive_the_availability_alert_and_the_first_token_alert_s
 
     # The first fault creates its series; rate() counts the ones after a scrape has seen it.
     fail_once(0)
-    eventually(lambda: value(prometheus, faults) == 1.0, "the first fault scraped")
+    eventually(lambda: value(prometheus, faults) == 1.0, "the first fault scraped", within=BOUND_SECONDS)
     for index in range(1, FAILING_TURNS):
         fail_once(index)
 
     def burning() -> bool:
         return alert_states(prometheus)["AthenaChatAvailabilityFastBurn"] in {"pending", "firing"}
 
-    eventually(burning, "the availability alert pending")
+    eventually(burning, "the availability alert pending", within=BOUND_SECONDS)
     ratio = value(prometheus, "athena:chat_turn_errors:ratio_rate5m")
     assert ratio is not None
     assert ratio > 14.4 * 0.005

@@ -9,23 +9,17 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from polling import eventually_blocking as until
 
 from devstack.process import ManagedProcess
 from devstack.supervisor import Part, RestartPolicy, Supervisor
 
 FAST = RestartPolicy(initial_delay=0.01, factor=2.0, max_delay=0.04, reset_after=60.0)
-
-
-def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
 
 
 def part(tmp_path: Path, name: str, argv: list[str]) -> Part:

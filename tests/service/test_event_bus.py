@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -24,6 +23,7 @@ from athena.events.v1 import events_pb2
 from conftest import running_valkey
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
+from polling import eventually
 from prometheus_client import REGISTRY
 from tracing_fixtures import recording_spans
 
@@ -148,13 +148,6 @@ async def consuming(
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await redis.aclose()
-
-
-async def eventually(condition: Callable[[], Awaitable[bool]], bound: float = BOUND_SECONDS) -> None:
-    deadline = time.monotonic() + bound
-    while not await condition():
-        assert time.monotonic() < deadline, "not within the bound"
-        await asyncio.sleep(0.02)
 
 
 def metric(name: str, group: str, **labels: str) -> float:
@@ -456,7 +449,7 @@ async def test_a_burst_of_5000_is_handled_once_each(valkey: EmbeddedValkey, tmp_
             processes.start("a")
             events = burst(processes.key)
             await publish_all(EventBus(redis, stream=processes.stream), events)
-            await eventually(lambda: effects_done(redis, processes, redis), bound=40)
+            await eventually(lambda: effects_done(redis, processes, redis), within=40)
             assert await runs(redis, processes) == {e.id: 1 for e in events}
             assert await redis.xlen(f"{processes.stream}:dead") == 0
     finally:
@@ -479,13 +472,13 @@ async def test_a_consumer_killed_mid_burst_loses_none_and_repeats_none(
             async def under_way() -> bool:
                 return await redis.hlen(f"{processes.key}:effects") >= BURST // 4
 
-            await eventually(under_way, bound=30)
+            await eventually(under_way, within=30)
             first.send_signal(signal.SIGKILL)
             first.wait(10)
             done_by_first = await redis.hlen(f"{processes.key}:effects")
             assert done_by_first < BURST
             processes.start("b")
-            await eventually(lambda: effects_done(redis, processes, redis), bound=40)
+            await eventually(lambda: effects_done(redis, processes, redis), within=40)
 
             effects = await redis.hgetall(f"{processes.key}:effects")
             assert set(effects) == {e.id for e in events}
@@ -516,7 +509,7 @@ async def test_a_valkey_restart_mid_burst_loses_none(valkey: EmbeddedValkey, tmp
                 async def under_way() -> bool:
                     return await effects.hlen(f"{processes.key}:effects") >= BURST // 10
 
-                await eventually(under_way, bound=30)
+                await eventually(under_way, within=30)
                 assert await effects.hlen(f"{processes.key}:effects") < BURST // 2  # it is consuming
                 await asyncio.to_thread(own.stop)
                 restarting = asyncio.create_task(asyncio.to_thread(own.start))
@@ -524,7 +517,7 @@ async def test_a_valkey_restart_mid_burst_loses_none(valkey: EmbeddedValkey, tmp
                 await restarting
                 assert own.process.alive()
 
-                await eventually(lambda: effects_done(effects, processes, bus), bound=40)
+                await eventually(lambda: effects_done(effects, processes, bus), within=40)
                 assert await runs(effects, processes) == {e.id: 1 for e in events}
                 assert await bus.xlen(f"{processes.stream}:dead") == 0
         finally:

@@ -7,8 +7,7 @@ model: vectors of different dimensions, never comparable)."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import asyncpg
@@ -17,6 +16,7 @@ from athena.memory.v1 import memory_pb2
 from conftest import StartService
 from doubles.embedder import GatedEmbedder, HashingEmbedder
 from memory_fixtures import MemoryHarness, start_memory
+from polling import eventually as until
 from privacy_fixtures import fresh_database
 from test_memory_conversation_recall import ANSWER, DINNER, converse, recall
 
@@ -37,14 +37,6 @@ async def status(harness: MemoryHarness) -> memory_pb2.GetEmbeddingStatusRespons
     return await harness.memory.GetEmbeddingStatus(
         memory_pb2.GetEmbeddingStatusRequest(), metadata=harness.service_metadata
     )
-
-
-async def until(condition: Callable[[], Awaitable[bool]], what: str) -> None:
-    for _ in range(200):
-        if await condition():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting until {what}")
 
 
 async def stale_rows(superuser_url: str, dimension: int) -> int:

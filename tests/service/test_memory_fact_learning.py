@@ -5,9 +5,8 @@ people correct and delete them, no one sees another's, and a failing extraction 
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from athena.chat.v1 import chat_pb2
 from athena.memory.v1 import memory_pb2
 from conftest import NO_REDIS, StartService, offline_model_settings
 from memory_fixtures import MemoryHarness, expect_status, start_memory, start_turn_request
+from polling import eventually
 from prometheus_client import REGISTRY
 
 from devstack.postgres import EmbeddedPostgres
@@ -33,18 +33,6 @@ from offline_model.server import OfflineModelServer
 
 Metadata = tuple[tuple[str, str], ...]
 DEADLINE_SECONDS = 15.0
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], what: str) -> Any:
-    """Polls `check` until it answers something truthy (the background extraction is done), or fails."""
-    deadline = time.monotonic() + DEADLINE_SECONDS
-    while True:
-        found = await check()
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {DEADLINE_SECONDS} s: {what}")
-        await asyncio.sleep(0.05)
 
 
 @pytest_asyncio.fixture

@@ -22,6 +22,7 @@ from conftest import NO_REDIS, StartService, running_valkey
 from emulators import PushEmulator
 from emulators.push import BrowserSubscription
 from memory_fixtures import MemoryHarness, expect_status, start_memory
+from polling import eventually
 from privacy_fixtures import dump_database
 
 from devstack.postgres import EmbeddedPostgres
@@ -584,11 +585,3 @@ async def publish_and_check(bus: RedisNotificationBus, event: Any, received: lis
     await bus.publish(event)
     await asyncio.sleep(0.05)
     return event in received
-
-
-async def eventually(check: Callable[[], Any], within: float = 10.0) -> None:
-    """Retries `check` (an awaitable-returning callable) until it answers true."""
-    deadline = asyncio.get_running_loop().time() + within
-    while not await check():
-        assert asyncio.get_running_loop().time() < deadline, "never happened"
-        await asyncio.sleep(0.05)

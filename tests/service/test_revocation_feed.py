@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 import pytest_asyncio
 from doubles.revocations import RecordingRevocations
+from polling import eventually
 
 from devstack.process import free_port
 from devstack.valkey import EmbeddedValkey
@@ -44,13 +45,6 @@ def refuses(revocations: RevocationList, user_id: str, session_id: str = "") -> 
     return (
         revocations.refusal(user_id=user_id, session_id=session_id, issued_at=now - 60, now=now) is not None
     )
-
-
-async def eventually(condition: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + BOUND_SECONDS
-    while not condition():
-        assert time.monotonic() < deadline, "not within the bound"
-        await asyncio.sleep(0.01)
 
 
 Writer = tuple[Callable[[Revocation], Awaitable[None]], Callable[[], Awaitable[RevocationList]]]
