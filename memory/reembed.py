@@ -3,9 +3,10 @@ changes.
 
 Two loops run on every replica (`mesh.app` background tasks):
 
-- `index_messages`: a message stored by a turn (`message_stored`) is embedded soon after, off the
-  first-token path, in batches. If that fails (the model is down, the replica stops), the message stays
-  without a vector and is found by its words; the next sweep embeds it.
+- `index_messages`: a message stored by a turn (`message_stored`) is indexed soon after, off the
+  first-token path, in batches: its blind words and its vector are written together. If embedding fails (the
+  model is down), the words are written alone and the message is found by them; the next sweep embeds it
+  (and writes the words of a message the replica stopped before indexing).
 - `sweep`: the job of the current model (`embedding_jobs`), user by user in id order. A replica takes the
   job's lease, embeds a user's memories and messages lacking a current vector in batches, records the user
   as done (the cursor, in PostgreSQL: a restart resumes after the last user done) and renews the lease;
@@ -131,17 +132,23 @@ class Reembedder:
                 return written
 
     async def _embed_batch(self, user_id: str, texts: Sequence[PendingText]) -> int:
-        vectors: list[Sequence[float] | None] = [None] * len(texts)
-        wanted = [i for i, text in enumerate(texts) if text.text.strip()]
-        for start, end in pending_batches(len(wanted), self._batch_size):
-            chunk = wanted[start:end]
-            for i, vector in zip(
-                chunk, await self._embedder.embed([texts[i].text for i in chunk]), strict=True
-            ):
-                vectors[i] = vector
+        # A message's blind words are written here too, not when it is stored (off the turn's path); if the
+        # model cannot embed now, they are written alone, so the keyword stage finds the message meanwhile.
         words = await self._store.words(
             user_id, [text.text if text.kind == "message" else "" for text in texts]
         )
+        vectors: list[Sequence[float] | None] = [None] * len(texts)
+        wanted = [i for i, text in enumerate(texts) if text.text.strip()]
+        try:
+            for start, end in pending_batches(len(wanted), self._batch_size):
+                chunk = wanted[start:end]
+                for i, vector in zip(
+                    chunk, await self._embedder.embed([texts[i].text for i in chunk]), strict=True
+                ):
+                    vectors[i] = vector
+        except AthenaError:
+            await self._store.store_words(user_id, texts, words)
+            raise
         written = await self._store.store(self.current, user_id, texts, vectors, words)
         for kind in ("memory", "message"):
             count = sum(1 for text in texts if text.kind == kind)

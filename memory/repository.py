@@ -659,7 +659,6 @@ class PostgresConversationStore:
                 uuid.uuid4(),
                 turn.lease_seconds,
                 _sealed_tool_calls(cipher, message_id, ()),
-                cipher.words(turn.text),
             )
             assert row is not None, "the statement answers one row, the agents' states"
             try:
@@ -801,9 +800,8 @@ class PostgresConversationStore:
         message_id = uuid.uuid4()
         message = await connection.fetchrow(
             f"""INSERT INTO messages (id, conv_id, user_id, role, agent_id, content, tool_call,
-                                      client_request_id, answer_id, lease_until, words)
-                VALUES ($1, $2, $3, 'user', $4, $5, $6, $7, $8, clock_timestamp() + make_interval(secs => $9),
-                        $10)
+                                      client_request_id, answer_id, lease_until)
+                VALUES ($1, $2, $3, 'user', $4, $5, $6, $7, $8, clock_timestamp() + make_interval(secs => $9))
                 RETURNING {_TURN_COLUMNS}""",
             message_id,
             conv_uuid,
@@ -814,7 +812,6 @@ class PostgresConversationStore:
             turn.client_request_id,
             uuid.uuid4(),
             turn.lease_seconds,
-            cipher.words(turn.text),
         )
         assert message is not None
         return message
@@ -837,7 +834,6 @@ class PostgresConversationStore:
                 _sealed_tool_calls(cipher, message_id, message.tool_calls),
                 message.status.value,
                 message.error,
-                cipher.words(message.content),
             )
             assert row is not None, "the statement answers one row"
             if not row["conversation_found"]:
@@ -926,11 +922,11 @@ class _Repeated(Exception):
 _APPEND_ASSISTANT_MESSAGE = f"""WITH conversation AS (
         UPDATE conversations SET updated_at = clock_timestamp() WHERE user_id = $3 AND id = $2 RETURNING id
     ), message AS (
-        INSERT INTO messages (id, conv_id, user_id, role, agent_id, content, tool_call, status, error, words)
-        SELECT $1, conversation.id, $3, 'assistant', $4, $5, $6, $7, $8, $9 FROM conversation
+        INSERT INTO messages (id, conv_id, user_id, role, agent_id, content, tool_call, status, error)
+        SELECT $1, conversation.id, $3, 'assistant', $4, $5, $6, $7, $8 FROM conversation
         ON CONFLICT (id) DO UPDATE
         SET agent_id = EXCLUDED.agent_id, content = EXCLUDED.content, tool_call = EXCLUDED.tool_call,
-            status = EXCLUDED.status, error = EXCLUDED.error, words = EXCLUDED.words, embedding = NULL,
+            status = EXCLUDED.status, error = EXCLUDED.error, words = NULL, embedding = NULL,
             embedding_model = NULL
         WHERE messages.conv_id = EXCLUDED.conv_id AND messages.role = 'assistant'
         RETURNING {_MESSAGE_COLUMNS}
@@ -955,9 +951,9 @@ _AGENT_CHOSEN = """agent_states AS (
 
 _NEW_TURN_MESSAGE = f"""message AS (
         INSERT INTO messages (id, conv_id, user_id, role, agent_id, content, tool_call, client_request_id,
-                              answer_id, lease_until, words)
+                              answer_id, lease_until)
         SELECT $5, conversation.id, $1, 'user', $3, $6, $10, $7, $8,
-               clock_timestamp() + make_interval(secs => $9), $11
+               clock_timestamp() + make_interval(secs => $9)
         FROM conversation
         ON CONFLICT (user_id, client_request_id) DO NOTHING
         RETURNING {_TURN_COLUMNS}

@@ -278,6 +278,25 @@ class PostgresEmbeddingModels:
                 written += done is not None
         return written
 
+    async def store_words(
+        self, user_id: str, texts: Sequence[PendingText], words: Sequence[list[bytes]]
+    ) -> None:
+        """Writes the blind words of the messages among `texts` that have none yet (their vectors could not
+        be made now), unless the text changed since it was read."""
+        rows = [
+            (text.id, text.sealed, tokens)
+            for text, tokens in zip(texts, words, strict=True)
+            if text.kind == "message"
+        ]
+        if not rows:
+            return
+        async with self._db.transaction(user_id) as connection:
+            await connection.executemany(
+                """UPDATE messages SET words = $3
+                   WHERE id = $1 AND user_id = $4 AND content = $2 AND words IS NULL""",
+                [(*row, uuid.UUID(user_id)) for row in rows],
+            )
+
     async def words(self, user_id: str, texts: Sequence[str]) -> list[list[bytes]]:
         """The blind tokens of each text's words under the user's key."""
         cipher = await self._keys.reading(user_id)

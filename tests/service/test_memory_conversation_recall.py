@@ -4,7 +4,7 @@ for its owner only, within the agent and time window asked for."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from datetime import UTC, datetime, timedelta
 
 import grpc
@@ -12,6 +12,7 @@ from athena.chat.v1 import chat_pb2
 from athena.memory.v1 import memory_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 from memory_fixtures import MemoryHarness, expect_status, memory_service, start_turn_request
+from polling import eventually
 
 __all__ = ["memory_service"]
 
@@ -52,6 +53,11 @@ async def recall(
     return list(response.results)
 
 
+async def _first_in(results: Awaitable[Sequence[memory_pb2.RecalledMessage]], conversation_id: str) -> bool:
+    found = await results
+    return bool(found) and found[0].conversation_id == conversation_id
+
+
 async def recall_by_vector(
     harness: MemoryHarness, md: Metadata, query: str, expected: int, **fields: object
 ) -> Sequence[memory_pb2.RecalledMessage]:
@@ -81,8 +87,10 @@ async def test_a_past_conversation_is_found_by_what_was_said(memory_service: Mem
     assert best.stage == memory_pb2.RECALL_STAGE_VECTOR
     assert all(r.conversation_id == dinner for r in results), "the focus conversation is unrelated"
 
-    # The agent's answer is found by its own words too.
-    answers = await recall(memory_service, md, "fibre and protein")
+    # The agent's answer is found by its own words too (written with its vector, soon after it is stored).
+    answers = await eventually(
+        lambda: recall(memory_service, md, "fibre and protein"), "the answer found by its words"
+    )
     assert answers[0].message.content == ANSWER
     assert answers[0].message.role == chat_pb2.ROLE_ASSISTANT
 
@@ -163,8 +171,10 @@ async def test_the_conversation_asking_is_left_out(memory_service: MemoryHarness
     earlier = await converse(memory_service, md, "nutrition", DINNER, ANSWER)
     asking = await converse(memory_service, md, "focus", question, "Let me look")
 
-    found = await recall(memory_service, md, question)
-    assert found[0].conversation_id == asking  # its own words, first
+    # Its own words, first, once indexed (soon after the messages are stored).
+    await eventually(
+        lambda: _first_in(recall(memory_service, md, question), asking), "the question found itself"
+    )
     left = await recall(memory_service, md, question, exclude_conversation_id=asking)
     assert left
     assert {r.conversation_id for r in left} == {earlier}

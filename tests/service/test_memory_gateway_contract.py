@@ -22,6 +22,7 @@ from athena.memory.v1 import memory_pb2
 from conftest import ServiceGroup, TokenFactory, auth_metadata
 from doubles.memory import InMemoryGateway
 from memory_fixtures import MemoryHarness, start_memory  # type: ignore[import-not-found]
+from polling import eventually
 
 from devstack.postgres import EmbeddedPostgres
 from devstack.valkey import EmbeddedValkey
@@ -31,7 +32,15 @@ from mesh.tokens import TokenVerifier
 from orchestrator.catalog import Catalog
 from orchestrator.memory_client import GrpcMemoryGateway
 from orchestrator.ports import MemoryGateway
-from orchestrator.records import AssistantMessage, HistoryMessage, NewTurn, Role, Scope, TurnState
+from orchestrator.records import (
+    AssistantMessage,
+    HistoryMessage,
+    NewTurn,
+    PastMessage,
+    Role,
+    Scope,
+    TurnState,
+)
 
 SHIPPED_AGENTS = frozenset(agent.id for agent in Catalog.load() if agent.enabled)
 
@@ -281,7 +290,11 @@ async def test_past_messages_are_found_by_their_words_for_their_owner_only(memor
     await memory.gateway.append_assistant_message(
         start.conversation_id, answer("Lentil soup it is", "nutrition")
     )
-    found = await memory.gateway.recall_conversations("lentil soup dinner")
+    # Messages are indexed (words and vector) in the background, soon after they are stored.
+    found = await eventually(
+        lambda: _found_both(memory.gateway.recall_conversations("lentil soup dinner")),
+        "both messages indexed",
+    )
     assert found[0].conversation_id == start.conversation_id
     assert (found[0].role, found[0].agent_id, found[0].text) == (
         Role.USER,
@@ -295,6 +308,11 @@ async def test_past_messages_are_found_by_their_words_for_their_owner_only(memor
     assert await memory.gateway.recall_conversations("lentil soup", since=tomorrow) == []
     async with memory.someone_else() as theirs:
         assert await theirs.recall_conversations("lentil soup dinner") == []
+
+
+async def _found_both(found: Awaitable[list[PastMessage]]) -> list[PastMessage]:
+    results = await found
+    return results if len(results) == 2 else []
 
 
 # --- agents --------------------------------------------------------------------------------------------

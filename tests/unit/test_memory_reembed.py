@@ -9,11 +9,13 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import pytest
 from doubles.embedder import HashingEmbedder
 
 from memory.embedding_models import OFFLINE_EMBEDDING_MODEL, EmbeddingModel, ReembedProgress
 from memory.reembed import Reembedder
 from memory.vectors import CurrentModel, PendingText
+from mesh.errors import Unavailable
 
 MODEL = CurrentModel(2, EmbeddingModel(OFFLINE_EMBEDDING_MODEL, 16))
 
@@ -39,6 +41,8 @@ class FakeJobs:
     lease_until: float = 0.0
     finished: bool = False
     writes: list[uuid.UUID] = field(default_factory=list)
+    words_alone: list[uuid.UUID] = field(default_factory=list)
+    """Messages whose words were written without a vector."""
 
     async def lease(self, current: CurrentModel, holder: str, seconds: float) -> tuple[bool, str | None]:
         if self.finished or (self.leased_by not in (None, holder) and self.lease_until > self.now):
@@ -102,6 +106,11 @@ class FakeJobs:
             self.users[user_id][text.id].model = current.id
             self.writes.append(text.id)
         return len(texts)
+
+    async def store_words(
+        self, user_id: str, texts: Sequence[PendingText], words: Sequence[list[bytes]]
+    ) -> None:
+        self.words_alone += [text.id for text in texts if text.kind == "message"]
 
     async def words(self, user_id: str, texts: Sequence[str]) -> list[list[bytes]]:
         return [[] for _ in texts]
@@ -167,3 +176,18 @@ async def test_stored_messages_are_embedded_and_nothing_else() -> None:
     indexing.cancel()
     assert jobs.writes == [message_id]
     assert [row.model for row in rows.values() if row.kind == "memory"] == [1, 1], "left to the sweep"
+
+
+async def test_a_message_the_model_cannot_embed_now_keeps_its_words() -> None:
+    jobs = populated(users=1, memories=1, messages=2)
+    embedder = HashingEmbedder(16)
+    embedder.down = True
+    worker = replica(jobs, embedder, "a")
+    ((user_id, rows),) = jobs.users.items()
+    messages = sorted(row_id for row_id, row in rows.items() if row.kind == "message")
+
+    with pytest.raises(Unavailable):
+        await worker.embed_user(user_id, [str(message) for message in messages])
+
+    assert sorted(jobs.words_alone) == messages, "found by their words until the next sweep"
+    assert jobs.writes == [], "no vector written"
