@@ -8,7 +8,9 @@ verified caller's id, so PostgreSQL's row-level security scopes it even if a que
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import contextvars
 import json
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, TypeAlias
@@ -46,6 +48,7 @@ class Database:
     def __init__(self, pool: postgres.Pool, *, acquire_timeout: float = 2.0) -> None:
         self.pool = pool
         self._acquire_timeout = acquire_timeout
+        self._ending: set[asyncio.Task[None]] = set()
 
     @contextlib.asynccontextmanager
     async def transaction(
@@ -58,17 +61,47 @@ class Database:
             f"set_config({_literal(name)}, {_literal(value)}, true)" for name, value in pairs.items()
         )
         mode = "ISOLATION LEVEL REPEATABLE READ READ ONLY" if readonly else "ISOLATION LEVEL READ COMMITTED"
-        async with postgres.translated(), self.pool.acquire(timeout=self._acquire_timeout) as connection:
-            # One round trip opens the transaction and scopes it: the simple query protocol takes both
-            # statements (hence the values as quoted literals, not parameters).
-            await connection.execute(f"BEGIN {mode}; SELECT {configs}")
+        async with postgres.translated():
+            connection = await self.pool.acquire(timeout=self._acquire_timeout)
+            ending_later = False
             try:
-                yield connection
-            except BaseException:
-                with contextlib.suppress(Exception):  # a broken connection is discarded by the pool
-                    await connection.execute("ROLLBACK")
-                raise
+                # One round trip opens the transaction and scopes it: the simple query protocol takes both
+                # statements (hence the values as quoted literals, not parameters).
+                await connection.execute(f"BEGIN {mode}; SELECT {configs}")
+                try:
+                    yield connection
+                except BaseException:
+                    with contextlib.suppress(Exception):  # a broken connection is discarded by the pool
+                        await connection.execute("ROLLBACK")
+                    raise
+                if readonly:
+                    # What was read is final once the statements answered, and a read-only transaction has
+                    # nothing to make durable: it ends after the caller went on (one round trip less on
+                    # every read's path, recall's included). The pool gets the connection back then.
+                    self._end_later(connection)
+                    ending_later = True
+                else:
+                    await connection.execute("COMMIT")
+            finally:
+                if not ending_later:
+                    await self.pool.release(connection)
+
+    def _end_later(self, connection: Connection) -> None:
+        task = asyncio.get_running_loop().create_task(self._end(connection), context=contextvars.Context())
+        self._ending.add(task)
+        task.add_done_callback(self._ending.discard)
+
+    async def _end(self, connection: Connection) -> None:
+        # A connection that broke meanwhile is discarded by the pool's release (which may then raise).
+        with contextlib.suppress(Exception):
             await connection.execute("COMMIT")
+        with contextlib.suppress(Exception):
+            await self.pool.release(connection)
+
+    async def settled(self) -> None:
+        """Waits until every read-only transaction has ended and given its connection back (tests)."""
+        while self._ending:
+            await asyncio.gather(*self._ending, return_exceptions=True)
 
     async def ping(self, within: float = 1.0) -> bool:
         """Whether a `SELECT 1` answers within `within` seconds (the readiness check)."""

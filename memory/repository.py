@@ -268,7 +268,9 @@ class PostgresMemoryStore:
             return Candidates(nearest=[], keyword=[])
         tokens = cipher.words(text) if text else []
         window = (False, None, None) if timeframe is None else (True, timeframe.start, timeframe.end)
-        async with self._db.transaction(user_id, settings=self._scan_settings(limit)) as connection:
+        async with self._db.transaction(
+            user_id, readonly=True, settings=self._scan_settings(limit)
+        ) as connection:
             # The vector stage reads only vectors of the current model, compared as `vector(N)` (the cast
             # and model id as literals, so the model's partial HNSW index answers). The keyword rank: the
             # share of the query's words the memory holds, in 0..1; `current` says whether the memory has a

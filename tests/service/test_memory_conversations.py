@@ -388,6 +388,26 @@ async def test_a_connection_comes_back_from_a_failed_transaction_clean_and_cheap
         await close_pool(pool)
 
 
+async def test_a_read_only_transaction_ends_after_its_reader_went_on(postgres: EmbeddedPostgres) -> None:
+    """A read-only transaction's COMMIT is not on its reader's path: the block's results are final when it
+    leaves, and the connection comes back to the pool ended a moment later, not inside the transaction."""
+    pool = await open_pool(postgres.url, init=init_connection, max_size=1)
+    database = Database(pool)
+    try:
+        async with database.transaction(None, readonly=True) as connection:
+            read = await connection.fetchval("SELECT 41 + 1")
+            backend = await connection.fetchval("SELECT pg_backend_pid()")
+        assert read == 42
+        assert pool.get_idle_size() == 0, "still ending when the reader goes on"
+        await database.settled()
+        assert pool.get_idle_size() == 1
+        async with pool.acquire() as connection:
+            assert await connection.fetchval("SELECT pg_backend_pid()") == backend
+            assert not connection.is_in_transaction()
+    finally:
+        await close_pool(pool)
+
+
 async def test_an_answer_under_the_id_of_another_message_is_refused_and_changes_nothing(
     memory_service: MemoryHarness,
 ) -> None:
