@@ -7,6 +7,7 @@ import os
 import platform
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -36,6 +37,15 @@ def reference_seconds() -> float:
     return round(best, 3)
 
 
+_ECHO = """
+import socket, sys
+echo = socket.socket(fileno=int(sys.argv[1]))
+while data := echo.recv(1):
+    echo.sendall(data)
+"""
+"""Sends back every byte it receives on the socket whose descriptor it is given, until that closes."""
+
+
 def round_trip_microseconds(round_trips: int = 20_000) -> float:
     """Microseconds a one-byte message takes to go to another process and back over a Unix socket, best
     of three runs. The mesh is many processes passing small messages: where a machine's system calls and
@@ -43,14 +53,12 @@ def round_trip_microseconds(round_trips: int = 20_000) -> float:
     (the same commit cost 30-40 % more CPU a turn on one host kernel than on another of equal
     `reference_seconds`)."""
     ours, theirs = socket.socketpair()
-    child = os.fork()
-    if child == 0:  # the echo: back with every byte until the socket closes
-        ours.close()
-        while data := theirs.recv(1):
-            theirs.sendall(data)
-        os._exit(0)
+    # The echo is a fresh interpreter, not a fork: the caller may be a process with threads (grpc's).
+    echo = subprocess.Popen([sys.executable, "-c", _ECHO, str(theirs.fileno())], pass_fds=(theirs.fileno(),))
     theirs.close()
     try:
+        ours.sendall(b"x")  # started and answering
+        ours.recv(1)
         best = float("inf")
         for _ in range(3):
             started = time.perf_counter()
@@ -60,7 +68,7 @@ def round_trip_microseconds(round_trips: int = 20_000) -> float:
             best = min(best, time.perf_counter() - started)
     finally:
         ours.close()
-        os.waitpid(child, 0)
+        echo.wait()
     return round(best / round_trips * 1e6, 1)
 
 

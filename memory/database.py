@@ -98,11 +98,6 @@ class Database:
         with contextlib.suppress(Exception):
             await self.pool.release(connection)
 
-    async def settled(self) -> None:
-        """Waits until every read-only transaction has ended and given its connection back (tests)."""
-        while self._ending:
-            await asyncio.gather(*self._ending, return_exceptions=True)
-
     async def ping(self, within: float = 1.0) -> bool:
         """Whether a `SELECT 1` answers within `within` seconds (the readiness check)."""
         return await postgres.ping(self.pool, within=within)
