@@ -14,7 +14,7 @@ from athena.memory.v1 import memory_pb2, memory_pb2_grpc
 from athena.notifications.v1 import notifications_pb2, notifications_pb2_grpc
 
 from memory.conversation_recall import ConversationRecaller
-from memory.database import Database, init_connection
+from memory.database import Database, SessionConnection, init_connection
 from memory.embeddings import BatchingEmbedder, Embedder, OpenAIEmbedder
 from memory.ephemeral import RedisEphemeralStore
 from memory.extraction import FactExtractor, FactJobs, FactLearner
@@ -113,6 +113,7 @@ async def build(settings: MemorySettings, deps: MemoryDeps) -> Assembly:
         connect_timeout=settings.db_acquire_timeout_seconds,
         command_timeout=settings.db_command_timeout_seconds,
         init=init_connection,
+        connection_class=SessionConnection,
     )
     database = Database(pool, acquire_timeout=settings.db_acquire_timeout_seconds)
     keys = UserKeys(

@@ -1,9 +1,15 @@
-"""Per-user transactions on the service's asyncpg pool (opened by `mesh.postgres`).
+"""Per-user work on the service's asyncpg pool (opened by `mesh.postgres`), scoped by row-level security.
 
-Every transaction that touches user data first runs `set_config('athena.user_id', <user>, true)` with the
-verified caller's id, so PostgreSQL's row-level security scopes it even if a query forgot its own
-`WHERE user_id = ...`. Connection-level failures become `mesh.errors.Unavailable`
-(`mesh.postgres.translated`).
+Everything that touches user data runs with PostgreSQL's `athena.user_id` set to the verified caller's id,
+so row-level security scopes it even if a query forgot its own `WHERE user_id = ...`, in one of two ways:
+
+- `transaction`: several statements in one transaction, scoped with `set_config(..., true)` (local to it).
+- `statements`: statements that each stand alone (autocommit: one round trip each, where a transaction
+  costs three for one statement). The connection's session is scoped, and the scope is remembered with the
+  connection (`SessionConnection`): set again, in one round trip, only when the connection last served
+  another user or other settings. The hot statements of a turn take this way.
+
+Connection-level failures become `mesh.errors.Unavailable` (`mesh.postgres.translated`).
 """
 
 from __future__ import annotations
@@ -12,8 +18,8 @@ import asyncio
 import contextlib
 import contextvars
 import json
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, TypeAlias
+from collections.abc import AsyncIterator, Iterable
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import asyncpg
 from pgvector.asyncpg import register_vector
@@ -24,6 +30,18 @@ if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
 
 Connection: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"
+
+
+class SessionConnection(asyncpg.Connection):
+    """A pooled connection that remembers what its session is scoped to (`Database.statements`): the
+    settings it set with `set_config(..., false)`, the user first. A connection replaced by the pool (broken,
+    idle too long) starts empty, as its new session does."""
+
+    __slots__ = ("session_settings",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.session_settings: dict[str, str] = {}
 
 
 async def init_connection(connection: postgres.Connection) -> None:
@@ -42,6 +60,22 @@ def _literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+def _set_configs(settings: dict[str, str], *, local: bool) -> str:
+    return ", ".join(
+        f"set_config({_literal(name)}, {_literal(value)}, {'true' if local else 'false'})"
+        for name, value in settings.items()
+    )
+
+
+def _session_scoping(settings: dict[str, str], *, stale: Iterable[str]) -> str:
+    """One simple-protocol round trip: `settings` set for the session, the `stale` ones reset."""
+    resets = "".join(
+        "; RESET " + ".".join('"' + part.replace('"', '""') + '"' for part in name.split("."))
+        for name in sorted(stale)
+    )
+    return f"SELECT {_set_configs(settings, local=False)}{resets}"
+
+
 class Database:
     """Transactions on the pool, each scoped to one user (or to no user, for the global catalog)."""
 
@@ -56,10 +90,7 @@ class Database:
     ) -> AsyncIterator[Connection]:
         """A connection inside a transaction whose row-level-security user is `user_id` (None: no user,
         so user-data tables show no rows). `settings` are further `set_config(..., true)` pairs."""
-        pairs: dict[str, str] = {"athena.user_id": user_id or "", **(settings or {})}
-        configs = ", ".join(
-            f"set_config({_literal(name)}, {_literal(value)}, true)" for name, value in pairs.items()
-        )
+        configs = _set_configs({"athena.user_id": user_id or "", **(settings or {})}, local=True)
         mode = "ISOLATION LEVEL REPEATABLE READ READ ONLY" if readonly else "ISOLATION LEVEL READ COMMITTED"
         async with postgres.translated():
             connection = await self.pool.acquire(timeout=self._acquire_timeout)
@@ -85,6 +116,31 @@ class Database:
             finally:
                 if not ending_later:
                     await self.pool.release(connection)
+
+    @contextlib.asynccontextmanager
+    async def statements(
+        self, user_id: str, *, settings: dict[str, str] | None = None
+    ) -> AsyncIterator[Connection]:
+        """A connection outside any transaction, for statements each whole on its own (each commits as it
+        answers, or fails alone), whose session's row-level-security user is `user_id` and whose further
+        settings are exactly `settings` (names another caller set before are reset). Nothing is sent when
+        the connection was left so; else one round trip. Work that needs two statements to agree, or to
+        fail together, takes a `transaction`."""
+        wanted: dict[str, str] = {"athena.user_id": user_id, **(settings or {})}
+        async with postgres.translated():
+            connection = await self.pool.acquire(timeout=self._acquire_timeout)
+            try:
+                session: dict[str, str] | None = getattr(connection, "session_settings", None)
+                if session is None:  # a pool without `SessionConnection`: scoped every time
+                    session = {}
+                if session != wanted:
+                    scoping = _session_scoping(wanted, stale=session.keys() - wanted.keys())
+                    session.clear()  # unknown until the statement answered
+                    await connection.execute(scoping)
+                    session.update(wanted)
+                yield connection
+            finally:
+                await self.pool.release(connection)
 
     def _end_later(self, connection: Connection) -> None:
         task = asyncio.get_running_loop().create_task(self._end(connection), context=contextvars.Context())

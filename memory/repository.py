@@ -268,9 +268,7 @@ class PostgresMemoryStore:
             return Candidates(nearest=[], keyword=[])
         tokens = cipher.words(text) if text else []
         window = (False, None, None) if timeframe is None else (True, timeframe.start, timeframe.end)
-        async with self._db.transaction(
-            user_id, readonly=True, settings=self._scan_settings(limit)
-        ) as connection:
+        async with self._db.statements(user_id, settings=self._scan_settings(limit)) as connection:
             # The vector stage reads only vectors of the current model, compared as `vector(N)` (the cast
             # and model id as literals, so the model's partial HNSW index answers). The keyword rank: the
             # share of the query's words the memory holds, in 0..1; `current` says whether the memory has a
@@ -641,14 +639,17 @@ class PostgresConversationStore:
             return await self._start_turn(cipher, user_id, turn)
 
     async def _start_new_turn(self, cipher: Cipher, user_id: str, turn: NewTurn) -> TurnStart:
-        """The common case in three round trips: the user message with the agents' states (its
-        conversation created or touched, if the agent is available, in the same statement), the history
-        of an existing conversation, commit."""
+        """The common case in one round trip (two with an existing conversation's history; one more when
+        the connection served another user last), outside a transaction: one statement stores the user
+        message with the agents' states, its conversation created or touched in it, and stores nothing
+        when the agent is not available or the client request id was used before (then the full path
+        decides). A statement that fails stores nothing; if the history's read fails after it, the message
+        is stored and a retry resumes its turn once its lease lapsed."""
         uid = uuid.UUID(user_id)
         new_conversation = turn.conversation_id is None
         conv_uuid = uuid.uuid4() if new_conversation else uuid.UUID(str(turn.conversation_id))
         message_id = uuid.uuid4()
-        async with self._db.transaction(user_id) as connection:
+        async with self._db.statements(user_id) as connection:
             row = await connection.fetchrow(
                 _NEW_CONVERSATION_TURN if new_conversation else _CONTINUED_TURN,
                 uid,
@@ -672,6 +673,12 @@ class PostgresConversationStore:
             if row["conv_agent_id"] is None and turn.client_request_id is None:
                 raise NotFound("conversation not found")
             if row["id"] is None:  # maybe a repeat: the full path decides (and refuses)
+                if new_conversation and row["conv_agent_id"] is not None:
+                    # Two tries of one request at once both created a conversation; the one whose
+                    # message lost the race removes its own, still empty.
+                    await connection.execute(
+                        "DELETE FROM conversations WHERE user_id = $1 AND id = $2", uid, conv_uuid
+                    )
                 raise _Repeated
             history: list[MessageRecord] = []
             if not new_conversation and turn.history_messages:
@@ -951,6 +958,9 @@ _AGENT_CHOSEN = """agent_states AS (
     )"""
 """The CTE `chosen`: one row saying whether the user may talk to agent $3 now, and the agents they may."""
 
+_REPEATED = "EXISTS (SELECT 1 FROM messages WHERE user_id = $1 AND client_request_id = $7)"
+"""Whether the turn's client request id was used before: then its statement creates or touches nothing."""
+
 _NEW_TURN_MESSAGE = f"""message AS (
         INSERT INTO messages (id, conv_id, user_id, role, agent_id, content, tool_call, client_request_id,
                               answer_id, lease_until)
@@ -969,14 +979,15 @@ the agent is not available), the message's when its client request id was used b
 
 _NEW_CONVERSATION_TURN = f"""WITH {_AGENT_CHOSEN}, conversation AS (
         INSERT INTO conversations (id, user_id, agent_id, title)
-        SELECT $2, $1, $3, $4 FROM chosen WHERE agent_available
+        SELECT $2, $1, $3, $4 FROM chosen WHERE agent_available AND NOT {_REPEATED}
         RETURNING {_CONVERSATION_COLUMNS}
     ), {_NEW_TURN_MESSAGE}"""
-"""A turn starting a conversation: one statement."""
+"""A turn starting a conversation: one statement, whole on its own (autocommit)."""
 
 _CONTINUED_TURN = f"""WITH {_AGENT_CHOSEN}, conversation AS (
         UPDATE conversations SET updated_at = clock_timestamp()
         WHERE user_id = $1 AND id = $2 AND $4::text IS NULL AND (SELECT agent_available FROM chosen)
+              AND NOT {_REPEATED}
         RETURNING {_CONVERSATION_COLUMNS}
     ), {_NEW_TURN_MESSAGE}"""
 """A turn in an existing conversation of the user: no row when there is none. (The title, $4, is NULL

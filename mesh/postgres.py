@@ -56,14 +56,17 @@ async def open_pool(
     connect_timeout: float = 5.0,
     command_timeout: float = 30.0,
     init: Callable[[Connection], Awaitable[None]] | None = None,
+    connection_class: type[Connection] = asyncpg.Connection,
 ) -> Pool:
-    """A pool of `max_size` connections; `init` prepares each new connection (type codecs)."""
+    """A pool of `max_size` connections of `connection_class`; `init` prepares each new connection (type
+    codecs)."""
     async with translated():
         return await asyncpg.create_pool(
             database_url,
             min_size=min_size,
             max_size=max_size,
             init=cast("Any", init),  # asyncpg's stub wants its own callback protocol
+            connection_class=connection_class,
             timeout=connect_timeout,
             command_timeout=command_timeout,
             max_inactive_connection_lifetime=60.0,
@@ -73,10 +76,11 @@ async def open_pool(
 
 async def _no_session_state(connection: Connection) -> None:
     """What a connection going back to the pool needs beyond asyncpg's own cleanup (which rolls back an open
-    transaction): nothing. Our sessions keep no state — settings are transaction-local (`set_config(...,
-    true)`), and nothing listens, holds advisory locks or leaves cursors open — so asyncpg's default reset
-    (`CLOSE ALL; UNLISTEN *; RESET ALL; SELECT pg_advisory_unlock_all()`) would cost a round trip on every
-    release for nothing."""
+    transaction): nothing. Nothing listens, holds advisory locks or leaves cursors open; settings are
+    transaction-local (`set_config(..., true)`), or session settings the connection remembers and the next
+    user of it sets again when it needs others (`memory.database.Database.statements`). asyncpg's default
+    reset (`CLOSE ALL; UNLISTEN *; RESET ALL; SELECT pg_advisory_unlock_all()`) would cost a round trip on
+    every release for nothing, and forget those settings behind the connection's back."""
 
 
 async def close_pool(pool: Pool, *, within: float = 5.0) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import asyncpg
@@ -14,7 +15,7 @@ from memory_fixtures import MemoryHarness, expect_status, memory_service, shippe
 from polling import eventually
 
 from devstack.postgres import EmbeddedPostgres
-from memory.database import Database, init_connection
+from memory.database import Database, SessionConnection, init_connection
 from mesh.postgres import close_pool, open_pool
 
 __all__ = ["memory_service"]
@@ -125,10 +126,46 @@ async def test_retried_client_request_id_replays_the_original_message(memory_ser
         memory_pb2.GetConversationRequest(conversation_id=first.conversation.id), metadata=md
     )
     assert len(got.conversation.messages) == 1
+    listed = await memory_service.conversations.ListConversations(
+        memory_pb2.ListConversationsRequest(), metadata=md
+    )
+    assert [c.id for c in listed.conversations] == [first.conversation.id], "a repeat creates none"
     # The same client request id of another user is another request.
     _, other = memory_service.user()
     theirs = await memory_service.conversations.StartTurn(request, metadata=other)
     assert not theirs.replayed
+
+
+async def test_a_repeated_turn_touches_no_conversation_and_tries_at_once_leave_one(
+    memory_service: MemoryHarness,
+) -> None:
+    """A turn is stored outside a transaction, so its statement alone must store nothing on a repeat: a
+    continued conversation is not touched again, and of tries of one new-conversation request sent at once,
+    one conversation stays (the others' are removed), holding the one message."""
+    _, md = memory_service.user()
+    conversations = memory_service.conversations
+    first = await conversations.StartTurn(start_turn_request(agent_id="athena", text="one"), metadata=md)
+    request = start_turn_request(
+        conversation_id=first.conversation.id, agent_id="athena", text="two", client_request_id="again"
+    )
+    await conversations.StartTurn(request, metadata=md)
+    before = await conversations.GetConversation(
+        memory_pb2.GetConversationRequest(conversation_id=first.conversation.id), metadata=md
+    )
+    assert (await conversations.StartTurn(request, metadata=md)).replayed
+    after = await conversations.GetConversation(
+        memory_pb2.GetConversationRequest(conversation_id=first.conversation.id), metadata=md
+    )
+    assert after.conversation.updated_at == before.conversation.updated_at
+
+    at_once = start_turn_request(agent_id="athena", text="hello", client_request_id="at-once")
+    starts = await asyncio.gather(*(conversations.StartTurn(at_once, metadata=md) for _ in range(6)))
+    assert len({start.message.id for start in starts}) == 1
+    assert sum(not start.replayed for start in starts) == 1
+    listed = await conversations.ListConversations(memory_pb2.ListConversationsRequest(), metadata=md)
+    assert sorted(c.id for c in listed.conversations) == sorted(
+        {first.conversation.id, starts[0].conversation.id}
+    )
 
 
 async def test_conversations_list_newest_first_across_pages(memory_service: MemoryHarness) -> None:
@@ -385,6 +422,55 @@ async def test_a_connection_comes_back_from_a_failed_transaction_clean_and_cheap
             queries = connection._protocol.queries_count  # type: ignore[attr-defined]
         async with pool.acquire() as connection:
             assert connection._protocol.queries_count == queries  # type: ignore[attr-defined]
+    finally:
+        await close_pool(pool)
+
+
+async def test_statements_scope_their_session_only_when_it_serves_another_user(
+    postgres: EmbeddedPostgres,
+) -> None:
+    """`Database.statements` runs statements outside a transaction, the connection's session scoped to the
+    user with exactly the settings asked for; a connection that served the same user last is used as it is
+    (nothing sent before the statement), and a transaction on it scopes itself as before."""
+    pool = await open_pool(postgres.url, init=init_connection, max_size=1, connection_class=SessionConnection)
+    database = Database(pool)
+    alice, bob = str(uuid.uuid4()), str(uuid.uuid4())
+    scope = "SELECT current_setting('athena.user_id'), current_setting('athena.probe', true)"
+
+    def sent(connection: object) -> int:
+        return connection._protocol.queries_count  # type: ignore[attr-defined, no-any-return]
+
+    async def run(
+        user_id: str, settings: dict[str, str] | None = None
+    ) -> tuple[tuple[str, str | None], int, int]:
+        """What the statement saw, and how many queries the connection had sent before and after it."""
+        async with database.statements(user_id, settings=settings) as connection:
+            before = sent(connection)
+            assert not connection.is_in_transaction()
+            row = await connection.fetchrow(scope)
+            return (row[0], row[1] or None), before, sent(connection)
+
+    try:
+        seen, _, last = await run(alice, {"athena.probe": "it's"})
+        assert seen == (alice, "it's")
+        seen, before, after = await run(alice, {"athena.probe": "it's"})
+        assert (seen, before) == ((alice, "it's"), last), "scoped already: nothing sent first"
+        seen, before, last = await run(bob)
+        assert (seen, before) == ((bob, None), after + 1), "another user, and the probe reset: one round trip"
+        async with database.transaction(alice) as connection:
+            assert tuple(await connection.fetchrow(scope)) == (alice, "")
+            last = sent(connection) + 1  # its COMMIT
+        seen, before, _ = await run(bob)
+        assert (seen, before) == ((bob, None), last), "the transaction left the session as it was"
+        # A pool of plain connections works too: scoped every time.
+        plain = Database(await open_pool(postgres.url, init=init_connection, max_size=1))
+        try:
+            async with plain.statements(alice) as connection:
+                assert await connection.fetchval(scope) == alice
+            async with plain.statements(bob) as connection:
+                assert await connection.fetchval(scope) == bob
+        finally:
+            await close_pool(plain.pool)
     finally:
         await close_pool(pool)
 
