@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import contextvars
 import json
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import asyncpg
@@ -67,15 +67,6 @@ def _set_configs(settings: dict[str, str], *, local: bool) -> str:
     )
 
 
-def _session_scoping(settings: dict[str, str], *, stale: Iterable[str]) -> str:
-    """One simple-protocol round trip: `settings` set for the session, the `stale` ones reset."""
-    resets = "".join(
-        "; RESET " + ".".join('"' + part.replace('"', '""') + '"' for part in name.split("."))
-        for name in sorted(stale)
-    )
-    return f"SELECT {_set_configs(settings, local=False)}{resets}"
-
-
 class Database:
     """Transactions on the pool, each scoped to one user (or to no user, for the global catalog)."""
 
@@ -122,10 +113,10 @@ class Database:
         self, user_id: str, *, settings: dict[str, str] | None = None
     ) -> AsyncIterator[Connection]:
         """A connection outside any transaction, for statements each whole on its own (each commits as it
-        answers, or fails alone), whose session's row-level-security user is `user_id` and whose further
-        settings are exactly `settings` (names another caller set before are reset). Nothing is sent when
-        the connection was left so; else one round trip. Work that needs two statements to agree, or to
-        fail together, takes a `transaction`."""
+        answers, or fails alone), whose session's row-level-security user is `user_id`, with `settings`
+        too. Nothing is sent when the connection was left so; else one round trip. Settings stay with the
+        session for its next users, so they may only tune what names them each time (the vector scans'
+        `hnsw.*`). Work that needs two statements to agree, or to fail together, takes a `transaction`."""
         wanted: dict[str, str] = {"athena.user_id": user_id, **(settings or {})}
         async with postgres.translated():
             connection = await self.pool.acquire(timeout=self._acquire_timeout)
@@ -133,11 +124,12 @@ class Database:
                 session: dict[str, str] | None = getattr(connection, "session_settings", None)
                 if session is None:  # a pool without `SessionConnection`: scoped every time
                     session = {}
-                if session != wanted:
-                    scoping = _session_scoping(wanted, stale=session.keys() - wanted.keys())
+                changed = {name: value for name, value in wanted.items() if session.get(name) != value}
+                if changed:
+                    known = session | changed
                     session.clear()  # unknown until the statement answered
-                    await connection.execute(scoping)
-                    session.update(wanted)
+                    await connection.execute(f"SELECT {_set_configs(changed, local=False)}")
+                    session.update(known)
                 yield connection
             finally:
                 await self.pool.release(connection)

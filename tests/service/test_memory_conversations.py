@@ -430,8 +430,8 @@ async def test_statements_scope_their_session_only_when_it_serves_another_user(
     postgres: EmbeddedPostgres,
 ) -> None:
     """`Database.statements` runs statements outside a transaction, the connection's session scoped to the
-    user with exactly the settings asked for; a connection that served the same user last is used as it is
-    (nothing sent before the statement), and a transaction on it scopes itself as before."""
+    user with the settings asked for; a connection that served the same user with them last is used as it
+    is (nothing sent before the statement), and a transaction on it scopes itself as before."""
     pool = await open_pool(postgres.url, init=init_connection, max_size=1, connection_class=SessionConnection)
     database = Database(pool)
     alice, bob = str(uuid.uuid4()), str(uuid.uuid4())
@@ -456,12 +456,14 @@ async def test_statements_scope_their_session_only_when_it_serves_another_user(
         seen, before, after = await run(alice, {"athena.probe": "it's"})
         assert (seen, before) == ((alice, "it's"), last), "scoped already: nothing sent first"
         seen, before, last = await run(bob)
-        assert (seen, before) == ((bob, None), after + 1), "another user, and the probe reset: one round trip"
+        assert (seen, before) == ((bob, "it's"), after + 1), "another user: one round trip (settings stay)"
+        seen, before, after = await run(bob, {"athena.probe": "other"})
+        assert (seen, before) == ((bob, "other"), last + 1), "another setting: one round trip"
         async with database.transaction(alice) as connection:
-            assert tuple(await connection.fetchrow(scope)) == (alice, "")
+            assert tuple(await connection.fetchrow(scope)) == (alice, "other")
             last = sent(connection) + 1  # its COMMIT
         seen, before, _ = await run(bob)
-        assert (seen, before) == ((bob, None), last), "the transaction left the session as it was"
+        assert (seen, before) == ((bob, "other"), last), "the transaction left the session as it was"
         # A pool of plain connections works too: scoped every time.
         plain = Database(await open_pool(postgres.url, init=init_connection, max_size=1))
         try:
