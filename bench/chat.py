@@ -50,7 +50,7 @@ from athena.auth.v1 import auth_pb2, auth_pb2_grpc
 from athena.chat.v1 import chat_pb2, chat_pb2_grpc
 from openai import AsyncOpenAI
 
-from bench.provenance import commit, machine
+from bench.provenance import StolenTime, commit, machine
 from devstack.process import free_port
 from devstack.stack import Ports, Stack, StackConfig
 
@@ -363,12 +363,14 @@ async def instant_series(data: Path, samples: int) -> dict[str, Any]:
         for _ in range(5):  # warm-up: connections, caches, code paths
             await mesh_stream(mesh, 0)
             await direct_stream(client, fact(0))
+        stolen = StolenTime()
         direct = [await direct_stream(client, fact(0)) for _ in range(samples)]
         through = [await mesh_stream(mesh, 0) for _ in range(samples)]
         await client.close()
     model, edge = streams_summary(direct), streams_summary(through)
     return {
         "samples": samples,
+        "cpu_stolen_percent": stolen.percent(),
         "direct": model,
         "mesh": edge,
         "overhead_ms": {q: edge["first_delta_ms"][q] - model["first_delta_ms"][q] for q in ("p50", "p95")},
@@ -425,6 +427,7 @@ async def tracing_series(data: Path, samples: int) -> dict[str, Any]:
             direct: list[Stream] = []
             parts = {"off": Processes(untraced.stack), "on": Processes(traced.stack)}
             before = {name: processes.cpu() for name, processes in parts.items()}
+            stolen = StolenTime()
             for sample in range(samples):
                 # Either mesh first, by turns: neither always follows the other.
                 if sample % 2:
@@ -460,6 +463,7 @@ async def tracing_series(data: Path, samples: int) -> dict[str, Any]:
         # Turns traced: the warm-up's 5 and the samples (the model alone is not traced).
         "spans_per_turn": sink.spans / (samples + 5),
         "cpu_ms_per_turn": cpu,
+        "cpu_stolen_percent": stolen.percent(),
     }
 
 
@@ -478,6 +482,7 @@ async def paced_series(data: Path, counts: Sequence[int], rounds: int) -> list[d
             through: list[Stream] = []
             direct: list[Stream] = []
             wall = 0.0
+            stolen = StolenTime()
             # Rounds alternate between the mesh and the model alone, so that both meet the machine in the
             # same state; the streams of all rounds are pooled.
             for _ in range(rounds):
@@ -501,6 +506,7 @@ async def paced_series(data: Path, counts: Sequence[int], rounds: int) -> list[d
                 "peak_rss_mib": mesh_usage.peak_rss_mib(),
                 "direct_cpu_ms_per_turn": direct_usage.cpu_ms_per_turn(),
                 "words_per_second": edge.get("words", 0) / wall,
+                "cpu_stolen_percent": stolen.percent(),
             }
             if edge["completed"] and model["completed"]:
                 report["duration_ratio"] = {
@@ -518,11 +524,12 @@ async def paced_series(data: Path, counts: Sequence[int], rounds: int) -> list[d
 async def held_series(data: Path, count: int) -> dict[str, Any]:
     async with running_mesh(data, 200, count) as mesh:
         usage = Processes(mesh.stack).usage()
-        started = time.perf_counter()
+        started, stolen = time.perf_counter(), StolenTime()
         async with usage.watch(count):
             through = await at_once(count, lambda i: mesh_stream(mesh, i))
         return {
             "streams": count,
+            "cpu_stolen_percent": stolen.percent(),
             "wall_seconds": time.perf_counter() - started,
             "mesh": streams_summary(through),
             "cpu_ms_per_turn": usage.cpu_ms_per_turn(),
@@ -598,6 +605,7 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"## One stream, instant model ({instant['samples']} turns each)",
         "",
+        *_stolen_line(instant),
         "| series | first delta p50 ms | p95 ms |",
         "|---|---|---|",
         f"| model server, direct | {instant['direct']['first_delta_ms']['p50']:.2f} | "
@@ -616,19 +624,20 @@ def markdown(result: dict[str, Any]) -> str:
         "alone, and counted in the mesh's CPU.",
         "",
         "| streams | duration mesh/direct p50 | p95 | first delta mesh p50 / p95 ms | direct p50 / p95 ms "
-        "| overhead p50 / p95 ms | words/s | errors |",
-        "|---|---|---|---|---|---|---|---|",
+        "| overhead p50 / p95 ms | words/s | errors | CPU stolen |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for s in result["paced"]:
+        stolen = f"{s['cpu_stolen_percent']:.1f} %" if "cpu_stolen_percent" in s else "-"
         if "duration_ratio" not in s:
-            lines.append(f"| {s['streams']} | - | - | - | - | - | - | {s['mesh'].get('errors')} |")
+            lines.append(f"| {s['streams']} | - | - | - | - | - | - | {s['mesh'].get('errors')} | {stolen} |")
             continue
         m, d, o = s["mesh"]["first_delta_ms"], s["direct"]["first_delta_ms"], s["first_delta_overhead_ms"]
         lines.append(
             f"| {s['streams']} | {s['duration_ratio']['p50']:.2f} | {s['duration_ratio']['p95']:.2f} | "
             f"{m['p50']:.0f} / {m['p95']:.0f} | {d['p50']:.0f} / {d['p95']:.0f} | "
             f"{o['p50']:.0f} / {o['p95']:.0f} | "
-            f"{s['words_per_second']:.0f} | {s['mesh']['errors'] or 0} |"
+            f"{s['words_per_second']:.0f} | {s['mesh']['errors'] or 0} | {stolen} |"
         )
     lines += ["", "CPU milliseconds per turn, by process (mesh series; the direct series in brackets):", ""]
     names = list(result["paced"][0]["cpu_ms_per_turn"])
@@ -654,8 +663,17 @@ def markdown(result: dict[str, Any]) -> str:
             f"p95 {summary['first_delta_ms']['p95']:.0f} ms; "
             f"duration p50 {summary['duration_ms']['p50']:.0f} ms, "
             f"p95 {summary['duration_ms']['p95']:.0f} ms.",
+            "",
+            *_stolen_line(held),
         ]
     return "\n".join(lines) + "\n"
+
+
+def _stolen_line(series: dict[str, Any]) -> list[str]:
+    """How much of the CPUs' time the hypervisor took for other guests during a series (`StolenTime`)."""
+    if "cpu_stolen_percent" not in series:
+        return []
+    return [f"CPU time stolen by the hypervisor meanwhile: {series['cpu_stolen_percent']:.1f} %.", ""]
 
 
 def _tracing_lines(tracing: dict[str, Any] | None) -> list[str]:
@@ -672,6 +690,7 @@ def _tracing_lines(tracing: dict[str, Any] | None) -> list[str]:
         "turn (sampling 1.0, the browser's `traceparent` sent, every part exporting over OTLP/gRPC to a "
         f"local sink that counts spans: {tracing['spans_per_turn']:.0f} spans a turn).",
         "",
+        *_stolen_line(tracing),
         "| series | first delta p50 ms | p95 ms | overhead over the model p50 / p95 ms |",
         "|---|---|---|---|",
         f"| model server, direct | {direct['p50']:.2f} | {direct['p95']:.2f} | |",
