@@ -9,6 +9,9 @@ so row-level security scopes it even if a query forgot its own `WHERE user_id = 
   connection (`SessionConnection`): set again, in one round trip, only when the connection last served
   another user or other settings. The hot statements of a turn take this way.
 
+So a connection back in the pool may still be scoped to a user: user data is read and written through this
+module only (tests/unit/test_memory_database_access.py holds the rest of memory to it).
+
 Connection-level failures become `mesh.errors.Unavailable` (`mesh.postgres.translated`).
 """
 
