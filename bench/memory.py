@@ -449,7 +449,19 @@ async def _make_current(app_url: str) -> None:
         raise RuntimeError(f"the database knows {current}, not {BENCH_MODEL}: benchmark on a fresh database")
 
 
-class _ExactDatabase(Database):
+class _InTransactions(Database):
+    """The store's single statements (`Database.statements`) run in transactions of this class's own, so
+    that what a subclass changes about them applies to every query and never outlives it on the pool."""
+
+    @contextlib.asynccontextmanager
+    async def statements(
+        self, user_id: str, *, settings: dict[str, str] | None = None
+    ) -> AsyncIterator[Connection]:
+        async with self.transaction(user_id, readonly=True, settings=settings) as connection:
+            yield connection
+
+
+class _ExactDatabase(_InTransactions):
     """Transactions with index scans disabled: the store's query becomes an exact search."""
 
     @contextlib.asynccontextmanager
@@ -476,7 +488,7 @@ class _Intercepting:
         return []
 
 
-class _InterceptingDatabase(Database):
+class _InterceptingDatabase(_InTransactions):
     """Real transactions (user id and settings applied) whose queries go to `handle`."""
 
     def __init__(self, pool: Pool, handle: _Handler) -> None:
