@@ -1,30 +1,25 @@
 """Turning text into vectors: the `Embedder` port, its OpenAI-compatible adapter and a batching wrapper.
 
-`OpenAIEmbedder` calls `/embeddings` of any OpenAI-compatible API through `mesh.model_api` (OpenAI itself,
-vLLM, Ollama, the offline model server). `BatchingEmbedder` bounds the requests out at once and sends what
+`OpenAIEmbedder` calls `/embeddings` of any OpenAI-compatible API (`mesh.embeddings`: OpenAI itself, vLLM,
+Ollama, the offline model server). `BatchingEmbedder` bounds the requests out at once and sends what
 waits meanwhile as one request.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import contextlib
 import contextvars
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
-
-import numpy as np
+from typing import Protocol
 
 from memory.embedding_models import EmbeddingModel
-from mesh import genai
 from mesh.context import time_remaining
-from mesh.errors import FailedPrecondition, Unavailable
-from mesh.model_api import ModelApi, ModelApiError
+from mesh.embeddings import Vector, request_embeddings
+from mesh.errors import FailedPrecondition
+from mesh.model_api import ModelApi
 
-Vector = tuple[float, ...]
+__all__ = ["BatchingEmbedder", "Embedder", "OpenAIEmbedder", "Vector"]
 
 
 class Embedder(Protocol):
@@ -71,43 +66,13 @@ class OpenAIEmbedder:
     async def embed(self, texts: Sequence[str]) -> list[Vector]:
         remaining = time_remaining()
         timeout = self._timeout if remaining is None else min(self._timeout, remaining)
-        body: dict[str, Any] = {"model": self._model, "input": list(texts), "encoding_format": "base64"}
-        if self._send_dimensions:
-            body["dimensions"] = self._dimension
-        call = genai.start_model_call(
-            "embeddings",
+        vectors = await request_embeddings(
+            self._api,
             self._model,
-            self._api.server,
-            attributes={
-                "gen_ai.embeddings.dimension.count": self._dimension,
-                "athena.embeddings.inputs": len(texts),  # no convention names it
-            },
+            texts,
+            dimensions=self._dimension if self._send_dimensions else None,
+            read_timeout=timeout,
         )
-        try:
-            try:
-                # Vectors arrive as base64 float32 (as the official SDK asks for them too), decoded here.
-                with call.current() if call is not None else contextlib.nullcontext():
-                    async with self._api.post("/embeddings", body, read_timeout=timeout) as response:
-                        answer = await response.read()
-                decoded = json.loads(answer)
-                items = sorted(decoded["data"], key=lambda item: item["index"])
-                vectors = [_vector(item["embedding"]) for item in items]
-                if call is not None:
-                    usage = decoded.get("usage") or {}
-                    call.finished(
-                        response_model=decoded.get("model") or "", input_tokens=usage.get("prompt_tokens")
-                    )
-            except ModelApiError as exc:
-                raise Unavailable("the embedding model is unavailable") from exc
-            except (ValueError, KeyError, TypeError) as exc:
-                raise Unavailable("the embedding model answered with an error") from exc
-        except Unavailable as exc:
-            if call is not None:
-                call.failed(exc.__cause__ or exc)
-            raise
-        finally:
-            if call is not None:
-                call.end()
         if len(vectors) != len(texts) or any(len(v) != self._dimension for v in vectors):
             raise FailedPrecondition(
                 f"the embedding model {self._model!r} did not answer {len(texts)} vectors of "
@@ -198,11 +163,3 @@ class BatchingEmbedder:
                 start = end
         finally:
             self._returned()
-
-
-def _vector(embedding: str | list[float]) -> Vector:
-    """A vector as the API answers it: base64 little-endian float32, or (some servers ignore the encoding
-    asked for) a list of numbers."""
-    if isinstance(embedding, str):
-        return tuple(np.frombuffer(base64.b64decode(embedding), dtype="<f4").tolist())
-    return tuple(float(value) for value in embedding)

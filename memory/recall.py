@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from prometheus_client import Histogram
 
 from memory.domain import MemoryRecord, RecallHit, Stage
+from memory.embedding_models import EmbeddingModel
 from memory.embeddings import Embedder
 from memory.ranking import RankingPolicy, candidate_count, ranked
 from memory.stores import MemoryStore
@@ -75,6 +76,11 @@ class Recaller:
         self._store = store
         self._embedder = embedder
         self._policy = policy
+
+    @property
+    def model(self) -> EmbeddingModel:
+        """The embedding model queries are compared under (a caller's vector must be of it)."""
+        return self._embedder.model
 
     async def recall(self, user_id: str, query: RecallQuery, now: datetime | None = None) -> list[RecallHit]:
         started = time.perf_counter()

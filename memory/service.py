@@ -41,6 +41,7 @@ from memory.domain import (
     require_json,
     validate_tool_calls,
 )
+from memory.embedding_models import EmbeddingModel
 from memory.embeddings import Embedder
 from memory.extraction import FactJobs
 from memory.pagination import Cursor, decode_page_token, encode_page_token
@@ -280,6 +281,26 @@ class ConversationServicer(memory_pb2_grpc.ConversationServiceServicer):
         self._fact_jobs = fact_jobs
         self._conversation_recaller = conversation_recaller
         self._reembedder = reembedder
+        self._foreign_models: set[EmbeddingModel] = set()
+
+    def _turn_embedding(self, recall: memory_pb2.TurnRecall) -> tuple[float, ...] | None:
+        """The caller's vector of the turn's text when it is of the current model (name and dimension); one
+        of another model (its caller configured with another model than this service) is ignored, and the
+        text embedded here: a turn is never refused over it."""
+        if not recall.embedding:
+            return None
+        current = self._recaller.model
+        sent = EmbeddingModel(recall.embedding_model, len(recall.embedding))
+        if sent != current:
+            if sent not in self._foreign_models:  # once per model: every turn would say the same
+                self._foreign_models.add(sent)
+                log.warning(
+                    "a caller embeds turns with another model than recall compares with; its vectors are "
+                    "ignored and turns embedded here (set its embedding model to this service's)",
+                    extra={"sent_model": str(sent), "current_model": str(current)},
+                )
+            return None
+        return optional_embedding(recall.embedding, current.dimension, "recall.embedding")
 
     def _stored(self, user_id: str, message: MessageRecord) -> None:
         """A stored message is embedded in the background (conversation recall), off this call's path."""
@@ -316,6 +337,7 @@ class ConversationServicer(memory_pb2_grpc.ConversationServiceServicer):
             text=chat.text.strip()[:RECALL_QUERY_LENGTH],
             agent_id=chat.agent_id,
             k=request.recall.k or self._recall_k,
+            embedding=self._turn_embedding(request.recall),
         )
         # The recall reads and changes nothing: it runs while the message is stored.
         recall = asyncio.create_task(self._recall(user_id, query))

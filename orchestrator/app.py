@@ -18,10 +18,12 @@ from mesh.app import Assembly, Deps, ServiceApp
 from mesh.clients import service_call
 from mesh.context import time_remaining
 from mesh.errors import AthenaError, DeadlineExceeded, InvalidArgument, Unavailable
+from mesh.model_api import ModelApi
 from mesh.retry import until_reachable
 from mesh.server import Service
 from mesh.validation import check, shared_validator
 from orchestrator.catalog import Catalog, CatalogError
+from orchestrator.embedding import TurnEmbedder
 from orchestrator.integrations_client import ConnectedCalendars, ConnectedDrives, ConnectedHealth
 from orchestrator.limits import Limiter, LimitStore
 from orchestrator.memory_client import GrpcMemoryGateway, sync_request
@@ -60,12 +62,17 @@ class OrchestratorDeps(Deps):
     this replica too (it needs the service key; without one answers are not kept)."""
 
 
-def openai_model(settings: OrchestratorSettings, deps: Deps) -> ChatModel:
+def model_api(settings: OrchestratorSettings, deps: Deps) -> ModelApi:
+    """The OpenAI-compatible API at `openai_base_url` (chat completions, turns' embeddings)."""
+    key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else "offline"
+    return deps.model_api(settings.openai_base_url, key)
+
+
+def openai_model(settings: OrchestratorSettings, api: ModelApi) -> ChatModel:
     """Chat Completions against `openai_base_url`, retried by us (the SDK's own retries would not respect
     the caller's deadline, nor know whether text already reached the client)."""
-    key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else "offline"
     return RetryingModel(
-        OpenAIChatModel(deps.model_api(settings.openai_base_url, key)),
+        OpenAIChatModel(api),
         attempts=settings.model_attempts,
         timeout=settings.model_timeout_seconds,
         time_remaining=time_remaining,
@@ -152,11 +159,21 @@ async def build(settings: OrchestratorSettings, deps: OrchestratorDeps) -> Assem
                 consumer=f"{socket.gethostname()}-{os.getpid()}",
             )
             outbox, background = redis_outbox, [redis_outbox.deliver_forever]
+    api = model_api(settings, deps)
+    embedding_model = settings.turn_embedding_model
     runner = TurnRunner(
         catalog,
         memory,
-        deps.model or openai_model(settings, deps),
+        deps.model or openai_model(settings, api),
         deps.tools or tool_registry(settings, deps),
+        embedder=TurnEmbedder(
+            api,
+            embedding_model,
+            dimensions=settings.embedding_dimensions,
+            timeout=settings.embedding_timeout_seconds,
+        )
+        if embedding_model
+        else None,
         model_name=settings.model_for,
         offline_model=settings.uses_offline_model,
         max_steps=settings.max_steps,

@@ -63,7 +63,7 @@ class GrpcMemoryGateway:
             ),
             history_messages=history_messages,
             lease=_duration(lease_seconds),
-            recall=memory_pb2.TurnRecall(k=recall_k) if recall_k is not None else None,
+            recall=_turn_recall(turn, recall_k) if recall_k is not None else None,
         )
         response = await call(self._conversations.StartTurn, request, timeout_seconds=self._timeout)
         return TurnStart(
@@ -263,6 +263,14 @@ def _answer(message: chat_pb2.Message) -> AssistantMessage:
         ),
         error=message.error if message.status == chat_pb2.MESSAGE_STATUS_FAILED else "",
     )
+
+
+def _turn_recall(turn: NewTurn, k: int) -> memory_pb2.TurnRecall:
+    recall = memory_pb2.TurnRecall(k=k)
+    if turn.embedding is not None:
+        recall.embedding.extend(turn.embedding.vector)
+        recall.embedding_model = turn.embedding.model
+    return recall
 
 
 def _duration(seconds: float) -> Duration:

@@ -109,6 +109,14 @@ class HistoryMessage:
 
 
 @dataclass(frozen=True, slots=True)
+class TextEmbedding:
+    """A text's vector, and the embedding model that made it (vectors compare only within one model)."""
+
+    model: str
+    vector: tuple[float, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class NewTurn:
     """A person's message to an agent, as the router received it."""
 
@@ -118,6 +126,9 @@ class NewTurn:
     """Empty starts a new conversation."""
     client_request_id: str = ""
     """Makes the turn idempotent: a second turn with the same id finds the first message stored."""
+    embedding: TextEmbedding | None = None
+    """The text's vector, when it was made while the turn was admitted (`orchestrator.embedding`): memory's
+    recall searches with it at once."""
 
 
 @dataclass(frozen=True, slots=True)

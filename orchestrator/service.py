@@ -49,14 +49,22 @@ class Turns:
             conversation_id=chat.conversation_id,
             client_request_id=chat.client_request_id or _request_id(chat),
         )
-        async with self._limiter.stream(user_id):
-            with ACTIVE_STREAMS.track_inprogress():
-                # `aclosing`: if the client goes away while we wait on it, the turn is closed (and its
-                # model call with it) now, not whenever the generator happens to be collected.
-                turn_events = coalesced(self._runner.run(user_id, turn), self._coalesce_seconds)
-                async with aclosing(turn_events):
-                    async for event in turn_events:
-                        yield chat_event(event)
+        # The text's embedding for memory's recall is made while the turn is admitted.
+        embedding = self._runner.embedding(turn)
+        try:
+            async with self._limiter.stream(user_id):
+                with ACTIVE_STREAMS.track_inprogress():
+                    # `aclosing`: if the client goes away while we wait on it, the turn is closed (and its
+                    # model call with it) now, not whenever the generator happens to be collected.
+                    turn_events = coalesced(
+                        self._runner.run(user_id, turn, embedding), self._coalesce_seconds
+                    )
+                    async with aclosing(turn_events):
+                        async for event in turn_events:
+                            yield chat_event(event)
+        finally:
+            if embedding is not None:
+                embedding.cancel()
 
 
 def _request_id(chat: chat_pb2.ChatRequest) -> str:

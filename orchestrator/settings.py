@@ -12,6 +12,8 @@ from orchestrator.limits import Limits
 
 OFFLINE_MODEL_NAME = "athena-offline"
 """What the offline model server calls its chat model; used when no real API key is configured."""
+OFFLINE_EMBEDDING_MODEL = "athena-offline-embed"
+"""What the offline model server calls its embedding model (memory's default)."""
 
 
 class OrchestratorSettings(ServiceSettings):
@@ -65,6 +67,18 @@ class OrchestratorSettings(ServiceSettings):
     model: str | None = None
     """Model used by every agent instead of the catalog's. Unset: the catalog's model, or
     "athena-offline" for the offline model."""
+    embedding_model: str | None = Field(
+        None, validation_alias=AliasChoices("ORCHESTRATOR_EMBEDDING_MODEL", "MEMORY_EMBEDDING_MODEL")
+    )
+    """Memory's embedding model (MEMORY_EMBEDDING_MODEL), at `openai_base_url`: a turn's text is embedded
+    while the turn is admitted and sent to memory with it, so its recall searches at once
+    (`orchestrator.embedding`; memory ignores a vector of another model and embeds the text itself). Unset:
+    "athena-offline-embed" with the offline model, else nothing is embedded here. Empty: off."""
+    embedding_dimensions: int | None = Field(None, ge=1, le=16000)
+    """Length asked of the embedding model (`dimensions`), for a model memory shortens
+    (MEMORY_EMBEDDING_DIMENSION below the model's own). Unset: the model's own length."""
+    embedding_timeout_seconds: float = Field(2.0, gt=0)
+    """Longest wait for a turn's embedding before memory is left to make it."""
     max_steps: int = Field(8, ge=1, le=64)
     """Model calls per turn at most (each tool round is one); a turn needing more fails clearly."""
     history_messages: int = Field(20, ge=0, le=200)
@@ -97,6 +111,13 @@ class OrchestratorSettings(ServiceSettings):
         if self.offline_model is not None:
             return self.offline_model
         return self.openai_api_key is None
+
+    @property
+    def turn_embedding_model(self) -> str | None:
+        """The model turns' texts are embedded with here, or None when memory embeds them."""
+        if self.embedding_model is not None:
+            return self.embedding_model or None
+        return OFFLINE_EMBEDDING_MODEL if self.uses_offline_model else None
 
     def model_for(self, catalog_model: str) -> str:
         """The model name sent for an agent whose catalog entry names `catalog_model`."""

@@ -17,7 +17,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from contextlib import aclosing, suppress
 from dataclasses import dataclass, field, replace
 from datetime import UTC
@@ -36,6 +36,7 @@ from mesh.errors import (
 from mesh.metrics import exemplar
 from orchestrator import prompt
 from orchestrator.catalog import AgentSpec, Catalog
+from orchestrator.embedding import TurnEmbedder
 from orchestrator.events import (
     ConversationStarted,
     MemoriesRecalled,
@@ -62,6 +63,7 @@ from orchestrator.records import (
     HistoryMessage,
     Memory,
     NewTurn,
+    TextEmbedding,
     ToolCallRecord,
     TurnStart,
     TurnState,
@@ -114,6 +116,7 @@ class TurnRunner:
         recall_k: int = 8,
         lease_seconds: float = 6.0,
         outbox: AnswerOutbox | None = None,
+        embedder: TurnEmbedder | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self._catalog = catalog
@@ -127,15 +130,28 @@ class TurnRunner:
         self._recall_k = recall_k
         self._lease_seconds = lease_seconds
         self._outbox = outbox
+        self._embedder = embedder
         self._clock = clock
         self._background: set[asyncio.Task[None]] = set()
 
-    async def run(self, user_id: str, turn: NewTurn) -> AsyncGenerator[TurnEvent, None]:
-        """The events of `user_id`'s turn. Field rules (lengths, ids) are the contract's, checked before a
-        request reaches here; the agent must be in this service's catalog (NotFound otherwise)."""
+    def embedding(self, turn: NewTurn) -> asyncio.Task[TextEmbedding | None] | None:
+        """Starts embedding the turn's text for memory's recall (`orchestrator.embedding`), to run while the
+        turn is admitted; None when memory embeds it. `run` waits for it; cancel it if `run` is not called."""
+        if self._embedder is None:
+            return None
+        return asyncio.create_task(self._embedder.embed(turn.text), name="embed-turn")
+
+    async def run(
+        self, user_id: str, turn: NewTurn, embedding: Awaitable[TextEmbedding | None] | None = None
+    ) -> AsyncGenerator[TurnEvent, None]:
+        """The events of `user_id`'s turn (`embedding`: its text's, as `embedding` started it). Field rules
+        (lengths, ids) are the contract's, checked before a request reaches here; the agent must be in this
+        service's catalog (NotFound otherwise)."""
         started = self._clock()
         agent = self._agent(turn.agent_id)
         text = turn.text.strip()
+        if embedding is not None:
+            turn = replace(turn, embedding=await embedding)
         # One memory round trip stores the message and recalls for it (the recall runs meanwhile, and
         # nothing reaches the model before the message is stored).
         start = await self._start(turn)

@@ -82,6 +82,8 @@ class InMemoryGateway:
     failures: dict[str, AthenaError] = field(default_factory=dict)
     """Method name → error it raises (every call, until removed)."""
     calls: list[str] = field(default_factory=list)
+    started: list[NewTurn] = field(default_factory=list)
+    """Every turn `start_turn` was given, as given (its embedding included)."""
     """Names of the methods called, in order."""
     clock: Callable[[], float] = time.monotonic
     """Decides when a turn's lease has lapsed."""
@@ -109,6 +111,7 @@ class InMemoryGateway:
         self, turn: NewTurn, history_messages: int, lease_seconds: float = 6.0, recall_k: int | None = None
     ) -> TurnStart:
         self._enter("start_turn")
+        self.started.append(turn)
         enabled = self._enabled()
         message_id = self._requests.get(turn.client_request_id) if turn.client_request_id else None
         replayed = message_id is not None

@@ -44,7 +44,7 @@ from mesh.errors import Unavailable
 from mesh.server import MeshServer, Service
 from mesh.tokens import KeySource, RemoteJwks, StaticKeySource, TokenVerifier
 from offline_model.server import OfflineModelServer
-from orchestrator.app import CHAT_SERVICE, ORCHESTRATOR, OrchestratorDeps, openai_model
+from orchestrator.app import CHAT_SERVICE, ORCHESTRATOR, OrchestratorDeps, model_api, openai_model
 from orchestrator.model import ChatModel, ModelEvent, ModelRequest
 from orchestrator.service import ChatServicer
 from orchestrator.settings import OrchestratorSettings
@@ -243,7 +243,7 @@ class RouterMesh:
         )
         deps = deps or OrchestratorDeps()
         deps.verifier = self.verifier
-        counting = CountingModel(openai_model(settings, deps))
+        counting = CountingModel(openai_model(settings, model_api(settings, deps)))
         deps.model = counting
         running = await self.services.start(ORCHESTRATOR, settings, deps)
         return Orchestrator(running.server, counting)

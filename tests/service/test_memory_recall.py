@@ -26,6 +26,7 @@ USER = account_pb2.MEMORY_SCOPE_USER
 AGENT = account_pb2.MEMORY_SCOPE_AGENT
 VECTOR = memory_pb2.RECALL_STAGE_VECTOR
 KEYWORD = memory_pb2.RECALL_STAGE_KEYWORD
+OFFLINE_MODEL = "athena-offline-embed"
 Metadata = Sequence[tuple[str, str]]
 
 
@@ -334,3 +335,57 @@ async def test_a_turn_is_stored_and_recalled_for_in_one_call_and_stored_even_whe
     assert degraded.recall_failed
     assert list(degraded.memories) == []
     assert degraded.message.content == "and my goal for protein?"  # the message is stored all the same
+
+
+async def test_a_turn_recalls_with_the_vector_its_caller_made_when_it_is_of_the_current_model(
+    memory_service: MemoryHarness,
+) -> None:
+    """The orchestrator embeds a turn's text while it admits the turn: memory searches with that vector (it
+    embeds nothing, so the recall works with the embedding model down), ignores one of another model (it
+    embeds the text itself: here it cannot, so the recall fails, the turn does not), and refuses a broken
+    vector of its own model."""
+    _, md = memory_service.user()
+    vector = [0.0] * 384
+    vector[11] = 1.0
+    await memory_service.memory.Remember(
+        memory_pb2.RememberRequest(
+            text="zzz", scope=USER, agent_id="athena", embedding=vector, embedding_model=OFFLINE_MODEL
+        ),
+        metadata=md,
+    )
+
+    def turn(text: str, embedding: list[float], model: str) -> memory_pb2.StartTurnRequest:
+        request = start_turn_request(agent_id="athena", text=text)
+        request.recall.k = 3
+        request.recall.embedding.extend(embedding)
+        request.recall.embedding_model = model
+        return request
+
+    memory_service.embedder.down = True
+    try:
+        searched = await memory_service.conversations.StartTurn(
+            turn("anything at all", vector, OFFLINE_MODEL), metadata=md
+        )
+        assert [result.memory.text for result in searched.memories] == ["zzz"]
+        assert searched.memories[0].similarity == pytest.approx(1.0, abs=1e-5)
+
+        ignored = await memory_service.conversations.StartTurn(
+            turn("anything else", vector, "text-embedding-3-small"), metadata=md
+        )
+        assert ignored.recall_failed  # it tried to embed the text itself
+        assert ignored.message.content == "anything else"
+    finally:
+        memory_service.embedder.down = False
+
+    broken = await expect_status(
+        memory_service.conversations.StartTurn(
+            turn("a third message", [0.0] * 384, OFFLINE_MODEL), metadata=md
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert "recall.embedding" in (broken.details() or "")
+    unnamed = await expect_status(
+        memory_service.conversations.StartTurn(turn("a fourth message", vector, ""), metadata=md),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert "recall.embedding_model" in (unnamed.details() or "")

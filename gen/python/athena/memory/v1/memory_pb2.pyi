@@ -851,16 +851,30 @@ class TurnRecall(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     K_FIELD_NUMBER: _builtins.int
+    EMBEDDING_FIELD_NUMBER: _builtins.int
+    EMBEDDING_MODEL_FIELD_NUMBER: _builtins.int
     k: _builtins.int
     """How many results at most (1 to 50; 0 means the configured default, 8)."""
+    embedding_model: _builtins.str
+    """The embedding model that made `embedding` (required with it)."""
+    @_builtins.property
+    def embedding(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Optional precomputed embedding of the message's text (the orchestrator embeds it while it admits the
+        turn, so the recall searches at once). Used when `embedding_model` and the length are the current
+        model's name and dimension; a vector of another model is ignored and the text embedded here instead
+        (a turn is never refused over it). A vector of the current model must hold finite numbers, not all 0.
+        """
+
     def __init__(
         self,
         *,
         k: _builtins.int = ...,
+        embedding: _abc.Iterable[_builtins.float] | None = ...,
+        embedding_model: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["k", b"k"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["embedding", b"embedding", "embedding_model", b"embedding_model", "k", b"k"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,58 @@
+"""A turn's text embedded while the turn is admitted, so that memory's recall searches at once.
+
+Memory recalls what a person told their agents by comparing the turn's text with stored memories, which
+needs the text's vector: an embeddings request to the model API before the search can start. Made by
+memory, that request starts only once the turn was admitted here and reached memory; made here, it runs
+meanwhile (`Turns.run` starts it as the turn arrives), and `StartTurn` carries the vector
+(`TurnRecall.embedding`). Memory uses a vector only when it is of its own embedding model (name and
+dimension) and embeds the text itself otherwise, so a mismatched setting costs time, never a wrong recall;
+a failed request here leaves the embedding to memory too.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from mesh.context import time_remaining
+from mesh.embeddings import request_embeddings
+from mesh.errors import AthenaError
+from mesh.model_api import ModelApi
+from orchestrator.records import TextEmbedding
+
+log = logging.getLogger(__name__)
+
+RECALL_TEXT_LENGTH = 4000
+"""How much of a turn's text (stripped) recall compares, as memory cuts it (memory.service)."""
+
+
+class TurnEmbedder:
+    """Embeds turns' texts with memory's embedding model at an OpenAI-compatible API."""
+
+    def __init__(
+        self, api: ModelApi, model: str, *, dimensions: int | None = None, timeout: float = 2.0
+    ) -> None:
+        self._api = api
+        self._model = model
+        self._dimensions = dimensions
+        self._timeout = timeout
+
+    async def embed(self, text: str) -> TextEmbedding | None:
+        """The vector of what recall compares of `text`, or None when the API could not make it within the
+        timeout (or the caller's deadline): memory then embeds the text itself."""
+        remaining = time_remaining()
+        timeout = self._timeout if remaining is None else min(self._timeout, remaining)
+        try:
+            vectors = await request_embeddings(
+                self._api,
+                self._model,
+                [text.strip()[:RECALL_TEXT_LENGTH]],
+                dimensions=self._dimensions,
+                read_timeout=timeout,
+            )
+        except AthenaError as exc:
+            log.warning("embedding a turn failed; memory embeds it", extra={"error": exc.message})
+            return None
+        if len(vectors) != 1:
+            log.warning("the embedding model answered no vector for a turn; memory embeds it")
+            return None
+        return TextEmbedding(self._model, vectors[0])
