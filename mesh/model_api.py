@@ -59,19 +59,23 @@ class ModelApi:
 
     @asynccontextmanager
     async def post(
-        self, path: str, body: dict[str, Any], *, read_timeout: float | None = None
+        self, path: str, body: dict[str, Any] | str, *, read_timeout: float | None = None
     ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """The response to a POST of `body` to `path` ("/chat/completions"), unread: the block reads it.
-        `read_timeout` bounds connecting, the wait for the answer to start and every wait for more of it (not
-        the whole answer: a stream lasts as long as the model writes). Raises a `ModelApiError`, for an
-        error status too; failures while the block reads the body are translated the same way."""
+        """The response to a POST of `body` (or its JSON) to `path` ("/chat/completions"), unread: the block
+        reads it. `read_timeout` bounds connecting, the wait for the answer to start and every wait for
+        more of it (not the whole answer: a stream lasts as long as the model writes). Raises a
+        `ModelApiError`, for an error status too; failures while the block reads the body are translated
+        the same way."""
         limits = aiohttp.ClientTimeout(total=None, sock_connect=read_timeout, sock_read=read_timeout)
         # The call's span (`mesh.genai`: the GenAI conventions' CLIENT span of this request) goes along.
         traced = outgoing_trace_context()
         headers = {**self._headers, **dict(traced)} if traced else self._headers
         try:
             async with self._session.post(
-                self._base_url + path, data=json.dumps(body), headers=headers, timeout=limits
+                self._base_url + path,
+                data=body if isinstance(body, str) else json.dumps(body),
+                headers=headers,
+                timeout=limits,
             ) as response:
                 if response.status >= 400:
                     raise ModelApiStatus(response.status)

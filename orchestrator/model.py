@@ -52,10 +52,14 @@ class ToolSpec:
     """JSON Schema of the arguments object."""
     openai: dict[str, Any] = field(init=False, repr=False, compare=False)
     """The tool in a Chat Completions request, built once (every model call offers it)."""
+    openai_json: str = field(init=False, repr=False, compare=False)
+    """`openai` as JSON, encoded once: the tools' schemas are most of a request's bytes (encoding them
+    took ~70 of a request body's ~75 µs)."""
 
     def __post_init__(self) -> None:
         function = {"name": self.name, "description": self.description, "parameters": self.parameters}
         object.__setattr__(self, "openai", {"type": "function", "function": function})
+        object.__setattr__(self, "openai_json", json.dumps(self.openai))
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,14 +131,7 @@ class OpenAIChatModel(ChatModel):
         self._api = api
 
     async def stream(self, request: ModelRequest) -> AsyncGenerator[ModelEvent, None]:
-        body: dict[str, Any] = {
-            "model": request.model,
-            "messages": list(request.messages),
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        }
-        if request.tools:
-            body["tools"] = [tool.openai for tool in request.tools]
+        body = _request_body(request)
         call = genai.start_model_call(
             "chat",
             request.model,
@@ -169,6 +166,22 @@ class OpenAIChatModel(ChatModel):
         finally:
             if call is not None:
                 call.end()
+
+
+def _request_body(request: ModelRequest) -> str:
+    """The request as Chat Completions JSON, its tools spliced in as each encoded once."""
+    body = json.dumps(
+        {
+            "model": request.model,
+            "messages": list(request.messages),
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+    )
+    if not request.tools:
+        return body
+    tools = ",".join(tool.openai_json for tool in request.tools)
+    return f'{body[:-1]},"tools":[{tools}]}}'
 
 
 def _record(call: genai.ModelCall, event: ModelEvent) -> None:

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncGenerator, AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
@@ -24,6 +24,7 @@ from mesh.errors import DeadlineExceeded, FailedPrecondition, Unavailable
 from mesh.model_api import ModelApi, client_session
 from mesh.settings import ServiceSettings
 from mesh.telemetry import traced
+from orchestrator.catalog import Catalog
 from orchestrator.model import (
     ChatModel,
     ModelEvent,
@@ -37,9 +38,11 @@ from orchestrator.model import (
     ServerSentEvents,
     StepFinished,
     TextChunk,
+    ToolSpec,
     model_events,
 )
 from orchestrator.records import Usage
+from orchestrator.tools.handoff import handoff_tool
 
 REQUEST = ModelRequest(model="m", messages=({"role": "user", "content": "hi"},))
 
@@ -200,6 +203,8 @@ class ModelServer:
     answers: list[tuple[int, bytes]]
     """What the next requests are answered (status, body); status 0 never answers."""
     seen: list[web.Request]
+    bodies: list[Any]
+    """The JSON of each request, in order."""
 
 
 @pytest_asyncio.fixture
@@ -207,9 +212,11 @@ async def model_server() -> AsyncIterator[ModelServer]:
     """A Chat Completions endpoint on loopback answering what the test puts in `answers`."""
     answers: list[tuple[int, bytes]] = []
     seen: list[web.Request] = []
+    bodies: list[Any] = []
 
     async def complete(request: web.Request) -> web.StreamResponse:
         seen.append(request)
+        bodies.append(await request.json())
         status, body = answers.pop(0)
         if status == 0:
             await asyncio.sleep(30)
@@ -223,7 +230,7 @@ async def model_server() -> AsyncIterator[ModelServer]:
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     try:
-        yield ModelServer(str(server.make_url("/v1")), answers, seen)
+        yield ModelServer(str(server.make_url("/v1")), answers, seen, bodies)
     finally:
         await server.close()
 
@@ -245,6 +252,26 @@ async def test_an_answer_streams_from_the_endpoint_with_the_key(model_server: Mo
     assert isinstance(events[-1], StepFinished)
     [request] = model_server.seen
     assert request.headers["authorization"] == "Bearer test-key"
+
+
+async def test_the_request_offers_the_tools_each_encoded_once(model_server: ModelServer) -> None:
+    lookup = ToolSpec(
+        "lookup", "Looks a word up.", {"type": "object", "properties": {"w": {"type": "string"}}}
+    )
+    handoff = handoff_tool(next(iter(Catalog.load())))
+    model_server.answers += [(200, sse(delta("Hi"))), (200, sse(delta("Hi")))]
+    async with model_at(model_server.url) as model:
+        [event async for event in model.stream(replace(REQUEST, tools=(lookup, handoff)))]
+        await drain(model)
+    offered, plain = model_server.bodies
+    assert offered == {
+        "model": "m",
+        "messages": [{"role": "user", "content": "hi"}],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "tools": [lookup.openai, handoff.openai],
+    }
+    assert "tools" not in plain
 
 
 @pytest.mark.parametrize(
