@@ -7,15 +7,12 @@ waits meanwhile as one request.
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Protocol
 
 from memory.embedding_models import EmbeddingModel
 from mesh.context import time_remaining
-from mesh.embeddings import Vector, request_embeddings
+from mesh.embeddings import Batching, Vector, request_embeddings
 from mesh.errors import FailedPrecondition
 from mesh.model_api import ModelApi
 
@@ -81,36 +78,13 @@ class OpenAIEmbedder:
         return vectors
 
 
-def _future() -> asyncio.Future[list[Vector]]:
-    return asyncio.get_running_loop().create_future()
-
-
-@dataclass(slots=True)
-class _Waiting:
-    """A call waiting for a batch; a caller giving up cancels its future alone, not the batch."""
-
-    texts: Sequence[str]
-    vectors: asyncio.Future[list[Vector]] = field(default_factory=_future)
-
-
 class BatchingEmbedder:
-    """At most `concurrency` requests to `inner` at once; calls arriving while that many are out wait, and
-    when one comes back, what waits goes out as one request (up to `max_batch` texts). Alone, a call goes out
-    at once; at a burst of turns, the embedding API sees a few large requests instead of one per turn (less
-    CPU here and there, fewer requests against its rate limit).
-
-    A batch is one request, so it fails (or succeeds) for every call in it. It runs under the embedder's own
-    timeout, not one caller's deadline; a caller whose deadline passes stops waiting for it."""
+    """`inner` behind `mesh.embeddings.Batching`: at most `concurrency` requests out at once, and what waits
+    meanwhile goes out as one request (up to `max_batch` texts)."""
 
     def __init__(self, inner: Embedder, *, concurrency: int = 4, max_batch: int = 64) -> None:
-        if concurrency < 1 or max_batch < 1:
-            raise ValueError("concurrency and max_batch must be at least 1")
         self._inner = inner
-        self._concurrency = concurrency
-        self._max_batch = max_batch
-        self._out = 0
-        self._waiting: list[_Waiting] = []
-        self._batches: set[asyncio.Task[None]] = set()
+        self._batching = Batching(inner.embed, concurrency=concurrency, max_batch=max_batch)
 
     @property
     def model(self) -> EmbeddingModel:
@@ -121,45 +95,4 @@ class BatchingEmbedder:
         return self._inner.dimension
 
     async def embed(self, texts: Sequence[str]) -> list[Vector]:
-        if self._out < self._concurrency and not self._waiting:
-            self._out += 1
-            try:
-                return await self._inner.embed(texts)
-            finally:
-                self._returned()
-        waiting = _Waiting(texts)
-        self._waiting.append(waiting)
-        return await waiting.vectors
-
-    def _returned(self) -> None:
-        self._out -= 1
-        while self._waiting and self._out < self._concurrency:
-            batch: list[_Waiting] = []
-            count = 0
-            while self._waiting and (not batch or count + len(self._waiting[0].texts) <= self._max_batch):
-                count += len(self._waiting[0].texts)
-                batch.append(self._waiting.pop(0))
-            self._out += 1
-            # In a context of its own: the batch is nobody's in particular (no caller's deadline applies).
-            task = asyncio.get_running_loop().create_task(self._send(batch), context=contextvars.Context())
-            self._batches.add(task)
-            task.add_done_callback(self._batches.discard)
-
-    async def _send(self, batch: list[_Waiting]) -> None:
-        try:
-            vectors = await self._inner.embed([text for waiting in batch for text in waiting.texts])
-        except BaseException as exc:
-            for waiting in batch:
-                if not waiting.vectors.done():
-                    waiting.vectors.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
-        else:
-            start = 0
-            for waiting in batch:
-                end = start + len(waiting.texts)
-                if not waiting.vectors.done():
-                    waiting.vectors.set_result(vectors[start:end])
-                start = end
-        finally:
-            self._returned()
+        return await self._batching.embed(texts)

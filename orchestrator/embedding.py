@@ -12,10 +12,11 @@ a failed request here leaves the embedding to memory too.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from mesh.context import time_remaining
-from mesh.embeddings import request_embeddings
-from mesh.errors import AthenaError
+from mesh.embeddings import Batching, Vector, request_embeddings
+from mesh.errors import AthenaError, Unavailable
 from mesh.model_api import ModelApi
 from orchestrator.records import TextEmbedding
 
@@ -26,33 +27,43 @@ RECALL_TEXT_LENGTH = 4000
 
 
 class TurnEmbedder:
-    """Embeds turns' texts with memory's embedding model at an OpenAI-compatible API."""
+    """Embeds turns' texts with memory's embedding model at an OpenAI-compatible API; a burst of turns is
+    embedded in a few requests (`mesh.embeddings.Batching`), as memory would."""
 
     def __init__(
-        self, api: ModelApi, model: str, *, dimensions: int | None = None, timeout: float = 2.0
+        self,
+        api: ModelApi,
+        model: str,
+        *,
+        dimensions: int | None = None,
+        timeout: float = 2.0,
+        concurrency: int = 4,
     ) -> None:
         self._api = api
         self._model = model
         self._dimensions = dimensions
         self._timeout = timeout
+        self._batching = Batching(self._request, concurrency=concurrency)
 
     async def embed(self, text: str) -> TextEmbedding | None:
         """The vector of what recall compares of `text`, or None when the API could not make it within the
         timeout (or the caller's deadline): memory then embeds the text itself."""
-        remaining = time_remaining()
-        timeout = self._timeout if remaining is None else min(self._timeout, remaining)
         try:
-            vectors = await request_embeddings(
-                self._api,
-                self._model,
-                [text.strip()[:RECALL_TEXT_LENGTH]],
-                dimensions=self._dimensions,
-                read_timeout=timeout,
-            )
+            (vector,) = await self._batching.embed([text.strip()[:RECALL_TEXT_LENGTH]])
         except AthenaError as exc:
             log.warning("embedding a turn failed; memory embeds it", extra={"error": exc.message})
             return None
-        if len(vectors) != 1:
-            log.warning("the embedding model answered no vector for a turn; memory embeds it")
-            return None
-        return TextEmbedding(self._model, vectors[0])
+        return TextEmbedding(self._model, vector)
+
+    async def _request(self, texts: Sequence[str]) -> list[Vector]:
+        remaining = time_remaining()  # None for a batch: it is no caller's in particular
+        vectors = await request_embeddings(
+            self._api,
+            self._model,
+            texts,
+            dimensions=self._dimensions,
+            read_timeout=self._timeout if remaining is None else min(self._timeout, remaining),
+        )
+        if len(vectors) != len(texts):
+            raise Unavailable(f"the embedding model answered {len(vectors)} vectors for {len(texts)} texts")
+        return vectors

@@ -3,6 +3,7 @@ left to memory, and the vector reaching memory's StartTurn with the turn."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -73,3 +74,20 @@ async def test_the_turns_vector_reaches_memory_with_the_turn(
     assert plain.embedding(turn) is None
     [event async for event in plain.run("user-1", NewTurn("athena", "hi again"))]
     assert memory.started[-1].embedding is None
+
+
+async def test_a_burst_of_turns_is_embedded_in_a_few_requests_each_turn_its_own_vector(
+    api_for: Callable[[Handler], Awaitable[ModelApi]],
+) -> None:
+    requests: list[list[str]] = []
+
+    def handler(body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        requests.append(body["input"])
+        return embeddings_answer([[float(len(text)), 1.0] for text in body["input"]])
+
+    embedder = TurnEmbedder(await api_for(handler), "athena-offline-embed", concurrency=1)
+    texts = ["a" * length for length in range(1, 9)]
+    embedded = await asyncio.gather(*(embedder.embed(text) for text in texts))
+    assert [e.vector if e else None for e in embedded] == [(float(len(text)), 1.0) for text in texts]
+    assert len(requests) == 2  # the first alone, then what waited meanwhile as one request
+    assert sorted(text for sent in requests for text in sent) == sorted(texts)
