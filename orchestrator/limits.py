@@ -32,6 +32,9 @@ from mesh.ratelimit import Window, window_at
 
 log = logging.getLogger(__name__)
 
+_REFUSED_KEPT = 10_000
+"""Users refused recently that a limiter remembers (`Limiter.refusing`) before it forgets expired ones."""
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -97,6 +100,18 @@ class Limiter:
         self._store = store
         self._clock = clock
         self._store_down_until = float("-inf")
+        self._refused_until: dict[str, float] = {}
+
+    def refusing(self, user_id: str) -> bool:
+        """Whether this replica refused the user a turn whose retry-after has not passed yet: their next turn
+        is likely refused too, so nothing is spent on it before admission (`Turns.run` embeds a turn's text
+        meanwhile, a paid request with a model API)."""
+        return self._clock.time() < self._refused_until.get(user_id, float("-inf"))
+
+    def _refused(self, user_id: str, now: float, retry_after: float) -> None:
+        if len(self._refused_until) >= _REFUSED_KEPT:  # those whose retry-after passed are forgotten first
+            self._refused_until = {user: until for user, until in self._refused_until.items() if until > now}
+        self._refused_until[user_id] = now + retry_after
 
     @asynccontextmanager
     async def stream(self, user_id: str) -> AsyncIterator[None]:
@@ -154,12 +169,14 @@ class Limiter:
             return False
         if admission.open_streams > limits.max_streams:
             await self._refuse(user_id, stream_id, window)
+            self._refused(user_id, now, limits.stream_retry_after_seconds)
             raise ResourceExhausted(
                 f"too many chat streams open at once (at most {limits.max_streams}); wait for one to finish",
                 retry_after=limits.stream_retry_after_seconds,
             )
         if admission.turns > limits.turns_per_window:
             await self._refuse(user_id, stream_id, window)
+            self._refused(user_id, now, window.retry_after(now))
             raise ResourceExhausted(
                 f"too many chat turns (at most {limits.turns_per_window} "
                 f"per {limits.window_seconds:g} seconds)",

@@ -49,8 +49,9 @@ class Turns:
             conversation_id=chat.conversation_id,
             client_request_id=chat.client_request_id or _request_id(chat),
         )
-        # The text's embedding for memory's recall is made while the turn is admitted.
-        embedding = self._runner.embedding(turn)
+        # The text's embedding for memory's recall is made while the turn is admitted (not for a user just
+        # refused: their turn is likely refused again, and the embedding would be paid for all the same).
+        embedding = None if self._limiter.refusing(user_id) else self._runner.embedding(turn)
         try:
             async with self._limiter.stream(user_id):
                 with ACTIVE_STREAMS.track_inprogress():

@@ -229,3 +229,18 @@ async def test_a_stream_ends_even_when_its_heartbeat_swallows_the_cancellation()
 
     await asyncio.wait_for(one_stream(), timeout=3)
     assert store.streams["ada"] == {}  # released all the same
+
+
+async def test_a_refused_user_is_known_as_refusing_until_their_retry_after() -> None:
+    """Nothing is spent ahead of admission on a user just refused (`Turns.run` embeds turns meanwhile)."""
+    clock = Clock()
+    limiter = Limiter(Limits(max_streams=1, turns_per_window=100), InMemoryLimitStore(), clock)
+    assert not limiter.refusing("ada")
+    async with limiter.stream("ada"):
+        with pytest.raises(ResourceExhausted) as refused:
+            async with limiter.stream("ada"):
+                pass
+    assert limiter.refusing("ada")
+    assert not limiter.refusing("grace")
+    clock.advance(refused.value.retry_after + 0.01)
+    assert not limiter.refusing("ada")
