@@ -202,7 +202,7 @@ class RunningService:
         finally:
             for task in self.tasks:
                 task.cancel()
-            await asyncio.gather(*self.tasks, return_exceptions=True)
+            await _stopped(self.tasks)
             await self.deps.resources.aclose()
 
 
@@ -247,6 +247,24 @@ async def start(app: ServiceApp[S, D], settings: S, deps: D | None = None) -> Ru
     ]
     log.info("serving", extra={"port": server.port, "http_port": server.http.port})
     return RunningService(server, deps, tasks)
+
+
+TASK_STOP_SECONDS = 10.0
+"""How long stopping waits for a cancelled background task (a blocking Redis read ends within its block)."""
+
+
+async def _stopped(tasks: Sequence[asyncio.Task[None]], within: float = TASK_STOP_SECONDS) -> None:
+    """Waits for cancelled `tasks` to end, at most `within` seconds: one that swallowed its cancellation
+    (redis-py may, in a blocked read: `mesh.redis.cancelling`) is logged with where it waits, and left, so
+    that stopping goes on to close the connections it holds."""
+    if not tasks:
+        return
+    _, pending = await asyncio.wait(tasks, timeout=within)
+    for task in pending:
+        where = "".join(f"{frame.f_code.co_filename}:{frame.f_lineno} " for frame in task.get_stack(limit=8))
+        log.error(
+            "a background task did not stop when cancelled", extra={"task": task.get_name(), "at": where}
+        )
 
 
 async def _supervised(work: BackgroundTask) -> None:
