@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from memory.embedding_models import EmbeddingModel
-from mesh.context import time_remaining
 from mesh.embeddings import Batching, Vector, request_embeddings
 from mesh.errors import FailedPrecondition
 from mesh.model_api import ModelApi
@@ -61,14 +60,12 @@ class OpenAIEmbedder:
         return self._dimension
 
     async def embed(self, texts: Sequence[str]) -> list[Vector]:
-        remaining = time_remaining()
-        timeout = self._timeout if remaining is None else min(self._timeout, remaining)
         vectors = await request_embeddings(
             self._api,
             self._model,
             texts,
             dimensions=self._dimension if self._send_dimensions else None,
-            read_timeout=timeout,
+            longest=self._timeout,
         )
         if len(vectors) != len(texts) or any(len(v) != self._dimension for v in vectors):
             raise FailedPrecondition(

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from mesh import genai
+from mesh.context import time_remaining
 from mesh.errors import Unavailable
 from mesh.model_api import ModelApi, ModelApiError
 
@@ -33,12 +34,15 @@ async def request_embeddings(
     texts: Sequence[str],
     *,
     dimensions: int | None,
-    read_timeout: float,
+    longest: float,
 ) -> list[Vector]:
-    """The vectors `api` answers for `texts`, in their order, within `read_timeout` (`ModelApi.post`),
-    of `dimensions` components when given (None: the model's own length; fixed-size models refuse to be
-    asked for one). How many vectors came back, and how long they are, is the caller's to check. Raises
+    """The vectors `api` answers for `texts`, in their order, of `dimensions` components when given (None:
+    the model's own length; fixed-size models refuse to be asked for one). Each wait for the answer lasts
+    at most `longest` seconds, or until the caller's deadline if sooner (a batch is no caller's: no
+    deadline). How many vectors came back, and how long they are, is the caller's to check. Raises
     Unavailable when the API is unreachable, refuses or answers something else than embeddings."""
+    remaining = time_remaining()
+    read_timeout = longest if remaining is None else min(longest, remaining)
     body: dict[str, Any] = {"model": model, "input": list(texts), "encoding_format": "base64"}
     attributes: dict[str, Any] = {"athena.embeddings.inputs": len(texts)}  # no convention names it
     if dimensions is not None:

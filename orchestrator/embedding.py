@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from mesh.context import time_remaining
 from mesh.embeddings import Batching, Vector, request_embeddings
 from mesh.errors import AthenaError, Unavailable
 from mesh.model_api import ModelApi
@@ -56,13 +55,12 @@ class TurnEmbedder:
         return TextEmbedding(self._model, vector)
 
     async def _request(self, texts: Sequence[str]) -> list[Vector]:
-        remaining = time_remaining()  # None for a batch: it is no caller's in particular
         vectors = await request_embeddings(
             self._api,
             self._model,
             texts,
             dimensions=self._dimensions,
-            read_timeout=self._timeout if remaining is None else min(self._timeout, remaining),
+            longest=self._timeout,
         )
         if len(vectors) != len(texts):
             raise Unavailable(f"the embedding model answered {len(vectors)} vectors for {len(texts)} texts")
