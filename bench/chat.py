@@ -619,40 +619,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"**{instant['overhead_ms']['p95']:.2f}** |",
         "",
         *_tracing_lines(result.get("tracing")),
-        "## Streams at once, model pacing 20 ms a word, answers of 30–60 words",
-        "",
-        f"Each series: {result['paced'][0].get('rounds', 1)} rounds of that many streams started at once, "
-        "mesh and model alone alternating, streams pooled; every user has chatted once before. After each "
-        "mesh round, the background work its turns left (embedding, learning) is done before the model runs "
-        "alone, and counted in the mesh's CPU.",
-        "",
-        "| streams | duration mesh/direct p50 | p95 | first delta mesh p50 / p95 ms | direct p50 / p95 ms "
-        "| overhead p50 / p95 ms | words/s | errors | CPU stolen |",
-        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for s in result["paced"]:
-        stolen = f"{s['cpu_stolen_percent']:.1f} %" if "cpu_stolen_percent" in s else "-"
-        if "duration_ratio" not in s:
-            lines.append(f"| {s['streams']} | - | - | - | - | - | - | {s['mesh'].get('errors')} | {stolen} |")
-            continue
-        m, d, o = s["mesh"]["first_delta_ms"], s["direct"]["first_delta_ms"], s["first_delta_overhead_ms"]
-        lines.append(
-            f"| {s['streams']} | {s['duration_ratio']['p50']:.2f} | {s['duration_ratio']['p95']:.2f} | "
-            f"{m['p50']:.0f} / {m['p95']:.0f} | {d['p50']:.0f} / {d['p95']:.0f} | "
-            f"{o['p50']:.0f} / {o['p95']:.0f} | "
-            f"{s['words_per_second']:.0f} | {s['mesh']['errors'] or 0} | {stolen} |"
-        )
-    lines += ["", "CPU milliseconds per turn, by process (mesh series; the direct series in brackets):", ""]
-    names = list(result["paced"][0]["cpu_ms_per_turn"])
-    lines += ["| streams | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-    for s in result["paced"]:
-        cells = [f"{s['cpu_ms_per_turn'][n]:.1f} ({s['direct_cpu_ms_per_turn'][n]:.1f})" for n in names]
-        lines.append(f"| {s['streams']} | " + " | ".join(cells) + " |")
-    lines += ["", "Peak RSS (MiB) by process during each series:", ""]
-    lines += ["| streams | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-    series_rss = [*result["paced"], *([result["held"]] if result.get("held") else [])]
-    for s in series_rss:
-        lines.append(f"| {s['streams']} | " + " | ".join(f"{s['peak_rss_mib'][n]:.0f}" for n in names) + " |")
+    lines += _paced_lines(result["paced"])
+    lines += _rss_lines([*result["paced"], *([result["held"]] if result.get("held") else [])])
     held = result.get("held")
     if held:
         summary = held["mesh"]
@@ -670,6 +639,55 @@ def markdown(result: dict[str, Any]) -> str:
             *_stolen_line(held),
         ]
     return "\n".join(lines) + "\n"
+
+
+def _paced_lines(paced: list[dict[str, Any]]) -> list[str]:
+    """The paced series (nothing when none ran)."""
+    if not paced:
+        return []
+    lines = [
+        "## Streams at once, model pacing 20 ms a word, answers of 30–60 words",
+        "",
+        f"Each series: {paced[0].get('rounds', 1)} rounds of that many streams started at once, "
+        "mesh and model alone alternating, streams pooled; every user has chatted once before. After each "
+        "mesh round, the background work its turns left (embedding, learning) is done before the model runs "
+        "alone, and counted in the mesh's CPU.",
+        "",
+        "| streams | duration mesh/direct p50 | p95 | first delta mesh p50 / p95 ms | direct p50 / p95 ms "
+        "| overhead p50 / p95 ms | words/s | errors | CPU stolen |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in paced:
+        stolen = f"{s['cpu_stolen_percent']:.1f} %" if "cpu_stolen_percent" in s else "-"
+        if "duration_ratio" not in s:
+            lines.append(f"| {s['streams']} | - | - | - | - | - | - | {s['mesh'].get('errors')} | {stolen} |")
+            continue
+        m, d, o = s["mesh"]["first_delta_ms"], s["direct"]["first_delta_ms"], s["first_delta_overhead_ms"]
+        lines.append(
+            f"| {s['streams']} | {s['duration_ratio']['p50']:.2f} | {s['duration_ratio']['p95']:.2f} | "
+            f"{m['p50']:.0f} / {m['p95']:.0f} | {d['p50']:.0f} / {d['p95']:.0f} | "
+            f"{o['p50']:.0f} / {o['p95']:.0f} | "
+            f"{s['words_per_second']:.0f} | {s['mesh']['errors'] or 0} | {stolen} |"
+        )
+    lines += ["", "CPU milliseconds per turn, by process (mesh series; the direct series in brackets):", ""]
+    names = list(paced[0]["cpu_ms_per_turn"])
+    lines += ["| streams | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for s in paced:
+        cells = [f"{s['cpu_ms_per_turn'][n]:.1f} ({s['direct_cpu_ms_per_turn'][n]:.1f})" for n in names]
+        lines.append(f"| {s['streams']} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def _rss_lines(series: list[dict[str, Any]]) -> list[str]:
+    """Each series' peak RSS by process (nothing when no series ran)."""
+    if not series:
+        return []
+    names = list(series[0]["peak_rss_mib"])
+    lines = ["Peak RSS (MiB) by process during each series:", ""]
+    lines += ["| streams | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for s in series:
+        lines.append(f"| {s['streams']} | " + " | ".join(f"{s['peak_rss_mib'][n]:.0f}" for n in names) + " |")
+    return lines
 
 
 def _stolen_line(series: dict[str, Any]) -> list[str]:
@@ -730,7 +748,7 @@ async def run(
         traced = await tracing_series(data, samples) if tracing else None
         if traced:
             print(f"tracing: {json.dumps(traced['first_delta_ratio'])}", flush=True)
-        paced = await paced_series(data, counts, rounds)
+        paced = await paced_series(data, counts, rounds) if counts else []
         held_result = await held_series(data, held) if held else None
     return {
         "command": (
