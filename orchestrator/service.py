@@ -12,6 +12,7 @@ served.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
@@ -52,6 +53,9 @@ class Turns:
         # The text's embedding for memory's recall is made while the turn is admitted (not for a user just
         # refused: their turn is likely refused again, and the embedding would be paid for all the same).
         embedding = None if self._limiter.refusing(user_id) else self._runner.embedding(turn)
+        if embedding is not None:
+            # One step for the embedding's task first: its request is on its way before admission's.
+            await asyncio.sleep(0)
         try:
             async with self._limiter.stream(user_id):
                 with ACTIVE_STREAMS.track_inprogress():
