@@ -82,6 +82,8 @@ class ToolRegistry:
         for tool in self._tools.values():
             Draft202012Validator.check_schema(tool.parameters)
             self._validators[tool.name] = Draft202012Validator(tool.parameters)
+        # Made once: a spec encodes its schema as it is made, and every model call offers every tool.
+        self._specs = tuple(tool.spec for tool in self._tools.values())
         self._timeout = timeout
 
     @property
@@ -89,7 +91,7 @@ class ToolRegistry:
         return tuple(self._tools)
 
     def specs(self) -> tuple[ToolSpec, ...]:
-        return tuple(tool.spec for tool in self._tools.values())
+        return self._specs
 
     async def run(self, name: str, arguments_json: str, context: ToolContext) -> ToolOutcome:
         """The call's outcome; its duration and failures are counted by tool (`orchestrator.metrics`)."""
