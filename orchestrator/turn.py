@@ -320,7 +320,8 @@ class TurnRunner:
                     if isinstance(event, TextChunk):
                         if not event.text:
                             continue
-                        if progress.time_to_first_token is None:
+                        first = progress.time_to_first_token is None
+                        if first:
                             progress.time_to_first_token = self._clock() - started
                             TIME_TO_FIRST_TOKEN.labels(agent.id, model).observe(
                                 progress.time_to_first_token, exemplar()
@@ -328,6 +329,10 @@ class TurnRunner:
                         step_text.append(event.text)
                         progress.text.append(event.text)
                         yield TextDelta(event.text, agent.id)
+                        if first:
+                            # The stream sends the first text before more is read: what the model wrote at
+                            # once (a whole answer from its cache) would otherwise all be parsed first.
+                            await asyncio.sleep(0)
                     else:
                         finished = event
             if finished is None:
