@@ -57,7 +57,31 @@ async def test_the_access_log_names_the_peer_read_when_the_call_started(
     with caplog.at_level(logging.INFO, logger="athena.access"), pytest.raises(asyncio.CancelledError):
         async for message in handler.unary_stream(b"", context):
             received.append(message)
+    with caplog.at_level(logging.INFO, logger="athena.access"):
+        await asyncio.sleep(0)  # the line is written once the call's answer is on its way
     assert received == [b"first"]
     [line] = [record for record in caplog.records if record.name == "athena.access"]
     assert line.__dict__["peer"] == PEER
     assert line.__dict__["status"] == "CANCELLED"
+
+
+async def test_the_access_log_line_is_written_after_the_call_answered(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def answer(request: bytes, _: Any) -> bytes:
+        return b"answer"
+
+    details: Any = type("Details", (), {"method": "/athena.test.v1.T/M", "invocation_metadata": ()})()
+    handler: Any = await CallContextInterceptor().intercept_service(
+        lambda d: AccessLogInterceptor().intercept_service(
+            lambda _: asyncio.sleep(0, grpc.unary_unary_rpc_method_handler(answer)), d
+        ),
+        details,
+    )
+    with caplog.at_level(logging.INFO, logger="athena.access"):
+        assert await handler.unary_unary(b"", EndingContext()) == b"answer"
+        assert [record for record in caplog.records if record.name == "athena.access"] == []
+        await asyncio.sleep(0)
+    [line] = [record for record in caplog.records if record.name == "athena.access"]
+    assert line.__dict__["status"] == "OK"
+    assert line.__dict__["method"] == "/athena.test.v1.T/M"
