@@ -31,13 +31,21 @@ class Quiet:
         self._in_flight = 0
         self._last_activity = float("-inf")
         self._behind_since: float | None = None
+        self._gap = 0.0
+        """The quiet the last waiter asked for: a gap that long ends falling behind."""
         self._holds: dict[str, float] = {}
 
     def call_started(self, *, streaming: bool = False) -> None:
         """A call began (a streaming one only marks the moment)."""
+        now = self._clock()
+        if self._behind_since is not None and self._quiet_for(now) >= self._gap:
+            # A gap came and went while no background work waited to see it (the work had caught up):
+            # what is queued from now on waits for the next gap again, rather than running beside the
+            # calls that ended it as if still behind (it ran beside a whole burst of turns).
+            self._behind_since = None
         if not streaming:
             self._in_flight += 1
-        self._last_activity = self._clock()
+        self._last_activity = now
 
     def call_ended(self) -> None:
         """A unary call ended."""
@@ -57,9 +65,11 @@ class Quiet:
     def quiet_for(self) -> float:
         """Seconds since the last call started or ended with none in flight and nothing held (0 while a
         call is in flight or something is held)."""
+        return self._quiet_for(self._clock())
+
+    def _quiet_for(self, now: float) -> float:
         if self._in_flight > 0:
             return 0.0
-        now = self._clock()
         if self._holds:
             for key, until in list(self._holds.items()):
                 if until <= now:
@@ -71,6 +81,7 @@ class Quiet:
     async def wait(self, quiet_seconds: float, at_most: float) -> None:
         """Returns once no call has been in flight for `quiet_seconds`, or at once when background work has
         been waiting for such a moment for `at_most` seconds (since the last one; shared by every waiter)."""
+        self._gap = quiet_seconds
         if self._behind_since is None:
             self._behind_since = self._clock()
         while (quiet := self.quiet_for()) < quiet_seconds:
