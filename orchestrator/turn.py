@@ -133,6 +133,7 @@ class TurnRunner:
         self._embedder = embedder
         self._clock = clock
         self._background: set[asyncio.Task[None]] = set()
+        """Writes a turn's end must not cancel: a failed turn's record, a lease renewal on its way."""
 
     def embedding(self, turn: NewTurn) -> asyncio.Task[TextEmbedding | None] | None:
         """Starts embedding the turn's text for memory's recall (`orchestrator.embedding`), to run while the
@@ -223,13 +224,21 @@ class TurnRunner:
         return start
 
     async def _hold(self, message_id: str) -> None:
-        """Renews the turn's lease while it runs, so nobody takes it over."""
+        """Renews the turn's lease while it runs, so nobody takes it over. A renewal on its way when the
+        turn ends is let finish: cancelled, memory's write stopped halfway (its transaction rolled back and
+        its connection reset, an error in its log for every turn that ended during a renewal)."""
         while True:
             await asyncio.sleep(self._lease_seconds / 3)
-            try:
-                await self._memory.renew_turn(message_id, self._lease_seconds)
-            except AthenaError as exc:  # the lease lapses at worst: a repeat would answer again
-                log.warning("renewing a turn's lease failed", extra={"error": exc.message})
+            renewal = asyncio.create_task(self._renew(message_id), name=f"renew-turn-{message_id}")
+            self._background.add(renewal)
+            renewal.add_done_callback(self._background.discard)
+            await asyncio.shield(renewal)
+
+    async def _renew(self, message_id: str) -> None:
+        try:
+            await self._memory.renew_turn(message_id, self._lease_seconds)
+        except AthenaError as exc:  # the lease lapses at worst: a repeat would answer again
+            log.warning("renewing a turn's lease failed", extra={"error": exc.message})
 
     def _started(self, start: TurnStart, agent: AgentSpec, answer_id: str) -> ConversationStarted:
         return ConversationStarted(
@@ -438,7 +447,7 @@ class TurnRunner:
             log.error("storing a failed turn failed", exc_info=error)
 
     async def wait_background(self) -> None:
-        """Waits for pending writes of failed turns (shutdown, tests)."""
+        """Waits for pending writes of failed turns and lease renewals (shutdown, tests)."""
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
 

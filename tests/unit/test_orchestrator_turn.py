@@ -482,3 +482,33 @@ async def test_a_long_turn_renews_its_lease(catalog: Catalog, memory: InMemoryGa
     model = ScriptedModel([ScriptedReply("slowly but surely")], chunk_delay=0.1)
     await collect(runner(catalog, memory, model, lease_seconds=0.12), "hi")
     assert "renew_turn" in memory.calls
+
+
+class SlowRenewals(InMemoryGateway):
+    """Renewals that take a while, recording whether each finished or was cancelled halfway."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        super().__init__(agents=list(catalog))
+        self.renewing = asyncio.Event()
+        self.renewals: list[str] = []
+
+    async def renew_turn(self, message_id: str, lease_seconds: float) -> None:
+        self.renewing.set()
+        try:
+            await asyncio.sleep(0.3)
+        except asyncio.CancelledError:
+            self.renewals.append("cancelled")
+            raise
+        await super().renew_turn(message_id, lease_seconds)
+        self.renewals.append("renewed")
+
+
+async def test_a_turn_ending_during_a_lease_renewal_lets_it_finish(catalog: Catalog) -> None:
+    memory = SlowRenewals(catalog)
+    model = ScriptedModel([ScriptedReply("a b c d")], chunk_delay=0.05)
+    turns = runner(catalog, memory, model, lease_seconds=0.06)
+    events_ = await collect(turns, "hi")
+    assert memory.renewing.is_set()  # the turn ended while a renewal was on its way
+    assert isinstance(events_[-1], events.MessageCompleted)
+    await asyncio.wait_for(turns.wait_background(), 2)
+    assert memory.renewals and "cancelled" not in memory.renewals
