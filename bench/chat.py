@@ -24,6 +24,10 @@ browser's `traceparent` sent) and exporting to a local OTLP sink that only count
 (`devstack.otlp_sink`, a process of its own), one not: what tracing costs one stream (issue 18: at most
 +10% on the first delta).
 
+The load generator (this process: the browsers' streams and the direct series' openai client alike) runs
+on uvloop and collects garbage as the services do, so that it takes as little of the 2 cores from what it
+measures as it can, and no full collection of its own stops every stream's clock at once.
+
 Results go to bench/results/chat.json and chat.md with a verdict per target of issue 13.
 """
 
@@ -32,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import secrets
 import subprocess
@@ -45,6 +50,7 @@ from typing import Any
 
 import grpc
 import psutil
+import uvloop
 from athena.account.v1 import account_pb2, account_pb2_grpc
 from athena.auth.v1 import auth_pb2, auth_pb2_grpc
 from athena.chat.v1 import chat_pb2, chat_pb2_grpc
@@ -53,6 +59,7 @@ from openai import AsyncOpenAI
 from bench.provenance import StolenTime, commit, machine
 from devstack.process import free_port
 from devstack.stack import Ports, Stack, StackConfig
+from mesh.app import GC_THRESHOLDS
 
 RESULTS = Path(__file__).resolve().parent / "results"
 QUESTION = "what do you know about my training plan?"
@@ -326,9 +333,14 @@ async def running_mesh(
             login = await auth.DevLogin(auth_pb2.DevLoginRequest(email=f"bench-{index}@example.com"))
             mesh.tokens.append(login.session.access_token)
         await seed_memories(mesh)
+        # The load generator measures: what set-up made lives through the series, out of every collection,
+        # so that no full collection pauses it (and every stream it times) midway (`main`).
+        gc.collect()
+        gc.freeze()
         try:
             yield mesh
         finally:
+            gc.unfreeze()
             for channel in channels:
                 await channel.close(grace=None)
     finally:
@@ -794,7 +806,12 @@ def main(argv: Iterable[str] | None = None) -> None:
     )
     parser.add_argument("--results", type=Path, default=RESULTS, help=f"where to write (default: {RESULTS})")
     args = parser.parse_args(list(argv) if argv is not None else None)
-    result = asyncio.run(
+    # The load generator shares the 2 cores with what it measures, so it runs as every part of the mesh
+    # does: on uvloop, and collected as the services collect (`mesh.app.GC_THRESHOLDS`; with CPython's
+    # defaults a full collection of this process, 80-90 ms with 200 streams open, paused every stream's
+    # clock once or twice a round, mesh and direct alike).
+    gc.set_threshold(*GC_THRESHOLDS)
+    result = uvloop.run(
         run(args.samples, args.streams, args.rounds, args.held, args.data_dir, tracing=args.tracing)
     )
     write(result, args.results)
