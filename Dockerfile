@@ -61,8 +61,10 @@ LABEL org.opencontainers.image.title="athenaos" \
 RUN groupadd --system --gid 10001 athena \
  && useradd --system --uid 10001 --gid 10001 --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin athena
 COPY --from=builder /opt/athena /opt/athena
+# GRPC_EXPERIMENTS: how every service runs gRPC (mesh/server.py GRPC_EXPERIMENTS).
 ENV PATH=/opt/athena/bin:$PATH \
     PYTHONUNBUFFERED=1 \
+    GRPC_EXPERIMENTS=-event_engine_client,-event_engine_listener,-event_engine_for_all_other_endpoints \
     PYTHONDONTWRITEBYTECODE=1 \
     ATHENA_DATA_DIR=/tmp/athena
 WORKDIR /tmp

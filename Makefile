@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 WEB := edge/web
 PYTEST_ARGS ?=
 EVAL_ARGS ?=
+# How every process runs gRPC, the tests' and benchmarks' own included (mesh/server.py GRPC_EXPERIMENTS).
+export GRPC_EXPERIMENTS ?= -event_engine_client,-event_engine_listener,-event_engine_for_all_other_endpoints
 
 .PHONY: help install web run test test-fast lint format proto proto-check bench bench-memory bench-chat bench-health eval-memory chaos check clean
 

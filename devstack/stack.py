@@ -33,6 +33,7 @@ from devstack.process import ManagedProcess, StartupError, port_open
 from devstack.prometheus import EmbeddedPrometheus, ScrapeTarget
 from devstack.supervisor import Part, RestartPolicy, Supervisor
 from devstack.valkey import EmbeddedValkey
+from mesh.server import GRPC_EXPERIMENTS
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
@@ -212,6 +213,7 @@ class Stack:
         env = {
             **os.environ,
             "PYTHONUNBUFFERED": "1",
+            "GRPC_EXPERIMENTS": os.environ.get("GRPC_EXPERIMENTS", GRPC_EXPERIMENTS),
             "ATHENA_ENV": "dev",
             "ATHENA_DATA_DIR": str(self.data_dir),
             "ATHENA_SERVICE_KEY": self._service_key(),

@@ -44,6 +44,13 @@ def test_the_image_is_built_in_two_stages_and_runs_unprivileged() -> None:
     assert json.loads(command) == ["router"]
 
 
+def test_the_image_runs_grpc_as_the_mesh_does() -> None:
+    from mesh.server import GRPC_EXPERIMENTS
+
+    (environment,) = stages()[-1].lines("ENV")
+    assert f"GRPC_EXPERIMENTS={GRPC_EXPERIMENTS} " in environment + " "
+
+
 def test_the_edge_image_is_envoy_with_the_web_app_built_from_the_sources() -> None:
     web, edge = stage("web"), stage("edge")
     arguments = global_arguments()

@@ -336,7 +336,7 @@ def test_config_maps_name_only_settings_the_services_know(rendered: list[Manifes
     }
     assert "INTEGRATIONS_MICROSOFT__REDIRECT_URIS" in known["integrations"]
     assert "INTEGRATIONS_MICROSOFT__REDIRECT_URI" not in known["integrations"]
-    everyone = set().union(*known.values()) | {"PYTHONUNBUFFERED"}
+    everyone = set().union(*known.values()) | {"PYTHONUNBUFFERED", "GRPC_EXPERIMENTS"}
     deployments = of_kind(rendered, "Deployment")
     for service in SERVICES:
         container = main_container(deployments[service])
@@ -394,6 +394,15 @@ def test_every_service_follows_the_one_revocation_list(rendered: list[Manifest],
     read = {variable: variables[variable] for variable in choices & set(variables)}
     assert read, f"{name} reads none of {sorted(choices)}"
     assert set(read.values()) == {("memory-datastores", "redis-url")}, name
+
+
+def test_every_service_runs_grpc_as_the_mesh_does(rendered: list[Manifest]) -> None:
+    from mesh.server import GRPC_EXPERIMENTS
+
+    deployments = of_kind(rendered, "Deployment")
+    for service in SERVICES:
+        env = environment(main_container(deployments[service]), rendered)
+        assert env.get("GRPC_EXPERIMENTS") == GRPC_EXPERIMENTS, service
 
 
 def test_connected_accounts_come_back_to_the_public_origin(

@@ -511,4 +511,5 @@ async def test_a_turn_ending_during_a_lease_renewal_lets_it_finish(catalog: Cata
     assert memory.renewing.is_set()  # the turn ended while a renewal was on its way
     assert isinstance(events_[-1], events.MessageCompleted)
     await asyncio.wait_for(turns.wait_background(), 2)
-    assert memory.renewals and "cancelled" not in memory.renewals
+    assert memory.renewals
+    assert "cancelled" not in memory.renewals
