@@ -83,6 +83,7 @@ thread itself. Measured, grpc.aio on uvloop, loopback: a unary call's client CPU
 202-254, its round trip 375-476 µs against 462-545; a stream of 21 messages' client CPU 0.33-0.55 ms
 against 0.62-0.84. A later grpcio that drops these experiments ignores the names (it logs them as unknown)."""
 
+
 class MeshServer:
     """One service process's gRPC server and HTTP side port."""
 
