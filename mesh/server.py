@@ -76,12 +76,12 @@ ReadinessCheck = Callable[[], Awaitable[bool]]
 GRPC_EXPERIMENTS = "-event_engine_client,-event_engine_listener,-event_engine_for_all_other_endpoints"
 """What every process of the mesh runs gRPC with, as the `GRPC_EXPERIMENTS` environment variable (read once,
 when grpc is imported: it is set where processes start, in `devstack`, the Makefile, the Dockerfile and
-`k8s/base/config/shared.env`). grpcio 1.85 moves TCP through its EventEngine threads by default, one
-thread hop more for every read and write before grpc.aio's own poller thread and the event loop see it;
-with the EventEngine client, listener and endpoints turned off, its sockets are polled by that poller
-thread itself. Measured, grpc.aio on uvloop, loopback: a unary call's client CPU 162-199 µs against
-202-254, its round trip 375-476 µs against 462-545; a stream of 21 messages' client CPU 0.33-0.55 ms
-against 0.62-0.84. A later grpcio that drops these experiments ignores the names (it logs them as unknown)."""
+`k8s/base/config/shared.env`). grpcio 1.85 carries TCP on its EventEngine by default, whose threads
+hand every read and write on before grpc.aio's own poller thread and the event loop see it; with the
+EventEngine client, listener and endpoints turned off, grpc's older I/O path carries them instead.
+Measured, grpc.aio on uvloop, loopback: a unary call's client CPU 162-199 µs against 202-254, its round
+trip 375-476 µs against 462-545; a stream of 21 messages' client CPU 0.33-0.55 ms against 0.62-0.84.
+A later grpcio that drops these experiments ignores the names (it logs them as unknown)."""
 
 
 class MeshServer:
