@@ -84,15 +84,22 @@ async def test_work_held_elsewhere_keeps_the_service_busy_until_released_or_expi
     quiet.release("answer-2")  # releasing what expired changes nothing
 
 
-async def test_a_gap_nobody_waited_in_ends_falling_behind() -> None:
-    clock = Clock()
+async def fallen_behind(clock: Clock) -> Quiet:
+    """A service after a long busy spell: its background work waited 10 s for a gap and ran anyway, and the
+    call that kept it busy just ended."""
     quiet = Quiet(clock)
-    quiet.call_started()  # a long busy spell: the work falls behind and runs anyway
+    quiet.call_started()
     behind = asyncio.create_task(quiet.wait(0.05, at_most=10))
     await asyncio.sleep(0.01)
     clock.now += 10
     await asyncio.wait_for(behind, 1)
-    quiet.call_ended()  # the work caught up; then a quiet minute in which nothing waited
+    quiet.call_ended()
+    return quiet
+
+
+async def test_a_gap_nobody_waited_in_ends_falling_behind() -> None:
+    clock = Clock()
+    quiet = await fallen_behind(clock)  # the work caught up; then a quiet minute in which nothing waited
     clock.now += 60
     quiet.call_started()  # the next burst of calls: what it leaves waits for a gap again
     after = asyncio.create_task(quiet.wait(0.05, at_most=10))
@@ -107,13 +114,7 @@ async def test_a_gap_nobody_waited_in_ends_falling_behind() -> None:
 
 async def test_calls_back_to_back_are_no_gap() -> None:
     clock = Clock()
-    quiet = Quiet(clock)
-    quiet.call_started()
-    behind = asyncio.create_task(quiet.wait(0.05, at_most=10))
-    await asyncio.sleep(0.01)
-    clock.now += 10
-    await asyncio.wait_for(behind, 1)
-    quiet.call_ended()
+    quiet = await fallen_behind(clock)
     clock.now += 0.01  # shorter than the quiet the work waits for
     quiet.call_started()
     await asyncio.wait_for(quiet.wait(0.05, at_most=10), 0.5)  # still behind: runs at once
