@@ -6,7 +6,9 @@ Two loops run on every replica (`mesh.app` background tasks):
 - `index_messages`: a message stored by a turn (`message_stored`) is indexed soon after, off the
   first-token path, in batches: its blind words and its vector are written together. If embedding fails (the
   model is down), the words are written alone and the message is found by them; the next sweep embeds it
-  (and writes the words of a message the replica stopped before indexing).
+  (and writes the words of a message the replica stopped before indexing). Conversation recall first
+  awaits `indexed(user)`, which indexes that user's queued messages at once: what was said a moment ago
+  is found (read your writes), at the cost of the recall, not of the turns.
 - `sweep`: the job of the current model (`embedding_jobs`), user by user in id order. A replica takes the
   job's lease, embeds a user's memories and messages lacking a current vector in batches, records the user
   as done (the cursor, in PostgreSQL: a restart resumes after the last user done) and renews the lease;
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import secrets
@@ -87,6 +90,9 @@ class Reembedder:
         self._idle_seconds = idle_seconds
         self.holder = holder or replica_name()
         self._stored: dict[str, list[str]] = {}
+        """Messages queued for indexing, by user."""
+        self._indexing: dict[str, asyncio.Task[None]] = {}
+        """The user whose queued messages are being indexed, with the work doing it."""
         self._wake = asyncio.Event()
         self._before_work = before_work or _now
 
@@ -104,19 +110,47 @@ class Reembedder:
             await self._wake.wait()
             await self._before_work()  # the gaps between calls (`mesh.quiet`): what waits meanwhile joins
             self._wake.clear()
-            stored, self._stored = self._stored, {}
-            for user_id, message_ids in stored.items():
-                try:
-                    await self.embed_user(user_id, message_ids)
-                except AthenaError as exc:  # left to the keyword stage and the next sweep
-                    log.warning(
-                        "stored messages could not be embedded now",
-                        extra={"error": exc.message, "messages": len(message_ids)},
-                    )
-                except Exception:  # the same, but unexpected: logged with its traceback, the loop goes on
-                    log.exception(
-                        "stored messages could not be embedded", extra={"messages": len(message_ids)}
-                    )
+            for user_id in list(self._stored):
+                if (indexing := self._index_queued(user_id)) is not None:
+                    await indexing
+
+    async def indexed(self, user_id: str) -> None:
+        """Returns once every message the user has stored so far is indexed (or was left to its words and
+        the next sweep, the model being down): conversation recall finds what was said a moment ago. What
+        is queued is indexed now, on the caller's time, not at the next quiet moment; a caller giving up
+        (its deadline) does not stop it."""
+        while True:
+            indexing = self._indexing.get(user_id)
+            if indexing is None or indexing.done():
+                indexing = self._index_queued(user_id)
+            if indexing is None:
+                return
+            await asyncio.shield(indexing)
+
+    def _index_queued(self, user_id: str) -> asyncio.Task[None] | None:
+        """Starts indexing the user's queued messages; None when none are queued."""
+        message_ids = self._stored.pop(user_id, None)
+        if not message_ids:
+            return None
+        indexing = asyncio.create_task(self._index(user_id, message_ids))
+        self._indexing[user_id] = indexing
+        indexing.add_done_callback(functools.partial(self._indexed, user_id))
+        return indexing
+
+    def _indexed(self, user_id: str, indexing: asyncio.Task[None]) -> None:
+        if self._indexing.get(user_id) is indexing:
+            del self._indexing[user_id]
+
+    async def _index(self, user_id: str, message_ids: Sequence[str]) -> None:
+        try:
+            await self.embed_user(user_id, message_ids)
+        except AthenaError as exc:  # left to the keyword stage and the next sweep
+            log.warning(
+                "stored messages could not be embedded now",
+                extra={"error": exc.message, "messages": len(message_ids)},
+            )
+        except Exception:  # the same, but unexpected: logged with its traceback, the loop goes on
+            log.exception("stored messages could not be embedded", extra={"messages": len(message_ids)})
 
     async def embed_user(self, user_id: str, message_ids: Sequence[str] | None = None) -> int:
         """Gives every memory and message of the user (only the messages `message_ids`, when given) a

@@ -455,6 +455,8 @@ class ConversationServicer(memory_pb2_grpc.ConversationServiceServicer):
             until=request.until.ToDatetime(UTC) if request.HasField("until") else None,
             exclude_conversation_id=request.exclude_conversation_id or None,
         )
+        if self._reembedder is not None:  # what the user said a moment ago is found too
+            await self._reembedder.indexed(user_id)
         hits = await self._conversation_recaller.recall(user_id, query)
         return memory_pb2.RecallConversationsResponse(
             results=[convert.message_hit_to_proto(hit) for hit in hits]

@@ -3,8 +3,7 @@ for its owner only, within the agent and time window asked for."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 import grpc
@@ -12,7 +11,6 @@ from athena.chat.v1 import chat_pb2
 from athena.memory.v1 import memory_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 from memory_fixtures import MemoryHarness, expect_status, memory_service, start_turn_request
-from polling import eventually
 
 __all__ = ["memory_service"]
 
@@ -53,23 +51,6 @@ async def recall(
     return list(response.results)
 
 
-async def _first_in(results: Awaitable[Sequence[memory_pb2.RecalledMessage]], conversation_id: str) -> bool:
-    found = await results
-    return bool(found) and found[0].conversation_id == conversation_id
-
-
-async def recall_by_vector(
-    harness: MemoryHarness, md: Metadata, query: str, expected: int, **fields: object
-) -> Sequence[memory_pb2.RecalledMessage]:
-    """The results once the stored messages are embedded (in the background, shortly after a turn)."""
-    for _ in range(100):
-        results = await recall(harness, md, query, **fields)
-        if sum(r.stage == memory_pb2.RECALL_STAGE_VECTOR for r in results) >= expected:
-            return results
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"messages were not embedded: {results}")
-
-
 async def test_a_past_conversation_is_found_by_what_was_said(memory_service: MemoryHarness) -> None:
     _, md = memory_service.user()
     dinner = await converse(memory_service, md, "nutrition", DINNER, ANSWER)
@@ -77,7 +58,9 @@ async def test_a_past_conversation_is_found_by_what_was_said(memory_service: Mem
         memory_service, md, "focus", "I want two deep work blocks every morning", "Noted: 9-11 focus"
     )
 
-    results = await recall_by_vector(memory_service, md, "what do I cook for dinner on weeknights?", 1)
+    # At once: a recall first indexes what the user just said (in the background otherwise, at a quiet
+    # moment of the service).
+    results = await recall(memory_service, md, "what do I cook for dinner on weeknights?")
     best = results[0]
     assert best.conversation_id == dinner
     assert best.message.content == DINNER
@@ -87,10 +70,8 @@ async def test_a_past_conversation_is_found_by_what_was_said(memory_service: Mem
     assert best.stage == memory_pb2.RECALL_STAGE_VECTOR
     assert all(r.conversation_id == dinner for r in results), "the focus conversation is unrelated"
 
-    # The agent's answer is found by its own words too (written with its vector, soon after it is stored).
-    answers = await eventually(
-        lambda: recall(memory_service, md, "fibre and protein"), "the answer found by its words"
-    )
+    # The agent's answer is found by its own words too.
+    answers = await recall(memory_service, md, "fibre and protein")
     assert answers[0].message.content == ANSWER
     assert answers[0].message.role == chat_pb2.ROLE_ASSISTANT
 
@@ -105,7 +86,8 @@ async def test_another_users_identical_messages_are_never_recalled(memory_servic
         (alice, alice_conversation, bob_conversation),
         (bob, bob_conversation, alice_conversation),
     ):
-        results = await recall_by_vector(memory_service, md, DINNER, 1)
+        results = await recall(memory_service, md, DINNER)
+        assert results[0].stage == memory_pb2.RECALL_STAGE_VECTOR
         assert {r.conversation_id for r in results} == {own}
         keyword = await recall(memory_service, md, "garlic lentil")
         assert keyword
@@ -122,7 +104,6 @@ async def test_recall_keeps_to_the_agent_and_time_window_asked_for(memory_servic
     athena = await converse(
         memory_service, md, "athena", "Remind me what I eat for dinner: lentil soup", "Lentil soup."
     )
-    await recall_by_vector(memory_service, md, "lentil soup for dinner", 3)
 
     only_nutrition = await recall(memory_service, md, "lentil soup for dinner", agent_id="nutrition")
     assert only_nutrition
@@ -171,10 +152,7 @@ async def test_the_conversation_asking_is_left_out(memory_service: MemoryHarness
     earlier = await converse(memory_service, md, "nutrition", DINNER, ANSWER)
     asking = await converse(memory_service, md, "focus", question, "Let me look")
 
-    # Its own words, first, once indexed (soon after the messages are stored).
-    await eventually(
-        lambda: _first_in(recall(memory_service, md, question), asking), "the question found itself"
-    )
+    assert (await recall(memory_service, md, question))[0].conversation_id == asking, "found itself"
     left = await recall(memory_service, md, question, exclude_conversation_id=asking)
     assert left
     assert {r.conversation_id for r in left} == {earlier}

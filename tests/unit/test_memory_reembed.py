@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pytest
-from doubles.embedder import HashingEmbedder
+from doubles.embedder import GatedEmbedder, HashingEmbedder
 
 from memory.embedding_models import OFFLINE_EMBEDDING_MODEL, EmbeddingModel, ReembedProgress
 from memory.reembed import Reembedder
@@ -176,6 +176,54 @@ async def test_stored_messages_are_embedded_and_nothing_else() -> None:
     indexing.cancel()
     assert jobs.writes == [message_id]
     assert [row.model for row in rows.values() if row.kind == "memory"] == [1, 1], "left to the sweep"
+
+
+async def _never() -> None:
+    await asyncio.Event().wait()
+
+
+def message_ids(jobs: FakeJobs, user_id: str) -> list[uuid.UUID]:
+    return [row_id for row_id, row in jobs.users[user_id].items() if row.kind == "message"]
+
+
+async def test_what_a_user_just_said_is_indexed_when_they_recall_without_waiting_for_quiet() -> None:
+    jobs = populated(users=2, memories=1, messages=1)
+    worker = Reembedder(jobs, HashingEmbedder(16), MODEL, holder="a", before_work=_never)  # type: ignore[arg-type]
+    mine, other = sorted(jobs.users)
+    (said,), (theirs,) = message_ids(jobs, mine), message_ids(jobs, other)
+    indexing = asyncio.create_task(worker.index_messages())  # held: no quiet moment comes
+    worker.message_stored(mine, str(said))
+    worker.message_stored(other, str(theirs))
+
+    await worker.indexed(mine)
+
+    assert jobs.writes == [said], "the caller's own messages only; the other user's wait for quiet"
+    await worker.indexed(mine)  # nothing queued: returns at once
+    assert jobs.writes == [said]
+    indexing.cancel()
+
+
+async def test_a_recall_waits_for_the_indexing_under_way_and_its_caller_giving_up_does_not_stop_it() -> None:
+    jobs = populated(users=1, memories=0, messages=2)
+    embedder = GatedEmbedder(16, allowed=0)
+    worker = Reembedder(jobs, embedder, MODEL, holder="a")  # type: ignore[arg-type]
+    ((user_id, _),) = jobs.users.items()
+    first, second = message_ids(jobs, user_id)
+    worker.message_stored(user_id, str(first))
+    impatient = asyncio.create_task(worker.indexed(user_id))
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert embedder.held, "the first message's embedding is under way"
+    worker.message_stored(user_id, str(second))  # stored while the first is being indexed
+    patient = asyncio.create_task(worker.indexed(user_id))
+    await asyncio.sleep(0)
+
+    impatient.cancel()  # its deadline
+    embedder.release()
+    await patient
+
+    assert sorted(jobs.writes) == sorted([first, second]), "both indexed, the first despite the cancel"
+    assert embedder.texts == 2, "each once"
 
 
 async def test_a_message_the_model_cannot_embed_now_keeps_its_words() -> None:
