@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import logging
 import os
@@ -132,7 +133,8 @@ class Reembedder:
         message_ids = self._stored.pop(user_id, None)
         if not message_ids:
             return None
-        indexing = asyncio.create_task(self._index(user_id, message_ids))
+        # In a context of its own: not bound by the deadline of a recall that started it.
+        indexing = asyncio.create_task(self._index(user_id, message_ids), context=contextvars.Context())
         self._indexing[user_id] = indexing
         indexing.add_done_callback(functools.partial(self._indexed, user_id))
         return indexing
