@@ -93,7 +93,7 @@ class Reembedder:
         self._stored: dict[str, list[str]] = {}
         """Messages queued for indexing, by user."""
         self._indexing: dict[str, asyncio.Task[None]] = {}
-        """The user whose queued messages are being indexed, with the work doing it."""
+        """Users whose queued messages are being indexed, each with the work doing it."""
         self._wake = asyncio.Event()
         self._before_work = before_work or _now
 
