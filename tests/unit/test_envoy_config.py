@@ -8,7 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from conftest import walk
@@ -175,6 +175,20 @@ def test_tokens_are_required_for_chat_account_connections_uploads_and_notificati
     assert provider["from_headers"] == [{"name": "authorization", "value_prefix": "Bearer "}]
     assert provider["remote_jwks"]["http_uri"]["uri"].endswith(":9104/.well-known/jwks.json")
     assert provider["remote_jwks"]["async_fetch"]["fast_listener"] is True
+    assert provider["jwt_cache_config"] == {"jwt_cache_size": 1024}
+
+
+def test_verified_tokens_are_cached_unless_the_cache_is_turned_off() -> None:
+    def provider(config: EdgeConfig) -> dict[str, Any]:
+        (jwt,) = [
+            f
+            for f in edge_manager(render(config))["http_filters"]
+            if f["name"] == "envoy.filters.http.jwt_authn"
+        ]
+        return cast(dict[str, Any], jwt["typed_config"]["providers"]["athena"])
+
+    assert provider(EdgeConfig(jwt_cache_size=50))["jwt_cache_config"] == {"jwt_cache_size": 50}
+    assert "jwt_cache_config" not in provider(EdgeConfig(jwt_cache_size=0))
 
 
 def test_cors_lets_browsers_read_grpc_errors(bootstrap: dict[str, Any]) -> None:
