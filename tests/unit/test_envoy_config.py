@@ -73,6 +73,15 @@ def edge_manager(bootstrap: dict[str, Any]) -> dict[str, Any]:
     return manager
 
 
+def jwt_authn(bootstrap: dict[str, Any]) -> dict[str, Any]:
+    """The edge's jwt_authn filter configuration (providers and rules)."""
+    (jwt,) = [
+        f for f in edge_manager(bootstrap)["http_filters"] if f["name"] == "envoy.filters.http.jwt_authn"
+    ]
+    config: dict[str, Any] = jwt["typed_config"]
+    return config
+
+
 def edge_routes(bootstrap: dict[str, Any]) -> list[dict[str, Any]]:
     routes: list[dict[str, Any]] = edge_manager(bootstrap)["route_config"]["virtual_hosts"][0]["routes"]
     return routes
@@ -156,10 +165,7 @@ def test_reflection_calls_are_marked_for_the_router(bootstrap: dict[str, Any]) -
 def test_tokens_are_required_for_chat_account_connections_uploads_and_notifications_only(
     bootstrap: dict[str, Any],
 ) -> None:
-    (jwt,) = [
-        f for f in edge_manager(bootstrap)["http_filters"] if f["name"] == "envoy.filters.http.jwt_authn"
-    ]
-    config = jwt["typed_config"]
+    config = jwt_authn(bootstrap)
     rules = {rule["match"]["prefix"]: rule.get("requires") for rule in config["rules"]}
     assert rules == {
         f"/{CHAT_SERVICE}/": {"provider_name": "athena"},
@@ -180,12 +186,7 @@ def test_tokens_are_required_for_chat_account_connections_uploads_and_notificati
 
 def test_verified_tokens_are_cached_unless_the_cache_is_turned_off() -> None:
     def provider(config: EdgeConfig) -> dict[str, Any]:
-        (jwt,) = [
-            f
-            for f in edge_manager(render(config))["http_filters"]
-            if f["name"] == "envoy.filters.http.jwt_authn"
-        ]
-        return cast(dict[str, Any], jwt["typed_config"]["providers"]["athena"])
+        return cast(dict[str, Any], jwt_authn(render(config))["providers"]["athena"])
 
     assert provider(EdgeConfig(jwt_cache_size=50))["jwt_cache_config"] == {"jwt_cache_size": 50}
     assert "jwt_cache_config" not in provider(EdgeConfig(jwt_cache_size=0))
@@ -248,11 +249,8 @@ def test_webhooks_go_to_the_webhooks_http_port_with_no_token_and_no_cors(bootstr
     assert route["typed_per_filter_config"]["envoy.filters.http.cors"]["disabled"] is True
     assert names.index("webhooks") < names.index("not_found")
     assert all(names.index("webhooks") < i for i, name in enumerate(names) if name.startswith("web:"))
-    (jwt,) = [
-        f for f in edge_manager(bootstrap)["http_filters"] if f["name"] == "envoy.filters.http.jwt_authn"
-    ]
     assert not any(
-        WEBHOOKS_PREFIX.startswith(rule["match"]["prefix"]) for rule in jwt["typed_config"]["rules"]
+        WEBHOOKS_PREFIX.startswith(rule["match"]["prefix"]) for rule in jwt_authn(bootstrap)["rules"]
     )
     clusters = {cluster["name"]: cluster for cluster in bootstrap["static_resources"]["clusters"]}
     webhooks = clusters["webhooks"]
