@@ -244,6 +244,15 @@ def test_settings_read_the_shared_variables(monkeypatch: pytest.MonkeyPatch) -> 
     assert (settings.port, settings.http_port) == (50053, 9103)
 
 
+def test_the_pool_keeps_connections_open_within_what_it_may_open(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MEMORY_POOL_MIN_SIZE", raising=False)
+    monkeypatch.delenv("MEMORY_POOL_MAX_SIZE", raising=False)
+    assert (MemorySettings().pool_min_size, MemorySettings().pool_max_size) == (4, 20)
+    assert MemorySettings(pool_min_size=2, pool_max_size=2).pool_min_size == 2
+    with pytest.raises(ValueError, match=r"pool_min_size \(3\) must not exceed pool_max_size \(2\)"):
+        MemorySettings(pool_min_size=3, pool_max_size=2)
+
+
 def test_schema_is_rendered_with_the_configured_dimension() -> None:
     sql = render_schema(1536)
     assert "vector(1536)" in sql
