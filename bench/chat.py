@@ -43,7 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -143,8 +143,10 @@ def _rss_bytes(process: psutil.Process) -> int:
 class Processes:
     """CPU time and resident memory of each part of the mesh (and of this load generator)."""
 
-    def __init__(self, stack: Stack) -> None:
-        self._roots = {name: psutil.Process(stack.process(name).pid) for name in stack.part_names}
+    def __init__(self, stack: Stack, stand_ins: Mapping[str, int] | None = None) -> None:
+        """`stand_ins`: parts whose process another replaces (its pid), counted under the part's name."""
+        pids = {name: stack.process(name).pid for name in stack.part_names} | dict(stand_ins or {})
+        self._roots = {name: psutil.Process(pid) for name, pid in pids.items()}
         self._roots[LOAD_GENERATOR] = psutil.Process()
 
     def _processes(self) -> dict[str, list[psutil.Process]]:
