@@ -58,7 +58,7 @@ format: install ## Apply ruff's fixes and formatting
 proto: install ## Regenerate gen/ (Python and TypeScript) from proto/ and third_party/
 	PATH=$(CURDIR)/$(BIN):$$PATH buf generate
 
-bench: bench-memory bench-chat bench-health eval-memory ## All benchmarks (results in bench/results/)
+bench: bench-memory bench-chat bench-floor bench-health eval-memory ## All benchmarks (results in bench/results/)
 
 bench-memory: install ## Memory recall latency and recall@10 at 100k and 1M memories
 	$(BIN)/python -m bench.memory

@@ -126,7 +126,8 @@ class _Orchestrator:
         await self._memory.StartTurn(
             memory_pb2.StartTurnRequest(chat=request, history_messages=20, recall=recall)
         )
-        body = {"model": "athena-offline", "stream": True, "messages": prompt(fact(len(user)))}
+        # One memory of 45 words for everyone: the mean of the users' own (30-60), which recall finds.
+        body = {"model": "athena-offline", "stream": True, "messages": prompt(fact(15))}
         clock = asyncio.get_running_loop().time
         pending: list[str] = []
         sent: float | None = None
