@@ -181,8 +181,8 @@ async def serve_orchestrator(port: int, memory_port: int, model_url: str, redis_
     async with (
         aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session,
         grpc.aio.insecure_channel(f"127.0.0.1:{memory_port}") as channel,
+        aioredis.from_url(redis_url) as redis,
     ):
-        redis = aioredis.from_url(redis_url)
         server = grpc.aio.server()
         memory = memory_pb2_grpc.ConversationServiceStub(channel)
         chat = grpc.unary_stream_rpc_method_handler(
@@ -364,8 +364,9 @@ def _series_lines(found: dict[str, Any]) -> list[str]:
 def write(result: dict[str, Any], results: Path = RESULTS) -> None:
     results.mkdir(parents=True, exist_ok=True)
     (results / "floor.json").write_text(json.dumps(result, indent=2) + "\n")
-    (results / "floor.md").write_text(markdown(result))
-    print(markdown(result))
+    text = markdown(result)
+    (results / "floor.md").write_text(text)
+    print(text)
 
 
 def main(argv: Iterable[str] | None = None) -> None:
