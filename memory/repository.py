@@ -832,9 +832,10 @@ class PostgresConversationStore:
         uid = uuid.UUID(user_id)
         conv_uuid = uuid.UUID(message.conversation_id)
         message_id = uuid.UUID(message.message_id)
-        async with self._db.transaction(user_id) as connection:
-            # One statement: the conversation is touched (and locked) and the message stored in it; the
-            # same message id again (a retried or completed turn) replaces the earlier version.
+        async with self._db.statements(user_id) as connection:
+            # One statement, one round trip (a transaction costs three): the message stored in the
+            # conversation, which it touches; the same message id again (a retried or completed turn)
+            # replaces the earlier version.
             row = await connection.fetchrow(
                 _APPEND_ASSISTANT_MESSAGE,
                 message_id,
@@ -849,7 +850,7 @@ class PostgresConversationStore:
             assert row is not None, "the statement answers one row"
             if not row["conversation_found"]:
                 raise NotFound("conversation not found")
-            if row["id"] is None:  # rolled back with the transaction, the conversation's touch included
+            if row["id"] is None:  # nothing was stored, nor the conversation touched
                 raise InvalidArgument("message.id", "is the id of another message")
         return _message(cipher, row)
 
@@ -931,7 +932,7 @@ class _Repeated(Exception):
 
 
 _APPEND_ASSISTANT_MESSAGE = f"""WITH conversation AS (
-        UPDATE conversations SET updated_at = clock_timestamp() WHERE user_id = $3 AND id = $2 RETURNING id
+        SELECT id FROM conversations WHERE user_id = $3 AND id = $2 FOR NO KEY UPDATE
     ), message AS (
         INSERT INTO messages (id, conv_id, user_id, role, agent_id, content, tool_call, status, error)
         SELECT $1, conversation.id, $3, 'assistant', $4, $5, $6, $7, $8 FROM conversation
@@ -941,12 +942,17 @@ _APPEND_ASSISTANT_MESSAGE = f"""WITH conversation AS (
             embedding_model = NULL
         WHERE messages.conv_id = EXCLUDED.conv_id AND messages.role = 'assistant'
         RETURNING {_MESSAGE_COLUMNS}
+    ), touched AS (
+        UPDATE conversations SET updated_at = clock_timestamp()
+        WHERE user_id = $3 AND id = (SELECT id FROM conversation) AND EXISTS (SELECT FROM message)
     )
     SELECT EXISTS (SELECT FROM conversation) AS conversation_found, message.*
     FROM (VALUES (1)) AS one LEFT JOIN message ON true"""
-"""An assistant message stored in (or replaced within) the user's conversation $2, touching it: always one
-row, whose message columns are NULL when the id belongs to another message (or there is no such
-conversation: `conversation_found`)."""
+"""An assistant message stored in (or replaced within) the user's conversation $2, touching it: one
+statement, whole on its own (autocommit). Always one row, whose message columns are NULL when the id
+belongs to another message (then nothing changed: the conversation is touched only when the message is
+stored) or there is no such conversation (`conversation_found`). The conversation is locked first, as an
+UPDATE of it would: appends to one conversation, and its deletion, take turns."""
 
 _AGENT_CHOSEN = """agent_states AS (
         SELECT a.id, a.position, a.enabled, a.enabled AND COALESCE(ua.enabled, true) AS available
