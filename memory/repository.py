@@ -416,7 +416,7 @@ class PostgresMemoryStore:
         return _memory(cipher, inserted)
 
     async def learns_facts(self, user_id: str) -> bool:
-        async with self._db.transaction(user_id, readonly=True) as connection:
+        async with self._db.statements(user_id) as connection:
             learns = await connection.fetchval(
                 "SELECT learns_facts FROM users WHERE id = $1", uuid.UUID(user_id)
             )
@@ -436,7 +436,7 @@ class PostgresMemoryStore:
         cipher = await self._keys.reading(user_id)
         if cipher is None:
             return None
-        async with self._db.transaction(user_id, readonly=True) as connection:
+        async with self._db.statements(user_id) as connection:
             row = await connection.fetchrow(
                 f"""SELECT {_MESSAGE_COLUMNS}, conv_id FROM messages
                     WHERE user_id = $1 AND answer_id = $2 AND role = 'user'""",

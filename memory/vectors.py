@@ -204,7 +204,9 @@ class PostgresEmbeddingModels:
         """Up to `limit` of the user's memories and messages without a vector of `current`, opened
         (only the messages `message_ids`, when given)."""
         uid = uuid.UUID(user_id)
-        async with self._db.transaction(user_id, readonly=True) as connection:
+        # Statements each whole on their own (`Database.statements`): a text changed between them is
+        # caught when its vector is stored (`store` compares the sealed text).
+        async with self._db.statements(user_id) as connection:
             memories = (
                 await connection.fetch(
                     f"""SELECT id, text FROM vector_memory WHERE user_id = $1 AND {current.stale}
@@ -251,7 +253,10 @@ class PostgresEmbeddingModels:
         it was read; returns how many were written."""
         uid = uuid.UUID(user_id)
         written = 0
-        async with self._db.transaction(user_id) as connection:
+        # One text (a message a turn just stored, the common case) is one statement whole on its own: one
+        # round trip where a transaction takes three. Several (a sweep's batch) share one commit.
+        scope = self._db.statements(user_id) if len(texts) == 1 else self._db.transaction(user_id)
+        async with scope as connection:
             for text, vector, tokens in zip(texts, vectors, words, strict=True):
                 embedding = as_vector(vector) if vector is not None else None
                 if text.kind == "memory":
