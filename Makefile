@@ -9,7 +9,7 @@ EVAL_ARGS ?=
 # How every process runs gRPC, the tests' and benchmarks' own included (mesh/server.py GRPC_EXPERIMENTS).
 export GRPC_EXPERIMENTS ?= -event_engine_client,-event_engine_listener,-event_engine_for_all_other_endpoints
 
-.PHONY: help install web run test test-fast lint format proto proto-check bench bench-memory bench-chat bench-floor bench-health eval-memory chaos check clean
+.PHONY: help install web run test test-fast lint format proto proto-check bench bench-memory bench-chat bench-floor bench-timeline bench-health eval-memory chaos check clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -58,7 +58,7 @@ format: install ## Apply ruff's fixes and formatting
 proto: install ## Regenerate gen/ (Python and TypeScript) from proto/ and third_party/
 	PATH=$(CURDIR)/$(BIN):$$PATH buf generate
 
-bench: bench-memory bench-chat bench-floor bench-health eval-memory ## All benchmarks (results in bench/results/)
+bench: bench-memory bench-chat bench-floor bench-timeline bench-health eval-memory ## All benchmarks (results in bench/results/)
 
 bench-memory: install ## Memory recall latency and recall@10 at 100k and 1M memories
 	$(BIN)/python -m bench.memory
@@ -68,6 +68,9 @@ bench-chat: install ## Streaming cost: overhead to first delta (tracing off and 
 
 bench-floor: install ## What the transports alone cost a stream: the mesh against skeletons making the same calls
 	$(BIN)/python -m bench.floor
+
+bench-timeline: install ## Where one turn's time goes: each kind of span at its median start and end, from the mesh's traces
+	$(BIN)/python -m bench.timeline
 
 bench-health: install web ## Apple Health import: a 200+ MB export uploaded through the edge, the importer's peak RSS
 	$(BIN)/python -m bench.apple_health

@@ -1,0 +1,112 @@
+"""bench.timeline's reading of traces: each kind of span at its median moment from the turn's edge span."""
+
+from __future__ import annotations
+
+from opentelemetry.proto.common.v1 import common_pb2
+from opentelemetry.proto.trace.v1 import trace_pb2
+
+from bench.timeline import CALL, markdown, span_label, timeline
+from devstack.otlp_sink import ReceivedSpan
+
+MS = 1_000_000
+
+
+def _span(
+    service: str, name: str, trace: int, start_ms: float, end_ms: float, **attributes: str
+) -> ReceivedSpan:
+    return ReceivedSpan(
+        service,
+        trace_pb2.Span(
+            trace_id=trace.to_bytes(16, "big"),
+            span_id=(trace * 100 + int(start_ms)).to_bytes(8, "big"),
+            name=name,
+            start_time_unix_nano=int(start_ms * MS),
+            end_time_unix_nano=int(end_ms * MS),
+            attributes=[
+                common_pb2.KeyValue(key=key.replace("_", "."), value=common_pb2.AnyValue(string_value=value))
+                for key, value in attributes.items()
+            ],
+        ),
+    )
+
+
+def _turn(trace: int, at: float, statement_ms: float) -> list[ReceivedSpan]:
+    return [
+        _span("athena-edge", "/athena.chat.v1.ChatService/Chat", trace, at, at + 20),
+        _span("athena-orchestrator", "/athena.chat.v1.ChatService/Chat", trace, at + 1, at + 19),
+        _span(
+            "athena-memory",
+            "WITH",
+            trace,
+            at + 6,
+            at + 6 + statement_ms,
+            db_system="postgresql",
+            db_statement="WITH agent_states AS ( SELECT a.id, a.position FROM agents",
+        ),
+        _span(
+            "athena-orchestrator",
+            "EVALSHA",
+            trace,
+            at + 2,
+            at + 3,
+            db_system="redis",
+            db_statement="EVALSHA ? ?",
+        ),
+    ]
+
+
+def test_database_spans_are_named_by_their_statement_and_redis_arguments_left_out() -> None:
+    sql, redis, plain = _turn(1, 0, 2)[2], _turn(1, 0, 2)[3], _turn(1, 0, 2)[1]
+    assert span_label(sql) == "memory: postgresql WITH agent_states AS ( SELECT a.id, …"
+    assert span_label(redis) == "orchestrator: redis EVALSHA"
+    assert span_label(plain) == "orchestrator: /athena.chat.v1.ChatService/Chat"
+
+
+def test_each_kind_of_span_is_placed_at_its_median_from_the_edge_span_with_the_client_call() -> None:
+    spans = _turn(1, 1000, 2) + _turn(2, 2000, 3) + _turn(3, 3000, 10)
+    spans.append(_span("athena-memory", "process facts", 9, 1500, 1510))  # no edge span: not a turn
+    calls = [(int(999.5 * MS), 14.0), (int(1999.5 * MS), 15.0), (int(2999.5 * MS), 16.0)]
+
+    found = timeline(spans, calls)
+
+    assert found["turns"] == 3
+    rows = {row["span"]: row for row in found["spans"]}
+    assert rows["memory: postgresql WITH agent_states AS ( SELECT a.id, …"] == {
+        "span": "memory: postgresql WITH agent_states AS ( SELECT a.id, …",
+        "turns": 3,
+        "start_ms": 6.0,
+        "end_ms": 9.0,  # the median of 8, 9 and 16
+    }
+    assert rows[CALL] == {"span": CALL, "turns": 3, "start_ms": -0.5, "end_ms": 14.5}
+    assert [row["span"] for row in found["spans"]][:3] == [
+        CALL,
+        "edge: /athena.chat.v1.ChatService/Chat",
+        "orchestrator: /athena.chat.v1.ChatService/Chat",
+    ]
+    assert "memory: process facts" not in rows
+
+    report = markdown(
+        {
+            "command": "python -m bench.timeline --turns 3",
+            "commit": "abc1234",
+            "when": "2026-12-03 12:00 UTC",
+            "machine": {"cpus": 2},
+            "cpu_stolen_percent": 0.5,
+            "errors": 0,
+            "first_delta_ms": 15.0,
+            **found,
+        }
+    )
+    assert "| memory: postgresql WITH agent_states AS ( SELECT a.id, … | 6.00 | 9.00 | 3.00 | 3 |" in report
+    assert f"| {CALL} | -0.50 | 14.50 | 15.00 | 3 |" in report
+
+
+def test_a_span_met_twice_in_a_turn_is_told_apart() -> None:
+    spans = [
+        *_turn(1, 0, 2),
+        _span("athena-memory", "SELECT", 1, 7, 8, db_system="postgresql", db_statement="SELECT 1"),
+        _span("athena-memory", "SELECT", 1, 9, 10, db_system="postgresql", db_statement="SELECT 1"),
+    ]
+    labels = [row["span"] for row in timeline(spans)["spans"]]
+    assert "memory: postgresql SELECT 1" in labels
+    assert "memory: postgresql SELECT 1 (#2)" in labels
