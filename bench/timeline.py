@@ -41,6 +41,8 @@ EXPORTED_SECONDS = 2.0
 EDGE_SPAN = ("athena-edge", "/athena.chat.v1.ChatService/Chat")
 STATEMENT_ATTRIBUTES = ("db.statement", "db.query.text")
 CALL = "client: the call, until its first delta"
+LABEL_CHARACTERS = 48
+"""Of a statement shown in a label (its first words; a statement with literals would show them all)."""
 
 
 def span_label(span: ReceivedSpan) -> str:
@@ -50,7 +52,11 @@ def span_label(span: ReceivedSpan) -> str:
     statement = next((attributes[key] for key in STATEMENT_ATTRIBUTES if key in attributes), None)
     if isinstance(statement, str):
         words = [word for word in statement.split() if word != "?"]  # redis-py's masked arguments
-        shown = " ".join(words[:6]) + (" …" if len(words) > 6 else "")
+        shown = " ".join(words[:6])
+        if len(shown) > LABEL_CHARACTERS:
+            shown = shown[:LABEL_CHARACTERS].rsplit(" ", 1)[0]
+        if shown != " ".join(words):
+            shown += " …"
         return f"{service}: {attributes.get('db.system', 'database')} {shown}"
     return f"{service}: {span.name}"
 
@@ -152,8 +158,15 @@ def markdown(result: dict[str, Any]) -> str:
         "turn (bench/timeline.py says how they are measured).",
         "",
     ]
+    common = [row for row in result["spans"] if 2 * row["turns"] >= result["turns"]]
+    if len(common) < len(result["spans"]):
+        lines += [
+            f"{len(result['spans']) - len(common)} kinds of span met in fewer than half the turns (what ran "
+            "beside a turn now and then) are left out here; timeline.json has them.",
+            "",
+        ]
     lines += ["| span | starts | ends | takes | turns |", "|---|---|---|---|---|"]
-    for row in result["spans"]:
+    for row in common:
         lines.append(
             f"| {row['span']} | {row['start_ms']:.2f} | {row['end_ms']:.2f} | "
             f"{row['end_ms'] - row['start_ms']:.2f} | {row['turns']} |"

@@ -60,6 +60,16 @@ def test_database_spans_are_named_by_their_statement_and_redis_arguments_left_ou
     assert span_label(sql) == "memory: postgresql WITH agent_states AS ( SELECT a.id, …"
     assert span_label(redis) == "orchestrator: redis EVALSHA"
     assert span_label(plain) == "orchestrator: /athena.chat.v1.ChatService/Chat"
+    literal = _span(
+        "athena-memory",
+        "SELECT",
+        1,
+        0,
+        1,
+        db_system="postgresql",
+        db_statement="SELECT set_config('athena.user_id', '06803edc-35a0-4da6-80d6-d5d86b7747ad', false)",
+    )
+    assert span_label(literal) == "memory: postgresql SELECT set_config('athena.user_id', …"
 
 
 def test_each_kind_of_span_is_placed_at_its_median_from_the_edge_span_with_the_client_call() -> None:
@@ -84,6 +94,8 @@ def test_each_kind_of_span_is_placed_at_its_median_from_the_edge_span_with_the_c
         "orchestrator: /athena.chat.v1.ChatService/Chat",
     ]
     assert "memory: process facts" not in rows
+    spans.append(_span("athena-orchestrator", "rare", 3, 3001, 3002))  # in one turn of three
+    found = timeline(spans, calls)
 
     report = markdown(
         {
@@ -99,6 +111,8 @@ def test_each_kind_of_span_is_placed_at_its_median_from_the_edge_span_with_the_c
     )
     assert "| memory: postgresql WITH agent_states AS ( SELECT a.id, … | 6.00 | 9.00 | 3.00 | 3 |" in report
     assert f"| {CALL} | -0.50 | 14.50 | 15.00 | 3 |" in report
+    assert "orchestrator: rare" not in report
+    assert "1 kinds of span met in fewer than half the turns" in report
 
 
 def test_a_span_met_twice_in_a_turn_is_told_apart() -> None:
