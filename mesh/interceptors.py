@@ -8,6 +8,10 @@
 6. `mesh.validation.ValidationInterceptor`: checks the request against the contract's field rules.
 
 While tracing (`mesh.telemetry`), `TracingInterceptor` runs outside all of them: one SERVER span per call.
+
+Each of them wraps a method's handler; what it does for a call happens in its wrapper, when the call runs
+(what it needs of the call, metadata included, it reads there). `WrappedOnce` therefore has them wrap each
+method once, and serves that handler to every later call of the method.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import inspect
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 
@@ -121,6 +125,38 @@ def _call(context: grpc.aio.ServicerContext[Any, Any]) -> CallInfo:
     return call
 
 
+class WrappedOnce(ServerInterceptor):
+    """`interceptors` (outermost first) applied once per method, not once per call: the first call of a
+    method has them wrap its handler, and later calls get that handler as it is. grpc runs a server's
+    interceptors' `intercept_service` for every call; for a chain of seven, each rewrapping the handler,
+    that cost every call ~0.4 ms of CPU under load before its handler started. Methods no service has
+    (grpc answers UNIMPLEMENTED) are not kept, so unknown names cannot grow the cache."""
+
+    def __init__(self, interceptors: Sequence[ServerInterceptor]) -> None:
+        self._interceptors = tuple(interceptors)
+        self._handlers: dict[str, Handler] = {}
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> Handler:
+        method = handler_call_details.method
+        handler = self._handlers.get(method)
+        if handler is None:
+            handler = await self._through(0, continuation, handler_call_details)
+            if handler is not None:
+                self._handlers[method] = handler
+        return handler
+
+    async def _through(
+        self, index: int, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> Handler:
+        if index == len(self._interceptors):
+            return await continuation(handler_call_details)
+        return await self._interceptors[index].intercept_service(
+            partial(self._through, index + 1, continuation), handler_call_details
+        )
+
+
 def metadata_value(context: grpc.aio.ServicerContext[Any, Any], key: str) -> str | None:
     for name, value in context.invocation_metadata() or ():
         if name == key:
@@ -146,19 +182,23 @@ class TracingInterceptor(ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or self._untraced(method):
             return handler
-        carrier = {
-            key: value if isinstance(value, str) else value.decode()
-            for key, value in handler_call_details.invocation_metadata or ()
-            if key in ("traceparent", "tracestate")
-        }
-        return rewrap(handler, lambda behaviour: _traced_call(behaviour, method, carrier))
+        return rewrap(handler, lambda behaviour: _traced_call(behaviour, method))
 
 
-def _traced_call(behaviour: Behaviour, method: str, carrier: dict[str, str]) -> Behaviour:
+def _trace_context(context: grpc.aio.ServicerContext[Any, Any]) -> dict[str, str]:
+    """The caller's W3C trace context headers (`traceparent`, `tracestate`) of the call."""
+    return {
+        key: value if isinstance(value, str) else value.decode()
+        for key, value in context.invocation_metadata() or ()
+        if key in ("traceparent", "tracestate")
+    }
+
+
+def _traced_call(behaviour: Behaviour, method: str) -> Behaviour:
     if inspect.isasyncgenfunction(behaviour):
 
         async def streaming(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-            with server_span(method, carrier) as span:
+            with server_span(method, _trace_context(context)) as span:
                 try:
                     async for response in behaviour(request, context):
                         yield response
@@ -170,7 +210,7 @@ def _traced_call(behaviour: Behaviour, method: str, carrier: dict[str, str]) -> 
         return streaming
 
     async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        with server_span(method, carrier) as span:
+        with server_span(method, _trace_context(context)) as span:
             try:
                 response = await behaviour(request, context)
             except BaseException as error:
@@ -198,26 +238,21 @@ class CallContextInterceptor(ServerInterceptor):
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> Handler:
         method = handler_call_details.method
-        request_id = None
-        for key, value in handler_call_details.invocation_metadata or ():
-            if key == "x-request-id":
-                request_id = value if isinstance(value, str) else value.decode()
-                break
         # The CallInfo is bound when the behaviour starts, inside the RPC's own task.
         return rewrap(
             await continuation(handler_call_details),
-            lambda behaviour: _bind_call(behaviour, method, request_id, self._quiet),
+            lambda behaviour: _bind_call(behaviour, method, self._quiet),
         )
 
 
-def _bind_call(behaviour: Behaviour, method: str, request_id: str | None, quiet: Quiet) -> Behaviour:
+def _bind_call(behaviour: Behaviour, method: str, quiet: Quiet) -> Behaviour:
     def start(context: grpc.aio.ServicerContext[Any, Any]) -> None:
         remaining = context.time_remaining()
         deadline = time.monotonic() + remaining if remaining is not None else None
         current_call.set(
             CallInfo(
                 method=method,
-                request_id=(request_id or uuid.uuid4().hex)[:128],
+                request_id=(metadata_value(context, "x-request-id") or uuid.uuid4().hex)[:128],
                 deadline=deadline,
                 peer=context.peer(),
             )

@@ -33,6 +33,7 @@ from mesh.interceptors import (
     ErrorInterceptor,
     MetricsInterceptor,
     TracingInterceptor,
+    WrappedOnce,
 )
 from mesh.quiet import Quiet
 from mesh.requests import RequestReader
@@ -154,7 +155,7 @@ class MeshServer:
             ),
             ValidationInterceptor(shared_validator()),
         ]
-        server = grpc.aio.server(interceptors=interceptors, options=self._options())
+        server = grpc.aio.server(interceptors=[WrappedOnce(interceptors)], options=self._options())
         for service in self.services:
             service.register(service.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)

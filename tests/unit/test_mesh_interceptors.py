@@ -11,7 +11,8 @@ from typing import Any
 import grpc
 import pytest
 
-from mesh.interceptors import AccessLogInterceptor, CallContextInterceptor
+from mesh.context import current_call
+from mesh.interceptors import AccessLogInterceptor, CallContextInterceptor, WrappedOnce
 
 PEER = "ipv4:127.0.0.1:52514"
 
@@ -21,8 +22,12 @@ class EndingContext:
     crashed the orchestrator (SIGSEGV in grpc's core, 2 runs in 5 of 5,000 cancelled streams): the access
     log read it when a stream cancelled by its client finished storing the failed turn."""
 
-    def __init__(self) -> None:
+    def __init__(self, metadata: tuple[tuple[str, str], ...] = ()) -> None:
         self.ended = False
+        self.metadata = metadata
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self.metadata
 
     def peer(self) -> str:
         if self.ended:
@@ -85,3 +90,57 @@ async def test_the_access_log_line_is_written_after_the_call_answered(
     [line] = [record for record in caplog.records if record.name == "athena.access"]
     assert line.__dict__["status"] == "OK"
     assert line.__dict__["method"] == "/athena.test.v1.T/M"
+
+
+class Counting(AccessLogInterceptor):
+    """An interceptor that counts how often it is asked to wrap a handler."""
+
+    def __init__(self) -> None:
+        self.wrapped = 0
+
+    async def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
+        self.wrapped += 1
+        return await super().intercept_service(continuation, handler_call_details)
+
+
+async def test_a_method_is_wrapped_once_and_each_call_still_reads_its_own_metadata() -> None:
+    seen: list[str] = []
+
+    async def answer(request: bytes, _: Any) -> bytes:
+        call = current_call.get()
+        assert call is not None
+        seen.append(call.request_id)
+        return b"answer"
+
+    looked_up = 0
+
+    async def registered(_: Any) -> Any:
+        nonlocal looked_up
+        looked_up += 1
+        return grpc.unary_unary_rpc_method_handler(answer)
+
+    counting = Counting()
+    chain = WrappedOnce([CallContextInterceptor(), counting])
+    details: Any = type("Details", (), {"method": "/athena.test.v1.T/M", "invocation_metadata": ()})()
+    handlers: list[Any] = [await chain.intercept_service(registered, details) for _ in range(3)]
+    assert handlers[0] is handlers[1] is handlers[2]
+    assert (counting.wrapped, looked_up) == (1, 1)
+
+    for request_id in ("first", "second"):
+        context = EndingContext(metadata=(("x-request-id", request_id),))
+        assert await handlers[0].unary_unary(b"", context) == b"answer"
+    assert seen == ["first", "second"]
+
+
+async def test_a_method_no_service_has_is_not_kept() -> None:
+    looked_up = 0
+
+    async def unknown(_: Any) -> Any:
+        nonlocal looked_up
+        looked_up += 1
+
+    chain = WrappedOnce([CallContextInterceptor()])
+    for index in range(3):
+        details: Any = type("Details", (), {"method": f"/no.such.v1.S/M{index}", "invocation_metadata": ()})()
+        assert await chain.intercept_service(unknown, details) is None
+    assert looked_up == 3  # looked up again each time: nothing kept
