@@ -128,9 +128,10 @@ def _call(context: grpc.aio.ServicerContext[Any, Any]) -> CallInfo:
 class WrappedOnce(ServerInterceptor):
     """`interceptors` (outermost first) applied once per method, not once per call: the first call of a
     method has them wrap its handler, and later calls get that handler as it is. grpc runs a server's
-    interceptors' `intercept_service` for every call; for a chain of seven, each rewrapping the handler,
-    that cost every call ~0.4 ms of CPU under load before its handler started. Methods no service has
-    (grpc answers UNIMPLEMENTED) are not kept, so unknown names cannot grow the cache."""
+    interceptors' `intercept_service` for every call; our chain of seven, each rewrapping the handler,
+    took 26 us a call warm and ~0.4 ms a call in profiles of 50-stream bursts, before the handler
+    started. Methods no service has (grpc answers UNIMPLEMENTED) are not kept, so unknown names cannot
+    grow the cache."""
 
     def __init__(self, interceptors: Sequence[ServerInterceptor]) -> None:
         self._interceptors = tuple(interceptors)
