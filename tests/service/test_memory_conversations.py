@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 
 import asyncpg
@@ -16,6 +17,7 @@ from polling import eventually
 
 from devstack.postgres import EmbeddedPostgres
 from memory.database import Database, SessionConnection, init_connection
+from mesh.errors import Unavailable
 from mesh.postgres import close_pool, open_pool
 
 __all__ = ["memory_service"]
@@ -473,6 +475,34 @@ async def test_statements_scope_their_session_only_when_it_serves_another_user(
                 assert await connection.fetchval(scope) == bob
         finally:
             await close_pool(plain.pool)
+    finally:
+        await close_pool(pool)
+
+
+async def test_with_every_connection_busy_a_caller_waits_the_acquire_timeout_at_most(
+    postgres: EmbeddedPostgres,
+) -> None:
+    """A free connection is taken at once; with none free, `statements` and `transaction` wait for one
+    `acquire_timeout` at most, then say the database is unavailable, and a connection freed meanwhile is
+    taken by the one waiting."""
+    pool = await open_pool(postgres.url, init=init_connection, max_size=1, connection_class=SessionConnection)
+    database = Database(pool, acquire_timeout=0.3)
+    user = str(uuid.uuid4())
+    try:
+        async with database.statements(user) as connection:
+            assert await connection.fetchval("SELECT 1") == 1
+            for busy in (database.statements(user), database.transaction(user)):
+                started = time.monotonic()
+                with pytest.raises(Unavailable, match="the database is unavailable"):
+                    async with busy:
+                        pass
+                assert 0.25 < time.monotonic() - started < 2.0
+
+        held = await pool.acquire()
+        backend = held.get_server_pid()
+        asyncio.get_running_loop().call_later(0.1, lambda: asyncio.ensure_future(pool.release(held)))
+        async with database.statements(user) as connection:
+            assert connection.get_server_pid() == backend
     finally:
         await close_pool(pool)
 
