@@ -246,7 +246,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
 
 
 def _seconds(duration: Duration) -> float:
-    return duration.ToTimedelta().total_seconds()
+    return duration.seconds + duration.nanos / 1e9  # as ToTimedelta().total_seconds(), without a timedelta
 
 
 def _next_token(kind: str, items: list[Any], size: int, cursor: Any) -> str:
