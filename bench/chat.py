@@ -56,7 +56,7 @@ from athena.auth.v1 import auth_pb2, auth_pb2_grpc
 from athena.chat.v1 import chat_pb2, chat_pb2_grpc
 from openai import AsyncOpenAI
 
-from bench.provenance import StolenTime, commit, machine
+from bench.provenance import StolenTime, commit, machine, write_results
 from devstack.process import free_port
 from devstack.stack import Ports, Stack, StackConfig
 from mesh.app import GC_THRESHOLDS
@@ -779,14 +779,6 @@ async def run(
     }
 
 
-def write(result: dict[str, Any], results: Path = RESULTS) -> None:
-    results.mkdir(parents=True, exist_ok=True)
-    (results / "chat.json").write_text(json.dumps(result, indent=2) + "\n")
-    text = markdown(result)
-    (results / "chat.md").write_text(text)
-    print(text)
-
-
 def _counts(value: str) -> list[int]:
     return [int(part) for part in value.split(",") if part]
 
@@ -816,7 +808,7 @@ def main(argv: Iterable[str] | None = None) -> None:
     result = uvloop.run(
         run(args.samples, args.streams, args.rounds, args.held, args.data_dir, tracing=args.tracing)
     )
-    write(result, args.results)
+    write_results(args.results, "chat", result, markdown(result))
 
 
 if __name__ == "__main__":

@@ -67,7 +67,7 @@ from bench.chat import (
     prompt,
     running_mesh,
 )
-from bench.provenance import StolenTime, commit, machine
+from bench.provenance import StolenTime, commit, machine, write_results
 from mesh.app import GC_THRESHOLDS
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -361,14 +361,6 @@ def _series_lines(found: dict[str, Any]) -> list[str]:
     return lines
 
 
-def write(result: dict[str, Any], results: Path = RESULTS) -> None:
-    results.mkdir(parents=True, exist_ok=True)
-    (results / "floor.json").write_text(json.dumps(result, indent=2) + "\n")
-    text = markdown(result)
-    (results / "floor.md").write_text(text)
-    print(text)
-
-
 def main(argv: Iterable[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m bench.floor",
@@ -391,7 +383,8 @@ def main(argv: Iterable[str] | None = None) -> None:
             serve_orchestrator(port, memory_port, os.environ["FLOOR_MODEL_URL"], os.environ["REDIS_URL"])
         )
     else:
-        write(uvloop.run(run(args.instant_turns, args.streams, args.rounds)), args.results)
+        result = uvloop.run(run(args.instant_turns, args.streams, args.rounds))
+        write_results(args.results, "floor", result, markdown(result))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import socket
@@ -10,8 +11,17 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_results(results: Path, name: str, result: dict[str, Any], report: str) -> None:
+    """`<name>.json` (the result) and `<name>.md` (its report) in `results`; the report is printed too."""
+    results.mkdir(parents=True, exist_ok=True)
+    (results / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (results / f"{name}.md").write_text(report)
+    print(report)
 
 
 def commit() -> str:

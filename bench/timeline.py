@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import json
 import statistics
 import tempfile
 import time
@@ -29,7 +28,7 @@ from typing import Any
 import uvloop
 
 from bench.chat import mesh_stream, running_mesh
-from bench.provenance import StolenTime, commit, machine
+from bench.provenance import StolenTime, commit, machine, write_results
 from devstack.otlp_sink import OtlpSink, ReceivedSpan, serve
 from devstack.process import free_port
 from mesh.app import GC_THRESHOLDS
@@ -174,14 +173,6 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write(result: dict[str, Any], results: Path = RESULTS) -> None:
-    results.mkdir(parents=True, exist_ok=True)
-    (results / "timeline.json").write_text(json.dumps(result, indent=2) + "\n")
-    text = markdown(result)
-    (results / "timeline.md").write_text(text)
-    print(text)
-
-
 def main(argv: Iterable[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m bench.timeline",
@@ -192,7 +183,8 @@ def main(argv: Iterable[str] | None = None) -> None:
     parser.add_argument("--results", type=Path, default=RESULTS, help=f"where to write (default: {RESULTS})")
     args = parser.parse_args(list(argv) if argv is not None else None)
     gc.set_threshold(*GC_THRESHOLDS)  # as every service and bench.chat's load generator
-    write(uvloop.run(run(args.turns)), args.results)
+    result = uvloop.run(run(args.turns))
+    write_results(args.results, "timeline", result, markdown(result))
 
 
 if __name__ == "__main__":
