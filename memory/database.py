@@ -87,7 +87,7 @@ class Database:
         configs = _set_configs({"athena.user_id": user_id or "", **(settings or {})}, local=True)
         mode = "ISOLATION LEVEL REPEATABLE READ READ ONLY" if readonly else "ISOLATION LEVEL READ COMMITTED"
         async with postgres.translated():
-            connection = await self._acquire()
+            connection = await self.pool.acquire(timeout=self._acquire_timeout)
             ending_later = False
             try:
                 # One round trip opens the transaction and scopes it: the simple query protocol takes both
@@ -109,7 +109,7 @@ class Database:
                     await connection.execute("COMMIT")
             finally:
                 if not ending_later:
-                    await self.pool.release(connection, timeout=self._acquire_timeout)
+                    await self.pool.release(connection)
 
     @contextlib.asynccontextmanager
     async def statements(
@@ -122,7 +122,7 @@ class Database:
         `hnsw.*`). Work that needs two statements to agree, or to fail together, takes a `transaction`."""
         wanted: dict[str, str] = {"athena.user_id": user_id, **(settings or {})}
         async with postgres.translated():
-            connection = await self._acquire()
+            connection = await self.pool.acquire(timeout=self._acquire_timeout)
             try:
                 session: dict[str, str] | None = getattr(connection, "session_settings", None)
                 if session is None:  # a pool without `SessionConnection`: scoped every time
@@ -135,15 +135,7 @@ class Database:
                     session.update(known)
                 yield connection
             finally:
-                await self.pool.release(connection, timeout=self._acquire_timeout)
-
-    async def _acquire(self) -> Connection:
-        """A pooled connection, waiting `acquire_timeout` at most when none is free. With one idle, nothing
-        waits, and asyncpg's timeout (a task and a timer around the acquire: acquire and release took 20 us
-        warm with it, 16 without) is left out; opening a replaced connection is bounded by the pool's
-        connect timeout either way, and its release by `acquire_timeout` (given to every release)."""
-        timeout = None if self.pool.get_idle_size() else self._acquire_timeout
-        return await self.pool.acquire(timeout=timeout)
+                await self.pool.release(connection)
 
     def _end_later(self, connection: Connection) -> None:
         task = asyncio.get_running_loop().create_task(self._end(connection), context=contextvars.Context())
@@ -155,7 +147,7 @@ class Database:
         with contextlib.suppress(Exception):
             await connection.execute("COMMIT")
         with contextlib.suppress(Exception):
-            await self.pool.release(connection, timeout=self._acquire_timeout)
+            await self.pool.release(connection)
 
     async def ping(self, within: float = 1.0) -> bool:
         """Whether a `SELECT 1` answers within `within` seconds (the readiness check)."""
