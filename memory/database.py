@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import json
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -68,6 +69,17 @@ def _set_configs(settings: dict[str, str], *, local: bool) -> str:
         f"set_config({_literal(name)}, {_literal(value)}, {'true' if local else 'false'})"
         for name, value in settings.items()
     )
+
+
+@functools.cache
+def _session_configs(count: int) -> str:
+    """`count` session settings as one parameterised statement: prepared once per connection (asyncpg's
+    statement cache), so a connection changing users is not parsed and planned again every time."""
+    return "SELECT " + ", ".join(f"set_config(${2 * i + 1}, ${2 * i + 2}, false)" for i in range(count))
+
+
+def _pairs(settings: dict[str, str]) -> list[str]:
+    return [item for pair in settings.items() for item in pair]
 
 
 class Database:
@@ -131,7 +143,7 @@ class Database:
                 if changed:
                     known = session | changed
                     session.clear()  # unknown until the statement answered
-                    await connection.execute(f"SELECT {_set_configs(changed, local=False)}")
+                    await connection.execute(_session_configs(len(changed)), *_pairs(changed))
                     session.update(known)
                 yield connection
             finally:
