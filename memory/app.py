@@ -231,7 +231,7 @@ async def build(settings: MemorySettings, deps: MemoryDeps) -> Assembly:
             Service(
                 conversation_name,
                 ConversationServicer(
-                    PostgresConversationStore(database, keys),
+                    PostgresConversationStore(database, keys, memory_store),
                     recaller,
                     recall_k=defaults.recall_k,
                     turn_lease_seconds=settings.turn_lease_seconds,

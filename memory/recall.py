@@ -11,7 +11,8 @@
 4. Nothing passed: full-text search, ranked with the same blend (normalised text rank as similarity).
 
 `athena_memory_recall_seconds{stage}` times each stage of a recall: `embed` (only when the caller sent
-no embedding), `search` (both stages' candidates, one database round trip) and `rank`.
+no embedding), `search` (the database round trip that read both stages' candidates: the turn's own
+statement when a turn's recall is read along with it, `Recaller.search`) and `rank`.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from memory.domain import MemoryRecord, RecallHit, Stage
 from memory.embedding_models import EmbeddingModel
 from memory.embeddings import Embedder
 from memory.ranking import RankingPolicy, candidate_count, ranked
-from memory.stores import MemoryStore
+from memory.stores import Candidates, CandidateSearch, MemoryStore, Vector
 from memory.timeframe import timeframe
 from mesh.metrics import exemplar
 
@@ -89,19 +90,32 @@ class Recaller:
             (embedding,) = await self._embedder.embed([query.text])
             _EMBED.observe(time.perf_counter() - started, exemplar())
         now = now or datetime.now(UTC)
+        search = self.search(query, embedding, now)
         searching = time.perf_counter()
         # Both stages' candidates in one round trip: the keyword stage is needed exactly when no vector
         # candidate passes, which only ranking them tells.
         found = await self._store.candidates(
-            user_id,
-            query.agent_id,
-            embedding,
-            query.text,
-            candidate_count(query.k),
+            user_id, search.agent_id, search.embedding, search.text, search.limit, timeframe=search.timeframe
+        )
+        return self.ranked(query, found, now, searched_in=time.perf_counter() - searching)
+
+    def search(self, query: RecallQuery, embedding: Vector, now: datetime) -> CandidateSearch:
+        """What the store is asked for `query` (its text embedded as `embedding`) at `now`."""
+        return CandidateSearch(
+            agent_id=query.agent_id,
+            embedding=embedding,
+            text=query.text,
+            limit=candidate_count(query.k),
             timeframe=timeframe(query.text, now),
         )
+
+    def ranked(
+        self, query: RecallQuery, found: Candidates, now: datetime, *, searched_in: float
+    ) -> list[RecallHit]:
+        """The hits among the store's candidates for `query` (stages 2 to 4), found by a database round
+        trip of `searched_in` seconds."""
+        _SEARCH.observe(searched_in, exemplar())
         ranking = time.perf_counter()
-        _SEARCH.observe(ranking - searching, exemplar())
         hits = rank(found.nearest, self._policy, Stage.VECTOR, query.k, now)
         if hits:
             # Memories the vector stage cannot see yet come after its (calibrated) hits, best first.

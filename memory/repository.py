@@ -49,7 +49,7 @@ from memory.domain import (
 from memory.facts import Action, Decision, FactCandidate, FactPolicy, decide
 from memory.keys import UserKeys
 from memory.pagination import Cursor
-from memory.stores import Candidates, ExportRecord, Purged, StatedMessage, Vector
+from memory.stores import Candidates, CandidateSearch, ExportRecord, Purged, StatedMessage, Vector
 from memory.timeframe import Timeframe
 from memory.vectors import CurrentModel
 from mesh.envelope import Cipher
@@ -243,7 +243,7 @@ class PostgresMemoryStore:
             )
         return _memory(cipher, row), found is None
 
-    def _scan_settings(self, limit: int) -> dict[str, str]:
+    def scan_settings(self, limit: int) -> dict[str, str]:
         # Iterative index scans (pgvector ≥ 0.8) keep walking the HNSW graph until `limit` rows survive
         # the per-user filter, instead of filtering a fixed ef_search-sized candidate list down to few.
         return {"hnsw.ef_search": str(max(self._ef_search, limit)), "hnsw.iterative_scan": "relaxed_order"}
@@ -266,46 +266,54 @@ class PostgresMemoryStore:
         cipher = await self._keys.reading(user_id)
         if cipher is None:  # nothing stored yet
             return Candidates(nearest=[], keyword=[])
-        tokens = cipher.words(text) if text else []
-        window = (False, None, None) if timeframe is None else (True, timeframe.start, timeframe.end)
-        async with self._db.statements(user_id, settings=self._scan_settings(limit)) as connection:
-            # The vector stage reads only vectors of the current model, compared as `vector(N)` (the cast
-            # and model id as literals, so the model's partial HNSW index answers). The keyword rank: the
-            # share of the query's words the memory holds, in 0..1; `current` says whether the memory has a
-            # current vector (one without is found only by its words until it is re-embedded).
-            current = self._current
-            rows = await connection.fetch(
-                f"""(SELECT {_MEMORY_COLUMNS}, true AS vector, true AS current,
-                            1.0 - (embedding::{current.cast} <=> $3::{current.cast}) AS similarity
-                     FROM vector_memory
-                     WHERE user_id = $1 AND agent_scope = ANY($2::text[]) AND embedding_model = {current.id}
-                           AND {_VALID}
-                     ORDER BY embedding::{current.cast} <=> $3::{current.cast} LIMIT $4)
-                    UNION ALL
-                    (SELECT {_MEMORY_COLUMNS}, false AS vector,
-                            embedding_model IS NOT DISTINCT FROM {current.id} AS current,
-                            cardinality(ARRAY(
-                                SELECT unnest(words) INTERSECT SELECT unnest($5::bytea[])
-                            ))::float8 / greatest(cardinality($5::bytea[]), 1) AS similarity
-                     FROM vector_memory
-                     WHERE cardinality($5::bytea[]) > 0 AND user_id = $1 AND agent_scope = ANY($2::text[])
-                           AND words && $5::bytea[] AND {_VALID}
-                     ORDER BY similarity DESC, updated_at DESC LIMIT $4)""",
-                uuid.UUID(user_id),
-                [USER_SCOPE, agent_id],
-                _vector(embedding),
-                limit,
-                tokens,
-                *window,
-            )
-        nearest = [(_memory(cipher, row), float(row["similarity"])) for row in rows if row["vector"]]
-        keyword = [(_memory(cipher, row), float(row["similarity"])) for row in rows if not row["vector"]]
-        unembedded = [
-            (_memory(cipher, row), float(row["similarity"]))
-            for row in rows
-            if not row["vector"] and not row["current"]
+        search = CandidateSearch(agent_id, embedding, text, limit, timeframe)
+        async with self._db.statements(user_id, settings=self.scan_settings(limit)) as connection:
+            arguments = self.search_arguments(cipher, search)
+            rows = await connection.fetch(self.search_sql(_SEARCH_PARAMETERS), uuid.UUID(user_id), *arguments)
+        return _candidates(cipher, rows)
+
+    def search_sql(self, parameters: _SearchParameters) -> str:
+        """Both stages' candidates as one query, its values at `parameters` (`search_arguments` in that
+        order, the user's id apart). The vector stage reads only vectors of the current model, compared as
+        `vector(N)` (the cast and model id as literals, so the model's partial HNSW index answers). The
+        keyword rank: the share of the query's words the memory holds, in 0..1; `current` says whether the
+        memory has a current vector (one without is found only by its words until it is re-embedded)."""
+        current = self._current
+        p = parameters
+        valid = f"""(valid_to IS NULL OR {p.past}::bool)
+            AND ({p.end}::timestamptz IS NULL OR valid_from < {p.end})
+            AND ({p.start}::timestamptz IS NULL OR valid_to IS NULL OR valid_to > {p.start})"""
+        return f"""(SELECT {_MEMORY_COLUMNS}, true AS vector, true AS current,
+                           1.0 - (embedding::{current.cast} <=> {p.vector}::{current.cast}) AS similarity
+                    FROM vector_memory
+                    WHERE user_id = {p.user} AND agent_scope = ANY({p.scopes}::text[])
+                          AND embedding_model = {current.id} AND {valid}
+                    ORDER BY embedding::{current.cast} <=> {p.vector}::{current.cast} LIMIT {p.limit})
+                   UNION ALL
+                   (SELECT {_MEMORY_COLUMNS}, false AS vector,
+                           embedding_model IS NOT DISTINCT FROM {current.id} AS current,
+                           cardinality(ARRAY(
+                               SELECT unnest(words) INTERSECT SELECT unnest({p.words}::bytea[])
+                           ))::float8 / greatest(cardinality({p.words}::bytea[]), 1) AS similarity
+                    FROM vector_memory
+                    WHERE cardinality({p.words}::bytea[]) > 0 AND user_id = {p.user}
+                          AND agent_scope = ANY({p.scopes}::text[]) AND words && {p.words}::bytea[]
+                          AND {valid}
+                    ORDER BY similarity DESC, updated_at DESC LIMIT {p.limit})"""
+
+    @staticmethod
+    def search_arguments(cipher: Cipher, search: CandidateSearch) -> list[Any]:
+        """The values of `search_sql` after the user's id: scopes, vector, limit, words, past, start, end."""
+        window = search.timeframe
+        return [
+            [USER_SCOPE, search.agent_id],
+            _vector(search.embedding),
+            search.limit,
+            cipher.words(search.text) if search.text else [],
+            window is not None,
+            window.start if window is not None else None,
+            window.end if window is not None else None,
         ]
-        return Candidates(nearest=nearest, keyword=keyword, unembedded=unembedded)
 
     async def delete(self, user_id: str, memory_ids: Sequence[str]) -> list[str]:
         """Deletes the memories and the versions they superseded; a keyed one leaves a tombstone (its blind
@@ -474,7 +482,7 @@ class PostgresMemoryStore:
         agent_scope = USER_SCOPE if candidate.scope is Scope.USER else origin.message.agent_id
         key_token = cipher.key_token(candidate.key)
         message_id = uuid.UUID(origin.message.id)
-        async with self._db.transaction(user_id, settings=self._scan_settings(1)) as connection:
+        async with self._db.transaction(user_id, settings=self.scan_settings(1)) as connection:
             # Extracted from this message before (a redelivered job): its effect is there already.
             done = await connection.fetchval(
                 """SELECT 1 FROM vector_memory WHERE user_id = $1 AND message_id = $2 AND key_token = $3
@@ -547,11 +555,45 @@ class PostgresMemoryStore:
         return decision
 
 
-_VALID = """(valid_to IS NULL OR $6::bool)
-    AND ($8::timestamptz IS NULL OR valid_from < $8)
-    AND ($7::timestamptz IS NULL OR valid_to IS NULL OR valid_to > $7)"""
-"""Which versions a recall considers: current ones ($6 false), or those valid at some moment of the window
-[$7, $8) (either end may be NULL: open)."""
+@dataclasses.dataclass(frozen=True, slots=True)
+class _SearchParameters:
+    """Where `PostgresMemoryStore.search_sql` finds its values. `past`, `start`, `end`: which versions are
+    candidates, the current ones (`past` false) or those valid at some moment of [start, end) (either end
+    may be NULL: open)."""
+
+    user: str
+    scopes: str
+    vector: str
+    limit: str
+    words: str
+    past: str
+    start: str
+    end: str
+
+    @classmethod
+    def after(cls, user: str, last: int) -> _SearchParameters:
+        """The user's id at `user`, the others numbered from after `$last`."""
+        return cls(user, *(f"${last + offset}" for offset in range(1, 8)))
+
+
+_SEARCH_PARAMETERS = _SearchParameters.after("$1", 1)
+_CANDIDATE_COLUMNS = (
+    *(name.strip() for name in _MEMORY_COLUMNS.split(",")),
+    "vector",
+    "current",
+    "similarity",
+)
+"""A candidate row's columns, in the order `search_sql` selects them."""
+
+
+def _candidates(cipher: Cipher, rows: Sequence[Any]) -> Candidates:
+    """Both stages' candidates from `search_sql`'s rows (records, or mappings of `_CANDIDATE_COLUMNS`)."""
+    found = [(row, (_memory(cipher, row), float(row["similarity"]))) for row in rows]
+    return Candidates(
+        nearest=[hit for row, hit in found if row["vector"]],
+        keyword=[hit for row, hit in found if not row["vector"]],
+        unembedded=[hit for row, hit in found if not row["vector"] and not row["current"]],
+    )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -620,25 +662,49 @@ async def _insert_memory(
 class PostgresConversationStore:
     """Conversations and their messages."""
 
-    def __init__(self, database: Database, keys: UserKeys) -> None:
+    def __init__(
+        self, database: Database, keys: UserKeys, memories: PostgresMemoryStore | None = None
+    ) -> None:
+        """`memories`: the store whose candidates `start_turn_searching` reads along (None: it cannot)."""
         self._db = database
         self._keys = keys
+        self._memories = memories
 
     async def start_turn(self, user_id: str, turn: NewTurn) -> TurnStart:
         """A new turn is stored in one statement; a client request id met before (found when that
         statement stores nothing) is looked up and resumed in a transaction of its own."""
         cipher = await self._keys.writing(user_id)
         try:
-            return await self._start_new_turn(cipher, user_id, turn)
+            start, _ = await self._start_new_turn(cipher, user_id, turn)
+            return start
         except _Repeated:
             pass
+        return await self._resume_turn(cipher, user_id, turn)
+
+    async def start_turn_searching(
+        self, user_id: str, turn: NewTurn, search: CandidateSearch
+    ) -> tuple[TurnStart, Candidates | None]:
+        """`start_turn` whose statement also reads the candidates of `search` (one round trip and one
+        connection for both, where a recall of its own takes a second of each)."""
+        if self._memories is None:
+            return await self.start_turn(user_id, turn), None
+        cipher = await self._keys.writing(user_id)
+        try:
+            return await self._start_new_turn(cipher, user_id, turn, search)
+        except _Repeated:
+            pass
+        return await self._resume_turn(cipher, user_id, turn), None
+
+    async def _resume_turn(self, cipher: Cipher, user_id: str, turn: NewTurn) -> TurnStart:
         try:
             return await self._start_turn(cipher, user_id, turn)
         except asyncpg.UniqueViolationError:
             # A concurrent request with the same client_request_id won the race: answer its message.
             return await self._start_turn(cipher, user_id, turn)
 
-    async def _start_new_turn(self, cipher: Cipher, user_id: str, turn: NewTurn) -> TurnStart:
+    async def _start_new_turn(
+        self, cipher: Cipher, user_id: str, turn: NewTurn, search: CandidateSearch | None = None
+    ) -> tuple[TurnStart, Candidates | None]:
         """The common case in one round trip (two with an existing conversation's history; one more when
         the connection served another user last), outside a transaction: one statement stores the user
         message with the agents' states, its conversation created or touched in it, and stores nothing
@@ -649,9 +715,20 @@ class PostgresConversationStore:
         new_conversation = turn.conversation_id is None
         conv_uuid = uuid.uuid4() if new_conversation else uuid.UUID(str(turn.conversation_id))
         message_id = uuid.uuid4()
-        async with self._db.statements(user_id) as connection:
+        statement = _turn_statement(new_conversation)
+        searching: list[Any] = []
+        settings = None
+        if search is not None and self._memories is not None:
+            # The candidates as one more column (an array of records), their values after the turn's.
+            found = self._memories.search_sql(_SearchParameters.after("$1", _TURN_PARAMETERS))
+            statement = _turn_statement(
+                new_conversation, f", ARRAY(SELECT candidate FROM ({found}) AS candidate) AS candidates"
+            )
+            searching = self._memories.search_arguments(cipher, search)
+            settings = self._memories.scan_settings(search.limit)
+        async with self._db.statements(user_id, settings=settings) as connection:
             row = await connection.fetchrow(
-                _NEW_CONVERSATION_TURN if new_conversation else _CONTINUED_TURN,
+                statement,
                 uid,
                 conv_uuid,
                 turn.agent_id,
@@ -662,6 +739,7 @@ class PostgresConversationStore:
                 uuid.uuid4(),
                 turn.lease_seconds,
                 _sealed_tool_calls(cipher, message_id, ()),
+                *searching,
             )
             assert row is not None, "the statement answers one row, the agents' states"
             try:
@@ -685,7 +763,11 @@ class PostgresConversationStore:
                 history = await _messages(
                     connection, cipher, uid, row["conv_id"], turn.history_messages, before=row["seq"]
                 )
-        return TurnStart(
+        candidates = None
+        if searching:
+            records = [dict(zip(_CANDIDATE_COLUMNS, values, strict=True)) for values in row["candidates"]]
+            candidates = _candidates(cipher, records)
+        start = TurnStart(
             conversation=ConversationRecord(
                 id=str(row["conv_id"]),
                 agent_id=row["conv_agent_id"],
@@ -701,6 +783,7 @@ class PostgresConversationStore:
             answer=None,
             history=tuple(history),
         )
+        return start, candidates
 
     async def _start_turn(self, cipher: Cipher, user_id: str, turn: NewTurn) -> TurnStart:
         uid = uuid.UUID(user_id)
@@ -979,11 +1062,12 @@ _NEW_TURN_MESSAGE = f"""message AS (
         RETURNING {_TURN_COLUMNS}
     )
     SELECT chosen.*, message.*, conversation.agent_id AS conv_agent_id, conversation.title AS conv_title,
-           conversation.created_at AS conv_created_at, conversation.updated_at AS conv_updated_at
+           conversation.created_at AS conv_created_at, conversation.updated_at AS conv_updated_at{{columns}}
     FROM chosen LEFT JOIN conversation ON true LEFT JOIN message ON true"""
 """The user message of a turn, in the conversation of the CTE `conversation`, with that conversation and
 the agents' states (`chosen`): always one row. The conversation's columns are NULL when there is none (or
-the agent is not available), the message's when its client request id was used before."""
+the agent is not available), the message's when its client request id was used before. `{columns}`: more
+columns a caller reads along (`_turn_statement`)."""
 
 _NEW_CONVERSATION_TURN = f"""WITH {_AGENT_CHOSEN}, conversation AS (
         INSERT INTO conversations (id, user_id, agent_id, title)
@@ -1000,6 +1084,16 @@ _CONTINUED_TURN = f"""WITH {_AGENT_CHOSEN}, conversation AS (
     ), {_NEW_TURN_MESSAGE}"""
 """A turn in an existing conversation of the user: no row when there is none. (The title, $4, is NULL
 here: named only so that both statements take the same parameters.)"""
+
+_TURN_PARAMETERS = 10
+"""The turn statements' values are $1 to $10; what `_turn_statement` adds is numbered after them."""
+
+
+def _turn_statement(new_conversation: bool, columns: str = "") -> str:
+    """The statement that starts a turn (`_NEW_CONVERSATION_TURN` or `_CONTINUED_TURN`), selecting
+    `columns` (", ..." expressions) besides its own."""
+    return (_NEW_CONVERSATION_TURN if new_conversation else _CONTINUED_TURN).replace("{columns}", columns)
+
 
 _AGENT_STATES = """SELECT a.id, a.enabled, a.enabled AND COALESCE(ua.enabled, true) AS available
     FROM agents AS a LEFT JOIN user_agents AS ua ON ua.agent_id = a.id AND ua.user_id = $1

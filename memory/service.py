@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -47,7 +48,7 @@ from memory.extraction import FactJobs
 from memory.pagination import Cursor, decode_page_token, encode_page_token
 from memory.recall import Recaller, RecallQuery
 from memory.reembed import Reembedder
-from memory.stores import AgentStore, ConversationStore, EphemeralStore, MemoryStore, UserDataStore
+from memory.stores import AgentStore, ConversationStore, EphemeralStore, MemoryStore, UserDataStore, Vector
 from mesh.context import principal
 from mesh.errors import AthenaError, FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
 from mesh.quiet import Quiet
@@ -339,23 +340,40 @@ class ConversationServicer(memory_pb2_grpc.ConversationServiceServicer):
             k=request.recall.k or self._recall_k,
             embedding=self._turn_embedding(request.recall),
         )
-        # The recall reads and changes nothing: it runs while the message is stored.
-        recall = asyncio.create_task(self._recall(user_id, query))
-        try:
-            start = await self._store.start_turn(user_id, turn)
-        except BaseException:
-            recall.cancel()
-            raise
+        if query.embedding is not None:
+            start, hits = await self._start_searching(user_id, turn, query, query.embedding)
+        else:
+            # The recall reads and changes nothing: it runs (embedding the text first) while the message is
+            # stored.
+            recall = asyncio.create_task(self._recall(user_id, query))
+            try:
+                start = await self._store.start_turn(user_id, turn)
+            except BaseException:
+                recall.cancel()
+                raise
+            hits = await recall
         if not start.replayed:
             self._stored(user_id, start.message)
         self._answering(start, turn.lease_seconds)
-        hits = await recall
         response = convert.turn_start_to_proto(start)
         if hits is None:
             response.recall_failed = True
         else:
             response.memories.extend(convert.hit_to_proto(hit) for hit in hits)
         return response
+
+    async def _start_searching(
+        self, user_id: str, turn: NewTurn, query: RecallQuery, embedding: Vector
+    ) -> tuple[TurnStart, list[RecallHit] | None]:
+        """The turn stored and the recall's candidates read by one statement (`start_turn_searching`);
+        recalled on its own after a repeated request, which takes another way."""
+        now = datetime.now(UTC)
+        search = self._recaller.search(query, embedding, now)
+        searching = time.perf_counter()
+        start, found = await self._store.start_turn_searching(user_id, turn, search)
+        if found is None:
+            return start, await self._recall(user_id, query)
+        return start, self._recaller.ranked(query, found, now, searched_in=time.perf_counter() - searching)
 
     async def _recall(self, user_id: str, query: RecallQuery) -> list[RecallHit] | None:
         """The hits, or None when recall failed: a turn goes on without memories rather than not at all."""

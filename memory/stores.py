@@ -41,6 +41,18 @@ class Candidates:
 
 
 @dataclass(frozen=True, slots=True)
+class CandidateSearch:
+    """What `MemoryStore.candidates` is asked, as a value: a turn's recall made in the statement that
+    stores the turn (`ConversationStore.start_turn_searching`)."""
+
+    agent_id: str
+    embedding: Vector
+    text: str | None
+    limit: int
+    timeframe: Timeframe | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class StatedMessage:
     """The user message of a completed turn, which facts are extracted from."""
 
@@ -131,6 +143,14 @@ class ConversationStore(Protocol):
         """Checks the caller may talk to `turn.agent_id` and stores the user message (starting a
         conversation when `turn.conversation_id` is None), unless an earlier request with the same client
         request id stored it already; answers what the turn needs (see `TurnStart`)."""
+        ...
+
+    async def start_turn_searching(
+        self, user_id: str, turn: NewTurn, search: CandidateSearch
+    ) -> tuple[TurnStart, Candidates | None]:
+        """`start_turn`, and the candidates of `search` as `MemoryStore.candidates` finds them, read in the
+        statement that stores the turn when it can be (one round trip for both); None when the turn took
+        another way (a repeated request): then nothing was searched."""
         ...
 
     async def renew_turn(self, user_id: str, message_id: str, lease_seconds: float) -> None:

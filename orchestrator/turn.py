@@ -153,7 +153,7 @@ class TurnRunner:
         text = turn.text.strip()
         if embedding is not None:
             turn = replace(turn, embedding=await embedding)
-        # One memory round trip stores the message and recalls for it (the recall runs meanwhile, and
+        # One memory round trip stores the message and recalls for it (memory reads both at once, and
         # nothing reaches the model before the message is stored).
         start = await self._start(turn)
         if start.state is TurnState.DONE:

@@ -389,3 +389,55 @@ async def test_a_turn_recalls_with_the_vector_its_caller_made_when_it_is_of_the_
         grpc.StatusCode.INVALID_ARGUMENT,
     )
     assert "recall.embedding_model" in (unnamed.details() or "")
+
+
+async def test_a_turn_recalls_in_its_own_statement_what_a_recall_of_its_own_finds(
+    memory_service: MemoryHarness,
+) -> None:
+    """With the caller's vector, StartTurn reads the recall's candidates in the statement that stores the
+    turn: for every kind of question (current facts, the past, words only) it finds what Recall finds for
+    the same text and vector, with the same scores, and nothing of another agent's or another user's."""
+    _, md = memory_service.user()
+    _, other = memory_service.user()
+    await remember(memory_service, other, "my training plan has intervals on Tuesday")
+    await remember(memory_service, md, "my training plan has long runs on Sunday")
+    await remember(memory_service, md, "training plan: prefers mornings", scope=AGENT, agent_id="athena")
+    await remember(memory_service, md, "training plan: oatmeal before", scope=AGENT, agent_id="nutrition")
+    await remember(memory_service, md, "my caloric goal is 2000 kcal", key="caloric_goal")
+    await remember(memory_service, md, "my caloric goal is 1800 kcal", key="caloric_goal")
+    embedder = memory_service.embedder
+
+    def hits(results: Sequence[memory_pb2.RecallResult]) -> list[tuple[str, str, float, float, int]]:
+        return [
+            (r.memory.id, r.memory.text, round(r.similarity, 5), round(r.score, 5), r.stage) for r in results
+        ]
+
+    expected = {
+        "what is my training plan?": {
+            "my training plan has long runs on Sunday",
+            "training plan: prefers mornings",
+        },
+        "what was my caloric goal before?": {"my caloric goal is 2000 kcal", "my caloric goal is 1800 kcal"},
+        "kcal": {"my caloric goal is 1800 kcal"},
+    }
+    for question, found in expected.items():
+        (vector,) = await embedder.embed([question])
+        recalled = await memory_service.memory.Recall(
+            memory_pb2.RecallRequest(
+                query=question, agent_id="athena", k=5, embedding=vector, embedding_model=OFFLINE_MODEL
+            ),
+            metadata=md,
+        )
+        request = start_turn_request(agent_id="athena", text=question)
+        request.recall.k = 5
+        request.recall.embedding.extend(vector)
+        request.recall.embedding_model = OFFLINE_MODEL
+        embedder.down = True  # searched with the caller's vector: the model is not needed
+        try:
+            started = await memory_service.conversations.StartTurn(request, metadata=md)
+        finally:
+            embedder.down = False
+        assert started.message.content == question
+        assert not started.recall_failed
+        assert hits(started.memories) == hits(recalled.results), question
+        assert {r.memory.text for r in started.memories} == found, question
