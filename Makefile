@@ -9,7 +9,7 @@ EVAL_ARGS ?=
 # How every process runs gRPC, the tests' and benchmarks' own included (mesh/server.py GRPC_EXPERIMENTS).
 export GRPC_EXPERIMENTS ?= -event_engine_client,-event_engine_listener,-event_engine_for_all_other_endpoints
 
-.PHONY: help install web run test test-fast lint format proto proto-check bench bench-memory bench-chat bench-floor bench-timeline bench-health eval-memory chaos check clean
+.PHONY: help install web run test test-fast lint format proto proto-check bench bench-memory bench-chat bench-floor bench-timeline bench-ab bench-health eval-memory chaos check clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -71,6 +71,14 @@ bench-floor: install ## What the transports alone cost a stream: the mesh agains
 
 bench-timeline: install ## Where one turn's time goes: each kind of span at its median start and end, from the mesh's traces
 	$(BIN)/python -m bench.timeline
+
+A ?= HEAD
+B ?= .
+STREAMS ?= 50
+ROUNDS ?= 10
+DELAY_MS ?= 20
+bench-ab: install ## Two revisions side by side (A=<rev> B=<rev>, default HEAD against the working tree): bursts alternating, first delta and CPU per turn
+	$(BIN)/python -m bench.ab --a $(A) --b $(B) --streams $(STREAMS) --rounds $(ROUNDS) --delay-ms $(DELAY_MS)
 
 bench-health: install web ## Apple Health import: a 200+ MB export uploaded through the edge, the importer's peak RSS
 	$(BIN)/python -m bench.apple_health

@@ -44,7 +44,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -303,24 +303,29 @@ async def at_once(count: int, start: Callable[[int], Awaitable[Stream]]) -> list
 
 @contextlib.asynccontextmanager
 async def running_mesh(
-    data: Path, delay_ms: int, users: int, extra_env: dict[str, str] | None = None
+    data: Path,
+    delay_ms: int,
+    users: int,
+    extra_env: dict[str, str] | None = None,
+    *,
+    source_dir: Path | None = None,
 ) -> AsyncIterator[Mesh]:
     """A mesh whose offline model paces `delay_ms` a word, with `users` signed-in users holding one memory
-    each (30-60 words); `extra_env` for every part (tracing)."""
+    each (30-60 words); `extra_env` for every part (tracing); its services from `source_dir` (another
+    revision's tree; default this one)."""
     ports = Ports(**{f.name: free_port() for f in fields(Ports)})
-    stack = Stack(
-        StackConfig(
-            data_dir=data,
-            ports=ports,
-            offline_delay_ms=delay_ms,
-            # Benchmark users start many turns a minute; per-user limits are not what is measured.
-            extra_env={
-                "ORCHESTRATOR_TURNS_PER_MINUTE": "1000000",
-                "ORCHESTRATOR_MAX_STREAMS_PER_USER": "1000",
-                **(extra_env or {}),
-            },
-        )
+    config = StackConfig(
+        data_dir=data,
+        ports=ports,
+        offline_delay_ms=delay_ms,
+        # Benchmark users start many turns a minute; per-user limits are not what is measured.
+        extra_env={
+            "ORCHESTRATOR_TURNS_PER_MINUTE": "1000000",
+            "ORCHESTRATOR_MAX_STREAMS_PER_USER": "1000",
+            **(extra_env or {}),
+        },
     )
+    stack = Stack(config if source_dir is None else replace(config, source_dir=source_dir))
     await asyncio.to_thread(stack.start)
     try:
         channels = [

@@ -108,10 +108,14 @@ class StackConfig:
     openai_base_url: str | None = None
     offline_delay_ms: int = 20
     extra_env: dict[str, str] = field(default_factory=dict)
+    """Additional variables for every service (tests shorten token lifetimes this way)."""
     provider_emulators: bool = False
     """Start the Google and Microsoft emulators of the tests (tests/emulators) and connect accounts there:
     connections can be tried without real provider credentials."""
-    """Additional variables for every service (tests shorten token lifetimes this way)."""
+    source_dir: Path = ROOT
+    """The tree whose Python parts run (a checkout of another revision: `bench.ab` runs two side by side):
+    they start there, so its packages are imported first; the generated contracts (gen/python), Envoy's
+    configuration and the web app are this tree's."""
     prometheus: bool = False
     """Start Debian's Prometheus too, scraping every part with the SLO rules loaded (`make run PROMETHEUS=1`,
     `devstack/prometheus.py`)."""
@@ -270,7 +274,9 @@ class Stack:
     def _spawn(
         self, name: str, argv: list[str], env: dict[str, str], ready: Callable[[], bool]
     ) -> ManagedProcess:
-        process = ManagedProcess(name=name, argv=argv, log_path=self.logs / f"{name}.log", env=env, cwd=ROOT)
+        process = ManagedProcess(
+            name=name, argv=argv, log_path=self.logs / f"{name}.log", env=env, cwd=self.config.source_dir
+        )
         self._processes.append(process)
         self._parts.append(Part(name, process, ready, process.start))
         process.start()
