@@ -48,7 +48,8 @@ def test_a_revision_is_checked_out_apart_and_removed_afterwards(tmp_path: Path) 
     ).stdout.strip()
     assert describe("HEAD") == head
     with checkout("HEAD", tmp_path) as tree:
-        assert tree != ROOT and (tree / "memory" / "service.py").is_file()
+        assert tree != ROOT
+        assert (tree / "memory" / "service.py").is_file()
     assert not tree.exists()
     with checkout(".", tmp_path) as tree:
         assert tree == ROOT
