@@ -53,10 +53,12 @@ SIDES = ("A", "B")
 
 @contextlib.contextmanager
 def checkout(revision: str, into: Path) -> Iterator[Path]:
-    """The tree of `revision` (a detached git worktree under `into`, removed afterwards); `.` is this one."""
+    """The tree of `revision` (a detached git worktree under `into`, removed afterwards); `.` is this one.
+    Each side checks out under a directory of its own, so a revision may be compared with itself."""
     if revision == ".":
         yield ROOT
         return
+    into.mkdir(parents=True, exist_ok=True)
     tree = into / revision.replace("/", "_")
     subprocess.run(["git", "worktree", "add", "--detach", str(tree), revision], cwd=ROOT, check=True)
     try:
@@ -116,7 +118,8 @@ async def compare(a: str, b: str, streams: int, rounds: int, delay_ms: int) -> d
     with tempfile.TemporaryDirectory(prefix="bench-ab-") as scratch, contextlib.ExitStack() as trees:
         work = Path(scratch)
         sources = {
-            side: trees.enter_context(checkout(rev, work)) for side, rev in zip(SIDES, (a, b), strict=True)
+            side: trees.enter_context(checkout(rev, work / side))
+            for side, rev in zip(SIDES, (a, b), strict=True)
         }
         async with contextlib.AsyncExitStack() as running:
             meshes = {

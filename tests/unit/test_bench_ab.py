@@ -47,9 +47,11 @@ def test_a_revision_is_checked_out_apart_and_removed_afterwards(tmp_path: Path) 
         ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout.strip()
     assert describe("HEAD") == head
-    with checkout("HEAD", tmp_path) as tree:
+    with checkout("HEAD", tmp_path / "A") as tree, checkout("HEAD", tmp_path / "B") as same:
         assert tree != ROOT
+        assert tree != same
         assert (tree / "memory" / "service.py").is_file()
     assert not tree.exists()
+    assert not same.exists()
     with checkout(".", tmp_path) as tree:
         assert tree == ROOT
