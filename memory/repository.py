@@ -662,10 +662,8 @@ async def _insert_memory(
 class PostgresConversationStore:
     """Conversations and their messages."""
 
-    def __init__(
-        self, database: Database, keys: UserKeys, memories: PostgresMemoryStore | None = None
-    ) -> None:
-        """`memories`: the store whose candidates `start_turn_searching` reads along (None: it cannot)."""
+    def __init__(self, database: Database, keys: UserKeys, memories: PostgresMemoryStore) -> None:
+        """`memories`: the store whose candidates `start_turn_searching` reads along."""
         self._db = database
         self._keys = keys
         self._memories = memories
@@ -686,8 +684,6 @@ class PostgresConversationStore:
     ) -> tuple[TurnStart, Candidates | None]:
         """`start_turn` whose statement also reads the candidates of `search` (one round trip and one
         connection for both, where a recall of its own takes a second of each)."""
-        if self._memories is None:
-            return await self.start_turn(user_id, turn), None
         cipher = await self._keys.writing(user_id)
         try:
             return await self._start_new_turn(cipher, user_id, turn, search)
@@ -718,7 +714,7 @@ class PostgresConversationStore:
         statement = _turn_statement(new_conversation)
         searching: list[Any] = []
         settings = None
-        if search is not None and self._memories is not None:
+        if search is not None:
             # The candidates as one more column (an array of records), their values after the turn's.
             found = self._memories.search_sql(_SearchParameters.after("$1", _TURN_PARAMETERS))
             statement = _turn_statement(
