@@ -84,6 +84,30 @@ async def test_work_held_elsewhere_keeps_the_service_busy_until_released_or_expi
     quiet.release("answer-2")  # releasing what expired changes nothing
 
 
+async def test_the_service_is_busy_while_any_hold_of_many_is_live() -> None:
+    clock = Clock()
+    quiet = Quiet(clock)
+    quiet.hold("short", 5)
+    quiet.hold("long", 20)
+    quiet.hold("middle", 10)
+    quiet.release("short")  # the earliest end goes; the others still hold
+    clock.now += 6
+    assert quiet.quiet_for() == 0
+    clock.now += 5  # "middle" ran out, "long" holds on
+    assert quiet.quiet_for() == 0
+    quiet.hold("middle", 30)  # held again, for longer than "long"
+    clock.now += 10  # "long" ran out, "middle" (again) holds on
+    assert quiet.quiet_for() == 0
+    clock.now += 20
+    assert quiet.quiet_for() > 0
+    quiet.hold("again", 1)  # a new hold after all ran out counts at once
+    assert quiet.quiet_for() == 0
+    quiet.hold("later", 20)
+    quiet.release("later")  # the latest end goes: the earlier one alone decides
+    clock.now += 2
+    assert quiet.quiet_for() > 0
+
+
 async def fallen_behind(clock: Clock) -> Quiet:
     """A service after a long busy spell: its background work waited 10 s for a gap and ran anyway, and the
     call that kept it busy just ended."""
