@@ -69,7 +69,7 @@ bench-chat: install ## Streaming cost: overhead to first delta (tracing off and 
 bench-floor: install ## What the transports alone cost a stream: the mesh against skeletons making the same calls
 	$(BIN)/python -m bench.floor
 
-bench-timeline: install ## Where one turn's time goes: each kind of span at its median start and end, from the mesh's traces
+bench-timeline: install ## Where one turn's time goes (each kind of span at its median start and end), then a 50-stream burst's (p50/p95 from the burst), from the mesh's traces
 	$(BIN)/python -m bench.timeline
 
 A ?= HEAD

@@ -5,7 +5,7 @@ from __future__ import annotations
 from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from bench.timeline import CALL, markdown, span_label, timeline
+from bench.timeline import CALL, FIRST_DELTA, burst_timeline, markdown, span_label, timeline
 from devstack.otlp_sink import ReceivedSpan
 
 MS = 1_000_000
@@ -124,3 +124,51 @@ def test_a_span_met_twice_in_a_turn_is_told_apart() -> None:
     labels = [row["span"] for row in timeline(spans)["spans"]]
     assert "memory: postgresql SELECT 1" in labels
     assert "memory: postgresql SELECT 1 (#2)" in labels
+
+
+def test_a_burst_places_each_kind_of_span_from_the_moment_its_burst_was_sent() -> None:
+    # Two bursts of two turns, sent at 1,000 and 5,000 ms; the second turn of each is taken 40 ms late.
+    spans = [
+        *_turn(1, 1010, 2),
+        *_turn(2, 1050, 2),
+        *_turn(3, 5010, 2),
+        *_turn(4, 5050, 2),
+        _span("athena-edge", "/athena.chat.v1.ChatService/Chat", 5, 900, 920),  # before any burst: left out
+        _span("athena-memory", "process facts", 9, 1500, 1510),  # no edge span: not a turn
+    ]
+    bursts = [(1000 * MS, [30.0, 70.0]), (5000 * MS, [31.0, 71.0])]
+
+    found = burst_timeline(spans, bursts)
+
+    assert (found["bursts"], found["turns"]) == (2, 4)
+    rows = {row["span"]: row for row in found["spans"]}
+    assert rows["edge: /athena.chat.v1.ChatService/Chat"] == {
+        "span": "edge: /athena.chat.v1.ChatService/Chat",
+        "turns": 4,
+        "start_p50_ms": 50.0,  # of 10, 10, 50, 50 (the nearest rank)
+        "start_p95_ms": 50.0,
+        "end_p50_ms": 70.0,
+        "end_p95_ms": 70.0,
+    }
+    assert rows["memory: postgresql WITH agent_states AS ( SELECT a.id, …"]["start_p50_ms"] == 56.0
+    assert rows[FIRST_DELTA]["start_p95_ms"] == 71.0
+    assert "memory: process facts" not in rows
+    assert [row["span"] for row in found["spans"]][0] == "edge: /athena.chat.v1.ChatService/Chat"
+
+    report = markdown(
+        {
+            "command": "python -m bench.timeline --turns 0 --burst 2 --rounds 2",
+            "commit": "abc1234",
+            "when": "2026-12-03 12:00 UTC",
+            "machine": {"cpus": 2},
+            "cpu_stolen_percent": 0.5,
+            "errors": 0,
+            "first_delta_ms": None,
+            "turns": 0,
+            "spans": [],
+            "burst": {"streams": 2, "delay_ms": 20, "errors": 0, "cpu_stolen_percent": 1.0, **found},
+        }
+    )
+    assert "## A burst: 2 streams at once, the model pacing 20 ms a word" in report
+    assert "| edge: /athena.chat.v1.ChatService/Chat | 50.0 | 50.0 | 70.0 | 70.0 | 4 |" in report
+    assert f"| {FIRST_DELTA} | 70.0 | 71.0 | 70.0 | 71.0 | 4 |" in report
