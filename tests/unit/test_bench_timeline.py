@@ -153,7 +153,7 @@ def test_a_burst_places_each_kind_of_span_from_the_moment_its_burst_was_sent() -
     assert rows["memory: postgresql WITH agent_states AS ( SELECT a.id, …"]["start_p50_ms"] == 56.0
     assert rows[FIRST_DELTA]["start_p95_ms"] == 71.0
     assert "memory: process facts" not in rows
-    assert [row["span"] for row in found["spans"]][0] == "edge: /athena.chat.v1.ChatService/Chat"
+    assert found["spans"][0]["span"] == "edge: /athena.chat.v1.ChatService/Chat"
 
     report = markdown(
         {
