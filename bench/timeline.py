@@ -69,6 +69,21 @@ def span_label(span: ReceivedSpan) -> str:
     return f"{service}: {span.name}"
 
 
+def _place(
+    found: Sequence[ReceivedSpan], origin: int, starts: dict[str, list[float]], ends: dict[str, list[float]]
+) -> None:
+    """Adds each span of one turn's `found` under its label (a second of a kind as "(#2)"), its start and end
+    in ms from `origin` (ns)."""
+    seen: dict[str, int] = defaultdict(int)
+    for span in sorted(found, key=lambda span: span.span.start_time_unix_nano):
+        label = span_label(span)
+        seen[label] += 1
+        if seen[label] > 1:
+            label = f"{label} (#{seen[label]})"
+        starts[label].append((span.span.start_time_unix_nano - origin) / 1e6)
+        ends[label].append((span.span.end_time_unix_nano - origin) / 1e6)
+
+
 def timeline(spans: Sequence[ReceivedSpan], calls: Sequence[tuple[int, float]] = ()) -> dict[str, Any]:
     """Per kind of span of the turns whose edge span is among `spans`: how many turns had it and the
     median start and end, in ms from each turn's edge span. `calls` (each client call's wall-clock start in
@@ -91,14 +106,7 @@ def timeline(spans: Sequence[ReceivedSpan], calls: Sequence[tuple[int, float]] =
         if call is not None:
             starts[CALL].append((call[0] - origin) / 1e6)
             ends[CALL].append((call[0] - origin) / 1e6 + call[1])
-        seen: dict[str, int] = defaultdict(int)
-        for span in sorted(found, key=lambda span: span.span.start_time_unix_nano):
-            label = span_label(span)
-            seen[label] += 1
-            if seen[label] > 1:
-                label = f"{label} (#{seen[label]})"
-            starts[label].append((span.span.start_time_unix_nano - origin) / 1e6)
-            ends[label].append((span.span.end_time_unix_nano - origin) / 1e6)
+        _place(found, origin, starts, ends)
     medians = sorted(
         ((statistics.median(starts[label]), statistics.median(ends[label]), label) for label in starts),
         key=lambda row: (row[0], -row[1]),
@@ -132,14 +140,7 @@ def burst_timeline(
         if origin is None:
             continue
         turns += 1
-        seen: dict[str, int] = defaultdict(int)
-        for span in sorted(found, key=lambda span: span.span.start_time_unix_nano):
-            label = span_label(span)
-            seen[label] += 1
-            if seen[label] > 1:
-                label = f"{label} (#{seen[label]})"
-            starts[label].append((span.span.start_time_unix_nano - origin) / 1e6)
-            ends[label].append((span.span.end_time_unix_nano - origin) / 1e6)
+        _place(found, origin, starts, ends)
     firsts = [first for _, burst in bursts for first in burst]
     if firsts:
         starts[FIRST_DELTA] = ends[FIRST_DELTA] = firsts
