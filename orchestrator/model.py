@@ -18,6 +18,7 @@ Tests script the replies (tests/doubles/model.py) instead of reaching a real mod
 from __future__ import annotations
 
 import abc
+import asyncio
 import contextlib
 import json
 import logging
@@ -33,6 +34,7 @@ from mesh import genai
 from mesh.errors import AthenaError, DeadlineExceeded, FailedPrecondition, Unavailable
 from mesh.model_api import ModelApi, ModelApiError, ModelApiStatus, ModelApiTimeout, ModelApiUnreachable
 from mesh.retry import first_item_retrying, log_retry
+from orchestrator.coalesce import read_pause
 from orchestrator.metrics import MODEL_ERRORS, MODEL_RETRIES
 from orchestrator.records import Usage
 
@@ -149,7 +151,8 @@ class OpenAIChatModel(ChatModel):
                     response = await stack.enter_async_context(
                         self._api.post("/chat/completions", body, read_timeout=request.timeout)
                     )
-                events = await stack.enter_async_context(aclosing(model_events(response.content.iter_any())))
+                reads = paced(response.content.iter_any(), read_pause.get())
+                events = await stack.enter_async_context(aclosing(model_events(reads)))
                 async for event in events:
                     if call is not None:
                         _record(call, event)
@@ -197,6 +200,21 @@ def _record(call: genai.ModelCall, event: ModelEvent) -> None:
         finish_reason=event.finish_reason,
         tool_calls=[{"id": tool.id, "name": tool.name} for tool in event.tool_calls],
     )
+
+
+def paced(reads: AsyncIterator[bytes], pause: Callable[[], float] | None) -> AsyncIterator[bytes]:
+    """`reads` (each all the bytes that arrived since the last), waiting `pause()` seconds after each:
+    what arrives meanwhile comes as one read (`orchestrator.coalesce` asks for it while turns start)."""
+    if pause is None:
+        return reads
+    return _paced(reads, pause)
+
+
+async def _paced(reads: AsyncIterator[bytes], pause: Callable[[], float]) -> AsyncGenerator[bytes, None]:
+    async for received in reads:
+        yield received
+        if (seconds := pause()) > 0:
+            await asyncio.sleep(seconds)
 
 
 async def model_events(reads: AsyncIterator[bytes]) -> AsyncGenerator[ModelEvent, None]:

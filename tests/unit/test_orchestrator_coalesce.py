@@ -9,7 +9,7 @@ from contextlib import aclosing
 
 import pytest
 
-from orchestrator.coalesce import Starting, coalesced
+from orchestrator.coalesce import Starting, coalesced, read_pause
 from orchestrator.events import TextDelta as Text
 from orchestrator.events import ToolCallStarted, TurnEvent
 
@@ -177,3 +177,26 @@ def test_a_turn_stops_counting_once() -> None:
     start.first_text()
     start.first_text()
     assert starting.waiting == 0
+
+
+async def test_a_turn_under_way_reads_its_model_a_window_at_a_time_while_others_start() -> None:
+    starting = Starting()
+    other = starting.begin()
+    pauses: list[float] = []
+
+    def pause() -> float:
+        asked = read_pause.get()
+        assert asked is not None, "coalesced tells the turn how to read"
+        return asked()
+
+    async def turn() -> AsyncGenerator[TurnEvent, None]:
+        pauses.append(pause())  # before its first text: read as data comes
+        yield Text("one ", "a")
+        pauses.append(pause())  # under way while another turn waits for its first text
+        other.first_text()
+        pauses.append(pause())  # nobody waits any more
+        yield Text("two", "a")
+
+    assert read_pause.get() is None
+    [event async for event in coalesced(turn(), WINDOW, starting.begin(), WINDOW * 4)]
+    assert pauses == [0.0, WINDOW, 0.0]

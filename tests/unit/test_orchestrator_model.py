@@ -25,6 +25,7 @@ from mesh.model_api import ModelApi, client_session
 from mesh.settings import ServiceSettings
 from mesh.telemetry import traced
 from orchestrator.catalog import Catalog
+from orchestrator.coalesce import read_pause
 from orchestrator.model import (
     ChatModel,
     ModelEvent,
@@ -252,6 +253,39 @@ async def test_an_answer_streams_from_the_endpoint_with_the_key(model_server: Mo
     assert isinstance(events[-1], StepFinished)
     [request] = model_server.seen
     assert request.headers["authorization"] == "Bearer test-key"
+
+
+async def paced_answer(pause: float | None) -> list[str]:
+    """The text chunks of an answer whose words come 30 ms apart, read with `read_pause` at `pause`."""
+
+    async def complete(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        for word in ("one ", "two ", "three"):
+            await response.write(sse(delta(word), done=False))
+            await asyncio.sleep(0.03)
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", complete)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    token = read_pause.set(None if pause is None else lambda: pause)
+    try:
+        async with model_at(str(server.make_url("/v1"))) as model:
+            return [event.text async for event in model.stream(REQUEST) if isinstance(event, TextChunk)]
+    finally:
+        read_pause.reset(token)
+        await server.close()
+
+
+async def test_a_turn_asking_for_pauses_reads_what_came_meanwhile_at_once() -> None:
+    assert await paced_answer(None) == ["one ", "two ", "three"]
+    paced = await paced_answer(0.2)  # all of the rest comes while the first pause lasts
+    assert "".join(paced) == "one two three"
+    assert len(paced) <= 2
+    assert paced[-1].endswith("two three")
 
 
 async def test_the_request_offers_the_tools_each_encoded_once(model_server: ModelServer) -> None:
