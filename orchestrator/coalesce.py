@@ -88,6 +88,9 @@ class _Merging:
         self._window = window
         self._start = start
         self._busy_window = busy_window
+        self._first_words_first = start is not None and busy_window > window
+        """Whether the turn yields to others waiting for their first text (a `busy_window` no longer than
+        `window` turns both the longer hold and the paced reads off)."""
         self._timer: asyncio.TimerHandle | None = None
         self._held_since = 0.0
         self._text_sent = False
@@ -114,15 +117,18 @@ class _Merging:
 
     def read_pause(self) -> float:
         """A window while the turn's text is under way and other turns wait for their first text."""
-        if self._text_sent and self._start is not None and self._start.others_waiting():
+        if self._text_sent and self._others_waiting():
             return self._window
         return 0.0
+
+    def _others_waiting(self) -> bool:
+        return self._first_words_first and self._start is not None and self._start.others_waiting()
 
     def _window_ended(self) -> None:
         """The held text goes out, unless other turns still wait for their first text: then it waits on,
         a window at a time, until `busy_window` has passed since it came."""
         self._timer = None
-        if self._start is not None and self._start.others_waiting():
+        if self._others_waiting():
             left = self._held_since + self._busy_window - self._loop.time()
             if left > 0:
                 self._timer = self._loop.call_later(min(self._window, left), self._window_ended)

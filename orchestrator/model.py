@@ -34,7 +34,7 @@ from mesh import genai
 from mesh.errors import AthenaError, DeadlineExceeded, FailedPrecondition, Unavailable
 from mesh.model_api import ModelApi, ModelApiError, ModelApiStatus, ModelApiTimeout, ModelApiUnreachable
 from mesh.retry import first_item_retrying, log_retry
-from orchestrator.coalesce import read_pause
+from orchestrator.coalesce import ReadPause, read_pause
 from orchestrator.metrics import MODEL_ERRORS, MODEL_RETRIES
 from orchestrator.records import Usage
 
@@ -202,7 +202,7 @@ def _record(call: genai.ModelCall, event: ModelEvent) -> None:
     )
 
 
-def paced(reads: AsyncIterator[bytes], pause: Callable[[], float] | None) -> AsyncIterator[bytes]:
+def paced(reads: AsyncIterator[bytes], pause: ReadPause | None) -> AsyncIterator[bytes]:
     """`reads` (each all the bytes that arrived since the last), waiting `pause()` seconds after each:
     what arrives meanwhile comes as one read (`orchestrator.coalesce` asks for it while turns start)."""
     if pause is None:
@@ -210,7 +210,7 @@ def paced(reads: AsyncIterator[bytes], pause: Callable[[], float] | None) -> Asy
     return _paced(reads, pause)
 
 
-async def _paced(reads: AsyncIterator[bytes], pause: Callable[[], float]) -> AsyncGenerator[bytes, None]:
+async def _paced(reads: AsyncIterator[bytes], pause: ReadPause) -> AsyncGenerator[bytes, None]:
     async for received in reads:
         yield received
         if (seconds := pause()) > 0:

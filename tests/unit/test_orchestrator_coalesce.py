@@ -200,3 +200,22 @@ async def test_a_turn_under_way_reads_its_model_a_window_at_a_time_while_others_
     assert read_pause.get() is None
     [event async for event in coalesced(turn(), WINDOW, starting.begin(), WINDOW * 4)]
     assert pauses == [0.0, WINDOW, 0.0]
+
+
+async def test_a_busy_window_no_longer_than_the_window_turns_first_words_first_off() -> None:
+    starting = Starting()
+    starting.begin()  # another turn waits for its first text throughout
+    pauses: list[float] = []
+
+    async def turn() -> AsyncGenerator[TurnEvent, None]:
+        yield Text("one ", "a")
+        asked = read_pause.get()
+        assert asked is not None
+        pauses.append(asked())
+        yield Text("two ", "a")
+        await asyncio.sleep(WINDOW * 2)
+        yield Text("three", "a")
+
+    out = [event async for event in coalesced(turn(), WINDOW, starting.begin(), WINDOW)]
+    assert pauses == [0.0], "the model is read as its words come"
+    assert Text("three", "a") in out, "held text went out after one window"
