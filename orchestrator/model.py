@@ -26,7 +26,7 @@ import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
@@ -151,7 +151,9 @@ class OpenAIChatModel(ChatModel):
                     response = await stack.enter_async_context(
                         self._api.post("/chat/completions", body, read_timeout=request.timeout)
                     )
-                reads = paced(response.content.iter_any(), read_pause.get())
+                connection = response.connection
+                transport = connection.transport if connection is not None else None
+                reads = paced(response.content.iter_any(), read_pause.get(), transport)
                 events = await stack.enter_async_context(aclosing(model_events(reads)))
                 async for event in events:
                     if call is not None:
@@ -202,19 +204,51 @@ def _record(call: genai.ModelCall, event: ModelEvent) -> None:
     )
 
 
-def paced(reads: AsyncIterator[bytes], pause: ReadPause | None) -> AsyncIterator[bytes]:
+class Pausable(Protocol):
+    """What `paced` uses of the transport a model stream is read from (an asyncio `ReadTransport`)."""
+
+    def is_reading(self) -> bool: ...
+    def is_closing(self) -> bool: ...
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+
+
+def paced(
+    reads: AsyncIterator[bytes], pause: ReadPause | None, transport: Pausable | None = None
+) -> AsyncIterator[bytes]:
     """`reads` (each all the bytes that arrived since the last), waiting `pause()` seconds after each:
-    what arrives meanwhile comes as one read (`orchestrator.coalesce` asks for it while turns start)."""
+    what arrives meanwhile comes as one read (`orchestrator.coalesce` asks for it while turns start).
+    `transport`, the connection `reads` come from, stops reading while the pause lasts: the words that
+    arrive meanwhile wait in the kernel and come in one receive, instead of waking this process once each
+    to be buffered (it is reading again before the next read, and whenever the iteration ends)."""
     if pause is None:
         return reads
-    return _paced(reads, pause)
+    return _paced(reads, pause, transport)
 
 
-async def _paced(reads: AsyncIterator[bytes], pause: ReadPause) -> AsyncGenerator[bytes, None]:
-    async for received in reads:
-        yield received
-        if (seconds := pause()) > 0:
-            await asyncio.sleep(seconds)
+async def _paced(
+    reads: AsyncIterator[bytes], pause: ReadPause, transport: Pausable | None
+) -> AsyncGenerator[bytes, None]:
+    paused = False
+    try:
+        async for received in reads:
+            yield received
+            if (seconds := pause()) > 0:
+                if transport is not None and transport.is_reading():
+                    transport.pause_reading()
+                    paused = True
+                await asyncio.sleep(seconds)
+                if paused:
+                    paused = False
+                    _resume(transport)
+    finally:
+        if paused:
+            _resume(transport)
+
+
+def _resume(transport: Pausable | None) -> None:
+    if transport is not None and not transport.is_closing():
+        transport.resume_reading()
 
 
 async def model_events(reads: AsyncIterator[bytes]) -> AsyncGenerator[ModelEvent, None]:

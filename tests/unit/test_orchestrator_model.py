@@ -41,6 +41,7 @@ from orchestrator.model import (
     TextChunk,
     ToolSpec,
     model_events,
+    paced,
 )
 from orchestrator.records import Usage
 from orchestrator.tools.handoff import handoff_tool
@@ -53,7 +54,7 @@ async def drain(model: ChatModel) -> list[ModelEvent]:
 
 
 def retrying(inner: ChatModel, **kwargs: object) -> RetryingModel:
-    return RetryingModel(inner, first_delay=0.001, max_delay=0.002, **kwargs)  # type: ignore[arg-type]
+    return RetryingModel(inner, first_delay=0.001, max_delay=0.002, **kwargs)
 
 
 async def test_rate_limits_and_server_errors_are_retried_until_the_model_answers() -> None:
@@ -286,6 +287,65 @@ async def test_a_turn_asking_for_pauses_reads_what_came_meanwhile_at_once() -> N
     assert "".join(paced) == "one two three"
     assert len(paced) <= 2
     assert paced[-1].endswith("two three")
+
+
+class Transport:
+    """What `paced` uses of the connection's transport; its calls, and the reads, go to `log`."""
+
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+        self.reading = True
+
+    def is_reading(self) -> bool:
+        return self.reading
+
+    def is_closing(self) -> bool:
+        return False
+
+    def pause_reading(self) -> None:
+        self.reading = False
+        self.log.append("pause")
+
+    def resume_reading(self) -> None:
+        self.reading = True
+        self.log.append("resume")
+
+
+async def test_a_pause_stops_the_connection_reading_until_the_next_read() -> None:
+    log: list[str] = []
+    transport = Transport(log)
+
+    async def reads() -> AsyncGenerator[bytes, None]:
+        for piece in (b"a", b"b"):
+            assert transport.reading, "read while the connection does not read"
+            log.append("read")
+            yield piece
+
+    got = [piece async for piece in paced(reads(), lambda: 0.01, transport)]
+    assert got == [b"a", b"b"]
+    assert log == ["read", "pause", "resume", "read", "pause", "resume"]
+    log.clear()
+    assert [piece async for piece in paced(reads(), lambda: 0.0, transport)] == [b"a", b"b"]
+    assert log == ["read", "read"]  # no pause asked for: the connection reads on
+
+
+async def test_a_turn_closed_during_a_pause_leaves_its_connection_reading() -> None:
+    transport = Transport([])
+
+    async def reads() -> AsyncGenerator[bytes, None]:
+        yield b"a"
+        yield b"b"
+
+    pieces = paced(reads(), lambda: 10.0, transport)
+    iterator = aiter(pieces)
+    assert await anext(iterator) == b"a"
+    pausing = asyncio.ensure_future(anext(iterator))
+    await asyncio.sleep(0.01)
+    assert not transport.reading
+    pausing.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await pausing
+    assert transport.reading  # a connection going back to the pool must not stay paused
 
 
 async def test_the_request_offers_the_tools_each_encoded_once(model_server: ModelServer) -> None:
