@@ -192,14 +192,21 @@ async def test_a_turn_under_way_reads_its_model_a_window_at_a_time_while_others_
     async def turn() -> AsyncGenerator[TurnEvent, None]:
         pauses.append(pause())  # before its first text: read as data comes
         yield Text("one ", "a")
-        pauses.append(pause())  # under way while another turn waits for its first text
+        pauses.append(pause())  # under way while another turn waits for its first text, nothing held
+        yield Text("two ", "a")
+        pauses.append(pause())  # until the text held now goes out, 4 windows after it came
+        await asyncio.sleep(WINDOW * 3)
+        pauses.append(pause())  # a window at least
         other.first_text()
         pauses.append(pause())  # nobody waits any more
-        yield Text("two", "a")
+        yield Text("three", "a")
 
     assert read_pause.get() is None
-    [event async for event in coalesced(turn(), WINDOW, starting.begin(), WINDOW * 4)]
-    assert pauses == [0.0, WINDOW, 0.0]
+    out = [event async for event in coalesced(turn(), WINDOW, starting.begin(), WINDOW * 4)]
+    assert pauses[:2] == [0.0, WINDOW]
+    assert WINDOW * 3.5 < pauses[2] <= WINDOW * 4
+    assert pauses[3:] == [WINDOW, 0.0]
+    assert "".join(event.text for event in out if isinstance(event, Text)) == "one two three"
 
 
 async def test_a_busy_window_no_longer_than_the_window_turns_first_words_first_off() -> None:
