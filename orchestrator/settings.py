@@ -94,8 +94,8 @@ class OrchestratorSettings(ServiceSettings):
     answer never waits); 0 sends every piece the model writes as an event of its own."""
     coalesce_busy_ms: float = Field(250.0, ge=0, le=1000)
     """Longest a piece of text waits while other turns of this orchestrator wait for their first text:
-    first words first (`orchestrator.coalesce`: the longer hold, and the model read once a window meanwhile).
-    At most `coalesce_ms` turns both off."""
+    first words first (`orchestrator.coalesce`: the longer hold, and the model read only as the held text goes
+    meanwhile). At most `coalesce_ms` turns both off."""
     catalog_path: Path | None = None
     """Agent catalog file; unset uses the catalog shipped in the package (`orchestrator/agents.json`)."""
     integrations_target: str | None = None
