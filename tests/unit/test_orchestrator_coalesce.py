@@ -179,7 +179,7 @@ def test_a_turn_stops_counting_once() -> None:
     assert starting.waiting == 0
 
 
-async def test_a_turn_under_way_reads_its_model_a_window_at_a_time_while_others_start() -> None:
+async def test_a_turn_under_way_reads_its_model_as_its_held_text_goes_while_others_start() -> None:
     starting = Starting()
     other = starting.begin()
     pauses: list[float] = []

@@ -54,7 +54,7 @@ async def drain(model: ChatModel) -> list[ModelEvent]:
 
 
 def retrying(inner: ChatModel, **kwargs: object) -> RetryingModel:
-    return RetryingModel(inner, first_delay=0.001, max_delay=0.002, **kwargs)
+    return RetryingModel(inner, first_delay=0.001, max_delay=0.002, **kwargs)  # type: ignore[arg-type]
 
 
 async def test_rate_limits_and_server_errors_are_retried_until_the_model_answers() -> None:
