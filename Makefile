@@ -63,7 +63,7 @@ bench: bench-memory bench-chat bench-floor bench-timeline bench-health eval-memo
 bench-memory: install ## Memory recall latency and recall@10 at 100k and 1M memories
 	$(BIN)/python -m bench.memory
 
-bench-chat: install ## Streaming cost: overhead to first delta (tracing off and on), 1/50/200 paced streams against the model direct, 1,000 held
+bench-chat: install ## Streaming cost: overhead to first delta (tracing off and on), 1/50/200/1,000 paced streams against the model direct, 1,000 held
 	$(BIN)/python -m bench.chat
 
 bench-floor: install ## What the transports alone cost a stream: the mesh against skeletons making the same calls

@@ -6,16 +6,16 @@ temporary data directory), each with the offline model pacing its words differen
 1. **instant** (0 ms a word): time to the first delta of one stream through the edge to the
    orchestrator (memory recall included) against the model server's own first chunk, measured directly
    with the openai SDK, turns alternating between the two; the mesh's fixed overhead per turn.
-2. **paced** (20 ms a word, a real model's pace): 1, 50 and 200 streams started at once, each answer
-   30–60 words (every user has one memory that long, which the offline model reads back). The same number
-   of streams is then sent straight to the model server with the prompt the orchestrator sends it. Every
-   user has chatted once before (their data key and token known to the mesh, as for anyone who chatted in
-   the last few minutes); each series runs `--rounds` rounds (3), mesh and model alternating, and pools
-   their streams. After each mesh round the mesh first finishes what its turns left for later (memory
-   embeds their messages and learns from them between calls, `mesh.quiet`): that CPU counts to the
-   mesh's turns, and the model alone never runs beside it. Reported:
-   answer duration mesh/direct (median, p95), first delta p50/p95 of both and their difference, delivered
-   words/s, CPU-seconds per turn of each process, and each process's peak RSS during the series.
+2. **paced** (20 ms a word, a real model's pace): 1, 50, 200 and 1,000 streams started at once, each
+   answer 30–60 words (every user has one memory that long, which the offline model reads back). The same
+   number of streams is then sent straight to the model server with the prompt the orchestrator sends it.
+   Every user has chatted once before (their data key and token known to the mesh, as for anyone who
+   chatted in the last few minutes); each series runs `--rounds` rounds (3), mesh and model alternating,
+   and pools their streams. After each mesh round the mesh first finishes what its turns left for later
+   (memory embeds their messages and learns from them between calls, `mesh.quiet`): that CPU counts to
+   the mesh's turns, and the model alone never runs beside it. Reported: answer duration mesh/direct
+   (median, p95), first delta p50/p95 of both and their difference, delivered words/s, CPU-seconds per
+   turn of each process, and each process's peak RSS during the series.
 3. **held** (200 ms a word): 1,000 streams at once must all complete; errors, duration and peak RSS.
 
 With `--tracing` (the default), one stream at a time again, through two meshes side by side, turns
@@ -640,8 +640,11 @@ def markdown(result: dict[str, Any]) -> str:
         *_tracing_lines(result.get("tracing")),
     ]
     lines += _paced_lines(result["paced"])
-    lines += _rss_lines([*result["paced"], *([result["held"]] if result.get("held") else [])])
     held = result.get("held")
+    rows = [(str(series["streams"]), series) for series in result["paced"]]
+    if held:
+        rows.append((f"{held['streams']}, 200 ms a word", held))
+    lines += _rss_lines(rows)
     if held:
         summary = held["mesh"]
         lines += [
@@ -697,15 +700,15 @@ def _paced_lines(paced: list[dict[str, Any]]) -> list[str]:
     return [*lines, ""]
 
 
-def _rss_lines(series: list[dict[str, Any]]) -> list[str]:
-    """Each series' peak RSS by process (nothing when no series ran)."""
-    if not series:
+def _rss_lines(rows: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """Each series' peak RSS by process, under its label (nothing when no series ran)."""
+    if not rows:
         return []
-    names = list(series[0]["peak_rss_mib"])
+    names = list(rows[0][1]["peak_rss_mib"])
     lines = ["Peak RSS (MiB) by process during each series:", ""]
     lines += ["| streams | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-    for s in series:
-        lines.append(f"| {s['streams']} | " + " | ".join(f"{s['peak_rss_mib'][n]:.0f}" for n in names) + " |")
+    for label, s in rows:
+        lines.append(f"| {label} | " + " | ".join(f"{s['peak_rss_mib'][n]:.0f}" for n in names) + " |")
     return lines
 
 
@@ -788,12 +791,14 @@ def _counts(value: str) -> list[int]:
     return [int(part) for part in value.split(",") if part]
 
 
-def main(argv: Iterable[str] | None = None) -> None:
+def arguments(argv: Iterable[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.chat", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--samples", type=int, default=200, help="turns of the one-stream instant series")
-    parser.add_argument("--streams", type=_counts, default=[1, 50, 200], help="paced series, e.g. 1,50,200")
+    parser.add_argument(
+        "--streams", type=_counts, default=[1, 50, 200, 1000], help="paced series, e.g. 1,50,200,1000"
+    )
     parser.add_argument("--rounds", type=int, default=3, help="rounds of each paced series, pooled")
     parser.add_argument("--held", type=int, default=1000, help="streams of the held series (0: skip it)")
     parser.add_argument("--data-dir", type=Path, help="keep the meshes' data and logs here")
@@ -804,7 +809,11 @@ def main(argv: Iterable[str] | None = None) -> None:
         help="also run the instant series with tracing on at sampling 1.0 (default: yes)",
     )
     parser.add_argument("--results", type=Path, default=RESULTS, help=f"where to write (default: {RESULTS})")
-    args = parser.parse_args(list(argv) if argv is not None else None)
+    return parser.parse_args(list(argv) if argv is not None else None)
+
+
+def main(argv: Iterable[str] | None = None) -> None:
+    args = arguments(argv)
     # The load generator shares the 2 cores with what it measures, so it runs as every part of the mesh
     # does: on uvloop, and collected as the services collect (`mesh.app.GC_THRESHOLDS`; with CPython's
     # defaults a full collection of this process, 80-90 ms with 200 streams open, paused every stream's

@@ -1,0 +1,82 @@
+"""bench.chat's report: a verdict per target of issue 13 and a row per series, the held one told apart."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.chat import arguments, markdown, verdicts
+
+PARTS = ("memory", "orchestrator")
+
+
+def _spread(p50: float, p95: float) -> dict[str, float]:
+    return {"p50": p50, "p95": p95}
+
+
+def _paced(streams: int, overhead_p95: float, ratio: float, rss: float) -> dict[str, Any]:
+    mesh = {"streams": streams, "completed": streams, "errors": {}, "first_delta_ms": _spread(100, 200)}
+    return {
+        "streams": streams,
+        "rounds": 3,
+        "mesh": mesh,
+        "direct": {**mesh, "first_delta_ms": _spread(50, 200 - overhead_p95)},
+        "cpu_ms_per_turn": dict.fromkeys(PARTS, 1.0),
+        "direct_cpu_ms_per_turn": dict.fromkeys(PARTS, 0.0),
+        "peak_rss_mib": dict.fromkeys(PARTS, rss),
+        "words_per_second": 10.0 * streams,
+        "duration_ratio": _spread(ratio, ratio),
+        "first_delta_overhead_ms": _spread(50, overhead_p95),
+    }
+
+
+def _result(**changes: Any) -> dict[str, Any]:
+    instant = {"samples": 200, "overhead_ms": _spread(4.0, 9.0)}
+    instant |= {
+        "direct": {"first_delta_ms": _spread(4.0, 6.0)},
+        "mesh": {"first_delta_ms": _spread(8.0, 15.0)},
+    }
+    result = {
+        "command": "python -m bench.chat",
+        "commit": "abc1234",
+        "date": "2026-12-04 12:00 UTC",
+        "machine": {"cpus": 2},
+        "instant": instant,
+        "tracing": None,
+        "paced": [_paced(50, 90, 1.1, 140), _paced(200, 520, 1.2, 150), _paced(1000, 2000, 1.6, 230)],
+        "held": {
+            "streams": 1000,
+            "wall_seconds": 20.0,
+            "mesh": {"streams": 1000, "completed": 999, "errors": {"UNAVAILABLE: x": 1}}
+            | {"first_delta_ms": _spread(1, 2), "duration_ms": _spread(3, 4)},
+            "cpu_ms_per_turn": dict.fromkeys(PARTS, 1.0),
+            "peak_rss_mib": dict.fromkeys(PARTS, 300),
+        },
+    }
+    return result | changes
+
+
+def test_each_target_has_its_verdict_and_the_series_without_one_have_none() -> None:
+    assert [(target.split(":")[0], met) for target, _, met in verdicts(_result())] == [
+        ("one stream, instant model", True),
+        ("one stream, instant model", True),
+        ("50 streams", True),
+        ("200 streams", True),
+        ("200 streams", False),
+        ("1000 streams complete with zero errors", False),
+    ]
+
+
+def test_the_report_has_a_row_per_paced_series_and_tells_the_held_one_apart_in_the_rss_table() -> None:
+    report = markdown(_result())
+    paced = [line for line in report.splitlines() if line.startswith("| 1000 | 1.60 |")]
+    assert paced == ["| 1000 | 1.60 | 1.60 | 100 / 200 | 50 / -1800 | 50 / 2000 | 10000 | 0 | - |"]
+    rss = report.split("Peak RSS (MiB) by process during each series:")[1].splitlines()
+    assert [row for row in rss if row.startswith("| 1000")] == [
+        "| 1000 | 230 | 230 |",
+        "| 1000, 200 ms a word | 300 | 300 |",
+    ]
+
+
+def test_the_paced_series_run_1_50_200_and_1000_streams_by_default() -> None:
+    assert arguments([]).streams == [1, 50, 200, 1000]
+    assert arguments([]).held == 1000
