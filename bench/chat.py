@@ -127,11 +127,14 @@ def streams_summary(streams: Sequence[Stream]) -> dict[str, Any]:
 LOAD_GENERATOR = "load generator"
 
 
-def _cpu_seconds(process: psutil.Process) -> float:
+def _cpu_seconds(process: psutil.Process, *, reaped: bool = True) -> float:
+    """The process's CPU time, with (`reaped`) that of its children that ended and it waited for: a
+    PostgreSQL backend's time stays counted after it exits, under the postmaster that reaped it."""
     with contextlib.suppress(psutil.Error):
         times = process.cpu_times()
-        return float(times.user + times.system)
-    return 0.0  # ended meanwhile (a PostgreSQL backend)
+        own = times.user + times.system
+        return float(own + times.children_user + times.children_system if reaped else own)
+    return 0.0  # ended meanwhile, not yet reaped (its time is counted once its parent waited for it)
 
 
 def _rss_bytes(process: psutil.Process) -> int:
@@ -158,7 +161,11 @@ class Processes:
         }
 
     def cpu(self) -> dict[str, float]:
-        return {name: sum(map(_cpu_seconds, found)) for name, found in self._processes().items()}
+        # The load generator's own children (git, at the start) are not what it spends on the streams.
+        return {
+            name: sum(_cpu_seconds(process, reaped=name != LOAD_GENERATOR) for process in found)
+            for name, found in self._processes().items()
+        }
 
     def rss(self) -> dict[str, int]:
         return {name: sum(map(_rss_bytes, found)) for name, found in self._processes().items()}

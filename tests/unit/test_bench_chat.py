@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import Any
 
-from bench.chat import arguments, markdown, verdicts
+import psutil
+
+from bench.chat import _cpu_seconds, arguments, markdown, verdicts
 
 PARTS = ("memory", "orchestrator")
 
@@ -80,3 +84,16 @@ def test_the_report_has_a_row_per_paced_series_and_tells_the_held_one_apart_in_t
 def test_the_paced_series_run_1_50_200_and_1000_streams_by_default() -> None:
     assert arguments([]).streams == [1, 50, 200, 1000]
     assert arguments([]).held == 1000
+
+
+def test_the_cpu_of_a_child_that_ended_stays_counted_under_the_parent_that_reaped_it() -> None:
+    # What a PostgreSQL backend spent must not vanish from the postmaster's total when the backend exits.
+    me = psutil.Process()
+
+    def reaped() -> float:
+        return _cpu_seconds(me) - _cpu_seconds(me, reaped=False)
+
+    before = reaped()
+    burn = "import time\nwhile time.process_time() < 0.3:\n    pass"
+    subprocess.run([sys.executable, "-c", burn], check=True)
+    assert reaped() - before >= 0.2  # clock ticks of 10 ms: some slack
