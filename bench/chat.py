@@ -161,7 +161,8 @@ class Processes:
         }
 
     def cpu(self) -> dict[str, float]:
-        # The load generator's own children (git, at the start) are not what it spends on the streams.
+        # Not for the load generator: the parts themselves are its children, and their time would be
+        # counted twice once the stack stops and it reaps them.
         return {
             name: sum(_cpu_seconds(process, reaped=name != LOAD_GENERATOR) for process in found)
             for name, found in self._processes().items()

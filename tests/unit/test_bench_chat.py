@@ -18,12 +18,12 @@ def _spread(p50: float, p95: float) -> dict[str, float]:
 
 
 def _paced(streams: int, overhead_p95: float, ratio: float, rss: float) -> dict[str, Any]:
-    mesh = {"streams": streams, "completed": streams, "errors": {}, "first_delta_ms": _spread(100, 200)}
+    direct = {"streams": streams, "completed": streams, "errors": {}, "first_delta_ms": _spread(50, 100)}
     return {
         "streams": streams,
         "rounds": 3,
-        "mesh": mesh,
-        "direct": {**mesh, "first_delta_ms": _spread(50, 200 - overhead_p95)},
+        "mesh": {**direct, "first_delta_ms": _spread(100, 100 + overhead_p95)},
+        "direct": direct,
         "cpu_ms_per_turn": dict.fromkeys(PARTS, 1.0),
         "direct_cpu_ms_per_turn": dict.fromkeys(PARTS, 0.0),
         "peak_rss_mib": dict.fromkeys(PARTS, rss),
@@ -73,7 +73,7 @@ def test_each_target_has_its_verdict_and_the_series_without_one_have_none() -> N
 def test_the_report_has_a_row_per_paced_series_and_tells_the_held_one_apart_in_the_rss_table() -> None:
     report = markdown(_result())
     paced = [line for line in report.splitlines() if line.startswith("| 1000 | 1.60 |")]
-    assert paced == ["| 1000 | 1.60 | 1.60 | 100 / 200 | 50 / -1800 | 50 / 2000 | 10000 | 0 | - |"]
+    assert paced == ["| 1000 | 1.60 | 1.60 | 100 / 2100 | 50 / 100 | 50 / 2000 | 10000 | 0 | - |"]
     rss = report.split("Peak RSS (MiB) by process during each series:")[1].splitlines()
     assert [row for row in rss if row.startswith("| 1000")] == [
         "| 1000 | 230 | 230 |",
