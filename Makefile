@@ -66,7 +66,7 @@ bench-memory: install ## Memory recall latency and recall@10 at 100k and 1M memo
 bench-chat: install ## Streaming cost: overhead to first delta (tracing off and on), 1/50/200/1,000 paced streams against the model direct, 1,000 held
 	$(BIN)/python -m bench.chat
 
-bench-floor: install ## What the transports alone cost a stream: the mesh against skeletons making the same calls
+bench-floor: install ## What the transports alone cost a stream: the mesh against skeletons making the same calls, and with one hop less
 	$(BIN)/python -m bench.floor
 
 bench-timeline: install ## Where one turn's time goes (each kind of span at its median start and end), then a 50-stream burst's (p50/p95 from the burst), from the mesh's traces

@@ -19,6 +19,11 @@ admission with a second script. The skeleton memory answers StartTurn once two t
 once on two pooled PostgreSQL connections (the store and the recall). No authentication, validation,
 logging, metrics, tracing, encryption, SQL beyond `SELECT $1`, prompt or history.
 
+A third phase, **one hop less**, runs the skeleton orchestrator alone: it makes the skeleton memory's two
+statements itself, on a pool of its own, instead of the StartTurn call. It measures what a design whose
+turn start reaches PostgreSQL without a memory hop would cost at best (such a design would hand the
+orchestrator what memory alone holds now: the people's data keys).
+
 The floor's overhead over the model is what this design (Python services on grpc.aio, Envoy, Redis,
 PostgreSQL, the model's HTTP API, two cores shared with the model and the load generator) costs before any
 of the mesh's own work; the mesh's overhead above the floor is that work. Results go to
@@ -32,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import gc
 import json
 import os
@@ -74,26 +80,32 @@ RESULTS = Path(__file__).resolve().parent / "results"
 DELAY_MS = 20
 COALESCE_SECONDS = 0.05
 SKELETONS = ("orchestrator", "memory")
+PHASES = {"mesh": "mesh", "floor": "floor", "floor_one_hop_less": "floor, one hop less"}
+"""Each phase's key in the results and its row's name."""
 ADMIT = "redis.call('INCR', KEYS[1]); redis.call('EXPIRE', KEYS[1], 60); return 1"
 """The skeleton's admission and release: one script call each, as the orchestrator's limiter makes."""
 
 # -- the skeletons -------------------------------------------------------------------------------------------
 
 
+async def _statement(pool: asyncpg.Pool, value: object) -> None:
+    async with pool.acquire() as connection:
+        await connection.fetchval("SELECT $1::text", str(value))
+
+
+async def _start_turn(pool: asyncpg.Pool, request: memory_pb2.StartTurnRequest) -> None:
+    """What the skeleton memory does for a turn: two trivial statements at once (the store and the recall)."""
+    await asyncio.gather(_statement(pool, request.chat.text), _statement(pool, len(request.recall.embedding)))
+
+
 class _Memory:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
-    async def _statement(self, value: object) -> None:
-        async with self._pool.acquire() as connection:
-            await connection.fetchval("SELECT $1::text", str(value))
-
     async def StartTurn(
         self, request: memory_pb2.StartTurnRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> memory_pb2.StartTurnResponse:
-        await asyncio.gather(
-            self._statement(request.chat.text), self._statement(len(request.recall.embedding))
-        )
+        await _start_turn(self._pool, request)
         return memory_pb2.StartTurnResponse()
 
 
@@ -102,9 +114,10 @@ class _Orchestrator:
         self,
         session: aiohttp.ClientSession,
         redis: aioredis.Redis,
-        memory: memory_pb2_grpc.ConversationServiceAsyncStub,
+        memory: memory_pb2_grpc.ConversationServiceAsyncStub | asyncpg.Pool,
         model_url: str,
     ) -> None:
+        """`memory`: the skeleton memory, or a pool on which its statements are made here (one hop less)."""
         self._session = session
         self._admit = redis.register_script(ADMIT)
         self._memory = memory
@@ -123,9 +136,11 @@ class _Orchestrator:
         user = dict(context.invocation_metadata() or ()).get("authorization", "")[-16:]
         _, vector = await asyncio.gather(self._admit(keys=[f"floor:{user}"]), self._embedding(request.text))
         recall = memory_pb2.TurnRecall(k=8, embedding=vector, embedding_model="athena-offline")
-        await self._memory.StartTurn(
-            memory_pb2.StartTurnRequest(chat=request, history_messages=20, recall=recall)
-        )
+        start = memory_pb2.StartTurnRequest(chat=request, history_messages=20, recall=recall)
+        if isinstance(self._memory, asyncpg.Pool):
+            await _start_turn(self._memory, start)
+        else:
+            await self._memory.StartTurn(start)
         # One memory of 45 words for everyone: the mean of the users' own (30-60), which recall finds.
         body = {"model": "athena-offline", "stream": True, "messages": prompt(fact(15))}
         clock = asyncio.get_running_loop().time
@@ -177,14 +192,24 @@ async def serve_memory(port: int, database_url: str) -> None:
         await _serve(server, port)
 
 
-async def serve_orchestrator(port: int, memory_port: int, model_url: str, redis_url: str) -> None:
-    async with (
-        aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session,
-        grpc.aio.insecure_channel(f"127.0.0.1:{memory_port}") as channel,
-        aioredis.from_url(redis_url) as redis,
-    ):
+async def serve_orchestrator(
+    port: int, memory_port: int, model_url: str, redis_url: str, database_url: str | None = None
+) -> None:
+    """With `database_url`, the turn's statements are made here (one hop less) instead of in memory."""
+    async with contextlib.AsyncExitStack() as stack:
+        session = await stack.enter_async_context(
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        )
+        redis = await stack.enter_async_context(aioredis.from_url(redis_url))
+        memory: memory_pb2_grpc.ConversationServiceAsyncStub | asyncpg.Pool
+        if database_url:
+            memory = await stack.enter_async_context(
+                asyncpg.create_pool(database_url, min_size=4, max_size=20)
+            )
+        else:
+            channel = await stack.enter_async_context(grpc.aio.insecure_channel(f"127.0.0.1:{memory_port}"))
+            memory = memory_pb2_grpc.ConversationServiceStub(channel)
         server = grpc.aio.server()
-        memory = memory_pb2_grpc.ConversationServiceStub(channel)
         chat = grpc.unary_stream_rpc_method_handler(
             _Orchestrator(session, redis, memory, model_url).Chat,
             request_deserializer=chat_pb2.ChatRequest.FromString,
@@ -276,16 +301,50 @@ async def series(data: Path, streams: int, rounds: int, delay_ms: int) -> dict[s
             ),
         }
         try:
-            await asyncio.sleep(3.0)  # started, and found healthy by Envoy's checks
-            await _warm(streams, mesh)
-            stand_ins = {part: process.pid for part, process in skeletons.items()}
-            floor = await _phase(streams, rounds, mesh, client, Processes(stack, stand_ins))
+            floor = await _skeletons_phase(streams, rounds, mesh, client, skeletons)
         finally:
-            for process in skeletons.values():
-                process.terminate()
-                process.wait()
+            _stop(skeletons)
+        # One hop less: the skeleton orchestrator alone, making memory's statements itself.
+        alone = {
+            "orchestrator": _skeleton(
+                "orchestrator",
+                {
+                    "FLOOR_PORT": str(ports.orchestrator),
+                    "FLOOR_MEMORY_PORT": "0",
+                    "FLOOR_MODEL_URL": mesh.model_url,
+                    "REDIS_URL": stack.redis_url,
+                    "FLOOR_DATABASE_URL": stack.database_url,
+                },
+            )
+        }
+        try:
+            hop_less = await _skeletons_phase(streams, rounds, mesh, client, alone)
+        finally:
+            _stop(alone)
         await client.close()
-    return {"streams": streams, "rounds": rounds, "delay_ms": delay_ms, "mesh": whole, "floor": floor}
+    return {
+        "streams": streams,
+        "rounds": rounds,
+        "delay_ms": delay_ms,
+        "mesh": whole,
+        "floor": floor,
+        "floor_one_hop_less": hop_less,
+    }
+
+
+async def _skeletons_phase(
+    streams: int, rounds: int, mesh: Mesh, client: AsyncOpenAI, skeletons: dict[str, subprocess.Popen[bytes]]
+) -> dict[str, Any]:
+    await asyncio.sleep(3.0)  # started, and found healthy by Envoy's checks
+    await _warm(streams, mesh)
+    stand_ins = {part: process.pid for part, process in skeletons.items()}
+    return await _phase(streams, rounds, mesh, client, Processes(mesh.stack, stand_ins))
+
+
+def _stop(skeletons: dict[str, subprocess.Popen[bytes]]) -> None:
+    for process in skeletons.values():
+        process.terminate()
+        process.wait()
 
 
 async def run(instant_turns: int, streams: int, rounds: int) -> dict[str, Any]:
@@ -336,13 +395,15 @@ def _series_lines(found: dict[str, Any]) -> list[str]:
         "| CPU stolen |",
         "|---|---|---|---|---|---|",
     ]
-    for name in ("mesh", "floor"):
+    for name in PHASES:
+        if name not in found:  # results from before the third phase
+            continue
         phase = found[name]
         first, over = phase["first_delta_ms"], phase["overhead_ms"]
         lines.append(
-            f"| {name} | {first['mesh'][50]:.1f} / {first['mesh'][95]:.1f} | {first['direct'][50]:.1f} / "
-            f"{first['direct'][95]:.1f} | **{over[50]:.1f} / {over[95]:.1f}** | {phase['errors']} | "
-            f"{phase['cpu_stolen_percent']:.1f} % |"
+            f"| {PHASES[name]} | {first['mesh'][50]:.1f} / {first['mesh'][95]:.1f} | "
+            f"{first['direct'][50]:.1f} / {first['direct'][95]:.1f} | **{over[50]:.1f} / {over[95]:.1f}** | "
+            f"{phase['errors']} | {phase['cpu_stolen_percent']:.1f} % |"
         )
     parts = list(found["mesh"]["cpu_ms_per_turn"])
     if parts:
@@ -354,10 +415,12 @@ def _series_lines(found: dict[str, Any]) -> list[str]:
             "| | " + " | ".join(parts) + " | sum |",
             "|---|" + "---|" * (len(parts) + 1),
         ]
-        for name in ("mesh", "floor"):
+        for name in PHASES:
+            if name not in found:
+                continue
             cpu = found[name]["cpu_ms_per_turn"]
             cells = " | ".join(f"{cpu.get(part, 0.0):.2f}" for part in parts)
-            lines.append(f"| {name} | {cells} | {sum(cpu.values()):.1f} |")
+            lines.append(f"| {PHASES[name]} | {cells} | {sum(cpu.values()):.1f} |")
     return lines
 
 
@@ -380,7 +443,13 @@ def main(argv: Iterable[str] | None = None) -> None:
     elif args.role == "orchestrator":
         memory_port = int(os.environ["FLOOR_MEMORY_PORT"])
         uvloop.run(
-            serve_orchestrator(port, memory_port, os.environ["FLOOR_MODEL_URL"], os.environ["REDIS_URL"])
+            serve_orchestrator(
+                port,
+                memory_port,
+                os.environ["FLOOR_MODEL_URL"],
+                os.environ["REDIS_URL"],
+                os.environ.get("FLOOR_DATABASE_URL"),
+            )
         )
     else:
         result = uvloop.run(run(args.instant_turns, args.streams, args.rounds))

@@ -37,6 +37,7 @@ def test_the_report_shows_each_series_mesh_and_floor_with_their_overheads() -> N
                 "delay_ms": 20,
                 "mesh": _phase((185.0, 340.0), (65.0, 105.0), {"memory": 10.0, "orchestrator": 10.5}),
                 "floor": _phase((75.0, 140.0), (55.0, 95.0), {"memory": 0.8, "orchestrator": 5.3}),
+                "floor_one_hop_less": _phase((70.0, 120.0), (55.0, 95.0), {"orchestrator": 5.6}),
             },
         ],
     }
@@ -48,3 +49,7 @@ def test_the_report_shows_each_series_mesh_and_floor_with_their_overheads() -> N
     assert "| | memory | orchestrator | sum |" in report
     assert "| floor | 0.80 | 5.30 | 6.1 |" in report
     assert report.count("CPU milliseconds per turn") == 1, "one-stream rounds measure no CPU"
+    # The third phase where it ran (the one-stream series above predates it: no row there).
+    assert "| floor, one hop less | 70.0 / 120.0 | 55.0 / 95.0 | **15.0 / 25.0** |" in report
+    assert "| floor, one hop less | 0.00 | 5.60 | 5.6 |" in report
+    assert report.count("floor, one hop less") == 2
