@@ -146,9 +146,13 @@ def _rss_bytes(process: psutil.Process) -> int:
 class Processes:
     """CPU time and resident memory of each part of the mesh (and of this load generator)."""
 
-    def __init__(self, stack: Stack, stand_ins: Mapping[str, int] | None = None) -> None:
-        """`stand_ins`: parts whose process another replaces (its pid), counted under the part's name."""
-        pids = {name: stack.process(name).pid for name in stack.part_names} | dict(stand_ins or {})
+    def __init__(
+        self, stack: Stack, stand_ins: Mapping[str, int] | None = None, stopped: Iterable[str] = ()
+    ) -> None:
+        """`stand_ins`: parts whose process another replaces (its pid), counted under the part's name;
+        `stopped`: parts not running, nor replaced."""
+        running = [name for name in stack.part_names if name not in set(stopped)]
+        pids = {name: stack.process(name).pid for name in running} | dict(stand_ins or {})
         self._roots = {name: psutil.Process(pid) for name, pid in pids.items()}
         self._roots[LOAD_GENERATOR] = psutil.Process()
 

@@ -338,7 +338,8 @@ async def _skeletons_phase(
     await asyncio.sleep(3.0)  # started, and found healthy by Envoy's checks
     await _warm(streams, mesh)
     stand_ins = {part: process.pid for part, process in skeletons.items()}
-    return await _phase(streams, rounds, mesh, client, Processes(mesh.stack, stand_ins))
+    stopped = [part for part in SKELETONS if part not in skeletons]
+    return await _phase(streams, rounds, mesh, client, Processes(mesh.stack, stand_ins, stopped))
 
 
 def _stop(skeletons: dict[str, subprocess.Popen[bytes]]) -> None:
