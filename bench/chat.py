@@ -15,7 +15,8 @@ temporary data directory), each with the offline model pacing its words differen
    (memory embeds their messages and learns from them between calls, `mesh.quiet`): that CPU counts to
    the mesh's turns, and the model alone never runs beside it. Reported: answer duration mesh/direct
    (median, p95), first delta p50/p95 of both and their difference, delivered words/s, CPU-seconds per
-   turn of each process, and each process's peak RSS during the series.
+   turn of each process, and each process's peak RSS during the series (the kernel's high-water mark,
+   read after each round: nothing samples while the streams run).
 3. **held** (200 ms a word): 1,000 streams at once must all complete; errors, duration and peak RSS.
 
 With `--tracing` (the default), one stream at a time again, through two meshes side by side, turns
@@ -137,10 +138,20 @@ def _cpu_seconds(process: psutil.Process, *, reaped: bool = True) -> float:
     return 0.0  # ended meanwhile, not yet reaped (its time is counted once its parent waited for it)
 
 
-def _rss_bytes(process: psutil.Process) -> int:
-    with contextlib.suppress(psutil.Error):
-        return int(process.memory_info().rss)
+def _peak_rss_bytes(pid: int) -> int:
+    """The process's peak resident set size since it started or its peak was last reset (`_reset_peak_rss`):
+    Linux's high-water mark (`VmHWM` in /proc/<pid>/status); 0 once the process is gone."""
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
     return 0
+
+
+def _reset_peak_rss(pid: int) -> None:
+    """Starts the process's peak RSS afresh from its current RSS (Linux: "5" written to its clear_refs)."""
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/clear_refs", "w", encoding="ascii") as refs:
+        refs.write("5")
 
 
 class Processes:
@@ -172,8 +183,19 @@ class Processes:
             for name, found in self._processes().items()
         }
 
-    def rss(self) -> dict[str, int]:
-        return {name: sum(map(_rss_bytes, found)) for name, found in self._processes().items()}
+    def reset_peak_rss(self) -> None:
+        """Every process's peak RSS starts afresh (`peak_rss`)."""
+        for found in self._processes().values():
+            for process in found:
+                _reset_peak_rss(process.pid)
+
+    def peak_rss(self) -> dict[str, int]:
+        """Each part's peak RSS since `reset_peak_rss`: the sum of its processes' own peaks (exact for a part
+        of one process; for PostgreSQL, whose backends peak at different moments, an upper bound)."""
+        return {
+            name: sum(_peak_rss_bytes(process.pid) for process in found)
+            for name, found in self._processes().items()
+        }
 
     def usage(self) -> Usage:
         return Usage(self)
@@ -206,22 +228,19 @@ class Usage:
 
     @contextlib.asynccontextmanager
     async def watch(self, turns: int) -> AsyncIterator[None]:
-        """Counts the block's CPU time and peak RSS, for `turns` turns."""
+        """Counts the block's CPU time and peak RSS, for `turns` turns. Both are read before and after the
+        block, nothing while it runs: the kernel keeps each process's peak RSS itself (`VmHWM`, reset at
+        the start), so no spike between samples is missed and the load generator does no work of its own
+        meanwhile. (Sampling RSS every 250 ms, as this did before, scanned every process of the machine
+        for the parts' children each time — ~10 ms of the load generator's CPU, holding the GIL — and the
+        first scan fell on a burst's first deltas.)"""
         before = self._processes.cpu()
-
-        async def sample() -> None:
-            while True:
-                for name, rss in (await asyncio.to_thread(self._processes.rss)).items():
-                    self._peaks[name] = max(self._peaks.get(name, 0), rss)
-                await asyncio.sleep(0.25)
-
-        sampler = asyncio.create_task(sample())
+        self._processes.reset_peak_rss()
         try:
             yield
         finally:
-            sampler.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sampler
+            for name, peak in self._processes.peak_rss().items():
+                self._peaks[name] = max(self._peaks.get(name, 0), peak)
             for name, seconds in self._processes.cpu().items():
                 self._cpu[name] = self._cpu.get(name, 0.0) + seconds - before[name]
             self._turns += turns

@@ -1,14 +1,18 @@
-"""bench.chat's report: a verdict per target of issue 13 and a row per series, the held one told apart."""
+"""bench.chat's report (a verdict per target of issue 13, a row per series, the held one told apart) and what
+it measures with (CPU of ended children, peak RSS from the kernel's high-water mark)."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import psutil
+import pytest
 
-from bench.chat import _cpu_seconds, arguments, markdown, verdicts
+from bench.chat import Processes, _cpu_seconds, arguments, markdown, verdicts
 
 PARTS = ("memory", "orchestrator")
 
@@ -97,3 +101,78 @@ def test_the_cpu_of_a_child_that_ended_stays_counted_under_the_parent_that_reape
     burn = "import time\nwhile time.process_time() < 0.3:\n    pass"
     subprocess.run([sys.executable, "-c", burn], check=True)
     assert reaped() - before >= 0.2  # clock ticks of 10 ms: some slack
+
+
+class _Part:
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+
+class _Stack:
+    """What `Processes` reads of a stack: its parts' names and processes."""
+
+    def __init__(self, parts: dict[str, int]) -> None:
+        self._parts = parts
+        self.part_names = list(parts)
+
+    def process(self, name: str) -> _Part:
+        return _Part(self._parts[name])
+
+
+_ALLOCATOR = """
+import sys
+for line in sys.stdin:
+    block = bytearray(int(line) * 2**20)
+    for i in range(0, len(block), 4096):
+        block[i] = 1
+    del block
+    print("done", flush=True)
+"""
+
+
+@pytest.fixture
+def allocator() -> Iterator[subprocess.Popen[str]]:
+    """A process that, for each number of MiB it reads, touches that much memory, frees it and says done."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", _ALLOCATOR], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        yield process
+    finally:
+        process.kill()
+        process.wait()
+
+
+def _allocate(process: subprocess.Popen[str], mib: int) -> None:
+    assert process.stdin is not None
+    assert process.stdout is not None
+    process.stdin.write(f"{mib}\n")
+    process.stdin.flush()
+    assert process.stdout.readline().strip() == "done"
+
+
+def test_a_watched_block_reports_a_peak_that_came_and_went_within_it(
+    allocator: subprocess.Popen[str],
+) -> None:
+    processes = Processes(_Stack({"part": allocator.pid}))  # type: ignore[arg-type]
+    usage = processes.usage()
+
+    async def block() -> None:
+        async with usage.watch(1):
+            _allocate(allocator, 96)  # freed again before the block ends: no sample would see it
+
+    asyncio.run(block())
+    assert usage.peak_rss_mib()["part"] >= 96
+
+
+def test_a_peak_before_the_block_does_not_count(allocator: subprocess.Popen[str]) -> None:
+    _allocate(allocator, 96)
+    processes = Processes(_Stack({"part": allocator.pid}))  # type: ignore[arg-type]
+    usage = processes.usage()
+
+    async def block() -> None:
+        async with usage.watch(1):
+            pass
+
+    asyncio.run(block())
+    assert 0 < usage.peak_rss_mib()["part"] < 64
