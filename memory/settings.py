@@ -90,7 +90,8 @@ class MemorySettings(ServiceSettings):
     ephemeral_ttl_seconds: float = Field(300.0, gt=0)
     """Time to live of ephemeral values when the request gives none."""
     pool_min_size: int = Field(4, ge=0)
-    """Connections the pool keeps open however quiet it gets (those above it close after a minute unused).
+    """Connections the pool keeps open however quiet it gets (those above it close after five minutes unused,
+    `mesh.postgres.IDLE_CONNECTION_SECONDS`).
     A turn holds two at once (its message stored while memories are recalled) and its background work one
     or two more. With one kept, the first turn after a quiet minute opened another on its way (a new
     backend: its login, type introspection and cold catalog), 41-50 ms to the first delta instead of
