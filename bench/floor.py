@@ -285,42 +285,22 @@ async def series(data: Path, streams: int, rounds: int, delay_ms: int) -> dict[s
         whole = await _phase(streams, rounds, mesh, client, Processes(stack))
         for part in SKELETONS:
             stack.stop_part(part)
-        ports = stack.config.ports
-        skeletons = {
-            "memory": _skeleton(
-                "memory", {"FLOOR_PORT": str(ports.memory), "DATABASE_URL": stack.database_url}
-            ),
-            "orchestrator": _skeleton(
-                "orchestrator",
-                {
-                    "FLOOR_PORT": str(ports.orchestrator),
-                    "FLOOR_MEMORY_PORT": str(ports.memory),
-                    "FLOOR_MODEL_URL": mesh.model_url,
-                    "REDIS_URL": stack.redis_url,
-                },
-            ),
-        }
-        try:
-            floor = await _skeletons_phase(streams, rounds, mesh, client, skeletons)
-        finally:
-            _stop(skeletons)
+        memory = {"FLOOR_PORT": str(stack.config.ports.memory), "DATABASE_URL": stack.database_url}
+        floor = await _skeletons_phase(
+            streams,
+            rounds,
+            mesh,
+            client,
+            {"memory": _skeleton("memory", memory), "orchestrator": _orchestrator_skeleton(mesh)},
+        )
         # One hop less: the skeleton orchestrator alone, making memory's statements itself.
-        alone = {
-            "orchestrator": _skeleton(
-                "orchestrator",
-                {
-                    "FLOOR_PORT": str(ports.orchestrator),
-                    "FLOOR_MEMORY_PORT": "0",
-                    "FLOOR_MODEL_URL": mesh.model_url,
-                    "REDIS_URL": stack.redis_url,
-                    "FLOOR_DATABASE_URL": stack.database_url,
-                },
-            )
-        }
-        try:
-            hop_less = await _skeletons_phase(streams, rounds, mesh, client, alone)
-        finally:
-            _stop(alone)
+        hop_less = await _skeletons_phase(
+            streams,
+            rounds,
+            mesh,
+            client,
+            {"orchestrator": _orchestrator_skeleton(mesh, database_url=stack.database_url)},
+        )
         await client.close()
     return {
         "streams": streams,
@@ -332,20 +312,36 @@ async def series(data: Path, streams: int, rounds: int, delay_ms: int) -> dict[s
     }
 
 
+def _orchestrator_skeleton(mesh: Mesh, *, database_url: str | None = None) -> subprocess.Popen[bytes]:
+    """The skeleton orchestrator on the orchestrator's port; with `database_url`, making memory's statements
+    itself (one hop less) instead of calling the skeleton memory."""
+    ports = mesh.stack.config.ports
+    env = {
+        "FLOOR_PORT": str(ports.orchestrator),
+        "FLOOR_MEMORY_PORT": str(ports.memory),
+        "FLOOR_MODEL_URL": mesh.model_url,
+        "REDIS_URL": mesh.stack.redis_url,
+    }
+    if database_url:
+        env["FLOOR_DATABASE_URL"] = database_url
+    return _skeleton("orchestrator", env)
+
+
 async def _skeletons_phase(
     streams: int, rounds: int, mesh: Mesh, client: AsyncOpenAI, skeletons: dict[str, subprocess.Popen[bytes]]
 ) -> dict[str, Any]:
-    await asyncio.sleep(3.0)  # started, and found healthy by Envoy's checks
-    await _warm(streams, mesh)
-    stand_ins = {part: process.pid for part, process in skeletons.items()}
-    stopped = [part for part in SKELETONS if part not in skeletons]
-    return await _phase(streams, rounds, mesh, client, Processes(mesh.stack, stand_ins, stopped))
-
-
-def _stop(skeletons: dict[str, subprocess.Popen[bytes]]) -> None:
-    for process in skeletons.values():
-        process.terminate()
-        process.wait()
+    """A phase with `skeletons` (started) in place of their parts; the parts none replaces stay stopped.
+    The skeletons are stopped at its end."""
+    try:
+        await asyncio.sleep(3.0)  # started, and found healthy by Envoy's checks
+        await _warm(streams, mesh)
+        stand_ins = {part: process.pid for part, process in skeletons.items()}
+        stopped = [part for part in SKELETONS if part not in skeletons]
+        return await _phase(streams, rounds, mesh, client, Processes(mesh.stack, stand_ins, stopped))
+    finally:
+        for process in skeletons.values():
+            process.terminate()
+            process.wait()
 
 
 async def run(instant_turns: int, streams: int, rounds: int) -> dict[str, Any]:
