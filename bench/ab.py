@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import subprocess
 import tempfile
 import time
@@ -44,7 +43,7 @@ from bench.chat import (
     running_mesh,
 )
 from bench.provenance import StolenTime, commit, machine, write_results
-from mesh.app import GC_THRESHOLDS
+from mesh.collection import collect_as_a_server
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -227,7 +226,7 @@ def main(argv: Iterable[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=10, help="bursts of each revision")
     parser.add_argument("--delay-ms", type=int, default=20, help="the model's pacing, ms a word")
     args = parser.parse_args(list(argv) if argv is not None else None)
-    gc.set_threshold(*GC_THRESHOLDS)
+    collect_as_a_server()
     result = uvloop.run(compare(args.a, args.b, args.streams, args.rounds, args.delay_ms))
     write_results(RESULTS, "ab", result, markdown(result))
 

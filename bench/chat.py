@@ -60,7 +60,7 @@ from openai import AsyncOpenAI
 from bench.provenance import StolenTime, commit, machine, write_results
 from devstack.process import free_port
 from devstack.stack import Ports, Stack, StackConfig
-from mesh.app import GC_THRESHOLDS
+from mesh.collection import collect_as_a_server
 
 RESULTS = Path(__file__).resolve().parent / "results"
 QUESTION = "what do you know about my training plan?"
@@ -846,10 +846,10 @@ def arguments(argv: Iterable[str] | None = None) -> argparse.Namespace:
 def main(argv: Iterable[str] | None = None) -> None:
     args = arguments(argv)
     # The load generator shares the 2 cores with what it measures, so it runs as every part of the mesh
-    # does: on uvloop, and collected as the services collect (`mesh.app.GC_THRESHOLDS`; with CPython's
+    # does: on uvloop, and collected as the services collect (`mesh.collection`; with CPython's
     # defaults a full collection of this process, 80-90 ms with 200 streams open, paused every stream's
     # clock once or twice a round, mesh and direct alike).
-    gc.set_threshold(*GC_THRESHOLDS)
+    collect_as_a_server()
     result = uvloop.run(
         run(args.samples, args.streams, args.rounds, args.held, args.data_dir, tracing=args.tracing)
     )

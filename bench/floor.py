@@ -38,7 +38,6 @@ import argparse
 import asyncio
 import base64
 import contextlib
-import gc
 import json
 import os
 import subprocess
@@ -74,7 +73,7 @@ from bench.chat import (
     running_mesh,
 )
 from bench.provenance import StolenTime, commit, machine, write_results
-from mesh.app import GC_THRESHOLDS
+from mesh.collection import collect_as_a_server, freeze_startup
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DELAY_MS = 20
@@ -170,7 +169,7 @@ def _service(module: Any, name: str) -> str:
 async def _serve(server: grpc.aio.Server, port: int) -> None:
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
-    gc.freeze()
+    freeze_startup()
     await server.wait_for_termination()
 
 
@@ -433,7 +432,7 @@ def main(argv: Iterable[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=10, help="rounds of the paced series, pooled (10)")
     parser.add_argument("--results", type=Path, default=RESULTS, help=f"where to write (default: {RESULTS})")
     args = parser.parse_args(list(argv) if argv is not None else None)
-    gc.set_threshold(*GC_THRESHOLDS)  # as every service and bench.chat's load generator
+    collect_as_a_server()  # as every service and bench.chat's load generator
     port = int(os.environ.get("FLOOR_PORT", "0"))
     if args.role == "memory":
         uvloop.run(serve_memory(port, os.environ["DATABASE_URL"]))

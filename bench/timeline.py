@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import statistics
 import tempfile
 import time
@@ -37,7 +36,7 @@ from bench.chat import Processes, at_once, mesh_stream, percentile, running_mesh
 from bench.provenance import StolenTime, commit, machine, write_results
 from devstack.otlp_sink import OtlpSink, ReceivedSpan, serve
 from devstack.process import free_port
-from mesh.app import GC_THRESHOLDS
+from mesh.collection import collect_as_a_server
 
 RESULTS = Path(__file__).resolve().parent / "results"
 WARM_UP = 10
@@ -300,7 +299,7 @@ def main(argv: Iterable[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=5, help="traced bursts, after a warm-up one (5)")
     parser.add_argument("--results", type=Path, default=RESULTS, help=f"where to write (default: {RESULTS})")
     args = parser.parse_args(list(argv) if argv is not None else None)
-    gc.set_threshold(*GC_THRESHOLDS)  # as every service and bench.chat's load generator
+    collect_as_a_server()  # as every service and bench.chat's load generator
     result = uvloop.run(run(args.turns, args.burst, args.rounds))
     write_results(args.results, "timeline", result, markdown(result))
 
