@@ -6,16 +6,26 @@
   seen nothing, so another attempt (another replica, another model call) is invisible; after it, a
   failure is the caller's to see. The router's Chat and the orchestrator's model calls use it, each with
   its own policy (which errors, how often, within which deadline).
+
+Policies made per call are `OneCallRetrying`: tenacity's retrying object keeps its state in itself (a
+thread-local and the retry state, both referring back to it), so one made per call and dropped left 34
+objects a call in reference cycles, freed only by the cyclic garbage collector. With a model call and an
+event acknowledged each turn they were most of what the orchestrator's and memory's collections walked: a
+collection of the middle generation took 36 ms of the orchestrator, every stream stopped, at the start of a
+burst of 50 turns (15,000 objects collected).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import TypeVar
 
 from tenacity import (
     AsyncRetrying,
+    AttemptManager,
     RetryCallState,
     retry_if_exception_type,
     stop_after_delay,
@@ -26,6 +36,25 @@ from tenacity import (
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+class OneCallRetrying(AsyncRetrying):
+    """An `AsyncRetrying` for one call (`async for attempt in policy`): once its loop is over (the call
+    succeeded, or failed for good), it lets go of its state, so that dropping it frees it at once, with no
+    reference cycle left for the garbage collector. Its `statistics` are then empty: what a caller needs of
+    the attempts it reads in its `stop` or `before_sleep`. Its strategies may be shared between calls (they
+    keep no state); `retry_if_exception_type` refers to itself, so one made per call is a cycle of its own."""
+
+    async def __anext__(self) -> AttemptManager:
+        try:
+            return await super().__anext__()
+        except BaseException:  # StopAsyncIteration at the end, or the error it gave up on
+            self._let_go()
+            raise
+
+    def _let_go(self) -> None:
+        vars(self).pop("_retry_state", None)
+        self._local = threading.local()
 
 
 def log_retry(what: str) -> Callable[[RetryCallState], None]:
@@ -53,16 +82,22 @@ def until_reachable(
     within: float | None,
     first_delay: float = 0.2,
     max_delay: float = 2.0,
-) -> AsyncRetrying:
+) -> OneCallRetrying:
     """Retries `what` on `retry_on` with exponential backoff and jitter for `within` seconds (None:
     until it works), then raises the last error."""
-    return AsyncRetrying(
-        retry=retry_if_exception_type(retry_on),
+    return OneCallRetrying(
+        retry=_retrying_on(retry_on),
         stop=stop_after_delay(within) if within is not None else stop_never,
         wait=wait_exponential_jitter(multiplier=first_delay, max=max_delay, jitter=first_delay),
         before_sleep=log_retry(what),
         reraise=True,
     )
+
+
+@functools.cache
+def _retrying_on(errors: tuple[type[BaseException], ...]) -> retry_if_exception_type:
+    """One strategy per set of errors, shared by every call retrying on them (see `OneCallRetrying`)."""
+    return retry_if_exception_type(errors)
 
 
 async def first_item_retrying(

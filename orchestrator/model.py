@@ -28,12 +28,12 @@ from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
+from tenacity import RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
 from mesh import genai
 from mesh.errors import AthenaError, DeadlineExceeded, FailedPrecondition, Unavailable
 from mesh.model_api import ModelApi, ModelApiError, ModelApiStatus, ModelApiTimeout, ModelApiUnreachable
-from mesh.retry import first_item_retrying, log_retry
+from mesh.retry import OneCallRetrying, first_item_retrying, log_retry
 from orchestrator.coalesce import ReadPause, read_pause
 from orchestrator.metrics import MODEL_ERRORS, MODEL_RETRIES
 from orchestrator.records import Usage
@@ -366,9 +366,10 @@ class RetryingModel(ChatModel):
         self._attempts = attempts
         self._timeout = timeout
         self._time_remaining = time_remaining
-        self._first_delay = first_delay
-        self._max_delay = max_delay
         self._margin = margin
+        # Shared by every call: strategies keep no state (`mesh.retry.OneCallRetrying`).
+        self._retry_on = retry_if_exception_type((ModelUnavailable, ModelTimeout))
+        self._wait = wait_exponential_jitter(multiplier=first_delay, max=max_delay, jitter=first_delay)
 
     def _attempt_timeout(self) -> float:
         remaining = self._time_remaining()
@@ -379,19 +380,20 @@ class RetryingModel(ChatModel):
 
     async def stream(self, request: ModelRequest) -> AsyncGenerator[ModelEvent, None]:
         out_of_time = False
+        attempts = 1
 
         def give_up(state: RetryCallState) -> bool:
-            nonlocal out_of_time
+            nonlocal out_of_time, attempts
             remaining = self._time_remaining()
             out_of_time = remaining is not None and remaining <= state.upcoming_sleep + 2 * self._margin
-            return out_of_time or state.attempt_number >= self._attempts
+            stop = out_of_time or state.attempt_number >= self._attempts
+            attempts = state.attempt_number if stop else state.attempt_number + 1
+            return stop
 
-        policy = AsyncRetrying(
-            retry=retry_if_exception_type((ModelUnavailable, ModelTimeout)),
+        policy = OneCallRetrying(
+            retry=self._retry_on,
             stop=give_up,
-            wait=wait_exponential_jitter(
-                multiplier=self._first_delay, max=self._max_delay, jitter=self._first_delay
-            ),
+            wait=self._wait,
             before_sleep=_counting_retries(request.model, log_retry("a model call")),
             reraise=True,
         )
@@ -403,7 +405,6 @@ class RetryingModel(ChatModel):
                 async for event in events:
                     yield event
         except (ModelUnavailable, ModelTimeout) as exc:
-            attempts = int(policy.statistics.get("attempt_number", 1))
             final = _final(exc, attempts, out_of_time=out_of_time)
             MODEL_ERRORS.labels(request.model, final.status).inc()
             raise final from exc
