@@ -157,6 +157,8 @@ async def build(settings: OrchestratorSettings, deps: OrchestratorDeps) -> Assem
                     user_id, conversation_id, message, credentials
                 ),
                 consumer=f"{socket.gethostname()}-{os.getpid()}",
+                # Its read for new answers must end before the client's timeout cuts it off.
+                block_seconds=settings.redis_timeout_seconds / 2,
             )
             outbox, background = redis_outbox, [redis_outbox.deliver_forever]
     api = model_api(settings, deps)

@@ -48,12 +48,16 @@ class RedisAnswerOutbox:
         consumer: str,
         claim_idle_seconds: float = 30.0,
         retry_seconds: float = 1.0,
+        block_seconds: float = 0.5,
     ) -> None:
+        """`block_seconds`: how long a read waits for new answers; below the client's socket timeout, or
+        the read is cut off as if the server were down."""
         self._redis = redis
         self._deliver = deliver
         self._consumer = consumer
         self._claim_idle_ms = int(claim_idle_seconds * 1000)
         self._retry_seconds = retry_seconds
+        self._block_ms = max(1, int(block_seconds * 1000))
 
     async def put(self, user_id: str, conversation_id: str, message: AssistantMessage) -> None:
         entry: dict[Any, Any] = {
@@ -106,7 +110,7 @@ class RedisAnswerOutbox:
             entries = [*_entries(mine), *claimed[1]]
             if not entries:
                 fresh = await self._redis.xreadgroup(
-                    GROUP, self._consumer, {STREAM: ">"}, count=20, block=int(self._retry_seconds * 1000)
+                    GROUP, self._consumer, {STREAM: ">"}, count=20, block=self._block_ms
                 )
                 entries = _entries(fresh)
         delivered = False

@@ -170,3 +170,25 @@ async def test_an_answer_kept_by_a_replica_that_died_is_delivered_once_by_anothe
     assert await client.xlen(STREAM) == 0
     assert (await client.xpending(STREAM, GROUP))["pending"] == 0
     await client.aclose()
+
+
+async def test_an_idle_outbox_waits_quietly_on_a_healthy_server(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its blocking read for new answers ends before the client's timeout would cut it off: an empty
+    outbox does not report the server unreachable (it did every 3 s, with a 1-s read on a 1-s client)."""
+
+    async def deliver(user_id: str, conversation_id: str, message: AssistantMessage) -> None:
+        raise AssertionError("nothing to deliver")
+
+    client = connect(redis_url, 1.0)
+    outbox = RedisAnswerOutbox(client, deliver, consumer="idle", block_seconds=0.5)
+    idle = asyncio.create_task(outbox.deliver_forever())
+    try:
+        await asyncio.sleep(3.5)
+    finally:
+        idle.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await idle
+        await client.aclose()
+    assert [r.getMessage() for r in caplog.records if r.name == "orchestrator.outbox"] == []
