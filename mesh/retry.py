@@ -43,7 +43,7 @@ class OneCallRetrying(AsyncRetrying):
     succeeded, or failed for good), it lets go of its state, so that dropping it frees it at once, with no
     reference cycle left for the garbage collector. Its `statistics` are then empty: what a caller needs of
     the attempts it reads in its `stop` or `before_sleep`. Its strategies may be shared between calls (they
-    keep no state); `retry_if_exception_type` refers to itself, so one made per call is a cycle of its own."""
+    keep no state; `retrying_on` shares the one that refers to itself)."""
 
     async def __anext__(self) -> AttemptManager:
         try:
@@ -86,7 +86,7 @@ def until_reachable(
     """Retries `what` on `retry_on` with exponential backoff and jitter for `within` seconds (None:
     until it works), then raises the last error."""
     return OneCallRetrying(
-        retry=_retrying_on(retry_on),
+        retry=retrying_on(retry_on),
         stop=stop_after_delay(within) if within is not None else stop_never,
         wait=wait_exponential_jitter(multiplier=first_delay, max=max_delay, jitter=first_delay),
         before_sleep=log_retry(what),
@@ -95,8 +95,9 @@ def until_reachable(
 
 
 @functools.cache
-def _retrying_on(errors: tuple[type[BaseException], ...]) -> retry_if_exception_type:
-    """One strategy per set of errors, shared by every call retrying on them (see `OneCallRetrying`)."""
+def retrying_on(errors: tuple[type[BaseException], ...]) -> retry_if_exception_type:
+    """Tenacity's `retry_if_exception_type(errors)`, one per set of errors, shared by every policy retrying
+    on them: made per call it is a reference cycle of its own (see `OneCallRetrying`)."""
     return retry_if_exception_type(errors)
 
 

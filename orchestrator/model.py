@@ -28,12 +28,12 @@ from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from tenacity import RetryCallState, retry_if_exception_type, wait_exponential_jitter
+from tenacity import RetryCallState, wait_exponential_jitter
 
 from mesh import genai
 from mesh.errors import AthenaError, DeadlineExceeded, FailedPrecondition, Unavailable
 from mesh.model_api import ModelApi, ModelApiError, ModelApiStatus, ModelApiTimeout, ModelApiUnreachable
-from mesh.retry import OneCallRetrying, first_item_retrying, log_retry
+from mesh.retry import OneCallRetrying, first_item_retrying, log_retry, retrying_on
 from orchestrator.coalesce import ReadPause, read_pause
 from orchestrator.metrics import MODEL_ERRORS, MODEL_RETRIES
 from orchestrator.records import Usage
@@ -368,7 +368,6 @@ class RetryingModel(ChatModel):
         self._time_remaining = time_remaining
         self._margin = margin
         # Shared by every call: strategies keep no state (`mesh.retry.OneCallRetrying`).
-        self._retry_on = retry_if_exception_type((ModelUnavailable, ModelTimeout))
         self._wait = wait_exponential_jitter(multiplier=first_delay, max=max_delay, jitter=first_delay)
 
     def _attempt_timeout(self) -> float:
@@ -391,7 +390,7 @@ class RetryingModel(ChatModel):
             return stop
 
         policy = OneCallRetrying(
-            retry=self._retry_on,
+            retry=retrying_on((ModelUnavailable, ModelTimeout)),
             stop=give_up,
             wait=self._wait,
             before_sleep=_counting_retries(request.model, log_retry("a model call")),

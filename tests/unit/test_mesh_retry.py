@@ -6,9 +6,9 @@ import gc
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
-from tenacity import retry_if_exception_type, stop_after_attempt, wait_none
+from tenacity import stop_after_attempt, wait_none
 
-from mesh.retry import OneCallRetrying, first_item_retrying, until_reachable
+from mesh.retry import OneCallRetrying, first_item_retrying, retrying_on, until_reachable
 
 
 class Flaky(Exception):
@@ -26,12 +26,10 @@ def collector_off() -> Iterator[None]:
         gc.enable()
 
 
-RETRY_ON_FLAKY = retry_if_exception_type(Flaky)
-"""Shared, as strategies are (one refers to itself: made per call, it would be a cycle of its own)."""
-
-
 def policy() -> OneCallRetrying:
-    return OneCallRetrying(retry=RETRY_ON_FLAKY, stop=stop_after_attempt(3), wait=wait_none(), reraise=True)
+    return OneCallRetrying(
+        retry=retrying_on((Flaky,)), stop=stop_after_attempt(3), wait=wait_none(), reraise=True
+    )
 
 
 async def attempts(policy: OneCallRetrying, failures: int) -> int:
