@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 Connection: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"
 
 
-class SessionConnection(asyncpg.Connection):
+class SessionConnection(postgres.PooledConnection):
     """A pooled connection that remembers what its session is scoped to (`Database.statements`): the
     settings it set with `set_config(..., false)`, the user first. A connection replaced by the pool (broken,
     idle too long) starts empty, as its new session does."""

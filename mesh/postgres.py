@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeAlias, cast
+from typing import Any, ClassVar, TypeAlias, cast
 
 import asyncpg
 
@@ -48,6 +48,65 @@ async def translated(what: str = "the database") -> AsyncIterator[None]:
         raise Unavailable(f"{what} is unavailable") from exc
 
 
+FIRST_NORMAL_OBJECT_ID = 16384
+"""PostgreSQL's own objects (its built-in types among them) have OIDs below this one: initdb assigns them,
+the same in every database of a server version. Extensions and `CREATE TYPE` get OIDs from it up."""
+
+
+class _NoStatement:
+    """Stands for the introspection statement when none ran: asyncpg re-prepares the statement it is
+    preparing only after an anonymous introspection statement (`name` empty) replaced it."""
+
+    name = "(types known)"
+
+
+class PooledConnection(asyncpg.Connection):
+    """Every pool's connection (`open_pool`): asyncpg's, learning PostgreSQL's built-in types once per
+    process instead of once per connection.
+
+    asyncpg knows few array types by itself: a statement with `uuid[]` or `bytea[]` parameters, or returning
+    `record[]` (memory's turn statement with its recall's candidates), makes a connection that has not seen
+    them run asyncpg's type introspection first, a recursive query over the catalog that PostgreSQL took
+    10-42 ms to plan and run each time. Every connection of a pool did, on the way of the call that met
+    them: in a burst of 50 turns after a warm-up of 100, memory's connections ran it 3-6 times in the
+    first round, whose PostgreSQL planning came to 113-153 ms (52 ms with it learnt once; 2026-12-04).
+    What it answers about a built-in type (OID below `FIRST_NORMAL_OBJECT_ID`) is the same for every
+    connection to one server version, so it is kept here for the process, and a connection asks only
+    about the rest (types of extensions and of the schema: their OIDs can change)."""
+
+    __slots__ = ()
+
+    _builtin_types: ClassVar[dict[tuple[Any, int], Any]] = {}  # (server version, OID) → introspection row
+
+    async def _introspect_types(self, typeoids: Any, timeout: Any) -> tuple[list[Any], Any]:  # noqa: ASYNC109 (asyncpg's)
+        version = self.get_server_version()
+        known = self._known_types(version, list(typeoids))
+        if known is not None:
+            return known, _NoStatement
+        types, statement = await super()._introspect_types(typeoids, timeout)  # type: ignore[misc]
+        if all(row["oid"] < FIRST_NORMAL_OBJECT_ID for row in types):
+            for row in types:
+                self._builtin_types[version, row["oid"]] = row
+        return types, statement
+
+    def _known_types(self, version: Any, oids: list[int]) -> list[Any] | None:
+        """The introspection rows of `oids` and of the types they are made of (elements, base types; those
+        first), when every one of `oids` is known; else None."""
+        rows: dict[int, Any] = {}
+
+        def add(oid: int) -> bool:
+            row = self._builtin_types.get((version, oid))
+            if row is None:
+                return False
+            for part in (row["elemtype"], row["basetype"], row["range_subtype"], *(row["attrtypoids"] or ())):
+                if part and part not in rows:
+                    add(part)  # learnt with the types made of it
+            rows.setdefault(oid, row)
+            return True
+
+        return list(rows.values()) if all(add(oid) for oid in oids) else None
+
+
 IDLE_CONNECTION_SECONDS = 300.0
 """How long a pooled connection above the pool's minimum stays open unused (asyncpg's own default). A
 connection opened anew costs its first call a new backend: 5.4 ms to connect and prepare the codecs, and
@@ -66,11 +125,11 @@ async def open_pool(
     connect_timeout: float = 5.0,
     command_timeout: float = 30.0,
     init: Callable[[Connection], Awaitable[None]] | None = None,
-    connection_class: type[Connection] = asyncpg.Connection,
+    connection_class: type[PooledConnection] = PooledConnection,
     max_idle_seconds: float = IDLE_CONNECTION_SECONDS,
 ) -> Pool:
-    """A pool of `max_size` connections of `connection_class`; `init` prepares each new connection (type
-    codecs); a connection above `min_size` closes once unused for `max_idle_seconds`."""
+    """A pool of `max_size` connections of `connection_class` (a `PooledConnection`); `init` prepares each
+    new connection (type codecs); a connection above `min_size` closes once unused for `max_idle_seconds`."""
     async with translated():
         return await asyncpg.create_pool(
             database_url,
