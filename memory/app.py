@@ -108,7 +108,7 @@ async def build(settings: MemorySettings, deps: MemoryDeps) -> Assembly:
     )
     pool = await deps.postgres(
         settings.database_url,
-        min_size=settings.pool_min_size,
+        min_size=settings.pool_floor,
         max_size=settings.pool_max_size,
         connect_timeout=settings.db_acquire_timeout_seconds,
         command_timeout=settings.db_command_timeout_seconds,

@@ -89,13 +89,16 @@ class MemorySettings(ServiceSettings):
     the turn over after it lapses)."""
     ephemeral_ttl_seconds: float = Field(300.0, gt=0)
     """Time to live of ephemeral values when the request gives none."""
-    pool_min_size: int = Field(4, ge=0)
-    """Connections the pool keeps open however quiet it gets (those above it close after five minutes unused,
-    `mesh.postgres.IDLE_CONNECTION_SECONDS`).
-    A turn holds two at once (its message stored while memories are recalled) and its background work one
-    or two more. With one kept, the first turn after a quiet minute opened another on its way (a new
-    backend: its login, type introspection and cold catalog), 41-50 ms to the first delta instead of
-    14-25 ms with four kept."""
+    pool_min_size: int | None = Field(None, ge=0)
+    """Connections the pool keeps open however quiet it gets; unset, all it may open (`pool_max_size`): a
+    pool of a fixed size, as HikariCP recommends for spikes of demand. Those above it close after five
+    minutes unused (`mesh.postgres.IDLE_CONNECTION_SECONDS`) and are opened again by the next burst, on
+    its turns' way: a new backend (its login, its cold catalog caches, every statement parsed and planned
+    anew), 41-50 ms to the first delta of a lone turn instead of 14-25 ms (one kept open against four,
+    2026-12-03). With four kept, bursts of 50 turns after a warm-up of 20 at a time still opened 3-5 more
+    in some rounds, PostgreSQL's CPU a turn 2.6-3.4 ms there against 0.8-1.8 with all twenty open
+    (2026-12-04). A turn holds two at once (its message stored while memories are recalled) and its
+    background work one or two more."""
     pool_max_size: int = Field(20, ge=1)
     """Most connections the pool opens."""
     db_acquire_timeout_seconds: float = Field(2.0, gt=0)
@@ -165,11 +168,16 @@ class MemorySettings(ServiceSettings):
     @model_validator(mode="after")
     def _pool_floor_within_its_size(self) -> MemorySettings:
         """A pool that would keep more connections open than it may open stops start-up."""
-        if self.pool_min_size > self.pool_max_size:
+        if self.pool_floor > self.pool_max_size:
             raise ValueError(
                 f"pool_min_size ({self.pool_min_size}) must not exceed pool_max_size ({self.pool_max_size})"
             )
         return self
+
+    @property
+    def pool_floor(self) -> int:
+        """Connections the pool keeps open (`pool_min_size`, else `pool_max_size`)."""
+        return self.pool_max_size if self.pool_min_size is None else self.pool_min_size
 
     @property
     def embedding(self) -> EmbeddingModel:

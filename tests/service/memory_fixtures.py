@@ -110,6 +110,8 @@ async def start_memory(
     overrides.setdefault("extraction_enabled", False)  # tests of fact learning turn it on
     # Tests poll every 50 ms, which is never quiet for long: background work at once (mesh.quiet has tests).
     overrides.setdefault("background_quiet_seconds", 0)
+    # One connection kept, not the twenty a deployment keeps: tests start many memory services.
+    overrides.setdefault("pool_min_size", 1)
     embedder = embedder or HashingEmbedder(DIMENSION)
     settings = MemorySettings(
         **service_settings(

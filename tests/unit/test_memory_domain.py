@@ -245,10 +245,13 @@ def test_settings_read_the_shared_variables(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_the_pool_keeps_connections_open_within_what_it_may_open(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unset, the pool's floor is its size (a pool of a fixed size); a floor set stays within the size."""
     monkeypatch.delenv("MEMORY_POOL_MIN_SIZE", raising=False)
     monkeypatch.delenv("MEMORY_POOL_MAX_SIZE", raising=False)
-    assert (MemorySettings().pool_min_size, MemorySettings().pool_max_size) == (4, 20)
-    assert MemorySettings(pool_min_size=2, pool_max_size=2).pool_min_size == 2
+    assert (MemorySettings().pool_floor, MemorySettings().pool_max_size) == (20, 20)
+    assert MemorySettings(pool_max_size=8).pool_floor == 8
+    assert MemorySettings(pool_min_size=2, pool_max_size=2).pool_floor == 2
+    assert MemorySettings(pool_min_size=0).pool_floor == 0
     with pytest.raises(ValueError, match=r"pool_min_size \(3\) must not exceed pool_max_size \(2\)"):
         MemorySettings(pool_min_size=3, pool_max_size=2)
 
