@@ -11,7 +11,8 @@ temporary data directory), each with the offline model pacing its words differen
    number of streams is then sent straight to the model server with the prompt the orchestrator sends it.
    Every user has chatted once before (their data key and token known to the mesh, as for anyone who
    chatted in the last few minutes); each series runs `--rounds` rounds (3), mesh and model alternating,
-   and pools their streams. After each mesh round the mesh first finishes what its turns left for later
+   and pools their streams, after one round of each that it reports apart (`first_round`: the first burst
+   at a concurrency, a warm-up). After each mesh round the mesh first finishes what its turns left for later
    (memory embeds their messages and learns from them between calls, `mesh.quiet`): that CPU counts to
    the mesh's turns, and the model alone never runs beside it. Reported: answer duration mesh/direct
    (median, p95), first delta p50/p95 of both and their difference, delivered words/s, CPU-seconds per
@@ -531,6 +532,7 @@ async def paced_series(data: Path, counts: Sequence[int], rounds: int) -> list[d
         for first in range(0, len(users), 20):
             await asyncio.gather(*(mesh_stream(mesh, user) for user in users[first : first + 20]))
         for count in counts:
+            first_burst = await first_round(mesh, client, processes, count)
             mesh_usage, direct_usage = processes.usage(), processes.usage()
             through: list[Stream] = []
             direct: list[Stream] = []
@@ -560,6 +562,7 @@ async def paced_series(data: Path, counts: Sequence[int], rounds: int) -> list[d
                 "direct_cpu_ms_per_turn": direct_usage.cpu_ms_per_turn(),
                 "words_per_second": edge.get("words", 0) / wall,
                 "cpu_stolen_percent": stolen.percent(),
+                "first_round": first_burst,
             }
             if edge["completed"] and model["completed"]:
                 report["duration_ratio"] = {
@@ -572,6 +575,27 @@ async def paced_series(data: Path, counts: Sequence[int], rounds: int) -> list[d
             print(f"paced, {count} streams: {json.dumps(report)}", flush=True)
         await client.close()
     return results
+
+
+async def first_round(mesh: Mesh, client: AsyncOpenAI, processes: Processes, count: int) -> dict[str, Any]:
+    """One round of `count` streams through the mesh and then to the model alone, before a series' rounds
+    and not pooled with them (a warm-up round, as benchmark harnesses run one): the first burst a mesh serves
+    at a concurrency touches memory no earlier one did, in every process. Measured on 2026-12-04 with the
+    paced mesh after this warm-up, bursts of 50: PostgreSQL took 8,400 page faults in the first round against
+    200-1,900 in later ones, the load generator 6,000 against 300-1,200, and the first round's mesh first
+    delta p95 was the highest of the 4-10 rounds in 9 runs of 14, among the three highest in the others.
+    Its figures are reported apart (`first_round`)."""
+    through = await at_once(count, lambda i: mesh_stream(mesh, i))
+    await processes.settled()
+    direct = await at_once(count, lambda i: direct_stream(client, fact(i)))
+    edge, model = streams_summary(through), streams_summary(direct)
+    if not (edge["completed"] and model["completed"]):
+        return {"errors": edge["errors"]}
+    return {
+        "first_delta_overhead_ms": edge["first_delta_ms"]["p95"] - model["first_delta_ms"]["p95"],
+        "duration_ratio": edge["duration_ms"]["p50"] / model["duration_ms"]["p50"],
+        "errors": edge["errors"],
+    }
 
 
 async def held_series(data: Path, count: int) -> dict[str, Any]:
@@ -704,23 +728,35 @@ def _paced_lines(paced: list[dict[str, Any]]) -> list[str]:
         f"Each series: {paced[0].get('rounds', 1)} rounds of that many streams started at once, "
         "mesh and model alone alternating, streams pooled; every user has chatted once before. After each "
         "mesh round, the background work its turns left (embedding, learning) is done before the model runs "
-        "alone, and counted in the mesh's CPU.",
+        "alone, and counted in the mesh's CPU. Before them, one round of each, not pooled (the first burst "
+        "at that concurrency: `first_round` in bench/chat.py); its overhead p95 and duration ratio in the "
+        "last column.",
         "",
         "| streams | duration mesh/direct p50 | p95 | first delta mesh p50 / p95 ms | direct p50 / p95 ms "
-        "| overhead p50 / p95 ms | words/s | errors | CPU stolen |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| overhead p50 / p95 ms | words/s | errors | CPU stolen | first round: overhead p95, ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in paced:
         stolen = f"{s['cpu_stolen_percent']:.1f} %" if "cpu_stolen_percent" in s else "-"
+        first = s.get("first_round", {})
+        cold = (
+            f"{first['first_delta_overhead_ms']:.0f} ms, {first['duration_ratio']:.2f}"
+            if "duration_ratio" in first
+            else f"errors {first['errors']}"
+            if first
+            else "-"
+        )
         if "duration_ratio" not in s:
-            lines.append(f"| {s['streams']} | - | - | - | - | - | - | {s['mesh'].get('errors')} | {stolen} |")
+            lines.append(
+                f"| {s['streams']} | - | - | - | - | - | - | {s['mesh'].get('errors')} | {stolen} | {cold} |"
+            )
             continue
         m, d, o = s["mesh"]["first_delta_ms"], s["direct"]["first_delta_ms"], s["first_delta_overhead_ms"]
         lines.append(
             f"| {s['streams']} | {s['duration_ratio']['p50']:.2f} | {s['duration_ratio']['p95']:.2f} | "
             f"{m['p50']:.0f} / {m['p95']:.0f} | {d['p50']:.0f} / {d['p95']:.0f} | "
             f"{o['p50']:.0f} / {o['p95']:.0f} | "
-            f"{s['words_per_second']:.0f} | {s['mesh']['errors'] or 0} | {stolen} |"
+            f"{s['words_per_second']:.0f} | {s['mesh']['errors'] or 0} | {stolen} | {cold} |"
         )
     lines += ["", "CPU milliseconds per turn, by process (mesh series; the direct series in brackets):", ""]
     names = list(paced[0]["cpu_ms_per_turn"])
