@@ -72,7 +72,9 @@ class PooledConnection(asyncpg.Connection):
     first round, whose PostgreSQL planning came to 113-153 ms (52 ms with it learnt once; 2026-12-04).
     What it answers about a built-in type (OID below `FIRST_NORMAL_OBJECT_ID`) is the same for every
     connection to one server version, so it is kept here for the process, and a connection asks only
-    about the rest (types of extensions and of the schema: their OIDs can change)."""
+    about the rest (types of extensions and of the schema: their OIDs can change). asyncpg has no public
+    way to share them: this overrides its `_introspect_types` (asyncpg is pinned, and
+    tests/service/test_postgres_pool.py fails if the override stops being called or stops sharing)."""
 
     __slots__ = ()
 
