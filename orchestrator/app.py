@@ -24,9 +24,11 @@ from mesh.server import Service
 from mesh.validation import check, shared_validator
 from orchestrator.catalog import Catalog, CatalogError
 from orchestrator.embedding import TurnEmbedder
+from orchestrator.gate import StartLimit
 from orchestrator.integrations_client import ConnectedCalendars, ConnectedDrives, ConnectedHealth
 from orchestrator.limits import Limiter, LimitStore
 from orchestrator.memory_client import GrpcMemoryGateway, sync_request
+from orchestrator.metrics import TURN_START_LIMIT, TURN_STARTS_WAITING
 from orchestrator.model import ChatModel, OpenAIChatModel, RetryingModel
 from orchestrator.outbox import RedisAnswerOutbox
 from orchestrator.ports import AgentStore, AnswerOutbox, MemoryGateway
@@ -163,6 +165,10 @@ async def build(settings: OrchestratorSettings, deps: OrchestratorDeps) -> Assem
             outbox, background = redis_outbox, [redis_outbox.deliver_forever]
     api = model_api(settings, deps)
     embedding_model = settings.turn_embedding_model
+    start_limit = StartLimit(settings.turn_starts_at_once, settings.turn_starts_at_most)
+    # Read when scraped (nothing per turn); one limit serves a process.
+    TURN_START_LIMIT.set_function(lambda: start_limit.limit)
+    TURN_STARTS_WAITING.set_function(lambda: start_limit.waiting)
     runner = TurnRunner(
         catalog,
         memory,
@@ -183,6 +189,7 @@ async def build(settings: OrchestratorSettings, deps: OrchestratorDeps) -> Assem
         recall_k=settings.recall_k,
         lease_seconds=settings.turn_lease_seconds,
         outbox=outbox,
+        start_limit=start_limit,
     )
     # Registered after the channel, so it runs first on stop: pending failed-turn writes still reach memory.
     deps.on_close(runner.wait_background)

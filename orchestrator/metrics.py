@@ -39,6 +39,15 @@ TURNS_STARTING = Gauge(
     "first token): how far behind starting turns it is. While any has, answers under way send their text "
     "less often (orchestrator.coalesce).",
 )
+TURN_START_LIMIT = Gauge(
+    "athena_chat_turn_start_limit",
+    "Turns this orchestrator starts in memory at once at most now (orchestrator.gate): above its floor "
+    "while memory keeps up with more.",
+)
+TURN_STARTS_WAITING = Gauge(
+    "athena_chat_turn_starts_waiting",
+    "Turns of this orchestrator waiting for a place under that limit before memory starts them.",
+)
 MODEL_ERRORS = Counter(
     "athena_model_errors_total",
     "Model calls that failed after their retries, by the status the turn got.",

@@ -85,6 +85,12 @@ class OrchestratorSettings(ServiceSettings):
     """How many earlier messages of the conversation are packed into the prompt."""
     recall_k: int = Field(8, ge=1, le=50)
     """How many memories are recalled for the prompt."""
+    turn_starts_at_once: int = Field(8, ge=1, le=1024)
+    """Turns this replica starts in memory at once at least (`orchestrator.gate`): a burst's other turns
+    wait for a place, so that the first ones are answered while memory stores the next."""
+    turn_starts_at_most: int = Field(256, ge=1, le=4096)
+    """Turns started in memory at once at most, however well memory keeps up (the limit grows from
+    `turn_starts_at_once` while memory's latency shows no queue)."""
     model_attempts: int = Field(3, ge=1, le=10)
     """Attempts of one model call on 429, 5xx and timeouts (only before anything was streamed)."""
     model_timeout_seconds: float = Field(60.0, gt=0)

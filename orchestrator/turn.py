@@ -46,6 +46,7 @@ from orchestrator.events import (
     ToolCallStarted,
     TurnEvent,
 )
+from orchestrator.gate import StartLimit
 from orchestrator.metrics import TIME_TO_FIRST_TOKEN, TOKENS, TURN_DURATION
 from orchestrator.model import (
     ChatMessage,
@@ -117,6 +118,7 @@ class TurnRunner:
         lease_seconds: float = 6.0,
         outbox: AnswerOutbox | None = None,
         embedder: TurnEmbedder | None = None,
+        start_limit: StartLimit | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self._catalog = catalog
@@ -131,6 +133,7 @@ class TurnRunner:
         self._lease_seconds = lease_seconds
         self._outbox = outbox
         self._embedder = embedder
+        self._start_limit = start_limit
         self._clock = clock
         self._background: set[asyncio.Task[None]] = set()
         """Writes a turn's end must not cancel: a failed turn's record, a lease renewal on its way."""
@@ -208,12 +211,12 @@ class TurnRunner:
         done (then replays it) or abandoned (then answers it), within the caller's deadline. The waiting
         policy is made only then: around every turn, it cost the turn's start ~130 µs."""
         arguments = (turn, self._history_messages, self._lease_seconds, self._recall_k)
-        answers = [await self._memory.start_turn(*arguments)]
+        answers = [await self._ask_memory(arguments)]
         if answers[0].state is not TurnState.RUNNING:
             return answers[0]
 
         async def ask() -> TurnStart:  # the answer in hand is the policy's first attempt
-            return answers.pop() if answers else await self._memory.start_turn(*arguments)
+            return answers.pop() if answers else await self._ask_memory(arguments)
 
         waiting = AsyncRetrying(
             retry=retry_if_result(lambda start: start.state is TurnState.RUNNING),
@@ -222,6 +225,13 @@ class TurnRunner:
         )
         start: TurnStart = await waiting(ask)
         return start
+
+    async def _ask_memory(self, arguments: tuple[NewTurn, int, float, int]) -> TurnStart:
+        """Memory's `StartTurn`, within the limit of turns starting at once (`orchestrator.gate`)."""
+        if self._start_limit is None:
+            return await self._memory.start_turn(*arguments)
+        async with self._start_limit.slot():
+            return await self._memory.start_turn(*arguments)
 
     async def _hold(self, message_id: str) -> None:
         """Renews the turn's lease while it runs, so nobody takes it over. A renewal on its way when the

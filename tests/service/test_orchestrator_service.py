@@ -543,6 +543,23 @@ async def test_a_turn_counts_as_starting_until_its_first_text_or_its_end(mesh: M
     assert await starting() == 0
 
 
+async def test_turns_beyond_the_start_limit_wait_their_turn_and_all_complete(mesh: Mesh) -> None:
+    await mesh.orchestrator(turn_starts_at_once=1, turn_starts_at_most=1)
+    port = mesh.services.running[-1].http_port
+    stub = orchestrator_pb2_grpc.OrchestratorServiceStub(mesh.channels[-1])
+    users = [mesh.user()[1] for _ in range(5)]
+
+    answers = await asyncio.gather(
+        *(run(stub, metadata, f"hello {index} {uuid.uuid4().hex}") for index, metadata in enumerate(users))
+    )
+
+    assert [kinds(events)[-1] for events in answers] == ["message_completed"] * len(users)
+    assert all(answer(events) for events in answers)
+    after = await scrape(port)
+    assert after[("athena_chat_turn_start_limit", ())] == 1
+    assert after[("athena_chat_turn_starts_waiting", ())] == 0
+
+
 def _run_ok() -> dict[str, str]:
     return {
         "grpc_service": "athena.orchestrator.v1.OrchestratorService",
