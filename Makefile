@@ -77,8 +77,9 @@ B ?= .
 STREAMS ?= 50
 ROUNDS ?= 10
 DELAY_MS ?= 20
+NAME ?= ab
 bench-ab: install ## Two revisions side by side (A=<rev> B=<rev>, default HEAD against the working tree): bursts alternating, first delta and CPU per turn
-	$(BIN)/python -m bench.ab --a $(A) --b $(B) --streams $(STREAMS) --rounds $(ROUNDS) --delay-ms $(DELAY_MS)
+	$(BIN)/python -m bench.ab --a $(A) --b $(B) --streams $(STREAMS) --rounds $(ROUNDS) --delay-ms $(DELAY_MS) --name $(NAME)
 
 bench-health: install web ## Apple Health import: a 200+ MB export uploaded through the edge, the importer's peak RSS
 	$(BIN)/python -m bench.apple_health

@@ -11,7 +11,8 @@ that both meet the machine in the same state. The revision `.` is this working t
 Reported per revision, over all rounds: first delta p50/p95 and their overhead over the model alone, and each
 process's CPU per turn until the burst's last first delta (what a burst of turn starts costs). With
 `--streams 1 --delay-ms 0` the rounds are single turns with the instant model (no waits between them).
-Results go to bench/results/ab.json and ab.md.
+Results go to bench/results/ab.json and ab.md, or `--name <name>`.json and .md beside them (a comparison
+kept apart from the committed one).
 """
 
 from __future__ import annotations
@@ -225,10 +226,20 @@ def main(argv: Iterable[str] | None = None) -> None:
     parser.add_argument("--streams", type=int, default=50, help="streams of each burst")
     parser.add_argument("--rounds", type=int, default=10, help="bursts of each revision")
     parser.add_argument("--delay-ms", type=int, default=20, help="the model's pacing, ms a word")
+    parser.add_argument(
+        "--name", default="ab", type=results_name, help="results' file name in bench/results (default: ab)"
+    )
     args = parser.parse_args(list(argv) if argv is not None else None)
     collect_as_a_server()
     result = uvloop.run(compare(args.a, args.b, args.streams, args.rounds, args.delay_ms))
-    write_results(RESULTS, "ab", result, markdown(result))
+    write_results(RESULTS, args.name, result, markdown(result))
+
+
+def results_name(value: str) -> str:
+    """A file name of bench/results: letters, digits, '-', '_' and '.', not starting with '.'."""
+    if not value or value.startswith(".") or not all(c.isalnum() or c in "-_." for c in value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a plain file name (letters, digits, - _ .)")
+    return value
 
 
 if __name__ == "__main__":

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from bench.ab import ROOT, checkout, describe, markdown, summary
+from bench.ab import ROOT, checkout, describe, markdown, results_name, summary
 
 
 def test_a_summary_is_the_pooled_first_deltas_against_the_model_alone_and_cpu_per_turn() -> None:
@@ -55,3 +56,10 @@ def test_a_revision_is_checked_out_apart_and_removed_afterwards(tmp_path: Path) 
     assert not same.exists()
     with checkout(".", tmp_path) as tree:
         assert tree == ROOT
+
+
+def test_results_are_named_by_a_plain_file_name() -> None:
+    assert results_name("ab-gate_50.v2") == "ab-gate_50.v2"
+    for bad in ("", ".hidden", "../chat", "results/ab", "a b"):
+        with pytest.raises(argparse.ArgumentTypeError, match="plain file name"):
+            results_name(bad)
