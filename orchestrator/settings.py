@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from mesh.settings import ServiceSettings
@@ -108,6 +108,16 @@ class OrchestratorSettings(ServiceSettings):
     """The integrations service: `calendar_freebusy` and `calendar_events` read the person's connected
     calendars there, `file_search`/`file_read` their connected drives and `wearable_stats` their health
     data. Unset: agents have memory tools only."""
+
+    @model_validator(mode="after")
+    def _turn_starts_floor_within_its_ceiling(self) -> OrchestratorSettings:
+        """A limit of turn starts whose floor is above its ceiling stops start-up."""
+        if self.turn_starts_at_once > self.turn_starts_at_most:
+            raise ValueError(
+                f"turn_starts_at_once ({self.turn_starts_at_once}) must not exceed turn_starts_at_most "
+                f"({self.turn_starts_at_most})"
+            )
+        return self
 
     def limits(self) -> Limits:
         return Limits(

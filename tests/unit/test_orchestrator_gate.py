@@ -5,10 +5,13 @@ from calls that never used it whole."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
+from conftest import service_settings
 
 from orchestrator.gate import StartLimit
+from orchestrator.settings import OrchestratorSettings
 
 
 class Clock:
@@ -161,3 +164,11 @@ async def test_the_base_latency_is_forgotten_after_two_windows() -> None:
 def test_a_floor_above_the_ceiling_is_refused() -> None:
     with pytest.raises(ValueError, match="floor"):
         StartLimit(8, 4)
+
+
+def test_settings_with_a_floor_above_the_ceiling_stop_start_up(tmp_path: Path) -> None:
+    assert OrchestratorSettings(**service_settings(tmp_path, turn_starts_at_once=4, turn_starts_at_most=4))
+    with pytest.raises(
+        ValueError, match=r"turn_starts_at_once \(9\) must not exceed turn_starts_at_most \(8\)"
+    ):
+        OrchestratorSettings(**service_settings(tmp_path, turn_starts_at_once=9, turn_starts_at_most=8))
