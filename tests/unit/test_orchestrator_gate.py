@@ -5,21 +5,22 @@ from calls that never used it whole."""
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from conftest import service_settings
+from doubles.clock import FakeClock
 
 from orchestrator.gate import StartLimit
 from orchestrator.settings import OrchestratorSettings
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
 
-    def __call__(self) -> float:
-        return self.now
+def epoch_clock() -> FakeClock:
+    """Time from 0, so that the latencies the limit measures are exactly those the tests set."""
+    return FakeClock(EPOCH)
 
 
 async def settle() -> None:
@@ -83,7 +84,7 @@ async def test_a_waiter_cancelled_leaves_the_queue_and_one_handed_a_place_passes
     assert (limit.in_flight, limit.waiting) == (0, 0)
 
 
-async def at_once(limit: StartLimit, clock: Clock, calls: int, latency: float) -> None:
+async def at_once(limit: StartLimit, clock: FakeClock, calls: int, latency: float) -> None:
     """`calls` calls started together, each taking `latency` however many run."""
     done = asyncio.Event()
 
@@ -93,29 +94,29 @@ async def at_once(limit: StartLimit, clock: Clock, calls: int, latency: float) -
 
     tasks = [asyncio.create_task(call()) for _ in range(calls)]
     await settle()
-    clock.now += latency
+    clock.advance(latency)
     done.set()
     await asyncio.gather(*tasks)
 
 
 async def test_the_limit_grows_while_latency_shows_no_queue() -> None:
-    clock = Clock()
-    limit = StartLimit(2, 5, clock=clock)
+    clock = epoch_clock()
+    limit = StartLimit(2, 5, clock=clock.time)
     for _ in range(10):
         await at_once(limit, clock, limit.limit, 0.020)  # a far memory: 20 ms whatever the load
     assert limit.limit == 5  # and no further than the ceiling
 
 
 async def test_the_limit_shrinks_to_its_floor_when_latency_grows_with_the_calls() -> None:
-    clock = Clock()
-    limit = StartLimit(5, 50, clock=clock)
+    clock = epoch_clock()
+    limit = StartLimit(5, 50, clock=clock.time)
     limit.limit = 12
     hold = asyncio.Event()
 
     async def call(latency: float) -> None:
         async with limit.slot():
             await hold.wait()
-            clock.now += latency
+            clock.advance(latency)
 
     await call_alone(limit, clock, 0.002)  # the base: 2 ms
     calls = [asyncio.create_task(call(0.030)) for _ in range(40)]  # 30 ms each: mostly queueing
@@ -125,38 +126,38 @@ async def test_the_limit_shrinks_to_its_floor_when_latency_grows_with_the_calls(
     assert limit.limit == 5
 
 
-async def call_alone(limit: StartLimit, clock: Clock, latency: float) -> None:
+async def call_alone(limit: StartLimit, clock: FakeClock, latency: float) -> None:
     async with limit.slot():
-        clock.now += latency
+        clock.advance(latency)
 
 
 async def test_calls_fewer_than_the_limit_teach_it_nothing() -> None:
-    clock = Clock()
-    limit = StartLimit(4, 16, clock=clock)
+    clock = epoch_clock()
+    limit = StartLimit(4, 16, clock=clock.time)
     for _ in range(20):
         await at_once(limit, clock, 3, 0.001)
     assert limit.limit == 4
 
 
 async def test_a_failed_call_teaches_nothing_and_gives_its_place_back() -> None:
-    clock = Clock()
-    limit = StartLimit(1, 8, clock=clock)
+    clock = epoch_clock()
+    limit = StartLimit(1, 8, clock=clock.time)
     with pytest.raises(RuntimeError):
         async with limit.slot():
-            clock.now += 0.001
+            clock.advance(0.001)
             raise RuntimeError("memory is unavailable")
     assert (limit.limit, limit.in_flight, limit.base) == (1, 0, float("inf"))
 
 
 async def test_the_base_latency_is_forgotten_after_two_windows() -> None:
-    clock = Clock()
-    limit = StartLimit(1, 8, window_seconds=10, clock=clock)
+    clock = epoch_clock()
+    limit = StartLimit(1, 8, window_seconds=10, clock=clock.time)
     await call_alone(limit, clock, 0.001)
     assert limit.base == pytest.approx(0.001)
-    clock.now = 15.0  # the next window: the old lowest still counts
+    clock.set(EPOCH + timedelta(seconds=15))  # the next window: the old lowest still counts
     await call_alone(limit, clock, 0.005)
     assert limit.base == pytest.approx(0.001)
-    clock.now = 30.0  # and no longer
+    clock.set(EPOCH + timedelta(seconds=30))  # and no longer
     await call_alone(limit, clock, 0.004)
     assert limit.base == pytest.approx(0.004)
 
